@@ -1,0 +1,44 @@
+# mlstack — every command a user or CI runs. Each target sets up what it needs on first use.
+# Fragments in mk/ add their own targets and append to TEST_TARGETS.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STACK ?= dev
+# A local file backend unless the user is logged in elsewhere (PULUMI_BACKEND_URL wins).
+PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi-local
+export PULUMI_BACKEND_URL
+
+TEST_TARGETS := lint typecheck unit
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt services/model/requirements.txt services/gateway/requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## create the virtual environment with every test dependency
+
+.PHONY: lint
+lint: venv ## ruff: lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+.PHONY: typecheck
+typecheck: venv ## mypy over the program, the services and the tests
+	$(VENV)/bin/mypy
+
+.PHONY: unit
+unit: venv ## the Pulumi program under Pulumi's mocks, one run per stack
+	$(PY) -m pytest tests/unit -q
+
+include $(sort $(wildcard mk/*.mk))
+
+.PHONY: test
+test: $(TEST_TARGETS) ## everything CI runs
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort | column -t -s $$'\t'

@@ -1,0 +1,212 @@
+"""`MlApp`: the whole application in its own namespace: images, secrets, database, model,
+gateway and the network policies between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import database, pod
+from components.cluster import Cluster
+from components.config import StackConfig
+from components.database import Database, DatabaseArgs
+from components.image import ServiceImage, ServiceImageArgs
+from components.labels import APP, labels
+from components.microservice import CONTAINER_PORT, SERVICE_PORT, Microservice, MicroserviceArgs
+from components.network_policy import NetworkPolicies, NetworkPoliciesArgs, Route
+
+MODEL_NAME: Final = "iris"
+API_KEY: Final = "api-key"
+DATABASE_URL: Final = "database-url"
+GATEWAY_RESOURCES: Final = pod.Resources("100m", "128Mi", "1", "256Mi")
+MODEL_RESOURCES: Final = pod.Resources("200m", "256Mi", "1", "512Mi")
+
+
+@dataclass(frozen=True)
+class MlAppArgs:
+    config: StackConfig
+    cluster: Cluster
+
+
+class MlApp(pulumi.ComponentResource):
+    namespace: pulumi.Output[str]
+    gateway_url: pulumi.Output[str]
+    images: pulumi.Output[dict[str, str]]
+
+    def __init__(self, name: str, args: MlAppArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlstack:app:MlApp", name, None, opts)
+        config, cluster = args.config, args.cluster
+        stack = config.stack
+        on_cluster = pulumi.ResourceOptions(parent=self, provider=cluster.provider)
+
+        namespace = k8s.core.v1.Namespace(
+            name,
+            metadata={
+                "name": config.namespace,
+                "labels": {
+                    **labels(APP, stack),
+                    # Pod Security admission refuses any pod that is not `restricted`.
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                    "pod-security.kubernetes.io/audit": "restricted",
+                    "pod-security.kubernetes.io/warn": "restricted",
+                },
+            },
+            opts=on_cluster,
+        )
+        ns = namespace.metadata.name
+        gateway_image, model_image = self._images(config, cluster)
+
+        database_secret = k8s.core.v1.Secret(
+            f"{name}-database",
+            metadata={"name": "database", "namespace": ns, "labels": labels("database", stack)},
+            type="Opaque",
+            string_data={database.PASSWORD_KEY: config.database_password},
+            opts=on_cluster,
+        )
+        db = Database(
+            f"{name}-database",
+            DatabaseArgs(
+                stack=stack,
+                namespace=ns,
+                storage_size=config.database.storage_size,
+                storage_class=config.database.storage_class,
+                secret_name=database_secret.metadata.name,
+                protect=config.protect,
+            ),
+            on_cluster,
+        )
+        database_url = pulumi.Output.concat(
+            "postgresql://",
+            database.USER,
+            ":",
+            config.database_password,
+            "@",
+            db.host,
+            f":{database.PORT}/{database.DB_NAME}",
+        )
+        gateway_secret = k8s.core.v1.Secret(
+            f"{name}-gateway",
+            metadata={"name": "gateway", "namespace": ns, "labels": labels("gateway", stack)},
+            type="Opaque",
+            string_data={API_KEY: config.api_key, DATABASE_URL: database_url},
+            opts=on_cluster,
+        )
+        model = Microservice(
+            f"{name}-model",
+            MicroserviceArgs(
+                name="model",
+                stack=stack,
+                namespace=ns,
+                image=model_image,
+                replicas=config.model.replicas,
+                service_type=config.model.service_type,
+                liveness_path="/v2/health/live",
+                readiness_path="/v2/health/ready",
+                resources=MODEL_RESOURCES,
+                env={"MODEL_NAME": MODEL_NAME, "MODEL_VERSION": config.model.version},
+            ),
+            on_cluster,
+        )
+        gateway = Microservice(
+            f"{name}-gateway",
+            MicroserviceArgs(
+                name="gateway",
+                stack=stack,
+                namespace=ns,
+                image=gateway_image,
+                replicas=config.gateway.replicas,
+                service_type=config.gateway.service_type,
+                liveness_path="/healthz",
+                readiness_path="/readyz",
+                resources=GATEWAY_RESOURCES,
+                env={
+                    "MODEL_NAME": MODEL_NAME,
+                    "MODEL_URL": pulumi.Output.concat(
+                        "http://", model.service.metadata.name, f":{SERVICE_PORT}"
+                    ),
+                    "MLSTACK_API_KEY_FILE": pod.secret_file(API_KEY),
+                    "DATABASE_URL_FILE": pod.secret_file(DATABASE_URL),
+                },
+                secret_name=gateway_secret.metadata.name,
+            ),
+            pulumi.ResourceOptions(
+                parent=self, provider=cluster.provider, depends_on=[db, model]
+            ),
+        )
+        NetworkPolicies(
+            f"{name}-network",
+            NetworkPoliciesArgs(
+                stack=stack,
+                namespace=ns,
+                routes=(
+                    Route(source=None, target="gateway", port=CONTAINER_PORT),
+                    Route(source="gateway", target="model", port=CONTAINER_PORT),
+                    Route(source="gateway", target="database", port=database.PORT),
+                ),
+            ),
+            on_cluster,
+        )
+
+        self.namespace = ns
+        self.gateway_url = gateway_url(gateway.service, cluster.local_gateway_url)
+        self.images = pulumi.Output.all(
+            gateway=gateway_image, model=model_image, database=database.IMAGE
+        )
+        self.register_outputs(
+            {"namespace": self.namespace, "gateway_url": self.gateway_url, "images": self.images}
+        )
+
+    def _images(
+        self, config: StackConfig, cluster: Cluster
+    ) -> tuple[pulumi.Input[str], pulumi.Input[str]]:
+        if not config.images.build:
+            return config.images.gateway, config.images.model
+        registry: pulumi.Input[str] = config.images.registry or cluster.image_registry or ""
+        built = [
+            ServiceImage(
+                f"{config.stack}-{service}",
+                ServiceImageArgs(service=service, stack=config.stack, registry=registry),
+                pulumi.ResourceOptions(parent=self),
+            )
+            for service in ("gateway", "model")
+        ]
+        return built[0].ref, built[1].ref
+
+
+def _field(value: Any, name: str) -> Any:
+    """A field of a provider output, whether it arrives as a typed object or as a dict."""
+    if isinstance(value, dict):
+        return value.get(name)
+    return getattr(value, name, None)
+
+
+def gateway_url(
+    service: k8s.core.v1.Service, local_url: pulumi.Output[str] | None
+) -> pulumi.Output[str]:
+    """The gateway's URL, guarded: a LoadBalancer without an ingress address yet says so."""
+
+    def describe(parts: list[Any]) -> str:
+        service_type, name, namespace, status, ports, local = parts
+        if service_type == "ClusterIP":
+            return f"http://{name}.{namespace}.svc.cluster.local:{SERVICE_PORT}"
+        if service_type == "NodePort":
+            node_port = _field(ports[0], "node_port") if ports else None
+            return f"http://<node-address>:{node_port}"
+        ingress = _field(_field(status, "load_balancer"), "ingress") or []
+        host = (_field(ingress[0], "ip") or _field(ingress[0], "hostname")) if ingress else None
+        if not host:
+            return "pending: the LoadBalancer has no address yet"
+        return str(local or f"http://{host}:{SERVICE_PORT}")
+
+    return pulumi.Output.all(
+        service.spec.type,
+        service.metadata.name,
+        service.metadata.namespace,
+        service.status,
+        service.spec.ports,
+        local_url,
+    ).apply(describe)

@@ -1,0 +1,30 @@
+"""What every cluster component offers the rest of the program."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+
+class Cluster(pulumi.ComponentResource):
+    """A Kubernetes cluster with the one provider every application resource is created with."""
+
+    provider: k8s.Provider
+    # The kubeconfig (or, for an existing cluster, where it is), always a secret.
+    kubeconfig: pulumi.Output[str]
+    # Where images built by the stack are pushed, when the cluster brings its own registry.
+    image_registry: pulumi.Output[str] | None = None
+    # The address a LoadBalancer Service is reached at from the user's machine, when the
+    # cluster publishes it somewhere other than its ingress address (k3s in Docker does).
+    local_gateway_url: pulumi.Output[str] | None = None
+
+    def _finish(self, kubeconfig: pulumi.Input[str], **provider_args: object) -> None:
+        """Create the provider from `kubeconfig` and register the component's outputs."""
+        self.kubeconfig = pulumi.Output.secret(kubeconfig)
+        self.provider = k8s.Provider(
+            f"{self._name}-k8s",
+            kubeconfig=self.kubeconfig,
+            opts=pulumi.ResourceOptions(parent=self),
+            **provider_args,  # type: ignore[arg-type]
+        )
+        self.register_outputs({"kubeconfig": self.kubeconfig})

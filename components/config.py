@@ -1,0 +1,377 @@
+"""The `mlstack:` stack configuration, parsed into typed objects and validated up front.
+
+Every check runs before a single resource is registered. A bad value raises `ConfigError`, a
+`pulumi.RunError`, so the CLI prints its one-line message instead of a Python traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias, cast
+
+import pulumi
+from pulumi.runtime import config as runtime_config
+
+NAMESPACE: Final = "mlstack"
+
+Provider: TypeAlias = Literal["local", "existing", "gke", "eks"]
+ServiceType: TypeAlias = Literal["LoadBalancer", "ClusterIP", "NodePort"]
+
+PROVIDERS: Final[tuple[Provider, ...]] = ("local", "existing", "gke", "eks")
+SERVICE_TYPES: Final[tuple[ServiceType, ...]] = ("LoadBalancer", "ClusterIP", "NodePort")
+# The trained models the model image carries; the newest is the default.
+MODEL_VERSIONS: Final = ("v1", "v2")
+MAX_REPLICAS: Final = 1000
+
+_QUANTITY = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_IMAGE_REF = re.compile(r"^[^\s]+$")
+
+
+class ConfigError(pulumi.RunError):
+    """A stack configuration mistake: the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A k3s server in Docker with a local image registry beside it."""
+
+    k3s_image: str = "rancher/k3s:v1.31.4-k3s1"
+    registry_image: str = "registry:2.8.3"
+    api_port: int = 6443
+    registry_port: int = 5001
+    http_port: int = 8088
+    provider: Literal["local"] = "local"
+
+
+@dataclass(frozen=True)
+class ExistingCluster:
+    """A cluster the user already has, reached through a kubeconfig context."""
+
+    context: str | None = None
+    kubeconfig: str | None = None
+    provider: Literal["existing"] = "existing"
+
+
+@dataclass(frozen=True)
+class GkeCluster:
+    region: str
+    project: str | None = None
+    node_count: int = 3
+    machine_type: str = "e2-standard-4"
+    kubernetes_version: str | None = None
+    provider: Literal["gke"] = "gke"
+
+
+@dataclass(frozen=True)
+class EksCluster:
+    region: str
+    node_count: int = 3
+    instance_type: str = "t3.large"
+    kubernetes_version: str | None = None
+    provider: Literal["eks"] = "eks"
+
+
+ClusterConfig: TypeAlias = LocalCluster | ExistingCluster | GkeCluster | EksCluster
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    replicas: int
+    service_type: ServiceType
+
+
+@dataclass(frozen=True)
+class ModelConfig(ServiceConfig):
+    version: str
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    storage_size: str
+    storage_class: str | None
+    replicas: int = 1
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    build: bool
+    registry: str
+    gateway: str
+    model: str
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    stack: str
+    cluster: ClusterConfig
+    namespace: str
+    gateway: ServiceConfig
+    model: ModelConfig
+    database: DatabaseConfig
+    images: ImagesConfig
+    protect: bool
+    database_password: pulumi.Output[str]
+    api_key: pulumi.Output[str]
+
+
+# Every key the program understands, with the sub-keys of the structured ones.
+_OBJECT_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "gateway": ("replicas", "serviceType"),
+    "model": ("replicas", "serviceType", "version"),
+    "database": ("replicas", "storageSize", "storageClass"),
+    "images": ("build", "registry", "gateway", "model"),
+}
+_CLUSTER_KEYS: Final[dict[Provider, tuple[str, ...]]] = {
+    "local": ("provider", "k3sImage", "registryImage", "apiPort", "registryPort", "httpPort"),
+    "existing": ("provider", "context", "kubeconfig"),
+    "gke": ("provider", "region", "project", "nodeCount", "machineType", "kubernetesVersion"),
+    "eks": ("provider", "region", "nodeCount", "instanceType", "kubernetesVersion"),
+}
+_SCALAR_KEYS: Final = ("namespace", "protect", "databasePassword", "apiKey")
+KNOWN_KEYS: Final = ("cluster", *_OBJECT_KEYS, *_SCALAR_KEYS)
+
+
+def _show(value: object) -> str:
+    return json.dumps(value) if not isinstance(value, str) else f'"{value}"'
+
+
+def _suggest(word: str, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        if word.lower() in lowered:
+            close = [lowered[word.lower()]]
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _fail(key: str, value: object, allowed: str) -> ConfigError:
+    return ConfigError(f"{NAMESPACE}:{key}: {_show(value)} is not allowed: {allowed}")
+
+
+class _Section:
+    """One structured key (`mlstack:gateway`, ...): typed getters that name the full key path."""
+
+    def __init__(self, key: str, raw: object, allowed_keys: tuple[str, ...]) -> None:
+        self.key = key
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            keys = ", ".join(allowed_keys)
+            raise _fail(key, raw, f"expected an object with the keys {keys}")
+        for sub in raw:
+            if sub not in allowed_keys:
+                hint = _suggest(sub, allowed_keys)
+                raise ConfigError(
+                    f'{NAMESPACE}:{key}: unknown key "{sub}"{hint}; '
+                    f"known keys: {', '.join(allowed_keys)}"
+                )
+        self.raw: dict[str, Any] = raw
+
+    def path(self, sub: str) -> str:
+        return f"{self.key}.{sub}"
+
+    def integer(self, sub: str, default: int, minimum: int, maximum: int) -> int:
+        value = self.raw.get(sub, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+            minimum <= value <= maximum
+        ):
+            raise _fail(self.path(sub), value, f"expected a whole number from {minimum} to {maximum}")
+        return value
+
+    def port(self, sub: str, default: int) -> int:
+        return self.integer(sub, default, 1, 65535)
+
+    def string(self, sub: str, default: str | None = None) -> str | None:
+        value = self.raw.get(sub, default)
+        if value is not None and not isinstance(value, str):
+            raise _fail(self.path(sub), value, "expected a string")
+        return value
+
+    def required_string(self, sub: str) -> str:
+        value = self.string(sub)
+        if not value:
+            raise ConfigError(f"{NAMESPACE}:{self.path(sub)} is required for this provider")
+        return value
+
+    def boolean(self, sub: str, default: bool) -> bool:
+        value = self.raw.get(sub, default)
+        if not isinstance(value, bool):
+            raise _fail(self.path(sub), value, "expected true or false")
+        return value
+
+    def choice(self, sub: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.raw.get(sub, default)
+        if value not in choices:
+            hint = _suggest(value, choices) if isinstance(value, str) else ""
+            raise _fail(self.path(sub), value, f"expected one of {', '.join(choices)}{hint}")
+        return cast(str, value)
+
+
+def _replicas(section: _Section, default: int) -> int:
+    return section.integer("replicas", default, 1, MAX_REPLICAS)
+
+
+def _service_type(section: _Section, default: ServiceType) -> ServiceType:
+    return cast(ServiceType, section.choice("serviceType", default, SERVICE_TYPES))
+
+
+def _parse_cluster(raw: object) -> ClusterConfig:
+    if raw is None:
+        raise ConfigError(
+            f"{NAMESPACE}:cluster is required: set mlstack:cluster.provider to one of "
+            f"{', '.join(PROVIDERS)} (no stack silently gets a default cluster)"
+        )
+    if not isinstance(raw, dict):
+        raise _fail("cluster", raw, "expected an object with a provider key")
+    provider = _Section("cluster", {"provider": raw.get("provider")}, ("provider",)).choice(
+        "provider", "", PROVIDERS
+    )
+    section = _Section("cluster", raw, _CLUSTER_KEYS[cast(Provider, provider)])
+    if provider == "local":
+        defaults = LocalCluster()
+        return LocalCluster(
+            k3s_image=section.string("k3sImage") or defaults.k3s_image,
+            registry_image=section.string("registryImage") or defaults.registry_image,
+            api_port=section.port("apiPort", defaults.api_port),
+            registry_port=section.port("registryPort", defaults.registry_port),
+            http_port=section.port("httpPort", defaults.http_port),
+        )
+    if provider == "existing":
+        return ExistingCluster(
+            context=section.string("context"), kubeconfig=section.string("kubeconfig")
+        )
+    if provider == "gke":
+        return GkeCluster(
+            region=section.required_string("region"),
+            project=section.string("project"),
+            node_count=section.integer("nodeCount", 3, 1, MAX_REPLICAS),
+            machine_type=section.string("machineType") or "e2-standard-4",
+            kubernetes_version=section.string("kubernetesVersion"),
+        )
+    return EksCluster(
+        region=section.required_string("region"),
+        node_count=section.integer("nodeCount", 3, 1, MAX_REPLICAS),
+        instance_type=section.string("instanceType") or "t3.large",
+        kubernetes_version=section.string("kubernetesVersion"),
+    )
+
+
+def _parse_database(section: _Section) -> DatabaseConfig:
+    replicas = section.raw.get("replicas", 1)
+    if replicas != 1 or isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise _fail(
+            section.path("replicas"),
+            replicas,
+            "PostgreSQL runs one primary, so database.replicas must be 1",
+        )
+    size = section.string("storageSize", "1Gi")
+    match = _QUANTITY.match(size or "")
+    if match is None or float(match.group("number")) <= 0:
+        raise _fail(
+            section.path("storageSize"),
+            size,
+            "expected a positive Kubernetes quantity such as 1Gi, 500Mi or 10G",
+        )
+    return DatabaseConfig(storage_size=cast(str, size), storage_class=section.string("storageClass"))
+
+
+def _parse_images(section: _Section, cluster: ClusterConfig) -> ImagesConfig:
+    build = section.boolean("build", True)
+    registry = section.string("registry", "") or ""
+    refs = {name: section.string(name, "") or "" for name in ("gateway", "model")}
+    for name, ref in refs.items():
+        if ref and not _IMAGE_REF.match(ref):
+            raise _fail(section.path(name), ref, "expected an image reference without spaces")
+        if not build and not ref:
+            raise ConfigError(
+                f"{NAMESPACE}:{section.path(name)} is required when images.build is false: "
+                "give the image reference to deploy (tag@sha256:digest in production)"
+            )
+    if build and not registry and cluster.provider != "local":
+        raise _fail(
+            section.path("registry"),
+            registry,
+            f"building images for the {cluster.provider} provider needs a registry to push to "
+            "(only the local cluster has one of its own); set images.registry, "
+            "or set images.build: false with image references",
+        )
+    return ImagesConfig(build=build, registry=registry, **refs)
+
+
+def _parse_namespace(raw: object, stack: str) -> str:
+    namespace = raw if raw not in (None, "") else f"mlstack-{stack}"
+    if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
+        raise _fail(
+            "namespace",
+            namespace,
+            "expected a DNS label: lower-case letters, digits and '-', at most 63 characters",
+        )
+    return namespace
+
+
+def _read_raw() -> dict[str, object]:
+    """Every `mlstack:` key the engine (or the mocks) supplied, values decoded from JSON."""
+    supplied = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    raw: dict[str, object] = {}
+    for full_key, value in supplied.items():
+        namespace, _, key = full_key.partition(":")
+        if namespace != NAMESPACE:
+            continue
+        key = key.removeprefix("config:")
+        try:
+            raw[key] = json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError:
+            raw[key] = value
+    return raw
+
+
+def _secret(raw: Mapping[str, object], key: str) -> pulumi.Output[str]:
+    value = raw.get(key)
+    if not isinstance(value, str) or len(value) < 12:
+        shown = "missing" if value is None else "too short (at least 12 characters)"
+        raise ConfigError(
+            f"{NAMESPACE}:{key} is {shown}: set it with "
+            f"`pulumi config set --secret {NAMESPACE}:{key} <value>` (`make up` generates one)"
+        )
+    return pulumi.Output.secret(value)
+
+
+def load(stack: str | None = None) -> StackConfig:
+    """Read and validate the whole `mlstack:` namespace; raise `ConfigError` on the first mistake."""
+    stack = stack or pulumi.get_stack()
+    raw = _read_raw()
+    for key in raw:
+        if key not in KNOWN_KEYS:
+            raise ConfigError(
+                f'{NAMESPACE}:{key}: unknown key{_suggest(key, KNOWN_KEYS)}; '
+                f"known keys: {', '.join(KNOWN_KEYS)}"
+            )
+    cluster = _parse_cluster(raw.get("cluster"))
+    sections = {name: _Section(name, raw.get(name), keys) for name, keys in _OBJECT_KEYS.items()}
+    gateway, model = sections["gateway"], sections["model"]
+    protect = raw.get("protect", False)
+    if not isinstance(protect, bool):
+        raise _fail("protect", protect, "expected true or false")
+    return StackConfig(
+        stack=stack,
+        cluster=cluster,
+        namespace=_parse_namespace(raw.get("namespace"), stack),
+        gateway=ServiceConfig(
+            replicas=_replicas(gateway, 1), service_type=_service_type(gateway, "LoadBalancer")
+        ),
+        model=ModelConfig(
+            replicas=_replicas(model, 1),
+            service_type=_service_type(model, "ClusterIP"),
+            version=model.choice("version", MODEL_VERSIONS[-1], MODEL_VERSIONS),
+        ),
+        database=_parse_database(sections["database"]),
+        images=_parse_images(sections["images"], cluster),
+        protect=protect,
+        database_password=_secret(raw, "databasePassword"),
+        api_key=_secret(raw, "apiKey"),
+    )

@@ -1,0 +1,173 @@
+"""`Database`: one PostgreSQL primary as a StatefulSet on a PersistentVolumeClaim."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import pod
+from components.labels import labels, selector
+
+NAME: Final = "database"
+PORT: Final = 5432
+USER: Final = "mlstack"
+DB_NAME: Final = "mlstack"
+# Pinned; bump deliberately (a major version needs a dump and restore).
+IMAGE: Final = "postgres:17.6-bookworm"
+CLAIM_TEMPLATE: Final = "data"
+MOUNT_PATH: Final = "/var/lib/postgresql/data"
+# The key of the stack's secret that holds the password, mounted as a file.
+PASSWORD_KEY: Final = "database-password"
+RESOURCES: Final = pod.Resources("100m", "256Mi", "1", "1Gi")
+
+
+@dataclass(frozen=True)
+class DatabaseArgs:
+    stack: str
+    namespace: pulumi.Input[str]
+    storage_size: str
+    storage_class: str | None
+    secret_name: pulumi.Input[str]
+    # `protect` on the volume: a stray destroy stops before it deletes the data.
+    protect: bool = False
+
+
+class Database(pulumi.ComponentResource):
+    """The volume is a resource of its own (the StatefulSet adopts it by name) so that it can be
+    protected, and so that deleting the StatefulSet never deletes the data."""
+
+    service: k8s.core.v1.Service
+    stateful_set: k8s.apps.v1.StatefulSet
+    volume_claim: k8s.core.v1.PersistentVolumeClaim
+    host: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlstack:app:Database", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        meta_labels = labels(NAME, args.stack)
+        match = selector(NAME, args.stack)
+
+        claim_spec: k8s.core.v1.PersistentVolumeClaimSpecArgsDict = {
+            "access_modes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": args.storage_size}},
+        }
+        if args.storage_class:
+            claim_spec["storage_class_name"] = args.storage_class
+        self.volume_claim = k8s.core.v1.PersistentVolumeClaim(
+            f"{name}-data",
+            metadata={
+                # The name a StatefulSet gives its claim: <template>-<set>-<ordinal>.
+                "name": f"{CLAIM_TEMPLATE}-{NAME}-0",
+                "namespace": args.namespace,
+                "labels": meta_labels,
+                # Binding may wait for the first consumer; the StatefulSet's readiness covers it.
+                "annotations": {"pulumi.com/skipAwait": "true"},
+            },
+            spec=claim_spec,
+            opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
+        )
+        self.service = k8s.core.v1.Service(
+            name,
+            metadata={"name": NAME, "namespace": args.namespace, "labels": meta_labels},
+            spec={
+                "type": "ClusterIP",
+                "selector": match,
+                "ports": [
+                    {"name": "postgres", "port": PORT, "target_port": "postgres", "protocol": "TCP"}
+                ],
+            },
+            opts=child,
+        )
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-account",
+            metadata={"name": NAME, "namespace": args.namespace, "labels": meta_labels},
+            automount_service_account_token=False,
+            opts=child,
+        )
+        ready = ["pg_isready", "--host=127.0.0.1", f"--username={USER}", f"--dbname={DB_NAME}"]
+        self.stateful_set = k8s.apps.v1.StatefulSet(
+            name,
+            metadata={"name": NAME, "namespace": args.namespace, "labels": meta_labels},
+            spec={
+                "replicas": 1,
+                "service_name": self.service.metadata.name,
+                "selector": {"match_labels": match},
+                "persistent_volume_claim_retention_policy": {
+                    "when_deleted": "Retain",
+                    "when_scaled": "Retain",
+                },
+                "template": {
+                    "metadata": {"labels": meta_labels},
+                    "spec": {
+                        "service_account_name": account.metadata.name,
+                        "automount_service_account_token": False,
+                        "security_context": pod.pod_security_context(),
+                        "termination_grace_period_seconds": 60,
+                        "containers": [
+                            {
+                                "name": "postgres",
+                                "image": IMAGE,
+                                "image_pull_policy": "IfNotPresent",
+                                "ports": [
+                                    {"name": "postgres", "container_port": PORT, "protocol": "TCP"}
+                                ],
+                                "env": [
+                                    {"name": "POSTGRES_USER", "value": USER},
+                                    {"name": "POSTGRES_DB", "value": DB_NAME},
+                                    {
+                                        "name": "POSTGRES_PASSWORD_FILE",
+                                        "value": pod.secret_file(PASSWORD_KEY),
+                                    },
+                                    {"name": "PGDATA", "value": f"{MOUNT_PATH}/pgdata"},
+                                ],
+                                "resources": RESOURCES.spec(),
+                                "security_context": pod.container_security_context(),
+                                "volume_mounts": pod.mounts(
+                                    secrets=True,
+                                    extra=(
+                                        {"name": CLAIM_TEMPLATE, "mount_path": MOUNT_PATH},
+                                        {"name": "run", "mount_path": "/var/run/postgresql"},
+                                    ),
+                                ),
+                                "readiness_probe": {
+                                    "exec_": {"command": ready},
+                                    "period_seconds": 5,
+                                    "timeout_seconds": 3,
+                                    "failure_threshold": 3,
+                                },
+                                "liveness_probe": {
+                                    "exec_": {"command": ready},
+                                    "initial_delay_seconds": 30,
+                                    "period_seconds": 10,
+                                    "timeout_seconds": 5,
+                                    "failure_threshold": 6,
+                                },
+                            }
+                        ],
+                        "volumes": [
+                            pod.tmp_volume(),
+                            pod.secrets_volume(args.secret_name),  # type: ignore[arg-type]
+                            {"name": "run", "empty_dir": {"size_limit": "16Mi"}},
+                        ],
+                    },
+                },
+                "volume_claim_templates": [
+                    {
+                        "metadata": {"name": CLAIM_TEMPLATE, "labels": meta_labels},
+                        "spec": claim_spec,
+                    }
+                ],
+            },
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[self.volume_claim], delete_before_replace=True
+            ),
+        )
+        self.host = pulumi.Output.concat(
+            self.service.metadata.name, ".", self.service.metadata.namespace, ".svc"
+        )
+        self.register_outputs({"host": self.host})

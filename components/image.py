@@ -1,0 +1,49 @@
+"""`ServiceImage`: builds one of `services/*` with pulumi-docker and pushes it to a registry.
+
+The deployed reference is the pushed image's repository digest (`name@sha256:...`): identical
+content gives the same digest, so an unchanged service does not roll its Deployment, and any
+change to its code gives a new digest, which does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import pulumi
+
+SERVICES_DIR: Final = Path(__file__).resolve().parent.parent / "services"
+
+
+@dataclass(frozen=True)
+class ServiceImageArgs:
+    service: str  # a folder of services/: gateway | model
+    stack: str
+    # Where to push: `host[:port][/path]`, e.g. `localhost:5001` or `europe-docker.pkg.dev/p/r`.
+    registry: pulumi.Input[str]
+    platform: str = "linux/amd64"
+
+
+class ServiceImage(pulumi.ComponentResource):
+    ref: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: ServiceImageArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlstack:image:ServiceImage", name, None, opts)
+        import pulumi_docker as docker  # only stacks that build images need the Docker provider
+
+        context = SERVICES_DIR / args.service
+        image = docker.Image(
+            name,
+            image_name=pulumi.Output.concat(args.registry, "/", args.service, ":", args.stack),
+            build=docker.DockerBuildArgs(
+                context=str(context),
+                dockerfile=str(context / "Dockerfile"),
+                platform=args.platform,
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.ref = image.repo_digest
+        self.register_outputs({"ref": self.ref})

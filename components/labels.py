@@ -1,0 +1,25 @@
+"""The Kubernetes recommended labels every object of a stack carries."""
+
+from __future__ import annotations
+
+from typing import Final
+
+PART_OF: Final = "mlstack"
+MANAGED_BY: Final = "pulumi"
+# Objects shared by the whole application (namespace, default-deny policy) are named after it.
+APP: Final = "mlstack"
+
+
+def labels(name: str, stack: str) -> dict[str, str]:
+    """All four recommended labels for the part `name` of the stack `stack`."""
+    return {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/instance": stack,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def selector(name: str, stack: str) -> dict[str, str]:
+    """The immutable subset that Deployments, StatefulSets, Services and policies select on."""
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": stack}

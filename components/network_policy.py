@@ -1,0 +1,108 @@
+"""`NetworkPolicies`: deny everything, then allow exactly the paths the application uses:
+anyone → gateway, gateway → model, gateway → database, and every pod → cluster DNS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.labels import APP, labels, selector
+
+
+@dataclass(frozen=True)
+class Route:
+    """`source` pods may open TCP `port` on `target` pods (`source` None: from anywhere)."""
+
+    source: str | None
+    target: str
+    port: int
+
+
+@dataclass(frozen=True)
+class NetworkPoliciesArgs:
+    stack: str
+    namespace: pulumi.Input[str]
+    routes: tuple[Route, ...]
+
+
+class NetworkPolicies(pulumi.ComponentResource):
+    def __init__(
+        self, name: str, args: NetworkPoliciesArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlstack:app:NetworkPolicies", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        def policy(
+            policy_name: str, part: str, spec: k8s.networking.v1.NetworkPolicySpecArgsDict
+        ) -> k8s.networking.v1.NetworkPolicy:
+            return k8s.networking.v1.NetworkPolicy(
+                f"{name}-{policy_name}",
+                metadata={
+                    "name": policy_name,
+                    "namespace": args.namespace,
+                    "labels": labels(part, args.stack),
+                },
+                spec=spec,
+                opts=child,
+            )
+
+        policy(
+            "default-deny",
+            APP,
+            {"pod_selector": {}, "policy_types": ["Ingress", "Egress"]},
+        )
+        policy(
+            "allow-dns",
+            APP,
+            {
+                "pod_selector": {},
+                "policy_types": ["Egress"],
+                "egress": [
+                    {
+                        "to": [{"namespace_selector": {}}],
+                        "ports": [
+                            {"port": 53, "protocol": "UDP"},
+                            {"port": 53, "protocol": "TCP"},
+                        ],
+                    }
+                ],
+            },
+        )
+        for route in args.routes:
+            target = selector(route.target, args.stack)
+            peers: list[k8s.networking.v1.NetworkPolicyPeerArgsDict] = []
+            if route.source is not None:
+                peers = [{"pod_selector": {"match_labels": selector(route.source, args.stack)}}]
+            ingress: k8s.networking.v1.NetworkPolicyIngressRuleArgsDict = {
+                "ports": [{"port": route.port, "protocol": "TCP"}]
+            }
+            if peers:
+                ingress["from_"] = peers
+            origin = route.source or "any"
+            policy(
+                f"{route.target}-from-{origin}",
+                route.target,
+                {
+                    "pod_selector": {"match_labels": target},
+                    "policy_types": ["Ingress"],
+                    "ingress": [ingress],
+                },
+            )
+            if route.source is not None:
+                policy(
+                    f"{route.source}-to-{route.target}",
+                    route.source,
+                    {
+                        "pod_selector": {"match_labels": selector(route.source, args.stack)},
+                        "policy_types": ["Egress"],
+                        "egress": [
+                            {
+                                "to": [{"pod_selector": {"match_labels": target}}],
+                                "ports": [{"port": route.port, "protocol": "TCP"}],
+                            }
+                        ],
+                    },
+                )
+        self.register_outputs({})

@@ -1,0 +1,77 @@
+"""Pod and container settings shared by every workload: the Pod Security Standard `restricted`
+profile, resource sizes, a writable /tmp on a read-only root, and secrets mounted as files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import pulumi_kubernetes as k8s
+
+# Every image of the stack runs as this numeric, unprivileged user (see services/*/Dockerfile).
+RUN_AS_USER: Final = 10001
+SECRETS_DIR: Final = "/etc/mlstack/secrets"
+SECRETS_VOLUME: Final = "secrets"
+TMP_VOLUME: Final = "tmp"
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_request: str
+    memory_request: str
+    cpu_limit: str
+    memory_limit: str
+
+    def spec(self) -> k8s.core.v1.ResourceRequirementsArgsDict:
+        return {
+            "requests": {"cpu": self.cpu_request, "memory": self.memory_request},
+            "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit},
+        }
+
+
+def pod_security_context() -> k8s.core.v1.PodSecurityContextArgsDict:
+    return {
+        "run_as_non_root": True,
+        "run_as_user": RUN_AS_USER,
+        "run_as_group": RUN_AS_USER,
+        "fs_group": RUN_AS_USER,
+        "seccomp_profile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> k8s.core.v1.SecurityContextArgsDict:
+    return {
+        "allow_privilege_escalation": False,
+        "read_only_root_filesystem": True,
+        "run_as_non_root": True,
+        "run_as_user": RUN_AS_USER,
+        "run_as_group": RUN_AS_USER,
+        "capabilities": {"drop": ["ALL"]},
+        "seccomp_profile": {"type": "RuntimeDefault"},
+    }
+
+
+def tmp_volume() -> k8s.core.v1.VolumeArgsDict:
+    return {"name": TMP_VOLUME, "empty_dir": {"size_limit": "64Mi"}}
+
+
+def secrets_volume(secret_name: str) -> k8s.core.v1.VolumeArgsDict:
+    # Mode 0440 with the pod's fsGroup: readable by the app user only.
+    return {
+        "name": SECRETS_VOLUME,
+        "secret": {"secret_name": secret_name, "default_mode": 0o440},
+    }
+
+
+def mounts(*, secrets: bool, extra: tuple[k8s.core.v1.VolumeMountArgsDict, ...] = ()) -> list[
+    k8s.core.v1.VolumeMountArgsDict
+]:
+    found: list[k8s.core.v1.VolumeMountArgsDict] = [{"name": TMP_VOLUME, "mount_path": "/tmp"}]
+    if secrets:
+        found.append({"name": SECRETS_VOLUME, "mount_path": SECRETS_DIR, "read_only": True})
+    return [*found, *extra]
+
+
+def secret_file(key: str) -> str:
+    """Where the secret `key` appears inside a container that mounts the stack's secrets."""
+    return f"{SECRETS_DIR}/{key}"

@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Build the real-engine e2e toolchain from Go modules and cache the binaries outside the work tree:
+#   ${MLSTACK_E2E_CACHE:-$HOME/.cache/mlstack-e2e}/<hash of versions.env>/bin
+# Only missing binaries are built. Prints the bin folder on its last line.
+#
+# Every version comes from versions.env (the one place they are pinned). The wrapper modules are
+# generated here from those versions (go.mod + a tools file); no upstream source is committed.
+# The one Go main of our own is e2e/toolchain/langhost (see its README note in e2e/README.md).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=/dev/null
+source "$here/versions.env"
+
+cache_root="${MLSTACK_E2E_CACHE:-$HOME/.cache/mlstack-e2e}"
+vhash="$(sha256sum "$here/versions.env" | cut -c1-12)"
+top="$cache_root/$vhash"
+bin="$top/bin"
+work="$top/work"
+mkdir -p "$bin" "$work"
+
+export GOFLAGS="-mod=mod -trimpath"
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+export CGO_ENABLED=0
+ldstrip="-s -w"
+
+log() { printf '[e2e-toolchain] %s\n' "$*" >&2; }
+have() { for f in "$@"; do [[ -x "$bin/$f" ]] || return 1; done; }
+
+# --- Pulumi CLI ----------------------------------------------------------------------------------
+build_pulumi() {
+  have pulumi && return 0
+  log "building pulumi $PULUMI_VERSION"
+  local d="$work/pulumi"
+  rm -rf "$d" && mkdir -p "$d"
+  local pkgmod
+  pkgmod="$(cd "$d" && go mod download -json "github.com/pulumi/pulumi/pkg/v3@$PULUMI_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  {
+    echo "module mlstack.local/e2e/pulumi"
+    grep -E '^go [0-9]' "$pkgmod"
+    echo "require ("
+    echo "  github.com/pulumi/pulumi/pkg/v3 $PULUMI_VERSION"
+    echo "  github.com/pulumi/pulumi/sdk/v3 $PULUMI_VERSION"
+    echo ")"
+    # Repeat the non-local replaces of pkg/go.mod (a local ../sdk one becomes the require above).
+    grep -E '^replace ' "$pkgmod" | grep -vE '=> \.\.?/' || true
+  } >"$d/go.mod"
+  (cd "$d" && go build -ldflags "$ldstrip \
+      -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_VERSION" \
+      -o "$bin/pulumi.tmp" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi)
+  mv "$bin/pulumi.tmp" "$bin/pulumi"
+}
+
+# --- Python language host (our own small main: the upstream one is not on the module proxy) -----
+build_langhost() {
+  local src="$here/langhost"
+  local stamp
+  stamp="$(cat "$src/main.go" "$here/versions.env" | sha256sum | cut -c1-16)"
+  if have pulumi-language-python pulumi-language-python-exec \
+     && [[ "$(cat "$bin/.langhost.stamp" 2>/dev/null)" == "$stamp" ]]; then
+    return 0
+  fi
+  log "building pulumi-language-python (mlstack's minimal host) against sdk $PULUMI_VERSION"
+  local d="$work/langhost"
+  rm -rf "$d" && mkdir -p "$d"
+  cp "$src/main.go" "$d/main.go"
+  local sdkmod sdkdir
+  sdkmod="$(cd "$d" && go mod download -json "github.com/pulumi/pulumi/sdk/v3@$PULUMI_VERSION")"
+  sdkdir="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["Dir"])' "$sdkmod")"
+  {
+    echo "module mlstack.local/e2e/langhost"
+    grep -E '^go [0-9]' "$sdkdir/go.mod"
+    echo "require github.com/pulumi/pulumi/sdk/v3 $PULUMI_VERSION"
+  } >"$d/go.mod"
+  (cd "$d" && go build -ldflags "$ldstrip" -o "$bin/pulumi-language-python.tmp" .)
+  mv "$bin/pulumi-language-python.tmp" "$bin/pulumi-language-python"
+  # The exec shim is a Python script shipped in the sdk/v3 module; it must sit next to the host.
+  install -m 0755 "$sdkdir/python/cmd/pulumi-language-python-exec" "$bin/pulumi-language-python-exec"
+  echo "$stamp" >"$bin/.langhost.stamp"
+}
+
+# --- pulumi-kubernetes provider -----------------------------------------------------------------
+build_provider() {
+  have pulumi-resource-kubernetes && return 0
+  log "building pulumi-resource-kubernetes $PULUMI_KUBERNETES_VERSION" \
+      "($PULUMI_KUBERNETES_PROVIDER_MODULE_VERSION)"
+  local d="$work/provider"
+  rm -rf "$d" && mkdir -p "$d"
+  local m="github.com/pulumi/pulumi-kubernetes/provider/v4"
+  local info dir
+  info="$(cd "$d" && go mod download -json "$m@$PULUMI_KUBERNETES_PROVIDER_MODULE_VERSION")"
+  dir="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["Dir"])' "$info")"
+  {
+    echo "module mlstack.local/e2e/provider"
+    grep -E '^go [0-9]' "$dir/go.mod"
+    echo "require $m $PULUMI_KUBERNETES_PROVIDER_MODULE_VERSION"
+    grep -E '^replace ' "$dir/go.mod" | grep -vE '=> \.\.?/' || true
+  } >"$d/go.mod"
+  # main.go embeds schema-embed.json and terraform-mapping-embed.json, generated (not committed)
+  # upstream by generate.go: a writable copy of the main package with both files (schema version
+  # stamped, JSON compacted — what generate.go does).
+  local cmd="$d/cmd"
+  mkdir -p "$cmd"
+  cp "$dir/cmd/pulumi-resource-kubernetes/main.go" "$cmd/"
+  chmod u+w "$cmd/main.go"
+  python3 - "$dir/cmd/pulumi-resource-kubernetes" "$cmd" "$PULUMI_KUBERNETES_VERSION" <<'PY'
+import json, sys
+src, dst, version = sys.argv[1:4]
+schema = json.load(open(f"{src}/schema.json"))
+schema["version"] = version
+json.dump(schema, open(f"{dst}/schema-embed.json", "w"), separators=(",", ":"))
+mapping = json.load(open(f"{src}/terraform-mapping.json"))
+json.dump(mapping, open(f"{dst}/terraform-mapping-embed.json", "w"), separators=(",", ":"))
+PY
+  (cd "$d" && go build -ldflags "$ldstrip \
+      -X $m/pkg/version.Version=$PULUMI_KUBERNETES_VERSION" \
+      -o "$bin/pulumi-resource-kubernetes.tmp" ./cmd)
+  mv "$bin/pulumi-resource-kubernetes.tmp" "$bin/pulumi-resource-kubernetes"
+}
+
+# --- etcd ---------------------------------------------------------------------------------------
+build_etcd() {
+  have etcd && return 0
+  log "building etcd $ETCD_VERSION"
+  local d="$work/etcd"
+  rm -rf "$d" && mkdir -p "$d"
+  local m="go.etcd.io/etcd/server/v3"
+  local gomod
+  gomod="$(cd "$d" && go mod download -json "$m@$ETCD_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  {
+    echo "module mlstack.local/e2e/etcd"
+    grep -E '^go [0-9]' "$gomod"
+    echo "require $m $ETCD_VERSION"
+  } >"$d/go.mod"
+  (cd "$d" && go build -ldflags "$ldstrip" -o "$bin/etcd.tmp" "$m")
+  mv "$bin/etcd.tmp" "$bin/etcd"
+}
+
+# --- KWOK ---------------------------------------------------------------------------------------
+build_kwok() {
+  have kwok kwokctl && return 0
+  log "building kwok + kwokctl $KWOK_VERSION"
+  local d="$work/kwok"
+  rm -rf "$d" && mkdir -p "$d"
+  local m="sigs.k8s.io/kwok"
+  local gomod
+  gomod="$(cd "$d" && go mod download -json "$m@$KWOK_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  {
+    echo "module mlstack.local/e2e/kwok"
+    grep -E '^go [0-9]' "$gomod"
+    echo "require $m $KWOK_VERSION"
+  } >"$d/go.mod"
+  (cd "$d" && go build -ldflags "$ldstrip -X $m/pkg/consts.Version=$KWOK_VERSION" \
+      -o "$bin/" "$m/cmd/kwok" "$m/cmd/kwokctl")
+}
+
+# --- Kubernetes control plane -------------------------------------------------------------------
+build_kube() {
+  have kube-apiserver kube-controller-manager kube-scheduler && return 0
+  log "building kube-apiserver, kube-controller-manager, kube-scheduler $KUBE_VERSION"
+  local d="$work/kube"
+  rm -rf "$d" && mkdir -p "$d"
+  local gomod
+  gomod="$(cd "$d" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  python3 - "$gomod" "$KUBE_VERSION" "$KUBE_STAGING_VERSION" >"$d/go.mod" <<'PY'
+import re, sys
+gomod, kube, staging = sys.argv[1:4]
+text = open(gomod).read()
+out = ["module mlstack.local/e2e/kube", ""]
+out += re.findall(r"^go \S+$", text, re.M)
+out += re.findall(r"^godebug\s*\([^)]*\)|^godebug \S+$", text, re.M)
+out += ["", f"require k8s.io/kubernetes {kube}", ""]
+# Every staging module (replaced by ./staging/src/... upstream) becomes its published release.
+for mod in re.findall(r"^\s*(?:replace\s+)?(\S+)\s+=>\s+\./staging/\S+", text, re.M):
+    out.append(f"replace {mod} => {mod} {staging}")
+print("\n".join(out))
+PY
+  local major minor
+  major="$(echo "$KUBE_VERSION" | sed -E 's/^v([0-9]+)\..*/\1/')"
+  minor="$(echo "$KUBE_VERSION" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')"
+  local ld="$ldstrip"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
+    ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  (cd "$d" && go build -ldflags "$ld" -o "$bin/" \
+      k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler)
+}
+
+want=("$@")
+[[ ${#want[@]} -gt 0 ]] || want=(pulumi langhost provider etcd kwok kube)
+for w in "${want[@]}"; do
+  start=$SECONDS
+  "build_$w"
+  log "$w ready ($((SECONDS - start)) s)"
+done
+echo "$bin"

@@ -1,0 +1,32 @@
+"""``python -m mlstack_model``: serve the model on HOST:PORT (default 0.0.0.0:8080)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from mlstack_model.settings import ModelSettings
+
+
+def main() -> None:
+    settings = ModelSettings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        "mlstack_model.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        server_header=False,
+        # Kubernetes waits terminationGracePeriodSeconds (30 s by default) after SIGTERM.
+        timeout_graceful_shutdown=20,
+    )
+
+
+if __name__ == "__main__":
+    main()

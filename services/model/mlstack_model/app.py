@@ -1,0 +1,65 @@
+"""The model server's ASGI application."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from mlstack_model import protocol
+from mlstack_model.loaded_model import load_model
+from mlstack_model.protocol import ProtocolError
+from mlstack_model.routes import ModelService, json_response
+from mlstack_model.settings import ModelSettings
+
+
+async def _protocol_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProtocolError)
+    return json_response(protocol.error_body(exc.message), status=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # Unknown paths and wrong methods answer in the protocol's error shape too.
+    assert isinstance(exc, HTTPException)
+    return Response(
+        protocol.error_body(str(exc.detail)),
+        status_code=exc.status_code,
+        headers=exc.headers,
+        media_type="application/json",
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return json_response(protocol.error_body("internal server error"), status=500)
+
+
+def create_app(settings: ModelSettings | None = None) -> Starlette:
+    settings = settings or ModelSettings.from_env()
+    service = ModelService(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Loading (and, locally, first-start training) blocks: keep it off the event loop.
+        service.model = await asyncio.to_thread(load_model, settings)
+        try:
+            yield
+        finally:
+            service.model = None
+            service.executor.shutdown(wait=True)
+
+    app = Starlette(
+        routes=service.routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            ProtocolError: _protocol_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+    app.state.service = service
+    return app

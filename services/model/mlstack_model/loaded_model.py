@@ -1,0 +1,68 @@
+"""The one model version this server process serves, loaded and compiled once at start-up."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from mlstack_model import artifacts, protocol, train
+from mlstack_model.scoring import Scorer, compile_scorer
+from mlstack_model.settings import ModelSettings
+
+log = logging.getLogger("mlstack_model")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    metadata: artifacts.ArtifactMetadata
+    estimator: Any
+    scorer: Scorer
+    # Answers that never change, serialized once.
+    metadata_body: bytes
+    ready_body: bytes
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def version(self) -> str:
+        return self.metadata.version
+
+
+class ModelNotAvailable(RuntimeError):
+    pass
+
+
+def load_model(settings: ModelSettings) -> LoadedModel:
+    """Load MODEL_NAME at MODEL_VERSION (default: newest), training it first if it is missing."""
+    name, model_dir = settings.model_name, settings.model_dir
+    try:
+        train.ensure_trained(model_dir, name)
+    except OSError as exc:
+        # A read-only MODEL_DIR without artifacts (e.g. an image built without training).
+        raise ModelNotAvailable(f"cannot train {name} into {model_dir}: {exc}") from exc
+    versions = artifacts.available_versions(model_dir, name)
+    if not versions:
+        raise ModelNotAvailable(f"no trained artifacts for model {name!r} in {model_dir}")
+    version = settings.model_version or versions[-1]
+    if version not in versions:
+        raise ModelNotAvailable(
+            f"MODEL_VERSION={version!r} not found for {name!r} in {model_dir}; "
+            f"available: {', '.join(versions)}"
+        )
+    artifact = artifacts.load(model_dir, name, version)
+    scorer = compile_scorer(artifact.estimator)
+    log.info(
+        "serving %s %s (%s) from %s", name, version, artifact.metadata.estimator, model_dir
+    )
+    return LoadedModel(
+        metadata=artifact.metadata,
+        estimator=artifact.estimator,
+        scorer=scorer,
+        metadata_body=orjson.dumps(protocol.model_metadata(artifact.metadata)),
+        ready_body=orjson.dumps({"name": name, "ready": True}),
+    )

@@ -1,0 +1,195 @@
+"""Run `__main__.py` under Pulumi's standard mocks and record what it registers.
+
+Each run happens in a fresh `contextvars.Context`, so several stacks can be evaluated in one
+process. The mocks answer like a cluster that has allocated a LoadBalancer address (unless told
+otherwise) and like Docker and the clouds would, without touching any of them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import runpy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+MAIN: Final = ROOT / "__main__.py"
+TEST_SECRETS: Final = {
+    "mlstack:databasePassword": "test-database-password",
+    "mlstack:apiKey": "test-gateway-api-key",
+}
+LB_ADDRESS: Final = "203.0.113.10"
+
+
+@dataclass
+class Registered:
+    """One resource the program registered: its inputs and the options it was given."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    provider: str | None
+    protect: bool = False
+    parent: str | None = None
+    delete_before_replace: bool = False
+
+    @property
+    def kind(self) -> str:
+        """`Deployment` for `kubernetes:apps/v1:Deployment`."""
+        return self.type.rsplit(":", 1)[-1]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self.inputs.get("metadata") or {})
+
+
+@dataclass
+class ProgramRun:
+    stack: str
+    resources: list[Registered] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+
+    def of_kind(self, kind: str) -> list[Registered]:
+        return [r for r in self.resources if r.type.startswith("kubernetes:") and r.kind == kind]
+
+    def one(self, kind: str, name: str) -> Registered:
+        found = [r for r in self.of_kind(kind) if r.metadata.get("name") == name]
+        assert len(found) == 1, f"expected one {kind} named {name}, found {len(found)}"
+        return found[0]
+
+    def by_type(self, type_: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == type_]
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Returns each resource's inputs as its state, plus what a real provider would compute."""
+
+    def __init__(self, *, load_balancer_ready: bool = True) -> None:
+        self.load_balancer_ready = load_balancer_ready
+        self.registered: list[Registered] = []
+
+    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        inputs = dict(args.inputs)
+        self.registered.append(Registered(args.typ, args.name, inputs, args.provider))
+        state = {**inputs, **self._computed(args.typ, args.name, inputs)}
+        return f"{args.name}-id", state
+
+    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+    def _computed(self, typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        if typ == "kubernetes:core/v1:Service":
+            spec = inputs.get("spec") or {}
+            if spec.get("type") == "LoadBalancer" and self.load_balancer_ready:
+                return {"status": {"loadBalancer": {"ingress": [{"ip": LB_ADDRESS}]}}}
+            if spec.get("type") == "NodePort":
+                ports = [{**port, "nodePort": 30080} for port in spec.get("ports", [])]
+                return {"spec": {**spec, "ports": ports}, "status": {"loadBalancer": {}}}
+            return {"status": {"loadBalancer": {}}}
+        if typ == "docker:index/image:Image":
+            digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+            return {"repoDigest": f"{inputs['imageName'].rsplit(':', 1)[0]}@sha256:{digest}"}
+        if typ == "pulumi-python:dynamic:Resource":
+            return {"kubeconfig": "apiVersion: v1\nkind: Config\n"}
+        if typ == "gcp:container/cluster:Cluster":
+            return {
+                "name": name,
+                "endpoint": "198.51.100.1",
+                "masterAuth": {"clusterCaCertificate": "Q0EK"},
+            }
+        if typ == "eks:index:Cluster":
+            return {"kubeconfigJson": json.dumps({"apiVersion": "v1", "kind": "Config"})}
+        return {}
+
+
+def stack_config(stack: str) -> dict[str, Any]:
+    """The `config:` of `Pulumi.<stack>.yaml`, values as the stack file gives them."""
+    document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
+    return dict(document.get("config") or {})
+
+
+def _engine_value(value: Any) -> str:
+    """How the engine hands a config value to a program: objects as JSON, scalars as strings."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def run_program(
+    stack: str,
+    config: Mapping[str, Any] | None = None,
+    *,
+    preview: bool = False,
+    load_balancer_ready: bool = True,
+    with_secrets: bool = True,
+) -> ProgramRun:
+    """Evaluate `__main__.py` for `stack` (its stack file's config unless `config` is given)."""
+    values = dict(stack_config(stack) if config is None else config)
+    if with_secrets:
+        values = {**TEST_SECRETS, **values}
+    return contextvars.Context().run(
+        _run, stack, values, preview=preview, load_balancer_ready=load_balancer_ready
+    )
+
+
+def _run(
+    stack: str, values: dict[str, Any], *, preview: bool, load_balancer_ready: bool
+) -> ProgramRun:
+    recorder = RecordingMocks(load_balancer_ready=load_balancer_ready)
+    pulumi.runtime.set_mocks(recorder, project="mlstack", stack=stack, preview=preview)
+    pulumi.runtime.set_all_config(
+        {key: _engine_value(value) for key, value in values.items()},
+        secret_keys=[key for key in values if key in TEST_SECRETS],
+    )
+    options: dict[tuple[str, str], pulumi.ResourceOptions] = {}
+
+    def capture(
+        args: pulumi.ResourceTransformationArgs,
+    ) -> pulumi.ResourceTransformationResult | None:
+        options[(args.type_, args.name)] = args.opts
+        return None
+
+    pulumi.runtime.register_stack_transformation(capture)
+    run = ProgramRun(stack=stack)
+
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def evaluate() -> pulumi.Output[Any]:
+        runpy.run_path(str(MAIN), run_name="__main__")
+        root = pulumi.runtime.get_root_resource()
+        exported: dict[str, Any] = dict(getattr(root, "outputs", {}))
+
+
+        async def secret_keys() -> list[str]:
+            return [
+                key
+                for key, value in exported.items()
+                if await pulumi.Output.from_input(value).is_secret()
+            ]
+
+        def record(resolved: list[Any]) -> None:
+            values, secrets = resolved
+            run.outputs.update(values)
+            run.secret_outputs.update(secrets)
+
+        return pulumi.Output.all(
+            pulumi.Output.all(**exported), pulumi.Output.from_input(secret_keys())
+        ).apply(record)
+    evaluate()
+    for resource in recorder.registered:
+        opts = options.get((resource.type, resource.name))
+        if opts is not None:
+            resource.protect = bool(opts.protect)
+            resource.delete_before_replace = bool(opts.delete_before_replace)
+            parent = opts.parent
+            resource.parent = getattr(parent, "_name", None) if parent is not None else None
+    run.resources = recorder.registered
+    return run
