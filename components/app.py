@@ -133,9 +133,7 @@ class MlApp(pulumi.ComponentResource):
                 },
                 secret_name=gateway_secret.metadata.name,
             ),
-            pulumi.ResourceOptions(
-                parent=self, provider=cluster.provider, depends_on=[db, model]
-            ),
+            pulumi.ResourceOptions(parent=self, provider=cluster.provider, depends_on=[db, model]),
         )
         NetworkPolicies(
             f"{name}-network",

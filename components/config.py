@@ -27,7 +27,9 @@ SERVICE_TYPES: Final[tuple[ServiceType, ...]] = ("LoadBalancer", "ClusterIP", "N
 MODEL_VERSIONS: Final = ("v1", "v2")
 MAX_REPLICAS: Final = 1000
 
-_QUANTITY = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_QUANTITY = re.compile(
+    r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _IMAGE_REF = re.compile(r"^[^\s]+$")
 
@@ -177,10 +179,14 @@ class _Section:
 
     def integer(self, sub: str, default: int, minimum: int, maximum: int) -> int:
         value = self.raw.get(sub, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not (
-            minimum <= value <= maximum
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not (minimum <= value <= maximum)
         ):
-            raise _fail(self.path(sub), value, f"expected a whole number from {minimum} to {maximum}")
+            raise _fail(
+                self.path(sub), value, f"expected a whole number from {minimum} to {maximum}"
+            )
         return value
 
     def port(self, sub: str, default: int) -> int:
@@ -277,7 +283,9 @@ def _parse_database(section: _Section) -> DatabaseConfig:
             size,
             "expected a positive Kubernetes quantity such as 1Gi, 500Mi or 10G",
         )
-    return DatabaseConfig(storage_size=cast(str, size), storage_class=section.string("storageClass"))
+    return DatabaseConfig(
+        storage_size=cast(str, size), storage_class=section.string("storageClass")
+    )
 
 
 def _parse_images(section: _Section, cluster: ClusterConfig) -> ImagesConfig:
@@ -342,13 +350,13 @@ def _secret(raw: Mapping[str, object], key: str) -> pulumi.Output[str]:
 
 
 def load(stack: str | None = None) -> StackConfig:
-    """Read and validate the whole `mlstack:` namespace; raise `ConfigError` on the first mistake."""
+    """Read and validate every `mlstack:` key; raise `ConfigError` on the first mistake."""
     stack = stack or pulumi.get_stack()
     raw = _read_raw()
     for key in raw:
         if key not in KNOWN_KEYS:
             raise ConfigError(
-                f'{NAMESPACE}:{key}: unknown key{_suggest(key, KNOWN_KEYS)}; '
+                f"{NAMESPACE}:{key}: unknown key{_suggest(key, KNOWN_KEYS)}; "
                 f"known keys: {', '.join(KNOWN_KEYS)}"
             )
     cluster = _parse_cluster(raw.get("cluster"))

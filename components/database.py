@@ -89,80 +89,29 @@ class Database(pulumi.ComponentResource):
             automount_service_account_token=False,
             opts=child,
         )
-        ready = ["pg_isready", "--host=127.0.0.1", f"--username={USER}", f"--dbname={DB_NAME}"]
+        spec: k8s.apps.v1.StatefulSetSpecArgsDict = {
+            "replicas": 1,
+            "service_name": self.service.metadata.name,
+            "selector": {"match_labels": match},
+            "persistent_volume_claim_retention_policy": {
+                "when_deleted": "Retain",
+                "when_scaled": "Retain",
+            },
+            "template": {
+                "metadata": {"labels": meta_labels},
+                "spec": _pod_spec(args.secret_name, account.metadata.name),
+            },
+            "volume_claim_templates": [
+                {
+                    "metadata": {"name": CLAIM_TEMPLATE, "labels": meta_labels},
+                    "spec": claim_spec,
+                }
+            ],
+        }
         self.stateful_set = k8s.apps.v1.StatefulSet(
             name,
             metadata={"name": NAME, "namespace": args.namespace, "labels": meta_labels},
-            spec={
-                "replicas": 1,
-                "service_name": self.service.metadata.name,
-                "selector": {"match_labels": match},
-                "persistent_volume_claim_retention_policy": {
-                    "when_deleted": "Retain",
-                    "when_scaled": "Retain",
-                },
-                "template": {
-                    "metadata": {"labels": meta_labels},
-                    "spec": {
-                        "service_account_name": account.metadata.name,
-                        "automount_service_account_token": False,
-                        "security_context": pod.pod_security_context(),
-                        "termination_grace_period_seconds": 60,
-                        "containers": [
-                            {
-                                "name": "postgres",
-                                "image": IMAGE,
-                                "image_pull_policy": "IfNotPresent",
-                                "ports": [
-                                    {"name": "postgres", "container_port": PORT, "protocol": "TCP"}
-                                ],
-                                "env": [
-                                    {"name": "POSTGRES_USER", "value": USER},
-                                    {"name": "POSTGRES_DB", "value": DB_NAME},
-                                    {
-                                        "name": "POSTGRES_PASSWORD_FILE",
-                                        "value": pod.secret_file(PASSWORD_KEY),
-                                    },
-                                    {"name": "PGDATA", "value": f"{MOUNT_PATH}/pgdata"},
-                                ],
-                                "resources": RESOURCES.spec(),
-                                "security_context": pod.container_security_context(),
-                                "volume_mounts": pod.mounts(
-                                    secrets=True,
-                                    extra=(
-                                        {"name": CLAIM_TEMPLATE, "mount_path": MOUNT_PATH},
-                                        {"name": "run", "mount_path": "/var/run/postgresql"},
-                                    ),
-                                ),
-                                "readiness_probe": {
-                                    "exec_": {"command": ready},
-                                    "period_seconds": 5,
-                                    "timeout_seconds": 3,
-                                    "failure_threshold": 3,
-                                },
-                                "liveness_probe": {
-                                    "exec_": {"command": ready},
-                                    "initial_delay_seconds": 30,
-                                    "period_seconds": 10,
-                                    "timeout_seconds": 5,
-                                    "failure_threshold": 6,
-                                },
-                            }
-                        ],
-                        "volumes": [
-                            pod.tmp_volume(),
-                            pod.secrets_volume(args.secret_name),  # type: ignore[arg-type]
-                            {"name": "run", "empty_dir": {"size_limit": "16Mi"}},
-                        ],
-                    },
-                },
-                "volume_claim_templates": [
-                    {
-                        "metadata": {"name": CLAIM_TEMPLATE, "labels": meta_labels},
-                        "spec": claim_spec,
-                    }
-                ],
-            },
+            spec=spec,
             opts=pulumi.ResourceOptions(
                 parent=self, depends_on=[self.volume_claim], delete_before_replace=True
             ),
@@ -171,3 +120,60 @@ class Database(pulumi.ComponentResource):
             self.service.metadata.name, ".", self.service.metadata.namespace, ".svc"
         )
         self.register_outputs({"host": self.host})
+
+
+def _pod_spec(
+    secret_name: pulumi.Input[str], account: pulumi.Input[str]
+) -> k8s.core.v1.PodSpecArgsDict:
+    ready = ["pg_isready", "--host=127.0.0.1", f"--username={USER}", f"--dbname={DB_NAME}"]
+    spec: k8s.core.v1.PodSpecArgsDict = {
+        "service_account_name": account,
+        "automount_service_account_token": False,
+        "security_context": pod.pod_security_context(),
+        "termination_grace_period_seconds": 60,
+        "containers": [
+            {
+                "name": "postgres",
+                "image": IMAGE,
+                "image_pull_policy": "IfNotPresent",
+                "ports": [{"name": "postgres", "container_port": PORT, "protocol": "TCP"}],
+                "env": [
+                    {"name": "POSTGRES_USER", "value": USER},
+                    {"name": "POSTGRES_DB", "value": DB_NAME},
+                    {
+                        "name": "POSTGRES_PASSWORD_FILE",
+                        "value": pod.secret_file(PASSWORD_KEY),
+                    },
+                    {"name": "PGDATA", "value": f"{MOUNT_PATH}/pgdata"},
+                ],
+                "resources": RESOURCES.spec(),
+                "security_context": pod.container_security_context(),
+                "volume_mounts": pod.mounts(
+                    secrets=True,
+                    extra=(
+                        {"name": CLAIM_TEMPLATE, "mount_path": MOUNT_PATH},
+                        {"name": "run", "mount_path": "/var/run/postgresql"},
+                    ),
+                ),
+                "readiness_probe": {
+                    "exec_": {"command": ready},
+                    "period_seconds": 5,
+                    "timeout_seconds": 3,
+                    "failure_threshold": 3,
+                },
+                "liveness_probe": {
+                    "exec_": {"command": ready},
+                    "initial_delay_seconds": 30,
+                    "period_seconds": 10,
+                    "timeout_seconds": 5,
+                    "failure_threshold": 6,
+                },
+            }
+        ],
+        "volumes": [
+            pod.tmp_volume(),
+            pod.secrets_volume(secret_name),  # type: ignore[arg-type]
+            {"name": "run", "empty_dir": {"size_limit": "16Mi"}},
+        ],
+    }
+    return spec

@@ -112,10 +112,9 @@ class Microservice(pulumi.ComponentResource):
 def _pod_spec(
     args: MicroserviceArgs, account: pulumi.Input[str], match: dict[str, str]
 ) -> k8s.core.v1.PodSpecArgsDict:
-    env: list[k8s.core.v1.EnvVarArgsDict] = [
-        {"name": "PORT", "value": str(CONTAINER_PORT)},
-        *({"name": key, "value": value} for key, value in sorted(args.env.items())),
-    ]
+    env: list[k8s.core.v1.EnvVarArgsDict] = [{"name": "PORT", "value": str(CONTAINER_PORT)}]
+    for key, value in sorted(args.env.items()):
+        env.append({"name": key, "value": value})
     volumes = [pod.tmp_volume()]
     if args.secret_name is not None:
         volumes.append(pod.secrets_volume(args.secret_name))  # type: ignore[arg-type]

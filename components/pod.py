@@ -63,9 +63,9 @@ def secrets_volume(secret_name: str) -> k8s.core.v1.VolumeArgsDict:
     }
 
 
-def mounts(*, secrets: bool, extra: tuple[k8s.core.v1.VolumeMountArgsDict, ...] = ()) -> list[
-    k8s.core.v1.VolumeMountArgsDict
-]:
+def mounts(
+    *, secrets: bool, extra: tuple[k8s.core.v1.VolumeMountArgsDict, ...] = ()
+) -> list[k8s.core.v1.VolumeMountArgsDict]:
     found: list[k8s.core.v1.VolumeMountArgsDict] = [{"name": TMP_VOLUME, "mount_path": "/tmp"}]
     if secrets:
         found.append({"name": SECRETS_VOLUME, "mount_path": SECRETS_DIR, "read_only": True})

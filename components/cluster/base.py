@@ -18,13 +18,13 @@ class Cluster(pulumi.ComponentResource):
     # cluster publishes it somewhere other than its ingress address (k3s in Docker does).
     local_gateway_url: pulumi.Output[str] | None = None
 
-    def _finish(self, kubeconfig: pulumi.Input[str], **provider_args: object) -> None:
+    def _finish(self, kubeconfig: pulumi.Input[str], context: str | None = None) -> None:
         """Create the provider from `kubeconfig` and register the component's outputs."""
         self.kubeconfig = pulumi.Output.secret(kubeconfig)
         self.provider = k8s.Provider(
             f"{self._name}-k8s",
             kubeconfig=self.kubeconfig,
+            context=context,
             opts=pulumi.ResourceOptions(parent=self),
-            **provider_args,  # type: ignore[arg-type]
         )
         self.register_outputs({"kubeconfig": self.kubeconfig})

@@ -19,7 +19,4 @@ class ExistingKubeconfigCluster(Cluster):
         super().__init__("mlstack:cluster:Existing", name, None, opts)
         # The provider reads the file itself: nothing here touches it while the program runs.
         path = os.path.expanduser(config.kubeconfig or DEFAULT_KUBECONFIG)
-        provider_args: dict[str, object] = {}
-        if config.context:
-            provider_args["context"] = config.context
-        self._finish(path, **provider_args)
+        self._finish(path, context=config.context)

@@ -157,6 +157,28 @@ build_kwok() {
       -o "$bin/" "$m/cmd/kwok" "$m/cmd/kwokctl")
 }
 
+# KWOK's default node and pod stages, copied from the kwok module at build time (a config that
+# names any Stage replaces the defaults, and the harness adds a LoadBalancer Service stage).
+install_stages() {
+  local dst="$top/stages"
+  [[ -s "$dst/pod-ready.yaml" ]] && return 0
+  local d="$work/kwok-stages"
+  mkdir -p "$d"
+  [[ -f "$d/go.mod" ]] || echo "module mlstack.local/e2e/kwokstages" >"$d/go.mod"
+  local dir
+  dir="$(cd "$d" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  mkdir -p "$dst.tmp"
+  cp "$dir"/kustomize/stage/node/fast/node-initialize.yaml \
+     "$dir"/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+     "$dir"/kustomize/stage/pod/fast/pod-ready.yaml \
+     "$dir"/kustomize/stage/pod/fast/pod-complete.yaml \
+     "$dir"/kustomize/stage/pod/fast/pod-delete.yaml "$dst.tmp/"
+  chmod u+w "$dst.tmp"/*.yaml
+  rm -rf "$dst" && mv "$dst.tmp" "$dst"
+}
+build_stages() { install_stages; }
+
 # --- Kubernetes control plane -------------------------------------------------------------------
 build_kube() {
   have kube-apiserver kube-controller-manager kube-scheduler && return 0
@@ -191,10 +213,20 @@ PY
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler)
+  echo "$ld" >"$work/kube.ldflags"
+}
+
+# kubectl of the same release, so the suite needs no kubectl from the machine.
+build_kubectl() {
+  have kubectl && return 0
+  [[ -s "$work/kube/go.mod" && -s "$work/kube.ldflags" ]] || { rm -f "$bin/kube-apiserver"; build_kube; }
+  log "building kubectl $KUBE_VERSION"
+  (cd "$work/kube" && go build -ldflags "$(cat "$work/kube.ldflags")" -o "$bin/" \
+      k8s.io/kubernetes/cmd/kubectl)
 }
 
 want=("$@")
-[[ ${#want[@]} -gt 0 ]] || want=(pulumi langhost provider etcd kwok kube)
+[[ ${#want[@]} -gt 0 ]] || want=(pulumi langhost provider etcd kwok stages kube kubectl)
 for w in "${want[@]}"; do
   start=$SECONDS
   "build_$w"

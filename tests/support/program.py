@@ -14,7 +14,7 @@ import runpy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import pulumi
 import yaml
@@ -86,7 +86,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         return {}, None
 
-    def _computed(self, typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    def _computed(  # noqa: PLR0911 - one answer per resource type
+        self, typ: str, name: str, inputs: dict[str, Any]
+    ) -> dict[str, Any]:
         if typ == "kubernetes:core/v1:Service":
             spec = inputs.get("spec") or {}
             if spec.get("type") == "LoadBalancer" and self.load_balancer_ready:
@@ -167,7 +169,6 @@ def _run(
         root = pulumi.runtime.get_root_resource()
         exported: dict[str, Any] = dict(getattr(root, "outputs", {}))
 
-
         async def secret_keys() -> list[str]:
             return [
                 key
@@ -181,8 +182,9 @@ def _run(
             run.secret_outputs.update(secrets)
 
         return pulumi.Output.all(
-            pulumi.Output.all(**exported), pulumi.Output.from_input(secret_keys())
+            pulumi.Output.all(**exported), pulumi.Output.from_input(cast(Any, secret_keys()))
         ).apply(record)
+
     evaluate()
     for resource in recorder.registered:
         opts = options.get((resource.type, resource.name))

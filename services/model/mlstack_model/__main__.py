@@ -11,7 +11,9 @@ from mlstack_model.settings import ModelSettings
 
 def main() -> None:
     settings = ModelSettings.from_env()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(
         "mlstack_model.app:create_app",
         factory=True,

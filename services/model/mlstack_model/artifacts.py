@@ -113,7 +113,7 @@ def load(model_dir: Path, name: str, version: str) -> Artifact:
     """Load one artifact. Only ever point this at a trusted directory: it unpickles."""
     path = artifact_dir(model_dir, name, version) / MODEL_FILE
     with path.open("rb") as handle:
-        payload = pickle.load(handle)  # noqa: S301 - our own build-time artifact
+        payload = pickle.load(handle)
     metadata = ArtifactMetadata.from_dict(payload["metadata"])
     if (metadata.name, metadata.version) != (name, version):
         raise ValueError(

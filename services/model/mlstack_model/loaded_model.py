@@ -33,7 +33,7 @@ class LoadedModel:
         return self.metadata.version
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailableError(RuntimeError):
     pass
 
 
@@ -44,21 +44,19 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         train.ensure_trained(model_dir, name)
     except OSError as exc:
         # A read-only MODEL_DIR without artifacts (e.g. an image built without training).
-        raise ModelNotAvailable(f"cannot train {name} into {model_dir}: {exc}") from exc
+        raise ModelNotAvailableError(f"cannot train {name} into {model_dir}: {exc}") from exc
     versions = artifacts.available_versions(model_dir, name)
     if not versions:
-        raise ModelNotAvailable(f"no trained artifacts for model {name!r} in {model_dir}")
+        raise ModelNotAvailableError(f"no trained artifacts for model {name!r} in {model_dir}")
     version = settings.model_version or versions[-1]
     if version not in versions:
-        raise ModelNotAvailable(
+        raise ModelNotAvailableError(
             f"MODEL_VERSION={version!r} not found for {name!r} in {model_dir}; "
             f"available: {', '.join(versions)}"
         )
     artifact = artifacts.load(model_dir, name, version)
     scorer = compile_scorer(artifact.estimator)
-    log.info(
-        "serving %s %s (%s) from %s", name, version, artifact.metadata.estimator, model_dir
-    )
+    log.info("serving %s %s (%s) from %s", name, version, artifact.metadata.estimator, model_dir)
     return LoadedModel(
         metadata=artifact.metadata,
         estimator=artifact.estimator,

@@ -10,6 +10,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from mlstack_model.artifacts import ArtifactMetadata
@@ -22,9 +23,7 @@ PLATFORM = "sklearn"
 
 # Tensor datatypes this model accepts as input (BOOL and BYTES make no sense for features).
 _FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
-_INT_TYPES = frozenset(
-    {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-)
+_INT_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 NUMERIC_DATATYPES = _FLOAT_TYPES | _INT_TYPES
 _NUMBER_TYPES = frozenset({int, float})
 
@@ -78,6 +77,29 @@ def _flatten(data: list[Any]) -> list[Any]:
     return data
 
 
+def _parse_data(data: object, datatype: str, rows: int, n_features: int) -> list[Any]:
+    if type(data) is not list:
+        raise _bad("input 'data' must be a list of numbers")
+    flat = _flatten(data)
+    expected = rows * n_features
+    if len(flat) != expected:
+        raise _bad(
+            f"input 'data' has {len(flat)} elements; shape [{rows}, {n_features}] needs {expected}"
+        )
+    # type() rather than isinstance: JSON true/false arrive as bool, a subclass of int.
+    if not {type(v) for v in flat} <= _NUMBER_TYPES:
+        bad = next(v for v in flat if type(v) not in _NUMBER_TYPES)
+        raise _bad(f"input 'data' must hold only numbers; found {orjson.dumps(bad).decode()}")
+    if datatype in _INT_TYPES:
+        if any(type(v) is not int for v in flat):
+            raise _bad(f"input datatype {datatype} needs integers; use FP64 for real numbers")
+    elif datatype == "FP32":
+        flat = array("f", flat).tolist()
+    elif datatype == "FP16":
+        flat = _round_fp16(flat)
+    return flat
+
+
 def parse_infer_request(body: bytes, n_features: int, max_rows: int) -> InferRequest:
     try:
         payload = orjson.loads(body)
@@ -102,32 +124,13 @@ def parse_infer_request(body: bytes, n_features: int, max_rows: int) -> InferReq
         allowed = ", ".join(sorted(NUMERIC_DATATYPES))
         raise _bad(f"input datatype {datatype!r} is not supported; use one of {allowed}")
     rows = _parse_shape(tensor.get("shape"), n_features, max_rows)
-    data = tensor.get("data")
-    if type(data) is not list:
-        raise _bad("input 'data' must be a list of numbers")
-    flat = _flatten(data)
-    expected = rows * n_features
-    if len(flat) != expected:
-        raise _bad(f"input 'data' has {len(flat)} elements; shape [{rows}, {n_features}] needs {expected}")
-    # type() rather than isinstance: JSON true/false arrive as bool, a subclass of int.
-    if not {type(v) for v in flat} <= _NUMBER_TYPES:
-        bad = next(v for v in flat if type(v) not in _NUMBER_TYPES)
-        raise _bad(f"input 'data' must hold only numbers; found {orjson.dumps(bad).decode()}")
-    if datatype in _INT_TYPES:
-        if any(type(v) is not int for v in flat):
-            raise _bad(f"input datatype {datatype} needs integers; use FP64 for real numbers")
-    elif datatype == "FP32":
-        flat = array("f", flat).tolist()
-    elif datatype == "FP16":
-        flat = _round_fp16(flat)
+    flat = _parse_data(tensor.get("data"), datatype, rows, n_features)
     return InferRequest(
         request_id=request_id, rows=rows, data=flat, outputs=_parse_outputs(payload.get("outputs"))
     )
 
 
 def _round_fp16(values: list[Any]) -> list[Any]:
-    import numpy as np
-
     rounded: list[Any] = np.asarray(values, dtype=np.float16).astype(np.float64).tolist()
     return rounded
 

@@ -21,9 +21,7 @@ JSON = "application/json"
 _LIVE = orjson.dumps({"live": True})
 _READY = orjson.dumps({"ready": True})
 _NOT_READY = orjson.dumps({"ready": False})
-_SERVER_METADATA = orjson.dumps(
-    {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []}
-)
+_SERVER_METADATA = orjson.dumps({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
 
 
 def json_response(body: bytes, status: int = 200) -> Response:
@@ -66,9 +64,7 @@ class ModelService:
             Route("/v2/models/{name}", self.model_metadata, methods=["GET"]),
             Route("/v2/models/{name}/versions/{version}", self.model_metadata, methods=["GET"]),
             Route("/v2/models/{name}/ready", self.model_ready, methods=["GET"]),
-            Route(
-                "/v2/models/{name}/versions/{version}/ready", self.model_ready, methods=["GET"]
-            ),
+            Route("/v2/models/{name}/versions/{version}/ready", self.model_ready, methods=["GET"]),
             Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
             Route("/v2/models/{name}/versions/{version}/infer", self.infer, methods=["POST"]),
         ]
@@ -84,7 +80,8 @@ class ModelService:
         version = params.get("version")
         if version is not None and version != model.version:
             raise ProtocolError(
-                404, f"model {name!r} version {version!r} is not served here (serving {model.version})"
+                404,
+                f"model {name!r} version {version!r} is not served here (serving {model.version})",
             )
         return model
 

@@ -68,10 +68,8 @@ class LinearScorer:
 
     def predict_matrix(self, x: FloatMatrix) -> list[int]:
         scores = x @ self._coef_t + self._intercept
-        if self._binary:
-            indices = (scores.ravel() > 0).astype(np.intp)
-        else:
-            indices = scores.argmax(axis=1)
+        # As predict does: a binary model has one score column, positive means classes_[1].
+        indices = (scores.ravel() > 0).astype(np.intp) if self._binary else scores.argmax(axis=1)
         labels: list[int] = self._classes_arr[indices].tolist()
         return labels
 

@@ -1,0 +1,277 @@
+"""A throwaway Kubernetes control plane for the real-engine e2e suite.
+
+kwokctl (`--runtime binary`) runs etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+and the KWOK controller as local processes from the binaries that `e2e/toolchain/build.sh` built:
+127.0.0.1 only, ports chosen free, every file in one temporary folder. KWOK fake nodes make pods
+"run" (no container ever starts), a Stage of our own gives LoadBalancer Services an ingress
+address, and the API server runs with authorization and admission on (so Pod Security admission
+enforces the namespace's `restricted` level). A pre-bound PersistentVolume stands in for the
+storage provisioner a real cluster would have.
+
+    python -m e2e.controlplane up DIR     # start; prints the kubeconfig path
+    python -m e2e.controlplane down DIR   # stop everything started in DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+E2E_DIR: Final = Path(__file__).resolve().parent
+TOOLCHAIN: Final = E2E_DIR / "toolchain"
+STAGES: Final = E2E_DIR / "stages"
+CLUSTER_NAME: Final = "mlstack-e2e"
+NODES: Final = 2
+
+
+def read_versions(path: Path = TOOLCHAIN / "versions.env") -> dict[str, str]:
+    """The pinned versions (`KEY=value` lines of versions.env)."""
+    versions: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            versions[key.strip()] = value.strip()
+    return versions
+
+
+def toolchain_bin() -> Path:
+    """Build whatever binary is missing (nothing, when the cache is warm); return the bin folder."""
+    out = subprocess.run(
+        ["bash", str(TOOLCHAIN / "build.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class ControlPlane:
+    """One kwokctl cluster living entirely in `workdir`."""
+
+    bin_dir: Path
+    workdir: Path
+    name: str = CLUSTER_NAME
+    pids: set[int] = field(default_factory=set)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig.yaml"
+
+    @property
+    def context(self) -> str:
+        return f"kwok-{self.name}"
+
+    @property
+    def cluster_dir(self) -> Path:
+        return self.workdir / "kwok" / "clusters" / self.name
+
+    @property
+    def stages_dir(self) -> Path:
+        return self.bin_dir.parent / "stages"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KWOK_WORKDIR"] = str(self.workdir / "kwok")
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        return env
+
+    def kwokctl(self, *args: str, timeout: float = 300) -> str:
+        proc = subprocess.run(
+            [str(self.bin_dir / "kwokctl"), "--name", self.name, *args],
+            check=False,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"kwokctl {' '.join(args)} failed:\n{proc.stdout}")
+        return proc.stdout
+
+    def kubectl(
+        self, *args: str, check: bool = True, stdin: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [
+                str(self.bin_dir / "kubectl"),
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--context",
+                self.context,
+                *args,
+            ],
+            check=False,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+        return proc
+
+    def get_json(self, *args: str) -> dict[str, object]:
+        data: dict[str, object] = json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+        return data
+
+    def _config(self, versions: dict[str, str]) -> Path:
+        """kwokctl's configuration: 127.0.0.1 only, plus KWOK's default node and pod stages and
+        our LoadBalancer stage (naming any Stage replaces the defaults, so all are listed)."""
+        docs = [
+            "\n".join(
+                [
+                    "apiVersion: config.kwok.x-k8s.io/v1alpha1",
+                    "kind: KwokctlConfiguration",
+                    "options:",
+                    "  bindAddress: 127.0.0.1",
+                    "  runtime: binary",
+                    f"  kubeVersion: {versions['KUBE_VERSION']}",
+                ]
+            )
+        ]
+        stage_files = sorted(self.stages_dir.glob("*.yaml")) + sorted(STAGES.glob("*.yaml"))
+        if not any(f.name == "pod-ready.yaml" for f in stage_files):
+            raise RuntimeError(f"KWOK's default stages are missing from {self.stages_dir}")
+        docs += [f.read_text().strip() for f in stage_files]
+        path = self.workdir / "kwokctl.yaml"
+        path.write_text("\n---\n".join(docs) + "\n")
+        return path
+
+    def start(self) -> None:
+        versions = read_versions()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self._config(versions)
+        b = self.bin_dir
+        try:
+            self.kwokctl(
+                "create",
+                "cluster",
+                "--config",
+                str(config),
+                "--runtime",
+                "binary",
+                "--kube-version",
+                versions["KUBE_VERSION"],
+                "--kube-apiserver-port",
+                str(free_port()),
+                "--kube-authorization=true",
+                "--kube-admission=true",
+                "--kube-apiserver-binary",
+                str(b / "kube-apiserver"),
+                "--kube-controller-manager-binary",
+                str(b / "kube-controller-manager"),
+                "--kube-scheduler-binary",
+                str(b / "kube-scheduler"),
+                "--etcd-binary",
+                str(b / "etcd"),
+                "--kwok-controller-binary",
+                str(b / "kwok"),
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--wait",
+                "2m",
+                "--quiet-pull",
+            )
+        finally:
+            self._record_pids()
+        self.kwokctl("scale", "node", "--replicas", str(NODES))
+        self._record_pids()
+        self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=120s")
+        self._wait_for_default_service_account()
+
+    def _wait_for_default_service_account(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0:
+                return
+            time.sleep(0.5)
+        raise RuntimeError("the default ServiceAccount never appeared")
+
+    def add_volume(self, namespace: str, claim: str, size: str = "10Gi") -> None:
+        """A PersistentVolume pre-bound to `namespace/claim`: what a provisioner would create."""
+        pv = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{namespace}-{claim}", "labels": {"mlstack-e2e/harness": "true"}},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": f"/tmp/mlstack-e2e/{namespace}/{claim}"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(pv))
+
+    def _record_pids(self) -> None:
+        for pidfile in self.cluster_dir.glob("pids/*.pid"):
+            try:
+                self.pids.add(int(pidfile.read_text().strip()))
+            except (OSError, ValueError):
+                continue
+
+    def stop(self) -> None:
+        """Stop every process of the cluster, whatever state it is in."""
+        self._record_pids()
+        if self.cluster_dir.exists():
+            try:
+                self.kwokctl("delete", "cluster", timeout=120)
+            except (RuntimeError, subprocess.TimeoutExpired) as err:
+                print(f"e2e: kwokctl delete cluster: {err}", file=sys.stderr)
+        for pid in self.pids:
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_pid_alive(p) for p in self.pids):
+            time.sleep(0.2)
+        for pid in self.pids:
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("up", "down"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    plane = ControlPlane(bin_dir=toolchain_bin(), workdir=Path(argv[1]).resolve())
+    if argv[0] == "up":
+        plane.start()
+        print(plane.kubeconfig)
+    else:
+        plane.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

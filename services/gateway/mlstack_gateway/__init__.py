@@ -1,0 +1,1 @@
+"""mlstack gateway: the public JSON API in front of the model server and the database."""

@@ -1,0 +1,79 @@
+"""The gateway's ASGI application: wiring and lifespan (pools opened and closed here)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from mlstack_gateway.breaker import BreakerState, CircuitBreaker
+from mlstack_gateway.client import ModelClient
+from mlstack_gateway.errors import ApiError
+from mlstack_gateway.metrics import GatewayMetrics
+from mlstack_gateway.routes import GatewayRoutes, error_response
+from mlstack_gateway.settings import GatewaySettings
+from mlstack_gateway.store import open_store
+
+log = logging.getLogger("mlstack_gateway")
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    response = error_response(exc.status, exc.message)
+    if exc.status == 503:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    response = error_response(exc.status_code, str(exc.detail))
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return error_response(500, "internal server error")
+
+
+def create_app(settings: GatewaySettings | None = None) -> Starlette:
+    settings = settings or GatewaySettings.from_env()
+    metrics = GatewayMetrics()
+    breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_reset_seconds)
+    metrics.watch_breaker(lambda: breaker.state is not BreakerState.CLOSED)
+    client = ModelClient(settings, breaker, metrics)
+    store = open_store(settings, metrics)
+    routes = GatewayRoutes(settings, client, store, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.open()
+        await client.start()
+        log.info(
+            "gateway up: model %s at %s, %s store",
+            settings.model_name,
+            settings.model_url,
+            store.kind,
+        )
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and finished in-flight requests by now.
+            await client.close()
+            await store.close()
+
+    return Starlette(
+        routes=routes.routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )

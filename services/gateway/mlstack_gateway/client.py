@@ -1,0 +1,194 @@
+"""The model server's client: Open Inference Protocol over a pooled aiohttp session.
+
+Timeouts bound every call; a call that never reached the model (connection refused, or a pooled
+keep-alive connection the server had closed) is retried a bounded number of times with jittered
+backoff (inference has no side effects, so resending it is safe); and a circuit breaker turns a
+dead model into an immediate 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from mlstack_gateway.breaker import CircuitBreaker
+from mlstack_gateway.errors import ApiError
+from mlstack_gateway.metrics import GatewayMetrics
+from mlstack_gateway.payload import PredictInput
+from mlstack_gateway.settings import GatewaySettings
+
+log = logging.getLogger("mlstack_gateway.client")
+
+INPUT_NAME = "input-0"
+OUTPUT_NAME = "predict"
+_JSON_HEADERS = {"Content-Type": "application/json"}
+# Failures where the request never reached the model, so it is safe to send again.
+_RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAnswer:
+    predictions: list[Any]
+    model_version: str
+
+
+def _error_text(raw: bytes) -> str:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:200].decode(errors="replace")
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return raw[:200].decode(errors="replace")
+
+
+class ModelClient:
+    def __init__(
+        self, settings: GatewaySettings, breaker: CircuitBreaker, metrics: GatewayMetrics
+    ) -> None:
+        self._settings = settings
+        self._breaker = breaker
+        self._metrics = metrics
+        base = f"{settings.model_url}/v2"
+        self._infer_url = f"{base}/models/{settings.model_name}/infer"
+        self._metadata_url = f"{base}/models/{settings.model_name}"
+        self._ready_url = f"{base}/health/ready"
+        self._session: aiohttp.ClientSession | None = None
+        # The model's input width, learnt from its metadata (None until the model answered).
+        self.n_features: int | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._settings.model_pool_size, keepalive_timeout=30, ttl_dns_cache=10
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=self._settings.model_timeout_seconds,
+            connect=self._settings.model_connect_timeout_seconds,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, raise_for_status=False
+        )
+        await self.refresh_metadata()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("ModelClient.start() was not called")
+        return self._session
+
+    async def refresh_metadata(self) -> bool:
+        """Learn the model's input width; False when the model did not answer."""
+        try:
+            async with self.session.get(self._metadata_url) as response:
+                raw = await response.read()
+                if response.status != 200:
+                    return False
+            shape = orjson.loads(raw)["inputs"][0]["shape"]
+            self.n_features = int(shape[-1])
+            return True
+        except (
+            aiohttp.ClientError,
+            TimeoutError,
+            OSError,
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+        ) as exc:
+            log.debug("model metadata unavailable: %s", exc)
+            return False
+
+    async def ready(self, timeout: float = 0.5) -> bool:
+        try:
+            async with self.session.get(
+                self._ready_url, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    async def _post(self, body: bytes) -> tuple[int, bytes]:
+        retries = self._settings.model_retries
+        attempt = 0
+        while True:
+            try:
+                async with self.session.post(
+                    self._infer_url, data=body, headers=_JSON_HEADERS
+                ) as response:
+                    return response.status, await response.read()
+            except _RETRYABLE:
+                if attempt >= retries:
+                    raise
+                attempt += 1
+                self._metrics.model_retries.inc()
+                # Full jitter over an exponential step: 0-10 ms, then 0-20 ms, ...
+                await asyncio.sleep(random.uniform(0, 0.01 * 2 ** (attempt - 1)))
+
+    async def infer(self, request_id: str, payload: PredictInput) -> ModelAnswer:
+        breaker = self._breaker
+        if not breaker.allow():
+            self._metrics.model_failures.labels(reason="circuit_open").inc()
+            raise ApiError(503, "model unavailable: circuit breaker open, retry shortly")
+        request = {
+            "id": request_id,
+            "inputs": [
+                {
+                    "name": INPUT_NAME,
+                    "shape": [len(payload.rows), payload.n_features],
+                    "datatype": "FP64",
+                    "data": payload.flat,
+                }
+            ],
+        }
+        try:
+            status, raw = await self._post(orjson.dumps(request))
+        except TimeoutError:
+            breaker.record_failure()
+            self._metrics.model_failures.labels(reason="timeout").inc()
+            raise ApiError(503, "model unavailable: timed out") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            breaker.record_failure()
+            self._metrics.model_failures.labels(reason="connection").inc()
+            raise ApiError(503, f"model unavailable: {type(exc).__name__}") from None
+        except BaseException:
+            breaker.release()
+            raise
+        if status >= 500:
+            breaker.record_failure()
+            self._metrics.model_failures.labels(reason="server_error").inc()
+            raise ApiError(502, f"model failed ({status}): {_error_text(raw)}")
+        breaker.record_success()
+        if status == 404:
+            raise ApiError(502, f"model server does not serve this model: {_error_text(raw)}")
+        if status != 200:
+            raise ApiError(422, f"model rejected the input: {_error_text(raw)}")
+        return self._answer(raw, len(payload.rows))
+
+    @staticmethod
+    def _answer(raw: bytes, rows: int) -> ModelAnswer:
+        try:
+            body = orjson.loads(raw)
+            for output in body["outputs"]:
+                if output["name"] == OUTPUT_NAME:
+                    predictions = output["data"]
+                    break
+            else:
+                raise KeyError(OUTPUT_NAME)
+            version = str(body.get("model_version", ""))
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ApiError(502, f"model answered an invalid inference response ({exc})") from None
+        if not isinstance(predictions, list) or len(predictions) != rows:
+            raise ApiError(502, "model answered a wrong number of predictions")
+        return ModelAnswer(predictions=predictions, model_version=version)

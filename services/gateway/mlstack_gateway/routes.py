@@ -1,0 +1,162 @@
+"""HTTP handlers of the public API, the probes and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlstack_gateway.auth import API_KEY_HEADER, ApiKeyChecker
+from mlstack_gateway.client import ModelClient
+from mlstack_gateway.errors import ApiError
+from mlstack_gateway.metrics import METRICS_CONTENT_TYPE, GatewayMetrics
+from mlstack_gateway.payload import parse_predict_body
+from mlstack_gateway.settings import GatewaySettings
+from mlstack_gateway.store import PredictionRecord, PredictionStore, StoreUnavailableError
+
+JSON = "application/json"
+_ALIVE = orjson.dumps({"status": "ok"})
+DEFAULT_HISTORY_LIMIT = 20
+
+
+def json_response(body: bytes, status: int = 200) -> Response:
+    return Response(body, status_code=status, media_type=JSON)
+
+
+def error_response(status: int, message: str) -> Response:
+    return json_response(orjson.dumps({"error": message}), status=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything larger than ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise ApiError(413, f"request body too large: {declared} bytes, at most {limit}")
+        return await request.body()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body too large: more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class GatewayRoutes:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        client: ModelClient,
+        store: PredictionStore,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._store = store
+        self._metrics = metrics
+        self._auth = ApiKeyChecker(settings.api_key)
+        # Metric children bound once: the success path does no label lookups.
+        self._predict_ok = metrics.requests.labels(endpoint="predict", status="200")
+        self._predict_seconds = metrics.request_seconds.labels(endpoint="predict")
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/api/v1/predict", self.predict, methods=["POST"]),
+            Route("/api/v1/predictions", self.history, methods=["GET"]),
+        ]
+
+    def count(self, endpoint: str, status: int) -> None:
+        self._metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response(_ALIVE)
+
+    async def readyz(self, request: Request) -> Response:
+        model_ok, database_ok = await asyncio.gather(self._client.ready(), self._store.ping())
+        if model_ok and self._client.n_features is None:
+            await self._client.refresh_metadata()
+        ready = model_ok and database_ok
+        body = {
+            "ready": ready,
+            "model": "ok" if model_ok else "unreachable",
+            "database": "ok" if database_ok else "unreachable",
+            "database_kind": self._store.kind,
+        }
+        return json_response(orjson.dumps(body), status=200 if ready else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(self._metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    async def predict(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            self._auth.check(request.headers.get(API_KEY_HEADER))
+            settings = self._settings
+            body = await read_body(request, settings.max_body_bytes)
+            payload = parse_predict_body(body, settings.max_batch_rows, self._client.n_features)
+            request_id = str(uuid.uuid4())
+            called = time.perf_counter()
+            answer = await self._client.infer(request_id, payload)
+            answered = time.perf_counter()
+            self._metrics.model_seconds.observe(answered - called)
+            record = PredictionRecord(
+                request_id=request_id,
+                model_name=settings.model_name,
+                model_version=answer.model_version,
+                instances_json=orjson.dumps(payload.rows).decode(),
+                predictions_json=orjson.dumps(answer.predictions).decode(),
+                latency_ms=round((answered - started) * 1000, 3),
+            )
+            try:
+                # Returns only once the row is committed: no 200 for an unsaved prediction.
+                await self._store.save(record)
+            except StoreUnavailableError as exc:
+                raise ApiError(503, f"prediction not stored, try again: {exc}") from None
+        except ApiError as exc:
+            self.count("predict", exc.status)
+            raise
+        self._metrics.predictions.inc(len(payload.rows))
+        self._predict_ok.inc()
+        self._predict_seconds.observe(time.perf_counter() - started)
+        response: dict[str, Any] = {
+            "predictions": answer.predictions,
+            "model_version": answer.model_version,
+            "request_id": request_id,
+        }
+        return json_response(orjson.dumps(response))
+
+    def _limit(self, request: Request) -> int:
+        raw = request.query_params.get("limit")
+        if raw is None:
+            return DEFAULT_HISTORY_LIMIT
+        maximum = self._settings.history_max_limit
+        if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+            raise ApiError(422, f"limit must be an integer from 1 to {maximum}, got {raw!r}")
+        return int(raw)
+
+    async def history(self, request: Request) -> Response:
+        try:
+            self._auth.check(request.headers.get(API_KEY_HEADER))
+            limit = self._limit(request)
+            try:
+                items = await self._store.recent(limit)
+            except StoreUnavailableError as exc:
+                raise ApiError(503, str(exc)) from None
+        except ApiError as exc:
+            self.count("predictions", exc.status)
+            raise
+        self.count("predictions", 200)
+        return json_response(orjson.dumps({"items": items, "limit": limit}))

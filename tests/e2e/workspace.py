@@ -1,0 +1,161 @@
+"""The real Pulumi CLI on a throwaway workspace: a project copy, a file backend, a PULUMI_HOME.
+
+Nothing is written into the work tree: the project's program files are copied into a temporary
+folder whose `Pulumi.yaml` points at the work tree's virtualenv, and each stack's config file
+lives in that copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+# What the program reads from its own folder.
+PROJECT_FILES: Final = ("Pulumi.yaml", "__main__.py", "requirements.txt")
+PROJECT_DIRS: Final = ("components", "services")
+IGNORED: Final = shutil.ignore_patterns("__pycache__", "*.pyc", ".venv*", "node_modules", "tests")
+
+
+class PulumiError(AssertionError):
+    """A pulumi command that should have succeeded did not."""
+
+
+@dataclass
+class Run:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+@dataclass
+class PulumiWorkspace:
+    bin_dir: Path
+    root: Path
+    kubeconfig: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def project_dir(self) -> Path:
+        return self.root / "project"
+
+    @property
+    def backend_dir(self) -> Path:
+        return self.root / "backend"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "pulumi-home"
+
+    def create(self) -> None:
+        self.project_dir.mkdir(parents=True)
+        self.backend_dir.mkdir()
+        self.home.mkdir()
+        for name in PROJECT_FILES:
+            if (ROOT / name).exists():
+                shutil.copy2(ROOT / name, self.project_dir / name)
+        for name in PROJECT_DIRS:
+            if (ROOT / name).is_dir():
+                shutil.copytree(ROOT / name, self.project_dir / name, ignore=IGNORED)
+        project = yaml.safe_load((self.project_dir / "Pulumi.yaml").read_text())
+        runtime = project.get("runtime")
+        if isinstance(runtime, dict):
+            options = runtime.setdefault("options", {})
+            venv = options.get("virtualenv", ".venv")
+            options["virtualenv"] = str((ROOT / venv).resolve())
+        (self.project_dir / "Pulumi.yaml").write_text(yaml.safe_dump(project, sort_keys=False))
+
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("PULUMI_") and k not in ("VIRTUAL_ENV", "KUBECONFIG")
+        }
+        env.update(
+            {
+                "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                "PULUMI_HOME": str(self.home),
+                "PULUMI_BACKEND_URL": f"file://{self.backend_dir}",
+                "PULUMI_CONFIG_PASSPHRASE": "",
+                "PULUMI_SKIP_UPDATE_CHECK": "true",
+                "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+                "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
+                # Nothing the suite runs may reach any cluster but the throwaway one.
+                "KUBECONFIG": str(self.kubeconfig),
+                "NO_COLOR": "1",
+            }
+        )
+        return env
+
+    def run(self, *args: str, check: bool = True, timeout: float = 900) -> Run:
+        cmd = [str(self.bin_dir / "pulumi"), "--non-interactive", "--color", "never", *args]
+        start = time.monotonic()
+        proc = subprocess.run(
+            cmd,
+            check=False,
+            cwd=self.project_dir,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        run = Run(list(args), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+        if check and proc.returncode != 0:
+            raise PulumiError(
+                f"pulumi {' '.join(args)} exited {proc.returncode}\n"
+                f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+            )
+        return run
+
+    def stack_file(self, stack: str) -> Path:
+        return self.project_dir / f"Pulumi.{stack}.yaml"
+
+    def init_stack(self, stack: str, config: dict[str, Any], secrets: dict[str, str]) -> None:
+        """`pulumi stack init`, the structured config written into the copy's stack file, the
+        secrets through `pulumi config set --secret` (encrypted with the empty passphrase)."""
+        self.run("stack", "init", stack)
+        path = self.stack_file(stack)
+        document = yaml.safe_load(path.read_text()) if path.exists() else None
+        document = document or {}
+        document.setdefault("config", {}).update(config)
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        for key, value in secrets.items():
+            self.run("config", "set", "--stack", stack, "--secret", key, value)
+
+    def set_config(self, stack: str, key: str, value: Any) -> None:
+        """Set one (possibly nested, `a.b`) key with its YAML type, as a user editing the stack
+        file on a pull request would."""
+        path = self.stack_file(stack)
+        document = yaml.safe_load(path.read_text())
+        section, _, sub = key.partition(".")
+        config = document["config"]
+        if sub:
+            config.setdefault(section, {})[sub] = value
+        else:
+            config[section] = value
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+    def export(self, stack: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.run("stack", "export", "--stack", stack).json()
+        return data
+
+    def resources(self, stack: str) -> list[dict[str, Any]]:
+        deployment = self.export(stack).get("deployment") or {}
+        return list(deployment.get("resources") or [])
