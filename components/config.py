@@ -275,8 +275,8 @@ def _parse_database(section: _Section) -> DatabaseConfig:
             replicas,
             "PostgreSQL runs one primary, so database.replicas must be 1",
         )
-    size = section.string("storageSize", "1Gi")
-    match = _QUANTITY.match(size or "")
+    size = section.raw.get("storageSize", "1Gi")
+    match = _QUANTITY.match(size) if isinstance(size, str) else None
     if match is None or float(match.group("number")) <= 0:
         raise _fail(
             section.path("storageSize"),

@@ -27,6 +27,32 @@ TEST_SECRETS: Final = {
     "mlstack:apiKey": "test-gateway-api-key",
 }
 LB_ADDRESS: Final = "203.0.113.10"
+# How the SDK marks a secret value inside the inputs it sends (pulumi.runtime.rpc).
+SECRET_SIGNATURE: Final = ("4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270")
+
+
+def unwrap_secrets(value: Any, path: str = "") -> tuple[Any, list[str]]:
+    """`value` with secret markers removed, and the dotted paths that were secret."""
+    if isinstance(value, dict):
+        key, signature = SECRET_SIGNATURE
+        if value.get(key) == signature:
+            plain, _ = unwrap_secrets(value.get("value"), path)
+            return plain, [path]
+        plain_dict: dict[str, Any] = {}
+        paths: list[str] = []
+        for name, item in value.items():
+            plain_dict[name], found = unwrap_secrets(item, f"{path}.{name}" if path else name)
+            paths.extend(found)
+        return plain_dict, paths
+    if isinstance(value, list):
+        plain_list: list[Any] = []
+        paths = []
+        for index, item in enumerate(value):
+            plain, found = unwrap_secrets(item, f"{path}[{index}]")
+            plain_list.append(plain)
+            paths.extend(found)
+        return plain_list, paths
+    return value, []
 
 
 @dataclass
@@ -37,6 +63,8 @@ class Registered:
     name: str
     inputs: dict[str, Any]
     provider: str | None
+    # Dotted paths of the inputs the program marked secret (`stringData`, ...).
+    secret_paths: list[str] = field(default_factory=list)
     protect: bool = False
     parent: str | None = None
     delete_before_replace: bool = False
@@ -78,8 +106,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.registered: list[Registered] = []
 
     def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
-        inputs = dict(args.inputs)
-        self.registered.append(Registered(args.typ, args.name, inputs, args.provider))
+        inputs, secret_paths = unwrap_secrets(dict(args.inputs))
+        self.registered.append(Registered(args.typ, args.name, inputs, args.provider, secret_paths))
         state = {**inputs, **self._computed(args.typ, args.name, inputs)}
         return f"{args.name}-id", state
 

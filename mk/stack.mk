@@ -1,0 +1,26 @@
+# Working with a stack through the real Pulumi CLI: `make up`, `make preview`.
+PULUMI ?= pulumi
+# A local file backend needs a passphrase for the stack's secrets; dev defaults to an empty one.
+ifeq ($(STACK),dev)
+export PULUMI_CONFIG_PASSPHRASE ?=
+endif
+
+.PHONY: stack
+stack: venv ## select (or create) $(STACK) and generate its secrets on first use
+	@command -v $(PULUMI) >/dev/null || { echo "make: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/" >&2; exit 1; }
+	@mkdir -p .pulumi-local
+	$(PULUMI) stack select --create $(STACK)
+	@for key in databasePassword apiKey; do \
+	  $(PULUMI) config get mlstack:$$key >/dev/null 2>&1 || { \
+	    echo "generating mlstack:$$key for stack $(STACK)"; \
+	    $(PY) -c 'import secrets; print(secrets.token_urlsafe(24))' | $(PULUMI) config set --secret mlstack:$$key; \
+	  }; \
+	done
+
+.PHONY: up
+up: stack ## pulumi up the stack (default dev: k3s in Docker on this machine)
+	$(PULUMI) up --stack $(STACK) --yes
+
+.PHONY: preview
+preview: stack ## pulumi preview --diff of the stack
+	$(PULUMI) preview --stack $(STACK) --diff

@@ -1,0 +1,154 @@
+"""Every configuration mistake stops the program with one line naming the key, value and rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.config import ConfigError
+from tests.support.program import run_program, stack_config
+
+EXISTING: dict[str, Any] = {"provider": "existing", "context": "kind-mlstack"}
+
+
+def dev_with(**overrides: Any) -> dict[str, Any]:
+    """The dev stack's config with some `mlstack:` keys replaced (None removes one)."""
+    config = stack_config("dev")
+    for key, value in overrides.items():
+        full = f"mlstack:{key}"
+        if value is None:
+            config.pop(full, None)
+        else:
+            config[full] = value
+    return config
+
+
+def config_error(config: dict[str, Any], **kwargs: Any) -> str:
+    with pytest.raises(ConfigError) as raised:
+        run_program("dev", config, **kwargs)
+    message = str(raised.value)
+    assert "\n" not in message, "a config mistake is reported on one line"
+    return message
+
+
+@pytest.mark.parametrize("replicas", [-1, 0, 1.5, "three", "2", True, 1001])
+def test_bad_replica_counts_name_key_value_and_rule(replicas: Any) -> None:
+    message = config_error(dev_with(gateway={"replicas": replicas}))
+    assert message.startswith("mlstack:gateway.replicas: ")
+    assert str(replicas).lower() in message.lower()
+    assert "whole number from 1 to 1000" in message
+
+
+def test_model_replicas_are_checked_too() -> None:
+    message = config_error(dev_with(model={"replicas": 0}))
+    assert message.startswith("mlstack:model.replicas: 0 ")
+
+
+def test_unknown_provider_lists_the_providers() -> None:
+    message = config_error(dev_with(cluster={"provider": "kind"}))
+    assert message == (
+        'mlstack:cluster.provider: "kind" is not allowed: expected one of local, existing, gke, eks'
+    )
+
+
+def test_service_type_with_wrong_case_suggests_the_right_one() -> None:
+    message = config_error(dev_with(gateway={"serviceType": "Loadbalancer"}))
+    assert message == (
+        'mlstack:gateway.serviceType: "Loadbalancer" is not allowed: expected one of '
+        'LoadBalancer, ClusterIP, NodePort (did you mean "LoadBalancer"?)'
+    )
+
+
+@pytest.mark.parametrize("replicas", [0, 2, 3, "1"])
+def test_database_runs_exactly_one_primary(replicas: Any) -> None:
+    message = config_error(dev_with(database={"replicas": replicas}))
+    assert message.startswith("mlstack:database.replicas: ")
+    assert "must be 1" in message
+
+
+@pytest.mark.parametrize("size", ["1GB", "lots", "0Gi", "-1Gi", "", 10])
+def test_storage_size_must_be_a_kubernetes_quantity(size: Any) -> None:
+    message = config_error(dev_with(database={"storageSize": size}))
+    assert message.startswith("mlstack:database.storageSize: ")
+    assert "Kubernetes quantity" in message
+
+
+def test_prebuilt_images_need_both_references() -> None:
+    message = config_error(dev_with(images={"build": False, "gateway": "ghcr.io/x/gateway:1"}))
+    assert message.startswith("mlstack:images.model is required when images.build is false")
+
+
+def test_built_images_need_a_registry_outside_the_local_cluster() -> None:
+    message = config_error(dev_with(cluster=EXISTING, images={"build": True}))
+    assert message.startswith('mlstack:images.registry: "" is not allowed')
+    assert "existing provider needs a registry" in message
+
+
+def test_unknown_top_level_key_suggests_the_nearest() -> None:
+    config = dev_with()
+    config["mlstack:gatway"] = {"replicas": 2}
+    message = config_error(config)
+    assert message.startswith('mlstack:gatway: unknown key (did you mean "gateway"?)')
+
+
+def test_unknown_nested_key_suggests_the_nearest() -> None:
+    message = config_error(dev_with(gateway={"replica": 2}))
+    assert message.startswith('mlstack:gateway: unknown key "replica" (did you mean "replicas"?)')
+
+
+def test_unknown_cluster_key_for_the_chosen_provider() -> None:
+    message = config_error(dev_with(cluster={"provider": "local", "context": "x"}))
+    assert message.startswith('mlstack:cluster: unknown key "context"')
+
+
+def test_cloud_cluster_needs_a_region() -> None:
+    message = config_error(dev_with(cluster={"provider": "gke"}))
+    assert message == "mlstack:cluster.region is required for this provider"
+
+
+def test_no_stack_gets_a_default_cluster() -> None:
+    message = config_error(dev_with(cluster=None))
+    assert message.startswith("mlstack:cluster is required")
+
+
+def test_section_must_be_an_object() -> None:
+    message = config_error(dev_with(gateway="big"))
+    assert message.startswith('mlstack:gateway: "big" is not allowed: expected an object')
+
+
+def test_namespace_must_be_a_dns_label() -> None:
+    message = config_error(dev_with(namespace="My_Namespace"))
+    assert message.startswith('mlstack:namespace: "My_Namespace" is not allowed')
+
+
+def test_unknown_model_version() -> None:
+    message = config_error(dev_with(model={"version": "v3"}))
+    assert message.startswith('mlstack:model.version: "v3" is not allowed: expected one of v1, v2')
+
+
+def test_protect_must_be_a_boolean() -> None:
+    message = config_error(dev_with(protect="yes"))
+    assert message.startswith('mlstack:protect: "yes" is not allowed')
+
+
+def test_missing_secret_says_how_to_set_it() -> None:
+    message = config_error(dev_with(), with_secrets=False)
+    assert message.startswith("mlstack:databasePassword is missing")
+    assert "pulumi config set --secret mlstack:databasePassword" in message
+
+
+def test_no_resource_is_registered_before_validation_fails() -> None:
+    from tests.support import program
+
+    registered: list[str] = []
+    original = program.RecordingMocks.new_resource
+
+    def spy(self: program.RecordingMocks, args: Any) -> Any:
+        registered.append(args.name)
+        return original(self, args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(program.RecordingMocks, "new_resource", spy)
+        config_error(dev_with(database={"storageSize": "1GB"}))
+    assert registered == []

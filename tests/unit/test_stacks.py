@@ -1,0 +1,285 @@
+"""Each stack file, evaluated under the mocks, produces what it says."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.program import (
+    LB_ADDRESS,
+    ROOT,
+    TEST_SECRETS,
+    ProgramRun,
+    Registered,
+    run_program,
+    stack_config,
+)
+
+STACKS = sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
+RECOMMENDED = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/managed-by",
+)
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def stack_run(request: pytest.FixtureRequest) -> ProgramRun:
+    return run_program(request.param)
+
+
+@pytest.fixture(scope="module")
+def dev() -> ProgramRun:
+    return run_program("dev")
+
+
+@pytest.fixture(scope="module")
+def prod() -> ProgramRun:
+    return run_program("prod")
+
+
+def kubernetes_objects(run: ProgramRun) -> list[Registered]:
+    return [
+        r for r in run.resources if r.type.startswith("kubernetes:") and "Provider" not in r.type
+    ]
+
+
+def container(workload: Registered) -> dict[str, Any]:
+    containers = workload.inputs["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def test_every_stack_file_follows_the_contract() -> None:
+    assert {"dev", "prod"} <= set(STACKS)
+
+
+def test_dev_runs_one_replica_of_each_on_a_local_cluster(dev: ProgramRun) -> None:
+    assert dev.one("Deployment", "gateway").inputs["spec"]["replicas"] == 1
+    assert dev.one("Deployment", "model").inputs["spec"]["replicas"] == 1
+    assert dev.one("StatefulSet", "database").inputs["spec"]["replicas"] == 1
+    assert [r.name for r in dev.by_type("docker:index/container:Container")] == [
+        "mlstack-dev-registry",
+        "mlstack-dev-k3s",
+    ]
+    assert dev.of_kind("PodDisruptionBudget") == []
+
+
+def test_prod_replicas_and_service_types_come_from_its_stack_file(prod: ProgramRun) -> None:
+    config = stack_config("prod")
+    for name in ("gateway", "model"):
+        wanted = config[f"mlstack:{name}"]
+        assert prod.one("Deployment", name).inputs["spec"]["replicas"] == wanted["replicas"]
+        assert prod.one("Service", name).inputs["spec"]["type"] == wanted["serviceType"]
+        budget = prod.one("PodDisruptionBudget", name).inputs["spec"]
+        assert budget["maxUnavailable"] == 1
+    assert prod.by_type("gcp:container/cluster:Cluster")
+    assert prod.by_type("docker:index/container:Container") == []
+
+
+def test_every_kubernetes_object_carries_the_recommended_labels(stack_run: ProgramRun) -> None:
+    for obj in kubernetes_objects(stack_run):
+        labels = obj.metadata.get("labels") or {}
+        missing = [key for key in RECOMMENDED if key not in labels]
+        assert not missing, f"{obj.kind} {obj.metadata.get('name')} lacks {missing}"
+        assert labels["app.kubernetes.io/instance"] == stack_run.stack
+        assert labels["app.kubernetes.io/part-of"] == "mlstack"
+        assert labels["app.kubernetes.io/managed-by"] == "pulumi"
+
+
+def test_workloads_are_named_after_their_service(stack_run: ProgramRun) -> None:
+    for kind, name in (("Deployment", "gateway"), ("Deployment", "model")):
+        obj = stack_run.one(kind, name)
+        assert obj.metadata["labels"]["app.kubernetes.io/name"] == name
+    database = stack_run.one("StatefulSet", "database")
+    assert database.metadata["labels"]["app.kubernetes.io/name"] == "database"
+
+
+def test_every_resource_uses_the_cluster_provider(stack_run: ProgramRun) -> None:
+    providers = {r.provider for r in kubernetes_objects(stack_run)}
+    assert len(providers) == 1
+    (provider,) = providers
+    assert provider is not None and "pulumi:providers:kubernetes" in provider
+
+
+def test_namespace_enforces_the_restricted_pod_security_standard(stack_run: ProgramRun) -> None:
+    (namespace,) = stack_run.of_kind("Namespace")
+    assert namespace.metadata["name"] == f"mlstack-{stack_run.stack}"
+    assert namespace.metadata["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    namespaced = [o for o in kubernetes_objects(stack_run) if o.kind != "Namespace"]
+    assert all(o.metadata["namespace"] == f"mlstack-{stack_run.stack}" for o in namespaced)
+
+
+@pytest.mark.parametrize(
+    ("name", "live", "ready"),
+    [("gateway", "/healthz", "/readyz"), ("model", "/v2/health/live", "/v2/health/ready")],
+)
+def test_services_have_probes_resources_and_a_restricted_context(
+    stack_run: ProgramRun, name: str, live: str, ready: str
+) -> None:
+    spec = container(stack_run.one("Deployment", name))
+    assert spec["livenessProbe"]["httpGet"]["path"] == live
+    assert spec["readinessProbe"]["httpGet"]["path"] == ready
+    assert spec["startupProbe"]["httpGet"]["path"] == live
+    assert set(spec["resources"]["requests"]) == {"cpu", "memory"}
+    assert set(spec["resources"]["limits"]) == {"cpu", "memory"}
+    context = spec["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["runAsNonRoot"] is True
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert context["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def test_rolling_updates_never_drop_below_the_configured_replicas(stack_run: ProgramRun) -> None:
+    for name in ("gateway", "model"):
+        strategy = stack_run.one("Deployment", name).inputs["spec"]["strategy"]
+        assert strategy["type"] == "RollingUpdate"
+        assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_database_is_a_statefulset_on_its_own_claim(stack_run: ProgramRun) -> None:
+    database = stack_run.one("StatefulSet", "database")
+    spec = container(database)
+    assert spec["readinessProbe"]["exec"]["command"][0] == "pg_isready"
+    claim = stack_run.one("PersistentVolumeClaim", "data-database-0")
+    template = database.inputs["spec"]["volumeClaimTemplates"][0]
+    assert template["metadata"]["name"] == "data"
+    assert (
+        claim.inputs["spec"]["resources"]["requests"]["storage"]
+        == (stack_config(stack_run.stack)["mlstack:database"]["storageSize"])
+    )
+    env = {e["name"]: e.get("value") for e in spec["env"]}
+    assert env["POSTGRES_PASSWORD_FILE"].startswith("/etc/mlstack/secrets/")
+
+
+def test_secrets_live_only_in_kubernetes_secrets(stack_run: ProgramRun) -> None:
+    for obj in stack_run.resources:
+        if obj.kind == "Secret":
+            continue
+        text = json.dumps(obj.inputs, default=str)
+        for secret in TEST_SECRETS.values():
+            assert secret not in text, f"{obj.type} {obj.name} holds a secret in plain text"
+    gateway = stack_run.one("Secret", "gateway").inputs["stringData"]
+    assert gateway["api-key"] == TEST_SECRETS["mlstack:apiKey"]
+    assert TEST_SECRETS["mlstack:databasePassword"] in gateway["database-url"]
+    database = stack_run.one("Secret", "database").inputs["stringData"]
+    assert database["database-password"] == TEST_SECRETS["mlstack:databasePassword"]
+    for name in ("gateway", "database"):
+        assert stack_run.one("Secret", name).secret_paths == ["stringData"]
+
+
+def test_outputs_and_which_are_secret(stack_run: ProgramRun) -> None:
+    assert set(stack_run.outputs) == {"gateway_url", "namespace", "kubeconfig", "images"}
+    assert stack_run.secret_outputs == {"kubeconfig"}
+    assert stack_run.outputs["namespace"] == f"mlstack-{stack_run.stack}"
+    images = stack_run.outputs["images"]
+    assert set(images) == {"gateway", "model", "database"}
+    assert "@sha256:" in images["gateway"], "built images are deployed by digest"
+    deployed = container(stack_run.one("Deployment", "gateway"))["image"]
+    assert deployed == images["gateway"]
+
+
+def test_gateway_url_uses_the_load_balancer_address(prod: ProgramRun) -> None:
+    assert prod.outputs["gateway_url"] == f"http://{LB_ADDRESS}:80"
+
+
+def test_local_gateway_url_is_the_published_port(dev: ProgramRun) -> None:
+    assert dev.outputs["gateway_url"] == "http://localhost:8088"
+
+
+def test_gateway_url_is_guarded_while_the_load_balancer_has_no_address() -> None:
+    run = run_program("prod", load_balancer_ready=False)
+    assert run.outputs["gateway_url"] == "pending: the LoadBalancer has no address yet"
+
+
+def test_network_policies_let_only_the_gateway_reach_model_and_database(
+    stack_run: ProgramRun,
+) -> None:
+    policies = {p.metadata["name"]: p.inputs["spec"] for p in stack_run.of_kind("NetworkPolicy")}
+    assert policies["default-deny"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    for target, port in (("model", 8080), ("database", 5432)):
+        (rule,) = policies[f"{target}-from-gateway"]["ingress"]
+        (peer,) = rule["from"]
+        assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "gateway"
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+    public = [name for name in policies if name.endswith("-from-any")]
+    assert public == ["gateway-from-any"]
+
+
+def test_fifty_model_replicas() -> None:
+    config = stack_config("prod")
+    config["mlstack:model"] = {**config["mlstack:model"], "replicas": 50}
+    run = run_program("prod", config)
+    assert run.one("Deployment", "model").inputs["spec"]["replicas"] == 50
+    assert run.one("PodDisruptionBudget", "model").inputs["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize("service_type", ["LoadBalancer", "ClusterIP", "NodePort"])
+def test_every_service_type(service_type: str) -> None:
+    config = stack_config("dev")
+    config["mlstack:gateway"] = {"replicas": 2, "serviceType": service_type}
+    config["mlstack:model"] = {"replicas": 2, "serviceType": service_type}
+    run = run_program("dev", config)
+    for name in ("gateway", "model"):
+        assert run.one("Service", name).inputs["spec"]["type"] == service_type
+    url = run.outputs["gateway_url"]
+    expected = {
+        "LoadBalancer": "http://localhost:8088",
+        "ClusterIP": "http://gateway.mlstack-dev.svc.cluster.local:80",
+        "NodePort": "http://<node-address>:30080",
+    }
+    assert url == expected[service_type]
+
+
+def test_changing_the_model_version_rolls_only_the_model() -> None:
+    config = stack_config("dev")
+    before = run_program("dev", config)
+    config["mlstack:model"] = {**config["mlstack:model"], "version": "v1"}
+    after = run_program("dev", config)
+    assert before.one("Deployment", "gateway").inputs == after.one("Deployment", "gateway").inputs
+    env = {e["name"]: e["value"] for e in container(after.one("Deployment", "model"))["env"]}
+    assert env["MODEL_VERSION"] == "v1"
+
+
+def test_prebuilt_images_are_deployed_exactly_as_given() -> None:
+    config = stack_config("dev")
+    config["mlstack:cluster"] = {"provider": "existing", "context": "kind-mlstack"}
+    refs = {
+        "gateway": "ghcr.io/acme/gateway:1.2@sha256:" + "a" * 64,
+        "model": "ghcr.io/acme/model:1.2@sha256:" + "b" * 64,
+    }
+    config["mlstack:images"] = {"build": False, **refs}
+    run = run_program("dev", config)
+    assert run.by_type("docker:index/image:Image") == []
+    for name, ref in refs.items():
+        assert container(run.one("Deployment", name))["image"] == ref
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No socket may connect and no process may start; HOME and KUBECONFIG point nowhere."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"the program tried to reach the outside: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    yield
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_program_touches_no_network_docker_or_kubeconfig(offline: None, stack: str) -> None:
+    run = run_program(stack)
+    assert run.of_kind("Deployment")
+    assert not any(Path(run.outputs["kubeconfig"]).exists() for _ in [0] if stack == "dev")
