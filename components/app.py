@@ -13,7 +13,7 @@ from components import database, pod
 from components.cluster import Cluster
 from components.config import StackConfig
 from components.database import Database, DatabaseArgs
-from components.image import ServiceImage, ServiceImageArgs
+from components.image import SERVICES, ServiceImage, ServiceImageArgs
 from components.labels import APP, labels
 from components.microservice import CONTAINER_PORT, SERVICE_PORT, Microservice, MicroserviceArgs
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs, Route
@@ -170,9 +170,10 @@ class MlApp(pulumi.ComponentResource):
                 ServiceImageArgs(service=service, stack=config.stack, registry=registry),
                 pulumi.ResourceOptions(parent=self),
             )
-            for service in ("gateway", "model")
+            for service in SERVICES
         ]
-        return built[0].ref, built[1].ref
+        by_service = dict(zip(SERVICES, built, strict=True))
+        return by_service["gateway"].ref, by_service["model"].ref
 
 
 def _field(value: Any, name: str) -> Any:

@@ -14,11 +14,13 @@ from typing import Final
 import pulumi
 
 SERVICES_DIR: Final = Path(__file__).resolve().parent.parent / "services"
+# The folders of services/ that are built into images (each has a Dockerfile).
+SERVICES: Final = ("gateway", "model")
 
 
 @dataclass(frozen=True)
 class ServiceImageArgs:
-    service: str  # a folder of services/: gateway | model
+    service: str  # one of SERVICES
     stack: str
     # Where to push: `host[:port][/path]`, e.g. `localhost:5001` or `europe-docker.pkg.dev/p/r`.
     registry: pulumi.Input[str]

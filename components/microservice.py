@@ -127,7 +127,7 @@ def _pod_spec(
             {
                 "name": args.name,
                 "image": args.image,
-                "image_pull_policy": "IfNotPresent",
+                "image_pull_policy": pulumi.Output.from_input(args.image).apply(pod.pull_policy),
                 "ports": [{"name": "http", "container_port": CONTAINER_PORT, "protocol": "TCP"}],
                 "env": env,
                 "resources": args.resources.spec(),

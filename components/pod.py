@@ -51,6 +51,13 @@ def container_security_context() -> k8s.core.v1.SecurityContextArgsDict:
     }
 
 
+def pull_policy(image: str) -> str:
+    """`IfNotPresent` for an image pinned by digest (a node's cached copy is the same bytes);
+    `Always` for a tag, so that every node resolves the tag at the registry (and re-checks the
+    pull credentials) instead of running whichever build of it that node happened to cache."""
+    return "IfNotPresent" if "@sha256:" in image else "Always"
+
+
 def tmp_volume() -> k8s.core.v1.VolumeArgsDict:
     return {"name": TMP_VOLUME, "empty_dir": {"size_limit": "64Mi"}}
 

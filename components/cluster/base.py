@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pulumi
 import pulumi_kubernetes as k8s
 
@@ -18,13 +20,24 @@ class Cluster(pulumi.ComponentResource):
     # cluster publishes it somewhere other than its ingress address (k3s in Docker does).
     local_gateway_url: pulumi.Output[str] | None = None
 
-    def _finish(self, kubeconfig: pulumi.Input[str], context: str | None = None) -> None:
-        """Create the provider from `kubeconfig` and register the component's outputs."""
+    def _finish(
+        self,
+        kubeconfig: pulumi.Input[str],
+        context: str | None = None,
+        depends_on: Sequence[pulumi.Resource] = (),
+    ) -> None:
+        """Create the provider from `kubeconfig` and register the component's outputs.
+
+        Every application resource uses this provider, so it depends on the provider, and the
+        provider on the cluster (through `kubeconfig`) and on `depends_on` (the nodes): on
+        destroy, Pulumi deletes the application (LoadBalancer Services first among them, so the
+        cloud load balancers go with them) before the nodes and the cluster.
+        """
         self.kubeconfig = pulumi.Output.secret(kubeconfig)
         self.provider = k8s.Provider(
             f"{self._name}-k8s",
             kubeconfig=self.kubeconfig,
             context=context,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on)),
         )
         self.register_outputs({"kubeconfig": self.kubeconfig})

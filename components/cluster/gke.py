@@ -58,7 +58,7 @@ class GkeStandardCluster(Cluster):
             deletion_protection=bool(opts and opts.protect),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        gcp.container.NodePool(
+        nodes = gcp.container.NodePool(
             f"{name}-nodes",
             project=config.project,
             cluster=cluster.name,
@@ -80,4 +80,5 @@ class GkeStandardCluster(Cluster):
         kubeconfig = pulumi.Output.all(
             cluster.name, cluster.endpoint, cluster.master_auth.cluster_ca_certificate
         ).apply(lambda parts: gke_kubeconfig(str(parts[0]), str(parts[1]), str(parts[2])))
-        self._finish(kubeconfig)
+        # The application waits for the nodes, and is deleted before them.
+        self._finish(kubeconfig, depends_on=[nodes])

@@ -1,7 +1,10 @@
-"""`KubeconfigFile`: reads the kubeconfig a k3s container writes to a host folder.
+"""`HostFolder` and `KubeconfigFile`: the host folder a k3s container writes its kubeconfig to,
+and the kubeconfig read from it.
 
-Reading a file is I/O, so it happens inside a resource (a dynamic provider), when the engine
-creates it after the k3s container is healthy, never while the program is evaluated.
+Touching the user's disk is I/O, so it happens inside resources (dynamic providers), when the
+engine creates them, never while the program is evaluated. The folder is a resource of its own,
+created by the user before the container mounts it: a folder that Docker creates for a bind mount
+belongs to root, and the user could not delete it (or the kubeconfig in it) on `destroy`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,50 @@ class _KubeconfigFileProvider(dynamic.ResourceProvider):
         import pathlib
 
         pathlib.Path(props["path"]).unlink(missing_ok=True)
+
+
+class _HostFolderProvider(dynamic.ResourceProvider):
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
+        import pathlib
+
+        path = pathlib.Path(props["path"])
+        # Only the user: the kubeconfig k3s writes here holds cluster-admin credentials.
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return dynamic.CreateResult(id_=str(path), outs=dict(props))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
+        changed = olds.get("path") != news["path"]
+        return dynamic.DiffResult(
+            changes=changed, replaces=["path"] if changed else [], delete_before_replace=True
+        )
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        import contextlib
+        import pathlib
+        import shutil
+
+        path = pathlib.Path(props["path"])
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            pass
+        except PermissionError as error:
+            raise RuntimeError(
+                f"cannot delete {path} ({error.strerror}): Docker created it as root. "
+                f"Remove it with `sudo rm -rf {path}`, then run the destroy again"
+            ) from error
+        # The parent (~/.mlstack) goes with the last stack's folder.
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+
+class HostFolder(dynamic.Resource):
+    """A folder on the user's machine, owned by the user; deleted with its contents on destroy."""
+
+    path: pulumi.Output[str]
+
+    def __init__(self, name: str, path: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(_HostFolderProvider(), name, {"path": path}, opts)
 
 
 class KubeconfigFile(dynamic.Resource):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pulumi
 
 from components.cluster.base import Cluster
-from components.cluster.kubeconfig_file import KubeconfigFile
+from components.cluster.kubeconfig_file import HostFolder, KubeconfigFile
 from components.config import LocalCluster
 
 K3S_API_PORT = 6443
@@ -70,8 +70,10 @@ class LocalK3sCluster(Cluster):
             opts=child,
         )
 
-        # k3s writes its kubeconfig here on the user's machine; KubeconfigFile reads it.
+        # k3s writes its kubeconfig here on the user's machine; KubeconfigFile reads it. The folder
+        # is created by the user before the container mounts it, and deleted on destroy.
         output_dir = Path.home() / ".mlstack" / name
+        output = HostFolder(f"{name}-output", path=str(output_dir), opts=child)
         server = docker.Container(
             f"{name}-k3s",
             name=f"{name}-k3s",
@@ -96,8 +98,11 @@ class LocalK3sCluster(Cluster):
                 docker.ContainerVolumeArgs(
                     volume_name=k3s_data.name, container_path="/var/lib/rancher/k3s"
                 ),
-                docker.ContainerVolumeArgs(host_path=str(output_dir), container_path="/output"),
+                docker.ContainerVolumeArgs(host_path=output.path, container_path="/output"),
             ],
+            # The k3s image declares anonymous volumes (/var/lib/kubelet, /var/lib/cni, /var/log):
+            # they go with the container.
+            remove_volumes=True,
             uploads=[
                 docker.ContainerUploadArgs(
                     file="/etc/rancher/k3s/registries.yaml",

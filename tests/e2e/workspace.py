@@ -96,7 +96,7 @@ class PulumiWorkspace:
                 "PULUMI_CONFIG_PASSPHRASE": "",
                 "PULUMI_SKIP_UPDATE_CHECK": "true",
                 "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-                "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
+                "PULUMI_DISABLE_CHECKPOINT_BACKUPS": "true",
                 # Nothing the suite runs may reach any cluster but the throwaway one.
                 "KUBECONFIG": str(self.kubeconfig),
                 "NO_COLOR": "1",

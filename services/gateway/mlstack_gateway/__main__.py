@@ -16,6 +16,9 @@ def main() -> int:
     except SettingsError as exc:
         print(f"mlstack gateway: {exc}", file=sys.stderr)
         return 2
+    # The SQLite writer thread wakes from fsync needing the GIL; with the default 5 ms switch
+    # interval a busy event loop holds it long enough to double every commit's latency.
+    sys.setswitchinterval(0.0005)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )

@@ -168,6 +168,8 @@ class ModelClient:
         if status >= 500:
             breaker.record_failure()
             self._metrics.model_failures.labels(reason="server_error").inc()
+            if status == 503:  # not ready or overloaded: the caller may try again shortly
+                raise ApiError(503, f"model unavailable: {_error_text(raw)}")
             raise ApiError(502, f"model failed ({status}): {_error_text(raw)}")
         breaker.record_success()
         if status == 404:

@@ -111,6 +111,9 @@ class GatewayRoutes:
             called = time.perf_counter()
             answer = await self._client.infer(request_id, payload)
             answered = time.perf_counter()
+            if self._client.n_features is None:
+                # The model took this width: remember it to validate later requests here.
+                self._client.n_features = payload.n_features
             self._metrics.model_seconds.observe(answered - called)
             record = PredictionRecord(
                 request_id=request_id,

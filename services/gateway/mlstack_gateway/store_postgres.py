@@ -62,8 +62,10 @@ class PostgresStore:
             metrics.commit_rows.observe(rows)
             metrics.commit_seconds.observe(seconds)
 
+        # Several commits in flight at once (PostgreSQL flushes them together), one pool
+        # connection left over for reads and probes.
         self._committer: GroupCommitter[PredictionRecord] = GroupCommitter(
-            self._write_batch, on_commit=committed
+            self._write_batch, max_in_flight=max(1, self._pool_size - 1), on_commit=committed
         )
 
     async def open(self) -> None:

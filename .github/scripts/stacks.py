@@ -1,0 +1,157 @@
+"""What the GitHub workflows need to know about mlstack's stacks.
+
+    stacks.py affected                  changed paths on stdin, one a line -> JSON list of the
+                                        CI stacks (staging, prod) a pull request affects
+    stacks.py info [--stack NAME]       key=value lines for $GITHUB_OUTPUT: the Pulumi CLI version,
+                                        the stack's cluster provider, the clouds and registries
+                                        the job must log in to (the state backend's included)
+    stacks.py review-config --stack pr-N [--dir DIR]
+                                        writes Pulumi.pr-N.yaml: a review stack on the shared
+                                        test cluster (provider `existing`), from REVIEW_* variables
+
+`affected` and `review-config` need only the standard library (they run before the project's
+virtual environment exists); `info` reads the stack file with PyYAML from that environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+# The stacks CI previews on pull requests and deploys from main, in promotion order.
+CI_STACKS: Final = ("staging", "prod")
+# A change to any of these affects every stack; `Pulumi.<stack>.yaml` affects its own stack.
+SHARED_FILES: Final = ("Pulumi.yaml", "__main__.py", "requirements.txt")
+SHARED_DIRS: Final = ("components/", "services/")
+REVIEW_STACK: Final = re.compile(r"^pr-[1-9][0-9]*$")
+_ECR: Final = re.compile(r"^[0-9]{12}\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com$")
+_GOOGLE_REGISTRY: Final = re.compile(r"^([a-z0-9-]+-docker\.pkg\.dev|([a-z]+\.)?gcr\.io)$")
+
+
+def affected(paths: list[str], stacks: tuple[str, ...] = CI_STACKS) -> list[str]:
+    """The stacks whose preview a change to `paths` can alter, in promotion order."""
+    changed = {path.strip() for path in paths if path.strip()}
+    if any(path in SHARED_FILES or path.startswith(SHARED_DIRS) for path in changed):
+        return list(stacks)
+    return [stack for stack in stacks if f"Pulumi.{stack}.yaml" in changed]
+
+
+def pulumi_version(requirements: Path = ROOT / "requirements.txt") -> str:
+    """The Pulumi SDK release requirements.txt pins: CI installs the CLI of the same release."""
+    for line in requirements.read_text().splitlines():
+        match = re.match(r"^pulumi==([0-9][^\s;#]*)", line.strip())
+        if match:
+            return match.group(1)
+    raise SystemExit(f"{requirements}: no `pulumi==<version>` pin")
+
+
+def registry_host(registry: str) -> str:
+    """`ghcr.io` for `ghcr.io/acme/mlstack`."""
+    return registry.split("/", 1)[0]
+
+
+def info(stack: str | None, backend_url: str, fallback_region: str) -> dict[str, str]:
+    """What a job running Pulumi on `stack` must set up; without a stack, for the backend only."""
+    config: dict[str, Any] = {}
+    if stack:
+        import yaml
+
+        stack_file = ROOT / f"Pulumi.{stack}.yaml"
+        if not stack_file.is_file():
+            raise SystemExit(f"no stack file {stack_file.name} for stack {stack}")
+        config = dict((yaml.safe_load(stack_file.read_text()) or {}).get("config") or {})
+    cluster = dict(config.get("mlstack:cluster") or {})
+    images = dict(config.get("mlstack:images") or {})
+    provider = str(cluster.get("provider", ""))
+    registry = str(images.get("registry") or "") if images.get("build", True) else ""
+    host = registry_host(registry) if registry else ""
+    ecr = _ECR.match(host)
+    google_registry = bool(_GOOGLE_REGISTRY.match(host))
+
+    region = fallback_region or "us-east-1"
+    if ecr:
+        region = ecr.group(1)
+    if provider == "eks":
+        region = str(cluster["region"])
+    return {
+        "pulumi-version": pulumi_version(),
+        "provider": provider,
+        "aws": _flag(provider == "eks" or bool(ecr) or backend_url.startswith("s3://")),
+        "aws-region": region,
+        "gcp": _flag(provider == "gke" or google_registry or backend_url.startswith("gs://")),
+        "ecr-registry": host if ecr else "",
+        "gar-registry": host if google_registry else "",
+        "registry-host": host,
+    }
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def review_config(env: dict[str, str]) -> dict[str, Any]:
+    """A review stack's config: the shared test cluster, one replica of each service."""
+    cluster: dict[str, Any] = {"provider": "existing"}
+    if env.get("REVIEW_KUBE_CONTEXT"):
+        cluster["context"] = env["REVIEW_KUBE_CONTEXT"]
+    registry = env.get("REVIEW_REGISTRY", "")
+    gateway, model = env.get("REVIEW_GATEWAY_IMAGE", ""), env.get("REVIEW_MODEL_IMAGE", "")
+    images: dict[str, Any]
+    if registry:
+        images = {"build": True, "registry": registry}
+    elif gateway and model:
+        images = {"build": False, "gateway": gateway, "model": model}
+    else:
+        raise SystemExit(
+            "a review stack needs images: set the repository variable REVIEW_REGISTRY (the "
+            "images are built and pushed there), or REVIEW_GATEWAY_IMAGE and REVIEW_MODEL_IMAGE "
+            "(images.build: false)"
+        )
+    return {
+        "mlstack:cluster": cluster,
+        "mlstack:gateway": {"replicas": 1, "serviceType": "LoadBalancer"},
+        "mlstack:model": {"replicas": 1, "serviceType": "ClusterIP"},
+        "mlstack:database": {"replicas": 1, "storageSize": "1Gi"},
+        "mlstack:images": images,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("affected")
+    info_parser = commands.add_parser("info")
+    info_parser.add_argument("--stack", default="")
+    review = commands.add_parser("review-config")
+    review.add_argument("--stack", required=True)
+    review.add_argument("--dir", type=Path, default=ROOT)
+    args = parser.parse_args(argv)
+
+    if args.command == "affected":
+        print(json.dumps(affected(sys.stdin.read().splitlines())))
+    elif args.command == "info":
+        values = info(
+            args.stack or None,
+            os.environ.get("PULUMI_BACKEND_URL", ""),
+            os.environ.get("AWS_REGION_FALLBACK", ""),
+        )
+        print("\n".join(f"{key}={value}" for key, value in values.items()))
+    else:
+        if not REVIEW_STACK.match(args.stack):
+            raise SystemExit(f"{args.stack!r} is not a review stack name (pr-<number>)")
+        document = {"config": review_config(dict(os.environ))}
+        path = args.dir / f"Pulumi.{args.stack}.yaml"
+        # JSON is YAML: no PyYAML needed before the virtual environment exists.
+        header = f"# Review stack {args.stack}: written by .github/scripts/stacks.py.\n"
+        path.write_text(header + json.dumps(document, indent=2) + "\n")
+        print(f"wrote {path.name}")
+
+
+if __name__ == "__main__":
+    main()

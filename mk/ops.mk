@@ -1,0 +1,40 @@
+# Operating mlstack (issue 6): tearing a stack down, and checking the GitHub workflows that preview,
+# deploy and review it (they cannot run here, so `make test` validates them against the schemas).
+
+WORKFLOWS := $(wildcard .github/workflows/*.yml .github/workflows/*.yaml)
+LOCAL_ACTIONS := $(wildcard .github/actions/*/action.yml)
+# Every resource of a stack's state that carries `protect`, one URN a line.
+PROTECTED_URNS := import json, sys; state = json.load(sys.stdin).get("deployment") or {}; \
+  print("\n".join(r["urn"] for r in state.get("resources") or [] if r.get("protect")))
+
+.PHONY: down
+down: venv ## destroy $(STACK) and remove it (refuses while anything in it is protected, e.g. prod)
+	@command -v $(PULUMI) >/dev/null || { echo "make: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/" >&2; exit 1; }
+	@state=$$($(PULUMI) stack export --stack $(STACK)) || { \
+	  echo "make down: cannot read the state of stack $(STACK) (does it exist? pulumi stack ls)" >&2; exit 1; }; \
+	protected=$$(printf '%s' "$$state" | $(PY) -c '$(PROTECTED_URNS)') || exit 1; \
+	if [ -n "$$protected" ]; then \
+	  { echo "make down: stack $(STACK) is protected, so nothing was destroyed. Protected resources:"; \
+	    echo "$$protected" | sed 's/^/  /'; \
+	    echo "Production data lives here. To tear it down on purpose, lift the protection first:"; \
+	    echo "  pulumi config set --stack $(STACK) mlstack:protect false && pulumi up --stack $(STACK)"; \
+	    echo "    (this also lifts the GKE/EKS cluster's own deletion protection), or"; \
+	    echo "  pulumi state unprotect --stack $(STACK) --all --yes"; \
+	    echo "    (Pulumi's protection only: a GKE/EKS cluster still refuses deletion);"; \
+	    echo "then run make down STACK=$(STACK) again."; } >&2; \
+	  exit 1; \
+	fi
+	$(PULUMI) destroy --stack $(STACK) --yes
+	@# Keeps Pulumi.$(STACK).yaml: the stack file is part of the project.
+	$(PULUMI) stack rm --stack $(STACK) --yes --preserve-config
+
+.PHONY: workflows
+workflows: venv ## validate .github/workflows and .github/actions against GitHub's JSON schemas (offline)
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows $(WORKFLOWS)
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-actions $(LOCAL_ACTIONS)
+
+.PHONY: ops
+ops: venv ## protect and teardown under the mocks, make down, and what the workflow schema cannot check
+	$(PY) -m pytest tests/ops -q
+
+TEST_TARGETS += workflows ops

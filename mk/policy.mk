@@ -1,0 +1,27 @@
+# Rendered manifests and the policy gate (issue 4): what every stack would deploy, rendered under
+# Pulumi's mocks, schema-validated (strict, oldest and newest supported Kubernetes: see
+# KUBERNETES_VERSIONS in tools/policy.py), scanned by Checkov, and the Dockerfiles linted.
+# Checkov lives in a virtual environment of its own: its dependencies clash with pulumi's.
+
+CHECKOV_VENV := .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+MANIFESTS := build/manifests
+
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	touch $@
+
+.PHONY: checkov-venv
+checkov-venv: $(CHECKOV_VENV)/.installed ## create .venv-checkov with the pinned Checkov
+
+.PHONY: render
+render: venv ## render the Kubernetes objects of $(STACK) as YAML to build/manifests/$(STACK)/
+	$(PY) -m tools.render --stack $(STACK) --out $(MANIFESTS)/$(STACK)
+
+.PHONY: policy
+policy: venv checkov-venv ## every stack: render, validate schemas, Checkov, lint Dockerfiles; then tests/policy
+	$(PY) -m tools.policy --out $(MANIFESTS) --checkov $(CHECKOV)
+	MLSTACK_CHECKOV=$(CHECKOV) $(PY) -m pytest tests/policy -q
+
+TEST_TARGETS += policy

@@ -1,0 +1,97 @@
+"""`make down STACK=...` against a stand-in Pulumi CLI that records what it is asked to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.program import ROOT
+
+FAKE_PULUMI = """\
+#!{python}
+import json, os, sys
+with open(os.environ["FAKE_PULUMI_LOG"], "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:3] == ["stack", "export"]:
+    state = os.environ.get("FAKE_PULUMI_STATE")
+    if state is None:
+        sys.exit("error: no stack named " + sys.argv[-1] + " found")
+    print(state)
+"""
+
+
+def state(*resources: dict[str, Any]) -> str:
+    return json.dumps({"version": 3, "deployment": {"resources": list(resources)}})
+
+
+def make_down(
+    tmp_path: Path, stack: str, exported: str | None
+) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    pulumi = tmp_path / "pulumi"
+    pulumi.write_text(FAKE_PULUMI.format(python=sys.executable))
+    pulumi.chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    env = {**os.environ, "FAKE_PULUMI_LOG": str(log)}
+    # Neither an outer make's flags nor a stray state reach this run.
+    for name in ("FAKE_PULUMI_STATE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
+        env.pop(name, None)
+    if exported is not None:
+        env["FAKE_PULUMI_STATE"] = exported
+    command = ["make", "--no-print-directory", "-o", ".venv/.installed"]
+    result = subprocess.run(
+        # -o: never reinstall the virtual environment from inside the tests.
+        [*command, "down", f"STACK={stack}", f"PULUMI={pulumi}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return result, calls
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "pr-7"])
+def test_down_destroys_then_removes_the_stack(tmp_path: Path, stack: str) -> None:
+    result, calls = make_down(tmp_path, stack, state({"urn": "urn:pulumi:a", "protect": False}))
+    assert result.returncode == 0, result.stderr
+    assert calls == [
+        ["stack", "export", "--stack", stack],
+        ["destroy", "--stack", stack, "--yes"],
+        # The stack file is part of the project: `stack rm` must not delete it.
+        ["stack", "rm", "--stack", stack, "--yes", "--preserve-config"],
+    ]
+
+
+def test_down_refuses_a_protected_stack_and_says_how_to_unprotect(tmp_path: Path) -> None:
+    volume = "urn:pulumi:prod::mlstack::kubernetes:core/v1:PersistentVolumeClaim::data"
+    result, calls = make_down(
+        tmp_path,
+        "prod",
+        state(
+            {"urn": "urn:pulumi:prod::mlstack::x", "protect": False},
+            {"urn": volume, "protect": True},
+        ),
+    )
+    assert result.returncode != 0
+    assert calls == [["stack", "export", "--stack", "prod"]]  # nothing destroyed
+    message = result.stderr
+    assert "stack prod is protected" in message
+    assert volume in message
+    assert "pulumi config set --stack prod mlstack:protect false" in message
+    assert "pulumi up --stack prod" in message
+    assert "pulumi state unprotect --stack prod --all" in message
+
+
+def test_down_stops_when_the_stack_cannot_be_read(tmp_path: Path) -> None:
+    result, calls = make_down(tmp_path, "nosuchstack", None)
+    assert result.returncode != 0
+    assert calls == [["stack", "export", "--stack", "nosuchstack"]]
+    assert "cannot read the state of stack nosuchstack" in result.stderr

@@ -1,0 +1,400 @@
+"""What the GitHub workflow schema cannot check (`make workflows` checks the schema itself):
+the stacks they name exist, the preview comments on the pull request in place, promotion goes
+staging -> prod behind an approval, updates of one stack never race, review stacks are destroyed
+before they are removed, permissions are least, actions are pinned; and the helper script they
+run (.github/scripts/stacks.py) says the right thing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.program import ROOT, run_program
+
+GITHUB = ROOT / ".github"
+SCRIPT = GITHUB / "scripts" / "stacks.py"
+SETUP_ACTION = "./.github/actions/pulumi-setup"
+PULUMI_ACTION = "pulumi/actions@v7"  # the current major (v7.0.0: node24; inputs unchanged)
+WORKFLOW_FILES = sorted(GITHUB.glob("workflows/*.yml"))
+
+
+def load(path: Path) -> dict[str, Any]:
+    document = yaml.safe_load(path.read_text())
+    assert isinstance(document, dict), path
+    if True in document:  # YAML 1.1 reads the key `on` as a boolean
+        document["on"] = document.pop(True)
+    return document
+
+
+def workflow(name: str) -> dict[str, Any]:
+    return load(GITHUB / "workflows" / name)
+
+
+def jobs() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path in WORKFLOW_FILES:
+        for job_id, job in load(path)["jobs"].items():
+            yield path.name, job_id, job
+
+
+def steps(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(job.get("steps") or [])
+
+
+def pulumi_steps(job: dict[str, Any], command: str | None = None) -> list[dict[str, Any]]:
+    found = [s for s in steps(job) if str(s.get("uses", "")).startswith("pulumi/actions@")]
+    found = [s for s in found if "command" in (s.get("with") or {})]
+    return [s for s in found if command is None or s["with"]["command"] == command]
+
+
+def script(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        input=stdin,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def affected(*paths: str) -> list[str]:
+    stacks = json.loads(script("affected", stdin="\n".join(paths) + "\n"))
+    assert isinstance(stacks, list)
+    return [str(stack) for stack in stacks]
+
+
+CI_STACKS = affected("Pulumi.yaml")
+
+
+# --- the stacks ---------------------------------------------------------------------------------
+
+
+def test_ci_stacks_are_staging_then_prod_and_have_stack_files() -> None:
+    assert CI_STACKS == ["staging", "prod"]
+    for stack in CI_STACKS:
+        assert (ROOT / f"Pulumi.{stack}.yaml").is_file()
+
+
+def test_every_stack_the_workflows_name_has_a_stack_file() -> None:
+    named: set[str] = set()
+    for name, job_id, job in jobs():
+        for step in steps(job):
+            given = step.get("with") or {}
+            value = given.get("stack-name") if "command" in given else given.get("stack")
+            if not value:
+                continue
+            value = str(value)
+            if value.startswith("pr-${{"):
+                continue  # a review stack: its file is written by `stacks.py review-config`
+            if value == "${{ matrix.stack }}":
+                # The preview matrix: the affected CI stacks.
+                assert "fromJSON(needs.changes.outputs.stacks)" in str(job["strategy"]), job_id
+                named.update(CI_STACKS)
+                continue
+            assert "${{" not in value, f"{name} {job_id}: unexpected stack {value}"
+            named.add(value)
+    assert named == set(CI_STACKS)
+    for stack in named:
+        assert (ROOT / f"Pulumi.{stack}.yaml").is_file(), stack
+
+
+@pytest.mark.parametrize(
+    ("paths", "expected"),
+    [
+        (["Pulumi.prod.yaml"], ["prod"]),
+        (["Pulumi.staging.yaml", "README.md"], ["staging"]),
+        (["components/cluster/gke.py"], ["staging", "prod"]),
+        (["services/model/mlstack_model/app.py"], ["staging", "prod"]),
+        (["__main__.py"], ["staging", "prod"]),
+        (["requirements.txt"], ["staging", "prod"]),
+        (["Pulumi.dev.yaml", "README.md", "tests/unit/test_stacks.py", "mk/ops.mk"], []),
+        ([], []),
+    ],
+)
+def test_affected_stacks(paths: list[str], expected: list[str]) -> None:
+    assert affected(*paths) == expected
+
+
+def test_deploy_runs_for_exactly_the_changes_that_affect_a_stack() -> None:
+    patterns = workflow("deploy.yml")["on"]["push"]["paths"]
+
+    def deploys(path: str) -> bool:
+        return any(fnmatch.fnmatch(path, pattern) for pattern in patterns)
+
+    for path in [
+        "Pulumi.yaml",
+        "Pulumi.staging.yaml",
+        "Pulumi.prod.yaml",
+        "__main__.py",
+        "requirements.txt",
+        "components/app.py",
+        "services/gateway/Dockerfile",
+        "README.md",
+        "Pulumi.dev.yaml",
+        "tests/ops/test_workflows.py",
+        "requirements-dev.txt",
+    ]:
+        assert deploys(path) == bool(affected(path)), path
+
+
+# --- previews -----------------------------------------------------------------------------------
+
+
+def test_previews_are_one_comment_per_stack_edited_in_place() -> None:
+    preview = workflow("preview.yml")
+    assert set(preview["on"]) == {"pull_request"}
+    job = preview["jobs"]["preview"]
+    (step,) = pulumi_steps(job, "preview")
+    given = step["with"]
+    assert step["uses"] == PULUMI_ACTION
+    assert given["stack-name"] == "${{ matrix.stack }}"
+    assert given["comment-on-pr"] is True
+    assert given["edit-pr-comment"] is True
+    assert given["diff"] is True
+    assert given["cloud-url"] == "${{ vars.PULUMI_BACKEND_URL }}"
+    assert job["permissions"]["pull-requests"] == "write"
+    # Fork pull requests cannot read secrets: no preview for them.
+    assert "head.repo.full_name == github.repository" in job["if"]
+
+
+def test_dependencies_are_installed_before_pulumi_runs() -> None:
+    action = load(GITHUB / "actions" / "pulumi-setup" / "action.yml")
+    runs = [str(s.get("run", "")) for s in action["runs"]["steps"]]
+    assert any("pip install" in run and "-r requirements.txt" in run for run in runs)
+    for name, job_id, job in jobs():
+        uses = [str(s.get("uses", "")) for s in steps(job)]
+        if any(u.startswith("pulumi/actions@") for u in uses) or any(
+            "pulumi " in str(s.get("run", "")) for s in steps(job)
+        ):
+            assert SETUP_ACTION in uses, f"{name} {job_id}"
+            first_pulumi = min(
+                i
+                for i, s in enumerate(steps(job))
+                if str(s.get("uses", "")).startswith("pulumi/actions@")
+                or "pulumi " in str(s.get("run", ""))
+            )
+            assert uses.index(SETUP_ACTION) < first_pulumi, f"{name} {job_id}"
+
+
+def test_the_cli_is_the_release_requirements_txt_pins() -> None:
+    pin = re.search(r"^pulumi==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)
+    assert pin is not None
+    assert f"pulumi-version={pin.group(1)}" in script("info").splitlines()
+    action = load(GITHUB / "actions" / "pulumi-setup" / "action.yml")
+    (install,) = [s for s in action["runs"]["steps"] if s.get("uses") == PULUMI_ACTION]
+    assert install["with"] == {"pulumi-version": "${{ steps.info.outputs.pulumi-version }}"}
+
+
+# --- deploys ------------------------------------------------------------------------------------
+
+
+def test_main_goes_to_staging_then_to_prod_behind_an_approval() -> None:
+    deploy = workflow("deploy.yml")
+    assert deploy["on"]["push"]["branches"] == ["main"]
+    staging, prod = deploy["jobs"]["staging"], deploy["jobs"]["prod"]
+    (up_staging,) = pulumi_steps(staging, "up")
+    (up_prod,) = pulumi_steps(prod, "up")
+    assert up_staging["with"]["stack-name"] == "staging"
+    assert up_prod["with"]["stack-name"] == "prod"
+    assert prod["needs"] in ("staging", ["staging"])
+    assert prod["environment"] == "production"
+    assert "needs" not in staging
+
+
+def test_updates_of_one_stack_never_race() -> None:
+    groups: dict[str, str] = {}
+    for name, job_id, job in jobs():
+        for step in pulumi_steps(job):
+            if step["with"]["command"] not in ("up", "destroy"):
+                continue
+            stack = str(step["with"]["stack-name"])
+            concurrency = job.get("concurrency")
+            assert isinstance(concurrency, dict), f"{name} {job_id}: no concurrency"
+            assert concurrency["cancel-in-progress"] is False, f"{name} {job_id}"
+            group = str(concurrency["group"])
+            assert group == f"pulumi-{stack}" or (
+                stack.startswith("pr-${{") and group.startswith("pulumi-pr-${{")
+            ), f"{name} {job_id}: {group} for {stack}"
+            groups[f"{name}:{job_id}"] = group
+    assert groups["deploy.yml:staging"] != groups["deploy.yml:prod"]
+    # An up and a destroy of the same review stack share one group.
+    assert groups["review-stack.yml:up"] == "pulumi-pr-${{ github.event.pull_request.number }}"
+    assert groups["review-stack.yml:teardown"] == "pulumi-pr-${{ matrix.pr }}"
+
+
+# --- review stacks ------------------------------------------------------------------------------
+
+
+def test_review_stacks_are_opt_in_and_follow_the_pull_request() -> None:
+    review = workflow("review-stack.yml")
+    types = set(review["on"]["pull_request"]["types"])
+    assert {"opened", "synchronize", "reopened", "labeled", "closed", "unlabeled"} <= types
+    assert review["on"]["schedule"]
+    up = review["jobs"]["up"]
+    assert "'review-stack'" in up["if"]
+    (step,) = pulumi_steps(up, "up")
+    assert step["with"]["stack-name"] == "pr-${{ github.event.pull_request.number }}"
+    assert step["with"]["comment-on-pr"] is True
+    runs = "\n".join(str(s.get("run", "")) for s in steps(up))
+    assert "stacks.py review-config" in runs
+    assert "pulumi config set --secret" in runs
+
+
+def test_review_teardown_destroys_then_removes_the_stack() -> None:
+    teardown = workflow("review-stack.yml")["jobs"]["teardown"]
+    all_steps = steps(teardown)
+    (destroy,) = pulumi_steps(teardown, "destroy")
+    removes = [s for s in all_steps if "pulumi stack rm" in str(s.get("run", ""))]
+    assert len(removes) == 1
+    assert "--force" not in removes[0]["run"]
+    assert all_steps.index(destroy) < all_steps.index(removes[0])
+    assert destroy["with"]["stack-name"] == "pr-${{ matrix.pr }}"
+    assert "fromJSON(needs.plan.outputs.prs)" in str(teardown["strategy"]["matrix"]["pr"])
+
+
+def test_the_sweep_asks_github_about_each_review_stack() -> None:
+    plan = workflow("review-stack.yml")["jobs"]["plan"]
+    (sweep,) = [s for s in steps(plan) if s.get("id") == "sweep"]
+    assert "pulumi stack ls" in sweep["run"]
+    assert "^pr-[0-9]+$" in sweep["run"]
+    assert 'gh api "repos/$REPOSITORY/pulls/$number"' in sweep["run"]
+    assert plan["permissions"]["pull-requests"] == "read"
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"REVIEW_REGISTRY": "ghcr.io/acme/mlstack-review", "REVIEW_KUBE_CONTEXT": "test"},
+        {
+            "REVIEW_GATEWAY_IMAGE": "ghcr.io/acme/gateway@sha256:" + "a" * 64,
+            "REVIEW_MODEL_IMAGE": "ghcr.io/acme/model@sha256:" + "b" * 64,
+        },
+    ],
+)
+def test_a_review_stack_config_is_valid_for_the_program(
+    tmp_path: Path, variables: dict[str, str]
+) -> None:
+    env = {"REVIEW_REGISTRY": "", "REVIEW_GATEWAY_IMAGE": "", "REVIEW_MODEL_IMAGE": ""}
+    script("review-config", "--stack", "pr-7", "--dir", str(tmp_path), env={**env, **variables})
+    document = yaml.safe_load((tmp_path / "Pulumi.pr-7.yaml").read_text())
+    run = run_program("pr-7", document["config"])
+    assert [r.type for r in run.resources if r.type.startswith("mlstack:cluster:")] == [
+        "mlstack:cluster:Existing"
+    ]
+    assert run.one("Namespace", "mlstack-pr-7")
+    assert run.one("Service", "gateway").inputs["spec"]["type"] == "LoadBalancer"
+    assert not [r for r in run.resources if r.protect]
+    assert bool(run.by_type("docker:index/image:Image")) == ("REVIEW_REGISTRY" in variables)
+
+
+def test_a_review_stack_without_images_is_refused(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "REVIEW_REGISTRY": "",
+        "REVIEW_GATEWAY_IMAGE": "",
+        "REVIEW_MODEL_IMAGE": "",
+    }
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "review-config", "--stack", "pr-7", "--dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "REVIEW_REGISTRY" in result.stderr
+    assert not (tmp_path / "Pulumi.pr-7.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("stack", "expected"),
+    [
+        (
+            "staging",
+            {
+                "provider": "eks",
+                "aws": "true",
+                "aws-region": "eu-west-1",
+                "gcp": "false",
+                "ecr-registry": "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+            },
+        ),
+        (
+            "prod",
+            {
+                "provider": "gke",
+                "aws": "false",
+                "gcp": "true",
+                "gar-registry": "europe-west1-docker.pkg.dev",
+            },
+        ),
+    ],
+)
+def test_each_stack_gets_the_cloud_logins_it_needs(stack: str, expected: dict[str, str]) -> None:
+    lines = script("info", "--stack", stack, env={"PULUMI_BACKEND_URL": ""}).splitlines()
+    values = dict(line.split("=", 1) for line in lines)
+    assert expected.items() <= values.items()
+
+
+# --- hygiene ------------------------------------------------------------------------------------
+
+
+def all_uses() -> Iterator[tuple[str, str]]:
+    for path in [*WORKFLOW_FILES, *GITHUB.glob("actions/*/action.yml")]:
+        document = load(path)
+        step_lists = [job.get("steps") or [] for job in (document.get("jobs") or {}).values()]
+        step_lists.append((document.get("runs") or {}).get("steps") or [])
+        for step_list in step_lists:
+            for step in step_list:
+                if "uses" in step:
+                    yield path.name, str(step["uses"])
+
+
+def test_actions_are_pinned_by_major_or_commit() -> None:
+    pinned = re.compile(r"^[\w.-]+/[\w./-]+@(v[0-9]+|[0-9a-f]{40})$")
+    for name, uses in all_uses():
+        if uses.startswith("./"):
+            assert uses == SETUP_ACTION, f"{name}: {uses}"
+            continue
+        assert pinned.match(uses), f"{name}: {uses} is not pinned by major tag or commit"
+        if uses.startswith("pulumi/actions@"):
+            assert uses == PULUMI_ACTION, f"{name}: {uses}"
+
+
+def test_permissions_are_least() -> None:
+    for path in WORKFLOW_FILES:
+        assert load(path)["permissions"] == {}, f"{path.name}: default permissions not dropped"
+    for name, job_id, job in jobs():
+        granted = job.get("permissions")
+        assert isinstance(granted, dict), f"{name} {job_id}: no permissions of its own"
+        assert set(granted.values()) <= {"read", "write", "none"}
+        writes = {scope for scope, level in granted.items() if level == "write"}
+        comments = any((s.get("with") or {}).get("comment-on-pr") for s in steps(job))
+        uses_setup = any(s.get("uses") == SETUP_ACTION for s in steps(job))
+        allowed = {"pull-requests"} if comments else set()
+        allowed |= {"id-token"} if uses_setup else set()
+        assert writes <= allowed, f"{name} {job_id}: {writes - allowed}"
+        assert granted.get("contents") == "read", f"{name} {job_id}"
+
+
+def test_checkouts_leave_no_token_behind() -> None:
+    for name, job_id, job in jobs():
+        for step in steps(job):
+            if str(step.get("uses", "")).startswith("actions/checkout@"):
+                assert (step.get("with") or {}).get("persist-credentials") is False, (
+                    f"{name} {job_id}"
+                )

@@ -1,0 +1,119 @@
+"""The gate fails on a regression: each mutation of a good render below must be reported.
+
+One Checkov run covers them all: a copy of the prod render with
+- the gateway's readiness probe removed,
+- a privileged container that may escalate privileges in the model,
+- the model's liveness probe removed under a `checkov.io/skip` that gives no reason,
+- a field Kubernetes does not know and a string where an integer belongs (strict schemas).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tools import dockerfile_lint, policy
+
+
+def mutate(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    document = yaml.safe_load(path.read_text())
+    change(document)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def container(document: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = document["spec"]["template"]["spec"]["containers"][0]
+    return found
+
+
+def no_readiness(document: dict[str, Any]) -> None:
+    del container(document)["readinessProbe"]
+
+
+def privileged_without_liveness(document: dict[str, Any]) -> None:
+    context = container(document)["securityContext"]
+    context["privileged"] = True
+    context["allowPrivilegeEscalation"] = True
+    del container(document)["livenessProbe"]
+    document["metadata"]["annotations"] = {"checkov.io/skip1": "CKV_K8S_8"}
+
+
+def unknown_field_and_string_port(document: dict[str, Any]) -> None:
+    document["spec"]["exposeEverything"] = True
+    document["spec"]["ports"][0]["port"] = "80"
+
+
+@pytest.fixture(scope="module")
+def broken(
+    report: policy.Report,
+    manifests_dir: Path,
+    checkov: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> policy.StackReport:
+    folder = tmp_path_factory.mktemp("broken") / "prod"
+    shutil.copytree(manifests_dir / "prod", folder)
+    mutate(folder / "deployment-gateway.yaml", no_readiness)
+    mutate(folder / "deployment-model.yaml", privileged_without_liveness)
+    mutate(folder / "service-database.yaml", unknown_field_and_string_port)
+    reports, _ = policy.scan({"prod": folder}, checkov)
+    return reports[0]
+
+
+def failed(found: policy.StackReport) -> set[tuple[str, str]]:
+    return {(c.check_id, c.resource) for c in found.failed}
+
+
+def test_a_missing_readiness_probe_fails(broken: policy.StackReport) -> None:
+    assert ("CKV_K8S_9", "Deployment.mlstack-prod.gateway") in failed(broken)
+
+
+def test_a_privileged_container_fails(broken: policy.StackReport) -> None:
+    assert ("CKV_K8S_16", "Deployment.mlstack-prod.model") in failed(broken)
+    assert ("CKV_K8S_20", "Deployment.mlstack-prod.model") in failed(broken)
+
+
+def test_a_skip_without_a_reason_fails(broken: policy.StackReport) -> None:
+    assert [(c.check_id, c.resource) for c in broken.unexplained_skips] == [
+        ("CKV_K8S_8", "Deployment.mlstack-prod.model")
+    ]
+
+
+def test_schema_errors_fail_for_both_versions(broken: policy.StackReport) -> None:
+    errors = [e for e in broken.schema_errors if e.file == "service-database.yaml"]
+    assert {e.version for e in errors} == set(policy.KUBERNETES_VERSIONS)
+    assert all("exposeEverything" in e.message or "'80'" in e.message for e in errors)
+
+
+def test_the_gate_reports_failure(report: policy.Report, broken: policy.StackReport) -> None:
+    assert not broken.ok
+    failing = policy.Report([broken], report.dockerfiles, [], report.checkov_version)
+    assert not failing.ok
+    shown = policy.table(failing)
+    assert "CKV_K8S_9" in shown
+    assert "without a reason" in shown
+    assert shown.rstrip().endswith("policy: FAILED")
+
+
+def test_a_dockerfile_finding_fails_the_gate(report: policy.Report) -> None:
+    finding = dockerfile_lint.Finding("services/model/Dockerfile", 9, "DF002", "USER 0 is root")
+    failing = policy.Report(report.stacks, report.dockerfiles, [finding], report.checkov_version)
+    assert not failing.ok
+    assert "services/model/Dockerfile:9: DF002 USER 0 is root" in policy.table(failing)
+
+
+def test_checkov_report_shapes() -> None:
+    version, results = policy.parse_checkov(
+        '[{"check_type": "dockerfile"}, {"check_type": "kubernetes", '
+        '"summary": {"checkov_version": "3.3.30"}, "results": {"failed_checks": '
+        '[{"check_id": "CKV_K8S_1", "resource": "Deployment.ns.x", "file_path": "/x.yaml"}]}}]'
+    )
+    assert version == "3.3.30"
+    assert [c.check_id for c in results["failed"]] == ["CKV_K8S_1"]
+    assert policy.parse_checkov('{"passed": 0, "failed": 0}')[1]["passed"] == []
+    with pytest.raises(RuntimeError, match="could not parse"):
+        policy.parse_checkov('{"results": {"parsing_errors": ["/x.yaml"]}}')

@@ -1,0 +1,90 @@
+"""The renderer: plain, stable manifests of exactly the Kubernetes objects, secrets withheld."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.program import TEST_SECRETS, run_program
+from tools import policy, render
+
+
+def load(folder: Path, name: str) -> dict[str, Any]:
+    document = yaml.safe_load((folder / name).read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+@pytest.fixture(scope="module")
+def prod(report: policy.Report, manifests_dir: Path) -> Path:
+    return manifests_dir / "prod"
+
+
+def test_one_file_per_kubernetes_object_only(prod: Path) -> None:
+    run = run_program("prod")
+    expected = {
+        f"{r.kind.lower()}-{r.metadata['name']}.yaml"
+        for r in run.resources
+        if r.type.startswith("kubernetes:")
+    }
+    assert {p.name for p in prod.glob("*.yaml")} == expected
+    # docker, gcp and the provider are not Kubernetes objects.
+    assert any(not r.type.startswith("kubernetes:") for r in run.resources)
+
+
+def test_objects_are_plain_manifests_with_integers(prod: Path) -> None:
+    gateway = load(prod, "deployment-gateway.yaml")
+    assert list(gateway)[:3] == ["apiVersion", "kind", "metadata"]
+    assert (gateway["apiVersion"], gateway["kind"]) == ("apps/v1", "Deployment")
+    assert gateway["metadata"]["name"] == "gateway"
+    assert gateway["metadata"]["namespace"] == "mlstack-prod"
+    assert gateway["spec"]["replicas"] == 3
+    container = gateway["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"][0]["containerPort"] == 8080
+    assert type(container["ports"][0]["containerPort"]) is int
+    policy_ = load(prod, "networkpolicy-database-from-gateway.yaml")
+    assert type(policy_["spec"]["ingress"][0]["ports"][0]["port"]) is int
+
+
+def test_secret_values_are_never_written(manifests_dir: Path) -> None:
+    for path in manifests_dir.rglob("*.yaml"):
+        text = path.read_text()
+        for secret in TEST_SECRETS.values():
+            assert secret not in text, path
+    gateway = load(manifests_dir / "prod", "secret-gateway.yaml")
+    assert gateway["stringData"] == {
+        "api-key": render.SECRET_PLACEHOLDER,
+        "database-url": render.SECRET_PLACEHOLDER,
+    }
+
+
+def test_rendering_is_stable(prod: Path, tmp_path: Path) -> None:
+    render.write(render.render("prod"), tmp_path)
+    again = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
+    assert again == {p.name: p.read_text() for p in prod.glob("*.yaml")}
+
+
+def test_write_replaces_stale_manifests(tmp_path: Path) -> None:
+    (tmp_path / "deployment-gone.yaml").write_text("kind: Deployment\n")
+    written = render.write(render.render("dev"), tmp_path)
+    assert sorted(tmp_path.glob("*.yaml")) == sorted(written)
+
+
+def test_pull_policy_follows_the_image_reference(prod: Path) -> None:
+    built = load(prod, "deployment-model.yaml")["spec"]["template"]["spec"]["containers"][0]
+    assert "@sha256:" in built["image"]
+    assert built["imagePullPolicy"] == "IfNotPresent"
+    postgres = load(prod, "statefulset-database.yaml")["spec"]["template"]["spec"]
+    assert "@sha256:" not in postgres["containers"][0]["image"]
+    assert postgres["containers"][0]["imagePullPolicy"] == "Always"
+
+
+def test_cli_renders_one_stack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert render.main(["--stack", "dev", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "namespace-mlstack-dev.yaml").exists()
+    assert "dev: " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        render.main(["--stack", "nope"])

@@ -1,0 +1,88 @@
+"""Fixtures: the services as real processes on 127.0.0.1 free ports, and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services.support import (
+    GATEWAY_SRC,
+    MODEL_SRC,
+    PostgresServer,
+    ServiceProcess,
+    start_gateway,
+    start_model,
+)
+
+# The services are top-level packages in their own folders (as in their images).
+for src in (MODEL_SRC, GATEWAY_SRC):
+    if str(src) not in sys.path:
+        sys.path.insert(0, str(src))
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("service-logs")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlstack_model import train
+
+    directory = tmp_path_factory.mktemp("models")
+    train.train_all(directory, ["iris"])
+    return directory
+
+
+@pytest.fixture(scope="session")
+def model_server(model_dir: Path, log_dir: Path) -> Iterator[ServiceProcess]:
+    """The model server with its default version (the newest)."""
+    service = start_model(model_dir, log_dir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    server.init().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="module")
+def gateway_sqlite(model_server: ServiceProcess, log_dir: Path) -> Iterator[ServiceProcess]:
+    service = start_gateway(model_server.url, log_dir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway_postgres(
+    model_server: ServiceProcess, postgres: PostgresServer, log_dir: Path
+) -> Iterator[ServiceProcess]:
+    dsn = postgres.create_database("gateway_module")
+    service = start_gateway(model_server.url, log_dir, DATABASE_URL=dsn)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gateway(
+    request: pytest.FixtureRequest, model_server: ServiceProcess, log_dir: Path
+) -> Iterator[ServiceProcess]:
+    """A gateway in each database mode: every test using it runs twice."""
+    if request.param == "sqlite":
+        service = start_gateway(model_server.url, log_dir)
+    else:
+        postgres: PostgresServer = request.getfixturevalue("postgres")
+        dsn = postgres.create_database(f"gateway_{request.module.__name__.split('.')[-1]}")
+        service = start_gateway(model_server.url, log_dir, DATABASE_URL=dsn)
+    yield service
+    service.stop()

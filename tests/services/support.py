@@ -1,0 +1,292 @@
+"""Helpers for the service tests: real processes on 127.0.0.1, a real PostgreSQL, plain HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from glob import glob
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_SRC = ROOT / "services" / "model"
+GATEWAY_SRC = ROOT / "services" / "gateway"
+API_KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def request(
+    method: str,
+    url: str,
+    body: bytes | str | dict[str, Any] | list[Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> Reply:
+    """One HTTP/1.1 request on a fresh connection (no client-side pooling to hide anything)."""
+    assert url.startswith("http://")
+    host_port, _, path = url[len("http://") :].partition("/")
+    host, _, port = host_port.partition(":")
+    if isinstance(body, dict | list):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request(method, "/" + path, body=body, headers=all_headers)
+        response = conn.getresponse()
+        return Reply(response.status, response.read(), dict(response.getheaders()))
+    finally:
+        conn.close()
+
+
+def predict(gateway_url: str, instances: Any, key: str | None = API_KEY) -> Reply:
+    headers = {"X-API-Key": key} if key is not None else {}
+    return request("POST", f"{gateway_url}/api/v1/predict", {"instances": instances}, headers)
+
+
+class ServiceProcess:
+    """A service started as ``python -m <module>`` with the given environment."""
+
+    def __init__(
+        self, module: str, src: Path, env: Mapping[str, str], port: int, log_dir: Path
+    ) -> None:
+        self.module = module
+        self.src = src
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(src),
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            **env,
+        }
+        self.log_path = log_dir / f"{module}-{port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            env=self.env,
+            cwd=self.src,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def wait_until(self, path: str, timeout: float = 60.0, status: int = 200) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.module} exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if request("GET", self.url + path, timeout=2).status == status:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.module} not answering {path} in {timeout}s:\n{self.log_tail()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+
+def start_model(
+    model_dir: Path, log_dir: Path, port: int | None = None, **env: str
+) -> ServiceProcess:
+    service = ServiceProcess(
+        "mlstack_model",
+        MODEL_SRC,
+        {"MODEL_DIR": str(model_dir), **env},
+        port or free_port(),
+        log_dir,
+    )
+    service.start().wait_until("/v2/health/ready")
+    return service
+
+
+def start_gateway(model_url: str, log_dir: Path, wait: bool = True, **env: str) -> ServiceProcess:
+    settings = {"MODEL_URL": model_url, "MLSTACK_API_KEY": API_KEY, **env}
+    if "DATABASE_URL" not in settings and "DATA_DIR" not in settings:
+        settings["DATA_DIR"] = tempfile.mkdtemp(prefix="gateway-", dir=log_dir)
+    service = ServiceProcess("mlstack_gateway", GATEWAY_SRC, settings, free_port(), log_dir)
+    service.start()
+    if wait:
+        service.wait_until("/readyz")
+    return service
+
+
+def postgres_bindir() -> Path:
+    """Where Debian's PostgreSQL server binaries are (initdb, pg_ctl, postgres)."""
+    candidates: list[Path] = []
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        if out.returncode == 0:
+            candidates.append(Path(out.stdout.strip()))
+    versions = sorted(glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+    candidates.extend(Path(p) for p in reversed(versions))
+    for candidate in candidates:
+        if (candidate / "initdb").is_file() and (candidate / "pg_ctl").is_file():
+            return candidate
+    raise RuntimeError(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found in `pg_config --bindir` or "
+        "/usr/lib/postgresql/*/bin: install them with `apt-get install -y postgresql`"
+    )
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster on 127.0.0.1, run as an unprivileged user under root."""
+
+    def __init__(self) -> None:
+        self.bindir = postgres_bindir()
+        self.port = free_port()
+        self.base = Path(tempfile.mkdtemp(prefix="mlstack-pg-"))
+        self.data = self.base / "data"
+        self.socket_dir = self.base / "socket"
+        self.log = self.base / "postgres.log"
+        self.socket_dir.mkdir()
+        self._runas: list[str] = []
+        if os.geteuid() == 0:
+            # initdb and postgres refuse to run as root.
+            user = _unprivileged_user()
+            entry = pwd.getpwnam(user)
+            for path in (self.base, self.socket_dir):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            self._runas = ["runuser", "-u", user, "--"]
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run(
+            [*self._runas, *args], capture_output=True, text=True, check=False, timeout=120
+        )
+        if result.returncode != 0:
+            log = self.log.read_text(errors="replace") if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}{log}")
+
+    def init(self) -> PostgresServer:
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D", str(self.data),
+            "-U", "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
+        )  # fmt: skip
+        return self
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir}"
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D", str(self.data),
+            "-l", str(self.log),
+            "-o", options,
+            "-w", "-t", "60",
+            "start",
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def create_database(self, name: str) -> str:
+        async def create() -> None:
+            conn = await asyncpg.connect(self.dsn())
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+        return self.dsn(name)
+
+    def destroy(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.stop("immediate")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _unprivileged_user() -> str:
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    raise RuntimeError("no unprivileged user (postgres or nobody) to run PostgreSQL as")
+
+
+def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

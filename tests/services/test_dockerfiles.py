@@ -1,0 +1,120 @@
+"""The service images, read from their Dockerfiles (no Docker engine needed): what the Pulumi
+components rely on (port, user, entrypoint) and the hygiene of the images themselves."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from tests.services.support import ROOT
+
+SERVICES = {"model": "mlstack_model", "gateway": "mlstack_gateway"}
+IMAGE_PORT = "8080"
+IMAGE_USER = "10001:10001"
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    arguments: str
+
+
+def instructions(service: str) -> list[Instruction]:
+    text = (ROOT / "services" / service / "Dockerfile").read_text()
+    logical = re.sub(r"\\\n", " ", text)
+    parsed = []
+    for line in logical.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, arguments = stripped.partition(" ")
+            parsed.append(Instruction(keyword.upper(), arguments.strip()))
+    return parsed
+
+
+def env_of(service: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in instructions(service):
+        if instruction.keyword == "ENV":
+            for pair in shlex.split(instruction.arguments):
+                name, _, value = pair.partition("=")
+                env[name] = value
+    return env
+
+
+def only(service: str, keyword: str) -> str:
+    found = [i.arguments for i in instructions(service) if i.keyword == keyword]
+    assert len(found) == 1, f"{service}: expected one {keyword}, found {found}"
+    return found[0]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_base_image_is_pinned_by_version_and_digest(service: str) -> None:
+    base = only(service, "FROM")
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", base), base
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_runs_as_numeric_non_root_user(service: str) -> None:
+    assert only(service, "USER") == IMAGE_USER
+    keywords = [i.keyword for i in instructions(service)]
+    # Nothing after USER runs as root again.
+    assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k == "RUN")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_exposes_the_port_it_listens_on(service: str) -> None:
+    assert only(service, "EXPOSE") == IMAGE_PORT
+    env = env_of(service)
+    assert env["PORT"] == IMAGE_PORT
+    assert env["HOST"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("service", SERVICES.items())
+def test_entrypoint_runs_the_service_package(service: tuple[str, str]) -> None:
+    name, package = service
+    entrypoint = orjson.loads(only(name, "ENTRYPOINT"))
+    assert entrypoint == ["python", "-m", package]
+    assert (ROOT / "services" / name / package / "__main__.py").is_file()
+    copies = [i.arguments.split() for i in instructions(name) if i.keyword == "COPY"]
+    assert [package, f"/opt/mlstack/app/{package}"] in copies
+
+
+def test_model_image_trains_at_build_time_where_model_dir_points() -> None:
+    runs = " ".join(i.arguments for i in instructions("model") if i.keyword == "RUN")
+    model_dir = env_of("model")["MODEL_DIR"]
+    assert f"python -m mlstack_model.train --out {model_dir}" in runs
+    assert (ROOT / "services" / "model" / "mlstack_model" / "train.py").is_file()
+
+
+def test_gateway_image_writes_only_under_tmp() -> None:
+    assert env_of("gateway")["DATA_DIR"].startswith("/tmp/")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_no_healthcheck_and_no_remote_add(service: str) -> None:
+    keywords = {i.keyword for i in instructions(service)}
+    assert "HEALTHCHECK" not in keywords
+    assert "ADD" not in keywords
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_no_secrets_baked_in(service: str) -> None:
+    secret_like = re.compile(r"(KEY|PASSWORD|SECRET|TOKEN|DATABASE_URL)", re.IGNORECASE)
+    for instruction in instructions(service):
+        if instruction.keyword in {"ENV", "ARG"}:
+            assert not secret_like.search(instruction.arguments), instruction
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_requirements_are_pinned_exactly(service: str) -> None:
+    lines = (ROOT / "services" / service / "requirements.txt").read_text().splitlines()
+    requirements = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert requirements
+    for requirement in requirements:
+        assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][0-9A-Za-z.\-+]*", requirement), requirement
+    runs = " ".join(i.arguments for i in instructions(service) if i.keyword == "RUN")
+    assert "-r /opt/mlstack/requirements.txt" in runs

@@ -1,0 +1,229 @@
+"""The gateway when things fail: a dead or hung model, a restarted database, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.services.support import (
+    GATEWAY_SRC,
+    PostgresServer,
+    ServiceProcess,
+    free_port,
+    predict,
+    query,
+    request,
+    start_gateway,
+    start_model,
+)
+
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+
+
+def test_dead_model_gives_fast_503_then_recovers(model_dir: Path, log_dir: Path) -> None:
+    port = free_port()
+    model = start_model(model_dir, log_dir, port=port)
+    gateway = start_gateway(model.url, log_dir)
+    try:
+        assert predict(gateway.url, [SETOSA]).status == 200
+        model.kill()
+        for _ in range(20):
+            started = time.monotonic()
+            reply = predict(gateway.url, [SETOSA])
+            elapsed = time.monotonic() - started
+            assert reply.status == 503
+            assert "model unavailable" in reply.json()["error"]
+            assert elapsed < 1.0
+        ready = request("GET", gateway.url + "/readyz")
+        assert ready.status == 503
+        assert ready.json()["model"] == "unreachable"
+
+        model = start_model(model_dir, log_dir, port=port)
+        deadline = time.monotonic() + 15
+        while predict(gateway.url, [SETOSA]).status != 200:
+            assert time.monotonic() < deadline, "gateway did not recover after the model returned"
+            time.sleep(0.1)
+        assert request("GET", gateway.url + "/readyz").status == 200
+    finally:
+        gateway.stop()
+        model.stop()
+
+
+def test_hung_model_times_out_with_503(log_dir: Path) -> None:
+    # A socket that listens but never answers: connections succeed, responses never come.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        gateway = start_gateway(url, log_dir, wait=False, MODEL_TIMEOUT_SECONDS="0.4")
+        try:
+            gateway.wait_until("/healthz")
+            started = time.monotonic()
+            reply = predict(gateway.url, [SETOSA])
+            assert reply.status == 503
+            assert time.monotonic() - started < 1.0
+        finally:
+            gateway.stop()
+
+
+def test_acknowledged_predictions_survive_a_database_restart(
+    model_server: ServiceProcess, postgres: PostgresServer, log_dir: Path
+) -> None:
+    dsn = postgres.create_database("restart")
+    gateway = start_gateway(model_server.url, log_dir, DATABASE_URL=dsn)
+    acknowledged: list[tuple[float, str]] = []
+    failures: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            reply = predict(gateway.url, [SETOSA])
+            if reply.status == 200:
+                acknowledged.append((time.monotonic(), reply.json()["request_id"]))
+            else:
+                failures.append(reply.status)
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for _ in range(8):
+                pool.submit(client)
+            time.sleep(1.0)
+            postgres.stop("immediate")  # a crash: no shutdown checkpoint, recovery from WAL
+            time.sleep(0.5)
+            postgres.start()
+            restarted = time.monotonic()
+            time.sleep(1.5)
+            stop.set()
+    finally:
+        gateway.stop()
+    assert set(failures) <= {503}
+    assert any(at > restarted for at, _ in acknowledged), "no prediction after the restart"
+    ids = [request_id for _, request_id in acknowledged]
+    rows = query(dsn, "SELECT count(*) FROM predictions WHERE request_id = ANY($1::uuid[])", ids)
+    assert rows[0][0] == len(ids)
+
+
+def test_replicas_starting_together_migrate_once(
+    model_server: ServiceProcess, postgres: PostgresServer, log_dir: Path
+) -> None:
+    dsn = postgres.create_database("replicas")
+    gateways = [
+        start_gateway(model_server.url, log_dir, wait=False, DATABASE_URL=dsn) for _ in range(3)
+    ]
+    try:
+        for gateway in gateways:
+            gateway.wait_until("/readyz")
+        for gateway in gateways:
+            assert predict(gateway.url, [SETOSA]).status == 200
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+    assert [row[0] for row in query(dsn, "SELECT version FROM schema_migrations")] == [1]
+    assert query(dsn, "SELECT count(*) FROM predictions")[0][0] == 3
+
+
+def test_sqlite_mode_commits_every_acknowledged_prediction(
+    model_server: ServiceProcess, log_dir: Path, tmp_path: Path
+) -> None:
+    gateway = start_gateway(model_server.url, log_dir, DATA_DIR=str(tmp_path))
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            replies = list(pool.map(lambda _: predict(gateway.url, [SETOSA]), range(100)))
+    finally:
+        gateway.stop()
+    ids = [r.json()["request_id"] for r in replies if r.status == 200]
+    assert len(ids) == 100
+    with sqlite3.connect(tmp_path / "predictions.sqlite3") as db:
+        stored = {row[0] for row in db.execute("SELECT request_id FROM predictions")}
+    assert set(ids) <= stored
+
+
+class _SlowModel(BaseHTTPRequestHandler):
+    """Answers like the model server, but takes a second over each inference."""
+
+    delay = 1.0
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _json(self, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/v2/models/iris":
+            self._json({"name": "iris", "inputs": [{"name": "input-0", "shape": [-1, 4]}]})
+        else:
+            self._json({"ready": True})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        rows = body["inputs"][0]["shape"][0]
+        time.sleep(self.delay)
+        self._json(
+            {
+                "model_name": "iris",
+                "model_version": "slow",
+                "id": body["id"],
+                "outputs": [
+                    {"name": "predict", "shape": [rows], "datatype": "INT64", "data": [1] * rows}
+                ],
+            }
+        )
+
+
+@pytest.fixture
+def slow_model() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowModel)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_sigterm_finishes_in_flight_requests(
+    slow_model: str, log_dir: Path, tmp_path: Path
+) -> None:
+    gateway = start_gateway(slow_model, log_dir, DATA_DIR=str(tmp_path))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        in_flight = pool.submit(predict, gateway.url, [SETOSA, SETOSA])
+        time.sleep(0.4)
+        gateway.signal(signal.SIGTERM)
+        reply = in_flight.result(timeout=10)
+    assert reply.status == 200
+    assert reply.json()["predictions"] == [1, 1]
+    # uvicorn exits by re-raising the signal once its graceful shutdown is done.
+    assert gateway.wait(timeout=10) in {0, -signal.SIGTERM}
+    assert "Application shutdown complete" in gateway.log_tail()
+    with pytest.raises(OSError):
+        request("GET", gateway.url + "/healthz", timeout=1)
+    with sqlite3.connect(tmp_path / "predictions.sqlite3") as db:
+        stored = [row[0] for row in db.execute("SELECT request_id FROM predictions")]
+    assert stored == [reply.json()["request_id"]]
+
+
+def test_gateway_refuses_to_start_without_an_api_key(log_dir: Path) -> None:
+    gateway = ServiceProcess(
+        "mlstack_gateway",
+        GATEWAY_SRC,
+        {"MLSTACK_API_KEY": ""},
+        free_port(),
+        log_dir,
+    ).start()
+    assert gateway.wait(timeout=30) == 2
+    assert "MLSTACK_API_KEY" in gateway.log_tail()

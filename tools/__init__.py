@@ -1,0 +1,1 @@
+"""Developer tools: render the Kubernetes manifests of a stack, and gate them on policy."""
