@@ -8,6 +8,8 @@
     stacks.py review-config --stack pr-N [--dir DIR]
                                         writes Pulumi.pr-N.yaml: a review stack on the shared
                                         test cluster (provider `existing`), from REVIEW_* variables
+                                        (REVIEW_KUBE_CONTEXT, REVIEW_REGISTRY, REVIEW_GATEWAY_IMAGE,
+                                        REVIEW_MODEL_IMAGE, REVIEW_GATEWAY_SERVICE_TYPE)
 
 `affected` and `review-config` need only the standard library (they run before the project's
 virtual environment exists); `info` reads the stack file with PyYAML from that environment.
@@ -115,7 +117,11 @@ def review_config(env: dict[str, str]) -> dict[str, Any]:
         )
     return {
         "mlstack:cluster": cluster,
-        "mlstack:gateway": {"replicas": 1, "serviceType": "LoadBalancer"},
+        # A test cluster with no load balancer controller: REVIEW_GATEWAY_SERVICE_TYPE=ClusterIP.
+        "mlstack:gateway": {
+            "replicas": 1,
+            "serviceType": env.get("REVIEW_GATEWAY_SERVICE_TYPE") or "LoadBalancer",
+        },
         "mlstack:model": {"replicas": 1, "serviceType": "ClusterIP"},
         "mlstack:database": {"replicas": 1, "storageSize": "1Gi"},
         "mlstack:images": images,

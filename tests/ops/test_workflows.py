@@ -282,13 +282,19 @@ def test_the_sweep_asks_github_about_each_review_stack() -> None:
         {
             "REVIEW_GATEWAY_IMAGE": "ghcr.io/acme/gateway@sha256:" + "a" * 64,
             "REVIEW_MODEL_IMAGE": "ghcr.io/acme/model@sha256:" + "b" * 64,
+            "REVIEW_GATEWAY_SERVICE_TYPE": "ClusterIP",
         },
     ],
 )
 def test_a_review_stack_config_is_valid_for_the_program(
     tmp_path: Path, variables: dict[str, str]
 ) -> None:
-    env = {"REVIEW_REGISTRY": "", "REVIEW_GATEWAY_IMAGE": "", "REVIEW_MODEL_IMAGE": ""}
+    env = {
+        "REVIEW_REGISTRY": "",
+        "REVIEW_GATEWAY_IMAGE": "",
+        "REVIEW_MODEL_IMAGE": "",
+        "REVIEW_GATEWAY_SERVICE_TYPE": "",
+    }
     script("review-config", "--stack", "pr-7", "--dir", str(tmp_path), env={**env, **variables})
     document = yaml.safe_load((tmp_path / "Pulumi.pr-7.yaml").read_text())
     run = run_program("pr-7", document["config"])
@@ -296,7 +302,8 @@ def test_a_review_stack_config_is_valid_for_the_program(
         "mlstack:cluster:Existing"
     ]
     assert run.one("Namespace", "mlstack-pr-7")
-    assert run.one("Service", "gateway").inputs["spec"]["type"] == "LoadBalancer"
+    service_type = variables.get("REVIEW_GATEWAY_SERVICE_TYPE", "LoadBalancer")
+    assert run.one("Service", "gateway").inputs["spec"]["type"] == service_type
     assert not [r for r in run.resources if r.protect]
     assert bool(run.by_type("docker:index/image:Image")) == ("REVIEW_REGISTRY" in variables)
 

@@ -25,6 +25,9 @@ def main() -> None:
         access_log=settings.access_log,
         log_level=settings.log_level,
         server_header=False,
+        # Longer than the idle timeouts of the clients in front (the gateway's pool, cloud load
+        # balancers), so that the client, not the server, closes an idle keep-alive connection.
+        timeout_keep_alive=75,
         # Kubernetes waits terminationGracePeriodSeconds (30 s by default) after SIGTERM.
         timeout_graceful_shutdown=20,
     )
