@@ -131,6 +131,9 @@ class GatewayRoutes:
         except ApiError as exc:
             self.count("predict", exc.status)
             raise
+        except Exception:
+            self.count("predict", 500)
+            raise
         self._metrics.predictions.inc(len(payload.rows))
         self._predict_ok.inc()
         self._predict_seconds.observe(time.perf_counter() - started)

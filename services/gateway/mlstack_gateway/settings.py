@@ -38,6 +38,18 @@ def _integer(env: dict[str, str], name: str, default: int, minimum: int = 1) -> 
     return value
 
 
+def _secret(env: dict[str, str], name: str) -> str:
+    """`name` itself, or the contents of the file `name_FILE` names (Kubernetes mounts secrets
+    as files, so they never appear in the pod's environment)."""
+    path = env.get(f"{name}_FILE", "").strip()
+    if not path:
+        return env.get(name, "")
+    try:
+        return Path(path).read_text().strip()
+    except OSError as error:
+        raise SettingsError(f"{name}_FILE={path} cannot be read: {error.strerror}") from None
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     host: str
@@ -69,13 +81,16 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> GatewaySettings:
         env = dict(os.environ if environ is None else environ)
-        api_key = env.get("MLSTACK_API_KEY", "")
+        api_key = _secret(env, "MLSTACK_API_KEY")
         if not api_key.strip():
-            raise SettingsError("MLSTACK_API_KEY must be set to the key clients send as X-API-Key")
+            raise SettingsError(
+                "MLSTACK_API_KEY (or MLSTACK_API_KEY_FILE) must give the key clients send as "
+                "X-API-Key"
+            )
         model_url = env.get("MODEL_URL", "").strip() or "http://127.0.0.1:8081"
         if not model_url.startswith(("http://", "https://")):
             raise SettingsError(f"MODEL_URL must be an http(s) URL, got {model_url!r}")
-        database_url = env.get("DATABASE_URL", "").strip() or None
+        database_url = _secret(env, "DATABASE_URL").strip() or None
         if database_url is not None and not database_url.startswith(
             ("postgresql://", "postgres://")
         ):
