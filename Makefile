@@ -13,7 +13,7 @@ export PULUMI_BACKEND_URL
 
 TEST_TARGETS := lint typecheck unit
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt services/model/requirements.txt services/gateway/requirements.txt
+$(VENV)/.installed: requirements.txt requirements-cloud.txt requirements-dev.txt services/model/requirements.txt services/gateway/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@

@@ -29,7 +29,7 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 # The stacks CI previews on pull requests and deploys from main, in promotion order.
 CI_STACKS: Final = ("staging", "prod")
 # A change to any of these affects every stack; `Pulumi.<stack>.yaml` affects its own stack.
-SHARED_FILES: Final = ("Pulumi.yaml", "__main__.py", "requirements.txt")
+SHARED_FILES: Final = ("Pulumi.yaml", "__main__.py", "requirements.txt", "requirements-cloud.txt")
 SHARED_DIRS: Final = ("components/", "services/")
 REVIEW_STACK: Final = re.compile(r"^pr-[1-9][0-9]*$")
 _ECR: Final = re.compile(r"^[0-9]{12}\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com$")
