@@ -161,18 +161,30 @@ def run_program(
     preview: bool = False,
     load_balancer_ready: bool = True,
     with_secrets: bool = True,
+    program: Path = MAIN,
 ) -> ProgramRun:
-    """Evaluate `__main__.py` for `stack` (its stack file's config unless `config` is given)."""
+    """Evaluate `__main__.py` (or another `program`) for `stack` (its stack file's config unless
+    `config` is given)."""
     values = dict(stack_config(stack) if config is None else config)
     if with_secrets:
         values = {**TEST_SECRETS, **values}
     return contextvars.Context().run(
-        _run, stack, values, preview=preview, load_balancer_ready=load_balancer_ready
+        _run,
+        stack,
+        values,
+        preview=preview,
+        load_balancer_ready=load_balancer_ready,
+        program=program,
     )
 
 
 def _run(
-    stack: str, values: dict[str, Any], *, preview: bool, load_balancer_ready: bool
+    stack: str,
+    values: dict[str, Any],
+    *,
+    preview: bool,
+    load_balancer_ready: bool,
+    program: Path,
 ) -> ProgramRun:
     recorder = RecordingMocks(load_balancer_ready=load_balancer_ready)
     pulumi.runtime.set_mocks(recorder, project="mlstack", stack=stack, preview=preview)
@@ -185,7 +197,10 @@ def _run(
     def capture(
         args: pulumi.ResourceTransformationArgs,
     ) -> pulumi.ResourceTransformationResult | None:
-        options[(args.type_, args.name)] = args.opts
+        # Resource references coming back from the mocks are rebuilt with an URN: not the
+        # program's own registration, whose options are the ones that count.
+        if not args.opts.urn:
+            options.setdefault((args.type_, args.name), args.opts)
         return None
 
     pulumi.runtime.register_stack_transformation(capture)
@@ -193,7 +208,7 @@ def _run(
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def evaluate() -> pulumi.Output[Any]:
-        runpy.run_path(str(MAIN), run_name="__main__")
+        runpy.run_path(str(program), run_name="__main__")
         root = pulumi.runtime.get_root_resource()
         exported: dict[str, Any] = dict(getattr(root, "outputs", {}))
 
