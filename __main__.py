@@ -9,7 +9,7 @@ from components import config as stack_config
 from components.app import MlApp, MlAppArgs
 from components.cluster import create_cluster
 
-config = stack_config.load()
+config = stack_config.load_or_exit()
 
 cluster = create_cluster(config)
 

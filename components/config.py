@@ -15,6 +15,8 @@ from typing import Any, Final, Literal, TypeAlias, cast
 
 import pulumi
 from pulumi.runtime import config as runtime_config
+from pulumi.runtime import settings as runtime_settings
+from pulumi.runtime.mocks import MockMonitor
 
 NAMESPACE: Final = "mlstack"
 
@@ -26,6 +28,9 @@ SERVICE_TYPES: Final[tuple[ServiceType, ...]] = ("LoadBalancer", "ClusterIP", "N
 # The trained models the model image carries; the newest is the default.
 MODEL_VERSIONS: Final = ("v1", "v2")
 MAX_REPLICAS: Final = 1000
+# The exit code that tells Pulumi's language host "the user has been shown the error": the CLI
+# then prints the one line we logged and nothing else.
+USER_TOLD_EXIT_CODE: Final = 32
 
 _QUANTITY = re.compile(
     r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
@@ -383,3 +388,15 @@ def load(stack: str | None = None) -> StackConfig:
         database_password=_secret(raw, "databasePassword"),
         api_key=_secret(raw, "apiKey"),
     )
+
+
+def load_or_exit() -> StackConfig:
+    """`load()` for the program's entry point. Under the engine a mistake is logged as one line
+    and the program exits; under Pulumi's mocks (tests) the `ConfigError` is raised."""
+    try:
+        return load()
+    except ConfigError as error:
+        if isinstance(runtime_settings.SETTINGS.monitor, MockMonitor):
+            raise
+        pulumi.log.error(str(error))
+        raise SystemExit(USER_TOLD_EXIT_CODE) from None

@@ -65,9 +65,9 @@ class Database(pulumi.ComponentResource):
         claim_spec: k8s.core.v1.PersistentVolumeClaimSpecArgsDict = {
             "access_modes": ["ReadWriteOnce"],
             "resources": {"requests": {"storage": args.storage_size}},
+            # None: the cluster's default StorageClass.
+            "storage_class_name": args.storage_class,
         }
-        if args.storage_class:
-            claim_spec["storage_class_name"] = args.storage_class
         self.volume_claim = k8s.core.v1.PersistentVolumeClaim(
             f"{name}-data",
             metadata={

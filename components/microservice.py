@@ -139,10 +139,8 @@ def _pod_spec(
             }
         ],
         "volumes": volumes,
-    }
-    if args.replicas > 1:
         # Spread replicas over nodes when the cluster has several; never refuse to schedule.
-        spec["topology_spread_constraints"] = [
+        "topology_spread_constraints": [
             {
                 "max_skew": 1,
                 "topology_key": "kubernetes.io/hostname",
@@ -150,6 +148,9 @@ def _pod_spec(
                 "label_selector": {"match_labels": match},
             }
         ]
+        if args.replicas > 1
+        else None,
+    }
     return spec
 
 

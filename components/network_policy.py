@@ -76,10 +76,10 @@ class NetworkPolicies(pulumi.ComponentResource):
             if route.source is not None:
                 peers = [{"pod_selector": {"match_labels": selector(route.source, args.stack)}}]
             ingress: k8s.networking.v1.NetworkPolicyIngressRuleArgsDict = {
-                "ports": [{"port": route.port, "protocol": "TCP"}]
+                "ports": [{"port": route.port, "protocol": "TCP"}],
+                # No `from`: any source.
+                "from_": peers or None,
             }
-            if peers:
-                ingress["from_"] = peers
             origin = route.source or "any"
             policy(
                 f"{route.target}-from-{origin}",

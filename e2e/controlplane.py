@@ -180,8 +180,6 @@ class ControlPlane:
                 str(config),
                 "--runtime",
                 "binary",
-                "--kube-version",
-                versions["KUBE_VERSION"],
                 "--kube-apiserver-port",
                 str(free_port()),
                 "--kube-authorization=true",
@@ -208,6 +206,39 @@ class ControlPlane:
         self._record_pids()
         self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=120s")
         self._wait_for_default_service_account()
+        self._check_pod_security()
+
+    def _check_pod_security(self) -> None:
+        """Pod Security admission must be on: a privileged pod in a `restricted` namespace is
+        refused (server-side dry run, nothing is created)."""
+        probe = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "pod-security-probe", "namespace": "default"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "probe",
+                        "image": "registry.example/probe:1",
+                        "securityContext": {"privileged": True},
+                    }
+                ]
+            },
+        }
+        self.kubectl(
+            "label", "namespace", "default", "pod-security.kubernetes.io/enforce=restricted"
+        )
+        try:
+            result = self.kubectl(
+                "apply", "--dry-run=server", "-f", "-", stdin=json.dumps(probe), check=False
+            )
+        finally:
+            self.kubectl("label", "namespace", "default", "pod-security.kubernetes.io/enforce-")
+        if result.returncode == 0 or "PodSecurity" not in result.stderr:
+            raise RuntimeError(
+                "Pod Security admission is not enforcing on the e2e API server:\n"
+                f"{result.stdout}{result.stderr}"
+            )
 
     def _wait_for_default_service_account(self) -> None:
         deadline = time.monotonic() + 60

@@ -1,4 +1,4 @@
-"""The model server's client: Open Inference Protocol over a pooled aiohttp session.
+"""The model server's client: Open Inference Protocol over a pooled keep-alive HTTP/1.1 client.
 
 Timeouts bound every call; a call that never reached the model (connection refused, or a pooled
 keep-alive connection the server had closed) is retried a bounded number of times with jittered
@@ -14,11 +14,17 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from mlstack_gateway.breaker import CircuitBreaker
 from mlstack_gateway.errors import ApiError
+from mlstack_gateway.http_pool import (
+    ConnectError,
+    DisconnectedError,
+    HttpClientError,
+    HttpPool,
+    HttpResponse,
+)
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.payload import PredictInput
 from mlstack_gateway.settings import GatewaySettings
@@ -27,9 +33,8 @@ log = logging.getLogger("mlstack_gateway.client")
 
 INPUT_NAME = "input-0"
 OUTPUT_NAME = "predict"
-_JSON_HEADERS = {"Content-Type": "application/json"}
 # Failures where the request never reached the model, so it is safe to send again.
-_RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)
+_RETRYABLE = (ConnectError, DisconnectedError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,51 +60,44 @@ class ModelClient:
         self._settings = settings
         self._breaker = breaker
         self._metrics = metrics
-        base = f"{settings.model_url}/v2"
-        self._infer_url = f"{base}/models/{settings.model_name}/infer"
-        self._metadata_url = f"{base}/models/{settings.model_name}"
-        self._ready_url = f"{base}/health/ready"
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout = settings.model_timeout_seconds
+        self._infer_path = f"/v2/models/{settings.model_name}/infer"
+        self._metadata_path = f"/v2/models/{settings.model_name}"
+        self._ready_path = "/v2/health/ready"
+        self._pool: HttpPool | None = None
         # The model's input width, learnt from its metadata (None until the model answered).
         self.n_features: int | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._settings.model_pool_size, keepalive_timeout=30, ttl_dns_cache=10
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=self._settings.model_timeout_seconds,
-            connect=self._settings.model_connect_timeout_seconds,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, raise_for_status=False
+        self._pool = HttpPool(
+            self._settings.model_url,
+            max_connections=self._settings.model_pool_size,
+            connect_timeout=self._settings.model_connect_timeout_seconds,
         )
         await self.refresh_metadata()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def pool(self) -> HttpPool:
+        if self._pool is None:
             raise RuntimeError("ModelClient.start() was not called")
-        return self._session
+        return self._pool
 
     async def refresh_metadata(self) -> bool:
         """Learn the model's input width; False when the model did not answer."""
         try:
-            async with self.session.get(self._metadata_url) as response:
-                raw = await response.read()
-                if response.status != 200:
-                    return False
-            shape = orjson.loads(raw)["inputs"][0]["shape"]
+            response = await self.pool.request("GET", self._metadata_path, timeout=self._timeout)
+            if response.status != 200:
+                return False
+            shape = orjson.loads(response.body)["inputs"][0]["shape"]
             self.n_features = int(shape[-1])
             return True
         except (
-            aiohttp.ClientError,
-            TimeoutError,
+            HttpClientError,
             OSError,
             KeyError,
             IndexError,
@@ -111,23 +109,35 @@ class ModelClient:
 
     async def ready(self, timeout: float = 0.5) -> bool:
         try:
-            async with self.session.get(
-                self._ready_url, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as response:
-                await response.read()
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
+            response = await self.pool.request("GET", self._ready_path, timeout=timeout)
+        except (HttpClientError, OSError):
             return False
+        return response.status == 200
 
-    async def _post(self, body: bytes) -> tuple[int, bytes]:
+    @staticmethod
+    def _infer_body(request_id: str, payload: PredictInput) -> bytes:
+        return orjson.dumps(
+            {
+                "id": request_id,
+                "inputs": [
+                    {
+                        "name": INPUT_NAME,
+                        "shape": [len(payload.rows), payload.n_features],
+                        "datatype": "FP64",
+                        "data": payload.flat,
+                    }
+                ],
+            }
+        )
+
+    async def _post(self, body: bytes) -> HttpResponse:
         retries = self._settings.model_retries
         attempt = 0
         while True:
             try:
-                async with self.session.post(
-                    self._infer_url, data=body, headers=_JSON_HEADERS
-                ) as response:
-                    return response.status, await response.read()
+                return await self.pool.request(
+                    "POST", self._infer_path, body, timeout=self._timeout
+                )
             except _RETRYABLE:
                 if attempt >= retries:
                     raise
@@ -141,30 +151,20 @@ class ModelClient:
         if not breaker.allow():
             self._metrics.model_failures.labels(reason="circuit_open").inc()
             raise ApiError(503, "model unavailable: circuit breaker open, retry shortly")
-        request = {
-            "id": request_id,
-            "inputs": [
-                {
-                    "name": INPUT_NAME,
-                    "shape": [len(payload.rows), payload.n_features],
-                    "datatype": "FP64",
-                    "data": payload.flat,
-                }
-            ],
-        }
         try:
-            status, raw = await self._post(orjson.dumps(request))
+            response = await self._post(self._infer_body(request_id, payload))
         except TimeoutError:
             breaker.record_failure()
             self._metrics.model_failures.labels(reason="timeout").inc()
             raise ApiError(503, "model unavailable: timed out") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (HttpClientError, OSError) as exc:
             breaker.record_failure()
             self._metrics.model_failures.labels(reason="connection").inc()
             raise ApiError(503, f"model unavailable: {type(exc).__name__}") from None
         except BaseException:
             breaker.release()
             raise
+        status, raw = response.status, response.body
         if status >= 500:
             breaker.record_failure()
             self._metrics.model_failures.labels(reason="server_error").inc()

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from mlstack_gateway.auth import API_KEY_HEADER, ApiKeyChecker
 from mlstack_gateway.client import ModelClient
 from mlstack_gateway.errors import ApiError
+from mlstack_gateway.ids import new_request_id
 from mlstack_gateway.metrics import METRICS_CONTENT_TYPE, GatewayMetrics
 from mlstack_gateway.payload import parse_predict_body
 from mlstack_gateway.settings import GatewaySettings
 from mlstack_gateway.store import PredictionRecord, PredictionStore, StoreUnavailableError
 
+log = logging.getLogger("mlstack_gateway")
+
 JSON = "application/json"
+PREDICT_PATH = "/api/v1/predict"
 _ALIVE = orjson.dumps({"status": "ok"})
+_INTERNAL_ERROR = orjson.dumps({"error": "internal server error"})
+_RETRY_AFTER = ((b"retry-after", b"1"),)
 DEFAULT_HISTORY_LIMIT = 20
 
 
@@ -33,23 +40,59 @@ def error_response(status: int, message: str) -> Response:
     return json_response(orjson.dumps({"error": message}), status=status)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything larger than ``limit`` bytes."""
-    declared = request.headers.get("content-length")
+async def receive_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+    """The request body, refusing (413) anything larger than ``limit`` bytes.
+
+    ``declared`` is the Content-Length header's value, if the request has one.
+    """
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "invalid Content-Length header")
         if int(declared) > limit:
-            raise ApiError(413, f"request body too large: {declared} bytes, at most {limit}")
-        return await request.body()
+            raise ApiError(
+                413, f"request body too large: {declared.decode()} bytes, at most {limit}"
+            )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "client disconnected before sending the whole body")
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"request body too large: more than {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class _AsgiEndpoint:
+    """Wraps a bound ASGI method so that Starlette's Route treats it as an app, not a handler."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
 
 
 class GatewayRoutes:
@@ -74,7 +117,8 @@ class GatewayRoutes:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
-            Route("/api/v1/predict", self.predict, methods=["POST"]),
+            # Reached through Starlette only for what the app does not route to it directly.
+            Route(PREDICT_PATH, _AsgiEndpoint(self.predict), methods=["POST"]),
             Route("/api/v1/predictions", self.history, methods=["GET"]),
         ]
 
@@ -100,49 +144,68 @@ class GatewayRoutes:
     async def metrics(self, request: Request) -> Response:
         return Response(self._metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    async def predict(self, request: Request) -> Response:
+    async def predict(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /api/v1/predict, as a bare ASGI app: the gateway's hot path builds no Starlette
+        request or response objects and runs through no middleware (the app calls it directly)."""
         started = time.perf_counter()
         try:
-            self._auth.check(request.headers.get(API_KEY_HEADER))
-            settings = self._settings
-            body = await read_body(request, settings.max_body_bytes)
-            payload = parse_predict_body(body, settings.max_batch_rows, self._client.n_features)
-            request_id = str(uuid.uuid4())
-            called = time.perf_counter()
-            answer = await self._client.infer(request_id, payload)
-            answered = time.perf_counter()
-            if self._client.n_features is None:
-                # The model took this width: remember it to validate later requests here.
-                self._client.n_features = payload.n_features
-            self._metrics.model_seconds.observe(answered - called)
-            record = PredictionRecord(
-                request_id=request_id,
-                model_name=settings.model_name,
-                model_version=answer.model_version,
-                instances_json=orjson.dumps(payload.rows).decode(),
-                predictions_json=orjson.dumps(answer.predictions).decode(),
-                latency_ms=round((answered - started) * 1000, 3),
-            )
-            try:
-                # Returns only once the row is committed: no 200 for an unsaved prediction.
-                await self._store.save(record)
-            except StoreUnavailableError as exc:
-                raise ApiError(503, f"prediction not stored, try again: {exc}") from None
+            body = await self._predict(scope, receive, started)
         except ApiError as exc:
             self.count("predict", exc.status)
-            raise
+            headers = _RETRY_AFTER if exc.status == 503 else ()
+            await send_json(send, exc.status, orjson.dumps({"error": exc.message}), headers)
+            return
         except Exception:
+            log.exception("predict failed")
             self.count("predict", 500)
-            raise
-        self._metrics.predictions.inc(len(payload.rows))
+            await send_json(send, 500, _INTERNAL_ERROR)
+            return
         self._predict_ok.inc()
         self._predict_seconds.observe(time.perf_counter() - started)
-        response: dict[str, Any] = {
-            "predictions": answer.predictions,
-            "model_version": answer.model_version,
-            "request_id": request_id,
-        }
-        return json_response(orjson.dumps(response))
+        await send_json(send, 200, body)
+
+    async def _predict(self, scope: Scope, receive: Receive, started: float) -> bytes:
+        api_key: bytes | None = None
+        declared: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-api-key":
+                api_key = value
+            elif name == b"content-length":
+                declared = value
+        self._auth.check(api_key.decode("latin-1") if api_key is not None else None)
+        settings = self._settings
+        body = await receive_body(receive, declared, settings.max_body_bytes)
+        payload = parse_predict_body(body, settings.max_batch_rows, self._client.n_features)
+        request_id = new_request_id()
+        called = time.perf_counter()
+        answer = await self._client.infer(request_id, payload)
+        answered = time.perf_counter()
+        if self._client.n_features is None:
+            # The model took this width: remember it to validate later requests here.
+            self._client.n_features = payload.n_features
+        self._metrics.model_seconds.observe(answered - called)
+        predictions_json = orjson.dumps(answer.predictions)
+        record = PredictionRecord(
+            request_id=request_id,
+            model_name=settings.model_name,
+            model_version=answer.model_version,
+            instances_json=orjson.dumps(payload.rows).decode(),
+            predictions_json=predictions_json.decode(),
+            latency_ms=round((answered - started) * 1000, 3),
+        )
+        try:
+            # Returns only once the row is committed: no 200 for an unsaved prediction.
+            await self._store.save(record)
+        except StoreUnavailableError as exc:
+            raise ApiError(503, f"prediction not stored, try again: {exc}") from None
+        self._metrics.predictions.inc(len(payload.rows))
+        return orjson.dumps(
+            {
+                "predictions": orjson.Fragment(predictions_json),
+                "model_version": answer.model_version,
+                "request_id": request_id,
+            }
+        )
 
     def _limit(self, request: Request) -> int:
         raw = request.query_params.get("limit")

@@ -1,0 +1,465 @@
+"""`make bench`: mlstack against what a user would pick instead, in one run on this machine.
+
+Serving: the same trained scikit-learn model (the artifact the model service loads, exported with
+joblib for MLServer's scikit-learn runtime) served by our model service and by MLServer, and a
+bare ASGI echo as the ceiling, each at 1 and 32 connections. The gateway hop: the same load
+through the gateway, whose every 200 waits for its row's durable commit (SQLite, then
+PostgreSQL), against the model straight. Batches of 1, 32 and 256 rows. Program evaluation:
+`__main__.py` under Pulumi's mocks, per stack.
+
+Every target is measured in each of ``--rounds`` rounds, one after the other in a fixed order,
+and ratios are taken within a round (the machine is shared: a ratio of two numbers measured
+seconds apart is steadier than either number), then the median over the rounds is reported.
+Writes bench/results/{results.md,results.json,bench.png}; the last lines printed are the
+headline ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.load import LoadResult, Request, fdatasync_latency, run_load
+from bench.servers import (
+    API_KEY,
+    MLSERVER_VENV,
+    MODEL_NAME,
+    MODEL_SRC,
+    ROOT,
+    Server,
+    http_call,
+    start_echo,
+    start_gateway,
+    start_mlserver,
+    start_model,
+    start_proxy,
+    write_mlserver_config,
+)
+
+CONNECTIONS = (1, 32)
+BATCH_ROWS = (1, 32, 256)
+BATCH_CONNECTIONS = 32
+GATEWAYS = ("gateway-sqlite", "gateway-postgresql")
+PROGRAM_SCENARIOS = ("dev", "prod", "dev-100-replicas", "dev-100-replicas-20-services")
+RESULTS_DIR = ROOT / "bench" / "results"
+
+
+@dataclass
+class Run:
+    target: str
+    connections: int
+    rows: int
+    round: int
+    result: LoadResult
+    # For a gateway: means per request from its own /metrics over the run (see gateway_stats).
+    internals: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class BenchData:
+    seconds: float
+    rounds: int
+    runs: list[Run] = field(default_factory=list)
+    program: list[dict[str, Any]] = field(default_factory=list)
+    # fdatasync p50/p99 (ms) on the gateways' disk, probed before each round.
+    fdatasync: list[tuple[float, float]] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+    checks: list[str] = field(default_factory=list)
+
+
+def iris_rows(count: int) -> list[list[float]]:
+    from sklearn.datasets import load_iris
+
+    data: list[list[float]] = load_iris().data.tolist()
+    return [data[i % len(data)] for i in range(count)]
+
+
+def oip_body(rows: list[list[float]]) -> dict[str, Any]:
+    flat = [value for row in rows for value in row]
+    shape = [len(rows), len(rows[0])]
+    return {"inputs": [{"name": "input-0", "shape": shape, "datatype": "FP64", "data": flat}]}
+
+
+def requests_for(rows: int, urls: dict[str, str]) -> dict[str, Request]:
+    """The request each target gets for a batch of ``rows`` rows (the same rows for all)."""
+    batch = iris_rows(rows)
+    oip = json.dumps(oip_body(batch), separators=(",", ":")).encode()
+    public = json.dumps({"instances": batch}, separators=(",", ":")).encode()
+    json_header = {"Content-Type": "application/json"}
+    infer_path = f"/v2/models/{MODEL_NAME}/infer"
+    out = {
+        "model": Request(urls["model"] + infer_path, oip, json_header),
+        "mlserver": Request(urls["mlserver"] + infer_path, oip, json_header),
+        "echo": Request(urls["echo"] + "/", oip, json_header),
+        "proxy": Request(urls["proxy"] + infer_path, oip, json_header),
+    }
+    for name in GATEWAYS:
+        out[name] = Request(
+            urls[name] + "/api/v1/predict", public, {**json_header, "X-API-Key": API_KEY}
+        )
+    return out
+
+
+@contextmanager
+def started(server: Server) -> Iterator[Server]:
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+def export_model(model_dir: Path, target: Path) -> str:
+    """Train (as the model service does on first start) and export the served version's
+    estimator as the joblib file MLServer's scikit-learn runtime loads; returns the version."""
+    import joblib
+    from mlstack_model import artifacts, train
+
+    train.train_all(model_dir, [MODEL_NAME])
+    version = artifacts.available_versions(model_dir, MODEL_NAME)[-1]
+    artifact = artifacts.load(model_dir, MODEL_NAME, version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(artifact.estimator, target)
+    return version
+
+
+def check_same_answers(urls: dict[str, str], data: BenchData) -> None:
+    """The model service, MLServer and the gateway agree on every iris row."""
+    rows = iris_rows(150)
+    infer = f"/v2/models/{MODEL_NAME}/infer"
+    answers: dict[str, list[int]] = {}
+    for name in ("model", "mlserver"):
+        status, body = http_call("POST", urls[name] + infer, oip_body(rows))
+        if status != 200:
+            raise RuntimeError(f"{name} answered {status}: {body}")
+        output = next(o for o in body["outputs"] if o["name"] == "predict")
+        answers[name] = [int(v) for v in output["data"]]
+    for name in GATEWAYS:
+        status, body = http_call(
+            "POST", urls[name] + "/api/v1/predict", {"instances": rows}, {"X-API-Key": API_KEY}
+        )
+        if status != 200:
+            raise RuntimeError(f"{name} answered {status}: {body}")
+        answers[name] = [int(v) for v in body["predictions"]]
+    reference = answers["model"]
+    for name, labels in answers.items():
+        if labels != reference:
+            raise RuntimeError(f"{name} predicts differently from the model service")
+    data.checks.append(
+        "the model service, MLServer and both gateways predict the same classes for all 150 "
+        "iris rows"
+    )
+
+
+_SERIES = {
+    "request_ms": "mlstack_gateway_request_duration_seconds",
+    "model_call_ms": "mlstack_gateway_model_call_duration_seconds",
+    "commit_ms": "mlstack_gateway_db_commit_duration_seconds",
+    "rows_per_commit": "mlstack_gateway_db_commit_rows",
+}
+
+
+def gateway_counters(url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the gateway's own timing histograms, from GET /metrics."""
+    host_port = url.removeprefix("http://")
+    host, _, port = host_port.partition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        name = name.replace('{endpoint="predict"}', "")
+        if name.endswith(("_sum", "_count")):
+            values[name] = float(value)
+    return {
+        key: (values.get(f"{series}_sum", 0.0), values.get(f"{series}_count", 0.0))
+        for key, series in _SERIES.items()
+    }
+
+
+def gateway_stats(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Means over one run: time to answer, model call, one commit; rows per commit."""
+    stats: dict[str, float] = {}
+    for key in _SERIES:
+        total = after[key][0] - before[key][0]
+        count = after[key][1] - before[key][1]
+        scale = 1.0 if key == "rows_per_commit" else 1000.0
+        stats[key] = total / count * scale if count else float("nan")
+    return stats
+
+
+class Recorder:
+    """Runs the load, refuses any answer that is not 2xx, and keeps every result."""
+
+    def __init__(self, data: BenchData, work: Path) -> None:
+        self.data = data
+        self.work = work
+        # 200s answered per target: each one must have its row in the database.
+        self.acknowledged: dict[str, int] = {}
+
+    def measure(
+        self,
+        target: str,
+        request: Request,
+        *,
+        connections: int,
+        rows: int,
+        round_: int,
+        watch: dict[str, int],
+        gateway_url: str | None = None,
+    ) -> None:
+        before = gateway_counters(gateway_url) if gateway_url else {}
+        result = run_load(request, connections, self.data.seconds, self.work, watch)
+        internals = gateway_stats(before, gateway_counters(gateway_url)) if gateway_url else {}
+        if not result.ok:
+            raise RuntimeError(
+                f"{target} at {connections} connections: {result.non_2xx} non-2xx answers, "
+                f"{result.socket_errors} socket errors in {result.requests} requests"
+            )
+        self.acknowledged[target] = self.acknowledged.get(target, 0) + result.requests
+        self.data.runs.append(Run(target, connections, rows, round_, result, internals))
+        print(
+            f"  round {round_} {target:19} c={connections:<2} rows={rows:<3} "
+            f"{result.rps:9.0f} req/s  p50 {result.p50_ms:7.3f} ms  "
+            f"p99 {result.p99_ms:7.2f} ms  (other load {result.other_busy_cores:.2f} cores)",
+            flush=True,
+        )
+
+
+def stored_rows(sqlite_path: Path, dsn: str) -> dict[str, int]:
+    from tests.services.support import query
+
+    with sqlite3.connect(sqlite_path) as db:
+        sqlite_rows = int(db.execute("SELECT count(*) FROM predictions").fetchone()[0])
+    postgres_rows = int(query(dsn, "SELECT count(*) FROM predictions")[0][0])
+    return {"gateway-sqlite": sqlite_rows, "gateway-postgresql": postgres_rows}
+
+
+def postgres_durability(dsn: str) -> dict[str, str]:
+    from tests.services.support import query
+
+    names = ("fsync", "synchronous_commit", "wal_sync_method", "full_page_writes")
+    return {name: str(query(dsn, f"SHOW {name}")[0][0]) for name in names}
+
+
+def load_runs(data: BenchData, work: Path) -> None:
+    from tests.services.support import PostgresServer
+
+    recorder = Recorder(data, work)
+    with ExitStack() as stack:
+        postgres = PostgresServer().init()
+        stack.callback(postgres.destroy)
+        postgres.start()
+        dsn = postgres.create_database("bench")
+        data.environment["postgresql"] = postgres_durability(dsn)
+
+        model_dir = work / "models"
+        model_file = work / "mlserver" / MODEL_NAME / "model.joblib"
+        version = export_model(model_dir, model_file)
+        data.environment["model"] = f"{MODEL_NAME} {version} (the model service's default)"
+        mlserver_port = write_mlserver_config(work / "mlserver", model_file, version)
+        logs = work / "logs"
+        logs.mkdir()
+        sqlite_dir = work / "gateway-sqlite"
+
+        model = stack.enter_context(started(start_model(model_dir, logs)))
+        mlserver = stack.enter_context(
+            started(start_mlserver(work / "mlserver", mlserver_port, logs))
+        )
+        echo = stack.enter_context(started(start_echo(logs)))
+        proxy = stack.enter_context(started(start_proxy(model.url, logs)))
+        gateway_sqlite = stack.enter_context(
+            started(start_gateway("gateway-sqlite", model.url, logs, DATA_DIR=str(sqlite_dir)))
+        )
+        gateway_postgres = stack.enter_context(
+            started(start_gateway("gateway-postgresql", model.url, logs, DATABASE_URL=dsn))
+        )
+        servers = {
+            "model": model,
+            "mlserver": mlserver,
+            "echo": echo,
+            "proxy": proxy,
+            "gateway-sqlite": gateway_sqlite,
+            "gateway-postgresql": gateway_postgres,
+        }
+        urls = {name: server.url for name, server in servers.items()}
+        # What each target's CPU is charged to: the gateway's work includes the model's.
+        watch = {name: {name: server.pid} for name, server in servers.items()}
+        for name in ("proxy", *GATEWAYS):
+            watch[name]["model"] = model.pid
+        watch["gateway-postgresql"]["postgresql"] = _postmaster_pid(postgres.data)
+
+        check_same_answers(urls, data)
+        recorder.acknowledged.update({name: 150 for name in GATEWAYS})
+
+        single = requests_for(1, urls)
+        order = ("model", "proxy", *GATEWAYS, "mlserver", "echo")
+        print("warm-up", flush=True)
+        for name in order:
+            run_load(single[name], 32, 2, work)
+        for round_ in range(1, data.rounds + 1):
+            data.fdatasync.append(fdatasync_latency(sqlite_dir))
+            print(
+                f"  round {round_}: fdatasync on the gateways' disk: "
+                f"p50 {data.fdatasync[-1][0]:.3f} ms, p99 {data.fdatasync[-1][1]:.2f} ms",
+                flush=True,
+            )
+            for connections in CONNECTIONS:
+                for name in order:
+                    recorder.measure(
+                        name,
+                        single[name],
+                        connections=connections,
+                        rows=1,
+                        round_=round_,
+                        watch=watch[name],
+                        gateway_url=urls[name] if name in GATEWAYS else None,
+                    )
+        for rows in BATCH_ROWS:
+            batch = requests_for(rows, urls)
+            for name in ("model", "mlserver", "gateway-sqlite"):
+                recorder.measure(
+                    name,
+                    batch[name],
+                    connections=BATCH_CONNECTIONS,
+                    rows=rows,
+                    round_=0,
+                    watch=watch[name],
+                )
+        # wrk's warm-up requests were answered too: at least the measured ones must be stored.
+        stored = stored_rows(sqlite_dir / "predictions.sqlite3", dsn)
+        for name in GATEWAYS:
+            answered = recorder.acknowledged[name]
+            if stored[name] < answered:
+                raise RuntimeError(
+                    f"{name}: {answered} predictions answered 200, only {stored[name]} rows "
+                    "in its database"
+                )
+            data.checks.append(
+                f"{name}: {stored[name]} rows stored for {answered} measured 200s "
+                "(plus warm-up): no acknowledged prediction missing"
+            )
+
+
+def _postmaster_pid(data_dir: Path) -> int:
+    return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+
+
+def program_runs(data: BenchData) -> None:
+    for scenario in PROGRAM_SCENARIOS:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.program_eval", scenario],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"program evaluation {scenario} failed:\n{done.stderr}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        data.program.append(result)
+        print(
+            f"  program {scenario:30} {result['resources']:4} resources  "
+            f"first {result['first_s']:.3f} s  then {result['warm_s']:.3f} s",
+            flush=True,
+        )
+
+
+def versions() -> dict[str, str]:
+    freeze = subprocess.run(
+        [str(MLSERVER_VENV / "bin" / "python"), "-m", "pip", "freeze"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    pins = dict(line.split("==", 1) for line in freeze.splitlines() if "==" in line)
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    return {
+        "python": platform.python_version(),
+        "mlserver": pins.get("mlserver", "?"),
+        "mlserver-sklearn": pins.get("mlserver-sklearn", "?"),
+        "scikit-learn": pins.get("scikit-learn", "?"),
+        "wrk": (wrk.stdout or wrk.stderr).splitlines()[0].split(" [")[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of one load run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every target")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    started_at = time.monotonic()
+    data = BenchData(seconds=args.seconds, rounds=args.rounds)
+    data.environment.update(
+        {
+            "cpus": os.cpu_count(),
+            "loadavg_before": os.getloadavg(),
+            "versions": versions(),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        }
+    )
+    work = Path(tempfile.mkdtemp(prefix="mlstack-bench-"))
+    try:
+        print(f"serving and gateway hop: {args.rounds} rounds of {args.seconds:g} s runs")
+        load_runs(data, work)
+        print("program evaluation")
+        program_runs(data)
+    except BaseException:
+        print(f"bench failed; server logs are in {work / 'logs'}", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    data.environment["loadavg_after"] = os.getloadavg()
+    data.environment["wall_seconds"] = round(time.monotonic() - started_at, 1)
+    summary = report.summarize(data.runs, data.program, data.fdatasync)
+    args.out.mkdir(parents=True, exist_ok=True)
+    raw = {
+        "seconds": data.seconds,
+        "rounds": data.rounds,
+        "environment": data.environment,
+        "checks": data.checks,
+        "summary": summary,
+        "runs": [
+            {**asdict(run), "result": {**asdict(run.result), "rps": run.result.rps}}
+            for run in data.runs
+        ],
+        "program": data.program,
+    }
+    (args.out / "results.json").write_text(json.dumps(raw, indent=2) + "\n")
+    markdown = report.markdown(summary, data.environment, data.checks, data.seconds, data.rounds)
+    (args.out / "results.md").write_text(markdown)
+    report.chart(summary, args.out / "bench.png")
+    print()
+    print(markdown)
+    print(f"wrote {args.out / 'results.md'}, results.json and bench.png")
+    for key in ("model_vs_mlserver_rps", "gateway_vs_direct_rps", "gateway_added_p50_ms"):
+        print(f"{key}: {summary['headline'][key]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(MODEL_SRC))
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The servers under load, each a process of its own on 127.0.0.1, stopped by the runner."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_SRC = ROOT / "services" / "model"
+GATEWAY_SRC = ROOT / "services" / "gateway"
+MLSERVER_VENV = ROOT / ".venv-mlserver"
+API_KEY = "bench-key"
+MODEL_NAME = "iris"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_call(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, Any]:
+    """One request on a fresh connection; the answer's status and JSON body (or None)."""
+    host_port, _, path = url.removeprefix("http://").partition("/")
+    host, _, port = host_port.partition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        conn.request(method, "/" + path, body=data, headers=all_headers)
+        response = conn.getresponse()
+        raw = response.read()
+    finally:
+        conn.close()
+    try:
+        return response.status, json.loads(raw)
+    except ValueError:
+        return response.status, None
+
+
+class Server:
+    """A server process in a session of its own, logging to a file."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        url: str,
+        ready_path: str,
+        *,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self._ready_path = ready_path
+        self.log_path = log_dir / f"{name}.log"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                list(argv),
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = 120.0) -> Server:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                status, _ = http_call("GET", self.url + self._ready_path, timeout=2)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM to the server's own process group, then SIGKILL if it lingers."""
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+
+
+def _uvicorn_env(src: Path, port: int) -> dict[str, str]:
+    return {"PYTHONPATH": str(src), "HOST": "127.0.0.1", "PORT": str(port)}
+
+
+def start_model(model_dir: Path, log_dir: Path) -> Server:
+    port = free_port()
+    return Server(
+        "model",
+        [sys.executable, "-m", "mlstack_model"],
+        f"http://127.0.0.1:{port}",
+        "/v2/health/ready",
+        log_dir=log_dir,
+        env={**_uvicorn_env(MODEL_SRC, port), "MODEL_DIR": str(model_dir), "LOG_LEVEL": "warning"},
+    )
+
+
+def start_gateway(name: str, model_url: str, log_dir: Path, **env: str) -> Server:
+    port = free_port()
+    return Server(
+        name,
+        [sys.executable, "-m", "mlstack_gateway"],
+        f"http://127.0.0.1:{port}",
+        "/readyz",
+        log_dir=log_dir,
+        env={
+            **_uvicorn_env(GATEWAY_SRC, port),
+            "MODEL_URL": model_url,
+            "MLSTACK_API_KEY": API_KEY,
+            "LOG_LEVEL": "warning",
+            **env,
+        },
+    )
+
+
+def start_echo(log_dir: Path) -> Server:
+    """The ceiling: a bare ASGI app under the same uvicorn settings as the model server."""
+    port = free_port()
+    return Server(
+        "echo",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.echo:app",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--loop=uvloop",
+            "--http=httptools",
+            "--no-access-log",
+            "--no-server-header",
+            "--log-level=warning",
+        ],
+        f"http://127.0.0.1:{port}",
+        "/",
+        log_dir=log_dir,
+        cwd=ROOT,
+    )
+
+
+def start_proxy(model_url: str, log_dir: Path) -> Server:
+    """The hop's floor: forwards to the model with the gateway's HTTP client, nothing else."""
+    port = free_port()
+    return Server(
+        "proxy",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.proxy:app",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--loop=uvloop",
+            "--http=httptools",
+            "--no-access-log",
+            "--no-server-header",
+            "--log-level=warning",
+        ],
+        f"http://127.0.0.1:{port}",
+        "/",
+        log_dir=log_dir,
+        env={"PROXY_MODEL_URL": model_url, "PYTHONPATH": f"{ROOT}{os.pathsep}{GATEWAY_SRC}"},
+        cwd=ROOT,
+    )
+
+
+def write_mlserver_config(folder: Path, model_file: Path, version: str) -> int:
+    """MLServer's settings: its defaults, except where noted; returns its HTTP port."""
+    http_port = free_port()
+    settings = {
+        "host": "127.0.0.1",
+        "http_port": http_port,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        # MLServer 1.7.1's default (one parallel inference worker process) does not start with
+        # the uvloop it installs: the worker calls asyncio.get_event_loop() in a fresh process
+        # and uvloop raises "There is no current event loop". Inference in the server process
+        # itself is also MLServer's fastest set-up for a model this small (no IPC per request).
+        "parallel_workers": 0,
+        # debug (the default) logs every request; our servers log none by default.
+        "debug": False,
+    }
+    (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    model_folder = folder / MODEL_NAME
+    model_folder.mkdir(parents=True, exist_ok=True)
+    model_settings = {
+        "name": MODEL_NAME,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": str(model_file), "version": version},
+    }
+    (model_folder / "model-settings.json").write_text(json.dumps(model_settings, indent=2) + "\n")
+    return http_port
+
+
+def start_mlserver(folder: Path, http_port: int, log_dir: Path) -> Server:
+    mlserver = MLSERVER_VENV / "bin" / "mlserver"
+    if not mlserver.exists():
+        raise RuntimeError(f"{mlserver} missing: `make bench` installs it")
+    return Server(
+        "mlserver",
+        [str(mlserver), "start", str(folder)],
+        f"http://127.0.0.1:{http_port}",
+        f"/v2/models/{MODEL_NAME}/ready",
+        log_dir=log_dir,
+        cwd=folder,
+    )

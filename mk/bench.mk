@@ -1,0 +1,31 @@
+# Benchmarks (issue 7): our model service against MLServer, the gateway hop, batches, and the
+# program's evaluation time. Not a test: `make test` never runs or times any of it.
+# Needs wrk and PostgreSQL's server from Debian (installed here when missing, as root), MLServer
+# in its own virtual environment, and matplotlib in the project's.
+
+MLSERVER_VENV := .venv-mlserver
+
+$(MLSERVER_VENV)/.installed: bench/requirements-mlserver.txt
+	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements-mlserver.txt
+	touch $@
+
+$(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
+
+.PHONY: bench-tools
+bench-tools: ## install wrk and PostgreSQL's server from Debian if they are missing
+	@set -euo pipefail; need=(); \
+	command -v wrk >/dev/null || need+=(wrk); \
+	compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql); \
+	if (( $${#need[@]} )); then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+	  echo "installing $${need[*]} from Debian"; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -yq --no-install-recommends "$${need[@]}"; \
+	fi
+
+.PHONY: bench
+bench: venv $(VENV)/.bench-installed $(MLSERVER_VENV)/.installed bench-tools ## benchmarks: model vs MLServer, gateway hop, batches, program evaluation (~5 min) → bench/results/
+	$(PY) -m bench.run $(BENCH_ARGS)

@@ -1,0 +1,237 @@
+"""The gateway's HTTP client to the model, against small scripted servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from mlstack_gateway.breaker import CircuitBreaker
+from mlstack_gateway.client import ModelClient
+from mlstack_gateway.http_pool import ConnectError, DisconnectedError, HttpPool, ResponseError
+from mlstack_gateway.ids import new_request_id
+from mlstack_gateway.metrics import GatewayMetrics
+from mlstack_gateway.payload import parse_predict_body
+from mlstack_gateway.settings import GatewaySettings
+
+from tests.services.support import free_port
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes | None:
+    """One request (headers and Content-Length body), or None when the client closed."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + await reader.readexactly(length)
+
+
+class Origin:
+    """A server whose every connection runs ``handler(reader, writer, connection_number)``."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.open = 0
+        self.peak_open = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.peak_open = max(self.peak_open, self.open)
+        try:
+            await self.handler(reader, writer, self.connections)
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+@asynccontextmanager
+async def origin(handler: Handler) -> AsyncIterator[tuple[Origin, str]]:
+    state = Origin(handler)
+    server = await asyncio.start_server(state._serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield state, f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+async def answer_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+    while await read_request(reader) is not None:
+        writer.write(OK)
+        await writer.drain()
+
+
+def test_one_keep_alive_connection_serves_consecutive_calls() -> None:
+    async def run() -> int:
+        async with origin(answer_all) as (server, url):
+            pool = HttpPool(url, max_connections=4, connect_timeout=1)
+            for _ in range(5):
+                response = await pool.request("POST", "/infer", b"{}", timeout=1)
+                assert (response.status, response.body) == (200, b"{}")
+            await pool.close()
+            return server.connections
+
+    assert asyncio.run(run()) == 1
+
+
+def test_the_pool_never_opens_more_connections_than_its_limit() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while await read_request(reader) is not None:
+            await asyncio.sleep(0.02)
+            writer.write(OK)
+            await writer.drain()
+
+    async def run() -> tuple[list[int], int]:
+        async with origin(slow) as (server, url):
+            pool = HttpPool(url, max_connections=2, connect_timeout=1)
+            calls = [pool.request("GET", "/", timeout=5) for _ in range(10)]
+            statuses = [r.status for r in await asyncio.gather(*calls)]
+            await pool.close()
+            return statuses, server.peak_open
+
+    statuses, peak = asyncio.run(run())
+    assert statuses == [200] * 10
+    assert peak == 2
+
+
+def test_a_silent_server_times_out_at_the_deadline() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await reader.read()  # never answers
+
+    async def run() -> tuple[float, int]:
+        async with origin(silent) as (server, url):
+            pool = HttpPool(url, max_connections=2, connect_timeout=1)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await pool.request("GET", "/", timeout=0.2)
+            elapsed = time.monotonic() - started
+            with pytest.raises(TimeoutError):
+                await pool.request("GET", "/", timeout=0.1)
+            await pool.close()
+            return elapsed, server.connections
+
+    elapsed, connections = asyncio.run(run())
+    assert 0.2 <= elapsed < 0.5
+    assert connections == 2  # a connection that timed out is never reused
+
+
+def test_nothing_listening_is_a_connect_error() -> None:
+    async def run() -> None:
+        pool = HttpPool(f"http://127.0.0.1:{free_port()}", max_connections=2, connect_timeout=1)
+        with pytest.raises(ConnectError):
+            await pool.request("GET", "/", timeout=1)
+        await pool.close()
+
+    asyncio.run(run())
+
+
+def test_a_close_before_the_answer_is_a_disconnect_and_garbage_a_response_error() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async def run() -> None:
+        async with origin(hang_up) as (_, url):
+            pool = HttpPool(url, max_connections=1, connect_timeout=1)
+            with pytest.raises(DisconnectedError):
+                await pool.request("GET", "/", timeout=1)
+            await pool.close()
+        async with origin(garbage) as (_, url):
+            pool = HttpPool(url, max_connections=1, connect_timeout=1)
+            with pytest.raises(ResponseError):
+                await pool.request("GET", "/", timeout=1)
+            await pool.close()
+
+    asyncio.run(run())
+
+
+def test_a_response_without_keep_alive_closes_its_connection() -> None:
+    async def http10(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.read()
+
+    async def run() -> int:
+        async with origin(http10) as (server, url):
+            pool = HttpPool(url, max_connections=1, connect_timeout=1)
+            for _ in range(3):
+                assert (await pool.request("GET", "/", timeout=1)).status == 200
+            await pool.close()
+            return server.connections
+
+    assert asyncio.run(run()) == 3
+
+
+def test_the_model_client_resends_a_call_its_pooled_connection_lost() -> None:
+    """The model closed a keep-alive connection just as the next call went out on it: the call
+    never reached the model, so the client sends it again on a fresh connection."""
+
+    metadata = b'{"name":"iris","inputs":[{"name":"input-0","shape":[-1,4]}]}'
+    answer = (
+        b'{"model_name":"iris","model_version":"v9",'
+        b'"outputs":[{"name":"predict","shape":[1],"datatype":"INT64","data":[2]}]}'
+    )
+
+    async def flaky(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int
+    ) -> None:
+        served = 0
+        while (request := await read_request(reader)) is not None:
+            if number == 1 and served == 2:
+                return  # the first connection hangs up on its third request
+            body = metadata if request.startswith(b"GET") else answer
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+            served += 1
+
+    async def run() -> tuple[list[Any], int, float]:
+        async with origin(flaky) as (server, url):
+            settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "MODEL_URL": url})
+            metrics = GatewayMetrics()
+            client = ModelClient(settings, CircuitBreaker(5, 1.0), metrics)
+            await client.start()  # GET metadata: the first request on connection 1
+            assert client.n_features == 4
+            payload = parse_predict_body(b'{"instances": [[1, 2, 3, 4]]}', 10, 4)
+            predictions = []
+            for _ in range(2):
+                predictions.extend((await client.infer(new_request_id(), payload)).predictions)
+            await client.close()
+            retries = metrics.registry.get_sample_value("mlstack_gateway_model_retries_total")
+            return predictions, server.connections, retries or 0.0
+
+    predictions, connections, retries = asyncio.run(run())
+    assert predictions == [2, 2]
+    assert connections == 2
+    assert retries == 1
+
+
+def test_request_ids_are_time_ordered_version_7_uuids() -> None:
+    ids = [new_request_id() for _ in range(2000)]
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(
+        u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == i
+        for u, i in zip(parsed, ids, strict=True)
+    )
+    assert len(set(ids)) == len(ids)
+    stamps = [u.int >> 80 for u in parsed]
+    assert stamps == sorted(stamps)
+    assert abs(stamps[-1] / 1000 - time.time()) < 60
