@@ -19,6 +19,7 @@ from components.microservice import CONTAINER_PORT, SERVICE_PORT, Microservice, 
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs, Route
 
 MODEL_NAME: Final = "iris"
+MODEL_SERVICE: Final = "model"
 API_KEY: Final = "api-key"
 DATABASE_URL: Final = "database-url"
 GATEWAY_RESOURCES: Final = pod.Resources("100m", "128Mi", "1", "256Mi")
@@ -95,10 +96,10 @@ class MlApp(pulumi.ComponentResource):
             string_data={API_KEY: config.api_key, DATABASE_URL: database_url},
             opts=on_cluster,
         )
-        model = Microservice(
+        Microservice(
             f"{name}-model",
             MicroserviceArgs(
-                name="model",
+                name=MODEL_SERVICE,
                 stack=stack,
                 namespace=ns,
                 image=model_image,
@@ -125,15 +126,14 @@ class MlApp(pulumi.ComponentResource):
                 resources=GATEWAY_RESOURCES,
                 env={
                     "MODEL_NAME": MODEL_NAME,
-                    "MODEL_URL": pulumi.Output.concat(
-                        "http://", model.service.metadata.name, f":{SERVICE_PORT}"
-                    ),
+                    # The model Service's name; the gateway's readiness waits for it to answer.
+                    "MODEL_URL": f"http://{MODEL_SERVICE}:{SERVICE_PORT}",
                     "MLSTACK_API_KEY_FILE": pod.secret_file(API_KEY),
                     "DATABASE_URL_FILE": pod.secret_file(DATABASE_URL),
                 },
                 secret_name=gateway_secret.metadata.name,
             ),
-            pulumi.ResourceOptions(parent=self, provider=cluster.provider, depends_on=[db, model]),
+            on_cluster,
         )
         NetworkPolicies(
             f"{name}-network",

@@ -132,9 +132,8 @@ class Database(pulumi.ComponentResource):
                 parent=self, depends_on=[self.volume_claim], delete_before_replace=True
             ),
         )
-        self.host = pulumi.Output.concat(
-            self.service.metadata.name, ".", self.service.metadata.namespace, ".svc"
-        )
+        # Known from the names alone: whoever connects need not wait for the Service's await.
+        self.host = pulumi.Output.concat(NAME, ".", args.namespace, ".svc")
         self.register_outputs({"host": self.host})
 
 

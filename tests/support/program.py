@@ -19,6 +19,7 @@ from typing import Any, Final, cast
 import pulumi
 import yaml
 from pulumi.runtime import mocks
+from pulumi.runtime.proto import resource_pb2
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 MAIN: Final = ROOT / "__main__.py"
@@ -141,6 +142,27 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return {}
 
 
+class MonitorWithoutReferences(mocks.MockMonitor):
+    """The standard mock monitor, but resources passed to other resources (a remote component's
+    inputs, say) travel as their IDs and URNs rather than as references: rebuilding referenced
+    resources spawns tasks on the event loop of a run that is ending, which hangs or breaks the
+    next run in the same process."""
+
+    def SupportsFeature(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
+        if request.id == "resourceReferences":
+            return type("SupportsFeatureResponse", (object,), {"hasSupport": False})
+        return super().SupportsFeature(request)  # type: ignore[no-untyped-call]
+
+    def GetDeploymentInfo(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
+        info = super().GetDeploymentInfo(request)  # type: ignore[no-untyped-call]
+        features = [
+            feature
+            for feature in info.supportedFeatures
+            if feature != resource_pb2.RESOURCE_MONITOR_FEATURE_RESOURCE_REFERENCES
+        ]
+        return resource_pb2.DeploymentInfo(supportedFeatures=features)
+
+
 def stack_config(stack: str) -> dict[str, Any]:
     """The `config:` of `Pulumi.<stack>.yaml`, values as the stack file gives them."""
     document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
@@ -187,7 +209,13 @@ def _run(
     program: Path,
 ) -> ProgramRun:
     recorder = RecordingMocks(load_balancer_ready=load_balancer_ready)
-    pulumi.runtime.set_mocks(recorder, project="mlstack", stack=stack, preview=preview)
+    pulumi.runtime.set_mocks(
+        recorder,
+        project="mlstack",
+        stack=stack,
+        preview=preview,
+        monitor=MonitorWithoutReferences(recorder),
+    )
     pulumi.runtime.set_all_config(
         {key: _engine_value(value) for key, value in values.items()},
         secret_keys=[key for key in values if key in TEST_SECRETS],
