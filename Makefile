@@ -7,9 +7,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STACK ?= dev
-# A local file backend unless the user is logged in elsewhere (PULUMI_BACKEND_URL wins).
-PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi-local
-export PULUMI_BACKEND_URL
+PULUMI ?= pulumi
+# The state backend of the targets that run the Pulumi CLI (mk/stack.mk, mk/ops.mk):
+# PULUMI_BACKEND_URL when set, else the backend `pulumi login` chose, else a local file backend
+# in .pulumi-local/. Asked only when such a target runs.
+LOCAL_BACKEND := file://$(CURDIR)/.pulumi-local
+ifndef PULUMI_BACKEND_URL
+PULUMI_LOGGED_IN = $(shell $(PULUMI) whoami --non-interactive >/dev/null 2>&1 && echo yes)
+PULUMI_BACKEND = $(if $(PULUMI_LOGGED_IN),,$(LOCAL_BACKEND))
+endif
 
 TEST_TARGETS := lint typecheck unit
 

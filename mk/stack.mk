@@ -1,5 +1,7 @@
 # Working with a stack through the real Pulumi CLI: `make up`, `make preview`.
-PULUMI ?= pulumi
+ifndef PULUMI_BACKEND_URL
+stack up preview down: export PULUMI_BACKEND_URL = $(PULUMI_BACKEND)
+endif
 # A local file backend needs a passphrase for the stack's secrets; dev defaults to an empty one.
 ifeq ($(STACK),dev)
 export PULUMI_CONFIG_PASSPHRASE ?=

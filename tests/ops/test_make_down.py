@@ -16,8 +16,12 @@ from tests.support.program import ROOT
 FAKE_PULUMI = """\
 #!{python}
 import json, os, sys
+if sys.argv[1:2] == ["whoami"]:
+    # Logged in nowhere: make falls back to the local file backend.
+    sys.exit("error: PULUMI_ACCESS_TOKEN must be set for login during non-interactive sessions")
+backend = os.environ.get("PULUMI_BACKEND_URL", "")
 with open(os.environ["FAKE_PULUMI_LOG"], "a") as log:
-    log.write(json.dumps(sys.argv[1:]) + "\\n")
+    log.write(json.dumps(sys.argv[1:] + ["@" + backend]) + "\\n")
 if sys.argv[1:3] == ["stack", "export"]:
     state = os.environ.get("FAKE_PULUMI_STATE")
     if state is None:
@@ -39,7 +43,7 @@ def make_down(
     log = tmp_path / "calls.jsonl"
     env = {**os.environ, "FAKE_PULUMI_LOG": str(log)}
     # Neither an outer make's flags nor a stray state reach this run.
-    for name in ("FAKE_PULUMI_STATE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
+    for name in ("FAKE_PULUMI_STATE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PULUMI_BACKEND_URL"):
         env.pop(name, None)
     if exported is not None:
         env["FAKE_PULUMI_STATE"] = exported
@@ -54,7 +58,11 @@ def make_down(
         timeout=120,
         check=False,
     )
-    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    lines = log.read_text().splitlines() if log.exists() else []
+    calls = [json.loads(line) for line in lines]
+    backends = {call.pop()[1:] for call in calls}
+    # Logged in nowhere and no PULUMI_BACKEND_URL: every call used the local file backend.
+    assert backends <= {f"file://{ROOT}/.pulumi-local"}, backends
     return result, calls
 
 
