@@ -154,16 +154,16 @@ def start_gateway(name: str, model_url: str, log_dir: Path, **env: str) -> Serve
     )
 
 
-def start_echo(log_dir: Path) -> Server:
-    """The ceiling: a bare ASGI app under the same uvicorn settings as the model server."""
+def _bare_asgi(name: str, app: str, log_dir: Path, env: dict[str, str] | None = None) -> Server:
+    """A bench-only ASGI app from bench/ under the same uvicorn settings as the model server."""
     port = free_port()
     return Server(
-        "echo",
+        name,
         [
             sys.executable,
             "-m",
             "uvicorn",
-            "bench.echo:app",
+            app,
             "--host=127.0.0.1",
             f"--port={port}",
             "--loop=uvloop",
@@ -175,34 +175,20 @@ def start_echo(log_dir: Path) -> Server:
         f"http://127.0.0.1:{port}",
         "/",
         log_dir=log_dir,
+        env=env,
         cwd=ROOT,
     )
+
+
+def start_echo(log_dir: Path) -> Server:
+    """The ceiling: a bare ASGI app that answers with the request's body."""
+    return _bare_asgi("echo", "bench.echo:app", log_dir)
 
 
 def start_proxy(model_url: str, log_dir: Path) -> Server:
     """The hop's floor: forwards to the model with the gateway's HTTP client, nothing else."""
-    port = free_port()
-    return Server(
-        "proxy",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.proxy:app",
-            "--host=127.0.0.1",
-            f"--port={port}",
-            "--loop=uvloop",
-            "--http=httptools",
-            "--no-access-log",
-            "--no-server-header",
-            "--log-level=warning",
-        ],
-        f"http://127.0.0.1:{port}",
-        "/",
-        log_dir=log_dir,
-        env={"PROXY_MODEL_URL": model_url, "PYTHONPATH": f"{ROOT}{os.pathsep}{GATEWAY_SRC}"},
-        cwd=ROOT,
-    )
+    env = {"PROXY_MODEL_URL": model_url, "PYTHONPATH": f"{ROOT}{os.pathsep}{GATEWAY_SRC}"}
+    return _bare_asgi("proxy", "bench.proxy:app", log_dir, env)
 
 
 def write_mlserver_config(folder: Path, model_file: Path, version: str) -> int:
