@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Download the released binaries of every e2e tool at the versions pinned in versions.env, so that
+# `make e2e` builds nothing (needs internet; the offline path is build.sh). Usage:
+#   bash e2e/toolchain/install-released.sh DIR
+# leaves the Kubernetes binaries, etcd and KWOK in DIR (point KUBEBUILDER_ASSETS at it) and the
+# Pulumi CLI with its language hosts in DIR/pulumi (put it first on PATH), and installs the
+# kubernetes provider plugin with `pulumi plugin install`. Checksums are verified where the
+# project publishes them.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=/dev/null
+source "$here/versions.env"
+dest="${1:?usage: install-released.sh DIR}"
+mkdir -p "$dest"
+dest="$(cd "$dest" && pwd)"
+arch=amd64
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+fetch() { curl -fsSL --retry 3 -o "$2" "$1"; }
+
+# Kubernetes: each binary and its published .sha256.
+for name in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
+  url="https://dl.k8s.io/release/$KUBE_VERSION/bin/linux/$arch/$name"
+  fetch "$url" "$tmp/$name"
+  fetch "$url.sha256" "$tmp/$name.sha256"
+  echo "$(cat "$tmp/$name.sha256")  $tmp/$name" | sha256sum --check --quiet
+  install -m 0755 "$tmp/$name" "$dest/$name"
+done
+
+# etcd: the release archive and its SHA256SUMS.
+etcd="etcd-$ETCD_VERSION-linux-$arch"
+fetch "https://github.com/etcd-io/etcd/releases/download/$ETCD_VERSION/$etcd.tar.gz" "$tmp/$etcd.tar.gz"
+fetch "https://github.com/etcd-io/etcd/releases/download/$ETCD_VERSION/SHA256SUMS" "$tmp/etcd.sums"
+(cd "$tmp" && grep " $etcd.tar.gz\$" etcd.sums | sha256sum --check --quiet)
+tar -xzf "$tmp/$etcd.tar.gz" -C "$tmp"
+install -m 0755 "$tmp/$etcd/etcd" "$dest/etcd"
+
+# KWOK: kwok and kwokctl.
+for name in kwok kwokctl; do
+  fetch "https://github.com/kubernetes-sigs/kwok/releases/download/$KWOK_VERSION/$name-linux-$arch" "$tmp/$name"
+  install -m 0755 "$tmp/$name" "$dest/$name"
+done
+
+# Pulumi: the CLI archive (with pulumi-language-python beside the CLI) and its checksums.
+pv="${PULUMI_VERSION#v}"
+archive="pulumi-v$pv-linux-x64.tar.gz"
+fetch "https://get.pulumi.com/releases/sdk/$archive" "$tmp/$archive"
+fetch "https://get.pulumi.com/releases/sdk/pulumi-$pv-checksums.txt" "$tmp/pulumi.sums"
+(cd "$tmp" && grep " $archive\$" pulumi.sums | sha256sum --check --quiet)
+rm -rf "$dest/pulumi"
+tar -xzf "$tmp/$archive" -C "$dest"
+"$dest/pulumi/pulumi" plugin install resource kubernetes "$PULUMI_KUBERNETES_VERSION"
+
+echo "KUBEBUILDER_ASSETS=$dest"
+echo "PATH=$dest/pulumi:\$PATH"
