@@ -34,7 +34,7 @@ SCENARIOS = {
 
 
 def _evaluator(scenario: str) -> Callable[[], int]:
-    from tests.support.program import run_program, stack_config
+    from harness.program import run_program, stack_config
 
     if scenario in {"dev", "prod"}:
         return lambda: len(run_program(scenario).resources)

@@ -1,4 +1,4 @@
-"""Make the project root importable (`components`, `tests.support`) for every suite."""
+"""Make the project root importable (`components`, `harness`) for every suite."""
 
 import sys
 from pathlib import Path

@@ -27,7 +27,7 @@ import kubernetes_validate
 import yaml
 
 from components.image import SERVICES, SERVICES_DIR
-from tests.support.program import ROOT
+from harness.program import ROOT
 from tools import dockerfile_lint, render
 
 # The Kubernetes versions mlstack supports, oldest and newest: the oldest is the release of the

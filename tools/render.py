@@ -4,7 +4,7 @@
     python -m tools.render --stack prod --out some/dir
     python -m tools.render --all                        # every Pulumi.<stack>.yaml
 
-The program runs under Pulumi's mocks (tests/support/program.py): no cluster, Docker daemon or
+The program runs under Pulumi's mocks (harness/program.py): no cluster, Docker daemon or
 cloud is touched. Each object is written as it reaches the provider (camelCase keys, integers as
 integers, the names the components set), one file per object named `<kind>-<name>.yaml`, keys
 sorted (apiVersion, kind, metadata first) so that two renders diff line by line. Resources that
@@ -24,7 +24,7 @@ from typing import Any, Final
 import yaml
 from pulumi.runtime import rpc
 
-from tests.support.program import ROOT, TEST_SECRETS, ProgramRun, run_program
+from harness.program import ROOT, TEST_SECRETS, ProgramRun, run_program
 
 DEFAULT_OUT: Final = ROOT / "build" / "manifests"
 SECRET_PLACEHOLDER: Final = "<secret>"

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from e2e.controlplane import ControlPlane
+from harness.program import run_program
 from tests.e2e.conftest import NAMESPACE, SECRETS, STACK, TIMINGS, stack_config
 from tests.e2e.workspace import PulumiWorkspace
-from tests.support.program import run_program
 
 LB_INGRESS_IP = "192.0.2.10"  # what e2e/stages/service-load-balancer.yaml allocates
 INSTANCE = f"app.kubernetes.io/instance={STACK}"
@@ -34,7 +34,7 @@ def changes(preview: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def expected_resources(plane: ControlPlane) -> set[tuple[str, str]]:
-    """What the program registers for this config under Pulumi's mocks (tests/support): the
+    """What the program registers for this config under Pulumi's mocks (harness/): the
     real engine must plan exactly these creates, no more, no less."""
     config = {**stack_config(plane), **SECRETS}
     mocked = run_program(STACK, config=config, preview=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.program import ROOT
+from harness.program import ROOT
 
 FAKE_PULUMI = """\
 #!{python}

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from components.cluster.kubeconfig_file import _HostFolderProvider
-from tests.support.program import ProgramRun, Registered, run_program, stack_config
+from harness.program import ProgramRun, Registered, run_program, stack_config
 
 CLUSTER_COMPONENT = "mlstack:cluster:"
 K8S_PROVIDER = "pulumi:providers:kubernetes"

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.program import ROOT, run_program
+from harness.program import ROOT, run_program
 
 GITHUB = ROOT / ".github"
 SCRIPT = GITHUB / "scripts" / "stacks.py"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.program import TEST_SECRETS, run_program
+from harness.program import TEST_SECRETS, run_program
 from tools import policy, render
 
 

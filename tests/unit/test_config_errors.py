@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from components.config import ConfigError
-from tests.support.program import run_program, stack_config
+from harness.program import run_program, stack_config
 
 EXISTING: dict[str, Any] = {"provider": "existing", "context": "kind-mlstack"}
 
@@ -139,7 +139,7 @@ def test_missing_secret_says_how_to_set_it() -> None:
 
 
 def test_no_resource_is_registered_before_validation_fails() -> None:
-    from tests.support import program
+    from harness import program
 
     registered: list[str] = []
     original = program.RecordingMocks.new_resource

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.program import (
+from harness.program import (
     LB_ADDRESS,
     ROOT,
     TEST_SECRETS,

@@ -21,7 +21,7 @@ import yaml
 from pulumi.runtime import mocks
 from pulumi.runtime.proto import resource_pb2
 
-ROOT: Final = Path(__file__).resolve().parents[2]
+ROOT: Final = Path(__file__).resolve().parents[1]
 MAIN: Final = ROOT / "__main__.py"
 TEST_SECRETS: Final = {
     "mlstack:databasePassword": "test-database-password",
