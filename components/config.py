@@ -1,7 +1,7 @@
 """The `mlstack:` stack configuration, parsed into typed objects and validated up front.
 
-Every check runs before a single resource is registered. A bad value raises `ConfigError`, a
-`pulumi.RunError`, so the CLI prints its one-line message instead of a Python traceback.
+Every check runs before a single resource is registered. `load()` raises `ConfigError` at the
+first mistake; `load_or_exit()`, the program's entry point, logs that one line and exits.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from typing import Any, Final, Literal, TypeAlias, cast
 
 import pulumi
 from pulumi.runtime import config as runtime_config
-from pulumi.runtime import settings as runtime_settings
-from pulumi.runtime.mocks import MockMonitor
 
 NAMESPACE: Final = "mlstack"
 
@@ -328,7 +326,7 @@ def _parse_namespace(raw: object, stack: str) -> str:
 
 
 def _read_raw() -> dict[str, object]:
-    """Every `mlstack:` key the engine (or the mocks) supplied, values decoded from JSON."""
+    """Every `mlstack:` key the program was given, values decoded from JSON."""
     supplied = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
     raw: dict[str, object] = {}
     for full_key, value in supplied.items():
@@ -391,12 +389,10 @@ def load(stack: str | None = None) -> StackConfig:
 
 
 def load_or_exit() -> StackConfig:
-    """`load()` for the program's entry point. Under the engine a mistake is logged as one line
-    and the program exits; under Pulumi's mocks (tests) the `ConfigError` is raised."""
+    """`load()` for the program's entry point: a mistake is logged as one line and the program
+    exits with `USER_TOLD_EXIT_CODE`, so the CLI shows that line and nothing else."""
     try:
         return load()
     except ConfigError as error:
-        if isinstance(runtime_settings.SETTINGS.monitor, MockMonitor):
-            raise
         pulumi.log.error(str(error))
         raise SystemExit(USER_TOLD_EXIT_CODE) from None

@@ -2,7 +2,8 @@
 
 Each run happens in a fresh `contextvars.Context`, so several stacks can be evaluated in one
 process. The mocks answer like a cluster that has allocated a LoadBalancer address (unless told
-otherwise) and like Docker and the clouds would, without touching any of them.
+otherwise) and like Docker and the clouds would, without touching any of them. A program that
+exits instead of completing (a configuration mistake) raises `ProgramExitError` with what it logged.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
+import logging
 import runpy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +30,8 @@ TEST_SECRETS: Final = {
     "mlstack:apiKey": "test-gateway-api-key",
 }
 LB_ADDRESS: Final = "203.0.113.10"
+# Where the mocks send what the program logs through `pulumi.log` (it propagates as usual).
+ENGINE_LOG: Final = logging.getLogger("harness.engine")
 # How the SDK marks a secret value inside the inputs it sends (pulumi.runtime.rpc).
 SECRET_SIGNATURE: Final = ("4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270")
 
@@ -97,6 +101,31 @@ class ProgramRun:
 
     def by_type(self, type_: str) -> list[Registered]:
         return [r for r in self.resources if r.type == type_]
+
+
+class ProgramExitError(Exception):
+    """The program ended itself (`SystemExit`) instead of running to completion.
+
+    `code` is the exit status the language host sees, `errors` the messages the program logged
+    at error level (what the Pulumi CLI shows), `resources` what it registered before exiting.
+    """
+
+    def __init__(self, code: int, errors: list[str], resources: list[Registered]) -> None:
+        super().__init__("\n".join(errors) or f"the program exited with status {code}")
+        self.code = code
+        self.errors = errors
+        self.resources = resources
+
+
+class EngineLog(logging.Handler):
+    """Keeps the messages the program logs through `pulumi.log` at error level."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.errors.append(record.getMessage())
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
@@ -186,18 +215,31 @@ def run_program(
     program: Path = MAIN,
 ) -> ProgramRun:
     """Evaluate `__main__.py` (or another `program`) for `stack` (its stack file's config unless
-    `config` is given)."""
+    `config` is given). Raises `ProgramExitError` if the program exits instead of completing."""
     values = dict(stack_config(stack) if config is None else config)
     if with_secrets:
         values = {**TEST_SECRETS, **values}
-    return contextvars.Context().run(
-        _run,
-        stack,
-        values,
-        preview=preview,
-        load_balancer_ready=load_balancer_ready,
-        program=program,
-    )
+    engine_log = EngineLog()
+    ENGINE_LOG.addHandler(engine_log)
+    try:
+        return contextvars.Context().run(
+            _run,
+            stack,
+            values,
+            preview=preview,
+            load_balancer_ready=load_balancer_ready,
+            program=program,
+            engine_log=engine_log,
+        )
+    finally:
+        ENGINE_LOG.removeHandler(engine_log)
+
+
+def _exit_status(code: object) -> int:
+    """The process exit status that `sys.exit(code)` gives."""
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
 
 
 def _run(
@@ -207,6 +249,7 @@ def _run(
     preview: bool,
     load_balancer_ready: bool,
     program: Path,
+    engine_log: EngineLog,
 ) -> ProgramRun:
     recorder = RecordingMocks(load_balancer_ready=load_balancer_ready)
     pulumi.runtime.set_mocks(
@@ -214,6 +257,7 @@ def _run(
         project="mlstack",
         stack=stack,
         preview=preview,
+        logger=ENGINE_LOG,
         monitor=MonitorWithoutReferences(recorder),
     )
     pulumi.runtime.set_all_config(
@@ -236,7 +280,11 @@ def _run(
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def evaluate() -> pulumi.Output[Any]:
-        runpy.run_path(str(program), run_name="__main__")
+        try:
+            runpy.run_path(str(program), run_name="__main__")
+        except SystemExit as exited:
+            status = _exit_status(exited.code)
+            raise ProgramExitError(status, engine_log.errors, recorder.registered) from exited
         root = pulumi.runtime.get_root_resource()
         exported: dict[str, Any] = dict(getattr(root, "outputs", {}))
 

@@ -1,4 +1,5 @@
-"""Every configuration mistake stops the program with one line naming the key, value and rule."""
+"""Every configuration mistake stops the program with one line naming the key, value and rule:
+the program logs that line and exits with the status that tells the CLI to show it alone."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from components.config import ConfigError
-from harness.program import run_program, stack_config
+from components.config import USER_TOLD_EXIT_CODE
+from harness.program import ProgramExitError, run_program, stack_config
 
 EXISTING: dict[str, Any] = {"provider": "existing", "context": "kind-mlstack"}
 
@@ -24,10 +25,18 @@ def dev_with(**overrides: Any) -> dict[str, Any]:
     return config
 
 
-def config_error(config: dict[str, Any], **kwargs: Any) -> str:
-    with pytest.raises(ConfigError) as raised:
+def config_exit(config: dict[str, Any], **kwargs: Any) -> ProgramExitError:
+    with pytest.raises(ProgramExitError) as raised:
         run_program("dev", config, **kwargs)
-    message = str(raised.value)
+    return raised.value
+
+
+def config_error(config: dict[str, Any], **kwargs: Any) -> str:
+    """The one line a config mistake logs; the program then exits, telling the CLI so."""
+    exited = config_exit(config, **kwargs)
+    assert exited.code == USER_TOLD_EXIT_CODE
+    assert len(exited.errors) == 1, "a config mistake is reported once"
+    (message,) = exited.errors
     assert "\n" not in message, "a config mistake is reported on one line"
     return message
 
@@ -139,16 +148,5 @@ def test_missing_secret_says_how_to_set_it() -> None:
 
 
 def test_no_resource_is_registered_before_validation_fails() -> None:
-    from harness import program
-
-    registered: list[str] = []
-    original = program.RecordingMocks.new_resource
-
-    def spy(self: program.RecordingMocks, args: Any) -> Any:
-        registered.append(args.name)
-        return original(self, args)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(program.RecordingMocks, "new_resource", spy)
-        config_error(dev_with(database={"storageSize": "1GB"}))
-    assert registered == []
+    exited = config_exit(dev_with(database={"storageSize": "1GB"}))
+    assert exited.errors and exited.resources == []
