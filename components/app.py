@@ -176,11 +176,16 @@ class MlApp(pulumi.ComponentResource):
         return by_service["gateway"].ref, by_service["model"].ref
 
 
-def _field(value: Any, name: str) -> Any:
-    """A field of a provider output, whether it arrives as a typed object or as a dict."""
-    if isinstance(value, dict):
-        return value.get(name)
-    return getattr(value, name, None)
+def load_balancer_host(status: k8s.core.v1.outputs.ServiceStatus | None) -> str | None:
+    """The first address a LoadBalancer Service was given (an IP, or a name on EKS), if any."""
+    ingress = status.load_balancer.ingress if status and status.load_balancer else None
+    if not ingress:
+        return None
+    return ingress[0].ip or ingress[0].hostname
+
+
+def _node_port(spec: k8s.core.v1.outputs.ServiceSpec) -> int | None:
+    return spec.ports[0].node_port if spec.ports else None
 
 
 def gateway_url(
@@ -189,23 +194,21 @@ def gateway_url(
     """The gateway's URL, guarded: a LoadBalancer without an ingress address yet says so."""
 
     def describe(parts: list[Any]) -> str:
-        service_type, name, namespace, status, ports, local = parts
+        service_type, name, namespace, host, node_port, local = parts
         if service_type == "ClusterIP":
             return f"http://{name}.{namespace}.svc.cluster.local:{SERVICE_PORT}"
         if service_type == "NodePort":
-            node_port = _field(ports[0], "node_port") if ports else None
             return f"http://<node-address>:{node_port}"
-        ingress = _field(_field(status, "load_balancer"), "ingress") or []
-        host = (_field(ingress[0], "ip") or _field(ingress[0], "hostname")) if ingress else None
         if not host:
             return "pending: the LoadBalancer has no address yet"
         return str(local or f"http://{host}:{SERVICE_PORT}")
 
+    # The typed outputs are read before `Output.all`, which would turn them into plain dicts.
     return pulumi.Output.all(
         service.spec.type,
         service.metadata.name,
         service.metadata.namespace,
-        service.status,
-        service.spec.ports,
+        service.status.apply(load_balancer_host),
+        service.spec.apply(_node_port),
         local_url,
     ).apply(describe)
