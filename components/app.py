@@ -15,7 +15,13 @@ from components.config import StackConfig
 from components.database import Database, DatabaseArgs
 from components.image import SERVICES, ServiceImage, ServiceImageArgs
 from components.labels import APP, labels
-from components.microservice import CONTAINER_PORT, SERVICE_PORT, Microservice, MicroserviceArgs
+from components.microservice import (
+    CONTAINER_PORT,
+    SERVICE_PORT,
+    TLS_SERVICE_PORT,
+    Microservice,
+    MicroserviceArgs,
+)
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs, Route
 
 MODEL_NAME: Final = "iris"
@@ -23,6 +29,15 @@ MODEL_SERVICE: Final = "model"
 API_KEY: Final = "api-key"
 DATABASE_URL: Final = "database-url"
 GATEWAY_RESOURCES: Final = pod.Resources("100m", "128Mi", "1", "256Mi")
+# The gateway's /metrics: a port of its own, never on the Service.
+METRICS_PORT: Final = 9090
+# Longer than a cloud load balancer takes to stop sending to a pod that left the endpoints
+# (the EKS Service annotation below sets the target group's deregistration delay under it).
+GATEWAY_DRAIN_SECONDS: Final = 30
+# Pod Security admission evaluates pods by the rules of this release, not `latest`, so a cluster
+# upgrade never starts refusing pods: the oldest Kubernetes minor mlstack supports
+# (KUBERNETES_VERSIONS in tools/policy.py; a unit test keeps the two in step).
+POD_SECURITY_VERSION: Final = "v1.31"
 MODEL_RESOURCES: Final = pod.Resources("200m", "256Mi", "1", "512Mi")
 
 
@@ -51,7 +66,7 @@ class MlApp(pulumi.ComponentResource):
                     **labels(APP, stack),
                     # Pod Security admission refuses any pod that is not `restricted`.
                     "pod-security.kubernetes.io/enforce": "restricted",
-                    "pod-security.kubernetes.io/enforce-version": "latest",
+                    "pod-security.kubernetes.io/enforce-version": POD_SECURITY_VERSION,
                     "pod-security.kubernetes.io/audit": "restricted",
                     "pod-security.kubernetes.io/warn": "restricted",
                 },
@@ -96,6 +111,23 @@ class MlApp(pulumi.ComponentResource):
             string_data={API_KEY: config.api_key, DATABASE_URL: database_url},
             opts=on_cluster,
         )
+        tls = config.gateway.tls
+        tls_secret_name: pulumi.Input[str] | None = None
+        if tls is not None and tls.secret_name is not None:
+            tls_secret_name = tls.secret_name
+        elif tls is not None and tls.certificate is not None and tls.private_key is not None:
+            tls_secret = k8s.core.v1.Secret(
+                f"{name}-gateway-tls",
+                metadata={
+                    "name": "gateway-tls",
+                    "namespace": ns,
+                    "labels": labels("gateway", stack),
+                },
+                type="kubernetes.io/tls",
+                string_data={"tls.crt": tls.certificate, "tls.key": tls.private_key},
+                opts=on_cluster,
+            )
+            tls_secret_name = tls_secret.metadata.name
         Microservice(
             f"{name}-model",
             MicroserviceArgs(
@@ -109,6 +141,7 @@ class MlApp(pulumi.ComponentResource):
                 readiness_path="/v2/health/ready",
                 resources=MODEL_RESOURCES,
                 env={"MODEL_NAME": MODEL_NAME, "MODEL_VERSION": config.model.version},
+                zone_spread=config.cluster.provider in ("gke", "eks"),
             ),
             on_cluster,
         )
@@ -132,6 +165,11 @@ class MlApp(pulumi.ComponentResource):
                     "DATABASE_URL_FILE": pod.secret_file(DATABASE_URL),
                 },
                 secret_name=gateway_secret.metadata.name,
+                tls_secret_name=tls_secret_name,
+                metrics_port=METRICS_PORT,
+                source_ranges=config.gateway.source_ranges,
+                drain_seconds=GATEWAY_DRAIN_SECONDS,
+                zone_spread=config.cluster.provider in ("gke", "eks"),
             ),
             on_cluster,
         )
@@ -144,6 +182,19 @@ class MlApp(pulumi.ComponentResource):
                     Route(source=None, target="gateway", port=CONTAINER_PORT),
                     Route(source="gateway", target="model", port=CONTAINER_PORT),
                     Route(source="gateway", target="database", port=database.PORT),
+                    *(
+                        [
+                            Route(
+                                source=None,
+                                target="gateway",
+                                port=METRICS_PORT,
+                                namespaces=config.gateway.metrics_namespaces,
+                                name="gateway-metrics",
+                            )
+                        ]
+                        if config.gateway.metrics_namespaces
+                        else []
+                    ),
                 ),
             ),
             on_cluster,
@@ -196,12 +247,18 @@ def gateway_url(
     def describe(parts: list[Any]) -> str:
         service_type, name, namespace, host, node_port, local = parts
         if service_type == "ClusterIP":
-            return f"http://{name}.{namespace}.svc.cluster.local:{SERVICE_PORT}"
+            port = _field(ports[0], "port") if ports else SERVICE_PORT
+            scheme = "https" if port == TLS_SERVICE_PORT else "http"
+            return f"{scheme}://{name}.{namespace}.svc.cluster.local:{port}"
         if service_type == "NodePort":
             return f"http://<node-address>:{node_port}"
         if not host:
             return "pending: the LoadBalancer has no address yet"
-        return str(local or f"http://{host}:{SERVICE_PORT}")
+        if local:
+            return str(local)
+        port = _field(ports[0], "port") if ports else SERVICE_PORT
+        scheme = "https" if port == TLS_SERVICE_PORT else "http"
+        return f"{scheme}://{host}:{port}"
 
     # The typed outputs are read before `Output.all`, which would turn them into plain dicts.
     return pulumi.Output.all(

@@ -7,6 +7,7 @@ first mistake; `load_or_exit()`, the program's entry point, logs that one line a
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -34,6 +35,9 @@ _QUANTITY = re.compile(
     r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 )
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 _IMAGE_REF = re.compile(r"^[^\s]+$")
 
 
@@ -91,6 +95,25 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class GatewayTls:
+    """HTTPS on the gateway: an existing `kubernetes.io/tls` Secret by name, or (secret_name None)
+    the certificate and key from the stack secrets `gatewayTlsCert` / `gatewayTlsKey`."""
+
+    secret_name: str | None = None
+    certificate: pulumi.Output[str] | None = None
+    private_key: pulumi.Output[str] | None = None
+
+
+@dataclass(frozen=True)
+class GatewayConfig(ServiceConfig):
+    tls: GatewayTls | None = None
+    # CIDRs allowed through the LoadBalancer (loadBalancerSourceRanges); empty: anyone.
+    source_ranges: tuple[str, ...] = ()
+    # Namespaces whose pods may scrape the gateway's metrics port; empty: nobody.
+    metrics_namespaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelConfig(ServiceConfig):
     version: str
 
@@ -115,7 +138,7 @@ class StackConfig:
     stack: str
     cluster: ClusterConfig
     namespace: str
-    gateway: ServiceConfig
+    gateway: GatewayConfig
     model: ModelConfig
     database: DatabaseConfig
     images: ImagesConfig
@@ -126,7 +149,7 @@ class StackConfig:
 
 # Every key the program understands, with the sub-keys of the structured ones.
 _OBJECT_KEYS: Final[dict[str, tuple[str, ...]]] = {
-    "gateway": ("replicas", "serviceType"),
+    "gateway": ("replicas", "serviceType", "tls", "sourceRanges", "metricsNamespaces"),
     "model": ("replicas", "serviceType", "version"),
     "database": ("replicas", "storageSize", "storageClass"),
     "images": ("build", "registry", "gateway", "model"),
@@ -137,7 +160,15 @@ _CLUSTER_KEYS: Final[dict[Provider, tuple[str, ...]]] = {
     "gke": ("provider", "region", "project", "nodeCount", "machineType", "kubernetesVersion"),
     "eks": ("provider", "region", "nodeCount", "instanceType", "kubernetesVersion"),
 }
-_SCALAR_KEYS: Final = ("namespace", "protect", "databasePassword", "apiKey")
+_SCALAR_KEYS: Final = (
+    "namespace",
+    "protect",
+    "databasePassword",
+    "apiKey",
+    "gatewayTlsCert",
+    "gatewayTlsKey",
+)
+_TLS_KEYS: Final = ("secretName",)
 KNOWN_KEYS: Final = ("cluster", *_OBJECT_KEYS, *_SCALAR_KEYS)
 
 
@@ -212,6 +243,12 @@ class _Section:
         if not isinstance(value, bool):
             raise _fail(self.path(sub), value, "expected true or false")
         return value
+
+    def strings(self, sub: str) -> tuple[str, ...]:
+        value = self.raw.get(sub, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _fail(self.path(sub), value, "expected a list of strings")
+        return tuple(value)
 
     def choice(self, sub: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.raw.get(sub, default)
@@ -291,6 +328,105 @@ def _parse_database(section: _Section) -> DatabaseConfig:
     )
 
 
+def _parse_source_ranges(section: _Section, service_type: ServiceType) -> tuple[str, ...]:
+    ranges = section.strings("sourceRanges")
+    for cidr in ranges:
+        try:
+            ipaddress.ip_network(cidr, strict=True)
+        except ValueError:
+            raise _fail(
+                section.path("sourceRanges"),
+                cidr,
+                "expected CIDRs with no host bits set, such as 203.0.113.0/24 or 2001:db8::/32",
+            ) from None
+    if ranges and service_type != "LoadBalancer":
+        raise _fail(
+            section.path("sourceRanges"),
+            list(ranges),
+            f"source ranges restrict a LoadBalancer, and gateway.serviceType is {service_type}",
+        )
+    return ranges
+
+
+def _pem(raw: Mapping[str, object], key: str, marker: str) -> pulumi.Output[str]:
+    value = raw.get(key)
+    if not isinstance(value, str) or f"-----BEGIN {marker}" not in value:
+        shown = "missing" if value is None else "not PEM"
+        what = "certificate (chain)" if marker == "CERTIFICATE" else "private key"
+        raise ConfigError(
+            f"{NAMESPACE}:{key} is {shown}: gateway.tls without a secretName takes the PEM "
+            f"{what} from it: `pulumi config set --secret {NAMESPACE}:{key} < file.pem`"
+        )
+    return pulumi.Output.secret(value)
+
+
+def _parse_tls(section: _Section, raw: Mapping[str, object]) -> GatewayTls | None:
+    given = [key for key in ("gatewayTlsCert", "gatewayTlsKey") if raw.get(key) is not None]
+    if section.raw.get("tls") is None:
+        if given:
+            raise ConfigError(
+                f"{NAMESPACE}:{given[0]} is set but {NAMESPACE}:{section.path('tls')} is not: "
+                "set gateway.tls: {} to serve HTTPS with it, or remove it"
+            )
+        return None
+    tls = _Section(section.path("tls"), section.raw["tls"], _TLS_KEYS)
+    secret_name = tls.string("secretName")
+    if secret_name:
+        if not _DNS_SUBDOMAIN.match(secret_name):
+            raise _fail(tls.path("secretName"), secret_name, "expected a Kubernetes Secret name")
+        if given:
+            raise ConfigError(
+                f"{NAMESPACE}:{tls.path('secretName')} and {NAMESPACE}:{given[0]} are both set: "
+                "give the certificate either as an existing Secret or as stack secrets, not both"
+            )
+        return GatewayTls(secret_name=secret_name)
+    return GatewayTls(
+        certificate=_pem(raw, "gatewayTlsCert", "CERTIFICATE"),
+        private_key=_pem(raw, "gatewayTlsKey", "PRIVATE KEY"),
+    )
+
+
+def _parse_gateway(
+    section: _Section, raw: Mapping[str, object], cluster: ClusterConfig
+) -> GatewayConfig:
+    service_type = _service_type(section, "LoadBalancer")
+    tls = _parse_tls(section, raw)
+    if tls is not None and cluster.provider == "local":
+        raise _fail(
+            section.path("tls"),
+            section.raw["tls"],
+            "the local cluster publishes the gateway's plain HTTP port only (cluster.httpPort); "
+            "use TLS on a cluster with a real load balancer",
+        )
+    namespaces = section.strings("metricsNamespaces")
+    for name in namespaces:
+        if not _DNS_LABEL.match(name):
+            raise _fail(section.path("metricsNamespaces"), name, "expected a namespace name")
+    return GatewayConfig(
+        replicas=_replicas(section, 1),
+        service_type=service_type,
+        tls=tls,
+        source_ranges=_parse_source_ranges(section, service_type),
+        metrics_namespaces=namespaces,
+    )
+
+
+def _parse_model(section: _Section) -> ModelConfig:
+    service_type = _service_type(section, "ClusterIP")
+    if service_type != "ClusterIP":
+        raise _fail(
+            section.path("serviceType"),
+            service_type,
+            "the model is reachable only from the gateway (its NetworkPolicy admits nothing "
+            "else), so a Service outside the cluster could never answer; expected ClusterIP",
+        )
+    return ModelConfig(
+        replicas=_replicas(section, 1),
+        service_type=service_type,
+        version=section.choice("version", MODEL_VERSIONS[-1], MODEL_VERSIONS),
+    )
+
+
 def _parse_images(section: _Section, cluster: ClusterConfig) -> ImagesConfig:
     build = section.boolean("build", True)
     registry = section.string("registry", "") or ""
@@ -364,7 +500,6 @@ def load(stack: str | None = None) -> StackConfig:
             )
     cluster = _parse_cluster(raw.get("cluster"))
     sections = {name: _Section(name, raw.get(name), keys) for name, keys in _OBJECT_KEYS.items()}
-    gateway, model = sections["gateway"], sections["model"]
     protect = raw.get("protect", False)
     if not isinstance(protect, bool):
         raise _fail("protect", protect, "expected true or false")
@@ -372,14 +507,8 @@ def load(stack: str | None = None) -> StackConfig:
         stack=stack,
         cluster=cluster,
         namespace=_parse_namespace(raw.get("namespace"), stack),
-        gateway=ServiceConfig(
-            replicas=_replicas(gateway, 1), service_type=_service_type(gateway, "LoadBalancer")
-        ),
-        model=ModelConfig(
-            replicas=_replicas(model, 1),
-            service_type=_service_type(model, "ClusterIP"),
-            version=model.choice("version", MODEL_VERSIONS[-1], MODEL_VERSIONS),
-        ),
+        gateway=_parse_gateway(sections["gateway"], raw, cluster),
+        model=_parse_model(sections["model"]),
         database=_parse_database(sections["database"]),
         images=_parse_images(sections["images"], cluster),
         protect=protect,

@@ -27,6 +27,12 @@ IMAGE_DIGEST_SKIP: Final = (
     "its digest is not verifiable from where mlstack is built, and imagePullPolicy Always "
     "makes every node resolve that tag at the registry",
 )
+# The StatefulSet's governing Service: headless, it gives each pod a stable DNS name
+# (database-0.database-headless...), published before the pod is ready so that peers can find it.
+HEADLESS_NAME: Final = f"{NAME}-headless"
+# How long the startup probe lets PostgreSQL replay its WAL after a crash before the kubelet
+# restarts it (liveness and readiness start only once it has passed).
+RECOVERY_SECONDS: Final = 900
 CLAIM_TEMPLATE: Final = "data"
 MOUNT_PATH: Final = "/var/lib/postgresql/data"
 # The key of the stack's secret that holds the password, mounted as a file.
@@ -50,6 +56,7 @@ class Database(pulumi.ComponentResource):
     protected, and so that deleting the StatefulSet never deletes the data."""
 
     service: k8s.core.v1.Service
+    headless_service: k8s.core.v1.Service
     stateful_set: k8s.apps.v1.StatefulSet
     volume_claim: k8s.core.v1.PersistentVolumeClaim
     host: pulumi.Output[str]
@@ -93,6 +100,19 @@ class Database(pulumi.ComponentResource):
             },
             opts=child,
         )
+        self.headless_service = k8s.core.v1.Service(
+            f"{name}-headless",
+            metadata={"name": HEADLESS_NAME, "namespace": args.namespace, "labels": meta_labels},
+            spec={
+                "cluster_ip": "None",
+                "publish_not_ready_addresses": True,
+                "selector": match,
+                "ports": [
+                    {"name": "postgres", "port": PORT, "target_port": "postgres", "protocol": "TCP"}
+                ],
+            },
+            opts=child,
+        )
         account = k8s.core.v1.ServiceAccount(
             f"{name}-account",
             metadata={"name": NAME, "namespace": args.namespace, "labels": meta_labels},
@@ -101,7 +121,7 @@ class Database(pulumi.ComponentResource):
         )
         spec: k8s.apps.v1.StatefulSetSpecArgsDict = {
             "replicas": 1,
-            "service_name": self.service.metadata.name,
+            "service_name": self.headless_service.metadata.name,
             "selector": {"match_labels": match},
             "persistent_volume_claim_retention_policy": {
                 "when_deleted": "Retain",
@@ -140,7 +160,11 @@ class Database(pulumi.ComponentResource):
 def _pod_spec(
     secret_name: pulumi.Input[str], account: pulumi.Input[str]
 ) -> k8s.core.v1.PodSpecArgsDict:
-    ready = ["pg_isready", "--host=127.0.0.1", f"--username={USER}", f"--dbname={DB_NAME}"]
+    is_ready = f"pg_isready --host=127.0.0.1 --username={USER} --dbname={DB_NAME} --timeout=3"
+    # Ready: accepting connections (exit 0). Alive: the server answers at all, even to refuse
+    # while it recovers or shuts down (exit 1); only no answer (2) or no attempt (3) is dead.
+    ready = ["sh", "-c", f"exec {is_ready} --quiet"]
+    alive = ["sh", "-c", f"{is_ready} --quiet; test $? -le 1"]
     spec: k8s.core.v1.PodSpecArgsDict = {
         "service_account_name": account,
         "automount_service_account_token": False,
@@ -170,15 +194,20 @@ def _pod_spec(
                         {"name": "run", "mount_path": "/var/run/postgresql"},
                     ),
                 ),
+                "startup_probe": {
+                    "exec_": {"command": ready},
+                    "period_seconds": 10,
+                    "timeout_seconds": 5,
+                    "failure_threshold": RECOVERY_SECONDS // 10,
+                },
                 "readiness_probe": {
                     "exec_": {"command": ready},
                     "period_seconds": 5,
-                    "timeout_seconds": 3,
+                    "timeout_seconds": 5,
                     "failure_threshold": 3,
                 },
                 "liveness_probe": {
-                    "exec_": {"command": ready},
-                    "initial_delay_seconds": 30,
+                    "exec_": {"command": alive},
                     "period_seconds": 10,
                     "timeout_seconds": 5,
                     "failure_threshold": 6,

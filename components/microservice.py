@@ -15,6 +15,11 @@ from components.labels import labels, selector
 
 CONTAINER_PORT: Final = 8080
 SERVICE_PORT: Final = 80
+TLS_SERVICE_PORT: Final = 443
+TLS_DIR: Final = "/etc/mlstack/tls"
+TLS_VOLUME: Final = "tls"
+# What the kubelet gives a container between SIGTERM and SIGKILL, beyond any pre-stop drain.
+SHUTDOWN_SECONDS: Final = 30
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,22 @@ class MicroserviceArgs:
     env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     # The Kubernetes Secret whose keys are mounted as files under pod.SECRETS_DIR.
     secret_name: pulumi.Input[str] | None = None
+    # A `kubernetes.io/tls` Secret: the container serves HTTPS from it (TLS_CERT_FILE,
+    # TLS_KEY_FILE) and the Service exposes 443 instead of 80.
+    tls_secret_name: pulumi.Input[str] | None = None
+    # A port of its own for /metrics (METRICS_PORT), on the pods only: the Service never has it.
+    metrics_port: int | None = None
+    # CIDRs a LoadBalancer Service admits (loadBalancerSourceRanges); empty: anyone.
+    source_ranges: tuple[str, ...] = ()
+    # Seconds a terminating pod keeps serving after it left the endpoints, before SIGTERM, so
+    # that load balancers stop sending to it first; None: SIGTERM at once.
+    drain_seconds: int | None = None
+    # Spread replicas over zones as well as hosts (clusters whose nodes carry zone labels).
+    zone_spread: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_secret_name is not None else "http"
 
 
 class Microservice(pulumi.ComponentResource):
@@ -87,12 +108,13 @@ class Microservice(pulumi.ComponentResource):
                 "selector": self.deployment.spec.selector.match_labels,
                 "ports": [
                     {
-                        "name": "http",
-                        "port": SERVICE_PORT,
-                        "target_port": "http",
+                        "name": args.scheme,
+                        "port": TLS_SERVICE_PORT if args.scheme == "https" else SERVICE_PORT,
+                        "target_port": args.scheme,
                         "protocol": "TCP",
                     }
                 ],
+                "load_balancer_source_ranges": list(args.source_ranges) or None,
             },
             opts=child,
         )
@@ -113,50 +135,89 @@ def _pod_spec(
     args: MicroserviceArgs, account: pulumi.Input[str], match: dict[str, str]
 ) -> k8s.core.v1.PodSpecArgsDict:
     env: list[k8s.core.v1.EnvVarArgsDict] = [{"name": "PORT", "value": str(CONTAINER_PORT)}]
+    ports: list[k8s.core.v1.ContainerPortArgsDict] = [
+        {"name": args.scheme, "container_port": CONTAINER_PORT, "protocol": "TCP"}
+    ]
+    volumes = [pod.tmp_volume()]
+    extra_mounts: list[k8s.core.v1.VolumeMountArgsDict] = []
+    if args.tls_secret_name is not None:
+        env += [
+            {"name": "TLS_CERT_FILE", "value": f"{TLS_DIR}/tls.crt"},
+            {"name": "TLS_KEY_FILE", "value": f"{TLS_DIR}/tls.key"},
+        ]
+        volumes.append(
+            {
+                "name": TLS_VOLUME,
+                "secret": {"secret_name": args.tls_secret_name, "default_mode": 0o440},
+            }
+        )
+        extra_mounts.append({"name": TLS_VOLUME, "mount_path": TLS_DIR, "read_only": True})
+    if args.metrics_port is not None:
+        env.append({"name": "METRICS_PORT", "value": str(args.metrics_port)})
+        ports.append({"name": "metrics", "container_port": args.metrics_port, "protocol": "TCP"})
     for key, value in sorted(args.env.items()):
         env.append({"name": key, "value": value})
-    volumes = [pod.tmp_volume()]
     if args.secret_name is not None:
         volumes.append(pod.secrets_volume(args.secret_name))  # type: ignore[arg-type]
+    grace = SHUTDOWN_SECONDS
+    lifecycle: k8s.core.v1.LifecycleArgsDict | None = None
+    if args.drain_seconds is not None:
+        # A terminating pod leaves the Service's endpoints at once, but load balancers notice
+        # later: keep serving until they have, then take SIGTERM and finish in-flight requests.
+        lifecycle = {"pre_stop": {"sleep": {"seconds": args.drain_seconds}}}
+        grace += args.drain_seconds
+    container: k8s.core.v1.ContainerArgsDict = {
+        "name": args.name,
+        "image": args.image,
+        "image_pull_policy": pulumi.Output.from_input(args.image).apply(pod.pull_policy),
+        "ports": ports,
+        "env": env,
+        "resources": args.resources.spec(),
+        "security_context": pod.container_security_context(),
+        "volume_mounts": pod.mounts(
+            secrets=args.secret_name is not None, extra=tuple(extra_mounts)
+        ),
+        "startup_probe": _http_probe(args, args.liveness_path, period=2, failures=30),
+        "readiness_probe": _http_probe(args, args.readiness_path, period=5, failures=3),
+        "liveness_probe": _http_probe(args, args.liveness_path, period=10, failures=3),
+        "lifecycle": lifecycle,
+    }
     spec: k8s.core.v1.PodSpecArgsDict = {
         "service_account_name": account,
         "automount_service_account_token": False,
         "security_context": pod.pod_security_context(),
-        "termination_grace_period_seconds": 30,
-        "containers": [
-            {
-                "name": args.name,
-                "image": args.image,
-                "image_pull_policy": pulumi.Output.from_input(args.image).apply(pod.pull_policy),
-                "ports": [{"name": "http", "container_port": CONTAINER_PORT, "protocol": "TCP"}],
-                "env": env,
-                "resources": args.resources.spec(),
-                "security_context": pod.container_security_context(),
-                "volume_mounts": pod.mounts(secrets=args.secret_name is not None),
-                "startup_probe": _http_probe(args.liveness_path, period=2, failures=30),
-                "readiness_probe": _http_probe(args.readiness_path, period=5, failures=3),
-                "liveness_probe": _http_probe(args.liveness_path, period=10, failures=3),
-            }
-        ],
+        "termination_grace_period_seconds": grace,
+        "containers": [container],
         "volumes": volumes,
-        # Spread replicas over nodes when the cluster has several; never refuse to schedule.
-        "topology_spread_constraints": [
-            {
-                "max_skew": 1,
-                "topology_key": "kubernetes.io/hostname",
-                "when_unsatisfiable": "ScheduleAnyway",
-                "label_selector": {"match_labels": match},
-            }
-        ]
-        if args.replicas > 1
-        else None,
+        "topology_spread_constraints": _spread(args, match) if args.replicas > 1 else None,
     }
     return spec
 
 
-def _http_probe(path: str, *, period: int, failures: int) -> k8s.core.v1.ProbeArgsDict:
+def _spread(
+    args: MicroserviceArgs, match: dict[str, str]
+) -> list[k8s.core.v1.TopologySpreadConstraintArgsDict]:
+    """Replicas spread over nodes and, where the cluster has zones, over zones; a constraint
+    that cannot be met never refuses to schedule."""
+    keys = ["kubernetes.io/hostname"]
+    if args.zone_spread:
+        keys.append("topology.kubernetes.io/zone")
+    return [
+        {
+            "max_skew": 1,
+            "topology_key": key,
+            "when_unsatisfiable": "ScheduleAnyway",
+            "label_selector": {"match_labels": match},
+        }
+        for key in keys
+    ]
+
+
+def _http_probe(
+    args: MicroserviceArgs, path: str, *, period: int, failures: int
+) -> k8s.core.v1.ProbeArgsDict:
     return {
-        "http_get": {"path": path, "port": "http"},
+        "http_get": {"path": path, "port": args.scheme, "scheme": args.scheme.upper()},
         "period_seconds": period,
         "timeout_seconds": 2,
         "failure_threshold": failures,

@@ -13,11 +13,15 @@ from components.labels import APP, labels, selector
 
 @dataclass(frozen=True)
 class Route:
-    """`source` pods may open TCP `port` on `target` pods (`source` None: from anywhere)."""
+    """`source` pods may open TCP `port` on `target` pods (`source` None: from anywhere, or
+    from any pod of the `namespaces` when they are given)."""
 
     source: str | None
     target: str
     port: int
+    namespaces: tuple[str, ...] = ()
+    # The policy's name; default `<target>-from-<source or any>`.
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,20 @@ class NetworkPolicies(pulumi.ComponentResource):
             peers: list[k8s.networking.v1.NetworkPolicyPeerArgsDict] = []
             if route.source is not None:
                 peers = [{"pod_selector": {"match_labels": selector(route.source, args.stack)}}]
+            elif route.namespaces:
+                peers = [
+                    {
+                        "namespace_selector": {
+                            "match_expressions": [
+                                {
+                                    "key": "kubernetes.io/metadata.name",
+                                    "operator": "In",
+                                    "values": list(route.namespaces),
+                                }
+                            ]
+                        }
+                    }
+                ]
             ingress: k8s.networking.v1.NetworkPolicyIngressRuleArgsDict = {
                 "ports": [{"port": route.port, "protocol": "TCP"}],
                 # No `from`: any source.
@@ -82,7 +100,7 @@ class NetworkPolicies(pulumi.ComponentResource):
             }
             origin = route.source or "any"
             policy(
-                f"{route.target}-from-{origin}",
+                route.name or f"{route.target}-from-{origin}",
                 route.target,
                 {
                     "pod_selector": {"match_labels": target},

@@ -21,11 +21,23 @@ class Resources:
     memory_request: str
     cpu_limit: str
     memory_limit: str
+    # Container logs and writable layers count too: a container that fills the node's disk is
+    # evicted at its own limit instead of starving the node.
+    ephemeral_storage_request: str = "64Mi"
+    ephemeral_storage_limit: str = "256Mi"
 
     def spec(self) -> k8s.core.v1.ResourceRequirementsArgsDict:
         return {
-            "requests": {"cpu": self.cpu_request, "memory": self.memory_request},
-            "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit},
+            "requests": {
+                "cpu": self.cpu_request,
+                "memory": self.memory_request,
+                "ephemeral-storage": self.ephemeral_storage_request,
+            },
+            "limits": {
+                "cpu": self.cpu_limit,
+                "memory": self.memory_limit,
+                "ephemeral-storage": self.ephemeral_storage_limit,
+            },
         }
 
 

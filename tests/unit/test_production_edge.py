@@ -1,0 +1,237 @@
+"""The production edge and what keeps pods healthy under it: HTTPS on the gateway, source ranges,
+metrics off the public port, draining, zones, the database's probes and its governing Service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.app import GATEWAY_DRAIN_SECONDS, METRICS_PORT, POD_SECURITY_VERSION
+from components.config import ConfigError
+from components.microservice import SHUTDOWN_SECONDS
+from tests.support.program import ProgramRun, Registered, run_program, stack_config
+from tools.policy import KUBERNETES_VERSIONS
+
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PRIVATE KEY-----\nMIIEfake\n-----END PRIVATE KEY-----\n"
+EXISTING = {"provider": "existing", "context": "kind-mlstack"}
+
+
+def container(workload: Registered) -> dict[str, Any]:
+    (spec,) = workload.inputs["spec"]["template"]["spec"]["containers"]
+    return dict(spec)
+
+
+def existing_with(**overrides: Any) -> dict[str, Any]:
+    config = stack_config("dev")
+    config["mlstack:cluster"] = EXISTING
+    config["mlstack:images"] = {"build": False, "gateway": "g:1", "model": "m:1"}
+    for key, value in overrides.items():
+        config[f"mlstack:{key}"] = value
+    return config
+
+
+def config_error(config: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as raised:
+        run_program("dev", config)
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.fixture(scope="module")
+def prod() -> ProgramRun:
+    return run_program("prod")
+
+
+def test_prod_serves_https_only_from_its_tls_secret(prod: ProgramRun) -> None:
+    service = prod.one("Service", "gateway").inputs["spec"]
+    assert service["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}
+    ]
+    gateway = prod.one("Deployment", "gateway").inputs["spec"]["template"]["spec"]
+    (spec,) = gateway["containers"]
+    assert [p["name"] for p in spec["ports"]] == ["https", "metrics"]
+    env = {e["name"]: e.get("value") for e in spec["env"]}
+    assert env["TLS_CERT_FILE"] == "/etc/mlstack/tls/tls.crt"
+    assert env["TLS_KEY_FILE"] == "/etc/mlstack/tls/tls.key"
+    volumes = {v["name"]: v for v in gateway["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "gateway-tls"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert spec[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert prod.outputs["gateway_url"] == "https://203.0.113.10:443"
+
+
+def test_prod_admits_only_its_source_ranges(prod: ProgramRun) -> None:
+    service = prod.one("Service", "gateway").inputs["spec"]
+    assert (
+        service["loadBalancerSourceRanges"]
+        == stack_config("prod")["mlstack:gateway"]["sourceRanges"]
+    )
+
+
+def test_tls_from_stack_secrets_becomes_a_tls_secret() -> None:
+    config = existing_with(gateway={"replicas": 1, "tls": {}})
+    config["mlstack:gatewayTlsCert"] = CERT
+    config["mlstack:gatewayTlsKey"] = KEY
+    run = run_program("dev", config)
+    secret = run.one("Secret", "gateway-tls")
+    assert secret.inputs["type"] == "kubernetes.io/tls"
+    assert secret.inputs["stringData"] == {"tls.crt": CERT, "tls.key": KEY}
+    assert secret.secret_paths == ["stringData"]
+    assert run.one("Service", "gateway").inputs["spec"]["ports"][0]["port"] == 443
+
+
+def test_without_tls_the_gateway_stays_on_plain_http(prod: ProgramRun) -> None:
+    run = run_program("dev")
+    (port,) = run.one("Service", "gateway").inputs["spec"]["ports"]
+    assert (port["name"], port["port"]) == ("http", 80)
+    assert not [s for s in run.of_kind("Secret") if s.metadata["name"] == "gateway-tls"]
+
+
+def test_metrics_have_a_port_the_service_never_exposes(prod: ProgramRun) -> None:
+    spec = container(prod.one("Deployment", "gateway"))
+    env = {e["name"]: e.get("value") for e in spec["env"]}
+    assert env["METRICS_PORT"] == str(METRICS_PORT)
+    for service in prod.of_kind("Service"):
+        ports = service.inputs["spec"]["ports"]
+        assert METRICS_PORT not in [p["port"] for p in ports]
+        assert "metrics" not in [p.get("targetPort") for p in ports]
+
+
+def test_metrics_are_reachable_only_from_the_namespaces_the_stack_names(
+    prod: ProgramRun,
+) -> None:
+    policy = prod.one("NetworkPolicy", "gateway-metrics").inputs["spec"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"port": METRICS_PORT, "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["monitoring"]}
+    ]
+    public = prod.one("NetworkPolicy", "gateway-from-any").inputs["spec"]
+    assert [p["port"] for p in public["ingress"][0]["ports"]] != [METRICS_PORT]
+    dev = run_program("dev")
+    assert not [p for p in dev.of_kind("NetworkPolicy") if "metrics" in p.metadata["name"]]
+
+
+def test_the_gateway_drains_before_it_stops(prod: ProgramRun) -> None:
+    pod = prod.one("Deployment", "gateway").inputs["spec"]["template"]["spec"]
+    (spec,) = pod["containers"]
+    assert spec["lifecycle"]["preStop"] == {"sleep": {"seconds": GATEWAY_DRAIN_SECONDS}}
+    assert pod["terminationGracePeriodSeconds"] == GATEWAY_DRAIN_SECONDS + SHUTDOWN_SECONDS
+
+
+def test_every_container_requests_and_limits_ephemeral_storage(prod: ProgramRun) -> None:
+    workloads = prod.of_kind("Deployment") + prod.of_kind("StatefulSet")
+    assert len(workloads) == 3
+    for workload in workloads:
+        resources = container(workload)["resources"]
+        assert "ephemeral-storage" in resources["requests"], workload.name
+        assert "ephemeral-storage" in resources["limits"], workload.name
+
+
+def test_pod_security_is_pinned_to_the_oldest_supported_minor(prod: ProgramRun) -> None:
+    (namespace,) = prod.of_kind("Namespace")
+    labels = namespace.metadata["labels"]
+    assert labels["pod-security.kubernetes.io/enforce-version"] == POD_SECURITY_VERSION
+    assert f"v{KUBERNETES_VERSIONS[0]}" == POD_SECURITY_VERSION
+
+
+def test_cloud_replicas_spread_over_zones_and_hosts(prod: ProgramRun) -> None:
+    for name in ("gateway", "model"):
+        spec = prod.one("Deployment", name).inputs["spec"]["template"]["spec"]
+        keys = [c["topologyKey"] for c in spec["topologySpreadConstraints"]]
+        assert keys == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        assert {c["whenUnsatisfiable"] for c in spec["topologySpreadConstraints"]} == {
+            "ScheduleAnyway"
+        }
+    config = existing_with(gateway={"replicas": 2})
+    spec = run_program("dev", config).one("Deployment", "gateway").inputs["spec"]["template"]
+    keys = [c["topologyKey"] for c in spec["spec"]["topologySpreadConstraints"]]
+    assert keys == ["kubernetes.io/hostname"]
+
+
+def test_database_probes_tell_recovery_from_death(prod: ProgramRun) -> None:
+    spec = container(prod.one("StatefulSet", "database"))
+    startup, ready, alive = (
+        spec[p]["exec"]["command"] for p in ("startupProbe", "readinessProbe", "livenessProbe")
+    )
+    assert startup == ready
+    assert alive != ready
+    assert "test $? -le 1" in alive[-1]
+    budget = spec["startupProbe"]["periodSeconds"] * spec["startupProbe"]["failureThreshold"]
+    assert budget >= 600, "crash recovery gets at least ten minutes before a restart"
+    assert "initialDelaySeconds" not in spec["livenessProbe"]
+
+
+def test_database_is_governed_by_a_headless_service(prod: ProgramRun) -> None:
+    stateful_set = prod.one("StatefulSet", "database").inputs["spec"]
+    headless = prod.one("Service", stateful_set["serviceName"]).inputs["spec"]
+    assert headless["clusterIP"] == "None"
+    assert headless["publishNotReadyAddresses"] is True
+    assert prod.one("Service", "database").inputs["spec"]["type"] == "ClusterIP"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "secrets", "expected"),
+    [
+        (
+            {"gateway": {"sourceRanges": ["10.0.0.1/8"]}},
+            {},
+            'mlstack:gateway.sourceRanges: "10.0.0.1/8" is not allowed: expected CIDRs',
+        ),
+        (
+            {"gateway": {"serviceType": "ClusterIP", "sourceRanges": ["10.0.0.0/8"]}},
+            {},
+            "source ranges restrict a LoadBalancer, and gateway.serviceType is ClusterIP",
+        ),
+        (
+            {"gateway": {"tls": {"secretName": "gateway-tls"}}},
+            {"gatewayTlsCert": CERT},
+            "mlstack:gateway.tls.secretName and mlstack:gatewayTlsCert are both set",
+        ),
+        ({}, {"gatewayTlsKey": KEY}, "mlstack:gatewayTlsKey is set but mlstack:gateway.tls is not"),
+        ({"gateway": {"tls": {}}}, {}, "mlstack:gatewayTlsCert is missing"),
+        (
+            {"gateway": {"tls": {}}},
+            {"gatewayTlsCert": "not a certificate", "gatewayTlsKey": KEY},
+            "mlstack:gatewayTlsCert is not PEM",
+        ),
+        (
+            {"gateway": {"tls": {"secretName": "Gateway TLS"}}},
+            {},
+            'mlstack:gateway.tls.secretName: "Gateway TLS" is not allowed',
+        ),
+        (
+            {"gateway": {"tls": {"secret": "x"}}},
+            {},
+            'mlstack:gateway.tls: unknown key "secret" (did you mean "secretName"?)',
+        ),
+        (
+            {"model": {"serviceType": "LoadBalancer"}},
+            {},
+            'mlstack:model.serviceType: "LoadBalancer" is not allowed: the model is reachable '
+            "only from the gateway",
+        ),
+        (
+            {"gateway": {"metricsNamespaces": ["Monitoring"]}},
+            {},
+            'mlstack:gateway.metricsNamespaces: "Monitoring" is not allowed',
+        ),
+    ],
+)
+def test_edge_mistakes_are_one_line(
+    overrides: dict[str, Any], secrets: dict[str, str], expected: str
+) -> None:
+    config = existing_with(**overrides)
+    for key, value in secrets.items():
+        config[f"mlstack:{key}"] = value
+    assert expected in config_error(config)
+
+
+def test_tls_on_the_local_cluster_is_refused() -> None:
+    config = stack_config("dev")
+    config["mlstack:gateway"] = {"tls": {"secretName": "gateway-tls"}}
+    assert "the local cluster publishes the gateway's plain HTTP port only" in config_error(config)
