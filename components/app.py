@@ -239,16 +239,19 @@ def _node_port(spec: k8s.core.v1.outputs.ServiceSpec) -> int | None:
     return spec.ports[0].node_port if spec.ports else None
 
 
+def _scheme_and_port(spec: k8s.core.v1.outputs.ServiceSpec) -> tuple[str, int]:
+    port = spec.ports[0].port if spec.ports else SERVICE_PORT
+    return ("https" if port == TLS_SERVICE_PORT else "http"), port
+
+
 def gateway_url(
     service: k8s.core.v1.Service, local_url: pulumi.Output[str] | None
 ) -> pulumi.Output[str]:
     """The gateway's URL, guarded: a LoadBalancer without an ingress address yet says so."""
 
     def describe(parts: list[Any]) -> str:
-        service_type, name, namespace, host, node_port, local = parts
+        service_type, name, namespace, host, node_port, (scheme, port), local = parts
         if service_type == "ClusterIP":
-            port = _field(ports[0], "port") if ports else SERVICE_PORT
-            scheme = "https" if port == TLS_SERVICE_PORT else "http"
             return f"{scheme}://{name}.{namespace}.svc.cluster.local:{port}"
         if service_type == "NodePort":
             return f"http://<node-address>:{node_port}"
@@ -256,8 +259,6 @@ def gateway_url(
             return "pending: the LoadBalancer has no address yet"
         if local:
             return str(local)
-        port = _field(ports[0], "port") if ports else SERVICE_PORT
-        scheme = "https" if port == TLS_SERVICE_PORT else "http"
         return f"{scheme}://{host}:{port}"
 
     # The typed outputs are read before `Output.all`, which would turn them into plain dicts.
@@ -267,5 +268,6 @@ def gateway_url(
         service.metadata.namespace,
         service.status.apply(load_balancer_host),
         service.spec.apply(_node_port),
+        service.spec.apply(_scheme_and_port),
         local_url,
     ).apply(describe)

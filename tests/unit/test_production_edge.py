@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from components.app import GATEWAY_DRAIN_SECONDS, METRICS_PORT, POD_SECURITY_VERSION
-from components.config import ConfigError
+from components.config import USER_TOLD_EXIT_CODE
 from components.microservice import SHUTDOWN_SECONDS
-from tests.support.program import ProgramRun, Registered, run_program, stack_config
+from harness.program import ProgramExitError, ProgramRun, Registered, run_program, stack_config
 from tools.policy import KUBERNETES_VERSIONS
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
@@ -33,9 +33,10 @@ def existing_with(**overrides: Any) -> dict[str, Any]:
 
 
 def config_error(config: dict[str, Any]) -> str:
-    with pytest.raises(ConfigError) as raised:
+    with pytest.raises(ProgramExitError) as raised:
         run_program("dev", config)
-    message = str(raised.value)
+    assert raised.value.code == USER_TOLD_EXIT_CODE
+    (message,) = raised.value.errors
     assert "\n" not in message
     return message
 
