@@ -91,6 +91,7 @@ class MlApp(pulumi.ComponentResource):
                 storage_size=config.database.storage_size,
                 storage_class=config.database.storage_class,
                 secret_name=database_secret.metadata.name,
+                image=config.images.database or database.DEFAULT_IMAGE,
                 protect=config.protect,
             ),
             on_cluster,
@@ -203,7 +204,9 @@ class MlApp(pulumi.ComponentResource):
         self.namespace = ns
         self.gateway_url = gateway_url(gateway.service, cluster.local_gateway_url)
         self.images = pulumi.Output.all(
-            gateway=gateway_image, model=model_image, database=database.IMAGE
+            gateway=gateway_image,
+            model=model_image,
+            database=config.images.database or database.DEFAULT_IMAGE,
         )
         self.register_outputs(
             {"namespace": self.namespace, "gateway_url": self.gateway_url, "images": self.images}

@@ -131,6 +131,8 @@ class ImagesConfig:
     registry: str
     gateway: str
     model: str
+    # PostgreSQL's image, whatever `build` says; empty: the pinned upstream release.
+    database: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ _OBJECT_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "gateway": ("replicas", "serviceType", "tls", "sourceRanges", "metricsNamespaces"),
     "model": ("replicas", "serviceType", "version"),
     "database": ("replicas", "storageSize", "storageClass"),
-    "images": ("build", "registry", "gateway", "model"),
+    "images": ("build", "registry", "gateway", "model", "database"),
 }
 _CLUSTER_KEYS: Final[dict[Provider, tuple[str, ...]]] = {
     "local": ("provider", "k3sImage", "registryImage", "apiPort", "registryPort", "httpPort"),
@@ -430,11 +432,11 @@ def _parse_model(section: _Section) -> ModelConfig:
 def _parse_images(section: _Section, cluster: ClusterConfig) -> ImagesConfig:
     build = section.boolean("build", True)
     registry = section.string("registry", "") or ""
-    refs = {name: section.string(name, "") or "" for name in ("gateway", "model")}
+    refs = {name: section.string(name, "") or "" for name in ("gateway", "model", "database")}
     for name, ref in refs.items():
         if ref and not _IMAGE_REF.match(ref):
             raise _fail(section.path(name), ref, "expected an image reference without spaces")
-        if not build and not ref:
+        if not build and not ref and name != "database":
             raise ConfigError(
                 f"{NAMESPACE}:{section.path(name)} is required when images.build is false: "
                 "give the image reference to deploy (tag@sha256:digest in production)"

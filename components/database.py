@@ -15,12 +15,12 @@ NAME: Final = "database"
 PORT: Final = 5432
 USER: Final = "mlstack"
 DB_NAME: Final = "mlstack"
-# Pinned; bump deliberately (a major version needs a dump and restore).
-IMAGE: Final = "postgres:17.6-bookworm"
-# The one Checkov check the database does not pass, and why (rendered as a checkov.io/skip
-# annotation; Checkov splits it at "=", so the reason must not contain one). Pin IMAGE by digest
-# (`postgres:17.6-bookworm@sha256:...`, checked with `docker buildx imagetools inspect`) and drop
-# this skip: pod.pull_policy then also turns back to IfNotPresent.
+# Pinned; bump deliberately (a major version needs a dump and restore). `images.database`
+# replaces it (a mirror, or the same release by digest).
+DEFAULT_IMAGE: Final = "postgres:17.6-bookworm"
+# The one Checkov check the default image does not pass, and why (rendered as a checkov.io/skip
+# annotation; Checkov splits it at "=", so the reason must not contain one). An image given by
+# digest needs no skip, and pod.pull_policy then turns to IfNotPresent.
 IMAGE_DIGEST_SKIP: Final = (
     "CKV_K8S_43",
     "the Docker official postgres image is pinned to an exact release tag (17.6-bookworm); "
@@ -47,6 +47,7 @@ class DatabaseArgs:
     storage_size: str
     storage_class: str | None
     secret_name: pulumi.Input[str]
+    image: str = DEFAULT_IMAGE
     # `protect` on the volume: a stray destroy stops before it deletes the data.
     protect: bool = False
 
@@ -129,7 +130,7 @@ class Database(pulumi.ComponentResource):
             },
             "template": {
                 "metadata": {"labels": meta_labels},
-                "spec": _pod_spec(args.secret_name, account.metadata.name),
+                "spec": _pod_spec(args.image, args.secret_name, account.metadata.name),
             },
             "volume_claim_templates": [
                 {
@@ -139,13 +140,14 @@ class Database(pulumi.ComponentResource):
             ],
         }
         check, reason = IMAGE_DIGEST_SKIP
+        skips = {} if "@sha256:" in args.image else {"checkov.io/skip1": f"{check}={reason}"}
         self.stateful_set = k8s.apps.v1.StatefulSet(
             name,
             metadata={
                 "name": NAME,
                 "namespace": args.namespace,
                 "labels": meta_labels,
-                "annotations": {"checkov.io/skip1": f"{check}={reason}"},
+                "annotations": skips or None,
             },
             spec=spec,
             opts=pulumi.ResourceOptions(
@@ -158,7 +160,7 @@ class Database(pulumi.ComponentResource):
 
 
 def _pod_spec(
-    secret_name: pulumi.Input[str], account: pulumi.Input[str]
+    image: str, secret_name: pulumi.Input[str], account: pulumi.Input[str]
 ) -> k8s.core.v1.PodSpecArgsDict:
     is_ready = f"pg_isready --host=127.0.0.1 --username={USER} --dbname={DB_NAME} --timeout=3"
     # Ready: accepting connections (exit 0). Alive: the server answers at all, even to refuse
@@ -173,8 +175,8 @@ def _pod_spec(
         "containers": [
             {
                 "name": "postgres",
-                "image": IMAGE,
-                "image_pull_policy": pod.pull_policy(IMAGE),
+                "image": image,
+                "image_pull_policy": pod.pull_policy(image),
                 "ports": [{"name": "postgres", "container_port": PORT, "protocol": "TCP"}],
                 "env": [
                     {"name": "POSTGRES_USER", "value": USER},

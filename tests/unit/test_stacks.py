@@ -261,6 +261,21 @@ def test_prebuilt_images_are_deployed_exactly_as_given() -> None:
         assert container(run.one("Deployment", name))["image"] == ref
 
 
+def test_the_database_image_by_digest_needs_no_policy_skip() -> None:
+    default = run_program("dev").one("StatefulSet", "database")
+    assert container(default)["image"] == "postgres:17.6-bookworm"
+    assert "checkov.io/skip1" in default.metadata["annotations"]
+    mirrored = "registry.internal/postgres:17.6-bookworm@sha256:" + "c" * 64
+    config = stack_config("dev")
+    config["mlstack:images"] = {**config["mlstack:images"], "database": mirrored}
+    run = run_program("dev", config)
+    database = run.one("StatefulSet", "database")
+    assert container(database)["image"] == mirrored
+    assert container(database)["imagePullPolicy"] == "IfNotPresent"
+    assert not database.metadata.get("annotations")
+    assert run.outputs["images"]["database"] == mirrored
+
+
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No socket may connect and no process may start; HOME and KUBECONFIG point nowhere."""
