@@ -1,6 +1,7 @@
 # Rendered manifests and the policy gate (issue 4): what every stack would deploy, rendered under
 # Pulumi's mocks, schema-validated (strict, oldest and newest supported Kubernetes: see
-# KUBERNETES_VERSIONS in tools/policy.py), scanned by Checkov, and the Dockerfiles linted.
+# KUBERNETES_VERSIONS in tools/policy.py) and scanned by Checkov; the Dockerfiles scanned by Checkov
+# too, with mlstack's own checks from policy/checkov/.
 # Checkov lives in a virtual environment of its own: its dependencies clash with pulumi's.
 
 CHECKOV_VENV := .venv-checkov
@@ -20,7 +21,7 @@ render: venv ## render the Kubernetes objects of $(STACK) as YAML to build/manif
 	$(PY) -m tools.render --stack $(STACK) --out $(MANIFESTS)/$(STACK)
 
 .PHONY: policy
-policy: venv checkov-venv ## every stack: render, validate schemas, Checkov, lint Dockerfiles; then tests/policy
+policy: venv checkov-venv ## every stack: render, validate schemas, Checkov; Checkov on the Dockerfiles; then tests/policy
 	$(PY) -m tools.policy --out $(MANIFESTS) --checkov $(CHECKOV)
 	MLSTACK_CHECKOV=$(CHECKOV) $(PY) -m pytest tests/policy -q
 

@@ -6,9 +6,10 @@
 For each stack: its Kubernetes objects are rendered to build/manifests/<stack>/ (tools.render),
 each object is validated against the Kubernetes OpenAPI schemas in strict mode (no unknown field)
 for the oldest and the newest Kubernetes version the project supports, and Checkov's Kubernetes
-checks run over them; the services' Dockerfiles are linted (tools.dockerfile_lint). A table per
-stack follows. Any schema error, failed check, skip without a reason or Dockerfile finding makes
-the exit status 1.
+checks run over them. The services' Dockerfiles go through Checkov's dockerfile and secrets
+frameworks plus mlstack's own checks (policy/checkov/). A table per stack follows. Any schema
+error, failed check (manifest or Dockerfile), skip without a reason, or check of mlstack's own
+that reported nothing makes the exit status 1.
 """
 
 from __future__ import annotations
@@ -28,15 +29,29 @@ import yaml
 
 from components.image import SERVICES, SERVICES_DIR
 from harness.program import ROOT
-from tools import dockerfile_lint, render
+from tools import render
 
 # The Kubernetes versions mlstack supports, oldest and newest: the oldest is the release of the
 # local cluster's default k3s image (components/config.py); the newest is the newest schema set
 # kubernetes-validate ships. The README ("Policy") names them too.
 KUBERNETES_VERSIONS: Final = ("1.31", "1.37")
 DEFAULT_CHECKOV: Final = ROOT / ".venv-checkov" / "bin" / "checkov"
-# What Checkov records for a checkov.io/skip annotation that gives no reason.
+# What Checkov records for a skip (annotation or comment) that gives no reason.
 NO_REASON: Final = "No comment provided"
+# mlstack's own Dockerfile checks, loaded with --external-checks-dir. Each must report on every
+# Dockerfile: Checkov only logs a check that fails to load, and a silent check passes nothing.
+POLICY_CHECKS: Final = ROOT / "policy" / "checkov"
+CUSTOM_DOCKERFILE_CHECKS: Final = {
+    "CKV_MLSTACK_DOCKER_1": "every base image pinned by digest",
+    "CKV_MLSTACK_DOCKER_2": "final USER a numeric uid other than 0",
+    "CKV_MLSTACK_DOCKER_3": "no ARG or ENV named like a secret",
+}
+# Checkov's Dockerfile checks that the gate skips on every Dockerfile, each with its reason. (A
+# skip in one Dockerfile is a `# checkov:skip=<id>:<reason>` comment in it.)
+DOCKERFILE_SKIPS: Final = {
+    "CKV_DOCKER_2": "HEALTHCHECK: the images run only on Kubernetes, which ignores it; the"
+    " Deployments' liveness and readiness probes take its place (CKV_K8S_8, CKV_K8S_9)",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,15 @@ class Check:
     resource: str
     file: str
     reason: str = ""
+    line: int = 0
+
+    @property
+    def path(self) -> Path:
+        return _resolve(self.file)
+
+
+def unexplained(skipped: Sequence[Check]) -> list[Check]:
+    return [s for s in skipped if not s.reason.strip() or s.reason == NO_REASON]
 
 
 @dataclass
@@ -69,7 +93,7 @@ class StackReport:
 
     @property
     def unexplained_skips(self) -> list[Check]:
-        return [s for s in self.skipped if not s.reason.strip() or s.reason == NO_REASON]
+        return unexplained(self.skipped)
 
     @property
     def ok(self) -> bool:
@@ -79,15 +103,45 @@ class StackReport:
 
 
 @dataclass
+class DockerfileReport:
+    """Checkov's results on the services' Dockerfiles (`missing`: one the program builds)."""
+
+    files: list[Path] = field(default_factory=list)
+    missing: list[Path] = field(default_factory=list)
+    passed: list[Check] = field(default_factory=list)
+    failed: list[Check] = field(default_factory=list)
+    skipped: list[Check] = field(default_factory=list)
+
+    @property
+    def unexplained_skips(self) -> list[Check]:
+        return unexplained(self.skipped)
+
+    @property
+    def silent_checks(self) -> list[tuple[Path, str]]:
+        """(Dockerfile, check of mlstack's own) pairs without any result."""
+        reported = {(c.path, c.check_id) for c in (*self.passed, *self.failed, *self.skipped)}
+        return [
+            (path, check_id)
+            for path in self.files
+            for check_id in CUSTOM_DOCKERFILE_CHECKS
+            if (path.resolve(), check_id) not in reported
+        ]
+
+    @property
+    def ok(self) -> bool:
+        problems = self.missing or self.failed or self.unexplained_skips or self.silent_checks
+        return bool(self.files) and not problems
+
+
+@dataclass
 class Report:
     stacks: list[StackReport]
-    dockerfiles: list[Path]
-    dockerfile_findings: list[dockerfile_lint.Finding]
+    dockerfiles: DockerfileReport
     checkov_version: str = ""
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.stacks) and not self.dockerfile_findings
+        return all(s.ok for s in self.stacks) and self.dockerfiles.ok
 
 
 def manifest_files(folder: Path) -> list[Path]:
@@ -116,14 +170,20 @@ def validate_schemas(
     return checked, errors
 
 
-def run_checkov(checkov: Path, files: Sequence[Path]) -> tuple[str, dict[str, list[Check]]]:
-    """Checkov's Kubernetes checks over `files`: its version and the results by status."""
+def run_checkov(
+    checkov: Path,
+    files: Sequence[Path],
+    frameworks: Sequence[str] = ("kubernetes",),
+    options: Sequence[str] = (),
+) -> tuple[str, dict[str, list[Check]]]:
+    """Checkov's `frameworks` over `files`: its version and the results by status."""
     if not checkov.exists():
         raise FileNotFoundError(f"{checkov} is missing: `make policy` sets it up (.venv-checkov)")
     command = [
         str(checkov),
         "--framework",
-        "kubernetes",
+        *frameworks,
+        *options,
         "--skip-download",
         "--output",
         "json",
@@ -137,44 +197,67 @@ def run_checkov(checkov: Path, files: Sequence[Path]) -> tuple[str, dict[str, li
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"checkov exited {done.returncode}:\n{done.stderr[-4000:]}")
-    return parse_checkov(done.stdout)
+    return parse_checkov(done.stdout, frameworks)
 
 
-def parse_checkov(output: str) -> tuple[str, dict[str, list[Check]]]:
-    report: Any = json.loads(output) if output.strip() else {}
-    if isinstance(report, list):  # one entry per framework
-        report = next((r for r in report if r.get("check_type") == "kubernetes"), {})
-    results: dict[str, Any] = report.get("results", {})
-    if results.get("parsing_errors"):
-        raise RuntimeError(f"checkov could not parse {results['parsing_errors']}")
-    found: dict[str, list[Check]] = {}
-    for status in ("passed", "failed", "skipped"):
-        found[status] = [
-            Check(
-                check_id=str(item["check_id"]),
-                name=str(item.get("check_name", "")),
-                resource=str(item.get("resource", "")),
-                file=str(item.get("file_path", "")),
-                reason=str((item.get("check_result") or {}).get("suppress_comment") or ""),
-            )
-            for item in results.get(f"{status}_checks", [])
-        ]
-    version = str(report.get("summary", {}).get("checkov_version", ""))
+def parse_checkov(
+    output: str, frameworks: Sequence[str] = ("kubernetes",)
+) -> tuple[str, dict[str, list[Check]]]:
+    """Checkov's JSON report: its version and the results of `frameworks` by status."""
+    parsed: Any = json.loads(output) if output.strip() else {}
+    # One report per framework that ran (a list), or a single one.
+    reports = (
+        [r for r in parsed if r.get("check_type") in frameworks]
+        if isinstance(parsed, list)
+        else [parsed]
+    )
+    found: dict[str, list[Check]] = {"passed": [], "failed": [], "skipped": []}
+    version = ""
+    for report in reports:
+        results: dict[str, Any] = report.get("results", {})
+        if results.get("parsing_errors"):
+            raise RuntimeError(f"checkov could not parse {results['parsing_errors']}")
+        for status, checks in found.items():
+            checks += [_check(item) for item in results.get(f"{status}_checks", [])]
+        version = version or str(report.get("summary", {}).get("checkov_version", ""))
     return version, found
 
 
-def dockerfiles() -> tuple[list[Path], list[dockerfile_lint.Finding]]:
-    """The services' Dockerfiles and what the linter finds in them (a missing one included)."""
+def _check(item: Mapping[str, Any]) -> Check:
+    lines = item.get("file_line_range") or [0]
+    return Check(
+        check_id=str(item["check_id"]),
+        name=str(item.get("check_name", "")),
+        resource=str(item.get("resource", "")),
+        file=str(item.get("file_path", "")),
+        reason=str((item.get("check_result") or {}).get("suppress_comment") or ""),
+        line=int(lines[0]),
+    )
+
+
+def scan_dockerfiles(files: Sequence[Path], checkov: Path = DEFAULT_CHECKOV) -> DockerfileReport:
+    """Checkov's dockerfile and secrets frameworks and mlstack's own checks over `files`."""
+    if not files:
+        return DockerfileReport()
+    options = ["--external-checks-dir", str(POLICY_CHECKS)]
+    if DOCKERFILE_SKIPS:
+        options += ["--skip-check", ",".join(DOCKERFILE_SKIPS)]
+    _, results = run_checkov(checkov, files, ("dockerfile", "secrets"), options)
+    return DockerfileReport(
+        files=list(files),
+        passed=results["passed"],
+        failed=results["failed"],
+        skipped=results["skipped"],
+    )
+
+
+def dockerfiles(checkov: Path = DEFAULT_CHECKOV) -> DockerfileReport:
+    """The services' Dockerfiles, scanned, and any the program builds that is missing."""
     found = sorted(SERVICES_DIR.glob("*/Dockerfile*"))
-    findings = dockerfile_lint.lint_files(found, ROOT)
-    for service in SERVICES:
-        expected = SERVICES_DIR / service / "Dockerfile"
-        if expected not in found:
-            shown = str(expected.relative_to(ROOT))
-            findings.append(
-                dockerfile_lint.Finding(shown, 0, "DF000", "missing: the program builds it")
-            )
-    return found, findings
+    report = scan_dockerfiles(found, checkov)
+    expected = (SERVICES_DIR / service / "Dockerfile" for service in SERVICES)
+    report.missing = [path for path in expected if path not in found]
+    return report
 
 
 def scan(
@@ -197,7 +280,7 @@ def scan(
         version, results = run_checkov(checkov, all_files)
         for status, checks in results.items():
             for check in checks:
-                stack = by_folder[_resolve(check.file).parent]
+                stack = by_folder[check.path.parent]
                 getattr(reports[stack], status).append(check)
     return list(reports.values()), version
 
@@ -214,15 +297,14 @@ def gate(stacks: Sequence[str], out: Path, checkov: Path = DEFAULT_CHECKOV) -> R
     for stack, folder in folders.items():
         render.write(render.render(stack), folder)
     reports, version = scan(folders, checkov)
-    found, findings = dockerfiles()
-    return Report(reports, found, findings, version)
+    return Report(reports, dockerfiles(checkov), version)
 
 
 def table(report: Report) -> str:
     versions = " and ".join(KUBERNETES_VERSIONS)
     lines = [
         f"policy: Kubernetes {versions} schemas (strict), Checkov {report.checkov_version}"
-        " (--framework kubernetes), Dockerfile lint",
+        " (--framework kubernetes; dockerfile and secrets over the Dockerfiles)",
         "",
         f"{'stack':<10}{'objects':>8}{'schema ok':>11}{'passed':>8}{'failed':>8}{'skipped':>9}",
     ]
@@ -260,14 +342,49 @@ def table(report: Report) -> str:
             f"  {s.stack}: {c.check_id} skipped on {c.resource} without a reason"
             for c in s.unexplained_skips
         ]
-    rules = ", ".join(dockerfile_lint.RULES)
-    shown = ", ".join(str(p.relative_to(ROOT)) for p in report.dockerfiles) or "none"
-    lines += ["", f"Dockerfiles ({rules}): {shown}: {len(report.dockerfile_findings)} findings"]
-    problems += [f"  {finding}" for finding in report.dockerfile_findings]
+    lines += ["", *_dockerfile_lines(report.dockerfiles)]
+    problems += _dockerfile_problems(report.dockerfiles)
     if problems:
         lines += ["", "FAILED:", *problems]
     lines += ["", "policy: OK" if report.ok else "policy: FAILED"]
     return "\n".join(lines)
+
+
+def _dockerfile_lines(report: DockerfileReport) -> list[str]:
+    shown = ", ".join(_shown(p) for p in report.files) or "none"
+    lines = [
+        f"Dockerfiles ({shown}): {len(report.passed)} passed, "
+        f"{len(report.failed) + len(report.unexplained_skips)} failed, "
+        f"{len(report.skipped)} skipped",
+        f"  mlstack's own checks ({_shown(POLICY_CHECKS)}):",
+        *(f"    {check_id}: {what}" for check_id, what in CUSTOM_DOCKERFILE_CHECKS.items()),
+        "  skipped on every Dockerfile:",
+        *(f"    {check_id}: {reason}" for check_id, reason in DOCKERFILE_SKIPS.items()),
+    ]
+    lines += [f"  skipped: {c.check_id} on {_shown(c.path)}: {c.reason}" for c in report.skipped]
+    return lines
+
+
+def _dockerfile_problems(report: DockerfileReport) -> list[str]:
+    problems = [f"  {_shown(path)}: missing: the program builds it" for path in report.missing]
+    problems += [f"  {_shown(c.path)}:{c.line}: {c.check_id} {c.name}" for c in report.failed]
+    problems += [
+        f"  {_shown(c.path)}: {c.check_id} skipped without a reason"
+        for c in report.unexplained_skips
+    ]
+    problems += [
+        f"  {_shown(path)}: {check_id} reported nothing (not loaded from {_shown(POLICY_CHECKS)}?)"
+        for path, check_id in report.silent_checks
+    ]
+    if not report.files:
+        problems.append("  no Dockerfile found")
+    return problems
+
+
+def _shown(path: Path) -> str:
+    """A path as the project names it: relative to the root when it lies under it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """The bar: in every stack, zero schema errors and zero failed Checkov checks; few, explained
-skips; clean Dockerfiles."""
+skips. (The Dockerfiles: test_dockerfiles.py.)"""
 
 from __future__ import annotations
 
@@ -48,11 +48,6 @@ def test_skips_are_few_reviewed_and_explained(
         skipped.add((check.check_id, f"{kind} {name}"))
         assert len(check.reason) > 40, check
     assert skipped <= ALLOWED_SKIPS
-
-
-def test_dockerfiles_are_linted_clean(report: policy.Report) -> None:
-    assert {p.parent.name for p in report.dockerfiles} >= {"gateway", "model"}
-    assert [str(f) for f in report.dockerfile_findings] == []
 
 
 def test_the_gate_passes_and_its_table_has_the_figures(report: policy.Report) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tools import dockerfile_lint, policy
+from tools import policy
 
 
 def mutate(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
@@ -91,19 +91,12 @@ def test_schema_errors_fail_for_both_versions(broken: policy.StackReport) -> Non
 
 def test_the_gate_reports_failure(report: policy.Report, broken: policy.StackReport) -> None:
     assert not broken.ok
-    failing = policy.Report([broken], report.dockerfiles, [], report.checkov_version)
+    failing = policy.Report([broken], report.dockerfiles, report.checkov_version)
     assert not failing.ok
     shown = policy.table(failing)
     assert "CKV_K8S_9" in shown
     assert "without a reason" in shown
     assert shown.rstrip().endswith("policy: FAILED")
-
-
-def test_a_dockerfile_finding_fails_the_gate(report: policy.Report) -> None:
-    finding = dockerfile_lint.Finding("services/model/Dockerfile", 9, "DF002", "USER 0 is root")
-    failing = policy.Report(report.stacks, report.dockerfiles, [finding], report.checkov_version)
-    assert not failing.ok
-    assert "services/model/Dockerfile:9: DF002 USER 0 is root" in policy.table(failing)
 
 
 def test_checkov_report_shapes() -> None:
@@ -115,5 +108,17 @@ def test_checkov_report_shapes() -> None:
     assert version == "3.3.30"
     assert [c.check_id for c in results["failed"]] == ["CKV_K8S_1"]
     assert policy.parse_checkov('{"passed": 0, "failed": 0}')[1]["passed"] == []
+    _, merged = policy.parse_checkov(
+        '[{"check_type": "dockerfile", "results": {"failed_checks": [{"check_id": "CKV_DOCKER_4",'
+        ' "file_path": "/d/Dockerfile", "file_line_range": [2, 2]}]}}, {"check_type": "secrets",'
+        ' "results": {"failed_checks": [{"check_id": "CKV_SECRET_13", "file_path": "/d/Dockerfile"'
+        '}]}}, {"check_type": "kubernetes", "results": {"failed_checks": [{"check_id": "CKV_K8S_1"'
+        "}]}}]",
+        ("dockerfile", "secrets"),
+    )
+    assert [(c.check_id, c.line) for c in merged["failed"]] == [
+        ("CKV_DOCKER_4", 2),
+        ("CKV_SECRET_13", 0),
+    ]
     with pytest.raises(RuntimeError, match="could not parse"):
         policy.parse_checkov('{"results": {"parsing_errors": ["/x.yaml"]}}')
