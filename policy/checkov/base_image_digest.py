@@ -2,7 +2,9 @@
 
 A tag can be moved to other content; a digest cannot, so the image built today is the image
 built tomorrow. `scratch` and a stage defined earlier in the same Dockerfile are not pulled.
-A variable in the reference fails: what it resolves to cannot be read from the Dockerfile.
+A variable with a default, `${BASE_IMAGE:-image@sha256:...}`, is judged by its default: that is
+what builds unless a build deliberately passes another base. Any other variable fails: what it
+resolves to cannot be read from the Dockerfile.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from checkov.dockerfile.base_dockerfile_check import BaseDockerfileCheck
 
 Instruction = Mapping[str, Any]
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+DEFAULTED = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:-(?P<default>[^${}]+)\}$")
 
 
 def unpinned_bases(froms: Sequence[Instruction]) -> list[Instruction]:
@@ -25,6 +28,9 @@ def unpinned_bases(froms: Sequence[Instruction]) -> list[Instruction]:
     for instruction in froms:
         words = [w for w in str(instruction["value"]).split() if not w.startswith("--")]
         image = words[0] if words else ""
+        defaulted = DEFAULTED.match(image)
+        if defaulted:
+            image = defaulted.group("default")
         pulled = image.lower() != "scratch" and image.lower() not in stages
         if pulled and ("$" in image or not DIGEST.search(image)):
             unpinned.append(instruction)

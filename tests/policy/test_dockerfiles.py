@@ -47,6 +47,11 @@ BROKEN: dict[str, tuple[str, str, int]] = {
     "tag-only": ("FROM python:3.11.14-slim\nUSER 10001\n", DIGEST_PINNED, 1),
     "no-tag": ("FROM python\nUSER 10001\n", DIGEST_PINNED, 1),
     "variable-base": (f"ARG BASE={BASE}\nFROM ${{BASE}}\nUSER 10001\n", DIGEST_PINNED, 2),
+    "variable-base-unpinned-default": (
+        "ARG BASE\nFROM ${BASE:-python:3.11.14-slim}\nUSER 10001\n",
+        DIGEST_PINNED,
+        2,
+    ),
     "second-stage-unpinned": (
         f"FROM {BASE} AS build\nFROM debian:12\nUSER 10001\n",
         DIGEST_PINNED,
