@@ -1,0 +1,226 @@
+"""A Docker engine of the suite's own: Debian's `containerd` and `dockerd` as local processes with
+their own sockets, pid files, state and exec roots, and a data root in the e2e cache (images and
+the build cache persist from one run to the next).
+
+No container of this engine gets a route off the machine: `--bridge=none` (no docker0, no
+default bridge network), `--iptables=false`, `--ip-masq=false` and `--ip-forward=false` (the
+daemon leaves the host's firewall and forwarding alone). A container has either no network at
+all (`--network=none`, the only mode that exists besides `host`) or, for a build step that
+must reach a package registry, the host's own (`--network=host`: the host's traffic, under the
+host's rules).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from e2e import process
+
+# The CLI of the same Debian release as the daemon: a newer `docker` earlier on PATH may insist
+# on BuildKit's buildx plugin, which Debian's engine does not ship.
+DEBIAN_DOCKER_CLI: Final = Path("/usr/bin/docker")
+START_TIMEOUT: Final = 60.0
+
+
+def docker_cli() -> str:
+    if DEBIAN_DOCKER_CLI.exists():
+        return str(DEBIAN_DOCKER_CLI)
+    found = shutil.which("docker")
+    if found is None:
+        raise RuntimeError("no docker CLI: install Debian's docker.io")
+    return found
+
+
+class DockerError(RuntimeError):
+    """A docker command failed; the message holds its output."""
+
+
+@dataclass(frozen=True)
+class DockerEngine:
+    """One containerd + dockerd pair. `workdir` holds everything that lives only while they
+    run (sockets, pid files, logs, exec and state roots); `data_root` holds the images."""
+
+    workdir: Path
+    data_root: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "docker.sock"
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.workdir / "containerd.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        """The pid as the suite recorded it (dockerd keeps its own pid file in exec_root)."""
+        return self.workdir / "dockerd.pid"
+
+    @property
+    def containerd_pidfile(self) -> Path:
+        return self.workdir / "containerd.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "dockerd.log"
+
+    @property
+    def containerd_log(self) -> Path:
+        return self.workdir / "containerd.log"
+
+    @property
+    def exec_root(self) -> Path:
+        return self.workdir / "exec"
+
+    @property
+    def containerd_dir(self) -> Path:
+        return self.workdir / "containerd"
+
+    @property
+    def containerd_config(self) -> Path:
+        return self.containerd_dir / "config.toml"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["DOCKER_HOST"] = f"unix://{self.socket}"
+        # No credential helpers or contexts from the user's ~/.docker.
+        env["DOCKER_CONFIG"] = str(self.workdir / "cli")
+        env["DOCKER_BUILDKIT"] = "0"
+        env.pop("DOCKER_CONTEXT", None)
+        return env
+
+    def running(self) -> bool:
+        return self.docker_ok("version", "--format", "{{.Server.Version}}")
+
+    def start(self) -> None:
+        """Start containerd and dockerd (nothing when this engine already runs)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        pid = process.read_pid(self.pidfile)
+        if pid is not None and process.owned(pid, str(self.socket)) and self.running():
+            return
+        # Two daemons on one data root corrupt it: refuse rather than share.
+        others = process.find(f"--data-root={self.data_root}")
+        if others:
+            raise RuntimeError(
+                f"another dockerd (pid {others[0]}) uses {self.data_root}; stop it first "
+                "(python -m e2e.images down DIR, with the DIR it was started in)"
+            )
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "cli").mkdir(exist_ok=True)
+        self._start_containerd()
+        self._start_dockerd()
+
+    def _start_containerd(self) -> None:
+        # A containerd of our own: dockerd would otherwise adopt a system containerd found at
+        # its default socket, and run our build containers beside someone else's.
+        root = self.containerd_dir
+        config = self.containerd_config
+        root.mkdir(parents=True, exist_ok=True)
+        config.write_text(
+            "\n".join(
+                [
+                    "version = 2",
+                    f'root = "{root / "root"}"',
+                    f'state = "{root / "state"}"',
+                    # Docker needs only the runtime; the node's containerd is another process.
+                    'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+                    "[grpc]",
+                    f'  address = "{self.containerd_socket}"',
+                    '[plugins."io.containerd.internal.v1.opt"]',
+                    f'  path = "{root / "opt"}"',
+                    "",
+                ]
+            )
+        )
+        process.start(
+            ["containerd", "--config", str(config), "--log-level", "warn"],
+            self.containerd_log,
+            self.containerd_pidfile,
+        )
+        process.wait_until(
+            self.containerd_socket.exists, "containerd", START_TIMEOUT, self.containerd_log
+        )
+
+    def _start_dockerd(self) -> None:
+        config = self.workdir / "daemon.json"
+        config.write_text("{}\n")  # never /etc/docker/daemon.json
+        argv = [
+            "dockerd",
+            f"--config-file={config}",
+            f"--host=unix://{self.socket}",
+            f"--pidfile={self.exec_root / 'dockerd.pid'}",
+            f"--exec-root={self.exec_root}",
+            f"--data-root={self.data_root}",
+            f"--containerd={self.containerd_socket}",
+            "--bridge=none",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--ip-forward=false",
+            "--log-level=warn",
+        ]
+        process.start(argv, self.log, self.pidfile)
+        process.wait_until(self.running, "dockerd", START_TIMEOUT, self.log)
+
+    def stop(self) -> None:
+        """Stop dockerd, then containerd, and unmount whatever they left mounted."""
+        process.stop(process.read_pid(self.pidfile), str(self.socket))
+        process.stop(process.read_pid(self.containerd_pidfile), str(self.containerd_config))
+        # containerd's shims outlive a killed containerd: none may be left running.
+        for pid in process.find(str(self.containerd_socket)):
+            process.stop(pid, str(self.containerd_socket), timeout=5)
+        process.unmount_under(self.workdir)
+        process.unmount_under(self.data_root)
+
+    def docker(self, *args: str, timeout: float = 1800, stdin: bytes | None = None) -> str:
+        proc = subprocess.run(
+            [docker_cli(), *args],
+            env=self.env(),
+            input=stdin,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        out = proc.stdout.decode(errors="replace")
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace")
+            raise DockerError(f"docker {' '.join(args)} failed ({proc.returncode}):\n{out}{err}")
+        return out
+
+    def docker_ok(self, *args: str) -> bool:
+        proc = subprocess.run(
+            [docker_cli(), *args], env=self.env(), capture_output=True, check=False, timeout=60
+        )
+        return proc.returncode == 0
+
+    def image_id(self, ref: str) -> str | None:
+        """The local image's id, or None when the engine has no such image."""
+        proc = subprocess.run(
+            [docker_cli(), "image", "inspect", "--format", "{{.Id}}", ref],
+            env=self.env(),
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        return proc.stdout.decode().strip() if proc.returncode == 0 else None
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        found: list[dict[str, Any]] = json.loads(self.docker("image", "inspect", ref))
+        return found[0]
+
+    def logs(self, container: str) -> str:
+        """A container's output, stdout and stderr together."""
+        proc = subprocess.run(
+            [docker_cli(), "logs", container],
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=60,
+        )
+        return proc.stdout.decode(errors="replace")

@@ -1,0 +1,230 @@
+"""The app's images, built for real and served by a real registry on 127.0.0.1.
+
+`services/gateway` and `services/model` are built from their own Dockerfiles, with a Python base
+made here from Debian's packages (the Dockerfiles' default base is never pulled: no image
+registry is reachable); the database is PostgreSQL from Debian's packages behind an entrypoint
+that keeps the official image's contract (`e2e/postgres/`). The suite's own Docker engine builds
+them (`e2e/dockerd.py`), Debian's registry serves them (`e2e/registry.py`), and each is deployed
+by digest: `127.0.0.1:<port>/mlstack/<name>@sha256:...`.
+
+A second run is fast when nothing changed: the base images, the engine's layer cache and the
+registry's blobs persist in `${MLSTACK_E2E_CACHE:-~/.cache/mlstack-e2e}/images`.
+
+    python -m e2e.images up DIR     # build and push every image; prints name=reference lines
+    python -m e2e.images down DIR   # stop the engine and the registry started in DIR
+    python -m e2e.images packages   # the Debian packages it needs (APT_PACKAGES)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Final, ParamSpec, TypeVar
+
+from e2e.dockerd import DockerEngine
+from e2e.registry import Registry
+from e2e.rootfs import POSTGRES, POSTGRES_MAJOR, PYTHON, Rootfs, ensure_base
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+# The Debian packages this module needs on the host (apt-get installs them when a command is
+# missing); .ci/run may install the same list up front.
+APT_PACKAGES: Final = ("docker.io", "mmdebstrap", "docker-registry")
+# Each command this module runs, and which of APT_PACKAGES brings it.
+COMMANDS: Final = {
+    "dockerd": "docker.io",
+    "containerd": "docker.io",
+    "runc": "docker.io",
+    "mmdebstrap": "mmdebstrap",
+    "docker-registry": "docker-registry",
+}
+REPOSITORY: Final = "mlstack"
+TAG: Final = "e2e"
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    name: str
+    context: Path  # holds the Dockerfile
+    base: Rootfs
+    # "host" only for a build whose RUN steps reach a package registry (the host's traffic);
+    # "none" otherwise.
+    network: str
+    build_args: tuple[tuple[str, str], ...] = ()
+
+
+IMAGES: Final = (
+    ImageSpec("gateway", ROOT / "services" / "gateway", PYTHON, "host"),
+    ImageSpec("model", ROOT / "services" / "model", PYTHON, "host"),
+    ImageSpec(
+        "database",
+        ROOT / "e2e" / "postgres",
+        POSTGRES,
+        "none",
+        (("PG_MAJOR", str(POSTGRES_MAJOR)),),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ImageRefs:
+    """What to deploy: `127.0.0.1:<port>/mlstack/<name>@sha256:<digest>`."""
+
+    gateway: str
+    model: str
+    database: str
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MLSTACK_E2E_CACHE") or "~/.cache/mlstack-e2e"
+    return Path(root).expanduser().resolve() / "images"
+
+
+def ensure_host_packages() -> None:
+    """Install APT_PACKAGES when a command of theirs is missing (root only)."""
+    missing = sorted({package for cmd, package in COMMANDS.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError(
+            f"missing Debian packages {', '.join(missing)}: "
+            f"apt-get install {' '.join(APT_PACKAGES)} (as root)"
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    lock = ["-o", "DPkg::Lock::Timeout=300"]
+    subprocess.run(["apt-get", *lock, "update", "-q"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", *lock, "install", "-yq", "--no-install-recommends", *APT_PACKAGES],
+        check=True,
+        env=env,
+    )
+
+
+@dataclass
+class Images:
+    """The engine and the registry of one run: `workdir` holds what lives only while they run,
+    `cache` what persists (image store, build cache, base tarballs, registry blobs)."""
+
+    workdir: Path
+    cache: Path = field(default_factory=cache_dir)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def engine(self) -> DockerEngine:
+        return DockerEngine(self.workdir / "docker", self.cache / "docker")
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.workdir / "registry", self.cache / "registry")
+
+    @property
+    def refs_file(self) -> Path:
+        return self.workdir / "images.json"
+
+    def up(self, port: int = 0) -> ImageRefs:
+        """Start the engine and the registry (on `port`, 0: a free one), build every image and
+        push it; both keep running until `down`. On failure everything is stopped."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            ensure_host_packages()
+            self._timed("engine and registry start", self._start, port)
+            refs = {spec.name: self._image(spec) for spec in IMAGES}
+            # What earlier builds left untagged (a previous version of an image) is dead weight.
+            self.engine.docker("image", "prune", "--force")
+        except BaseException:
+            self.down()
+            raise
+        found = ImageRefs(**refs)
+        self.refs_file.write_text(json.dumps(asdict(found), indent=2) + "\n")
+        return found
+
+    def down(self) -> None:
+        self.engine.stop()
+        self.registry.stop()
+
+    def _start(self, port: int) -> None:
+        self.engine.start()
+        self.registry.start(port)
+
+    def _image(self, spec: ImageSpec) -> str:
+        base = self._timed(f"{spec.name}: base {spec.base.name}", self._base, spec.base)
+        local = self._timed(f"{spec.name}: build", self._build, spec, base)
+        return self._timed(f"{spec.name}: push", self._push, spec.name, local)
+
+    def _base(self, rootfs: Rootfs) -> str:
+        return ensure_base(self.engine, rootfs, self.cache / "rootfs")
+
+    def _build(self, spec: ImageSpec, base: str) -> str:
+        local = local_tag(spec.name)
+        args = [f"BASE_IMAGE={base}", *(f"{k}={v}" for k, v in spec.build_args)]
+        output = self.engine.docker(
+            "build",
+            "--force-rm",
+            f"--network={spec.network}",
+            *(part for arg in args for part in ("--build-arg", arg)),
+            "--tag",
+            local,
+            str(spec.context),
+        )
+        (self.workdir / f"build-{spec.name}.log").write_text(output)
+        return local
+
+    def _push(self, name: str, local: str) -> str:
+        address = self.registry.address
+        remote = f"{address}/{REPOSITORY}/{name}:{TAG}"
+        self.engine.docker("tag", local, remote)
+        self.engine.docker("push", remote)
+        # The port changes from run to run: the local tag is what the next build starts from.
+        self.engine.docker("image", "rm", remote)
+        digest = self.registry.digest(f"{REPOSITORY}/{name}", TAG)
+        return f"{address}/{REPOSITORY}/{name}@{digest}"
+
+    def _timed(self, what: str, step: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        start = time.monotonic()
+        result = step(*args, **kwargs)
+        self.timings[what] = elapsed = time.monotonic() - start
+        print(f"e2e images: {what}: {elapsed:.1f} s", file=sys.stderr)
+        return result
+
+
+def local_tag(name: str) -> str:
+    """The engine's tag of the image `name` (gateway, model, database) once built."""
+    return f"mlstack-e2e/{name}:build"
+
+
+def build_all(workdir: Path, *, port: int = 0) -> ImageRefs:
+    """Build and push every image; the engine and the registry keep running (see `down`)."""
+    return Images(workdir).up(port)
+
+
+def down(workdir: Path) -> None:
+    """Stop the engine and the registry that `build_all(workdir)` started."""
+    Images(workdir).down()
+
+
+def main(argv: Sequence[str]) -> int:
+    if list(argv) == ["packages"]:
+        print(" ".join(APT_PACKAGES))
+        return 0
+    if len(argv) != 2 or argv[0] not in ("up", "down"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    images = Images(Path(argv[1]).resolve())
+    if argv[0] == "up":
+        for name, ref in asdict(images.up()).items():
+            print(f"{name}={ref}")
+    else:
+        images.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,121 @@
+"""Processes and mounts of the suite's own daemons: started detached (they outlive the command
+that started them, so `up` and `down` may be two commands), found again by their pid files, and
+stopped only when their command line still names what the suite gave them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) has no command line: it is gone.
+    return bool(cmdline(pid))
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def owned(pid: int, marker: str) -> bool:
+    """Whether `pid` still runs a command whose arguments mention `marker` (a path of ours): a
+    recycled pid of some other program is never signalled."""
+    return any(marker in arg for arg in cmdline(pid))
+
+
+def find(marker: str) -> list[int]:
+    """Every running process whose command line mentions `marker`."""
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return sorted(pid for pid in pids if pid != os.getpid() and owned(pid, marker))
+
+
+def start(
+    argv: Sequence[str], log: Path, pidfile: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in a session of its own (a Ctrl-C in the terminal does not reach it), its
+    output appended to `log`, its pid written to `pidfile`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    pidfile.write_text(f"{proc.pid}\n")
+    return proc
+
+
+def stop(pid: int | None, marker: str, *, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; nothing when `pid` is not ours any more."""
+    if pid is None or not alive(pid) or not owned(pid, marker):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not alive(pid):
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and alive(pid):
+        _reap(pid)
+        time.sleep(0.05)
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the process is our own child (else it stays a zombie)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def mounts_under(folder: Path) -> list[Path]:
+    """Mount points at or below `folder`, deepest first."""
+    prefix = str(folder.resolve())
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        # Field 5 is the mount point, with spaces and the like octal-escaped.
+        point = line.split()[4].encode().decode("unicode_escape")
+        if point == prefix or point.startswith(prefix + "/"):
+            found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_under(folder: Path) -> None:
+    for point in mounts_under(folder):
+        subprocess.run(["umount", "--lazy", str(point)], check=False, capture_output=True)
+
+
+def wait_until(ready: Callable[[], bool], what: str, timeout: float, log: Path) -> None:
+    """Poll `ready` until it holds; past `timeout`, fail with the end of the daemon's log."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+            raise RuntimeError(f"{what} not ready after {timeout:.0f} s; {log}:\n{tail}")
+        time.sleep(0.1)

@@ -1,0 +1,122 @@
+"""A real container registry on 127.0.0.1: Debian's `docker-registry` (the CNCF Distribution
+registry) as a process of the suite, plain HTTP on loopback, its storage in the e2e cache.
+
+Docker and containerd treat 127.0.0.0/8 registries as local: both push and pull there over
+plain HTTP without further configuration of Docker (containerd needs a hosts entry: the node's
+business).
+"""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from e2e import process
+
+HOST: Final = "127.0.0.1"
+# What `docker push` of Docker 20.10 stores; asking for it returns the digest that was pushed.
+MANIFEST_TYPES: Final = (
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+)
+START_TIMEOUT: Final = 30.0
+# Loopback only: never through a proxy named in the environment.
+DIRECT: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Registry:
+    """`workdir` holds its config, pid file, address and log; `storage` its blobs."""
+
+    workdir: Path
+    storage: Path
+
+    @property
+    def config(self) -> Path:
+        return self.workdir / "registry.yml"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.workdir / "registry.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "registry.log"
+
+    @property
+    def address_file(self) -> Path:
+        return self.workdir / "registry.address"
+
+    @property
+    def address(self) -> str:
+        """`127.0.0.1:<port>`, once started."""
+        return self.address_file.read_text().strip()
+
+    def start(self, port: int = 0) -> None:
+        """Serve on `port` (0: any free port); nothing when it already runs."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        pid = process.read_pid(self.pidfile)
+        if pid is not None and process.owned(pid, str(self.config)) and self._answers():
+            return
+        self.storage.mkdir(parents=True, exist_ok=True)
+        address = f"{HOST}:{port or free_port()}"
+        self.config.write_text(
+            "\n".join(
+                [
+                    "version: 0.1",
+                    "log:",
+                    "  level: warn",
+                    "  accesslog:",
+                    "    disabled: true",
+                    "storage:",
+                    "  filesystem:",
+                    f"    rootdirectory: {self.storage}",
+                    "  delete:",
+                    "    enabled: false",
+                    "http:",
+                    f"  addr: {address}",
+                    "",
+                ]
+            )
+        )
+        self.address_file.write_text(address + "\n")
+        process.start(["docker-registry", "serve", str(self.config)], self.log, self.pidfile)
+        process.wait_until(self._answers, "docker-registry", START_TIMEOUT, self.log)
+
+    def stop(self) -> None:
+        process.stop(process.read_pid(self.pidfile), str(self.config))
+
+    def _answers(self) -> bool:
+        if not self.address_file.exists():
+            return False
+        try:
+            with DIRECT.open(f"http://{self.address}/v2/", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def digest(self, repository: str, reference: str) -> str:
+        """The digest of the manifest the registry serves for `repository:reference`."""
+        request = urllib.request.Request(
+            f"http://{self.address}/v2/{repository}/manifests/{reference}",
+            method="HEAD",
+            headers={"Accept": ", ".join(MANIFEST_TYPES)},
+        )
+        with DIRECT.open(request, timeout=10) as answer:
+            digest = answer.headers.get("Docker-Content-Digest", "")
+        if not digest.startswith("sha256:"):
+            raise RuntimeError(f"{repository}:{reference}: the registry gave no digest")
+        return str(digest)
