@@ -175,7 +175,9 @@ class DockerEngine:
         for pid in process.find(str(self.containerd_socket)):
             process.stop(pid, str(self.containerd_socket), timeout=5)
         process.unmount_under(self.workdir)
-        process.unmount_under(self.data_root)
+        # The data root's mounts are dockerd's: never those of another engine on the same root.
+        if not process.find(f"--data-root={self.data_root}"):
+            process.unmount_under(self.data_root)
 
     def docker(self, *args: str, timeout: float = 1800, stdin: bytes | None = None) -> str:
         proc = subprocess.run(
