@@ -130,7 +130,7 @@ def test_a_service_image_serves_as_its_pod_runs_it(
 
 def database_pod() -> dict[str, Any]:
     """The database's pod spec exactly as components/database.py renders it."""
-    return cast(dict[str, Any], database._pod_spec("secrets", "database"))
+    return cast(dict[str, Any], database._pod_spec(database.DEFAULT_IMAGE, "secrets", "database"))
 
 
 def env_value(container_spec: dict[str, Any], name: str) -> str:
