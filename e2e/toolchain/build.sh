@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
-# The real-engine e2e toolchain: every binary the suite runs, in one bin folder
+# The real-engine e2e toolchain: every binary the suite runs, linked into one bin folder
 #   ${MLSTACK_E2E_CACHE:-$HOME/.cache/mlstack-e2e}/<hash of versions.env>/bin
-# Prints that folder on its last line.
+# Prints that bin folder on its last line.
 #
-# What is already installed at the pinned version is used as it is (linked into the bin folder);
-# only what is missing is built from Go modules:
+# What is already installed at the pinned version is used as it is (linked into bin/):
 #   pulumi, pulumi-language-python(-exec)   the `pulumi` on PATH when `pulumi version` prints
 #                                           PULUMI_VERSION, and the language host beside it
-#   pulumi-resource-kubernetes              on PATH, or the plugin Pulumi installed
+#   pulumi-resource-kubernetes              the plugin Pulumi installed
 #                                           ($PULUMI_HOME/plugins/resource-kubernetes-v<version>)
-#   kube-*, kubectl, etcd, kwok, kwokctl    in $KUBEBUILDER_ASSETS (the envtest convention: a
-#                                           folder of Kubernetes test binaries), at the pinned versions
-# MLSTACK_E2E_NO_BUILD=1 turns a missing binary into an error instead of a build.
+#   kube-*, kubectl, kubelet, etcd, kwok,   in $KUBEBUILDER_ASSETS (the envtest convention: a
+#   kwokctl, coredns, kube-router           folder of Kubernetes test binaries), each reporting
+#                                           its pinned version
+# Only what is missing is built from Go modules. Each tool is built once into a folder of its own,
+#   <cache>/tools/<tool>-<hash of the versions it uses, its source files and its build recipe>/
+# and bin/ (stages/ for KWOK's stages) links to it: a version bump rebuilds only the tools that
+# use that version, and checkouts with different pins share every tool they agree on.
+# MLSTACK_E2E_NO_BUILD=1 turns a missing third-party binary into an error instead of a build;
+# the project's own small programs (probe, pause) and KWOK's stage files are always made here
+# (seconds, with Go and gcc).
 #
 # Every version comes from versions.env (the one place they are pinned). The wrapper modules are
 # generated here from those versions (go.mod + a tools file); no upstream source is committed.
-# The one Go main of our own is e2e/toolchain/langhost (see its README note in e2e/README.md).
+# Our own sources: langhost/ (see e2e/README.md), probe/ and pause/ (the real node's test images).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,8 +32,7 @@ cache_root="${MLSTACK_E2E_CACHE:-$HOME/.cache/mlstack-e2e}"
 vhash="$(sha256sum "$here/versions.env" | cut -c1-12)"
 top="$cache_root/$vhash"
 bin="$top/bin"
-work="$top/work"
-mkdir -p "$bin" "$work"
+mkdir -p "$bin" "$cache_root/tools"
 
 export GOFLAGS="-mod=mod -trimpath"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
@@ -35,91 +40,159 @@ export CGO_ENABLED=0
 ldstrip="-s -w"
 
 log() { printf '[e2e-toolchain] %s\n' "$*" >&2; }
-have() { for f in "$@"; do [[ -x "$bin/$f" ]] || return 1; done; }
 
 # --- Installed binaries -------------------------------------------------------------------------
+declare -A adopted=()
+
 # The version a binary reports, as the pins spell it (v1.34.4, v3.6.16, v0.8.0, v3.274.0).
 reported_version() {
   local out
-  case "$(basename "$1")" in
+  case "${1##*/}" in
     pulumi) out="$("$1" version 2>/dev/null)" ;;
     kubectl) out="$("$1" version --client 2>/dev/null)" ;;
+    coredns) out="$("$1" -version 2>/dev/null)" ;;
     *) out="$("$1" --version 2>/dev/null)" ;;
   esac
-  grep -oE 'v?[0-9]+\.[0-9]+\.[0-9]+' <<<"$out" | head -1 | sed -E 's/^v?/v/'
+  grep -oE '[0-9]+\.[0-9]+\.[0-9]+' <<<"$out" | head -1 | sed -E 's/^/v/'
 }
 
-# adopt NAME PATH VERSION: link an installed binary into the bin folder if it reports VERSION.
+# adopt NAME PATH VERSION: link an installed binary into bin/ if it reports VERSION.
 adopt() {
-  local name="$1" path="$2" version="$3"
-  [[ -x "$path" && ! "$path" -ef "$bin/$name" ]] || return 1
-  [[ "$(reported_version "$path")" == "v${version#v}" ]] || {
-    log "ignoring $path: $(reported_version "$path" || true), not v${version#v}"
+  local name=$1 path=$2 version=$3 found
+  [[ -x "$path" ]] || return 1
+  found="$(reported_version "$path" || true)"
+  if [[ "$found" != "v${version#v}" ]]; then
+    log "ignoring $path: it reports ${found:-no version}, not v${version#v}"
     return 1
-  }
+  fi
   ln -sfn "$path" "$bin/$name"
-  log "$name: using the installed $path"
+  adopted[$name]=1
 }
 
-# Links from an earlier run whose target is gone or changed are dropped, so the check runs again.
-forget_stale_links() {
-  local link
-  for link in "$bin"/*; do
-    [[ -L "$link" ]] && rm -f "$link"
+# assets VERSION NAME...: adopt each NAME from $KUBEBUILDER_ASSETS; succeed when all were.
+assets() {
+  local version=$1 name all=0
+  shift
+  [[ -n "${KUBEBUILDER_ASSETS:-}" ]] || return 1
+  for name in "$@"; do
+    adopt "$name" "$KUBEBUILDER_ASSETS/$name" "$version" || all=1
   done
-  return 0
+  return $all
 }
 
-adopt_installed() {
-  forget_stale_links
-  local p dir
-  if p="$(command -v pulumi)" && adopt pulumi "$p" "$PULUMI_VERSION"; then
-    dir="$(dirname "$(readlink -f "$p")")"
-    # A released CLI ships its Python language host beside it.
-    if [[ -x "$dir/pulumi-language-python" && -f "$dir/pulumi-language-python-exec" ]]; then
+# installed TOOL: link what is installed of TOOL's binaries; succeed when nothing is left to build.
+installed() {
+  local p dir plugin
+  case $1 in
+    pulumi)
+      p="$(command -v pulumi)" && adopt pulumi "$p" "$PULUMI_VERSION" ;;
+    langhost)
+      # A released CLI ships its Python language host beside it.
+      [[ -n "${adopted[pulumi]:-}" ]] || return 1
+      dir="$(dirname "$(readlink -f "$bin/pulumi")")"
+      [[ -x "$dir/pulumi-language-python" && -f "$dir/pulumi-language-python-exec" ]] || return 1
       ln -sfn "$dir/pulumi-language-python" "$bin/pulumi-language-python"
-      ln -sfn "$dir/pulumi-language-python-exec" "$bin/pulumi-language-python-exec"
-    fi
-  fi
-  local plugin="${PULUMI_HOME:-$HOME/.pulumi}/plugins/resource-kubernetes-v$PULUMI_KUBERNETES_VERSION"
-  if [[ -x "$plugin/pulumi-resource-kubernetes" ]]; then
-    ln -sfn "$plugin/pulumi-resource-kubernetes" "$bin/pulumi-resource-kubernetes"
-    log "pulumi-resource-kubernetes: using the installed plugin in $plugin"
-  elif p="$(command -v pulumi-resource-kubernetes)"; then
-    adopt pulumi-resource-kubernetes "$p" "$PULUMI_KUBERNETES_VERSION" || true
-  fi
-  [[ -n "${KUBEBUILDER_ASSETS:-}" ]] || return 0
-  [[ -d "$KUBEBUILDER_ASSETS" ]] || { log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS is not a folder"; exit 1; }
-  local name
-  for name in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
-    adopt "$name" "$KUBEBUILDER_ASSETS/$name" "$KUBE_VERSION" || true
-  done
-  adopt etcd "$KUBEBUILDER_ASSETS/etcd" "$ETCD_VERSION" || true
-  adopt kwok "$KUBEBUILDER_ASSETS/kwok" "$KWOK_VERSION" || true
-  adopt kwokctl "$KUBEBUILDER_ASSETS/kwokctl" "$KWOK_VERSION" || true
+      ln -sfn "$dir/pulumi-language-python-exec" "$bin/pulumi-language-python-exec" ;;
+    provider)
+      plugin="${PULUMI_HOME:-$HOME/.pulumi}/plugins/resource-kubernetes-v$PULUMI_KUBERNETES_VERSION"
+      [[ -x "$plugin/pulumi-resource-kubernetes" ]] || return 1
+      ln -sfn "$plugin/pulumi-resource-kubernetes" "$bin/pulumi-resource-kubernetes" ;;
+    etcd) assets "$ETCD_VERSION" etcd ;;
+    kwok) assets "$KWOK_VERSION" kwok kwokctl ;;
+    kube) assets "$KUBE_VERSION" kube-apiserver kube-controller-manager kube-scheduler ;;
+    kubectl) assets "$KUBE_VERSION" kubectl ;;
+    kubelet) assets "$KUBE_VERSION" kubelet kube-proxy ;;
+    coredns) assets "$COREDNS_VERSION" coredns ;;
+    kube_router) assets "$KUBE_ROUTER_VERSION" kube-router ;;
+    *) return 1 ;;
+  esac
 }
 
-# Called before any Go build: building needs Go, and may be refused on purpose.
+# Before a build: the tools the project does not write itself may be refused, and need Go.
 need_go() {
-  if [[ -n "${MLSTACK_E2E_NO_BUILD:-}" ]]; then
-    log "$1 is missing and MLSTACK_E2E_NO_BUILD is set: install it at the pinned version" \
-        "(e2e/toolchain/versions.env): see e2e/README.md"
-    exit 1
-  fi
+  case $1 in
+    probe | pause | stages) ;;
+    *)
+      if [[ -n "${MLSTACK_E2E_NO_BUILD:-}" ]]; then
+        log "$1 is not installed at its pinned version and MLSTACK_E2E_NO_BUILD is set:" \
+            "see e2e/README.md (Installed binaries first)"
+        exit 1
+      fi ;;
+  esac
+  [[ $1 == pause ]] && return 0
   command -v go >/dev/null || {
-    log "$1 is missing and must be built from Go modules: Go >= 1.26 is needed on PATH" \
-        "(or install $1 at the pinned version: see e2e/README.md)"
+    log "$1 must be built from Go modules and Go (>= 1.26) is not on PATH;" \
+        "or install it at its pinned version: see e2e/README.md"
     exit 1
   }
+}
+
+# tool NAME VAR... [-- FILE...]: run build_NAME unless its folder is already complete, then link
+# the folder's bin/* into bin/ and its stages/ to stages/. The folder is named after the values
+# of the versions.env variables VAR..., the contents of FILE..., and the text of build_NAME and of
+# the shared helpers. build_NAME writes into "$out" and works in "$work" (removed afterwards).
+tool() {
+  local name=$1
+  shift
+  if installed "$name"; then
+    log "$name: using the installed binaries"
+    return 0
+  fi
+  local key
+  key="$(declare -f "build_$name" gowrap kube_module)"
+  while (($#)) && [[ $1 != -- ]]; do
+    key+=$'\n'"$1=${!1}"
+    shift
+  done
+  local f
+  if (($#)); then
+    shift
+    for f in "$@"; do key+=$'\n'"$(sha256sum <"$f")"; done
+  fi
+  out="$cache_root/tools/$name-$(printf '%s' "$key" | sha256sum | cut -c1-12)"
+  work="$out/work"
+  if [[ ! -e "$out/.complete" ]]; then
+    local start=$SECONDS
+    need_go "$name"
+    rm -rf "$out" && mkdir -p "$out/bin" "$work"
+    "build_$name"
+    rm -rf "$work"
+    touch "$out/.complete"
+    log "$name built in $((SECONDS - start)) s ($out)"
+  fi
+  for f in "$out"/bin/*; do
+    # A binary that is installed stays linked to the installed one.
+    [[ -e $f && -z "${adopted[${f##*/}]:-}" ]] && ln -sfn "$f" "$bin/${f##*/}"
+  done
+  if [[ -d "$out/stages" ]]; then
+    [[ -L "$top/stages" ]] || rm -rf "$top/stages"
+    ln -sfn "$out/stages" "$top/stages"
+  fi
+}
+
+# gowrap DIR MODULE VERSION: a wrapper module in DIR that requires MODULE@VERSION with its `go`
+# line and its non-local replaces; prints the module's source folder.
+gowrap() {
+  local d=$1 m=$2 v=$3
+  mkdir -p "$d"
+  local info dir
+  info="$(cd "$d" && echo "module mlstack.local/e2e/wrapper" >go.mod && go mod download -json "$m@$v")"
+  dir="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["Dir"])' "$info")"
+  {
+    echo "module mlstack.local/e2e/${d##*/}"
+    grep -E '^go [0-9]' "$dir/go.mod"
+    echo "require $m $v"
+    # Single-line replaces only; a `replace (` block upstream holds local paths (etcd's).
+    grep -E '^replace [^(]' "$dir/go.mod" | grep -vE '=> \.\.?/' || true
+  } >"$d/go.mod"
+  echo "$dir"
 }
 
 # --- Pulumi CLI ----------------------------------------------------------------------------------
 build_pulumi() {
-  have pulumi && return 0
-  need_go pulumi
   log "building pulumi $PULUMI_VERSION"
   local d="$work/pulumi"
-  rm -rf "$d" && mkdir -p "$d"
+  mkdir -p "$d"
   local pkgmod
   pkgmod="$(cd "$d" && go mod download -json "github.com/pulumi/pulumi/pkg/v3@$PULUMI_VERSION" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
@@ -135,25 +208,15 @@ build_pulumi() {
   } >"$d/go.mod"
   (cd "$d" && go build -ldflags "$ldstrip \
       -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_VERSION" \
-      -o "$bin/pulumi.tmp" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi)
-  mv "$bin/pulumi.tmp" "$bin/pulumi"
+      -o "$out/bin/pulumi" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi)
 }
 
 # --- Python language host (our own small main: the upstream one is not on the module proxy) -----
 build_langhost() {
-  local src="$here/langhost"
-  local stamp
-  stamp="$(cat "$src/main.go" "$here/versions.env" | sha256sum | cut -c1-16)"
-  if have pulumi-language-python pulumi-language-python-exec \
-     && { [[ -L "$bin/pulumi-language-python" ]] \
-       || [[ "$(cat "$bin/.langhost.stamp" 2>/dev/null)" == "$stamp" ]]; }; then
-    return 0
-  fi
-  need_go pulumi-language-python
   log "building pulumi-language-python (mlstack's minimal host) against sdk $PULUMI_VERSION"
   local d="$work/langhost"
-  rm -rf "$d" && mkdir -p "$d"
-  cp "$src/main.go" "$d/main.go"
+  mkdir -p "$d"
+  cp "$here/langhost/main.go" "$d/main.go"
   local sdkmod sdkdir
   sdkmod="$(cd "$d" && go mod download -json "github.com/pulumi/pulumi/sdk/v3@$PULUMI_VERSION")"
   sdkdir="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["Dir"])' "$sdkmod")"
@@ -162,31 +225,20 @@ build_langhost() {
     grep -E '^go [0-9]' "$sdkdir/go.mod"
     echo "require github.com/pulumi/pulumi/sdk/v3 $PULUMI_VERSION"
   } >"$d/go.mod"
-  (cd "$d" && go build -ldflags "$ldstrip" -o "$bin/pulumi-language-python.tmp" .)
-  mv "$bin/pulumi-language-python.tmp" "$bin/pulumi-language-python"
+  (cd "$d" && go build -ldflags "$ldstrip" -o "$out/bin/pulumi-language-python" .)
   # The exec shim is a Python script shipped in the sdk/v3 module; it must sit next to the host.
-  install -m 0755 "$sdkdir/python/cmd/pulumi-language-python-exec" "$bin/pulumi-language-python-exec"
-  echo "$stamp" >"$bin/.langhost.stamp"
+  install -m 0755 "$sdkdir/python/cmd/pulumi-language-python-exec" \
+    "$out/bin/pulumi-language-python-exec"
 }
 
 # --- pulumi-kubernetes provider -----------------------------------------------------------------
 build_provider() {
-  have pulumi-resource-kubernetes && return 0
-  need_go pulumi-resource-kubernetes
   log "building pulumi-resource-kubernetes $PULUMI_KUBERNETES_VERSION" \
       "($PULUMI_KUBERNETES_PROVIDER_MODULE_VERSION)"
   local d="$work/provider"
-  rm -rf "$d" && mkdir -p "$d"
   local m="github.com/pulumi/pulumi-kubernetes/provider/v4"
-  local info dir
-  info="$(cd "$d" && go mod download -json "$m@$PULUMI_KUBERNETES_PROVIDER_MODULE_VERSION")"
-  dir="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["Dir"])' "$info")"
-  {
-    echo "module mlstack.local/e2e/provider"
-    grep -E '^go [0-9]' "$dir/go.mod"
-    echo "require $m $PULUMI_KUBERNETES_PROVIDER_MODULE_VERSION"
-    grep -E '^replace ' "$dir/go.mod" | grep -vE '=> \.\.?/' || true
-  } >"$d/go.mod"
+  local dir
+  dir="$(gowrap "$d" "$m" "$PULUMI_KUBERNETES_PROVIDER_MODULE_VERSION")"
   # main.go embeds schema-embed.json and terraform-mapping-embed.json, generated (not committed)
   # upstream by generate.go: a writable copy of the main package with both files (schema version
   # stamped, JSON compacted — what generate.go does).
@@ -205,84 +257,49 @@ json.dump(mapping, open(f"{dst}/terraform-mapping-embed.json", "w"), separators=
 PY
   (cd "$d" && go build -ldflags "$ldstrip \
       -X $m/pkg/version.Version=$PULUMI_KUBERNETES_VERSION" \
-      -o "$bin/pulumi-resource-kubernetes.tmp" ./cmd)
-  mv "$bin/pulumi-resource-kubernetes.tmp" "$bin/pulumi-resource-kubernetes"
+      -o "$out/bin/pulumi-resource-kubernetes" ./cmd)
 }
 
 # --- etcd ---------------------------------------------------------------------------------------
 build_etcd() {
-  have etcd && return 0
-  need_go etcd
   log "building etcd $ETCD_VERSION"
-  local d="$work/etcd"
-  rm -rf "$d" && mkdir -p "$d"
   local m="go.etcd.io/etcd/server/v3"
-  local gomod
-  gomod="$(cd "$d" && go mod download -json "$m@$ETCD_VERSION" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
-  {
-    echo "module mlstack.local/e2e/etcd"
-    grep -E '^go [0-9]' "$gomod"
-    echo "require $m $ETCD_VERSION"
-  } >"$d/go.mod"
-  (cd "$d" && go build -ldflags "$ldstrip" -o "$bin/etcd.tmp" "$m")
-  mv "$bin/etcd.tmp" "$bin/etcd"
+  gowrap "$work/etcd" "$m" "$ETCD_VERSION" >/dev/null
+  (cd "$work/etcd" && go build -ldflags "$ldstrip" -o "$out/bin/etcd" "$m")
 }
 
 # --- KWOK ---------------------------------------------------------------------------------------
 build_kwok() {
-  have kwok kwokctl && return 0
-  need_go "kwok and kwokctl"
   log "building kwok + kwokctl $KWOK_VERSION"
-  local d="$work/kwok"
-  rm -rf "$d" && mkdir -p "$d"
   local m="sigs.k8s.io/kwok"
-  local gomod
-  gomod="$(cd "$d" && go mod download -json "$m@$KWOK_VERSION" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
-  {
-    echo "module mlstack.local/e2e/kwok"
-    grep -E '^go [0-9]' "$gomod"
-    echo "require $m $KWOK_VERSION"
-  } >"$d/go.mod"
-  local name
-  for name in kwok kwokctl; do
-    have "$name" || (cd "$d" && go build -ldflags "$ldstrip -X $m/pkg/consts.Version=$KWOK_VERSION" \
-      -o "$bin/$name" "$m/cmd/$name")
-  done
+  gowrap "$work/kwok" "$m" "$KWOK_VERSION" >/dev/null
+  (cd "$work/kwok" && go build -ldflags "$ldstrip -X $m/pkg/consts.Version=$KWOK_VERSION" \
+      -o "$out/bin/" "$m/cmd/kwok" "$m/cmd/kwokctl")
 }
 
-# KWOK's default node and pod stages, copied from the kwok module at build time (a config that
-# names any Stage replaces the defaults, and the harness adds a LoadBalancer Service stage).
-install_stages() {
-  local dst="$top/stages"
-  [[ -s "$dst/pod-ready.yaml" ]] && return 0
-  command -v go >/dev/null || { log "KWOK's stage files come from the kwok module: Go is needed to fetch it"; exit 1; }
-  local d="$work/kwok-stages"
-  mkdir -p "$d"
-  [[ -f "$d/go.mod" ]] || echo "module mlstack.local/e2e/kwokstages" >"$d/go.mod"
+# KWOK's default node and pod stages, copied from the kwok module (a config that names any Stage
+# replaces the defaults, and the harness adds a LoadBalancer Service stage).
+build_stages() {
   local dir
-  dir="$(cd "$d" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
-  mkdir -p "$dst.tmp"
+  dir="$(gowrap "$work/kwok-stages" sigs.k8s.io/kwok "$KWOK_VERSION")"
+  mkdir -p "$out/stages"
   cp "$dir"/kustomize/stage/node/fast/node-initialize.yaml \
      "$dir"/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
      "$dir"/kustomize/stage/pod/fast/pod-ready.yaml \
      "$dir"/kustomize/stage/pod/fast/pod-complete.yaml \
-     "$dir"/kustomize/stage/pod/fast/pod-delete.yaml "$dst.tmp/"
-  chmod u+w "$dst.tmp"/*.yaml
-  rm -rf "$dst" && mv "$dst.tmp" "$dst"
+     "$dir"/kustomize/stage/pod/fast/pod-delete.yaml "$out/stages/"
+  chmod u+w "$out/stages"/*.yaml
 }
-build_stages() { install_stages; }
 
-# --- Kubernetes control plane -------------------------------------------------------------------
-# The wrapper module every Kubernetes binary is built from, and its version ldflags.
+# --- Kubernetes ---------------------------------------------------------------------------------
+# kube_module: the wrapper module of k8s.io/kubernetes in $work/kube (every staging module
+# replaced by its published release) and the version ldflags in $kube_ld.
 kube_module() {
-  [[ -s "$work/kube/go.mod" && -s "$work/kube.ldflags" ]] && return 0
   local d="$work/kube"
-  rm -rf "$d" && mkdir -p "$d"
+  mkdir -p "$d"
   local gomod
-  gomod="$(cd "$d" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" \
+  gomod="$(cd "$d" && echo "module mlstack.local/e2e/kube" >go.mod \
+    && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
   python3 - "$gomod" "$KUBE_VERSION" "$KUBE_STAGING_VERSION" >"$d/go.mod" <<'PY'
 import re, sys
@@ -300,47 +317,91 @@ PY
   local major minor
   major="$(echo "$KUBE_VERSION" | sed -E 's/^v([0-9]+)\..*/\1/')"
   minor="$(echo "$KUBE_VERSION" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')"
-  local ld="$ldstrip"
+  kube_ld="$ldstrip"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
-    ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+    kube_ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
+    kube_ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
   done
-  echo "$ld" >"$work/kube.ldflags"
-}
-
-# build_kube_binary NAME: k8s.io/kubernetes/cmd/NAME, stamped with the release.
-build_kube_binary() {
-  kube_module
-  (cd "$work/kube" && go build -ldflags "$(cat "$work/kube.ldflags")" -o "$bin/$1.tmp" \
-      "k8s.io/kubernetes/cmd/$1")
-  mv "$bin/$1.tmp" "$bin/$1"
 }
 
 build_kube() {
-  have kube-apiserver kube-controller-manager kube-scheduler && return 0
-  need_go "the Kubernetes control plane"
   log "building kube-apiserver, kube-controller-manager, kube-scheduler $KUBE_VERSION"
-  # Only the missing ones: an installed binary linked into $bin is never overwritten.
-  local name
-  for name in kube-apiserver kube-controller-manager kube-scheduler; do
-    have "$name" || build_kube_binary "$name"
-  done
+  kube_module
+  (cd "$work/kube" && go build -ldflags "$kube_ld" -o "$out/bin/" \
+      k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler)
 }
 
 # kubectl of the same release, so the suite needs no kubectl from the machine.
 build_kubectl() {
-  have kubectl && return 0
-  need_go kubectl
   log "building kubectl $KUBE_VERSION"
-  build_kube_binary kubectl
+  kube_module
+  (cd "$work/kube" && go build -ldflags "$kube_ld" -o "$out/bin/" k8s.io/kubernetes/cmd/kubectl)
 }
 
-adopt_installed
+# The real node's kubelet and kube-proxy, same release and flags as the control plane.
+build_kubelet() {
+  log "building kubelet, kube-proxy $KUBE_VERSION"
+  kube_module
+  (cd "$work/kube" && go build -ldflags "$kube_ld" -o "$out/bin/" \
+      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
+}
+
+# --- The real node's cluster DNS and NetworkPolicy enforcer -------------------------------------
+build_coredns() {
+  log "building coredns $COREDNS_VERSION"
+  local m="github.com/coredns/coredns"
+  gowrap "$work/coredns" "$m" "$COREDNS_VERSION" >/dev/null
+  (cd "$work/coredns" && go build -ldflags "$ldstrip" -o "$out/bin/coredns" "$m")
+}
+
+# kube-router's NetworkPolicy controller (iptables + ipset), only as a pinned, offline test tool:
+# the one release the proxy serves has reported security flaws; it never ships with the project.
+build_kube_router() {
+  log "building kube-router $KUBE_ROUTER_VERSION"
+  local m="github.com/cloudnativelabs/kube-router/v2"
+  gowrap "$work/kube-router" "$m" "$KUBE_ROUTER_VERSION" >/dev/null
+  (cd "$work/kube-router" && go build -ldflags "$ldstrip \
+      -X $m/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+      -o "$out/bin/kube-router" "$m/cmd/kube-router")
+}
+
+# --- The real node's test images: our own sources -----------------------------------------------
+# e2e-probe: a static Go program (HTTP server/client, TCP dial, DNS lookup) run in test pods.
+build_probe() {
+  log "building e2e-probe"
+  cp "$here/probe/main.go" "$work/main.go"
+  printf 'module mlstack.local/e2e/probe\n\ngo 1.24\n' >"$work/go.mod"
+  (cd "$work" && go build -ldflags "$ldstrip" -o "$out/bin/e2e-probe" .)
+}
+
+# e2e-pause: the pod sandbox's process (a static C program: pause() until a signal).
+build_pause() {
+  log "building e2e-pause"
+  gcc -static -Os -s -Wall -Werror -o "$out/bin/e2e-pause" "$here/pause/pause.c"
+}
+
+build() {
+  case $1 in
+    pulumi) tool pulumi PULUMI_VERSION ;;
+    langhost) tool langhost PULUMI_VERSION -- "$here/langhost/main.go" ;;
+    provider) tool provider PULUMI_KUBERNETES_PROVIDER_MODULE_VERSION PULUMI_KUBERNETES_VERSION ;;
+    etcd) tool etcd ETCD_VERSION ;;
+    kwok | stages) tool "$1" KWOK_VERSION ;;
+    kube | kubectl | kubelet) tool "$1" KUBE_VERSION KUBE_STAGING_VERSION ;;
+    coredns) tool coredns COREDNS_VERSION ;;
+    kube-router) tool kube_router KUBE_ROUTER_VERSION ;;
+    probe) tool probe -- "$here/probe/main.go" ;;
+    pause) tool pause -- "$here/pause/pause.c" ;;
+    *) echo "build.sh: no tool named $1" >&2 && exit 2 ;;
+  esac
+}
+
 want=("$@")
-[[ ${#want[@]} -gt 0 ]] || want=(pulumi langhost provider etcd kwok stages kube kubectl)
+[[ ${#want[@]} -gt 0 ]] ||
+  want=(pulumi langhost provider etcd kwok stages kube kubectl kubelet coredns kube-router probe pause)
 for w in "${want[@]}"; do
-  start=$SECONDS
-  "build_$w"
-  log "$w ready ($((SECONDS - start)) s)"
+  build "$w"
 done
 echo "$bin"
