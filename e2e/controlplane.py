@@ -8,6 +8,16 @@ address, and the API server runs with authorization and admission on (so Pod Sec
 enforces the namespace's `restricted` level). A pre-bound PersistentVolume stands in for the
 storage provisioner a real cluster would have.
 
+A real node (e2e/node.py) can join: for it, the components are patched (kwokctl's
+`componentsPatches`), harmless while only fake nodes exist:
+- the KWOK controller manages only nodes annotated `kwok.x-k8s.io/node=fake` (kwokctl's binary
+  runtime makes it manage every node, which would take the real kubelet's node over);
+- the API server uses the service range of e2e/addresses.py, advertises the node address (the
+  `kubernetes` Service's endpoint; the node forwards that address to 127.0.0.1, where the API
+  server listens), has the node address and the `kubernetes` ClusterIP in its certificate, talks to
+  kubelets with the cluster's admin client certificate (the kubelet authorizes it through the API
+  server) and by their InternalIP (not by looking node names up in the machine's DNS).
+
     python -m e2e.controlplane up DIR     # start; prints the kubeconfig path
     python -m e2e.controlplane down DIR   # stop everything started in DIR
 """
@@ -25,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+from e2e import addresses
 
 E2E_DIR: Final = Path(__file__).resolve().parent
 TOOLCHAIN: Final = E2E_DIR / "toolchain"
@@ -94,6 +106,18 @@ class ControlPlane:
         return self.workdir / "kwok" / "clusters" / self.name
 
     @property
+    def pki_dir(self) -> Path:
+        """kwokctl's CA (`ca.crt`, `ca.key`) and admin client/serving certificate (`admin.*`)."""
+        return self.cluster_dir / "pki"
+
+    def api_server_port(self) -> int:
+        """The API server's port on 127.0.0.1 (from kwokctl's kubeconfig)."""
+        server = self.kubectl(
+            "config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"
+        ).stdout.strip()
+        return int(server.rsplit(":", 1)[1])
+
+    @property
     def stages_dir(self) -> Path:
         return self.bin_dir.parent / "stages"
 
@@ -145,20 +169,46 @@ class ControlPlane:
         return data
 
     def _config(self, versions: dict[str, str]) -> Path:
-        """kwokctl's configuration: 127.0.0.1 only, plus KWOK's default node and pod stages and
-        our LoadBalancer stage (naming any Stage replaces the defaults, so all are listed)."""
-        docs = [
-            "\n".join(
-                [
-                    "apiVersion: config.kwok.x-k8s.io/v1alpha1",
-                    "kind: KwokctlConfiguration",
-                    "options:",
-                    "  bindAddress: 127.0.0.1",
-                    "  runtime: binary",
-                    f"  kubeVersion: {versions['KUBE_VERSION']}",
-                ]
-            )
-        ]
+        """kwokctl's configuration: 127.0.0.1 only, the component patches a real node needs (see
+        the module's docstring), plus KWOK's default node and pod stages and our LoadBalancer
+        stage (naming any Stage replaces the defaults, so all are listed)."""
+        pki = self.pki_dir
+        config = {
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+            "kind": "KwokctlConfiguration",
+            "options": {
+                "bindAddress": "127.0.0.1",
+                "runtime": "binary",
+                "kubeVersion": versions["KUBE_VERSION"],
+                "kubeApiserverCertSANs": [
+                    addresses.NODE_ADDRESS,
+                    addresses.KUBERNETES_SERVICE_IP,
+                ],
+            },
+            "componentsPatches": [
+                {
+                    "name": "kube-apiserver",
+                    "extraArgs": [
+                        {"key": "service-cluster-ip-range", "value": addresses.SERVICE_CIDR},
+                        {"key": "advertise-address", "value": addresses.NODE_ADDRESS},
+                        {"key": "kubelet-client-certificate", "value": str(pki / "admin.crt")},
+                        {"key": "kubelet-client-key", "value": str(pki / "admin.key")},
+                        {"key": "kubelet-preferred-address-types", "value": "InternalIP"},
+                    ],
+                },
+                {
+                    "name": "kwok-controller",
+                    "extraArgs": [
+                        {"key": "manage-all-nodes", "value": "false", "override": True},
+                        {
+                            "key": "manage-nodes-with-annotation-selector",
+                            "value": "kwok.x-k8s.io/node=fake",
+                        },
+                    ],
+                },
+            ],
+        }
+        docs = [json.dumps(config, indent=1)]
         stage_files = sorted(self.stages_dir.glob("*.yaml")) + sorted(STAGES.glob("*.yaml"))
         if not any(f.name == "pod-ready.yaml" for f in stage_files):
             raise RuntimeError(f"KWOK's default stages are missing from {self.stages_dir}")
