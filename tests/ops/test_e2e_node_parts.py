@@ -1,0 +1,118 @@
+"""The real e2e node's pure parts: the image archive writer, the LoadBalancer address mirror,
+the DNS readiness query and the Debian package list (the node itself runs in `make e2e`)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import socket
+import struct
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from e2e import addresses
+from e2e.image_archive import ImageFile, write_image
+from e2e.node import debian_packages, dns_query
+
+STAGE = Path(__file__).resolve().parents[2] / "e2e" / "stages" / "service-load-balancer.yaml"
+
+
+def _member(tar: tarfile.TarFile, name: str) -> bytes:
+    f = tar.extractfile(name)
+    assert f is not None
+    return f.read()
+
+
+def test_image_archive_is_a_consistent_oci_layout_and_docker_archive(tmp_path: Path) -> None:
+    dest = tmp_path / "probe.tar"
+    digest = write_image(
+        dest,
+        "mlstack.local/e2e/probe:1",
+        [ImageFile("/e2e-probe", b"\x7fELF...")],
+        entrypoint=["/e2e-probe"],
+        cmd=["serve", ":8080"],
+    )
+    with tarfile.open(dest) as tar:
+        index = json.loads(_member(tar, "index.json"))
+        [entry] = index["manifests"]
+        assert entry["digest"] == digest
+        assert entry["annotations"]["io.containerd.image.name"] == "mlstack.local/e2e/probe:1"
+        manifest_bytes = _member(tar, "blobs/sha256/" + digest.split(":")[1])
+        assert "sha256:" + hashlib.sha256(manifest_bytes).hexdigest() == digest
+        manifest = json.loads(manifest_bytes)
+        config = json.loads(_member(tar, "blobs/sha256/" + manifest["config"]["digest"][7:]))
+        layer_digest = manifest["layers"][0]["digest"]
+        layer = _member(tar, "blobs/sha256/" + layer_digest[7:])
+        assert config["rootfs"]["diff_ids"] == [layer_digest]
+        assert config["config"]["Entrypoint"] == ["/e2e-probe"]
+        assert config["config"]["User"] == "65532:65532"
+        [docker] = json.loads(_member(tar, "manifest.json"))
+        assert docker["RepoTags"] == ["mlstack.local/e2e/probe:1"]
+        assert set(docker["Layers"]) | {docker["Config"]} <= set(tar.getnames())
+    with tarfile.open(fileobj=io.BytesIO(layer)) as files:
+        info = files.getmember("e2e-probe")
+        assert info.mode == 0o755 and info.mtime == 0
+    again = write_image(
+        tmp_path / "again.tar",
+        "mlstack.local/e2e/probe:1",
+        [ImageFile("/e2e-probe", b"\x7fELF...")],
+        entrypoint=["/e2e-probe"],
+        cmd=["serve", ":8080"],
+    )
+    assert again == digest
+
+
+def test_the_stage_template_mirrors_cluster_ips_like_load_balancer_ip() -> None:
+    template = re.search(
+        r'printf "([0-9.]+)%s" \(trimPrefix "([0-9.]+)" \.spec\.clusterIP\)', STAGE.read_text()
+    )
+    assert template is not None
+    lb_prefix, service_prefix = template.groups()
+    assert addresses.SERVICE_CIDR.startswith(service_prefix)
+    assert addresses.LOAD_BALANCER_CIDR.startswith(lb_prefix)
+    for cluster_ip in ("10.96.0.1", "10.96.3.200", "10.96.255.7"):
+        mirrored = lb_prefix + cluster_ip.removeprefix(service_prefix)
+        assert mirrored == addresses.load_balancer_ip(cluster_ip)
+    with pytest.raises(ValueError):
+        addresses.load_balancer_ip("192.0.2.10")
+
+
+def _serve_once(sock: socket.socket, answers: list[str], rcode: int) -> None:
+    query, peer = sock.recvfrom(512)
+    qid = query[:2]
+    question = query[12:]
+    header = qid + struct.pack(">HHHHH", 0x8180 | rcode, 1, len(answers), 0, 0)
+    records = b"".join(
+        struct.pack(">HHHIH", 0xC00C, 1, 1, 5, 4) + socket.inet_aton(a) for a in answers
+    )
+    sock.sendto(header + question + records, peer)
+
+
+@pytest.mark.parametrize(
+    ("answers", "rcode", "expected"),
+    [(["10.96.0.1"], 0, ["10.96.0.1"]), (["10.96.0.7", "10.96.0.8"], 0, ["10.96.0.7", "10.96.0.8"]),
+     ([], 3, [])],
+)  # fmt: skip
+def test_dns_query_reads_a_records(answers: list[str], rcode: int, expected: list[str]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        thread = threading.Thread(target=_serve_once, args=(server, answers, rcode))
+        thread.start()
+        found = dns_query(
+            "127.0.0.1", "kubernetes.default.svc.cluster.local", port=server.getsockname()[1]
+        )
+        thread.join()
+    assert found == expected
+
+
+def test_debian_packages_name_the_node_runtime() -> None:
+    packages = debian_packages()
+    assert {"containerd", "runc", "containernetworking-plugins", "conntrack", "nftables"} <= set(
+        packages
+    )
+    assert all(" " not in p and not p.startswith("#") for p in packages)
