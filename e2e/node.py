@@ -237,8 +237,10 @@ class Node:
         plane: ControlPlane,
         registries: Sequence[str] = (),
         name: str = NODE_NAME,
+        network_policy: bool = True,
     ) -> None:
         self.plane = plane
+        self.network_policy = network_policy
         self.bin_dir = plane.bin_dir
         self.workdir = plane.workdir / "node"
         self.name = name
@@ -350,6 +352,8 @@ class Node:
             self.timings["node_ready_s"] = time.monotonic() - kubelet_started
             self._start_kube_proxy()
             self._start_coredns()
+            if self.network_policy:
+                self._start_kube_router()
         except BaseException:
             log(f"start failed: removing what was made (logs kept in {self.logs})")
             self.down(keep_logs=True)
@@ -366,7 +370,8 @@ class Node:
                 "(python -m e2e.node down DIR stops it)"
             )
         ensure_packages()
-        for tool in ("kubelet", "kube-proxy", "coredns", "e2e-pause", "e2e-probe"):
+        tools = ["kubelet", "kube-proxy", "coredns", "e2e-pause", "e2e-probe"]
+        for tool in tools + (["kube-router"] if self.network_policy else []):
             if not (self.bin_dir / tool).exists():
                 raise RuntimeError(
                     f"{tool} is missing from {self.bin_dir} (e2e/toolchain/build.sh)"
@@ -400,6 +405,7 @@ class Node:
                 "absent_dirs": [d for d in HOST_DIRS if not Path(d).exists()],
                 "nft_tables": self._nft_tables(),
                 "chains": sorted(self._our_chains()),
+                "ipsets": self._ipsets(),
             }
         )
 
@@ -497,8 +503,9 @@ class Node:
         identities = {
             "kubelet": (f"system:node:{self.name}", "system:nodes"),
             "kube-proxy": ("system:kube-proxy", ""),
-            # CoreDNS lists Services, EndpointSlices and Namespaces: the cluster admin here.
-            "coredns": ("mlstack-e2e-coredns", "system:masters"),
+            # CoreDNS and kube-router watch Services, EndpointSlices, Namespaces, Pods and
+            # NetworkPolicies across the cluster: the throwaway cluster's admin.
+            "admin": ("mlstack-e2e-node-admin", "system:masters"),
         }
         ca = self.plane.pki_dir
         ext = pki / "client.ext"
@@ -800,7 +807,7 @@ oom_score = 0
             f"  bind {net.NODE_ADDRESS}\n"
             "  errors\n"
             f"  kubernetes {net.CLUSTER_DOMAIN} {{\n"
-            f"    kubeconfig {self.workdir / 'pki' / 'coredns.kubeconfig'} e2e\n"
+            f"    kubeconfig {self.workdir / 'pki' / 'admin.kubeconfig'} e2e\n"
             "    pods insecure\n"
             "  }\n"
             "  cache 5\n"
@@ -859,6 +866,31 @@ oom_score = 0
 
         self._wait("CoreDNS behind the kube-dns Service", answers, 60, "coredns")
 
+    def _start_kube_router(self) -> None:
+        """kube-router's NetworkPolicy controller only (no routing, no service proxy, no CNI)."""
+        argv = [
+            self._bin("kube-router"),
+            "--run-firewall=true",
+            "--run-router=false",
+            "--run-service-proxy=false",
+            "--run-loadbalancer=false",
+            "--enable-cni=false",
+            "--enable-ipv6=false",
+            f"--kubeconfig={self.workdir / 'pki' / 'admin.kubeconfig'}",
+            f"--hostname-override={self.name}",
+            f"--service-cluster-ip-range={net.SERVICE_CIDR}",
+            "--health-port=0",
+            "--metrics-port=0",
+            "--v=1",
+        ]
+        self._spawn("kube-router", argv)
+        log_file = self.logs / "kube-router.log"
+
+        def synced() -> bool:
+            return "sync iptables took" in log_file.read_text(errors="replace")
+
+        self._wait("kube-router's first NetworkPolicy sync", synced, 60, "kube-router")
+
     # --- volumes --------------------------------------------------------------------------
     def add_volume(self, namespace: str, claim: str, size: str = "10Gi") -> Path:
         """A local PersistentVolume on the node, pre-bound to `namespace/claim` (what a
@@ -908,6 +940,7 @@ oom_score = 0
         state = self._state()
         steps = (
             self._drain,
+            lambda: self._stop("kube-router"),
             lambda: self._stop("coredns"),
             self._stop_kube_proxy,
             lambda: self._stop("kubelet", grace=20),
@@ -917,6 +950,7 @@ oom_score = 0
             lambda: self._stop("api-server-forward"),
             self._unmount,
             lambda: self._remove_chains(state),
+            lambda: self._remove_ipsets(state),
             lambda: self._remove_nft(state),
             self._remove_links,
             lambda: self._restore_sysctls(state),
@@ -1045,6 +1079,15 @@ oom_score = 0
                 run(tool, "-t", table, "-X", name, check=False)
 
     @staticmethod
+    def _ipsets() -> list[str]:
+        return run("ipset", "list", "-n", check=False).stdout.split()
+
+    def _remove_ipsets(self, state: dict[str, Any]) -> None:
+        """The ipsets that appeared since `up` (kube-router's), once no rule refers to them."""
+        for name in set(self._ipsets()) - set(state.get("ipsets", [])):
+            run("ipset", "destroy", name, check=False)
+
+    @staticmethod
     def _nft_tables() -> list[str]:
         out = run("nft", "list", "tables", check=False).stdout
         return [
@@ -1123,6 +1166,7 @@ oom_score = 0
         if f"inet {GUARD_TABLE}" in self._nft_tables():
             left.append(f"nft table inet {GUARD_TABLE}")
         left += [f"chain {c}" for c in sorted(self._our_chains() - set(state.get("chains", [])))]
+        left += [f"ipset {i}" for i in sorted(set(self._ipsets()) - set(state.get("ipsets", [])))]
         left += [
             f"cgroup {h / CGROUP_ROOT}"
             for h in self._cgroup_hierarchies()
@@ -1231,12 +1275,13 @@ oom_score = 0
         try:
             self.kubectl("apply", "-f", "-", stdin=json.dumps(service))
             start = time.monotonic()
-            for name in ("web", "client"):
+            names = ["web", "client"] + (["other"] if self.network_policy else [])
+            for name in names:
                 pod = self.probe_pod(name, namespace, {"app": name})
                 self.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
             self.kubectl(
-                "wait", "-n", namespace, "--for=condition=Ready", "pod/web", "pod/client",
-                "--timeout=120s", timeout=150,
+                "wait", "-n", namespace, "--for=condition=Ready",
+                *[f"pod/{n}" for n in names], "--timeout=120s", timeout=150,
             )  # fmt: skip
             timings["pods_ready_s"] = time.monotonic() - start
             fqdn = f"web.{namespace}.svc.{net.CLUSTER_DOMAIN}"
@@ -1248,9 +1293,11 @@ oom_score = 0
                 raise AssertionError(f"{fqdn} resolved to {resolved}, not {cluster_ip}")
             api = f"kubernetes.default.svc.{net.CLUSTER_DOMAIN}:443"
             self.exec_probe(namespace, "client", "dial", api)  # the API server, from a pod
-            answer = self.exec_probe(namespace, "client", "get", "http://web/").stdout.strip()
-            if answer != "web":
-                raise AssertionError(f"http://web/ from the client pod answered {answer!r}")
+            # kube-proxy applies new endpoints within about a second of the pods being Ready.
+            self._until(
+                "http://web/ to answer the client pod",
+                lambda: self._get(namespace, "client", "http://web/") == "web",
+            )
             lb = self._wait_load_balancer(namespace, "web")
             with contextlib.closing(socket.create_connection((lb, 80), timeout=5)) as s:
                 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
@@ -1258,9 +1305,63 @@ oom_score = 0
             if not reply.startswith(b"HTTP/1.0 200") or not reply.rstrip().endswith(b"web"):
                 raise AssertionError(f"the LoadBalancer address {lb} answered {reply!r}")
             self.check_egress_refused(namespace, "client")
+            if self.network_policy:
+                timings["network_policy_s"] = self.check_network_policy(namespace)
         finally:
             self.kubectl("delete", "namespace", namespace, "--wait=true", check=False, timeout=120)
         return timings
+
+    def _get(self, namespace: str, pod: str, url: str) -> str:
+        """The body `url` answers a probe pod with, or "" when it does not answer 200."""
+        proc = self.exec_probe(namespace, pod, "get", url, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    @staticmethod
+    def _until(what: str, ready: Any, timeout: float = 15) -> float:
+        start = time.monotonic()
+        while not ready():
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(0.2)
+        return time.monotonic() - start
+
+    def check_network_policy(self, namespace: str) -> float:
+        """With pods `web`, `client` and `other` in `namespace` (and a Service `web`): a
+        NetworkPolicy that admits only `client` to `web` is enforced — `other` is refused,
+        directly and through the Service, `client` still gets through. Returns the seconds from
+        applying the policy to its enforcement."""
+        policy = {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "web-from-client", "namespace": namespace},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "web"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                        "ports": [{"port": 8080}],
+                    }
+                ],
+            },
+        }
+        web_ip = self.kubectl(
+            "get", "-n", namespace, "pod", "web", "-o", "jsonpath={.status.podIP}"
+        ).stdout.strip()
+        self._until(
+            "the other pod to reach web", lambda: self._get(namespace, "other", "http://web/")
+        )
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(policy))
+        enforced = self._until(
+            "the NetworkPolicy to refuse the other pod",
+            lambda: not self._get(namespace, "other", f"http://{web_ip}:8080/"),
+        )
+        for url in ("http://web/", f"http://{web_ip}:8080/"):
+            if self._get(namespace, "other", url):
+                raise AssertionError(f"the NetworkPolicy let the other pod reach {url}")
+            if self._get(namespace, "client", url) != "web":
+                raise AssertionError(f"the NetworkPolicy refused the client pod {url}")
+        return enforced
 
     def _wait_load_balancer(self, namespace: str, service: str) -> str:
         deadline = time.monotonic() + 30
