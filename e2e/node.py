@@ -1143,8 +1143,14 @@ oom_score = 0
                 Path("/var/lib/kubelet/device-plugins/kubelet.sock").unlink()
         results = Path("/var/lib/cni/results")
         if results.is_dir():
-            for f in results.glob(f"{net.CNI_NETWORK}-*"):
-                f.unlink()
+            # libcni's result cache: our network's, and the loopback ones of our sandboxes.
+            sandboxes = (
+                self.workdir / "containerd" / "root" / "io.containerd.grpc.v1.cri" / "sandboxes"
+            )
+            ids = [d.name for d in sandboxes.iterdir()] if sandboxes.is_dir() else []
+            for f in results.iterdir():
+                if f.name.startswith(f"{net.CNI_NETWORK}-") or any(i in f.name for i in ids):
+                    f.unlink()
         for d in state.get("absent_dirs", []):
             with contextlib.suppress(OSError):
                 Path(d).rmdir()
