@@ -8,6 +8,9 @@ file lives under one folder; every address comes from e2e/addresses.py.
     python -m e2e.node up DIR      # join the control plane that `e2e.controlplane up DIR` started
     python -m e2e.node check DIR   # restricted pods Ready, Service + DNS, outside traffic refused
     python -m e2e.node down DIR    # remove every process, mount, rule, bridge and file it made
+    python -m e2e.node packages    # the Debian packages of e2e/node-packages.txt still missing
+
+`up DIR 127.0.0.1:PORT...` also lets containerd pull from those registries over plain HTTP.
 
 How it is put together (the choices that are not defaults, and why):
 - Network: the node address is a /32 on a bridge with no ports (the machine has no `dummy`
@@ -1394,12 +1397,12 @@ def running_node(plane: ControlPlane, registries: Sequence[str] = ()) -> Iterato
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) < 2 or argv[0] not in ("up", "down", "check", "packages"):
-        print(__doc__, file=sys.stderr)
-        return 2
-    if argv[0] == "packages":
+    if argv[:1] == ["packages"]:
         print(" ".join(missing_packages()))
         return 0
+    if len(argv) < 2 or argv[0] not in ("up", "down", "check"):
+        print(__doc__, file=sys.stderr)
+        return 2
     plane = ControlPlane(bin_dir=toolchain_bin(), workdir=Path(argv[1]).resolve())
     node = Node(plane, registries=argv[2:])
     if argv[0] == "up":
