@@ -180,6 +180,16 @@ def stop_pids(pids: Sequence[int], grace: float = 10) -> None:
             os.waitpid(pid, os.WNOHANG)
 
 
+def process_running(comm: str) -> bool:
+    """Whether a process whose command name is `comm` runs on the machine."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == comm:
+                    return True
+    return False
+
+
 def sysctl_path(key: str) -> Path:
     return Path("/proc/sys") / key
 
@@ -1117,8 +1127,12 @@ oom_score = 0
                 run("ip", "link", "delete", link, check=False)
 
     def _restore_sysctls(self, state: dict[str, Any]) -> None:
+        # A Docker engine started meanwhile relies on forwarding, which it turned on too.
+        docker = process_running("dockerd")
         for key, value in state.get("sysctls", {}).items():
             path = sysctl_path(key)
+            if docker and key == "net/ipv4/ip_forward":
+                continue
             if path.exists() and path.read_text().strip() != value:
                 path.write_text(value)
 
