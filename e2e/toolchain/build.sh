@@ -48,12 +48,13 @@ declare -A adopted=()
 reported_version() {
   local out
   case "${1##*/}" in
-    pulumi) out="$("$1" version 2>/dev/null)" ;;
-    kubectl) out="$("$1" version --client 2>/dev/null)" ;;
-    coredns) out="$("$1" -version 2>/dev/null)" ;;
-    *) out="$("$1" --version 2>/dev/null)" ;;
+    pulumi) out="$("$1" version 2>&1 || true)" ;;
+    kubectl) out="$("$1" version --client 2>&1 || true)" ;;
+    coredns) out="$("$1" -version 2>&1 || true)" ;;
+    *) out="$("$1" --version 2>&1 || true)" ;;
   esac
-  grep -oE '[0-9]+\.[0-9]+\.[0-9]+' <<<"$out" | head -1 | sed -E 's/^/v/'
+  # Some print their own path first (kube-router): drop it before looking for a version.
+  grep -oE '[0-9]+\.[0-9]+\.[0-9]+' <<<"${out//$1/}" | head -1 | sed -E 's/^/v/'
 }
 
 # adopt NAME PATH VERSION: link an installed binary into bin/ if it reports VERSION.

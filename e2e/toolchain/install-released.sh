@@ -43,6 +43,22 @@ for name in kwok kwokctl; do
   install -m 0755 "$tmp/$name" "$dest/$name"
 done
 
+# CoreDNS and kube-router (the real node's DNS and NetworkPolicy enforcer) with their checksums.
+cv="${COREDNS_VERSION#v}"
+coredns="coredns_${cv}_linux_$arch.tgz"
+fetch "https://github.com/coredns/coredns/releases/download/$COREDNS_VERSION/$coredns" "$tmp/$coredns"
+fetch "https://github.com/coredns/coredns/releases/download/$COREDNS_VERSION/$coredns.sha256" "$tmp/coredns.sum"
+echo "$(cut -d' ' -f1 "$tmp/coredns.sum")  $tmp/$coredns" | sha256sum --check --quiet
+tar -xzf "$tmp/$coredns" -C "$tmp"
+install -m 0755 "$tmp/coredns" "$dest/coredns"
+kv="${KUBE_ROUTER_VERSION#v}"
+router="kube-router_${kv}_linux_$arch.tar.gz"
+fetch "https://github.com/cloudnativelabs/kube-router/releases/download/$KUBE_ROUTER_VERSION/$router" "$tmp/$router"
+fetch "https://github.com/cloudnativelabs/kube-router/releases/download/$KUBE_ROUTER_VERSION/kube-router_${kv}_checksums.txt" "$tmp/router.sums"
+(cd "$tmp" && grep " $router\$" router.sums | sha256sum --check --quiet)
+mkdir -p "$tmp/router" && tar -xzf "$tmp/$router" -C "$tmp/router"
+install -m 0755 "$tmp/router/kube-router" "$dest/kube-router"
+
 # Pulumi: the CLI archive (with pulumi-language-python beside the CLI) and its checksums.
 pv="${PULUMI_VERSION#v}"
 archive="pulumi-v$pv-linux-x64.tar.gz"
