@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 from mlstack_gateway.breaker import BreakerState, CircuitBreaker
 from mlstack_gateway.group_commit import GroupCommitter
+from mlstack_gateway.metrics import GatewayMetrics
+from mlstack_gateway.store import StoreUnavailableError
 
 
 class FakeClock:
@@ -78,6 +82,22 @@ def test_cancelled_trial_lets_another_trial_go() -> None:
     assert breaker.allow()
 
 
+def new_committer(
+    write: Callable[[list[int]], Awaitable[None]],
+    timeout: float = 5.0,
+    max_in_flight: int = 1,
+    metrics: GatewayMetrics | None = None,
+) -> GroupCommitter[int]:
+    """A committer over ``write``, which gets the batch taken as the write starts."""
+
+    async def write_batch(take: Callable[[], list[int]]) -> None:
+        await write(take())
+
+    return GroupCommitter(
+        write_batch, metrics or GatewayMetrics(), timeout=timeout, max_in_flight=max_in_flight
+    )
+
+
 def test_concurrent_submits_share_one_commit() -> None:
     batches: list[list[int]] = []
 
@@ -86,7 +106,7 @@ def test_concurrent_submits_share_one_commit() -> None:
         batches.append(batch)
 
     async def run() -> None:
-        committer: GroupCommitter[int] = GroupCommitter(write)
+        committer = new_committer(write)
         await asyncio.gather(*(committer.submit(i) for i in range(50)))
         await committer.close()
 
@@ -103,9 +123,10 @@ def test_submit_returns_only_after_its_commit() -> None:
         committed.extend(batch)
 
     async def run() -> None:
-        committer: GroupCommitter[int] = GroupCommitter(write)
-        await committer.submit(7)
-        assert committed == [7]
+        committer = new_committer(write, timeout=1.0)
+        for item in range(3):  # one after the other: each finds the last writer gone
+            await committer.submit(item)
+            assert committed == list(range(item + 1))
 
     asyncio.run(run())
 
@@ -116,7 +137,7 @@ def test_a_failed_commit_fails_every_waiter_in_it() -> None:
         raise OSError("disk gone")
 
     async def run() -> list[BaseException | None]:
-        committer: GroupCommitter[int] = GroupCommitter(write)
+        committer = new_committer(write)
         return await asyncio.gather(
             *(committer.submit(i) for i in range(5)), return_exceptions=True
         )
@@ -141,8 +162,111 @@ def test_several_commits_in_flight_when_allowed() -> None:
         await committer.submit(i)
 
     async def run() -> None:
-        committer: GroupCommitter[int] = GroupCommitter(write, max_in_flight=3)
+        committer = new_committer(write, max_in_flight=3)
         await asyncio.gather(*(arrive(committer, i) for i in range(60)))
 
     asyncio.run(run())
     assert peak == 3
+
+
+def test_commits_are_counted_in_the_metrics() -> None:
+    metrics = GatewayMetrics()
+
+    async def write(batch: list[int]) -> None:
+        await asyncio.sleep(0.01)
+
+    async def run() -> None:
+        committer = new_committer(write, metrics=metrics)
+        await asyncio.gather(*(committer.submit(i) for i in range(10)))
+
+    asyncio.run(run())
+    sample = metrics.registry.get_sample_value
+    assert sample("mlstack_gateway_db_commit_rows_sum") == 10
+    assert 1 <= (sample("mlstack_gateway_db_commit_rows_count") or 0) <= 2
+    assert (sample("mlstack_gateway_db_commit_duration_seconds_sum") or 0) >= 0.01
+
+
+def test_a_caller_waits_no_longer_than_the_timeout() -> None:
+    release = asyncio.Event()
+    metrics = GatewayMetrics()
+
+    async def stuck(batch: list[int]) -> None:
+        await release.wait()
+
+    async def run() -> float:
+        committer = new_committer(stuck, timeout=0.2, metrics=metrics)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match=r"not committed within 0\.2s"):
+            await committer.submit(1)
+        elapsed = time.monotonic() - started
+        release.set()
+        await committer.close()
+        return elapsed
+
+    elapsed = asyncio.run(run())
+    assert 0.2 <= elapsed < 1.0
+    assert metrics.registry.get_sample_value("mlstack_gateway_db_failures_total") == 1
+
+
+def test_rows_whose_callers_gave_up_before_their_commit_are_not_written() -> None:
+    written: list[int] = []
+    release = asyncio.Event()
+
+    async def write(batch: list[int]) -> None:
+        await release.wait()
+        written.extend(batch)
+
+    async def run() -> None:
+        committer = new_committer(write, timeout=0.2)
+        first = asyncio.create_task(committer.submit(1))  # its commit hangs
+        await asyncio.sleep(0.05)
+        with pytest.raises(StoreUnavailableError):
+            await committer.submit(2)  # queued behind it, gives up
+        release.set()
+        with pytest.raises(StoreUnavailableError):
+            await first
+        await committer.close()
+
+    asyncio.run(run())
+    assert written == [1]  # the one already being written when its caller gave up
+
+
+def test_a_store_takes_its_batch_when_it_is_ready_to_write() -> None:
+    batches: list[list[int]] = []
+    ready = asyncio.Event()
+
+    async def write_batch(take: Callable[[], list[int]]) -> None:
+        await ready.wait()  # e.g. its writer thread still busy with the last commit
+        batches.append(take())
+
+    async def run() -> None:
+        committer = GroupCommitter(write_batch, GatewayMetrics(), timeout=1.0)
+        first = asyncio.create_task(committer.submit(0))
+        await asyncio.sleep(0.01)  # the writer is waiting to write
+        later = [asyncio.create_task(committer.submit(i)) for i in range(1, 5)]
+        await asyncio.sleep(0.01)
+        ready.set()
+        await asyncio.gather(first, *later)
+
+    asyncio.run(run())
+    assert batches == [[0, 1, 2, 3, 4]]
+
+
+def test_a_write_that_fails_before_taking_fails_the_queued_callers() -> None:
+    attempts = 0
+
+    async def write_batch(take: Callable[[], list[int]]) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise StoreUnavailableError("database not connected yet")
+
+    async def run() -> list[BaseException | None]:
+        committer = GroupCommitter(write_batch, GatewayMetrics(), timeout=1.0)
+        return await asyncio.gather(
+            *(committer.submit(i) for i in range(3)), return_exceptions=True
+        )
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, StoreUnavailableError) for r in results)
+    assert "not connected" in str(results[0])
+    assert attempts == 1

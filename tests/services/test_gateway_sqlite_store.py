@@ -1,25 +1,27 @@
-"""The gateway's SQLite store in-process: group commit on its writer thread, failures, close."""
+"""The gateway's SQLite store in-process: group commit, migrations, failures, close."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 from mlstack_gateway.ids import new_request_id
 from mlstack_gateway.metrics import GatewayMetrics
+from mlstack_gateway.migrations import migrate
 from mlstack_gateway.settings import GatewaySettings
 from mlstack_gateway.store import PredictionRecord, StoreUnavailableError
-from mlstack_gateway.store_sqlite import SqliteStore
+from mlstack_gateway.store_sqlite import MIGRATIONS, SqliteConnection, SqliteStore
 
 
 def record() -> PredictionRecord:
     return PredictionRecord(new_request_id(), "iris", "v2", "[[5.1,3.5,1.4,0.2]]", "[0]", 1.0)
 
 
-def open_store(data_dir: Path) -> tuple[SqliteStore, GatewayMetrics]:
-    settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "DATA_DIR": str(data_dir)})
+def open_store(data_dir: Path, **env: str) -> tuple[SqliteStore, GatewayMetrics]:
+    settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "DATA_DIR": str(data_dir), **env})
     metrics = GatewayMetrics()
     return SqliteStore(settings, metrics), metrics
 
@@ -88,3 +90,72 @@ def test_a_closed_store_refuses_saves(tmp_path: Path) -> None:
             await store.save(record())
 
     asyncio.run(run())
+
+
+def test_a_write_waits_no_longer_than_the_write_timeout_for_a_locked_file(
+    tmp_path: Path,
+) -> None:
+    async def run() -> float:
+        store, _ = open_store(tmp_path, DB_WRITE_TIMEOUT_SECONDS="0.3")
+        await store.open()
+        # Another process holding the file's write lock.
+        other = sqlite3.connect(tmp_path / "predictions.sqlite3", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        try:
+            with pytest.raises(StoreUnavailableError):
+                await store.save(record())
+            return time.monotonic() - started
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+            await store.close()
+
+    assert asyncio.run(run()) < 1.5
+
+
+def test_migrations_apply_once_in_order(tmp_path: Path) -> None:
+    migrations = [*MIGRATIONS, (2, "CREATE INDEX by_model ON predictions (model_name)")]
+
+    async def run() -> tuple[list[int], list[int]]:
+        store, _ = open_store(tmp_path)
+        await store.open()  # applies version 1
+        await store.close()
+        conn = SqliteConnection("test")
+        await conn.open(tmp_path / "predictions.sqlite3", busy_timeout=5)
+        applied_then = await migrate(conn, migrations)
+        applied_again = await migrate(conn, migrations)
+        await conn.close()
+        return applied_then, applied_again
+
+    assert asyncio.run(run()) == ([2], [])
+    with sqlite3.connect(tmp_path / "predictions.sqlite3") as db:
+        versions = [row[0] for row in db.execute("SELECT version FROM schema_migrations")]
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert versions == [1, 2]
+    assert "by_model" in indexes
+
+
+def test_a_failing_migration_leaves_the_schema_as_it_was(tmp_path: Path) -> None:
+    migrations = [
+        *MIGRATIONS,
+        (2, "CREATE TABLE extra (id INTEGER)"),
+        (3, "CREATE INDEX broken ON no_such_table (x)"),
+    ]
+
+    async def run() -> None:
+        store, _ = open_store(tmp_path)
+        await store.open()
+        await store.close()
+        conn = SqliteConnection("test")
+        await conn.open(tmp_path / "predictions.sqlite3", busy_timeout=5)
+        with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+            await migrate(conn, migrations)
+        await conn.close()
+
+    asyncio.run(run())
+    with sqlite3.connect(tmp_path / "predictions.sqlite3") as db:
+        versions = [row[0] for row in db.execute("SELECT version FROM schema_migrations")]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert versions == [1]
+    assert "extra" not in tables

@@ -1,34 +1,66 @@
-"""Group commit: concurrent requests' rows are written in one transaction.
+"""Group commit, for both stores: the rows of concurrent requests committed in one transaction.
 
-Each caller appends its row and awaits a future. A writer task takes everything queued so far,
-commits it in one transaction, then resolves every waiting future (or fails them all). While a
-commit is in flight new rows queue up for the next one, so throughput grows with concurrency
-while every caller still returns only after its own row is durable. Up to ``max_in_flight``
-writers run at once (PostgreSQL flushes concurrent commits together; SQLite takes one).
+Each caller queues its row and waits. A writer task asks the store to write a batch; the store
+takes the batch (every row queued so far, at most ``max_batch``) at the moment it can write it,
+commits it in one transaction, and the writer then wakes every caller in that batch with the
+verdict. Rows that arrive while a commit is in flight wait for the next one, so throughput grows
+with concurrency while each caller returns only once its own row is committed.
+
+Up to ``max_in_flight`` writers run at once. PostgreSQL flushes concurrent commits together.
+SQLite's one writer thread takes the rows itself when it is free: with two writers, the next
+write is already waiting in the thread when a commit ends, and its batch holds every row that
+arrived until then (no trip through the event loop between two commits).
+
+A caller waits at most ``timeout`` seconds, then gets StoreUnavailableError. Its row may still be
+committed afterwards if its batch was already taken (a 503 promises nothing either way); one
+still queued is dropped, so a stalled database does not pile up work for nobody.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from mlstack_gateway.metrics import GatewayMetrics
+from mlstack_gateway.store import StoreUnavailableError
+
+log = logging.getLogger("mlstack_gateway.store")
+
 T = TypeVar("T")
+_Entry = tuple[T, asyncio.Future[None]]
 
 
 class GroupCommitter(Generic[T]):
     def __init__(
         self,
-        write_batch: Callable[[list[T]], Awaitable[None]],
-        max_batch: int = 256,
+        write_batch: Callable[[Callable[[], list[T]]], Awaitable[None]],
+        metrics: GatewayMetrics,
+        *,
+        timeout: float,
+        max_batch: int = 512,
         max_in_flight: int = 1,
-        on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
+        """``write_batch(take)`` calls ``take()`` once, when it is ready to write (from any one
+        thread), and commits exactly the rows it returns (none: nothing to do)."""
         self._write_batch = write_batch
+        self._metrics = metrics
+        self._timeout = timeout
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
-        self._on_commit = on_commit
-        self._pending: list[tuple[T, asyncio.Future[None]]] = []
+        # A deque: appended on the event loop, taken from by the store's writer, whichever
+        # thread that is (one append or popleft is atomic).
+        self._pending: collections.deque[_Entry[T]] = collections.deque()
+        # Every caller not answered yet, with its deadline, oldest first. The timeout is the same
+        # for all, so arrival order is deadline order and one timer, set for the oldest, serves
+        # them all (cheaper than a timer per caller).
+        self._waiting: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        self._expiry: asyncio.TimerHandle | None = None
+        # Writers still draining. Counted apart from the tasks, which leave the set only in a
+        # done callback, one loop turn after they stop taking rows.
+        self._draining = 0
         self._writers: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> None:
@@ -36,32 +68,98 @@ class GroupCommitter(Generic[T]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._pending.append((item, future))
-        if len(self._writers) < self._max_in_flight:
+        deadline = loop.time() + self._timeout
+        self._waiting.append((deadline, future))
+        if self._expiry is None:
+            self._expiry = loop.call_at(deadline, self._expire)
+        if self._draining < self._max_in_flight:
+            self._draining += 1
             writer = loop.create_task(self._drain())
             self._writers.add(writer)
             writer.add_done_callback(self._writers.discard)
         await future
 
-    async def _drain(self) -> None:
+    def _expire(self) -> None:
+        """Fail every caller past its deadline; set the timer for the next one."""
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        waiting = self._waiting
+        while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
+            _, future = waiting.popleft()
+            if not future.done():
+                self._metrics.db_failures.inc()
+                future.set_exception(
+                    StoreUnavailableError(f"database write not committed within {self._timeout:g}s")
+                )
+        self._expiry = loop.call_at(waiting[0][0], self._expire) if waiting else None
+
+    def _take(self) -> list[_Entry[T]]:
+        """Up to ``max_batch`` queued rows whose callers are still waiting."""
+        pending = self._pending
+        batch: list[_Entry[T]] = []
+        while len(batch) < self._max_batch:
+            try:
+                entry = pending.popleft()
+            except IndexError:
+                break
+            if not entry[1].done():
+                batch.append(entry)
+        return batch
+
+    async def _drain(self) -> None:
+        try:
+            await self._commit_pending()
+        finally:
+            self._draining -= 1
+
+    async def _commit_pending(self) -> None:
+        loop = asyncio.get_running_loop()
+        metrics = self._metrics
         while self._pending:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
+            batch = _Batch(self._take)
             started = loop.time()
             try:
-                await self._write_batch([item for item, _ in batch])
+                await self._write_batch(batch.take)
+                if not batch.taken:
+                    raise RuntimeError("write_batch returned without taking its rows")
             except Exception as exc:  # every waiter learns the commit failed
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                if not batch.taken:  # failed before taking: fail the rows it would have taken
+                    batch.take()
+                log.warning("commit of %d rows failed: %s", len(batch.entries), exc)
+                self._answer(batch.entries, exc)
                 continue
-            if self._on_commit is not None:
-                self._on_commit(len(batch), loop.time() - started)
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+            if batch.entries:
+                metrics.commit_rows.observe(len(batch.entries))
+                metrics.commit_seconds.observe(loop.time() - started)
+            self._answer(batch.entries, None)
+
+    def _answer(self, batch: list[_Entry[T]], error: Exception | None) -> None:
+        for _, future in batch:
+            if future.done():  # its caller gave up meanwhile
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+        waiting = self._waiting
+        while waiting and waiting[0][1].done():
+            waiting.popleft()
 
     async def close(self) -> None:
         """Wait for queued rows to be written (their callers are still waiting for them)."""
         while self._writers:
             await asyncio.gather(*self._writers, return_exceptions=True)
+
+
+class _Batch(Generic[T]):
+    """The rows of one commit, taken when the store calls ``take``."""
+
+    def __init__(self, take_entries: Callable[[], list[_Entry[T]]]) -> None:
+        self._take_entries = take_entries
+        self.entries: list[_Entry[T]] = []
+        self.taken = False
+
+    def take(self) -> list[T]:
+        self.taken = True
+        self.entries = self._take_entries()
+        return [item for item, _ in self.entries]

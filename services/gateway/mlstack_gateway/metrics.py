@@ -78,7 +78,7 @@ class GatewayMetrics:
         )
         self.commit_seconds = Histogram(
             "mlstack_gateway_db_commit_duration_seconds",
-            "Time one group commit took.",
+            "Time from a group of rows being taken for a commit to its end (queueing included).",
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )

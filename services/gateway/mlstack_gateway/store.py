@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.settings import GatewaySettings
-
-# An advisory-lock key all replicas share, so that only one migrates the schema at a time.
-MIGRATION_LOCK_KEY = 0x6D6C737461636B  # "mlstack"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +20,27 @@ class PredictionRecord:
     instances_json: str
     predictions_json: str
     latency_ms: float
+
+
+class Row(Protocol):
+    """A database row as both drivers give it: its columns by position."""
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
+def history_item(row: Row, created_at: str) -> dict[str, Any]:
+    """A stored prediction as ``GET /api/v1/predictions`` lists it. ``row``: request_id,
+    created_at, model_name, model_version, instances, predictions, latency_ms, the two JSON
+    columns as text (embedded in the answer as they are)."""
+    return {
+        "request_id": row[0],
+        "created_at": created_at,
+        "model_name": row[2],
+        "model_version": row[3],
+        "instances": orjson.Fragment(row[4]),
+        "predictions": orjson.Fragment(row[5]),
+        "latency_ms": row[6],
+    }
 
 
 class StoreUnavailableError(Exception):

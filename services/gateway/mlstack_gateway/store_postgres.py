@@ -4,18 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-import orjson
 
 from mlstack_gateway.group_commit import GroupCommitter
 from mlstack_gateway.metrics import GatewayMetrics
-from mlstack_gateway.migrations import MIGRATIONS_TABLE, POSTGRES_MIGRATIONS
+from mlstack_gateway.migrations import migrate
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.store import MIGRATION_LOCK_KEY, PredictionRecord, StoreUnavailableError
+from mlstack_gateway.store import PredictionRecord, StoreUnavailableError, history_item
 
 log = logging.getLogger("mlstack_gateway.store")
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE IF NOT EXISTS predictions (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            request_id UUID NOT NULL UNIQUE,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            model_name TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            instances JSONB NOT NULL,
+            predictions JSONB NOT NULL,
+            latency_ms DOUBLE PRECISION NOT NULL
+        )
+        """,
+    ),
+]
+# The advisory-lock key every replica takes to migrate, so that one migrates at a time.
+MIGRATION_LOCK_KEY = 0x6D6C737461636B  # "mlstack"
 
 # One statement, one round trip, one commit for the whole group. ON CONFLICT makes a resend
 # after an ambiguous failure (connection lost during COMMIT) harmless.
@@ -34,7 +55,7 @@ FROM predictions ORDER BY id DESC LIMIT $1
 
 def _is_transient(exc: BaseException) -> bool:
     """Errors a restart or failover causes, after which the same write may succeed."""
-    if isinstance(exc, asyncpg.DataError | asyncpg.ClientConfigurationError):
+    if isinstance(exc, asyncpg.ClientConfigurationError):  # an InterfaceError, but permanent
         return False
     return isinstance(
         exc,
@@ -44,6 +65,26 @@ def _is_transient(exc: BaseException) -> bool:
         | asyncpg.OperatorInterventionError
         | asyncpg.InterfaceError,
     )
+
+
+class _Schema:
+    """The migration runner's SchemaConnection over one pool connection."""
+
+    def __init__(self, conn: asyncpg.pool.PoolConnectionProxy) -> None:
+        self._conn = conn
+
+    @asynccontextmanager
+    async def locked_transaction(self) -> AsyncIterator[None]:
+        async with self._conn.transaction():
+            # Replicas starting together queue here; the lock goes with the transaction's end.
+            await self._conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+            yield
+
+    async def execute(self, statement: str) -> None:
+        await self._conn.execute(statement)
+
+    async def column(self, query: str) -> list[Any]:
+        return [row[0] for row in await self._conn.fetch(query)]
 
 
 class PostgresStore:
@@ -57,15 +98,13 @@ class PostgresStore:
         self._metrics = metrics
         self._pool: asyncpg.Pool | None = None
         self._connecting: asyncio.Task[None] | None = None
-
-        def committed(rows: int, seconds: float) -> None:
-            metrics.commit_rows.observe(rows)
-            metrics.commit_seconds.observe(seconds)
-
         # Several commits in flight at once (PostgreSQL flushes them together), one pool
         # connection left over for reads and probes.
         self._committer: GroupCommitter[PredictionRecord] = GroupCommitter(
-            self._write_batch, max_in_flight=max(1, self._pool_size - 1), on_commit=committed
+            self._write_batch,
+            metrics,
+            timeout=self._write_timeout,
+            max_in_flight=max(1, self._pool_size - 1),
         )
 
     async def open(self) -> None:
@@ -100,28 +139,12 @@ class PostgresStore:
     @staticmethod
     async def _migrate(pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn:
-            # Replicas starting together queue here; each applies what is still missing.
-            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
-            try:
-                await conn.execute(MIGRATIONS_TABLE)
-                applied = {
-                    row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")
-                }
-                for version, statement in POSTGRES_MIGRATIONS:
-                    if version in applied:
-                        continue
-                    async with conn.transaction():
-                        await conn.execute(statement)
-                        await conn.execute(
-                            "INSERT INTO schema_migrations (version, applied_at) "
-                            "VALUES ($1, now()::text)",
-                            version,
-                        )
-                    log.info("applied migration %d", version)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+            await migrate(_Schema(conn), MIGRATIONS)
 
-    async def _write_batch(self, records: list[PredictionRecord]) -> None:
+    async def _write_batch(self, take: Callable[[], list[PredictionRecord]]) -> None:
+        records = take()
+        if not records:
+            return
         columns = (
             [r.request_id for r in records],
             [r.model_name for r in records],
@@ -163,19 +186,7 @@ class PostgresStore:
             if _is_transient(exc):
                 raise StoreUnavailableError(f"database read failed: {exc}") from exc
             raise
-        return [
-            {
-                "request_id": row[0],
-                "created_at": row[1].isoformat(),
-                "model_name": row[2],
-                "model_version": row[3],
-                # Already JSON text: embedded in the answer as is.
-                "instances": orjson.Fragment(row[4]),
-                "predictions": orjson.Fragment(row[5]),
-                "latency_ms": row[6],
-            }
-            for row in rows
-        ]
+        return [history_item(row, row[1].isoformat()) for row in rows]
 
     async def ping(self) -> bool:
         pool = self._pool

@@ -1,13 +1,11 @@
 """Embedded SQLite store for running without a database server (``make serve``, laptops).
 
-sqlite3 blocks, so nothing here runs on the event loop. One writer thread owns the write
-connection and does group commit by itself: it takes every row queued so far, inserts them in
-one transaction, commits, hands the verdict back to the event loop, and goes straight on to the
-rows that queued meanwhile (no round trip through the loop between two commits). Reads (history,
-probes) use a second connection on a thread of their own; WAL mode lets them run beside a commit.
+sqlite3 blocks, so nothing here runs on the event loop: each connection has a thread of its own.
+The write connection's thread runs the group commits (group_commit.py) and the migrations; the
+read connection's thread serves history and probes, and WAL mode lets a read run beside a commit.
 
 Durability: WAL mode with ``synchronous=FULL``, so every COMMIT syncs the WAL to disk
-(``fdatasync``) before the writer reports it, and a caller answers 200 only after that. With
+(``fdatasync``) before the write returns, and a caller answers 200 only after that. With
 ``synchronous=NORMAL`` a commit would survive the gateway crashing but not the machine losing
 power or the kernel crashing (the WAL is synced only at checkpoints): not acceptable for a store
 that promises no acknowledged prediction is lost.
@@ -17,25 +15,37 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import queue
 import sqlite3
 import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
+from mlstack_gateway.group_commit import GroupCommitter
 from mlstack_gateway.metrics import GatewayMetrics
-from mlstack_gateway.migrations import MIGRATIONS_TABLE, SQLITE_MIGRATIONS
+from mlstack_gateway.migrations import migrate
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.store import PredictionRecord, StoreUnavailableError
+from mlstack_gateway.store import PredictionRecord, StoreUnavailableError, history_item
 
-log = logging.getLogger("mlstack_gateway.store")
-
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE IF NOT EXISTS predictions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            request_id TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            model_name TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            instances TEXT NOT NULL,
+            predictions TEXT NOT NULL,
+            latency_ms REAL NOT NULL
+        )
+        """,
+    ),
+]
 _INSERT = """
 INSERT OR IGNORE INTO predictions
     (request_id, model_name, model_version, instances, predictions, latency_ms)
@@ -48,43 +58,24 @@ FROM predictions ORDER BY id DESC LIMIT ?
 MAX_BATCH = 512
 
 T = TypeVar("T")
-_Pending = tuple[PredictionRecord, asyncio.Future[None]]
+_Call = tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     # isolation_level=None: autocommit, so each statement is its own transaction unless it is
     # inside an explicit BEGIN ... COMMIT. One prepared INSERT per batch size is kept.
+    # ``timeout`` is how long a statement waits for another process's lock on the file.
+    path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(
         path,
         isolation_level=None,
         check_same_thread=False,
-        timeout=10,
+        timeout=busy_timeout,
         cached_statements=MAX_BATCH + 16,
     )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=10000")
     return conn
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    # BEGIN IMMEDIATE takes the write lock: gateways sharing the file migrate one at a time.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(MIGRATIONS_TABLE)
-        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        for version, statement in SQLITE_MIGRATIONS:
-            if version not in applied:
-                conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) "
-                    "VALUES (?, datetime('now'))",
-                    (version,),
-                )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 @functools.lru_cache(maxsize=MAX_BATCH)
@@ -97,6 +88,8 @@ def _insert_batch(conn: sqlite3.Connection, records: list[PredictionRecord]) -> 
     transaction, committed (the WAL synced) before the call returns. One statement rather than
     BEGIN, an INSERT per row and COMMIT, because sqlite3 lets go of the GIL around every
     statement: the writer thread would have to win it back from the event loop once per row."""
+    if not records:
+        return
     params: list[str | float] = []
     for r in records:
         params += (
@@ -110,73 +103,82 @@ def _insert_batch(conn: sqlite3.Connection, records: list[PredictionRecord]) -> 
     conn.execute(_insert_sql(len(records)), params)
 
 
-class _Writer:
-    """The thread that owns the write connection and commits queued rows in groups."""
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
 
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        loop: asyncio.AbstractEventLoop,
-        on_commit: Callable[[int, float], None],
-        on_failure: Callable[[], None],
-    ) -> None:
-        self._conn = conn
-        self._loop = loop
-        self._on_commit = on_commit
-        self._on_failure = on_failure
-        # None is the signal to stop, after every row queued before it is written.
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
+
+class SqliteConnection:
+    """An sqlite3 connection and the one thread that uses it.
+
+    The thread takes calls from a queue and hands each result straight to the event loop.
+    Not a ThreadPoolExecutor: its concurrent futures, chained to asyncio ones, cost more CPU
+    than the commit of a single row (bench/results/gateway.md)."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=f"sqlite-{name}", daemon=True)
         self._thread.start()
+        self._closed = False
+        self._conn: sqlite3.Connection | None = None
 
-    def submit(self, record: PredictionRecord) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put((record, future))
-        return future
+    async def run(self, function: Callable[[], T]) -> T:
+        if self._closed:
+            raise StoreUnavailableError("SQLite store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((function, future, loop))
+        return await future
 
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            started = time.perf_counter()
-            error: Exception | None = None
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            function, future, loop = call
             try:
-                _insert_batch(self._conn, [record for record, _ in batch])
-            except Exception as exc:  # every waiter learns the commit failed
-                log.warning("SQLite commit of %d rows failed: %s", len(batch), exc)
-                error = exc
-            elapsed = time.perf_counter() - started
-            self._loop.call_soon_threadsafe(self._settle, batch, error, elapsed)
+                result, error = function(), None
+            except BaseException as exc:
+                result, error = None, exc
+            loop.call_soon_threadsafe(_settle, future, result, error)
 
-    def _settle(self, batch: list[_Pending], error: Exception | None, elapsed: float) -> None:
-        """On the event loop: wake every caller whose row was in ``batch``."""
-        if error is None:
-            self._on_commit(len(batch), elapsed)
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
-            return
-        self._on_failure()
-        for _, future in batch:
-            if not future.done():
-                future.set_exception(StoreUnavailableError(f"database write failed: {error}"))
+    async def open(self, path: Path, busy_timeout: float) -> None:
+        self._conn = await self.run(lambda: _connect(path, busy_timeout))
 
-    def stop(self) -> None:
-        """Write what is queued, then end the thread (blocks: call it off the event loop)."""
-        self._queue.put(None)
-        self._thread.join()
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailableError("SQLite store is not open")
+        return self._conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self.run(conn.close)
+        self._closed = True
+        self._calls.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    # The migration runner's SchemaConnection.
+    @asynccontextmanager
+    async def locked_transaction(self) -> AsyncIterator[None]:
+        # BEGIN IMMEDIATE takes the file's write lock: gateways sharing it migrate one at a time.
+        await self.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            await self.execute("ROLLBACK")
+            raise
+        await self.execute("COMMIT")
+
+    async def execute(self, statement: str) -> None:
+        conn = self.conn
+        await self.run(lambda: conn.execute(statement))
+
+    async def column(self, query: str) -> list[Any]:
+        conn = self.conn
+        return await self.run(lambda: [row[0] for row in conn.execute(query)])
 
 
 class SqliteStore:
@@ -184,89 +186,63 @@ class SqliteStore:
 
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         self.path: Path = settings.sqlite_path
+        # How long a statement waits for another process's lock on the file: a write waits no
+        # longer than its caller does.
+        self._busy_timeout = settings.db_write_timeout_seconds
         self._metrics = metrics
-        # Reads, probes, opening and closing: one thread, so the read connection has one user.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
-        self._reader: sqlite3.Connection | None = None
-        self._writer: _Writer | None = None
-        self._write_conn: sqlite3.Connection | None = None
-
-    async def _run(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-
-    @property
-    def reader(self) -> sqlite3.Connection:
-        if self._reader is None:
-            raise StoreUnavailableError("SQLite store is not open")
-        return self._reader
-
-    async def open(self) -> None:
-        write_conn, self._reader = await self._run(self._open_sync)
-        self._write_conn = write_conn
-        metrics = self._metrics
-
-        def committed(rows: int, seconds: float) -> None:
-            metrics.commit_rows.observe(rows)
-            metrics.commit_seconds.observe(seconds)
-
-        self._writer = _Writer(
-            write_conn, asyncio.get_running_loop(), committed, metrics.db_failures.inc
+        self._writer = SqliteConnection("write")
+        self._reader = SqliteConnection("read")
+        # Two writers for one thread: while one commits, the next waits in the thread and takes
+        # its rows as soon as the thread is free (see group_commit.py).
+        self._committer: GroupCommitter[PredictionRecord] = GroupCommitter(
+            self._write_batch,
+            metrics,
+            timeout=settings.db_write_timeout_seconds,
+            max_batch=MAX_BATCH,
+            max_in_flight=2,
         )
 
-    def _open_sync(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _connect(self.path)
+    async def open(self) -> None:
+        await self._writer.open(self.path, self._busy_timeout)
         try:
-            _migrate(writer)
+            await migrate(self._writer, MIGRATIONS)
         except BaseException:
-            writer.close()
+            await self._writer.close()
             raise
-        return writer, _connect(self.path)
+        await self._reader.open(self.path, self._busy_timeout)
+
+    async def _write_batch(self, take: Callable[[], list[PredictionRecord]]) -> None:
+        conn = self._writer.conn
+        try:
+            # The rows are taken on the writer thread, once it is free to write them.
+            await self._writer.run(lambda: _insert_batch(conn, take()))
+        except sqlite3.Error as exc:
+            self._metrics.db_failures.inc()
+            raise StoreUnavailableError(f"database write failed: {exc}") from exc
 
     async def save(self, record: PredictionRecord) -> None:
-        if self._writer is None:
-            raise StoreUnavailableError("SQLite store is not open")
-        await self._writer.submit(record)
+        await self._committer.submit(record)
 
     def _recent_sync(self, limit: int) -> list[dict[str, Any]]:
-        return [
-            {
-                "request_id": row[0],
-                "created_at": row[1],
-                "model_name": row[2],
-                "model_version": row[3],
-                "instances": orjson.Fragment(row[4]),
-                "predictions": orjson.Fragment(row[5]),
-                "latency_ms": row[6],
-            }
-            for row in self.reader.execute(_RECENT, (limit,))
-        ]
+        return [history_item(row, row[1]) for row in self._reader.conn.execute(_RECENT, (limit,))]
 
     async def recent(self, limit: int) -> list[dict[str, Any]]:
         try:
-            return await self._run(self._recent_sync, limit)
+            return await self._reader.run(lambda: self._recent_sync(limit))
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"database read failed: {exc}") from exc
 
     def _ping_sync(self) -> bool:
-        return bool(self.reader.execute("SELECT 1").fetchone()[0] == 1)
+        return bool(self._reader.conn.execute("SELECT 1").fetchone()[0] == 1)
 
     async def ping(self) -> bool:
         try:
-            return await self._run(self._ping_sync)
+            return await self._reader.run(self._ping_sync)
         except (sqlite3.Error, StoreUnavailableError):
             return False
 
-    def _close_sync(self) -> None:
-        if self._writer is not None:
-            self._writer.stop()
-            self._writer = None
-        for conn in (self._write_conn, self._reader):
-            if conn is not None:
-                conn.close()
-        self._write_conn = self._reader = None
-
     async def close(self) -> None:
-        # The writer finishes the rows still queued (their callers are waiting for them).
-        await self._run(self._close_sync)
-        self._executor.shutdown(wait=True)
+        # Queued rows are written first: their callers are still waiting for them.
+        await self._committer.close()
+        await self._writer.close()
+        await self._reader.close()
