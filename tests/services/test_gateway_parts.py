@@ -69,7 +69,27 @@ def test_failed_trial_reopens_for_another_period() -> None:
     assert state_of(breaker) is BreakerState.OPEN
     clock.now += 0.5
     assert not breaker.allow()
-    assert breaker.retry_after_seconds() == pytest.approx(0.5)
+
+
+def test_retry_after_is_the_time_left_open_rounded_up_to_whole_seconds() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_seconds=5.0, clock=clock)
+    breaker.record_failure()
+    clock.now += 0.2
+    assert breaker.retry_after_seconds() == 5
+    clock.now += 3.0
+    assert breaker.retry_after_seconds() == 2
+
+
+def test_retry_after_is_at_least_one_second() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_seconds=0.1, clock=clock)
+    assert breaker.retry_after_seconds() == 1  # closed
+    breaker.record_failure()
+    assert breaker.retry_after_seconds() == 1  # open for 0.1 s
+    clock.now += 0.2
+    assert breaker.allow()  # the trial
+    assert breaker.retry_after_seconds() == 1  # half-open: its verdict is due shortly
 
 
 def test_cancelled_trial_lets_another_trial_go() -> None:

@@ -59,6 +59,30 @@ def test_dead_model_gives_fast_503_then_recovers(model_dir: Path, log_dir: Path)
         model.stop()
 
 
+def test_503_says_when_to_retry_and_an_open_breaker_says_how_long_it_stays_open(
+    log_dir: Path,
+) -> None:
+    nothing_listens = f"http://127.0.0.1:{free_port()}"
+    gateway = start_gateway(
+        nothing_listens,
+        log_dir,
+        wait=False,
+        BREAKER_FAILURE_THRESHOLD="1",
+        BREAKER_RESET_SECONDS="5",
+    )
+    try:
+        gateway.wait_until("/healthz")
+        refused = predict(gateway.url, [SETOSA])  # the failure that opens the breaker
+        assert refused.status == 503
+        assert refused.headers["retry-after"] == "1"
+        while_open = predict(gateway.url, [SETOSA])
+        assert while_open.status == 503
+        assert "circuit breaker open" in while_open.json()["error"]
+        assert while_open.headers["retry-after"] == "5"
+    finally:
+        gateway.stop()
+
+
 def test_hung_model_times_out_with_503(log_dir: Path) -> None:
     # A socket that listens but never answers: connections succeed, responses never come.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:

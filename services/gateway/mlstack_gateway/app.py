@@ -14,9 +14,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlstack_gateway.breaker import BreakerState, CircuitBreaker
 from mlstack_gateway.client import ModelClient
-from mlstack_gateway.errors import ApiError
+from mlstack_gateway.errors import ApiError, error_response
 from mlstack_gateway.metrics import GatewayMetrics
-from mlstack_gateway.routes import PREDICT_PATH, GatewayRoutes, error_response
+from mlstack_gateway.routes import PREDICT_PATH, GatewayRoutes
 from mlstack_gateway.settings import GatewaySettings
 from mlstack_gateway.store import open_store
 
@@ -25,18 +25,12 @@ log = logging.getLogger("mlstack_gateway")
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    response = error_response(exc.status, exc.message)
-    if exc.status == 503:
-        response.headers["Retry-After"] = "1"
-    return response
+    return exc.response()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    response = error_response(exc.status_code, str(exc.detail))
-    for name, value in (exc.headers or {}).items():
-        response.headers[name] = value
-    return response
+    return error_response(exc.status_code, str(exc.detail), exc.headers)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

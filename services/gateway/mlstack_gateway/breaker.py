@@ -8,6 +8,7 @@ half-open: one trial call goes through; its success closes the breaker, its fail
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Callable
 
@@ -67,7 +68,10 @@ class CircuitBreaker:
         """A call ended with neither verdict (e.g. cancelled): let another trial go."""
         self._trial_in_flight = False
 
-    def retry_after_seconds(self) -> float:
+    def retry_after_seconds(self) -> int:
+        """Whole seconds until the breaker lets a trial call through, at least 1 (what a refused
+        caller is told in Retry-After; half-open, the trial's verdict is due within a call)."""
         if self._state is not BreakerState.OPEN:
-            return 0.0
-        return max(0.0, self._reset_seconds - (self._clock() - self._opened_at))
+            return 1
+        left = self._reset_seconds - (self._clock() - self._opened_at)
+        return max(1, math.ceil(left))

@@ -150,7 +150,11 @@ class ModelClient:
         breaker = self._breaker
         if not breaker.allow():
             self._metrics.model_failures.labels(reason="circuit_open").inc()
-            raise ApiError(503, "model unavailable: circuit breaker open, retry shortly")
+            raise ApiError(
+                503,
+                "model unavailable: circuit breaker open, retry shortly",
+                retry_after=breaker.retry_after_seconds(),
+            )
         try:
             response = await self._post(self._infer_body(request_id, payload))
         except TimeoutError:

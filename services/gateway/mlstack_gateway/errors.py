@@ -1,10 +1,33 @@
-"""The error every handler raises to answer ``{"error": message}`` with an HTTP status."""
+"""The error every handler raises, and the one way an error is answered: ``{"error": message}``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import orjson
+from starlette.responses import Response
+
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        # Whole seconds a client should wait before sending again (Retry-After): a 503 always
+        # says when, 1 s unless the cause knows better (an open circuit breaker does).
+        if retry_after is None and status == 503:
+            retry_after = 1
+        self.retry_after = retry_after
+
+    def response(self) -> Response:
+        headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        return error_response(self.status, self.message, headers)
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"error": message}),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )

@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from mlstack_gateway.auth import API_KEY_HEADER, ApiKeyChecker
 from mlstack_gateway.client import ModelClient
-from mlstack_gateway.errors import ApiError
+from mlstack_gateway.errors import ApiError, error_response
 from mlstack_gateway.ids import new_request_id
 from mlstack_gateway.metrics import METRICS_CONTENT_TYPE, GatewayMetrics
 from mlstack_gateway.payload import parse_predict_body
@@ -27,17 +27,11 @@ log = logging.getLogger("mlstack_gateway")
 JSON = "application/json"
 PREDICT_PATH = "/api/v1/predict"
 _ALIVE = orjson.dumps({"status": "ok"})
-_INTERNAL_ERROR = orjson.dumps({"error": "internal server error"})
-_RETRY_AFTER = ((b"retry-after", b"1"),)
 DEFAULT_HISTORY_LIMIT = 20
 
 
 def json_response(body: bytes, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type=JSON)
-
-
-def error_response(status: int, message: str) -> Response:
-    return json_response(orjson.dumps({"error": message}), status=status)
 
 
 async def receive_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
@@ -68,17 +62,15 @@ async def receive_body(receive: Receive, declared: bytes | None, limit: int) -> 
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def send_json(
-    send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
-) -> None:
+async def send_json(send: Send, body: bytes) -> None:
+    """A 200 with a JSON body, sent as bare ASGI messages (the predict path's success)."""
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": 200,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", b"%d" % len(body)),
-                *headers,
             ],
         }
     )
@@ -152,17 +144,16 @@ class GatewayRoutes:
             body = await self._predict(scope, receive, started)
         except ApiError as exc:
             self.count("predict", exc.status)
-            headers = _RETRY_AFTER if exc.status == 503 else ()
-            await send_json(send, exc.status, orjson.dumps({"error": exc.message}), headers)
+            await exc.response()(scope, receive, send)
             return
         except Exception:
             log.exception("predict failed")
             self.count("predict", 500)
-            await send_json(send, 500, _INTERNAL_ERROR)
+            await error_response(500, "internal server error")(scope, receive, send)
             return
         self._predict_ok.inc()
         self._predict_seconds.observe(time.perf_counter() - started)
-        await send_json(send, 200, body)
+        await send_json(send, body)
 
     async def _predict(self, scope: Scope, receive: Receive, started: float) -> bytes:
         api_key: bytes | None = None
