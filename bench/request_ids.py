@@ -1,0 +1,68 @@
+"""CPU per group commit into the gateway's SQLite table: random (v4) against time-ordered (v7) ids.
+
+The gateway's own schema, insert and durability settings (WAL, synchronous=FULL); commits of
+``--rows-per-commit`` rows until ``--rows`` rows are in; process CPU and wall time per commit.
+
+    python -m bench.request_ids
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.servers import GATEWAY_SRC
+
+
+def per_commit(make_id: Callable[[], str], rows: int, rows_per_commit: int) -> tuple[float, float]:
+    """(CPU µs, wall µs) per commit."""
+    from mlstack_gateway.store import PredictionRecord
+    from mlstack_gateway.store_sqlite import MIGRATIONS, _insert_batch
+
+    with tempfile.TemporaryDirectory() as folder:
+        conn = sqlite3.connect(Path(folder) / "predictions.sqlite3", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        for _, statement in MIGRATIONS:
+            conn.execute(statement)
+        commits = rows // rows_per_commit
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(commits):
+            batch = [
+                PredictionRecord(make_id(), "iris", "v2", "[[5.1,3.5,1.4,0.2]]", "[0]", 1.0)
+                for _ in range(rows_per_commit)
+            ]
+            _insert_batch(conn, batch)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        conn.close()
+    return cpu / commits * 1e6, wall / commits * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.request_ids", description=__doc__)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows-per-commit", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    from mlstack_gateway.ids import new_request_id
+
+    kinds: dict[str, Callable[[], str]] = {
+        "v4 (random)": lambda: str(uuid.uuid4()),
+        "v7 (time-ordered)": new_request_id,
+    }
+    for round_ in range(1, args.rounds + 1):
+        for name, make_id in kinds.items():
+            cpu, wall = per_commit(make_id, args.rows, args.rows_per_commit)
+            print(f"round {round_} {name:18} {cpu:5.0f} µs CPU, {wall:5.0f} µs wall per commit")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(GATEWAY_SRC))
+    sys.exit(main())
