@@ -17,7 +17,7 @@ def main() -> int:
         print(f"mlstack gateway: {exc}", file=sys.stderr)
         return 2
     # The SQLite writer thread wakes from fsync needing the GIL; with the default 5 ms switch
-    # interval a busy event loop holds it long enough to double every commit's latency.
+    # interval a busy event loop holds it for long enough to add that wait to every commit.
     sys.setswitchinterval(0.0005)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"

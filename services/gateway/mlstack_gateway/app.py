@@ -79,8 +79,8 @@ class GatewayApp:
     """Sends ``POST /api/v1/predict`` straight to its handler and everything else to Starlette.
 
     The predict handler answers every error itself, so it needs none of Starlette's layers
-    (middleware, routing, request and response objects): skipping them cut the gateway's CPU per
-    prediction from about 158 to 120 µs on the 2-core benchmark machine (`make bench`).
+    (middleware, routing, request and response objects): skipping them takes a measurable share
+    off the gateway's CPU time per prediction (bench/results/gateway.md).
     """
 
     def __init__(self, app: Starlette, predict: ASGIApp) -> None:

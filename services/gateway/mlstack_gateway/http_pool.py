@@ -1,10 +1,10 @@
 """A small pooled HTTP/1.1 keep-alive client on asyncio and httptools: the gateway's model calls.
 
-Why not aiohttp: on the 2-core machine the benchmarks run on, with 32 calls in flight to the model
-server, aiohttp's client cost 93-104 µs of CPU per call (user and system), more than the model
-server spends answering it; this client costs 29 µs. It does only what the gateway needs: one
-request at a time per connection, a body known up front, a response read whole (bounded in
-size), connections reused most-recently-used first and closed after ``idle_seconds`` unused.
+Why not aiohttp: with many calls in flight to the model server, aiohttp's client cost more CPU
+per call than the model server spends answering it, several times what this client costs (the
+measurement: bench/results/gateway.md). It does only what the gateway needs: one request at a
+time per connection, a body known up front, a response read whole (bounded in size),
+connections reused most-recently-used first and closed after ``idle_seconds`` unused.
 
 It reports why a call failed, so that the caller can decide what is safe to send again:
 ``ConnectError`` (nothing was sent), ``DisconnectedError`` (the connection closed before any byte
