@@ -11,6 +11,7 @@ import pytest
 from tests.services.support import (
     GATEWAY_SRC,
     MODEL_SRC,
+    ModelProcess,
     PostgresServer,
     ServiceProcess,
     start_gateway,
@@ -38,7 +39,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_server(model_dir: Path, log_dir: Path) -> Iterator[ServiceProcess]:
+def model_server(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
     """The model server with its default version (the newest)."""
     service = start_model(model_dir, log_dir)
     yield service

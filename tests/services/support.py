@@ -154,16 +154,22 @@ class ServiceProcess:
         self.process.wait()
 
 
+class ModelProcess(ServiceProcess):
+    """The model server: REST on ``url``, gRPC on ``grpc_target``."""
+
+    def __init__(
+        self, model_dir: Path, log_dir: Path, port: int, grpc_port: int, env: Mapping[str, str]
+    ) -> None:
+        settings = {"MODEL_DIR": str(model_dir), "GRPC_PORT": str(grpc_port), **env}
+        super().__init__("mlstack_model", MODEL_SRC, settings, port, log_dir)
+        self.grpc_port = grpc_port
+        self.grpc_target = f"127.0.0.1:{grpc_port}"
+
+
 def start_model(
     model_dir: Path, log_dir: Path, port: int | None = None, **env: str
-) -> ServiceProcess:
-    service = ServiceProcess(
-        "mlstack_model",
-        MODEL_SRC,
-        {"MODEL_DIR": str(model_dir), **env},
-        port or free_port(),
-        log_dir,
-    )
+) -> ModelProcess:
+    service = ModelProcess(model_dir, log_dir, port or free_port(), free_port(), env)
     service.start().wait_until("/v2/health/ready")
     return service
 

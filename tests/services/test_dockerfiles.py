@@ -14,6 +14,7 @@ from tests.services.support import ROOT
 
 SERVICES = {"model": "mlstack_model", "gateway": "mlstack_gateway"}
 IMAGE_PORT = "8080"
+MODEL_GRPC_PORT = "8081"
 IMAGE_USER = "10001:10001"
 
 
@@ -70,10 +71,12 @@ def test_runs_as_numeric_non_root_user(service: str) -> None:
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_exposes_the_port_it_listens_on(service: str) -> None:
-    assert only(service, "EXPOSE") == IMAGE_PORT
+def test_exposes_the_ports_it_listens_on(service: str) -> None:
     env = env_of(service)
+    ports = [IMAGE_PORT, *([MODEL_GRPC_PORT] if service == "model" else [])]
+    assert only(service, "EXPOSE").split() == ports
     assert env["PORT"] == IMAGE_PORT
+    assert env.get("GRPC_PORT") == (MODEL_GRPC_PORT if service == "model" else None)
     assert env["HOST"] == "0.0.0.0"
 
 

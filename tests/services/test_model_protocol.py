@@ -49,6 +49,7 @@ def test_server_metadata(model_server: ServiceProcess) -> None:
     reply = request("GET", model_server.url + "/v2")
     assert reply.status == 200
     assert set(reply.json()) == {"name", "version", "extensions"}
+    assert reply.json()["extensions"] == ["binary_tensor_data"]
 
 
 def test_model_metadata_describes_tensors(model_server: ServiceProcess) -> None:
@@ -89,7 +90,8 @@ def test_unknown_model_is_404_with_error(model_server: ServiceProcess) -> None:
     ):
         reply = request(method, model_server.url + path, {"inputs": [tensor(SETOSA, [1, 4])]})
         assert reply.status == 404, path
-        assert error_of(reply)
+        expected = "served versions: v2" if "/versions/" in path else "serves 'iris'"
+        assert expected in error_of(reply), path
 
 
 def test_unknown_path_and_wrong_method_answer_json_errors(model_server: ServiceProcess) -> None:

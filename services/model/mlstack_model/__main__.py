@@ -1,4 +1,5 @@
-"""``python -m mlstack_model``: serve the model on HOST:PORT (default 0.0.0.0:8080)."""
+"""``python -m mlstack_model``: serve the model on HOST, REST on PORT and gRPC on GRPC_PORT
+(defaults 0.0.0.0, 8080 and 8081)."""
 
 from __future__ import annotations
 

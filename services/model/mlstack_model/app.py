@@ -1,4 +1,4 @@
-"""The model server's ASGI application."""
+"""The model server's ASGI application, and the gRPC server that shares its process and loop."""
 
 from __future__ import annotations
 
@@ -12,15 +12,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mlstack_model import protocol
+from mlstack_model.errors import ErrorKind, ProtocolError
+from mlstack_model.grpc_routes import GrpcServer
 from mlstack_model.loaded_model import load_model
-from mlstack_model.protocol import ProtocolError
-from mlstack_model.routes import ModelService, json_response
+from mlstack_model.routes import RestRoutes, json_response
+from mlstack_model.service import ModelService
 from mlstack_model.settings import ModelSettings
+
+# How long in-flight gRPC calls may finish at shutdown, after the REST server has drained.
+GRPC_GRACE_SECONDS = 5.0
 
 
 async def _protocol_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProtocolError)
-    return json_response(protocol.error_body(exc.message), status=exc.status)
+    return json_response(protocol.error_body(exc.message), status=exc.kind.http_status)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -35,7 +40,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    return json_response(protocol.error_body("internal server error"), status=500)
+    return json_response(
+        protocol.error_body("internal server error"), status=ErrorKind.INTERNAL.http_status
+    )
 
 
 def create_app(settings: ModelSettings | None = None) -> Starlette:
@@ -46,14 +53,19 @@ def create_app(settings: ModelSettings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Loading (and, locally, first-start training) blocks: keep it off the event loop.
         service.model = await asyncio.to_thread(load_model, settings)
+        # uvicorn opens the REST port once this start-up is done; gRPC opens here, so both
+        # listen only with the model loaded, and a port that is taken stops the start-up.
+        grpc_server = GrpcServer(service, settings)
+        await grpc_server.start()
         try:
             yield
         finally:
+            await grpc_server.stop(GRPC_GRACE_SECONDS)
             service.model = None
             service.executor.shutdown(wait=True)
 
     app = Starlette(
-        routes=service.routes(),
+        routes=RestRoutes(service).routes(),
         lifespan=lifespan,
         exception_handlers={
             ProtocolError: _protocol_error,

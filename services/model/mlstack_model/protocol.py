@@ -1,170 +1,156 @@
 """Open Inference Protocol (KServe v2) REST payloads: parse infer requests, build responses.
 
-Only what the protocol defines goes over the wire. Errors are ``{"error": "<message>"}`` with a
-4xx status, the message naming what is wrong.
+Both of the protocol's REST encodings: JSON, and the binary tensor data extension, where the body
+is a JSON header of ``Inference-Header-Content-Length`` bytes followed by the raw bytes of every
+tensor that names its size in the ``binary_data_size`` parameter. An output is answered in binary
+when its ``binary_data`` parameter says so, or else when the request's ``binary_data_output``
+parameter does. Only what the protocol defines goes over the wire; errors are
+``{"error": "<message>"}`` (see ``errors``).
 """
 
 from __future__ import annotations
 
-from array import array
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 
+from mlstack_model import tensors
 from mlstack_model.artifacts import ArtifactMetadata
+from mlstack_model.errors import invalid
+from mlstack_model.tensors import InferRequest, OutputTensor, RequestedOutput
 
-INPUT_NAME = "input-0"
-OUTPUT_PREDICT = "predict"
-OUTPUT_PROBA = "predict_proba"
-OUTPUT_NAMES = (OUTPUT_PREDICT, OUTPUT_PROBA)
 PLATFORM = "sklearn"
-
-# Tensor datatypes this model accepts as input (BOOL and BYTES make no sense for features).
-_FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
-_INT_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
-NUMERIC_DATATYPES = _FLOAT_TYPES | _INT_TYPES
-_NUMBER_TYPES = frozenset({int, float})
+HEADER_LENGTH = "inference-header-content-length"
+EXTENSIONS = ("binary_tensor_data",)
 
 
-class ProtocolError(Exception):
-    """A request the protocol or this model cannot take: becomes ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class InferRequest:
-    request_id: str | None
-    rows: int
-    # The input tensor's elements, row-major, every one a finite int or float.
-    data: list[float]
-    outputs: tuple[str, ...]
+def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    raw = holder.get("parameters")
+    if raw is None:
+        return {}
+    if type(raw) is not dict:
+        raise invalid(f"{where} 'parameters' must be a JSON object")
+    return raw
 
 
-def _bad(message: str) -> ProtocolError:
-    return ProtocolError(400, message)
+def _flag(parameters: dict[str, Any], name: str, where: str) -> bool | None:
+    value = parameters.get(name)
+    if value is not None and type(value) is not bool:
+        raise invalid(f"{where} parameter {name!r} must be true or false")
+    return value
 
 
-def _parse_shape(raw: object, n_features: int, max_rows: int) -> int:
-    if not isinstance(raw, list) or not all(type(d) is int and d >= 0 for d in raw):
-        raise _bad("input 'shape' must be a list of non-negative integers")
-    if len(raw) != 2:
-        raise _bad(f"input shape must be [rows, {n_features}], got {raw}")
-    rows, features = raw
-    if features != n_features:
-        raise _bad(f"input shape {raw}: the model takes {n_features} features per row")
-    if rows == 0:
-        raise _bad("empty batch: input shape has 0 rows")
-    if rows > max_rows:
-        raise _bad(f"batch too large: {rows} rows, at most {max_rows}")
-    return int(rows)
-
-
-def _flatten(data: list[Any]) -> list[Any]:
-    # The protocol allows the tensor's contents flattened (row-major) or nested by shape.
-    if data and type(data[0]) is list:
-        flat: list[Any] = []
-        for row in data:
-            if type(row) is not list:
-                raise _bad("input 'data' mixes nested lists and scalars")
-            flat.extend(row)
-        return flat
-    return data
-
-
-def _parse_data(data: object, datatype: str, rows: int, n_features: int) -> list[Any]:
-    if type(data) is not list:
-        raise _bad("input 'data' must be a list of numbers")
-    flat = _flatten(data)
-    expected = rows * n_features
-    if len(flat) != expected:
-        raise _bad(
-            f"input 'data' has {len(flat)} elements; shape [{rows}, {n_features}] needs {expected}"
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes | None]:
+    """The JSON header and, with the binary extension, the binary part that follows it."""
+    if header_length is None:
+        return body, None
+    if not header_length.isdigit():
+        raise invalid(
+            f"Inference-Header-Content-Length must be a byte count, got {header_length!r}"
         )
-    # type() rather than isinstance: JSON true/false arrive as bool, a subclass of int.
-    if not {type(v) for v in flat} <= _NUMBER_TYPES:
-        bad = next(v for v in flat if type(v) not in _NUMBER_TYPES)
-        raise _bad(f"input 'data' must hold only numbers; found {orjson.dumps(bad).decode()}")
-    if datatype in _INT_TYPES:
-        if any(type(v) is not int for v in flat):
-            raise _bad(f"input datatype {datatype} needs integers; use FP64 for real numbers")
-    elif datatype == "FP32":
-        flat = array("f", flat).tolist()
-    elif datatype == "FP16":
-        flat = _round_fp16(flat)
-    return flat
+    split = int(header_length)
+    if split > len(body):
+        raise invalid(
+            f"Inference-Header-Content-Length is {split} but the body has {len(body)} bytes"
+        )
+    return body[:split], body[split:]
 
 
-def parse_infer_request(body: bytes, n_features: int, max_rows: int) -> InferRequest:
+def parse_infer_request(
+    body: bytes, header_length: str | None, n_features: int, max_rows: int
+) -> InferRequest:
+    """A REST infer request: ``body`` and its Inference-Header-Content-Length header, if any."""
+    header, binary = _split_body(body, header_length)
     try:
-        payload = orjson.loads(body)
+        payload = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         # JSON has no NaN or Infinity, and orjson refuses numbers that overflow to infinity,
         # so non-finite values end here too.
-        raise _bad(f"malformed JSON: {exc}") from None
+        raise invalid(f"malformed JSON: {exc}") from None
     if type(payload) is not dict:
-        raise _bad("request body must be a JSON object with 'inputs'")
+        raise invalid("request body must be a JSON object with 'inputs'")
     request_id = payload.get("id")
     if request_id is not None and type(request_id) is not str:
-        raise _bad("'id' must be a string")
+        raise invalid("'id' must be a string")
+    binary_output = _flag(_parameters(payload, "request"), "binary_data_output", "request")
     inputs = payload.get("inputs")
     if type(inputs) is not list or len(inputs) != 1 or type(inputs[0]) is not dict:
-        raise _bad(f"'inputs' must be a list holding one tensor (the model's {INPUT_NAME!r})")
+        raise invalid(
+            f"'inputs' must be a list holding one tensor (the model's {tensors.INPUT_NAME!r})"
+        )
     tensor = inputs[0]
-    name = tensor.get("name")
-    if type(name) is not str:
-        raise _bad("input tensor needs a string 'name'")
-    datatype = tensor.get("datatype")
-    if datatype not in NUMERIC_DATATYPES:
-        allowed = ", ".join(sorted(NUMERIC_DATATYPES))
-        raise _bad(f"input datatype {datatype!r} is not supported; use one of {allowed}")
-    rows = _parse_shape(tensor.get("shape"), n_features, max_rows)
-    flat = _parse_data(tensor.get("data"), datatype, rows, n_features)
-    return InferRequest(
-        request_id=request_id, rows=rows, data=flat, outputs=_parse_outputs(payload.get("outputs"))
-    )
+    if type(tensor.get("name")) is not str:
+        raise invalid("input tensor needs a string 'name'")
+    datatype = tensors.check_datatype(tensor.get("datatype"))
+    rows = tensors.check_shape(tensor.get("shape"), n_features, max_rows)
+    size = _parameters(tensor, "input").get("binary_data_size")
+    if size is None:
+        if binary:
+            raise invalid(
+                f"the body carries {len(binary)} bytes after its JSON that no input claims "
+                "with 'binary_data_size'"
+            )
+        data = tensors.elements_from_json(tensor.get("data"), datatype, rows, n_features)
+    else:
+        if type(size) is not int or size < 0:
+            raise invalid("input parameter 'binary_data_size' must be a non-negative integer")
+        if binary is None:
+            raise invalid(
+                "input has 'binary_data_size' but the request has no "
+                "Inference-Header-Content-Length header"
+            )
+        if "data" in tensor:
+            raise invalid("input has both 'data' and 'binary_data_size'")
+        if size != len(binary):
+            raise invalid(
+                f"input 'binary_data_size' is {size} but the body carries {len(binary)} bytes "
+                "after its JSON"
+            )
+        data = tensors.elements_from_bytes(binary, datatype, rows, n_features)
+    outputs = _parse_outputs(payload.get("outputs"), bool(binary_output))
+    return InferRequest(request_id=request_id, rows=rows, data=data, outputs=outputs)
 
 
-def _round_fp16(values: list[Any]) -> list[Any]:
-    rounded: list[Any] = np.asarray(values, dtype=np.float16).astype(np.float64).tolist()
-    return rounded
-
-
-def _parse_outputs(raw: object) -> tuple[str, ...]:
+def _parse_outputs(raw: object, binary_default: bool) -> tuple[RequestedOutput, ...]:
     if raw is None:
-        return (OUTPUT_PREDICT,)
+        return (RequestedOutput(tensors.OUTPUT_PREDICT, binary_default),)
     if type(raw) is not list or not raw:
-        raise _bad("'outputs' must be a non-empty list of {\"name\": ...} objects")
-    names: list[str] = []
+        raise invalid("'outputs' must be a non-empty list of {\"name\": ...} objects")
+    requested: list[RequestedOutput] = []
     for item in raw:
-        name = item.get("name") if type(item) is dict else None
-        if name not in OUTPUT_NAMES:
-            raise _bad(f"unknown output {name!r}; the model produces {', '.join(OUTPUT_NAMES)}")
-        names.append(name)
-    return tuple(names)
-
-
-def predict_output(labels: list[int]) -> dict[str, Any]:
-    return {"name": OUTPUT_PREDICT, "shape": [len(labels)], "datatype": "INT64", "data": labels}
-
-
-def proba_output(rows: int, n_classes: int, flat: list[float]) -> dict[str, Any]:
-    return {"name": OUTPUT_PROBA, "shape": [rows, n_classes], "datatype": "FP64", "data": flat}
+        name = tensors.check_output(item.get("name") if type(item) is dict else None)
+        binary = _flag(_parameters(item, "output"), "binary_data", "output")
+        requested.append(RequestedOutput(name, binary_default if binary is None else binary))
+    return tuple(requested)
 
 
 def infer_response(
-    model_name: str, model_version: str, request_id: str | None, outputs: list[dict[str, Any]]
-) -> bytes:
+    model_name: str, model_version: str, request: InferRequest, outputs: list[OutputTensor]
+) -> tuple[bytes, int | None]:
+    """The response body, and the length of its JSON header when binary outputs follow it."""
     body: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request_id is not None:
-        body["id"] = request_id
-    body["outputs"] = outputs
-    return orjson.dumps(body)
+    if request.request_id is not None:
+        body["id"] = request.request_id
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for requested, tensor in zip(request.outputs, outputs, strict=True):
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "shape": tensor.shape,
+            "datatype": tensor.datatype,
+        }
+        if requested.binary:
+            raw = tensor.raw()
+            chunks.append(raw)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+        else:
+            entry["data"] = tensor.data
+        entries.append(entry)
+    body["outputs"] = entries
+    header = orjson.dumps(body)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
 
 
 def model_metadata(meta: ArtifactMetadata) -> dict[str, Any]:
@@ -172,10 +158,16 @@ def model_metadata(meta: ArtifactMetadata) -> dict[str, Any]:
         "name": meta.name,
         "versions": [meta.version],
         "platform": PLATFORM,
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP64", "shape": [-1, meta.n_features]}],
+        "inputs": [
+            {"name": tensors.INPUT_NAME, "datatype": "FP64", "shape": [-1, meta.n_features]}
+        ],
         "outputs": [
-            {"name": OUTPUT_PREDICT, "datatype": "INT64", "shape": [-1]},
-            {"name": OUTPUT_PROBA, "datatype": "FP64", "shape": [-1, len(meta.class_labels)]},
+            {"name": tensors.OUTPUT_PREDICT, "datatype": "INT64", "shape": [-1]},
+            {
+                "name": tensors.OUTPUT_PROBA,
+                "datatype": "FP64",
+                "shape": [-1, len(meta.class_labels)],
+            },
         ],
     }
 

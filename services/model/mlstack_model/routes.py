@@ -1,27 +1,25 @@
-"""HTTP handlers for the Open Inference Protocol endpoints."""
+"""HTTP handlers for the Open Inference Protocol's REST endpoints."""
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-import numpy as np
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from mlstack_model import SERVER_NAME, SERVER_VERSION, protocol
+from mlstack_model.errors import ErrorKind, ProtocolError, invalid
 from mlstack_model.loaded_model import LoadedModel
-from mlstack_model.protocol import InferRequest, ProtocolError
-from mlstack_model.settings import ModelSettings
+from mlstack_model.service import ModelService
 
 JSON = "application/json"
+BINARY = "application/octet-stream"
 _LIVE = orjson.dumps({"live": True})
 _READY = orjson.dumps({"ready": True})
 _NOT_READY = orjson.dumps({"ready": False})
-_SERVER_METADATA = orjson.dumps({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+_SERVER_METADATA = orjson.dumps(
+    {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": protocol.EXTENSIONS}
+)
 
 
 def json_response(body: bytes, status: int = 200) -> Response:
@@ -33,28 +31,29 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise ProtocolError(400, "invalid Content-Length header")
+            raise invalid("invalid Content-Length header")
         if int(declared) > limit:
-            raise ProtocolError(413, f"request body too large: {declared} bytes, at most {limit}")
+            raise ProtocolError(
+                ErrorKind.TOO_LARGE, f"request body too large: {declared} bytes, at most {limit}"
+            )
         return await request.body()
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ProtocolError(413, f"request body too large: more than {limit} bytes")
+            raise ProtocolError(
+                ErrorKind.TOO_LARGE, f"request body too large: more than {limit} bytes"
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-class ModelService:
-    """Holds the loaded model (set at start-up by the app's lifespan) and answers requests."""
+class RestRoutes:
+    """The REST endpoints, each with and without ``/versions/{version}``."""
 
-    def __init__(self, settings: ModelSettings) -> None:
-        self.settings = settings
-        self.model: LoadedModel | None = None
-        # Large batches are scored here so the event loop keeps answering other requests.
-        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
+    def __init__(self, service: ModelService) -> None:
+        self.service = service
 
     def routes(self) -> list[Route]:
         return [
@@ -70,20 +69,8 @@ class ModelService:
         ]
 
     def _resolve(self, request: Request) -> LoadedModel:
-        model = self.model
-        if model is None:
-            raise ProtocolError(503, "model is not loaded yet")
         params = request.path_params
-        name = params["name"]
-        if name != model.name:
-            raise ProtocolError(404, f"unknown model {name!r}; this server serves {model.name!r}")
-        version = params.get("version")
-        if version is not None and version != model.version:
-            raise ProtocolError(
-                404,
-                f"model {name!r} version {version!r} is not served here (serving {model.version})",
-            )
-        return model
+        return self.service.resolve(params["name"], params.get("version"))
 
     async def server_metadata(self, request: Request) -> Response:
         return json_response(_SERVER_METADATA)
@@ -92,7 +79,7 @@ class ModelService:
         return json_response(_LIVE)
 
     async def ready(self, request: Request) -> Response:
-        if self.model is None:
+        if not self.service.ready:
             return json_response(_NOT_READY, status=503)
         return json_response(_READY)
 
@@ -104,38 +91,22 @@ class ModelService:
 
     async def infer(self, request: Request) -> Response:
         model = self._resolve(request)
-        body = await read_body(request, self.settings.max_body_bytes)
+        settings = self.service.settings
+        body = await read_body(request, settings.max_body_bytes)
         infer_request = protocol.parse_infer_request(
-            body, model.scorer.n_features, self.settings.max_batch_rows
+            body,
+            request.headers.get(protocol.HEADER_LENGTH),
+            model.scorer.n_features,
+            settings.max_batch_rows,
         )
-        if infer_request.rows <= self.settings.inline_batch_rows:
-            outputs = score(model, infer_request)
-        else:
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self.executor, score, model, infer_request)
-        return json_response(
-            protocol.infer_response(model.name, model.version, infer_request.request_id, outputs)
+        outputs = await self.service.infer(model, infer_request)
+        answer, header_length = protocol.infer_response(
+            model.name, model.version, infer_request, outputs
         )
-
-
-def score(model: LoadedModel, request: InferRequest) -> list[dict[str, Any]]:
-    """The requested output tensors for one validated infer request."""
-    scorer = model.scorer
-    matrix: np.ndarray[Any, np.dtype[np.float64]] | None = None
-    if request.rows > 1 or protocol.OUTPUT_PROBA in request.outputs:
-        matrix = np.asarray(request.data, dtype=np.float64).reshape(request.rows, -1)
-    outputs: list[dict[str, Any]] = []
-    for name in request.outputs:
-        if name == protocol.OUTPUT_PREDICT:
-            if matrix is None:
-                labels = [scorer.predict_row(request.data)]
-            else:
-                labels = scorer.predict_matrix(matrix)
-            outputs.append(protocol.predict_output(labels))
-        else:
-            assert matrix is not None
-            proba = scorer.predict_proba_matrix(matrix)
-            outputs.append(
-                protocol.proba_output(request.rows, int(proba.shape[1]), proba.ravel().tolist())
-            )
-    return outputs
+        if header_length is None:
+            return json_response(answer)
+        return Response(
+            answer,
+            media_type=BINARY,
+            headers={"Inference-Header-Content-Length": str(header_length)},
+        )

@@ -29,7 +29,9 @@ def _int_env(env: dict[str, str], name: str, default: int) -> int:
 @dataclass(frozen=True)
 class ModelSettings:
     host: str
+    # REST on port, gRPC on grpc_port, both on host.
     port: int
+    grpc_port: int
     model_name: str
     # None means "the newest version found in model_dir".
     model_version: str | None
@@ -50,6 +52,7 @@ class ModelSettings:
         return cls(
             host=env.get("HOST", "0.0.0.0"),
             port=_int_env(env, "PORT", 8080),
+            grpc_port=_int_env(env, "GRPC_PORT", 8081),
             model_name=env.get("MODEL_NAME", "").strip() or "iris",
             model_version=version,
             model_dir=Path(model_dir) if model_dir else default_model_dir(),

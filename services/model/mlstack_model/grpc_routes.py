@@ -1,0 +1,145 @@
+"""gRPC handlers for the Open Inference Protocol: ``inference.GRPCInferenceService``, plus the
+standard ``grpc.health.v1.Health`` service for probes, on a grpc.aio server that shares the REST
+server's event loop (see ``app``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from mlstack_model import SERVER_NAME, SERVER_VERSION, grpc_protocol, protocol
+from mlstack_model.errors import ErrorKind, ProtocolError
+from mlstack_model.proto import open_inference_pb2 as pb
+from mlstack_model.service import ModelService
+from mlstack_model.settings import ModelSettings
+
+log = logging.getLogger("mlstack_model")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+Handler = Callable[[Any], Awaitable[Message]]
+
+_LIVE = pb.ServerLiveResponse(live=True)
+_SERVER_METADATA = pb.ServerMetadataResponse(
+    name=SERVER_NAME, version=SERVER_VERSION, extensions=protocol.EXTENSIONS
+)
+
+
+class GrpcRoutes:
+    """The protocol's RPCs, each answering from the shared ``ModelService``."""
+
+    def __init__(self, service: ModelService) -> None:
+        self.service = service
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "ServerLive": self.server_live,
+            "ServerReady": self.server_ready,
+            "ModelReady": self.model_ready,
+            "ServerMetadata": self.server_metadata,
+            "ModelMetadata": self.model_metadata,
+            "ModelInfer": self.model_infer,
+        }
+
+    async def server_live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return _LIVE
+
+    async def server_ready(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.service.ready)
+
+    async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        self.service.resolve(request.name, request.version)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+        return _SERVER_METADATA
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        model = self.service.resolve(request.name, request.version)
+        return grpc_protocol.model_metadata(model.metadata)
+
+    async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        model = self.service.resolve(request.model_name, request.model_version)
+        infer_request = grpc_protocol.parse_infer_request(
+            request, model.scorer.n_features, self.service.settings.max_batch_rows
+        )
+        outputs = await self.service.infer(model, infer_request)
+        return grpc_protocol.infer_response(model.name, model.version, infer_request, outputs)
+
+
+def _answering(handler: Handler) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]:
+    """The handler as grpc.aio calls it: errors end the call with the status of their kind."""
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
+        try:
+            return await handler(request)
+        except ProtocolError as exc:
+            error = exc
+        except Exception:
+            log.exception("gRPC %s failed", handler.__name__)
+            error = ProtocolError(ErrorKind.INTERNAL, "internal server error")
+        await context.abort(error.kind.grpc_code, error.message)
+        raise AssertionError("abort returned")  # pragma: no cover: abort always raises
+
+    return call
+
+
+def inference_handler(routes: GrpcRoutes) -> grpc.GenericRpcHandler[Any, Any]:
+    """The service's method table; message types come from the .proto's service descriptor."""
+    handlers = routes.handlers()
+    declared = {method.name for method in SERVICE.methods}
+    if set(handlers) != declared:
+        raise RuntimeError(f"GrpcRoutes answers {sorted(handlers)}, the .proto declares {declared}")
+    methods = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            _answering(handlers[method.name]),
+            request_deserializer=getattr(pb, method.input_type.name).FromString,
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in SERVICE.methods
+    }
+    return grpc.method_handlers_generic_handler(SERVICE.full_name, methods)
+
+
+class GrpcServer:
+    """The gRPC server: started once the model is loaded, stopped before it is unloaded."""
+
+    def __init__(self, service: ModelService, settings: ModelSettings) -> None:
+        self.settings = settings
+        self.server = grpc.aio.server(
+            options=[
+                # The same limit as a REST body; larger messages end RESOURCE_EXHAUSTED.
+                ("grpc.max_receive_message_length", settings.max_body_bytes),
+                # gRPC turns SO_REUSEPORT on by default: a second server on a taken port would
+                # share it silently instead of failing.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self.server.add_generic_rpc_handlers((inference_handler(GrpcRoutes(service)),))
+        # grpc-stubs types only the thread-based servicer, not this asyncio one.
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+
+    async def start(self) -> int:
+        host, port = self.settings.host, self.settings.grpc_port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            bound = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot listen for gRPC on {address}: {exc}") from None
+        if bound == 0:
+            raise RuntimeError(f"cannot listen for gRPC on {address}")
+        await self.server.start()
+        # The overall status ("") answers liveness probes; the service's own name, readiness.
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE.full_name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("gRPC (%s) listening on %s", SERVICE.full_name, address)
+        return bound
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)

@@ -1,0 +1,76 @@
+"""The model service: the loaded model, which requests it answers, and scoring. Both transports
+(REST in ``routes``, gRPC in ``grpc_routes``) call it with requests they have already parsed."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from mlstack_model import tensors
+from mlstack_model.errors import ErrorKind, ProtocolError
+from mlstack_model.loaded_model import LoadedModel
+from mlstack_model.settings import ModelSettings
+from mlstack_model.tensors import InferRequest, OutputTensor
+
+
+class ModelService:
+    """Holds the loaded model (set at start-up by the app's lifespan) and scores requests."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self.model: LoadedModel | None = None
+        # Large batches are scored here so the event loop keeps answering other requests.
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    def resolve(self, name: str, version: str | None) -> LoadedModel:
+        """The model a request names; ``version`` None (or empty) means the served one."""
+        model = self.model
+        if model is None:
+            raise ProtocolError(ErrorKind.UNAVAILABLE, "model is not loaded yet")
+        if name != model.name:
+            raise ProtocolError(
+                ErrorKind.NOT_FOUND, f"unknown model {name!r}; this server serves {model.name!r}"
+            )
+        if version and version != model.version:
+            raise ProtocolError(
+                ErrorKind.NOT_FOUND,
+                f"model {name!r} has no version {version!r} here; served versions: {model.version}",
+            )
+        return model
+
+    async def infer(self, model: LoadedModel, request: InferRequest) -> list[OutputTensor]:
+        if request.rows <= self.settings.inline_batch_rows:
+            return score(model, request)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, score, model, request)
+
+
+def score(model: LoadedModel, request: InferRequest) -> list[OutputTensor]:
+    """The requested output tensors for one validated infer request."""
+    scorer = model.scorer
+    matrix: np.ndarray[Any, np.dtype[np.float64]] | None = None
+    names = [output.name for output in request.outputs]
+    if request.rows > 1 or tensors.OUTPUT_PROBA in names:
+        matrix = np.asarray(request.data, dtype=np.float64).reshape(request.rows, -1)
+    outputs: list[OutputTensor] = []
+    for name in names:
+        if name == tensors.OUTPUT_PREDICT:
+            if matrix is None:
+                labels = [scorer.predict_row(request.data)]
+            else:
+                labels = scorer.predict_matrix(matrix)
+            outputs.append(tensors.predict_output(labels))
+        else:
+            assert matrix is not None
+            proba = scorer.predict_proba_matrix(matrix)
+            outputs.append(
+                tensors.proba_output(request.rows, int(proba.shape[1]), proba.ravel().tolist())
+            )
+    return outputs

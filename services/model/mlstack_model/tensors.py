@@ -1,0 +1,186 @@
+"""Tensors whatever carried them: datatypes, shapes and elements, checked one way for every path.
+
+A request's input tensor arrives as JSON numbers (REST), as raw little-endian bytes (REST's binary
+tensor data extension, gRPC's ``raw_input_contents``) or as a typed list (gRPC's ``contents``).
+Each transport hands its pieces to the functions here, so that every path accepts and refuses the
+same requests, with the same limits and the same messages, and yields the same ``InferRequest``.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from mlstack_model.errors import invalid
+
+INPUT_NAME = "input-0"
+OUTPUT_PREDICT = "predict"
+OUTPUT_PROBA = "predict_proba"
+OUTPUT_NAMES = (OUTPUT_PREDICT, OUTPUT_PROBA)
+
+FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
+INT_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
+# The datatypes this model takes as input (BOOL and BYTES make no sense as features).
+NUMERIC_DATATYPES = FLOAT_TYPES | INT_TYPES
+# The protocol's binary layout of each numeric datatype: little-endian, native size.
+BINARY_LAYOUT: dict[str, np.dtype[Any]] = {
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+}
+_NUMBER_TYPES = frozenset({int, float})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    # Whether the answer carries this tensor as raw bytes (the binary tensor data extension over
+    # REST, raw_output_contents over gRPC) rather than as a list of numbers.
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """One validated infer request, however it arrived."""
+
+    request_id: str | None
+    rows: int
+    # The input tensor's elements, row-major, every one a finite int or float.
+    data: list[Any]
+    outputs: tuple[RequestedOutput, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    # The elements, row-major, as Python numbers.
+    data: list[Any]
+
+    def raw(self) -> bytes:
+        """The elements in the protocol's binary layout."""
+        return np.asarray(self.data, dtype=BINARY_LAYOUT[self.datatype]).tobytes()
+
+
+def predict_output(labels: list[int]) -> OutputTensor:
+    return OutputTensor(OUTPUT_PREDICT, "INT64", (len(labels),), labels)
+
+
+def proba_output(rows: int, n_classes: int, flat: list[float]) -> OutputTensor:
+    return OutputTensor(OUTPUT_PROBA, "FP64", (rows, n_classes), flat)
+
+
+def check_datatype(datatype: object) -> str:
+    if datatype not in NUMERIC_DATATYPES:
+        allowed = ", ".join(sorted(NUMERIC_DATATYPES))
+        raise invalid(f"input datatype {datatype!r} is not supported; use one of {allowed}")
+    assert isinstance(datatype, str)
+    return datatype
+
+
+def check_shape(raw: object, n_features: int, max_rows: int) -> int:
+    """The number of rows of an input shaped ``[rows, n_features]``, within the batch limit."""
+    if not isinstance(raw, list) or not all(type(d) is int and d >= 0 for d in raw):
+        raise invalid("input 'shape' must be a list of non-negative integers")
+    if len(raw) != 2:
+        raise invalid(f"input shape must be [rows, {n_features}], got {raw}")
+    rows, features = raw
+    if features != n_features:
+        raise invalid(f"input shape {raw}: the model takes {n_features} features per row")
+    if rows == 0:
+        raise invalid("empty batch: input shape has 0 rows")
+    if rows > max_rows:
+        raise invalid(f"batch too large: {rows} rows, at most {max_rows}")
+    return int(rows)
+
+
+def check_output(name: object) -> str:
+    if name not in OUTPUT_NAMES:
+        raise invalid(f"unknown output {name!r}; the model produces {', '.join(OUTPUT_NAMES)}")
+    assert isinstance(name, str)
+    return name
+
+
+def _check_count(count: int, rows: int, n_features: int, what: str) -> None:
+    expected = rows * n_features
+    if count != expected:
+        raise invalid(
+            f"input {what} has {count} elements; shape [{rows}, {n_features}] needs {expected}"
+        )
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    # The protocol allows the tensor's contents flattened (row-major) or nested by shape.
+    if data and type(data[0]) is list:
+        flat: list[Any] = []
+        for row in data:
+            if type(row) is not list:
+                raise invalid("input 'data' mixes nested lists and scalars")
+            flat.extend(row)
+        return flat
+    return data
+
+
+def elements_from_json(data: object, datatype: str, rows: int, n_features: int) -> list[Any]:
+    """The elements of a JSON ``data`` list (flat or nested), as the datatype reads them."""
+    if type(data) is not list:
+        raise invalid("input 'data' must be a list of numbers")
+    flat = _flatten(data)
+    _check_count(len(flat), rows, n_features, "'data'")
+    # type() rather than isinstance: JSON true/false arrive as bool, a subclass of int.
+    if not {type(v) for v in flat} <= _NUMBER_TYPES:
+        bad = next(v for v in flat if type(v) not in _NUMBER_TYPES)
+        raise invalid(f"input 'data' must hold only numbers; found {orjson.dumps(bad).decode()}")
+    if datatype in INT_TYPES:
+        if any(type(v) is not int for v in flat):
+            raise invalid(f"input datatype {datatype} needs integers; use FP64 for real numbers")
+    elif datatype == "FP32":
+        flat = array("f", flat).tolist()
+    elif datatype == "FP16":
+        flat = np.asarray(flat, dtype=np.float16).astype(np.float64).tolist()
+    return flat
+
+
+def elements_from_bytes(raw: bytes, datatype: str, rows: int, n_features: int) -> list[Any]:
+    """The elements of a tensor in the protocol's binary layout."""
+    layout = BINARY_LAYOUT[datatype]
+    expected = rows * n_features * layout.itemsize
+    if len(raw) != expected:
+        raise invalid(
+            f"input binary data has {len(raw)} bytes; shape [{rows}, {n_features}] of "
+            f"{datatype} needs {expected}"
+        )
+    values = np.frombuffer(raw, dtype=layout)
+    if datatype in INT_TYPES:
+        ints: list[Any] = values.tolist()
+        return ints
+    if not np.isfinite(values).all():
+        raise invalid("input data must hold only finite numbers; found NaN or infinity")
+    floats: list[Any] = values.astype(np.float64).tolist()
+    return floats
+
+
+def elements_from_values(
+    values: Sequence[Any], datatype: str, rows: int, n_features: int
+) -> list[Any]:
+    """The elements of a typed list that already holds the datatype's values (gRPC contents)."""
+    _check_count(len(values), rows, n_features, "contents")
+    flat = list(values)
+    if datatype in FLOAT_TYPES and not all(map(math.isfinite, flat)):
+        raise invalid("input data must hold only finite numbers; found NaN or infinity")
+    return flat

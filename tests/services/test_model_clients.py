@@ -1,0 +1,79 @@
+"""What a user of the protocol sees: tools/oip_check.py (tritonclient, HTTP and gRPC, default
+options) passes against each model version, and a request that is wrong the same way is refused
+the same way over every transport."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2 as pb
+
+from tests.services.support import ModelProcess, request, start_model
+from tools import oip_check
+
+
+@pytest.fixture(scope="module")
+def model_v1(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
+    service = start_model(model_dir, log_dir, MODEL_VERSION="v1")
+    yield service
+    service.stop()
+
+
+def test_tritonclient_defaults_pass_against_the_default_version(
+    model_server: ModelProcess,
+) -> None:
+    http = model_server.url.removeprefix("http://")
+    assert oip_check.main(["--http", http, "--grpc", model_server.grpc_target]) == 0
+    assert oip_check.check_grpc(model_server.grpc_target) == "v2"
+
+
+def test_tritonclient_defaults_pass_against_v1(model_v1: ModelProcess) -> None:
+    assert oip_check.check_http(model_v1.url.removeprefix("http://")) == "v1"
+    assert oip_check.check_grpc(model_v1.grpc_target) == "v1"
+
+
+def test_the_check_fails_against_a_server_that_is_not_there() -> None:
+    assert oip_check.main(["--http", "127.0.0.1:9", "--grpc", "127.0.0.1:9"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "datatype"),
+    [([1, 3], "FP64"), ([4097, 4], "FP64"), ([1, 4], "BOOL"), ([0, 4], "FP64")],
+)
+def test_rest_json_rest_binary_and_grpc_refuse_alike(
+    model_server: ModelProcess, shape: list[int], datatype: str
+) -> None:
+    count = shape[0] * shape[1]
+    values = [1.0] * count
+    tensor = {"name": "input-0", "shape": shape, "datatype": datatype}
+    json_reply = request(
+        "POST", model_server.url + "/v2/models/iris/infer", {"inputs": [{**tensor, "data": values}]}
+    )
+    data = np.asarray(values, dtype="<f8").tobytes()
+    header = f'{{"inputs": [{{"name": "input-0", "shape": {shape}, "datatype": "{datatype}", '
+    header += f'"parameters": {{"binary_data_size": {len(data)}}}}}]}}'
+    binary_reply = request(
+        "POST",
+        model_server.url + "/v2/models/iris/infer",
+        header.encode() + data,
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
+    message = pb.ModelInferRequest(model_name="iris")
+    message.inputs.add(name="input-0", datatype=datatype, shape=shape)
+    message.raw_input_contents.append(data)
+    with grpc.insecure_channel(model_server.grpc_target) as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(message, timeout=10)
+    error = caught.value
+    assert json_reply.status == binary_reply.status == 400
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert json_reply.json() == binary_reply.json() == {"error": error.details()}

@@ -1,0 +1,356 @@
+"""The model server speaks the Open Inference Protocol over gRPC (`inference.GRPCInferenceService`),
+checked with tritonclient's gRPC client at its defaults and with raw calls built from that
+client's own messages, so the wire format is the one real clients use."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mlstack_model import artifacts
+from sklearn.datasets import load_iris
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import InferenceServerException
+
+from tests.services.support import ModelProcess
+
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+VIRGINICA = [6.7, 3.0, 5.2, 2.3]
+SERVICE = "inference.GRPCInferenceService"
+
+
+@pytest.fixture(scope="module")
+def channel(model_server: ModelProcess) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(model_server.grpc_target) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def client(model_server: ModelProcess) -> Iterator[Any]:
+    opened = grpcclient.InferenceServerClient(model_server.grpc_target)
+    yield opened
+    opened.close()
+
+
+def call(channel: grpc.Channel, method: str, request: Any, response_type: Any) -> Any:
+    rpc = channel.unary_unary(
+        f"/{SERVICE}/{method}",
+        request_serializer=type(request).SerializeToString,
+        response_deserializer=response_type.FromString,
+    )
+    return rpc(request, timeout=10)
+
+
+def infer(channel: grpc.Channel, request: Any) -> Any:
+    return call(channel, "ModelInfer", request, pb.ModelInferResponse)
+
+
+def failure(channel: grpc.Channel, method: str, request: Any, response_type: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(channel, method, request, response_type)
+    error: grpc.RpcError = caught.value
+    return error
+
+
+def code_and_details(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    return error.code(), error.details() or ""
+
+
+def raw_request(
+    rows: list[list[float]], datatype: str = "FP64", **fields: Any
+) -> pb.ModelInferRequest:
+    layout = {"FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4"}
+    data = np.asarray(rows, dtype=layout[datatype]).tobytes()
+    request = pb.ModelInferRequest(model_name="iris", **fields)
+    request.inputs.add(name="input-0", datatype=datatype, shape=[len(rows), len(rows[0])])
+    request.raw_input_contents.append(data)
+    return request
+
+
+def typed_request(rows: list[list[float]], **fields: Any) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="iris", **fields)
+    tensor = request.inputs.add(name="input-0", datatype="FP64", shape=[len(rows), len(rows[0])])
+    tensor.contents.fp64_contents.extend(value for row in rows for value in row)
+    return request
+
+
+# --- tritonclient, default options ----------------------------------------------------------
+
+
+def test_client_health_and_readiness(client: Any) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("iris")
+    assert client.is_model_ready("iris", "v2")
+
+
+def test_client_server_and_model_metadata(client: Any) -> None:
+    server = client.get_server_metadata()
+    assert server.name == "mlstack-model"
+    assert list(server.extensions) == ["binary_tensor_data"]
+    model = client.get_model_metadata("iris", "v2")
+    assert (model.name, list(model.versions), model.platform) == ("iris", ["v2"], "sklearn")
+    assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs] == [
+        ("input-0", "FP64", [-1, 4])
+    ]
+    assert [(t.name, t.datatype, list(t.shape)) for t in model.outputs] == [
+        ("predict", "INT64", [-1]),
+        ("predict_proba", "FP64", [-1, 3]),
+    ]
+
+
+@pytest.mark.parametrize("dtype", ["FP32", "FP64", "FP16"])
+def test_client_infers_with_set_data_from_numpy(client: Any, dtype: str) -> None:
+    rows = np.asarray(
+        [SETOSA, VIRGINICA],
+        dtype={"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}[dtype],
+    )
+    tensor = grpcclient.InferInput("input-0", list(rows.shape), dtype)
+    tensor.set_data_from_numpy(rows)
+    result = client.infer("iris", [tensor], request_id="grpc-1")
+    assert result.as_numpy("predict").tolist() == [0, 2]
+    response = result.get_response()
+    assert (response.model_name, response.model_version, response.id) == ("iris", "v2", "grpc-1")
+
+
+def test_client_requests_probabilities_at_a_version(client: Any) -> None:
+    rows = np.asarray([SETOSA, VIRGINICA])
+    tensor = grpcclient.InferInput("input-0", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows)
+    outputs = [
+        grpcclient.InferRequestedOutput("predict_proba"),
+        grpcclient.InferRequestedOutput("predict"),
+    ]
+    result = client.infer("iris", [tensor], model_version="v2", outputs=outputs)
+    proba = result.as_numpy("predict_proba")
+    assert proba.shape == (2, 3)
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    assert result.as_numpy("predict").tolist() == [0, 2]
+
+
+def test_client_large_batch_matches_the_estimator(
+    client: Any, model_server: ModelProcess, model_dir: Path
+) -> None:
+    data = load_iris().data
+    rows = np.asarray([data[i % len(data)] for i in range(1500)])
+    tensor = grpcclient.InferInput("input-0", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows)
+    labels = client.infer("iris", [tensor]).as_numpy("predict").tolist()
+    assert labels == artifacts.load(model_dir, "iris", "v2").estimator.predict(rows).tolist()
+
+
+def test_client_unknown_version_is_not_found_naming_the_served_one(client: Any) -> None:
+    rows = np.asarray([SETOSA])
+    tensor = grpcclient.InferInput("input-0", [1, 4], "FP64")
+    tensor.set_data_from_numpy(rows)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("iris", [tensor], model_version="v7")
+    assert caught.value.status() == "StatusCode.NOT_FOUND"
+    assert "served versions: v2" in caught.value.message()
+
+
+# --- raw calls ------------------------------------------------------------------------------
+
+
+def test_server_live_ready_and_model_ready(channel: grpc.Channel) -> None:
+    assert call(channel, "ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse).live
+    assert call(channel, "ServerReady", pb.ServerReadyRequest(), pb.ServerReadyResponse).ready
+    ready = call(channel, "ModelReady", pb.ModelReadyRequest(name="iris"), pb.ModelReadyResponse)
+    assert ready.ready
+
+
+def test_typed_contents_are_answered_with_typed_contents(channel: grpc.Channel) -> None:
+    response = infer(channel, typed_request([SETOSA, VIRGINICA], id="typed"))
+    assert response.id == "typed"
+    assert len(response.raw_output_contents) == 0
+    (output,) = response.outputs
+    assert (output.name, output.datatype, list(output.shape)) == ("predict", "INT64", [2])
+    assert list(output.contents.int64_contents) == [0, 2]
+
+
+def test_raw_contents_are_answered_raw(channel: grpc.Channel) -> None:
+    request = raw_request([SETOSA, VIRGINICA])
+    request.outputs.add(name="predict_proba")
+    request.outputs.add(name="predict")
+    response = infer(channel, request)
+    proba_raw, labels_raw = response.raw_output_contents
+    assert np.frombuffer(labels_raw, dtype="<i8").tolist() == [0, 2]
+    proba = np.frombuffer(proba_raw, dtype="<f8").reshape(2, 3)
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    assert [o.name for o in response.outputs] == ["predict_proba", "predict"]
+    assert all(not o.contents.ListFields() for o in response.outputs)
+
+
+def test_integer_inputs_are_accepted(channel: grpc.Channel) -> None:
+    response = infer(channel, raw_request([[5, 3, 1, 0]], "INT64"))
+    assert np.frombuffer(response.raw_output_contents[0], dtype="<i8").tolist() == [0]
+    typed = pb.ModelInferRequest(model_name="iris")
+    tensor = typed.inputs.add(name="input-0", datatype="INT32", shape=[1, 4])
+    tensor.contents.int_contents.extend([5, 3, 1, 0])
+    assert list(infer(channel, typed).outputs[0].contents.int64_contents) == [0]
+
+
+def test_every_path_predicts_the_same(channel: grpc.Channel) -> None:
+    rows = load_iris().data.tolist()
+    raw = np.frombuffer(infer(channel, raw_request(rows)).raw_output_contents[0], dtype="<i8")
+    typed = infer(channel, typed_request(rows)).outputs[0].contents.int64_contents
+    assert raw.tolist() == list(typed)
+
+
+def test_health_service_serves_probes(channel: grpc.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == serving
+    request = health_pb2.HealthCheckRequest(service=SERVICE)
+    assert stub.Check(request, timeout=10).status == serving
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Check(health_pb2.HealthCheckRequest(service="nothing"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("method", "request_message", "response_type", "needle"),
+    [
+        ("ModelReady", pb.ModelReadyRequest(name="mnist"), pb.ModelReadyResponse, "'mnist'"),
+        (
+            "ModelReady",
+            pb.ModelReadyRequest(name="iris", version="v7"),
+            pb.ModelReadyResponse,
+            "served versions: v2",
+        ),
+        (
+            "ModelMetadata",
+            pb.ModelMetadataRequest(name="mnist"),
+            pb.ModelMetadataResponse,
+            "'mnist'",
+        ),
+        (
+            "ModelMetadata",
+            pb.ModelMetadataRequest(name="iris", version="v1"),
+            pb.ModelMetadataResponse,
+            "served versions: v2",
+        ),
+        ("ModelInfer", raw_request([SETOSA], model_version="v7"), pb.ModelInferResponse, "v7"),
+    ],
+)
+def test_unknown_model_or_version_is_not_found(
+    channel: grpc.Channel, method: str, request_message: Any, response_type: Any, needle: str
+) -> None:
+    code, details = code_and_details(failure(channel, method, request_message, response_type))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert needle in details
+
+
+def _with(request: pb.ModelInferRequest, change: Any) -> pb.ModelInferRequest:
+    changed = pb.ModelInferRequest()
+    changed.CopyFrom(request)
+    change(changed)
+    return changed
+
+
+def _second_input(request: pb.ModelInferRequest) -> None:
+    request.inputs.add(name="input-1", datatype="FP64", shape=[1, 4])
+    request.raw_input_contents.append(np.asarray(SETOSA).tobytes())
+
+
+def _clear_inputs(request: pb.ModelInferRequest) -> None:
+    del request.inputs[:]
+    del request.raw_input_contents[:]
+
+
+BAD_REQUESTS: list[tuple[str, pb.ModelInferRequest, str]] = [
+    ("no input", _with(raw_request([SETOSA]), _clear_inputs), "'inputs' must hold one"),
+    ("two inputs", _with(raw_request([SETOSA]), _second_input), "'inputs' must hold one"),
+    (
+        "BYTES",
+        _with(raw_request([SETOSA]), lambda r: setattr(r.inputs[0], "datatype", "BYTES")),
+        "datatype 'BYTES'",
+    ),
+    (
+        "one-dimensional shape",
+        _with(raw_request([SETOSA]), lambda r: r.inputs[0].shape.__delitem__(0)),
+        "shape must be [rows, 4]",
+    ),
+    (
+        "negative shape",
+        _with(raw_request([SETOSA]), lambda r: r.inputs[0].shape.__setitem__(1, -4)),
+        "non-negative integers",
+    ),
+    ("three features", raw_request([SETOSA[:3]]), "takes 4 features"),
+    (
+        "empty batch",
+        _with(raw_request([SETOSA]), lambda r: r.inputs[0].shape.__setitem__(0, 0)),
+        "empty batch",
+    ),
+    (
+        "bytes short of the shape",
+        _with(raw_request([SETOSA]), lambda r: r.inputs[0].shape.__setitem__(0, 2)),
+        "has 32 bytes; shape [2, 4] of FP64 needs 64",
+    ),
+    (
+        "two raw entries",
+        _with(raw_request([SETOSA]), lambda r: r.raw_input_contents.append(b"")),
+        "raw_input_contents has 2 entries",
+    ),
+    (
+        "raw and typed contents",
+        _with(raw_request([SETOSA]), lambda r: r.inputs[0].contents.fp64_contents.append(1.0)),
+        "cannot have 'contents'",
+    ),
+    ("NaN", raw_request([[math.nan, 3.5, 1.4, 0.2]]), "finite"),
+    ("infinity in FP32", raw_request([[math.inf, 3.5, 1.4, 0.2]], "FP32"), "finite"),
+    ("typed infinity", typed_request([[-math.inf, 3.5, 1.4, 0.2]]), "finite"),
+    (
+        "typed count",
+        _with(typed_request([SETOSA]), lambda r: r.inputs[0].contents.fp64_contents.append(1.0)),
+        "contents has 5 elements; shape [1, 4] needs 4",
+    ),
+    (
+        "typed FP16",
+        _with(typed_request([SETOSA]), lambda r: setattr(r.inputs[0], "datatype", "FP16")),
+        "FP16 has no typed contents",
+    ),
+    (
+        "typed in the wrong field",
+        _with(typed_request([SETOSA]), lambda r: setattr(r.inputs[0], "datatype", "FP32")),
+        "contents.fp32_contents",
+    ),
+    (
+        "unknown output",
+        _with(raw_request([SETOSA]), lambda r: r.outputs.add(name="logits")),
+        "'logits'",
+    ),
+    ("batch too large", raw_request([SETOSA] * 4097), "batch too large"),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_message", "needle"),
+    [pytest.param(request, needle, id=name) for name, request, needle in BAD_REQUESTS],
+)
+def test_bad_infer_requests_are_invalid_argument_naming_the_problem(
+    channel: grpc.Channel, request_message: pb.ModelInferRequest, needle: str
+) -> None:
+    code, details = code_and_details(
+        failure(channel, "ModelInfer", request_message, pb.ModelInferResponse)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in details
+
+
+def test_oversized_message_is_resource_exhausted(channel: grpc.Channel) -> None:
+    request = raw_request([SETOSA], id="x" * (9 * 1024 * 1024))
+    code, _ = code_and_details(failure(channel, "ModelInfer", request, pb.ModelInferResponse))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_unknown_method_is_unimplemented(channel: grpc.Channel) -> None:
+    error = failure(channel, "RepositoryIndex", pb.ServerLiveRequest(), pb.ServerLiveResponse)
+    assert code_and_details(error)[0] == grpc.StatusCode.UNIMPLEMENTED

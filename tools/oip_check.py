@@ -1,0 +1,101 @@
+"""Talk to a running model server the way a data scientist would: with tritonclient, HTTP and
+gRPC, every option left at its default (tensors go as binary data over HTTP and as
+raw_input_contents over gRPC).
+
+    make serve                  # in one terminal
+    python -m tools.oip_check   # in another; or --http HOST:PORT --grpc HOST:PORT
+
+Exits 0 when every check passes, 1 with the first failure otherwise. The service tests run the
+same checks against a server of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+MODEL = "iris"
+# Rows of the three iris species that every trained version classifies the same way.
+ROWS = np.array(
+    [[5.1, 3.5, 1.4, 0.2], [6.4, 3.2, 4.5, 1.5], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32
+)
+CLASSES = [0, 1, 2]
+
+
+class CheckError(AssertionError):
+    pass
+
+
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise CheckError(what)
+
+
+def _check_client(client: Any, module: Any) -> str:
+    """The checks both clients share (their methods have the same names); the served version."""
+    _expect(client.is_server_live(), "server is not live")
+    _expect(client.is_server_ready(), "server is not ready")
+    _expect(client.is_model_ready(MODEL), f"model {MODEL} is not ready")
+    metadata = client.get_model_metadata(MODEL)
+    versions = list(metadata["versions"] if isinstance(metadata, dict) else metadata.versions)
+    _expect(len(versions) == 1, f"model metadata lists versions {versions}")
+    version = str(versions[0])
+    _expect(client.is_model_ready(MODEL, version), f"model {MODEL} {version} is not ready")
+
+    tensor = module.InferInput("input-0", list(ROWS.shape), "FP32")
+    tensor.set_data_from_numpy(ROWS)
+    labels = client.infer(MODEL, [tensor]).as_numpy("predict")
+    _expect(labels is not None and labels.tolist() == CLASSES, f"predicted {labels}")
+
+    outputs = [module.InferRequestedOutput("predict_proba")]
+    proba = client.infer(MODEL, [tensor], model_version=version, outputs=outputs)
+    matrix = proba.as_numpy("predict_proba")
+    _expect(matrix is not None and matrix.shape == (3, 3), f"probabilities {matrix}")
+    _expect(bool(np.allclose(matrix.sum(axis=1), 1.0)), f"probabilities {matrix} do not sum to 1")
+    _expect(matrix.argmax(axis=1).tolist() == CLASSES, f"probabilities {matrix}")
+    return version
+
+
+def check_http(target: str) -> str:
+    client = httpclient.InferenceServerClient(target)
+    try:
+        return _check_client(client, httpclient)
+    finally:
+        client.close()
+
+
+def check_grpc(target: str) -> str:
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        return _check_client(client, grpcclient)
+    finally:
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.oip_check", description=__doc__)
+    parser.add_argument("--http", default="127.0.0.1:8081", help="REST host:port")
+    parser.add_argument("--grpc", default="127.0.0.1:8082", help="gRPC host:port")
+    args = parser.parse_args(argv)
+    checks: list[tuple[str, str, Callable[[str], str]]] = [
+        ("http", args.http, check_http),
+        ("grpc", args.grpc, check_grpc),
+    ]
+    for name, target, check in checks:
+        try:
+            version = check(target)
+        except Exception as exc:
+            print(f"{name} {target}: FAILED: {exc}", file=sys.stderr)
+            return 1
+        print(f"{name} {target}: ok ({MODEL} {version}, tritonclient defaults)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
