@@ -143,6 +143,7 @@ class MlApp(pulumi.ComponentResource):
                 resources=MODEL_RESOURCES,
                 env={"MODEL_NAME": MODEL_NAME, "MODEL_VERSION": config.model.version},
                 zone_spread=config.cluster.provider in ("gke", "eks"),
+                grpc=True,
             ),
             on_cluster,
         )

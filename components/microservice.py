@@ -20,6 +20,8 @@ TLS_DIR: Final = "/etc/mlstack/tls"
 TLS_VOLUME: Final = "tls"
 # What the kubelet gives a container between SIGTERM and SIGKILL, beyond any pre-stop drain.
 SHUTDOWN_SECONDS: Final = 30
+# A service that also speaks gRPC listens on GRPC_PORT; its Service carries it at the same number.
+GRPC_PORT: Final = 8081
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class MicroserviceArgs:
     drain_seconds: int | None = None
     # Spread replicas over zones as well as hosts (clusters whose nodes carry zone labels).
     zone_spread: bool = False
+    # Whether the service also serves gRPC (on GRPC_PORT, with the standard grpc.health.v1).
+    grpc: bool = False
 
     @property
     def scheme(self) -> str:
@@ -106,14 +110,7 @@ class Microservice(pulumi.ComponentResource):
                 "type": args.service_type,
                 # Derived from the Deployment, never retyped.
                 "selector": self.deployment.spec.selector.match_labels,
-                "ports": [
-                    {
-                        "name": args.scheme,
-                        "port": TLS_SERVICE_PORT if args.scheme == "https" else SERVICE_PORT,
-                        "target_port": args.scheme,
-                        "protocol": "TCP",
-                    }
-                ],
+                "ports": _service_ports(args),
                 "load_balancer_source_ranges": list(args.source_ranges) or None,
             },
             opts=child,
@@ -155,6 +152,18 @@ def _pod_spec(
     if args.metrics_port is not None:
         env.append({"name": "METRICS_PORT", "value": str(args.metrics_port)})
         ports.append({"name": "metrics", "container_port": args.metrics_port, "protocol": "TCP"})
+    liveness = _http_probe(args, args.liveness_path, period=10, failures=3)
+    if args.grpc:
+        env.append({"name": "GRPC_PORT", "value": str(GRPC_PORT)})
+        ports.append({"name": "grpc", "container_port": GRPC_PORT, "protocol": "TCP"})
+        # Liveness asks the gRPC server (grpc.health.v1, overall status): a process whose gRPC
+        # listener died is restarted; readiness stays on HTTP, which the gateway calls.
+        liveness = {
+            "grpc": {"port": GRPC_PORT},
+            "period_seconds": 10,
+            "timeout_seconds": 2,
+            "failure_threshold": 3,
+        }
     for key, value in sorted(args.env.items()):
         env.append({"name": key, "value": value})
     if args.secret_name is not None:
@@ -179,7 +188,7 @@ def _pod_spec(
         ),
         "startup_probe": _http_probe(args, args.liveness_path, period=2, failures=30),
         "readiness_probe": _http_probe(args, args.readiness_path, period=5, failures=3),
-        "liveness_probe": _http_probe(args, args.liveness_path, period=10, failures=3),
+        "liveness_probe": liveness,
         "lifecycle": lifecycle,
     }
     spec: k8s.core.v1.PodSpecArgsDict = {
@@ -192,6 +201,29 @@ def _pod_spec(
         "topology_spread_constraints": _spread(args, match) if args.replicas > 1 else None,
     }
     return spec
+
+
+def _service_ports(args: MicroserviceArgs) -> list[k8s.core.v1.ServicePortArgsDict]:
+    ports: list[k8s.core.v1.ServicePortArgsDict] = [
+        {
+            "name": args.scheme,
+            "port": TLS_SERVICE_PORT if args.scheme == "https" else SERVICE_PORT,
+            "target_port": args.scheme,
+            "protocol": "TCP",
+        }
+    ]
+    if args.grpc:
+        ports.append(
+            {
+                "name": "grpc",
+                "port": GRPC_PORT,
+                "target_port": "grpc",
+                "protocol": "TCP",
+                # HTTP/2 without TLS: what meshes and Gateway API routes need to know.
+                "app_protocol": "kubernetes.io/h2c",
+            }
+        )
+    return ports
 
 
 def _spread(

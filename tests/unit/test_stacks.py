@@ -125,7 +125,11 @@ def test_services_have_probes_resources_and_a_restricted_context(
     stack_run: ProgramRun, name: str, live: str, ready: str
 ) -> None:
     spec = container(stack_run.one("Deployment", name))
-    assert spec["livenessProbe"]["httpGet"]["path"] == live
+    if name == "model":
+        # The model's liveness asks its gRPC server's grpc.health.v1 (see the next test).
+        assert spec["livenessProbe"]["grpc"] == {"port": 8081}
+    else:
+        assert spec["livenessProbe"]["httpGet"]["path"] == live
     assert spec["readinessProbe"]["httpGet"]["path"] == ready
     assert spec["startupProbe"]["httpGet"]["path"] == live
     assert set(spec["resources"]["requests"]) == {"cpu", "memory", "ephemeral-storage"}
@@ -136,6 +140,25 @@ def test_services_have_probes_resources_and_a_restricted_context(
     assert context["runAsNonRoot"] is True
     assert context["capabilities"]["drop"] == ["ALL"]
     assert context["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def test_model_serves_grpc_on_a_named_port_that_its_service_carries(
+    stack_run: ProgramRun,
+) -> None:
+    spec = container(stack_run.one("Deployment", "model"))
+    ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
+    assert ports == {"http": 8080, "grpc": 8081}
+    env = {e["name"]: e.get("value") for e in spec["env"]}
+    assert (env["PORT"], env["GRPC_PORT"]) == ("8080", "8081")
+    assert spec["livenessProbe"]["grpc"]["port"] == ports["grpc"]
+    service_ports = stack_run.one("Service", "model").inputs["spec"]["ports"]
+    grpc_port = next(p for p in service_ports if p["name"] == "grpc")
+    assert (grpc_port["port"], grpc_port["targetPort"]) == (8081, "grpc")
+    assert grpc_port["appProtocol"] == "kubernetes.io/h2c"
+    gateway = container(stack_run.one("Deployment", "gateway"))
+    assert "grpc" not in [p["name"] for p in gateway["ports"]]
+    gateway_service = stack_run.one("Service", "gateway").inputs["spec"]["ports"]
+    assert "grpc" not in [p["name"] for p in gateway_service]
 
 
 def test_rolling_updates_never_drop_below_the_configured_replicas(stack_run: ProgramRun) -> None:
