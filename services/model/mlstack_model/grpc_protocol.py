@@ -30,6 +30,12 @@ CONTENTS_FIELD = {
 }
 
 
+# The model's default output, answered raw or typed.
+_DEFAULT_OUTPUTS = {
+    binary: (RequestedOutput(tensors.OUTPUT_PREDICT, binary),) for binary in (False, True)
+}
+
+
 def parse_infer_request(
     message: pb.ModelInferRequest, n_features: int, max_rows: int
 ) -> InferRequest:
@@ -39,7 +45,11 @@ def parse_infer_request(
     datatype = tensors.check_datatype(tensor.datatype)
     rows = tensors.check_shape(list(tensor.shape), n_features, max_rows)
     raw = message.raw_input_contents
-    given = [field.name for field, _ in tensor.contents.ListFields()]
+    given = (
+        [field.name for field, _ in tensor.contents.ListFields()]
+        if tensor.HasField("contents")
+        else []
+    )
     if raw:
         if len(raw) != 1:
             raise invalid(f"raw_input_contents has {len(raw)} entries for 1 input")
@@ -58,15 +68,13 @@ def parse_infer_request(
             getattr(tensor.contents, field), datatype, rows, n_features
         )
     binary = bool(raw)
-    outputs = tuple(
-        RequestedOutput(tensors.check_output(output.name), binary) for output in message.outputs
-    )
-    return InferRequest(
-        request_id=message.id or None,
-        rows=rows,
-        data=data,
-        outputs=outputs or (RequestedOutput(tensors.OUTPUT_PREDICT, binary),),
-    )
+    if message.outputs:
+        outputs = tuple(
+            RequestedOutput(tensors.check_output(output.name), binary) for output in message.outputs
+        )
+    else:
+        outputs = _DEFAULT_OUTPUTS[binary]
+    return InferRequest(request_id=message.id or None, rows=rows, data=data, outputs=outputs)
 
 
 def infer_response(

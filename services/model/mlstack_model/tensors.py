@@ -9,6 +9,7 @@ same requests, with the same limits and the same messages, and yields the same `
 from __future__ import annotations
 
 import math
+import struct
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,21 +29,25 @@ FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 INT_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 # The datatypes this model takes as input (BOOL and BYTES make no sense as features).
 NUMERIC_DATATYPES = FLOAT_TYPES | INT_TYPES
-# The protocol's binary layout of each numeric datatype: little-endian, native size.
-BINARY_LAYOUT: dict[str, np.dtype[Any]] = {
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
+# The protocol's binary layout of each numeric datatype (little-endian, native size) as a
+# `struct` format character: struct reads and writes a handful of elements several times faster
+# than a round trip through numpy, and a request is usually one row.
+BINARY_FORMAT: dict[str, str] = {
+    "FP16": "e",
+    "FP32": "f",
+    "FP64": "d",
+    "INT8": "b",
+    "INT16": "h",
+    "INT32": "i",
+    "INT64": "q",
+    "UINT8": "B",
+    "UINT16": "H",
+    "UINT32": "I",
+    "UINT64": "Q",
 }
 _NUMBER_TYPES = frozenset({int, float})
+# From this size on, numpy decodes binary tensors faster than struct.
+_NUMPY_FROM_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +79,7 @@ class OutputTensor:
 
     def raw(self) -> bytes:
         """The elements in the protocol's binary layout."""
-        return np.asarray(self.data, dtype=BINARY_LAYOUT[self.datatype]).tobytes()
+        return struct.pack(f"<{len(self.data)}{BINARY_FORMAT[self.datatype]}", *self.data)
 
 
 def predict_output(labels: list[int]) -> OutputTensor:
@@ -158,21 +163,23 @@ def elements_from_json(data: object, datatype: str, rows: int, n_features: int) 
 
 def elements_from_bytes(raw: bytes, datatype: str, rows: int, n_features: int) -> list[Any]:
     """The elements of a tensor in the protocol's binary layout."""
-    layout = BINARY_LAYOUT[datatype]
-    expected = rows * n_features * layout.itemsize
+    layout = f"<{rows * n_features}{BINARY_FORMAT[datatype]}"
+    expected = struct.calcsize(layout)
     if len(raw) != expected:
         raise invalid(
             f"input binary data has {len(raw)} bytes; shape [{rows}, {n_features}] of "
             f"{datatype} needs {expected}"
         )
-    values = np.frombuffer(raw, dtype=layout)
-    if datatype in INT_TYPES:
-        ints: list[Any] = values.tolist()
-        return ints
-    if not np.isfinite(values).all():
+    if expected < _NUMPY_FROM_BYTES:
+        values = list(struct.unpack(layout, raw))
+        finite = datatype in INT_TYPES or all(map(math.isfinite, values))
+    else:
+        array_ = np.frombuffer(raw, dtype=layout[0] + layout[-1])
+        finite = datatype in INT_TYPES or bool(np.isfinite(array_).all())
+        values = array_.astype(np.float64 if datatype in FLOAT_TYPES else array_.dtype).tolist()
+    if not finite:
         raise invalid("input data must hold only finite numbers; found NaN or infinity")
-    floats: list[Any] = values.astype(np.float64).tolist()
-    return floats
+    return values
 
 
 def elements_from_values(
