@@ -5,6 +5,8 @@ client's own messages, so the wire format is the one real clients use."""
 from __future__ import annotations
 
 import math
+import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from sklearn.datasets import load_iris
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from tests.services.support import ModelProcess
+from tests.services.support import ModelProcess, free_port, start_model
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]
@@ -354,3 +356,30 @@ def test_oversized_message_is_resource_exhausted(channel: grpc.Channel) -> None:
 def test_unknown_method_is_unimplemented(channel: grpc.Channel) -> None:
     error = failure(channel, "RepositoryIndex", pb.ServerLiveRequest(), pb.ServerLiveResponse)
     assert code_and_details(error)[0] == grpc.StatusCode.UNIMPLEMENTED
+
+
+# --- lifecycle ------------------------------------------------------------------------------
+
+
+def test_a_taken_grpc_port_stops_the_start_up(model_dir: Path, log_dir: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = ModelProcess(model_dir, log_dir, free_port(), port, {})
+        service.start()
+        assert service.wait(timeout=60) != 0
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in service.log_tail()
+
+
+def test_sigterm_stops_rest_and_grpc_cleanly(model_dir: Path, log_dir: Path) -> None:
+    service = start_model(model_dir, log_dir)
+    with grpc.insecure_channel(service.grpc_target) as opened:
+        assert call(opened, "ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse).live
+    service.signal(signal.SIGTERM)
+    # uvicorn exits by re-raising the signal once its graceful shutdown is done.
+    assert service.wait(timeout=30) in {0, -signal.SIGTERM}
+    assert "Application shutdown complete" in service.log_tail()
+    with grpc.insecure_channel(service.grpc_target) as opened:
+        error = failure(opened, "ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse)
+    assert code_and_details(error)[0] == grpc.StatusCode.UNAVAILABLE
