@@ -1,8 +1,11 @@
-"""The load generator: wrk (from Debian), driven by a Lua script that reports in JSON.
+"""The load generators: wrk (from Debian) for HTTP, driven by a Lua script that reports in JSON,
+and ghz (built from its Go module) for gRPC.
 
-Every target gets the same generator, the same settings (one wrk thread, keep-alive connections,
-closed loop: each connection sends its next request when the previous answer arrives) and the
-same way of reading the result (wrk's own latency histogram, in microseconds).
+Every HTTP target gets the same generator, the same settings (one wrk thread, keep-alive
+connections, closed loop: each connection sends its next request when the previous answer
+arrives) and the same way of reading the result (wrk's own latency histogram). Every gRPC target
+gets ghz with the closest settings: one CPU, N connections with one call in flight on each,
+closed loop, its own latency percentiles.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import resource
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +53,22 @@ class Request:
 
 
 @dataclass(frozen=True)
+class GrpcRequest:
+    """One unary gRPC call, sent over and over: ``method`` (package.Service/Method, declared in
+    ``proto``) with the serialized request message ``body``."""
+
+    target: str
+    proto: Path
+    method: str
+    body: bytes
+
+
+@dataclass(frozen=True)
 class LoadResult:
     requests: int
     seconds: float
     socket_errors: int
+    # Answers that were not a success: HTTP non-2xx, gRPC status other than OK.
     non_2xx: int
     p50_ms: float
     p99_ms: float
@@ -77,6 +92,14 @@ def wrk_path() -> str:
     path = shutil.which("wrk")
     if path is None:
         raise RuntimeError("wrk not found: `make bench` installs it (apt-get install -y wrk)")
+    return path
+
+
+def ghz_path() -> str:
+    built = Path(__file__).resolve().parents[1] / "build" / "tools" / "ghz"
+    path = str(built) if built.is_file() else shutil.which("ghz")
+    if path is None:
+        raise RuntimeError(f"ghz not found at {built}: `make bench` builds it (go install)")
     return path
 
 
@@ -114,23 +137,24 @@ def _machine_busy() -> float:
     return (sum(fields[:8]) - idle) / _clock_ticks()
 
 
-def run_load(
-    request: Request,
-    connections: int,
-    seconds: float,
-    script_dir: Path,
-    watch: Mapping[str, int] | None = None,
-) -> LoadResult:
-    """Run wrk against ``request.url`` and read its report; ``watch`` names server pids."""
+@dataclass(frozen=True)
+class _Report:
+    """What a load generator says about one run."""
+
+    requests: int
+    seconds: float
+    socket_errors: int
+    non_2xx: int
+    p50_ms: float
+    p99_ms: float
+
+
+def _wrk(request: Request, connections: int, seconds: float, script_dir: Path) -> list[str]:
     digest = hashlib.sha256(request.url.encode() + b"\0" + request.body).hexdigest()[:16]
     script = script_dir / f"load-{digest}.lua"
     if not script.exists():
         script.write_text(request.lua())
-    watched = dict(watch or {})
-    cpu_before = {name: _process_cpu(pid) for name, pid in watched.items()}
-    busy_before = _machine_busy()
-    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    argv: Sequence[str] = [
+    return [
         wrk_path(),
         "-t1",
         f"-c{connections}",
@@ -141,35 +165,110 @@ def run_load(
         str(script),
         request.url,
     ]
-    started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=seconds + 60)
-    if done.returncode != 0 or _MARK not in done.stdout:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
-    wall = time.monotonic() - started
-    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy_after = _machine_busy()
-    cpu_after = {name: _process_cpu(pid) for name, pid in watched.items()}
-    report = json.loads(done.stdout.split(_MARK, 1)[1].splitlines()[0])
-    requests = int(report["requests"])
-    wrk_cpu = (children_after.ru_utime + children_after.ru_stime) - (
-        children_before.ru_utime + children_before.ru_stime
-    )
-    server_cpu = {name: cpu_after[name] - cpu_before[name] for name in watched}
-    per_request = {
-        name: (cpu / requests * 1e6 if requests else 0.0)
-        for name, cpu in {**server_cpu, "wrk": wrk_cpu}.items()
-    }
-    machine_busy = busy_after - busy_before
-    # /proc/stat counts every core: busy seconds over wall seconds is busy cores.
-    busy_cores = machine_busy / wall if wall else 0.0
-    ours = (sum(server_cpu.values()) + wrk_cpu) / wall if wall else 0.0
-    return LoadResult(
-        requests=requests,
+
+
+def _wrk_report(stdout: str) -> _Report:
+    if _MARK not in stdout:
+        raise ValueError("no report")
+    report = json.loads(stdout.split(_MARK, 1)[1].splitlines()[0])
+    return _Report(
+        requests=int(report["requests"]),
         seconds=int(report["duration_us"]) / 1e6,
         socket_errors=int(report["socket_errors"]),
         non_2xx=int(report["non_2xx"]),
         p50_ms=int(report["p50_us"]) / 1000,
         p99_ms=int(report["p99_us"]) / 1000,
+    )
+
+
+def _ghz(request: GrpcRequest, connections: int, seconds: float, script_dir: Path) -> list[str]:
+    digest = hashlib.sha256(request.method.encode() + b"\0" + request.body).hexdigest()[:16]
+    body = script_dir / f"call-{digest}.bin"
+    if not body.exists():
+        body.write_bytes(request.body)
+    return [
+        ghz_path(),
+        "--insecure",
+        f"--proto={request.proto}",
+        f"--call={request.method}",
+        f"--binary-file={body}",
+        # As wrk -t1 -cN: one CPU, N connections, one call in flight on each.
+        "--cpus=1",
+        f"--concurrency={connections}",
+        f"--connections={connections}",
+        f"--duration={max(1, round(seconds))}s",
+        # Let the calls in flight at the end finish rather than cutting them off as errors.
+        "--duration-stop=wait",
+        "--timeout=10s",
+        "--format=json",
+        request.target,
+    ]
+
+
+def _ghz_report(stdout: str) -> _Report:
+    report = json.loads(stdout)
+    statuses: dict[str, int] = report.get("statusCodeDistribution") or {}
+    percentiles = {int(p["percentage"]): int(p["latency"]) for p in report["latencyDistribution"]}
+    requests = int(report["count"])
+    return _Report(
+        requests=requests,
+        seconds=int(report["total"]) / 1e9,
+        socket_errors=0,
+        non_2xx=requests - int(statuses.get("OK", 0)),
+        p50_ms=percentiles[50] / 1e6,
+        p99_ms=percentiles[99] / 1e6,
+    )
+
+
+def run_load(
+    request: Request | GrpcRequest,
+    connections: int,
+    seconds: float,
+    script_dir: Path,
+    watch: Mapping[str, int] | None = None,
+) -> LoadResult:
+    """Load ``request``'s target (wrk for HTTP, ghz for gRPC) and read the generator's report;
+    ``watch`` names server pids whose CPU time is charged to the run."""
+    if isinstance(request, GrpcRequest):
+        tool, argv = "ghz", _ghz(request, connections, seconds, script_dir)
+    else:
+        tool, argv = "wrk", _wrk(request, connections, seconds, script_dir)
+    watched = dict(watch or {})
+    cpu_before = {name: _process_cpu(pid) for name, pid in watched.items()}
+    busy_before = _machine_busy()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=seconds + 60)
+    try:
+        if done.returncode != 0:
+            raise ValueError(f"exit status {done.returncode}")
+        report = _ghz_report(done.stdout) if tool == "ghz" else _wrk_report(done.stdout)
+    except (ValueError, KeyError) as exc:
+        raise RuntimeError(f"{tool} failed ({exc}): {done.stdout}{done.stderr}") from None
+    wall = time.monotonic() - started
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy_after = _machine_busy()
+    cpu_after = {name: _process_cpu(pid) for name, pid in watched.items()}
+    requests = report.requests
+    generator_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
+    server_cpu = {name: cpu_after[name] - cpu_before[name] for name in watched}
+    per_request = {
+        name: (cpu / requests * 1e6 if requests else 0.0)
+        for name, cpu in {**server_cpu, tool: generator_cpu}.items()
+    }
+    machine_busy = busy_after - busy_before
+    # /proc/stat counts every core: busy seconds over wall seconds is busy cores.
+    busy_cores = machine_busy / wall if wall else 0.0
+    ours = (sum(server_cpu.values()) + generator_cpu) / wall if wall else 0.0
+    return LoadResult(
+        requests=requests,
+        seconds=report.seconds,
+        socket_errors=report.socket_errors,
+        non_2xx=report.non_2xx,
+        p50_ms=report.p50_ms,
+        p99_ms=report.p99_ms,
         cpu_us_per_request=per_request,
         machine_busy_cores=busy_cores,
         other_busy_cores=max(0.0, busy_cores - ours),

@@ -12,8 +12,11 @@ if TYPE_CHECKING:
 
 LABELS = {
     "model": "mlstack model service",
+    "model-grpc": "mlstack model service, gRPC",
     "mlserver": "MLServer + mlserver-sklearn",
+    "mlserver-grpc": "MLServer + mlserver-sklearn, gRPC",
     "echo": "bare ASGI echo (ceiling)",
+    "grpc-echo": "bare grpc.aio echo (gRPC ceiling)",
     "proxy": "bare ASGI proxy → model (hop floor)",
     "gateway-sqlite": "gateway + SQLite → model",
     "gateway-postgresql": "gateway + PostgreSQL → model",
@@ -22,6 +25,7 @@ HEADLINE_GATEWAY = "gateway-sqlite"
 TARGETS = {
     "model_vs_mlserver_rps": (">=", 3.0),
     "model_vs_mlserver_p99": ("<=", 0.3),
+    "model_grpc_vs_mlserver_grpc_rps": (">=", 3.0),
     "gateway_vs_direct_rps": (">=", 0.5),
     "gateway_added_p50_ms": ("<=", 0.5),
 }
@@ -89,6 +93,18 @@ def summarize(
         "model_vs_echo_rps": _paired(
             runs, "model", "echo", 32, lambda a, b: a.result.rps / b.result.rps
         ),
+        "model_grpc_vs_mlserver_grpc_rps": _paired(
+            runs, "model-grpc", "mlserver-grpc", 32, lambda a, b: a.result.rps / b.result.rps
+        ),
+        "model_grpc_vs_mlserver_grpc_p99": _paired(
+            runs, "model-grpc", "mlserver-grpc", 32, lambda a, b: a.result.p99_ms / b.result.p99_ms
+        ),
+        "model_grpc_vs_grpc_echo_rps": _paired(
+            runs, "model-grpc", "grpc-echo", 32, lambda a, b: a.result.rps / b.result.rps
+        ),
+        "model_grpc_vs_model_rps": _paired(
+            runs, "model-grpc", "model", 32, lambda a, b: a.result.rps / b.result.rps
+        ),
     }
     hop: dict[str, dict[str, float]] = {}
     for gateway in ("proxy", "gateway-sqlite", "gateway-postgresql"):
@@ -115,6 +131,7 @@ def summarize(
             batch.setdefault(run.target, {})[str(run.rows)] = run.result.rps * run.rows
     headline = {
         "model_vs_mlserver_rps": ratios["model_vs_mlserver_rps"],
+        "model_grpc_vs_mlserver_grpc_rps": ratios["model_grpc_vs_mlserver_grpc_rps"],
         "gateway_vs_direct_rps": hop[HEADLINE_GATEWAY]["rps_ratio_32"],
         "gateway_added_p50_ms": hop[HEADLINE_GATEWAY]["added_p50_ms_1"],
     }
@@ -160,9 +177,12 @@ def markdown(
         "# mlstack benchmarks",
         "",
         f"One `make bench` run, {environment['date']}, on {environment['cpus']} CPUs. "
-        f"Load: wrk, one thread, keep-alive, {seconds:g} s per run, {rounds} rounds over every "
+        f"Load: wrk (REST), one thread, keep-alive; ghz (gRPC), one CPU, one call in flight "
+        f"per connection; {seconds:g} s per run, {rounds} rounds over every "
         "target; each figure is the median over the rounds, each ratio the median of the ratios "
-        "within a round. Requests: one iris row unless the batch table says otherwise.",
+        "within a round. Requests: one iris row unless the batch table says otherwise; over "
+        "gRPC, the ModelInferRequest tritonclient sends by default (FP64 in "
+        "raw_input_contents).",
         "",
         "## Headline",
         "",
@@ -172,6 +192,9 @@ def markdown(
     names = {
         "model_vs_mlserver_rps": "model service req/s ÷ MLServer req/s, 32 connections",
         "model_vs_mlserver_p99": "model service p99 ÷ MLServer p99, 32 connections",
+        "model_grpc_vs_mlserver_grpc_rps": (
+            "model service gRPC req/s ÷ MLServer gRPC req/s, 32 connections"
+        ),
         "gateway_vs_direct_rps": "gateway (SQLite) req/s ÷ model req/s, 32 connections",
         "gateway_added_p50_ms": "gateway (SQLite) p50 - model p50, 1 connection (ms)",
     }
@@ -201,7 +224,11 @@ def markdown(
         "",
         f"Model service at 32 connections: {ratios['model_vs_mlserver_rps']:.1f}x MLServer's "
         f"requests/s with {ratios['model_vs_mlserver_p99']:.2f}x its p99, and "
-        f"{ratios['model_vs_echo_rps']:.2f}x the bare echo's requests/s.",
+        f"{ratios['model_vs_echo_rps']:.2f}x the bare echo's requests/s. Over gRPC: "
+        f"{ratios['model_grpc_vs_mlserver_grpc_rps']:.1f}x MLServer's gRPC requests/s with "
+        f"{ratios['model_grpc_vs_mlserver_grpc_p99']:.2f}x its p99, "
+        f"{ratios['model_grpc_vs_grpc_echo_rps']:.2f}x the bare grpc.aio echo's, and "
+        f"{ratios['model_grpc_vs_model_rps']:.2f}x its own REST requests/s.",
         "",
         "| gateway hop | req/s ÷ direct (32 conns) | added p50, 1 conn (ms) "
         "| added p50, 32 conns (ms) |",
@@ -275,7 +302,8 @@ def markdown(
         + ", ".join(f"`{k}={val}`" for k, val in pg.items())
         + ".",
         f"- Versions: Python {v['python']}, MLServer {v['mlserver']}, mlserver-sklearn "
-        f"{v['mlserver-sklearn']}, scikit-learn {v['scikit-learn']}, {v['wrk']}.",
+        f"{v['mlserver-sklearn']}, scikit-learn {v['scikit-learn']}, {v['wrk']}, "
+        f"ghz {v.get('ghz', '?')}.",
         *[f"- Check: {check}." for check in checks],
         "",
     ]
@@ -292,16 +320,22 @@ def chart(summary: dict[str, Any], path: Path) -> None:
     targets = [t for t in LABELS if t in serving and "32" in serving[t]]
     short = {
         "model": "model",
+        "model-grpc": "model\ngRPC",
         "mlserver": "MLServer",
+        "mlserver-grpc": "MLServer\ngRPC",
         "echo": "echo",
+        "grpc-echo": "gRPC\necho",
         "proxy": "proxy",
-        "gateway-sqlite": "gw+SQLite",
-        "gateway-postgresql": "gw+PG",
+        "gateway-sqlite": "gw+\nSQLite",
+        "gateway-postgresql": "gw+\nPG",
     }
     colors = {
         "model": "#2b7bba",
+        "model-grpc": "#6fa8dc",
         "mlserver": "#e07b39",
+        "mlserver-grpc": "#f4b183",
         "echo": "#9e9e9e",
+        "grpc-echo": "#cfcfcf",
         "proxy": "#c9b458",
         "gateway-sqlite": "#3a9e5f",
         "gateway-postgresql": "#7a5cb8",
@@ -312,6 +346,7 @@ def chart(summary: dict[str, Any], path: Path) -> None:
     rps = [serving[t]["32"]["rps"] for t in targets]
     bars = rps_axis.bar([short[t] for t in targets], rps, color=[colors[t] for t in targets])
     rps_axis.bar_label(bars, labels=[f"{v:,.0f}" for v in rps], fontsize=8)
+    rps_axis.tick_params(axis="x", labelsize=8)
     rps_axis.set_title("Requests/s at 32 connections (1 row each)")
     rps_axis.set_ylabel("requests/s")
 
@@ -321,7 +356,7 @@ def chart(summary: dict[str, Any], path: Path) -> None:
         values = [serving[t][connections][key] for t in targets]
         positions = [i + (index - 1.5) * width for i in range(len(targets))]
         latency_axis.bar(positions, values, width, label=f"{key[:3]}, {connections} conn")
-    latency_axis.set_xticks(range(len(targets)), [short[t] for t in targets])
+    latency_axis.set_xticks(range(len(targets)), [short[t] for t in targets], fontsize=8)
     latency_axis.set_yscale("log")
     latency_axis.set_ylabel("ms (log)")
     latency_axis.set_title("Latency")
@@ -356,7 +391,8 @@ def chart(summary: dict[str, Any], path: Path) -> None:
 
     headline = summary["headline"]
     figure.suptitle(
-        f"mlstack bench: model {headline['model_vs_mlserver_rps']:.1f}x MLServer req/s; "
+        f"mlstack bench: model {headline['model_vs_mlserver_rps']:.1f}x MLServer req/s "
+        f"(gRPC {headline['model_grpc_vs_mlserver_grpc_rps']:.1f}x); "
         f"gateway {headline['gateway_vs_direct_rps']:.2f}x direct req/s, "
         f"+{headline['gateway_added_p50_ms']:.2f} ms p50"
     )

@@ -1,11 +1,12 @@
 """`make bench`: mlstack against what a user would pick instead, in one run on this machine.
 
 Serving: the same trained scikit-learn model (the artifact the model service loads, exported with
-joblib for MLServer's scikit-learn runtime) served by our model service and by MLServer, and a
-bare ASGI echo as the ceiling, each at 1 and 32 connections. The gateway hop: the same load
-through the gateway, whose every 200 waits for its row's durable commit (SQLite, then
-PostgreSQL), against the model straight. Batches of 1, 32 and 256 rows. Program evaluation:
-`__main__.py` under Pulumi's mocks, per stack.
+joblib for MLServer's scikit-learn runtime) served by our model service and by MLServer, over REST
+(wrk) and over gRPC (ghz; the request tritonclient sends by default, raw_input_contents), with a
+bare ASGI echo and a bare grpc.aio echo as the ceilings, each at 1 and 32 connections. The
+gateway hop: the same load through the gateway, whose every 200 waits for its row's durable
+commit (SQLite, then PostgreSQL), against the model straight. Batches of 1, 32 and 256 rows.
+Program evaluation: `__main__.py` under Pulumi's mocks, per stack.
 
 Every target is measured in each of ``--rounds`` rounds, one after the other in a fixed order,
 and ratios are taken within a round (the machine is shared: a ratio of two numbers measured
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.load import LoadResult, Request, fdatasync_latency, run_load
+from bench.load import GrpcRequest, LoadResult, Request, fdatasync_latency, ghz_path, run_load
 from bench.servers import (
     API_KEY,
     MLSERVER_VENV,
@@ -45,6 +46,7 @@ from bench.servers import (
     http_call,
     start_echo,
     start_gateway,
+    start_grpc_echo,
     start_mlserver,
     start_model,
     start_proxy,
@@ -57,6 +59,8 @@ BATCH_CONNECTIONS = 32
 GATEWAYS = ("gateway-sqlite", "gateway-postgresql")
 PROGRAM_SCENARIOS = ("dev", "prod", "dev-100-replicas", "dev-100-replicas-20-services")
 RESULTS_DIR = ROOT / "bench" / "results"
+PROTO = MODEL_SRC / "mlstack_model" / "proto" / "open_inference.proto"
+GRPC_INFER = "inference.GRPCInferenceService/ModelInfer"
 
 
 @dataclass
@@ -95,19 +99,59 @@ def oip_body(rows: list[list[float]]) -> dict[str, Any]:
     return {"inputs": [{"name": "input-0", "shape": shape, "datatype": "FP64", "data": flat}]}
 
 
-def requests_for(rows: int, urls: dict[str, str]) -> dict[str, Request]:
+def grpc_infer_body(rows: list[list[float]]) -> bytes:
+    """A ModelInferRequest as tritonclient's gRPC client sends it by default: FP64 raw bytes."""
+    import numpy as np
+    from mlstack_model.proto import open_inference_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=MODEL_NAME)
+    request.inputs.add(name="input-0", datatype="FP64", shape=[len(rows), len(rows[0])])
+    request.raw_input_contents.append(np.asarray(rows, dtype="<f8").tobytes())
+    return request.SerializeToString()
+
+
+def grpc_labels(target: str, rows: list[list[float]]) -> list[int]:
+    """The predicted classes a gRPC server answers for ``rows``, raw or typed."""
+    import grpc
+    import numpy as np
+    from mlstack_model.proto import open_inference_pb2 as pb
+    from mlstack_model.tensors import BINARY_FORMAT
+
+    with grpc.insecure_channel(target) as channel:
+        infer = channel.unary_unary(
+            f"/{GRPC_INFER}",
+            request_serializer=None,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        response = infer(grpc_infer_body(rows), timeout=10)
+    index = next(i for i, o in enumerate(response.outputs) if o.name == "predict")
+    output = response.outputs[index]
+    if response.raw_output_contents:
+        raw = response.raw_output_contents[index]
+        layout = "<" + BINARY_FORMAT[output.datatype]
+        labels: list[int] = np.frombuffer(raw, dtype=layout).tolist()
+        return labels
+    return [int(v) for field, values in output.contents.ListFields() for v in values]
+
+
+def requests_for(
+    rows: int, urls: dict[str, str], grpc_targets: dict[str, str]
+) -> dict[str, Request | GrpcRequest]:
     """The request each target gets for a batch of ``rows`` rows (the same rows for all)."""
     batch = iris_rows(rows)
     oip = json.dumps(oip_body(batch), separators=(",", ":")).encode()
     public = json.dumps({"instances": batch}, separators=(",", ":")).encode()
     json_header = {"Content-Type": "application/json"}
     infer_path = f"/v2/models/{MODEL_NAME}/infer"
-    out = {
+    out: dict[str, Request | GrpcRequest] = {
         "model": Request(urls["model"] + infer_path, oip, json_header),
         "mlserver": Request(urls["mlserver"] + infer_path, oip, json_header),
         "echo": Request(urls["echo"] + "/", oip, json_header),
         "proxy": Request(urls["proxy"] + infer_path, oip, json_header),
     }
+    call = grpc_infer_body(batch)
+    for name, target in grpc_targets.items():
+        out[name] = GrpcRequest(target, PROTO, GRPC_INFER, call)
     for name in GATEWAYS:
         out[name] = Request(
             urls[name] + "/api/v1/predict", public, {**json_header, "X-API-Key": API_KEY}
@@ -137,8 +181,8 @@ def export_model(model_dir: Path, target: Path) -> str:
     return version
 
 
-def check_same_answers(urls: dict[str, str], data: BenchData) -> None:
-    """The model service, MLServer and the gateway agree on every iris row."""
+def check_same_answers(urls: dict[str, str], grpc_targets: dict[str, str], data: BenchData) -> None:
+    """The model service and MLServer (REST and gRPC) and the gateways agree on every iris row."""
     rows = iris_rows(150)
     infer = f"/v2/models/{MODEL_NAME}/infer"
     answers: dict[str, list[int]] = {}
@@ -155,13 +199,15 @@ def check_same_answers(urls: dict[str, str], data: BenchData) -> None:
         if status != 200:
             raise RuntimeError(f"{name} answered {status}: {body}")
         answers[name] = [int(v) for v in body["predictions"]]
+    for name in ("model-grpc", "mlserver-grpc"):
+        answers[name] = grpc_labels(grpc_targets[name], rows)
     reference = answers["model"]
     for name, labels in answers.items():
         if labels != reference:
             raise RuntimeError(f"{name} predicts differently from the model service")
     data.checks.append(
-        "the model service, MLServer and both gateways predict the same classes for all 150 "
-        "iris rows"
+        "the model service and MLServer (each over REST and gRPC) and both gateways predict the "
+        "same classes for all 150 iris rows"
     )
 
 
@@ -222,7 +268,7 @@ class Recorder:
     def measure(
         self,
         target: str,
-        request: Request,
+        request: Request | GrpcRequest,
         *,
         connections: int,
         rows: int,
@@ -279,16 +325,17 @@ def load_runs(data: BenchData, work: Path) -> None:
         model_file = work / "mlserver" / MODEL_NAME / "model.joblib"
         version = export_model(model_dir, model_file)
         data.environment["model"] = f"{MODEL_NAME} {version} (the model service's default)"
-        mlserver_port = write_mlserver_config(work / "mlserver", model_file, version)
+        mlserver_ports = write_mlserver_config(work / "mlserver", model_file, version)
         logs = work / "logs"
         logs.mkdir()
         sqlite_dir = work / "gateway-sqlite"
 
         model = stack.enter_context(started(start_model(model_dir, logs)))
         mlserver = stack.enter_context(
-            started(start_mlserver(work / "mlserver", mlserver_port, logs))
+            started(start_mlserver(work / "mlserver", mlserver_ports, logs))
         )
         echo = stack.enter_context(started(start_echo(logs)))
+        grpc_echo = stack.enter_context(started(start_grpc_echo(logs)))
         proxy = stack.enter_context(started(start_proxy(model.url, logs)))
         gateway_sqlite = stack.enter_context(
             started(start_gateway("gateway-sqlite", model.url, logs, DATA_DIR=str(sqlite_dir)))
@@ -305,17 +352,33 @@ def load_runs(data: BenchData, work: Path) -> None:
             "gateway-postgresql": gateway_postgres,
         }
         urls = {name: server.url for name, server in servers.items()}
+        grpc_servers = {"model-grpc": model, "mlserver-grpc": mlserver, "grpc-echo": grpc_echo}
+        grpc_targets = {name: str(server.grpc_target) for name, server in grpc_servers.items()}
         # What each target's CPU is charged to: the gateway's work includes the model's.
         watch = {name: {name: server.pid} for name, server in servers.items()}
         for name in ("proxy", *GATEWAYS):
             watch[name]["model"] = model.pid
         watch["gateway-postgresql"]["postgresql"] = _postmaster_pid(postgres.data)
+        watch["model-grpc"] = {"model": model.pid}
+        watch["mlserver-grpc"] = {"mlserver": mlserver.pid}
+        watch["grpc-echo"] = {"grpc-echo": grpc_echo.pid}
 
-        check_same_answers(urls, data)
+        check_same_answers(urls, grpc_targets, data)
         recorder.acknowledged.update({name: 150 for name in GATEWAYS})
 
-        single = requests_for(1, urls)
-        order = ("model", "proxy", *GATEWAYS, "mlserver", "echo")
+        single = requests_for(1, urls, grpc_targets)
+        # Each gRPC pair whose ratio is reported runs back to back: the machine's other load
+        # moves within seconds.
+        order = (
+            "model",
+            "proxy",
+            *GATEWAYS,
+            "mlserver",
+            "echo",
+            "model-grpc",
+            "mlserver-grpc",
+            "grpc-echo",
+        )
         print("warm-up", flush=True)
         for name in order:
             run_load(single[name], 32, 2, work)
@@ -338,8 +401,8 @@ def load_runs(data: BenchData, work: Path) -> None:
                         gateway_url=urls[name] if name in GATEWAYS else None,
                     )
         for rows in BATCH_ROWS:
-            batch = requests_for(rows, urls)
-            for name in ("model", "mlserver", "gateway-sqlite"):
+            batch = requests_for(rows, urls, grpc_targets)
+            for name in ("model", "model-grpc", "mlserver", "mlserver-grpc", "gateway-sqlite"):
                 recorder.measure(
                     name,
                     batch[name],
@@ -397,7 +460,14 @@ def versions() -> dict[str, str]:
     ).stdout
     pins = dict(line.split("==", 1) for line in freeze.splitlines() if "==" in line)
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    # ghz built by `go install` reports "dev"; its module version is in the binary's build info.
+    build_info = subprocess.run(
+        ["go", "version", "-m", ghz_path()], capture_output=True, text=True, check=False
+    ).stdout.split()
     return {
+        "ghz": next(
+            (build_info[i + 2] for i, word in enumerate(build_info[:-2]) if word == "mod"), "?"
+        ),
         "python": platform.python_version(),
         "mlserver": pins.get("mlserver", "?"),
         "mlserver-sklearn": pins.get("mlserver-sklearn", "?"),
@@ -455,7 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(markdown)
     print(f"wrote {args.out / 'results.md'}, results.json and bench.png")
-    for key in ("model_vs_mlserver_rps", "gateway_vs_direct_rps", "gateway_added_p50_ms"):
+    for key in (
+        "model_vs_mlserver_rps",
+        "model_grpc_vs_mlserver_grpc_rps",
+        "gateway_vs_direct_rps",
+        "gateway_added_p50_ms",
+    ):
         print(f"{key}: {summary['headline'][key]:.2f}")
     return 0
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_SRC = ROOT / "services" / "model"
 GATEWAY_SRC = ROOT / "services" / "gateway"
@@ -62,14 +64,17 @@ class Server:
         name: str,
         argv: Sequence[str],
         url: str,
-        ready_path: str,
+        ready_path: str | None,
         *,
         log_dir: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        grpc_target: str | None = None,
     ) -> None:
         self.name = name
         self.url = url
+        # host:port of the server's gRPC side, if it has one.
+        self.grpc_target = grpc_target
         self._ready_path = ready_path
         self.log_path = log_dir / f"{name}.log"
         with self.log_path.open("ab") as log:
@@ -97,6 +102,16 @@ class Server:
                 raise RuntimeError(
                     f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
+            if self._ready_path is None:
+                # gRPC only: ready once it accepts a connection.
+                assert self.grpc_target is not None
+                with grpc.insecure_channel(self.grpc_target) as channel:
+                    try:
+                        grpc.channel_ready_future(channel).result(timeout=2)
+                        return self
+                    except grpc.FutureTimeoutError:
+                        pass
+                continue
             try:
                 status, _ = http_call("GET", self.url + self._ready_path, timeout=2)
                 if status == 200:
@@ -125,14 +140,20 @@ def _uvicorn_env(src: Path, port: int) -> dict[str, str]:
 
 
 def start_model(model_dir: Path, log_dir: Path) -> Server:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     return Server(
         "model",
         [sys.executable, "-m", "mlstack_model"],
         f"http://127.0.0.1:{port}",
         "/v2/health/ready",
         log_dir=log_dir,
-        env={**_uvicorn_env(MODEL_SRC, port), "MODEL_DIR": str(model_dir), "LOG_LEVEL": "warning"},
+        env={
+            **_uvicorn_env(MODEL_SRC, port),
+            "GRPC_PORT": str(grpc_port),
+            "MODEL_DIR": str(model_dir),
+            "LOG_LEVEL": "warning",
+        },
+        grpc_target=f"127.0.0.1:{grpc_port}",
     )
 
 
@@ -191,13 +212,28 @@ def start_proxy(model_url: str, log_dir: Path) -> Server:
     return _bare_asgi("proxy", "bench.proxy:app", log_dir, env)
 
 
-def write_mlserver_config(folder: Path, model_file: Path, version: str) -> int:
-    """MLServer's settings: its defaults, except where noted; returns its HTTP port."""
-    http_port = free_port()
+def start_grpc_echo(log_dir: Path) -> Server:
+    """The gRPC ceiling: a bare grpc.aio server that answers every call with a fixed answer."""
+    port = free_port()
+    return Server(
+        "grpc-echo",
+        [sys.executable, "-m", "bench.grpc_echo", str(port)],
+        "",
+        None,
+        log_dir=log_dir,
+        env={"PYTHONPATH": f"{ROOT}{os.pathsep}{MODEL_SRC}"},
+        cwd=ROOT,
+        grpc_target=f"127.0.0.1:{port}",
+    )
+
+
+def write_mlserver_config(folder: Path, model_file: Path, version: str) -> tuple[int, int]:
+    """MLServer's settings: its defaults, except where noted; returns its HTTP and gRPC ports."""
+    http_port, grpc_port = free_port(), free_port()
     settings = {
         "host": "127.0.0.1",
         "http_port": http_port,
-        "grpc_port": free_port(),
+        "grpc_port": grpc_port,
         "metrics_port": free_port(),
         # MLServer 1.7.1's default (one parallel inference worker process) does not start with
         # the uvloop it installs: the worker calls asyncio.get_event_loop() in a fresh process
@@ -216,10 +252,11 @@ def write_mlserver_config(folder: Path, model_file: Path, version: str) -> int:
         "parameters": {"uri": str(model_file), "version": version},
     }
     (model_folder / "model-settings.json").write_text(json.dumps(model_settings, indent=2) + "\n")
-    return http_port
+    return http_port, grpc_port
 
 
-def start_mlserver(folder: Path, http_port: int, log_dir: Path) -> Server:
+def start_mlserver(folder: Path, ports: tuple[int, int], log_dir: Path) -> Server:
+    http_port, grpc_port = ports
     mlserver = MLSERVER_VENV / "bin" / "mlserver"
     if not mlserver.exists():
         raise RuntimeError(f"{mlserver} missing: `make bench` installs it")
@@ -230,4 +267,5 @@ def start_mlserver(folder: Path, http_port: int, log_dir: Path) -> Server:
         f"/v2/models/{MODEL_NAME}/ready",
         log_dir=log_dir,
         cwd=folder,
+        grpc_target=f"127.0.0.1:{grpc_port}",
     )

@@ -1,9 +1,16 @@
-# Benchmarks (issue 7): our model service against MLServer, the gateway hop, batches, and the
-# program's evaluation time. Not a test: `make test` never runs or times any of it.
-# Needs wrk and PostgreSQL's server from Debian (installed here when missing, as root), MLServer
-# in its own virtual environment, and matplotlib in the project's.
+# Benchmarks (issues 7, 13): our model service against MLServer over REST and gRPC, the gateway
+# hop, batches, and the program's evaluation time. Not a test: `make test` never runs or times
+# any of it. Needs wrk and PostgreSQL's server from Debian (installed here when missing, as root),
+# ghz (the gRPC load generator, built here from its Go module with the machine's Go), MLServer in
+# its own virtual environment, and matplotlib in the project's.
 
 MLSERVER_VENV := .venv-mlserver
+GHZ_VERSION := v0.93.0
+GHZ := build/tools/ghz
+
+$(GHZ):
+	@command -v go >/dev/null || { echo "bench: Go is needed to build ghz $(GHZ_VERSION)" >&2; exit 1; }
+	GOBIN=$(CURDIR)/build/tools go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
 $(MLSERVER_VENV)/.installed: bench/requirements-mlserver.txt
 	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
@@ -27,5 +34,5 @@ bench-tools: ## install wrk and PostgreSQL's server from Debian if they are miss
 	fi
 
 .PHONY: bench
-bench: venv $(VENV)/.bench-installed $(MLSERVER_VENV)/.installed bench-tools ## benchmarks: model vs MLServer, gateway hop, batches, program evaluation (~5 min) → bench/results/
+bench: venv $(VENV)/.bench-installed $(MLSERVER_VENV)/.installed bench-tools $(GHZ) ## benchmarks: model vs MLServer (REST and gRPC), gateway hop, batches, program evaluation (~8 min) → bench/results/
 	$(PY) -m bench.run $(BENCH_ARGS)
