@@ -219,9 +219,10 @@ _SERIES = {
 }
 
 
-def gateway_counters(url: str) -> dict[str, tuple[float, float]]:
-    """(sum, count) of the gateway's own timing histograms, from GET /metrics."""
-    host_port = url.removeprefix("http://")
+def gateway_counters(metrics_url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the gateway's own timing histograms, from GET /metrics on its metrics
+    port."""
+    host_port = metrics_url.removeprefix("http://")
     host, _, port = host_port.partition(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
@@ -274,11 +275,11 @@ class Recorder:
         rows: int,
         round_: int,
         watch: dict[str, int],
-        gateway_url: str | None = None,
+        metrics_url: str | None = None,
     ) -> None:
-        before = gateway_counters(gateway_url) if gateway_url else {}
+        before = gateway_counters(metrics_url) if metrics_url else {}
         result = run_load(request, connections, self.data.seconds, self.work, watch)
-        internals = gateway_stats(before, gateway_counters(gateway_url)) if gateway_url else {}
+        internals = gateway_stats(before, gateway_counters(metrics_url)) if metrics_url else {}
         if not result.ok:
             raise RuntimeError(
                 f"{target} at {connections} connections: {result.non_2xx} non-2xx answers, "
@@ -398,7 +399,7 @@ def load_runs(data: BenchData, work: Path) -> None:
                         rows=1,
                         round_=round_,
                         watch=watch[name],
-                        gateway_url=urls[name] if name in GATEWAYS else None,
+                        metrics_url=servers[name].metrics_url,
                     )
         for rows in BATCH_ROWS:
             batch = requests_for(rows, urls, grpc_targets)

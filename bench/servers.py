@@ -75,6 +75,8 @@ class Server:
         self.url = url
         # host:port of the server's gRPC side, if it has one.
         self.grpc_target = grpc_target
+        # Where the server serves /metrics, when on a port of its own.
+        self.metrics_url: str | None = None
         self._ready_path = ready_path
         self.log_path = log_dir / f"{name}.log"
         with self.log_path.open("ab") as log:
@@ -159,7 +161,8 @@ def start_model(model_dir: Path, log_dir: Path) -> Server:
 
 def start_gateway(name: str, model_url: str, log_dir: Path, **env: str) -> Server:
     port = free_port()
-    return Server(
+    metrics_port = free_port()
+    server = Server(
         name,
         [sys.executable, "-m", "mlstack_gateway"],
         f"http://127.0.0.1:{port}",
@@ -168,11 +171,14 @@ def start_gateway(name: str, model_url: str, log_dir: Path, **env: str) -> Serve
         env={
             **_uvicorn_env(GATEWAY_SRC, port),
             "MODEL_URL": model_url,
+            "METRICS_PORT": str(metrics_port),
             "MLSTACK_API_KEY": API_KEY,
             "LOG_LEVEL": "warning",
             **env,
         },
     )
+    server.metrics_url = f"http://127.0.0.1:{metrics_port}"
+    return server
 
 
 def _bare_asgi(name: str, app: str, log_dir: Path, env: dict[str, str] | None = None) -> Server:

@@ -14,6 +14,7 @@ from tests.services.support import (
     ModelProcess,
     PostgresServer,
     ServiceProcess,
+    slow_model_server,
     start_gateway,
     start_model,
 )
@@ -87,3 +88,10 @@ def gateway(
         service = start_gateway(model_server.url, log_dir, DATABASE_URL=dsn)
     yield service
     service.stop()
+
+
+@pytest.fixture
+def slow_model() -> Iterator[str]:
+    """The URL of a model server that takes a second over each inference."""
+    with slow_model_server() as url:
+        yield url

@@ -14,10 +14,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from glob import glob
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,8 @@ class ServiceProcess:
         }
         self.log_path = log_dir / f"{module}-{port}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        # Where the service serves /metrics, when on a port of its own.
+        self.metrics_url: str | None = None
 
     def start(self) -> ServiceProcess:
         log = self.log_path.open("ab")
@@ -175,14 +179,71 @@ def start_model(
 
 
 def start_gateway(model_url: str, log_dir: Path, wait: bool = True, **env: str) -> ServiceProcess:
-    settings = {"MODEL_URL": model_url, "MLSTACK_API_KEY": API_KEY, **env}
+    settings = {
+        "MODEL_URL": model_url,
+        "MLSTACK_API_KEY": API_KEY,
+        "METRICS_PORT": str(free_port()),
+        **env,
+    }
     if "DATABASE_URL" not in settings and "DATA_DIR" not in settings:
         settings["DATA_DIR"] = tempfile.mkdtemp(prefix="gateway-", dir=log_dir)
     service = ServiceProcess("mlstack_gateway", GATEWAY_SRC, settings, free_port(), log_dir)
+    service.metrics_url = f"http://127.0.0.1:{settings['METRICS_PORT']}"
     service.start()
     if wait:
         service.wait_until("/readyz")
     return service
+
+
+class _SlowModelHandler(BaseHTTPRequestHandler):
+    """Answers like the model server, but takes a second over each inference."""
+
+    delay = 1.0
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _json(self, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/v2/models/iris":
+            self._json({"name": "iris", "inputs": [{"name": "input-0", "shape": [-1, 4]}]})
+        else:
+            self._json({"ready": True})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        rows = body["inputs"][0]["shape"][0]
+        time.sleep(self.delay)
+        self._json(
+            {
+                "model_name": "iris",
+                "model_version": "slow",
+                "id": body["id"],
+                "outputs": [
+                    {"name": "predict", "shape": [rows], "datatype": "INT64", "data": [1] * rows}
+                ],
+            }
+        )
+
+
+@contextlib.contextmanager
+def slow_model_server() -> Iterator[str]:
+    """A model server on a thread that takes a second over each inference; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowModelHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def postgres_bindir() -> Path:

@@ -15,6 +15,8 @@ from tests.services.support import ROOT
 SERVICES = {"model": "mlstack_model", "gateway": "mlstack_gateway"}
 IMAGE_PORT = "8080"
 MODEL_GRPC_PORT = "8081"
+# The gateway serves /metrics on a port of its own (components/app.py: METRICS_PORT).
+GATEWAY_METRICS_PORT = "9090"
 IMAGE_USER = "10001:10001"
 
 
@@ -73,10 +75,11 @@ def test_runs_as_numeric_non_root_user(service: str) -> None:
 @pytest.mark.parametrize("service", SERVICES)
 def test_exposes_the_ports_it_listens_on(service: str) -> None:
     env = env_of(service)
-    ports = [IMAGE_PORT, *([MODEL_GRPC_PORT] if service == "model" else [])]
-    assert only(service, "EXPOSE").split() == ports
+    extra = {"model": [MODEL_GRPC_PORT], "gateway": [GATEWAY_METRICS_PORT]}[service]
+    assert only(service, "EXPOSE").split() == [IMAGE_PORT, *extra]
     assert env["PORT"] == IMAGE_PORT
     assert env.get("GRPC_PORT") == (MODEL_GRPC_PORT if service == "model" else None)
+    assert env.get("METRICS_PORT") == (GATEWAY_METRICS_PORT if service == "gateway" else None)
     assert env["HOST"] == "0.0.0.0"
 
 

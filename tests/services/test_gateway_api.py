@@ -168,10 +168,11 @@ def test_probes(gateway: ServiceProcess) -> None:
     assert ready.json()["ready"] is True
 
 
-def test_metrics_are_prometheus_text(gateway: ServiceProcess) -> None:
+def test_metrics_are_prometheus_text_on_the_metrics_port(gateway: ServiceProcess) -> None:
     assert predict(gateway.url, [SETOSA]).status == 200
     assert predict(gateway.url, [SETOSA], key="wrong").status == 401
-    reply = request("GET", gateway.url + "/metrics")
+    assert gateway.metrics_url is not None
+    reply = request("GET", gateway.metrics_url + "/metrics")
     assert reply.status == 200
     assert reply.headers["content-type"].startswith("text/plain")
     text = reply.body.decode()

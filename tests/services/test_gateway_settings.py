@@ -37,3 +37,51 @@ def test_an_unreadable_secret_file_is_named_in_the_error(tmp_path: Path) -> None
 def test_a_missing_key_stops_the_gateway() -> None:
     with pytest.raises(SettingsError, match="MLSTACK_API_KEY"):
         GatewaySettings.from_env({})
+
+
+def test_the_limits_have_documented_defaults() -> None:
+    settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "dev-key"})
+    assert settings.metrics_port == 9090
+    assert settings.tls_files is None
+    assert settings.max_concurrent_requests == 64
+    assert settings.max_header_bytes == 16 * 1024
+    assert settings.header_timeout_seconds == 5.0
+    assert settings.body_timeout_seconds == 10.0
+    assert settings.keepalive_timeout_seconds == 75.0
+    # With the breaker, what keeps a hung model's 503 within a second.
+    assert settings.model_timeout_seconds == 0.5
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_setting_must_be_finite(value: str) -> None:
+    with pytest.raises(SettingsError, match="MODEL_TIMEOUT_SECONDS must be a finite number"):
+        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "MODEL_TIMEOUT_SECONDS": value})
+
+
+def test_the_metrics_port_cannot_be_the_api_port() -> None:
+    with pytest.raises(SettingsError, match="METRICS_PORT must differ from PORT"):
+        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "PORT": "8080", "METRICS_PORT": "8080"})
+
+
+def test_a_tls_pair_that_does_not_load_is_named(tmp_path: Path) -> None:
+    (tmp_path / "tls.crt").write_text("not a certificate\n")
+    (tmp_path / "tls.key").write_text("not a key\n")
+    with pytest.raises(SettingsError, match="do not load as a certificate chain"):
+        GatewaySettings.from_env(
+            {
+                "MLSTACK_API_KEY": "k",
+                "TLS_CERT_FILE": str(tmp_path / "tls.crt"),
+                "TLS_KEY_FILE": str(tmp_path / "tls.key"),
+            }
+        )
+
+
+def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"do not load.*No such file"):
+        GatewaySettings.from_env(
+            {
+                "MLSTACK_API_KEY": "k",
+                "TLS_CERT_FILE": str(tmp_path / "absent.crt"),
+                "TLS_KEY_FILE": str(tmp_path / "absent.key"),
+            }
+        )

@@ -1,12 +1,14 @@
-"""``python -m mlstack_gateway``: serve the gateway on HOST:PORT (default 0.0.0.0:8080)."""
+"""``python -m mlstack_gateway``: serve the gateway on HOST:PORT (default 0.0.0.0:8080), and its
+/metrics on HOST:METRICS_PORT (default 9090)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-import uvicorn
+import uvloop
 
+from mlstack_gateway.serving import serve
 from mlstack_gateway.settings import GatewaySettings, SettingsError
 
 
@@ -22,24 +24,7 @@ def main() -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        "mlstack_gateway.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=settings.access_log,
-        log_level=settings.log_level,
-        server_header=False,
-        # Longer than the idle timeouts of the clients in front (the gateway's pool, cloud load
-        # balancers), so that the client, not the server, closes an idle keep-alive connection.
-        timeout_keep_alive=75,
-        # Kubernetes waits terminationGracePeriodSeconds (30 s by default) after SIGTERM.
-        timeout_graceful_shutdown=20,
-    )
-    return 0
+    return uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":

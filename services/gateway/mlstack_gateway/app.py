@@ -72,7 +72,10 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
             Exception: _internal_error,
         },
     )
-    return GatewayApp(starlette, routes.predict)
+    # Starlette would answer "/api/v1/predict/" with a redirect to a URL built from the Host
+    # header, which the client controls: no redirects, a wrong path is a 404.
+    starlette.router.redirect_slashes = False
+    return GatewayApp(starlette, routes.predict, metrics)
 
 
 class GatewayApp:
@@ -83,9 +86,11 @@ class GatewayApp:
     off the gateway's CPU time per prediction (bench/results/gateway.md).
     """
 
-    def __init__(self, app: Starlette, predict: ASGIApp) -> None:
+    def __init__(self, app: Starlette, predict: ASGIApp, metrics: GatewayMetrics) -> None:
         self.app = app
         self._predict = predict
+        # Served on a port of its own (serving.py).
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == PREDICT_PATH and scope["method"] == "POST":

@@ -1,9 +1,9 @@
 """The model server's client: Open Inference Protocol over a pooled keep-alive HTTP/1.1 client.
 
-Timeouts bound every call; a call that never reached the model (connection refused, or a pooled
-keep-alive connection the server had closed) is retried a bounded number of times with jittered
-backoff (inference has no side effects, so resending it is safe); and a circuit breaker turns a
-dead model into an immediate 503.
+One deadline bounds every call, retries included; a call that never reached the model
+(connection refused, or a pooled keep-alive connection the server had closed) is retried a
+bounded number of times with jittered backoff (inference has no side effects, so resending it is
+safe); and a circuit breaker turns a dead model into an immediate 503.
 """
 
 from __future__ import annotations
@@ -131,20 +131,24 @@ class ModelClient:
         )
 
     async def _post(self, body: bytes) -> HttpResponse:
+        """The inference call, retries included, within one MODEL_TIMEOUT_SECONDS."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         retries = self._settings.model_retries
         attempt = 0
         while True:
             try:
                 return await self.pool.request(
-                    "POST", self._infer_path, body, timeout=self._timeout
+                    "POST", self._infer_path, body, timeout=deadline - loop.time()
                 )
             except _RETRYABLE:
-                if attempt >= retries:
+                # Full jitter over an exponential step: 0-10 ms, then 0-20 ms, ...
+                pause = random.uniform(0, 0.01 * 2**attempt)
+                if attempt >= retries or loop.time() + pause >= deadline:
                     raise
                 attempt += 1
                 self._metrics.model_retries.inc()
-                # Full jitter over an exponential step: 0-10 ms, then 0-20 ms, ...
-                await asyncio.sleep(random.uniform(0, 0.01 * 2 ** (attempt - 1)))
+                await asyncio.sleep(pause)
 
     async def infer(self, request_id: str, payload: PredictInput) -> ModelAnswer:
         breaker = self._breaker

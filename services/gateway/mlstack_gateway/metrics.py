@@ -1,9 +1,11 @@
-"""Prometheus metrics, on a registry of the app's own (served at GET /metrics)."""
+"""Prometheus metrics, on a registry of the app's own, and the ASGI app that serves them at
+GET /metrics on the metrics port."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -14,6 +16,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from starlette.types import Receive, Scope, Send
+
+from mlstack_gateway.asgi import send_json
 
 # The *_created series double the output and no dashboard here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -82,6 +87,23 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.shed = Counter(
+            "mlstack_gateway_shed_requests",
+            "Requests answered 503 at once because MAX_CONCURRENT_REQUESTS were in flight.",
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "mlstack_gateway_requests_in_flight",
+            "Requests being answered (probes aside), counted against MAX_CONCURRENT_REQUESTS.",
+            registry=self.registry,
+        )
+        self.refused_connections = Counter(
+            "mlstack_gateway_refused_requests",
+            "Requests cut off by the HTTP server itself, by reason "
+            "(header_too_large, header_timeout, body_timeout, malformed).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.db_failures = Counter(
             "mlstack_gateway_db_failures",
             "Database writes that failed (and were retried or answered 503).",
@@ -93,3 +115,36 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+METRICS_PATH = "/metrics"
+
+
+class MetricsEndpoint:
+    """The metrics port's whole application: ``GET /metrics`` and a JSON 404 for anything else."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] != METRICS_PATH:
+            error = orjson.dumps({"error": f"not found: the metrics port serves {METRICS_PATH}"})
+            await send_json(send, 404, error)
+            return
+        if scope["method"] not in {"GET", "HEAD"}:
+            await send_json(send, 405, orjson.dumps({"error": "method not allowed: use GET"}))
+            return
+        body = self._metrics.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", METRICS_CONTENT_TYPE.encode()),
+                    (b"content-length", b"%d" % len(body)),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -50,7 +50,9 @@ def _flatten_rows(rows: list[Any], n_features: int | None) -> tuple[int, list[An
     return width, flat
 
 
-def parse_predict_body(body: bytes, max_rows: int, n_features: int | None) -> PredictInput:
+def parse_predict_body(
+    body: bytes | bytearray, max_rows: int, n_features: int | None
+) -> PredictInput:
     """Validate the body; ``n_features`` is the model's input width when known."""
     try:
         payload = orjson.loads(body)

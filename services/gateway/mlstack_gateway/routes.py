@@ -1,4 +1,4 @@
-"""HTTP handlers of the public API, the probes and /metrics."""
+"""HTTP handlers of the public API and the probes (/metrics has a port of its own: serving.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from mlstack_gateway.auth import API_KEY_HEADER, ApiKeyChecker
+from mlstack_gateway.asgi import send_json
+from mlstack_gateway.auth import ApiKeyChecker
 from mlstack_gateway.client import ModelClient
 from mlstack_gateway.errors import ApiError, error_response
 from mlstack_gateway.ids import new_request_id
-from mlstack_gateway.metrics import METRICS_CONTENT_TYPE, GatewayMetrics
+from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.payload import parse_predict_body
 from mlstack_gateway.settings import GatewaySettings
 from mlstack_gateway.store import PredictionRecord, PredictionStore, StoreUnavailableError
@@ -26,6 +27,8 @@ log = logging.getLogger("mlstack_gateway")
 
 JSON = "application/json"
 PREDICT_PATH = "/api/v1/predict"
+HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
 _ALIVE = orjson.dumps({"status": "ok"})
 DEFAULT_HISTORY_LIMIT = 20
 
@@ -34,7 +37,7 @@ def json_response(body: bytes, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type=JSON)
 
 
-async def receive_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+async def receive_body(receive: Receive, declared: bytes | None, limit: int) -> bytes | bytearray:
     """The request body, refusing (413) anything larger than ``limit`` bytes.
 
     ``declared`` is the Content-Length header's value, if the request has one.
@@ -42,39 +45,32 @@ async def receive_body(receive: Receive, declared: bytes | None, limit: int) -> 
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "invalid Content-Length header")
-        if int(declared) > limit:
+        # More digits than the limit has is more bytes than it allows (and int() of thousands
+        # of digits, leading zeros included, is refused by Python itself).
+        digits = declared.lstrip(b"0")
+        if len(digits) > len(str(limit)):
+            raise ApiError(413, f"request body too large: more than {limit} bytes")
+        if int(digits or b"0") > limit:
             raise ApiError(
                 413, f"request body too large: {declared.decode()} bytes, at most {limit}"
             )
-    chunks: list[bytes] = []
-    size = 0
+    body: bytes | bytearray = b""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ApiError(400, "client disconnected before sending the whole body")
         chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise ApiError(413, f"request body too large: more than {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def send_json(send: Send, body: bytes) -> None:
-    """A 200 with a JSON body, sent as bare ASGI messages (the predict path's success)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(body)),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+        more = message.get("more_body", False)
+        if not body and not more:
+            return chunk  # the whole body in one message: no copy
+        if not body:
+            # Grown in place: a large body is held once, not as chunks and their join.
+            body = bytearray()
+        body += chunk
+        if not more:
+            return body
 
 
 class _AsgiEndpoint:
@@ -106,9 +102,8 @@ class GatewayRoutes:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/healthz", self.healthz, methods=["GET"]),
-            Route("/readyz", self.readyz, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
+            Route(HEALTH_PATH, self.healthz, methods=["GET"]),
+            Route(READY_PATH, self.readyz, methods=["GET"]),
             # Reached through Starlette only for what the app does not route to it directly.
             Route(PREDICT_PATH, _AsgiEndpoint(self.predict), methods=["POST"]),
             Route("/api/v1/predictions", self.history, methods=["GET"]),
@@ -133,9 +128,6 @@ class GatewayRoutes:
         }
         return json_response(orjson.dumps(body), status=200 if ready else 503)
 
-    async def metrics(self, request: Request) -> Response:
-        return Response(self._metrics.render(), media_type=METRICS_CONTENT_TYPE)
-
     async def predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /api/v1/predict, as a bare ASGI app: the gateway's hot path builds no Starlette
         request or response objects and runs through no middleware (the app calls it directly)."""
@@ -153,20 +145,22 @@ class GatewayRoutes:
             return
         self._predict_ok.inc()
         self._predict_seconds.observe(time.perf_counter() - started)
-        await send_json(send, body)
+        await send_json(send, 200, body)
 
     async def _predict(self, scope: Scope, receive: Receive, started: float) -> bytes:
-        api_key: bytes | None = None
+        headers = scope["headers"]
+        self._auth.check(headers)
         declared: bytes | None = None
-        for name, value in scope["headers"]:
-            if name == b"x-api-key":
-                api_key = value
-            elif name == b"content-length":
+        for name, value in headers:
+            if name == b"content-length":
                 declared = value
-        self._auth.check(api_key.decode("latin-1") if api_key is not None else None)
         settings = self._settings
-        body = await receive_body(receive, declared, settings.max_body_bytes)
-        payload = parse_predict_body(body, settings.max_batch_rows, self._client.n_features)
+        # The body is dropped once parsed, not held through the model call and the commit.
+        payload = parse_predict_body(
+            await receive_body(receive, declared, settings.max_body_bytes),
+            settings.max_batch_rows,
+            self._client.n_features,
+        )
         request_id = new_request_id()
         called = time.perf_counter()
         answer = await self._client.infer(request_id, payload)
@@ -203,13 +197,19 @@ class GatewayRoutes:
         if raw is None:
             return DEFAULT_HISTORY_LIMIT
         maximum = self._settings.history_max_limit
-        if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-            raise ApiError(422, f"limit must be an integer from 1 to {maximum}, got {raw!r}")
-        return int(raw)
+        # isdigit() alone admits "²" and other digits int() refuses; the length check keeps
+        # int() off numbers thousands of digits long (leading zeros count for int() too).
+        digits = raw.lstrip("0")
+        if not (raw.isascii() and raw.isdigit()) or len(digits) > len(str(maximum)):
+            raise ApiError(422, f"limit must be an integer from 1 to {maximum}, got {raw[:40]!r}")
+        limit = int(digits or "0")
+        if not 1 <= limit <= maximum:
+            raise ApiError(422, f"limit must be an integer from 1 to {maximum}, got {raw[:40]!r}")
+        return limit
 
     async def history(self, request: Request) -> Response:
         try:
-            self._auth.check(request.headers.get(API_KEY_HEADER))
+            self._auth.check(request.scope["headers"])
             limit = self._limit(request)
             try:
                 items = await self._store.recent(limit)

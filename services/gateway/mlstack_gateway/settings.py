@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ def _number(env: dict[str, str], name: str, default: float, minimum: float = 0.0
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number, got {raw!r}")
     if value < minimum:
         raise SettingsError(f"{name} must be >= {minimum}, got {raw}")
     return value
@@ -50,10 +54,39 @@ def _secret(env: dict[str, str], name: str) -> str:
         raise SettingsError(f"{name}_FILE={path} cannot be read: {error.strerror}") from None
 
 
+def _tls_files(env: dict[str, str]) -> tuple[Path, Path] | None:
+    """The certificate chain and private key to serve HTTPS from, both or neither; checked by
+    loading them, so that a bad pair stops the gateway at start with the reason."""
+    cert = env.get("TLS_CERT_FILE", "").strip()
+    key = env.get("TLS_KEY_FILE", "").strip()
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        given, missing = "TLS_CERT_FILE", "TLS_KEY_FILE"
+        if not cert:
+            given, missing = missing, given
+        raise SettingsError(
+            f"{given} is set but {missing} is not: HTTPS needs both the certificate chain and "
+            "its private key (set neither for plain HTTP)"
+        )
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except OSError as error:
+        raise SettingsError(
+            f"TLS_CERT_FILE={cert} and TLS_KEY_FILE={key} do not load as a certificate chain "
+            f"and its private key: {error.strerror or error}"
+        ) from None
+    return Path(cert), Path(key)
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     host: str
     port: int
+    # HTTPS on `port` from this certificate chain and key; None: plain HTTP.
+    tls_files: tuple[Path, Path] | None
+    # /metrics is served on this port only, never on `port`.
+    metrics_port: int
     api_key: str
     model_url: str
     model_name: str
@@ -71,6 +104,18 @@ class GatewaySettings:
     db_pool_size: int
     db_write_timeout_seconds: float
     history_max_limit: int
+    # Requests in flight (probes aside) beyond which the gateway answers 503 at once.
+    max_concurrent_requests: int
+    # The request line and headers of one request, in bytes; more is refused with 431.
+    max_header_bytes: int
+    # From a connection's first byte of a request (or its opening) to the end of the headers.
+    header_timeout_seconds: float
+    # From the end of the headers to the end of the body.
+    body_timeout_seconds: float
+    # How long a keep-alive connection may wait, idle, for its next request.
+    keepalive_timeout_seconds: float
+    # After SIGTERM: how long in-flight requests may take to finish.
+    shutdown_timeout_seconds: float
     log_level: str
     access_log: bool
 
@@ -96,9 +141,17 @@ class GatewaySettings:
         ):
             raise SettingsError("DATABASE_URL must be a postgresql:// URL (unset it for SQLite)")
         data_dir = env.get("DATA_DIR", "").strip()
+        port = _integer(env, "PORT", 8080)
+        metrics_port = _integer(env, "METRICS_PORT", 9090)
+        if metrics_port == port:
+            raise SettingsError(
+                f"METRICS_PORT must differ from PORT ({port}): /metrics has a port of its own"
+            )
         return cls(
             host=env.get("HOST", "0.0.0.0"),
-            port=_integer(env, "PORT", 8080),
+            port=port,
+            tls_files=_tls_files(env),
+            metrics_port=metrics_port,
             api_key=api_key,
             model_url=model_url.rstrip("/"),
             model_name=env.get("MODEL_NAME", "").strip() or "iris",
@@ -107,7 +160,7 @@ class GatewaySettings:
             data_dir=Path(data_dir) if data_dir else Path(tempfile.gettempdir()) / "mlstack",
             max_batch_rows=_integer(env, "MAX_BATCH_ROWS", 1024),
             max_body_bytes=_integer(env, "MAX_BODY_BYTES", 1024 * 1024),
-            model_timeout_seconds=_number(env, "MODEL_TIMEOUT_SECONDS", 2.0, 0.01),
+            model_timeout_seconds=_number(env, "MODEL_TIMEOUT_SECONDS", 0.5, 0.01),
             model_connect_timeout_seconds=_number(env, "MODEL_CONNECT_TIMEOUT_SECONDS", 0.5, 0.01),
             model_retries=_integer(env, "MODEL_RETRIES", 2, minimum=0),
             model_pool_size=_integer(env, "MODEL_POOL_SIZE", 64),
@@ -116,6 +169,12 @@ class GatewaySettings:
             db_pool_size=_integer(env, "DB_POOL_SIZE", 4),
             db_write_timeout_seconds=_number(env, "DB_WRITE_TIMEOUT_SECONDS", 5.0, 0.1),
             history_max_limit=_integer(env, "HISTORY_MAX_LIMIT", 1000),
+            max_concurrent_requests=_integer(env, "MAX_CONCURRENT_REQUESTS", 64),
+            max_header_bytes=_integer(env, "MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
+            header_timeout_seconds=_number(env, "HEADER_TIMEOUT_SECONDS", 5.0, 0.1),
+            body_timeout_seconds=_number(env, "BODY_TIMEOUT_SECONDS", 10.0, 0.1),
+            keepalive_timeout_seconds=_number(env, "KEEPALIVE_TIMEOUT_SECONDS", 75.0, 1.0),
+            shutdown_timeout_seconds=_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 20.0, 0.0),
             log_level=env.get("LOG_LEVEL", "info").lower(),
             access_log=env.get("ACCESS_LOG", "").lower() in {"1", "true", "yes"},
         )

@@ -1,0 +1,243 @@
+"""uvicorn's httptools protocol with the limits it lacks: header size and read timeouts.
+
+- The request line and headers may take ``max_header_bytes``; more is answered 431. httptools
+  gathers a header's whole value before it hands it over, so a head that is still incomplete is
+  measured as it arrives: memory stays within the limit plus one read, whatever a client sends.
+- The head must arrive within ``header_timeout`` of the connection opening, or of its first byte
+  on a kept-alive connection; a connection that sends nothing is closed, one that sent part of a
+  head gets 408.
+- The body must arrive within ``body_timeout`` of the head's end; else 408 (or, if the
+  application has answered already, the connection is simply closed).
+- An idle kept-alive connection is closed after uvicorn's ``timeout_keep_alive``.
+- A request httptools cannot parse gets 400, as JSON like every other error.
+
+The timeouts are deadlines on each connection, checked every ``TICK_SECONDS`` by one timer per
+server while it has connections: with uvloop, arming and cancelling a timer for each request
+costs more than the rest of these limits together (bench/results/hardening.md).
+
+Every refusal closes the connection, and is reported to ``HttpLimits.on_refusal``. The close
+lingers: the answer goes out, then the connection's sending side is shut and what the client still
+sends is read and dropped for up to ``LINGER_SECONDS``, so that the client can read the answer
+instead of a reset that would discard it (its own end of sending closes the connection at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+
+def _ignore(reason: str) -> None:
+    pass
+
+
+LINGER_SECONDS = 2.0
+TICK_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int
+    header_timeout: float
+    body_timeout: float
+    # Told the reason of every refusal (header_too_large, header_timeout, body_timeout,
+    # malformed).
+    on_refusal: Callable[[str], None] = _ignore
+
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    """One connection. Subclassed by ``limited_protocol`` with the limits to apply."""
+
+    limits: ClassVar[HttpLimits]
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # Reading a head: from the connection's start, and again after each request's end.
+        self._reading_head = True
+        # Bytes received while reading the current head: an upper bound of its size, unless
+        # the head began within a read that was not counted (one that ended the previous
+        # request), which ``_head_uncounted`` then says.
+        self._head_received = 0
+        self._read_counted = False
+        self._head_uncounted = False
+        # When the head (while reading one) or the body (after the head) must have arrived.
+        self._deadline: float | None = None
+        self._refused = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = self.loop.time() + self.limits.header_timeout
+        _watch(self.loop, self.server_state)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._read_counted = self._reading_head
+        if self._reading_head:
+            self._head_received += len(data)
+            if self._deadline is None:
+                # The first byte after an idle keep-alive wait: the head's clock starts now.
+                self._deadline = self.loop.time() + self.limits.header_timeout
+        super().data_received(data)
+        if (
+            not self._refused
+            and self._reading_head
+            and self._head_received > self.limits.max_header_bytes
+        ):
+            self._refuse(431, "header_too_large", self._too_large_message())
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._head_uncounted = not self._read_counted
+        if self._deadline is None:
+            # A head that began in the read which ended the previous request.
+            self._deadline = self.loop.time() + self.limits.header_timeout
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        limit = self.limits.max_header_bytes
+        # The exact size is summed only when the bytes received do not already bound it.
+        if (self._head_uncounted or self._head_received > limit) and self._head_size() > limit:
+            self._refuse(431, "header_too_large", self._too_large_message())
+            return
+        self._reading_head = False
+        self._head_received = 0
+        self._read_counted = False
+        self._deadline = self.loop.time() + self.limits.body_timeout
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        self._deadline = None
+        self._reading_head = True
+        self._head_received = 0
+        self._read_counted = False
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        # httptools refused the bytes (a malformed request line, header or Content-Length):
+        # the same JSON error and lingering close as every other refusal.
+        if not self._refused:
+            self._refuse(400, "malformed", "malformed HTTP request")
+
+    # the limits
+    def _head_size(self) -> int:
+        """The request line and headers as sent, give or take the spaces around the values."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def _too_large_message(self) -> str:
+        return (
+            f"request headers too large: at most {self.limits.max_header_bytes} bytes "
+            "for the request line and headers"
+        )
+
+    def expire(self, now: float) -> None:
+        """Refuse the request if its head or body is late at ``now``."""
+        if self._deadline is None or now < self._deadline:
+            return
+        self._deadline = None
+        if self._refused or self.transport.is_closing():
+            return
+        if self._reading_head:
+            self._head_timed_out()
+        else:
+            self._body_timed_out()
+
+    def _head_timed_out(self) -> None:
+        if self._head_received == 0 and not self._head_uncounted:
+            # Nothing of a request came: there is nobody to answer.
+            self.limits.on_refusal("header_timeout")
+            self._refused = True
+            self.transport.close()
+            return
+        seconds = f"{self.limits.header_timeout:g}"
+        self._refuse(408, "header_timeout", f"request headers not received within {seconds} s")
+
+    def _body_timed_out(self) -> None:
+        seconds = f"{self.limits.body_timeout:g}"
+        self._refuse(408, "body_timeout", f"request body not received within {seconds} s")
+
+    def _refuse(self, status: int, reason: str, message: str) -> None:
+        """Answer ``status`` with a JSON error where that cannot garble a response, and close."""
+        self._refused = True
+        self._deadline = None
+        self.limits.on_refusal(reason)
+        cycle = self.cycle
+        if self._reading_head:
+            # The refused request has no cycle yet; ``cycle`` is the previous request's.
+            answer = cycle is None or cycle.response_complete
+        else:
+            # Once the application has answered, a second answer would be one too many.
+            answer = not cycle.response_started
+        if cycle is not None and not cycle.response_complete:
+            # The application's next receive or send sees a client that has gone.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if answer:
+            body = orjson.dumps({"error": message})
+            self.transport.write(
+                b"".join(
+                    (
+                        STATUS_LINE[status],
+                        b"content-type: application/json\r\n",
+                        b"content-length: %d\r\n" % len(body),
+                        b"connection: close\r\n\r\n",
+                        body,
+                    )
+                )
+            )
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.loop.call_later(LINGER_SECONDS, self.transport.close)
+                return
+        self.transport.close()
+
+
+# The servers whose connections a tick is checking.
+_watched: weakref.WeakSet[ServerState] = weakref.WeakSet()
+
+
+def _watch(loop: asyncio.AbstractEventLoop, server_state: ServerState) -> None:
+    """Check the deadlines of ``server_state``'s connections every tick while it has any."""
+    if server_state in _watched:
+        return
+    _watched.add(server_state)
+
+    def tick() -> None:
+        now = loop.time()
+        for connection in list(server_state.connections):
+            if isinstance(connection, LimitedHttpProtocol):
+                connection.expire(now)
+        if server_state.connections:
+            loop.call_later(TICK_SECONDS, tick)
+        else:
+            _watched.discard(server_state)
+
+    loop.call_later(TICK_SECONDS, tick)
+
+
+def limited_protocol(limits: HttpLimits) -> type[LimitedHttpProtocol]:
+    """The protocol class to give uvicorn's ``Config(http=...)``, bound to ``limits``."""
+    return type("BoundLimitedHttpProtocol", (LimitedHttpProtocol,), {"limits": limits})

@@ -1,0 +1,140 @@
+"""The gateway's process: the API on PORT (HTTPS when TLS_CERT_FILE and TLS_KEY_FILE are set) and
+/metrics on METRICS_PORT, two uvicorn servers on one event loop, and the drain on SIGTERM.
+
+SIGTERM (or SIGINT): ``/readyz`` answers 503 at once, requests in flight finish (and new ones are
+still served, on connections that then close) until none is left or SHUTDOWN_TIMEOUT_SECONDS
+have passed; then the servers stop listening, close their connections and the app shuts down.
+A second signal skips the waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from mlstack_gateway.admission import Admission
+from mlstack_gateway.app import create_app
+from mlstack_gateway.http_limits import HttpLimits, limited_protocol
+from mlstack_gateway.metrics import MetricsEndpoint
+from mlstack_gateway.settings import GatewaySettings
+
+log = logging.getLogger("mlstack_gateway")
+
+# Forward secrecy and AEAD only; TLS 1.3 suites are not chosen by this string (all are good).
+_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves the signals to ``serve``: one process runs two of them."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(_TLS12_CIPHERS)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _server(
+    app: ASGIApp, settings: GatewaySettings, port: int, http: type[asyncio.Protocol], api: bool
+) -> _Server:
+    tls = settings.tls_files if api else None
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=port,
+        http=http,
+        ws="none",
+        # The app's pools open and close with the API server; the metrics server has none.
+        lifespan="on" if api else "off",
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        server_header=False,
+        # Longer than the idle timeouts of the clients in front (the gateway's pool, cloud load
+        # balancers), so that the client, not the server, closes an idle keep-alive connection.
+        timeout_keep_alive=int(settings.keepalive_timeout_seconds),
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_context_factory=(lambda config, default: tls_context(*tls)) if tls else None,
+    )
+    return _Server(config)
+
+
+async def _run(server: _Server) -> int:
+    """Serve until told to stop: 0, or the exit code uvicorn gave up with (a port taken, the
+    app's startup failed), after it logged why."""
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+async def serve(settings: GatewaySettings) -> int:
+    """Serve until SIGTERM or SIGINT, then drain; the process's exit code."""
+    gateway = create_app(settings)
+    admission = Admission(gateway, settings.max_concurrent_requests, gateway.metrics)
+    refused = gateway.metrics.refused_connections
+    http = limited_protocol(
+        HttpLimits(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout_seconds,
+            body_timeout=settings.body_timeout_seconds,
+            on_refusal=lambda reason: refused.labels(reason=reason).inc(),
+        )
+    )
+    api = _server(admission, settings, settings.port, http, api=True)
+    scrape = MetricsEndpoint(gateway.metrics)
+    metrics = _server(scrape, settings, settings.metrics_port, http, api=False)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            for server in (api, metrics):
+                server.should_exit = server.force_exit = True
+            return
+        admission.draining = True
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+
+    # The metrics port first: a port taken stops the process before the app opens its pools.
+    metrics_task = asyncio.create_task(_run(metrics))
+    while not metrics.started and not metrics_task.done():
+        await asyncio.sleep(0.01)
+    if metrics_task.done():
+        return metrics_task.result()
+    api_task = asyncio.create_task(_run(api))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({api_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+
+    if stop.is_set():
+        log.info("draining: /readyz answers 503, waiting for the requests in flight")
+        deadline = loop.time() + settings.shutdown_timeout_seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(admission.drained(), settings.shutdown_timeout_seconds)
+        # What is left of the budget, for requests that arrived during the drain.
+        api.config.timeout_graceful_shutdown = max(1, math.ceil(deadline - loop.time()))
+    api.should_exit = True
+    code = await api_task
+    metrics.should_exit = True
+    await metrics_task
+    stopped.cancel()
+    return code

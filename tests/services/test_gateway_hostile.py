@@ -1,0 +1,672 @@
+"""The gateway against hostile clients and an unlucky operator, as real processes, with numbers.
+
+Each test sends what an attacker or a broken client would (a burst of large requests, oversized
+or half-sent headers, idle sockets, malformed numbers, repeated keys, a foreign Host) or does what
+goes wrong in production (a hung model, SIGTERM mid-request), and asserts the answer and the
+cost: the memory peak from /proc/<pid>/status, the seconds to a 503. The figures measured before
+and after these limits existed are in bench/results/hardening.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import resource
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services.support import (
+    API_KEY,
+    GATEWAY_SRC,
+    ServiceProcess,
+    free_port,
+    predict,
+    request,
+    start_gateway,
+    start_model,
+)
+
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+# The gateway's pod limit (components/app.py).
+POD_MEMORY_LIMIT_MIB = 256
+IDLE_SOCKETS = 2000
+
+
+@dataclass
+class Raw:
+    """An answer read off a socket: status, lower-cased headers, body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def error(self) -> str:
+        body = json.loads(self.body)
+        assert set(body) == {"error"}, body
+        message: str = body["error"]
+        return message
+
+
+def read_answer(sock: socket.socket) -> Raw:
+    """One HTTP/1.1 answer, with a Content-Length, from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a whole answer: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines)
+    }
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return Raw(int(status_line.split()[1]), headers, body)
+
+
+def exchange(port: int, data: bytes, timeout: float = 10.0) -> Raw:
+    """Send ``data`` as it is on a fresh connection and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_answer(sock)
+
+
+def raw_request(
+    method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"", host: str = "x"
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *(f"{n}: {v}" for n, v in headers)]
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """VmHWM (the peak resident set since the process started) and VmRSS, in MiB."""
+    values: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in {"VmHWM", "VmRSS"}:
+            values[name] = int(value.split()[0]) / 1024
+    return values
+
+
+def pid_of(service: ServiceProcess) -> int:
+    assert service.process is not None
+    return service.process.pid
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def gateway(model_server: ServiceProcess, log_dir: Path) -> Iterator[ServiceProcess]:
+    """A gateway with the defaults, for the probes that leave it as it was."""
+    service = start_gateway(model_server.url, log_dir)
+    yield service
+    service.stop()
+
+
+# -- a burst of large requests: a bounded number admitted, the rest 503 at once -----------------
+
+
+def large_predict_body(size: int = 1_000_000) -> bytes:
+    """A valid predict of 1,024 rows whose numbers are written with enough digits to weigh
+    ``size`` bytes: every byte is parsed, none is padding."""
+    digits = size // 4096 - 6
+    number = "5." + "1" * digits
+    row = "[" + ", ".join([number] * 4) + "]"
+    return ('{"instances": [' + ", ".join([row] * 1024) + "]}").encode()
+
+
+async def _post_and_read(port: int, payload: bytes) -> Raw:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
+        head = head.replace(b"Content-Length: 0", b"Content-Length: %d" % len(payload))
+        writer.write(head + payload)
+        await writer.drain()
+        status_line = await reader.readline()
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in {b"\r\n", b""}:
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers["content-length"]))
+        return Raw(int(status_line.split()[1]), headers, body)
+    finally:
+        writer.close()
+
+
+async def _burst(port: int, payload: bytes, clients: int) -> list[Raw]:
+    return await asyncio.gather(*(_post_and_read(port, payload) for _ in range(clients)))
+
+
+def test_300_concurrent_1mb_predicts_stay_under_the_pod_memory_limit(
+    model_server: ServiceProcess, log_dir: Path
+) -> None:
+    gateway = start_gateway(model_server.url, log_dir)
+    try:
+        payload = large_predict_body()
+        assert 990_000 < len(payload) <= 1024 * 1024
+        answers = asyncio.run(asyncio.wait_for(_burst(port_of(gateway.url), payload, 300), 120))
+        memory = memory_mib(pid_of(gateway))
+        print(f"300 concurrent 1 MB predicts: {memory}")
+        # Limit 256 MiB; before the bound the peak was 567 MB and 430 MB stayed resident.
+        assert memory["VmHWM"] < POD_MEMORY_LIMIT_MIB * 0.875
+        statuses = [answer.status for answer in answers]
+        assert set(statuses) <= {200, 503}, statuses
+        # Some admitted, the rest shed: the bound was reached and answered for.
+        assert 0 < statuses.count(200) < 300
+        for answer in answers:
+            if answer.status == 503:
+                assert answer.headers["retry-after"] == "1"
+                assert "server busy" in answer.error()
+        assert predict(gateway.url, [SETOSA]).status == 200
+    finally:
+        gateway.stop()
+
+
+def test_a_full_gateway_sheds_at_once_and_still_answers_probes(log_dir: Path) -> None:
+    # A model that accepts connections and never answers: every predict stays in flight.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        gateway = start_gateway(
+            f"http://127.0.0.1:{silent.getsockname()[1]}",
+            log_dir,
+            wait=False,
+            MAX_CONCURRENT_REQUESTS="2",
+            MODEL_TIMEOUT_SECONDS="3",
+        )
+        try:
+            gateway.wait_until("/healthz")
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                held = [pool.submit(predict, gateway.url, [SETOSA]) for _ in range(2)]
+                time.sleep(0.5)
+                started = time.monotonic()
+                shed = predict(gateway.url, [SETOSA])
+                elapsed = time.monotonic() - started
+                assert shed.status == 503
+                assert shed.headers["retry-after"] == "1"
+                assert "server busy: 2 requests in flight" in json.loads(shed.body)["error"]
+                assert elapsed < 0.5
+                assert request("GET", gateway.url + "/healthz").status == 200
+                assert [future.result().status for future in held] == [503, 503]
+        finally:
+            gateway.stop()
+
+
+# -- headers: a size limit -----------------------------------------------------------------------
+
+
+def test_headers_over_the_limit_get_431(gateway: ServiceProcess) -> None:
+    port = port_of(gateway.url)
+    big = raw_request("GET", "/healthz", [("X-Padding", "a" * 20_000)])
+    answer = exchange(port, big)
+    assert answer.status == 431
+    assert "request headers too large" in answer.error()
+    many = raw_request("GET", "/healthz", [(f"X-Padding-{i}", "a" * 100) for i in range(200)])
+    assert exchange(port, many).status == 431
+    assert exchange(port, raw_request("GET", "/healthz", [("X-Padding", "a" * 8000)])).status == 200
+
+
+def test_a_64_mb_header_is_refused_without_being_held(gateway: ServiceProcess) -> None:
+    port = port_of(gateway.url)
+    before = memory_mib(pid_of(gateway))["VmRSS"]
+    meanwhile: list[float] = []
+
+    def probe() -> None:
+        for _ in range(5):
+            started = time.monotonic()
+            assert request("GET", gateway.url + "/healthz").status == 200
+            meanwhile.append(time.monotonic() - started)
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        prober = threading.Thread(target=probe)
+        prober.start()
+        chunk = b"a" * (1 << 20)
+        sent = 0
+        with contextlib.suppress(OSError):  # the gateway may close before it has all 64 MB
+            for _ in range(64):
+                sock.sendall(chunk)
+                sent += len(chunk)
+        answer = read_answer(sock)
+        prober.join()
+    grown = memory_mib(pid_of(gateway))["VmRSS"] - before
+    print(
+        f"64 MB header: {answer.status} after {sent >> 20} MB sent, RSS grew {grown:.1f} MiB, "
+        f"slowest /healthz meanwhile {max(meanwhile):.3f} s"
+    )
+    assert grown < 16
+    assert answer.status == 431
+    assert max(meanwhile) < 1.0
+
+
+# -- read timeouts -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def impatient_gateway(model_server: ServiceProcess, log_dir: Path) -> Iterator[ServiceProcess]:
+    """Short read timeouts, so that the tests wait one second instead of the defaults."""
+    service = start_gateway(
+        model_server.url, log_dir, HEADER_TIMEOUT_SECONDS="1", BODY_TIMEOUT_SECONDS="1"
+    )
+    yield service
+    service.stop()
+
+
+def _seconds_until_closed(sock: socket.socket, limit: float = 30.0) -> tuple[float, bytes]:
+    """Seconds until the gateway closes ``sock``, and what it sent before."""
+    started = time.monotonic()
+    sock.settimeout(limit)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return time.monotonic() - started, received
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
+    impatient_gateway: ServiceProcess,
+) -> None:
+    with socket.create_connection(("127.0.0.1", port_of(impatient_gateway.url))) as sock:
+        seconds, received = _seconds_until_closed(sock)
+    assert received == b""
+    assert 0.8 < seconds < 3.0
+
+
+def test_half_a_head_gets_408_after_the_header_timeout(
+    impatient_gateway: ServiceProcess,
+) -> None:
+    with socket.create_connection(("127.0.0.1", port_of(impatient_gateway.url))) as sock:
+        sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nX-API-")
+        seconds, received = _seconds_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert b"request headers not received within 1 s" in received
+    assert 0.8 < seconds < 3.0
+
+
+def test_half_a_body_gets_408_after_the_body_timeout(impatient_gateway: ServiceProcess) -> None:
+    head = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
+    head = head.replace(b"Content-Length: 0", b"Content-Length: 100")
+    with socket.create_connection(("127.0.0.1", port_of(impatient_gateway.url))) as sock:
+        sock.sendall(head + b'{"instances": [[5.1, ')
+        seconds, received = _seconds_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert b"request body not received within 1 s" in received
+    assert 0.8 < seconds < 3.0
+
+
+def test_a_trickled_body_is_cut_off_at_the_body_timeout(impatient_gateway: ServiceProcess) -> None:
+    # One byte every 0.2 s: each read is quick, the whole body is not.
+    head = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
+    head = head.replace(b"Content-Length: 0", b"Content-Length: 1000")
+    with socket.create_connection(("127.0.0.1", port_of(impatient_gateway.url))) as sock:
+        sock.sendall(head)
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            for _ in range(50):
+                sock.sendall(b" ")
+                time.sleep(0.2)
+                sock.setblocking(False)
+                try:
+                    if sock.recv(1, socket.MSG_PEEK):
+                        break
+                except BlockingIOError:
+                    pass
+                finally:
+                    sock.setblocking(True)
+        seconds = time.monotonic() - started
+        _, received = _seconds_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert seconds < 3.0
+
+
+@pytest.fixture
+def many_sockets() -> Iterator[None]:
+    """Room for the idle sockets in this process and in the gateway it starts."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = IDLE_SOCKETS + 500
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.fail(f"open files limited to {hard}; this test needs {wanted}", pytrace=False)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_2000_idle_sockets_are_closed_within_the_default_header_timeout(
+    model_server: ServiceProcess, log_dir: Path, many_sockets: None
+) -> None:
+    gateway = start_gateway(model_server.url, log_dir)
+    sockets: list[socket.socket] = []
+    try:
+        started = time.monotonic()
+        sockets = [
+            socket.create_connection(("127.0.0.1", port_of(gateway.url)))
+            for _ in range(IDLE_SOCKETS)
+        ]
+        opened = time.monotonic() - started
+        open_sockets = set(sockets)
+        deadline = time.monotonic() + 15
+        while open_sockets and time.monotonic() < deadline:
+            time.sleep(0.25)
+            for sock in list(open_sockets):
+                sock.setblocking(False)
+                try:
+                    if sock.recv(1) == b"":
+                        open_sockets.discard(sock)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    open_sockets.discard(sock)
+        seconds = time.monotonic() - started
+        print(f"{IDLE_SOCKETS} idle sockets: opened in {opened:.1f} s, closed in {seconds:.1f} s")
+        assert not open_sockets, f"{len(open_sockets)} of {IDLE_SOCKETS} idle sockets still open"
+        # The default HEADER_TIMEOUT_SECONDS is 5.
+        assert seconds < 5 + opened + 3
+        assert predict(gateway.url, [SETOSA]).status == 200
+    finally:
+        for sock in sockets:
+            sock.close()
+        gateway.stop()
+
+
+# -- a hung model: 503 within a second -----------------------------------------------------------
+
+
+def test_a_stopped_model_gets_503_within_a_second(model_dir: Path, log_dir: Path) -> None:
+    model = start_model(model_dir, log_dir)
+    gateway = start_gateway(model.url, log_dir)
+    try:
+        assert predict(gateway.url, [SETOSA]).status == 200
+        model.signal(signal.SIGSTOP)
+
+        def timed() -> tuple[int, float]:
+            started = time.monotonic()
+            reply = predict(gateway.url, [SETOSA])
+            return reply.status, time.monotonic() - started
+
+        one_by_one = [timed() for _ in range(8)]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            together = list(pool.map(lambda _: timed(), range(32)))
+        slowest = max(seconds for _, seconds in one_by_one + together)
+        print(f"stopped model: slowest 503 after {slowest:.3f} s")
+        assert {status for status, _ in one_by_one + together} == {503}
+        # Before the fix: 2.0 s for each call until the breaker opened.
+        assert slowest < 1.0
+        model.signal(signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while predict(gateway.url, [SETOSA]).status != 200:
+            assert time.monotonic() < deadline, "no recovery after the model resumed"
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            model.signal(signal.SIGCONT)
+        gateway.stop()
+        model.stop()
+
+
+# -- malformed numbers, repeated keys, a foreign Host --------------------------------------------
+
+
+MALFORMED_LIMITS = [
+    "%C2%B2",  # "²": a digit to str.isdigit(), not to int()
+    "%D9%A3",  # "٣": an Arabic-Indic three
+    "9" * 5000,  # more digits than int() converts
+    "1e3",
+    "0x10",
+    "+5",
+    "-0",
+    "1.5",
+    "NaN",
+    "%205",
+    "5%00",
+    "",
+]
+
+
+@pytest.mark.parametrize("limit", MALFORMED_LIMITS, ids=lambda v: v[:12] or "empty")
+def test_a_malformed_limit_is_422_with_a_json_error(gateway: ServiceProcess, limit: str) -> None:
+    answer = exchange(
+        port_of(gateway.url),
+        raw_request("GET", f"/api/v1/predictions?limit={limit}", [("X-API-Key", API_KEY)]),
+    )
+    assert answer.status == 422
+    assert "limit must be an integer from 1 to 1000" in answer.error()
+
+
+def test_a_limit_with_thousands_of_leading_zeros_is_read_as_its_value(
+    gateway: ServiceProcess,
+) -> None:
+    answer = exchange(
+        port_of(gateway.url),
+        raw_request(
+            "GET", "/api/v1/predictions?limit=" + "0" * 5000 + "5", [("X-API-Key", API_KEY)]
+        ),
+    )
+    assert answer.status == 200
+    assert json.loads(answer.body)["limit"] == 5
+
+
+@pytest.mark.parametrize(
+    "content_length", ["abc", "9" * 5000, "-1", "1e3", "0x10", "5, 5"], ids=lambda v: v[:12]
+)
+def test_a_malformed_content_length_is_400_with_a_json_error(
+    gateway: ServiceProcess, content_length: str
+) -> None:
+    head = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
+    data = head.replace(b"Content-Length: 0", f"Content-Length: {content_length}".encode())
+    answer = exchange(port_of(gateway.url), data + b"{}")
+    assert answer.status == 400
+    assert answer.error() == "malformed HTTP request"
+
+
+@pytest.mark.parametrize(
+    "number", ["9" * 5000, "-" + "9" * 400, "1e400", "0." + "0" * 5000 + "1e99999"]
+)
+def test_a_huge_number_in_the_instances_is_4xx(gateway: ServiceProcess, number: str) -> None:
+    body = f'{{"instances": [[{number}, 3.5, 1.4, 0.2]]}}'
+    reply = request("POST", gateway.url + "/api/v1/predict", body, {"X-API-Key": API_KEY})
+    assert 400 <= reply.status < 500
+    assert set(reply.json()) == {"error"}
+
+
+@pytest.mark.parametrize(
+    "keys", [("wrong", API_KEY), (API_KEY, "wrong"), (API_KEY, API_KEY), ("", API_KEY)]
+)
+@pytest.mark.parametrize("endpoint", ["predict", "listing"])
+def test_a_repeated_api_key_is_401_everywhere(
+    gateway: ServiceProcess, keys: tuple[str, str], endpoint: str
+) -> None:
+    headers = [("X-API-Key", key) for key in keys]
+    if endpoint == "predict":
+        body = json.dumps({"instances": [SETOSA]}).encode()
+        data = raw_request("POST", "/api/v1/predict", headers, body)
+    else:
+        data = raw_request("GET", "/api/v1/predictions", headers)
+    answer = exchange(port_of(gateway.url), data)
+    assert answer.status == 401
+    assert answer.error() == "repeated X-API-Key header: send it once"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/v1/predict/"),
+        ("GET", "/api/v1/predictions/"),
+        ("GET", "/healthz/"),
+        ("POST", "//evil.example/api/v1/predict"),
+    ],
+)
+def test_no_redirect_is_built_from_a_foreign_host(
+    gateway: ServiceProcess, method: str, path: str
+) -> None:
+    body = json.dumps({"instances": [SETOSA]}).encode() if method == "POST" else b""
+    data = raw_request(method, path, [("X-API-Key", API_KEY)], body, host="evil.example")
+    answer = exchange(port_of(gateway.url), data)
+    assert not 300 <= answer.status < 400
+    assert "location" not in answer.headers
+    assert answer.status == 404
+    assert answer.error()
+
+
+# -- /metrics on its own port --------------------------------------------------------------------
+
+
+def test_metrics_are_served_only_on_the_metrics_port(gateway: ServiceProcess) -> None:
+    assert gateway.metrics_url is not None
+    public = request("GET", gateway.url + "/metrics")
+    assert public.status == 404
+    scraped = request("GET", gateway.metrics_url + "/metrics")
+    assert scraped.status == 200
+    assert "mlstack_gateway_requests_in_flight" in scraped.body.decode()
+    assert request("GET", gateway.metrics_url + "/healthz").status == 404
+    assert request("POST", gateway.metrics_url + "/api/v1/predict", {"instances": []}).status == 404
+
+
+def test_the_metrics_port_must_differ_from_the_api_port(log_dir: Path) -> None:
+    port = free_port()
+    gateway = ServiceProcess(
+        "mlstack_gateway",
+        GATEWAY_SRC,
+        {"MLSTACK_API_KEY": API_KEY, "METRICS_PORT": str(port)},
+        port,
+        log_dir,
+    ).start()
+    assert gateway.wait(timeout=30) == 2
+    assert "METRICS_PORT must differ from PORT" in gateway.log_tail()
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made with the openssl CLI."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec",
+            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", "/CN=mlstack-gateway-test",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def https(port: int, cert: Path, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+    context = ssl.create_default_context(cafile=str(cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        conn.request(
+            method,
+            path,
+            body=data,
+            headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_tls_serves_https_only(
+    model_server: ServiceProcess, log_dir: Path, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    gateway = start_gateway(
+        model_server.url, log_dir, wait=False, TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key)
+    )
+    port = port_of(gateway.url)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert gateway.process is not None and gateway.process.poll() is None, (
+                gateway.log_tail()
+            )
+            with contextlib.suppress(OSError):
+                if https(port, cert, "GET", "/readyz")[0] == 200:
+                    break
+            assert time.monotonic() < deadline, gateway.log_tail()
+            time.sleep(0.1)
+        status, body = https(port, cert, "POST", "/api/v1/predict", {"instances": [SETOSA]})
+        assert status == 200
+        assert json.loads(body)["predictions"] == [0]
+        # Plain HTTP on the same port gets no HTTP answer.
+        with pytest.raises((OSError, http.client.HTTPException)):
+            request("GET", gateway.url + "/healthz", timeout=5)
+        # The metrics port stays plain HTTP, for the scraper inside the cluster.
+        assert gateway.metrics_url is not None
+        assert request("GET", gateway.metrics_url + "/metrics").status == 200
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("given", ["TLS_CERT_FILE", "TLS_KEY_FILE"])
+def test_half_a_tls_pair_stops_the_gateway_at_start(
+    log_dir: Path, certificate: tuple[Path, Path], given: str
+) -> None:
+    path = certificate[0] if given == "TLS_CERT_FILE" else certificate[1]
+    gateway = ServiceProcess(
+        "mlstack_gateway",
+        GATEWAY_SRC,
+        {"MLSTACK_API_KEY": API_KEY, "METRICS_PORT": str(free_port()), given: str(path)},
+        free_port(),
+        log_dir,
+    ).start()
+    assert gateway.wait(timeout=30) == 2
+    assert "HTTPS needs both the certificate chain and its private key" in gateway.log_tail()
+
+
+# -- SIGTERM: not ready at once, in-flight requests finished -------------------------------------
+
+
+def test_sigterm_turns_readiness_off_at_once_and_finishes_in_flight_requests(
+    slow_model: str, log_dir: Path
+) -> None:
+    gateway = start_gateway(slow_model, log_dir, MODEL_TIMEOUT_SECONDS="3")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        in_flight = pool.submit(predict, gateway.url, [SETOSA])
+        time.sleep(0.3)
+        signalled = time.monotonic()
+        gateway.signal(signal.SIGTERM)
+        ready = request("GET", gateway.url + "/readyz")
+        not_ready_after = time.monotonic() - signalled
+        # Still draining while the request is in flight, and still answering that it is.
+        time.sleep(0.3)
+        still = request("GET", gateway.url + "/readyz")
+        reply = in_flight.result(timeout=10)
+    print(f"SIGTERM: /readyz 503 after {not_ready_after:.3f} s")
+    assert ready.status == 503
+    assert ready.json() == {"ready": False, "draining": True}
+    assert not_ready_after < 0.5
+    assert still.status == 503
+    assert reply.status == 200
+    assert gateway.wait(timeout=10) == 0
+    with pytest.raises(OSError):
+        request("GET", gateway.url + "/healthz", timeout=1)
