@@ -35,7 +35,15 @@ from pathlib import Path
 
 from bench.load import LoadResult, Request, run_load
 from bench.run import gateway_counters, gateway_stats
-from bench.servers import API_KEY, MODEL_SRC, ROOT, Server, start_gateway, start_model
+from bench.servers import (
+    API_KEY,
+    MODEL_SRC,
+    ROOT,
+    Server,
+    service_path,
+    start_gateway,
+    start_model,
+)
 
 STORES = ("sqlite", "postgresql")
 VERSIONS = ("base", "new")
@@ -54,9 +62,10 @@ class Sample:
 
 
 def export_gateway(revision: str, target: Path) -> Path:
-    """services/gateway as it is at ``revision``, unpacked under ``target``."""
+    """services/gateway as it is at ``revision``, unpacked under ``target`` with the rest of
+    services/ (the code it shares with the model lives in services/common)."""
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "services/gateway"],
+        ["git", "-C", str(ROOT), "archive", revision, "services"],
         check=True,
         capture_output=True,
     ).stdout
@@ -194,7 +203,8 @@ def store_rounds(
                     argv = [sys.executable, "-m", "bench.gateway_ab", "--worker", store]
                     argv += [dsns[version], str(work / f"data-{version}")]
                     argv += [str(concurrency), str(seconds)]
-                    env = {**os.environ, "PYTHONPATH": f"{sources[version]}{os.pathsep}{ROOT}"}
+                    path = f"{service_path(sources[version])}{os.pathsep}{ROOT}"
+                    env = {**os.environ, "PYTHONPATH": path}
                     done = subprocess.run(
                         argv, env=env, cwd=ROOT, capture_output=True, text=True, check=True
                     )
@@ -261,7 +271,7 @@ def start_all(stack: ExitStack, work: Path, revisions: tuple[str, str | None]) -
     for version in VERSIONS:
         for store in STORES:
             name = f"gateway-{version}-{store}"
-            env = {"PYTHONPATH": str(sources[version])}
+            env = {"PYTHONPATH": service_path(sources[version])}
             if store == "sqlite":
                 env["DATA_DIR"] = str(work / name)
             else:

@@ -137,8 +137,14 @@ class Server:
             pass
 
 
+def service_path(src: Path) -> str:
+    """The PYTHONPATH of the service in ``src``: its folder and the shared services/common
+    beside it, as in its image."""
+    return os.pathsep.join((str(src), str(src.parent / "common")))
+
+
 def _uvicorn_env(src: Path, port: int) -> dict[str, str]:
-    return {"PYTHONPATH": str(src), "HOST": "127.0.0.1", "PORT": str(port)}
+    return {"PYTHONPATH": service_path(src), "HOST": "127.0.0.1", "PORT": str(port)}
 
 
 def start_model(model_dir: Path, log_dir: Path) -> Server:

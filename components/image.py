@@ -14,7 +14,8 @@ from typing import Final
 import pulumi
 
 SERVICES_DIR: Final = Path(__file__).resolve().parent.parent / "services"
-# The folders of services/ that are built into images (each has a Dockerfile).
+# The folders of services/ that are built into images (each has a Dockerfile). Every image is
+# built from all of services/, so that each can copy the code they share (services/common).
 SERVICES: Final = ("gateway", "model")
 
 
@@ -36,13 +37,12 @@ class ServiceImage(pulumi.ComponentResource):
         super().__init__("mlstack:image:ServiceImage", name, None, opts)
         import pulumi_docker as docker  # only stacks that build images need the Docker provider
 
-        context = SERVICES_DIR / args.service
         image = docker.Image(
             name,
             image_name=pulumi.Output.concat(args.registry, "/", args.service, ":", args.stack),
             build=docker.DockerBuildArgs(
-                context=str(context),
-                dockerfile=str(context / "Dockerfile"),
+                context=str(SERVICES_DIR),
+                dockerfile=str(SERVICES_DIR / args.service / "Dockerfile"),
                 platform=args.platform,
             ),
             opts=pulumi.ResourceOptions(parent=self),

@@ -53,17 +53,19 @@ R = TypeVar("R")
 @dataclass(frozen=True)
 class ImageSpec:
     name: str
-    context: Path  # holds the Dockerfile
+    context: Path
     base: Rootfs
     # "host" only for a build whose RUN steps reach a package registry (the host's traffic);
     # "none" otherwise.
     network: str
     build_args: tuple[tuple[str, str], ...] = ()
+    # Relative to ``context``; the service images share services/ as their context.
+    dockerfile: str = "Dockerfile"
 
 
 IMAGES: Final = (
-    ImageSpec("gateway", ROOT / "services" / "gateway", PYTHON, "host"),
-    ImageSpec("model", ROOT / "services" / "model", PYTHON, "host"),
+    ImageSpec("gateway", ROOT / "services", PYTHON, "host", dockerfile="gateway/Dockerfile"),
+    ImageSpec("model", ROOT / "services", PYTHON, "host", dockerfile="model/Dockerfile"),
     ImageSpec(
         "database",
         ROOT / "e2e" / "postgres",
@@ -172,6 +174,8 @@ class Images:
             *(part for arg in args for part in ("--build-arg", arg)),
             "--tag",
             local,
+            "--file",
+            str(spec.context / spec.dockerfile),
             str(spec.context),
         )
         (self.workdir / f"build-{spec.name}.log").write_text(output)

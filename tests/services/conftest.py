@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.services.support import (
+    COMMON_SRC,
     GATEWAY_SRC,
     MODEL_SRC,
     ModelProcess,
@@ -20,7 +21,7 @@ from tests.services.support import (
 )
 
 # The services are top-level packages in their own folders (as in their images).
-for src in (MODEL_SRC, GATEWAY_SRC):
+for src in (MODEL_SRC, GATEWAY_SRC, COMMON_SRC):
     if str(src) not in sys.path:
         sys.path.insert(0, str(src))
 

@@ -28,6 +28,8 @@ import asyncpg
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_SRC = ROOT / "services" / "model"
 GATEWAY_SRC = ROOT / "services" / "gateway"
+# The code both services share; on each one's path, as in their images.
+COMMON_SRC = ROOT / "services" / "common"
 API_KEY = "test-key"
 
 
@@ -90,7 +92,7 @@ class ServiceProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.env = {
             **os.environ,
-            "PYTHONPATH": str(src),
+            "PYTHONPATH": os.pathsep.join((str(src), str(COMMON_SRC))),
             "HOST": "127.0.0.1",
             "PORT": str(port),
             **env,

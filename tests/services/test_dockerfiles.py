@@ -90,7 +90,10 @@ def test_entrypoint_runs_the_service_package(service: tuple[str, str]) -> None:
     assert entrypoint == ["python", "-m", package]
     assert (ROOT / "services" / name / package / "__main__.py").is_file()
     copies = [i.arguments.split() for i in instructions(name) if i.keyword == "COPY"]
-    assert [package, f"/opt/mlstack/app/{package}"] in copies
+    # The build context is services/: each image copies its own package and the shared one.
+    assert [f"{name}/{package}", f"/opt/mlstack/app/{package}"] in copies
+    assert ["common/mlstack_common", "/opt/mlstack/app/mlstack_common"] in copies
+    assert (ROOT / "services" / "common" / "mlstack_common" / "__init__.py").is_file()
 
 
 def test_model_image_trains_at_build_time_where_model_dir_points() -> None:
@@ -128,3 +131,5 @@ def test_requirements_are_pinned_exactly(service: str) -> None:
         assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][0-9A-Za-z.\-+]*", requirement), requirement
     runs = " ".join(i.arguments for i in instructions(service) if i.keyword == "RUN")
     assert "-r /opt/mlstack/requirements.txt" in runs
+    copies = [i.arguments.split() for i in instructions(service) if i.keyword == "COPY"]
+    assert [f"{service}/requirements.txt", "/opt/mlstack/requirements.txt"] in copies

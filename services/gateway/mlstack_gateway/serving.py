@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from mlstack_common.http_limits import HttpLimits, limited_protocol
 from starlette.types import ASGIApp
 
 from mlstack_gateway.admission import Admission
 from mlstack_gateway.app import create_app
-from mlstack_gateway.http_limits import HttpLimits, limited_protocol
 from mlstack_gateway.metrics import MetricsEndpoint
 from mlstack_gateway.settings import GatewaySettings
 
