@@ -22,12 +22,21 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.services.hostile import (
+    burst,
+    exchange,
+    memory_mib,
+    pid_of,
+    port_of,
+    raw_request,
+    read_answer,
+    seconds_until_closed,
+)
 from tests.services.support import (
     API_KEY,
     GATEWAY_SRC,
@@ -43,79 +52,7 @@ SETOSA = [5.1, 3.5, 1.4, 0.2]
 # The gateway's pod limit (components/app.py).
 POD_MEMORY_LIMIT_MIB = 256
 IDLE_SOCKETS = 2000
-
-
-@dataclass
-class Raw:
-    """An answer read off a socket: status, lower-cased headers, body."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def error(self) -> str:
-        body = json.loads(self.body)
-        assert set(body) == {"error"}, body
-        message: str = body["error"]
-        return message
-
-
-def read_answer(sock: socket.socket) -> Raw:
-    """One HTTP/1.1 answer, with a Content-Length, from ``sock``."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a whole answer: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {
-        name.strip().lower(): value.strip()
-        for name, _, value in (line.partition(":") for line in lines)
-    }
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return Raw(int(status_line.split()[1]), headers, body)
-
-
-def exchange(port: int, data: bytes, timeout: float = 10.0) -> Raw:
-    """Send ``data`` as it is on a fresh connection and read the answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        return read_answer(sock)
-
-
-def raw_request(
-    method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"", host: str = "x"
-) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *(f"{n}: {v}" for n, v in headers)]
-    if body or method == "POST":
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def memory_mib(pid: int) -> dict[str, float]:
-    """VmHWM (the peak resident set since the process started) and VmRSS, in MiB."""
-    values: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in {"VmHWM", "VmRSS"}:
-            values[name] = int(value.split()[0]) / 1024
-    return values
-
-
-def pid_of(service: ServiceProcess) -> int:
-    assert service.process is not None
-    return service.process.pid
-
-
-def port_of(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
+PREDICT = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
 
 
 @pytest.fixture(scope="module")
@@ -138,28 +75,6 @@ def large_predict_body(size: int = 1_000_000) -> bytes:
     return ('{"instances": [' + ", ".join([row] * 1024) + "]}").encode()
 
 
-async def _post_and_read(port: int, payload: bytes) -> Raw:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        head = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
-        head = head.replace(b"Content-Length: 0", b"Content-Length: %d" % len(payload))
-        writer.write(head + payload)
-        await writer.drain()
-        status_line = await reader.readline()
-        headers: dict[str, str] = {}
-        while (line := await reader.readline()) not in {b"\r\n", b""}:
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        body = await reader.readexactly(int(headers["content-length"]))
-        return Raw(int(status_line.split()[1]), headers, body)
-    finally:
-        writer.close()
-
-
-async def _burst(port: int, payload: bytes, clients: int) -> list[Raw]:
-    return await asyncio.gather(*(_post_and_read(port, payload) for _ in range(clients)))
-
-
 def test_300_concurrent_1mb_predicts_stay_under_the_pod_memory_limit(
     model_server: ServiceProcess, log_dir: Path
 ) -> None:
@@ -167,7 +82,8 @@ def test_300_concurrent_1mb_predicts_stay_under_the_pod_memory_limit(
     try:
         payload = large_predict_body()
         assert 990_000 < len(payload) <= 1024 * 1024
-        answers = asyncio.run(asyncio.wait_for(_burst(port_of(gateway.url), payload, 300), 120))
+        port = port_of(gateway.url)
+        answers = asyncio.run(asyncio.wait_for(burst(port, PREDICT, payload, 300), 120))
         memory = memory_mib(pid_of(gateway))
         print(f"300 concurrent 1 MB predicts: {memory}")
         # Limit 256 MiB; before the bound the peak was 567 MB and 430 MB stayed resident.
@@ -275,21 +191,11 @@ def impatient_gateway(model_server: ServiceProcess, log_dir: Path) -> Iterator[S
     service.stop()
 
 
-def _seconds_until_closed(sock: socket.socket, limit: float = 30.0) -> tuple[float, bytes]:
-    """Seconds until the gateway closes ``sock``, and what it sent before."""
-    started = time.monotonic()
-    sock.settimeout(limit)
-    received = b""
-    while chunk := sock.recv(65536):
-        received += chunk
-    return time.monotonic() - started, received
-
-
 def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
     impatient_gateway: ServiceProcess,
 ) -> None:
     with socket.create_connection(("127.0.0.1", port_of(impatient_gateway.url))) as sock:
-        seconds, received = _seconds_until_closed(sock)
+        seconds, received = seconds_until_closed(sock)
     assert received == b""
     assert 0.8 < seconds < 3.0
 
@@ -299,7 +205,7 @@ def test_half_a_head_gets_408_after_the_header_timeout(
 ) -> None:
     with socket.create_connection(("127.0.0.1", port_of(impatient_gateway.url))) as sock:
         sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nX-API-")
-        seconds, received = _seconds_until_closed(sock)
+        seconds, received = seconds_until_closed(sock)
     assert received.startswith(b"HTTP/1.1 408 ")
     assert b"request headers not received within 1 s" in received
     assert 0.8 < seconds < 3.0
@@ -310,7 +216,7 @@ def test_half_a_body_gets_408_after_the_body_timeout(impatient_gateway: ServiceP
     head = head.replace(b"Content-Length: 0", b"Content-Length: 100")
     with socket.create_connection(("127.0.0.1", port_of(impatient_gateway.url))) as sock:
         sock.sendall(head + b'{"instances": [[5.1, ')
-        seconds, received = _seconds_until_closed(sock)
+        seconds, received = seconds_until_closed(sock)
     assert received.startswith(b"HTTP/1.1 408 ")
     assert b"request body not received within 1 s" in received
     assert 0.8 < seconds < 3.0
@@ -336,7 +242,7 @@ def test_a_trickled_body_is_cut_off_at_the_body_timeout(impatient_gateway: Servi
                 finally:
                     sock.setblocking(True)
         seconds = time.monotonic() - started
-        _, received = _seconds_until_closed(sock)
+        _, received = seconds_until_closed(sock)
     assert received.startswith(b"HTTP/1.1 408 ")
     assert seconds < 3.0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import uvicorn
+from mlstack_common.http_limits import HttpLimits, limited_protocol
 
 from mlstack_model.settings import ModelSettings
 
@@ -15,20 +16,28 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
+    # uvicorn's httptools protocol with a header size limit (431) and read timeouts (408).
+    http = limited_protocol(
+        HttpLimits(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout_seconds,
+            body_timeout=settings.body_timeout_seconds,
+        )
+    )
     uvicorn.run(
         "mlstack_model.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=http,
         lifespan="on",
         access_log=settings.access_log,
         log_level=settings.log_level,
         server_header=False,
         # Longer than the idle timeouts of the clients in front (the gateway's pool, cloud load
         # balancers), so that the client, not the server, closes an idle keep-alive connection.
-        timeout_keep_alive=75,
+        timeout_keep_alive=int(settings.keepalive_timeout_seconds),
         # Kubernetes waits terminationGracePeriodSeconds (30 s by default) after SIGTERM.
         timeout_graceful_shutdown=20,
     )

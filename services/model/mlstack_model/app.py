@@ -21,11 +21,14 @@ from mlstack_model.settings import ModelSettings
 
 # How long in-flight gRPC calls may finish at shutdown, after the REST server has drained.
 GRPC_GRACE_SECONDS = 5.0
+RETRY_AFTER = {"Retry-After": "1"}
 
 
 async def _protocol_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProtocolError)
-    return json_response(protocol.error_body(exc.message), status=exc.kind.http_status)
+    # A server that is busy or still loading may answer the same request a moment later.
+    headers = RETRY_AFTER if exc.kind is ErrorKind.UNAVAILABLE else None
+    return json_response(protocol.error_body(exc.message), exc.kind.http_status, headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

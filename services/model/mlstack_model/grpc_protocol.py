@@ -42,6 +42,7 @@ def parse_infer_request(
     if len(message.inputs) != 1:
         raise invalid(f"'inputs' must hold one tensor (the model's {tensors.INPUT_NAME!r})")
     tensor = message.inputs[0]
+    tensors.check_input_name(tensor.name)
     datatype = tensors.check_datatype(tensor.datatype)
     rows = tensors.check_shape(list(tensor.shape), n_features, max_rows)
     raw = message.raw_input_contents
@@ -69,8 +70,8 @@ def parse_infer_request(
         )
     binary = bool(raw)
     if message.outputs:
-        outputs = tuple(
-            RequestedOutput(tensors.check_output(output.name), binary) for output in message.outputs
+        outputs = tensors.check_outputs(
+            [RequestedOutput(tensors.check_output(out.name), binary) for out in message.outputs]
         )
     else:
         outputs = _DEFAULT_OUTPUTS[binary]

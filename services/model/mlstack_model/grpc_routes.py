@@ -64,11 +64,12 @@ class GrpcRoutes:
 
     async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self.service.resolve(request.model_name, request.model_version)
-        infer_request = grpc_protocol.parse_infer_request(
-            request, model.scorer.n_features, self.service.settings.max_batch_rows
-        )
-        outputs = await self.service.infer(model, infer_request)
-        return grpc_protocol.infer_response(model.name, model.version, infer_request, outputs)
+        with self.service.admission.slot():
+            infer_request = grpc_protocol.parse_infer_request(
+                request, model.scorer.n_features, self.service.settings.max_batch_rows
+            )
+            outputs = await self.service.infer(model, infer_request)
+            return grpc_protocol.infer_response(model.name, model.version, infer_request, outputs)
 
 
 def _answering(handler: Handler) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]:
@@ -114,6 +115,12 @@ class GrpcServer:
             options=[
                 # The same limit as a REST body; larger messages end RESOURCE_EXHAUSTED.
                 ("grpc.max_receive_message_length", settings.max_body_bytes),
+                # An answer is at most one tensor per output for MAX_BATCH_ROWS rows, far below
+                # this; the limit stops anything else from growing one unbounded.
+                ("grpc.max_send_message_length", settings.max_body_bytes),
+                # Calls on one connection; beyond the in-flight bound they would be refused
+                # anyway, so a client is held back by flow control instead.
+                ("grpc.max_concurrent_streams", settings.max_concurrent_requests),
                 # gRPC turns SO_REUSEPORT on by default: a second server on a taken port would
                 # share it silently instead of failing.
                 ("grpc.so_reuseport", 0),

@@ -65,8 +65,8 @@ def parse_infer_request(
         payload = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         # JSON has no NaN or Infinity, and orjson refuses numbers that overflow to infinity,
-        # so non-finite values end here too.
-        raise invalid(f"malformed JSON: {exc}") from None
+        # so non-finite values end here too. Our words and the place, not the parser's text.
+        raise invalid(f"malformed JSON at line {exc.lineno}, column {exc.colno}") from None
     if type(payload) is not dict:
         raise invalid("request body must be a JSON object with 'inputs'")
     request_id = payload.get("id")
@@ -81,6 +81,7 @@ def parse_infer_request(
     tensor = inputs[0]
     if type(tensor.get("name")) is not str:
         raise invalid("input tensor needs a string 'name'")
+    tensors.check_input_name(tensor["name"])
     datatype = tensors.check_datatype(tensor.get("datatype"))
     rows = tensors.check_shape(tensor.get("shape"), n_features, max_rows)
     size = _parameters(tensor, "input").get("binary_data_size")
@@ -121,7 +122,7 @@ def _parse_outputs(raw: object, binary_default: bool) -> tuple[RequestedOutput, 
         name = tensors.check_output(item.get("name") if type(item) is dict else None)
         binary = _flag(_parameters(item, "output"), "binary_data", "output")
         requested.append(RequestedOutput(name, binary_default if binary is None else binary))
-    return tuple(requested)
+    return tensors.check_outputs(requested)
 
 
 def infer_response(

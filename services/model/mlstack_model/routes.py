@@ -22,8 +22,10 @@ _SERVER_METADATA = orjson.dumps(
 )
 
 
-def json_response(body: bytes, status: int = 200) -> Response:
-    return Response(body, status_code=status, media_type=JSON)
+def json_response(
+    body: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(body, status_code=status, headers=headers, media_type=JSON)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -91,6 +93,10 @@ class RestRoutes:
 
     async def infer(self, request: Request) -> Response:
         model = self._resolve(request)
+        with self.service.admission.slot():
+            return await self._infer(request, model)
+
+    async def _infer(self, request: Request, model: LoadedModel) -> Response:
         settings = self.service.settings
         body = await read_body(request, settings.max_body_bytes)
         infer_request = protocol.parse_infer_request(

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from mlstack_model import tensors
+from mlstack_model.admission import Admission
 from mlstack_model.errors import ErrorKind, ProtocolError
 from mlstack_model.loaded_model import LoadedModel
 from mlstack_model.settings import ModelSettings
@@ -24,6 +25,7 @@ class ModelService:
         self.model: LoadedModel | None = None
         # Large batches are scored here so the event loop keeps answering other requests.
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
+        self.admission = Admission(settings.max_concurrent_requests)
 
     @property
     def ready(self) -> bool:

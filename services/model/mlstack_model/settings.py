@@ -26,6 +26,19 @@ def _int_env(env: dict[str, str], name: str, default: int) -> int:
     return value
 
 
+def _float_env(env: dict[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value >= minimum or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     host: str
@@ -41,6 +54,17 @@ class ModelSettings:
     max_body_bytes: int
     # Batches with more rows than this are scored in a worker thread, off the event loop.
     inline_batch_rows: int
+    # Infer requests in flight (REST and gRPC together) beyond which the server answers 503
+    # (gRPC UNAVAILABLE) at once, before reading the body: with max_body_bytes, a memory bound.
+    max_concurrent_requests: int
+    # REST: the request line and headers of one request, in bytes; more is refused with 431.
+    max_header_bytes: int
+    # REST: from a connection's first byte of a request (or its opening) to the end of the headers.
+    header_timeout_seconds: float
+    # REST: from the end of the headers to the end of the body.
+    body_timeout_seconds: float
+    # REST: how long a keep-alive connection may wait, idle, for its next request.
+    keepalive_timeout_seconds: float
     log_level: str
     access_log: bool
 
@@ -57,8 +81,15 @@ class ModelSettings:
             model_version=version,
             model_dir=Path(model_dir) if model_dir else default_model_dir(),
             max_batch_rows=_int_env(env, "MAX_BATCH_ROWS", 4096),
-            max_body_bytes=_int_env(env, "MAX_BODY_BYTES", 8 * 1024 * 1024),
+            # A full batch of MAX_BATCH_ROWS rows in JSON takes well under 1 MiB.
+            max_body_bytes=_int_env(env, "MAX_BODY_BYTES", 2 * 1024 * 1024),
             inline_batch_rows=_int_env(env, "INLINE_BATCH_ROWS", 64),
+            # As many as the gateway's pool to the model (MODEL_POOL_SIZE) opens.
+            max_concurrent_requests=_int_env(env, "MAX_CONCURRENT_REQUESTS", 64),
+            max_header_bytes=_int_env(env, "MAX_HEADER_BYTES", 16 * 1024),
+            header_timeout_seconds=_float_env(env, "HEADER_TIMEOUT_SECONDS", 5.0, 0.1),
+            body_timeout_seconds=_float_env(env, "BODY_TIMEOUT_SECONDS", 10.0, 0.1),
+            keepalive_timeout_seconds=_float_env(env, "KEEPALIVE_TIMEOUT_SECONDS", 75.0, 1.0),
             log_level=env.get("LOG_LEVEL", "info").lower(),
             access_log=env.get("ACCESS_LOG", "").lower() in {"1", "true", "yes"},
         )

@@ -45,6 +45,20 @@ BINARY_FORMAT: dict[str, str] = {
     "UINT32": "I",
     "UINT64": "Q",
 }
+# The values each integer datatype holds; anything outside is refused, not wrapped or clipped.
+INT_RANGES: dict[str, tuple[int, int]] = {
+    name: (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if name[0] == "I" else (0, 2**bits - 1)
+    for name, bits in (
+        ("INT8", 8),
+        ("INT16", 16),
+        ("INT32", 32),
+        ("INT64", 64),
+        ("UINT8", 8),
+        ("UINT16", 16),
+        ("UINT32", 32),
+        ("UINT64", 64),
+    )
+}
 _NUMBER_TYPES = frozenset({int, float})
 # From this size on, numpy decodes binary tensors faster than struct.
 _NUMPY_FROM_BYTES = 4096
@@ -114,11 +128,40 @@ def check_shape(raw: object, n_features: int, max_rows: int) -> int:
     return int(rows)
 
 
+def check_input_name(name: object) -> None:
+    if name != INPUT_NAME:
+        raise invalid(f"unknown input {name!r}; the model takes one input, {INPUT_NAME!r}")
+
+
 def check_output(name: object) -> str:
     if name not in OUTPUT_NAMES:
         raise invalid(f"unknown output {name!r}; the model produces {', '.join(OUTPUT_NAMES)}")
     assert isinstance(name, str)
     return name
+
+
+def check_outputs(requested: Sequence[RequestedOutput]) -> tuple[RequestedOutput, ...]:
+    """The requested outputs, each named once: with the model's outputs named at most once
+    each, an answer holds at most one tensor of each, whatever the request repeats."""
+    names = [output.name for output in requested]
+    if len(set(names)) != len(names):
+        repeated = next(name for name in names if names.count(name) > 1)
+        raise invalid(f"output {repeated!r} is requested more than once")
+    return tuple(requested)
+
+
+def _check_range(values: list[Any], datatype: str) -> None:
+    """Refuse an integer outside ``datatype``'s range, or a float that it rounds to infinity."""
+    if datatype in INT_RANGES:
+        low, high = INT_RANGES[datatype]
+        if values and (min(values) < low or max(values) > high):
+            bad = next(v for v in values if not low <= v <= high)
+            raise invalid(f"input value {bad} is outside the range of {datatype} ({low} to {high})")
+    elif not all(map(math.isfinite, values)):
+        raise invalid(
+            f"input data must hold only finite numbers of {datatype}; "
+            "found NaN or infinity, or a value too large for the datatype"
+        )
 
 
 def _check_count(count: int, rows: int, n_features: int, what: str) -> None:
@@ -155,9 +198,12 @@ def elements_from_json(data: object, datatype: str, rows: int, n_features: int) 
         if any(type(v) is not int for v in flat):
             raise invalid(f"input datatype {datatype} needs integers; use FP64 for real numbers")
     elif datatype == "FP32":
+        # array("f") stores a float beyond FP32's range as infinity, which _check_range refuses.
         flat = array("f", flat).tolist()
     elif datatype == "FP16":
-        flat = np.asarray(flat, dtype=np.float16).astype(np.float64).tolist()
+        with np.errstate(over="ignore"):
+            flat = np.asarray(flat, dtype=np.float16).astype(np.float64).tolist()
+    _check_range(flat, datatype)
     return flat
 
 
@@ -178,7 +224,9 @@ def elements_from_bytes(raw: bytes, datatype: str, rows: int, n_features: int) -
         finite = datatype in INT_TYPES or bool(np.isfinite(array_).all())
         values = array_.astype(np.float64 if datatype in FLOAT_TYPES else array_.dtype).tolist()
     if not finite:
-        raise invalid("input data must hold only finite numbers; found NaN or infinity")
+        raise invalid(
+            f"input data must hold only finite numbers of {datatype}; found NaN or infinity"
+        )
     return values
 
 
@@ -188,6 +236,6 @@ def elements_from_values(
     """The elements of a typed list that already holds the datatype's values (gRPC contents)."""
     _check_count(len(values), rows, n_features, "contents")
     flat = list(values)
-    if datatype in FLOAT_TYPES and not all(map(math.isfinite, flat)):
-        raise invalid("input data must hold only finite numbers; found NaN or infinity")
+    # INT8 and INT16 travel in 32-bit contents, UINT8 and UINT16 in unsigned 32-bit ones.
+    _check_range(flat, datatype)
     return flat

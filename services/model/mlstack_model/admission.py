@@ -1,0 +1,35 @@
+"""The bound on infer requests in flight, one count for REST and gRPC together.
+
+An infer request takes a slot before its body is read (REST) or scored (gRPC); with every slot
+taken it is refused at once, 503 with ``Retry-After`` over REST and UNAVAILABLE over gRPC, so
+memory stays bounded by the requests admitted (each at most MAX_BODY_BYTES) however many clients
+arrive together. Probes and metadata take no slot. Both servers share one event loop, so the
+count needs no lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mlstack_model.errors import ErrorKind, ProtocolError
+
+
+class Admission:
+    def __init__(self, max_in_flight: int) -> None:
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one slot for the ``with`` block, or refuse with UNAVAILABLE if none is free."""
+        if self.in_flight >= self.max_in_flight:
+            raise ProtocolError(
+                ErrorKind.UNAVAILABLE,
+                f"server busy: {self.max_in_flight} requests in flight, retry shortly",
+            )
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1

@@ -1,0 +1,120 @@
+"""Probing a server as a hostile client does: raw HTTP/1.1 on a socket, and the memory a
+process has used, from /proc."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.services.support import ServiceProcess
+
+
+@dataclass
+class Raw:
+    """An answer read off a socket: status, lower-cased headers, body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def error(self) -> str:
+        body = json.loads(self.body)
+        assert set(body) == {"error"}, body
+        message: str = body["error"]
+        return message
+
+
+def read_answer(sock: socket.socket) -> Raw:
+    """One HTTP/1.1 answer, with a Content-Length, from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a whole answer: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines)
+    }
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return Raw(int(status_line.split()[1]), headers, body)
+
+
+def exchange(port: int, data: bytes, timeout: float = 10.0) -> Raw:
+    """Send ``data`` as it is on a fresh connection and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_answer(sock)
+
+
+def raw_request(
+    method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"", host: str = "x"
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *(f"{n}: {v}" for n, v in headers)]
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """VmHWM (the peak resident set since the process started) and VmRSS, in MiB."""
+    values: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in {"VmHWM", "VmRSS"}:
+            values[name] = int(value.split()[0]) / 1024
+    return values
+
+
+def pid_of(service: ServiceProcess) -> int:
+    assert service.process is not None
+    return service.process.pid
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def seconds_until_closed(sock: socket.socket, limit: float = 30.0) -> tuple[float, bytes]:
+    """Seconds until the server closes ``sock``, and what it sent before."""
+    started = time.monotonic()
+    sock.settimeout(limit)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return time.monotonic() - started, received
+
+
+async def post_and_read(port: int, head: bytes, payload: bytes) -> Raw:
+    """POST ``payload`` after ``head`` (from ``raw_request`` with an empty body) on a fresh
+    connection; the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = head.replace(b"Content-Length: 0", b"Content-Length: %d" % len(payload))
+        writer.write(head + payload)
+        await writer.drain()
+        status_line = await reader.readline()
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in {b"\r\n", b""}:
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers["content-length"]))
+        return Raw(int(status_line.split()[1]), headers, body)
+    finally:
+        writer.close()
+
+
+async def burst(port: int, head: bytes, payload: bytes, clients: int) -> list[Raw]:
+    """``clients`` POSTs of ``payload`` at once, one connection each."""
+    return await asyncio.gather(*(post_and_read(port, head, payload) for _ in range(clients)))

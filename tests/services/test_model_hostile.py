@@ -1,0 +1,340 @@
+"""The model server against hostile clients, as a real process, with numbers.
+
+Each test sends what an attacker or a broken client would (an answer amplified by repeated
+outputs, numbers outside their datatype, a burst of large requests, oversized or half-sent
+headers, idle sockets) over REST, the binary extension and gRPC, and asserts the answer and the
+cost: the memory peak from /proc/<pid>/status, the seconds to a refusal. The figures measured
+before and after these limits existed are in bench/results/hardening.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tritonclient.grpc import service_pb2 as pb
+
+from tests.services.hostile import (
+    burst,
+    exchange,
+    memory_mib,
+    pid_of,
+    port_of,
+    raw_request,
+    read_answer,
+    seconds_until_closed,
+)
+from tests.services.support import ModelProcess, request, start_model
+
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+INFER_PATH = "/v2/models/iris/infer"
+# The model's pod limit (components/app.py).
+POD_MEMORY_LIMIT_MIB = 512
+INFER = raw_request("POST", INFER_PATH, [("Content-Type", "application/json")])
+
+
+def infer_body(rows: list[list[Any]], datatype: str = "FP64", **fields: Any) -> dict[str, Any]:
+    tensor = {"name": "input-0", "datatype": datatype, "shape": [len(rows), 4], "data": rows}
+    return {"inputs": [tensor], **fields}
+
+
+def rest_infer(model: ModelProcess, body: dict[str, Any] | bytes, **headers: str) -> Any:
+    return request("POST", model.url + INFER_PATH, body, headers, timeout=60)
+
+
+def grpc_infer(target: str, message: pb.ModelInferRequest) -> grpc.RpcError | None:
+    """The error a ModelInfer call ends with, or None when it succeeds."""
+    with grpc.insecure_channel(target) as channel:
+        rpc = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        try:
+            rpc(message, timeout=30)
+        except grpc.RpcError as exc:
+            return exc
+    return None
+
+
+def grpc_message(datatype: str, field: str, values: list[Any], name: str = "input-0") -> Any:
+    message = pb.ModelInferRequest(model_name="iris")
+    tensor = message.inputs.add(name=name, datatype=datatype, shape=[len(values) // 4, 4])
+    getattr(tensor.contents, field).extend(values)
+    return message
+
+
+@pytest.fixture
+def fresh_model(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
+    """A model server of its own, so that its memory peak is this test's."""
+    service = start_model(model_dir, log_dir)
+    yield service
+    service.stop()
+
+
+# -- outputs: named once each, so an answer is bounded by the batch --------------------------------
+
+
+def test_repeated_outputs_are_refused_before_the_answer_is_built(
+    fresh_model: ModelProcess,
+) -> None:
+    # 2,000 rows and 2,000 outputs: 136 KB that asked for an answer of about 100 MB.
+    rows = [[5.10001, 3.50001, 1.40001, 0.20001], [6.70001, 3.00001, 5.20001, 2.30001]] * 1000
+    outputs = [{"name": "predict_proba"}, {"name": "predict"}] * 1000
+    body = json.dumps(infer_body(rows, outputs=outputs)).encode()
+    assert 100_000 < len(body) < 200_000
+    started = time.monotonic()
+    reply = rest_infer(fresh_model, body)
+    seconds = time.monotonic() - started
+    memory = memory_mib(pid_of(fresh_model))
+    print(f"2,000 outputs over 2,000 rows: {reply.status}, {len(reply.body)} bytes, {memory}")
+    assert reply.status == 400
+    assert reply.json() == {"error": "output 'predict_proba' is requested more than once"}
+    assert len(reply.body) < 1000
+    assert seconds < 5
+    assert memory["VmHWM"] < 256
+
+    message = pb.ModelInferRequest(model_name="iris")
+    message.inputs.add(name="input-0", datatype="FP64", shape=[1, 4]).contents.fp64_contents.extend(
+        SETOSA
+    )
+    for _ in range(2):
+        message.outputs.add(name="predict")
+    error = grpc_infer(fresh_model.grpc_target, message)
+    assert error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "output 'predict' is requested more than once"
+
+
+def test_the_largest_answer_is_bounded_by_the_batch_limit(model_server: ModelProcess) -> None:
+    # Every output once, for the most rows a request may carry (MAX_BATCH_ROWS).
+    rows = [SETOSA] * 4096
+    outputs = [{"name": "predict"}, {"name": "predict_proba"}]
+    reply = rest_infer(model_server, infer_body(rows, outputs=outputs))
+    assert reply.status == 200
+    print(f"largest answer: {len(reply.body)} bytes")
+    assert len(reply.body) < 1024 * 1024
+
+
+# -- datatypes: every value within its type, on every path ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value", "message"),
+    [
+        ("INT8", 1000, "input value 1000 is outside the range of INT8 (-128 to 127)"),
+        ("INT8", -129, "input value -129 is outside the range of INT8 (-128 to 127)"),
+        ("UINT8", -1, "input value -1 is outside the range of UINT8 (0 to 255)"),
+        ("INT16", 40_000, "outside the range of INT16"),
+        ("UINT16", 70_000, "outside the range of UINT16"),
+        ("INT32", 2**31, "outside the range of INT32"),
+        ("UINT32", -5, "outside the range of UINT32"),
+        ("UINT64", -1, "outside the range of UINT64"),
+        ("INT64", 2**63, "outside the range of INT64"),
+        ("FP32", 1e39, "found NaN or infinity, or a value too large for the datatype"),
+        ("FP16", 70_000.0, "found NaN or infinity, or a value too large for the datatype"),
+    ],
+)
+def test_rest_refuses_values_outside_their_datatype(
+    model_server: ModelProcess, datatype: str, value: float, message: str
+) -> None:
+    reply = rest_infer(model_server, infer_body([[value, 1, 1, 1]], datatype))
+    assert reply.status == 400, reply.body
+    assert message in reply.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "field", "value"),
+    [
+        ("INT8", "int_contents", 1000),
+        ("INT16", "int_contents", -40_000),
+        ("UINT8", "uint_contents", 256),
+        ("UINT16", "uint_contents", 70_000),
+        ("FP32", "fp32_contents", float("inf")),
+    ],
+)
+def test_grpc_refuses_values_outside_their_datatype(
+    model_server: ModelProcess, datatype: str, field: str, value: float
+) -> None:
+    error = grpc_infer(model_server.grpc_target, grpc_message(datatype, field, [value, 1, 1, 1]))
+    assert error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert datatype in (error.details() or "")
+
+
+def test_binary_fp32_infinity_is_refused(model_server: ModelProcess) -> None:
+    data = struct.pack("<4f", float("inf"), 1, 1, 1)
+    tensor = {
+        "name": "input-0",
+        "datatype": "FP32",
+        "shape": [1, 4],
+        "parameters": {"binary_data_size": len(data)},
+    }
+    header = json.dumps({"inputs": [tensor]}).encode()
+    reply = request(
+        "POST",
+        model_server.url + INFER_PATH,
+        header + data,
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert reply.status == 400
+    assert "finite numbers of FP32" in reply.json()["error"]
+
+
+def test_an_unknown_input_name_is_refused(model_server: ModelProcess) -> None:
+    body = infer_body([SETOSA])
+    body["inputs"][0]["name"] = "sepal"
+    reply = rest_infer(model_server, body)
+    assert reply.status == 400
+    assert reply.json() == {"error": "unknown input 'sepal'; the model takes one input, 'input-0'"}
+    message = grpc_message("FP64", "fp64_contents", SETOSA, name="sepal")
+    error = grpc_infer(model_server.grpc_target, message)
+    assert error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_errors_carry_our_words_not_the_parsers(model_server: ModelProcess) -> None:
+    reply = rest_infer(model_server, b'{"inputs": [}')
+    assert reply.status == 400
+    assert reply.json() == {"error": "malformed JSON at line 1, column 13"}
+
+
+# -- a burst of large requests: a bounded number admitted, the rest 503 at once -----------------
+
+
+def large_infer_body(size: int = 1_000_000) -> bytes:
+    """A valid infer of 1,000 rows whose numbers are written with enough digits to weigh
+    ``size`` bytes: every byte is parsed, none is padding."""
+    digits = size // 4000 - 6
+    number = "5." + "1" * digits
+    row = "[" + ", ".join([number] * 4) + "]"
+    tensor = '{"name": "input-0", "datatype": "FP64", "shape": [1000, 4], "data": ['
+    body = '{"inputs": [' + tensor + ", ".join([row] * 1000) + "]}]}"
+    return body.encode()
+
+
+def test_300_concurrent_2mb_infers_stay_under_the_pod_memory_limit(
+    fresh_model: ModelProcess,
+) -> None:
+    # Each just within MAX_BODY_BYTES (2 MiB).
+    payload = large_infer_body(2_000_000)
+    assert 1_900_000 < len(payload) <= 2 * 1024 * 1024
+    port = port_of(fresh_model.url)
+    answers = asyncio.run(asyncio.wait_for(burst(port, INFER, payload, 300), 180))
+    memory = memory_mib(pid_of(fresh_model))
+    statuses = [answer.status for answer in answers]
+    print(f"300 concurrent 2 MB infers: {statuses.count(200)} answered, {memory}")
+    assert memory["VmHWM"] < POD_MEMORY_LIMIT_MIB * 0.875
+    assert set(statuses) <= {200, 503}, statuses
+    assert 0 < statuses.count(200) < 300
+    for answer in answers:
+        if answer.status == 503:
+            assert answer.headers["retry-after"] == "1"
+            assert "server busy" in answer.error()
+    assert rest_infer(fresh_model, infer_body([SETOSA])).status == 200
+
+
+def test_a_full_server_sheds_rest_and_grpc_at_once_and_still_answers_probes(
+    model_dir: Path, log_dir: Path
+) -> None:
+    model = start_model(model_dir, log_dir, MAX_CONCURRENT_REQUESTS="1")
+    try:
+        # A request whose body never comes holds the one slot (until the body timeout).
+        with socket.create_connection(("127.0.0.1", port_of(model.url))) as holder:
+            holder.sendall(INFER.replace(b"Content-Length: 0", b"Content-Length: 100"))
+            time.sleep(0.3)
+            started = time.monotonic()
+            reply = rest_infer(model, infer_body([SETOSA]))
+            seconds = time.monotonic() - started
+            assert reply.status == 503
+            assert reply.headers["retry-after"] == "1"
+            assert reply.json() == {"error": "server busy: 1 requests in flight, retry shortly"}
+            assert seconds < 0.5
+            error = grpc_infer(model.grpc_target, grpc_message("FP64", "fp64_contents", SETOSA))
+            assert error is not None
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert error.details() == "server busy: 1 requests in flight, retry shortly"
+            assert request("GET", model.url + "/v2/health/ready").status == 200
+            assert request("GET", model.url + "/v2/models/iris").status == 200
+        # The slot is given back when its client goes.
+        deadline = time.monotonic() + 5
+        while rest_infer(model, infer_body([SETOSA])).status != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert grpc_infer(model.grpc_target, grpc_message("FP64", "fp64_contents", SETOSA)) is None
+    finally:
+        model.stop()
+
+
+# -- header size and read timeouts on REST ----------------------------------------------------
+
+
+def test_headers_over_the_limit_get_431(model_server: ModelProcess) -> None:
+    port = port_of(model_server.url)
+    big = raw_request("GET", "/v2/health/live", [("X-Padding", "a" * 20_000)])
+    answer = exchange(port, big)
+    assert answer.status == 431
+    assert "request headers too large" in answer.error()
+    ok = raw_request("GET", "/v2/health/live", [("X-Padding", "a" * 8000)])
+    assert exchange(port, ok).status == 200
+
+
+def test_a_64_mb_header_is_refused_without_being_held(fresh_model: ModelProcess) -> None:
+    port = port_of(fresh_model.url)
+    before = memory_mib(pid_of(fresh_model))["VmRSS"]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        chunk = b"a" * (1 << 20)
+        try:
+            for _ in range(64):
+                sock.sendall(chunk)
+        except OSError:
+            pass  # the server may close before it has all 64 MB
+        answer = read_answer(sock)
+    grown = memory_mib(pid_of(fresh_model))["VmRSS"] - before
+    print(f"64 MB header: {answer.status}, RSS grew {grown:.1f} MiB")
+    assert answer.status == 431
+    assert grown < 16
+
+
+@pytest.fixture(scope="module")
+def impatient_model(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
+    """Short read timeouts, so that the tests wait one second instead of the defaults."""
+    service = start_model(model_dir, log_dir, HEADER_TIMEOUT_SECONDS="1", BODY_TIMEOUT_SECONDS="1")
+    yield service
+    service.stop()
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
+    impatient_model: ModelProcess,
+) -> None:
+    with socket.create_connection(("127.0.0.1", port_of(impatient_model.url))) as sock:
+        seconds, received = seconds_until_closed(sock)
+    assert received == b""
+    assert 0.8 < seconds < 3.0
+
+
+def test_half_a_head_gets_408_after_the_header_timeout(impatient_model: ModelProcess) -> None:
+    with socket.create_connection(("127.0.0.1", port_of(impatient_model.url))) as sock:
+        sock.sendall(b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-")
+        seconds, received = seconds_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert b"request headers not received within 1 s" in received
+    assert 0.8 < seconds < 3.0
+
+
+def test_half_a_body_gets_408_after_the_body_timeout(impatient_model: ModelProcess) -> None:
+    with socket.create_connection(("127.0.0.1", port_of(impatient_model.url))) as sock:
+        sock.sendall(INFER.replace(b"Content-Length: 0", b"Content-Length: 100") + b'{"inp')
+        seconds, received = seconds_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert b"request body not received within 1 s" in received
+    assert 0.8 < seconds < 3.0
