@@ -4,6 +4,7 @@ process has used, from /proc."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -118,3 +119,35 @@ async def post_and_read(port: int, head: bytes, payload: bytes) -> Raw:
 async def burst(port: int, head: bytes, payload: bytes, clients: int) -> list[Raw]:
     """``clients`` POSTs of ``payload`` at once, one connection each."""
     return await asyncio.gather(*(post_and_read(port, head, payload) for _ in range(clients)))
+
+
+def send_64_mb_header(port: int, path: str) -> Raw:
+    """A GET of ``path`` whose one header is 64 MB long, sent in 1 MB writes; the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: ".encode())
+        chunk = b"a" * (1 << 20)
+        with contextlib.suppress(OSError):  # the server may close before it has all 64 MB
+            for _ in range(64):
+                sock.sendall(chunk)
+        return read_answer(sock)
+
+
+def send_and_wait_for_close(port: int, data: bytes) -> tuple[float, bytes]:
+    """Send ``data`` (part of a request, or nothing) and wait: the seconds until the server
+    closes the connection, and what it sent before."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        if data:
+            sock.sendall(data)
+        return seconds_until_closed(sock)
+
+
+def burst_statuses(port: int, head: bytes, payload: bytes, clients: int) -> list[int]:
+    """The statuses of ``clients`` POSTs of ``payload`` at once, each checked to be a 200 or a
+    503 that says the server is busy and when to retry."""
+    answers = asyncio.run(asyncio.wait_for(burst(port, head, payload, clients), 180))
+    for answer in answers:
+        assert answer.status in {200, 503}, answer
+        if answer.status == 503:
+            assert answer.headers["retry-after"] == "1"
+            assert "server busy" in answer.error()
+    return [answer.status for answer in answers]

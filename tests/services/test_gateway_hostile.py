@@ -9,7 +9,6 @@ and after these limits existed are in bench/results/hardening.md.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import json
@@ -18,7 +17,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,14 +26,12 @@ from typing import Any
 import pytest
 
 from tests.services.hostile import (
-    burst,
+    burst_statuses,
     exchange,
     memory_mib,
     pid_of,
     port_of,
     raw_request,
-    read_answer,
-    seconds_until_closed,
 )
 from tests.services.support import (
     API_KEY,
@@ -83,19 +79,13 @@ def test_300_concurrent_1mb_predicts_stay_under_the_pod_memory_limit(
         payload = large_predict_body()
         assert 990_000 < len(payload) <= 1024 * 1024
         port = port_of(gateway.url)
-        answers = asyncio.run(asyncio.wait_for(burst(port, PREDICT, payload, 300), 120))
+        statuses = burst_statuses(port, PREDICT, payload, 300)
         memory = memory_mib(pid_of(gateway))
         print(f"300 concurrent 1 MB predicts: {memory}")
         # Limit 256 MiB; before the bound the peak was 567 MB and 430 MB stayed resident.
         assert memory["VmHWM"] < POD_MEMORY_LIMIT_MIB * 0.875
-        statuses = [answer.status for answer in answers]
-        assert set(statuses) <= {200, 503}, statuses
         # Some admitted, the rest shed: the bound was reached and answered for.
         assert 0 < statuses.count(200) < 300
-        for answer in answers:
-            if answer.status == 503:
-                assert answer.headers["retry-after"] == "1"
-                assert "server busy" in answer.error()
         assert predict(gateway.url, [SETOSA]).status == 200
     finally:
         gateway.stop()
@@ -131,120 +121,7 @@ def test_a_full_gateway_sheds_at_once_and_still_answers_probes(log_dir: Path) ->
             gateway.stop()
 
 
-# -- headers: a size limit -----------------------------------------------------------------------
-
-
-def test_headers_over_the_limit_get_431(gateway: ServiceProcess) -> None:
-    port = port_of(gateway.url)
-    big = raw_request("GET", "/healthz", [("X-Padding", "a" * 20_000)])
-    answer = exchange(port, big)
-    assert answer.status == 431
-    assert "request headers too large" in answer.error()
-    many = raw_request("GET", "/healthz", [(f"X-Padding-{i}", "a" * 100) for i in range(200)])
-    assert exchange(port, many).status == 431
-    assert exchange(port, raw_request("GET", "/healthz", [("X-Padding", "a" * 8000)])).status == 200
-
-
-def test_a_64_mb_header_is_refused_without_being_held(gateway: ServiceProcess) -> None:
-    port = port_of(gateway.url)
-    before = memory_mib(pid_of(gateway))["VmRSS"]
-    meanwhile: list[float] = []
-
-    def probe() -> None:
-        for _ in range(5):
-            started = time.monotonic()
-            assert request("GET", gateway.url + "/healthz").status == 200
-            meanwhile.append(time.monotonic() - started)
-
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
-        prober = threading.Thread(target=probe)
-        prober.start()
-        chunk = b"a" * (1 << 20)
-        sent = 0
-        with contextlib.suppress(OSError):  # the gateway may close before it has all 64 MB
-            for _ in range(64):
-                sock.sendall(chunk)
-                sent += len(chunk)
-        answer = read_answer(sock)
-        prober.join()
-    grown = memory_mib(pid_of(gateway))["VmRSS"] - before
-    print(
-        f"64 MB header: {answer.status} after {sent >> 20} MB sent, RSS grew {grown:.1f} MiB, "
-        f"slowest /healthz meanwhile {max(meanwhile):.3f} s"
-    )
-    assert grown < 16
-    assert answer.status == 431
-    assert max(meanwhile) < 1.0
-
-
-# -- read timeouts -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def impatient_gateway(model_server: ServiceProcess, log_dir: Path) -> Iterator[ServiceProcess]:
-    """Short read timeouts, so that the tests wait one second instead of the defaults."""
-    service = start_gateway(
-        model_server.url, log_dir, HEADER_TIMEOUT_SECONDS="1", BODY_TIMEOUT_SECONDS="1"
-    )
-    yield service
-    service.stop()
-
-
-def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
-    impatient_gateway: ServiceProcess,
-) -> None:
-    with socket.create_connection(("127.0.0.1", port_of(impatient_gateway.url))) as sock:
-        seconds, received = seconds_until_closed(sock)
-    assert received == b""
-    assert 0.8 < seconds < 3.0
-
-
-def test_half_a_head_gets_408_after_the_header_timeout(
-    impatient_gateway: ServiceProcess,
-) -> None:
-    with socket.create_connection(("127.0.0.1", port_of(impatient_gateway.url))) as sock:
-        sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nX-API-")
-        seconds, received = seconds_until_closed(sock)
-    assert received.startswith(b"HTTP/1.1 408 ")
-    assert b"request headers not received within 1 s" in received
-    assert 0.8 < seconds < 3.0
-
-
-def test_half_a_body_gets_408_after_the_body_timeout(impatient_gateway: ServiceProcess) -> None:
-    head = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
-    head = head.replace(b"Content-Length: 0", b"Content-Length: 100")
-    with socket.create_connection(("127.0.0.1", port_of(impatient_gateway.url))) as sock:
-        sock.sendall(head + b'{"instances": [[5.1, ')
-        seconds, received = seconds_until_closed(sock)
-    assert received.startswith(b"HTTP/1.1 408 ")
-    assert b"request body not received within 1 s" in received
-    assert 0.8 < seconds < 3.0
-
-
-def test_a_trickled_body_is_cut_off_at_the_body_timeout(impatient_gateway: ServiceProcess) -> None:
-    # One byte every 0.2 s: each read is quick, the whole body is not.
-    head = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
-    head = head.replace(b"Content-Length: 0", b"Content-Length: 1000")
-    with socket.create_connection(("127.0.0.1", port_of(impatient_gateway.url))) as sock:
-        sock.sendall(head)
-        started = time.monotonic()
-        with contextlib.suppress(OSError):
-            for _ in range(50):
-                sock.sendall(b" ")
-                time.sleep(0.2)
-                sock.setblocking(False)
-                try:
-                    if sock.recv(1, socket.MSG_PEEK):
-                        break
-                except BlockingIOError:
-                    pass
-                finally:
-                    sock.setblocking(True)
-        seconds = time.monotonic() - started
-        _, received = seconds_until_closed(sock)
-    assert received.startswith(b"HTTP/1.1 408 ")
-    assert seconds < 3.0
+# -- idle sockets (the header size limit and read timeouts: test_http_limits.py) ---------------
 
 
 @pytest.fixture

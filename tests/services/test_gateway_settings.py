@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mlstack_gateway.settings import GatewaySettings, SettingsError
+from mlstack_common.env import SettingsError
+from mlstack_gateway.settings import GatewaySettings
 
 
 def test_secrets_are_read_from_the_files_kubernetes_mounts(tmp_path: Path) -> None:
@@ -44,9 +45,9 @@ def test_the_limits_have_documented_defaults() -> None:
     assert settings.metrics_port == 9090
     assert settings.tls_files is None
     assert settings.max_concurrent_requests == 64
-    assert settings.max_header_bytes == 16 * 1024
-    assert settings.header_timeout_seconds == 5.0
-    assert settings.body_timeout_seconds == 10.0
+    assert settings.http_limits.max_header_bytes == 16 * 1024
+    assert settings.http_limits.header_timeout == 5.0
+    assert settings.http_limits.body_timeout == 10.0
     assert settings.keepalive_timeout_seconds == 75.0
     # With the breaker, what keeps a hung model's 503 within a second.
     assert settings.model_timeout_seconds == 0.5

@@ -34,6 +34,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from mlstack_common.env import env_integer, env_number
+
 
 def _ignore(reason: str) -> None:
     pass
@@ -51,6 +53,18 @@ class HttpLimits:
     # Told the reason of every refusal (header_too_large, header_timeout, body_timeout,
     # malformed).
     on_refusal: Callable[[str], None] = _ignore
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> HttpLimits:
+        """MAX_HEADER_BYTES, HEADER_TIMEOUT_SECONDS and BODY_TIMEOUT_SECONDS, or their defaults."""
+        return cls(
+            # The request line and headers of one request, in bytes.
+            max_header_bytes=env_integer(env, "MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
+            # From a connection's first byte of a request (or its opening) to the headers' end.
+            header_timeout=env_number(env, "HEADER_TIMEOUT_SECONDS", 5.0, 0.1),
+            # From the end of the headers to the end of the body.
+            body_timeout=env_number(env, "BODY_TIMEOUT_SECONDS", 10.0, 0.1),
+        )
 
 
 class LimitedHttpProtocol(HttpToolsProtocol):

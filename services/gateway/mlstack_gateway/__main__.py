@@ -7,9 +7,10 @@ import logging
 import sys
 
 import uvloop
+from mlstack_common.env import SettingsError
 
 from mlstack_gateway.serving import serve
-from mlstack_gateway.settings import GatewaySettings, SettingsError
+from mlstack_gateway.settings import GatewaySettings
 
 
 def main() -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
-from mlstack_common.http_limits import HttpLimits, limited_protocol
+from mlstack_common.http_limits import limited_protocol
 from starlette.types import ASGIApp
 
 from mlstack_gateway.admission import Admission
@@ -90,10 +91,8 @@ async def serve(settings: GatewaySettings) -> int:
     admission = Admission(gateway, settings.max_concurrent_requests, gateway.metrics)
     refused = gateway.metrics.refused_connections
     http = limited_protocol(
-        HttpLimits(
-            max_header_bytes=settings.max_header_bytes,
-            header_timeout=settings.header_timeout_seconds,
-            body_timeout=settings.body_timeout_seconds,
+        dataclasses.replace(
+            settings.http_limits,
             on_refusal=lambda reason: refused.labels(reason=reason).inc(),
         )
     )

@@ -2,44 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import os
 import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class SettingsError(ValueError):
-    pass
-
-
-def _number(env: dict[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise SettingsError(f"{name} must be a finite number, got {raw!r}")
-    if value < minimum:
-        raise SettingsError(f"{name} must be >= {minimum}, got {raw}")
-    return value
-
-
-def _integer(env: dict[str, str], name: str, default: int, minimum: int = 1) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
-    return value
+from mlstack_common.env import SettingsError, env_integer, env_number
+from mlstack_common.http_limits import HttpLimits
 
 
 def _secret(env: dict[str, str], name: str) -> str:
@@ -106,12 +76,8 @@ class GatewaySettings:
     history_max_limit: int
     # Requests in flight (probes aside) beyond which the gateway answers 503 at once.
     max_concurrent_requests: int
-    # The request line and headers of one request, in bytes; more is refused with 431.
-    max_header_bytes: int
-    # From a connection's first byte of a request (or its opening) to the end of the headers.
-    header_timeout_seconds: float
-    # From the end of the headers to the end of the body.
-    body_timeout_seconds: float
+    # The header size limit (431) and the header and body read timeouts (408).
+    http_limits: HttpLimits
     # How long a keep-alive connection may wait, idle, for its next request.
     keepalive_timeout_seconds: float
     # After SIGTERM: how long in-flight requests may take to finish.
@@ -141,8 +107,8 @@ class GatewaySettings:
         ):
             raise SettingsError("DATABASE_URL must be a postgresql:// URL (unset it for SQLite)")
         data_dir = env.get("DATA_DIR", "").strip()
-        port = _integer(env, "PORT", 8080)
-        metrics_port = _integer(env, "METRICS_PORT", 9090)
+        port = env_integer(env, "PORT", 8080)
+        metrics_port = env_integer(env, "METRICS_PORT", 9090)
         if metrics_port == port:
             raise SettingsError(
                 f"METRICS_PORT must differ from PORT ({port}): /metrics has a port of its own"
@@ -158,23 +124,23 @@ class GatewaySettings:
             database_url=database_url,
             # /tmp is the writable emptyDir in Kubernetes and exists on every laptop.
             data_dir=Path(data_dir) if data_dir else Path(tempfile.gettempdir()) / "mlstack",
-            max_batch_rows=_integer(env, "MAX_BATCH_ROWS", 1024),
-            max_body_bytes=_integer(env, "MAX_BODY_BYTES", 1024 * 1024),
-            model_timeout_seconds=_number(env, "MODEL_TIMEOUT_SECONDS", 0.5, 0.01),
-            model_connect_timeout_seconds=_number(env, "MODEL_CONNECT_TIMEOUT_SECONDS", 0.5, 0.01),
-            model_retries=_integer(env, "MODEL_RETRIES", 2, minimum=0),
-            model_pool_size=_integer(env, "MODEL_POOL_SIZE", 64),
-            breaker_failure_threshold=_integer(env, "BREAKER_FAILURE_THRESHOLD", 5),
-            breaker_reset_seconds=_number(env, "BREAKER_RESET_SECONDS", 1.0, 0.01),
-            db_pool_size=_integer(env, "DB_POOL_SIZE", 4),
-            db_write_timeout_seconds=_number(env, "DB_WRITE_TIMEOUT_SECONDS", 5.0, 0.1),
-            history_max_limit=_integer(env, "HISTORY_MAX_LIMIT", 1000),
-            max_concurrent_requests=_integer(env, "MAX_CONCURRENT_REQUESTS", 64),
-            max_header_bytes=_integer(env, "MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
-            header_timeout_seconds=_number(env, "HEADER_TIMEOUT_SECONDS", 5.0, 0.1),
-            body_timeout_seconds=_number(env, "BODY_TIMEOUT_SECONDS", 10.0, 0.1),
-            keepalive_timeout_seconds=_number(env, "KEEPALIVE_TIMEOUT_SECONDS", 75.0, 1.0),
-            shutdown_timeout_seconds=_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 20.0, 0.0),
+            max_batch_rows=env_integer(env, "MAX_BATCH_ROWS", 1024),
+            max_body_bytes=env_integer(env, "MAX_BODY_BYTES", 1024 * 1024),
+            model_timeout_seconds=env_number(env, "MODEL_TIMEOUT_SECONDS", 0.5, 0.01),
+            model_connect_timeout_seconds=env_number(
+                env, "MODEL_CONNECT_TIMEOUT_SECONDS", 0.5, 0.01
+            ),
+            model_retries=env_integer(env, "MODEL_RETRIES", 2, minimum=0),
+            model_pool_size=env_integer(env, "MODEL_POOL_SIZE", 64),
+            breaker_failure_threshold=env_integer(env, "BREAKER_FAILURE_THRESHOLD", 5),
+            breaker_reset_seconds=env_number(env, "BREAKER_RESET_SECONDS", 1.0, 0.01),
+            db_pool_size=env_integer(env, "DB_POOL_SIZE", 4),
+            db_write_timeout_seconds=env_number(env, "DB_WRITE_TIMEOUT_SECONDS", 5.0, 0.1),
+            history_max_limit=env_integer(env, "HISTORY_MAX_LIMIT", 1000),
+            max_concurrent_requests=env_integer(env, "MAX_CONCURRENT_REQUESTS", 64),
+            http_limits=HttpLimits.from_env(env),
+            keepalive_timeout_seconds=env_number(env, "KEEPALIVE_TIMEOUT_SECONDS", 75.0, 1.0),
+            shutdown_timeout_seconds=env_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 20.0, 0.0),
             log_level=env.get("LOG_LEVEL", "info").lower(),
             access_log=env.get("ACCESS_LOG", "").lower() in {"1", "true", "yes"},
         )

@@ -4,26 +4,26 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import uvicorn
-from mlstack_common.http_limits import HttpLimits, limited_protocol
+from mlstack_common.env import SettingsError
+from mlstack_common.http_limits import limited_protocol
 
 from mlstack_model.settings import ModelSettings
 
 
-def main() -> None:
-    settings = ModelSettings.from_env()
+def main() -> int:
+    try:
+        settings = ModelSettings.from_env()
+    except SettingsError as exc:
+        print(f"mlstack model: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
     # uvicorn's httptools protocol with a header size limit (431) and read timeouts (408).
-    http = limited_protocol(
-        HttpLimits(
-            max_header_bytes=settings.max_header_bytes,
-            header_timeout=settings.header_timeout_seconds,
-            body_timeout=settings.body_timeout_seconds,
-        )
-    )
+    http = limited_protocol(settings.http_limits)
     uvicorn.run(
         "mlstack_model.app:create_app",
         factory=True,
@@ -41,7 +41,8 @@ def main() -> None:
         # Kubernetes waits terminationGracePeriodSeconds (30 s by default) after SIGTERM.
         timeout_graceful_shutdown=20,
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,37 +6,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlstack_common.env import env_integer, env_number
+from mlstack_common.http_limits import HttpLimits
+
 
 def default_model_dir() -> Path:
     """Where locally trained artifacts are cached (the image sets MODEL_DIR instead)."""
     cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache_home) / "mlstack" / "models"
-
-
-def _int_env(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
-def _float_env(env: dict[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not value >= minimum or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -57,12 +34,8 @@ class ModelSettings:
     # Infer requests in flight (REST and gRPC together) beyond which the server answers 503
     # (gRPC UNAVAILABLE) at once, before reading the body: with max_body_bytes, a memory bound.
     max_concurrent_requests: int
-    # REST: the request line and headers of one request, in bytes; more is refused with 431.
-    max_header_bytes: int
-    # REST: from a connection's first byte of a request (or its opening) to the end of the headers.
-    header_timeout_seconds: float
-    # REST: from the end of the headers to the end of the body.
-    body_timeout_seconds: float
+    # REST: the header size limit (431) and the header and body read timeouts (408).
+    http_limits: HttpLimits
     # REST: how long a keep-alive connection may wait, idle, for its next request.
     keepalive_timeout_seconds: float
     log_level: str
@@ -75,21 +48,19 @@ class ModelSettings:
         model_dir = env.get("MODEL_DIR", "").strip()
         return cls(
             host=env.get("HOST", "0.0.0.0"),
-            port=_int_env(env, "PORT", 8080),
-            grpc_port=_int_env(env, "GRPC_PORT", 8081),
+            port=env_integer(env, "PORT", 8080),
+            grpc_port=env_integer(env, "GRPC_PORT", 8081),
             model_name=env.get("MODEL_NAME", "").strip() or "iris",
             model_version=version,
             model_dir=Path(model_dir) if model_dir else default_model_dir(),
-            max_batch_rows=_int_env(env, "MAX_BATCH_ROWS", 4096),
+            max_batch_rows=env_integer(env, "MAX_BATCH_ROWS", 4096),
             # A full batch of MAX_BATCH_ROWS rows in JSON takes well under 1 MiB.
-            max_body_bytes=_int_env(env, "MAX_BODY_BYTES", 2 * 1024 * 1024),
-            inline_batch_rows=_int_env(env, "INLINE_BATCH_ROWS", 64),
+            max_body_bytes=env_integer(env, "MAX_BODY_BYTES", 2 * 1024 * 1024),
+            inline_batch_rows=env_integer(env, "INLINE_BATCH_ROWS", 64),
             # As many as the gateway's pool to the model (MODEL_POOL_SIZE) opens.
-            max_concurrent_requests=_int_env(env, "MAX_CONCURRENT_REQUESTS", 64),
-            max_header_bytes=_int_env(env, "MAX_HEADER_BYTES", 16 * 1024),
-            header_timeout_seconds=_float_env(env, "HEADER_TIMEOUT_SECONDS", 5.0, 0.1),
-            body_timeout_seconds=_float_env(env, "BODY_TIMEOUT_SECONDS", 10.0, 0.1),
-            keepalive_timeout_seconds=_float_env(env, "KEEPALIVE_TIMEOUT_SECONDS", 75.0, 1.0),
+            max_concurrent_requests=env_integer(env, "MAX_CONCURRENT_REQUESTS", 64),
+            http_limits=HttpLimits.from_env(env),
+            keepalive_timeout_seconds=env_number(env, "KEEPALIVE_TIMEOUT_SECONDS", 75.0, 1.0),
             log_level=env.get("LOG_LEVEL", "info").lower(),
             access_log=env.get("ACCESS_LOG", "").lower() in {"1", "true", "yes"},
         )

@@ -1,0 +1,176 @@
+"""The HTTP limits both servers share (services/common: mlstack_common.http_limits), probed on
+each as a real process: a header size limit (431), and header and body read timeouts (408, or a
+close when nothing came). The figures are in bench/results/hardening.md."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.services.hostile import (
+    exchange,
+    memory_mib,
+    pid_of,
+    port_of,
+    raw_request,
+    seconds_until_closed,
+    send_64_mb_header,
+    send_and_wait_for_close,
+)
+from tests.services.support import (
+    API_KEY,
+    ModelProcess,
+    ServiceProcess,
+    request,
+    start_gateway,
+    start_model,
+)
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running server, a cheap GET it answers 200, and the head of a POST it reads a body for
+    (from ``raw_request``, with ``Content-Length: 0`` to replace)."""
+
+    process: ServiceProcess
+    probe_path: str
+    post: bytes
+
+    @property
+    def port(self) -> int:
+        return port_of(self.process.url)
+
+
+def _gateway(model: ModelProcess, log_dir: Path, **env: str) -> Server:
+    post = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
+    return Server(start_gateway(model.url, log_dir, True, **env), "/healthz", post)
+
+
+def _model(model_dir: Path, log_dir: Path, **env: str) -> Server:
+    post = raw_request("POST", "/v2/models/iris/infer", [("Content-Type", "application/json")])
+    return Server(start_model(model_dir, log_dir, None, **env), "/v2/health/live", post)
+
+
+def _serve(
+    request: pytest.FixtureRequest, model_dir: Path, log_dir: Path, **env: str
+) -> Iterator[Server]:
+    if request.param == "gateway":
+        model_server: ModelProcess = request.getfixturevalue("model_server")
+        server = _gateway(model_server, log_dir, **env)
+    else:
+        server = _model(model_dir, log_dir, **env)
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="module", params=["gateway", "model"])
+def server(request: pytest.FixtureRequest, model_dir: Path, log_dir: Path) -> Iterator[Server]:
+    """Each server with its defaults."""
+    yield from _serve(request, model_dir, log_dir)
+
+
+@pytest.fixture(scope="module", params=["gateway", "model"])
+def impatient(request: pytest.FixtureRequest, model_dir: Path, log_dir: Path) -> Iterator[Server]:
+    """Each server with one-second read timeouts, so that the tests wait one second instead of
+    the defaults."""
+    yield from _serve(
+        request, model_dir, log_dir, HEADER_TIMEOUT_SECONDS="1", BODY_TIMEOUT_SECONDS="1"
+    )
+
+
+# -- headers: a size limit -----------------------------------------------------------------------
+
+
+def test_headers_over_the_limit_get_431(server: Server) -> None:
+    path = server.probe_path
+    answer = exchange(server.port, raw_request("GET", path, [("X-Padding", "a" * 20_000)]))
+    assert answer.status == 431
+    assert "request headers too large" in answer.error()
+    many = raw_request("GET", path, [(f"X-Padding-{i}", "a" * 100) for i in range(200)])
+    assert exchange(server.port, many).status == 431
+    assert (
+        exchange(server.port, raw_request("GET", path, [("X-Padding", "a" * 8000)])).status == 200
+    )
+
+
+def test_a_64_mb_header_is_refused_without_being_held(server: Server) -> None:
+    pid = pid_of(server.process)
+    before = memory_mib(pid)["VmRSS"]
+    meanwhile: list[float] = []
+
+    def probe() -> None:
+        for _ in range(5):
+            started = time.monotonic()
+            assert request("GET", server.process.url + server.probe_path).status == 200
+            meanwhile.append(time.monotonic() - started)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    answer = send_64_mb_header(server.port, server.probe_path)
+    prober.join()
+    grown = memory_mib(pid)["VmRSS"] - before
+    print(
+        f"64 MB header: {answer.status}, RSS grew {grown:.1f} MiB, "
+        f"slowest {server.probe_path} meanwhile {max(meanwhile):.3f} s"
+    )
+    assert grown < 16
+    assert answer.status == 431
+    assert max(meanwhile) < 1.0
+
+
+# -- read timeouts -------------------------------------------------------------------------------
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
+    impatient: Server,
+) -> None:
+    seconds, received = send_and_wait_for_close(impatient.port, b"")
+    assert received == b""
+    assert 0.8 < seconds < 3.0
+
+
+def test_half_a_head_gets_408_after_the_header_timeout(impatient: Server) -> None:
+    half = impatient.post.partition(b"\r\n")[0] + b"\r\nHost: x\r\nX-Half-"
+    seconds, received = send_and_wait_for_close(impatient.port, half)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert b"request headers not received within 1 s" in received
+    assert 0.8 < seconds < 3.0
+
+
+def test_half_a_body_gets_408_after_the_body_timeout(impatient: Server) -> None:
+    head = impatient.post.replace(b"Content-Length: 0", b"Content-Length: 100")
+    seconds, received = send_and_wait_for_close(impatient.port, head + b'{"inputs": [[5.1, ')
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert b"request body not received within 1 s" in received
+    assert 0.8 < seconds < 3.0
+
+
+def test_a_trickled_body_is_cut_off_at_the_body_timeout(impatient: Server) -> None:
+    # One byte every 0.2 s: each read is quick, the whole body is not.
+    head = impatient.post.replace(b"Content-Length: 0", b"Content-Length: 1000")
+    with socket.create_connection(("127.0.0.1", impatient.port)) as sock:
+        sock.sendall(head)
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            for _ in range(50):
+                sock.sendall(b" ")
+                time.sleep(0.2)
+                sock.setblocking(False)
+                try:
+                    if sock.recv(1, socket.MSG_PEEK):
+                        break
+                except BlockingIOError:
+                    pass
+                finally:
+                    sock.setblocking(True)
+        seconds = time.monotonic() - started
+        _, received = seconds_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert seconds < 3.0
