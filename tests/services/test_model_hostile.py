@@ -10,6 +10,7 @@ measured before and after these limits existed are in bench/results/hardening.md
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import struct
@@ -241,6 +242,56 @@ def test_300_concurrent_2mb_infers_stay_under_the_pod_memory_limit(
     # Some admitted, the rest shed: the bound was reached and answered for.
     assert 0 < statuses.count(200) < 300
     assert rest_infer(fresh_model, infer_body([SETOSA])).status == 200
+
+
+async def _grpc_burst(target: str, message: pb.ModelInferRequest, calls: int) -> list[str]:
+    """``calls`` ModelInfer calls of ``message`` at once on one channel: each one's status code
+    name."""
+    options = [("grpc.max_send_message_length", 8 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        rpc = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+
+        async def one() -> str:
+            try:
+                await rpc(message, timeout=60)
+            except grpc.aio.AioRpcError as exc:
+                return str(exc.code().name)
+            return "OK"
+
+        return list(await asyncio.gather(*(one() for _ in range(calls))))
+
+
+def _raw_message(rows: int) -> pb.ModelInferRequest:
+    message = pb.ModelInferRequest(model_name="iris")
+    message.inputs.add(name="input-0", datatype="FP64", shape=[rows, 4])
+    message.raw_input_contents.append(struct.pack("<4d", *SETOSA) * rows)
+    return message
+
+
+def test_grpc_bursts_of_300_calls_stay_under_the_pod_memory_limit(
+    fresh_model: ModelProcess,
+) -> None:
+    # 2 MB messages (within MAX_BODY_BYTES, far beyond any valid batch), three bursts on one
+    # channel: refused before they are read.
+    oversized = _raw_message(62_500)
+    assert oversized.ByteSize() > 2_000_000
+    for _ in range(3):
+        codes = asyncio.run(_grpc_burst(fresh_model.grpc_target, oversized, 300))
+        assert set(codes) == {"RESOURCE_EXHAUSTED"}, set(codes)
+    oversized_peak = memory_mib(pid_of(fresh_model))
+    # The largest valid batch (MAX_BATCH_ROWS rows): admitted up to the bound, the rest
+    # UNAVAILABLE (busy, or a stream beyond max_concurrent_streams refused).
+    codes = asyncio.run(_grpc_burst(fresh_model.grpc_target, _raw_message(4096), 300))
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, set(codes)
+    assert "OK" in codes
+    memory = memory_mib(pid_of(fresh_model))
+    print(f"gRPC: 3 x 300 calls of 2 MB: {oversized_peak}; 300 of 4,096 rows: {memory}")
+    # Limit 512 MiB; before, the three bursts of 2 MB messages peaked at 779 MiB.
+    assert memory["VmHWM"] < POD_MEMORY_LIMIT_MIB * 0.875
 
 
 def test_a_full_server_sheds_rest_and_grpc_at_once_and_still_answers_probes(

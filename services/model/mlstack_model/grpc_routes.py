@@ -106,15 +106,31 @@ def inference_handler(routes: GrpcRoutes) -> grpc.GenericRpcHandler[Any, Any]:
     return grpc.method_handlers_generic_handler(SERVICE.full_name, methods)
 
 
+# Room in a message for everything but the tensor's elements: names, datatype, shape, parameters.
+_MESSAGE_OVERHEAD_BYTES = 64 * 1024
+# The most an element takes in a message: 8 raw bytes, up to 10 as a typed varint.
+_ELEMENT_BYTES = 10
+
+
+def max_message_bytes(settings: ModelSettings, n_features: int) -> int:
+    """The largest ModelInferRequest the server reads: what a batch of MAX_BATCH_ROWS rows can
+    take, and never more than MAX_BODY_BYTES. gRPC holds a whole message before a handler sees
+    it, so this, not the in-flight bound, is what bounds the memory of a burst of calls."""
+    batch = settings.max_batch_rows * n_features * _ELEMENT_BYTES + _MESSAGE_OVERHEAD_BYTES
+    return min(settings.max_body_bytes, batch)
+
+
 class GrpcServer:
     """The gRPC server: started once the model is loaded, stopped before it is unloaded."""
 
     def __init__(self, service: ModelService, settings: ModelSettings) -> None:
         self.settings = settings
+        assert service.model is not None, "the gRPC server starts once the model is loaded"
+        max_message = max_message_bytes(settings, service.model.scorer.n_features)
         self.server = grpc.aio.server(
             options=[
-                # The same limit as a REST body; larger messages end RESOURCE_EXHAUSTED.
-                ("grpc.max_receive_message_length", settings.max_body_bytes),
+                # Larger messages end RESOURCE_EXHAUSTED before they are read.
+                ("grpc.max_receive_message_length", max_message),
                 # An answer is at most one tensor per output for MAX_BATCH_ROWS rows, far below
                 # this; the limit stops anything else from growing one unbounded.
                 ("grpc.max_send_message_length", settings.max_body_bytes),
