@@ -92,7 +92,7 @@ def fresh_model(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
 def test_repeated_outputs_are_refused_before_the_answer_is_built(
     fresh_model: ModelProcess,
 ) -> None:
-    # 2,000 rows and 2,000 outputs: 136 KB that asked for an answer of about 100 MB.
+    # 2,000 rows and 2,000 outputs: a small request that asked for an answer of tens of MB.
     rows = [[5.10001, 3.50001, 1.40001, 0.20001], [6.70001, 3.00001, 5.20001, 2.30001]] * 1000
     outputs = [{"name": "predict_proba"}, {"name": "predict"}] * 1000
     body = json.dumps(infer_body(rows, outputs=outputs)).encode()
@@ -237,7 +237,7 @@ def test_300_concurrent_2mb_infers_stay_under_the_pod_memory_limit(
     statuses = burst_statuses(port, INFER, payload, 300)
     memory = memory_mib(pid_of(fresh_model))
     print(f"300 concurrent 2 MB infers: {statuses.count(200)} answered, {memory}")
-    # Limit 512 MiB; before the bound every request was admitted and the peak was 663 MiB.
+    # Under the pod limit with room to spare (the figures before and after: hardening.md).
     assert memory["VmHWM"] < POD_MEMORY_LIMIT_MIB * 0.875
     # Some admitted, the rest shed: the bound was reached and answered for.
     assert 0 < statuses.count(200) < 300
@@ -290,7 +290,7 @@ def test_grpc_bursts_of_300_calls_stay_under_the_pod_memory_limit(
     assert "OK" in codes
     memory = memory_mib(pid_of(fresh_model))
     print(f"gRPC: 3 x 300 calls of 2 MB: {oversized_peak}; 300 of 4,096 rows: {memory}")
-    # Limit 512 MiB; before, the three bursts of 2 MB messages peaked at 779 MiB.
+    # Under the pod limit with room to spare (the figures before and after: hardening.md).
     assert memory["VmHWM"] < POD_MEMORY_LIMIT_MIB * 0.875
 
 
