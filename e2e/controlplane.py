@@ -91,6 +91,8 @@ class ControlPlane:
     bin_dir: Path
     workdir: Path
     name: str = CLUSTER_NAME
+    # KWOK fake nodes to add; 0 when a real node (e2e/node.py) is to run every pod.
+    fake_nodes: int = NODES
     pids: set[int] = field(default_factory=set)
 
     @property
@@ -252,9 +254,10 @@ class ControlPlane:
             )
         finally:
             self._record_pids()
-        self.kwokctl("scale", "node", "--replicas", str(NODES))
-        self._record_pids()
-        self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=120s")
+        if self.fake_nodes:
+            self.kwokctl("scale", "node", "--replicas", str(self.fake_nodes))
+            self._record_pids()
+            self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=120s")
         self._wait_for_default_service_account()
         self._check_pod_security()
 

@@ -64,6 +64,8 @@ GUARD_TABLE: Final = "mlse2e_guard"
 CGROUP_ROOT: Final = "mlstack-e2e"
 PAUSE_IMAGE: Final = "mlstack.local/e2e/pause:1"
 PROBE_IMAGE: Final = "mlstack.local/e2e/probe:1"
+COREDNS_IMAGE: Final = "mlstack.local/e2e/coredns:1"
+COREDNS: Final = "coredns"
 CNI_BIN: Final = "/usr/lib/cni"
 KUBELET_PORT: Final = 10250
 
@@ -693,6 +695,7 @@ oom_score = 0
         for ref, binary, entrypoint, cmd, user in (
             (PAUSE_IMAGE, "e2e-pause", ["/pause"], [], "65535:65535"),
             (PROBE_IMAGE, "e2e-probe", ["/e2e-probe"], ["serve", ":8080"], "65532:65532"),
+            (COREDNS_IMAGE, "coredns", ["/coredns"], [], "65532:65532"),
         ):
             data = (self.bin_dir / binary).read_bytes()
             archive = images / f"{binary}.tar"
@@ -814,60 +817,122 @@ oom_score = 0
         self._wait("kube-proxy", healthy, 60, "kube-proxy")
 
     def _start_coredns(self) -> None:
-        corefile = self.workdir / "Corefile"
-        corefile.write_text(
+        """CoreDNS as a pod in kube-system behind the `kube-dns` Service, as a cluster runs it:
+        a NetworkPolicy that admits DNS to pods of any namespace (the app's does) then admits it.
+        Non-root with no capability: the pod's own network namespace lets it bind port 53
+        (`net.ipv4.ip_unprivileged_port_start`, a safe sysctl)."""
+        labels = {"k8s-app": "kube-dns"}
+        corefile = (
             f"{net.CLUSTER_DOMAIN}:53 {{\n"
-            f"  bind {net.NODE_ADDRESS}\n"
             "  errors\n"
+            "  ready :8181\n"
             f"  kubernetes {net.CLUSTER_DOMAIN} {{\n"
-            f"    kubeconfig {self.workdir / 'pki' / 'admin.kubeconfig'} e2e\n"
             "    pods insecure\n"
             "  }\n"
             "  cache 5\n"
             "}\n"
         )
-        self._spawn("coredns", [self._bin("coredns"), "-conf", str(corefile)])
-        service = {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {
-                "name": "kube-dns",
-                "namespace": "kube-system",
-                "labels": {"k8s-app": "kube-dns"},
+        role_rules = [
+            {
+                "apiGroups": [""],
+                "resources": ["endpoints", "services", "pods", "namespaces"],
+                "verbs": ["list", "watch"],
             },
-            "spec": {
-                "clusterIP": net.DNS_SERVICE_IP,
-                "ports": [
-                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
-                    {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            {
+                "apiGroups": ["discovery.k8s.io"],
+                "resources": ["endpointslices"],
+                "verbs": ["list", "watch"],
+            },
+        ]
+        meta = {"name": COREDNS, "namespace": "kube-system", "labels": labels}
+        objects: list[dict[str, Any]] = [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": f"mlstack-e2e:{COREDNS}"},
+                "rules": role_rules,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": f"mlstack-e2e:{COREDNS}"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": f"mlstack-e2e:{COREDNS}",
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": COREDNS, "namespace": "kube-system"}
                 ],
             },
-        }
-        slice_ = {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": "kube-dns-node",
-                "namespace": "kube-system",
-                "labels": {
-                    "kubernetes.io/service-name": "kube-dns",
-                    "endpointslice.kubernetes.io/managed-by": "mlstack-e2e-node",
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": meta,
+                "data": {"Corefile": corefile},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": meta,
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": self.name},
+                    "serviceAccountName": COREDNS,
+                    "dnsPolicy": "Default",
+                    "priorityClassName": "system-cluster-critical",
+                    "terminationGracePeriodSeconds": 2,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                        "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "53"}],
+                    },
+                    "containers": [
+                        {
+                            "name": COREDNS,
+                            "image": COREDNS_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "args": ["-conf", "/etc/coredns/Corefile"],
+                            "ports": [
+                                {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                            ],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/ready", "port": 8181},
+                                "periodSeconds": 1,
+                            },
+                            "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns"}],
+                            "resources": {
+                                "requests": {"cpu": "10m", "memory": "32Mi"},
+                                "limits": {"memory": "128Mi"},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }
+                    ],
+                    "volumes": [{"name": "config", "configMap": {"name": COREDNS}}],
                 },
             },
-            "addressType": "IPv4",
-            "endpoints": [
-                {
-                    "addresses": [net.NODE_ADDRESS],
-                    "conditions": {"ready": True},
-                    "nodeName": self.name,
-                }
-            ],
-            "ports": [
-                {"name": "dns", "port": 53, "protocol": "UDP"},
-                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
-            ],
-        }
-        for obj in (service, slice_):
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+                "spec": {
+                    "clusterIP": net.DNS_SERVICE_IP,
+                    "selector": labels,
+                    "ports": [
+                        {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                        {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                    ],
+                },
+            },
+        ]
+        for obj in objects:
             self.kubectl("apply", "-f", "-", stdin=json.dumps(obj))
         name = f"kubernetes.default.svc.{net.CLUSTER_DOMAIN}"
 
@@ -877,7 +942,7 @@ oom_score = 0
             except OSError:
                 return False
 
-        self._wait("CoreDNS behind the kube-dns Service", answers, 60, "coredns")
+        self._wait("CoreDNS behind the kube-dns Service", answers, 90, "kubelet")
 
     def _start_kube_router(self) -> None:
         """kube-router's NetworkPolicy controller only (no routing, no service proxy, no CNI)."""
@@ -954,7 +1019,6 @@ oom_score = 0
         steps = (
             self._drain,
             lambda: self._stop("kube-router"),
-            lambda: self._stop("coredns"),
             self._stop_kube_proxy,
             lambda: self._stop("kubelet", grace=20),
             self._remove_containers,

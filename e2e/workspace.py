@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import yaml
 
-ROOT: Final = Path(__file__).resolve().parents[2]
+ROOT: Final = Path(__file__).resolve().parents[1]
 # What the program reads from its own folder.
 PROJECT_FILES: Final = ("Pulumi.yaml", "__main__.py", "requirements.txt")
 PROJECT_DIRS: Final = ("components", "services")

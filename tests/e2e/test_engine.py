@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from e2e.controlplane import ControlPlane
+from e2e.workspace import PulumiWorkspace
 from harness.program import run_program
 from tests.e2e.conftest import NAMESPACE, SECRETS, STACK, TIMINGS, stack_config
-from tests.e2e.workspace import PulumiWorkspace
 
 LB_INGRESS_IP = "192.0.2.10"  # what e2e/stages/service-load-balancer.yaml allocates
 INSTANCE = f"app.kubernetes.io/instance={STACK}"
