@@ -12,3 +12,14 @@ e2e-toolchain: ## link the installed e2e binaries, build the missing ones (Go ne
 e2e: venv e2e-toolchain ## the real-engine e2e suite: pulumi preview/up/refresh/destroy on a throwaway cluster
 	$(PY) -m pytest tests/e2e -q
 
+
+# A real local cluster with the app deployed, left running (root: a real node, see e2e/README.md).
+E2E_CLUSTER_DIR ?= /tmp/mlstack-e2e-cluster
+
+.PHONY: e2e-cluster
+e2e-cluster: venv e2e-toolchain ## control plane + real node + the app by pulumi up, left running; ends with export lines
+	@$(PY) -m e2e.cluster up $(E2E_CLUSTER_DIR)
+
+.PHONY: e2e-clean
+e2e-clean: venv ## stop what e2e-cluster started and remove every rule, mount and process it made
+	$(PY) -m e2e.cluster down $(E2E_CLUSTER_DIR)

@@ -1,25 +1,35 @@
-"""The real engine, the real kubernetes provider and a real API server, on the `e2e` stack.
+"""The real engine, the real kubernetes provider, a real API server and a real node, on the `e2e`
+stack: the app's images built here, its pods run by containerd under the restricted Pod Security
+level, its traffic through the gateway's LoadBalancer address.
 
 The scenarios run in order against one stack (each depends on the previous one's result):
-preview on an empty stack, up, the pull-request preview and its up, no drift then a refresh that
-finds an out-of-band scale, and teardown. A bad config is checked on a stack of its own.
+preview on an empty stack, up, the pods as they run, a prediction stored, the pull-request preview
+and its up, no drift then a refresh that finds an out-of-band scale, a model rollout back and
+forth under load, self-healing, scaling, NetworkPolicy, egress, and teardown. A bad config is
+checked on a stack of its own; the `kubectl apply` baseline runs last.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from components import database, pod
+from e2e import addresses
+from e2e.cluster import gateway_url
 from e2e.controlplane import ControlPlane
+from e2e.node import Node, mounts_under, run
 from e2e.workspace import PulumiWorkspace
 from harness.program import run_program
-from tests.e2e.conftest import NAMESPACE, SECRETS, STACK, TIMINGS, stack_config
+from tests.e2e import app
+from tests.e2e.conftest import CLAIM, NAMESPACE, SECRETS, STACK, TIMINGS, needs_root, stack_config
 
-LB_INGRESS_IP = "192.0.2.10"  # what e2e/stages/service-load-balancer.yaml allocates
+pytestmark = needs_root
 INSTANCE = f"app.kubernetes.io/instance={STACK}"
 
 
@@ -151,9 +161,71 @@ def test_2_up_creates_everything_with_await_logic_on(
     }
     assert len(policies["items"]) == len(expected) > 0
 
+    gateway: Any = kube.get_json("service", "gateway", "-n", NAMESPACE)
+    ingress = gateway["status"]["loadBalancer"]["ingress"][0]["ip"]
+    assert ingress == addresses.load_balancer_ip(gateway["spec"]["clusterIP"])
     url = workspace.run("stack", "output", "gateway_url", "--stack", STACK).stdout.strip()
-    assert LB_INGRESS_IP in url, url
+    assert ingress in url, url
     capture_manifests(control_plane, workspace)
+
+
+def test_2a_every_app_pod_runs_ready_on_the_node_with_its_security_context_in_force(
+    node: Node, control_plane: ControlPlane
+) -> None:
+    kube = control_plane
+    items = app.live(app.pods(kube))
+    names = sorted(p["metadata"]["labels"][app.APP_LABEL] for p in items)
+    assert names == ["database", "gateway", "gateway", "model", "model"], names
+    slowest = 0.0
+    for item in items:
+        name = item["metadata"]["name"]
+        assert item["spec"]["nodeName"] == node.name, name
+        assert item["status"]["phase"] == "Running" and app.ready(item), name
+        created = item["metadata"]["creationTimestamp"]
+        became = next(c for c in item["status"]["conditions"] if c["type"] == "Ready")
+        slowest = max(slowest, seconds_between(created, became["lastTransitionTime"]))
+        # What the kernel enforces inside the container, not what the spec asks for.
+        uid = app.exec_in(kube, name, "id", "-u").strip()
+        assert uid == str(pod.RUN_AS_USER), f"{name} runs as uid {uid}"
+        write = app.exec_in(kube, name, "touch", "/.e2e-write-test", check=False)
+        assert "Read-only file system" in write, f"{name}: the root filesystem took a write"
+        status = app.exec_in(kube, name, "cat", "/proc/1/status")
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        assert fields["CapEff"].strip() == "0" * 16, f"{name} has capabilities"
+        assert fields["NoNewPrivs"].strip() == "1", f"{name} may gain privileges"
+        assert fields["Seccomp"].strip() == "2", f"{name} runs without a seccomp filter"
+    TIMINGS["pod ready after creation (slowest app pod)"] = slowest
+
+
+def app_process(pid: int, uids: set[str]) -> bool:
+    """Whether the process runs in the cgroup of one of the app's pods (kubelet names a pod's
+    cgroup after its uid)."""
+    try:
+        cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+    return any(uid.replace("-", "_") in cgroup or uid in cgroup for uid in uids)
+
+
+def seconds_between(start: str, end: str) -> float:
+    from datetime import datetime
+
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds()
+
+
+def test_2b_a_prediction_through_the_load_balancer_is_answered_and_stored(
+    control_plane: ControlPlane,
+) -> None:
+    url = gateway_url(control_plane)
+    answer = app.predict(url)
+    assert answer.ok, answer
+    rows = app.psql(
+        control_plane,
+        f"SELECT model_version, predictions FROM predictions "
+        f"WHERE request_id = '{answer.request_id}'",
+    )
+    assert rows == [f"{answer.version}|[0, 2]"], rows
 
 
 def test_3_pull_request_preview_shows_one_in_place_update_then_up_applies_it(
@@ -201,9 +273,199 @@ def test_4_no_changes_after_up_and_refresh_finds_an_out_of_band_scale(
     assert _model_replicas_in_state(workspace) == 1
 
 
-def test_5_destroy_and_stack_rm_leave_nothing(
+ACKNOWLEDGED: set[str] = set()
+
+
+def rollout(workspace: PulumiWorkspace, url: str, version: str) -> app.Load:
+    """`model.version` set to `version`, `pulumi up` while the load loop runs."""
+    workspace.set_config(STACK, "mlstack:model.version", version)
+    with app.Load(url) as load:
+        up = workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+        # Answers after the rollout come from the new version only.
+        settle = time.monotonic() + 3
+        while time.monotonic() < settle:
+            time.sleep(0.2)
+    TIMINGS[f"pulumi up (model rollout to {version}, under load)"] = up.seconds
+    ACKNOWLEDGED.update(app.acknowledged(load))
+    return load
+
+
+def test_4a_model_version_rolls_back_and_forth_under_load_without_a_failed_request(
     workspace: PulumiWorkspace, control_plane: ControlPlane
 ) -> None:
+    url = gateway_url(control_plane)
+    for old, new in (("v2", "v1"), ("v1", "v2")):
+        load = rollout(workspace, url, new)
+        assert not load.failures, load.summary()
+        assert load.versions()[0] == old and load.versions()[-1] == new, load.summary()
+        tail = [a.version for a in load.answers[-10:]]
+        assert tail == [new] * len(tail), load.summary()
+        model: Any = control_plane.get_json("deployment", "model", "-n", NAMESPACE)
+        # The refresh of test 4 took replicas 1 into the state; the program says 3.
+        assert model["status"].get("availableReplicas") == model["spec"]["replicas"] == 3
+
+
+def test_4b_a_deleted_model_pod_and_a_killed_model_container_are_replaced(
+    node: Node, control_plane: ControlPlane
+) -> None:
+    kube = control_plane
+    url = gateway_url(kube)
+    with app.Load(url) as load:
+        victim = app.live(app.pods(kube, "model"))[0]["metadata"]["name"]
+        kube.kubectl("delete", "pod", victim, "-n", NAMESPACE, "--wait=false")
+        healed = app.wait_until(
+            "a new model pod Ready in place of the deleted one",
+            lambda: (
+                len([p for p in app.live(app.pods(kube, "model")) if app.ready(p)]) == 3
+                and victim not in {p["metadata"]["name"] for p in app.pods(kube, "model")}
+            ),
+        )
+        TIMINGS["model pod deleted -> replacement Ready"] = healed
+        target = app.live(app.pods(kube, "model"))[0]
+        name = target["metadata"]["name"]
+        status = target["status"]["containerStatuses"][0]
+        container_id = status["containerID"].split("://", 1)[1]
+        node.ctr("tasks", "kill", "--signal", "SIGKILL", container_id)
+
+        def restarted() -> bool:
+            found: Any = kube.get_json("pod", name, "-n", NAMESPACE)
+            now = found["status"]["containerStatuses"][0]
+            return bool(now["restartCount"] > status["restartCount"] and app.ready(found))
+
+        TIMINGS["model container killed -> restarted and Ready"] = app.wait_until(
+            "the killed model container restarted and Ready", restarted
+        )
+        time.sleep(2)
+    ACKNOWLEDGED.update(app.acknowledged(load))
+    assert len(load.answers) > 20, load.summary()
+    assert not load.failures, load.summary()
+
+
+def test_4c_a_deleted_database_pod_comes_back_with_every_acknowledged_row(
+    control_plane: ControlPlane,
+) -> None:
+    kube = control_plane
+    url = gateway_url(kube)
+    with app.Load(url, limit=20) as load:
+        time.sleep(5)
+    ACKNOWLEDGED.update(app.acknowledged(load))
+    assert ACKNOWLEDGED, "no prediction was acknowledged before the database went away"
+    before: Any = kube.get_json("pod", f"{database.NAME}-0", "-n", NAMESPACE)
+    kube.kubectl("delete", "pod", f"{database.NAME}-0", "-n", NAMESPACE, "--wait=true", timeout=180)
+
+    def back() -> bool:
+        found = [p for p in app.live(app.pods(kube, "database")) if app.ready(p)]
+        return bool(found) and found[0]["metadata"]["uid"] != before["metadata"]["uid"]
+
+    TIMINGS["database pod deleted -> back Ready"] = app.wait_until("database-0 back", back, 300)
+    # The gateway reconnects by itself: a prediction is stored again.
+    app.wait_until("a prediction stored again", lambda: app.predict(url).ok, 120, 1)
+    rows = set(app.psql(kube, "SELECT request_id FROM predictions"))
+    missing = ACKNOWLEDGED - rows
+    assert not missing, f"{len(missing)} acknowledged predictions lost, e.g. {sorted(missing)[:3]}"
+    claim: Any = kube.get_json("pvc", CLAIM, "-n", NAMESPACE)
+    # The same local volume on the node (e2e/node.py names it after the claim).
+    assert claim["spec"]["volumeName"] == f"{NAMESPACE}-{CLAIM}", claim
+
+
+def test_4d_gateway_replicas_scale_1_3_1_by_config_and_endpoints_follow(
+    workspace: PulumiWorkspace, control_plane: ControlPlane
+) -> None:
+    kube = control_plane
+    for replicas in (1, 3, 1):
+        workspace.set_config(STACK, "mlstack:gateway.replicas", replicas)
+        up = workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+        TIMINGS[f"pulumi up (gateway replicas -> {replicas})"] = up.seconds
+        app.wait_until(
+            f"{replicas} ready gateway endpoints",
+            lambda n=replicas: len(app.ready_endpoints(kube, "gateway")) == n,
+            60,
+        )
+        ips = {p["status"]["podIP"] for p in app.live(app.pods(kube, "gateway")) if app.ready(p)}
+        assert app.ready_endpoints(kube, "gateway") == ips
+        assert app.predict(gateway_url(kube)).ok
+
+
+OUTSIDER_NS = "mlstack-e2e-outsider"
+
+
+def test_4e_network_policy_admits_only_the_gateway_to_model_and_database(
+    node: Node, control_plane: ControlPlane
+) -> None:
+    """kube-router enforces the program's NetworkPolicies: a pod of the app's namespace that is
+    not the gateway, and a pod of another namespace, cannot open the model's or the database's
+    port (by Service or pod address); the gateway can; the outsider still reaches the gateway
+    (so the refusals are the policies', not a broken network)."""
+    kube = control_plane
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": OUTSIDER_NS,
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+        },
+    }
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(namespace))
+    for ns, name in ((NAMESPACE, "intruder"), (OUTSIDER_NS, "outsider")):
+        probe = node.probe_pod(name, ns, {app.APP_LABEL: name})
+        kube.kubectl("apply", "-f", "-", stdin=json.dumps(probe))
+    for ns, name in ((NAMESPACE, "intruder"), (OUTSIDER_NS, "outsider")):
+        kube.kubectl("wait", "-n", ns, "--for=condition=Ready", f"pod/{name}", "--timeout=120s")
+
+    def service(name: str) -> str:
+        found: Any = kube.get_json("service", name, "-n", NAMESPACE)
+        return f"{found['spec']['clusterIP']}:{found['spec']['ports'][0]['port']}"
+
+    def pod_address(name: str, port: int) -> str:
+        return f"{app.live(app.pods(kube, name))[0]['status']['podIP']}:{port}"
+
+    protected = [
+        service("model"),
+        pod_address("model", 8080),
+        service("database"),
+        pod_address("database", database.PORT),
+    ]
+    for ns, name in ((NAMESPACE, "intruder"), (OUTSIDER_NS, "outsider")):
+        for target in protected:
+            out = node.exec_probe(ns, name, "dial", target, check=False)
+            assert out.returncode != 0 and "connected" not in out.stdout, (
+                f"{ns}/{name} reached {target}: {out.stdout}"
+            )
+    reached = node.exec_probe(OUTSIDER_NS, "outsider", "dial", service("gateway"), check=False)
+    assert reached.stdout.strip() == "connected", reached.stdout
+    gateway = app.live(app.pods(kube, "gateway"))[0]["metadata"]["name"]
+    for target in protected:
+        host, port = target.rsplit(":", 1)
+        connect = f"import socket; socket.create_connection(({host!r}, {port}), 5).close()"
+        app.exec_in(kube, gateway, "python", "-c", connect)
+    kube.kubectl("delete", "pod", "intruder", "-n", NAMESPACE, "--grace-period=1", "--wait=true")
+
+
+def test_4f_a_pod_connection_to_an_outside_address_is_refused(node: Node) -> None:
+    try:
+        node.check_egress_refused(OUTSIDER_NS, "outsider")
+    finally:
+        node.kubectl("delete", "namespace", OUTSIDER_NS, "--wait=true", timeout=180)
+
+
+def node_state(node: Node) -> dict[str, set[str]]:
+    """What the node holds: containers, pod folders with mounts, kube-proxy's rules naming the
+    app's namespace, processes of the app's containers."""
+    mounts = {str(p) for p in mounts_under(node.kubelet_root / "pods")}
+    rules = run("iptables-save").stdout + run("nft", "list", "ruleset").stdout
+    return {
+        "containers": set(node.ctr("containers", "ls", "-q").stdout.split()),
+        "tasks": set(node.ctr("tasks", "ls", "-q").stdout.split()),
+        "mounts": mounts,
+        "rules": {line for line in rules.splitlines() if f"{NAMESPACE}/" in line},
+    }
+
+
+def test_5_destroy_and_stack_rm_leave_nothing(
+    workspace: PulumiWorkspace, control_plane: ControlPlane, node: Node
+) -> None:
+    app_uids = {p["metadata"]["uid"] for p in app.pods(control_plane)}
+    assert app_uids
     destroy = workspace.run("destroy", "--stack", STACK, "--yes", "--skip-preview")
     TIMINGS["pulumi destroy"] = destroy.seconds
     workspace.run("stack", "rm", STACK, "--yes")
@@ -223,6 +485,23 @@ def test_5_destroy_and_stack_rm_leave_nothing(
 
     stacks = workspace.run("stack", "ls", "--json").json()
     assert stacks == []
+
+    # On the node: no container, task (process), mount or rule of the app is left; what remains
+    # is the cluster's own DNS pod.
+    left = node_state(node)
+    assert left["rules"] == set(), sorted(left["rules"])[:5]
+    assert not [m for m in left["mounts"] if any(uid in m for uid in app_uids)], left["mounts"]
+    dns: Any = control_plane.get_json("pods", "-n", "kube-system")
+    dns_ids = {
+        s["containerID"].split("://", 1)[1]
+        for p in dns["items"]
+        for s in p["status"].get("containerStatuses") or []
+    }
+    # Each pod has a sandbox container and its containers: only the DNS pod's remain.
+    assert len(left["tasks"]) == len(left["containers"]) == 2 * len(dns["items"]), left
+    assert dns_ids <= left["tasks"], left
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    assert not [p for p in pids if app_process(p, app_uids)]
     # The stack's checkpoint and history are gone (the file backend keeps a `.bak` of the last
     # checkpoint, which `pulumi stack ls` and every command ignore).
     live = {f"{STACK}.json", f"{STACK}.json.gz"}
@@ -266,7 +545,7 @@ def rendered_manifests(workspace: PulumiWorkspace, control_plane: ControlPlane) 
 
 
 def test_7_kubectl_apply_baseline_wall_time(
-    workspace: PulumiWorkspace, control_plane: ControlPlane
+    workspace: PulumiWorkspace, control_plane: ControlPlane, node: Node
 ) -> None:
     """Not a scenario: the same objects (rendered by tools/render.py, else captured live after
     test 2) through `kubectl apply` plus rollout waits, timed in the same run as `pulumi up`, on
@@ -280,8 +559,10 @@ def test_7_kubectl_apply_baseline_wall_time(
             pytest.skip("no renderer and no captured manifests (test 2 did not pass)")
         files, source = [str(captured)], "captured"
     kube = control_plane
-    kube.kubectl("delete", "pv", f"{NAMESPACE}-data-database-0", "--wait=true")
-    kube.add_volume(NAMESPACE, "data-database-0")
+    kube.kubectl("delete", "pv", f"{NAMESPACE}-{CLAIM}", "--wait=true")
+    # A fresh, empty volume: what a provisioner gives a new claim.
+    shutil.rmtree(node.add_volume(NAMESPACE, CLAIM))
+    node.add_volume(NAMESPACE, CLAIM)
     start = time.monotonic()
     kube.kubectl("apply", *[arg for f in files for arg in ("-f", f)])
     for workload in ("deployment/gateway", "deployment/model", "statefulset/database"):

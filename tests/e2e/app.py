@@ -1,0 +1,162 @@
+"""What the app scenarios do to the running app: predictions through the gateway's LoadBalancer
+address, a bounded load loop, the database's rows, commands inside the app's containers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from components import database
+from e2e.controlplane import ControlPlane
+from e2e.registry import DIRECT
+from tests.e2e.conftest import API_KEY, NAMESPACE
+
+PREDICT_PATH = "/api/v1/predict"
+BODY = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}).encode()
+APP_LABEL = "app.kubernetes.io/name"
+
+
+@dataclass(frozen=True)
+class Answer:
+    at: float
+    status: int  # 0: no HTTP answer at all
+    version: str
+    request_id: str
+    error: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+def predict(url: str, timeout: float = 10) -> Answer:
+    """One POST /api/v1/predict with the stack's API key (never through a proxy)."""
+    request = urllib.request.Request(
+        url + PREDICT_PATH,
+        data=BODY,
+        headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
+    )
+    now = time.monotonic()
+    try:
+        with DIRECT.open(request, timeout=timeout) as reply:
+            body = json.loads(reply.read())
+            return Answer(now, reply.status, body["model_version"], body["request_id"], "")
+    except urllib.error.HTTPError as err:
+        return Answer(now, err.code, "", "", err.read().decode(errors="replace")[:300])
+    except (OSError, ValueError) as err:
+        return Answer(now, 0, "", "", repr(err))
+
+
+@dataclass
+class Load:
+    """A bounded load loop through the LoadBalancer: one request at a time, a short pause
+    between them, for at most `limit` seconds (or until `stop`)."""
+
+    url: str
+    limit: float = 600
+    pause: float = 0.05
+    answers: list[Answer] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Load:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self.answers.append(predict(self.url))
+            self._stop.wait(self.pause)
+
+    @property
+    def failures(self) -> list[Answer]:
+        return [a for a in self.answers if not a.ok]
+
+    def versions(self) -> list[str]:
+        """The model versions answered, in order, repeats collapsed (`["v2", "v1"]`)."""
+        seen: list[str] = []
+        for a in self.answers:
+            if a.ok and (not seen or seen[-1] != a.version):
+                seen.append(a.version)
+        return seen
+
+    def summary(self) -> str:
+        fails = self.failures
+        shown = "; ".join(f"{a.status} {a.error}" for a in fails[:5])
+        return f"{len(self.answers)} requests, {len(fails)} failed ({shown}), {self.versions()}"
+
+
+def acknowledged(*loads: Load) -> set[str]:
+    return {a.request_id for load in loads for a in load.answers if a.ok}
+
+
+def pods(kube: ControlPlane, name: str | None = None) -> list[dict[str, Any]]:
+    args = ["pods", "-n", NAMESPACE]
+    if name:
+        args += ["-l", f"{APP_LABEL}={name}"]
+    items: list[dict[str, Any]] = kube.get_json(*args)["items"]  # type: ignore[assignment]
+    return items
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def live(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods not being deleted."""
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def wait_until(what: str, check: Any, timeout: float = 180, interval: float = 0.5) -> float:
+    start = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def ready_endpoints(kube: ControlPlane, service: str) -> set[str]:
+    """The ready addresses of the Service's EndpointSlices."""
+    slices: Any = kube.get_json(
+        "endpointslices", "-n", NAMESPACE, "-l", f"kubernetes.io/service-name={service}"
+    )
+    found = set()
+    for item in slices["items"]:
+        for endpoint in item.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready"):
+                found.update(endpoint["addresses"])
+    return found
+
+
+def exec_in(kube: ControlPlane, pod: str, *argv: str, check: bool = True) -> str:
+    proc = kube.kubectl("exec", "-n", NAMESPACE, pod, "--", *argv, check=check, timeout=60)
+    return proc.stdout + (proc.stderr if not check else "")
+
+
+def psql(kube: ControlPlane, sql: str) -> list[str]:
+    """Rows of `sql` run by psql inside the database pod (its local socket)."""
+    out = exec_in(
+        kube,
+        f"{database.NAME}-0",
+        "psql", "--username", database.USER, "--dbname", database.DB_NAME,
+        "--no-align", "--tuples-only", "--command", sql,
+    )  # fmt: skip
+    return [line for line in out.splitlines() if line]
