@@ -349,10 +349,12 @@ def test_4d_gateway_replicas_scale_1_3_1_by_config_and_endpoints_follow(
     workspace: PulumiWorkspace, control_plane: ControlPlane
 ) -> None:
     kube = control_plane
+    previous = 2
     for replicas in (1, 3, 1):
         workspace.set_config(STACK, "mlstack:gateway.replicas", replicas)
         up = workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
-        TIMINGS[f"pulumi up (gateway replicas -> {replicas})"] = up.seconds
+        TIMINGS[f"pulumi up (gateway replicas {previous} -> {replicas})"] = up.seconds
+        previous = replicas
         app.wait_until(
             f"{replicas} ready gateway endpoints",
             lambda n=replicas: len(app.ready_endpoints(kube, "gateway")) == n,
