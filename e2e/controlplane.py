@@ -2,11 +2,12 @@
 
 kwokctl (`--runtime binary`) runs etcd, kube-apiserver, kube-controller-manager, kube-scheduler
 and the KWOK controller as local processes from the binaries that `e2e/toolchain/build.sh` built:
-127.0.0.1 only, ports chosen free, every file in one temporary folder. KWOK fake nodes make pods
-"run" (no container ever starts), a Stage of our own gives LoadBalancer Services an ingress
-address, and the API server runs with authorization and admission on (so Pod Security admission
-enforces the namespace's `restricted` level). A pre-bound PersistentVolume stands in for the
-storage provisioner a real cluster would have.
+127.0.0.1 only, ports chosen free, every file in one temporary folder. A Stage of our own gives
+LoadBalancer Services an ingress address, and the API server runs with authorization and
+admission on (so Pod Security admission enforces the namespace's `restricted` level). KWOK fake
+nodes (`fake_nodes`, two by default) make pods "run" without a container; with `fake_nodes=0`
+there are none, and a real node (below) runs every pod. `add_volume` makes a pre-bound hostPath
+PersistentVolume for fake nodes (the real node has its own `add_volume`).
 
 A real node (e2e/node.py) can join: for it, the components are patched (kwokctl's
 `componentsPatches`), harmless while only fake nodes exist:

@@ -32,8 +32,9 @@ How it is put together (the choices that are not defaults, and why):
   `system:node:<name>` signed by kwokctl's CA; it does not set the kernel tunables it would
   otherwise change (they are restored anyway: see `SYSCTLS`).
 - kube-proxy: iptables mode, NodePorts on the node address only, conntrack limits untouched.
-- CoreDNS: serves the cluster zone only (no upstream exists offline) on the node address, behind
-  the usual `kube-system/kube-dns` Service (a selector-less Service and its EndpointSlice).
+- CoreDNS: serves the cluster zone only (no upstream exists offline), as a restricted pod in
+  kube-system behind the usual `kube-system/kube-dns` Service, so that a NetworkPolicy admitting
+  DNS to pods of any namespace admits it (a process on the node address would match no pod).
 """
 
 from __future__ import annotations
