@@ -6,8 +6,7 @@ and the KWOK controller as local processes from the binaries that `e2e/toolchain
 LoadBalancer Services an ingress address, and the API server runs with authorization and
 admission on (so Pod Security admission enforces the namespace's `restricted` level). KWOK fake
 nodes (`fake_nodes`, two by default) make pods "run" without a container; with `fake_nodes=0`
-there are none, and a real node (below) runs every pod. `add_volume` makes a pre-bound hostPath
-PersistentVolume for fake nodes (the real node has its own `add_volume`).
+there are none, and a real node (below) runs every pod.
 
 A real node (e2e/node.py) can join: for it, the components are patched (kwokctl's
 `componentsPatches`), harmless while only fake nodes exist:
@@ -27,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from e2e import addresses
+from e2e import addresses, process
 
 E2E_DIR: Final = Path(__file__).resolve().parent
 TOOLCHAIN: Final = E2E_DIR / "toolchain"
@@ -73,16 +71,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -302,23 +290,6 @@ class ControlPlane:
             time.sleep(0.5)
         raise RuntimeError("the default ServiceAccount never appeared")
 
-    def add_volume(self, namespace: str, claim: str, size: str = "10Gi") -> None:
-        """A PersistentVolume pre-bound to `namespace/claim`: what a provisioner would create."""
-        pv = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": f"{namespace}-{claim}", "labels": {"mlstack-e2e/harness": "true"}},
-            "spec": {
-                "capacity": {"storage": size},
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": f"/tmp/mlstack-e2e/{namespace}/{claim}"},
-                "claimRef": {"namespace": namespace, "name": claim},
-            },
-        }
-        self.kubectl("apply", "-f", "-", stdin=json.dumps(pv))
-
     def _record_pids(self) -> None:
         for pidfile in self.cluster_dir.glob("pids/*.pid"):
             try:
@@ -334,15 +305,7 @@ class ControlPlane:
                 self.kwokctl("delete", "cluster", timeout=120)
             except (RuntimeError, subprocess.TimeoutExpired) as err:
                 print(f"e2e: kwokctl delete cluster: {err}", file=sys.stderr)
-        for pid in self.pids:
-            if _pid_alive(pid):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_pid_alive(p) for p in self.pids):
-            time.sleep(0.2)
-        for pid in self.pids:
-            if _pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        process.stop_all(sorted(self.pids), grace=15)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -45,7 +45,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -56,6 +55,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from e2e import addresses as net
+from e2e import process
 from e2e.controlplane import E2E_DIR, ControlPlane, toolchain_bin
 from e2e.image_archive import ImageFile, write_image
 
@@ -149,38 +149,6 @@ def ensure_packages() -> None:
         ["apt-get", "install", "-yq", "--no-install-recommends", *missing],
     ):
         subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours is not running any more.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
-
-
-def stop_pids(pids: Sequence[int], grace: float = 10) -> None:
-    """SIGTERM, then SIGKILL what is still alive after `grace` seconds."""
-    for pid in pids:
-        if _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        if _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    for pid in pids:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
 
 
 def process_running(comm: str) -> bool:
@@ -325,23 +293,23 @@ class Node:
 
     def _alive(self, name: str) -> bool:
         pid = self._state()["pids"].get(name)
-        return pid is not None and _pid_alive(int(pid))
+        return pid is not None and process.alive(int(pid))
 
     def _stop(self, name: str, grace: float = 10) -> None:
         state = self._state()
         pid = state["pids"].pop(name, None)
         if pid is not None:
-            stop_pids([int(pid)], grace)
+            process.stop_all([int(pid)], grace)
         self._save(state)
 
-    def _wait(self, what: str, ready: Any, timeout: float, process: str | None = None) -> None:
+    def _wait(self, what: str, ready: Any, timeout: float, daemon: str | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if ready():
                 return
-            if process is not None and not self._alive(process):
-                tail = (self.logs / f"{process}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{process} exited before {what}:\n{tail}")
+            if daemon is not None and not self._alive(daemon):
+                tail = (self.logs / f"{daemon}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{daemon} exited before {what}:\n{tail}")
             time.sleep(0.1)
         raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
@@ -1119,7 +1087,7 @@ oom_score = 0
         return pids
 
     def _stop_shims(self) -> None:
-        stop_pids(self._our_processes(), grace=5)
+        process.stop_all(self._our_processes(), grace=5)
 
     def _unmount(self) -> None:
         for point in mounts_under(self.workdir):
@@ -1242,7 +1210,7 @@ oom_score = 0
         left = []
         state = self._state()
         for name, pid in state["pids"].items():
-            if _pid_alive(int(pid)):
+            if process.alive(int(pid)):
                 left.append(f"process {name} ({pid})")
         left += [f"process {pid}" for pid in self._our_processes()]
         left += [f"mount {p}" for p in mounts_under(self.workdir)]

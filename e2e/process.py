@@ -88,9 +88,31 @@ def stop(pid: int | None, marker: str, *, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+def stop_all(pids: Sequence[int], grace: float = 10) -> None:
+    """SIGTERM every pid still running, then SIGKILL what is left after `grace` seconds; our own
+    children are reaped. For processes whose pids the suite recorded itself (no marker check)."""
+    for pid in pids:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        for pid in pids:
+            _reap(pid)
+        if not any(alive(pid) for pid in pids):
+            return
+        time.sleep(0.1)
+    for pid in pids:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        _reap(pid)
+
+
 def _reap(pid: int) -> None:
     """Collect the exit status when the process is our own child (else it stays a zombie)."""
-    with contextlib.suppress(ChildProcessError):
+    with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
 
 
