@@ -83,7 +83,15 @@ class Microservice(pulumi.ComponentResource):
         )
         self.deployment = k8s.apps.v1.Deployment(
             name,
-            metadata={"name": args.name, "namespace": args.namespace, "labels": meta_labels},
+            metadata={
+                "name": args.name,
+                "namespace": args.namespace,
+                "labels": meta_labels,
+                # The stack's config is the truth for every field the program sets: after an
+                # out-of-band `kubectl scale` (another field manager then owns .spec.replicas),
+                # the next `pulumi up` takes the field back instead of failing on the conflict.
+                "annotations": {"pulumi.com/patchForce": "true"},
+            },
             spec={
                 "replicas": args.replicas,
                 "selector": {"match_labels": match},

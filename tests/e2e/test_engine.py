@@ -449,6 +449,11 @@ def test_4z_no_changes_after_up_and_refresh_finds_an_out_of_band_scale(
     assert _model_replicas_in_state(workspace) == 3
     workspace.run("refresh", "--stack", STACK, "--yes", "--skip-preview")
     assert _model_replicas_in_state(workspace) == 1
+    # The config wins back the field kubectl's `scale` took over (pulumi.com/patchForce).
+    workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+    assert _model_replicas_in_state(workspace) == 3
+    deployment = control_plane.get_json("deployment", "model", "-n", NAMESPACE)
+    assert deployment["spec"]["replicas"] == 3  # type: ignore[index]
 
 
 def node_state(node: Node) -> dict[str, set[str]]:

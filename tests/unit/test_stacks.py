@@ -161,6 +161,12 @@ def test_model_serves_grpc_on_a_named_port_that_its_service_carries(
     assert "grpc" not in [p["name"] for p in gateway_service]
 
 
+def test_the_config_wins_back_fields_changed_out_of_band(stack_run: ProgramRun) -> None:
+    for name in ("gateway", "model"):
+        annotations = stack_run.one("Deployment", name).metadata["annotations"]
+        assert annotations["pulumi.com/patchForce"] == "true"
+
+
 def test_rolling_updates_never_drop_below_the_configured_replicas(stack_run: ProgramRun) -> None:
     for name in ("gateway", "model"):
         strategy = stack_run.one("Deployment", name).inputs["spec"]["strategy"]
