@@ -390,5 +390,6 @@ def rev(revision: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(MODEL_SRC))
+    # The service's package and the shared services/common, as in its image.
+    sys.path[:0] = [str(MODEL_SRC), str(MODEL_SRC.parent / "common")]
     sys.exit(main())

@@ -64,5 +64,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(GATEWAY_SRC))
+    # The service's package and the shared services/common, as in its image.
+    sys.path[:0] = [str(GATEWAY_SRC), str(GATEWAY_SRC.parent / "common")]
     sys.exit(main())

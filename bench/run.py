@@ -355,6 +355,9 @@ def load_runs(data: BenchData, work: Path) -> None:
         urls = {name: server.url for name, server in servers.items()}
         grpc_servers = {"model-grpc": model, "mlserver-grpc": mlserver, "grpc-echo": grpc_echo}
         grpc_targets = {name: str(server.grpc_target) for name, server in grpc_servers.items()}
+        # Every load target's server, REST and gRPC (a gRPC target is served by a REST one's
+        # process): where its /metrics are, if on a port of their own.
+        by_target = {**servers, **grpc_servers}
         # What each target's CPU is charged to: the gateway's work includes the model's.
         watch = {name: {name: server.pid} for name, server in servers.items()}
         for name in ("proxy", *GATEWAYS):
@@ -399,7 +402,7 @@ def load_runs(data: BenchData, work: Path) -> None:
                         rows=1,
                         round_=round_,
                         watch=watch[name],
-                        metrics_url=servers[name].metrics_url,
+                        metrics_url=by_target[name].metrics_url,
                     )
         for rows in BATCH_ROWS:
             batch = requests_for(rows, urls, grpc_targets)
@@ -537,5 +540,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(MODEL_SRC))
+    # The model's package and the shared services/common, as in its image.
+    sys.path[:0] = [str(MODEL_SRC), str(MODEL_SRC.parent / "common")]
     sys.exit(main())

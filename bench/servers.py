@@ -220,7 +220,10 @@ def start_echo(log_dir: Path) -> Server:
 
 def start_proxy(model_url: str, log_dir: Path) -> Server:
     """The hop's floor: forwards to the model with the gateway's HTTP client, nothing else."""
-    env = {"PROXY_MODEL_URL": model_url, "PYTHONPATH": f"{ROOT}{os.pathsep}{GATEWAY_SRC}"}
+    env = {
+        "PROXY_MODEL_URL": model_url,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{service_path(GATEWAY_SRC)}",
+    }
     return _bare_asgi("proxy", "bench.proxy:app", log_dir, env)
 
 
@@ -233,7 +236,7 @@ def start_grpc_echo(log_dir: Path) -> Server:
         "",
         None,
         log_dir=log_dir,
-        env={"PYTHONPATH": f"{ROOT}{os.pathsep}{MODEL_SRC}"},
+        env={"PYTHONPATH": f"{ROOT}{os.pathsep}{service_path(MODEL_SRC)}"},
         cwd=ROOT,
         grpc_target=f"127.0.0.1:{port}",
     )
