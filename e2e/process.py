@@ -20,8 +20,14 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie (exited, not yet reaped by its parent) has no command line: it is gone.
-    return bool(cmdline(pid))
+    # A zombie (exited, not yet reaped by its parent) is gone. Its state is read from
+    # /proc/<pid>/stat, not inferred from an empty command line: a process in the middle of
+    # execve shows an empty one too.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def cmdline(pid: int) -> list[str]:
