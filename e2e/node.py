@@ -213,6 +213,27 @@ def dns_query(server: str, name: str, timeout: float = 2, port: int = 53) -> lis
     return found
 
 
+# The container settings the `restricted` Pod Security level asks of the suite's own pods
+# (their pod security context adds non-root and RuntimeDefault seccomp).
+RESTRICTED_CONTAINER: Final = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def restricted_namespace(name: str) -> dict[str, Any]:
+    """A Namespace whose pods Pod Security admission holds to `restricted`."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+        },
+    }
+
+
 class Node:
     """The one real node of an e2e control plane, everything under `plane.workdir / "node"`."""
 
@@ -276,16 +297,7 @@ class Node:
 
     # --- processes ------------------------------------------------------------------------
     def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with (self.logs / f"{name}.log").open("ab") as out:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        proc = process.spawn(argv, self.logs / f"{name}.log", env)
         state = self._state()
         state["pids"][name] = proc.pid
         self._save(state)
@@ -877,11 +889,7 @@ oom_score = 0
                                 "requests": {"cpu": "10m", "memory": "32Mi"},
                                 "limits": {"memory": "128Mi"},
                             },
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
+                            "securityContext": RESTRICTED_CONTAINER,
                         }
                     ],
                     "volumes": [{"name": "config", "configMap": {"name": COREDNS}}],
@@ -1267,11 +1275,7 @@ oom_score = 0
                             "requests": {"cpu": "10m", "memory": "16Mi"},
                             "limits": {"memory": "64Mi"},
                         },
-                        "securityContext": {
-                            "allowPrivilegeEscalation": False,
-                            "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
+                        "securityContext": RESTRICTED_CONTAINER,
                     }
                 ],
             },
@@ -1309,14 +1313,7 @@ oom_score = 0
         reached from the machine, an outside connection refused. Returns wall times; removes
         what it created."""
         timings: dict[str, float] = {}
-        ns = {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {
-                "name": namespace,
-                "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
-            },
-        }
+        ns = restricted_namespace(namespace)
         service = {
             "apiVersion": "v1",
             "kind": "Service",

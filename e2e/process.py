@@ -57,14 +57,14 @@ def find(marker: str) -> list[int]:
     return sorted(pid for pid in pids if pid != os.getpid() and owned(pid, marker))
 
 
-def start(
-    argv: Sequence[str], log: Path, pidfile: Path, env: dict[str, str] | None = None
+def spawn(
+    argv: Sequence[str], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Start `argv` in a session of its own (a Ctrl-C in the terminal does not reach it), its
-    output appended to `log`, its pid written to `pidfile`."""
+    output appended to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -72,6 +72,13 @@ def start(
             env=env,
             start_new_session=True,
         )
+
+
+def start(
+    argv: Sequence[str], log: Path, pidfile: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`spawn`, with the pid written to `pidfile`."""
+    proc = spawn(argv, log, env)
     pidfile.write_text(f"{proc.pid}\n")
     return proc
 

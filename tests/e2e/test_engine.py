@@ -23,7 +23,7 @@ from components import database, pod
 from e2e import addresses
 from e2e.cluster import gateway_url
 from e2e.controlplane import ControlPlane
-from e2e.node import Node, mounts_under, run
+from e2e.node import Node, mounts_under, restricted_namespace, run
 from e2e.workspace import PulumiWorkspace
 from harness.program import run_program
 from tests.e2e import app
@@ -376,14 +376,7 @@ def test_4e_network_policy_admits_only_the_gateway_to_model_and_database(
     port (by Service or pod address); the gateway can; the outsider still reaches the gateway
     (so the refusals are the policies', not a broken network)."""
     kube = control_plane
-    namespace = {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {
-            "name": OUTSIDER_NS,
-            "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
-        },
-    }
+    namespace = restricted_namespace(OUTSIDER_NS)
     kube.kubectl("apply", "-f", "-", stdin=json.dumps(namespace))
     for ns, name in ((NAMESPACE, "intruder"), (OUTSIDER_NS, "outsider")):
         probe = node.probe_pod(name, ns, {app.APP_LABEL: name})
