@@ -28,6 +28,7 @@ MODEL_NAME: Final = "iris"
 MODEL_SERVICE: Final = "model"
 API_KEY: Final = "api-key"
 DATABASE_URL: Final = "database-url"
+DATABASE_READ_URL: Final = "database-read-url"
 GATEWAY_RESOURCES: Final = pod.Resources("100m", "128Mi", "1", "256Mi")
 # The gateway's /metrics: a port of its own, never on the Service.
 METRICS_PORT: Final = 9090
@@ -76,11 +77,14 @@ class MlApp(pulumi.ComponentResource):
         ns = namespace.metadata.name
         gateway_image, model_image = self._images(config, cluster)
 
+        database_secrets = {database.PASSWORD_KEY: config.database_password}
+        if config.replication_password is not None:
+            database_secrets[database.REPLICATION_PASSWORD_KEY] = config.replication_password
         database_secret = k8s.core.v1.Secret(
             f"{name}-database",
             metadata={"name": "database", "namespace": ns, "labels": labels("database", stack)},
             type="Opaque",
-            string_data={database.PASSWORD_KEY: config.database_password},
+            string_data=database_secrets,
             opts=on_cluster,
         )
         db = Database(
@@ -89,27 +93,38 @@ class MlApp(pulumi.ComponentResource):
                 stack=stack,
                 namespace=ns,
                 storage_size=config.database.storage_size,
+                storage_bytes=config.database.storage_bytes,
                 storage_class=config.database.storage_class,
                 secret_name=database_secret.metadata.name,
                 image=config.images.database or database.DEFAULT_IMAGE,
+                replicas=config.database.replicas,
+                primary=config.database.primary,
+                synchronous_commit=config.database.synchronous_commit,
                 protect=config.protect,
             ),
             on_cluster,
         )
-        database_url = pulumi.Output.concat(
-            "postgresql://",
-            database.USER,
-            ":",
-            config.database_password,
-            "@",
-            db.host,
-            f":{database.PORT}/{database.DB_NAME}",
-        )
+
+        def database_url(host: pulumi.Input[str]) -> pulumi.Output[str]:
+            return pulumi.Output.concat(
+                "postgresql://",
+                database.USER,
+                ":",
+                config.database_password,
+                "@",
+                host,
+                f":{database.PORT}/{database.DB_NAME}",
+            )
+
         gateway_secret = k8s.core.v1.Secret(
             f"{name}-gateway",
             metadata={"name": "gateway", "namespace": ns, "labels": labels("gateway", stack)},
             type="Opaque",
-            string_data={API_KEY: config.api_key, DATABASE_URL: database_url},
+            string_data={
+                API_KEY: config.api_key,
+                DATABASE_URL: database_url(db.host),
+                DATABASE_READ_URL: database_url(db.read_host),
+            },
             opts=on_cluster,
         )
         tls = config.gateway.tls
@@ -165,6 +180,9 @@ class MlApp(pulumi.ComponentResource):
                     "MODEL_URL": f"http://{MODEL_SERVICE}:{SERVICE_PORT}",
                     "MLSTACK_API_KEY_FILE": pod.secret_file(API_KEY),
                     "DATABASE_URL_FILE": pod.secret_file(DATABASE_URL),
+                    # GET /api/v1/predictions reads from the standbys, within a bound on their
+                    # lag (README, "Replication").
+                    "DATABASE_READ_URL_FILE": pod.secret_file(DATABASE_READ_URL),
                 },
                 secret_name=gateway_secret.metadata.name,
                 tls_secret_name=tls_secret_name,
@@ -184,6 +202,12 @@ class MlApp(pulumi.ComponentResource):
                     Route(source=None, target="gateway", port=CONTAINER_PORT),
                     Route(source="gateway", target="model", port=CONTAINER_PORT),
                     Route(source="gateway", target="database", port=database.PORT),
+                    # Standbys copy and stream from the primary (and any instance may be it).
+                    *(
+                        [Route(source="database", target="database", port=database.PORT)]
+                        if config.database.replicas > 1
+                        else []
+                    ),
                     *(
                         [
                             Route(

@@ -17,6 +17,9 @@ from typing import Any, Final, Literal, TypeAlias, cast
 import pulumi
 from pulumi.runtime import config as runtime_config
 
+from components.database import MAX_REPLICAS as MAX_DATABASE_REPLICAS
+from components.database import SYNCHRONOUS_COMMIT, SynchronousCommit
+
 NAMESPACE: Final = "mlstack"
 
 Provider: TypeAlias = Literal["local", "existing", "gke", "eks"]
@@ -34,6 +37,11 @@ USER_TOLD_EXIT_CODE: Final = 32
 _QUANTITY = re.compile(
     r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 )
+_QUANTITY_FACTORS: Final = {
+    "": 1,
+    **{suffix: 1000**power for power, suffix in enumerate(("k", "M", "G", "T", "P", "E"), 1)},
+    **{suffix: 1024**power for power, suffix in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), 1)},
+}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -122,7 +130,16 @@ class ModelConfig(ServiceConfig):
 class DatabaseConfig:
     storage_size: str
     storage_class: str | None
+    # 1 primary and `replicas - 1` streaming standbys.
     replicas: int = 1
+    # The index of the instance that takes the writes (`make failover` changes it).
+    primary: int = 0
+    # What a commit waits for before it is acknowledged (README, "Replication").
+    synchronous_commit: SynchronousCommit = "local"
+
+    @property
+    def storage_bytes(self) -> int:
+        return quantity_bytes(self.storage_size)
 
 
 @dataclass(frozen=True)
@@ -147,13 +164,15 @@ class StackConfig:
     protect: bool
     database_password: pulumi.Output[str]
     api_key: pulumi.Output[str]
+    # The standbys' replication role's password; None when the stack has no standby.
+    replication_password: pulumi.Output[str] | None = None
 
 
 # Every key the program understands, with the sub-keys of the structured ones.
 _OBJECT_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "gateway": ("replicas", "serviceType", "tls", "sourceRanges", "metricsNamespaces"),
     "model": ("replicas", "serviceType", "version"),
-    "database": ("replicas", "storageSize", "storageClass"),
+    "database": ("replicas", "primary", "synchronousCommit", "storageSize", "storageClass"),
     "images": ("build", "registry", "gateway", "model", "database"),
 }
 _CLUSTER_KEYS: Final[dict[Provider, tuple[str, ...]]] = {
@@ -166,6 +185,7 @@ _SCALAR_KEYS: Final = (
     "namespace",
     "protect",
     "databasePassword",
+    "databaseReplicationPassword",
     "apiKey",
     "gatewayTlsCert",
     "gatewayTlsKey",
@@ -309,13 +329,34 @@ def _parse_cluster(raw: object) -> ClusterConfig:
     )
 
 
+def quantity_bytes(quantity: str) -> int:
+    """The bytes a Kubernetes quantity such as `1Gi` or `500M` stands for."""
+    match = _QUANTITY.match(quantity)
+    if match is None:
+        raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
+    return int(float(match.group("number")) * _QUANTITY_FACTORS[match.group("suffix") or ""])
+
+
 def _parse_database(section: _Section) -> DatabaseConfig:
-    replicas = section.raw.get("replicas", 1)
-    if replicas != 1 or isinstance(replicas, bool) or not isinstance(replicas, int):
+    replicas = section.integer("replicas", 1, 1, MAX_DATABASE_REPLICAS)
+    primary = section.raw.get("primary", 0)
+    if isinstance(primary, bool) or not isinstance(primary, int) or not (0 <= primary < replicas):
         raise _fail(
-            section.path("replicas"),
-            replicas,
-            "PostgreSQL runs one primary, so database.replicas must be 1",
+            section.path("primary"),
+            primary,
+            f"expected the index of one of the {replicas} database instances, 0 to {replicas - 1} "
+            "(fewer instances than the primary's index would remove the primary: fail over "
+            "to a lower one first with `make failover`)",
+        )
+    synchronous_commit = cast(
+        SynchronousCommit, section.choice("synchronousCommit", "local", SYNCHRONOUS_COMMIT)
+    )
+    if synchronous_commit != "local" and replicas == 1:
+        raise _fail(
+            section.path("synchronousCommit"),
+            synchronous_commit,
+            "a commit can wait only for a standby, and database.replicas is 1; "
+            "expected local, or database.replicas of 2 or more",
         )
     size = section.raw.get("storageSize", "1Gi")
     match = _QUANTITY.match(size) if isinstance(size, str) else None
@@ -326,7 +367,11 @@ def _parse_database(section: _Section) -> DatabaseConfig:
             "expected a positive Kubernetes quantity such as 1Gi, 500Mi or 10G",
         )
     return DatabaseConfig(
-        storage_size=cast(str, size), storage_class=section.string("storageClass")
+        storage_size=cast(str, size),
+        storage_class=section.string("storageClass"),
+        replicas=replicas,
+        primary=primary,
+        synchronous_commit=synchronous_commit,
     )
 
 
@@ -505,17 +550,22 @@ def load(stack: str | None = None) -> StackConfig:
     protect = raw.get("protect", False)
     if not isinstance(protect, bool):
         raise _fail("protect", protect, "expected true or false")
+    database = _parse_database(sections["database"])
+    replication_password = None
+    if database.replicas > 1:
+        replication_password = _secret(raw, "databaseReplicationPassword")
     return StackConfig(
         stack=stack,
         cluster=cluster,
         namespace=_parse_namespace(raw.get("namespace"), stack),
         gateway=_parse_gateway(sections["gateway"], raw, cluster),
         model=_parse_model(sections["model"]),
-        database=_parse_database(sections["database"]),
+        database=database,
         images=_parse_images(sections["images"], cluster),
         protect=protect,
         database_password=_secret(raw, "databasePassword"),
         api_key=_secret(raw, "apiKey"),
+        replication_password=replication_password,
     )
 
 

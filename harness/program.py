@@ -27,6 +27,7 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 MAIN: Final = ROOT / "__main__.py"
 TEST_SECRETS: Final = {
     "mlstack:databasePassword": "test-database-password",
+    "mlstack:databaseReplicationPassword": "test-replication-password",
     "mlstack:apiKey": "test-gateway-api-key",
 }
 LB_ADDRESS: Final = "203.0.113.10"

@@ -129,8 +129,18 @@ def test_a_service_image_serves_as_its_pod_runs_it(
 
 
 def database_pod() -> dict[str, Any]:
-    """The database's pod spec exactly as components/database.py renders it."""
-    return cast(dict[str, Any], database._pod_spec(database.DEFAULT_IMAGE, "secrets", "database"))
+    """The primary's pod spec exactly as components/database.py renders it."""
+    args = database.DatabaseArgs(
+        stack="e2e",
+        namespace="e2e",
+        storage_size="1Gi",
+        storage_bytes=2**30,
+        storage_class=None,
+        secret_name="secrets",
+    )
+    settings = database.server_settings(1, "local", args.storage_bytes)
+    spec = database._pod_spec(args, "primary", settings, "database", database.SCRIPTS)
+    return cast(dict[str, Any], spec)
 
 
 def env_value(container_spec: dict[str, Any], name: str) -> str:
@@ -145,15 +155,27 @@ def fs_group_folder(path: Path, mode: int) -> Path:
     return path
 
 
-def database_run_args(spec: dict[str, Any], data: Path, secrets: Path) -> list[str]:
-    """`docker run` options for the database container: its env, its volumes, its security."""
+def database_run_args(
+    spec: dict[str, Any], data: Path, secrets: Path, scripts: Path, image: str
+) -> list[str]:
+    """`docker run` options and arguments for the database container: its env, its volumes
+    (the start script's ConfigMap included), its security, its command."""
     mounts = {m["name"]: m["mount_path"] for m in spec["volume_mounts"]}
+    for name, text in database._script_files().items():
+        (scripts / name).write_text(text)
+        (scripts / name).chmod(0o444)
+    command = spec["command"]
     return [
         *RESTRICTED,
         f"--tmpfs={mounts['run']}",
         f"--volume={data}:{mounts[database.CLAIM_TEMPLATE]}",
         f"--volume={secrets}:{mounts[pod.SECRETS_VOLUME]}:ro",
+        f"--volume={scripts}:{mounts['scripts']}:ro",
         *(f"--env={e['name']}={e['value']}" for e in spec["env"]),
+        f"--entrypoint={command[0]}",
+        image,
+        *command[1:],
+        *spec["args"],
     ]
 
 
@@ -182,7 +204,9 @@ def test_the_database_image_keeps_the_contract_the_program_deploys_it_with(
     password_file.write_text(PASSWORD)
     os.chown(password_file, 0, UID)
     password_file.chmod(0o440)
-    args = [*database_run_args(spec, data, secrets), pulled(engine, refs.database)]
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    args = database_run_args(spec, data, secrets, scripts, pulled(engine, refs.database))
     ready = spec["readiness_probe"]["exec_"]["command"]
     psql = ["psql", f"--username={database.USER}", f"--dbname={database.DB_NAME}", "-tAc"]
     role = f"SELECT rolpassword FROM pg_authid WHERE rolname = '{database.USER}'"
@@ -194,8 +218,10 @@ def test_the_database_image_keeps_the_contract_the_program_deploys_it_with(
         verifier = engine.docker("exec", name, *psql, role).strip()
         assert scram_verifies(verifier, PASSWORD)
         assert not scram_verifies(verifier, PASSWORD + "x")
-        # ... and every other host must give it.
-        assert engine.docker("exec", name, *psql, host_rules).split() == ["scram-sha-256"]
+        # ... and every other host must give it (the stack's hba_file: one rule for every
+        # database, one for replication).
+        methods = engine.docker("exec", name, *psql, host_rules).split()
+        assert methods == ["scram-sha-256", "scram-sha-256"]
         engine.docker(
             "exec", name, *psql, "CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)"
         )

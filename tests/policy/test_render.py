@@ -58,6 +58,7 @@ def test_secret_values_are_never_written(manifests_dir: Path) -> None:
     assert gateway["stringData"] == {
         "api-key": render.SECRET_PLACEHOLDER,
         "database-url": render.SECRET_PLACEHOLDER,
+        "database-read-url": render.SECRET_PLACEHOLDER,
     }
 
 

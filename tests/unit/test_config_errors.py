@@ -3,12 +3,13 @@ the program logs that line and exits with the status that tells the CLI to show 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from components.config import USER_TOLD_EXIT_CODE
-from harness.program import ProgramExitError, run_program, stack_config
+from harness.program import TEST_SECRETS, ProgramExitError, run_program, stack_config
 
 EXISTING: dict[str, Any] = {"provider": "existing", "context": "kind-mlstack"}
 
@@ -69,11 +70,43 @@ def test_service_type_with_wrong_case_suggests_the_right_one() -> None:
     )
 
 
-@pytest.mark.parametrize("replicas", [0, 2, 3, "1"])
-def test_database_runs_exactly_one_primary(replicas: Any) -> None:
+@pytest.mark.parametrize("replicas", [0, 6, "2", True, 1.5])
+def test_database_replicas_are_one_primary_and_up_to_four_standbys(replicas: Any) -> None:
     message = config_error(dev_with(database={"replicas": replicas}))
     assert message.startswith("mlstack:database.replicas: ")
-    assert "must be 1" in message
+    assert "whole number from 1 to 5" in message
+
+
+@pytest.mark.parametrize("primary", [2, -1, "0", True])
+def test_the_primary_is_one_of_the_instances(primary: Any) -> None:
+    message = config_error(dev_with(database={"replicas": 2, "primary": primary}))
+    assert message.startswith(f"mlstack:database.primary: {json.dumps(primary)} is not allowed")
+    assert "0 to 1" in message
+    assert "make failover" in message
+
+
+def test_synchronous_commit_needs_a_standby() -> None:
+    message = config_error(dev_with(database={"replicas": 1, "synchronousCommit": "on"}))
+    assert message.startswith('mlstack:database.synchronousCommit: "on" is not allowed')
+    assert "database.replicas is 1" in message
+
+
+def test_synchronous_commit_is_one_of_postgresql_s_levels() -> None:
+    message = config_error(dev_with(database={"replicas": 2, "synchronousCommit": "remote-apply"}))
+    assert message == (
+        'mlstack:database.synchronousCommit: "remote-apply" is not allowed: expected one of '
+        'local, remote_write, on, remote_apply (did you mean "remote_apply"?)'
+    )
+
+
+def test_standbys_need_the_replication_password() -> None:
+    config = {
+        **dev_with(database={"replicas": 2}),
+        **{k: v for k, v in TEST_SECRETS.items() if k != "mlstack:databaseReplicationPassword"},
+    }
+    message = config_error(config, with_secrets=False)
+    assert message.startswith("mlstack:databaseReplicationPassword is missing: ")
+    assert "pulumi config set --secret mlstack:databaseReplicationPassword" in message
 
 
 @pytest.mark.parametrize("size", ["1GB", "lots", "0Gi", "-1Gi", "", 10])

@@ -126,7 +126,8 @@ def test_the_gateway_drains_before_it_stops(prod: ProgramRun) -> None:
 
 def test_every_container_requests_and_limits_ephemeral_storage(prod: ProgramRun) -> None:
     workloads = prod.of_kind("Deployment") + prod.of_kind("StatefulSet")
-    assert len(workloads) == 3
+    # gateway, model and the three database instances
+    assert len(workloads) == 5
     for workload in workloads:
         resources = container(workload)["resources"]
         assert "ephemeral-storage" in resources["requests"], workload.name
