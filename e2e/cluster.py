@@ -3,7 +3,7 @@
 The same pieces as the e2e suite: the app's images built and served by digest from a registry on
 127.0.0.1 (e2e/images.py), the throwaway control plane without fake nodes (e2e/controlplane.py),
 the real node with its egress guard and NetworkPolicy enforcement (e2e/node.py), the database
-claim bound to a local volume on it, and the stack deployed by the real `pulumi up`
+claims bound to local volumes on it, and the stack deployed by the real `pulumi up`
 (e2e/workspace.py). Root only; nothing leaves the machine.
 
     python -m e2e.cluster up DIR     # ends with three `export` lines: KUBECONFIG, gateway URL, key
@@ -29,7 +29,9 @@ from e2e.workspace import PulumiWorkspace
 
 STACK: Final = "e2e"
 NAMESPACE: Final = "mlstack-e2e"
-CLAIM: Final = f"{database.CLAIM_TEMPLATE}-{database.NAME}-0"
+CLAIM: Final = database.claim_name(0)
+# Every claim the stack's database instances can have: a local volume waits for each.
+CLAIMS: Final = tuple(database.claim_name(i) for i in range(database.MAX_REPLICAS))
 GATEWAY_SERVICE: Final = "gateway"
 
 
@@ -85,7 +87,8 @@ class LocalCluster:
             plane.start()
             node = Node(plane, registries=[self.images.registry.address])
             node.up()
-            node.add_volume(NAMESPACE, CLAIM)
+            for claim in CLAIMS:
+                node.add_volume(NAMESPACE, claim)
             api_key = secrets.token_urlsafe(24)
             ws = PulumiWorkspace(
                 bin_dir=plane.bin_dir, root=self.workdir / "pulumi", kubeconfig=plane.kubeconfig
@@ -97,6 +100,7 @@ class LocalCluster:
                 stack_config(plane, refs),
                 {
                     "mlstack:databasePassword": secrets.token_urlsafe(24),
+                    "mlstack:databaseReplicationPassword": secrets.token_urlsafe(24),
                     "mlstack:apiKey": api_key,
                 },
             )

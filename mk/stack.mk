@@ -1,6 +1,6 @@
 # Working with a stack through the real Pulumi CLI: `make up`, `make preview`.
 ifndef PULUMI_BACKEND_URL
-stack up preview down: export PULUMI_BACKEND_URL = $(PULUMI_BACKEND)
+stack up preview down failover: export PULUMI_BACKEND_URL = $(PULUMI_BACKEND)
 endif
 # A local file backend needs a passphrase for the stack's secrets; dev defaults to an empty one.
 ifeq ($(STACK),dev)
@@ -26,3 +26,7 @@ up: stack ## pulumi up the stack (default dev: k3s in Docker on this machine)
 .PHONY: preview
 preview: stack ## pulumi preview --diff of the stack
 	$(PULUMI) preview --stack $(STACK) --diff
+
+.PHONY: failover
+failover: stack ## make a standby of $(STACK)'s PostgreSQL the primary (TO=<instance>; README "Failover")
+	PULUMI=$(PULUMI) $(PY) -m tools.database_failover --stack $(STACK) $(if $(TO),--to $(TO))

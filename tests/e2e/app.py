@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from e2e.registry import DIRECT
 from tests.e2e.conftest import API_KEY, NAMESPACE
 
 PREDICT_PATH = "/api/v1/predict"
+HISTORY_PATH = "/api/v1/predictions?limit=20"
 BODY = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}).encode()
 APP_LABEL = "app.kubernetes.io/name"
 
@@ -41,14 +43,30 @@ def predict(url: str, timeout: float = 10) -> Answer:
         data=BODY,
         headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
     )
+    return _answer(request, timeout, lambda body: (body["model_version"], body["request_id"]))
+
+
+def history(url: str, timeout: float = 10) -> Answer:
+    """One GET /api/v1/predictions; `request_id` holds the ids listed, comma-separated."""
+    request = urllib.request.Request(url + HISTORY_PATH, headers={"X-API-Key": API_KEY})
+    return _answer(
+        request,
+        timeout,
+        lambda body: ("", ",".join(item["request_id"] for item in body["items"])),
+    )
+
+
+def _answer(
+    request: urllib.request.Request, timeout: float, read: Callable[[Any], tuple[str, str]]
+) -> Answer:
     now = time.monotonic()
     try:
         with DIRECT.open(request, timeout=timeout) as reply:
-            body = json.loads(reply.read())
-            return Answer(now, reply.status, body["model_version"], body["request_id"], "")
+            version, request_id = read(json.loads(reply.read()))
+            return Answer(now, reply.status, version, request_id, "")
     except urllib.error.HTTPError as err:
         return Answer(now, err.code, "", "", err.read().decode(errors="replace")[:300])
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, KeyError) as err:
         return Answer(now, 0, "", "", repr(err))
 
 
@@ -60,6 +78,8 @@ class Load:
     url: str
     limit: float = 600
     pause: float = 0.05
+    # What each request is: a prediction, or a history read.
+    call: Callable[[str], Answer] = predict
     answers: list[Answer] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -80,7 +100,7 @@ class Load:
     def _run(self) -> None:
         deadline = time.monotonic() + self.limit
         while not self._stop.is_set() and time.monotonic() < deadline:
-            self.answers.append(predict(self.url))
+            self.answers.append(self.call(self.url))
             self._stop.wait(self.pause)
 
     @property
@@ -151,11 +171,11 @@ def exec_in(kube: ControlPlane, pod: str, *argv: str, check: bool = True) -> str
     return proc.stdout + (proc.stderr if not check else "")
 
 
-def psql(kube: ControlPlane, sql: str) -> list[str]:
-    """Rows of `sql` run by psql inside the database pod (its local socket)."""
+def psql(kube: ControlPlane, sql: str, instance: int = 0) -> list[str]:
+    """Rows of `sql` run by psql inside a database instance's pod (its local socket)."""
     out = exec_in(
         kube,
-        f"{database.NAME}-0",
+        database.pod_name(instance),
         "psql", "--username", database.USER, "--dbname", database.DB_NAME,
         "--no-align", "--tuples-only", "--command", sql,
     )  # fmt: skip

@@ -35,6 +35,7 @@ NAMESPACE = cluster.NAMESPACE
 CLAIM = cluster.CLAIM
 SECRETS = {
     "mlstack:databasePassword": "e2e-database-password",
+    "mlstack:databaseReplicationPassword": "e2e-replication-password",
     "mlstack:apiKey": "e2e-gateway-api-key",
 }
 API_KEY = SECRETS["mlstack:apiKey"]
@@ -158,8 +159,9 @@ def node(control_plane: ControlPlane, tmp_root: Path) -> Iterator[Node]:
         real.up()
         for what, seconds in real.timings.items():
             TIMINGS[f"node: {what}"] = seconds
-        # The claim the database's StatefulSet mounts: a provisioner would create its volume.
-        real.add_volume(NAMESPACE, CLAIM)
+        # The claims the database's StatefulSets mount: a provisioner would create their volumes.
+        for claim in cluster.CLAIMS:
+            real.add_volume(NAMESPACE, claim)
         yield real
     finally:
         TEARDOWN.pop("node")

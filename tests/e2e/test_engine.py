@@ -5,7 +5,8 @@ level, its traffic through the gateway's LoadBalancer address.
 The scenarios run in order against one stack (each depends on the previous one's result):
 preview on an empty stack, up, the pods as they run, a prediction stored, the pull-request preview
 and its up, no drift then a refresh that finds an out-of-band scale, a model rollout back and
-forth under load, self-healing, scaling, NetworkPolicy, egress, and teardown. A bad config is
+forth under load, self-healing, scaling, NetworkPolicy, egress, a standby added by config, a
+standby killed, a failover and a third instance added and removed, and teardown. A bad config is
 checked on a stack of its own; the `kubectl apply` baseline runs last.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from e2e.cluster import gateway_url
 from e2e.controlplane import ControlPlane
 from e2e.node import Node, mounts_under, restricted_namespace, run
 from e2e.workspace import PulumiWorkspace
-from harness.program import run_program
+from harness.program import ROOT, run_program
 from tests.e2e import app
 from tests.e2e.conftest import CLAIM, NAMESPACE, SECRETS, STACK, TIMINGS, needs_root, stack_config
 
@@ -418,6 +421,195 @@ def test_4f_a_pod_connection_to_an_outside_address_is_refused(node: Node) -> Non
         node.check_egress_refused(OUTSIDER_NS, "outsider")
     finally:
         node.kubectl("delete", "namespace", OUTSIDER_NS, "--wait=true", timeout=180)
+
+
+def in_recovery(kube: ControlPlane, instance: int) -> str:
+    """`t` for a standby, `f` for a primary."""
+    (answer,) = app.psql(kube, "SELECT pg_is_in_recovery()", instance)
+    return answer
+
+
+def pod_uid(kube: ControlPlane, instance: int) -> str:
+    found: Any = kube.get_json("pod", database.pod_name(instance), "-n", NAMESPACE)
+    return str(found["metadata"]["uid"])
+
+
+def pod_ip(kube: ControlPlane, instance: int) -> str:
+    found: Any = kube.get_json("pod", database.pod_name(instance), "-n", NAMESPACE)
+    return str(found["status"]["podIP"])
+
+
+def streaming_to(kube: ControlPlane, primary: int) -> set[str]:
+    """The standbys (application names: their pod names) streaming from `primary`."""
+    rows = app.psql(kube, "SELECT application_name FROM pg_stat_replication "
+                    "WHERE state = 'streaming'", primary)  # fmt: skip
+    return set(rows)
+
+
+def stored_on(kube: ControlPlane, instance: int) -> set[str]:
+    return set(app.psql(kube, "SELECT request_id FROM predictions", instance))
+
+
+def gateway_metric(kube: ControlPlane, line_start: str) -> float:
+    """The value of the first /metrics line of a gateway pod that starts with `line_start`."""
+    gateway = app.live(app.pods(kube, "gateway"))[0]["metadata"]["name"]
+    read = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9090/metrics').read().decode())"
+    for line in app.exec_in(kube, gateway, "python", "-c", read).splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def longest_refusal(load: app.Load) -> float:
+    """The longest time between two answered requests with only failures in between."""
+    longest, last_ok, failing = 0.0, None, False
+    for answer in load.answers:
+        if answer.ok:
+            if failing and last_ok is not None:
+                longest = max(longest, answer.at - last_ok)
+            last_ok, failing = answer.at, False
+        else:
+            failing = True
+    return longest
+
+
+def test_4r_a_standby_added_by_config_streams_every_prediction_and_serves_the_history(
+    workspace: PulumiWorkspace, control_plane: ControlPlane
+) -> None:
+    kube = control_plane
+    primary_uid = pod_uid(kube, 0)
+    workspace.set_config(STACK, "mlstack:database.replicas", 2)
+    up = workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+    TIMINGS["pulumi up adding a standby"] = up.seconds
+    assert pod_uid(kube, 0) == primary_uid, "adding a standby restarted the primary"
+    assert in_recovery(kube, 1) == "t"
+    assert streaming_to(kube, 0) == {database.pod_name(1)}
+    assert app.ready_endpoints(kube, database.NAME) == {pod_ip(kube, 0)}
+    assert app.ready_endpoints(kube, database.READ_NAME) == {pod_ip(kube, 1)}
+    # Every row the primary had is on the copy, and a new prediction streams to it.
+    assert stored_on(kube, 1) >= ACKNOWLEDGED
+    url = gateway_url(kube)
+    answer = app.predict(url)
+    assert answer.ok, answer
+    ACKNOWLEDGED.add(answer.request_id)
+    app.wait_until(
+        "the prediction on the standby", lambda: answer.request_id in stored_on(kube, 1), 30
+    )
+    # The history is read from the standby (within the gateway's bound on its lag).
+    before = gateway_metric(kube, 'mlstack_gateway_db_reads_total{source="replica"}')
+    app.wait_until(
+        "the prediction in the history",
+        lambda: answer.request_id in app.history(url).request_id.split(","),
+        30,
+    )
+    after = gateway_metric(kube, 'mlstack_gateway_db_reads_total{source="replica"}')
+    assert after > before or gateway_metric(kube, "mlstack_gateway_db_reads_total") > 0
+
+
+def test_4s_a_killed_standby_disturbs_no_prediction_and_no_history_read(
+    control_plane: ControlPlane,
+) -> None:
+    kube = control_plane
+    url = gateway_url(kube)
+    standby_uid = pod_uid(kube, 1)
+    with app.Load(url, limit=180) as load, app.Load(url, limit=180, call=app.history) as reads:
+        time.sleep(2)
+        kube.kubectl(
+            "delete", "pod", database.pod_name(1), "-n", NAMESPACE, "--wait=true", timeout=180
+        )
+
+        def back() -> bool:
+            found = [p for p in app.live(app.pods(kube, "database")) if app.ready(p)]
+            return any(
+                p["metadata"]["name"] == database.pod_name(1)
+                and p["metadata"]["uid"] != standby_uid
+                for p in found
+            )
+
+        TIMINGS["standby deleted -> back Ready"] = app.wait_until("the standby back", back, 300)
+        app.wait_until(
+            "the standby streaming again",
+            lambda: streaming_to(kube, 0) == {database.pod_name(1)},
+            120,
+        )
+        time.sleep(2)
+    assert load.answers and not load.failures, load.summary()
+    assert reads.answers and not reads.failures, reads.summary()
+    ACKNOWLEDGED.update(app.acknowledged(load))
+    app.wait_until(
+        "every acknowledged prediction on the standby",
+        lambda: stored_on(kube, 1) >= ACKNOWLEDGED,
+        60,
+    )
+
+
+def test_4t_failover_promotes_the_standby_and_keeps_every_acknowledged_prediction(
+    workspace: PulumiWorkspace, control_plane: ControlPlane
+) -> None:
+    """`make failover` (tools/database_failover.py) under load: predictions may be refused while
+    no primary runs, but every acknowledged one is on the new primary and on the former primary,
+    which comes back as a copy of it."""
+    kube = control_plane
+    url = gateway_url(kube)
+    env = {**workspace.env(), "PYTHONPATH": str(ROOT)}
+    with app.Load(url, limit=600) as load:
+        time.sleep(3)
+        start = time.monotonic()
+        failover = subprocess.run(
+            [sys.executable, "-m", "tools.database_failover", "--stack", STACK, "--to", "1",
+             "--yes"],
+            cwd=workspace.project_dir, env=env, capture_output=True, text=True, timeout=900,
+            check=False,
+        )  # fmt: skip
+        TIMINGS["failover (stop, promote, pulumi up)"] = time.monotonic() - start
+        assert failover.returncode == 0, failover.stdout + failover.stderr
+        app.wait_until("a prediction answered again", lambda: bool(app.predict(url).ok), 120, 1)
+        time.sleep(3)
+    TIMINGS["failover: longest time without an answered prediction"] = longest_refusal(load)
+    ACKNOWLEDGED.update(app.acknowledged(load))
+    assert in_recovery(kube, 1) == "f"
+    assert in_recovery(kube, 0) == "t"
+    assert app.ready_endpoints(kube, database.NAME) == {pod_ip(kube, 1)}
+    assert app.ready_endpoints(kube, database.READ_NAME) == {pod_ip(kube, 0)}
+    missing = ACKNOWLEDGED - stored_on(kube, 1)
+    assert not missing, f"{len(missing)} acknowledged predictions lost, e.g. {sorted(missing)[:3]}"
+    app.wait_until(
+        "the former primary streaming from the new one",
+        lambda: streaming_to(kube, 1) == {database.pod_name(0)},
+        120,
+    )
+    app.wait_until(
+        "every acknowledged prediction on the former primary",
+        lambda: stored_on(kube, 0) >= ACKNOWLEDGED,
+        60,
+    )
+    config = workspace.run("config", "get", "--path", "mlstack:database.primary", "--stack", STACK)
+    assert config.stdout.strip() == "1"
+
+
+def test_4u_a_third_instance_comes_and_goes_by_config_without_touching_the_primary(
+    workspace: PulumiWorkspace, control_plane: ControlPlane
+) -> None:
+    kube = control_plane
+    primary_uid = pod_uid(kube, 1)
+    workspace.set_config(STACK, "mlstack:database.replicas", 3)
+    workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+    assert in_recovery(kube, 2) == "t"
+    app.wait_until(
+        "two standbys streaming",
+        lambda: streaming_to(kube, 1) == {database.pod_name(0), database.pod_name(2)},
+        60,
+    )
+    assert stored_on(kube, 2) >= ACKNOWLEDGED
+    workspace.set_config(STACK, "mlstack:database.replicas", 2)
+    workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+    assert pod_uid(kube, 1) == primary_uid, "scaling restarted the primary"
+    assert not app.live(
+        [p for p in app.pods(kube, "database") if p["metadata"]["name"] == database.pod_name(2)]
+    )
+    gone = kube.kubectl("get", "pvc", database.claim_name(2), "-n", NAMESPACE, check=False)
+    assert gone.returncode != 0, gone.stdout
+    assert streaming_to(kube, 1) == {database.pod_name(0)}
 
 
 def _model_replicas_in_state(workspace: PulumiWorkspace) -> int:
