@@ -52,10 +52,13 @@ def test_prod_protects_its_cluster_and_its_database_volume(runs: dict[str, Progr
     # The cloud's own guard too: GKE refuses to delete the cluster until an `up` lifts it.
     (gke,) = prod.by_type("gcp:container/cluster:Cluster")
     assert gke.inputs["deletionProtection"] is True
-    # Exactly those two are protected explicitly; the rest of the cluster inherits it.
+    # Exactly those are protected explicitly (the cluster, every database instance's volume);
+    # the rest of the cluster inherits it.
     assert protected(prod) == {
         f"{cluster_component(prod).type}::mlstack-prod",
         "kubernetes:core/v1:PersistentVolumeClaim::mlstack-database-data",
+        "kubernetes:core/v1:PersistentVolumeClaim::mlstack-database-1-data",
+        "kubernetes:core/v1:PersistentVolumeClaim::mlstack-database-2-data",
     }
 
 
@@ -75,7 +78,8 @@ def test_protect_true_in_config_protects_cluster_and_volume(stack: str) -> None:
     run = run_program(stack, {**stack_config(stack), "mlstack:protect": True})
     assert cluster_component(run).protect
     assert database_volume(run).protect
-    assert len(protected(run)) == 2
+    instances = len(run.of_kind("StatefulSet"))
+    assert len(protected(run)) == 1 + instances
 
 
 def test_protect_false_unprotects_prod() -> None:
