@@ -323,6 +323,29 @@ class PostgresServer:
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
+    def reload(self) -> None:
+        """Make the server read its configuration files again (postgresql.auto.conf included)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "reload")
+
+    def standby(self) -> PostgresServer:
+        """A hot standby of this running server, started: a base backup of it that streams its
+        WAL from it over 127.0.0.1 (initdb's defaults allow it: wal_level replica, 10 WAL
+        senders, trusted replication connections from 127.0.0.1)."""
+        standby = PostgresServer()
+        # -R: standby.signal and primary_conninfo, so the copy starts as this server's standby.
+        standby._run(
+            str(self.bindir / "pg_basebackup"),
+            "-D", str(standby.data),
+            "-h", "127.0.0.1",
+            "-p", str(self.port),
+            "-U", "postgres",
+            "-R",
+            "--checkpoint=fast",
+            "--no-sync",
+        )  # fmt: skip
+        standby.start()
+        return standby
+
     def create_database(self, name: str) -> str:
         async def create() -> None:
             conn = await asyncpg.connect(self.dsn())
@@ -359,3 +382,72 @@ def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
             await conn.close()
 
     return asyncio.run(run())
+
+
+def metric(service: ServiceProcess, name: str, **labels: str) -> float:
+    """One sample of the service's /metrics (NaN included), 0 when the series is absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert service.metrics_url is not None
+    reply = request("GET", service.metrics_url + "/metrics")
+    assert reply.status == 200, reply.body
+    for family in text_string_to_metric_families(reply.body.decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+class FreezableProxy:
+    """A TCP proxy on 127.0.0.1 in front of a local port. While frozen it holds every byte, in
+    both directions, without closing anything: a hung server or a network that drops packets,
+    as the clients see it."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self._target_port))
+            except OSError:
+                return
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                self._flowing.wait()
+                sink.sendall(data)
+        # One side closed: close the other, which ends the opposite pump too.
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._flowing.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -290,3 +291,9 @@ def test_a_write_that_fails_before_taking_fails_the_queued_callers() -> None:
     assert all(isinstance(r, StoreUnavailableError) for r in results)
     assert "not connected" in str(results[0])
     assert attempts == 1
+
+
+def test_the_read_lag_is_nan_until_a_read_measures_it() -> None:
+    lag = GatewayMetrics().registry.get_sample_value("mlstack_gateway_db_read_lag_seconds")
+    assert lag is not None
+    assert math.isnan(lag)

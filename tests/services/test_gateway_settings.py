@@ -86,3 +86,61 @@ def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
                 "TLS_KEY_FILE": str(tmp_path / "absent.key"),
             }
         )
+
+
+def test_the_standbys_url_is_read_from_its_file(tmp_path: Path) -> None:
+    (tmp_path / "database-read-url").write_text("postgresql://u:p@database-read:5432/mlstack\n")
+    settings = GatewaySettings.from_env(
+        {
+            "MLSTACK_API_KEY": "k",
+            "DATABASE_URL": "postgresql://u:p@database:5432/mlstack",
+            "DATABASE_READ_URL_FILE": str(tmp_path / "database-read-url"),
+        }
+    )
+    assert settings.database_read_url == "postgresql://u:p@database-read:5432/mlstack"
+    assert settings.database_read_max_lag_seconds == 5.0
+
+
+def test_without_a_read_url_every_read_goes_to_the_primary() -> None:
+    settings = GatewaySettings.from_env(
+        {"MLSTACK_API_KEY": "k", "DATABASE_URL": "postgresql://u:p@database:5432/mlstack"}
+    )
+    assert settings.database_read_url is None
+
+
+@pytest.mark.parametrize("name", ["DATABASE_READ_URL", "DATABASE_READ_URL_FILE"])
+def test_a_read_url_needs_the_primary_url(tmp_path: Path, name: str) -> None:
+    (tmp_path / "database-read-url").write_text("postgresql://u:p@database-read:5432/mlstack\n")
+    value = {
+        "DATABASE_READ_URL": "postgresql://u:p@database-read:5432/mlstack",
+        "DATABASE_READ_URL_FILE": str(tmp_path / "database-read-url"),
+    }[name]
+    with pytest.raises(SettingsError, match=f"^{name} is set but DATABASE_URL is not"):
+        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", name: value})
+
+
+def test_a_read_url_must_be_postgresql() -> None:
+    with pytest.raises(SettingsError, match="DATABASE_READ_URL must give a postgresql:// URL"):
+        GatewaySettings.from_env(
+            {
+                "MLSTACK_API_KEY": "k",
+                "DATABASE_URL": "postgresql://u:p@database:5432/mlstack",
+                "DATABASE_READ_URL": "mysql://u:p@database-read:3306/mlstack",
+            }
+        )
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [("-0.5", r"must be >= 0\.0"), ("soon", "must be a number"), ("inf", "must be a finite")],
+)
+def test_the_read_lag_bound_is_a_number_of_seconds_from_0(value: str, rule: str) -> None:
+    with pytest.raises(SettingsError, match=f"DATABASE_READ_MAX_LAG_SECONDS {rule}"):
+        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "DATABASE_READ_MAX_LAG_SECONDS": value})
+
+
+def test_a_read_lag_bound_of_0_is_allowed() -> None:
+    settings = GatewaySettings.from_env(
+        {"MLSTACK_API_KEY": "k", "DATABASE_READ_MAX_LAG_SECONDS": "0"}
+    )
+    assert settings.database_read_max_lag_seconds == 0.0

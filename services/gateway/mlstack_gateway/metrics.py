@@ -3,6 +3,7 @@ GET /metrics on the metrics port."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import orjson
@@ -109,6 +110,32 @@ class GatewayMetrics:
             "Database writes that failed (and were retried or answered 503).",
             registry=self.registry,
         )
+        self.db_reads = Counter(
+            "mlstack_gateway_db_reads",
+            "History reads (GET /api/v1/predictions) on PostgreSQL, by where they were served: "
+            "replica (DATABASE_READ_URL, within DATABASE_READ_MAX_LAG_SECONDS of the primary) "
+            "or primary (DATABASE_URL).",
+            ["source"],
+            registry=self.registry,
+        )
+        self.db_read_fallbacks = Counter(
+            "mlstack_gateway_db_read_fallbacks",
+            "History reads sent to the primary instead of DATABASE_READ_URL, by reason: lag "
+            "(replay lag above DATABASE_READ_MAX_LAG_SECONDS), unknown_lag (a standby whose WAL "
+            "receiver is not streaming, or a role that may not see it), error (the read URL "
+            "not connected yet, failing or slower than a second, or skipped for 5 s after 3 "
+            "failures in a row).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.db_read_lag = Gauge(
+            "mlstack_gateway_db_read_lag_seconds",
+            "Replay lag of the DATABASE_READ_URL server as the last history read sent there "
+            "measured it (0 on a primary, or a standby that has replayed all it received); NaN "
+            "before any such read, or when the last one could not measure it.",
+            registry=self.registry,
+        )
+        self.db_read_lag.set(math.nan)
 
     def watch_breaker(self, is_open: Callable[[], bool]) -> None:
         self.breaker_open.set_function(lambda: 1.0 if is_open() else 0.0)

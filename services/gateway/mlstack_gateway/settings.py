@@ -49,6 +49,26 @@ def _tls_files(env: dict[str, str]) -> tuple[Path, Path] | None:
     return Path(cert), Path(key)
 
 
+def _database_read_url(env: dict[str, str], database_url: str | None) -> str | None:
+    """The standbys' URL, which only a PostgreSQL primary (DATABASE_URL) can go with."""
+    read_url = _secret(env, "DATABASE_READ_URL").strip() or None
+    if read_url is None:
+        return None
+    from_file = bool(env.get("DATABASE_READ_URL_FILE", "").strip())
+    given = "DATABASE_READ_URL_FILE" if from_file else "DATABASE_READ_URL"
+    if database_url is None:
+        raise SettingsError(
+            f"{given} is set but DATABASE_URL is not: reads from standbys need the PostgreSQL "
+            "primary that takes the writes (set DATABASE_URL too, or unset "
+            f"{given} for SQLite)"
+        )
+    if not read_url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(
+            f"{given} must give a postgresql:// URL (the standbys of DATABASE_URL's primary)"
+        )
+    return read_url
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     host: str
@@ -62,6 +82,14 @@ class GatewaySettings:
     model_name: str
     # postgresql://... or None for the embedded SQLite file in data_dir.
     database_url: str | None
+    # postgresql://... of the hot standbys that may serve GET /api/v1/predictions (Service
+    # `database-read`), or None: every read on database_url. Writes, migrations and /readyz
+    # always use database_url.
+    database_read_url: str | None
+    # A history read goes to database_url instead when the standby reports more replay lag
+    # than this, or cannot say (its WAL receiver is not streaming): the staleness a read from
+    # database_read_url may have, plus WAL still in flight on the network.
+    database_read_max_lag_seconds: float
     data_dir: Path
     max_batch_rows: int
     max_body_bytes: int
@@ -106,6 +134,7 @@ class GatewaySettings:
             ("postgresql://", "postgres://")
         ):
             raise SettingsError("DATABASE_URL must be a postgresql:// URL (unset it for SQLite)")
+        database_read_url = _database_read_url(env, database_url)
         data_dir = env.get("DATA_DIR", "").strip()
         port = env_integer(env, "PORT", 8080)
         metrics_port = env_integer(env, "METRICS_PORT", 9090)
@@ -122,6 +151,10 @@ class GatewaySettings:
             model_url=model_url.rstrip("/"),
             model_name=env.get("MODEL_NAME", "").strip() or "iris",
             database_url=database_url,
+            database_read_url=database_read_url,
+            database_read_max_lag_seconds=env_number(
+                env, "DATABASE_READ_MAX_LAG_SECONDS", 5.0, 0.0
+            ),
             # /tmp is the writable emptyDir in Kubernetes and exists on every laptop.
             data_dir=Path(data_dir) if data_dir else Path(tempfile.gettempdir()) / "mlstack",
             max_batch_rows=env_integer(env, "MAX_BATCH_ROWS", 1024),

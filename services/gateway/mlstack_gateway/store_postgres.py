@@ -1,15 +1,33 @@
-"""PostgreSQL store: an asyncpg pool, group commit, and migrations under an advisory lock."""
+"""PostgreSQL store: the primary's asyncpg pool (group commit, migrations under an advisory lock,
+the readiness ping) and, with DATABASE_READ_URL, a small pool on the hot standbys for history reads.
+
+A history read (``recent``) served by a standby sees what the standby has replayed. The read's
+own statement also measures the standby's replay lag (one round trip, one snapshot), and the
+read goes to the primary instead when that lag is above DATABASE_READ_MAX_LAG_SECONDS or unknown.
+So while a standby streams from its primary, a history read it serves misses no transaction the
+primary committed more than DATABASE_READ_MAX_LAG_SECONDS before the read, save WAL still in
+flight on the network (a standby that has replayed all it received counts as 0 behind). A
+standby that loses its primary stops streaming, its lag is unknown, and reads go to the primary.
+Read-your-writes holds only on the primary: a prediction just answered 200 may be missing from a
+list a standby serves. The lag is the standby's clock minus the primary's commit time of the
+last replayed transaction, so clocks out of step between the two hosts shift it.
+
+Seeing the WAL receiver's state takes superuser or pg_read_all_stats (pg_monitor): for any
+other role the lag is unknown and every read goes to the primary (counted as ``unknown_lag``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
+from mlstack_gateway.breaker import CircuitBreaker
 from mlstack_gateway.group_commit import GroupCommitter
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.migrations import migrate
@@ -51,6 +69,42 @@ SELECT request_id::text, created_at, model_name, model_version,
        instances::text, predictions::text, latency_ms
 FROM predictions ORDER BY id DESC LIMIT $1
 """
+# _RECENT's columns plus the server's replay lag in seconds (NULL: unknown), with rows only
+# when that lag is at most $2: one row of NULLs and the lag otherwise, or when there are none.
+# A primary is 0 behind itself; a standby whose WAL receiver is not streaming cannot say how
+# far behind it is; one that has replayed all it received is behind by the WAL in flight only.
+# The lag is measured while the statement runs, on the snapshot the rows come from.
+_RECENT_WITHIN_LAG = """
+WITH lag AS (
+    SELECT CASE
+        WHEN NOT pg_is_in_recovery() THEN 0.0
+        WHEN NOT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN NULL
+        WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
+        -- At least 0: a standby whose clock is behind the primary's may measure less.
+        ELSE greatest(0.0, extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()))
+    END::float8 AS seconds
+)
+SELECT recent.*, lag.seconds
+FROM lag LEFT JOIN LATERAL (
+    SELECT request_id::text, created_at, model_name, model_version,
+           instances::text, predictions::text, latency_ms
+    FROM predictions WHERE lag.seconds <= $2 ORDER BY id DESC LIMIT $1
+) AS recent ON true
+"""
+# What one history read may spend on the read URL (acquire, connect and query) before it goes
+# to the primary: a standby that is down or unreachable costs a read this much at most.
+READ_ATTEMPT_SECONDS = 1.0
+# History reads are few and short.
+_READ_POOL_SIZE = 2
+# After this many read-URL failures in a row, reads skip it for _READ_PAUSE_SECONDS (then one
+# trial read), so an unreachable standby does not add READ_ATTEMPT_SECONDS to every read.
+_READ_FAILURES_BEFORE_PAUSE = 3
+_READ_PAUSE_SECONDS = 5.0
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, for the log (a timeout's message is empty)."""
+    return str(exc) or type(exc).__name__
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -87,17 +141,68 @@ class _Schema:
         return [row[0] for row in await self._conn.fetch(query)]
 
 
+async def _open_pool(
+    dsn: str,
+    name: str,
+    *,
+    max_size: int,
+    command_timeout: float,
+    connect_timeout: float = 60.0,
+    prepare: Callable[[asyncpg.Pool], Awaitable[None]] | None = None,
+) -> asyncpg.Pool:
+    """A pool on ``dsn`` once its server answers and ``prepare`` has run on it; until then,
+    tries again with a growing pause (the server may still be starting)."""
+    delay = 0.2
+    while True:
+        pool: asyncpg.Pool | None = None
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=max_size,
+                command_timeout=command_timeout,
+                timeout=connect_timeout,
+            )
+            if prepare is not None:
+                await prepare(pool)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("%s not ready (%s); retrying in %.1fs", name, _reason(exc), delay)
+            if pool is not None:
+                pool.terminate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        return pool
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), timeout=5)
+    except TimeoutError:
+        pool.terminate()
+
+
 class PostgresStore:
     kind = "postgresql"
 
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         assert settings.database_url is not None
         self._dsn = settings.database_url
+        self._read_dsn = settings.database_read_url
+        self._max_lag = settings.database_read_max_lag_seconds
         self._pool_size = settings.db_pool_size
         self._write_timeout = settings.db_write_timeout_seconds
         self._metrics = metrics
         self._pool: asyncpg.Pool | None = None
-        self._connecting: asyncio.Task[None] | None = None
+        self._read_pool: asyncpg.Pool | None = None
+        self._connecting: list[asyncio.Task[None]] = []
+        self._read_breaker = CircuitBreaker(_READ_FAILURES_BEFORE_PAUSE, _READ_PAUSE_SECONDS)
+        # Every series at 0 from the start, so that rates work from the first scrape.
+        metrics.db_reads.labels("primary")
+        if self._read_dsn is not None:
+            metrics.db_reads.labels("replica")
+            for reason in ("lag", "unknown_lag", "error"):
+                metrics.db_read_fallbacks.labels(reason)
         # Several commits in flight at once (PostgreSQL flushes them together), one pool
         # connection left over for reads and probes.
         self._committer: GroupCommitter[PredictionRecord] = GroupCommitter(
@@ -110,31 +215,40 @@ class PostgresStore:
     async def open(self) -> None:
         # Connect in the background so the gateway starts (and reports not-ready) while the
         # database is still coming up; wait a little so a healthy start is ready at once.
-        self._connecting = asyncio.create_task(self._connect_until_ready())
+        primary = asyncio.create_task(self._connect_primary())
+        self._connecting.append(primary)
+        read = None
+        if self._read_dsn is not None:
+            read = asyncio.create_task(self._connect_read(self._read_dsn))
+            self._connecting.append(read)
         try:
-            await asyncio.wait_for(asyncio.shield(self._connecting), timeout=10)
+            await asyncio.wait_for(asyncio.shield(primary), timeout=10)
         except TimeoutError:
             log.warning("PostgreSQL not reachable yet; still trying in the background")
+        if read is not None:
+            # Reads go to the primary until the read URL answers, which gets no longer than a
+            # read would give it.
+            await asyncio.wait({read}, timeout=READ_ATTEMPT_SECONDS)
 
-    async def _connect_until_ready(self) -> None:
-        delay = 0.2
-        while True:
-            pool: asyncpg.Pool | None = None
-            try:
-                pool = await asyncpg.create_pool(
-                    self._dsn, min_size=1, max_size=self._pool_size, command_timeout=10
-                )
-                await self._migrate(pool)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("PostgreSQL connect/migrate failed (%s); retrying in %.1fs", exc, delay)
-                if pool is not None:
-                    pool.terminate()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self._pool = pool
-            log.info("PostgreSQL connected, schema up to date")
-            return
+    async def _connect_primary(self) -> None:
+        self._pool = await _open_pool(
+            self._dsn,
+            "PostgreSQL",
+            max_size=self._pool_size,
+            command_timeout=10,
+            prepare=self._migrate,
+        )
+        log.info("PostgreSQL connected, schema up to date")
+
+    async def _connect_read(self, dsn: str) -> None:
+        self._read_pool = await _open_pool(
+            dsn,
+            "PostgreSQL read URL",
+            max_size=_READ_POOL_SIZE,
+            command_timeout=READ_ATTEMPT_SECONDS,
+            connect_timeout=READ_ATTEMPT_SECONDS,
+        )
+        log.info("PostgreSQL read URL connected")
 
     @staticmethod
     async def _migrate(pool: asyncpg.Pool) -> None:
@@ -177,6 +291,11 @@ class PostgresStore:
         await self._committer.submit(record)
 
     async def recent(self, limit: int) -> list[dict[str, Any]]:
+        if self._read_dsn is not None:
+            items = await self._recent_within_lag(limit)
+            if items is not None:
+                self._metrics.db_reads.labels("replica").inc()
+                return items
         pool = self._pool
         if pool is None:
             raise StoreUnavailableError("database not connected yet")
@@ -186,7 +305,62 @@ class PostgresStore:
             if _is_transient(exc):
                 raise StoreUnavailableError(f"database read failed: {exc}") from exc
             raise
+        self._metrics.db_reads.labels("primary").inc()
         return [history_item(row, row[1].isoformat()) for row in rows]
+
+    async def _recent_within_lag(self, limit: int) -> list[dict[str, Any]] | None:
+        """The newest rows from the read URL if its server is within the lag bound; None (and
+        the reason counted) when the primary must answer instead."""
+        pool = self._read_pool
+        if pool is None or not self._read_breaker.allow():
+            self._fall_back("error")
+            return None
+        try:
+            rows = await self._fetch_within_lag(pool, limit)
+        except asyncio.CancelledError:
+            self._read_breaker.release()
+            raise
+        except Exception as exc:
+            # Whatever the read URL does wrong (down, slow, not yet replicated the schema), the
+            # primary can still answer.
+            self._read_breaker.record_failure()
+            log.warning(
+                "history read from the read URL failed (%s); reading the primary", _reason(exc)
+            )
+            self._fall_back("error")
+            return None
+        self._read_breaker.record_success()
+        lag: float | None = rows[0][7]
+        self._metrics.db_read_lag.set(math.nan if lag is None else lag)
+        if lag is None:
+            self._fall_back("unknown_lag")
+            return None
+        if lag > self._max_lag:
+            self._fall_back("lag")
+            return None
+        # No predictions: the one row of NULLs (request_id is NOT NULL in the table).
+        return [history_item(row, row[1].isoformat()) for row in rows if row[0] is not None]
+
+    async def _fetch_within_lag(self, pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
+        # Acquire (perhaps connect), query and release, all within one bound. asyncpg would
+        # release a timed-out connection only once a cancel request, sent on a connection of
+        # its own, has been acknowledged by a server that may be the one hanging: such a
+        # connection is closed at once instead (the pool opens another when needed).
+        async with asyncio.timeout(READ_ATTEMPT_SECONDS):
+            conn = await pool.acquire()
+            try:
+                rows: list[asyncpg.Record] = await conn.fetch(
+                    _RECENT_WITHIN_LAG, limit, self._max_lag
+                )
+            except BaseException:
+                conn.terminate()
+                raise
+            finally:
+                await pool.release(conn)
+        return rows
+
+    def _fall_back(self, reason: str) -> None:
+        self._metrics.db_read_fallbacks.labels(reason).inc()
 
     async def ping(self) -> bool:
         pool = self._pool
@@ -201,11 +375,9 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self._committer.close()
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
-        if self._pool is not None:
-            try:
-                await asyncio.wait_for(self._pool.close(), timeout=5)
-            except TimeoutError:
-                self._pool.terminate()
-            self._pool = None
+        for task in self._connecting:
+            task.cancel()
+        for pool in (self._pool, self._read_pool):
+            if pool is not None:
+                await _close_pool(pool)
+        self._pool = self._read_pool = None

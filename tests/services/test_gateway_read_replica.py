@@ -1,0 +1,217 @@
+"""History reads from a hot standby (DATABASE_READ_URL): served there while it is within
+DATABASE_READ_MAX_LAG_SECONDS of the primary, and by the primary when it falls behind, stops
+streaming, stops or hangs; every read answers 200 as long as the primary does."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services.support import (
+    API_KEY,
+    FreezableProxy,
+    PostgresServer,
+    ServiceProcess,
+    metric,
+    predict,
+    query,
+    request,
+    start_gateway,
+)
+
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+DATABASE = "read_replica"
+MAX_LAG = 0.5
+READS = "mlstack_gateway_db_reads_total"
+FALLBACKS = "mlstack_gateway_db_read_fallbacks_total"
+LAG = "mlstack_gateway_db_read_lag_seconds"
+
+
+@pytest.fixture(scope="module")
+def primary_dsn(postgres: PostgresServer) -> str:
+    return postgres.create_database(DATABASE)
+
+
+@pytest.fixture(scope="module")
+def standby(postgres: PostgresServer, primary_dsn: str) -> Iterator[PostgresServer]:
+    server = postgres.standby()
+    yield server
+    server.destroy()
+
+
+def start_read_gateway(
+    model_server: ServiceProcess, log_dir: Path, primary_dsn: str, read_dsn: str
+) -> ServiceProcess:
+    return start_gateway(
+        model_server.url,
+        log_dir,
+        DATABASE_URL=primary_dsn,
+        DATABASE_READ_URL=read_dsn,
+        DATABASE_READ_MAX_LAG_SECONDS=str(MAX_LAG),
+    )
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    model_server: ServiceProcess, log_dir: Path, primary_dsn: str, standby: PostgresServer
+) -> Iterator[ServiceProcess]:
+    service = start_read_gateway(model_server, log_dir, primary_dsn, standby.dsn(DATABASE))
+    yield service
+    service.stop()
+
+
+def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+
+
+def new_prediction(gateway: ServiceProcess) -> str:
+    reply = predict(gateway.url, [SETOSA])
+    assert reply.status == 200, reply.body
+    request_id: str = reply.json()["request_id"]
+    return request_id
+
+
+def listed(gateway: ServiceProcess) -> list[str]:
+    """The request ids GET /api/v1/predictions lists, newest first; the read must answer 200."""
+    reply = request(
+        "GET", f"{gateway.url}/api/v1/predictions?limit=5", headers={"X-API-Key": API_KEY}
+    )
+    assert reply.status == 200, reply.body
+    return [item["request_id"] for item in reply.json()["items"]]
+
+
+def read_until_listed(
+    gateway: ServiceProcess, request_id: str, counter: str, **labels: str
+) -> None:
+    """Reads the history until one read that ``counter`` counts lists ``request_id`` (the tests
+    of this module are the gateway's only clients, so a count that rises by one is that read)."""
+
+    def counted_read_lists_it() -> bool:
+        before = metric(gateway, counter, **labels)
+        ids = listed(gateway)
+        return metric(gateway, counter, **labels) == before + 1 and request_id in ids
+
+    until(counted_read_lists_it, f"a read counted in {counter}{labels} lists {request_id}")
+
+
+def on_standby(standby: PostgresServer, request_id: str) -> bool:
+    sql = "SELECT count(*) FROM predictions WHERE request_id = $1::uuid"
+    return bool(query(standby.dsn(DATABASE), sql, request_id)[0][0])
+
+
+def test_an_empty_history_is_read_from_the_standby(gateway: ServiceProcess) -> None:
+    lists: list[list[str]] = []
+
+    def read_from_standby() -> bool:
+        before = metric(gateway, READS, source="replica")
+        lists.append(listed(gateway))
+        return metric(gateway, READS, source="replica") == before + 1
+
+    until(read_from_standby, "a read served by the standby")
+    assert lists[-1] == []
+    assert 0.0 <= metric(gateway, LAG) <= MAX_LAG
+
+
+def test_a_prediction_is_listed_from_the_standby(
+    gateway: ServiceProcess, standby: PostgresServer
+) -> None:
+    request_id = new_prediction(gateway)
+    read_until_listed(gateway, request_id, READS, source="replica")
+    lag = metric(gateway, LAG)
+    assert 0.0 <= lag <= MAX_LAG
+    assert on_standby(standby, request_id)
+
+
+def test_a_standby_behind_by_more_than_the_bound_is_not_read(
+    gateway: ServiceProcess, standby: PostgresServer
+) -> None:
+    standby_dsn = standby.dsn(DATABASE)
+    query(standby_dsn, "SELECT pg_wal_replay_pause()")
+    try:
+        until(
+            lambda: query(standby_dsn, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused",
+            "the standby's replay paused",
+        )
+        request_id = new_prediction(gateway)
+        # Served by the primary once the standby is MAX_LAG behind: the newest row included.
+        read_until_listed(gateway, request_id, FALLBACKS, reason="lag")
+        assert metric(gateway, LAG) > MAX_LAG
+        assert not on_standby(standby, request_id)
+    finally:
+        query(standby_dsn, "SELECT pg_wal_replay_resume()")
+    # Caught up, it serves reads again.
+    read_until_listed(gateway, request_id, READS, source="replica")
+
+
+def test_a_standby_that_stops_streaming_is_not_read(
+    gateway: ServiceProcess, standby: PostgresServer
+) -> None:
+    standby_dsn = standby.dsn(DATABASE)
+
+    def set_primary_conninfo(value: str) -> None:
+        query(
+            standby_dsn, "ALTER SYSTEM SET primary_conninfo = '{}'".format(value.replace("'", "''"))
+        )
+        standby.reload()
+
+    def streaming() -> bool:
+        return bool(
+            query(standby_dsn, "SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming'")
+        )
+
+    conninfo: str = query(standby_dsn, "SHOW primary_conninfo")[0][0]
+    set_primary_conninfo("")  # as if it had lost its primary: no WAL receiver
+    try:
+        until(lambda: not streaming(), "the standby's WAL receiver stopped")
+        request_id = new_prediction(gateway)
+        read_until_listed(gateway, request_id, FALLBACKS, reason="unknown_lag")
+        assert math.isnan(metric(gateway, LAG))
+    finally:
+        set_primary_conninfo(conninfo)
+    until(streaming, "the standby streaming again")
+    read_until_listed(gateway, request_id, READS, source="replica")
+
+
+def test_a_stopped_standby_leaves_reads_to_the_primary(
+    gateway: ServiceProcess, standby: PostgresServer
+) -> None:
+    standby.stop()
+    try:
+        request_id = new_prediction(gateway)
+        errors = metric(gateway, FALLBACKS, reason="error")
+        from_primary = metric(gateway, READS, source="primary")
+        assert request_id in listed(gateway)
+        assert metric(gateway, FALLBACKS, reason="error") == errors + 1
+        assert metric(gateway, READS, source="primary") == from_primary + 1
+    finally:
+        standby.start()
+    # The read pool connects again once the standby is back.
+    read_until_listed(gateway, new_prediction(gateway), READS, source="replica")
+
+
+def test_a_hung_standby_leaves_reads_to_the_primary(
+    model_server: ServiceProcess, log_dir: Path, primary_dsn: str, standby: PostgresServer
+) -> None:
+    proxy = FreezableProxy(standby.port)
+    proxy.freeze()  # hung from the start: the gateway has no read pool yet
+    read_dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/{DATABASE}"
+    gateway = start_read_gateway(model_server, log_dir, primary_dsn, read_dsn)
+    try:
+        read_until_listed(gateway, new_prediction(gateway), FALLBACKS, reason="error")
+        proxy.thaw()
+        read_until_listed(gateway, new_prediction(gateway), READS, source="replica")
+        proxy.freeze()  # hung in the middle of a read, with the pool's connections open
+        read_until_listed(gateway, new_prediction(gateway), FALLBACKS, reason="error")
+        proxy.thaw()
+        read_until_listed(gateway, new_prediction(gateway), READS, source="replica")
+    finally:
+        gateway.stop()
+        proxy.close()
