@@ -29,6 +29,12 @@ MODEL_SERVICE: Final = "model"
 API_KEY: Final = "api-key"
 DATABASE_URL: Final = "database-url"
 DATABASE_READ_URL: Final = "database-read-url"
+# The Secrets' names. Workloads mount them by these names, not by the Secrets' outputs: a Secret
+# is replaced when its data changes, and a workload that took its output would be replaced too
+# (deleted first); instead, a digest of the values in the pod template rolls the pods.
+DATABASE_SECRET: Final = "database"
+GATEWAY_SECRET: Final = "gateway"
+GATEWAY_TLS_SECRET: Final = "gateway-tls"
 GATEWAY_RESOURCES: Final = pod.Resources("100m", "128Mi", "1", "256Mi")
 # The gateway's /metrics: a port of its own, never on the Service.
 METRICS_PORT: Final = 9090
@@ -82,7 +88,11 @@ class MlApp(pulumi.ComponentResource):
             database_secrets[database.REPLICATION_PASSWORD_KEY] = config.replication_password
         database_secret = k8s.core.v1.Secret(
             f"{name}-database",
-            metadata={"name": "database", "namespace": ns, "labels": labels("database", stack)},
+            metadata={
+                "name": DATABASE_SECRET,
+                "namespace": ns,
+                "labels": labels("database", stack),
+            },
             type="Opaque",
             string_data=database_secrets,
             opts=on_cluster,
@@ -95,7 +105,9 @@ class MlApp(pulumi.ComponentResource):
                 storage_size=config.database.storage_size,
                 storage_bytes=config.database.storage_bytes,
                 storage_class=config.database.storage_class,
-                secret_name=database_secret.metadata.name,
+                secret_name=DATABASE_SECRET,
+                secrets_checksum=pod.checksum(database_secrets),
+                after=(database_secret,),
                 image=config.images.database or database.DEFAULT_IMAGE,
                 replicas=config.database.replicas,
                 primary=config.database.primary,
@@ -116,34 +128,44 @@ class MlApp(pulumi.ComponentResource):
                 f":{database.PORT}/{database.DB_NAME}",
             )
 
+        gateway_secrets = {
+            API_KEY: config.api_key,
+            DATABASE_URL: database_url(db.host),
+            DATABASE_READ_URL: database_url(db.read_host),
+        }
         gateway_secret = k8s.core.v1.Secret(
             f"{name}-gateway",
-            metadata={"name": "gateway", "namespace": ns, "labels": labels("gateway", stack)},
-            type="Opaque",
-            string_data={
-                API_KEY: config.api_key,
-                DATABASE_URL: database_url(db.host),
-                DATABASE_READ_URL: database_url(db.read_host),
+            metadata={
+                "name": GATEWAY_SECRET,
+                "namespace": ns,
+                "labels": labels("gateway", stack),
             },
+            type="Opaque",
+            string_data=gateway_secrets,
             opts=on_cluster,
         )
+        gateway_after: list[pulumi.Resource] = [gateway_secret]
         tls = config.gateway.tls
-        tls_secret_name: pulumi.Input[str] | None = None
+        tls_secret_name: str | None = None
         if tls is not None and tls.secret_name is not None:
             tls_secret_name = tls.secret_name
         elif tls is not None and tls.certificate is not None and tls.private_key is not None:
-            tls_secret = k8s.core.v1.Secret(
-                f"{name}-gateway-tls",
-                metadata={
-                    "name": "gateway-tls",
-                    "namespace": ns,
-                    "labels": labels("gateway", stack),
-                },
-                type="kubernetes.io/tls",
-                string_data={"tls.crt": tls.certificate, "tls.key": tls.private_key},
-                opts=on_cluster,
+            tls_files = {"tls.crt": tls.certificate, "tls.key": tls.private_key}
+            gateway_secrets |= tls_files
+            gateway_after.append(
+                k8s.core.v1.Secret(
+                    f"{name}-gateway-tls",
+                    metadata={
+                        "name": GATEWAY_TLS_SECRET,
+                        "namespace": ns,
+                        "labels": labels("gateway", stack),
+                    },
+                    type="kubernetes.io/tls",
+                    string_data=tls_files,
+                    opts=on_cluster,
+                )
             )
-            tls_secret_name = tls_secret.metadata.name
+            tls_secret_name = GATEWAY_TLS_SECRET
         Microservice(
             f"{name}-model",
             MicroserviceArgs(
@@ -184,7 +206,9 @@ class MlApp(pulumi.ComponentResource):
                     # lag (README, "Replication").
                     "DATABASE_READ_URL_FILE": pod.secret_file(DATABASE_READ_URL),
                 },
-                secret_name=gateway_secret.metadata.name,
+                secret_name=GATEWAY_SECRET,
+                secrets_checksum=pod.checksum(gateway_secrets),
+                after=tuple(gateway_after),
                 tls_secret_name=tls_secret_name,
                 metrics_port=METRICS_PORT,
                 source_ranges=config.gateway.source_ranges,

@@ -164,7 +164,7 @@ class StackConfig:
     protect: bool
     database_password: pulumi.Output[str]
     api_key: pulumi.Output[str]
-    # The standbys' replication role's password; None when the stack has no standby.
+    # The standbys' replication role's password; None when not given (no standby then).
     replication_password: pulumi.Output[str] | None = None
 
 
@@ -552,7 +552,9 @@ def load(stack: str | None = None) -> StackConfig:
         raise _fail("protect", protect, "expected true or false")
     database = _parse_database(sections["database"])
     replication_password = None
-    if database.replicas > 1:
+    # Kept whenever it is given (`make up` generates it), so that adding the first standby
+    # changes nothing the primary uses.
+    if database.replicas > 1 or raw.get("databaseReplicationPassword") is not None:
         replication_password = _secret(raw, "databaseReplicationPassword")
     return StackConfig(
         stack=stack,

@@ -115,7 +115,11 @@ class DatabaseArgs:
     storage_size: str
     storage_bytes: int
     storage_class: str | None
-    secret_name: pulumi.Input[str]
+    # The Secret mounted as files, by name (components/app.py says why), the Secret itself to
+    # be created first, and a digest of its values that rolls the pods when one changes.
+    secret_name: str
+    secrets_checksum: pulumi.Input[str] | None = None
+    after: tuple[pulumi.Resource, ...] = ()
     image: str = DEFAULT_IMAGE
     replicas: int = 1
     # The index of the instance that is the primary.
@@ -228,7 +232,7 @@ class Database(pulumi.ComponentResource):
             template_labels = {**meta_labels, INSTANCE_LABEL: str(index), ROLE_LABEL: role}
             spec: k8s.apps.v1.StatefulSetSpecArgsDict = {
                 "replicas": 1,
-                "service_name": self.headless_service.metadata.name,
+                "service_name": HEADLESS_NAME,
                 "selector": {"match_labels": instance_match},
                 "persistent_volume_claim_retention_policy": {
                     "when_deleted": "Retain",
@@ -237,16 +241,17 @@ class Database(pulumi.ComponentResource):
                 "template": {
                     "metadata": {
                         "labels": template_labels,
-                        # A new script or hba_file restarts the instances with it.
-                        "annotations": {"mlstack/scripts-sha256": checksum},
+                        # A new script, hba_file or secret restarts the instances with it.
+                        "annotations": {
+                            "mlstack/scripts-sha256": checksum,
+                            **(
+                                {pod.SECRETS_CHECKSUM: args.secrets_checksum}
+                                if args.secrets_checksum is not None
+                                else {}
+                            ),
+                        },
                     },
-                    "spec": _pod_spec(
-                        args,
-                        role,
-                        settings,
-                        account.metadata.name,
-                        scripts.metadata.name,
-                    ),
+                    "spec": _pod_spec(args, role, settings, NAME, SCRIPTS),
                 },
                 "volume_claim_templates": [
                     {
@@ -269,8 +274,12 @@ class Database(pulumi.ComponentResource):
                     },
                 },
                 spec=spec,
+                # The objects it names are created first; it takes none of their outputs, so that
+                # replacing one of them (a ConfigMap with a new script) never replaces it.
                 opts=pulumi.ResourceOptions(
-                    parent=self, depends_on=[claim], delete_before_replace=True
+                    parent=self,
+                    depends_on=[claim, account, scripts, self.headless_service, *args.after],
+                    delete_before_replace=True,
                 ),
             )
             self.instances.append(DatabaseInstance(index, role, stateful_set, claim))
@@ -284,8 +293,8 @@ def _pod_spec(
     args: DatabaseArgs,
     role: Literal["primary", "standby"],
     settings: dict[str, str],
-    account: pulumi.Input[str],
-    scripts: pulumi.Input[str],
+    account: str,
+    scripts: str,
 ) -> k8s.core.v1.PodSpecArgsDict:
     is_ready = f"pg_isready --host=127.0.0.1 --username={USER} --dbname={DB_NAME} --timeout=3"
     # Ready: accepting connections (exit 0; a standby once it can serve reads). Alive: the server
@@ -360,7 +369,7 @@ def _pod_spec(
         ],
         "volumes": [
             pod.tmp_volume(),
-            pod.secrets_volume(args.secret_name),  # type: ignore[arg-type]
+            pod.secrets_volume(args.secret_name),
             {"name": "run", "empty_dir": {"size_limit": "16Mi"}},
             {"name": "scripts", "config_map": {"name": scripts, "default_mode": 0o444}},
         ],

@@ -38,11 +38,16 @@ class MicroserviceArgs:
     readiness_path: str
     resources: pod.Resources
     env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
-    # The Kubernetes Secret whose keys are mounted as files under pod.SECRETS_DIR.
-    secret_name: pulumi.Input[str] | None = None
+    # The Kubernetes Secret whose keys are mounted as files under pod.SECRETS_DIR, by its name
+    # (not another resource's output: a Secret replaced for new data then replaces nothing).
+    secret_name: str | None = None
+    # A digest of the secrets' values: a new value rolls the pods, which read them at start.
+    secrets_checksum: pulumi.Input[str] | None = None
+    # Resources the Deployment is created after (the Secrets it mounts).
+    after: tuple[pulumi.Resource, ...] = ()
     # A `kubernetes.io/tls` Secret: the container serves HTTPS from it (TLS_CERT_FILE,
     # TLS_KEY_FILE) and the Service exposes 443 instead of 80.
-    tls_secret_name: pulumi.Input[str] | None = None
+    tls_secret_name: str | None = None
     # A port of its own for /metrics (METRICS_PORT), on the pods only: the Service never has it.
     metrics_port: int | None = None
     # CIDRs a LoadBalancer Service admits (loadBalancerSourceRanges); empty: anyone.
@@ -104,12 +109,21 @@ class Microservice(pulumi.ComponentResource):
                     "rolling_update": {"max_surge": "25%", "max_unavailable": 0},
                 },
                 "template": {
-                    "metadata": {"labels": meta_labels},
+                    "metadata": {
+                        "labels": meta_labels,
+                        "annotations": (
+                            {pod.SECRETS_CHECKSUM: args.secrets_checksum}
+                            if args.secrets_checksum is not None
+                            else None
+                        ),
+                    },
                     "spec": _pod_spec(args, account.metadata.name, match),
                 },
             },
             # Fixed names keep DNS stable; a forced replacement must free the name first.
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            opts=pulumi.ResourceOptions(
+                parent=self, delete_before_replace=True, depends_on=list(args.after)
+            ),
         )
         self.service = k8s.core.v1.Service(
             name,
@@ -175,7 +189,7 @@ def _pod_spec(
     for key, value in sorted(args.env.items()):
         env.append({"name": key, "value": value})
     if args.secret_name is not None:
-        volumes.append(pod.secrets_volume(args.secret_name))  # type: ignore[arg-type]
+        volumes.append(pod.secrets_volume(args.secret_name))
     grace = SHUTDOWN_SECONDS
     lifecycle: k8s.core.v1.LifecycleArgsDict | None = None
     if args.drain_seconds is not None:

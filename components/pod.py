@@ -3,15 +3,20 @@ profile, resource sizes, a writable /tmp on a read-only root, and secrets mounte
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+import pulumi
 import pulumi_kubernetes as k8s
 
 # Every image of the stack runs as this numeric, unprivileged user (see services/*/Dockerfile).
 RUN_AS_USER: Final = 10001
 SECRETS_DIR: Final = "/etc/mlstack/secrets"
 SECRETS_VOLUME: Final = "secrets"
+# The pod template annotation that carries a digest of the secrets the pods read.
+SECRETS_CHECKSUM: Final = "mlstack/secrets-sha256"
 TMP_VOLUME: Final = "tmp"
 
 
@@ -89,6 +94,18 @@ def mounts(
     if secrets:
         found.append({"name": SECRETS_VOLUME, "mount_path": SECRETS_DIR, "read_only": True})
     return [*found, *extra]
+
+
+def checksum(values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[str]:
+    """A digest of secret values for a pod template: it changes with any of them (and reveals
+    none), so that pods which read them at start are rolled."""
+
+    def digest(resolved: dict[str, str]) -> str:
+        text = "\0".join(f"{key}={resolved[key]}" for key in sorted(resolved))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    # Kept a secret: a weak password could be found from its digest.
+    return pulumi.Output.all(**values).apply(digest)
 
 
 def secret_file(key: str) -> str:

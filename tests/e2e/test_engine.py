@@ -13,6 +13,7 @@ checked on a stack of its own; the `kubectl apply` baseline runs last.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -123,8 +124,15 @@ def test_1_preview_of_empty_stack_plans_exactly_the_expected_creates(
     assert names["Namespace"] == {NAMESPACE}
     assert names["Deployment"] == {"gateway", "model"}
     assert names["StatefulSet"] == {"database"}
-    assert names["Service"] == {"gateway", "model", "database", "database-headless"}
+    assert names["Service"] == {
+        "gateway",
+        "model",
+        database.NAME,
+        database.READ_NAME,
+        database.HEADLESS_NAME,
+    }
     assert names["PersistentVolumeClaim"] == {"data-database-0"}
+    assert names["ConfigMap"] == {database.SCRIPTS}
 
 
 def test_2_up_creates_everything_with_await_logic_on(
@@ -450,14 +458,19 @@ def stored_on(kube: ControlPlane, instance: int) -> set[str]:
     return set(app.psql(kube, "SELECT request_id FROM predictions", instance))
 
 
-def gateway_metric(kube: ControlPlane, line_start: str) -> float:
-    """The value of the first /metrics line of a gateway pod that starts with `line_start`."""
-    gateway = app.live(app.pods(kube, "gateway"))[0]["metadata"]["name"]
-    read = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9090/metrics').read().decode())"
-    for line in app.exec_in(kube, gateway, "python", "-c", read).splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+def gateway_metrics(kube: ControlPlane, line_start: str) -> list[float]:
+    """The values of the /metrics lines that start with `line_start`, from every gateway pod."""
+    read = (
+        "import urllib.request as u; "
+        "print(u.urlopen('http://127.0.0.1:9090/metrics').read().decode())"
+    )
+    values = []
+    for gateway in app.live(app.pods(kube, "gateway")):
+        text = app.exec_in(kube, gateway["metadata"]["name"], "python", "-c", read)
+        for line in text.splitlines():
+            if line.startswith(line_start):
+                values.append(float(line.rsplit(" ", 1)[1]))
+    return values
 
 
 def longest_refusal(load: app.Load) -> float:
@@ -495,15 +508,23 @@ def test_4r_a_standby_added_by_config_streams_every_prediction_and_serves_the_hi
     app.wait_until(
         "the prediction on the standby", lambda: answer.request_id in stored_on(kube, 1), 30
     )
-    # The history is read from the standby (within the gateway's bound on its lag).
-    before = gateway_metric(kube, 'mlstack_gateway_db_reads_total{source="replica"}')
+    # The history is read from the standby (within the gateway's bound on its lag): each
+    # gateway pod counts where its reads went.
     app.wait_until(
         "the prediction in the history",
         lambda: answer.request_id in app.history(url).request_id.split(","),
         30,
     )
-    after = gateway_metric(kube, 'mlstack_gateway_db_reads_total{source="replica"}')
-    assert after > before or gateway_metric(kube, "mlstack_gateway_db_reads_total") > 0
+    replica_reads = 'mlstack_gateway_db_reads_total{source="replica"}'
+    app.wait_until(
+        "a gateway pod reading from the standby",
+        lambda: bool(app.history(url).ok) and sum(gateway_metrics(kube, replica_reads)) > 0,
+        30,
+    )
+    # The standby's replay lag as the reads measured it (NaN on a pod that has not measured).
+    lags = gateway_metrics(kube, "mlstack_gateway_db_read_lag_seconds ")
+    measured = [lag for lag in lags if not math.isnan(lag)]
+    assert measured and all(0 <= lag <= 5 for lag in measured), lags
 
 
 def test_4s_a_killed_standby_disturbs_no_prediction_and_no_history_read(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from components import database
+from components import database, pod
 from harness.program import TEST_SECRETS, ProgramRun, Registered, run_program, stack_config
 
 NAME = "app.kubernetes.io/name"
@@ -104,10 +104,48 @@ def test_the_replication_password_is_its_own_secret(three: ProgramRun) -> None:
     assert stored[database.PASSWORD_KEY] != stored[database.REPLICATION_PASSWORD_KEY]
     gateway = three.one("Secret", "gateway").inputs["stringData"]
     assert TEST_SECRETS["mlstack:databaseReplicationPassword"] not in str(gateway)
+    # Kept when given with one instance (adding a standby then changes nothing the primary
+    # uses); a stack without it and without standbys needs none.
     assert (
         database.REPLICATION_PASSWORD_KEY
-        not in (run_with(1).one("Secret", "database").inputs["stringData"])
-    ), "a stack without standbys needs no replication password"
+        in (run_with(1).one("Secret", "database").inputs["stringData"])
+    )
+    config = stack_config("dev")
+    config.update({k: v for k, v in TEST_SECRETS.items() if "Replication" not in k})
+    alone = run_program("dev", config, with_secrets=False)
+    assert (
+        database.REPLICATION_PASSWORD_KEY
+        not in (alone.one("Secret", "database").inputs["stringData"])
+    )
+
+
+def test_pods_roll_when_a_secret_they_read_changes(three: ProgramRun) -> None:
+    """Workloads mount the Secrets by name (a Secret replaced for new data replaces no workload)
+    and carry a digest of the values, so that a new value rolls the pods that read it."""
+
+    def digests(run: ProgramRun) -> dict[str, str | None]:
+        workloads = run.of_kind("StatefulSet") + run.of_kind("Deployment")
+        return {
+            w.metadata["name"]: (template(w)["metadata"].get("annotations") or {}).get(
+                pod.SECRETS_CHECKSUM
+            )
+            for w in workloads
+        }
+
+    before = digests(three)
+    assert before["gateway"] and before["database"] and before["model"] is None
+    for value in TEST_SECRETS.values():
+        assert value not in str(before)
+    config = stack_config("dev")
+    config["mlstack:database"] = {**config["mlstack:database"], "replicas": 3}
+    config["mlstack:apiKey"] = "another-gateway-api-key"
+    after = digests(run_program("dev", config))
+    assert after["gateway"] != before["gateway"]
+    assert after["database"] == before["database"], "the database does not read the API key"
+    volumes = template(instances(three)["database"])["spec"]["volumes"]
+    assert {"name": "secrets", "secret": {"secretName": "database", "defaultMode": 0o440}} in (
+        volumes
+    )
 
 
 def test_standbys_may_reach_the_primary_and_nothing_else_is_new(three: ProgramRun) -> None:
