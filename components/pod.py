@@ -104,8 +104,10 @@ def checksum(values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[str]:
         text = "\0".join(f"{key}={resolved[key]}" for key in sorted(resolved))
         return hashlib.sha256(text.encode()).hexdigest()
 
-    # Kept a secret: a weak password could be found from its digest.
-    return pulumi.Output.all(**values).apply(digest)
+    # Not marked secret (the digest of values generated as random tokens gives none away, the
+    # way a chart's checksum annotation does): a secret anywhere in a Deployment's spec would
+    # make its whole spec output secret, and with it the gateway Service's selector and URL.
+    return pulumi.Output.unsecret(pulumi.Output.all(**values).apply(digest))
 
 
 def secret_file(key: str) -> str:

@@ -133,6 +133,10 @@ def test_pods_roll_when_a_secret_they_read_changes(three: ProgramRun) -> None:
         }
 
     before = digests(three)
+    # Not secret: a secret in a workload's spec would make its whole spec output secret (and
+    # with the gateway's, its Service's selector and the stack's gateway_url).
+    for workload in three.of_kind("StatefulSet") + three.of_kind("Deployment"):
+        assert workload.secret_paths == [], workload.metadata["name"]
     assert before["gateway"] and before["database"] and before["model"] is None
     for value in TEST_SECRETS.values():
         assert value not in str(before)
