@@ -252,6 +252,10 @@ def failover(stack: Stack, wanted: int | None, cluster: Cluster) -> int:
         raise FailoverError(f"instance {wanted} is the primary already")
     if stack.replicas < 2:
         raise FailoverError("the stack has one database instance: there is no standby to promote")
+    if wanted is not None and cluster.standby(wanted) is None and cluster.running(stack.primary):
+        # Checked before the primary stops: a target that is not a standby now cannot become one.
+        pod = database.pod_name(wanted)
+        raise FailoverError(f"instance {wanted} ({pod}) does not answer as a standby")
     stop_primary(cluster, stack.primary)
     promoted = promoted_already(cluster, stack)
     if promoted is not None:
