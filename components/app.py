@@ -83,20 +83,26 @@ class MlApp(pulumi.ComponentResource):
         ns = namespace.metadata.name
         gateway_image, model_image = self._images(config, cluster)
 
-        database_secrets = {database.PASSWORD_KEY: config.database_password}
+        def secret(
+            part: str,
+            secret_name: str,
+            data: dict[str, pulumi.Input[str]],
+            secret_type: str = "Opaque",
+        ) -> k8s.core.v1.Secret:
+            return k8s.core.v1.Secret(
+                f"{name}-{secret_name}",
+                metadata={"name": secret_name, "namespace": ns, "labels": labels(part, stack)},
+                type=secret_type,
+                string_data=data,
+                opts=on_cluster,
+            )
+
+        database_secrets: dict[str, pulumi.Input[str]] = {
+            database.PASSWORD_KEY: config.database_password
+        }
         if config.replication_password is not None:
             database_secrets[database.REPLICATION_PASSWORD_KEY] = config.replication_password
-        database_secret = k8s.core.v1.Secret(
-            f"{name}-database",
-            metadata={
-                "name": DATABASE_SECRET,
-                "namespace": ns,
-                "labels": labels("database", stack),
-            },
-            type="Opaque",
-            string_data=database_secrets,
-            opts=on_cluster,
-        )
+        database_secret = secret("database", DATABASE_SECRET, database_secrets)
         db = Database(
             f"{name}-database",
             DatabaseArgs(
@@ -128,42 +134,26 @@ class MlApp(pulumi.ComponentResource):
                 f":{database.PORT}/{database.DB_NAME}",
             )
 
-        gateway_secrets = {
+        gateway_secrets: dict[str, pulumi.Input[str]] = {
             API_KEY: config.api_key,
             DATABASE_URL: database_url(db.host),
             DATABASE_READ_URL: database_url(db.read_host),
         }
-        gateway_secret = k8s.core.v1.Secret(
-            f"{name}-gateway",
-            metadata={
-                "name": GATEWAY_SECRET,
-                "namespace": ns,
-                "labels": labels("gateway", stack),
-            },
-            type="Opaque",
-            string_data=gateway_secrets,
-            opts=on_cluster,
-        )
-        gateway_after: list[pulumi.Resource] = [gateway_secret]
+        gateway_after = [secret("gateway", GATEWAY_SECRET, gateway_secrets)]
+        # What the gateway's pods read at start: a new value of any of it rolls them.
+        gateway_read = dict(gateway_secrets)
         tls = config.gateway.tls
         tls_secret_name: str | None = None
         if tls is not None and tls.secret_name is not None:
             tls_secret_name = tls.secret_name
         elif tls is not None and tls.certificate is not None and tls.private_key is not None:
-            tls_files = {"tls.crt": tls.certificate, "tls.key": tls.private_key}
-            gateway_secrets |= tls_files
+            tls_files: dict[str, pulumi.Input[str]] = {
+                "tls.crt": tls.certificate,
+                "tls.key": tls.private_key,
+            }
+            gateway_read |= tls_files
             gateway_after.append(
-                k8s.core.v1.Secret(
-                    f"{name}-gateway-tls",
-                    metadata={
-                        "name": GATEWAY_TLS_SECRET,
-                        "namespace": ns,
-                        "labels": labels("gateway", stack),
-                    },
-                    type="kubernetes.io/tls",
-                    string_data=tls_files,
-                    opts=on_cluster,
-                )
+                secret("gateway", GATEWAY_TLS_SECRET, tls_files, "kubernetes.io/tls")
             )
             tls_secret_name = GATEWAY_TLS_SECRET
         Microservice(
@@ -207,7 +197,7 @@ class MlApp(pulumi.ComponentResource):
                     "DATABASE_READ_URL_FILE": pod.secret_file(DATABASE_READ_URL),
                 },
                 secret_name=GATEWAY_SECRET,
-                secrets_checksum=pod.checksum(gateway_secrets),
+                secrets_checksum=pod.checksum(gateway_read),
                 after=tuple(gateway_after),
                 tls_secret_name=tls_secret_name,
                 metrics_port=METRICS_PORT,

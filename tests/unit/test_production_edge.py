@@ -81,6 +81,17 @@ def test_tls_from_stack_secrets_becomes_a_tls_secret() -> None:
     assert secret.inputs["type"] == "kubernetes.io/tls"
     assert secret.inputs["stringData"] == {"tls.crt": CERT, "tls.key": KEY}
     assert secret.secret_paths == ["stringData"]
+    # The gateway's own Secret keeps its keys only; a new certificate rolls the gateway.
+    gateway = run.one("Secret", "gateway").inputs["stringData"]
+    assert set(gateway) == {"api-key", "database-url", "database-read-url"}
+    config["mlstack:gatewayTlsCert"] = CERT.replace("fake", "renewed")
+    renewed = run_program("dev", config)
+
+    def digest(found: ProgramRun) -> str:
+        template = found.one("Deployment", "gateway").inputs["spec"]["template"]
+        return str(template["metadata"]["annotations"]["mlstack/secrets-sha256"])
+
+    assert digest(renewed) != digest(run)
     assert run.one("Service", "gateway").inputs["spec"]["ports"][0]["port"] == 443
 
 
