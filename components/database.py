@@ -9,7 +9,6 @@ then changes it (components/postgres/start.sh prepares each instance for its rol
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
@@ -198,7 +197,6 @@ class Database(pulumi.ComponentResource):
             data=files,
             opts=child,
         )
-        checksum = hashlib.sha256("".join(files[f] for f in SCRIPT_FILES).encode()).hexdigest()
         settings = server_settings(args.replicas, args.synchronous_commit, args.storage_bytes)
         claim_spec: k8s.core.v1.PersistentVolumeClaimSpecArgsDict = {
             "access_modes": ["ReadWriteOnce"],
@@ -243,7 +241,7 @@ class Database(pulumi.ComponentResource):
                         "labels": template_labels,
                         # A new script, hba_file or secret restarts the instances with it.
                         "annotations": {
-                            "mlstack/scripts-sha256": checksum,
+                            "mlstack/scripts-sha256": pod.checksum(files),
                             **(
                                 {pod.SECRETS_CHECKSUM: args.secrets_checksum}
                                 if args.secrets_checksum is not None

@@ -97,8 +97,8 @@ def mounts(
 
 
 def checksum(values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[str]:
-    """A digest of secret values for a pod template: it changes with any of them (and reveals
-    none), so that pods which read them at start are rolled."""
+    """A digest of values for a pod template (secrets, scripts): it changes with any of them
+    (and reveals none), so that pods which read them at start are rolled."""
 
     def digest(resolved: dict[str, str]) -> str:
         text = "\0".join(f"{key}={resolved[key]}" for key in sorted(resolved))
