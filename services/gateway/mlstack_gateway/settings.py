@@ -11,6 +11,9 @@ from pathlib import Path
 from mlstack_common.env import SettingsError, env_integer, env_number
 from mlstack_common.http_limits import HttpLimits
 
+# The URL schemes libpq and asyncpg take for PostgreSQL.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 
 def _secret(env: dict[str, str], name: str) -> str:
     """`name` itself, or the contents of the file `name_FILE` names (Kubernetes mounts secrets
@@ -62,7 +65,7 @@ def _database_read_url(env: dict[str, str], database_url: str | None) -> str | N
             "primary that takes the writes (set DATABASE_URL too, or unset "
             f"{given} for SQLite)"
         )
-    if not read_url.startswith(("postgresql://", "postgres://")):
+    if not read_url.startswith(POSTGRES_SCHEMES):
         raise SettingsError(
             f"{given} must give a postgresql:// URL (the standbys of DATABASE_URL's primary)"
         )
@@ -130,9 +133,7 @@ class GatewaySettings:
         if not model_url.startswith(("http://", "https://")):
             raise SettingsError(f"MODEL_URL must be an http(s) URL, got {model_url!r}")
         database_url = _secret(env, "DATABASE_URL").strip() or None
-        if database_url is not None and not database_url.startswith(
-            ("postgresql://", "postgres://")
-        ):
+        if database_url is not None and not database_url.startswith(POSTGRES_SCHEMES):
             raise SettingsError("DATABASE_URL must be a postgresql:// URL (unset it for SQLite)")
         database_read_url = _database_read_url(env, database_url)
         data_dir = env.get("DATA_DIR", "").strip()
