@@ -28,7 +28,7 @@ from e2e import addresses
 from e2e.cluster import gateway_url
 from e2e.controlplane import ControlPlane
 from e2e.node import Node, mounts_under, restricted_namespace, run
-from e2e.workspace import PulumiWorkspace
+from e2e.workspace import PulumiWorkspace, Run
 from harness.program import ROOT, run_program
 from tests.e2e import app
 from tests.e2e.conftest import CLAIM, NAMESPACE, SECRETS, STACK, TIMINGS, needs_root, stack_config
@@ -263,11 +263,16 @@ def test_3_pull_request_preview_shows_one_in_place_update_then_up_applies_it(
 ACKNOWLEDGED: set[str] = set()
 
 
+def up_with(workspace: PulumiWorkspace, key: str, value: Any) -> Run:
+    """`pulumi up` of the stack after one key of its stack file is set to `value`."""
+    workspace.set_config(STACK, key, value)
+    return workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+
+
 def rollout(workspace: PulumiWorkspace, url: str, version: str) -> app.Load:
     """`model.version` set to `version`, `pulumi up` while the load loop runs."""
-    workspace.set_config(STACK, "mlstack:model.version", version)
     with app.Load(url) as load:
-        up = workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+        up = up_with(workspace, "mlstack:model.version", version)
         # Answers after the rollout come from the new version only.
         settle = time.monotonic() + 3
         while time.monotonic() < settle:
@@ -362,8 +367,7 @@ def test_4d_gateway_replicas_scale_1_3_1_by_config_and_endpoints_follow(
     kube = control_plane
     previous = 2
     for replicas in (1, 3, 1):
-        workspace.set_config(STACK, "mlstack:gateway.replicas", replicas)
-        up = workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+        up = up_with(workspace, "mlstack:gateway.replicas", replicas)
         TIMINGS[f"pulumi up (gateway replicas {previous} -> {replicas})"] = up.seconds
         previous = replicas
         app.wait_until(
@@ -491,8 +495,7 @@ def test_4r_a_standby_added_by_config_streams_every_prediction_and_serves_the_hi
 ) -> None:
     kube = control_plane
     primary_uid = pod_uid(kube, 0)
-    workspace.set_config(STACK, "mlstack:database.replicas", 2)
-    up = workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+    up = up_with(workspace, "mlstack:database.replicas", 2)
     TIMINGS["pulumi up adding a standby"] = up.seconds
     assert pod_uid(kube, 0) == primary_uid, "adding a standby restarted the primary"
     assert in_recovery(kube, 1) == "t"
@@ -613,8 +616,7 @@ def test_4u_a_third_instance_comes_and_goes_by_config_without_touching_the_prima
 ) -> None:
     kube = control_plane
     primary_uid = pod_uid(kube, 1)
-    workspace.set_config(STACK, "mlstack:database.replicas", 3)
-    workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+    up_with(workspace, "mlstack:database.replicas", 3)
     assert in_recovery(kube, 2) == "t"
     app.wait_until(
         "two standbys streaming",
@@ -622,8 +624,7 @@ def test_4u_a_third_instance_comes_and_goes_by_config_without_touching_the_prima
         60,
     )
     assert stored_on(kube, 2) >= ACKNOWLEDGED
-    workspace.set_config(STACK, "mlstack:database.replicas", 2)
-    workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+    up_with(workspace, "mlstack:database.replicas", 2)
     assert pod_uid(kube, 1) == primary_uid, "scaling restarted the primary"
     assert not app.live(
         [p for p in app.pods(kube, "database") if p["metadata"]["name"] == database.pod_name(2)]
