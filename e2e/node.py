@@ -213,8 +213,14 @@ def dns_query(server: str, name: str, timeout: float = 2, port: int = 53) -> lis
     return found
 
 
-# The container settings the `restricted` Pod Security level asks of the suite's own pods
-# (their pod security context adds non-root and RuntimeDefault seccomp).
+# The pod and container settings the `restricted` Pod Security level asks of the suite's own
+# pods (the probe and CoreDNS, whose images run as 65532).
+RESTRICTED_POD: Final = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 RESTRICTED_CONTAINER: Final = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
@@ -864,10 +870,7 @@ oom_score = 0
                     "priorityClassName": "system-cluster-critical",
                     "terminationGracePeriodSeconds": 2,
                     "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 65532,
-                        "runAsGroup": 65532,
-                        "seccompProfile": {"type": "RuntimeDefault"},
+                        **RESTRICTED_POD,
                         "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "53"}],
                     },
                     "containers": [
@@ -1254,12 +1257,7 @@ oom_score = 0
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
                 "terminationGracePeriodSeconds": 2,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": 65532,
-                    "runAsGroup": 65532,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": RESTRICTED_POD,
                 "containers": [
                     {
                         "name": "probe",
