@@ -73,7 +73,7 @@ class Instance:
              "--username", user, "--dbname", database.DB_NAME,
              "--no-psqlrc", "--no-align", "--tuples-only", "--quiet",
              "--set", "ON_ERROR_STOP=1", "--command", sql],
-            capture_output=True, text=True, check=False, timeout=60,
+            capture_output=True, text=True, check=False, timeout=60, cwd=self.base,
         )  # fmt: skip
         assert result.returncode == 0, f"{self.name}: {sql}: {result.stderr}"
         return result.stdout.splitlines()
@@ -86,7 +86,7 @@ class Instance:
         runas, _ = _run_as()
         result = subprocess.run(
             [*runas, str(postgres_bindir() / "pg_ctl"), "--pgdata", str(self.pgdata), *args],
-            capture_output=True, text=True, check=False, timeout=120,
+            capture_output=True, text=True, check=False, timeout=120, cwd=self.base,
         )  # fmt: skip
         assert result.returncode == 0, f"{self.name}: pg_ctl {args}: {result.stdout}{result.stderr}"
 
@@ -97,7 +97,10 @@ class Cluster:
         self.runas, self.user = _run_as()
         self.bin = self.root / "bin"
         self.bin.mkdir()
-        (self.bin / "docker-entrypoint.sh").symlink_to(ENTRYPOINT)
+        # Copies the postgres user can read wherever the work tree is (a clone in a folder
+        # only root may enter, say).
+        shutil.copy(ENTRYPOINT, self.bin / "docker-entrypoint.sh")
+        self.start_script = shutil.copy(START, self.root / "start.sh")
         self.secrets = self.root / "secrets"
         self.secrets.mkdir()
         (self.secrets / "password").write_text(PASSWORD)
@@ -152,8 +155,8 @@ class Cluster:
         with instance.log.open("ab") as log:
             process = subprocess.Popen(
                 [*self.runas, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-                 "bash", str(START), *args],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                 "bash", str(self.start_script), *args],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=instance.base,
             )  # fmt: skip
         instance.process = process
         if wait:
