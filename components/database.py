@@ -16,7 +16,7 @@ from typing import Final, Literal, TypeAlias
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import pod
+from components import pod, rollout
 from components.labels import labels, selector
 
 NAME: Final = "database"
@@ -268,6 +268,7 @@ class Database(pulumi.ComponentResource):
                         # `make failover` scales the old primary to zero out of band; the next
                         # `pulumi up` takes the field back.
                         "pulumi.com/patchForce": "true",
+                        **rollout.await_stateful_set(),
                         **skips,
                     },
                 },

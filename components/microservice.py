@@ -9,7 +9,7 @@ from typing import Final
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import pod
+from components import pod, rollout
 from components.config import ServiceType
 from components.labels import labels, selector
 
@@ -95,7 +95,7 @@ class Microservice(pulumi.ComponentResource):
                 # The stack's config is the truth for every field the program sets: after an
                 # out-of-band `kubectl scale` (another field manager then owns .spec.replicas),
                 # the next `pulumi up` takes the field back instead of failing on the conflict.
-                "annotations": {"pulumi.com/patchForce": "true"},
+                "annotations": {"pulumi.com/patchForce": "true", **rollout.await_deployment()},
             },
             spec={
                 "replicas": args.replicas,
