@@ -55,6 +55,32 @@ def stack_config(plane: ControlPlane, refs: ImageRefs) -> dict[str, Any]:
     }
 
 
+def unfinished_rollouts(plane: ControlPlane) -> list[str]:
+    """The stack's workloads whose rollout has not ended, each with its status: what
+    `kubectl rollout status` waits for (the controller has observed the latest generation, every
+    pod is updated and available, no older pod is left; for a StatefulSet, the update revision
+    is the current one)."""
+    found: Any = plane.get_json("deployments,statefulsets", "-n", NAMESPACE)
+    unfinished = []
+    for item in found["items"]:
+        wanted = item["spec"]["replicas"]
+        status = item.get("status") or {}
+        counts = [
+            status.get(key, 0) for key in ("updatedReplicas", "replicas", "availableReplicas")
+        ]
+        ended = (
+            status.get("observedGeneration", 0) >= item["metadata"]["generation"]
+            and counts == [wanted] * 3
+            and (
+                item["kind"] != "StatefulSet"
+                or status.get("currentRevision") == status.get("updateRevision")
+            )
+        )
+        if not ended:
+            unfinished.append(f"{item['kind']}/{item['metadata']['name']}: {json.dumps(status)}")
+    return unfinished
+
+
 def gateway_url(plane: ControlPlane) -> str:
     """`http://<LoadBalancer address>:80`, read from the gateway Service's status."""
     ip = plane.kubectl(

@@ -25,7 +25,7 @@ import pytest
 
 from components import database, pod
 from e2e import addresses
-from e2e.cluster import gateway_url
+from e2e.cluster import gateway_url, unfinished_rollouts
 from e2e.controlplane import ControlPlane
 from e2e.node import Node, mounts_under, restricted_namespace, run
 from e2e.workspace import PulumiWorkspace, Run
@@ -138,7 +138,7 @@ def test_1_preview_of_empty_stack_plans_exactly_the_expected_creates(
 def test_2_up_creates_everything_with_await_logic_on(
     workspace: PulumiWorkspace, control_plane: ControlPlane
 ) -> None:
-    up = workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+    up = pulumi_up(workspace, control_plane)
     TIMINGS["pulumi up (create, await on)"] = up.seconds
     kube = control_plane
 
@@ -253,7 +253,7 @@ def test_3_pull_request_preview_shows_one_in_place_update_then_up_applies_it(
     assert not step.get("replaceReasons")
     assert set(step.get("detailedDiff") or {}) == {"spec.replicas"}, step.get("detailedDiff")
 
-    up = workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+    up = pulumi_up(workspace, control_plane)
     TIMINGS["pulumi up (scale model 2 -> 3)"] = up.seconds
     model: Any = control_plane.get_json("deployment", "model", "-n", NAMESPACE)
     assert model["spec"]["replicas"] == 3
@@ -263,16 +263,25 @@ def test_3_pull_request_preview_shows_one_in_place_update_then_up_applies_it(
 ACKNOWLEDGED: set[str] = set()
 
 
-def up_with(workspace: PulumiWorkspace, key: str, value: Any) -> Run:
+def pulumi_up(workspace: PulumiWorkspace, kube: ControlPlane) -> Run:
+    """`pulumi up` of the stack; the moment it returns, every workload's rollout has ended
+    (components/rollout.py)."""
+    run = workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+    unfinished = unfinished_rollouts(kube)
+    assert not unfinished, f"pulumi up returned after {run.seconds:.1f} s, before {unfinished}"
+    return run
+
+
+def up_with(workspace: PulumiWorkspace, kube: ControlPlane, key: str, value: Any) -> Run:
     """`pulumi up` of the stack after one key of its stack file is set to `value`."""
     workspace.set_config(STACK, key, value)
-    return workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+    return pulumi_up(workspace, kube)
 
 
-def rollout(workspace: PulumiWorkspace, url: str, version: str) -> app.Load:
+def rollout(workspace: PulumiWorkspace, kube: ControlPlane, url: str, version: str) -> app.Load:
     """`model.version` set to `version`, `pulumi up` while the load loop runs."""
     with app.Load(url) as load:
-        up = up_with(workspace, "mlstack:model.version", version)
+        up = up_with(workspace, kube, "mlstack:model.version", version)
         # Answers after the rollout come from the new version only.
         settle = time.monotonic() + 3
         while time.monotonic() < settle:
@@ -287,7 +296,7 @@ def test_4a_model_version_rolls_back_and_forth_under_load_without_a_failed_reque
 ) -> None:
     url = gateway_url(control_plane)
     for old, new in (("v2", "v1"), ("v1", "v2")):
-        load = rollout(workspace, url, new)
+        load = rollout(workspace, control_plane, url, new)
         assert not load.failures, load.summary()
         assert load.versions()[0] == old and load.versions()[-1] == new, load.summary()
         tail = [a.version for a in load.answers[-10:]]
@@ -367,7 +376,7 @@ def test_4d_gateway_replicas_scale_1_3_1_by_config_and_endpoints_follow(
     kube = control_plane
     previous = 2
     for replicas in (1, 3, 1):
-        up = up_with(workspace, "mlstack:gateway.replicas", replicas)
+        up = up_with(workspace, kube, "mlstack:gateway.replicas", replicas)
         TIMINGS[f"pulumi up (gateway replicas {previous} -> {replicas})"] = up.seconds
         previous = replicas
         app.wait_until(
@@ -495,7 +504,7 @@ def test_4r_a_standby_added_by_config_streams_every_prediction_and_serves_the_hi
 ) -> None:
     kube = control_plane
     primary_uid = pod_uid(kube, 0)
-    up = up_with(workspace, "mlstack:database.replicas", 2)
+    up = up_with(workspace, kube, "mlstack:database.replicas", 2)
     TIMINGS["pulumi up adding a standby"] = up.seconds
     assert pod_uid(kube, 0) == primary_uid, "adding a standby restarted the primary"
     assert in_recovery(kube, 1) == "t"
@@ -616,7 +625,7 @@ def test_4u_a_third_instance_comes_and_goes_by_config_without_touching_the_prima
 ) -> None:
     kube = control_plane
     primary_uid = pod_uid(kube, 1)
-    up_with(workspace, "mlstack:database.replicas", 3)
+    up_with(workspace, kube, "mlstack:database.replicas", 3)
     assert in_recovery(kube, 2) == "t"
     app.wait_until(
         "two standbys streaming",
@@ -624,7 +633,7 @@ def test_4u_a_third_instance_comes_and_goes_by_config_without_touching_the_prima
         60,
     )
     assert stored_on(kube, 2) >= ACKNOWLEDGED
-    up_with(workspace, "mlstack:database.replicas", 2)
+    up_with(workspace, kube, "mlstack:database.replicas", 2)
     assert pod_uid(kube, 1) == primary_uid, "scaling restarted the primary"
     assert not app.live(
         [p for p in app.pods(kube, "database") if p["metadata"]["name"] == database.pod_name(2)]
@@ -657,7 +666,7 @@ def test_4z_no_changes_after_up_and_refresh_finds_an_out_of_band_scale(
     workspace.run("refresh", "--stack", STACK, "--yes", "--skip-preview")
     assert _model_replicas_in_state(workspace) == 1
     # The config wins back the field kubectl's `scale` took over (pulumi.com/patchForce).
-    workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+    pulumi_up(workspace, control_plane)
     assert _model_replicas_in_state(workspace) == 3
     deployment = control_plane.get_json("deployment", "model", "-n", NAMESPACE)
     assert deployment["spec"]["replicas"] == 3  # type: ignore[index]
