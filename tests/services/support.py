@@ -1,4 +1,5 @@
-"""Helpers for the service tests: real processes on 127.0.0.1, a real PostgreSQL, plain HTTP."""
+"""Helpers for the service tests: real processes on 127.0.0.1, a real PostgreSQL, plain HTTP and
+HTTPS from certificates the openssl CLI makes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -71,6 +73,42 @@ def request(
         conn.request(method, "/" + path, body=body, headers=all_headers)
         response = conn.getresponse()
         return Reply(response.status, response.read(), dict(response.getheaders()))
+    finally:
+        conn.close()
+
+
+def self_signed_certificate(folder: Path, name: str = "mlstack-gateway-test") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (common name `name`) and its key, in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec",
+            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", f"/CN={name}",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def https(port: int, ca: Path, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+    """One request over HTTPS to 127.0.0.1:`port`, trusting only the certificate `ca`."""
+    context = ssl.create_default_context(cafile=str(ca))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        conn.request(
+            method,
+            path,
+            body=data,
+            headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        return response.status, response.read()
     finally:
         conn.close()
 

@@ -15,13 +15,10 @@ import json
 import resource
 import signal
 import socket
-import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -38,8 +35,10 @@ from tests.services.support import (
     GATEWAY_SRC,
     ServiceProcess,
     free_port,
+    https,
     predict,
     request,
+    self_signed_certificate,
     start_gateway,
     start_model,
 )
@@ -344,38 +343,7 @@ def test_the_metrics_port_must_differ_from_the_api_port(log_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key, made with the openssl CLI."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "tls.crt", folder / "tls.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec",
-            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", str(key), "-out", str(cert), "-days", "2",
-            "-subj", "/CN=mlstack-gateway-test",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
-def https(port: int, cert: Path, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
-    context = ssl.create_default_context(cafile=str(cert))
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        conn.request(
-            method,
-            path,
-            body=data,
-            headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
-        )
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def test_tls_serves_https_only(

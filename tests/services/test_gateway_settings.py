@@ -144,3 +144,17 @@ def test_a_read_lag_bound_of_0_is_allowed() -> None:
         {"MLSTACK_API_KEY": "k", "DATABASE_READ_MAX_LAG_SECONDS": "0"}
     )
     assert settings.database_read_max_lag_seconds == 0.0
+
+
+def test_the_certificate_is_read_again_every_30_s_by_default() -> None:
+    assert GatewaySettings.from_env({"MLSTACK_API_KEY": "k"}).tls_reload_seconds == 30.0
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"), [("0", r"must be >= 0\.1"), ("often", "must be a number")]
+)
+def test_the_certificate_reload_interval_is_at_least_a_tenth_of_a_second(
+    value: str, rule: str
+) -> None:
+    with pytest.raises(SettingsError, match=f"TLS_RELOAD_SECONDS {rule}"):
+        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "TLS_RELOAD_SECONDS": value})

@@ -136,6 +136,14 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.db_read_lag.set(math.nan)
+        self.tls_reloads = Counter(
+            "mlstack_gateway_tls_reloads",
+            "Changes of TLS_CERT_FILE or TLS_KEY_FILE seen, by result: loaded (new handshakes "
+            "present the new certificate) or refused (the pair did not load; the previous "
+            "certificate is still served).",
+            ["result"],
+            registry=self.registry,
+        )
 
     def watch_breaker(self, is_open: Callable[[], bool]) -> None:
         self.breaker_open.set_function(lambda: 1.0 if is_open() else 0.0)

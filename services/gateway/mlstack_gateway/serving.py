@@ -1,5 +1,6 @@
-"""The gateway's process: the API on PORT (HTTPS when TLS_CERT_FILE and TLS_KEY_FILE are set) and
-/metrics on METRICS_PORT, two uvicorn servers on one event loop, and the drain on SIGTERM.
+"""The gateway's process: the API on PORT (HTTPS when TLS_CERT_FILE and TLS_KEY_FILE are set, the
+pair read again every TLS_RELOAD_SECONDS) and /metrics on METRICS_PORT, two uvicorn servers on one
+event loop, and the drain on SIGTERM.
 
 SIGTERM (or SIGINT): ``/readyz`` answers 503 at once, requests in flight finish (and new ones are
 still served, on connections that then close) until none is left or SHUTDOWN_TIMEOUT_SECONDS
@@ -15,9 +16,7 @@ import dataclasses
 import logging
 import math
 import signal
-import ssl
 from collections.abc import Iterator
-from pathlib import Path
 
 import uvicorn
 from mlstack_common.http_limits import limited_protocol
@@ -25,13 +24,11 @@ from starlette.types import ASGIApp
 
 from mlstack_gateway.admission import Admission
 from mlstack_gateway.app import create_app
+from mlstack_gateway.certificates import ServingCertificate
 from mlstack_gateway.metrics import MetricsEndpoint
 from mlstack_gateway.settings import GatewaySettings
 
 log = logging.getLogger("mlstack_gateway")
-
-# Forward secrecy and AEAD only; TLS 1.3 suites are not chosen by this string (all are good).
-_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 class _Server(uvicorn.Server):
@@ -42,18 +39,15 @@ class _Server(uvicorn.Server):
         yield
 
 
-def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(_TLS12_CIPHERS)
-    context.load_cert_chain(cert, key)
-    return context
-
-
 def _server(
-    app: ASGIApp, settings: GatewaySettings, port: int, http: type[asyncio.Protocol], api: bool
+    app: ASGIApp,
+    settings: GatewaySettings,
+    port: int,
+    http: type[asyncio.Protocol],
+    tls: ServingCertificate | None,
 ) -> _Server:
-    tls = settings.tls_files if api else None
+    """A uvicorn server of `app`; the API's (HTTPS with `tls`) has the app's lifespan."""
+    api = port == settings.port
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -69,8 +63,7 @@ def _server(
         # balancers), so that the client, not the server, closes an idle keep-alive connection.
         timeout_keep_alive=int(settings.keepalive_timeout_seconds),
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-        ssl_certfile=str(tls[0]) if tls else None,
-        ssl_context_factory=(lambda config, default: tls_context(*tls)) if tls else None,
+        ssl_context_factory=(lambda config, default: tls.context) if tls else None,
     )
     return _Server(config)
 
@@ -96,9 +89,12 @@ async def serve(settings: GatewaySettings) -> int:
             on_refusal=lambda reason: refused.labels(reason=reason).inc(),
         )
     )
-    api = _server(admission, settings, settings.port, http, api=True)
+    tls = None
+    if settings.tls_files is not None:
+        tls = ServingCertificate(*settings.tls_files, reloads=gateway.metrics.tls_reloads)
+    api = _server(admission, settings, settings.port, http, tls)
     scrape = MetricsEndpoint(gateway.metrics)
-    metrics = _server(scrape, settings, settings.metrics_port, http, api=False)
+    metrics = _server(scrape, settings, settings.metrics_port, http, tls=None)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -121,6 +117,7 @@ async def serve(settings: GatewaySettings) -> int:
     if metrics_task.done():
         return metrics_task.result()
     api_task = asyncio.create_task(_run(api))
+    renewals = asyncio.create_task(tls.watch(settings.tls_reload_seconds)) if tls else None
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({api_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
 
@@ -136,4 +133,6 @@ async def serve(settings: GatewaySettings) -> int:
     metrics.should_exit = True
     await metrics_task
     stopped.cancel()
+    if renewals is not None:
+        renewals.cancel()
     return code

@@ -78,6 +78,8 @@ class GatewaySettings:
     port: int
     # HTTPS on `port` from this certificate chain and key; None: plain HTTP.
     tls_files: tuple[Path, Path] | None
+    # How often the pair is read again, to serve a renewed certificate without a restart.
+    tls_reload_seconds: float
     # /metrics is served on this port only, never on `port`.
     metrics_port: int
     api_key: str
@@ -147,6 +149,7 @@ class GatewaySettings:
             host=env.get("HOST", "0.0.0.0"),
             port=port,
             tls_files=_tls_files(env),
+            tls_reload_seconds=env_number(env, "TLS_RELOAD_SECONDS", 30.0, 0.1),
             metrics_port=metrics_port,
             api_key=api_key,
             model_url=model_url.rstrip("/"),

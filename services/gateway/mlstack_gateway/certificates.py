@@ -1,0 +1,93 @@
+"""The certificate the gateway serves HTTPS with, taken up again when its files change.
+
+A `kubernetes.io/tls` Secret renewed in place (by cert-manager, or by hand) reaches the pod's
+volume without a restart: the kubelet swaps the files within about a minute. The gateway reads
+the pair every TLS_RELOAD_SECONDS and, when either file's bytes have changed, loads it: the
+handshakes that follow present the new certificate, connections already open keep theirs. A
+pair that does not load (a key that does not match the certificate, a file caught half-written)
+is counted and logged once; the gateway keeps serving the pair it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import ssl
+from pathlib import Path
+
+from prometheus_client import Counter
+
+log = logging.getLogger("mlstack_gateway")
+
+# Forward secrecy and AEAD only; TLS 1.3 suites are not chosen by this string (all are good).
+_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def _digest(cert: Path, key: Path) -> bytes | None:
+    """The pair's bytes as one digest; None while either cannot be read."""
+    try:
+        return hashlib.sha256(cert.read_bytes() + b"\0" + key.read_bytes()).digest()
+    except OSError:
+        return None
+
+
+def _context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(_TLS12_CIPHERS)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class ServingCertificate:
+    """The server's SSLContext, which hands each handshake to the context of the pair last
+    loaded whole.
+
+    A pair is loaded into a context of its own, never into one in use: OpenSSL replaces a
+    context's certificate before it checks the key, so a pair that fails half-way would leave
+    a context in use with no key for its certificate.
+    """
+
+    def __init__(self, cert: Path, key: Path, reloads: Counter) -> None:
+        self.cert, self.key = cert, key
+        self._reloads = reloads
+        # Read before loading: a change between the two is seen, and loaded, at the next check.
+        self._loaded = _digest(cert, key)
+        self._refused: bytes | None = None
+        self.context = _context(cert, key)
+        self._current = self.context
+        # Called on every ClientHello, with a server name or without one.
+        self.context.sni_callback = self._select
+
+    def _select(self, connection: ssl.SSLObject | ssl.SSLSocket, _: str | None, __: object) -> None:
+        if self._current is not self.context:
+            connection.context = self._current
+
+    def check(self) -> bool:
+        """Serve the pair from now on if its files changed and load whole; whether it did."""
+        digest = _digest(self.cert, self.key)
+        if digest is None or digest in (self._loaded, self._refused):
+            return False
+        try:
+            context = _context(self.cert, self.key)
+        except (OSError, ssl.SSLError) as error:
+            self._refused = digest
+            self._reloads.labels(result="refused").inc()
+            log.warning(
+                "TLS: %s and %s changed but do not load as a certificate chain and its key "
+                "(%s); still serving the previous certificate",
+                self.cert, self.key, error,
+            )  # fmt: skip
+            return False
+        self._current, self._loaded, self._refused = context, digest, None
+        self._reloads.labels(result="loaded").inc()
+        log.info("TLS: serving the certificate now in %s", self.cert)
+        return True
+
+    async def watch(self, interval_seconds: float) -> None:
+        """Check every `interval_seconds` until cancelled, on the event loop's thread, where the
+        handshakes read the current context (two small files take no time to read)."""
+        while True:
+            await asyncio.sleep(interval_seconds)
+            self.check()
