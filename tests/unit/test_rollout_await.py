@@ -13,14 +13,9 @@ import pytest
 
 from components import rollout
 from harness.program import ProgramRun, run_program, stack_config
+from tools.render import stacks
 
-STACKS = ("dev", "staging", "prod")
 BRACES = re.compile(r"\{\s*(.*?)\s*\}")
-
-
-@pytest.fixture(scope="module", params=STACKS)
-def stack_run(request: pytest.FixtureRequest) -> ProgramRun:
-    return run_program(request.param)
 
 
 def done(obj: dict[str, Any], expressions: tuple[str, ...]) -> bool:
@@ -59,7 +54,7 @@ def test_the_annotation_is_the_same_whatever_the_replica_count() -> None:
     """A change of replicas shows in a preview as `spec.replicas` alone."""
     seen: dict[str, set[str]] = {}
     counts: dict[str, set[int]] = {}
-    for stack in STACKS:
+    for stack in stacks():
         for resource in run_program(stack).of_kind("Deployment"):
             name = resource.metadata["name"]
             seen.setdefault(name, set()).add(resource.metadata["annotations"][rollout.WAIT_FOR])

@@ -13,26 +13,21 @@ import pytest
 
 from harness.program import (
     LB_ADDRESS,
-    ROOT,
     TEST_SECRETS,
     ProgramRun,
     Registered,
     run_program,
     stack_config,
 )
+from tools.render import stacks
 
-STACKS = sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
+STACKS = stacks()
 RECOMMENDED = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/part-of",
     "app.kubernetes.io/instance",
     "app.kubernetes.io/managed-by",
 )
-
-
-@pytest.fixture(scope="module", params=STACKS)
-def stack_run(request: pytest.FixtureRequest) -> ProgramRun:
-    return run_program(request.param)
 
 
 @pytest.fixture(scope="module")
