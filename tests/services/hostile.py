@@ -83,10 +83,6 @@ def pid_of(service: ServiceProcess) -> int:
     return service.process.pid
 
 
-def port_of(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
-
-
 def seconds_until_closed(sock: socket.socket, limit: float = 30.0) -> tuple[float, bytes]:
     """Seconds until the server closes ``sock``, and what it sent before."""
     started = time.monotonic()

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from glob import glob
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -95,6 +95,17 @@ def self_signed_certificate(folder: Path, name: str = "mlstack-gateway-test") ->
     return cert, key
 
 
+def serves_https(service: ServiceProcess, ca: Path) -> bool:
+    """Whether a new connection's handshake verifies against `ca` and /readyz answers 200."""
+    with contextlib.suppress(OSError):
+        return https(port_of(service.url), ca, "GET", "/readyz")[0] == 200
+    return False
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
 def https(port: int, ca: Path, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
     """One request over HTTPS to 127.0.0.1:`port`, trusting only the certificate `ca`."""
     context = ssl.create_default_context(cafile=str(ca))
@@ -159,6 +170,17 @@ class ServiceProcess:
             return "(no log)"
 
     def wait_until(self, path: str, timeout: float = 60.0, status: int = 200) -> None:
+        def answers() -> bool:
+            try:
+                return request("GET", self.url + path, timeout=2).status == status
+            except OSError:
+                return False
+
+        self.wait_for(f"answering {path}", answers, timeout)
+
+    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+        """Poll `check` until it holds; RuntimeError with the log if the process exits first
+        or `timeout` seconds pass."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process is not None
@@ -166,13 +188,10 @@ class ServiceProcess:
                 raise RuntimeError(
                     f"{self.module} exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
-            try:
-                if request("GET", self.url + path, timeout=2).status == status:
-                    return
-            except OSError:
-                pass
+            if check():
+                return
             time.sleep(0.05)
-        raise RuntimeError(f"{self.module} not answering {path} in {timeout}s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.module} not {what} in {timeout}s:\n{self.log_tail()}")
 
     def signal(self, signum: int) -> None:
         assert self.process is not None

@@ -27,7 +27,6 @@ from tests.services.hostile import (
     exchange,
     memory_mib,
     pid_of,
-    port_of,
     raw_request,
 )
 from tests.services.support import (
@@ -36,9 +35,11 @@ from tests.services.support import (
     ServiceProcess,
     free_port,
     https,
+    port_of,
     predict,
     request,
     self_signed_certificate,
+    serves_https,
     start_gateway,
     start_model,
 )
@@ -355,16 +356,7 @@ def test_tls_serves_https_only(
     )
     port = port_of(gateway.url)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert gateway.process is not None and gateway.process.poll() is None, (
-                gateway.log_tail()
-            )
-            with contextlib.suppress(OSError):
-                if https(port, cert, "GET", "/readyz")[0] == 200:
-                    break
-            assert time.monotonic() < deadline, gateway.log_tail()
-            time.sleep(0.1)
+        gateway.wait_for("serving HTTPS", lambda: serves_https(gateway, cert))
         status, body = https(port, cert, "POST", "/api/v1/predict", {"instances": [SETOSA]})
         assert status == 200
         assert json.loads(body)["predictions"] == [0]

@@ -3,21 +3,21 @@ volume, is served without a restart; a pair that does not load leaves the served
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.services.hostile import port_of
 from tests.services.support import (
     ServiceProcess,
     https,
+    port_of,
     request,
     self_signed_certificate,
+    serves_https,
     start_gateway,
 )
 
@@ -65,17 +65,10 @@ def gateway(
         TLS_RELOAD_SECONDS="0.2",
     )
     try:
-        eventually(service, lambda: answers(service, pairs[0][0]))
+        service.wait_for("serving HTTPS", lambda: serves_https(service, pairs[0][0]), 30)
         yield service, volume
     finally:
         service.stop()
-
-
-def answers(service: ServiceProcess, ca: Path) -> bool:
-    """Whether a new connection's handshake verifies against `ca` and /readyz answers 200."""
-    with contextlib.suppress(OSError):
-        return https(port_of(service.url), ca, "GET", "/readyz")[0] == 200
-    return False
 
 
 def presented_to_sni(service: ServiceProcess, ca: Path, server_name: str) -> bool:
@@ -98,14 +91,6 @@ def reloads(service: ServiceProcess, result: str) -> float:
     return 0.0
 
 
-def eventually(service: ServiceProcess, check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert service.process is not None and service.process.poll() is None, service.log_tail()
-        assert time.monotonic() < deadline, service.log_tail()
-        time.sleep(0.1)
-
-
 def test_a_renewed_certificate_is_served_without_a_restart(
     gateway: tuple[ServiceProcess, Path], pairs: tuple[Pair, Pair]
 ) -> None:
@@ -114,7 +99,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(
     assert service.process is not None
     pid = service.process.pid
     install(volume, *new)
-    eventually(service, lambda: answers(service, new[0]))
+    service.wait_for("serving the new one", lambda: serves_https(service, new[0]), 30)
     with pytest.raises(ssl.SSLCertVerificationError):
         https(port_of(service.url), old_cert, "GET", "/readyz")
     # A client that names the server (SNI) gets the new one too.
@@ -132,12 +117,12 @@ def test_a_pair_that_does_not_load_leaves_the_served_certificate(
     old, new = pairs
     # The new certificate with the old key: the pair does not match.
     install(volume, new[0], old[1])
-    eventually(service, lambda: reloads(service, "refused") == 1)
-    assert answers(service, old[0])
+    service.wait_for("refusing the pair", lambda: reloads(service, "refused") == 1, 30)
+    assert serves_https(service, old[0])
     assert "do not load as a certificate chain and its key" in service.log_tail()
     # Seen once: the same bad pair is not counted again at each check.
     time.sleep(1)
     assert reloads(service, "refused") == 1
     install(volume, *new)
-    eventually(service, lambda: answers(service, new[0]))
+    service.wait_for("serving the new one", lambda: serves_https(service, new[0]), 30)
     assert reloads(service, "loaded") == 1

@@ -28,7 +28,6 @@ from tests.services.hostile import (
     burst_statuses,
     memory_mib,
     pid_of,
-    port_of,
     raw_request,
 )
 from tests.services.support import (
@@ -36,6 +35,7 @@ from tests.services.support import (
     ModelProcess,
     ServiceProcess,
     free_port,
+    port_of,
     request,
     start_model,
 )
