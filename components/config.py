@@ -47,6 +47,11 @@ _DNS_SUBDOMAIN = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
 _IMAGE_REF = re.compile(r"^[^\s]+$")
+_CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+# GKE's release channels; EXTENDED is for clusters that must stay on a minor for longer.
+RELEASE_CHANNELS: Final = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
+# Days as RFC 5545 (the recurrence GKE reads) writes them.
+WEEKDAYS: Final = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 
 
 class ConfigError(pulumi.RunError):
@@ -75,18 +80,33 @@ class ExistingCluster:
 
 
 @dataclass(frozen=True)
+class MaintenanceWindow:
+    """When GKE may upgrade and repair: `hours` from `start` (UTC, HH:MM) on each of `days`."""
+
+    start: str = "03:00"
+    hours: int = 4
+    days: tuple[str, ...] = WEEKDAYS
+
+
+@dataclass(frozen=True)
 class GkeCluster:
     region: str
-    project: str | None = None
+    project: str
+    # CIDRs allowed to reach the control plane's public endpoint; empty: private endpoint only.
+    authorized_networks: tuple[str, ...]
     node_count: int = 3
     machine_type: str = "e2-standard-4"
     kubernetes_version: str | None = None
+    release_channel: str = "REGULAR"
+    maintenance_window: MaintenanceWindow = MaintenanceWindow()
     provider: Literal["gke"] = "gke"
 
 
 @dataclass(frozen=True)
 class EksCluster:
     region: str
+    # CIDRs allowed to reach the API's public endpoint; empty: the private endpoint only.
+    authorized_networks: tuple[str, ...]
     node_count: int = 3
     instance_type: str = "t3.large"
     kubernetes_version: str | None = None
@@ -178,8 +198,25 @@ _OBJECT_KEYS: Final[dict[str, tuple[str, ...]]] = {
 _CLUSTER_KEYS: Final[dict[Provider, tuple[str, ...]]] = {
     "local": ("provider", "k3sImage", "registryImage", "apiPort", "registryPort", "httpPort"),
     "existing": ("provider", "context", "kubeconfig"),
-    "gke": ("provider", "region", "project", "nodeCount", "machineType", "kubernetesVersion"),
-    "eks": ("provider", "region", "nodeCount", "instanceType", "kubernetesVersion"),
+    "gke": (
+        "provider",
+        "region",
+        "project",
+        "authorizedNetworks",
+        "nodeCount",
+        "machineType",
+        "kubernetesVersion",
+        "releaseChannel",
+        "maintenanceWindow",
+    ),
+    "eks": (
+        "provider",
+        "region",
+        "authorizedNetworks",
+        "nodeCount",
+        "instanceType",
+        "kubernetesVersion",
+    ),
 }
 _SCALAR_KEYS: Final = (
     "namespace",
@@ -316,17 +353,76 @@ def _parse_cluster(raw: object) -> ClusterConfig:
     if provider == "gke":
         return GkeCluster(
             region=section.required_string("region"),
-            project=section.string("project"),
+            project=section.required_string("project"),
+            authorized_networks=_parse_authorized_networks(section),
             node_count=section.integer("nodeCount", 3, 1, MAX_REPLICAS),
             machine_type=section.string("machineType") or "e2-standard-4",
             kubernetes_version=section.string("kubernetesVersion"),
+            release_channel=section.choice("releaseChannel", "REGULAR", RELEASE_CHANNELS),
+            maintenance_window=_parse_maintenance_window(section),
         )
     return EksCluster(
         region=section.required_string("region"),
+        authorized_networks=_parse_authorized_networks(section),
         node_count=section.integer("nodeCount", 3, 1, MAX_REPLICAS),
         instance_type=section.string("instanceType") or "t3.large",
         kubernetes_version=section.string("kubernetesVersion"),
     )
+
+
+def _parse_authorized_networks(section: _Section) -> tuple[str, ...]:
+    """`cluster.authorizedNetworks`: required of a cloud cluster, so that no control plane is
+    open to the internet by default; `[]` is the explicit choice of a private endpoint only."""
+    key = section.path("authorizedNetworks")
+    if "authorizedNetworks" not in section.raw:
+        raise ConfigError(
+            f"{NAMESPACE}:{key} is required for this provider: the IPv4 CIDRs allowed to reach "
+            "the cluster's API endpoint (your operators' and CI runners' egress ranges), "
+            "or [] for a private endpoint reachable from inside the network only"
+        )
+    networks = section.strings("authorizedNetworks")
+    for cidr in networks:
+        try:
+            ipaddress.IPv4Network(cidr, strict=True)
+        except ValueError:
+            raise _fail(
+                key, cidr, "expected IPv4 CIDRs with no host bits set, such as 203.0.113.0/24"
+            ) from None
+    if len(set(networks)) != len(networks):
+        raise _fail(key, list(networks), "expected each CIDR once")
+    return networks
+
+
+def _parse_maintenance_window(section: _Section) -> MaintenanceWindow:
+    """`cluster.maintenanceWindow` (gke): GKE wants at least 48 hours of maintenance in any
+    32 days, 4 hours at a time; 12 hours a week is the least that always gives that."""
+    default = MaintenanceWindow()
+    window = _Section(
+        section.path("maintenanceWindow"),
+        section.raw.get("maintenanceWindow"),
+        ("start", "hours", "days"),
+    )
+    start = window.string("start", default.start)
+    if start is None or not _CLOCK.match(start):
+        raise _fail(
+            window.path("start"), start, "expected a UTC time of day as HH:MM, such as 03:00"
+        )
+    hours = window.integer("hours", default.hours, 4, 24)
+    days = window.strings("days") if "days" in window.raw else default.days
+    for day in days:
+        if day not in WEEKDAYS:
+            hint = _suggest(day, WEEKDAYS)
+            raise _fail(window.path("days"), day, f"expected days from {', '.join(WEEKDAYS)}{hint}")
+    if not days or len(set(days)) != len(days):
+        raise _fail(window.path("days"), list(days), "expected one or more distinct days")
+    if hours * len(days) < 12:
+        raise _fail(
+            window.path("hours"),
+            hours,
+            f"GKE needs at least 48 hours of maintenance in any 32 days, so at least 12 hours "
+            f"a week, and {len(days)} day(s) of {hours} hours is {hours * len(days)}",
+        )
+    return MaintenanceWindow(start=start, hours=hours, days=days)
 
 
 def quantity_bytes(quantity: str) -> int:

@@ -167,8 +167,15 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 "endpoint": "198.51.100.1",
                 "masterAuth": {"clusterCaCertificate": "Q0EK"},
             }
+        if typ == "gcp:serviceaccount/account:Account":
+            project = inputs.get("project", "project")
+            return {"email": f"{inputs['accountId']}@{project}.iam.gserviceaccount.com"}
         if typ == "eks:index:Cluster":
             return {"kubeconfigJson": json.dumps({"apiVersion": "v1", "kind": "Config"})}
+        if typ == "aws:kms/key:Key":
+            return {"arn": f"arn:aws:kms:eu-west-1:123456789012:key/{name}"}
+        if typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            return {"latestVersion": 1}
         return {}
 
 

@@ -1,4 +1,11 @@
-"""`eks`: an EKS cluster (the pulumi-eks component) with an EKS managed node group."""
+"""`eks`: an EKS cluster (the pulumi-eks component) with an EKS managed node group.
+
+Hardened as AWS's EKS best practices have it: Secrets are envelope-encrypted with a KMS key of the
+stack's own (rotated yearly); the nodes answer only IMDSv2, one hop away, so a pod cannot take
+the node role's credentials; the control plane logs its API calls, audit trail and
+authentications; its public endpoint admits the stack's `cluster.authorizedNetworks` alone, and
+the nodes reach it through the private one.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,16 @@ NODE_POLICIES: Final = (
     "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
     "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
 )
+# The control-plane logs that answer "who did what": every request, the audit trail, and who
+# authenticated as whom (controllerManager and scheduler logs are for debugging the control plane).
+CONTROL_PLANE_LOGS: Final = ("api", "audit", "authenticator")
+# IMDSv2 only, and a response that survives one hop: the node itself reads it, a pod (one more
+# hop, through its own network namespace) gets nothing.
+NODE_METADATA_OPTIONS: Final = {
+    "http_endpoint": "enabled",
+    "http_tokens": "required",
+    "http_put_response_hop_limit": 1,
+}
 
 
 class EksManagedCluster(Cluster):
@@ -54,9 +71,31 @@ class EksManagedCluster(Cluster):
             aws.iam.RolePolicyAttachment(
                 f"{name}-nodes-{index}", role=node_role.name, policy_arn=policy, opts=in_region()
             )
+        secrets_key = aws.kms.Key(
+            f"{name}-secrets",
+            description=f"Envelope encryption of the Kubernetes Secrets of EKS cluster {name}",
+            enable_key_rotation=True,
+            deletion_window_in_days=30,
+            opts=in_region(),
+        )
+        # The managed node group takes the metadata options from a launch template of ours.
+        launch_template = aws.ec2.LaunchTemplate(
+            f"{name}-nodes",
+            metadata_options=NODE_METADATA_OPTIONS,
+            update_default_version=True,
+            opts=in_region(),
+        )
+        networks = list(config.authorized_networks)
         cluster = eks.Cluster(
             name,
             version=config.kubernetes_version,
+            encryption_config_key_arn=secrets_key.arn,
+            enabled_cluster_log_types=list(CONTROL_PLANE_LOGS),
+            endpoint_private_access=True,
+            # No authorized network: the public endpoint is off, the API is reached from the
+            # VPC (a bastion, a VPN, a self-hosted runner).
+            endpoint_public_access=bool(networks),
+            public_access_cidrs=networks or None,
             # The managed node group below replaces the default (launch-configuration) group.
             skip_default_node_group=True,
             instance_roles=[node_role],
@@ -70,6 +109,10 @@ class EksManagedCluster(Cluster):
             cluster=cluster,
             node_role=node_role,
             instance_types=[config.instance_type],
+            launch_template={
+                "id": launch_template.id,
+                "version": launch_template.latest_version.apply(str),
+            },
             scaling_config={
                 "desired_size": config.node_count,
                 "min_size": config.node_count,

@@ -183,3 +183,101 @@ def test_missing_secret_says_how_to_set_it() -> None:
 def test_no_resource_is_registered_before_validation_fails() -> None:
     exited = config_exit(dev_with(database={"storageSize": "1GB"}))
     assert exited.errors and exited.resources == []
+
+
+# --- cloud clusters: the API endpoint, upgrades ------------------------------------------------
+
+GKE: dict[str, Any] = {
+    "provider": "gke",
+    "project": "acme-prod",
+    "region": "europe-west1",
+    "authorizedNetworks": ["192.0.2.0/28"],
+}
+EKS: dict[str, Any] = {
+    "provider": "eks",
+    "region": "eu-west-1",
+    "authorizedNetworks": ["192.0.2.0/28"],
+}
+
+
+@pytest.mark.parametrize("cluster", [GKE, EKS], ids=["gke", "eks"])
+def test_a_cloud_cluster_must_say_who_reaches_its_api(cluster: dict[str, Any]) -> None:
+    without = {k: v for k, v in cluster.items() if k != "authorizedNetworks"}
+    message = config_error(dev_with(cluster=without))
+    assert message.startswith(
+        "mlstack:cluster.authorizedNetworks is required for this provider: the IPv4 CIDRs"
+    )
+    assert "or [] for a private endpoint" in message
+
+
+@pytest.mark.parametrize("cluster", [GKE, EKS], ids=["gke", "eks"])
+@pytest.mark.parametrize(
+    ("networks", "shown"),
+    [
+        (["192.0.2.1/24"], '"192.0.2.1/24"'),
+        (["2001:db8::/32"], '"2001:db8::/32"'),
+        (["office"], '"office"'),
+        ("192.0.2.0/24", '"192.0.2.0/24"'),
+        (["192.0.2.0/24", "192.0.2.0/24"], '["192.0.2.0/24", "192.0.2.0/24"]'),
+    ],
+)
+def test_authorized_networks_are_distinct_ipv4_cidrs(
+    cluster: dict[str, Any], networks: Any, shown: str
+) -> None:
+    message = config_error(dev_with(cluster={**cluster, "authorizedNetworks": networks}))
+    assert message.startswith(f"mlstack:cluster.authorizedNetworks: {shown} is not allowed: ")
+
+
+def test_the_gke_project_is_required() -> None:
+    without = {k: v for k, v in GKE.items() if k != "project"}
+    message = config_error(dev_with(cluster=without))
+    assert message == "mlstack:cluster.project is required for this provider"
+
+
+def test_release_channel_is_one_of_gke_s() -> None:
+    message = config_error(dev_with(cluster={**GKE, "releaseChannel": "stable"}))
+    assert message == (
+        'mlstack:cluster.releaseChannel: "stable" is not allowed: expected one of RAPID, '
+        'REGULAR, STABLE, EXTENDED (did you mean "STABLE"?)'
+    )
+
+
+def test_release_channels_are_gke_s_alone() -> None:
+    message = config_error(dev_with(cluster={**EKS, "releaseChannel": "STABLE"}))
+    assert message.startswith('mlstack:cluster: unknown key "releaseChannel"')
+
+
+def test_an_unknown_cluster_key_suggests_the_hardening_key_meant() -> None:
+    message = config_error(dev_with(cluster={**GKE, "authorizedNetwork": ["192.0.2.0/28"]}))
+    assert message.startswith(
+        'mlstack:cluster: unknown key "authorizedNetwork" (did you mean "authorizedNetworks"?)'
+    )
+
+
+@pytest.mark.parametrize(
+    ("window", "expected"),
+    [
+        ({"start": "3am"}, 'mlstack:cluster.maintenanceWindow.start: "3am" is not allowed: '),
+        ({"start": "24:00"}, 'mlstack:cluster.maintenanceWindow.start: "24:00" is not allowed'),
+        ({"hours": 2}, "mlstack:cluster.maintenanceWindow.hours: 2 is not allowed: expected a "),
+        (
+            {"days": ["SAT"]},
+            'mlstack:cluster.maintenanceWindow.days: "SAT" is not allowed: expected days from '
+            'MO, TU, WE, TH, FR, SA, SU (did you mean "SA"?)',
+        ),
+        ({"days": []}, "mlstack:cluster.maintenanceWindow.days: [] is not allowed"),
+        ({"days": ["SA", "SA"]}, 'mlstack:cluster.maintenanceWindow.days: ["SA", "SA"] is not'),
+        (
+            {"hours": 4, "days": ["SA", "SU"]},
+            "mlstack:cluster.maintenanceWindow.hours: 4 is not allowed: GKE needs at least 48 "
+            "hours of maintenance in any 32 days, so at least 12 hours a week, and 2 day(s) of "
+            "4 hours is 8",
+        ),
+        ({"weekdays": ["SA"]}, 'unknown key "weekdays" (did you mean "days"?)'),
+    ],
+)
+def test_maintenance_window_mistakes_name_key_value_and_rule(
+    window: dict[str, Any], expected: str
+) -> None:
+    message = config_error(dev_with(cluster={**GKE, "maintenanceWindow": window}))
+    assert expected in message

@@ -1,0 +1,190 @@
+"""The cloud clusters as hardened as their providers' own guides have them, read from the inputs
+every cloud stack registers under the mocks: GKE nodes with a least-privilege service account,
+Workload Identity, shielded and private nodes, an API endpoint open to the authorized networks
+alone, a release channel and a maintenance window; EKS Secrets encrypted with a rotated KMS key,
+IMDSv2 one hop away, control-plane audit logs, and the same endpoint rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.cluster.eks import CONTROL_PLANE_LOGS
+from components.cluster.gke import NODE_ROLES
+from harness.program import ProgramRun, Registered, run_program, stack_config
+from tools.render import stacks
+
+GKE_CLUSTER = "gcp:container/cluster:Cluster"
+GKE_NODES = "gcp:container/nodePool:NodePool"
+EKS_CLUSTER = "eks:index:Cluster"
+EKS_NODES = "eks:index:ManagedNodeGroup"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+
+def cloud_stacks(provider: str) -> list[str]:
+    return [s for s in stacks() if stack_config(s)["mlstack:cluster"]["provider"] == provider]
+
+
+def cluster_config(stack: str) -> dict[str, Any]:
+    return dict(stack_config(stack)["mlstack:cluster"])
+
+
+def with_cluster(stack: str, **overrides: Any) -> dict[str, Any]:
+    config = stack_config(stack)
+    config["mlstack:cluster"] = {**config["mlstack:cluster"], **overrides}
+    return config
+
+
+def single(run: ProgramRun, type_: str) -> Registered:
+    (found,) = run.by_type(type_)
+    return found
+
+
+@pytest.fixture(scope="module", params=cloud_stacks("gke"))
+def gke(request: pytest.FixtureRequest) -> ProgramRun:
+    return run_program(request.param)
+
+
+@pytest.fixture(scope="module", params=cloud_stacks("eks"))
+def eks(request: pytest.FixtureRequest) -> ProgramRun:
+    return run_program(request.param)
+
+
+def test_every_cloud_provider_has_a_stack_under_test() -> None:
+    assert cloud_stacks("gke") and cloud_stacks("eks")
+
+
+# --- GKE ----------------------------------------------------------------------------------------
+
+
+def test_gke_nodes_run_as_their_own_least_privilege_account(gke: ProgramRun) -> None:
+    project = cluster_config(gke.stack)["project"]
+    account = single(gke, "gcp:serviceaccount/account:Account")
+    email = f"{account.inputs['accountId']}@{project}.iam.gserviceaccount.com"
+    node_config = single(gke, GKE_NODES).inputs["nodeConfig"]
+    assert node_config["serviceAccount"] == email
+    assert CLOUD_PLATFORM_SCOPE not in node_config["oauthScopes"]
+    grants = gke.by_type("gcp:projects/iAMMember:IAMMember")
+    assert {g.inputs["role"] for g in grants} == set(NODE_ROLES)
+    assert {g.inputs["member"] for g in grants} == {f"serviceAccount:{email}"}
+    assert {g.inputs["project"] for g in grants} == {project}
+
+
+def test_gke_pods_get_workload_identity_not_the_node_credentials(gke: ProgramRun) -> None:
+    project = cluster_config(gke.stack)["project"]
+    cluster = single(gke, GKE_CLUSTER).inputs
+    assert cluster["workloadIdentityConfig"] == {"workloadPool": f"{project}.svc.id.goog"}
+    node_config = single(gke, GKE_NODES).inputs["nodeConfig"]
+    assert node_config["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
+
+
+def test_gke_nodes_are_shielded(gke: ProgramRun) -> None:
+    assert single(gke, GKE_CLUSTER).inputs["enableShieldedNodes"] is True
+    shielded = single(gke, GKE_NODES).inputs["nodeConfig"]["shieldedInstanceConfig"]
+    assert shielded == {"enableSecureBoot": True, "enableIntegrityMonitoring": True}
+
+
+def test_gke_nodes_are_private_and_leave_through_nat(gke: ProgramRun) -> None:
+    private = single(gke, GKE_CLUSTER).inputs["privateClusterConfig"]
+    assert private["enablePrivateNodes"] is True
+    nat = single(gke, "gcp:compute/routerNat:RouterNat").inputs
+    assert nat["sourceSubnetworkIpRangesToNat"] == "ALL_SUBNETWORKS_ALL_IP_RANGES"
+    assert nat["region"] == cluster_config(gke.stack)["region"]
+
+
+def test_gke_public_endpoint_admits_the_authorized_networks_alone(gke: ProgramRun) -> None:
+    networks = cluster_config(gke.stack)["authorizedNetworks"]
+    assert networks, "a cloud stack names the networks its API is reached from"
+    cluster = single(gke, GKE_CLUSTER).inputs
+    authorized = cluster["masterAuthorizedNetworksConfig"]
+    assert [block["cidrBlock"] for block in authorized["cidrBlocks"]] == networks
+    assert authorized["gcpPublicCidrsAccessEnabled"] is False
+    assert cluster["privateClusterConfig"]["enablePrivateEndpoint"] is False
+
+
+@pytest.mark.parametrize("stack", cloud_stacks("gke"))
+def test_gke_without_authorized_networks_has_a_private_endpoint_only(stack: str) -> None:
+    run = run_program(stack, with_cluster(stack, authorizedNetworks=[]))
+    cluster = single(run, GKE_CLUSTER).inputs
+    assert cluster["privateClusterConfig"]["enablePrivateEndpoint"] is True
+    assert cluster["masterAuthorizedNetworksConfig"]["cidrBlocks"] == []
+
+
+def test_gke_upgrades_follow_the_stacks_channel_and_window(gke: ProgramRun) -> None:
+    config = cluster_config(gke.stack)
+    cluster = single(gke, GKE_CLUSTER).inputs
+    assert cluster["releaseChannel"] == {"channel": config.get("releaseChannel", "REGULAR")}
+    window = config["maintenanceWindow"]
+    recurring = cluster["maintenancePolicy"]["recurringWindow"]
+    assert recurring["recurrence"] == f"FREQ=WEEKLY;BYDAY={','.join(window['days'])}"
+    assert recurring["startTime"].endswith(f"T{window['start']}:00Z")
+
+
+@pytest.mark.parametrize("stack", cloud_stacks("gke"))
+def test_gke_maintenance_window_spans_its_hours_across_midnight(stack: str) -> None:
+    window = {"start": "22:30", "hours": 6, "days": ["SA", "SU"]}
+    run = run_program(stack, with_cluster(stack, maintenanceWindow=window))
+    recurring = single(run, GKE_CLUSTER).inputs["maintenancePolicy"]["recurringWindow"]
+    assert recurring == {
+        "startTime": "2024-01-01T22:30:00Z",
+        "endTime": "2024-01-02T04:30:00Z",
+        "recurrence": "FREQ=WEEKLY;BYDAY=SA,SU",
+    }
+
+
+@pytest.mark.parametrize("stack", cloud_stacks("gke"))
+def test_gke_defaults_are_the_regular_channel_and_a_nightly_window(stack: str) -> None:
+    config = with_cluster(stack)
+    for key in ("releaseChannel", "maintenanceWindow"):
+        config["mlstack:cluster"].pop(key, None)
+    cluster = single(run_program(stack, config), GKE_CLUSTER).inputs
+    assert cluster["releaseChannel"] == {"channel": "REGULAR"}
+    recurring = cluster["maintenancePolicy"]["recurringWindow"]
+    assert recurring["startTime"] == "2024-01-01T03:00:00Z"
+    assert recurring["endTime"] == "2024-01-01T07:00:00Z"
+    assert recurring["recurrence"] == "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR,SA,SU"
+
+
+# --- EKS ----------------------------------------------------------------------------------------
+
+
+def test_eks_secrets_are_encrypted_with_a_rotated_key_of_the_stack(eks: ProgramRun) -> None:
+    key = single(eks, "aws:kms/key:Key")
+    assert key.inputs["enableKeyRotation"] is True
+    cluster = single(eks, EKS_CLUSTER).inputs
+    assert cluster["encryptionConfigKeyArn"].endswith(f"key/{key.name}")
+
+
+def test_eks_nodes_answer_imdsv2_only_one_hop_away(eks: ProgramRun) -> None:
+    template = single(eks, "aws:ec2/launchTemplate:LaunchTemplate")
+    assert template.inputs["metadataOptions"] == {
+        "httpEndpoint": "enabled",
+        "httpTokens": "required",
+        "httpPutResponseHopLimit": 1,
+    }
+    nodes = single(eks, EKS_NODES).inputs
+    assert nodes["launchTemplate"] == {"id": f"{template.name}-id", "version": "1"}
+
+
+def test_eks_control_plane_logs_api_calls_audit_and_authentication(eks: ProgramRun) -> None:
+    logs = single(eks, EKS_CLUSTER).inputs["enabledClusterLogTypes"]
+    assert {"api", "audit", "authenticator"} <= set(logs)
+    assert tuple(logs) == CONTROL_PLANE_LOGS
+
+
+def test_eks_public_endpoint_admits_the_authorized_networks_alone(eks: ProgramRun) -> None:
+    networks = cluster_config(eks.stack)["authorizedNetworks"]
+    assert networks, "a cloud stack names the networks its API is reached from"
+    cluster = single(eks, EKS_CLUSTER).inputs
+    assert cluster["endpointPublicAccess"] is True
+    assert cluster["publicAccessCidrs"] == networks
+    assert cluster["endpointPrivateAccess"] is True
+
+
+@pytest.mark.parametrize("stack", cloud_stacks("eks"))
+def test_eks_without_authorized_networks_has_a_private_endpoint_only(stack: str) -> None:
+    cluster = single(run_program(stack, with_cluster(stack, authorizedNetworks=[])), EKS_CLUSTER)
+    assert cluster.inputs["endpointPublicAccess"] is False
+    assert "publicAccessCidrs" not in cluster.inputs
+    assert cluster.inputs["endpointPrivateAccess"] is True
