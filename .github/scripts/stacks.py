@@ -1,7 +1,10 @@
 """What the GitHub workflows need to know about mlstack's stacks.
 
-    stacks.py affected                  changed paths on stdin, one a line -> JSON list of the
-                                        CI stacks (staging, prod) a pull request affects
+    stacks.py affected                  changed paths on stdin, one a line -> key=value lines for
+                                        $GITHUB_OUTPUT: `unattended`, the JSON list of CI stacks a
+                                        pull request affects whose preview runs as soon as it is
+                                        pushed (staging), and `reviewed`, those whose preview waits
+                                        for a person to approve the run (prod)
     stacks.py info [--stack NAME]       key=value lines for $GITHUB_OUTPUT: the Pulumi CLI version,
                                         the stack's cluster provider, the clouds and registries
                                         the job must log in to (the state backend's included)
@@ -28,6 +31,11 @@ from typing import Any, Final
 ROOT: Final = Path(__file__).resolve().parents[2]
 # The stacks CI previews on pull requests and deploys from main, in promotion order.
 CI_STACKS: Final = ("staging", "prod")
+# The stacks whose credentials (state, secrets, cloud roles) live only in protected GitHub
+# environments: a pull request's code previews them only after a person approved the run
+# (README, "Previews on pull requests"). Every other CI stack is previewed unattended with the
+# repository's credentials, which must unlock none of these.
+REVIEWED_STACKS: Final = ("prod",)
 # A change to any of these affects every stack; `Pulumi.<stack>.yaml` affects its own stack.
 SHARED_FILES: Final = ("Pulumi.yaml", "__main__.py", "requirements.txt", "requirements-cloud.txt")
 SHARED_DIRS: Final = ("components/", "services/")
@@ -140,7 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "affected":
-        print(json.dumps(affected(sys.stdin.read().splitlines())))
+        stacks = affected(sys.stdin.read().splitlines())
+        unattended = [stack for stack in stacks if stack not in REVIEWED_STACKS]
+        reviewed = [stack for stack in stacks if stack in REVIEWED_STACKS]
+        print(f"unattended={json.dumps(unattended)}\nreviewed={json.dumps(reviewed)}")
     elif args.command == "info":
         values = info(
             args.stack or None,

@@ -1,8 +1,9 @@
 """What the GitHub workflow schema cannot check (`make workflows` checks the schema itself):
-the stacks they name exist, the preview comments on the pull request in place, promotion goes
-staging -> prod behind an approval, updates of one stack never race, review stacks are destroyed
-before they are removed, permissions are least, actions are pinned; and the helper script they
-run (.github/scripts/stacks.py) says the right thing.
+the stacks they name exist, the preview comments on the pull request in place, a pull request's
+code reaches prod's credentials only once a person approved the run, promotion goes staging ->
+prod behind an approval, updates of one stack never race, review stacks are destroyed before they
+are removed, permissions are least, actions are pinned; and the helper script they run
+(.github/scripts/stacks.py) says the right thing.
 """
 
 from __future__ import annotations
@@ -71,13 +72,75 @@ def script(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> st
     return result.stdout
 
 
+def affected_outputs(*paths: str) -> dict[str, list[str]]:
+    """The `$GITHUB_OUTPUT` lines of `stacks.py affected`: output name -> JSON list of stacks."""
+    outputs: dict[str, list[str]] = {}
+    for line in script("affected", stdin="\n".join(paths) + "\n").splitlines():
+        name, _, value = line.partition("=")
+        stacks = json.loads(value)
+        assert isinstance(stacks, list), line
+        outputs[name] = [str(stack) for stack in stacks]
+    assert set(outputs) == {"unattended", "reviewed"}
+    return outputs
+
+
 def affected(*paths: str) -> list[str]:
-    stacks = json.loads(script("affected", stdin="\n".join(paths) + "\n"))
-    assert isinstance(stacks, list)
-    return [str(stack) for stack in stacks]
+    """Every stack a change to `paths` affects, in promotion order."""
+    outputs = affected_outputs(*paths)
+    return [s for s in ("staging", "prod") if s in outputs["unattended"] + outputs["reviewed"]]
 
 
 CI_STACKS = affected("Pulumi.yaml")
+# What a change to everything hands each output of `stacks.py affected`.
+EVERY_OUTPUT = affected_outputs("Pulumi.yaml")
+# The stack whose secrets unreviewed code must never get, and the environments that hold them:
+# `production` for deploys from main, `production-preview` (any branch) for previews; both have
+# required reviewers (README, "Previews on pull requests").
+PROD = "prod"
+PROD_ENVIRONMENTS = {"production", "production-preview"}
+PROD_PREVIEW_ENVIRONMENT = "production-preview"
+# The repository-level secrets: staging's and the review stacks' only. Code nobody approved may
+# read them; none of them unlocks prod.
+UNATTENDED_SECRETS = {
+    "PULUMI_ACCESS_TOKEN",
+    "PULUMI_CONFIG_PASSPHRASE",
+    "REVIEW_KUBECONFIG",
+    "REVIEW_DATABASE_PASSWORD",
+    "REVIEW_API_KEY",
+    "REVIEW_REGISTRY_USERNAME",
+    "REVIEW_REGISTRY_PASSWORD",
+}
+MATRIX_FROM_CHANGES = re.compile(r"^\$\{\{ fromJSON\(needs\.changes\.outputs\.(\w+)\) \}\}$")
+
+
+def job_stacks(job: dict[str, Any]) -> set[str]:
+    """The stacks a job can run Pulumi on: named, from its matrix, or `pr-*` for review stacks."""
+    named: set[str] = set()
+    for step in steps(job):
+        given = step.get("with") or {}
+        value = given.get("stack-name") if "command" in given else given.get("stack")
+        if not value:
+            continue
+        value = str(value)
+        if value.startswith("pr-${{"):
+            named.add("pr-*")  # a review stack: its file is written by `stacks.py review-config`
+        elif value == "${{ matrix.stack }}":
+            source = MATRIX_FROM_CHANGES.match(str(job["strategy"]["matrix"]["stack"]))
+            assert source, f"a matrix of stacks comes from `stacks.py affected`: {job['strategy']}"
+            named.update(EVERY_OUTPUT[source.group(1)])
+        else:
+            assert "${{" not in value, f"unexpected stack {value}"
+            named.add(value)
+    return named
+
+
+def triggers(name: str) -> set[str]:
+    on = workflow(name)["on"]
+    return {on} if isinstance(on, str) else set(on)
+
+
+def secrets_named(job: dict[str, Any]) -> set[str]:
+    return set(re.findall(r"secrets\.([A-Za-z_][A-Za-z0-9_]*)", json.dumps(job)))
 
 
 # --- the stacks ---------------------------------------------------------------------------------
@@ -91,22 +154,8 @@ def test_ci_stacks_are_staging_then_prod_and_have_stack_files() -> None:
 
 def test_every_stack_the_workflows_name_has_a_stack_file() -> None:
     named: set[str] = set()
-    for name, job_id, job in jobs():
-        for step in steps(job):
-            given = step.get("with") or {}
-            value = given.get("stack-name") if "command" in given else given.get("stack")
-            if not value:
-                continue
-            value = str(value)
-            if value.startswith("pr-${{"):
-                continue  # a review stack: its file is written by `stacks.py review-config`
-            if value == "${{ matrix.stack }}":
-                # The preview matrix: the affected CI stacks.
-                assert "fromJSON(needs.changes.outputs.stacks)" in str(job["strategy"]), job_id
-                named.update(CI_STACKS)
-                continue
-            assert "${{" not in value, f"{name} {job_id}: unexpected stack {value}"
-            named.add(value)
+    for _name, _job_id, job in jobs():
+        named |= job_stacks(job) - {"pr-*"}
     assert named == set(CI_STACKS)
     for stack in named:
         assert (ROOT / f"Pulumi.{stack}.yaml").is_file(), stack
@@ -154,10 +203,11 @@ def test_deploy_runs_for_exactly_the_changes_that_affect_a_stack() -> None:
 # --- previews -----------------------------------------------------------------------------------
 
 
-def test_previews_are_one_comment_per_stack_edited_in_place() -> None:
+@pytest.mark.parametrize("job_id", ["preview", "preview-reviewed"])
+def test_previews_are_one_comment_per_stack_edited_in_place(job_id: str) -> None:
     preview = workflow("preview.yml")
     assert set(preview["on"]) == {"pull_request"}
-    job = preview["jobs"]["preview"]
+    job = preview["jobs"][job_id]
     (step,) = pulumi_steps(job, "preview")
     given = step["with"]
     assert step["uses"] == PULUMI_ACTION
@@ -169,6 +219,61 @@ def test_previews_are_one_comment_per_stack_edited_in_place() -> None:
     assert job["permissions"]["pull-requests"] == "write"
     # Fork pull requests cannot read secrets: no preview for them.
     assert "head.repo.full_name == github.repository" in job["if"]
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        ["Pulumi.yaml"],
+        ["Pulumi.prod.yaml"],
+        ["Pulumi.staging.yaml"],
+        ["components/cluster/gke.py", "README.md"],
+        ["README.md"],
+    ],
+)
+def test_every_affected_stack_is_previewed_once_and_prod_only_reviewed(paths: list[str]) -> None:
+    outputs = affected_outputs(*paths)
+    assert sorted(outputs["unattended"] + outputs["reviewed"]) == sorted(affected(*paths))
+    assert PROD not in outputs["unattended"]
+    assert set(outputs["reviewed"]) <= {PROD}
+
+
+# --- who may read prod's secrets ----------------------------------------------------------------
+
+
+def test_every_job_that_can_reach_prod_waits_for_a_reviewer() -> None:
+    """Prod's credentials are secrets of protected environments only: a job that runs Pulumi on
+    prod gets them by naming one, and then waits for its required reviewers."""
+    reaching = []
+    for name, job_id, job in jobs():
+        if PROD not in job_stacks(job):
+            continue
+        reaching.append(f"{name}:{job_id}")
+        assert job.get("environment") in PROD_ENVIRONMENTS, (
+            f"{name} {job_id} runs Pulumi on prod outside {sorted(PROD_ENVIRONMENTS)}"
+        )
+        if "pull_request" in triggers(name):
+            # `production` takes deploys from main only; a pull request's run is approved in
+            # an environment of its own, whose roles can read but not change prod.
+            assert job["environment"] == PROD_PREVIEW_ENVIRONMENT, f"{name} {job_id}"
+    assert set(reaching) == {"deploy.yml:prod", "preview.yml:preview-reviewed"}
+
+
+def test_pull_request_code_unapproved_reads_repository_secrets_only() -> None:
+    for name, job_id, job in jobs():
+        if "pull_request" not in triggers(name) or job.get("environment") in PROD_ENVIRONMENTS:
+            continue
+        assert PROD not in job_stacks(job), f"{name} {job_id}"
+        assert secrets_named(job) <= UNATTENDED_SECRETS, (
+            f"{name} {job_id}: {secrets_named(job) - UNATTENDED_SECRETS} reach unreviewed code"
+        )
+
+
+def test_no_workflow_runs_pull_request_code_with_the_base_repository_s_privileges() -> None:
+    """`pull_request_target` and `workflow_run` run with the base repository's secrets and a
+    writing token; checking out a pull request's code there hands both to it."""
+    for path in WORKFLOW_FILES:
+        assert not triggers(path.name) & {"pull_request_target", "workflow_run"}, path.name
 
 
 def test_dependencies_are_installed_before_pulumi_runs() -> None:
