@@ -254,6 +254,69 @@ def start_gateway(model_url: str, log_dir: Path, wait: bool = True, **env: str) 
     return service
 
 
+class MakeServe(ServiceProcess):
+    """`make serve` as a user runs it: from the repository root, in a process group of its own
+    as a terminal's foreground job, on free ports given as the target's make variables. ``url``
+    is the gateway, ``model_url`` the model's REST port."""
+
+    def __init__(self, log_dir: Path, env: Mapping[str, str]) -> None:
+        self.ports = {
+            "SERVE_GATEWAY_PORT": free_port(),
+            "SERVE_GATEWAY_METRICS_PORT": free_port(),
+            "SERVE_MODEL_PORT": free_port(),
+            "SERVE_MODEL_GRPC_PORT": free_port(),
+        }
+        super().__init__("make-serve", ROOT, {}, self.ports["SERVE_GATEWAY_PORT"], log_dir)
+        # A user's shell: nothing of this process's import path, settings or outer make.
+        inherited = ("PYTHONPATH", "HOST", "PORT", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+        self.env = {
+            **{name: value for name, value in os.environ.items() if name not in inherited},
+            **env,
+        }
+        self.model_url = f"http://127.0.0.1:{self.ports['SERVE_MODEL_PORT']}"
+
+    def start(self) -> MakeServe:
+        variables = [f"{name}={port}" for name, port in self.ports.items()]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            # -o: never reinstall the shared virtual environment from inside the tests.
+            ["make", "--no-print-directory", "-o", ".venv/.installed", "serve", *variables],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def interrupt(self) -> None:
+        """Ctrl-C: SIGINT to the whole foreground process group, as a terminal sends it."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGINT)
+
+    def group_alive(self) -> bool:
+        """Whether any process of the group (make, its shell, either service) is left."""
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 25
+            while self.group_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+
 class _SlowModelHandler(BaseHTTPRequestHandler):
     """Answers like the model server, but takes a second over each inference."""
 
