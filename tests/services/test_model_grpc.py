@@ -5,6 +5,7 @@ client's own messages, so the wire format is the one real clients use."""
 from __future__ import annotations
 
 import math
+import re
 import signal
 import socket
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from sklearn.datasets import load_iris
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from tests.services.support import ModelProcess, free_port, start_model
+from tests.services.support import MODEL_SRC, ModelProcess, free_port, start_model
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]
@@ -345,6 +346,61 @@ def test_bad_infer_requests_are_invalid_argument_naming_the_problem(
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in details
+
+
+def bytes_call(channel: grpc.Channel, method: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
+    """A call of `method` that puts its bytes on the wire as they are, no serializer between."""
+    return channel.unary_unary(
+        f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None
+    )
+
+
+# Bytes no message parses from: a tag cut short, a field longer than what follows, a wire type
+# that does not exist.
+UNDECODABLE = {
+    "truncated tag": b"\xff\xff\xff",
+    "truncated field": b"\x0a\x05ab",
+    "wire type 7": b"\x0f",
+}
+
+
+# Every method the .proto declares (read as text: its module would clash with tritonclient's
+# messages, which this process holds under the same names).
+PROTO_METHODS = re.findall(
+    r"^\s*rpc\s+(\w+)\s*\(",
+    (MODEL_SRC / "mlstack_model" / "proto" / "open_inference.proto").read_text(),
+    re.MULTILINE,
+)
+
+
+@pytest.mark.parametrize("method", PROTO_METHODS)
+def test_undecodable_messages_are_invalid_argument_without_a_traceback(
+    model_server: ModelProcess, channel: grpc.Channel, method: str
+) -> None:
+    rpc = bytes_call(channel, method)
+    logged_before = model_server.log_path.stat().st_size
+    for name, garbage in UNDECODABLE.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            rpc(garbage, timeout=10)
+        code, details = code_and_details(caught.value)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (name, details)
+        assert details == f"the request is not a valid inference.{method}Request message", name
+    with model_server.log_path.open("rb") as log:
+        log.seek(logged_before)
+        logged = log.read().decode(errors="replace")
+    assert "Traceback" not in logged, logged
+    assert len(logged.splitlines()) <= len(UNDECODABLE), logged
+
+
+def test_a_string_field_that_is_not_utf8_is_invalid_argument(channel: grpc.Channel) -> None:
+    # model_name (field 1, a proto3 string) holding two bytes that are not UTF-8.
+    rpc = bytes_call(channel, "ModelInfer")
+    with pytest.raises(grpc.RpcError) as caught:
+        rpc(b"\x0a\x02\xff\xfe", timeout=10)
+    assert code_and_details(caught.value) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the request is not a valid inference.ModelInferRequest message",
+    )
 
 
 def test_oversized_message_is_resource_exhausted(channel: grpc.Channel) -> None:

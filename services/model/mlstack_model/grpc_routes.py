@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mlstack_model import SERVER_NAME, SERVER_VERSION, grpc_protocol, protocol
-from mlstack_model.errors import ErrorKind, ProtocolError
+from mlstack_model.errors import ErrorKind, ProtocolError, invalid
 from mlstack_model.proto import open_inference_pb2 as pb
 from mlstack_model.service import ModelService
 from mlstack_model.settings import ModelSettings
@@ -72,11 +72,34 @@ class GrpcRoutes:
             return grpc_protocol.infer_response(model.name, model.version, infer_request, outputs)
 
 
+class Undecodable:
+    """What a request's bytes that do not parse as its message become: grpc.aio answers a
+    deserializer's exception with UNKNOWN and a traceback in the log, so the deserializer hands
+    this to the handler instead, which refuses it as the client's mistake it is."""
+
+    def __init__(self, message_type: type[Message]) -> None:
+        self.error = invalid(
+            f"the request is not a valid {message_type.DESCRIPTOR.full_name} message"
+        )
+
+
+def _decoder(message_type: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    def decode(data: bytes) -> Message | Undecodable:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return Undecodable(message_type)
+
+    return decode
+
+
 def _answering(handler: Handler) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]:
     """The handler as grpc.aio calls it: errors end the call with the status of their kind."""
 
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
         try:
+            if isinstance(request, Undecodable):
+                raise request.error
             return await handler(request)
         except ProtocolError as exc:
             error = exc
@@ -98,7 +121,7 @@ def inference_handler(routes: GrpcRoutes) -> grpc.GenericRpcHandler[Any, Any]:
     methods = {
         method.name: grpc.unary_unary_rpc_method_handler(
             _answering(handlers[method.name]),
-            request_deserializer=getattr(pb, method.input_type.name).FromString,
+            request_deserializer=_decoder(getattr(pb, method.input_type.name)),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
         for method in SERVICE.methods
