@@ -212,6 +212,7 @@ class MlApp(pulumi.ComponentResource):
             NetworkPoliciesArgs(
                 stack=stack,
                 namespace=ns,
+                dns=config.dns,
                 routes=(
                     Route(source=None, target="gateway", port=CONTAINER_PORT),
                     Route(source="gateway", target="model", port=CONTAINER_PORT),

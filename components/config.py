@@ -11,7 +11,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias, cast
 
 import pulumi
@@ -19,6 +19,7 @@ from pulumi.runtime import config as runtime_config
 
 from components.database import MAX_REPLICAS as MAX_DATABASE_REPLICAS
 from components.database import SYNCHRONOUS_COMMIT, SynchronousCommit
+from components.network_policy import DnsPods
 
 NAMESPACE: Final = "mlstack"
 
@@ -52,6 +53,8 @@ _CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 RELEASE_CHANNELS: Final = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
 # Days as RFC 5545 (the recurrence GKE reads) writes them.
 WEEKDAYS: Final = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
+# A label's name (after an optional DNS-subdomain prefix and `/`) and its value.
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 class ConfigError(pulumi.RunError):
@@ -186,6 +189,8 @@ class StackConfig:
     api_key: pulumi.Output[str]
     # The standbys' replication role's password; None when not given (no standby then).
     replication_password: pulumi.Output[str] | None = None
+    # The cluster DNS pods every pod may reach on port 53.
+    dns: DnsPods = field(default_factory=DnsPods)
 
 
 # Every key the program understands, with the sub-keys of the structured ones.
@@ -194,6 +199,7 @@ _OBJECT_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "model": ("replicas", "serviceType", "version"),
     "database": ("replicas", "primary", "synchronousCommit", "storageSize", "storageClass"),
     "images": ("build", "registry", "gateway", "model", "database"),
+    "dns": ("namespace", "podLabels"),
 }
 _CLUSTER_KEYS: Final[dict[Provider, tuple[str, ...]]] = {
     "local": ("provider", "k3sImage", "registryImage", "apiPort", "registryPort", "httpPort"),
@@ -593,6 +599,47 @@ def _parse_images(section: _Section, cluster: ClusterConfig) -> ImagesConfig:
     return ImagesConfig(build=build, registry=registry, **refs)
 
 
+def _label_error(key: str) -> str | None:
+    """What is wrong with a label key, or None: an optional DNS-subdomain prefix and `/`, then a
+    name of at most 63 characters."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and not _DNS_SUBDOMAIN.match(prefix):
+        return "its prefix (before /) must be a DNS subdomain"
+    if not _LABEL_NAME.match(name):
+        return (
+            "its name must be 1-63 letters, digits, '-', '_' or '.', starting and ending "
+            "alphanumeric"
+        )
+    return None
+
+
+def _parse_dns(section: _Section) -> DnsPods:
+    defaults = DnsPods()
+    namespace = section.string("namespace") or defaults.namespace
+    if not _DNS_LABEL.match(namespace):
+        raise _fail(section.path("namespace"), namespace, "expected a namespace name")
+    labels = section.raw.get("podLabels", defaults.labels)
+    if not isinstance(labels, dict) or not labels:
+        raise _fail(
+            section.path("podLabels"),
+            labels,
+            'expected the labels of the cluster\'s DNS pods, such as {"k8s-app": "kube-dns"} '
+            "(at least one: an empty selector would admit every pod of the namespace)",
+        )
+    for key, value in labels.items():
+        problem = _label_error(key)
+        if problem is not None:
+            raise _fail(section.path("podLabels"), key, f"not a label key: {problem}")
+        if not isinstance(value, str) or (value and not _LABEL_NAME.match(value)):
+            raise _fail(
+                section.path(f"podLabels.{key}"),
+                value,
+                "expected a label value: at most 63 letters, digits, '-', '_' or '.', "
+                "starting and ending alphanumeric",
+            )
+    return DnsPods(namespace=namespace, labels=dict(labels))
+
+
 def _parse_namespace(raw: object, stack: str) -> str:
     namespace = raw if raw not in (None, "") else f"mlstack-{stack}"
     if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
@@ -664,6 +711,7 @@ def load(stack: str | None = None) -> StackConfig:
         database_password=_secret(raw, "databasePassword"),
         api_key=_secret(raw, "apiKey"),
         replication_password=replication_password,
+        dns=_parse_dns(sections["dns"]),
     )
 
 

@@ -1,9 +1,10 @@
 """`NetworkPolicies`: deny everything, then allow exactly the paths the application uses:
-anyone → gateway, gateway → model, gateway → database, and every pod → cluster DNS."""
+anyone → gateway, gateway → model, gateway → database, and every pod → the cluster's DNS pods."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -25,10 +26,19 @@ class Route:
 
 
 @dataclass(frozen=True)
+class DnsPods:
+    """The cluster DNS server's pods: the namespace they run in and labels they all carry."""
+
+    namespace: str = "kube-system"
+    labels: Mapping[str, str] = field(default_factory=lambda: {"k8s-app": "kube-dns"})
+
+
+@dataclass(frozen=True)
 class NetworkPoliciesArgs:
     stack: str
     namespace: pulumi.Input[str]
     routes: tuple[Route, ...]
+    dns: DnsPods = field(default_factory=DnsPods)
 
 
 class NetworkPolicies(pulumi.ComponentResource):
@@ -65,7 +75,18 @@ class NetworkPolicies(pulumi.ComponentResource):
                 "policy_types": ["Egress"],
                 "egress": [
                     {
-                        "to": [{"namespace_selector": {}}],
+                        # Both selectors in one peer: those pods, in that namespace only (port
+                        # 53 of any other pod could be anything a tenant runs there).
+                        "to": [
+                            {
+                                "namespace_selector": {
+                                    "match_labels": {
+                                        "kubernetes.io/metadata.name": args.dns.namespace
+                                    }
+                                },
+                                "pod_selector": {"match_labels": dict(args.dns.labels)},
+                            }
+                        ],
                         "ports": [
                             {"port": 53, "protocol": "UDP"},
                             {"port": 53, "protocol": "TCP"},

@@ -33,8 +33,9 @@ How it is put together (the choices that are not defaults, and why):
   otherwise change (they are restored anyway: see `SYSCTLS`).
 - kube-proxy: iptables mode, NodePorts on the node address only, conntrack limits untouched.
 - CoreDNS: serves the cluster zone only (no upstream exists offline), as a restricted pod in
-  kube-system behind the usual `kube-system/kube-dns` Service, so that a NetworkPolicy admitting
-  DNS to pods of any namespace admits it (a process on the node address would match no pod).
+  kube-system labelled `k8s-app: kube-dns` behind the usual `kube-system/kube-dns` Service, as
+  clusters run it: the app's NetworkPolicy admits DNS to exactly those pods (a process on the
+  node address would match no pod).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from components.network_policy import DnsPods
 from e2e import addresses as net
 from e2e import process
 from e2e.controlplane import E2E_DIR, ControlPlane, toolchain_bin
@@ -805,10 +807,13 @@ oom_score = 0
 
     def _start_coredns(self) -> None:
         """CoreDNS as a pod in kube-system behind the `kube-dns` Service, as a cluster runs it:
-        a NetworkPolicy that admits DNS to pods of any namespace (the app's does) then admits it.
+        the app's NetworkPolicy admits DNS to the pods of kube-system labelled `k8s-app:
+        kube-dns` only (components/network_policy.py `DnsPods`), so this pod carries both.
         Non-root with no capability: the pod's own network namespace lets it bind port 53
         (`net.ipv4.ip_unprivileged_port_start`, a safe sysctl)."""
-        labels = {"k8s-app": "kube-dns"}
+        # The namespace and labels the app's DNS egress admits by default.
+        dns = DnsPods()
+        labels = dict(dns.labels)
         corefile = (
             f"{net.CLUSTER_DOMAIN}:53 {{\n"
             "  errors\n"
@@ -831,7 +836,7 @@ oom_score = 0
                 "verbs": ["list", "watch"],
             },
         ]
-        meta = {"name": COREDNS, "namespace": "kube-system", "labels": labels}
+        meta = {"name": COREDNS, "namespace": dns.namespace, "labels": labels}
         objects: list[dict[str, Any]] = [
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
             {
@@ -850,7 +855,7 @@ oom_score = 0
                     "name": f"mlstack-e2e:{COREDNS}",
                 },
                 "subjects": [
-                    {"kind": "ServiceAccount", "name": COREDNS, "namespace": "kube-system"}
+                    {"kind": "ServiceAccount", "name": COREDNS, "namespace": dns.namespace}
                 ],
             },
             {
@@ -901,7 +906,7 @@ oom_score = 0
             {
                 "apiVersion": "v1",
                 "kind": "Service",
-                "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+                "metadata": {"name": "kube-dns", "namespace": dns.namespace, "labels": labels},
                 "spec": {
                     "clusterIP": net.DNS_SERVICE_IP,
                     "selector": labels,
