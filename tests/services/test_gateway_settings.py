@@ -19,13 +19,13 @@ def test_secrets_are_read_from_the_files_kubernetes_mounts(tmp_path: Path) -> No
             "DATABASE_URL_FILE": str(tmp_path / "database-url"),
         }
     )
-    assert settings.api_key == "key-from-file"
+    assert settings.api_keys == {"current": "key-from-file"}
     assert settings.database_url == "postgresql://u:p@database:5432/mlstack"
 
 
 def test_secrets_from_the_environment_when_no_file_is_named() -> None:
     settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "dev-key"})
-    assert settings.api_key == "dev-key"
+    assert settings.api_keys == {"current": "dev-key"}
     assert settings.database_url is None
 
 

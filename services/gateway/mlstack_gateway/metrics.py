@@ -42,6 +42,14 @@ class GatewayMetrics:
             ["endpoint", "status"],
             registry=self.registry,
         )
+        self.api_key_requests = Counter(
+            "mlstack_gateway_api_key_requests",
+            "Requests that presented a valid X-API-Key, by which key: current, or previous "
+            "(MLSTACK_API_KEY_PREVIOUS, during a rotation). The key's role, never the key nor "
+            "anything derived from it: once previous stays at rest, no client uses the old key.",
+            ["key"],
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "mlstack_gateway_request_duration_seconds",
             "Time to answer a request, by endpoint.",

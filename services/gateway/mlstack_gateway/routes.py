@@ -95,7 +95,10 @@ class GatewayRoutes:
         self._client = client
         self._store = store
         self._metrics = metrics
-        self._auth = ApiKeyChecker(settings.api_key)
+        self._auth = ApiKeyChecker(settings.api_keys)
+        self._by_key = {
+            key_id: metrics.api_key_requests.labels(key=key_id) for key_id in settings.api_keys
+        }
         # Metric children bound once: the success path does no label lookups.
         self._predict_ok = metrics.requests.labels(endpoint="predict", status="200")
         self._predict_seconds = metrics.request_seconds.labels(endpoint="predict")
@@ -108,6 +111,10 @@ class GatewayRoutes:
             Route(PREDICT_PATH, _AsgiEndpoint(self.predict), methods=["POST"]),
             Route("/api/v1/predictions", self.history, methods=["GET"]),
         ]
+
+    def authenticate(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """401 unless the headers carry a valid key; the request is counted under its id."""
+        self._by_key[self._auth.check(headers)].inc()
 
     def count(self, endpoint: str, status: int) -> None:
         self._metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
@@ -149,7 +156,7 @@ class GatewayRoutes:
 
     async def _predict(self, scope: Scope, receive: Receive, started: float) -> bytes:
         headers = scope["headers"]
-        self._auth.check(headers)
+        self.authenticate(headers)
         declared: bytes | None = None
         for name, value in headers:
             if name == b"content-length":
@@ -209,7 +216,7 @@ class GatewayRoutes:
 
     async def history(self, request: Request) -> Response:
         try:
-            self._auth.check(request.scope["headers"])
+            self.authenticate(request.scope["headers"])
             limit = self._limit(request)
             try:
                 items = await self._store.recent(limit)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,27 @@ def _secret(env: dict[str, str], name: str) -> str:
         return Path(path).read_text().strip()
     except OSError as error:
         raise SettingsError(f"{name}_FILE={path} cannot be read: {error.strerror}") from None
+
+
+def _api_keys(env: dict[str, str]) -> dict[str, str]:
+    """The keys clients may send as X-API-Key, by id: `current` (MLSTACK_API_KEY) and, during a
+    rotation, `previous` (MLSTACK_API_KEY_PREVIOUS), each from its `_FILE` variant instead when
+    that is set."""
+    current = _secret(env, "MLSTACK_API_KEY").strip()
+    if not current:
+        raise SettingsError(
+            "MLSTACK_API_KEY (or MLSTACK_API_KEY_FILE) must give the key clients send as X-API-Key"
+        )
+    keys = {"current": current}
+    previous = _secret(env, "MLSTACK_API_KEY_PREVIOUS").strip()
+    if previous == current:
+        raise SettingsError(
+            "MLSTACK_API_KEY_PREVIOUS is the same key as MLSTACK_API_KEY: during a rotation it "
+            "gives the key being replaced (unset it otherwise)"
+        )
+    if previous:
+        keys["previous"] = previous
+    return keys
 
 
 def _tls_files(env: dict[str, str]) -> tuple[Path, Path] | None:
@@ -82,7 +104,8 @@ class GatewaySettings:
     tls_reload_seconds: float
     # /metrics is served on this port only, never on `port`.
     metrics_port: int
-    api_key: str
+    # The keys accepted as X-API-Key, by id (`current`, and `previous` during a rotation).
+    api_keys: Mapping[str, str]
     model_url: str
     model_name: str
     # postgresql://... or None for the embedded SQLite file in data_dir.
@@ -125,12 +148,7 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> GatewaySettings:
         env = dict(os.environ if environ is None else environ)
-        api_key = _secret(env, "MLSTACK_API_KEY")
-        if not api_key.strip():
-            raise SettingsError(
-                "MLSTACK_API_KEY (or MLSTACK_API_KEY_FILE) must give the key clients send as "
-                "X-API-Key"
-            )
+        api_keys = _api_keys(env)
         model_url = env.get("MODEL_URL", "").strip() or "http://127.0.0.1:8081"
         if not model_url.startswith(("http://", "https://")):
             raise SettingsError(f"MODEL_URL must be an http(s) URL, got {model_url!r}")
@@ -151,7 +169,7 @@ class GatewaySettings:
             tls_files=_tls_files(env),
             tls_reload_seconds=env_number(env, "TLS_RELOAD_SECONDS", 30.0, 0.1),
             metrics_port=metrics_port,
-            api_key=api_key,
+            api_keys=api_keys,
             model_url=model_url.rstrip("/"),
             model_name=env.get("MODEL_NAME", "").strip() or "iris",
             database_url=database_url,

@@ -1,0 +1,157 @@
+"""API key rotation: the gateway accepts the current key and, while one is configured, the
+previous one; anything else stays 401, and metrics count requests by which key, never by key."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlstack_common.env import SettingsError
+from mlstack_gateway.auth import ApiKeyChecker
+from mlstack_gateway.errors import ApiError
+from mlstack_gateway.settings import GatewaySettings
+
+from tests.services.hostile import exchange, raw_request
+from tests.services.support import (
+    ServiceProcess,
+    port_of,
+    predict,
+    request,
+    start_gateway,
+)
+
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+NEW_KEY = "new-key-after-rotation"
+OLD_KEY = "old-key-being-replaced"
+
+
+@pytest.fixture(scope="module")
+def rotating(model_server: ServiceProcess, log_dir: Path) -> Iterator[ServiceProcess]:
+    """A gateway mid-rotation: the new key is current, the old one previous."""
+    service = start_gateway(
+        model_server.url, log_dir, MLSTACK_API_KEY=NEW_KEY, MLSTACK_API_KEY_PREVIOUS=OLD_KEY
+    )
+    yield service
+    service.stop()
+
+
+def history(gateway: ServiceProcess, key: str) -> int:
+    return request("GET", gateway.url + "/api/v1/predictions", headers={"X-API-Key": key}).status
+
+
+def key_counts(gateway: ServiceProcess) -> dict[str, float]:
+    assert gateway.metrics_url is not None
+    text = request("GET", gateway.metrics_url + "/metrics").body.decode()
+    assert NEW_KEY not in text and OLD_KEY not in text
+    found = re.findall(r'^mlstack_gateway_api_key_requests_total\{key="(\w+)"\} (\S+)$', text, re.M)
+    return {key_id: float(value) for key_id, value in found}
+
+
+def test_old_and_new_key_are_both_answered_while_both_are_configured(
+    rotating: ServiceProcess,
+) -> None:
+    for key in (OLD_KEY, NEW_KEY):
+        assert predict(rotating.url, [SETOSA], key=key).status == 200
+        assert history(rotating, key) == 200
+
+
+@pytest.mark.parametrize(
+    "key", ["wrong", "", OLD_KEY + NEW_KEY, OLD_KEY[:-1], NEW_KEY + " ", NEW_KEY.upper()]
+)
+def test_any_other_key_is_401(rotating: ServiceProcess, key: str) -> None:
+    assert predict(rotating.url, [SETOSA], key=key).status == 401
+    assert history(rotating, key) == 401
+
+
+def test_a_missing_key_is_401(rotating: ServiceProcess) -> None:
+    assert predict(rotating.url, [SETOSA], key=None).status == 401
+
+
+@pytest.mark.parametrize("keys", [(OLD_KEY, NEW_KEY), (NEW_KEY, OLD_KEY), (OLD_KEY, OLD_KEY)])
+def test_two_valid_keys_in_one_request_are_a_repeated_header(
+    rotating: ServiceProcess, keys: tuple[str, str]
+) -> None:
+    headers = [("X-API-Key", key) for key in keys]
+    body = json.dumps({"instances": [SETOSA]}).encode()
+    answer = exchange(port_of(rotating.url), raw_request("POST", "/api/v1/predict", headers, body))
+    assert answer.status == 401
+    assert answer.error() == "repeated X-API-Key header: send it once"
+
+
+def test_metrics_count_requests_by_key_id_never_the_key(rotating: ServiceProcess) -> None:
+    before = key_counts(rotating)
+    assert set(before) == {"current", "previous"}
+    for _ in range(3):
+        assert predict(rotating.url, [SETOSA], key=OLD_KEY).status == 200
+    assert predict(rotating.url, [SETOSA], key=NEW_KEY).status == 200
+    assert history(rotating, NEW_KEY) == 200
+    assert predict(rotating.url, [SETOSA], key="wrong").status == 401
+    after = key_counts(rotating)
+    assert after["previous"] - before["previous"] == 3
+    assert after["current"] - before["current"] == 2
+
+
+def test_without_a_previous_key_the_old_one_is_401(
+    model_server: ServiceProcess, log_dir: Path
+) -> None:
+    gateway = start_gateway(model_server.url, log_dir, MLSTACK_API_KEY=NEW_KEY)
+    try:
+        assert predict(gateway.url, [SETOSA], key=NEW_KEY).status == 200
+        assert predict(gateway.url, [SETOSA], key=OLD_KEY).status == 401
+        assert set(key_counts(gateway)) == {"current"}
+    finally:
+        gateway.stop()
+
+
+def test_the_previous_key_is_read_from_the_file_kubernetes_mounts(tmp_path: Path) -> None:
+    (tmp_path / "api-key-previous").write_text(OLD_KEY + "\n")
+    settings = GatewaySettings.from_env(
+        {
+            "MLSTACK_API_KEY": NEW_KEY,
+            "MLSTACK_API_KEY_PREVIOUS_FILE": str(tmp_path / "api-key-previous"),
+        }
+    )
+    assert dict(settings.api_keys) == {"current": NEW_KEY, "previous": OLD_KEY}
+
+
+def test_an_empty_previous_key_means_none() -> None:
+    settings = GatewaySettings.from_env(
+        {"MLSTACK_API_KEY": NEW_KEY, "MLSTACK_API_KEY_PREVIOUS": ""}
+    )
+    assert dict(settings.api_keys) == {"current": NEW_KEY}
+
+
+def test_a_previous_key_equal_to_the_current_one_stops_the_gateway() -> None:
+    with pytest.raises(SettingsError, match="MLSTACK_API_KEY_PREVIOUS is the same key"):
+        GatewaySettings.from_env({"MLSTACK_API_KEY": NEW_KEY, "MLSTACK_API_KEY_PREVIOUS": NEW_KEY})
+
+
+@pytest.mark.parametrize("sent", [NEW_KEY, OLD_KEY, "wrong"])
+def test_every_key_is_compared_whichever_matches(
+    monkeypatch: pytest.MonkeyPatch, sent: str
+) -> None:
+    """No early exit: the comparisons made do not depend on which key (if any) matches."""
+    compared: list[tuple[bytes, bytes]] = []
+    original = hmac.compare_digest
+
+    def compare_digest(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return original(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", compare_digest)
+    checker = ApiKeyChecker({"current": NEW_KEY, "previous": OLD_KEY})
+    headers = [(b"x-api-key", sent.encode())]
+    try:
+        found: str | None = checker.check(headers)
+    except ApiError as refused:
+        assert refused.status == 401
+        found = None
+    assert found == {NEW_KEY: "current", OLD_KEY: "previous"}.get(sent)
+    assert len(compared) == 2
+    # Fixed-length MACs, never the keys themselves: the time says nothing of their lengths.
+    assert {len(a) for pair in compared for a in pair} == {32}
+    assert all(sent.encode() not in pair for pair in compared)
