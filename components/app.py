@@ -27,6 +27,8 @@ from components.network_policy import NetworkPolicies, NetworkPoliciesArgs, Rout
 MODEL_NAME: Final = "iris"
 MODEL_SERVICE: Final = "model"
 API_KEY: Final = "api-key"
+# The key a rotation replaces, accepted beside API_KEY until it is removed (README, "API keys").
+API_KEY_PREVIOUS: Final = "api-key-previous"
 DATABASE_URL: Final = "database-url"
 DATABASE_READ_URL: Final = "database-read-url"
 # The Secrets' names. Workloads mount them by these names, not by the Secrets' outputs: a Secret
@@ -139,6 +141,21 @@ class MlApp(pulumi.ComponentResource):
             DATABASE_URL: database_url(db.host),
             DATABASE_READ_URL: database_url(db.read_host),
         }
+        gateway_env = {
+            "MODEL_NAME": MODEL_NAME,
+            # The model Service's name; the gateway's readiness waits for it to answer.
+            "MODEL_URL": f"http://{MODEL_SERVICE}:{SERVICE_PORT}",
+            "MLSTACK_API_KEY_FILE": pod.secret_file(API_KEY),
+            "DATABASE_URL_FILE": pod.secret_file(DATABASE_URL),
+            # GET /api/v1/predictions reads from the standbys, within a bound on their lag
+            # (README, "Replication").
+            "DATABASE_READ_URL_FILE": pod.secret_file(DATABASE_READ_URL),
+            # Named whether or not a rotation is under way (no file: no previous key), so that
+            # a container that restarts reads whatever set of keys the Secret holds then.
+            "MLSTACK_API_KEY_PREVIOUS_FILE": pod.secret_file(API_KEY_PREVIOUS),
+        }
+        if config.api_key_previous is not None:
+            gateway_secrets[API_KEY_PREVIOUS] = config.api_key_previous
         gateway_after = [secret("gateway", GATEWAY_SECRET, gateway_secrets)]
         # What the gateway's pods read at start: a new value of any of it rolls them.
         gateway_read = dict(gateway_secrets)
@@ -186,16 +203,7 @@ class MlApp(pulumi.ComponentResource):
                 liveness_path="/healthz",
                 readiness_path="/readyz",
                 resources=GATEWAY_RESOURCES,
-                env={
-                    "MODEL_NAME": MODEL_NAME,
-                    # The model Service's name; the gateway's readiness waits for it to answer.
-                    "MODEL_URL": f"http://{MODEL_SERVICE}:{SERVICE_PORT}",
-                    "MLSTACK_API_KEY_FILE": pod.secret_file(API_KEY),
-                    "DATABASE_URL_FILE": pod.secret_file(DATABASE_URL),
-                    # GET /api/v1/predictions reads from the standbys, within a bound on their
-                    # lag (README, "Replication").
-                    "DATABASE_READ_URL_FILE": pod.secret_file(DATABASE_READ_URL),
-                },
+                env=gateway_env,
                 secret_name=GATEWAY_SECRET,
                 secrets_checksum=pod.checksum(gateway_read),
                 after=tuple(gateway_after),

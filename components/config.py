@@ -187,6 +187,8 @@ class StackConfig:
     protect: bool
     database_password: pulumi.Output[str]
     api_key: pulumi.Output[str]
+    # During a rotation, the key being replaced: still accepted until it is removed.
+    api_key_previous: pulumi.Output[str] | None = None
     # The standbys' replication role's password; None when not given (no standby then).
     replication_password: pulumi.Output[str] | None = None
     # The cluster DNS pods every pod may reach on port 53.
@@ -230,6 +232,7 @@ _SCALAR_KEYS: Final = (
     "databasePassword",
     "databaseReplicationPassword",
     "apiKey",
+    "apiKeyPrevious",
     "gatewayTlsCert",
     "gatewayTlsKey",
 )
@@ -699,17 +702,34 @@ def load(stack: str | None = None) -> StackConfig:
     # changes nothing the primary uses.
     if database.replicas > 1 or raw.get("databaseReplicationPassword") is not None:
         replication_password = _secret(raw, "databaseReplicationPassword")
+    namespace = _parse_namespace(raw.get("namespace"), stack)
+    gateway = _parse_gateway(sections["gateway"], raw, cluster)
+    model = _parse_model(sections["model"])
+    images = _parse_images(sections["images"], cluster)
+    database_password = _secret(raw, "databasePassword")
+    api_key = _secret(raw, "apiKey")
+    api_key_previous = None
+    if raw.get("apiKeyPrevious") is not None:
+        api_key_previous = _secret(raw, "apiKeyPrevious")
+        if raw["apiKeyPrevious"] == raw.get("apiKey"):
+            raise ConfigError(
+                f"{NAMESPACE}:apiKeyPrevious is the same as {NAMESPACE}:apiKey: during a rotation "
+                "apiKey is the new key and apiKeyPrevious the one it replaces; remove "
+                f"apiKeyPrevious (`pulumi config rm {NAMESPACE}:apiKeyPrevious`) when no "
+                "rotation is under way"
+            )
     return StackConfig(
         stack=stack,
         cluster=cluster,
-        namespace=_parse_namespace(raw.get("namespace"), stack),
-        gateway=_parse_gateway(sections["gateway"], raw, cluster),
-        model=_parse_model(sections["model"]),
+        namespace=namespace,
+        gateway=gateway,
+        model=model,
         database=database,
-        images=_parse_images(sections["images"], cluster),
+        images=images,
         protect=protect,
-        database_password=_secret(raw, "databasePassword"),
-        api_key=_secret(raw, "apiKey"),
+        database_password=database_password,
+        api_key=api_key,
+        api_key_previous=api_key_previous,
         replication_password=replication_password,
         dns=_parse_dns(sections["dns"]),
     )

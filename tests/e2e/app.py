@@ -36,12 +36,12 @@ class Answer:
         return self.status == 200
 
 
-def predict(url: str, timeout: float = 10) -> Answer:
-    """One POST /api/v1/predict with the stack's API key (never through a proxy)."""
+def predict(url: str, timeout: float = 10, key: str = API_KEY) -> Answer:
+    """One POST /api/v1/predict with the stack's API key, or `key` (never through a proxy)."""
     request = urllib.request.Request(
         url + PREDICT_PATH,
         data=BODY,
-        headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
+        headers={"X-API-Key": key, "Content-Type": "application/json"},
     )
     return _answer(request, timeout, lambda body: (body["model_version"], body["request_id"]))
 

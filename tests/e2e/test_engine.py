@@ -5,13 +5,15 @@ level, its traffic through the gateway's LoadBalancer address.
 The scenarios run in order against one stack (each depends on the previous one's result):
 preview on an empty stack, up, the pods as they run, a prediction stored, the pull-request preview
 and its up, no drift then a refresh that finds an out-of-band scale, a model rollout back and
-forth under load, self-healing, scaling, NetworkPolicy, egress, a standby added by config, a
-standby killed, a failover and a third instance added and removed, and teardown. A bad config is
-checked on a stack of its own; the `kubectl apply` baseline runs last.
+forth under load, self-healing, scaling, NetworkPolicy, egress, an API key rotated and rotated
+back under load, a standby added by config, a standby killed, a failover and a third instance
+added and removed, and teardown. A bad config is checked on a stack of its own; the
+`kubectl apply` baseline runs last.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -31,7 +33,16 @@ from e2e.node import Node, mounts_under, restricted_namespace, run
 from e2e.workspace import PulumiWorkspace, Run
 from harness.program import ROOT, run_program
 from tests.e2e import app
-from tests.e2e.conftest import CLAIM, NAMESPACE, SECRETS, STACK, TIMINGS, needs_root, stack_config
+from tests.e2e.conftest import (
+    API_KEY,
+    CLAIM,
+    NAMESPACE,
+    SECRETS,
+    STACK,
+    TIMINGS,
+    needs_root,
+    stack_config,
+)
 
 pytestmark = needs_root
 INSTANCE = f"app.kubernetes.io/instance={STACK}"
@@ -469,6 +480,71 @@ def streaming_to(kube: ControlPlane, primary: int) -> set[str]:
 
 def stored_on(kube: ControlPlane, instance: int) -> set[str]:
     return set(app.psql(kube, "SELECT request_id FROM predictions", instance))
+
+
+def up_with_secrets(
+    workspace: PulumiWorkspace,
+    kube: ControlPlane,
+    secrets: dict[str, str],
+    removed: tuple[str, ...] = (),
+) -> Run:
+    """`pulumi up` of the stack after `pulumi config set --secret` of each of `secrets` and
+    `pulumi config rm` of each of `removed`, as the README's rotation does."""
+    for key, value in secrets.items():
+        workspace.run("config", "set", "--stack", STACK, "--secret", key, value)
+    for key in removed:
+        workspace.run("config", "rm", "--stack", STACK, key)
+    return pulumi_up(workspace, kube)
+
+
+def gateway_uids(kube: ControlPlane) -> set[str]:
+    return {p["metadata"]["uid"] for p in app.live(app.pods(kube, "gateway"))}
+
+
+def rotate_api_key(
+    workspace: PulumiWorkspace, kube: ControlPlane, url: str, old: str, new: str
+) -> None:
+    """The README's rotation from `old` to `new`, each step's `pulumi up` under load from a
+    client of the key it keeps: not one request may fail."""
+    old_client = functools.partial(app.predict, key=old)
+    new_client = functools.partial(app.predict, key=new)
+    # 1. The new key becomes current, the old one previous: while the gateway pods roll, old
+    # pods (the old key only) and new ones (both) answer side by side.
+    rolled = gateway_uids(kube)
+    with app.Load(url, call=old_client) as adding:
+        up = up_with_secrets(
+            workspace, kube, {"mlstack:apiKey": new, "mlstack:apiKeyPrevious": old}
+        )
+    TIMINGS["pulumi up (API key added, old key under load)"] = up.seconds
+    assert adding.answers and not adding.failures, adding.summary()
+    assert not gateway_uids(kube) & rolled, "the gateway pods were not rolled"
+    ACKNOWLEDGED.update(app.acknowledged(adding))
+    # Every pod takes both keys now; the old key's requests are counted as the previous key's.
+    for _ in range(3):
+        assert old_client(url).ok and new_client(url).ok
+    previous = 'mlstack_gateway_api_key_requests_total{key="previous"}'
+    assert sum(gateway_metrics(kube, previous)) >= 3
+    # 2. The clients move to the new key. 3. The old key is dropped: pods with both keys and
+    # pods with the new key only answer side by side.
+    rolled = gateway_uids(kube)
+    with app.Load(url, call=new_client) as dropping:
+        up = up_with_secrets(workspace, kube, {}, removed=("mlstack:apiKeyPrevious",))
+    TIMINGS["pulumi up (old API key dropped, new key under load)"] = up.seconds
+    assert dropping.answers and not dropping.failures, dropping.summary()
+    assert not gateway_uids(kube) & rolled, "the gateway pods were not rolled"
+    ACKNOWLEDGED.update(app.acknowledged(dropping))
+    assert old_client(url).status == 401
+    assert new_client(url).ok
+
+
+def test_4g_api_key_rotation_answers_every_request_of_either_key_and_comes_back(
+    workspace: PulumiWorkspace, control_plane: ControlPlane
+) -> None:
+    """A rotation to a new key, then one back to the stack's own (the later scenarios use it)."""
+    url = gateway_url(control_plane)
+    rotated = "e2e-gateway-api-key-rotated"
+    rotate_api_key(workspace, control_plane, url, API_KEY, rotated)
+    rotate_api_key(workspace, control_plane, url, rotated, API_KEY)
 
 
 def gateway_metrics(kube: ControlPlane, line_start: str) -> list[float]:

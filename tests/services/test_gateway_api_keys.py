@@ -118,6 +118,24 @@ def test_the_previous_key_is_read_from_the_file_kubernetes_mounts(tmp_path: Path
     assert dict(settings.api_keys) == {"current": NEW_KEY, "previous": OLD_KEY}
 
 
+def test_an_absent_previous_key_file_means_none(tmp_path: Path) -> None:
+    """The pods name the file whether or not a rotation is under way; the Secret has the key
+    only during one."""
+    settings = GatewaySettings.from_env(
+        {
+            "MLSTACK_API_KEY": NEW_KEY,
+            "MLSTACK_API_KEY_PREVIOUS_FILE": str(tmp_path / "api-key-previous"),
+        }
+    )
+    assert dict(settings.api_keys) == {"current": NEW_KEY}
+
+
+def test_an_absent_current_key_file_stops_the_gateway(tmp_path: Path) -> None:
+    missing = tmp_path / "api-key"
+    with pytest.raises(SettingsError, match=f"MLSTACK_API_KEY_FILE={missing} cannot be read"):
+        GatewaySettings.from_env({"MLSTACK_API_KEY_FILE": str(missing)})
+
+
 def test_an_empty_previous_key_means_none() -> None:
     settings = GatewaySettings.from_env(
         {"MLSTACK_API_KEY": NEW_KEY, "MLSTACK_API_KEY_PREVIOUS": ""}

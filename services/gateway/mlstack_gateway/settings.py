@@ -16,14 +16,19 @@ from mlstack_common.http_limits import HttpLimits
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def _secret(env: dict[str, str], name: str) -> str:
+def _secret(env: dict[str, str], name: str, optional: bool = False) -> str:
     """`name` itself, or the contents of the file `name_FILE` names (Kubernetes mounts secrets
-    as files, so they never appear in the pod's environment)."""
+    as files, so they never appear in the pod's environment). An `optional` secret's file may
+    be absent: a Secret without that key mounts no file for it."""
     path = env.get(f"{name}_FILE", "").strip()
     if not path:
         return env.get(name, "")
     try:
         return Path(path).read_text().strip()
+    except FileNotFoundError:
+        if optional:
+            return ""
+        raise SettingsError(f"{name}_FILE={path} cannot be read: no such file") from None
     except OSError as error:
         raise SettingsError(f"{name}_FILE={path} cannot be read: {error.strerror}") from None
 
@@ -31,14 +36,15 @@ def _secret(env: dict[str, str], name: str) -> str:
 def _api_keys(env: dict[str, str]) -> dict[str, str]:
     """The keys clients may send as X-API-Key, by id: `current` (MLSTACK_API_KEY) and, during a
     rotation, `previous` (MLSTACK_API_KEY_PREVIOUS), each from its `_FILE` variant instead when
-    that is set."""
+    that is set. The previous key's file may be absent: the pods name it whether or not a
+    rotation is under way."""
     current = _secret(env, "MLSTACK_API_KEY").strip()
     if not current:
         raise SettingsError(
             "MLSTACK_API_KEY (or MLSTACK_API_KEY_FILE) must give the key clients send as X-API-Key"
         )
     keys = {"current": current}
-    previous = _secret(env, "MLSTACK_API_KEY_PREVIOUS").strip()
+    previous = _secret(env, "MLSTACK_API_KEY_PREVIOUS", optional=True).strip()
     if previous == current:
         raise SettingsError(
             "MLSTACK_API_KEY_PREVIOUS is the same key as MLSTACK_API_KEY: during a rotation it "

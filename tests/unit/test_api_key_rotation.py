@@ -1,0 +1,116 @@
+"""API key rotation in the program: `apiKeyPrevious` beside `apiKey`, both in the gateway's
+Secret only, and a config mistake about them named on one line."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from components.config import USER_TOLD_EXIT_CODE
+from harness.program import (
+    TEST_SECRETS,
+    ProgramExitError,
+    ProgramRun,
+    run_program,
+    stack_config,
+)
+from tools.render import stacks
+
+PREVIOUS = "the-key-being-replaced"
+PREVIOUS_FILE = "/etc/mlstack/secrets/api-key-previous"
+
+
+def rotating(stack: str) -> dict[str, Any]:
+    return {**stack_config(stack), "mlstack:apiKeyPrevious": PREVIOUS}
+
+
+def gateway_env(run: ProgramRun) -> dict[str, str]:
+    (container,) = run.one("Deployment", "gateway").inputs["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def secrets_digest(run: ProgramRun) -> str:
+    template = run.one("Deployment", "gateway").inputs["spec"]["template"]
+    return str(template["metadata"]["annotations"]["mlstack/secrets-sha256"])
+
+
+@pytest.fixture(scope="module", params=stacks())
+def mid_rotation(request: pytest.FixtureRequest) -> ProgramRun:
+    return run_program(request.param, rotating(request.param))
+
+
+def test_the_gateway_secret_holds_both_keys(mid_rotation: ProgramRun) -> None:
+    secret = mid_rotation.one("Secret", "gateway")
+    assert secret.inputs["stringData"]["api-key"] == TEST_SECRETS["mlstack:apiKey"]
+    assert secret.inputs["stringData"]["api-key-previous"] == PREVIOUS
+    assert secret.secret_paths == ["stringData"]
+    assert gateway_env(mid_rotation)["MLSTACK_API_KEY_PREVIOUS_FILE"] == PREVIOUS_FILE
+
+
+def test_neither_key_is_in_plain_text_anywhere_else(mid_rotation: ProgramRun) -> None:
+    for obj in mid_rotation.resources:
+        if obj.kind == "Secret":
+            continue
+        text = json.dumps(obj.inputs, default=str)
+        for key in (PREVIOUS, TEST_SECRETS["mlstack:apiKey"]):
+            assert key not in text, f"{obj.type} {obj.name} holds an API key in plain text"
+    outputs = json.dumps(mid_rotation.outputs, default=str)
+    assert PREVIOUS not in outputs
+    assert TEST_SECRETS["mlstack:apiKey"] not in outputs
+
+
+def test_without_a_rotation_the_secret_has_no_previous_key() -> None:
+    run = run_program("dev")
+    assert "api-key-previous" not in run.one("Secret", "gateway").inputs["stringData"]
+    # The pods name the file anyway: a restarted container reads the keys the Secret has then.
+    assert gateway_env(run)["MLSTACK_API_KEY_PREVIOUS_FILE"] == PREVIOUS_FILE
+
+
+def test_adding_and_dropping_the_previous_key_rolls_the_gateway_only() -> None:
+    before = run_program("dev")
+    during = run_program("dev", rotating("dev"))
+    assert secrets_digest(during) != secrets_digest(before)
+
+    def others(run: ProgramRun) -> list[Any]:
+        return [
+            w.inputs["spec"]["template"]
+            for w in run.of_kind("Deployment") + run.of_kind("StatefulSet")
+            if w.metadata["name"] != "gateway"
+        ]
+
+    assert others(during) == others(before)
+    # The env is the same on both sides: only the digest of the Secret's values rolls the pods.
+    assert gateway_env(during) == gateway_env(before)
+
+
+def config_error(config: dict[str, Any]) -> str:
+    with pytest.raises(ProgramExitError) as raised:
+        run_program("dev", config)
+    assert raised.value.code == USER_TOLD_EXIT_CODE
+    (message,) = raised.value.errors
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("previous", "expected"),
+    [
+        ("short", "mlstack:apiKeyPrevious is too short (at least 12 characters): set it with"),
+        (123456789012345, "mlstack:apiKeyPrevious is too short"),
+        (
+            TEST_SECRETS["mlstack:apiKey"],
+            "mlstack:apiKeyPrevious is the same as mlstack:apiKey: during a rotation",
+        ),
+    ],
+)
+def test_a_bad_previous_key_names_key_and_rule(previous: object, expected: str) -> None:
+    message = config_error({**stack_config("dev"), "mlstack:apiKeyPrevious": previous})
+    assert message.startswith(expected)
+    assert TEST_SECRETS["mlstack:apiKey"] not in message, "an error never shows a key"
+
+
+def test_a_misspelt_previous_key_suggests_the_right_name() -> None:
+    message = config_error({**stack_config("dev"), "mlstack:apiKeyPrevios": PREVIOUS})
+    assert message.startswith('mlstack:apiKeyPrevios: unknown key (did you mean "apiKeyPrevious"?)')
