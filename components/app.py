@@ -33,7 +33,7 @@ DATABASE_URL: Final = "database-url"
 DATABASE_READ_URL: Final = "database-read-url"
 # The Secrets' names. Workloads mount them by these names, not by the Secrets' outputs: a Secret
 # is replaced when its data changes, and a workload that took its output would be replaced too
-# (deleted first); instead, a digest of the values in the pod template rolls the pods.
+# (deleted first); instead, a keyed digest of the values in the pod template rolls the pods.
 DATABASE_SECRET: Final = "database"
 GATEWAY_SECRET: Final = "gateway"
 GATEWAY_TLS_SECRET: Final = "gateway-tls"
@@ -114,7 +114,7 @@ class MlApp(pulumi.ComponentResource):
                 storage_bytes=config.database.storage_bytes,
                 storage_class=config.database.storage_class,
                 secret_name=DATABASE_SECRET,
-                secrets_checksum=pod.checksum(database_secrets),
+                secrets_checksum=pod.secrets_checksum(database_secrets, config.secrets_digest_key),
                 after=(database_secret,),
                 image=config.images.database or database.DEFAULT_IMAGE,
                 replicas=config.database.replicas,
@@ -205,7 +205,7 @@ class MlApp(pulumi.ComponentResource):
                 resources=GATEWAY_RESOURCES,
                 env=gateway_env,
                 secret_name=GATEWAY_SECRET,
-                secrets_checksum=pod.checksum(gateway_read),
+                secrets_checksum=pod.secrets_checksum(gateway_read, config.secrets_digest_key),
                 after=tuple(gateway_after),
                 tls_secret_name=tls_secret_name,
                 metrics_port=METRICS_PORT,

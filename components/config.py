@@ -31,6 +31,8 @@ SERVICE_TYPES: Final[tuple[ServiceType, ...]] = ("LoadBalancer", "ClusterIP", "N
 # The trained models the model image carries; the newest is the default.
 MODEL_VERSIONS: Final = ("v1", "v2")
 MAX_REPLICAS: Final = 1000
+# The digest key's minimum length: what `make up` generates (24 random bytes, URL-safe base64).
+SECRETS_DIGEST_KEY_CHARACTERS: Final = 32
 # The exit code that tells Pulumi's language host "the user has been shown the error": the CLI
 # then prints the one line we logged and nothing else.
 USER_TOLD_EXIT_CODE: Final = 32
@@ -187,6 +189,8 @@ class StackConfig:
     protect: bool
     database_password: pulumi.Output[str]
     api_key: pulumi.Output[str]
+    # The key of the digest of secret values in pod templates (pod.secrets_checksum).
+    secrets_digest_key: pulumi.Output[str]
     # During a rotation, the key being replaced: still accepted until it is removed.
     api_key_previous: pulumi.Output[str] | None = None
     # The standbys' replication role's password; None when not given (no standby then).
@@ -233,6 +237,7 @@ _SCALAR_KEYS: Final = (
     "databaseReplicationPassword",
     "apiKey",
     "apiKeyPrevious",
+    "secretsDigestKey",
     "gatewayTlsCert",
     "gatewayTlsKey",
 )
@@ -670,10 +675,10 @@ def _read_raw() -> dict[str, object]:
     return raw
 
 
-def _secret(raw: Mapping[str, object], key: str) -> pulumi.Output[str]:
+def _secret(raw: Mapping[str, object], key: str, minimum: int = 12) -> pulumi.Output[str]:
     value = raw.get(key)
-    if not isinstance(value, str) or len(value) < 12:
-        shown = "missing" if value is None else "too short (at least 12 characters)"
+    if not isinstance(value, str) or len(value) < minimum:
+        shown = "missing" if value is None else f"too short (at least {minimum} characters)"
         raise ConfigError(
             f"{NAMESPACE}:{key} is {shown}: set it with "
             f"`pulumi config set --secret {NAMESPACE}:{key} <value>` (`make up` generates one)"
@@ -708,6 +713,7 @@ def load(stack: str | None = None) -> StackConfig:
     images = _parse_images(sections["images"], cluster)
     database_password = _secret(raw, "databasePassword")
     api_key = _secret(raw, "apiKey")
+    secrets_digest_key = _secret(raw, "secretsDigestKey", SECRETS_DIGEST_KEY_CHARACTERS)
     api_key_previous = None
     if raw.get("apiKeyPrevious") is not None:
         api_key_previous = _secret(raw, "apiKeyPrevious")
@@ -729,6 +735,7 @@ def load(stack: str | None = None) -> StackConfig:
         protect=protect,
         database_password=database_password,
         api_key=api_key,
+        secrets_digest_key=secrets_digest_key,
         api_key_previous=api_key_previous,
         replication_password=replication_password,
         dns=_parse_dns(sections["dns"]),

@@ -4,9 +4,10 @@ profile, resource sizes, a writable /tmp on a read-only root, and secrets mounte
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -15,8 +16,8 @@ import pulumi_kubernetes as k8s
 RUN_AS_USER: Final = 10001
 SECRETS_DIR: Final = "/etc/mlstack/secrets"
 SECRETS_VOLUME: Final = "secrets"
-# The pod template annotation that carries a digest of the secrets the pods read.
-SECRETS_CHECKSUM: Final = "mlstack/secrets-sha256"
+# The pod template annotation that carries a keyed digest of the secrets the pods read.
+SECRETS_CHECKSUM: Final = "mlstack/secrets-hmac-sha256"
 TMP_VOLUME: Final = "tmp"
 
 
@@ -96,18 +97,34 @@ def mounts(
     return [*found, *extra]
 
 
+def _text(values: Mapping[str, str]) -> bytes:
+    return "\0".join(f"{key}={values[key]}" for key in sorted(values)).encode()
+
+
 def checksum(values: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[str]:
-    """A digest of values for a pod template (secrets, scripts): it changes with any of them
-    (and reveals none), so that pods which read them at start are rolled."""
+    """A digest of values that are not secret (scripts, configuration files) for a pod
+    template: it changes with any of them, so that pods which read them at start are rolled."""
+    return pulumi.Output.all(**values).apply(lambda found: hashlib.sha256(_text(found)).hexdigest())
 
-    def digest(resolved: dict[str, str]) -> str:
-        text = "\0".join(f"{key}={resolved[key]}" for key in sorted(resolved))
-        return hashlib.sha256(text.encode()).hexdigest()
 
-    # Not marked secret (the digest of values generated as random tokens gives none away, the
-    # way a chart's checksum annotation does): a secret anywhere in a Deployment's spec would
-    # make its whole spec output secret, and with it the gateway Service's selector and URL.
-    return pulumi.Output.unsecret(pulumi.Output.all(**values).apply(digest))
+def secrets_checksum(
+    values: Mapping[str, pulumi.Input[str]], key: pulumi.Input[str]
+) -> pulumi.Output[str]:
+    """A digest of secret values for a pod template, keyed: HMAC-SHA256 under `key` (the stack
+    secret `secretsDigestKey`, which no object in the cluster holds). It changes with any value,
+    so that the pods which read them at start are rolled, and stays the same while none does;
+    without the key, a guess at a value cannot be checked against it (a plain hash of weak
+    values could be, by anyone allowed to read the pod templates)."""
+
+    def digest(found: list[Any]) -> str:
+        digest_key, resolved = found
+        return hmac.new(str(digest_key).encode(), _text(resolved), hashlib.sha256).hexdigest()
+
+    # Not marked secret: a secret anywhere in a Deployment's spec would make its whole spec
+    # output secret, and with it the gateway Service's selector and URL.
+    return pulumi.Output.unsecret(
+        pulumi.Output.all(pulumi.Output.from_input(key), pulumi.Output.all(**values)).apply(digest)
+    )
 
 
 def secret_file(key: str) -> str:

@@ -128,6 +128,7 @@ class LocalCluster:
                     "mlstack:databasePassword": secrets.token_urlsafe(24),
                     "mlstack:databaseReplicationPassword": secrets.token_urlsafe(24),
                     "mlstack:apiKey": api_key,
+                    "mlstack:secretsDigestKey": secrets.token_urlsafe(24),
                 },
             )
             ws.run("up", "--stack", STACK, "--yes", "--skip-preview")

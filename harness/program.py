@@ -29,6 +29,7 @@ TEST_SECRETS: Final = {
     "mlstack:databasePassword": "test-database-password",
     "mlstack:databaseReplicationPassword": "test-replication-password",
     "mlstack:apiKey": "test-gateway-api-key",
+    "mlstack:secretsDigestKey": "test-secrets-digest-key-of-32-characters",
 }
 LB_ADDRESS: Final = "203.0.113.10"
 # Where the mocks send what the program logs through `pulumi.log` (it propagates as usual).

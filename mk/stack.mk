@@ -12,7 +12,7 @@ stack: venv ## select (or create) $(STACK) and generate its secrets on first use
 	@command -v $(PULUMI) >/dev/null || { echo "make: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/" >&2; exit 1; }
 	@mkdir -p .pulumi-local
 	$(PULUMI) stack select --create $(STACK)
-	@for key in databasePassword databaseReplicationPassword apiKey; do \
+	@for key in databasePassword databaseReplicationPassword apiKey secretsDigestKey; do \
 	  $(PULUMI) config get mlstack:$$key >/dev/null 2>&1 || { \
 	    echo "generating mlstack:$$key for stack $(STACK)"; \
 	    $(PY) -c 'import secrets; print(secrets.token_urlsafe(24))' | $(PULUMI) config set --secret mlstack:$$key; \

@@ -37,6 +37,7 @@ SECRETS = {
     "mlstack:databasePassword": "e2e-database-password",
     "mlstack:databaseReplicationPassword": "e2e-replication-password",
     "mlstack:apiKey": "e2e-gateway-api-key",
+    "mlstack:secretsDigestKey": "e2e-secrets-digest-key-of-32-characters",
 }
 API_KEY = SECRETS["mlstack:apiKey"]
 TIMINGS: dict[str, float] = {}

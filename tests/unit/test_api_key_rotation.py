@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from components import pod
 from components.config import USER_TOLD_EXIT_CODE
 from harness.program import (
     TEST_SECRETS,
@@ -33,7 +34,7 @@ def gateway_env(run: ProgramRun) -> dict[str, str]:
 
 def secrets_digest(run: ProgramRun) -> str:
     template = run.one("Deployment", "gateway").inputs["spec"]["template"]
-    return str(template["metadata"]["annotations"]["mlstack/secrets-sha256"])
+    return str(template["metadata"]["annotations"][pod.SECRETS_CHECKSUM])
 
 
 @pytest.fixture(scope="module", params=stacks())

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from components import pod
 from components.app import GATEWAY_DRAIN_SECONDS, METRICS_PORT, POD_SECURITY_VERSION
 from components.config import USER_TOLD_EXIT_CODE
 from components.microservice import SHUTDOWN_SECONDS
@@ -89,7 +90,7 @@ def test_tls_from_stack_secrets_becomes_a_tls_secret() -> None:
 
     def digest(found: ProgramRun) -> str:
         template = found.one("Deployment", "gateway").inputs["spec"]["template"]
-        return str(template["metadata"]["annotations"]["mlstack/secrets-sha256"])
+        return str(template["metadata"]["annotations"][pod.SECRETS_CHECKSUM])
 
     assert digest(renewed) != digest(run)
     assert run.one("Service", "gateway").inputs["spec"]["ports"][0]["port"] == 443
