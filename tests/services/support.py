@@ -443,6 +443,24 @@ class PostgresServer:
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
+    def kill(self, timeout: float = 30.0) -> None:
+        """SIGKILL the postmaster, as when the node loses the pod: each backend notices, tells
+        its client "terminating connection due to unexpected postmaster exit" and exits. Returns
+        once they all have, so that start() (crash recovery from WAL, same port and data
+        directory) does not find the shared memory still in use."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        # pg_ctl starts the postmaster in a session of its own: its children share its group.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL backends still running {timeout}s after SIGKILL")
+            time.sleep(0.05)
+
     def reload(self) -> None:
         """Make the server read its configuration files again (postgresql.auto.conf included)."""
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "reload")

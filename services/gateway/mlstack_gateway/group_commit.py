@@ -125,7 +125,8 @@ class GroupCommitter(Generic[T]):
             except Exception as exc:  # every waiter learns the commit failed
                 if not batch.taken:  # failed before taking: fail the rows it would have taken
                     batch.take()
-                log.warning("commit of %d rows failed: %s", len(batch.entries), exc)
+                if not isinstance(exc, StoreUnavailableError):  # the store logs its outages
+                    log.warning("commit of %d rows failed: %s", len(batch.entries), exc)
                 self._answer(batch.entries, exc)
                 continue
             if batch.entries:

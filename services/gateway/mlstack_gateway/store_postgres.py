@@ -14,16 +14,20 @@ last replayed transaction, so clocks out of step between the two hosts shift it.
 
 Seeing the WAL receiver's state takes superuser or pg_read_all_stats (pg_monitor): for any
 other role the lag is unknown and every read goes to the primary (counted as ``unknown_lag``).
+
+A server that goes away costs requests a 503, never a 500 (see ``_on_connection``), and the log
+one line when it stops answering and one when it answers again, not a line per request or retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -35,6 +39,8 @@ from mlstack_gateway.settings import GatewaySettings
 from mlstack_gateway.store import PredictionRecord, StoreUnavailableError, history_item
 
 log = logging.getLogger("mlstack_gateway.store")
+
+R = TypeVar("R")
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -91,6 +97,9 @@ FROM lag LEFT JOIN LATERAL (
     FROM predictions WHERE lag.seconds <= $2 ORDER BY id DESC LIMIT $1
 ) AS recent ON true
 """
+# What one history read, or one readiness ping, may spend on the primary.
+_READ_SECONDS = 5.0
+_PING_SECONDS = 1.0
 # What one history read may spend on the read URL (acquire, connect and query) before it goes
 # to the primary: a standby that is down or unreachable costs a read this much at most.
 READ_ATTEMPT_SECONDS = 1.0
@@ -121,6 +130,82 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
+def _closed(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
+    """Whether asyncpg has closed ``conn``: one it closed on losing the socket is already back
+    in the pool, and its proxy's methods raise InterfaceError."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
+async def _on_connection(
+    pool: asyncpg.Pool,
+    seconds: float,
+    operation: Callable[[asyncpg.pool.PoolConnectionProxy], Awaitable[R]],
+) -> R:
+    """``operation``'s result on a pool connection of its own, acquired (perhaps connected) and
+    used within ``seconds``.
+
+    Only a connection whose operation completed goes back to the pool. One whose operation
+    failed, timed out or was cancelled is closed: asyncpg would give it out again once a cancel
+    request, sent on a connection of its own, had been acknowledged by a server that may be the
+    one hanging or gone.
+
+    A server may end a connection at any moment: shutting down, or on its postmaster's death,
+    each backend sends its client a FATAL error, then closes the socket. Between the two, asyncpg
+    fails the next use of the connection (a query, or the reset that returns it to the pool)
+    with InternalClientError "cannot switch to state N; another operation (2) is in progress",
+    state 2 being its wait for the end of that error, not an operation of ours, and closes the
+    connection. That failure is raised here as what it is, a lost connection
+    (ConnectionDoesNotExistError); a reset that fails after the operation completed leaves its
+    result standing.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    async with asyncio.timeout_at(deadline):
+        conn = await pool.acquire()
+    try:
+        async with asyncio.timeout_at(deadline):
+            result = await operation(conn)
+    except BaseException as exc:
+        closed = _closed(conn)
+        if not closed:
+            conn.terminate()
+        await pool.release(conn)  # nothing to do for a closed one but give its slot back
+        if closed and isinstance(exc, asyncpg.InternalClientError):
+            raise asyncpg.ConnectionDoesNotExistError(
+                f"connection closed by the server (asyncpg: {exc})"
+            ) from exc
+        raise
+    # A reset that fails or overruns closes the connection (asyncpg does), and that is all.
+    with contextlib.suppress(Exception):
+        await pool.release(conn, timeout=deadline - loop.time())
+    return result
+
+
+class _Reachability:
+    """Whether a server answers, logged when that changes: one warning when it stops (with the
+    first reason), one line when it answers again; nothing for each request or retry between."""
+
+    def __init__(self, name: str, meanwhile: str) -> None:
+        self.name = name
+        self._meanwhile = meanwhile
+        self._lost_at: float | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        if self._lost_at is None:
+            self._lost_at = asyncio.get_running_loop().time()
+            log.warning("%s unavailable (%s); %s", self.name, _reason(exc), self._meanwhile)
+
+    def answered(self, asked_at: float) -> None:
+        """A request sent at loop time ``asked_at`` was answered (one sent before the server
+        went away may come back after: it says nothing about now)."""
+        if self._lost_at is not None and asked_at > self._lost_at:
+            self._lost_at = None
+            log.info("%s answers again", self.name)
+
+
 class _Schema:
     """The migration runner's SchemaConnection over one pool connection."""
 
@@ -143,35 +228,42 @@ class _Schema:
 
 async def _open_pool(
     dsn: str,
-    name: str,
+    reachability: _Reachability,
     *,
     max_size: int,
     command_timeout: float,
+    prepare: Callable[[asyncpg.Pool], Awaitable[None]],
     connect_timeout: float = 60.0,
-    prepare: Callable[[asyncpg.Pool], Awaitable[None]] | None = None,
 ) -> asyncpg.Pool:
     """A pool on ``dsn`` once its server answers and ``prepare`` has run on it; until then,
     tries again with a growing pause (the server may still be starting)."""
     delay = 0.2
     while True:
+        asked_at = asyncio.get_running_loop().time()
+        # min_size 0: connections are opened by the requests that need them, never by a task of
+        # asyncpg's own, which would log a traceback for each of its retries while the server
+        # is away.
         pool: asyncpg.Pool | None = None
         try:
             pool = await asyncpg.create_pool(
                 dsn,
-                min_size=1,
+                min_size=0,
                 max_size=max_size,
                 command_timeout=command_timeout,
                 timeout=connect_timeout,
             )
-            if prepare is not None:
-                await prepare(pool)
+            await prepare(pool)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("%s not ready (%s); retrying in %.1fs", name, _reason(exc), delay)
             if pool is not None:
                 pool.terminate()
+            if _is_transient(exc):
+                reachability.failed(exc)
+            else:
+                log.warning("%s not ready (%s); retrying in %.1fs", reachability.name, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             continue
+        reachability.answered(asked_at)
         return pool
 
 
@@ -197,6 +289,12 @@ class PostgresStore:
         self._read_pool: asyncpg.Pool | None = None
         self._connecting: list[asyncio.Task[None]] = []
         self._read_breaker = CircuitBreaker(_READ_FAILURES_BEFORE_PAUSE, _READ_PAUSE_SECONDS)
+        self._primary = _Reachability(
+            "PostgreSQL", "predictions and history reads answer 503 until it answers again"
+        )
+        self._replica = _Reachability(
+            "PostgreSQL read URL", "history reads go to the primary until it answers again"
+        )
         # Every series at 0 from the start, so that rates work from the first scrape.
         metrics.db_reads.labels("primary")
         if self._read_dsn is not None:
@@ -233,7 +331,7 @@ class PostgresStore:
     async def _connect_primary(self) -> None:
         self._pool = await _open_pool(
             self._dsn,
-            "PostgreSQL",
+            self._primary,
             max_size=self._pool_size,
             command_timeout=10,
             prepare=self._migrate,
@@ -243,9 +341,10 @@ class PostgresStore:
     async def _connect_read(self, dsn: str) -> None:
         self._read_pool = await _open_pool(
             dsn,
-            "PostgreSQL read URL",
+            self._replica,
             max_size=_READ_POOL_SIZE,
             command_timeout=READ_ATTEMPT_SECONDS,
+            prepare=self._answers,
             connect_timeout=READ_ATTEMPT_SECONDS,
         )
         log.info("PostgreSQL read URL connected")
@@ -254,6 +353,10 @@ class PostgresStore:
     async def _migrate(pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn:
             await migrate(_Schema(conn), MIGRATIONS)
+
+    @staticmethod
+    async def _answers(pool: asyncpg.Pool) -> None:
+        await _on_connection(pool, READ_ATTEMPT_SECONDS, lambda conn: conn.fetchval("SELECT 1"))
 
     async def _write_batch(self, take: Callable[[], list[PredictionRecord]]) -> None:
         records = take()
@@ -274,18 +377,27 @@ class PostgresStore:
             pool = self._pool
             if pool is None:
                 raise StoreUnavailableError("database not connected yet")
+            asked_at = loop.time()
             try:
-                await pool.execute(_INSERT, *columns, timeout=max(0.1, deadline - loop.time()))
-                return
+                await _on_connection(
+                    pool,
+                    max(0.1, deadline - asked_at),
+                    lambda conn: conn.execute(_INSERT, *columns),
+                )
             except Exception as exc:
                 if not _is_transient(exc):
                     raise
                 self._metrics.db_failures.inc()
+                self._primary.failed(exc)
                 if loop.time() + delay >= deadline:
                     raise StoreUnavailableError(f"database write failed: {exc}") from exc
-                log.warning("database write failed (%s); retrying", exc)
+                # The same rows again (ON CONFLICT: harmless if the lost commit happened), on
+                # another connection.
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
+                continue
+            self._primary.answered(asked_at)
+            return
 
     async def save(self, record: PredictionRecord) -> None:
         await self._committer.submit(record)
@@ -299,12 +411,17 @@ class PostgresStore:
         pool = self._pool
         if pool is None:
             raise StoreUnavailableError("database not connected yet")
+        asked_at = asyncio.get_running_loop().time()
         try:
-            rows = await pool.fetch(_RECENT, limit, timeout=5)
+            rows = await _on_connection(
+                pool, _READ_SECONDS, lambda conn: conn.fetch(_RECENT, limit)
+            )
         except Exception as exc:
             if _is_transient(exc):
+                self._primary.failed(exc)
                 raise StoreUnavailableError(f"database read failed: {exc}") from exc
             raise
+        self._primary.answered(asked_at)
         self._metrics.db_reads.labels("primary").inc()
         return [history_item(row, row[1].isoformat()) for row in rows]
 
@@ -315,8 +432,13 @@ class PostgresStore:
         if pool is None or not self._read_breaker.allow():
             self._fall_back("error")
             return None
+        asked_at = asyncio.get_running_loop().time()
         try:
-            rows = await self._fetch_within_lag(pool, limit)
+            rows = await _on_connection(
+                pool,
+                READ_ATTEMPT_SECONDS,
+                lambda conn: conn.fetch(_RECENT_WITHIN_LAG, limit, self._max_lag),
+            )
         except asyncio.CancelledError:
             self._read_breaker.release()
             raise
@@ -324,12 +446,11 @@ class PostgresStore:
             # Whatever the read URL does wrong (down, slow, not yet replicated the schema), the
             # primary can still answer.
             self._read_breaker.record_failure()
-            log.warning(
-                "history read from the read URL failed (%s); reading the primary", _reason(exc)
-            )
+            self._replica.failed(exc)
             self._fall_back("error")
             return None
         self._read_breaker.record_success()
+        self._replica.answered(asked_at)
         lag: float | None = rows[0][7]
         self._metrics.db_read_lag.set(math.nan if lag is None else lag)
         if lag is None:
@@ -341,24 +462,6 @@ class PostgresStore:
         # No predictions: the one row of NULLs (request_id is NOT NULL in the table).
         return [history_item(row, row[1].isoformat()) for row in rows if row[0] is not None]
 
-    async def _fetch_within_lag(self, pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
-        # Acquire (perhaps connect), query and release, all within one bound. asyncpg would
-        # release a timed-out connection only once a cancel request, sent on a connection of
-        # its own, has been acknowledged by a server that may be the one hanging: such a
-        # connection is closed at once instead (the pool opens another when needed).
-        async with asyncio.timeout(READ_ATTEMPT_SECONDS):
-            conn = await pool.acquire()
-            try:
-                rows: list[asyncpg.Record] = await conn.fetch(
-                    _RECENT_WITHIN_LAG, limit, self._max_lag
-                )
-            except BaseException:
-                conn.terminate()
-                raise
-            finally:
-                await pool.release(conn)
-        return rows
-
     def _fall_back(self, reason: str) -> None:
         self._metrics.db_read_fallbacks.labels(reason).inc()
 
@@ -366,11 +469,17 @@ class PostgresStore:
         pool = self._pool
         if pool is None:
             return False
+        asked_at = asyncio.get_running_loop().time()
         try:
-            value = await pool.fetchval("SELECT 1", timeout=1)
+            value = await _on_connection(
+                pool, _PING_SECONDS, lambda conn: conn.fetchval("SELECT 1")
+            )
         except Exception as exc:
+            if _is_transient(exc):
+                self._primary.failed(exc)
             log.debug("database ping failed: %s", exc)
             return False
+        self._primary.answered(asked_at)
         return bool(value == 1)
 
     async def close(self) -> None:

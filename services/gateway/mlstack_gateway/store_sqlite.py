@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import queue
 import sqlite3
 import threading
@@ -28,6 +29,8 @@ from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.migrations import migrate
 from mlstack_gateway.settings import GatewaySettings
 from mlstack_gateway.store import PredictionRecord, StoreUnavailableError, history_item
+
+log = logging.getLogger("mlstack_gateway.store")
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -218,6 +221,7 @@ class SqliteStore:
             await self._writer.run(lambda: _insert_batch(conn, take()))
         except sqlite3.Error as exc:
             self._metrics.db_failures.inc()
+            log.warning("SQLite write of a batch failed: %s", exc)
             raise StoreUnavailableError(f"database write failed: {exc}") from exc
 
     async def save(self, record: PredictionRecord) -> None:

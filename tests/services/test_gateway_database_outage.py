@@ -1,0 +1,159 @@
+"""The gateway while its PostgreSQL is killed (SIGKILL of the postmaster, as when the node loses
+the pod) under concurrent predictions and history reads, then started again: every answer is 200
+or 503 with Retry-After, never a 500; every 200 prediction is stored; the outage is one warning
+line in the gateway's log, not a traceback per retry or a line per request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.services.support import (
+    API_KEY,
+    PostgresServer,
+    ServiceProcess,
+    predict,
+    query,
+    request,
+    start_gateway,
+)
+
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+PREDICTORS = 12
+READERS = 4
+
+
+@dataclass(frozen=True)
+class Answer:
+    endpoint: str  # "predict" | "history"
+    at: float  # time.monotonic() when the answer came
+    status: int  # 0: no HTTP answer at all (the connection failed)
+    retry_after: str | None
+    detail: str  # the request id of a 200 prediction, the body (or error) otherwise
+
+
+class Traffic:
+    """Clients on threads sending predictions and history reads back to back, each answer kept."""
+
+    def __init__(self, gateway: ServiceProcess) -> None:
+        self._gateway = gateway
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.answers: list[Answer] = []
+        self._pool = ThreadPoolExecutor(max_workers=PREDICTORS + READERS)
+
+    def __enter__(self) -> Traffic:
+        for _ in range(PREDICTORS):
+            self._pool.submit(self._loop, "predict", self._predict)
+        for _ in range(READERS):
+            self._pool.submit(self._loop, "history", self._history)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=True)
+
+    def _predict(self) -> tuple[int, str | None, str]:
+        reply = predict(self._gateway.url, [SETOSA])
+        detail = reply.json()["request_id"] if reply.status == 200 else reply.body.decode()
+        return reply.status, reply.headers.get("retry-after"), detail
+
+    def _history(self) -> tuple[int, str | None, str]:
+        reply = request(
+            "GET", f"{self._gateway.url}/api/v1/predictions?limit=5", headers={"X-API-Key": API_KEY}
+        )
+        detail = "" if reply.status == 200 else reply.body.decode()
+        return reply.status, reply.headers.get("retry-after"), detail
+
+    def _loop(self, endpoint: str, send: Callable[[], tuple[int, str | None, str]]) -> None:
+        while not self._stop.is_set():
+            try:
+                status, retry_after, detail = send()
+            except OSError as exc:
+                status, retry_after, detail = 0, None, repr(exc)
+            with self._lock:
+                self.answers.append(Answer(endpoint, time.monotonic(), status, retry_after, detail))
+
+    def answered(self, endpoint: str, status: int, since: float) -> Callable[[], bool]:
+        """A check: whether ``endpoint`` has answered ``status`` after ``since``."""
+
+        def check() -> bool:
+            with self._lock:
+                return any(
+                    a.endpoint == endpoint and a.status == status and a.at > since
+                    for a in self.answers
+                )
+
+        return check
+
+
+@pytest.fixture
+def database() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test's own: killing it leaves the other tests' server alone."""
+    server = PostgresServer().init()
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.mark.parametrize("read_url", [False, True], ids=["primary", "and-read-url"])
+def test_killed_database_costs_503s_with_retry_after_and_no_500(
+    read_url: bool, database: PostgresServer, model_server: ServiceProcess, log_dir: Path
+) -> None:
+    dsn = database.dsn()
+    gateway = start_gateway(
+        model_server.url,
+        log_dir,
+        DATABASE_URL=dsn,
+        # With a read URL on the same server, a history read tries it first, then the primary.
+        DATABASE_READ_URL=dsn if read_url else "",
+        # Many idle pool connections when the server dies: each one the server tells it is
+        # terminating is one that a request may be given before the socket's close is seen.
+        DB_POOL_SIZE="8",
+        # The outage outlasts the write timeout, so that predictions are refused during it.
+        DB_WRITE_TIMEOUT_SECONDS="1",
+    )
+    try:
+        with Traffic(gateway) as traffic:
+            gateway.wait_for("answering predictions", traffic.answered("predict", 200, 0.0))
+            time.sleep(0.5)
+            killed = time.monotonic()
+            database.kill()
+            for endpoint in ("predict", "history"):
+                gateway.wait_for(f"refusing {endpoint}", traffic.answered(endpoint, 503, killed))
+            database.start()
+            restarted = time.monotonic()
+            for endpoint in ("predict", "history"):
+                gateway.wait_for(
+                    f"answering {endpoint} again", traffic.answered(endpoint, 200, restarted)
+                )
+        answers = traffic.answers
+    finally:
+        gateway.stop()
+
+    wrong = [a for a in answers if a.status != 200 and not (a.status == 503 and a.retry_after)]
+    counts = {
+        (endpoint, status): sum(a.endpoint == endpoint and a.status == status for a in answers)
+        for endpoint in ("predict", "history")
+        for status in sorted({a.status for a in answers})
+    }
+    assert not wrong, f"{len(wrong)} answers neither 200 nor 503+Retry-After {counts}: {wrong[:5]}"
+    assert all(int(a.retry_after or "0") >= 1 for a in answers if a.status == 503)
+
+    acknowledged = [a.detail for a in answers if a.endpoint == "predict" and a.status == 200]
+    stored = query(
+        dsn, "SELECT count(*) FROM predictions WHERE request_id = ANY($1::uuid[])", acknowledged
+    )
+    assert stored[0][0] == len(acknowledged)
+
+    log = gateway.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log[-4000:]
+    went_away = [line for line in log.splitlines() if " unavailable (" in line]
+    # One outage: one line for the primary (and one for the read URL, when there is one).
+    assert len(went_away) == (2 if read_url else 1), "\n".join(went_away[:20])
