@@ -30,10 +30,17 @@ class Answer:
     version: str
     request_id: str
     error: str
+    retry_after: str = ""  # the Retry-After header of a refusal
 
     @property
     def ok(self) -> bool:
         return self.status == 200
+
+    @property
+    def refused_with_retry_after(self) -> bool:
+        """A 503 that says when to try again: the one acceptable way not to answer 200 while a
+        dependency (the model, the database) is away."""
+        return self.status == 503 and self.retry_after.isdigit() and int(self.retry_after) >= 1
 
 
 def predict(url: str, timeout: float = 10, key: str = API_KEY) -> Answer:
@@ -65,7 +72,8 @@ def _answer(
             version, request_id = read(json.loads(reply.read()))
             return Answer(now, reply.status, version, request_id, "")
     except urllib.error.HTTPError as err:
-        return Answer(now, err.code, "", "", err.read().decode(errors="replace")[:300])
+        error = err.read().decode(errors="replace")[:300]
+        return Answer(now, err.code, "", "", error, err.headers.get("Retry-After") or "")
     except (OSError, ValueError, KeyError) as err:
         return Answer(now, 0, "", "", repr(err))
 
@@ -107,6 +115,15 @@ class Load:
     def failures(self) -> list[Answer]:
         return [a for a in self.answers if not a.ok]
 
+    @property
+    def wrong_answers(self) -> list[Answer]:
+        """Answers neither 200 nor 503 with Retry-After (a 500, a dropped connection, ...)."""
+        return [a for a in self.answers if not a.ok and not a.refused_with_retry_after]
+
+    def since(self, at: float) -> Callable[[], bool]:
+        """A check: whether a request sent after `at` (time.monotonic()) was answered 200."""
+        return lambda: any(a.ok and a.at > at for a in self.answers)
+
     def versions(self) -> list[str]:
         """The model versions answered, in order, repeats collapsed (`["v2", "v1"]`)."""
         seen: list[str] = []
@@ -117,8 +134,13 @@ class Load:
 
     def summary(self) -> str:
         fails = self.failures
-        shown = "; ".join(f"{a.status} {a.error}" for a in fails[:5])
-        return f"{len(self.answers)} requests, {len(fails)} failed ({shown}), {self.versions()}"
+        statuses = sorted({a.status for a in fails})
+        counts = ", ".join(f"{sum(a.status == s for a in fails)}x {s}" for s in statuses)
+        shown = "; ".join(f"{a.status} {a.error}" for a in (self.wrong_answers or fails)[:5])
+        return (
+            f"{len(self.answers)} requests, {len(fails)} failed [{counts}] ({shown}), "
+            f"{self.versions()}"
+        )
 
 
 def acknowledged(*loads: Load) -> set[str]:
