@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with the limits it lacks: header size and read timeouts.
+"""uvicorn's httptools protocol with the limits it lacks: header size, read and write timeouts,
+and a cap on open connections.
 
 - The request line and headers may take ``max_header_bytes``; more is answered 431. httptools
   gathers a header's whole value before it hands it over, so a head that is still incomplete is
@@ -10,6 +11,13 @@
   application has answered already, the connection is simply closed).
 - An idle kept-alive connection is closed after uvicorn's ``timeout_keep_alive``.
 - A request httptools cannot parse gets 400, as JSON like every other error.
+- A client that takes none of what is sent to it for ``write_timeout`` (the connection's send
+  buffer above uvicorn's high-water mark all that time) is cut off: the connection is aborted,
+  its unsent bytes dropped, and a request still sending sees a client that has gone.
+- A connection beyond ``max_connections`` open on the server is answered 503 with
+  ``Retry-After`` at once and closed, without its request being read; the connections already
+  open are served as before. Over TLS a connection is counted from the end of its handshake (the
+  handshake's own bound is the server's: serving.py in the gateway).
 
 The timeouts are deadlines on each connection, checked every ``TICK_SECONDS`` by one timer per
 server while it has connections: with uvloop, arming and cancelling a timer for each request
@@ -50,13 +58,16 @@ class HttpLimits:
     max_header_bytes: int
     header_timeout: float
     body_timeout: float
+    write_timeout: float
+    max_connections: int
     # Told the reason of every refusal (header_too_large, header_timeout, body_timeout,
-    # malformed).
+    # malformed, write_timeout, max_connections).
     on_refusal: Callable[[str], None] = _ignore
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> HttpLimits:
-        """MAX_HEADER_BYTES, HEADER_TIMEOUT_SECONDS and BODY_TIMEOUT_SECONDS, or their defaults."""
+        """MAX_HEADER_BYTES, HEADER_TIMEOUT_SECONDS, BODY_TIMEOUT_SECONDS, WRITE_TIMEOUT_SECONDS
+        and MAX_CONNECTIONS, or their defaults."""
         return cls(
             # The request line and headers of one request, in bytes.
             max_header_bytes=env_integer(env, "MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
@@ -64,6 +75,10 @@ class HttpLimits:
             header_timeout=env_number(env, "HEADER_TIMEOUT_SECONDS", 5.0, 0.1),
             # From the end of the headers to the end of the body.
             body_timeout=env_number(env, "BODY_TIMEOUT_SECONDS", 10.0, 0.1),
+            # How long the answer may wait for a client that takes none of it.
+            write_timeout=env_number(env, "WRITE_TIMEOUT_SECONDS", 10.0, 0.1),
+            # Connections open at once on one server (its listening port).
+            max_connections=env_integer(env, "MAX_CONNECTIONS", 1024),
         )
 
 
@@ -90,16 +105,35 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_uncounted = False
         # When the head (while reading one) or the body (after the head) must have arrived.
         self._deadline: float | None = None
+        # While the client takes none of what is sent: when it is cut off.
+        self._write_deadline: float | None = None
         self._refused = False
+        # Answered 503 at once, beyond max_connections: never one of the server's connections.
+        self._turned_away = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.server_state.connections) >= self.limits.max_connections:
+            self._turn_away(transport)
+            return
         super().connection_made(transport)
         self._deadline = self.loop.time() + self.limits.header_timeout
         _watch(self.loop, self.server_state)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._turned_away:
+            super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._write_deadline = self.loop.time() + self.limits.write_timeout
+
+    def resume_writing(self) -> None:
+        self._write_deadline = None
+        super().resume_writing()
+
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._turned_away:
             return
         self._read_counted = self._reading_head
         if self._reading_head:
@@ -167,8 +201,24 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             "for the request line and headers"
         )
 
+    def _turn_away(self, transport: asyncio.Transport) -> None:
+        """Answer 503 without reading a request, and close (lingering, as ``_refuse`` does)."""
+        self._turned_away = True
+        self.limits.on_refusal("max_connections")
+        body = orjson.dumps(
+            {"error": f"server busy: {self.limits.max_connections} connections open, retry shortly"}
+        )
+        _answer_and_close(self.loop, transport, 503, body, b"retry-after: 1\r\n")
+
     def expire(self, now: float) -> None:
-        """Refuse the request if its head or body is late at ``now``."""
+        """Cut off a client that took none of its answer for the write timeout at ``now``;
+        refuse the request if its head or body is late."""
+        if self._write_deadline is not None and now >= self._write_deadline:
+            self._write_deadline = None
+            self.limits.on_refusal("write_timeout")
+            # close() would wait for the unsent bytes to go, which is what does not happen.
+            self.transport.abort()
+            return
         if self._deadline is None or now < self._deadline:
             return
         self._deadline = None
@@ -210,23 +260,36 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
         if answer:
-            body = orjson.dumps({"error": message})
-            self.transport.write(
-                b"".join(
-                    (
-                        STATUS_LINE[status],
-                        b"content-type: application/json\r\n",
-                        b"content-length: %d\r\n" % len(body),
-                        b"connection: close\r\n\r\n",
-                        body,
-                    )
-                )
+            _answer_and_close(self.loop, self.transport, status, orjson.dumps({"error": message}))
+        else:
+            self.transport.close()
+
+
+def _answer_and_close(
+    loop: asyncio.AbstractEventLoop,
+    transport: asyncio.Transport,
+    status: int,
+    body: bytes,
+    headers: bytes = b"",
+) -> None:
+    """Write a JSON answer, then close the connection, lingering where the transport can."""
+    transport.write(
+        b"".join(
+            (
+                STATUS_LINE[status],
+                b"content-type: application/json\r\n",
+                b"content-length: %d\r\n" % len(body),
+                headers,
+                b"connection: close\r\n\r\n",
+                body,
             )
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-                self.loop.call_later(LINGER_SECONDS, self.transport.close)
-                return
-        self.transport.close()
+        )
+    )
+    if transport.can_write_eof():
+        transport.write_eof()
+        loop.call_later(LINGER_SECONDS, transport.close)
+    else:
+        transport.close()
 
 
 # The servers whose connections a tick is checking.

@@ -108,9 +108,17 @@ class GatewayMetrics:
         )
         self.refused_connections = Counter(
             "mlstack_gateway_refused_requests",
-            "Requests cut off by the HTTP server itself, by reason "
-            "(header_too_large, header_timeout, body_timeout, malformed).",
+            "Requests and connections cut off by the HTTP server itself, by reason "
+            "(header_too_large, header_timeout, body_timeout, malformed, write_timeout: a client "
+            "that took none of its answer for WRITE_TIMEOUT_SECONDS, max_connections: a "
+            "connection beyond MAX_CONNECTIONS, answered 503).",
             ["reason"],
+            registry=self.registry,
+        )
+        self.open_connections = Gauge(
+            "mlstack_gateway_open_connections",
+            "Connections open on the API port, counted against MAX_CONNECTIONS (over TLS, from "
+            "the end of their handshake).",
             registry=self.registry,
         )
         self.db_failures = Counter(
@@ -152,6 +160,9 @@ class GatewayMetrics:
             ["result"],
             registry=self.registry,
         )
+
+    def watch_connections(self, count: Callable[[], int]) -> None:
+        self.open_connections.set_function(count)
 
     def watch_breaker(self, is_open: Callable[[], bool]) -> None:
         self.breaker_open.set_function(lambda: 1.0 if is_open() else 0.0)

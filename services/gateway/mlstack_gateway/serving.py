@@ -2,6 +2,9 @@
 pair read again every TLS_RELOAD_SECONDS) and /metrics on METRICS_PORT, two uvicorn servers on one
 event loop, and the drain on SIGTERM.
 
+The TLS handshake must end within HEADER_TIMEOUT_SECONDS of the connection's opening (asyncio's
+own bound is 60 s); the request's head then has HEADER_TIMEOUT_SECONDS of its own.
+
 SIGTERM (or SIGINT): ``/readyz`` answers 503 at once, requests in flight finish (and new ones are
 still served, on connections that then close) until none is left or SHUTDOWN_TIMEOUT_SECONDS
 have passed; then the servers stop listening, close their connections and the app shuts down.
@@ -16,11 +19,14 @@ import dataclasses
 import logging
 import math
 import signal
+import socket
+import sys
 from collections.abc import Iterator
 
 import uvicorn
 from mlstack_common.http_limits import limited_protocol
 from starlette.types import ASGIApp
+from uvicorn.config import STARTUP_FAILURE
 
 from mlstack_gateway.admission import Admission
 from mlstack_gateway.app import create_app
@@ -32,11 +38,51 @@ log = logging.getLogger("mlstack_gateway")
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn server that leaves the signals to ``serve``: one process runs two of them."""
+    """A uvicorn server that leaves the signals to ``serve`` (one process runs two of them) and
+    bounds the TLS handshake, which uvicorn has no option for."""
+
+    def __init__(self, config: uvicorn.Config, handshake_timeout: float) -> None:
+        super().__init__(config)
+        self._handshake_timeout = handshake_timeout
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's startup for a host and port, with the handshake's bound given to the
+        listening server."""
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                create_protocol,
+                host=config.host,
+                port=config.port,
+                ssl=config.ssl,
+                backlog=config.backlog,
+                ssl_handshake_timeout=self._handshake_timeout if config.ssl else None,
+            )
+        except OSError as exc:
+            log.error("%s", exc)
+            await self.lifespan.shutdown()
+            sys.exit(STARTUP_FAILURE)
+        assert server.sockets is not None
+        self.servers = [server]
+        self._log_started_message(server.sockets)
+        self.started = True
 
 
 def _server(
@@ -65,7 +111,7 @@ def _server(
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
         ssl_context_factory=(lambda config, default: tls.context) if tls else None,
     )
-    return _Server(config)
+    return _Server(config, handshake_timeout=settings.http_limits.header_timeout)
 
 
 async def _run(server: _Server) -> int:
@@ -93,6 +139,7 @@ async def serve(settings: GatewaySettings) -> int:
     if settings.tls_files is not None:
         tls = ServingCertificate(*settings.tls_files, reloads=gateway.metrics.tls_reloads)
     api = _server(admission, settings, settings.port, http, tls)
+    gateway.metrics.watch_connections(lambda: len(api.server_state.connections))
     scrape = MetricsEndpoint(gateway.metrics)
     metrics = _server(scrape, settings, settings.metrics_port, http, tls=None)
 
