@@ -17,6 +17,7 @@ from mlstack_gateway.asgi import send_json
 from mlstack_gateway.auth import ApiKeyChecker
 from mlstack_gateway.client import ModelClient
 from mlstack_gateway.errors import ApiError, error_response
+from mlstack_gateway.history import NEWEST, parse_cursor
 from mlstack_gateway.ids import new_request_id
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.payload import parse_predict_body
@@ -218,12 +219,14 @@ class GatewayRoutes:
         try:
             self.authenticate(request.scope["headers"])
             limit = self._limit(request)
+            cursor = request.query_params.get("cursor")
+            before = NEWEST if cursor is None else parse_cursor(cursor)
             try:
-                items = await self._store.recent(limit)
+                page = await self._store.recent(limit, before)
             except StoreUnavailableError as exc:
                 raise ApiError(503, str(exc)) from None
         except ApiError as exc:
             self.count("predictions", exc.status)
             raise
         self.count("predictions", 200)
-        return json_response(orjson.dumps({"items": items, "limit": limit}))
+        return json_response(page.body(limit))

@@ -14,6 +14,8 @@ from mlstack_common.http_limits import HttpLimits
 
 # The URL schemes libpq and asyncpg take for PostgreSQL.
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# Below this a page could seldom hold more than one prediction of a full batch.
+HISTORY_MIN_BYTES = 64 * 1024
 
 
 def _secret(env: dict[str, str], name: str, optional: bool = False) -> str:
@@ -136,6 +138,8 @@ class GatewaySettings:
     db_pool_size: int
     db_write_timeout_seconds: float
     history_max_limit: int
+    # The bytes one history answer may take; a page ends before the row that would pass it.
+    history_max_bytes: int
     # Requests in flight (probes aside) beyond which the gateway answers 503 at once.
     max_concurrent_requests: int
     # The header size limit (431) and the header and body read timeouts (408).
@@ -198,6 +202,9 @@ class GatewaySettings:
             db_pool_size=env_integer(env, "DB_POOL_SIZE", 4),
             db_write_timeout_seconds=env_number(env, "DB_WRITE_TIMEOUT_SECONDS", 5.0, 0.1),
             history_max_limit=env_integer(env, "HISTORY_MAX_LIMIT", 1000),
+            history_max_bytes=env_integer(
+                env, "HISTORY_MAX_BYTES", 512 * 1024, minimum=HISTORY_MIN_BYTES
+            ),
             max_concurrent_requests=env_integer(env, "MAX_CONCURRENT_REQUESTS", 64),
             http_limits=HttpLimits.from_env(env),
             keepalive_timeout_seconds=env_number(env, "KEEPALIVE_TIMEOUT_SECONDS", 75.0, 1.0),

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from mlstack_gateway.history import HistoryPage
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.settings import GatewaySettings
 
@@ -56,8 +57,9 @@ class PredictionStore(Protocol):
     async def save(self, record: PredictionRecord) -> None:
         """Return only once the record is committed; raise StoreUnavailableError otherwise."""
 
-    async def recent(self, limit: int) -> list[dict[str, Any]]:
-        """The newest ``limit`` records, newest first."""
+    async def recent(self, limit: int, before: int) -> HistoryPage:
+        """The newest records with ids below ``before``, newest first: at most ``limit`` of
+        them and HISTORY_MAX_BYTES of answer, read no further than the page needs."""
 
     async def ping(self) -> bool:
         """Whether the database answers now."""

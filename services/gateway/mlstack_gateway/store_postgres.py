@@ -33,6 +33,7 @@ import asyncpg
 
 from mlstack_gateway.breaker import CircuitBreaker
 from mlstack_gateway.group_commit import GroupCommitter
+from mlstack_gateway.history import ROW_OVERHEAD_BYTES, HistoryPage, PageBuilder, item_room
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.migrations import migrate
 from mlstack_gateway.settings import GatewaySettings
@@ -70,18 +71,42 @@ INSERT INTO predictions
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::float8[])
 ON CONFLICT (request_id) DO NOTHING
 """
-_RECENT = """
-SELECT request_id::text, created_at, model_name, model_version,
-       instances::text, predictions::text, latency_ms
-FROM predictions ORDER BY id DESC LIMIT $1
+# A page of history: the rows below $1, newest first, at most $2 of them and (the first always)
+# as many as $3 bytes of items hold, each weighing its text columns plus $4 (ROW_OVERHEAD_BYTES).
+# ``sized`` walks the index one row at a time, measuring each row on the server, and stops at the
+# first row that does not fit (or the one after $2): no row beyond it is read, and only the rows
+# that fit are sent. ``older``: whether a row older than this one was found (a next page).
+# {within_lag}: a further condition, for _RECENT_WITHIN_LAG.
+_SIZED = """
+sized (id, n, bytes) AS (
+    (SELECT id, 1, {size} FROM predictions WHERE id < $1 {within_lag} ORDER BY id DESC LIMIT 1)
+    UNION ALL
+    (SELECT older.id, sized.n + 1, sized.bytes + older.size
+     FROM sized CROSS JOIN LATERAL (
+         SELECT id, {size} AS size FROM predictions WHERE id < sized.id ORDER BY id DESC LIMIT 1
+     ) AS older
+     WHERE sized.n <= $2 AND (sized.n = 1 OR sized.bytes + sized.n * $4 <= $3))
+)
+""".replace(
+    "{size}",
+    "octet_length(instances::text) + octet_length(predictions::text)"
+    " + octet_length(model_name) + octet_length(model_version)",
+)
+_PAGE_ROWS = """
+SELECT p.request_id::text, p.created_at, p.model_name, p.model_version,
+       p.instances::text, p.predictions::text, p.latency_ms, p.id AS id,
+       sized.n < (SELECT max(n) FROM sized) AS older
+FROM sized JOIN predictions AS p ON p.id = sized.id
+WHERE sized.n <= $2 AND (sized.n = 1 OR sized.bytes + sized.n * $4 <= $3)
 """
-# _RECENT's columns plus the server's replay lag in seconds (NULL: unknown), with rows only
-# when that lag is at most $2: one row of NULLs and the lag otherwise, or when there are none.
+_RECENT = f"WITH RECURSIVE {_SIZED.format(within_lag='')} {_PAGE_ROWS} ORDER BY p.id DESC"
+# _PAGE_ROWS's columns plus the server's replay lag in seconds (NULL: unknown), with rows only
+# when that lag is at most $5: one row of NULLs and the lag otherwise, or when there are none.
 # A primary is 0 behind itself; a standby whose WAL receiver is not streaming cannot say how
 # far behind it is; one that has replayed all it received is behind by the WAL in flight only.
 # The lag is measured while the statement runs, on the snapshot the rows come from.
-_RECENT_WITHIN_LAG = """
-WITH lag AS (
+_RECENT_WITHIN_LAG = f"""
+WITH RECURSIVE lag AS (
     SELECT CASE
         WHEN NOT pg_is_in_recovery() THEN 0.0
         WHEN NOT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN NULL
@@ -89,17 +114,17 @@ WITH lag AS (
         -- At least 0: a standby whose clock is behind the primary's may measure less.
         ELSE greatest(0.0, extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()))
     END::float8 AS seconds
-)
-SELECT recent.*, lag.seconds
-FROM lag LEFT JOIN LATERAL (
-    SELECT request_id::text, created_at, model_name, model_version,
-           instances::text, predictions::text, latency_ms
-    FROM predictions WHERE lag.seconds <= $2 ORDER BY id DESC LIMIT $1
-) AS recent ON true
+),
+{_SIZED.format(within_lag="AND (SELECT seconds FROM lag) <= $5")}
+SELECT page.*, lag.seconds
+FROM lag LEFT JOIN LATERAL ({_PAGE_ROWS}) AS page ON true
+ORDER BY page.id DESC
 """
 # What one history read, or one readiness ping, may spend on the primary.
 _READ_SECONDS = 5.0
 _PING_SECONDS = 1.0
+# Where _RECENT_WITHIN_LAG's lag is.
+_LAG_COLUMN = 9
 # What one history read may spend on the read URL (acquire, connect and query) before it goes
 # to the primary: a standby that is down or unreachable costs a read this much at most.
 READ_ATTEMPT_SECONDS = 1.0
@@ -282,6 +307,7 @@ class PostgresStore:
         self._dsn = settings.database_url
         self._read_dsn = settings.database_read_url
         self._max_lag = settings.database_read_max_lag_seconds
+        self._history_max_bytes = settings.history_max_bytes
         self._pool_size = settings.db_pool_size
         self._write_timeout = settings.db_write_timeout_seconds
         self._metrics = metrics
@@ -402,19 +428,35 @@ class PostgresStore:
     async def save(self, record: PredictionRecord) -> None:
         await self._committer.submit(record)
 
-    async def recent(self, limit: int) -> list[dict[str, Any]]:
+    def _page_args(self, limit: int, before: int) -> tuple[int, int, int, int]:
+        """_PAGE's parameters $1 to $4."""
+        room = item_room(limit, self._history_max_bytes)
+        return before, limit, room, ROW_OVERHEAD_BYTES
+
+    def _page(self, rows: list[asyncpg.Record], limit: int) -> HistoryPage:
+        page = PageBuilder(limit, self._history_max_bytes)
+        for row in rows:
+            if not page.add(row[7], history_item(row, row[1].isoformat())):
+                return page.page()
+        if rows and rows[-1][8]:
+            page.older_rows_left()
+        return page.page()
+
+    async def recent(self, limit: int, before: int) -> HistoryPage:
         if self._read_dsn is not None:
-            items = await self._recent_within_lag(limit)
-            if items is not None:
+            page = await self._recent_within_lag(limit, before)
+            if page is not None:
                 self._metrics.db_reads.labels("replica").inc()
-                return items
+                return page
         pool = self._pool
         if pool is None:
             raise StoreUnavailableError("database not connected yet")
         asked_at = asyncio.get_running_loop().time()
         try:
             rows = await _on_connection(
-                pool, _READ_SECONDS, lambda conn: conn.fetch(_RECENT, limit)
+                pool,
+                _READ_SECONDS,
+                lambda conn: conn.fetch(_RECENT, *self._page_args(limit, before)),
             )
         except Exception as exc:
             if _is_transient(exc):
@@ -423,11 +465,11 @@ class PostgresStore:
             raise
         self._primary.answered(asked_at)
         self._metrics.db_reads.labels("primary").inc()
-        return [history_item(row, row[1].isoformat()) for row in rows]
+        return self._page(rows, limit)
 
-    async def _recent_within_lag(self, limit: int) -> list[dict[str, Any]] | None:
-        """The newest rows from the read URL if its server is within the lag bound; None (and
-        the reason counted) when the primary must answer instead."""
+    async def _recent_within_lag(self, limit: int, before: int) -> HistoryPage | None:
+        """The page from the read URL if its server is within the lag bound; None (and the
+        reason counted) when the primary must answer instead."""
         pool = self._read_pool
         if pool is None or not self._read_breaker.allow():
             self._fall_back("error")
@@ -437,7 +479,9 @@ class PostgresStore:
             rows = await _on_connection(
                 pool,
                 READ_ATTEMPT_SECONDS,
-                lambda conn: conn.fetch(_RECENT_WITHIN_LAG, limit, self._max_lag),
+                lambda conn: conn.fetch(
+                    _RECENT_WITHIN_LAG, *self._page_args(limit, before), self._max_lag
+                ),
             )
         except asyncio.CancelledError:
             self._read_breaker.release()
@@ -451,7 +495,7 @@ class PostgresStore:
             return None
         self._read_breaker.record_success()
         self._replica.answered(asked_at)
-        lag: float | None = rows[0][7]
+        lag: float | None = rows[0][_LAG_COLUMN]
         self._metrics.db_read_lag.set(math.nan if lag is None else lag)
         if lag is None:
             self._fall_back("unknown_lag")
@@ -460,7 +504,7 @@ class PostgresStore:
             self._fall_back("lag")
             return None
         # No predictions: the one row of NULLs (request_id is NOT NULL in the table).
-        return [history_item(row, row[1].isoformat()) for row in rows if row[0] is not None]
+        return self._page([row for row in rows if row[0] is not None], limit)
 
     def _fall_back(self, reason: str) -> None:
         self._metrics.db_read_fallbacks.labels(reason).inc()

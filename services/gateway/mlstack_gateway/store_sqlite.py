@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mlstack_gateway.group_commit import GroupCommitter
+from mlstack_gateway.history import HistoryPage, PageBuilder
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.migrations import migrate
 from mlstack_gateway.settings import GatewaySettings
@@ -53,9 +54,10 @@ _INSERT = """
 INSERT OR IGNORE INTO predictions
     (request_id, model_name, model_version, instances, predictions, latency_ms)
 VALUES """
+# One row more than a page may hold: if it comes, the page has a next one.
 _RECENT = """
-SELECT request_id, created_at, model_name, model_version, instances, predictions, latency_ms
-FROM predictions ORDER BY id DESC LIMIT ?
+SELECT request_id, created_at, model_name, model_version, instances, predictions, latency_ms, id
+FROM predictions WHERE id < ? ORDER BY id DESC LIMIT ? + 1
 """
 # Rows per transaction at most: bounds one commit's time when a burst queues many.
 MAX_BATCH = 512
@@ -189,6 +191,7 @@ class SqliteStore:
 
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         self.path: Path = settings.sqlite_path
+        self._history_max_bytes = settings.history_max_bytes
         # How long a statement waits for another process's lock on the file: a write waits no
         # longer than its caller does.
         self._busy_timeout = settings.db_write_timeout_seconds
@@ -227,12 +230,22 @@ class SqliteStore:
     async def save(self, record: PredictionRecord) -> None:
         await self._committer.submit(record)
 
-    def _recent_sync(self, limit: int) -> list[dict[str, Any]]:
-        return [history_item(row, row[1]) for row in self._reader.conn.execute(_RECENT, (limit,))]
-
-    async def recent(self, limit: int) -> list[dict[str, Any]]:
+    def _recent_sync(self, limit: int, before: int) -> HistoryPage:
+        page = PageBuilder(limit, self._history_max_bytes)
+        # sqlite3 steps the statement as the cursor is iterated: one row in memory at a time,
+        # and none read past the first that does not fit.
+        rows = self._reader.conn.execute(_RECENT, (before, limit))
         try:
-            return await self._reader.run(lambda: self._recent_sync(limit))
+            for row in rows:
+                if not page.add(row[7], history_item(row, row[1])):
+                    break
+        finally:
+            rows.close()
+        return page.page()
+
+    async def recent(self, limit: int, before: int) -> HistoryPage:
+        try:
+            return await self._reader.run(lambda: self._recent_sync(limit, before))
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"database read failed: {exc}") from exc
 
