@@ -92,9 +92,21 @@ sized (id, n, bytes) AS (
     "octet_length(instances::text) + octet_length(predictions::text)"
     " + octet_length(model_name) + octet_length(model_version)",
 )
-_PAGE_ROWS = """
+# The instances as compact JSON: jsonb keeps numbers as numeric, whose text has no exponent
+# (1e300 is 301 digits), so a row's ``instances::text`` could weigh many times the body it came
+# in; as float8 (what the gateway parsed them into) each number takes its shortest form. The
+# rows' width is one per prediction, so the rows make a two-dimensional array. ``sized``
+# measures ``instances::text``, mostly longer: the page builder measures what is sent, and ends
+# the page where that would pass the budget.
+_INSTANCES = """array_to_json(ARRAY(
+    SELECT ARRAY(
+        SELECT x::float8 FROM jsonb_array_elements_text(r.value) WITH ORDINALITY AS x(x, i)
+        ORDER BY x.i
+    ) FROM jsonb_array_elements(p.instances) WITH ORDINALITY AS r(value, i) ORDER BY r.i
+))::text"""
+_PAGE_ROWS = f"""
 SELECT p.request_id::text, p.created_at, p.model_name, p.model_version,
-       p.instances::text, p.predictions::text, p.latency_ms, p.id AS id,
+       {_INSTANCES}, p.predictions::text, p.latency_ms, p.id AS id,
        sized.n < (SELECT max(n) FROM sized) AS older
 FROM sized JOIN predictions AS p ON p.id = sized.id
 WHERE sized.n <= $2 AND (sized.n = 1 OR sized.bytes + sized.n * $4 <= $3)
