@@ -174,3 +174,28 @@ def test_a_trickled_body_is_cut_off_at_the_body_timeout(impatient: Server) -> No
         _, received = seconds_until_closed(sock)
     assert received.startswith(b"HTTP/1.1 408 ")
     assert seconds < 3.0
+
+
+# -- open connections: a cap ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["gateway", "model"])
+def capped(request: pytest.FixtureRequest, model_dir: Path, log_dir: Path) -> Iterator[Server]:
+    """Each server with room for 4 connections, each kept open while it sends nothing."""
+    yield from _serve(request, model_dir, log_dir, MAX_CONNECTIONS="4", HEADER_TIMEOUT_SECONDS="30")
+
+
+def test_a_connection_beyond_the_cap_gets_503_at_once(capped: Server) -> None:
+    held = [socket.create_connection(("127.0.0.1", capped.port)) for _ in range(4)]
+    try:
+        # Each held connection is served, so each is open on the server's side too.
+        for sock in held:
+            sock.sendall(raw_request("GET", capped.probe_path, []))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        answer = exchange(capped.port, raw_request("GET", capped.probe_path, []))
+        assert answer.status == 503
+        assert answer.headers["retry-after"] == "1"
+        assert answer.error() == "server busy: 4 connections open, retry shortly"
+    finally:
+        for sock in held:
+            sock.close()
