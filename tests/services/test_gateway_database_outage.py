@@ -1,7 +1,8 @@
 """The gateway while its PostgreSQL is killed (SIGKILL of the postmaster, as when the node loses
-the pod) under concurrent predictions and history reads, then started again: every answer is 200
-or 503 with Retry-After, never a 500; every 200 prediction is stored; the outage is one warning
-line in the gateway's log, not a traceback per retry or a line per request."""
+the pod) or refuses writes (as a demoted primary does during a failover) under concurrent
+predictions and history reads, then back: every answer is 200 or 503 with Retry-After, never a
+500; every 200 prediction is stored; the outage is one warning line in the gateway's log, not a
+traceback per retry or a line per request."""
 
 from __future__ import annotations
 
@@ -137,6 +138,72 @@ def test_killed_database_costs_503s_with_retry_after_and_no_500(
     finally:
         gateway.stop()
 
+    assert_only_200s_and_503s_with_retry_after(answers)
+    assert_every_200_stored(answers, dsn)
+    went_away = outage_lines(gateway)
+    # One outage: one line for the primary (and one for the read URL, when there is one).
+    assert len(went_away) == (2 if read_url else 1), "\n".join(went_away[:20])
+
+
+def test_database_refusing_writes_costs_503s_with_retry_after_and_no_500(
+    database: PostgresServer, model_server: ServiceProcess, log_dir: Path
+) -> None:
+    """A failover's former primary: read-only (in recovery, or demoted by configuration), it
+    fails each INSERT with "cannot execute INSERT in a read-only transaction" (25006) on the
+    connections the gateway opens again after the server ended its old ones. Predictions are
+    refused with 503 until the server takes writes again; history reads go on."""
+    dsn = database.dsn()
+    gateway = start_gateway(
+        model_server.url,
+        log_dir,
+        DATABASE_URL=dsn,
+        DB_POOL_SIZE="8",
+        # Refusals outlast the write timeout, so that predictions are refused during them.
+        DB_WRITE_TIMEOUT_SECONDS="1",
+    )
+    try:
+        with Traffic(gateway) as traffic:
+            gateway.wait_for("answering predictions", traffic.answered("predict", 200, 0.0))
+            time.sleep(0.5)
+            demoted = time.monotonic()
+            set_read_only(database, True)
+            gateway.wait_for("refusing predictions", traffic.answered("predict", 503, demoted))
+            gateway.wait_for("answering history", traffic.answered("history", 200, demoted))
+            set_read_only(database, False)
+            lifted = time.monotonic()
+            gateway.wait_for(
+                "answering predictions again", traffic.answered("predict", 200, lifted)
+            )
+        answers = traffic.answers
+    finally:
+        gateway.stop()
+
+    assert_only_200s_and_503s_with_retry_after(answers)
+    assert_every_200_stored(answers, dsn)
+    refused = [line for line in outage_lines(gateway) if "read-only" in line]
+    assert len(refused) == 1, "\n".join(outage_lines(gateway)[:20])
+
+
+def set_read_only(database: PostgresServer, read_only: bool) -> None:
+    """Make the server refuse writes (or take them again) in every session, as one in recovery
+    does, and end its clients' connections, as a failover's stop of the old primary does."""
+    # A superuser's session of its own that may write: ALTER SYSTEM is not allowed in a
+    # read-only transaction.
+    admin = database.dsn() + "?options=-c%20default_transaction_read_only%3Doff"
+    if read_only:
+        query(admin, "ALTER SYSTEM SET default_transaction_read_only = on")
+    else:
+        query(admin, "ALTER SYSTEM RESET default_transaction_read_only")
+    query(admin, "SELECT pg_reload_conf()")
+    if read_only:
+        query(
+            admin,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )
+
+
+def assert_only_200s_and_503s_with_retry_after(answers: list[Answer]) -> None:
     wrong = [a for a in answers if a.status != 200 and not (a.status == 503 and a.retry_after)]
     counts = {
         (endpoint, status): sum(a.endpoint == endpoint and a.status == status for a in answers)
@@ -146,14 +213,17 @@ def test_killed_database_costs_503s_with_retry_after_and_no_500(
     assert not wrong, f"{len(wrong)} answers neither 200 nor 503+Retry-After {counts}: {wrong[:5]}"
     assert all(int(a.retry_after or "0") >= 1 for a in answers if a.status == 503)
 
+
+def assert_every_200_stored(answers: list[Answer], dsn: str) -> None:
     acknowledged = [a.detail for a in answers if a.endpoint == "predict" and a.status == 200]
     stored = query(
         dsn, "SELECT count(*) FROM predictions WHERE request_id = ANY($1::uuid[])", acknowledged
     )
     assert stored[0][0] == len(acknowledged)
 
+
+def outage_lines(gateway: ServiceProcess) -> list[str]:
+    """The gateway log's lines saying that a server went away, once the log has no traceback."""
     log = gateway.log_path.read_text(errors="replace")
     assert "Traceback" not in log, log[-4000:]
-    went_away = [line for line in log.splitlines() if " unavailable (" in line]
-    # One outage: one line for the primary (and one for the read URL, when there is one).
-    assert len(went_away) == (2 if read_url else 1), "\n".join(went_away[:20])
+    return [line for line in log.splitlines() if " unavailable (" in line]

@@ -15,8 +15,10 @@ last replayed transaction, so clocks out of step between the two hosts shift it.
 Seeing the WAL receiver's state takes superuser or pg_read_all_stats (pg_monitor): for any
 other role the lag is unknown and every read goes to the primary (counted as ``unknown_lag``).
 
-A server that goes away costs requests a 503, never a 500 (see ``_on_connection``), and the log
-one line when it stops answering and one when it answers again, not a line per request or retry.
+A server that goes away costs requests a 503, never a 500 (see ``_on_connection``), and so does
+one that answers but refuses writes, as a failover's former primary does (see ``_is_transient``);
+each costs the log one line when it stops answering (or writing) and one when it does again, not
+a line per request or retry.
 """
 
 from __future__ import annotations
@@ -154,10 +156,17 @@ def _reason(exc: BaseException) -> str:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    """Errors a restart or failover causes, after which the same write may succeed."""
+    """Errors a restart or failover causes, after which the same write may succeed.
+
+    A server shutting down, crashed or still starting ends or refuses connections (class 08,
+    and class 57: admin_shutdown, crash_shutdown, cannot_connect_now, ...). One in recovery or
+    read-only by configuration, as a failover's former primary is, takes connections and reads
+    but fails each write with read_only_sql_transaction (25006), until the connection it is
+    retried on reaches the new primary.
+    """
     if isinstance(exc, asyncpg.ClientConfigurationError):  # an InterfaceError, but permanent
         return False
-    return isinstance(
+    return _refuses_writes(exc) or isinstance(
         exc,
         OSError
         | TimeoutError
@@ -165,6 +174,11 @@ def _is_transient(exc: BaseException) -> bool:
         | asyncpg.OperatorInterventionError
         | asyncpg.InterfaceError,
     )
+
+
+def _refuses_writes(exc: BaseException) -> bool:
+    """Whether ``exc`` is a server's refusal to write: it answers, but is read-only."""
+    return isinstance(exc, asyncpg.ReadOnlySQLTransactionError)
 
 
 def _closed(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
@@ -333,6 +347,11 @@ class PostgresStore:
         self._replica = _Reachability(
             "PostgreSQL read URL", "history reads go to the primary until it answers again"
         )
+        # A server that answers reads but refuses writes (read-only: a failover's former
+        # primary) is an outage of its own: the reads it answers meanwhile do not end it.
+        self._writes = _Reachability(
+            "PostgreSQL for writes", "predictions answer 503 until it takes writes again"
+        )
         # Every series at 0 from the start, so that rates work from the first scrape.
         metrics.db_reads.labels("primary")
         if self._read_dsn is not None:
@@ -426,15 +445,16 @@ class PostgresStore:
                 if not _is_transient(exc):
                     raise
                 self._metrics.db_failures.inc()
-                self._primary.failed(exc)
+                (self._writes if _refuses_writes(exc) else self._primary).failed(exc)
                 if loop.time() + delay >= deadline:
                     raise StoreUnavailableError(f"database write failed: {exc}") from exc
                 # The same rows again (ON CONFLICT: harmless if the lost commit happened), on
-                # another connection.
+                # another connection (perhaps to the new primary, after a failover).
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue
             self._primary.answered(asked_at)
+            self._writes.answered(asked_at)
             return
 
     async def save(self, record: PredictionRecord) -> None:
