@@ -542,6 +542,13 @@ def rotate_api_key(
     assert dropping.answers and not dropping.failures, dropping.summary()
     assert not gateway_uids(kube) & rolled, "the gateway pods were not rolled"
     ACKNOWLEDGED.update(app.acknowledged(dropping))
+    # The rolled pods drain after `pulumi up` returns, still answering what reaches them: the
+    # old key is refused once the last of them is gone.
+    app.wait_until(
+        "the drained gateway pods to be gone",
+        lambda: not {p["metadata"]["uid"] for p in app.pods(kube, "gateway")} & rolled,
+        90,
+    )
     assert old_client(url).status == 401
     assert new_client(url).ok
 
