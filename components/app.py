@@ -126,15 +126,8 @@ class MlApp(pulumi.ComponentResource):
         )
 
         def database_url(host: pulumi.Input[str]) -> pulumi.Output[str]:
-            return pulumi.Output.concat(
-                "postgresql://",
-                database.USER,
-                ":",
-                config.database_password,
-                "@",
-                host,
-                f":{database.PORT}/{database.DB_NAME}",
-            )
+            parts = pulumi.Output.all(host=host, password=config.database_password)
+            return parts.apply(lambda p: database.connection_url(p["host"], p["password"]))
 
         gateway_secrets: dict[str, pulumi.Input[str]] = {
             API_KEY: config.api_key,

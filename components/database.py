@@ -9,6 +9,7 @@ then changes it (components/postgres/start.sh prepares each instance for its rol
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
@@ -70,6 +71,18 @@ SYNCHRONOUS_COMMIT: Final[tuple[SynchronousCommit, ...]] = (
     "on",
     "remote_apply",
 )
+
+
+def connection_url(host: str, password: str) -> str:
+    """The postgresql:// URL the gateway connects with, as `USER` with `password`. Every part is
+    percent-encoded (libpq and asyncpg decode each one): pasted in as it is, a password's '/',
+    '?' or '#' would end the host part early and an '@' would move it, so any character may be
+    in the stack's secret."""
+
+    def part(text: str) -> str:
+        return urllib.parse.quote(text, safe="")
+
+    return f"postgresql://{part(USER)}:{part(password)}@{part(host)}:{PORT}/{part(DB_NAME)}"
 
 
 def instance_name(index: int) -> str:
