@@ -73,16 +73,17 @@ SYNCHRONOUS_COMMIT: Final[tuple[SynchronousCommit, ...]] = (
 )
 
 
-def connection_url(host: str, password: str) -> str:
-    """The postgresql:// URL the gateway connects with, as `USER` with `password`. Every part is
-    percent-encoded (libpq and asyncpg decode each one): pasted in as it is, a password's '/',
-    '?' or '#' would end the host part early and an '@' would move it, so any character may be
-    in the stack's secret."""
+def connection_url(
+    host: str, password: str, *, port: int = PORT, user: str = USER, dbname: str = DB_NAME
+) -> str:
+    """The postgresql:// URL the gateway connects with. Every part is percent-encoded (libpq
+    and asyncpg decode each one): pasted in as it is, a password's '/', '?' or '#' would end
+    the host part early and an '@' would move it, so any character may be in the secret."""
 
     def part(text: str) -> str:
         return urllib.parse.quote(text, safe="")
 
-    return f"postgresql://{part(USER)}:{part(password)}@{part(host)}:{PORT}/{part(DB_NAME)}"
+    return f"postgresql://{part(user)}:{part(password)}@{part(host)}:{port}/{part(dbname)}"
 
 
 def instance_name(index: int) -> str:
