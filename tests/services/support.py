@@ -495,6 +495,27 @@ class PostgresServer:
         asyncio.run(create())
         return self.dsn(name)
 
+    def create_password_role(self, role: str, password: str) -> None:
+        """A login role that connects over TCP with `password` only (the rest of the server
+        trusts 127.0.0.1), and a database it owns named after it."""
+
+        async def create() -> None:
+            conn = await asyncpg.connect(self.dsn())
+            try:
+                # A utility statement takes no parameters: format() quotes them server-side.
+                quote = "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)"
+                await conn.execute(await conn.fetchval(quote, role, password))
+                quote = "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $1::text)"
+                await conn.execute(await conn.fetchval(quote, role))
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+        hba = self.data / "pg_hba.conf"
+        # pg_hba.conf is read top down: this line comes before initdb's trust lines.
+        hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n{hba.read_text()}")
+        self.reload()
+
     def destroy(self) -> None:
         with contextlib.suppress(RuntimeError):
             self.stop("immediate")

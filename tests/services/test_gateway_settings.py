@@ -158,3 +158,50 @@ def test_the_certificate_reload_interval_is_at_least_a_tenth_of_a_second(
 ) -> None:
     with pytest.raises(SettingsError, match=f"TLS_RELOAD_SECONDS {rule}"):
         GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "TLS_RELOAD_SECONDS": value})
+
+
+# A password as `openssl rand -base64` and friends make them, pasted into a URL unencoded; each
+# piece of it is checked for in the error.
+UNENCODED = {
+    "a '/'": "Xk3v9/Qm7pLw2Rt8",
+    "an '@'": "Xk3v9@Qm7pLw2Rt8",
+    "a '?'": "Xk3v9?Qm7pLw2Rt8",
+    "a '#'": "Xk3v9#Qm7pLw2Rt8",
+    "digits, then a '/'": "73519/Qm7pLw2Rt8",
+    "a stray '%'": "Xk3v9%Qm7pLw2Rt8",
+    "a '['": "Xk3v9[Qm7pLw2Rt8",
+}
+
+
+@pytest.mark.parametrize("password", UNENCODED.values(), ids=UNENCODED.keys())
+@pytest.mark.parametrize("name", ["DATABASE_URL", "DATABASE_READ_URL"])
+def test_an_unencoded_password_is_refused_without_a_word_of_it(
+    tmp_path: Path, name: str, password: str
+) -> None:
+    url = f"postgresql://mlstack:{password}@database:5432/mlstack"
+    (tmp_path / "url").write_text(url)
+    env = {
+        "MLSTACK_API_KEY": "k",
+        "DATABASE_URL": "postgresql://u:p@database:5432/mlstack",
+        f"{name}_FILE": str(tmp_path / "url"),
+    }
+    with pytest.raises(SettingsError) as raised:
+        GatewaySettings.from_env(env)
+    message = str(raised.value)
+    assert message.startswith(f"{name}_FILE has ")
+    assert "percent-encode the user and password" in message
+    for piece in ("Xk3v9", "73519", "Qm7pLw2Rt8", "database:5432"):
+        assert piece not in message
+
+
+def test_a_percent_encoded_password_of_any_characters_is_taken(tmp_path: Path) -> None:
+    url = "postgresql://mlstack:a%2Fb%40c%3Ad%25e%2Bf%3Dg%3Fh%23i%27j%5Ck@database:5432/mlstack"
+    settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "DATABASE_URL": url})
+    assert settings.database_url == url
+
+
+def test_a_port_that_is_not_a_number_is_named_not_quoted() -> None:
+    with pytest.raises(SettingsError, match=r"^DATABASE_URL has a port that is not a number"):
+        GatewaySettings.from_env(
+            {"MLSTACK_API_KEY": "k", "DATABASE_URL": "postgresql://u:p@database:five/mlstack"}
+        )

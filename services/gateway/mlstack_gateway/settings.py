@@ -12,8 +12,8 @@ from pathlib import Path
 from mlstack_common.env import SettingsError, env_integer, env_number
 from mlstack_common.http_limits import HttpLimits
 
-# The URL schemes libpq and asyncpg take for PostgreSQL.
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+from mlstack_gateway.postgres_url import POSTGRES_SCHEMES, check_postgres_url
+
 # Below this a page could seldom hold more than one prediction of a full batch.
 HISTORY_MIN_BYTES = 64 * 1024
 
@@ -33,6 +33,11 @@ def _secret(env: dict[str, str], name: str, optional: bool = False) -> str:
         raise SettingsError(f"{name}_FILE={path} cannot be read: no such file") from None
     except OSError as error:
         raise SettingsError(f"{name}_FILE={path} cannot be read: {error.strerror}") from None
+
+
+def _given(env: dict[str, str], name: str) -> str:
+    """The variable a secret came from: `name`, or `name_FILE` when that is set."""
+    return f"{name}_FILE" if env.get(f"{name}_FILE", "").strip() else name
 
 
 def _api_keys(env: dict[str, str]) -> dict[str, str]:
@@ -87,8 +92,7 @@ def _database_read_url(env: dict[str, str], database_url: str | None) -> str | N
     read_url = _secret(env, "DATABASE_READ_URL").strip() or None
     if read_url is None:
         return None
-    from_file = bool(env.get("DATABASE_READ_URL_FILE", "").strip())
-    given = "DATABASE_READ_URL_FILE" if from_file else "DATABASE_READ_URL"
+    given = _given(env, "DATABASE_READ_URL")
     if database_url is None:
         raise SettingsError(
             f"{given} is set but DATABASE_URL is not: reads from standbys need the PostgreSQL "
@@ -99,6 +103,7 @@ def _database_read_url(env: dict[str, str], database_url: str | None) -> str | N
         raise SettingsError(
             f"{given} must give a postgresql:// URL (the standbys of DATABASE_URL's primary)"
         )
+    check_postgres_url(read_url, given)
     return read_url
 
 
@@ -163,8 +168,11 @@ class GatewaySettings:
         if not model_url.startswith(("http://", "https://")):
             raise SettingsError(f"MODEL_URL must be an http(s) URL, got {model_url!r}")
         database_url = _secret(env, "DATABASE_URL").strip() or None
-        if database_url is not None and not database_url.startswith(POSTGRES_SCHEMES):
-            raise SettingsError("DATABASE_URL must be a postgresql:// URL (unset it for SQLite)")
+        if database_url is not None:
+            given = _given(env, "DATABASE_URL")
+            if not database_url.startswith(POSTGRES_SCHEMES):
+                raise SettingsError(f"{given} must give a postgresql:// URL (unset it for SQLite)")
+            check_postgres_url(database_url, given)
         database_read_url = _database_read_url(env, database_url)
         data_dir = env.get("DATA_DIR", "").strip()
         port = env_integer(env, "PORT", 8080)
