@@ -29,8 +29,10 @@ ROOT = Path(__file__).resolve().parents[2]
 START = ROOT / "components" / "postgres" / "start.sh"
 HBA = ROOT / "components" / "postgres" / "pg_hba.conf"
 ENTRYPOINT = ROOT / "e2e" / "postgres" / "entrypoint.sh"
-PASSWORD = "superuser-password-for-tests"
-REPLICATION_PASSWORD = "replication:pass\\word"  # what a password file must escape
+# Every character a password file (':' and '\\'), a connection string (' and '\\'), a URL or
+# psql's variables give a meaning to: any character may be in the stack's secrets.
+PASSWORD = "super/user@pass:word%2F+=?#'\\ for tests"
+REPLICATION_PASSWORD = "replication/pass@word:%41+=?#'\\ for tests"
 
 
 def _run_as() -> tuple[list[str], pwd.struct_passwd | None]:
