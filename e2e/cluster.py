@@ -125,8 +125,10 @@ class LocalCluster:
                 STACK,
                 stack_config(plane, refs),
                 {
-                    "mlstack:databasePassword": secrets.token_urlsafe(24),
-                    "mlstack:databaseReplicationPassword": secrets.token_urlsafe(24),
+                    # With what a URL or a password file gives a meaning to, as the
+                    # base64 passwords the README's commands make may have.
+                    "mlstack:databasePassword": secrets.token_urlsafe(24) + "/@:%+=?",
+                    "mlstack:databaseReplicationPassword": secrets.token_urlsafe(24) + "/@:%+=?",
                     "mlstack:apiKey": api_key,
                     "mlstack:secretsDigestKey": secrets.token_urlsafe(24),
                 },

@@ -33,9 +33,11 @@ from e2e.workspace import PulumiWorkspace
 STACK = cluster.STACK
 NAMESPACE = cluster.NAMESPACE
 CLAIM = cluster.CLAIM
+# The database passwords hold what a URL, a password file and a connection string give a
+# meaning to (as `openssl rand -base64` output may): the real pods must take them as they are.
 SECRETS = {
-    "mlstack:databasePassword": "e2e-database-password",
-    "mlstack:databaseReplicationPassword": "e2e-replication-password",
+    "mlstack:databasePassword": "e2e/database@pass:word%2F+=?",
+    "mlstack:databaseReplicationPassword": "e2e/replication@pass:word%41+=?'\\",
     "mlstack:apiKey": "e2e-gateway-api-key",
     "mlstack:secretsDigestKey": "e2e-secrets-digest-key-of-32-characters",
 }
