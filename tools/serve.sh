@@ -4,6 +4,11 @@
 # the gateway never runs alone answering 503s. SIGINT (Ctrl-C) or SIGTERM stops both and ends
 # it with 0. The Python (PY) and the SERVE_*_PORT numbers come from `make serve`.
 set -uo pipefail
+# `wait -n -p` (which service exited) is bash 5.1's; macOS's /bin/bash is 3.2.
+if (( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 501 )); then
+  echo "make serve: needs bash 5.1 or newer (this is $BASH_VERSION); on macOS: brew install bash" >&2
+  exit 2
+fi
 cd "$(dirname "$0")/.."
 export MLSTACK_API_KEY="${MLSTACK_API_KEY:-dev-key}"
 store="embedded SQLite"; [ -z "${DATABASE_URL:-}" ] || store="PostgreSQL from DATABASE_URL"
