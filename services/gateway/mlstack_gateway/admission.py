@@ -4,9 +4,9 @@ Every request but the probes counts against ``max_in_flight``; one more is answe
 ``Retry-After`` at once, before its body is read, so memory stays bounded by the requests
 admitted (each at most MAX_BODY_BYTES of body) however many clients arrive together.
 
-Draining (after SIGTERM): ``/readyz`` answers 503 at once, without asking the model or the
-database; other requests are still served, each answer closing its connection so that keep-alive
-clients move to another replica; ``drained()`` returns when no request is in flight.
+Draining (after SIGTERM): ``/readyz`` answers 503 at once; other requests are still served,
+each answer closing its connection so that keep-alive clients move to another replica;
+``drained()`` returns when no request is in flight.
 """
 
 from __future__ import annotations

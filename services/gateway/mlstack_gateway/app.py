@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlstack_gateway.breaker import BreakerState, CircuitBreaker
 from mlstack_gateway.client import ModelClient
+from mlstack_gateway.dependencies import Dependencies
 from mlstack_gateway.errors import ApiError, error_response
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.routes import PREDICT_PATH, GatewayRoutes
@@ -45,6 +48,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     client = ModelClient(settings, breaker, metrics)
     store = open_store(settings, metrics)
     routes = GatewayRoutes(settings, client, store, metrics)
+    dependencies = Dependencies(client, store, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -56,9 +60,13 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
             settings.model_url,
             store.kind,
         )
+        watch = asyncio.create_task(dependencies.watch())
         try:
             yield
         finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
             # uvicorn has stopped accepting and finished in-flight requests by now.
             await client.close()
             await store.close()
@@ -75,7 +83,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     # Starlette would answer "/api/v1/predict/" with a redirect to a URL built from the Host
     # header, which the client controls: no redirects, a wrong path is a 404.
     starlette.router.redirect_slashes = False
-    return GatewayApp(starlette, routes.predict, metrics)
+    return GatewayApp(starlette, routes.predict, metrics, dependencies)
 
 
 class GatewayApp:
@@ -86,11 +94,18 @@ class GatewayApp:
     off the gateway's CPU time per prediction (bench/results/gateway.md).
     """
 
-    def __init__(self, app: Starlette, predict: ASGIApp, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        app: Starlette,
+        predict: ASGIApp,
+        metrics: GatewayMetrics,
+        dependencies: Dependencies,
+    ) -> None:
         self.app = app
         self._predict = predict
-        # Served on a port of its own (serving.py).
+        # Served on a port of their own (serving.py).
         self.metrics = metrics
+        self.dependencies = dependencies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == PREDICT_PATH and scope["method"] == "POST":

@@ -67,6 +67,9 @@ class ModelClient:
         self._pool: HttpPool | None = None
         # The model's input width, learnt from its metadata (None until the model answered).
         self.n_features: int | None = None
+        # Whether the model answered the last time it was asked (an inference, its readiness or
+        # its metadata), with anything but a 503: what /metrics and the dependency detail report.
+        self.answering = False
 
     async def start(self) -> None:
         self._pool = HttpPool(
@@ -91,6 +94,7 @@ class ModelClient:
         """Learn the model's input width; False when the model did not answer."""
         try:
             response = await self.pool.request("GET", self._metadata_path, timeout=self._timeout)
+            self.answering = response.status != 503
             if response.status != 200:
                 return False
             shape = orjson.loads(response.body)["inputs"][0]["shape"]
@@ -105,14 +109,18 @@ class ModelClient:
             ValueError,
         ) as exc:
             log.debug("model metadata unavailable: %s", exc)
+            if isinstance(exc, HttpClientError | OSError):
+                self.answering = False
             return False
 
     async def ready(self, timeout: float = 0.5) -> bool:
         try:
             response = await self.pool.request("GET", self._ready_path, timeout=timeout)
         except (HttpClientError, OSError):
+            self.answering = False
             return False
-        return response.status == 200
+        self.answering = response.status == 200
+        return self.answering
 
     @staticmethod
     def _infer_body(request_id: str, payload: PredictInput) -> bytes:
@@ -163,16 +171,20 @@ class ModelClient:
             response = await self._post(self._infer_body(request_id, payload))
         except TimeoutError:
             breaker.record_failure()
+            self.answering = False
             self._metrics.model_failures.labels(reason="timeout").inc()
             raise ApiError(503, "model unavailable: timed out") from None
         except (HttpClientError, OSError) as exc:
             breaker.record_failure()
+            self.answering = False
             self._metrics.model_failures.labels(reason="connection").inc()
             raise ApiError(503, f"model unavailable: {type(exc).__name__}") from None
         except BaseException:
             breaker.release()
             raise
         status, raw = response.status, response.body
+        # 503 (not loaded yet, or full): it cannot take requests now; any other answer can.
+        self.answering = status != 503
         if status >= 500:
             breaker.record_failure()
             self._metrics.model_failures.labels(reason="server_error").inc()

@@ -1,5 +1,5 @@
-"""Prometheus metrics, on a registry of the app's own, and the ASGI app that serves them at
-GET /metrics on the metrics port."""
+"""Prometheus metrics, on a registry of the app's own, and the ASGI app of the metrics port
+(GET /metrics, and GET /dependencies)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,15 @@ class GatewayMetrics:
         self.breaker_open = Gauge(
             "mlstack_gateway_model_circuit_open",
             "1 while the circuit breaker in front of the model is open or half-open.",
+            registry=self.registry,
+        )
+        self.dependency_up = Gauge(
+            "mlstack_gateway_dependency_up",
+            "1 while a service the gateway needs answered when last asked (by a request, or the "
+            "background check), 0 while it did not, by dependency: model, database, and "
+            "database_read (with DATABASE_READ_URL). Readiness does not follow it: requests "
+            "that need one that is down get 503 with Retry-After.",
+            ["dependency"],
             registry=self.registry,
         )
         self.commit_rows = Histogram(
@@ -174,21 +183,40 @@ class GatewayMetrics:
 METRICS_PATH = "/metrics"
 
 
-class MetricsEndpoint:
-    """The metrics port's whole application: ``GET /metrics`` and a JSON 404 for anything else."""
+DEPENDENCIES_PATH = "/dependencies"
 
-    def __init__(self, metrics: GatewayMetrics) -> None:
+
+class MetricsEndpoint:
+    """The metrics port's whole application: ``GET /metrics``, ``GET /dependencies`` (the JSON
+    ``dependencies`` gives: what the gateway knows of the model and the database) and a JSON
+    404 for anything else.
+
+    The dependency detail is here, not on the public port: the metrics port is never behind
+    the LoadBalancer, and which of its backends is down is nothing an anonymous client needs
+    (its requests get 503 with Retry-After) nor should learn."""
+
+    def __init__(self, metrics: GatewayMetrics, dependencies: Callable[[], bytes]) -> None:
         self._metrics = metrics
+        self._dependencies = dependencies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        if scope["path"] != METRICS_PATH:
-            error = orjson.dumps({"error": f"not found: the metrics port serves {METRICS_PATH}"})
+        path = scope["path"]
+        if path not in (METRICS_PATH, DEPENDENCIES_PATH):
+            error = orjson.dumps(
+                {
+                    "error": f"not found: the metrics port serves {METRICS_PATH} "
+                    f"and {DEPENDENCIES_PATH}"
+                }
+            )
             await send_json(send, 404, error)
             return
         if scope["method"] not in {"GET", "HEAD"}:
             await send_json(send, 405, orjson.dumps({"error": "method not allowed: use GET"}))
+            return
+        if path == DEPENDENCIES_PATH:
+            await send_json(send, 200, self._dependencies())
             return
         body = self._metrics.render()
         await send(

@@ -1,6 +1,6 @@
 """The gateway's process: the API on PORT (HTTPS when TLS_CERT_FILE and TLS_KEY_FILE are set, the
-pair read again every TLS_RELOAD_SECONDS) and /metrics on METRICS_PORT, two uvicorn servers on one
-event loop, and the drain on SIGTERM.
+pair read again every TLS_RELOAD_SECONDS) and /metrics and /dependencies on METRICS_PORT, two
+uvicorn servers on one event loop, and the drain on SIGTERM.
 
 The TLS handshake must end within HEADER_TIMEOUT_SECONDS of the connection's opening (asyncio's
 own bound is 60 s); the request's head then has HEADER_TIMEOUT_SECONDS of its own.
@@ -140,7 +140,7 @@ async def serve(settings: GatewaySettings) -> int:
         tls = ServingCertificate(*settings.tls_files, reloads=gateway.metrics.tls_reloads)
     api = _server(admission, settings, settings.port, http, tls)
     gateway.metrics.watch_connections(lambda: len(api.server_state.connections))
-    scrape = MetricsEndpoint(gateway.metrics)
+    scrape = MetricsEndpoint(gateway.metrics, gateway.dependencies.detail)
     metrics = _server(scrape, settings, settings.metrics_port, http, tls=None)
 
     loop = asyncio.get_running_loop()

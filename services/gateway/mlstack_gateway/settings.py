@@ -124,7 +124,7 @@ class GatewaySettings:
     # postgresql://... or None for the embedded SQLite file in data_dir.
     database_url: str | None
     # postgresql://... of the hot standbys that may serve GET /api/v1/predictions (Service
-    # `database-read`), or None: every read on database_url. Writes, migrations and /readyz
+    # `database-read`), or None: every read on database_url. Writes and migrations
     # always use database_url.
     database_read_url: str | None
     # A history read goes to database_url instead when the standby reports more replay lag

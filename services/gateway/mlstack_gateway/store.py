@@ -62,7 +62,12 @@ class PredictionStore(Protocol):
         them and HISTORY_MAX_BYTES of answer, read no further than the page needs."""
 
     async def ping(self) -> bool:
-        """Whether the database answers now."""
+        """Ask each database whether it answers now, each within a bound of its own (the
+        background dependency check); whether the one that takes writes does."""
+
+    def reachable(self) -> dict[str, bool]:
+        """Each database this store uses (``database``, and ``database_read`` with
+        DATABASE_READ_URL) and whether it answered when last asked, by a request or a ping."""
 
     async def close(self) -> None:
         """Finish pending writes, then release connections."""

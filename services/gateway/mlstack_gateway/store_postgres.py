@@ -1,5 +1,5 @@
 """PostgreSQL store: the primary's asyncpg pool (group commit, migrations under an advisory lock,
-the readiness ping) and, with DATABASE_READ_URL, a small pool on the hot standbys for history reads.
+the health ping) and, with DATABASE_READ_URL, a small pool on the hot standbys for history reads.
 
 A history read (``recent``) served by a standby sees what the standby has replayed. The read's
 own statement also measures the standby's replay lag (one round trip, one snapshot), and the
@@ -243,6 +243,11 @@ class _Reachability:
         self.name = name
         self._meanwhile = meanwhile
         self._lost_at: float | None = None
+
+    @property
+    def answering(self) -> bool:
+        """Whether the server answered since it last failed (True until it first fails)."""
+        return self._lost_at is None
 
     def failed(self, exc: BaseException) -> None:
         if self._lost_at is None:
@@ -541,7 +546,34 @@ class PostgresStore:
     def _fall_back(self, reason: str) -> None:
         self._metrics.db_read_fallbacks.labels(reason).inc()
 
+    def reachable(self) -> dict[str, bool]:
+        return {
+            "database": self._pool is not None and self._primary.answering,
+            **(
+                {"database_read": self._read_pool is not None and self._replica.answering}
+                if self._read_dsn is not None
+                else {}
+            ),
+        }
+
     async def ping(self) -> bool:
+        if self._read_pool is not None:
+            answers, _ = await asyncio.gather(
+                self._ping_primary(), self._ping_read(self._read_pool)
+            )
+            return answers
+        return await self._ping_primary()
+
+    async def _ping_read(self, pool: asyncpg.Pool) -> None:
+        asked_at = asyncio.get_running_loop().time()
+        try:
+            await self._answers(pool)
+        except Exception as exc:
+            self._replica.failed(exc)
+            return
+        self._replica.answered(asked_at)
+
+    async def _ping_primary(self) -> bool:
         pool = self._pool
         if pool is None:
             return False

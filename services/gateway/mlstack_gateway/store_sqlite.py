@@ -198,6 +198,8 @@ class SqliteStore:
         self._metrics = metrics
         self._writer = SqliteConnection("write")
         self._reader = SqliteConnection("read")
+        # What the last ping found; a file the gateway opened at start answers until then.
+        self._answering = True
         # Two writers for one thread: while one commits, the next waits in the thread and takes
         # its rows as soon as the thread is free (see group_commit.py).
         self._committer: GroupCommitter[PredictionRecord] = GroupCommitter(
@@ -254,9 +256,13 @@ class SqliteStore:
 
     async def ping(self) -> bool:
         try:
-            return await self._reader.run(self._ping_sync)
+            self._answering = await self._reader.run(self._ping_sync)
         except (sqlite3.Error, StoreUnavailableError):
-            return False
+            self._answering = False
+        return self._answering
+
+    def reachable(self) -> dict[str, bool]:
+        return {"database": self._answering}
 
     async def close(self) -> None:
         # Queued rows are written first: their callers are still waiting for them.
