@@ -5,10 +5,10 @@ level, its traffic through the gateway's LoadBalancer address.
 The scenarios run in order against one stack (each depends on the previous one's result):
 preview on an empty stack, up, the pods as they run, a prediction stored, the pull-request preview
 and its up, no drift then a refresh that finds an out-of-band scale, a model rollout back and
-forth under load, self-healing, scaling, NetworkPolicy, egress, an API key rotated and rotated
-back under load, a standby added by config, a standby killed, a failover and a third instance
-added and removed, and teardown. A bad config is checked on a stack of its own; the
-`kubectl apply` baseline runs last.
+forth under load, self-healing, the database and then the model away under load, scaling,
+NetworkPolicy, egress, an API key rotated and rotated back under load, a standby added by
+config, a standby killed, a failover and a third instance added and removed, and teardown. A
+bad config is checked on a stack of its own; the `kubectl apply` baseline runs last.
 """
 
 from __future__ import annotations
@@ -388,6 +388,47 @@ def test_4c_a_deleted_database_pod_under_load_costs_only_503s_and_no_acknowledge
     claim: Any = kube.get_json("pvc", CLAIM, "-n", NAMESPACE)
     # The same local volume on the node (e2e/node.py names it after the claim).
     assert claim["spec"]["volumeName"] == f"{NAMESPACE}-{CLAIM}", claim
+
+
+def test_4c_the_model_scaled_to_zero_under_load_costs_only_503s_and_no_gateway_endpoint(
+    control_plane: ControlPlane,
+) -> None:
+    """The model Deployment scaled to 0 under predictions through the LoadBalancer, then back:
+    while it is away each request is answered 200 or 503 with Retry-After (no refused, reset or
+    timed-out connection) and every gateway stays a ready endpoint (readiness does not follow
+    the model); once it is back, predictions are answered again."""
+    kube = control_plane
+    url = gateway_url(kube)
+    model: Any = kube.get_json("deployment", "model", "-n", NAMESPACE)
+    replicas = model["spec"]["replicas"]
+    gateways = app.ready_endpoints(kube, "gateway")
+    assert gateways, "no ready gateway endpoint before the model goes"
+    seen: list[set[str]] = []
+    with app.Load(url, limit=600) as load:
+        app.wait_until("a prediction answered", load.since(0.0), 60)
+        kube.kubectl("scale", "deployment", "model", "-n", NAMESPACE, "--replicas=0")
+        try:
+            TIMINGS["model scaled to 0 -> no model pod left"] = app.wait_until(
+                "no model pod left", lambda: not app.pods(kube, "model"), 120
+            )
+            # Long enough for readiness probes to have failed, had they followed the model.
+            away = time.monotonic() + 20
+            while time.monotonic() < away:
+                seen.append(app.ready_endpoints(kube, "gateway"))
+                time.sleep(1)
+            refused = [a for a in load.answers if a.refused_with_retry_after]
+            assert refused, load.summary()
+        finally:
+            kube.kubectl("scale", "deployment", "model", "-n", NAMESPACE, f"--replicas={replicas}")
+        TIMINGS["model scaled back -> its pods Ready"] = app.wait_until(
+            f"{replicas} model pods Ready",
+            lambda: len([p for p in app.live(app.pods(kube, "model")) if app.ready(p)]) == replicas,
+        )
+        returned = time.monotonic()
+        app.wait_until("a prediction answered again", load.since(returned), 120)
+    ACKNOWLEDGED.update(app.acknowledged(load))
+    assert not load.wrong_answers, load.summary()
+    assert all(endpoints == gateways for endpoints in seen), seen
 
 
 def test_4d_gateway_replicas_scale_1_3_1_by_config_and_endpoints_follow(
