@@ -323,6 +323,13 @@ async def _open_pool(
         return pool
 
 
+def _all_in_use(pool: asyncpg.Pool) -> bool:
+    """Whether every connection the pool may hold is taken: then a ping would only wait for
+    one, and time out under load on a server that answers, while the requests holding them
+    report what they see."""
+    return pool.get_size() - pool.get_idle_size() >= pool.get_max_size()
+
+
 async def _close_pool(pool: asyncpg.Pool) -> None:
     try:
         await asyncio.wait_for(pool.close(), timeout=5)
@@ -565,6 +572,8 @@ class PostgresStore:
         return await self._ping_primary()
 
     async def _ping_read(self, pool: asyncpg.Pool) -> None:
+        if _all_in_use(pool):
+            return
         asked_at = asyncio.get_running_loop().time()
         try:
             await self._answers(pool)
@@ -577,6 +586,8 @@ class PostgresStore:
         pool = self._pool
         if pool is None:
             return False
+        if _all_in_use(pool):
+            return self._primary.answering
         asked_at = asyncio.get_running_loop().time()
         try:
             value = await _on_connection(
