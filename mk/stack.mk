@@ -1,6 +1,6 @@
 # Working with a stack through the real Pulumi CLI: `make up`, `make preview`.
 ifndef PULUMI_BACKEND_URL
-stack up preview down failover: export PULUMI_BACKEND_URL = $(PULUMI_BACKEND)
+stack up preview down failover drift: export PULUMI_BACKEND_URL = $(PULUMI_BACKEND)
 endif
 # A local file backend needs a passphrase for the stack's secrets; dev defaults to an empty one.
 ifeq ($(STACK),dev)
@@ -30,3 +30,9 @@ preview: stack ## pulumi preview --diff of the stack
 .PHONY: failover
 failover: stack ## make a standby of $(STACK)'s PostgreSQL the primary (TO=<instance>; README "Failover")
 	PULUMI=$(PULUMI) $(PY) -m tools.database_failover --stack $(STACK) $(if $(TO),--to $(TO))
+
+.PHONY: drift
+drift: venv ## exit non-zero and name what drifted when live $(STACK) differs from its state (README "Drift")
+	@command -v $(PULUMI) >/dev/null || { echo "make: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/" >&2; exit 1; }
+	@# Reads only: no `stack` prerequisite, which would create the stack and write its secrets.
+	PULUMI=$(PULUMI) $(PY) -m tools.drift --stack $(STACK)

@@ -1,0 +1,164 @@
+"""tools/drift.py: the report a refresh preview's engine events make.
+
+The events are Pulumi's engine-event JSON (`EngineEvent.from_json`, the shape the Automation API
+receives) with the values a real `pulumi refresh --preview-only` of CLI 3.274 gave for a resource
+changed out of band, one deleted and one whose changed property the program ignores; the
+detailed-diff event is built from the documented `detailedDiff` shape (the provider's own paths).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pulumi import automation as auto
+
+from tools.drift import covers, format_path, ignore_changes_of, parse_path, report
+
+PREFIX = "urn:pulumi:prod::mlstack::mlstack:app:Microservice$kubernetes:apps/v1:Deployment::"
+GATEWAY = PREFIX + "gateway"
+MODEL = PREFIX + "model"
+CONFIG = "urn:pulumi:prod::mlstack::kubernetes:core/v1:ConfigMap::gateway-config"
+SECRET = {"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270", "ciphertext": "x"}
+
+
+def outputs_event(urn: str, op: str, old: dict[str, Any], new: dict[str, Any] | None,
+                  **diff: Any) -> auto.EngineEvent:  # fmt: skip
+    def state(outputs: dict[str, Any]) -> dict[str, Any]:
+        return {"type": urn.rsplit("::", 2)[1], "urn": urn, "id": "x", "parent": "",
+                "provider": "", "inputs": {}, "outputs": outputs}  # fmt: skip
+
+    metadata: dict[str, Any] = {"op": op, "urn": urn, "type": "t", "provider": "", **diff}
+    metadata["old"] = state(old)
+    if new is not None:
+        metadata["new"] = state(new)
+    return auto.EngineEvent.from_json(
+        {"sequence": 1, "timestamp": 1, "resOutputsEvent": {"metadata": metadata}}
+    )
+
+
+def pre_event(urn: str) -> auto.EngineEvent:
+    """What the engine sends before it reads a resource: never a verdict on its own."""
+    return auto.EngineEvent.from_json(
+        {"sequence": 0, "timestamp": 0, "resourcePreEvent": {"metadata": {
+            "op": "refresh", "urn": urn, "type": "t", "provider": ""}}}
+    )  # fmt: skip
+
+
+def deployment(replicas: int, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "gateway", "annotations": annotations or {}, "resourceVersion": "1"},
+        "spec": {"replicas": replicas},
+    }
+
+
+def test_a_clean_refresh_is_no_drift() -> None:
+    events = [pre_event(GATEWAY), outputs_event(GATEWAY, "same", deployment(2), deployment(2))]
+    result = report("prod", events, {})
+    assert result.clean
+    assert result.text() == "No drift on stack prod: the live resources match the state."
+
+
+def test_an_out_of_band_scale_and_annotation_name_the_resource_and_the_properties() -> None:
+    live = deployment(1, {"kubectl.kubernetes.io/restartedAt": "now"})
+    result = report("prod", [outputs_event(GATEWAY, "update", deployment(2), live)], {})
+    assert not result.clean
+    assert result.text().splitlines() == [
+        "Drift on stack prod: 1 resource differs from the state.",
+        "  kubernetes:apps/v1:Deployment gateway: changed",
+        '    metadata.annotations["kubectl.kubernetes.io/restartedAt"]: (none) => "now"',
+        "    spec.replicas: 2 => 1",
+    ]
+
+
+def test_the_provider_s_detailed_diff_chooses_the_properties() -> None:
+    """A Kubernetes object's status and resourceVersion move all the time: where the provider
+    named the paths it compared, those are the drift."""
+    old = {**deployment(3), "status": {"replicas": 3}}
+    new = {**deployment(1), "status": {"replicas": 1}}
+    new["metadata"]["resourceVersion"] = "2"
+    event = outputs_event(
+        GATEWAY, "update", old, new,
+        diffs=["spec"], detailedDiff={"spec.replicas": {"diffKind": "update", "inputDiff": True}},
+    )  # fmt: skip
+    (resource,) = report("prod", [event], {}).drifted
+    assert [(p.path, p.old, p.new) for p in resource.drifted] == [("spec.replicas", "3", "1")]
+
+
+def test_a_deleted_resource_is_drift_whatever_the_program_ignores() -> None:
+    event = outputs_event(CONFIG, "delete", {"data": {"k": "v"}}, None)
+    result = report("prod", [event], {CONFIG: ["data"]})
+    assert "  kubernetes:core/v1:ConfigMap gateway-config: deleted" in result.text()
+    assert "| `kubernetes:core/v1:ConfigMap` `gateway-config` | (deleted) | | |" in (
+        result.markdown()
+    )
+
+
+def test_a_replica_count_the_program_leaves_to_an_autoscaler_is_listed_and_not_drift() -> None:
+    event = outputs_event(MODEL, "update", {"spec": {"replicas": 2}}, {"spec": {"replicas": 5}})
+    result = report("prod", [event], {MODEL: ["spec.replicas"]})
+    assert result.clean
+    assert result.text().splitlines()[1:] == [
+        "Not drift (the program's ignoreChanges):",
+        "  kubernetes:apps/v1:Deployment model spec.replicas: 2 => 5 (ignoreChanges spec.replicas)",
+    ]
+
+
+def test_without_the_program_s_ignore_changes_the_same_scale_is_drift() -> None:
+    event = outputs_event(MODEL, "update", {"spec": {"replicas": 2}}, {"spec": {"replicas": 5}})
+    assert not report("prod", [event], {GATEWAY: ["spec.replicas"]}).clean
+
+
+def test_an_ignored_property_does_not_hide_another_that_moved() -> None:
+    old = {"spec": {"replicas": 2, "paused": False}}
+    new = {"spec": {"replicas": 5, "paused": True}}
+    result = report("prod", [outputs_event(MODEL, "update", old, new)], {MODEL: ["spec.replicas"]})
+    (resource,) = result.drifted
+    assert [p.path for p in resource.drifted] == ["spec.paused"]
+    assert [p.path for _, p in result.ignored] == ["spec.replicas"]
+
+
+def test_secrets_stay_secret_in_the_report() -> None:
+    urn = "urn:pulumi:prod::mlstack::kubernetes:core/v1:Secret::api-keys"
+    event = outputs_event(urn, "update", {"data": SECRET}, {"data": {**SECRET, "ciphertext": "y"}})
+    text = report("prod", [event], {}).text()
+    assert "data: [secret] => [secret]" in text
+    assert "ciphertext" not in text
+
+
+def test_the_markdown_names_each_property_with_both_values() -> None:
+    result = report("prod", [outputs_event(GATEWAY, "update", deployment(2), deployment(1))], {})
+    assert "| `kubernetes:apps/v1:Deployment` `gateway` | `spec.replicas` | `2` | `1` |" in (
+        result.markdown()
+    )
+
+
+def test_ignore_changes_are_read_from_the_exported_state() -> None:
+    state = {"resources": [{"urn": MODEL, "ignoreChanges": ["spec.replicas"]}, {"urn": GATEWAY}]}
+    assert ignore_changes_of(state) == {MODEL: ["spec.replicas"]}
+    assert ignore_changes_of({"deployment": state}) == {MODEL: ["spec.replicas"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "keys"),
+    [
+        ("spec.replicas", ("spec", "replicas")),
+        ('metadata.annotations["a.b/c"]', ("metadata", "annotations", "a.b/c")),
+        ("spec.template.spec.containers[0].image",
+         ("spec", "template", "spec", "containers", 0, "image")),
+        ('data["say \\"hi\\""]', ("data", 'say "hi"')),
+    ],
+)  # fmt: skip
+def test_property_paths_read_and_print_as_pulumi_writes_them(
+    path: str, keys: tuple[str | int, ...]
+) -> None:
+    assert parse_path(path) == keys
+    assert format_path(keys) == path
+
+
+def test_an_ignore_changes_rule_covers_the_property_and_what_is_under_it() -> None:
+    assert covers(parse_path("spec.replicas"), parse_path("spec.replicas"))
+    assert covers(parse_path("spec"), parse_path("spec.replicas"))
+    assert covers(parse_path("spec.containers[*].image"), parse_path("spec.containers[1].image"))
+    assert not covers(parse_path("spec.replicas"), parse_path("spec.paused"))
+    assert not covers(parse_path("spec.replicas"), parse_path("spec"))

@@ -1,0 +1,352 @@
+"""`make drift`: does a live stack still match its state? (README, "Drift").
+
+A refresh preview (`pulumi refresh --preview-only`, through the Automation API) reads every
+resource of the stack from the cloud and the cluster and writes nothing. The engine decides which
+resources changed (with the provider's own diff, so a Deployment's status or resourceVersion is no
+change); this module names each one and the properties that moved, old value and new, and exits
+non-zero when anything did. The scheduled drift workflow runs the same module and files the same
+report as an issue.
+
+What is *not* drift is the program's to say, never this module's: a property under the
+resource's `ignoreChanges` (recorded in the state by every `pulumi up`, e.g. the replica count of
+a Deployment an autoscaler owns) is listed as ignored, with the rule that ignores it, and does
+not fail the check. The engine's refresh does not apply `ignoreChanges` itself, which is why the
+check is not the CLI's `--expect-no-changes`: that flag would fail on those too.
+
+    python -m tools.drift --stack prod [--markdown report.md]
+
+Exit status: 0 no drift, 1 drift (the report names it), 2 the check could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from pulumi import automation as auto
+
+# Step results of a refresh that mean the live resource differs from the state.
+DRIFT_OPS: Final = {"update": "changed", "delete": "deleted", "replace": "replaced"}
+# The signature Pulumi's JSON encoding gives a secret value.
+SECRET_SIG: Final = "4dabf18193072939515e22adb298388d"
+# Longest rendering of one value in the report; a whole ConfigMap's data is cut short.
+VALUE_CHARS: Final = 120
+EXIT_CLEAN, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
+
+PathKey = str | int
+_SEGMENT: Final = re.compile(r'\.?([^.\[\]"]+)|\[(\d+|\*)\]|\["((?:[^"\\]|\\.)*)"\]')
+
+
+def parse_path(path: str) -> tuple[PathKey, ...]:
+    """A Pulumi property path (`spec.replicas`, `metadata.annotations["a.b/c"]`,
+    `spec.containers[0].image`, `spec.*`) as its keys; list indices become ints."""
+    keys: list[PathKey] = []
+    position = 0
+    while position < len(path):
+        match = _SEGMENT.match(path, position)
+        if match is None or match.end() == position:
+            raise ValueError(f"not a property path: {path!r}")
+        name, index, quoted = match.groups()
+        if index is not None:
+            keys.append(index if index == "*" else int(index))
+        elif quoted is not None:
+            keys.append(re.sub(r"\\(.)", r"\1", quoted))
+        else:
+            keys.append(name)
+        position = match.end()
+    return tuple(keys)
+
+
+def format_path(keys: Sequence[PathKey]) -> str:
+    """The inverse of `parse_path`, as Pulumi prints paths."""
+    text = ""
+    for key in keys:
+        if isinstance(key, int) or key == "*":
+            text += f"[{key}]"
+        elif re.fullmatch(r"[A-Za-z_$][\w$-]*", key):
+            text += f".{key}" if text else key
+        else:
+            text += '["' + key.replace("\\", "\\\\").replace('"', '\\"') + '"]'
+    return text
+
+
+def covers(rule: Sequence[PathKey], keys: Sequence[PathKey]) -> bool:
+    """Whether an `ignoreChanges` path covers a property: it names the property or one of its
+    parents (`*` matches any one key), as the engine applies it to a diff."""
+    if len(rule) > len(keys):
+        return False
+    return all(r in ("*", k) for r, k in zip(rule, keys, strict=False))
+
+
+def property_changes(old: Any, new: Any, prefix: tuple[PathKey, ...] = ()) -> list[Change]:
+    """Every leaf where `old` and `new` differ, by path."""
+    if old == new:
+        return []
+    if _is_secret(old) or _is_secret(new):
+        return [Change(prefix, old, new)]
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        found: list[Change] = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += property_changes(
+                old.get(key, _MISSING), new.get(key, _MISSING), (*prefix, key)
+            )
+        return found
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        found = []
+        for index, (a, b) in enumerate(zip(old, new, strict=True)):
+            found += property_changes(a, b, (*prefix, index))
+        return found
+    return [Change(prefix, old, new)]
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(none)"
+
+
+_MISSING: Final = _Missing()
+
+
+@dataclass(frozen=True)
+class Change:
+    keys: tuple[PathKey, ...]
+    old: Any
+    new: Any
+
+    @property
+    def path(self) -> str:
+        return format_path(self.keys)
+
+
+def _is_secret(value: Any) -> bool:
+    return isinstance(value, Mapping) and SECRET_SIG in value
+
+
+def render(value: Any) -> str:
+    """One value for the report: secrets stay secret, long values are cut short."""
+    if value is _MISSING:
+        return "(none)"
+    if _is_secret(value) or value == "[secret]":
+        return "[secret]"
+    text = repr(value) if not isinstance(value, str) else f'"{value}"'
+    return text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 1] + "…"
+
+
+def _lookup(state: Mapping[str, Any] | None, keys: Sequence[PathKey]) -> Any:
+    value: Any = state if state is not None else _MISSING
+    for key in keys:
+        present = (isinstance(value, Mapping) and key in value) or (
+            isinstance(value, list) and isinstance(key, int) and key < len(value)
+        )
+        if present:
+            value = value[key]
+        else:
+            return _MISSING
+    return value
+
+
+@dataclass(frozen=True)
+class Property:
+    path: str
+    old: str
+    new: str
+    ignored_by: str | None = None  # the `ignoreChanges` rule of the program that covers it
+
+
+@dataclass(frozen=True)
+class Resource:
+    urn: str
+    change: str  # "changed" | "deleted" | "replaced"
+    properties: tuple[Property, ...]
+
+    @property
+    def type(self) -> str:
+        return self.urn.split("::")[2].rsplit("$", 1)[-1]
+
+    @property
+    def name(self) -> str:
+        return self.urn.split("::", 3)[3]
+
+    @property
+    def drifted(self) -> tuple[Property, ...]:
+        return tuple(p for p in self.properties if p.ignored_by is None)
+
+    @property
+    def is_drift(self) -> bool:
+        # A deletion is drift whatever the program ignores; a change, if it moved any property
+        # the program does not ignore (or the engine named none).
+        return self.change != "changed" or not self.properties or bool(self.drifted)
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    stack: str
+    resources: tuple[Resource, ...] = field(default=())
+
+    @property
+    def drifted(self) -> tuple[Resource, ...]:
+        return tuple(r for r in self.resources if r.is_drift)
+
+    @property
+    def ignored(self) -> tuple[tuple[Resource, Property], ...]:
+        return tuple((r, p) for r in self.resources for p in r.properties if p.ignored_by)
+
+    @property
+    def clean(self) -> bool:
+        return not self.drifted
+
+    def text(self) -> str:
+        lines = [self._headline()]
+        for resource in self.drifted:
+            lines.append(f"  {resource.type} {resource.name}: {resource.change}")
+            for prop in resource.drifted:
+                lines.append(f"    {prop.path}: {prop.old} => {prop.new}")
+        if self.ignored:
+            lines.append("Not drift (the program's ignoreChanges):")
+            for resource, prop in self.ignored:
+                lines.append(
+                    f"  {resource.type} {resource.name} {prop.path}: {prop.old} => {prop.new}"
+                    f" (ignoreChanges {prop.ignored_by})"
+                )
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        lines = [self._headline(), ""]
+        if self.drifted:
+            lines += ["| resource | property | in the state | live |", "| --- | --- | --- | --- |"]
+            for resource in self.drifted:
+                name = f"`{resource.type}` `{resource.name}`"
+                if not resource.drifted:
+                    lines.append(f"| {name} | ({resource.change}) | | |")
+                for prop in resource.drifted:
+                    lines.append(
+                        f"| {name} | `{prop.path}` | {_cell(prop.old)} | {_cell(prop.new)} |"
+                    )
+        if self.ignored:
+            lines += ["", "Not drift (the program's `ignoreChanges`):", ""]
+            for resource, prop in self.ignored:
+                lines.append(
+                    f"- `{resource.type}` `{resource.name}` `{prop.path}`: {_cell(prop.old)} => "
+                    f"{_cell(prop.new)} (ignoreChanges `{prop.ignored_by}`)"
+                )
+        return "\n".join(lines) + "\n"
+
+    def _headline(self) -> str:
+        if self.clean:
+            return f"No drift on stack {self.stack}: the live resources match the state."
+        count = len(self.drifted)
+        noun = "resource differs" if count == 1 else "resources differ"
+        return f"Drift on stack {self.stack}: {count} {noun} from the state."
+
+
+def _cell(text: str) -> str:
+    return "`" + text.replace("|", "\\|").replace("`", "'") + "`"
+
+
+def report(
+    stack: str,
+    events: Iterable[auto.EngineEvent],
+    ignore_changes: Mapping[str, Sequence[str]],
+) -> DriftReport:
+    """The drift a refresh preview's engine events show. `ignore_changes` maps a URN to the
+    `ignoreChanges` paths the program gave that resource (from the state)."""
+    resources: list[Resource] = []
+    for event in events:
+        outputs_event = event.res_outputs_event
+        if outputs_event is None:
+            continue
+        step = outputs_event.metadata
+        change = DRIFT_OPS.get(str(step.op.value))
+        if change is None:
+            continue
+        rules = [(rule, parse_path(rule)) for rule in ignore_changes.get(step.urn, ())]
+        properties: list[Property] = []
+        if change != "deleted":
+            for found in _changed_properties(step):
+                ignored_by = next((text for text, keys in rules if covers(keys, found.keys)), None)
+                properties.append(
+                    Property(found.path, render(found.old), render(found.new), ignored_by)
+                )
+        resources.append(Resource(step.urn, change, tuple(properties)))
+    return DriftReport(stack, tuple(sorted(resources, key=lambda r: r.urn)))
+
+
+def _changed_properties(step: auto.StepEventMetadata) -> list[Change]:
+    """The properties that moved: the provider's own detailed diff when it gave one (its paths
+    are what it compares, so server-set fields are no noise), else the top-level keys it named,
+    else every output that differs."""
+    old = step.old.outputs if step.old else None
+    new = step.new.outputs if step.new else None
+    if step.detailed_diff:
+        found = []
+        for path in sorted(step.detailed_diff):
+            keys = parse_path(path)
+            found.append(Change(keys, _lookup(old, keys), _lookup(new, keys)))
+        return found
+    if step.diffs:
+        found = []
+        for key in sorted(step.diffs):
+            found += property_changes(_lookup(old, [key]), _lookup(new, [key]), (key,))
+        return found
+    return property_changes(dict(old or {}), dict(new or {}))
+
+
+def ignore_changes_of(deployment: Mapping[str, Any]) -> dict[str, list[str]]:
+    """URN -> the `ignoreChanges` paths of each resource in an exported state."""
+    resources = (deployment.get("deployment") or deployment).get("resources") or []
+    return {r["urn"]: list(r["ignoreChanges"]) for r in resources if r.get("ignoreChanges")}
+
+
+def check(stack: str, *, work_dir: Path | None = None, pulumi: str | None = None) -> DriftReport:
+    """Preview a refresh of `stack` and report its drift. `pulumi` is the CLI to run (default:
+    $PULUMI, else `pulumi` on PATH) in `work_dir` (default: the current directory); the backend
+    and passphrase come from the environment."""
+    command = pulumi or os.environ.get("PULUMI", "pulumi")
+    found = shutil.which(command)
+    if found is None:
+        raise DriftCheckError(f"the Pulumi CLI {command!r} is not installed")
+    binary = Path(found)
+    if binary.parent.name != "bin":
+        raise DriftCheckError(f"{binary}: the Automation API runs <root>/bin/pulumi")
+    cli = auto.PulumiCommand(root=str(binary.parent.parent), skip_version_check=True)
+    workspace = auto.LocalWorkspace(work_dir=str(work_dir or Path.cwd()), pulumi_command=cli)
+    events: list[auto.EngineEvent] = []
+    try:
+        selected = auto.Stack.select(stack, workspace)
+        state = selected.export_stack()
+        # Secrets stay ciphertext in the events: the report ends up in a GitHub issue.
+        selected.preview_refresh(on_event=events.append, show_secrets=False, color="never")
+    except auto.CommandError as error:
+        raise DriftCheckError(str(error).strip()) from error
+    return report(stack, events, ignore_changes_of(dict(state.deployment or {})))
+
+
+class DriftCheckError(Exception):
+    """The refresh preview could not run (no such stack, no credentials, an unreachable API)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--markdown", type=Path, help="also write the report here as Markdown")
+    args = parser.parse_args(argv)
+    try:
+        result = check(args.stack)
+    except DriftCheckError as error:
+        print(f"drift check of stack {args.stack} could not run: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    print(result.text())
+    if args.markdown:
+        args.markdown.write_text(result.markdown())
+    return EXIT_CLEAN if result.clean else EXIT_DRIFT
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
