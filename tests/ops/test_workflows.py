@@ -95,9 +95,12 @@ CI_STACKS = affected("Pulumi.yaml")
 EVERY_OUTPUT = affected_outputs("Pulumi.yaml")
 # The stack whose secrets unreviewed code must never get, and the environments that hold them:
 # `production` for deploys from main, `production-preview` (any branch) for previews; both have
-# required reviewers (README, "Previews on pull requests").
+# required reviewers (README, "Previews on pull requests"). `production-drift` holds read-only
+# roles for the scheduled drift check, without reviewers but for branch `main` only (README,
+# "Drift").
 PROD = "prod"
-PROD_ENVIRONMENTS = {"production", "production-preview"}
+PROD_ENVIRONMENTS = {"production", "production-preview", "production-drift"}
+PROD_DRIFT_ENVIRONMENT = "production-drift"
 PROD_PREVIEW_ENVIRONMENT = "production-preview"
 # The repository-level secrets: staging's and the review stacks' only. Code nobody approved may
 # read them; none of them unlocks prod.
@@ -256,7 +259,11 @@ def test_every_job_that_can_reach_prod_waits_for_a_reviewer() -> None:
             # `production` takes deploys from main only; a pull request's run is approved in
             # an environment of its own, whose roles can read but not change prod.
             assert job["environment"] == PROD_PREVIEW_ENVIRONMENT, f"{name} {job_id}"
-    assert set(reaching) == {"deploy.yml:prod", "preview.yml:preview-reviewed"}
+        if job["environment"] == PROD_DRIFT_ENVIRONMENT:
+            # No reviewer: only main's code, on a schedule or by hand, and it only reads.
+            assert triggers(name) <= {"schedule", "workflow_dispatch"}, name
+            assert not pulumi_steps(job), f"{name} {job_id}: only tools.drift runs there"
+    assert set(reaching) == {"deploy.yml:prod", "preview.yml:preview-reviewed", "drift.yml:prod"}
 
 
 def test_pull_request_code_unapproved_reads_repository_secrets_only() -> None:
@@ -339,6 +346,73 @@ def test_updates_of_one_stack_never_race() -> None:
     # An up and a destroy of the same review stack share one group.
     assert groups["review-stack.yml:up"] == "pulumi-pr-${{ github.event.pull_request.number }}"
     assert groups["review-stack.yml:teardown"] == "pulumi-pr-${{ matrix.pr }}"
+
+
+# --- drift ---------------------------------------------------------------------------------------
+
+
+DRIFT_CHECK = ".github/scripts/drift_check.sh"
+DRIFT_ISSUE = ".github/scripts/drift_issue.sh"
+
+
+def drift_jobs() -> dict[str, dict[str, Any]]:
+    """The drift workflow's checking jobs by the stack they check."""
+    checks = {}
+    for job in workflow("drift.yml")["jobs"].values():
+        if any(s.get("run") == DRIFT_CHECK for s in steps(job)):
+            (stack,) = job_stacks(job)
+            checks[stack] = job
+    return checks
+
+
+def test_drift_is_checked_on_a_schedule_for_every_long_lived_stack_and_no_review_stack() -> None:
+    drift = workflow("drift.yml")
+    assert drift["on"]["schedule"]
+    assert set(drift_jobs()) == set(CI_STACKS)
+    for job_id, job in drift["jobs"].items():
+        assert not {s for s in job_stacks(job) if s.startswith("pr-")}, job_id
+
+
+def test_a_drift_check_shares_the_deploy_s_concurrency_group_of_its_stack() -> None:
+    deploy = workflow("deploy.yml")["jobs"]
+    for stack, job in drift_jobs().items():
+        (deploy_job,) = [j for j in deploy.values() if job_stacks(j) == {stack}]
+        assert job["concurrency"] == deploy_job["concurrency"], stack
+        assert job["concurrency"]["cancel-in-progress"] is False
+
+
+def test_a_drift_check_runs_make_drift_s_code_and_only_reads() -> None:
+    script_text = (ROOT / DRIFT_CHECK).read_text()
+    assert '.venv/bin/python -m tools.drift --stack "$STACK"' in script_text
+    for stack, job in drift_jobs().items():
+        (check,) = [s for s in steps(job) if s.get("run") == DRIFT_CHECK]
+        assert check["env"]["STACK"] == stack
+        assert job["outputs"]["status"] == "${{ steps.drift.outputs.status }}"
+        assert not pulumi_steps(job), f"{stack}: no `pulumi up` or `refresh` that writes"
+        assert "issues" not in job["permissions"]
+    assert "environment" not in drift_jobs()["staging"]
+    assert drift_jobs()[PROD]["environment"] == PROD_DRIFT_ENVIRONMENT
+
+
+def test_one_issue_per_stack_is_opened_or_updated_on_drift_and_closed_when_clean() -> None:
+    drift = workflow("drift.yml")["jobs"]
+    (issues_id,) = [
+        i for i, j in drift.items() if any(s.get("run") == DRIFT_ISSUE for s in steps(j))
+    ]
+    job = drift[issues_id]
+    assert set(job["needs"]) == set(drift_jobs())
+    assert job["if"] == "always()"  # a drifted (failed) check must still reach its issue
+    assert job["permissions"] == {"contents": "read", "issues": "write"}
+    assert not secrets_named(job)
+    filed = {s["env"]["STACK"]: s["env"] for s in steps(job) if s.get("run") == DRIFT_ISSUE}
+    assert set(filed) == set(CI_STACKS)
+    for stack, env in filed.items():
+        assert env["STATUS"] == f"${{{{ needs.{stack}.outputs.status || 'error' }}}}"
+        assert env["REPORT"] == f"${{{{ needs.{stack}.outputs.report }}}}"
+    handling = (ROOT / DRIFT_ISSUE).read_text()
+    assert 'title="Drift on $STACK"' in handling
+    for command in ("gh issue create", "gh issue edit", "gh issue close"):
+        assert command in handling
 
 
 # --- review stacks ------------------------------------------------------------------------------
@@ -497,7 +571,9 @@ def test_permissions_are_least() -> None:
         writes = {scope for scope, level in granted.items() if level == "write"}
         comments = any((s.get("with") or {}).get("comment-on-pr") for s in steps(job))
         uses_setup = any(s.get("uses") == SETUP_ACTION for s in steps(job))
+        files_issues = any("drift_issue.sh" in str(s.get("run", "")) for s in steps(job))
         allowed = {"pull-requests"} if comments else set()
+        allowed |= {"issues"} if files_issues else set()
         allowed |= {"id-token"} if uses_setup else set()
         assert writes <= allowed, f"{name} {job_id}: {writes - allowed}"
         assert granted.get("contents") == "read", f"{name} {job_id}"

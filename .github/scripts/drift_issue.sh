@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One issue per stack, "Drift on <stack>" labelled `drift`: opened, or its body replaced, while the
+# stack drifts; closed by the first clean check. A check that could not run leaves it as it is.
+# Env: STACK, STATUS (clean | drift | error), REPORT (tools/drift.py's Markdown), GH_REPO, GH_TOKEN.
+set -euo pipefail
+: "${STACK:?}" "${STATUS:?}" "${GH_REPO:?}"
+title="Drift on $STACK"
+run_url="${GITHUB_SERVER_URL:-https://github.com}/$GH_REPO/actions/runs/${GITHUB_RUN_ID:-0}"
+# The list API, not search: a just-opened issue is found by the next run.
+number=$(gh issue list --state open --label drift --limit 100 --json number,title \
+  | jq -r --arg title "$title" 'map(select(.title == $title)) | .[0].number // empty')
+case "$STATUS" in
+  drift)
+    body="${REPORT:-}
+
+Found by $run_url. \`make drift STACK=$STACK\` shows the same report. \`pulumi up\` of the stack
+puts the live resources back (or change the program to adopt what changed); the next clean
+check closes this issue."
+    if [ -n "$number" ]; then
+      gh issue edit "$number" --body "$body"
+    else
+      gh label create drift --color D93F0B --description "A live stack differs from its state" --force
+      gh issue create --title "$title" --label drift --body "$body"
+    fi
+    ;;
+  clean)
+    if [ -n "$number" ]; then
+      gh issue close "$number" --comment "No drift on $STACK any more: $run_url"
+    fi
+    ;;
+  *)
+    echo "the drift check of $STACK did not run to the end: issue ${number:-none} left as it is"
+    ;;
+esac
