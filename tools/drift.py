@@ -309,13 +309,15 @@ def check(stack: str, *, work_dir: Path | None = None, pulumi: str | None = None
     $PULUMI, else `pulumi` on PATH) in `work_dir` (default: the current directory); the backend
     and passphrase come from the environment."""
     command = pulumi or os.environ.get("PULUMI", "pulumi")
-    found = shutil.which(command)
-    if found is None:
+    if shutil.which(command) is None:
         raise DriftCheckError(f"the Pulumi CLI {command!r} is not installed")
-    binary = Path(found)
-    if binary.parent.name != "bin":
-        raise DriftCheckError(f"{binary}: the Automation API runs <root>/bin/pulumi")
-    cli = auto.PulumiCommand(root=str(binary.parent.parent), skip_version_check=True)
+    root: str | None = None  # a bare name: from PATH, as the shell would run it
+    if os.sep in command:
+        binary = Path(command)
+        if binary.parent.name != "bin":
+            raise DriftCheckError(f"{binary}: the Automation API runs <root>/bin/pulumi")
+        root = str(binary.parent.parent)
+    cli = auto.PulumiCommand(root=root, skip_version_check=True)
     workspace = auto.LocalWorkspace(work_dir=str(work_dir or Path.cwd()), pulumi_command=cli)
     events: list[auto.EngineEvent] = []
     try:

@@ -4,11 +4,12 @@ level, its traffic through the gateway's LoadBalancer address.
 
 The scenarios run in order against one stack (each depends on the previous one's result):
 preview on an empty stack, up, the pods as they run, a prediction stored, the pull-request preview
-and its up, no drift then a refresh that finds an out-of-band scale, a model rollout back and
-forth under load, self-healing, the database and then the model away under load, scaling,
-NetworkPolicy, egress, an API key rotated and rotated back under load, a standby added by
-config, a standby killed, a failover and a third instance added and removed, and teardown. A
-bad config is checked on a stack of its own; the `kubectl apply` baseline runs last.
+and its up, `make drift` clean, then naming an out-of-band scale, then clean after up, no drift
+then a refresh that finds an out-of-band scale, a model rollout back and forth under load,
+self-healing, the database and then the model away under load, scaling, NetworkPolicy, egress,
+an API key rotated and rotated back under load, a standby added by config, a standby killed, a
+failover and a third instance added and removed, and teardown. A bad config is checked on a
+stack of its own; the `kubectl apply` baseline runs last.
 """
 
 from __future__ import annotations
@@ -788,6 +789,42 @@ def _model_replicas_in_state(workspace: PulumiWorkspace) -> int:
             replicas: int = outputs["spec"]["replicas"]
             return replicas
     raise AssertionError("no model Deployment in the state")
+
+
+def drift_check(workspace: PulumiWorkspace) -> subprocess.CompletedProcess[str]:
+    """`make drift STACK=e2e`'s code (tools/drift.py) with the workspace's CLI, backend and
+    cluster."""
+    return subprocess.run(
+        [sys.executable, "-m", "tools.drift", "--stack", STACK],
+        cwd=workspace.project_dir, env={**workspace.env(), "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def test_4y_drift_check_is_clean_then_names_an_out_of_band_scale_then_clean_after_up(
+    workspace: PulumiWorkspace, control_plane: ControlPlane
+) -> None:
+    clean = drift_check(workspace)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert clean.stdout.startswith(f"No drift on stack {STACK}"), clean.stdout
+
+    gateway = control_plane.get_json("deployment", "gateway", "-n", NAMESPACE)
+    replicas: int = gateway["spec"]["replicas"]  # type: ignore[index]
+    control_plane.kubectl(
+        "scale", "deployment", "gateway", "-n", NAMESPACE, f"--replicas={replicas + 1}"
+    )
+    drifted = drift_check(workspace)
+    assert drifted.returncode == 1, drifted.stdout + drifted.stderr
+    assert "  kubernetes:apps/v1:Deployment gateway: changed" in drifted.stdout, drifted.stdout
+    assert f"    spec.replicas: {replicas} => {replicas + 1}" in drifted.stdout, drifted.stdout
+
+    # `up` alone diffs the program against the state, which has not seen the scale.
+    workspace.run("refresh", "--stack", STACK, "--yes", "--skip-preview")
+    pulumi_up(workspace, control_plane)
+    again = drift_check(workspace)
+    assert again.returncode == 0, again.stdout + again.stderr
+    gateway = control_plane.get_json("deployment", "gateway", "-n", NAMESPACE)
+    assert gateway["spec"]["replicas"] == replicas  # type: ignore[index]
 
 
 def test_4z_no_changes_after_up_and_refresh_finds_an_out_of_band_scale(
