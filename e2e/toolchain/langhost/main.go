@@ -4,8 +4,11 @@
 // not served by the Go module proxy this project can reach, so the suite builds this one against
 // the pinned sdk/v3. It implements only what `pulumi preview/up/refresh/destroy` need of a
 // LanguageRuntime: Run (start pulumi-language-python-exec, shipped in sdk/v3, in the project's
-// virtualenv), GetPluginInfo and an empty GetRequiredPackages (the provider plugins are ambient,
-// on PATH). Everything else answers Unimplemented, which the engine tolerates.
+// virtualenv), RunPlugin for a policy pack (`--policy-pack`: since CLI 3.221 the engine starts a
+// Python pack through its language host, as `python -u -m pulumi.policy ENGINE PACK_DIR` in the
+// pack's virtualenv, and reads the analyzer's port from the streamed stdout), GetPluginInfo and an
+// empty GetRequiredPackages (the provider plugins are ambient, on PATH). Everything else answers
+// Unimplemented, which the engine tolerates.
 package main
 
 import (
@@ -18,11 +21,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
@@ -105,7 +111,12 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 	}
 	args = append(args, req.GetArgs()...)
 
-	config, err := json.Marshal(req.GetConfig())
+	// A stack without config has none: the exec shim wants an object, not null.
+	values := req.GetConfig()
+	if values == nil {
+		values = map[string]string{}
+	}
+	config, err := json.Marshal(values)
 	if err != nil {
 		return nil, err
 	}
@@ -141,6 +152,84 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 	default:
 		return &pulumirpc.RunResponse{Error: fmt.Sprintf("running %s: %v", py, err)}, nil
 	}
+}
+
+// RunPlugin starts a policy pack (kind "analyzer") and streams its stdout and stderr to the
+// engine, then its exit code. Resource and tool plugins written in Python are not supported.
+func (h *host) RunPlugin(
+	req *pulumirpc.RunPluginRequest, server grpc.ServerStreamingServer[pulumirpc.RunPluginResponse],
+) error {
+	info := req.GetInfo()
+	if info == nil {
+		return status.Error(codes.InvalidArgument, "RunPluginRequest without program info")
+	}
+	if req.GetKind() != "analyzer" {
+		return status.Errorf(codes.Unimplemented,
+			"the e2e language host runs policy packs only, not %q plugins", req.GetKind())
+	}
+	py, env, err := python(info)
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	// pulumi.policy's __main__ takes the engine's address (the engine's only argument) and the
+	// program: the pack's folder, whose __main__.py it runs.
+	args := append([]string{"-u", "-m", "pulumi.policy"}, req.GetArgs()...)
+	args = append(args, info.GetProgramDirectory())
+	cmd := exec.CommandContext(server.Context(), py, args...)
+	cmd.Dir = info.GetProgramDirectory()
+	cmd.Env = append(append([]string{}, req.GetEnv()...), env...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return status.Errorf(codes.FailedPrecondition, "starting %s: %v", py, err)
+	}
+
+	// Send is not safe for concurrent use: one lock for both streams.
+	var mu sync.Mutex
+	send := func(msg *pulumirpc.RunPluginResponse) {
+		mu.Lock()
+		defer mu.Unlock()
+		_ = server.Send(msg)
+	}
+	var copies sync.WaitGroup
+	forward := func(r interface{ Read([]byte) (int, error) }, wrap func([]byte) *pulumirpc.RunPluginResponse) {
+		defer copies.Done()
+		buf := make([]byte, 32*1024)
+		for {
+			n, err := r.Read(buf)
+			if n > 0 {
+				send(wrap(append([]byte(nil), buf[:n]...)))
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	copies.Add(2)
+	go forward(stdout, func(b []byte) *pulumirpc.RunPluginResponse {
+		return &pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Stdout{Stdout: b}}
+	})
+	go forward(stderr, func(b []byte) *pulumirpc.RunPluginResponse {
+		return &pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Stderr{Stderr: b}}
+	})
+	// Every byte is read before Wait closes the pipes.
+	copies.Wait()
+	code := int32(0)
+	if err := cmd.Wait(); err != nil {
+		var exitErr *exec.ExitError
+		if !errors.As(err, &exitErr) {
+			return err
+		}
+		code = int32(exitErr.ExitCode())
+	}
+	send(&pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Exitcode{Exitcode: code}})
+	return nil
 }
 
 func main() {
