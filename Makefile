@@ -19,9 +19,10 @@ endif
 
 TEST_TARGETS := lint typecheck unit
 
-$(VENV)/.installed: requirements.txt requirements-cloud.txt requirements-dev.txt services/model/requirements.txt services/gateway/requirements.txt
+$(VENV)/.installed: requirements.txt requirements-cloud.txt requirements-dev.txt services/model/requirements.txt services/gateway/requirements.txt policy/pack/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r policy/pack/requirements.txt
 	touch $@
 
 .PHONY: venv

@@ -1,0 +1,1 @@
+"""mlstack's CrossGuard policies: one module per concern, `pack` puts them together."""

@@ -1,0 +1,61 @@
+"""Advisory rules: availability practices a team may trade against cost (a dev stack on a laptop
+runs one replica of everything, on one node)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pulumi_policy import ReportViolation, ResourceValidationArgs, StackValidationArgs
+
+from .kube import DEPLOYMENT, PDB, dig
+
+
+def _replicas(props: Mapping[str, Any]) -> int:
+    value = dig(props, "spec", "replicas")
+    return 1 if value is None else int(value)
+
+
+def check_replicas_in_production(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """In production every Deployment runs at least `minReplicas` (default 2) pods: one pod
+    lost to a node drain or a crash is not an outage."""
+    config = args.get_config()
+    if config.get("production") is not True or args.resource_type != DEPLOYMENT:
+        return
+    floor = int(config.get("minReplicas") or 2)
+    replicas = _replicas(args.props)
+    if replicas < floor:
+        name = dig(args.props, "metadata", "name")
+        report(f"Deployment {name}: {replicas} replica(s), fewer than {floor}", None)
+
+
+def check_topology_spread(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """A Deployment of several pods spreads them over nodes, so one node does not hold them all."""
+    if args.resource_type != DEPLOYMENT or _replicas(args.props) < 2:
+        return
+    if not dig(args.props, "spec", "template", "spec", "topologySpreadConstraints"):
+        name = dig(args.props, "metadata", "name")
+        report(f"Deployment {name}: {_replicas(args.props)} replicas and no spread", None)
+
+
+def _selects(selector: Any, labels: Mapping[str, Any]) -> bool:
+    wanted = dig(selector, "matchLabels") or {}
+    return bool(wanted) and all(labels.get(k) == v for k, v in wanted.items())
+
+
+def check_disruption_budgets(args: StackValidationArgs, report: ReportViolation) -> None:
+    """Every Deployment of several pods has a PodDisruptionBudget: a node drain then waits rather
+    than evicting them all at once."""
+    budgets = [
+        (dig(r.props, "metadata", "namespace"), dig(r.props, "spec", "selector"))
+        for r in args.resources
+        if r.resource_type == PDB
+    ]
+    for resource in args.resources:
+        if resource.resource_type != DEPLOYMENT or _replicas(resource.props) < 2:
+            continue
+        namespace = dig(resource.props, "metadata", "namespace")
+        labels = dig(resource.props, "spec", "template", "metadata", "labels") or {}
+        if not any(ns == namespace and _selects(sel, labels) for ns, sel in budgets):
+            name = dig(resource.props, "metadata", "name")
+            report(f"Deployment {name}: no PodDisruptionBudget selects its pods", resource.urn)

@@ -1,0 +1,102 @@
+"""Rules on the cloud clusters' own resources, read from the inputs components/cluster/ sets."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pulumi_policy import ReportViolation, ResourceValidationArgs
+
+from .kube import dig
+from .services import ANYWHERE
+
+GKE_CLUSTER: Final = "gcp:container/cluster:Cluster"
+GKE_NODE_POOL: Final = "gcp:container/nodePool:NodePool"
+# pulumi-eks's components (components/cluster/eks.py) and the AWS resources they, or any other
+# code, create.
+EKS_COMPONENT: Final = "eks:index:Cluster"
+EKS_CLUSTER: Final = "aws:eks/cluster:Cluster"
+EKS_MANAGED_NODE_GROUP: Final = "eks:index:ManagedNodeGroup"
+EKS_NODE_GROUP: Final = "aws:eks/nodeGroup:NodeGroup"
+LAUNCH_TEMPLATE: Final = "aws:ec2/launchTemplate:LaunchTemplate"
+# Every API of the project at the node's service account's rights: any pod that reaches the
+# metadata server holds them.
+CLOUD_PLATFORM_SCOPE: Final = "https://www.googleapis.com/auth/cloud-platform"
+# The Compute Engine default service account (Editor on the project by default).
+DEFAULT_ACCOUNT_SUFFIX: Final = "-compute@developer.gserviceaccount.com"
+
+
+def _node_config_findings(node_config: Any) -> list[str]:
+    account = str(dig(node_config, "serviceAccount") or "")
+    findings = []
+    if account in ("", "default") or account.endswith(DEFAULT_ACCOUNT_SUFFIX):
+        findings.append(
+            f"nodes run as the Compute Engine default service account ({account or 'unset'})"
+        )
+    scopes = list(dig(node_config, "oauthScopes") or ())
+    if CLOUD_PLATFORM_SCOPE in scopes:
+        findings.append(f"nodes hold the {CLOUD_PLATFORM_SCOPE} scope")
+    return findings
+
+
+def check_gke_node_identity(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """GKE nodes run as a service account of their own with narrow scopes."""
+    # A cluster's own nodeConfig describes its default pool, unless that pool is removed.
+    keeps_default_pool = dig(args.props, "removeDefaultNodePool") is not True
+    if args.resource_type == GKE_NODE_POOL or (
+        args.resource_type == GKE_CLUSTER and keeps_default_pool
+    ):
+        node_config = dig(args.props, "nodeConfig")
+    else:
+        return
+    for finding in _node_config_findings(node_config):
+        report(f"{args.name}: {finding}", None)
+
+
+def check_gke_private_nodes(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """GKE nodes have private addresses only: nothing on the internet reaches a kubelet."""
+    if args.resource_type != GKE_CLUSTER:
+        return
+    if dig(args.props, "privateClusterConfig", "enablePrivateNodes") is not True:
+        report(f"{args.name}: privateClusterConfig.enablePrivateNodes is not true", None)
+
+
+def check_eks_secrets_encryption(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """EKS envelope-encrypts Secrets with a KMS key of the stack's."""
+    if args.resource_type == EKS_COMPONENT:
+        if not dig(args.props, "encryptionConfigKeyArn"):
+            report(f"{args.name}: no encryptionConfigKeyArn (Secrets not envelope-encrypted)", None)
+    elif args.resource_type == EKS_CLUSTER:
+        encryption = dig(args.props, "encryptionConfig")
+        if not dig(encryption, "provider", "keyArn") or "secrets" not in list(
+            dig(encryption, "resources") or ()
+        ):
+            report(f"{args.name}: encryptionConfig does not encrypt secrets with a KMS key", None)
+
+
+def check_eks_imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """EKS nodes answer IMDSv2 only (a launch template that requires tokens): a pod tricked into
+    a plain GET cannot read the node's credentials."""
+    if args.resource_type == LAUNCH_TEMPLATE:
+        if dig(args.props, "metadataOptions", "httpTokens") != "required":
+            report(f"{args.name}: metadataOptions.httpTokens is not required (IMDSv1 open)", None)
+    elif args.resource_type in (EKS_MANAGED_NODE_GROUP, EKS_NODE_GROUP) and not dig(
+        args.props, "launchTemplate"
+    ):
+        report(f"{args.name}: no launch template: the nodes get EKS's default, IMDSv1 open", None)
+
+
+def check_eks_endpoint_access(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """The EKS API's public endpoint is off, or admits listed networks only."""
+    if args.resource_type == EKS_COMPONENT:
+        public = dig(args.props, "endpointPublicAccess")
+        cidrs = list(dig(args.props, "publicAccessCidrs") or ())
+    elif args.resource_type == EKS_CLUSTER:
+        public = dig(args.props, "vpcConfig", "endpointPublicAccess")
+        cidrs = list(dig(args.props, "vpcConfig", "publicAccessCidrs") or ())
+    else:
+        return
+    if public is False:
+        return
+    # Unset means on (AWS's default), and no CIDR list means 0.0.0.0/0.
+    if not cidrs or ANYWHERE & set(cidrs):
+        report(f"{args.name}: the public API endpoint admits anyone ({cidrs or 'no CIDRs'})", None)

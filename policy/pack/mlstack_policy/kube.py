@@ -1,0 +1,78 @@
+"""Reading Kubernetes objects as the engine hands them to a policy: their inputs, in the API's own
+(camelCase) field names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+# The workload kinds whose pod template a policy reads, by Pulumi type token.
+POD_TEMPLATE_PATHS: Final[Mapping[str, tuple[str, ...]]] = {
+    "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:ReplicaSet": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+    "kubernetes:core/v1:Pod": ("spec",),
+}
+# Workloads that keep pods running: they need probes (a Job's pod ends by itself).
+LONG_RUNNING: Final = frozenset(
+    {
+        "kubernetes:apps/v1:Deployment",
+        "kubernetes:apps/v1:StatefulSet",
+        "kubernetes:apps/v1:DaemonSet",
+        "kubernetes:apps/v1:ReplicaSet",
+        "kubernetes:core/v1:Pod",
+    }
+)
+SERVICE: Final = "kubernetes:core/v1:Service"
+DEPLOYMENT: Final = "kubernetes:apps/v1:Deployment"
+PDB: Final = "kubernetes:policy/v1:PodDisruptionBudget"
+NAME_LABEL: Final = "app.kubernetes.io/name"
+# Service types that give an address outside the cluster.
+EXTERNAL_SERVICE_TYPES: Final = frozenset({"LoadBalancer", "NodePort"})
+
+
+def dig(value: Any, *path: str) -> Any:
+    """`value[path[0]][path[1]]...`, or None where a level is missing."""
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def pod_spec(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The pod spec a workload's pods are made from; None for anything that is not a workload."""
+    path = POD_TEMPLATE_PATHS.get(resource_type)
+    if path is None:
+        return None
+    spec = dig(props, *path)
+    return spec if isinstance(spec, Mapping) else {}
+
+
+def containers(spec: Mapping[str, Any], *, init: bool = True) -> Iterator[Mapping[str, Any]]:
+    """Every container of a pod spec, the init containers first (with `init`)."""
+    keys = ("initContainers", "containers") if init else ("containers",)
+    for key in keys:
+        for container in spec.get(key) or ():
+            if isinstance(container, Mapping):
+                yield container
+
+
+def where(resource_type: str, props: Mapping[str, Any], container: Mapping[str, Any]) -> str:
+    """`Deployment gateway, container gateway`: where a violation is, as a reviewer reads it."""
+    kind = resource_type.rsplit(":", 1)[-1]
+    name = dig(props, "metadata", "name") or "?"
+    return f"{kind} {name}, container {container.get('name') or '?'}"
+
+
+def app_name(props: Mapping[str, Any]) -> str | None:
+    """The object's `app.kubernetes.io/name` label (gateway, model, database), if any."""
+    name = dig(props, "metadata", "labels", NAME_LABEL)
+    return name if isinstance(name, str) else None
+
+
+def service_type(props: Mapping[str, Any]) -> str:
+    return str(dig(props, "spec", "type") or "ClusterIP")

@@ -1,0 +1,81 @@
+"""Rules on Services: what is reachable from outside the cluster, and how, in production."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pulumi_policy import ReportViolation, ResourceValidationArgs
+
+from .kube import EXTERNAL_SERVICE_TYPES, SERVICE, app_name, dig, service_type
+
+# The model has no authentication of its own, the database only its password: both are reached
+# from inside the cluster alone (the gateway is the only public entry).
+INTERNAL_APPS: Final = frozenset({"model", "database"})
+# Source ranges that admit the whole internet.
+ANYWHERE: Final = frozenset({"0.0.0.0/0", "::/0"})
+GATEWAY: Final = "gateway"
+
+
+def _production(args: ResourceValidationArgs) -> bool:
+    return args.get_config().get("production") is True
+
+
+def _label(props: Mapping[str, Any]) -> str:
+    return f"Service {dig(props, 'metadata', 'name') or '?'}"
+
+
+def check_internal_services(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """No LoadBalancer (nor NodePort) for the model or the database."""
+    if args.resource_type != SERVICE or app_name(args.props) not in INTERNAL_APPS:
+        return
+    kind = service_type(args.props)
+    if kind in EXTERNAL_SERVICE_TYPES:
+        report(
+            f"{_label(args.props)} of {app_name(args.props)} is of type {kind}: "
+            "the model and the database are reached from inside the cluster only (ClusterIP)",
+            None,
+        )
+
+
+def _plain_http_ports(props: Mapping[str, Any]) -> list[str]:
+    found = []
+    for port in dig(props, "spec", "ports") or ():
+        name = str(port.get("name") or "")
+        protocol = str(port.get("appProtocol") or "")
+        if name == "http" or protocol == "http" or port.get("port") == 80:
+            found.append(f"{name or '?'}:{port.get('port')}")
+    return found
+
+
+def check_gateway_edge(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """In production the gateway's public Service admits only the clients' source ranges and
+    speaks TLS (a port named https)."""
+    if not _production(args) or args.resource_type != SERVICE:
+        return
+    if app_name(args.props) != GATEWAY or service_type(args.props) not in EXTERNAL_SERVICE_TYPES:
+        return
+    ranges = list(dig(args.props, "spec", "loadBalancerSourceRanges") or ())
+    if not ranges:
+        report(f"{_label(args.props)}: no loadBalancerSourceRanges (gateway.sourceRanges)", None)
+    elif ANYWHERE & set(ranges):
+        report(f"{_label(args.props)}: loadBalancerSourceRanges admit anyone: {ranges}", None)
+    names = [str(port.get("name") or "") for port in dig(args.props, "spec", "ports") or ()]
+    if "https" not in names:
+        report(f"{_label(args.props)}: no https port (gateway.tls)", None)
+
+
+def check_no_public_plain_http(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """In production no Service on a public address serves plain HTTP: credentials (the API
+    key) and predictions would cross the internet in the clear."""
+    if not _production(args) or args.resource_type != SERVICE:
+        return
+    if service_type(args.props) not in EXTERNAL_SERVICE_TYPES:
+        return
+    ports = _plain_http_ports(args.props)
+    if ports:
+        report(
+            f"{_label(args.props)} of type {service_type(args.props)} serves plain HTTP "
+            f"on {', '.join(ports)}",
+            None,
+        )

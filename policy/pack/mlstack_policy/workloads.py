@@ -1,0 +1,106 @@
+"""Rules on every workload's pod template: restricted Pod Security, sizing, probes, digests."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pulumi_policy import ReportViolation, ResourceValidationArgs
+
+from .kube import LONG_RUNNING, containers, dig, pod_spec, where
+
+# `name@sha256:<64 hex>`: the image a digest names cannot change under the same reference.
+DIGEST: Final = re.compile(r"@sha256:[0-9a-f]{64}$")
+RESOURCES: Final = ("cpu", "memory")
+# References accepted by tag unless a stack's pack config says otherwise: the Docker official
+# postgres image, pinned to an exact release tag (components/database.py DEFAULT_IMAGE says why
+# its digest is not; Checkov's CKV_K8S_43 is skipped for it with the same reason).
+ALLOWED_BY_TAG: Final = ("postgres:17.6-bookworm",)
+
+
+def _effective(
+    pod: Mapping[str, Any], container: Mapping[str, Any], *path: str
+) -> Any:  # the container's own setting wins over the pod's, as the kubelet reads them
+    own = dig(container, "securityContext", *path)
+    return own if own is not None else dig(pod, "securityContext", *path)
+
+
+def check_pod_security(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """The restricted Pod Security Standard, field by field, so a preview names the one that is
+    missing before the namespace's admission refuses the pods (or a laxer namespace admits them)."""
+    spec = pod_spec(args.resource_type, args.props)
+    if spec is None:
+        return
+    if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
+        report(f"{where(args.resource_type, args.props, {})}: shares a host namespace", None)
+    for container in containers(spec):
+        place = where(args.resource_type, args.props, container)
+        if _effective(spec, container, "runAsNonRoot") is not True:
+            report(f"{place}: runAsNonRoot is not true", None)
+        if dig(container, "securityContext", "privileged") is True:
+            report(f"{place}: runs privileged", None)
+        if dig(container, "securityContext", "allowPrivilegeEscalation") is not False:
+            report(f"{place}: allowPrivilegeEscalation is not false", None)
+        if dig(container, "securityContext", "readOnlyRootFilesystem") is not True:
+            report(f"{place}: readOnlyRootFilesystem is not true", None)
+        drop = dig(container, "securityContext", "capabilities", "drop") or []
+        if "ALL" not in list(drop):
+            report(f"{place}: capabilities.drop does not hold ALL", None)
+        added = list(dig(container, "securityContext", "capabilities", "add") or ())
+        if any(c != "NET_BIND_SERVICE" for c in added):
+            report(f"{place}: adds capabilities {added}", None)
+        if _effective(spec, container, "seccompProfile", "type") not in (
+            "RuntimeDefault",
+            "Localhost",
+        ):
+            report(f"{place}: seccompProfile.type is not RuntimeDefault", None)
+
+
+def check_resources(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """CPU and memory requests (what the scheduler places by) and limits (what keeps one pod from
+    starving its neighbours) on every container."""
+    spec = pod_spec(args.resource_type, args.props)
+    if spec is None:
+        return
+    for container in containers(spec):
+        missing = [
+            f"{kind}.{resource}"
+            for kind in ("requests", "limits")
+            for resource in RESOURCES
+            if dig(container, "resources", kind, resource) in (None, "")
+        ]
+        if missing:
+            place = where(args.resource_type, args.props, container)
+            report(f"{place}: no {', '.join(missing)}", None)
+
+
+def check_probes(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """A liveness probe (a hung process is restarted) and a readiness probe (traffic only to a
+    pod that can take it) on every long-running container."""
+    if args.resource_type not in LONG_RUNNING:
+        return
+    spec = pod_spec(args.resource_type, args.props)
+    if spec is None:
+        return
+    for container in containers(spec, init=False):
+        missing = [p for p in ("livenessProbe", "readinessProbe") if not container.get(p)]
+        if missing:
+            place = where(args.resource_type, args.props, container)
+            report(f"{place}: no {' and no '.join(missing)}", None)
+
+
+def check_image_digest(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Images by digest: what was reviewed and scanned is what runs, and a rollback really rolls
+    back. The pack's config declares the references accepted by tag (`allowedImages`)."""
+    spec = pod_spec(args.resource_type, args.props)
+    if spec is None:
+        return
+    allowed = args.get_config().get("allowedImages")
+    allowed = ALLOWED_BY_TAG if allowed is None else tuple(allowed)
+    for container in containers(spec):
+        image = str(container.get("image") or "")
+        if DIGEST.search(image) or image in allowed:
+            continue
+        place = where(args.resource_type, args.props, container)
+        report(f"{place}: image {image!r} is not pinned by digest (name@sha256:...)", None)

@@ -1,0 +1,475 @@
+"""The policy pack (policy/pack): each rule against a resource that passes it and one that
+violates it, its functions called directly; then every stack's program against every mandatory
+rule, with the stack's own pack config."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyCustomTimeouts,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+
+from components import database
+from harness.program import ProgramRun
+from mlstack_policy import availability, clusters, services, workloads
+from mlstack_policy.pack import policies
+
+PACK: Final = Path(__file__).resolve().parents[2] / "policy" / "pack"
+DIGEST: Final = "@sha256:" + "a" * 64
+DEPLOYMENT: Final = "kubernetes:apps/v1:Deployment"
+SERVICE: Final = "kubernetes:core/v1:Service"
+PRODUCTION: Final = {"production": True}
+
+
+def options() -> PolicyResourceOptions:
+    return PolicyResourceOptions(
+        protect=False,
+        ignore_changes=[],
+        delete_before_replace=None,
+        aliases=[],
+        custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
+        additional_secret_outputs=[],
+    )
+
+
+def violations(
+    check: Any,
+    resource_type: str,
+    props: Mapping[str, Any],
+    config: Mapping[str, Any] | None = None,
+) -> list[str]:
+    found: list[str] = []
+
+    def report(message: str, urn: str | None = None) -> None:
+        found.append(message)
+
+    args = ResourceValidationArgs(
+        resource_type, props, f"urn:pulumi:t::p::{resource_type}::x", "x", options(), None, config
+    )
+    check(args, report)
+    return found
+
+
+def container(**overrides: Any) -> dict[str, Any]:
+    """A container as components/microservice.py writes it: passes every workload rule."""
+    found: dict[str, Any] = {
+        "name": "gateway",
+        "image": "registry.example/gateway" + DIGEST,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"cpu": "1", "memory": "256Mi"},
+        },
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}},
+    }
+    found.update(overrides)
+    return found
+
+
+def deployment(*containers: dict[str, Any], replicas: int = 2, **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "gateway", "namespace": "ns", "labels": {"app": "gateway"}},
+        "spec": {
+            "replicas": replicas,
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/name": "gateway"}},
+                "spec": {"containers": list(containers or [container()]), **spec},
+            },
+        },
+    }
+
+
+def service(app: str, kind: str, ports: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": app, "labels": {"app.kubernetes.io/name": app}},
+        "spec": {"type": kind, "ports": ports, **spec},
+    }
+
+
+HTTPS: Final = [{"name": "https", "port": 443}]
+HTTP: Final = [{"name": "http", "port": 80}]
+
+
+def without(path: str) -> dict[str, Any]:
+    """A container missing one field (dotted path)."""
+    found = container()
+    *parents, last = path.split(".")
+    node = found
+    for key in parents:
+        node = node[key]
+    del node[last]
+    return found
+
+
+# --- pod-security-restricted ---------------------------------------------------------------------
+
+
+def test_pod_security_passes_the_restricted_container() -> None:
+    assert violations(workloads.check_pod_security, DEPLOYMENT, deployment()) == []
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("securityContext.runAsNonRoot", "runAsNonRoot is not true"),
+        ("securityContext.readOnlyRootFilesystem", "readOnlyRootFilesystem is not true"),
+        ("securityContext.allowPrivilegeEscalation", "allowPrivilegeEscalation is not false"),
+        ("securityContext.capabilities", "capabilities.drop does not hold ALL"),
+        ("securityContext.seccompProfile", "seccompProfile.type is not RuntimeDefault"),
+    ],
+)
+def test_pod_security_names_each_missing_field(missing: str, message: str) -> None:
+    found = violations(workloads.check_pod_security, DEPLOYMENT, deployment(without(missing)))
+    assert found == [f"Deployment gateway, container gateway: {message}"]
+
+
+def test_pod_security_takes_the_pod_level_non_root_and_seccomp() -> None:
+    bare = without("securityContext.runAsNonRoot")
+    del bare["securityContext"]["seccompProfile"]
+    pod_level = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    props = deployment(bare, securityContext=pod_level)
+    assert violations(workloads.check_pod_security, DEPLOYMENT, props) == []
+
+
+def test_pod_security_reads_init_containers_and_cron_jobs_too() -> None:
+    init = container(name="init", securityContext={})
+    cron = {
+        "spec": {
+            "jobTemplate": {
+                "spec": {
+                    "template": {"spec": {"containers": [container()], "initContainers": [init]}}
+                }
+            }
+        }
+    }
+    found = violations(workloads.check_pod_security, "kubernetes:batch/v1:CronJob", cron)
+    assert len(found) == 5
+    assert all("container init" in message for message in found)
+
+
+# --- container-resources -------------------------------------------------------------------------
+
+
+def test_resources_pass_with_requests_and_limits() -> None:
+    assert violations(workloads.check_resources, DEPLOYMENT, deployment()) == []
+
+
+def test_resources_name_what_is_missing() -> None:
+    props = deployment(without("resources.limits"))
+    assert violations(workloads.check_resources, DEPLOYMENT, props) == [
+        "Deployment gateway, container gateway: no limits.cpu, limits.memory"
+    ]
+
+
+# --- container-probes ----------------------------------------------------------------------------
+
+
+def test_probes_pass_with_liveness_and_readiness() -> None:
+    assert violations(workloads.check_probes, DEPLOYMENT, deployment()) == []
+
+
+def test_probes_missing_readiness_is_a_violation() -> None:
+    props = deployment(without("readinessProbe"))
+    assert violations(workloads.check_probes, DEPLOYMENT, props) == [
+        "Deployment gateway, container gateway: no readinessProbe"
+    ]
+
+
+def test_probes_are_not_asked_of_a_job() -> None:
+    job = {"spec": {"template": {"spec": {"containers": [without("livenessProbe")]}}}}
+    assert violations(workloads.check_probes, "kubernetes:batch/v1:Job", job) == []
+
+
+# --- image-by-digest -----------------------------------------------------------------------------
+
+
+def test_image_by_digest_passes() -> None:
+    assert violations(workloads.check_image_digest, DEPLOYMENT, deployment()) == []
+
+
+def test_image_by_tag_is_a_violation() -> None:
+    props = deployment(container(image="registry.example/gateway:v1"))
+    assert violations(workloads.check_image_digest, DEPLOYMENT, props) == [
+        "Deployment gateway, container gateway: image 'registry.example/gateway:v1' "
+        "is not pinned by digest (name@sha256:...)"
+    ]
+
+
+def test_image_by_tag_passes_as_a_declared_exception() -> None:
+    props = deployment(container(image="localhost:5001/gateway:dev"))
+    config = {"allowedImages": ["localhost:5001/gateway:dev"]}
+    assert violations(workloads.check_image_digest, DEPLOYMENT, props, config) == []
+    other = deployment(container(image="localhost:5001/gateway:dev2"))
+    assert len(violations(workloads.check_image_digest, DEPLOYMENT, other, config)) == 1
+
+
+def test_the_default_exception_is_the_database_default_image_alone() -> None:
+    """The pack cannot import the program; the one tag it accepts by default is the one the
+    program pins (and skips Checkov's digest check for)."""
+    assert workloads.ALLOWED_BY_TAG == (database.DEFAULT_IMAGE,)
+    props = deployment(container(image=database.DEFAULT_IMAGE))
+    assert violations(workloads.check_image_digest, DEPLOYMENT, props) == []
+
+
+# --- no-external-model-or-database-service -------------------------------------------------------
+
+
+@pytest.mark.parametrize("app", ["model", "database"])
+def test_model_and_database_pass_as_cluster_ip(app: str) -> None:
+    props = service(app, "ClusterIP", HTTP)
+    assert violations(services.check_internal_services, SERVICE, props) == []
+
+
+@pytest.mark.parametrize(("app", "kind"), [("model", "LoadBalancer"), ("database", "NodePort")])
+def test_model_or_database_exposed_is_a_violation(app: str, kind: str) -> None:
+    found = violations(services.check_internal_services, SERVICE, service(app, kind, HTTP))
+    assert len(found) == 1
+    assert found[0].startswith(f"Service {app} of {app} is of type {kind}")
+
+
+def test_the_gateway_may_be_a_load_balancer() -> None:
+    props = service("gateway", "LoadBalancer", HTTP)
+    assert violations(services.check_internal_services, SERVICE, props) == []
+
+
+# --- gateway-edge-in-production ------------------------------------------------------------------
+
+
+def test_gateway_edge_passes_with_ranges_and_https() -> None:
+    props = service("gateway", "LoadBalancer", HTTPS, loadBalancerSourceRanges=["203.0.113.0/24"])
+    assert violations(services.check_gateway_edge, SERVICE, props, PRODUCTION) == []
+
+
+def test_gateway_edge_without_ranges_or_tls_is_a_violation_in_production() -> None:
+    props = service("gateway", "LoadBalancer", HTTP)
+    assert violations(services.check_gateway_edge, SERVICE, props, PRODUCTION) == [
+        "Service gateway: no loadBalancerSourceRanges (gateway.sourceRanges)",
+        "Service gateway: no https port (gateway.tls)",
+    ]
+    assert violations(services.check_gateway_edge, SERVICE, props) == []
+
+
+def test_gateway_edge_open_to_anyone_is_a_violation() -> None:
+    props = service("gateway", "LoadBalancer", HTTPS, loadBalancerSourceRanges=["0.0.0.0/0"])
+    found = violations(services.check_gateway_edge, SERVICE, props, PRODUCTION)
+    assert found == ["Service gateway: loadBalancerSourceRanges admit anyone: ['0.0.0.0/0']"]
+
+
+# --- no-public-plain-http-in-production ----------------------------------------------------------
+
+
+def test_public_https_passes_and_internal_http_is_left_alone() -> None:
+    check = services.check_no_public_plain_http
+    assert violations(check, SERVICE, service("gateway", "LoadBalancer", HTTPS), PRODUCTION) == []
+    assert violations(check, SERVICE, service("model", "ClusterIP", HTTP), PRODUCTION) == []
+
+
+def test_public_plain_http_is_a_violation_in_production() -> None:
+    props = service("gateway", "LoadBalancer", HTTP)
+    check = services.check_no_public_plain_http
+    assert violations(check, SERVICE, props, PRODUCTION) == [
+        "Service gateway of type LoadBalancer serves plain HTTP on http:80"
+    ]
+
+
+# --- cloud clusters ------------------------------------------------------------------------------
+
+POOL: Final[dict[str, Any]] = {
+    "nodeConfig": {
+        "serviceAccount": "nodes@p.iam.gserviceaccount.com",
+        "oauthScopes": ["https://www.googleapis.com/auth/logging.write"],
+    }
+}
+
+
+def test_gke_node_identity_passes_with_an_own_account_and_narrow_scopes() -> None:
+    assert violations(clusters.check_gke_node_identity, clusters.GKE_NODE_POOL, POOL) == []
+
+
+def test_gke_default_account_and_cloud_platform_scope_are_violations() -> None:
+    pool = copy.deepcopy(POOL)
+    pool["nodeConfig"]["serviceAccount"] = "123-compute@developer.gserviceaccount.com"
+    pool["nodeConfig"]["oauthScopes"] = [clusters.CLOUD_PLATFORM_SCOPE]
+    found = violations(clusters.check_gke_node_identity, clusters.GKE_NODE_POOL, pool)
+    assert len(found) == 2
+    assert "default service account" in found[0]
+    assert "cloud-platform" in found[1]
+
+
+def test_gke_cluster_keeping_its_default_pool_is_held_to_the_same() -> None:
+    cluster = {"removeDefaultNodePool": False, "nodeConfig": {}}
+    found = violations(clusters.check_gke_node_identity, clusters.GKE_CLUSTER, cluster)
+    assert found == ["x: nodes run as the Compute Engine default service account (unset)"]
+
+
+def test_gke_private_nodes() -> None:
+    private = {"privateClusterConfig": {"enablePrivateNodes": True}}
+    assert violations(clusters.check_gke_private_nodes, clusters.GKE_CLUSTER, private) == []
+    assert violations(clusters.check_gke_private_nodes, clusters.GKE_CLUSTER, {}) == [
+        "x: privateClusterConfig.enablePrivateNodes is not true"
+    ]
+
+
+def test_eks_secrets_encryption() -> None:
+    check = clusters.check_eks_secrets_encryption
+    keyed = {"encryptionConfigKeyArn": "arn:aws:kms:eu-west-1:1:key/k"}
+    assert violations(check, clusters.EKS_COMPONENT, keyed) == []
+    assert len(violations(check, clusters.EKS_COMPONENT, {})) == 1
+    raw = {"encryptionConfig": {"provider": {"keyArn": "arn"}, "resources": ["secrets"]}}
+    assert violations(check, clusters.EKS_CLUSTER, raw) == []
+    assert len(violations(check, clusters.EKS_CLUSTER, {"encryptionConfig": {}})) == 1
+
+
+def test_eks_imdsv2() -> None:
+    check = clusters.check_eks_imdsv2
+    required = {"metadataOptions": {"httpTokens": "required"}}
+    assert violations(check, clusters.LAUNCH_TEMPLATE, required) == []
+    optional = {"metadataOptions": {"httpTokens": "optional"}}
+    assert len(violations(check, clusters.LAUNCH_TEMPLATE, optional)) == 1
+    group = {"launchTemplate": {"id": "lt-1", "version": "1"}}
+    assert violations(check, clusters.EKS_MANAGED_NODE_GROUP, group) == []
+    assert len(violations(check, clusters.EKS_NODE_GROUP, {})) == 1
+
+
+@pytest.mark.parametrize(
+    ("props", "passes"),
+    [
+        ({"endpointPublicAccess": False}, True),
+        ({"endpointPublicAccess": True, "publicAccessCidrs": ["192.0.2.0/28"]}, True),
+        ({"endpointPublicAccess": True}, False),
+        ({"publicAccessCidrs": ["0.0.0.0/0"]}, False),
+    ],
+)
+def test_eks_endpoint_access(props: dict[str, Any], passes: bool) -> None:
+    found = violations(clusters.check_eks_endpoint_access, clusters.EKS_COMPONENT, props)
+    assert (found == []) is passes
+
+
+# --- advisory ------------------------------------------------------------------------------------
+
+
+def test_replicas_in_production() -> None:
+    check = availability.check_replicas_in_production
+    assert violations(check, DEPLOYMENT, deployment(replicas=2), PRODUCTION) == []
+    assert violations(check, DEPLOYMENT, deployment(replicas=1), PRODUCTION) == [
+        "Deployment gateway: 1 replica(s), fewer than 2"
+    ]
+    assert violations(check, DEPLOYMENT, deployment(replicas=1)) == []
+
+
+def test_topology_spread() -> None:
+    check = availability.check_topology_spread
+    spread = deployment(topologySpreadConstraints=[{"maxSkew": 1}])
+    assert violations(check, DEPLOYMENT, spread) == []
+    assert violations(check, DEPLOYMENT, deployment()) == [
+        "Deployment gateway: 2 replicas and no spread"
+    ]
+    assert violations(check, DEPLOYMENT, deployment(replicas=1)) == []
+
+
+def stack_resource(resource_type: str, props: Mapping[str, Any], name: str) -> PolicyResource:
+    return PolicyResource(resource_type, props, f"urn:{name}", name, options(), None, None, [], {})
+
+
+def test_disruption_budgets() -> None:
+    budget = {
+        "metadata": {"namespace": "ns"},
+        "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}},
+    }
+    workload = stack_resource(DEPLOYMENT, deployment(), "gateway")
+    found: list[str] = []
+
+    def report(message: str, urn: str | None = None) -> None:
+        found.append(message)
+
+    with_budget = [
+        workload,
+        stack_resource("kubernetes:policy/v1:PodDisruptionBudget", budget, "b"),
+    ]
+    availability.check_disruption_budgets(StackValidationArgs(with_budget), report)
+    assert found == []
+    availability.check_disruption_budgets(StackValidationArgs([workload]), report)
+    assert found == ["Deployment gateway: no PodDisruptionBudget selects its pods"]
+
+
+# --- the pack as a whole -------------------------------------------------------------------------
+
+
+def test_every_rule_the_issue_names_is_in_the_pack_with_its_enforcement() -> None:
+    levels = {policy.name: policy.enforcement_level for policy in policies()}
+    mandatory = {name for name, level in levels.items() if level == EnforcementLevel.MANDATORY}
+    assert mandatory == {
+        "pod-security-restricted",
+        "container-resources",
+        "container-probes",
+        "image-by-digest",
+        "no-external-model-or-database-service",
+        "gateway-edge-in-production",
+        "no-public-plain-http-in-production",
+        "gke-node-identity",
+        "gke-private-nodes",
+        "eks-secrets-encryption",
+        "eks-imdsv2",
+        "eks-endpoint-access",
+    }
+    assert set(levels) - mandatory == {
+        "replicas-in-production",
+        "topology-spread",
+        "pod-disruption-budget",
+    }
+
+
+def pack_config(stack: str) -> dict[str, Any]:
+    path = PACK / "config" / f"{stack}.json"
+    found: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    return found
+
+
+def test_pack_config_files_name_only_policies_of_the_pack() -> None:
+    names = {policy.name for policy in policies()}
+    for path in (PACK / "config").glob("*.json"):
+        assert set(json.loads(path.read_text())) <= names, path.name
+
+
+def test_every_stack_passes_every_rule_of_the_pack(stack_run: ProgramRun) -> None:
+    """What the program registers for each stack, held to the pack with the stack's config:
+    mandatory and advisory rules alike pass (so an advisory finding is news, not noise)."""
+    config = pack_config(stack_run.stack)
+    found: list[str] = []
+    for policy in policies():
+        settings = config.get(policy.name) or {}
+        if isinstance(policy, ResourceValidationPolicy):
+            for resource in stack_run.resources:
+                for message in violations(
+                    policy.validate, resource.type, resource.inputs, settings
+                ):
+                    found.append(f"{policy.name}: {message}")
+        elif isinstance(policy, StackValidationPolicy):
+            resources = [stack_resource(r.type, r.inputs, r.name) for r in stack_run.resources]
+            name = policy.name
+
+            def report(message: str, urn: str | None = None, name: str = name) -> None:
+                found.append(f"{name}: {message}")
+
+            policy.validate(StackValidationArgs(resources, settings), report)
+    assert found == []
