@@ -19,13 +19,18 @@ stack: venv ## select (or create) $(STACK) and generate its secrets on first use
 	  }; \
 	done
 
+# The project's policy pack (README, "Policy gates"), with the stack's settings when it has any.
+POLICY_PACK := policy/pack
+POLICY_CONFIG = $(wildcard $(POLICY_PACK)/config/$(STACK).json)
+POLICY_FLAGS = --policy-pack $(POLICY_PACK) $(if $(POLICY_CONFIG),--policy-pack-config $(POLICY_CONFIG))
+
 .PHONY: up
-up: stack ## pulumi up the stack (default dev: k3s in Docker on this machine)
-	$(PULUMI) up --stack $(STACK) --yes
+up: stack ## pulumi up the stack (default dev: k3s in Docker on this machine), held to the policy pack
+	$(PULUMI) up --stack $(STACK) --yes $(POLICY_FLAGS)
 
 .PHONY: preview
-preview: stack ## pulumi preview --diff of the stack
-	$(PULUMI) preview --stack $(STACK) --diff
+preview: stack ## pulumi preview --diff of the stack, held to the policy pack
+	$(PULUMI) preview --stack $(STACK) --diff $(POLICY_FLAGS)
 
 .PHONY: failover
 failover: stack ## make a standby of $(STACK)'s PostgreSQL the primary (TO=<instance>; README "Failover")

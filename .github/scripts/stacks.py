@@ -38,7 +38,7 @@ CI_STACKS: Final = ("staging", "prod")
 REVIEWED_STACKS: Final = ("prod",)
 # A change to any of these affects every stack; `Pulumi.<stack>.yaml` affects its own stack.
 SHARED_FILES: Final = ("Pulumi.yaml", "__main__.py", "requirements.txt", "requirements-cloud.txt")
-SHARED_DIRS: Final = ("components/", "services/")
+SHARED_DIRS: Final = ("components/", "services/", "policy/pack/")
 REVIEW_STACK: Final = re.compile(r"^pr-[1-9][0-9]*$")
 _ECR: Final = re.compile(r"^[0-9]{12}\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com$")
 _GOOGLE_REGISTRY: Final = re.compile(r"^([a-z0-9-]+-docker\.pkg\.dev|([a-z]+\.)?gcr\.io)$")

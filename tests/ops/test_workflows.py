@@ -195,6 +195,8 @@ def test_deploy_runs_for_exactly_the_changes_that_affect_a_stack() -> None:
         "requirements.txt",
         "components/app.py",
         "services/gateway/Dockerfile",
+        "policy/pack/mlstack_policy/workloads.py",
+        "policy/checkov/numeric_user.py",
         "README.md",
         "Pulumi.dev.yaml",
         "tests/ops/test_workflows.py",
@@ -312,6 +314,45 @@ def test_the_cli_is_the_release_requirements_txt_pins() -> None:
 
 
 # --- deploys ------------------------------------------------------------------------------------
+
+
+# --- the policy pack ---------------------------------------------------------------------------
+
+
+def test_every_preview_and_update_runs_the_policy_pack_with_its_stack_s_config() -> None:
+    """A mandatory violation fails the step (and shows in the PR comment's summary); the
+    settings file each job passes exists for every stack the job can run."""
+    runs = [
+        (job, step)
+        for name in ("preview.yml", "deploy.yml")
+        for job in workflow(name)["jobs"].values()
+        for step in pulumi_steps(job)
+    ]
+    assert len(runs) == 4
+    assert (ROOT / "policy/pack/PulumiPolicy.yaml").is_file()
+    for job, step in runs:
+        given = step["with"]
+        assert given["policyPacks"] == "policy/pack"
+        for stack in job_stacks(job):
+            config = given["policyPackConfigs"].replace("${{ matrix.stack }}", stack)
+            assert config == f"policy/pack/config/{stack}.json"
+            assert (ROOT / config).is_file(), config
+
+
+def test_make_preview_and_up_run_the_policy_pack() -> None:
+    for target, stack, config in [
+        ("preview", "prod", " --policy-pack-config policy/pack/config/prod.json"),
+        ("up", "dev", ""),
+    ]:
+        dry = subprocess.run(
+            ["make", "-n", "--no-print-directory", target, f"STACK={stack}", "PULUMI=pulumi"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        (command,) = [line for line in dry.splitlines() if line.startswith(f"pulumi {target} ")]
+        assert command.rstrip().endswith(f"--policy-pack policy/pack{config}"), command
 
 
 def test_main_goes_to_staging_then_to_prod_behind_an_approval() -> None:
