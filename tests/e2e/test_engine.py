@@ -938,6 +938,40 @@ def test_6_bad_config_fails_with_the_same_one_line_error_as_under_mocks(
         workspace.run("stack", "rm", "e2e-bad-config", "--yes", "--force", check=False)
 
 
+POLICY_PACK = ROOT / "policy" / "pack"
+
+
+def by_tag(ref: str) -> str:
+    """The same image by a tag instead of its digest: what a pull request might write."""
+    name = ref.split("@", 1)[0]
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:e2e"
+
+
+def test_6b_the_policy_pack_passes_the_stack_and_stops_an_image_by_tag(
+    workspace: PulumiWorkspace, control_plane: ControlPlane
+) -> None:
+    """`pulumi preview --policy-pack` on the real engine: the stack as configured passes every
+    mandatory rule; the same stack with the model's image given by tag (config a pull request
+    can change; the program accepts it) fails the preview with the rule's name and message."""
+    config = stack_config(control_plane)
+    workspace.init_stack("e2e-policy", config, SECRETS)
+    try:
+        pack = ("--policy-pack", str(POLICY_PACK))
+        clean = workspace.run("preview", "--stack", "e2e-policy", *pack)
+        assert "mlstack@v" in clean.output, clean.output  # the pack ran
+        assert "[mandatory]" not in clean.output, clean.output
+
+        tagged = by_tag(config["mlstack:images"]["model"])
+        workspace.set_config("e2e-policy", "mlstack:images.model", tagged)
+        stopped = workspace.run("preview", "--stack", "e2e-policy", *pack, check=False)
+        assert stopped.returncode != 0, stopped.output
+        violation = [line for line in stopped.output.splitlines() if "[mandatory]" in line]
+        assert any("image-by-digest" in line for line in violation), stopped.output
+        assert f"image {tagged!r} is not pinned by digest" in stopped.output, stopped.output
+    finally:
+        workspace.run("stack", "rm", "e2e-policy", "--yes", "--force", check=False)
+
+
 def live_secrets_instead(rendered: list[Path], captured: Path) -> list[str]:
     """The rendered files with each Secret (rendered redacted) replaced by the live Secrets that
     test 2 captured: the values `pulumi up` wrote, applied right after the Namespace."""
