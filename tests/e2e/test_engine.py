@@ -815,7 +815,8 @@ def test_4y_drift_check_is_clean_then_names_an_out_of_band_scale_then_clean_afte
     )
     drifted = drift_check(workspace)
     assert drifted.returncode == 1, drifted.stdout + drifted.stderr
-    assert "  kubernetes:apps/v1:Deployment gateway: changed" in drifted.stdout, drifted.stdout
+    named = "  kubernetes:apps/v1:Deployment mlstack-gateway: changed"
+    assert named in drifted.stdout, drifted.stdout
     assert f"    spec.replicas: {replicas} => {replicas + 1}" in drifted.stdout, drifted.stdout
 
     # `up` alone diffs the program against the state, which has not seen the scale.
