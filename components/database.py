@@ -29,17 +29,12 @@ DB_NAME: Final = "mlstack"
 REPLICATION_USER: Final = "replicator"
 MAX_REPLICAS: Final = 5
 # Pinned; bump deliberately (a major version needs a dump and restore). `images.database`
-# replaces it (a mirror, or the same release by digest).
+# replaces it (a mirror, or the same release by digest). The Docker official image is pinned to
+# an exact release tag, not a digest: its digest is not verifiable from where mlstack is built,
+# and imagePullPolicy Always (pod.pull_policy) makes every node resolve that tag at the registry.
+# It is the policy pack's one declared exception to image-by-digest (its allowedImages); an image
+# given by digest needs none, and its pull policy turns to IfNotPresent.
 DEFAULT_IMAGE: Final = "postgres:17.6-bookworm"
-# The one Checkov check the default image does not pass, and why (rendered as a checkov.io/skip
-# annotation; Checkov splits it at "=", so the reason must not contain one). An image given by
-# digest needs no skip, and pod.pull_policy then turns to IfNotPresent.
-IMAGE_DIGEST_SKIP: Final = (
-    "CKV_K8S_43",
-    "the Docker official postgres image is pinned to an exact release tag (17.6-bookworm); "
-    "its digest is not verifiable from where mlstack is built, and imagePullPolicy Always "
-    "makes every node resolve that tag at the registry",
-)
 # The StatefulSets' governing Service: headless, it gives each pod a stable DNS name
 # (database-0.database-headless...), published before the pod is ready so that peers can find it.
 HEADLESS_NAME: Final = f"{NAME}-headless"
@@ -218,8 +213,6 @@ class Database(pulumi.ComponentResource):
             # None: the cluster's default StorageClass.
             "storage_class_name": args.storage_class,
         }
-        check, reason = IMAGE_DIGEST_SKIP
-        skips = {} if "@sha256:" in args.image else {"checkov.io/skip1": f"{check}={reason}"}
         self.instances = []
         for index in range(args.replicas):
             role: Literal["primary", "standby"] = "primary" if index == args.primary else "standby"
@@ -283,7 +276,6 @@ class Database(pulumi.ComponentResource):
                         # `pulumi up` takes the field back.
                         "pulumi.com/patchForce": "true",
                         **rollout.await_stateful_set(),
-                        **skips,
                     },
                 },
                 spec=spec,

@@ -6,7 +6,8 @@
 For each stack: its Kubernetes objects are rendered to build/manifests/<stack>/ (tools.render),
 each object is validated against the Kubernetes OpenAPI schemas in strict mode (no unknown field)
 for the oldest and the newest Kubernetes version the project supports, and Checkov's Kubernetes
-checks run over them. The services' Dockerfiles go through Checkov's dockerfile and secrets
+checks run over them, but for those that repeat a rule of the policy pack (PACK_OWNED). The
+services' Dockerfiles go through Checkov's dockerfile and secrets
 frameworks plus mlstack's own checks (policy/checkov/). A table per stack follows. Any schema
 error, failed check (manifest or Dockerfile), skip without a reason, or check of mlstack's own
 that reported nothing makes the exit status 1.
@@ -38,6 +39,38 @@ KUBERNETES_VERSIONS: Final = ("1.31", "1.37")
 DEFAULT_CHECKOV: Final = ROOT / ".venv-checkov" / "bin" / "checkov"
 # What Checkov records for a skip (annotation or comment) that gives no reason.
 NO_REASON: Final = "No comment provided"
+# Checkov's Kubernetes checks that repeat a mandatory rule of the policy pack (policy/pack), each
+# with the rule that owns it. The pack holds what the engine plans to those rules on every stack,
+# at preview and up; the gate skips these checks so that each rule lives in one place (README,
+# "Policy gates"). Each rule is as strict as the checks it takes, or stricter, but where the
+# restricted Pod Security Standard itself allows more (adding NET_BIND_SERVICE, a Localhost
+# seccomp profile). tests/unit/test_pack_owns_checkov_rules.py breaks a resource of the program
+# for each check below and shows that its rule fails it.
+PACK_OWNED: Final = {
+    "CKV_K8S_8": "container-probes",  # liveness probe
+    "CKV_K8S_9": "container-probes",  # readiness probe
+    "CKV_K8S_10": "container-resources",  # CPU requests
+    "CKV_K8S_11": "container-resources",  # CPU limits
+    "CKV_K8S_12": "container-resources",  # memory requests
+    "CKV_K8S_13": "container-resources",  # memory limits
+    "CKV_K8S_43": "image-by-digest",  # image by digest
+    "CKV_K8S_16": "pod-security-restricted",  # not privileged
+    "CKV_K8S_17": "pod-security-restricted",  # no host PID namespace
+    "CKV_K8S_18": "pod-security-restricted",  # no host IPC namespace
+    "CKV_K8S_19": "pod-security-restricted",  # no host network namespace
+    "CKV_K8S_20": "pod-security-restricted",  # no allowPrivilegeEscalation
+    "CKV_K8S_22": "pod-security-restricted",  # read-only root filesystem
+    "CKV_K8S_23": "pod-security-restricted",  # no root container (runAsNonRoot)
+    "CKV_K8S_25": "pod-security-restricted",  # no capability added
+    "CKV_K8S_28": "pod-security-restricted",  # NET_RAW dropped
+    "CKV_K8S_30": "pod-security-restricted",  # a container securityContext
+    "CKV_K8S_31": "pod-security-restricted",  # seccomp RuntimeDefault
+    "CKV_K8S_37": "pod-security-restricted",  # every capability dropped
+    "CKV_K8S_39": "pod-security-restricted",  # no SYS_ADMIN added
+}
+MANIFEST_SKIPS: Final = {
+    check_id: f"owned by the policy pack rule {rule}" for check_id, rule in PACK_OWNED.items()
+}
 # mlstack's own Dockerfile checks, loaded with --external-checks-dir. Each must report on every
 # Dockerfile: Checkov only logs a check that fails to load, and a silent check passes nothing.
 POLICY_CHECKS: Final = ROOT / "policy" / "checkov"
@@ -50,7 +83,8 @@ CUSTOM_DOCKERFILE_CHECKS: Final = {
 # skip in one Dockerfile is a `# checkov:skip=<id>:<reason>` comment in it.)
 DOCKERFILE_SKIPS: Final = {
     "CKV_DOCKER_2": "HEALTHCHECK: the images run only on Kubernetes, which ignores it; the"
-    " Deployments' liveness and readiness probes take its place (CKV_K8S_8, CKV_K8S_9)",
+    " Deployments' liveness and readiness probes take its place (the policy pack rule"
+    " container-probes)",
 }
 
 
@@ -277,7 +311,8 @@ def scan(
         all_files.extend(files)
     version = ""
     if all_files:
-        version, results = run_checkov(checkov, all_files)
+        options = ["--skip-check", ",".join(MANIFEST_SKIPS)]
+        version, results = run_checkov(checkov, all_files, options=options)
         for status, checks in results.items():
             for check in checks:
                 stack = by_folder[check.path.parent]
@@ -342,6 +377,8 @@ def table(report: Report) -> str:
             f"  {s.stack}: {c.check_id} skipped on {c.resource} without a reason"
             for c in s.unexplained_skips
         ]
+    lines += ["", "skipped on every manifest (each rule in one place: README, Policy gates):"]
+    lines += [f"  {check_id}: {reason}" for check_id, reason in MANIFEST_SKIPS.items()]
     lines += ["", *_dockerfile_lines(report.dockerfiles)]
     problems += _dockerfile_problems(report.dockerfiles)
     if problems:

@@ -1,9 +1,12 @@
-"""The gate fails on a regression: each mutation of a good render below must be reported.
+"""The gate fails on a regression of what it owns: each mutation of a good render below must be
+reported, and one the policy pack owns must not be reported twice.
 
 One Checkov run covers them all: a copy of the prod render with
-- the gateway's readiness probe removed,
-- a privileged container that may escalate privileges in the model,
-- the model's liveness probe removed under a `checkov.io/skip` that gives no reason,
+- the model running as a low uid with the service account token mounted (Checkov's),
+- the gateway's token mounted under a `checkov.io/skip` that gives no reason,
+- the gateway's readiness probe removed and the model privileged, allowed to escalate (the pack's
+  rules container-probes and pod-security-restricted: tests/unit/test_pack_owns_checkov_rules.py
+  shows the pack failing these very changes),
 - a field Kubernetes does not know and a string where an integer belongs (strict schemas).
 """
 
@@ -31,16 +34,23 @@ def container(document: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def no_readiness(document: dict[str, Any]) -> None:
+def pod(document: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = document["spec"]["template"]["spec"]
+    return found
+
+
+def token_skipped_without_reason_and_no_readiness(document: dict[str, Any]) -> None:
+    pod(document)["automountServiceAccountToken"] = True
+    document["metadata"]["annotations"] = {"checkov.io/skip1": "CKV_K8S_38"}
     del container(document)["readinessProbe"]
 
 
-def privileged_without_liveness(document: dict[str, Any]) -> None:
+def low_uid_with_token_and_privileged(document: dict[str, Any]) -> None:
+    pod(document)["automountServiceAccountToken"] = True
     context = container(document)["securityContext"]
+    context["runAsUser"] = 1000
     context["privileged"] = True
     context["allowPrivilegeEscalation"] = True
-    del container(document)["livenessProbe"]
-    document["metadata"]["annotations"] = {"checkov.io/skip1": "CKV_K8S_8"}
 
 
 def unknown_field_and_string_port(document: dict[str, Any]) -> None:
@@ -57,8 +67,8 @@ def broken(
 ) -> policy.StackReport:
     folder = tmp_path_factory.mktemp("broken") / "prod"
     shutil.copytree(manifests_dir / "prod", folder)
-    mutate(folder / "deployment-gateway.yaml", no_readiness)
-    mutate(folder / "deployment-model.yaml", privileged_without_liveness)
+    mutate(folder / "deployment-gateway.yaml", token_skipped_without_reason_and_no_readiness)
+    mutate(folder / "deployment-model.yaml", low_uid_with_token_and_privileged)
     mutate(folder / "service-database.yaml", unknown_field_and_string_port)
     reports, _ = policy.scan({"prod": folder}, checkov)
     return reports[0]
@@ -68,18 +78,20 @@ def failed(found: policy.StackReport) -> set[tuple[str, str]]:
     return {(c.check_id, c.resource) for c in found.failed}
 
 
-def test_a_missing_readiness_probe_fails(broken: policy.StackReport) -> None:
-    assert ("CKV_K8S_9", "Deployment.mlstack-prod.gateway") in failed(broken)
+def test_a_low_uid_and_a_mounted_token_fail(broken: policy.StackReport) -> None:
+    assert ("CKV_K8S_40", "Deployment.mlstack-prod.model") in failed(broken)
+    assert ("CKV_K8S_38", "Deployment.mlstack-prod.model") in failed(broken)
 
 
-def test_a_privileged_container_fails(broken: policy.StackReport) -> None:
-    assert ("CKV_K8S_16", "Deployment.mlstack-prod.model") in failed(broken)
-    assert ("CKV_K8S_20", "Deployment.mlstack-prod.model") in failed(broken)
+def test_what_the_pack_owns_is_not_reported_twice(broken: policy.StackReport) -> None:
+    """No probe, privileged, escalating: the pack's to fail (see the module's docstring)."""
+    assert {check_id for check_id, _ in failed(broken)}.isdisjoint(policy.PACK_OWNED)
+    assert {check_id for check_id, _ in failed(broken)} == {"CKV_K8S_38", "CKV_K8S_40"}
 
 
 def test_a_skip_without_a_reason_fails(broken: policy.StackReport) -> None:
     assert [(c.check_id, c.resource) for c in broken.unexplained_skips] == [
-        ("CKV_K8S_8", "Deployment.mlstack-prod.model")
+        ("CKV_K8S_38", "Deployment.mlstack-prod.gateway")
     ]
 
 
@@ -94,7 +106,7 @@ def test_the_gate_reports_failure(report: policy.Report, broken: policy.StackRep
     failing = policy.Report([broken], report.dockerfiles, report.checkov_version)
     assert not failing.ok
     shown = policy.table(failing)
-    assert "CKV_K8S_9" in shown
+    assert "CKV_K8S_40 " in shown
     assert "without a reason" in shown
     assert shown.rstrip().endswith("policy: FAILED")
 

@@ -285,10 +285,10 @@ def test_prebuilt_images_are_deployed_exactly_as_given() -> None:
         assert container(run.one("Deployment", name))["image"] == ref
 
 
-def test_the_database_image_by_digest_needs_no_policy_skip() -> None:
+def test_the_database_image_by_digest_is_pulled_if_not_present() -> None:
     default = run_program("dev").one("StatefulSet", "database")
     assert container(default)["image"] == "postgres:17.6-bookworm"
-    assert "checkov.io/skip1" in default.metadata["annotations"]
+    assert container(default)["imagePullPolicy"] == "Always"
     mirrored = "registry.internal/postgres:17.6-bookworm@sha256:" + "c" * 64
     config = stack_config("dev")
     config["mlstack:images"] = {**config["mlstack:images"], "database": mirrored}
@@ -296,7 +296,6 @@ def test_the_database_image_by_digest_needs_no_policy_skip() -> None:
     database = run.one("StatefulSet", "database")
     assert container(database)["image"] == mirrored
     assert container(database)["imagePullPolicy"] == "IfNotPresent"
-    assert "checkov.io/skip1" not in database.metadata["annotations"]
     assert run.outputs["images"]["database"] == mirrored
 
 

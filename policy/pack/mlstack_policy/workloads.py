@@ -15,7 +15,8 @@ DIGEST: Final = re.compile(r"@sha256:[0-9a-f]{64}$")
 RESOURCES: Final = ("cpu", "memory")
 # References accepted by tag unless a stack's pack config says otherwise: the Docker official
 # postgres image, pinned to an exact release tag (components/database.py DEFAULT_IMAGE says why
-# its digest is not; Checkov's CKV_K8S_43 is skipped for it with the same reason).
+# its digest is not). This is the only exception anywhere: `make policy` leaves digests to this
+# rule (tools/policy.py PACK_OWNED).
 ALLOWED_BY_TAG: Final = ("postgres:17.6-bookworm",)
 
 
