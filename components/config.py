@@ -31,6 +31,9 @@ SERVICE_TYPES: Final[tuple[ServiceType, ...]] = ("LoadBalancer", "ClusterIP", "N
 # The trained models the model image carries; the newest is the default.
 MODEL_VERSIONS: Final = ("v1", "v2")
 MAX_REPLICAS: Final = 1000
+# The most replicas an autoscaler may run of one service: a ceiling that a runaway metric (or a
+# flood) cannot push past, well under what one namespace's quota would hold.
+MAX_AUTOSCALED_REPLICAS: Final = 20
 # The digest key's minimum length: what `make up` generates (24 random bytes, URL-safe base64).
 SECRETS_DIGEST_KEY_CHARACTERS: Final = 32
 # The exit code that tells Pulumi's language host "the user has been shown the error": the CLI
@@ -122,9 +125,23 @@ ClusterConfig: TypeAlias = LocalCluster | ExistingCluster | GkeCluster | EksClus
 
 
 @dataclass(frozen=True)
+class Autoscaling:
+    """A HorizontalPodAutoscaler on CPU: between the service's `replicas` (the floor) and
+    `max_replicas`, aiming at `cpu_utilization` percent of the pods' CPU requests."""
+
+    max_replicas: int
+    cpu_utilization: int = 70
+    # How long the HPA keeps the highest recommendation of the window before scaling down
+    # (Kubernetes' default: 300).
+    scale_down_stabilization_seconds: int = 300
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     replicas: int
     service_type: ServiceType
+    # None: `replicas` is a fixed count.
+    autoscaling: Autoscaling | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +165,7 @@ class GatewayConfig(ServiceConfig):
 
 @dataclass(frozen=True)
 class ModelConfig(ServiceConfig):
-    version: str
+    version: str = MODEL_VERSIONS[-1]
 
 
 @dataclass(frozen=True)
@@ -201,8 +218,15 @@ class StackConfig:
 
 # Every key the program understands, with the sub-keys of the structured ones.
 _OBJECT_KEYS: Final[dict[str, tuple[str, ...]]] = {
-    "gateway": ("replicas", "serviceType", "tls", "sourceRanges", "metricsNamespaces"),
-    "model": ("replicas", "serviceType", "version"),
+    "gateway": (
+        "replicas",
+        "autoscaling",
+        "serviceType",
+        "tls",
+        "sourceRanges",
+        "metricsNamespaces",
+    ),
+    "model": ("replicas", "autoscaling", "serviceType", "version"),
     "database": ("replicas", "primary", "synchronousCommit", "storageSize", "storageClass"),
     "images": ("build", "registry", "gateway", "model", "database"),
     "dns": ("namespace", "podLabels"),
@@ -242,6 +266,7 @@ _SCALAR_KEYS: Final = (
     "gatewayTlsKey",
 )
 _TLS_KEYS: Final = ("secretName",)
+_AUTOSCALING_KEYS: Final = ("maxReplicas", "cpuUtilization", "scaleDownStabilizationSeconds")
 KNOWN_KEYS: Final = ("cluster", *_OBJECT_KEYS, *_SCALAR_KEYS)
 
 
@@ -333,6 +358,43 @@ class _Section:
 
 def _replicas(section: _Section, default: int) -> int:
     return section.integer("replicas", default, 1, MAX_REPLICAS)
+
+
+def _autoscaling(section: _Section, replicas: int) -> Autoscaling | None:
+    """`<service>.autoscaling`: absent (or null) for a fixed count; `replicas` is then the floor.
+    The default ceiling is three times the floor, within MAX_AUTOSCALED_REPLICAS."""
+    if section.raw.get("autoscaling") is None:
+        return None
+    scaling = _Section(section.path("autoscaling"), section.raw["autoscaling"], _AUTOSCALING_KEYS)
+    if replicas > MAX_AUTOSCALED_REPLICAS:
+        raise _fail(
+            section.path("replicas"),
+            replicas,
+            f"under autoscaling, replicas is the floor and the ceiling is at most "
+            f"{MAX_AUTOSCALED_REPLICAS}; expected a whole number from 1 to "
+            f"{MAX_AUTOSCALED_REPLICAS}",
+        )
+    default_max = min(MAX_AUTOSCALED_REPLICAS, 3 * replicas)
+    maximum = scaling.raw.get("maxReplicas", default_max)
+    if (
+        isinstance(maximum, bool)
+        or not isinstance(maximum, int)
+        or not (replicas <= maximum <= MAX_AUTOSCALED_REPLICAS)
+    ):
+        raise _fail(
+            scaling.path("maxReplicas"),
+            maximum,
+            f"expected a whole number from {section.path('replicas')} ({replicas}, the floor) "
+            f"to {MAX_AUTOSCALED_REPLICAS}",
+        )
+    defaults = Autoscaling(max_replicas=maximum)
+    return Autoscaling(
+        max_replicas=maximum,
+        cpu_utilization=scaling.integer("cpuUtilization", defaults.cpu_utilization, 1, 100),
+        scale_down_stabilization_seconds=scaling.integer(
+            "scaleDownStabilizationSeconds", defaults.scale_down_stabilization_seconds, 0, 3600
+        ),
+    )
 
 
 def _service_type(section: _Section, default: ServiceType) -> ServiceType:
@@ -559,9 +621,11 @@ def _parse_gateway(
     for name in namespaces:
         if not _DNS_LABEL.match(name):
             raise _fail(section.path("metricsNamespaces"), name, "expected a namespace name")
+    replicas = _replicas(section, 1)
     return GatewayConfig(
-        replicas=_replicas(section, 1),
+        replicas=replicas,
         service_type=service_type,
+        autoscaling=_autoscaling(section, replicas),
         tls=tls,
         source_ranges=_parse_source_ranges(section, service_type),
         metrics_namespaces=namespaces,
@@ -577,9 +641,11 @@ def _parse_model(section: _Section) -> ModelConfig:
             "the model is reachable only from the gateway (its NetworkPolicy admits nothing "
             "else), so a Service outside the cluster could never answer; expected ClusterIP",
         )
+    replicas = _replicas(section, 1)
     return ModelConfig(
-        replicas=_replicas(section, 1),
+        replicas=replicas,
         service_type=service_type,
+        autoscaling=_autoscaling(section, replicas),
         version=section.choice("version", MODEL_VERSIONS[-1], MODEL_VERSIONS),
     )
 

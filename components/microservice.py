@@ -10,7 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import pod, rollout
-from components.config import ServiceType
+from components.config import Autoscaling, ServiceType
 from components.labels import labels, selector
 
 CONTAINER_PORT: Final = 8080
@@ -22,6 +22,16 @@ TLS_VOLUME: Final = "tls"
 SHUTDOWN_SECONDS: Final = 30
 # A service that also speaks gRPC listens on GRPC_PORT; its Service carries it at the same number.
 GRPC_PORT: Final = 8081
+# The Deployment's replica count, as `ignoreChanges` names it.
+#
+# Under an autoscaler the HPA owns it. `pulumi.com/patchForce` stays (it still wins back every
+# other field changed out of band), and `ignoreChanges` keeps the program's count to the
+# creation: on every later update pulumi-kubernetes (4.25, handleSSAIgnoreFields) leaves the
+# field out of its Server-Side Apply patch while another manager (the HPA controller, through
+# the scale subresource) owns it, and otherwise applies the live count. Either way a `pulumi up`
+# keeps the replicas the HPA chose and meets no conflict; the engine's diff and `make drift`
+# skip the field too.
+REPLICAS: Final = "spec.replicas"
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,14 @@ class MicroserviceArgs:
     zone_spread: bool = False
     # Whether the service also serves gRPC (on GRPC_PORT, with the standard grpc.health.v1).
     grpc: bool = False
+    # A HorizontalPodAutoscaler between `replicas` (the floor) and its ceiling; None: `replicas`
+    # is a fixed count.
+    autoscaling: Autoscaling | None = None
+
+    @property
+    def most_replicas(self) -> int:
+        """The most pods the service may run: what the PDB and the spreading plan for."""
+        return self.autoscaling.max_replicas if self.autoscaling else self.replicas
 
     @property
     def scheme(self) -> str:
@@ -66,11 +84,13 @@ class MicroserviceArgs:
 
 
 class Microservice(pulumi.ComponentResource):
-    """A Deployment and its Service, plus a PodDisruptionBudget when there is more than one pod."""
+    """A Deployment and its Service, plus a PodDisruptionBudget when there may be more than one
+    pod and a HorizontalPodAutoscaler when the service autoscales."""
 
     deployment: k8s.apps.v1.Deployment
     service: k8s.core.v1.Service
     disruption_budget: k8s.policy.v1.PodDisruptionBudget | None
+    autoscaler: k8s.autoscaling.v2.HorizontalPodAutoscaler | None
 
     def __init__(
         self, name: str, args: MicroserviceArgs, opts: pulumi.ResourceOptions | None = None
@@ -122,7 +142,10 @@ class Microservice(pulumi.ComponentResource):
             },
             # Fixed names keep DNS stable; a forced replacement must free the name first.
             opts=pulumi.ResourceOptions(
-                parent=self, delete_before_replace=True, depends_on=list(args.after)
+                parent=self,
+                delete_before_replace=True,
+                depends_on=list(args.after),
+                ignore_changes=[REPLICAS] if args.autoscaling else None,
             ),
         )
         self.service = k8s.core.v1.Service(
@@ -137,8 +160,11 @@ class Microservice(pulumi.ComponentResource):
             },
             opts=child,
         )
+        self.autoscaler = None
+        if args.autoscaling is not None:
+            self.autoscaler = _autoscaler(name, args, self.deployment, child)
         self.disruption_budget = None
-        if args.replicas > 1:
+        if args.most_replicas > 1:
             self.disruption_budget = k8s.policy.v1.PodDisruptionBudget(
                 name,
                 metadata={"name": args.name, "namespace": args.namespace, "labels": meta_labels},
@@ -148,6 +174,53 @@ class Microservice(pulumi.ComponentResource):
         self.register_outputs(
             {"deployment": self.deployment.metadata.name, "service": self.service.metadata.name}
         )
+
+
+def _autoscaler(
+    name: str,
+    args: MicroserviceArgs,
+    deployment: k8s.apps.v1.Deployment,
+    opts: pulumi.ResourceOptions,
+) -> k8s.autoscaling.v2.HorizontalPodAutoscaler:
+    """Scales the Deployment on its pods' CPU use, as a share of their CPU requests (every
+    container of a Microservice has them: pod.Resources)."""
+    scaling = args.autoscaling
+    assert scaling is not None
+    return k8s.autoscaling.v2.HorizontalPodAutoscaler(
+        name,
+        metadata={
+            "name": args.name,
+            "namespace": args.namespace,
+            "labels": labels(args.name, args.stack),
+        },
+        spec={
+            "scale_target_ref": {
+                "api_version": "apps/v1",
+                "kind": "Deployment",
+                "name": deployment.metadata.name,
+            },
+            "min_replicas": args.replicas,
+            "max_replicas": scaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "average_utilization": scaling.cpu_utilization,
+                        },
+                    },
+                }
+            ],
+            "behavior": {
+                "scale_down": {
+                    "stabilization_window_seconds": scaling.scale_down_stabilization_seconds
+                }
+            },
+        },
+        opts=opts,
+    )
 
 
 def _pod_spec(
@@ -220,7 +293,7 @@ def _pod_spec(
         "termination_grace_period_seconds": grace,
         "containers": [container],
         "volumes": volumes,
-        "topology_spread_constraints": _spread(args, match) if args.replicas > 1 else None,
+        "topology_spread_constraints": _spread(args, match) if args.most_replicas > 1 else None,
     }
     return spec
 

@@ -75,6 +75,8 @@ class Registered:
     protect: bool = False
     parent: str | None = None
     delete_before_replace: bool = False
+    # The property paths the program told the engine to leave alone after creation.
+    ignore_changes: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -319,6 +321,7 @@ def _run(
         if opts is not None:
             resource.protect = bool(opts.protect)
             resource.delete_before_replace = bool(opts.delete_before_replace)
+            resource.ignore_changes = list(opts.ignore_changes or [])
             parent = opts.parent
             resource.parent = getattr(parent, "_name", None) if parent is not None else None
     run.resources = recorder.registered

@@ -26,6 +26,10 @@ NODE_POLICIES: Final = (
 # The control-plane logs that answer "who did what": every request, the audit trail, and who
 # authenticated as whom (controllerManager and scheduler logs are for debugging the control plane).
 CONTROL_PLANE_LOGS: Final = ("api", "audit", "authenticator")
+# The Kubernetes Metrics API (`v1beta1.metrics.k8s.io`) that HorizontalPodAutoscalers read: EKS,
+# unlike GKE and k3s, has no metrics-server of its own, so the cluster gets the EKS add-on
+# (pulumi-eks's Addon, which takes the cluster itself).
+METRICS_SERVER_ADDON: Final = "metrics-server"
 # IMDSv2 only, and a response that survives one hop: the node itself reads it, a pod (one more
 # hop, through its own network namespace) gets nothing.
 NODE_METADATA_OPTIONS: Final = {
@@ -120,5 +124,12 @@ class EksManagedCluster(Cluster):
             },
             opts=in_region(),
         )
-        # The application waits for the nodes, and is deleted before them.
-        self._finish(cluster.kubeconfig_json, depends_on=[nodes])
+        # metrics-server runs on the nodes: the add-on is created once they have joined.
+        metrics = eks.Addon(
+            f"{name}-metrics-server",
+            cluster=cluster,
+            addon_name=METRICS_SERVER_ADDON,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[nodes]),
+        )
+        # The application waits for the nodes and the Metrics API, and is deleted before them.
+        self._finish(cluster.kubeconfig_json, depends_on=[nodes, metrics])

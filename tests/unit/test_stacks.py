@@ -239,8 +239,10 @@ def test_network_policies_let_only_the_gateway_reach_model_and_database(
 
 
 def test_fifty_model_replicas() -> None:
+    # A fixed count: prod's autoscaler would bound the floor at MAX_AUTOSCALED_REPLICAS.
     config = stack_config("prod")
-    config["mlstack:model"] = {**config["mlstack:model"], "replicas": 50}
+    model = {k: v for k, v in config["mlstack:model"].items() if k != "autoscaling"}
+    config["mlstack:model"] = {**model, "replicas": 50}
     run = run_program("prod", config)
     assert run.one("Deployment", "model").inputs["spec"]["replicas"] == 50
     assert run.one("PodDisruptionBudget", "model").inputs["spec"]["maxUnavailable"] == 1
