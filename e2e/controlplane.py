@@ -16,7 +16,9 @@ A real node (e2e/node.py) can join: for it, the components are patched (kwokctl'
   `kubernetes` Service's endpoint; the node forwards that address to 127.0.0.1, where the API
   server listens), has the node address and the `kubernetes` ClusterIP in its certificate, talks to
   kubelets with the cluster's admin client certificate (the kubelet authorizes it through the API
-  server) and by their InternalIP (not by looking node names up in the machine's DNS).
+  server) and by their InternalIP (not by looking node names up in the machine's DNS), and has
+  the aggregation layer configured for the node's metrics-server (request-header authentication
+  from kwokctl's proxy client certificate, requests routed to the APIService's endpoint).
 
     python -m e2e.controlplane up DIR     # start; prints the kubeconfig path
     python -m e2e.controlplane down DIR   # stop everything started in DIR
@@ -42,6 +44,9 @@ TOOLCHAIN: Final = E2E_DIR / "toolchain"
 STAGES: Final = E2E_DIR / "stages"
 CLUSTER_NAME: Final = "mlstack-e2e"
 NODES: Final = 2
+# The common name of kwokctl's admin certificate (sigs.k8s.io/kwok pkg/kwokctl/pki DefaultUser),
+# which the API server also presents as its proxy client (--proxy-client-cert-file).
+KWOKCTL_ADMIN: Final = "kwok-admin"
 
 
 def read_versions(path: Path = TOOLCHAIN / "versions.env") -> dict[str, str]:
@@ -185,6 +190,18 @@ class ControlPlane:
                         {"key": "kubelet-client-certificate", "value": str(pki / "admin.crt")},
                         {"key": "kubelet-client-key", "value": str(pki / "admin.key")},
                         {"key": "kubelet-preferred-address-types", "value": "InternalIP"},
+                        # The aggregation layer, for the real node's metrics-server (the
+                        # `v1beta1.metrics.k8s.io` APIService): kwokctl already proxies with its
+                        # admin certificate; metrics-server trusts the user it names in these
+                        # headers only from that certificate. Aggregated requests go to the
+                        # APIService's endpoint (the node address), not to a ClusterIP: the API
+                        # server runs outside the node's Service routing.
+                        {"key": "requestheader-client-ca-file", "value": str(pki / "ca.crt")},
+                        {"key": "requestheader-allowed-names", "value": KWOKCTL_ADMIN},
+                        {"key": "requestheader-username-headers", "value": "X-Remote-User"},
+                        {"key": "requestheader-group-headers", "value": "X-Remote-Group"},
+                        {"key": "requestheader-extra-headers-prefix", "value": "X-Remote-Extra-"},
+                        {"key": "enable-aggregator-routing", "value": "true"},
                     ],
                 },
                 {

@@ -32,6 +32,8 @@ How it is put together (the choices that are not defaults, and why):
   `system:node:<name>` signed by kwokctl's CA; it does not set the kernel tunables it would
   otherwise change (they are restored anyway: see `SYSCTLS`).
 - kube-proxy: iptables mode, NodePorts on the node address only, conntrack limits untouched.
+- metrics-server: a process on the node address behind the `v1beta1.metrics.k8s.io` APIService,
+  reading the kubelet, whose serving certificate kwokctl's CA signs (e2e/metrics_server.py).
 - CoreDNS: serves the cluster zone only (no upstream exists offline), as a restricted pod in
   kube-system labelled `k8s-app: kube-dns` behind the usual `kube-system/kube-dns` Service, as
   clusters run it: the app's NetworkPolicy admits DNS to exactly those pods (a process on the
@@ -57,7 +59,7 @@ from typing import Any, Final
 
 from components.network_policy import DnsPods
 from e2e import addresses as net
-from e2e import process
+from e2e import metrics_server, process
 from e2e.controlplane import E2E_DIR, ControlPlane, toolchain_bin
 from e2e.image_archive import ImageFile, write_image
 
@@ -358,6 +360,7 @@ class Node:
             self._start_coredns()
             if self.network_policy:
                 self._start_kube_router()
+            self._start_metrics_server()
         except BaseException:
             log(f"start failed: removing what was made (logs kept in {self.logs})")
             self.down(keep_logs=True)
@@ -374,7 +377,7 @@ class Node:
                 "(python -m e2e.node down DIR stops it)"
             )
         ensure_packages()
-        tools = ["kubelet", "kube-proxy", "coredns", "e2e-pause", "e2e-probe"]
+        tools = ["kubelet", "kube-proxy", "coredns", "metrics-server", "e2e-pause", "e2e-probe"]
         for tool in tools + (["kube-router"] if self.network_policy else []):
             if not (self.bin_dir / tool).exists():
                 raise RuntimeError(
@@ -553,6 +556,15 @@ class Node:
                 "current-context": "e2e",
             }
             (pki / f"{user}.kubeconfig").write_text(json.dumps(kubeconfig, indent=1))
+        # Serving certificates the cluster's CA vouches for: the kubelet's at the node address
+        # (metrics-server verifies it) and metrics-server's under its Service's name (the
+        # aggregator verifies it).
+        metrics_server.sign_serving_certificate(
+            run, pki, ca, "kubelet-serving", f"IP:{net.NODE_ADDRESS},DNS:{self.name}"
+        )
+        metrics_server.sign_serving_certificate(
+            run, pki, ca, "metrics-server", f"DNS:{metrics_server.SERVICE_DNS}"
+        )
 
     @staticmethod
     def _cgroup_hierarchies() -> list[Path]:
@@ -716,6 +728,8 @@ oom_score = 0
                 "x509": {"clientCAFile": str(self.plane.pki_dir / "ca.crt")},
             },
             "authorization": {"mode": "Webhook"},
+            "tlsCertFile": str(pki / "kubelet-serving.crt"),
+            "tlsPrivateKeyFile": str(pki / "kubelet-serving.key"),
             "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
             "cgroupDriver": "cgroupfs",
             "cgroupRoot": f"/{CGROUP_ROOT}",
@@ -954,6 +968,20 @@ oom_score = 0
 
         self._wait("kube-router's first NetworkPolicy sync", synced, 60, "kube-router")
 
+    def _start_metrics_server(self) -> None:
+        """metrics-server beside the kubelet, behind the aggregation layer."""
+        pki = self.workdir / "pki"
+        ca = self.plane.pki_dir
+        self._spawn(metrics_server.NAME, metrics_server.argv(self._bin("metrics-server"), pki, ca))
+        self.kubectl("apply", "-f", "-", stdin=metrics_server.registration(ca))
+        # The first scrape comes one resolution after the start.
+        self._wait(
+            "the Metrics API to serve the node's usage",
+            lambda: metrics_server.node_metrics_served(self.kubectl),
+            90,
+            metrics_server.NAME,
+        )
+
     # --- volumes --------------------------------------------------------------------------
     def add_volume(self, namespace: str, claim: str, size: str = "10Gi") -> Path:
         """A local PersistentVolume on the node, pre-bound to `namespace/claim` (what a
@@ -1003,6 +1031,7 @@ oom_score = 0
         state = self._state()
         steps = (
             self._drain,
+            lambda: self._stop(metrics_server.NAME),
             lambda: self._stop("kube-router"),
             self._stop_kube_proxy,
             lambda: self._stop("kubelet", grace=20),

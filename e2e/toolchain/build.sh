@@ -9,8 +9,8 @@
 #   pulumi-resource-kubernetes              the plugin Pulumi installed
 #                                           ($PULUMI_HOME/plugins/resource-kubernetes-v<version>)
 #   kube-*, kubectl, kubelet, etcd, kwok,   in $KUBEBUILDER_ASSETS (the envtest convention: a
-#   kwokctl, coredns, kube-router           folder of Kubernetes test binaries), each reporting
-#                                           its pinned version
+#   kwokctl, coredns, kube-router,          folder of Kubernetes test binaries), each reporting
+#   metrics-server                          its pinned version
 # Only what is missing is built from Go modules. Each tool is built once into a folder of its own,
 #   <cache>/tools/<tool>-<hash of the versions it uses, its source files and its build recipe>/
 # and bin/ (stages/ for KWOK's stages) links to it: a version bump rebuilds only the tools that
@@ -105,6 +105,7 @@ installed() {
     kubelet) assets "$KUBE_VERSION" kubelet kube-proxy ;;
     coredns) assets "$COREDNS_VERSION" coredns ;;
     kube_router) assets "$KUBE_ROUTER_VERSION" kube-router ;;
+    metrics_server) assets "$METRICS_SERVER_VERSION" metrics-server ;;
     *) return 1 ;;
   esac
 }
@@ -368,6 +369,17 @@ build_kube_router() {
       -o "$out/bin/kube-router" "$m/cmd/kube-router")
 }
 
+# metrics-server, run beside the kubelet as a host process: the Metrics API (metrics.k8s.io)
+# behind the API server's aggregation layer, for the HorizontalPodAutoscalers of the e2e stack.
+build_metrics_server() {
+  log "building metrics-server $METRICS_SERVER_VERSION"
+  local m="sigs.k8s.io/metrics-server"
+  gowrap "$work/metrics-server" "$m" "$METRICS_SERVER_VERSION" >/dev/null
+  (cd "$work/metrics-server" && go build -ldflags "$ldstrip \
+      -X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION" \
+      -o "$out/bin/metrics-server" "$m/cmd/metrics-server")
+}
+
 # --- The real node's test images: our own sources -----------------------------------------------
 # e2e-probe: a static Go program (HTTP server/client, TCP dial, DNS lookup) run in test pods.
 build_probe() {
@@ -393,6 +405,7 @@ build() {
     kube | kubectl | kubelet) tool "$1" KUBE_VERSION KUBE_STAGING_VERSION ;;
     coredns) tool coredns COREDNS_VERSION ;;
     kube-router) tool kube_router KUBE_ROUTER_VERSION ;;
+    metrics-server) tool metrics_server METRICS_SERVER_VERSION ;;
     probe) tool probe -- "$here/probe/main.go" ;;
     pause) tool pause -- "$here/pause/pause.c" ;;
     *) echo "build.sh: no tool named $1" >&2 && exit 2 ;;
@@ -401,7 +414,8 @@ build() {
 
 want=("$@")
 [[ ${#want[@]} -gt 0 ]] ||
-  want=(pulumi langhost provider etcd kwok stages kube kubectl kubelet coredns kube-router probe pause)
+  want=(pulumi langhost provider etcd kwok stages kube kubectl kubelet coredns kube-router
+    metrics-server probe pause)
 for w in "${want[@]}"; do
   build "$w"
 done
