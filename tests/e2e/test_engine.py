@@ -8,7 +8,8 @@ and its up, `make drift` clean, then naming an out-of-band scale, then clean aft
 then a refresh that finds an out-of-band scale, a model rollout back and forth under load,
 self-healing, the database and then the model away under load, scaling, NetworkPolicy, egress,
 an API key rotated and rotated back under load, a standby added by config, a standby killed, a
-failover and a third instance added and removed, and teardown. A bad config is checked on a
+failover and a third instance added and removed, the model autoscaled out under load (kept
+through an up, not drift) and back in, and teardown. A bad config is checked on a
 stack of its own; the `kubectl apply` baseline runs last.
 """
 
@@ -777,6 +778,75 @@ def test_4u_a_third_instance_comes_and_goes_by_config_without_touching_the_prima
     gone = kube.kubectl("get", "pvc", database.claim_name(2), "-n", NAMESPACE, check=False)
     assert gone.returncode != 0, gone.stdout
     assert streaming_to(kube, 1) == {database.pod_name(0)}
+
+
+# The model's autoscaler in the scenario below: a floor of 1, a ceiling of 3, and a short
+# scale-down window so that the scale-in shows within a minute (the HPA controller syncs every
+# 15 s).
+MODEL_AUTOSCALING = {"maxReplicas": 3, "cpuUtilization": 50, "scaleDownStabilizationSeconds": 15}
+# Concurrent request loops through the LoadBalancer: one loop keeps the model far below its
+# target; several push its pods past half their CPU request.
+LOAD_LOOPS = 8
+
+
+def _model_pods_ready(kube: ControlPlane) -> int:
+    return len([p for p in app.live(app.pods(kube, "model")) if app.ready(p)])
+
+
+def test_4v_the_autoscaler_scales_the_model_out_under_load_keeps_it_through_an_up_and_back_in(
+    workspace: PulumiWorkspace, control_plane: ControlPlane
+) -> None:
+    """Autoscaling on for the model (floor 1, ceiling 3): load through the LoadBalancer adds
+    replicas; a `pulumi up` of `model.version` while scaled out keeps the count (ignoreChanges:
+    no SSA conflict with the HPA controller) and rolls without a failed request; the drift check
+    lists the HPA's count as not drift; without load the replicas come back to the floor. The
+    model goes back to a fixed count of 3 at the end, as the scenarios after this one expect."""
+    kube = control_plane
+    url = gateway_url(kube)
+    workspace.set_config(STACK, "mlstack:model.autoscaling", MODEL_AUTOSCALING)
+    up_with(workspace, kube, "mlstack:model.replicas", 1)
+    hpa: Any = kube.get_json("hpa", "model", "-n", NAMESPACE)
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)
+    # Idle, the HPA takes the model down to its floor (it was at 3).
+    TIMINGS["model autoscaled in to the floor (idle)"] = app.wait_until(
+        "the model at 1 replica", lambda: _model_pods_ready(kube) == 1, timeout=240
+    )
+    loads = [app.Load(url, pause=0) for _ in range(LOAD_LOOPS)]
+    for load in loads:
+        load.__enter__()
+    try:
+        TIMINGS["load start -> an extra model pod Ready (HPA)"] = app.wait_until(
+            "the HPA to add a Ready model pod", lambda: _model_pods_ready(kube) >= 2, timeout=240
+        )
+        model: Any = kube.get_json("deployment", "model", "-n", NAMESPACE)
+        scaled_out = model["spec"]["replicas"]
+        assert scaled_out >= 2
+        assert drift_check(workspace).returncode == 0, "the HPA's count is not drift"
+        up = up_with(workspace, kube, "mlstack:model.version", "v1")
+        TIMINGS["pulumi up (model rollout to v1, scaled out by the HPA)"] = up.seconds
+        model = kube.get_json("deployment", "model", "-n", NAMESPACE)
+        # The up neither took the count back to the floor nor met a conflict (it succeeded).
+        assert model["spec"]["replicas"] >= scaled_out, model["spec"]
+    finally:
+        for load in loads:
+            load.stop()
+    answers = [a for load in loads for a in load.answers]
+    failed = [a for a in answers if not a.ok]
+    assert answers and not failed, failed[:5]
+    assert [a.version for a in loads[0].answers[-5:]] == ["v1"] * 5
+    stopped = time.monotonic()
+    app.wait_until("the model back at 1 replica", lambda: _model_pods_ready(kube) == 1, 240)
+    TIMINGS["load stop -> model back at the floor (HPA)"] = time.monotonic() - stopped
+    # Back to what the later scenarios expect: a fixed count of 3 at v2. The state may hold
+    # the count the HPA had at the last up: refresh first, so that the fixed count applies.
+    workspace.set_config(STACK, "mlstack:model.autoscaling", None)
+    workspace.set_config(STACK, "mlstack:model.replicas", 3)
+    workspace.set_config(STACK, "mlstack:model.version", "v2")
+    workspace.run("up", "--stack", STACK, "--yes", "--skip-preview", "--refresh")
+    assert not unfinished_rollouts(kube)
+    assert kube.kubectl("get", "hpa", "model", "-n", NAMESPACE, check=False).returncode != 0
+    model = kube.get_json("deployment", "model", "-n", NAMESPACE)
+    assert model["spec"]["replicas"] == 3
 
 
 def _model_replicas_in_state(workspace: PulumiWorkspace) -> int:
