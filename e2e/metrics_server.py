@@ -80,6 +80,8 @@ def argv(binary: str, pki: Path, ca_dir: Path) -> list[str]:
         "--kubelet-preferred-address-types=InternalIP",
         "--kubelet-use-node-status-port",
         f"--metric-resolution={RESOLUTION_SECONDS}s",
+        # metrics-server refuses a scrape timeout not below the resolution (its default is 10 s).
+        f"--kubelet-request-timeout={RESOLUTION_SECONDS // 2}s",
         "--v=1",
     ]
 
