@@ -827,6 +827,16 @@ def test_4v_the_autoscaler_scales_the_model_out_under_load_keeps_it_through_an_u
         model = kube.get_json("deployment", "model", "-n", NAMESPACE)
         # The up neither took the count back to the floor nor met a conflict (it succeeded).
         assert model["spec"]["replicas"] >= scaled_out, model["spec"]
+        # The rolled pods drain after the up returns, answering what reaches them meanwhile:
+        # the last answers are the new version's once they are gone.
+        app.wait_until(
+            "the rolled model pods to be gone",
+            lambda: (
+                not [p for p in app.pods(kube, "model") if p["metadata"].get("deletionTimestamp")]
+            ),
+            90,
+        )
+        time.sleep(1)
     finally:
         for load in loads:
             load.stop()
