@@ -10,7 +10,7 @@ e2e-toolchain: ## link the installed e2e binaries, build the missing ones (Go ne
 
 .PHONY: e2e
 e2e: venv e2e-toolchain ## the real-engine e2e suite: pulumi preview/up/refresh/destroy on a throwaway cluster
-	$(PY) -m pytest tests/e2e -q
+	$(PY) -m pytest tests/e2e -q --durations=15
 
 
 # A real local cluster with the app deployed, left running (root: a real node, see e2e/README.md).
