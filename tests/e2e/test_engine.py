@@ -553,6 +553,16 @@ def gateway_uids(kube: ControlPlane) -> set[str]:
     return {p["metadata"]["uid"] for p in app.live(app.pods(kube, "gateway"))}
 
 
+def drained(kube: ControlPlane, rolled: set[str]) -> None:
+    """Until the gateway pods `rolled` (uids) are gone: they drain after `pulumi up` returns,
+    still answering what reaches them with the key set they started with."""
+    app.wait_until(
+        "the rolled gateway pods to be gone",
+        lambda: not {p["metadata"]["uid"] for p in app.pods(kube, "gateway")} & rolled,
+        90,
+    )
+
+
 def rotate_api_key(
     workspace: PulumiWorkspace, kube: ControlPlane, url: str, old: str, new: str
 ) -> None:
@@ -571,6 +581,7 @@ def rotate_api_key(
     assert adding.answers and not adding.failures, adding.summary()
     assert not gateway_uids(kube) & rolled, "the gateway pods were not rolled"
     ACKNOWLEDGED.update(app.acknowledged(adding))
+    drained(kube, rolled)
     # Every pod takes both keys now; the old key's requests are counted as the previous key's.
     for _ in range(3):
         assert old_client(url).ok and new_client(url).ok
@@ -585,13 +596,7 @@ def rotate_api_key(
     assert dropping.answers and not dropping.failures, dropping.summary()
     assert not gateway_uids(kube) & rolled, "the gateway pods were not rolled"
     ACKNOWLEDGED.update(app.acknowledged(dropping))
-    # The rolled pods drain after `pulumi up` returns, still answering what reaches them: the
-    # old key is refused once the last of them is gone.
-    app.wait_until(
-        "the drained gateway pods to be gone",
-        lambda: not {p["metadata"]["uid"] for p in app.pods(kube, "gateway")} & rolled,
-        90,
-    )
+    drained(kube, rolled)
     assert old_client(url).status == 401
     assert new_client(url).ok
 
