@@ -9,14 +9,13 @@ from typing import Any
 import pytest
 
 from components import pod
-from components.config import USER_TOLD_EXIT_CODE
 from harness.program import (
     TEST_SECRETS,
-    ProgramExitError,
     ProgramRun,
     run_program,
     stack_config,
 )
+from tests.unit.test_config_errors import config_error
 from tools.render import stacks
 
 PREVIOUS = "the-key-being-replaced"
@@ -84,15 +83,6 @@ def test_adding_and_dropping_the_previous_key_rolls_the_gateway_only() -> None:
     assert others(during) == others(before)
     # The env is the same on both sides: only the digest of the Secret's values rolls the pods.
     assert gateway_env(during) == gateway_env(before)
-
-
-def config_error(config: dict[str, Any]) -> str:
-    with pytest.raises(ProgramExitError) as raised:
-        run_program("dev", config)
-    assert raised.value.code == USER_TOLD_EXIT_CODE
-    (message,) = raised.value.errors
-    assert "\n" not in message
-    return message
 
 
 @pytest.mark.parametrize(

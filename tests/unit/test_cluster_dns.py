@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from components.config import USER_TOLD_EXIT_CODE
-from harness.program import ProgramExitError, ProgramRun, run_program, stack_config
+from harness.program import ProgramRun, run_program, stack_config
+from tests.unit.test_config_errors import config_error
 
 DNS_PORTS = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
 
@@ -24,14 +24,6 @@ def dev_with_dns(dns: object) -> dict[str, Any]:
     config = stack_config("dev")
     config["mlstack:dns"] = dns
     return config
-
-
-def config_error(config: dict[str, Any]) -> str:
-    with pytest.raises(ProgramExitError) as raised:
-        run_program("dev", config)
-    assert raised.value.code == USER_TOLD_EXIT_CODE
-    (message,) = raised.value.errors
-    return message
 
 
 def test_dns_goes_only_to_the_kube_dns_pods_of_kube_system(stack_run: ProgramRun) -> None:

@@ -9,9 +9,9 @@ import pytest
 
 from components import pod
 from components.app import GATEWAY_DRAIN_SECONDS, METRICS_PORT, POD_SECURITY_VERSION
-from components.config import USER_TOLD_EXIT_CODE
 from components.microservice import SHUTDOWN_SECONDS
-from harness.program import ProgramExitError, ProgramRun, Registered, run_program, stack_config
+from harness.program import ProgramRun, Registered, run_program, stack_config
+from tests.unit.test_config_errors import config_error
 from tools.policy import KUBERNETES_VERSIONS
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
@@ -31,15 +31,6 @@ def existing_with(**overrides: Any) -> dict[str, Any]:
     for key, value in overrides.items():
         config[f"mlstack:{key}"] = value
     return config
-
-
-def config_error(config: dict[str, Any]) -> str:
-    with pytest.raises(ProgramExitError) as raised:
-        run_program("dev", config)
-    assert raised.value.code == USER_TOLD_EXIT_CODE
-    (message,) = raised.value.errors
-    assert "\n" not in message
-    return message
 
 
 @pytest.fixture(scope="module")
