@@ -12,12 +12,14 @@ import pwd
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from glob import glob
@@ -541,6 +543,33 @@ def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
             await conn.close()
 
     return asyncio.run(run())
+
+
+def fill_with_copies(database: dict[str, str], copies: int) -> None:
+    """``copies`` more rows like the newest one, written straight to the database."""
+    if "DATABASE_URL" in database:
+        query(
+            database["DATABASE_URL"],
+            """
+            INSERT INTO predictions
+                (request_id, model_name, model_version, instances, predictions, latency_ms)
+            SELECT gen_random_uuid(), model_name, model_version, instances, predictions, latency_ms
+            FROM (SELECT * FROM predictions ORDER BY id DESC LIMIT 1) AS newest,
+                 generate_series(1, $1)
+            """,
+            copies,
+        )
+        return
+    with sqlite3.connect(Path(database["DATA_DIR"]) / "predictions.sqlite3") as conn:
+        newest = conn.execute(
+            "SELECT model_name, model_version, instances, predictions, latency_ms "
+            "FROM predictions ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        conn.executemany(
+            "INSERT INTO predictions (request_id, model_name, model_version, instances, "
+            "predictions, latency_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            ((str(uuid.uuid4()), *newest) for _ in range(copies)),
+        )
 
 
 def metric(service: ServiceProcess, name: str, **labels: str) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +16,7 @@ from tests.services.hostile import raw_request, seconds_until_closed
 from tests.services.support import (
     API_KEY,
     ServiceProcess,
+    fill_with_copies,
     metric,
     port_of,
     predict,
@@ -73,16 +73,7 @@ def test_a_client_that_never_reads_its_answer_is_cut_off_and_its_slot_freed(
     try:
         # About 20 MB of history in one page: more than the socket buffers on both sides hold.
         assert predict(gateway.url, [[5.123456789012345, 3.5, 1.4, 0.2]] * 1024).status == 200
-        with sqlite3.connect(data_dir / "predictions.sqlite3") as conn:
-            newest = conn.execute(
-                "SELECT model_name, model_version, instances, predictions, latency_ms "
-                "FROM predictions ORDER BY id DESC LIMIT 1"
-            ).fetchone()
-            conn.executemany(
-                "INSERT INTO predictions (request_id, model_name, model_version, instances, "
-                "predictions, latency_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                ((str(uuid.uuid4()), *newest) for _ in range(300)),
-            )
+        fill_with_copies({"DATA_DIR": str(data_dir)}, 300)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             # A small receive window, so that the answer waits on the gateway's side.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

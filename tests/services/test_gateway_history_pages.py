@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,9 @@ from tests.services.support import (
     PostgresServer,
     Reply,
     ServiceProcess,
+    fill_with_copies,
     port_of,
     predict,
-    query,
     request,
     start_gateway,
 )
@@ -177,33 +176,6 @@ def check_a_large_prediction_alone_on_its_page(gateway: ServiceProcess) -> None:
 
 
 # -- many concurrent maximal reads against the pod's memory limit --------------------------------
-
-
-def fill_with_copies(database: dict[str, str], copies: int) -> None:
-    """``copies`` more rows like the newest one, written straight to the database."""
-    if "DATABASE_URL" in database:
-        query(
-            database["DATABASE_URL"],
-            """
-            INSERT INTO predictions
-                (request_id, model_name, model_version, instances, predictions, latency_ms)
-            SELECT gen_random_uuid(), model_name, model_version, instances, predictions, latency_ms
-            FROM (SELECT * FROM predictions ORDER BY id DESC LIMIT 1) AS newest,
-                 generate_series(1, $1)
-            """,
-            copies,
-        )
-        return
-    with sqlite3.connect(Path(database["DATA_DIR"]) / "predictions.sqlite3") as conn:
-        newest = conn.execute(
-            "SELECT model_name, model_version, instances, predictions, latency_ms "
-            "FROM predictions ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        conn.executemany(
-            "INSERT INTO predictions (request_id, model_name, model_version, instances, "
-            "predictions, latency_ms) VALUES (?, ?, ?, ?, ?, ?)",
-            ((str(uuid.uuid4()), *newest) for _ in range(copies)),
-        )
 
 
 def test_many_concurrent_reads_of_maximal_rows_stay_under_the_pod_memory_limit(
