@@ -10,7 +10,7 @@ import difflib
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias, cast
 
@@ -456,14 +456,12 @@ def _parse_authorized_networks(section: _Section) -> tuple[str, ...]:
             "the cluster's API endpoint (your operators' and CI runners' egress ranges), "
             "or [] for a private endpoint reachable from inside the network only"
         )
-    networks = section.strings("authorizedNetworks")
-    for cidr in networks:
-        try:
-            ipaddress.IPv4Network(cidr, strict=True)
-        except ValueError:
-            raise _fail(
-                key, cidr, "expected IPv4 CIDRs with no host bits set, such as 203.0.113.0/24"
-            ) from None
+    networks = _cidrs(
+        section,
+        "authorizedNetworks",
+        ipaddress.IPv4Network,
+        "expected IPv4 CIDRs with no host bits set, such as 203.0.113.0/24",
+    )
     if len(set(networks)) != len(networks):
         raise _fail(key, list(networks), "expected each CIDR once")
     return networks
@@ -547,17 +545,26 @@ def _parse_database(section: _Section) -> DatabaseConfig:
     )
 
 
-def _parse_source_ranges(section: _Section, service_type: ServiceType) -> tuple[str, ...]:
-    ranges = section.strings("sourceRanges")
-    for cidr in ranges:
+def _cidrs(
+    section: _Section, name: str, network: Callable[..., object], rule: str
+) -> tuple[str, ...]:
+    """The list `name` of CIDRs, each parsed by `network` (strict: no host bits set)."""
+    cidrs = section.strings(name)
+    for cidr in cidrs:
         try:
-            ipaddress.ip_network(cidr, strict=True)
+            network(cidr, strict=True)
         except ValueError:
-            raise _fail(
-                section.path("sourceRanges"),
-                cidr,
-                "expected CIDRs with no host bits set, such as 203.0.113.0/24 or 2001:db8::/32",
-            ) from None
+            raise _fail(section.path(name), cidr, rule) from None
+    return cidrs
+
+
+def _parse_source_ranges(section: _Section, service_type: ServiceType) -> tuple[str, ...]:
+    ranges = _cidrs(
+        section,
+        "sourceRanges",
+        ipaddress.ip_network,
+        "expected CIDRs with no host bits set, such as 203.0.113.0/24 or 2001:db8::/32",
+    )
     if ranges and service_type != "LoadBalancer":
         raise _fail(
             section.path("sourceRanges"),
