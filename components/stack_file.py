@@ -1,0 +1,65 @@
+"""The stack files, `Pulumi.<stack>.yaml`, and the `mlstack:` config in them: the one reader of
+stack config for the program (`components/config.py` types and validates what it returns), the
+mocks harness, the operations tools and the CI scripts.
+
+The Pulumi engine hands a program its config as strings, objects JSON-encoded; a stack file holds
+YAML values; `pulumi config --json` wraps each value in an entry. Each is turned here into the
+same plain mapping, `key -> value`, with the namespace taken off. Nothing here imports Pulumi.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+NAMESPACE: Final = "mlstack"
+
+
+def stacks(root: Path = ROOT) -> list[str]:
+    """Every stack that has a stack file in `root`, sorted."""
+    return sorted(path.name.split(".")[1] for path in root.glob("Pulumi.*.yaml"))
+
+
+def path_of(stack: str, root: Path = ROOT) -> Path:
+    return root / f"Pulumi.{stack}.yaml"
+
+
+def read_config(stack: str, root: Path = ROOT) -> dict[str, Any]:
+    """The `config:` of `Pulumi.<stack>.yaml`, full keys (`mlstack:cluster`), values as the
+    stack file gives them (a secret as its `secure:` ciphertext)."""
+    document = yaml.safe_load(path_of(stack, root).read_text()) or {}
+    return dict(document.get("config") or {})
+
+
+def mlstack_values(config: Mapping[str, object]) -> dict[str, object]:
+    """The `mlstack:` keys of `config` without the namespace, string values decoded as JSON
+    where they are JSON (the engine's encoding of objects, numbers and booleans)."""
+    values: dict[str, object] = {}
+    for full_key, value in config.items():
+        namespace, _, key = full_key.partition(":")
+        if namespace != NAMESPACE:
+            continue
+        # The engine's environment spells a key `mlstack:config:<key>`.
+        key = key.removeprefix("config:")
+        try:
+            values[key] = json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError:
+            values[key] = value
+    return values
+
+
+def from_cli(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, object]:
+    """The `mlstack:` values of `pulumi config --json`: each entry's `objectValue` when the
+    value is structured, else its `value` (absent for a secret not shown)."""
+    flat: dict[str, object] = {}
+    for key, entry in entries.items():
+        if "objectValue" in entry:
+            flat[key] = entry["objectValue"]
+        elif "value" in entry:
+            flat[key] = entry["value"]
+    return mlstack_values(flat)

@@ -1,0 +1,217 @@
+"""A throwaway PostgreSQL cluster on 127.0.0.1 (initdb, pg_ctl from the machine's own server
+packages), its standbys, and one-off queries: what the service tests and the benchmarks run the
+gateway's PostgreSQL store against."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from glob import glob
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from harness.poll import poll
+from harness.ports import free_port
+
+
+def postgres_bindir() -> Path:
+    """Where Debian's PostgreSQL server binaries are (initdb, pg_ctl, postgres)."""
+    candidates: list[Path] = []
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        if out.returncode == 0:
+            candidates.append(Path(out.stdout.strip()))
+    versions = sorted(glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+    candidates.extend(Path(p) for p in reversed(versions))
+    for candidate in candidates:
+        if (candidate / "initdb").is_file() and (candidate / "pg_ctl").is_file():
+            return candidate
+    raise RuntimeError(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found in `pg_config --bindir` or "
+        "/usr/lib/postgresql/*/bin: install them with `apt-get install -y postgresql`"
+    )
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster on 127.0.0.1, run as an unprivileged user under root."""
+
+    def __init__(self) -> None:
+        self.bindir = postgres_bindir()
+        self.port = free_port()
+        self.base = Path(tempfile.mkdtemp(prefix="mlstack-pg-"))
+        self.data = self.base / "data"
+        self.socket_dir = self.base / "socket"
+        self.log = self.base / "postgres.log"
+        self.socket_dir.mkdir()
+        self._runas: list[str] = []
+        if os.geteuid() == 0:
+            # initdb and postgres refuse to run as root.
+            user = _unprivileged_user()
+            entry = pwd.getpwnam(user)
+            for path in (self.base, self.socket_dir):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            self._runas = ["runuser", "-u", user, "--"]
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run(
+            [*self._runas, *args], capture_output=True, text=True, check=False, timeout=120
+        )
+        if result.returncode != 0:
+            log = self.log.read_text(errors="replace") if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}{log}")
+
+    def init(self) -> PostgresServer:
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D", str(self.data),
+            "-U", "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
+        )  # fmt: skip
+        return self
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir}"
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D", str(self.data),
+            "-l", str(self.log),
+            "-o", options,
+            "-w", "-t", "60",
+            "start",
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def kill(self, timeout: float = 30.0) -> None:
+        """SIGKILL the postmaster, as when the node loses the pod: each backend notices, tells
+        its client "terminating connection due to unexpected postmaster exit" and exits. Returns
+        once they all have, so that start() (crash recovery from WAL, same port and data
+        directory) does not find the shared memory still in use."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        # pg_ctl starts the postmaster in a session of its own: its children share its group.
+        if not poll(lambda: not _group_alive(pid), timeout, interval=0.05):
+            raise RuntimeError(f"PostgreSQL backends still running {timeout}s after SIGKILL")
+
+    def reload(self) -> None:
+        """Make the server read its configuration files again (postgresql.auto.conf included)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "reload")
+
+    def standby(self) -> PostgresServer:
+        """A hot standby of this running server, started: a base backup of it that streams its
+        WAL from it over 127.0.0.1 (initdb's defaults allow it: wal_level replica, 10 WAL
+        senders, trusted replication connections from 127.0.0.1)."""
+        standby = PostgresServer()
+        # -R: standby.signal and primary_conninfo, so the copy starts as this server's standby.
+        standby._run(
+            str(self.bindir / "pg_basebackup"),
+            "-D", str(standby.data),
+            "-h", "127.0.0.1",
+            "-p", str(self.port),
+            "-U", "postgres",
+            "-R",
+            "--checkpoint=fast",
+            "--no-sync",
+        )  # fmt: skip
+        standby.start()
+        return standby
+
+    def create_database(self, name: str) -> str:
+        async def create() -> None:
+            conn = await asyncpg.connect(self.dsn())
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+        return self.dsn(name)
+
+    def create_password_role(self, role: str, password: str) -> None:
+        """A login role that connects over TCP with `password` only (the rest of the server
+        trusts 127.0.0.1), and a database it owns named after it."""
+
+        async def create() -> None:
+            conn = await asyncpg.connect(self.dsn())
+            try:
+                # A utility statement takes no parameters: format() quotes them server-side.
+                quote = "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)"
+                await conn.execute(await conn.fetchval(quote, role, password))
+                quote = "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $1::text)"
+                await conn.execute(await conn.fetchval(quote, role))
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+        self.require_password(role)
+
+    def require_password(self, *roles: str) -> None:
+        """Make `roles` connect over TCP with their password only (the rest of the server trusts
+        127.0.0.1), to any database, as the stack's pg_hba.conf makes every TCP client."""
+        hba = self.data / "pg_hba.conf"
+        # pg_hba.conf is read top down: these lines come before initdb's trust lines.
+        lines = "".join(f"host all {role} 127.0.0.1/32 scram-sha-256\n" for role in roles)
+        hba.write_text(lines + hba.read_text())
+        self.reload()
+
+    def destroy(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.stop("immediate")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL, initialized and started, destroyed on the way out (a start that
+    fails included)."""
+    server = PostgresServer().init()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _unprivileged_user() -> str:
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    raise RuntimeError("no unprivileged user (postgres or nobody) to run PostgreSQL as")
+
+
+def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

@@ -1,0 +1,114 @@
+"""Local server processes for the tests: started with their output in a log file, waited for
+until they answer, stopped with SIGTERM (SIGKILL when they linger).
+
+e2e/process.py keeps the e2e suite's own daemons, which outlive the command that starts them;
+these live as long as the test that starts them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from harness.http import answers
+from harness.poll import poll
+
+# How long a server gets to drain and exit on SIGTERM before it is killed.
+STOP_GRACE_SECONDS = 25
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a log file, or a note that there is none."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+class LocalProcess:
+    """One process named `name`, its stdout and stderr appended to `log_path`."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        new_session: bool = False,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        # The whole environment the process gets: this one's when none is given.
+        self.env = dict(os.environ if env is None else env)
+        self.cwd = cwd
+        # A session (and process group) of its own: a terminal's foreground job, or a server
+        # whose children must be signalled with it.
+        self.new_session = new_session
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LocalProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=self.new_session,
+            )
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        return log_tail(self.log_path, lines)
+
+    def wait_for(
+        self, what: str, check: Callable[[], bool], timeout: float = 60.0, interval: float = 0.05
+    ) -> None:
+        """Poll `check` until it holds; a RuntimeError with the log if the process exits first
+        or `timeout` seconds pass."""
+        process = self.process
+        assert process is not None, f"{self.name} was never started"
+
+        def exited_or_ready() -> bool:
+            return process.poll() is not None or check()
+
+        ready = poll(exited_or_ready, timeout, interval=interval)
+        # The status the last check saw: a server that answered and then exited was ready.
+        if process.returncode is not None:
+            raise RuntimeError(f"{self.name} exited with {process.returncode}:\n{self.log_tail()}")
+        if not ready:
+            raise RuntimeError(f"{self.name} not {what} in {timeout}s:\n{self.log_tail()}")
+
+    def wait_for_url(self, url: str, timeout: float = 60.0, status: int = 200) -> None:
+        """Wait until a GET of `url` answers `status`."""
+        self.wait_for(f"answering {url}", lambda: answers(url, status), timeout)
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after STOP_GRACE_SECONDS; nothing when it has exited."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()

@@ -1,0 +1,73 @@
+"""The Pulumi CLI, as every tool and the e2e workspace run it: which binary ($PULUMI, else
+`pulumi` on PATH), always non-interactive, and the Automation API's handle on the same binary.
+
+Callers keep their own policy for failures (a StackError, a DriftCheckError, the e2e suite's
+PulumiError): this module runs the command and hands back what it did.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pulumi import automation as auto
+
+
+class PulumiCliError(Exception):
+    """The CLI cannot be run at all (not installed, or not where the Automation API looks)."""
+
+
+def command() -> str:
+    """The CLI to run: $PULUMI, else `pulumi` from PATH."""
+    return os.environ.get("PULUMI", "pulumi")
+
+
+def argv(*args: str, binary: str | None = None) -> list[str]:
+    """The command line of `pulumi <args>`: no prompt may ever wait for a person."""
+    return [binary or command(), "--non-interactive", *args]
+
+
+def run(
+    args: Sequence[str],
+    *,
+    timeout: float,
+    binary: str | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+    no_stdin: bool = False,
+    capture: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run `pulumi <args>` and return what it did, whatever its exit status. `stdin` is written
+    to it; `no_stdin` closes its stdin instead of handing it this process's. A missing binary
+    (FileNotFoundError) and a timeout (subprocess.TimeoutExpired) propagate."""
+    return subprocess.run(
+        argv(*args, binary=binary),
+        check=False,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        input=stdin,
+        stdin=subprocess.DEVNULL if no_stdin and stdin is None else None,
+        capture_output=capture,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def automation_command(binary: str | None = None) -> auto.PulumiCommand:
+    """The Automation API's handle on the CLI `binary` (default: `command()`). A bare name is
+    looked up on PATH, as a shell would; a path must be `<root>/bin/pulumi`, the layout the
+    Automation API runs."""
+    name = binary or command()
+    if shutil.which(name) is None:
+        raise PulumiCliError(f"the Pulumi CLI {name!r} is not installed")
+    root: str | None = None
+    if os.sep in name:
+        path = Path(name)
+        if path.parent.name != "bin":
+            raise PulumiCliError(f"{path}: the Automation API runs <root>/bin/pulumi")
+        root = str(path.parent.parent)
+    return auto.PulumiCommand(root=root, skip_version_check=True)

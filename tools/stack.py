@@ -1,0 +1,120 @@
+"""A deployed stack's cluster, through the Pulumi and kubectl CLIs: what the operations tools
+(`make switchover`) act on.
+
+The stack says where its application runs: the namespace and the kubeconfig are its outputs (the
+kubeconfig itself for a cluster the program made, the file's path for an `existing` one), and an
+`existing` cluster's context is its `cluster` config. The CLIs are $PULUMI and $KUBECTL, `pulumi`
+and `kubectl` on PATH by default; the backend and the passphrase come from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components import stack_file
+from components.config import ConfigError, ExistingCluster, parse_cluster
+from tools import pulumi_cli
+
+
+class StackError(Exception):
+    """Why a command against the stack stopped, and what to do about it."""
+
+
+def run(
+    argv: Sequence[str], *, check: bool = True, capture: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run a CLI with no stdin. With `check`, a non-zero exit is a StackError naming the command
+    and what it printed; a missing CLI or a command past `timeout` always is one."""
+    try:
+        result = subprocess.run(
+            list(argv),
+            capture_output=capture,
+            text=True,
+            check=False,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except FileNotFoundError as error:
+        raise StackError(f"{argv[0]} is not installed (or not on PATH)") from error
+    except subprocess.TimeoutExpired as error:
+        raise StackError(f"`{shlex.join(argv)}` did not finish within {timeout:.0f} s") from error
+    if check and result.returncode != 0:
+        detail = (result.stderr or result.stdout or "").strip() if capture else ""
+        raise StackError(f"`{shlex.join(argv)}` exited {result.returncode}: {detail}")
+    return result
+
+
+def pulumi(*args: str, stack: str, capture: bool = True, timeout: float = 120) -> str:
+    argv = pulumi_cli.argv(*args, "--stack", stack)
+    return run(argv, capture=capture, timeout=timeout).stdout or ""
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    namespace: str
+    # None: kubectl's own default ($KUBECONFIG, else ~/.kube/config).
+    kubeconfig: Path | None
+    context: str | None
+
+
+def read_stack(name: str, workdir: Path) -> Stack:
+    """The stack's namespace and cluster. A kubeconfig the stack holds itself is written to
+    `workdir` (owner-only): the caller removes it."""
+    values = stack_file.from_cli(json.loads(pulumi("config", "--json", stack=name)))
+    outputs: dict[str, Any] = json.loads(
+        pulumi("stack", "output", "--json", "--show-secrets", stack=name)
+    )
+    if "namespace" not in outputs:
+        raise StackError(f"stack {name} has no namespace output: is it deployed?")
+    try:
+        cluster = parse_cluster(values.get("cluster"))
+    except ConfigError as error:
+        raise StackError(f"stack {name}: {error}") from error
+    kubeconfig = str(outputs.get("kubeconfig") or "")
+    path: Path | None
+    if "\n" in kubeconfig:
+        path = workdir / "kubeconfig"
+        path.touch(mode=0o600)
+        path.write_text(kubeconfig)
+    else:
+        path = Path(os.path.expanduser(kubeconfig)) if kubeconfig else None
+    return Stack(
+        name=name,
+        namespace=str(outputs["namespace"]),
+        kubeconfig=path,
+        context=cluster.context if isinstance(cluster, ExistingCluster) else None,
+    )
+
+
+class Kubectl:
+    """kubectl against the stack's cluster, in its namespace."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    def argv(self, *args: str) -> list[str]:
+        command = [os.environ.get("KUBECTL", "kubectl")]
+        if self.stack.kubeconfig is not None:
+            command += ["--kubeconfig", str(self.stack.kubeconfig)]
+        if self.stack.context:
+            command += ["--context", self.stack.context]
+        return [*command, "--namespace", self.stack.namespace, *args]
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return run(self.argv(*args), check=check, timeout=timeout)
+
+    def get_json(self, *args: str) -> dict[str, Any]:
+        """`kubectl get ... --output json`; {} when the object is not there."""
+        text = self("get", *args, "--ignore-not-found", "--output", "json").stdout
+        found: dict[str, Any] = json.loads(text) if text.strip() else {}
+        return found
