@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.postgres import PostgresServer
 from tests.services.support import (
     COMMON_SRC,
     GATEWAY_SRC,
     MODEL_SRC,
     ModelProcess,
-    PostgresServer,
     ServiceProcess,
     slow_model_server,
     start_gateway,

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.services.support import ServiceProcess
+from tests.services.support import ServiceProcess, port_of
 
 
 @dataclass
@@ -147,3 +147,17 @@ def burst_statuses(port: int, head: bytes, payload: bytes, clients: int) -> list
             assert answer.headers["retry-after"] == "1"
             assert "server busy" in answer.error()
     return [answer.status for answer in answers]
+
+
+def assert_burst_shed_within(
+    service: ServiceProcess, head: bytes, payload: bytes, memory_limit_mib: int
+) -> None:
+    """300 POSTs of ``payload`` at once: the service's peak memory stays under 7/8 of its pod's
+    limit, and some are admitted while the rest are shed (the bound was reached and answered
+    for)."""
+    statuses = burst_statuses(port_of(service.url), head, payload, 300)
+    memory = memory_mib(pid_of(service))
+    size = len(payload) / 1e6
+    print(f"300 concurrent {size:.0f} MB POSTs: {statuses.count(200)} answered, {memory}")
+    assert memory["VmHWM"] < memory_limit_mib * 0.875
+    assert 0 < statuses.count(200) < 300

@@ -3,13 +3,10 @@ HTTPS from certificates the openssl CLI makes."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import json
 import os
-import pwd
-import shutil
 import signal
 import socket
 import sqlite3
@@ -21,13 +18,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from glob import glob
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+from harness.http import Reply, answers, request
+from harness.poll import poll
+from harness.ports import free_port
+from harness.postgres import query
+from harness.processes import STOP_GRACE_SECONDS, LocalProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_SRC = ROOT / "services" / "model"
@@ -35,48 +34,6 @@ GATEWAY_SRC = ROOT / "services" / "gateway"
 # The code both services share; on each one's path, as in their images.
 COMMON_SRC = ROOT / "services" / "common"
 API_KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def request(
-    method: str,
-    url: str,
-    body: bytes | str | dict[str, Any] | list[Any] | None = None,
-    headers: Mapping[str, str] | None = None,
-    timeout: float = 10.0,
-) -> Reply:
-    """One HTTP/1.1 request on a fresh connection (no client-side pooling to hide anything)."""
-    assert url.startswith("http://")
-    host_port, _, path = url[len("http://") :].partition("/")
-    host, _, port = host_port.partition(":")
-    if isinstance(body, dict | list):
-        body = json.dumps(body)
-    if isinstance(body, str):
-        body = body.encode()
-    all_headers = {"Content-Type": "application/json", **(headers or {})}
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request(method, "/" + path, body=body, headers=all_headers)
-        response = conn.getresponse()
-        return Reply(response.status, response.read(), dict(response.getheaders()))
-    finally:
-        conn.close()
 
 
 def self_signed_certificate(folder: Path, name: str = "mlstack-gateway-test") -> tuple[Path, Path]:
@@ -131,92 +88,39 @@ def predict(gateway_url: str, instances: Any, key: str | None = API_KEY) -> Repl
     return request("POST", f"{gateway_url}/api/v1/predict", {"instances": instances}, headers)
 
 
-class ServiceProcess:
+class ServiceProcess(LocalProcess):
     """A service started as ``python -m <module>`` with the given environment."""
 
     def __init__(
         self, module: str, src: Path, env: Mapping[str, str], port: int, log_dir: Path
     ) -> None:
-        self.module = module
-        self.src = src
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.env = {
+        environment = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join((str(src), str(COMMON_SRC))),
             "HOST": "127.0.0.1",
             "PORT": str(port),
             **env,
         }
-        self.log_path = log_dir / f"{module}-{port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            module,
+            [sys.executable, "-m", module],
+            log_dir / f"{module}-{port}.log",
+            env=environment,
+            cwd=src,
+        )
+        self.module = module
+        self.src = src
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
         # Where the service serves /metrics, when on a port of its own.
         self.metrics_url: str | None = None
 
     def start(self) -> ServiceProcess:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module],
-            env=self.env,
-            cwd=self.src,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        super().start()
         return self
 
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
     def wait_until(self, path: str, timeout: float = 60.0, status: int = 200) -> None:
-        def answers() -> bool:
-            try:
-                return request("GET", self.url + path, timeout=2).status == status
-            except OSError:
-                return False
-
-        self.wait_for(f"answering {path}", answers, timeout)
-
-    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-        """Poll `check` until it holds; RuntimeError with the log if the process exits first
-        or `timeout` seconds pass."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.module} exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            if check():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.module} not {what} in {timeout}s:\n{self.log_tail()}")
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
+        self.wait_for(f"answering {path}", lambda: answers(self.url + path, status), timeout)
 
 
 class ModelProcess(ServiceProcess):
@@ -279,17 +183,11 @@ class MakeServe(ServiceProcess):
 
     def start(self) -> MakeServe:
         variables = [f"{name}={port}" for name, port in self.ports.items()]
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            # -o: never reinstall the shared virtual environment from inside the tests.
-            ["make", "--no-print-directory", "-o", ".venv/.installed", "serve", *variables],
-            env=self.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        # -o: never reinstall the shared virtual environment from inside the tests.
+        self.argv = ["make", "--no-print-directory", "-o", ".venv/.installed", "serve", *variables]
+        self.cwd = ROOT
+        self.new_session = True
+        super().start()
         return self
 
     def interrupt(self) -> None:
@@ -311,9 +209,7 @@ class MakeServe(ServiceProcess):
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 25
-            while self.group_alive() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            poll(lambda: not self.group_alive(), STOP_GRACE_SECONDS, interval=0.05)
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
@@ -370,179 +266,45 @@ def slow_model_server() -> Iterator[str]:
         server.server_close()
 
 
-def postgres_bindir() -> Path:
-    """Where Debian's PostgreSQL server binaries are (initdb, pg_ctl, postgres)."""
-    candidates: list[Path] = []
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
-        if out.returncode == 0:
-            candidates.append(Path(out.stdout.strip()))
-    versions = sorted(glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
-    candidates.extend(Path(p) for p in reversed(versions))
-    for candidate in candidates:
-        if (candidate / "initdb").is_file() and (candidate / "pg_ctl").is_file():
-            return candidate
-    raise RuntimeError(
-        "PostgreSQL server binaries (initdb, pg_ctl) not found in `pg_config --bindir` or "
-        "/usr/lib/postgresql/*/bin: install them with `apt-get install -y postgresql`"
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """A socket on 127.0.0.1 that accepts connections and never answers (a hung server, as its
+    clients see it); yields its URL."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+
+def until(
+    condition: Callable[[], bool], what: str, timeout: float = 30.0, interval: float = 0.05
+) -> None:
+    """Poll `condition` until it holds; AssertionError naming `what` after `timeout` seconds."""
+    if not poll(condition, timeout, interval=interval):
+        raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def listed(gateway: ServiceProcess) -> list[str]:
+    """The request ids GET /api/v1/predictions lists, newest first; the read must answer 200."""
+    reply = request(
+        "GET", f"{gateway.url}/api/v1/predictions?limit=5", headers={"X-API-Key": API_KEY}
     )
+    assert reply.status == 200, reply.body
+    return [item["request_id"] for item in reply.json()["items"]]
 
 
-class PostgresServer:
-    """A throw-away PostgreSQL cluster on 127.0.0.1, run as an unprivileged user under root."""
+def read_until_listed(
+    gateway: ServiceProcess, request_id: str, counter: str, **labels: str
+) -> None:
+    """Reads the history until one read that ``counter`` counts lists ``request_id`` (the test
+    must be the gateway's only client, so that a count that rises by one is that read)."""
 
-    def __init__(self) -> None:
-        self.bindir = postgres_bindir()
-        self.port = free_port()
-        self.base = Path(tempfile.mkdtemp(prefix="mlstack-pg-"))
-        self.data = self.base / "data"
-        self.socket_dir = self.base / "socket"
-        self.log = self.base / "postgres.log"
-        self.socket_dir.mkdir()
-        self._runas: list[str] = []
-        if os.geteuid() == 0:
-            # initdb and postgres refuse to run as root.
-            user = _unprivileged_user()
-            entry = pwd.getpwnam(user)
-            for path in (self.base, self.socket_dir):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
-            self._runas = ["runuser", "-u", user, "--"]
+    def counted_read_lists_it() -> bool:
+        before = metric(gateway, counter, **labels)
+        ids = listed(gateway)
+        return metric(gateway, counter, **labels) == before + 1 and request_id in ids
 
-    def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
-    def _run(self, *args: str) -> None:
-        result = subprocess.run(
-            [*self._runas, *args], capture_output=True, text=True, check=False, timeout=120
-        )
-        if result.returncode != 0:
-            log = self.log.read_text(errors="replace") if self.log.exists() else ""
-            raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}{log}")
-
-    def init(self) -> PostgresServer:
-        self._run(
-            str(self.bindir / "initdb"),
-            "-D", str(self.data),
-            "-U", "postgres",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--no-sync",
-        )  # fmt: skip
-        return self
-
-    def start(self) -> None:
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir}"
-        self._run(
-            str(self.bindir / "pg_ctl"),
-            "-D", str(self.data),
-            "-l", str(self.log),
-            "-o", options,
-            "-w", "-t", "60",
-            "start",
-        )  # fmt: skip
-
-    def stop(self, mode: str = "fast") -> None:
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def kill(self, timeout: float = 30.0) -> None:
-        """SIGKILL the postmaster, as when the node loses the pod: each backend notices, tells
-        its client "terminating connection due to unexpected postmaster exit" and exits. Returns
-        once they all have, so that start() (crash recovery from WAL, same port and data
-        directory) does not find the shared memory still in use."""
-        pid = int((self.data / "postmaster.pid").read_text().split()[0])
-        os.kill(pid, signal.SIGKILL)
-        # pg_ctl starts the postmaster in a session of its own: its children share its group.
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL backends still running {timeout}s after SIGKILL")
-            time.sleep(0.05)
-
-    def reload(self) -> None:
-        """Make the server read its configuration files again (postgresql.auto.conf included)."""
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "reload")
-
-    def standby(self) -> PostgresServer:
-        """A hot standby of this running server, started: a base backup of it that streams its
-        WAL from it over 127.0.0.1 (initdb's defaults allow it: wal_level replica, 10 WAL
-        senders, trusted replication connections from 127.0.0.1)."""
-        standby = PostgresServer()
-        # -R: standby.signal and primary_conninfo, so the copy starts as this server's standby.
-        standby._run(
-            str(self.bindir / "pg_basebackup"),
-            "-D", str(standby.data),
-            "-h", "127.0.0.1",
-            "-p", str(self.port),
-            "-U", "postgres",
-            "-R",
-            "--checkpoint=fast",
-            "--no-sync",
-        )  # fmt: skip
-        standby.start()
-        return standby
-
-    def create_database(self, name: str) -> str:
-        async def create() -> None:
-            conn = await asyncpg.connect(self.dsn())
-            try:
-                await conn.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await conn.close()
-
-        asyncio.run(create())
-        return self.dsn(name)
-
-    def create_password_role(self, role: str, password: str) -> None:
-        """A login role that connects over TCP with `password` only (the rest of the server
-        trusts 127.0.0.1), and a database it owns named after it."""
-
-        async def create() -> None:
-            conn = await asyncpg.connect(self.dsn())
-            try:
-                # A utility statement takes no parameters: format() quotes them server-side.
-                quote = "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)"
-                await conn.execute(await conn.fetchval(quote, role, password))
-                quote = "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $1::text)"
-                await conn.execute(await conn.fetchval(quote, role))
-            finally:
-                await conn.close()
-
-        asyncio.run(create())
-        hba = self.data / "pg_hba.conf"
-        # pg_hba.conf is read top down: this line comes before initdb's trust lines.
-        hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n{hba.read_text()}")
-        self.reload()
-
-    def destroy(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.stop("immediate")
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
-def _unprivileged_user() -> str:
-    for name in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return name
-    raise RuntimeError("no unprivileged user (postgres or nobody) to run PostgreSQL as")
-
-
-def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
+    until(counted_read_lists_it, f"a read counted in {counter}{labels} lists {request_id}")
 
 
 def fill_with_copies(database: dict[str, str], copies: int) -> None:

@@ -1,5 +1,10 @@
-"""The service images, read from their Dockerfiles (no Docker engine needed): what the Pulumi
-components rely on (port, user, entrypoint) and the hygiene of the images themselves."""
+"""The service images, read from their Dockerfile (no Docker engine needed): what the Pulumi
+components rely on (port, user, entrypoint) and the hygiene of the images themselves.
+
+The gateway and the model share services/Dockerfile: a stage each (``gateway``, ``model``) on a
+stage they share (``service``), built with ``--target <service> --build-arg SERVICE=<service>``
+(components/image.py, e2e/images.py). What one image holds is the shared stage's instructions,
+then its own."""
 
 from __future__ import annotations
 
@@ -10,9 +15,11 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
+from components.image import SHARED_DOCKERFILE_SERVICES, dockerfile
 from tests.services.support import ROOT
 
 SERVICES = {"model": "mlstack_model", "gateway": "mlstack_gateway"}
+SHARED_STAGE = "service"
 IMAGE_PORT = "8080"
 MODEL_GRPC_PORT = "8081"
 # The gateway serves /metrics on a port of its own (components/app.py: METRICS_PORT).
@@ -26,16 +33,40 @@ class Instruction:
     arguments: str
 
 
-def instructions(service: str) -> list[Instruction]:
-    text = (ROOT / "services" / service / "Dockerfile").read_text()
+def parsed(text: str) -> list[Instruction]:
     logical = re.sub(r"\\\n", " ", text)
-    parsed = []
+    found = []
     for line in logical.splitlines():
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             keyword, _, arguments = stripped.partition(" ")
-            parsed.append(Instruction(keyword.upper(), arguments.strip()))
-    return parsed
+            found.append(Instruction(keyword.upper(), arguments.strip()))
+    return found
+
+
+def stages() -> dict[str, list[Instruction]]:
+    """services/Dockerfile's instructions by stage (the global ARGs under ``""``)."""
+    by_stage: dict[str, list[Instruction]] = {"": []}
+    current = ""
+    for instruction in parsed((ROOT / "services" / "Dockerfile").read_text()):
+        if instruction.keyword == "FROM":
+            words = instruction.arguments.split()
+            assert len(words) == 3 and words[1].upper() == "AS", instruction
+            current = words[2]
+            by_stage[current] = []
+        by_stage[current].append(instruction)
+    return by_stage
+
+
+def instructions(service: str) -> list[Instruction]:
+    """What ``--target <service>`` builds: the global ARGs, the shared stage, the service's."""
+    by_stage = stages()
+    return [*by_stage[""], *by_stage[SHARED_STAGE], *by_stage[service]]
+
+
+def built(service: str, text: str) -> str:
+    """``text`` with the SERVICE build argument as the service's build passes it."""
+    return text.replace("${SERVICE}", service)
 
 
 def env_of(service: str) -> dict[str, str]:
@@ -54,19 +85,34 @@ def only(service: str, keyword: str) -> str:
     return found[0]
 
 
+def test_one_dockerfile_builds_both_python_services() -> None:
+    assert set(SHARED_DOCKERFILE_SERVICES) == set(SERVICES)
+    assert {dockerfile(service) for service in SERVICES} == {ROOT / "services" / "Dockerfile"}
+    assert list(stages()) == ["", SHARED_STAGE, "gateway", "model"]
+    # Each service's stage builds on the shared one, and no stage on another service's.
+    for service in SERVICES:
+        assert stages()[service][0].arguments == f"{SHARED_STAGE} AS {service}"
+    assert not (ROOT / "services" / "gateway" / "Dockerfile").exists()
+    assert not (ROOT / "services" / "model" / "Dockerfile").exists()
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_base_image_is_pinned_by_version_and_digest(service: str) -> None:
     # A build may pass another base (BASE_IMAGE, declared without a default so that the pin
     # lives in one place); one that passes none builds on the pinned upstream image.
-    assert only(service, "ARG") == "BASE_IMAGE"
-    base = only(service, "FROM")
+    args = [i.arguments for i in instructions(service) if i.keyword == "ARG"]
+    assert args == ["BASE_IMAGE", "SERVICE"]
+    base = instructions(service)[1]
+    assert base.keyword == "FROM"
     pinned = r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}"
-    assert re.fullmatch(rf"\$\{{BASE_IMAGE:-{pinned}\}}", base), base
+    assert re.fullmatch(rf"\$\{{BASE_IMAGE:-{pinned}\}} AS {SHARED_STAGE}", base.arguments)
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_runs_as_numeric_non_root_user(service: str) -> None:
     assert only(service, "USER") == IMAGE_USER
+    # Set in the service's own stage: the last one its build runs, the image it deploys.
+    assert [i.keyword for i in stages()[service]][-3:] == ["USER", "EXPOSE", "ENTRYPOINT"]
     keywords = [i.keyword for i in instructions(service)]
     # Nothing after USER runs as root again.
     assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k == "RUN")
@@ -89,7 +135,7 @@ def test_entrypoint_runs_the_service_package(service: tuple[str, str]) -> None:
     entrypoint = orjson.loads(only(name, "ENTRYPOINT"))
     assert entrypoint == ["python", "-m", package]
     assert (ROOT / "services" / name / package / "__main__.py").is_file()
-    copies = [i.arguments.split() for i in instructions(name) if i.keyword == "COPY"]
+    copies = [built(name, i.arguments).split() for i in instructions(name) if i.keyword == "COPY"]
     # The build context is services/: each image copies its own package and the shared one.
     assert [f"{name}/{package}", f"/opt/mlstack/app/{package}"] in copies
     assert ["common/mlstack_common", "/opt/mlstack/app/mlstack_common"] in copies
@@ -131,5 +177,7 @@ def test_requirements_are_pinned_exactly(service: str) -> None:
         assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][0-9A-Za-z.\-+]*", requirement), requirement
     runs = " ".join(i.arguments for i in instructions(service) if i.keyword == "RUN")
     assert "-r /opt/mlstack/requirements.txt" in runs
-    copies = [i.arguments.split() for i in instructions(service) if i.keyword == "COPY"]
+    copies = [
+        built(service, i.arguments).split() for i in instructions(service) if i.keyword == "COPY"
+    ]
     assert [f"{service}/requirements.txt", "/opt/mlstack/requirements.txt"] in copies

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,15 +13,11 @@ from mlstack_common.env import SettingsError
 from mlstack_gateway.auth import ApiKeyChecker
 from mlstack_gateway.errors import ApiError
 from mlstack_gateway.settings import GatewaySettings
+from prometheus_client.parser import text_string_to_metric_families
 
+from harness.http import request
 from tests.services.hostile import exchange, raw_request
-from tests.services.support import (
-    ServiceProcess,
-    port_of,
-    predict,
-    request,
-    start_gateway,
-)
+from tests.services.support import ServiceProcess, port_of, predict, start_gateway
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 NEW_KEY = "new-key-after-rotation"
@@ -47,8 +42,12 @@ def key_counts(gateway: ServiceProcess) -> dict[str, float]:
     assert gateway.metrics_url is not None
     text = request("GET", gateway.metrics_url + "/metrics").body.decode()
     assert NEW_KEY not in text and OLD_KEY not in text
-    found = re.findall(r'^mlstack_gateway_api_key_requests_total\{key="(\w+)"\} (\S+)$', text, re.M)
-    return {key_id: float(value) for key_id, value in found}
+    return {
+        sample.labels["key"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "mlstack_gateway_api_key_requests_total"
+    }
 
 
 def test_old_and_new_key_are_both_answered_while_both_are_configured(

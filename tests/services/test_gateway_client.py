@@ -18,7 +18,7 @@ from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.payload import parse_predict_body
 from mlstack_gateway.settings import GatewaySettings
 
-from tests.services.support import free_port
+from harness.ports import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -72,6 +72,19 @@ async def answer_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     while await read_request(reader) is not None:
         writer.write(OK)
         await writer.drain()
+
+
+def answer_once(data: bytes) -> Handler:
+    """A handler that answers a connection's first request with ``data``, then waits for the
+    client to close."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(data)
+        await writer.drain()
+        await reader.read()
+
+    return handler
 
 
 def test_one_keep_alive_connection_serves_consecutive_calls() -> None:
@@ -128,47 +141,35 @@ def test_a_silent_server_times_out_at_the_deadline() -> None:
     assert connections == 2  # a connection that timed out is never reused
 
 
-def test_nothing_listening_is_a_connect_error() -> None:
-    async def run() -> None:
-        pool = HttpPool(f"http://127.0.0.1:{free_port()}", max_connections=2, connect_timeout=1)
-        with pytest.raises(ConnectError):
-            await pool.request("GET", "/", timeout=1)
-        await pool.close()
+async def one_request_raises(url: str, error: type[Exception]) -> None:
+    """A GET through a pool of its own to ``url`` raises ``error``; the pool is closed after."""
+    pool = HttpPool(url, max_connections=1, connect_timeout=1)
+    with pytest.raises(error):
+        await pool.request("GET", "/", timeout=1)
+    await pool.close()
 
-    asyncio.run(run())
+
+def test_nothing_listening_is_a_connect_error() -> None:
+    asyncio.run(one_request_raises(f"http://127.0.0.1:{free_port()}", ConnectError))
 
 
 def test_a_close_before_the_answer_is_a_disconnect_and_garbage_a_response_error() -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         await read_request(reader)
 
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
-        await read_request(reader)
-        writer.write(b"SMTP ready\r\n\r\n")
-        await writer.drain()
-        await reader.read()
+    garbage = answer_once(b"SMTP ready\r\n\r\n")
 
     async def run() -> None:
         async with origin(hang_up) as (_, url):
-            pool = HttpPool(url, max_connections=1, connect_timeout=1)
-            with pytest.raises(DisconnectedError):
-                await pool.request("GET", "/", timeout=1)
-            await pool.close()
+            await one_request_raises(url, DisconnectedError)
         async with origin(garbage) as (_, url):
-            pool = HttpPool(url, max_connections=1, connect_timeout=1)
-            with pytest.raises(ResponseError):
-                await pool.request("GET", "/", timeout=1)
-            await pool.close()
+            await one_request_raises(url, ResponseError)
 
     asyncio.run(run())
 
 
 def test_a_response_without_keep_alive_closes_its_connection() -> None:
-    async def http10(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
-        await reader.read()
+    http10 = answer_once(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}")
 
     async def run() -> int:
         async with origin(http10) as (server, url):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.http import request
 from tests.services.hostile import raw_request, seconds_until_closed
 from tests.services.support import (
     API_KEY,
@@ -20,10 +21,10 @@ from tests.services.support import (
     metric,
     port_of,
     predict,
-    request,
     self_signed_certificate,
     serves_https,
     start_gateway,
+    until,
 )
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -83,15 +84,21 @@ def test_a_client_that_never_reads_its_answer_is_cut_off_and_its_slot_freed(
             )
             started = time.monotonic()
             deadline = started + 15
-            cut_off = ("mlstack_gateway_refused_requests_total", {"reason": "write_timeout"})
-            while metric(gateway, cut_off[0], **cut_off[1]) < 1:
-                assert time.monotonic() < deadline, "the client was not cut off"
-                time.sleep(0.1)
+            refused = "mlstack_gateway_refused_requests_total"
+            until(
+                lambda: metric(gateway, refused, reason="write_timeout") >= 1,
+                "the client cut off",
+                deadline - time.monotonic(),
+                interval=0.1,
+            )
             seconds = time.monotonic() - started
             # The gateway holds the connection no more; this side has it still.
-            while metric(gateway, "mlstack_gateway_open_connections") > 0:
-                assert time.monotonic() < deadline, "the connection is still open"
-                time.sleep(0.1)
+            until(
+                lambda: metric(gateway, "mlstack_gateway_open_connections") <= 0,
+                "the connection closed",
+                deadline - time.monotonic(),
+                interval=0.1,
+            )
             # The slot is free: the only one there is serves another request.
             assert predict(gateway.url, [SETOSA]).status == 200
             # What the kernels held is all that comes: the rest of the answer was dropped.
@@ -117,9 +124,11 @@ def test_connections_beyond_the_cap_get_503_while_open_ones_are_served(
         port = port_of(gateway.url)
         deadline = time.monotonic() + 15
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
-        while metric(gateway, "mlstack_gateway_open_connections") < 8:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        until(
+            lambda: metric(gateway, "mlstack_gateway_open_connections") >= 8,
+            "8 connections open",
+            deadline - time.monotonic(),
+        )
         refused = request("GET", gateway.url + "/healthz")
         assert refused.status == 503
         assert refused.headers["retry-after"] == "1"
@@ -133,9 +142,11 @@ def test_connections_beyond_the_cap_get_503_while_open_ones_are_served(
         assert held[0].recv(65536).startswith(b"HTTP/1.1 200 ")
         # One closed, a new one is served.
         held.pop().close()
-        while metric(gateway, "mlstack_gateway_open_connections") >= 8:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        until(
+            lambda: metric(gateway, "mlstack_gateway_open_connections") < 8,
+            "one of the 8 connections closed",
+            deadline - time.monotonic(),
+        )
         assert request("GET", gateway.url + "/healthz").status == 200
     finally:
         for sock in held:

@@ -1,11 +1,12 @@
 """The gateway while its PostgreSQL is killed (SIGKILL of the postmaster, as when the node loses
-the pod) or refuses writes (as a demoted primary does during a failover) under concurrent
+the pod) or refuses writes (as a demoted primary does during a switchover) under concurrent
 predictions and history reads, then back: every answer is 200 or 503 with Retry-After, never a
 500; every 200 prediction is stored; the outage is one warning line in the gateway's log, not a
 traceback per retry or a line per request."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,15 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.services.support import (
-    API_KEY,
-    PostgresServer,
-    ServiceProcess,
-    predict,
-    query,
-    request,
-    start_gateway,
-)
+from harness.http import request
+from harness.postgres import PostgresServer, query, running_postgres
+from tests.services.support import API_KEY, ServiceProcess, predict, start_gateway
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 PREDICTORS = 12
@@ -94,13 +89,32 @@ class Traffic:
         return check
 
 
+@contextlib.contextmanager
+def under_traffic(
+    model_server: ServiceProcess, log_dir: Path, **env: str
+) -> Iterator[tuple[ServiceProcess, Traffic]]:
+    """A gateway on the database `env` names, under Traffic from the moment it answers
+    predictions; stopped on the way out, its log left to read. Many idle pool connections when
+    the server goes: each one the server tells it is ending is one that a request may be given
+    before the socket's close is seen. An outage outlasts the write timeout, so that predictions
+    are refused during it."""
+    gateway = start_gateway(
+        model_server.url, log_dir, wait=True, DB_POOL_SIZE="8", DB_WRITE_TIMEOUT_SECONDS="1", **env
+    )
+    try:
+        with Traffic(gateway) as traffic:
+            gateway.wait_for("answering predictions", traffic.answered("predict", 200, 0.0))
+            time.sleep(0.5)
+            yield gateway, traffic
+    finally:
+        gateway.stop()
+
+
 @pytest.fixture
 def database() -> Iterator[PostgresServer]:
     """A PostgreSQL of this test's own: killing it leaves the other tests' server alone."""
-    server = PostgresServer().init()
-    server.start()
-    yield server
-    server.destroy()
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.mark.parametrize("read_url", [False, True], ids=["primary", "and-read-url"])
@@ -108,35 +122,20 @@ def test_killed_database_costs_503s_with_retry_after_and_no_500(
     read_url: bool, database: PostgresServer, model_server: ServiceProcess, log_dir: Path
 ) -> None:
     dsn = database.dsn()
-    gateway = start_gateway(
-        model_server.url,
-        log_dir,
-        DATABASE_URL=dsn,
-        # With a read URL on the same server, a history read tries it first, then the primary.
-        DATABASE_READ_URL=dsn if read_url else "",
-        # Many idle pool connections when the server dies: each one the server tells it is
-        # terminating is one that a request may be given before the socket's close is seen.
-        DB_POOL_SIZE="8",
-        # The outage outlasts the write timeout, so that predictions are refused during it.
-        DB_WRITE_TIMEOUT_SECONDS="1",
-    )
-    try:
-        with Traffic(gateway) as traffic:
-            gateway.wait_for("answering predictions", traffic.answered("predict", 200, 0.0))
-            time.sleep(0.5)
-            killed = time.monotonic()
-            database.kill()
-            for endpoint in ("predict", "history"):
-                gateway.wait_for(f"refusing {endpoint}", traffic.answered(endpoint, 503, killed))
-            database.start()
-            restarted = time.monotonic()
-            for endpoint in ("predict", "history"):
-                gateway.wait_for(
-                    f"answering {endpoint} again", traffic.answered(endpoint, 200, restarted)
-                )
-        answers = traffic.answers
-    finally:
-        gateway.stop()
+    # With a read URL on the same server, a history read tries it first, then the primary.
+    read_env = {"DATABASE_READ_URL": dsn if read_url else ""}
+    with under_traffic(model_server, log_dir, DATABASE_URL=dsn, **read_env) as (gateway, traffic):
+        killed = time.monotonic()
+        database.kill()
+        for endpoint in ("predict", "history"):
+            gateway.wait_for(f"refusing {endpoint}", traffic.answered(endpoint, 503, killed))
+        database.start()
+        restarted = time.monotonic()
+        for endpoint in ("predict", "history"):
+            gateway.wait_for(
+                f"answering {endpoint} again", traffic.answered(endpoint, 200, restarted)
+            )
+    answers = traffic.answers
 
     assert_only_200s_and_503s_with_retry_after(answers)
     assert_every_200_stored(answers, dsn)
@@ -148,35 +147,20 @@ def test_killed_database_costs_503s_with_retry_after_and_no_500(
 def test_database_refusing_writes_costs_503s_with_retry_after_and_no_500(
     database: PostgresServer, model_server: ServiceProcess, log_dir: Path
 ) -> None:
-    """A failover's former primary: read-only (in recovery, or demoted by configuration), it
+    """A switchover's former primary: read-only (in recovery, or demoted by configuration), it
     fails each INSERT with "cannot execute INSERT in a read-only transaction" (25006) on the
     connections the gateway opens again after the server ended its old ones. Predictions are
     refused with 503 until the server takes writes again; history reads go on."""
     dsn = database.dsn()
-    gateway = start_gateway(
-        model_server.url,
-        log_dir,
-        DATABASE_URL=dsn,
-        DB_POOL_SIZE="8",
-        # Refusals outlast the write timeout, so that predictions are refused during them.
-        DB_WRITE_TIMEOUT_SECONDS="1",
-    )
-    try:
-        with Traffic(gateway) as traffic:
-            gateway.wait_for("answering predictions", traffic.answered("predict", 200, 0.0))
-            time.sleep(0.5)
-            demoted = time.monotonic()
-            set_read_only(database, True)
-            gateway.wait_for("refusing predictions", traffic.answered("predict", 503, demoted))
-            gateway.wait_for("answering history", traffic.answered("history", 200, demoted))
-            set_read_only(database, False)
-            lifted = time.monotonic()
-            gateway.wait_for(
-                "answering predictions again", traffic.answered("predict", 200, lifted)
-            )
-        answers = traffic.answers
-    finally:
-        gateway.stop()
+    with under_traffic(model_server, log_dir, DATABASE_URL=dsn) as (gateway, traffic):
+        demoted = time.monotonic()
+        set_read_only(database, True)
+        gateway.wait_for("refusing predictions", traffic.answered("predict", 503, demoted))
+        gateway.wait_for("answering history", traffic.answered("history", 200, demoted))
+        set_read_only(database, False)
+        lifted = time.monotonic()
+        gateway.wait_for("answering predictions again", traffic.answered("predict", 200, lifted))
+    answers = traffic.answers
 
     assert_only_200s_and_503s_with_retry_after(answers)
     assert_every_200_stored(answers, dsn)
@@ -186,7 +170,7 @@ def test_database_refusing_writes_costs_503s_with_retry_after_and_no_500(
 
 def set_read_only(database: PostgresServer, read_only: bool) -> None:
     """Make the server refuse writes (or take them again) in every session, as one in recovery
-    does, and end its clients' connections, as a failover's stop of the old primary does."""
+    does, and end its clients' connections, as Patroni's demotion of the old primary does."""
     # A superuser's session of its own that may write: ALTER SYSTEM is not allowed in a
     # read-only transaction.
     admin = database.dsn() + "?options=-c%20default_transaction_read_only%3Doff"

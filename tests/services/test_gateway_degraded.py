@@ -9,15 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from harness.http import request
+from harness.ports import free_port
+from harness.postgres import PostgresServer
 from tests.services.support import (
     API_KEY,
     FreezableProxy,
-    PostgresServer,
     ServiceProcess,
-    free_port,
     metric,
     predict,
-    request,
     start_gateway,
     start_model,
 )

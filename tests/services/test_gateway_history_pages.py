@@ -12,16 +12,15 @@ from typing import Any
 
 import pytest
 
+from harness.http import Reply, request
+from harness.postgres import PostgresServer
 from tests.services.hostile import Raw, burst, memory_mib, pid_of, raw_request
 from tests.services.support import (
     API_KEY,
-    PostgresServer,
-    Reply,
     ServiceProcess,
     fill_with_copies,
     port_of,
     predict,
-    request,
     start_gateway,
 )
 

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from mlstack_gateway.breaker import BreakerState, CircuitBreaker
-from mlstack_gateway.group_commit import GroupCommitter
 from mlstack_gateway.metrics import GatewayMetrics
-from mlstack_gateway.store import StoreUnavailableError
+from mlstack_gateway.stores.base import StoreUnavailableError
+from mlstack_gateway.stores.group_commit import GroupCommitter
 
 
 class FakeClock:
@@ -47,12 +47,18 @@ def test_a_success_resets_the_failure_count() -> None:
     assert state_of(breaker) is BreakerState.CLOSED
 
 
-def test_half_open_lets_one_trial_through_and_its_success_closes() -> None:
+def on_trial() -> tuple[FakeClock, CircuitBreaker]:
+    """A breaker that one failure opened, its 1 s open period over and one trial let through."""
     clock = FakeClock()
     breaker = CircuitBreaker(failure_threshold=1, reset_seconds=1.0, clock=clock)
     breaker.record_failure()
     clock.now += 1.0
     assert breaker.allow()  # the trial
+    return clock, breaker
+
+
+def test_half_open_lets_one_trial_through_and_its_success_closes() -> None:
+    _, breaker = on_trial()
     assert state_of(breaker) is BreakerState.HALF_OPEN
     assert not breaker.allow()  # everyone else waits for its verdict
     breaker.record_success()
@@ -61,11 +67,7 @@ def test_half_open_lets_one_trial_through_and_its_success_closes() -> None:
 
 
 def test_failed_trial_reopens_for_another_period() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=1, reset_seconds=1.0, clock=clock)
-    breaker.record_failure()
-    clock.now += 1.0
-    assert breaker.allow()
+    clock, breaker = on_trial()
     breaker.record_failure()
     assert state_of(breaker) is BreakerState.OPEN
     clock.now += 0.5
@@ -94,11 +96,7 @@ def test_retry_after_is_at_least_one_second() -> None:
 
 
 def test_cancelled_trial_lets_another_trial_go() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=1, reset_seconds=1.0, clock=clock)
-    breaker.record_failure()
-    clock.now += 1.0
-    assert breaker.allow()
+    _, breaker = on_trial()
     breaker.release()
     assert breaker.allow()
 

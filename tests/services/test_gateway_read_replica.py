@@ -5,22 +5,21 @@ streaming, stops or hangs; every read answers 200 as long as the primary does.""
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from harness.postgres import PostgresServer, query
 from tests.services.support import (
-    API_KEY,
     FreezableProxy,
-    PostgresServer,
     ServiceProcess,
+    listed,
     metric,
     predict,
-    query,
-    request,
+    read_until_listed,
     start_gateway,
+    until,
 )
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -64,42 +63,11 @@ def gateway(
     service.stop()
 
 
-def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
-
-
 def new_prediction(gateway: ServiceProcess) -> str:
     reply = predict(gateway.url, [SETOSA])
     assert reply.status == 200, reply.body
     request_id: str = reply.json()["request_id"]
     return request_id
-
-
-def listed(gateway: ServiceProcess) -> list[str]:
-    """The request ids GET /api/v1/predictions lists, newest first; the read must answer 200."""
-    reply = request(
-        "GET", f"{gateway.url}/api/v1/predictions?limit=5", headers={"X-API-Key": API_KEY}
-    )
-    assert reply.status == 200, reply.body
-    return [item["request_id"] for item in reply.json()["items"]]
-
-
-def read_until_listed(
-    gateway: ServiceProcess, request_id: str, counter: str, **labels: str
-) -> None:
-    """Reads the history until one read that ``counter`` counts lists ``request_id`` (the tests
-    of this module are the gateway's only clients, so a count that rises by one is that read)."""
-
-    def counted_read_lists_it() -> bool:
-        before = metric(gateway, counter, **labels)
-        ids = listed(gateway)
-        return metric(gateway, counter, **labels) == before + 1 and request_id in ids
-
-    until(counted_read_lists_it, f"a read counted in {counter}{labels} lists {request_id}")
 
 
 def on_standby(standby: PostgresServer, request_id: str) -> bool:

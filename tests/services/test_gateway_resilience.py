@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import sqlite3
 import threading
 import time
@@ -12,16 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from harness.http import request
+from harness.ports import free_port
+from harness.postgres import PostgresServer, query
 from tests.services.support import (
     GATEWAY_SRC,
-    PostgresServer,
     ServiceProcess,
-    free_port,
     predict,
-    query,
-    request,
+    silent_server,
     start_gateway,
     start_model,
+    until,
 )
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -45,10 +45,12 @@ def test_dead_model_gives_fast_503_then_recovers(model_dir: Path, log_dir: Path)
         assert request("GET", gateway.url + "/readyz").status == 200
 
         model = start_model(model_dir, log_dir, port=port)
-        deadline = time.monotonic() + 15
-        while predict(gateway.url, [SETOSA]).status != 200:
-            assert time.monotonic() < deadline, "gateway did not recover after the model returned"
-            time.sleep(0.1)
+        until(
+            lambda: predict(gateway.url, [SETOSA]).status == 200,
+            "the gateway recovers after the model returned",
+            15,
+            interval=0.1,
+        )
         assert request("GET", gateway.url + "/readyz").status == 200
     finally:
         gateway.stop()
@@ -81,10 +83,7 @@ def test_503_says_when_to_retry_and_an_open_breaker_says_how_long_it_stays_open(
 
 def test_hung_model_times_out_with_503(log_dir: Path) -> None:
     # A socket that listens but never answers: connections succeed, responses never come.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(64)
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    with silent_server() as url:
         gateway = start_gateway(url, log_dir, wait=False, MODEL_TIMEOUT_SECONDS="0.4")
         try:
             gateway.wait_until("/healthz")

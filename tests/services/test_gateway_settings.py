@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from mlstack_common.env import SettingsError
-from mlstack_gateway.settings import GatewaySettings
+from mlstack_gateway.settings import GatewaySettings, MigrateSettings
 
 
 def test_secrets_are_read_from_the_files_kubernetes_mounts(tmp_path: Path) -> None:
@@ -144,6 +144,43 @@ def test_a_read_lag_bound_of_0_is_allowed() -> None:
         {"MLSTACK_API_KEY": "k", "DATABASE_READ_MAX_LAG_SECONDS": "0"}
     )
     assert settings.database_read_max_lag_seconds == 0.0
+
+
+def test_the_gateway_migrates_the_schema_unless_told_not_to() -> None:
+    assert GatewaySettings.from_env({"MLSTACK_API_KEY": "k"}).database_migrate is True
+    for value, migrates in (("false", False), ("No", False), ("0", False), ("TRUE", True)):
+        env = {"MLSTACK_API_KEY": "k", "DATABASE_MIGRATE": value}
+        assert GatewaySettings.from_env(env).database_migrate is migrates
+
+
+def test_a_migrate_setting_that_is_not_yes_or_no_is_refused() -> None:
+    with pytest.raises(SettingsError, match=r"^DATABASE_MIGRATE must be true or false, got 'nope'"):
+        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "DATABASE_MIGRATE": "nope"})
+
+
+def test_the_migrate_command_reads_the_url_as_the_gateway_does(tmp_path: Path) -> None:
+    url = "postgresql://mlstack:a%2Fb%40c%3Ad%25e%2Bf%3Dg%3Fh%23i%27j%5Ck@database:5432/mlstack"
+    (tmp_path / "database-url").write_text(url + "\n")
+    settings = MigrateSettings.from_env({"DATABASE_URL_FILE": str(tmp_path / "database-url")})
+    assert settings.database_url == url
+    assert settings.timeout_seconds == 300.0
+
+
+def test_the_migrate_command_needs_a_postgresql_url() -> None:
+    with pytest.raises(SettingsError, match=r"^DATABASE_URL \(or DATABASE_URL_FILE\) must give"):
+        MigrateSettings.from_env({})
+    with pytest.raises(SettingsError, match=r"^DATABASE_URL has more than one '@'"):
+        MigrateSettings.from_env({"DATABASE_URL": "postgresql://u:p@ss@database/mlstack"})
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"), [("0.5", r"must be >= 1\.0"), ("long", "must be a number")]
+)
+def test_the_migrate_timeout_is_a_second_or_more(value: str, rule: str) -> None:
+    with pytest.raises(SettingsError, match=f"DATABASE_MIGRATE_TIMEOUT_SECONDS {rule}"):
+        MigrateSettings.from_env(
+            {"DATABASE_URL": "postgresql://u@db/m", "DATABASE_MIGRATE_TIMEOUT_SECONDS": value}
+        )
 
 
 def test_the_certificate_is_read_again_every_30_s_by_default() -> None:

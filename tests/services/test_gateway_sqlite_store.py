@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from mlstack_gateway.ids import new_request_id
 from mlstack_gateway.metrics import GatewayMetrics
-from mlstack_gateway.migrations import migrate
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.store import PredictionRecord, StoreUnavailableError
-from mlstack_gateway.store_sqlite import MIGRATIONS, SqliteConnection, SqliteStore
+from mlstack_gateway.stores.base import PredictionRecord, StoreUnavailableError
+from mlstack_gateway.stores.migrations import migrate
+from mlstack_gateway.stores.sqlite import MIGRATIONS, SqliteConnection, SqliteStore
 
 
 def record() -> PredictionRecord:

@@ -14,8 +14,8 @@ import pytest
 from tests.services.support import (
     ServiceProcess,
     https,
+    metric,
     port_of,
-    request,
     self_signed_certificate,
     serves_https,
     start_gateway,
@@ -83,12 +83,7 @@ def presented_to_sni(service: ServiceProcess, ca: Path, server_name: str) -> boo
 
 
 def reloads(service: ServiceProcess, result: str) -> float:
-    assert service.metrics_url is not None
-    text = request("GET", service.metrics_url + "/metrics").body.decode()
-    for line in text.splitlines():
-        if line.startswith(f'{RELOADS}{{result="{result}"}}'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric(service, RELOADS, result=result)
 
 
 def test_a_renewed_certificate_is_served_without_a_restart(

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.http import request
+from harness.poll import poll
 from tests.services.hostile import (
     exchange,
     memory_mib,
@@ -28,7 +30,6 @@ from tests.services.support import (
     ModelProcess,
     ServiceProcess,
     port_of,
-    request,
     start_gateway,
     start_model,
 )
@@ -157,19 +158,23 @@ def test_a_trickled_body_is_cut_off_at_the_body_timeout(impatient: Server) -> No
     head = impatient.post.replace(b"Content-Length: 0", b"Content-Length: 1000")
     with socket.create_connection(("127.0.0.1", impatient.port)) as sock:
         sock.sendall(head)
+
+        def answered_or_one_more_byte() -> bool:
+            """Whether the server has answered; if not, the next byte of the body."""
+            sock.setblocking(False)
+            try:
+                if sock.recv(1, socket.MSG_PEEK):
+                    return True
+            except BlockingIOError:
+                pass
+            finally:
+                sock.setblocking(True)
+            sock.sendall(b" ")
+            return False
+
         started = time.monotonic()
         with contextlib.suppress(OSError):
-            for _ in range(50):
-                sock.sendall(b" ")
-                time.sleep(0.2)
-                sock.setblocking(False)
-                try:
-                    if sock.recv(1, socket.MSG_PEEK):
-                        break
-                except BlockingIOError:
-                    pass
-                finally:
-                    sock.setblocking(True)
+            poll(answered_or_one_more_byte, 10, interval=0.2)
         seconds = time.monotonic() - started
         _, received = seconds_until_closed(sock)
     assert received.startswith(b"HTTP/1.1 408 ")

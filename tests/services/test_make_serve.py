@@ -5,26 +5,32 @@ from __future__ import annotations
 import re
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.services.support import MakeServe, predict, request
+from harness.http import answers
+from tests.services.support import MakeServe, predict
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def ctrl_c_not_ignored() -> Iterator[None]:
+    """A terminal's foreground job takes SIGINT; a run started in the background (`nohup ... &`,
+    a CI script's `&`) ignores it, and make and the script inherit that and could not be stopped
+    by Ctrl-C at all. Python's own handler here gives them the default at exec, as a shell does."""
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 def listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def model_ready(serve: MakeServe) -> bool:
-    try:
-        return request("GET", serve.model_url + "/v2/health/ready", timeout=2).status == 200
-    except OSError:
-        return False
 
 
 def stop_by_ctrl_c(serve: MakeServe) -> signal.Signals:
@@ -48,7 +54,7 @@ def test_make_serve_answers_through_the_gateway_and_a_stop_ends_both(
     serve.env.pop("DATABASE_URL", None)
     serve.start()
     try:
-        serve.wait_for("serving the model", lambda: model_ready(serve))
+        serve.wait_for("serving the model", lambda: answers(serve.model_url + "/v2/health/ready"))
         serve.wait_until("/readyz")
 
         reply = predict(serve.url, [SETOSA], key="dev-key")

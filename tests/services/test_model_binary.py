@@ -15,7 +15,8 @@ import tritonclient.http as httpclient
 from sklearn.datasets import load_iris
 from tritonclient.utils import InferenceServerException
 
-from tests.services.support import ModelProcess, Reply, request
+from harness.http import Reply, request
+from tests.services.support import ModelProcess
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from tests.services.support import ModelProcess, request, start_model
+from harness.http import request
+from tests.services.support import ModelProcess, start_model
 from tools import oip_check
 
 

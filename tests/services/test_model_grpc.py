@@ -22,7 +22,8 @@ from sklearn.datasets import load_iris
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from tests.services.support import MODEL_SRC, ModelProcess, free_port, start_model
+from harness.ports import free_port
+from tests.services.support import MODEL_SRC, ModelProcess, start_model
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]

@@ -7,9 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from mlstack_model import artifacts, train
+from mlstack_model.dataplane import score
+from mlstack_model.loaded_model import load_model
+from mlstack_model.rest import protocol
 from mlstack_model.scoring import LinearScorer, TreeScorer, compile_scorer
+from mlstack_model.settings import ModelSettings
 from sklearn.datasets import load_iris
 
 VERSIONS = ["v1", "v2"]
@@ -41,6 +46,38 @@ def test_batch_scoring_equals_sklearn_predict(model_dir: Path, version: str) -> 
     scorer = compile_scorer(artifact.estimator)
     rows = _probe_rows()
     assert scorer.predict_matrix(rows) == artifact.estimator.predict(rows).tolist()
+
+
+def _infer_body(rows: list[list[float]], outputs: list[str] | None = None) -> bytes:
+    tensor = {"name": "input-0", "shape": [len(rows), 4], "datatype": "FP64"}
+    body: dict[str, Any] = {"inputs": [{**tensor, "data": [v for row in rows for v in row]}]}
+    if outputs is not None:
+        body["outputs"] = [{"name": name} for name in outputs]
+    return orjson.dumps(body)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_served_path_answers_as_sklearn_on_the_data_set(model_dir: Path, version: str) -> None:
+    """Each shipped iris row as the server takes it (the REST parser, then the scoring path that
+    answers one row without numpy or scikit-learn's checks), and all 150 in one batch: the
+    classes predict gives and the probabilities predict_proba gives, exactly."""
+    settings = ModelSettings.from_env({"MODEL_DIR": str(model_dir), "MODEL_VERSION": version})
+    model = load_model(settings)
+    data = load_iris().data
+    expected = model.estimator.predict(data).tolist()
+    answers = []
+    for row in data.tolist():
+        request = protocol.parse_infer_request(_infer_body([row]), None, 4, 4096)
+        (tensor,) = score(model, request)
+        answers.extend(tensor.data)
+    assert answers == expected
+    batch = protocol.parse_infer_request(
+        _infer_body(data.tolist(), ["predict", "predict_proba"]), None, 4, 4096
+    )
+    labels, proba = score(model, batch)
+    assert labels.data == expected
+    assert proba.shape == (150, 3)
+    assert proba.data == model.estimator.predict_proba(data).ravel().tolist()
 
 
 def test_each_version_compiles_to_its_fast_scorer(model_dir: Path) -> None:

@@ -17,7 +17,7 @@ and a cap on open connections.
 - A connection beyond ``max_connections`` open on the server is answered 503 with
   ``Retry-After`` at once and closed, without its request being read; the connections already
   open are served as before. Over TLS a connection is counted from the end of its handshake (the
-  handshake's own bound is the server's: serving.py in the gateway).
+  handshake's own bound is the server's: serving.py).
 
 The timeouts are deadlines on each connection, checked every ``TICK_SECONDS`` by one timer per
 server while it has connections: with uvloop, arming and cancelling a timer for each request

@@ -8,8 +8,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from mlstack_common.app import starlette_app
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -21,7 +21,7 @@ from mlstack_gateway.errors import ApiError, error_response
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.routes import PREDICT_PATH, GatewayRoutes
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.store import open_store
+from mlstack_gateway.stores.factory import open_store
 
 log = logging.getLogger("mlstack_gateway")
 
@@ -29,15 +29,6 @@ log = logging.getLogger("mlstack_gateway")
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return exc.response()
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, str(exc.detail), exc.headers)
-
-
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    return error_response(500, "internal server error")
 
 
 def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
@@ -71,18 +62,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
             await client.close()
             await store.close()
 
-    starlette = Starlette(
-        routes=routes.routes(),
-        lifespan=lifespan,
-        exception_handlers={
-            ApiError: _api_error,
-            HTTPException: _http_error,
-            Exception: _internal_error,
-        },
-    )
-    # Starlette would answer "/api/v1/predict/" with a redirect to a URL built from the Host
-    # header, which the client controls: no redirects, a wrong path is a 404.
-    starlette.router.redirect_slashes = False
+    starlette = starlette_app(routes.routes(), lifespan, ApiError, _api_error, error_response)
     return GatewayApp(starlette, routes.predict, metrics, dependencies)
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from mlstack_common.backoff import Backoff, Retry
 
 from mlstack_gateway.breaker import CircuitBreaker
 from mlstack_gateway.errors import ApiError
@@ -61,6 +61,8 @@ class ModelClient:
         self._breaker = breaker
         self._metrics = metrics
         self._timeout = settings.model_timeout_seconds
+        # Full jitter over an exponential step: 0-10 ms, then 0-20 ms, ...
+        self._backoff = Backoff(0.01, jitter=True, retries=settings.model_retries)
         self._infer_path = f"/v2/models/{settings.model_name}/infer"
         self._metadata_path = f"/v2/models/{settings.model_name}"
         self._ready_path = "/v2/health/ready"
@@ -142,21 +144,19 @@ class ModelClient:
         """The inference call, retries included, within one MODEL_TIMEOUT_SECONDS."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        retries = self._settings.model_retries
-        attempt = 0
+        retry: Retry | None = None
         while True:
             try:
                 return await self.pool.request(
                     "POST", self._infer_path, body, timeout=deadline - loop.time()
                 )
             except _RETRYABLE:
-                # Full jitter over an exponential step: 0-10 ms, then 0-20 ms, ...
-                pause = random.uniform(0, 0.01 * 2**attempt)
-                if attempt >= retries or loop.time() + pause >= deadline:
+                # Made on the first failure only: a call that succeeds at once pays nothing.
+                if retry is None:
+                    retry = self._backoff.start(deadline)
+                if not await retry.wait():
                     raise
-                attempt += 1
                 self._metrics.model_retries.inc()
-                await asyncio.sleep(pause)
 
     async def infer(self, request_id: str, payload: PredictInput) -> ModelAnswer:
         breaker = self._breaker

@@ -21,7 +21,7 @@ import orjson
 
 from mlstack_gateway.client import ModelClient
 from mlstack_gateway.metrics import GatewayMetrics
-from mlstack_gateway.store import PredictionStore
+from mlstack_gateway.stores.base import PredictionStore
 
 log = logging.getLogger("mlstack_gateway")
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import orjson
+from mlstack_common.body import BodyError, read_body
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,7 +22,7 @@ from mlstack_gateway.ids import new_request_id
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.payload import parse_predict_body
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.store import PredictionRecord, PredictionStore, StoreUnavailableError
+from mlstack_gateway.stores.base import PredictionRecord, PredictionStore, StoreUnavailableError
 
 log = logging.getLogger("mlstack_gateway")
 
@@ -36,42 +37,6 @@ DEFAULT_HISTORY_LIMIT = 20
 
 def json_response(body: bytes, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type=JSON)
-
-
-async def receive_body(receive: Receive, declared: bytes | None, limit: int) -> bytes | bytearray:
-    """The request body, refusing (413) anything larger than ``limit`` bytes.
-
-    ``declared`` is the Content-Length header's value, if the request has one.
-    """
-    if declared is not None:
-        if not declared.isdigit():
-            raise ApiError(400, "invalid Content-Length header")
-        # More digits than the limit has is more bytes than it allows (and int() of thousands
-        # of digits, leading zeros included, is refused by Python itself).
-        digits = declared.lstrip(b"0")
-        if len(digits) > len(str(limit)):
-            raise ApiError(413, f"request body too large: more than {limit} bytes")
-        if int(digits or b"0") > limit:
-            raise ApiError(
-                413, f"request body too large: {declared.decode()} bytes, at most {limit}"
-            )
-    body: bytes | bytearray = b""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ApiError(400, "client disconnected before sending the whole body")
-        chunk: bytes = message.get("body", b"")
-        if len(body) + len(chunk) > limit:
-            raise ApiError(413, f"request body too large: more than {limit} bytes")
-        more = message.get("more_body", False)
-        if not body and not more:
-            return chunk  # the whole body in one message: no copy
-        if not body:
-            # Grown in place: a large body is held once, not as chunks and their join.
-            body = bytearray()
-        body += chunk
-        if not more:
-            return body
 
 
 class _AsgiEndpoint:
@@ -157,12 +122,15 @@ class GatewayRoutes:
             if name == b"content-length":
                 declared = value
         settings = self._settings
-        # The body is dropped once parsed, not held through the model call and the commit.
-        payload = parse_predict_body(
-            await receive_body(receive, declared, settings.max_body_bytes),
-            settings.max_batch_rows,
-            self._client.n_features,
-        )
+        try:
+            # The body is dropped once parsed, not held through the model call and the commit.
+            payload = parse_predict_body(
+                await read_body(receive, declared, settings.max_body_bytes),
+                settings.max_batch_rows,
+                self._client.n_features,
+            )
+        except BodyError as exc:
+            raise ApiError(exc.status, exc.message) from None
         request_id = new_request_id()
         called = time.perf_counter()
         answer = await self._client.infer(request_id, payload)

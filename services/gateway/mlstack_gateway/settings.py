@@ -1,8 +1,9 @@
-"""Settings from environment variables, with defaults that run on a laptop."""
+"""Settings from environment variables, with defaults that run on a laptop: the gateway's
+(GatewaySettings) and its schema migrations command's (MigrateSettings, ``python -m
+mlstack_gateway.migrate``), which read DATABASE_URL the same way."""
 
 from __future__ import annotations
 
-import os
 import ssl
 import tempfile
 from collections.abc import Mapping
@@ -10,12 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlstack_common.env import SettingsError, env_integer, env_number
-from mlstack_common.http_limits import HttpLimits
+from mlstack_common.settings import ServiceSettings, environment
 
 from mlstack_gateway.postgres_url import POSTGRES_SCHEMES, check_postgres_url
 
 # Below this a page could seldom hold more than one prediction of a full batch.
 HISTORY_MIN_BYTES = 64 * 1024
+# The words a yes-or-no setting may be given in (any case).
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def _secret(env: dict[str, str], name: str, optional: bool = False) -> str:
@@ -87,6 +91,33 @@ def _tls_files(env: dict[str, str]) -> tuple[Path, Path] | None:
     return Path(cert), Path(key)
 
 
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    """A yes-or-no setting: `default` when unset; a word that is neither stops the process
+    rather than being taken for one or the other."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {env[name].strip()!r}")
+
+
+def database_url_from_env(env: dict[str, str]) -> str | None:
+    """The PostgreSQL URL of DATABASE_URL, or of the file DATABASE_URL_FILE names, checked
+    (check_postgres_url); None when neither is set (the embedded SQLite file). Each part of it
+    percent-encoded, the password may hold any character (components.database.connection_url
+    writes it so)."""
+    url = _secret(env, "DATABASE_URL").strip() or None
+    if url is not None:
+        given = _given(env, "DATABASE_URL")
+        if not url.startswith(POSTGRES_SCHEMES):
+            raise SettingsError(f"{given} must give a postgresql:// URL (unset it for SQLite)")
+        check_postgres_url(url, given)
+    return url
+
+
 def _database_read_url(env: dict[str, str], database_url: str | None) -> str | None:
     """The standbys' URL, which only a PostgreSQL primary (DATABASE_URL) can go with."""
     read_url = _secret(env, "DATABASE_READ_URL").strip() or None
@@ -107,10 +138,11 @@ def _database_read_url(env: dict[str, str], database_url: str | None) -> str | N
     return read_url
 
 
-@dataclass(frozen=True)
-class GatewaySettings:
-    host: str
-    port: int
+@dataclass(frozen=True, kw_only=True)
+class GatewaySettings(ServiceSettings):
+    """The shared fields (ServiceSettings: host, port, model_name, the request limits, the
+    HTTP limits, logging) and the gateway's own."""
+
     # HTTPS on `port` from this certificate chain and key; None: plain HTTP.
     tls_files: tuple[Path, Path] | None
     # How often the pair is read again, to serve a renewed certificate without a restart.
@@ -120,9 +152,18 @@ class GatewaySettings:
     # The keys accepted as X-API-Key, by id (`current`, and `previous` during a rotation).
     api_keys: Mapping[str, str]
     model_url: str
-    model_name: str
     # postgresql://... or None for the embedded SQLite file in data_dir.
     database_url: str | None
+    # DATABASE_MIGRATE (default true): whether the gateway brings database_url's schema up to
+    # date as it connects (the migrations of stores.postgres.MIGRATIONS, under an advisory lock),
+    # which takes a role that may change the schema. False: it never changes the schema (it may
+    # then connect as a role that can only read and add rows, services/database/roles.sql), and
+    # only checks, with a SELECT, that every migration it needs has been applied, by `python -m
+    # mlstack_gateway.migrate` (MigrateSettings) run before it as the schema's owner. Until they
+    # have, it treats the database as not connected: what needs it answers 503 with Retry-After,
+    # and it checks again (with the backoff of a database that does not answer yet, at most 5 s
+    # apart). The embedded SQLite file is always migrated.
+    database_migrate: bool
     # postgresql://... of the hot standbys that may serve GET /api/v1/predictions (Service
     # `database-read`), or None: every read on database_url. Writes and migrations
     # always use database_url.
@@ -132,8 +173,6 @@ class GatewaySettings:
     # database_read_url may have, plus WAL still in flight on the network.
     database_read_max_lag_seconds: float
     data_dir: Path
-    max_batch_rows: int
-    max_body_bytes: int
     model_timeout_seconds: float
     model_connect_timeout_seconds: float
     model_retries: int
@@ -145,16 +184,6 @@ class GatewaySettings:
     history_max_limit: int
     # The bytes one history answer may take; a page ends before the row that would pass it.
     history_max_bytes: int
-    # Requests in flight (probes aside) beyond which the gateway answers 503 at once.
-    max_concurrent_requests: int
-    # The header size limit (431) and the header and body read timeouts (408).
-    http_limits: HttpLimits
-    # How long a keep-alive connection may wait, idle, for its next request.
-    keepalive_timeout_seconds: float
-    # After SIGTERM: how long in-flight requests may take to finish.
-    shutdown_timeout_seconds: float
-    log_level: str
-    access_log: bool
 
     @property
     def sqlite_path(self) -> Path:
@@ -162,43 +191,36 @@ class GatewaySettings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> GatewaySettings:
-        env = dict(os.environ if environ is None else environ)
+        env = environment(environ)
         api_keys = _api_keys(env)
         model_url = env.get("MODEL_URL", "").strip() or "http://127.0.0.1:8081"
         if not model_url.startswith(("http://", "https://")):
             raise SettingsError(f"MODEL_URL must be an http(s) URL, got {model_url!r}")
-        database_url = _secret(env, "DATABASE_URL").strip() or None
-        if database_url is not None:
-            given = _given(env, "DATABASE_URL")
-            if not database_url.startswith(POSTGRES_SCHEMES):
-                raise SettingsError(f"{given} must give a postgresql:// URL (unset it for SQLite)")
-            check_postgres_url(database_url, given)
-        database_read_url = _database_read_url(env, database_url)
+        url = database_url_from_env(env)
+        database_read_url = _database_read_url(env, url)
         data_dir = env.get("DATA_DIR", "").strip()
-        port = env_integer(env, "PORT", 8080)
+        shared = cls.shared_from_env(env, max_batch_rows=1024, max_body_bytes=1024 * 1024)
+        port = shared["port"]
         metrics_port = env_integer(env, "METRICS_PORT", 9090)
         if metrics_port == port:
             raise SettingsError(
                 f"METRICS_PORT must differ from PORT ({port}): /metrics has a port of its own"
             )
         return cls(
-            host=env.get("HOST", "0.0.0.0"),
-            port=port,
+            **shared,
             tls_files=_tls_files(env),
             tls_reload_seconds=env_number(env, "TLS_RELOAD_SECONDS", 30.0, 0.1),
             metrics_port=metrics_port,
             api_keys=api_keys,
             model_url=model_url.rstrip("/"),
-            model_name=env.get("MODEL_NAME", "").strip() or "iris",
-            database_url=database_url,
+            database_url=url,
+            database_migrate=_flag(env, "DATABASE_MIGRATE", True),
             database_read_url=database_read_url,
             database_read_max_lag_seconds=env_number(
                 env, "DATABASE_READ_MAX_LAG_SECONDS", 5.0, 0.0
             ),
             # /tmp is the writable emptyDir in Kubernetes and exists on every laptop.
             data_dir=Path(data_dir) if data_dir else Path(tempfile.gettempdir()) / "mlstack",
-            max_batch_rows=env_integer(env, "MAX_BATCH_ROWS", 1024),
-            max_body_bytes=env_integer(env, "MAX_BODY_BYTES", 1024 * 1024),
             model_timeout_seconds=env_number(env, "MODEL_TIMEOUT_SECONDS", 0.5, 0.01),
             model_connect_timeout_seconds=env_number(
                 env, "MODEL_CONNECT_TIMEOUT_SECONDS", 0.5, 0.01
@@ -213,10 +235,34 @@ class GatewaySettings:
             history_max_bytes=env_integer(
                 env, "HISTORY_MAX_BYTES", 512 * 1024, minimum=HISTORY_MIN_BYTES
             ),
-            max_concurrent_requests=env_integer(env, "MAX_CONCURRENT_REQUESTS", 64),
-            http_limits=HttpLimits.from_env(env),
-            keepalive_timeout_seconds=env_number(env, "KEEPALIVE_TIMEOUT_SECONDS", 75.0, 1.0),
-            shutdown_timeout_seconds=env_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 20.0, 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class MigrateSettings:
+    """What ``python -m mlstack_gateway.migrate`` reads: DATABASE_URL (or DATABASE_URL_FILE)
+    as the gateway does, which must be set (the schema it migrates is PostgreSQL's), given as a
+    role that may change the schema (its owner, not the role the gateway serves as)."""
+
+    database_url: str
+    # DATABASE_MIGRATE_TIMEOUT_SECONDS (default 300): how long the command may take in all:
+    # waiting for a server that does not answer yet (or refuses the role or database, which
+    # may not have been made yet), with the gateway's backoff (at most 5 s apart), and the
+    # migrations. Past it, the command fails, and what it last waited for is rolled back.
+    timeout_seconds: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> MigrateSettings:
+        env = environment(environ)
+        url = database_url_from_env(env)
+        if url is None:
+            raise SettingsError(
+                "DATABASE_URL (or DATABASE_URL_FILE) must give the postgresql:// URL of the "
+                "database to migrate, as the role that owns its schema"
+            )
+        return cls(
+            database_url=url,
+            timeout_seconds=env_number(env, "DATABASE_MIGRATE_TIMEOUT_SECONDS", 300.0, 1.0),
             log_level=env.get("LOG_LEVEL", "info").lower(),
-            access_log=env.get("ACCESS_LOG", "").lower() in {"1", "true", "yes"},
         )

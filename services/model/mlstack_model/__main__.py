@@ -1,47 +1,29 @@
 """``python -m mlstack_model``: serve the model on HOST, REST on PORT and gRPC on GRPC_PORT
-(defaults 0.0.0.0, 8080 and 8081)."""
+(defaults 0.0.0.0, 8080 and 8081); on SIGTERM, drain (``mlstack_common.serving``)."""
 
 from __future__ import annotations
 
-import logging
 import sys
 
-import uvicorn
-from mlstack_common.env import SettingsError
+from mlstack_common import serving
 from mlstack_common.http_limits import limited_protocol
 
+from mlstack_model.app import create_app
 from mlstack_model.settings import ModelSettings
 
 
-def main() -> int:
-    try:
-        settings = ModelSettings.from_env()
-    except SettingsError as exc:
-        print(f"mlstack model: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+async def serve(settings: ModelSettings) -> int:
+    """Serve until SIGTERM or SIGINT, then drain; the process's exit code. The REST server's
+    lifespan loads the model and runs the gRPC server (app.py)."""
+    app = create_app(settings)
     # uvicorn's httptools protocol with a header size limit (431) and read timeouts (408).
     http = limited_protocol(settings.http_limits)
-    uvicorn.run(
-        "mlstack_model.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http=http,
-        lifespan="on",
-        access_log=settings.access_log,
-        log_level=settings.log_level,
-        server_header=False,
-        # Longer than the idle timeouts of the clients in front (the gateway's pool, cloud load
-        # balancers), so that the client, not the server, closes an idle keep-alive connection.
-        timeout_keep_alive=int(settings.keepalive_timeout_seconds),
-        # Kubernetes waits terminationGracePeriodSeconds (30 s by default) after SIGTERM.
-        timeout_graceful_shutdown=20,
-    )
-    return 0
+    rest = serving.server(app, settings, settings.port, http, lifespan=True)
+    return await serving.serve(rest, app.dataplane, settings.shutdown_timeout_seconds)
+
+
+def main() -> int:
+    return serving.main("model", ModelSettings.from_env, serve)
 
 
 if __name__ == "__main__":

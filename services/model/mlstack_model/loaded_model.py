@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-from mlstack_model import artifacts, protocol, train
+from mlstack_model import artifacts, train
+from mlstack_model.metadata import model_metadata
 from mlstack_model.scoring import Scorer, compile_scorer
 from mlstack_model.settings import ModelSettings
 
@@ -61,6 +62,6 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         metadata=artifact.metadata,
         estimator=artifact.estimator,
         scorer=scorer,
-        metadata_body=orjson.dumps(protocol.model_metadata(artifact.metadata)),
+        metadata_body=orjson.dumps(model_metadata(artifact.metadata)),
         ready_body=orjson.dumps({"name": name, "ready": True}),
     )

@@ -72,7 +72,9 @@ class RequestedOutput:
     binary: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, which
+# costs a measurable share of answering one row; nothing changes these after they are made.
+@dataclass(slots=True)
 class InferRequest:
     """One validated infer request, however it arrived."""
 
@@ -83,7 +85,7 @@ class InferRequest:
     outputs: tuple[RequestedOutput, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutputTensor:
     name: str
     datatype: str
@@ -94,6 +96,12 @@ class OutputTensor:
     def raw(self) -> bytes:
         """The elements in the protocol's binary layout."""
         return struct.pack(f"<{len(self.data)}{BINARY_FORMAT[self.datatype]}", *self.data)
+
+
+# What a request that names no outputs gets: the prediction, as numbers or as raw bytes.
+DEFAULT_OUTPUTS: dict[bool, tuple[RequestedOutput, ...]] = {
+    binary: (RequestedOutput(OUTPUT_PREDICT, binary),) for binary in (False, True)
+}
 
 
 def predict_output(labels: list[int]) -> OutputTensor:
@@ -203,11 +211,17 @@ def elements_from_json(data: object, datatype: str, rows: int, n_features: int) 
     elif datatype == "FP16":
         with np.errstate(over="ignore"):
             flat = np.asarray(flat, dtype=np.float16).astype(np.float64).tolist()
+    elif datatype == "FP64":
+        # Nothing to check: the JSON parser gives only finite doubles and 64-bit integers (it
+        # refuses NaN, Infinity and numbers that overflow a double).
+        return flat
     _check_range(flat, datatype)
     return flat
 
 
-def elements_from_bytes(raw: bytes, datatype: str, rows: int, n_features: int) -> list[Any]:
+def elements_from_bytes(
+    raw: bytes | bytearray, datatype: str, rows: int, n_features: int
+) -> list[Any]:
     """The elements of a tensor in the protocol's binary layout."""
     layout = f"<{rows * n_features}{BINARY_FORMAT[datatype]}"
     expected = struct.calcsize(layout)

@@ -24,12 +24,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlstack_gateway.group_commit import GroupCommitter
 from mlstack_gateway.history import HistoryPage, PageBuilder
 from mlstack_gateway.metrics import GatewayMetrics
-from mlstack_gateway.migrations import migrate
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.store import PredictionRecord, StoreUnavailableError, history_item
+from mlstack_gateway.stores.base import PredictionRecord, StoreUnavailableError, history_item
+from mlstack_gateway.stores.group_commit import GroupCommitter
+from mlstack_gateway.stores.migrations import migrate
 
 log = logging.getLogger("mlstack_gateway.store")
 

@@ -7,9 +7,10 @@ kind: raw outputs in ``raw_output_contents`` for a raw request, typed ``contents
 
 from __future__ import annotations
 
-from mlstack_model import protocol, tensors
+from mlstack_model import tensors
 from mlstack_model.artifacts import ArtifactMetadata
 from mlstack_model.errors import invalid
+from mlstack_model.metadata import model_metadata as metadata_fields
 from mlstack_model.proto import open_inference_pb2 as pb
 from mlstack_model.tensors import InferRequest, OutputTensor, RequestedOutput
 
@@ -27,12 +28,6 @@ CONTENTS_FIELD = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
-}
-
-
-# The model's default output, answered raw or typed.
-_DEFAULT_OUTPUTS = {
-    binary: (RequestedOutput(tensors.OUTPUT_PREDICT, binary),) for binary in (False, True)
 }
 
 
@@ -74,7 +69,7 @@ def parse_infer_request(
             [RequestedOutput(tensors.check_output(out.name), binary) for out in message.outputs]
         )
     else:
-        outputs = _DEFAULT_OUTPUTS[binary]
+        outputs = tensors.DEFAULT_OUTPUTS[binary]
     return InferRequest(request_id=message.id or None, rows=rows, data=data, outputs=outputs)
 
 
@@ -95,4 +90,4 @@ def infer_response(
 
 def model_metadata(meta: ArtifactMetadata) -> pb.ModelMetadataResponse:
     # The same description the REST endpoint gives.
-    return pb.ModelMetadataResponse(**protocol.model_metadata(meta))
+    return pb.ModelMetadataResponse(**metadata_fields(meta))

@@ -15,13 +15,10 @@ from typing import Any
 import orjson
 
 from mlstack_model import tensors
-from mlstack_model.artifacts import ArtifactMetadata
 from mlstack_model.errors import invalid
 from mlstack_model.tensors import InferRequest, OutputTensor, RequestedOutput
 
-PLATFORM = "sklearn"
 HEADER_LENGTH = "inference-header-content-length"
-EXTENSIONS = ("binary_tensor_data",)
 
 
 def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
@@ -40,7 +37,9 @@ def _flag(parameters: dict[str, Any], name: str, where: str) -> bool | None:
     return value
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes | None]:
+def _split_body(
+    body: bytes | bytearray, header_length: str | None
+) -> tuple[bytes | bytearray, bytes | bytearray | None]:
     """The JSON header and, with the binary extension, the binary part that follows it."""
     if header_length is None:
         return body, None
@@ -56,11 +55,27 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes | 
     return body[:split], body[split:]
 
 
+def _rows(shape: object, n_features: int, max_rows: int) -> int:
+    """The rows of an input of ``shape``: the usual, valid shape checked in one expression, and
+    any other one by ``check_shape`` (which words the refusal)."""
+    if (
+        type(shape) is list
+        and len(shape) == 2
+        and type(shape[0]) is int
+        and shape[1] == n_features
+        and type(shape[1]) is int
+        and 0 < shape[0] <= max_rows
+    ):
+        rows: int = shape[0]
+        return rows
+    return tensors.check_shape(shape, n_features, max_rows)
+
+
 def parse_infer_request(
-    body: bytes, header_length: str | None, n_features: int, max_rows: int
+    body: bytes | bytearray, header_length: str | None, n_features: int, max_rows: int
 ) -> InferRequest:
     """A REST infer request: ``body`` and its Inference-Header-Content-Length header, if any."""
-    header, binary = _split_body(body, header_length)
+    header, binary = (body, None) if header_length is None else _split_body(body, header_length)
     try:
         payload = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
@@ -72,49 +87,74 @@ def parse_infer_request(
     request_id = payload.get("id")
     if request_id is not None and type(request_id) is not str:
         raise invalid("'id' must be a string")
-    binary_output = _flag(_parameters(payload, "request"), "binary_data_output", "request")
-    inputs = payload.get("inputs")
+    binary_output = (
+        None
+        if "parameters" not in payload
+        else _flag(_parameters(payload, "request"), "binary_data_output", "request")
+    )
+    tensor = _input_tensor(payload.get("inputs"))
+    datatype = tensor.get("datatype")
+    if datatype != "FP64":
+        datatype = tensors.check_datatype(datatype)
+    rows = _rows(tensor.get("shape"), n_features, max_rows)
+    data = _elements(tensor, binary, datatype, rows, n_features)
+    outputs = _parse_outputs(payload.get("outputs"), bool(binary_output))
+    return InferRequest(request_id=request_id, rows=rows, data=data, outputs=outputs)
+
+
+def _input_tensor(inputs: object) -> dict[str, Any]:
+    """The request's one input tensor, named as the model's input."""
     if type(inputs) is not list or len(inputs) != 1 or type(inputs[0]) is not dict:
         raise invalid(
             f"'inputs' must be a list holding one tensor (the model's {tensors.INPUT_NAME!r})"
         )
-    tensor = inputs[0]
-    if type(tensor.get("name")) is not str:
+    tensor: dict[str, Any] = inputs[0]
+    name = tensor.get("name")
+    if type(name) is not str:
         raise invalid("input tensor needs a string 'name'")
-    tensors.check_input_name(tensor["name"])
-    datatype = tensors.check_datatype(tensor.get("datatype"))
-    rows = tensors.check_shape(tensor.get("shape"), n_features, max_rows)
-    size = _parameters(tensor, "input").get("binary_data_size")
+    if name != tensors.INPUT_NAME:
+        tensors.check_input_name(name)
+    return tensor
+
+
+def _elements(
+    tensor: dict[str, Any],
+    binary: bytes | bytearray | None,
+    datatype: str,
+    rows: int,
+    n_features: int,
+) -> list[Any]:
+    """The input's elements: its JSON ``data``, or the binary part its parameters claim."""
+    size = (
+        None if "parameters" not in tensor else _parameters(tensor, "input").get("binary_data_size")
+    )
     if size is None:
         if binary:
             raise invalid(
                 f"the body carries {len(binary)} bytes after its JSON that no input claims "
                 "with 'binary_data_size'"
             )
-        data = tensors.elements_from_json(tensor.get("data"), datatype, rows, n_features)
-    else:
-        if type(size) is not int or size < 0:
-            raise invalid("input parameter 'binary_data_size' must be a non-negative integer")
-        if binary is None:
-            raise invalid(
-                "input has 'binary_data_size' but the request has no "
-                "Inference-Header-Content-Length header"
-            )
-        if "data" in tensor:
-            raise invalid("input has both 'data' and 'binary_data_size'")
-        if size != len(binary):
-            raise invalid(
-                f"input 'binary_data_size' is {size} but the body carries {len(binary)} bytes "
-                "after its JSON"
-            )
-        data = tensors.elements_from_bytes(binary, datatype, rows, n_features)
-    outputs = _parse_outputs(payload.get("outputs"), bool(binary_output))
-    return InferRequest(request_id=request_id, rows=rows, data=data, outputs=outputs)
+        return tensors.elements_from_json(tensor.get("data"), datatype, rows, n_features)
+    if type(size) is not int or size < 0:
+        raise invalid("input parameter 'binary_data_size' must be a non-negative integer")
+    if binary is None:
+        raise invalid(
+            "input has 'binary_data_size' but the request has no "
+            "Inference-Header-Content-Length header"
+        )
+    if "data" in tensor:
+        raise invalid("input has both 'data' and 'binary_data_size'")
+    if size != len(binary):
+        raise invalid(
+            f"input 'binary_data_size' is {size} but the body carries {len(binary)} bytes "
+            "after its JSON"
+        )
+    return tensors.elements_from_bytes(binary, datatype, rows, n_features)
 
 
 def _parse_outputs(raw: object, binary_default: bool) -> tuple[RequestedOutput, ...]:
     if raw is None:
-        return (RequestedOutput(tensors.OUTPUT_PREDICT, binary_default),)
+        return tensors.DEFAULT_OUTPUTS[binary_default]
     if type(raw) is not list or not raw:
         raise invalid("'outputs' must be a non-empty list of {\"name\": ...} objects")
     requested: list[RequestedOutput] = []
@@ -152,25 +192,6 @@ def infer_response(
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
-
-
-def model_metadata(meta: ArtifactMetadata) -> dict[str, Any]:
-    return {
-        "name": meta.name,
-        "versions": [meta.version],
-        "platform": PLATFORM,
-        "inputs": [
-            {"name": tensors.INPUT_NAME, "datatype": "FP64", "shape": [-1, meta.n_features]}
-        ],
-        "outputs": [
-            {"name": tensors.OUTPUT_PREDICT, "datatype": "INT64", "shape": [-1]},
-            {
-                "name": tensors.OUTPUT_PROBA,
-                "datatype": "FP64",
-                "shape": [-1, len(meta.class_labels)],
-            },
-        ],
-    }
 
 
 def error_body(message: str) -> bytes:

@@ -1,5 +1,6 @@
-"""The model service: the loaded model, which requests it answers, and scoring. Both transports
-(REST in ``routes``, gRPC in ``grpc_routes``) call it with requests they have already parsed."""
+"""The data plane: the loaded model, which requests it answers, their admission, and scoring.
+Both transports (``rest/`` and ``grpc/``) call it with requests they have already parsed into the
+same ``tensors.InferRequest``; it knows neither."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from mlstack_model.loaded_model import LoadedModel
 from mlstack_model.settings import ModelSettings
 from mlstack_model.tensors import InferRequest, OutputTensor
 
+# How often a draining server checks whether its infer requests have all finished.
+DRAIN_POLL_SECONDS = 0.05
 
-class ModelService:
+
+class DataPlane:
     """Holds the loaded model (set at start-up by the app's lifespan) and scores requests."""
 
     def __init__(self, settings: ModelSettings) -> None:
@@ -26,10 +30,19 @@ class ModelService:
         # Large batches are scored here so the event loop keeps answering other requests.
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
         self.admission = Admission(settings.max_concurrent_requests)
+        # Set at SIGTERM (mlstack_common.serving): the server is not ready from then on, so that
+        # it leaves the Service's endpoints while it finishes what it has.
+        self.draining = False
 
     @property
     def ready(self) -> bool:
-        return self.model is not None
+        return self.model is not None and not self.draining
+
+    async def drained(self) -> None:
+        """Return once no infer request (REST or gRPC) is in flight. Polled while draining
+        only, so that the count costs requests nothing more."""
+        while self.admission.in_flight:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
 
     def resolve(self, name: str, version: str | None) -> LoadedModel:
         """The model a request names; ``version`` None (or empty) means the served one."""
@@ -57,8 +70,12 @@ class ModelService:
 def score(model: LoadedModel, request: InferRequest) -> list[OutputTensor]:
     """The requested output tensors for one validated infer request."""
     scorer = model.scorer
+    requested = request.outputs
+    if request.rows == 1 and len(requested) == 1 and requested[0].name == tensors.OUTPUT_PREDICT:
+        # The usual request, one row's class: no matrix, no loop over outputs.
+        return [tensors.predict_output([scorer.predict_row(request.data)])]
     matrix: np.ndarray[Any, np.dtype[np.float64]] | None = None
-    names = [output.name for output in request.outputs]
+    names = [output.name for output in requested]
     if request.rows > 1 or tensors.OUTPUT_PROBA in names:
         matrix = np.asarray(request.data, dtype=np.float64).reshape(request.rows, -1)
     outputs: list[OutputTensor] = []

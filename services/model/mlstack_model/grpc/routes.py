@@ -1,6 +1,6 @@
 """gRPC handlers for the Open Inference Protocol: ``inference.GRPCInferenceService``, plus the
 standard ``grpc.health.v1.Health`` service for probes, on a grpc.aio server that shares the REST
-server's event loop (see ``app``)."""
+server's event loop (see ``mlstack_model.app``)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from mlstack_model import SERVER_NAME, SERVER_VERSION, grpc_protocol, protocol
+from mlstack_model import SERVER_NAME, SERVER_VERSION
+from mlstack_model.dataplane import DataPlane
 from mlstack_model.errors import ErrorKind, ProtocolError, invalid
+from mlstack_model.grpc import protocol
+from mlstack_model.metadata import EXTENSIONS
 from mlstack_model.proto import open_inference_pb2 as pb
-from mlstack_model.service import ModelService
 from mlstack_model.settings import ModelSettings
 
 log = logging.getLogger("mlstack_model")
@@ -25,15 +27,15 @@ Handler = Callable[[Any], Awaitable[Message]]
 
 _LIVE = pb.ServerLiveResponse(live=True)
 _SERVER_METADATA = pb.ServerMetadataResponse(
-    name=SERVER_NAME, version=SERVER_VERSION, extensions=protocol.EXTENSIONS
+    name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
 )
 
 
 class GrpcRoutes:
-    """The protocol's RPCs, each answering from the shared ``ModelService``."""
+    """The protocol's RPCs, each answering from the shared ``DataPlane``."""
 
-    def __init__(self, service: ModelService) -> None:
-        self.service = service
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -49,27 +51,27 @@ class GrpcRoutes:
         return _LIVE
 
     async def server_ready(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.service.ready)
+        return pb.ServerReadyResponse(ready=self.dataplane.ready)
 
     async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
-        self.service.resolve(request.name, request.version)
+        self.dataplane.resolve(request.name, request.version)
         return pb.ModelReadyResponse(ready=True)
 
     async def server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         return _SERVER_METADATA
 
     async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
-        model = self.service.resolve(request.name, request.version)
-        return grpc_protocol.model_metadata(model.metadata)
+        model = self.dataplane.resolve(request.name, request.version)
+        return protocol.model_metadata(model.metadata)
 
     async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        model = self.service.resolve(request.model_name, request.model_version)
-        with self.service.admission.slot():
-            infer_request = grpc_protocol.parse_infer_request(
-                request, model.scorer.n_features, self.service.settings.max_batch_rows
+        model = self.dataplane.resolve(request.model_name, request.model_version)
+        with self.dataplane.admission.slot():
+            infer_request = protocol.parse_infer_request(
+                request, model.scorer.n_features, self.dataplane.settings.max_batch_rows
             )
-            outputs = await self.service.infer(model, infer_request)
-            return grpc_protocol.infer_response(model.name, model.version, infer_request, outputs)
+            outputs = await self.dataplane.infer(model, infer_request)
+            return protocol.infer_response(model.name, model.version, infer_request, outputs)
 
 
 class Undecodable:
@@ -146,10 +148,10 @@ def max_message_bytes(settings: ModelSettings, n_features: int) -> int:
 class GrpcServer:
     """The gRPC server: started once the model is loaded, stopped before it is unloaded."""
 
-    def __init__(self, service: ModelService, settings: ModelSettings) -> None:
+    def __init__(self, dataplane: DataPlane, settings: ModelSettings) -> None:
         self.settings = settings
-        assert service.model is not None, "the gRPC server starts once the model is loaded"
-        max_message = max_message_bytes(settings, service.model.scorer.n_features)
+        assert dataplane.model is not None, "the gRPC server starts once the model is loaded"
+        max_message = max_message_bytes(settings, dataplane.model.scorer.n_features)
         self.server = grpc.aio.server(
             options=[
                 # Larger messages end RESOURCE_EXHAUSTED before they are read.
@@ -165,7 +167,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self.server.add_generic_rpc_handlers((inference_handler(GrpcRoutes(service)),))
+        self.server.add_generic_rpc_handlers((inference_handler(GrpcRoutes(dataplane)),))
         # grpc-stubs types only the thread-based servicer, not this asyncio one.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -1,4 +1,5 @@
-"""Where answered predictions are kept: the interface, the row, and the factory."""
+"""What every store shares: the interface, the row it keeps, the error it raises. The stores,
+the group commit and the migrations import it; it imports none of them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from typing import Any, Protocol
 import orjson
 
 from mlstack_gateway.history import HistoryPage
-from mlstack_gateway.metrics import GatewayMetrics
-from mlstack_gateway.settings import GatewaySettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +51,8 @@ class PredictionStore(Protocol):
     kind: str
 
     async def open(self) -> None:
-        """Connect and create or migrate the schema."""
+        """Connect and create or migrate the schema (PostgreSQL with DATABASE_MIGRATE=false:
+        check that it is current, and treat the database as not connected until it is)."""
 
     async def save(self, record: PredictionRecord) -> None:
         """Return only once the record is committed; raise StoreUnavailableError otherwise."""
@@ -71,13 +71,3 @@ class PredictionStore(Protocol):
 
     async def close(self) -> None:
         """Finish pending writes, then release connections."""
-
-
-def open_store(settings: GatewaySettings, metrics: GatewayMetrics) -> PredictionStore:
-    if settings.database_url:
-        from mlstack_gateway.store_postgres import PostgresStore
-
-        return PostgresStore(settings, metrics)
-    from mlstack_gateway.store_sqlite import SqliteStore
-
-    return SqliteStore(settings, metrics)

@@ -5,6 +5,9 @@ The runner takes the store's schema lock in a transaction, reads which versions 
 applies the others and records them, and commits once: gateways that start together (replicas,
 or several processes on one SQLite file) queue on the lock, and the first migrates while the
 others then find nothing left to do. A migration that fails rolls back the whole run.
+
+A gateway that may not change the schema (DATABASE_MIGRATE=false) only reads which versions are
+applied (APPLIED).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at TEXT NOT NULL
 )
 """
-_APPLIED = "SELECT version FROM schema_migrations"
+# The versions applied: a plain SELECT (schema_migrations exists once a run has begun).
+APPLIED = "SELECT version FROM schema_migrations"
 _RECORD = "INSERT INTO schema_migrations (version, applied_at) VALUES ({:d}, CURRENT_TIMESTAMP)"
 
 
@@ -50,7 +54,7 @@ async def migrate(conn: SchemaConnection, migrations: Sequence[tuple[int, str]])
     applied_now: list[int] = []
     async with conn.locked_transaction():
         await conn.execute(_MIGRATIONS_TABLE)
-        applied = set(await conn.column(_APPLIED))
+        applied = set(await conn.column(APPLIED))
         for version, statement in migrations:
             if version in applied:
                 continue

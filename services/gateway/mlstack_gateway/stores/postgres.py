@@ -1,6 +1,10 @@
 """PostgreSQL store: the primary's asyncpg pool (group commit, migrations under an advisory lock,
 the health ping) and, with DATABASE_READ_URL, a small pool on the hot standbys for history reads.
 
+With DATABASE_MIGRATE=false the gateway changes no schema: it only checks that the migrations it
+needs have been applied (by ``migrate_database``, ``python -m mlstack_gateway.migrate``), and
+until they have, it treats the primary as not connected yet (503 with Retry-After).
+
 A history read (``recent``) served by a standby sees what the standby has replayed. The read's
 own statement also measures the standby's replay lag (one round trip, one snapshot), and the
 read goes to the primary instead when that lag is above DATABASE_READ_MAX_LAG_SECONDS or unknown.
@@ -12,8 +16,12 @@ Read-your-writes holds only on the primary: a prediction just answered 200 may b
 list a standby serves. The lag is the standby's clock minus the primary's commit time of the
 last replayed transaction, so clocks out of step between the two hosts shift it.
 
-Seeing the WAL receiver's state takes superuser or pg_read_all_stats (pg_monitor): for any
-other role the lag is unknown and every read goes to the primary (counted as ``unknown_lag``).
+Seeing the WAL receiver's state takes superuser or pg_read_all_stats (pg_monitor), which the
+role the gateway serves as is not given: on a database made by services/database/roles.sql the
+lag comes from mlstack_monitor.replay_lag_seconds() instead, a function that runs as the
+superuser and tells only that. Where that function is not there (or the role may not call it),
+the lag is measured by the read itself, and for a role with neither privilege it is unknown:
+every read goes to the primary (counted as ``unknown_lag``).
 
 A server that goes away costs requests a 503, never a 500 (see ``_on_connection``), and so does
 one that answers but refuses writes, as a failover's former primary does (see ``_is_transient``);
@@ -32,14 +40,15 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
+from mlstack_common.backoff import Backoff
 
 from mlstack_gateway.breaker import CircuitBreaker
-from mlstack_gateway.group_commit import GroupCommitter
 from mlstack_gateway.history import ROW_OVERHEAD_BYTES, HistoryPage, PageBuilder, item_room
 from mlstack_gateway.metrics import GatewayMetrics
-from mlstack_gateway.migrations import migrate
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.store import PredictionRecord, StoreUnavailableError, history_item
+from mlstack_gateway.stores.base import PredictionRecord, StoreUnavailableError, history_item
+from mlstack_gateway.stores.group_commit import GroupCommitter
+from mlstack_gateway.stores.migrations import APPLIED, migrate
 
 log = logging.getLogger("mlstack_gateway.store")
 
@@ -78,7 +87,7 @@ ON CONFLICT (request_id) DO NOTHING
 # ``sized`` walks the index one row at a time, measuring each row on the server, and stops at the
 # first row that does not fit (or the one after $2): no row beyond it is read, and only the rows
 # that fit are sent. ``older``: whether a row older than this one was found (a next page).
-# {within_lag}: a further condition, for _RECENT_WITHIN_LAG.
+# {within_lag}: a further condition, for _recent_within_lag.
 _SIZED = """
 sized (id, n, bytes) AS (
     (SELECT id, 1, {size} FROM predictions WHERE id < $1 {within_lag} ORDER BY id DESC LIMIT 1)
@@ -114,30 +123,49 @@ FROM sized JOIN predictions AS p ON p.id = sized.id
 WHERE sized.n <= $2 AND (sized.n = 1 OR sized.bytes + sized.n * $4 <= $3)
 """
 _RECENT = f"WITH RECURSIVE {_SIZED.format(within_lag='')} {_PAGE_ROWS} ORDER BY p.id DESC"
-# _PAGE_ROWS's columns plus the server's replay lag in seconds (NULL: unknown), with rows only
-# when that lag is at most $5: one row of NULLs and the lag otherwise, or when there are none.
-# A primary is 0 behind itself; a standby whose WAL receiver is not streaming cannot say how
-# far behind it is; one that has replayed all it received is behind by the WAL in flight only.
-# The lag is measured while the statement runs, on the snapshot the rows come from.
-_RECENT_WITHIN_LAG = f"""
-WITH RECURSIVE lag AS (
-    SELECT CASE
+# The server's replay lag in seconds (NULL: unknown). A primary is 0 behind itself; a standby
+# whose WAL receiver is not streaming cannot say how far behind it is; one that has replayed all
+# it received is behind by the WAL in flight only. Seen by superuser or pg_read_all_stats only:
+# for any other role pg_stat_wal_receiver's status is NULL, and so is this.
+_LAG = """CASE
         WHEN NOT pg_is_in_recovery() THEN 0.0
         WHEN NOT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN NULL
         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
         -- At least 0: a standby whose clock is behind the primary's may measure less.
         ELSE greatest(0.0, extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()))
-    END::float8 AS seconds
-),
+    END::float8"""
+# The same lag for any role roles.sql lets call it: _LAG in a function that runs as the
+# superuser (services/database/roles.sql; the two are kept alike).
+_LAG_FUNCTION = "mlstack_monitor.replay_lag_seconds()"
+# Whether this server has that function and this role may call it.
+_HAS_LAG_FUNCTION = """
+SELECT EXISTS (
+    SELECT FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+    WHERE n.nspname = 'mlstack_monitor' AND p.proname = 'replay_lag_seconds' AND p.pronargs = 0
+      AND has_schema_privilege(n.oid, 'USAGE') AND has_function_privilege(p.oid, 'EXECUTE')
+)
+"""
+
+
+def _recent_within_lag(lag: str) -> str:
+    """_PAGE_ROWS's columns plus the server's replay lag in seconds as ``lag`` gives it, with rows
+    only when that lag is at most $5: one row of NULLs and the lag otherwise, or when there are
+    none. The lag is measured while the statement runs, on the snapshot the rows come from."""
+    return f"""
+WITH RECURSIVE lag AS (SELECT {lag} AS seconds),
 {_SIZED.format(within_lag="AND (SELECT seconds FROM lag) <= $5")}
 SELECT page.*, lag.seconds
 FROM lag LEFT JOIN LATERAL ({_PAGE_ROWS}) AS page ON true
 ORDER BY page.id DESC
 """
+
+
+_RECENT_WITHIN_LAG = _recent_within_lag(_LAG)
+_RECENT_WITHIN_LAG_FROM_FUNCTION = _recent_within_lag(_LAG_FUNCTION)
 # What one history read, or one readiness ping, may spend on the primary.
 _READ_SECONDS = 5.0
 _PING_SECONDS = 1.0
-# Where _RECENT_WITHIN_LAG's lag is.
+# Where _recent_within_lag's lag is.
 _LAG_COLUMN = 9
 # What one history read may spend on the read URL (acquire, connect and query) before it goes
 # to the primary: a standby that is down or unreachable costs a read this much at most.
@@ -148,6 +176,19 @@ _READ_POOL_SIZE = 2
 # trial read), so an unreachable standby does not add READ_ATTEMPT_SECONDS to every read.
 _READ_FAILURES_BEFORE_PAUSE = 3
 _READ_PAUSE_SECONDS = 5.0
+# Between tries to connect to a server that may still be starting (no bound: the caller's).
+_CONNECT_BACKOFF = Backoff(0.2, most=5.0)
+# Between tries of a write that failed on a connection the server lost (within
+# DB_WRITE_TIMEOUT_SECONDS): short, as a failover's new primary answers within seconds.
+_WRITE_BACKOFF = Backoff(0.05, most=0.5)
+
+
+class SchemaBehindError(Exception):
+    """The schema lacks migrations this gateway needs, and it may not apply them itself."""
+
+
+class MigrationError(Exception):
+    """``migrate_database`` failed; the message says why in one line (never the URL)."""
 
 
 def _reason(exc: BaseException) -> str:
@@ -243,6 +284,8 @@ class _Reachability:
         self.name = name
         self._meanwhile = meanwhile
         self._lost_at: float | None = None
+        # What the last attempt to connect failed with (_open_pool), None before any failed.
+        self.last_error: BaseException | None = None
 
     @property
     def answering(self) -> bool:
@@ -282,18 +325,29 @@ class _Schema:
         return [row[0] for row in await self._conn.fetch(query)]
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A connection's reset on its way back to the pool, beyond asyncpg's own (which rolls back
+    a transaction left open): none. asyncpg's default sends RESET ALL, CLOSE ALL, UNLISTEN * and
+    pg_advisory_unlock_all() at every release, a round trip that each group commit would wait
+    for before its callers are answered (bench/results/profile.md). This store never changes a
+    session: no SET, no cursor, no LISTEN, and its only advisory lock (the migrations') is
+    transaction-scoped."""
+
+
 async def _open_pool(
     dsn: str,
     reachability: _Reachability,
     *,
     max_size: int,
     command_timeout: float,
-    prepare: Callable[[asyncpg.Pool], Awaitable[None]],
+    prepare: Callable[[asyncpg.Pool], Awaitable[object]],
     connect_timeout: float = 60.0,
+    retry: Callable[[BaseException], bool] = lambda exc: True,
 ) -> asyncpg.Pool:
     """A pool on ``dsn`` once its server answers and ``prepare`` has run on it; until then,
-    tries again with a growing pause (the server may still be starting)."""
-    delay = 0.2
+    tries again with a growing pause (the server may still be starting), unless ``retry``
+    says an error is not worth another try: that one is raised."""
+    retrying = _CONNECT_BACKOFF.start()
     while True:
         asked_at = asyncio.get_running_loop().time()
         # min_size 0: connections are opened by the requests that need them, never by a task of
@@ -307,17 +361,28 @@ async def _open_pool(
                 max_size=max_size,
                 command_timeout=command_timeout,
                 timeout=connect_timeout,
+                reset=_keep_session,
             )
             await prepare(pool)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            SchemaBehindError,
+        ) as exc:
             if pool is not None:
                 pool.terminate()
+            if not retry(exc):
+                raise
+            reachability.last_error = exc
             if _is_transient(exc):
                 reachability.failed(exc)
             else:
-                log.warning("%s not ready (%s); retrying in %.1fs", reachability.name, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                log.warning(
+                    "%s not ready (%s); retrying in %.1fs", reachability.name, exc, retrying.step
+                )
+            await retrying.wait()
             continue
         reachability.answered(asked_at)
         return pool
@@ -337,12 +402,65 @@ async def _close_pool(pool: asyncpg.Pool) -> None:
         pool.terminate()
 
 
+async def _migrate(pool: asyncpg.Pool) -> list[int]:
+    """Apply the migrations not applied yet on one of ``pool``'s connections; their versions."""
+    async with pool.acquire() as conn:
+        return await migrate(_Schema(conn), MIGRATIONS)
+
+
+def _not_there_yet(exc: BaseException) -> bool:
+    """Whether ``exc`` is what a database that is still being set up answers: no server yet
+    (_is_transient), or one that refuses the role or does not have the database yet (a new
+    primary makes them once it runs: services/database/roles.sql)."""
+    return _is_transient(exc) or isinstance(
+        exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidCatalogNameError
+    )
+
+
+async def migrate_database(dsn: str, timeout_seconds: float) -> list[int]:
+    """Bring the schema of ``dsn`` up to date as the gateway does at start (MIGRATIONS, under
+    the advisory lock): the versions applied now, none when it already was. What a server
+    still being set up answers (_not_there_yet) is tried again, with the gateway's backoff,
+    for ``timeout_seconds`` in all, migrations included (past it, what is under way is rolled
+    back). Anything else, or the time running out, raises MigrationError."""
+    reachability = _Reachability("PostgreSQL", "migrating once it answers")
+    applied: list[int] = []
+
+    async def run(pool: asyncpg.Pool) -> None:
+        applied.extend(await _migrate(pool))
+
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            pool = await _open_pool(
+                dsn,
+                reachability,
+                max_size=1,
+                command_timeout=timeout_seconds,
+                prepare=run,
+                retry=_not_there_yet,
+            )
+    except TimeoutError:
+        last = reachability.last_error
+        raise MigrationError(
+            f"schema not brought up to date within {timeout_seconds:g} s"
+            + ("" if last is None else f"; PostgreSQL's last answer: {_reason(last)}")
+        ) from None
+    except Exception as exc:
+        raise MigrationError(f"migration failed: {_reason(exc)}") from None
+    await _close_pool(pool)
+    return applied
+
+
 class PostgresStore:
     kind = "postgresql"
 
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         assert settings.database_url is not None
         self._dsn = settings.database_url
+        self._migrates = settings.database_migrate
+        # Set when the primary answers with a schema this gateway may not migrate and that is
+        # not current: no point in open() waiting for it.
+        self._schema_behind = asyncio.Event()
         self._read_dsn = settings.database_read_url
         self._max_lag = settings.database_read_max_lag_seconds
         self._history_max_bytes = settings.history_max_bytes
@@ -353,6 +471,9 @@ class PostgresStore:
         self._read_pool: asyncpg.Pool | None = None
         self._connecting: list[asyncio.Task[None]] = []
         self._read_breaker = CircuitBreaker(_READ_FAILURES_BEFORE_PAUSE, _READ_PAUSE_SECONDS)
+        # Whether reads from the read URL take the lag from _LAG_FUNCTION (or measure it
+        # themselves): found out once its server answers.
+        self._lag_from_function = False
         self._primary = _Reachability(
             "PostgreSQL", "predictions and history reads answer 503 until it answers again"
         )
@@ -370,28 +491,35 @@ class PostgresStore:
             metrics.db_reads.labels("replica")
             for reason in ("lag", "unknown_lag", "error"):
                 metrics.db_read_fallbacks.labels(reason)
-        # Several commits in flight at once (PostgreSQL flushes them together), one pool
-        # connection left over for reads and probes.
+        # One commit in flight at a time: the rows that arrive meanwhile make the next one. With
+        # a writer per spare pool connection, each took the few rows that had arrived since the
+        # last one started: smaller commits, and more of the gateway's and PostgreSQL's CPU per
+        # row (bench/results/gateway.md). The other pool connections serve history reads and
+        # probes.
         self._committer: GroupCommitter[PredictionRecord] = GroupCommitter(
             self._write_batch,
             metrics,
             timeout=self._write_timeout,
-            max_in_flight=max(1, self._pool_size - 1),
+            max_in_flight=1,
         )
 
     async def open(self) -> None:
         # Connect in the background so the gateway starts (and reports not-ready) while the
-        # database is still coming up; wait a little so a healthy start is ready at once.
+        # database is still coming up; wait a little so a healthy start is ready at once (not
+        # for a schema it may not migrate, which the next seconds will not bring up to date).
         primary = asyncio.create_task(self._connect_primary())
         self._connecting.append(primary)
         read = None
         if self._read_dsn is not None:
             read = asyncio.create_task(self._connect_read(self._read_dsn))
             self._connecting.append(read)
+        behind = asyncio.create_task(self._schema_behind.wait())
         try:
-            await asyncio.wait_for(asyncio.shield(primary), timeout=10)
-        except TimeoutError:
-            log.warning("PostgreSQL not reachable yet; still trying in the background")
+            await asyncio.wait({primary, behind}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            behind.cancel()
+        if not primary.done():
+            log.warning("PostgreSQL not ready yet; still trying in the background")
         if read is not None:
             # Reads go to the primary until the read URL answers, which gets no longer than a
             # read would give it.
@@ -403,7 +531,7 @@ class PostgresStore:
             self._primary,
             max_size=self._pool_size,
             command_timeout=10,
-            prepare=self._migrate,
+            prepare=_migrate if self._migrates else self._check_schema,
         )
         log.info("PostgreSQL connected, schema up to date")
 
@@ -413,15 +541,37 @@ class PostgresStore:
             self._replica,
             max_size=_READ_POOL_SIZE,
             command_timeout=READ_ATTEMPT_SECONDS,
-            prepare=self._answers,
+            prepare=self._choose_lag,
             connect_timeout=READ_ATTEMPT_SECONDS,
         )
-        log.info("PostgreSQL read URL connected")
+        log.info(
+            "PostgreSQL read URL connected, replay lag from %s",
+            _LAG_FUNCTION if self._lag_from_function else "pg_stat_wal_receiver",
+        )
 
-    @staticmethod
-    async def _migrate(pool: asyncpg.Pool) -> None:
+    async def _check_schema(self, pool: asyncpg.Pool) -> None:
+        """Raise SchemaBehindError unless every migration of MIGRATIONS has been applied (a
+        SELECT: DATABASE_MIGRATE=false changes nothing)."""
         async with pool.acquire() as conn:
-            await migrate(_Schema(conn), MIGRATIONS)
+            try:
+                applied = {row[0] for row in await conn.fetch(APPLIED)}
+            except asyncpg.UndefinedTableError:  # no migration has ever run
+                applied = set()
+        missing = [version for version, _ in MIGRATIONS if version not in applied]
+        if missing:
+            self._schema_behind.set()
+            raise SchemaBehindError(
+                f"schema migrations {missing} not applied, and DATABASE_MIGRATE=false: "
+                "run python -m mlstack_gateway.migrate as the schema's owner"
+            )
+
+    async def _choose_lag(self, pool: asyncpg.Pool) -> None:
+        """Read the lag from _LAG_FUNCTION where the read URL's server has it for this role."""
+        self._lag_from_function = bool(
+            await _on_connection(
+                pool, READ_ATTEMPT_SECONDS, lambda conn: conn.fetchval(_HAS_LAG_FUNCTION)
+            )
+        )
 
     @staticmethod
     async def _answers(pool: asyncpg.Pool) -> None:
@@ -441,7 +591,7 @@ class PostgresStore:
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._write_timeout
-        delay = 0.05
+        retry = _WRITE_BACKOFF.start(deadline)
         while True:
             pool = self._pool
             if pool is None:
@@ -458,12 +608,10 @@ class PostgresStore:
                     raise
                 self._metrics.db_failures.inc()
                 (self._writes if _refuses_writes(exc) else self._primary).failed(exc)
-                if loop.time() + delay >= deadline:
-                    raise StoreUnavailableError(f"database write failed: {exc}") from exc
                 # The same rows again (ON CONFLICT: harmless if the lost commit happened), on
                 # another connection (perhaps to the new primary, after a failover).
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                if not await retry.wait():
+                    raise StoreUnavailableError(f"database write failed: {exc}") from exc
                 continue
             self._primary.answered(asked_at)
             self._writes.answered(asked_at)
@@ -518,14 +666,15 @@ class PostgresStore:
         if pool is None or not self._read_breaker.allow():
             self._fall_back("error")
             return None
+        statement = (
+            _RECENT_WITHIN_LAG_FROM_FUNCTION if self._lag_from_function else _RECENT_WITHIN_LAG
+        )
         asked_at = asyncio.get_running_loop().time()
         try:
             rows = await _on_connection(
                 pool,
                 READ_ATTEMPT_SECONDS,
-                lambda conn: conn.fetch(
-                    _RECENT_WITHIN_LAG, *self._page_args(limit, before), self._max_lag
-                ),
+                lambda conn: conn.fetch(statement, *self._page_args(limit, before), self._max_lag),
             )
         except asyncio.CancelledError:
             self._read_breaker.release()

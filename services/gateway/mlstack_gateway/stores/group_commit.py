@@ -6,10 +6,11 @@ commits it in one transaction, and the writer then wakes every caller in that ba
 verdict. Rows that arrive while a commit is in flight wait for the next one, so throughput grows
 with concurrency while each caller returns only once its own row is committed.
 
-Up to ``max_in_flight`` writers run at once. PostgreSQL flushes concurrent commits together.
-SQLite's one writer thread takes the rows itself when it is free: with two writers, the next
-write is already waiting in the thread when a commit ends, and its batch holds every row that
-arrived until then (no trip through the event loop between two commits).
+Up to ``max_in_flight`` writers run at once. PostgreSQL's store runs one: each commit takes
+every row that arrived during the last. SQLite's one writer thread takes the rows itself when it
+is free: with two writers, the next write is already waiting in the thread when a commit ends,
+and its batch holds every row that arrived until then (no trip through the event loop between
+two commits).
 
 A caller waits at most ``timeout`` seconds, then gets StoreUnavailableError. Its row may still be
 committed afterwards if its batch was already taken (a 503 promises nothing either way); one
@@ -25,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from mlstack_gateway.metrics import GatewayMetrics
-from mlstack_gateway.store import StoreUnavailableError
+from mlstack_gateway.stores.base import StoreUnavailableError
 
 log = logging.getLogger("mlstack_gateway.store")
 

@@ -1,0 +1,63 @@
+"""A request's body, read by a bare ASGI handler within a byte limit: the one reader the gateway's
+predict and the model's infer share. Each service turns ``BodyError`` into its own error shape."""
+
+from __future__ import annotations
+
+from starlette.types import Receive
+
+
+class BodyError(Exception):
+    """A body that is not taken: ``status`` is the HTTP status to answer it with (400, 413)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ClientDisconnectedError(BodyError):
+    """The client went away before its whole body arrived: nobody may read the answer."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "client disconnected before sending the whole body")
+
+
+def _too_large(limit: int) -> BodyError:
+    return BodyError(413, f"request body too large: more than {limit} bytes")
+
+
+async def read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes | bytearray:
+    """The request body, refusing (413) anything larger than ``limit`` bytes.
+
+    ``declared`` is the Content-Length header's value, if the request has one: a body it says
+    is too large is refused before a byte of it is read.
+    """
+    if declared is not None:
+        if not declared.isdigit():
+            raise BodyError(400, "invalid Content-Length header")
+        # More digits than the limit has is more bytes than it allows (and int() of thousands
+        # of digits, leading zeros included, is refused by Python itself).
+        digits = declared.lstrip(b"0")
+        if len(digits) > len(str(limit)):
+            raise _too_large(limit)
+        if int(digits or b"0") > limit:
+            raise BodyError(
+                413, f"request body too large: {declared.decode()} bytes, at most {limit}"
+            )
+    body: bytes | bytearray = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError
+        chunk: bytes = message.get("body", b"")
+        if len(body) + len(chunk) > limit:
+            raise _too_large(limit)
+        more = message.get("more_body", False)
+        if not body and not more:
+            return chunk  # the whole body in one message: no copy
+        if not body:
+            # Grown in place: a large body is held once, not as chunks and their join.
+            body = bytearray()
+        body += chunk
+        if not more:
+            return body

@@ -1,0 +1,68 @@
+"""The settings both services share (services/common: mlstack_common.settings), in-process."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+from mlstack_common.env import SettingsError
+from mlstack_common.settings import ServiceSettings
+from mlstack_gateway.settings import GatewaySettings
+from mlstack_model.settings import ModelSettings
+
+API_KEY = {"MLSTACK_API_KEY": "a-key-of-some-length"}
+SHARED = {
+    "HOST": "127.0.0.1",
+    "PORT": "9000",
+    "MODEL_NAME": "lilies",
+    "MAX_BATCH_ROWS": "7",
+    "MAX_BODY_BYTES": "4096",
+    "MAX_CONCURRENT_REQUESTS": "3",
+    "MAX_HEADER_BYTES": "2048",
+    "KEEPALIVE_TIMEOUT_SECONDS": "5",
+    "SHUTDOWN_TIMEOUT_SECONDS": "2.5",
+    "LOG_LEVEL": "DEBUG",
+    "ACCESS_LOG": "yes",
+}
+
+
+def shared_fields(settings: ServiceSettings) -> dict[str, object]:
+    return {field.name: getattr(settings, field.name) for field in fields(ServiceSettings)}
+
+
+def test_both_services_read_the_shared_variables_alike() -> None:
+    gateway = GatewaySettings.from_env({**API_KEY, **SHARED})
+    model = ModelSettings.from_env(SHARED)
+    assert shared_fields(gateway) == shared_fields(model)
+    assert shared_fields(model) == {
+        "host": "127.0.0.1",
+        "port": 9000,
+        "model_name": "lilies",
+        "max_batch_rows": 7,
+        "max_body_bytes": 4096,
+        "max_concurrent_requests": 3,
+        "http_limits": model.http_limits,
+        "keepalive_timeout_seconds": 5.0,
+        "shutdown_timeout_seconds": 2.5,
+        "log_level": "debug",
+        "access_log": True,
+    }
+    assert model.http_limits.max_header_bytes == 2048
+
+
+def test_each_service_keeps_its_own_request_limits_by_default() -> None:
+    gateway = GatewaySettings.from_env(API_KEY)
+    model = ModelSettings.from_env({})
+    assert (gateway.max_batch_rows, gateway.max_body_bytes) == (1024, 1024 * 1024)
+    assert (model.max_batch_rows, model.max_body_bytes) == (4096, 2 * 1024 * 1024)
+    assert gateway.port == model.port == 8080
+    assert gateway.shutdown_timeout_seconds == model.shutdown_timeout_seconds == 20.0
+
+
+@pytest.mark.parametrize("service", [GatewaySettings, ModelSettings])
+def test_a_shared_variable_out_of_range_is_refused_by_both(
+    service: type[GatewaySettings] | type[ModelSettings],
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        service.from_env({**API_KEY, "KEEPALIVE_TIMEOUT_SECONDS": "0.5"})
+    assert str(refused.value) == "KEEPALIVE_TIMEOUT_SECONDS must be >= 1.0, got 0.5"
