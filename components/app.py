@@ -10,6 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import database, pod
+from components.backup_repository import backup_repository
 from components.cluster import Cluster
 from components.config import StackConfig
 from components.database import Database, DatabaseArgs
@@ -17,12 +18,19 @@ from components.image import SERVICES, ServiceImage, ServiceImageArgs
 from components.labels import APP, labels
 from components.microservice import (
     CONTAINER_PORT,
+    INIT_SECRETS_DIR,
     SERVICE_PORT,
     TLS_SERVICE_PORT,
+    InitStep,
     Microservice,
     MicroserviceArgs,
 )
-from components.network_policy import NetworkPolicies, NetworkPoliciesArgs, Route
+from components.network_policy import (
+    ApiServerRoute,
+    NetworkPolicies,
+    NetworkPoliciesArgs,
+    Route,
+)
 
 MODEL_NAME: Final = "iris"
 MODEL_SERVICE: Final = "model"
@@ -36,13 +44,12 @@ DATABASE_READ_URL: Final = "database-read-url"
 # (deleted first); instead, a keyed digest of the values in the pod template rolls the pods.
 DATABASE_SECRET: Final = "database"
 GATEWAY_SECRET: Final = "gateway"
+# The owner's connection URL, for the gateway pods' migrations step alone.
+MIGRATIONS_SECRET: Final = "gateway-migrations"
 GATEWAY_TLS_SECRET: Final = "gateway-tls"
 GATEWAY_RESOURCES: Final = pod.Resources("100m", "128Mi", "1", "256Mi")
 # The gateway's /metrics: a port of its own, never on the Service.
 METRICS_PORT: Final = 9090
-# Longer than a cloud load balancer takes to stop sending to a pod that left the endpoints
-# (the EKS Service annotation below sets the target group's deregistration delay under it).
-GATEWAY_DRAIN_SECONDS: Final = 30
 # Pod Security admission evaluates pods by the rules of this release, not `latest`, so a cluster
 # upgrade never starts refusing pods: the oldest Kubernetes minor mlstack supports
 # (KUBERNETES_VERSIONS in tools/policy.py; a unit test keeps the two in step).
@@ -83,7 +90,12 @@ class MlApp(pulumi.ComponentResource):
             opts=on_cluster,
         )
         ns = namespace.metadata.name
-        gateway_image, model_image = self._images(config, cluster)
+        images = self._images(config, cluster)
+        gateway_image, model_image, database_image = (
+            images["gateway"],
+            images["model"],
+            images["database"],
+        )
 
         def secret(
             part: str,
@@ -100,39 +112,55 @@ class MlApp(pulumi.ComponentResource):
             )
 
         database_secrets: dict[str, pulumi.Input[str]] = {
-            database.PASSWORD_KEY: config.database_password
+            database.OWNER_PASSWORD_KEY: config.database_owner_password,
+            database.GATEWAY_PASSWORD_KEY: config.database_password,
+            database.REPLICATION_PASSWORD_KEY: config.replication_password,
+            database.REWIND_PASSWORD_KEY: config.rewind_password,
         }
-        if config.replication_password is not None:
-            database_secrets[database.REPLICATION_PASSWORD_KEY] = config.replication_password
+        # The backups' repository: its secret options are entries of the database Secret.
+        repository = backup_repository(config, cluster, self)
+        if repository is not None:
+            database_secrets |= repository.secrets
         database_secret = secret("database", DATABASE_SECRET, database_secrets)
+        zone_spread = config.cluster.provider in ("gke", "eks")
         db = Database(
             f"{name}-database",
             DatabaseArgs(
                 stack=stack,
                 namespace=ns,
                 storage_size=config.database.storage_size,
-                storage_bytes=config.database.storage_bytes,
                 storage_class=config.database.storage_class,
+                image=database_image,
                 secret_name=DATABASE_SECRET,
                 secrets_checksum=pod.secrets_checksum(database_secrets, config.secrets_digest_key),
-                after=(database_secret,),
-                image=config.images.database or database.DEFAULT_IMAGE,
+                # The repository's bucket and identity too, so that the first archive finds
+                # them.
+                after=(database_secret, *(repository.resources if repository else ())),
                 replicas=config.database.replicas,
-                primary=config.database.primary,
-                synchronous_commit=config.database.synchronous_commit,
+                zone_spread=zone_spread,
                 protect=config.protect,
+                backup=repository.args if repository else None,
             ),
             on_cluster,
         )
 
-        def database_url(host: pulumi.Input[str]) -> pulumi.Output[str]:
-            parts = pulumi.Output.all(host=host, password=config.database_password)
-            return parts.apply(lambda p: database.connection_url(p["host"], p["password"]))
+        def database_url(
+            host: pulumi.Input[str], user: str, password: pulumi.Input[str]
+        ) -> pulumi.Output[str]:
+            parts = pulumi.Output.all(host=host, password=password)
+            return parts.apply(
+                lambda p: database.connection_url(p["host"], p["password"], user=user)
+            )
 
         gateway_secrets: dict[str, pulumi.Input[str]] = {
             API_KEY: config.api_key,
-            DATABASE_URL: database_url(db.host),
-            DATABASE_READ_URL: database_url(db.read_host),
+            DATABASE_URL: database_url(db.host, database.GATEWAY_USER, config.database_password),
+            DATABASE_READ_URL: database_url(
+                db.read_host, database.GATEWAY_USER, config.database_password
+            ),
+        }
+        migrations_secrets: dict[str, pulumi.Input[str]] = {
+            DATABASE_URL: database_url(db.host, database.OWNER, config.database_owner_password),
         }
         gateway_env = {
             "MODEL_NAME": MODEL_NAME,
@@ -146,12 +174,20 @@ class MlApp(pulumi.ComponentResource):
             # Named whether or not a rotation is under way (no file: no previous key), so that
             # a container that restarts reads whatever set of keys the Secret holds then.
             "MLSTACK_API_KEY_PREVIOUS_FILE": pod.secret_file(API_KEY_PREVIOUS),
+            # The schema is the migrations step's: the gateway's role may not change it.
+            "DATABASE_MIGRATE": "false",
         }
         if config.api_key_previous is not None:
             gateway_secrets[API_KEY_PREVIOUS] = config.api_key_previous
-        gateway_after = [secret("gateway", GATEWAY_SECRET, gateway_secrets)]
+        gateway_after = [
+            secret("gateway", GATEWAY_SECRET, gateway_secrets),
+            secret("gateway", MIGRATIONS_SECRET, migrations_secrets),
+        ]
         # What the gateway's pods read at start: a new value of any of it rolls them.
-        gateway_read = dict(gateway_secrets)
+        gateway_read = {
+            **gateway_secrets,
+            **{f"migrations/{k}": v for k, v in migrations_secrets.items()},
+        }
         tls = config.gateway.tls
         tls_secret_name: str | None = None
         if tls is not None and tls.secret_name is not None:
@@ -180,7 +216,7 @@ class MlApp(pulumi.ComponentResource):
                 readiness_path="/v2/health/ready",
                 resources=MODEL_RESOURCES,
                 env={"MODEL_NAME": MODEL_NAME, "MODEL_VERSION": config.model.version},
-                zone_spread=config.cluster.provider in ("gke", "eks"),
+                zone_spread=zone_spread,
                 grpc=True,
             ),
             on_cluster,
@@ -205,10 +241,30 @@ class MlApp(pulumi.ComponentResource):
                 tls_secret_name=tls_secret_name,
                 metrics_port=METRICS_PORT,
                 source_ranges=config.gateway.source_ranges,
-                drain_seconds=GATEWAY_DRAIN_SECONDS,
-                zone_spread=config.cluster.provider in ("gke", "eks"),
+                drain_seconds=config.gateway.drain_seconds,
+                zone_spread=zone_spread,
+                # The schema migrations, as the database's owner, before the gateway starts.
+                init=InitStep(
+                    name="migrate",
+                    command=("python", "-m", "mlstack_gateway.migrate"),
+                    secret_name=MIGRATIONS_SECRET,
+                    env={"DATABASE_URL_FILE": f"{INIT_SECRETS_DIR}/{DATABASE_URL}"},
+                ),
             ),
             on_cluster,
+        )
+        # Where a connection to the `kubernetes` Service is sent: read from the cluster at each
+        # deploy (a control plane that moves shows in `make drift` and the next preview).
+        api_server = k8s.discovery.v1.EndpointSlice.get(
+            f"{name}-api-server", "default/kubernetes", opts=on_cluster
+        )
+        # The typed outputs are read before `Output.all`, which would turn them into dicts.
+        addresses = api_server.endpoints.apply(
+            lambda endpoints: [a for endpoint in endpoints or [] for a in endpoint.addresses]
+        )
+        ports = api_server.ports.apply(lambda found: [port.port for port in found or []])
+        api_server_endpoints = pulumi.Output.all(addresses, ports).apply(
+            lambda found: api_server_addresses(found[0], found[1])
         )
         NetworkPolicies(
             f"{name}-network",
@@ -216,27 +272,46 @@ class MlApp(pulumi.ComponentResource):
                 stack=stack,
                 namespace=ns,
                 dns=config.dns,
+                # Patroni's store is the API server.
+                api_server=ApiServerRoute(source="database", endpoints=api_server_endpoints),
+                # The backup repository: archive-push, archive-get and the base backups.
+                external=repository.egress if repository else (),
                 routes=(
-                    Route(source=None, target="gateway", port=CONTAINER_PORT),
-                    Route(source="gateway", target="model", port=CONTAINER_PORT),
-                    Route(source="gateway", target="database", port=database.PORT),
-                    # Standbys copy and stream from the primary (and any instance may be it).
-                    *(
-                        [Route(source="database", target="database", port=database.PORT)]
-                        if config.database.replicas > 1
-                        else []
+                    Route(source=None, target="gateway", ports=(CONTAINER_PORT,)),
+                    Route(source="gateway", target="model", ports=(CONTAINER_PORT,)),
+                    Route(source="gateway", target="database", ports=(database.PORT,)),
+                    # Standbys copy, stream and rewind from the primary (any instance may be
+                    # it), and Patroni's members ask each other's REST API before a promotion.
+                    Route(
+                        source="database",
+                        target="database",
+                        ports=(database.PORT, database.API_PORT),
                     ),
                     *(
                         [
                             Route(
                                 source=None,
                                 target="gateway",
-                                port=METRICS_PORT,
+                                ports=(METRICS_PORT,),
                                 namespaces=config.gateway.metrics_namespaces,
                                 name="gateway-metrics",
                             )
                         ]
                         if config.gateway.metrics_namespaces
+                        else []
+                    ),
+                    # The age of the newest backup, for the same scrapers.
+                    *(
+                        [
+                            Route(
+                                source=None,
+                                target="database",
+                                ports=(database.BACKUP_METRICS_PORT,),
+                                namespaces=config.gateway.metrics_namespaces,
+                                name="database-metrics",
+                            )
+                        ]
+                        if config.gateway.metrics_namespaces and config.database.backup
                         else []
                     ),
                 ),
@@ -249,17 +324,20 @@ class MlApp(pulumi.ComponentResource):
         self.images = pulumi.Output.all(
             gateway=gateway_image,
             model=model_image,
-            database=config.images.database or database.DEFAULT_IMAGE,
+            database=database_image,
         )
         self.register_outputs(
             {"namespace": self.namespace, "gateway_url": self.gateway_url, "images": self.images}
         )
 
-    def _images(
-        self, config: StackConfig, cluster: Cluster
-    ) -> tuple[pulumi.Input[str], pulumi.Input[str]]:
+    def _images(self, config: StackConfig, cluster: Cluster) -> dict[str, pulumi.Input[str]]:
+        """Each service's image reference, by service: built and pushed, or as configured."""
         if not config.images.build:
-            return config.images.gateway, config.images.model
+            return {
+                "gateway": config.images.gateway,
+                "model": config.images.model,
+                "database": config.images.database,
+            }
         registry: pulumi.Input[str] = config.images.registry or cluster.image_registry or ""
         built = [
             ServiceImage(
@@ -269,8 +347,12 @@ class MlApp(pulumi.ComponentResource):
             )
             for service in SERVICES
         ]
-        by_service = dict(zip(SERVICES, built, strict=True))
-        return by_service["gateway"].ref, by_service["model"].ref
+        return {service: image.ref for service, image in zip(SERVICES, built, strict=True)}
+
+
+def api_server_addresses(addresses: list[str], ports: list[int | None]) -> list[tuple[str, int]]:
+    """Every (address, port) pair of the API server's EndpointSlice."""
+    return [(address, port) for address in addresses for port in ports if port is not None]
 
 
 def load_balancer_host(status: k8s.core.v1.outputs.ServiceStatus | None) -> str | None:

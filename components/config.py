@@ -10,18 +10,18 @@ import difflib
 import ipaddress
 import json
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Final, Literal, TypeAlias, cast
 
 import pulumi
 from pulumi.runtime import config as runtime_config
 
 from components.database import MAX_REPLICAS as MAX_DATABASE_REPLICAS
-from components.database import SYNCHRONOUS_COMMIT, SynchronousCommit
 from components.network_policy import DnsPods
-
-NAMESPACE: Final = "mlstack"
+from components.stack_file import NAMESPACE, mlstack_values
 
 Provider: TypeAlias = Literal["local", "existing", "gke", "eks"]
 ServiceType: TypeAlias = Literal["LoadBalancer", "ClusterIP", "NodePort"]
@@ -31,6 +31,9 @@ SERVICE_TYPES: Final[tuple[ServiceType, ...]] = ("LoadBalancer", "ClusterIP", "N
 # The trained models the model image carries; the newest is the default.
 MODEL_VERSIONS: Final = ("v1", "v2")
 MAX_REPLICAS: Final = 1000
+# The gateway's drain by default: longer than a cloud load balancer takes to stop sending to a
+# pod that has left the Service's endpoints (a single node's kube-proxy takes about a second).
+GATEWAY_DRAIN_SECONDS: Final = 30
 # The most replicas an autoscaler may run of one service: a ceiling that a runaway metric (or a
 # flood) cannot push past, well under what one namespace's quota would hold.
 MAX_AUTOSCALED_REPLICAS: Final = 20
@@ -161,6 +164,8 @@ class GatewayConfig(ServiceConfig):
     source_ranges: tuple[str, ...] = ()
     # Namespaces whose pods may scrape the gateway's metrics port; empty: nobody.
     metrics_namespaces: tuple[str, ...] = ()
+    # How long a stopping pod goes on answering after it has left the Service's endpoints.
+    drain_seconds: int = 30
 
 
 @dataclass(frozen=True)
@@ -172,16 +177,54 @@ class ModelConfig(ServiceConfig):
 class DatabaseConfig:
     storage_size: str
     storage_class: str | None
-    # 1 primary and `replicas - 1` streaming standbys.
+    # Instances: Patroni keeps one primary and `replicas - 1` standbys, one of them synchronous.
     replicas: int = 1
-    # The index of the instance that takes the writes (`make failover` changes it).
-    primary: int = 0
-    # What a commit waits for before it is acknowledged (README, "Replication").
-    synchronous_commit: SynchronousCommit = "local"
+    # The WAL archive and base backups (pgBackRest); None: none are taken.
+    backup: BackupConfig | None = None
 
-    @property
-    def storage_bytes(self) -> int:
-        return quantity_bytes(self.storage_size)
+
+@dataclass(frozen=True)
+class S3Repository:
+    """An S3-compatible bucket the stack's backups go to (pgBackRest's `s3` repository)."""
+
+    # https://host[:port]: pgBackRest speaks HTTPS only.
+    host: str
+    port: int
+    bucket: str
+    region: str
+    # `path` (https://host/bucket, most S3-compatible servers) or `host` (bucket.host, AWS).
+    uri_style: str = "host"
+    # A PEM CA bundle the endpoint's certificate is verified against; None: the system's.
+    ca_certificate: str | None = None
+
+
+@dataclass(frozen=True)
+class VolumeRepository:
+    """A PersistentVolumeClaim of the stack's, mounted in every database pod (pgBackRest's
+    `posix` repository): only right where every instance runs on one node (README, "Backups and
+    restore")."""
+
+    size: str
+    storage_class: str | None = None
+
+
+@dataclass(frozen=True)
+class CloudBucket:
+    """A bucket the program creates in the cluster's own cloud (GCS on gke, S3 on eks), reached
+    with the database pods' own cloud identity: no keys."""
+
+
+# Where the backups go: named by the stack (local, existing) or made by the program (gke, eks).
+BackupRepository: TypeAlias = S3Repository | VolumeRepository | CloudBucket
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    repository: BackupRepository
+    # Full backups kept; older ones, and the WAL only they need, are expired.
+    retention_full: int = 2
+    full_every_hours: int = 24
+    diff_every_hours: int = 6
 
 
 @dataclass(frozen=True)
@@ -190,8 +233,7 @@ class ImagesConfig:
     registry: str
     gateway: str
     model: str
-    # PostgreSQL's image, whatever `build` says; empty: the pinned upstream release.
-    database: str = ""
+    database: str
 
 
 @dataclass(frozen=True)
@@ -204,14 +246,19 @@ class StackConfig:
     database: DatabaseConfig
     images: ImagesConfig
     protect: bool
+    # The gateway's role's password; the owner's (schema migrations); Patroni's replication and
+    # rewind roles'.
     database_password: pulumi.Output[str]
+    database_owner_password: pulumi.Output[str]
+    replication_password: pulumi.Output[str]
+    rewind_password: pulumi.Output[str]
     api_key: pulumi.Output[str]
     # The key of the digest of secret values in pod templates (pod.secrets_checksum).
     secrets_digest_key: pulumi.Output[str]
     # During a rotation, the key being replaced: still accepted until it is removed.
     api_key_previous: pulumi.Output[str] | None = None
-    # The standbys' replication role's password; None when not given (no standby then).
-    replication_password: pulumi.Output[str] | None = None
+    # With database.backup: those of BACKUP_SECRETS its repository takes, by key.
+    backup_secrets: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
     # The cluster DNS pods every pod may reach on port 53.
     dns: DnsPods = field(default_factory=DnsPods)
 
@@ -225,9 +272,10 @@ _OBJECT_KEYS: Final[dict[str, tuple[str, ...]]] = {
         "tls",
         "sourceRanges",
         "metricsNamespaces",
+        "drainSeconds",
     ),
     "model": ("replicas", "autoscaling", "serviceType", "version"),
-    "database": ("replicas", "primary", "synchronousCommit", "storageSize", "storageClass"),
+    "database": ("replicas", "storageSize", "storageClass", "backup"),
     "images": ("build", "registry", "gateway", "model", "database"),
     "dns": ("namespace", "podLabels"),
 }
@@ -254,11 +302,31 @@ _CLUSTER_KEYS: Final[dict[Provider, tuple[str, ...]]] = {
         "kubernetesVersion",
     ),
 }
+_BACKUP_KEYS: Final = ("s3", "volume", "retentionFull", "fullEveryHours", "diffEveryHours")
+_S3_KEYS: Final = ("endpoint", "bucket", "region", "uriStyle", "caCertificate")
+_VOLUME_KEYS: Final = ("size", "storageClass")
+# The key pgBackRest encrypts the repository with: every stack with backups has one.
+BACKUP_CIPHER_SECRET: Final = "databaseBackupCipherPassword"
+# The secrets of backups: the repository's encryption key, and the keys of an S3-compatible
+# endpoint's bucket (`database.backup.s3` alone: the program's own buckets and a volume take none).
+BACKUP_SECRETS: Final = (
+    BACKUP_CIPHER_SECRET,
+    "databaseBackupS3AccessKey",
+    "databaseBackupS3SecretKey",
+)
+# The endpoint's keys, which its provider issues, with what each is.
+BUCKET_KEYS: Final = {
+    "databaseBackupS3AccessKey": "the bucket's access key ID",
+    "databaseBackupS3SecretKey": "the bucket's secret access key",
+}
 _SCALAR_KEYS: Final = (
     "namespace",
     "protect",
     "databasePassword",
+    "databaseOwnerPassword",
     "databaseReplicationPassword",
+    "databaseRewindPassword",
+    *BACKUP_SECRETS,
     "apiKey",
     "apiKeyPrevious",
     "secretsDigestKey",
@@ -401,7 +469,8 @@ def _service_type(section: _Section, default: ServiceType) -> ServiceType:
     return cast(ServiceType, section.choice("serviceType", default, SERVICE_TYPES))
 
 
-def _parse_cluster(raw: object) -> ClusterConfig:
+def parse_cluster(raw: object) -> ClusterConfig:
+    """`mlstack:cluster`, typed: for the program, and for the tools that reach its cluster."""
     if raw is None:
         raise ConfigError(
             f"{NAMESPACE}:cluster is required: set mlstack:cluster.provider to one of "
@@ -507,41 +576,142 @@ def quantity_bytes(quantity: str) -> int:
     return int(float(match.group("number")) * _QUANTITY_FACTORS[match.group("suffix") or ""])
 
 
-def _parse_database(section: _Section) -> DatabaseConfig:
-    replicas = section.integer("replicas", 1, 1, MAX_DATABASE_REPLICAS)
-    primary = section.raw.get("primary", 0)
-    if isinstance(primary, bool) or not isinstance(primary, int) or not (0 <= primary < replicas):
-        raise _fail(
-            section.path("primary"),
-            primary,
-            f"expected the index of one of the {replicas} database instances, 0 to {replicas - 1} "
-            "(fewer instances than the primary's index would remove the primary: fail over "
-            "to a lower one first with `make failover`)",
-        )
-    synchronous_commit = cast(
-        SynchronousCommit, section.choice("synchronousCommit", "local", SYNCHRONOUS_COMMIT)
-    )
-    if synchronous_commit != "local" and replicas == 1:
-        raise _fail(
-            section.path("synchronousCommit"),
-            synchronous_commit,
-            "a commit can wait only for a standby, and database.replicas is 1; "
-            "expected local, or database.replicas of 2 or more",
-        )
-    size = section.raw.get("storageSize", "1Gi")
-    match = _QUANTITY.match(size) if isinstance(size, str) else None
+# Keys of earlier releases, and what took their place: named, instead of "unknown key".
+_REMOVED_DATABASE_KEYS: Final = {
+    "primary": "Patroni chooses the primary and fails over on its own; a planned change of "
+    'primary is `make switchover` (README, "High availability")',
+    "synchronousCommit": "with more than one instance every commit waits for a synchronous "
+    'standby (README, "High availability")',
+}
+
+
+def _refuse_removed_keys(raw: object) -> None:
+    if isinstance(raw, dict):
+        for key, instead in _REMOVED_DATABASE_KEYS.items():
+            if key in raw:
+                raise ConfigError(
+                    f"{NAMESPACE}:database.{key} is no longer a setting: {instead}; remove it"
+                )
+
+
+def _positive_quantity(section: _Section, sub: str, default: str) -> str:
+    value = section.raw.get(sub, default)
+    match = _QUANTITY.match(value) if isinstance(value, str) else None
     if match is None or float(match.group("number")) <= 0:
         raise _fail(
-            section.path("storageSize"),
-            size,
+            section.path(sub),
+            value,
             "expected a positive Kubernetes quantity such as 1Gi, 500Mi or 10G",
         )
+    return cast(str, value)
+
+
+def _twice(quantity: str) -> str:
+    """Twice a Kubernetes quantity, in its own unit: `1Gi` -> `2Gi`, `1.5G` -> `3G`."""
+    match = _QUANTITY.match(quantity)
+    assert match is not None, quantity
+    number = format(Decimal(match.group("number")) * 2, "f")
+    if "." in number:
+        number = number.rstrip("0").rstrip(".")
+    return f"{number}{match.group('suffix') or ''}"
+
+
+def _parse_database(section: _Section, cluster: ClusterConfig) -> DatabaseConfig:
+    replicas = section.integer("replicas", 1, 1, MAX_DATABASE_REPLICAS)
+    size = _positive_quantity(section, "storageSize", "1Gi")
+    storage_class = section.string("storageClass")
     return DatabaseConfig(
-        storage_size=cast(str, size),
-        storage_class=section.string("storageClass"),
+        storage_size=size,
+        storage_class=storage_class,
         replicas=replicas,
-        primary=primary,
-        synchronous_commit=synchronous_commit,
+        backup=_backup(section, cluster, size, storage_class),
+    )
+
+
+def _backup(
+    section: _Section, cluster: ClusterConfig, storage_size: str, storage_class: str | None
+) -> BackupConfig | None:
+    """`database.backup`: absent (or null) for none. Its repository: on gke and eks the bucket
+    the program creates; on local and existing clusters the S3-compatible endpoint `s3` names,
+    or else a volume (`volume`, its defaults when it is not given)."""
+    if section.raw.get("backup") is None:
+        return None
+    backup = _Section(section.path("backup"), section.raw["backup"], _BACKUP_KEYS)
+    given = [key for key in ("s3", "volume") if backup.raw.get(key) is not None]
+    repository: BackupRepository
+    if cluster.provider in ("gke", "eks"):
+        if given:
+            bucket = "GCS" if cluster.provider == "gke" else "S3"
+            raise ConfigError(
+                f"{NAMESPACE}:{backup.path(given[0])} is not allowed on a {cluster.provider} "
+                f"cluster: the program creates the stack's backup bucket there ({bucket}, reached "
+                "with the database pods' own cloud identity, no keys); remove it (s3 and volume "
+                'name a repository on local and existing clusters; README, "Backups and restore")'
+            )
+        repository = CloudBucket()
+    elif len(given) > 1:
+        raise ConfigError(
+            f"{NAMESPACE}:{backup.path('s3')} and {NAMESPACE}:{backup.path('volume')} are both "
+            "set: the backups go to one repository; keep one"
+        )
+    elif given == ["s3"]:
+        repository = _s3_repository(backup)
+    else:
+        repository = _volume_repository(backup, storage_size, storage_class)
+    full = backup.integer("fullEveryHours", 24, 1, 24 * 31)
+    return BackupConfig(
+        repository=repository,
+        retention_full=backup.integer("retentionFull", 2, 1, 100),
+        full_every_hours=full,
+        diff_every_hours=backup.integer("diffEveryHours", min(6, full), 1, full),
+    )
+
+
+def _volume_repository(
+    backup: _Section, storage_size: str, storage_class: str | None
+) -> VolumeRepository:
+    """`database.backup.volume`: by default twice the database's own size (a full backup is
+    compressed, and `retentionFull` of them are kept with their WAL), of its StorageClass."""
+    volume = _Section(backup.path("volume"), backup.raw.get("volume"), _VOLUME_KEYS)
+    own_class = volume.string("storageClass")
+    if own_class is not None and not _DNS_SUBDOMAIN.match(own_class):
+        raise _fail(volume.path("storageClass"), own_class, "expected a StorageClass name")
+    return VolumeRepository(
+        size=_positive_quantity(volume, "size", _twice(storage_size)),
+        storage_class=own_class or storage_class,
+    )
+
+
+def _s3_repository(backup: _Section) -> S3Repository:
+    """`database.backup.s3`: an S3-compatible endpoint the stack names, with the bucket's keys
+    as stack secrets."""
+    s3 = _Section(backup.path("s3"), backup.raw["s3"], _S3_KEYS)
+    endpoint = s3.string("endpoint") or ""
+    parsed = urllib.parse.urlsplit(endpoint)
+    try:
+        # No port: HTTPS's. An explicit :0 is no port at all.
+        port = parsed.port if parsed.port is not None else 443
+    except ValueError:
+        port = 0
+    if parsed.scheme != "https" or not parsed.hostname or parsed.path not in ("", "/") or not port:
+        raise _fail(
+            s3.path("endpoint"),
+            endpoint,
+            "expected https://host or https://host:port (pgBackRest speaks HTTPS only)",
+        )
+    for key in ("bucket", "region"):
+        if not s3.string(key):
+            raise _fail(s3.path(key), s3.raw.get(key), "expected a non-empty string")
+    ca = s3.string("caCertificate")
+    if ca is not None and "-----BEGIN CERTIFICATE-----" not in ca:
+        raise _fail(s3.path("caCertificate"), "<text>", "expected a PEM certificate bundle")
+    return S3Repository(
+        host=parsed.hostname,
+        port=port,
+        bucket=cast(str, s3.string("bucket")),
+        region=cast(str, s3.string("region")),
+        uri_style=s3.choice("uriStyle", "host", ("host", "path")),
+        ca_certificate=ca,
     )
 
 
@@ -636,6 +806,7 @@ def _parse_gateway(
         tls=tls,
         source_ranges=_parse_source_ranges(section, service_type),
         metrics_namespaces=namespaces,
+        drain_seconds=section.integer("drainSeconds", GATEWAY_DRAIN_SECONDS, 1, 300),
     )
 
 
@@ -664,7 +835,7 @@ def _parse_images(section: _Section, cluster: ClusterConfig) -> ImagesConfig:
     for name, ref in refs.items():
         if ref and not _IMAGE_REF.match(ref):
             raise _fail(section.path(name), ref, "expected an image reference without spaces")
-        if not build and not ref and name != "database":
+        if not build and not ref:
             raise ConfigError(
                 f"{NAMESPACE}:{section.path(name)} is required when images.build is false: "
                 "give the image reference to deploy (tag@sha256:digest in production)"
@@ -733,30 +904,56 @@ def _parse_namespace(raw: object, stack: str) -> str:
 
 
 def _read_raw() -> dict[str, object]:
-    """Every `mlstack:` key the program was given, values decoded from JSON."""
-    supplied = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
-    raw: dict[str, object] = {}
-    for full_key, value in supplied.items():
-        namespace, _, key = full_key.partition(":")
-        if namespace != NAMESPACE:
-            continue
-        key = key.removeprefix("config:")
-        try:
-            raw[key] = json.loads(value) if isinstance(value, str) else value
-        except json.JSONDecodeError:
-            raw[key] = value
-    return raw
+    """Every `mlstack:` key the engine gave the program, values decoded from JSON."""
+    return mlstack_values({**runtime_config.get_config_env(), **runtime_config.CONFIG.get()})
 
 
-def _secret(raw: Mapping[str, object], key: str, minimum: int = 12) -> pulumi.Output[str]:
+def _secret(
+    raw: Mapping[str, object], key: str, minimum: int = 12, origin: str = "`make up` generates one"
+) -> pulumi.Output[str]:
     value = raw.get(key)
     if not isinstance(value, str) or len(value) < minimum:
-        shown = "missing" if value is None else f"too short (at least {minimum} characters)"
+        if value is None:
+            shown = "missing"
+        elif value == "":
+            shown = "empty"
+        else:
+            shown = f"too short (at least {minimum} characters)"
         raise ConfigError(
             f"{NAMESPACE}:{key} is {shown}: set it with "
-            f"`pulumi config set --secret {NAMESPACE}:{key} <value>` (`make up` generates one)"
+            f"`pulumi config set --secret {NAMESPACE}:{key} <value>` ({origin})"
         )
     return pulumi.Output.secret(value)
+
+
+def _backup_secret(raw: Mapping[str, object], key: str) -> pulumi.Output[str]:
+    """One of BACKUP_SECRETS. The bucket's keys are its provider's, as it issued them (of any
+    length; MinIO's default one has 10 characters): `make up` cannot generate them."""
+    if key in BUCKET_KEYS:
+        return _secret(raw, key, 1, f"{BUCKET_KEYS[key]}, from the bucket's provider")
+    return _secret(raw, key)
+
+
+def _backup_secrets(
+    raw: Mapping[str, object], backup: BackupConfig | None
+) -> dict[str, pulumi.Output[str]]:
+    """The encryption key with any backups; the bucket's keys with an S3-compatible endpoint
+    alone. Keys given to a stack whose repository takes none are a mistake (left over from an
+    endpoint, or meant for the program's own bucket, which is reached without keys): named,
+    rather than ignored."""
+    endpoint = backup is not None and isinstance(backup.repository, S3Repository)
+    for key in BUCKET_KEYS:
+        if raw.get(key) is not None and not endpoint:
+            raise ConfigError(
+                f"{NAMESPACE}:{key} is set but {NAMESPACE}:database.backup.s3 is not: only an "
+                "S3-compatible endpoint the stack names takes keys (the program's own bucket on "
+                "gke and eks is reached with the database pods' cloud identity, a volume needs "
+                f"none); remove it (`pulumi config rm {NAMESPACE}:{key}`)"
+            )
+    if backup is None:
+        return {}
+    needed = BACKUP_SECRETS if endpoint else (BACKUP_CIPHER_SECRET,)
+    return {key: _backup_secret(raw, key) for key in needed}
 
 
 def load(stack: str | None = None) -> StackConfig:
@@ -769,22 +966,22 @@ def load(stack: str | None = None) -> StackConfig:
                 f"{NAMESPACE}:{key}: unknown key{_suggest(key, KNOWN_KEYS)}; "
                 f"known keys: {', '.join(KNOWN_KEYS)}"
             )
-    cluster = _parse_cluster(raw.get("cluster"))
+    cluster = parse_cluster(raw.get("cluster"))
+    _refuse_removed_keys(raw.get("database"))
     sections = {name: _Section(name, raw.get(name), keys) for name, keys in _OBJECT_KEYS.items()}
     protect = raw.get("protect", False)
     if not isinstance(protect, bool):
         raise _fail("protect", protect, "expected true or false")
-    database = _parse_database(sections["database"])
-    replication_password = None
-    # Kept whenever it is given (`make up` generates it), so that adding the first standby
-    # changes nothing the primary uses.
-    if database.replicas > 1 or raw.get("databaseReplicationPassword") is not None:
-        replication_password = _secret(raw, "databaseReplicationPassword")
+    database = _parse_database(sections["database"], cluster)
     namespace = _parse_namespace(raw.get("namespace"), stack)
     gateway = _parse_gateway(sections["gateway"], raw, cluster)
     model = _parse_model(sections["model"])
     images = _parse_images(sections["images"], cluster)
     database_password = _secret(raw, "databasePassword")
+    database_owner_password = _secret(raw, "databaseOwnerPassword")
+    replication_password = _secret(raw, "databaseReplicationPassword")
+    rewind_password = _secret(raw, "databaseRewindPassword")
+    backup_secrets = _backup_secrets(raw, database.backup)
     api_key = _secret(raw, "apiKey")
     secrets_digest_key = _secret(raw, "secretsDigestKey", SECRETS_DIGEST_KEY_CHARACTERS)
     api_key_previous = None
@@ -810,7 +1007,10 @@ def load(stack: str | None = None) -> StackConfig:
         api_key=api_key,
         secrets_digest_key=secrets_digest_key,
         api_key_previous=api_key_previous,
+        database_owner_password=database_owner_password,
         replication_password=replication_password,
+        rewind_password=rewind_password,
+        backup_secrets=backup_secrets,
         dns=_parse_dns(sections["dns"]),
     )
 

@@ -1,18 +1,21 @@
-"""`Database`: PostgreSQL as one primary and `replicas - 1` hot standbys that follow it by
-streaming replication, each instance a StatefulSet of one pod on a claim of its own.
+"""`Database`: PostgreSQL run by Patroni (the project's image, services/database) as one
+StatefulSet of `replicas` instances: one primary and synchronous-capable standbys.
 
-Each instance is its own StatefulSet so that its pod carries its role as a label: the Service
-`database` selects the primary, `database-read` the standbys (the primary when it is alone). Which
-instance is the primary is the stack's `database.primary`; `make failover` promotes a standby and
-then changes it (components/postgres/start.sh prepares each instance for its role).
+Patroni keeps the roles. Kubernetes is its store: the leader lock and the cluster's state are
+ConfigMaps in the namespace, written through a ServiceAccount of its own (the only one in the
+stack with a token) and a namespaced Role with only the verbs Patroni uses. Patroni labels each
+pod with its role (`ROLE_LABEL`); the Service `database` selects the primary and `database-read`
+the standbys (the primary while it is alone). No setting of the program names the primary, so
+`pulumi up` never changes a role and a failover leaves nothing for a preview to show.
 """
 
 from __future__ import annotations
 
+import json
 import urllib.parse
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Final, Literal, TypeAlias
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -22,58 +25,70 @@ from components.labels import labels, selector
 
 NAME: Final = "database"
 READ_NAME: Final = f"{NAME}-read"
-PORT: Final = 5432
-USER: Final = "mlstack"
-DB_NAME: Final = "mlstack"
-# The role standbys replicate as (components/postgres/pg_hba.conf admits it to replication only).
-REPLICATION_USER: Final = "replicator"
-MAX_REPLICAS: Final = 5
-# Pinned; bump deliberately (a major version needs a dump and restore). `images.database`
-# replaces it (a mirror, or the same release by digest). The Docker official image is pinned to
-# an exact release tag, not a digest: its digest is not verifiable from where mlstack is built,
-# and imagePullPolicy Always (pod.pull_policy) makes every node resolve that tag at the registry.
-# It is the policy pack's one declared exception to image-by-digest (its allowedImages); an image
-# given by digest needs none, and its pull policy turns to IfNotPresent.
-DEFAULT_IMAGE: Final = "postgres:17.6-bookworm"
-# The StatefulSets' governing Service: headless, it gives each pod a stable DNS name
-# (database-0.database-headless...), published before the pod is ready so that peers can find it.
+# The StatefulSet's governing Service: headless, it gives each pod a stable DNS name.
 HEADLESS_NAME: Final = f"{NAME}-headless"
-# How long the startup probe lets an instance come up (a standby's copy of the primary, or WAL
-# replayed after a crash) before the kubelet restarts it; liveness and readiness start after it.
-RECOVERY_SECONDS: Final = 900
+PORT: Final = 5432
+# Patroni's REST API: the probes, the members' view of each other, `patronictl switchover`.
+API_PORT: Final = 8008
+# The roles and database services/database/roles.sql makes (the image's names): the gateway
+# serves as GATEWAY_USER; its schema migrations run as OWNER.
+OWNER: Final = "mlstack"
+GATEWAY_USER: Final = "mlstack_gateway"
+DB_NAME: Final = "mlstack"
+MAX_REPLICAS: Final = 5
 CLAIM_TEMPLATE: Final = "data"
 MOUNT_PATH: Final = "/var/lib/postgresql/data"
+# The data folder inside the volume (services/database/patroni.yml).
 PGDATA: Final = f"{MOUNT_PATH}/pgdata"
-# The keys of the stack's `database` Secret, mounted as files.
-PASSWORD_KEY: Final = "database-password"
+SOCKET_DIR: Final = "/var/run/postgresql"
+# The keys of the stack's `database` Secret, mounted as files in the database's pods.
+OWNER_PASSWORD_KEY: Final = "owner-password"
+GATEWAY_PASSWORD_KEY: Final = "gateway-password"
 REPLICATION_PASSWORD_KEY: Final = "replication-password"
+REWIND_PASSWORD_KEY: Final = "rewind-password"
 RESOURCES: Final = pod.Resources("100m", "256Mi", "1", "1Gi")
-# The pod labels that say which instance a pod is and the role the stack gives it.
+# The label Patroni keeps on each pod (services/database/patroni.yml), and its values.
 ROLE_LABEL: Final = "mlstack/database-role"
-INSTANCE_LABEL: Final = "mlstack/database-instance"
-# The start script and the server's hba_file, from a ConfigMap.
-SCRIPTS: Final = "database-scripts"
-SCRIPTS_DIR: Final = "/etc/mlstack/database"
-SCRIPT_FILES: Final = ("start.sh", "pg_hba.conf")
-# The share of a volume the primary keeps as recent WAL for a standby that reconnects.
-WAL_KEEP_SHARE: Final = 4
-
-# What a commit waits for before the gateway acknowledges a prediction (README, "Replication").
-SynchronousCommit: TypeAlias = Literal["local", "remote_write", "on", "remote_apply"]
-SYNCHRONOUS_COMMIT: Final[tuple[SynchronousCommit, ...]] = (
-    "local",
-    "remote_write",
-    "on",
-    "remote_apply",
+PRIMARY: Final = "primary"
+REPLICA: Final = "replica"
+# Patroni's cluster name: its ConfigMaps are <SCOPE>-leader, -config, -sync, -failover. Patroni
+# finds its members and ConfigMaps by DATABASE_LABELS plus SCOPE_LABEL=SCOPE (patroni.yml).
+SCOPE: Final = "database"
+SCOPE_LABEL: Final = "mlstack/database-cluster"
+# What Patroni does through the API server, and nothing more: its ConfigMaps (leader lock,
+# settings, synchronous state: read, watched, made, updated by patch) and the pods of its
+# cluster (listed, watched, and its own labelled and annotated by patch).
+PATRONI_RULES: Final = (
+    ("configmaps", ("get", "list", "watch", "create", "patch")),
+    ("pods", ("get", "list", "watch", "patch")),
 )
+# pgBackRest's stanza (its name for this cluster in the repository).
+STANZA: Final = "mlstack"
+# The ConfigMap `make restore` makes for the length of a restore (its `id` and `target`); each
+# instance mounts it when it is there (components/database.py never makes it).
+RESTORE_CONFIG_MAP: Final = "database-restore"
+RESTORE_DIR: Final = "/etc/mlstack/database-restore"
+# A repository on a volume of the stack's (database.backup.volume): the claim, mounted in both
+# containers of every instance.
+BACKUP_CLAIM: Final = f"{NAME}-backups"
+BACKUP_VOLUME_DIR: Final = "/var/lib/pgbackrest"
+# The backup repository's CA bundle, when the stack gives one.
+BACKUP_CA_CONFIG_MAP: Final = "database-backup-ca"
+BACKUP_CA_DIR: Final = "/etc/mlstack/backup-ca"
+# The `backups` container's /metrics (the age of the newest good backup).
+BACKUP_METRICS_PORT: Final = 9188
+BACKUP_RESOURCES: Final = pod.Resources("20m", "64Mi", "1", "256Mi")
+# How long a pod has to stop: Patroni shuts PostgreSQL down (fast) and, on the primary, hands
+# the leader lock over before it exits.
+STOP_SECONDS: Final = 60
 
 
 def connection_url(
-    host: str, password: str, *, port: int = PORT, user: str = USER, dbname: str = DB_NAME
+    host: str, password: str, *, user: str, port: int = PORT, dbname: str = DB_NAME
 ) -> str:
-    """The postgresql:// URL the gateway connects with. Every part is percent-encoded (libpq
-    and asyncpg decode each one): pasted in as it is, a password's '/', '?' or '#' would end
-    the host part early and an '@' would move it, so any character may be in the secret."""
+    """A postgresql:// URL. Every part is percent-encoded (libpq and asyncpg decode each one):
+    pasted in as it is, a password's '/', '?' or '#' would end the host part early and an '@'
+    would move it, so any character may be in the secret."""
 
     def part(text: str) -> str:
         return urllib.parse.quote(text, safe="")
@@ -81,14 +96,8 @@ def connection_url(
     return f"postgresql://{part(user)}:{part(password)}@{part(host)}:{port}/{part(dbname)}"
 
 
-def instance_name(index: int) -> str:
-    """The StatefulSet of instance `index`: `database` for the first (the name a one-instance
-    stack has always had, so its pod and claim keep theirs), `database-<index>` for the others."""
-    return NAME if index == 0 else f"{NAME}-{index}"
-
-
 def pod_name(index: int) -> str:
-    return f"{instance_name(index)}-0"
+    return f"{NAME}-{index}"
 
 
 def claim_name(index: int) -> str:
@@ -96,24 +105,28 @@ def claim_name(index: int) -> str:
     return f"{CLAIM_TEMPLATE}-{pod_name(index)}"
 
 
-def server_settings(
-    replicas: int, synchronous_commit: SynchronousCommit, storage_bytes: int
-) -> dict[str, str]:
-    """The PostgreSQL settings every instance starts with (the same on each: a standby promoted
-    later must behave as the primary did)."""
-    standbys = "ANY 1 (*)" if replicas > 1 and synchronous_commit != "local" else ""
-    return {
-        "hba_file": f"{SCRIPTS_DIR}/pg_hba.conf",
-        # PostgreSQL's `on` without synchronous standbys is a local flush: what `local` means.
-        "synchronous_commit": "on" if synchronous_commit == "local" else synchronous_commit,
-        "synchronous_standby_names": standbys,
-        "wal_keep_size": f"{max(64, storage_bytes // WAL_KEEP_SHARE // 2**20)}MB",
-    }
+@dataclass(frozen=True)
+class BackupVolume:
+    """The claim a `posix` repository lives on (BACKUP_CLAIM)."""
+
+    size: str
+    storage_class: str | None = None
 
 
-def _script_files() -> dict[str, str]:
-    folder = Path(__file__).with_name("postgres")
-    return {name: (folder / name).read_text() for name in SCRIPT_FILES}
+@dataclass(frozen=True)
+class BackupArgs:
+    """pgBackRest's repository: its options (`repo1-...`) but the secret ones, which are the
+    database Secret's `secret_keys` (option -> key), a CA bundle for its endpoint, the volume it
+    lives on when it is one, the annotations that give the database's ServiceAccount the
+    repository's cloud identity, and when the `backups` container takes base backups."""
+
+    options: Mapping[str, pulumi.Input[str]]
+    secret_keys: Mapping[str, str]
+    ca_certificate: str | None = None
+    volume: BackupVolume | None = None
+    service_account_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    full_every_hours: int = 24
+    diff_every_hours: int = 6
 
 
 @dataclass(frozen=True)
@@ -121,38 +134,35 @@ class DatabaseArgs:
     stack: str
     namespace: pulumi.Input[str]
     storage_size: str
-    storage_bytes: int
     storage_class: str | None
+    image: pulumi.Input[str]
     # The Secret mounted as files, by name (components/app.py says why), the Secret itself to
     # be created first, and a digest of its values that rolls the pods when one changes.
     secret_name: str
     secrets_checksum: pulumi.Input[str] | None = None
     after: tuple[pulumi.Resource, ...] = ()
-    image: str = DEFAULT_IMAGE
     replicas: int = 1
-    # The index of the instance that is the primary.
-    primary: int = 0
-    synchronous_commit: SynchronousCommit = "local"
+    # Spread the instances over zones as well as nodes (clouds with zones).
+    zone_spread: bool = False
     # `protect` on the volumes: a stray destroy stops before it deletes the data.
     protect: bool = False
-
-
-@dataclass(frozen=True)
-class DatabaseInstance:
-    index: int
-    role: Literal["primary", "standby"]
-    stateful_set: k8s.apps.v1.StatefulSet
-    volume_claim: k8s.core.v1.PersistentVolumeClaim
+    # The WAL archive and base backups; None: none.
+    backup: BackupArgs | None = None
 
 
 class Database(pulumi.ComponentResource):
-    """The volumes are resources of their own (each StatefulSet adopts its claim by name) so that
-    they can be protected, and so that deleting a StatefulSet never deletes its data."""
+    """The volumes are resources of their own (the StatefulSet adopts each claim by name) so that
+    they can be protected, and so that deleting the StatefulSet never deletes data."""
 
     service: k8s.core.v1.Service
     read_service: k8s.core.v1.Service
     headless_service: k8s.core.v1.Service
-    instances: list[DatabaseInstance]
+    stateful_set: k8s.apps.v1.StatefulSet
+    volume_claims: list[k8s.core.v1.PersistentVolumeClaim]
+    # A `posix` backup repository's claim (database.backup.volume), else None.
+    backup_claim: k8s.core.v1.PersistentVolumeClaim | None = None
+    role: k8s.rbac.v1.Role
+    disruption_budget: k8s.policy.v1.PodDisruptionBudget
     host: pulumi.Output[str]
     read_host: pulumi.Output[str]
 
@@ -164,99 +174,158 @@ class Database(pulumi.ComponentResource):
         meta_labels = labels(NAME, args.stack)
         match = selector(NAME, args.stack)
 
-        def service(
-            resource: str, service_name: str, role: str | None, headless: bool = False
-        ) -> k8s.core.v1.Service:
+        def metadata(object_name: str) -> k8s.meta.v1.ObjectMetaArgsDict:
+            return {"name": object_name, "namespace": args.namespace, "labels": meta_labels}
+
+        def service(resource: str, service_name: str, role: str | None) -> k8s.core.v1.Service:
             ports: list[k8s.core.v1.ServicePortArgsDict] = [
                 {"name": "postgres", "port": PORT, "target_port": "postgres", "protocol": "TCP"}
             ]
-            pods = {**match, ROLE_LABEL: role} if role else match
-            spec: k8s.core.v1.ServiceSpecArgsDict = (
-                {
+            if role is None:
+                # Headless, published before the pods are Ready: peers find each other by it.
+                spec: k8s.core.v1.ServiceSpecArgsDict = {
                     "cluster_ip": "None",
                     "publish_not_ready_addresses": True,
-                    "selector": pods,
+                    "selector": match,
                     "ports": ports,
                 }
-                if headless
-                else {"type": "ClusterIP", "selector": pods, "ports": ports}
-            )
+            else:
+                spec = {
+                    "type": "ClusterIP",
+                    "selector": {**match, ROLE_LABEL: role},
+                    "ports": ports,
+                }
             return k8s.core.v1.Service(
-                resource,
-                metadata={"name": service_name, "namespace": args.namespace, "labels": meta_labels},
-                spec=spec,
-                opts=child,
+                resource, metadata=metadata(service_name), spec=spec, opts=child
             )
 
-        self.service = service(name, NAME, "primary")
+        self.service = service(name, NAME, PRIMARY)
         self.read_service = service(
-            f"{name}-read", READ_NAME, "standby" if args.replicas > 1 else "primary"
+            f"{name}-read", READ_NAME, REPLICA if args.replicas > 1 else PRIMARY
         )
-        self.headless_service = service(f"{name}-headless", HEADLESS_NAME, None, headless=True)
+        self.headless_service = service(f"{name}-headless", HEADLESS_NAME, None)
+
         account = k8s.core.v1.ServiceAccount(
             f"{name}-account",
-            metadata={"name": NAME, "namespace": args.namespace, "labels": meta_labels},
+            metadata={
+                **metadata(NAME),
+                # The backup repository's cloud identity (Workload Identity, IAM roles for
+                # service accounts), when the repository is a bucket the program made.
+                **(
+                    {"annotations": dict(args.backup.service_account_annotations)}
+                    if args.backup is not None and args.backup.service_account_annotations
+                    else {}
+                ),
+            },
+            # The token is mounted into the database's pods alone (their spec asks for it).
             automount_service_account_token=False,
             opts=child,
         )
-        files = _script_files()
-        scripts = k8s.core.v1.ConfigMap(
-            f"{name}-scripts",
-            metadata={"name": SCRIPTS, "namespace": args.namespace, "labels": meta_labels},
-            data=files,
+        self.role = k8s.rbac.v1.Role(
+            f"{name}-patroni",
+            metadata=metadata(NAME),
+            rules=[
+                {"api_groups": [""], "resources": [resource], "verbs": list(verbs)}
+                for resource, verbs in PATRONI_RULES
+            ],
             opts=child,
         )
-        settings = server_settings(args.replicas, args.synchronous_commit, args.storage_bytes)
+        binding = k8s.rbac.v1.RoleBinding(
+            f"{name}-patroni",
+            metadata=metadata(NAME),
+            role_ref={"api_group": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+            subjects=[{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[account, self.role]),
+        )
+        # One instance at a time may be taken down on purpose (a node drain); Patroni moves the
+        # primary's role to a synchronous standby when the primary is the one.
+        self.disruption_budget = k8s.policy.v1.PodDisruptionBudget(
+            name,
+            metadata=metadata(NAME),
+            spec={"max_unavailable": 1, "selector": {"match_labels": match}},
+            opts=child,
+        )
+
         claim_spec: k8s.core.v1.PersistentVolumeClaimSpecArgsDict = {
             "access_modes": ["ReadWriteOnce"],
             "resources": {"requests": {"storage": args.storage_size}},
             # None: the cluster's default StorageClass.
             "storage_class_name": args.storage_class,
         }
-        self.instances = []
-        for index in range(args.replicas):
-            role: Literal["primary", "standby"] = "primary" if index == args.primary else "standby"
-            # The first instance's Pulumi names are those a one-instance stack has always had.
-            resource = name if index == 0 else f"{name}-{index}"
-            claim = k8s.core.v1.PersistentVolumeClaim(
-                f"{resource}-data",
+        self.volume_claims = [
+            k8s.core.v1.PersistentVolumeClaim(
+                # The first claim's Pulumi name is the one a one-instance stack has always had.
+                f"{name}-data" if index == 0 else f"{name}-{index}-data",
                 metadata={
-                    "name": claim_name(index),
-                    "namespace": args.namespace,
-                    "labels": meta_labels,
-                    # Binding may wait for the first consumer; the StatefulSet's readiness
-                    # covers it.
+                    **metadata(claim_name(index)),
+                    # Binding may wait for the first consumer; the StatefulSet's await covers it.
                     "annotations": {"pulumi.com/skipAwait": "true"},
                 },
                 spec=claim_spec,
                 opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
             )
-            # The first instance keeps the selector it was created with (a selector cannot
-            # change); it selects no other instance's pods, which other StatefulSets own.
-            instance_match = match if index == 0 else {**match, INSTANCE_LABEL: str(index)}
-            template_labels = {**meta_labels, INSTANCE_LABEL: str(index), ROLE_LABEL: role}
-            spec: k8s.apps.v1.StatefulSetSpecArgsDict = {
-                "replicas": 1,
+            for index in range(args.replicas)
+        ]
+        after: list[pulumi.Resource] = list(args.after)
+        if args.backup is not None and args.backup.volume is not None:
+            volume = args.backup.volume
+            # Protected as the data is: the backups are the way back from a bad statement.
+            self.backup_claim = k8s.core.v1.PersistentVolumeClaim(
+                f"{name}-backups",
+                metadata={
+                    **metadata(BACKUP_CLAIM),
+                    "annotations": {"pulumi.com/skipAwait": "true"},
+                },
+                spec={
+                    # Every instance mounts it: they must share a node (README, "Backups
+                    # and restore").
+                    "access_modes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": volume.size}},
+                    "storage_class_name": volume.storage_class,
+                },
+                opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
+            )
+            after.append(self.backup_claim)
+        if args.backup is not None and args.backup.ca_certificate is not None:
+            after.append(
+                k8s.core.v1.ConfigMap(
+                    f"{name}-backup-ca",
+                    metadata=metadata(BACKUP_CA_CONFIG_MAP),
+                    data={"ca.crt": args.backup.ca_certificate},
+                    opts=child,
+                )
+            )
+        template_annotations: dict[str, pulumi.Input[str]] = {}
+        if args.secrets_checksum is not None:
+            template_annotations[pod.SECRETS_CHECKSUM] = args.secrets_checksum
+        self.stateful_set = k8s.apps.v1.StatefulSet(
+            name,
+            metadata={
+                **metadata(NAME),
+                "annotations": {
+                    # A `kubectl scale` by hand is taken back by the next `pulumi up`.
+                    "pulumi.com/patchForce": "true",
+                    **rollout.await_stateful_set(),
+                },
+            },
+            spec={
+                "replicas": args.replicas,
                 "service_name": HEADLESS_NAME,
-                "selector": {"match_labels": instance_match},
+                "selector": {"match_labels": match},
+                # Instances start together: Patroni, not start order, decides who leads.
+                "pod_management_policy": "Parallel",
                 "persistent_volume_claim_retention_policy": {
                     "when_deleted": "Retain",
                     "when_scaled": "Retain",
                 },
                 "template": {
+                    # Patroni finds its members by these labels and the scope label. No role
+                    # label here: Patroni owns it, and a template change never resets it.
                     "metadata": {
-                        "labels": template_labels,
-                        # A new script, hba_file or secret restarts the instances with it.
-                        "annotations": {
-                            "mlstack/scripts-sha256": pod.checksum(files),
-                            **(
-                                {pod.SECRETS_CHECKSUM: args.secrets_checksum}
-                                if args.secrets_checksum is not None
-                                else {}
-                            ),
-                        },
+                        "labels": {**meta_labels, SCOPE_LABEL: SCOPE},
+                        "annotations": template_annotations,
                     },
-                    "spec": _pod_spec(args, role, settings, NAME, SCRIPTS),
+                    "spec": _pod_spec(args, match),
                 },
                 "volume_claim_templates": [
                     {
@@ -264,119 +333,210 @@ class Database(pulumi.ComponentResource):
                         "spec": claim_spec,
                     }
                 ],
-            }
-            stateful_set = k8s.apps.v1.StatefulSet(
-                resource,
-                metadata={
-                    "name": instance_name(index),
-                    "namespace": args.namespace,
-                    "labels": meta_labels,
-                    "annotations": {
-                        # `make failover` scales the old primary to zero out of band; the next
-                        # `pulumi up` takes the field back.
-                        "pulumi.com/patchForce": "true",
-                        **rollout.await_stateful_set(),
-                    },
-                },
-                spec=spec,
-                # The objects it names are created first; it takes none of their outputs, so that
-                # replacing one of them (a ConfigMap with a new script) never replaces it.
-                opts=pulumi.ResourceOptions(
-                    parent=self,
-                    depends_on=[claim, account, scripts, self.headless_service, *args.after],
-                    delete_before_replace=True,
-                ),
-            )
-            self.instances.append(DatabaseInstance(index, role, stateful_set, claim))
+            },
+            # The objects it names are created first; it takes none of their outputs, so that
+            # replacing one of them never replaces it.
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[
+                    *self.volume_claims,
+                    binding,
+                    self.headless_service,
+                    *after,
+                ],
+            ),
+        )
         # Known from the names alone: whoever connects need not wait for the Service's await.
         self.host = pulumi.Output.concat(NAME, ".", args.namespace, ".svc")
         self.read_host = pulumi.Output.concat(READ_NAME, ".", args.namespace, ".svc")
         self.register_outputs({"host": self.host, "read_host": self.read_host})
 
 
-def _pod_spec(
-    args: DatabaseArgs,
-    role: Literal["primary", "standby"],
-    settings: dict[str, str],
-    account: str,
-    scripts: str,
-) -> k8s.core.v1.PodSpecArgsDict:
-    is_ready = f"pg_isready --host=127.0.0.1 --username={USER} --dbname={DB_NAME} --timeout=3"
-    # Ready: accepting connections (exit 0; a standby once it can serve reads). Alive: the server
-    # answers at all, even to refuse while it recovers or shuts down (exit 1); only no answer (2)
-    # or no attempt (3) is dead.
-    ready = ["sh", "-c", f"exec {is_ready} --quiet"]
-    alive = ["sh", "-c", f"{is_ready} --quiet; test $? -le 1"]
-    env: list[k8s.core.v1.EnvVarArgsDict] = [
-        {"name": "POSTGRES_USER", "value": USER},
-        {"name": "POSTGRES_DB", "value": DB_NAME},
-        {"name": "POSTGRES_PASSWORD_FILE", "value": pod.secret_file(PASSWORD_KEY)},
-        {"name": "PGDATA", "value": PGDATA},
-        {"name": "DATABASE_ROLE", "value": role},
-        # The read-write Service: whichever instance is the primary now.
-        {"name": "DATABASE_PRIMARY_HOST", "value": NAME},
-        {"name": "DATABASE_PORT", "value": str(PORT)},
-        {"name": "DATABASE_REPLICATION_USER", "value": REPLICATION_USER},
-        # Read by standbys only; set on every instance so that adding the first standby leaves
-        # the primary's pod as it is (the Secret holds the key once a standby exists).
-        {
-            "name": "DATABASE_REPLICATION_PASSWORD_FILE",
-            "value": pod.secret_file(REPLICATION_PASSWORD_KEY),
-        },
+def backup_env(backup: BackupArgs) -> list[k8s.core.v1.EnvVarArgsDict]:
+    """pgBackRest's options as its PGBACKREST_* variables (the secret ones as files, which the
+    image's entrypoint writes to PGBACKREST_CONFIG): the same in both containers, so that the
+    archive and restore commands PostgreSQL runs and the backups agree."""
+
+    def variable(option: str) -> str:
+        return "PGBACKREST_" + option.upper().replace("-", "_")
+
+    options = {
+        "stanza": STANZA,
+        **backup.options,
+        **(
+            {"repo1-storage-ca-file": f"{BACKUP_CA_DIR}/ca.crt"}
+            if backup.ca_certificate is not None
+            else {}
+        ),
+        "pg1-path": PGDATA,
+        "pg1-socket-path": SOCKET_DIR,
+        # The root filesystem is read-only: everything pgBackRest writes goes under /tmp.
+        "config": "/tmp/pgbackrest/pgbackrest.conf",
+        "lock-path": "/tmp/pgbackrest/lock",
+        "spool-path": "/tmp/pgbackrest/spool",
+        "log-path": "/tmp/pgbackrest/log",
+        "log-level-file": "off",
+    }
+    secrets = {option: pod.secret_file(key) for option, key in backup.secret_keys.items()}
+    return [
+        *({"name": variable(option), "value": value} for option, value in sorted(options.items())),
+        {"name": "DATABASE_BACKUP_SECRETS", "value": json.dumps(secrets, sort_keys=True)},
     ]
-    server_args = ["postgres"]
-    for setting, value in settings.items():
-        server_args += ["-c", f"{setting}={value}"]
-    spec: k8s.core.v1.PodSpecArgsDict = {
-        "service_account_name": account,
-        "automount_service_account_token": False,
-        "security_context": pod.pod_security_context(),
-        "termination_grace_period_seconds": 60,
+
+
+def _pod_spec(args: DatabaseArgs, match: dict[str, str]) -> k8s.core.v1.PodSpecArgsDict:
+    def field(path: str) -> k8s.core.v1.EnvVarSourceArgsDict:
+        return {"field_ref": {"field_path": path}}
+
+    env: list[k8s.core.v1.EnvVarArgsDict] = [
+        {"name": "POD_NAME", "value_from": field("metadata.name")},
+        {"name": "POD_IP", "value_from": field("status.podIP")},
+        {"name": "POD_NAMESPACE", "value_from": field("metadata.namespace")},
+        # What Patroni selects its pods and ConfigMaps by (plus its scope label).
+        {"name": "DATABASE_LABELS", "value": json.dumps(match, sort_keys=True)},
+        *(
+            {"name": variable, "value": pod.secret_file(key)}
+            for variable, key in (
+                ("DATABASE_OWNER_PASSWORD_FILE", OWNER_PASSWORD_KEY),
+                ("DATABASE_GATEWAY_PASSWORD_FILE", GATEWAY_PASSWORD_KEY),
+                ("DATABASE_REPLICATION_PASSWORD_FILE", REPLICATION_PASSWORD_KEY),
+                ("DATABASE_REWIND_PASSWORD_FILE", REWIND_PASSWORD_KEY),
+            )
+        ),
+    ]
+
+    mounts: list[k8s.core.v1.VolumeMountArgsDict] = [
+        {"name": CLAIM_TEMPLATE, "mount_path": MOUNT_PATH},
+        {"name": "run", "mount_path": SOCKET_DIR},
+    ]
+    volumes: list[k8s.core.v1.VolumeArgsDict] = [
+        pod.tmp_volume(),
+        pod.secrets_volume(args.secret_name),
+        {"name": "run", "empty_dir": {"size_limit": "16Mi"}},
+    ]
+    sidecars: list[k8s.core.v1.ContainerArgsDict] = []
+    if args.backup is not None:
+        env += [
+            *backup_env(args.backup),
+            {"name": "DATABASE_RESTORE_DIR", "value": RESTORE_DIR},
+        ]
+        volumes.append(
+            {"name": "restore", "config_map": {"name": RESTORE_CONFIG_MAP, "optional": True}}
+        )
+        if args.backup.ca_certificate is not None:
+            mounts.append({"name": "backup-ca", "mount_path": BACKUP_CA_DIR, "read_only": True})
+            volumes.append({"name": "backup-ca", "config_map": {"name": BACKUP_CA_CONFIG_MAP}})
+        if args.backup.volume is not None:
+            # Both containers: PostgreSQL's archive and restore commands, and the backups.
+            mounts.append({"name": "backups", "mount_path": BACKUP_VOLUME_DIR})
+            volumes.append(
+                {"name": "backups", "persistent_volume_claim": {"claim_name": BACKUP_CLAIM}}
+            )
+        volumes.append({"name": "backups-tmp", "empty_dir": {"size_limit": "64Mi"}})
+        sidecars.append(_backups_container(args, args.backup, env, mounts))
+
+    def probe(path: str, *, period: int, failures: int) -> k8s.core.v1.ProbeArgsDict:
+        return {
+            "http_get": {"path": path, "port": "patroni"},
+            "period_seconds": period,
+            "timeout_seconds": 3,
+            "failure_threshold": failures,
+        }
+
+    return {
+        "service_account_name": NAME,
+        # Patroni's store is the API server: this is the stack's only pod with a token.
+        "automount_service_account_token": True,
+        # The kubelet gives the volume to the pod's group (fsGroup) only while its root is not
+        # the group's yet: by default it would do so on every start, recursively, and PostgreSQL
+        # refuses a data folder whose group may write to it.
+        "security_context": {
+            **pod.pod_security_context(),
+            "fs_group_change_policy": "OnRootMismatch",
+        },
+        "termination_grace_period_seconds": STOP_SECONDS,
+        # Whatever the number of instances (one pod has nothing to spread from): the template
+        # stays the same when `replicas` changes, so that adding a standby never restarts the
+        # primary.
+        "topology_spread_constraints": pod.spread(match, zones=args.zone_spread),
         "containers": [
             {
                 "name": "postgres",
                 "image": args.image,
-                "image_pull_policy": pod.pull_policy(args.image),
-                # The start script hands over to the image's own entrypoint.
-                "command": ["bash", f"{SCRIPTS_DIR}/start.sh"],
-                "args": server_args,
-                "ports": [{"name": "postgres", "container_port": PORT, "protocol": "TCP"}],
+                "image_pull_policy": pulumi.Output.from_input(args.image).apply(pod.pull_policy),
+                "ports": [
+                    {"name": "postgres", "container_port": PORT, "protocol": "TCP"},
+                    {"name": "patroni", "container_port": API_PORT, "protocol": "TCP"},
+                ],
                 "env": env,
                 "resources": RESOURCES.spec(),
                 "security_context": pod.container_security_context(),
                 "volume_mounts": pod.mounts(
                     secrets=True,
                     extra=(
-                        {"name": CLAIM_TEMPLATE, "mount_path": MOUNT_PATH},
-                        {"name": "run", "mount_path": "/var/run/postgresql"},
-                        {"name": "scripts", "mount_path": SCRIPTS_DIR, "read_only": True},
+                        *mounts,
+                        *(
+                            [{"name": "restore", "mount_path": RESTORE_DIR, "read_only": True}]
+                            if args.backup is not None
+                            else []
+                        ),
                     ),
                 ),
-                "startup_probe": {
-                    "exec_": {"command": ready},
-                    "period_seconds": 10,
-                    "timeout_seconds": 5,
-                    "failure_threshold": RECOVERY_SECONDS // 10,
-                },
-                "readiness_probe": {
-                    "exec_": {"command": ready},
-                    "period_seconds": 5,
-                    "timeout_seconds": 5,
-                    "failure_threshold": 3,
-                },
-                "liveness_probe": {
-                    "exec_": {"command": alive},
-                    "period_seconds": 10,
-                    "timeout_seconds": 5,
-                    "failure_threshold": 6,
-                },
-            }
+                # Patroni's own answers: alive while its loop runs (a primary whose loop stalls
+                # past the lease is not), ready when PostgreSQL runs as the leader or as a
+                # streaming standby. A standby's first copy of the primary happens while it is
+                # alive and not ready, however long it takes.
+                "startup_probe": probe("/liveness", period=1, failures=60),
+                "liveness_probe": probe("/liveness", period=10, failures=6),
+                "readiness_probe": probe("/readiness", period=2, failures=3),
+            },
+            *sidecars,
         ],
-        "volumes": [
-            pod.tmp_volume(),
-            pod.secrets_volume(args.secret_name),
-            {"name": "run", "empty_dir": {"size_limit": "16Mi"}},
-            {"name": "scripts", "config_map": {"name": scripts, "default_mode": 0o444}},
-        ],
+        "volumes": volumes,
     }
-    return spec
+
+
+def _backups_container(
+    args: DatabaseArgs,
+    backup: BackupArgs,
+    env: list[k8s.core.v1.EnvVarArgsDict],
+    mounts: list[k8s.core.v1.VolumeMountArgsDict],
+) -> k8s.core.v1.ContainerArgsDict:
+    """Base backups on a schedule where the primary runs, beside its data (pgBackRest reads the
+    data folder), and their age as a metric (services/database/bin/mlstack-database-backups)."""
+    metrics: k8s.core.v1.ProbeArgsDict = {
+        "http_get": {"path": "/metrics", "port": "backup-metrics"},
+        "period_seconds": 10,
+        "timeout_seconds": 3,
+        "failure_threshold": 6,
+    }
+    return {
+        "name": "backups",
+        "image": args.image,
+        "image_pull_policy": pulumi.Output.from_input(args.image).apply(pod.pull_policy),
+        "command": ["mlstack-database-backups"],
+        "ports": [
+            {"name": "backup-metrics", "container_port": BACKUP_METRICS_PORT, "protocol": "TCP"}
+        ],
+        "env": [
+            *env,
+            {"name": "DATABASE_BACKUP_FULL_HOURS", "value": str(backup.full_every_hours)},
+            {"name": "DATABASE_BACKUP_DIFF_HOURS", "value": str(backup.diff_every_hours)},
+            {"name": "METRICS_PORT", "value": str(BACKUP_METRICS_PORT)},
+        ],
+        "resources": BACKUP_RESOURCES.spec(),
+        "security_context": pod.container_security_context(),
+        # Its own /tmp: pgBackRest's configuration and locks are per container.
+        "volume_mounts": [
+            {"name": "backups-tmp", "mount_path": "/tmp"},
+            {"name": pod.SECRETS_VOLUME, "mount_path": pod.SECRETS_DIR, "read_only": True},
+            *mounts,
+        ],
+        # Alive and ready while it serves its metrics, which it does from its start whatever
+        # the repository does (a failing backup shows in the metrics, never in readiness). The
+        # pod is Ready only once this container is: its readiness is asked as often as the
+        # database's, not at the liveness probe's pace.
+        "startup_probe": {**metrics, "period_seconds": 1, "failure_threshold": 60},
+        "liveness_probe": metrics,
+        "readiness_probe": {**metrics, "period_seconds": 2, "failure_threshold": 3},
+    }

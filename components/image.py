@@ -14,9 +14,19 @@ from typing import Final
 import pulumi
 
 SERVICES_DIR: Final = Path(__file__).resolve().parent.parent / "services"
-# The folders of services/ that are built into images (each has a Dockerfile). Every image is
-# built from all of services/, so that each can copy the code they share (services/common).
-SERVICES: Final = ("gateway", "model")
+# The folders of services/ that are built into images. Every image is built from all of
+# services/, so that each can copy the code they share (services/common).
+SERVICES: Final = ("gateway", "model", "database")
+# The Python services share services/Dockerfile, a stage each (its --target, with the SERVICE
+# build argument); the others have a Dockerfile in their folder.
+SHARED_DOCKERFILE_SERVICES: Final = ("gateway", "model")
+
+
+def dockerfile(service: str) -> Path:
+    """The Dockerfile `service`'s image is built from."""
+    if service in SHARED_DOCKERFILE_SERVICES:
+        return SERVICES_DIR / "Dockerfile"
+    return SERVICES_DIR / service / "Dockerfile"
 
 
 @dataclass(frozen=True)
@@ -37,13 +47,16 @@ class ServiceImage(pulumi.ComponentResource):
         super().__init__("mlstack:image:ServiceImage", name, None, opts)
         import pulumi_docker as docker  # only stacks that build images need the Docker provider
 
+        shared = args.service in SHARED_DOCKERFILE_SERVICES
         image = docker.Image(
             name,
             image_name=pulumi.Output.concat(args.registry, "/", args.service, ":", args.stack),
             build=docker.DockerBuildArgs(
                 context=str(SERVICES_DIR),
-                dockerfile=str(SERVICES_DIR / args.service / "Dockerfile"),
+                dockerfile=str(dockerfile(args.service)),
                 platform=args.platform,
+                target=args.service if shared else None,
+                args={"SERVICE": args.service} if shared else None,
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )

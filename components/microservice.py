@@ -18,8 +18,16 @@ SERVICE_PORT: Final = 80
 TLS_SERVICE_PORT: Final = 443
 TLS_DIR: Final = "/etc/mlstack/tls"
 TLS_VOLUME: Final = "tls"
+# Where an init step (InitStep) finds its own Secret's files.
+INIT_SECRETS_DIR: Final = "/etc/mlstack/init-secrets"
+INIT_SECRETS_VOLUME: Final = "init-secrets"
 # What the kubelet gives a container between SIGTERM and SIGKILL, beyond any pre-stop drain.
 SHUTDOWN_SECONDS: Final = 30
+# How often a started pod is asked whether it is ready.
+READINESS_PERIOD_SECONDS: Final = 1
+# A new pod counts as available, and replaces an old one in a rollout, once it has stayed Ready
+# past one more readiness probe: one that fails right after its first success does not count.
+MIN_READY_SECONDS: Final = READINESS_PERIOD_SECONDS + 1
 # A service that also speaks gRPC listens on GRPC_PORT; its Service carries it at the same number.
 GRPC_PORT: Final = 8081
 # The Deployment's replica count, as `ignoreChanges` names it.
@@ -72,6 +80,8 @@ class MicroserviceArgs:
     # A HorizontalPodAutoscaler between `replicas` (the floor) and its ceiling; None: `replicas`
     # is a fixed count.
     autoscaling: Autoscaling | None = None
+    # A step every pod runs to completion, with the same image, before the service starts.
+    init: InitStep | None = None
 
     @property
     def most_replicas(self) -> int:
@@ -81,6 +91,18 @@ class MicroserviceArgs:
     @property
     def scheme(self) -> str:
         return "https" if self.tls_secret_name is not None else "http"
+
+
+@dataclass(frozen=True)
+class InitStep:
+    """An init container: `command` in the service's image, with `env` and the Secret
+    `secret_name` mounted as files under INIT_SECRETS_DIR. The service's own container never
+    mounts that Secret (the gateway's migrations run as a role the gateway does not have)."""
+
+    name: str
+    command: tuple[str, ...]
+    secret_name: str
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 class Microservice(pulumi.ComponentResource):
@@ -121,7 +143,7 @@ class Microservice(pulumi.ComponentResource):
                 "replicas": args.replicas,
                 "selector": {"match_labels": match},
                 "revision_history_limit": 5,
-                "min_ready_seconds": 5,
+                "min_ready_seconds": MIN_READY_SECONDS,
                 "progress_deadline_seconds": 600,
                 # Never drop below the configured capacity while a new version rolls out.
                 "strategy": {
@@ -153,8 +175,10 @@ class Microservice(pulumi.ComponentResource):
             metadata={"name": args.name, "namespace": args.namespace, "labels": meta_labels},
             spec={
                 "type": args.service_type,
-                # Derived from the Deployment, never retyped.
-                "selector": self.deployment.spec.selector.match_labels,
+                # The Deployment's own selector, as a value rather than its output: the Service
+                # is then created beside the Deployment, and the provider's wait for its
+                # endpoints to settle runs while the pods start instead of after the rollout.
+                "selector": match,
                 "ports": _service_ports(args),
                 "load_balancer_source_ranges": list(args.source_ranges) or None,
             },
@@ -281,19 +305,56 @@ def _pod_spec(
         "volume_mounts": pod.mounts(
             secrets=args.secret_name is not None, extra=tuple(extra_mounts)
         ),
-        "startup_probe": _http_probe(args, args.liveness_path, period=2, failures=30),
-        "readiness_probe": _http_probe(args, args.readiness_path, period=5, failures=3),
+        # The kubelet asks for readiness only from the first readiness period after the startup
+        # probe passed: short periods are what lets a started pod take traffic within a second
+        # or two (both paths answer from memory; a minute to start stays the bound).
+        "startup_probe": _http_probe(args, args.liveness_path, period=1, failures=60),
+        "readiness_probe": _http_probe(
+            args, args.readiness_path, period=READINESS_PERIOD_SECONDS, failures=3
+        ),
         "liveness_probe": liveness,
         "lifecycle": lifecycle,
     }
+    init_containers: list[k8s.core.v1.ContainerArgsDict] = []
+    if args.init is not None:
+        volumes.append(
+            {
+                "name": INIT_SECRETS_VOLUME,
+                "secret": {"secret_name": args.init.secret_name, "default_mode": 0o440},
+            }
+        )
+        init_containers.append(
+            {
+                "name": args.init.name,
+                "image": args.image,
+                "image_pull_policy": container["image_pull_policy"],
+                "command": list(args.init.command),
+                "env": [{"name": k, "value": v} for k, v in sorted(args.init.env.items())],
+                "resources": args.resources.spec(),
+                "security_context": pod.container_security_context(),
+                "volume_mounts": pod.mounts(
+                    secrets=False,
+                    extra=(
+                        {
+                            "name": INIT_SECRETS_VOLUME,
+                            "mount_path": INIT_SECRETS_DIR,
+                            "read_only": True,
+                        },
+                    ),
+                ),
+            }
+        )
     spec: k8s.core.v1.PodSpecArgsDict = {
         "service_account_name": account,
         "automount_service_account_token": False,
+        "init_containers": init_containers or None,
         "security_context": pod.pod_security_context(),
         "termination_grace_period_seconds": grace,
         "containers": [container],
         "volumes": volumes,
-        "topology_spread_constraints": _spread(args, match) if args.most_replicas > 1 else None,
+        "topology_spread_constraints": (
+            pod.spread(match, zones=args.zone_spread) if args.most_replicas > 1 else None
+        ),
     }
     return spec
 
@@ -319,25 +380,6 @@ def _service_ports(args: MicroserviceArgs) -> list[k8s.core.v1.ServicePortArgsDi
             }
         )
     return ports
-
-
-def _spread(
-    args: MicroserviceArgs, match: dict[str, str]
-) -> list[k8s.core.v1.TopologySpreadConstraintArgsDict]:
-    """Replicas spread over nodes and, where the cluster has zones, over zones; a constraint
-    that cannot be met never refuses to schedule."""
-    keys = ["kubernetes.io/hostname"]
-    if args.zone_spread:
-        keys.append("topology.kubernetes.io/zone")
-    return [
-        {
-            "max_skew": 1,
-            "topology_key": key,
-            "when_unsatisfiable": "ScheduleAnyway",
-            "label_selector": {"match_labels": match},
-        }
-        for key in keys
-    ]
 
 
 def _http_probe(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -14,12 +15,12 @@ from components.labels import APP, labels, selector
 
 @dataclass(frozen=True)
 class Route:
-    """`source` pods may open TCP `port` on `target` pods (`source` None: from anywhere, or
+    """`source` pods may open TCP `ports` on `target` pods (`source` None: from anywhere, or
     from any pod of the `namespaces` when they are given)."""
 
     source: str | None
     target: str
-    port: int
+    ports: tuple[int, ...]
     namespaces: tuple[str, ...] = ()
     # The policy's name; default `<target>-from-<source or any>`.
     name: str | None = None
@@ -34,11 +35,37 @@ class DnsPods:
 
 
 @dataclass(frozen=True)
+class ApiServerRoute:
+    """`source` pods may reach the API server: the addresses and ports of the `kubernetes`
+    Service's endpoints (where a connection to that Service is sent once translated)."""
+
+    source: str
+    endpoints: pulumi.Input[list[tuple[str, int]]]
+
+
+# Every address: a service known by a DNS name, whose addresses the program cannot know.
+ANYWHERE: Final = ("0.0.0.0/0", "::/0")
+
+
+@dataclass(frozen=True)
+class ExternalRoute:
+    """`source` pods may open TCP `port` on the addresses `cidrs` outside the cluster's pods (by
+    default any: a backup bucket known by its DNS name)."""
+
+    source: str
+    port: int
+    name: str
+    cidrs: tuple[str, ...] = ANYWHERE
+
+
+@dataclass(frozen=True)
 class NetworkPoliciesArgs:
     stack: str
     namespace: pulumi.Input[str]
     routes: tuple[Route, ...]
     dns: DnsPods = field(default_factory=DnsPods)
+    api_server: ApiServerRoute | None = None
+    external: tuple[ExternalRoute, ...] = ()
 
 
 class NetworkPolicies(pulumi.ComponentResource):
@@ -114,8 +141,11 @@ class NetworkPolicies(pulumi.ComponentResource):
                         }
                     }
                 ]
+            ports: list[k8s.networking.v1.NetworkPolicyPortArgsDict] = [
+                {"port": port, "protocol": "TCP"} for port in route.ports
+            ]
             ingress: k8s.networking.v1.NetworkPolicyIngressRuleArgsDict = {
-                "ports": [{"port": route.port, "protocol": "TCP"}],
+                "ports": ports,
                 # No `from`: any source.
                 "from_": peers or None,
             }
@@ -139,9 +169,50 @@ class NetworkPolicies(pulumi.ComponentResource):
                         "egress": [
                             {
                                 "to": [{"pod_selector": {"match_labels": target}}],
-                                "ports": [{"port": route.port, "protocol": "TCP"}],
+                                "ports": ports,
                             }
                         ],
                     },
                 )
+        for external in args.external:
+            policy(
+                external.name,
+                external.source,
+                {
+                    "pod_selector": {"match_labels": selector(external.source, args.stack)},
+                    "policy_types": ["Egress"],
+                    "egress": [
+                        {
+                            "to": [{"ip_block": {"cidr": cidr}} for cidr in external.cidrs],
+                            "ports": [{"port": external.port, "protocol": "TCP"}],
+                        }
+                    ],
+                },
+            )
+        if args.api_server is not None:
+            source = args.api_server.source
+
+            def to_api_server(
+                endpoints: list[tuple[str, int]],
+            ) -> list[k8s.networking.v1.NetworkPolicyEgressRuleArgsDict]:
+                cidr = {False: 32, True: 128}
+                return [
+                    {
+                        "to": [{"ip_block": {"cidr": f"{ip}/{cidr[':' in ip]}"}}],
+                        "ports": [{"port": port, "protocol": "TCP"}],
+                    }
+                    for ip, port in sorted(set(endpoints))
+                ]
+
+            policy(
+                f"{source}-to-api-server",
+                source,
+                {
+                    "pod_selector": {"match_labels": selector(source, args.stack)},
+                    "policy_types": ["Egress"],
+                    "egress": pulumi.Output.from_input(args.api_server.endpoints).apply(
+                        to_api_server
+                    ),
+                },
+            )
         self.register_outputs({})

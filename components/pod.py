@@ -12,7 +12,7 @@ from typing import Any, Final
 import pulumi
 import pulumi_kubernetes as k8s
 
-# Every image of the stack runs as this numeric, unprivileged user (see services/*/Dockerfile).
+# Every image of the stack runs as this numeric, unprivileged user (see services/**/Dockerfile).
 RUN_AS_USER: Final = 10001
 SECRETS_DIR: Final = "/etc/mlstack/secrets"
 SECRETS_VOLUME: Final = "secrets"
@@ -125,6 +125,23 @@ def secrets_checksum(
     return pulumi.Output.unsecret(
         pulumi.Output.all(pulumi.Output.from_input(key), pulumi.Output.all(**values)).apply(digest)
     )
+
+
+def spread(
+    match: Mapping[str, str], *, zones: bool
+) -> list[k8s.core.v1.TopologySpreadConstraintArgsDict]:
+    """Pods spread over nodes and, where the cluster has zones (`zones`), over zones; a
+    constraint that cannot be met never refuses to schedule."""
+    keys = ["kubernetes.io/hostname", *(["topology.kubernetes.io/zone"] if zones else [])]
+    return [
+        {
+            "max_skew": 1,
+            "topology_key": key,
+            "when_unsatisfiable": "ScheduleAnyway",
+            "label_selector": {"match_labels": dict(match)},
+        }
+        for key in keys
+    ]
 
 
 def secret_file(key: str) -> str:

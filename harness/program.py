@@ -19,19 +19,28 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 import pulumi
-import yaml
 from pulumi.runtime import mocks
 from pulumi.runtime.proto import resource_pb2
+
+from components.stack_file import read_config
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 MAIN: Final = ROOT / "__main__.py"
 TEST_SECRETS: Final = {
     "mlstack:databasePassword": "test-database-password",
+    "mlstack:databaseOwnerPassword": "test-owner-password",
     "mlstack:databaseReplicationPassword": "test-replication-password",
+    "mlstack:databaseRewindPassword": "test-rewind-password",
     "mlstack:apiKey": "test-gateway-api-key",
     "mlstack:secretsDigestKey": "test-secrets-digest-key-of-32-characters",
+    "mlstack:databaseBackupCipherPassword": "test-backup-cipher-password",
 }
 LB_ADDRESS: Final = "203.0.113.10"
+# The AWS account and the EKS cluster's OIDC issuer the mocks answer with.
+AWS_ACCOUNT: Final = "123456789012"
+OIDC_ISSUER: Final = "oidc.eks.eu-west-1.amazonaws.com/id/0123456789ABCDEF0123456789ABCDEF"
+# The API server's address and port, as the `kubernetes` EndpointSlice gives them.
+API_SERVER: Final = ("198.51.100.7", 6443)
 # Where the mocks send what the program logs through `pulumi.log` (it propagates as usual).
 ENGINE_LOG: Final = logging.getLogger("harness.engine")
 # How the SDK marks a secret value inside the inputs it sends (pulumi.runtime.rpc).
@@ -74,6 +83,8 @@ class Registered:
     secret_paths: list[str] = field(default_factory=list)
     protect: bool = False
     parent: str | None = None
+    # Read from the cluster (`Resource.get`), not created: no manifest of the program's.
+    read: bool = False
     delete_before_replace: bool = False
     # The property paths the program told the engine to leave alone after creation.
     ignore_changes: list[str] = field(default_factory=list)
@@ -132,6 +143,12 @@ class EngineLog(logging.Handler):
         self.errors.append(record.getMessage())
 
 
+def auto_name(name: str) -> str:
+    """The name a provider's auto-naming gives resource `name`: `<name>-<7 hex digits>` (here
+    a digest of the name, so that two runs agree)."""
+    return f"{name}-{hashlib.sha256(name.encode()).hexdigest()[:7]}"
+
+
 class RecordingMocks(pulumi.runtime.Mocks):
     """Returns each resource's inputs as its state, plus what a real provider would compute."""
 
@@ -141,7 +158,16 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         inputs, secret_paths = unwrap_secrets(dict(args.inputs))
-        self.registered.append(Registered(args.typ, args.name, inputs, args.provider, secret_paths))
+        self.registered.append(
+            Registered(
+                args.typ,
+                args.name,
+                inputs,
+                args.provider,
+                secret_paths,
+                read=bool(args.resource_id),
+            )
+        )
         state = {**inputs, **self._computed(args.typ, args.name, inputs)}
         return f"{args.name}-id", state
 
@@ -164,6 +190,22 @@ class RecordingMocks(pulumi.runtime.Mocks):
             return {"repoDigest": f"{inputs['imageName'].rsplit(':', 1)[0]}@sha256:{digest}"}
         if typ == "pulumi-python:dynamic:Resource":
             return {"kubeconfig": "apiVersion: v1\nkind: Config\n"}
+        if typ == "kubernetes:discovery.k8s.io/v1:EndpointSlice":
+            address, port = API_SERVER
+            return {
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [address]}],
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            }
+        if typ.startswith(("gcp:", "aws:", "eks:")):
+            return self._cloud_computed(typ, name, inputs)
+        return {}
+
+    def _cloud_computed(  # noqa: PLR0911 - one answer per resource type
+        self, typ: str, name: str, inputs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """What GCP and AWS compute for the resources the cloud clusters and their backups'
+        buckets register."""
         if typ == "gcp:container/cluster:Cluster":
             return {
                 "name": name,
@@ -172,11 +214,23 @@ class RecordingMocks(pulumi.runtime.Mocks):
             }
         if typ == "gcp:serviceaccount/account:Account":
             project = inputs.get("project", "project")
-            return {"email": f"{inputs['accountId']}@{project}.iam.gserviceaccount.com"}
+            email = f"{inputs['accountId']}@{project}.iam.gserviceaccount.com"
+            return {"email": email, "name": f"projects/{project}/serviceAccounts/{email}"}
+        if typ == "gcp:storage/bucket:Bucket":
+            return {"name": inputs.get("name") or auto_name(name)}
         if typ == "eks:index:Cluster":
-            return {"kubeconfigJson": json.dumps({"apiVersion": "v1", "kind": "Config"})}
+            return {
+                "kubeconfigJson": json.dumps({"apiVersion": "v1", "kind": "Config"}),
+                "oidcProviderArn": f"arn:aws:iam::{AWS_ACCOUNT}:oidc-provider/{OIDC_ISSUER}",
+                "oidcIssuer": OIDC_ISSUER,
+            }
         if typ == "aws:kms/key:Key":
-            return {"arn": f"arn:aws:kms:eu-west-1:123456789012:key/{name}"}
+            return {"arn": f"arn:aws:kms:eu-west-1:{AWS_ACCOUNT}:key/{name}"}
+        if typ == "aws:s3/bucket:Bucket":
+            bucket = inputs.get("bucket") or auto_name(name)
+            return {"bucket": bucket, "arn": f"arn:aws:s3:::{bucket}"}
+        if typ == "aws:iam/role:Role":
+            return {"arn": f"arn:aws:iam::{AWS_ACCOUNT}:role/{auto_name(name)}"}
         if typ == "aws:ec2/launchTemplate:LaunchTemplate":
             return {"latestVersion": 1}
         return {}
@@ -205,8 +259,7 @@ class MonitorWithoutReferences(mocks.MockMonitor):
 
 def stack_config(stack: str) -> dict[str, Any]:
     """The `config:` of `Pulumi.<stack>.yaml`, values as the stack file gives them."""
-    document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
-    return dict(document.get("config") or {})
+    return read_config(stack, ROOT)
 
 
 def _engine_value(value: Any) -> str:

@@ -1,6 +1,6 @@
 # Working with a stack through the real Pulumi CLI: `make up`, `make preview`.
 ifndef PULUMI_BACKEND_URL
-stack up preview down failover drift: export PULUMI_BACKEND_URL = $(PULUMI_BACKEND)
+stack up preview down switchover backup restore drift: export PULUMI_BACKEND_URL = $(PULUMI_BACKEND)
 endif
 # A local file backend needs a passphrase for the stack's secrets; dev defaults to an empty one.
 ifeq ($(STACK),dev)
@@ -12,7 +12,7 @@ stack: venv ## select (or create) $(STACK) and generate its secrets on first use
 	@command -v $(PULUMI) >/dev/null || { echo "make: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/" >&2; exit 1; }
 	@mkdir -p .pulumi-local
 	$(PULUMI) stack select --create $(STACK)
-	@for key in databasePassword databaseReplicationPassword apiKey secretsDigestKey; do \
+	@for key in databasePassword databaseOwnerPassword databaseReplicationPassword databaseRewindPassword databaseBackupCipherPassword apiKey secretsDigestKey; do \
 	  $(PULUMI) config get mlstack:$$key >/dev/null 2>&1 || { \
 	    echo "generating mlstack:$$key for stack $(STACK)"; \
 	    $(PY) -c 'import secrets; print(secrets.token_urlsafe(24))' | $(PULUMI) config set --secret mlstack:$$key; \
@@ -32,9 +32,19 @@ up: stack ## pulumi up the stack (default dev: k3s in Docker on this machine), h
 preview: stack ## pulumi preview --diff of the stack, held to the policy pack
 	$(PULUMI) preview --stack $(STACK) --diff $(POLICY_FLAGS)
 
-.PHONY: failover
-failover: stack ## make a standby of $(STACK)'s PostgreSQL the primary (TO=<instance>; README "Failover")
-	PULUMI=$(PULUMI) $(PY) -m tools.database_failover --stack $(STACK) $(if $(TO),--to $(TO))
+.PHONY: switchover
+switchover: venv ## Patroni's switchover of $(STACK)'s PostgreSQL primary (TO=<instance>, else Patroni picks)
+	@# Reads the stack only: no `stack` prerequisite, which would create the stack and write its secrets.
+	PULUMI=$(PULUMI) $(PY) -m tools.database_switchover --stack $(STACK) $(if $(TO),--to $(TO))
+
+.PHONY: backup
+backup: venv ## a full base backup of $(STACK)'s PostgreSQL now (TYPE=diff|incr; README "Backups and restore")
+	PULUMI=$(PULUMI) $(PY) -m tools.database_backup backup --stack $(STACK) $(if $(TYPE),--type $(TYPE))
+
+.PHONY: restore
+restore: venv ## $(STACK)'s PostgreSQL as it was at TIME='2026-12-04 21:30:00+00:00' (README "Backups and restore")
+	@test -n "$(TIME)" || { echo "make: restore needs TIME='YYYY-MM-DD HH:MM:SS+00:00', the moment to go back to" >&2; exit 2; }
+	PULUMI=$(PULUMI) $(PY) -m tools.database_backup restore --stack $(STACK) --time "$(TIME)"
 
 .PHONY: drift
 drift: venv ## exit non-zero and name what drifted when live $(STACK) differs from its state (README "Drift")

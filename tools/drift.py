@@ -21,9 +21,7 @@ Exit status: 0 no drift, 1 drift (the report names it), 2 the check could not ru
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +29,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from pulumi import automation as auto
+
+from tools import pulumi_cli
 
 # Step results of a refresh that mean the live resource differs from the state.
 DRIFT_OPS: Final = {"update": "changed", "delete": "deleted", "replace": "replaced"}
@@ -269,7 +269,11 @@ def report(
         rules = [(rule, parse_path(rule)) for rule in ignore_changes.get(step.urn, ())]
         properties: list[Property] = []
         if change != "deleted":
-            for found in _changed_properties(step):
+            changed = _changed_properties(step)
+            named = [*(step.detailed_diff or {}), *(step.diffs or [])]
+            if not changed and all(path.startswith("__inputs") for path in named):
+                continue  # only the engine's bookkeeping moved
+            for found in changed:
                 ignored_by = next((text for text, keys in rules if covers(keys, found.keys)), None)
                 properties.append(
                     Property(found.path, render(found.old), render(found.new), ignored_by)
@@ -282,20 +286,32 @@ def _changed_properties(step: auto.StepEventMetadata) -> list[Change]:
     """The properties that moved: the provider's own detailed diff when it gave one (its paths
     are what it compares, so server-set fields are no noise), else the top-level keys it named,
     else every output that differs."""
-    old = step.old.outputs if step.old else None
-    new = step.new.outputs if step.new else None
+    # `__inputs`: the engine's record of what a read resource was read with, which a refresh
+    # never reproduces: bookkeeping, not a property of the live object.
+    old = _without_bookkeeping(step.old.outputs if step.old else None)
+    new = _without_bookkeeping(step.new.outputs if step.new else None)
     if step.detailed_diff:
         found = []
         for path in sorted(step.detailed_diff):
+            if path.startswith("__inputs"):
+                continue
             keys = parse_path(path)
             found.append(Change(keys, _lookup(old, keys), _lookup(new, keys)))
         return found
     if step.diffs:
         found = []
         for key in sorted(step.diffs):
+            if key.startswith("__inputs"):
+                continue
             found += property_changes(_lookup(old, [key]), _lookup(new, [key]), (key,))
         return found
     return property_changes(dict(old or {}), dict(new or {}))
+
+
+def _without_bookkeeping(outputs: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if outputs is None:
+        return None
+    return {key: value for key, value in outputs.items() if key != "__inputs"}
 
 
 def ignore_changes_of(deployment: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -308,16 +324,10 @@ def check(stack: str, *, work_dir: Path | None = None, pulumi: str | None = None
     """Preview a refresh of `stack` and report its drift. `pulumi` is the CLI to run (default:
     $PULUMI, else `pulumi` on PATH) in `work_dir` (default: the current directory); the backend
     and passphrase come from the environment."""
-    command = pulumi or os.environ.get("PULUMI", "pulumi")
-    if shutil.which(command) is None:
-        raise DriftCheckError(f"the Pulumi CLI {command!r} is not installed")
-    root: str | None = None  # a bare name: from PATH, as the shell would run it
-    if os.sep in command:
-        binary = Path(command)
-        if binary.parent.name != "bin":
-            raise DriftCheckError(f"{binary}: the Automation API runs <root>/bin/pulumi")
-        root = str(binary.parent.parent)
-    cli = auto.PulumiCommand(root=root, skip_version_check=True)
+    try:
+        cli = pulumi_cli.automation_command(pulumi)
+    except pulumi_cli.PulumiCliError as error:
+        raise DriftCheckError(str(error)) from error
     workspace = auto.LocalWorkspace(work_dir=str(work_dir or Path.cwd()), pulumi_command=cli)
     events: list[auto.EngineEvent] = []
     try:

@@ -63,17 +63,18 @@ def _check_client(client: Any, module: Any) -> str:
 
 
 def check_http(target: str) -> str:
-    client = httpclient.InferenceServerClient(target)
-    try:
-        return _check_client(client, httpclient)
-    finally:
-        client.close()
+    return _check_with(httpclient, target)
 
 
 def check_grpc(target: str) -> str:
-    client = grpcclient.InferenceServerClient(target)
+    return _check_with(grpcclient, target)
+
+
+def _check_with(protocol: Any, target: str) -> str:
+    """The check through `protocol`'s client (tritonclient.http or .grpc), closed after."""
+    client = protocol.InferenceServerClient(target)
     try:
-        return _check_client(client, grpcclient)
+        return _check_client(client, protocol)
     finally:
         client.close()
 

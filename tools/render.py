@@ -24,6 +24,7 @@ from typing import Any, Final
 import yaml
 from pulumi.runtime import rpc
 
+from components.stack_file import stacks
 from harness.program import ROOT, TEST_SECRETS, ProgramRun, run_program
 
 DEFAULT_OUT: Final = ROOT / "build" / "manifests"
@@ -78,11 +79,6 @@ class Manifest:
         return yaml.safe_dump(self.body, sort_keys=False, default_flow_style=False, width=100)
 
 
-def stacks() -> list[str]:
-    """Every stack that has a stack file, sorted."""
-    return sorted(path.name.split(".")[1] for path in ROOT.glob("Pulumi.*.yaml"))
-
-
 def manifests(run: ProgramRun) -> list[Manifest]:
     """The Kubernetes objects `run` registered, normalised and sorted."""
     found: list[Manifest] = []
@@ -90,7 +86,7 @@ def manifests(run: ProgramRun) -> list[Manifest]:
         if not resource.type.startswith("kubernetes:"):
             continue
         module = resource.type.split(":")[1]
-        if module.startswith(COMPONENT_MODULES):
+        if module.startswith(COMPONENT_MODULES) or resource.read:
             continue
         inputs = resource.inputs
         if "apiVersion" not in inputs or "kind" not in inputs:

@@ -12,10 +12,12 @@
                                         writes Pulumi.pr-N.yaml: a review stack on the shared
                                         test cluster (provider `existing`), from REVIEW_* variables
                                         (REVIEW_KUBE_CONTEXT, REVIEW_REGISTRY, REVIEW_GATEWAY_IMAGE,
-                                        REVIEW_MODEL_IMAGE, REVIEW_GATEWAY_SERVICE_TYPE)
+                                        REVIEW_MODEL_IMAGE, REVIEW_DATABASE_IMAGE,
+                                        REVIEW_GATEWAY_SERVICE_TYPE)
 
 `affected` and `review-config` need only the standard library (they run before the project's
-virtual environment exists); `info` reads the stack file with PyYAML from that environment.
+virtual environment exists); `info` reads the stack file with the program's own reader
+(components/stack_file.py, components/config.py) from that environment.
 """
 
 from __future__ import annotations
@@ -68,27 +70,32 @@ def registry_host(registry: str) -> str:
 
 def info(stack: str | None, backend_url: str, fallback_region: str) -> dict[str, str]:
     """What a job running Pulumi on `stack` must set up; without a stack, for the backend only."""
-    config: dict[str, Any] = {}
+    provider, region = "", ""
+    images: dict[str, Any] = {}
     if stack:
-        import yaml
+        # The program's own reader of stack files, from the project's virtual environment.
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        from components import stack_file
+        from components.config import ConfigError, EksCluster, parse_cluster
 
-        stack_file = ROOT / f"Pulumi.{stack}.yaml"
-        if not stack_file.is_file():
-            raise SystemExit(f"no stack file {stack_file.name} for stack {stack}")
-        config = dict((yaml.safe_load(stack_file.read_text()) or {}).get("config") or {})
-    cluster = dict(config.get("mlstack:cluster") or {})
-    images = dict(config.get("mlstack:images") or {})
-    provider = str(cluster.get("provider", ""))
+        if not stack_file.path_of(stack, ROOT).is_file():
+            raise SystemExit(f"no stack file Pulumi.{stack}.yaml for stack {stack}")
+        values = stack_file.mlstack_values(stack_file.read_config(stack, ROOT))
+        try:
+            cluster = parse_cluster(values.get("cluster"))
+        except ConfigError as error:
+            raise SystemExit(f"stack {stack}: {error}") from None
+        provider = cluster.provider
+        region = cluster.region if isinstance(cluster, EksCluster) else ""
+        given = values.get("images")
+        images = dict(given) if isinstance(given, dict) else {}
     registry = str(images.get("registry") or "") if images.get("build", True) else ""
     host = registry_host(registry) if registry else ""
     ecr = _ECR.match(host)
     google_registry = bool(_GOOGLE_REGISTRY.match(host))
 
-    region = fallback_region or "us-east-1"
-    if ecr:
-        region = ecr.group(1)
-    if provider == "eks":
-        region = str(cluster["region"])
+    region = region or (ecr.group(1) if ecr else fallback_region or "us-east-1")
     return {
         "pulumi-version": pulumi_version(),
         "provider": provider,
@@ -111,17 +118,20 @@ def review_config(env: dict[str, str]) -> dict[str, Any]:
     if env.get("REVIEW_KUBE_CONTEXT"):
         cluster["context"] = env["REVIEW_KUBE_CONTEXT"]
     registry = env.get("REVIEW_REGISTRY", "")
-    gateway, model = env.get("REVIEW_GATEWAY_IMAGE", ""), env.get("REVIEW_MODEL_IMAGE", "")
+    given = {
+        service: env.get(f"REVIEW_{service.upper()}_IMAGE", "")
+        for service in ("gateway", "model", "database")
+    }
     images: dict[str, Any]
     if registry:
         images = {"build": True, "registry": registry}
-    elif gateway and model:
-        images = {"build": False, "gateway": gateway, "model": model}
+    elif all(given.values()):
+        images = {"build": False, **given}
     else:
         raise SystemExit(
             "a review stack needs images: set the repository variable REVIEW_REGISTRY (the "
-            "images are built and pushed there), or REVIEW_GATEWAY_IMAGE and REVIEW_MODEL_IMAGE "
-            "(images.build: false)"
+            "images are built and pushed there), or REVIEW_GATEWAY_IMAGE, REVIEW_MODEL_IMAGE "
+            "and REVIEW_DATABASE_IMAGE (images.build: false)"
         )
     return {
         "mlstack:cluster": cluster,

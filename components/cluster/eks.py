@@ -4,7 +4,9 @@ Hardened as AWS's EKS best practices have it: Secrets are envelope-encrypted wit
 stack's own (rotated yearly); the nodes answer only IMDSv2, one hop away, so a pod cannot take
 the node role's credentials; the control plane logs its API calls, audit trail and
 authentications; its public endpoint admits the stack's `cluster.authorizedNetworks` alone, and
-the nodes reach it through the private one.
+the nodes reach it through the private one. Its IAM OIDC provider lets a Kubernetes
+ServiceAccount act as an IAM role of its own (IAM roles for service accounts), so no pod needs a
+key or the node's role: the database's backups reach their bucket that way.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ NODE_METADATA_OPTIONS: Final = {
 
 
 class EksManagedCluster(Cluster):
+    # The AWS provider of the cluster's region: the stack's other AWS resources use it too.
+    aws_provider: pulumi.ProviderResource
+    # The cluster's IAM OIDC provider, and its issuer (the URL without `https://`), which a
+    # role's trust policy names to admit one ServiceAccount of the cluster.
+    oidc_provider_arn: pulumi.Output[str]
+    oidc_issuer: pulumi.Output[str]
+
     def __init__(
         self, name: str, config: EksCluster, opts: pulumi.ResourceOptions | None = None
     ) -> None:
@@ -105,6 +114,8 @@ class EksManagedCluster(Cluster):
             instance_roles=[node_role],
             # The VPC CNI enforces NetworkPolicies only with its policy agent switched on.
             vpc_cni_options={"enable_network_policy": True},
+            # IAM roles for service accounts: pods get a role of their own, never a key.
+            create_oidc_provider=True,
             deletion_protection=bool(opts and opts.protect),
             opts=in_region(),
         )
@@ -131,5 +142,8 @@ class EksManagedCluster(Cluster):
             addon_name=METRICS_SERVER_ADDON,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[nodes]),
         )
+        self.aws_provider = region
+        self.oidc_provider_arn = cluster.oidc_provider_arn
+        self.oidc_issuer = cluster.oidc_issuer
         # The application waits for the nodes and the Metrics API, and is deleted before them.
         self._finish(cluster.kubeconfig_json, depends_on=[nodes, metrics])

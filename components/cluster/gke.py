@@ -66,10 +66,16 @@ users:
 """
 
 
+def service_account_id(name: str, purpose: str) -> str:
+    """A service account id for `purpose` (`nodes`, `backups`) of stack resource `name`: 6-30
+    of [a-z0-9-], from a letter."""
+    base = re.sub(r"[^a-z0-9-]", "-", name.lower())[: 29 - len(purpose)].strip("-")
+    return f"{base}-{purpose}"
+
+
 def node_account_id(name: str) -> str:
-    """The nodes' service account id for cluster `name`: 6-30 of [a-z0-9-], from a letter."""
-    base = re.sub(r"[^a-z0-9-]", "-", name.lower())[:24].strip("-")
-    return f"{base}-nodes"
+    """The nodes' service account id for cluster `name`."""
+    return service_account_id(name, "nodes")
 
 
 def maintenance_policy(window: MaintenanceWindow) -> dict[str, object]:

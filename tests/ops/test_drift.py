@@ -85,6 +85,23 @@ def test_the_provider_s_detailed_diff_chooses_the_properties() -> None:
     assert [(p.path, p.old, p.new) for p in resource.drifted] == [("spec.replicas", "3", "1")]
 
 
+API_SERVER = "urn:pulumi:prod::mlstack::kubernetes:discovery.k8s.io/v1:EndpointSlice::api-server"
+
+
+def test_a_read_resource_whose_live_object_is_unchanged_is_no_drift() -> None:
+    """The program reads the API server's EndpointSlice; a refresh drops the `__inputs` the
+    engine recorded with the read, which is no change of the live object."""
+    live = {"endpoints": [{"addresses": ["10.0.0.1"]}], "ports": [{"port": 6443}]}
+    old = {**live, "__inputs": {"endpoints": live["endpoints"], "ports": live["ports"]}}
+    bookkeeping = {"__inputs.ports": {"diffKind": "update"}}
+    for diff in ({}, {"diffs": ["__inputs"]}, {"detailedDiff": bookkeeping}):
+        event = outputs_event(API_SERVER, "update", old, live, **diff)
+        assert report("prod", [event], {}).clean, diff
+    moved = {**live, "endpoints": [{"addresses": ["10.0.0.2"]}]}
+    (resource,) = report("prod", [outputs_event(API_SERVER, "update", old, moved)], {}).drifted
+    assert [p.path for p in resource.drifted] == ["endpoints[0].addresses[0]"]
+
+
 def test_a_deleted_resource_is_drift_whatever_the_program_ignores() -> None:
     event = outputs_event(CONFIG, "delete", {"data": {"k": "v"}}, None)
     result = report("prod", [event], {CONFIG: ["data"]})

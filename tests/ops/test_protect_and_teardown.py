@@ -45,20 +45,23 @@ def protected(run: ProgramRun) -> set[str]:
 # --- protect -----------------------------------------------------------------------------------
 
 
-def test_prod_protects_its_cluster_and_its_database_volume(runs: dict[str, ProgramRun]) -> None:
+def test_prod_protects_its_cluster_its_database_volumes_and_its_backups(
+    runs: dict[str, ProgramRun],
+) -> None:
     prod = runs["prod"]
     assert cluster_component(prod).protect
     assert database_volume(prod).protect
     # The cloud's own guard too: GKE refuses to delete the cluster until an `up` lifts it.
     (gke,) = prod.by_type("gcp:container/cluster:Cluster")
     assert gke.inputs["deletionProtection"] is True
-    # Exactly those are protected explicitly (the cluster, every database instance's volume);
-    # the rest of the cluster inherits it.
+    # Exactly those are protected explicitly (the cluster, every database instance's volume,
+    # the backups' bucket); the rest of the cluster inherits it.
     assert protected(prod) == {
         f"{cluster_component(prod).type}::mlstack-prod",
         "kubernetes:core/v1:PersistentVolumeClaim::mlstack-database-data",
         "kubernetes:core/v1:PersistentVolumeClaim::mlstack-database-1-data",
         "kubernetes:core/v1:PersistentVolumeClaim::mlstack-database-2-data",
+        "gcp:storage/bucket:Bucket::mlstack-prod-backups",
     }
 
 
@@ -73,13 +76,24 @@ def test_unprotected_stacks_protect_nothing(runs: dict[str, ProgramRun], stack: 
         assert cloud_cluster.inputs["deletionProtection"] is False
 
 
+# What holds the backups, by stack: dev's volume; staging's bucket and the key it is encrypted with.
+BACKUPS: dict[str, set[str]] = {
+    "dev": {"kubernetes:core/v1:PersistentVolumeClaim::mlstack-database-backups"},
+    "staging": {
+        "aws:s3/bucket:Bucket::mlstack-staging-backups",
+        "aws:kms/key:Key::mlstack-staging-backups",
+    },
+}
+
+
 @pytest.mark.parametrize("stack", ["dev", "staging"])
-def test_protect_true_in_config_protects_cluster_and_volume(stack: str) -> None:
+def test_protect_true_in_config_protects_cluster_volumes_and_backups(stack: str) -> None:
     run = run_program(stack, {**stack_config(stack), "mlstack:protect": True})
     assert cluster_component(run).protect
     assert database_volume(run).protect
-    instances = len(run.of_kind("StatefulSet"))
-    assert len(protected(run)) == 1 + instances
+    assert BACKUPS[stack] <= protected(run)
+    instances = int(stack_config(stack)["mlstack:database"].get("replicas", 1))
+    assert len(protected(run)) == 1 + instances + len(BACKUPS[stack])
 
 
 def test_protect_false_unprotects_prod() -> None:

@@ -194,7 +194,7 @@ def test_deploy_runs_for_exactly_the_changes_that_affect_a_stack() -> None:
         "__main__.py",
         "requirements.txt",
         "components/app.py",
-        "services/gateway/Dockerfile",
+        "services/Dockerfile",
         "policy/pack/mlstack_policy/workloads.py",
         "policy/checkov/numeric_user.py",
         "README.md",
@@ -502,6 +502,7 @@ def test_the_sweep_asks_github_about_each_review_stack() -> None:
         {
             "REVIEW_GATEWAY_IMAGE": "ghcr.io/acme/gateway@sha256:" + "a" * 64,
             "REVIEW_MODEL_IMAGE": "ghcr.io/acme/model@sha256:" + "b" * 64,
+            "REVIEW_DATABASE_IMAGE": "ghcr.io/acme/database@sha256:" + "c" * 64,
             "REVIEW_GATEWAY_SERVICE_TYPE": "ClusterIP",
         },
     ],
@@ -513,6 +514,7 @@ def test_a_review_stack_config_is_valid_for_the_program(
         "REVIEW_REGISTRY": "",
         "REVIEW_GATEWAY_IMAGE": "",
         "REVIEW_MODEL_IMAGE": "",
+        "REVIEW_DATABASE_IMAGE": "",
         "REVIEW_GATEWAY_SERVICE_TYPE": "",
     }
     script("review-config", "--stack", "pr-7", "--dir", str(tmp_path), env={**env, **variables})

@@ -1,13 +1,28 @@
-"""Fixtures of the policy suite: every stack rendered and gated once per session."""
+"""Fixtures of the policy suite: every stack rendered and gated once per session, and the
+backups to an S3-compatible endpoint, which no stack file has, rendered and scanned beside them."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
 
+from components import stack_file
+from harness.program import run_program
+from tests.unit.test_database_backup import CA, S3, with_backup
 from tools import policy, render
+
+STACKS: Final = stack_file.stacks()
+# An endpoint is in no stack file: prod's config on an existing cluster with a bucket and its CA
+# bundle, and dev's with a bucket alone, rendered as the gate renders a stack (tools/render.py).
+BACKUP_CONFIGS: Final[dict[str, tuple[str, dict[str, Any], bool]]] = {
+    "prod-backups": ("prod", {"s3": {**S3, "caCertificate": CA}}, True),
+    "dev-backups": ("dev", {"s3": S3}, False),
+}
+# Everything the gate's bar holds for: each stack file, each backup configuration.
+GATED: Final = [*STACKS, *BACKUP_CONFIGS]
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +41,42 @@ def manifests_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def report(manifests_dir: Path, checkov: Path) -> policy.Report:
     """The gate over every stack file, rendered into a folder of the session's own."""
-    return policy.gate(render.stacks(), manifests_dir, checkov)
+    return policy.gate(STACKS, manifests_dir, checkov)
 
 
 @pytest.fixture(scope="session")
 def reports(report: policy.Report) -> dict[str, policy.StackReport]:
     return {s.stack: s for s in report.stacks}
+
+
+@pytest.fixture(scope="session")
+def backups_rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("backups")
+    folders = {}
+    for name, (stack, backup, existing) in BACKUP_CONFIGS.items():
+        folders[name] = out / name
+        run = run_program(stack, with_backup(stack, backup, existing=existing))
+        render.write(render.manifests(run), folders[name])
+    return folders
+
+
+@pytest.fixture(scope="session")
+def backup_reports(
+    backups_rendered: dict[str, Path], checkov: Path
+) -> dict[str, policy.StackReport]:
+    """The backup configurations held to the gate's checks in one run (`policy.scan`)."""
+    found, _ = policy.scan(backups_rendered, checkov)
+    return {report.stack: report for report in found}
+
+
+@pytest.fixture(scope="session")
+def gated(
+    reports: dict[str, policy.StackReport],
+    manifests_dir: Path,
+    backup_reports: dict[str, policy.StackReport],
+    backups_rendered: dict[str, Path],
+) -> dict[str, tuple[policy.StackReport, Path]]:
+    """Each of GATED: its report and the folder of its manifests."""
+    found = {stack: (reports[stack], manifests_dir / stack) for stack in STACKS}
+    found |= {name: (backup_reports[name], backups_rendered[name]) for name in BACKUP_CONFIGS}
+    return found

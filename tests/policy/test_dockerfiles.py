@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from components.image import SERVICES, dockerfile
 from tools import policy
 
 DIGEST = "sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d"
@@ -142,7 +143,9 @@ def test_our_checks_pass_a_good_dockerfile(scanned: policy.DockerfileReport) -> 
 
 def test_our_checks_pass_the_projects_dockerfiles(report: policy.Report) -> None:
     found = report.dockerfiles
-    assert {p.parent.name for p in found.files} >= {"gateway", "model"}
+    # The gateway and the model share services/Dockerfile, a stage each.
+    assert set(found.files) == {dockerfile(service) for service in SERVICES}
+    assert len(found.files) == 2
     assert found.failed == []
     assert found.skipped == []
     for path in found.files:
@@ -193,7 +196,7 @@ def test_a_check_of_ours_that_reports_nothing_fails_the_gate(report: policy.Repo
     assert len(silent.silent_checks) == len(files) * len(policy.CUSTOM_DOCKERFILE_CHECKS)
     failing = policy.Report(report.stacks, silent, report.checkov_version)
     assert not failing.ok
-    assert f"gateway/Dockerfile: {DIGEST_PINNED} reported nothing" in policy.table(failing)
+    assert f"services/Dockerfile: {DIGEST_PINNED} reported nothing" in policy.table(failing)
 
 
 def test_a_missing_dockerfile_fails_the_gate(report: policy.Report) -> None:

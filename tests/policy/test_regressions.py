@@ -134,3 +134,41 @@ def test_checkov_report_shapes() -> None:
     ]
     with pytest.raises(RuntimeError, match="could not parse"):
         policy.parse_checkov('{"results": {"parsing_errors": ["/x.yaml"]}}')
+
+
+def test_a_declared_exception_excuses_its_object_alone_and_must_still_match() -> None:
+    """No Checkov run: the gate's handling of MANIFEST_EXCEPTIONS on results made up here."""
+    exceptions = {("CKV_K8S_38", "StatefulSet", "database"): "Patroni's store is the API server"}
+
+    def check(check_id: str, resource: str) -> policy.Check:
+        return policy.Check(check_id, "", resource, f"/{resource}.yaml")
+
+    found = policy.StackReport(
+        "prod",
+        objects=3,
+        failed=[
+            check("CKV_K8S_38", "StatefulSet.mlstack-prod.database"),
+            check("CKV_K8S_40", "StatefulSet.mlstack-prod.database"),
+            check("CKV_K8S_38", "Deployment.mlstack-prod.database"),
+            check("CKV_K8S_38", "StatefulSet.mlstack-prod.database-copy"),
+        ],
+    )
+    policy.apply_exceptions(found, exceptions)
+    assert [(c.check_id, c.resource, c.reason) for c in found.skipped] == [
+        ("CKV_K8S_38", "StatefulSet.mlstack-prod.database", "Patroni's store is the API server")
+    ]
+    # Another check on that object, that check on another kind or name: still failures.
+    assert [(c.check_id, c.resource) for c in found.failed] == [
+        ("CKV_K8S_40", "StatefulSet.mlstack-prod.database"),
+        ("CKV_K8S_38", "Deployment.mlstack-prod.database"),
+        ("CKV_K8S_38", "StatefulSet.mlstack-prod.database-copy"),
+    ]
+    assert found.stale_exceptions == []
+
+    # The object passes now (or is gone): the exception outlived its reason.
+    passing = policy.StackReport("prod", objects=3)
+    policy.apply_exceptions(passing, exceptions)
+    assert passing.stale_exceptions == [("CKV_K8S_38", "StatefulSet", "database")]
+    assert not passing.ok
+    shown = policy.table(policy.Report([passing], policy.DockerfileReport()))
+    assert "prod: the exception for CKV_K8S_38 on StatefulSet database matched no failure" in shown

@@ -28,11 +28,14 @@ def test_one_file_per_kubernetes_object_only(prod: Path) -> None:
     expected = {
         f"{r.kind.lower()}-{r.metadata['name']}.yaml"
         for r in run.resources
-        if r.type.startswith("kubernetes:")
+        if r.type.startswith("kubernetes:") and not r.read
     }
     assert {p.name for p in prod.glob("*.yaml")} == expected
     # docker, gcp and the provider are not Kubernetes objects.
     assert any(not r.type.startswith("kubernetes:") for r in run.resources)
+    # What the program reads from the cluster (the API server's EndpointSlice) is not its own.
+    assert [r.kind for r in run.resources if r.read] == ["EndpointSlice"]
+    assert not list(prod.glob("endpointslice-*.yaml"))
 
 
 def test_objects_are_plain_manifests_with_integers(prod: Path) -> None:
@@ -60,6 +63,20 @@ def test_secret_values_are_never_written(manifests_dir: Path) -> None:
         "database-url": render.SECRET_PLACEHOLDER,
         "database-read-url": render.SECRET_PLACEHOLDER,
     }
+    migrations = load(manifests_dir / "prod", "secret-gateway-migrations.yaml")
+    assert migrations["stringData"] == {"database-url": render.SECRET_PLACEHOLDER}
+    database = load(manifests_dir / "prod", "secret-database.yaml")
+    assert database["stringData"] == dict.fromkeys(
+        (
+            "owner-password",
+            "gateway-password",
+            "replication-password",
+            "rewind-password",
+            # prod backs up: pgBackRest's encryption key.
+            "backup-cipher-password",
+        ),
+        render.SECRET_PLACEHOLDER,
+    )
 
 
 def test_rendering_is_stable(prod: Path, tmp_path: Path) -> None:
@@ -74,13 +91,12 @@ def test_write_replaces_stale_manifests(tmp_path: Path) -> None:
     assert sorted(tmp_path.glob("*.yaml")) == sorted(written)
 
 
-def test_pull_policy_follows_the_image_reference(prod: Path) -> None:
-    built = load(prod, "deployment-model.yaml")["spec"]["template"]["spec"]["containers"][0]
-    assert "@sha256:" in built["image"]
-    assert built["imagePullPolicy"] == "IfNotPresent"
-    postgres = load(prod, "statefulset-database.yaml")["spec"]["template"]["spec"]
-    assert "@sha256:" not in postgres["containers"][0]["image"]
-    assert postgres["containers"][0]["imagePullPolicy"] == "Always"
+def test_built_images_are_deployed_by_digest_and_pulled_if_not_present(prod: Path) -> None:
+    for name in ("deployment-gateway.yaml", "deployment-model.yaml", "statefulset-database.yaml"):
+        spec = load(prod, name)["spec"]["template"]["spec"]
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            assert "@sha256:" in container["image"], name
+            assert container["imagePullPolicy"] == "IfNotPresent", name
 
 
 def test_cli_renders_one_stack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

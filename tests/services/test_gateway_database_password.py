@@ -12,13 +12,8 @@ import asyncpg
 import pytest
 
 from components import database
-from tests.services.support import (
-    PostgresServer,
-    ServiceProcess,
-    predict,
-    query,
-    start_gateway,
-)
+from harness.postgres import PostgresServer, query
+from tests.services.support import ServiceProcess, predict, start_gateway
 
 ROLE = "gateway_password"
 PASSWORD = "Xk3v/Qm7p@Lw2R:t8Zy%4aHs+Ab9C=dEf1?Gh2J#Kl3M'Np4Q\\Rs5T"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from components.stack_file import stacks
 from harness.program import ProgramRun, run_program
-from tools.render import stacks
 
 
 @pytest.fixture(scope="module", params=stacks())

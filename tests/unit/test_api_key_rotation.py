@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from components import pod
+from components.stack_file import stacks
 from harness.program import (
     TEST_SECRETS,
     ProgramRun,
@@ -16,7 +17,6 @@ from harness.program import (
     stack_config,
 )
 from tests.unit.test_config_errors import config_error
-from tools.render import stacks
 
 PREVIOUS = "the-key-being-replaced"
 PREVIOUS_FILE = "/etc/mlstack/secrets/api-key-previous"

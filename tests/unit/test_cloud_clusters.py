@@ -12,8 +12,8 @@ import pytest
 
 from components.cluster.eks import CONTROL_PLANE_LOGS
 from components.cluster.gke import NODE_ROLES
+from components.stack_file import stacks
 from harness.program import ProgramRun, Registered, run_program, stack_config
-from tools.render import stacks
 
 GKE_CLUSTER = "gcp:container/cluster:Cluster"
 GKE_NODES = "gcp:container/nodePool:NodePool"
@@ -60,7 +60,12 @@ def test_every_cloud_provider_has_a_stack_under_test() -> None:
 
 def test_gke_nodes_run_as_their_own_least_privilege_account(gke: ProgramRun) -> None:
     project = cluster_config(gke.stack)["project"]
-    account = single(gke, "gcp:serviceaccount/account:Account")
+    # The nodes' account is the cluster's own (the backups have one of their own).
+    (account,) = [
+        a
+        for a in gke.by_type("gcp:serviceaccount/account:Account")
+        if a.parent == f"mlstack-{gke.stack}"
+    ]
     email = f"{account.inputs['accountId']}@{project}.iam.gserviceaccount.com"
     node_config = single(gke, GKE_NODES).inputs["nodeConfig"]
     assert node_config["serviceAccount"] == email
@@ -150,10 +155,16 @@ def test_gke_defaults_are_the_regular_channel_and_a_nightly_window(stack: str) -
 
 
 def test_eks_secrets_are_encrypted_with_a_rotated_key_of_the_stack(eks: ProgramRun) -> None:
-    key = single(eks, "aws:kms/key:Key")
+    # The cluster's own key (the backups' bucket has another).
+    (key,) = [k for k in eks.by_type("aws:kms/key:Key") if k.parent == f"mlstack-{eks.stack}"]
     assert key.inputs["enableKeyRotation"] is True
     cluster = single(eks, EKS_CLUSTER).inputs
     assert cluster["encryptionConfigKeyArn"].endswith(f"key/{key.name}")
+
+
+def test_eks_has_an_oidc_provider_for_roles_of_service_accounts(eks: ProgramRun) -> None:
+    """A pod acts as an IAM role of its own (the database's backups do), never a key."""
+    assert single(eks, EKS_CLUSTER).inputs["createOidcProvider"] is True
 
 
 def test_eks_nodes_answer_imdsv2_only_one_hop_away(eks: ProgramRun) -> None:

@@ -3,7 +3,6 @@ the program logs that line and exits with the status that tells the CLI to show 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -77,36 +76,51 @@ def test_database_replicas_are_one_primary_and_up_to_four_standbys(replicas: Any
     assert "whole number from 1 to 5" in message
 
 
-@pytest.mark.parametrize("primary", [2, -1, "0", True])
-def test_the_primary_is_one_of_the_instances(primary: Any) -> None:
-    message = config_error(dev_with(database={"replicas": 2, "primary": primary}))
-    assert message.startswith(f"mlstack:database.primary: {json.dumps(primary)} is not allowed")
-    assert "0 to 1" in message
-    assert "make failover" in message
+@pytest.mark.parametrize(
+    ("key", "value", "instead"),
+    [
+        ("primary", 1, "Patroni chooses the primary and fails over on its own"),
+        ("primary", 0, "a planned change of primary is `make switchover`"),
+        ("synchronousCommit", "on", "every commit waits for a synchronous standby"),
+        ("synchronousCommit", "local", "every commit waits for a synchronous standby"),
+    ],
+)
+def test_the_removed_database_keys_say_what_took_their_place(
+    key: str, value: Any, instead: str
+) -> None:
+    """Not "unknown key": a stack file of an earlier release names them, whatever their value
+    (the former default included)."""
+    exited = config_exit(dev_with(database={"replicas": 2, key: value}))
+    assert exited.resources == [], "refused before anything is registered"
+    message = config_error(dev_with(database={"replicas": 2, key: value}))
+    assert message.startswith(f"mlstack:database.{key} is no longer a setting: ")
+    assert instead in message
+    assert message.endswith("; remove it")
+    assert "unknown key" not in message
 
 
-def test_synchronous_commit_needs_a_standby() -> None:
-    message = config_error(dev_with(database={"replicas": 1, "synchronousCommit": "on"}))
-    assert message.startswith('mlstack:database.synchronousCommit: "on" is not allowed')
-    assert "database.replicas is 1" in message
-
-
-def test_synchronous_commit_is_one_of_postgresql_s_levels() -> None:
-    message = config_error(dev_with(database={"replicas": 2, "synchronousCommit": "remote-apply"}))
-    assert message == (
-        'mlstack:database.synchronousCommit: "remote-apply" is not allowed: expected one of '
-        'local, remote_write, on, remote_apply (did you mean "remote_apply"?)'
-    )
-
-
-def test_standbys_need_the_replication_password() -> None:
+@pytest.mark.parametrize(
+    "key",
+    [
+        "mlstack:databasePassword",
+        "mlstack:databaseOwnerPassword",
+        "mlstack:databaseReplicationPassword",
+        "mlstack:databaseRewindPassword",
+    ],
+)
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_every_database_password_is_required_whatever_the_instances(
+    key: str, replicas: int
+) -> None:
+    """Patroni makes the replication and rewind roles with the cluster, standbys or not: adding
+    the first standby then changes nothing the primary uses."""
     config = {
-        **dev_with(database={"replicas": 2}),
-        **{k: v for k, v in TEST_SECRETS.items() if k != "mlstack:databaseReplicationPassword"},
+        **dev_with(database={"replicas": replicas}),
+        **{k: v for k, v in TEST_SECRETS.items() if k != key},
     }
     message = config_error(config, with_secrets=False)
-    assert message.startswith("mlstack:databaseReplicationPassword is missing: ")
-    assert "pulumi config set --secret mlstack:databaseReplicationPassword" in message
+    assert message.startswith(f"{key} is missing: ")
+    assert f"pulumi config set --secret {key}" in message
 
 
 @pytest.mark.parametrize("size", ["1GB", "lots", "0Gi", "-1Gi", "", 10])

@@ -1,19 +1,26 @@
-"""The gateway's database URLs carry any password the stack's secret may hold: asyncpg reads back
-the user, password, host, port and database the program meant, whatever characters are in it."""
+"""The gateway's database URLs: it serves as a role of its own (neither the superuser nor the
+owner of the schema), its migrations step alone has the owner's URL, and asyncpg reads back the
+user, password, host, port and database the program meant, whatever characters the passwords
+hold."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from asyncpg import connect_utils
 
-from components import database
-from harness.program import ProgramRun, run_program, stack_config
-from tools.render import stacks
+from components import app, database
+from components.image import SERVICES_DIR
+from components.stack_file import stacks
+from harness.program import TEST_SECRETS, ProgramRun, Registered, run_program, stack_config
 
 # Every character with a meaning in a URL or in a libpq connection string, and a backslash.
 PASSWORD = "a/b@c:d%2Fe+f=g?h#i'j\\k l&m"
+OWNER_PASSWORD = "n?o=p+q%r:s@t/u#v w"
+# The roles the database's image makes (what the URLs must name to log in at all).
+ROLES_SCRIPT = SERVICES_DIR / "database" / "bin" / "mlstack-database-roles"
 
 
 def asyncpg_reads(url: str) -> dict[str, Any]:
@@ -32,29 +39,143 @@ def asyncpg_reads(url: str) -> dict[str, Any]:
     }
 
 
+def urls(run: ProgramRun, secret: str) -> dict[str, str]:
+    return dict(run.one("Secret", secret).inputs["stringData"])
+
+
+def host(run: ProgramRun, service: str) -> str:
+    """The Service's name in the stack's namespace."""
+    return f"{service}.{run.one('Service', service).metadata['namespace']}.svc"
+
+
+def pod_spec(run: ProgramRun) -> dict[str, Any]:
+    return dict(run.one("Deployment", "gateway").inputs["spec"]["template"]["spec"])
+
+
+def env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env") or []}
+
+
+def mounted_secrets(spec: dict[str, Any], container: dict[str, Any]) -> set[str]:
+    """The Secrets `container` mounts, by name."""
+    by_volume = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    return {by_volume[m["name"]] for m in container["volumeMounts"] if m["name"] in by_volume}
+
+
 @pytest.fixture(scope="module", params=stacks())
 def odd_password(request: pytest.FixtureRequest) -> ProgramRun:
     return run_program(
-        request.param, {**stack_config(request.param), "mlstack:databasePassword": PASSWORD}
+        request.param,
+        {
+            **stack_config(request.param),
+            "mlstack:databasePassword": PASSWORD,
+            "mlstack:databaseOwnerPassword": OWNER_PASSWORD,
+        },
     )
 
 
+# --- who the gateway is --------------------------------------------------------------------------
+
+
+def test_the_image_makes_the_roles_the_program_names() -> None:
+    script = ROLES_SCRIPT.read_text()
+    made = dict(re.findall(r"--set=(owner|gateway|dbname)=(\w+)", script))
+    assert made == {
+        "owner": database.OWNER,
+        "gateway": database.GATEWAY_USER,
+        "dbname": database.DB_NAME,
+    }
+
+
+@pytest.mark.parametrize("key", [app.DATABASE_URL, app.DATABASE_READ_URL])
+def test_the_gateway_serves_as_its_own_role(stack_run: ProgramRun, key: str) -> None:
+    found = asyncpg_reads(urls(stack_run, app.GATEWAY_SECRET)[key])
+    assert found["user"] == "mlstack_gateway"
+    assert found["user"] not in ("postgres", database.OWNER)
+    assert found["password"] == TEST_SECRETS["mlstack:databasePassword"]
+
+
+def test_the_owner_s_url_is_the_migrations_step_s_alone(stack_run: ProgramRun) -> None:
+    migrations = urls(stack_run, app.MIGRATIONS_SECRET)
+    assert set(migrations) == {app.DATABASE_URL}
+    found = asyncpg_reads(migrations[app.DATABASE_URL])
+    # The primary: migrations write.
+    assert found["addresses"] == [(host(stack_run, database.NAME), database.PORT)]
+    assert (found["user"], found["password"]) == (
+        "mlstack",
+        TEST_SECRETS["mlstack:databaseOwnerPassword"],
+    )
+    owner_password = TEST_SECRETS["mlstack:databaseOwnerPassword"]
+    gateway_secret = stack_run.one("Secret", app.GATEWAY_SECRET).inputs
+    assert owner_password not in str(gateway_secret)
+    for secret in stack_run.of_kind("Secret"):
+        if owner_password in str(secret.inputs):
+            assert secret.metadata["name"] in (app.MIGRATIONS_SECRET, app.DATABASE_SECRET)
+
+
+def test_only_the_migrations_step_mounts_the_owner_s_url(stack_run: ProgramRun) -> None:
+    spec = pod_spec(stack_run)
+    (init,) = spec["initContainers"]
+    (gateway,) = spec["containers"]
+    assert init["name"] == "migrate"
+    assert init["command"] == ["python", "-m", "mlstack_gateway.migrate"]
+    assert init["image"] == gateway["image"]
+    assert mounted_secrets(spec, init) == {app.MIGRATIONS_SECRET}
+    assert mounted_secrets(spec, gateway) == {app.GATEWAY_SECRET} | (
+        {"gateway-tls"} if any(p["name"] == "https" for p in gateway["ports"]) else set()
+    )
+    # The file it is told to read is the URL in that Secret.
+    (mount,) = [m for m in init["volumeMounts"] if m["mountPath"] != "/tmp"]
+    assert env(init) == {"DATABASE_URL_FILE": f"{mount['mountPath']}/{app.DATABASE_URL}"}
+    # No other workload mounts it at all.
+    others: list[Registered] = [
+        w
+        for w in stack_run.of_kind("Deployment") + stack_run.of_kind("StatefulSet")
+        if w.metadata["name"] != "gateway"
+    ]
+    for workload in others:
+        volumes = workload.inputs["spec"]["template"]["spec"]["volumes"]
+        secrets = {v["secret"]["secretName"] for v in volumes if "secret" in v}
+        assert app.MIGRATIONS_SECRET not in secrets, workload.metadata["name"]
+
+
+def test_the_gateway_leaves_the_schema_to_the_migrations_step(stack_run: ProgramRun) -> None:
+    (gateway,) = pod_spec(stack_run)["containers"]
+    variables = env(gateway)
+    assert variables["DATABASE_MIGRATE"] == "false"
+    assert variables["DATABASE_URL_FILE"].endswith(f"/{app.DATABASE_URL}")
+    assert variables["DATABASE_READ_URL_FILE"].endswith(f"/{app.DATABASE_READ_URL}")
+
+
+# --- any password --------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize(
-    ("key", "service"), [("database-url", database.NAME), ("database-read-url", database.READ_NAME)]
+    ("key", "service"),
+    [(app.DATABASE_URL, database.NAME), (app.DATABASE_READ_URL, database.READ_NAME)],
 )
 def test_asyncpg_reads_back_the_password_as_it_is(
     odd_password: ProgramRun, key: str, service: str
 ) -> None:
-    secret = odd_password.one("Secret", "gateway")
-    url = secret.inputs["stringData"][key]
-    host = f"{service}.{secret.metadata['namespace']}.svc"
+    url = urls(odd_password, app.GATEWAY_SECRET)[key]
     assert asyncpg_reads(url) == {
-        "addresses": [(host, database.PORT)],
-        "user": database.USER,
+        "addresses": [(host(odd_password, service), database.PORT)],
+        "user": "mlstack_gateway",
         "password": PASSWORD,
         "database": database.DB_NAME,
     }
 
 
-def test_the_url_is_still_a_secret(odd_password: ProgramRun) -> None:
-    assert odd_password.one("Secret", "gateway").secret_paths == ["stringData"]
+def test_asyncpg_reads_back_the_owner_s_password_as_it_is(odd_password: ProgramRun) -> None:
+    url = urls(odd_password, app.MIGRATIONS_SECRET)[app.DATABASE_URL]
+    assert asyncpg_reads(url) == {
+        "addresses": [(host(odd_password, database.NAME), database.PORT)],
+        "user": "mlstack",
+        "password": OWNER_PASSWORD,
+        "database": database.DB_NAME,
+    }
+
+
+def test_the_urls_are_still_secrets(odd_password: ProgramRun) -> None:
+    for name in (app.GATEWAY_SECRET, app.MIGRATIONS_SECRET):
+        assert odd_password.one("Secret", name).secret_paths == ["stringData"]

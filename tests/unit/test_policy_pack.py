@@ -22,7 +22,6 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from components import database
 from harness.program import ProgramRun
 from mlstack_policy import availability, clusters, services, workloads
 from mlstack_policy.pack import policies
@@ -30,6 +29,7 @@ from mlstack_policy.pack import policies
 PACK: Final = Path(__file__).resolve().parents[2] / "policy" / "pack"
 DIGEST: Final = "@sha256:" + "a" * 64
 DEPLOYMENT: Final = "kubernetes:apps/v1:Deployment"
+STATEFUL_SET: Final = "kubernetes:apps/v1:StatefulSet"
 SERVICE: Final = "kubernetes:core/v1:Service"
 PRODUCTION: Final = {"production": True}
 
@@ -86,13 +86,16 @@ def container(**overrides: Any) -> dict[str, Any]:
     return found
 
 
-def deployment(*containers: dict[str, Any], replicas: int = 2, **spec: Any) -> dict[str, Any]:
+def deployment(
+    *containers: dict[str, Any], replicas: int = 2, name: str = "gateway", **spec: Any
+) -> dict[str, Any]:
+    """A Deployment's props (a StatefulSet's too: the rules read the same fields)."""
     return {
-        "metadata": {"name": "gateway", "namespace": "ns", "labels": {"app": "gateway"}},
+        "metadata": {"name": name, "namespace": "ns", "labels": {"app": name}},
         "spec": {
             "replicas": replicas,
             "template": {
-                "metadata": {"labels": {"app.kubernetes.io/name": "gateway"}},
+                "metadata": {"labels": {"app.kubernetes.io/name": name}},
                 "spec": {"containers": list(containers or [container()]), **spec},
             },
         },
@@ -121,26 +124,45 @@ def without(path: str) -> dict[str, Any]:
     return found
 
 
-# --- pod-security-restricted ---------------------------------------------------------------------
+# --- the four workload rules, on one Deployment --------------------------------------------------
+
+WORKLOAD_CHECKS: Final = (
+    workloads.check_pod_security,
+    workloads.check_resources,
+    workloads.check_probes,
+    workloads.check_image_digest,
+)
 
 
-def test_pod_security_passes_the_restricted_container() -> None:
-    assert violations(workloads.check_pod_security, DEPLOYMENT, deployment()) == []
+@pytest.mark.parametrize("check", WORKLOAD_CHECKS, ids=lambda check: check.__name__)
+def test_a_complete_deployment_passes(check: Any) -> None:
+    assert violations(check, DEPLOYMENT, deployment()) == []
 
 
 @pytest.mark.parametrize(
-    ("missing", "message"),
+    ("check", "missing", "message"),
     [
-        ("securityContext.runAsNonRoot", "runAsNonRoot is not true"),
-        ("securityContext.readOnlyRootFilesystem", "readOnlyRootFilesystem is not true"),
-        ("securityContext.allowPrivilegeEscalation", "allowPrivilegeEscalation is not false"),
-        ("securityContext.capabilities", "capabilities.drop does not hold ALL"),
-        ("securityContext.seccompProfile", "seccompProfile.type is not RuntimeDefault"),
+        (workloads.check_pod_security, "securityContext.runAsNonRoot", "runAsNonRoot is not true"),
+        (workloads.check_pod_security, "securityContext.readOnlyRootFilesystem",
+         "readOnlyRootFilesystem is not true"),
+        (workloads.check_pod_security, "securityContext.allowPrivilegeEscalation",
+         "allowPrivilegeEscalation is not false"),
+        (workloads.check_pod_security, "securityContext.capabilities",
+         "capabilities.drop does not hold ALL"),
+        (workloads.check_pod_security, "securityContext.seccompProfile",
+         "seccompProfile.type is not RuntimeDefault"),
+        (workloads.check_resources, "resources.limits", "no limits.cpu, limits.memory"),
+        (workloads.check_probes, "readinessProbe", "no readinessProbe"),
     ],
-)
-def test_pod_security_names_each_missing_field(missing: str, message: str) -> None:
-    found = violations(workloads.check_pod_security, DEPLOYMENT, deployment(without(missing)))
+)  # fmt: skip
+def test_a_missing_field_is_one_violation_that_names_it(
+    check: Any, missing: str, message: str
+) -> None:
+    found = violations(check, DEPLOYMENT, deployment(without(missing)))
     assert found == [f"Deployment gateway, container gateway: {message}"]
+
+
+# --- pod-security-restricted ---------------------------------------------------------------------
 
 
 def test_pod_security_takes_the_pod_level_non_root_and_seccomp() -> None:
@@ -167,32 +189,7 @@ def test_pod_security_reads_init_containers_and_cron_jobs_too() -> None:
     assert all("container init" in message for message in found)
 
 
-# --- container-resources -------------------------------------------------------------------------
-
-
-def test_resources_pass_with_requests_and_limits() -> None:
-    assert violations(workloads.check_resources, DEPLOYMENT, deployment()) == []
-
-
-def test_resources_name_what_is_missing() -> None:
-    props = deployment(without("resources.limits"))
-    assert violations(workloads.check_resources, DEPLOYMENT, props) == [
-        "Deployment gateway, container gateway: no limits.cpu, limits.memory"
-    ]
-
-
 # --- container-probes ----------------------------------------------------------------------------
-
-
-def test_probes_pass_with_liveness_and_readiness() -> None:
-    assert violations(workloads.check_probes, DEPLOYMENT, deployment()) == []
-
-
-def test_probes_missing_readiness_is_a_violation() -> None:
-    props = deployment(without("readinessProbe"))
-    assert violations(workloads.check_probes, DEPLOYMENT, props) == [
-        "Deployment gateway, container gateway: no readinessProbe"
-    ]
 
 
 def test_probes_are_not_asked_of_a_job() -> None:
@@ -201,10 +198,6 @@ def test_probes_are_not_asked_of_a_job() -> None:
 
 
 # --- image-by-digest -----------------------------------------------------------------------------
-
-
-def test_image_by_digest_passes() -> None:
-    assert violations(workloads.check_image_digest, DEPLOYMENT, deployment()) == []
 
 
 def test_image_by_tag_is_a_violation() -> None:
@@ -223,12 +216,22 @@ def test_image_by_tag_passes_as_a_declared_exception() -> None:
     assert len(violations(workloads.check_image_digest, DEPLOYMENT, other, config)) == 1
 
 
-def test_the_default_exception_is_the_database_default_image_alone() -> None:
-    """The pack cannot import the program; the one tag it accepts by default is the one the
-    program pins (and skips Checkov's digest check for)."""
-    assert workloads.ALLOWED_BY_TAG == (database.DEFAULT_IMAGE,)
-    props = deployment(container(image=database.DEFAULT_IMAGE))
-    assert violations(workloads.check_image_digest, DEPLOYMENT, props) == []
+def test_no_image_is_accepted_by_tag_unless_a_stack_declares_it() -> None:
+    """The database is the project's own build by digest now: the upstream release tag the pack
+    used to accept by default is an image like any other, and no stack declares an exception."""
+    assert workloads.ALLOWED_BY_TAG == ()
+    (rule,) = [p for p in policies() if p.name == "image-by-digest"]
+    assert isinstance(rule, ResourceValidationPolicy) and rule.config_schema is not None
+    assert rule.config_schema.properties["allowedImages"]["default"] == []
+    former = {"name": "postgres", "image": "postgres:17.6-bookworm"}
+    props = deployment(container(**former), name="database")
+    assert violations(workloads.check_image_digest, STATEFUL_SET, props) == [
+        "StatefulSet database, container postgres: image 'postgres:17.6-bookworm' "
+        "is not pinned by digest (name@sha256:...)"
+    ]
+    for path in (PACK / "config").glob("*.json"):
+        for settings in json.loads(path.read_text()).values():
+            assert "allowedImages" not in settings, path.name
 
 
 # --- no-external-model-or-database-service -------------------------------------------------------
@@ -375,6 +378,11 @@ def test_replicas_in_production() -> None:
         "Deployment gateway: 1 replica(s), fewer than 2"
     ]
     assert violations(check, DEPLOYMENT, deployment(replicas=1)) == []
+    alone = deployment(replicas=1, name="database")
+    assert violations(check, STATEFUL_SET, alone, PRODUCTION) == [
+        "StatefulSet database: 1 replica(s), fewer than 2"
+    ]
+    assert violations(check, "kubernetes:apps/v1:DaemonSet", alone, PRODUCTION) == []
 
 
 def test_topology_spread() -> None:
@@ -385,6 +393,9 @@ def test_topology_spread() -> None:
         "Deployment gateway: 2 replicas and no spread"
     ]
     assert violations(check, DEPLOYMENT, deployment(replicas=1)) == []
+    assert violations(check, STATEFUL_SET, deployment(replicas=3, name="database")) == [
+        "StatefulSet database: 3 replicas and no spread"
+    ]
 
 
 def stack_resource(resource_type: str, props: Mapping[str, Any], name: str) -> PolicyResource:
@@ -410,6 +421,10 @@ def test_disruption_budgets() -> None:
     assert found == []
     availability.check_disruption_budgets(StackValidationArgs([workload]), report)
     assert found == ["Deployment gateway: no PodDisruptionBudget selects its pods"]
+    found.clear()
+    instances = stack_resource(STATEFUL_SET, deployment(replicas=3, name="database"), "database")
+    availability.check_disruption_budgets(StackValidationArgs([*with_budget, instances]), report)
+    assert found == ["StatefulSet database: no PodDisruptionBudget selects its pods"]
 
 
 # --- the pack as a whole -------------------------------------------------------------------------
@@ -451,25 +466,31 @@ def test_pack_config_files_name_only_policies_of_the_pack() -> None:
         assert set(json.loads(path.read_text())) <= names, path.name
 
 
-def test_every_stack_passes_every_rule_of_the_pack(stack_run: ProgramRun) -> None:
-    """What the program registers for each stack, held to the pack with the stack's config:
-    mandatory and advisory rules alike pass (so an advisory finding is news, not noise)."""
-    config = pack_config(stack_run.stack)
+def pack_findings(run: ProgramRun) -> list[str]:
+    """Every finding of every rule of the pack, mandatory or advisory, on what `run`
+    registered, with the pack config of its stack."""
+    config = pack_config(run.stack)
     found: list[str] = []
     for policy in policies():
         settings = config.get(policy.name) or {}
         if isinstance(policy, ResourceValidationPolicy):
-            for resource in stack_run.resources:
+            for resource in run.resources:
                 for message in violations(
                     policy.validate, resource.type, resource.inputs, settings
                 ):
                     found.append(f"{policy.name}: {message}")
         elif isinstance(policy, StackValidationPolicy):
-            resources = [stack_resource(r.type, r.inputs, r.name) for r in stack_run.resources]
+            resources = [stack_resource(r.type, r.inputs, r.name) for r in run.resources]
             name = policy.name
 
             def report(message: str, urn: str | None = None, name: str = name) -> None:
                 found.append(f"{name}: {message}")
 
             policy.validate(StackValidationArgs(resources, settings), report)
-    assert found == []
+    return found
+
+
+def test_every_stack_passes_every_rule_of_the_pack(stack_run: ProgramRun) -> None:
+    """What the program registers for each stack, held to the pack with the stack's config:
+    mandatory and advisory rules alike pass (so an advisory finding is news, not noise)."""
+    assert pack_findings(stack_run) == []

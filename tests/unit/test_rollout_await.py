@@ -12,8 +12,8 @@ import jsonpath_rfc9535
 import pytest
 
 from components import rollout
+from components.stack_file import stacks
 from harness.program import ProgramRun, run_program, stack_config
-from tools.render import stacks
 
 BRACES = re.compile(r"\{\s*(.*?)\s*\}")
 

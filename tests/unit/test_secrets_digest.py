@@ -13,7 +13,7 @@ from components.config import USER_TOLD_EXIT_CODE
 from harness.program import TEST_SECRETS, ProgramExitError, ProgramRun, run_program, stack_config
 
 KEY = "mlstack:secretsDigestKey"
-PRIMARY = database.instance_name(0)
+DATABASE = database.NAME
 
 
 def digests(run: ProgramRun) -> dict[str, str]:
@@ -36,7 +36,7 @@ def dev(**changed: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def before() -> dict[str, str]:
     found = dev()
-    assert set(found) == {"gateway", PRIMARY}
+    assert set(found) == {"gateway", DATABASE}
     return found
 
 
@@ -49,8 +49,12 @@ def test_the_same_values_give_the_same_digest(before: dict[str, str]) -> None:
     ("secret", "rolled"),
     [
         ("apiKey", {"gateway"}),
-        ("databasePassword", {"gateway", PRIMARY}),
-        ("databaseReplicationPassword", {PRIMARY}),
+        # The gateway's role's: in its URLs, and set by the database's instances.
+        ("databasePassword", {"gateway", DATABASE}),
+        # The owner's: in the migrations step's URL, and set by the database's instances.
+        ("databaseOwnerPassword", {"gateway", DATABASE}),
+        ("databaseReplicationPassword", {DATABASE}),
+        ("databaseRewindPassword", {DATABASE}),
     ],
 )
 def test_a_new_value_rolls_exactly_the_pods_that_read_it(
@@ -68,15 +72,14 @@ def test_a_new_digest_key_changes_every_digest(before: dict[str, str]) -> None:
 def test_the_digest_is_not_a_plain_hash_of_the_values(before: dict[str, str]) -> None:
     """A plain SHA-256 of the values, as the digest was, lets anyone who reads the pod template
     check guesses offline; the keyed one does not match it."""
-    password = TEST_SECRETS["mlstack:databasePassword"]
-    replication = TEST_SECRETS["mlstack:databaseReplicationPassword"]
-    plain = "\0".join(
-        [
-            f"{database.PASSWORD_KEY}={password}",
-            f"{database.REPLICATION_PASSWORD_KEY}={replication}",
-        ]
-    )
-    assert before[PRIMARY] != hashlib.sha256(plain.encode()).hexdigest()
+    values = {
+        database.GATEWAY_PASSWORD_KEY: TEST_SECRETS["mlstack:databasePassword"],
+        database.OWNER_PASSWORD_KEY: TEST_SECRETS["mlstack:databaseOwnerPassword"],
+        database.REPLICATION_PASSWORD_KEY: TEST_SECRETS["mlstack:databaseReplicationPassword"],
+        database.REWIND_PASSWORD_KEY: TEST_SECRETS["mlstack:databaseRewindPassword"],
+    }
+    plain = "\0".join(f"{key}={values[key]}" for key in sorted(values))
+    assert before[DATABASE] != hashlib.sha256(plain.encode()).hexdigest()
     for value in TEST_SECRETS.values():
         assert hashlib.sha256(value.encode()).hexdigest() not in before.values()
 
@@ -85,7 +88,7 @@ def test_the_digest_key_is_in_no_object(stack_run: ProgramRun) -> None:
     for obj in stack_run.resources:
         assert TEST_SECRETS[KEY] not in str(obj.inputs), f"{obj.type} {obj.name}"
     assert TEST_SECRETS[KEY] not in str(stack_run.outputs)
-    for name in (app.GATEWAY_SECRET, app.DATABASE_SECRET):
+    for name in (app.GATEWAY_SECRET, app.MIGRATIONS_SECRET, app.DATABASE_SECRET):
         assert TEST_SECRETS[KEY] not in str(stack_run.one("Secret", name).inputs)
 
 

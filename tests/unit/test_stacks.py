@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from components.database import BACKUP_CLAIM
+from components.image import SERVICES_DIR
+from components.stack_file import stacks
 from harness.program import (
     LB_ADDRESS,
     TEST_SECRETS,
@@ -19,7 +22,6 @@ from harness.program import (
     run_program,
     stack_config,
 )
-from tools.render import stacks
 
 STACKS = stacks()
 RECOMMENDED = (
@@ -40,16 +42,24 @@ def prod() -> ProgramRun:
     return run_program("prod")
 
 
-def kubernetes_objects(run: ProgramRun) -> list[Registered]:
+def kubernetes_objects(run: ProgramRun, *, read: bool = False) -> list[Registered]:
+    """The Kubernetes objects the program makes; with `read`, also those it only reads from the
+    cluster (`Resource.get`: the API server's EndpointSlice), which are none of its own."""
     return [
-        r for r in run.resources if r.type.startswith("kubernetes:") and "Provider" not in r.type
+        r
+        for r in run.resources
+        if r.type.startswith("kubernetes:") and "Provider" not in r.type and (read or not r.read)
     ]
 
 
 def container(workload: Registered) -> dict[str, Any]:
-    containers = workload.inputs["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    return dict(containers[0])
+    """The workload's own container: the service's, or the database's `postgres` (beside which
+    a stack with backups runs the `backups` container)."""
+    name = "postgres" if workload.kind == "StatefulSet" else workload.metadata["name"]
+    (found,) = [
+        c for c in workload.inputs["spec"]["template"]["spec"]["containers"] if c["name"] == name
+    ]
+    return dict(found)
 
 
 def test_every_stack_file_follows_the_contract() -> None:
@@ -64,7 +74,10 @@ def test_dev_runs_one_replica_of_each_on_a_local_cluster(dev: ProgramRun) -> Non
         "mlstack-dev-registry",
         "mlstack-dev-k3s",
     ]
-    assert dev.of_kind("PodDisruptionBudget") == []
+    # One pod each: no budget for the gateway or the model (the database's is there whatever its
+    # number of instances: test_database_patroni.py).
+    budgets = [b.metadata["name"] for b in dev.of_kind("PodDisruptionBudget")]
+    assert budgets == ["database"]
 
 
 def test_prod_replicas_and_service_types_come_from_its_stack_file(prod: ProgramRun) -> None:
@@ -98,7 +111,9 @@ def test_workloads_are_named_after_their_service(stack_run: ProgramRun) -> None:
 
 
 def test_every_resource_uses_the_cluster_provider(stack_run: ProgramRun) -> None:
-    providers = {r.provider for r in kubernetes_objects(stack_run)}
+    # What it reads too: the API server's address must be the stack's own cluster's.
+    assert [r.kind for r in kubernetes_objects(stack_run, read=True) if r.read] == ["EndpointSlice"]
+    providers = {r.provider for r in kubernetes_objects(stack_run, read=True)}
     assert len(providers) == 1
     (provider,) = providers
     assert provider is not None and "pulumi:providers:kubernetes" in provider
@@ -162,6 +177,14 @@ def test_the_config_wins_back_fields_changed_out_of_band(stack_run: ProgramRun) 
         assert annotations["pulumi.com/patchForce"] == "true"
 
 
+def test_each_service_selects_exactly_its_deployment_s_pods(stack_run: ProgramRun) -> None:
+    for name in ("gateway", "model"):
+        spec = stack_run.one("Deployment", name).inputs["spec"]
+        selector = stack_run.one("Service", name).inputs["spec"]["selector"]
+        assert selector == spec["selector"]["matchLabels"]
+        assert selector.items() <= spec["template"]["metadata"]["labels"].items()
+
+
 def test_rolling_updates_never_drop_below_the_configured_replicas(stack_run: ProgramRun) -> None:
     for name in ("gateway", "model"):
         strategy = stack_run.one("Deployment", name).inputs["spec"]["strategy"]
@@ -169,19 +192,34 @@ def test_rolling_updates_never_drop_below_the_configured_replicas(stack_run: Pro
         assert strategy["rollingUpdate"]["maxUnavailable"] == 0
 
 
-def test_database_is_a_statefulset_on_its_own_claim(stack_run: ProgramRun) -> None:
-    database = stack_run.one("StatefulSet", "database")
-    spec = container(database)
-    assert "pg_isready" in spec["readinessProbe"]["exec"]["command"][-1]
-    claim = stack_run.one("PersistentVolumeClaim", "data-database-0")
-    template = database.inputs["spec"]["volumeClaimTemplates"][0]
+def test_database_is_one_statefulset_on_claims_of_its_own(stack_run: ProgramRun) -> None:
+    config = stack_config(stack_run.stack)["mlstack:database"]
+    replicas = config.get("replicas", 1)
+    (database,) = stack_run.of_kind("StatefulSet")
+    assert database.metadata["name"] == "database"
+    assert database.inputs["spec"]["replicas"] == replicas
+    (template,) = database.inputs["spec"]["volumeClaimTemplates"]
     assert template["metadata"]["name"] == "data"
-    assert (
-        claim.inputs["spec"]["resources"]["requests"]["storage"]
-        == (stack_config(stack_run.stack)["mlstack:database"]["storageSize"])
-    )
+    assert template["spec"]["resources"]["requests"]["storage"] == config["storageSize"]
+    # The StatefulSet adopts each claim by name: one per instance, as its template would make it.
+    claims = {
+        c.metadata["name"]: c
+        for c in stack_run.of_kind("PersistentVolumeClaim")
+        # A volume backup repository's (tests/unit/test_backup_repository.py).
+        if c.metadata["name"] != BACKUP_CLAIM
+    }
+    assert sorted(claims) == [f"data-database-{index}" for index in range(replicas)]
+    for claim in claims.values():
+        assert claim.inputs["spec"] == template["spec"]
+    spec = container(database)
     env = {e["name"]: e.get("value") for e in spec["env"]}
-    assert env["POSTGRES_PASSWORD_FILE"].startswith("/etc/mlstack/secrets/")
+    for variable in (
+        "DATABASE_OWNER_PASSWORD_FILE",
+        "DATABASE_GATEWAY_PASSWORD_FILE",
+        "DATABASE_REPLICATION_PASSWORD_FILE",
+        "DATABASE_REWIND_PASSWORD_FILE",
+    ):
+        assert env[variable].startswith("/etc/mlstack/secrets/"), variable
 
 
 def test_secrets_live_only_in_kubernetes_secrets(stack_run: ProgramRun) -> None:
@@ -194,10 +232,27 @@ def test_secrets_live_only_in_kubernetes_secrets(stack_run: ProgramRun) -> None:
     gateway = stack_run.one("Secret", "gateway").inputs["stringData"]
     assert gateway["api-key"] == TEST_SECRETS["mlstack:apiKey"]
     assert TEST_SECRETS["mlstack:databasePassword"] in gateway["database-url"]
+    migrations = stack_run.one("Secret", "gateway-migrations").inputs["stringData"]
+    assert TEST_SECRETS["mlstack:databaseOwnerPassword"] in migrations["database-url"]
     database = stack_run.one("Secret", "database").inputs["stringData"]
-    assert database["database-password"] == TEST_SECRETS["mlstack:databasePassword"]
-    for name in ("gateway", "database"):
-        assert stack_run.one("Secret", name).secret_paths == ["stringData"]
+    assert database == {
+        "owner-password": TEST_SECRETS["mlstack:databaseOwnerPassword"],
+        "gateway-password": TEST_SECRETS["mlstack:databasePassword"],
+        "replication-password": TEST_SECRETS["mlstack:databaseReplicationPassword"],
+        "rewind-password": TEST_SECRETS["mlstack:databaseRewindPassword"],
+        # Every stack file backs up, encrypted with this key (no stack takes bucket keys).
+        "backup-cipher-password": TEST_SECRETS["mlstack:databaseBackupCipherPassword"],
+    }
+    assert {s.metadata["name"] for s in stack_run.of_kind("Secret")} >= {
+        "gateway",
+        "gateway-migrations",
+        "database",
+    }
+    for stored in stack_run.of_kind("Secret"):
+        assert stored.secret_paths == ["stringData"], stored.metadata["name"]
+    outputs = json.dumps(stack_run.outputs, default=str)
+    for key, secret in TEST_SECRETS.items():
+        assert secret not in outputs, key
 
 
 def test_outputs_and_which_are_secret(stack_run: ProgramRun) -> None:
@@ -279,26 +334,54 @@ def test_prebuilt_images_are_deployed_exactly_as_given() -> None:
     refs = {
         "gateway": "ghcr.io/acme/gateway:1.2@sha256:" + "a" * 64,
         "model": "ghcr.io/acme/model:1.2@sha256:" + "b" * 64,
+        "database": "ghcr.io/acme/database:1.2@sha256:" + "c" * 64,
     }
     config["mlstack:images"] = {"build": False, **refs}
     run = run_program("dev", config)
     assert run.by_type("docker:index/image:Image") == []
-    for name, ref in refs.items():
-        assert container(run.one("Deployment", name))["image"] == ref
+    for name in ("gateway", "model"):
+        assert container(run.one("Deployment", name))["image"] == refs[name]
+    assert container(run.one("StatefulSet", "database"))["image"] == refs["database"]
+    assert run.outputs["images"] == refs
 
 
-def test_the_database_image_by_digest_is_pulled_if_not_present() -> None:
-    default = run_program("dev").one("StatefulSet", "database")
-    assert container(default)["image"] == "postgres:17.6-bookworm"
-    assert container(default)["imagePullPolicy"] == "Always"
-    mirrored = "registry.internal/postgres:17.6-bookworm@sha256:" + "c" * 64
+def test_the_database_image_is_the_project_s_own_built_like_the_others(dev: ProgramRun) -> None:
+    built = {
+        image.inputs["imageName"].rpartition("/")[2].partition(":")[0]: image
+        for image in dev.by_type("docker:index/image:Image")
+    }
+    assert set(built) == {"gateway", "model", "database"}
+    assert built["database"].inputs["build"]["dockerfile"] == str(
+        SERVICES_DIR / "database" / "Dockerfile"
+    )
+    assert built["database"].inputs["build"]["context"] == str(SERVICES_DIR)
+    # The gateway and the model: their stage of the Dockerfile they share.
+    for service in ("gateway", "model"):
+        build = built[service].inputs["build"]
+        assert build["dockerfile"] == str(SERVICES_DIR / "Dockerfile")
+        assert build["target"] == service
+        assert build["args"] == {"SERVICE": service}
+        assert build["context"] == str(SERVICES_DIR)
+    database = container(dev.one("StatefulSet", "database"))
+    assert database["image"] == dev.outputs["images"]["database"]
+    assert database["image"].startswith("localhost:5001/database@sha256:")
+    assert database["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_a_prebuilt_database_image_by_tag_is_pulled_every_time() -> None:
     config = stack_config("dev")
-    config["mlstack:images"] = {**config["mlstack:images"], "database": mirrored}
-    run = run_program("dev", config)
-    database = run.one("StatefulSet", "database")
-    assert container(database)["image"] == mirrored
-    assert container(database)["imagePullPolicy"] == "IfNotPresent"
-    assert run.outputs["images"]["database"] == mirrored
+    config["mlstack:cluster"] = {"provider": "existing", "context": "kind-mlstack"}
+    config["mlstack:images"] = {
+        "build": False,
+        "gateway": "g:1",
+        "model": "m:1",
+        "database": "registry.internal/database:1.2",
+    }
+    database = container(run_program("dev", config).one("StatefulSet", "database"))
+    assert (database["image"], database["imagePullPolicy"]) == (
+        "registry.internal/database:1.2",
+        "Always",
+    )
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Advisory rules: availability practices a team may trade against cost (a dev stack on a laptop
-runs one replica of everything, on one node)."""
+runs one replica of everything, on one node). They read Deployments and StatefulSets alike: the
+database's instances are one StatefulSet's pods."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs, StackValidationArgs
 
-from .kube import DEPLOYMENT, PDB, dig
+from .kube import PDB, REPLICATED, dig
 
 
 def _replicas(props: Mapping[str, Any]) -> int:
@@ -16,26 +17,33 @@ def _replicas(props: Mapping[str, Any]) -> int:
     return 1 if value is None else int(value)
 
 
+def _named(resource_type: str, props: Mapping[str, Any]) -> str:
+    """`Deployment gateway`, `StatefulSet database`."""
+    return f"{resource_type.rsplit(':', 1)[-1]} {dig(props, 'metadata', 'name')}"
+
+
 def check_replicas_in_production(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """In production every Deployment runs at least `minReplicas` (default 2) pods: one pod
-    lost to a node drain or a crash is not an outage."""
+    """In production every Deployment and StatefulSet runs at least `minReplicas` (default 2)
+    pods: one pod lost to a node drain or a crash is not an outage (for the database, Patroni
+    promotes a standby)."""
     config = args.get_config()
-    if config.get("production") is not True or args.resource_type != DEPLOYMENT:
+    if config.get("production") is not True or args.resource_type not in REPLICATED:
         return
     floor = int(config.get("minReplicas") or 2)
     replicas = _replicas(args.props)
     if replicas < floor:
-        name = dig(args.props, "metadata", "name")
-        report(f"Deployment {name}: {replicas} replica(s), fewer than {floor}", None)
+        named = _named(args.resource_type, args.props)
+        report(f"{named}: {replicas} replica(s), fewer than {floor}", None)
 
 
 def check_topology_spread(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """A Deployment of several pods spreads them over nodes, so one node does not hold them all."""
-    if args.resource_type != DEPLOYMENT or _replicas(args.props) < 2:
+    """A Deployment or StatefulSet of several pods spreads them over nodes, so one node does not
+    hold them all."""
+    if args.resource_type not in REPLICATED or _replicas(args.props) < 2:
         return
     if not dig(args.props, "spec", "template", "spec", "topologySpreadConstraints"):
-        name = dig(args.props, "metadata", "name")
-        report(f"Deployment {name}: {_replicas(args.props)} replicas and no spread", None)
+        named = _named(args.resource_type, args.props)
+        report(f"{named}: {_replicas(args.props)} replicas and no spread", None)
 
 
 def _selects(selector: Any, labels: Mapping[str, Any]) -> bool:
@@ -44,18 +52,18 @@ def _selects(selector: Any, labels: Mapping[str, Any]) -> bool:
 
 
 def check_disruption_budgets(args: StackValidationArgs, report: ReportViolation) -> None:
-    """Every Deployment of several pods has a PodDisruptionBudget: a node drain then waits rather
-    than evicting them all at once."""
+    """Every Deployment or StatefulSet of several pods has a PodDisruptionBudget: a node drain
+    then waits rather than evicting them all at once."""
     budgets = [
         (dig(r.props, "metadata", "namespace"), dig(r.props, "spec", "selector"))
         for r in args.resources
         if r.resource_type == PDB
     ]
     for resource in args.resources:
-        if resource.resource_type != DEPLOYMENT or _replicas(resource.props) < 2:
+        if resource.resource_type not in REPLICATED or _replicas(resource.props) < 2:
             continue
         namespace = dig(resource.props, "metadata", "namespace")
         labels = dig(resource.props, "spec", "template", "metadata", "labels") or {}
         if not any(ns == namespace and _selects(sel, labels) for ns, sel in budgets):
-            name = dig(resource.props, "metadata", "name")
-            report(f"Deployment {name}: no PodDisruptionBudget selects its pods", resource.urn)
+            named = _named(resource.resource_type, resource.props)
+            report(f"{named}: no PodDisruptionBudget selects its pods", resource.urn)

@@ -28,6 +28,9 @@ LONG_RUNNING: Final = frozenset(
 )
 SERVICE: Final = "kubernetes:core/v1:Service"
 DEPLOYMENT: Final = "kubernetes:apps/v1:Deployment"
+STATEFUL_SET: Final = "kubernetes:apps/v1:StatefulSet"
+# Workloads whose `spec.replicas` pods are alike: what the availability rules read.
+REPLICATED: Final = frozenset({DEPLOYMENT, STATEFUL_SET})
 PDB: Final = "kubernetes:policy/v1:PodDisruptionBudget"
 NAME_LABEL: Final = "app.kubernetes.io/name"
 # Service types that give an address outside the cluster.

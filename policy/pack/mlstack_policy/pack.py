@@ -58,7 +58,7 @@ def policies() -> list[Policy]:
         ResourceValidationPolicy(
             name="image-by-digest",
             description="Every image is referenced by digest (name@sha256:...), unless the "
-            "reference is a declared exception (allowedImages).",
+            "reference is a declared exception (allowedImages; none by default).",
             validate=workloads.check_image_digest,
             enforcement_level=MANDATORY,
             config_schema=PolicyConfigSchema(
@@ -127,7 +127,8 @@ def policies() -> list[Policy]:
         ),
         ResourceValidationPolicy(
             name="replicas-in-production",
-            description="In production every Deployment runs at least minReplicas pods.",
+            description="In production every Deployment and StatefulSet runs at least "
+            "minReplicas pods.",
             validate=availability.check_replicas_in_production,
             enforcement_level=ADVISORY,
             config_schema=PolicyConfigSchema(
@@ -139,13 +140,14 @@ def policies() -> list[Policy]:
         ),
         ResourceValidationPolicy(
             name="topology-spread",
-            description="A Deployment of several pods spreads them over nodes.",
+            description="A Deployment or StatefulSet of several pods spreads them over nodes.",
             validate=availability.check_topology_spread,
             enforcement_level=ADVISORY,
         ),
         StackValidationPolicy(
             name="pod-disruption-budget",
-            description="Every Deployment of several pods has a PodDisruptionBudget.",
+            description="Every Deployment or StatefulSet of several pods has a "
+            "PodDisruptionBudget.",
             validate=availability.check_disruption_budgets,
             enforcement_level=ADVISORY,
         ),

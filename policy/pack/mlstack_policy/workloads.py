@@ -13,11 +13,10 @@ from .kube import LONG_RUNNING, containers, dig, pod_spec, where
 # `name@sha256:<64 hex>`: the image a digest names cannot change under the same reference.
 DIGEST: Final = re.compile(r"@sha256:[0-9a-f]{64}$")
 RESOURCES: Final = ("cpu", "memory")
-# References accepted by tag unless a stack's pack config says otherwise: the Docker official
-# postgres image, pinned to an exact release tag (components/database.py DEFAULT_IMAGE says why
-# its digest is not). This is the only exception anywhere: `make policy` leaves digests to this
-# rule (tools/policy.py PACK_OWNED).
-ALLOWED_BY_TAG: Final = ("postgres:17.6-bookworm",)
+# References accepted by tag unless a stack's pack config declares some (`allowedImages`): none.
+# Every image of the stack, the database's included, is the project's own build, deployed by the
+# digest its push gave. `make policy` leaves digests to this rule (tools/policy.py PACK_OWNED).
+ALLOWED_BY_TAG: Final[tuple[str, ...]] = ()
 
 
 def _effective(

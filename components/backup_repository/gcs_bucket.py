@@ -1,0 +1,149 @@
+"""gke: a GCS bucket the program creates for the stack's backups, in the cluster's region, and
+the identity the database pods reach it with: a Google service account that may manage the
+bucket's objects and nothing else, which the Kubernetes ServiceAccount `database` acts as through
+Workload Identity (the cluster's `<project>.svc.id.goog` pool). No key exists anywhere.
+
+pgBackRest's `gcs` repository with `repo1-gcs-key-type=auto` asks the metadata server for a
+token; on a Workload Identity node pool that is the GKE metadata server, which answers with the
+service account's token for the pod's ServiceAccount.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import pulumi
+import pulumi_gcp as gcp
+
+from components import database
+from components.backup_repository.common import (
+    RECOVERY_DAYS,
+    ROUTE_NAME,
+    Repository,
+    object_store_path,
+    repository,
+)
+from components.cluster.gke import service_account_id
+from components.config import BackupConfig, GkeCluster, StackConfig
+from components.network_policy import ANYWHERE, ExternalRoute
+
+# Read, write, list and delete the bucket's objects: what pgBackRest does, and no bucket setting.
+OBJECT_ROLE: Final = "roles/storage.objectAdmin"
+WORKLOAD_IDENTITY_ROLE: Final = "roles/iam.workloadIdentityUser"
+# The annotation GKE's metadata server reads to know which service account a pod acts as.
+ACCOUNT_ANNOTATION: Final = "iam.gke.io/gcp-service-account"
+# Where a pod reaches the GKE metadata server on a Dataplane V2 cluster (the only kind
+# components/cluster/gke.py makes): the link-local address, plain HTTP. (On the older dataplane
+# a policy would name 169.254.169.252:988 instead.)
+METADATA_SERVER: Final = "169.254.169.254/32"
+METADATA_PORT: Final = 80
+HTTPS_PORT: Final = 443
+
+
+def workload_identity_member(project: str, namespace: str, account: str) -> str:
+    """The IAM member a Kubernetes ServiceAccount is in the cluster's workload pool."""
+    return f"serviceAccount:{project}.svc.id.goog[{namespace}/{account}]"
+
+
+@dataclass(frozen=True)
+class GcsBucketArgs:
+    project: str
+    region: str
+    account_id: str
+    # The Kubernetes ServiceAccount that acts as the bucket's service account.
+    namespace: str
+    service_account: str
+    protect: bool = False
+
+
+class GcsBackupBucket(pulumi.ComponentResource):
+    bucket: gcp.storage.Bucket
+    account: gcp.serviceaccount.Account
+
+    def __init__(
+        self, name: str, args: GcsBucketArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlstack:backup:GcsBucket", name, None, opts)
+        self.bucket = gcp.storage.Bucket(
+            name,
+            project=args.project,
+            # Beside the cluster: no cross-region traffic, and the region's own outage aside,
+            # the backups survive the cluster.
+            location=args.region,
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            # Deleted objects (a backup set expired, or a repository removed by mistake) can be
+            # restored for RECOVERY_DAYS. Versioning would keep every overwritten copy of
+            # pgBackRest's info files instead, until a lifecycle rule removed them.
+            soft_delete_policy={"retention_duration_seconds": RECOVERY_DAYS * 24 * 3600},
+            # A bucket that holds backups is never emptied by `pulumi destroy`.
+            force_destroy=False,
+            opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
+        )
+        self.account = gcp.serviceaccount.Account(
+            name,
+            project=args.project,
+            account_id=args.account_id,
+            display_name=f"{name}: the database's backups",
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        member = self.account.email.apply(lambda email: f"serviceAccount:{email}")
+        gcp.storage.BucketIAMMember(
+            name,
+            bucket=self.bucket.name,
+            role=OBJECT_ROLE,
+            member=member,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        gcp.serviceaccount.IAMMember(
+            f"{name}-workload-identity",
+            service_account_id=self.account.name,
+            role=WORKLOAD_IDENTITY_ROLE,
+            member=workload_identity_member(args.project, args.namespace, args.service_account),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.register_outputs({"bucket": self.bucket.name, "account": self.account.email})
+
+
+def gcs_bucket_repository(
+    config: StackConfig, backup: BackupConfig, cluster: GkeCluster, parent: pulumi.Resource
+) -> Repository:
+    bucket = GcsBackupBucket(
+        f"mlstack-{config.stack}-backups",
+        GcsBucketArgs(
+            project=cluster.project,
+            region=cluster.region,
+            account_id=service_account_id(f"mlstack-{config.stack}", "backups"),
+            namespace=config.namespace,
+            service_account=database.NAME,
+            protect=config.protect,
+        ),
+        pulumi.ResourceOptions(parent=parent),
+    )
+    return repository(
+        config,
+        backup,
+        {
+            "repo1-type": "gcs",
+            "repo1-path": object_store_path(config.stack),
+            "repo1-gcs-bucket": bucket.bucket.name,
+            "repo1-gcs-key-type": "auto",
+        },
+        service_account_annotations={ACCOUNT_ANNOTATION: bucket.account.email},
+        egress=(
+            # storage.googleapis.com answers on addresses from Google's whole front-end range,
+            # which changes without notice and is not published per service: port 443 is open
+            # on any address (the nodes leave through Cloud NAT).
+            ExternalRoute(source="database", port=HTTPS_PORT, name=ROUTE_NAME, cidrs=ANYWHERE),
+            # The token: Workload Identity's GKE metadata server, on the link-local address
+            # alone (nothing else listens there for a pod).
+            ExternalRoute(
+                source="database",
+                port=METADATA_PORT,
+                name="database-to-metadata-server",
+                cidrs=(METADATA_SERVER,),
+            ),
+        ),
+        resources=(bucket,),
+    )

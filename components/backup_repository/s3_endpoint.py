@@ -1,0 +1,36 @@
+"""local, existing: an S3-compatible endpoint the stack names (`database.backup.s3`), reached
+with the bucket's keys (the stack secrets databaseBackupS3AccessKey/SecretKey)."""
+
+from __future__ import annotations
+
+from components.backup_repository.common import (
+    ROUTE_NAME,
+    Repository,
+    object_store_path,
+    repository,
+)
+from components.config import BackupConfig, S3Repository, StackConfig
+from components.network_policy import ExternalRoute
+
+
+def s3_endpoint_repository(
+    config: StackConfig, backup: BackupConfig, s3: S3Repository
+) -> Repository:
+    return repository(
+        config,
+        backup,
+        {
+            "repo1-type": "s3",
+            "repo1-path": object_store_path(config.stack),
+            "repo1-s3-endpoint": s3.host,
+            "repo1-storage-port": str(s3.port),
+            "repo1-s3-bucket": s3.bucket,
+            "repo1-s3-region": s3.region,
+            "repo1-s3-uri-style": s3.uri_style,
+        },
+        secret_options=("repo1-s3-key", "repo1-s3-key-secret"),
+        ca_certificate=s3.ca_certificate,
+        # The endpoint is a DNS name the stack gives: its addresses are not the program's to
+        # know, so its port is open on any.
+        egress=(ExternalRoute(source="database", port=s3.port, name=ROUTE_NAME),),
+    )

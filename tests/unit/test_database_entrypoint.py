@@ -1,0 +1,450 @@
+"""services/database/bin/mlstack-database (the database image's entrypoint) and
+mlstack-database-restore (Patroni's restore bootstrap), run here under an environment made up for
+each test: the variables are those components/database.py gives the pods, the paths moved under
+a folder of the test's own, and Patroni's settings are the image's patroni.yml.
+
+With backups: pgBackRest's secret options in a file of its own, mode 0600, never with a line
+break (which would add an option of the Secret's choosing); the WAL archive in Patroni's settings.
+With a restore request (`make restore`'s ConfigMap, mounted): the data moved aside once per
+request, and Patroni's custom bootstrap from the backups; without one, nothing moves."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from components import database, pod
+from components.image import SERVICES_DIR
+from harness.http import request
+from harness.poll import wait_until
+from harness.ports import free_port
+
+BIN: Final = SERVICES_DIR / "database" / "bin"
+TEMPLATE: Final = SERVICES_DIR / "database" / "patroni.yml"
+# pgBackRest's secret options, by the database Secret's keys (components/app.py).
+SECRET_KEYS: Final = {
+    "repo1-cipher-pass": "backup-cipher-password",
+    "repo1-s3-key": "backup-s3-access-key",
+    "repo1-s3-key-secret": "backup-s3-secret-key",
+}
+SECRETS: Final = {
+    "backup-cipher-password": "cipher pass with spaces=and#signs",
+    "backup-s3-access-key": "AKIAEXAMPLE",
+    "backup-s3-secret-key": "s3cr3t/key+with=chars",
+    "replication-password": "replication-password",
+    "rewind-password": "rewind-password",
+}
+TARGET: Final = "2026-12-04 21:30:00.000000+00"
+
+
+class Entrypoint:
+    """The script's functions, and the folders that stand in for the pod's."""
+
+    def __init__(self, root: Path, functions: dict[str, Any]) -> None:
+        self.root = root
+        self.functions = functions
+        self.secrets = root / "secrets"
+        self.restore = root / "restore"
+        self.data = root / "data"
+        self.pgdata = self.data / "pgdata"
+        self.pgbackrest_conf = root / "tmp" / "pgbackrest" / "pgbackrest.conf"
+        self.patroni_conf = root / "tmp" / "patroni" / "patroni.yml"
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        found: Callable[..., Any] = self.functions[name]
+        return found
+
+    def settings(self) -> dict[str, Any]:
+        """The image's Patroni settings, the data folder moved under the test's."""
+        found: dict[str, Any] = yaml.safe_load(TEMPLATE.read_text())
+        found["postgresql"]["data_dir"] = str(self.pgdata)
+        return found
+
+    def request(self, request_id: str, target: str = TARGET) -> None:
+        """`make restore`'s ConfigMap as the kubelet mounts it: a file per key."""
+        (self.restore / "id").write_text(request_id)
+        (self.restore / "target").write_text(target)
+
+
+def local(path: str, root: Path) -> str:
+    """A path of the pod moved under `root`."""
+    for pod_folder, test_folder in ((pod.SECRETS_DIR, "secrets"), ("/tmp", "tmp")):
+        if path.startswith(f"{pod_folder}/"):
+            return str(root / test_folder / path.removeprefix(f"{pod_folder}/"))
+    raise AssertionError(f"no stand-in for {path}")
+
+
+@pytest.fixture
+def entrypoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Entrypoint:
+    """The entrypoint with the variables of a pod without backups."""
+    for name in list(os.environ):
+        if name.startswith(("PGBACKREST_", "DATABASE_", "PATRONI", "POD_")):
+            monkeypatch.delenv(name)
+    found = Entrypoint(tmp_path, runpy.run_path(str(BIN / "mlstack-database"), run_name="entry"))
+    found.secrets.mkdir()
+    found.restore.mkdir()
+    found.data.mkdir()
+    for key, value in SECRETS.items():
+        # As the Secret's files are often made: with a final line break.
+        (found.secrets / key).write_text(f"{value}\n")
+    # The template with the data folder under the test's (the restore moves it).
+    template = tmp_path / "patroni-template.yml"
+    template.write_text(yaml.safe_dump(found.settings()))
+    monkeypatch.setenv("PATRONI_CONFIG_TEMPLATE", str(template))
+    monkeypatch.setenv("PATRONICTL_CONFIG_FILE", str(found.patroni_conf))
+    monkeypatch.setenv("POD_NAME", "database-1")
+    monkeypatch.setenv("POD_IP", "10.0.0.11")
+    monkeypatch.setenv("POD_NAMESPACE", "mlstack-dev")
+    monkeypatch.setenv("DATABASE_LABELS", json.dumps({"app.kubernetes.io/name": "database"}))
+    for variable, key in (
+        ("DATABASE_REPLICATION_PASSWORD_FILE", database.REPLICATION_PASSWORD_KEY),
+        ("DATABASE_REWIND_PASSWORD_FILE", database.REWIND_PASSWORD_KEY),
+    ):
+        monkeypatch.setenv(variable, local(pod.secret_file(key), tmp_path))
+    return found
+
+
+@pytest.fixture
+def with_backups(entrypoint: Entrypoint, monkeypatch: pytest.MonkeyPatch) -> Entrypoint:
+    """The variables components/database.py adds with backups, paths moved under the test's."""
+    variables = database.backup_env(
+        database.BackupArgs(options={"repo1-type": "s3"}, secret_keys=SECRET_KEYS)
+    )
+    for variable in variables:
+        name, value = variable["name"], str(variable.get("value"))
+        if name == "DATABASE_BACKUP_SECRETS":
+            files = json.loads(value)
+            value = json.dumps({k: local(path, entrypoint.root) for k, path in files.items()})
+        elif value.startswith("/tmp/"):
+            value = local(value, entrypoint.root)
+        monkeypatch.setenv(name, value)
+    assert os.environ["PGBACKREST_CONFIG"] == str(entrypoint.pgbackrest_conf)
+    monkeypatch.setenv("DATABASE_RESTORE_DIR", str(entrypoint.restore))
+    return entrypoint
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --- pgBackRest's secret options -----------------------------------------------------------------
+
+
+def test_the_secret_options_go_to_pgbackrest_s_own_file_mode_0600(
+    with_backups: Entrypoint,
+) -> None:
+    assert with_backups.write_backup_secrets() == database.STANZA
+    written = with_backups.pgbackrest_conf
+    assert written.read_text() == (
+        "[global]\n"
+        f"repo1-cipher-pass={SECRETS['backup-cipher-password']}\n"
+        f"repo1-s3-key={SECRETS['backup-s3-access-key']}\n"
+        f"repo1-s3-key-secret={SECRETS['backup-s3-secret-key']}\n"
+    )
+    assert mode(written) == 0o600
+    assert mode(written.parent) == 0o700
+    # Replaced whole: nothing partial left beside it.
+    assert [p.name for p in written.parent.iterdir()] == [written.name]
+
+
+def test_a_second_start_replaces_the_file(with_backups: Entrypoint) -> None:
+    """A container restarted in the same pod (the same /tmp) with a rotated key."""
+    with_backups.write_backup_secrets()
+    (with_backups.secrets / "backup-s3-secret-key").write_text("rotated-secret-key\n")
+    with_backups.write_backup_secrets()
+    text = with_backups.pgbackrest_conf.read_text()
+    assert "repo1-s3-key-secret=rotated-secret-key\n" in text
+    assert SECRETS["backup-s3-secret-key"] not in text
+    assert mode(with_backups.pgbackrest_conf) == 0o600
+
+
+@pytest.mark.parametrize("value", ["first\nrepo1-path=/elsewhere", "a\nb\n", "\nvalue"])
+def test_a_secret_with_a_line_break_is_refused(with_backups: Entrypoint, value: str) -> None:
+    """Written as it is, the line after the break would be an option of its own."""
+    (with_backups.secrets / "backup-s3-access-key").write_text(value)
+    with pytest.raises(SystemExit) as exited:
+        with_backups.write_backup_secrets()
+    assert exited.value.code == "mlstack-database: the secret for repo1-s3-key holds a line break"
+    assert not with_backups.pgbackrest_conf.exists()
+
+
+def test_without_backups_no_file_is_written(entrypoint: Entrypoint) -> None:
+    assert entrypoint.write_backup_secrets() is None
+    assert not (entrypoint.root / "tmp").exists()
+
+
+# --- Patroni's settings --------------------------------------------------------------------------
+
+
+def test_the_archive_is_added_to_patroni_s_settings(with_backups: Entrypoint) -> None:
+    settings = with_backups.settings()
+    before = json.loads(json.dumps(settings))
+    with_backups.add_backups(settings, database.STANZA)
+    postgresql = settings["postgresql"]
+    assert postgresql["parameters"] == {
+        **before["postgresql"]["parameters"],
+        "archive_mode": "on",
+        "archive_command": "pgbackrest --stanza=mlstack archive-push %p",
+        "archive_timeout": "60s",
+    }
+    assert postgresql["recovery_conf"] == {
+        "restore_command": 'pgbackrest --stanza=mlstack archive-get %f "%p"'
+    }
+    # Nothing else changes; the cluster's first settings (bootstrap) included.
+    del postgresql["recovery_conf"]
+    postgresql["parameters"] = before["postgresql"]["parameters"]
+    assert settings == before
+
+
+def test_a_restore_request_moves_the_data_aside_once_per_request(with_backups: Entrypoint) -> None:
+    entry = with_backups
+    entry.pgdata.mkdir()
+    (entry.pgdata / "PG_VERSION").write_text("17\n")
+    entry.request("a1b2c3")
+    settings = entry.settings()
+    entry.add_restore(settings)
+    aside = entry.data / "pgdata.before-restore-a1b2c3"
+    assert (aside / "PG_VERSION").read_text() == "17\n"
+    assert not entry.pgdata.exists()
+    assert settings["bootstrap"]["method"] == "restore"
+    assert settings["bootstrap"]["restore"] == {
+        "command": "mlstack-database-restore",
+        "keep_existing_recovery_conf": True,
+    }
+    # The instance restarts during the restore, its data already made from the backups: the
+    # same request moves nothing again.
+    entry.pgdata.mkdir()
+    (entry.pgdata / "PG_VERSION").write_text("restored\n")
+    again = entry.settings()
+    entry.add_restore(again)
+    assert (entry.pgdata / "PG_VERSION").read_text() == "restored\n"
+    assert sorted(p.name for p in entry.data.iterdir() if not p.name.startswith(".")) == [
+        "pgdata",
+        "pgdata.before-restore-a1b2c3",
+    ]
+    assert again["bootstrap"]["method"] == "restore"
+    # A later request is a new one.
+    entry.request("d4e5f6")
+    entry.add_restore(entry.settings())
+    assert (entry.data / "pgdata.before-restore-d4e5f6" / "PG_VERSION").read_text() == "restored\n"
+    assert (aside / "PG_VERSION").read_text() == "17\n"
+
+
+def test_an_empty_volume_is_restored_to_as_it_is(with_backups: Entrypoint) -> None:
+    with_backups.request("a1b2c3")
+    settings = with_backups.settings()
+    with_backups.add_restore(settings)
+    assert settings["bootstrap"]["method"] == "restore"
+    assert [p.name for p in with_backups.data.iterdir()] == [".restore-a1b2c3"]
+
+
+@pytest.mark.parametrize("files", [(), ("id",), ("target",)])
+def test_without_a_whole_request_nothing_moves(
+    with_backups: Entrypoint, files: tuple[str, ...]
+) -> None:
+    """The optional ConfigMap absent, the kubelet mounts an empty folder."""
+    with_backups.pgdata.mkdir()
+    for name in files:
+        (with_backups.restore / name).write_text("a1b2c3")
+    settings = with_backups.settings()
+    with_backups.add_restore(settings)
+    assert settings == with_backups.settings()
+    assert [p.name for p in with_backups.data.iterdir()] == ["pgdata"]
+
+
+def test_without_a_restore_folder_nothing_moves(
+    with_backups: Entrypoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_backups.pgdata.mkdir()
+    monkeypatch.delenv("DATABASE_RESTORE_DIR")
+    settings = with_backups.settings()
+    with_backups.add_restore(settings)
+    assert settings == with_backups.settings()
+    assert [p.name for p in with_backups.data.iterdir()] == ["pgdata"]
+
+
+# --- the whole start -----------------------------------------------------------------------------
+
+
+class ExecError(Exception):
+    """The process would have become another program."""
+
+
+@pytest.fixture
+def execs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    found: list[list[str]] = []
+
+    def execvp(file: str, args: list[str]) -> None:
+        found.append([file, *args])
+        raise ExecError
+
+    monkeypatch.setattr(os, "execvp", execvp)
+    return found
+
+
+def start(entry: Entrypoint, monkeypatch: pytest.MonkeyPatch, *argv: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["mlstack-database", *argv])
+    entry.main()
+
+
+def test_the_start_writes_both_files_and_becomes_patroni(
+    with_backups: Entrypoint, monkeypatch: pytest.MonkeyPatch, execs: list[list[str]]
+) -> None:
+    entry = with_backups
+    entry.pgdata.mkdir()
+    entry.request("a1b2c3")
+    with pytest.raises(ExecError):
+        start(entry, monkeypatch)
+    assert execs == [["patroni", "patroni", str(entry.patroni_conf)]]
+    settings = yaml.safe_load(entry.patroni_conf.read_text())
+    assert mode(entry.patroni_conf) == 0o600
+    assert settings["name"] == "database-1"
+    assert settings["postgresql"]["authentication"]["replication"]["password"] == (
+        "replication-password"
+    )
+    assert settings["postgresql"]["parameters"]["archive_mode"] == "on"
+    assert settings["bootstrap"]["method"] == "restore"
+    assert (entry.data / "pgdata.before-restore-a1b2c3").is_dir()
+    assert mode(entry.pgbackrest_conf) == 0o600
+    # The secrets are in pgBackRest's file alone.
+    patroni_text = entry.patroni_conf.read_text()
+    for key in SECRET_KEYS.values():
+        assert SECRETS[key] not in patroni_text
+
+
+def test_without_backups_the_start_adds_neither_archive_nor_restore(
+    entrypoint: Entrypoint, monkeypatch: pytest.MonkeyPatch, execs: list[list[str]]
+) -> None:
+    """A request is read only with backups: there is nothing to restore from without."""
+    entrypoint.pgdata.mkdir()
+    monkeypatch.setenv("DATABASE_RESTORE_DIR", str(entrypoint.restore))
+    entrypoint.request("a1b2c3")
+    with pytest.raises(ExecError):
+        start(entrypoint, monkeypatch)
+    settings = yaml.safe_load(entrypoint.patroni_conf.read_text())
+    assert "archive_mode" not in settings["postgresql"]["parameters"]
+    assert "recovery_conf" not in settings["postgresql"]
+    assert "method" not in settings["bootstrap"]
+    assert [p.name for p in entrypoint.data.iterdir()] == ["pgdata"]
+
+
+def test_the_backups_container_s_start_writes_pgbackrest_s_file_alone(
+    with_backups: Entrypoint, monkeypatch: pytest.MonkeyPatch, execs: list[list[str]]
+) -> None:
+    with_backups.pgdata.mkdir()
+    with_backups.request("a1b2c3")
+    start(with_backups, monkeypatch, "--backup-config")
+    assert execs == []
+    assert with_backups.pgbackrest_conf.read_text().startswith("[global]\nrepo1-cipher-pass=")
+    assert not with_backups.patroni_conf.exists()
+    assert [p.name for p in with_backups.data.iterdir()] == ["pgdata"]
+
+
+# --- Patroni's restore bootstrap -----------------------------------------------------------------
+
+
+def test_the_restore_bootstrap_asks_pgbackrest_for_the_requested_time(
+    with_backups: Entrypoint,
+) -> None:
+    """Patroni runs it with --scope and --datadir; pgBackRest (a stand-in here) gets the target
+    whole, the data folder, and promotion at the target."""
+    entry = with_backups
+    entry.request("a1b2c3")
+    fake = entry.root / "bin" / "pgbackrest"
+    fake.parent.mkdir()
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(entry.root / 'pgbackrest-args.json')!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", str(BIN / "mlstack-database-restore"), "--scope=database",
+         f"--datadir={entry.pgdata}"],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads((entry.root / "pgbackrest-args.json").read_text()) == [
+        f"--pg1-path={entry.pgdata}",
+        "--type=time",
+        f"--target={TARGET}",
+        "--target-action=promote",
+        "restore",
+    ]
+    assert done.stderr == f"mlstack-database-restore: restoring {entry.pgdata} to {TARGET}\n"
+
+
+def test_the_restore_bootstrap_needs_a_data_folder(with_backups: Entrypoint) -> None:
+    with_backups.request("a1b2c3")
+    done = subprocess.run(
+        ["bash", str(BIN / "mlstack-database-restore"), "--scope=database"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == "mlstack-database-restore: no --datadir given\n"
+
+
+# --- the backups container's stop ---------------------------------------------------------------
+
+
+def test_the_backups_container_stops_at_once_on_sigterm(tmp_path: Path) -> None:
+    """The container's first process: the kernel gives PID 1 no default action for SIGTERM, so
+    without a handler of its own every stop of a database pod waits out the grace period. Here
+    (not PID 1) a missing handler shows as death by the signal instead of exit status 0."""
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    for name, body in (
+        ("mlstack-database", "exit 0"),  # --backup-config: pgBackRest's file
+        ("psql", "exit 2"),  # no server: not the primary, so no backup is due here
+        ("pgbackrest", "echo '[]'"),  # `info`: an empty repository
+    ):
+        (stand_ins / name).write_text(f"#!/bin/sh\n{body}\n")
+        (stand_ins / name).chmod(0o755)
+    port = free_port()
+    env = {**os.environ, "PATH": f"{stand_ins}{os.pathsep}{os.environ['PATH']}",
+           "METRICS_PORT": str(port)}  # fmt: skip
+    sidecar = subprocess.Popen(
+        [sys.executable, str(BIN / "mlstack-database-backups")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        # /metrics answers once the handler is in place and the first round has read the
+        # repository.
+        wait_until(
+            lambda: metric(port, "mlstack_database_backup_repository_up") == 1,
+            "the backups container's /metrics",
+            timeout=30,
+        )
+        sidecar.send_signal(signal.SIGTERM)
+        output, _ = sidecar.communicate(timeout=10)
+    finally:
+        sidecar.kill()
+    assert sidecar.returncode == 0, output
+    assert "stopping on signal 15" in output
+
+
+def metric(port: int, name: str) -> float | None:
+    """A sample of the /metrics on `port`, by its name; None while nothing answers there."""
+    try:
+        reply = request("GET", f"http://127.0.0.1:{port}/metrics", timeout=2)
+    except OSError:
+        return None
+    if reply.status != 200:
+        return None
+    for family in text_string_to_metric_families(reply.body.decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    return None
