@@ -1,8 +1,9 @@
 """The address plan of the e2e cluster: every range is routed on this machine only.
 
-The control plane (e2e/controlplane.py) and the real node (e2e/node.py) both read it. None of the
-ranges may overlap the machine's own networks; e2e/node.py checks that before it starts, and its
-egress guard rejects any packet of these ranges that would leave through the machine's interface.
+The control plane (e2e/controlplane.py) and the real node (e2e/node/) both read it. None of the
+ranges may overlap the machine's own networks; e2e/node/network.py checks that before the node
+starts, and its egress guard (e2e/node/guard.py) rejects any packet of these ranges that would
+leave through the machine's interface.
 """
 
 from __future__ import annotations

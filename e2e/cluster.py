@@ -1,23 +1,30 @@
 """A real local cluster with the app deployed, left running: what `make e2e-cluster` brings up.
 
-The same pieces as the e2e suite: the app's images built and served by digest from a registry on
-127.0.0.1 (e2e/images.py), the throwaway control plane without fake nodes (e2e/controlplane.py),
-the real node with its egress guard and NetworkPolicy enforcement (e2e/node.py), the database
-claims bound to local volumes on it, and the stack deployed by the real `pulumi up`
-(e2e/workspace.py). Root only; nothing leaves the machine.
+The same bring-up as the e2e suite's (`bring_up`, one ExitStack holding its teardown): the app's
+images built and served by digest from a registry on 127.0.0.1 (e2e/images.py), the throwaway
+control plane without fake nodes (e2e/controlplane.py), the real node with its egress guard and
+NetworkPolicy enforcement (e2e/node/), the database claims bound to local volumes on it, and the
+stack initialised in a workspace (e2e/workspace.py); here it is then deployed by the real
+`pulumi up`, with the model autoscaled. Root only; nothing leaves the machine.
 
-    python -m e2e.cluster up DIR     # ends with three `export` lines: KUBECONFIG, gateway URL, key
+    python -m e2e.cluster up DIR [--database-replicas N]   # ends with three `export` lines:
+                                                         # KUBECONFIG, gateway URL, API key
     python -m e2e.cluster down DIR   # stop everything and remove every rule, mount and process
+    python -m e2e.cluster check [--database-replicas N]    # the settings of `up` only
+
+N is the database's instance count, 1 (the default) to components.database.MAX_REPLICAS.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import secrets
 import shutil
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,6 +32,7 @@ from components import database, microservice
 from e2e.controlplane import ControlPlane, toolchain_bin
 from e2e.images import ImageRefs, Images
 from e2e.node import Node
+from e2e.s3 import S3Server
 from e2e.workspace import PulumiWorkspace
 
 STACK: Final = "e2e"
@@ -35,8 +43,58 @@ CLAIMS: Final = tuple(database.claim_name(i) for i in range(database.MAX_REPLICA
 GATEWAY_SERVICE: Final = "gateway"
 
 
-def stack_config(plane: ControlPlane, refs: ImageRefs) -> dict[str, Any]:
-    """The stack's config: the existing (throwaway) cluster, the images built here by digest."""
+def database_replicas(text: str) -> int:
+    """The database's instance count as `make e2e-cluster DATABASE_REPLICAS=` gives it."""
+    if text.isdecimal() and 1 <= int(text) <= database.MAX_REPLICAS:
+        return int(text)
+    raise ValueError(
+        f"DATABASE_REPLICAS={text!r}: the database's instance count is a whole number from 1 "
+        f"to {database.MAX_REPLICAS}"
+    )
+
+
+def backup(s3: S3Server) -> dict[str, Any]:
+    """`database.backup` into the node's S3 server: its bucket, over HTTPS verified against the
+    cluster's CA, addressed by path as S3-compatible servers are."""
+    return {
+        "s3": {
+            "endpoint": s3.endpoint,
+            "bucket": s3.bucket,
+            "region": s3.region,
+            "uriStyle": "path",
+            "caCertificate": s3.ca_certificate.read_text(),
+        }
+    }
+
+
+def backup_secrets(s3: S3Server) -> dict[str, str]:
+    return {
+        "mlstack:databaseBackupCipherPassword": "e2e/backup@cipher:pass%41+=?",
+        "mlstack:databaseBackupS3AccessKey": s3.access_key,
+        "mlstack:databaseBackupS3SecretKey": s3.secret_key,
+    }
+
+
+# `make e2e-cluster`'s model: scaled by its HorizontalPodAutoscaler on the node's metrics-server,
+# from one replica to three, for anyone to watch (`kubectl get hpa -w`) under load.
+CLUSTER_MODEL: Final = {"replicas": 1, "autoscaling": {"maxReplicas": 3}}
+# The suite's: a fixed count its scenarios change by config.
+SUITE_MODEL: Final = {"replicas": 2}
+
+
+def stack_config(
+    plane: ControlPlane,
+    refs: ImageRefs,
+    database_replicas: int = 1,
+    s3: S3Server | None = None,
+    model: dict[str, Any] = SUITE_MODEL,
+) -> dict[str, Any]:
+    """The stack's config: the existing (throwaway) cluster, the images built here by digest,
+    the `model` section, `database_replicas` database instances, backed up to `s3` when it is
+    given."""
+    database_config: dict[str, Any] = {"replicas": database_replicas, "storageSize": "1Gi"}
+    if s3 is not None:
+        database_config["backup"] = backup(s3)
     return {
         "mlstack:cluster": {
             "provider": "existing",
@@ -49,9 +107,11 @@ def stack_config(plane: ControlPlane, refs: ImageRefs) -> dict[str, Any]:
             "model": refs.model,
             "database": refs.database,
         },
-        "mlstack:gateway": {"replicas": 2, "serviceType": "LoadBalancer"},
-        "mlstack:model": {"replicas": 2},
-        "mlstack:database": {"replicas": 1, "storageSize": "1Gi"},
+        # One node, whose kube-proxy stops sending to a pod within a second of its leaving
+        # the endpoints: no cloud load balancer's deregistration to wait out.
+        "mlstack:gateway": {"replicas": 2, "serviceType": "LoadBalancer", "drainSeconds": 5},
+        "mlstack:model": dict(model),
+        "mlstack:database": database_config,
     }
 
 
@@ -61,8 +121,16 @@ def unfinished_rollouts(plane: ControlPlane) -> list[str]:
     pod is updated and available, no older pod is left; for a StatefulSet, the update revision
     is the current one)."""
     found: Any = plane.get_json("deployments,statefulsets", "-n", NAMESPACE)
-    unfinished = []
-    for item in found["items"]:
+    return unfinished(found["items"])
+
+
+def unfinished(items: list[dict[str, Any]]) -> list[str]:
+    """Which of `items` (the namespace's objects, as `kubectl get -o json` lists them) are a
+    Deployment or StatefulSet whose rollout has not ended, as `unfinished_rollouts` reads it."""
+    found = []
+    for item in items:
+        if item["kind"] not in ("Deployment", "StatefulSet"):
+            continue
         wanted = item["spec"]["replicas"]
         status = item.get("status") or {}
         counts = [
@@ -77,8 +145,8 @@ def unfinished_rollouts(plane: ControlPlane) -> list[str]:
             )
         )
         if not ended:
-            unfinished.append(f"{item['kind']}/{item['metadata']['name']}: {json.dumps(status)}")
-    return unfinished
+            found.append(f"{item['kind']}/{item['metadata']['name']}: {json.dumps(status)}")
+    return found
 
 
 def gateway_url(plane: ControlPlane) -> str:
@@ -92,83 +160,208 @@ def gateway_url(plane: ControlPlane) -> str:
     return f"http://{ip}:{microservice.SERVICE_PORT}"
 
 
+def push_teardown(
+    stack: contextlib.ExitStack, name: str, step: Callable[[], object], left: list[str]
+) -> None:
+    """Push `step` onto `stack`: when the stack closes, a failing step is reported on stderr and
+    in `left`, and the steps pushed before it still run."""
+
+    def logged() -> None:
+        try:
+            step()
+        except Exception as err:  # every step runs, whatever failed before it
+            print(f"e2e teardown: {name}: {err}", file=sys.stderr)
+            left.append(f"{name}: teardown failed: {err}")
+
+    stack.callback(logged)
+
+
+def control_plane(workdir: Path, bin_dir: Path) -> ControlPlane:
+    """The control plane of a bring-up in `workdir`: no fake node, the real node runs every pod."""
+    return ControlPlane(bin_dir=bin_dir, workdir=workdir / "cluster", fake_nodes=0)
+
+
+@dataclass
+class Environment:
+    """What `bring_up` made: the images (their registry still serving) and the references it
+    deploys, and the running control plane, node and workspace."""
+
+    images: Images
+    refs: ImageRefs
+    plane: ControlPlane
+    node: Node
+    workspace: PulumiWorkspace
+
+
+def bring_up(
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    bin_dir: Path,
+    app_secrets: dict[str, str],
+    left: list[str],
+    *,
+    model: dict[str, Any] = SUITE_MODEL,
+    database_replicas: int = 1,
+) -> Environment:
+    """Everything the stack needs, under `workdir` (`images/`, `cluster/` with `node/`,
+    `pulumi/`), as `make e2e-cluster` and the e2e suite both run it: the app's images built and
+    served by digest, the control plane, the real node with a local volume for each database
+    claim, and a workspace holding the stack `STACK`, not yet deployed, with `model`,
+    `database_replicas` instances, backups to the node's S3 server and `app_secrets`.
+
+    Each part's teardown is pushed onto `stack` before the part starts, so that closing the stack
+    removes whatever was made, in reverse order: the node, the control plane, the images'
+    registry and engine. What the node could not remove, and each part whose teardown failed, is
+    added to `left`."""
+    images = Images(workdir / "images")
+    push_teardown(stack, "images", images.down, left)
+    refs = images.up()
+    # Only the registry is needed from now on: the engine's memory goes to the node's pods.
+    images.engine.stop()
+    plane = control_plane(workdir, bin_dir)
+    push_teardown(stack, "control plane", plane.stop, left)
+    plane.start()
+    node = Node(plane, registries=[images.registry.address])
+    push_teardown(stack, "node", lambda: left.extend(node.down()), left)
+    node.up()
+    # The claims the database's StatefulSet mounts: a provisioner would create their volumes.
+    for claim in CLAIMS:
+        node.add_volume(NAMESPACE, claim)
+    ws = PulumiWorkspace(bin_dir=bin_dir, root=workdir / "pulumi", kubeconfig=plane.kubeconfig)
+    ws.create()
+    ws.run("login", f"file://{ws.backend_dir}")
+    ws.init_stack(
+        STACK,
+        stack_config(plane, refs, database_replicas, node.s3, model),
+        {**app_secrets, **backup_secrets(node.s3)},
+    )
+    return Environment(images, refs, plane, node, ws)
+
+
+def fresh_volumes(plane: ControlPlane, node: Node) -> None:
+    """Each database claim's local volume made anew, empty: what a provisioner gives a new claim
+    (the old volume is Released once its claim is deleted, and binds to no new one). For a stack
+    destroyed and deployed again, whatever its instance count."""
+    for claim in CLAIMS:
+        plane.kubectl("delete", "pv", f"{NAMESPACE}-{claim}", "--wait=true", "--ignore-not-found")
+        shutil.rmtree(node.add_volume(NAMESPACE, claim))
+        node.add_volume(NAMESPACE, claim)
+
+
+def push_teardown_of(stack: contextlib.ExitStack, workdir: Path, left: list[str]) -> None:
+    """Push the teardown `bring_up` pushes, for a bring-up in `workdir` that an earlier process
+    made (every part is found again from its folder)."""
+    images = Images(workdir / "images")
+    push_teardown(stack, "images", images.down, left)
+    plane = control_plane(workdir, toolchain_bin())
+    push_teardown(stack, "control plane", plane.stop, left)
+    node = Node(plane)
+    push_teardown(stack, "node", lambda: left.extend(node.down()), left)
+
+
+def random_secrets() -> dict[str, str]:
+    """The stack's secrets for `make e2e-cluster`: drawn afresh."""
+    return {
+        # With what a URL or a password file gives a meaning to, as the
+        # base64 passwords the README's commands make may have.
+        "mlstack:databasePassword": secrets.token_urlsafe(24) + "/@:%+=?",
+        "mlstack:databaseOwnerPassword": secrets.token_urlsafe(24) + "/@:%+=?",
+        "mlstack:databaseReplicationPassword": secrets.token_urlsafe(24) + "/@:%+=?",
+        "mlstack:databaseRewindPassword": secrets.token_urlsafe(24) + "/@:%+=?",
+        "mlstack:apiKey": secrets.token_urlsafe(24),
+        "mlstack:secretsDigestKey": secrets.token_urlsafe(24),
+    }
+
+
 class LocalCluster:
     """Everything under one folder: `images/`, `cluster/` (with `node/`), `pulumi/`."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, database_replicas: int = 1) -> None:
         self.workdir = workdir
-        self.images = Images(workdir / "images")
+        self.database_replicas = database_replicas
 
     def plane(self) -> ControlPlane:
-        return ControlPlane(bin_dir=toolchain_bin(), workdir=self.workdir / "cluster", fake_nodes=0)
+        """The control plane `up` started (for the tools and benchmarks that use it)."""
+        return control_plane(self.workdir, toolchain_bin())
 
     def up(self) -> list[str]:
         """Bring everything up and deploy the stack; returns the three `export` lines. On any
         failure everything is removed again."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        try:
-            refs = self.images.up()
-            self.images.engine.stop()  # only the registry serves from now on
-            plane = self.plane()
-            plane.start()
-            node = Node(plane, registries=[self.images.registry.address])
-            node.up()
-            for claim in CLAIMS:
-                node.add_volume(NAMESPACE, claim)
-            api_key = secrets.token_urlsafe(24)
-            ws = PulumiWorkspace(
-                bin_dir=plane.bin_dir, root=self.workdir / "pulumi", kubeconfig=plane.kubeconfig
-            )
-            ws.create()
-            ws.run("login", f"file://{ws.backend_dir}")
-            ws.init_stack(
-                STACK,
-                stack_config(plane, refs),
-                {
-                    # With what a URL or a password file gives a meaning to, as the
-                    # base64 passwords the README's commands make may have.
-                    "mlstack:databasePassword": secrets.token_urlsafe(24) + "/@:%+=?",
-                    "mlstack:databaseReplicationPassword": secrets.token_urlsafe(24) + "/@:%+=?",
-                    "mlstack:apiKey": api_key,
-                    "mlstack:secretsDigestKey": secrets.token_urlsafe(24),
-                },
-            )
-            ws.run("up", "--stack", STACK, "--yes", "--skip-preview")
-            url = gateway_url(plane)
-        except BaseException:
-            print("e2e cluster: start failed, removing what was made", file=sys.stderr)
-            self.down()
-            raise
-        (self.workdir / "images.json").write_text(json.dumps(asdict(refs), indent=2) + "\n")
+        app_secrets = random_secrets()
+        left: list[str] = []
+        with contextlib.ExitStack() as stack:
+            push_teardown(stack, "folders", lambda: self._remove_folders(left), left)
+            try:
+                env = bring_up(
+                    stack,
+                    self.workdir,
+                    toolchain_bin(),
+                    app_secrets,
+                    left,
+                    model=CLUSTER_MODEL,
+                    database_replicas=self.database_replicas,
+                )
+                env.workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
+                url = gateway_url(env.plane)
+            except BaseException:
+                print("e2e cluster: start failed, removing what was made", file=sys.stderr)
+                raise
+            stack.pop_all()  # up: everything keeps running
+        (self.workdir / "images.json").write_text(json.dumps(asdict(env.refs), indent=2) + "\n")
         return [
-            f"export KUBECONFIG={plane.kubeconfig}",
+            f"export KUBECONFIG={env.plane.kubeconfig}",
             f"export MLSTACK_GATEWAY_URL={url}",
-            f"export MLSTACK_API_KEY={api_key}",
+            f"export MLSTACK_API_KEY={app_secrets['mlstack:apiKey']}",
         ]
 
     def down(self) -> list[str]:
         """Stop and remove everything `up` made (node, control plane, engine and registry);
         returns what could not be removed."""
-        plane = self.plane()
-        left = Node(plane).down()
-        plane.stop()
-        self.images.down()
-        if not left:
-            for name in ("pulumi", "cluster", "images", "images.json"):
-                path = self.workdir / name
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                elif path.exists():
-                    path.unlink()
+        left: list[str] = []
+        with contextlib.ExitStack() as stack:
+            push_teardown(stack, "folders", lambda: self._remove_folders(left), left)
+            push_teardown_of(stack, self.workdir, left)
         return left
+
+    def _remove_folders(self, left: list[str]) -> None:
+        """The folders `up` made, when the node's teardown left nothing behind."""
+        if left:
+            return
+        for name in ("pulumi", "cluster", "images", "images.json"):
+            path = self.workdir / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("up", "down"):
-        print(__doc__, file=sys.stderr)
-        return 2
-    cluster = LocalCluster(Path(argv[1]).resolve())
-    if argv[0] == "up":
+    parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="bring everything up and deploy the stack")
+    up.add_argument("dir", type=Path)
+    down = commands.add_parser("down", help="stop and remove everything `up` made")
+    down.add_argument("dir", type=Path)
+    check = commands.add_parser("check", help="check the settings of `up`; start nothing")
+    for command in (up, check):
+        command.add_argument(
+            "--database-replicas", default="1", metavar="N", help="the database's instances"
+        )
+    args = parser.parse_args(argv)
+    replicas = 1
+    if args.command in ("up", "check"):
+        # Checked before anything starts: one line, no usage.
+        try:
+            replicas = database_replicas(args.database_replicas)
+        except ValueError as error:
+            print(f"e2e cluster: {error}", file=sys.stderr)
+            return 2
+    if args.command == "check":
+        return 0
+    cluster = LocalCluster(args.dir.resolve(), replicas)
+    if args.command == "up":
         lines = cluster.up()
         print("\n".join(lines), flush=True)
         return 0

@@ -8,7 +8,7 @@ admission on (so Pod Security admission enforces the namespace's `restricted` le
 nodes (`fake_nodes`, two by default) make pods "run" without a container; with `fake_nodes=0`
 there are none, and a real node (below) runs every pod.
 
-A real node (e2e/node.py) can join: for it, the components are patched (kwokctl's
+A real node (e2e/node/) can join: for it, the components are patched (kwokctl's
 `componentsPatches`), harmless while only fake nodes exist:
 - the KWOK controller manages only nodes annotated `kwok.x-k8s.io/node=fake` (kwokctl's binary
   runtime makes it manage every node, which would take the real kubelet's node over);
@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from e2e import addresses, process
+from harness.poll import poll
+from harness.ports import free_port
 
 E2E_DIR: Final = Path(__file__).resolve().parent
 TOOLCHAIN: Final = E2E_DIR / "toolchain"
@@ -71,13 +71,6 @@ def toolchain_bin() -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class ControlPlane:
     """One kwokctl cluster living entirely in `workdir`."""
@@ -85,7 +78,7 @@ class ControlPlane:
     bin_dir: Path
     workdir: Path
     name: str = CLUSTER_NAME
-    # KWOK fake nodes to add; 0 when a real node (e2e/node.py) is to run every pod.
+    # KWOK fake nodes to add; 0 when a real node (e2e/node/) is to run every pod.
     fake_nodes: int = NODES
     pids: set[int] = field(default_factory=set)
 
@@ -205,6 +198,14 @@ class ControlPlane:
                     ],
                 },
                 {
+                    "name": "kube-controller-manager",
+                    "extraArgs": [
+                        # HorizontalPodAutoscalers looked at every few seconds rather than every
+                        # 15: the suite watches the model scale out and back in.
+                        {"key": "horizontal-pod-autoscaler-sync-period", "value": "5s"},
+                    ],
+                },
+                {
                     "name": "kwok-controller",
                     "extraArgs": [
                         {"key": "manage-all-nodes", "value": "false", "override": True},
@@ -300,12 +301,11 @@ class ControlPlane:
             )
 
     def _wait_for_default_service_account(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0:
-                return
-            time.sleep(0.5)
-        raise RuntimeError("the default ServiceAccount never appeared")
+        def found() -> bool:
+            return self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0
+
+        if not poll(found, 60, interval=0.5):
+            raise RuntimeError("the default ServiceAccount never appeared")
 
     def _record_pids(self) -> None:
         for pidfile in self.cluster_dir.glob("pids/*.pid"):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from e2e import process
+from harness.poll import wait_until
 
 # The CLI of the same Debian release as the daemon: a newer `docker` earlier on PATH may insist
 # on BuildKit's buildx plugin, which Debian's engine does not ship.
@@ -143,9 +144,7 @@ class DockerEngine:
             self.containerd_log,
             self.containerd_pidfile,
         )
-        process.wait_until(
-            self.containerd_socket.exists, "containerd", START_TIMEOUT, self.containerd_log
-        )
+        wait_until(self.containerd_socket.exists, "containerd", START_TIMEOUT, self.containerd_log)
 
     def _start_dockerd(self) -> None:
         config = self.workdir / "daemon.json"
@@ -165,7 +164,7 @@ class DockerEngine:
             "--log-level=warn",
         ]
         process.start(argv, self.log, self.pidfile)
-        process.wait_until(self.running, "dockerd", START_TIMEOUT, self.log)
+        wait_until(self.running, "dockerd", START_TIMEOUT, self.log)
 
     def stop(self) -> None:
         """Stop dockerd, then containerd, and unmount whatever they left mounted."""

@@ -1,9 +1,9 @@
 """The app's images, built for real and served by a real registry on 127.0.0.1.
 
-`services/gateway` and `services/model` are built from their own Dockerfiles, with a Python base
+`services/gateway` and `services/model` are built from `services/Dockerfile`, with a Python base
 made here from Debian's packages (the Dockerfiles' default base is never pulled: no image
-registry is reachable); the database is PostgreSQL from Debian's packages behind an entrypoint
-that keeps the official image's contract (`e2e/postgres/`). The suite's own Docker engine builds
+registry is reachable); `services/database` likewise, on a Debian 13 base that already holds the
+PostgreSQL and Python packages its Dockerfile would install. The suite's own Docker engine builds
 them (`e2e/dockerd.py`), Debian's registry serves them (`e2e/registry.py`), and each is deployed
 by digest: `127.0.0.1:<port>/mlstack/<name>@sha256:...`.
 
@@ -30,7 +30,7 @@ from typing import Final, ParamSpec, TypeVar
 
 from e2e.dockerd import DockerEngine
 from e2e.registry import Registry
-from e2e.rootfs import POSTGRES, POSTGRES_MAJOR, PYTHON, Rootfs, ensure_base
+from e2e.rootfs import DATABASE, POSTGRES_MAJOR, PYTHON, Rootfs, ensure_base
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 # The Debian packages this module needs on the host (apt-get installs them when a command is
@@ -61,17 +61,25 @@ class ImageSpec:
     build_args: tuple[tuple[str, str], ...] = ()
     # Relative to ``context``; the service images share services/ as their context.
     dockerfile: str = "Dockerfile"
+    # The stage to build (--target), where the Dockerfile has one per image.
+    target: str | None = None
+
+
+def _shared(name: str) -> ImageSpec:
+    """A Python service's image: its stage of services/Dockerfile (components.image)."""
+    return ImageSpec(name, ROOT / "services", PYTHON, "host", (("SERVICE", name),), target=name)
 
 
 IMAGES: Final = (
-    ImageSpec("gateway", ROOT / "services", PYTHON, "host", dockerfile="gateway/Dockerfile"),
-    ImageSpec("model", ROOT / "services", PYTHON, "host", dockerfile="model/Dockerfile"),
+    _shared("gateway"),
+    _shared("model"),
     ImageSpec(
         "database",
-        ROOT / "e2e" / "postgres",
-        POSTGRES,
-        "none",
+        ROOT / "services",
+        DATABASE,
+        "host",
         (("PG_MAJOR", str(POSTGRES_MAJOR)),),
+        dockerfile="database/Dockerfile",
     ),
 )
 
@@ -172,6 +180,7 @@ class Images:
             "--force-rm",
             f"--network={spec.network}",
             *(part for arg in args for part in ("--build-arg", arg)),
+            *(("--target", spec.target) if spec.target else ()),
             "--tag",
             local,
             "--file",

@@ -65,7 +65,7 @@ def sign_serving_certificate(
 
 
 def argv(binary: str, pki: Path, ca_dir: Path) -> list[str]:
-    """The command line of the metrics-server process (certificates made by `Node`)."""
+    """The command line of the metrics-server process (certificates: e2e/node/certificates.py)."""
     kubeconfig = str(pki / "admin.kubeconfig")
     return [
         binary,

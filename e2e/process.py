@@ -8,9 +8,10 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+from harness.poll import poll
 
 
 def alive(pid: int) -> bool:
@@ -88,17 +89,10 @@ def stop(pid: int | None, marker: str, *, timeout: float = 30) -> None:
     if pid is None or not alive(pid) or not owned(pid, marker):
         return
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not alive(pid):
-            return
-        time.sleep(0.1)
+    if poll(lambda: _gone(pid), timeout, interval=0.1):
+        return
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and alive(pid):
-        _reap(pid)
-        time.sleep(0.05)
+    poll(lambda: _gone(pid), 5, interval=0.05)
 
 
 def stop_all(pids: Sequence[int], grace: float = 10) -> None:
@@ -108,19 +102,21 @@ def stop_all(pids: Sequence[int], grace: float = 10) -> None:
         if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        for pid in pids:
-            _reap(pid)
-        if not any(alive(pid) for pid in pids):
-            return
-        time.sleep(0.1)
+    # Every pid is reaped on each round (a list, not a short-circuiting generator).
+    if poll(lambda: all([_gone(pid) for pid in pids]), grace, interval=0.1):
+        return
     for pid in pids:
         if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     for pid in pids:
         _reap(pid)
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has exited, reaping it first when it is our own child."""
+    _reap(pid)
+    return not alive(pid)
 
 
 def _reap(pid: int) -> None:
@@ -144,13 +140,3 @@ def mounts_under(folder: Path) -> list[Path]:
 def unmount_under(folder: Path) -> None:
     for point in mounts_under(folder):
         subprocess.run(["umount", "--lazy", str(point)], check=False, capture_output=True)
-
-
-def wait_until(ready: Callable[[], bool], what: str, timeout: float, log: Path) -> None:
-    """Poll `ready` until it holds; past `timeout`, fail with the end of the daemon's log."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
-            raise RuntimeError(f"{what} not ready after {timeout:.0f} s; {log}:\n{tail}")
-        time.sleep(0.1)

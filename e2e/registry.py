@@ -8,7 +8,6 @@ business).
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Final
 
 from e2e import process
+from harness.poll import wait_until
+from harness.ports import free_port
 
 HOST: Final = "127.0.0.1"
 # What `docker push` of Docker 20.10 stores; asking for it returns the digest that was pushed.
@@ -28,13 +29,6 @@ MANIFEST_TYPES: Final = (
 START_TIMEOUT: Final = 30.0
 # Loopback only: never through a proxy named in the environment.
 DIRECT: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -72,7 +66,7 @@ class Registry:
         if pid is not None and process.owned(pid, str(self.config)) and self._answers():
             return
         self.storage.mkdir(parents=True, exist_ok=True)
-        address = f"{HOST}:{port or free_port()}"
+        address = f"{HOST}:{port or free_port(HOST)}"
         self.config.write_text(
             "\n".join(
                 [
@@ -94,7 +88,7 @@ class Registry:
         )
         self.address_file.write_text(address + "\n")
         process.start(["docker-registry", "serve", str(self.config)], self.log, self.pidfile)
-        process.wait_until(self._answers, "docker-registry", START_TIMEOUT, self.log)
+        wait_until(self._answers, "docker-registry", START_TIMEOUT, self.log)
 
     def stop(self) -> None:
         process.stop(process.read_pid(self.pidfile), str(self.config))

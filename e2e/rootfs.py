@@ -124,23 +124,33 @@ PYTHON: Final = Rootfs(
     host_trust=True,
 )
 
-# Debian 12 has PostgreSQL 15 only; Debian 13 has the major version the program deploys.
+# The database image's base: services/database/Dockerfile installs these same packages on
+# debian:trixie-slim (Debian 13 has the PostgreSQL major version the program deploys), and skips
+# that step when the base has them, as this one does.
 POSTGRES_MAJOR: Final = 17
-POSTGRES: Final = Rootfs(
-    name="postgres-base",
+DATABASE: Final = Rootfs(
+    name="database-base",
     suite="trixie",
-    # xz-utils and zstd: the entrypoint feeds *.sql.xz and *.sql.zst init scripts to psql.
-    packages=(f"postgresql-{POSTGRES_MAJOR}", "libnss-wrapper", "tzdata", "xz-utils", "zstd"),
+    packages=(
+        f"postgresql-{POSTGRES_MAJOR}",
+        "pgbackrest",
+        "python3",
+        "python3-venv",
+        "ca-certificates",
+        "tzdata",
+    ),
     essential_hooks=(
-        # The uid/gid of the official image's postgres user, made before postgresql-common's
-        # maintainer script would pick one.
-        'echo "postgres:x:999:999:PostgreSQL administrator:/var/lib/postgresql:/bin/bash"'
-        ' >> "$1/etc/passwd" && echo "postgres:x:999:" >> "$1/etc/group"',
-        # No cluster made at install time: the entrypoint makes one in PGDATA on first start.
+        # The postgres user with the uid every mlstack pod runs as, made before
+        # postgresql-common's maintainer script would pick one (the Dockerfile does the same).
+        'echo "postgres:x:10001:10001:PostgreSQL administrator:/var/lib/postgresql:/bin/bash"'
+        ' >> "$1/etc/passwd" && echo "postgres:x:10001:" >> "$1/etc/group"',
+        # No cluster made at install time: Patroni makes one.
         'mkdir -p "$1/etc/postgresql-common/createcluster.d" && echo "create_main_cluster = false"'
         ' > "$1/etc/postgresql-common/createcluster.d/no-main-cluster.conf"',
     ),
     changes=(f"ENV PATH={STANDARD_PATH}", "ENV LANG=C.UTF-8"),
+    # The build installs Patroni from PyPI with the host's network.
+    host_trust=True,
 )
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
+
+from tools import pulumi_cli
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 # What the program reads from its own folder.
@@ -104,16 +105,16 @@ class PulumiWorkspace:
         )
         return env
 
-    def run(self, *args: str, check: bool = True, timeout: float = 900) -> Run:
-        cmd = [str(self.bin_dir / "pulumi"), "--non-interactive", "--color", "never", *args]
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 900, stdin: str | None = None
+    ) -> Run:
         start = time.monotonic()
-        proc = subprocess.run(
-            cmd,
-            check=False,
+        proc = pulumi_cli.run(
+            ["--color", "never", *args],
+            binary=str(self.bin_dir / "pulumi"),
             cwd=self.project_dir,
             env=self.env(),
-            capture_output=True,
-            text=True,
+            stdin=stdin,
             timeout=timeout,
         )
         run = Run(list(args), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
@@ -137,7 +138,28 @@ class PulumiWorkspace:
         document.setdefault("config", {}).update(config)
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         for key, value in secrets.items():
-            self.run("config", "set", "--stack", stack, "--secret", key, value)
+            self.set_secret(stack, key, value)
+
+    def set_secret(self, stack: str, key: str, value: str) -> None:
+        """`pulumi config set --secret` with the value on stdin, as the README's rotation does:
+        a value beginning with `-` would read as a flag on the command line, and a secret on
+        the command line shows in the process table."""
+        self.run("config", "set", "--stack", stack, "--secret", key, stdin=value)
+
+    def config(self, stack: str) -> dict[str, Any]:
+        """The stack file's config as `init_stack` and `set_config` wrote it (secrets as their
+        ciphertext)."""
+        config: dict[str, Any] = yaml.safe_load(self.stack_file(stack).read_text())["config"]
+        return config
+
+    def get_config(self, stack: str, key: str, default: Any = None) -> Any:
+        """One (possibly nested, `a.b`) key of the stack file, `default` when it is not set (or
+        set to null)."""
+        section, _, sub = key.partition(".")
+        value = self.config(stack).get(section)
+        if sub:
+            value = value.get(sub) if isinstance(value, dict) else None
+        return default if value is None else value
 
     def set_config(self, stack: str, key: str, value: Any) -> None:
         """Set one (possibly nested, `a.b`) key with its YAML type, as a user editing the stack

@@ -10,7 +10,7 @@
 #                                           ($PULUMI_HOME/plugins/resource-kubernetes-v<version>)
 #   kube-*, kubectl, kubelet, etcd, kwok,   in $KUBEBUILDER_ASSETS (the envtest convention: a
 #   kwokctl, coredns, kube-router,          folder of Kubernetes test binaries), each reporting
-#   metrics-server                          its pinned version
+#   metrics-server, weed                    its pinned version (weed: the pin's commit)
 # Only what is missing is built from Go modules. Each tool is built once into a folder of its own,
 #   <cache>/tools/<tool>-<hash of the versions it uses, its source files and its build recipe>/
 # and bin/ (stages/ for KWOK's stages) links to it: a version bump rebuilds only the tools that
@@ -51,6 +51,11 @@ reported_version() {
     pulumi) out="$("$1" version 2>&1 || true)" ;;
     kubectl) out="$("$1" version --client 2>&1 || true)" ;;
     coredns) out="$("$1" -version 2>&1 || true)" ;;
+    # weed prints "version 30GB 4.53 <commit> linux amd64": its pin is a pseudo-version, so the
+    # commit it was built from (12 digits, as a pseudo-version names it) is what is compared.
+    weed)
+      "$1" version 2>&1 | grep -oE '\b[0-9a-f]{12,40}\b' | head -1 | cut -c1-12 | sed -E 's/^/v/'
+      return ;;
     *) out="$("$1" --version 2>&1 || true)" ;;
   esac
   # Some print their own path first (kube-router): drop it before looking for a version.
@@ -106,6 +111,7 @@ installed() {
     coredns) assets "$COREDNS_VERSION" coredns ;;
     kube_router) assets "$KUBE_ROUTER_VERSION" kube-router ;;
     metrics_server) assets "$METRICS_SERVER_VERSION" metrics-server ;;
+    weed) assets "${WEED_VERSION##*-}" weed ;;
     *) return 1 ;;
   esac
 }
@@ -380,6 +386,17 @@ build_metrics_server() {
       -o "$out/bin/metrics-server" "$m/cmd/metrics-server")
 }
 
+# SeaweedFS's weed, run beside the kubelet as a host process: the S3-compatible server the
+# database's backups write to (e2e/s3.py). The pin is a pseudo-version: its commit is stamped.
+build_weed() {
+  log "building weed $WEED_VERSION"
+  local m="github.com/seaweedfs/seaweedfs"
+  gowrap "$work/weed" "$m" "$WEED_VERSION" >/dev/null
+  (cd "$work/weed" && go build -ldflags "$ldstrip \
+      -X $m/weed/util/version.COMMIT=${WEED_VERSION##*-}" \
+      -o "$out/bin/weed" "$m/weed")
+}
+
 # --- The real node's test images: our own sources -----------------------------------------------
 # e2e-probe: a static Go program (HTTP server/client, TCP dial, DNS lookup) run in test pods.
 build_probe() {
@@ -406,6 +423,7 @@ build() {
     coredns) tool coredns COREDNS_VERSION ;;
     kube-router) tool kube_router KUBE_ROUTER_VERSION ;;
     metrics-server) tool metrics_server METRICS_SERVER_VERSION ;;
+    weed) tool weed WEED_VERSION ;;
     probe) tool probe -- "$here/probe/main.go" ;;
     pause) tool pause -- "$here/pause/pause.c" ;;
     *) echo "build.sh: no tool named $1" >&2 && exit 2 ;;
@@ -415,7 +433,7 @@ build() {
 want=("$@")
 [[ ${#want[@]} -gt 0 ]] ||
   want=(pulumi langhost provider etcd kwok stages kube kubectl kubelet coredns kube-router
-    metrics-server probe pause)
+    metrics-server weed probe pause)
 for w in "${want[@]}"; do
   build "$w"
 done

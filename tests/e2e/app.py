@@ -3,7 +3,9 @@ address, a bounded load loop, the database's rows, commands inside the app's con
 
 from __future__ import annotations
 
+import itertools
 import json
+import subprocess
 import threading
 import time
 import urllib.error
@@ -15,6 +17,7 @@ from typing import Any
 from components import database
 from e2e.controlplane import ControlPlane
 from e2e.registry import DIRECT
+from harness.poll import poll
 from tests.e2e.conftest import API_KEY, NAMESPACE
 
 PREDICT_PATH = "/api/v1/predict"
@@ -31,6 +34,8 @@ class Answer:
     request_id: str
     error: str
     retry_after: str = ""  # the Retry-After header of a refusal
+    # When the answer came (time.monotonic()); `at` is when the request was sent.
+    done: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -43,19 +48,23 @@ class Answer:
         return self.status == 503 and self.retry_after.isdigit() and int(self.retry_after) >= 1
 
 
-def predict(url: str, timeout: float = 10, key: str = API_KEY) -> Answer:
+# The stack's API key now: API_KEY until the rotation scenario moves the stack to another.
+STACK_KEY = [API_KEY]
+
+
+def predict(url: str, timeout: float = 10, key: str | None = None) -> Answer:
     """One POST /api/v1/predict with the stack's API key, or `key` (never through a proxy)."""
     request = urllib.request.Request(
         url + PREDICT_PATH,
         data=BODY,
-        headers={"X-API-Key": key, "Content-Type": "application/json"},
+        headers={"X-API-Key": key or STACK_KEY[0], "Content-Type": "application/json"},
     )
     return _answer(request, timeout, lambda body: (body["model_version"], body["request_id"]))
 
 
 def history(url: str, timeout: float = 10) -> Answer:
     """One GET /api/v1/predictions; `request_id` holds the ids listed, comma-separated."""
-    request = urllib.request.Request(url + HISTORY_PATH, headers={"X-API-Key": API_KEY})
+    request = urllib.request.Request(url + HISTORY_PATH, headers={"X-API-Key": STACK_KEY[0]})
     return _answer(
         request,
         timeout,
@@ -70,12 +79,13 @@ def _answer(
     try:
         with DIRECT.open(request, timeout=timeout) as reply:
             version, request_id = read(json.loads(reply.read()))
-            return Answer(now, reply.status, version, request_id, "")
+            return Answer(now, reply.status, version, request_id, "", done=time.monotonic())
     except urllib.error.HTTPError as err:
         error = err.read().decode(errors="replace")[:300]
-        return Answer(now, err.code, "", "", error, err.headers.get("Retry-After") or "")
+        retry_after = err.headers.get("Retry-After") or ""
+        return Answer(now, err.code, "", "", error, retry_after, done=time.monotonic())
     except (OSError, ValueError, KeyError) as err:
-        return Answer(now, 0, "", "", repr(err))
+        return Answer(now, 0, "", "", repr(err), done=time.monotonic())
 
 
 @dataclass
@@ -119,6 +129,13 @@ class Load:
     def wrong_answers(self) -> list[Answer]:
         """Answers neither 200 nor 503 with Retry-After (a 500, a dropped connection, ...)."""
         return [a for a in self.answers if not a.ok and not a.refused_with_retry_after]
+
+    def longest_pause_after(self, at: float) -> float:
+        """The longest time from `at` on without an acknowledged prediction: between `at` or an
+        answer 200 and the next answer 200 (requests refused or hung in between), the pause in
+        writes a failover costs."""
+        done = [at, *sorted(a.done for a in self.answers if a.ok and a.done > at)]
+        return max((b - a for a, b in itertools.pairwise(done)), default=0.0)
 
     def since(self, at: float) -> Callable[[], bool]:
         """A check: whether a request sent after `at` (time.monotonic()) was answered 200."""
@@ -166,13 +183,12 @@ def live(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def wait_until(what: str, check: Any, timeout: float = 180, interval: float = 0.5) -> float:
+    """Poll `check` until it holds; the seconds that took (the scenarios' TIMINGS). An
+    AssertionError past `timeout`: a scenario's failure, not the harness's."""
     start = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    if not poll(check, timeout, interval=interval):
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return time.monotonic() - start
 
 
 def ready_endpoints(kube: ControlPlane, service: str) -> set[str]:
@@ -188,17 +204,129 @@ def ready_endpoints(kube: ControlPlane, service: str) -> set[str]:
     return found
 
 
-def exec_in(kube: ControlPlane, pod: str, *argv: str, check: bool = True) -> str:
-    proc = kube.kubectl("exec", "-n", NAMESPACE, pod, "--", *argv, check=check, timeout=60)
+def exec_in(
+    kube: ControlPlane, pod: str, *argv: str, check: bool = True, container: str | None = None
+) -> str:
+    which = ["--container", container] if container else []
+    proc = kube.kubectl("exec", "-n", NAMESPACE, pod, *which, "--", *argv, check=check, timeout=60)
     return proc.stdout + (proc.stderr if not check else "")
 
 
 def psql(kube: ControlPlane, sql: str, instance: int = 0) -> list[str]:
-    """Rows of `sql` run by psql inside a database instance's pod (its local socket)."""
+    """Rows of `sql` run by psql inside a database instance's pod: the superuser, through the
+    local socket (the only way it may log in)."""
     out = exec_in(
         kube,
         database.pod_name(instance),
-        "psql", "--username", database.USER, "--dbname", database.DB_NAME,
+        "psql", "--host", "/var/run/postgresql", "--username", "postgres",
+        "--dbname", database.DB_NAME,
         "--no-align", "--tuples-only", "--command", sql,
     )  # fmt: skip
     return [line for line in out.splitlines() if line]
+
+
+def pod_ip(kube: ControlPlane, instance: int) -> str:
+    """The instance's pod address; "" while its pod has none (made again, not started yet)."""
+    found: Any = kube.get_json("pod", database.pod_name(instance), "-n", NAMESPACE)
+    return str(found["status"].get("podIP", ""))
+
+
+def roles(kube: ControlPlane) -> dict[str, str]:
+    """Patroni's role label of each live database pod, by pod name ("" before it has one)."""
+    return {
+        p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get(database.ROLE_LABEL, "")
+        for p in live(pods(kube, "database"))
+    }
+
+
+def primary_instance(kube: ControlPlane) -> int:
+    """The instance labelled primary; exactly one must be."""
+    (name,) = [pod for pod, role in roles(kube).items() if role == database.PRIMARY]
+    return int(name.rsplit("-", 1)[1])
+
+
+def members(kube: ControlPlane) -> dict[str, dict[str, Any]]:
+    """`patronictl list` as Patroni sees its cluster: each member's role, state, timeline."""
+    any_pod = sorted(roles(kube))[0]
+    out = exec_in(kube, any_pod, "patronictl", "list", "--format", "json")
+    return {m["Member"]: m for m in json.loads(out)}
+
+
+def settled(kube: ControlPlane, instances: int) -> bool:
+    """Every instance runs, one leads, one standby is synchronous, the others stream; each pod
+    carries its role and the Services lead to them."""
+    try:
+        found = members(kube)
+    except (AssertionError, ValueError, RuntimeError, subprocess.SubprocessError):
+        # A pod going or coming (kubectl exec refused, patronictl cut off): not settled yet.
+        return False
+    kinds = sorted(m.get("Role", "") for m in found.values())
+    expected = ["Leader", *(["Sync Standby"] if instances > 1 else []),
+                *(["Replica"] * (instances - 2))]  # fmt: skip
+    states = {m.get("State", "") for m in found.values()}
+    if len(found) != instances or kinds != sorted(expected) or states - {"running", "streaming"}:
+        return False
+    labelled = roles(kube)
+    if sorted(labelled.values()) != sorted(
+        [database.PRIMARY, *[database.REPLICA] * (instances - 1)]
+    ):
+        return False
+    leader = primary_instance(kube)
+    return ready_endpoints(kube, database.NAME) == {pod_ip(kube, leader)}
+
+
+def container_id(kube: ControlPlane, instance: int, container: str = "postgres") -> str:
+    """The containerd id of one container of a database instance (PostgreSQL's by default)."""
+    found: Any = kube.get_json("pod", database.pod_name(instance), "-n", NAMESPACE)
+    (status,) = [s for s in found["status"]["containerStatuses"] if s["name"] == container]
+    return str(status["containerID"].split("://", 1)[1])
+
+
+def restarts(kube: ControlPlane, instance: int, container: str = "postgres") -> int:
+    found: Any = kube.get_json("pod", database.pod_name(instance), "-n", NAMESPACE)
+    (status,) = [s for s in found["status"]["containerStatuses"] if s["name"] == container]
+    return int(status["restartCount"])
+
+
+# The kinds the program creates in the cluster, in an order `kubectl apply` can take them in.
+MANIFEST_KINDS = (
+    "namespaces",
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+    "secrets",
+    "configmaps",
+    "persistentvolumeclaims",
+    "services",
+    "networkpolicies",
+    "poddisruptionbudgets",
+    "deployments",
+    "statefulsets",
+    "horizontalpodautoscalers",
+)
+SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
+
+
+def live_manifests(kube: ControlPlane, stack: str) -> dict[str, Any]:
+    """The stack's live objects as one plain `List` manifest (server-set fields removed): what a
+    renderer would write, for a `kubectl apply` of the same objects."""
+    items: list[dict[str, Any]] = []
+    for kind in MANIFEST_KINDS:
+        found: Any = kube.get_json(kind, "--all-namespaces", "-l",
+                                   f"app.kubernetes.io/instance={stack}")  # fmt: skip
+        for item in found["items"]:
+            meta = item["metadata"]
+            if database.SCOPE_LABEL in (meta.get("labels") or {}):
+                continue  # Patroni's own state (its ConfigMaps): made at run time, not by us
+            for key in SERVER_FIELDS:
+                meta.pop(key, None)
+            annotations = meta.get("annotations") or {}
+            for key in list(annotations):
+                if key.startswith(("pv.kubernetes.io/", "volume.", "deployment.kubernetes.io/")):
+                    del annotations[key]
+            item.pop("status", None)
+            spec = item.get("spec") or {}
+            for key in ("clusterIP", "clusterIPs", "volumeName"):
+                spec.pop(key, None)
+            items.append(item)
+    return {"apiVersion": "v1", "kind": "List", "items": items}

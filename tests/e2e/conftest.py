@@ -1,23 +1,25 @@
 """Fixtures of the real-engine suite: the toolchain, the app's images, one throwaway control plane
-with one real node, one workspace.
+with one real node, one workspace, brought up as `make e2e-cluster` brings them up
+(e2e/cluster.py `bring_up`), with the suite's fixed model replicas and secrets.
 
-The app's pods run for real on the node (e2e/node.py): no KWOK fake node exists, so the scheduler
+The app's pods run for real on the node (e2e/node/): no KWOK fake node exists, so the scheduler
 has nowhere else to put them. The images are built here and pulled by digest from the suite's
-registry (e2e/images.py); the database claim is bound to a local volume on the node.
+registry (e2e/images.py); the database claims are bound to local volumes on the node.
 
 Every process the suite starts is stopped, and every rule and mount it made removed, when the
-session ends, whether the tests passed, failed or were interrupted: the same teardown runs on
-SIGTERM and at interpreter exit (node first, then the control plane, then the images).
+session ends, whether the tests passed, failed or were interrupted: the same teardown (one
+ExitStack) runs on SIGTERM and at interpreter exit (node first, then the control plane, then the
+images).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,7 +28,7 @@ import pytest
 
 from e2e import cluster
 from e2e.controlplane import ControlPlane, toolchain_bin
-from e2e.images import ImageRefs, Images
+from e2e.images import ImageRefs
 from e2e.node import Node
 from e2e.workspace import PulumiWorkspace
 
@@ -37,7 +39,9 @@ CLAIM = cluster.CLAIM
 # meaning to (as `openssl rand -base64` output may): the real pods must take them as they are.
 SECRETS = {
     "mlstack:databasePassword": "e2e/database@pass:word%2F+=?",
+    "mlstack:databaseOwnerPassword": "e2e/owner@pass:word%2F+=?'\"",
     "mlstack:databaseReplicationPassword": "e2e/replication@pass:word%41+=?'\\",
+    "mlstack:databaseRewindPassword": "e2e/rewind@pass:word%41+=?'\\",
     "mlstack:apiKey": "e2e-gateway-api-key",
     "mlstack:secretsDigestKey": "e2e-secrets-digest-key-of-32-characters",
 }
@@ -51,57 +55,44 @@ needs_root = pytest.mark.skipif(
 )
 
 
+# The real node, once up: its S3 server holds the database's backups.
+NODES: list[Node] = []
+
+
 def stack_config(plane: ControlPlane) -> dict[str, Any]:
-    """The e2e stack's config (e2e/cluster.py) with the images this session built."""
+    """The e2e stack's config (e2e/cluster.py) with the images this session built, backed up to
+    the node's S3 server."""
     refs = REFS[0] if REFS else ImageRefs("gateway:e2e", "model:e2e", "database:e2e")
-    return cluster.stack_config(plane, refs)
+    return cluster.stack_config(plane, refs, s3=NODES[0].s3 if NODES else None)
 
 
-class Teardown:
-    """What the session started, stopped in reverse order exactly once: by its fixture, on
-    SIGTERM or at interpreter exit, whichever comes first."""
-
-    def __init__(self) -> None:
-        self.steps: list[tuple[str, Callable[[], object]]] = []
-
-    def push(self, name: str, step: Callable[[], object]) -> None:
-        self.steps.append((name, step))
-
-    def pop(self, name: str) -> None:
-        for i in range(len(self.steps) - 1, -1, -1):
-            if self.steps[i][0] == name:
-                _, step = self.steps.pop(i)
-                step()
-                return
-
-    def run_all(self) -> None:
-        while self.steps:
-            name, step = self.steps.pop()
-            try:
-                step()
-            except Exception as err:  # every step runs, whatever failed before it
-                print(f"e2e teardown: {name}: {err}", file=sys.stderr)
+def secrets() -> dict[str, str]:
+    """SECRETS, and the backup repository's keys once the node's S3 server runs."""
+    return {**SECRETS, **(cluster.backup_secrets(NODES[0].s3) if NODES else {})}
 
 
-TEARDOWN = Teardown()
+# What the session started, stopped in reverse order exactly once (e2e/cluster.py `bring_up`
+# pushes each part's teardown): by the environment fixture, on SIGTERM or at interpreter exit,
+# whichever comes first.
+TEARDOWN = contextlib.ExitStack()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _teardown_on_signal() -> Iterator[None]:
-    atexit.register(TEARDOWN.run_all)
+    atexit.register(TEARDOWN.close)
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
-        TEARDOWN.run_all()
+        TEARDOWN.close()
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
     try:
         yield
     finally:
-        TEARDOWN.run_all()
+        TEARDOWN.close()
         signal.signal(signal.SIGTERM, previous)
-        atexit.unregister(TEARDOWN.run_all)
+        atexit.unregister(TEARDOWN.close)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -122,63 +113,41 @@ def bin_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_images(tmp_root: Path) -> Iterator[ImageRefs]:
-    """The app's images, built and served by digest from the registry on 127.0.0.1."""
+def environment(bin_dir: Path, tmp_root: Path) -> Iterator[cluster.Environment]:
+    """The app's images, the control plane and the real node every pod of the app runs on, and
+    the workspace with the stack (not deployed): the bring-up of `make e2e-cluster`, with the
+    suite's model and secrets. Its teardown must leave nothing behind and fail nowhere."""
     if os.geteuid() != 0:
         pytest.skip("the app's images need the suite's own Docker engine: root only")
-    images = Images(tmp_root / "images")
-    TEARDOWN.push("images", images.down)
-    refs = images.up()
-    # Only the registry is needed from now on: the engine's memory goes to the node's pods.
-    images.engine.stop()
-    for what, seconds in images.timings.items():
-        TIMINGS[f"images: {what}"] = seconds
-    REFS[:] = [refs]
-    try:
-        yield refs
-    finally:
-        TEARDOWN.pop("images")
-
-
-@pytest.fixture(scope="session")
-def control_plane(bin_dir: Path, tmp_root: Path, app_images: ImageRefs) -> Iterator[ControlPlane]:
-    plane = ControlPlane(bin_dir=bin_dir, workdir=tmp_root / "cluster", fake_nodes=0)
-    TEARDOWN.push("control plane", plane.stop)
-    try:
-        plane.start()
-        yield plane
-    finally:
-        TEARDOWN.pop("control plane")
-
-
-@pytest.fixture(scope="session")
-def node(control_plane: ControlPlane, tmp_root: Path) -> Iterator[Node]:
-    """The real node every pod of the app runs on; its teardown must leave nothing behind."""
-    registry = Images(tmp_root / "images").registry.address
-    real = Node(control_plane, registries=[registry])
     left: list[str] = []
-    TEARDOWN.push("node", lambda: left.extend(real.down()))
     try:
-        real.up()
-        for what, seconds in real.timings.items():
+        env = cluster.bring_up(TEARDOWN, tmp_root, bin_dir, SECRETS, left)
+        for what, seconds in env.images.timings.items():
+            TIMINGS[f"images: {what}"] = seconds
+        for what, seconds in env.node.timings.items():
             TIMINGS[f"node: {what}"] = seconds
-        # The claims the database's StatefulSets mount: a provisioner would create their volumes.
-        for claim in cluster.CLAIMS:
-            real.add_volume(NAMESPACE, claim)
-        yield real
+        REFS[:] = [env.refs]
+        NODES.append(env.node)
+        yield env
     finally:
-        TEARDOWN.pop("node")
-    assert left == [], f"the node's teardown left: {left}"
+        TEARDOWN.close()
+    assert left == [], f"the teardown left: {left}"
 
 
 @pytest.fixture(scope="session")
-def workspace(bin_dir: Path, tmp_root: Path, node: Node) -> PulumiWorkspace:
-    plane = node.plane
-    ws = PulumiWorkspace(bin_dir=bin_dir, root=tmp_root / "pulumi", kubeconfig=plane.kubeconfig)
-    ws.create()
-    ws.run("login", f"file://{ws.backend_dir}")
-    ws.init_stack(STACK, stack_config(plane), SECRETS)
-    return ws
+def control_plane(environment: cluster.Environment) -> ControlPlane:
+    return environment.plane
+
+
+@pytest.fixture(scope="session")
+def node(environment: cluster.Environment) -> Node:
+    """The real node every pod of the app runs on."""
+    return environment.node
+
+
+@pytest.fixture(scope="session")
+def workspace(environment: cluster.Environment) -> PulumiWorkspace:
+    return environment.workspace
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

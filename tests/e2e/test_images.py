@@ -10,7 +10,6 @@ import hmac
 import json
 import os
 import re
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,17 +18,18 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import yaml
 
 from components import database, pod
 from e2e import process
-from e2e.dockerd import DockerEngine, DockerError
+from e2e.dockerd import DockerEngine
 from e2e.images import REPOSITORY, ImageRefs, Images, local_tag
 from e2e.registry import DIRECT
+from harness.poll import poll
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="runs a Docker engine and a registry of its own: root only"
 )
-PASSWORD = "e2e-images-password"
 UID = pod.RUN_AS_USER
 # The pod's security context (components/pod.py) as `docker run` options; emptyDirs as tmpfs.
 RESTRICTED = (
@@ -74,11 +74,8 @@ def container(engine: DockerEngine, name: str, *args: str) -> Iterator[str]:
 
 
 def wait_for(engine: DockerEngine, name: str, *command: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not engine.docker_ok("exec", name, *command):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{name}: `{' '.join(command)}` never succeeded:\n{engine.logs(name)}")
-        time.sleep(0.5)
+    if not poll(lambda: engine.docker_ok("exec", name, *command), timeout, interval=0.5):
+        pytest.fail(f"{name}: `{' '.join(command)}` never succeeded:\n{engine.logs(name)}")
 
 
 def served_manifest(address: str, name: str, digest: str) -> dict[str, Any]:
@@ -128,23 +125,18 @@ def test_a_service_image_serves_as_its_pod_runs_it(
         assert version.startswith("3.11.")
 
 
-def database_pod() -> dict[str, Any]:
-    """The primary's pod spec exactly as components/database.py renders it."""
+def database_container() -> dict[str, Any]:
+    """The database's container exactly as components/database.py renders it."""
     args = database.DatabaseArgs(
         stack="e2e",
         namespace="e2e",
         storage_size="1Gi",
-        storage_bytes=2**30,
         storage_class=None,
+        image="database:e2e",
         secret_name="secrets",
     )
-    settings = database.server_settings(1, "local", args.storage_bytes)
-    spec = database._pod_spec(args, "primary", settings, "database", database.SCRIPTS)
-    return cast(dict[str, Any], spec)
-
-
-def env_value(container_spec: dict[str, Any], name: str) -> str:
-    return next(str(e["value"]) for e in container_spec["env"] if e["name"] == name)
+    spec = database._pod_spec(args, {"app.kubernetes.io/name": "database"})
+    return cast(dict[str, Any], spec["containers"][0])
 
 
 def fs_group_folder(path: Path, mode: int) -> Path:
@@ -155,28 +147,124 @@ def fs_group_folder(path: Path, mode: int) -> Path:
     return path
 
 
-def database_run_args(
-    spec: dict[str, Any], data: Path, secrets: Path, scripts: Path, image: str
-) -> list[str]:
-    """`docker run` options and arguments for the database container: its env, its volumes
-    (the start script's ConfigMap included), its security, its command."""
+# Patroni's pod values from the downward API, as the kubelet would fill them in.
+DOWNWARD = {"POD_NAME": "database-0", "POD_IP": "10.244.0.9", "POD_NAMESPACE": "e2e"}
+# What the stack's database Secret holds, with what a URL, YAML or a shell gives a meaning to.
+DATABASE_SECRETS = {
+    database.OWNER_PASSWORD_KEY: "owner/@:%+=?'\"x y",
+    database.GATEWAY_PASSWORD_KEY: "gateway/@:%+=?'\"x y",
+    database.REPLICATION_PASSWORD_KEY: "replication/@:%+=?'\"x y\n: [",
+    database.REWIND_PASSWORD_KEY: "rewind/@:%+=?'\"x y#",
+}
+
+
+def database_run_args(spec: dict[str, Any], secrets: Path, image: str) -> list[str]:
+    """`docker run` options for the database container: its env (the downward API's values
+    filled in), its Secret's files, its emptyDirs, its security."""
+    for key, value in DATABASE_SECRETS.items():
+        (secrets / key).write_text(value)
+        os.chown(secrets / key, 0, UID)
+        (secrets / key).chmod(0o440)
+    env = [
+        f"--env={e['name']}={e['value'] if 'value' in e else DOWNWARD[e['name']]}"
+        for e in spec["env"]
+    ]
     mounts = {m["name"]: m["mount_path"] for m in spec["volume_mounts"]}
-    for name, text in database._script_files().items():
-        (scripts / name).write_text(text)
-        (scripts / name).chmod(0o444)
-    command = spec["command"]
     return [
         *RESTRICTED,
-        f"--tmpfs={mounts['run']}",
-        f"--volume={data}:{mounts[database.CLAIM_TEMPLATE]}",
+        f"--tmpfs={mounts['run']}:uid={UID},gid={UID},mode=0775",
+        f"--tmpfs={mounts[database.CLAIM_TEMPLATE]}:uid={UID},gid={UID},mode=0700",
         f"--volume={secrets}:{mounts[pod.SECRETS_VOLUME]}:ro",
-        f"--volume={scripts}:{mounts['scripts']}:ro",
-        *(f"--env={e['name']}={e['value']}" for e in spec["env"]),
-        f"--entrypoint={command[0]}",
+        *env,
         image,
-        *command[1:],
-        *spec["args"],
     ]
+
+
+def test_the_database_image_gives_patroni_valid_settings_and_the_passwords_in_a_file_only(
+    images: Images, refs: ImageRefs, tmp_path: Path
+) -> None:
+    engine = images.engine
+    spec = database_container()
+    image = pulled(engine, refs.database)
+    assert engine.inspect(image)["Config"]["User"] == f"{UID}:{UID}"
+    args = database_run_args(spec, fs_group_folder(tmp_path / "secrets", 0o2755), image)
+    # The entrypoint writes the settings, then Patroni checks them (its store is not needed).
+    engine.docker("run", "--rm", *args, "--validate-config")
+    show = "import yaml,os; print(oct(os.stat('/tmp/patroni/patroni.yml').st_mode & 0o777))"
+    with container(engine, "e2e-database", *args[:-1], "--entrypoint=sleep", image, "600") as name:
+        engine.docker("exec", name, "mlstack-database", "--validate-config")
+        settings = yaml.safe_load(engine.docker("exec", name, "cat", "/tmp/patroni/patroni.yml"))
+        mode = engine.docker("exec", name, "/opt/patroni/bin/python", "-c", show).strip()
+        environment = engine.docker("exec", name, "env")
+    assert mode == "0o600"
+    authentication = settings["postgresql"]["authentication"]
+    assert authentication["replication"]["password"] == DATABASE_SECRETS[
+        database.REPLICATION_PASSWORD_KEY
+    ].rstrip("\n")
+    assert authentication["rewind"]["password"] == DATABASE_SECRETS[database.REWIND_PASSWORD_KEY]
+    assert "password" not in authentication["superuser"]
+    assert settings["name"] == DOWNWARD["POD_NAME"]
+    assert settings["postgresql"]["connect_address"] == f"{DOWNWARD['POD_IP']}:{database.PORT}"
+    assert settings["kubernetes"]["role_label"] == database.ROLE_LABEL
+    assert settings["kubernetes"]["scope_label"] == database.SCOPE_LABEL
+    assert settings["scope"] == database.SCOPE
+    for value in DATABASE_SECRETS.values():
+        assert value.splitlines()[0] not in environment
+
+
+def test_the_database_image_makes_the_application_s_roles_on_its_primary(
+    images: Images, refs: ImageRefs, tmp_path: Path
+) -> None:
+    """What Patroni runs on an instance that becomes the primary: the owner and gateway roles
+    with the Secret's passwords, neither a superuser; the superuser on the local socket only."""
+    engine = images.engine
+    image = pulled(engine, refs.database)
+    args = database_run_args(
+        database_container(), fs_group_folder(tmp_path / "secrets", 0o2755), image
+    )
+    # A server as Patroni's bootstrap leaves it: peer on the socket, its own two roles.
+    start = (
+        "initdb -D /tmp/pg -U postgres --auth-local=peer --auth-host=scram-sha-256 >/dev/null"
+        " && pg_ctl -D /tmp/pg -w -l /tmp/pg.log -o \"-c listen_addresses=''"
+        ' -c unix_socket_directories=/var/run/postgresql" start >/dev/null'
+        " && psql -h /var/run/postgresql -U postgres -qc"
+        " 'CREATE ROLE replicator LOGIN REPLICATION; CREATE ROLE rewind LOGIN'"
+        " && exec sleep 600"
+    )
+    psql = ["psql", "-h", "/var/run/postgresql", "-U", "postgres", "-d", "postgres", "-tAc"]
+    with container(
+        engine, "e2e-database-roles", *args[:-1], "--entrypoint=bash", image, "-c", start
+    ) as name:
+        wait_for(engine, name, *psql, "SELECT 1 FROM pg_roles WHERE rolname = 'rewind'")
+        # A standby's callback changes nothing.
+        engine.docker("exec", name, "mlstack-database-roles", "on_start", "replica", "database")
+        app_roles = "SELECT count(*) FROM pg_roles WHERE rolname IN ('mlstack', 'mlstack_gateway')"
+        assert engine.docker("exec", name, *psql, app_roles).strip() == "0"
+        for _ in range(2):  # twice: it runs on every promotion
+            engine.docker(
+                "exec", name, "mlstack-database-roles", "on_role_change", "primary", "database"
+            )
+        rows = engine.docker("exec", name, *psql, "SELECT rolname, rolsuper, rolcreaterole, "
+                             "rolcreatedb, rolreplication, rolpassword FROM pg_authid "
+                             "WHERE rolname IN ('mlstack', 'mlstack_gateway', 'replicator', "
+                             "'rewind') ORDER BY rolname")  # fmt: skip
+        owner = engine.docker(
+            "exec", name, *psql, "SELECT pg_get_userbyid(datdba) FROM pg_database "
+            "WHERE datname = 'mlstack'",
+        )  # fmt: skip
+    roles = {line.split("|")[0]: line.split("|")[1:] for line in rows.splitlines()}
+    keys = {
+        "mlstack": database.OWNER_PASSWORD_KEY,
+        "mlstack_gateway": database.GATEWAY_PASSWORD_KEY,
+        "replicator": database.REPLICATION_PASSWORD_KEY,
+        "rewind": database.REWIND_PASSWORD_KEY,
+    }
+    for role, key in keys.items():
+        superuser, createrole, createdb, replication, verifier = roles[role]
+        assert (superuser, createrole, createdb) == ("f", "f", "f"), role
+        assert replication == ("t" if role == "replicator" else "f"), role
+        assert scram_verifies(verifier, DATABASE_SECRETS[key].rstrip("\n")), role
+    assert owner.strip() == database.OWNER
 
 
 def scram_verifies(verifier: str, password: str) -> bool:
@@ -190,67 +278,6 @@ def scram_verifies(verifier: str, password: str) -> bool:
     )
     client_key = hmac.new(salted, b"Client Key", "sha256").digest()
     return method == "SCRAM-SHA-256" and hashlib.sha256(client_key).digest() == stored_key
-
-
-def test_the_database_image_keeps_the_contract_the_program_deploys_it_with(
-    images: Images, refs: ImageRefs, tmp_path: Path
-) -> None:
-    engine = images.engine
-    pod_spec = database_pod()
-    spec: dict[str, Any] = pod_spec["containers"][0]
-    data = fs_group_folder(tmp_path / "data", 0o2775)
-    secrets = fs_group_folder(tmp_path / "secrets", 0o2755)
-    password_file = secrets / database.PASSWORD_KEY
-    password_file.write_text(PASSWORD)
-    os.chown(password_file, 0, UID)
-    password_file.chmod(0o440)
-    scripts = tmp_path / "scripts"
-    scripts.mkdir()
-    args = database_run_args(spec, data, secrets, scripts, pulled(engine, refs.database))
-    ready = spec["readiness_probe"]["exec_"]["command"]
-    psql = ["psql", f"--username={database.USER}", f"--dbname={database.DB_NAME}", "-tAc"]
-    role = f"SELECT rolpassword FROM pg_authid WHERE rolname = '{database.USER}'"
-    host_rules = "SELECT auth_method FROM pg_hba_file_rules WHERE type = 'host' AND address = 'all'"
-
-    with container(engine, "e2e-database", *args) as name:
-        wait_for(engine, name, *ready)
-        # The superuser's password is the content of POSTGRES_PASSWORD_FILE...
-        verifier = engine.docker("exec", name, *psql, role).strip()
-        assert scram_verifies(verifier, PASSWORD)
-        assert not scram_verifies(verifier, PASSWORD + "x")
-        # ... and every other host must give it (the stack's hba_file: one rule for every
-        # database, one for replication).
-        methods = engine.docker("exec", name, *psql, host_rules).split()
-        assert methods == ["scram-sha-256", "scram-sha-256"]
-        engine.docker(
-            "exec", name, *psql, "CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)"
-        )
-        pgdata = data / Path(env_value(spec, "PGDATA")).relative_to(database.MOUNT_PATH)
-        assert pgdata.stat().st_uid == UID
-        # STOPSIGNAL SIGINT: PostgreSQL's fast shutdown, well within the pod's grace period.
-        engine.docker("stop", f"--time={pod_spec['termination_grace_period_seconds']}", name)
-
-    with container(engine, "e2e-database-again", *args) as name:
-        wait_for(engine, name, *ready)
-        assert engine.docker("exec", name, *psql, "SELECT n FROM kept").split() == ["42"]
-        assert "holds a database: no initialisation" in engine.logs(name)
-
-
-def test_the_database_refuses_to_initialise_without_a_password(
-    images: Images, refs: ImageRefs, tmp_path: Path
-) -> None:
-    data = fs_group_folder(tmp_path / "data", 0o2775)
-    with pytest.raises(DockerError, match="no superuser password is set"):
-        images.engine.docker(
-            "run",
-            "--rm",
-            *RESTRICTED,
-            "--tmpfs=/var/run/postgresql",
-            f"--volume={data}:/var/lib/postgresql/data",
-            pulled(images.engine, refs.database),
-        )
-    # Nothing half-initialised is left behind to be mistaken for a database on the next start.
-    assert list(data.iterdir()) == []
 
 
 def test_down_leaves_no_process_and_no_mount(images: Images) -> None:

@@ -1,5 +1,6 @@
 """The real e2e node's pure parts: the image archive writer, the LoadBalancer address mirror,
-the DNS readiness query and the Debian package list (the node itself runs in `make e2e`)."""
+the DNS readiness query, the Debian package list and the configuration templates (the node
+itself runs in `make e2e`)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ import socket
 import struct
 import tarfile
 import threading
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from e2e import addresses
 from e2e.image_archive import ImageFile, write_image
-from e2e.node import debian_packages, dns_query
+from e2e.node import containerd, guard, kube_proxy, kubelet
+from e2e.node.dns import dns_query
+from e2e.node.layout import Layout
+from e2e.node.packages import debian_packages
+from e2e.node.render import render, render_json
 
 STAGE = Path(__file__).resolve().parents[2] / "e2e" / "stages" / "service-load-balancer.yaml"
 
@@ -116,3 +122,35 @@ def test_debian_packages_name_the_node_runtime() -> None:
         packages
     )
     assert all(" " not in p and not p.startswith("#") for p in packages)
+
+
+def test_the_node_s_config_templates_render_whole(tmp_path: Path) -> None:
+    """Every value of the node's configuration files is filled in and each parses as what it
+    is: containerd's TOML, the CNI network, kubelet's, kube-proxy's and a kubeconfig as JSON."""
+    layout = Layout(tmp_path / "node")
+    (layout.cni / "net.d").mkdir(parents=True)
+    layout.pki.mkdir(parents=True)
+    config = tomllib.loads(containerd.write_config(layout, ["127.0.0.1:5000"]).read_text())
+    cri = config["plugins"]["io.containerd.grpc.v1.cri"]
+    assert config["grpc"]["address"] == str(layout.containerd_socket)
+    assert cri["cni"]["conf_dir"] == str(layout.cni / "net.d")
+    hosts = layout.containerd / "certs.d" / "127.0.0.1:5000" / "hosts.toml"
+    assert tomllib.loads(hosts.read_text())["server"] == "http://127.0.0.1:5000"
+    conflist = json.loads(
+        (layout.cni / "net.d" / f"10-{addresses.CNI_NETWORK}.conflist").read_text()
+    )
+    assert conflist["plugins"][0]["ipam"]["ranges"] == [
+        [{"subnet": addresses.POD_CIDR, "gateway": addresses.POD_GATEWAY}]
+    ]
+    kubelet_config = json.loads(kubelet.write_config(layout, tmp_path / "ca").read_text())
+    assert kubelet_config["port"] == kubelet.PORT
+    assert kubelet_config["clusterDNS"] == [addresses.DNS_SERVICE_IP]
+    proxy = json.loads(kube_proxy.write_config(layout, "n").read_text())
+    assert proxy["nodePortAddresses"] == [f"{addresses.NODE_ADDRESS}/32"]
+    assert render_json(
+        "kubeconfig.json", server="s", certificate_authority="a", user="u", client_certificate="c",
+        client_key="k",
+    ).endswith("}")  # fmt: skip
+    ruleset = guard.ruleset(["eth0"])
+    assert ruleset.startswith(f"table inet {guard.TABLE} {{\n") and ruleset.endswith("}\n")
+    assert "$" not in ruleset + render("Corefile", domain=addresses.CLUSTER_DOMAIN)

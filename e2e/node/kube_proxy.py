@@ -1,0 +1,55 @@
+"""kube-proxy: iptables mode, NodePorts on the node address only, conntrack limits untouched."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Final
+
+from e2e import addresses as net
+from e2e.node.host import run
+from e2e.node.layout import Layout
+from e2e.node.render import render_json
+from e2e.node.state import NodeState
+
+NAME: Final = "kube-proxy"
+HEALTHZ_PORT: Final = 10256
+
+
+def write_config(layout: Layout, node_name: str) -> Path:
+    path = layout.workdir / "kube-proxy.yaml"
+    path.write_text(
+        render_json(
+            "kube-proxy.json",
+            kubeconfig=str(layout.kubeconfig("kube-proxy")),
+            hostname=node_name,
+            node_address=net.NODE_ADDRESS,
+            healthz_bind_address=f"{net.NODE_ADDRESS}:{HEALTHZ_PORT}",
+            metrics_bind_address=f"{net.NODE_ADDRESS}:10249",
+            cluster_cidr=net.POD_CIDR,
+            node_port_addresses=f"{net.NODE_ADDRESS}/32",
+        )
+    )
+    return path
+
+
+def start(layout: Layout, state: NodeState, bin_dir: Path, node_name: str) -> None:
+    path = write_config(layout, node_name)
+    state.spawn(NAME, [str(bin_dir / NAME), f"--config={path}", "--v=1"])
+
+    def healthy() -> bool:
+        try:
+            with socket.create_connection((net.NODE_ADDRESS, HEALTHZ_PORT), timeout=1) as s:
+                s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                return b" 200 " in s.recv(200)
+        except OSError:
+            return False
+
+    state.wait(NAME, healthy, 60, NAME)
+
+
+def stop(state: NodeState, bin_dir: Path) -> None:
+    state.stop(NAME)
+    if (bin_dir / NAME).exists():
+        # Removes every rule and chain kube-proxy made, in both iptables and nftables.
+        run(str(bin_dir / NAME), "--cleanup", "--v=0", check=False, timeout=60)

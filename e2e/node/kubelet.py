@@ -1,0 +1,111 @@
+"""kubelet: cgroupfs under its own cgroup root, cgroup v1 allowed, swap allowed, no host DNS
+servers in pods, webhook authentication and authorization, the client certificate for
+`system:node:<name>` (e2e/node/certificates.py); it does not set the kernel tunables it would
+otherwise change (they are restored anyway: see e2e/node/host.py `SYSCTLS`)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Final
+
+from e2e import addresses as net
+from e2e.controlplane import ControlPlane
+from e2e.node.layout import Layout
+from e2e.node.render import render_json
+from e2e.node.state import NodeState
+
+NAME: Final = "kubelet"
+CGROUP_ROOT: Final = "mlstack-e2e"
+PORT: Final = 10250
+
+
+def cgroup_hierarchies() -> list[Path]:
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        fstype = fields[fields.index("-") + 1]
+        if fstype in ("cgroup", "cgroup2"):
+            found.append(Path(fields[4]))
+    return found
+
+
+def make_cgroups() -> None:
+    """kubelet's cgroup root, in every hierarchy (cpuset needs its cpus and mems set)."""
+    for hierarchy in cgroup_hierarchies():
+        group = hierarchy / CGROUP_ROOT
+        group.mkdir(exist_ok=True)
+        for key in ("cpuset.cpus", "cpuset.mems"):
+            if (group / key).exists() and not (group / key).read_text().strip():
+                (group / key).write_text((hierarchy / key).read_text())
+
+
+def cgroups_left() -> list[Path]:
+    return [h / CGROUP_ROOT for h in cgroup_hierarchies() if (h / CGROUP_ROOT).exists()]
+
+
+def remove_cgroups() -> None:
+    for hierarchy in cgroup_hierarchies():
+        root = hierarchy / CGROUP_ROOT
+        if not root.exists():
+            continue
+        groups = sorted(
+            (p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+        )
+        for group in [*groups, root]:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+
+
+def write_config(layout: Layout, ca: Path) -> Path:
+    """kubelet's config file (JSON, as YAML takes it); returns its path."""
+    pki = layout.pki
+    path = layout.workdir / "kubelet.yaml"
+    path.write_text(
+        render_json(
+            "kubelet.json",
+            address=net.NODE_ADDRESS,
+            port=PORT,
+            client_ca_file=str(ca / "ca.crt"),
+            tls_cert_file=str(pki / "kubelet-serving.crt"),
+            tls_private_key_file=str(pki / "kubelet-serving.key"),
+            container_runtime_endpoint=f"unix://{layout.containerd_socket}",
+            cgroup_root=f"/{CGROUP_ROOT}",
+            cluster_dns=net.DNS_SERVICE_IP,
+            cluster_domain=net.CLUSTER_DOMAIN,
+            pod_logs_dir=str(layout.pod_logs),
+            volume_plugin_dir=str(layout.volume_plugins),
+        )
+    )
+    return path
+
+
+def start(layout: Layout, state: NodeState, plane: ControlPlane, node_name: str) -> None:
+    """Start kubelet and wait for the node to be Ready."""
+    root = layout.kubelet_root
+    for d in (root, layout.pod_logs, layout.volume_plugins, layout.volumes):
+        d.mkdir(parents=True, exist_ok=True)
+    path = write_config(layout, plane.pki_dir)
+    state.spawn(
+        NAME,
+        [
+            str(plane.bin_dir / "kubelet"),
+            f"--config={path}",
+            f"--kubeconfig={layout.kubeconfig('kubelet')}",
+            f"--root-dir={root}",
+            f"--cert-dir={root / 'pki'}",
+            f"--hostname-override={node_name}",
+            f"--node-ip={net.NODE_ADDRESS}",
+            "--v=1",
+        ],
+    )
+    state.wait("the node to be Ready", lambda: node_ready(plane, node_name), 120, NAME)
+
+
+def node_ready(plane: ControlPlane, node_name: str) -> bool:
+    proc = plane.kubectl(
+        "get", "node", node_name, "-o",
+        'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
+        check=False,
+    )  # fmt: skip
+    return proc.stdout.strip() == "True"

@@ -1,0 +1,46 @@
+"""The Debian packages the node needs (e2e/node-packages.txt): which are missing; installing
+them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Final
+
+from e2e.controlplane import E2E_DIR
+from e2e.node.host import log, run
+
+PACKAGES_FILE: Final = E2E_DIR / "node-packages.txt"
+
+
+def debian_packages() -> list[str]:
+    """The Debian packages the node needs (e2e/node-packages.txt)."""
+    names = []
+    for raw in PACKAGES_FILE.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            names.append(line)
+    return names
+
+
+def missing_packages() -> list[str]:
+    missing = []
+    for name in debian_packages():
+        status = run("dpkg-query", "-W", "-f=${Status}", name, check=False).stdout
+        if status.strip() != "install ok installed":
+            missing.append(name)
+    return missing
+
+
+def ensure_packages() -> None:
+    """Install the node's Debian packages that are missing (apt-get, as root)."""
+    missing = missing_packages()
+    if not missing:
+        return
+    log(f"installing {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-yq", "--no-install-recommends", *missing],
+    ):
+        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)

@@ -1,0 +1,77 @@
+"""What the node records in its folder (`state.json`): the daemons it started, by pid, and the
+machine's state before `up` that `down` compares with or restores. Read afresh by every call, so
+`up` and `down` may be two commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from e2e import process
+from e2e.node.layout import Layout
+from harness.poll import LOG_TAIL_CHARACTERS, poll
+
+
+class NodeState:
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def read(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.layout.state_file.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data.setdefault("pids", {})
+        return data
+
+    def save(self, state: dict[str, Any]) -> None:
+        tmp = self.layout.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self.layout.state_file)
+
+    def record(self, key: str, value: object) -> None:
+        state = self.read()
+        state[key] = value
+        self.save(state)
+
+    # --- daemons --------------------------------------------------------------------------
+    def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
+        """Start daemon `name` detached, its output in `logs/<name>.log`; its pid recorded."""
+        proc = process.spawn(argv, self.layout.logs / f"{name}.log", env)
+        state = self.read()
+        state["pids"][name] = proc.pid
+        self.save(state)
+        return proc.pid
+
+    def alive(self, name: str) -> bool:
+        pid = self.read()["pids"].get(name)
+        return pid is not None and process.alive(int(pid))
+
+    def stop(self, name: str, grace: float = 10) -> None:
+        state = self.read()
+        pid = state["pids"].pop(name, None)
+        if pid is not None:
+            process.stop_all([int(pid)], grace)
+        self.save(state)
+
+    def wait(
+        self, what: str, ready: Callable[[], bool], timeout: float, daemon: str | None = None
+    ) -> None:
+        """Poll `ready` every 0.1 s until it holds; a RuntimeError past `timeout`, or as soon as
+        `daemon` (when given) is found exited, with the end of its log."""
+        exited = False
+
+        def done() -> bool:
+            nonlocal exited
+            if ready():
+                return True
+            exited = daemon is not None and not self.alive(daemon)
+            return exited
+
+        if not poll(done, timeout, interval=0.1):
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        if exited:
+            log = self.layout.logs / f"{daemon}.log"
+            tail = log.read_text(errors="replace")[-LOG_TAIL_CHARACTERS:]
+            raise RuntimeError(f"{daemon} exited before {what}:\n{tail}")

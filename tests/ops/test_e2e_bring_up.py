@@ -1,0 +1,194 @@
+"""The one bring-up of `make e2e-cluster` and the e2e suite (e2e/cluster.py `bring_up`): each
+part's teardown is on the ExitStack before the part starts, and closing the stack removes what
+was made, node first. No part really starts here: each is a recorder."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from e2e import cluster
+from e2e.images import ImageRefs
+
+REFS = ImageRefs(gateway="r/gateway@sha256:1", model="r/model@sha256:2", database="r/db@sha256:3")
+
+
+class Calls:
+    made: ClassVar[list[str]] = []
+    fail: ClassVar[str] = ""
+
+    @classmethod
+    def record(cls, call: str) -> None:
+        cls.made.append(call)
+        if call == cls.fail:
+            raise RuntimeError(call)
+
+
+class FakeS3:
+    endpoint = "https://10.250.0.1:9000"
+    bucket = "mlstack-backups"
+    region = "us-east-1"
+    access_key = "key"
+    secret_key = "secret"
+
+    def __init__(self, ca: Path) -> None:
+        self.ca_certificate = ca
+
+
+class FakeImages:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.timings: dict[str, float] = {}
+        self.engine = self
+        self.registry = self
+        self.address = "127.0.0.1:5000"
+
+    def up(self) -> ImageRefs:
+        Calls.record("images up")
+        return REFS
+
+    def stop(self) -> None:
+        Calls.record("engine stop")
+
+    def down(self) -> None:
+        Calls.record("images down")
+
+
+class FakePlane:
+    def __init__(self, bin_dir: Path, workdir: Path, fake_nodes: int) -> None:
+        assert fake_nodes == 0
+        self.workdir = workdir
+        self.kubeconfig = workdir / "kubeconfig.yaml"
+        self.context = "kwok-mlstack-e2e"
+        self.bin_dir = bin_dir
+
+    def start(self) -> None:
+        Calls.record("plane start")
+
+    def stop(self) -> None:
+        Calls.record("plane stop")
+
+    def kubectl(self, *args: str, **kw: Any) -> Any:
+        return type("Done", (), {"stdout": "10.97.0.9"})()
+
+
+class FakeNode:
+    left: ClassVar[list[str]] = []
+
+    def __init__(self, plane: FakePlane, registries: list[str] | None = None) -> None:
+        self.s3 = FakeS3(plane.workdir.parent / "ca.crt")
+
+    def up(self) -> None:
+        Calls.record("node up")
+
+    def down(self) -> list[str]:
+        Calls.record("node down")
+        return list(FakeNode.left)
+
+    def add_volume(self, namespace: str, claim: str) -> Path:
+        Calls.record(f"volume {claim}")
+        return Path()
+
+
+class FakeWorkspace:
+    stacks: ClassVar[list[tuple[str, dict[str, Any], dict[str, str]]]] = []
+
+    def __init__(self, bin_dir: Path, root: Path, kubeconfig: Path) -> None:
+        self.backend_dir = root / "backend"
+
+    def create(self) -> None:
+        Calls.record("workspace create")
+
+    def run(self, *args: str) -> None:
+        Calls.record(f"pulumi {args[0]}")
+
+    def init_stack(self, stack: str, config: dict[str, Any], secrets: dict[str, str]) -> None:
+        Calls.record("stack init")
+        FakeWorkspace.stacks.append((stack, config, secrets))
+
+
+@pytest.fixture(autouse=True)
+def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_text("CA\n")
+    Calls.made, Calls.fail, FakeNode.left, FakeWorkspace.stacks = [], "", [], []
+    monkeypatch.setattr(cluster, "Images", FakeImages)
+    monkeypatch.setattr(cluster, "ControlPlane", FakePlane)
+    monkeypatch.setattr(cluster, "Node", FakeNode)
+    monkeypatch.setattr(cluster, "PulumiWorkspace", FakeWorkspace)
+    monkeypatch.setattr(cluster, "toolchain_bin", lambda: tmp_path / "bin")
+
+
+VOLUMES = [f"volume {claim}" for claim in cluster.CLAIMS]
+UP = ["images up", "engine stop", "plane start", "node up", *VOLUMES]
+INIT = ["workspace create", "pulumi login", "stack init"]
+
+
+def test_the_suite_s_bring_up_and_its_teardown(tmp_path: Path) -> None:
+    left: list[str] = []
+    with contextlib.ExitStack() as stack:
+        cluster.bring_up(stack, tmp_path, tmp_path / "bin", {"mlstack:apiKey": "k"}, left)
+        assert Calls.made == UP + INIT
+    assert Calls.made[len(UP + INIT) :] == ["node down", "plane stop", "images down"]
+    assert left == []
+    [(name, config, secrets)] = FakeWorkspace.stacks
+    assert name == cluster.STACK
+    assert config["mlstack:model"] == cluster.SUITE_MODEL
+    assert config["mlstack:database"]["replicas"] == 1
+    assert secrets["mlstack:apiKey"] == "k" and secrets["mlstack:databaseBackupS3AccessKey"]
+
+
+@pytest.mark.parametrize(
+    ("fail", "torn_down"),
+    [
+        ("images up", ["images down"]),
+        ("plane start", ["plane stop", "images down"]),
+        ("node up", ["node down", "plane stop", "images down"]),
+    ],
+)
+def test_a_failed_bring_up_removes_what_it_started(
+    tmp_path: Path, fail: str, torn_down: list[str]
+) -> None:
+    Calls.fail = fail
+    left: list[str] = []
+    with pytest.raises(RuntimeError), contextlib.ExitStack() as stack:
+        cluster.bring_up(stack, tmp_path, tmp_path / "bin", {}, left)
+    assert Calls.made[Calls.made.index(fail) + 1 :] == torn_down
+
+
+def test_what_the_teardown_could_not_do_is_reported(tmp_path: Path) -> None:
+    FakeNode.left = ["link mlse2e-node"]
+    Calls.fail = "plane stop"
+    left: list[str] = []
+    with contextlib.ExitStack() as stack:
+        cluster.bring_up(stack, tmp_path, tmp_path / "bin", {}, left)
+    assert Calls.made[-3:] == ["node down", "plane stop", "images down"]
+    assert left == ["link mlse2e-node", "control plane: teardown failed: plane stop"]
+
+
+def test_the_cluster_is_left_running_and_its_down_removes_it(tmp_path: Path) -> None:
+    local = cluster.LocalCluster(tmp_path, database_replicas=3)
+    lines = local.up()
+    assert Calls.made == [*UP, *INIT, "pulumi up"]
+    assert [line.split("=")[0] for line in lines] == [
+        "export KUBECONFIG",
+        "export MLSTACK_GATEWAY_URL",
+        "export MLSTACK_API_KEY",
+    ]
+    [(_, config, _)] = FakeWorkspace.stacks
+    assert config["mlstack:model"] == cluster.CLUSTER_MODEL
+    assert config["mlstack:database"]["replicas"] == 3
+    assert (tmp_path / "images.json").exists()
+    Calls.made = []
+    assert local.down() == []
+    assert Calls.made == ["node down", "plane stop", "images down"]
+    assert not (tmp_path / "images.json").exists()
+
+
+def test_a_failed_cluster_up_removes_what_it_started(tmp_path: Path) -> None:
+    Calls.fail = "pulumi up"
+    with pytest.raises(RuntimeError):
+        cluster.LocalCluster(tmp_path).up()
+    assert Calls.made[-4:] == ["pulumi up", "node down", "plane stop", "images down"]
