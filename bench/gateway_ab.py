@@ -134,7 +134,15 @@ def store_worker(
     from mlstack_gateway.ids import new_request_id
     from mlstack_gateway.metrics import GatewayMetrics
     from mlstack_gateway.settings import GatewaySettings
-    from mlstack_gateway.store import PredictionRecord, open_store
+
+    try:
+        from mlstack_gateway.stores.base import PredictionRecord
+        from mlstack_gateway.stores.factory import open_store
+    except ModuleNotFoundError:  # a revision from before the stores/ package (issue 22)
+        from mlstack_gateway.store import (  # type: ignore[import-not-found,no-redef]
+            PredictionRecord,
+            open_store,
+        )
 
     env = {"MLSTACK_API_KEY": API_KEY, "DATA_DIR": data_dir}
     if store_kind == "postgresql":
@@ -186,15 +194,13 @@ def store_worker(
 def store_rounds(
     revisions: tuple[str, str | None], rounds: int, seconds: float, concurrency: int
 ) -> str:
-    from tests.services.support import PostgresServer
+    from harness.postgres import running_postgres
 
     work = Path(tempfile.mkdtemp(prefix="mlstack-store-ab-"))
     sources = gateway_sources(*revisions, work)
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     with ExitStack() as stack:
-        postgres = PostgresServer().init()
-        stack.callback(postgres.destroy)
-        postgres.start()
+        postgres = stack.enter_context(running_postgres())
         dsns = {v: postgres.create_database(f"store_{v}") for v in VERSIONS}
         for round_ in range(1, rounds + 1):
             order = VERSIONS if round_ % 2 else VERSIONS[::-1]
@@ -255,14 +261,12 @@ def start_all(stack: ExitStack, work: Path, revisions: tuple[str, str | None]) -
     """PostgreSQL, the model, and a gateway per (version, store), warmed up."""
     from mlstack_model import train
 
-    from tests.services.support import PostgresServer
+    from harness.postgres import running_postgres
 
     logs = work / "logs"
     logs.mkdir()
     sources = gateway_sources(*revisions, work)
-    postgres = PostgresServer().init()
-    stack.callback(postgres.destroy)
-    postgres.start()
+    postgres = stack.enter_context(running_postgres())
     train.train_all(work / "models", ["iris"])
     model = start_model(work / "models", logs)
     stack.callback(model.stop)
@@ -295,9 +299,11 @@ def measure(setup: Setup, store: str, connections: int, round_: int, seconds: fl
     for version in order:
         gateway = setup.gateways[version, store]
         watch = {"gateway": gateway.pid}
-        before = gateway_counters(gateway.url)
+        # The gateway serves /metrics on a port of its own.
+        metrics_url = gateway.metrics_url or gateway.url
+        before = gateway_counters(metrics_url)
         result = run_load(predict_request(gateway.url), connections, seconds, setup.work, watch)
-        after = gateway_counters(gateway.url)
+        after = gateway_counters(metrics_url)
         rows_per_commit[version] = gateway_stats(before, after)["rows_per_commit"]
         if not result.ok:
             raise RuntimeError(f"{gateway.name}: answers that were not 200")
@@ -322,7 +328,7 @@ def measure(setup: Setup, store: str, connections: int, round_: int, seconds: fl
 
 def check_rows(setup: Setup) -> list[str]:
     """Every 200 has its row: rows stored >= 200s measured (warm-up adds rows, not 200s)."""
-    from tests.services.support import query
+    from harness.postgres import query
 
     checks = []
     for (version, store), measured in setup.acknowledged.items():

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 import uvloop
-from mlstack_model.grpc_routes import SERVICE
+from mlstack_model.grpc.routes import SERVICE
 from mlstack_model.proto import open_inference_pb2 as pb
 
 # What the model answers for one row, serialized once.

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 _MARK = "BENCH-RESULT "
@@ -64,7 +64,9 @@ class GrpcRequest:
 
 
 @dataclass(frozen=True)
-class LoadResult:
+class GeneratorReport:
+    """What a load generator (wrk, ghz) says about one run."""
+
     requests: int
     seconds: float
     socket_errors: int
@@ -72,6 +74,12 @@ class LoadResult:
     non_2xx: int
     p50_ms: float
     p99_ms: float
+
+
+@dataclass(frozen=True)
+class LoadResult(GeneratorReport):
+    """The generator's report, with what the run cost the machine."""
+
     # CPU seconds per request spent by each watched process tree, and by wrk itself.
     cpu_us_per_request: Mapping[str, float]
     # Cores the whole machine was busy during the run, and how many of them were not the
@@ -137,18 +145,6 @@ def _machine_busy() -> float:
     return (sum(fields[:8]) - idle) / _clock_ticks()
 
 
-@dataclass(frozen=True)
-class _Report:
-    """What a load generator says about one run."""
-
-    requests: int
-    seconds: float
-    socket_errors: int
-    non_2xx: int
-    p50_ms: float
-    p99_ms: float
-
-
 def _wrk(request: Request, connections: int, seconds: float, script_dir: Path) -> list[str]:
     digest = hashlib.sha256(request.url.encode() + b"\0" + request.body).hexdigest()[:16]
     script = script_dir / f"load-{digest}.lua"
@@ -167,11 +163,11 @@ def _wrk(request: Request, connections: int, seconds: float, script_dir: Path) -
     ]
 
 
-def _wrk_report(stdout: str) -> _Report:
+def _wrk_report(stdout: str) -> GeneratorReport:
     if _MARK not in stdout:
         raise ValueError("no report")
     report = json.loads(stdout.split(_MARK, 1)[1].splitlines()[0])
-    return _Report(
+    return GeneratorReport(
         requests=int(report["requests"]),
         seconds=int(report["duration_us"]) / 1e6,
         socket_errors=int(report["socket_errors"]),
@@ -205,12 +201,12 @@ def _ghz(request: GrpcRequest, connections: int, seconds: float, script_dir: Pat
     ]
 
 
-def _ghz_report(stdout: str) -> _Report:
+def _ghz_report(stdout: str) -> GeneratorReport:
     report = json.loads(stdout)
     statuses: dict[str, int] = report.get("statusCodeDistribution") or {}
     percentiles = {int(p["percentage"]): int(p["latency"]) for p in report["latencyDistribution"]}
     requests = int(report["count"])
-    return _Report(
+    return GeneratorReport(
         requests=requests,
         seconds=int(report["total"]) / 1e9,
         socket_errors=0,
@@ -263,12 +259,7 @@ def run_load(
     busy_cores = machine_busy / wall if wall else 0.0
     ours = (sum(server_cpu.values()) + generator_cpu) / wall if wall else 0.0
     return LoadResult(
-        requests=requests,
-        seconds=report.seconds,
-        socket_errors=report.socket_errors,
-        non_2xx=report.non_2xx,
-        p50_ms=report.p50_ms,
-        p99_ms=report.p99_ms,
+        **asdict(report),
         cpu_us_per_request=per_request,
         machine_busy_cores=busy_cores,
         other_busy_cores=max(0.0, busy_cores - ours),

@@ -10,31 +10,27 @@ from __future__ import annotations
 
 import os
 
+from mlstack_gateway.asgi import send_json
 from mlstack_gateway.http_pool import HttpPool
 from starlette.types import Receive, Scope, Send
+
+from bench.bare_asgi import lifespan, read_body
 
 _INFER = "/v2/models/iris/infer"
 _pool: HttpPool | None = None
 
 
+async def _close_pool() -> None:
+    if _pool is not None:
+        await _pool.close()
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     global _pool  # noqa: PLW0603 - one pool per process, made on the first request's loop
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if _pool is not None:
-                    await _pool.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = bool(message.get("more_body", False))
+        await lifespan(receive, send, on_shutdown=_close_pool)
+        return
+    body = await read_body(receive)
     if scope["method"] == "GET":  # readiness
         status, answer = 200, b"{}"
     else:
@@ -42,14 +38,4 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             _pool = HttpPool(os.environ["PROXY_MODEL_URL"], max_connections=64, connect_timeout=1)
         response = await _pool.request("POST", _INFER, body, timeout=5)
         status, answer = response.status, response.body
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(answer)),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": answer})
+    await send_json(send, status, answer)

@@ -22,8 +22,8 @@ from bench.servers import GATEWAY_SRC
 
 def per_commit(make_id: Callable[[], str], rows: int, rows_per_commit: int) -> tuple[float, float]:
     """(CPU µs, wall µs) per commit."""
-    from mlstack_gateway.store import PredictionRecord
-    from mlstack_gateway.store_sqlite import MIGRATIONS, _insert_batch
+    from mlstack_gateway.stores.base import PredictionRecord
+    from mlstack_gateway.stores.sqlite import MIGRATIONS, _insert_batch
 
     with tempfile.TemporaryDirectory() as folder:
         conn = sqlite3.connect(Path(folder) / "predictions.sqlite3", isolation_level=None)

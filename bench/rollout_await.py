@@ -17,12 +17,12 @@ import argparse
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from e2e.cluster import STACK, LocalCluster, unfinished_rollouts
 from e2e.controlplane import ControlPlane
 from e2e.workspace import PulumiWorkspace
+from harness.poll import poll
 from harness.program import ROOT
 
 PROVIDER_AWAIT = '''"""The bench's stand-in: no annotation, the provider's own await logic."""
@@ -48,11 +48,15 @@ def use(workspace: PulumiWorkspace, mode: str) -> None:
 
 def settle(plane: ControlPlane, timeout: float = 600) -> None:
     """Every round starts from ended rollouts, whatever the round before it returned on."""
-    deadline = time.monotonic() + timeout
-    while unfinished := unfinished_rollouts(plane):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"rollouts still unfinished after {timeout:.0f} s: {unfinished}")
-        time.sleep(1)
+    unfinished: list[str] = []
+
+    def ended() -> bool:
+        nonlocal unfinished
+        unfinished = unfinished_rollouts(plane)
+        return not unfinished
+
+    if not poll(ended, timeout, interval=1):
+        raise RuntimeError(f"rollouts still unfinished after {timeout:.0f} s: {unfinished}")
 
 
 def main(argv: list[str]) -> int:

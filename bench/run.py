@@ -12,13 +12,12 @@ Every target is measured in each of ``--rounds`` rounds, one after the other in 
 and ratios are taken within a round (the machine is shared: a ratio of two numbers measured
 seconds apart is steadier than either number), then the median over the rounds is reported.
 Writes bench/results/{results.md,results.json,bench.png}; the last lines printed are the
-headline ratios.
+headline ratios (report.HEADLINES).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import platform
@@ -35,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.load import GrpcRequest, LoadResult, Request, fdatasync_latency, ghz_path, run_load
+from bench.load import GrpcRequest, Request, fdatasync_latency, ghz_path, run_load
+from bench.report import Run
 from bench.servers import (
     API_KEY,
     MLSERVER_VENV,
@@ -52,6 +52,7 @@ from bench.servers import (
     start_proxy,
     write_mlserver_config,
 )
+from harness.http import request
 
 CONNECTIONS = (1, 32)
 BATCH_ROWS = (1, 32, 256)
@@ -61,17 +62,6 @@ PROGRAM_SCENARIOS = ("dev", "prod", "dev-100-replicas", "dev-100-replicas-20-ser
 RESULTS_DIR = ROOT / "bench" / "results"
 PROTO = MODEL_SRC / "mlstack_model" / "proto" / "open_inference.proto"
 GRPC_INFER = "inference.GRPCInferenceService/ModelInfer"
-
-
-@dataclass
-class Run:
-    target: str
-    connections: int
-    rows: int
-    round: int
-    result: LoadResult
-    # For a gateway: means per request from its own /metrics over the run (see gateway_stats).
-    internals: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -220,24 +210,19 @@ _SERIES = {
 
 
 def gateway_counters(metrics_url: str) -> dict[str, tuple[float, float]]:
-    """(sum, count) of the gateway's own timing histograms, from GET /metrics on its metrics
-    port."""
-    host_port = metrics_url.removeprefix("http://")
-    host, _, port = host_port.partition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        name, _, value = line.rpartition(" ")
-        name = name.replace('{endpoint="predict"}', "")
-        if name.endswith(("_sum", "_count")):
-            values[name] = float(value)
+    """(sum, count) of the gateway's own timing histograms (the predict endpoint's, where a
+    series is by endpoint), from GET /metrics on its metrics port."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reply = request("GET", metrics_url + "/metrics")
+    if reply.status != 200:
+        raise RuntimeError(f"GET {metrics_url}/metrics answered {reply.status}")
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(reply.body.decode())
+        for sample in family.samples
+        if sample.labels in ({}, {"endpoint": "predict"})
+    }
     return {
         key: (values.get(f"{series}_sum", 0.0), values.get(f"{series}_count", 0.0))
         for key, series in _SERIES.items()
@@ -296,7 +281,7 @@ class Recorder:
 
 
 def stored_rows(sqlite_path: Path, dsn: str) -> dict[str, int]:
-    from tests.services.support import query
+    from harness.postgres import query
 
     with sqlite3.connect(sqlite_path) as db:
         sqlite_rows = int(db.execute("SELECT count(*) FROM predictions").fetchone()[0])
@@ -305,20 +290,18 @@ def stored_rows(sqlite_path: Path, dsn: str) -> dict[str, int]:
 
 
 def postgres_durability(dsn: str) -> dict[str, str]:
-    from tests.services.support import query
+    from harness.postgres import query
 
     names = ("fsync", "synchronous_commit", "wal_sync_method", "full_page_writes")
     return {name: str(query(dsn, f"SHOW {name}")[0][0]) for name in names}
 
 
 def load_runs(data: BenchData, work: Path) -> None:
-    from tests.services.support import PostgresServer
+    from harness.postgres import running_postgres
 
     recorder = Recorder(data, work)
     with ExitStack() as stack:
-        postgres = PostgresServer().init()
-        stack.callback(postgres.destroy)
-        postgres.start()
+        postgres = stack.enter_context(running_postgres())
         dsn = postgres.create_database("bench")
         data.environment["postgresql"] = postgres_durability(dsn)
 
@@ -529,12 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(markdown)
     print(f"wrote {args.out / 'results.md'}, results.json and bench.png")
-    for key in (
-        "model_vs_mlserver_rps",
-        "model_grpc_vs_mlserver_grpc_rps",
-        "gateway_vs_direct_rps",
-        "gateway_added_p50_ms",
-    ):
+    for key in report.HEADLINES:
         print(f"{key}: {summary['headline'][key]:.2f}")
     return 0
 

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+
+from harness.http import request
+from harness.poll import poll
+from harness.ports import free_port
+from harness.processes import STOP_GRACE_SECONDS, LocalProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_SRC = ROOT / "services" / "model"
@@ -22,13 +24,6 @@ GATEWAY_SRC = ROOT / "services" / "gateway"
 MLSERVER_VENV = ROOT / ".venv-mlserver"
 API_KEY = "bench-key"
 MODEL_NAME = "iris"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def http_call(
@@ -39,25 +34,15 @@ def http_call(
     timeout: float = 10.0,
 ) -> tuple[int, Any]:
     """One request on a fresh connection; the answer's status and JSON body (or None)."""
-    host_port, _, path = url.removeprefix("http://").partition("/")
-    host, _, port = host_port.partition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    reply = request(method, url, body, headers, timeout)
     try:
-        data = None if body is None else json.dumps(body).encode()
-        all_headers = {"Content-Type": "application/json", **(headers or {})}
-        conn.request(method, "/" + path, body=data, headers=all_headers)
-        response = conn.getresponse()
-        raw = response.read()
-    finally:
-        conn.close()
-    try:
-        return response.status, json.loads(raw)
+        return reply.status, reply.json()
     except ValueError:
-        return response.status, None
+        return reply.status, None
 
 
-class Server:
-    """A server process in a session of its own, logging to a file."""
+class Server(LocalProcess):
+    """A server process in a session of its own, logging to a file, started on construction."""
 
     def __init__(
         self,
@@ -71,68 +56,71 @@ class Server:
         cwd: Path | None = None,
         grpc_target: str | None = None,
     ) -> None:
-        self.name = name
+        # The server's own session, so that stop() reaches the workers uvicorn or MLServer fork.
+        super().__init__(
+            name,
+            argv,
+            log_dir / f"{name}.log",
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            new_session=True,
+        )
         self.url = url
         # host:port of the server's gRPC side, if it has one.
         self.grpc_target = grpc_target
         # Where the server serves /metrics, when on a port of its own.
         self.metrics_url: str | None = None
         self._ready_path = ready_path
-        self.log_path = log_dir / f"{name}.log"
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                list(argv),
-                env={**os.environ, **(env or {})},
-                cwd=cwd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.start()
+
+    @property
+    def popen(self) -> subprocess.Popen[bytes]:
+        assert self.process is not None, f"{self.name} was never started"
+        return self.process
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.popen.pid
 
     def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return super().log_tail(lines)
+
+    def _answers(self) -> bool:
+        if self._ready_path is None:
+            # gRPC only: ready once it accepts a connection.
+            assert self.grpc_target is not None
+            with grpc.insecure_channel(self.grpc_target) as channel:
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=2)
+                    return True
+                except grpc.FutureTimeoutError:
+                    return False
+        try:
+            status, _ = http_call("GET", self.url + self._ready_path, timeout=2)
+        except OSError:
+            return False
+        return status == 200
 
     def wait_ready(self, timeout: float = 120.0) -> Server:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            if self._ready_path is None:
-                # gRPC only: ready once it accepts a connection.
-                assert self.grpc_target is not None
-                with grpc.insecure_channel(self.grpc_target) as channel:
-                    try:
-                        grpc.channel_ready_future(channel).result(timeout=2)
-                        return self
-                    except grpc.FutureTimeoutError:
-                        pass
-                continue
-            try:
-                status, _ = http_call("GET", self.url + self._ready_path, timeout=2)
-                if status == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
+        process = self.popen
+        ready = poll(lambda: process.poll() is not None or self._answers(), timeout, interval=0.1)
+        if process.returncode is not None:
+            raise RuntimeError(f"{self.name} exited with {process.returncode}:\n{self.log_tail()}")
+        if not ready:
+            raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
+        return self
 
     def stop(self) -> None:
         """SIGTERM to the server's own process group, then SIGKILL if it lingers."""
-        if self.process.poll() is not None:
+        process = self.popen
+        if process.poll() is not None:
             return
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=25)
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
         except ProcessLookupError:
             pass
 
@@ -215,7 +203,8 @@ def _bare_asgi(name: str, app: str, log_dir: Path, env: dict[str, str] | None = 
 
 def start_echo(log_dir: Path) -> Server:
     """The ceiling: a bare ASGI app that answers with the request's body."""
-    return _bare_asgi("echo", "bench.echo:app", log_dir)
+    env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{service_path(GATEWAY_SRC)}"}
+    return _bare_asgi("echo", "bench.echo:app", log_dir, env)
 
 
 def start_proxy(model_url: str, log_dir: Path) -> Server:

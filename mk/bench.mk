@@ -36,3 +36,11 @@ bench-tools: ## install wrk and PostgreSQL's server from Debian if they are miss
 .PHONY: bench
 bench: venv $(VENV)/.bench-installed $(MLSERVER_VENV)/.installed bench-tools $(GHZ) ## benchmarks: model vs MLServer (REST and gRPC), gateway hop, batches, program evaluation (~8 min) → bench/results/
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+.PHONY: bench-failover
+bench-failover: venv ## the database's failover, 3 runs of each event on `make e2e-cluster DATABASE_REPLICAS=3` → bench/results/database-failover.md
+	$(PY) -m bench.database_failover --dir $(E2E_CLUSTER_DIR)
+
+.PHONY: bench-startup
+bench-startup: venv ## pulumi up vs kubectl apply of the same objects, and each pod's way to Ready, on `make e2e-cluster` → bench/results/pod-startup.md
+	$(PY) -m bench.pod_startup --dir $(E2E_CLUSTER_DIR)

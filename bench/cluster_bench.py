@@ -1,0 +1,47 @@
+"""What the benchmarks against a cluster `make e2e-cluster` left running share: their command
+line, their handles on it (control plane, node, Pulumi workspace) and the conditions a result is
+written with."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+from pathlib import Path
+from typing import Final
+
+from e2e.cluster import LocalCluster
+from e2e.controlplane import ControlPlane
+from e2e.node import Node
+from e2e.workspace import PulumiWorkspace
+
+DEFAULT_DIR: Final = Path("/tmp/mlstack-e2e-cluster")
+
+
+def arguments(prog: str) -> argparse.Namespace:
+    """`--dir` (the cluster's folder) and `--runs`."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--runs", type=int, default=3)
+    return parser.parse_args()
+
+
+class ClusterBench:
+    """The cluster in `workdir`: its control plane, its node and the stack's Pulumi workspace."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.kube: ControlPlane = LocalCluster(workdir).plane()
+        self.node = Node(self.kube)
+        self.workspace = PulumiWorkspace(
+            bin_dir=self.kube.bin_dir, root=workdir / "pulumi", kubeconfig=self.kube.kubeconfig
+        )
+
+
+def conditions() -> dict[str, str]:
+    """When, and on what machine under what load, a result was measured."""
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, load average "
+        + " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
