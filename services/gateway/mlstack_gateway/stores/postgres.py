@@ -178,6 +178,9 @@ _READ_FAILURES_BEFORE_PAUSE = 3
 _READ_PAUSE_SECONDS = 5.0
 # Between tries to connect to a server that may still be starting (no bound: the caller's).
 _CONNECT_BACKOFF = Backoff(0.2, most=5.0)
+# The same for the migrations step, which has nothing else to do: a new stack's gateway pods wait
+# in it for the database to start, and a pause that had grown to seconds was time they lost.
+_MIGRATE_CONNECT_BACKOFF = Backoff(0.2, most=0.5)
 # Between tries of a write that failed on a connection the server lost (within
 # DB_WRITE_TIMEOUT_SECONDS): short, as a failover's new primary answers within seconds.
 _WRITE_BACKOFF = Backoff(0.05, most=0.5)
@@ -343,11 +346,12 @@ async def _open_pool(
     prepare: Callable[[asyncpg.Pool], Awaitable[object]],
     connect_timeout: float = 60.0,
     retry: Callable[[BaseException], bool] = lambda exc: True,
+    backoff: Backoff = _CONNECT_BACKOFF,
 ) -> asyncpg.Pool:
     """A pool on ``dsn`` once its server answers and ``prepare`` has run on it; until then,
     tries again with a growing pause (the server may still be starting), unless ``retry``
     says an error is not worth another try: that one is raised."""
-    retrying = _CONNECT_BACKOFF.start()
+    retrying = backoff.start()
     while True:
         asked_at = asyncio.get_running_loop().time()
         # min_size 0: connections are opened by the requests that need them, never by a task of
@@ -438,6 +442,7 @@ async def migrate_database(dsn: str, timeout_seconds: float) -> list[int]:
                 command_timeout=timeout_seconds,
                 prepare=run,
                 retry=_not_there_yet,
+                backoff=_MIGRATE_CONNECT_BACKOFF,
             )
     except TimeoutError:
         last = reachability.last_error
