@@ -224,6 +224,7 @@ def bring_up(
     node = Node(plane, registries=[images.registry.address])
     push_teardown(stack, "node", lambda: left.extend(node.down()), left)
     node.up()
+    node.pull_in_background(list(asdict(refs).values()))
     # The claims the database's StatefulSet mounts: a provisioner would create their volumes.
     for claim in CLAIMS:
         node.add_volume(NAMESPACE, claim)
@@ -304,6 +305,8 @@ class LocalCluster:
                 )
                 env.workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
                 url = gateway_url(env.plane)
+                # The model's autoscaler reads it: there, for `kubectl get hpa -w`.
+                env.node.wait_for_metrics()
             except BaseException:
                 print("e2e cluster: start failed, removing what was made", file=sys.stderr)
                 raise

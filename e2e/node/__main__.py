@@ -31,6 +31,7 @@ def main(argv: Sequence[str]) -> int:
     node = Node(plane, registries=argv[2:])
     if argv[0] == "up":
         node.up()
+        node.wait_for_metrics()
         print(json.dumps(node.timings))
     elif argv[0] == "check":
         print(json.dumps(node.check()))

@@ -178,12 +178,17 @@ def start_kube_router(layout: Layout, state: NodeState, bin_dir: Path, node_name
 
 
 def start_metrics_server(layout: Layout, state: NodeState, plane: ControlPlane) -> None:
-    """metrics-server beside the kubelet, behind the aggregation layer."""
+    """metrics-server beside the kubelet, behind the aggregation layer. Not waited for: its
+    first scrape comes one resolution (10 s) after the start, while the rest of the cluster
+    comes up (`wait_for_metrics_server`)."""
     ca = plane.pki_dir
     binary = str(plane.bin_dir / metrics_server.NAME)
     state.spawn(metrics_server.NAME, metrics_server.argv(binary, layout.pki, ca))
     plane.kubectl("apply", "-f", "-", stdin=metrics_server.registration(ca))
-    # The first scrape comes one resolution after the start.
+
+
+def wait_for_metrics_server(state: NodeState, plane: ControlPlane) -> None:
+    """Until the Metrics API serves the node's usage through the API server."""
     state.wait(
         "the Metrics API to serve the node's usage",
         lambda: metrics_server.node_metrics_served(plane.kubectl),

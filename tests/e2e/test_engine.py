@@ -621,8 +621,9 @@ def test_4c_the_model_scaled_to_zero_under_load_costs_only_503s_and_no_gateway_e
             TIMINGS["model scaled to 0 -> no model pod left"] = app.wait_until(
                 "no model pod left", lambda: not app.pods(kube, "model"), 120
             )
-            # Long enough for readiness probes to have failed, had they followed the model.
-            away = time.monotonic() + 20
+            # Long enough for readiness probes to have failed, had they followed the model:
+            # twice the gateway's three misses a second apart, and the endpoints' update.
+            away = time.monotonic() + 8
             while time.monotonic() < away:
                 seen.append(app.ready_endpoints(kube, "gateway"))
                 time.sleep(1)
@@ -1213,7 +1214,7 @@ def _model_pods_ready(kube: ControlPlane) -> int:
 
 
 def test_4v_the_autoscaler_scales_the_model_out_under_load_keeps_it_through_an_up_and_back_in(
-    workspace: PulumiWorkspace, control_plane: ControlPlane
+    workspace: PulumiWorkspace, control_plane: ControlPlane, node: Node
 ) -> None:
     """Autoscaling on for the model (floor 1, ceiling 3): load through the LoadBalancer adds
     replicas; a `pulumi up` of `model.version` while scaled out keeps the count (ignoreChanges:
@@ -1225,6 +1226,7 @@ def test_4v_the_autoscaler_scales_the_model_out_under_load_keeps_it_through_an_u
     # is what moves it.
     ensure_model(workspace, kube, 1)
     url = gateway_url(kube)
+    node.wait_for_metrics()
     up_with(workspace, kube, AUTOSCALING, MODEL_AUTOSCALING)
     hpa: Any = kube.get_json("hpa", "model", "-n", NAMESPACE)
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)

@@ -84,6 +84,12 @@ class FakeNode:
     def up(self) -> None:
         Calls.record("node up")
 
+    def pull_in_background(self, refs: list[str]) -> None:
+        Calls.record(f"node pull {' '.join(refs)}")
+
+    def wait_for_metrics(self) -> None:
+        Calls.record("node metrics")
+
     def down(self) -> list[str]:
         Calls.record("node down")
         return list(FakeNode.left)
@@ -122,7 +128,8 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 VOLUMES = [f"volume {claim}" for claim in cluster.CLAIMS]
-UP = ["images up", "engine stop", "plane start", "node up", *VOLUMES]
+PULL = f"node pull {REFS.gateway} {REFS.model} {REFS.database}"
+UP = ["images up", "engine stop", "plane start", "node up", PULL, *VOLUMES]
 INIT = ["workspace create", "pulumi login", "stack init"]
 
 
@@ -171,7 +178,7 @@ def test_what_the_teardown_could_not_do_is_reported(tmp_path: Path) -> None:
 def test_the_cluster_is_left_running_and_its_down_removes_it(tmp_path: Path) -> None:
     local = cluster.LocalCluster(tmp_path, database_replicas=3)
     lines = local.up()
-    assert Calls.made == [*UP, *INIT, "pulumi up"]
+    assert Calls.made == [*UP, *INIT, "pulumi up", "node metrics"]
     assert [line.split("=")[0] for line in lines] == [
         "export KUBECONFIG",
         "export MLSTACK_GATEWAY_URL",
