@@ -328,7 +328,8 @@ class LocalCluster:
         return left
 
     def _remove_folders(self, left: list[str]) -> None:
-        """The folders `up` made, when the node's teardown left nothing behind."""
+        """The folders `up` made, when the node's teardown left nothing behind, and the cluster's
+        folder itself once it holds nothing else (it may be one the user keeps other files in)."""
         if left:
             return
         for name in ("pulumi", "cluster", "images", "images.json"):
@@ -337,6 +338,8 @@ class LocalCluster:
                 shutil.rmtree(path, ignore_errors=True)
             elif path.exists():
                 path.unlink()
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            self.workdir.rmdir()
 
 
 def main(argv: Sequence[str]) -> int:

@@ -176,8 +176,12 @@ def test_what_the_teardown_could_not_do_is_reported(tmp_path: Path) -> None:
 
 
 def test_the_cluster_is_left_running_and_its_down_removes_it(tmp_path: Path) -> None:
-    local = cluster.LocalCluster(tmp_path, database_replicas=3)
+    workdir = tmp_path / "mlstack-e2e-cluster"
+    workdir.mkdir()
+    (workdir / "ca.crt").write_text("CA\n")  # the fake S3 server's, read by up
+    local = cluster.LocalCluster(workdir, database_replicas=3)
     lines = local.up()
+    (workdir / "ca.crt").unlink()
     assert Calls.made == [*UP, *INIT, "pulumi up", "node metrics"]
     assert [line.split("=")[0] for line in lines] == [
         "export KUBECONFIG",
@@ -187,11 +191,11 @@ def test_the_cluster_is_left_running_and_its_down_removes_it(tmp_path: Path) -> 
     [(_, config, _)] = FakeWorkspace.stacks
     assert config["mlstack:model"] == cluster.CLUSTER_MODEL
     assert config["mlstack:database"]["replicas"] == 3
-    assert (tmp_path / "images.json").exists()
+    assert (workdir / "images.json").exists()
     Calls.made = []
     assert local.down() == []
     assert Calls.made == ["node down", "plane stop", "images down"]
-    assert not (tmp_path / "images.json").exists()
+    assert not workdir.exists()
 
 
 def test_a_failed_cluster_up_removes_what_it_started(tmp_path: Path) -> None:
