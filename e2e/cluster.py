@@ -224,7 +224,6 @@ def bring_up(
     node = Node(plane, registries=[images.registry.address])
     push_teardown(stack, "node", lambda: left.extend(node.down()), left)
     node.up()
-    node.pull_in_background(list(asdict(refs).values()))
     # The claims the database's StatefulSet mounts: a provisioner would create their volumes.
     for claim in CLAIMS:
         node.add_volume(NAMESPACE, claim)

@@ -176,10 +176,6 @@ class Node:
         port = self.state.read()["api_server_port"]
         certificates.make(self.layout, self.plane.pki_dir, port, self.name)
 
-    def pull_in_background(self, refs: Sequence[str]) -> None:
-        """Start pulling `refs` onto the node and return (e2e/node/containerd.py)."""
-        containerd.pull_in_background(self.layout, self.state, refs)
-
     def wait_for_metrics(self) -> None:
         """Until the Metrics API, which `up` starts and does not wait for, serves the node's
         usage: what a HorizontalPodAutoscaler reads."""
@@ -212,7 +208,6 @@ class Node:
             ("stop kube-router", lambda: state.stop(addons.KUBE_ROUTER)),
             ("stop kube-proxy", lambda: kube_proxy.stop(state, self.bin_dir)),
             ("stop kubelet", lambda: state.stop(kubelet.NAME, grace=20)),
-            ("stop image pulls", lambda: containerd.stop_pulls(state)),
             ("remove containers", self._remove_containers),
             ("stop containerd", lambda: state.stop(containerd.NAME)),
             ("stop shims", lambda: process.stop_all(host.processes_naming(self.workdir), 5)),

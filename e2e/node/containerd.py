@@ -26,8 +26,6 @@ NAME: Final = "containerd"
 CNI_BIN: Final = "/usr/lib/cni"
 # Every registry but the suite's: a closed local port, so a pull fails at once and stays here.
 NOWHERE: Final = "127.0.0.1:9"
-# The background pulls of the app's images, as NodeState names them (`<PULL>-<n>`).
-PULL: Final = "image-pull"
 
 
 def write_config(layout: Layout, registries: Sequence[str]) -> Path:
@@ -89,23 +87,6 @@ def start(layout: Layout, state: NodeState, registries: Sequence[str]) -> None:
 def ctr(socket: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """containerd's `ctr` at `socket`, in the CRI's namespace (`k8s.io`)."""
     return run("ctr", "--address", str(socket), "-n", "k8s.io", *args, check=check)
-
-
-def pull_in_background(layout: Layout, state: NodeState, refs: Sequence[str]) -> None:
-    """Start pulling each of `refs` (`127.0.0.1:<port>/...@sha256:...`) into the image store the
-    kubelet uses, through the same hosts files as the kubelet's pulls, and return at once: the
-    app's images download while the rest of the cluster comes up, as on a node that ran the app
-    before. Each pull is recorded like a daemon (`stop_pulls` ends what still runs); a pull that
-    fails leaves the image to the kubelet, which pulls what it does not find."""
-    for number, ref in enumerate(refs):
-        argv = ["ctr", "--address", str(layout.containerd_socket), "-n", "k8s.io", "images",
-                "pull", "--hosts-dir", str(layout.containerd / "certs.d"), ref]  # fmt: skip
-        state.spawn(f"{PULL}-{number}", argv)
-
-
-def stop_pulls(state: NodeState) -> None:
-    for name in [name for name in state.read()["pids"] if name.startswith(PULL)]:
-        state.stop(name)
 
 
 def sandboxes_running(socket: Path) -> bool:

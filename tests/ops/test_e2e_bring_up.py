@@ -84,9 +84,6 @@ class FakeNode:
     def up(self) -> None:
         Calls.record("node up")
 
-    def pull_in_background(self, refs: list[str]) -> None:
-        Calls.record(f"node pull {' '.join(refs)}")
-
     def wait_for_metrics(self) -> None:
         Calls.record("node metrics")
 
@@ -128,8 +125,7 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 VOLUMES = [f"volume {claim}" for claim in cluster.CLAIMS]
-PULL = f"node pull {REFS.gateway} {REFS.model} {REFS.database}"
-UP = ["images up", "engine stop", "plane start", "node up", PULL, *VOLUMES]
+UP = ["images up", "engine stop", "plane start", "node up", *VOLUMES]
 INIT = ["workspace create", "pulumi login", "stack init"]
 
 
