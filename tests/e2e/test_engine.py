@@ -41,6 +41,7 @@ from e2e.node import Node
 from e2e.node.host import mounts_under, run
 from e2e.node.pods import restricted_namespace
 from e2e.workspace import PulumiWorkspace, Run
+from harness.poll import poll
 from harness.program import ROOT, run_program
 from tests.e2e import app
 from tests.e2e.conftest import (
@@ -1384,10 +1385,20 @@ def test_5_destroy_and_stack_rm_leave_nothing(
     assert stacks == []
 
     # On the node: no container, task (process), mount or rule of the app is left; what remains
-    # is the cluster's own DNS pod.
+    # is the cluster's own DNS pod. The kubelet and kube-proxy act on the deletions as they see
+    # them, a moment after the API server has them: each gets up to kube-proxy's full resync
+    # period (30 s) to catch up.
+    def app_mounts(state: dict[str, set[str]]) -> list[str]:
+        return [m for m in state["mounts"] if any(uid in m for uid in app_uids)]
+
+    def caught_up() -> bool:
+        state = node_state(node)
+        return not state["rules"] and not app_mounts(state)
+
+    poll(caught_up, 30, interval=0.5)
     left = node_state(node)
     assert left["rules"] == set(), sorted(left["rules"])[:5]
-    assert not [m for m in left["mounts"] if any(uid in m for uid in app_uids)], left["mounts"]
+    assert not app_mounts(left), left["mounts"]
     dns: Any = control_plane.get_json("pods", "-n", "kube-system")
     dns_ids = {
         s["containerID"].split("://", 1)[1]
