@@ -12,7 +12,7 @@ import pulumi_kubernetes as k8s
 from components import database, pod
 from components.backup_repository import backup_repository
 from components.cluster import Cluster
-from components.config import StackConfig
+from components.config import MODEL_DRAIN_SECONDS, StackConfig
 from components.database import Database, DatabaseArgs
 from components.image import SERVICES, ServiceImage, ServiceImageArgs
 from components.labels import APP, labels
@@ -216,6 +216,7 @@ class MlApp(pulumi.ComponentResource):
                 readiness_path="/v2/health/ready",
                 resources=MODEL_RESOURCES,
                 env={"MODEL_NAME": MODEL_NAME, "MODEL_VERSION": config.model.version},
+                drain_seconds=MODEL_DRAIN_SECONDS,
                 zone_spread=zone_spread,
                 grpc=True,
             ),

@@ -34,6 +34,11 @@ MAX_REPLICAS: Final = 1000
 # The gateway's drain by default: longer than a cloud load balancer takes to stop sending to a
 # pod that has left the Service's endpoints (a single node's kube-proxy takes about a second).
 GATEWAY_DRAIN_SECONDS: Final = 30
+# The model's drain: its only clients are the gateways, through kube-proxy on their nodes, which
+# stops sending to a pod that has left the endpoints within a second or two. A model that stopped
+# listening before then would refuse those connections, and once its pod's network is gone they
+# would hang until the gateway's model timeout (a 503 where a retry would have been answered).
+MODEL_DRAIN_SECONDS: Final = 5
 # The most replicas an autoscaler may run of one service: a ceiling that a runaway metric (or a
 # flood) cannot push past, well under what one namespace's quota would hold.
 MAX_AUTOSCALED_REPLICAS: Final = 20

@@ -290,8 +290,9 @@ def _pod_spec(
     grace = SHUTDOWN_SECONDS
     lifecycle: k8s.core.v1.LifecycleArgsDict | None = None
     if args.drain_seconds is not None:
-        # A terminating pod leaves the Service's endpoints at once, but load balancers notice
-        # later: keep serving until they have, then take SIGTERM and finish in-flight requests.
+        # A terminating pod leaves the Service's endpoints at once, but what sends to it (a load
+        # balancer, kube-proxy on every node) notices later: keep serving until it has, then take
+        # SIGTERM and finish in-flight requests.
         lifecycle = {"pre_stop": {"sleep": {"seconds": args.drain_seconds}}}
         grace += args.drain_seconds
     container: k8s.core.v1.ContainerArgsDict = {

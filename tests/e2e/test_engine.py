@@ -485,14 +485,23 @@ def test_3_pull_request_preview_shows_one_in_place_update_then_up_applies_it(
 ACKNOWLEDGED: set[str] = set()
 
 
+def rolled_pods_gone(kube: ControlPlane) -> None:
+    """The model pods a rollout replaced drain after `pulumi up` returns (their pre-stop sleep),
+    answering what reaches them meanwhile, on the gateways' open connections too: once they are
+    gone, and a moment more for the answers in flight, every answer is the new version's."""
+    app.wait_until(
+        "the rolled model pods to be gone",
+        lambda: not [p for p in app.pods(kube, "model") if p["metadata"].get("deletionTimestamp")],
+        90,
+    )
+    time.sleep(1)
+
+
 def rollout(workspace: PulumiWorkspace, kube: ControlPlane, url: str, version: str) -> app.Load:
     """`model.version` set to `version`, `pulumi up` while the load loop runs."""
     with app.Load(url) as load:
         up = up_with(workspace, kube, "mlstack:model.version", version)
-        # Answers after the rollout come from the new version only.
-        settle = time.monotonic() + 3
-        while time.monotonic() < settle:
-            time.sleep(0.2)
+        rolled_pods_gone(kube)
     TIMINGS[f"pulumi up (model rollout to {version}, under load)"] = up.seconds
     ACKNOWLEDGED.update(app.acknowledged(load))
     return load
@@ -1250,16 +1259,7 @@ def test_4v_the_autoscaler_scales_the_model_out_under_load_keeps_it_through_an_u
         model = kube.get_json("deployment", "model", "-n", NAMESPACE)
         # The up neither took the count back to the floor nor met a conflict (it succeeded).
         assert model["spec"]["replicas"] >= scaled_out, model["spec"]
-        # The rolled pods drain after the up returns, answering what reaches them meanwhile:
-        # the last answers are the new version's once they are gone.
-        app.wait_until(
-            "the rolled model pods to be gone",
-            lambda: (
-                not [p for p in app.pods(kube, "model") if p["metadata"].get("deletionTimestamp")]
-            ),
-            90,
-        )
-        time.sleep(1)
+        rolled_pods_gone(kube)
     finally:
         for load in loads:
             load.stop()

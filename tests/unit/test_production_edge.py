@@ -9,7 +9,7 @@ import pytest
 
 from components import database, pod
 from components.app import METRICS_PORT, POD_SECURITY_VERSION
-from components.config import GATEWAY_DRAIN_SECONDS
+from components.config import GATEWAY_DRAIN_SECONDS, MODEL_DRAIN_SECONDS
 from components.microservice import SHUTDOWN_SECONDS
 from harness.program import ProgramRun, run_program, stack_config
 from tests.unit.test_config_errors import config_error
@@ -122,6 +122,13 @@ def test_the_gateway_drains_before_it_stops(prod: ProgramRun) -> None:
     (spec,) = pod["containers"]
     assert spec["lifecycle"]["preStop"] == {"sleep": {"seconds": GATEWAY_DRAIN_SECONDS}}
     assert pod["terminationGracePeriodSeconds"] == GATEWAY_DRAIN_SECONDS + SHUTDOWN_SECONDS
+
+
+def test_the_model_drains_until_kube_proxy_has_stopped_sending(prod: ProgramRun) -> None:
+    pod = prod.one("Deployment", "model").inputs["spec"]["template"]["spec"]
+    (spec,) = pod["containers"]
+    assert spec["lifecycle"]["preStop"] == {"sleep": {"seconds": MODEL_DRAIN_SECONDS}}
+    assert pod["terminationGracePeriodSeconds"] == MODEL_DRAIN_SECONDS + SHUTDOWN_SECONDS
 
 
 def test_the_drain_is_the_stack_s_own_where_it_says() -> None:
