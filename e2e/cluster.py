@@ -18,6 +18,7 @@ N is the database's instance count, 1 (the default) to components.database.MAX_R
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import secrets
@@ -215,12 +216,16 @@ def bring_up(
     added to `left`."""
     images = Images(workdir / "images")
     push_teardown(stack, "images", images.down, left)
-    refs = images.up()
-    # Only the registry is needed from now on: the engine's memory goes to the node's pods.
-    images.engine.stop()
     plane = control_plane(workdir, bin_dir)
     push_teardown(stack, "control plane", plane.stop, left)
-    plane.start()
+    # The images are built (or found built) and pushed while the control plane starts: neither
+    # needs the other, and each spends much of its time waiting.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        building = pool.submit(images.up)
+        plane.start()
+        refs = building.result()
+    # Only the registry is needed from now on: the engine's memory goes to the node's pods.
+    images.engine.stop()
     node = Node(plane, registries=[images.registry.address])
     push_teardown(stack, "node", lambda: left.extend(node.down()), left)
     node.up()
