@@ -17,8 +17,11 @@ stack of its own; the `kubectl apply` baseline runs last.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import functools
+import hashlib
+import hmac
 import json
 import math
 import os
@@ -425,6 +428,9 @@ def test_2a_every_app_pod_runs_ready_on_the_node_with_its_security_context_in_fo
         assert fields["CapEff"].strip() == "0" * 16, f"{name} has capabilities"
         assert fields["NoNewPrivs"].strip() == "1", f"{name} may gain privileges"
         assert fields["Seccomp"].strip() == "2", f"{name} runs without a seccomp filter"
+        if item["metadata"]["labels"][app.APP_LABEL] != "database":
+            version = app.exec_in(kube, name, "python", "-c", "import sys; print(sys.version)")
+            assert version.startswith("3.11."), f"{name} runs Python {version}"
     TIMINGS["pod ready after creation (slowest app pod)"] = slowest
 
 
@@ -458,6 +464,59 @@ def test_2b_a_prediction_through_the_load_balancer_is_answered_and_stored(
         f"WHERE request_id = '{answer.request_id}'",
     )
     assert rows == [f"{answer.version}|[0, 2]"], rows
+
+
+# The database Secret's keys, with the stack secret each is made from.
+DATABASE_PASSWORDS = {
+    database.OWNER: "mlstack:databaseOwnerPassword",
+    database.GATEWAY_USER: "mlstack:databasePassword",
+    "replicator": "mlstack:databaseReplicationPassword",
+    "rewind": "mlstack:databaseRewindPassword",
+}
+
+
+def test_2c_the_primary_holds_the_roles_with_the_stack_s_passwords_and_no_more(
+    workspace: PulumiWorkspace, control_plane: ControlPlane
+) -> None:
+    """What Patroni's bootstrap and the image's role callback (services/database/roles.sql) made
+    on the primary: each role's verifier is of the stack's own password (passwords full of the
+    characters URLs and connection strings give a meaning to), none is a superuser or may make
+    roles or databases, only Patroni's replication role replicates, and the owner owns the
+    application's database. The superuser has no password at all: the local socket only."""
+    ensure_stack(workspace, control_plane)
+    rows = app.psql(
+        control_plane,
+        "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolreplication, "
+        "coalesce(rolpassword, '') FROM pg_authid WHERE rolname IN "
+        f"('{database.OWNER}', '{database.GATEWAY_USER}', 'replicator', 'rewind', 'postgres')",
+    )
+    roles = {line.split("|")[0]: line.split("|")[1:] for line in rows}
+    assert set(roles) == {*DATABASE_PASSWORDS, "postgres"}, rows
+    stack_secrets = secrets()
+    for role, key in DATABASE_PASSWORDS.items():
+        superuser, createrole, createdb, replication, verifier = roles[role]
+        assert (superuser, createrole, createdb) == ("f", "f", "f"), role
+        assert replication == ("t" if role == "replicator" else "f"), role
+        assert scram_verifies(verifier, stack_secrets[key]), role
+    assert roles["postgres"][-1] == "", "the superuser has a password"
+    owner = app.psql(
+        control_plane,
+        f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{database.DB_NAME}'",
+    )
+    assert owner == [database.OWNER]
+
+
+def scram_verifies(verifier: str, password: str) -> bool:
+    """Whether PostgreSQL's stored verifier `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:
+    <ServerKey>` was made from `password` (RFC 5802: StoredKey = H(HMAC(salted, "Client Key")))."""
+    method, parameters, keys = verifier.split("$")
+    iterations, salt = parameters.split(":")
+    stored_key = base64.b64decode(keys.split(":")[0])
+    salted = hashlib.pbkdf2_hmac(
+        "sha256", password.encode(), base64.b64decode(salt), int(iterations)
+    )
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    return method == "SCRAM-SHA-256" and hashlib.sha256(client_key).digest() == stored_key
 
 
 def test_3_pull_request_preview_shows_one_in_place_update_then_up_applies_it(
