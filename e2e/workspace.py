@@ -131,7 +131,9 @@ class PulumiWorkspace:
     def init_stack(self, stack: str, config: dict[str, Any], secrets: dict[str, str]) -> None:
         """`pulumi stack init`, the structured config written into the copy's stack file, the
         secrets through one `pulumi config set-all --secret` (encrypted with the empty
-        passphrase; one CLI run instead of one a secret)."""
+        passphrase; one CLI run instead of one a secret). The values go on its command line: the
+        throwaway stacks' own secrets, and as `key=value` none can read as a flag; rotations
+        use `set_secret`."""
         self.run("stack", "init", stack)
         path = self.stack_file(stack)
         document = yaml.safe_load(path.read_text()) if path.exists() else None
