@@ -64,7 +64,10 @@ reported_version() {
 
 # adopt NAME PATH VERSION: link an installed binary into bin/ if it reports VERSION.
 adopt() {
-  local name=$1 path=$2 version=$3 found
+  local name=$1 version=$3 path found
+  # Resolved, so that bin/ on PATH (a shell that uses the toolchain) links to what its link
+  # points to, never to itself.
+  path="$(readlink -f "$2")"
   [[ -x "$path" ]] || return 1
   found="$(reported_version "$path" || true)"
   if [[ "$found" != "v${version#v}" ]]; then
