@@ -6,11 +6,12 @@ the images are on the node already, i.e. warm), `--runs` times:
 1. `pulumi destroy`, then `pulumi up` creating the whole stack, timed; every pod's way to Ready
    watched as it happens (timestamps taken here as the API server's watch reports them, finer
    than the seconds of the pods' own conditions): created → scheduled → init containers done →
-   the containers started → Ready;
+   the containers started → Ready; and the gateway's migrations Job's pod, created → succeeded;
 2. one pod of each workload deleted in turn, and the time until its replacement is Ready;
 3. the stack's live objects (captured after the up) removed and created again by
-   `kubectl apply` + `kubectl rollout status` of the three workloads + the LoadBalancer's
-   address: the same objects, side by side with the `pulumi up` of the same run.
+   `kubectl apply` + `kubectl rollout status` of the three workloads + the migrations Job's
+   completion + the LoadBalancer's address: the same objects, side by side with the `pulumi up`
+   of the same run.
 
 The ratio of the two creations is the figure of `bench/results/pod-startup.md`; the stack is left
 deployed by `pulumi up`, as it was found. Writes bench/results/pod-startup.{md,json}.
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.cluster_bench import ClusterBench, arguments, conditions
+from components.app import MIGRATIONS
 from e2e.cluster import NAMESPACE, STACK, fresh_volumes
 from e2e.controlplane import ControlPlane
 from harness.program import ROOT
@@ -50,6 +52,8 @@ class PodTimes:
     initialized: float | None = None
     started: float | None = None
     ready: float | None = None
+    # A pod that runs to completion (the migrations Job's): when it had.
+    succeeded: float | None = None
 
     def phases(self) -> dict[str, float]:
         """Scheduling, the way to the containers' start (sandbox, volumes, image, init
@@ -126,6 +130,8 @@ class PodWatch:
             times.started = now
         if "Ready" in held and times.ready is None:
             times.ready = now
+        if status.get("phase") == "Succeeded" and times.succeeded is None:
+            times.succeeded = now
 
     def first_ready(self, workload: str, created_after: float) -> float | None:
         """When the first pod of `workload` created after `created_after` was Ready."""
@@ -146,6 +152,8 @@ class Run:
     pods: dict[str, dict[str, float]]
     # Per workload: from the delete of one pod to its replacement's Ready.
     replacement_ready_seconds: dict[str, float]
+    # The migrations Job's pod, from its creation to its success.
+    migrations_seconds: float
 
     @property
     def ratio(self) -> float:
@@ -157,7 +165,7 @@ class Bench(ClusterBench):
         super().__init__(workdir)
         self.manifests = workdir / "pulumi" / "startup-manifests.json"
 
-    def pulumi_up(self) -> tuple[float, dict[str, dict[str, float]]]:
+    def pulumi_up(self) -> tuple[float, dict[str, dict[str, float]], float]:
         self.workspace.run("destroy", "--stack", STACK, "--yes", "--skip-preview")
         fresh_volumes(self.kube, self.node)
         with PodWatch(self.kube) as watch:
@@ -166,13 +174,18 @@ class Bench(ClusterBench):
         self.manifests.write_text(json.dumps(app.live_manifests(self.kube, STACK)))
         phases: dict[str, list[dict[str, float]]] = {}
         for pod in watch.pods.values():
-            if pod.phases():
+            if pod.workload in WORKLOADS and pod.phases():
                 phases.setdefault(pod.workload, []).append(pod.phases())
         medians = {
             workload: {key: statistics.median(p[key] for p in found) for key in found[0]}
             for workload, found in phases.items()
         }
-        return up.seconds, medians
+        (migrations,) = [
+            pod.succeeded - pod.created
+            for pod in watch.pods.values()
+            if pod.workload == MIGRATIONS and pod.succeeded is not None
+        ]
+        return up.seconds, medians, migrations
 
     def replacements(self) -> dict[str, float]:
         found = {}
@@ -195,7 +208,12 @@ class Bench(ClusterBench):
         return found
 
     def unready(self) -> list[str]:
-        return [p["metadata"]["name"] for p in app.live(app.pods(self.kube)) if not app.ready(p)]
+        """The pods not Ready, but for those that ran to completion (the migrations Job's)."""
+        return [
+            p["metadata"]["name"]
+            for p in app.live(app.pods(self.kube))
+            if not app.ready(p) and p["status"].get("phase") != "Succeeded"
+        ]
 
     def kubectl_apply(self) -> float:
         self.workspace.run("destroy", "--stack", STACK, "--yes", "--skip-preview")
@@ -205,6 +223,8 @@ class Bench(ClusterBench):
         for workload in ROLLOUTS:
             self.kube.kubectl("rollout", "status", workload, "-n", NAMESPACE, "--timeout=300s",
                               timeout=330)  # fmt: skip
+        self.kube.kubectl("wait", f"job/{MIGRATIONS}", "-n", NAMESPACE, "--timeout=300s",
+                          "--for=condition=Complete", timeout=330)  # fmt: skip
         self.kube.kubectl(
             "wait", "service/gateway", "-n", NAMESPACE, "--timeout=300s",
             "--for=jsonpath={.status.loadBalancer.ingress[0].ip}", timeout=330,
@@ -215,10 +235,13 @@ class Bench(ClusterBench):
         return seconds
 
     def run(self, number: int) -> Run:
-        up_seconds, pods = self.pulumi_up()
+        up_seconds, pods, migrations = self.pulumi_up()
         replacement = self.replacements()
         apply_seconds = self.kubectl_apply()
-        return Run(number, round(up_seconds, 2), round(apply_seconds, 2), pods, replacement)
+        return Run(
+            number, round(up_seconds, 2), round(apply_seconds, 2), pods, replacement,
+            round(migrations, 2),
+        )  # fmt: skip
 
     def leave_deployed(self) -> None:
         """The stack deployed again by `pulumi up`, whichever step a run stopped at."""
@@ -259,10 +282,11 @@ def write(runs: list[Run]) -> None:
         "",
         "## Each pod of that `pulumi up`, per workload (medians, seconds)",
         "",
-        "scheduled: from creation; init done: the init containers (the gateway's migrations, "
-        "which wait for the database) from scheduling; started: every container past its "
-        "startup probe (sandbox, process start, imports, the model's load), from init; "
-        "start → Ready: the first readiness probe after that.",
+        "scheduled: from creation; init done: the init containers, from scheduling (none of "
+        "these workloads has one); started: every container past its startup probe (sandbox, "
+        "process start, imports, the model's load), from init; start → Ready: the first "
+        "readiness probe after that. The gateway's pods start beside its migrations Job "
+        "(below), and answer 503 until it has run.",
         "",
         "| run | workload | scheduled | init done | started | start → Ready | scheduled → Ready |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -275,6 +299,9 @@ def write(runs: list[Run]) -> None:
                 f"| {p['scheduled_to_ready']:.1f} |"
             )
     lines += [
+        "",
+        "The migrations Job's pod, from its creation to its success (it waits for the new "
+        "database): " + ", ".join(f"{r.migrations_seconds:.1f}" for r in runs) + " s.",
         "",
         "## One pod deleted: its replacement Ready (seconds from the delete)",
         "",

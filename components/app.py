@@ -1,5 +1,5 @@
-"""`MlApp`: the whole application in its own namespace: images, secrets, database, model,
-gateway and the network policies between them."""
+"""`MlApp`: the whole application in its own namespace: images, secrets, database, the schema's
+migrations, model, gateway and the network policies between them."""
 
 from __future__ import annotations
 
@@ -18,13 +18,12 @@ from components.image import SERVICES, ServiceImage, ServiceImageArgs
 from components.labels import APP, labels
 from components.microservice import (
     CONTAINER_PORT,
-    INIT_SECRETS_DIR,
     SERVICE_PORT,
     TLS_SERVICE_PORT,
-    InitStep,
     Microservice,
     MicroserviceArgs,
 )
+from components.migrations import SchemaMigrations, SchemaMigrationsArgs
 from components.network_policy import (
     ApiServerRoute,
     NetworkPolicies,
@@ -44,8 +43,10 @@ DATABASE_READ_URL: Final = "database-read-url"
 # (deleted first); instead, a keyed digest of the values in the pod template rolls the pods.
 DATABASE_SECRET: Final = "database"
 GATEWAY_SECRET: Final = "gateway"
-# The owner's connection URL, for the gateway pods' migrations step alone.
+# The owner's connection URL, for the gateway's migrations Job alone.
 MIGRATIONS_SECRET: Final = "gateway-migrations"
+# The Job that brings the schema up to date before the gateway's pods roll, and its pods' label.
+MIGRATIONS: Final = "gateway-migrate"
 GATEWAY_TLS_SECRET: Final = "gateway-tls"
 GATEWAY_RESOURCES: Final = pod.Resources("100m", "128Mi", "1", "256Mi")
 # The gateway's /metrics: a port of its own, never on the Service.
@@ -174,20 +175,35 @@ class MlApp(pulumi.ComponentResource):
             # Named whether or not a rotation is under way (no file: no previous key), so that
             # a container that restarts reads whatever set of keys the Secret holds then.
             "MLSTACK_API_KEY_PREVIOUS_FILE": pod.secret_file(API_KEY_PREVIOUS),
-            # The schema is the migrations step's: the gateway's role may not change it.
+            # The schema is the migrations Job's: the gateway's role may not change it.
             "DATABASE_MIGRATE": "false",
         }
         if config.api_key_previous is not None:
             gateway_secrets[API_KEY_PREVIOUS] = config.api_key_previous
-        gateway_after = [
-            secret("gateway", GATEWAY_SECRET, gateway_secrets),
-            secret("gateway", MIGRATIONS_SECRET, migrations_secrets),
-        ]
+        migrations_secret = secret("gateway", MIGRATIONS_SECRET, migrations_secrets)
+        # The schema, as the database's owner. The gateway's pods do not wait for it to start:
+        # a new version's pods are Ready only once the schema they need is there.
+        SchemaMigrations(
+            f"{name}-migrations",
+            SchemaMigrationsArgs(
+                name=MIGRATIONS,
+                stack=stack,
+                namespace=ns,
+                image=gateway_image,
+                command=("python", "-m", "mlstack_gateway.migrate"),
+                secret_name=MIGRATIONS_SECRET,
+                secrets_checksum=pod.secrets_checksum(
+                    migrations_secrets, config.secrets_digest_key
+                ),
+                resources=GATEWAY_RESOURCES,
+                env={"DATABASE_URL_FILE": pod.secret_file(DATABASE_URL)},
+                after=(migrations_secret,),
+            ),
+            on_cluster,
+        )
+        gateway_after = [secret("gateway", GATEWAY_SECRET, gateway_secrets)]
         # What the gateway's pods read at start: a new value of any of it rolls them.
-        gateway_read = {
-            **gateway_secrets,
-            **{f"migrations/{k}": v for k, v in migrations_secrets.items()},
-        }
+        gateway_read = dict(gateway_secrets)
         tls = config.gateway.tls
         tls_secret_name: str | None = None
         if tls is not None and tls.secret_name is not None:
@@ -244,13 +260,6 @@ class MlApp(pulumi.ComponentResource):
                 source_ranges=config.gateway.source_ranges,
                 drain_seconds=config.gateway.drain_seconds,
                 zone_spread=zone_spread,
-                # The schema migrations, as the database's owner, before the gateway starts.
-                init=InitStep(
-                    name="migrate",
-                    command=("python", "-m", "mlstack_gateway.migrate"),
-                    secret_name=MIGRATIONS_SECRET,
-                    env={"DATABASE_URL_FILE": f"{INIT_SECRETS_DIR}/{DATABASE_URL}"},
-                ),
             ),
             on_cluster,
         )
@@ -281,6 +290,7 @@ class MlApp(pulumi.ComponentResource):
                     Route(source=None, target="gateway", ports=(CONTAINER_PORT,)),
                     Route(source="gateway", target="model", ports=(CONTAINER_PORT,)),
                     Route(source="gateway", target="database", ports=(database.PORT,)),
+                    Route(source=MIGRATIONS, target="database", ports=(database.PORT,)),
                     # Standbys copy, stream and rewind from the primary (any instance may be
                     # it), and Patroni's members ask each other's REST API before a promotion.
                     Route(

@@ -487,7 +487,7 @@ def _pod_spec(args: DatabaseArgs, match: dict[str, str]) -> k8s.core.v1.PodSpecA
                 # streaming standby. A standby's first copy of the primary happens while it is
                 # alive and not ready, however long it takes. Readiness is asked every second
                 # (an answer from Patroni's memory), so that a new primary takes connections, the
-                # gateway's migrations first, within a second of being one; six misses in a row,
+                # gateway's migrations Job first, within a second of being one; six misses in a row,
                 # as many seconds as ever, take an instance out of the Services.
                 "startup_probe": probe("/liveness", period=1, failures=60),
                 "liveness_probe": probe("/liveness", period=10, failures=6),

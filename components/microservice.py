@@ -18,9 +18,6 @@ SERVICE_PORT: Final = 80
 TLS_SERVICE_PORT: Final = 443
 TLS_DIR: Final = "/etc/mlstack/tls"
 TLS_VOLUME: Final = "tls"
-# Where an init step (InitStep) finds its own Secret's files.
-INIT_SECRETS_DIR: Final = "/etc/mlstack/init-secrets"
-INIT_SECRETS_VOLUME: Final = "init-secrets"
 # What the kubelet gives a container between SIGTERM and SIGKILL, beyond any pre-stop drain.
 SHUTDOWN_SECONDS: Final = 30
 # How often a started pod is asked whether it is ready.
@@ -80,8 +77,6 @@ class MicroserviceArgs:
     # A HorizontalPodAutoscaler between `replicas` (the floor) and its ceiling; None: `replicas`
     # is a fixed count.
     autoscaling: Autoscaling | None = None
-    # A step every pod runs to completion, with the same image, before the service starts.
-    init: InitStep | None = None
 
     @property
     def most_replicas(self) -> int:
@@ -91,18 +86,6 @@ class MicroserviceArgs:
     @property
     def scheme(self) -> str:
         return "https" if self.tls_secret_name is not None else "http"
-
-
-@dataclass(frozen=True)
-class InitStep:
-    """An init container: `command` in the service's image, with `env` and the Secret
-    `secret_name` mounted as files under INIT_SECRETS_DIR. The service's own container never
-    mounts that Secret (the gateway's migrations run as a role the gateway does not have)."""
-
-    name: str
-    command: tuple[str, ...]
-    secret_name: str
-    env: Mapping[str, str] = field(default_factory=dict)
 
 
 class Microservice(pulumi.ComponentResource):
@@ -316,39 +299,9 @@ def _pod_spec(
         "liveness_probe": liveness,
         "lifecycle": lifecycle,
     }
-    init_containers: list[k8s.core.v1.ContainerArgsDict] = []
-    if args.init is not None:
-        volumes.append(
-            {
-                "name": INIT_SECRETS_VOLUME,
-                "secret": {"secret_name": args.init.secret_name, "default_mode": 0o440},
-            }
-        )
-        init_containers.append(
-            {
-                "name": args.init.name,
-                "image": args.image,
-                "image_pull_policy": container["image_pull_policy"],
-                "command": list(args.init.command),
-                "env": [{"name": k, "value": v} for k, v in sorted(args.init.env.items())],
-                "resources": args.resources.spec(),
-                "security_context": pod.container_security_context(),
-                "volume_mounts": pod.mounts(
-                    secrets=False,
-                    extra=(
-                        {
-                            "name": INIT_SECRETS_VOLUME,
-                            "mount_path": INIT_SECRETS_DIR,
-                            "read_only": True,
-                        },
-                    ),
-                ),
-            }
-        )
     spec: k8s.core.v1.PodSpecArgsDict = {
         "service_account_name": account,
         "automount_service_account_token": False,
-        "init_containers": init_containers or None,
         "security_context": pod.pod_security_context(),
         "termination_grace_period_seconds": grace,
         "containers": [container],

@@ -1,5 +1,6 @@
 """`NetworkPolicies`: deny everything, then allow exactly the paths the application uses:
-anyone → gateway, gateway → model, gateway → database, and every pod → the cluster's DNS pods."""
+anyone → gateway, gateway → model, gateway and its migrations → database, and every pod → the
+cluster's DNS pods."""
 
 from __future__ import annotations
 

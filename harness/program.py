@@ -88,6 +88,8 @@ class Registered:
     delete_before_replace: bool = False
     # The property paths the program told the engine to leave alone after creation.
     ignore_changes: list[str] = field(default_factory=list)
+    # The names of the resources it is created and updated after (`depends_on`).
+    depends_on: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -375,6 +377,9 @@ def _run(
             resource.protect = bool(opts.protect)
             resource.delete_before_replace = bool(opts.delete_before_replace)
             resource.ignore_changes = list(opts.ignore_changes or [])
+            after: Any = opts.depends_on
+            after = after if isinstance(after, list) else [] if after is None else [after]
+            resource.depends_on = [getattr(each, "_name", "") for each in after]
             parent = opts.parent
             resource.parent = getattr(parent, "_name", None) if parent is not None else None
     run.resources = recorder.registered

@@ -300,11 +300,21 @@ MANIFEST_KINDS = (
     "services",
     "networkpolicies",
     "poddisruptionbudgets",
+    "jobs",
     "deployments",
     "statefulsets",
     "horizontalpodautoscalers",
 )
 SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
+# The labels the Job controller puts on a Job and its pod template (with a selector on them).
+JOB_LABELS = ("batch.kubernetes.io/", "controller-uid", "job-name")
+
+
+def _without_job_labels(meta: dict[str, Any]) -> None:
+    labels = meta.get("labels") or {}
+    for key in list(labels):
+        if key.startswith(JOB_LABELS):
+            del labels[key]
 
 
 def live_manifests(kube: ControlPlane, stack: str) -> dict[str, Any]:
@@ -328,5 +338,9 @@ def live_manifests(kube: ControlPlane, stack: str) -> dict[str, Any]:
             spec = item.get("spec") or {}
             for key in ("clusterIP", "clusterIPs", "volumeName"):
                 spec.pop(key, None)
+            if item["kind"] == "Job":
+                spec.pop("selector", None)
+                _without_job_labels(meta)
+                _without_job_labels(spec["template"]["metadata"])
             items.append(item)
     return {"apiVersion": "v1", "kind": "List", "items": items}

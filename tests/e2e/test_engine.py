@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from components import database, pod
+from components.app import MIGRATIONS
 from components.config import MODEL_VERSIONS
 from e2e import addresses
 from e2e.cluster import fresh_volumes, gateway_url, unfinished, unfinished_rollouts
@@ -378,6 +379,9 @@ def test_2_up_creates_everything_with_await_logic_on(
 
     database: Any = kube.get_json("statefulset", "database", "-n", NAMESPACE)
     assert database["status"].get("readyReplicas") == 1
+    # The schema's migrations ran once, before the gateway's pods (they depend on the Job).
+    job: Any = kube.get_json("job", MIGRATIONS, "-n", NAMESPACE)
+    assert job["status"].get("succeeded") == 1, job["status"]
     claim: Any = kube.get_json("pvc", "data-database-0", "-n", NAMESPACE)
     assert claim["status"]["phase"] == "Bound"
 
@@ -407,7 +411,12 @@ def test_2a_every_app_pod_runs_ready_on_the_node_with_its_security_context_in_fo
 ) -> None:
     kube = control_plane
     ensure_stack(workspace, kube, AS_CREATED)
-    items = app.live(app.pods(kube))
+    pods = app.live(app.pods(kube))
+    # The migrations Job's pod ran to completion, on the node, and stays with its log.
+    (migrations,) = [p for p in pods if p["metadata"]["labels"][app.APP_LABEL] == MIGRATIONS]
+    assert migrations["spec"]["nodeName"] == node.name
+    assert migrations["status"]["phase"] == "Succeeded", migrations["status"]
+    items = [p for p in pods if p is not migrations]
     names = sorted(p["metadata"]["labels"][app.APP_LABEL] for p in items)
     assert names == ["database", "gateway", "gateway", "model", "model"], names
     slowest = 0.0

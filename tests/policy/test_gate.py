@@ -103,7 +103,8 @@ def test_checkov_leaves_the_packs_checks_to_it_and_runs_the_rest(
         for c in found.passed
         if c.check_id.startswith("CKV_") and c.resource.split(".")[0] in WORKLOAD_KINDS
     }
-    assert {resource.split(".")[0] for resource in workloads} == {"Deployment", "StatefulSet"}
+    kinds = {resource.split(".")[0] for resource in workloads}
+    assert kinds == {"Deployment", "StatefulSet", "Job"}
     for resource in workloads:
         # Passed, or failed and reported as its declared exception.
         on_it = {c.check_id for c in (*found.passed, *found.skipped) if c.resource == resource}

@@ -1,7 +1,7 @@
 """The gateway serving as a role that may only read and add rows: the roles made as the database
 image makes them (services/database/roles.sql, run by psql as the superuser, the passwords from
 files), the schema brought up to date beforehand by ``python -m mlstack_gateway.migrate`` as the
-owner (the gateway pod's init container), then the gateway with DATABASE_MIGRATE=false, its
+owner (the stack's migrations Job), then the gateway with DATABASE_MIGRATE=false, its
 reads from a standby bounded by the replay lag roles.sql's function tells it."""
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def start_migrate(log_dir: Path, url_file: Path, **env: str) -> ServiceProcess:
-    """The migrate command, started as the init container runs it: the module, on the image's
+    """The migrate command, started as the migrations Job runs it: the module, on the image's
     import path, the URL from a file. (The port it is given goes unused.)"""
     command = ServiceProcess(
         MIGRATE, GATEWAY_SRC, {"DATABASE_URL_FILE": str(url_file), **env}, free_port(), log_dir
@@ -398,6 +398,9 @@ def test_an_unmigrated_database_answers_503_until_the_migrate_command_has_run(
         DATABASE_MIGRATE="false",
     )
     try:
+        # A new stack's database: no version of the gateway could serve it yet, so this one
+        # stays in the endpoints, answering 503 with Retry-After until the migrations have run.
+        assert request("GET", f"{gateway.url}/readyz").status == 200
         refused = predict(gateway.url, [SETOSA])
         assert refused.status == 503, refused.body
         assert int(refused.headers["retry-after"]) >= 1
@@ -412,6 +415,46 @@ def test_an_unmigrated_database_answers_503_until_the_migrate_command_has_run(
         gateway.wait_for(
             "storing a prediction", lambda: predict(gateway.url, [SETOSA]).status == 200, 30
         )
+    finally:
+        gateway.stop()
+    log = gateway.log_path.read_text()
+    assert "schema migrations [1] not applied, and DATABASE_MIGRATE=false" in log
+    assert "Traceback" not in log
+
+
+def test_an_older_schema_keeps_the_gateway_unready_until_its_migrations_have_run(
+    cluster: Cluster, model_server: ServiceProcess, log_dir: Path
+) -> None:
+    """A rollout whose migrations Job has not run yet: the database holds a schema, without the
+    migrations this gateway needs. The new gateway takes no traffic (the version before still
+    serves it) until they are applied, then it is ready and stores predictions."""
+    dbname = "mlstack_older_schema"
+    cluster.run_roles_sql(dbname=dbname)
+    owner = cluster.url(OWNER, OWNER_PASSWORD, dbname)
+    # What a gateway of an earlier version's migrations left: their table, without this
+    # version's own.
+    query(owner, "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                 "applied_at TEXT NOT NULL)")  # fmt: skip
+    gateway = start_gateway(
+        model_server.url,
+        log_dir,
+        wait=False,
+        DATABASE_URL_FILE=str(cluster.gateway_url_file(dbname)),
+        DATABASE_MIGRATE="false",
+    )
+    try:
+        gateway.wait_until("/healthz")
+        gateway.wait_until("/readyz", status=503)
+        unready = request("GET", f"{gateway.url}/readyz")
+        assert unready.json() == {
+            "ready": False,
+            "reason": "the database's schema is older than this gateway's",
+        }
+        status, output = run_migrate(log_dir, cluster.owner_url_file(dbname))
+        assert status == 0, output
+        gateway.wait_until("/readyz")
+        reply = predict(gateway.url, [SETOSA])
+        assert reply.status == 200, reply.body
     finally:
         gateway.stop()
     log = gateway.log_path.read_text()

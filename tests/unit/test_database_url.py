@@ -1,5 +1,5 @@
 """The gateway's database URLs: it serves as a role of its own (neither the superuser nor the
-owner of the schema), its migrations step alone has the owner's URL, and asyncpg reads back the
+owner of the schema), its migrations Job alone has the owner's URL, and asyncpg reads back the
 user, password, host, port and database the program meant, whatever characters the passwords
 hold."""
 
@@ -14,7 +14,7 @@ from asyncpg import connect_utils
 from components import app, database
 from components.image import SERVICES_DIR
 from components.stack_file import stacks
-from harness.program import TEST_SECRETS, ProgramRun, Registered, run_program, stack_config
+from harness.program import TEST_SECRETS, ProgramRun, run_program, stack_config
 
 # Every character with a meaning in a URL or in a libpq connection string, and a backslash.
 PASSWORD = "a/b@c:d%2Fe+f=g?h#i'j\\k l&m"
@@ -95,7 +95,7 @@ def test_the_gateway_serves_as_its_own_role(stack_run: ProgramRun, key: str) -> 
     assert found["password"] == TEST_SECRETS["mlstack:databasePassword"]
 
 
-def test_the_owner_s_url_is_the_migrations_step_s_alone(stack_run: ProgramRun) -> None:
+def test_the_owner_s_url_is_the_migrations_job_s_alone(stack_run: ProgramRun) -> None:
     migrations = urls(stack_run, app.MIGRATIONS_SECRET)
     assert set(migrations) == {app.DATABASE_URL}
     found = asyncpg_reads(migrations[app.DATABASE_URL])
@@ -113,33 +113,42 @@ def test_the_owner_s_url_is_the_migrations_step_s_alone(stack_run: ProgramRun) -
             assert secret.metadata["name"] in (app.MIGRATIONS_SECRET, app.DATABASE_SECRET)
 
 
-def test_only_the_migrations_step_mounts_the_owner_s_url(stack_run: ProgramRun) -> None:
-    spec = pod_spec(stack_run)
-    (init,) = spec["initContainers"]
-    (gateway,) = spec["containers"]
-    assert init["name"] == "migrate"
-    assert init["command"] == ["python", "-m", "mlstack_gateway.migrate"]
-    assert init["image"] == gateway["image"]
-    assert mounted_secrets(spec, init) == {app.MIGRATIONS_SECRET}
-    assert mounted_secrets(spec, gateway) == {app.GATEWAY_SECRET} | (
+def test_only_the_migrations_job_mounts_the_owner_s_url(stack_run: ProgramRun) -> None:
+    job = stack_run.one("Job", app.MIGRATIONS)
+    spec = job.inputs["spec"]["template"]["spec"]
+    (migrate,) = spec["containers"]
+    gateway_spec = pod_spec(stack_run)
+    (gateway,) = gateway_spec["containers"]
+    assert migrate["command"] == ["python", "-m", "mlstack_gateway.migrate"]
+    assert migrate["image"] == gateway["image"]
+    assert spec["restartPolicy"] == "Never"
+    assert mounted_secrets(spec, migrate) == {app.MIGRATIONS_SECRET}
+    # The file it is told to read is the URL in that Secret.
+    (mount,) = [m for m in migrate["volumeMounts"] if m["mountPath"] != "/tmp"]
+    assert env(migrate) == {"DATABASE_URL_FILE": f"{mount['mountPath']}/{app.DATABASE_URL}"}
+    # The gateway's pods have no step before they start, and mount their own Secrets only.
+    assert "initContainers" not in gateway_spec
+    assert mounted_secrets(gateway_spec, gateway) == {app.GATEWAY_SECRET} | (
         {"gateway-tls"} if any(p["name"] == "https" for p in gateway["ports"]) else set()
     )
-    # The file it is told to read is the URL in that Secret.
-    (mount,) = [m for m in init["volumeMounts"] if m["mountPath"] != "/tmp"]
-    assert env(init) == {"DATABASE_URL_FILE": f"{mount['mountPath']}/{app.DATABASE_URL}"}
-    # No other workload mounts it at all.
-    others: list[Registered] = [
-        w
-        for w in stack_run.of_kind("Deployment") + stack_run.of_kind("StatefulSet")
-        if w.metadata["name"] != "gateway"
-    ]
-    for workload in others:
+    # No workload mounts it at all.
+    for workload in stack_run.of_kind("Deployment") + stack_run.of_kind("StatefulSet"):
         volumes = workload.inputs["spec"]["template"]["spec"]["volumes"]
         secrets = {v["secret"]["secretName"] for v in volumes if "secret" in v}
         assert app.MIGRATIONS_SECRET not in secrets, workload.metadata["name"]
 
 
-def test_the_gateway_leaves_the_schema_to_the_migrations_step(stack_run: ProgramRun) -> None:
+def test_the_migrations_job_is_replaced_when_what_it_runs_changes(stack_run: ProgramRun) -> None:
+    """Its pod template is immutable: a new image or owner password replaces the Job (deleted
+    first: its name is fixed), which runs again. The gateway does not wait for it to start (a
+    new version's pods are Ready once the schema they need is there: its /readyz)."""
+    job = stack_run.one("Job", app.MIGRATIONS)
+    assert job.delete_before_replace
+    assert stack_run.one("Secret", app.MIGRATIONS_SECRET).name in job.depends_on
+    assert job.name not in stack_run.one("Deployment", "gateway").depends_on
+
+
+def test_the_gateway_leaves_the_schema_to_the_migrations_job(stack_run: ProgramRun) -> None:
     (gateway,) = pod_spec(stack_run)["containers"]
     variables = env(gateway)
     assert variables["DATABASE_MIGRATE"] == "false"

@@ -152,9 +152,8 @@ def test_a_drain_out_of_range_names_key_value_and_rule(seconds: Any) -> None:
 
 
 def test_every_container_requests_and_limits_ephemeral_storage(prod: ProgramRun) -> None:
-    workloads = prod.of_kind("Deployment") + prod.of_kind("StatefulSet")
+    workloads = prod.of_kind("Deployment") + prod.of_kind("StatefulSet") + prod.of_kind("Job")
     # gateway, model, the database's instances and their backups, and the gateway's migrations
-    # step
     names = []
     for workload in workloads:
         spec = workload.inputs["spec"]["template"]["spec"]
@@ -162,7 +161,7 @@ def test_every_container_requests_and_limits_ephemeral_storage(prod: ProgramRun)
             names.append(each["name"])
             assert "ephemeral-storage" in each["resources"]["requests"], each["name"]
             assert "ephemeral-storage" in each["resources"]["limits"], each["name"]
-    assert sorted(names) == ["backups", "gateway", "migrate", "model", "postgres"]
+    assert sorted(names) == ["backups", "gateway", "gateway-migrate", "model", "postgres"]
 
 
 def test_pod_security_is_pinned_to_the_oldest_supported_minor(prod: ProgramRun) -> None:

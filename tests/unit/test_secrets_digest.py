@@ -19,7 +19,7 @@ DATABASE = database.NAME
 def digests(run: ProgramRun) -> dict[str, str]:
     """Each workload's secrets digest, by workload name."""
     found = {}
-    for workload in run.of_kind("Deployment") + run.of_kind("StatefulSet"):
+    for workload in run.of_kind("Deployment") + run.of_kind("StatefulSet") + run.of_kind("Job"):
         annotations = workload.inputs["spec"]["template"]["metadata"].get("annotations") or {}
         if pod.SECRETS_CHECKSUM in annotations:
             found[workload.metadata["name"]] = annotations[pod.SECRETS_CHECKSUM]
@@ -36,7 +36,7 @@ def dev(**changed: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def before() -> dict[str, str]:
     found = dev()
-    assert set(found) == {"gateway", DATABASE}
+    assert set(found) == {"gateway", DATABASE, app.MIGRATIONS}
     return found
 
 
@@ -51,8 +51,9 @@ def test_the_same_values_give_the_same_digest(before: dict[str, str]) -> None:
         ("apiKey", {"gateway"}),
         # The gateway's role's: in its URLs, and set by the database's instances.
         ("databasePassword", {"gateway", DATABASE}),
-        # The owner's: in the migrations step's URL, and set by the database's instances.
-        ("databaseOwnerPassword", {"gateway", DATABASE}),
+        # The owner's: in the migrations Job's URL (a new Job runs them with it), and set by the
+        # database's instances; the gateway's pods never read it.
+        ("databaseOwnerPassword", {app.MIGRATIONS, DATABASE}),
         ("databaseReplicationPassword", {DATABASE}),
         ("databaseRewindPassword", {DATABASE}),
     ],

@@ -1,10 +1,10 @@
 """``python -m mlstack_gateway.migrate``: bring the PostgreSQL schema of DATABASE_URL (or of the
-file DATABASE_URL_FILE names) up to date, then exit. The gateway pod's init container runs it as
-the role that owns the schema, so that the gateway itself may serve as a role that cannot change
-the schema (DATABASE_MIGRATE=false, services/database/roles.sql).
+file DATABASE_URL_FILE names) up to date, then exit. The stack's migrations Job runs it as the
+role that owns the schema (components/migrations.py), so that the gateway itself may serve as a
+role that cannot change the schema (DATABASE_MIGRATE=false, services/database/roles.sql).
 
-The same migrations as the gateway applies at start, under the same advisory lock, so that pods
-starting together take turns; a schema already current is left as it is. A server that does not
+The same migrations as the gateway applies at start, under the same advisory lock, so that two
+runs at once take turns; a schema already current is left as it is. A server that does not
 answer yet, or does not have the role or the database yet, is waited for, in all for no longer
 than DATABASE_MIGRATE_TIMEOUT_SECONDS (300 s); LOG_LEVEL as the gateway's.
 

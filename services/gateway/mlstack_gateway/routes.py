@@ -32,6 +32,9 @@ HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 _ALIVE = orjson.dumps({"status": "ok"})
 _READY = orjson.dumps({"ready": True})
+_AWAITING_MIGRATIONS = orjson.dumps(
+    {"ready": False, "reason": "the database's schema is older than this gateway's"}
+)
 DEFAULT_HISTORY_LIMIT = 20
 
 
@@ -89,10 +92,14 @@ class GatewayRoutes:
         return json_response(_ALIVE)
 
     async def readyz(self, request: Request) -> Response:
-        """Started and not draining (admission.py answers 503 while draining): nothing else.
-        The model or the database being away is no reason to leave the LoadBalancer, whose
-        clients would get refused connections instead of a 503 with Retry-After; and this asks
-        neither of them, so a flood of probes costs no model call and no pool connection."""
+        """Started and not draining (admission.py answers 503 while draining), and not waiting
+        for its own schema: a database with an older schema than this gateway's (its rollout's
+        migrations not applied yet) leaves the traffic to the version before. The model or the
+        database being away is no reason to leave the LoadBalancer, whose clients would get
+        refused connections instead of a 503 with Retry-After; and this asks neither of them,
+        so a flood of probes costs no model call and no pool connection."""
+        if self._store.awaiting_migrations():
+            return json_response(_AWAITING_MIGRATIONS, 503)
         return json_response(_READY)
 
     async def predict(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -161,8 +161,8 @@ class GatewaySettings(ServiceSettings):
     # only checks, with a SELECT, that every migration it needs has been applied, by `python -m
     # mlstack_gateway.migrate` (MigrateSettings) run before it as the schema's owner. Until they
     # have, it treats the database as not connected: what needs it answers 503 with Retry-After,
-    # and it checks again (with the backoff of a database that does not answer yet, at most 5 s
-    # apart). The embedded SQLite file is always migrated.
+    # and it checks again every half second; while the database holds an older schema than its
+    # own (not none at all), /readyz answers 503 too. The embedded SQLite file is always migrated.
     database_migrate: bool
     # postgresql://... of the hot standbys that may serve GET /api/v1/predictions (Service
     # `database-read`), or None: every read on database_url. Writes and migrations
@@ -247,7 +247,7 @@ class MigrateSettings:
     database_url: str
     # DATABASE_MIGRATE_TIMEOUT_SECONDS (default 300): how long the command may take in all:
     # waiting for a server that does not answer yet (or refuses the role or database, which
-    # may not have been made yet), with the gateway's backoff (at most 5 s apart), and the
+    # may not have been made yet), at most half a second apart, and the
     # migrations. Past it, the command fails, and what it last waited for is rolled back.
     timeout_seconds: float
     log_level: str

@@ -65,6 +65,12 @@ class PredictionStore(Protocol):
         """Ask each database whether it answers now, each within a bound of its own (the
         background dependency check); whether the one that takes writes does."""
 
+    def awaiting_migrations(self) -> bool:
+        """Whether the database holds an older schema than this gateway's, which it may not
+        migrate itself (DATABASE_MIGRATE=false): a rollout whose migrations have not run yet,
+        while the version before can still serve. A database with no schema at all (a new
+        stack's) is not such a case: no version can serve it before its migrations."""
+
     def reachable(self) -> dict[str, bool]:
         """Each database this store uses (``database``, and ``database_read`` with
         DATABASE_READ_URL) and whether it answered when last asked, by a request or a ping."""

@@ -176,11 +176,17 @@ _READ_POOL_SIZE = 2
 # trial read), so an unreachable standby does not add READ_ATTEMPT_SECONDS to every read.
 _READ_FAILURES_BEFORE_PAUSE = 3
 _READ_PAUSE_SECONDS = 5.0
-# Between tries to connect to a server that may still be starting (no bound: the caller's).
-_CONNECT_BACKOFF = Backoff(0.2, most=5.0)
-# The same for the migrations step, which has nothing else to do: a new stack's gateway pods wait
-# in it for the database to start, and a pause that had grown to seconds was time they lost.
+# Between tries to open the first connections to a server that may still be starting (no
+# bound: the caller's). A new stack's gateway is Ready before its database is, and takes
+# requests once it has connected: a pause that had grown to seconds was time they got 503s.
+_CONNECT_BACKOFF = Backoff(0.2, most=1.0)
+# The same for the migrate command, which has nothing else to do: a new stack's migrations Job
+# waits in it for the database to start.
 _MIGRATE_CONNECT_BACKOFF = Backoff(0.2, most=0.5)
+# Between checks of a schema found behind (DATABASE_MIGRATE=false): the migrations Job is
+# applying what it lacks; a new stack's gateway serves, and a rollout's pod is Ready, at the
+# next check after it has (before `pulumi up` has seen the Job end).
+SCHEMA_RECHECK_SECONDS = 0.5
 # Between tries of a write that failed on a connection the server lost (within
 # DB_WRITE_TIMEOUT_SECONDS): short, as a failover's new primary answers within seconds.
 _WRITE_BACKOFF = Backoff(0.05, most=0.5)
@@ -347,11 +353,16 @@ async def _open_pool(
     connect_timeout: float = 60.0,
     retry: Callable[[BaseException], bool] = lambda exc: True,
     backoff: Backoff = _CONNECT_BACKOFF,
+    tried: asyncio.Event | None = None,
 ) -> asyncpg.Pool:
     """A pool on ``dsn`` once its server answers and ``prepare`` has run on it; until then,
     tries again with a growing pause (the server may still be starting), unless ``retry``
-    says an error is not worth another try: that one is raised."""
+    says an error is not worth another try: that one is raised. A schema found behind is
+    checked again every SCHEMA_RECHECK_SECONDS: its migrations are under way. ``tried`` is set
+    once the first attempt has ended, either way."""
     retrying = backoff.start()
+    # Whether the schema was found behind already (said once, not at every check).
+    behind = False
     while True:
         asked_at = asyncio.get_running_loop().time()
         # min_size 0: connections are opened by the requests that need them, never by a task of
@@ -377,9 +388,18 @@ async def _open_pool(
         ) as exc:
             if pool is not None:
                 pool.terminate()
+            if tried is not None:
+                tried.set()
             if not retry(exc):
                 raise
             reachability.last_error = exc
+            if isinstance(exc, SchemaBehindError):
+                if not behind:
+                    log.warning("%s: %s; checking again every %gs", reachability.name, exc,
+                                SCHEMA_RECHECK_SECONDS)  # fmt: skip
+                behind = True
+                await asyncio.sleep(SCHEMA_RECHECK_SECONDS)
+                continue
             if _is_transient(exc):
                 reachability.failed(exc)
             else:
@@ -388,6 +408,8 @@ async def _open_pool(
                 )
             await retrying.wait()
             continue
+        if tried is not None:
+            tried.set()
         reachability.answered(asked_at)
         return pool
 
@@ -463,9 +485,12 @@ class PostgresStore:
         assert settings.database_url is not None
         self._dsn = settings.database_url
         self._migrates = settings.database_migrate
-        # Set when the primary answers with a schema this gateway may not migrate and that is
-        # not current: no point in open() waiting for it.
-        self._schema_behind = asyncio.Event()
+        # Set once the first attempt to connect to the primary has ended, however: open() waits
+        # for that, and no longer.
+        self._primary_tried = asyncio.Event()
+        # Whether the primary last answered with an older schema than this gateway's, which it
+        # may not migrate (awaiting_migrations).
+        self._schema_older = False
         self._read_dsn = settings.database_read_url
         self._max_lag = settings.database_read_max_lag_seconds
         self._history_max_bytes = settings.history_max_bytes
@@ -509,20 +534,21 @@ class PostgresStore:
         )
 
     async def open(self) -> None:
-        # Connect in the background so the gateway starts (and reports not-ready) while the
-        # database is still coming up; wait a little so a healthy start is ready at once (not
-        # for a schema it may not migrate, which the next seconds will not bring up to date).
+        # Connect in the background, so that the gateway starts while the database is away or
+        # still coming up (what needs it answers 503 meanwhile). Wait for the first attempt to
+        # end, so that a start beside a database that answers is connected once it takes
+        # requests; a database that refuses (a new stack's, not there yet) ends it at once.
         primary = asyncio.create_task(self._connect_primary())
         self._connecting.append(primary)
         read = None
         if self._read_dsn is not None:
             read = asyncio.create_task(self._connect_read(self._read_dsn))
             self._connecting.append(read)
-        behind = asyncio.create_task(self._schema_behind.wait())
+        tried = asyncio.create_task(self._primary_tried.wait())
         try:
-            await asyncio.wait({primary, behind}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({primary, tried}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            behind.cancel()
+            tried.cancel()
         if not primary.done():
             log.warning("PostgreSQL not ready yet; still trying in the background")
         if read is not None:
@@ -537,6 +563,7 @@ class PostgresStore:
             max_size=self._pool_size,
             command_timeout=10,
             prepare=_migrate if self._migrates else self._check_schema,
+            tried=self._primary_tried,
         )
         log.info("PostgreSQL connected, schema up to date")
 
@@ -557,14 +584,15 @@ class PostgresStore:
     async def _check_schema(self, pool: asyncpg.Pool) -> None:
         """Raise SchemaBehindError unless every migration of MIGRATIONS has been applied (a
         SELECT: DATABASE_MIGRATE=false changes nothing)."""
+        schema = True
         async with pool.acquire() as conn:
             try:
                 applied = {row[0] for row in await conn.fetch(APPLIED)}
-            except asyncpg.UndefinedTableError:  # no migration has ever run
-                applied = set()
+            except asyncpg.UndefinedTableError:  # no migration has ever run: a new database
+                applied, schema = set(), False
         missing = [version for version, _ in MIGRATIONS if version not in applied]
+        self._schema_older = schema and bool(missing)
         if missing:
-            self._schema_behind.set()
             raise SchemaBehindError(
                 f"schema migrations {missing} not applied, and DATABASE_MIGRATE=false: "
                 "run python -m mlstack_gateway.migrate as the schema's owner"
@@ -706,6 +734,9 @@ class PostgresStore:
 
     def _fall_back(self, reason: str) -> None:
         self._metrics.db_read_fallbacks.labels(reason).inc()
+
+    def awaiting_migrations(self) -> bool:
+        return self._schema_older
 
     def reachable(self) -> dict[str, bool]:
         return {

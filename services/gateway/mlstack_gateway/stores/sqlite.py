@@ -261,6 +261,9 @@ class SqliteStore:
             self._answering = False
         return self._answering
 
+    def awaiting_migrations(self) -> bool:
+        return False  # the gateway migrates its own file
+
     def reachable(self) -> dict[str, bool]:
         return {"database": self._answering}
 

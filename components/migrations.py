@@ -1,0 +1,110 @@
+"""`SchemaMigrations`: a service's database schema brought up to date by a Job, which `pulumi up`
+waits for.
+
+A Job rather than an init container of every pod: the migrations run once per new image (or new
+owner credentials), not in each pod that starts, so that a pod of the service neither waits for
+the database to be there before it starts nor ever mounts the credentials of the role that owns
+the schema. The service's pods start beside the Job, not after it: a new stack's (whose database
+has no schema yet) are Ready at once and answer 503 with Retry-After until it has run; on an
+update, a new version's pods are not Ready while the database holds an older schema than theirs
+(the gateway's /readyz), so that the rollout waits for the Job and the pods of the version before
+keep serving. A migration that fails fails the Job, with its reason, and `pulumi up` with it.
+
+The Job is kept once it has succeeded (no `ttlSecondsAfterFinished`): it is part of the stack's
+state, which a Job the cluster deletes by itself would leave (`make drift` would report it), and
+its pod keeps the log of the last migrations. Its pod template is immutable, so a new image or a
+new digest of the secrets it reads replaces it (deleted first: its name is fixed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import pod
+from components.labels import labels
+
+# A failed try (the database not there within the command's own timeout, a node lost under it)
+# is made once more, in a new pod, before the Job fails.
+BACKOFF_LIMIT: Final = 1
+# The bound on the whole Job: two tries of the migrate command's at most 300 s each
+# (DATABASE_MIGRATE_TIMEOUT_SECONDS). It fails by itself, with its reason, no later than
+# `pulumi up` would stop waiting for it (10 minutes, the provider's default for a Job).
+ACTIVE_DEADLINE_SECONDS: Final = 600
+
+
+@dataclass(frozen=True)
+class SchemaMigrationsArgs:
+    """`command`, in `image`, run once to completion with `env` and the Secret `secret_name`
+    mounted as files under pod.SECRETS_DIR."""
+
+    name: str
+    stack: str
+    namespace: pulumi.Input[str]
+    image: pulumi.Input[str]
+    command: tuple[str, ...]
+    secret_name: str
+    # A digest of the secrets' values: a new value replaces the Job, which runs again with it.
+    secrets_checksum: pulumi.Input[str]
+    resources: pod.Resources
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Resources the Job is created after (the Secret it mounts).
+    after: tuple[pulumi.Resource, ...] = ()
+
+
+class SchemaMigrations(pulumi.ComponentResource):
+    """A ServiceAccount of its own (no API token) and the Job."""
+
+    def __init__(
+        self, name: str, args: SchemaMigrationsArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlstack:app:SchemaMigrations", name, None, opts)
+        meta_labels = labels(args.name, args.stack)
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-account",
+            metadata={"name": args.name, "namespace": args.namespace, "labels": meta_labels},
+            automount_service_account_token=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        container: k8s.core.v1.ContainerArgsDict = {
+            "name": args.name,
+            "image": args.image,
+            "image_pull_policy": pulumi.Output.from_input(args.image).apply(pod.pull_policy),
+            "command": list(args.command),
+            "env": [{"name": k, "value": v} for k, v in sorted(args.env.items())],
+            "resources": args.resources.spec(),
+            "security_context": pod.container_security_context(),
+            "volume_mounts": pod.mounts(secrets=True),
+        }
+        job = k8s.batch.v1.Job(
+            name,
+            metadata={"name": args.name, "namespace": args.namespace, "labels": meta_labels},
+            spec={
+                "backoff_limit": BACKOFF_LIMIT,
+                "active_deadline_seconds": ACTIVE_DEADLINE_SECONDS,
+                "template": {
+                    "metadata": {
+                        "labels": meta_labels,
+                        "annotations": {pod.SECRETS_CHECKSUM: args.secrets_checksum},
+                    },
+                    "spec": {
+                        "service_account_name": account.metadata.name,
+                        "automount_service_account_token": False,
+                        # A failed try's pod stays, with its log; the next try is a new pod.
+                        "restart_policy": "Never",
+                        "security_context": pod.pod_security_context(),
+                        "containers": [container],
+                        "volumes": [pod.tmp_volume(), pod.secrets_volume(args.secret_name)],
+                    },
+                },
+            },
+            # Fixed names keep the Job findable; its replacement must free the name first.
+            opts=pulumi.ResourceOptions(
+                parent=self, delete_before_replace=True, depends_on=list(args.after)
+            ),
+        )
+        self.register_outputs({"job": job.metadata.name})
