@@ -45,7 +45,8 @@ DATABASE_SECRET: Final = "database"
 GATEWAY_SECRET: Final = "gateway"
 # The owner's connection URL, for the gateway's migrations Job alone.
 MIGRATIONS_SECRET: Final = "gateway-migrations"
-# The Job that brings the schema up to date before the gateway's pods roll, and its pods' label.
+# The Job that brings the schema up to date (the gateway's pods start beside it), and its pods'
+# label.
 MIGRATIONS: Final = "gateway-migrate"
 GATEWAY_TLS_SECRET: Final = "gateway-tls"
 GATEWAY_RESOURCES: Final = pod.Resources("100m", "128Mi", "1", "256Mi")

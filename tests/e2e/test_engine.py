@@ -379,7 +379,7 @@ def test_2_up_creates_everything_with_await_logic_on(
 
     database: Any = kube.get_json("statefulset", "database", "-n", NAMESPACE)
     assert database["status"].get("readyReplicas") == 1
-    # The schema's migrations ran once, before the gateway's pods (they depend on the Job).
+    # The schema's migrations ran once, in the Job `pulumi up` waited for.
     job: Any = kube.get_json("job", MIGRATIONS, "-n", NAMESPACE)
     assert job["status"].get("succeeded") == 1, job["status"]
     claim: Any = kube.get_json("pvc", "data-database-0", "-n", NAMESPACE)
