@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +16,18 @@ from mlstack_model import artifacts, train
 from mlstack_model.dataplane import score
 from mlstack_model.loaded_model import load_model
 from mlstack_model.rest import protocol
-from mlstack_model.scoring import LinearScorer, TreeScorer, compile_scorer
+from mlstack_model.scoring import (
+    EstimatorScorer,
+    LinearScorer,
+    TreeScorer,
+    compile_scorer,
+    from_stored,
+    stored,
+)
 from mlstack_model.settings import ModelSettings
 from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 
 VERSIONS = ["v1", "v2"]
 
@@ -33,19 +45,26 @@ def _probe_rows() -> np.ndarray[Any, np.dtype[np.float64]]:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_fast_row_scoring_equals_sklearn_predict(model_dir: Path, version: str) -> None:
-    artifact = artifacts.load(model_dir, "iris", version)
-    scorer = compile_scorer(artifact.estimator)
+    estimator = artifacts.load(model_dir, "iris", version).estimator
+    scorer = artifacts.load_scorer(model_dir, "iris", version)
     rows = _probe_rows()
-    expected = artifact.estimator.predict(rows).tolist()
+    expected = estimator.predict(rows).tolist()
     assert [scorer.predict_row(row) for row in rows.tolist()] == expected
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_batch_scoring_equals_sklearn_predict(model_dir: Path, version: str) -> None:
-    artifact = artifacts.load(model_dir, "iris", version)
-    scorer = compile_scorer(artifact.estimator)
+def test_batch_scoring_equals_sklearn_predict_and_predict_proba(
+    model_dir: Path, version: str
+) -> None:
+    """The stored scorer, rebuilt from its arrays alone, against the pickled estimator: the same
+    classes and, to the last bit, the same probabilities."""
+    estimator = artifacts.load(model_dir, "iris", version).estimator
+    scorer = artifacts.load_scorer(model_dir, "iris", version)
     rows = _probe_rows()
-    assert scorer.predict_matrix(rows) == artifact.estimator.predict(rows).tolist()
+    assert scorer.predict_matrix(rows) == estimator.predict(rows).tolist()
+    proba = scorer.predict_proba_matrix(rows)
+    assert proba.dtype == np.float64
+    assert np.array_equal(proba, estimator.predict_proba(rows))
 
 
 def _infer_body(rows: list[list[float]], outputs: list[str] | None = None) -> bytes:
@@ -63,8 +82,9 @@ def test_the_served_path_answers_as_sklearn_on_the_data_set(model_dir: Path, ver
     classes predict gives and the probabilities predict_proba gives, exactly."""
     settings = ModelSettings.from_env({"MODEL_DIR": str(model_dir), "MODEL_VERSION": version})
     model = load_model(settings)
+    estimator = artifacts.load(model_dir, "iris", version).estimator
     data = load_iris().data
-    expected = model.estimator.predict(data).tolist()
+    expected = estimator.predict(data).tolist()
     answers = []
     for row in data.tolist():
         request = protocol.parse_infer_request(_infer_body([row]), None, 4, 4096)
@@ -77,14 +97,78 @@ def test_the_served_path_answers_as_sklearn_on_the_data_set(model_dir: Path, ver
     labels, proba = score(model, batch)
     assert labels.data == expected
     assert proba.shape == (150, 3)
-    assert proba.data == model.estimator.predict_proba(data).ravel().tolist()
+    assert proba.data == estimator.predict_proba(data).ravel().tolist()
 
 
-def test_each_version_compiles_to_its_fast_scorer(model_dir: Path) -> None:
-    v1 = compile_scorer(artifacts.load(model_dir, "iris", "v1").estimator)
-    v2 = compile_scorer(artifacts.load(model_dir, "iris", "v2").estimator)
-    assert isinstance(v1, LinearScorer)
-    assert isinstance(v2, TreeScorer)
+def test_each_version_is_served_by_its_compiled_scorer(model_dir: Path) -> None:
+    for version, kind in (("v1", LinearScorer), ("v2", TreeScorer)):
+        settings = ModelSettings.from_env({"MODEL_DIR": str(model_dir), "MODEL_VERSION": version})
+        assert isinstance(load_model(settings).scorer, kind)
+
+
+def test_the_server_loads_and_scores_without_importing_scikit_learn(model_dir: Path) -> None:
+    """scikit-learn and SciPy take seconds to import: a pod's start does without them."""
+    script = (
+        "import sys\n"
+        "from mlstack_model.dataplane import score\n"
+        "from mlstack_model.loaded_model import load_model\n"
+        "from mlstack_model.rest import protocol\n"
+        "from mlstack_model.settings import ModelSettings\n"
+        "for version in ('v1', 'v2'):\n"
+        f"    env = {{'MODEL_DIR': {str(model_dir)!r}, 'MODEL_VERSION': version}}\n"
+        "    model = load_model(ModelSettings.from_env(env))\n"
+        f"    body = {_infer_body([[5.1, 3.5, 1.4, 0.2]] * 2, ['predict', 'predict_proba'])!r}\n"
+        "    score(model, protocol.parse_infer_request(body, None, 4, 4096))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def test_an_estimator_without_a_compiled_form_is_served_by_its_own_methods(
+    tmp_path: Path,
+) -> None:
+    data = load_iris()
+    estimator = KNeighborsClassifier(n_neighbors=3).fit(data.data, data.target)
+    artifact = artifacts.Artifact(
+        metadata=artifacts.ArtifactMetadata(
+            name="neighbours", version="v1", estimator=repr(estimator), dataset="iris",
+            feature_names=[str(f) for f in data.feature_names], class_labels=[0, 1, 2],
+            class_names=[str(c) for c in data.target_names],
+            sklearn_version=train.sklearn_version(), holdout_accuracy=1.0,
+        ),
+        estimator=estimator,
+    )  # fmt: skip
+    artifacts.save(tmp_path, artifact)
+    assert not artifacts.has_scorer(tmp_path, "neighbours", "v1")
+    settings = ModelSettings.from_env({"MODEL_DIR": str(tmp_path), "MODEL_NAME": "neighbours"})
+    model = load_model(settings)
+    assert isinstance(model.scorer, EstimatorScorer)
+    assert model.scorer.predict_matrix(data.data) == estimator.predict(data.data).tolist()
+
+
+def test_a_binary_linear_model_has_no_compiled_form() -> None:
+    """Its probabilities are scikit-learn's expit, not the softmax the linear scorer computes."""
+    data = load_iris()
+    binary = LogisticRegression().fit(data.data, data.target == 0)
+    assert compile_scorer(binary) is None
+
+
+def test_a_stored_scorer_round_trips_and_a_foreign_format_is_refused(model_dir: Path) -> None:
+    scorer = artifacts.load_scorer(model_dir, "iris", "v2")
+    again = from_stored(stored(scorer))
+    rows = _probe_rows()
+    assert np.array_equal(again.predict_proba_matrix(rows), scorer.predict_proba_matrix(rows))
+    with pytest.raises(ValueError, match="scorer format 99, this server reads 1"):
+        from_stored({**stored(scorer), "format": np.asarray(99)})
 
 
 def test_versions_are_genuinely_different_models(model_dir: Path) -> None:
@@ -121,3 +205,11 @@ def test_loading_an_artifact_under_the_wrong_version_is_refused(
 def test_ensure_trained_fills_an_empty_cache(tmp_path: Path) -> None:
     train.ensure_trained(tmp_path, "iris")
     assert artifacts.available_versions(tmp_path, "iris") == ["v1", "v2"]
+
+
+def test_ensure_trained_retrains_an_artifact_without_its_compiled_scorer(tmp_path: Path) -> None:
+    """A cache trained before the scorer was stored beside the pickle is trained again."""
+    train.ensure_trained(tmp_path, "iris")
+    (tmp_path / "iris" / "v1" / artifacts.SCORER_FILE).unlink()
+    train.ensure_trained(tmp_path, "iris")
+    assert artifacts.has_scorer(tmp_path, "iris", "v1")

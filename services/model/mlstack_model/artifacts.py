@@ -1,12 +1,15 @@
 """Trained model artifacts on disk: one directory per model name and version.
 
 Layout: ``<model_dir>/<name>/<version>/model.pkl`` (the pickled estimator together with its
-metadata, so the artifact itself records its version) and ``metadata.json`` (the same metadata,
-readable; written last, so its presence marks a complete artifact).
+metadata, so the artifact itself records its version), ``scorer.npz`` (the estimator compiled
+for serving, plain arrays: scoring.py; absent for an estimator without a compiled form) and
+``metadata.json`` (the same metadata, readable; written last, so its presence marks a complete
+artifact).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -15,7 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from mlstack_model import scoring
+
 MODEL_FILE = "model.pkl"
+SCORER_FILE = "scorer.npz"
 METADATA_FILE = "metadata.json"
 _VERSION_RE = re.compile(r"^v(\d+)$")
 
@@ -84,7 +92,16 @@ def available_versions(model_dir: Path, name: str) -> list[str]:
 def read_metadata(model_dir: Path, name: str, version: str) -> ArtifactMetadata:
     path = artifact_dir(model_dir, name, version) / METADATA_FILE
     with path.open("rb") as handle:
-        return ArtifactMetadata.from_dict(json.load(handle))
+        metadata = ArtifactMetadata.from_dict(json.load(handle))
+    _check_identity(path, metadata, name, version)
+    return metadata
+
+
+def _check_identity(path: Path, metadata: ArtifactMetadata, name: str, version: str) -> None:
+    if (metadata.name, metadata.version) != (name, version):
+        raise ValueError(
+            f"{path} holds {metadata.name} {metadata.version}, expected {name} {version}"
+        )
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -104,6 +121,14 @@ def save(model_dir: Path, artifact: Artifact) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     payload = {"metadata": asdict(meta), "estimator": artifact.estimator}
     _write_atomically(target / MODEL_FILE, pickle.dumps(payload, protocol=5))
+    compiled = scoring.compile_scorer(artifact.estimator)
+    if compiled is None:
+        (target / SCORER_FILE).unlink(missing_ok=True)
+    else:
+        buffer = io.BytesIO()
+        arrays: dict[str, Any] = scoring.stored(compiled)
+        np.savez(buffer, allow_pickle=False, **arrays)
+        _write_atomically(target / SCORER_FILE, buffer.getvalue())
     text = json.dumps(asdict(meta), indent=2, sort_keys=True) + "\n"
     _write_atomically(target / METADATA_FILE, text.encode())
     return target
@@ -115,8 +140,19 @@ def load(model_dir: Path, name: str, version: str) -> Artifact:
     with path.open("rb") as handle:
         payload = pickle.load(handle)
     metadata = ArtifactMetadata.from_dict(payload["metadata"])
-    if (metadata.name, metadata.version) != (name, version):
-        raise ValueError(
-            f"{path} holds {metadata.name} {metadata.version}, expected {name} {version}"
-        )
+    _check_identity(path, metadata, name, version)
     return Artifact(metadata=metadata, estimator=payload["estimator"])
+
+
+def has_scorer(model_dir: Path, name: str, version: str) -> bool:
+    return (artifact_dir(model_dir, name, version) / SCORER_FILE).is_file()
+
+
+def load_scorer(
+    model_dir: Path, name: str, version: str
+) -> scoring.LinearScorer | scoring.TreeScorer:
+    """The artifact's compiled scorer: arrays only, nothing unpickled, no scikit-learn."""
+    with np.load(
+        artifact_dir(model_dir, name, version) / SCORER_FILE, allow_pickle=False
+    ) as arrays:
+        return scoring.from_stored(arrays)

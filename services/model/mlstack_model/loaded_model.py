@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from mlstack_model import artifacts, train
 from mlstack_model.metadata import model_metadata
-from mlstack_model.scoring import Scorer, compile_scorer
+from mlstack_model.scoring import EstimatorScorer, Scorer
 from mlstack_model.settings import ModelSettings
 
 log = logging.getLogger("mlstack_model")
@@ -19,7 +18,6 @@ log = logging.getLogger("mlstack_model")
 @dataclass(frozen=True)
 class LoadedModel:
     metadata: artifacts.ArtifactMetadata
-    estimator: Any
     scorer: Scorer
     # Answers that never change, serialized once.
     metadata_body: bytes
@@ -55,13 +53,20 @@ def load_model(settings: ModelSettings) -> LoadedModel:
             f"MODEL_VERSION={version!r} not found for {name!r} in {model_dir}; "
             f"available: {', '.join(versions)}"
         )
-    artifact = artifacts.load(model_dir, name, version)
-    scorer = compile_scorer(artifact.estimator)
-    log.info("serving %s %s (%s) from %s", name, version, artifact.metadata.estimator, model_dir)
+    metadata = artifacts.read_metadata(model_dir, name, version)
+    scorer: Scorer
+    if artifacts.has_scorer(model_dir, name, version):
+        scorer = artifacts.load_scorer(model_dir, name, version)
+    else:
+        # No compiled form: the pickle, and scikit-learn's own methods.
+        scorer = EstimatorScorer(artifacts.load(model_dir, name, version).estimator)
+    log.info(
+        "serving %s %s (%s, %s) from %s",
+        name, version, metadata.estimator, type(scorer).__name__, model_dir,
+    )  # fmt: skip
     return LoadedModel(
-        metadata=artifact.metadata,
-        estimator=artifact.estimator,
+        metadata=metadata,
         scorer=scorer,
-        metadata_body=orjson.dumps(model_metadata(artifact.metadata)),
+        metadata_body=orjson.dumps(model_metadata(metadata)),
         ready_body=orjson.dumps({"name": name, "ready": True}),
     )

@@ -1,23 +1,33 @@
-"""Fast scoring: the fitted estimator compiled once into plain arithmetic.
+"""Fast scoring: the fitted estimator compiled once into plain arithmetic, stored beside it.
 
 scikit-learn's ``predict`` validates its input on every call, which costs far more than scoring
-one iris row. At start-up the estimator is turned into a scorer that holds only what prediction
-needs (the linear model's weights, or the tree's node arrays). Its answers equal ``predict``'s
-exactly (the service tests check this on the data set and on random points); batches go through
-numpy with the same operations ``predict`` uses.
+one iris row, and importing scikit-learn (with SciPy) takes seconds of a pod's start. So training
+compiles each estimator into a scorer that holds only what prediction needs (a linear model's
+weights, a tree's node arrays) and stores those arrays in the artifact (``scorer.npz``); the
+server rebuilds the scorer from them with numpy alone, and never unpickles. Its answers equal
+``predict``'s and ``predict_proba``'s exactly (the service tests check this on the data set and
+on random points): the same operations on the same operands, in the same order.
+
+An estimator without a compiled form is served by its pickle and scikit-learn's own methods.
 """
 
 from __future__ import annotations
 
 import operator
 from array import array
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 FloatMatrix = npt.NDArray[np.float64]
+Arrays = Mapping[str, npt.NDArray[Any]]
+
+# The layout of a stored scorer's arrays; a file of another version is not read.
+FORMAT_VERSION: Final = 1
+_LINEAR: Final = "linear"
+_TREE: Final = "tree"
 
 
 class Scorer(Protocol):
@@ -34,29 +44,28 @@ class Scorer(Protocol):
 
 
 class LinearScorer:
-    """A linear classifier (e.g. LogisticRegression): argmax of ``x @ coef.T + intercept``."""
+    """A multinomial linear classifier (LogisticRegression with three classes or more): the
+    class with the highest ``x @ coef.T + intercept``; probabilities by its softmax."""
 
-    def __init__(self, estimator: Any) -> None:
-        self._estimator = estimator
-        coef = np.asarray(estimator.coef_, dtype=np.float64)
-        intercept = np.asarray(estimator.intercept_, dtype=np.float64)
+    def __init__(self, coef: FloatMatrix, intercept: npt.NDArray[np.float64], classes: Any):
         self.n_features = int(coef.shape[1])
-        # The same operands predict uses (the transposed view, not a copy), so that numpy takes
-        # the same code path and rounds identically.
-        self._coef_t = estimator.coef_.T
-        self._intercept = estimator.intercept_
+        self._coef = np.ascontiguousarray(coef, dtype=np.float64)
+        # The same operands predict uses (the transposed view of the C-ordered weights, not a
+        # copy), so that numpy takes the same code path and rounds identically.
+        self._coef_t = self._coef.T
+        self._intercept = np.asarray(intercept, dtype=np.float64)
         self._weights: list[tuple[float, list[float]]] = [
-            (float(b), [float(w) for w in row]) for row, b in zip(coef, intercept, strict=True)
+            (float(b), [float(w) for w in row])
+            for row, b in zip(self._coef, self._intercept, strict=True)
         ]
-        self._classes = [int(c) for c in estimator.classes_]
-        self._classes_arr = np.asarray(self._classes, dtype=np.int64)
-        self._binary = coef.shape[0] == 1
+        self._classes_arr = np.asarray(classes, dtype=np.int64)
+        self._classes: list[int] = self._classes_arr.tolist()
+
+    def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        return {"coef": self._coef, "intercept": self._intercept, "classes": self._classes_arr}
 
     def predict_row(self, row: Sequence[float]) -> int:
         mul = operator.mul
-        if self._binary:
-            bias, weights = self._weights[0]
-            return self._classes[1] if bias + sum(map(mul, weights, row)) > 0 else self._classes[0]
         best_index = 0
         best_score = 0.0
         for index, (bias, weights) in enumerate(self._weights):
@@ -66,34 +75,66 @@ class LinearScorer:
                 best_index, best_score = index, score
         return self._classes[best_index]
 
+    def _decision(self, x: FloatMatrix) -> FloatMatrix:
+        scores: FloatMatrix = x @ self._coef_t + self._intercept
+        return scores
+
     def predict_matrix(self, x: FloatMatrix) -> list[int]:
-        scores = x @ self._coef_t + self._intercept
-        # As predict does: a binary model has one score column, positive means classes_[1].
-        indices = (scores.ravel() > 0).astype(np.intp) if self._binary else scores.argmax(axis=1)
-        labels: list[int] = self._classes_arr[indices].tolist()
+        labels: list[int] = self._classes_arr[self._decision(x).argmax(axis=1)].tolist()
         return labels
 
     def predict_proba_matrix(self, x: FloatMatrix) -> FloatMatrix:
-        return np.asarray(self._estimator.predict_proba(x), dtype=np.float64)
+        # scikit-learn's softmax, step by step: less the row's maximum, exp in place, over the
+        # row's sum.
+        scores = self._decision(x)
+        scores -= scores.max(axis=1).reshape((-1, 1))
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=1).reshape((-1, 1))
+        return scores
 
 
 class TreeScorer:
-    """A fitted DecisionTreeClassifier: walk the node arrays; each leaf knows its class."""
+    """A fitted single-output DecisionTreeClassifier: walk the node arrays to a leaf; each leaf
+    holds its class and its class fractions."""
 
-    def __init__(self, estimator: Any) -> None:
-        self._estimator = estimator
-        tree = estimator.tree_
-        self._tree = tree
-        self.n_features = int(estimator.n_features_in_)
-        self._left: list[int] = tree.children_left.tolist()
-        self._right: list[int] = tree.children_right.tolist()
-        self._feature: list[int] = tree.feature.tolist()
-        self._threshold: list[float] = tree.threshold.tolist()
-        classes = np.asarray(estimator.classes_, dtype=np.int64)
-        # value has shape (nodes, outputs, classes); predict takes argmax over classes.
-        leaf_class = classes[np.asarray(tree.value)[:, 0, :].argmax(axis=1)]
-        self._leaf_class_arr = leaf_class
-        self._leaf_class: list[int] = leaf_class.tolist()
+    def __init__(
+        self,
+        *,
+        children_left: npt.NDArray[np.intp],
+        children_right: npt.NDArray[np.intp],
+        feature: npt.NDArray[np.intp],
+        threshold: npt.NDArray[np.float64],
+        value: FloatMatrix,
+        classes: Any,
+        n_features: int,
+    ) -> None:
+        self._left_arr = np.asarray(children_left, dtype=np.intp)
+        self._right_arr = np.asarray(children_right, dtype=np.intp)
+        self._feature_arr = np.asarray(feature, dtype=np.intp)
+        self._threshold_arr = np.asarray(threshold, dtype=np.float64)
+        # (nodes, classes): the fractions predict_proba answers for a row ending in each node.
+        self._value = np.asarray(value, dtype=np.float64)
+        self._classes_arr = np.asarray(classes, dtype=np.int64)
+        self.n_features = int(n_features)
+        self._left: list[int] = self._left_arr.tolist()
+        self._right: list[int] = self._right_arr.tolist()
+        self._feature: list[int] = self._feature_arr.tolist()
+        self._threshold: list[float] = self._threshold_arr.tolist()
+        # predict takes the argmax over each node's classes.
+        self._leaf_class_arr = self._classes_arr[self._value.argmax(axis=1)]
+        self._leaf_class: list[int] = self._leaf_class_arr.tolist()
+        self._depth = _depth(self._left, self._right)
+
+    def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        return {
+            "children_left": self._left_arr,
+            "children_right": self._right_arr,
+            "feature": self._feature_arr,
+            "threshold": self._threshold_arr,
+            "value": self._value,
+            "classes": self._classes_arr,
+            "n_features": np.asarray(self.n_features),
+        }
 
     def predict_row(self, row: Sequence[float]) -> int:
         # predict compares float32 features with float64 thresholds: round the same way.
@@ -104,17 +145,40 @@ class TreeScorer:
             node = left[node] if values[feature[node]] <= threshold[node] else right[node]
         return self._leaf_class[node]
 
+    def _leaves(self, x: FloatMatrix) -> npt.NDArray[np.intp]:
+        """Each row's leaf, every row one level further per step (the tree's depth in all)."""
+        x32 = np.asarray(x, dtype=np.float32)
+        rows = np.arange(x32.shape[0])
+        node = np.zeros(x32.shape[0], dtype=np.intp)
+        for _ in range(self._depth):
+            inner = self._left_arr[node] != -1
+            # A float32 feature against a float64 threshold compares as doubles, as in predict.
+            left = x32[rows, self._feature_arr[node]] <= self._threshold_arr[node]
+            step = np.where(left, self._left_arr[node], self._right_arr[node])
+            node = np.where(inner, step, node)
+        return node
+
     def predict_matrix(self, x: FloatMatrix) -> list[int]:
-        leaves = self._tree.apply(np.ascontiguousarray(x, dtype=np.float32))
-        labels: list[int] = self._leaf_class_arr[leaves].tolist()
+        labels: list[int] = self._leaf_class_arr[self._leaves(x)].tolist()
         return labels
 
     def predict_proba_matrix(self, x: FloatMatrix) -> FloatMatrix:
-        return np.asarray(self._estimator.predict_proba(x), dtype=np.float64)
+        proba: FloatMatrix = self._value[self._leaves(x)]
+        return proba
+
+
+def _depth(left: list[int], right: list[int]) -> int:
+    """The number of edges on the tree's longest path from the root."""
+    deepest, level = 0, [0]
+    while True:
+        level = [child for node in level if left[node] != -1 for child in (left[node], right[node])]
+        if not level:
+            return deepest
+        deepest += 1
 
 
 class EstimatorScorer:
-    """Any other classifier: scikit-learn's own predict (correct, just slower)."""
+    """Any other classifier: scikit-learn's own methods (correct, just slower)."""
 
     def __init__(self, estimator: Any) -> None:
         self._estimator = estimator
@@ -131,13 +195,51 @@ class EstimatorScorer:
         return np.asarray(self._estimator.predict_proba(x), dtype=np.float64)
 
 
-def compile_scorer(estimator: Any) -> Scorer:
-    # Imported here so that the scorer classes stay importable without scikit-learn's start-up.
+def compile_scorer(estimator: Any) -> LinearScorer | TreeScorer | None:
+    """The compiled form of a fitted estimator, or None where it has none."""
+    # Imported here: serving a compiled scorer never imports scikit-learn.
     from sklearn.linear_model import LogisticRegression
     from sklearn.tree import DecisionTreeClassifier
 
-    if isinstance(estimator, LogisticRegression):
-        return LinearScorer(estimator)
+    if isinstance(estimator, LogisticRegression) and len(estimator.classes_) > 2:
+        return LinearScorer(estimator.coef_, estimator.intercept_, estimator.classes_)
     if isinstance(estimator, DecisionTreeClassifier) and estimator.n_outputs_ == 1:
-        return TreeScorer(estimator)
-    return EstimatorScorer(estimator)
+        tree = estimator.tree_
+        return TreeScorer(
+            children_left=tree.children_left,
+            children_right=tree.children_right,
+            feature=tree.feature,
+            threshold=tree.threshold,
+            # (nodes, outputs, classes): scikit-learn keeps each node's class fractions.
+            value=np.asarray(tree.value)[:, 0, : len(estimator.classes_)],
+            classes=estimator.classes_,
+            n_features=estimator.n_features_in_,
+        )
+    return None
+
+
+def stored(scorer: LinearScorer | TreeScorer) -> dict[str, npt.NDArray[Any]]:
+    """What ``from_stored`` rebuilds ``scorer`` from: its arrays, its kind, the format."""
+    kind = _LINEAR if isinstance(scorer, LinearScorer) else _TREE
+    return {"format": np.asarray(FORMAT_VERSION), "kind": np.asarray(kind), **scorer.arrays()}
+
+
+def from_stored(arrays: Arrays) -> LinearScorer | TreeScorer:
+    """The scorer ``stored`` saved; ValueError for a file this code does not know."""
+    version = int(arrays["format"]) if "format" in arrays else None
+    if version != FORMAT_VERSION:
+        raise ValueError(f"scorer format {version}, this server reads {FORMAT_VERSION}")
+    kind = str(arrays["kind"])
+    if kind == _LINEAR:
+        return LinearScorer(arrays["coef"], arrays["intercept"], arrays["classes"])
+    if kind == _TREE:
+        return TreeScorer(
+            children_left=arrays["children_left"],
+            children_right=arrays["children_right"],
+            feature=arrays["feature"],
+            threshold=arrays["threshold"],
+            value=arrays["value"],
+            classes=arrays["classes"],
+            n_features=int(arrays["n_features"]),
+        )
+    raise ValueError(f"unknown scorer kind {kind!r}")
