@@ -105,11 +105,10 @@ class Microservice(pulumi.ComponentResource):
         meta_labels = labels(args.name, args.stack)
         match = selector(args.name, args.stack)
 
-        account = k8s.core.v1.ServiceAccount(
+        account = pod.service_account(
             f"{name}-account",
-            metadata={"name": args.name, "namespace": args.namespace, "labels": meta_labels},
-            automount_service_account_token=False,
-            opts=child,
+            {"name": args.name, "namespace": args.namespace, "labels": meta_labels},
+            child,
         )
         self.deployment = k8s.apps.v1.Deployment(
             name,

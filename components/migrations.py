@@ -64,11 +64,10 @@ class SchemaMigrations(pulumi.ComponentResource):
     ) -> None:
         super().__init__("mlstack:app:SchemaMigrations", name, None, opts)
         meta_labels = labels(args.name, args.stack)
-        account = k8s.core.v1.ServiceAccount(
+        account = pod.service_account(
             f"{name}-account",
-            metadata={"name": args.name, "namespace": args.namespace, "labels": meta_labels},
-            automount_service_account_token=False,
-            opts=pulumi.ResourceOptions(parent=self),
+            {"name": args.name, "namespace": args.namespace, "labels": meta_labels},
+            pulumi.ResourceOptions(parent=self),
         )
         container: k8s.core.v1.ContainerArgsDict = {
             "name": args.name,

@@ -69,6 +69,18 @@ def container_security_context() -> k8s.core.v1.SecurityContextArgsDict:
     }
 
 
+def service_account(
+    resource_name: str,
+    metadata: k8s.meta.v1.ObjectMetaArgsDict,
+    opts: pulumi.ResourceOptions,
+) -> k8s.core.v1.ServiceAccount:
+    """A workload's own ServiceAccount that mounts no API token: the app's pods never call the
+    Kubernetes API (the database's, which Patroni needs, is its own)."""
+    return k8s.core.v1.ServiceAccount(
+        resource_name, metadata=metadata, automount_service_account_token=False, opts=opts
+    )
+
+
 def pull_policy(image: str) -> str:
     """`IfNotPresent` for an image pinned by digest (a node's cached copy is the same bytes);
     `Always` for a tag, so that every node resolves the tag at the registry (and re-checks the
