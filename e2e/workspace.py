@@ -51,7 +51,8 @@ class PulumiWorkspace:
     bin_dir: Path
     root: Path
     kubeconfig: Path
-    timings: dict[str, float] = field(default_factory=dict)
+    # The seconds of each run, by pulumi command (`up`, `preview`, ...): where a session went.
+    spent: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def project_dir(self) -> Path:
@@ -118,6 +119,7 @@ class PulumiWorkspace:
             timeout=timeout,
         )
         run = Run(list(args), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+        self.spent.setdefault(args[0], []).append(run.seconds)
         if check and proc.returncode != 0:
             raise PulumiError(
                 f"pulumi {' '.join(args)} exited {proc.returncode}\n"

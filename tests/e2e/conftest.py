@@ -129,6 +129,8 @@ def environment(bin_dir: Path, tmp_root: Path) -> Iterator[cluster.Environment]:
         REFS[:] = [env.refs]
         NODES.append(env.node)
         yield env
+        for command, runs in sorted(env.workspace.spent.items()):
+            TIMINGS[f"pulumi {command}: {len(runs)} runs, in all"] = sum(runs)
     finally:
         TEARDOWN.close()
     assert left == [], f"the teardown left: {left}"
