@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +25,20 @@ class PulumiCliError(Exception):
 def command() -> str:
     """The CLI to run: $PULUMI, else `pulumi` from PATH."""
     return os.environ.get("PULUMI", "pulumi")
+
+
+def let_plugins_stop() -> None:
+    """Give SIGINT back its default in this process, and so in the commands it starts, when the
+    process began with SIGINT ignored: an asynchronous command of a non-interactive shell does
+    (`make e2e &` in a script, `nohup ... &`). The CLI asks each plugin it is done with to stop
+    by SIGINT and kills one that ignores it only after 5 s, so each engine command would wait
+    those 5 s (the language host it starts to read the runtime's metadata). Python may set a
+    handler from its main thread only; elsewhere this does nothing."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def argv(*args: str, binary: str | None = None) -> list[str]:
@@ -44,6 +60,7 @@ def run(
     """Run `pulumi <args>` and return what it did, whatever its exit status. `stdin` is written
     to it; `no_stdin` closes its stdin instead of handing it this process's. A missing binary
     (FileNotFoundError) and a timeout (subprocess.TimeoutExpired) propagate."""
+    let_plugins_stop()
     return subprocess.run(
         argv(*args, binary=binary),
         check=False,
@@ -61,6 +78,7 @@ def automation_command(binary: str | None = None) -> auto.PulumiCommand:
     """The Automation API's handle on the CLI `binary` (default: `command()`). A bare name is
     looked up on PATH, as a shell would; a path must be `<root>/bin/pulumi`, the layout the
     Automation API runs."""
+    let_plugins_stop()
     name = binary or command()
     if shutil.which(name) is None:
         raise PulumiCliError(f"the Pulumi CLI {name!r} is not installed")
