@@ -16,7 +16,7 @@ from __future__ import annotations
 import operator
 from array import array
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, SupportsInt
 
 import numpy as np
 import numpy.typing as npt
@@ -26,8 +26,6 @@ Arrays = Mapping[str, npt.NDArray[Any]]
 
 # The layout of a stored scorer's arrays; a file of another version is not read.
 FORMAT_VERSION: Final = 1
-_LINEAR: Final = "linear"
-_TREE: Final = "tree"
 
 
 class Scorer(Protocol):
@@ -47,7 +45,9 @@ class LinearScorer:
     """A multinomial linear classifier (LogisticRegression with three classes or more): the
     class with the highest ``x @ coef.T + intercept``; probabilities by its softmax."""
 
-    def __init__(self, coef: FloatMatrix, intercept: npt.NDArray[np.float64], classes: Any):
+    def __init__(
+        self, *, coef: FloatMatrix, intercept: npt.NDArray[np.float64], classes: Any
+    ) -> None:
         self.n_features = int(coef.shape[1])
         self._coef = np.ascontiguousarray(coef, dtype=np.float64)
         # The same operands predict uses (the transposed view of the C-ordered weights, not a
@@ -106,7 +106,7 @@ class TreeScorer:
         threshold: npt.NDArray[np.float64],
         value: FloatMatrix,
         classes: Any,
-        n_features: int,
+        n_features: SupportsInt,
     ) -> None:
         self._left_arr = np.asarray(children_left, dtype=np.intp)
         self._right_arr = np.asarray(children_right, dtype=np.intp)
@@ -202,7 +202,9 @@ def compile_scorer(estimator: Any) -> LinearScorer | TreeScorer | None:
     from sklearn.tree import DecisionTreeClassifier
 
     if isinstance(estimator, LogisticRegression) and len(estimator.classes_) > 2:
-        return LinearScorer(estimator.coef_, estimator.intercept_, estimator.classes_)
+        return LinearScorer(
+            coef=estimator.coef_, intercept=estimator.intercept_, classes=estimator.classes_
+        )
     if isinstance(estimator, DecisionTreeClassifier) and estimator.n_outputs_ == 1:
         tree = estimator.tree_
         return TreeScorer(
@@ -218,9 +220,16 @@ def compile_scorer(estimator: Any) -> LinearScorer | TreeScorer | None:
     return None
 
 
+# Each compiled scorer by the name its file gives: `arrays()` holds its constructor's arguments.
+_KINDS: Final[dict[str, type[LinearScorer | TreeScorer]]] = {
+    "linear": LinearScorer,
+    "tree": TreeScorer,
+}
+
+
 def stored(scorer: LinearScorer | TreeScorer) -> dict[str, npt.NDArray[Any]]:
     """What ``from_stored`` rebuilds ``scorer`` from: its arrays, its kind, the format."""
-    kind = _LINEAR if isinstance(scorer, LinearScorer) else _TREE
+    (kind,) = [name for name, cls in _KINDS.items() if type(scorer) is cls]
     return {"format": np.asarray(FORMAT_VERSION), "kind": np.asarray(kind), **scorer.arrays()}
 
 
@@ -230,16 +239,6 @@ def from_stored(arrays: Arrays) -> LinearScorer | TreeScorer:
     if version != FORMAT_VERSION:
         raise ValueError(f"scorer format {version}, this server reads {FORMAT_VERSION}")
     kind = str(arrays["kind"])
-    if kind == _LINEAR:
-        return LinearScorer(arrays["coef"], arrays["intercept"], arrays["classes"])
-    if kind == _TREE:
-        return TreeScorer(
-            children_left=arrays["children_left"],
-            children_right=arrays["children_right"],
-            feature=arrays["feature"],
-            threshold=arrays["threshold"],
-            value=arrays["value"],
-            classes=arrays["classes"],
-            n_features=int(arrays["n_features"]),
-        )
-    raise ValueError(f"unknown scorer kind {kind!r}")
+    if kind not in _KINDS:
+        raise ValueError(f"unknown scorer kind {kind!r}")
+    return _KINDS[kind](**{key: arrays[key] for key in arrays if key not in ("format", "kind")})
