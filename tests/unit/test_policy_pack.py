@@ -494,3 +494,9 @@ def test_every_stack_passes_every_rule_of_the_pack(stack_run: ProgramRun) -> Non
     """What the program registers for each stack, held to the pack with the stack's config:
     mandatory and advisory rules alike pass (so an advisory finding is news, not noise)."""
     assert pack_findings(stack_run) == []
+
+
+def test_every_rule_is_described_by_its_checks_docstring_on_one_line() -> None:
+    for policy in policies():
+        assert policy.description, policy.name
+        assert "\n" not in policy.description and "  " not in policy.description, policy.name

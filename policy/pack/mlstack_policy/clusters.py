@@ -39,7 +39,8 @@ def _node_config_findings(node_config: Any) -> list[str]:
 
 
 def check_gke_node_identity(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """GKE nodes run as a service account of their own with narrow scopes."""
+    """GKE nodes run as their own service account, not the Compute Engine default, without the
+    cloud-platform scope."""
     # A cluster's own nodeConfig describes its default pool, unless that pool is removed.
     keeps_default_pool = dig(args.props, "removeDefaultNodePool") is not True
     if args.resource_type == GKE_NODE_POOL or (
@@ -61,7 +62,7 @@ def check_gke_private_nodes(args: ResourceValidationArgs, report: ReportViolatio
 
 
 def check_eks_secrets_encryption(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """EKS envelope-encrypts Secrets with a KMS key of the stack's."""
+    """EKS encrypts Kubernetes Secrets with a KMS key of the stack's."""
     if args.resource_type == EKS_COMPONENT:
         if not dig(args.props, "encryptionConfigKeyArn"):
             report(f"{args.name}: no encryptionConfigKeyArn (Secrets not envelope-encrypted)", None)
@@ -74,7 +75,7 @@ def check_eks_secrets_encryption(args: ResourceValidationArgs, report: ReportVio
 
 
 def check_eks_imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """EKS nodes answer IMDSv2 only (a launch template that requires tokens): a pod tricked into
+    """EKS nodes require IMDSv2 (a launch template with httpTokens required): a pod tricked into
     a plain GET cannot read the node's credentials."""
     if args.resource_type == LAUNCH_TEMPLATE:
         if dig(args.props, "metadataOptions", "httpTokens") != "required":
@@ -86,7 +87,7 @@ def check_eks_imdsv2(args: ResourceValidationArgs, report: ReportViolation) -> N
 
 
 def check_eks_endpoint_access(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """The EKS API's public endpoint is off, or admits listed networks only."""
+    """The EKS API's public endpoint is off or limited to listed CIDRs."""
     if args.resource_type == EKS_COMPONENT:
         public = dig(args.props, "endpointPublicAccess")
         cidrs = list(dig(args.props, "publicAccessCidrs") or ())

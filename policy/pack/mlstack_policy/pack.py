@@ -7,14 +7,17 @@ passed by `make preview`/`make up` and the workflows when the file exists).
 
 from __future__ import annotations
 
-from typing import Final
+import inspect
+from typing import Any, Final
 
 from pulumi_policy import (
     EnforcementLevel,
     Policy,
     PolicyConfigSchema,
     PolicyPack,
+    ResourceValidation,
     ResourceValidationPolicy,
+    StackValidation,
     StackValidationPolicy,
 )
 
@@ -24,6 +27,7 @@ NAME: Final = "mlstack"
 MANDATORY: Final = EnforcementLevel.MANDATORY
 ADVISORY: Final = EnforcementLevel.ADVISORY
 
+# The settings a rule takes from the pack config, as JSON-schema properties.
 PRODUCTION: Final = {
     "production": {
         "type": "boolean",
@@ -31,127 +35,83 @@ PRODUCTION: Final = {
         "description": "The stack serves production traffic (policy/pack/config/prod.json).",
     }
 }
+ALLOWED_IMAGES: Final = {
+    "allowedImages": {
+        "type": "array",
+        "items": {"type": "string"},
+        "default": list(workloads.ALLOWED_BY_TAG),
+        "description": "Image references accepted by tag, exactly as written.",
+    }
+}
+MIN_REPLICAS: Final = {
+    **PRODUCTION,
+    "minReplicas": {"type": "integer", "minimum": 1, "default": 2},
+}
 
 
 def policies() -> list[Policy]:
+    """Each rule by name and check; what it asks and why is its check's docstring, which the
+    engine shows beside every violation."""
     return [
-        ResourceValidationPolicy(
-            name="pod-security-restricted",
-            description="Every workload's pods meet the restricted Pod Security Standard: "
-            "non-root, read-only root filesystem, no privilege escalation, every capability "
-            "dropped, the RuntimeDefault seccomp profile.",
-            validate=workloads.check_pod_security,
-            enforcement_level=MANDATORY,
+        _mandatory("pod-security-restricted", workloads.check_pod_security),
+        _mandatory("container-resources", workloads.check_resources),
+        _mandatory("container-probes", workloads.check_probes),
+        _mandatory("image-by-digest", workloads.check_image_digest, ALLOWED_IMAGES),
+        _mandatory("no-external-model-or-database-service", services.check_internal_services),
+        _mandatory("gateway-edge-in-production", services.check_gateway_edge, PRODUCTION),
+        _mandatory(
+            "no-public-plain-http-in-production", services.check_no_public_plain_http, PRODUCTION
         ),
-        ResourceValidationPolicy(
-            name="container-resources",
-            description="Every container has CPU and memory requests and limits.",
-            validate=workloads.check_resources,
-            enforcement_level=MANDATORY,
+        _mandatory("gke-node-identity", clusters.check_gke_node_identity),
+        _mandatory("gke-private-nodes", clusters.check_gke_private_nodes),
+        _mandatory("eks-secrets-encryption", clusters.check_eks_secrets_encryption),
+        _mandatory("eks-imdsv2", clusters.check_eks_imdsv2),
+        _mandatory("eks-endpoint-access", clusters.check_eks_endpoint_access),
+        _advisory(
+            "replicas-in-production", availability.check_replicas_in_production, MIN_REPLICAS
         ),
-        ResourceValidationPolicy(
-            name="container-probes",
-            description="Every long-running container has a liveness and a readiness probe.",
-            validate=workloads.check_probes,
-            enforcement_level=MANDATORY,
-        ),
-        ResourceValidationPolicy(
-            name="image-by-digest",
-            description="Every image is referenced by digest (name@sha256:...), unless the "
-            "reference is a declared exception (allowedImages; none by default).",
-            validate=workloads.check_image_digest,
-            enforcement_level=MANDATORY,
-            config_schema=PolicyConfigSchema(
-                properties={
-                    "allowedImages": {
-                        "type": "array",
-                        "items": {"type": "string"},
-                        "default": list(workloads.ALLOWED_BY_TAG),
-                        "description": "Image references accepted by tag, exactly as written.",
-                    }
-                }
-            ),
-        ),
-        ResourceValidationPolicy(
-            name="no-external-model-or-database-service",
-            description="The model and the database are not exposed by a LoadBalancer or "
-            "NodePort Service.",
-            validate=services.check_internal_services,
-            enforcement_level=MANDATORY,
-        ),
-        ResourceValidationPolicy(
-            name="gateway-edge-in-production",
-            description="In production the gateway's public Service has loadBalancerSourceRanges "
-            "(not the whole internet) and serves HTTPS.",
-            validate=services.check_gateway_edge,
-            enforcement_level=MANDATORY,
-            config_schema=PolicyConfigSchema(properties=PRODUCTION),
-        ),
-        ResourceValidationPolicy(
-            name="no-public-plain-http-in-production",
-            description="In production no LoadBalancer or NodePort Service serves plain HTTP.",
-            validate=services.check_no_public_plain_http,
-            enforcement_level=MANDATORY,
-            config_schema=PolicyConfigSchema(properties=PRODUCTION),
-        ),
-        ResourceValidationPolicy(
-            name="gke-node-identity",
-            description="GKE nodes run as their own service account, not the Compute Engine "
-            "default, without the cloud-platform scope.",
-            validate=clusters.check_gke_node_identity,
-            enforcement_level=MANDATORY,
-        ),
-        ResourceValidationPolicy(
-            name="gke-private-nodes",
-            description="GKE nodes have private addresses only.",
-            validate=clusters.check_gke_private_nodes,
-            enforcement_level=MANDATORY,
-        ),
-        ResourceValidationPolicy(
-            name="eks-secrets-encryption",
-            description="EKS encrypts Kubernetes Secrets with a KMS key.",
-            validate=clusters.check_eks_secrets_encryption,
-            enforcement_level=MANDATORY,
-        ),
-        ResourceValidationPolicy(
-            name="eks-imdsv2",
-            description="EKS nodes require IMDSv2 (a launch template with httpTokens required).",
-            validate=clusters.check_eks_imdsv2,
-            enforcement_level=MANDATORY,
-        ),
-        ResourceValidationPolicy(
-            name="eks-endpoint-access",
-            description="The EKS API's public endpoint is off or limited to listed CIDRs.",
-            validate=clusters.check_eks_endpoint_access,
-            enforcement_level=MANDATORY,
-        ),
-        ResourceValidationPolicy(
-            name="replicas-in-production",
-            description="In production every Deployment and StatefulSet runs at least "
-            "minReplicas pods.",
-            validate=availability.check_replicas_in_production,
-            enforcement_level=ADVISORY,
-            config_schema=PolicyConfigSchema(
-                properties={
-                    **PRODUCTION,
-                    "minReplicas": {"type": "integer", "minimum": 1, "default": 2},
-                }
-            ),
-        ),
-        ResourceValidationPolicy(
-            name="topology-spread",
-            description="A Deployment or StatefulSet of several pods spreads them over nodes.",
-            validate=availability.check_topology_spread,
-            enforcement_level=ADVISORY,
-        ),
+        _advisory("topology-spread", availability.check_topology_spread),
         StackValidationPolicy(
             name="pod-disruption-budget",
-            description="Every Deployment or StatefulSet of several pods has a "
-            "PodDisruptionBudget.",
+            description=_described(availability.check_disruption_budgets),
             validate=availability.check_disruption_budgets,
             enforcement_level=ADVISORY,
         ),
     ]
+
+
+def _described(check: ResourceValidation | StackValidation) -> str:
+    """A check's docstring on one line."""
+    return " ".join((inspect.getdoc(check) or "").split())
+
+
+def _rule(
+    level: EnforcementLevel,
+    name: str,
+    check: ResourceValidation,
+    settings: dict[str, Any] | None,
+) -> ResourceValidationPolicy:
+    return ResourceValidationPolicy(
+        name=name,
+        description=_described(check),
+        validate=check,
+        enforcement_level=level,
+        config_schema=PolicyConfigSchema(properties=settings) if settings else None,
+    )
+
+
+def _mandatory(
+    name: str, check: ResourceValidation, settings: dict[str, Any] | None = None
+) -> ResourceValidationPolicy:
+    """A rule that fails the preview or the update."""
+    return _rule(MANDATORY, name, check, settings)
+
+
+def _advisory(
+    name: str, check: ResourceValidation, settings: dict[str, Any] | None = None
+) -> ResourceValidationPolicy:
+    """A rule that is reported and lets the update go on."""
+    return _rule(ADVISORY, name, check, settings)
 
 
 def serve() -> None:

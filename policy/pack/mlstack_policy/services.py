@@ -26,7 +26,7 @@ def _label(props: Mapping[str, Any]) -> str:
 
 
 def check_internal_services(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """No LoadBalancer (nor NodePort) for the model or the database."""
+    """The model and the database are not exposed by a LoadBalancer or NodePort Service."""
     if args.resource_type != SERVICE or app_name(args.props) not in INTERNAL_APPS:
         return
     kind = service_type(args.props)
@@ -49,8 +49,8 @@ def _plain_http_ports(props: Mapping[str, Any]) -> list[str]:
 
 
 def check_gateway_edge(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """In production the gateway's public Service admits only the clients' source ranges and
-    speaks TLS (a port named https)."""
+    """In production the gateway's public Service has loadBalancerSourceRanges (not the whole
+    internet) and serves HTTPS (a port named https)."""
     if not _production(args) or args.resource_type != SERVICE:
         return
     if app_name(args.props) != GATEWAY or service_type(args.props) not in EXTERNAL_SERVICE_TYPES:
@@ -66,7 +66,7 @@ def check_gateway_edge(args: ResourceValidationArgs, report: ReportViolation) ->
 
 
 def check_no_public_plain_http(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """In production no Service on a public address serves plain HTTP: credentials (the API
+    """In production no LoadBalancer or NodePort Service serves plain HTTP: credentials (the API
     key) and predictions would cross the internet in the clear."""
     if not _production(args) or args.resource_type != SERVICE:
         return

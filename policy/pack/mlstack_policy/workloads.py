@@ -27,8 +27,10 @@ def _effective(
 
 
 def check_pod_security(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """The restricted Pod Security Standard, field by field, so a preview names the one that is
-    missing before the namespace's admission refuses the pods (or a laxer namespace admits them)."""
+    """Every workload's pods meet the restricted Pod Security Standard: non-root, a read-only root
+    filesystem, no privilege escalation, every capability dropped, the RuntimeDefault seccomp
+    profile. Checked field by field, so that a preview names the one missing before the
+    namespace's admission refuses the pods (or a laxer namespace admits them)."""
     spec = pod_spec(args.resource_type, args.props)
     if spec is None:
         return
@@ -58,8 +60,8 @@ def check_pod_security(args: ResourceValidationArgs, report: ReportViolation) ->
 
 
 def check_resources(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """CPU and memory requests (what the scheduler places by) and limits (what keeps one pod from
-    starving its neighbours) on every container."""
+    """Every container has CPU and memory requests (what the scheduler places pods by) and limits
+    (what keeps one pod from starving its neighbours)."""
     spec = pod_spec(args.resource_type, args.props)
     if spec is None:
         return
@@ -76,8 +78,8 @@ def check_resources(args: ResourceValidationArgs, report: ReportViolation) -> No
 
 
 def check_probes(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """A liveness probe (a hung process is restarted) and a readiness probe (traffic only to a
-    pod that can take it) on every long-running container."""
+    """Every long-running container has a liveness probe (a hung process is restarted) and a
+    readiness probe (traffic goes only to a pod that can take it)."""
     if args.resource_type not in LONG_RUNNING:
         return
     spec = pod_spec(args.resource_type, args.props)
@@ -91,8 +93,9 @@ def check_probes(args: ResourceValidationArgs, report: ReportViolation) -> None:
 
 
 def check_image_digest(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """Images by digest: what was reviewed and scanned is what runs, and a rollback really rolls
-    back. The pack's config declares the references accepted by tag (`allowedImages`)."""
+    """Every image is referenced by digest (name@sha256:...), unless the reference is a declared
+    exception (allowedImages; none by default): what was reviewed and scanned is what runs, and a
+    rollback really rolls back."""
     spec = pod_spec(args.resource_type, args.props)
     if spec is None:
         return
