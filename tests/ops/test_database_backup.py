@@ -1,10 +1,10 @@
-"""tools/database_backup.py (`make backup`, `make restore`), run for real against stand-ins: the
-`pulumi` of tests/ops/test_database_switchover.py, and a `kubectl` that answers for a Patroni
-cluster from cluster.json: the StatefulSet (scaled as asked), the pods' role labels and the
-Service's endpoints, one state after another in each phase (running, stopping after a scale to 0,
-starting after a scale back), the ConfigMaps (deleted by selector as kubectl does, made from
-literals), and what pgBackRest prints in the `backups` container. Both log every call.
-pgBackRest and Patroni themselves run only on a real cluster.
+"""tools/database_backup.py (`make backup`, `make restore`), run for real against the stand-ins
+of tests/ops/test_database_switchover.py: its `pulumi`, and tests/ops/fake_kubectl.py answering
+for a Patroni cluster: the StatefulSet (scaled as asked), the pods' role labels and the Service's
+endpoints, one state after another in each phase (running, stopping after a scale to 0, starting
+after a scale back), the ConfigMaps (deleted by selector as kubectl does, made from literals), and
+what pgBackRest prints in the `backups` container. Both log every call. pgBackRest and Patroni
+themselves run only on a real cluster.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -20,81 +19,8 @@ import pytest
 
 from components import database
 from components.labels import labels
-from tests.ops.test_database_switchover import NAMESPACE, SELECTOR, Fakes, roles, state
+from tests.ops.test_database_switchover import SELECTOR, Fakes, roles, state
 from tools import database_backup as backups
-
-FAKE_KUBECTL: Final = """\
-#!PYTHON
-import json, sys
-from pathlib import Path
-
-here = Path(__file__).parent
-args = sys.argv[1:]
-with (here / "kubectl-calls.jsonl").open("a") as log:
-    log.write(json.dumps({"args": args}) + "\\n")
-cluster = json.loads((here / "cluster.json").read_text())
-namespace = args.index("--namespace")
-if args[namespace + 1] != cluster["namespace"]:
-    sys.exit("fake kubectl: another namespace: " + args[namespace + 1])
-command = args[namespace + 2:]
-states = cluster["phases"][cluster["phase"]]
-now = states[min(cluster["at"], len(states) - 1)]
-ip = lambda name: "10.0.0." + str(10 + int(name.rsplit("-", 1)[1]))
-
-def matches(found, selector):
-    return all(found.get(k) == v for k, v in (p.split("=", 1) for p in selector.split(",")))
-
-if command[:3] == ["get", "statefulset", "database"]:
-    spec = {"replicas": cluster["replicas"], "selector": {"matchLabels": cluster["selector"]}}
-    print(json.dumps({"kind": "StatefulSet", "spec": spec}))
-elif command[:2] == ["get", "pods"]:
-    wanted = ",".join(f"{k}={v}" for k, v in sorted(cluster["selector"].items()))
-    found = now["roles"] if command[2:4] == ["--selector", wanted] else {}
-    pods = [
-        {"metadata": {"name": name, "labels": {"ROLE_LABEL": role} if role else {}},
-         "status": {"podIP": ip(name)}}
-        for name, role in found.items()
-    ]
-    print(json.dumps({"kind": "List", "items": pods}))
-elif command[:4] == ["get", "endpointslices", "--selector", "kubernetes.io/service-name=database"]:
-    endpoints = [
-        {"addresses": [ip(name)], "conditions": {"ready": ready},
-         "targetRef": {"kind": "Pod", "name": name}}
-        for name, ready in now["endpoints"].items()
-    ]
-    print(json.dumps({"kind": "List", "items": [{"endpoints": endpoints}]}))
-    cluster["at"] += 1  # the next look sees the phase's next state
-elif command[:1] == ["exec"]:
-    argv = command[command.index("--") + 1:]
-    answer = cluster["pgbackrest"].get(" ".join(argv[1:]))
-    if argv[0] != "pgbackrest" or answer is None:
-        sys.exit("fake kubectl: unexpected exec " + " ".join(argv))
-    print(answer["stdout"], end="")
-    print(answer["stderr"], end="", file=sys.stderr)
-    sys.exit(answer["exit"])
-elif command[:3] == ["scale", "statefulset", "database"]:
-    cluster["replicas"] = int(command[3].removeprefix("--replicas="))
-    cluster["phase"], cluster["at"] = ("starting" if cluster["replicas"] else "stopping"), 0
-    if cluster["replicas"]:
-        # What the instances find as they start.
-        cluster["request_at_start"] = cluster["configmaps"].get("database-restore")
-elif command[:2] == ["delete", "configmap"]:
-    if command[2] == "--selector":
-        cluster["configmaps"] = {
-            name: cm for name, cm in cluster["configmaps"].items()
-            if not matches(cm["labels"], command[3])
-        }
-    else:
-        cluster["configmaps"].pop(command[2], None)
-elif command[:2] == ["create", "configmap"]:
-    if command[2] in cluster["configmaps"]:
-        sys.exit(f'Error from server (AlreadyExists): configmaps "{command[2]}" already exists')
-    literals = [a.removeprefix("--from-literal=").split("=", 1) for a in command[3:]]
-    cluster["configmaps"][command[2]] = {"labels": {}, "data": dict(literals)}
-else:
-    sys.exit("fake kubectl: unexpected " + " ".join(command))
-(here / "cluster.json").write_text(json.dumps(cluster))
-"""
 
 # Patroni's ConfigMaps carry the labels it is given and its scope label; the CA bundle's, the
 # program's labels alone.
@@ -129,12 +55,10 @@ def answer(stdout: str = "", *, exit_code: int = 0, stderr: str = "") -> dict[st
 
 
 class BackupFakes(Fakes):
-    """The switchover's stand-ins, with this tool's `kubectl`."""
+    """The switchover's stand-ins, on a cluster this tool can scale and restore."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
-        script = FAKE_KUBECTL.replace("PYTHON", sys.executable, 1)
-        (folder / "kubectl").write_text(script.replace("ROLE_LABEL", database.ROLE_LABEL))
         self.restore_cluster()
 
     def restore_cluster(
@@ -146,20 +70,19 @@ class BackupFakes(Fakes):
         pgbackrest: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """The cluster as `running` until a scale; then each phase's states, one per look."""
-        cluster = {
-            "namespace": NAMESPACE, "replicas": 3, "selector": SELECTOR, "phase": "running",
-            "at": 0, "configmaps": CONFIG_MAPS,
-            "phases": {"running": [running], "stopping": stopping, "starting": starting},
-            "pgbackrest": {
+        self.write_cluster(
+            phases={"running": [running], "stopping": stopping, "starting": starting},
+            advancing=True,
+            configmaps=CONFIG_MAPS,
+            exec={"pgbackrest": {
                 "check": answer(),
                 "info --output=json": answer(backup_info((MOMENT - dt.timedelta(hours=1), False))),
                 "info": answer(INFO_TEXT),
                 "backup --type=full": answer(),
                 "backup --type=diff": answer(),
                 **(pgbackrest or {}),
-            },
-        }  # fmt: skip
-        (self.folder / "cluster.json").write_text(json.dumps(cluster))
+            }},
+        )  # fmt: skip
 
     def current(self) -> dict[str, Any]:
         """cluster.json as the last kubectl call left it."""

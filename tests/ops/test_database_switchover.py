@@ -1,8 +1,8 @@
 """tools/database_switchover.py (`make switchover`), run for real against stand-ins: a `pulumi`
-that answers the stack's config and outputs, and a `kubectl` that answers for a Patroni cluster
-from cluster.json: the StatefulSet, each pod's role label and the Service's endpoints, one state
-after another once patronictl accepted the switchover, and what patronictl prints. Both log every
-call. Patroni itself runs only on a real cluster.
+that answers the stack's config and outputs, and tests/ops/fake_kubectl.py answering for a Patroni
+cluster: the StatefulSet, each pod's role label and the Service's endpoints, one state after
+another once patronictl accepted the switchover, and what patronictl prints. Both log every call.
+Patroni itself runs only on a real cluster.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tools import database_switchover as switchover
 
 NAMESPACE = "mlstack-prod"
 SELECTOR = {"app.kubernetes.io/name": "database", "app.kubernetes.io/instance": "prod"}
+FAKE_KUBECTL = Path(__file__).with_name("fake_kubectl.py")
 
 FAKE_PULUMI = """\
 #!{python}
@@ -42,61 +43,6 @@ elif args[1:4] == ["stack", "output", "--json"]:
     print(json.dumps(stack["outputs"]))
 else:
     sys.exit("fake pulumi: unexpected " + " ".join(args))
-"""
-
-FAKE_KUBECTL = """\
-#!{python}
-import json, sys
-from pathlib import Path
-
-here = Path(__file__).parent
-args = sys.argv[1:]
-call = {{"args": args}}
-if "--kubeconfig" in args:
-    call["kubeconfig"] = Path(args[args.index("--kubeconfig") + 1]).read_text()
-with (here / "kubectl-calls.jsonl").open("a") as log:
-    log.write(json.dumps(call) + "\\n")
-cluster = json.loads((here / "cluster.json").read_text())
-namespace = args.index("--namespace")
-if args[namespace + 1] != cluster["namespace"]:
-    sys.exit("fake kubectl: another namespace: " + args[namespace + 1])
-command = args[namespace + 2:]
-state = cluster["states"][cluster["at"]]
-ip = lambda name: "10.0.0." + str(10 + int(name.rsplit("-", 1)[1]))
-if command[:3] == ["get", "statefulset", "database"]:
-    if cluster["replicas"] is not None:
-        selector = {{"matchLabels": cluster["selector"]}}
-        spec = {{"replicas": cluster["replicas"], "selector": selector}}
-        print(json.dumps({{"kind": "StatefulSet", "spec": spec}}))
-elif command[:2] == ["get", "pods"]:
-    wanted = ",".join(f"{{k}}={{v}}" for k, v in sorted(cluster["selector"].items()))
-    roles = state["roles"] if command[2:4] == ["--selector", wanted] else {{}}
-    pods = [
-        {{"metadata": {{"name": name, "labels": {{"{role_label}": role}} if role else {{}}}},
-          "status": {{"podIP": ip(name)}}}}
-        for name, role in roles.items()
-    ]
-    print(json.dumps({{"kind": "List", "items": pods}}))
-elif command[:4] == ["get", "endpointslices", "--selector", "kubernetes.io/service-name=database"]:
-    endpoints = [
-        {{"addresses": [ip(name)], "conditions": {{"ready": ready}},
-          **({{"targetRef": {{"kind": "Pod", "name": name}}}} if cluster["targetRef"] else {{}})}}
-        for name, ready in state["endpoints"].items()
-    ]
-    print(json.dumps({{"kind": "List", "items": [{{"endpoints": endpoints}}]}}))
-    if cluster["at"]:  # the switchover goes on: the next look sees the next state
-        cluster["at"] = min(cluster["at"] + 1, len(cluster["states"]) - 1)
-elif command[:1] == ["exec"]:
-    answer = cluster["patronictl"]
-    print(answer["stdout"])
-    print(answer["stderr"], file=sys.stderr)
-    if answer["exit"] == 0 and len(cluster["states"]) > 1:
-        cluster["at"] = 1
-    (here / "cluster.json").write_text(json.dumps(cluster))
-    sys.exit(answer["exit"])
-else:
-    sys.exit("fake kubectl: unexpected " + " ".join(command))
-(here / "cluster.json").write_text(json.dumps(cluster))
 """
 
 ACCEPTED = (
@@ -124,9 +70,12 @@ class Fakes:
         self.folder = folder
         self.kubeconfig = folder / "kubeconfig.yaml"
         self.kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
-        for name, script in (("pulumi", FAKE_PULUMI), ("kubectl", FAKE_KUBECTL)):
+        for name, script in (
+            ("pulumi", FAKE_PULUMI.format(python=sys.executable)),
+            ("kubectl", f"#!{sys.executable}\n" + FAKE_KUBECTL.read_text()),
+        ):
             path = folder / name
-            path.write_text(script.format(python=sys.executable, role_label=database.ROLE_LABEL))
+            path.write_text(script)
             path.chmod(0o755)
         self.stack(
             config={"mlstack:cluster": {"objectValue": {
@@ -148,10 +97,21 @@ class Fakes:
     ) -> None:
         """`states[0]` until patronictl accepts, then each next one per look, the last kept."""
         exit_code, stdout, stderr = patronictl
+        switched = {"exit": exit_code, "stdout": f"{stdout}\n", "stderr": f"{stderr}\n"}
+        self.write_cluster(
+            phases={"running": states},
+            replicas=replicas,
+            target_ref=target_ref,
+            exec={"patronictl": {"*": {**switched, "advances": True}}},
+        )
+
+    def write_cluster(self, **fields: Any) -> None:
+        """cluster.json for fake_kubectl.py: `fields` over a running cluster of three that stays
+        in its first state."""
         cluster = {
-            "namespace": NAMESPACE, "replicas": replicas, "selector": SELECTOR, "states": states,
-            "at": 0, "targetRef": target_ref,
-            "patronictl": {"exit": exit_code, "stdout": stdout, "stderr": stderr},
+            "namespace": NAMESPACE, "selector": SELECTOR, "role_label": database.ROLE_LABEL,
+            "replicas": 3, "phase": "running", "at": 0, "advancing": False, "target_ref": True,
+            "exec": {}, "configmaps": {}, **fields,
         }  # fmt: skip
         (self.folder / "cluster.json").write_text(json.dumps(cluster))
 

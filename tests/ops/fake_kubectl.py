@@ -1,0 +1,138 @@
+"""A stand-in `kubectl` for the database tools' tests (tools/database_switchover.py and
+tools/database_backup.py), installed as a script beside a cluster.json it answers from and
+updates: a Patroni cluster's StatefulSet, its pods' role labels and the database Service's
+endpoints, one state after another, its ConfigMaps, and what a program run in a pod prints.
+It logs every call to kubectl-calls.jsonl. Standard library only: it runs as a script.
+
+cluster.json holds:
+- `namespace`, the only one it answers in; `selector`, the pods' labels; `role_label`;
+- `replicas`: the StatefulSet's (None: there is none); a scale sets it and moves to the phase
+  `stopping` (to 0) or `starting`;
+- `phases`: each phase's states (`roles`: pod → role label; `endpoints`: pod → ready), `phase`
+  and `at`, the state seen (the phase's last once `at` passes it); while `advancing`, each look
+  at the endpoints moves `at` on;
+- `target_ref`: whether endpoints name their pod;
+- `exec`: by program, what a run of it prints and exits with, by its arguments joined by spaces
+  or `*` for any; an answer with `advances` starts the states moving when it exits 0;
+- `configmaps`: by name, `labels` and `data`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+HERE = Path(__file__).parent
+CLUSTER = HERE / "cluster.json"
+
+
+def ip(pod: str) -> str:
+    return f"10.0.0.{10 + int(pod.rsplit('-', 1)[1])}"
+
+
+def selects(selector: str, labels: dict[str, str]) -> bool:
+    pairs = (part.split("=", 1) for part in selector.split(","))
+    return all(labels.get(key) == value for key, value in pairs)
+
+
+def answer(cluster: dict[str, Any], argv: list[str]) -> NoReturn:
+    """Print what `argv`, run in a pod, prints, save the cluster and exit with its code."""
+    answers = cluster["exec"].get(argv[0], {})
+    found = answers.get(" ".join(argv[1:]), answers.get("*"))
+    if found is None:
+        sys.exit("fake kubectl: unexpected exec " + " ".join(argv))
+    print(found["stdout"], end="")
+    print(found["stderr"], end="", file=sys.stderr)
+    if found["exit"] == 0 and found.get("advances"):
+        cluster["at"] += 1
+        cluster["advancing"] = True
+    CLUSTER.write_text(json.dumps(cluster))
+    sys.exit(found["exit"])
+
+
+def change_configmaps(cluster: dict[str, Any], command: list[str]) -> None:
+    """Delete ConfigMaps by name or selector, or create one from literals."""
+    if command[:3] == ["delete", "configmap", "--selector"]:
+        cluster["configmaps"] = {
+            name: found
+            for name, found in cluster["configmaps"].items()
+            if not selects(command[3], found["labels"])
+        }
+    elif command[:2] == ["delete", "configmap"]:
+        cluster["configmaps"].pop(command[2], None)
+    elif command[:2] == ["create", "configmap"]:
+        if command[2] in cluster["configmaps"]:
+            sys.exit(f'Error from server (AlreadyExists): configmaps "{command[2]}" already exists')
+        literals = [a.removeprefix("--from-literal=").split("=", 1) for a in command[3:]]
+        cluster["configmaps"][command[2]] = {"labels": {}, "data": dict(literals)}
+
+
+def respond(cluster: dict[str, Any], command: list[str]) -> None:
+    states = cluster["phases"][cluster["phase"]]
+    now = states[min(cluster["at"], len(states) - 1)]
+    if command[:3] == ["get", "statefulset", "database"]:
+        if cluster["replicas"] is not None:
+            selector = {"matchLabels": cluster["selector"]}
+            spec = {"replicas": cluster["replicas"], "selector": selector}
+            print(json.dumps({"kind": "StatefulSet", "spec": spec}))
+    elif command[:2] == ["get", "pods"]:
+        wanted = ",".join(f"{k}={v}" for k, v in sorted(cluster["selector"].items()))
+        found = now["roles"] if command[2:4] == ["--selector", wanted] else {}
+        pods = [
+            {
+                "metadata": {"name": pod, "labels": {cluster["role_label"]: role} if role else {}},
+                "status": {"podIP": ip(pod)},
+            }
+            for pod, role in found.items()
+        ]
+        print(json.dumps({"kind": "List", "items": pods}))
+    elif command[:4] == [
+        "get",
+        "endpointslices",
+        "--selector",
+        "kubernetes.io/service-name=database",
+    ]:
+        endpoints = [
+            {
+                "addresses": [ip(pod)],
+                "conditions": {"ready": ready},
+                **({"targetRef": {"kind": "Pod", "name": pod}} if cluster["target_ref"] else {}),
+            }
+            for pod, ready in now["endpoints"].items()
+        ]
+        print(json.dumps({"kind": "List", "items": [{"endpoints": endpoints}]}))
+        if cluster["advancing"]:
+            cluster["at"] += 1
+    elif command[:1] == ["exec"]:
+        answer(cluster, command[command.index("--") + 1 :])
+    elif command[:3] == ["scale", "statefulset", "database"]:
+        cluster["replicas"] = int(command[3].removeprefix("--replicas="))
+        cluster["phase"] = "starting" if cluster["replicas"] else "stopping"
+        cluster["at"], cluster["advancing"] = 0, True
+        if cluster["replicas"]:
+            # What the instances find as they start.
+            cluster["request_at_start"] = cluster["configmaps"].get("database-restore")
+    elif command[:2] in (["delete", "configmap"], ["create", "configmap"]):
+        change_configmaps(cluster, command)
+    else:
+        sys.exit("fake kubectl: unexpected " + " ".join(command))
+
+
+def main(args: list[str]) -> None:
+    call: dict[str, Any] = {"args": args}
+    if "--kubeconfig" in args:
+        call["kubeconfig"] = Path(args[args.index("--kubeconfig") + 1]).read_text()
+    with (HERE / "kubectl-calls.jsonl").open("a") as log:
+        log.write(json.dumps(call) + "\n")
+    cluster = json.loads(CLUSTER.read_text())
+    namespace = args.index("--namespace")
+    if args[namespace + 1] != cluster["namespace"]:
+        sys.exit("fake kubectl: another namespace: " + args[namespace + 1])
+    respond(cluster, args[namespace + 2 :])
+    CLUSTER.write_text(json.dumps(cluster))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
