@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Final
 
 from e2e import addresses, process
+from e2e.workdir import InWorkdir
 from harness.poll import poll
 from harness.ports import free_port
 
@@ -82,9 +83,7 @@ class ControlPlane:
     fake_nodes: int = NODES
     pids: set[int] = field(default_factory=set)
 
-    @property
-    def kubeconfig(self) -> Path:
-        return self.workdir / "kubeconfig.yaml"
+    kubeconfig = InWorkdir("kubeconfig.yaml")
 
     @property
     def context(self) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from e2e import process
+from e2e.workdir import InWorkdir
 from harness.poll import wait_until
 
 # The CLI of the same Debian release as the daemon: a newer `docker` earlier on PATH may insist
@@ -50,42 +51,16 @@ class DockerEngine:
     workdir: Path
     data_root: Path
 
-    @property
-    def socket(self) -> Path:
-        return self.workdir / "docker.sock"
-
-    @property
-    def containerd_socket(self) -> Path:
-        return self.workdir / "containerd.sock"
-
-    @property
-    def pidfile(self) -> Path:
-        """The pid as the suite recorded it (dockerd keeps its own pid file in exec_root)."""
-        return self.workdir / "dockerd.pid"
-
-    @property
-    def containerd_pidfile(self) -> Path:
-        return self.workdir / "containerd.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / "dockerd.log"
-
-    @property
-    def containerd_log(self) -> Path:
-        return self.workdir / "containerd.log"
-
-    @property
-    def exec_root(self) -> Path:
-        return self.workdir / "exec"
-
-    @property
-    def containerd_dir(self) -> Path:
-        return self.workdir / "containerd"
-
-    @property
-    def containerd_config(self) -> Path:
-        return self.containerd_dir / "config.toml"
+    socket = InWorkdir("docker.sock")
+    containerd_socket = InWorkdir("containerd.sock")
+    # The pid as the suite recorded it (dockerd keeps its own pid file in exec_root).
+    pidfile = InWorkdir("dockerd.pid")
+    containerd_pidfile = InWorkdir("containerd.pid")
+    log = InWorkdir("dockerd.log")
+    containerd_log = InWorkdir("containerd.log")
+    exec_root = InWorkdir("exec")
+    containerd_dir = InWorkdir("containerd")
+    containerd_config = InWorkdir("containerd", "config.toml")
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

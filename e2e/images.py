@@ -31,6 +31,7 @@ from typing import Final, ParamSpec, TypeVar
 from e2e.dockerd import DockerEngine
 from e2e.registry import Registry
 from e2e.rootfs import DATABASE, POSTGRES_MAJOR, PYTHON, Rootfs, ensure_base
+from e2e.workdir import InWorkdir
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 # The Debian packages this module needs on the host (apt-get installs them when a command is
@@ -135,9 +136,7 @@ class Images:
     def registry(self) -> Registry:
         return Registry(self.workdir / "registry", self.cache / "registry")
 
-    @property
-    def refs_file(self) -> Path:
-        return self.workdir / "images.json"
+    refs_file = InWorkdir("images.json")
 
     def up(self, port: int = 0) -> ImageRefs:
         """Start the engine and the registry (on `port`, 0: a free one), build every image and

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from e2e import process
+from e2e.workdir import InWorkdir
 from harness.poll import wait_until
 from harness.ports import free_port
 
@@ -38,21 +39,10 @@ class Registry:
     workdir: Path
     storage: Path
 
-    @property
-    def config(self) -> Path:
-        return self.workdir / "registry.yml"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.workdir / "registry.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / "registry.log"
-
-    @property
-    def address_file(self) -> Path:
-        return self.workdir / "registry.address"
+    config = InWorkdir("registry.yml")
+    pidfile = InWorkdir("registry.pid")
+    log = InWorkdir("registry.log")
+    address_file = InWorkdir("registry.address")
 
     @property
     def address(self) -> str:

@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from e2e import addresses as net
 from e2e import metrics_server, process
+from e2e.workdir import InWorkdir
 from harness.poll import poll, wait_until
 from harness.ports import free_port
 
@@ -119,9 +120,7 @@ class S3Server:
     def pidfile(self) -> Path:
         return self.workdir / f"{NAME}.pid"
 
-    @property
-    def settings_file(self) -> Path:
-        return self.workdir / "settings.json"
+    settings_file = InWorkdir("settings.json")
 
     def _settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = json.loads(self.settings_file.read_text())

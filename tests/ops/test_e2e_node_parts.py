@@ -4,6 +4,7 @@ itself runs in `make e2e`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -154,3 +155,10 @@ def test_the_node_s_config_templates_render_whole(tmp_path: Path) -> None:
     ruleset = guard.ruleset(["eth0"])
     assert ruleset.startswith(f"table inet {guard.TABLE} {{\n") and ruleset.endswith("}\n")
     assert "$" not in ruleset + render("Corefile", domain=addresses.CLUSTER_DOMAIN)
+
+
+def test_a_path_in_the_workdir_follows_each_instance_and_is_no_field() -> None:
+    first, second = Layout(Path("/srv/a")), Layout(Path("/srv/b"))
+    assert first.containerd_socket == Path("/srv/a/containerd/containerd.sock")
+    assert second.state_file == Path("/srv/b/state.json")
+    assert [field.name for field in dataclasses.fields(Layout)] == ["workdir"]
