@@ -20,6 +20,16 @@ trap 'rm -rf "$tmp"' EXIT
 
 fetch() { curl -fsSL --retry 3 -o "$2" "$1"; }
 
+# fetch_listed URL SUMS_URL: URL's file into $tmp, checked against its line in the release's
+# checksum list at SUMS_URL.
+fetch_listed() {
+  local file
+  file="$(basename "$1")"
+  fetch "$1" "$tmp/$file"
+  fetch "$2" "$tmp/$file.sums"
+  (cd "$tmp" && grep " $file\$" "$file.sums" | sha256sum --check --quiet)
+}
+
 # Kubernetes: each binary and its published .sha256.
 for name in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
   url="https://dl.k8s.io/release/$KUBE_VERSION/bin/linux/$arch/$name"
@@ -31,9 +41,8 @@ done
 
 # etcd: the release archive and its SHA256SUMS.
 etcd="etcd-$ETCD_VERSION-linux-$arch"
-fetch "https://github.com/etcd-io/etcd/releases/download/$ETCD_VERSION/$etcd.tar.gz" "$tmp/$etcd.tar.gz"
-fetch "https://github.com/etcd-io/etcd/releases/download/$ETCD_VERSION/SHA256SUMS" "$tmp/etcd.sums"
-(cd "$tmp" && grep " $etcd.tar.gz\$" etcd.sums | sha256sum --check --quiet)
+releases="https://github.com/etcd-io/etcd/releases/download/$ETCD_VERSION"
+fetch_listed "$releases/$etcd.tar.gz" "$releases/SHA256SUMS"
 tar -xzf "$tmp/$etcd.tar.gz" -C "$tmp"
 install -m 0755 "$tmp/$etcd/etcd" "$dest/etcd"
 
@@ -53,18 +62,16 @@ tar -xzf "$tmp/$coredns" -C "$tmp"
 install -m 0755 "$tmp/coredns" "$dest/coredns"
 kv="${KUBE_ROUTER_VERSION#v}"
 router="kube-router_${kv}_linux_$arch.tar.gz"
-fetch "https://github.com/cloudnativelabs/kube-router/releases/download/$KUBE_ROUTER_VERSION/$router" "$tmp/$router"
-fetch "https://github.com/cloudnativelabs/kube-router/releases/download/$KUBE_ROUTER_VERSION/kube-router_${kv}_checksums.txt" "$tmp/router.sums"
-(cd "$tmp" && grep " $router\$" router.sums | sha256sum --check --quiet)
+releases="https://github.com/cloudnativelabs/kube-router/releases/download/$KUBE_ROUTER_VERSION"
+fetch_listed "$releases/$router" "$releases/kube-router_${kv}_checksums.txt"
 mkdir -p "$tmp/router" && tar -xzf "$tmp/$router" -C "$tmp/router"
 install -m 0755 "$tmp/router/kube-router" "$dest/kube-router"
 
 # Pulumi: the CLI archive (with pulumi-language-python beside the CLI) and its checksums.
 pv="${PULUMI_VERSION#v}"
 archive="pulumi-v$pv-linux-x64.tar.gz"
-fetch "https://get.pulumi.com/releases/sdk/$archive" "$tmp/$archive"
-fetch "https://get.pulumi.com/releases/sdk/pulumi-$pv-checksums.txt" "$tmp/pulumi.sums"
-(cd "$tmp" && grep " $archive\$" pulumi.sums | sha256sum --check --quiet)
+fetch_listed "https://get.pulumi.com/releases/sdk/$archive" \
+  "https://get.pulumi.com/releases/sdk/pulumi-$pv-checksums.txt"
 rm -rf "$dest/pulumi"
 tar -xzf "$tmp/$archive" -C "$dest"
 "$dest/pulumi/pulumi" plugin install resource kubernetes "$PULUMI_KUBERNETES_VERSION"
