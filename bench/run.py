@@ -53,6 +53,7 @@ from bench.servers import (
     write_mlserver_config,
 )
 from harness.http import request
+from harness.metrics import samples
 
 CONNECTIONS = (1, 32)
 BATCH_ROWS = (1, 32, 256)
@@ -212,15 +213,12 @@ _SERIES = {
 def gateway_counters(metrics_url: str) -> dict[str, tuple[float, float]]:
     """(sum, count) of the gateway's own timing histograms (the predict endpoint's, where a
     series is by endpoint), from GET /metrics on its metrics port."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     reply = request("GET", metrics_url + "/metrics")
     if reply.status != 200:
         raise RuntimeError(f"GET {metrics_url}/metrics answered {reply.status}")
     values = {
         sample.name: sample.value
-        for family in text_string_to_metric_families(reply.body.decode())
-        for sample in family.samples
+        for sample in samples(reply.body.decode())
         if sample.labels in ({}, {"endpoint": "predict"})
     }
     return {

@@ -45,6 +45,7 @@ from e2e.node import Node
 from e2e.node.host import mounts_under, run
 from e2e.node.pods import restricted_namespace
 from e2e.workspace import PulumiWorkspace, Run
+from harness.metrics import metric_value
 from harness.poll import poll
 from harness.program import ROOT, run_program
 from tests.e2e import app
@@ -872,8 +873,7 @@ def rotate_api_key(
     # Every pod takes both keys now; the old key's requests are counted as the previous key's.
     for _ in range(3):
         assert old_client(url).ok and new_client(url).ok
-    previous = 'mlstack_gateway_api_key_requests_total{key="previous"}'
-    assert sum(gateway_metrics(kube, previous)) >= 3
+    assert sum(gateway_metrics(kube, "mlstack_gateway_api_key_requests_total", key="previous")) >= 3
     # 2. The clients move to the new key. 3. The old key is dropped: pods with both keys and
     # pods with the new key only answer side by side.
     rolled = gateway_uids(kube)
@@ -900,8 +900,8 @@ def test_4g_api_key_rotation_answers_every_request_of_either_key(
     app.STACK_KEY[0] = rotated
 
 
-def gateway_metrics(kube: ControlPlane, line_start: str) -> list[float]:
-    """The values of the /metrics lines that start with `line_start`, from every gateway pod."""
+def gateway_metrics(kube: ControlPlane, name: str, **labels: str) -> list[float]:
+    """The value of the sample `name` with `labels` on each gateway pod's /metrics that has it."""
     read = (
         "import urllib.request as u; "
         "print(u.urlopen('http://127.0.0.1:9090/metrics').read().decode())"
@@ -909,9 +909,9 @@ def gateway_metrics(kube: ControlPlane, line_start: str) -> list[float]:
     values = []
     for gateway in app.live(app.pods(kube, "gateway")):
         text = app.exec_in(kube, gateway["metadata"]["name"], "python", "-c", read)
-        for line in text.splitlines():
-            if line.startswith(line_start):
-                values.append(float(line.rsplit(" ", 1)[1]))
+        value = metric_value(text, name, **labels)
+        if value is not None:
+            values.append(value)
     return values
 
 
@@ -976,14 +976,17 @@ def test_4r_a_standby_added_by_config_streams_synchronously_and_serves_the_histo
         lambda: answer.request_id in app.history(url).request_id.split(","),
         30,
     )
-    replica_reads = 'mlstack_gateway_db_reads_total{source="replica"}'
+    replica_reads = "mlstack_gateway_db_reads_total"
     app.wait_until(
         "a gateway pod reading from the standby",
-        lambda: bool(app.history(url).ok) and sum(gateway_metrics(kube, replica_reads)) > 0,
+        lambda: (
+            bool(app.history(url).ok)
+            and sum(gateway_metrics(kube, replica_reads, source="replica")) > 0
+        ),
         30,
     )
     # The standby's replay lag as the reads measured it (NaN on a pod that has not measured).
-    lags = gateway_metrics(kube, "mlstack_gateway_db_read_lag_seconds ")
+    lags = gateway_metrics(kube, "mlstack_gateway_db_read_lag_seconds")
     measured = [lag for lag in lags if not math.isnan(lag)]
     assert measured and all(0 <= lag <= 5 for lag in measured), lags
     assert_preview_shows_no_change(workspace)
@@ -1210,19 +1213,14 @@ def test_4t_f_an_instance_goes_by_config_and_the_primary_keeps_its_role(
     assert_preview_shows_no_change(workspace)
 
 
-def backup_metrics(kube: ControlPlane) -> dict[str, float]:
-    """The primary's backups container's /metrics, by sample name (labels included)."""
+def backup_metrics(kube: ControlPlane) -> str:
+    """The primary's backups container's /metrics."""
     read = (
         "import urllib.request as u; "
         f"print(u.urlopen('http://127.0.0.1:{database.BACKUP_METRICS_PORT}/metrics').read().decode())"
     )
     pod = database.pod_name(app.primary_instance(kube))
-    text = app.exec_in(kube, pod, "/opt/patroni/bin/python", "-c", read, container="backups")
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
+    return app.exec_in(kube, pod, "/opt/patroni/bin/python", "-c", read, container="backups")
 
 
 def test_4t_g_make_restore_puts_back_exactly_the_predictions_acknowledged_before_the_time(
@@ -1236,13 +1234,15 @@ def test_4t_g_make_restore_puts_back_exactly_the_predictions_acknowledged_before
     ensure_database(workspace, kube, 2)
     app.wait_until(
         "a good backup in the repository",
-        lambda: "mlstack_database_backup_age_seconds" in backup_metrics(kube),
+        lambda: (
+            metric_value(backup_metrics(kube), "mlstack_database_backup_age_seconds") is not None
+        ),
         180,
         2,
     )
     metrics = backup_metrics(kube)
-    assert metrics["mlstack_database_backup_repository_up"] == 1, metrics
-    assert metrics['mlstack_database_backups{type="full"}'] >= 1, metrics
+    assert metric_value(metrics, "mlstack_database_backup_repository_up") == 1, metrics
+    assert (metric_value(metrics, "mlstack_database_backups", type="full") or 0) >= 1, metrics
     url = gateway_url(kube)
     before = [app.predict(url) for _ in range(5)]
     assert all(a.ok for a in before), before

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.http import Reply, answers, request
+from harness.metrics import metric_value
 from harness.poll import poll
 from harness.ports import free_port
 from harness.postgres import query
@@ -336,16 +337,11 @@ def fill_with_copies(database: dict[str, str], copies: int) -> None:
 
 def metric(service: ServiceProcess, name: str, **labels: str) -> float:
     """One sample of the service's /metrics (NaN included), 0 when the series is absent."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     assert service.metrics_url is not None
     reply = request("GET", service.metrics_url + "/metrics")
     assert reply.status == 200, reply.body
-    for family in text_string_to_metric_families(reply.body.decode()):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
+    value = metric_value(reply.body.decode(), name, **labels)
+    return 0.0 if value is None else value
 
 
 class FreezableProxy:

@@ -13,9 +13,9 @@ from mlstack_common.env import SettingsError
 from mlstack_gateway.auth import ApiKeyChecker
 from mlstack_gateway.errors import ApiError
 from mlstack_gateway.settings import GatewaySettings
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness.http import request
+from harness.metrics import samples
 from tests.services.hostile import exchange, raw_request
 from tests.services.support import ServiceProcess, port_of, predict, start_gateway
 
@@ -44,8 +44,7 @@ def key_counts(gateway: ServiceProcess) -> dict[str, float]:
     assert NEW_KEY not in text and OLD_KEY not in text
     return {
         sample.labels["key"]: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
+        for sample in samples(text)
         if sample.name == "mlstack_gateway_api_key_requests_total"
     }
 

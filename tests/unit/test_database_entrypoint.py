@@ -23,11 +23,11 @@ from typing import Any, Final
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from components import database, pod
 from components.image import SERVICES_DIR
 from harness.http import request
+from harness.metrics import metric_value
 from harness.poll import wait_until
 from harness.ports import free_port
 
@@ -443,8 +443,4 @@ def metric(port: int, name: str) -> float | None:
         return None
     if reply.status != 200:
         return None
-    for family in text_string_to_metric_families(reply.body.decode()):
-        for sample in family.samples:
-            if sample.name == name:
-                return float(sample.value)
-    return None
+    return metric_value(reply.body.decode(), name)
