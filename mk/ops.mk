@@ -24,7 +24,7 @@ down: venv ## destroy $(STACK) and remove it (refuses while anything in it is pr
 	    echo "then run make down STACK=$(STACK) again."; } >&2; \
 	  exit 1; \
 	fi
-	$(PULUMI) destroy --stack $(STACK) --yes
+	$(PULUMI_ENGINE) destroy --stack $(STACK) --yes
 	@# Keeps Pulumi.$(STACK).yaml: the stack file is part of the project.
 	$(PULUMI) stack rm --stack $(STACK) --yes --preserve-config
 

@@ -24,13 +24,18 @@ POLICY_PACK := policy/pack
 POLICY_CONFIG = $(wildcard $(POLICY_PACK)/config/$(STACK).json)
 POLICY_FLAGS = --policy-pack $(POLICY_PACK) $(if $(POLICY_CONFIG),--policy-pack-config $(POLICY_CONFIG))
 
+# The engine commands (up, preview, destroy) through tools/pulumi_cli.py, which gives SIGINT back its
+# default: the CLI stops its plugins by SIGINT, and each command would wait 5 s for one that
+# inherited it ignored (make started in the background of a script).
+PULUMI_ENGINE = PULUMI=$(PULUMI) $(PY) -m tools.pulumi_cli
+
 .PHONY: up
 up: stack ## pulumi up the stack (default dev: k3s in Docker on this machine), held to the policy pack
-	$(PULUMI) up --stack $(STACK) --yes $(POLICY_FLAGS)
+	$(PULUMI_ENGINE) up --stack $(STACK) --yes $(POLICY_FLAGS)
 
 .PHONY: preview
 preview: stack ## pulumi preview --diff of the stack, held to the policy pack
-	$(PULUMI) preview --stack $(STACK) --diff $(POLICY_FLAGS)
+	$(PULUMI_ENGINE) preview --stack $(STACK) --diff $(POLICY_FLAGS)
 
 .PHONY: switchover
 switchover: venv ## Patroni's switchover of $(STACK)'s PostgreSQL primary (TO=<instance>, else Patroni picks)

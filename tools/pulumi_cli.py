@@ -3,6 +3,9 @@
 
 Callers keep their own policy for failures (a StackError, a DriftCheckError, the e2e suite's
 PulumiError): this module runs the command and hands back what it did.
+
+    python -m tools.pulumi_cli ARGS...    becomes `pulumi ARGS...`, SIGINT given back its default
+                                          (`make up`, `make preview`, `make down`)
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from pulumi import automation as auto
 
@@ -39,6 +44,14 @@ def let_plugins_stop() -> None:
         and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     ):
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def exec_cli(args: Sequence[str]) -> NoReturn:
+    """Become `pulumi <args>` in this process, SIGINT given back its default first: how the
+    Makefile runs the engine commands a person watches. A shell cannot undo the SIGINT it began
+    ignoring; Python can, and the handler it sets is reset to the default by the exec."""
+    let_plugins_stop()
+    os.execvp(command(), [command(), *args])
 
 
 def argv(*args: str, binary: str | None = None) -> list[str]:
@@ -89,3 +102,7 @@ def automation_command(binary: str | None = None) -> auto.PulumiCommand:
             raise PulumiCliError(f"{path}: the Automation API runs <root>/bin/pulumi")
         root = str(path.parent.parent)
     return auto.PulumiCommand(root=root, skip_version_check=True)
+
+
+if __name__ == "__main__":
+    exec_cli(sys.argv[1:])

@@ -56,3 +56,45 @@ def test_the_wrapper_leaves_a_sigint_handler_alone() -> None:
         assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+# A stand-in `pulumi` that logs each call's command and the signals it started ignoring.
+LOGGING_PULUMI = """#!/bin/sh
+echo "$1 $(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/self/status)" >> "$(dirname "$0")/calls"
+"""
+# Runs its arguments with SIGINT ignored, as an asynchronous command of a script starts.
+IGNORING_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
+def masks_by_command(folder: Path, *argv: str) -> dict[str, int]:
+    """Run `argv` with SIGINT ignored, on the logging stand-in; each pulumi command's mask."""
+    (folder / "pulumi").write_text(LOGGING_PULUMI)
+    (folder / "pulumi").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    subprocess.run(
+        [sys.executable, "-c", IGNORING_SIGINT, *argv],
+        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        check=True, timeout=120,
+    )  # fmt: skip
+    lines = (folder / "calls").read_text().split("\n")
+    return {line.split()[0]: int(line.split()[1], 16) for line in lines if line}
+
+
+def test_the_cli_run_as_a_command_of_the_wrapper_does_not_ignore_sigint(cli_folder: Path) -> None:
+    masks = masks_by_command(cli_folder, sys.executable, "-m", "tools.pulumi_cli", "version")
+    assert not masks["version"] & SIGINT_BIT
+
+
+def test_make_preview_s_engine_command_does_not_ignore_sigint(cli_folder: Path) -> None:
+    """`make preview` started with SIGINT ignored: the preview itself runs with the default;
+    `stack select`, which starts no plugin, is run by the shell and keeps what it inherited."""
+    masks = masks_by_command(
+        cli_folder,
+        "make", "--no-print-directory", "-o", ".venv/.installed", "preview", "STACK=dev",
+        f"PULUMI={cli_folder / 'pulumi'}", "PULUMI_BACKEND_URL=file://" + str(cli_folder),
+    )  # fmt: skip
+    assert not masks["preview"] & SIGINT_BIT
+    assert masks["stack"] & SIGINT_BIT

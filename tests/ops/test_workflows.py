@@ -351,7 +351,9 @@ def test_make_preview_and_up_run_the_policy_pack() -> None:
             text=True,
             check=True,
         ).stdout
-        (command,) = [line for line in dry.splitlines() if line.startswith(f"pulumi {target} ")]
+        # The engine commands run through the CLI wrapper (tools/pulumi_cli.py).
+        engine = f"-m tools.pulumi_cli {target} "
+        (command,) = [line for line in dry.splitlines() if engine in line]
         assert command.rstrip().endswith(f"--policy-pack policy/pack{config}"), command
 
 
