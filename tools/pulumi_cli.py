@@ -18,9 +18,10 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from pulumi import automation as auto
+if TYPE_CHECKING:
+    from pulumi import automation as auto
 
 
 class PulumiCliError(Exception):
@@ -101,7 +102,11 @@ def automation_command(binary: str | None = None) -> auto.PulumiCommand:
         if path.parent.name != "bin":
             raise PulumiCliError(f"{path}: the Automation API runs <root>/bin/pulumi")
         root = str(path.parent.parent)
-    return auto.PulumiCommand(root=root, skip_version_check=True)
+    # Imported here: the Automation API takes a tenth of a second to import, which `make up`
+    # would pay before every engine command it runs through this module.
+    from pulumi import automation
+
+    return automation.PulumiCommand(root=root, skip_version_check=True)
 
 
 if __name__ == "__main__":
