@@ -13,30 +13,45 @@ from pathlib import Path
 from tools import pulumi_cli
 
 ROOT = Path(__file__).resolve().parents[2]
-# A stand-in `pulumi` that answers with the signals it was started ignoring (a hex mask).
-FAKE_PULUMI = "#!/bin/sh\nsed -n 's/^SigIgn:[[:space:]]*//p' /proc/self/status\n"
 SIGINT_BIT = 1 << (signal.SIGINT - 1)
+# A stand-in `pulumi` that logs each call's command (its first word that is no flag) and the
+# signals it started ignoring.
+LOGGING_PULUMI = """#!/bin/sh
+for word; do case "$word" in -*) ;; *) break ;; esac; done
+echo "$word $(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/self/status)" >> "$(dirname "$0")/calls"
+"""
+# Runs its arguments with SIGINT ignored, as an asynchronous command of a script starts.
+IGNORING_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
+def masks_by_command(folder: Path, *argv: str) -> dict[str, int]:
+    """Run `argv` with SIGINT ignored, on the logging stand-in (`folder` is first on PATH: the
+    cli_folder fixture); each pulumi command's mask of ignored signals."""
+    (folder / "pulumi").write_text(LOGGING_PULUMI)
+    (folder / "pulumi").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    subprocess.run(
+        [sys.executable, "-c", IGNORING_SIGINT, *argv],
+        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        check=True, timeout=120,
+    )  # fmt: skip
+    lines = (folder / "calls").read_text().split("\n")
+    return {line.split()[0]: int(line.split()[1], 16) for line in lines if line}
 
 
 def ignored_by_pulumi(folder: Path, *, let_stop: bool) -> int:
-    """The mask of signals the stand-in started ignoring, run by a Python process that began
-    with SIGINT ignored, through the wrapper or around it."""
-    (folder / "pulumi").write_text(FAKE_PULUMI)
-    (folder / "pulumi").chmod(0o755)
-    script = "import subprocess, sys\nfrom tools import pulumi_cli\n" + (
-        "print(pulumi_cli.run(['version'], timeout=30).stdout, end='')\n"
+    """The mask of signals `pulumi version` started ignoring, run by a Python process that
+    began with SIGINT ignored, through the wrapper or around it."""
+    script = (
+        "from tools import pulumi_cli; pulumi_cli.run(['version'], timeout=30)"
         if let_stop
-        else "print(subprocess.run(pulumi_cli.argv('version'), capture_output=True,"
-        " text=True, check=True).stdout, end='')\n"
+        else "import subprocess; from tools import pulumi_cli; "
+        "subprocess.run(pulumi_cli.argv('version'), check=True)"
     )
-    ignoring = "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); exec(sys.argv[1])"
-    done = subprocess.run(
-        [sys.executable, "-c", ignoring, script],
-        # `folder` is first on PATH (the cli_folder fixture).
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
-    return int(done.stdout.strip(), 16)
+    return masks_by_command(folder, sys.executable, "-c", script)["version"]
 
 
 def test_pulumi_started_by_the_wrapper_does_not_ignore_sigint(cli_folder: Path) -> None:
@@ -56,31 +71,6 @@ def test_the_wrapper_leaves_a_sigint_handler_alone() -> None:
         assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-# A stand-in `pulumi` that logs each call's command and the signals it started ignoring.
-LOGGING_PULUMI = """#!/bin/sh
-echo "$1 $(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/self/status)" >> "$(dirname "$0")/calls"
-"""
-# Runs its arguments with SIGINT ignored, as an asynchronous command of a script starts.
-IGNORING_SIGINT = (
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-    "os.execvp(sys.argv[1], sys.argv[1:])"
-)
-
-
-def masks_by_command(folder: Path, *argv: str) -> dict[str, int]:
-    """Run `argv` with SIGINT ignored, on the logging stand-in; each pulumi command's mask."""
-    (folder / "pulumi").write_text(LOGGING_PULUMI)
-    (folder / "pulumi").chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    subprocess.run(
-        [sys.executable, "-c", IGNORING_SIGINT, *argv],
-        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-        check=True, timeout=120,
-    )  # fmt: skip
-    lines = (folder / "calls").read_text().split("\n")
-    return {line.split()[0]: int(line.split()[1], 16) for line in lines if line}
 
 
 def test_the_cli_run_as_a_command_of_the_wrapper_does_not_ignore_sigint(cli_folder: Path) -> None:
