@@ -52,7 +52,8 @@ def exec_cli(args: Sequence[str]) -> NoReturn:
     Makefile runs the engine commands a person watches. A shell cannot undo the SIGINT it began
     ignoring; Python can, and the handler it sets is reset to the default by the exec."""
     let_plugins_stop()
-    os.execvp(command(), [command(), *args])
+    cli = command()
+    os.execvp(cli, [cli, *args])
 
 
 def argv(*args: str, binary: str | None = None) -> list[str]:
@@ -102,8 +103,8 @@ def automation_command(binary: str | None = None) -> auto.PulumiCommand:
         if path.parent.name != "bin":
             raise PulumiCliError(f"{path}: the Automation API runs <root>/bin/pulumi")
         root = str(path.parent.parent)
-    # Imported here: the Automation API takes a tenth of a second to import, which `make up`
-    # would pay before every engine command it runs through this module.
+    # Imported here: the Automation API is most of this module's import time, which `make up`
+    # would pay before every engine command it runs through this module (`exec_cli`).
     from pulumi import automation
 
     return automation.PulumiCommand(root=root, skip_version_check=True)
