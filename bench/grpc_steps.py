@@ -17,7 +17,7 @@ against the bare echo's of the same round, and the median over the rounds report
 median CPU µs per call. Prints a markdown table.
 
     python -m bench.grpc_steps [--rounds 6] [--seconds 3]
-    python -m bench.grpc_steps serve STEP PORT     (one step's server; MODEL_DIR for the model)
+    python -m bench.grpc_steps serve STEP    (one step's server: MODEL_DIR, HOST, GRPC_PORT)
 """
 
 from __future__ import annotations
@@ -50,20 +50,15 @@ STEPS = ("messages", "parse", "score", "handler", "server")
 CONNECTIONS = 32
 
 
-def step_routes(step: str) -> Any:
-    """The model's gRPC routes with ModelInfer answered by `step` (the model's modules imported
-    here: the driver needs none of them)."""
-    from mlstack_model.dataplane import DataPlane, score
+def step_routes(step: str, dataplane: Any) -> Any:
+    """The model's gRPC routes over `dataplane`, ModelInfer answered by `step`."""
+    from mlstack_model.dataplane import score
     from mlstack_model.grpc import protocol
     from mlstack_model.grpc.routes import GrpcRoutes
-    from mlstack_model.loaded_model import load_model
     from mlstack_model.proto import open_inference_pb2 as pb
-    from mlstack_model.settings import ModelSettings
 
-    settings = ModelSettings.from_env()
-    dataplane = DataPlane(settings)
-    dataplane.model = model = load_model(settings)
-    n_features, max_rows = model.scorer.n_features, settings.max_batch_rows
+    model = dataplane.model
+    n_features, max_rows = model.scorer.n_features, dataplane.settings.max_batch_rows
     answer = pb.ModelInferResponse(model_name=model.name, model_version=model.version)
     answer.outputs.add(name="predict", datatype="INT64", shape=[1])
     answer.raw_output_contents.append(bytes(8))
@@ -81,35 +76,42 @@ def step_routes(step: str) -> Any:
             score(resolved, protocol.parse_infer_request(request, n_features, max_rows))
         return answer
 
-    class StepRoutes(GrpcRoutes):
-        async def model_infer(self, request: Any) -> Any:
-            return await steps[step](request)
-
     steps: dict[str, Callable[[Any], Awaitable[Any]]] = {
         "messages": messages,
         "parse": parse,
         "score": scored,
     }
-    return GrpcRoutes(dataplane) if step in ("handler", "server") else StepRoutes(dataplane)
+
+    class StepRoutes(GrpcRoutes):
+        async def model_infer(self, request: Any) -> Any:
+            return await steps[step](request)
+
+    return GrpcRoutes(dataplane) if step == "handler" else StepRoutes(dataplane)
 
 
-async def serve(step: str, port: int) -> None:
-    """One step on the model's own gRPC method table (its decoding, error wrapper, encoding)."""
+async def serve(step: str) -> None:
+    """One step, on HOST and GRPC_PORT, the model loaded from MODEL_DIR (the model's modules
+    imported here: the driver needs none of them)."""
     import grpc
+    from mlstack_model.dataplane import DataPlane
     from mlstack_model.grpc.routes import GrpcServer, inference_handler
+    from mlstack_model.loaded_model import load_model
     from mlstack_model.settings import ModelSettings
 
-    routes = step_routes(step)
+    settings = ModelSettings.from_env()
+    dataplane = DataPlane(settings)
+    dataplane.model = load_model(settings)
     if step == "server":
         # The model's whole gRPC server (its options, the health service) without REST beside it.
-        os.environ.update(HOST="127.0.0.1", GRPC_PORT=str(port))
-        model_server = GrpcServer(routes.dataplane, ModelSettings.from_env())
+        model_server = GrpcServer(dataplane, settings)
         await model_server.start()
         await model_server.server.wait_for_termination()
         return
+    # The model's own method table (its decoding, error wrapper, encoding), a bare server's
+    # options.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((inference_handler(routes),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.add_generic_rpc_handlers((inference_handler(step_routes(step, dataplane)),))
+    server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await server.start()
     await server.wait_for_termination()
 
@@ -118,13 +120,15 @@ def start_step(step: str, model_dir: Path, log_dir: Path) -> Server:
     port = free_port()
     return Server(
         step,
-        [sys.executable, "-m", "bench.grpc_steps", "serve", step, str(port)],
+        [sys.executable, "-m", "bench.grpc_steps", "serve", step],
         "",
         None,
         log_dir=log_dir,
         env={
             "PYTHONPATH": f"{ROOT}{os.pathsep}{service_path(MODEL_SRC)}",
             "MODEL_DIR": str(model_dir),
+            "HOST": "127.0.0.1",
+            "GRPC_PORT": str(port),
             "LOG_LEVEL": "warning",
         },
         cwd=ROOT,
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["serve"]:
         import uvloop
 
-        uvloop.run(serve(args[1], int(args[2])))
+        uvloop.run(serve(args[1]))
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench.grpc_steps", description=__doc__)
     parser.add_argument("--rounds", type=int, default=6)
