@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from mlstack_common.app import starlette_app
 from starlette.applications import Starlette
@@ -66,6 +67,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     return GatewayApp(starlette, routes.predict, metrics, dependencies)
 
 
+@dataclass(frozen=True)
 class GatewayApp:
     """Sends ``POST /api/v1/predict`` straight to its handler and everything else to Starlette.
 
@@ -74,21 +76,14 @@ class GatewayApp:
     off the gateway's CPU time per prediction (bench/results/gateway.md).
     """
 
-    def __init__(
-        self,
-        app: Starlette,
-        predict: ASGIApp,
-        metrics: GatewayMetrics,
-        dependencies: Dependencies,
-    ) -> None:
-        self.app = app
-        self._predict = predict
-        # Served on a port of their own (serving.py).
-        self.metrics = metrics
-        self.dependencies = dependencies
+    app: Starlette
+    predict: ASGIApp
+    # Served on a port of their own (serving.py).
+    metrics: GatewayMetrics
+    dependencies: Dependencies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == PREDICT_PATH and scope["method"] == "POST":
-            await self._predict(scope, receive, send)
+            await self.predict(scope, receive, send)
         else:
             await self.app(scope, receive, send)
