@@ -34,6 +34,7 @@ from components import stack_file
 from components.image import SERVICES, SERVICES_DIR, dockerfile
 from harness.program import ROOT
 from tools import render
+from tools.render import shown
 
 # The Kubernetes versions mlstack supports, oldest and newest: the oldest is the release of the
 # local cluster's default k3s image (components/config.py); the newest is the newest schema set
@@ -441,40 +442,34 @@ def table(report: Report) -> str:
 
 
 def _dockerfile_lines(report: DockerfileReport) -> list[str]:
-    shown = ", ".join(_shown(p) for p in report.files) or "none"
+    files = ", ".join(shown(p) for p in report.files) or "none"
     lines = [
-        f"Dockerfiles ({shown}): {len(report.passed)} passed, "
+        f"Dockerfiles ({files}): {len(report.passed)} passed, "
         f"{len(report.failed) + len(report.unexplained_skips)} failed, "
         f"{len(report.skipped)} skipped",
-        f"  mlstack's own checks ({_shown(POLICY_CHECKS)}):",
+        f"  mlstack's own checks ({shown(POLICY_CHECKS)}):",
         *(f"    {check_id}: {what}" for check_id, what in CUSTOM_DOCKERFILE_CHECKS.items()),
         "  skipped on every Dockerfile:",
         *(f"    {check_id}: {reason}" for check_id, reason in DOCKERFILE_SKIPS.items()),
     ]
-    lines += [f"  skipped: {c.check_id} on {_shown(c.path)}: {c.reason}" for c in report.skipped]
+    lines += [f"  skipped: {c.check_id} on {shown(c.path)}: {c.reason}" for c in report.skipped]
     return lines
 
 
 def _dockerfile_problems(report: DockerfileReport) -> list[str]:
-    problems = [f"  {_shown(path)}: missing: the program builds it" for path in report.missing]
-    problems += [f"  {_shown(c.path)}:{c.line}: {c.check_id} {c.name}" for c in report.failed]
+    problems = [f"  {shown(path)}: missing: the program builds it" for path in report.missing]
+    problems += [f"  {shown(c.path)}:{c.line}: {c.check_id} {c.name}" for c in report.failed]
     problems += [
-        f"  {_shown(c.path)}: {c.check_id} skipped without a reason"
+        f"  {shown(c.path)}: {c.check_id} skipped without a reason"
         for c in report.unexplained_skips
     ]
     problems += [
-        f"  {_shown(path)}: {check_id} reported nothing (not loaded from {_shown(POLICY_CHECKS)}?)"
+        f"  {shown(path)}: {check_id} reported nothing (not loaded from {shown(POLICY_CHECKS)}?)"
         for path, check_id in report.silent_checks
     ]
     if not report.files:
         problems.append("  no Dockerfile found")
     return problems
-
-
-def _shown(path: Path) -> str:
-    """A path as the project names it: relative to the root when it lies under it."""
-    resolved = path.resolve()
-    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

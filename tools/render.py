@@ -172,15 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stack in chosen:
         out = args.out if args.out is not None else DEFAULT_OUT / stack
         written = write(render(stack), out)
-        print(f"{stack}: {len(written)} objects -> {_shown(out)}")
+        print(f"{stack}: {len(written)} objects -> {shown(out)}")
     return 0
 
 
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
+def shown(path: Path) -> str:
+    """A path as the project names it: relative to the root when it lies under it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
 
 
 if __name__ == "__main__":
