@@ -66,3 +66,28 @@ def test_a_shared_variable_out_of_range_is_refused_by_both(
     with pytest.raises(SettingsError) as refused:
         service.from_env({**API_KEY, "KEEPALIVE_TIMEOUT_SECONDS": "0.5"})
     assert str(refused.value) == "KEEPALIVE_TIMEOUT_SECONDS must be >= 1.0, got 0.5"
+
+
+@pytest.mark.parametrize("service", [GatewaySettings, ModelSettings])
+@pytest.mark.parametrize(
+    ("variable", "value", "refusal"),
+    [
+        ("ACCESS_LOG", "loud", "ACCESS_LOG must be true or false, got 'loud'"),
+        (
+            "LOG_LEVEL",
+            "verbose",
+            "LOG_LEVEL must be one of critical, error, warning, info, debug, got 'verbose'",
+        ),
+    ],
+)
+def test_a_word_neither_service_knows_is_refused_by_both(
+    service: type[GatewaySettings] | type[ModelSettings], variable: str, value: str, refusal: str
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        service.from_env({**API_KEY, variable: value})
+    assert str(refused.value) == refusal
+
+
+@pytest.mark.parametrize(("value", "on"), [("ON", True), ("no", False), ("", False), (" 1 ", True)])
+def test_access_log_takes_the_yes_and_no_words_of_every_flag(value: str, on: bool) -> None:
+    assert ModelSettings.from_env({"ACCESS_LOG": value}).access_log is on

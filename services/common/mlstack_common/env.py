@@ -1,5 +1,5 @@
-"""Settings from environment variables: the number readers both services use, each refusal one
-line that names the variable and the rule."""
+"""Settings from environment variables: the readers both services use (numbers, yes-or-no flags,
+the log level), each refusal one line that names the variable and the rule."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 Number = TypeVar("Number", int, float)
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+# Python's logging levels by name, as LOG_LEVEL gives them (any case).
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 class SettingsError(ValueError):
@@ -45,3 +49,25 @@ def _env_read(
     if value < minimum:
         raise SettingsError(f"{name} must be >= {minimum}, got {raw}")
     return value
+
+
+def env_flag(env: dict[str, str], name: str, default: bool) -> bool:
+    """A yes-or-no setting (1/true/yes/on or 0/false/no/off, any case): `default` when unset or
+    blank; any other word is refused rather than taken for one or the other."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {env[name].strip()!r}")
+
+
+def env_log_level(env: dict[str, str], name: str = "LOG_LEVEL") -> str:
+    """A logging level's name, lower case: `info` when unset or blank; refused unless one of
+    LOG_LEVELS (a level logging does not know would stop the process at its first line)."""
+    level = env.get(name, "").strip().lower() or "info"
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {env[name]!r}")
+    return level

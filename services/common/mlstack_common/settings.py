@@ -10,11 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlstack_common.env import env_integer, env_number
+from mlstack_common.env import env_flag, env_integer, env_log_level, env_number
 from mlstack_common.http_limits import HttpLimits
-
-# The words ACCESS_LOG turns the access log on with (any case); anything else leaves it off.
-_ACCESS_LOG_ON = frozenset({"1", "true", "yes"})
 
 
 def environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -64,6 +61,6 @@ class ServiceSettings:
             "keepalive_timeout_seconds": env_number(env, "KEEPALIVE_TIMEOUT_SECONDS", 75.0, 1.0),
             # Within Kubernetes' terminationGracePeriodSeconds (30 s by default) after SIGTERM.
             "shutdown_timeout_seconds": env_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 20.0, 0.0),
-            "log_level": env.get("LOG_LEVEL", "info").lower(),
-            "access_log": env.get("ACCESS_LOG", "").lower() in _ACCESS_LOG_ON,
+            "log_level": env_log_level(env),
+            "access_log": env_flag(env, "ACCESS_LOG", False),
         }

@@ -10,16 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlstack_common.env import SettingsError, env_integer, env_number
+from mlstack_common.env import SettingsError, env_flag, env_integer, env_log_level, env_number
 from mlstack_common.settings import ServiceSettings, environment
 
 from mlstack_gateway.postgres_url import POSTGRES_SCHEMES, check_postgres_url
 
 # Below this a page could seldom hold more than one prediction of a full batch.
 HISTORY_MIN_BYTES = 64 * 1024
-# The words a yes-or-no setting may be given in (any case).
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def _secret(env: dict[str, str], name: str, optional: bool = False) -> str:
@@ -89,19 +86,6 @@ def _tls_files(env: dict[str, str]) -> tuple[Path, Path] | None:
             f"and its private key: {error.strerror or error}"
         ) from None
     return Path(cert), Path(key)
-
-
-def _flag(env: dict[str, str], name: str, default: bool) -> bool:
-    """A yes-or-no setting: `default` when unset; a word that is neither stops the process
-    rather than being taken for one or the other."""
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise SettingsError(f"{name} must be true or false, got {env[name].strip()!r}")
 
 
 def database_url_from_env(env: dict[str, str]) -> str | None:
@@ -214,7 +198,7 @@ class GatewaySettings(ServiceSettings):
             api_keys=api_keys,
             model_url=model_url.rstrip("/"),
             database_url=url,
-            database_migrate=_flag(env, "DATABASE_MIGRATE", True),
+            database_migrate=env_flag(env, "DATABASE_MIGRATE", True),
             database_read_url=database_read_url,
             database_read_max_lag_seconds=env_number(
                 env, "DATABASE_READ_MAX_LAG_SECONDS", 5.0, 0.0
@@ -264,5 +248,5 @@ class MigrateSettings:
         return cls(
             database_url=url,
             timeout_seconds=env_number(env, "DATABASE_MIGRATE_TIMEOUT_SECONDS", 300.0, 1.0),
-            log_level=env.get("LOG_LEVEL", "info").lower(),
+            log_level=env_log_level(env),
         )
