@@ -1,6 +1,6 @@
 """What the bench's bare ASGI apps (echo, proxy) share: the lifespan handshake and the whole
 request body. Nothing more, so that they stay the floor they measure; they answer with the
-gateway's own send_json (mlstack_gateway.asgi), whose source is on their path."""
+services' own send_json (mlstack_common.asgi), whose source is on their path."""
 
 from __future__ import annotations
 

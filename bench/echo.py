@@ -6,7 +6,7 @@ no validation and no inference: the most a Python ASGI server answers on this ma
 
 from __future__ import annotations
 
-from mlstack_gateway.asgi import send_json
+from mlstack_common.asgi import send_json
 from starlette.types import Receive, Scope, Send
 
 from bench.bare_asgi import lifespan, read_body

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from mlstack_gateway.asgi import send_json
+from mlstack_common.asgi import send_json
 from mlstack_gateway.http_pool import HttpPool
 from starlette.types import Receive, Scope, Send
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+from mlstack_common.asgi import RETRY_AFTER, send_json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlstack_gateway.asgi import RETRY_AFTER, send_json
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.routes import HEALTH_PATH, READY_PATH
 

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 
 import orjson
+from mlstack_common.asgi import send_answer, send_json
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -18,8 +19,6 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.types import Receive, Scope, Send
-
-from mlstack_gateway.asgi import send_json
 
 # The *_created series double the output and no dashboard here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -219,14 +218,4 @@ class MetricsEndpoint:
             await send_json(send, 200, self._dependencies())
             return
         body = self._metrics.render()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", METRICS_CONTENT_TYPE.encode()),
-                    (b"content-length", b"%d" % len(body)),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_answer(send, 200, body, ((b"content-type", METRICS_CONTENT_TYPE.encode()),))

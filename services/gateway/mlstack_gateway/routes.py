@@ -7,13 +7,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 import orjson
+from mlstack_common.asgi import json_response, send_json
 from mlstack_common.body import BodyError, read_body
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from mlstack_gateway.asgi import send_json
 from mlstack_gateway.auth import ApiKeyChecker
 from mlstack_gateway.client import ModelClient
 from mlstack_gateway.errors import ApiError, error_response
@@ -26,7 +26,6 @@ from mlstack_gateway.stores.base import PredictionRecord, PredictionStore, Store
 
 log = logging.getLogger("mlstack_gateway")
 
-JSON = "application/json"
 PREDICT_PATH = "/api/v1/predict"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
@@ -36,10 +35,6 @@ _AWAITING_MIGRATIONS = orjson.dumps(
     {"ready": False, "reason": "the database's schema is older than this gateway's"}
 )
 DEFAULT_HISTORY_LIMIT = 20
-
-
-def json_response(body: bytes, status: int = 200) -> Response:
-    return Response(body, status_code=status, media_type=JSON)
 
 
 class _AsgiEndpoint:

@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 
 from mlstack_common.app import starlette_app
+from mlstack_common.asgi import RETRY_AFTER_HEADERS, json_response
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,9 +16,8 @@ from starlette.types import Lifespan, Receive, Scope, Send
 from mlstack_model.dataplane import DataPlane
 from mlstack_model.errors import ErrorKind, ProtocolError
 from mlstack_model.rest import protocol
-from mlstack_model.rest.routes import RestRoutes, json_response
+from mlstack_model.rest.routes import RestRoutes
 
-RETRY_AFTER = {"Retry-After": "1"}
 # The two infer routes' paths as Starlette matches them (a path parameter is one segment).
 _INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 
@@ -25,7 +25,7 @@ _INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^
 async def _protocol_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProtocolError)
     # A server that is busy or still loading may answer the same request a moment later.
-    headers = RETRY_AFTER if exc.kind is ErrorKind.UNAVAILABLE else None
+    headers = RETRY_AFTER_HEADERS if exc.kind is ErrorKind.UNAVAILABLE else None
     return json_response(protocol.error_body(exc.message), exc.kind.http_status, headers)
 
 

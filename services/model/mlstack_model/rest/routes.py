@@ -9,9 +9,9 @@ request (bench/results/profile.md). Every other endpoint is a Starlette route.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
 import orjson
+from mlstack_common.asgi import JSON_TYPE, RETRY_AFTER, Headers, json_response, send_answer
 from mlstack_common.body import BodyError, ClientDisconnectedError, read_body
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,11 +27,8 @@ from mlstack_model.rest import protocol
 
 log = logging.getLogger("mlstack_model")
 
-JSON = "application/json"
 BINARY = "application/octet-stream"
-_JSON_TYPE = (b"content-type", JSON.encode())
 _BINARY_TYPE = (b"content-type", BINARY.encode())
-_RETRY_AFTER = (b"retry-after", b"1")
 _HEADER_LENGTH = protocol.HEADER_LENGTH.encode()
 _INTERNAL = protocol.error_body("internal server error")
 _LIVE = orjson.dumps({"live": True})
@@ -40,25 +37,6 @@ _NOT_READY = orjson.dumps({"ready": False})
 _SERVER_METADATA = orjson.dumps(
     {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
 )
-
-
-def json_response(
-    body: bytes, status: int = 200, headers: Mapping[str, str] | None = None
-) -> Response:
-    return Response(body, status_code=status, headers=headers, media_type=JSON)
-
-
-async def _send(
-    send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...]
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", b"%d" % len(body))],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class _InferEndpoint:
@@ -128,19 +106,19 @@ class RestRoutes:
             # A server that is busy or still loading may answer the same request a moment later.
             retry = exc.kind is ErrorKind.UNAVAILABLE
             status, answer = exc.kind.http_status, protocol.error_body(exc.message)
-            headers = (_JSON_TYPE, _RETRY_AFTER) if retry else (_JSON_TYPE,)
+            headers = (JSON_TYPE, *RETRY_AFTER) if retry else (JSON_TYPE,)
         except ClientDisconnectedError:
             return
         except BodyError as exc:
-            status, answer, headers = exc.status, protocol.error_body(exc.message), (_JSON_TYPE,)
+            status, answer, headers = exc.status, protocol.error_body(exc.message), (JSON_TYPE,)
         except Exception:
             log.exception("infer failed")
-            status, answer, headers = ErrorKind.INTERNAL.http_status, _INTERNAL, (_JSON_TYPE,)
-        await _send(send, status, answer, headers)
+            status, answer, headers = ErrorKind.INTERNAL.http_status, _INTERNAL, (JSON_TYPE,)
+        await send_answer(send, status, answer, headers)
 
     async def _infer(
         self, scope: Scope, receive: Receive, name: str, version: str | None
-    ) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
+    ) -> tuple[int, bytes, Headers]:
         dataplane = self.dataplane
         model = dataplane.resolve(name, version)
         with dataplane.admission.slot():
@@ -166,5 +144,5 @@ class RestRoutes:
                 model.name, model.version, infer_request, outputs
             )
         if split is None:
-            return 200, answer, (_JSON_TYPE,)
+            return 200, answer, (JSON_TYPE,)
         return 200, answer, (_BINARY_TYPE, (_HEADER_LENGTH, b"%d" % split))

@@ -1,0 +1,41 @@
+"""Answering a request without Starlette's objects (each service's hot path and its refusals), and
+the JSON answer of the routes Starlette serves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from starlette.responses import Response
+from starlette.types import Send
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+JSON: Final = "application/json"
+JSON_TYPE: Final = (b"content-type", JSON.encode())
+# A refusal the client may send again a second later (busy, draining, still loading), as bare
+# ASGI headers and as Starlette's.
+RETRY_AFTER: Final[Headers] = ((b"retry-after", b"1"),)
+RETRY_AFTER_HEADERS: Final[Mapping[str, str]] = {"Retry-After": "1"}
+
+
+async def send_answer(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    """``body`` with ``headers`` (its content type among them) and its length."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: Headers = ()) -> None:
+    await send_answer(send, status, body, (JSON_TYPE, *headers))
+
+
+def json_response(
+    body: bytes, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(body, status_code=status, headers=headers, media_type=JSON)
