@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import orjson
+from mlstack_common.asgi import json_response
 from starlette.responses import Response
 
 
@@ -25,9 +26,4 @@ class ApiError(Exception):
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps({"error": message}),
-        status_code=status,
-        headers=headers,
-        media_type="application/json",
-    )
+    return json_response(orjson.dumps({"error": message}), status, headers)
