@@ -116,41 +116,29 @@ class ControlPlane:
         env["KUBECONFIG"] = str(self.kubeconfig)
         return env
 
-    def kwokctl(self, *args: str, timeout: float = 300) -> str:
-        proc = subprocess.run(
-            [str(self.bin_dir / "kwokctl"), "--name", self.name, *args],
-            check=False,
-            env=self.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"kwokctl {' '.join(args)} failed:\n{proc.stdout}")
-        return proc.stdout
+    def kwokctl(
+        self, *args: str, check: bool = True, stdin: str | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        return process.run(
+            str(self.bin_dir / "kwokctl"), "--name", self.name, *args,
+            check=check, stdin=stdin, timeout=timeout, env=self.env(),
+        )  # fmt: skip
+
+    def kubectl_argv(self, *args: str) -> list[str]:
+        """The command line of `kubectl args` against this cluster (its kubeconfig and context)."""
+        return [
+            str(self.bin_dir / "kubectl"),
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--context",
+            self.context,
+            *args,
+        ]
 
     def kubectl(
         self, *args: str, check: bool = True, stdin: str | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [
-                str(self.bin_dir / "kubectl"),
-                "--kubeconfig",
-                str(self.kubeconfig),
-                "--context",
-                self.context,
-                *args,
-            ],
-            check=False,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
-        return proc
+        return process.run(*self.kubectl_argv(*args), check=check, stdin=stdin, timeout=timeout)
 
     def get_json(self, *args: str) -> dict[str, object]:
         data: dict[str, object] = json.loads(self.kubectl("get", *args, "-o", "json").stdout)

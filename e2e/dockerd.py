@@ -153,50 +153,32 @@ class DockerEngine:
         if not process.find(f"--data-root={self.data_root}"):
             process.unmount_under(self.data_root)
 
-    def docker(self, *args: str, timeout: float = 1800, stdin: bytes | None = None) -> str:
-        proc = subprocess.run(
-            [docker_cli(), *args],
-            env=self.env(),
-            input=stdin,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
-        out = proc.stdout.decode(errors="replace")
-        if proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace")
-            raise DockerError(f"docker {' '.join(args)} failed ({proc.returncode}):\n{out}{err}")
-        return out
+    def docker(self, *args: str, timeout: float = 1800, stdin: str | None = None) -> str:
+        """`docker args`' output; a DockerError holding the command line, the exit status and
+        the output when it fails."""
+        try:
+            return process.run(
+                docker_cli(), *args, stdin=stdin, timeout=timeout, env=self.env()
+            ).stdout
+        except RuntimeError as err:
+            raise DockerError(str(err)) from err
+
+    def _docker_unchecked(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return process.run(docker_cli(), *args, check=False, timeout=60, env=self.env())
 
     def docker_ok(self, *args: str) -> bool:
-        proc = subprocess.run(
-            [docker_cli(), *args], env=self.env(), capture_output=True, check=False, timeout=60
-        )
-        return proc.returncode == 0
+        return self._docker_unchecked(*args).returncode == 0
 
     def image_id(self, ref: str) -> str | None:
         """The local image's id, or None when the engine has no such image."""
-        proc = subprocess.run(
-            [docker_cli(), "image", "inspect", "--format", "{{.Id}}", ref],
-            env=self.env(),
-            capture_output=True,
-            check=False,
-            timeout=60,
-        )
-        return proc.stdout.decode().strip() if proc.returncode == 0 else None
+        proc = self._docker_unchecked("image", "inspect", "--format", "{{.Id}}", ref)
+        return proc.stdout.strip() if proc.returncode == 0 else None
 
     def inspect(self, ref: str) -> dict[str, Any]:
         found: list[dict[str, Any]] = json.loads(self.docker("image", "inspect", ref))
         return found[0]
 
     def logs(self, container: str) -> str:
-        """A container's output, stdout and stderr together."""
-        proc = subprocess.run(
-            [docker_cli(), "logs", container],
-            env=self.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            check=False,
-            timeout=60,
-        )
-        return proc.stdout.decode(errors="replace")
+        """A container's output: its stdout, then its stderr."""
+        proc = self._docker_unchecked("logs", container)
+        return proc.stdout + proc.stderr

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from e2e import addresses as net
+from e2e import process
 
 NAME: Final = "metrics-server"
 NAMESPACE: Final = "kube-system"
@@ -36,11 +37,9 @@ SERVICE_DNS: Final = f"{NAME}.{NAMESPACE}.svc"
 # reads every 15 s).
 RESOLUTION_SECONDS: Final = 10
 
-Run = Callable[..., subprocess.CompletedProcess[str]]
-
 
 def sign_serving_certificate(
-    run: Run, pki: Path, ca_dir: Path, name: str, subject_alt_names: str
+    pki: Path, ca_dir: Path, name: str, subject_alt_names: str
 ) -> tuple[Path, Path]:
     """A serving certificate and key for `subject_alt_names` (openssl's syntax), signed by
     kwokctl's CA; returns their paths."""
@@ -51,11 +50,11 @@ def sign_serving_certificate(
         "extendedKeyUsage=serverAuth\n"
         f"subjectAltName={subject_alt_names}\n"
     )
-    run(
+    process.run(
         "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
         "-nodes", "-keyout", str(key), "-subj", f"/CN={name}", "-out", str(csr),
     )  # fmt: skip
-    run(
+    process.run(
         "openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_dir / "ca.crt"),
         "-CAkey", str(ca_dir / "ca.key"), "-set_serial",
         str(int.from_bytes(os.urandom(8), "big")), "-days", "7", "-extfile", str(ext),

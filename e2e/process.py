@@ -1,6 +1,7 @@
-"""Processes and mounts of the suite's own daemons: started detached (they outlive the command
-that started them, so `up` and `down` may be two commands), found again by their pid files, and
-stopped only when their command line still names what the suite gave them."""
+"""Commands, processes and mounts of the suite: a command run to its end (`run`); the suite's own
+daemons started detached (they outlive the command that started them, so `up` and `down` may be
+two commands), found again by their pid files or in /proc, and stopped only when their command
+line still names what the suite gave them; the mounts they leave."""
 
 from __future__ import annotations
 
@@ -8,10 +9,36 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from harness.poll import poll
+
+
+def run(
+    *argv: str,
+    check: bool = True,
+    stdin: str | None = None,
+    timeout: float = 120,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv` to its end, its output captured as text. When it fails and `check` holds, a
+    RuntimeError names the command line, the exit status and the output."""
+    proc = subprocess.run(
+        list(argv),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        env=env,
+        check=False,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+        )
+    return proc
 
 
 def alive(pid: int) -> bool:
@@ -52,10 +79,22 @@ def owned(pid: int, marker: str) -> bool:
     return any(marker in arg for arg in cmdline(pid))
 
 
+def _pids() -> Iterator[int]:
+    return (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+
+
 def find(marker: str) -> list[int]:
-    """Every running process whose command line mentions `marker`."""
-    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
-    return sorted(pid for pid in pids if pid != os.getpid() and owned(pid, marker))
+    """Every running process (but this one) whose command line mentions `marker`."""
+    return sorted(pid for pid in _pids() if pid != os.getpid() and owned(pid, marker))
+
+
+def running(comm: str) -> bool:
+    """Whether a process whose command name (/proc/<pid>/comm) is `comm` runs on the machine."""
+    for pid in _pids():
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                return True
+    return False
 
 
 def spawn(
@@ -138,5 +177,7 @@ def mounts_under(folder: Path) -> list[Path]:
 
 
 def unmount_under(folder: Path) -> None:
+    """Unmount everything at or below `folder`, lazily where a plain unmount fails."""
     for point in mounts_under(folder):
-        subprocess.run(["umount", "--lazy", str(point)], check=False, capture_output=True)
+        if run("umount", str(point), check=False).returncode != 0:
+            run("umount", "--lazy", str(point), check=False)

@@ -26,7 +26,6 @@ import json
 import os
 import secrets
 import ssl
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -59,15 +58,6 @@ PORTS: Final = (
     "filer.port",
     "filer.port.grpc",
 )
-
-
-def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
-        )
-    return proc
 
 
 class S3Server:
@@ -138,7 +128,7 @@ class S3Server:
             json.dumps({"ports": ports, "secret_key": secrets.token_urlsafe(30)}, indent=1)
         )
         metrics_server.sign_serving_certificate(
-            _run, self.workdir, self.ca_dir, NAME, f"IP:{self.address}"
+            self.workdir, self.ca_dir, NAME, f"IP:{self.address}"
         )
         identities = {
             "identities": [

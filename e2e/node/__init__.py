@@ -210,9 +210,9 @@ class Node:
             ("stop kubelet", lambda: state.stop(kubelet.NAME, grace=20)),
             ("remove containers", self._remove_containers),
             ("stop containerd", lambda: state.stop(containerd.NAME)),
-            ("stop shims", lambda: process.stop_all(host.processes_naming(self.workdir), 5)),
+            ("stop shims", lambda: process.stop_all(process.find(str(self.workdir)), 5)),
             ("stop api-server-forward", lambda: state.stop(network.API_SERVER_FORWARD)),
-            ("unmount", lambda: host.unmount_under(self.workdir)),
+            ("unmount", lambda: process.unmount_under(self.workdir)),
             ("remove chains", lambda: rules.remove_chains(set(recorded.get("chains", [])))),
             ("remove ipsets", lambda: rules.remove_ipsets(set(recorded.get("ipsets", [])))),
             ("remove guard", guard.remove),
@@ -252,8 +252,8 @@ class Node:
         for name, pid in recorded["pids"].items():
             if process.alive(int(pid)):
                 left.append(f"process {name} ({pid})")
-        left += [f"process {pid}" for pid in host.processes_naming(self.workdir)]
-        left += [f"mount {p}" for p in host.mounts_under(self.workdir)]
+        left += [f"process {pid}" for pid in process.find(str(self.workdir))]
+        left += [f"mount {p}" for p in process.mounts_under(self.workdir)]
         left += [f"link {link}" for link in network.links_left()]
         if f"inet {guard.TABLE}" in rules.nft_tables():
             left.append(f"nft table inet {guard.TABLE}")

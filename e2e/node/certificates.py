@@ -10,9 +10,9 @@ from pathlib import Path
 
 from e2e import addresses as net
 from e2e import metrics_server
-from e2e.node.host import run
 from e2e.node.layout import Layout
 from e2e.node.render import render_json
+from e2e.process import run
 
 
 def identities(node_name: str) -> dict[str, tuple[str, str]]:
@@ -61,8 +61,8 @@ def make(layout: Layout, ca: Path, api_server_port: int, node_name: str) -> None
     # (metrics-server verifies it) and metrics-server's under its Service's name (the
     # aggregator verifies it).
     metrics_server.sign_serving_certificate(
-        run, pki, ca, "kubelet-serving", f"IP:{net.NODE_ADDRESS},DNS:{node_name}"
+        pki, ca, "kubelet-serving", f"IP:{net.NODE_ADDRESS},DNS:{node_name}"
     )
     metrics_server.sign_serving_certificate(
-        run, pki, ca, "metrics-server", f"DNS:{metrics_server.SERVICE_DNS}"
+        pki, ca, "metrics-server", f"DNS:{metrics_server.SERVICE_DNS}"
     )

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Final
 
 from e2e import addresses as net
-from e2e.node.host import run
 from e2e.node.layout import Layout
 from e2e.node.local_images import PAUSE_IMAGE
 from e2e.node.render import render, render_json
 from e2e.node.state import NodeState
+from e2e.process import run
 
 NAME: Final = "containerd"
 CNI_BIN: Final = "/usr/lib/cni"

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Final
 
 from e2e import addresses as net
-from e2e.node.host import run
 from e2e.node.layout import Layout
 from e2e.node.render import render_json
 from e2e.node.state import NodeState
+from e2e.process import run
 
 NAME: Final = "kube-proxy"
 HEALTHZ_PORT: Final = 10256

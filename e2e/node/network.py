@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Final
 
 from e2e import addresses as net
-from e2e.node.host import run, sysctl_path
+from e2e.node.host import sysctl_path
 from e2e.node.state import NodeState
+from e2e.process import run
 
 LINKS: Final = (net.POD_BRIDGE, net.NODE_BRIDGE)
 API_SERVER_FORWARD: Final = "api-server-forward"

@@ -8,7 +8,8 @@ import subprocess
 from typing import Final
 
 from e2e.controlplane import E2E_DIR
-from e2e.node.host import log, run
+from e2e.node.host import log
+from e2e.process import run
 
 PACKAGES_FILE: Final = E2E_DIR / "node-packages.txt"
 

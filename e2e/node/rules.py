@@ -8,7 +8,7 @@ import json
 import shlex
 from typing import Final
 
-from e2e.node.host import run
+from e2e.process import run
 
 IPTABLES_TABLES: Final = ("filter", "nat", "mangle", "raw")
 CHAIN_PREFIXES: Final = ("KUBE-", "CNI-")

@@ -42,8 +42,8 @@ from e2e import addresses
 from e2e.cluster import fresh_volumes, gateway_url, unfinished, unfinished_rollouts
 from e2e.controlplane import ControlPlane
 from e2e.node import Node
-from e2e.node.host import mounts_under, run
 from e2e.node.pods import restricted_namespace
+from e2e.process import mounts_under, run
 from e2e.workspace import PulumiWorkspace, Run
 from harness.metrics import metric_value
 from harness.poll import poll
