@@ -296,10 +296,9 @@ class ControlPlane:
 
     def _record_pids(self) -> None:
         for pidfile in self.cluster_dir.glob("pids/*.pid"):
-            try:
-                self.pids.add(int(pidfile.read_text().strip()))
-            except (OSError, ValueError):
-                continue
+            pid = process.read_pid(pidfile)
+            if pid is not None:
+                self.pids.add(pid)
 
     def stop(self) -> None:
         """Stop every process of the cluster, whatever state it is in."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Final
 
 from e2e.dockerd import DockerEngine
+from harness.poll import LOG_TAIL_CHARACTERS
 
 MIRROR: Final = "http://deb.debian.org/debian"
 SECURITY_MIRROR: Final = "http://deb.debian.org/debian-security"
@@ -180,7 +181,7 @@ def _mmdebstrap(rootfs: Rootfs, tarball: Path) -> None:
         )
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
-        tail = log.read_text(errors="replace")[-3000:]
+        tail = log.read_text(errors="replace")[-LOG_TAIL_CHARACTERS:]
         raise RuntimeError(f"mmdebstrap {rootfs.name} failed; {log}:\n{tail}")
     partial.rename(tarball)
     # What older recipes left is dead weight.
