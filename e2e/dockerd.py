@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from e2e import process
+from e2e.render import render
 from e2e.workdir import InWorkdir
 from harness.poll import wait_until
 
@@ -98,21 +99,9 @@ class DockerEngine:
         root = self.containerd_dir
         config = self.containerd_config
         root.mkdir(parents=True, exist_ok=True)
+        # Docker needs only the runtime (no CRI plugin); the node's containerd is another process.
         config.write_text(
-            "\n".join(
-                [
-                    "version = 2",
-                    f'root = "{root / "root"}"',
-                    f'state = "{root / "state"}"',
-                    # Docker needs only the runtime; the node's containerd is another process.
-                    'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-                    "[grpc]",
-                    f'  address = "{self.containerd_socket}"',
-                    '[plugins."io.containerd.internal.v1.opt"]',
-                    f'  path = "{root / "opt"}"',
-                    "",
-                ]
-            )
+            render("docker-containerd.toml", base=root, socket=self.containerd_socket)
         )
         process.start(
             ["containerd", "--config", str(config), "--log-level", "warn"],

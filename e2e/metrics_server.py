@@ -27,6 +27,7 @@ from typing import Final
 
 from e2e import addresses as net
 from e2e import process
+from e2e.render import render
 
 NAME: Final = "metrics-server"
 NAMESPACE: Final = "kube-system"
@@ -45,11 +46,7 @@ def sign_serving_certificate(
     kwokctl's CA; returns their paths."""
     key, csr, cert = pki / f"{name}.key", pki / f"{name}.csr", pki / f"{name}.crt"
     ext = pki / f"{name}.ext"
-    ext.write_text(
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
-        f"subjectAltName={subject_alt_names}\n"
-    )
+    ext.write_text(render("serving.ext", subject_alt_names=subject_alt_names))
     process.run(
         "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
         "-nodes", "-keyout", str(key), "-subj", f"/CN={name}", "-out", str(csr),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from e2e import process
+from e2e.render import render
 from e2e.workdir import InWorkdir
 from harness.poll import wait_until
 from harness.ports import free_port
@@ -57,25 +58,7 @@ class Registry:
             return
         self.storage.mkdir(parents=True, exist_ok=True)
         address = f"{HOST}:{port or free_port(HOST)}"
-        self.config.write_text(
-            "\n".join(
-                [
-                    "version: 0.1",
-                    "log:",
-                    "  level: warn",
-                    "  accesslog:",
-                    "    disabled: true",
-                    "storage:",
-                    "  filesystem:",
-                    f"    rootdirectory: {self.storage}",
-                    "  delete:",
-                    "    enabled: false",
-                    "http:",
-                    f"  addr: {address}",
-                    "",
-                ]
-            )
-        )
+        self.config.write_text(render("registry.yml", storage=self.storage, address=address))
         self.address_file.write_text(address + "\n")
         process.start(["docker-registry", "serve", str(self.config)], self.log, self.pidfile)
         wait_until(self._answers, "docker-registry", START_TIMEOUT, self.log)

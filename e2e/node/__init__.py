@@ -12,9 +12,9 @@ nftables egress guard, installed before containerd starts), `certificates`, `kub
 cgroups), `containerd` (and the pods' CNI network), `local_images`, `kube_proxy`, `addons`
 (CoreDNS, kube-router, metrics-server), `volumes`, `checks`; `state` records what runs and what
 the machine was like, `rules`, `host` and `teardown` put the machine back. The configuration
-files are templates (`templates/`, `render.py`). Last comes `node.s3`: SeaweedFS, a process whose
-S3 gateway serves HTTPS on the node address with a certificate kwokctl's CA signs, one bucket and
-one key pair, for the database's backups (e2e/s3.py).
+files are templates (e2e/templates/, e2e/render.py). Last comes `node.s3`: SeaweedFS, a process
+whose S3 gateway serves HTTPS on the node address with a certificate kwokctl's CA signs, one bucket
+and one key pair, for the database's backups (e2e/s3.py).
 """
 
 from __future__ import annotations

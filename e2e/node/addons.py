@@ -25,8 +25,8 @@ from e2e.node.kubelet import NAME as KUBELET
 from e2e.node.layout import Layout
 from e2e.node.local_images import COREDNS_IMAGE
 from e2e.node.pods import RESTRICTED_CONTAINER, RESTRICTED_POD
-from e2e.node.render import render
 from e2e.node.state import NodeState
+from e2e.render import render
 
 COREDNS: Final = "coredns"
 KUBE_ROUTER: Final = "kube-router"

@@ -11,8 +11,8 @@ from pathlib import Path
 from e2e import addresses as net
 from e2e import metrics_server
 from e2e.node.layout import Layout
-from e2e.node.render import render_json
 from e2e.process import run
+from e2e.render import render, render_json
 
 
 def identities(node_name: str) -> dict[str, tuple[str, str]]:
@@ -32,7 +32,7 @@ def make(layout: Layout, ca: Path, api_server_port: int, node_name: str) -> None
     pki = layout.pki
     pki.mkdir(parents=True, exist_ok=True)
     ext = pki / "client.ext"
-    ext.write_text("keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n")
+    ext.write_text(render("client.ext"))
     for user, (cn, org) in identities(node_name).items():
         subject = f"/O={org}/CN={cn}" if org else f"/CN={cn}"
         run(

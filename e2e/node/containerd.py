@@ -18,9 +18,9 @@ from typing import Final
 from e2e import addresses as net
 from e2e.node.layout import Layout
 from e2e.node.local_images import PAUSE_IMAGE
-from e2e.node.render import render, render_json
 from e2e.node.state import NodeState
 from e2e.process import run
+from e2e.render import render, render_json
 
 NAME: Final = "containerd"
 CNI_BIN: Final = "/usr/lib/cni"

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Final
 
 from e2e import addresses as net
-from e2e.node.render import render
 from e2e.process import run
+from e2e.render import render
 
 TABLE: Final = "mlse2e_guard"
 

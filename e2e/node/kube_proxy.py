@@ -8,9 +8,9 @@ from typing import Final
 
 from e2e import addresses as net
 from e2e.node.layout import Layout
-from e2e.node.render import render_json
 from e2e.node.state import NodeState
 from e2e.process import run
+from e2e.render import render_json
 
 NAME: Final = "kube-proxy"
 HEALTHZ_PORT: Final = 10256

@@ -20,8 +20,8 @@ from typing import Final
 from e2e import addresses as net
 from e2e.controlplane import ControlPlane
 from e2e.node.layout import Layout
-from e2e.node.render import render_json
 from e2e.node.state import NodeState
+from e2e.render import render_json
 
 NAME: Final = "kubelet"
 CGROUP_ROOT: Final = "mlstack-e2e"

@@ -24,7 +24,7 @@ from e2e.node import containerd, guard, kube_proxy, kubelet
 from e2e.node.dns import dns_query
 from e2e.node.layout import Layout
 from e2e.node.packages import debian_packages
-from e2e.node.render import render, render_json
+from e2e.render import render, render_json
 
 STAGE = Path(__file__).resolve().parents[2] / "e2e" / "stages" / "service-load-balancer.yaml"
 

@@ -1,4 +1,5 @@
-"""The node's configuration files, from the templates in e2e/node/templates/.
+"""The configuration files e2e writes (the node's, its own Docker engine's and registry's, openssl's
+certificate extensions), from the templates in e2e/templates/.
 
 A template is the file as it is written, with `$name` (string.Template) where a value goes; every
 name must be given. A JSON template's values are given as Python values and written as JSON
