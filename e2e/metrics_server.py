@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 from e2e import addresses as net
-from e2e import process
-from e2e.render import render
 
 NAME: Final = "metrics-server"
 NAMESPACE: Final = "kube-system"
@@ -37,27 +34,6 @@ SERVICE_DNS: Final = f"{NAME}.{NAMESPACE}.svc"
 # Seconds between scrapes of the kubelet (metrics-server's minimum is 10 s; the HPA controller
 # reads every 15 s).
 RESOLUTION_SECONDS: Final = 10
-
-
-def sign_serving_certificate(
-    pki: Path, ca_dir: Path, name: str, subject_alt_names: str
-) -> tuple[Path, Path]:
-    """A serving certificate and key for `subject_alt_names` (openssl's syntax), signed by
-    kwokctl's CA; returns their paths."""
-    key, csr, cert = pki / f"{name}.key", pki / f"{name}.csr", pki / f"{name}.crt"
-    ext = pki / f"{name}.ext"
-    ext.write_text(render("serving.ext", subject_alt_names=subject_alt_names))
-    process.run(
-        "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-        "-nodes", "-keyout", str(key), "-subj", f"/CN={name}", "-out", str(csr),
-    )  # fmt: skip
-    process.run(
-        "openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_dir / "ca.crt"),
-        "-CAkey", str(ca_dir / "ca.key"), "-set_serial",
-        str(int.from_bytes(os.urandom(8), "big")), "-days", "7", "-extfile", str(ext),
-        "-out", str(cert),
-    )  # fmt: skip
-    return cert, key
 
 
 def argv(binary: str, pki: Path, ca_dir: Path) -> list[str]:

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from e2e import addresses as net
-from e2e import metrics_server, process
+from e2e import process
+from e2e.certificates import sign_serving
 from e2e.workdir import InWorkdir
 from harness.poll import poll, wait_until
 from harness.ports import free_port
@@ -127,9 +128,7 @@ class S3Server:
         self.settings_file.write_text(
             json.dumps({"ports": ports, "secret_key": secrets.token_urlsafe(30)}, indent=1)
         )
-        metrics_server.sign_serving_certificate(
-            self.workdir, self.ca_dir, NAME, f"IP:{self.address}"
-        )
+        sign_serving(self.workdir, self.ca_dir, NAME, f"IP:{self.address}")
         identities = {
             "identities": [
                 {

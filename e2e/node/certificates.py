@@ -5,13 +5,12 @@ cluster verifies (the kubelet's, metrics-server's)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from e2e import addresses as net
 from e2e import metrics_server
+from e2e.certificates import sign, sign_serving
 from e2e.node.layout import Layout
-from e2e.process import run
 from e2e.render import render, render_json
 
 
@@ -35,18 +34,7 @@ def make(layout: Layout, ca: Path, api_server_port: int, node_name: str) -> None
     ext.write_text(render("client.ext"))
     for user, (cn, org) in identities(node_name).items():
         subject = f"/O={org}/CN={cn}" if org else f"/CN={cn}"
-        run(
-            "openssl", "req", "-new", "-newkey", "ec",
-            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", str(pki / f"{user}.key"), "-subj", subject,
-            "-out", str(pki / f"{user}.csr"),
-        )  # fmt: skip
-        run(
-            "openssl", "x509", "-req", "-in", str(pki / f"{user}.csr"),
-            "-CA", str(ca / "ca.crt"), "-CAkey", str(ca / "ca.key"), "-set_serial",
-            str(int.from_bytes(os.urandom(8), "big")), "-days", "7",
-            "-extfile", str(ext), "-out", str(pki / f"{user}.crt"),
-        )  # fmt: skip
+        sign(pki, ca, user, subject, ext)
         layout.kubeconfig(user).write_text(
             render_json(
                 "kubeconfig.json",
@@ -60,9 +48,5 @@ def make(layout: Layout, ca: Path, api_server_port: int, node_name: str) -> None
     # Serving certificates the cluster's CA vouches for: the kubelet's at the node address
     # (metrics-server verifies it) and metrics-server's under its Service's name (the
     # aggregator verifies it).
-    metrics_server.sign_serving_certificate(
-        pki, ca, "kubelet-serving", f"IP:{net.NODE_ADDRESS},DNS:{node_name}"
-    )
-    metrics_server.sign_serving_certificate(
-        pki, ca, "metrics-server", f"DNS:{metrics_server.SERVICE_DNS}"
-    )
+    sign_serving(pki, ca, "kubelet-serving", f"IP:{net.NODE_ADDRESS},DNS:{node_name}")
+    sign_serving(pki, ca, "metrics-server", f"DNS:{metrics_server.SERVICE_DNS}")
