@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final, ParamSpec, TypeVar
 
+from e2e import apt
 from e2e.dockerd import DockerEngine
 from e2e.registry import Registry
 from e2e.rootfs import DATABASE, POSTGRES_MAJOR, PYTHON, Rootfs, ensure_base
@@ -100,23 +100,11 @@ def cache_dir() -> Path:
 
 
 def ensure_host_packages() -> None:
-    """Install APT_PACKAGES when a command of theirs is missing (root only)."""
+    """Install the APT_PACKAGES whose commands are missing (root only)."""
     missing = sorted({package for cmd, package in COMMANDS.items() if shutil.which(cmd) is None})
     if not missing:
         return
-    if os.geteuid() != 0:
-        raise RuntimeError(
-            f"missing Debian packages {', '.join(missing)}: "
-            f"apt-get install {' '.join(APT_PACKAGES)} (as root)"
-        )
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    lock = ["-o", "DPkg::Lock::Timeout=300"]
-    subprocess.run(["apt-get", *lock, "update", "-q"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", *lock, "install", "-yq", "--no-install-recommends", *APT_PACKAGES],
-        check=True,
-        env=env,
-    )
+    apt.install(missing)
 
 
 @dataclass

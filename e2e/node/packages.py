@@ -3,10 +3,9 @@ them."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from typing import Final
 
+from e2e import apt
 from e2e.controlplane import E2E_DIR
 from e2e.node.host import log
 from e2e.process import run
@@ -34,14 +33,9 @@ def missing_packages() -> list[str]:
 
 
 def ensure_packages() -> None:
-    """Install the node's Debian packages that are missing (apt-get, as root)."""
+    """Install the node's Debian packages that are missing (as root)."""
     missing = missing_packages()
     if not missing:
         return
     log(f"installing {' '.join(missing)}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-yq", "--no-install-recommends", *missing],
-    ):
-        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+    apt.install(missing)

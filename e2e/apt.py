@@ -1,0 +1,28 @@
+"""Debian packages installed on the machine with apt-get, for the parts of e2e that need them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from typing import Final
+
+# Seconds apt-get waits for another apt or dpkg (an unattended upgrade) to release its lock.
+LOCK_TIMEOUT: Final = 300
+
+
+def install(packages: Sequence[str]) -> None:
+    """`apt-get update`, then `packages` installed without their recommendations; root only."""
+    if os.geteuid() != 0:
+        raise RuntimeError(
+            f"missing Debian packages {', '.join(packages)}: "
+            f"apt-get install {' '.join(packages)} (as root)"
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    lock = ["-o", f"DPkg::Lock::Timeout={LOCK_TIMEOUT}"]
+    subprocess.run(["apt-get", *lock, "update", "-q"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", *lock, "install", "-yq", "--no-install-recommends", *packages],
+        check=True,
+        env=env,
+    )
