@@ -61,13 +61,18 @@ def read_versions(path: Path = TOOLCHAIN / "versions.env") -> dict[str, str]:
     return versions
 
 
-def toolchain_bin() -> Path:
-    """Build whatever binary is missing (nothing, when the cache is warm); return the bin folder."""
+def toolchain_bin(*tools: str, build: bool = True) -> Path:
+    """The toolchain's bin folder, with `tools` (every tool when none is named) in it: whatever
+    is missing is built (nothing, when the cache is warm), or with `build` False is an error
+    (subprocess.CalledProcessError; build.sh's MLSTACK_E2E_NO_BUILD)."""
+    env = None if build else {**os.environ, "MLSTACK_E2E_NO_BUILD": "1"}
+    # build.sh's progress goes to stderr, left to the terminal: a build takes minutes.
     out = subprocess.run(
-        ["bash", str(TOOLCHAIN / "build.sh")],
+        ["bash", str(TOOLCHAIN / "build.sh"), *tools],
         check=True,
         stdout=subprocess.PIPE,
         text=True,
+        env=env,
     ).stdout
     return Path(out.strip().splitlines()[-1])
 

@@ -14,24 +14,16 @@ from pathlib import Path
 import pytest
 
 from e2e import process
+from e2e.controlplane import toolchain_bin
 from e2e.s3 import S3Server
-
-ROOT = Path(__file__).resolve().parents[2]
-BUILD = ROOT / "e2e" / "toolchain" / "build.sh"
 
 
 def weed_binary() -> Path:
-    """The `weed` build.sh has already built (MLSTACK_E2E_NO_BUILD: this test never builds)."""
-    proc = subprocess.run(
-        ["bash", str(BUILD), "weed"],
-        env={**os.environ, "MLSTACK_E2E_NO_BUILD": "1"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
+    """The `weed` build.sh has already built (this test never builds)."""
+    try:
+        return toolchain_bin("weed", build=False) / "weed"
+    except subprocess.CalledProcessError:
         pytest.skip("weed has not been built: run `bash e2e/toolchain/build.sh weed` first")
-    return Path(proc.stdout.strip().splitlines()[-1]) / "weed"
 
 
 def make_ca(folder: Path) -> Path:
