@@ -83,11 +83,11 @@ class PodWatch:
 
     def __enter__(self) -> PodWatch:
         self._process = subprocess.Popen(
-            [str(self.kube.bin_dir / "kubectl"), "--kubeconfig", str(self.kube.kubeconfig),
-             "--context", self.kube.context, "get", "pods", "-n", NAMESPACE, "--watch",
-             "-o", "json"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
+            self.kube.kubectl_argv("get", "pods", "-n", NAMESPACE, "--watch", "-o", "json"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
         return self

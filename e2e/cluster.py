@@ -152,10 +152,7 @@ def unfinished(items: list[dict[str, Any]]) -> list[str]:
 
 def gateway_url(plane: ControlPlane) -> str:
     """`http://<LoadBalancer address>:80`, read from the gateway Service's status."""
-    ip = plane.kubectl(
-        "get", "service", GATEWAY_SERVICE, "-n", NAMESPACE,
-        "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}",
-    ).stdout.strip()  # fmt: skip
+    ip = plane.load_balancer_address(NAMESPACE, GATEWAY_SERVICE)
     if not ip:
         raise RuntimeError(f"{NAMESPACE}/{GATEWAY_SERVICE} has no LoadBalancer address")
     return f"http://{ip}:{microservice.SERVICE_PORT}"

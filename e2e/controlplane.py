@@ -145,6 +145,13 @@ class ControlPlane:
     ) -> subprocess.CompletedProcess[str]:
         return process.run(*self.kubectl_argv(*args), check=check, stdin=stdin, timeout=timeout)
 
+    def load_balancer_address(self, namespace: str, service: str) -> str:
+        """The Service's LoadBalancer ingress IP ("" while it has none)."""
+        return self.kubectl(
+            "get", "service", service, "-n", namespace,
+            "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ).stdout.strip()  # fmt: skip
+
     def get_json(self, *args: str) -> dict[str, object]:
         data: dict[str, object] = json.loads(self.kubectl("get", *args, "-o", "json").stdout)
         return data

@@ -162,10 +162,7 @@ def wait_load_balancer(plane: ControlPlane, namespace: str, service: str) -> str
     found: list[str] = []
 
     def assigned() -> bool:
-        ip = plane.kubectl(
-            "get", "-n", namespace, "service", service,
-            "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}",
-        ).stdout.strip()  # fmt: skip
+        ip = plane.load_balancer_address(namespace, service)
         found[:] = [ip]
         return bool(ip)
 

@@ -71,8 +71,8 @@ class FakePlane:
     def stop(self) -> None:
         Calls.record("plane stop")
 
-    def kubectl(self, *args: str, **kw: Any) -> Any:
-        return type("Done", (), {"stdout": "10.97.0.9"})()
+    def load_balancer_address(self, namespace: str, service: str) -> str:
+        return "10.97.0.9"
 
 
 class FakeNode:
