@@ -31,11 +31,10 @@ class ClusterBench:
     """The cluster in `workdir`: its control plane, its node and the stack's Pulumi workspace."""
 
     def __init__(self, workdir: Path) -> None:
-        self.kube: ControlPlane = LocalCluster(workdir).plane()
+        cluster = LocalCluster(workdir)
+        self.kube: ControlPlane = cluster.plane()
         self.node = Node(self.kube)
-        self.workspace = PulumiWorkspace(
-            bin_dir=self.kube.bin_dir, root=workdir / "pulumi", kubeconfig=self.kube.kubeconfig
-        )
+        self.workspace: PulumiWorkspace = cluster.workspace(self.kube)
 
 
 def conditions() -> dict[str, str]:

@@ -19,7 +19,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from e2e.cluster import STACK, LocalCluster, unfinished_rollouts
+from bench.cluster_bench import DEFAULT_DIR, ClusterBench
+from components.config import MODEL_VERSIONS
+from e2e.cluster import STACK, unfinished_rollouts
 from e2e.controlplane import ControlPlane
 from e2e.workspace import PulumiWorkspace
 from harness.poll import poll
@@ -61,16 +63,14 @@ def settle(plane: ControlPlane, timeout: float = 600) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dir", nargs="?", default="/tmp/mlstack-e2e-cluster", type=Path)
+    parser.add_argument("dir", nargs="?", default=DEFAULT_DIR, type=Path)
     parser.add_argument("--rounds", type=int, default=10, help="rounds of each mode")
     args = parser.parse_args(argv)
-    plane = LocalCluster(args.dir).plane()
-    workspace = PulumiWorkspace(
-        bin_dir=plane.bin_dir, root=args.dir / "pulumi", kubeconfig=plane.kubeconfig
-    )
+    cluster = ClusterBench(args.dir)
+    plane, workspace = cluster.kube, cluster.workspace
     results: dict[str, list[tuple[float, bool]]] = {mode: [] for mode in MODES}
-    document = workspace.stack_file(STACK).read_text()
-    version = "v1" if "version: v1" in document else "v2"  # the running one
+    # The running one: the program's default when the stack file sets none.
+    version = workspace.get_config(STACK, "mlstack:model.version", MODEL_VERSIONS[-1])
     try:
         for round_ in range(2 * args.rounds):
             mode = MODES[round_ % 2]

@@ -179,6 +179,13 @@ def control_plane(workdir: Path, bin_dir: Path) -> ControlPlane:
     return ControlPlane(bin_dir=bin_dir, workdir=workdir / "cluster", fake_nodes=0)
 
 
+def workspace(workdir: Path, plane: ControlPlane) -> PulumiWorkspace:
+    """The Pulumi workspace of a bring-up in `workdir`, its CLI and cluster those of `plane`."""
+    return PulumiWorkspace(
+        bin_dir=plane.bin_dir, root=workdir / "pulumi", kubeconfig=plane.kubeconfig
+    )
+
+
 @dataclass
 class Environment:
     """What `bring_up` made: the images (their registry still serving) and the references it
@@ -229,7 +236,7 @@ def bring_up(
     # The claims the database's StatefulSet mounts: a provisioner would create their volumes.
     for claim in CLAIMS:
         node.add_volume(NAMESPACE, claim)
-    ws = PulumiWorkspace(bin_dir=bin_dir, root=workdir / "pulumi", kubeconfig=plane.kubeconfig)
+    ws = workspace(workdir, plane)
     ws.create()
     ws.run("login", f"file://{ws.backend_dir}")
     ws.init_stack(
@@ -285,6 +292,10 @@ class LocalCluster:
     def plane(self) -> ControlPlane:
         """The control plane `up` started (for the tools and benchmarks that use it)."""
         return control_plane(self.workdir, toolchain_bin())
+
+    def workspace(self, plane: ControlPlane) -> PulumiWorkspace:
+        """The stack's Pulumi workspace that `up` made, with `plane`'s CLI and cluster."""
+        return workspace(self.workdir, plane)
 
     def up(self) -> list[str]:
         """Bring everything up and deploy the stack; returns the three `export` lines. On any
