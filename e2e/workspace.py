@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import yaml
 
+from components.stack_file import path_of, read_config
 from tools import pulumi_cli
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -128,7 +129,7 @@ class PulumiWorkspace:
         return run
 
     def stack_file(self, stack: str) -> Path:
-        return self.project_dir / f"Pulumi.{stack}.yaml"
+        return path_of(stack, self.project_dir)
 
     def init_stack(self, stack: str, config: dict[str, Any], secrets: dict[str, str]) -> None:
         """`pulumi stack init`, the structured config written into the copy's stack file, the
@@ -157,8 +158,7 @@ class PulumiWorkspace:
     def config(self, stack: str) -> dict[str, Any]:
         """The stack file's config as `init_stack` and `set_config` wrote it (secrets as their
         ciphertext)."""
-        config: dict[str, Any] = yaml.safe_load(self.stack_file(stack).read_text())["config"]
-        return config
+        return read_config(stack, self.project_dir)
 
     def get_config(self, stack: str, key: str, default: Any = None) -> Any:
         """One (possibly nested, `a.b`) key of the stack file, `default` when it is not set (or
