@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -103,12 +102,9 @@ class Bench(ClusterBench):
             for name, member in app.members(self.kube).items()
             if member["Role"] == "Sync Standby"
         ]
-        done = subprocess.run(
-            [sys.executable, "-m", "tools.database_switchover", "--stack", STACK,
-             "--to", standby],
-            cwd=self.workspace.project_dir, env={**self.workspace.env(), "PYTHONPATH": str(ROOT)},
-            capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
+        done = self.workspace.tool(
+            "database_switchover", "--stack", STACK, "--to", standby, timeout=300
+        )
         if done.returncode != 0:
             raise RuntimeError(f"make switchover failed: {done.stdout}{done.stderr}")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +129,20 @@ class PulumiWorkspace:
                 f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
             )
         return run
+
+    def tool(self, module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        """`python -m tools.<module> args` (the code of a `make` target) with the workspace's CLI,
+        backend and cluster, from its project copy with the work tree's code importable; its
+        exit status is the caller's to check."""
+        return subprocess.run(
+            [sys.executable, "-m", f"tools.{module}", *args],
+            cwd=self.project_dir,
+            env={**self.env(), "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def stack_file(self, stack: str) -> Path:
         return path_of(stack, self.project_dir)

@@ -27,7 +27,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -1165,13 +1164,8 @@ def sync_standby(kube: ControlPlane) -> int:
 
 def make_switchover(workspace: PulumiWorkspace, target: int | None = None) -> None:
     """`make switchover STACK=e2e [TO=<target>]`'s command, against the suite's backend."""
-    env = {**workspace.env(), "PYTHONPATH": str(ROOT)}
     to = ["--to", str(target)] if target is not None else []
-    done = subprocess.run(
-        [sys.executable, "-m", "tools.database_switchover", "--stack", STACK, *to],
-        cwd=workspace.project_dir, env=env, capture_output=True, text=True, timeout=300,
-        check=False,
-    )  # fmt: skip
+    done = workspace.tool("database_switchover", "--stack", STACK, *to, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -1254,14 +1248,10 @@ def test_4t_g_make_restore_puts_back_exactly_the_predictions_acknowledged_before
     time.sleep(1.5)
     after = [app.predict(url) for _ in range(5)]
     assert all(a.ok for a in after), after
-    env = {**workspace.env(), "PYTHONPATH": str(ROOT)}
     start = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "tools.database_backup", "restore", "--stack", STACK,
-         "--time", moment.isoformat()],
-        cwd=workspace.project_dir, env=env, capture_output=True, text=True, timeout=900,
-        check=False,
-    )  # fmt: skip
+    done = workspace.tool(
+        "database_backup", "restore", "--stack", STACK, "--time", moment.isoformat(), timeout=900
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     TIMINGS["make restore (2 instances)"] = time.monotonic() - start
     wait_settled(kube, 2, "restored")
@@ -1366,11 +1356,7 @@ def replicas_in_state(workspace: PulumiWorkspace, name: str) -> int:
 def drift_check(workspace: PulumiWorkspace) -> subprocess.CompletedProcess[str]:
     """`make drift STACK=e2e`'s code (tools/drift.py) with the workspace's CLI, backend and
     cluster."""
-    return subprocess.run(
-        [sys.executable, "-m", "tools.drift", "--stack", STACK],
-        cwd=workspace.project_dir, env={**workspace.env(), "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    return workspace.tool("drift", "--stack", STACK, timeout=600)
 
 
 def test_4y_no_change_after_up_then_drift_names_an_out_of_band_scale_and_up_restores_it(
