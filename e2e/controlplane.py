@@ -44,6 +44,9 @@ E2E_DIR: Final = Path(__file__).resolve().parent
 TOOLCHAIN: Final = E2E_DIR / "toolchain"
 STAGES: Final = E2E_DIR / "stages"
 CLUSTER_NAME: Final = "mlstack-e2e"
+# The `app.kubernetes.io/part-of` label of what the harness itself adds to the cluster (the
+# stack's own objects are `mlstack`'s).
+PART_OF: Final = "mlstack-e2e"
 NODES: Final = 2
 # The common name of kwokctl's admin certificate (sigs.k8s.io/kwok pkg/kwokctl/pki DefaultUser),
 # which the API server also presents as its proxy client (--proxy-client-cert-file).

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from e2e import addresses as net
+from e2e.controlplane import PART_OF
 
 NAME: Final = "metrics-server"
 NAMESPACE: Final = "kube-system"
@@ -62,7 +63,7 @@ def registration(ca_dir: Path) -> str:
     """The Service, its Endpoints and the APIService that put the process behind the API
     server's aggregation layer, as one `kubectl apply` document."""
     ca_bundle = base64.b64encode((ca_dir / "ca.crt").read_bytes()).decode()
-    labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "mlstack-e2e"}
+    labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": PART_OF}
     meta = {"name": NAME, "namespace": NAMESPACE, "labels": labels}
     items = [
         {

@@ -18,9 +18,8 @@ from e2e import process
 from e2e.render import render
 from e2e.workdir import InWorkdir
 from harness.poll import wait_until
-from harness.ports import free_port
+from harness.ports import LOOPBACK, free_port
 
-HOST: Final = "127.0.0.1"
 # What `docker push` of Docker 20.10 stores; asking for it returns the digest that was pushed.
 MANIFEST_TYPES: Final = (
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -57,7 +56,7 @@ class Registry:
         if pid is not None and process.owned(pid, str(self.config)) and self._answers():
             return
         self.storage.mkdir(parents=True, exist_ok=True)
-        address = f"{HOST}:{port or free_port(HOST)}"
+        address = f"{LOOPBACK}:{port or free_port(LOOPBACK)}"
         self.config.write_text(render("registry.yml", storage=self.storage, address=address))
         self.address_file.write_text(address + "\n")
         process.start(["docker-registry", "serve", str(self.config)], self.log, self.pidfile)

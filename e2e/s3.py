@@ -36,13 +36,12 @@ from e2e import process
 from e2e.certificates import sign_serving
 from e2e.workdir import InWorkdir
 from harness.poll import poll, wait_until
-from harness.ports import free_port
+from harness.ports import LOOPBACK, free_port
 
 NAME: Final = "weed"
 REGION: Final = "us-east-1"
 BUCKET: Final = "mlstack-backups"
 ACCESS_KEY: Final = "mlstack-e2e"
-LOOPBACK: Final = "127.0.0.1"
 START_TIMEOUT: Final = 60.0
 # Seconds from SIGTERM to SIGKILL. The S3 gateway and the volume server stop within a second; the
 # filer then retries its metadata log's last write to the stopped volume server until its own

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from e2e import addresses as net
-from e2e.controlplane import ControlPlane
+from e2e.controlplane import PART_OF, ControlPlane
 from e2e.node.layout import Layout
 from e2e.node.state import NodeState
 from e2e.render import render_json
@@ -34,7 +34,7 @@ def reads_binding(node_name: str) -> dict[str, object]:
     """The ClusterRoleBinding of `system:node` to this node's kubelet."""
     role = {"apiGroup": RBAC, "kind": "ClusterRole", "name": "system:node"}
     kubelet = {"apiGroup": RBAC, "kind": "User", "name": f"system:node:{node_name}"}
-    part_of = {"app.kubernetes.io/part-of": "mlstack-e2e"}
+    part_of = {"app.kubernetes.io/part-of": PART_OF}
     return {
         "apiVersion": f"{RBAC}/v1",
         "kind": "ClusterRoleBinding",

@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from components import database, pod
-from components.app import MIGRATIONS
+from components.app import METRICS_PORT, MIGRATIONS
 from components.config import MODEL_VERSIONS
 from e2e import addresses
 from e2e.cluster import fresh_volumes, gateway_url, unfinished, unfinished_rollouts
@@ -899,15 +899,22 @@ def test_4g_api_key_rotation_answers_every_request_of_either_key(
     app.STACK_KEY[0] = rotated
 
 
-def gateway_metrics(kube: ControlPlane, name: str, **labels: str) -> list[float]:
-    """The value of the sample `name` with `labels` on each gateway pod's /metrics that has it."""
+def pod_metrics(
+    kube: ControlPlane, pod: str, port: int, python: str = "python", container: str | None = None
+) -> str:
+    """A container's /metrics on `port`, read from inside its pod by the container's `python`."""
     read = (
         "import urllib.request as u; "
-        "print(u.urlopen('http://127.0.0.1:9090/metrics').read().decode())"
+        f"print(u.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
     )
+    return app.exec_in(kube, pod, python, "-c", read, container=container)
+
+
+def gateway_metrics(kube: ControlPlane, name: str, **labels: str) -> list[float]:
+    """The value of the sample `name` with `labels` on each gateway pod's /metrics that has it."""
     values = []
     for gateway in app.live(app.pods(kube, "gateway")):
-        text = app.exec_in(kube, gateway["metadata"]["name"], "python", "-c", read)
+        text = pod_metrics(kube, gateway["metadata"]["name"], METRICS_PORT)
         value = metric_value(text, name, **labels)
         if value is not None:
             values.append(value)
@@ -1209,12 +1216,10 @@ def test_4t_f_an_instance_goes_by_config_and_the_primary_keeps_its_role(
 
 def backup_metrics(kube: ControlPlane) -> str:
     """The primary's backups container's /metrics."""
-    read = (
-        "import urllib.request as u; "
-        f"print(u.urlopen('http://127.0.0.1:{database.BACKUP_METRICS_PORT}/metrics').read().decode())"
-    )
     pod = database.pod_name(app.primary_instance(kube))
-    return app.exec_in(kube, pod, "/opt/patroni/bin/python", "-c", read, container="backups")
+    return pod_metrics(
+        kube, pod, database.BACKUP_METRICS_PORT, "/opt/patroni/bin/python", container="backups"
+    )
 
 
 def test_4t_g_make_restore_puts_back_exactly_the_predictions_acknowledged_before_the_time(
