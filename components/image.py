@@ -29,6 +29,16 @@ def dockerfile(service: str) -> Path:
     return SERVICES_DIR / service / "Dockerfile"
 
 
+def target(service: str) -> str | None:
+    """The stage of its Dockerfile that is `service`'s image (--target), where it has several."""
+    return service if service in SHARED_DOCKERFILE_SERVICES else None
+
+
+def build_args(service: str) -> dict[str, str]:
+    """The build arguments that pick `service` out of a shared Dockerfile."""
+    return {"SERVICE": service} if service in SHARED_DOCKERFILE_SERVICES else {}
+
+
 @dataclass(frozen=True)
 class ServiceImageArgs:
     service: str  # one of SERVICES
@@ -47,7 +57,6 @@ class ServiceImage(pulumi.ComponentResource):
         super().__init__("mlstack:image:ServiceImage", name, None, opts)
         import pulumi_docker as docker  # only stacks that build images need the Docker provider
 
-        shared = args.service in SHARED_DOCKERFILE_SERVICES
         image = docker.Image(
             name,
             image_name=pulumi.Output.concat(args.registry, "/", args.service, ":", args.stack),
@@ -55,8 +64,8 @@ class ServiceImage(pulumi.ComponentResource):
                 context=str(SERVICES_DIR),
                 dockerfile=str(dockerfile(args.service)),
                 platform=args.platform,
-                target=args.service if shared else None,
-                args={"SERVICE": args.service} if shared else None,
+                target=target(args.service),
+                args=build_args(args.service) or None,
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )

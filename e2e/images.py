@@ -27,13 +27,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final, ParamSpec, TypeVar
 
+from components import image
 from e2e import apt
 from e2e.dockerd import DockerEngine
 from e2e.registry import Registry
 from e2e.rootfs import DATABASE, POSTGRES_MAJOR, PYTHON, Rootfs, ensure_base
 from e2e.workdir import InWorkdir
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 # The Debian packages this module needs on the host (apt-get installs them when a command is
 # missing); .ci/run may install the same list up front.
 APT_PACKAGES: Final = ("docker.io", "mmdebstrap", "docker-registry")
@@ -53,35 +53,22 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class ImageSpec:
+    """How the suite builds service `name`'s image: components.image's recipe (its Dockerfile,
+    stage and build arguments, all of services/ as the context) on a base of its own."""
+
     name: str
-    context: Path
     base: Rootfs
     # "host" only for a build whose RUN steps reach a package registry (the host's traffic);
     # "none" otherwise.
     network: str
+    # Beyond the recipe's: what the base made here needs.
     build_args: tuple[tuple[str, str], ...] = ()
-    # Relative to ``context``; the service images share services/ as their context.
-    dockerfile: str = "Dockerfile"
-    # The stage to build (--target), where the Dockerfile has one per image.
-    target: str | None = None
-
-
-def _shared(name: str) -> ImageSpec:
-    """A Python service's image: its stage of services/Dockerfile (components.image)."""
-    return ImageSpec(name, ROOT / "services", PYTHON, "host", (("SERVICE", name),), target=name)
 
 
 IMAGES: Final = (
-    _shared("gateway"),
-    _shared("model"),
-    ImageSpec(
-        "database",
-        ROOT / "services",
-        DATABASE,
-        "host",
-        (("PG_MAJOR", str(POSTGRES_MAJOR)),),
-        dockerfile="database/Dockerfile",
-    ),
+    ImageSpec("gateway", PYTHON, "host"),
+    ImageSpec("model", PYTHON, "host"),
+    ImageSpec("database", DATABASE, "host", (("PG_MAJOR", str(POSTGRES_MAJOR)),)),
 )
 
 
@@ -161,18 +148,20 @@ class Images:
 
     def _build(self, spec: ImageSpec, base: str) -> str:
         local = local_tag(spec.name)
-        args = [f"BASE_IMAGE={base}", *(f"{k}={v}" for k, v in spec.build_args)]
+        recipe = [*image.build_args(spec.name).items(), *spec.build_args]
+        args = [f"BASE_IMAGE={base}", *(f"{k}={v}" for k, v in recipe)]
+        stage = image.target(spec.name)
         output = self.engine.docker(
             "build",
             "--force-rm",
             f"--network={spec.network}",
             *(part for arg in args for part in ("--build-arg", arg)),
-            *(("--target", spec.target) if spec.target else ()),
+            *(("--target", stage) if stage else ()),
             "--tag",
             local,
             "--file",
-            str(spec.context / spec.dockerfile),
-            str(spec.context),
+            str(image.dockerfile(spec.name)),
+            str(image.SERVICES_DIR),
         )
         (self.workdir / f"build-{spec.name}.log").write_text(output)
         return local
