@@ -24,7 +24,7 @@ from components.config import MODEL_VERSIONS
 from e2e.cluster import STACK, unfinished_rollouts
 from e2e.controlplane import ControlPlane
 from e2e.workspace import PulumiWorkspace
-from harness.poll import poll
+from harness.poll import wait_until
 from harness.program import ROOT
 
 PROVIDER_AWAIT = '''"""The bench's stand-in: no annotation, the provider's own await logic."""
@@ -57,8 +57,10 @@ def settle(plane: ControlPlane, timeout: float = 600) -> None:
         unfinished = unfinished_rollouts(plane)
         return not unfinished
 
-    if not poll(ended, timeout, interval=1):
-        raise RuntimeError(f"rollouts still unfinished after {timeout:.0f} s: {unfinished}")
+    try:
+        wait_until(ended, "every rollout to end", timeout, interval=1)
+    except RuntimeError as error:
+        raise RuntimeError(f"{error}; still unfinished: {unfinished}") from None
 
 
 def main(argv: list[str]) -> int:

@@ -37,7 +37,7 @@ from typing import Final
 
 from e2e import addresses, process
 from e2e.workdir import InWorkdir
-from harness.poll import poll
+from harness.poll import wait_until
 from harness.ports import free_port
 
 E2E_DIR: Final = Path(__file__).resolve().parent
@@ -306,8 +306,7 @@ class ControlPlane:
         def found() -> bool:
             return self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0
 
-        if not poll(found, 60, interval=0.5):
-            raise RuntimeError("the default ServiceAccount never appeared")
+        wait_until(found, "the default ServiceAccount", 60, interval=0.5)
 
     def _record_pids(self) -> None:
         for pidfile in self.cluster_dir.glob("pids/*.pid"):

@@ -15,7 +15,7 @@ from pathlib import Path
 LOG_TAIL_CHARACTERS = 3000
 
 
-def poll(condition: Callable[[], bool], timeout: float, *, interval: float = 0.1) -> bool:
+def poll(condition: Callable[[], object], timeout: float, *, interval: float = 0.1) -> bool:
     """Check `condition` every `interval` seconds until it holds (True) or `timeout` seconds have
     passed (False). It is checked at least once, and once at or after the deadline, so a
     condition that holds by then is never reported as a timeout."""
@@ -28,21 +28,59 @@ def poll(condition: Callable[[], bool], timeout: float, *, interval: float = 0.1
 
 
 def wait_until(
-    ready: Callable[[], bool],
+    ready: Callable[[], object],
     what: str,
     timeout: float,
     log: Path | None = None,
     *,
     interval: float = 0.1,
-) -> None:
-    """Poll `ready` every `interval` seconds until it holds; past `timeout`, a RuntimeError
-    naming `what`, with the end of `log` (the daemon's) when there is one."""
-    if poll(ready, timeout, interval=interval):
-        return
-    message = f"{what} not ready after {timeout:.0f} s"
+    exited: Callable[[], str | None] | None = None,
+) -> float:
+    """Poll `ready` every `interval` seconds until it holds; the seconds that took. Past
+    `timeout`, a RuntimeError naming `what`, with the end of `log` (the daemon's) when there is
+    one. `exited`, when given, is asked before each check how the process behind `ready` ended
+    (e.g. "gateway exited with 1"; None while it runs): once it has, the error comes at once."""
+    return _wait(
+        ready, what, timeout, log=log, interval=interval, exited=exited, error=RuntimeError
+    )
+
+
+def eventually(
+    ready: Callable[[], object], what: str, timeout: float, *, interval: float = 0.1
+) -> float:
+    """`wait_until` for what a test expects: past `timeout`, an AssertionError, the test's
+    failure rather than its harness's."""
+    return _wait(ready, what, timeout, interval=interval, error=AssertionError)
+
+
+def _wait(
+    ready: Callable[[], object],
+    what: str,
+    timeout: float,
+    *,
+    log: Path | None = None,
+    interval: float,
+    exited: Callable[[], str | None] | None = None,
+    error: type[Exception],
+) -> float:
+    start = time.monotonic()
+    ended: str | None = None
+
+    def done() -> bool:
+        nonlocal ended
+        # Asked first: a process that answered and then exited was ready.
+        ended = exited() if exited is not None else None
+        return ended is not None or bool(ready())
+
+    if poll(done, timeout, interval=interval) and ended is None:
+        return time.monotonic() - start
+    if ended is not None:
+        message = f"{ended} before {what}"
+    else:
+        message = f"timed out after {timeout:g} s waiting for {what}"
     if log is not None:
         tail = "(no log)"
         if log.exists():
             tail = log.read_text(errors="replace")[-LOG_TAIL_CHARACTERS:]
         message += f"; {log}:\n{tail}"
-    raise RuntimeError(message)
+    raise error(message)

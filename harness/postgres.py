@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from harness.poll import poll
+from harness.poll import wait_until
 from harness.ports import free_port
 
 
@@ -106,8 +106,13 @@ class PostgresServer:
         pid = int((self.data / "postmaster.pid").read_text().split()[0])
         os.kill(pid, signal.SIGKILL)
         # pg_ctl starts the postmaster in a session of its own: its children share its group.
-        if not poll(lambda: not _group_alive(pid), timeout, interval=0.05):
-            raise RuntimeError(f"PostgreSQL backends still running {timeout}s after SIGKILL")
+        wait_until(
+            lambda: not _group_alive(pid),
+            "the PostgreSQL backends to exit after SIGKILL",
+            timeout,
+            self.log,
+            interval=0.05,
+        )
 
     def reload(self) -> None:
         """Make the server read its configuration files again (postgresql.auto.conf included)."""

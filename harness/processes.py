@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from harness.http import answers
-from harness.poll import poll
+from harness.poll import wait_until
 
 # How long a server gets to drain and exit on SIGTERM before it is killed.
 STOP_GRACE_SECONDS = 25
@@ -75,15 +75,14 @@ class LocalProcess:
         process = self.process
         assert process is not None, f"{self.name} was never started"
 
-        def exited_or_ready() -> bool:
-            return process.poll() is not None or check()
+        def exited() -> str | None:
+            if process.poll() is None:
+                return None
+            return f"{self.name} exited with {process.returncode}"
 
-        ready = poll(exited_or_ready, timeout, interval=interval)
-        # The status the last check saw: a server that answered and then exited was ready.
-        if process.returncode is not None:
-            raise RuntimeError(f"{self.name} exited with {process.returncode}:\n{self.log_tail()}")
-        if not ready:
-            raise RuntimeError(f"{self.name} not {what} in {timeout}s:\n{self.log_tail()}")
+        wait_until(
+            check, f"{self.name} {what}", timeout, self.log_path, interval=interval, exited=exited
+        )
 
     def wait_for_url(self, url: str, timeout: float = 60.0, status: int = 200) -> None:
         """Wait until a GET of `url` answers `status`."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from e2e import process
 from e2e.node.layout import Layout
-from harness.poll import LOG_TAIL_CHARACTERS, poll
+from harness.poll import wait_until
 
 
 class NodeState:
@@ -55,23 +55,11 @@ class NodeState:
             process.stop_all([int(pid)], grace)
         self.save(state)
 
-    def wait(
-        self, what: str, ready: Callable[[], bool], timeout: float, daemon: str | None = None
-    ) -> None:
+    def wait(self, what: str, ready: Callable[[], bool], timeout: float, daemon: str) -> None:
         """Poll `ready` every 0.1 s until it holds; a RuntimeError past `timeout`, or as soon as
-        `daemon` (when given) is found exited, with the end of its log."""
-        exited = False
+        `daemon` is found exited, with the end of its log."""
 
-        def done() -> bool:
-            nonlocal exited
-            if ready():
-                return True
-            exited = daemon is not None and not self.alive(daemon)
-            return exited
+        def exited() -> str | None:
+            return None if self.alive(daemon) else f"{daemon} exited"
 
-        if not poll(done, timeout, interval=0.1):
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        if exited:
-            log = self.layout.logs / f"{daemon}.log"
-            tail = log.read_text(errors="replace")[-LOG_TAIL_CHARACTERS:]
-            raise RuntimeError(f"{daemon} exited before {what}:\n{tail}")
+        wait_until(ready, what, timeout, self.layout.logs / f"{daemon}.log", exited=exited)

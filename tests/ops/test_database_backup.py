@@ -386,8 +386,8 @@ def test_the_request_is_removed_even_when_the_instances_never_settle(
     code, out, err = restore(capsys)
     assert (code, out) == (1, "")
     assert err == (
-        "restore: error: the instances restored to 2026-12-04 21:30:00.000000+00 not ready "
-        "after 0 s\n"
+        "restore: error: timed out after 0.2 s waiting for the instances restored to "
+        "2026-12-04 21:30:00.000000+00\n"
     )
     assert fakes.changes()[-2:] == [
         ["scale", "statefulset", "database", "--replicas=3"],
