@@ -35,6 +35,7 @@ from typing import Final
 from bench.cluster_bench import ClusterBench, arguments, conditions
 from components import database
 from e2e.cluster import NAMESPACE, STACK, gateway_url
+from harness.poll import eventually
 from harness.program import ROOT
 from tests.e2e import app
 
@@ -84,13 +85,14 @@ class Bench(ClusterBench):
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         try:
-            app.wait_until(
-                "another instance labelled primary",
+            eventually(
                 lambda: any(
                     role == database.PRIMARY and pod != database.pod_name(primary)
                     for pod, role in app.roles(self.kube).items()
                 ),
+                "another instance labelled primary",
                 FREEZE_SECONDS,
+                interval=0.5,
             )
         finally:
             for pid in pids:
@@ -109,17 +111,25 @@ class Bench(ClusterBench):
             raise RuntimeError(f"make switchover failed: {done.stdout}{done.stderr}")
 
     def measure(self, event: str, run: int, disrupt: Callable[[int], None]) -> Outcome:
-        app.wait_until("the database settled", lambda: app.settled(self.kube, INSTANCES),
-                       SETTLE_SECONDS, 1)  # fmt: skip
+        eventually(
+            lambda: app.settled(self.kube, INSTANCES),
+            "the database settled",
+            SETTLE_SECONDS,
+            interval=1,
+        )
         before = app.primary_instance(self.kube)
         with app.Load(self.url, limit=900, call=self.predict) as load:
-            app.wait_until("a prediction answered", load.since(time.monotonic()), 60)
+            eventually(load.since(time.monotonic()), "a prediction answered", 60, interval=0.5)
             time.sleep(2)
             start = time.monotonic()
             disrupt(before)
-            app.wait_until("a prediction acknowledged again", load.since(start), 300)
-            app.wait_until("the database settled", lambda: app.settled(self.kube, INSTANCES),
-                           SETTLE_SECONDS, 1)  # fmt: skip
+            eventually(load.since(start), "a prediction acknowledged again", 300, interval=0.5)
+            eventually(
+                lambda: app.settled(self.kube, INSTANCES),
+                "the database settled",
+                SETTLE_SECONDS,
+                interval=1,
+            )
             time.sleep(2)
         acknowledged = app.acknowledged(load)
         after = app.primary_instance(self.kube)

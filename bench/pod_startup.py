@@ -34,6 +34,7 @@ from bench.cluster_bench import ClusterBench, arguments, conditions
 from components.app import MIGRATIONS
 from e2e.cluster import NAMESPACE, STACK, fresh_volumes
 from e2e.controlplane import ControlPlane
+from harness.poll import eventually
 from harness.program import ROOT
 from tests.e2e import app
 
@@ -188,17 +189,17 @@ class Bench(ClusterBench):
     def replacements(self) -> dict[str, float]:
         found = {}
         for workload in WORKLOADS:
-            app.wait_until("every pod Ready", lambda: not self.unready(), 120)
+            eventually(lambda: not self.unready(), "every pod Ready", 120, interval=0.5)
             victim = app.live(app.pods(self.kube, workload))[0]["metadata"]["name"]
             with PodWatch(self.kube) as watch:
                 time.sleep(1)  # the watch's first listing: the pods there before the delete
                 start = time.monotonic() - watch.start
                 self.kube.kubectl("delete", "pod", victim, "-n", NAMESPACE, "--wait=false")
-                app.wait_until(
-                    f"a {workload} pod Ready again",
+                eventually(
                     lambda: watch.first_ready(workload, start) is not None,  # noqa: B023
+                    f"a {workload} pod Ready again",
                     120,
-                    0.1,
+                    interval=0.1,
                 )
                 ready = watch.first_ready(workload, start)
                 assert ready is not None

@@ -10,14 +10,13 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 
 from e2e import addresses as net
 from e2e.controlplane import ControlPlane
 from e2e.node.guard import rejected as guard_rejected
 from e2e.node.host import default_gateway
 from e2e.node.pods import probe_pod, restricted_namespace
-from harness.poll import poll
+from harness.poll import eventually
 
 
 def exec_probe(
@@ -33,15 +32,6 @@ def get(plane: ControlPlane, namespace: str, pod: str, url: str) -> str:
     """The body `url` answers a probe pod with, or "" when it does not answer 200."""
     proc = exec_probe(plane, namespace, pod, "get", url, check=False)
     return proc.stdout.strip() if proc.returncode == 0 else ""
-
-
-def until(what: str, ready: Callable[[], object], timeout: float = 15) -> float:
-    """Poll `ready` every 0.2 s until it holds; the seconds that took, or an AssertionError
-    past `timeout`."""
-    start = time.monotonic()
-    if not poll(lambda: bool(ready()), timeout, interval=0.2):
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-    return time.monotonic() - start
 
 
 def check_egress_refused(plane: ControlPlane, namespace: str, pod: str) -> str:
@@ -102,9 +92,11 @@ def check(
         api = f"kubernetes.default.svc.{net.CLUSTER_DOMAIN}:443"
         exec_probe(plane, namespace, "client", "dial", api)  # the API server, from a pod
         # kube-proxy applies new endpoints within about a second of the pods being Ready.
-        until(
-            "http://web/ to answer the client pod",
+        eventually(
             lambda: get(plane, namespace, "client", "http://web/") == "web",
+            "http://web/ to answer the client pod",
+            15,
+            interval=0.2,
         )
         lb = wait_load_balancer(plane, namespace, "web")
         with contextlib.closing(socket.create_connection((lb, 80), timeout=5)) as s:
@@ -143,11 +135,18 @@ def check_network_policy(plane: ControlPlane, namespace: str) -> float:
     web_ip = plane.kubectl(
         "get", "-n", namespace, "pod", "web", "-o", "jsonpath={.status.podIP}"
     ).stdout.strip()
-    until("the other pod to reach web", lambda: get(plane, namespace, "other", "http://web/"))
+    eventually(
+        lambda: get(plane, namespace, "other", "http://web/"),
+        "the other pod to reach web",
+        15,
+        interval=0.2,
+    )
     plane.kubectl("apply", "-f", "-", stdin=json.dumps(policy))
-    enforced = until(
-        "the NetworkPolicy to refuse the other pod",
+    enforced = eventually(
         lambda: not get(plane, namespace, "other", f"http://{web_ip}:8080/"),
+        "the NetworkPolicy to refuse the other pod",
+        15,
+        interval=0.2,
     )
     for url in ("http://web/", f"http://{web_ip}:8080/"):
         if get(plane, namespace, "other", url):
@@ -166,6 +165,7 @@ def wait_load_balancer(plane: ControlPlane, namespace: str, service: str) -> str
         found[:] = [ip]
         return bool(ip)
 
-    if not poll(assigned, 30, interval=0.2):
-        raise AssertionError(f"{namespace}/{service} got no LoadBalancer ingress address")
+    eventually(
+        assigned, f"a LoadBalancer ingress address for {namespace}/{service}", 30, interval=0.2
+    )
     return found[0]

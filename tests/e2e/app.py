@@ -17,7 +17,6 @@ from typing import Any
 from components import database
 from e2e.controlplane import ControlPlane
 from e2e.registry import DIRECT
-from harness.poll import poll
 from tests.e2e.conftest import API_KEY, NAMESPACE
 
 PREDICT_PATH = "/api/v1/predict"
@@ -180,15 +179,6 @@ def ready(pod: dict[str, Any]) -> bool:
 def live(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The pods not being deleted."""
     return [p for p in items if not p["metadata"].get("deletionTimestamp")]
-
-
-def wait_until(what: str, check: Any, timeout: float = 180, interval: float = 0.5) -> float:
-    """Poll `check` until it holds; the seconds that took (the scenarios' TIMINGS). An
-    AssertionError past `timeout`: a scenario's failure, not the harness's."""
-    start = time.monotonic()
-    if not poll(check, timeout, interval=interval):
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-    return time.monotonic() - start
 
 
 def ready_endpoints(kube: ControlPlane, service: str) -> set[str]:

@@ -45,7 +45,7 @@ from e2e.node.pods import restricted_namespace
 from e2e.process import mounts_under, run
 from e2e.workspace import PulumiWorkspace, Run
 from harness.metrics import metric_value
-from harness.poll import poll
+from harness.poll import eventually, poll
 from harness.program import ROOT, run_program
 from tests.e2e import app
 from tests.e2e.conftest import (
@@ -245,7 +245,9 @@ def ensure_stack(
     items = workloads(kube)
     if workspace.config(STACK) in DEPLOYED and counts_as_configured(workspace, items):
         if not serving(items):
-            app.wait_until("the stack's rollouts ended", lambda: serving(workloads(kube)), 180)
+            eventually(
+                lambda: serving(workloads(kube)), "the stack's rollouts ended", 180, interval=0.5
+            )
         return False
     if autoscaled and workspace.get_config(STACK, AUTOSCALING) is None:
         autoscaling_off(workspace, kube)
@@ -557,10 +559,11 @@ def rolled_pods_gone(kube: ControlPlane) -> None:
     """The model pods a rollout replaced drain after `pulumi up` returns (their pre-stop sleep),
     answering what reaches them meanwhile, on the gateways' open connections too: once they are
     gone, and a moment more for the answers in flight, every answer is the new version's."""
-    app.wait_until(
-        "the rolled model pods to be gone",
+    eventually(
         lambda: not [p for p in app.pods(kube, "model") if p["metadata"].get("deletionTimestamp")],
+        "the rolled model pods to be gone",
         90,
+        interval=0.5,
     )
     time.sleep(1)
 
@@ -615,9 +618,11 @@ def test_4b_a_deleted_model_pod_and_a_killed_model_container_are_replaced(
         # The deleted pod drains for a few seconds more (its pre-stop sleep), answering what
         # still reaches it, but it is no longer live: what counts is its replacement, Ready
         # beside the others.
-        healed = app.wait_until(
-            "a new model pod Ready in place of the deleted one",
+        healed = eventually(
             lambda: len([p for p in app.live(app.pods(kube, "model")) if app.ready(p)]) == replicas,
+            "a new model pod Ready in place of the deleted one",
+            180,
+            interval=0.5,
         )
         TIMINGS["model pod deleted -> replacement Ready"] = healed
         target = app.live(app.pods(kube, "model"))[0]
@@ -631,8 +636,8 @@ def test_4b_a_deleted_model_pod_and_a_killed_model_container_are_replaced(
             now = found["status"]["containerStatuses"][0]
             return bool(now["restartCount"] > status["restartCount"] and app.ready(found))
 
-        TIMINGS["model container killed -> restarted and Ready"] = app.wait_until(
-            "the killed model container restarted and Ready", restarted
+        TIMINGS["model container killed -> restarted and Ready"] = eventually(
+            restarted, "the killed model container restarted and Ready", 180, interval=0.5
         )
         time.sleep(2)
     ACKNOWLEDGED.update(app.acknowledged(load))
@@ -656,16 +661,18 @@ def test_4c_a_deleted_database_pod_under_load_costs_only_503s_and_no_acknowledge
         return bool(found) and found[0]["metadata"]["uid"] != before["metadata"]["uid"]
 
     with app.Load(url, limit=600) as load, app.Load(url, limit=600, call=app.history) as reads:
-        app.wait_until("a prediction answered", load.since(0.0), 60)
+        eventually(load.since(0.0), "a prediction answered", 60, interval=0.5)
         time.sleep(3)
         kube.kubectl(
             "delete", "pod", f"{database.NAME}-0", "-n", NAMESPACE, "--wait=true", timeout=180
         )
-        TIMINGS["database pod deleted -> back Ready"] = app.wait_until("database-0 back", back, 300)
+        TIMINGS["database pod deleted -> back Ready"] = eventually(
+            back, "database-0 back", 300, interval=0.5
+        )
         # The gateway reconnects by itself: predictions are stored and read again.
         returned = time.monotonic()
-        app.wait_until("a prediction stored again", load.since(returned), 120)
-        app.wait_until("a history read answered again", reads.since(returned), 120)
+        eventually(load.since(returned), "a prediction stored again", 120, interval=0.5)
+        eventually(reads.since(returned), "a history read answered again", 120, interval=0.5)
     ACKNOWLEDGED.update(app.acknowledged(load))
     assert not load.wrong_answers, load.summary()
     assert not reads.wrong_answers, reads.summary()
@@ -693,11 +700,11 @@ def test_4c_the_model_scaled_to_zero_under_load_costs_only_503s_and_no_gateway_e
     assert gateways, "no ready gateway endpoint before the model goes"
     seen: list[set[str]] = []
     with app.Load(url, limit=600) as load:
-        app.wait_until("a prediction answered", load.since(0.0), 60)
+        eventually(load.since(0.0), "a prediction answered", 60, interval=0.5)
         kube.kubectl("scale", "deployment", "model", "-n", NAMESPACE, "--replicas=0")
         try:
-            TIMINGS["model scaled to 0 -> no model pod left"] = app.wait_until(
-                "no model pod left", lambda: not app.pods(kube, "model"), 120
+            TIMINGS["model scaled to 0 -> no model pod left"] = eventually(
+                lambda: not app.pods(kube, "model"), "no model pod left", 120, interval=0.5
             )
             # Long enough for readiness probes to have failed, had they followed the model:
             # twice the gateway's three misses a second apart, and the endpoints' update.
@@ -709,12 +716,14 @@ def test_4c_the_model_scaled_to_zero_under_load_costs_only_503s_and_no_gateway_e
             assert refused, load.summary()
         finally:
             kube.kubectl("scale", "deployment", "model", "-n", NAMESPACE, f"--replicas={replicas}")
-        TIMINGS["model scaled back -> its pods Ready"] = app.wait_until(
-            f"{replicas} model pods Ready",
+        TIMINGS["model scaled back -> its pods Ready"] = eventually(
             lambda: len([p for p in app.live(app.pods(kube, "model")) if app.ready(p)]) == replicas,
+            f"{replicas} model pods Ready",
+            180,
+            interval=0.5,
         )
         returned = time.monotonic()
-        app.wait_until("a prediction answered again", load.since(returned), 120)
+        eventually(load.since(returned), "a prediction answered again", 120, interval=0.5)
     ACKNOWLEDGED.update(app.acknowledged(load))
     assert not load.wrong_answers, load.summary()
     assert all(endpoints == gateways for endpoints in seen), seen
@@ -730,10 +739,11 @@ def test_4d_gateway_replicas_scale_3_1_by_config_and_endpoints_follow(
         up = up_with(workspace, kube, "mlstack:gateway.replicas", replicas)
         TIMINGS[f"pulumi up (gateway replicas {previous} -> {replicas})"] = up.seconds
         previous = replicas
-        app.wait_until(
+        eventually(
+            lambda: len(app.ready_endpoints(kube, "gateway")) == replicas,  # noqa: B023
             f"{replicas} ready gateway endpoints",
-            lambda n=replicas: len(app.ready_endpoints(kube, "gateway")) == n,
             60,
+            interval=0.5,
         )
         ips = {p["status"]["podIP"] for p in app.live(app.pods(kube, "gateway")) if app.ready(p)}
         assert app.ready_endpoints(kube, "gateway") == ips
@@ -843,10 +853,11 @@ def gateway_uids(kube: ControlPlane) -> set[str]:
 def drained(kube: ControlPlane, rolled: set[str]) -> None:
     """Until the gateway pods `rolled` (uids) are gone: they drain after `pulumi up` returns,
     still answering what reaches them with the key set they started with."""
-    app.wait_until(
-        "the rolled gateway pods to be gone",
+    eventually(
         lambda: not {p["metadata"]["uid"] for p in app.pods(kube, "gateway")} & rolled,
+        "the rolled gateway pods to be gone",
         90,
+        interval=0.5,
     )
 
 
@@ -935,8 +946,8 @@ def longest_refusal(load: app.Load) -> float:
 
 
 def wait_settled(kube: ControlPlane, instances: int, what: str, timeout: float = 180) -> float:
-    return app.wait_until(
-        f"{what}: the database settled", lambda: app.settled(kube, instances), timeout
+    return eventually(
+        lambda: app.settled(kube, instances), f"{what}: the database settled", timeout, interval=0.5
     )
 
 
@@ -972,24 +983,29 @@ def test_4r_a_standby_added_by_config_streams_synchronously_and_serves_the_histo
     answer = app.predict(url)
     assert answer.ok, answer
     ACKNOWLEDGED.add(answer.request_id)
-    app.wait_until(
-        "the prediction on the standby", lambda: answer.request_id in stored_on(kube, 1), 30
+    eventually(
+        lambda: answer.request_id in stored_on(kube, 1),
+        "the prediction on the standby",
+        30,
+        interval=0.5,
     )
     # The history is read from the standby (within the gateway's bound on its lag): each
     # gateway pod counts where its reads went.
-    app.wait_until(
-        "the prediction in the history",
+    eventually(
         lambda: answer.request_id in app.history(url).request_id.split(","),
+        "the prediction in the history",
         30,
+        interval=0.5,
     )
     replica_reads = "mlstack_gateway_db_reads_total"
-    app.wait_until(
-        "a gateway pod reading from the standby",
+    eventually(
         lambda: (
             bool(app.history(url).ok)
             and sum(gateway_metrics(kube, replica_reads, source="replica")) > 0
         ),
+        "a gateway pod reading from the standby",
         30,
+        interval=0.5,
     )
     # The standby's replay lag as the reads measured it (NaN on a pod that has not measured).
     lags = gateway_metrics(kube, "mlstack_gateway_db_read_lag_seconds")
@@ -1013,8 +1029,11 @@ def test_4s_a_killed_standby_costs_no_acknowledged_prediction(
         kube.kubectl(
             "delete", "pod", database.pod_name(1), "-n", NAMESPACE, "--wait=true", timeout=180
         )
-        app.wait_until(
-            "the standby's new pod", lambda: pod_uid(kube, 1) not in ("", standby_uid), 120
+        eventually(
+            lambda: pod_uid(kube, 1) not in ("", standby_uid),
+            "the standby's new pod",
+            120,
+            interval=0.5,
         )
         TIMINGS["standby deleted -> synchronous again"] = wait_settled(kube, 2, "standby back")
         time.sleep(2)
@@ -1023,10 +1042,11 @@ def test_4s_a_killed_standby_costs_no_acknowledged_prediction(
     TIMINGS["standby deleted: predictions refused"] = len(load.failures)
     ACKNOWLEDGED.update(app.acknowledged(load))
     assert app.primary_instance(kube) == 0
-    app.wait_until(
-        "every acknowledged prediction on the standby",
+    eventually(
         lambda: stored_on(kube, 1) >= ACKNOWLEDGED,
+        "every acknowledged prediction on the standby",
         60,
+        interval=0.5,
     )
 
 
@@ -1053,14 +1073,17 @@ def failover_under_load(
     url = gateway_url(kube)
     before = app.primary_instance(kube)
     with app.Load(url, limit=600) as load:
-        app.wait_until("a prediction answered", load.since(time.monotonic()), 60)
+        eventually(load.since(time.monotonic()), "a prediction answered", 60, interval=0.5)
         time.sleep(2)
         start = time.monotonic()
         disrupt(before)
         # Since the disruption took effect: a request sent while `disrupt` was still running (a
         # kubectl call before the kill) may be answered by the instance about to go.
-        app.wait_until(
-            f"{what}: a prediction acknowledged again", load.since(time.monotonic()), 120
+        eventually(
+            load.since(time.monotonic()),
+            f"{what}: a prediction acknowledged again",
+            120,
+            interval=0.5,
         )
         wait_settled(kube, 3, what)
         time.sleep(2)
@@ -1138,22 +1161,24 @@ def test_4t_d_a_frozen_primary_is_replaced_and_demotes_itself_when_thawed(
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
         try:
-            TIMINGS["primary frozen -> another labelled primary"] = app.wait_until(
-                "another instance labelled primary",
+            TIMINGS["primary frozen -> another labelled primary"] = eventually(
                 lambda: any(
                     role == database.PRIMARY and pod != database.pod_name(primary)
                     for pod, role in app.roles(kube).items()
                 ),
+                "another instance labelled primary",
                 FREEZE_TIMEOUT,
+                interval=0.5,
             )
         finally:
             for pid in frozen:
                 os.kill(pid, signal.SIGCONT)
         TIMINGS["primary frozen for"] = time.monotonic() - start
-        app.wait_until(
-            "the thawed instance labelled replica",
+        eventually(
             lambda: app.roles(kube).get(database.pod_name(primary)) == database.REPLICA,
+            "the thawed instance labelled replica",
             60,
+            interval=0.5,
         )
         assert app.restarts(kube, primary) == restarts_before, "the kubelet restarted it"
 
@@ -1231,13 +1256,13 @@ def test_4t_g_make_restore_puts_back_exactly_the_predictions_acknowledged_before
     goes back to one instance at the end, as the stack began."""
     kube = control_plane
     ensure_database(workspace, kube, 2)
-    app.wait_until(
-        "a good backup in the repository",
+    eventually(
         lambda: (
             metric_value(backup_metrics(kube), "mlstack_database_backup_age_seconds") is not None
         ),
+        "a good backup in the repository",
         180,
-        2,
+        interval=2,
     )
     metrics = backup_metrics(kube)
     assert metric_value(metrics, "mlstack_database_backup_repository_up") == 1, metrics
@@ -1266,7 +1291,9 @@ def test_4t_g_make_restore_puts_back_exactly_the_predictions_acknowledged_before
     )
     assert stored >= ACKNOWLEDGED
     assert not stored & {a.request_id for a in after}
-    app.wait_until("a prediction answered after the restore", lambda: app.predict(url).ok, 120, 1)
+    eventually(
+        lambda: app.predict(url).ok, "a prediction answered after the restore", 120, interval=1
+    )
     # The rest of the suite on one instance, as the stack began: two cores run it all.
     up_with(workspace, kube, "mlstack:database.replicas", 1)
     wait_settled(kube, 1, "back to one instance")
@@ -1308,8 +1335,11 @@ def test_4v_the_autoscaler_scales_the_model_out_under_load_keeps_it_through_an_u
     for load in loads:
         load.__enter__()
     try:
-        TIMINGS["load start -> an extra model pod Ready (HPA)"] = app.wait_until(
-            "the HPA to add a Ready model pod", lambda: _model_pods_ready(kube) >= 2, timeout=240
+        TIMINGS["load start -> an extra model pod Ready (HPA)"] = eventually(
+            lambda: _model_pods_ready(kube) >= 2,
+            "the HPA to add a Ready model pod",
+            240,
+            interval=0.5,
         )
         model: Any = kube.get_json("deployment", "model", "-n", NAMESPACE)
         scaled_out = model["spec"]["replicas"]
@@ -1334,7 +1364,9 @@ def test_4v_the_autoscaler_scales_the_model_out_under_load_keeps_it_through_an_u
     assert [a for a in answers if a.at >= rollout] and not failed, failed[:5]
     assert [a.version for a in loads[0].answers[-5:]] == [new] * 5
     stopped = time.monotonic()
-    app.wait_until("the model back at 1 replica", lambda: _model_pods_ready(kube) == 1, 240)
+    eventually(
+        lambda: _model_pods_ready(kube) == 1, "the model back at 1 replica", 240, interval=0.5
+    )
     TIMINGS["load stop -> model back at the floor (HPA)"] = time.monotonic() - stopped
     # Back to a fixed count of 3, as the README turns autoscaling off.
     workspace.set_config(STACK, AUTOSCALING, None)
@@ -1544,9 +1576,9 @@ def test_8_the_kubelet_removes_the_exited_containers_of_a_deleted_pod(node: Node
     left of them.) Skipped without 4b."""
     if not DELETED_POD_CONTAINERS:
         pytest.skip("test 4b did not delete a model pod")
-    TIMINGS["the deleted pod's containers removed by the kubelet (from now)"] = app.wait_until(
-        "the kubelet to remove the deleted model pod's containers",
+    TIMINGS["the deleted pod's containers removed by the kubelet (from now)"] = eventually(
         lambda: not DELETED_POD_CONTAINERS & node_state(node)["containers"],
+        "the kubelet to remove the deleted model pod's containers",
         150,
-        2,
+        interval=2,
     )

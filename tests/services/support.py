@@ -17,14 +17,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from harness.http import Reply, answers, request
 from harness.metrics import metric_value
-from harness.poll import poll
+from harness.poll import eventually, poll
 from harness.ports import free_port
 from harness.postgres import query
 from harness.processes import STOP_GRACE_SECONDS, LocalProcess
@@ -277,14 +277,6 @@ def silent_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{silent.getsockname()[1]}"
 
 
-def until(
-    condition: Callable[[], bool], what: str, timeout: float = 30.0, interval: float = 0.05
-) -> None:
-    """Poll `condition` until it holds; AssertionError naming `what` after `timeout` seconds."""
-    if not poll(condition, timeout, interval=interval):
-        raise AssertionError(f"not within {timeout}s: {what}")
-
-
 def listed(gateway: ServiceProcess) -> list[str]:
     """The request ids GET /api/v1/predictions lists, newest first; the read must answer 200."""
     reply = request(
@@ -305,7 +297,12 @@ def read_until_listed(
         ids = listed(gateway)
         return metric(gateway, counter, **labels) == before + 1 and request_id in ids
 
-    until(counted_read_lists_it, f"a read counted in {counter}{labels} lists {request_id}")
+    eventually(
+        counted_read_lists_it,
+        f"a read counted in {counter}{labels} lists {request_id}",
+        30,
+        interval=0.05,
+    )
 
 
 def fill_with_copies(database: dict[str, str], copies: int) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.http import request
+from harness.poll import eventually
 from tests.services.hostile import raw_request, seconds_until_closed
 from tests.services.support import (
     API_KEY,
@@ -24,7 +25,6 @@ from tests.services.support import (
     self_signed_certificate,
     serves_https,
     start_gateway,
-    until,
 )
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -85,7 +85,7 @@ def test_a_client_that_never_reads_its_answer_is_cut_off_and_its_slot_freed(
             started = time.monotonic()
             deadline = started + 15
             refused = "mlstack_gateway_refused_requests_total"
-            until(
+            eventually(
                 lambda: metric(gateway, refused, reason="write_timeout") >= 1,
                 "the client cut off",
                 deadline - time.monotonic(),
@@ -93,7 +93,7 @@ def test_a_client_that_never_reads_its_answer_is_cut_off_and_its_slot_freed(
             )
             seconds = time.monotonic() - started
             # The gateway holds the connection no more; this side has it still.
-            until(
+            eventually(
                 lambda: metric(gateway, "mlstack_gateway_open_connections") <= 0,
                 "the connection closed",
                 deadline - time.monotonic(),
@@ -124,10 +124,11 @@ def test_connections_beyond_the_cap_get_503_while_open_ones_are_served(
         port = port_of(gateway.url)
         deadline = time.monotonic() + 15
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
-        until(
+        eventually(
             lambda: metric(gateway, "mlstack_gateway_open_connections") >= 8,
             "8 connections open",
             deadline - time.monotonic(),
+            interval=0.05,
         )
         refused = request("GET", gateway.url + "/healthz")
         assert refused.status == 503
@@ -142,10 +143,11 @@ def test_connections_beyond_the_cap_get_503_while_open_ones_are_served(
         assert held[0].recv(65536).startswith(b"HTTP/1.1 200 ")
         # One closed, a new one is served.
         held.pop().close()
-        until(
+        eventually(
             lambda: metric(gateway, "mlstack_gateway_open_connections") < 8,
             "one of the 8 connections closed",
             deadline - time.monotonic(),
+            interval=0.05,
         )
         assert request("GET", gateway.url + "/healthz").status == 200
     finally:

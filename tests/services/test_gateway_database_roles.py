@@ -19,6 +19,7 @@ from mlstack_gateway.stores import postgres as store_postgres
 
 from components import database
 from harness.http import request
+from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer, query
 from tests.services.support import (
@@ -29,7 +30,6 @@ from tests.services.support import (
     predict,
     read_until_listed,
     start_gateway,
-    until,
 )
 
 ROLES_SQL = ROOT / "services" / "database" / "roles.sql"
@@ -344,11 +344,18 @@ def test_only_the_gateway_role_is_told_a_standbys_replay_lag(
 ) -> None:
     gateway = migrated.url(GATEWAY, GATEWAY_PASSWORD, server=standby)
     # The gateway may not see the WAL receiver's state itself...
-    until(lambda: bool(query(gateway, "SELECT FROM pg_stat_wal_receiver")), "a WAL receiver")
+    eventually(
+        lambda: bool(query(gateway, "SELECT FROM pg_stat_wal_receiver")),
+        "a WAL receiver",
+        30,
+        interval=0.05,
+    )
     assert query(gateway, "SELECT status FROM pg_stat_wal_receiver")[0][0] is None
     # ...but is told the lag it bounds its reads by.
     lag = "SELECT mlstack_monitor.replay_lag_seconds()"
-    until(lambda: query(gateway, lag)[0][0] is not None, "the standby streaming")
+    eventually(
+        lambda: query(gateway, lag)[0][0] is not None, "the standby streaming", 30, interval=0.05
+    )
     assert query(gateway, lag)[0][0] >= 0.0
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         query(migrated.url(OWNER, OWNER_PASSWORD, server=standby), lag)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from harness.http import request
-from harness.poll import poll
+from harness.poll import eventually, poll
 from harness.ports import free_port
 from tests.services.hostile import (
     assert_burst_shed_within,
@@ -42,7 +42,6 @@ from tests.services.support import (
     silent_server,
     start_gateway,
     start_model,
-    until,
 )
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -194,7 +193,7 @@ def test_a_stopped_model_gets_503_within_a_second(model_dir: Path, log_dir: Path
         # Before the fix: 2.0 s for each call until the breaker opened.
         assert slowest < 1.0
         model.signal(signal.SIGCONT)
-        until(
+        eventually(
             lambda: predict(gateway.url, [SETOSA]).status == 200,
             "recovery after the model resumed",
             15,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.poll import eventually
 from harness.postgres import PostgresServer, query
 from tests.services.support import (
     FreezableProxy,
@@ -19,7 +20,6 @@ from tests.services.support import (
     predict,
     read_until_listed,
     start_gateway,
-    until,
 )
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -83,7 +83,7 @@ def test_an_empty_history_is_read_from_the_standby(gateway: ServiceProcess) -> N
         lists.append(listed(gateway))
         return metric(gateway, READS, source="replica") == before + 1
 
-    until(read_from_standby, "a read served by the standby")
+    eventually(read_from_standby, "a read served by the standby", 30, interval=0.05)
     assert lists[-1] == []
     assert 0.0 <= metric(gateway, LAG) <= MAX_LAG
 
@@ -104,9 +104,11 @@ def test_a_standby_behind_by_more_than_the_bound_is_not_read(
     standby_dsn = standby.dsn(DATABASE)
     query(standby_dsn, "SELECT pg_wal_replay_pause()")
     try:
-        until(
+        eventually(
             lambda: query(standby_dsn, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused",
             "the standby's replay paused",
+            30,
+            interval=0.05,
         )
         request_id = new_prediction(gateway)
         # Served by the primary once the standby is MAX_LAG behind: the newest row included.
@@ -138,13 +140,13 @@ def test_a_standby_that_stops_streaming_is_not_read(
     conninfo: str = query(standby_dsn, "SHOW primary_conninfo")[0][0]
     set_primary_conninfo("")  # as if it had lost its primary: no WAL receiver
     try:
-        until(lambda: not streaming(), "the standby's WAL receiver stopped")
+        eventually(lambda: not streaming(), "the standby's WAL receiver stopped", 30, interval=0.05)
         request_id = new_prediction(gateway)
         read_until_listed(gateway, request_id, FALLBACKS, reason="unknown_lag")
         assert math.isnan(metric(gateway, LAG))
     finally:
         set_primary_conninfo(conninfo)
-    until(streaming, "the standby streaming again")
+    eventually(streaming, "the standby streaming again", 30, interval=0.05)
     read_until_listed(gateway, request_id, READS, source="replica")
 
 

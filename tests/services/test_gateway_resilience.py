@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.http import request
+from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer, query
 from tests.services.support import (
@@ -21,7 +22,6 @@ from tests.services.support import (
     silent_server,
     start_gateway,
     start_model,
-    until,
 )
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -45,7 +45,7 @@ def test_dead_model_gives_fast_503_then_recovers(model_dir: Path, log_dir: Path)
         assert request("GET", gateway.url + "/readyz").status == 200
 
         model = start_model(model_dir, log_dir, port=port)
-        until(
+        eventually(
             lambda: predict(gateway.url, [SETOSA]).status == 200,
             "the gateway recovers after the model returned",
             15,

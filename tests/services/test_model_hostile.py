@@ -26,6 +26,7 @@ from mlstack_model.settings import ModelSettings
 from tritonclient.grpc import service_pb2 as pb
 
 from harness.http import request
+from harness.poll import eventually
 from harness.ports import free_port
 from tests.services.hostile import (
     Raw,
@@ -42,7 +43,6 @@ from tests.services.support import (
     ServiceProcess,
     port_of,
     start_model,
-    until,
 )
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -316,10 +316,11 @@ def test_a_full_server_sheds_rest_and_grpc_at_once_and_still_answers_probes(
             assert request("GET", model.url + "/v2/health/ready").status == 200
             assert request("GET", model.url + "/v2/models/iris").status == 200
         # The slot is given back when its client goes.
-        until(
+        eventually(
             lambda: rest_infer(model, infer_body([SETOSA])).status == 200,
             "the slot given back when its client went",
             5,
+            interval=0.05,
         )
         assert grpc_infer(model.grpc_target, grpc_message("FP64", "fp64_contents", SETOSA)) is None
     finally:
@@ -399,10 +400,11 @@ def test_sigterm_turns_readiness_off_at_once_and_finishes_an_infer_in_flight(
         sock.sendall(whole[:-5])
         time.sleep(0.3)
         model.signal(signal.SIGTERM)
-        until(
+        eventually(
             lambda: request("GET", model.url + "/v2/health/ready").status == 503,
             "/v2/health/ready answering 503 while the model drains",
-            timeout=2,
+            2,
+            interval=0.05,
         )
         sock.sendall(whole[-5:])
         answer = read_answer(sock)
