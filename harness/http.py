@@ -1,20 +1,44 @@
-"""Plain HTTP/1.1 to the servers the tests start on 127.0.0.1: one request per fresh connection,
-so that no client-side pooling hides what the server does."""
+"""Plain HTTP/1.1, or HTTPS verified against a given CA, to the servers the tests, the e2e suite
+and the benches talk to: one request per fresh connection, so that no client-side pooling hides
+what the server does, and never through a proxy named in the environment (http.client reads
+none)."""
 
 from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Mapping
+import ssl
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+
+class Headers(Mapping[str, str]):
+    """An answer's header fields by name, whatever the case the server wrote it in (HTTP field
+    names are case-insensitive); a field sent twice keeps its last value."""
+
+    def __init__(self, fields: Iterable[tuple[str, str]]) -> None:
+        self._fields = {name.lower(): value for name, value in fields}
+
+    def __getitem__(self, name: str) -> str:
+        return self._fields[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._fields!r})"
 
 
 @dataclass
 class Reply:
     status: int
     body: bytes
-    headers: dict[str, str]
+    headers: Headers
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -26,21 +50,33 @@ def request(
     body: bytes | str | dict[str, Any] | list[Any] | None = None,
     headers: Mapping[str, str] | None = None,
     timeout: float = 10.0,
+    *,
+    ca: Path | None = None,
 ) -> Reply:
-    """One HTTP/1.1 request on a fresh connection; a dict or list body is sent as JSON."""
-    assert url.startswith("http://")
-    host_port, _, path = url[len("http://") :].partition("/")
-    host, _, port = host_port.partition(":")
+    """One request on a fresh connection; a dict or list body is sent as JSON, and the
+    Content-Type is application/json unless `headers` name another. An https:// `url` is
+    verified against the certificate `ca` alone (the system's trusted ones without it). The
+    path is sent exactly as `url` has it."""
+    scheme, _, rest = url.partition("://")
+    host_port, _, path = rest.partition("/")
     if isinstance(body, dict | list):
         body = json.dumps(body)
     if isinstance(body, str):
         body = body.encode()
-    all_headers = {"Content-Type": "application/json", **(headers or {})}
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    all_headers = dict(headers or {})
+    if not any(name.lower() == "content-type" for name in all_headers):
+        all_headers["Content-Type"] = "application/json"
+    conn: http.client.HTTPConnection
+    if scheme == "https":
+        context = ssl.create_default_context(cafile=None if ca is None else str(ca))
+        conn = http.client.HTTPSConnection(host_port, timeout=timeout, context=context)
+    else:
+        assert scheme == "http", url
+        conn = http.client.HTTPConnection(host_port, timeout=timeout)
     try:
         conn.request(method, "/" + path, body=body, headers=all_headers)
         response = conn.getresponse()
-        return Reply(response.status, response.read(), dict(response.getheaders()))
+        return Reply(response.status, response.read(), Headers(response.getheaders()))
     finally:
         conn.close()
 

@@ -4,13 +4,11 @@ HTTPS from certificates the openssl CLI makes."""
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import signal
 import socket
 import sqlite3
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -68,20 +66,9 @@ def port_of(url: str) -> int:
 
 def https(port: int, ca: Path, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
     """One request over HTTPS to 127.0.0.1:`port`, trusting only the certificate `ca`."""
-    context = ssl.create_default_context(cafile=str(ca))
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        conn.request(
-            method,
-            path,
-            body=data,
-            headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
-        )
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+    data = None if body is None else json.dumps(body)
+    reply = request(method, f"https://127.0.0.1:{port}{path}", data, {"X-API-Key": API_KEY}, ca=ca)
+    return reply.status, reply.body
 
 
 def predict(gateway_url: str, instances: Any, key: str | None = API_KEY) -> Reply:
