@@ -8,8 +8,6 @@ business).
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -17,6 +15,7 @@ from typing import Final
 from e2e import process
 from e2e.render import render
 from e2e.workdir import InWorkdir
+from harness.http import answers, request
 from harness.poll import wait_until
 from harness.ports import LOOPBACK, free_port
 
@@ -28,8 +27,6 @@ MANIFEST_TYPES: Final = (
     "application/vnd.oci.image.index.v1+json",
 )
 START_TIMEOUT: Final = 30.0
-# Loopback only: never through a proxy named in the environment.
-DIRECT: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -66,23 +63,18 @@ class Registry:
         process.stop(process.read_pid(self.pidfile), str(self.config))
 
     def _answers(self) -> bool:
-        if not self.address_file.exists():
-            return False
-        try:
-            with DIRECT.open(f"http://{self.address}/v2/", timeout=2) as answer:
-                return bool(answer.status == 200)
-        except (OSError, urllib.error.URLError):
-            return False
+        return self.address_file.exists() and answers(f"http://{self.address}/v2/")
 
     def digest(self, repository: str, reference: str) -> str:
         """The digest of the manifest the registry serves for `repository:reference`."""
-        request = urllib.request.Request(
+        reply = request(
+            "HEAD",
             f"http://{self.address}/v2/{repository}/manifests/{reference}",
-            method="HEAD",
             headers={"Accept": ", ".join(MANIFEST_TYPES)},
         )
-        with DIRECT.open(request, timeout=10) as answer:
-            digest = answer.headers.get("Docker-Content-Digest", "")
-        if not digest.startswith("sha256:"):
-            raise RuntimeError(f"{repository}:{reference}: the registry gave no digest")
-        return str(digest)
+        digest = reply.headers.get("Docker-Content-Digest", "")
+        if reply.status != 200 or not digest.startswith("sha256:"):
+            raise RuntimeError(
+                f"{repository}:{reference}: the registry answered {reply.status}, no digest"
+            )
+        return digest

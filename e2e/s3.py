@@ -25,9 +25,6 @@ import hmac
 import json
 import os
 import secrets
-import ssl
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Final
 
@@ -35,6 +32,7 @@ from e2e import addresses as net
 from e2e import process
 from e2e.certificates import sign_serving
 from e2e.workdir import InWorkdir
+from harness.http import Reply, request
 from harness.poll import poll, wait_until
 from harness.ports import LOOPBACK, free_port
 
@@ -199,10 +197,20 @@ class S3Server:
         return pid is not None and process.alive(pid) and process.owned(pid, str(self.workdir))
 
     def request(self, method: str, path: str, body: bytes = b"") -> bytes:
+        """The body of the answer to one signed S3 request (`_send`); a RuntimeError on an
+        error status."""
+        reply = self._send(method, path, body)
+        if not 200 <= reply.status < 300:
+            raise RuntimeError(
+                f"SeaweedFS answered {method} {path} with {reply.status}: {reply.body[:300]!r}"
+            )
+        return reply.body
+
+    def _send(self, method: str, path: str, body: bytes = b"") -> Reply:
         """One S3 request signed with AWS Signature Version 4 (headers `host`,
-        `x-amz-content-sha256`, `x-amz-date`), over TLS verified against the CA; returns the
-        answer's body, raises `urllib.error.HTTPError` on an error status. `path` starts with
-        `/` and is sent as it is (no query string: enough for a bucket or an object)."""
+        `x-amz-content-sha256`, `x-amz-date`), over TLS verified against the CA; the answer,
+        whatever its status. `path` starts with `/` and is sent as it is (no query string:
+        enough for a bucket or an object)."""
         now = datetime.datetime.now(datetime.UTC)
         stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         host = self.endpoint.removeprefix("https://")
@@ -224,26 +232,16 @@ class S3Server:
             f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{scope}, SignedHeaders={signed}, "
             f"Signature={signature}"
         )
-        context = ssl.create_default_context(cafile=str(self.ca_certificate))
-        # Never through a proxy named in the environment.
-        opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-        )
-        req = urllib.request.Request(
-            self.endpoint + path, data=body, headers=headers, method=method
-        )
-        with opener.open(req, timeout=10) as answer:
-            data: bytes = answer.read()
-            return data
+        return request(method, self.endpoint + path, body, headers, ca=self.ca_certificate)
 
     def _bucket_made(self) -> bool:
         try:
-            self.request("PUT", f"/{BUCKET}")
-        except urllib.error.HTTPError as err:
-            if err.code in (401, 403):
-                raise RuntimeError(f"SeaweedFS refused the bucket's creation: {err}") from err
-            # 409: made by an earlier try whose answer was lost; else the filer is not ready.
-            return err.code == 409
+            reply = self._send("PUT", f"/{BUCKET}")
         except OSError:
             return False
-        return True
+        if reply.status in (401, 403):
+            raise RuntimeError(
+                f"SeaweedFS refused the bucket's creation: {reply.status} {reply.body[:300]!r}"
+            )
+        # 409: made by an earlier try whose answer was lost; else the filer is not ready.
+        return 200 <= reply.status < 300 or reply.status == 409

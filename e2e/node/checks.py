@@ -5,9 +5,7 @@ connection refused by the egress guard, a NetworkPolicy enforced."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import subprocess
 import time
 
@@ -16,6 +14,7 @@ from e2e.controlplane import ControlPlane
 from e2e.node.guard import rejected as guard_rejected
 from e2e.node.host import default_gateway
 from e2e.node.pods import probe_pod, restricted_namespace
+from harness.http import request
 from harness.poll import eventually
 
 
@@ -99,11 +98,11 @@ def check(
             interval=0.2,
         )
         lb = wait_load_balancer(plane, namespace, "web")
-        with contextlib.closing(socket.create_connection((lb, 80), timeout=5)) as s:
-            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            reply = s.recv(4096)
-        if not reply.startswith(b"HTTP/1.0 200") or not reply.rstrip().endswith(b"web"):
-            raise AssertionError(f"the LoadBalancer address {lb} answered {reply!r}")
+        reply = request("GET", f"http://{lb}/", timeout=5)
+        if reply.status != 200 or reply.body.strip() != b"web":
+            raise AssertionError(
+                f"the LoadBalancer address {lb} answered {reply.status}: {reply.body!r}"
+            )
         check_egress_refused(plane, namespace, "client")
         if network_policy:
             timings["network_policy_s"] = check_network_policy(plane, namespace)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Final
 
@@ -11,6 +10,7 @@ from e2e.node.layout import Layout
 from e2e.node.state import NodeState
 from e2e.process import run
 from e2e.render import render_json
+from harness.http import answers
 
 NAME: Final = "kube-proxy"
 HEALTHZ_PORT: Final = 10256
@@ -38,14 +38,9 @@ def start(layout: Layout, state: NodeState, bin_dir: Path, node_name: str) -> No
     state.spawn(NAME, [str(bin_dir / NAME), f"--config={path}", "--v=1"])
 
     def healthy() -> bool:
-        try:
-            with socket.create_connection((net.NODE_ADDRESS, HEALTHZ_PORT), timeout=1) as s:
-                s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-                return b" 200 " in s.recv(200)
-        except OSError:
-            return False
+        return answers(f"http://{net.NODE_ADDRESS}:{HEALTHZ_PORT}/healthz", timeout=1)
 
-    state.wait(NAME, healthy, 60, NAME)
+    state.wait(f"{NAME}'s /healthz to answer 200", healthy, 60, NAME)
 
 
 def stop(state: NodeState, bin_dir: Path) -> None:

@@ -8,15 +8,13 @@ import json
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from components import database
 from e2e.controlplane import ControlPlane
-from e2e.registry import DIRECT
+from harness.http import request
 from tests.e2e.conftest import API_KEY, NAMESPACE
 
 PREDICT_PATH = "/api/v1/predict"
@@ -53,36 +51,46 @@ STACK_KEY = [API_KEY]
 
 def predict(url: str, timeout: float = 10, key: str | None = None) -> Answer:
     """One POST /api/v1/predict with the stack's API key, or `key` (never through a proxy)."""
-    request = urllib.request.Request(
+    return _answer(
+        "POST",
         url + PREDICT_PATH,
-        data=BODY,
-        headers={"X-API-Key": key or STACK_KEY[0], "Content-Type": "application/json"},
+        BODY,
+        timeout,
+        lambda body: (body["model_version"], body["request_id"]),
+        key=key or STACK_KEY[0],
     )
-    return _answer(request, timeout, lambda body: (body["model_version"], body["request_id"]))
 
 
 def history(url: str, timeout: float = 10) -> Answer:
     """One GET /api/v1/predictions; `request_id` holds the ids listed, comma-separated."""
-    request = urllib.request.Request(url + HISTORY_PATH, headers={"X-API-Key": STACK_KEY[0]})
     return _answer(
-        request,
+        "GET",
+        url + HISTORY_PATH,
+        None,
         timeout,
         lambda body: ("", ",".join(item["request_id"] for item in body["items"])),
+        key=STACK_KEY[0],
     )
 
 
 def _answer(
-    request: urllib.request.Request, timeout: float, read: Callable[[Any], tuple[str, str]]
+    method: str,
+    url: str,
+    body: bytes | None,
+    timeout: float,
+    read: Callable[[Any], tuple[str, str]],
+    *,
+    key: str,
 ) -> Answer:
     now = time.monotonic()
     try:
-        with DIRECT.open(request, timeout=timeout) as reply:
-            version, request_id = read(json.loads(reply.read()))
-            return Answer(now, reply.status, version, request_id, "", done=time.monotonic())
-    except urllib.error.HTTPError as err:
-        error = err.read().decode(errors="replace")[:300]
-        retry_after = err.headers.get("Retry-After") or ""
-        return Answer(now, err.code, "", "", error, retry_after, done=time.monotonic())
+        reply = request(method, url, body, {"X-API-Key": key}, timeout)
+        if reply.status >= 300:
+            error = reply.body.decode(errors="replace")[:300]
+            retry_after = reply.headers.get("Retry-After", "")
+            return Answer(now, reply.status, "", "", error, retry_after, done=time.monotonic())
+        version, request_id = read(reply.json())
+        return Answer(now, reply.status, version, request_id, "", done=time.monotonic())
     except (OSError, ValueError, KeyError) as err:
         return Answer(now, 0, "", "", repr(err), done=time.monotonic())
 

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import re
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -22,7 +21,7 @@ from components import database, pod
 from e2e import process
 from e2e.dockerd import DockerEngine
 from e2e.images import REPOSITORY, ImageRefs, Images, local_tag
-from e2e.registry import DIRECT
+from harness.http import request
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="runs a Docker engine and a registry of its own: root only"
@@ -71,14 +70,14 @@ def container(engine: DockerEngine, name: str, *args: str) -> Iterator[str]:
 
 
 def served_manifest(address: str, name: str, digest: str) -> dict[str, Any]:
-    request = urllib.request.Request(
+    reply = request(
+        "GET",
         f"http://{address}/v2/{REPOSITORY}/{name}/manifests/{digest}",
         headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
     )
-    with DIRECT.open(request, timeout=10) as answer:
-        body = answer.read()
-    assert f"sha256:{hashlib.sha256(body).hexdigest()}" == digest
-    return cast(dict[str, Any], json.loads(body))
+    assert reply.status == 200, reply.body
+    assert f"sha256:{hashlib.sha256(reply.body).hexdigest()}" == digest
+    return cast(dict[str, Any], reply.json())
 
 
 def test_every_image_is_served_by_digest_from_the_local_registry(
