@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,7 +14,7 @@ import grpc
 from harness.http import request
 from harness.poll import poll
 from harness.ports import free_port
-from harness.processes import STOP_GRACE_SECONDS, LocalProcess
+from harness.processes import LocalProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_SRC = ROOT / "services" / "model"
@@ -73,15 +71,6 @@ class Server(LocalProcess):
         self._ready_path = ready_path
         self.start()
 
-    @property
-    def popen(self) -> subprocess.Popen[bytes]:
-        assert self.process is not None, f"{self.name} was never started"
-        return self.process
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
     def log_tail(self, lines: int = 30) -> str:
         return super().log_tail(lines)
 
@@ -102,27 +91,14 @@ class Server(LocalProcess):
         return status == 200
 
     def wait_ready(self, timeout: float = 120.0) -> Server:
-        process = self.popen
+        process = self.process
+        assert process is not None, f"{self.name} was never started"
         ready = poll(lambda: process.poll() is not None or self._answers(), timeout, interval=0.1)
         if process.returncode is not None:
             raise RuntimeError(f"{self.name} exited with {process.returncode}:\n{self.log_tail()}")
         if not ready:
             raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
         return self
-
-    def stop(self) -> None:
-        """SIGTERM to the server's own process group, then SIGKILL if it lingers."""
-        process = self.popen
-        if process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        except ProcessLookupError:
-            pass
 
 
 def service_path(src: Path) -> str:

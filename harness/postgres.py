@@ -21,6 +21,7 @@ import asyncpg
 
 from harness.poll import wait_until
 from harness.ports import free_port
+from harness.processes import group_alive
 
 
 def postgres_bindir() -> Path:
@@ -107,7 +108,7 @@ class PostgresServer:
         os.kill(pid, signal.SIGKILL)
         # pg_ctl starts the postmaster in a session of its own: its children share its group.
         wait_until(
-            lambda: not _group_alive(pid),
+            lambda: not group_alive(pid),
             "the PostgreSQL backends to exit after SIGKILL",
             timeout,
             self.log,
@@ -191,14 +192,6 @@ def running_postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.destroy()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _unprivileged_user() -> str:

@@ -1,5 +1,6 @@
-"""Local server processes for the tests: started with their output in a log file, waited for
-until they answer, stopped with SIGTERM (SIGKILL when they linger).
+"""Local server processes for the tests and the benchmarks: started with their output in a log
+file, waited for until they answer, stopped with SIGTERM (SIGKILL when they linger), with the
+whole process group when they have a session of their own.
 
 e2e/process.py keeps the e2e suite's own daemons, which outlive the command that starts them;
 these live as long as the test that starts them.
@@ -7,14 +8,16 @@ these live as long as the test that starts them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from harness.http import answers
-from harness.poll import wait_until
+from harness.poll import poll, wait_until
 
 # How long a server gets to drain and exit on SIGTERM before it is killed.
 STOP_GRACE_SECONDS = 25
@@ -26,6 +29,16 @@ def log_tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(no log)"
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group `pgid` is left (one exited but not yet reaped
+    included)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 class LocalProcess:
@@ -52,7 +65,7 @@ class LocalProcess:
         self.new_session = new_session
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> LocalProcess:
+    def start(self) -> Self:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv,
@@ -63,6 +76,11 @@ class LocalProcess:
                 start_new_session=self.new_session,
             )
         return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, f"{self.name} was never started"
+        return self.process.pid
 
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_path, lines)
@@ -97,15 +115,38 @@ class LocalProcess:
         return self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after STOP_GRACE_SECONDS; nothing when it has exited."""
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM, then SIGKILL after STOP_GRACE_SECONDS; nothing when it has exited. With a
+        session of its own, to its whole process group, until none of the group is left: the
+        children it started go with it, even those that outlive it."""
+        process = self.process
+        if process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        if self.new_session:
+            self._stop_group(process)
+            return
+        if process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=STOP_GRACE_SECONDS)
+            process.wait(timeout=STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            process.kill()
+            process.wait()
+
+    @staticmethod
+    def _stop_group(process: subprocess.Popen[bytes]) -> None:
+        # The session's id is the process's own, and its group's: it called setsid().
+        pgid = process.pid
+
+        def all_exited() -> bool:
+            # poll() reaps the leader: until then, its group counts it as alive.
+            return process.poll() is not None and not group_alive(pgid)
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+            if not poll(all_exited, STOP_GRACE_SECONDS, interval=0.05):
+                os.killpg(pgid, signal.SIGKILL)
+        process.wait()
 
     def kill(self) -> None:
         assert self.process is not None

@@ -22,10 +22,10 @@ from typing import Any
 
 from harness.http import Reply, answers, request
 from harness.metrics import metric_value
-from harness.poll import eventually, poll
+from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import query
-from harness.processes import STOP_GRACE_SECONDS, LocalProcess
+from harness.processes import LocalProcess, group_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_SRC = ROOT / "services" / "model"
@@ -185,22 +185,7 @@ class MakeServe(ServiceProcess):
 
     def group_alive(self) -> bool:
         """Whether any process of the group (make, its shell, either service) is left."""
-        assert self.process is not None
-        try:
-            os.killpg(self.process.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-            poll(lambda: not self.group_alive(), STOP_GRACE_SECONDS, interval=0.05)
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
+        return group_alive(self.pid)
 
 
 class _SlowModelHandler(BaseHTTPRequestHandler):
