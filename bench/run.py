@@ -343,7 +343,7 @@ def load_runs(data: BenchData, work: Path) -> None:
         watch = {name: {name: server.pid} for name, server in servers.items()}
         for name in ("proxy", *GATEWAYS):
             watch[name]["model"] = model.pid
-        watch["gateway-postgresql"]["postgresql"] = _postmaster_pid(postgres.data)
+        watch["gateway-postgresql"]["postgresql"] = postgres.pid
         watch["model-grpc"] = {"model": model.pid}
         watch["mlserver-grpc"] = {"mlserver": mlserver.pid}
         watch["grpc-echo"] = {"grpc-echo": grpc_echo.pid}
@@ -409,10 +409,6 @@ def load_runs(data: BenchData, work: Path) -> None:
                 f"{name}: {stored[name]} rows stored for {answered} measured 200s "
                 "(plus warm-up): no acknowledged prediction missing"
             )
-
-
-def _postmaster_pid(data_dir: Path) -> int:
-    return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
 
 
 def program_runs(data: BenchData) -> None:

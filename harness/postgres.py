@@ -63,6 +63,11 @@ class PostgresServer:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
             self._runas = ["runuser", "-u", user, "--"]
 
+    @property
+    def pid(self) -> int:
+        """The running postmaster's process id, from the first line of its postmaster.pid."""
+        return int((self.data / "postmaster.pid").read_text().splitlines()[0])
+
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
@@ -104,7 +109,7 @@ class PostgresServer:
         its client "terminating connection due to unexpected postmaster exit" and exits. Returns
         once they all have, so that start() (crash recovery from WAL, same port and data
         directory) does not find the shared memory still in use."""
-        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        pid = self.pid
         os.kill(pid, signal.SIGKILL)
         # pg_ctl starts the postmaster in a session of its own: its children share its group.
         wait_until(
