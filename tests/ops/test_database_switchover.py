@@ -8,7 +8,6 @@ Patroni itself runs only on a real cluster.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from components import database
+from harness.make import make_env, run_make
 from harness.program import ROOT
 from tools import database_switchover as switchover
 
@@ -128,17 +128,9 @@ class Fakes:
 
     def make(self, *arguments: str) -> subprocess.CompletedProcess[str]:
         """`make *arguments STACK=dev` from the repository, on the fake Pulumi CLI."""
-        env = {**os.environ}
-        # Neither an outer make's flags nor a backend of the caller's reach this run.
-        for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PULUMI_BACKEND_URL",
-                     "PULUMI_CONFIG_PASSPHRASE"):  # fmt: skip
-            env.pop(name, None)
-        return subprocess.run(
-            # -o: never reinstall the virtual environment from inside the tests.
-            ["make", "--no-print-directory", "-o", ".venv/.installed", *arguments,
-             "STACK=dev", f"PULUMI={self.folder / 'pulumi'}"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+        # No backend of the caller's reaches this run.
+        env = make_env("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE")
+        return run_make(*arguments, "STACK=dev", f"PULUMI={self.folder / 'pulumi'}", env=env)
 
     def pulumi_calls(self) -> list[dict[str, Any]]:
         path = self.folder / "pulumi-calls.jsonl"

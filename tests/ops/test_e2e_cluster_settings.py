@@ -4,7 +4,6 @@ replaced by a recorder."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import ClassVar
@@ -15,7 +14,8 @@ from components import database
 from e2e import cluster
 from e2e.controlplane import ControlPlane
 from e2e.images import ImageRefs
-from harness.program import ROOT, TEST_SECRETS, run_program
+from harness.make import make_env, run_make
+from harness.program import TEST_SECRETS, run_program
 
 REFS = ImageRefs(gateway="r/gateway@sha256:1", model="r/model@sha256:2", database="r/db@sha256:3")
 BAD = ["0", str(database.MAX_REPLICAS + 1), "-1", "x", "", "2.0", " 3", "1e1"]
@@ -97,15 +97,8 @@ def test_up_passes_the_count_on(tmp_path: Path, recorder: type[Recorder]) -> Non
 
 
 def make_check(*variables: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ}
-    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "DATABASE_REPLICAS"):
-        env.pop(name, None)
-    # -o: never reinstall the virtual environment from inside the tests.
-    command = ["make", "--no-print-directory", "-o", ".venv/.installed", "e2e-cluster-check"]
-    return subprocess.run(
-        [*command, *variables],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    env = make_env("DATABASE_REPLICAS")
+    return run_make("e2e-cluster-check", *variables, env=env, timeout=60)
 
 
 def test_make_checks_database_replicas_with_one_line() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from harness.make import make_env, run_make
 from harness.program import ROOT
 
 FAKE_PULUMI = """\
@@ -41,23 +41,11 @@ def make_down(
     pulumi.write_text(FAKE_PULUMI.format(python=sys.executable))
     pulumi.chmod(0o755)
     log = tmp_path / "calls.jsonl"
-    env = {**os.environ, "FAKE_PULUMI_LOG": str(log)}
-    # Neither an outer make's flags nor a stray state reach this run.
-    for name in ("FAKE_PULUMI_STATE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PULUMI_BACKEND_URL"):
-        env.pop(name, None)
+    # Neither a stray state nor a backend of the caller's reaches this run.
+    env = {**make_env("FAKE_PULUMI_STATE", "PULUMI_BACKEND_URL"), "FAKE_PULUMI_LOG": str(log)}
     if exported is not None:
         env["FAKE_PULUMI_STATE"] = exported
-    command = ["make", "--no-print-directory", "-o", ".venv/.installed"]
-    result = subprocess.run(
-        # -o: never reinstall the virtual environment from inside the tests.
-        [*command, "down", f"STACK={stack}", f"PULUMI={pulumi}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_make("down", f"STACK={stack}", f"PULUMI={pulumi}", env=env)
     lines = log.read_text().splitlines() if log.exists() else []
     calls = [json.loads(line) for line in lines]
     backends = {call.pop()[1:] for call in calls}

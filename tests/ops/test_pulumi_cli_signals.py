@@ -4,15 +4,15 @@ SIGINT the CLI stops them with, each engine command waiting 5 s to kill one."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from harness.make import make_command, make_env
+from harness.program import ROOT
 from tools import pulumi_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 SIGINT_BIT = 1 << (signal.SIGINT - 1)
 # A stand-in `pulumi` that logs each call's command (its first word that is no flag) and the
 # signals it started ignoring.
@@ -32,10 +32,9 @@ def masks_by_command(folder: Path, *argv: str) -> dict[str, int]:
     cli_folder fixture); each pulumi command's mask of ignored signals."""
     (folder / "pulumi").write_text(LOGGING_PULUMI)
     (folder / "pulumi").chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     subprocess.run(
         [sys.executable, "-c", IGNORING_SIGINT, *argv],
-        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        cwd=ROOT, env={**make_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
         check=True, timeout=120,
     )  # fmt: skip
     lines = (folder / "calls").read_text().split("\n")
@@ -83,8 +82,10 @@ def test_make_preview_s_engine_command_does_not_ignore_sigint(cli_folder: Path) 
     `stack select`, which starts no plugin, is run by the shell and keeps what it inherited."""
     masks = masks_by_command(
         cli_folder,
-        "make", "--no-print-directory", "-o", ".venv/.installed", "preview", "STACK=dev",
-        f"PULUMI={cli_folder / 'pulumi'}", "PULUMI_BACKEND_URL=file://" + str(cli_folder),
+        *make_command(
+            "preview", "STACK=dev", f"PULUMI={cli_folder / 'pulumi'}",
+            "PULUMI_BACKEND_URL=file://" + str(cli_folder),
+        ),
     )  # fmt: skip
     assert not masks["preview"] & SIGINT_BIT
     assert masks["stack"] & SIGINT_BIT

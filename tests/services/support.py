@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.http import Reply, answers, request
+from harness.make import make_command, make_env
 from harness.metrics import metric_value
 from harness.poll import eventually
 from harness.ports import free_port
@@ -162,17 +163,12 @@ class MakeServe(ServiceProcess):
         }
         super().__init__("make-serve", ROOT, {}, self.ports["SERVE_GATEWAY_PORT"], log_dir)
         # A user's shell: nothing of this process's import path, settings or outer make.
-        inherited = ("PYTHONPATH", "HOST", "PORT", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
-        self.env = {
-            **{name: value for name, value in os.environ.items() if name not in inherited},
-            **env,
-        }
+        self.env = {**make_env("PYTHONPATH", "HOST", "PORT"), **env}
         self.model_url = f"http://127.0.0.1:{self.ports['SERVE_MODEL_PORT']}"
 
     def start(self) -> MakeServe:
         variables = [f"{name}={port}" for name, port in self.ports.items()]
-        # -o: never reinstall the shared virtual environment from inside the tests.
-        self.argv = ["make", "--no-print-directory", "-o", ".venv/.installed", "serve", *variables]
+        self.argv = make_command("serve", *variables)
         self.cwd = ROOT
         self.new_session = True
         super().start()
