@@ -37,13 +37,13 @@ from bench.load import LoadResult, Request, run_load
 from bench.run import gateway_counters, gateway_stats
 from bench.servers import (
     API_KEY,
-    MODEL_SRC,
-    ROOT,
-    Server,
-    service_path,
+    READY_SECONDS,
+    bench_path,
     start_gateway,
     start_model,
 )
+from harness.program import ROOT
+from harness.services import GATEWAY_SRC, MODEL_SRC, GatewayProcess, import_service
 
 STORES = ("sqlite", "postgresql")
 VERSIONS = ("base", "new")
@@ -78,7 +78,7 @@ def gateway_sources(base: str, new: str | None, work: Path) -> dict[str, Path]:
     """The gateway source folder of each version; ``new`` None is the working tree."""
     return {
         "base": export_gateway(base, work / "base"),
-        "new": ROOT / "services" / "gateway" if new is None else export_gateway(new, work / "new"),
+        "new": GATEWAY_SRC if new is None else export_gateway(new, work / "new"),
     }
 
 
@@ -209,8 +209,7 @@ def store_rounds(
                     argv = [sys.executable, "-m", "bench.gateway_ab", "--worker", store]
                     argv += [dsns[version], str(work / f"data-{version}")]
                     argv += [str(concurrency), str(seconds)]
-                    path = f"{service_path(sources[version])}{os.pathsep}{ROOT}"
-                    env = {**os.environ, "PYTHONPATH": path}
+                    env = {**os.environ, "PYTHONPATH": bench_path(sources[version])}
                     done = subprocess.run(
                         argv, env=env, cwd=ROOT, capture_output=True, text=True, check=True
                     )
@@ -251,7 +250,7 @@ def store_rounds(
 @dataclass
 class Setup:
     work: Path
-    gateways: dict[tuple[str, str], Server]
+    gateways: dict[tuple[str, str], GatewayProcess]
     dsns: dict[str, str]
     # 200s answered under measurement, per (version, store): each must have its row.
     acknowledged: dict[tuple[str, str], int]
@@ -270,23 +269,23 @@ def start_all(stack: ExitStack, work: Path, revisions: tuple[str, str | None]) -
     train.train_all(work / "models", ["iris"])
     model = start_model(work / "models", logs)
     stack.callback(model.stop)
-    model.wait_ready()
+    model.wait_ready(READY_SECONDS)
     setup = Setup(work, {}, {}, {})
     for version in VERSIONS:
         for store in STORES:
             name = f"gateway-{version}-{store}"
-            env = {"PYTHONPATH": service_path(sources[version])}
+            env: dict[str, str] = {}
             if store == "sqlite":
                 env["DATA_DIR"] = str(work / name)
             else:
                 dsn = postgres.create_database(name.replace("-", "_"))
                 setup.dsns[version] = env["DATABASE_URL"] = dsn
-            gateway = start_gateway(name, model.url, logs, **env)
+            gateway = start_gateway(name, model.url, logs, sources[version], **env)
             stack.callback(gateway.stop)
             setup.gateways[version, store] = gateway
             setup.acknowledged[version, store] = 0
     for gateway in setup.gateways.values():
-        gateway.wait_ready()
+        gateway.wait_ready(READY_SECONDS)
         # Warm-up: connections pooled, statements prepared, pages cached.
         run_load(predict_request(gateway.url), 8, 1, work)
     return setup
@@ -396,6 +395,5 @@ def rev(revision: str) -> str:
 
 
 if __name__ == "__main__":
-    # The service's package and the shared services/common, as in its image.
-    sys.path[:0] = [str(MODEL_SRC), str(MODEL_SRC.parent / "common")]
+    import_service(MODEL_SRC)
     sys.exit(main())

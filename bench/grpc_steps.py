@@ -23,7 +23,6 @@ median CPU µs per call. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -37,14 +36,13 @@ from bench.load import GrpcRequest, LoadResult, run_load
 from bench.run import GRPC_INFER, PROTO, grpc_infer_body, iris_rows, started
 from bench.servers import (
     MODEL_NAME,
-    MODEL_SRC,
-    ROOT,
-    Server,
-    service_path,
     start_grpc_echo,
+    start_grpc_only,
     start_model,
 )
 from harness.ports import free_port
+from harness.processes import LocalServer
+from harness.services import MODEL_SRC, import_service
 
 STEPS = ("messages", "parse", "score", "handler", "server")
 CONNECTIONS = 32
@@ -116,23 +114,19 @@ async def serve(step: str) -> None:
     await server.wait_for_termination()
 
 
-def start_step(step: str, model_dir: Path, log_dir: Path) -> Server:
+def start_step(step: str, model_dir: Path, log_dir: Path) -> LocalServer:
     port = free_port()
-    return Server(
+    return start_grpc_only(
         step,
         [sys.executable, "-m", "bench.grpc_steps", "serve", step],
-        "",
-        None,
-        log_dir=log_dir,
-        env={
-            "PYTHONPATH": f"{ROOT}{os.pathsep}{service_path(MODEL_SRC)}",
+        port,
+        log_dir,
+        {
             "MODEL_DIR": str(model_dir),
             "HOST": "127.0.0.1",
             "GRPC_PORT": str(port),
             "LOG_LEVEL": "warning",
         },
-        cwd=ROOT,
-        grpc_target=f"127.0.0.1:{port}",
     )
 
 
@@ -196,5 +190,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path[:0] = [str(MODEL_SRC), str(MODEL_SRC.parent / "common")]
+    import_service(MODEL_SRC)
     sys.exit(main())

@@ -34,15 +34,15 @@ from bench.run import (
 )
 from bench.servers import (
     MODEL_NAME,
-    MODEL_SRC,
-    ROOT,
-    Server,
     start_echo,
     start_gateway,
     start_grpc_echo,
     start_model,
     start_proxy,
 )
+from harness.processes import LocalServer
+from harness.program import ROOT
+from harness.services import MODEL_SRC, import_service
 
 RAW_DIR = ROOT / "build" / "profile"
 # Samples per second: enough for a 1 % share to be a few hundred samples in one run.
@@ -162,7 +162,7 @@ def profile(names: set[str] | None, seconds: float, out: Path) -> None:
         logs = work / "logs"
         logs.mkdir()
         model = stack.enter_context(started(start_model(model_dir, logs)))
-        servers: dict[str, Server] = {
+        servers: dict[str, LocalServer] = {
             "model": model,
             "echo": stack.enter_context(started(start_echo(logs))),
             "grpc-echo": stack.enter_context(started(start_grpc_echo(logs))),
@@ -247,5 +247,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path[:0] = [str(MODEL_SRC), str(MODEL_SRC.parent / "common")]
+    import_service(MODEL_SRC)
     sys.exit(main())

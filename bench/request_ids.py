@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.servers import GATEWAY_SRC
+from harness.services import GATEWAY_SRC, import_service
 
 
 def per_commit(make_id: Callable[[], str], rows: int, rows_per_commit: int) -> tuple[float, float]:
@@ -64,6 +64,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # The service's package and the shared services/common, as in its image.
-    sys.path[:0] = [str(GATEWAY_SRC), str(GATEWAY_SRC.parent / "common")]
+    import_service(GATEWAY_SRC)
     sys.exit(main())

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench import report
 from bench.load import GrpcRequest, Request, fdatasync_latency, ghz_path, run_load
@@ -40,9 +40,7 @@ from bench.servers import (
     API_KEY,
     MLSERVER_VENV,
     MODEL_NAME,
-    MODEL_SRC,
-    ROOT,
-    Server,
+    READY_SECONDS,
     http_call,
     start_echo,
     start_gateway,
@@ -54,6 +52,9 @@ from bench.servers import (
 )
 from harness.http import request
 from harness.metrics import samples
+from harness.processes import LocalServer
+from harness.program import ROOT
+from harness.services import MODEL_SRC, import_service
 
 CONNECTIONS = (1, 32)
 BATCH_ROWS = (1, 32, 256)
@@ -63,6 +64,7 @@ PROGRAM_SCENARIOS = ("dev", "prod", "dev-100-replicas", "dev-100-replicas-20-ser
 RESULTS_DIR = ROOT / "bench" / "results"
 PROTO = MODEL_SRC / "mlstack_model" / "proto" / "open_inference.proto"
 GRPC_INFER = "inference.GRPCInferenceService/ModelInfer"
+ServerT = TypeVar("ServerT", bound=LocalServer)
 
 
 @dataclass
@@ -151,9 +153,9 @@ def requests_for(
 
 
 @contextmanager
-def started(server: Server) -> Iterator[Server]:
+def started(server: ServerT) -> Iterator[ServerT]:
     try:
-        yield server.wait_ready()
+        yield server.wait_ready(READY_SECONDS)
     finally:
         server.stop()
 
@@ -512,6 +514,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # The model's package and the shared services/common, as in its image.
-    sys.path[:0] = [str(MODEL_SRC), str(MODEL_SRC.parent / "common")]
+    import_service(MODEL_SRC)
     sys.exit(main())

@@ -7,21 +7,21 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
 from harness.http import request
-from harness.poll import poll
 from harness.ports import free_port
-from harness.processes import LocalProcess
+from harness.processes import LocalServer
+from harness.program import ROOT
+from harness.services import GATEWAY_SRC, MODEL_SRC, GatewayProcess, ModelProcess, import_path
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL_SRC = ROOT / "services" / "model"
-GATEWAY_SRC = ROOT / "services" / "gateway"
-MLSERVER_VENV = ROOT / ".venv-mlserver"
-API_KEY = "bench-key"
-MODEL_NAME = "iris"
+MLSERVER_VENV: Final = ROOT / ".venv-mlserver"
+API_KEY: Final = "bench-key"
+MODEL_NAME: Final = "iris"
+# How long a server gets to answer as ready once started.
+READY_SECONDS: Final = 120.0
 
 
 def http_call(
@@ -39,122 +39,71 @@ def http_call(
         return reply.status, None
 
 
-class Server(LocalProcess):
-    """A server process in a session of its own, logging to a file, started on construction."""
+class GrpcOnlyServer(LocalServer):
+    """A server with a gRPC side alone: ready once it accepts a connection."""
 
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        url: str,
-        ready_path: str | None,
-        *,
-        log_dir: Path,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-        grpc_target: str | None = None,
-    ) -> None:
-        # The server's own session, so that stop() reaches the workers uvicorn or MLServer fork.
-        super().__init__(
-            name,
-            argv,
-            log_dir / f"{name}.log",
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-            new_session=True,
-        )
-        self.url = url
-        # host:port of the server's gRPC side, if it has one.
-        self.grpc_target = grpc_target
-        # Where the server serves /metrics, when on a port of its own.
-        self.metrics_url: str | None = None
-        self._ready_path = ready_path
-        self.start()
-
-    def log_tail(self, lines: int = 30) -> str:
-        return super().log_tail(lines)
-
-    def _answers(self) -> bool:
-        if self._ready_path is None:
-            # gRPC only: ready once it accepts a connection.
-            assert self.grpc_target is not None
-            with grpc.insecure_channel(self.grpc_target) as channel:
-                try:
-                    grpc.channel_ready_future(channel).result(timeout=2)
-                    return True
-                except grpc.FutureTimeoutError:
-                    return False
-        try:
-            status, _ = http_call("GET", self.url + self._ready_path, timeout=2)
-        except OSError:
-            return False
-        return status == 200
-
-    def wait_ready(self, timeout: float = 120.0) -> Server:
-        process = self.process
-        assert process is not None, f"{self.name} was never started"
-        ready = poll(lambda: process.poll() is not None or self._answers(), timeout, interval=0.1)
-        if process.returncode is not None:
-            raise RuntimeError(f"{self.name} exited with {process.returncode}:\n{self.log_tail()}")
-        if not ready:
-            raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
-        return self
+    def ready(self) -> bool:
+        assert self.grpc_target is not None
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=2)
+                return True
+            except grpc.FutureTimeoutError:
+                return False
 
 
-def service_path(src: Path) -> str:
-    """The PYTHONPATH of the service in ``src``: its folder and the shared services/common
-    beside it, as in its image."""
-    return os.pathsep.join((str(src), str(src.parent / "common")))
-
-
-def _uvicorn_env(src: Path, port: int) -> dict[str, str]:
-    return {"PYTHONPATH": service_path(src), "HOST": "127.0.0.1", "PORT": str(port)}
-
-
-def start_model(model_dir: Path, log_dir: Path) -> Server:
-    port, grpc_port = free_port(), free_port()
-    return Server(
-        "model",
-        [sys.executable, "-m", "mlstack_model"],
-        f"http://127.0.0.1:{port}",
-        "/v2/health/ready",
-        log_dir=log_dir,
-        env={
-            **_uvicorn_env(MODEL_SRC, port),
-            "GRPC_PORT": str(grpc_port),
-            "MODEL_DIR": str(model_dir),
-            "LOG_LEVEL": "warning",
-        },
-        grpc_target=f"127.0.0.1:{grpc_port}",
-    )
-
-
-def start_gateway(name: str, model_url: str, log_dir: Path, **env: str) -> Server:
-    port = free_port()
-    metrics_port = free_port()
-    server = Server(
+def _server(
+    name: str,
+    argv: Sequence[str],
+    url: str,
+    ready_path: str,
+    *,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    grpc_target: str | None = None,
+    kind: type[LocalServer] = LocalServer,
+) -> LocalServer:
+    """A server process, started, in a session of its own: stopping it reaches the workers
+    uvicorn or MLServer fork."""
+    server = kind(
         name,
-        [sys.executable, "-m", "mlstack_gateway"],
-        f"http://127.0.0.1:{port}",
-        "/readyz",
-        log_dir=log_dir,
-        env={
-            **_uvicorn_env(GATEWAY_SRC, port),
-            "MODEL_URL": model_url,
-            "METRICS_PORT": str(metrics_port),
-            "MLSTACK_API_KEY": API_KEY,
-            "LOG_LEVEL": "warning",
-            **env,
-        },
+        argv,
+        log_dir / f"{name}.log",
+        url,
+        ready_path=ready_path,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        new_session=True,
+        grpc_target=grpc_target,
     )
-    server.metrics_url = f"http://127.0.0.1:{metrics_port}"
-    return server
+    return server.start()
 
 
-def _bare_asgi(name: str, app: str, log_dir: Path, env: dict[str, str] | None = None) -> Server:
+def bench_path(src: Path) -> str:
+    """The PYTHONPATH of a server from bench/ that imports the service in ``src``."""
+    return os.pathsep.join((str(ROOT), *import_path(src)))
+
+
+def start_model(model_dir: Path, log_dir: Path) -> ModelProcess:
+    """The model server, started, not yet ready."""
+    env = {"LOG_LEVEL": "warning"}
+    return ModelProcess(model_dir, log_dir, env, name="model", new_session=True).start()
+
+
+def start_gateway(
+    name: str, model_url: str, log_dir: Path, src: Path = GATEWAY_SRC, **env: str
+) -> GatewayProcess:
+    """The gateway from the folder ``src``, started, not yet ready."""
+    settings = {"MLSTACK_API_KEY": API_KEY, "LOG_LEVEL": "warning", **env}
+    gateway = GatewayProcess(model_url, log_dir, settings, src=src, name=name, new_session=True)
+    return gateway.start()
+
+
+def _bare_asgi(name: str, app: str, log_dir: Path, env: dict[str, str]) -> LocalServer:
     """A bench-only ASGI app from bench/ under the same uvicorn settings as the model server."""
     port = free_port()
-    return Server(
+    return _server(
         name,
         [
             sys.executable,
@@ -177,33 +126,39 @@ def _bare_asgi(name: str, app: str, log_dir: Path, env: dict[str, str] | None = 
     )
 
 
-def start_echo(log_dir: Path) -> Server:
+def start_echo(log_dir: Path) -> LocalServer:
     """The ceiling: a bare ASGI app that answers with the request's body."""
-    env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{service_path(GATEWAY_SRC)}"}
-    return _bare_asgi("echo", "bench.echo:app", log_dir, env)
+    return _bare_asgi("echo", "bench.echo:app", log_dir, {"PYTHONPATH": bench_path(GATEWAY_SRC)})
 
 
-def start_proxy(model_url: str, log_dir: Path) -> Server:
+def start_proxy(model_url: str, log_dir: Path) -> LocalServer:
     """The hop's floor: forwards to the model with the gateway's HTTP client, nothing else."""
-    env = {
-        "PROXY_MODEL_URL": model_url,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{service_path(GATEWAY_SRC)}",
-    }
+    env = {"PROXY_MODEL_URL": model_url, "PYTHONPATH": bench_path(GATEWAY_SRC)}
     return _bare_asgi("proxy", "bench.proxy:app", log_dir, env)
 
 
-def start_grpc_echo(log_dir: Path) -> Server:
-    """The gRPC ceiling: a bare grpc.aio server that answers every call with a fixed answer."""
-    port = free_port()
-    return Server(
-        "grpc-echo",
-        [sys.executable, "-m", "bench.grpc_echo", str(port)],
+def start_grpc_only(
+    name: str, argv: Sequence[str], port: int, log_dir: Path, env: Mapping[str, str]
+) -> LocalServer:
+    """A gRPC server from bench/ that imports the model's code, serving on ``port``."""
+    return _server(
+        name,
+        argv,
         "",
-        None,
+        "",
         log_dir=log_dir,
-        env={"PYTHONPATH": f"{ROOT}{os.pathsep}{service_path(MODEL_SRC)}"},
+        env={"PYTHONPATH": bench_path(MODEL_SRC), **env},
         cwd=ROOT,
         grpc_target=f"127.0.0.1:{port}",
+        kind=GrpcOnlyServer,
+    )
+
+
+def start_grpc_echo(log_dir: Path) -> LocalServer:
+    """The gRPC ceiling: a bare grpc.aio server that answers every call with a fixed answer."""
+    port = free_port()
+    return start_grpc_only(
+        "grpc-echo", [sys.executable, "-m", "bench.grpc_echo", str(port)], port, log_dir, {}
     )
 
 
@@ -235,12 +190,12 @@ def write_mlserver_config(folder: Path, model_file: Path, version: str) -> tuple
     return http_port, grpc_port
 
 
-def start_mlserver(folder: Path, ports: tuple[int, int], log_dir: Path) -> Server:
+def start_mlserver(folder: Path, ports: tuple[int, int], log_dir: Path) -> LocalServer:
     http_port, grpc_port = ports
     mlserver = MLSERVER_VENV / "bin" / "mlserver"
     if not mlserver.exists():
         raise RuntimeError(f"{mlserver} missing: `make bench` installs it")
-    return Server(
+    return _server(
         "mlserver",
         [str(mlserver), "start", str(folder)],
         f"http://127.0.0.1:{http_port}",

@@ -152,3 +152,39 @@ class LocalProcess:
         assert self.process is not None
         self.process.kill()
         self.process.wait()
+
+
+class LocalServer(LocalProcess):
+    """A LocalProcess serving HTTP at `url`, ready once a GET of `ready_path` there answers 200;
+    with its gRPC target and the URL of its /metrics when it has them."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        url: str,
+        *,
+        ready_path: str = "/",
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        new_session: bool = False,
+        grpc_target: str | None = None,
+    ) -> None:
+        super().__init__(name, argv, log_path, env=env, cwd=cwd, new_session=new_session)
+        self.url = url
+        self.ready_path = ready_path
+        # host:port of its gRPC side, if it has one.
+        self.grpc_target = grpc_target
+        # Where it serves /metrics, when on a port of its own.
+        self.metrics_url: str | None = None
+
+    def ready(self) -> bool:
+        """Whether it answers as ready now."""
+        return answers(self.url + self.ready_path)
+
+    def wait_ready(self, timeout: float = 60.0) -> Self:
+        """Wait until it is ready; a RuntimeError with its log if it exits first or `timeout`
+        seconds pass."""
+        self.wait_for("ready", self.ready, timeout)
+        return self

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harness.postgres import PostgresServer
-from tests.services.support import (
-    COMMON_SRC,
+from harness.services import (
     GATEWAY_SRC,
     MODEL_SRC,
     ModelProcess,
     ServiceProcess,
-    slow_model_server,
+    import_service,
     start_gateway,
     start_model,
 )
+from tests.services.support import slow_model_server
 
 # The services are top-level packages in their own folders (as in their images).
-for src in (MODEL_SRC, GATEWAY_SRC, COMMON_SRC):
-    if str(src) not in sys.path:
-        sys.path.insert(0, str(src))
+import_service(MODEL_SRC)
+import_service(GATEWAY_SRC)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.services.support import ServiceProcess, port_of
+from harness.services import ServiceProcess
+from tests.services.support import port_of
 
 
 @dataclass

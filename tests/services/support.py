@@ -1,5 +1,6 @@
-"""Helpers for the service tests: real processes on 127.0.0.1, a real PostgreSQL, plain HTTP and
-HTTPS from certificates the openssl CLI makes."""
+"""Helpers for the service tests, beside harness.services (the services as real processes on
+127.0.0.1): `make serve` as a user runs it, servers that stall, the gateway's history and
+metrics, rows written straight to its database, HTTPS from certificates the openssl CLI makes."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -20,20 +19,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from harness.http import Reply, answers, request
+from harness.http import Reply, request
 from harness.make import make_command, make_env
 from harness.metrics import metric_value
 from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import query
-from harness.processes import LocalProcess, group_alive
-
-ROOT = Path(__file__).resolve().parents[2]
-MODEL_SRC = ROOT / "services" / "model"
-GATEWAY_SRC = ROOT / "services" / "gateway"
-# The code both services share; on each one's path, as in their images.
-COMMON_SRC = ROOT / "services" / "common"
-API_KEY = "test-key"
+from harness.processes import LocalServer, group_alive
+from harness.program import ROOT
+from harness.services import API_KEY, ServiceProcess
 
 
 def self_signed_certificate(folder: Path, name: str = "mlstack-gateway-test") -> tuple[Path, Path]:
@@ -77,79 +71,7 @@ def predict(gateway_url: str, instances: Any, key: str | None = API_KEY) -> Repl
     return request("POST", f"{gateway_url}/api/v1/predict", {"instances": instances}, headers)
 
 
-class ServiceProcess(LocalProcess):
-    """A service started as ``python -m <module>`` with the given environment."""
-
-    def __init__(
-        self, module: str, src: Path, env: Mapping[str, str], port: int, log_dir: Path
-    ) -> None:
-        environment = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join((str(src), str(COMMON_SRC))),
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            **env,
-        }
-        super().__init__(
-            module,
-            [sys.executable, "-m", module],
-            log_dir / f"{module}-{port}.log",
-            env=environment,
-            cwd=src,
-        )
-        self.module = module
-        self.src = src
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        # Where the service serves /metrics, when on a port of its own.
-        self.metrics_url: str | None = None
-
-    def start(self) -> ServiceProcess:
-        super().start()
-        return self
-
-    def wait_until(self, path: str, timeout: float = 60.0, status: int = 200) -> None:
-        self.wait_for(f"answering {path}", lambda: answers(self.url + path, status), timeout)
-
-
-class ModelProcess(ServiceProcess):
-    """The model server: REST on ``url``, gRPC on ``grpc_target``."""
-
-    def __init__(
-        self, model_dir: Path, log_dir: Path, port: int, grpc_port: int, env: Mapping[str, str]
-    ) -> None:
-        settings = {"MODEL_DIR": str(model_dir), "GRPC_PORT": str(grpc_port), **env}
-        super().__init__("mlstack_model", MODEL_SRC, settings, port, log_dir)
-        self.grpc_port = grpc_port
-        self.grpc_target = f"127.0.0.1:{grpc_port}"
-
-
-def start_model(
-    model_dir: Path, log_dir: Path, port: int | None = None, **env: str
-) -> ModelProcess:
-    service = ModelProcess(model_dir, log_dir, port or free_port(), free_port(), env)
-    service.start().wait_until("/v2/health/ready")
-    return service
-
-
-def start_gateway(model_url: str, log_dir: Path, wait: bool = True, **env: str) -> ServiceProcess:
-    settings = {
-        "MODEL_URL": model_url,
-        "MLSTACK_API_KEY": API_KEY,
-        "METRICS_PORT": str(free_port()),
-        **env,
-    }
-    if "DATABASE_URL" not in settings and "DATA_DIR" not in settings:
-        settings["DATA_DIR"] = tempfile.mkdtemp(prefix="gateway-", dir=log_dir)
-    service = ServiceProcess("mlstack_gateway", GATEWAY_SRC, settings, free_port(), log_dir)
-    service.metrics_url = f"http://127.0.0.1:{settings['METRICS_PORT']}"
-    service.start()
-    if wait:
-        service.wait_until("/readyz")
-    return service
-
-
-class MakeServe(ServiceProcess):
+class MakeServe(LocalServer):
     """`make serve` as a user runs it: from the repository root, in a process group of its own
     as a terminal's foreground job, on free ports given as the target's make variables. ``url``
     is the gateway, ``model_url`` the model's REST port."""
@@ -161,23 +83,23 @@ class MakeServe(ServiceProcess):
             "SERVE_MODEL_PORT": free_port(),
             "SERVE_MODEL_GRPC_PORT": free_port(),
         }
-        super().__init__("make-serve", ROOT, {}, self.ports["SERVE_GATEWAY_PORT"], log_dir)
-        # A user's shell: nothing of this process's import path, settings or outer make.
-        self.env = {**make_env("PYTHONPATH", "HOST", "PORT"), **env}
+        gateway_port = self.ports["SERVE_GATEWAY_PORT"]
+        super().__init__(
+            "make-serve",
+            make_command("serve", *(f"{name}={port}" for name, port in self.ports.items())),
+            log_dir / f"make-serve-{gateway_port}.log",
+            f"http://127.0.0.1:{gateway_port}",
+            ready_path="/readyz",
+            # A user's shell: nothing of this process's import path, settings or outer make.
+            env={**make_env("PYTHONPATH", "HOST", "PORT"), **env},
+            cwd=ROOT,
+            new_session=True,
+        )
         self.model_url = f"http://127.0.0.1:{self.ports['SERVE_MODEL_PORT']}"
-
-    def start(self) -> MakeServe:
-        variables = [f"{name}={port}" for name, port in self.ports.items()]
-        self.argv = make_command("serve", *variables)
-        self.cwd = ROOT
-        self.new_session = True
-        super().start()
-        return self
 
     def interrupt(self) -> None:
         """Ctrl-C: SIGINT to the whole foreground process group, as a terminal sends it."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGINT)
+        os.killpg(self.pid, signal.SIGINT)
 
     def group_alive(self) -> bool:
         """Whether any process of the group (make, its shell, either service) is left."""

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from components.image import SHARED_DOCKERFILE_SERVICES, dockerfile
-from tests.services.support import ROOT
+from harness.program import ROOT
 
 SERVICES = {"model": "mlstack_model", "gateway": "mlstack_gateway"}
 SHARED_STAGE = "service"

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from harness.http import Reply, request
-from tests.services.support import API_KEY, ServiceProcess, predict
+from harness.services import API_KEY, ServiceProcess
+from tests.services.support import predict
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]

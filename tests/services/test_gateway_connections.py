@@ -14,17 +14,15 @@ import pytest
 
 from harness.http import request
 from harness.poll import eventually
+from harness.services import API_KEY, ServiceProcess, start_gateway
 from tests.services.hostile import raw_request, seconds_until_closed
 from tests.services.support import (
-    API_KEY,
-    ServiceProcess,
     fill_with_copies,
     metric,
     port_of,
     predict,
     self_signed_certificate,
     serves_https,
-    start_gateway,
 )
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]

@@ -18,7 +18,8 @@ import pytest
 
 from harness.http import request
 from harness.postgres import PostgresServer, query, running_postgres
-from tests.services.support import API_KEY, ServiceProcess, predict, start_gateway
+from harness.services import API_KEY, ServiceProcess, start_gateway
+from tests.services.support import predict
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 PREDICTORS = 12

@@ -13,7 +13,8 @@ import pytest
 
 from components import database
 from harness.postgres import PostgresServer, query
-from tests.services.support import ServiceProcess, predict, start_gateway
+from harness.services import ServiceProcess, start_gateway
+from tests.services.support import predict
 
 ROLE = "gateway_password"
 PASSWORD = "Xk3v/Qm7p@Lw2R:t8Zy%4aHs+Ab9C=dEf1?Gh2J#Kl3M'Np4Q\\Rs5T"

@@ -22,15 +22,9 @@ from harness.http import request
 from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer, query
-from tests.services.support import (
-    API_KEY,
-    GATEWAY_SRC,
-    ROOT,
-    ServiceProcess,
-    predict,
-    read_until_listed,
-    start_gateway,
-)
+from harness.program import ROOT
+from harness.services import API_KEY, GATEWAY_SRC, ServiceProcess, start_gateway
+from tests.services.support import predict, read_until_listed
 
 ROLES_SQL = ROOT / "services" / "database" / "roles.sql"
 OWNER = "mlstack"
@@ -450,8 +444,8 @@ def test_an_older_schema_keeps_the_gateway_unready_until_its_migrations_have_run
         DATABASE_MIGRATE="false",
     )
     try:
-        gateway.wait_until("/healthz")
-        gateway.wait_until("/readyz", status=503)
+        gateway.wait_for_url(gateway.url + "/healthz")
+        gateway.wait_for_url(gateway.url + "/readyz", status=503)
         unready = request("GET", f"{gateway.url}/readyz")
         assert unready.json() == {
             "ready": False,
@@ -459,7 +453,7 @@ def test_an_older_schema_keeps_the_gateway_unready_until_its_migrations_have_run
         }
         status, output = run_migrate(log_dir, cluster.owner_url_file(dbname))
         assert status == 0, output
-        gateway.wait_until("/readyz")
+        gateway.wait_ready()
         reply = predict(gateway.url, [SETOSA])
         assert reply.status == 200, reply.body
     finally:

@@ -14,15 +14,9 @@ import pytest
 
 from harness.http import Reply, request
 from harness.postgres import PostgresServer
+from harness.services import API_KEY, ServiceProcess, start_gateway
 from tests.services.hostile import Raw, burst, memory_mib, pid_of, raw_request
-from tests.services.support import (
-    API_KEY,
-    ServiceProcess,
-    fill_with_copies,
-    port_of,
-    predict,
-    start_gateway,
-)
+from tests.services.support import fill_with_copies, port_of, predict
 
 # The gateway's pod limit (components/app.py).
 POD_MEMORY_LIMIT_MIB = 256

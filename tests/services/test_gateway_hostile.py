@@ -25,23 +25,19 @@ import pytest
 from harness.http import request
 from harness.poll import eventually, poll
 from harness.ports import free_port
+from harness.services import API_KEY, GATEWAY_SRC, ServiceProcess, start_gateway, start_model
 from tests.services.hostile import (
     assert_burst_shed_within,
     exchange,
     raw_request,
 )
 from tests.services.support import (
-    API_KEY,
-    GATEWAY_SRC,
-    ServiceProcess,
     https,
     port_of,
     predict,
     self_signed_certificate,
     serves_https,
     silent_server,
-    start_gateway,
-    start_model,
 )
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -96,7 +92,7 @@ def test_a_full_gateway_sheds_at_once_and_still_answers_probes(log_dir: Path) ->
             MODEL_TIMEOUT_SECONDS="3",
         )
         try:
-            gateway.wait_until("/healthz")
+            gateway.wait_for_url(gateway.url + "/healthz")
             with ThreadPoolExecutor(max_workers=2) as pool:
                 held = [pool.submit(predict, gateway.url, [SETOSA]) for _ in range(2)]
                 time.sleep(0.5)

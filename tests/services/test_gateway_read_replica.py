@@ -12,15 +12,8 @@ import pytest
 
 from harness.poll import eventually
 from harness.postgres import PostgresServer, query
-from tests.services.support import (
-    FreezableProxy,
-    ServiceProcess,
-    listed,
-    metric,
-    predict,
-    read_until_listed,
-    start_gateway,
-)
+from harness.services import ServiceProcess, start_gateway
+from tests.services.support import FreezableProxy, listed, metric, predict, read_until_listed
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 DATABASE = "read_replica"

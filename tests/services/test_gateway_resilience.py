@@ -15,14 +15,8 @@ from harness.http import request
 from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer, query
-from tests.services.support import (
-    GATEWAY_SRC,
-    ServiceProcess,
-    predict,
-    silent_server,
-    start_gateway,
-    start_model,
-)
+from harness.services import GATEWAY_SRC, ServiceProcess, start_gateway, start_model
+from tests.services.support import predict, silent_server
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 
@@ -69,7 +63,7 @@ def test_503_says_when_to_retry_and_an_open_breaker_says_how_long_it_stays_open(
         BREAKER_RESET_SECONDS="5",
     )
     try:
-        gateway.wait_until("/healthz")
+        gateway.wait_for_url(gateway.url + "/healthz")
         refused = predict(gateway.url, [SETOSA])  # the failure that opens the breaker
         assert refused.status == 503
         assert refused.headers["retry-after"] == "1"
@@ -86,7 +80,7 @@ def test_hung_model_times_out_with_503(log_dir: Path) -> None:
     with silent_server() as url:
         gateway = start_gateway(url, log_dir, wait=False, MODEL_TIMEOUT_SECONDS="0.4")
         try:
-            gateway.wait_until("/healthz")
+            gateway.wait_for_url(gateway.url + "/healthz")
             started = time.monotonic()
             reply = predict(gateway.url, [SETOSA])
             assert reply.status == 503
@@ -141,7 +135,7 @@ def test_replicas_starting_together_migrate_once(
     ]
     try:
         for gateway in gateways:
-            gateway.wait_until("/readyz")
+            gateway.wait_ready()
         for gateway in gateways:
             assert predict(gateway.url, [SETOSA]).status == 200
     finally:

@@ -11,15 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.services.support import (
-    ServiceProcess,
-    https,
-    metric,
-    port_of,
-    self_signed_certificate,
-    serves_https,
-    start_gateway,
-)
+from harness.services import ServiceProcess, start_gateway
+from tests.services.support import https, metric, port_of, self_signed_certificate, serves_https
 
 Pair = tuple[Path, Path]
 RELOADS = "mlstack_gateway_tls_reloads_total"

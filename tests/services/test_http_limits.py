@@ -16,6 +16,7 @@ import pytest
 
 from harness.http import request
 from harness.poll import poll
+from harness.services import API_KEY, ModelProcess, ServiceProcess, start_gateway, start_model
 from tests.services.hostile import (
     exchange,
     memory_mib,
@@ -25,14 +26,7 @@ from tests.services.hostile import (
     send_64_mb_header,
     send_and_wait_for_close,
 )
-from tests.services.support import (
-    API_KEY,
-    ModelProcess,
-    ServiceProcess,
-    port_of,
-    start_gateway,
-    start_model,
-)
+from tests.services.support import port_of
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.http import answers
 from tests.services.support import MakeServe, predict
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -54,8 +53,8 @@ def test_make_serve_answers_through_the_gateway_and_a_stop_ends_both(
     serve.env.pop("DATABASE_URL", None)
     serve.start()
     try:
-        serve.wait_for("serving the model", lambda: answers(serve.model_url + "/v2/health/ready"))
-        serve.wait_until("/readyz")
+        serve.wait_for_url(serve.model_url + "/v2/health/ready")
+        serve.wait_ready()
 
         reply = predict(serve.url, [SETOSA], key="dev-key")
         assert reply.status == 200, reply.body

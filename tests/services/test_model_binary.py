@@ -16,7 +16,7 @@ from sklearn.datasets import load_iris
 from tritonclient.utils import InferenceServerException
 
 from harness.http import Reply, request
-from tests.services.support import ModelProcess
+from harness.services import ModelProcess
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]

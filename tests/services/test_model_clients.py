@@ -13,7 +13,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from harness.http import request
-from tests.services.support import ModelProcess, start_model
+from harness.services import ModelProcess, start_model
 from tools import oip_check
 
 

@@ -22,8 +22,7 @@ from sklearn.datasets import load_iris
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from harness.ports import free_port
-from tests.services.support import MODEL_SRC, ModelProcess, start_model
+from harness.services import MODEL_SRC, ModelProcess, start_model
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]
@@ -423,7 +422,7 @@ def test_a_taken_grpc_port_stops_the_start_up(model_dir: Path, log_dir: Path) ->
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        service = ModelProcess(model_dir, log_dir, free_port(), port, {})
+        service = ModelProcess(model_dir, log_dir, grpc_port=port)
         service.start()
         assert service.wait(timeout=60) != 0
     assert f"cannot listen for gRPC on 127.0.0.1:{port}" in service.log_tail()

@@ -28,6 +28,7 @@ from tritonclient.grpc import service_pb2 as pb
 from harness.http import request
 from harness.poll import eventually
 from harness.ports import free_port
+from harness.services import MODEL_SRC, ModelProcess, ServiceProcess, start_model
 from tests.services.hostile import (
     Raw,
     assert_burst_shed_within,
@@ -37,13 +38,7 @@ from tests.services.hostile import (
     raw_request,
     read_answer,
 )
-from tests.services.support import (
-    MODEL_SRC,
-    ModelProcess,
-    ServiceProcess,
-    port_of,
-    start_model,
-)
+from tests.services.support import port_of
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 INFER_PATH = "/v2/models/iris/infer"

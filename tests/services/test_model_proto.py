@@ -12,7 +12,7 @@ from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 from tritonclient.grpc import service_pb2 as upstream
 
-from tests.services.support import MODEL_SRC
+from harness.services import MODEL_SRC
 
 PROTO = "mlstack_model/proto/open_inference.proto"
 GENERATED = ("open_inference_pb2.py", "open_inference_pb2.pyi")

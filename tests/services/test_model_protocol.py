@@ -11,7 +11,7 @@ from mlstack_model import artifacts
 from sklearn.datasets import load_iris
 
 from harness.http import Reply, request
-from tests.services.support import ServiceProcess, start_model
+from harness.services import ServiceProcess, start_model
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]

@@ -1,0 +1,151 @@
+"""The model and the gateway as local processes, as their images run them: `python -m` of the
+service's package from its folder, with the code both services share (services/common) on its
+import path, on free ports of 127.0.0.1. What the service tests and the benchmarks start."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+from harness.ports import LOOPBACK, free_port
+from harness.processes import LocalServer
+from harness.program import ROOT
+
+MODEL_SRC: Final = ROOT / "services" / "model"
+GATEWAY_SRC: Final = ROOT / "services" / "gateway"
+# The gateway's API key, unless the caller sets MLSTACK_API_KEY.
+API_KEY: Final = "test-key"
+
+
+def import_path(src: Path) -> list[str]:
+    """The import path of the service in `src`: its folder and the shared services/common
+    beside it, as in its image."""
+    return [str(src), str(src.parent / "common")]
+
+
+def import_service(src: Path) -> None:
+    """Make the service in `src` importable in this process, ahead of the rest of its path."""
+    sys.path[:0] = [folder for folder in import_path(src) if folder not in sys.path]
+
+
+class ServiceProcess(LocalServer):
+    """A service started as `python -m <module>` from its folder `src`, on 127.0.0.1:`port`,
+    with `env` over this process's environment; named `name` (its module unless given), its
+    log in `log_dir`."""
+
+    def __init__(
+        self,
+        module: str,
+        src: Path,
+        env: Mapping[str, str],
+        port: int,
+        log_dir: Path,
+        *,
+        name: str | None = None,
+        ready_path: str = "/readyz",
+        new_session: bool = False,
+    ) -> None:
+        name = name or module
+        environment = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(import_path(src)),
+            "HOST": LOOPBACK,
+            "PORT": str(port),
+            **env,
+        }
+        super().__init__(
+            name,
+            [sys.executable, "-m", module],
+            log_dir / f"{name}-{port}.log",
+            f"http://{LOOPBACK}:{port}",
+            ready_path=ready_path,
+            env=environment,
+            cwd=src,
+            new_session=new_session,
+        )
+        self.module = module
+        self.src = src
+        self.port = port
+
+
+class ModelProcess(ServiceProcess):
+    """The model server on `model_dir`: REST on `url`, gRPC on `grpc_target` (`port` and
+    `grpc_port`, free ones unless given); `env` its settings."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        port: int | None = None,
+        grpc_port: int | None = None,
+        name: str | None = None,
+        new_session: bool = False,
+    ) -> None:
+        grpc_port = grpc_port or free_port()
+        settings = {"MODEL_DIR": str(model_dir), "GRPC_PORT": str(grpc_port), **(env or {})}
+        super().__init__(
+            "mlstack_model",
+            MODEL_SRC,
+            settings,
+            port or free_port(),
+            log_dir,
+            name=name,
+            ready_path="/v2/health/ready",
+            new_session=new_session,
+        )
+        self.grpc_port = grpc_port
+        self.grpc_target: str = f"{LOOPBACK}:{grpc_port}"
+
+
+class GatewayProcess(ServiceProcess):
+    """The gateway in front of `model_url`, its /metrics on a port of their own; `env` its
+    settings, a SQLite file in `log_dir` unless they name a database. `src`: the gateway's
+    folder (another version's, say)."""
+
+    def __init__(
+        self,
+        model_url: str,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        src: Path = GATEWAY_SRC,
+        name: str | None = None,
+        new_session: bool = False,
+    ) -> None:
+        settings = {
+            "MODEL_URL": model_url,
+            "MLSTACK_API_KEY": API_KEY,
+            "METRICS_PORT": str(free_port()),
+            **(env or {}),
+        }
+        if "DATABASE_URL" not in settings and "DATA_DIR" not in settings:
+            settings["DATA_DIR"] = tempfile.mkdtemp(prefix="gateway-", dir=log_dir)
+        super().__init__(
+            "mlstack_gateway",
+            src,
+            settings,
+            free_port(),
+            log_dir,
+            name=name,
+            new_session=new_session,
+        )
+        self.metrics_url = f"http://{LOOPBACK}:{settings['METRICS_PORT']}"
+
+
+def start_model(
+    model_dir: Path, log_dir: Path, port: int | None = None, **env: str
+) -> ModelProcess:
+    """The model server, started and ready."""
+    return ModelProcess(model_dir, log_dir, env, port=port).start().wait_ready()
+
+
+def start_gateway(model_url: str, log_dir: Path, wait: bool = True, **env: str) -> GatewayProcess:
+    """The gateway, started (and, with `wait`, ready)."""
+    service = GatewayProcess(model_url, log_dir, env).start()
+    return service.wait_ready() if wait else service
