@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.postgres import PostgresServer
+from harness.postgres import PostgresServer, postgres_bindir, running_postgres
 from harness.services import (
     GATEWAY_SRC,
     MODEL_SRC,
@@ -46,15 +46,23 @@ def model_server(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
     service.stop()
 
 
+@pytest.fixture(scope="module")
+def model_v1(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
+    """The model server serving version v1, not the newest (MODEL_VERSION)."""
+    service = start_model(model_dir, log_dir, MODEL_VERSION="v1")
+    yield service
+    service.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     try:
-        server = PostgresServer()
+        postgres_bindir()
     except RuntimeError as exc:
+        # Missing server packages: how to install them, not a traceback.
         pytest.fail(str(exc), pytrace=False)
-    server.init().start()
-    yield server
-    server.destroy()
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

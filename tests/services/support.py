@@ -167,11 +167,22 @@ def silent_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{silent.getsockname()[1]}"
 
 
+def error_of(reply: Reply) -> str:
+    """The message of an error answer, whose body must hold nothing else."""
+    body = reply.json()
+    assert set(body) == {"error"}, body
+    message: str = body["error"]
+    return message
+
+
+def history(gateway: ServiceProcess, query: str = "", key: str = API_KEY) -> Reply:
+    """GET /api/v1/predictions`query` (a query string, "?limit=5" say), with API key `key`."""
+    return request("GET", f"{gateway.url}/api/v1/predictions{query}", headers={"X-API-Key": key})
+
+
 def listed(gateway: ServiceProcess) -> list[str]:
     """The request ids GET /api/v1/predictions lists, newest first; the read must answer 200."""
-    reply = request(
-        "GET", f"{gateway.url}/api/v1/predictions?limit=5", headers={"X-API-Key": API_KEY}
-    )
+    reply = history(gateway, "?limit=5")
     assert reply.status == 200, reply.body
     return [item["request_id"] for item in reply.json()["items"]]
 

@@ -10,21 +10,10 @@ import pytest
 
 from harness.http import Reply, request
 from harness.services import API_KEY, ServiceProcess
-from tests.services.support import predict
+from tests.services.support import error_of, history, predict
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]
-
-
-def error_of(reply: Reply) -> str:
-    body = reply.json()
-    assert set(body) == {"error"}, body
-    message: str = body["error"]
-    return message
-
-
-def history(gateway: ServiceProcess, query: str = "", key: str = API_KEY) -> Reply:
-    return request("GET", f"{gateway.url}/api/v1/predictions{query}", headers={"X-API-Key": key})
 
 
 def test_predict_answers_predictions_version_and_request_id(gateway: ServiceProcess) -> None:

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from harness.http import Reply, request
+from harness.http import Reply
 from harness.postgres import PostgresServer
 from harness.services import API_KEY, ServiceProcess, start_gateway
 from tests.services.hostile import Raw, burst, memory_mib, pid_of, raw_request
-from tests.services.support import fill_with_copies, port_of, predict
+from tests.services.support import fill_with_copies, history, port_of, predict
 
 # The gateway's pod limit (components/app.py).
 POD_MEMORY_LIMIT_MIB = 256
@@ -72,12 +72,6 @@ def paged(
         ids.append(reply.json()["request_id"])
     yield gateway, ids
     gateway.stop()
-
-
-def history(gateway: ServiceProcess, query_string: str) -> Reply:
-    return request(
-        "GET", f"{gateway.url}/api/v1/predictions{query_string}", headers={"X-API-Key": API_KEY}
-    )
 
 
 def all_pages(gateway: ServiceProcess, limit: int) -> list[Reply]:

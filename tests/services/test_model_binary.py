@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from harness.http import Reply, request
 from harness.services import ModelProcess
+from tests.services.support import error_of
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]
@@ -56,13 +57,6 @@ def binary_request(
 
 def post(server: ModelProcess, body: bytes, headers: dict[str, str], path: str = INFER) -> Reply:
     return request("POST", server.url + path, body, headers)
-
-
-def error_of(reply: Reply) -> str:
-    body = reply.json()
-    assert set(body) == {"error"}, body
-    message: str = body["error"]
-    return message
 
 
 def split(reply: Reply) -> tuple[dict[str, Any], bytes]:

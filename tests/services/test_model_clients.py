@@ -4,24 +4,14 @@ the same way over every transport."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import grpc
 import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from harness.http import request
-from harness.services import ModelProcess, start_model
+from harness.services import ModelProcess
 from tools import oip_check
-
-
-@pytest.fixture(scope="module")
-def model_v1(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
-    service = start_model(model_dir, log_dir, MODEL_VERSION="v1")
-    yield service
-    service.stop()
 
 
 def test_tritonclient_defaults_pass_against_the_default_version(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,8 @@ from mlstack_model import artifacts
 from sklearn.datasets import load_iris
 
 from harness.http import Reply, request
-from harness.services import ServiceProcess, start_model
+from harness.services import ServiceProcess
+from tests.services.support import error_of
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]
@@ -23,20 +23,6 @@ def tensor(data: Any, shape: Any, datatype: str = "FP64") -> dict[str, Any]:
 
 def infer(server: ServiceProcess, body: Any, path: str = "/v2/models/iris/infer") -> Reply:
     return request("POST", server.url + path, body)
-
-
-def error_of(reply: Reply) -> str:
-    body = reply.json()
-    assert set(body) == {"error"}, body
-    message: str = body["error"]
-    return message
-
-
-@pytest.fixture(scope="module")
-def model_v1(model_dir: Path, log_dir: Path) -> Iterator[ServiceProcess]:
-    service = start_model(model_dir, log_dir, MODEL_VERSION="v1")
-    yield service
-    service.stop()
 
 
 def test_server_is_live_and_ready(model_server: ServiceProcess) -> None:
