@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+import yaml
 
 from components import stack_file
 from harness.program import run_program
@@ -23,6 +24,13 @@ BACKUP_CONFIGS: Final[dict[str, tuple[str, dict[str, Any], bool]]] = {
 }
 # Everything the gate's bar holds for: each stack file, each backup configuration.
 GATED: Final = [*STACKS, *BACKUP_CONFIGS]
+
+
+def load(folder: Path, name: str) -> dict[str, Any]:
+    """The one object of the rendered manifest `name` in `folder`."""
+    document = yaml.safe_load((folder / name).read_text())
+    assert isinstance(document, dict)
+    return document
 
 
 @pytest.fixture(scope="session")

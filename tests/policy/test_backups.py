@@ -7,22 +7,14 @@ test_gate.py holds them to the same bar as the stacks. Here: what is particular 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from harness.program import TEST_SECRETS
-from tests.policy.conftest import BACKUP_CONFIGS
+from tests.policy.conftest import BACKUP_CONFIGS, load
 from tests.policy.test_gate import KEPT_ON_WORKLOADS
 from tests.unit.test_database_backup import BACKUP_TEST_SECRETS
 from tools import policy, render
-
-
-def load(folder: Path, name: str) -> dict[str, Any]:
-    document = yaml.safe_load((folder / name).read_text())
-    assert isinstance(document, dict)
-    return document
 
 
 def test_what_is_gated_has_the_backups(backups_rendered: dict[str, Path]) -> None:

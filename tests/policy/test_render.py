@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from harness.program import TEST_SECRETS, run_program
+from tests.policy.conftest import load
 from tools import policy, render
-
-
-def load(folder: Path, name: str) -> dict[str, Any]:
-    document = yaml.safe_load((folder / name).read_text())
-    assert isinstance(document, dict)
-    return document
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from components import pod
 from components.stack_file import stacks
 from harness.program import (
     TEST_SECRETS,
@@ -17,6 +16,7 @@ from harness.program import (
     stack_config,
 )
 from tests.unit.test_config_errors import config_error
+from tests.unit.test_secrets_digest import secrets_digest
 
 PREVIOUS = "the-key-being-replaced"
 PREVIOUS_FILE = "/etc/mlstack/secrets/api-key-previous"
@@ -29,11 +29,6 @@ def rotating(stack: str) -> dict[str, Any]:
 def gateway_env(run: ProgramRun) -> dict[str, str]:
     (container,) = run.one("Deployment", "gateway").inputs["spec"]["template"]["spec"]["containers"]
     return {e["name"]: e.get("value") for e in container["env"]}
-
-
-def secrets_digest(run: ProgramRun) -> str:
-    template = run.one("Deployment", "gateway").inputs["spec"]["template"]
-    return str(template["metadata"]["annotations"][pod.SECRETS_CHECKSUM])
 
 
 @pytest.fixture(scope="module", params=stacks())
@@ -71,7 +66,8 @@ def test_without_a_rotation_the_secret_has_no_previous_key() -> None:
 def test_adding_and_dropping_the_previous_key_rolls_the_gateway_only() -> None:
     before = run_program("dev")
     during = run_program("dev", rotating("dev"))
-    assert secrets_digest(during) != secrets_digest(before)
+    gateway = ("Deployment", "gateway")
+    assert secrets_digest(during, *gateway) != secrets_digest(before, *gateway)
 
     def others(run: ProgramRun) -> list[Any]:
         return [

@@ -25,6 +25,7 @@ from tests.unit.test_config_errors import EXISTING, config_error, dev_with
 from tests.unit.test_database_patroni import match, pod_spec
 from tests.unit.test_database_replicas import scaling
 from tests.unit.test_policy_pack import pack_findings
+from tests.unit.test_secrets_digest import secrets_digest
 
 S3: Final = {"endpoint": "https://s3.example.com:9000", "bucket": "mlstack-backups", "region": "r1"}
 CA: Final = "-----BEGIN CERTIFICATE-----\nMIIBbackupca\n-----END CERTIFICATE-----\n"
@@ -352,14 +353,10 @@ def test_no_secret_value_is_in_any_container_s_environment(prod_backups: Program
 def test_a_new_bucket_key_rolls_the_database_pods(prod_backups: ProgramRun) -> None:
     """Each container reads the secret files at its start: the keyed digest in the template
     covers the backup secrets too."""
-
-    def digest(run: ProgramRun) -> str:
-        template = run.one("StatefulSet", database.NAME).inputs["spec"]["template"]
-        return str(template["metadata"]["annotations"][pod.SECRETS_CHECKSUM])
-
     config = with_backup("prod", PROD_BACKUP, existing=True)
     config["mlstack:databaseBackupS3SecretKey"] = "another-backup-s3-secret-key"
-    assert digest(run_program("prod", config)) != digest(prod_backups)
+    renewed = secrets_digest(run_program("prod", config), "StatefulSet", database.NAME)
+    assert renewed != secrets_digest(prod_backups, "StatefulSet", database.NAME)
 
 
 def test_each_stack_has_a_folder_of_its_own_in_the_bucket(

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from components import database, pod
+from components import database
 from components.app import METRICS_PORT, POD_SECURITY_VERSION
 from components.config import GATEWAY_DRAIN_SECONDS, MODEL_DRAIN_SECONDS
 from components.microservice import SHUTDOWN_SECONDS
 from harness.program import ProgramRun, run_program, stack_config
 from tests.unit.test_config_errors import config_error
+from tests.unit.test_secrets_digest import secrets_digest
 from tests.unit.test_stacks import container
 from tools.policy import KUBERNETES_VERSIONS
 
@@ -75,12 +76,8 @@ def test_tls_from_stack_secrets_becomes_a_tls_secret() -> None:
     assert set(gateway) == {"api-key", "database-url", "database-read-url"}
     config["mlstack:gatewayTlsCert"] = CERT.replace("fake", "renewed")
     renewed = run_program("dev", config)
-
-    def digest(found: ProgramRun) -> str:
-        template = found.one("Deployment", "gateway").inputs["spec"]["template"]
-        return str(template["metadata"]["annotations"][pod.SECRETS_CHECKSUM])
-
-    assert digest(renewed) != digest(run)
+    gateway_pods = ("Deployment", "gateway")
+    assert secrets_digest(renewed, *gateway_pods) != secrets_digest(run, *gateway_pods)
     assert run.one("Service", "gateway").inputs["spec"]["ports"][0]["port"] == 443
 
 
