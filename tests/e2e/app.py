@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from components import database
 from e2e.controlplane import ControlPlane
@@ -21,6 +21,9 @@ PREDICT_PATH = "/api/v1/predict"
 HISTORY_PATH = "/api/v1/predictions?limit=20"
 BODY = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}).encode()
 APP_LABEL = "app.kubernetes.io/name"
+# The server closes each connection, so its side keeps the TIME_WAIT: the loads send thousands
+# of requests a minute, and a client that closed first would run out of local ports.
+CLOSE: Final = {"Connection": "close"}
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def _answer(
 ) -> Answer:
     now = time.monotonic()
     try:
-        reply = request(method, url, body, {"X-API-Key": key}, timeout)
+        reply = request(method, url, body, {"X-API-Key": key, **CLOSE}, timeout)
         if reply.status >= 300:
             error = reply.body.decode(errors="replace")[:300]
             retry_after = reply.headers.get("Retry-After", "")
