@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -80,23 +78,7 @@ class Bench(ClusterBench):
         )  # fmt: skip
 
     def freeze(self, primary: int) -> None:
-        listing = self.node.ctr("tasks", "ps", app.container_id(self.kube, primary)).stdout
-        pids = [int(line.split()[0]) for line in listing.splitlines()[1:] if line.strip()]
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            eventually(
-                lambda: any(
-                    role == database.PRIMARY and pod != database.pod_name(primary)
-                    for pod, role in app.roles(self.kube).items()
-                ),
-                "another instance labelled primary",
-                FREEZE_SECONDS,
-                interval=0.5,
-            )
-        finally:
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
+        app.frozen_until_replaced(self.node, self.kube, primary, FREEZE_SECONDS)
 
     def switchover(self, primary: int) -> None:
         (standby,) = [

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -14,7 +16,9 @@ from typing import Any, Final
 
 from components import database
 from e2e.controlplane import ControlPlane
+from e2e.node import Node
 from harness.http import request
+from harness.poll import eventually
 from tests.e2e.conftest import API_KEY, NAMESPACE
 
 PREDICT_PATH = "/api/v1/predict"
@@ -276,17 +280,42 @@ def settled(kube: ControlPlane, instances: int) -> bool:
     return ready_endpoints(kube, database.NAME) == {pod_ip(kube, leader)}
 
 
-def container_id(kube: ControlPlane, instance: int, container: str = "postgres") -> str:
-    """The containerd id of one container of a database instance (PostgreSQL's by default)."""
+def _container_status(kube: ControlPlane, instance: int, container: str) -> Any:
     found: Any = kube.get_json("pod", database.pod_name(instance), "-n", NAMESPACE)
     (status,) = [s for s in found["status"]["containerStatuses"] if s["name"] == container]
-    return str(status["containerID"].split("://", 1)[1])
+    return status
+
+
+def container_id(kube: ControlPlane, instance: int, container: str = "postgres") -> str:
+    """The containerd id of one container of a database instance (PostgreSQL's by default)."""
+    return str(_container_status(kube, instance, container)["containerID"].split("://", 1)[1])
 
 
 def restarts(kube: ControlPlane, instance: int, container: str = "postgres") -> int:
-    found: Any = kube.get_json("pod", database.pod_name(instance), "-n", NAMESPACE)
-    (status,) = [s for s in found["status"]["containerStatuses"] if s["name"] == container]
-    return int(status["restartCount"])
+    return int(_container_status(kube, instance, container)["restartCount"])
+
+
+def frozen_until_replaced(node: Node, kube: ControlPlane, primary: int, timeout: float) -> float:
+    """SIGSTOP to every process of the PostgreSQL container of instance `primary` until another
+    instance is labelled primary (at most `timeout` seconds), then SIGCONT; returns the seconds
+    until then."""
+    listing = node.ctr("tasks", "ps", container_id(kube, primary)).stdout.splitlines()[1:]
+    pids = [int(line.split()[0]) for line in listing if line.strip()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        return eventually(
+            lambda: any(
+                role == database.PRIMARY and pod != database.pod_name(primary)
+                for pod, role in roles(kube).items()
+            ),
+            "another instance labelled primary",
+            timeout,
+            interval=0.5,
+        )
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 # The kinds the program creates in the cluster, in an order `kubectl apply` can take them in.

@@ -24,8 +24,6 @@ import hashlib
 import hmac
 import json
 import math
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -1151,28 +1149,13 @@ def test_4t_d_a_frozen_primary_is_replaced_and_demotes_itself_when_thawed(
     is acknowledged by it after its lease (each acknowledged one is on the new primary)."""
     kube = control_plane
     ensure_database(workspace, kube, 3)
-    frozen: list[int] = []
 
     def freeze(primary: int) -> None:
-        listing = node.ctr("tasks", "ps", app.container_id(kube, primary)).stdout.splitlines()[1:]
-        frozen.extend(int(line.split()[0]) for line in listing if line.strip())
         restarts_before = app.restarts(kube, primary)
         start = time.monotonic()
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            TIMINGS["primary frozen -> another labelled primary"] = eventually(
-                lambda: any(
-                    role == database.PRIMARY and pod != database.pod_name(primary)
-                    for pod, role in app.roles(kube).items()
-                ),
-                "another instance labelled primary",
-                FREEZE_TIMEOUT,
-                interval=0.5,
-            )
-        finally:
-            for pid in frozen:
-                os.kill(pid, signal.SIGCONT)
+        TIMINGS["primary frozen -> another labelled primary"] = app.frozen_until_replaced(
+            node, kube, primary, FREEZE_TIMEOUT
+        )
         TIMINGS["primary frozen for"] = time.monotonic() - start
         eventually(
             lambda: app.roles(kube).get(database.pod_name(primary)) == database.REPLICA,
