@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal, TypeVar
 
 from harness.ports import LOOPBACK, free_port
 from harness.processes import LocalServer
@@ -19,6 +19,9 @@ MODEL_SRC: Final = ROOT / "services" / "model"
 GATEWAY_SRC: Final = ROOT / "services" / "gateway"
 # The gateway's API key, unless the caller sets MLSTACK_API_KEY.
 API_KEY: Final = "test-key"
+# What a start waits for: the service ready, or only live (serving, ready or not).
+Wait = Literal["ready", "live"]
+S = TypeVar("S", bound="ServiceProcess")
 
 
 def import_path(src: Path) -> list[str]:
@@ -47,6 +50,7 @@ class ServiceProcess(LocalServer):
         *,
         name: str | None = None,
         ready_path: str = "/readyz",
+        live_path: str = "/healthz",
         new_session: bool = False,
     ) -> None:
         name = name or module
@@ -70,6 +74,8 @@ class ServiceProcess(LocalServer):
         self.module = module
         self.src = src
         self.port = port
+        # Answers 200 as soon as the service serves, whether it is ready or not.
+        self.live_path = live_path
 
 
 class ModelProcess(ServiceProcess):
@@ -97,6 +103,7 @@ class ModelProcess(ServiceProcess):
             log_dir,
             name=name,
             ready_path="/v2/health/ready",
+            live_path="/v2/health/live",
             new_session=new_session,
         )
         self.grpc_port = grpc_port
@@ -142,10 +149,27 @@ def start_model(
     model_dir: Path, log_dir: Path, port: int | None = None, **env: str
 ) -> ModelProcess:
     """The model server, started and ready."""
-    return ModelProcess(model_dir, log_dir, env, port=port).start().wait_ready()
+    return _started(ModelProcess(model_dir, log_dir, env, port=port), "ready")
 
 
-def start_gateway(model_url: str, log_dir: Path, wait: bool = True, **env: str) -> GatewayProcess:
-    """The gateway, started (and, with `wait`, ready)."""
-    service = GatewayProcess(model_url, log_dir, env).start()
-    return service.wait_ready() if wait else service
+def start_gateway(
+    model_url: str, log_dir: Path, wait: Wait | None = "ready", **env: str
+) -> GatewayProcess:
+    """The gateway, started; with `wait`, once it is ready, or only live ("live": it serves,
+    though its model or its database may be away and keep it unready)."""
+    return _started(GatewayProcess(model_url, log_dir, env), wait)
+
+
+def _started(service: S, wait: Wait | None) -> S:
+    """`service` started and waited for; stopped again when it does not get there."""
+    service.start()
+    if wait is None:
+        return service
+    try:
+        service.wait_for_url(
+            service.url + (service.ready_path if wait == "ready" else service.live_path)
+        )
+    except BaseException:
+        service.stop()
+        raise
+    return service

@@ -38,7 +38,7 @@ def test_a_tls_handshake_that_does_not_end_is_cut_off_at_the_header_timeout(
     gateway = start_gateway(
         model_server.url,
         log_dir,
-        wait=False,
+        wait=None,
         TLS_CERT_FILE=str(cert),
         TLS_KEY_FILE=str(key),
         HEADER_TIMEOUT_SECONDS="1",

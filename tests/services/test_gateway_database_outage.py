@@ -100,7 +100,7 @@ def under_traffic(
     before the socket's close is seen. An outage outlasts the write timeout, so that predictions
     are refused during it."""
     gateway = start_gateway(
-        model_server.url, log_dir, wait=True, DB_POOL_SIZE="8", DB_WRITE_TIMEOUT_SECONDS="1", **env
+        model_server.url, log_dir, "ready", DB_POOL_SIZE="8", DB_WRITE_TIMEOUT_SECONDS="1", **env
     )
     try:
         with Traffic(gateway) as traffic:

@@ -58,7 +58,7 @@ def test_an_unencoded_password_stops_the_gateway_without_logging_it(
     model_server: ServiceProcess, postgres: PostgresServer, log_dir: Path
 ) -> None:
     pasted = f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{postgres.port}/{ROLE}"
-    gateway = start_gateway(model_server.url, log_dir, wait=False, DATABASE_URL=pasted)
+    gateway = start_gateway(model_server.url, log_dir, wait=None, DATABASE_URL=pasted)
     assert gateway.wait() == 2
     log = gateway.log_path.read_text()
     assert "mlstack gateway: DATABASE_URL has " in log

@@ -439,12 +439,11 @@ def test_an_older_schema_keeps_the_gateway_unready_until_its_migrations_have_run
     gateway = start_gateway(
         model_server.url,
         log_dir,
-        wait=False,
+        wait="live",
         DATABASE_URL_FILE=str(cluster.gateway_url_file(dbname)),
         DATABASE_MIGRATE="false",
     )
     try:
-        gateway.wait_for_url(gateway.url + "/healthz")
         gateway.wait_for_url(gateway.url + "/readyz", status=503)
         unready = request("GET", f"{gateway.url}/readyz")
         assert unready.json() == {

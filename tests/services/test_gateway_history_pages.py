@@ -62,7 +62,7 @@ def paged(
     """A gateway whose pages hold 64 KiB, and the request ids it answered, oldest first: batches
     of 1 to 200 rows, several pages' worth."""
     gateway = start_gateway(
-        model_server.url, log_dir, True, HISTORY_MAX_BYTES=str(SMALL_BUDGET), **database
+        model_server.url, log_dir, "ready", HISTORY_MAX_BYTES=str(SMALL_BUDGET), **database
     )
     ids = []
     for i in range(40):
@@ -141,7 +141,7 @@ def test_a_prediction_larger_than_the_budget_is_a_page_of_its_own(
     model_server: ServiceProcess, log_dir: Path, fresh_database: dict[str, str]
 ) -> None:
     gateway = start_gateway(
-        model_server.url, log_dir, True, HISTORY_MAX_BYTES=str(SMALL_BUDGET), **fresh_database
+        model_server.url, log_dir, "ready", HISTORY_MAX_BYTES=str(SMALL_BUDGET), **fresh_database
     )
     try:
         check_a_large_prediction_alone_on_its_page(gateway)
@@ -169,7 +169,7 @@ def test_many_concurrent_reads_of_maximal_rows_stay_under_the_pod_memory_limit(
     model_server: ServiceProcess, log_dir: Path, fresh_database: dict[str, str]
 ) -> None:
     database = fresh_database
-    filler = start_gateway(model_server.url, log_dir, True, **database)
+    filler = start_gateway(model_server.url, log_dir, "ready", **database)
     try:
         assert predict(filler.url, maximal_instances()).status == 200
     finally:
@@ -177,7 +177,7 @@ def test_many_concurrent_reads_of_maximal_rows_stay_under_the_pod_memory_limit(
     # A thousand (the largest limit) predictions of a full batch each: about 100 MB to list.
     fill_with_copies(database, MAX_LIMIT)
     # A fresh process with the defaults, so that its memory peak is this test's.
-    gateway = start_gateway(model_server.url, log_dir, True, **database)
+    gateway = start_gateway(model_server.url, log_dir, "ready", **database)
     try:
         head = raw_request(
             "GET", f"/api/v1/predictions?limit={MAX_LIMIT}", [("X-API-Key", API_KEY)]

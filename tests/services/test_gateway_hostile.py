@@ -87,12 +87,11 @@ def test_a_full_gateway_sheds_at_once_and_still_answers_probes(log_dir: Path) ->
         gateway = start_gateway(
             url,
             log_dir,
-            wait=False,
+            wait="live",
             MAX_CONCURRENT_REQUESTS="2",
             MODEL_TIMEOUT_SECONDS="3",
         )
         try:
-            gateway.wait_for_url(gateway.url + "/healthz")
             with ThreadPoolExecutor(max_workers=2) as pool:
                 held = [pool.submit(predict, gateway.url, [SETOSA]) for _ in range(2)]
                 time.sleep(0.5)
@@ -346,7 +345,7 @@ def test_tls_serves_https_only(
 ) -> None:
     cert, key = certificate
     gateway = start_gateway(
-        model_server.url, log_dir, wait=False, TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key)
+        model_server.url, log_dir, wait=None, TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key)
     )
     port = port_of(gateway.url)
     try:

@@ -58,12 +58,11 @@ def test_503_says_when_to_retry_and_an_open_breaker_says_how_long_it_stays_open(
     gateway = start_gateway(
         nothing_listens,
         log_dir,
-        wait=False,
+        wait="live",
         BREAKER_FAILURE_THRESHOLD="1",
         BREAKER_RESET_SECONDS="5",
     )
     try:
-        gateway.wait_for_url(gateway.url + "/healthz")
         refused = predict(gateway.url, [SETOSA])  # the failure that opens the breaker
         assert refused.status == 503
         assert refused.headers["retry-after"] == "1"
@@ -78,9 +77,8 @@ def test_503_says_when_to_retry_and_an_open_breaker_says_how_long_it_stays_open(
 def test_hung_model_times_out_with_503(log_dir: Path) -> None:
     # A socket that listens but never answers: connections succeed, responses never come.
     with silent_server() as url:
-        gateway = start_gateway(url, log_dir, wait=False, MODEL_TIMEOUT_SECONDS="0.4")
+        gateway = start_gateway(url, log_dir, wait="live", MODEL_TIMEOUT_SECONDS="0.4")
         try:
-            gateway.wait_for_url(gateway.url + "/healthz")
             started = time.monotonic()
             reply = predict(gateway.url, [SETOSA])
             assert reply.status == 503
@@ -131,7 +129,7 @@ def test_replicas_starting_together_migrate_once(
 ) -> None:
     dsn = postgres.create_database("replicas")
     gateways = [
-        start_gateway(model_server.url, log_dir, wait=False, DATABASE_URL=dsn) for _ in range(3)
+        start_gateway(model_server.url, log_dir, wait=None, DATABASE_URL=dsn) for _ in range(3)
     ]
     try:
         for gateway in gateways:

@@ -52,7 +52,7 @@ def gateway(
     service = start_gateway(
         model_server.url,
         log_dir,
-        wait=False,
+        wait=None,
         TLS_CERT_FILE=str(volume / "tls.crt"),
         TLS_KEY_FILE=str(volume / "tls.key"),
         TLS_RELOAD_SECONDS="0.2",

@@ -45,7 +45,7 @@ class Server:
 
 def _gateway(model: ModelProcess, log_dir: Path, **env: str) -> Server:
     post = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
-    return Server(start_gateway(model.url, log_dir, True, **env), "/healthz", post)
+    return Server(start_gateway(model.url, log_dir, "ready", **env), "/healthz", post)
 
 
 def _model(model_dir: Path, log_dir: Path, **env: str) -> Server:
