@@ -19,10 +19,9 @@ from typing import Any, Final
 
 import yaml
 
-from components.stack_file import path_of, read_config
+from components.stack_file import ROOT, path_of, read_config
 from tools import pulumi_cli
 
-ROOT: Final = Path(__file__).resolve().parents[1]
 # What the program reads from its own folder.
 PROJECT_FILES: Final = ("Pulumi.yaml", "__main__.py", "requirements.txt")
 PROJECT_DIRS: Final = ("components", "services")

@@ -22,9 +22,11 @@ import pulumi
 from pulumi.runtime import mocks
 from pulumi.runtime.proto import resource_pb2
 
+from components import stack_file
 from components.stack_file import read_config
 
-ROOT: Final = Path(__file__).resolve().parents[1]
+# The project's root, one for the program and its tooling.
+ROOT: Final = stack_file.ROOT
 MAIN: Final = ROOT / "__main__.py"
 TEST_SECRETS: Final = {
     "mlstack:databasePassword": "test-database-password",

@@ -25,8 +25,9 @@ from e2e.node.dns import dns_query
 from e2e.node.layout import Layout
 from e2e.node.packages import debian_packages
 from e2e.render import render, render_json
+from harness.program import ROOT
 
-STAGE = Path(__file__).resolve().parents[2] / "e2e" / "stages" / "service-load-balancer.yaml"
+STAGE = ROOT / "e2e" / "stages" / "service-load-balancer.yaml"
 
 
 def _member(tar: tarfile.TarFile, name: str) -> bytes:

@@ -12,7 +12,8 @@ from typing import Final
 
 import pytest
 
-ROOT: Final = Path(__file__).resolve().parents[2]
+from harness.program import ROOT
+
 # Folders whose modules are named from the project root (`components.config`).
 ROOT_PACKAGES: Final = ("components", "tools", "harness", "e2e", "bench")
 # The services' packages are top-level in their own folders, as in their images.

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Final
 
 import pytest
@@ -22,11 +21,11 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from harness.program import ProgramRun
+from harness.program import ROOT, ProgramRun
 from mlstack_policy import availability, clusters, services, workloads
 from mlstack_policy.pack import policies
 
-PACK: Final = Path(__file__).resolve().parents[2] / "policy" / "pack"
+PACK: Final = ROOT / "policy" / "pack"
 DIGEST: Final = "@sha256:" + "a" * 64
 DEPLOYMENT: Final = "kubernetes:apps/v1:Deployment"
 STATEFUL_SET: Final = "kubernetes:apps/v1:StatefulSet"
