@@ -12,16 +12,18 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from glob import glob
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from harness.poll import wait_until
 from harness.ports import free_port
 from harness.processes import group_alive
+
+T = TypeVar("T")
 
 
 def postgres_bindir() -> Path:
@@ -144,32 +146,21 @@ class PostgresServer:
         return standby
 
     def create_database(self, name: str) -> str:
-        async def create() -> None:
-            conn = await asyncpg.connect(self.dsn())
-            try:
-                await conn.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await conn.close()
-
-        asyncio.run(create())
+        on_connection(self.dsn(), lambda conn: conn.execute(f'CREATE DATABASE "{name}"'))
         return self.dsn(name)
 
     def create_password_role(self, role: str, password: str) -> None:
         """A login role that connects over TCP with `password` only (the rest of the server
         trusts 127.0.0.1), and a database it owns named after it."""
 
-        async def create() -> None:
-            conn = await asyncpg.connect(self.dsn())
-            try:
-                # A utility statement takes no parameters: format() quotes them server-side.
-                quote = "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)"
-                await conn.execute(await conn.fetchval(quote, role, password))
-                quote = "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $1::text)"
-                await conn.execute(await conn.fetchval(quote, role))
-            finally:
-                await conn.close()
+        async def create(conn: asyncpg.Connection) -> None:
+            # A utility statement takes no parameters: format() quotes them server-side.
+            quote = "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)"
+            await conn.execute(await conn.fetchval(quote, role, password))
+            quote = "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $1::text)"
+            await conn.execute(await conn.fetchval(quote, role))
 
-        asyncio.run(create())
+        on_connection(self.dsn(), create)
         self.require_password(role)
 
     def require_password(self, *roles: str) -> None:
@@ -209,12 +200,19 @@ def _unprivileged_user() -> str:
     raise RuntimeError("no unprivileged user (postgres or nobody) to run PostgreSQL as")
 
 
-def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
+def on_connection(dsn: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """What `work` returns, run on a connection of its own to `dsn`, closed after it."""
+
+    async def run() -> T:
         conn = await asyncpg.connect(dsn)
         try:
-            return await conn.fetch(sql, *args)
+            return await work(conn)
         finally:
             await conn.close()
 
     return asyncio.run(run())
+
+
+def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = on_connection(dsn, lambda conn: conn.fetch(sql, *args))
+    return rows

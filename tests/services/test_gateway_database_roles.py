@@ -6,7 +6,6 @@ reads from a standby bounded by the replay lag roles.sql's function tells it."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from components import database
 from harness.http import request
 from harness.poll import eventually
 from harness.ports import free_port
-from harness.postgres import PostgresServer, query
+from harness.postgres import PostgresServer, on_connection, query
 from harness.program import ROOT
 from harness.services import API_KEY, GATEWAY_SRC, ServiceProcess, start_gateway
 from tests.services.support import predict, read_until_listed
@@ -155,15 +154,10 @@ def standby(migrated: Cluster) -> Iterator[PostgresServer]:
 def connect(cluster: Cluster, role: str, password: str, dbname: str = DBNAME) -> str:
     """Connect as `role` with `password`; whom the server says it is."""
 
-    async def whoami() -> str:
-        conn = await asyncpg.connect(cluster.url(role, password, dbname))
-        try:
-            user: str = await conn.fetchval("SELECT current_user")
-            return user
-        finally:
-            await conn.close()
-
-    return asyncio.run(whoami())
+    user: str = on_connection(
+        cluster.url(role, password, dbname), lambda conn: conn.fetchval("SELECT current_user")
+    )
+    return user
 
 
 def run_as(
@@ -171,14 +165,7 @@ def run_as(
 ) -> None:
     """Run `statement` in the application's database as `role` (the gateway's by default)."""
 
-    async def run() -> None:
-        conn = await asyncpg.connect(cluster.url(role, password))
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
+    on_connection(cluster.url(role, password), lambda conn: conn.execute(statement))
 
 
 def password_pieces(text: str) -> list[str]:
