@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Final
 
 from e2e.dockerd import DockerEngine
-from harness.poll import LOG_TAIL_CHARACTERS
+from harness.poll import log_tail
 
 MIRROR: Final = "http://deb.debian.org/debian"
 SECURITY_MIRROR: Final = "http://deb.debian.org/debian-security"
@@ -181,8 +181,7 @@ def _mmdebstrap(rootfs: Rootfs, tarball: Path) -> None:
         )
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
-        tail = log.read_text(errors="replace")[-LOG_TAIL_CHARACTERS:]
-        raise RuntimeError(f"mmdebstrap {rootfs.name} failed; {log}:\n{tail}")
+        raise RuntimeError(f"mmdebstrap {rootfs.name} failed; {log}:\n{log_tail(log)}")
     partial.rename(tarball)
     # What older recipes left is dead weight.
     for old in [

@@ -1,5 +1,5 @@
 """Waiting for a condition until a deadline: the one polling loop of the tests, the e2e machinery
-and the operations tools.
+and the operations tools; and the end of a log (`log_tail`), which a failed wait shows.
 
 A plain loop rather than a retry library: every caller polls a cheap check at a fixed interval,
 and the timeouts the e2e suite and the tools were tuned with stay exactly what they were.
@@ -79,8 +79,13 @@ def _wait(
     else:
         message = f"timed out after {timeout:g} s waiting for {what}"
     if log is not None:
-        tail = "(no log)"
-        if log.exists():
-            tail = log.read_text(errors="replace")[-LOG_TAIL_CHARACTERS:]
-        message += f"; {log}:\n{tail}"
+        message += f"; {log}:\n{log_tail(log)}"
     raise error(message)
+
+
+def log_tail(log: Path) -> str:
+    """The end of a log file (its last LOG_TAIL_CHARACTERS), or "(no log)" when there is none."""
+    try:
+        return log.read_text(errors="replace")[-LOG_TAIL_CHARACTERS:]
+    except FileNotFoundError:
+        return "(no log)"

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from harness.poll import wait_until
+from harness.poll import log_tail, wait_until
 from harness.ports import free_port
 from harness.processes import group_alive
 
@@ -78,8 +78,10 @@ class PostgresServer:
             [*self._runas, *args], capture_output=True, text=True, check=False, timeout=120
         )
         if result.returncode != 0:
-            log = self.log.read_text(errors="replace") if self.log.exists() else ""
-            raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}{log}")
+            raise RuntimeError(
+                f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+                f"{self.log}:\n{log_tail(self.log)}"
+            )
 
     def init(self) -> PostgresServer:
         self._run(

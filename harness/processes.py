@@ -17,18 +17,10 @@ from pathlib import Path
 from typing import Self
 
 from harness.http import answers
-from harness.poll import poll, wait_until
+from harness.poll import log_tail, poll, wait_until
 
 # How long a server gets to drain and exit on SIGTERM before it is killed.
 STOP_GRACE_SECONDS = 25
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    """The last `lines` lines of a log file, or a note that there is none."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 def group_alive(pgid: int) -> bool:
@@ -82,8 +74,8 @@ class LocalProcess:
         assert self.process is not None, f"{self.name} was never started"
         return self.process.pid
 
-    def log_tail(self, lines: int = 40) -> str:
-        return log_tail(self.log_path, lines)
+    def log_tail(self) -> str:
+        return log_tail(self.log_path)
 
     def wait_for(
         self, what: str, check: Callable[[], bool], timeout: float = 60.0, interval: float = 0.05
