@@ -53,7 +53,7 @@ def request(
     *,
     ca: Path | None = None,
 ) -> Reply:
-    """One request on a fresh connection; a dict or list body is sent as JSON, and the
+    """One request on a fresh connection; a dict or list body is sent as JSON, and a body's
     Content-Type is application/json unless `headers` name another. An https:// `url` is
     verified against the certificate `ca` alone (the system's trusted ones without it). The
     path is sent exactly as `url` has it."""
@@ -64,7 +64,7 @@ def request(
     if isinstance(body, str):
         body = body.encode()
     all_headers = dict(headers or {})
-    if not any(name.lower() == "content-type" for name in all_headers):
+    if body is not None and not any(name.lower() == "content-type" for name in all_headers):
         all_headers["Content-Type"] = "application/json"
     conn: http.client.HTTPConnection
     if scheme == "https":
@@ -82,8 +82,9 @@ def request(
 
 
 def answers(url: str, status: int = 200, timeout: float = 2.0) -> bool:
-    """Whether a GET of `url` answers `status` now (a refused or reset connection: no)."""
+    """Whether a GET of `url` answers `status` now (a refused or reset connection, or one that
+    ends before a whole answer: no)."""
     try:
         return request("GET", url, timeout=timeout).status == status
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return False
