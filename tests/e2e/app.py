@@ -3,6 +3,7 @@ address, a bounded load loop, the database's rows, commands inside the app's con
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -295,16 +296,19 @@ def restarts(kube: ControlPlane, instance: int, container: str = "postgres") -> 
     return int(_container_status(kube, instance, container)["restartCount"])
 
 
-def frozen_until_replaced(node: Node, kube: ControlPlane, primary: int, timeout: float) -> float:
+def frozen_until_replaced(
+    node: Node, kube: ControlPlane, primary: int, timeout: float
+) -> tuple[float, float]:
     """SIGSTOP to every process of the PostgreSQL container of instance `primary` until another
-    instance is labelled primary (at most `timeout` seconds), then SIGCONT; returns the seconds
-    until then."""
+    instance is labelled primary (at most `timeout` seconds), then SIGCONT; the seconds from the
+    SIGSTOP until another was labelled primary, and until the SIGCONT."""
     listing = node.ctr("tasks", "ps", container_id(kube, primary)).stdout.splitlines()[1:]
     pids = [int(line.split()[0]) for line in listing if line.strip()]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
     try:
-        return eventually(
+        for pid in pids:
+            _signal(pid, signal.SIGSTOP)
+        replaced = eventually(
             lambda: any(
                 role == database.PRIMARY and pod != database.pod_name(primary)
                 for pod, role in roles(kube).items()
@@ -314,8 +318,17 @@ def frozen_until_replaced(node: Node, kube: ControlPlane, primary: int, timeout:
             interval=0.5,
         )
     finally:
+        # Every one of them, whatever stopped the wait: a frozen process left behind would
+        # freeze the instance for good.
         for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+            _signal(pid, signal.SIGCONT)
+    return replaced, time.monotonic() - stopped
+
+
+def _signal(pid: int, signum: int) -> None:
+    # A process of the container that has exited since the listing needs no signal.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
 
 
 # The kinds the program creates in the cluster, in an order `kubectl apply` can take them in.
