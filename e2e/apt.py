@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Final
 
@@ -20,9 +21,11 @@ def install(packages: Sequence[str]) -> None:
         )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     lock = ["-o", f"DPkg::Lock::Timeout={LOCK_TIMEOUT}"]
-    subprocess.run(["apt-get", *lock, "update", "-q"], check=True, env=env)
+    # Its progress on stderr: a command's stdout is what it answers (the node's timings, say).
+    subprocess.run(["apt-get", *lock, "update", "-q"], check=True, env=env, stdout=sys.stderr)
     subprocess.run(
         ["apt-get", *lock, "install", "-yq", "--no-install-recommends", *packages],
         check=True,
         env=env,
+        stdout=sys.stderr,
     )
