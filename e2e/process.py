@@ -148,8 +148,7 @@ def stop_all(pids: Sequence[int], grace: float = 10) -> None:
         if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    for pid in pids:
-        _reap(pid)
+    poll(lambda: all([_gone(pid) for pid in pids]), 5, interval=0.05)
 
 
 def _gone(pid: int) -> bool:

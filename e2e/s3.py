@@ -11,19 +11,17 @@ folder, but for the gRPC sockets weed always puts in /tmp (`down` removes them):
   S3 driver speaks nothing else), with a serving certificate for that address signed by the
   cluster's CA, so a pod verifies it with the CA it already has;
 - one identity, from weed's identities file (`-s3.config`): a fixed access key and a secret key
-  drawn at each start; one bucket, created at start by a signed S3 request (`request`, AWS
-  Signature Version 4), and no other: a write to another bucket fails instead of creating it;
+  drawn at each start; one bucket, created at start by a signed S3 request (AWS Signature
+  Version 4), and no other: a write to another bucket fails instead of creating it;
 - the master's telemetry (on by default, to an outside server) is off; nothing else dials out.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Any, Final
@@ -33,7 +31,7 @@ from e2e import process
 from e2e.certificates import sign_serving
 from e2e.workdir import InWorkdir
 from harness.http import Reply, request
-from harness.poll import poll, wait_until
+from harness.poll import wait_until
 from harness.ports import LOOPBACK, free_port
 
 NAME: Final = "weed"
@@ -180,10 +178,6 @@ class S3Server:
         pid = process.read_pid(self.pidfile)
         if pid is not None and process.owned(pid, str(self.workdir)):
             process.stop_all([pid], STOP_GRACE)
-            # stop_all returns as soon as the killed process is gone or a zombie; when it is our
-            # child, reap it (a zombie would stay until our own exit).
-            with contextlib.suppress(ChildProcessError):
-                poll(lambda: os.waitpid(pid, os.WNOHANG) != (0, 0), 5, interval=0.05)
         # weed serves each part's gRPC on /tmp/seaweedfs-<part>-grpc-<port>.sock too (a fixed
         # folder), and removes them only when it has time to stop.
         if self.settings_file.exists() and not self.alive():
