@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC_MAIN = Path(__file__).resolve().parent / "synthetic_main.py"
 REPLICAS = 100
 EXTRA_SERVICES = 20

@@ -124,12 +124,10 @@ class ControlPlane:
         env["KUBECONFIG"] = str(self.kubeconfig)
         return env
 
-    def kwokctl(
-        self, *args: str, check: bool = True, stdin: str | None = None, timeout: float = 300
-    ) -> subprocess.CompletedProcess[str]:
+    def kwokctl(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return process.run(
             str(self.bin_dir / "kwokctl"), "--name", self.name, *args,
-            check=check, stdin=stdin, timeout=timeout, env=self.env(),
+            timeout=timeout, env=self.env(),
         )  # fmt: skip
 
     def kubectl_argv(self, *args: str) -> list[str]:

@@ -142,13 +142,11 @@ class DockerEngine:
         if not process.find(f"--data-root={self.data_root}"):
             process.unmount_under(self.data_root)
 
-    def docker(self, *args: str, timeout: float = 1800, stdin: str | None = None) -> str:
+    def docker(self, *args: str, timeout: float = 1800) -> str:
         """`docker args`' output; a DockerError holding the command line, the exit status and
         the output when it fails."""
         try:
-            return process.run(
-                docker_cli(), *args, stdin=stdin, timeout=timeout, env=self.env()
-            ).stdout
+            return process.run(docker_cli(), *args, timeout=timeout, env=self.env()).stdout
         except RuntimeError as err:
             raise DockerError(str(err)) from err
 
@@ -166,8 +164,3 @@ class DockerEngine:
     def inspect(self, ref: str) -> dict[str, Any]:
         found: list[dict[str, Any]] = json.loads(self.docker("image", "inspect", ref))
         return found[0]
-
-    def logs(self, container: str) -> str:
-        """A container's output: its stdout, then its stderr."""
-        proc = self._docker_unchecked("logs", container)
-        return proc.stdout + proc.stderr
