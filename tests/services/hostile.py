@@ -79,11 +79,6 @@ def memory_mib(pid: int) -> dict[str, float]:
     return values
 
 
-def pid_of(service: ServiceProcess) -> int:
-    assert service.process is not None
-    return service.process.pid
-
-
 def seconds_until_closed(sock: socket.socket, limit: float = 30.0) -> tuple[float, bytes]:
     """Seconds until the server closes ``sock``, and what it sent before."""
     started = time.monotonic()
@@ -177,7 +172,7 @@ def assert_burst_shed_within(
     are shed. (Without the hold, a quick machine can answer each request before the next arrives,
     the bound is never reached and nothing is shown.)"""
     statuses = burst_statuses(port_of(service.url), head, payload, 300)
-    memory = memory_mib(pid_of(service))
+    memory = memory_mib(service.pid)
     size = len(payload) / 1e6
     print(f"300 concurrent {size:.0f} MB POSTs: {statuses.count(200)} answered, {memory}")
     assert memory["VmHWM"] < memory_limit_mib * 0.875

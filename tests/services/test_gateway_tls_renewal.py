@@ -85,7 +85,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(
     service, volume = gateway
     (old_cert, _), new = pairs
     assert service.process is not None
-    pid = service.process.pid
+    pid = service.pid
     install(volume, *new)
     service.wait_for("serving the new one", lambda: serves_https(service, new[0]), 30)
     with pytest.raises(ssl.SSLCertVerificationError):
@@ -93,7 +93,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(
     # A client that names the server (SNI) gets the new one too.
     assert presented_to_sni(service, new[0], "localhost")
     assert not presented_to_sni(service, old_cert, "localhost")
-    assert service.process.pid == pid and service.process.poll() is None
+    assert service.pid == pid and service.process.poll() is None
     assert reloads(service, "loaded") == 1
     assert reloads(service, "refused") == 0
 

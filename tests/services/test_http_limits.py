@@ -20,7 +20,6 @@ from harness.services import API_KEY, ModelProcess, ServiceProcess, start_gatewa
 from tests.services.hostile import (
     exchange,
     memory_mib,
-    pid_of,
     raw_request,
     seconds_until_closed,
     send_64_mb_header,
@@ -96,7 +95,7 @@ def test_headers_over_the_limit_get_431(server: Server) -> None:
 
 
 def test_a_64_mb_header_is_refused_without_being_held(server: Server) -> None:
-    pid = pid_of(server.process)
+    pid = server.process.pid
     before = memory_mib(pid)["VmRSS"]
     meanwhile: list[float] = []
 

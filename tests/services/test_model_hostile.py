@@ -34,7 +34,6 @@ from tests.services.hostile import (
     assert_burst_shed_within,
     exchange,
     memory_mib,
-    pid_of,
     raw_request,
     read_answer,
 )
@@ -100,7 +99,7 @@ def test_repeated_outputs_are_refused_before_the_answer_is_built(
     started = time.monotonic()
     reply = rest_infer(fresh_model, body)
     seconds = time.monotonic() - started
-    memory = memory_mib(pid_of(fresh_model))
+    memory = memory_mib(fresh_model.pid)
     print(f"2,000 outputs over 2,000 rows: {reply.status}, {len(reply.body)} bytes, {memory}")
     assert reply.status == 400
     assert reply.json() == {"error": "output 'predict_proba' is requested more than once"}
@@ -276,13 +275,13 @@ def test_grpc_bursts_of_300_calls_stay_under_the_pod_memory_limit(
     for _ in range(3):
         codes = asyncio.run(_grpc_burst(fresh_model.grpc_target, oversized, 300))
         assert set(codes) == {"RESOURCE_EXHAUSTED"}, set(codes)
-    oversized_peak = memory_mib(pid_of(fresh_model))
+    oversized_peak = memory_mib(fresh_model.pid)
     # The largest valid batch (MAX_BATCH_ROWS rows): admitted up to the bound, the rest
     # UNAVAILABLE (busy, or a stream beyond max_concurrent_streams refused).
     codes = asyncio.run(_grpc_burst(fresh_model.grpc_target, _raw_message(4096), 300))
     assert set(codes) <= {"OK", "UNAVAILABLE"}, set(codes)
     assert "OK" in codes
-    memory = memory_mib(pid_of(fresh_model))
+    memory = memory_mib(fresh_model.pid)
     print(f"gRPC: 3 x 300 calls of 2 MB: {oversized_peak}; 300 of 4,096 rows: {memory}")
     # Under the pod limit with room to spare (the figures before and after: hardening.md).
     assert memory["VmHWM"] < POD_MEMORY_LIMIT_MIB * 0.875
