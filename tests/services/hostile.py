@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.services import ServiceProcess
-from tests.services.support import port_of
 
 
 @dataclass
@@ -171,7 +170,7 @@ def assert_burst_shed_within(
     service's peak memory stays under 7/8 of its pod's limit, and some are admitted while the rest
     are shed. (Without the hold, a quick machine can answer each request before the next arrives,
     the bound is never reached and nothing is shown.)"""
-    statuses = burst_statuses(port_of(service.url), head, payload, 300)
+    statuses = burst_statuses(service.port, head, payload, 300)
     memory = memory_mib(service.pid)
     size = len(payload) / 1e6
     print(f"300 concurrent {size:.0f} MB POSTs: {statuses.count(200)} answered, {memory}")

@@ -51,12 +51,8 @@ def self_signed_certificate(folder: Path, name: str = "mlstack-gateway-test") ->
 def serves_https(service: ServiceProcess, ca: Path) -> bool:
     """Whether a new connection's handshake verifies against `ca` and /readyz answers 200."""
     with contextlib.suppress(OSError):
-        return https(port_of(service.url), ca, "GET", "/readyz")[0] == 200
+        return https(service.port, ca, "GET", "/readyz")[0] == 200
     return False
-
-
-def port_of(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
 
 
 def https(port: int, ca: Path, method: str, path: str, body: Any = None) -> tuple[int, bytes]:

@@ -18,7 +18,7 @@ from harness.http import request
 from harness.metrics import samples
 from harness.services import ServiceProcess, start_gateway
 from tests.services.hostile import exchange, raw_request
-from tests.services.support import history, port_of, predict
+from tests.services.support import history, predict
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 NEW_KEY = "new-key-after-rotation"
@@ -72,7 +72,7 @@ def test_two_valid_keys_in_one_request_are_a_repeated_header(
 ) -> None:
     headers = [("X-API-Key", key) for key in keys]
     body = json.dumps({"instances": [SETOSA]}).encode()
-    answer = exchange(port_of(rotating.url), raw_request("POST", "/api/v1/predict", headers, body))
+    answer = exchange(rotating.port, raw_request("POST", "/api/v1/predict", headers, body))
     assert answer.status == 401
     assert answer.error() == "repeated X-API-Key header: send it once"
 

@@ -19,7 +19,6 @@ from tests.services.hostile import raw_request, seconds_until_closed
 from tests.services.support import (
     fill_with_copies,
     metric,
-    port_of,
     predict,
     self_signed_certificate,
     serves_https,
@@ -45,7 +44,7 @@ def test_a_tls_handshake_that_does_not_end_is_cut_off_at_the_header_timeout(
     )
     try:
         gateway.wait_for("serving HTTPS", lambda: serves_https(gateway, cert))
-        with socket.create_connection(("127.0.0.1", port_of(gateway.url))) as sock:
+        with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
             sock.sendall(sent)
             # asyncio's own bound, without the gateway's, is 60 s.
             seconds, _ = seconds_until_closed(sock, limit=30)
@@ -76,7 +75,7 @@ def test_a_client_that_never_reads_its_answer_is_cut_off_and_its_slot_freed(
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             # A small receive window, so that the answer waits on the gateway's side.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", port_of(gateway.url)))
+            sock.connect(("127.0.0.1", gateway.port))
             sock.sendall(
                 raw_request("GET", "/api/v1/predictions?limit=1000", [("X-API-Key", API_KEY)])
             )
@@ -119,7 +118,7 @@ def test_connections_beyond_the_cap_get_503_while_open_ones_are_served(
     )
     held: list[socket.socket] = []
     try:
-        port = port_of(gateway.url)
+        port = gateway.port
         deadline = time.monotonic() + 15
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
         eventually(

@@ -16,7 +16,7 @@ from harness.http import Reply
 from harness.postgres import PostgresServer
 from harness.services import API_KEY, ServiceProcess, start_gateway
 from tests.services.hostile import Raw, burst, memory_mib, raw_request
-from tests.services.support import fill_with_copies, history, port_of, predict
+from tests.services.support import fill_with_copies, history, predict
 
 # The gateway's pod limit (components/app.py).
 POD_MEMORY_LIMIT_MIB = 256
@@ -184,9 +184,7 @@ def test_many_concurrent_reads_of_maximal_rows_stay_under_the_pod_memory_limit(
         )
         answers: list[Raw] = []
         for _ in range(3):
-            answers += asyncio.run(
-                asyncio.wait_for(burst(port_of(gateway.url), head, b"", 100), 300)
-            )
+            answers += asyncio.run(asyncio.wait_for(burst(gateway.port, head, b"", 100), 300))
         memory = memory_mib(gateway.pid)
         statuses = [answer.status for answer in answers]
         served = [answer for answer in answers if answer.status == 200]

@@ -33,7 +33,6 @@ from tests.services.hostile import (
 )
 from tests.services.support import (
     https,
-    port_of,
     predict,
     self_signed_certificate,
     serves_https,
@@ -131,8 +130,7 @@ def test_2000_idle_sockets_are_closed_within_the_default_header_timeout(
     try:
         started = time.monotonic()
         sockets = [
-            socket.create_connection(("127.0.0.1", port_of(gateway.url)))
-            for _ in range(IDLE_SOCKETS)
+            socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(IDLE_SOCKETS)
         ]
         opened = time.monotonic() - started
         open_sockets = set(sockets)
@@ -223,7 +221,7 @@ MALFORMED_LIMITS = [
 @pytest.mark.parametrize("limit", MALFORMED_LIMITS, ids=lambda v: v[:12] or "empty")
 def test_a_malformed_limit_is_422_with_a_json_error(gateway: ServiceProcess, limit: str) -> None:
     answer = exchange(
-        port_of(gateway.url),
+        gateway.port,
         raw_request("GET", f"/api/v1/predictions?limit={limit}", [("X-API-Key", API_KEY)]),
     )
     assert answer.status == 422
@@ -234,7 +232,7 @@ def test_a_limit_with_thousands_of_leading_zeros_is_read_as_its_value(
     gateway: ServiceProcess,
 ) -> None:
     answer = exchange(
-        port_of(gateway.url),
+        gateway.port,
         raw_request(
             "GET", "/api/v1/predictions?limit=" + "0" * 5000 + "5", [("X-API-Key", API_KEY)]
         ),
@@ -251,7 +249,7 @@ def test_a_malformed_content_length_is_400_with_a_json_error(
 ) -> None:
     head = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
     data = head.replace(b"Content-Length: 0", f"Content-Length: {content_length}".encode())
-    answer = exchange(port_of(gateway.url), data + b"{}")
+    answer = exchange(gateway.port, data + b"{}")
     assert answer.status == 400
     assert answer.error() == "malformed HTTP request"
 
@@ -279,7 +277,7 @@ def test_a_repeated_api_key_is_401_everywhere(
         data = raw_request("POST", "/api/v1/predict", headers, body)
     else:
         data = raw_request("GET", "/api/v1/predictions", headers)
-    answer = exchange(port_of(gateway.url), data)
+    answer = exchange(gateway.port, data)
     assert answer.status == 401
     assert answer.error() == "repeated X-API-Key header: send it once"
 
@@ -298,7 +296,7 @@ def test_no_redirect_is_built_from_a_foreign_host(
 ) -> None:
     body = json.dumps({"instances": [SETOSA]}).encode() if method == "POST" else b""
     data = raw_request(method, path, [("X-API-Key", API_KEY)], body, host="evil.example")
-    answer = exchange(port_of(gateway.url), data)
+    answer = exchange(gateway.port, data)
     assert not 300 <= answer.status < 400
     assert "location" not in answer.headers
     assert answer.status == 404
@@ -347,7 +345,7 @@ def test_tls_serves_https_only(
     gateway = start_gateway(
         model_server.url, log_dir, wait=None, TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key)
     )
-    port = port_of(gateway.url)
+    port = gateway.port
     try:
         gateway.wait_for("serving HTTPS", lambda: serves_https(gateway, cert))
         status, body = https(port, cert, "POST", "/api/v1/predict", {"instances": [SETOSA]})

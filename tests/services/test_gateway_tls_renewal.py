@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.services import ServiceProcess, start_gateway
-from tests.services.support import https, metric, port_of, self_signed_certificate, serves_https
+from tests.services.support import https, metric, self_signed_certificate, serves_https
 
 Pair = tuple[Path, Path]
 RELOADS = "mlstack_gateway_tls_reloads_total"
@@ -67,7 +67,7 @@ def gateway(
 def presented_to_sni(service: ServiceProcess, ca: Path, server_name: str) -> bool:
     """Whether a handshake that names `server_name` (SNI) verifies against `ca`."""
     context = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection(("127.0.0.1", port_of(service.url)), timeout=10) as raw:
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as raw:
         try:
             with context.wrap_socket(raw, server_hostname=server_name):
                 return True
@@ -89,7 +89,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(
     install(volume, *new)
     service.wait_for("serving the new one", lambda: serves_https(service, new[0]), 30)
     with pytest.raises(ssl.SSLCertVerificationError):
-        https(port_of(service.url), old_cert, "GET", "/readyz")
+        https(service.port, old_cert, "GET", "/readyz")
     # A client that names the server (SNI) gets the new one too.
     assert presented_to_sni(service, new[0], "localhost")
     assert not presented_to_sni(service, old_cert, "localhost")

@@ -25,7 +25,6 @@ from tests.services.hostile import (
     send_64_mb_header,
     send_and_wait_for_close,
 )
-from tests.services.support import port_of
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class Server:
 
     @property
     def port(self) -> int:
-        return port_of(self.process.url)
+        return self.process.port
 
 
 def _gateway(model: ModelProcess, log_dir: Path, **env: str) -> Server:

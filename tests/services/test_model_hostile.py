@@ -37,7 +37,6 @@ from tests.services.hostile import (
     raw_request,
     read_answer,
 )
-from tests.services.support import port_of
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 INFER_PATH = "/v2/models/iris/infer"
@@ -293,7 +292,7 @@ def test_a_full_server_sheds_rest_and_grpc_at_once_and_still_answers_probes(
     model = start_model(model_dir, log_dir, MAX_CONCURRENT_REQUESTS="1")
     try:
         # A request whose body never comes holds the one slot (until the body timeout).
-        with socket.create_connection(("127.0.0.1", port_of(model.url))) as holder:
+        with socket.create_connection(("127.0.0.1", model.port)) as holder:
             holder.sendall(INFER.replace(b"Content-Length: 0", b"Content-Length: 100"))
             time.sleep(0.3)
             started = time.monotonic()
@@ -349,7 +348,7 @@ def test_a_long_zero_padded_content_length_is_read_as_its_value(
 
     def infer_declaring(length: bytes) -> Raw:
         head = INFER.replace(b"Content-Length: 0", b"Content-Length: " + length)
-        return exchange(port_of(model_server.url), head + body)
+        return exchange(model_server.port, head + body)
 
     assert infer_declaring(zeros + b"%d" % len(body)).status == 200
     refused = infer_declaring(zeros + b"9" * 8)
@@ -373,7 +372,7 @@ def test_no_redirect_is_built_from_a_foreign_host(
 ) -> None:
     body = json.dumps(infer_body([SETOSA])).encode() if method == "POST" else b""
     data = raw_request(method, path, [("Content-Type", "application/json")], body, "evil.example")
-    answer = exchange(port_of(model_server.url), data)
+    answer = exchange(model_server.port, data)
     assert not 300 <= answer.status < 400
     assert "location" not in answer.headers
     assert answer.status == 404
