@@ -182,11 +182,11 @@ class PostgresServer:
 
 @contextlib.contextmanager
 def running_postgres() -> Iterator[PostgresServer]:
-    """A throwaway PostgreSQL, initialized and started, destroyed on the way out (a start that
-    fails included)."""
-    server = PostgresServer().init()
+    """A throwaway PostgreSQL, initialized and started, destroyed on the way out (an initdb or a
+    start that fails included)."""
+    server = PostgresServer()
     try:
-        server.start()
+        server.init().start()
         yield server
     finally:
         server.destroy()

@@ -20,7 +20,7 @@ from components import database
 from harness.http import request
 from harness.poll import eventually
 from harness.ports import free_port
-from harness.postgres import PostgresServer, on_connection, query
+from harness.postgres import PostgresServer, on_connection, postgres_bindir, query, running_postgres
 from harness.program import ROOT
 from harness.services import API_KEY, GATEWAY_SRC, ServiceProcess, start_gateway
 from tests.services.support import predict, read_until_listed
@@ -110,15 +110,15 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
-        server = PostgresServer()
+        postgres_bindir()
     except RuntimeError as exc:
+        # Missing server packages: how to install them, not a traceback.
         pytest.fail(str(exc), pytrace=False)
-    server.init().start()
-    server.require_password(OWNER, GATEWAY)
-    cluster = Cluster(server, tmp_path_factory.mktemp("database-secrets"))
-    cluster.run_roles_sql()
-    yield cluster
-    server.destroy()
+    with running_postgres() as server:
+        server.require_password(OWNER, GATEWAY)
+        cluster = Cluster(server, tmp_path_factory.mktemp("database-secrets"))
+        cluster.run_roles_sql()
+        yield cluster
 
 
 def start_migrate(log_dir: Path, url_file: Path, **env: str) -> ServiceProcess:
