@@ -106,6 +106,18 @@ class LocalProcess:
         assert self.process is not None
         return self.process.wait(timeout=timeout)
 
+    def wait_for_exit(self, timeout: float = 30.0) -> int:
+        """Its exit status, once it exits by itself (on a refused setting, say, or a signal
+        sent); when it has not within `timeout` seconds, it is stopped, not left running past
+        the test, and a RuntimeError with its log is raised."""
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise RuntimeError(
+                f"{self.name} did not exit within {timeout} s:\n{self.log_tail()}"
+            ) from None
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after STOP_GRACE_SECONDS; nothing when it has exited. With a
         session of its own, to its whole process group, until none of the group is left: the

@@ -59,7 +59,7 @@ def test_an_unencoded_password_stops_the_gateway_without_logging_it(
 ) -> None:
     pasted = f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{postgres.port}/{ROLE}"
     gateway = start_gateway(model_server.url, log_dir, wait=None, DATABASE_URL=pasted)
-    assert gateway.wait() == 2
+    assert gateway.wait_for_exit() == 2
     log = gateway.log_path.read_text()
     assert "mlstack gateway: DATABASE_URL has " in log
     pieces = {PASSWORD[start : start + 4] for start in range(len(PASSWORD) - 3)}

@@ -133,7 +133,7 @@ def start_migrate(log_dir: Path, url_file: Path, **env: str) -> ServiceProcess:
 def run_migrate(log_dir: Path, url_file: Path, **env: str) -> tuple[int, str]:
     """The migrate command's exit status and output, once it has ended."""
     command = start_migrate(log_dir, url_file, **env)
-    return command.wait(timeout=60), command.log_path.read_text()
+    return command.wait_for_exit(60), command.log_path.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,7 @@ def test_the_migrate_command_waits_for_the_server(cluster: Cluster, log_dir: Pat
         )
     finally:
         cluster.server.start()
-    assert command.wait(timeout=60) == 0, command.log_tail()
+    assert command.wait_for_exit(60) == 0, command.log_tail()
     status, output = run_migrate(log_dir, cluster.owner_url_file())
     assert status == 0, output
     assert "schema up to date: no migration to apply" in output

@@ -326,7 +326,7 @@ def test_the_metrics_port_must_differ_from_the_api_port(log_dir: Path) -> None:
         port,
         log_dir,
     ).start()
-    assert gateway.wait(timeout=30) == 2
+    assert gateway.wait_for_exit(30) == 2
     assert "METRICS_PORT must differ from PORT" in gateway.log_tail()
 
 
@@ -373,7 +373,7 @@ def test_half_a_tls_pair_stops_the_gateway_at_start(
         free_port(),
         log_dir,
     ).start()
-    assert gateway.wait(timeout=30) == 2
+    assert gateway.wait_for_exit(30) == 2
     assert "HTTPS needs both the certificate chain and its private key" in gateway.log_tail()
 
 
@@ -401,6 +401,6 @@ def test_sigterm_turns_readiness_off_at_once_and_finishes_in_flight_requests(
     assert not_ready_after < 0.5
     assert still.status == 503
     assert reply.status == 200
-    assert gateway.wait(timeout=10) == 0
+    assert gateway.wait_for_exit(10) == 0
     with pytest.raises(OSError):
         request("GET", gateway.url + "/healthz", timeout=1)

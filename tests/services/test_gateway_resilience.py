@@ -171,7 +171,7 @@ def test_sigterm_finishes_in_flight_requests(
         reply = in_flight.result(timeout=10)
     assert reply.status == 200
     assert reply.json()["predictions"] == [1, 1]
-    assert gateway.wait(timeout=10) == 0
+    assert gateway.wait_for_exit(10) == 0
     assert "Application shutdown complete" in gateway.log_tail()
     with pytest.raises(OSError):
         request("GET", gateway.url + "/healthz", timeout=1)
@@ -188,5 +188,5 @@ def test_gateway_refuses_to_start_without_an_api_key(log_dir: Path) -> None:
         free_port(),
         log_dir,
     ).start()
-    assert gateway.wait(timeout=30) == 2
+    assert gateway.wait_for_exit(30) == 2
     assert "MLSTACK_API_KEY" in gateway.log_tail()

@@ -424,7 +424,7 @@ def test_a_taken_grpc_port_stops_the_start_up(model_dir: Path, log_dir: Path) ->
         port = taken.getsockname()[1]
         service = ModelProcess(model_dir, log_dir, grpc_port=port)
         service.start()
-        assert service.wait(timeout=60) != 0
+        assert service.wait_for_exit(60) != 0
     assert f"cannot listen for gRPC on 127.0.0.1:{port}" in service.log_tail()
 
 
@@ -434,7 +434,7 @@ def test_sigterm_stops_rest_and_grpc_cleanly(model_dir: Path, log_dir: Path) -> 
         assert call(opened, "ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse).live
     service.signal(signal.SIGTERM)
     # uvicorn exits by re-raising the signal once its graceful shutdown is done.
-    assert service.wait(timeout=30) in {0, -signal.SIGTERM}
+    assert service.wait_for_exit(30) in {0, -signal.SIGTERM}
     assert "Application shutdown complete" in service.log_tail()
     with grpc.insecure_channel(service.grpc_target) as opened:
         error = failure(opened, "ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse)

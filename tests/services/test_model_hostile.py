@@ -323,7 +323,7 @@ def test_a_full_server_sheds_rest_and_grpc_at_once_and_still_answers_probes(
 def test_a_limit_out_of_range_stops_the_model_at_start(model_dir: Path, log_dir: Path) -> None:
     env = {"MODEL_DIR": str(model_dir), "MAX_CONCURRENT_REQUESTS": "0"}
     model = ServiceProcess("mlstack_model", MODEL_SRC, env, free_port(), log_dir).start()
-    assert model.wait(timeout=30) == 2
+    assert model.wait_for_exit(30) == 2
     assert "MAX_CONCURRENT_REQUESTS must be >= 1, got 0" in model.log_tail()
 
 
@@ -403,5 +403,5 @@ def test_sigterm_turns_readiness_off_at_once_and_finishes_an_infer_in_flight(
         answer = read_answer(sock)
     assert answer.status == 200
     assert json.loads(answer.body)["outputs"][0]["data"] == [0]
-    assert model.wait(timeout=30) == 0
+    assert model.wait_for_exit(30) == 0
     assert "Application shutdown complete" in model.log_tail()
