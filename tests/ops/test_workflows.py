@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.make import make_env, run_make
 from harness.program import ROOT, run_program
 
 GITHUB = ROOT / ".github"
@@ -344,13 +345,9 @@ def test_make_preview_and_up_run_the_policy_pack() -> None:
         ("preview", "prod", " --policy-pack-config policy/pack/config/prod.json"),
         ("up", "dev", ""),
     ]:
-        dry = subprocess.run(
-            ["make", "-n", "--no-print-directory", target, f"STACK={stack}", "PULUMI=pulumi"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        result = run_make("-n", target, f"STACK={stack}", "PULUMI=pulumi", env=make_env())
+        assert result.returncode == 0, result.stdout + result.stderr
+        dry = result.stdout
         # The engine commands run through the CLI wrapper (tools/pulumi_cli.py).
         engine = f"-m tools.pulumi_cli {target} "
         (command,) = [line for line in dry.splitlines() if engine in line]
