@@ -28,8 +28,8 @@ from components import database, pod
 from components.image import SERVICES_DIR
 from harness.http import request
 from harness.metrics import metric_value
-from harness.poll import wait_until
 from harness.ports import free_port
+from harness.processes import LocalProcess
 
 BIN: Final = SERVICES_DIR / "database" / "bin"
 TEMPLATE: Final = SERVICES_DIR / "database" / "patroni.yml"
@@ -415,23 +415,26 @@ def test_the_backups_container_stops_at_once_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "PATH": f"{stand_ins}{os.pathsep}{os.environ['PATH']}",
            "METRICS_PORT": str(port)}  # fmt: skip
-    sidecar = subprocess.Popen(
+    sidecar = LocalProcess(
+        "mlstack-database-backups",
         [sys.executable, str(BIN / "mlstack-database-backups")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        tmp_path / "mlstack-database-backups.log",
+        env=env,
+    ).start()
     try:
         # /metrics answers once the handler is in place and the first round has read the
         # repository.
-        wait_until(
+        sidecar.wait_for(
+            "serving /metrics with the repository read",
             lambda: metric(port, "mlstack_database_backup_repository_up") == 1,
-            "the backups container's /metrics",
             timeout=30,
         )
-        sidecar.send_signal(signal.SIGTERM)
-        output, _ = sidecar.communicate(timeout=10)
+        sidecar.signal(signal.SIGTERM)
+        status = sidecar.wait_for_exit(10)
     finally:
-        sidecar.kill()
-    assert sidecar.returncode == 0, output
+        sidecar.stop()
+    output = sidecar.log_path.read_text()
+    assert status == 0, output
     assert "stopping on signal 15" in output
 
 
