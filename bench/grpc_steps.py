@@ -40,7 +40,7 @@ from bench.servers import (
     start_grpc_only,
     start_model,
 )
-from harness.ports import free_port
+from harness.ports import LOOPBACK, free_port
 from harness.processes import LocalServer
 from harness.services import MODEL_SRC, import_service
 
@@ -123,7 +123,7 @@ def start_step(step: str, model_dir: Path, log_dir: Path) -> LocalServer:
         log_dir,
         {
             "MODEL_DIR": str(model_dir),
-            "HOST": "127.0.0.1",
+            "HOST": LOOPBACK,
             "GRPC_PORT": str(port),
             "LOG_LEVEL": "warning",
         },

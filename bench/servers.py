@@ -12,7 +12,7 @@ from typing import Any, Final
 import grpc
 
 from harness.http import request
-from harness.ports import free_port
+from harness.ports import LOOPBACK, free_port
 from harness.processes import LocalServer
 from harness.program import ROOT
 from harness.services import GATEWAY_SRC, MODEL_SRC, GatewayProcess, ModelProcess, import_path
@@ -110,7 +110,7 @@ def _bare_asgi(name: str, app: str, log_dir: Path, env: dict[str, str]) -> Local
             "-m",
             "uvicorn",
             app,
-            "--host=127.0.0.1",
+            f"--host={LOOPBACK}",
             f"--port={port}",
             "--loop=uvloop",
             "--http=httptools",
@@ -118,7 +118,7 @@ def _bare_asgi(name: str, app: str, log_dir: Path, env: dict[str, str]) -> Local
             "--no-server-header",
             "--log-level=warning",
         ],
-        f"http://127.0.0.1:{port}",
+        f"http://{LOOPBACK}:{port}",
         "/",
         log_dir=log_dir,
         env=env,
@@ -149,7 +149,7 @@ def start_grpc_only(
         log_dir=log_dir,
         env={"PYTHONPATH": bench_path(MODEL_SRC), **env},
         cwd=ROOT,
-        grpc_target=f"127.0.0.1:{port}",
+        grpc_target=f"{LOOPBACK}:{port}",
         kind=GrpcOnlyServer,
     )
 
@@ -166,7 +166,7 @@ def write_mlserver_config(folder: Path, model_file: Path, version: str) -> tuple
     """MLServer's settings: its defaults, except where noted; returns its HTTP and gRPC ports."""
     http_port, grpc_port = free_port(), free_port()
     settings = {
-        "host": "127.0.0.1",
+        "host": LOOPBACK,
         "http_port": http_port,
         "grpc_port": grpc_port,
         "metrics_port": free_port(),
@@ -198,9 +198,9 @@ def start_mlserver(folder: Path, ports: tuple[int, int], log_dir: Path) -> Local
     return _server(
         "mlserver",
         [str(mlserver), "start", str(folder)],
-        f"http://127.0.0.1:{http_port}",
+        f"http://{LOOPBACK}:{http_port}",
         f"/v2/models/{MODEL_NAME}/ready",
         log_dir=log_dir,
         cwd=folder,
-        grpc_target=f"127.0.0.1:{grpc_port}",
+        grpc_target=f"{LOOPBACK}:{grpc_port}",
     )

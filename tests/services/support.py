@@ -23,7 +23,7 @@ from harness.http import Reply, request
 from harness.make import make_command, make_env
 from harness.metrics import metric_value
 from harness.poll import eventually
-from harness.ports import free_port
+from harness.ports import LOOPBACK, free_port
 from harness.postgres import query
 from harness.processes import LocalServer, group_alive
 from harness.program import ROOT
@@ -40,7 +40,7 @@ def self_signed_certificate(folder: Path, name: str = "mlstack-gateway-test") ->
             "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
             "-keyout", str(key), "-out", str(cert), "-days", "2",
             "-subj", f"/CN={name}",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-addext", f"subjectAltName=IP:{LOOPBACK},DNS:localhost",
         ],
         check=True,
         capture_output=True,
@@ -58,7 +58,7 @@ def serves_https(service: ServiceProcess, ca: Path) -> bool:
 def https(port: int, ca: Path, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
     """One request over HTTPS to 127.0.0.1:`port`, trusting only the certificate `ca`."""
     data = None if body is None else json.dumps(body)
-    reply = request(method, f"https://127.0.0.1:{port}{path}", data, {"X-API-Key": API_KEY}, ca=ca)
+    reply = request(method, f"https://{LOOPBACK}:{port}{path}", data, {"X-API-Key": API_KEY}, ca=ca)
     return reply.status, reply.body
 
 
@@ -84,14 +84,14 @@ class MakeServe(LocalServer):
             "make-serve",
             make_command("serve", *(f"{name}={port}" for name, port in self.ports.items())),
             log_dir / f"make-serve-{gateway_port}.log",
-            f"http://127.0.0.1:{gateway_port}",
+            f"http://{LOOPBACK}:{gateway_port}",
             ready_path="/readyz",
             # A user's shell: nothing of this process's import path, settings or outer make.
             env={**make_env("PYTHONPATH", "HOST", "PORT"), **env},
             cwd=ROOT,
             new_session=True,
         )
-        self.model_url = f"http://127.0.0.1:{self.ports['SERVE_MODEL_PORT']}"
+        self.model_url = f"http://{LOOPBACK}:{self.ports['SERVE_MODEL_PORT']}"
 
     def interrupt(self) -> None:
         """Ctrl-C: SIGINT to the whole foreground process group, as a terminal sends it."""
@@ -143,11 +143,11 @@ class _SlowModelHandler(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def slow_model_server() -> Iterator[str]:
     """A model server on a thread that takes a second over each inference; yields its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowModelHandler)
+    server = ThreadingHTTPServer((LOOPBACK, 0), _SlowModelHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://{LOOPBACK}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -158,9 +158,9 @@ def silent_server() -> Iterator[str]:
     """A socket on 127.0.0.1 that accepts connections and never answers (a hung server, as its
     clients see it); yields its URL."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
-        silent.bind(("127.0.0.1", 0))
+        silent.bind((LOOPBACK, 0))
         silent.listen(64)
-        yield f"http://127.0.0.1:{silent.getsockname()[1]}"
+        yield f"http://{LOOPBACK}:{silent.getsockname()[1]}"
 
 
 def error_of(reply: Reply) -> str:
@@ -245,7 +245,7 @@ class FreezableProxy:
 
     def __init__(self, target_port: int) -> None:
         self._target_port = target_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server((LOOPBACK, 0))
         self.port: int = self._listener.getsockname()[1]
         self._flowing = threading.Event()
         self._flowing.set()
@@ -263,7 +263,7 @@ class FreezableProxy:
         while True:
             try:
                 client, _ = self._listener.accept()
-                upstream = socket.create_connection(("127.0.0.1", self._target_port))
+                upstream = socket.create_connection((LOOPBACK, self._target_port))
             except OSError:
                 return
             with self._lock:
