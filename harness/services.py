@@ -71,8 +71,6 @@ class ServiceProcess(LocalServer):
             cwd=src,
             new_session=new_session,
         )
-        self.module = module
-        self.src = src
         self.port = port
         # Answers 200 as soon as the service serves, whether it is ready or not.
         self.live_path = live_path
@@ -106,7 +104,6 @@ class ModelProcess(ServiceProcess):
             live_path="/v2/health/live",
             new_session=new_session,
         )
-        self.grpc_port = grpc_port
         self.grpc_target: str = f"{LOOPBACK}:{grpc_port}"
 
 
