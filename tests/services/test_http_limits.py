@@ -29,26 +29,30 @@ from tests.services.hostile import (
 
 @dataclass(frozen=True)
 class Server:
-    """A running server, a cheap GET it answers 200, and the head of a POST it reads a body for
-    (from ``raw_request``, with ``Content-Length: 0`` to replace)."""
+    """A running server and the head of a POST it reads a body for (from ``raw_request``, with
+    ``Content-Length: 0`` to replace)."""
 
     process: ServiceProcess
-    probe_path: str
     post: bytes
 
     @property
     def port(self) -> int:
         return self.process.port
 
+    @property
+    def probe_path(self) -> str:
+        """A cheap GET it answers 200: its liveness."""
+        return self.process.live_path
+
 
 def _gateway(model: ModelProcess, log_dir: Path, **env: str) -> Server:
     post = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
-    return Server(start_gateway(model.url, log_dir, "ready", **env), "/healthz", post)
+    return Server(start_gateway(model.url, log_dir, "ready", **env), post)
 
 
 def _model(model_dir: Path, log_dir: Path, **env: str) -> Server:
     post = raw_request("POST", "/v2/models/iris/infer", [("Content-Type", "application/json")])
-    return Server(start_model(model_dir, log_dir, None, **env), "/v2/health/live", post)
+    return Server(start_model(model_dir, log_dir, None, **env), post)
 
 
 def _serve(
