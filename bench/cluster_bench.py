@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+from bench import RESULTS
 from e2e.cluster import LocalCluster
 from e2e.controlplane import ControlPlane
 from e2e.node import Node
@@ -35,6 +37,16 @@ class ClusterBench:
         self.kube: ControlPlane = cluster.plane()
         self.node = Node(self.kube)
         self.workspace: PulumiWorkspace = cluster.workspace(self.kube)
+
+
+def write_results(name: str, document: dict[str, Any], lines: list[str]) -> Path:
+    """bench/results/`name`.json (the raw figures) and `name`.md (`lines`, the reading); returns
+    the markdown's path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=1) + "\n")
+    markdown = RESULTS / f"{name}.md"
+    markdown.write_text("\n".join(lines) + "\n")
+    return markdown
 
 
 def conditions() -> dict[str, str]:

@@ -30,14 +30,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
-from bench.cluster_bench import ClusterBench, arguments, conditions
+from bench.cluster_bench import ClusterBench, arguments, conditions, write_results
 from components import database
 from e2e.cluster import NAMESPACE, STACK, gateway_url
 from harness.poll import eventually
-from harness.program import ROOT
 from tests.e2e import app
 
-RESULTS: Final = ROOT / "bench" / "results"
 INSTANCES: Final = 3
 SETTLE_SECONDS: Final = 300
 # Longer than Patroni's leader lock lives (services/database/patroni.yml, ttl).
@@ -130,9 +128,7 @@ class Bench(ClusterBench):
 
 def write(outcomes: list[Outcome]) -> None:
     measured = {**conditions(), "instances": INSTANCES}
-    RESULTS.mkdir(parents=True, exist_ok=True)
     document = {"conditions": measured, "outcomes": [asdict(o) for o in outcomes]}
-    (RESULTS / "database-failover.json").write_text(json.dumps(document, indent=1) + "\n")
     lines = [
         "# Database failover on the real node",
         "",
@@ -150,7 +146,7 @@ def write(outcomes: list[Outcome]) -> None:
             f"| {o.wrong} | {o.acknowledged} | {o.lost} | {o.primary_before} → "
             f"{o.primary_after} |"
         )
-    (RESULTS / "database-failover.md").write_text("\n".join(lines) + "\n")
+    write_results("database-failover", document, lines)
 
 
 def main() -> int:

@@ -30,15 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from bench.cluster_bench import ClusterBench, arguments, conditions
+from bench.cluster_bench import ClusterBench, arguments, conditions, write_results
 from components.app import MIGRATIONS
 from e2e.cluster import NAMESPACE, STACK, fresh_volumes
 from e2e.controlplane import ControlPlane
 from harness.poll import eventually
-from harness.program import ROOT
 from tests.e2e import app
 
-RESULTS: Final = ROOT / "bench" / "results"
 WORKLOADS: Final = ("database", "model", "gateway")
 ROLLOUTS: Final = ("deployment/gateway", "deployment/model", "statefulset/database")
 
@@ -254,14 +252,12 @@ class Bench(ClusterBench):
         self.workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
 
 
-def write(runs: list[Run]) -> None:
+def write(runs: list[Run]) -> Path:
     measured = conditions()
-    RESULTS.mkdir(parents=True, exist_ok=True)
     document = {
         "conditions": measured,
         "runs": [{**asdict(r), "ratio": round(r.ratio, 2)} for r in runs],
     }
-    (RESULTS / "pod-startup.json").write_text(json.dumps(document, indent=1) + "\n")
     lines = [
         "# From `pulumi up` to every pod Ready, on the real node",
         "",
@@ -312,7 +308,7 @@ def write(runs: list[Run]) -> None:
     for r in runs:
         cells = " | ".join(f"{r.replacement_ready_seconds[w]:.1f}" for w in WORKLOADS)
         lines.append(f"| {r.run} | {cells} |")
-    (RESULTS / "pod-startup.md").write_text("\n".join(lines) + "\n")
+    return write_results("pod-startup", document, lines)
 
 
 def main() -> int:
@@ -326,8 +322,7 @@ def main() -> int:
             runs.append(found)
     finally:
         bench.leave_deployed()
-    write(runs)
-    print(f"wrote {RESULTS / 'pod-startup.md'}")
+    print(f"wrote {write(runs)}")
     return 0
 
 

@@ -24,10 +24,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import RESULTS
 from bench.load import run_load
 from bench.run import (
     GATEWAYS,
-    RESULTS_DIR,
     export_model,
     requests_for,
     started,
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--only", help="comma-separated target names")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "profile.md")
+    parser.add_argument("--out", type=Path, default=RESULTS / "profile.md")
     args = parser.parse_args(argv)
     names = set(args.only.split(",")) if args.only else None
     known = {t.name for t in TARGETS} | set(GATEWAYS)

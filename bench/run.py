@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench import report
+from bench import RESULTS, report
 from bench.load import GrpcRequest, Request, fdatasync_latency, ghz_path, run_load
 from bench.report import Run
 from bench.servers import (
@@ -61,7 +61,6 @@ BATCH_ROWS = (1, 32, 256)
 BATCH_CONNECTIONS = 32
 GATEWAYS = ("gateway-sqlite", "gateway-postgresql")
 PROGRAM_SCENARIOS = ("dev", "prod", "dev-100-replicas", "dev-100-replicas-20-services")
-RESULTS_DIR = ROOT / "bench" / "results"
 PROTO = MODEL_SRC / "mlstack_model" / "proto" / "open_inference.proto"
 GRPC_INFER = "inference.GRPCInferenceService/ModelInfer"
 ServerT = TypeVar("ServerT", bound=LocalServer)
@@ -463,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one load run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every target")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     started_at = time.monotonic()
     data = BenchData(seconds=args.seconds, rounds=args.rounds)
