@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from components.image import SERVICES, SERVICES_DIR, dockerfile
 from harness.program import ROOT
 from tools import render
 from tools.render import shown
+from tools.stack import run
 
 # The Kubernetes versions mlstack supports, oldest and newest: the oldest is the release of the
 # local cluster's default k3s image (components/config.py); the newest is the newest schema set
@@ -252,9 +252,8 @@ def run_checkov(
     ]
     # Checkov runs in a virtual environment of its own: keep the caller's venv out of it.
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"checkov exited {done.returncode}:\n{done.stderr[-4000:]}")
+    # No bound on its time: a scan's length grows with the files it is given.
+    done = run(command, env=env, timeout=None)
     return parse_checkov(done.stdout, frameworks)
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import shlex
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,19 +28,57 @@ class StackError(Exception):
 
 
 def run(
-    argv: Sequence[str], *, check: bool = True, capture: bool = True, timeout: float = 120
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    timeout: float | None = 120,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a CLI with no stdin. With `check`, a non-zero exit is a StackError naming the command
-    and what it printed; a missing CLI or a command past `timeout` always is one."""
-    try:
-        result = subprocess.run(
+    """Run a CLI to its end with no stdin, the tools' one way to: with `check`, a non-zero exit
+    is a StackError naming the command and what it printed; a missing CLI or a command past
+    `timeout` (None: no bound) always is one."""
+    return _checked(
+        argv,
+        lambda: subprocess.run(
             list(argv),
             capture_output=capture,
             text=True,
             check=False,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
-        )
+            env=dict(env) if env is not None else None,
+        ),
+        check=check,
+        capture=capture,
+        timeout=timeout,
+    )
+
+
+def pulumi(*args: str, stack: str, capture: bool = True, timeout: float = 120) -> str:
+    """`pulumi <args> --stack <stack>`'s output, run as every tool runs the CLI (pulumi_cli)."""
+    args = (*args, "--stack", stack)
+    done = _checked(
+        pulumi_cli.argv(*args),
+        lambda: pulumi_cli.run(args, timeout=timeout, no_stdin=True, capture=capture),
+        check=True,
+        capture=capture,
+        timeout=timeout,
+    )
+    return done.stdout or ""
+
+
+def _checked(
+    argv: Sequence[str],
+    start: Callable[[], subprocess.CompletedProcess[str]],
+    *,
+    check: bool,
+    capture: bool,
+    timeout: float | None,
+) -> subprocess.CompletedProcess[str]:
+    """What `start` (running `argv`) did, its failures as StackErrors (see `run`)."""
+    try:
+        result = start()
     except FileNotFoundError as error:
         raise StackError(f"{argv[0]} is not installed (or not on PATH)") from error
     except subprocess.TimeoutExpired as error:
@@ -49,11 +87,6 @@ def run(
         detail = (result.stderr or result.stdout or "").strip() if capture else ""
         raise StackError(f"`{shlex.join(argv)}` exited {result.returncode}: {detail}")
     return result
-
-
-def pulumi(*args: str, stack: str, capture: bool = True, timeout: float = 120) -> str:
-    argv = pulumi_cli.argv(*args, "--stack", stack)
-    return run(argv, capture=capture, timeout=timeout).stdout or ""
 
 
 @dataclass(frozen=True)
