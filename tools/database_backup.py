@@ -68,10 +68,7 @@ def point_in_time(text: str) -> dt.datetime:
 def pgbackrest(
     kubectl: Kubectl, pod: str, *args: str, timeout: float = 600, check: bool = True
 ) -> str:
-    result = kubectl(
-        "exec", pod, "--container", CONTAINER, "--", "pgbackrest", *args,
-        check=False, timeout=timeout,
-    )  # fmt: skip
+    result = kubectl.exec(pod, CONTAINER, "pgbackrest", *args, timeout=timeout)
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise BackupError(

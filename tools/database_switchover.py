@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -168,17 +169,13 @@ def current_primary(snapshot: Snapshot, kubectl: Kubectl) -> str:
 
 def patronictl_list(kubectl: Kubectl) -> str:
     """The command that shows Patroni's view, for the messages."""
-    stack = kubectl.stack
-    return f"kubectl exec -n {stack.namespace} {pod_name(0)} -c {CONTAINER} -- patronictl list"
+    return shlex.join(kubectl.exec_argv(pod_name(0), CONTAINER, "patronictl", "list"))
 
 
 def run_patronictl(kubectl: Kubectl, primary: str, target: str | None) -> None:
     """Patroni's switchover; a SwitchoverError when patronictl (or kubectl exec) refuses."""
     argv = patronictl_switchover(primary, target)
-    result = kubectl(
-        "exec", primary, "--container", CONTAINER, "--", *argv,
-        check=False, timeout=PATRONICTL_SECONDS,
-    )  # fmt: skip
+    result = kubectl.exec(primary, CONTAINER, *argv, timeout=PATRONICTL_SECONDS)
     output = f"{result.stdout}\n{result.stderr}"
     refused = REFUSED.search(output)
     if result.returncode == 0 and refused is None:

@@ -146,6 +146,17 @@ class Kubectl:
     ) -> subprocess.CompletedProcess[str]:
         return run(self.argv(*args), check=check, timeout=timeout)
 
+    def exec_argv(self, pod: str, container: str, *argv: str) -> list[str]:
+        """The command line of `argv` run in `pod`'s `container`."""
+        return self.argv("exec", pod, "--container", container, "--", *argv)
+
+    def exec(
+        self, pod: str, container: str, *argv: str, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `argv` in `pod`'s `container`, whatever its exit status: the caller tells the
+        program's failures (and kubectl's own) from its output."""
+        return run(self.exec_argv(pod, container, *argv), check=False, timeout=timeout)
+
     def get_json(self, *args: str) -> dict[str, Any]:
         """`kubectl get ... --output json`; {} when the object is not there."""
         text = self("get", *args, "--ignore-not-found", "--output", "json").stdout

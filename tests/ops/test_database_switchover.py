@@ -8,6 +8,7 @@ Patroni itself runs only on a real cluster.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -367,11 +368,16 @@ def test_a_switchover_that_does_not_show_is_a_timeout_naming_what_was_seen(
     fakes.cluster([BEFORE, ON_1])
     code, out, err = run(capsys, "--to", "2", "--timeout", "0.2")
     assert (code, out) == (1, "")
+    # The command to look with is on the stack's cluster: its kubeconfig, context and namespace.
+    patronictl_list = shlex.join([
+        "kubectl", "--kubeconfig", str(fakes.kubeconfig), "--context", "e2e",
+        "--namespace", NAMESPACE, "exec", "database-0", "--container", "postgres", "--",
+        "patronictl", "list",
+    ])  # fmt: skip
     assert err == (
         "switchover: error: patronictl accepted the switchover from database-0 to database-2, "
         "but 0.2 s later the pods and the Service show database-0 replica, database-1 primary, "
-        "database-2 replica; Service database -> database-1; see `kubectl exec -n mlstack-prod "
-        "database-0 -c postgres -- patronictl list`\n"
+        f"database-2 replica; Service database -> database-1; see `{patronictl_list}`\n"
     )
     assert fakes.looks_after_exec() >= 2
 
