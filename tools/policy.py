@@ -398,8 +398,8 @@ def table(report: Report) -> str:
     skips: dict[tuple[str, str, str], list[str]] = {}
     for s in report.stacks:
         for c in s.skipped:
-            kind, _, name = c.resource.split(".", 2) if c.resource.count(".") >= 2 else ("", "", "")
-            key = (c.check_id, f"{kind} {name}".strip() or c.resource, c.reason or NO_REASON)
+            kind, name = c.kind_and_name
+            key = (c.check_id, f"{kind} {name}" if name else c.resource, c.reason or NO_REASON)
             skips.setdefault(key, []).append(s.stack)
     if skips:
         lines += [
@@ -478,9 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkov", type=Path, default=DEFAULT_CHECKOV)
     args = parser.parse_args(argv)
     stacks: list[str] = args.stack or stack_file.stacks()
-    unknown = sorted(set(stacks) - set(stack_file.stacks()))
-    if unknown:
-        parser.error(f"no stack file for {', '.join(unknown)}")
+    render.require_stack_files(parser, stacks)
     report = gate(stacks, args.out, args.checkov)
     print(table(report))
     return 0 if report.ok else 1

@@ -164,9 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     chosen: list[str] = stacks() if args.all else args.stack
-    unknown = sorted(set(chosen) - set(stacks()))
-    if unknown:
-        parser.error(f"no stack file for {', '.join(unknown)}: expected one of {stacks()}")
+    require_stack_files(parser, chosen)
     if args.out is not None and len(chosen) != 1:
         parser.error("--out takes exactly one --stack")
     for stack in chosen:
@@ -174,6 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = write(render(stack), out)
         print(f"{stack}: {len(written)} objects -> {shown(out)}")
     return 0
+
+
+def require_stack_files(parser: argparse.ArgumentParser, chosen: Iterable[str]) -> None:
+    """A usage error (exit 2) when a `--stack` in `chosen` has no Pulumi.<stack>.yaml."""
+    unknown = sorted(set(chosen) - set(stacks()))
+    if unknown:
+        parser.error(f"no stack file for {', '.join(unknown)}: expected one of {stacks()}")
 
 
 def shown(path: Path) -> str:
