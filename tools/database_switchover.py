@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shlex
 import sys
 import tempfile
 import time
@@ -169,7 +168,7 @@ def current_primary(snapshot: Snapshot, kubectl: Kubectl) -> str:
 
 def patronictl_list(kubectl: Kubectl) -> str:
     """The command that shows Patroni's view, for the messages."""
-    return shlex.join(kubectl.exec_argv(pod_name(0), CONTAINER, "patronictl", "list"))
+    return kubectl.shown("exec", pod_name(0), "--container", CONTAINER, "--", "patronictl", "list")
 
 
 def run_patronictl(kubectl: Kubectl, primary: str, target: str | None) -> None:

@@ -96,6 +96,8 @@ class Stack:
     # None: kubectl's own default ($KUBECONFIG, else ~/.kube/config).
     kubeconfig: Path | None
     context: str | None
+    # Whether `kubeconfig` is the stack's own, written for this run only (gone when it ends).
+    kubeconfig_is_temporary: bool = False
 
 
 def read_stack(name: str, workdir: Path) -> Stack:
@@ -124,6 +126,7 @@ def read_stack(name: str, workdir: Path) -> Stack:
         namespace=str(outputs["namespace"]),
         kubeconfig=path,
         context=cluster.context if isinstance(cluster, ExistingCluster) else None,
+        kubeconfig_is_temporary="\n" in kubeconfig,
     )
 
 
@@ -149,6 +152,25 @@ class Kubectl:
     def exec_argv(self, pod: str, container: str, *argv: str) -> list[str]:
         """The command line of `argv` run in `pod`'s `container`."""
         return self.argv("exec", pod, "--container", container, "--", *argv)
+
+    def shown(self, *args: str) -> str:
+        """`kubectl args` as a person runs it in a shell, after this run: a kubeconfig the stack
+        holds is read from the stack again, since this run's copy is gone by then."""
+        command = shlex.join(self.argv(*args))
+        if self.stack.kubeconfig is None or not self.stack.kubeconfig_is_temporary:
+            return command
+        fetched = shlex.join(
+            [
+                "pulumi",
+                "stack",
+                "output",
+                "kubeconfig",
+                "--show-secrets",
+                "--stack",
+                self.stack.name,
+            ]
+        )
+        return command.replace(shlex.quote(str(self.stack.kubeconfig)), f"<({fetched})")
 
     def exec(
         self, pod: str, container: str, *argv: str, timeout: float = 120

@@ -391,3 +391,18 @@ def test_make_switchover_passes_to_and_the_stack_backend(fakes: Fakes) -> None:
     assert command[5:9] == ["patronictl", "switchover", "--leader", "database-0"]
     assert command[9:11] == ["--candidate", "database-1"]
     fakes.assert_dev_read_only_from_the_local_backend()
+
+
+def test_the_command_to_look_with_reads_a_kubeconfig_the_stack_holds_from_the_stack(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The copy the switchover used is removed when it ends: the command fetches the stack's own.
+    fakes.stack(
+        config={"mlstack:cluster": {"value": json.dumps({"provider": "local"})}},
+        outputs={"namespace": NAMESPACE, "kubeconfig": "apiVersion: v1\nkind: Config\n"},
+    )
+    fakes.cluster([BEFORE, ON_1])
+    code, _, err = run(capsys, "--to", "2", "--timeout", "0.2")
+    assert code == 1
+    fetched = "pulumi stack output kubeconfig --show-secrets --stack prod"
+    assert f"see `kubectl --kubeconfig <({fetched}) --namespace {NAMESPACE} exec" in err
