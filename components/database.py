@@ -78,6 +78,8 @@ BACKUP_CA_DIR: Final = "/etc/mlstack/backup-ca"
 # The `backups` container's /metrics (the age of the newest good backup).
 BACKUP_METRICS_PORT: Final = 9188
 BACKUP_RESOURCES: Final = pod.Resources("20m", "64Mi", "1", "256Mi")
+# The `backups` container's /tmp (not the `postgres` container's pod.TMP_VOLUME).
+BACKUPS_TMP_VOLUME: Final = "backups-tmp"
 # How long a pod has to stop: Patroni shuts PostgreSQL down (fast) and, on the primary, hands
 # the leader lock over before it exits.
 STOP_SECONDS: Final = 60
@@ -205,9 +207,10 @@ class Database(pulumi.ComponentResource):
         )
         self.headless_service = service(f"{name}-headless", HEADLESS_NAME, None)
 
-        account = k8s.core.v1.ServiceAccount(
+        # The token is mounted into the database's pods alone (their spec asks for it).
+        account = pod.service_account(
             f"{name}-account",
-            metadata={
+            {
                 **metadata(NAME),
                 # The backup repository's cloud identity (Workload Identity, IAM roles for
                 # service accounts), when the repository is a bucket the program made.
@@ -217,9 +220,7 @@ class Database(pulumi.ComponentResource):
                     else {}
                 ),
             },
-            # The token is mounted into the database's pods alone (their spec asks for it).
-            automount_service_account_token=False,
-            opts=child,
+            child,
         )
         self.role = k8s.rbac.v1.Role(
             f"{name}-patroni",
@@ -246,44 +247,38 @@ class Database(pulumi.ComponentResource):
             opts=child,
         )
 
-        claim_spec: k8s.core.v1.PersistentVolumeClaimSpecArgsDict = {
-            "access_modes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": args.storage_size}},
-            # None: the cluster's default StorageClass.
-            "storage_class_name": args.storage_class,
-        }
-        self.volume_claims = [
-            k8s.core.v1.PersistentVolumeClaim(
-                # The first claim's Pulumi name is the one a one-instance stack has always had.
-                f"{name}-data" if index == 0 else f"{name}-{index}-data",
+        def claim(
+            resource: str, object_name: str, spec: k8s.core.v1.PersistentVolumeClaimSpecArgsDict
+        ) -> k8s.core.v1.PersistentVolumeClaim:
+            return k8s.core.v1.PersistentVolumeClaim(
+                resource,
                 metadata={
-                    **metadata(claim_name(index)),
+                    **metadata(object_name),
                     # Binding may wait for the first consumer; the StatefulSet's await covers it.
                     "annotations": {"pulumi.com/skipAwait": "true"},
                 },
-                spec=claim_spec,
+                spec=spec,
                 opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
+            )
+
+        data_spec = _claim_spec(args.storage_size, args.storage_class)
+        self.volume_claims = [
+            claim(
+                # The first claim's Pulumi name is the one a one-instance stack has always had.
+                f"{name}-data" if index == 0 else f"{name}-{index}-data",
+                claim_name(index),
+                data_spec,
             )
             for index in range(args.replicas)
         ]
         after: list[pulumi.Resource] = list(args.after)
         if args.backup is not None and args.backup.volume is not None:
             volume = args.backup.volume
-            # Protected as the data is: the backups are the way back from a bad statement.
-            self.backup_claim = k8s.core.v1.PersistentVolumeClaim(
-                f"{name}-backups",
-                metadata={
-                    **metadata(BACKUP_CLAIM),
-                    "annotations": {"pulumi.com/skipAwait": "true"},
-                },
-                spec={
-                    # Every instance mounts it: they must share a node (README, "Backups
-                    # and restore").
-                    "access_modes": ["ReadWriteOnce"],
-                    "resources": {"requests": {"storage": volume.size}},
-                    "storage_class_name": volume.storage_class,
-                },
-                opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
+            # Protected as the data is: the backups are the way back from a bad statement. Every
+            # instance mounts it (ReadWriteOnce): they must share a node (README, "Backups and
+            # restore").
+            self.backup_claim = claim(
+                f"{name}-backups", BACKUP_CLAIM, _claim_spec(volume.size, volume.storage_class)
             )
             after.append(self.backup_claim)
         if args.backup is not None and args.backup.ca_certificate is not None:
@@ -330,7 +325,7 @@ class Database(pulumi.ComponentResource):
                 "volume_claim_templates": [
                     {
                         "metadata": {"name": CLAIM_TEMPLATE, "labels": meta_labels},
-                        "spec": claim_spec,
+                        "spec": data_spec,
                     }
                 ],
             },
@@ -384,6 +379,17 @@ def backup_env(backup: BackupArgs) -> list[k8s.core.v1.EnvVarArgsDict]:
     ]
 
 
+def _claim_spec(
+    size: str, storage_class: str | None
+) -> k8s.core.v1.PersistentVolumeClaimSpecArgsDict:
+    return {
+        "access_modes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": size}},
+        # None: the cluster's default StorageClass.
+        "storage_class_name": storage_class,
+    }
+
+
 def _pod_spec(args: DatabaseArgs, match: dict[str, str]) -> k8s.core.v1.PodSpecArgsDict:
     def field(path: str) -> k8s.core.v1.EnvVarSourceArgsDict:
         return {"field_ref": {"field_path": path}}
@@ -432,7 +438,7 @@ def _pod_spec(args: DatabaseArgs, match: dict[str, str]) -> k8s.core.v1.PodSpecA
             volumes.append(
                 {"name": "backups", "persistent_volume_claim": {"claim_name": BACKUP_CLAIM}}
             )
-        volumes.append({"name": "backups-tmp", "empty_dir": {"size_limit": "64Mi"}})
+        volumes.append(pod.tmp_volume(BACKUPS_TMP_VOLUME))
         sidecars.append(_backups_container(args, args.backup, env, mounts))
 
     def probe(path: str, *, period: int, failures: int) -> k8s.core.v1.ProbeArgsDict:
@@ -463,7 +469,7 @@ def _pod_spec(args: DatabaseArgs, match: dict[str, str]) -> k8s.core.v1.PodSpecA
             {
                 "name": "postgres",
                 "image": args.image,
-                "image_pull_policy": pulumi.Output.from_input(args.image).apply(pod.pull_policy),
+                "image_pull_policy": pod.pull_policy(args.image),
                 "ports": [
                     {"name": "postgres", "container_port": PORT, "protocol": "TCP"},
                     {"name": "patroni", "container_port": API_PORT, "protocol": "TCP"},
@@ -516,7 +522,7 @@ def _backups_container(
     return {
         "name": "backups",
         "image": args.image,
-        "image_pull_policy": pulumi.Output.from_input(args.image).apply(pod.pull_policy),
+        "image_pull_policy": pod.pull_policy(args.image),
         "command": ["mlstack-database-backups"],
         "ports": [
             {"name": "backup-metrics", "container_port": BACKUP_METRICS_PORT, "protocol": "TCP"}
@@ -530,11 +536,7 @@ def _backups_container(
         "resources": BACKUP_RESOURCES.spec(),
         "security_context": pod.container_security_context(),
         # Its own /tmp: pgBackRest's configuration and locks are per container.
-        "volume_mounts": [
-            {"name": "backups-tmp", "mount_path": "/tmp"},
-            {"name": pod.SECRETS_VOLUME, "mount_path": pod.SECRETS_DIR, "read_only": True},
-            *mounts,
-        ],
+        "volume_mounts": pod.mounts(secrets=True, tmp=BACKUPS_TMP_VOLUME, extra=tuple(mounts)),
         # Alive and ready while it serves its metrics, which it does from its start whatever
         # the repository does (a failing backup shows in the metrics, never in readiness). The
         # pod is Ready only once this container is: its readiness is asked as often as the

@@ -243,12 +243,7 @@ def _pod_spec(
             {"name": "TLS_CERT_FILE", "value": f"{TLS_DIR}/tls.crt"},
             {"name": "TLS_KEY_FILE", "value": f"{TLS_DIR}/tls.key"},
         ]
-        volumes.append(
-            {
-                "name": TLS_VOLUME,
-                "secret": {"secret_name": args.tls_secret_name, "default_mode": 0o440},
-            }
-        )
+        volumes.append(pod.secrets_volume(args.tls_secret_name, TLS_VOLUME))
         extra_mounts.append({"name": TLS_VOLUME, "mount_path": TLS_DIR, "read_only": True})
     if args.metrics_port is not None:
         env.append({"name": "METRICS_PORT", "value": str(args.metrics_port)})
@@ -280,7 +275,7 @@ def _pod_spec(
     container: k8s.core.v1.ContainerArgsDict = {
         "name": args.name,
         "image": args.image,
-        "image_pull_policy": pulumi.Output.from_input(args.image).apply(pod.pull_policy),
+        "image_pull_policy": pod.pull_policy(args.image),
         "ports": ports,
         "env": env,
         "resources": args.resources.spec(),

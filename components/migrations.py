@@ -72,7 +72,7 @@ class SchemaMigrations(pulumi.ComponentResource):
         container: k8s.core.v1.ContainerArgsDict = {
             "name": args.name,
             "image": args.image,
-            "image_pull_policy": pulumi.Output.from_input(args.image).apply(pod.pull_policy),
+            "image_pull_policy": pod.pull_policy(args.image),
             "command": list(args.command),
             "env": [{"name": k, "value": v} for k, v in sorted(args.env.items())],
             "resources": args.resources.spec(),

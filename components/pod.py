@@ -75,35 +75,41 @@ def service_account(
     opts: pulumi.ResourceOptions,
 ) -> k8s.core.v1.ServiceAccount:
     """A workload's own ServiceAccount that mounts no API token: the app's pods never call the
-    Kubernetes API (the database's, which Patroni needs, is its own)."""
+    Kubernetes API (the database's pods, which Patroni needs it in, ask for it in their spec)."""
     return k8s.core.v1.ServiceAccount(
         resource_name, metadata=metadata, automount_service_account_token=False, opts=opts
     )
 
 
-def pull_policy(image: str) -> str:
+def pull_policy(image: pulumi.Input[str]) -> pulumi.Output[str]:
     """`IfNotPresent` for an image pinned by digest (a node's cached copy is the same bytes);
     `Always` for a tag, so that every node resolves the tag at the registry (and re-checks the
     pull credentials) instead of running whichever build of it that node happened to cache."""
-    return "IfNotPresent" if "@sha256:" in image else "Always"
+    return pulumi.Output.from_input(image).apply(
+        lambda found: "IfNotPresent" if "@sha256:" in found else "Always"
+    )
 
 
-def tmp_volume() -> k8s.core.v1.VolumeArgsDict:
-    return {"name": TMP_VOLUME, "empty_dir": {"size_limit": "64Mi"}}
+def tmp_volume(name: str = TMP_VOLUME) -> k8s.core.v1.VolumeArgsDict:
+    return {"name": name, "empty_dir": {"size_limit": "64Mi"}}
 
 
-def secrets_volume(secret_name: str) -> k8s.core.v1.VolumeArgsDict:
+def secrets_volume(secret_name: str, name: str = SECRETS_VOLUME) -> k8s.core.v1.VolumeArgsDict:
     # Mode 0440 with the pod's fsGroup: readable by the app user only.
     return {
-        "name": SECRETS_VOLUME,
+        "name": name,
         "secret": {"secret_name": secret_name, "default_mode": 0o440},
     }
 
 
 def mounts(
-    *, secrets: bool, extra: tuple[k8s.core.v1.VolumeMountArgsDict, ...] = ()
+    *,
+    secrets: bool,
+    tmp: str = TMP_VOLUME,
+    extra: tuple[k8s.core.v1.VolumeMountArgsDict, ...] = (),
 ) -> list[k8s.core.v1.VolumeMountArgsDict]:
-    found: list[k8s.core.v1.VolumeMountArgsDict] = [{"name": TMP_VOLUME, "mount_path": "/tmp"}]
+    """/tmp from the volume `tmp`, the stack's secrets when `secrets`, then `extra`."""
+    found: list[k8s.core.v1.VolumeMountArgsDict] = [{"name": tmp, "mount_path": "/tmp"}]
     if secrets:
         found.append({"name": SECRETS_VOLUME, "mount_path": SECRETS_DIR, "read_only": True})
     return [*found, *extra]
