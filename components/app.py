@@ -284,19 +284,19 @@ class MlApp(pulumi.ComponentResource):
                 namespace=ns,
                 dns=config.dns,
                 # Patroni's store is the API server.
-                api_server=ApiServerRoute(source="database", endpoints=api_server_endpoints),
+                api_server=ApiServerRoute(source=database.NAME, endpoints=api_server_endpoints),
                 # The backup repository: archive-push, archive-get and the base backups.
                 external=repository.egress if repository else (),
                 routes=(
                     Route(source=None, target="gateway", ports=(CONTAINER_PORT,)),
                     Route(source="gateway", target="model", ports=(CONTAINER_PORT,)),
-                    Route(source="gateway", target="database", ports=(database.PORT,)),
-                    Route(source=MIGRATIONS, target="database", ports=(database.PORT,)),
+                    Route(source="gateway", target=database.NAME, ports=(database.PORT,)),
+                    Route(source=MIGRATIONS, target=database.NAME, ports=(database.PORT,)),
                     # Standbys copy, stream and rewind from the primary (any instance may be
                     # it), and Patroni's members ask each other's REST API before a promotion.
                     Route(
-                        source="database",
-                        target="database",
+                        source=database.NAME,
+                        target=database.NAME,
                         ports=(database.PORT, database.API_PORT),
                     ),
                     *(
@@ -317,7 +317,7 @@ class MlApp(pulumi.ComponentResource):
                         [
                             Route(
                                 source=None,
-                                target="database",
+                                target=database.NAME,
                                 ports=(database.BACKUP_METRICS_PORT,),
                                 namespaces=config.gateway.metrics_namespaces,
                                 name="database-metrics",

@@ -27,6 +27,8 @@ SECRET_KEYS: Final = {
 RECOVERY_DAYS: Final = 14
 # The NetworkPolicy name of the database pods' way out to their repository.
 ROUTE_NAME: Final = "database-to-backup-repository"
+# Where the cloud object stores (GCS, S3) answer.
+HTTPS_PORT: Final = 443
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,17 @@ class Repository:
     egress: tuple[ExternalRoute, ...] = ()
     # The cloud resources (bucket, identity) the pods need before their first archive.
     resources: tuple[pulumi.Resource, ...] = ()
+
+
+def bucket_name(stack: str) -> str:
+    """The Pulumi name of the component that makes `stack`'s backup bucket in a cloud."""
+    return f"mlstack-{stack}-backups"
+
+
+def repository_route(port: int) -> ExternalRoute:
+    """The database pods' way out to their repository: TCP `port` on any address (a repository
+    is known by its DNS name)."""
+    return ExternalRoute(source=database.NAME, port=port, name=ROUTE_NAME)
 
 
 def object_store_path(stack: str) -> str:

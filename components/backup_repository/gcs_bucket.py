@@ -18,15 +18,17 @@ import pulumi_gcp as gcp
 
 from components import database
 from components.backup_repository.common import (
+    HTTPS_PORT,
     RECOVERY_DAYS,
-    ROUTE_NAME,
     Repository,
+    bucket_name,
     object_store_path,
     repository,
+    repository_route,
 )
 from components.cluster.gke import service_account_id
 from components.config import BackupConfig, GkeCluster, StackConfig
-from components.network_policy import ANYWHERE, ExternalRoute
+from components.network_policy import ExternalRoute
 
 # Read, write, list and delete the bucket's objects: what pgBackRest does, and no bucket setting.
 OBJECT_ROLE: Final = "roles/storage.objectAdmin"
@@ -38,7 +40,6 @@ ACCOUNT_ANNOTATION: Final = "iam.gke.io/gcp-service-account"
 # a policy would name 169.254.169.252:988 instead.)
 METADATA_SERVER: Final = "169.254.169.254/32"
 METADATA_PORT: Final = 80
-HTTPS_PORT: Final = 443
 
 
 def workload_identity_member(project: str, namespace: str, account: str) -> str:
@@ -110,7 +111,7 @@ def gcs_bucket_repository(
     config: StackConfig, backup: BackupConfig, cluster: GkeCluster, parent: pulumi.Resource
 ) -> Repository:
     bucket = GcsBackupBucket(
-        f"mlstack-{config.stack}-backups",
+        bucket_name(config.stack),
         GcsBucketArgs(
             project=cluster.project,
             region=cluster.region,
@@ -135,11 +136,11 @@ def gcs_bucket_repository(
             # storage.googleapis.com answers on addresses from Google's whole front-end range,
             # which changes without notice and is not published per service: port 443 is open
             # on any address (the nodes leave through Cloud NAT).
-            ExternalRoute(source="database", port=HTTPS_PORT, name=ROUTE_NAME, cidrs=ANYWHERE),
+            repository_route(HTTPS_PORT),
             # The token: Workload Identity's GKE metadata server, on the link-local address
             # alone (nothing else listens there for a pod).
             ExternalRoute(
-                source="database",
+                source=database.NAME,
                 port=METADATA_PORT,
                 name="database-to-metadata-server",
                 cidrs=(METADATA_SERVER,),

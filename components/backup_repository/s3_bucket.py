@@ -20,15 +20,16 @@ import pulumi_aws as aws
 
 from components import database
 from components.backup_repository.common import (
+    HTTPS_PORT,
     RECOVERY_DAYS,
-    ROUTE_NAME,
     Repository,
+    bucket_name,
     object_store_path,
     repository,
+    repository_route,
 )
 from components.cluster.eks import EksManagedCluster
 from components.config import BackupConfig, EksCluster, StackConfig
-from components.network_policy import ANYWHERE, ExternalRoute
 
 # The annotation EKS's pod identity webhook reads to know which role a pod acts as.
 ROLE_ANNOTATION: Final = "eks.amazonaws.com/role-arn"
@@ -38,7 +39,6 @@ OBJECT_ACTIONS: Final = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")
 # SSE-KMS: writing asks KMS for a data key, reading (and completing a multipart upload) for
 # its decryption.
 KEY_ACTIONS: Final = ("kms:Decrypt", "kms:GenerateDataKey")
-HTTPS_PORT: Final = 443
 
 
 def s3_endpoint(region: str) -> str:
@@ -226,7 +226,7 @@ def s3_bucket_repository(
     assert isinstance(config.cluster, EksCluster), config.cluster
     region = config.cluster.region
     bucket = S3BackupBucket(
-        f"mlstack-{config.stack}-backups",
+        bucket_name(config.stack),
         S3BucketArgs(
             oidc_provider_arn=cluster.oidc_provider_arn,
             oidc_issuer=cluster.oidc_issuer,
@@ -254,7 +254,7 @@ def s3_bucket_repository(
             # pod's token is traded for the role's credentials) answer on addresses from AWS's
             # whole published ranges, which change weekly and are far wider than one service:
             # a NetworkPolicy cannot name a prefix list, so port 443 is open on any address.
-            ExternalRoute(source="database", port=HTTPS_PORT, name=ROUTE_NAME, cidrs=ANYWHERE),
+            repository_route(HTTPS_PORT),
         ),
         resources=(bucket,),
     )

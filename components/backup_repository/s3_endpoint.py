@@ -4,13 +4,12 @@ with the bucket's keys (the stack secrets databaseBackupS3AccessKey/SecretKey)."
 from __future__ import annotations
 
 from components.backup_repository.common import (
-    ROUTE_NAME,
     Repository,
     object_store_path,
     repository,
+    repository_route,
 )
 from components.config import BackupConfig, S3Repository, StackConfig
-from components.network_policy import ExternalRoute
 
 
 def s3_endpoint_repository(
@@ -32,5 +31,5 @@ def s3_endpoint_repository(
         ca_certificate=s3.ca_certificate,
         # The endpoint is a DNS name the stack gives: its addresses are not the program's to
         # know, so its port is open on any.
-        egress=(ExternalRoute(source="database", port=s3.port, name=ROUTE_NAME),),
+        egress=(repository_route(s3.port),),
     )
