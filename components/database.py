@@ -78,6 +78,10 @@ BACKUP_CA_DIR: Final = "/etc/mlstack/backup-ca"
 # The `backups` container's /metrics (the age of the newest good backup).
 BACKUP_METRICS_PORT: Final = 9188
 BACKUP_RESOURCES: Final = pod.Resources("20m", "64Mi", "1", "256Mi")
+# The containers of an instance: PostgreSQL under Patroni (patronictl runs there), and the
+# base backups with their metrics (pgBackRest's commands run there).
+POSTGRES_CONTAINER: Final = "postgres"
+BACKUPS_CONTAINER: Final = "backups"
 # The `backups` container's /tmp (not the `postgres` container's pod.TMP_VOLUME).
 BACKUPS_TMP_VOLUME: Final = "backups-tmp"
 # How long a pod has to stop: Patroni shuts PostgreSQL down (fast) and, on the primary, hands
@@ -467,7 +471,7 @@ def _pod_spec(args: DatabaseArgs, match: dict[str, str]) -> k8s.core.v1.PodSpecA
         "topology_spread_constraints": pod.spread(match, zones=args.zone_spread),
         "containers": [
             {
-                "name": "postgres",
+                "name": POSTGRES_CONTAINER,
                 "image": args.image,
                 "image_pull_policy": pod.pull_policy(args.image),
                 "ports": [
@@ -520,7 +524,7 @@ def _backups_container(
         "failure_threshold": 6,
     }
     return {
-        "name": "backups",
+        "name": BACKUPS_CONTAINER,
         "image": args.image,
         "image_pull_policy": pod.pull_policy(args.image),
         "command": ["mlstack-database-backups"],

@@ -37,7 +37,7 @@ from harness.poll import wait_until
 from tools.database_switchover import Instances, current_primary
 from tools.stack import Kubectl, Stack, StackError, read_stack
 
-CONTAINER: Final = "backups"
+CONTAINER: Final = database.BACKUPS_CONTAINER
 BACKUP_SECONDS: Final = 6 * 3600
 # How long the instances may take to stop, and the restore to make a primary and its copies.
 STOP_SECONDS: Final = 300

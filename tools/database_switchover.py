@@ -34,7 +34,7 @@ from tools.stack import Kubectl, Stack, StackError, read_stack
 # The instances' StatefulSet, and the Service that selects the pod labelled primary.
 STATEFULSET: Final = database.NAME
 SERVICE: Final = database.NAME
-CONTAINER: Final = "postgres"
+CONTAINER: Final = database.POSTGRES_CONTAINER
 # How long the role labels and the Service may take to follow once patronictl returned, and
 # patronictl itself (Patroni ends a switchover it cannot finish well before).
 WAIT_SECONDS: Final = 120
