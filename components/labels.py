@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+PART_OF_LABEL: Final = "app.kubernetes.io/part-of"
 PART_OF: Final = "mlstack"
 MANAGED_BY: Final = "pulumi"
 # Objects shared by the whole application (namespace, default-deny policy) are named after it.
@@ -14,7 +15,7 @@ def labels(name: str, stack: str) -> dict[str, str]:
     """All four recommended labels for the part `name` of the stack `stack`."""
     return {
         "app.kubernetes.io/name": name,
-        "app.kubernetes.io/part-of": PART_OF,
+        PART_OF_LABEL: PART_OF,
         "app.kubernetes.io/instance": stack,
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }

@@ -15,6 +15,7 @@ import pulumi
 from components.cluster.base import Cluster
 from components.cluster.kubeconfig_file import HostFolder, KubeconfigFile
 from components.config import LocalCluster
+from components.labels import PART_OF, PART_OF_LABEL
 
 K3S_API_PORT = 6443
 REGISTRY_PORT = 5000
@@ -38,7 +39,7 @@ class LocalK3sCluster(Cluster):
         import pulumi_docker as docker
 
         child = pulumi.ResourceOptions(parent=self)
-        labels = [docker.ContainerLabelArgs(label="app.kubernetes.io/part-of", value="mlstack")]
+        labels = [docker.ContainerLabelArgs(label=PART_OF_LABEL, value=PART_OF)]
         network = docker.Network(name, name=name, opts=child)
         registry_image = docker.RemoteImage(
             f"{name}-registry", name=config.registry_image, keep_locally=True, opts=child
