@@ -12,7 +12,7 @@ import pulumi_kubernetes as k8s
 from components import database, pod
 from components.backup_repository import backup_repository
 from components.cluster import Cluster
-from components.config import MODEL_DRAIN_SECONDS, StackConfig
+from components.config import MODEL_DRAIN_SECONDS, OLDEST_KUBERNETES, StackConfig
 from components.database import Database, DatabaseArgs
 from components.image import SERVICES, ServiceImage, ServiceImageArgs
 from components.labels import APP, labels
@@ -53,9 +53,8 @@ GATEWAY_RESOURCES: Final = pod.Resources("100m", "128Mi", "1", "256Mi")
 # The gateway's /metrics: a port of its own, never on the Service.
 METRICS_PORT: Final = 9090
 # Pod Security admission evaluates pods by the rules of this release, not `latest`, so a cluster
-# upgrade never starts refusing pods: the oldest Kubernetes minor mlstack supports
-# (KUBERNETES_VERSIONS in tools/policy.py; a unit test keeps the two in step).
-POD_SECURITY_VERSION: Final = "v1.31"
+# upgrade never starts refusing pods: the oldest Kubernetes minor mlstack supports.
+POD_SECURITY_VERSION: Final = f"v{OLDEST_KUBERNETES}"
 MODEL_RESOURCES: Final = pod.Resources("200m", "256Mi", "1", "512Mi")
 
 

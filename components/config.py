@@ -31,6 +31,10 @@ SERVICE_TYPES: Final[tuple[ServiceType, ...]] = ("LoadBalancer", "ClusterIP", "N
 # The trained models the model image carries; the newest is the default.
 MODEL_VERSIONS: Final = ("v1", "v2")
 MAX_REPLICAS: Final = 1000
+# The oldest Kubernetes minor mlstack supports: the local cluster's default k3s runs it, Pod
+# Security admission evaluates pods by its rules (components/app.py), and the policy gate checks
+# every object against its schemas (tools/policy.py).
+OLDEST_KUBERNETES: Final = "1.31"
 # The gateway's drain by default: longer than a cloud load balancer takes to stop sending to a
 # pod that has left the Service's endpoints (a single node's kube-proxy takes about a second).
 GATEWAY_DRAIN_SECONDS: Final = 30
@@ -78,7 +82,7 @@ class ConfigError(pulumi.RunError):
 class LocalCluster:
     """A k3s server in Docker with a local image registry beside it."""
 
-    k3s_image: str = "rancher/k3s:v1.31.4-k3s1"
+    k3s_image: str = f"rancher/k3s:v{OLDEST_KUBERNETES}.4-k3s1"
     registry_image: str = "registry:2.8.3"
     api_port: int = 6443
     registry_port: int = 5001

@@ -30,6 +30,7 @@ import kubernetes_validate
 import yaml
 
 from components import stack_file
+from components.config import OLDEST_KUBERNETES
 from components.image import SERVICES, SERVICES_DIR, dockerfile
 from harness.program import ROOT
 from tools import render
@@ -37,9 +38,9 @@ from tools.render import shown
 from tools.stack import run
 
 # The Kubernetes versions mlstack supports, oldest and newest: the oldest is the release of the
-# local cluster's default k3s image (components/config.py); the newest is the newest schema set
-# kubernetes-validate ships. The README ("Policy") names them too.
-KUBERNETES_VERSIONS: Final = ("1.31", "1.37")
+# local cluster's default k3s image; the newest is the newest schema set kubernetes-validate
+# ships. The README ("Policy") names them too.
+KUBERNETES_VERSIONS: Final = (OLDEST_KUBERNETES, "1.37")
 DEFAULT_CHECKOV: Final = ROOT / ".venv-checkov" / "bin" / "checkov"
 # What Checkov records for a skip (annotation or comment) that gives no reason.
 NO_REASON: Final = "No comment provided"
