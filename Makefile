@@ -8,6 +8,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK ?= dev
 PULUMI ?= pulumi
+# A recipe line that stops the target, saying where to get the CLI, when $(PULUMI) is missing.
+REQUIRE_PULUMI = @command -v $(PULUMI) >/dev/null || { echo "make: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/" >&2; exit 1; }
+# $(call pip_install,DIR,ARGS): `pip install ARGS` into the virtual environment DIR, made first
+# when missing. Every virtual environment of the project is set up this way.
+define pip_install
+test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+$(1)/bin/python -m pip install --quiet --disable-pip-version-check $(2)
+endef
 # The state backend of the targets that run the Pulumi CLI (mk/stack.mk, mk/ops.mk):
 # PULUMI_BACKEND_URL when set, else the backend `pulumi login` chose, else a local file backend
 # in .pulumi-local/. Asked only when such a target runs.
@@ -20,9 +28,8 @@ endif
 TEST_TARGETS := lint typecheck unit
 
 $(VENV)/.installed: requirements.txt requirements-cloud.txt requirements-dev.txt services/model/requirements.txt services/gateway/requirements.txt policy/pack/requirements.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r policy/pack/requirements.txt
+	$(call pip_install,$(VENV),-r requirements-dev.txt)
+	$(call pip_install,$(VENV),--no-deps -r policy/pack/requirements.txt)
 	touch $@
 
 .PHONY: venv

@@ -13,12 +13,11 @@ $(GHZ):
 	GOBIN=$(CURDIR)/build/tools go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
 $(MLSERVER_VENV)/.installed: bench/requirements-mlserver.txt
-	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
-	$(MLSERVER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements-mlserver.txt
+	$(call pip_install,$(MLSERVER_VENV),-r bench/requirements-mlserver.txt)
 	touch $@
 
 $(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(call pip_install,$(VENV),-r bench/requirements.txt)
 	touch $@
 
 .PHONY: bench-tools

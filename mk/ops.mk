@@ -9,7 +9,7 @@ PROTECTED_URNS := import json, sys; state = json.load(sys.stdin).get("deployment
 
 .PHONY: down
 down: venv ## destroy $(STACK) and remove it (refuses while anything in it is protected, e.g. prod)
-	@command -v $(PULUMI) >/dev/null || { echo "make: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/" >&2; exit 1; }
+	$(REQUIRE_PULUMI)
 	@state=$$($(PULUMI) stack export --stack $(STACK)) || { \
 	  echo "make down: cannot read the state of stack $(STACK) (does it exist? pulumi stack ls)" >&2; exit 1; }; \
 	protected=$$(printf '%s' "$$state" | $(PY) -c '$(PROTECTED_URNS)') || exit 1; \

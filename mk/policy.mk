@@ -9,8 +9,7 @@ CHECKOV := $(CHECKOV_VENV)/bin/checkov
 MANIFESTS := build/manifests
 
 $(CHECKOV_VENV)/.installed: requirements-checkov.txt
-	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	$(call pip_install,$(CHECKOV_VENV),-r requirements-checkov.txt)
 	touch $@
 
 .PHONY: checkov-venv

@@ -9,7 +9,7 @@ endif
 
 .PHONY: stack
 stack: venv ## select (or create) $(STACK) and generate its secrets on first use
-	@command -v $(PULUMI) >/dev/null || { echo "make: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/" >&2; exit 1; }
+	$(REQUIRE_PULUMI)
 	@mkdir -p .pulumi-local
 	$(PULUMI) stack select --create $(STACK)
 	@for key in databasePassword databaseOwnerPassword databaseReplicationPassword databaseRewindPassword databaseBackupCipherPassword apiKey secretsDigestKey; do \
@@ -53,6 +53,6 @@ restore: venv ## $(STACK)'s PostgreSQL as it was at TIME='2026-12-04 21:30:00+00
 
 .PHONY: drift
 drift: venv ## exit non-zero and name what drifted when live $(STACK) differs from its state (README "Drift")
-	@command -v $(PULUMI) >/dev/null || { echo "make: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/" >&2; exit 1; }
+	$(REQUIRE_PULUMI)
 	@# Reads only: no `stack` prerequisite, which would create the stack and write its secrets.
 	PULUMI=$(PULUMI) $(PY) -m tools.drift --stack $(STACK)
