@@ -328,6 +328,18 @@ BUCKET_KEYS: Final = {
     "databaseBackupS3AccessKey": "the bucket's access key ID",
     "databaseBackupS3SecretKey": "the bucket's secret access key",
 }
+# The stack secrets nobody has to choose: `make stack`, the review workflow and `make e2e-cluster`
+# draw each one a stack lacks (tools/stack_secrets.py). The bucket's keys come from its provider;
+# apiKeyPrevious and the gateway's certificate are set by hand.
+GENERATED_SECRETS: Final = (
+    "databasePassword",
+    "databaseOwnerPassword",
+    "databaseReplicationPassword",
+    "databaseRewindPassword",
+    BACKUP_CIPHER_SECRET,
+    "apiKey",
+    "secretsDigestKey",
+)
 _SCALAR_KEYS: Final = (
     "namespace",
     "protect",
@@ -918,8 +930,10 @@ def _read_raw() -> dict[str, object]:
 
 
 def _secret(
-    raw: Mapping[str, object], key: str, minimum: int = 12, origin: str = "`make up` generates one"
+    raw: Mapping[str, object], key: str, minimum: int = 12, origin: str | None = None
 ) -> pulumi.Output[str]:
+    """The stack secret `key`, at least `minimum` characters long. `origin` says where a missing
+    one comes from; by default, `make up` for one it generates."""
     value = raw.get(key)
     if not isinstance(value, str) or len(value) < minimum:
         if value is None:
@@ -928,9 +942,12 @@ def _secret(
             shown = "empty"
         else:
             shown = f"too short (at least {minimum} characters)"
+        if origin is None and key in GENERATED_SECRETS:
+            origin = "`make up` generates one"
         raise ConfigError(
             f"{NAMESPACE}:{key} is {shown}: set it with "
-            f"`pulumi config set --secret {NAMESPACE}:{key} <value>` ({origin})"
+            f"`pulumi config set --secret {NAMESPACE}:{key} <value>`"
+            + (f" ({origin})" if origin else "")
         )
     return pulumi.Output.secret(value)
 

@@ -21,7 +21,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import json
-import secrets
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -29,12 +28,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from components import database, microservice
+from components import database, microservice, stack_file
+from components.config import BACKUP_CIPHER_SECRET, GENERATED_SECRETS
 from e2e.controlplane import ControlPlane, toolchain_bin
 from e2e.images import ImageRefs, Images
 from e2e.node import Node
 from e2e.s3 import S3Server
 from e2e.workspace import PulumiWorkspace
+from tools import stack_secrets
 
 STACK: Final = "e2e"
 NAMESPACE: Final = "mlstack-e2e"
@@ -269,17 +270,16 @@ def push_teardown_of(stack: contextlib.ExitStack, workdir: Path, left: list[str]
 
 
 def random_secrets() -> dict[str, str]:
-    """The stack's secrets for `make e2e-cluster`: drawn afresh."""
-    return {
-        # With what a URL or a password file gives a meaning to, as the
-        # base64 passwords the README's commands make may have.
-        "mlstack:databasePassword": secrets.token_urlsafe(24) + "/@:%+=?",
-        "mlstack:databaseOwnerPassword": secrets.token_urlsafe(24) + "/@:%+=?",
-        "mlstack:databaseReplicationPassword": secrets.token_urlsafe(24) + "/@:%+=?",
-        "mlstack:databaseRewindPassword": secrets.token_urlsafe(24) + "/@:%+=?",
-        "mlstack:apiKey": secrets.token_urlsafe(24),
-        "mlstack:secretsDigestKey": secrets.token_urlsafe(24),
+    """The stack's secrets for `make e2e-cluster`: drawn afresh, as `make stack` draws them (but
+    the backups' cipher, which backup_secrets gives)."""
+    drawn = {
+        f"{stack_file.NAMESPACE}:{name}": stack_secrets.generate()
+        for name in GENERATED_SECRETS
+        if name != BACKUP_CIPHER_SECRET
     }
+    # The passwords end with what a URL or a password file gives a meaning to, as the base64
+    # passwords the README's commands make may have.
+    return {key: value + "/@:%+=?" if "Password" in key else value for key, value in drawn.items()}
 
 
 class LocalCluster:

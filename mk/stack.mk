@@ -12,12 +12,7 @@ stack: venv ## select (or create) $(STACK) and generate its secrets on first use
 	$(REQUIRE_PULUMI)
 	@mkdir -p .pulumi-local
 	$(PULUMI) stack select --create $(STACK)
-	@for key in databasePassword databaseOwnerPassword databaseReplicationPassword databaseRewindPassword databaseBackupCipherPassword apiKey secretsDigestKey; do \
-	  $(PULUMI) config get mlstack:$$key >/dev/null 2>&1 || { \
-	    echo "generating mlstack:$$key for stack $(STACK)"; \
-	    $(PY) -c 'import secrets; print(secrets.token_urlsafe(24))' | $(PULUMI) config set --secret mlstack:$$key; \
-	  }; \
-	done
+	PULUMI=$(PULUMI) $(PY) -m tools.stack_secrets --stack $(STACK)
 
 # The project's policy pack (README, "Policy gates"), with the stack's settings when it has any.
 POLICY_PACK := policy/pack

@@ -55,12 +55,15 @@ def run(
     )
 
 
-def pulumi(*args: str, stack: str, capture: bool = True, timeout: float = 120) -> str:
-    """`pulumi <args> --stack <stack>`'s output, run as every tool runs the CLI (pulumi_cli)."""
+def pulumi(
+    *args: str, stack: str, capture: bool = True, timeout: float = 120, stdin: str | None = None
+) -> str:
+    """`pulumi <args> --stack <stack>`'s output, run as every tool runs the CLI (pulumi_cli).
+    `stdin` is written to it (a secret value, kept out of the command line); else it has none."""
     args = (*args, "--stack", stack)
     done = _checked(
         pulumi_cli.argv(*args),
-        lambda: pulumi_cli.run(args, timeout=timeout, no_stdin=True, capture=capture),
+        lambda: pulumi_cli.run(args, timeout=timeout, stdin=stdin, no_stdin=True, capture=capture),
         check=True,
         capture=capture,
         timeout=timeout,

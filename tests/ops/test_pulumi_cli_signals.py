@@ -15,10 +15,11 @@ from tools import pulumi_cli
 
 SIGINT_BIT = 1 << (signal.SIGINT - 1)
 # A stand-in `pulumi` that logs each call's command (its first word that is no flag) and the
-# signals it started ignoring.
+# signals it started ignoring. Its stack's config is empty (`make stack` reads it as JSON).
 LOGGING_PULUMI = """#!/bin/sh
 for word; do case "$word" in -*) ;; *) break ;; esac; done
 echo "$word $(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/self/status)" >> "$(dirname "$0")/calls"
+if [ "$word" = config ]; then echo '{}'; fi
 """
 # Runs its arguments with SIGINT ignored, as an asynchronous command of a script starts.
 IGNORING_SIGINT = (
