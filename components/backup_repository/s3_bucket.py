@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import pulumi
 import pulumi_aws as aws
@@ -124,9 +124,8 @@ class S3BackupBucket(pulumi.ComponentResource):
     ) -> None:
         super().__init__("mlstack:backup:S3Bucket", name, None, opts)
 
-        def child(**options: Any) -> pulumi.ResourceOptions:
-            # A fresh object each time: the SDK adjusts the options it is given.
-            return pulumi.ResourceOptions(parent=self, **options)
+        child = pulumi.ResourceOptions(parent=self)
+        protected = pulumi.ResourceOptions(parent=self, protect=args.protect)
 
         # The backups' own key, not the cluster's: the backups outlive the cluster, and whoever
         # may use the cluster's Secrets key need not read them. Protected as the bucket is.
@@ -135,9 +134,9 @@ class S3BackupBucket(pulumi.ComponentResource):
             description=f"Server-side encryption of the database backups in {name}",
             enable_key_rotation=True,
             deletion_window_in_days=30,
-            opts=child(protect=args.protect),
+            opts=protected,
         )
-        self.bucket = aws.s3.Bucket(name, force_destroy=False, opts=child(protect=args.protect))
+        self.bucket = aws.s3.Bucket(name, force_destroy=False, opts=protected)
         bucket_name = self.bucket.bucket
         encryption = aws.s3.BucketServerSideEncryptionConfiguration(
             name,
@@ -152,7 +151,7 @@ class S3BackupBucket(pulumi.ComponentResource):
                     "bucket_key_enabled": True,
                 }
             ],
-            opts=child(),
+            opts=child,
         )
         public_access = aws.s3.BucketPublicAccessBlock(
             name,
@@ -161,20 +160,20 @@ class S3BackupBucket(pulumi.ComponentResource):
             block_public_policy=True,
             ignore_public_acls=True,
             restrict_public_buckets=True,
-            opts=child(),
+            opts=child,
         )
         # No ACLs: the bucket's owner owns every object, and only policies grant access.
         ownership = aws.s3.BucketOwnershipControls(
             name,
             bucket=bucket_name,
             rule={"object_ownership": "BucketOwnerEnforced"},
-            opts=child(),
+            opts=child,
         )
         versioning = aws.s3.BucketVersioning(
             name,
             bucket=bucket_name,
             versioning_configuration={"status": "Enabled"},
-            opts=child(),
+            opts=child,
         )
         # A deleted or overwritten object can be brought back for RECOVERY_DAYS, then its old
         # versions go (pgBackRest rewrites its info files and expires whole backup sets, which
@@ -192,14 +191,16 @@ class S3BackupBucket(pulumi.ComponentResource):
                     "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
                 }
             ],
-            opts=child(depends_on=[versioning]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[versioning]),
         )
         # S3 refuses concurrent changes of one bucket's settings: the policy comes last.
         aws.s3.BucketPolicy(
             name,
             bucket=bucket_name,
             policy=self.bucket.arn.apply(tls_only_policy),
-            opts=child(depends_on=[public_access, ownership, encryption, lifecycle]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[public_access, ownership, encryption, lifecycle]
+            ),
         )
         self.role = aws.iam.Role(
             name,
@@ -207,7 +208,7 @@ class S3BackupBucket(pulumi.ComponentResource):
             assume_role_policy=pulumi.Output.all(args.oidc_provider_arn, args.oidc_issuer).apply(
                 lambda found: trust_policy(found[0], found[1], args.namespace, args.service_account)
             ),
-            opts=child(),
+            opts=child,
         )
         aws.iam.RolePolicy(
             name,
@@ -215,7 +216,7 @@ class S3BackupBucket(pulumi.ComponentResource):
             policy=pulumi.Output.all(self.bucket.arn, self.key.arn).apply(
                 lambda found: access_policy(found[0], found[1])
             ),
-            opts=child(),
+            opts=child,
         )
         self.register_outputs({"bucket": self.bucket.bucket, "role": self.role.arn})
 

@@ -60,9 +60,7 @@ class EksManagedCluster(Cluster):
             f"{name}-aws", region=config.region, opts=pulumi.ResourceOptions(parent=self)
         )
 
-        def in_region() -> pulumi.ResourceOptions:
-            # A fresh object each time: the SDK adjusts the options it is given.
-            return pulumi.ResourceOptions(parent=self, providers={"aws": region})
+        in_region = pulumi.ResourceOptions(parent=self, providers={"aws": region})
 
         node_role = aws.iam.Role(
             f"{name}-nodes",
@@ -78,25 +76,25 @@ class EksManagedCluster(Cluster):
                     ],
                 }
             ),
-            opts=in_region(),
+            opts=in_region,
         )
         for index, policy in enumerate(NODE_POLICIES):
             aws.iam.RolePolicyAttachment(
-                f"{name}-nodes-{index}", role=node_role.name, policy_arn=policy, opts=in_region()
+                f"{name}-nodes-{index}", role=node_role.name, policy_arn=policy, opts=in_region
             )
         secrets_key = aws.kms.Key(
             f"{name}-secrets",
             description=f"Envelope encryption of the Kubernetes Secrets of EKS cluster {name}",
             enable_key_rotation=True,
             deletion_window_in_days=30,
-            opts=in_region(),
+            opts=in_region,
         )
         # The managed node group takes the metadata options from a launch template of ours.
         launch_template = aws.ec2.LaunchTemplate(
             f"{name}-nodes",
             metadata_options=NODE_METADATA_OPTIONS,
             update_default_version=True,
-            opts=in_region(),
+            opts=in_region,
         )
         networks = list(config.authorized_networks)
         cluster = eks.Cluster(
@@ -117,7 +115,7 @@ class EksManagedCluster(Cluster):
             # IAM roles for service accounts: pods get a role of their own, never a key.
             create_oidc_provider=True,
             deletion_protection=bool(opts and opts.protect),
-            opts=in_region(),
+            opts=in_region,
         )
         nodes = eks.ManagedNodeGroup(
             f"{name}-nodes",
@@ -133,7 +131,7 @@ class EksManagedCluster(Cluster):
                 "min_size": config.node_count,
                 "max_size": config.node_count,
             },
-            opts=in_region(),
+            opts=in_region,
         )
         # metrics-server runs on the nodes: the add-on is created once they have joined.
         metrics = eks.Addon(

@@ -99,9 +99,7 @@ class GkeStandardCluster(Cluster):
         super().__init__("mlstack:cluster:Gke", name, None, opts)
         import pulumi_gcp as gcp
 
-        def child() -> pulumi.ResourceOptions:
-            # A fresh object each time: the SDK adjusts the options it is given.
-            return pulumi.ResourceOptions(parent=self)
+        child = pulumi.ResourceOptions(parent=self)
 
         project, region = config.project, config.region
         node_account = gcp.serviceaccount.Account(
@@ -109,7 +107,7 @@ class GkeStandardCluster(Cluster):
             project=project,
             account_id=node_account_id(name),
             display_name=f"{name} GKE nodes",
-            opts=child(),
+            opts=child,
         )
         grants = [
             gcp.projects.IAMMember(
@@ -117,14 +115,14 @@ class GkeStandardCluster(Cluster):
                 project=project,
                 role=role,
                 member=node_account.email.apply(lambda email: f"serviceAccount:{email}"),
-                opts=child(),
+                opts=child,
             )
             for role in NODE_ROLES
         ]
         # Private nodes have no public address: Cloud NAT is their way out (images from public
         # registries, PostgreSQL's among them).
         router = gcp.compute.Router(
-            f"{name}-egress", project=project, region=region, network="default", opts=child()
+            f"{name}-egress", project=project, region=region, network="default", opts=child
         )
         nat = gcp.compute.RouterNat(
             f"{name}-egress",
@@ -134,7 +132,7 @@ class GkeStandardCluster(Cluster):
             nat_ip_allocate_option="AUTO_ONLY",
             source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
             log_config={"enable": True, "filter": "ERRORS_ONLY"},
-            opts=child(),
+            opts=child,
         )
         networks = config.authorized_networks
         cluster = gcp.container.Cluster(
@@ -165,7 +163,7 @@ class GkeStandardCluster(Cluster):
             },
             enable_shielded_nodes=True,
             deletion_protection=bool(opts and opts.protect),
-            opts=child(),
+            opts=child,
         )
         nodes = gcp.container.NodePool(
             f"{name}-nodes",
