@@ -102,3 +102,29 @@ def repository(
         egress=egress,
         resources=resources,
     )
+
+
+def cloud_bucket_repository(
+    config: StackConfig,
+    backup: BackupConfig,
+    kind: str,
+    options: Mapping[str, pulumi.Input[str]],
+    *,
+    bucket: pulumi.Resource,
+    service_account_annotations: Mapping[str, pulumi.Input[str]],
+    egress: tuple[ExternalRoute, ...] = (),
+) -> Repository:
+    """pgBackRest's `kind` repository in `bucket`, which the program made in the cluster's own
+    cloud, reached with the database pods' cloud identity (`service_account_annotations`): the
+    stack's folder in it, and `egress` beside the way out to the object store. That way is HTTPS
+    to any address: GCS and S3 answer on addresses from their provider's whole front-end
+    ranges, which change without notice and are far wider than one service, and a
+    NetworkPolicy cannot name a provider's prefix list."""
+    return repository(
+        config,
+        backup,
+        {"repo1-type": kind, "repo1-path": object_store_path(config.stack), **options},
+        service_account_annotations=service_account_annotations,
+        egress=(repository_route(HTTPS_PORT), *egress),
+        resources=(bucket,),
+    )

@@ -18,13 +18,10 @@ import pulumi_gcp as gcp
 
 from components import database
 from components.backup_repository.common import (
-    HTTPS_PORT,
     RECOVERY_DAYS,
     Repository,
     bucket_name,
-    object_store_path,
-    repository,
-    repository_route,
+    cloud_bucket_repository,
 )
 from components.cluster.gke import service_account_id
 from components.config import BackupConfig, GkeCluster, StackConfig
@@ -122,23 +119,16 @@ def gcs_bucket_repository(
         ),
         pulumi.ResourceOptions(parent=parent),
     )
-    return repository(
+    return cloud_bucket_repository(
         config,
         backup,
-        {
-            "repo1-type": "gcs",
-            "repo1-path": object_store_path(config.stack),
-            "repo1-gcs-bucket": bucket.bucket.name,
-            "repo1-gcs-key-type": "auto",
-        },
+        "gcs",
+        {"repo1-gcs-bucket": bucket.bucket.name, "repo1-gcs-key-type": "auto"},
+        bucket=bucket,
         service_account_annotations={ACCOUNT_ANNOTATION: bucket.account.email},
         egress=(
-            # storage.googleapis.com answers on addresses from Google's whole front-end range,
-            # which changes without notice and is not published per service: port 443 is open
-            # on any address (the nodes leave through Cloud NAT).
-            repository_route(HTTPS_PORT),
             # The token: Workload Identity's GKE metadata server, on the link-local address
-            # alone (nothing else listens there for a pod).
+            # alone (nothing else listens there for a pod). The nodes leave through Cloud NAT.
             ExternalRoute(
                 source=database.NAME,
                 port=METADATA_PORT,
@@ -146,5 +136,4 @@ def gcs_bucket_repository(
                 cidrs=(METADATA_SERVER,),
             ),
         ),
-        resources=(bucket,),
     )

@@ -20,13 +20,10 @@ import pulumi_aws as aws
 
 from components import database
 from components.backup_repository.common import (
-    HTTPS_PORT,
     RECOVERY_DAYS,
     Repository,
     bucket_name,
-    object_store_path,
-    repository,
-    repository_route,
+    cloud_bucket_repository,
 )
 from components.cluster.eks import EksManagedCluster
 from components.config import BackupConfig, EksCluster, StackConfig
@@ -237,25 +234,19 @@ def s3_bucket_repository(
         ),
         pulumi.ResourceOptions(parent=parent, providers={"aws": cluster.aws_provider}),
     )
-    return repository(
+    # The way out to S3 (<bucket>.s3.<region>.amazonaws.com) also reaches STS
+    # (sts.amazonaws.com), where the pod's token is traded for the role's credentials.
+    return cloud_bucket_repository(
         config,
         backup,
+        "s3",
         {
-            "repo1-type": "s3",
-            "repo1-path": object_store_path(config.stack),
             "repo1-s3-endpoint": s3_endpoint(region),
             "repo1-s3-bucket": bucket.bucket.bucket,
             "repo1-s3-region": region,
             "repo1-s3-uri-style": "host",
             "repo1-s3-key-type": "web-id",
         },
+        bucket=bucket,
         service_account_annotations={ROLE_ANNOTATION: bucket.role.arn},
-        egress=(
-            # S3 (<bucket>.s3.<region>.amazonaws.com) and STS (sts.amazonaws.com, where the
-            # pod's token is traded for the role's credentials) answer on addresses from AWS's
-            # whole published ranges, which change weekly and are far wider than one service:
-            # a NetworkPolicy cannot name a prefix list, so port 443 is open on any address.
-            repository_route(HTTPS_PORT),
-        ),
-        resources=(bucket,),
     )
