@@ -16,6 +16,7 @@ from typing import Any
 import pulumi
 
 from components.app import MODEL_RESOURCES
+from components.config import ServiceConfig
 from components.microservice import Microservice, MicroserviceArgs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +32,7 @@ for index in range(int(os.environ.get("BENCH_EXTRA_SERVICES", "20"))):
             stack=config.stack,
             namespace=app.namespace,
             image=f"registry.invalid/extra-{index}:1.0",
-            replicas=config.model.replicas,
-            service_type="ClusterIP",
+            service=ServiceConfig(replicas=config.model.replicas, service_type="ClusterIP"),
             liveness_path="/healthz",
             readiness_path="/readyz",
             resources=MODEL_RESOURCES,

@@ -10,7 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import pod, rollout
-from components.config import Autoscaling, ServiceType
+from components.config import ServiceConfig
 from components.labels import labels, selector
 
 CONTAINER_PORT: Final = 8080
@@ -47,8 +47,8 @@ class MicroserviceArgs:
     stack: str
     namespace: pulumi.Input[str]
     image: pulumi.Input[str]
-    replicas: int
-    service_type: ServiceType
+    # The stack's replicas, Service type and autoscaling of the service.
+    service: ServiceConfig
     liveness_path: str
     readiness_path: str
     resources: pod.Resources
@@ -74,14 +74,12 @@ class MicroserviceArgs:
     zone_spread: bool = False
     # Whether the service also serves gRPC (on GRPC_PORT, with the standard grpc.health.v1).
     grpc: bool = False
-    # A HorizontalPodAutoscaler between `replicas` (the floor) and its ceiling; None: `replicas`
-    # is a fixed count.
-    autoscaling: Autoscaling | None = None
 
     @property
     def most_replicas(self) -> int:
         """The most pods the service may run: what the PDB and the spreading plan for."""
-        return self.autoscaling.max_replicas if self.autoscaling else self.replicas
+        scaling = self.service.autoscaling
+        return scaling.max_replicas if scaling else self.service.replicas
 
     @property
     def scheme(self) -> str:
@@ -122,7 +120,7 @@ class Microservice(pulumi.ComponentResource):
                 "annotations": {"pulumi.com/patchForce": "true", **rollout.await_deployment()},
             },
             spec={
-                "replicas": args.replicas,
+                "replicas": args.service.replicas,
                 "selector": {"match_labels": match},
                 "revision_history_limit": 5,
                 "min_ready_seconds": MIN_READY_SECONDS,
@@ -149,14 +147,14 @@ class Microservice(pulumi.ComponentResource):
                 parent=self,
                 delete_before_replace=True,
                 depends_on=list(args.after),
-                ignore_changes=[REPLICAS] if args.autoscaling else None,
+                ignore_changes=[REPLICAS] if args.service.autoscaling else None,
             ),
         )
         self.service = k8s.core.v1.Service(
             name,
             metadata={"name": args.name, "namespace": args.namespace, "labels": meta_labels},
             spec={
-                "type": args.service_type,
+                "type": args.service.service_type,
                 # The Deployment's own selector, as a value rather than its output: the Service
                 # is then created beside the Deployment, and the provider's wait for its
                 # endpoints to settle runs while the pods start instead of after the rollout.
@@ -167,7 +165,7 @@ class Microservice(pulumi.ComponentResource):
             opts=child,
         )
         self.autoscaler = None
-        if args.autoscaling is not None:
+        if args.service.autoscaling is not None:
             self.autoscaler = _autoscaler(name, args, self.deployment, child)
         self.disruption_budget = None
         if args.most_replicas > 1:
@@ -190,7 +188,7 @@ def _autoscaler(
 ) -> k8s.autoscaling.v2.HorizontalPodAutoscaler:
     """Scales the Deployment on its pods' CPU use, as a share of their CPU requests (every
     container of a Microservice has them: pod.Resources)."""
-    scaling = args.autoscaling
+    scaling = args.service.autoscaling
     assert scaling is not None
     return k8s.autoscaling.v2.HorizontalPodAutoscaler(
         name,
@@ -205,7 +203,7 @@ def _autoscaler(
                 "kind": "Deployment",
                 "name": deployment.metadata.name,
             },
-            "min_replicas": args.replicas,
+            "min_replicas": args.service.replicas,
             "max_replicas": scaling.max_replicas,
             "metrics": [
                 {
