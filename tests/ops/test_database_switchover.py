@@ -19,6 +19,7 @@ import pytest
 from components import database
 from harness.make import make_env, run_make
 from harness.program import ROOT
+from tests.stand_ins import stand_in
 from tools import database_switchover as switchover
 
 NAMESPACE = "mlstack-prod"
@@ -71,13 +72,8 @@ class Fakes:
         self.folder = folder
         self.kubeconfig = folder / "kubeconfig.yaml"
         self.kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
-        for name, script in (
-            ("pulumi", FAKE_PULUMI.format(python=sys.executable)),
-            ("kubectl", f"#!{sys.executable}\n" + FAKE_KUBECTL.read_text()),
-        ):
-            path = folder / name
-            path.write_text(script)
-            path.chmod(0o755)
+        stand_in(folder, "pulumi", FAKE_PULUMI.format(python=sys.executable))
+        stand_in(folder, "kubectl", f"#!{sys.executable}\n" + FAKE_KUBECTL.read_text())
         self.stack(
             config={"mlstack:cluster": {"objectValue": {
                 "provider": "existing", "context": "e2e", "kubeconfig": str(self.kubeconfig)}}},

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from e2e.controlplane import TOOLCHAIN, read_versions
+from tests.stand_ins import env_first_on_path, stand_in
 
 SCRIPT: Final = TOOLCHAIN / "install-released.sh"
 VERSIONS: Final = read_versions()
@@ -110,14 +111,10 @@ def releases(web: Web) -> None:
 
 def install(tmp_path: Path, web: Web) -> subprocess.CompletedProcess[str]:
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    curl = bin_dir / "curl"
-    curl.write_text(FAKE_CURL.format(python=sys.executable, web=str(web.root)))
-    curl.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    stand_in(bin_dir, "curl", FAKE_CURL.format(python=sys.executable, web=str(web.root)))
     return subprocess.run(
         ["bash", str(SCRIPT), str(tmp_path / "dest")],
-        env=env,
+        env=env_first_on_path(bin_dir),
         capture_output=True,
         text=True,
         timeout=60,

@@ -12,6 +12,7 @@ import pytest
 
 from harness.make import make_env, run_make
 from harness.program import ROOT
+from tests.stand_ins import stand_in
 
 FAKE_PULUMI = """\
 #!{python}
@@ -37,9 +38,7 @@ def state(*resources: dict[str, Any]) -> str:
 def make_down(
     tmp_path: Path, stack: str, exported: str | None
 ) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
-    pulumi = tmp_path / "pulumi"
-    pulumi.write_text(FAKE_PULUMI.format(python=sys.executable))
-    pulumi.chmod(0o755)
+    pulumi = stand_in(tmp_path, "pulumi", FAKE_PULUMI.format(python=sys.executable))
     log = tmp_path / "calls.jsonl"
     # Neither a stray state nor a backend of the caller's reaches this run.
     env = {**make_env("FAKE_PULUMI_STATE", "PULUMI_BACKEND_URL"), "FAKE_PULUMI_LOG": str(log)}

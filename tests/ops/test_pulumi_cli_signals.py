@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.make import make_command, make_env
 from harness.program import ROOT
+from tests.stand_ins import stand_in
 from tools import pulumi_cli
 
 SIGINT_BIT = 1 << (signal.SIGINT - 1)
@@ -31,8 +32,7 @@ IGNORING_SIGINT = (
 def masks_by_command(folder: Path, *argv: str) -> dict[str, int]:
     """Run `argv` with SIGINT ignored, on the logging stand-in (`folder` is first on PATH: the
     cli_folder fixture); each pulumi command's mask of ignored signals."""
-    (folder / "pulumi").write_text(LOGGING_PULUMI)
-    (folder / "pulumi").chmod(0o755)
+    stand_in(folder, "pulumi", LOGGING_PULUMI)
     subprocess.run(
         [sys.executable, "-c", IGNORING_SIGINT, *argv],
         cwd=ROOT, env={**make_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,

@@ -30,6 +30,7 @@ from harness.http import request
 from harness.metrics import metric_value
 from harness.ports import free_port
 from harness.processes import LocalProcess
+from tests.stand_ins import env_first_on_path, stand_in
 
 BIN: Final = SERVICES_DIR / "database" / "bin"
 TEMPLATE: Final = SERVICES_DIR / "database" / "patroni.yml"
@@ -362,21 +363,21 @@ def test_the_restore_bootstrap_asks_pgbackrest_for_the_requested_time(
     whole, the data folder, and promotion at the target."""
     entry = with_backups
     entry.request("a1b2c3")
-    fake = entry.root / "bin" / "pgbackrest"
-    fake.parent.mkdir()
-    fake.write_text(
+    logged = entry.root / "pgbackrest-args.json"
+    fake = stand_in(
+        entry.root / "bin",
+        "pgbackrest",
         f"#!{sys.executable}\nimport json, sys\n"
-        f"open({str(entry.root / 'pgbackrest-args.json')!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        f"open({str(logged)!r}, 'w').write(json.dumps(sys.argv[1:]))\n",
     )
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(
         ["bash", str(BIN / "mlstack-database-restore"), "--scope=database",
          f"--datadir={entry.pgdata}"],
-        env=env, capture_output=True, text=True, timeout=30, check=False,
+        env=env_first_on_path(fake.parent), capture_output=True, text=True, timeout=30,
+        check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert json.loads((entry.root / "pgbackrest-args.json").read_text()) == [
+    assert json.loads(logged.read_text()) == [
         f"--pg1-path={entry.pgdata}",
         "--type=time",
         f"--target={TARGET}",
@@ -404,17 +405,14 @@ def test_the_backups_container_stops_at_once_on_sigterm(tmp_path: Path) -> None:
     without a handler of its own every stop of a database pod waits out the grace period. Here
     (not PID 1) a missing handler shows as death by the signal instead of exit status 0."""
     stand_ins = tmp_path / "bin"
-    stand_ins.mkdir()
     for name, body in (
         ("mlstack-database", "exit 0"),  # --backup-config: pgBackRest's file
         ("psql", "exit 2"),  # no server: not the primary, so no backup is due here
         ("pgbackrest", "echo '[]'"),  # `info`: an empty repository
     ):
-        (stand_ins / name).write_text(f"#!/bin/sh\n{body}\n")
-        (stand_ins / name).chmod(0o755)
+        stand_in(stand_ins, name, f"#!/bin/sh\n{body}\n")
     port = free_port()
-    env = {**os.environ, "PATH": f"{stand_ins}{os.pathsep}{os.environ['PATH']}",
-           "METRICS_PORT": str(port)}  # fmt: skip
+    env = env_first_on_path(stand_ins, METRICS_PORT=str(port))
     sidecar = LocalProcess(
         "mlstack-database-backups",
         [sys.executable, str(BIN / "mlstack-database-backups")],
