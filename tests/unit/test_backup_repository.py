@@ -32,8 +32,9 @@ from harness.program import (
     run_program,
     stack_config,
 )
+from tests.unit.configs import EXISTING
 from tests.unit.test_cloud_clusters import cloud_stacks, single
-from tests.unit.test_config_errors import EXISTING, config_error, dev_with
+from tests.unit.test_config_errors import config_error, dev_with
 from tests.unit.test_database_backup import (
     BACKUP_TEST_SECRETS,
     S3,

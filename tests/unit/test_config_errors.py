@@ -9,8 +9,7 @@ import pytest
 
 from components.config import USER_TOLD_EXIT_CODE
 from harness.program import TEST_SECRETS, ProgramExitError, run_program, stack_config
-
-EXISTING: dict[str, Any] = {"provider": "existing", "context": "kind-mlstack"}
+from tests.unit.configs import EXISTING
 
 
 def dev_with(**overrides: Any) -> dict[str, Any]:

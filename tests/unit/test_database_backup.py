@@ -21,7 +21,8 @@ from components.config import BACKUP_SECRETS, GENERATED_SECRETS
 from components.labels import labels
 from components.stack_file import stacks
 from harness.program import TEST_SECRETS, ProgramRun, run_program, stack_config
-from tests.unit.test_config_errors import EXISTING, config_error, dev_with
+from tests.unit.configs import EXISTING
+from tests.unit.test_config_errors import config_error, dev_with
 from tests.unit.test_database_patroni import match, pod_spec
 from tests.unit.test_database_replicas import scaling
 from tests.unit.test_policy_pack import pack_findings

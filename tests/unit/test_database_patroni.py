@@ -24,6 +24,7 @@ from harness.program import (
     stack_config,
 )
 from mlstack_policy.kube import POD_TEMPLATE_PATHS, dig
+from tests.unit.configs import EXISTING
 
 PATRONI: Final[dict[str, Any]] = yaml.safe_load(
     (SERVICES_DIR / "database" / "patroni.yml").read_text()
@@ -253,7 +254,7 @@ def test_instances_spread_over_nodes_and_cloud_zones(stack_run: ProgramRun) -> N
 
 def test_an_existing_cluster_s_instances_spread_over_nodes() -> None:
     config = stack_config("dev")
-    config["mlstack:cluster"] = {"provider": "existing", "context": "kind-mlstack"}
+    config["mlstack:cluster"] = EXISTING
     config["mlstack:images"] = {"build": False, "gateway": "g:1", "model": "m:1", "database": "d:1"}
     config["mlstack:database"] = {**config["mlstack:database"], "replicas": 3}
     assert spread_keys(run_program("dev", config)) == ["kubernetes.io/hostname"]

@@ -12,6 +12,7 @@ from components.app import METRICS_PORT
 from components.config import GATEWAY_DRAIN_SECONDS, MODEL_DRAIN_SECONDS, LocalCluster
 from components.microservice import SHUTDOWN_SECONDS
 from harness.program import ProgramRun, run_program, stack_config
+from tests.unit.configs import EXISTING
 from tests.unit.test_config_errors import config_error
 from tests.unit.test_secrets_digest import secrets_digest
 from tests.unit.test_stacks import container
@@ -19,7 +20,6 @@ from tools.policy import KUBERNETES_VERSIONS
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIIEfake\n-----END PRIVATE KEY-----\n"
-EXISTING = {"provider": "existing", "context": "kind-mlstack"}
 
 
 def existing_with(**overrides: Any) -> dict[str, Any]:

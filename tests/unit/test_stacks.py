@@ -22,6 +22,7 @@ from harness.program import (
     run_program,
     stack_config,
 )
+from tests.unit.configs import EXISTING
 
 STACKS = stacks()
 RECOMMENDED = (
@@ -330,7 +331,7 @@ def test_changing_the_model_version_rolls_only_the_model() -> None:
 
 def test_prebuilt_images_are_deployed_exactly_as_given() -> None:
     config = stack_config("dev")
-    config["mlstack:cluster"] = {"provider": "existing", "context": "kind-mlstack"}
+    config["mlstack:cluster"] = EXISTING
     refs = {
         "gateway": "ghcr.io/acme/gateway:1.2@sha256:" + "a" * 64,
         "model": "ghcr.io/acme/model:1.2@sha256:" + "b" * 64,
@@ -370,7 +371,7 @@ def test_the_database_image_is_the_project_s_own_built_like_the_others(dev: Prog
 
 def test_a_prebuilt_database_image_by_tag_is_pulled_every_time() -> None:
     config = stack_config("dev")
-    config["mlstack:cluster"] = {"provider": "existing", "context": "kind-mlstack"}
+    config["mlstack:cluster"] = EXISTING
     config["mlstack:images"] = {
         "build": False,
         "gateway": "g:1",
