@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.manifests import container, pod_spec
 from tools import policy
 
 
@@ -29,24 +30,14 @@ def mutate(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
     path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
-def container(document: dict[str, Any]) -> dict[str, Any]:
-    found: dict[str, Any] = document["spec"]["template"]["spec"]["containers"][0]
-    return found
-
-
-def pod(document: dict[str, Any]) -> dict[str, Any]:
-    found: dict[str, Any] = document["spec"]["template"]["spec"]
-    return found
-
-
 def token_skipped_without_reason_and_no_readiness(document: dict[str, Any]) -> None:
-    pod(document)["automountServiceAccountToken"] = True
+    pod_spec(document)["automountServiceAccountToken"] = True
     document["metadata"]["annotations"] = {"checkov.io/skip1": "CKV_K8S_38"}
     del container(document)["readinessProbe"]
 
 
 def low_uid_with_token_and_privileged(document: dict[str, Any]) -> None:
-    pod(document)["automountServiceAccountToken"] = True
+    pod_spec(document)["automountServiceAccountToken"] = True
     context = container(document)["securityContext"]
     context["runAsUser"] = 1000
     context["privileged"] = True

@@ -15,6 +15,7 @@ from harness.program import (
     run_program,
     stack_config,
 )
+from tests.manifests import env, pod_spec
 from tests.unit.test_config_errors import config_error
 from tests.unit.test_secrets_digest import secrets_digest
 
@@ -26,9 +27,9 @@ def rotating(stack: str) -> dict[str, Any]:
     return {**stack_config(stack), "mlstack:apiKeyPrevious": PREVIOUS}
 
 
-def gateway_env(run: ProgramRun) -> dict[str, str]:
-    (container,) = run.one("Deployment", "gateway").inputs["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e.get("value") for e in container["env"]}
+def gateway_env(run: ProgramRun) -> dict[str, Any]:
+    (container,) = pod_spec(run.one("Deployment", "gateway").inputs)["containers"]
+    return env(container)
 
 
 @pytest.fixture(scope="module", params=stacks())

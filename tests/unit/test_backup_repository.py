@@ -32,20 +32,18 @@ from harness.program import (
     run_program,
     stack_config,
 )
+from tests.manifests import env, mounts
 from tests.unit.configs import EXISTING
-from tests.unit.test_cloud_clusters import cloud_stacks, single
-from tests.unit.test_config_errors import config_error, dev_with
-from tests.unit.test_database_backup import (
-    BACKUP_TEST_SECRETS,
-    S3,
-    containers,
-    env,
-    mounts,
+from tests.unit.database_pods import (
+    database_containers,
+    database_volumes,
+    match,
     pgbackrest_env,
     policies,
-    volumes,
 )
-from tests.unit.test_database_patroni import match
+from tests.unit.test_cloud_clusters import cloud_stacks, single
+from tests.unit.test_config_errors import config_error, dev_with
+from tests.unit.test_database_backup import BACKUP_TEST_SECRETS, S3
 
 GCS_BUCKET: Final = "gcp:storage/bucket:Bucket"
 GCS_BUCKET_MEMBER: Final = "gcp:storage/bucketIAMMember:BucketIAMMember"
@@ -103,14 +101,14 @@ def kind(run: ProgramRun) -> str:
 
 def options(run: ProgramRun) -> dict[str, str]:
     """pgBackRest's options in the database pods (the same in both containers)."""
-    found = containers(run)
+    found = database_containers(run)
     assert pgbackrest_env(found["postgres"]) == pgbackrest_env(found["backups"])
     return pgbackrest_env(found["postgres"])
 
 
 def secret_options(run: ProgramRun) -> dict[str, str]:
     """pgBackRest's secret options, each a file of the database Secret (both containers)."""
-    found = containers(run)
+    found = database_containers(run)
     files = {name: json.loads(env(c)["DATABASE_BACKUP_SECRETS"]) for name, c in found.items()}
     assert files["postgres"] == files["backups"]
     return dict(files["postgres"])
@@ -489,11 +487,11 @@ def test_local_backups_are_on_a_volume_mounted_in_every_database_pod(dev: Progra
         "resources": {"requests": {"storage": "2Gi"}},
     }
     assert claim.metadata["annotations"] == {"pulumi.com/skipAwait": "true"}
-    assert volumes(dev)["backups"] == {
+    assert database_volumes(dev)["backups"] == {
         "name": "backups",
         "persistentVolumeClaim": {"claimName": database.BACKUP_CLAIM},
     }
-    for name, container in containers(dev).items():
+    for name, container in database_containers(dev).items():
         assert mounts(container)[database.BACKUP_VOLUME_DIR] == "backups", name
     assert {k: v for k, v in options(dev).items() if k.startswith("PGBACKREST_REPO1_")} == {
         "PGBACKREST_REPO1_TYPE": "posix",

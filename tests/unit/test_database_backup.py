@@ -21,9 +21,16 @@ from components.config import BACKUP_SECRETS, GENERATED_SECRETS
 from components.labels import labels
 from components.stack_file import stacks
 from harness.program import TEST_SECRETS, ProgramRun, run_program, stack_config
+from tests.manifests import env, mounts
 from tests.unit.configs import EXISTING
+from tests.unit.database_pods import (
+    database_containers,
+    database_volumes,
+    match,
+    pgbackrest_env,
+    policies,
+)
 from tests.unit.test_config_errors import config_error, dev_with
-from tests.unit.test_database_patroni import match, pod_spec
 from tests.unit.test_database_replicas import scaling
 from tests.unit.test_policy_pack import pack_findings
 from tests.unit.test_secrets_digest import secrets_digest
@@ -71,32 +78,6 @@ def prod_backups() -> ProgramRun:
 def dev_backups() -> ProgramRun:
     """dev (one instance, no metrics namespace) with a bucket and no CA bundle."""
     return run_program("dev", with_backup("dev"))
-
-
-def containers(run: ProgramRun) -> dict[str, dict[str, Any]]:
-    return {c["name"]: c for c in pod_spec(run)["containers"]}
-
-
-def env(container: dict[str, Any]) -> dict[str, str]:
-    """The variables that have a value (not the downward API's)."""
-    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
-
-
-def pgbackrest_env(container: dict[str, Any]) -> dict[str, str]:
-    return {k: v for k, v in env(container).items() if k.startswith("PGBACKREST_")}
-
-
-def volumes(run: ProgramRun) -> dict[str, dict[str, Any]]:
-    return {v["name"]: v for v in pod_spec(run)["volumes"]}
-
-
-def mounts(container: dict[str, Any]) -> dict[str, str]:
-    """Mount path -> volume name."""
-    return {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-
-
-def policies(run: ProgramRun) -> dict[str, dict[str, Any]]:
-    return {p.metadata["name"]: p.inputs["spec"] for p in run.of_kind("NetworkPolicy")}
 
 
 # --- mistakes ------------------------------------------------------------------------------------
@@ -214,7 +195,7 @@ def test_the_bucket_s_keys_are_taken_as_its_provider_issued_them() -> None:
 
 def test_a_short_full_interval_bounds_the_default_differential() -> None:
     run = run_program("dev", with_backup("dev", {"s3": S3, "fullEveryHours": 4}))
-    found = env(containers(run)["backups"])
+    found = env(database_containers(run)["backups"])
     assert (found["DATABASE_BACKUP_FULL_HOURS"], found["DATABASE_BACKUP_DIFF_HOURS"]) == ("4", "4")
 
 
@@ -222,7 +203,7 @@ def test_a_short_full_interval_bounds_the_default_differential() -> None:
 
 
 def test_the_pod_has_a_backups_container_beside_postgres(prod_backups: ProgramRun) -> None:
-    found = containers(prod_backups)
+    found = database_containers(prod_backups)
     assert list(found) == ["postgres", "backups"]
     backups, postgres = found["backups"], found["postgres"]
     # The database's own image (its pgBackRest and the data folder's layout), pulled alike.
@@ -255,7 +236,7 @@ def test_the_pod_has_a_backups_container_beside_postgres(prod_backups: ProgramRu
     assert found_mounts["/tmp"] == "backups-tmp" != mounts(postgres)["/tmp"]
     assert found_mounts[database.MOUNT_PATH] == database.CLAIM_TEMPLATE
     assert found_mounts[database.SOCKET_DIR] == "run"
-    assert volumes(prod_backups)["backups-tmp"] == {
+    assert database_volumes(prod_backups)["backups-tmp"] == {
         "name": "backups-tmp",
         "emptyDir": {"sizeLimit": "64Mi"},
     }
@@ -264,7 +245,7 @@ def test_the_pod_has_a_backups_container_beside_postgres(prod_backups: ProgramRu
 def test_both_containers_carry_the_same_pgbackrest_options(prod_backups: ProgramRun) -> None:
     """PostgreSQL's archive and restore commands (postgres) and the backups (backups) read
     the same repository the same way."""
-    found = containers(prod_backups)
+    found = database_containers(prod_backups)
     options = pgbackrest_env(found["postgres"])
     assert options == pgbackrest_env(found["backups"])
     assert options == {
@@ -289,7 +270,7 @@ def test_both_containers_carry_the_same_pgbackrest_options(prod_backups: Program
     }
     # Everything pgBackRest writes is under /tmp, writable in each container.
     for name, container in found.items():
-        assert mounts(container)["/tmp"] in volumes(prod_backups), name
+        assert mounts(container)["/tmp"] in database_volumes(prod_backups), name
     # The schedule is the backups container's alone.
     assert env(found["backups"])["DATABASE_BACKUP_FULL_HOURS"] == "24"
     assert env(found["backups"])["DATABASE_BACKUP_DIFF_HOURS"] == "6"
@@ -303,7 +284,7 @@ def test_the_repository_options_follow_the_config() -> None:
         "fullEveryHours": 168,
         "diffEveryHours": 12,
     }
-    found = containers(run_program("dev", with_backup("dev", backup)))
+    found = database_containers(run_program("dev", with_backup("dev", backup)))
     options = pgbackrest_env(found["backups"])
     assert options["PGBACKREST_REPO1_S3_ENDPOINT"] == "minio.example.com"
     assert options["PGBACKREST_REPO1_STORAGE_PORT"] == "443"
@@ -319,7 +300,7 @@ def test_no_secret_value_is_in_any_container_s_environment(prod_backups: Program
     secret = prod_backups.one("Secret", "database")
     assert secret.secret_paths == ["stringData"]
     data = secret.inputs["stringData"]
-    found = containers(prod_backups)
+    found = database_containers(prod_backups)
     for name, container in found.items():
         text = json.dumps(container["env"])
         assert "secretKeyRef" not in text, name
@@ -333,7 +314,7 @@ def test_no_secret_value_is_in_any_container_s_environment(prod_backups: Program
         (folder,) = {path.rsplit("/", 1)[0] for path in files.values()}
         (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
         assert (mount["name"], mount["readOnly"]) == (pod.SECRETS_VOLUME, True), name
-    assert volumes(prod_backups)[pod.SECRETS_VOLUME]["secret"]["secretName"] == "database"
+    assert database_volumes(prod_backups)[pod.SECRETS_VOLUME]["secret"]["secretName"] == "database"
     for option, (key, config_key) in SECRET_OPTIONS.items():
         assert data[key] == BACKUP_TEST_SECRETS[config_key], option
     # Nor in any other object the program registers.
@@ -356,19 +337,19 @@ def test_each_stack_has_a_folder_of_its_own_in_the_bucket(
     prod_backups: ProgramRun, dev_backups: ProgramRun
 ) -> None:
     paths = {
-        run.stack: pgbackrest_env(containers(run)["postgres"])["PGBACKREST_REPO1_PATH"]
+        run.stack: pgbackrest_env(database_containers(run)["postgres"])["PGBACKREST_REPO1_PATH"]
         for run in (prod_backups, dev_backups)
     }
     assert paths == {"prod": "/mlstack/prod", "dev": "/mlstack/dev"}
     buckets = {
-        pgbackrest_env(containers(run)["postgres"])["PGBACKREST_REPO1_S3_BUCKET"]
+        pgbackrest_env(database_containers(run)["postgres"])["PGBACKREST_REPO1_S3_BUCKET"]
         for run in (prod_backups, dev_backups)
     }
     assert buckets == {S3["bucket"]}, "the same bucket: only the folder tells them apart"
 
 
 def test_the_repository_is_encrypted(prod_backups: ProgramRun) -> None:
-    for container in containers(prod_backups).values():
+    for container in database_containers(prod_backups).values():
         assert pgbackrest_env(container)["PGBACKREST_REPO1_CIPHER_TYPE"] == "aes-256-cbc"
         assert "repo1-cipher-pass" in json.loads(env(container)["DATABASE_BACKUP_SECRETS"])
 
@@ -382,11 +363,11 @@ def test_the_ca_bundle_is_a_configmap_mounted_in_both_containers(
     # Not one of Patroni's: `make restore` deletes those by their scope label.
     assert config_map.metadata["labels"] == labels(database.NAME, "prod")
     assert database.SCOPE_LABEL not in config_map.metadata["labels"]
-    assert volumes(prod_backups)["backup-ca"] == {
+    assert database_volumes(prod_backups)["backup-ca"] == {
         "name": "backup-ca",
         "configMap": {"name": database.BACKUP_CA_CONFIG_MAP},
     }
-    for name, container in containers(prod_backups).items():
+    for name, container in database_containers(prod_backups).items():
         (mount,) = [m for m in container["volumeMounts"] if m["name"] == "backup-ca"]
         assert mount == {"name": "backup-ca", "mountPath": database.BACKUP_CA_DIR, "readOnly": True}
         ca_file = pgbackrest_env(container)["PGBACKREST_REPO1_STORAGE_CA_FILE"]
@@ -395,8 +376,8 @@ def test_the_ca_bundle_is_a_configmap_mounted_in_both_containers(
 
 def test_without_a_ca_bundle_there_is_no_configmap_nor_mount(dev_backups: ProgramRun) -> None:
     assert dev_backups.of_kind("ConfigMap") == []
-    assert "backup-ca" not in volumes(dev_backups)
-    for name, container in containers(dev_backups).items():
+    assert "backup-ca" not in database_volumes(dev_backups)
+    for name, container in database_containers(dev_backups).items():
         assert "backup-ca" not in mounts(container).values(), name
         assert "PGBACKREST_REPO1_STORAGE_CA_FILE" not in pgbackrest_env(container), name
 
@@ -409,11 +390,11 @@ def test_a_restore_request_is_an_optional_configmap_mounted_in_postgres(
     and the pods start without it."""
     run: ProgramRun = request.getfixturevalue(run_name)
     assert database.RESTORE_CONFIG_MAP not in {c.metadata["name"] for c in run.of_kind("ConfigMap")}
-    assert volumes(run)["restore"] == {
+    assert database_volumes(run)["restore"] == {
         "name": "restore",
         "configMap": {"name": database.RESTORE_CONFIG_MAP, "optional": True},
     }
-    postgres = containers(run)["postgres"]
+    postgres = database_containers(run)["postgres"]
     (mount,) = [m for m in postgres["volumeMounts"] if m["name"] == "restore"]
     assert mount == {"name": "restore", "mountPath": database.RESTORE_DIR, "readOnly": True}
     assert env(postgres)["DATABASE_RESTORE_DIR"] == database.RESTORE_DIR
@@ -537,12 +518,12 @@ def stack_without_backups(request: pytest.FixtureRequest) -> ProgramRun:
 
 def test_without_backups_none_of_it_exists(stack_without_backups: ProgramRun) -> None:
     run = stack_without_backups
-    assert list(containers(run)) == ["postgres"]
-    (postgres,) = containers(run).values()
+    assert list(database_containers(run)) == ["postgres"]
+    (postgres,) = database_containers(run).values()
     assert pgbackrest_env(postgres) == {}
     names = set(env(postgres))
     assert not names & {"DATABASE_BACKUP_SECRETS", "DATABASE_RESTORE_DIR"}
-    assert set(volumes(run)) == {"tmp", pod.SECRETS_VOLUME, "run"}
+    assert set(database_volumes(run)) == {"tmp", pod.SECRETS_VOLUME, "run"}
     assert run.of_kind("ConfigMap") == []
     assert not {"database-to-backup-repository", "database-metrics"} & set(policies(run))
     secret = run.one("Secret", "database").inputs["stringData"]

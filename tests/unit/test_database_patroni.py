@@ -19,12 +19,13 @@ from harness.program import (
     API_SERVER,
     TEST_SECRETS,
     ProgramRun,
-    Registered,
     run_program,
     stack_config,
 )
 from mlstack_policy.kube import POD_TEMPLATE_PATHS, dig
+from tests.manifests import container, env
 from tests.unit.configs import EXISTING
+from tests.unit.database_pods import database_pod, database_volumes, match, stateful_set
 
 PATRONI: Final[dict[str, Any]] = yaml.safe_load(
     (SERVICES_DIR / "database" / "patroni.yml").read_text()
@@ -42,31 +43,17 @@ def provider(run: ProgramRun) -> str:
     return str(stack_config(run.stack)["mlstack:cluster"]["provider"])
 
 
-def stateful_set(run: ProgramRun) -> Registered:
-    return run.one("StatefulSet", database.NAME)
-
-
 def namespace(run: ProgramRun) -> str:
     return str(stateful_set(run).metadata["namespace"])
-
-
-def match(run: ProgramRun) -> dict[str, str]:
-    """What the StatefulSet selects its pods by."""
-    return dict(stateful_set(run).inputs["spec"]["selector"]["matchLabels"])
 
 
 def pod_labels(run: ProgramRun) -> dict[str, str]:
     return dict(stateful_set(run).inputs["spec"]["template"]["metadata"]["labels"])
 
 
-def pod_spec(run: ProgramRun) -> dict[str, Any]:
-    return dict(stateful_set(run).inputs["spec"]["template"]["spec"])
-
-
 def postgres(run: ProgramRun) -> dict[str, Any]:
     """The database pods' `postgres` container (a stack with backups runs `backups` beside)."""
-    (found,) = [c for c in pod_spec(run)["containers"] if c["name"] == "postgres"]
-    return dict(found)
+    return container(stateful_set(run).inputs, database.POSTGRES_CONTAINER)
 
 
 def pod_specs(run: ProgramRun) -> dict[str, dict[str, Any]]:
@@ -180,7 +167,7 @@ def test_patroni_finds_its_members_by_labels_the_pods_carry(stack_run: ProgramRu
     promoted) as the pods with the labels it is given plus `<scope_label>: <scope>`: a pod
     without one of them is no member of the cluster at all."""
     container = postgres(stack_run)
-    given = {e["name"]: e.get("value") for e in container["env"]}["DATABASE_LABELS"]
+    given = env(container)["DATABASE_LABELS"]
     kubernetes = PATRONI["kubernetes"]
     assert (kubernetes["scope_label"], PATRONI["scope"]) == (database.SCOPE_LABEL, database.SCOPE)
     listed_by = {**json.loads(given), kubernetes["scope_label"]: PATRONI["scope"]}
@@ -236,7 +223,7 @@ def test_a_disruption_budget_covers_the_database_pods(stack_run: ProgramRun) -> 
 
 
 def spread_keys(run: ProgramRun) -> list[str]:
-    constraints = pod_spec(run)["topologySpreadConstraints"]
+    constraints = database_pod(run)["topologySpreadConstraints"]
     for constraint in constraints:
         assert constraint["labelSelector"] == {"matchLabels": match(run)}
         assert constraint["maxSkew"] == 1
@@ -275,18 +262,17 @@ def test_the_database_reads_its_passwords_as_files_of_its_secret(stack_run: Prog
         "rewind-password": TEST_SECRETS["mlstack:databaseRewindPassword"],
         "backup-cipher-password": TEST_SECRETS["mlstack:databaseBackupCipherPassword"],
     }
-    spec = pod_spec(stack_run)
     container = postgres(stack_run)
-    volumes = {v["name"]: v for v in spec["volumes"]}
+    volumes = database_volumes(stack_run)
     (mount,) = [
         m["mountPath"]
         for m in container["volumeMounts"]
         if volumes.get(m["name"], {}).get("secret", {}).get("secretName") == "database"
     ]
     files = {
-        e["name"]: e["value"]
-        for e in container["env"]
-        if e["name"].endswith("_FILE") and e["name"].startswith("DATABASE_")
+        name: value
+        for name, value in env(container).items()
+        if name.endswith("_FILE") and name.startswith("DATABASE_")
     }
     assert files == {
         "DATABASE_OWNER_PASSWORD_FILE": f"{mount}/owner-password",

@@ -10,6 +10,7 @@ import pytest
 
 from components import database, pod
 from harness.program import ProgramRun, Registered, run_program, stack_config
+from tests.manifests import env, pod_spec
 
 NAME = "app.kubernetes.io/name"
 # Where two inputs differ and one has no value.
@@ -106,10 +107,8 @@ def test_the_gateway_reads_from_database_read_and_writes_to_database(three: Prog
     secret = three.one("Secret", "gateway").inputs["stringData"]
     assert "@database.mlstack-dev.svc:5432/" in secret["database-url"]
     assert "@database-read.mlstack-dev.svc:5432/" in secret["database-read-url"]
-    (container,) = three.one("Deployment", "gateway").inputs["spec"]["template"]["spec"][
-        "containers"
-    ]
-    variables = {e["name"]: e["value"] for e in container["env"]}
+    (container,) = pod_spec(three.one("Deployment", "gateway").inputs)["containers"]
+    variables = env(container)
     assert variables["DATABASE_READ_URL_FILE"].endswith("/database-read-url")
 
 

@@ -15,6 +15,7 @@ from components import app, database
 from components.image import SERVICES_DIR
 from components.stack_file import stacks
 from harness.program import TEST_SECRETS, ProgramRun, run_program, stack_config
+from tests.manifests import env, pod_spec
 
 # Every character with a meaning in a URL or in a libpq connection string, and a backslash.
 PASSWORD = "a/b@c:d%2Fe+f=g?h#i'j\\k l&m"
@@ -48,12 +49,8 @@ def host(run: ProgramRun, service: str) -> str:
     return f"{service}.{run.one('Service', service).metadata['namespace']}.svc"
 
 
-def pod_spec(run: ProgramRun) -> dict[str, Any]:
-    return dict(run.one("Deployment", "gateway").inputs["spec"]["template"]["spec"])
-
-
-def env(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env") or []}
+def gateway_pod(run: ProgramRun) -> dict[str, Any]:
+    return pod_spec(run.one("Deployment", "gateway").inputs)
 
 
 def mounted_secrets(spec: dict[str, Any], container: dict[str, Any]) -> set[str]:
@@ -115,9 +112,9 @@ def test_the_owner_s_url_is_the_migrations_job_s_alone(stack_run: ProgramRun) ->
 
 def test_only_the_migrations_job_mounts_the_owner_s_url(stack_run: ProgramRun) -> None:
     job = stack_run.one("Job", app.MIGRATIONS)
-    spec = job.inputs["spec"]["template"]["spec"]
+    spec = pod_spec(job.inputs)
     (migrate,) = spec["containers"]
-    gateway_spec = pod_spec(stack_run)
+    gateway_spec = gateway_pod(stack_run)
     (gateway,) = gateway_spec["containers"]
     assert migrate["command"] == ["python", "-m", "mlstack_gateway.migrate"]
     assert migrate["image"] == gateway["image"]
@@ -133,7 +130,7 @@ def test_only_the_migrations_job_mounts_the_owner_s_url(stack_run: ProgramRun) -
     )
     # No workload mounts it at all.
     for workload in stack_run.of_kind("Deployment") + stack_run.of_kind("StatefulSet"):
-        volumes = workload.inputs["spec"]["template"]["spec"]["volumes"]
+        volumes = pod_spec(workload.inputs)["volumes"]
         secrets = {v["secret"]["secretName"] for v in volumes if "secret" in v}
         assert app.MIGRATIONS_SECRET not in secrets, workload.metadata["name"]
 
@@ -149,7 +146,7 @@ def test_the_migrations_job_is_replaced_when_what_it_runs_changes(stack_run: Pro
 
 
 def test_the_gateway_leaves_the_schema_to_the_migrations_job(stack_run: ProgramRun) -> None:
-    (gateway,) = pod_spec(stack_run)["containers"]
+    (gateway,) = gateway_pod(stack_run)["containers"]
     variables = env(gateway)
     assert variables["DATABASE_MIGRATE"] == "false"
     assert variables["DATABASE_URL_FILE"].endswith(f"/{app.DATABASE_URL}")

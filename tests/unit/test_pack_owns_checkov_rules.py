@@ -19,20 +19,11 @@ from pulumi_policy import ResourceValidationPolicy
 
 from harness.program import ProgramRun, Registered
 from mlstack_policy.pack import policies
+from tests.manifests import container, pod_spec
 from tests.unit.test_policy_pack import violations
 from tools import policy
 
 Props = dict[str, Any]
-
-
-def pod(props: Props) -> Props:
-    found: Props = props["spec"]["template"]["spec"]
-    return found
-
-
-def container(props: Props) -> Props:
-    found: Props = pod(props)["containers"][0]
-    return found
 
 
 def context(props: Props) -> Props:
@@ -61,18 +52,18 @@ def set_context(**fields: Any) -> Callable[[Props], None]:
 
 def set_pod(**fields: Any) -> Callable[[Props], None]:
     def change(props: Props) -> None:
-        pod(props).update(fields)
+        pod_spec(props).update(fields)
 
     return change
 
 
 def runs_as_root(props: Props) -> None:
-    for where in (context(props), pod(props)["securityContext"]):
+    for where in (context(props), pod_spec(props)["securityContext"]):
         where.update(runAsNonRoot=False, runAsUser=0)
 
 
 def unconfined(props: Props) -> None:
-    for where in (context(props), pod(props)["securityContext"]):
+    for where in (context(props), pod_spec(props)["securityContext"]):
         where["seccompProfile"] = {"type": "Unconfined"}
 
 

@@ -12,10 +12,10 @@ from components.app import METRICS_PORT
 from components.config import GATEWAY_DRAIN_SECONDS, MODEL_DRAIN_SECONDS, LocalCluster
 from components.microservice import SHUTDOWN_SECONDS
 from harness.program import ProgramRun, run_program, stack_config
+from tests.manifests import container, env, pod_spec
 from tests.unit.configs import EXISTING
 from tests.unit.test_config_errors import config_error
 from tests.unit.test_secrets_digest import secrets_digest
-from tests.unit.test_stacks import container
 from tools.policy import KUBERNETES_VERSIONS
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
@@ -41,12 +41,12 @@ def test_prod_serves_https_only_from_its_tls_secret(prod: ProgramRun) -> None:
     assert service["ports"] == [
         {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}
     ]
-    gateway = prod.one("Deployment", "gateway").inputs["spec"]["template"]["spec"]
+    gateway = pod_spec(prod.one("Deployment", "gateway").inputs)
     (spec,) = gateway["containers"]
     assert [p["name"] for p in spec["ports"]] == ["https", "metrics"]
-    env = {e["name"]: e.get("value") for e in spec["env"]}
-    assert env["TLS_CERT_FILE"] == "/etc/mlstack/tls/tls.crt"
-    assert env["TLS_KEY_FILE"] == "/etc/mlstack/tls/tls.key"
+    variables = env(spec)
+    assert variables["TLS_CERT_FILE"] == "/etc/mlstack/tls/tls.crt"
+    assert variables["TLS_KEY_FILE"] == "/etc/mlstack/tls/tls.key"
     volumes = {v["name"]: v for v in gateway["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "gateway-tls"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -89,9 +89,8 @@ def test_without_tls_the_gateway_stays_on_plain_http(prod: ProgramRun) -> None:
 
 
 def test_metrics_have_a_port_the_service_never_exposes(prod: ProgramRun) -> None:
-    spec = container(prod.one("Deployment", "gateway"))
-    env = {e["name"]: e.get("value") for e in spec["env"]}
-    assert env["METRICS_PORT"] == str(METRICS_PORT)
+    spec = container(prod.one("Deployment", "gateway").inputs)
+    assert env(spec)["METRICS_PORT"] == str(METRICS_PORT)
     for service in prod.of_kind("Service"):
         ports = service.inputs["spec"]["ports"]
         assert METRICS_PORT not in [p["port"] for p in ports]
@@ -115,14 +114,14 @@ def test_metrics_are_reachable_only_from_the_namespaces_the_stack_names(
 
 
 def test_the_gateway_drains_before_it_stops(prod: ProgramRun) -> None:
-    pod = prod.one("Deployment", "gateway").inputs["spec"]["template"]["spec"]
+    pod = pod_spec(prod.one("Deployment", "gateway").inputs)
     (spec,) = pod["containers"]
     assert spec["lifecycle"]["preStop"] == {"sleep": {"seconds": GATEWAY_DRAIN_SECONDS}}
     assert pod["terminationGracePeriodSeconds"] == GATEWAY_DRAIN_SECONDS + SHUTDOWN_SECONDS
 
 
 def test_the_model_drains_until_kube_proxy_has_stopped_sending(prod: ProgramRun) -> None:
-    pod = prod.one("Deployment", "model").inputs["spec"]["template"]["spec"]
+    pod = pod_spec(prod.one("Deployment", "model").inputs)
     (spec,) = pod["containers"]
     assert spec["lifecycle"]["preStop"] == {"sleep": {"seconds": MODEL_DRAIN_SECONDS}}
     assert pod["terminationGracePeriodSeconds"] == MODEL_DRAIN_SECONDS + SHUTDOWN_SECONDS
@@ -153,7 +152,7 @@ def test_every_container_requests_and_limits_ephemeral_storage(prod: ProgramRun)
     # gateway, model, the database's instances and their backups, and the gateway's migrations
     names = []
     for workload in workloads:
-        spec = workload.inputs["spec"]["template"]["spec"]
+        spec = pod_spec(workload.inputs)
         for each in [*(spec.get("initContainers") or []), *spec["containers"]]:
             names.append(each["name"])
             assert "ephemeral-storage" in each["resources"]["requests"], each["name"]
@@ -171,7 +170,7 @@ def test_pod_security_is_pinned_to_the_oldest_supported_minor(prod: ProgramRun) 
 
 def test_cloud_replicas_spread_over_zones_and_hosts(prod: ProgramRun) -> None:
     for name in ("gateway", "model"):
-        spec = prod.one("Deployment", name).inputs["spec"]["template"]["spec"]
+        spec = pod_spec(prod.one("Deployment", name).inputs)
         keys = [c["topologyKey"] for c in spec["topologySpreadConstraints"]]
         assert keys == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
         assert {c["whenUnsatisfiable"] for c in spec["topologySpreadConstraints"]} == {
@@ -186,7 +185,7 @@ def test_cloud_replicas_spread_over_zones_and_hosts(prod: ProgramRun) -> None:
 def test_database_probes_tell_recovery_from_death(prod: ProgramRun) -> None:
     """Patroni answers the probes, not PostgreSQL: alive while its loop runs, however long a
     crash recovery or a standby's first copy of the primary takes (alive, not ready, then)."""
-    spec = container(prod.one("StatefulSet", "database"))
+    spec = container(prod.one("StatefulSet", "database").inputs)
     ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
     assert ports == {"postgres": database.PORT, "patroni": database.API_PORT}
     startup, ready, alive = (

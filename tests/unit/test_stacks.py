@@ -7,7 +7,6 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,6 +21,7 @@ from harness.program import (
     run_program,
     stack_config,
 )
+from tests.manifests import container, env
 from tests.unit.configs import EXISTING
 
 STACKS = stacks()
@@ -51,16 +51,6 @@ def kubernetes_objects(run: ProgramRun, *, read: bool = False) -> list[Registere
         for r in run.resources
         if r.type.startswith("kubernetes:") and "Provider" not in r.type and (read or not r.read)
     ]
-
-
-def container(workload: Registered) -> dict[str, Any]:
-    """The workload's own container: the service's, or the database's `postgres` (beside which
-    a stack with backups runs the `backups` container)."""
-    name = "postgres" if workload.kind == "StatefulSet" else workload.metadata["name"]
-    (found,) = [
-        c for c in workload.inputs["spec"]["template"]["spec"]["containers"] if c["name"] == name
-    ]
-    return dict(found)
 
 
 def test_every_stack_file_follows_the_contract() -> None:
@@ -135,7 +125,7 @@ def test_namespace_enforces_the_restricted_pod_security_standard(stack_run: Prog
 def test_services_have_probes_resources_and_a_restricted_context(
     stack_run: ProgramRun, name: str, live: str, ready: str
 ) -> None:
-    spec = container(stack_run.one("Deployment", name))
+    spec = container(stack_run.one("Deployment", name).inputs)
     if name == "model":
         # The model's liveness asks its gRPC server's grpc.health.v1 (see the next test).
         assert spec["livenessProbe"]["grpc"] == {"port": 8081}
@@ -156,17 +146,17 @@ def test_services_have_probes_resources_and_a_restricted_context(
 def test_model_serves_grpc_on_a_named_port_that_its_service_carries(
     stack_run: ProgramRun,
 ) -> None:
-    spec = container(stack_run.one("Deployment", "model"))
+    spec = container(stack_run.one("Deployment", "model").inputs)
     ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
     assert ports == {"http": 8080, "grpc": 8081}
-    env = {e["name"]: e.get("value") for e in spec["env"]}
-    assert (env["PORT"], env["GRPC_PORT"]) == ("8080", "8081")
+    variables = env(spec)
+    assert (variables["PORT"], variables["GRPC_PORT"]) == ("8080", "8081")
     assert spec["livenessProbe"]["grpc"]["port"] == ports["grpc"]
     service_ports = stack_run.one("Service", "model").inputs["spec"]["ports"]
     grpc_port = next(p for p in service_ports if p["name"] == "grpc")
     assert (grpc_port["port"], grpc_port["targetPort"]) == (8081, "grpc")
     assert grpc_port["appProtocol"] == "kubernetes.io/h2c"
-    gateway = container(stack_run.one("Deployment", "gateway"))
+    gateway = container(stack_run.one("Deployment", "gateway").inputs)
     assert "grpc" not in [p["name"] for p in gateway["ports"]]
     gateway_service = stack_run.one("Service", "gateway").inputs["spec"]["ports"]
     assert "grpc" not in [p["name"] for p in gateway_service]
@@ -212,15 +202,15 @@ def test_database_is_one_statefulset_on_claims_of_its_own(stack_run: ProgramRun)
     assert sorted(claims) == [f"data-database-{index}" for index in range(replicas)]
     for claim in claims.values():
         assert claim.inputs["spec"] == template["spec"]
-    spec = container(database)
-    env = {e["name"]: e.get("value") for e in spec["env"]}
+    spec = container(database.inputs)
+    variables = env(spec)
     for variable in (
         "DATABASE_OWNER_PASSWORD_FILE",
         "DATABASE_GATEWAY_PASSWORD_FILE",
         "DATABASE_REPLICATION_PASSWORD_FILE",
         "DATABASE_REWIND_PASSWORD_FILE",
     ):
-        assert env[variable].startswith("/etc/mlstack/secrets/"), variable
+        assert variables[variable].startswith("/etc/mlstack/secrets/"), variable
 
 
 def test_secrets_live_only_in_kubernetes_secrets(stack_run: ProgramRun) -> None:
@@ -263,7 +253,7 @@ def test_outputs_and_which_are_secret(stack_run: ProgramRun) -> None:
     images = stack_run.outputs["images"]
     assert set(images) == {"gateway", "model", "database"}
     assert "@sha256:" in images["gateway"], "built images are deployed by digest"
-    deployed = container(stack_run.one("Deployment", "gateway"))["image"]
+    deployed = container(stack_run.one("Deployment", "gateway").inputs)["image"]
     assert deployed == images["gateway"]
 
 
@@ -325,8 +315,7 @@ def test_changing_the_model_version_rolls_only_the_model() -> None:
     config["mlstack:model"] = {**config["mlstack:model"], "version": "v1"}
     after = run_program("dev", config)
     assert before.one("Deployment", "gateway").inputs == after.one("Deployment", "gateway").inputs
-    env = {e["name"]: e["value"] for e in container(after.one("Deployment", "model"))["env"]}
-    assert env["MODEL_VERSION"] == "v1"
+    assert env(container(after.one("Deployment", "model").inputs))["MODEL_VERSION"] == "v1"
 
 
 def test_prebuilt_images_are_deployed_exactly_as_given() -> None:
@@ -341,8 +330,8 @@ def test_prebuilt_images_are_deployed_exactly_as_given() -> None:
     run = run_program("dev", config)
     assert run.by_type("docker:index/image:Image") == []
     for name in ("gateway", "model"):
-        assert container(run.one("Deployment", name))["image"] == refs[name]
-    assert container(run.one("StatefulSet", "database"))["image"] == refs["database"]
+        assert container(run.one("Deployment", name).inputs)["image"] == refs[name]
+    assert container(run.one("StatefulSet", "database").inputs)["image"] == refs["database"]
     assert run.outputs["images"] == refs
 
 
@@ -363,7 +352,7 @@ def test_the_database_image_is_the_project_s_own_built_like_the_others(dev: Prog
         assert build["target"] == service
         assert build["args"] == {"SERVICE": service}
         assert build["context"] == str(SERVICES_DIR)
-    database = container(dev.one("StatefulSet", "database"))
+    database = container(dev.one("StatefulSet", "database").inputs)
     assert database["image"] == dev.outputs["images"]["database"]
     assert database["image"].startswith("localhost:5001/database@sha256:")
     assert database["imagePullPolicy"] == "IfNotPresent"
@@ -378,7 +367,7 @@ def test_a_prebuilt_database_image_by_tag_is_pulled_every_time() -> None:
         "model": "m:1",
         "database": "registry.internal/database:1.2",
     }
-    database = container(run_program("dev", config).one("StatefulSet", "database"))
+    database = container(run_program("dev", config).one("StatefulSet", "database").inputs)
     assert (database["image"], database["imagePullPolicy"]) == (
         "registry.internal/database:1.2",
         "Always",
