@@ -13,6 +13,7 @@ import pytest
 from components.config import GENERATED_SECRETS, SECRETS_DIGEST_KEY_CHARACTERS
 from harness.make import make_env, run_make
 from harness.program import run_program, stack_config
+from tests.stand_ins import stand_in
 from tools import stack_secrets
 
 STAND_IN = """\
@@ -39,9 +40,7 @@ GENERATED_KEYS = [f"mlstack:{name}" for name in GENERATED_SECRETS]
 
 class StandIn:
     def __init__(self, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.binary = folder / "pulumi"
-        self.binary.write_text(STAND_IN.format(python=sys.executable))
-        self.binary.chmod(0o755)
+        self.binary = stand_in(folder, "pulumi", STAND_IN.format(python=sys.executable))
         self.log = folder / "calls.jsonl"
         self.config_file = folder / "config.json"
         self.env = {
