@@ -1,10 +1,15 @@
 """Make the project root (`components`, `harness`) and the policy pack's rules (`mlstack_policy`)
-importable for every suite."""
+importable for every suite, and have pytest rewrite the assertions of the helper modules the tests
+share as it does a test module's, so a failing one shows its values there too."""
 
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 for path in (ROOT, ROOT / "policy" / "pack"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+pytest.register_assert_rewrite("tests.unit.configs")

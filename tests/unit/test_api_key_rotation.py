@@ -16,7 +16,7 @@ from harness.program import (
     stack_config,
 )
 from tests.manifests import env, pod_spec
-from tests.unit.test_config_errors import config_error
+from tests.unit.configs import config_error
 from tests.unit.test_secrets_digest import secrets_digest
 
 PREVIOUS = "the-key-being-replaced"

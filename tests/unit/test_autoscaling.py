@@ -11,7 +11,7 @@ import pytest
 
 from components.config import MAX_AUTOSCALED_REPLICAS
 from harness.program import ProgramRun, Registered, run_program, stack_config
-from tests.unit.test_config_errors import config_error, dev_with
+from tests.unit.configs import config_error, dev_with
 from tools.drift import covers, parse_path
 
 SERVICES = ("gateway", "model")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from harness.program import ProgramRun, run_program, stack_config
-from tests.unit.test_config_errors import config_error
+from tests.unit.configs import config_error
 
 DNS_PORTS = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
 

@@ -7,37 +7,8 @@ from typing import Any
 
 import pytest
 
-from components.config import USER_TOLD_EXIT_CODE
-from harness.program import TEST_SECRETS, ProgramExitError, run_program, stack_config
-from tests.unit.configs import EXISTING
-
-
-def dev_with(**overrides: Any) -> dict[str, Any]:
-    """The dev stack's config with some `mlstack:` keys replaced (None removes one)."""
-    config = stack_config("dev")
-    for key, value in overrides.items():
-        full = f"mlstack:{key}"
-        if value is None:
-            config.pop(full, None)
-        else:
-            config[full] = value
-    return config
-
-
-def config_exit(config: dict[str, Any], **kwargs: Any) -> ProgramExitError:
-    with pytest.raises(ProgramExitError) as raised:
-        run_program("dev", config, **kwargs)
-    return raised.value
-
-
-def config_error(config: dict[str, Any], **kwargs: Any) -> str:
-    """The one line a config mistake logs; the program then exits, telling the CLI so."""
-    exited = config_exit(config, **kwargs)
-    assert exited.code == USER_TOLD_EXIT_CODE
-    assert len(exited.errors) == 1, "a config mistake is reported once"
-    (message,) = exited.errors
-    assert "\n" not in message, "a config mistake is reported on one line"
-    return message
+from harness.program import TEST_SECRETS
+from tests.unit.configs import EXISTING, config_error, config_exit, dev_with
 
 
 @pytest.mark.parametrize("replicas", [-1, 0, 1.5, "three", "2", True, 1001])

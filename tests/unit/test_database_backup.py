@@ -22,7 +22,7 @@ from components.labels import labels
 from components.stack_file import stacks
 from harness.program import TEST_SECRETS, ProgramRun, run_program, stack_config
 from tests.manifests import env, mounts
-from tests.unit.configs import EXISTING
+from tests.unit.configs import EXISTING, config_error, dev_with
 from tests.unit.database_pods import (
     database_containers,
     database_volumes,
@@ -30,7 +30,6 @@ from tests.unit.database_pods import (
     pgbackrest_env,
     policies,
 )
-from tests.unit.test_config_errors import config_error, dev_with
 from tests.unit.test_database_replicas import scaling
 from tests.unit.test_policy_pack import pack_findings
 from tests.unit.test_secrets_digest import secrets_digest

@@ -13,8 +13,7 @@ from components.config import GATEWAY_DRAIN_SECONDS, MODEL_DRAIN_SECONDS, LocalC
 from components.microservice import SHUTDOWN_SECONDS
 from harness.program import ProgramRun, run_program, stack_config
 from tests.manifests import container, env, pod_spec
-from tests.unit.configs import EXISTING
-from tests.unit.test_config_errors import config_error
+from tests.unit.configs import EXISTING, config_error
 from tests.unit.test_secrets_digest import secrets_digest
 from tools.policy import KUBERNETES_VERSIONS
 
