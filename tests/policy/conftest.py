@@ -12,14 +12,14 @@ import yaml
 
 from components import stack_file
 from harness.program import run_program
-from tests.unit.test_database_backup import CA, S3, with_backup
+from tests.unit.configs import PROD_BACKUP, S3, with_backup
 from tools import policy, render
 
 STACKS: Final = stack_file.stacks()
 # An endpoint is in no stack file: prod's config on an existing cluster with a bucket and its CA
 # bundle, and dev's with a bucket alone, rendered as the gate renders a stack (tools/render.py).
 BACKUP_CONFIGS: Final[dict[str, tuple[str, dict[str, Any], bool]]] = {
-    "prod-backups": ("prod", {"s3": {**S3, "caCertificate": CA}}, True),
+    "prod-backups": ("prod", PROD_BACKUP, True),
     "dev-backups": ("dev", {"s3": S3}, False),
 }
 # Everything the gate's bar holds for: each stack file, each backup configuration.

@@ -13,7 +13,7 @@ import pytest
 from harness.program import TEST_SECRETS
 from tests.policy.conftest import BACKUP_CONFIGS, load
 from tests.policy.test_gate import KEPT_ON_WORKLOADS
-from tests.unit.test_database_backup import BACKUP_TEST_SECRETS
+from tests.unit.configs import BACKUP_TEST_SECRETS
 from tools import policy, render
 
 

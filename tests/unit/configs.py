@@ -13,6 +13,18 @@ from harness.program import ProgramExitError, run_program, stack_config
 # `mlstack:cluster` for a cluster the program does not make: a kind cluster's kubeconfig context.
 EXISTING: Final[dict[str, Any]] = {"provider": "existing", "context": "kind-mlstack"}
 
+# `mlstack:database.backup.s3`: an S3-compatible endpoint, which no stack file has; and a CA bundle.
+S3: Final = {"endpoint": "https://s3.example.com:9000", "bucket": "mlstack-backups", "region": "r1"}
+CA: Final = "-----BEGIN CERTIFICATE-----\nMIIBbackupca\n-----END CERTIFICATE-----\n"
+# prod's backups: the bucket S3 and its CA.
+PROD_BACKUP: Final = {"s3": {**S3, "caCertificate": CA}}
+# The backup secrets a stack with `database.backup` needs (harness.program TEST_SECRETS: the rest).
+BACKUP_TEST_SECRETS: Final = {
+    "mlstack:databaseBackupCipherPassword": "test-backup-cipher-password",
+    "mlstack:databaseBackupS3AccessKey": "test-backup-s3-access-key",
+    "mlstack:databaseBackupS3SecretKey": "test-backup-s3-secret-key",
+}
+
 
 def dev_with(**overrides: Any) -> dict[str, Any]:
     """The dev stack's config with some `mlstack:` keys replaced (None removes one)."""
@@ -40,3 +52,16 @@ def config_error(config: dict[str, Any], **kwargs: Any) -> str:
     (message,) = exited.errors
     assert "\n" not in message, "a config mistake is reported on one line"
     return message
+
+
+def with_backup(stack: str, backup: Any = None, *, existing: bool = False) -> dict[str, Any]:
+    """`stack`'s config with `database.backup` (default: the bucket S3) and its secrets; on an
+    existing cluster with `existing` (an endpoint is for local and existing clusters alone)."""
+    config = stack_config(stack)
+    if existing:
+        config["mlstack:cluster"] = EXISTING
+    config["mlstack:database"] = {
+        **config["mlstack:database"],
+        "backup": {"s3": S3} if backup is None else backup,
+    }
+    return {**config, **BACKUP_TEST_SECRETS}

@@ -22,7 +22,16 @@ from components.labels import labels
 from components.stack_file import stacks
 from harness.program import TEST_SECRETS, ProgramRun, run_program, stack_config
 from tests.manifests import env, mounts
-from tests.unit.configs import EXISTING, config_error, dev_with
+from tests.unit.configs import (
+    BACKUP_TEST_SECRETS,
+    CA,
+    EXISTING,
+    PROD_BACKUP,
+    S3,
+    config_error,
+    dev_with,
+    with_backup,
+)
 from tests.unit.database_pods import (
     database_containers,
     database_volumes,
@@ -34,13 +43,6 @@ from tests.unit.test_database_replicas import scaling
 from tests.unit.test_policy_pack import pack_findings
 from tests.unit.test_secrets_digest import secrets_digest
 
-S3: Final = {"endpoint": "https://s3.example.com:9000", "bucket": "mlstack-backups", "region": "r1"}
-CA: Final = "-----BEGIN CERTIFICATE-----\nMIIBbackupca\n-----END CERTIFICATE-----\n"
-BACKUP_TEST_SECRETS: Final = {
-    "mlstack:databaseBackupCipherPassword": "test-backup-cipher-password",
-    "mlstack:databaseBackupS3AccessKey": "test-backup-s3-access-key",
-    "mlstack:databaseBackupS3SecretKey": "test-backup-s3-secret-key",
-}
 # pgBackRest's secret options, each a file of the `database` Secret, from that stack secret.
 SECRET_OPTIONS: Final = {
     "repo1-cipher-pass": ("backup-cipher-password", "mlstack:databaseBackupCipherPassword"),
@@ -48,22 +50,6 @@ SECRET_OPTIONS: Final = {
     "repo1-s3-key-secret": ("backup-s3-secret-key", "mlstack:databaseBackupS3SecretKey"),
 }
 METRICS_PORT: Final = 9188
-
-
-def with_backup(stack: str, backup: Any = None, *, existing: bool = False) -> dict[str, Any]:
-    """`stack`'s config with `database.backup` (default: the bucket S3) and its secrets; on an
-    existing cluster with `existing` (an endpoint is for local and existing clusters alone)."""
-    config = stack_config(stack)
-    if existing:
-        config["mlstack:cluster"] = EXISTING
-    config["mlstack:database"] = {
-        **config["mlstack:database"],
-        "backup": {"s3": S3} if backup is None else backup,
-    }
-    return {**config, **BACKUP_TEST_SECRETS}
-
-
-PROD_BACKUP: Final = {"s3": {**S3, "caCertificate": CA}}
 
 
 @pytest.fixture(scope="module")
