@@ -8,6 +8,7 @@ from typing import Any, Final
 import pytest
 
 from components.config import USER_TOLD_EXIT_CODE
+from components.stack_file import stacks
 from harness.program import ProgramExitError, run_program, stack_config
 
 # `mlstack:cluster` for a cluster the program does not make: a kind cluster's kubeconfig context.
@@ -24,6 +25,11 @@ BACKUP_TEST_SECRETS: Final = {
     "mlstack:databaseBackupS3AccessKey": "test-backup-s3-access-key",
     "mlstack:databaseBackupS3SecretKey": "test-backup-s3-secret-key",
 }
+
+
+def cloud_stacks(provider: str) -> list[str]:
+    """The stack files whose cluster is on the cloud `provider` (`gke`, `eks`)."""
+    return [s for s in stacks() if stack_config(s)["mlstack:cluster"]["provider"] == provider]
 
 
 def dev_with(**overrides: Any) -> dict[str, Any]:

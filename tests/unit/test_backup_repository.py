@@ -33,7 +33,14 @@ from harness.program import (
     stack_config,
 )
 from tests.manifests import env, mounts
-from tests.unit.configs import BACKUP_TEST_SECRETS, EXISTING, S3, config_error, dev_with
+from tests.unit.configs import (
+    BACKUP_TEST_SECRETS,
+    EXISTING,
+    S3,
+    cloud_stacks,
+    config_error,
+    dev_with,
+)
 from tests.unit.database_pods import (
     database_containers,
     database_volumes,
@@ -41,7 +48,7 @@ from tests.unit.database_pods import (
     pgbackrest_env,
     policies,
 )
-from tests.unit.test_cloud_clusters import cloud_stacks, single
+from tests.unit.test_cloud_clusters import single
 
 GCS_BUCKET: Final = "gcp:storage/bucket:Bucket"
 GCS_BUCKET_MEMBER: Final = "gcp:storage/bucketIAMMember:BucketIAMMember"

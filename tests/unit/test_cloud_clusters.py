@@ -12,18 +12,14 @@ import pytest
 
 from components.cluster.eks import CONTROL_PLANE_LOGS
 from components.cluster.gke import NODE_ROLES
-from components.stack_file import stacks
 from harness.program import ProgramRun, Registered, run_program, stack_config
+from tests.unit.configs import cloud_stacks
 
 GKE_CLUSTER = "gcp:container/cluster:Cluster"
 GKE_NODES = "gcp:container/nodePool:NodePool"
 EKS_CLUSTER = "eks:index:Cluster"
 EKS_NODES = "eks:index:ManagedNodeGroup"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-
-
-def cloud_stacks(provider: str) -> list[str]:
-    return [s for s in stacks() if stack_config(s)["mlstack:cluster"]["provider"] == provider]
 
 
 def cluster_config(stack: str) -> dict[str, Any]:
