@@ -17,7 +17,7 @@ from harness.program import (
 )
 from tests.manifests import env, pod_spec
 from tests.unit.configs import config_error
-from tests.unit.test_secrets_digest import secrets_digest
+from tests.unit.runs import secrets_digest
 
 PREVIOUS = "the-key-being-replaced"
 PREVIOUS_FILE = "/etc/mlstack/secrets/api-key-previous"

@@ -48,7 +48,7 @@ from tests.unit.database_pods import (
     pgbackrest_env,
     policies,
 )
-from tests.unit.test_cloud_clusters import single
+from tests.unit.runs import single
 
 GCS_BUCKET: Final = "gcp:storage/bucket:Bucket"
 GCS_BUCKET_MEMBER: Final = "gcp:storage/bucketIAMMember:BucketIAMMember"

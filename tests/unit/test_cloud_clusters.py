@@ -12,8 +12,9 @@ import pytest
 
 from components.cluster.eks import CONTROL_PLANE_LOGS
 from components.cluster.gke import NODE_ROLES
-from harness.program import ProgramRun, Registered, run_program, stack_config
+from harness.program import ProgramRun, run_program, stack_config
 from tests.unit.configs import cloud_stacks
+from tests.unit.runs import single
 
 GKE_CLUSTER = "gcp:container/cluster:Cluster"
 GKE_NODES = "gcp:container/nodePool:NodePool"
@@ -30,11 +31,6 @@ def with_cluster(stack: str, **overrides: Any) -> dict[str, Any]:
     config = stack_config(stack)
     config["mlstack:cluster"] = {**config["mlstack:cluster"], **overrides}
     return config
-
-
-def single(run: ProgramRun, type_: str) -> Registered:
-    (found,) = run.by_type(type_)
-    return found
 
 
 @pytest.fixture(scope="module", params=cloud_stacks("gke"))

@@ -11,10 +11,9 @@ import pytest
 from components import database, pod
 from harness.program import ProgramRun, Registered, run_program, stack_config
 from tests.manifests import env, pod_spec
+from tests.unit.runs import scaling
 
 NAME = "app.kubernetes.io/name"
-# Where two inputs differ and one has no value.
-ABSENT = object()
 
 
 def run_with(replicas: int, **database_keys: Any) -> ProgramRun:
@@ -29,49 +28,6 @@ def run_with(replicas: int, **database_keys: Any) -> ProgramRun:
 
 def template(stateful_set: Registered) -> dict[str, Any]:
     return dict(stateful_set.inputs["spec"]["template"])
-
-
-def differences(before: Any, after: Any, path: str = "") -> list[str]:
-    """The dotted paths at which two inputs differ."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        return [
-            found
-            for key in sorted(set(before) | set(after))
-            for found in differences(
-                before.get(key, ABSENT), after.get(key, ABSENT), f"{path}.{key}" if path else key
-            )
-        ]
-    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
-        return [
-            found
-            for index, (one, other) in enumerate(zip(before, after, strict=True))
-            for found in differences(one, other, f"{path}[{index}]")
-        ]
-    return [] if before == after else [path]
-
-
-def by_name(run: ProgramRun) -> dict[str, Registered]:
-    """Every resource of `run`, as `<kind> <object name>` (Kubernetes) or `<type> <name>`."""
-    found = {
-        f"{r.kind} {r.metadata['name']}"
-        if r.type.startswith("kubernetes:") and r.metadata.get("name")
-        else f"{r.type} {r.name}": r
-        for r in run.resources
-    }
-    assert len(found) == len(run.resources)
-    return found
-
-
-def scaling(few: ProgramRun, many: ProgramRun) -> tuple[dict[str, list[str]], set[str], set[str]]:
-    """What going from `few` to `many` instances changes: the paths that differ in each resource
-    both register, and the resources only one of them registers (added, removed)."""
-    before, after = by_name(few), by_name(many)
-    changed = {
-        key: found
-        for key in sorted(before.keys() & after.keys())
-        if (found := differences(before[key].inputs, after[key].inputs))
-    }
-    return changed, after.keys() - before.keys(), before.keys() - after.keys()
 
 
 @pytest.fixture(scope="module")

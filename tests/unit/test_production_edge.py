@@ -14,7 +14,7 @@ from components.microservice import SHUTDOWN_SECONDS
 from harness.program import ProgramRun, run_program, stack_config
 from tests.manifests import container, env, pod_spec
 from tests.unit.configs import EXISTING, config_error
-from tests.unit.test_secrets_digest import secrets_digest
+from tests.unit.runs import secrets_digest
 from tools.policy import KUBERNETES_VERSIONS
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"

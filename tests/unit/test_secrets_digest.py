@@ -16,12 +16,6 @@ KEY = "mlstack:secretsDigestKey"
 DATABASE = database.NAME
 
 
-def secrets_digest(run: ProgramRun, kind: str, name: str) -> str:
-    """The secrets digest in the pod template of workload `kind` `name`, which must have one."""
-    template = run.one(kind, name).inputs["spec"]["template"]
-    return str(template["metadata"]["annotations"][pod.SECRETS_CHECKSUM])
-
-
 def digests(run: ProgramRun) -> dict[str, str]:
     """Each workload's secrets digest, by workload name."""
     found = {}
