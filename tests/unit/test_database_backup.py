@@ -39,8 +39,8 @@ from tests.unit.database_pods import (
     pgbackrest_env,
     policies,
 )
+from tests.unit.pack import pack_findings
 from tests.unit.runs import scaling, secrets_digest
-from tests.unit.test_policy_pack import pack_findings
 
 # pgBackRest's secret options, each a file of the `database` Secret, from that stack secret.
 SECRET_OPTIONS: Final = {

@@ -20,7 +20,7 @@ from pulumi_policy import ResourceValidationPolicy
 from harness.program import ProgramRun, Registered
 from mlstack_policy.pack import policies
 from tests.manifests import container, pod_spec
-from tests.unit.test_policy_pack import violations
+from tests.unit.pack import violations
 from tools import policy
 
 Props = dict[str, Any]

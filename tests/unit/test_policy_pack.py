@@ -6,60 +6,25 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
 from typing import Any, Final
 
 import pytest
 from pulumi_policy import (
     EnforcementLevel,
-    PolicyCustomTimeouts,
-    PolicyResource,
-    PolicyResourceOptions,
-    ResourceValidationArgs,
     ResourceValidationPolicy,
     StackValidationArgs,
-    StackValidationPolicy,
 )
 
-from harness.program import ROOT, ProgramRun
+from harness.program import ProgramRun
 from mlstack_policy import availability, clusters, services, workloads
 from mlstack_policy.pack import policies
+from tests.unit.pack import PACK, pack_findings, stack_resource, violations
 
-PACK: Final = ROOT / "policy" / "pack"
 DIGEST: Final = "@sha256:" + "a" * 64
 DEPLOYMENT: Final = "kubernetes:apps/v1:Deployment"
 STATEFUL_SET: Final = "kubernetes:apps/v1:StatefulSet"
 SERVICE: Final = "kubernetes:core/v1:Service"
 PRODUCTION: Final = {"production": True}
-
-
-def options() -> PolicyResourceOptions:
-    return PolicyResourceOptions(
-        protect=False,
-        ignore_changes=[],
-        delete_before_replace=None,
-        aliases=[],
-        custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
-        additional_secret_outputs=[],
-    )
-
-
-def violations(
-    check: Any,
-    resource_type: str,
-    props: Mapping[str, Any],
-    config: Mapping[str, Any] | None = None,
-) -> list[str]:
-    found: list[str] = []
-
-    def report(message: str, urn: str | None = None) -> None:
-        found.append(message)
-
-    args = ResourceValidationArgs(
-        resource_type, props, f"urn:pulumi:t::p::{resource_type}::x", "x", options(), None, config
-    )
-    check(args, report)
-    return found
 
 
 def container(**overrides: Any) -> dict[str, Any]:
@@ -397,10 +362,6 @@ def test_topology_spread() -> None:
     ]
 
 
-def stack_resource(resource_type: str, props: Mapping[str, Any], name: str) -> PolicyResource:
-    return PolicyResource(resource_type, props, f"urn:{name}", name, options(), None, None, [], {})
-
-
 def test_disruption_budgets() -> None:
     budget = {
         "metadata": {"namespace": "ns"},
@@ -453,40 +414,10 @@ def test_every_rule_the_issue_names_is_in_the_pack_with_its_enforcement() -> Non
     }
 
 
-def pack_config(stack: str) -> dict[str, Any]:
-    path = PACK / "config" / f"{stack}.json"
-    found: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    return found
-
-
 def test_pack_config_files_name_only_policies_of_the_pack() -> None:
     names = {policy.name for policy in policies()}
     for path in (PACK / "config").glob("*.json"):
         assert set(json.loads(path.read_text())) <= names, path.name
-
-
-def pack_findings(run: ProgramRun) -> list[str]:
-    """Every finding of every rule of the pack, mandatory or advisory, on what `run`
-    registered, with the pack config of its stack."""
-    config = pack_config(run.stack)
-    found: list[str] = []
-    for policy in policies():
-        settings = config.get(policy.name) or {}
-        if isinstance(policy, ResourceValidationPolicy):
-            for resource in run.resources:
-                for message in violations(
-                    policy.validate, resource.type, resource.inputs, settings
-                ):
-                    found.append(f"{policy.name}: {message}")
-        elif isinstance(policy, StackValidationPolicy):
-            resources = [stack_resource(r.type, r.inputs, r.name) for r in run.resources]
-            name = policy.name
-
-            def report(message: str, urn: str | None = None, name: str = name) -> None:
-                found.append(f"{name}: {message}")
-
-            policy.validate(StackValidationArgs(resources, settings), report)
-    return found
 
 
 def test_every_stack_passes_every_rule_of_the_pack(stack_run: ProgramRun) -> None:
