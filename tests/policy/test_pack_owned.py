@@ -1,6 +1,6 @@
 """The checks the gate leaves to the policy pack are the ones the pack's breaks fail: each change
-in tests/unit/test_pack_owns_checkov_rules.py (BREAKS), made to the rendered gateway, fails the
-Checkov check it stands for. With that unit test, each skipped check is shown to be caught by the
+in tests/breaks.py (BREAKS), made to the rendered gateway, fails the Checkov check it stands for.
+With tests/unit/test_pack_owns_checkov_rules.py, each skipped check is shown to be caught by the
 pack rule tools/policy.py names for it.
 
 One Checkov run, of the skipped checks only, over one broken copy per check.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit.test_pack_owns_checkov_rules import BREAKS
+from tests.breaks import BREAKS
 from tools import policy
 
 
