@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.program import TEST_SECRETS
-from tests.policy.conftest import BACKUP_CONFIGS, load
-from tests.policy.test_gate import KEPT_ON_WORKLOADS
+from tests.policy.conftest import BACKUP_CONFIGS, KEPT_ON_WORKLOADS, load
 from tests.unit.configs import BACKUP_TEST_SECRETS
 from tools import policy, render
 

@@ -11,20 +11,10 @@ import pytest
 
 from mlstack_policy.kube import POD_TEMPLATE_PATHS
 from mlstack_policy.pack import MANDATORY, policies
-from tests.policy.conftest import GATED, STACKS
+from tests.policy.conftest import GATED, KEPT_ON_WORKLOADS, STACKS
 from tools import policy
 
 WORKLOAD_KINDS = {token.rsplit(":", 1)[-1] for token in POD_TEMPLATE_PATHS}
-# Checkov's checks on a workload that stay with `make policy` (the pack has no rule for them):
-# each still runs on every workload of every stack.
-KEPT_ON_WORKLOADS = {
-    "CKV_K8S_14",  # image tag fixed, not latest: holds the pack's declared exceptions too
-    "CKV_K8S_15",  # imagePullPolicy Always
-    "CKV_K8S_21",  # not the default namespace
-    "CKV_K8S_29",  # a pod securityContext
-    "CKV_K8S_38",  # service account token mounted only where needed (one declared exception)
-    "CKV_K8S_40",  # a high uid
-}
 
 
 def test_every_stack_file_is_gated(report: policy.Report) -> None:
