@@ -12,4 +12,4 @@ for path in (ROOT, ROOT / "policy" / "pack"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-pytest.register_assert_rewrite("tests.unit.configs", "tests.unit.runs")
+pytest.register_assert_rewrite("tests.ops.stack_fakes", "tests.unit.configs", "tests.unit.runs")

@@ -1,5 +1,5 @@
 """tools/database_backup.py (`make backup`, `make restore`), run for real against the stand-ins
-of tests/ops/test_database_switchover.py: its `pulumi`, and tests/ops/fake_kubectl.py answering
+of tests/ops/stack_fakes.py: its `pulumi`, and tests/ops/fake_kubectl.py answering
 for a Patroni cluster: the StatefulSet (scaled as asked), the pods' role labels and the Service's
 endpoints, one state after another in each phase (running, stopping after a scale to 0, starting
 after a scale back), the ConfigMaps (deleted by selector as kubectl does, made from literals), and
@@ -19,7 +19,7 @@ import pytest
 
 from components import database
 from components.labels import labels
-from tests.ops.test_database_switchover import SELECTOR, Fakes, roles, state
+from tests.ops.stack_fakes import SELECTOR, Fakes, roles, state
 from tools import database_backup as backups
 
 # Patroni's ConfigMaps carry the labels it is given and its scope label; the CA bundle's, the
