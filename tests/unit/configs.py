@@ -13,6 +13,13 @@ from harness.program import ProgramExitError, run_program, stack_config
 
 # `mlstack:cluster` for a cluster the program does not make: a kind cluster's kubeconfig context.
 EXISTING: Final[dict[str, Any]] = {"provider": "existing", "context": "kind-mlstack"}
+# `mlstack:images` for services built elsewhere: the references the program deploys as given.
+PREBUILT_IMAGES: Final[dict[str, Any]] = {
+    "build": False,
+    "gateway": "g:1",
+    "model": "m:1",
+    "database": "d:1",
+}
 
 # `mlstack:database.backup.s3`: an S3-compatible endpoint, which no stack file has; and a CA bundle.
 S3: Final = {"endpoint": "https://s3.example.com:9000", "bucket": "mlstack-backups", "region": "r1"}
@@ -41,6 +48,17 @@ def dev_with(**overrides: Any) -> dict[str, Any]:
             config.pop(full, None)
         else:
             config[full] = value
+    return config
+
+
+def existing_with(**overrides: Any) -> dict[str, Any]:
+    """The dev stack's config on an existing cluster (EXISTING) with prebuilt images
+    (PREBUILT_IMAGES), some `mlstack:` keys replaced."""
+    config = stack_config("dev")
+    config["mlstack:cluster"] = EXISTING
+    config["mlstack:images"] = dict(PREBUILT_IMAGES)
+    for key, value in overrides.items():
+        config[f"mlstack:{key}"] = value
     return config
 
 

@@ -13,21 +13,12 @@ from components.config import GATEWAY_DRAIN_SECONDS, MODEL_DRAIN_SECONDS, LocalC
 from components.microservice import SHUTDOWN_SECONDS
 from harness.program import ProgramRun, run_program, stack_config
 from tests.manifests import container, env, pod_spec
-from tests.unit.configs import EXISTING, config_error
+from tests.unit.configs import config_error, existing_with
 from tests.unit.runs import secrets_digest
 from tools.policy import KUBERNETES_VERSIONS
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIIEfake\n-----END PRIVATE KEY-----\n"
-
-
-def existing_with(**overrides: Any) -> dict[str, Any]:
-    config = stack_config("dev")
-    config["mlstack:cluster"] = EXISTING
-    config["mlstack:images"] = {"build": False, "gateway": "g:1", "model": "m:1", "database": "d:1"}
-    for key, value in overrides.items():
-        config[f"mlstack:{key}"] = value
-    return config
 
 
 @pytest.fixture(scope="module")

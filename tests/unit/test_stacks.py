@@ -22,7 +22,7 @@ from harness.program import (
     stack_config,
 )
 from tests.manifests import container, env
-from tests.unit.configs import EXISTING
+from tests.unit.configs import PREBUILT_IMAGES, existing_with
 
 STACKS = stacks()
 RECOMMENDED = (
@@ -319,15 +319,12 @@ def test_changing_the_model_version_rolls_only_the_model() -> None:
 
 
 def test_prebuilt_images_are_deployed_exactly_as_given() -> None:
-    config = stack_config("dev")
-    config["mlstack:cluster"] = EXISTING
     refs = {
         "gateway": "ghcr.io/acme/gateway:1.2@sha256:" + "a" * 64,
         "model": "ghcr.io/acme/model:1.2@sha256:" + "b" * 64,
         "database": "ghcr.io/acme/database:1.2@sha256:" + "c" * 64,
     }
-    config["mlstack:images"] = {"build": False, **refs}
-    run = run_program("dev", config)
+    run = run_program("dev", existing_with(images={"build": False, **refs}))
     assert run.by_type("docker:index/image:Image") == []
     for name in ("gateway", "model"):
         assert container(run.one("Deployment", name).inputs)["image"] == refs[name]
@@ -359,14 +356,7 @@ def test_the_database_image_is_the_project_s_own_built_like_the_others(dev: Prog
 
 
 def test_a_prebuilt_database_image_by_tag_is_pulled_every_time() -> None:
-    config = stack_config("dev")
-    config["mlstack:cluster"] = EXISTING
-    config["mlstack:images"] = {
-        "build": False,
-        "gateway": "g:1",
-        "model": "m:1",
-        "database": "registry.internal/database:1.2",
-    }
+    config = existing_with(images={**PREBUILT_IMAGES, "database": "registry.internal/database:1.2"})
     database = container(run_program("dev", config).one("StatefulSet", "database").inputs)
     assert (database["image"], database["imagePullPolicy"]) == (
         "registry.internal/database:1.2",
