@@ -43,7 +43,7 @@ from bench.servers import (
     start_model,
 )
 from harness.program import ROOT
-from harness.services import GATEWAY_SRC, MODEL_SRC, GatewayProcess, import_service
+from harness.services import GATEWAY_SRC, MODEL_SRC, SETOSA, GatewayProcess, import_service
 
 STORES = ("sqlite", "postgresql")
 VERSIONS = ("base", "new")
@@ -83,7 +83,7 @@ def gateway_sources(base: str, new: str | None, work: Path) -> dict[str, Path]:
 
 
 def predict_request(url: str) -> Request:
-    body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}, separators=(",", ":")).encode()
+    body = json.dumps({"instances": [SETOSA]}, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
     return Request(url + "/api/v1/predict", body, headers)
 

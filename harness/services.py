@@ -19,6 +19,10 @@ MODEL_SRC: Final = ROOT / "services" / "model"
 GATEWAY_SRC: Final = ROOT / "services" / "gateway"
 # The gateway's API key, unless the caller sets MLSTACK_API_KEY.
 API_KEY: Final = "test-key"
+# Two flowers of the iris set (its first setosa and a virginica) the model classifies beyond doubt:
+# the rows the tests, the benchmarks and the e2e suite send it.
+SETOSA: Final = [5.1, 3.5, 1.4, 0.2]
+VIRGINICA: Final = [6.7, 3.0, 5.2, 2.3]
 # What a start waits for: the service ready, or only live (serving, ready or not).
 Wait = Literal["ready", "live"]
 S = TypeVar("S", bound="ServiceProcess")

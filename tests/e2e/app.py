@@ -20,11 +20,12 @@ from e2e.controlplane import ControlPlane
 from e2e.node import Node
 from harness.http import request
 from harness.poll import eventually
+from harness.services import SETOSA, VIRGINICA
 from tests.e2e.conftest import API_KEY, NAMESPACE
 
 PREDICT_PATH = "/api/v1/predict"
 HISTORY_PATH = "/api/v1/predictions?limit=20"
-BODY = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}).encode()
+BODY = json.dumps({"instances": [SETOSA, VIRGINICA]}).encode()
 APP_LABEL = "app.kubernetes.io/name"
 # The server closes each connection, so its side keeps the TIME_WAIT: the loads send thousands
 # of requests a minute, and a client that closed first would run out of local ports.

@@ -9,11 +9,8 @@ from typing import Any
 import pytest
 
 from harness.http import Reply, request
-from harness.services import API_KEY, ServiceProcess
+from harness.services import API_KEY, SETOSA, VIRGINICA, ServiceProcess
 from tests.services.support import error_of, history, predict
-
-SETOSA = [5.1, 3.5, 1.4, 0.2]
-VIRGINICA = [6.7, 3.0, 5.2, 2.3]
 
 
 def test_predict_answers_predictions_version_and_request_id(gateway: ServiceProcess) -> None:

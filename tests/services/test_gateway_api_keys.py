@@ -16,11 +16,10 @@ from mlstack_gateway.settings import GatewaySettings
 
 from harness.http import request
 from harness.metrics import samples
-from harness.services import ServiceProcess, start_gateway
+from harness.services import SETOSA, ServiceProcess, start_gateway
 from tests.services.hostile import exchange, raw_request
 from tests.services.support import history, predict
 
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 NEW_KEY = "new-key-after-rotation"
 OLD_KEY = "old-key-being-replaced"
 

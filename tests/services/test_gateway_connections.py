@@ -14,7 +14,7 @@ import pytest
 
 from harness.http import request
 from harness.poll import eventually
-from harness.services import API_KEY, ServiceProcess, start_gateway
+from harness.services import API_KEY, SETOSA, ServiceProcess, start_gateway
 from tests.services.hostile import raw_request, seconds_until_closed
 from tests.services.support import (
     fill_with_copies,
@@ -24,7 +24,6 @@ from tests.services.support import (
     serves_https,
 )
 
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 # The first bytes of a TLS record holding a ClientHello, and no more of it.
 HALF_A_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
 

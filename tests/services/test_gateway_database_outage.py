@@ -18,10 +18,9 @@ import pytest
 
 from harness.http import request
 from harness.postgres import PostgresServer, query, running_postgres
-from harness.services import API_KEY, ServiceProcess, start_gateway
+from harness.services import API_KEY, SETOSA, ServiceProcess, start_gateway
 from tests.services.support import predict
 
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 PREDICTORS = 12
 READERS = 4
 

@@ -13,12 +13,11 @@ import pytest
 
 from components import database
 from harness.postgres import PostgresServer, query
-from harness.services import ServiceProcess, start_gateway
+from harness.services import SETOSA, ServiceProcess, start_gateway
 from tests.services.support import predict
 
 ROLE = "gateway_password"
 PASSWORD = "Xk3v/Qm7p@Lw2R:t8Zy%4aHs+Ab9C=dEf1?Gh2J#Kl3M'Np4Q\\Rs5T"
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 
 
 @pytest.fixture(scope="module")

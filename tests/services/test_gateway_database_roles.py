@@ -22,7 +22,7 @@ from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer, on_connection, postgres_bindir, query, running_postgres
 from harness.program import ROOT
-from harness.services import API_KEY, GATEWAY_SRC, ServiceProcess, start_gateway
+from harness.services import API_KEY, GATEWAY_SRC, SETOSA, ServiceProcess, start_gateway
 from tests.services.support import predict, read_until_listed
 
 ROLES_SQL = ROOT / "services" / "database" / "roles.sql"
@@ -32,7 +32,6 @@ DBNAME = "mlstack"
 # Each with every character a URL, a psql variable or an SQL literal gives a meaning to.
 OWNER_PASSWORD = "Ow/n@e:r%2F+x=y?z'q\"#\\1"
 GATEWAY_PASSWORD = "Ga/t@e:w%40+a=y?'s\"#\\2"
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 MIGRATE = "mlstack_gateway.migrate"
 PREFIX = "mlstack gateway migrate: "
 

@@ -12,10 +12,9 @@ from typing import Any
 from harness.http import request
 from harness.ports import free_port
 from harness.postgres import PostgresServer
-from harness.services import API_KEY, ServiceProcess, start_gateway, start_model
+from harness.services import API_KEY, SETOSA, ServiceProcess, start_gateway, start_model
 from tests.services.support import FreezableProxy, metric, predict
 
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 UP = "mlstack_gateway_dependency_up"
 
 

@@ -25,7 +25,14 @@ import pytest
 from harness.http import request
 from harness.poll import eventually, poll
 from harness.ports import free_port
-from harness.services import API_KEY, GATEWAY_SRC, ServiceProcess, start_gateway, start_model
+from harness.services import (
+    API_KEY,
+    GATEWAY_SRC,
+    SETOSA,
+    ServiceProcess,
+    start_gateway,
+    start_model,
+)
 from tests.services.hostile import (
     assert_burst_shed_within,
     exchange,
@@ -39,7 +46,6 @@ from tests.services.support import (
     silent_server,
 )
 
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 # The gateway's pod limit (components/app.py).
 POD_MEMORY_LIMIT_MIB = 256
 IDLE_SOCKETS = 2000

@@ -12,10 +12,9 @@ import pytest
 
 from harness.poll import eventually
 from harness.postgres import PostgresServer, query
-from harness.services import ServiceProcess, start_gateway
+from harness.services import SETOSA, ServiceProcess, start_gateway
 from tests.services.support import FreezableProxy, listed, metric, predict, read_until_listed
 
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 DATABASE = "read_replica"
 MAX_LAG = 0.5
 READS = "mlstack_gateway_db_reads_total"

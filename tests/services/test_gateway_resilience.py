@@ -15,10 +15,8 @@ from harness.http import request
 from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer, query
-from harness.services import GATEWAY_SRC, ServiceProcess, start_gateway, start_model
+from harness.services import GATEWAY_SRC, SETOSA, ServiceProcess, start_gateway, start_model
 from tests.services.support import predict, silent_server
-
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 
 
 def test_dead_model_gives_fast_503_then_recovers(model_dir: Path, log_dir: Path) -> None:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.services import SETOSA
 from tests.services.support import MakeServe, predict
-
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 
 
 @pytest.fixture(autouse=True, scope="module")

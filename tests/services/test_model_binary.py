@@ -16,11 +16,9 @@ from sklearn.datasets import load_iris
 from tritonclient.utils import InferenceServerException
 
 from harness.http import Reply, request
-from harness.services import ModelProcess
+from harness.services import SETOSA, VIRGINICA, ModelProcess
 from tests.services.support import error_of
 
-SETOSA = [5.1, 3.5, 1.4, 0.2]
-VIRGINICA = [6.7, 3.0, 5.2, 2.3]
 INFER = "/v2/models/iris/infer"
 
 

@@ -22,10 +22,8 @@ from sklearn.datasets import load_iris
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from harness.services import MODEL_SRC, ModelProcess, start_model
+from harness.services import MODEL_SRC, SETOSA, VIRGINICA, ModelProcess, start_model
 
-SETOSA = [5.1, 3.5, 1.4, 0.2]
-VIRGINICA = [6.7, 3.0, 5.2, 2.3]
 SERVICE = "inference.GRPCInferenceService"
 
 

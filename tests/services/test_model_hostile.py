@@ -28,7 +28,7 @@ from tritonclient.grpc import service_pb2 as pb
 from harness.http import request
 from harness.poll import eventually
 from harness.ports import free_port
-from harness.services import MODEL_SRC, ModelProcess, ServiceProcess, start_model
+from harness.services import MODEL_SRC, SETOSA, ModelProcess, ServiceProcess, start_model
 from tests.services.hostile import (
     Raw,
     assert_burst_shed_within,
@@ -38,7 +38,6 @@ from tests.services.hostile import (
     read_answer,
 )
 
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 INFER_PATH = "/v2/models/iris/infer"
 # The model's pod limit (components/app.py).
 POD_MEMORY_LIMIT_MIB = 512

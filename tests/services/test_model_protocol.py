@@ -10,11 +10,8 @@ from mlstack_model import artifacts
 from sklearn.datasets import load_iris
 
 from harness.http import Reply, request
-from harness.services import ServiceProcess
+from harness.services import SETOSA, VIRGINICA, ServiceProcess
 from tests.services.support import error_of
-
-SETOSA = [5.1, 3.5, 1.4, 0.2]
-VIRGINICA = [6.7, 3.0, 5.2, 2.3]
 
 
 def tensor(data: Any, shape: Any, datatype: str = "FP64") -> dict[str, Any]:
