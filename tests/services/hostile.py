@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from components import pod
 from harness.services import ServiceProcess
 
 
@@ -66,6 +67,13 @@ def raw_request(
     if body or method == "POST":
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def memory_limit_mib(resources: pod.Resources) -> int:
+    """The memory limit, in MiB, of a pod of `resources`: what a service must stay under."""
+    limit = resources.memory_limit
+    assert limit.endswith("Mi"), limit
+    return int(limit.removesuffix("Mi"))
 
 
 def memory_mib(pid: int) -> dict[str, float]:

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
+from components.app import GATEWAY_RESOURCES
 from harness.http import Reply
 from harness.postgres import PostgresServer
 from harness.services import API_KEY, ServiceProcess, start_gateway
-from tests.services.hostile import Raw, burst, memory_mib, raw_request
+from tests.services.hostile import Raw, burst, memory_limit_mib, memory_mib, raw_request
 from tests.services.support import fill_with_copies, history, predict
 
-# The gateway's pod limit (components/app.py).
-POD_MEMORY_LIMIT_MIB = 256
+POD_MEMORY_LIMIT_MIB = memory_limit_mib(GATEWAY_RESOURCES)
 SMALL_BUDGET = 64 * 1024
 DEFAULT_BUDGET = 512 * 1024
 MAX_LIMIT = 1000

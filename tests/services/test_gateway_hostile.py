@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from components.app import GATEWAY_RESOURCES
 from harness.http import request
 from harness.poll import eventually, poll
 from harness.ports import free_port
@@ -36,6 +37,7 @@ from harness.services import (
 from tests.services.hostile import (
     assert_burst_shed_within,
     exchange,
+    memory_limit_mib,
     raw_request,
 )
 from tests.services.support import (
@@ -46,8 +48,7 @@ from tests.services.support import (
     silent_server,
 )
 
-# The gateway's pod limit (components/app.py).
-POD_MEMORY_LIMIT_MIB = 256
+POD_MEMORY_LIMIT_MIB = memory_limit_mib(GATEWAY_RESOURCES)
 IDLE_SOCKETS = 2000
 PREDICT = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
 

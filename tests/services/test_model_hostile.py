@@ -25,6 +25,7 @@ import pytest
 from mlstack_model.settings import ModelSettings
 from tritonclient.grpc import service_pb2 as pb
 
+from components.app import MODEL_RESOURCES
 from harness.http import request
 from harness.poll import eventually
 from harness.ports import free_port
@@ -33,14 +34,14 @@ from tests.services.hostile import (
     Raw,
     assert_burst_shed_within,
     exchange,
+    memory_limit_mib,
     memory_mib,
     raw_request,
     read_answer,
 )
 
 INFER_PATH = "/v2/models/iris/infer"
-# The model's pod limit (components/app.py).
-POD_MEMORY_LIMIT_MIB = 512
+POD_MEMORY_LIMIT_MIB = memory_limit_mib(MODEL_RESOURCES)
 INFER = raw_request("POST", INFER_PATH, [("Content-Type", "application/json")])
 
 
