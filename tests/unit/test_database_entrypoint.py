@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from components import database, pod
+from components.backup_repository.common import SECRET_KEYS as BACKUP_SECRET_KEYS
 from components.image import SERVICES_DIR
 from harness.http import request
 from harness.metrics import metric_value
@@ -34,12 +35,8 @@ from tests.stand_ins import env_first_on_path, stand_in
 
 BIN: Final = SERVICES_DIR / "database" / "bin"
 TEMPLATE: Final = SERVICES_DIR / "database" / "patroni.yml"
-# pgBackRest's secret options, by the database Secret's keys (components/app.py).
-SECRET_KEYS: Final = {
-    "repo1-cipher-pass": "backup-cipher-password",
-    "repo1-s3-key": "backup-s3-access-key",
-    "repo1-s3-key-secret": "backup-s3-secret-key",
-}
+# The database Secret's key of each of pgBackRest's secret options, as the program passes them.
+SECRET_KEYS: Final = {option: key for option, (key, _) in BACKUP_SECRET_KEYS.items()}
 SECRETS: Final = {
     "backup-cipher-password": "cipher pass with spaces=and#signs",
     "backup-s3-access-key": "AKIAEXAMPLE",
