@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from components.labels import PART_OF_LABEL
 from e2e import addresses as net
 from e2e.controlplane import PART_OF
 
@@ -63,7 +64,7 @@ def registration(ca_dir: Path) -> str:
     """The Service, its Endpoints and the APIService that put the process behind the API
     server's aggregation layer, as one `kubectl apply` document."""
     ca_bundle = base64.b64encode((ca_dir / "ca.crt").read_bytes()).decode()
-    labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": PART_OF}
+    labels = {"app.kubernetes.io/name": NAME, PART_OF_LABEL: PART_OF}
     meta = {"name": NAME, "namespace": NAMESPACE, "labels": labels}
     items = [
         {

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Final
 
+from components.labels import PART_OF_LABEL
 from e2e import addresses as net
 from e2e.controlplane import PART_OF, ControlPlane
 from e2e.node.layout import Layout
@@ -34,7 +35,7 @@ def reads_binding(node_name: str) -> dict[str, object]:
     """The ClusterRoleBinding of `system:node` to this node's kubelet."""
     role = {"apiGroup": RBAC, "kind": "ClusterRole", "name": "system:node"}
     kubelet = {"apiGroup": RBAC, "kind": "User", "name": f"system:node:{node_name}"}
-    part_of = {"app.kubernetes.io/part-of": PART_OF}
+    part_of = {PART_OF_LABEL: PART_OF}
     return {
         "apiVersion": f"{RBAC}/v1",
         "kind": "ClusterRoleBinding",

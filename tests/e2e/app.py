@@ -225,7 +225,7 @@ def psql(kube: ControlPlane, sql: str, instance: int = 0) -> list[str]:
     out = exec_in(
         kube,
         database.pod_name(instance),
-        "psql", "--host", "/var/run/postgresql", "--username", "postgres",
+        "psql", "--host", database.SOCKET_DIR, "--username", "postgres",
         "--dbname", database.DB_NAME,
         "--no-align", "--tuples-only", "--command", sql,
     )  # fmt: skip
@@ -288,12 +288,16 @@ def _container_status(kube: ControlPlane, instance: int, container: str) -> Any:
     return status
 
 
-def container_id(kube: ControlPlane, instance: int, container: str = "postgres") -> str:
+def container_id(
+    kube: ControlPlane, instance: int, container: str = database.POSTGRES_CONTAINER
+) -> str:
     """The containerd id of one container of a database instance (PostgreSQL's by default)."""
     return str(_container_status(kube, instance, container)["containerID"].split("://", 1)[1])
 
 
-def restarts(kube: ControlPlane, instance: int, container: str = "postgres") -> int:
+def restarts(
+    kube: ControlPlane, instance: int, container: str = database.POSTGRES_CONTAINER
+) -> int:
     return int(_container_status(kube, instance, container)["restartCount"])
 
 

@@ -1224,7 +1224,11 @@ def backup_metrics(kube: ControlPlane) -> str:
     """The primary's backups container's /metrics."""
     pod = database.pod_name(app.primary_instance(kube))
     return pod_metrics(
-        kube, pod, database.BACKUP_METRICS_PORT, "/opt/patroni/bin/python", container="backups"
+        kube,
+        pod,
+        database.BACKUP_METRICS_PORT,
+        "/opt/patroni/bin/python",
+        container=database.BACKUPS_CONTAINER,
     )
 
 
