@@ -4,8 +4,10 @@ script or tool under test finds the stand-in before the machine's own."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 
 def stand_in(folder: Path, name: str, script: str) -> Path:
@@ -26,3 +28,9 @@ def env_first_on_path(folder: Path, **variables: str) -> dict[str, str]:
     """This process's environment, `folder` first on its PATH and `variables` added: for a
     subprocess that is to find the stand-ins in `folder`."""
     return {**os.environ, "PATH": first_on_path(folder), **variables}
+
+
+def logged_calls(log: Path) -> list[Any]:
+    """What a stand-in wrote to `log`, a JSON value a line (each call it answered); none when it
+    was never called."""
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []

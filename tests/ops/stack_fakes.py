@@ -15,7 +15,7 @@ from typing import Any
 from components import database
 from harness.make import make_env, run_make
 from harness.program import ROOT
-from tests.stand_ins import stand_in
+from tests.stand_ins import logged_calls, stand_in
 
 NAMESPACE = "mlstack-prod"
 SELECTOR = {"app.kubernetes.io/name": "database", "app.kubernetes.io/instance": "prod"}
@@ -107,9 +107,7 @@ class Fakes:
         (self.folder / "cluster.json").write_text(json.dumps(cluster))
 
     def calls(self) -> list[dict[str, Any]]:
-        path = self.folder / "kubectl-calls.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [json.loads(line) for line in lines]
+        return logged_calls(self.folder / "kubectl-calls.jsonl")
 
     def assert_every_call_on_the_stack(self) -> None:
         """The stack's kubeconfig file and context, in the stack's namespace, on every call."""
@@ -124,8 +122,7 @@ class Fakes:
         return run_make(*arguments, "STACK=dev", f"PULUMI={self.folder / 'pulumi'}", env=env)
 
     def pulumi_calls(self) -> list[dict[str, Any]]:
-        path = self.folder / "pulumi-calls.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return logged_calls(self.folder / "pulumi-calls.jsonl")
 
     def assert_dev_read_only_from_the_local_backend(self) -> None:
         """The Pulumi CLI asked for dev's config and outputs alone (no `stack select --create`,

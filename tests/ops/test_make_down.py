@@ -12,7 +12,7 @@ import pytest
 
 from harness.make import make_env, run_make
 from harness.program import ROOT
-from tests.stand_ins import stand_in
+from tests.stand_ins import logged_calls, stand_in
 
 FAKE_PULUMI = """\
 #!{python}
@@ -45,8 +45,7 @@ def make_down(
     if exported is not None:
         env["FAKE_PULUMI_STATE"] = exported
     result = run_make("down", f"STACK={stack}", f"PULUMI={pulumi}", env=env)
-    lines = log.read_text().splitlines() if log.exists() else []
-    calls = [json.loads(line) for line in lines]
+    calls = logged_calls(log)
     backends = {call.pop()[1:] for call in calls}
     # Logged in nowhere and no PULUMI_BACKEND_URL: every call used the local file backend.
     assert backends <= {f"file://{ROOT}/.pulumi-local"}, backends

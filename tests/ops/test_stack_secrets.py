@@ -13,7 +13,7 @@ import pytest
 from components.config import GENERATED_SECRETS, SECRETS_DIGEST_KEY_CHARACTERS
 from harness.make import make_env, run_make
 from harness.program import run_program, stack_config
-from tests.stand_ins import stand_in
+from tests.stand_ins import logged_calls, stand_in
 from tools import stack_secrets
 
 STAND_IN = """\
@@ -56,7 +56,8 @@ class StandIn:
         return found
 
     def calls(self) -> list[list[str]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
+        found: list[list[str]] = logged_calls(self.log)
+        return found
 
 
 @pytest.fixture
