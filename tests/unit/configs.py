@@ -52,14 +52,9 @@ def dev_with(**overrides: Any) -> dict[str, Any]:
 
 
 def existing_with(**overrides: Any) -> dict[str, Any]:
-    """The dev stack's config on an existing cluster (EXISTING) with prebuilt images
-    (PREBUILT_IMAGES), some `mlstack:` keys replaced."""
-    config = stack_config("dev")
-    config["mlstack:cluster"] = EXISTING
-    config["mlstack:images"] = dict(PREBUILT_IMAGES)
-    for key, value in overrides.items():
-        config[f"mlstack:{key}"] = value
-    return config
+    """dev_with on an existing cluster (EXISTING) with prebuilt images (PREBUILT_IMAGES), unless
+    `overrides` replace them too."""
+    return dev_with(**{"cluster": EXISTING, "images": dict(PREBUILT_IMAGES), **overrides})
 
 
 def config_exit(config: dict[str, Any], **kwargs: Any) -> ProgramExitError:
