@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,27 +89,26 @@ class Bench(ClusterBench):
         if done.returncode != 0:
             raise RuntimeError(f"make switchover failed: {done.stdout}{done.stderr}")
 
-    def measure(self, event: str, run: int, disrupt: Callable[[int], None]) -> Outcome:
+    def settle(self) -> None:
         eventually(
             lambda: app.settled(self.kube, INSTANCES),
             "the database settled",
             SETTLE_SECONDS,
             interval=1,
         )
+
+    def measure(self, event: str, run: int, disrupt: Callable[[int], None]) -> Outcome:
+        self.settle()
         before = app.primary_instance(self.kube)
-        with app.Load(self.url, limit=900, call=self.predict) as load:
-            eventually(load.since(time.monotonic()), "a prediction answered", 60, interval=0.5)
-            time.sleep(2)
-            start = time.monotonic()
-            disrupt(before)
-            eventually(load.since(start), "a prediction acknowledged again", 300, interval=0.5)
-            eventually(
-                lambda: app.settled(self.kube, INSTANCES),
-                "the database settled",
-                SETTLE_SECONDS,
-                interval=1,
-            )
-            time.sleep(2)
+        load, start = app.under_load(
+            self.url,
+            lambda: disrupt(before),
+            self.settle,
+            event,
+            limit=900,
+            recovery=300,
+            call=self.predict,
+        )
         acknowledged = app.acknowledged(load)
         after = app.primary_instance(self.kube)
         return Outcome(

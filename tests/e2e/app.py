@@ -176,6 +176,37 @@ class Load:
         )
 
 
+def under_load(
+    url: str,
+    disrupt: Callable[[], None],
+    settle: Callable[[], object],
+    what: str,
+    *,
+    limit: float,
+    recovery: float,
+    call: Callable[[str], Answer] = predict,
+) -> tuple[Load, float]:
+    """`disrupt()` under a steady load through `url`, once a request has been answered, then
+    `settle()`: the stopped load, and when the disruption began (time.monotonic()). Fails unless a
+    request sent after `disrupt` returned is answered 200 within `recovery` seconds."""
+    with Load(url, limit=limit, call=call) as load:
+        eventually(load.since(time.monotonic()), f"{what}: a prediction answered", 60, interval=0.5)
+        time.sleep(2)
+        start = time.monotonic()
+        disrupt()
+        # Since the disruption took effect: a request sent while `disrupt` was still running (a
+        # kubectl call before the kill) may be answered by the instance about to go.
+        eventually(
+            load.since(time.monotonic()),
+            f"{what}: a prediction acknowledged again",
+            recovery,
+            interval=0.5,
+        )
+        settle()
+        time.sleep(2)
+    return load, start
+
+
 def acknowledged(*loads: Load) -> set[str]:
     return {a.request_id for load in loads for a in load.answers if a.ok}
 

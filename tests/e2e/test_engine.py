@@ -1068,23 +1068,15 @@ def failover_under_load(
     primary after it, and the load. Every request is answered 200 or 503 with Retry-After; every
     prediction answered 200 is stored; the database settles with three instances again; the
     preview after it shows no change."""
-    url = gateway_url(kube)
     before = app.primary_instance(kube)
-    with app.Load(url, limit=600) as load:
-        eventually(load.since(time.monotonic()), "a prediction answered", 60, interval=0.5)
-        time.sleep(2)
-        start = time.monotonic()
-        disrupt(before)
-        # Since the disruption took effect: a request sent while `disrupt` was still running (a
-        # kubectl call before the kill) may be answered by the instance about to go.
-        eventually(
-            load.since(time.monotonic()),
-            f"{what}: a prediction acknowledged again",
-            120,
-            interval=0.5,
-        )
-        wait_settled(kube, 3, what)
-        time.sleep(2)
+    load, start = app.under_load(
+        gateway_url(kube),
+        lambda: disrupt(before),
+        lambda: wait_settled(kube, 3, what),
+        what,
+        limit=600,
+        recovery=120,
+    )
     # Over every answer of the load: measured at the first acknowledgement after the event, it
     # would end at the first answer of a request sent in the event's first moments.
     TIMINGS[f"{what}: writes paused"] = load.longest_pause_after(start)
