@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.postgres import PostgresServer, postgres_bindir, running_postgres
+from harness.postgres import PostgresServer
 from harness.services import (
     GATEWAY_SRC,
     MODEL_SRC,
@@ -17,7 +17,7 @@ from harness.services import (
     start_gateway,
     start_model,
 )
-from tests.services.support import slow_model_server
+from tests.services.support import slow_model_server, throwaway_postgres
 
 # The services are top-level packages in their own folders (as in their images).
 import_service(MODEL_SRC)
@@ -56,12 +56,7 @@ def model_v1(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    try:
-        postgres_bindir()
-    except RuntimeError as exc:
-        # Missing server packages: how to install them, not a traceback.
-        pytest.fail(str(exc), pytrace=False)
-    with running_postgres() as server:
+    with throwaway_postgres() as server:
         yield server
 
 

@@ -19,15 +19,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from harness.http import Reply, request
 from harness.make import make_command, make_env
 from harness.metrics import metric_value
 from harness.poll import eventually
 from harness.ports import LOOPBACK, free_port
-from harness.postgres import query
+from harness.postgres import PostgresServer, postgres_bindir, query, running_postgres
 from harness.processes import LocalServer, group_alive
 from harness.program import ROOT
 from harness.services import API_KEY, ServiceProcess
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of the test's own (harness.postgres). Without the server's packages the test
+    fails with how to install them, not a traceback."""
+    try:
+        postgres_bindir()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with running_postgres() as server:
+        yield server
 
 
 def self_signed_certificate(folder: Path, name: str = "mlstack-gateway-test") -> tuple[Path, Path]:

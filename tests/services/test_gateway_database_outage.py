@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from harness.http import request
-from harness.postgres import PostgresServer, query, running_postgres
+from harness.postgres import PostgresServer, query
 from harness.services import API_KEY, SETOSA, ServiceProcess, start_gateway
-from tests.services.support import predict
+from tests.services.support import predict, throwaway_postgres
 
 PREDICTORS = 12
 READERS = 4
@@ -113,7 +113,7 @@ def under_traffic(
 @pytest.fixture
 def database() -> Iterator[PostgresServer]:
     """A PostgreSQL of this test's own: killing it leaves the other tests' server alone."""
-    with running_postgres() as server:
+    with throwaway_postgres() as server:
         yield server
 
 

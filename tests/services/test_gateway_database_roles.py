@@ -20,10 +20,10 @@ from components import database
 from harness.http import request
 from harness.poll import eventually
 from harness.ports import free_port
-from harness.postgres import PostgresServer, on_connection, postgres_bindir, query, running_postgres
+from harness.postgres import PostgresServer, on_connection, query
 from harness.program import ROOT
 from harness.services import API_KEY, GATEWAY_SRC, SETOSA, ServiceProcess, start_gateway
-from tests.services.support import predict, read_until_listed
+from tests.services.support import predict, read_until_listed, throwaway_postgres
 
 ROLES_SQL = ROOT / "services" / "database" / "roles.sql"
 OWNER = "mlstack"
@@ -108,12 +108,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    try:
-        postgres_bindir()
-    except RuntimeError as exc:
-        # Missing server packages: how to install them, not a traceback.
-        pytest.fail(str(exc), pytrace=False)
-    with running_postgres() as server:
+    with throwaway_postgres() as server:
         server.require_password(OWNER, GATEWAY)
         cluster = Cluster(server, tmp_path_factory.mktemp("database-secrets"))
         cluster.run_roles_sql()
