@@ -225,15 +225,7 @@ def test_secrets_live_only_in_kubernetes_secrets(stack_run: ProgramRun) -> None:
     assert TEST_SECRETS["mlstack:databasePassword"] in gateway["database-url"]
     migrations = stack_run.one("Secret", "gateway-migrations").inputs["stringData"]
     assert TEST_SECRETS["mlstack:databaseOwnerPassword"] in migrations["database-url"]
-    database = stack_run.one("Secret", "database").inputs["stringData"]
-    assert database == {
-        "owner-password": TEST_SECRETS["mlstack:databaseOwnerPassword"],
-        "gateway-password": TEST_SECRETS["mlstack:databasePassword"],
-        "replication-password": TEST_SECRETS["mlstack:databaseReplicationPassword"],
-        "rewind-password": TEST_SECRETS["mlstack:databaseRewindPassword"],
-        # Every stack file backs up, encrypted with this key (no stack takes bucket keys).
-        "backup-cipher-password": TEST_SECRETS["mlstack:databaseBackupCipherPassword"],
-    }
+    # The database Secret's keys and values: test_database_patroni, over the same stacks.
     assert {s.metadata["name"] for s in stack_run.of_kind("Secret")} >= {
         "gateway",
         "gateway-migrations",
