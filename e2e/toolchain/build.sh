@@ -150,7 +150,7 @@ tool() {
     return 0
   fi
   local key
-  key="$(declare -f "build_$name" gowrap kube_module)"
+  key="$(declare -f "build_$name" gowrap go_module_build kube_module)"
   while (($#)) && [[ $1 != -- ]]; do
     key+=$'\n'"$1=${!1}"
     shift
@@ -197,6 +197,20 @@ gowrap() {
     grep -E '^replace [^(]' "$dir/go.mod" | grep -vE '=> \.\.?/' || true
   } >"$d/go.mod"
   echo "$dir"
+}
+
+# go_module_build MODULE VERSION LDFLAGS OUTPUT PACKAGE...: build the PACKAGEs of MODULE@VERSION
+# (paths inside the module, `.` for its root) in a wrapper module (gowrap), stripped, with
+# LDFLAGS added (a version stamp), into OUTPUT (a file, or a folder ending in / for several).
+go_module_build() {
+  local m=$1 v=$2 ld=$3 o=$4
+  shift 4
+  local p packages=()
+  for p in "$@"; do
+    if [[ $p == . ]]; then packages+=("$m"); else packages+=("$m/$p"); fi
+  done
+  gowrap "$work/module" "$m" "$v" >/dev/null
+  (cd "$work/module" && go build -ldflags "$ldstrip $ld" -o "$o" "${packages[@]}")
 }
 
 # --- Pulumi CLI ----------------------------------------------------------------------------------
@@ -274,18 +288,15 @@ PY
 # --- etcd ---------------------------------------------------------------------------------------
 build_etcd() {
   log "building etcd $ETCD_VERSION"
-  local m="go.etcd.io/etcd/server/v3"
-  gowrap "$work/etcd" "$m" "$ETCD_VERSION" >/dev/null
-  (cd "$work/etcd" && go build -ldflags "$ldstrip" -o "$out/bin/etcd" "$m")
+  go_module_build go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "" "$out/bin/etcd" .
 }
 
 # --- KWOK ---------------------------------------------------------------------------------------
 build_kwok() {
   log "building kwok + kwokctl $KWOK_VERSION"
   local m="sigs.k8s.io/kwok"
-  gowrap "$work/kwok" "$m" "$KWOK_VERSION" >/dev/null
-  (cd "$work/kwok" && go build -ldflags "$ldstrip -X $m/pkg/consts.Version=$KWOK_VERSION" \
-      -o "$out/bin/" "$m/cmd/kwok" "$m/cmd/kwokctl")
+  go_module_build "$m" "$KWOK_VERSION" "-X $m/pkg/consts.Version=$KWOK_VERSION" "$out/bin/" \
+    cmd/kwok cmd/kwokctl
 }
 
 # KWOK's default node and pod stages, copied from the kwok module (a config that names any Stage
@@ -362,9 +373,7 @@ build_kubelet() {
 # --- The real node's cluster DNS and NetworkPolicy enforcer -------------------------------------
 build_coredns() {
   log "building coredns $COREDNS_VERSION"
-  local m="github.com/coredns/coredns"
-  gowrap "$work/coredns" "$m" "$COREDNS_VERSION" >/dev/null
-  (cd "$work/coredns" && go build -ldflags "$ldstrip" -o "$out/bin/coredns" "$m")
+  go_module_build github.com/coredns/coredns "$COREDNS_VERSION" "" "$out/bin/coredns" .
 }
 
 # kube-router's NetworkPolicy controller (iptables + ipset), only as a pinned, offline test tool:
@@ -372,21 +381,17 @@ build_coredns() {
 build_kube_router() {
   log "building kube-router $KUBE_ROUTER_VERSION"
   local m="github.com/cloudnativelabs/kube-router/v2"
-  gowrap "$work/kube-router" "$m" "$KUBE_ROUTER_VERSION" >/dev/null
-  (cd "$work/kube-router" && go build -ldflags "$ldstrip \
-      -X $m/pkg/version.Version=$KUBE_ROUTER_VERSION" \
-      -o "$out/bin/kube-router" "$m/cmd/kube-router")
+  go_module_build "$m" "$KUBE_ROUTER_VERSION" "-X $m/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+    "$out/bin/kube-router" cmd/kube-router
 }
 
 # metrics-server, run beside the kubelet as a host process: the Metrics API (metrics.k8s.io)
 # behind the API server's aggregation layer, for the HorizontalPodAutoscalers of the e2e stack.
 build_metrics_server() {
   log "building metrics-server $METRICS_SERVER_VERSION"
-  local m="sigs.k8s.io/metrics-server"
-  gowrap "$work/metrics-server" "$m" "$METRICS_SERVER_VERSION" >/dev/null
-  (cd "$work/metrics-server" && go build -ldflags "$ldstrip \
-      -X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION" \
-      -o "$out/bin/metrics-server" "$m/cmd/metrics-server")
+  go_module_build sigs.k8s.io/metrics-server "$METRICS_SERVER_VERSION" \
+    "-X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION" \
+    "$out/bin/metrics-server" cmd/metrics-server
 }
 
 # SeaweedFS's weed, run beside the kubelet as a host process: the S3-compatible server the
@@ -394,10 +399,8 @@ build_metrics_server() {
 build_weed() {
   log "building weed $WEED_VERSION"
   local m="github.com/seaweedfs/seaweedfs"
-  gowrap "$work/weed" "$m" "$WEED_VERSION" >/dev/null
-  (cd "$work/weed" && go build -ldflags "$ldstrip \
-      -X $m/weed/util/version.COMMIT=${WEED_VERSION##*-}" \
-      -o "$out/bin/weed" "$m/weed")
+  go_module_build "$m" "$WEED_VERSION" "-X $m/weed/util/version.COMMIT=${WEED_VERSION##*-}" \
+    "$out/bin/weed" weed
 }
 
 # --- The real node's test images: our own sources -----------------------------------------------
