@@ -18,6 +18,7 @@ import pytest
 
 from components.cluster.kubeconfig_file import _HostFolderProvider
 from harness.program import ProgramRun, Registered, run_program, stack_config
+from tests.unit.runs import single
 
 CLUSTER_COMPONENT = "mlstack:cluster:"
 K8S_PROVIDER = "pulumi:providers:kubernetes"
@@ -52,7 +53,7 @@ def test_prod_protects_its_cluster_its_database_volumes_and_its_backups(
     assert cluster_component(prod).protect
     assert database_volume(prod).protect
     # The cloud's own guard too: GKE refuses to delete the cluster until an `up` lifts it.
-    (gke,) = prod.by_type("gcp:container/cluster:Cluster")
+    gke = single(prod, "gcp:container/cluster:Cluster")
     assert gke.inputs["deletionProtection"] is True
     # Exactly those are protected explicitly (the cluster, every database instance's volume,
     # the backups' bucket); the rest of the cluster inherits it.
@@ -100,7 +101,7 @@ def test_protect_false_unprotects_prod() -> None:
     """The documented way to tear prod down: `mlstack:protect false`, then `up`."""
     run = run_program("prod", {**stack_config("prod"), "mlstack:protect": False})
     assert protected(run) == set()
-    (gke,) = run.by_type("gcp:container/cluster:Cluster")
+    gke = single(run, "gcp:container/cluster:Cluster")
     assert gke.inputs["deletionProtection"] is False
 
 
@@ -131,14 +132,14 @@ def test_load_balancer_is_deleted_before_the_cluster(
     # The gateway's LoadBalancer Service is created with the cluster's provider ...
     gateway = run.one("Service", "gateway")
     assert gateway.inputs["spec"]["type"] == "LoadBalancer"
-    (provider,) = run.by_type(K8S_PROVIDER)
+    provider = single(run, K8S_PROVIDER)
     assert provider_urn_name(gateway.provider) == provider.name
     # ... which is a child of the cluster component (its URN's type chain says so too) ...
     assert provider.parent == component.name
     assert gateway.provider is not None
     assert f"::{component_type}${K8S_PROVIDER}::" in gateway.provider
     # ... and is built from the cloud cluster's outputs, so it depends on that cluster.
-    (cloud,) = run.by_type(cloud_type)
+    cloud = single(run, cloud_type)
     assert cloud.parent == component.name
     kubeconfig = str(provider.inputs["kubeconfig"])
     if cloud_type.startswith("gcp:"):

@@ -237,7 +237,7 @@ def test_gke_backups_run_as_an_account_with_the_bucket_s_objects_alone(gke: Prog
     account = gcs_account(gke)
     assert account.inputs["accountId"] == f"mlstack-{gke.stack}-backups"
     member = f"serviceAccount:{email(gke, account)}"
-    (grant,) = gke.by_type(GCS_BUCKET_MEMBER)
+    grant = single(gke, GCS_BUCKET_MEMBER)
     bucket = single(gke, GCS_BUCKET)
     assert grant.inputs == {
         "bucket": options(gke)["PGBACKREST_REPO1_GCS_BUCKET"],
@@ -253,14 +253,14 @@ def test_gke_backups_run_as_an_account_with_the_bucket_s_objects_alone(gke: Prog
 def test_gke_only_the_database_s_service_account_acts_as_it(gke: ProgramRun) -> None:
     project = stack_config(gke.stack)["mlstack:cluster"]["project"]
     account = gcs_account(gke)
-    (binding,) = gke.by_type(GCP_ACCOUNT_MEMBER)
+    binding = single(gke, GCP_ACCOUNT_MEMBER)
     assert binding.inputs == {
         "serviceAccountId": f"projects/{project}/serviceAccounts/{email(gke, account)}",
         "role": "roles/iam.workloadIdentityUser",
         "member": f"serviceAccount:{project}.svc.id.goog[mlstack-{gke.stack}/database]",
     }
     # The pool is the cluster's own.
-    (cluster,) = gke.by_type("gcp:container/cluster:Cluster")
+    cluster = single(gke, "gcp:container/cluster:Cluster")
     assert cluster.inputs["workloadIdentityConfig"] == {"workloadPool": f"{project}.svc.id.goog"}
     assert account_annotations(gke) == {"iam.gke.io/gcp-service-account": email(gke, account)}
 
@@ -396,7 +396,7 @@ def test_eks_bucket_keeps_old_versions_for_a_while(eks: ProgramRun) -> None:
 
 
 def test_eks_only_the_database_s_service_account_assumes_the_role(eks: ProgramRun) -> None:
-    (cluster,) = eks.by_type("eks:index:Cluster")
+    cluster = single(eks, "eks:index:Cluster")
     assert cluster.inputs["createOidcProvider"] is True
     role = backup_role(eks)
     (statement,) = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
