@@ -3,12 +3,12 @@ importable for every suite, and have pytest rewrite the assertions of the helper
 share as it does a test module's, so a failing one shows its values there too."""
 
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-for path in (ROOT, ROOT / "policy" / "pack"):
+from tests.paths import POLICY_PACK, ROOT
+
+for path in (ROOT, POLICY_PACK):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 

@@ -44,7 +44,7 @@ from e2e.process import mounts_under, run
 from e2e.workspace import PulumiWorkspace, Run
 from harness.metrics import metric_value
 from harness.poll import eventually, poll
-from harness.program import ROOT, run_program
+from harness.program import run_program
 from tests.e2e import app
 from tests.e2e.conftest import (
     API_KEY,
@@ -56,6 +56,7 @@ from tests.e2e.conftest import (
     secrets,
     stack_config,
 )
+from tests.paths import POLICY_PACK
 
 pytestmark = needs_root
 INSTANCE = f"app.kubernetes.io/instance={STACK}"
@@ -1510,9 +1511,6 @@ def test_6_bad_config_fails_with_the_same_one_line_error_as_under_mocks(
         assert "non-zero exit code" not in preview.output, preview.output
     finally:
         workspace.run("stack", "rm", "e2e-bad-config", "--yes", "--force", check=False)
-
-
-POLICY_PACK = ROOT / "policy" / "pack"
 
 
 def by_tag(ref: str) -> str:

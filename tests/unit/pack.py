@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from pulumi_policy import (
     PolicyCustomTimeouts,
@@ -19,10 +19,9 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from harness.program import ROOT, ProgramRun
+from harness.program import ProgramRun
 from mlstack_policy.pack import policies
-
-PACK: Final = ROOT / "policy" / "pack"
+from tests.paths import POLICY_PACK
 
 
 def options() -> PolicyResourceOptions:
@@ -61,7 +60,7 @@ def stack_resource(resource_type: str, props: Mapping[str, Any], name: str) -> P
 
 
 def pack_config(stack: str) -> dict[str, Any]:
-    path = PACK / "config" / f"{stack}.json"
+    path = POLICY_PACK / "config" / f"{stack}.json"
     found: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     return found
 

@@ -18,7 +18,8 @@ from pulumi_policy import (
 from harness.program import ProgramRun
 from mlstack_policy import availability, clusters, services, workloads
 from mlstack_policy.pack import policies
-from tests.unit.pack import PACK, pack_findings, stack_resource, violations
+from tests.paths import POLICY_PACK
+from tests.unit.pack import pack_findings, stack_resource, violations
 
 DIGEST: Final = "@sha256:" + "a" * 64
 DEPLOYMENT: Final = "kubernetes:apps/v1:Deployment"
@@ -193,7 +194,7 @@ def test_no_image_is_accepted_by_tag_unless_a_stack_declares_it() -> None:
         "StatefulSet database, container postgres: image 'postgres:17.6-bookworm' "
         "is not pinned by digest (name@sha256:...)"
     ]
-    for path in (PACK / "config").glob("*.json"):
+    for path in (POLICY_PACK / "config").glob("*.json"):
         for settings in json.loads(path.read_text()).values():
             assert "allowedImages" not in settings, path.name
 
@@ -416,7 +417,7 @@ def test_every_rule_the_issue_names_is_in_the_pack_with_its_enforcement() -> Non
 
 def test_pack_config_files_name_only_policies_of_the_pack() -> None:
     names = {policy.name for policy in policies()}
-    for path in (PACK / "config").glob("*.json"):
+    for path in (POLICY_PACK / "config").glob("*.json"):
         assert set(json.loads(path.read_text())) <= names, path.name
 
 
