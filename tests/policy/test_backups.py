@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.program import TEST_SECRETS
+from tests.manifests import pod_spec
 from tests.policy.conftest import BACKUP_CONFIGS, KEPT_ON_WORKLOADS, load
 from tests.unit.configs import BACKUP_TEST_SECRETS
 from tools import policy, render
@@ -18,7 +19,7 @@ from tools import policy, render
 
 def test_what_is_gated_has_the_backups(backups_rendered: dict[str, Path]) -> None:
     for name, folder in backups_rendered.items():
-        spec = load(folder, "statefulset-database.yaml")["spec"]["template"]["spec"]
+        spec = pod_spec(load(folder, "statefulset-database.yaml"))
         assert [c["name"] for c in spec["containers"]] == ["postgres", "backups"], name
         assert (folder / "networkpolicy-database-to-backup-repository.yaml").exists(), name
     prod = backups_rendered["prod-backups"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.program import TEST_SECRETS, run_program
+from tests.manifests import container, pod_spec
 from tests.policy.conftest import load
 from tools import policy, render
 
@@ -38,9 +39,9 @@ def test_objects_are_plain_manifests_with_integers(prod: Path) -> None:
     assert gateway["metadata"]["name"] == "gateway"
     assert gateway["metadata"]["namespace"] == "mlstack-prod"
     assert gateway["spec"]["replicas"] == 3
-    container = gateway["spec"]["template"]["spec"]["containers"][0]
-    assert container["ports"][0]["containerPort"] == 8080
-    assert type(container["ports"][0]["containerPort"]) is int
+    port = container(gateway)["ports"][0]
+    assert port["containerPort"] == 8080
+    assert type(port["containerPort"]) is int
     policy_ = load(prod, "networkpolicy-database-from-gateway.yaml")
     assert type(policy_["spec"]["ingress"][0]["ports"][0]["port"]) is int
 
@@ -86,10 +87,10 @@ def test_write_replaces_stale_manifests(tmp_path: Path) -> None:
 
 def test_built_images_are_deployed_by_digest_and_pulled_if_not_present(prod: Path) -> None:
     for name in ("deployment-gateway.yaml", "deployment-model.yaml", "statefulset-database.yaml"):
-        spec = load(prod, name)["spec"]["template"]["spec"]
-        for container in [*spec.get("initContainers", []), *spec["containers"]]:
-            assert "@sha256:" in container["image"], name
-            assert container["imagePullPolicy"] == "IfNotPresent", name
+        spec = pod_spec(load(prod, name))
+        for each in [*spec.get("initContainers", []), *spec["containers"]]:
+            assert "@sha256:" in each["image"], name
+            assert each["imagePullPolicy"] == "IfNotPresent", name
 
 
 def test_cli_renders_one_stack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from components.config import MAX_AUTOSCALED_REPLICAS
 from harness.program import ProgramRun, Registered, run_program, stack_config
+from tests.manifests import pod_spec
 from tests.unit.configs import config_error, dev_with
 from tests.unit.runs import single
 from tools.drift import covers, parse_path
@@ -75,7 +76,7 @@ def test_every_autoscaled_workload_requests_cpu(stack_run: ProgramRun) -> None:
     for hpa in autoscalers(stack_run):
         target = hpa.inputs["spec"]["scaleTargetRef"]
         workload = stack_run.one(target["kind"], target["name"])
-        for container in workload.inputs["spec"]["template"]["spec"]["containers"]:
+        for container in pod_spec(workload.inputs)["containers"]:
             assert container["resources"]["requests"]["cpu"], container["name"]
 
 
@@ -134,8 +135,7 @@ def test_a_floor_of_one_under_autoscaling_still_plans_for_several_pods() -> None
     # before the autoscaler adds the second.
     run = dev_autoscaling("model", maxReplicas=3)
     assert run.one("PodDisruptionBudget", "model").inputs["spec"]["maxUnavailable"] == 1
-    pod_spec = run.one("Deployment", "model").inputs["spec"]["template"]["spec"]
-    assert pod_spec["topologySpreadConstraints"]
+    assert pod_spec(run.one("Deployment", "model").inputs)["topologySpreadConstraints"]
 
 
 def test_without_autoscaling_one_replica_has_no_budget_and_no_autoscaler(dev: ProgramRun) -> None:

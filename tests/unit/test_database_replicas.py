@@ -10,7 +10,7 @@ import pytest
 
 from components import database, pod
 from harness.program import ProgramRun, Registered, run_program, stack_config
-from tests.manifests import env, pod_spec
+from tests.manifests import env, pod_spec, volumes
 from tests.unit.runs import scaling
 
 NAME = "app.kubernetes.io/name"
@@ -93,10 +93,10 @@ def test_pods_roll_when_a_secret_they_read_changes(three: ProgramRun) -> None:
     after = digests(run_program("dev", config))
     assert after["gateway"] != before["gateway"]
     assert after["database"] == before["database"], "the database does not read the API key"
-    volumes = template(three.one("StatefulSet", "database"))["spec"]["volumes"]
-    assert {"name": "secrets", "secret": {"secretName": "database", "defaultMode": 0o440}} in (
-        volumes
-    )
+    assert volumes(three.one("StatefulSet", "database").inputs)["secrets"] == {
+        "name": "secrets",
+        "secret": {"secretName": "database", "defaultMode": 0o440},
+    }
 
 
 @pytest.mark.parametrize("replicas", [1, 3])

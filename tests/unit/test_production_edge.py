@@ -12,7 +12,7 @@ from components.app import METRICS_PORT
 from components.config import GATEWAY_DRAIN_SECONDS, MODEL_DRAIN_SECONDS, LocalCluster
 from components.microservice import SHUTDOWN_SECONDS
 from harness.program import ProgramRun, run_program, stack_config
-from tests.manifests import container, env, pod_spec
+from tests.manifests import container, env, pod_spec, volumes
 from tests.unit.configs import config_error, existing_with
 from tests.unit.runs import secrets_digest
 from tools.policy import KUBERNETES_VERSIONS
@@ -31,14 +31,13 @@ def test_prod_serves_https_only_from_its_tls_secret(prod: ProgramRun) -> None:
     assert service["ports"] == [
         {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}
     ]
-    gateway = pod_spec(prod.one("Deployment", "gateway").inputs)
-    (spec,) = gateway["containers"]
+    workload = prod.one("Deployment", "gateway").inputs
+    (spec,) = pod_spec(workload)["containers"]
     assert [p["name"] for p in spec["ports"]] == ["https", "metrics"]
     variables = env(spec)
     assert variables["TLS_CERT_FILE"] == "/etc/mlstack/tls/tls.crt"
     assert variables["TLS_KEY_FILE"] == "/etc/mlstack/tls/tls.key"
-    volumes = {v["name"]: v for v in gateway["volumes"]}
-    assert volumes["tls"]["secret"]["secretName"] == "gateway-tls"
+    assert volumes(workload)["tls"]["secret"]["secretName"] == "gateway-tls"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert spec[probe]["httpGet"]["scheme"] == "HTTPS"
     assert prod.outputs["gateway_url"] == "https://203.0.113.10:443"
@@ -122,10 +121,10 @@ def test_the_drain_is_the_stack_s_own_where_it_says() -> None:
     less than a cloud load balancer needs; nothing but the drain changes."""
     config = stack_config("dev")
     config["mlstack:gateway"] = {**config["mlstack:gateway"], "drainSeconds": 5}
-    pod = run_program("dev", config).one("Deployment", "gateway").inputs["spec"]["template"]
-    (spec,) = pod["spec"]["containers"]
+    pod = pod_spec(run_program("dev", config).one("Deployment", "gateway").inputs)
+    (spec,) = pod["containers"]
     assert spec["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
-    assert pod["spec"]["terminationGracePeriodSeconds"] == 5 + SHUTDOWN_SECONDS
+    assert pod["terminationGracePeriodSeconds"] == 5 + SHUTDOWN_SECONDS
 
 
 @pytest.mark.parametrize("seconds", [0, 301, 2.5, "30", True])
@@ -167,8 +166,8 @@ def test_cloud_replicas_spread_over_zones_and_hosts(prod: ProgramRun) -> None:
             "ScheduleAnyway"
         }
     config = existing_with(gateway={"replicas": 2})
-    spec = run_program("dev", config).one("Deployment", "gateway").inputs["spec"]["template"]
-    keys = [c["topologyKey"] for c in spec["spec"]["topologySpreadConstraints"]]
+    spec = pod_spec(run_program("dev", config).one("Deployment", "gateway").inputs)
+    keys = [c["topologyKey"] for c in spec["topologySpreadConstraints"]]
     assert keys == ["kubernetes.io/hostname"]
 
 
