@@ -167,9 +167,10 @@ def _started(service: S, wait: Wait | None) -> S:
     if wait is None:
         return service
     try:
-        service.wait_for_url(
-            service.url + (service.ready_path if wait == "ready" else service.live_path)
-        )
+        if wait == "ready":
+            service.wait_ready()
+        else:
+            service.wait_for_url(service.url + service.live_path)
     except BaseException:
         service.stop()
         raise
