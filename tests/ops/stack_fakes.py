@@ -15,24 +15,14 @@ from typing import Any
 from components import database
 from harness.make import make_env, run_make
 from harness.program import ROOT
-from tests.stand_ins import logged_calls, stand_in
+from tests.stand_ins import PULUMI_CALLS, logged_calls, pulumi_stand_in, stand_in
 
 NAMESPACE = "mlstack-prod"
 SELECTOR = {"app.kubernetes.io/name": "database", "app.kubernetes.io/instance": "prod"}
 FAKE_KUBECTL = Path(__file__).with_name("fake_kubectl.py")
 
-FAKE_PULUMI = """\
-#!{python}
-import json, os, sys
-from pathlib import Path
-
-here = Path(__file__).parent
-args = sys.argv[1:]
-if args[:1] == ["whoami"]:
-    sys.exit("error: PULUMI_ACCESS_TOKEN must be set for login during non-interactive sessions")
-with (here / "pulumi-calls.jsonl").open("a") as log:
-    env = {{k: os.environ.get(k) for k in ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE")}}
-    log.write(json.dumps({{"args": args, **env}}) + "\\n")
+# The stack's config and outputs (stack.json, which `Fakes.stack` writes): all the tools read.
+STACK_ANSWERS = """\
 stack = json.loads((here / "stack.json").read_text())
 if args[1:3] == ["config", "--json"]:
     print(json.dumps(stack["config"]))
@@ -66,7 +56,7 @@ class Fakes:
         self.folder = folder
         self.kubeconfig = folder / "kubeconfig.yaml"
         self.kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
-        stand_in(folder, "pulumi", FAKE_PULUMI.format(python=sys.executable))
+        pulumi_stand_in(folder, STACK_ANSWERS)
         stand_in(folder, "kubectl", f"#!{sys.executable}\n" + FAKE_KUBECTL.read_text())
         self.stack(
             config={"mlstack:cluster": {"objectValue": {
@@ -122,7 +112,7 @@ class Fakes:
         return run_make(*arguments, "STACK=dev", f"PULUMI={self.folder / 'pulumi'}", env=env)
 
     def pulumi_calls(self) -> list[dict[str, Any]]:
-        return logged_calls(self.folder / "pulumi-calls.jsonl")
+        return logged_calls(self.folder / PULUMI_CALLS)
 
     def assert_dev_read_only_from_the_local_backend(self) -> None:
         """The Pulumi CLI asked for dev's config and outputs alone (no `stack select --create`,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +11,15 @@ import pytest
 
 from harness.make import make_env, run_make
 from harness.program import ROOT
-from tests.stand_ins import logged_calls, stand_in
+from tests.stand_ins import PULUMI_CALLS, logged_calls, pulumi_stand_in
 
-FAKE_PULUMI = """\
-#!{python}
-import json, os, sys
-if sys.argv[1:2] == ["whoami"]:
-    # Logged in nowhere: make falls back to the local file backend.
-    sys.exit("error: PULUMI_ACCESS_TOKEN must be set for login during non-interactive sessions")
-backend = os.environ.get("PULUMI_BACKEND_URL", "")
-with open(os.environ["FAKE_PULUMI_LOG"], "a") as log:
-    log.write(json.dumps(sys.argv[1:] + ["@" + backend]) + "\\n")
-if sys.argv[1:3] == ["stack", "export"]:
+# `stack export` prints the state the test gives (FAKE_PULUMI_STATE), or fails as for a stack
+# the backend does not have.
+EXPORT = """\
+if args[:2] == ["stack", "export"]:
     state = os.environ.get("FAKE_PULUMI_STATE")
     if state is None:
-        sys.exit("error: no stack named " + sys.argv[-1] + " found")
+        sys.exit("error: no stack named " + args[-1] + " found")
     print(state)
 """
 
@@ -38,18 +31,17 @@ def state(*resources: dict[str, Any]) -> str:
 def make_down(
     tmp_path: Path, stack: str, exported: str | None
 ) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
-    pulumi = stand_in(tmp_path, "pulumi", FAKE_PULUMI.format(python=sys.executable))
-    log = tmp_path / "calls.jsonl"
+    pulumi = pulumi_stand_in(tmp_path, EXPORT)
     # Neither a stray state nor a backend of the caller's reaches this run.
-    env = {**make_env("FAKE_PULUMI_STATE", "PULUMI_BACKEND_URL"), "FAKE_PULUMI_LOG": str(log)}
+    env = make_env("FAKE_PULUMI_STATE", "PULUMI_BACKEND_URL")
     if exported is not None:
         env["FAKE_PULUMI_STATE"] = exported
     result = run_make("down", f"STACK={stack}", f"PULUMI={pulumi}", env=env)
-    calls = logged_calls(log)
-    backends = {call.pop()[1:] for call in calls}
+    logged = logged_calls(tmp_path / PULUMI_CALLS)
+    backends = {call["PULUMI_BACKEND_URL"] for call in logged}
     # Logged in nowhere and no PULUMI_BACKEND_URL: every call used the local file backend.
     assert backends <= {f"file://{ROOT}/.pulumi-local"}, backends
-    return result, calls
+    return result, [call["args"] for call in logged]
 
 
 @pytest.mark.parametrize("stack", ["dev", "staging", "pr-7"])

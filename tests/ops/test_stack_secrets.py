@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import string
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,21 +12,16 @@ import pytest
 from components.config import GENERATED_SECRETS, SECRETS_DIGEST_KEY_CHARACTERS
 from harness.make import make_env, run_make
 from harness.program import run_program, stack_config
-from tests.stand_ins import logged_calls, stand_in
+from tests.stand_ins import PULUMI_CALLS, logged_calls, pulumi_stand_in
 from tools import stack_secrets
 
-STAND_IN = """\
-#!{python}
-import json, os, sys
-args = sys.argv[1:]
-if args[:1] == ["whoami"]:
-    sys.exit("error: PULUMI_ACCESS_TOKEN must be set for login during non-interactive sessions")
-with open(os.environ["STAND_IN_LOG"], "a") as log:
-    log.write(json.dumps(args) + "\\n")
+# The stack's config in a JSON file (STAND_IN_CONFIG): its keys, all secret, and `config set
+# --secret` of a value on stdin, refused as for a wrong passphrase when STAND_IN_REFUSE_SET is set.
+CONFIG_ANSWERS = """\
 path = os.environ["STAND_IN_CONFIG"]
-config = json.load(open(path)) if os.path.exists(path) else {{}}
+config = json.load(open(path)) if os.path.exists(path) else {}
 if args[:3] == ["--non-interactive", "config", "--json"]:
-    print(json.dumps({{key: {{"secret": True}} for key in config}}))
+    print(json.dumps({key: {"secret": True} for key in config}))
 elif args[:4] == ["--non-interactive", "config", "set", "--secret"]:
     if os.environ.get("STAND_IN_REFUSE_SET"):
         sys.exit("error: incorrect passphrase")
@@ -40,12 +34,11 @@ GENERATED_KEYS = [f"mlstack:{name}" for name in GENERATED_SECRETS]
 
 class StandIn:
     def __init__(self, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.binary = stand_in(folder, "pulumi", STAND_IN.format(python=sys.executable))
-        self.log = folder / "calls.jsonl"
+        self.binary = pulumi_stand_in(folder, CONFIG_ANSWERS)
+        self.log = folder / PULUMI_CALLS
         self.config_file = folder / "config.json"
         self.env = {
             "PULUMI": str(self.binary),
-            "STAND_IN_LOG": str(self.log),
             "STAND_IN_CONFIG": str(self.config_file),
         }
         for name, value in self.env.items():
@@ -56,8 +49,7 @@ class StandIn:
         return found
 
     def calls(self) -> list[list[str]]:
-        found: list[list[str]] = logged_calls(self.log)
-        return found
+        return [call["args"] for call in logged_calls(self.log)]
 
 
 @pytest.fixture
