@@ -127,11 +127,7 @@ def stop(pid: int | None, marker: str, *, timeout: float = 30) -> None:
     """SIGTERM, then SIGKILL after `timeout` seconds; nothing when `pid` is not ours any more."""
     if pid is None or not alive(pid) or not owned(pid, marker):
         return
-    os.kill(pid, signal.SIGTERM)
-    if poll(lambda: _gone(pid), timeout, interval=0.1):
-        return
-    os.kill(pid, signal.SIGKILL)
-    poll(lambda: _gone(pid), 5, interval=0.05)
+    stop_all([pid], timeout)
 
 
 def stop_all(pids: Sequence[int], grace: float = 10) -> None:

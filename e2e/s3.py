@@ -175,9 +175,7 @@ class S3Server:
 
     def down(self) -> None:
         """Stop the server; its folder (data, log) stays for whoever owns it."""
-        pid = process.read_pid(self.pidfile)
-        if pid is not None and process.owned(pid, str(self.workdir)):
-            process.stop_all([pid], STOP_GRACE)
+        process.stop(process.read_pid(self.pidfile), str(self.workdir), timeout=STOP_GRACE)
         # weed serves each part's gRPC on /tmp/seaweedfs-<part>-grpc-<port>.sock too (a fixed
         # folder), and removes them only when it has time to stop.
         if self.settings_file.exists() and not self.alive():
