@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Final, NamedTuple
 
 from harness.poll import poll
 
@@ -159,15 +161,34 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+MOUNTINFO: Final = Path("/proc/self/mountinfo")
+
+
+class Mount(NamedTuple):
+    point: Path
+    fstype: str
+
+
+def mounts(mountinfo: Path = MOUNTINFO) -> list[Mount]:
+    """The mounts `mountinfo` lists (this process's view of the machine's): for each, its mount
+    point (field 5, spaces and the like octal-escaped as `\\040`, decoded) and its file system
+    type (the first field after the `-` that ends the optional fields)."""
+    found = []
+    for line in mountinfo.read_text(errors="surrogateescape").splitlines():
+        fields = line.split()
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+        found.append(Mount(Path(point), fields[fields.index("-", 6) + 1]))
+    return found
+
+
 def mounts_under(folder: Path) -> list[Path]:
     """Mount points at or below `folder`, deepest first."""
     prefix = str(folder.resolve())
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        # Field 5 is the mount point, with spaces and the like octal-escaped.
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point == prefix or point.startswith(prefix + "/"):
-            found.append(Path(point))
+    found = [
+        mount.point
+        for mount in mounts()
+        if str(mount.point) == prefix or str(mount.point).startswith(prefix + "/")
+    ]
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 

@@ -19,6 +19,7 @@ from typing import Final
 
 from components.labels import PART_OF_LABEL
 from e2e import addresses as net
+from e2e import process
 from e2e.controlplane import PART_OF, ControlPlane
 from e2e.node.layout import Layout
 from e2e.node.state import NodeState
@@ -46,13 +47,7 @@ def reads_binding(node_name: str) -> dict[str, object]:
 
 
 def cgroup_hierarchies() -> list[Path]:
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        fstype = fields[fields.index("-") + 1]
-        if fstype in ("cgroup", "cgroup2"):
-            found.append(Path(fields[4]))
-    return found
+    return [mount.point for mount in process.mounts() if mount.fstype in ("cgroup", "cgroup2")]
 
 
 def make_cgroups() -> None:

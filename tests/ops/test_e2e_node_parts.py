@@ -1,6 +1,6 @@
 """The real e2e node's pure parts: the image archive writer, the LoadBalancer address mirror,
-the DNS readiness query, the Debian package list and the configuration templates (the node
-itself runs in `make e2e`)."""
+the DNS readiness query, the Debian package list, the configuration templates and the mount
+table's reader (the node itself runs in `make e2e`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e import addresses
+from e2e import addresses, process
 from e2e.image_archive import ImageFile, write_image
 from e2e.node import containerd, guard, kube_proxy, kubelet
 from e2e.node.dns import dns_query
@@ -163,3 +163,17 @@ def test_a_path_in_the_workdir_follows_each_instance_and_is_no_field() -> None:
     assert first.containerd_socket == Path("/srv/a/containerd/containerd.sock")
     assert second.state_file == Path("/srv/b/state.json")
     assert [field.name for field in dataclasses.fields(Layout)] == ["workdir"]
+
+
+def test_the_mount_table_reader_decodes_points_and_skips_optional_fields(tmp_path: Path) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        "30 22 0:26 / /sys/fs/cgroup rw,nosuid shared:9 master:2 - cgroup2 cgroup2 rw\n"
+        "41 22 0:40 / /srv/e2e\\040dir/pods\\134x rw - tmpfs tmpfs rw\n"
+    )
+    assert process.mounts(mountinfo) == [
+        process.Mount(Path("/"), "ext4"),
+        process.Mount(Path("/sys/fs/cgroup"), "cgroup2"),
+        process.Mount(Path("/srv/e2e dir/pods\\x"), "tmpfs"),
+    ]
