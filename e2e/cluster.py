@@ -34,6 +34,7 @@ from e2e.controlplane import ControlPlane, toolchain_bin
 from e2e.images import ImageRefs, Images
 from e2e.node import Node
 from e2e.s3 import S3Server
+from e2e.teardown import run_steps
 from e2e.workspace import PulumiWorkspace
 from tools import stack_secrets
 
@@ -162,17 +163,13 @@ def gateway_url(plane: ControlPlane) -> str:
 def push_teardown(
     stack: contextlib.ExitStack, name: str, step: Callable[[], object], left: list[str]
 ) -> None:
-    """Push `step` onto `stack`: when the stack closes, a failing step is reported on stderr and
-    in `left`, and the steps pushed before it still run."""
+    """Push `step` onto `stack`: when the stack closes, it runs through `run_steps`, a failure
+    reported on stderr and in `left`, and the steps pushed before it still run."""
+    stack.callback(lambda: left.extend(run_steps([(name, step)], _teardown_log)))
 
-    def logged() -> None:
-        try:
-            step()
-        except Exception as err:  # every step runs, whatever failed before it
-            print(f"e2e teardown: {name}: {err}", file=sys.stderr)
-            left.append(f"{name}: teardown failed: {err}")
 
-    stack.callback(logged)
+def _teardown_log(message: str) -> None:
+    print(f"e2e teardown: {message}", file=sys.stderr)
 
 
 def control_plane(workdir: Path, bin_dir: Path) -> ControlPlane:

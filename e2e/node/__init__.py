@@ -50,6 +50,7 @@ from e2e.node.host import log
 from e2e.node.layout import Layout
 from e2e.node.packages import ensure_packages
 from e2e.node.state import NodeState
+from e2e.teardown import run_steps
 
 NODE_NAME: Final = "mlstack-e2e-node"
 
@@ -196,7 +197,8 @@ class Node:
     # --- down -----------------------------------------------------------------------------
     def down(self, keep_logs: bool = False) -> list[str]:
         """Remove everything `up` made, whatever state it is in; return what could not be
-        removed (empty when the machine is clean). `keep_logs` leaves the processes' logs."""
+        removed and each step that failed (empty when the machine is clean). `keep_logs` leaves
+        the processes' logs."""
         if not self.layout.state_file.exists():
             return self.leftovers()
         recorded = self.state.read()
@@ -222,12 +224,9 @@ class Node:
             ("remove cgroups", kubelet.remove_cgroups),
             ("remove host files", lambda: teardown.remove_host_files(self.layout, recorded)),
         )
-        for name, step in steps:
-            try:
-                step()
-            except Exception as err:  # every step runs, whatever failed before it
-                log(f"down: {name}: {err}")
-        left = self.leftovers()
+        # A failed step is left behind too: the folder, with state.json and what it recorded of
+        # the machine (its kernel settings, its rules), stays for the next `down` to retry.
+        left = run_steps(steps, lambda message: log(f"down: {message}")) + self.leftovers()
         if not left:
             teardown.remove_workdir(self.layout, keep_logs)
         else:

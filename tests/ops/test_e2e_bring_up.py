@@ -12,6 +12,7 @@ import pytest
 
 from e2e import cluster
 from e2e.images import ImageRefs
+from e2e.teardown import run_steps
 
 REFS = ImageRefs(gateway="r/gateway@sha256:1", model="r/model@sha256:2", database="r/db@sha256:3")
 
@@ -180,6 +181,20 @@ def test_what_the_teardown_could_not_do_is_reported(tmp_path: Path) -> None:
         cluster.bring_up(stack, tmp_path, tmp_path / "bin", {}, left)
     assert Calls.made[-3:] == ["node down", "plane stop", "images down"]
     assert left == ["link mlse2e-node", "control plane: teardown failed: plane stop"]
+
+
+def test_every_teardown_step_runs_and_each_failure_is_left_behind() -> None:
+    logged: list[str] = []
+
+    def fail() -> None:
+        raise RuntimeError("busy")
+
+    steps = [("unmount", fail), ("remove links", lambda: logged.append("ran")), ("cgroups", fail)]
+    assert run_steps(steps, logged.append) == [
+        "unmount: teardown failed: busy",
+        "cgroups: teardown failed: busy",
+    ]
+    assert logged == ["unmount: busy", "ran", "cgroups: busy"]
 
 
 def test_the_cluster_is_left_running_and_its_down_removes_it(tmp_path: Path) -> None:
