@@ -24,7 +24,7 @@ import json
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -320,7 +320,6 @@ class LocalCluster:
                 print("e2e cluster: start failed, removing what was made", file=sys.stderr)
                 raise
             stack.pop_all()  # up: everything keeps running
-        (self.workdir / "images.json").write_text(json.dumps(asdict(env.refs), indent=2) + "\n")
         return [
             f"export KUBECONFIG={env.plane.kubeconfig}",
             f"export MLSTACK_GATEWAY_URL={url}",
@@ -341,12 +340,8 @@ class LocalCluster:
         folder itself once it holds nothing else (it may be one the user keeps other files in)."""
         if left:
             return
-        for name in ("pulumi", "cluster", "images", "images.json"):
-            path = self.workdir / name
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.exists():
-                path.unlink()
+        for name in ("pulumi", "cluster", "images"):
+            shutil.rmtree(self.workdir / name, ignore_errors=True)
         with contextlib.suppress(OSError):  # not empty, or already gone
             self.workdir.rmdir()
 
