@@ -189,16 +189,6 @@ def local_tag(name: str) -> str:
     return f"mlstack-e2e/{name}:build"
 
 
-def build_all(workdir: Path, *, port: int = 0) -> ImageRefs:
-    """Build and push every image; the engine and the registry keep running (see `down`)."""
-    return Images(workdir).up(port)
-
-
-def down(workdir: Path) -> None:
-    """Stop the engine and the registry that `build_all(workdir)` started."""
-    Images(workdir).down()
-
-
 def main(argv: Sequence[str]) -> int:
     if list(argv) == ["packages"]:
         print(" ".join(APT_PACKAGES))

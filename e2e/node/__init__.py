@@ -19,11 +19,10 @@ and one key pair, for the database's backups (e2e/s3.py).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -182,10 +181,6 @@ class Node:
         usage: what a HorizontalPodAutoscaler reads."""
         addons.wait_for_metrics_server(self.state, self.plane)
 
-    def egress_rejected(self) -> int:
-        """Packets the egress guard has rejected or dropped so far."""
-        return guard.rejected()
-
     # --- volumes --------------------------------------------------------------------------
     def add_volume(self, namespace: str, claim: str, size: str = "10Gi") -> Path:
         """A local PersistentVolume on the node, pre-bound to `namespace/claim` (what a
@@ -284,14 +279,3 @@ class Node:
     def check(self, namespace: str = "mlstack-e2e-node-check") -> dict[str, float]:
         """The node's proof, end to end (e2e/node/checks.py); returns wall times."""
         return checks.check(self.plane, self.name, self.network_policy, namespace)
-
-
-@contextlib.contextmanager
-def running_node(plane: ControlPlane, registries: Sequence[str] = ()) -> Iterator[Node]:
-    """A node joined to `plane` for the duration of the block, removed afterwards."""
-    node = Node(plane, registries)
-    node.up()
-    try:
-        yield node
-    finally:
-        node.down()
