@@ -72,7 +72,7 @@ def backup(s3: S3Server) -> dict[str, Any]:
 
 def backup_secrets(s3: S3Server) -> dict[str, str]:
     return {
-        "mlstack:databaseBackupCipherPassword": "e2e/backup@cipher:pass%41+=?",
+        f"{stack_file.NAMESPACE}:{BACKUP_CIPHER_SECRET}": "e2e/backup@cipher:pass%41+=?",
         "mlstack:databaseBackupS3AccessKey": s3.access_key,
         "mlstack:databaseBackupS3SecretKey": s3.secret_key,
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from e2e import process
+from e2e.image_archive import OCI_MANIFEST
 from e2e.render import render
 from e2e.workdir import InWorkdir
 from harness.http import answers, request
@@ -23,7 +24,7 @@ from harness.ports import LOOPBACK, free_port
 MANIFEST_TYPES: Final = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
+    OCI_MANIFEST,
     "application/vnd.oci.image.index.v1+json",
 )
 START_TIMEOUT: Final = 30.0
