@@ -3,6 +3,8 @@ predict and the model's infer share. Each service turns ``BodyError`` into its o
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from starlette.types import Receive
 
 
@@ -26,12 +28,26 @@ def _too_large(limit: int) -> BodyError:
     return BodyError(413, f"request body too large: more than {limit} bytes")
 
 
-async def read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes | bytearray:
-    """The request body, refusing (413) anything larger than ``limit`` bytes.
+def declared_length(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The Content-Length of a request with these ASGI headers (names lower-cased, as ASGI gives
+    them), if it has one: the first, as Starlette's ``Headers.get`` would give it. (The servers'
+    HTTP parser refuses a request that repeats it; an app called in-process may still see two.)"""
+    for name, value in headers:
+        if name == b"content-length":
+            return value
+    return None
 
-    ``declared`` is the Content-Length header's value, if the request has one: a body it says
-    is too large is refused before a byte of it is read.
+
+async def read_body(
+    receive: Receive, headers: Iterable[tuple[bytes, bytes]], limit: int
+) -> bytes | bytearray:
+    """The body of a request with these ASGI headers, refusing (413) anything larger than
+    ``limit`` bytes.
+
+    A body its Content-Length (``declared_length``) says is too large is refused before a byte
+    of it is read.
     """
+    declared = declared_length(headers)
     if declared is not None:
         if not declared.isdigit():
             raise BodyError(400, "invalid Content-Length header")

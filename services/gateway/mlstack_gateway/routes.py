@@ -119,15 +119,11 @@ class GatewayRoutes:
     async def _predict(self, scope: Scope, receive: Receive, started: float) -> bytes:
         headers = scope["headers"]
         self.authenticate(headers)
-        declared: bytes | None = None
-        for name, value in headers:
-            if name == b"content-length":
-                declared = value
         settings = self._settings
         try:
             # The body is dropped once parsed, not held through the model call and the commit.
             payload = parse_predict_body(
-                await read_body(receive, declared, settings.max_body_bytes),
+                await read_body(receive, headers, settings.max_body_bytes),
                 settings.max_batch_rows,
                 self._client.n_features,
             )

@@ -122,17 +122,15 @@ class RestRoutes:
         dataplane = self.dataplane
         model = dataplane.resolve(name, version)
         with dataplane.admission.slot():
-            declared: bytes | None = None
+            headers = scope["headers"]
             header_length: bytes | None = None
-            # The first of each, as Starlette's headers would give it.
-            for key, value in scope["headers"]:
-                if key == b"content-length":
-                    if declared is None:
-                        declared = value
-                elif key == _HEADER_LENGTH and header_length is None:
+            # The first Inference-Header-Content-Length, as Starlette's headers would give it.
+            for key, value in headers:
+                if key == _HEADER_LENGTH:
                     header_length = value
+                    break
             settings = dataplane.settings
-            body = await read_body(receive, declared, settings.max_body_bytes)
+            body = await read_body(receive, headers, settings.max_body_bytes)
             infer_request = protocol.parse_infer_request(
                 body,
                 None if header_length is None else header_length.decode("latin-1"),
