@@ -10,6 +10,7 @@ import pytest
 
 from harness.http import Reply, request
 from harness.services import API_KEY, SETOSA, VIRGINICA, ServiceProcess
+from tests.services.oip import INFER_PATH, infer_body
 from tests.services.support import error_of, history, predict
 
 
@@ -29,8 +30,8 @@ def test_predictions_match_the_model_server(
     rows = [[4.9 + i / 10, 3.0, 1.4 + i / 5, 0.2 + i / 10] for i in range(30)]
     direct = request(
         "POST",
-        model_server.url + "/v2/models/iris/infer",
-        {"inputs": [{"name": "input-0", "shape": [30, 4], "datatype": "FP64", "data": rows}]},
+        model_server.url + INFER_PATH,
+        infer_body(rows),
     ).json()["outputs"][0]["data"]
     assert predict(gateway.url, rows).json()["predictions"] == direct
 

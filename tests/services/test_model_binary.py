@@ -17,9 +17,8 @@ from tritonclient.utils import InferenceServerException
 
 from harness.http import Reply, request
 from harness.services import SETOSA, VIRGINICA, ModelProcess
+from tests.services.oip import INFER_PATH, binary_body, infer_body, tensor
 from tests.services.support import error_of
-
-INFER = "/v2/models/iris/infer"
 
 
 @pytest.fixture(scope="module")
@@ -29,31 +28,9 @@ def client(model_server: ModelProcess) -> Iterator[Any]:
     opened.close()
 
 
-def binary_request(
-    rows: list[list[float]],
-    datatype: str = "FP64",
-    *,
-    header: dict[str, Any] | None = None,
-    tensor: dict[str, Any] | None = None,
-    raw: bytes | None = None,
-    extra: bytes = b"",
-) -> tuple[bytes, dict[str, str]]:
-    """A body in the extension's layout; keyword arguments bend it out of shape."""
-    layout = {"FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "INT32": "<i4"}[datatype]
-    data = np.asarray(rows, dtype=layout).tobytes() if raw is None else raw
-    entry = {
-        "name": "input-0",
-        "shape": [len(rows), len(rows[0])],
-        "datatype": datatype,
-        "parameters": {"binary_data_size": len(data)},
-        **(tensor or {}),
-    }
-    payload = json.dumps({"inputs": [entry], **(header or {})}).encode()
-    headers = {"Inference-Header-Content-Length": str(len(payload))}
-    return payload + data + extra, headers
-
-
-def post(server: ModelProcess, body: bytes, headers: dict[str, str], path: str = INFER) -> Reply:
+def post(
+    server: ModelProcess, body: bytes, headers: dict[str, str], path: str = INFER_PATH
+) -> Reply:
     return request("POST", server.url + path, body, headers)
 
 
@@ -120,7 +97,7 @@ def test_client_unknown_version_is_404_naming_the_served_one(client: Any) -> Non
 
 
 def test_binary_input_with_json_output(model_server: ModelProcess) -> None:
-    body, headers = binary_request([SETOSA, VIRGINICA], header={"id": "raw-1"})
+    body, headers = binary_body([SETOSA, VIRGINICA], header={"id": "raw-1"})
     reply = post(model_server, body, headers)
     assert reply.status == 200
     assert reply.headers["content-type"] == "application/json"
@@ -131,7 +108,7 @@ def test_binary_input_with_json_output(model_server: ModelProcess) -> None:
 
 
 def test_binary_outputs_follow_the_json_header(model_server: ModelProcess) -> None:
-    body, headers = binary_request(
+    body, headers = binary_body(
         [SETOSA, VIRGINICA],
         header={
             "parameters": {"binary_data_output": True},
@@ -157,10 +134,10 @@ def test_binary_outputs_follow_the_json_header(model_server: ModelProcess) -> No
 
 def test_json_input_can_ask_for_binary_output(model_server: ModelProcess) -> None:
     body = {
-        "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": SETOSA}],
+        "inputs": [tensor(SETOSA, [1, 4])],
         "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
     }
-    reply = request("POST", model_server.url + INFER, body)
+    reply = request("POST", model_server.url + INFER_PATH, body)
     header, data = split(reply)
     assert header["outputs"][0]["parameters"] == {"binary_data_size": 8}
     assert np.frombuffer(data, dtype="<i8").tolist() == [0]
@@ -168,85 +145,81 @@ def test_json_input_can_ask_for_binary_output(model_server: ModelProcess) -> Non
 
 def test_binary_and_json_inputs_predict_the_same(model_server: ModelProcess) -> None:
     rows = load_iris().data.tolist()
-    json_reply = request(
-        "POST",
-        model_server.url + INFER,
-        {"inputs": [{"name": "input-0", "shape": [150, 4], "datatype": "FP64", "data": rows}]},
-    )
-    body, headers = binary_request(rows)
+    json_reply = request("POST", model_server.url + INFER_PATH, infer_body(rows))
+    body, headers = binary_body(rows)
     assert post(model_server, body, headers).json() == json_reply.json()
 
 
 BAD_REQUESTS: list[tuple[str, tuple[bytes, dict[str, str]], str]] = [
     (
         "header length not a number",
-        (binary_request([SETOSA])[0], {"Inference-Header-Content-Length": "12x"}),
+        (binary_body([SETOSA])[0], {"Inference-Header-Content-Length": "12x"}),
         "must be a byte count",
     ),
     (
         "header length past the body",
-        (binary_request([SETOSA])[0], {"Inference-Header-Content-Length": "100000"}),
+        (binary_body([SETOSA])[0], {"Inference-Header-Content-Length": "100000"}),
         "but the body has",
     ),
     (
         "header length cuts the JSON",
-        (binary_request([SETOSA])[0], {"Inference-Header-Content-Length": "20"}),
+        (binary_body([SETOSA])[0], {"Inference-Header-Content-Length": "20"}),
         "malformed JSON",
     ),
-    ("binary body without the header", (binary_request([SETOSA])[0], {}), "malformed JSON"),
+    ("binary body without the header", (binary_body([SETOSA])[0], {}), "malformed JSON"),
     (
         "binary_data_size without the header",
-        (binary_request([SETOSA], raw=b"")[0], {}),
+        (binary_body([SETOSA], raw=b"")[0], {}),
         "no Inference-Header-Content-Length header",
     ),
     (
         "size larger than the data",
-        binary_request([SETOSA], tensor={"parameters": {"binary_data_size": 64}}),
+        binary_body([SETOSA], tensor={"parameters": {"binary_data_size": 64}}),
         "is 64 but the body carries 32",
     ),
     (
         "bytes nobody claims",
-        binary_request([SETOSA], extra=b"\0" * 8),
+        binary_body([SETOSA], extra=b"\0" * 8),
         "is 32 but the body carries 40",
     ),
     (
         "bytes short of the shape",
-        binary_request([SETOSA], tensor={"shape": [2, 4]}),
+        binary_body([SETOSA], tensor={"shape": [2, 4]}),
         "shape [2, 4] of FP64 needs 64",
     ),
     (
         "data and binary_data_size",
-        binary_request([SETOSA], tensor={"data": SETOSA}),
+        binary_body([SETOSA], tensor={"data": SETOSA}),
         "both 'data' and",
     ),
     (
         "negative size",
-        binary_request([SETOSA], tensor={"parameters": {"binary_data_size": -1}}),
+        binary_body([SETOSA], tensor={"parameters": {"binary_data_size": -1}}),
         "non-negative integer",
     ),
     (
         "size as text",
-        binary_request([SETOSA], tensor={"parameters": {"binary_data_size": "32"}}),
+        binary_body([SETOSA], tensor={"parameters": {"binary_data_size": "32"}}),
         "non-negative integer",
     ),
     (
         "parameters not an object",
-        binary_request([SETOSA], tensor={"parameters": [1]}),
+        binary_body([SETOSA], tensor={"parameters": [1]}),
         "'parameters' must be a JSON object",
     ),
-    ("NaN", binary_request([[math.nan, 3.5, 1.4, 0.2]]), "finite"),
-    ("infinity in FP32", binary_request([[math.inf, 3.5, 1.4, 0.2]], "FP32"), "finite"),
-    ("BYTES", binary_request([SETOSA], tensor={"datatype": "BYTES"}), "datatype 'BYTES'"),
-    ("three features", binary_request([SETOSA[:3]]), "takes 4 features"),
-    ("batch too large", binary_request([SETOSA] * 4097), "batch too large"),
+    ("NaN", binary_body([[math.nan, 3.5, 1.4, 0.2]]), "finite"),
+    ("infinity in FP32", binary_body([[math.inf, 3.5, 1.4, 0.2]], "FP32"), "finite"),
+    ("BYTES", binary_body([SETOSA], tensor={"datatype": "BYTES"}), "datatype 'BYTES'"),
+    ("three features", binary_body([SETOSA[:3]]), "takes 4 features"),
+    ("batch too large", binary_body([SETOSA] * 4097), "batch too large"),
     (
         "binary_data_output not a flag",
-        binary_request([SETOSA], header={"parameters": {"binary_data_output": 1}}),
+        binary_body([SETOSA], header={"parameters": {"binary_data_output": 1}}),
         "'binary_data_output' must be true or false",
     ),
     (
         "binary_data not a flag",
-        binary_request(
+        binary_body(
             [SETOSA],
             header={"outputs": [{"name": "predict", "parameters": {"binary_data": "yes"}}]},
         ),
@@ -268,9 +241,7 @@ def test_bad_binary_requests_are_400_naming_the_problem(
 
 
 def test_json_request_with_trailing_bytes_is_400(model_server: ModelProcess) -> None:
-    payload = json.dumps(
-        {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": SETOSA}]}
-    ).encode()
+    payload = json.dumps({"inputs": [tensor(SETOSA, [1, 4])]}).encode()
     headers = {"Inference-Header-Content-Length": str(len(payload))}
     reply = post(model_server, payload + b"\0" * 8, headers)
     assert reply.status == 400
@@ -279,9 +250,7 @@ def test_json_request_with_trailing_bytes_is_400(model_server: ModelProcess) -> 
 
 def test_oversized_binary_body_is_413(model_server: ModelProcess) -> None:
     rows = 300_000
-    body, headers = binary_request(
-        [[0.0] * 4], raw=b"\0" * (rows * 32), tensor={"shape": [rows, 4]}
-    )
+    body, headers = binary_body([[0.0] * 4], raw=b"\0" * (rows * 32), tensor={"shape": [rows, 4]})
     reply = post(model_server, body, headers)
     assert reply.status == 413
     assert "too large" in error_of(reply)

@@ -5,12 +5,11 @@ the same way over every transport."""
 from __future__ import annotations
 
 import grpc
-import numpy as np
 import pytest
-from tritonclient.grpc import service_pb2 as pb
 
 from harness.http import request
 from harness.services import ModelProcess
+from tests.services import oip
 from tools import oip_check
 
 
@@ -40,30 +39,16 @@ def test_rest_json_rest_binary_and_grpc_refuse_alike(
 ) -> None:
     count = shape[0] * shape[1]
     values = [1.0] * count
-    tensor = {"name": "input-0", "shape": shape, "datatype": datatype}
-    json_reply = request(
-        "POST", model_server.url + "/v2/models/iris/infer", {"inputs": [{**tensor, "data": values}]}
-    )
-    data = np.asarray(values, dtype="<f8").tobytes()
-    header = f'{{"inputs": [{{"name": "input-0", "shape": {shape}, "datatype": "{datatype}", '
-    header += f'"parameters": {{"binary_data_size": {len(data)}}}}}]}}'
-    binary_reply = request(
-        "POST",
-        model_server.url + "/v2/models/iris/infer",
-        header.encode() + data,
-        {"Inference-Header-Content-Length": str(len(header))},
-    )
-    message = pb.ModelInferRequest(model_name="iris")
-    message.inputs.add(name="input-0", datatype=datatype, shape=shape)
-    message.raw_input_contents.append(data)
-    with grpc.insecure_channel(model_server.grpc_target) as channel:
-        infer = channel.unary_unary(
-            "/inference.GRPCInferenceService/ModelInfer",
-            request_serializer=pb.ModelInferRequest.SerializeToString,
-            response_deserializer=pb.ModelInferResponse.FromString,
-        )
-        with pytest.raises(grpc.RpcError) as caught:
-            infer(message, timeout=10)
+    url = model_server.url + oip.INFER_PATH
+    json_reply = request("POST", url, {"inputs": [oip.tensor(values, shape, datatype)]})
+    # The same bytes (the values as FP64) on the binary extension and gRPC, whatever the datatype.
+    data = oip.raw_bytes(values)
+    body, headers = oip.binary_body(values, datatype, shape=shape, raw=data)
+    binary_reply = request("POST", url, body, headers)
+    message = oip.raw_message(values, datatype, shape=shape, raw=data)
+    channel = grpc.insecure_channel(model_server.grpc_target)
+    with channel, pytest.raises(grpc.RpcError) as caught:
+        oip.infer(channel, message, timeout=10)
     error = caught.value
     assert json_reply.status == binary_reply.status == 400
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

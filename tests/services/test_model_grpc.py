@@ -23,8 +23,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from harness.services import MODEL_SRC, SETOSA, VIRGINICA, ModelProcess, start_model
-
-SERVICE = "inference.GRPCInferenceService"
+from tests.services import oip
+from tests.services.oip import SERVICE, raw_message, typed_message
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +41,11 @@ def client(model_server: ModelProcess) -> Iterator[Any]:
 
 
 def call(channel: grpc.Channel, method: str, request: Any, response_type: Any) -> Any:
-    rpc = channel.unary_unary(
-        f"/{SERVICE}/{method}",
-        request_serializer=type(request).SerializeToString,
-        response_deserializer=response_type.FromString,
-    )
-    return rpc(request, timeout=10)
+    return oip.call(channel, method, request, response_type, timeout=10)
 
 
 def infer(channel: grpc.Channel, request: Any) -> Any:
-    return call(channel, "ModelInfer", request, pb.ModelInferResponse)
+    return oip.infer(channel, request, timeout=10)
 
 
 def failure(channel: grpc.Channel, method: str, request: Any, response_type: Any) -> grpc.RpcError:
@@ -62,24 +57,6 @@ def failure(channel: grpc.Channel, method: str, request: Any, response_type: Any
 
 def code_and_details(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
     return error.code(), error.details() or ""
-
-
-def raw_request(
-    rows: list[list[float]], datatype: str = "FP64", **fields: Any
-) -> pb.ModelInferRequest:
-    layout = {"FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4"}
-    data = np.asarray(rows, dtype=layout[datatype]).tobytes()
-    request = pb.ModelInferRequest(model_name="iris", **fields)
-    request.inputs.add(name="input-0", datatype=datatype, shape=[len(rows), len(rows[0])])
-    request.raw_input_contents.append(data)
-    return request
-
-
-def typed_request(rows: list[list[float]], **fields: Any) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="iris", **fields)
-    tensor = request.inputs.add(name="input-0", datatype="FP64", shape=[len(rows), len(rows[0])])
-    tensor.contents.fp64_contents.extend(value for row in rows for value in row)
-    return request
 
 
 # --- tritonclient, default options ----------------------------------------------------------
@@ -168,7 +145,7 @@ def test_server_live_ready_and_model_ready(channel: grpc.Channel) -> None:
 
 
 def test_typed_contents_are_answered_with_typed_contents(channel: grpc.Channel) -> None:
-    response = infer(channel, typed_request([SETOSA, VIRGINICA], id="typed"))
+    response = infer(channel, typed_message([SETOSA, VIRGINICA], id="typed"))
     assert response.id == "typed"
     assert len(response.raw_output_contents) == 0
     (output,) = response.outputs
@@ -177,7 +154,7 @@ def test_typed_contents_are_answered_with_typed_contents(channel: grpc.Channel) 
 
 
 def test_raw_contents_are_answered_raw(channel: grpc.Channel) -> None:
-    request = raw_request([SETOSA, VIRGINICA])
+    request = raw_message([SETOSA, VIRGINICA])
     request.outputs.add(name="predict_proba")
     request.outputs.add(name="predict")
     response = infer(channel, request)
@@ -190,18 +167,16 @@ def test_raw_contents_are_answered_raw(channel: grpc.Channel) -> None:
 
 
 def test_integer_inputs_are_accepted(channel: grpc.Channel) -> None:
-    response = infer(channel, raw_request([[5, 3, 1, 0]], "INT64"))
+    response = infer(channel, raw_message([[5, 3, 1, 0]], "INT64"))
     assert np.frombuffer(response.raw_output_contents[0], dtype="<i8").tolist() == [0]
-    typed = pb.ModelInferRequest(model_name="iris")
-    tensor = typed.inputs.add(name="input-0", datatype="INT32", shape=[1, 4])
-    tensor.contents.int_contents.extend([5, 3, 1, 0])
+    typed = typed_message([[5, 3, 1, 0]], "INT32", "int_contents")
     assert list(infer(channel, typed).outputs[0].contents.int64_contents) == [0]
 
 
 def test_every_path_predicts_the_same(channel: grpc.Channel) -> None:
     rows = load_iris().data.tolist()
-    raw = np.frombuffer(infer(channel, raw_request(rows)).raw_output_contents[0], dtype="<i8")
-    typed = infer(channel, typed_request(rows)).outputs[0].contents.int64_contents
+    raw = np.frombuffer(infer(channel, raw_message(rows)).raw_output_contents[0], dtype="<i8")
+    typed = infer(channel, typed_message(rows)).outputs[0].contents.int64_contents
     assert raw.tolist() == list(typed)
 
 
@@ -238,7 +213,7 @@ def test_health_service_serves_probes(channel: grpc.Channel) -> None:
             pb.ModelMetadataResponse,
             "served versions: v2",
         ),
-        ("ModelInfer", raw_request([SETOSA], model_version="v7"), pb.ModelInferResponse, "v7"),
+        ("ModelInfer", raw_message([SETOSA], model_version="v7"), pb.ModelInferResponse, "v7"),
     ],
 )
 def test_unknown_model_or_version_is_not_found(
@@ -258,7 +233,7 @@ def _with(request: pb.ModelInferRequest, change: Any) -> pb.ModelInferRequest:
 
 def _second_input(request: pb.ModelInferRequest) -> None:
     request.inputs.add(name="input-1", datatype="FP64", shape=[1, 4])
-    request.raw_input_contents.append(np.asarray(SETOSA).tobytes())
+    request.raw_input_contents.append(oip.raw_bytes([SETOSA]))
 
 
 def _clear_inputs(request: pb.ModelInferRequest) -> None:
@@ -267,68 +242,68 @@ def _clear_inputs(request: pb.ModelInferRequest) -> None:
 
 
 BAD_REQUESTS: list[tuple[str, pb.ModelInferRequest, str]] = [
-    ("no input", _with(raw_request([SETOSA]), _clear_inputs), "'inputs' must hold one"),
-    ("two inputs", _with(raw_request([SETOSA]), _second_input), "'inputs' must hold one"),
+    ("no input", _with(raw_message([SETOSA]), _clear_inputs), "'inputs' must hold one"),
+    ("two inputs", _with(raw_message([SETOSA]), _second_input), "'inputs' must hold one"),
     (
         "BYTES",
-        _with(raw_request([SETOSA]), lambda r: setattr(r.inputs[0], "datatype", "BYTES")),
+        _with(raw_message([SETOSA]), lambda r: setattr(r.inputs[0], "datatype", "BYTES")),
         "datatype 'BYTES'",
     ),
     (
         "one-dimensional shape",
-        _with(raw_request([SETOSA]), lambda r: r.inputs[0].shape.__delitem__(0)),
+        _with(raw_message([SETOSA]), lambda r: r.inputs[0].shape.__delitem__(0)),
         "shape must be [rows, 4]",
     ),
     (
         "negative shape",
-        _with(raw_request([SETOSA]), lambda r: r.inputs[0].shape.__setitem__(1, -4)),
+        _with(raw_message([SETOSA]), lambda r: r.inputs[0].shape.__setitem__(1, -4)),
         "non-negative integers",
     ),
-    ("three features", raw_request([SETOSA[:3]]), "takes 4 features"),
+    ("three features", raw_message([SETOSA[:3]]), "takes 4 features"),
     (
         "empty batch",
-        _with(raw_request([SETOSA]), lambda r: r.inputs[0].shape.__setitem__(0, 0)),
+        _with(raw_message([SETOSA]), lambda r: r.inputs[0].shape.__setitem__(0, 0)),
         "empty batch",
     ),
     (
         "bytes short of the shape",
-        _with(raw_request([SETOSA]), lambda r: r.inputs[0].shape.__setitem__(0, 2)),
+        _with(raw_message([SETOSA]), lambda r: r.inputs[0].shape.__setitem__(0, 2)),
         "has 32 bytes; shape [2, 4] of FP64 needs 64",
     ),
     (
         "two raw entries",
-        _with(raw_request([SETOSA]), lambda r: r.raw_input_contents.append(b"")),
+        _with(raw_message([SETOSA]), lambda r: r.raw_input_contents.append(b"")),
         "raw_input_contents has 2 entries",
     ),
     (
         "raw and typed contents",
-        _with(raw_request([SETOSA]), lambda r: r.inputs[0].contents.fp64_contents.append(1.0)),
+        _with(raw_message([SETOSA]), lambda r: r.inputs[0].contents.fp64_contents.append(1.0)),
         "cannot have 'contents'",
     ),
-    ("NaN", raw_request([[math.nan, 3.5, 1.4, 0.2]]), "finite"),
-    ("infinity in FP32", raw_request([[math.inf, 3.5, 1.4, 0.2]], "FP32"), "finite"),
-    ("typed infinity", typed_request([[-math.inf, 3.5, 1.4, 0.2]]), "finite"),
+    ("NaN", raw_message([[math.nan, 3.5, 1.4, 0.2]]), "finite"),
+    ("infinity in FP32", raw_message([[math.inf, 3.5, 1.4, 0.2]], "FP32"), "finite"),
+    ("typed infinity", typed_message([[-math.inf, 3.5, 1.4, 0.2]]), "finite"),
     (
         "typed count",
-        _with(typed_request([SETOSA]), lambda r: r.inputs[0].contents.fp64_contents.append(1.0)),
+        _with(typed_message([SETOSA]), lambda r: r.inputs[0].contents.fp64_contents.append(1.0)),
         "contents has 5 elements; shape [1, 4] needs 4",
     ),
     (
         "typed FP16",
-        _with(typed_request([SETOSA]), lambda r: setattr(r.inputs[0], "datatype", "FP16")),
+        _with(typed_message([SETOSA]), lambda r: setattr(r.inputs[0], "datatype", "FP16")),
         "FP16 has no typed contents",
     ),
     (
         "typed in the wrong field",
-        _with(typed_request([SETOSA]), lambda r: setattr(r.inputs[0], "datatype", "FP32")),
+        _with(typed_message([SETOSA]), lambda r: setattr(r.inputs[0], "datatype", "FP32")),
         "contents.fp32_contents",
     ),
     (
         "unknown output",
-        _with(raw_request([SETOSA]), lambda r: r.outputs.add(name="logits")),
+        _with(raw_message([SETOSA]), lambda r: r.outputs.add(name="logits")),
         "'logits'",
     ),
-    ("batch too large", raw_request([SETOSA] * 4097), "batch too large"),
+    ("batch too large", raw_message([SETOSA] * 4097), "batch too large"),
 ]
 
 
@@ -349,7 +324,7 @@ def test_bad_infer_requests_are_invalid_argument_naming_the_problem(
 def bytes_call(channel: grpc.Channel, method: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
     """A call of `method` that puts its bytes on the wire as they are, no serializer between."""
     return channel.unary_unary(
-        f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None
+        oip.method_path(method), request_serializer=None, response_deserializer=None
     )
 
 
@@ -402,7 +377,7 @@ def test_a_string_field_that_is_not_utf8_is_invalid_argument(channel: grpc.Chann
 
 
 def test_oversized_message_is_resource_exhausted(channel: grpc.Channel) -> None:
-    request = raw_request([SETOSA], id="x" * (9 * 1024 * 1024))
+    request = raw_message([SETOSA], id="x" * (9 * 1024 * 1024))
     code, _ = code_and_details(failure(channel, "ModelInfer", request, pb.ModelInferResponse))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -14,7 +14,6 @@ import asyncio
 import json
 import signal
 import socket
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from harness.http import request
 from harness.poll import eventually
 from harness.ports import free_port
 from harness.services import MODEL_SRC, SETOSA, ModelProcess, ServiceProcess, start_model
+from tests.services import oip
 from tests.services.hostile import (
     Raw,
     assert_burst_shed_within,
@@ -39,15 +39,10 @@ from tests.services.hostile import (
     raw_request,
     read_answer,
 )
+from tests.services.oip import INFER_PATH, infer_body, raw_message, typed_message
 
-INFER_PATH = "/v2/models/iris/infer"
 POD_MEMORY_LIMIT_MIB = memory_limit_mib(MODEL_RESOURCES)
 INFER = raw_request("POST", INFER_PATH, [("Content-Type", "application/json")])
-
-
-def infer_body(rows: list[list[Any]], datatype: str = "FP64", **fields: Any) -> dict[str, Any]:
-    tensor = {"name": "input-0", "datatype": datatype, "shape": [len(rows), 4], "data": rows}
-    return {"inputs": [tensor], **fields}
 
 
 def rest_infer(model: ModelProcess, body: dict[str, Any] | bytes, **headers: str) -> Any:
@@ -57,23 +52,11 @@ def rest_infer(model: ModelProcess, body: dict[str, Any] | bytes, **headers: str
 def grpc_infer(target: str, message: pb.ModelInferRequest) -> grpc.RpcError | None:
     """The error a ModelInfer call ends with, or None when it succeeds."""
     with grpc.insecure_channel(target) as channel:
-        rpc = channel.unary_unary(
-            "/inference.GRPCInferenceService/ModelInfer",
-            request_serializer=pb.ModelInferRequest.SerializeToString,
-            response_deserializer=pb.ModelInferResponse.FromString,
-        )
         try:
-            rpc(message, timeout=30)
+            oip.infer(channel, message, timeout=30)
         except grpc.RpcError as exc:
             return exc
     return None
-
-
-def grpc_message(datatype: str, field: str, values: list[Any], name: str = "input-0") -> Any:
-    message = pb.ModelInferRequest(model_name="iris")
-    tensor = message.inputs.add(name=name, datatype=datatype, shape=[len(values) // 4, 4])
-    getattr(tensor.contents, field).extend(values)
-    return message
 
 
 @pytest.fixture
@@ -106,10 +89,7 @@ def test_repeated_outputs_are_refused_before_the_answer_is_built(
     assert seconds < 5
     assert memory["VmHWM"] < 256
 
-    message = pb.ModelInferRequest(model_name="iris")
-    message.inputs.add(name="input-0", datatype="FP64", shape=[1, 4]).contents.fp64_contents.extend(
-        SETOSA
-    )
+    message = typed_message([SETOSA])
     for _ in range(2):
         message.outputs.add(name="predict")
     error = grpc_infer(fresh_model.grpc_target, message)
@@ -168,27 +148,15 @@ def test_rest_refuses_values_outside_their_datatype(
 def test_grpc_refuses_values_outside_their_datatype(
     model_server: ModelProcess, datatype: str, field: str, value: float
 ) -> None:
-    error = grpc_infer(model_server.grpc_target, grpc_message(datatype, field, [value, 1, 1, 1]))
+    error = grpc_infer(model_server.grpc_target, typed_message([[value, 1, 1, 1]], datatype, field))
     assert error is not None
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert datatype in (error.details() or "")
 
 
 def test_binary_fp32_infinity_is_refused(model_server: ModelProcess) -> None:
-    data = struct.pack("<4f", float("inf"), 1, 1, 1)
-    tensor = {
-        "name": "input-0",
-        "datatype": "FP32",
-        "shape": [1, 4],
-        "parameters": {"binary_data_size": len(data)},
-    }
-    header = json.dumps({"inputs": [tensor]}).encode()
-    reply = request(
-        "POST",
-        model_server.url + INFER_PATH,
-        header + data,
-        {"Inference-Header-Content-Length": str(len(header))},
-    )
+    body, headers = oip.binary_body([[float("inf"), 1, 1, 1]], "FP32")
+    reply = request("POST", model_server.url + INFER_PATH, body, headers)
     assert reply.status == 400
     assert "finite numbers of FP32" in reply.json()["error"]
 
@@ -199,7 +167,7 @@ def test_an_unknown_input_name_is_refused(model_server: ModelProcess) -> None:
     reply = rest_infer(model_server, body)
     assert reply.status == 400
     assert reply.json() == {"error": "unknown input 'sepal'; the model takes one input, 'input-0'"}
-    message = grpc_message("FP64", "fp64_contents", SETOSA, name="sepal")
+    message = typed_message([SETOSA], name="sepal")
     error = grpc_infer(model_server.grpc_target, message)
     assert error is not None
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -242,7 +210,7 @@ async def _grpc_burst(target: str, message: pb.ModelInferRequest, calls: int) ->
     options = [("grpc.max_send_message_length", 8 * 1024 * 1024)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         rpc = channel.unary_unary(
-            "/inference.GRPCInferenceService/ModelInfer",
+            oip.method_path("ModelInfer"),
             request_serializer=pb.ModelInferRequest.SerializeToString,
             response_deserializer=pb.ModelInferResponse.FromString,
         )
@@ -257,19 +225,12 @@ async def _grpc_burst(target: str, message: pb.ModelInferRequest, calls: int) ->
         return list(await asyncio.gather(*(one() for _ in range(calls))))
 
 
-def _raw_message(rows: int) -> pb.ModelInferRequest:
-    message = pb.ModelInferRequest(model_name="iris")
-    message.inputs.add(name="input-0", datatype="FP64", shape=[rows, 4])
-    message.raw_input_contents.append(struct.pack("<4d", *SETOSA) * rows)
-    return message
-
-
 def test_grpc_bursts_of_300_calls_stay_under_the_pod_memory_limit(
     fresh_model: ModelProcess,
 ) -> None:
     # 2 MB messages (within MAX_BODY_BYTES, far beyond any valid batch), three bursts on one
     # channel: refused before they are read.
-    oversized = _raw_message(62_500)
+    oversized = raw_message([SETOSA] * 62_500)
     assert oversized.ByteSize() > 2_000_000
     for _ in range(3):
         codes = asyncio.run(_grpc_burst(fresh_model.grpc_target, oversized, 300))
@@ -277,7 +238,7 @@ def test_grpc_bursts_of_300_calls_stay_under_the_pod_memory_limit(
     oversized_peak = memory_mib(fresh_model.pid)
     # The largest valid batch (MAX_BATCH_ROWS rows): admitted up to the bound, the rest
     # UNAVAILABLE (busy, or a stream beyond max_concurrent_streams refused).
-    codes = asyncio.run(_grpc_burst(fresh_model.grpc_target, _raw_message(4096), 300))
+    codes = asyncio.run(_grpc_burst(fresh_model.grpc_target, raw_message([SETOSA] * 4096), 300))
     assert set(codes) <= {"OK", "UNAVAILABLE"}, set(codes)
     assert "OK" in codes
     memory = memory_mib(fresh_model.pid)
@@ -302,7 +263,7 @@ def test_a_full_server_sheds_rest_and_grpc_at_once_and_still_answers_probes(
             assert reply.headers["retry-after"] == "1"
             assert reply.json() == {"error": "server busy: 1 requests in flight, retry shortly"}
             assert seconds < 0.5
-            error = grpc_infer(model.grpc_target, grpc_message("FP64", "fp64_contents", SETOSA))
+            error = grpc_infer(model.grpc_target, typed_message([SETOSA]))
             assert error is not None
             assert error.code() == grpc.StatusCode.UNAVAILABLE
             assert error.details() == "server busy: 1 requests in flight, retry shortly"
@@ -315,7 +276,7 @@ def test_a_full_server_sheds_rest_and_grpc_at_once_and_still_answers_probes(
             5,
             interval=0.05,
         )
-        assert grpc_infer(model.grpc_target, grpc_message("FP64", "fp64_contents", SETOSA)) is None
+        assert grpc_infer(model.grpc_target, typed_message([SETOSA])) is None
     finally:
         model.stop()
 

@@ -11,14 +11,11 @@ from sklearn.datasets import load_iris
 
 from harness.http import Reply, request
 from harness.services import SETOSA, VIRGINICA, ServiceProcess
+from tests.services.oip import INFER_PATH, tensor
 from tests.services.support import error_of
 
 
-def tensor(data: Any, shape: Any, datatype: str = "FP64") -> dict[str, Any]:
-    return {"name": "input-0", "shape": shape, "datatype": datatype, "data": data}
-
-
-def infer(server: ServiceProcess, body: Any, path: str = "/v2/models/iris/infer") -> Reply:
+def infer(server: ServiceProcess, body: Any, path: str = INFER_PATH) -> Reply:
     return request("POST", server.url + path, body)
 
 
@@ -80,7 +77,7 @@ def test_unknown_model_is_404_with_error(model_server: ServiceProcess) -> None:
 
 def test_unknown_path_and_wrong_method_answer_json_errors(model_server: ServiceProcess) -> None:
     assert request("GET", model_server.url + "/v3/nothing").status == 404
-    wrong = request("GET", model_server.url + "/v2/models/iris/infer")
+    wrong = request("GET", model_server.url + INFER_PATH)
     assert wrong.status == 405
     assert error_of(wrong)
 

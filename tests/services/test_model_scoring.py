@@ -29,6 +29,8 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
+from tests.services.oip import tensor
+
 VERSIONS = ["v1", "v2"]
 
 
@@ -68,8 +70,8 @@ def test_batch_scoring_equals_sklearn_predict_and_predict_proba(
 
 
 def _infer_body(rows: list[list[float]], outputs: list[str] | None = None) -> bytes:
-    tensor = {"name": "input-0", "shape": [len(rows), 4], "datatype": "FP64"}
-    body: dict[str, Any] = {"inputs": [{**tensor, "data": [v for row in rows for v in row]}]}
+    flat = [v for row in rows for v in row]
+    body: dict[str, Any] = {"inputs": [tensor(flat, [len(rows), 4])]}
     if outputs is not None:
         body["outputs"] = [{"name": name} for name in outputs]
     return orjson.dumps(body)
