@@ -12,4 +12,10 @@ for path in (ROOT, POLICY_PACK):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-pytest.register_assert_rewrite("tests.ops.stack_fakes", "tests.unit.configs", "tests.unit.runs")
+pytest.register_assert_rewrite(
+    "tests.ops.stack_fakes",
+    "tests.services.hostile",
+    "tests.services.support",
+    "tests.unit.configs",
+    "tests.unit.runs",
+)
