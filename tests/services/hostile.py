@@ -1,5 +1,5 @@
-"""Probing a server as a hostile client does: raw HTTP/1.1 on a socket, and the memory a
-process has used, from /proc."""
+"""Probing a server as a hostile client does: raw HTTP/1.1 on a socket (the heads of the two
+services' POSTs among it), and the memory a process has used, from /proc."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components import pod
-from harness.services import ServiceProcess
+from harness.services import API_KEY, ServiceProcess
+from tests.services.oip import INFER_PATH
+
+
+def error_message(body: bytes) -> str:
+    """The message of an error answer's JSON ``body``, which must hold nothing else."""
+    document = json.loads(body)
+    assert set(document) == {"error"}, document
+    message: str = document["error"]
+    return message
 
 
 @dataclass
@@ -24,10 +33,7 @@ class Raw:
     body: bytes
 
     def error(self) -> str:
-        body = json.loads(self.body)
-        assert set(body) == {"error"}, body
-        message: str = body["error"]
-        return message
+        return error_message(self.body)
 
 
 def read_answer(sock: socket.socket) -> Raw:
@@ -69,6 +75,21 @@ def raw_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+# The heads of the POSTs each service reads a body for, declaring none (``Content-Length: 0``):
+# ``with_content_length`` sets what they declare.
+PREDICT_HEAD = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
+INFER_HEAD = raw_request("POST", INFER_PATH, [("Content-Type", "application/json")])
+
+
+def with_content_length(head: bytes, length: int | bytes) -> bytes:
+    """``head`` (a POST's from ``raw_request`` without a body, as ``PREDICT_HEAD``) declaring
+    ``length`` instead of 0: a number of bytes, or the header's value as it is sent."""
+    value = b"%d" % length if isinstance(length, int) else length
+    zero = b"\r\nContent-Length: 0\r\n"
+    assert head.count(zero) == 1, head
+    return head.replace(zero, b"\r\nContent-Length: " + value + b"\r\n")
+
+
 def memory_limit_mib(resources: pod.Resources) -> int:
     """The memory limit, in MiB, of a pod of `resources`: what a service must stay under."""
     limit = resources.memory_limit
@@ -99,12 +120,15 @@ def seconds_until_closed(sock: socket.socket, limit: float = 30.0) -> tuple[floa
 async def post_and_read(
     port: int, head: bytes, payload: bytes, all_sent: asyncio.Barrier | None = None
 ) -> Raw:
-    """POST ``payload`` after ``head`` (from ``raw_request`` with an empty body) on a fresh
-    connection; the answer. With ``all_sent``, the last byte waits until every client sharing
-    the barrier has sent the rest: each request is in flight, its body unfinished, at once."""
+    """Send ``head`` and ``payload`` on a fresh connection; the answer. A payload is declared
+    in place of the ``Content-Length: 0`` of a POST's head (``with_content_length``); a request
+    without one (a GET) sends none. With ``all_sent``, the last byte waits until every client
+    sharing the barrier has sent the rest: each request is in flight, its body unfinished, at
+    once."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        head = head.replace(b"Content-Length: 0", b"Content-Length: %d" % len(payload))
+        if payload:
+            head = with_content_length(head, len(payload))
         if all_sent is None:
             writer.write(head + payload)
             await writer.drain()

@@ -30,6 +30,7 @@ from harness.postgres import PostgresServer, postgres_bindir, query, running_pos
 from harness.processes import LocalServer, group_alive
 from harness.program import ROOT
 from harness.services import API_KEY, ServiceProcess
+from tests.services.hostile import error_message
 
 
 @contextlib.contextmanager
@@ -179,10 +180,7 @@ def silent_server() -> Iterator[str]:
 
 def error_of(reply: Reply) -> str:
     """The message of an error answer, whose body must hold nothing else."""
-    body = reply.json()
-    assert set(body) == {"error"}, body
-    message: str = body["error"]
-    return message
+    return error_message(reply.body)
 
 
 def history(gateway: ServiceProcess, query: str = "", key: str = API_KEY) -> Reply:

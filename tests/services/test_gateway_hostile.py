@@ -35,12 +35,15 @@ from harness.services import (
     start_model,
 )
 from tests.services.hostile import (
+    PREDICT_HEAD,
     assert_burst_shed_within,
     exchange,
     memory_limit_mib,
     raw_request,
+    with_content_length,
 )
 from tests.services.support import (
+    error_of,
     https,
     predict,
     self_signed_certificate,
@@ -50,7 +53,6 @@ from tests.services.support import (
 
 POD_MEMORY_LIMIT_MIB = memory_limit_mib(GATEWAY_RESOURCES)
 IDLE_SOCKETS = 2000
-PREDICT = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def test_300_concurrent_1mb_predicts_stay_under_the_pod_memory_limit(
         payload = large_predict_body()
         assert 990_000 < len(payload) <= 1024 * 1024
         # Limit 256 MiB; before the bound the peak was 567 MB and 430 MB stayed resident.
-        assert_burst_shed_within(gateway, PREDICT, payload, POD_MEMORY_LIMIT_MIB)
+        assert_burst_shed_within(gateway, PREDICT_HEAD, payload, POD_MEMORY_LIMIT_MIB)
         assert predict(gateway.url, [SETOSA]).status == 200
     finally:
         gateway.stop()
@@ -254,8 +256,7 @@ def test_a_limit_with_thousands_of_leading_zeros_is_read_as_its_value(
 def test_a_malformed_content_length_is_400_with_a_json_error(
     gateway: ServiceProcess, content_length: str
 ) -> None:
-    head = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
-    data = head.replace(b"Content-Length: 0", f"Content-Length: {content_length}".encode())
+    data = with_content_length(PREDICT_HEAD, content_length.encode())
     answer = exchange(gateway.port, data + b"{}")
     assert answer.status == 400
     assert answer.error() == "malformed HTTP request"
@@ -268,7 +269,7 @@ def test_a_huge_number_in_the_instances_is_4xx(gateway: ServiceProcess, number: 
     body = f'{{"instances": [[{number}, 3.5, 1.4, 0.2]]}}'
     reply = request("POST", gateway.url + "/api/v1/predict", body, {"X-API-Key": API_KEY})
     assert 400 <= reply.status < 500
-    assert set(reply.json()) == {"error"}
+    assert error_of(reply)
 
 
 @pytest.mark.parametrize(

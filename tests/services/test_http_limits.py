@@ -16,21 +16,24 @@ import pytest
 
 from harness.http import request
 from harness.poll import poll
-from harness.services import API_KEY, ModelProcess, ServiceProcess, start_gateway, start_model
+from harness.services import ModelProcess, ServiceProcess, start_gateway, start_model
 from tests.services.hostile import (
+    INFER_HEAD,
+    PREDICT_HEAD,
     exchange,
     memory_mib,
     raw_request,
     seconds_until_closed,
     send_64_mb_header,
     send_and_wait_for_close,
+    with_content_length,
 )
 
 
 @dataclass(frozen=True)
 class Server:
-    """A running server and the head of a POST it reads a body for (from ``raw_request``, with
-    ``Content-Length: 0`` to replace)."""
+    """A running server and the head of a POST it reads a body for (``PREDICT_HEAD`` or
+    ``INFER_HEAD``, whose length ``with_content_length`` sets)."""
 
     process: ServiceProcess
     post: bytes
@@ -46,13 +49,11 @@ class Server:
 
 
 def _gateway(model: ModelProcess, log_dir: Path, **env: str) -> Server:
-    post = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
-    return Server(start_gateway(model.url, log_dir, "ready", **env), post)
+    return Server(start_gateway(model.url, log_dir, "ready", **env), PREDICT_HEAD)
 
 
 def _model(model_dir: Path, log_dir: Path, **env: str) -> Server:
-    post = raw_request("POST", "/v2/models/iris/infer", [("Content-Type", "application/json")])
-    return Server(start_model(model_dir, log_dir, None, **env), post)
+    return Server(start_model(model_dir, log_dir, None, **env), INFER_HEAD)
 
 
 def _serve(
@@ -142,7 +143,7 @@ def test_half_a_head_gets_408_after_the_header_timeout(impatient: Server) -> Non
 
 
 def test_half_a_body_gets_408_after_the_body_timeout(impatient: Server) -> None:
-    head = impatient.post.replace(b"Content-Length: 0", b"Content-Length: 100")
+    head = with_content_length(impatient.post, 100)
     seconds, received = send_and_wait_for_close(impatient.port, head + b'{"inputs": [[5.1, ')
     assert received.startswith(b"HTTP/1.1 408 ")
     assert b"request body not received within 1 s" in received
@@ -151,7 +152,7 @@ def test_half_a_body_gets_408_after_the_body_timeout(impatient: Server) -> None:
 
 def test_a_trickled_body_is_cut_off_at_the_body_timeout(impatient: Server) -> None:
     # One byte every 0.2 s: each read is quick, the whole body is not.
-    head = impatient.post.replace(b"Content-Length: 0", b"Content-Length: 1000")
+    head = with_content_length(impatient.post, 1000)
     with socket.create_connection(("127.0.0.1", impatient.port)) as sock:
         sock.sendall(head)
 

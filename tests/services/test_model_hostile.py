@@ -31,6 +31,7 @@ from harness.ports import free_port
 from harness.services import MODEL_SRC, SETOSA, ModelProcess, ServiceProcess, start_model
 from tests.services import oip
 from tests.services.hostile import (
+    INFER_HEAD,
     Raw,
     assert_burst_shed_within,
     exchange,
@@ -38,11 +39,11 @@ from tests.services.hostile import (
     memory_mib,
     raw_request,
     read_answer,
+    with_content_length,
 )
 from tests.services.oip import INFER_PATH, infer_body, raw_message, typed_message
 
 POD_MEMORY_LIMIT_MIB = memory_limit_mib(MODEL_RESOURCES)
-INFER = raw_request("POST", INFER_PATH, [("Content-Type", "application/json")])
 
 
 def rest_infer(model: ModelProcess, body: dict[str, Any] | bytes, **headers: str) -> Any:
@@ -200,7 +201,7 @@ def test_300_concurrent_2mb_infers_stay_under_the_pod_memory_limit(
     payload = large_infer_body(2_000_000)
     assert 1_900_000 < len(payload) <= 2 * 1024 * 1024
     # Under the pod limit with room to spare (the figures before and after: hardening.md).
-    assert_burst_shed_within(fresh_model, INFER, payload, POD_MEMORY_LIMIT_MIB)
+    assert_burst_shed_within(fresh_model, INFER_HEAD, payload, POD_MEMORY_LIMIT_MIB)
     assert rest_infer(fresh_model, infer_body([SETOSA])).status == 200
 
 
@@ -254,7 +255,7 @@ def test_a_full_server_sheds_rest_and_grpc_at_once_and_still_answers_probes(
     try:
         # A request whose body never comes holds the one slot (until the body timeout).
         with socket.create_connection(("127.0.0.1", model.port)) as holder:
-            holder.sendall(INFER.replace(b"Content-Length: 0", b"Content-Length: 100"))
+            holder.sendall(with_content_length(INFER_HEAD, 100))
             time.sleep(0.3)
             started = time.monotonic()
             reply = rest_infer(model, infer_body([SETOSA]))
@@ -308,8 +309,7 @@ def test_a_long_zero_padded_content_length_is_read_as_its_value(
     zeros = b"0" * 5000
 
     def infer_declaring(length: bytes) -> Raw:
-        head = INFER.replace(b"Content-Length: 0", b"Content-Length: " + length)
-        return exchange(model_server.port, head + body)
+        return exchange(model_server.port, with_content_length(INFER_HEAD, length) + body)
 
     assert infer_declaring(zeros + b"%d" % len(body)).status == 200
     refused = infer_declaring(zeros + b"9" * 8)
@@ -348,7 +348,7 @@ def test_sigterm_turns_readiness_off_at_once_and_finishes_an_infer_in_flight(
 ) -> None:
     model = start_model(model_dir, log_dir)
     body = json.dumps(infer_body([SETOSA])).encode()
-    whole = raw_request("POST", INFER_PATH, [("Content-Type", "application/json")], body)
+    whole = with_content_length(INFER_HEAD, len(body)) + body
     with socket.create_connection(("127.0.0.1", model.port), timeout=10) as sock:
         # All but the last bytes: the infer request holds its slot, waiting for the rest.
         sock.sendall(whole[:-5])
