@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components import pod
+from components.config import quantity_bytes
 from harness.services import API_KEY, ServiceProcess
 from tests.services.oip import INFER_PATH
 
@@ -90,11 +91,9 @@ def with_content_length(head: bytes, length: int | bytes) -> bytes:
     return head.replace(zero, b"\r\nContent-Length: " + value + b"\r\n")
 
 
-def memory_limit_mib(resources: pod.Resources) -> int:
+def memory_limit_mib(resources: pod.Resources) -> float:
     """The memory limit, in MiB, of a pod of `resources`: what a service must stay under."""
-    limit = resources.memory_limit
-    assert limit.endswith("Mi"), limit
-    return int(limit.removesuffix("Mi"))
+    return quantity_bytes(resources.memory_limit) / (1024 * 1024)
 
 
 def memory_mib(pid: int) -> dict[str, float]:
@@ -196,7 +195,7 @@ def burst_statuses(port: int, head: bytes, payload: bytes, clients: int) -> list
 
 
 def assert_burst_shed_within(
-    service: ServiceProcess, head: bytes, payload: bytes, memory_limit_mib: int
+    service: ServiceProcess, head: bytes, payload: bytes, memory_limit_mib: float
 ) -> None:
     """300 POSTs of ``payload`` at once, every body held unfinished until all are sent: the
     service's peak memory stays under 7/8 of its pod's limit, and some are admitted while the rest
