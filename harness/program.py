@@ -49,11 +49,17 @@ ENGINE_LOG: Final = logging.getLogger("harness.engine")
 SECRET_SIGNATURE: Final = ("4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270")
 
 
+def is_secret(value: Any) -> bool:
+    """Whether `value` is a secret as Pulumi encodes one. The marker key alone is not enough: the
+    same key, with other values, marks assets, archives and resource references."""
+    key, signature = SECRET_SIGNATURE
+    return isinstance(value, Mapping) and value.get(key) == signature
+
+
 def unwrap_secrets(value: Any, path: str = "") -> tuple[Any, list[str]]:
     """`value` with secret markers removed, and the dotted paths that were secret."""
     if isinstance(value, dict):
-        key, signature = SECRET_SIGNATURE
-        if value.get(key) == signature:
+        if is_secret(value):
             plain, _ = unwrap_secrets(value.get("value"), path)
             return plain, [path]
         plain_dict: dict[str, Any] = {}

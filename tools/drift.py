@@ -30,12 +30,11 @@ from typing import Any, Final
 
 from pulumi import automation as auto
 
+from harness.program import is_secret
 from tools import pulumi_cli
 
 # Step results of a refresh that mean the live resource differs from the state.
 DRIFT_OPS: Final = {"update": "changed", "delete": "deleted", "replace": "replaced"}
-# The signature Pulumi's JSON encoding gives a secret value.
-SECRET_SIG: Final = "4dabf18193072939515e22adb298388d"
 # Longest rendering of one value in the report; a whole ConfigMap's data is cut short.
 VALUE_CHARS: Final = 120
 EXIT_CLEAN, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
@@ -89,7 +88,7 @@ def property_changes(old: Any, new: Any, prefix: tuple[PathKey, ...] = ()) -> li
     """Every leaf where `old` and `new` differ, by path."""
     if old == new:
         return []
-    if _is_secret(old) or _is_secret(new):
+    if is_secret(old) or is_secret(new):
         return [Change(prefix, old, new)]
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         found: list[Change] = []
@@ -125,15 +124,11 @@ class Change:
         return format_path(self.keys)
 
 
-def _is_secret(value: Any) -> bool:
-    return isinstance(value, Mapping) and SECRET_SIG in value
-
-
 def render(value: Any) -> str:
     """One value for the report: secrets stay secret, long values are cut short."""
     if value is _MISSING:
         return "(none)"
-    if _is_secret(value) or value == "[secret]":
+    if is_secret(value) or value == "[secret]":
         return "[secret]"
     text = repr(value) if not isinstance(value, str) else f'"{value}"'
     return text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 1] + "…"

@@ -20,6 +20,8 @@ GATEWAY = PREFIX + "gateway"
 MODEL = PREFIX + "model"
 CONFIG = "urn:pulumi:prod::mlstack::kubernetes:core/v1:ConfigMap::gateway-config"
 SECRET = {"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270", "ciphertext": "x"}
+# The same key marks an asset, with the asset signature: no secret.
+ASSET = {"4dabf18193072939515e22adb298388d": "c44067f5952c0a294b673a41bacd8c17", "path": "a.txt"}
 
 
 def outputs_event(urn: str, op: str, old: dict[str, Any], new: dict[str, Any] | None,
@@ -141,6 +143,14 @@ def test_secrets_stay_secret_in_the_report() -> None:
     text = report("prod", [event], {}).text()
     assert "data: [secret] => [secret]" in text
     assert "ciphertext" not in text
+
+
+def test_an_asset_is_shown_not_taken_for_a_secret() -> None:
+    urn = "urn:pulumi:prod::mlstack::aws:s3/bucketObjectv2:BucketObjectv2::model"
+    event = outputs_event(urn, "update", {"source": ASSET}, {"source": {**ASSET, "path": "b.txt"}})
+    text = report("prod", [event], {}).text()
+    assert '    source.path: "a.txt" => "b.txt"' in text
+    assert "[secret]" not in text
 
 
 def test_the_markdown_names_each_property_with_both_values() -> None:
