@@ -22,7 +22,6 @@ import io
 import json
 import os
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from bench.servers import (
     API_KEY,
     READY_SECONDS,
     bench_path,
+    check_stored,
     start_gateway,
     start_model,
 )
@@ -251,7 +251,6 @@ def store_rounds(
 class Setup:
     work: Path
     gateways: dict[tuple[str, str], GatewayProcess]
-    dsns: dict[str, str]
     # 200s answered under measurement, per (version, store): each must have its row.
     acknowledged: dict[tuple[str, str], int]
 
@@ -270,7 +269,7 @@ def start_all(stack: ExitStack, work: Path, revisions: tuple[str, str | None]) -
     model = start_model(work / "models", logs)
     stack.callback(model.stop)
     model.wait_ready(READY_SECONDS)
-    setup = Setup(work, {}, {}, {})
+    setup = Setup(work, {}, {})
     for version in VERSIONS:
         for store in STORES:
             name = f"gateway-{version}-{store}"
@@ -278,8 +277,7 @@ def start_all(stack: ExitStack, work: Path, revisions: tuple[str, str | None]) -
             if store == "sqlite":
                 env["DATA_DIR"] = str(work / name)
             else:
-                dsn = postgres.create_database(name.replace("-", "_"))
-                setup.dsns[version] = env["DATABASE_URL"] = dsn
+                env["DATABASE_URL"] = postgres.create_database(name.replace("-", "_"))
             gateway = start_gateway(name, model.url, logs, sources[version], **env)
             stack.callback(gateway.stop)
             setup.gateways[version, store] = gateway
@@ -327,20 +325,9 @@ def measure(setup: Setup, store: str, connections: int, round_: int, seconds: fl
 
 def check_rows(setup: Setup) -> list[str]:
     """Every 200 has its row: rows stored >= 200s measured (warm-up adds rows, not 200s)."""
-    from harness.postgres import query
-
-    checks = []
-    for (version, store), measured in setup.acknowledged.items():
-        if store == "sqlite":
-            path = setup.work / f"gateway-{version}-sqlite" / "predictions.sqlite3"
-            with sqlite3.connect(path) as db:
-                stored = int(db.execute("SELECT count(*) FROM predictions").fetchone()[0])
-        else:
-            stored = int(query(setup.dsns[version], "SELECT count(*) FROM predictions")[0][0])
-        if stored < measured:
-            raise RuntimeError(f"{version} {store}: {stored} rows for {measured} 200s")
-        checks.append(f"{version} {store}: {stored} rows stored for {measured} measured 200s")
-    return checks
+    return [
+        check_stored(setup.gateways[key], measured) for key, measured in setup.acknowledged.items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         store, dsn, data_dir, concurrency, seconds = args.worker
         store_worker(store, dsn, data_dir, int(concurrency), float(seconds))
         return 0
+    # The working tree's gateway settings name each gateway's database for the rows check; a
+    # worker (above) imports the gateway of the version it loads, from its PYTHONPATH.
+    import_service(GATEWAY_SRC)
     heading = (
         f"{args.rounds} rounds, {args.seconds:g} s runs; base = {args.base} ({rev(args.base)}), "
         f"new = {f'{args.new} ({rev(args.new)})' if args.new else 'working tree'}; "
@@ -381,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(samples))
     print()
     for check in checks:
-        print(f"- {check} (plus warm-up)")
+        print(f"- {check}")
     return 0
 
 

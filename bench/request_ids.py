@@ -1,6 +1,6 @@
 """CPU per group commit into the gateway's SQLite table: random (v4) against time-ordered (v7) ids.
 
-The gateway's own schema, insert and durability settings (WAL, synchronous=FULL); commits of
+The gateway's own schema, insert, file and connection (WAL, synchronous=FULL); commits of
 ``--rows-per-commit`` rows until ``--rows`` rows are in; process CPU and wall time per commit.
 
     python -m bench.request_ids
@@ -9,26 +9,25 @@ The gateway's own schema, insert and durability settings (WAL, synchronous=FULL)
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
+from bench.servers import API_KEY
 from harness.services import GATEWAY_SRC, import_service
 
 
 def per_commit(make_id: Callable[[], str], rows: int, rows_per_commit: int) -> tuple[float, float]:
     """(CPU µs, wall µs) per commit."""
+    from mlstack_gateway.settings import GatewaySettings
     from mlstack_gateway.stores.base import PredictionRecord
-    from mlstack_gateway.stores.sqlite import MIGRATIONS, _insert_batch
+    from mlstack_gateway.stores.sqlite import MIGRATIONS, _connect, _insert_batch
 
     with tempfile.TemporaryDirectory() as folder:
-        conn = sqlite3.connect(Path(folder) / "predictions.sqlite3", isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        settings = GatewaySettings.from_env({"MLSTACK_API_KEY": API_KEY, "DATA_DIR": folder})
+        conn = _connect(settings.sqlite_path, settings.db_write_timeout_seconds)
         for _, statement in MIGRATIONS:
             conn.execute(statement)
         commits = rows // rows_per_commit

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from bench.servers import (
     MLSERVER_VENV,
     MODEL_NAME,
     READY_SECONDS,
+    check_stored,
     http_call,
     start_echo,
     start_gateway,
@@ -54,7 +54,7 @@ from harness.http import request
 from harness.metrics import samples
 from harness.processes import LocalServer
 from harness.program import ROOT
-from harness.services import MODEL_SRC, import_service
+from harness.services import GATEWAY_SRC, MODEL_SRC, import_service
 
 CONNECTIONS = (1, 32)
 BATCH_ROWS = (1, 32, 256)
@@ -279,15 +279,6 @@ class Recorder:
         )
 
 
-def stored_rows(sqlite_path: Path, dsn: str) -> dict[str, int]:
-    from harness.postgres import query
-
-    with sqlite3.connect(sqlite_path) as db:
-        sqlite_rows = int(db.execute("SELECT count(*) FROM predictions").fetchone()[0])
-    postgres_rows = int(query(dsn, "SELECT count(*) FROM predictions")[0][0])
-    return {"gateway-sqlite": sqlite_rows, "gateway-postgresql": postgres_rows}
-
-
 def postgres_durability(dsn: str) -> dict[str, str]:
     from harness.postgres import query
 
@@ -398,18 +389,8 @@ def load_runs(data: BenchData, work: Path) -> None:
                     watch=watch[name],
                 )
         # wrk's warm-up requests were answered too: at least the measured ones must be stored.
-        stored = stored_rows(sqlite_dir / "predictions.sqlite3", dsn)
-        for name in GATEWAYS:
-            answered = recorder.acknowledged[name]
-            if stored[name] < answered:
-                raise RuntimeError(
-                    f"{name}: {answered} predictions answered 200, only {stored[name]} rows "
-                    "in its database"
-                )
-            data.checks.append(
-                f"{name}: {stored[name]} rows stored for {answered} measured 200s "
-                "(plus warm-up): no acknowledged prediction missing"
-            )
+        for gateway in (gateway_sqlite, gateway_postgres):
+            data.checks.append(check_stored(gateway, recorder.acknowledged[gateway.name]))
 
 
 def program_runs(data: BenchData) -> None:
@@ -514,4 +495,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     import_service(MODEL_SRC)
+    import_service(GATEWAY_SRC)
     sys.exit(main())

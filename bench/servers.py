@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Final
 
@@ -203,4 +205,31 @@ def start_mlserver(folder: Path, ports: tuple[int, int], log_dir: Path) -> Local
         log_dir=log_dir,
         cwd=folder,
         grpc_target=f"{LOOPBACK}:{grpc_port}",
+    )
+
+
+def check_stored(gateway: GatewayProcess, acknowledged: int) -> str:
+    """Every prediction ``gateway`` answered 200 has its row: its database (the one its settings
+    name: PostgreSQL, else its SQLite file) holds at least ``acknowledged`` rows. Warm-up
+    requests add rows that no count of 200s includes. Raises RuntimeError if rows are missing;
+    returns the check as the report states it."""
+    from mlstack_gateway.settings import GatewaySettings
+
+    settings = GatewaySettings.from_env(gateway.env)
+    count = "SELECT count(*) FROM predictions"
+    if settings.database_url:
+        from harness.postgres import query
+
+        stored = int(query(settings.database_url, count)[0][0])
+    else:
+        with closing(sqlite3.connect(settings.sqlite_path)) as db:
+            stored = int(db.execute(count).fetchone()[0])
+    if stored < acknowledged:
+        raise RuntimeError(
+            f"{gateway.name}: {acknowledged} predictions answered 200, only {stored} rows "
+            "in its database"
+        )
+    return (
+        f"{gateway.name}: {stored} rows stored for {acknowledged} measured 200s (plus warm-up): "
+        "no acknowledged prediction missing"
     )
