@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,12 +22,21 @@ from e2e.workspace import PulumiWorkspace
 DEFAULT_DIR: Final = Path("/tmp/mlstack-e2e-cluster")
 
 
-def arguments(prog: str) -> argparse.Namespace:
-    """`--dir` (the cluster's folder) and `--runs`."""
-    parser = argparse.ArgumentParser(prog=prog)
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--runs", type=int, default=3)
-    return parser.parse_args()
+def arguments(
+    prog: str,
+    argv: Sequence[str] | None = None,
+    *,
+    description: str | None = None,
+    runs_option: str = "--runs",
+    runs: int = 3,
+    runs_help: str | None = None,
+) -> argparse.Namespace:
+    """`--dir` (the cluster's folder) and how many times to measure: `--runs` (`runs_option`,
+    default `runs`), from `argv` (default: the command line)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="the cluster's folder")
+    parser.add_argument(runs_option, type=int, default=runs, help=runs_help)
+    return parser.parse_args(argv)
 
 
 class ClusterBench:

@@ -8,18 +8,16 @@ checks). Each round starts once the previous one's rollouts have ended. The roun
 between the two ways of awaiting: the workspace's copy of `components/rollout.py` is swapped for
 one that sets no annotation, so that the provider falls back on its own await logic.
 
-    python -m bench.rollout_await [--rounds N] [DIR]   (DIR: the cluster's folder)
+    python -m bench.rollout_await [--dir /tmp/mlstack-e2e-cluster] [--rounds 10]
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
-from pathlib import Path
 
-from bench.cluster_bench import DEFAULT_DIR, ClusterBench
+from bench.cluster_bench import ClusterBench, arguments
 from components.config import MODEL_VERSIONS
 from e2e.cluster import STACK, unfinished_rollouts
 from e2e.controlplane import ControlPlane
@@ -64,10 +62,14 @@ def settle(plane: ControlPlane, timeout: float = 600) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dir", nargs="?", default=DEFAULT_DIR, type=Path)
-    parser.add_argument("--rounds", type=int, default=10, help="rounds of each mode")
-    args = parser.parse_args(argv)
+    args = arguments(
+        "python -m bench.rollout_await",
+        argv,
+        description=__doc__.split("\n\n")[0],
+        runs_option="--rounds",
+        runs=10,
+        runs_help="rounds of each mode",
+    )
     cluster = ClusterBench(args.dir)
     plane, workspace = cluster.kube, cluster.workspace
     results: dict[str, list[tuple[float, bool]]] = {mode: [] for mode in MODES}
