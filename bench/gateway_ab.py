@@ -39,9 +39,11 @@ from bench.servers import (
     READY_SECONDS,
     bench_path,
     check_stored,
+    setosa_prediction,
     start_gateway,
     start_model,
 )
+from components.app import MODEL_NAME
 from harness.program import ROOT
 from harness.services import GATEWAY_SRC, MODEL_SRC, SETOSA, GatewayProcess, import_service
 
@@ -164,10 +166,7 @@ def store_worker(
         async def client() -> None:
             nonlocal saves
             while not stop:
-                record = PredictionRecord(
-                    new_request_id(), "iris", "v2", "[[5.1,3.5,1.4,0.2]]", "[0]", 1.0
-                )
-                await store.save(record)
+                await store.save(PredictionRecord(*setosa_prediction(new_request_id())))
                 saves += 1
 
         clients = [asyncio.create_task(client()) for _ in range(concurrency)]
@@ -265,7 +264,7 @@ def start_all(stack: ExitStack, work: Path, revisions: tuple[str, str | None]) -
     logs.mkdir()
     sources = gateway_sources(*revisions, work)
     postgres = stack.enter_context(running_postgres())
-    train.train_all(work / "models", ["iris"])
+    train.train_all(work / "models", [MODEL_NAME])
     model = start_model(work / "models", logs)
     stack.callback(model.stop)
     model.wait_ready(READY_SECONDS)

@@ -4,7 +4,9 @@ The same grpc.aio server, options and uvloop event loop as the model server's gR
 parsing of the request (its bytes are never decoded), no validation and no inference: the most a
 Python gRPC server answers on this machine.
 
-    python -m bench.grpc_echo PORT      (PYTHONPATH: the repository root and services/model)
+    python -m bench.grpc_echo PORT MODEL   (PYTHONPATH: the repository root and services/model)
+
+MODEL: the model's name, which the answer gives (bench/servers.py starts it with the project's).
 """
 
 from __future__ import annotations
@@ -17,20 +19,25 @@ import uvloop
 from mlstack_model.grpc.routes import SERVICE
 from mlstack_model.proto import open_inference_pb2 as pb
 
-# What the model answers for one row, serialized once.
-ANSWER = pb.ModelInferResponse(
-    model_name="iris",
-    model_version="v2",
-    outputs=[pb.ModelInferResponse.InferOutputTensor(name="predict", datatype="INT64", shape=[1])],
-    raw_output_contents=[bytes(8)],
-).SerializeToString()
+
+def answer(model_name: str) -> bytes:
+    """What the model answers for one row, serialized (once)."""
+    return pb.ModelInferResponse(
+        model_name=model_name,
+        model_version="v2",
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(name="predict", datatype="INT64", shape=[1])
+        ],
+        raw_output_contents=[bytes(8)],
+    ).SerializeToString()
 
 
-async def model_infer(request: bytes, context: Any) -> bytes:
-    return ANSWER
+async def serve(port: int, model_name: str) -> None:
+    reply = answer(model_name)
 
+    async def model_infer(request: bytes, context: Any) -> bytes:
+        return reply
 
-async def serve(port: int) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     # No (de)serializers: bytes in, bytes out.
     handler = grpc.method_handlers_generic_handler(
@@ -43,4 +50,4 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(serve(int(sys.argv[1])))
+    uvloop.run(serve(int(sys.argv[1]), sys.argv[2]))

@@ -35,11 +35,11 @@ from typing import Any
 from bench.load import GrpcRequest, LoadResult, run_load
 from bench.run import GRPC_INFER, PROTO, grpc_infer_body, iris_rows, started
 from bench.servers import (
-    MODEL_NAME,
     start_grpc_echo,
     start_grpc_only,
     start_model,
 )
+from components.app import MODEL_NAME
 from harness.ports import LOOPBACK, free_port
 from harness.processes import LocalServer
 from harness.services import MODEL_SRC, import_service

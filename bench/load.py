@@ -20,7 +20,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Final
 
+from harness.program import ROOT
+
+# Where `make bench` builds ghz (mk/bench.mk's GHZ); else the one on PATH.
+GHZ: Final = ROOT / "build" / "tools" / "ghz"
 _MARK = "BENCH-RESULT "
 _REPORT = """
 done = function(summary, latency, requests)
@@ -104,10 +109,9 @@ def wrk_path() -> str:
 
 
 def ghz_path() -> str:
-    built = Path(__file__).resolve().parents[1] / "build" / "tools" / "ghz"
-    path = str(built) if built.is_file() else shutil.which("ghz")
+    path = str(GHZ) if GHZ.is_file() else shutil.which("ghz")
     if path is None:
-        raise RuntimeError(f"ghz not found at {built}: `make bench` builds it (go install)")
+        raise RuntimeError(f"ghz not found at {GHZ}: `make bench` builds it (go install)")
     return path
 
 

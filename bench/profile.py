@@ -33,13 +33,13 @@ from bench.run import (
     started,
 )
 from bench.servers import (
-    MODEL_NAME,
     start_echo,
     start_gateway,
     start_grpc_echo,
     start_model,
     start_proxy,
 )
+from components.app import MODEL_NAME
 from harness.processes import LocalServer
 from harness.program import ROOT
 from harness.services import MODEL_SRC, import_service

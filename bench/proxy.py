@@ -1,4 +1,5 @@
-"""The hop's floor: a bare ASGI app that forwards each request to the model and returns its answer.
+"""The hop's floor: a bare ASGI app that forwards each request to the model, at the path it was
+sent to, and returns its answer.
 
 It uses the gateway's own HTTP client (``HttpPool``) under the same uvicorn settings, but does no
 authentication, validation or storage: what any Python hop in front of the model costs on this
@@ -16,7 +17,6 @@ from starlette.types import Receive, Scope, Send
 
 from bench.bare_asgi import lifespan, read_body
 
-_INFER = "/v2/models/iris/infer"
 _pool: HttpPool | None = None
 
 
@@ -36,6 +36,6 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     else:
         if _pool is None:
             _pool = HttpPool(os.environ["PROXY_MODEL_URL"], max_connections=64, connect_timeout=1)
-        response = await _pool.request("POST", _INFER, body, timeout=5)
+        response = await _pool.request("POST", scope["path"], body, timeout=5)
         status, answer = response.status, response.body
     await send_json(send, status, answer)

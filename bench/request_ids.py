@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from bench.servers import API_KEY
+from bench.servers import API_KEY, setosa_prediction
 from harness.services import GATEWAY_SRC, import_service
 
 
@@ -34,8 +34,7 @@ def per_commit(make_id: Callable[[], str], rows: int, rows_per_commit: int) -> t
         cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(commits):
             batch = [
-                PredictionRecord(make_id(), "iris", "v2", "[[5.1,3.5,1.4,0.2]]", "[0]", 1.0)
-                for _ in range(rows_per_commit)
+                PredictionRecord(*setosa_prediction(make_id())) for _ in range(rows_per_commit)
             ]
             _insert_batch(conn, batch)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall

@@ -38,7 +38,6 @@ from bench.report import Run
 from bench.servers import (
     API_KEY,
     MLSERVER_VENV,
-    MODEL_NAME,
     READY_SECONDS,
     check_stored,
     http_call,
@@ -50,6 +49,7 @@ from bench.servers import (
     start_proxy,
     write_mlserver_config,
 )
+from components.app import MODEL_NAME
 from harness.http import request
 from harness.metrics import samples
 from harness.processes import LocalServer

@@ -13,17 +13,26 @@ from typing import Any, Final
 
 import grpc
 
+from components.app import MODEL_NAME
 from harness.http import request
 from harness.ports import LOOPBACK, free_port
 from harness.processes import LocalServer
 from harness.program import ROOT
-from harness.services import GATEWAY_SRC, MODEL_SRC, GatewayProcess, ModelProcess, import_path
+from harness.services import (
+    GATEWAY_SRC,
+    MODEL_SRC,
+    SETOSA,
+    GatewayProcess,
+    ModelProcess,
+    import_path,
+)
 
 MLSERVER_VENV: Final = ROOT / ".venv-mlserver"
 API_KEY: Final = "bench-key"
-MODEL_NAME: Final = "iris"
 # How long a server gets to answer as ready once started.
 READY_SECONDS: Final = 120.0
+# One SETOSA row as the gateway stores a request's instances (compact JSON).
+_SETOSA_INSTANCES: Final = json.dumps([SETOSA], separators=(",", ":"))
 
 
 def http_call(
@@ -159,9 +168,8 @@ def start_grpc_only(
 def start_grpc_echo(log_dir: Path) -> LocalServer:
     """The gRPC ceiling: a bare grpc.aio server that answers every call with a fixed answer."""
     port = free_port()
-    return start_grpc_only(
-        "grpc-echo", [sys.executable, "-m", "bench.grpc_echo", str(port)], port, log_dir, {}
-    )
+    argv = [sys.executable, "-m", "bench.grpc_echo", str(port), MODEL_NAME]
+    return start_grpc_only("grpc-echo", argv, port, log_dir, {})
 
 
 def write_mlserver_config(folder: Path, model_file: Path, version: str) -> tuple[int, int]:
@@ -206,6 +214,12 @@ def start_mlserver(folder: Path, ports: tuple[int, int], log_dir: Path) -> Local
         cwd=folder,
         grpc_target=f"{LOOPBACK}:{grpc_port}",
     )
+
+
+def setosa_prediction(request_id: str) -> tuple[str, str, str, str, str, float]:
+    """The fields of the PredictionRecord the gateway stores for one SETOSA row answered class 0
+    by the model's v2 in 1 ms: what the benchmarks of the stores alone save."""
+    return (request_id, MODEL_NAME, "v2", _SETOSA_INSTANCES, "[0]", 1.0)
 
 
 def check_stored(gateway: GatewayProcess, acknowledged: int) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import runpy
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -18,10 +17,9 @@ import pulumi
 from components.app import MODEL_RESOURCES
 from components.config import ServiceConfig
 from components.microservice import Microservice, MicroserviceArgs
+from harness.program import MAIN
 
-ROOT = Path(__file__).resolve().parents[1]
-
-program: dict[str, Any] = runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+program: dict[str, Any] = runpy.run_path(str(MAIN), run_name="__main__")
 config, cluster, app = program["config"], program["cluster"], program["app"]
 
 for index in range(int(os.environ.get("BENCH_EXTRA_SERVICES", "20"))):

@@ -6,6 +6,7 @@
 
 MLSERVER_VENV := .venv-mlserver
 GHZ_VERSION := v0.93.0
+# bench/load.py's GHZ: where the benchmarks run ghz from (else from PATH).
 GHZ := build/tools/ghz
 
 $(GHZ):

@@ -20,11 +20,11 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-MODEL = "iris"
+from components.app import MODEL_NAME
+from harness.services import SETOSA, VIRGINICA
+
 # Rows of the three iris species that every trained version classifies the same way.
-ROWS = np.array(
-    [[5.1, 3.5, 1.4, 0.2], [6.4, 3.2, 4.5, 1.5], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32
-)
+ROWS = np.array([SETOSA, [6.4, 3.2, 4.5, 1.5], VIRGINICA], dtype=np.float32)
 CLASSES = [0, 1, 2]
 
 
@@ -41,20 +41,22 @@ def _check_client(client: Any, module: Any) -> str:
     """The checks both clients share (their methods have the same names); the served version."""
     _expect(client.is_server_live(), "server is not live")
     _expect(client.is_server_ready(), "server is not ready")
-    _expect(client.is_model_ready(MODEL), f"model {MODEL} is not ready")
-    metadata = client.get_model_metadata(MODEL)
+    _expect(client.is_model_ready(MODEL_NAME), f"model {MODEL_NAME} is not ready")
+    metadata = client.get_model_metadata(MODEL_NAME)
     versions = list(metadata["versions"] if isinstance(metadata, dict) else metadata.versions)
     _expect(len(versions) == 1, f"model metadata lists versions {versions}")
     version = str(versions[0])
-    _expect(client.is_model_ready(MODEL, version), f"model {MODEL} {version} is not ready")
+    _expect(
+        client.is_model_ready(MODEL_NAME, version), f"model {MODEL_NAME} {version} is not ready"
+    )
 
     tensor = module.InferInput("input-0", list(ROWS.shape), "FP32")
     tensor.set_data_from_numpy(ROWS)
-    labels = client.infer(MODEL, [tensor]).as_numpy("predict")
+    labels = client.infer(MODEL_NAME, [tensor]).as_numpy("predict")
     _expect(labels is not None and labels.tolist() == CLASSES, f"predicted {labels}")
 
     outputs = [module.InferRequestedOutput("predict_proba")]
-    proba = client.infer(MODEL, [tensor], model_version=version, outputs=outputs)
+    proba = client.infer(MODEL_NAME, [tensor], model_version=version, outputs=outputs)
     matrix = proba.as_numpy("predict_proba")
     _expect(matrix is not None and matrix.shape == (3, 3), f"probabilities {matrix}")
     _expect(bool(np.allclose(matrix.sum(axis=1), 1.0)), f"probabilities {matrix} do not sum to 1")
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             print(f"{name} {target}: FAILED: {exc}", file=sys.stderr)
             return 1
-        print(f"{name} {target}: ok ({MODEL} {version}, tritonclient defaults)")
+        print(f"{name} {target}: ok ({MODEL_NAME} {version}, tritonclient defaults)")
     return 0
 
 
