@@ -33,12 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import GrpcRequest, LoadResult, run_load
-from bench.run import GRPC_INFER, PROTO, grpc_infer_body, iris_rows, started
-from bench.servers import (
-    start_grpc_echo,
-    start_grpc_only,
-    start_model,
-)
+from bench.run import GRPC_INFER, PROTO, grpc_infer_body, iris_rows
+from bench.servers import start_grpc_echo, start_grpc_only, start_model, started
 from components.app import MODEL_NAME
 from harness.ports import LOOPBACK, free_port
 from harness.processes import LocalServer

@@ -26,21 +26,9 @@ from pathlib import Path
 
 from bench import RESULTS
 from bench.load import run_load
-from bench.run import (
-    GATEWAYS,
-    export_model,
-    requests_for,
-    started,
-)
-from bench.servers import (
-    start_echo,
-    start_gateway,
-    start_grpc_echo,
-    start_model,
-    start_proxy,
-)
+from bench.run import requests_for
+from bench.servers import GATEWAYS, start_fleet
 from components.app import MODEL_NAME
-from harness.processes import LocalServer
 from harness.program import ROOT
 from harness.services import MODEL_SRC, import_service
 
@@ -149,41 +137,14 @@ def _table(summary: Summary) -> list[str]:
 
 
 def profile(names: set[str] | None, seconds: float, out: Path) -> None:
-    from harness.postgres import running_postgres
-
     work = Path(tempfile.mkdtemp(prefix="mlstack-profile-"))
     RAW_DIR.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
     with ExitStack() as stack:
-        postgres = stack.enter_context(running_postgres())
-        dsn = postgres.create_database("bench")
-        model_dir = work / "models"
-        version = export_model(model_dir, work / "mlserver" / MODEL_NAME / "model.joblib")
-        logs = work / "logs"
-        logs.mkdir()
-        model = stack.enter_context(started(start_model(model_dir, logs)))
-        servers: dict[str, LocalServer] = {
-            "model": model,
-            "echo": stack.enter_context(started(start_echo(logs))),
-            "grpc-echo": stack.enter_context(started(start_grpc_echo(logs))),
-            "proxy": stack.enter_context(started(start_proxy(model.url, logs))),
-            "gateway-sqlite": stack.enter_context(
-                started(
-                    start_gateway(
-                        "gateway-sqlite", model.url, logs, DATA_DIR=str(work / "gateway-sqlite")
-                    )
-                )
-            ),
-            "gateway-postgresql": stack.enter_context(
-                started(start_gateway("gateway-postgresql", model.url, logs, DATABASE_URL=dsn))
-            ),
-        }
-        urls = {name: server.url for name, server in servers.items()}
-        urls["mlserver"] = urls["model"]  # not profiled; requests_for names it
-        grpc_targets = {
-            "model-grpc": str(model.grpc_target),
-            "grpc-echo": str(servers["grpc-echo"].grpc_target),
-        }
+        fleet = start_fleet(stack, work, mlserver=False)
+        version = fleet.model_version
+        servers = fleet.processes
+        urls, grpc_targets = fleet.urls, fleet.grpc_targets
         requests = requests_for(1, urls, grpc_targets)
         for target in TARGETS:
             if names is not None and target.name not in names:

@@ -26,44 +26,34 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from bench import RESULTS, report
 from bench.load import GrpcRequest, Request, fdatasync_latency, ghz_path, run_load
 from bench.report import Run
 from bench.servers import (
     API_KEY,
+    GATEWAYS,
     MLSERVER_VENV,
-    READY_SECONDS,
     check_stored,
     http_call,
-    start_echo,
-    start_gateway,
-    start_grpc_echo,
-    start_mlserver,
-    start_model,
-    start_proxy,
-    write_mlserver_config,
+    start_fleet,
 )
 from components.app import MODEL_NAME
 from harness.http import request
 from harness.metrics import samples
-from harness.processes import LocalServer
 from harness.program import ROOT
 from harness.services import GATEWAY_SRC, MODEL_SRC, import_service
 
 CONNECTIONS = (1, 32)
 BATCH_ROWS = (1, 32, 256)
 BATCH_CONNECTIONS = 32
-GATEWAYS = ("gateway-sqlite", "gateway-postgresql")
 PROGRAM_SCENARIOS = ("dev", "prod", "dev-100-replicas", "dev-100-replicas-20-services")
 PROTO = MODEL_SRC / "mlstack_model" / "proto" / "open_inference.proto"
 GRPC_INFER = "inference.GRPCInferenceService/ModelInfer"
-ServerT = TypeVar("ServerT", bound=LocalServer)
 
 
 @dataclass
@@ -136,11 +126,11 @@ def requests_for(
     json_header = {"Content-Type": "application/json"}
     infer_path = f"/v2/models/{MODEL_NAME}/infer"
     out: dict[str, Request | GrpcRequest] = {
-        "model": Request(urls["model"] + infer_path, oip, json_header),
-        "mlserver": Request(urls["mlserver"] + infer_path, oip, json_header),
-        "echo": Request(urls["echo"] + "/", oip, json_header),
-        "proxy": Request(urls["proxy"] + infer_path, oip, json_header),
+        name: Request(urls[name] + infer_path, oip, json_header)
+        for name in ("model", "mlserver", "proxy")
+        if name in urls  # MLServer, unless left out
     }
+    out["echo"] = Request(urls["echo"] + "/", oip, json_header)
     call = grpc_infer_body(batch)
     for name, target in grpc_targets.items():
         out[name] = GrpcRequest(target, PROTO, GRPC_INFER, call)
@@ -149,28 +139,6 @@ def requests_for(
             urls[name] + "/api/v1/predict", public, {**json_header, "X-API-Key": API_KEY}
         )
     return out
-
-
-@contextmanager
-def started(server: ServerT) -> Iterator[ServerT]:
-    try:
-        yield server.wait_ready(READY_SECONDS)
-    finally:
-        server.stop()
-
-
-def export_model(model_dir: Path, target: Path) -> str:
-    """Train (as the model service does on first start) and export the served version's
-    estimator as the joblib file MLServer's scikit-learn runtime loads; returns the version."""
-    import joblib
-    from mlstack_model import artifacts, train
-
-    train.train_all(model_dir, [MODEL_NAME])
-    version = artifacts.available_versions(model_dir, MODEL_NAME)[-1]
-    artifact = artifacts.load(model_dir, MODEL_NAME, version)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(artifact.estimator, target)
-    return version
 
 
 def check_same_answers(urls: dict[str, str], grpc_targets: dict[str, str], data: BenchData) -> None:
@@ -287,58 +255,23 @@ def postgres_durability(dsn: str) -> dict[str, str]:
 
 
 def load_runs(data: BenchData, work: Path) -> None:
-    from harness.postgres import running_postgres
-
     recorder = Recorder(data, work)
     with ExitStack() as stack:
-        postgres = stack.enter_context(running_postgres())
-        dsn = postgres.create_database("bench")
-        data.environment["postgresql"] = postgres_durability(dsn)
-
-        model_dir = work / "models"
-        model_file = work / "mlserver" / MODEL_NAME / "model.joblib"
-        version = export_model(model_dir, model_file)
-        data.environment["model"] = f"{MODEL_NAME} {version} (the model service's default)"
-        mlserver_ports = write_mlserver_config(work / "mlserver", model_file, version)
-        logs = work / "logs"
-        logs.mkdir()
-        sqlite_dir = work / "gateway-sqlite"
-
-        model = stack.enter_context(started(start_model(model_dir, logs)))
-        mlserver = stack.enter_context(
-            started(start_mlserver(work / "mlserver", mlserver_ports, logs))
+        fleet = start_fleet(stack, work)
+        data.environment["postgresql"] = postgres_durability(fleet.dsn)
+        data.environment["model"] = (
+            f"{MODEL_NAME} {fleet.model_version} (the model service's default)"
         )
-        echo = stack.enter_context(started(start_echo(logs)))
-        grpc_echo = stack.enter_context(started(start_grpc_echo(logs)))
-        proxy = stack.enter_context(started(start_proxy(model.url, logs)))
-        gateway_sqlite = stack.enter_context(
-            started(start_gateway("gateway-sqlite", model.url, logs, DATA_DIR=str(sqlite_dir)))
-        )
-        gateway_postgres = stack.enter_context(
-            started(start_gateway("gateway-postgresql", model.url, logs, DATABASE_URL=dsn))
-        )
-        servers = {
-            "model": model,
-            "mlserver": mlserver,
-            "echo": echo,
-            "proxy": proxy,
-            "gateway-sqlite": gateway_sqlite,
-            "gateway-postgresql": gateway_postgres,
-        }
-        urls = {name: server.url for name, server in servers.items()}
-        grpc_servers = {"model-grpc": model, "mlserver-grpc": mlserver, "grpc-echo": grpc_echo}
-        grpc_targets = {name: str(server.grpc_target) for name, server in grpc_servers.items()}
+        urls, grpc_targets = fleet.urls, fleet.grpc_targets
         # Every load target's server, REST and gRPC (a gRPC target is served by a REST one's
         # process): where its /metrics are, if on a port of their own.
-        by_target = {**servers, **grpc_servers}
-        # What each target's CPU is charged to: the gateway's work includes the model's.
-        watch = {name: {name: server.pid} for name, server in servers.items()}
+        by_target = {**fleet.rest, **fleet.grpc}
+        # What each target's CPU is charged to: its server's process; the gateway's work
+        # includes the model's.
+        watch = {name: {server.name: server.pid} for name, server in by_target.items()}
         for name in ("proxy", *GATEWAYS):
-            watch[name]["model"] = model.pid
-        watch["gateway-postgresql"]["postgresql"] = postgres.pid
-        watch["model-grpc"] = {"model": model.pid}
-        watch["mlserver-grpc"] = {"mlserver": mlserver.pid}
-        watch["grpc-echo"] = {"grpc-echo": grpc_echo.pid}
+            watch[name]["model"] = fleet.model.pid
+        watch["gateway-postgresql"]["postgresql"] = fleet.postgres.pid
 
         check_same_answers(urls, grpc_targets, data)
         recorder.acknowledged.update({name: 150 for name in GATEWAYS})
@@ -360,7 +293,7 @@ def load_runs(data: BenchData, work: Path) -> None:
         for name in order:
             run_load(single[name], 32, 2, work)
         for round_ in range(1, data.rounds + 1):
-            data.fdatasync.append(fdatasync_latency(sqlite_dir))
+            data.fdatasync.append(fdatasync_latency(fleet.sqlite_dir))
             print(
                 f"  round {round_}: fdatasync on the gateways' disk: "
                 f"p50 {data.fdatasync[-1][0]:.3f} ms, p99 {data.fdatasync[-1][1]:.2f} ms",
@@ -389,7 +322,7 @@ def load_runs(data: BenchData, work: Path) -> None:
                     watch=watch[name],
                 )
         # wrk's warm-up requests were answered too: at least the measured ones must be stored.
-        for gateway in (gateway_sqlite, gateway_postgres):
+        for gateway in fleet.gateways.values():
             data.checks.append(check_stored(gateway, recorder.acknowledged[gateway.name]))
 
 

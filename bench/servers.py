@@ -6,10 +6,11 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Mapping, Sequence
-from contextlib import closing
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
 
@@ -27,12 +28,18 @@ from harness.services import (
     import_path,
 )
 
+if TYPE_CHECKING:
+    from harness.postgres import PostgresServer
+
 MLSERVER_VENV: Final = ROOT / ".venv-mlserver"
 API_KEY: Final = "bench-key"
 # How long a server gets to answer as ready once started.
 READY_SECONDS: Final = 120.0
 # One SETOSA row as the gateway stores a request's instances (compact JSON).
 _SETOSA_INSTANCES: Final = json.dumps([SETOSA], separators=(",", ":"))
+# The two gateways under load: on SQLite, and on PostgreSQL.
+GATEWAYS: Final = ("gateway-sqlite", "gateway-postgresql")
+ServerT = TypeVar("ServerT", bound=LocalServer)
 
 
 def http_call(
@@ -246,4 +253,132 @@ def check_stored(gateway: GatewayProcess, acknowledged: int) -> str:
     return (
         f"{gateway.name}: {stored} rows stored for {acknowledged} measured 200s (plus warm-up): "
         "no acknowledged prediction missing"
+    )
+
+
+@contextmanager
+def started(server: ServerT) -> Iterator[ServerT]:
+    """``server``, ready; stopped on leaving."""
+    try:
+        yield server.wait_ready(READY_SECONDS)
+    finally:
+        server.stop()
+
+
+def export_model(model_dir: Path, target: Path) -> str:
+    """Train (as the model service does on first start) and export the served version's
+    estimator as the joblib file MLServer's scikit-learn runtime loads; returns the version."""
+    import joblib
+    from mlstack_model import artifacts, train
+
+    train.train_all(model_dir, [MODEL_NAME])
+    version = artifacts.available_versions(model_dir, MODEL_NAME)[-1]
+    artifact = artifacts.load(model_dir, MODEL_NAME, version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(artifact.estimator, target)
+    return version
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The servers under load, each ready (``start_fleet``)."""
+
+    postgres: PostgresServer
+    # The PostgreSQL gateway's database.
+    dsn: str
+    # The version the model serves (MLServer, its export).
+    model_version: str
+    model: ModelProcess
+    mlserver: LocalServer | None
+    echo: LocalServer
+    grpc_echo: LocalServer
+    proxy: LocalServer
+    # By name: GATEWAYS.
+    gateways: dict[str, GatewayProcess]
+    # The SQLite gateway's DATA_DIR.
+    sqlite_dir: Path
+
+    @property
+    def rest(self) -> dict[str, LocalServer]:
+        """The server of each HTTP target, by the target's name."""
+        servers = {
+            "model": self.model,
+            "mlserver": self.mlserver,
+            "echo": self.echo,
+            "proxy": self.proxy,
+            **self.gateways,
+        }
+        return {name: server for name, server in servers.items() if server is not None}
+
+    @property
+    def grpc(self) -> dict[str, LocalServer]:
+        """The server of each gRPC target, by the target's name (the model's and MLServer's
+        processes serve REST and gRPC)."""
+        servers = {
+            "model-grpc": self.model,
+            "mlserver-grpc": self.mlserver,
+            "grpc-echo": self.grpc_echo,
+        }
+        return {name: server for name, server in servers.items() if server is not None}
+
+    @property
+    def processes(self) -> dict[str, LocalServer]:
+        """Every server, by its own name (``model``, ``grpc-echo``, ...)."""
+        return {server.name: server for server in (*self.rest.values(), self.grpc_echo)}
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return {name: server.url for name, server in self.rest.items()}
+
+    @property
+    def grpc_targets(self) -> dict[str, str]:
+        return {name: str(server.grpc_target) for name, server in self.grpc.items()}
+
+
+def start_fleet(stack: ExitStack, work: Path, *, mlserver: bool = True) -> Fleet:
+    """PostgreSQL with a ``bench`` database, the model trained (and exported for MLServer), and
+    the servers under load: the model, MLServer (unless ``mlserver`` is false), the echo, the
+    gRPC echo, the proxy and both gateways, each ready, one after the other; all stopped when
+    ``stack`` closes. Their files go under ``work``, their logs in ``work``/logs."""
+    from harness.postgres import running_postgres
+
+    postgres = stack.enter_context(running_postgres())
+    dsn = postgres.create_database("bench")
+    model_dir = work / "models"
+    model_file = work / "mlserver" / MODEL_NAME / "model.joblib"
+    version = export_model(model_dir, model_file)
+    logs = work / "logs"
+    logs.mkdir()
+    sqlite_dir = work / "gateway-sqlite"
+
+    model = stack.enter_context(started(start_model(model_dir, logs)))
+    mlserver_process = None
+    if mlserver:
+        ports = write_mlserver_config(work / "mlserver", model_file, version)
+        mlserver_process = stack.enter_context(
+            started(start_mlserver(work / "mlserver", ports, logs))
+        )
+    echo = stack.enter_context(started(start_echo(logs)))
+    grpc_echo = stack.enter_context(started(start_grpc_echo(logs)))
+    proxy = stack.enter_context(started(start_proxy(model.url, logs)))
+    sqlite, postgresql = GATEWAYS
+    gateways = {
+        sqlite: stack.enter_context(
+            started(start_gateway(sqlite, model.url, logs, DATA_DIR=str(sqlite_dir)))
+        ),
+        postgresql: stack.enter_context(
+            started(start_gateway(postgresql, model.url, logs, DATABASE_URL=dsn))
+        ),
+    }
+    return Fleet(
+        postgres,
+        dsn,
+        version,
+        model,
+        mlserver_process,
+        echo,
+        grpc_echo,
+        proxy,
+        gateways,
+        sqlite_dir,
     )
