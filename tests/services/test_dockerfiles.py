@@ -15,16 +15,19 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
+from components import app, microservice, pod
 from components.image import SHARED_DOCKERFILE_SERVICES, dockerfile
 from harness.program import ROOT
 
 SERVICES = {"model": "mlstack_model", "gateway": "mlstack_gateway"}
 SHARED_STAGE = "service"
-IMAGE_PORT = "8080"
-MODEL_GRPC_PORT = "8081"
-# The gateway serves /metrics on a port of its own (components/app.py: METRICS_PORT).
-GATEWAY_METRICS_PORT = "9090"
-IMAGE_USER = "10001:10001"
+# What the components deploy the images with, as a Dockerfile spells it.
+IMAGE_PORT = str(microservice.CONTAINER_PORT)
+MODEL_GRPC_PORT = str(microservice.GRPC_PORT)
+# The gateway serves /metrics on a port of its own.
+GATEWAY_METRICS_PORT = str(app.METRICS_PORT)
+# The pods run as this user and group (components/pod.py).
+IMAGE_USER = f"{pod.RUN_AS_USER}:{pod.RUN_AS_USER}"
 
 
 @dataclass(frozen=True)
