@@ -48,7 +48,6 @@ SECRET_OPTIONS: Final = {
     "repo1-s3-key": ("backup-s3-access-key", "mlstack:databaseBackupS3AccessKey"),
     "repo1-s3-key-secret": ("backup-s3-secret-key", "mlstack:databaseBackupS3SecretKey"),
 }
-METRICS_PORT: Final = 9188
 
 
 @pytest.fixture(scope="module")
@@ -209,9 +208,9 @@ def test_the_pod_has_a_backups_container_beside_postgres(prod_backups: ProgramRu
     assert context["capabilities"] == {"drop": ["ALL"]}
     assert context["seccompProfile"] == {"type": "RuntimeDefault"}
     assert backups["ports"] == [
-        {"name": "backup-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}
+        {"name": "backup-metrics", "containerPort": database.BACKUP_METRICS_PORT, "protocol": "TCP"}
     ]
-    assert env(backups)["METRICS_PORT"] == str(METRICS_PORT)
+    assert env(backups)["METRICS_PORT"] == str(database.BACKUP_METRICS_PORT)
     for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert backups[kind]["httpGet"] == {"path": "/metrics", "port": "backup-metrics"}, kind
     # Its own writable /tmp (pgBackRest's configuration with the secrets, its locks); the data
@@ -422,7 +421,7 @@ def test_the_backup_metrics_are_open_to_the_metrics_namespaces_alone(
         "policyTypes": ["Ingress"],
         "ingress": [
             {
-                "ports": [{"port": METRICS_PORT, "protocol": "TCP"}],
+                "ports": [{"port": database.BACKUP_METRICS_PORT, "protocol": "TCP"}],
                 "from": [
                     {
                         "namespaceSelector": {
@@ -444,7 +443,7 @@ def test_the_backup_metrics_are_open_to_the_metrics_namespaces_alone(
     for name, spec in policies(dev_backups).items():
         for rule in spec.get("ingress") or []:
             ports = [p["port"] for p in rule.get("ports") or []]
-            assert METRICS_PORT not in ports, name
+            assert database.BACKUP_METRICS_PORT not in ports, name
 
 
 def test_the_stack_with_backups_passes_every_rule_of_the_pack(prod_backups: ProgramRun) -> None:
