@@ -37,6 +37,8 @@ ACCOUNT_ANNOTATION: Final = "iam.gke.io/gcp-service-account"
 # a policy would name 169.254.169.252:988 instead.)
 METADATA_SERVER: Final = "169.254.169.254/32"
 METADATA_PORT: Final = 80
+# The NetworkPolicy name of the database pods' way out to the metadata server, for their token.
+METADATA_ROUTE_NAME: Final = "database-to-metadata-server"
 
 
 def workload_identity_member(project: str, namespace: str, account: str) -> str:
@@ -132,7 +134,7 @@ def gcs_bucket_repository(
             ExternalRoute(
                 source=database.NAME,
                 port=METADATA_PORT,
-                name="database-to-metadata-server",
+                name=METADATA_ROUTE_NAME,
                 cidrs=(METADATA_SERVER,),
             ),
         ),

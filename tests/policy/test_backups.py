@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from components.backup_repository.common import ROUTE_NAME
 from harness.program import TEST_SECRETS
 from tests.manifests import pod_spec
 from tests.policy.conftest import BACKUP_CONFIGS, KEPT_ON_WORKLOADS, load
@@ -21,7 +22,7 @@ def test_what_is_gated_has_the_backups(backups_rendered: dict[str, Path]) -> Non
     for name, folder in backups_rendered.items():
         spec = pod_spec(load(folder, "statefulset-database.yaml"))
         assert [c["name"] for c in spec["containers"]] == ["postgres", "backups"], name
-        assert (folder / "networkpolicy-database-to-backup-repository.yaml").exists(), name
+        assert (folder / f"networkpolicy-{ROUTE_NAME}.yaml").exists(), name
     prod = backups_rendered["prod-backups"]
     assert (prod / "configmap-database-backup-ca.yaml").exists()
     assert (prod / "networkpolicy-database-metrics.yaml").exists()

@@ -21,7 +21,8 @@ from typing import Any, Final
 import pytest
 
 from components import database, pod
-from components.backup_repository.common import RECOVERY_DAYS
+from components.backup_repository.common import RECOVERY_DAYS, ROUTE_NAME
+from components.backup_repository.gcs_bucket import METADATA_ROUTE_NAME
 from components.stack_file import stacks
 from harness.program import (
     AWS_ACCOUNT,
@@ -57,8 +58,6 @@ GCP_ACCOUNT_MEMBER: Final = "gcp:serviceaccount/iAMMember:IAMMember"
 S3_BUCKET: Final = "aws:s3/bucket:Bucket"
 IAM_ROLE: Final = "aws:iam/role:Role"
 KMS_KEY: Final = "aws:kms/key:Key"
-ROUTE: Final = "database-to-backup-repository"
-METADATA_ROUTE: Final = "database-to-metadata-server"
 ANYWHERE: Final = [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
 # The cluster of each kind the cross-kind runs put a stack's config on: the stack file's own
 # where one has that kind.
@@ -124,7 +123,7 @@ def account_annotations(run: ProgramRun) -> dict[str, Any]:
 
 
 def backup_routes(run: ProgramRun) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in policies(run).items() if k in (ROUTE, METADATA_ROUTE)}
+    return {k: v for k, v in policies(run).items() if k in (ROUTE_NAME, METADATA_ROUTE_NAME)}
 
 
 def on_kind(stack: str, cluster_kind: str) -> dict[str, Any]:
@@ -184,7 +183,7 @@ def test_every_stack_on_every_kind_backs_up_to_that_kind_s_repository(
         assert database.BACKUP_CLAIM not in claims
         assert found["PGBACKREST_REPO1_PATH"] == f"/mlstack/{run.stack}"
         assert set(backup_routes(run)) == (
-            {ROUTE, METADATA_ROUTE} if cluster_kind == "gke" else {ROUTE}
+            {ROUTE_NAME, METADATA_ROUTE_NAME} if cluster_kind == "gke" else {ROUTE_NAME}
         )
     else:
         assert buckets == []
@@ -281,12 +280,12 @@ def test_gke_pgbackrest_uses_the_bucket_with_the_pods_identity(gke: ProgramRun) 
 def test_gke_database_pods_reach_gcs_and_the_metadata_server_alone(gke: ProgramRun) -> None:
     selected = {"matchLabels": match(gke)}
     assert backup_routes(gke) == {
-        ROUTE: {
+        ROUTE_NAME: {
             "podSelector": selected,
             "policyTypes": ["Egress"],
             "egress": [{"to": ANYWHERE, "ports": [{"port": 443, "protocol": "TCP"}]}],
         },
-        METADATA_ROUTE: {
+        METADATA_ROUTE_NAME: {
             "podSelector": selected,
             "policyTypes": ["Egress"],
             "egress": [
@@ -466,7 +465,7 @@ def test_eks_pgbackrest_trades_the_pods_token_for_the_role(eks: ProgramRun) -> N
 
 def test_eks_database_pods_reach_s3_and_sts_on_https_alone(eks: ProgramRun) -> None:
     assert backup_routes(eks) == {
-        ROUTE: {
+        ROUTE_NAME: {
             "podSelector": {"matchLabels": match(eks)},
             "policyTypes": ["Egress"],
             "egress": [{"to": ANYWHERE, "ports": [{"port": 443, "protocol": "TCP"}]}],
@@ -557,7 +556,7 @@ def test_existing_may_back_up_to_an_endpoint_instead() -> None:
     assert database.BACKUP_CLAIM not in {
         c.metadata["name"] for c in run.of_kind("PersistentVolumeClaim")
     }
-    assert set(backup_routes(run)) == {ROUTE}
+    assert set(backup_routes(run)) == {ROUTE_NAME}
 
 
 # --- mistakes ------------------------------------------------------------------------------------

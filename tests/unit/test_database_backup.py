@@ -17,6 +17,7 @@ from typing import Any, Final
 import pytest
 
 from components import database, pod
+from components.backup_repository.common import ROUTE_NAME
 from components.config import BACKUP_SECRETS, GENERATED_SECRETS
 from components.labels import labels
 from components.stack_file import stacks
@@ -387,7 +388,7 @@ def test_the_database_pods_alone_reach_the_bucket_s_port_anywhere(
     prod_backups: ProgramRun,
 ) -> None:
     found = policies(prod_backups)
-    assert found["database-to-backup-repository"] == {
+    assert found[ROUTE_NAME] == {
         "podSelector": {"matchLabels": match(prod_backups)},
         "policyTypes": ["Egress"],
         "egress": [
@@ -400,7 +401,7 @@ def test_the_database_pods_alone_reach_the_bucket_s_port_anywhere(
     }
     # Every other way out is to the stack's pods, the cluster's DNS, or the API server.
     for name, spec in found.items():
-        if name in ("database-to-backup-repository", "database-to-api-server"):
+        if name in (ROUTE_NAME, "database-to-api-server"):
             continue
         for rule in spec.get("egress") or []:
             for peer in rule.get("to") or []:
@@ -409,7 +410,7 @@ def test_the_database_pods_alone_reach_the_bucket_s_port_anywhere(
 
 def test_the_default_https_port_is_the_one_opened(dev_backups: ProgramRun) -> None:
     config = with_backup("dev", {"s3": {**S3, "endpoint": "https://s3.eu-west-1.amazonaws.com"}})
-    (rule,) = policies(run_program("dev", config))["database-to-backup-repository"]["egress"]
+    (rule,) = policies(run_program("dev", config))[ROUTE_NAME]["egress"]
     assert rule["ports"] == [{"port": 443, "protocol": "TCP"}]
 
 
@@ -473,7 +474,7 @@ def test_turning_backups_on_rolls_the_pods_and_keeps_services_and_claims() -> No
     ]
     assert added == {
         "ConfigMap database-backup-ca",
-        "NetworkPolicy database-to-backup-repository",
+        f"NetworkPolicy {ROUTE_NAME}",
         "NetworkPolicy database-metrics",
     }
     assert removed == set()
@@ -508,7 +509,7 @@ def test_without_backups_none_of_it_exists(stack_without_backups: ProgramRun) ->
     assert not names & {"DATABASE_BACKUP_SECRETS", "DATABASE_RESTORE_DIR"}
     assert set(database_volumes(run)) == {"tmp", pod.SECRETS_VOLUME, "run"}
     assert run.of_kind("ConfigMap") == []
-    assert not {"database-to-backup-repository", "database-metrics"} & set(policies(run))
+    assert not {ROUTE_NAME, "database-metrics"} & set(policies(run))
     secret = run.one("Secret", "database").inputs["stringData"]
     assert not {key for key, _ in SECRET_OPTIONS.values()} & set(secret)
     text = json.dumps([r.inputs for r in run.resources])

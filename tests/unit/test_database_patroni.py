@@ -14,6 +14,8 @@ from typing import Any, Final
 import yaml
 
 from components import database
+from components.backup_repository.common import ROUTE_NAME
+from components.backup_repository.gcs_bucket import METADATA_ROUTE_NAME
 from components.image import SERVICES_DIR
 from harness.program import (
     API_SERVER,
@@ -32,7 +34,7 @@ PATRONI: Final[dict[str, Any]] = yaml.safe_load(
 )
 ROLE_LABEL: Final = PATRONI["kubernetes"]["role_label"]
 # The database pods' ways out to a backup repository (a bucket, and on GKE the metadata server).
-BACKUP_ROUTES: Final = ("database-to-backup-repository", "database-to-metadata-server")
+BACKUP_ROUTES: Final = (ROUTE_NAME, METADATA_ROUTE_NAME)
 
 
 def replicas(run: ProgramRun) -> int:
