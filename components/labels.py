@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+NAME_LABEL: Final = "app.kubernetes.io/name"
+INSTANCE_LABEL: Final = "app.kubernetes.io/instance"
 PART_OF_LABEL: Final = "app.kubernetes.io/part-of"
 PART_OF: Final = "mlstack"
 MANAGED_BY: Final = "pulumi"
@@ -14,13 +16,13 @@ APP: Final = "mlstack"
 def labels(name: str, stack: str) -> dict[str, str]:
     """All four recommended labels for the part `name` of the stack `stack`."""
     return {
-        "app.kubernetes.io/name": name,
+        NAME_LABEL: name,
         PART_OF_LABEL: PART_OF,
-        "app.kubernetes.io/instance": stack,
+        INSTANCE_LABEL: stack,
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }
 
 
 def selector(name: str, stack: str) -> dict[str, str]:
     """The immutable subset that Deployments, StatefulSets, Services and policies select on."""
-    return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": stack}
+    return {NAME_LABEL: name, INSTANCE_LABEL: stack}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from components import database
+from components.labels import NAME_LABEL
 from e2e.controlplane import ControlPlane
 from e2e.node import Node
 from harness.http import request
@@ -26,7 +27,7 @@ from tests.e2e.conftest import API_KEY, NAMESPACE
 PREDICT_PATH = "/api/v1/predict"
 HISTORY_PATH = "/api/v1/predictions?limit=20"
 BODY = json.dumps({"instances": [SETOSA, VIRGINICA]}).encode()
-APP_LABEL = "app.kubernetes.io/name"
+APP_LABEL = NAME_LABEL
 # The server closes each connection, so its side keeps the TIME_WAIT: the loads send thousands
 # of requests a minute, and a client that closed first would run out of local ports.
 CLOSE: Final = {"Connection": "close"}

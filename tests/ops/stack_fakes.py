@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from components import database
+from components.labels import selector
 from harness.make import make_env, run_make
 from harness.program import ROOT
 from tests.stand_ins import PULUMI_CALLS, logged_calls, pulumi_stand_in, stand_in
 
 NAMESPACE = "mlstack-prod"
-SELECTOR = {"app.kubernetes.io/name": "database", "app.kubernetes.io/instance": "prod"}
+SELECTOR = selector(database.NAME, "prod")
 FAKE_KUBECTL = Path(__file__).with_name("fake_kubectl.py")
 
 # The stack's config and outputs (stack.json, which `Fakes.stack` writes): all the tools read.

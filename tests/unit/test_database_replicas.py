@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 
 from components import database, pod
+from components.labels import NAME_LABEL
 from harness.program import ProgramRun, Registered, run_program, stack_config
 from tests.manifests import env, pod_spec, volumes
 from tests.unit.runs import scaling
-
-NAME = "app.kubernetes.io/name"
 
 
 def run_with(replicas: int, **database_keys: Any) -> ProgramRun:
@@ -112,11 +111,11 @@ def test_instances_reach_each_other_on_postgres_and_patroni_s_api(replicas: int)
     ]
     (rule,) = policies["database-from-database"]["ingress"]
     (peer,) = rule["from"]
-    assert peer["podSelector"]["matchLabels"][NAME] == "database"
+    assert peer["podSelector"]["matchLabels"][NAME_LABEL] == database.NAME
     assert rule["ports"] == ports
     (egress,) = policies["database-to-database"]["egress"]
     (target,) = egress["to"]
-    assert target["podSelector"]["matchLabels"][NAME] == "database"
+    assert target["podSelector"]["matchLabels"][NAME_LABEL] == database.NAME
     assert egress["ports"] == ports
 
 
