@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from harness.program import ProgramRun, run_program, stack_config
-from tests.unit.configs import config_error
+from harness.program import ProgramRun, run_program
+from tests.unit.configs import config_error, dev_with
 
 DNS_PORTS = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
 
@@ -18,12 +18,6 @@ def dns_rule(run: ProgramRun) -> dict[str, Any]:
     assert spec["policyTypes"] == ["Egress"]
     (rule,) = spec["egress"]
     return dict(rule)
-
-
-def dev_with_dns(dns: object) -> dict[str, Any]:
-    config = stack_config("dev")
-    config["mlstack:dns"] = dns
-    return config
 
 
 def test_dns_goes_only_to_the_kube_dns_pods_of_kube_system(stack_run: ProgramRun) -> None:
@@ -42,8 +36,8 @@ def test_dns_goes_only_to_the_kube_dns_pods_of_kube_system(stack_run: ProgramRun
 def test_a_cluster_whose_dns_is_labelled_otherwise_names_its_pods() -> None:
     run = run_program(
         "dev",
-        dev_with_dns(
-            {"namespace": "dns-system", "podLabels": {"app.kubernetes.io/name": "coredns"}}
+        dev_with(
+            dns={"namespace": "dns-system", "podLabels": {"app.kubernetes.io/name": "coredns"}}
         ),
     )
     assert dns_rule(run)["to"] == [
@@ -55,7 +49,7 @@ def test_a_cluster_whose_dns_is_labelled_otherwise_names_its_pods() -> None:
 
 
 def test_the_namespace_alone_keeps_the_default_labels() -> None:
-    run = run_program("dev", dev_with_dns({"namespace": "kube-dns-system"}))
+    run = run_program("dev", dev_with(dns={"namespace": "kube-dns-system"}))
     (peer,) = dns_rule(run)["to"]
     assert peer["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
 
@@ -99,4 +93,4 @@ def test_the_namespace_alone_keeps_the_default_labels() -> None:
     ],
 )
 def test_a_bad_dns_override_names_key_value_and_rule(dns: object, expected: str) -> None:
-    assert config_error(dev_with_dns(dns)).startswith(expected)
+    assert config_error(dev_with(dns=dns)).startswith(expected)

@@ -11,6 +11,7 @@ import pytest
 from components import app, database, pod
 from components.config import USER_TOLD_EXIT_CODE
 from harness.program import TEST_SECRETS, ProgramExitError, ProgramRun, run_program, stack_config
+from tests.unit.configs import dev_with
 
 KEY = "mlstack:secretsDigestKey"
 DATABASE = database.NAME
@@ -28,9 +29,7 @@ def digests(run: ProgramRun) -> dict[str, str]:
 
 def dev(**changed: str) -> dict[str, str]:
     """Each workload's digest for the dev stack with some secrets changed."""
-    config: dict[str, Any] = {**stack_config("dev"), **TEST_SECRETS}
-    config.update({f"mlstack:{name}": value for name, value in changed.items()})
-    return digests(run_program("dev", config))
+    return digests(run_program("dev", dev_with(**changed)))
 
 
 @pytest.fixture(scope="module")
