@@ -51,6 +51,12 @@ def dev_with(**overrides: Any) -> dict[str, Any]:
     return config
 
 
+def with_fields(config: dict[str, Any], key: str, /, **fields: Any) -> dict[str, Any]:
+    """`config` with `fields` set in its object `mlstack:<key>`, that object's other fields kept."""
+    full = f"mlstack:{key}"
+    return {**config, full: {**config[full], **fields}}
+
+
 def existing_with(**overrides: Any) -> dict[str, Any]:
     """dev_with on an existing cluster (EXISTING) with prebuilt images (PREBUILT_IMAGES), unless
     `overrides` replace them too."""
@@ -79,8 +85,5 @@ def with_backup(stack: str, backup: Any = None, *, existing: bool = False) -> di
     config = stack_config(stack)
     if existing:
         config["mlstack:cluster"] = EXISTING
-    config["mlstack:database"] = {
-        **config["mlstack:database"],
-        "backup": {"s3": S3} if backup is None else backup,
-    }
-    return {**config, **BACKUP_TEST_SECRETS}
+    backup = {"s3": S3} if backup is None else backup
+    return {**with_fields(config, "database", backup=backup), **BACKUP_TEST_SECRETS}

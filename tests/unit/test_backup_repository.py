@@ -41,6 +41,7 @@ from tests.unit.configs import (
     cloud_stacks,
     config_error,
     dev_with,
+    with_fields,
 )
 from tests.unit.database_pods import (
     database_containers,
@@ -515,11 +516,8 @@ def test_the_volume_is_protected_as_the_data_is() -> None:
 
 
 def with_volume(cluster: dict[str, Any], backup: Any, **database_keys: Any) -> dict[str, Any]:
-    config = stack_config("dev")
-    config["mlstack:cluster"] = cluster
-    config["mlstack:images"] = PREBUILT
-    config["mlstack:database"] = {**config["mlstack:database"], **database_keys, "backup": backup}
-    return config
+    config = dev_with(cluster=cluster, images=PREBUILT)
+    return with_fields(config, "database", **database_keys, backup=backup)
 
 
 @pytest.mark.parametrize("cluster", [{"provider": "local"}, EXISTING], ids=["local", "existing"])

@@ -13,7 +13,7 @@ import pytest
 from components.cluster.eks import CONTROL_PLANE_LOGS
 from components.cluster.gke import NODE_ROLES
 from harness.program import ProgramRun, run_program, stack_config
-from tests.unit.configs import cloud_stacks
+from tests.unit.configs import cloud_stacks, with_fields
 from tests.unit.runs import single
 
 GKE_CLUSTER = "gcp:container/cluster:Cluster"
@@ -28,9 +28,7 @@ def cluster_config(stack: str) -> dict[str, Any]:
 
 
 def with_cluster(stack: str, **overrides: Any) -> dict[str, Any]:
-    config = stack_config(stack)
-    config["mlstack:cluster"] = {**config["mlstack:cluster"], **overrides}
-    return config
+    return with_fields(stack_config(stack), "cluster", **overrides)
 
 
 @pytest.fixture(scope="module", params=cloud_stacks("gke"))

@@ -26,7 +26,7 @@ from harness.program import (
 )
 from mlstack_policy.kube import POD_TEMPLATE_PATHS, dig
 from tests.manifests import container, env
-from tests.unit.configs import existing_with
+from tests.unit.configs import existing_with, with_fields
 from tests.unit.database_pods import database_pod, database_volumes, match, stateful_set
 
 PATRONI: Final[dict[str, Any]] = yaml.safe_load(
@@ -242,8 +242,7 @@ def test_instances_spread_over_nodes_and_cloud_zones(stack_run: ProgramRun) -> N
 
 
 def test_an_existing_cluster_s_instances_spread_over_nodes() -> None:
-    config = existing_with()
-    config["mlstack:database"] = {**config["mlstack:database"], "replicas": 3}
+    config = with_fields(existing_with(), "database", replicas=3)
     assert spread_keys(run_program("dev", config)) == ["kubernetes.io/hostname"]
 
 

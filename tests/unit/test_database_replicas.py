@@ -12,16 +12,12 @@ from components import database, pod
 from components.labels import NAME_LABEL
 from harness.program import ProgramRun, Registered, run_program, stack_config
 from tests.manifests import env, pod_spec, volumes
+from tests.unit.configs import dev_with, with_fields
 from tests.unit.runs import scaling
 
 
 def run_with(replicas: int, **database_keys: Any) -> ProgramRun:
-    config = stack_config("dev")
-    config["mlstack:database"] = {
-        **config["mlstack:database"],
-        "replicas": replicas,
-        **database_keys,
-    }
+    config = with_fields(stack_config("dev"), "database", replicas=replicas, **database_keys)
     return run_program("dev", config)
 
 
@@ -86,9 +82,7 @@ def test_pods_roll_when_a_secret_they_read_changes(three: ProgramRun) -> None:
     for workload in three.of_kind("StatefulSet") + three.of_kind("Deployment"):
         assert workload.secret_paths == [], workload.metadata["name"]
     assert before["gateway"] and before["database"] and before["model"] is None
-    config = stack_config("dev")
-    config["mlstack:database"] = {**config["mlstack:database"], "replicas": 3}
-    config["mlstack:apiKey"] = "another-gateway-api-key"
+    config = with_fields(dev_with(apiKey="another-gateway-api-key"), "database", replicas=3)
     after = digests(run_program("dev", config))
     assert after["gateway"] != before["gateway"]
     assert after["database"] == before["database"], "the database does not read the API key"

@@ -13,7 +13,7 @@ from components.config import GATEWAY_DRAIN_SECONDS, MODEL_DRAIN_SECONDS, LocalC
 from components.microservice import SHUTDOWN_SECONDS
 from harness.program import ProgramRun, run_program, stack_config
 from tests.manifests import container, env, pod_spec, volumes
-from tests.unit.configs import config_error, existing_with
+from tests.unit.configs import config_error, dev_with, existing_with, with_fields
 from tests.unit.runs import secrets_digest
 from tools.policy import KUBERNETES_VERSIONS
 
@@ -119,8 +119,7 @@ def test_the_model_drains_until_kube_proxy_has_stopped_sending(prod: ProgramRun)
 def test_the_drain_is_the_stack_s_own_where_it_says() -> None:
     """A single node's kube-proxy stops sending within a second: such a stack may drain for
     less than a cloud load balancer needs; nothing but the drain changes."""
-    config = stack_config("dev")
-    config["mlstack:gateway"] = {**config["mlstack:gateway"], "drainSeconds": 5}
+    config = with_fields(stack_config("dev"), "gateway", drainSeconds=5)
     pod = pod_spec(run_program("dev", config).one("Deployment", "gateway").inputs)
     (spec,) = pod["containers"]
     assert spec["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
@@ -129,9 +128,7 @@ def test_the_drain_is_the_stack_s_own_where_it_says() -> None:
 
 @pytest.mark.parametrize("seconds", [0, 301, 2.5, "30", True])
 def test_a_drain_out_of_range_names_key_value_and_rule(seconds: Any) -> None:
-    config = stack_config("dev")
-    config["mlstack:gateway"] = {**config["mlstack:gateway"], "drainSeconds": seconds}
-    message = config_error(config)
+    message = config_error(with_fields(stack_config("dev"), "gateway", drainSeconds=seconds))
     assert message.startswith("mlstack:gateway.drainSeconds: ")
     assert "whole number from 1 to 300" in message
 
@@ -252,6 +249,5 @@ def test_edge_mistakes_are_one_line(
 
 
 def test_tls_on_the_local_cluster_is_refused() -> None:
-    config = stack_config("dev")
-    config["mlstack:gateway"] = {"tls": {"secretName": "gateway-tls"}}
+    config = dev_with(gateway={"tls": {"secretName": "gateway-tls"}})
     assert "the local cluster publishes the gateway's plain HTTP port only" in config_error(config)

@@ -22,7 +22,7 @@ from harness.program import (
     stack_config,
 )
 from tests.manifests import container, env
-from tests.unit.configs import PREBUILT_IMAGES, existing_with
+from tests.unit.configs import PREBUILT_IMAGES, dev_with, existing_with, with_fields
 
 STACKS = stacks()
 RECOMMENDED = (
@@ -288,9 +288,7 @@ def test_fifty_model_replicas() -> None:
 
 @pytest.mark.parametrize("service_type", ["LoadBalancer", "ClusterIP", "NodePort"])
 def test_every_gateway_service_type(service_type: str) -> None:
-    config = stack_config("dev")
-    config["mlstack:gateway"] = {"replicas": 2, "serviceType": service_type}
-    run = run_program("dev", config)
+    run = run_program("dev", dev_with(gateway={"replicas": 2, "serviceType": service_type}))
     assert run.one("Service", "gateway").inputs["spec"]["type"] == service_type
     url = run.outputs["gateway_url"]
     expected = {
@@ -304,8 +302,7 @@ def test_every_gateway_service_type(service_type: str) -> None:
 def test_changing_the_model_version_rolls_only_the_model() -> None:
     config = stack_config("dev")
     before = run_program("dev", config)
-    config["mlstack:model"] = {**config["mlstack:model"], "version": "v1"}
-    after = run_program("dev", config)
+    after = run_program("dev", with_fields(config, "model", version="v1"))
     assert before.one("Deployment", "gateway").inputs == after.one("Deployment", "gateway").inputs
     assert env(container(after.one("Deployment", "model").inputs))["MODEL_VERSION"] == "v1"
 
