@@ -26,9 +26,9 @@ S3: Final = {"endpoint": "https://s3.example.com:9000", "bucket": "mlstack-backu
 CA: Final = "-----BEGIN CERTIFICATE-----\nMIIBbackupca\n-----END CERTIFICATE-----\n"
 # prod's backups: the bucket S3 and its CA.
 PROD_BACKUP: Final = {"s3": {**S3, "caCertificate": CA}}
-# The backup secrets a stack with `database.backup` needs (harness.program TEST_SECRETS: the rest).
+# The bucket's keys, which a stack backing up to an S3-compatible endpoint needs beside
+# harness.program TEST_SECRETS (which holds the encryption key every stack has).
 BACKUP_TEST_SECRETS: Final = {
-    "mlstack:databaseBackupCipherPassword": "test-backup-cipher-password",
     "mlstack:databaseBackupS3AccessKey": "test-backup-s3-access-key",
     "mlstack:databaseBackupS3SecretKey": "test-backup-s3-secret-key",
 }

@@ -299,13 +299,14 @@ def test_no_secret_value_is_in_any_container_s_environment(prod_backups: Program
         (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
         assert (mount["name"], mount["readOnly"]) == (pod.SECRETS_VOLUME, True), name
     assert database_volumes(prod_backups)[pod.SECRETS_VOLUME]["secret"]["secretName"] == "database"
+    given = {**TEST_SECRETS, **BACKUP_TEST_SECRETS}
     for option, (key, config_key) in SECRET_OPTIONS.items():
-        assert data[key] == BACKUP_TEST_SECRETS[config_key], option
+        assert data[key] == given[config_key], option
     # Nor in any other object the program registers.
     others = [r for r in prod_backups.resources if r is not secret]
     text = json.dumps([r.inputs for r in others])
-    for value in BACKUP_TEST_SECRETS.values():
-        assert value not in text
+    for _, config_key in SECRET_OPTIONS.values():
+        assert given[config_key] not in text, config_key
 
 
 def test_a_new_bucket_key_rolls_the_database_pods(prod_backups: ProgramRun) -> None:
@@ -513,7 +514,7 @@ def test_without_backups_none_of_it_exists(stack_without_backups: ProgramRun) ->
     secret = run.one("Secret", "database").inputs["stringData"]
     assert not {key for key, _ in SECRET_OPTIONS.values()} & set(secret)
     text = json.dumps([r.inputs for r in run.resources])
-    assert BACKUP_TEST_SECRETS["mlstack:databaseBackupCipherPassword"] not in text
+    assert TEST_SECRETS["mlstack:databaseBackupCipherPassword"] not in text
     # Nor any repository: no bucket, no identity for one, no volume.
     assert not [r for r in run.resources if r.type.startswith("mlstack:backup:")]
     assert database.BACKUP_CLAIM not in {
