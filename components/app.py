@@ -15,7 +15,7 @@ from components.cluster import Cluster
 from components.config import MODEL_DRAIN_SECONDS, OLDEST_KUBERNETES, StackConfig
 from components.database import Database, DatabaseArgs
 from components.image import SERVICES, ServiceImage, ServiceImageArgs
-from components.labels import APP, labels
+from components.labels import APP, labels, metadata
 from components.microservice import (
     CONTAINER_PORT,
     SERVICE_PORT,
@@ -106,7 +106,7 @@ class MlApp(pulumi.ComponentResource):
         ) -> k8s.core.v1.Secret:
             return k8s.core.v1.Secret(
                 f"{name}-{secret_name}",
-                metadata={"name": secret_name, "namespace": ns, "labels": labels(part, stack)},
+                metadata=metadata(secret_name, ns, part, stack),
                 type=secret_type,
                 string_data=data,
                 opts=on_cluster,

@@ -21,7 +21,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import pod, rollout
-from components.labels import labels, selector
+from components.labels import labels, metadata, selector
 
 NAME: Final = "database"
 READ_NAME: Final = f"{NAME}-read"
@@ -180,9 +180,6 @@ class Database(pulumi.ComponentResource):
         meta_labels = labels(NAME, args.stack)
         match = selector(NAME, args.stack)
 
-        def metadata(object_name: str) -> k8s.meta.v1.ObjectMetaArgsDict:
-            return {"name": object_name, "namespace": args.namespace, "labels": meta_labels}
-
         def service(resource: str, service_name: str, role: str | None) -> k8s.core.v1.Service:
             ports: list[k8s.core.v1.ServicePortArgsDict] = [
                 {"name": "postgres", "port": PORT, "target_port": "postgres", "protocol": "TCP"}
@@ -202,7 +199,10 @@ class Database(pulumi.ComponentResource):
                     "ports": ports,
                 }
             return k8s.core.v1.Service(
-                resource, metadata=metadata(service_name), spec=spec, opts=child
+                resource,
+                metadata=metadata(service_name, args.namespace, NAME, args.stack),
+                spec=spec,
+                opts=child,
             )
 
         self.service = service(name, NAME, PRIMARY)
@@ -215,7 +215,7 @@ class Database(pulumi.ComponentResource):
         account = pod.service_account(
             f"{name}-account",
             {
-                **metadata(NAME),
+                **metadata(NAME, args.namespace, NAME, args.stack),
                 # The backup repository's cloud identity (Workload Identity, IAM roles for
                 # service accounts), when the repository is a bucket the program made.
                 **(
@@ -228,7 +228,7 @@ class Database(pulumi.ComponentResource):
         )
         self.role = k8s.rbac.v1.Role(
             f"{name}-patroni",
-            metadata=metadata(NAME),
+            metadata=metadata(NAME, args.namespace, NAME, args.stack),
             rules=[
                 {"api_groups": [""], "resources": [resource], "verbs": list(verbs)}
                 for resource, verbs in PATRONI_RULES
@@ -237,7 +237,7 @@ class Database(pulumi.ComponentResource):
         )
         binding = k8s.rbac.v1.RoleBinding(
             f"{name}-patroni",
-            metadata=metadata(NAME),
+            metadata=metadata(NAME, args.namespace, NAME, args.stack),
             role_ref={"api_group": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
             subjects=[{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account, self.role]),
@@ -246,7 +246,7 @@ class Database(pulumi.ComponentResource):
         # primary's role to a synchronous standby when the primary is the one.
         self.disruption_budget = k8s.policy.v1.PodDisruptionBudget(
             name,
-            metadata=metadata(NAME),
+            metadata=metadata(NAME, args.namespace, NAME, args.stack),
             spec={"max_unavailable": 1, "selector": {"match_labels": match}},
             opts=child,
         )
@@ -257,7 +257,7 @@ class Database(pulumi.ComponentResource):
             return k8s.core.v1.PersistentVolumeClaim(
                 resource,
                 metadata={
-                    **metadata(object_name),
+                    **metadata(object_name, args.namespace, NAME, args.stack),
                     # Binding may wait for the first consumer; the StatefulSet's await covers it.
                     "annotations": {"pulumi.com/skipAwait": "true"},
                 },
@@ -289,7 +289,7 @@ class Database(pulumi.ComponentResource):
             after.append(
                 k8s.core.v1.ConfigMap(
                     f"{name}-backup-ca",
-                    metadata=metadata(BACKUP_CA_CONFIG_MAP),
+                    metadata=metadata(BACKUP_CA_CONFIG_MAP, args.namespace, NAME, args.stack),
                     data={"ca.crt": args.backup.ca_certificate},
                     opts=child,
                 )
@@ -300,7 +300,7 @@ class Database(pulumi.ComponentResource):
         self.stateful_set = k8s.apps.v1.StatefulSet(
             name,
             metadata={
-                **metadata(NAME),
+                **metadata(NAME, args.namespace, NAME, args.stack),
                 "annotations": {
                     # A `kubectl scale` by hand is taken back by the next `pulumi up`.
                     "pulumi.com/patchForce": "true",

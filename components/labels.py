@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import pulumi
+    import pulumi_kubernetes as k8s
 
 NAME_LABEL: Final = "app.kubernetes.io/name"
 INSTANCE_LABEL: Final = "app.kubernetes.io/instance"
@@ -21,6 +25,14 @@ def labels(name: str, stack: str) -> dict[str, str]:
         INSTANCE_LABEL: stack,
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }
+
+
+def metadata(
+    name: str, namespace: pulumi.Input[str], part: str, stack: str
+) -> k8s.meta.v1.ObjectMetaArgsDict:
+    """The metadata of the object `name` in `namespace`: the labels of the part `part` of the
+    stack `stack`."""
+    return {"name": name, "namespace": namespace, "labels": labels(part, stack)}
 
 
 def selector(name: str, stack: str) -> dict[str, str]:

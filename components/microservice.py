@@ -11,7 +11,7 @@ import pulumi_kubernetes as k8s
 
 from components import pod, rollout
 from components.config import ServiceConfig
-from components.labels import labels, selector
+from components.labels import labels, metadata, selector
 
 CONTAINER_PORT: Final = 8080
 SERVICE_PORT: Final = 80
@@ -105,15 +105,13 @@ class Microservice(pulumi.ComponentResource):
 
         account = pod.service_account(
             f"{name}-account",
-            {"name": args.name, "namespace": args.namespace, "labels": meta_labels},
+            metadata(args.name, args.namespace, args.name, args.stack),
             child,
         )
         self.deployment = k8s.apps.v1.Deployment(
             name,
             metadata={
-                "name": args.name,
-                "namespace": args.namespace,
-                "labels": meta_labels,
+                **metadata(args.name, args.namespace, args.name, args.stack),
                 # The stack's config is the truth for every field the program sets: after an
                 # out-of-band `kubectl scale` (another field manager then owns .spec.replicas),
                 # the next `pulumi up` takes the field back instead of failing on the conflict.
@@ -152,7 +150,7 @@ class Microservice(pulumi.ComponentResource):
         )
         self.service = k8s.core.v1.Service(
             name,
-            metadata={"name": args.name, "namespace": args.namespace, "labels": meta_labels},
+            metadata=metadata(args.name, args.namespace, args.name, args.stack),
             spec={
                 "type": args.service.service_type,
                 # The Deployment's own selector, as a value rather than its output: the Service
@@ -171,7 +169,7 @@ class Microservice(pulumi.ComponentResource):
         if args.most_replicas > 1:
             self.disruption_budget = k8s.policy.v1.PodDisruptionBudget(
                 name,
-                metadata={"name": args.name, "namespace": args.namespace, "labels": meta_labels},
+                metadata=metadata(args.name, args.namespace, args.name, args.stack),
                 spec={"max_unavailable": 1, "selector": {"match_labels": match}},
                 opts=child,
             )
@@ -192,11 +190,7 @@ def _autoscaler(
     assert scaling is not None
     return k8s.autoscaling.v2.HorizontalPodAutoscaler(
         name,
-        metadata={
-            "name": args.name,
-            "namespace": args.namespace,
-            "labels": labels(args.name, args.stack),
-        },
+        metadata=metadata(args.name, args.namespace, args.name, args.stack),
         spec={
             "scale_target_ref": {
                 "api_version": "apps/v1",

@@ -26,7 +26,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import pod
-from components.labels import labels
+from components.labels import labels, metadata
 
 # A failed try (the database not there within the command's own timeout, a node lost under it)
 # is made once more, in a new pod, before the Job fails.
@@ -66,7 +66,7 @@ class SchemaMigrations(pulumi.ComponentResource):
         meta_labels = labels(args.name, args.stack)
         account = pod.service_account(
             f"{name}-account",
-            {"name": args.name, "namespace": args.namespace, "labels": meta_labels},
+            metadata(args.name, args.namespace, args.name, args.stack),
             pulumi.ResourceOptions(parent=self),
         )
         container: k8s.core.v1.ContainerArgsDict = {
@@ -81,7 +81,7 @@ class SchemaMigrations(pulumi.ComponentResource):
         }
         job = k8s.batch.v1.Job(
             name,
-            metadata={"name": args.name, "namespace": args.namespace, "labels": meta_labels},
+            metadata=metadata(args.name, args.namespace, args.name, args.stack),
             spec={
                 "backoff_limit": BACKOFF_LIMIT,
                 "active_deadline_seconds": ACTIVE_DEADLINE_SECONDS,

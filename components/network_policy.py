@@ -11,7 +11,7 @@ from typing import Final
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.labels import APP, labels, selector
+from components.labels import APP, metadata, selector
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,7 @@ class NetworkPolicies(pulumi.ComponentResource):
         ) -> k8s.networking.v1.NetworkPolicy:
             return k8s.networking.v1.NetworkPolicy(
                 f"{name}-{policy_name}",
-                metadata={
-                    "name": policy_name,
-                    "namespace": args.namespace,
-                    "labels": labels(part, args.stack),
-                },
+                metadata=metadata(policy_name, args.namespace, part, args.stack),
                 spec=spec,
                 opts=child,
             )
