@@ -303,7 +303,7 @@ class Database(pulumi.ComponentResource):
                 **metadata(NAME, args.namespace, NAME, args.stack),
                 "annotations": {
                     # A `kubectl scale` by hand is taken back by the next `pulumi up`.
-                    "pulumi.com/patchForce": "true",
+                    rollout.PATCH_FORCE: "true",
                     **rollout.await_stateful_set(),
                 },
             },

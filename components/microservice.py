@@ -115,7 +115,7 @@ class Microservice(pulumi.ComponentResource):
                 # The stack's config is the truth for every field the program sets: after an
                 # out-of-band `kubectl scale` (another field manager then owns .spec.replicas),
                 # the next `pulumi up` takes the field back instead of failing on the conflict.
-                "annotations": {"pulumi.com/patchForce": "true", **rollout.await_deployment()},
+                "annotations": {rollout.PATCH_FORCE: "true", **rollout.await_deployment()},
             },
             spec={
                 "replicas": args.service.replicas,

@@ -21,6 +21,10 @@ import json
 from typing import Final
 
 WAIT_FOR: Final = "pulumi.com/waitFor"
+# Set to "true" on a workload, the stack's config wins every field the program sets even when
+# another field manager took it (an out-of-band `kubectl scale`): `pulumi up` takes the field back
+# instead of failing on the Server-Side Apply conflict.
+PATCH_FORCE: Final = "pulumi.com/patchForce"
 
 # Every expression selects something (the object's fields) when its filter holds, and nothing
 # otherwise: RFC 9535 JSONPath, as the annotation takes it.

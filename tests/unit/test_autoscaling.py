@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from components import rollout
 from components.config import MAX_AUTOSCALED_REPLICAS
 from harness.program import ProgramRun, Registered, run_program, stack_config
 from tests.manifests import pod_spec
@@ -93,7 +94,7 @@ def test_only_an_autoscaled_deployment_leaves_its_replicas_to_the_autoscaler(
             deployment.inputs["spec"]["replicas"]
             == stack_config(stack_run.stack)[f"mlstack:{name}"]["replicas"]
         )
-        assert deployment.metadata["annotations"]["pulumi.com/patchForce"] == "true"
+        assert deployment.metadata["annotations"][rollout.PATCH_FORCE] == "true"
 
 
 def test_the_autoscaler_s_replica_count_is_not_drift_and_a_fixed_count_s_is() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from components import rollout
 from components.database import BACKUP_CLAIM
 from components.image import SERVICES_DIR
 from components.stack_file import stacks
@@ -165,7 +166,7 @@ def test_model_serves_grpc_on_a_named_port_that_its_service_carries(
 def test_the_config_wins_back_fields_changed_out_of_band(stack_run: ProgramRun) -> None:
     for name in ("gateway", "model"):
         annotations = stack_run.one("Deployment", name).metadata["annotations"]
-        assert annotations["pulumi.com/patchForce"] == "true"
+        assert annotations[rollout.PATCH_FORCE] == "true"
 
 
 def test_each_service_selects_exactly_its_deployment_s_pods(stack_run: ProgramRun) -> None:
