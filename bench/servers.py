@@ -279,6 +279,11 @@ def export_model(model_dir: Path, target: Path) -> str:
     return version
 
 
+def running(servers: Mapping[str, LocalServer | None]) -> dict[str, LocalServer]:
+    """`servers` without those not started (None)."""
+    return {name: server for name, server in servers.items() if server is not None}
+
+
 @dataclass(frozen=True)
 class Fleet:
     """The servers under load, each ready (``start_fleet``)."""
@@ -301,25 +306,23 @@ class Fleet:
     @property
     def rest(self) -> dict[str, LocalServer]:
         """The server of each HTTP target, by the target's name."""
-        servers = {
-            "model": self.model,
-            "mlserver": self.mlserver,
-            "echo": self.echo,
-            "proxy": self.proxy,
-            **self.gateways,
-        }
-        return {name: server for name, server in servers.items() if server is not None}
+        return running(
+            {
+                "model": self.model,
+                "mlserver": self.mlserver,
+                "echo": self.echo,
+                "proxy": self.proxy,
+                **self.gateways,
+            }
+        )
 
     @property
     def grpc(self) -> dict[str, LocalServer]:
         """The server of each gRPC target, by the target's name (the model's and MLServer's
         processes serve REST and gRPC)."""
-        servers = {
-            "model-grpc": self.model,
-            "mlserver-grpc": self.mlserver,
-            "grpc-echo": self.grpc_echo,
-        }
-        return {name: server for name, server in servers.items() if server is not None}
+        return running(
+            {"model-grpc": self.model, "mlserver-grpc": self.mlserver, "grpc-echo": self.grpc_echo}
+        )
 
     @property
     def processes(self) -> dict[str, LocalServer]:
