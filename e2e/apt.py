@@ -6,10 +6,22 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
 # Seconds apt-get waits for another apt or dpkg (an unattended upgrade) to release its lock.
 LOCK_TIMEOUT: Final = 300
+
+
+def listed(path: Path) -> list[str]:
+    """The packages a list file names: one a line; `#` starts a comment, to the end of its line.
+    (.ci/run and the GitHub workflow read the files the same way, with sed.)"""
+    names = []
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            names.append(line)
+    return names
 
 
 def install(packages: Sequence[str]) -> None:

@@ -12,7 +12,6 @@ registry's blobs persist in `${MLSTACK_E2E_CACHE:-~/.cache/mlstack-e2e}/images`.
 
     python -m e2e.images up DIR     # build and push every image; prints name=reference lines
     python -m e2e.images down DIR   # stop the engine and the registry started in DIR
-    python -m e2e.images packages   # the Debian packages it needs (APT_PACKAGES)
 """
 
 from __future__ import annotations
@@ -29,14 +28,15 @@ from typing import Final, ParamSpec, TypeVar
 
 from components import image
 from e2e import apt
+from e2e.controlplane import E2E_DIR
 from e2e.dockerd import DockerEngine
 from e2e.registry import Registry
 from e2e.rootfs import DATABASE, POSTGRES_MAJOR, PYTHON, Rootfs, ensure_base
 from e2e.workdir import InWorkdir
 
-# The Debian packages this module needs on the host (apt-get installs them when a command is
-# missing); .ci/run may install the same list up front.
-APT_PACKAGES: Final = ("docker.io", "mmdebstrap", "docker-registry")
+# The Debian packages this module needs on the host (e2e/image-packages.txt; apt-get installs
+# the one that brings a missing command).
+APT_PACKAGES: Final = tuple(apt.listed(E2E_DIR / "image-packages.txt"))
 # Each command this module runs, and which of APT_PACKAGES brings it.
 COMMANDS: Final = {
     "dockerd": "docker.io",
@@ -190,9 +190,6 @@ def local_tag(name: str) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    if list(argv) == ["packages"]:
-        print(" ".join(APT_PACKAGES))
-        return 0
     if len(argv) != 2 or argv[0] not in ("up", "down"):
         print(__doc__, file=sys.stderr)
         return 2

@@ -15,12 +15,7 @@ PACKAGES_FILE: Final = E2E_DIR / "node-packages.txt"
 
 def debian_packages() -> list[str]:
     """The Debian packages the node needs (e2e/node-packages.txt)."""
-    names = []
-    for raw in PACKAGES_FILE.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line:
-            names.append(line)
-    return names
+    return apt.listed(PACKAGES_FILE)
 
 
 def missing_packages() -> list[str]:
