@@ -43,6 +43,22 @@ class Reply:
     def json(self) -> Any:
         return json.loads(self.body)
 
+    @property
+    def refused_with_retry_after(self) -> bool:
+        return refused_with_retry_after(self.status, self.headers.get("retry-after"))
+
+
+def refused_with_retry_after(status: int, retry_after: str | None) -> bool:
+    """A 503 that says when to try again (Retry-After, whole seconds, at least 1): the one
+    acceptable way for the gateway not to answer 200 while a dependency (the model, the database)
+    is away."""
+    return (
+        status == 503
+        and retry_after is not None
+        and retry_after.isdigit()
+        and int(retry_after) >= 1
+    )
+
 
 def request(
     method: str,

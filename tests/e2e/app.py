@@ -19,7 +19,7 @@ from components import database
 from components.labels import NAME_LABEL
 from e2e.controlplane import ControlPlane
 from e2e.node import Node
-from harness.http import request
+from harness.http import refused_with_retry_after, request
 from harness.poll import eventually
 from harness.services import SETOSA, VIRGINICA
 from tests.e2e.conftest import API_KEY, NAMESPACE
@@ -50,9 +50,7 @@ class Answer:
 
     @property
     def refused_with_retry_after(self) -> bool:
-        """A 503 that says when to try again: the one acceptable way not to answer 200 while a
-        dependency (the model, the database) is away."""
-        return self.status == 503 and self.retry_after.isdigit() and int(self.retry_after) >= 1
+        return refused_with_retry_after(self.status, self.retry_after)
 
 
 # The stack's API key now: API_KEY until the rotation scenario moves the stack to another.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.http import request
+from harness.http import refused_with_retry_after, request
 from harness.postgres import PostgresServer, query
 from harness.services import API_KEY, SETOSA, ServiceProcess, start_gateway
 from tests.services.support import predict, throwaway_postgres
@@ -71,7 +71,9 @@ class Traffic:
         while not self._stop.is_set():
             try:
                 status, retry_after, detail = send()
-            except OSError as exc:
+            except (OSError, ValueError, KeyError) as exc:
+                # No HTTP answer, or a 200 whose body is not the answer: a failure to count,
+                # not an error that would end this client's thread unseen.
                 status, retry_after, detail = 0, None, repr(exc)
             with self._lock:
                 self.answers.append(Answer(endpoint, time.monotonic(), status, retry_after, detail))
@@ -188,14 +190,17 @@ def set_read_only(database: PostgresServer, read_only: bool) -> None:
 
 
 def assert_only_200s_and_503s_with_retry_after(answers: list[Answer]) -> None:
-    wrong = [a for a in answers if a.status != 200 and not (a.status == 503 and a.retry_after)]
+    wrong = [
+        a
+        for a in answers
+        if a.status != 200 and not refused_with_retry_after(a.status, a.retry_after)
+    ]
     counts = {
         (endpoint, status): sum(a.endpoint == endpoint and a.status == status for a in answers)
         for endpoint in ("predict", "history")
         for status in sorted({a.status for a in answers})
     }
     assert not wrong, f"{len(wrong)} answers neither 200 nor 503+Retry-After {counts}: {wrong[:5]}"
-    assert all(int(a.retry_after or "0") >= 1 for a in answers if a.status == 503)
 
 
 def assert_every_200_stored(answers: list[Answer], dsn: str) -> None:
