@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from mlstack_common.body import BodyError, declared_length, read_body
+from mlstack_common.asgi import first_header
+from mlstack_common.body import BodyError, read_body
 
 
 def read(
@@ -28,10 +29,11 @@ def read(
     return asyncio.run(read_body(receive, headers, limit)), received
 
 
-def test_the_declared_length_is_the_first_content_length() -> None:
-    assert declared_length([(b"host", b"x"), (b"content-length", b"5")]) == b"5"
-    assert declared_length([(b"content-length", b"5"), (b"content-length", b"99")]) == b"5"
-    assert declared_length([(b"host", b"x")]) is None
+def test_a_header_is_read_as_its_first_value() -> None:
+    assert first_header([(b"host", b"x"), (b"content-length", b"5")], b"content-length") == b"5"
+    repeated = [(b"content-length", b"5"), (b"content-length", b"99")]
+    assert first_header(repeated, b"content-length") == b"5"
+    assert first_header([(b"host", b"x")], b"content-length") is None
 
 
 def test_the_first_content_length_is_the_one_checked() -> None:

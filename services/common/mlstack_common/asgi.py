@@ -3,7 +3,7 @@ the JSON answer of the routes Starlette serves."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from starlette.responses import Response
@@ -17,6 +17,15 @@ JSON_TYPE: Final = (b"content-type", JSON.encode())
 # ASGI headers and as Starlette's.
 RETRY_AFTER: Final[Headers] = ((b"retry-after", b"1"),)
 RETRY_AFTER_HEADERS: Final[Mapping[str, str]] = {"Retry-After": "1"}
+
+
+def first_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of the first header `name` (lower-case, as ASGI gives names) among these, as
+    Starlette's ``Headers.get`` gives it; None when there is none."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
 
 
 async def send_answer(send: Send, status: int, body: bytes, headers: Headers) -> None:

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 from starlette.types import Receive
 
+from mlstack_common.asgi import first_header
+
 
 class BodyError(Exception):
     """A body that is not taken: ``status`` is the HTTP status to answer it with (400, 413)."""
@@ -28,26 +30,17 @@ def _too_large(limit: int) -> BodyError:
     return BodyError(413, f"request body too large: more than {limit} bytes")
 
 
-def declared_length(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
-    """The Content-Length of a request with these ASGI headers (names lower-cased, as ASGI gives
-    them), if it has one: the first, as Starlette's ``Headers.get`` would give it. (The servers'
-    HTTP parser refuses a request that repeats it; an app called in-process may still see two.)"""
-    for name, value in headers:
-        if name == b"content-length":
-            return value
-    return None
-
-
 async def read_body(
     receive: Receive, headers: Iterable[tuple[bytes, bytes]], limit: int
 ) -> bytes | bytearray:
     """The body of a request with these ASGI headers, refusing (413) anything larger than
     ``limit`` bytes.
 
-    A body its Content-Length (``declared_length``) says is too large is refused before a byte
-    of it is read.
+    A body its Content-Length says is too large is refused before a byte of it is read. (The
+    first one: the servers' HTTP parser refuses a request that repeats it, but an app called
+    in-process may still see two.)
     """
-    declared = declared_length(headers)
+    declared = first_header(headers, b"content-length")
     if declared is not None:
         if not declared.isdigit():
             raise BodyError(400, "invalid Content-Length header")

@@ -11,7 +11,14 @@ from __future__ import annotations
 import logging
 
 import orjson
-from mlstack_common.asgi import JSON_TYPE, RETRY_AFTER, Headers, json_response, send_answer
+from mlstack_common.asgi import (
+    JSON_TYPE,
+    RETRY_AFTER,
+    Headers,
+    first_header,
+    json_response,
+    send_answer,
+)
 from mlstack_common.body import BodyError, ClientDisconnectedError, read_body
 from starlette.requests import Request
 from starlette.responses import Response
@@ -123,12 +130,7 @@ class RestRoutes:
         model = dataplane.resolve(name, version)
         with dataplane.admission.slot():
             headers = scope["headers"]
-            header_length: bytes | None = None
-            # The first Inference-Header-Content-Length, as Starlette's headers would give it.
-            for key, value in headers:
-                if key == _HEADER_LENGTH:
-                    header_length = value
-                    break
+            header_length = first_header(headers, _HEADER_LENGTH)
             settings = dataplane.settings
             body = await read_body(receive, headers, settings.max_body_bytes)
             infer_request = protocol.parse_infer_request(
