@@ -18,17 +18,18 @@ from pulumi import dynamic
 class _KubeconfigFileProvider(dynamic.ResourceProvider):
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         import pathlib
-        import time
 
+        # Read once, with no wait: this resource is created after the k3s container is healthy
+        # (pulumi-docker's `wait`), and its healthcheck's kubectl finds the cluster through
+        # /etc/rancher/k3s/k3s.yaml, which k3s links to this file only once it has written it.
         path = pathlib.Path(props["path"])
-        deadline = time.monotonic() + 180
-        while not path.is_file() or "certificate-authority-data" not in path.read_text():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"k3s wrote no kubeconfig to {path} within 180 seconds")
-            time.sleep(1)
-        text = path.read_text().replace(
-            "https://127.0.0.1:6443", f"https://127.0.0.1:{int(props['api_port'])}"
-        )
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = ""
+        if "certificate-authority-data" not in text:
+            raise RuntimeError(f"the k3s container is healthy, but {path} holds no kubeconfig")
+        text = text.replace("https://127.0.0.1:6443", f"https://127.0.0.1:{int(props['api_port'])}")
         return dynamic.CreateResult(id_=str(path), outs={**props, "kubeconfig": text})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:

@@ -111,6 +111,7 @@ class LocalK3sCluster(Cluster):
                 )
             ],
             tmpfs={"/run": "", "/var/run": ""},
+            # Healthy also means the kubeconfig is written, which KubeconfigFile relies on.
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=["CMD", "kubectl", "get", "--raw=/readyz"],
                 interval="5s",

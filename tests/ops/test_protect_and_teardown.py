@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from components.cluster.kubeconfig_file import _HostFolderProvider
+from components.cluster.kubeconfig_file import _HostFolderProvider, _KubeconfigFileProvider
 from harness.program import ProgramRun, Registered, run_program, stack_config
 from tests.unit.runs import single
 
@@ -194,6 +194,8 @@ def test_local_cluster_leaves_nothing_behind(runs: dict[str, ProgramRun]) -> Non
         assert networks == {r.inputs["name"] for r in dev.by_type("docker:index/network:Network")}
     # k3s's image declares anonymous volumes: they are removed with the container.
     assert containers[f"{component.name}-k3s"].inputs["removeVolumes"] is True
+    # The kubeconfig is read once the container is healthy, which it is only once k3s wrote it.
+    assert containers[f"{component.name}-k3s"].inputs["wait"] is True
 
     (kubeconfig,) = [
         r
@@ -233,3 +235,28 @@ def test_host_folder_replaced_when_its_path_changes() -> None:
     assert moved.changes
     assert moved.replaces == ["path"]
     assert moved.delete_before_replace
+
+
+def test_kubeconfig_is_read_with_the_published_api_port(tmp_path: Path) -> None:
+    path = tmp_path / "kubeconfig.yaml"
+    path.write_text(
+        "clusters:\n- cluster:\n    certificate-authority-data: Q0E=\n"
+        "    server: https://127.0.0.1:6443\n"
+    )
+    props = {"path": str(path), "api_port": 16443, "container_id": "c1"}
+
+    created = _KubeconfigFileProvider().create(props)
+
+    assert created.id == str(path)
+    assert created.outs is not None
+    assert "server: https://127.0.0.1:16443\n" in created.outs["kubeconfig"]
+
+
+@pytest.mark.parametrize("text", [None, "apiVersion: v1\n"])
+def test_a_missing_kubeconfig_fails_the_create_at_once(tmp_path: Path, text: str | None) -> None:
+    path = tmp_path / "kubeconfig.yaml"
+    if text is not None:
+        path.write_text(text)
+    props = {"path": str(path), "api_port": 16443, "container_id": "c1"}
+    with pytest.raises(RuntimeError, match="holds no kubeconfig"):
+        _KubeconfigFileProvider().create(props)
