@@ -705,10 +705,10 @@ def test_4c_the_model_scaled_to_zero_under_load_costs_only_503s_and_no_gateway_e
             TIMINGS["model scaled to 0 -> no model pod left"] = eventually(
                 lambda: not app.pods(kube, "model"), "no model pod left", 120, interval=0.5
             )
-            # Long enough for readiness probes to have failed, had they followed the model:
-            # twice the gateway's three misses a second apart, and the endpoints' update.
-            away = time.monotonic() + 8
-            while time.monotonic() < away:
+            # Once a second, for long enough that readiness probes would have failed had they
+            # followed the model: twice the gateway's three misses a second apart, and the
+            # endpoints' update.
+            for _ in range(8):
                 seen.append(app.ready_endpoints(kube, "gateway"))
                 time.sleep(1)
             refused = [a for a in load.answers if a.refused_with_retry_after]

@@ -6,39 +6,16 @@ other. And no module imports a test module: what several tests share lives in a 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
 
-from harness.program import ROOT
-
-# Folders whose modules are named from the project root (`components.config`).
-ROOT_PACKAGES: Final = ("components", "tools", "harness", "e2e", "bench", "tests")
-# The services' packages are top-level in their own folders, as in their images.
-SERVICE_PACKAGES: Final = tuple(sorted(ROOT.glob("services/*/mlstack_*")))
-
-
-def module_files() -> Iterator[tuple[str, Path]]:
-    for package in ROOT_PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            yield _name(path.relative_to(ROOT)), path
-    for service in SERVICE_PACKAGES:
-        for path in sorted(service.rglob("*.py")):
-            yield _name(path.relative_to(service.parent)), path
-
-
-def _name(relative: Path) -> str:
-    parts = list(relative.with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+from tests.unit.modules import ROOT_PACKAGES, module_files, parsed
 
 
 def imported(path: Path, module: str, known: set[str]) -> set[str]:
     """The project's modules `path` (module `module`) imports, anywhere in its body."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parsed(path)):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
