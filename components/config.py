@@ -316,17 +316,16 @@ _S3_KEYS: Final = ("endpoint", "bucket", "region", "uriStyle", "caCertificate")
 _VOLUME_KEYS: Final = ("size", "storageClass")
 # The key pgBackRest encrypts the repository with: every stack with backups has one.
 BACKUP_CIPHER_SECRET: Final = "databaseBackupCipherPassword"
-# The secrets of backups: the repository's encryption key, and the keys of an S3-compatible
-# endpoint's bucket (`database.backup.s3` alone: the program's own buckets and a volume take none).
-BACKUP_SECRETS: Final = (
-    BACKUP_CIPHER_SECRET,
-    "databaseBackupS3AccessKey",
-    "databaseBackupS3SecretKey",
-)
-# The endpoint's keys, which its provider issues, with what each is.
+# The keys of an S3-compatible endpoint's bucket (`database.backup.s3` alone: the program's own
+# buckets and a volume take none), which its provider issues.
+BACKUP_S3_ACCESS_KEY: Final = "databaseBackupS3AccessKey"
+BACKUP_S3_SECRET_KEY: Final = "databaseBackupS3SecretKey"
+# The secrets of backups: the repository's encryption key and the endpoint's keys.
+BACKUP_SECRETS: Final = (BACKUP_CIPHER_SECRET, BACKUP_S3_ACCESS_KEY, BACKUP_S3_SECRET_KEY)
+# The endpoint's keys, with what each is.
 BUCKET_KEYS: Final = {
-    "databaseBackupS3AccessKey": "the bucket's access key ID",
-    "databaseBackupS3SecretKey": "the bucket's secret access key",
+    BACKUP_S3_ACCESS_KEY: "the bucket's access key ID",
+    BACKUP_S3_SECRET_KEY: "the bucket's secret access key",
 }
 # The stack secrets nobody has to choose: `make stack`, the review workflow and `make e2e-cluster`
 # draw each one a stack lacks (tools/stack_secrets.py). The bucket's keys come from its provider;

@@ -29,7 +29,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from components import database, microservice, stack_file
-from components.config import BACKUP_CIPHER_SECRET, GENERATED_SECRETS
+from components.config import (
+    BACKUP_CIPHER_SECRET,
+    BACKUP_S3_ACCESS_KEY,
+    BACKUP_S3_SECRET_KEY,
+    GENERATED_SECRETS,
+)
 from e2e.controlplane import ControlPlane, toolchain_bin
 from e2e.images import ImageRefs, Images
 from e2e.node import Node
@@ -71,11 +76,12 @@ def backup(s3: S3Server) -> dict[str, Any]:
 
 
 def backup_secrets(s3: S3Server) -> dict[str, str]:
-    return {
-        f"{stack_file.NAMESPACE}:{BACKUP_CIPHER_SECRET}": "e2e/backup@cipher:pass%41+=?",
-        "mlstack:databaseBackupS3AccessKey": s3.access_key,
-        "mlstack:databaseBackupS3SecretKey": s3.secret_key,
+    values = {
+        BACKUP_CIPHER_SECRET: "e2e/backup@cipher:pass%41+=?",
+        BACKUP_S3_ACCESS_KEY: s3.access_key,
+        BACKUP_S3_SECRET_KEY: s3.secret_key,
     }
+    return {f"{stack_file.NAMESPACE}:{key}": value for key, value in values.items()}
 
 
 # `make e2e-cluster`'s model: scaled by its HorizontalPodAutoscaler on the node's metrics-server,

@@ -9,7 +9,13 @@ from typing import Final
 import pulumi
 
 from components import database
-from components.config import BACKUP_CIPHER_SECRET, BackupConfig, StackConfig
+from components.config import (
+    BACKUP_CIPHER_SECRET,
+    BACKUP_S3_ACCESS_KEY,
+    BACKUP_S3_SECRET_KEY,
+    BackupConfig,
+    StackConfig,
+)
 from components.network_policy import ExternalRoute
 
 # The database Secret's key of each of pgBackRest's secret options, and the stack secret that
@@ -17,8 +23,8 @@ from components.network_policy import ExternalRoute
 CIPHER_OPTION: Final = "repo1-cipher-pass"
 SECRET_KEYS: Final = {
     CIPHER_OPTION: ("backup-cipher-password", BACKUP_CIPHER_SECRET),
-    "repo1-s3-key": ("backup-s3-access-key", "databaseBackupS3AccessKey"),
-    "repo1-s3-key-secret": ("backup-s3-secret-key", "databaseBackupS3SecretKey"),
+    "repo1-s3-key": ("backup-s3-access-key", BACKUP_S3_ACCESS_KEY),
+    "repo1-s3-key-secret": ("backup-s3-secret-key", BACKUP_S3_SECRET_KEY),
 }
 # How long a deleted or overwritten object of a bucket the program made can still be brought
 # back (GCS soft delete, S3 noncurrent versions): a repository emptied by mistake, or by whoever
