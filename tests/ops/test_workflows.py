@@ -12,6 +12,7 @@ import fnmatch
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from harness.make import make_env, run_make
 from harness.program import ROOT, run_program
 
 GITHUB = ROOT / ".github"
+README = ROOT / "README.md"
 SCRIPT = GITHUB / "scripts" / "stacks.py"
 SETUP_ACTION = "./.github/actions/pulumi-setup"
 PULUMI_ACTION = "pulumi/actions@v7"  # the current major (v7.0.0: node24; inputs unchanged)
@@ -147,6 +149,26 @@ def secrets_named(job: dict[str, Any]) -> set[str]:
     return set(re.findall(r"secrets\.([A-Za-z_][A-Za-z0-9_]*)", json.dumps(job)))
 
 
+def readme_section(heading: str) -> str:
+    """The text under README.md's heading `heading`, up to the next heading (a `#` line outside
+    a fenced code block)."""
+    lines = README.read_text().splitlines()
+    headings: list[tuple[int, str]] = []
+    fenced = False
+    for number, line in enumerate(lines):
+        fenced ^= line.startswith("```")
+        if not fenced and re.match(r"#+ ", line):
+            headings.append((number, line.lstrip("#").strip()))
+    starts = [number for number, title in headings if title == heading]
+    assert len(starts) == 1, f"README.md has {len(starts)} headings {heading!r}"
+    end = next((number for number, _ in headings if number > starts[0]), len(lines))
+    return "\n".join(lines[starts[0] + 1 : end])
+
+
+def backquoted(text: str) -> set[str]:
+    return set(re.findall(r"`([^`]+)`", text))
+
+
 # --- the stacks ---------------------------------------------------------------------------------
 
 
@@ -242,6 +264,16 @@ def test_every_affected_stack_is_previewed_once_and_prod_only_reviewed(paths: li
     assert sorted(outputs["unattended"] + outputs["reviewed"]) == sorted(affected(*paths))
     assert PROD not in outputs["unattended"]
     assert set(outputs["reviewed"]) <= {PROD}
+
+
+def test_the_readme_names_the_changes_that_preview_every_stack() -> None:
+    """README's list of the shared files and folders is stacks.py's, entry for entry."""
+    section = readme_section("Previews on pull requests")
+    match = re.search(r"changes that stack;(.*?) change both", section, re.DOTALL)
+    assert match, "README, 'Previews on pull requests': '...; <shared paths> change both ...'"
+    script_globals = runpy.run_path(str(SCRIPT))
+    shared = {*script_globals["SHARED_FILES"], *script_globals["SHARED_DIRS"]}
+    assert backquoted(match.group(1)) == shared
 
 
 # --- who may read prod's secrets ----------------------------------------------------------------
