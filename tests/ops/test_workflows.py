@@ -526,6 +526,15 @@ def test_the_sweep_asks_github_about_each_review_stack() -> None:
     assert plan["permissions"]["pull-requests"] == "read"
 
 
+def test_the_readme_names_every_setting_of_the_review_stacks() -> None:
+    """The repository secrets and variables the review workflow reads (and passes on to
+    `stacks.py review-config`) are the ones README's "Review stacks" tells a maintainer to set."""
+    used = set(
+        re.findall(r"\b(?:vars|secrets)\.(REVIEW_\w+)", json.dumps(workflow("review-stack.yml")))
+    )
+    assert set(re.findall(r"\bREVIEW_\w+", readme_section("Review stacks"))) == used
+
+
 @pytest.mark.parametrize(
     "variables",
     [
