@@ -2,8 +2,10 @@
 the stacks they name exist, the preview comments on the pull request in place, a pull request's
 code reaches prod's credentials only once a person approved the run, promotion goes staging ->
 prod behind an approval, updates of one stack never race, review stacks are destroyed before they
-are removed, permissions are least, actions are pinned; and the helper script they run
-(.github/scripts/stacks.py) says the right thing.
+are removed, permissions are least, actions are pinned; the helper script they run
+(.github/scripts/stacks.py) says the right thing; and README.md's "Operating mlstack" names what
+the workflows and that script use (which changes preview, the environments, the review stacks'
+settings).
 """
 
 from __future__ import annotations
@@ -299,6 +301,15 @@ def test_every_job_that_can_reach_prod_waits_for_a_reviewer() -> None:
             assert triggers(name) <= {"schedule", "workflow_dispatch"}, name
             assert not pulumi_steps(job), f"{name} {job_id}: only tools.drift runs there"
     assert set(reaching) == {"deploy.yml:prod", "preview.yml:preview-reviewed", "drift.yml:prod"}
+
+
+def test_the_readme_names_every_environment_the_workflows_use() -> None:
+    named = {str(job["environment"]) for _, _, job in jobs() if job.get("environment") is not None}
+    match = re.search(
+        r"Create the GitHub environments (.*?);", readme_section("Environments"), re.DOTALL
+    )
+    assert match, "README, 'Environments': 'Create the GitHub environments ...;'"
+    assert backquoted(match.group(1)) == named
 
 
 def test_pull_request_code_unapproved_reads_repository_secrets_only() -> None:
