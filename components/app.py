@@ -34,7 +34,8 @@ from components.network_policy import (
 MODEL_NAME: Final = "iris"
 MODEL_SERVICE: Final = "model"
 API_KEY: Final = "api-key"
-# The key a rotation replaces, accepted beside API_KEY until it is removed (README, "API keys").
+# The key a rotation replaces, accepted beside API_KEY until it is removed (README, "Rotating the
+# API key").
 API_KEY_PREVIOUS: Final = "api-key-previous"
 DATABASE_URL: Final = "database-url"
 DATABASE_READ_URL: Final = "database-read-url"
@@ -170,7 +171,7 @@ class MlApp(pulumi.ComponentResource):
             "MLSTACK_API_KEY_FILE": pod.secret_file(API_KEY),
             "DATABASE_URL_FILE": pod.secret_file(DATABASE_URL),
             # GET /api/v1/predictions reads from the standbys, within a bound on their lag
-            # (README, "Replication").
+            # (README, "High availability": "Writes and reads").
             "DATABASE_READ_URL_FILE": pod.secret_file(DATABASE_READ_URL),
             # Named whether or not a rotation is under way (no file: no previous key), so that
             # a container that restarts reads whatever set of keys the Secret holds then.

@@ -52,7 +52,7 @@ ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" IN SCHEMA public
     GRANT USAGE ON SEQUENCES TO :"gateway";
 
 -- The standby's replay lag, which bounds the staleness of the gateway's reads from standbys
--- (services/gateway/mlstack_gateway/store_postgres.py, whose query it answers the same way:
+-- (services/gateway/mlstack_gateway/stores/postgres.py, whose query it answers the same way:
 -- keep the two alike). Seeing the WAL receiver's state takes superuser or pg_read_all_stats,
 -- which the gateway is not given; this function runs as the superuser that owns it, in a
 -- schema of the superuser's that the owner cannot change, and tells only that one number
