@@ -1,8 +1,9 @@
 """The pack: each rule with its name, why a reviewer asks for it, and whether it blocks.
 
 Mandatory rules fail `pulumi preview` and `pulumi up`; advisory ones are reported and let the
-update go on. A stack's settings come from `--policy-pack-config` (policy/pack/config/<stack>.json,
-passed by `make preview`/`make up` and the workflows when the file exists).
+update go on. A stack's settings come from `--policy-pack-config` (policy/pack/config/<stack>.json):
+`make preview` and `make up` pass it when the file exists, the workflows always (README, "Policy
+gates: the pack at preview time").
 """
 
 from __future__ import annotations
