@@ -34,7 +34,7 @@ bench-tools: ## install wrk and PostgreSQL's server from Debian if they are miss
 	fi
 
 .PHONY: bench
-bench: venv $(VENV)/.bench-installed $(MLSERVER_VENV)/.installed bench-tools $(GHZ) ## benchmarks: model vs MLServer (REST and gRPC), gateway hop, batches, program evaluation (~8 min) → bench/results/
+bench: venv $(VENV)/.bench-installed $(MLSERVER_VENV)/.installed bench-tools $(GHZ) ## benchmarks: model vs MLServer (REST and gRPC), gateway hop, batches, program evaluation → bench/results/
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 .PHONY: bench-failover
