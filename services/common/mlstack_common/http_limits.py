@@ -37,12 +37,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from mlstack_common.env import env_integer, env_number
+from mlstack_common.errors import error_body
 
 
 def _ignore(reason: str) -> None:
@@ -205,8 +205,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         """Answer 503 without reading a request, and close (lingering, as ``_refuse`` does)."""
         self._turned_away = True
         self.limits.on_refusal("max_connections")
-        body = orjson.dumps(
-            {"error": f"server busy: {self.limits.max_connections} connections open, retry shortly"}
+        body = error_body(
+            f"server busy: {self.limits.max_connections} connections open, retry shortly"
         )
         _answer_and_close(self.loop, transport, 503, body, b"retry-after: 1\r\n")
 
@@ -260,7 +260,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
         if answer:
-            _answer_and_close(self.loop, self.transport, status, orjson.dumps({"error": message}))
+            _answer_and_close(self.loop, self.transport, status, error_body(message))
         else:
             self.transport.close()
 

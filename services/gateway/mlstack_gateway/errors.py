@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import orjson
 from mlstack_common.asgi import json_response
+from mlstack_common.errors import error_body
 from starlette.responses import Response
 
 
@@ -26,4 +26,4 @@ class ApiError(Exception):
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    return json_response(orjson.dumps({"error": message}), status, headers)
+    return json_response(error_body(message), status, headers)

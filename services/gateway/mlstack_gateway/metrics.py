@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import orjson
 from mlstack_common.asgi import send_answer, send_json
+from mlstack_common.errors import error_body
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -203,16 +203,13 @@ class MetricsEndpoint:
             return
         path = scope["path"]
         if path not in (METRICS_PATH, DEPENDENCIES_PATH):
-            error = orjson.dumps(
-                {
-                    "error": f"not found: the metrics port serves {METRICS_PATH} "
-                    f"and {DEPENDENCIES_PATH}"
-                }
+            error = error_body(
+                f"not found: the metrics port serves {METRICS_PATH} and {DEPENDENCIES_PATH}"
             )
             await send_json(send, 404, error)
             return
         if scope["method"] not in {"GET", "HEAD"}:
-            await send_json(send, 405, orjson.dumps({"error": "method not allowed: use GET"}))
+            await send_json(send, 405, error_body("method not allowed: use GET"))
             return
         if path == DEPENDENCIES_PATH:
             await send_json(send, 200, self._dependencies())

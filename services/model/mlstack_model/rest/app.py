@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from mlstack_common.app import starlette_app
 from mlstack_common.asgi import RETRY_AFTER_HEADERS, json_response
+from mlstack_common.errors import error_body
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,7 +16,6 @@ from starlette.types import Lifespan, Receive, Scope, Send
 
 from mlstack_model.dataplane import DataPlane
 from mlstack_model.errors import ErrorKind, ProtocolError
-from mlstack_model.rest import protocol
 from mlstack_model.rest.routes import RestRoutes
 
 # The two infer routes' paths as Starlette matches them (a path parameter is one segment).
@@ -26,11 +26,11 @@ async def _protocol_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProtocolError)
     # A server that is busy or still loading may answer the same request a moment later.
     headers = RETRY_AFTER_HEADERS if exc.kind is ErrorKind.UNAVAILABLE else None
-    return json_response(protocol.error_body(exc.message), exc.kind.http_status, headers)
+    return json_response(error_body(exc.message), exc.kind.http_status, headers)
 
 
 def _answer(status: int, message: str, headers: Mapping[str, str] | None) -> Response:
-    return json_response(protocol.error_body(message), status, headers)
+    return json_response(error_body(message), status, headers)
 
 
 def create_app(dataplane: DataPlane, lifespan: Lifespan[Starlette]) -> RestApp:

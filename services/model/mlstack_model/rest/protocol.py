@@ -192,7 +192,3 @@ def infer_response(
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
-
-
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})

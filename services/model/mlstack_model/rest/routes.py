@@ -20,6 +20,7 @@ from mlstack_common.asgi import (
     send_answer,
 )
 from mlstack_common.body import BodyError, ClientDisconnectedError, read_body
+from mlstack_common.errors import error_body
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -37,7 +38,7 @@ log = logging.getLogger("mlstack_model")
 BINARY = "application/octet-stream"
 _BINARY_TYPE = (b"content-type", BINARY.encode())
 _HEADER_LENGTH = protocol.HEADER_LENGTH.encode()
-_INTERNAL = protocol.error_body("internal server error")
+_INTERNAL = error_body("internal server error")
 _LIVE = orjson.dumps({"live": True})
 _READY = orjson.dumps({"ready": True})
 _NOT_READY = orjson.dumps({"ready": False})
@@ -112,12 +113,12 @@ class RestRoutes:
         except ProtocolError as exc:
             # A server that is busy or still loading may answer the same request a moment later.
             retry = exc.kind is ErrorKind.UNAVAILABLE
-            status, answer = exc.kind.http_status, protocol.error_body(exc.message)
+            status, answer = exc.kind.http_status, error_body(exc.message)
             headers = (JSON_TYPE, *RETRY_AFTER) if retry else (JSON_TYPE,)
         except ClientDisconnectedError:
             return
         except BodyError as exc:
-            status, answer, headers = exc.status, protocol.error_body(exc.message), (JSON_TYPE,)
+            status, answer, headers = exc.status, error_body(exc.message), (JSON_TYPE,)
         except Exception:
             log.exception("infer failed")
             status, answer, headers = ErrorKind.INTERNAL.http_status, _INTERNAL, (JSON_TYPE,)
