@@ -42,7 +42,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from mlstack_common.env import env_integer, env_number
-from mlstack_common.errors import error_body
+from mlstack_common.errors import busy_connections, error_body
 
 
 def _ignore(reason: str) -> None:
@@ -205,9 +205,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         """Answer 503 without reading a request, and close (lingering, as ``_refuse`` does)."""
         self._turned_away = True
         self.limits.on_refusal("max_connections")
-        body = error_body(
-            f"server busy: {self.limits.max_connections} connections open, retry shortly"
-        )
+        body = error_body(busy_connections(self.limits.max_connections))
         _answer_and_close(self.loop, transport, 503, body, b"retry-after: 1\r\n")
 
     def expire(self, now: float) -> None:

@@ -15,7 +15,7 @@ import asyncio
 
 import orjson
 from mlstack_common.asgi import RETRY_AFTER, send_json
-from mlstack_common.errors import error_body
+from mlstack_common.errors import busy_in_flight, error_body
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlstack_gateway.metrics import GatewayMetrics
@@ -32,7 +32,7 @@ class Admission:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._busy = error_body(f"server busy: {max_in_flight} requests in flight, retry shortly")
+        self._busy = error_body(busy_in_flight(max_in_flight))
         self._shed = metrics.shed
         metrics.in_flight.set_function(lambda: self._in_flight)
         self.draining = False

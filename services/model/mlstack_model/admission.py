@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from mlstack_common.errors import busy_in_flight
+
 from mlstack_model.errors import ErrorKind, ProtocolError
 
 
@@ -18,6 +20,7 @@ class Admission:
     def __init__(self, max_in_flight: int) -> None:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self._busy = busy_in_flight(max_in_flight)
 
     def slot(self) -> Admission:
         """Hold one slot for the ``with`` block, or refuse with UNAVAILABLE if none is free.
@@ -27,10 +30,7 @@ class Admission:
 
     def __enter__(self) -> None:
         if self.in_flight >= self.max_in_flight:
-            raise ProtocolError(
-                ErrorKind.UNAVAILABLE,
-                f"server busy: {self.max_in_flight} requests in flight, retry shortly",
-            )
+            raise ProtocolError(ErrorKind.UNAVAILABLE, self._busy)
         self.in_flight += 1
 
     def __exit__(
