@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from components.app import MODEL_NAME
 from harness.postgres import PostgresServer
 from harness.services import (
     GATEWAY_SRC,
@@ -17,7 +18,13 @@ from harness.services import (
     start_gateway,
     start_model,
 )
-from tests.services.support import slow_model_server, throwaway_postgres
+from tests.services.support import (
+    SERVICES,
+    Server,
+    serve,
+    slow_model_server,
+    throwaway_postgres,
+)
 
 # The services are top-level packages in their own folders (as in their images).
 import_service(MODEL_SRC)
@@ -34,7 +41,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mlstack_model import train
 
     directory = tmp_path_factory.mktemp("models")
-    train.train_all(directory, ["iris"])
+    train.train_all(directory, [MODEL_NAME])
     return directory
 
 
@@ -58,6 +65,13 @@ def model_v1(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
 def postgres() -> Iterator[PostgresServer]:
     with throwaway_postgres() as server:
         yield server
+
+
+@pytest.fixture(scope="module", params=SERVICES)
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """Each service with its defaults, of the module's own: every test using it runs on both
+    (or on those a test's ``indirect`` parameters name)."""
+    yield from serve(request)
 
 
 @pytest.fixture(scope="module")

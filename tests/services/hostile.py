@@ -1,5 +1,5 @@
-"""Probing a server as a hostile client does: raw HTTP/1.1 on a socket (the heads of the two
-services' POSTs among it), and the memory a process has used, from /proc."""
+"""Probing a server as a hostile client does: raw HTTP/1.1 on a socket (the two services' POSTs
+among it), and the memory a process has used, from /proc."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import contextlib
 import json
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from components import pod
 from components.config import quantity_bytes
-from harness.services import API_KEY, ServiceProcess
-from tests.services.oip import INFER_PATH
+from harness.services import API_KEY, SETOSA, ServiceProcess
+from tests.services.oip import INFER_PATH, infer_body
 
 
 def error_message(body: bytes) -> str:
@@ -68,7 +69,7 @@ def exchange(port: int, data: bytes, timeout: float = 10.0) -> Raw:
 
 
 def raw_request(
-    method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"", host: str = "x"
+    method: str, path: str, headers: Sequence[tuple[str, str]], body: bytes = b"", host: str = "x"
 ) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *(f"{n}: {v}" for n, v in headers)]
     if body or method == "POST":
@@ -76,14 +77,32 @@ def raw_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-# The heads of the POSTs each service reads a body for, declaring none (``Content-Length: 0``):
-# ``with_content_length`` sets what they declare.
-PREDICT_HEAD = raw_request("POST", "/api/v1/predict", [("X-API-Key", API_KEY)])
-INFER_HEAD = raw_request("POST", INFER_PATH, [("Content-Type", "application/json")])
+@dataclass(frozen=True)
+class Post:
+    """The POST a service reads a body for: its path, the headers a client's requests to that
+    service carry, and a body of one row it answers 200."""
+
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    one_row: bytes
+
+    @property
+    def head(self) -> bytes:
+        """Its head, declaring no body (``Content-Length: 0``): ``with_content_length`` sets
+        what it declares."""
+        return raw_request("POST", self.path, self.headers)
+
+
+PREDICT = Post(
+    "/api/v1/predict", (("X-API-Key", API_KEY),), json.dumps({"instances": [SETOSA]}).encode()
+)
+INFER = Post(
+    INFER_PATH, (("Content-Type", "application/json"),), json.dumps(infer_body([SETOSA])).encode()
+)
 
 
 def with_content_length(head: bytes, length: int | bytes) -> bytes:
-    """``head`` (a POST's from ``raw_request`` without a body, as ``PREDICT_HEAD``) declaring
+    """``head`` (a POST's from ``raw_request`` without a body, as ``Post.head``) declaring
     ``length`` instead of 0: a number of bytes, or the header's value as it is sent."""
     value = b"%d" % length if isinstance(length, int) else length
     zero = b"\r\nContent-Length: 0\r\n"

@@ -14,9 +14,10 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-MODEL = "iris"
+from components.app import MODEL_NAME
+
 INPUT = "input-0"
-INFER_PATH = f"/v2/models/{MODEL}/infer"
+INFER_PATH = f"/v2/models/{MODEL_NAME}/infer"
 SERVICE = "inference.GRPCInferenceService"
 
 # The numpy layout (little-endian) of each datatype's raw bytes, as the binary extension and
@@ -93,7 +94,7 @@ def raw_message(
 ) -> pb.ModelInferRequest:
     """A ModelInferRequest carrying ``rows`` in raw_input_contents (``shape`` and ``raw`` as in
     ``binary_body``), with any other fields of the message."""
-    message = pb.ModelInferRequest(model_name=MODEL, **fields)
+    message = pb.ModelInferRequest(model_name=MODEL_NAME, **fields)
     message.inputs.add(
         name=INPUT, datatype=datatype, shape=shape_of(rows) if shape is None else shape
     )
@@ -109,7 +110,7 @@ def typed_message(
     **fields: Any,
 ) -> pb.ModelInferRequest:
     """A ModelInferRequest carrying ``rows`` in its input's typed ``contents.<field>``."""
-    message = pb.ModelInferRequest(model_name=MODEL, **fields)
+    message = pb.ModelInferRequest(model_name=MODEL_NAME, **fields)
     typed = message.inputs.add(name=name, datatype=datatype, shape=shape_of(rows))
     getattr(typed.contents, field).extend(value for row in rows for value in row)
     return message

@@ -1,6 +1,7 @@
 """Helpers for the service tests, beside harness.services (the services as real processes on
-127.0.0.1): `make serve` as a user runs it, servers that stall, the gateway's history and
-metrics, rows written straight to its database, HTTPS from certificates the openssl CLI makes."""
+127.0.0.1): either service by name, started or refused at start, `make serve` as a user runs it,
+servers that stall, the gateway's history and metrics, rows written straight to its database,
+HTTPS from certificates the openssl CLI makes."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
+from components.app import MODEL_NAME
 from harness.http import Reply, request
 from harness.make import make_command, make_env
 from harness.metrics import metric_value
@@ -29,8 +32,68 @@ from harness.ports import LOOPBACK, free_port
 from harness.postgres import PostgresServer, postgres_bindir, query, running_postgres
 from harness.processes import LocalServer, group_alive
 from harness.program import ROOT
-from harness.services import API_KEY, ServiceProcess
-from tests.services.hostile import error_message
+from harness.services import API_KEY, GatewayProcess, ModelProcess, ServiceProcess
+from tests.services.hostile import INFER, PREDICT, Post, error_message
+from tests.services.oip import INPUT
+
+# The two services, by the names ``service_process`` and the fixtures that start either take.
+SERVICES: Final = ("gateway", "model")
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running service and the POST it reads a body for."""
+
+    process: ServiceProcess
+    post: Post
+
+    @property
+    def port(self) -> int:
+        return self.process.port
+
+    @property
+    def probe_path(self) -> str:
+        """A cheap GET it answers 200: its liveness."""
+        return self.process.live_path
+
+
+def service_process(request: pytest.FixtureRequest, service: str, **env: str) -> ServiceProcess:
+    """The service named ``service`` (one of ``SERVICES``) with ``env`` over the tests'
+    settings, not started: the gateway in front of the session's model server."""
+    log_dir: Path = request.getfixturevalue("log_dir")
+    if service == "gateway":
+        model_server: ModelProcess = request.getfixturevalue("model_server")
+        return GatewayProcess(model_server.url, log_dir, env)
+    return ModelProcess(request.getfixturevalue("model_dir"), log_dir, env)
+
+
+def serve(request: pytest.FixtureRequest, **env: str) -> Iterator[Server]:
+    """For a fixture parametrized over ``SERVICES``: that service with ``env``, started and
+    ready; stopped after."""
+    service: str = request.param
+    process = service_process(request, service, **env).start()
+    try:
+        process.wait_ready()
+        yield Server(process, PREDICT if service == "gateway" else INFER)
+    finally:
+        process.stop()
+
+
+def refused_at_start(service: ServiceProcess) -> str:
+    """Start ``service``, which must refuse its settings: it exits with status 2. Its log's
+    tail, where it says why."""
+    service.start()
+    assert service.wait_for_exit(30) == 2
+    return service.log_tail()
+
+
+def sqlite_file(data_dir: Path) -> Path:
+    """The SQLite database of a gateway whose DATA_DIR is ``data_dir``."""
+    # Imported here: this module is imported before conftest puts the services on the path.
+    from mlstack_gateway.settings import GatewaySettings
+
+    settings = GatewaySettings.from_env({"MLSTACK_API_KEY": API_KEY, "DATA_DIR": str(data_dir)})
+    return settings.sqlite_path
 
 
 @contextlib.contextmanager
@@ -134,8 +197,8 @@ class _SlowModelHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        if self.path == "/v2/models/iris":
-            self._json({"name": "iris", "inputs": [{"name": "input-0", "shape": [-1, 4]}]})
+        if self.path == f"/v2/models/{MODEL_NAME}":
+            self._json({"name": MODEL_NAME, "inputs": [{"name": INPUT, "shape": [-1, 4]}]})
         else:
             self._json({"ready": True})
 
@@ -145,7 +208,7 @@ class _SlowModelHandler(BaseHTTPRequestHandler):
         time.sleep(self.delay)
         self._json(
             {
-                "model_name": "iris",
+                "model_name": MODEL_NAME,
                 "model_version": "slow",
                 "id": body["id"],
                 "outputs": [
@@ -229,7 +292,7 @@ def fill_with_copies(database: dict[str, str], copies: int) -> None:
             copies,
         )
         return
-    with sqlite3.connect(Path(database["DATA_DIR"]) / "predictions.sqlite3") as conn:
+    with sqlite3.connect(sqlite_file(Path(database["DATA_DIR"]))) as conn:
         newest = conn.execute(
             "SELECT model_name, model_version, instances, predictions, latency_ms "
             "FROM predictions ORDER BY id DESC LIMIT 1"

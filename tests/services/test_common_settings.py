@@ -10,6 +10,8 @@ from mlstack_common.settings import ServiceSettings
 from mlstack_gateway.settings import GatewaySettings
 from mlstack_model.settings import ModelSettings
 
+from components.app import MODEL_NAME
+
 API_KEY = {"MLSTACK_API_KEY": "a-key-of-some-length"}
 SHARED = {
     "HOST": "127.0.0.1",
@@ -24,6 +26,8 @@ SHARED = {
     "LOG_LEVEL": "DEBUG",
     "ACCESS_LOG": "yes",
 }
+# Each test it marks runs on the settings of each service.
+each_service = pytest.mark.parametrize("service", [GatewaySettings, ModelSettings])
 
 
 def shared_fields(settings: ServiceSettings) -> dict[str, object]:
@@ -50,16 +54,30 @@ def test_both_services_read_the_shared_variables_alike() -> None:
     assert model.http_limits.max_header_bytes == 2048
 
 
+@each_service
+def test_the_shared_settings_have_documented_defaults(
+    service: type[GatewaySettings] | type[ModelSettings],
+) -> None:
+    settings = service.from_env(API_KEY)
+    assert settings.port == 8080
+    # The name the deployment gives the model server, which the tests' servers take by default.
+    assert settings.model_name == MODEL_NAME
+    assert settings.max_concurrent_requests == 64
+    assert settings.http_limits.max_header_bytes == 16 * 1024
+    assert settings.http_limits.header_timeout == 5.0
+    assert settings.http_limits.body_timeout == 10.0
+    assert settings.keepalive_timeout_seconds == 75.0
+    assert settings.shutdown_timeout_seconds == 20.0
+
+
 def test_each_service_keeps_its_own_request_limits_by_default() -> None:
     gateway = GatewaySettings.from_env(API_KEY)
     model = ModelSettings.from_env({})
     assert (gateway.max_batch_rows, gateway.max_body_bytes) == (1024, 1024 * 1024)
     assert (model.max_batch_rows, model.max_body_bytes) == (4096, 2 * 1024 * 1024)
-    assert gateway.port == model.port == 8080
-    assert gateway.shutdown_timeout_seconds == model.shutdown_timeout_seconds == 20.0
 
 
-@pytest.mark.parametrize("service", [GatewaySettings, ModelSettings])
+@each_service
 def test_a_shared_variable_out_of_range_is_refused_by_both(
     service: type[GatewaySettings] | type[ModelSettings],
 ) -> None:
@@ -68,7 +86,7 @@ def test_a_shared_variable_out_of_range_is_refused_by_both(
     assert str(refused.value) == "KEEPALIVE_TIMEOUT_SECONDS must be >= 1.0, got 0.5"
 
 
-@pytest.mark.parametrize("service", [GatewaySettings, ModelSettings])
+@each_service
 @pytest.mark.parametrize(
     ("variable", "value", "refusal"),
     [

@@ -4,7 +4,6 @@ previous one; anything else stays 401, and metrics count requests by which key, 
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from mlstack_gateway.settings import GatewaySettings
 from harness.http import request
 from harness.metrics import samples
 from harness.services import SETOSA, ServiceProcess, start_gateway
-from tests.services.hostile import exchange, raw_request
+from tests.services.hostile import PREDICT, exchange, raw_request
 from tests.services.support import history, predict
 
 NEW_KEY = "new-key-after-rotation"
@@ -70,8 +69,7 @@ def test_two_valid_keys_in_one_request_are_a_repeated_header(
     rotating: ServiceProcess, keys: tuple[str, str]
 ) -> None:
     headers = [("X-API-Key", key) for key in keys]
-    body = json.dumps({"instances": [SETOSA]}).encode()
-    answer = exchange(rotating.port, raw_request("POST", "/api/v1/predict", headers, body))
+    answer = exchange(rotating.port, raw_request("POST", PREDICT.path, headers, PREDICT.one_row))
     assert answer.status == 401
     assert answer.error() == "repeated X-API-Key header: send it once"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,7 +19,9 @@ from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.payload import parse_predict_body
 from mlstack_gateway.settings import GatewaySettings
 
+from components.app import MODEL_NAME
 from harness.ports import free_port
+from tests.services.oip import INPUT
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -186,11 +189,9 @@ def test_the_model_client_resends_a_call_its_pooled_connection_lost() -> None:
     """The model closed a keep-alive connection just as the next call went out on it: the call
     never reached the model, so the client sends it again on a fresh connection."""
 
-    metadata = b'{"name":"iris","inputs":[{"name":"input-0","shape":[-1,4]}]}'
-    answer = (
-        b'{"model_name":"iris","model_version":"v9",'
-        b'"outputs":[{"name":"predict","shape":[1],"datatype":"INT64","data":[2]}]}'
-    )
+    metadata = json.dumps({"name": MODEL_NAME, "inputs": [{"name": INPUT, "shape": [-1, 4]}]})
+    output = {"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}
+    answer = json.dumps({"model_name": MODEL_NAME, "model_version": "v9", "outputs": [output]})
 
     async def flaky(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int
@@ -199,7 +200,7 @@ def test_the_model_client_resends_a_call_its_pooled_connection_lost() -> None:
         while (request := await read_request(reader)) is not None:
             if number == 1 and served == 2:
                 return  # the first connection hangs up on its third request
-            body = metadata if request.startswith(b"GET") else answer
+            body = (metadata if request.startswith(b"GET") else answer).encode()
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             await writer.drain()
             served += 1

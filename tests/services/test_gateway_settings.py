@@ -40,15 +40,11 @@ def test_a_missing_key_stops_the_gateway() -> None:
         GatewaySettings.from_env({})
 
 
-def test_the_limits_have_documented_defaults() -> None:
+def test_the_gateways_own_settings_have_documented_defaults() -> None:
+    # Those both services share: test_common_settings.py.
     settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "dev-key"})
     assert settings.metrics_port == 9090
     assert settings.tls_files is None
-    assert settings.max_concurrent_requests == 64
-    assert settings.http_limits.max_header_bytes == 16 * 1024
-    assert settings.http_limits.header_timeout == 5.0
-    assert settings.http_limits.body_timeout == 10.0
-    assert settings.keepalive_timeout_seconds == 75.0
     # With the breaker, what keeps a hung model's 503 within a second.
     assert settings.model_timeout_seconds == 0.5
 

@@ -15,9 +15,12 @@ from mlstack_gateway.stores.base import PredictionRecord, StoreUnavailableError
 from mlstack_gateway.stores.migrations import migrate
 from mlstack_gateway.stores.sqlite import MIGRATIONS, SqliteConnection, SqliteStore
 
+from components.app import MODEL_NAME
+from tests.services.support import sqlite_file
+
 
 def record() -> PredictionRecord:
-    return PredictionRecord(new_request_id(), "iris", "v2", "[[5.1,3.5,1.4,0.2]]", "[0]", 1.0)
+    return PredictionRecord(new_request_id(), MODEL_NAME, "v2", "[[5.1,3.5,1.4,0.2]]", "[0]", 1.0)
 
 
 def open_store(data_dir: Path, **env: str) -> tuple[SqliteStore, GatewayMetrics]:
@@ -27,7 +30,7 @@ def open_store(data_dir: Path, **env: str) -> tuple[SqliteStore, GatewayMetrics]
 
 
 def stored_ids(data_dir: Path) -> set[str]:
-    with sqlite3.connect(data_dir / "predictions.sqlite3") as db:
+    with sqlite3.connect(sqlite_file(data_dir)) as db:
         return {row[0] for row in db.execute("SELECT request_id FROM predictions")}
 
 
@@ -66,7 +69,7 @@ def test_a_failed_commit_fails_every_caller_in_it(tmp_path: Path) -> None:
     async def run() -> tuple[list[BaseException | None], float]:
         store, metrics = open_store(tmp_path)
         await store.open()
-        with sqlite3.connect(tmp_path / "predictions.sqlite3") as db:
+        with sqlite3.connect(sqlite_file(tmp_path)) as db:
             db.execute("DROP TABLE predictions")
         results = await asyncio.gather(
             *(store.save(record()) for _ in range(5)), return_exceptions=True
@@ -99,7 +102,7 @@ def test_a_write_waits_no_longer_than_the_write_timeout_for_a_locked_file(
         store, _ = open_store(tmp_path, DB_WRITE_TIMEOUT_SECONDS="0.3")
         await store.open()
         # Another process holding the file's write lock.
-        other = sqlite3.connect(tmp_path / "predictions.sqlite3", isolation_level=None)
+        other = sqlite3.connect(sqlite_file(tmp_path), isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
         try:
@@ -122,14 +125,14 @@ def test_migrations_apply_once_in_order(tmp_path: Path) -> None:
         await store.open()  # applies version 1
         await store.close()
         conn = SqliteConnection("test")
-        await conn.open(tmp_path / "predictions.sqlite3", busy_timeout=5)
+        await conn.open(sqlite_file(tmp_path), busy_timeout=5)
         applied_then = await migrate(conn, migrations)
         applied_again = await migrate(conn, migrations)
         await conn.close()
         return applied_then, applied_again
 
     assert asyncio.run(run()) == ([2], [])
-    with sqlite3.connect(tmp_path / "predictions.sqlite3") as db:
+    with sqlite3.connect(sqlite_file(tmp_path)) as db:
         versions = [row[0] for row in db.execute("SELECT version FROM schema_migrations")]
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert versions == [1, 2]
@@ -148,13 +151,13 @@ def test_a_failing_migration_leaves_the_schema_as_it_was(tmp_path: Path) -> None
         await store.open()
         await store.close()
         conn = SqliteConnection("test")
-        await conn.open(tmp_path / "predictions.sqlite3", busy_timeout=5)
+        await conn.open(sqlite_file(tmp_path), busy_timeout=5)
         with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
             await migrate(conn, migrations)
         await conn.close()
 
     asyncio.run(run())
-    with sqlite3.connect(tmp_path / "predictions.sqlite3") as db:
+    with sqlite3.connect(sqlite_file(tmp_path)) as db:
         versions = [row[0] for row in db.execute("SELECT version FROM schema_migrations")]
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert versions == [1]

@@ -9,17 +9,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from harness.http import request
 from harness.poll import poll
-from harness.services import ModelProcess, ServiceProcess, start_gateway, start_model
 from tests.services.hostile import (
-    INFER_HEAD,
-    PREDICT_HEAD,
     exchange,
     memory_mib,
     raw_request,
@@ -28,59 +23,16 @@ from tests.services.hostile import (
     send_and_wait_for_close,
     with_content_length,
 )
+from tests.services.support import SERVICES, Server, serve
+
+# Each service with its defaults is conftest's ``server``.
 
 
-@dataclass(frozen=True)
-class Server:
-    """A running server and the head of a POST it reads a body for (``PREDICT_HEAD`` or
-    ``INFER_HEAD``, whose length ``with_content_length`` sets)."""
-
-    process: ServiceProcess
-    post: bytes
-
-    @property
-    def port(self) -> int:
-        return self.process.port
-
-    @property
-    def probe_path(self) -> str:
-        """A cheap GET it answers 200: its liveness."""
-        return self.process.live_path
-
-
-def _gateway(model: ModelProcess, log_dir: Path, **env: str) -> Server:
-    return Server(start_gateway(model.url, log_dir, "ready", **env), PREDICT_HEAD)
-
-
-def _model(model_dir: Path, log_dir: Path, **env: str) -> Server:
-    return Server(start_model(model_dir, log_dir, None, **env), INFER_HEAD)
-
-
-def _serve(
-    request: pytest.FixtureRequest, model_dir: Path, log_dir: Path, **env: str
-) -> Iterator[Server]:
-    if request.param == "gateway":
-        model_server: ModelProcess = request.getfixturevalue("model_server")
-        server = _gateway(model_server, log_dir, **env)
-    else:
-        server = _model(model_dir, log_dir, **env)
-    yield server
-    server.process.stop()
-
-
-@pytest.fixture(scope="module", params=["gateway", "model"])
-def server(request: pytest.FixtureRequest, model_dir: Path, log_dir: Path) -> Iterator[Server]:
-    """Each server with its defaults."""
-    yield from _serve(request, model_dir, log_dir)
-
-
-@pytest.fixture(scope="module", params=["gateway", "model"])
-def impatient(request: pytest.FixtureRequest, model_dir: Path, log_dir: Path) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=SERVICES)
+def impatient(request: pytest.FixtureRequest) -> Iterator[Server]:
     """Each server with one-second read timeouts, so that the tests wait one second instead of
     the defaults."""
-    yield from _serve(
-        request, model_dir, log_dir, HEADER_TIMEOUT_SECONDS="1", BODY_TIMEOUT_SECONDS="1"
-    )
+    yield from serve(request, HEADER_TIMEOUT_SECONDS="1", BODY_TIMEOUT_SECONDS="1")
 
 
 # -- headers: a size limit -----------------------------------------------------------------------
@@ -135,7 +87,7 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
 
 
 def test_half_a_head_gets_408_after_the_header_timeout(impatient: Server) -> None:
-    half = impatient.post.partition(b"\r\n")[0] + b"\r\nHost: x\r\nX-Half-"
+    half = impatient.post.head.partition(b"\r\n")[0] + b"\r\nHost: x\r\nX-Half-"
     seconds, received = send_and_wait_for_close(impatient.port, half)
     assert received.startswith(b"HTTP/1.1 408 ")
     assert b"request headers not received within 1 s" in received
@@ -143,7 +95,7 @@ def test_half_a_head_gets_408_after_the_header_timeout(impatient: Server) -> Non
 
 
 def test_half_a_body_gets_408_after_the_body_timeout(impatient: Server) -> None:
-    head = with_content_length(impatient.post, 100)
+    head = with_content_length(impatient.post.head, 100)
     seconds, received = send_and_wait_for_close(impatient.port, head + b'{"inputs": [[5.1, ')
     assert received.startswith(b"HTTP/1.1 408 ")
     assert b"request body not received within 1 s" in received
@@ -152,7 +104,7 @@ def test_half_a_body_gets_408_after_the_body_timeout(impatient: Server) -> None:
 
 def test_a_trickled_body_is_cut_off_at_the_body_timeout(impatient: Server) -> None:
     # One byte every 0.2 s: each read is quick, the whole body is not.
-    head = with_content_length(impatient.post, 1000)
+    head = with_content_length(impatient.post.head, 1000)
     with socket.create_connection(("127.0.0.1", impatient.port)) as sock:
         sock.sendall(head)
 
@@ -181,10 +133,10 @@ def test_a_trickled_body_is_cut_off_at_the_body_timeout(impatient: Server) -> No
 # -- open connections: a cap ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["gateway", "model"])
-def capped(request: pytest.FixtureRequest, model_dir: Path, log_dir: Path) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=SERVICES)
+def capped(request: pytest.FixtureRequest) -> Iterator[Server]:
     """Each server with room for 4 connections, each kept open while it sends nothing."""
-    yield from _serve(request, model_dir, log_dir, MAX_CONNECTIONS="4", HEADER_TIMEOUT_SECONDS="30")
+    yield from serve(request, MAX_CONNECTIONS="4", HEADER_TIMEOUT_SECONDS="30")
 
 
 def test_a_connection_beyond_the_cap_gets_503_at_once(capped: Server) -> None:

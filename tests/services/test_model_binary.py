@@ -15,6 +15,7 @@ import tritonclient.http as httpclient
 from sklearn.datasets import load_iris
 from tritonclient.utils import InferenceServerException
 
+from components.app import MODEL_NAME
 from harness.http import Reply, request
 from harness.services import SETOSA, VIRGINICA, ModelProcess
 from tests.services.oip import INFER_PATH, binary_body, infer_body, tensor
@@ -46,10 +47,10 @@ def split(reply: Reply) -> tuple[dict[str, Any], bytes]:
 def test_client_health_and_metadata(client: Any) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
-    assert client.is_model_ready("iris")
-    assert client.is_model_ready("iris", "v2")
+    assert client.is_model_ready(MODEL_NAME)
+    assert client.is_model_ready(MODEL_NAME, "v2")
     assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
-    assert client.get_model_metadata("iris", "v2")["versions"] == ["v2"]
+    assert client.get_model_metadata(MODEL_NAME, "v2")["versions"] == ["v2"]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int32])
@@ -60,7 +61,7 @@ def test_client_infers_with_set_data_from_numpy(client: Any, dtype: Any) -> None
     datatype = {np.float32: "FP32", np.float64: "FP64", np.float16: "FP16", np.int32: "INT32"}
     tensor = httpclient.InferInput("input-0", list(rows.shape), datatype[dtype])
     tensor.set_data_from_numpy(rows)
-    result = client.infer("iris", [tensor], request_id="bin-1")
+    result = client.infer(MODEL_NAME, [tensor], request_id="bin-1")
     assert result.as_numpy("predict").tolist() == [0, 2]
     response = result.get_response()
     assert (response["model_version"], response["id"]) == ("v2", "bin-1")
@@ -76,7 +77,7 @@ def test_client_requests_probabilities_binary_and_labels_as_json(client: Any) ->
         httpclient.InferRequestedOutput("predict_proba"),
         httpclient.InferRequestedOutput("predict", binary_data=False),
     ]
-    result = client.infer("iris", [tensor], model_version="v2", outputs=outputs)
+    result = client.infer(MODEL_NAME, [tensor], model_version="v2", outputs=outputs)
     proba = result.as_numpy("predict_proba")
     assert proba.shape == (2, 3)
     assert np.allclose(proba.sum(axis=1), 1.0)
@@ -88,7 +89,7 @@ def test_client_unknown_version_is_404_naming_the_served_one(client: Any) -> Non
     tensor = httpclient.InferInput("input-0", [1, 4], "FP64")
     tensor.set_data_from_numpy(np.asarray([SETOSA]))
     with pytest.raises(InferenceServerException) as caught:
-        client.infer("iris", [tensor], model_version="v7")
+        client.infer(MODEL_NAME, [tensor], model_version="v7")
     assert caught.value.status() == "404"
     assert "served versions: v2" in caught.value.message()
 
@@ -115,7 +116,7 @@ def test_binary_outputs_follow_the_json_header(model_server: ModelProcess) -> No
             "outputs": [{"name": "predict_proba"}, {"name": "predict"}],
         },
     )
-    reply = post(model_server, body, headers, "/v2/models/iris/versions/v2/infer")
+    reply = post(model_server, body, headers, f"/v2/models/{MODEL_NAME}/versions/v2/infer")
     assert reply.status == 200
     assert reply.headers["content-type"] == "application/octet-stream"
     header, data = split(reply)

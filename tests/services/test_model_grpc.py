@@ -22,6 +22,7 @@ from sklearn.datasets import load_iris
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
+from components.app import MODEL_NAME
 from harness.services import MODEL_SRC, SETOSA, VIRGINICA, ModelProcess, start_model
 from tests.services import oip
 from tests.services.oip import SERVICE, raw_message, typed_message
@@ -65,16 +66,16 @@ def code_and_details(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
 def test_client_health_and_readiness(client: Any) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
-    assert client.is_model_ready("iris")
-    assert client.is_model_ready("iris", "v2")
+    assert client.is_model_ready(MODEL_NAME)
+    assert client.is_model_ready(MODEL_NAME, "v2")
 
 
 def test_client_server_and_model_metadata(client: Any) -> None:
     server = client.get_server_metadata()
     assert server.name == "mlstack-model"
     assert list(server.extensions) == ["binary_tensor_data"]
-    model = client.get_model_metadata("iris", "v2")
-    assert (model.name, list(model.versions), model.platform) == ("iris", ["v2"], "sklearn")
+    model = client.get_model_metadata(MODEL_NAME, "v2")
+    assert (model.name, list(model.versions), model.platform) == (MODEL_NAME, ["v2"], "sklearn")
     assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs] == [
         ("input-0", "FP64", [-1, 4])
     ]
@@ -92,10 +93,11 @@ def test_client_infers_with_set_data_from_numpy(client: Any, dtype: str) -> None
     )
     tensor = grpcclient.InferInput("input-0", list(rows.shape), dtype)
     tensor.set_data_from_numpy(rows)
-    result = client.infer("iris", [tensor], request_id="grpc-1")
+    result = client.infer(MODEL_NAME, [tensor], request_id="grpc-1")
     assert result.as_numpy("predict").tolist() == [0, 2]
     response = result.get_response()
-    assert (response.model_name, response.model_version, response.id) == ("iris", "v2", "grpc-1")
+    assert response.model_name == MODEL_NAME
+    assert (response.model_version, response.id) == ("v2", "grpc-1")
 
 
 def test_client_requests_probabilities_at_a_version(client: Any) -> None:
@@ -106,7 +108,7 @@ def test_client_requests_probabilities_at_a_version(client: Any) -> None:
         grpcclient.InferRequestedOutput("predict_proba"),
         grpcclient.InferRequestedOutput("predict"),
     ]
-    result = client.infer("iris", [tensor], model_version="v2", outputs=outputs)
+    result = client.infer(MODEL_NAME, [tensor], model_version="v2", outputs=outputs)
     proba = result.as_numpy("predict_proba")
     assert proba.shape == (2, 3)
     assert np.allclose(proba.sum(axis=1), 1.0)
@@ -120,8 +122,8 @@ def test_client_large_batch_matches_the_estimator(
     rows = np.asarray([data[i % len(data)] for i in range(1500)])
     tensor = grpcclient.InferInput("input-0", list(rows.shape), "FP64")
     tensor.set_data_from_numpy(rows)
-    labels = client.infer("iris", [tensor]).as_numpy("predict").tolist()
-    assert labels == artifacts.load(model_dir, "iris", "v2").estimator.predict(rows).tolist()
+    labels = client.infer(MODEL_NAME, [tensor]).as_numpy("predict").tolist()
+    assert labels == artifacts.load(model_dir, MODEL_NAME, "v2").estimator.predict(rows).tolist()
 
 
 def test_client_unknown_version_is_not_found_naming_the_served_one(client: Any) -> None:
@@ -129,7 +131,7 @@ def test_client_unknown_version_is_not_found_naming_the_served_one(client: Any) 
     tensor = grpcclient.InferInput("input-0", [1, 4], "FP64")
     tensor.set_data_from_numpy(rows)
     with pytest.raises(InferenceServerException) as caught:
-        client.infer("iris", [tensor], model_version="v7")
+        client.infer(MODEL_NAME, [tensor], model_version="v7")
     assert caught.value.status() == "StatusCode.NOT_FOUND"
     assert "served versions: v2" in caught.value.message()
 
@@ -140,7 +142,9 @@ def test_client_unknown_version_is_not_found_naming_the_served_one(client: Any) 
 def test_server_live_ready_and_model_ready(channel: grpc.Channel) -> None:
     assert call(channel, "ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse).live
     assert call(channel, "ServerReady", pb.ServerReadyRequest(), pb.ServerReadyResponse).ready
-    ready = call(channel, "ModelReady", pb.ModelReadyRequest(name="iris"), pb.ModelReadyResponse)
+    ready = call(
+        channel, "ModelReady", pb.ModelReadyRequest(name=MODEL_NAME), pb.ModelReadyResponse
+    )
     assert ready.ready
 
 
@@ -197,7 +201,7 @@ def test_health_service_serves_probes(channel: grpc.Channel) -> None:
         ("ModelReady", pb.ModelReadyRequest(name="mnist"), pb.ModelReadyResponse, "'mnist'"),
         (
             "ModelReady",
-            pb.ModelReadyRequest(name="iris", version="v7"),
+            pb.ModelReadyRequest(name=MODEL_NAME, version="v7"),
             pb.ModelReadyResponse,
             "served versions: v2",
         ),
@@ -209,7 +213,7 @@ def test_health_service_serves_probes(channel: grpc.Channel) -> None:
         ),
         (
             "ModelMetadata",
-            pb.ModelMetadataRequest(name="iris", version="v1"),
+            pb.ModelMetadataRequest(name=MODEL_NAME, version="v1"),
             pb.ModelMetadataResponse,
             "served versions: v2",
         ),

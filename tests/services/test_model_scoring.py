@@ -29,6 +29,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
+from components.app import MODEL_NAME
 from tests.services.oip import tensor
 
 VERSIONS = ["v1", "v2"]
@@ -47,8 +48,8 @@ def _probe_rows() -> np.ndarray[Any, np.dtype[np.float64]]:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_fast_row_scoring_equals_sklearn_predict(model_dir: Path, version: str) -> None:
-    estimator = artifacts.load(model_dir, "iris", version).estimator
-    scorer = artifacts.load_scorer(model_dir, "iris", version)
+    estimator = artifacts.load(model_dir, MODEL_NAME, version).estimator
+    scorer = artifacts.load_scorer(model_dir, MODEL_NAME, version)
     rows = _probe_rows()
     expected = estimator.predict(rows).tolist()
     assert [scorer.predict_row(row) for row in rows.tolist()] == expected
@@ -60,8 +61,8 @@ def test_batch_scoring_equals_sklearn_predict_and_predict_proba(
 ) -> None:
     """The stored scorer, rebuilt from its arrays alone, against the pickled estimator: the same
     classes and, to the last bit, the same probabilities."""
-    estimator = artifacts.load(model_dir, "iris", version).estimator
-    scorer = artifacts.load_scorer(model_dir, "iris", version)
+    estimator = artifacts.load(model_dir, MODEL_NAME, version).estimator
+    scorer = artifacts.load_scorer(model_dir, MODEL_NAME, version)
     rows = _probe_rows()
     assert scorer.predict_matrix(rows) == estimator.predict(rows).tolist()
     proba = scorer.predict_proba_matrix(rows)
@@ -84,7 +85,7 @@ def test_the_served_path_answers_as_sklearn_on_the_data_set(model_dir: Path, ver
     classes predict gives and the probabilities predict_proba gives, exactly."""
     settings = ModelSettings.from_env({"MODEL_DIR": str(model_dir), "MODEL_VERSION": version})
     model = load_model(settings)
-    estimator = artifacts.load(model_dir, "iris", version).estimator
+    estimator = artifacts.load(model_dir, MODEL_NAME, version).estimator
     data = load_iris().data
     expected = estimator.predict(data).tolist()
     answers = []
@@ -165,7 +166,7 @@ def test_a_binary_linear_model_has_no_compiled_form() -> None:
 
 
 def test_a_stored_scorer_round_trips_and_a_foreign_format_is_refused(model_dir: Path) -> None:
-    scorer = artifacts.load_scorer(model_dir, "iris", "v2")
+    scorer = artifacts.load_scorer(model_dir, MODEL_NAME, "v2")
     again = from_stored(stored(scorer))
     rows = _probe_rows()
     assert np.array_equal(again.predict_proba_matrix(rows), scorer.predict_proba_matrix(rows))
@@ -174,8 +175,8 @@ def test_a_stored_scorer_round_trips_and_a_foreign_format_is_refused(model_dir: 
 
 
 def test_versions_are_genuinely_different_models(model_dir: Path) -> None:
-    v1 = artifacts.load(model_dir, "iris", "v1")
-    v2 = artifacts.load(model_dir, "iris", "v2")
+    v1 = artifacts.load(model_dir, MODEL_NAME, "v1")
+    v2 = artifacts.load(model_dir, MODEL_NAME, "v2")
     assert type(v1.estimator) is not type(v2.estimator)
     rows = _probe_rows()
     assert (v1.estimator.predict(rows) != v2.estimator.predict(rows)).any()
@@ -183,35 +184,35 @@ def test_versions_are_genuinely_different_models(model_dir: Path) -> None:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_artifact_records_its_version(model_dir: Path, version: str) -> None:
-    artifact = artifacts.load(model_dir, "iris", version)
+    artifact = artifacts.load(model_dir, MODEL_NAME, version)
     assert artifact.metadata.version == version
-    on_disk = json.loads((model_dir / "iris" / version / "metadata.json").read_text())
+    on_disk = json.loads((model_dir / MODEL_NAME / version / "metadata.json").read_text())
     assert on_disk["version"] == version
     assert on_disk["feature_names"] == artifact.metadata.feature_names
     assert artifact.metadata.holdout_accuracy > 0.85
 
 
 def test_available_versions_are_ordered_newest_last(model_dir: Path) -> None:
-    assert artifacts.available_versions(model_dir, "iris") == ["v1", "v2"]
+    assert artifacts.available_versions(model_dir, MODEL_NAME) == ["v1", "v2"]
 
 
 def test_loading_an_artifact_under_the_wrong_version_is_refused(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    (tmp_path / "iris").mkdir()
-    (tmp_path / "iris" / "v9").symlink_to(model_dir / "iris" / "v1")
-    with pytest.raises(ValueError, match="holds iris v1"):
-        artifacts.load(tmp_path, "iris", "v9")
+    (tmp_path / MODEL_NAME).mkdir()
+    (tmp_path / MODEL_NAME / "v9").symlink_to(model_dir / MODEL_NAME / "v1")
+    with pytest.raises(ValueError, match=f"holds {MODEL_NAME} v1"):
+        artifacts.load(tmp_path, MODEL_NAME, "v9")
 
 
 def test_ensure_trained_fills_an_empty_cache(tmp_path: Path) -> None:
-    train.ensure_trained(tmp_path, "iris")
-    assert artifacts.available_versions(tmp_path, "iris") == ["v1", "v2"]
+    train.ensure_trained(tmp_path, MODEL_NAME)
+    assert artifacts.available_versions(tmp_path, MODEL_NAME) == ["v1", "v2"]
 
 
 def test_ensure_trained_retrains_an_artifact_without_its_compiled_scorer(tmp_path: Path) -> None:
     """A cache trained before the scorer was stored beside the pickle is trained again."""
-    train.ensure_trained(tmp_path, "iris")
-    (tmp_path / "iris" / "v1" / artifacts.SCORER_FILE).unlink()
-    train.ensure_trained(tmp_path, "iris")
-    assert artifacts.has_scorer(tmp_path, "iris", "v1")
+    train.ensure_trained(tmp_path, MODEL_NAME)
+    (tmp_path / MODEL_NAME / "v1" / artifacts.SCORER_FILE).unlink()
+    train.ensure_trained(tmp_path, MODEL_NAME)
+    assert artifacts.has_scorer(tmp_path, MODEL_NAME, "v1")
