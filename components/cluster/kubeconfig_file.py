@@ -29,10 +29,14 @@ class _KubeconfigFileProvider(dynamic.ResourceProvider):
             text = ""
         if "certificate-authority-data" not in text:
             raise RuntimeError(f"the k3s container is healthy, but {path} holds no kubeconfig")
-        text = text.replace("https://127.0.0.1:6443", f"https://127.0.0.1:{int(props['api_port'])}")
+        # k3s writes its server as it listens in the container; the user reaches the published port.
+        written = f"https://127.0.0.1:{int(props['k3s_api_port'])}"
+        text = text.replace(written, f"https://127.0.0.1:{int(props['api_port'])}")
         return dynamic.CreateResult(id_=str(path), outs={**props, "kubeconfig": text})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
+        # Not `k3s_api_port`: a new one comes with a new container (`container_id`), and a state
+        # that lacks the key must not replace (delete) a kubeconfig k3s will not write again.
         keys = [key for key in ("path", "api_port", "container_id") if olds.get(key) != news[key]]
         return dynamic.DiffResult(changes=bool(keys), replaces=keys, delete_before_replace=True)
 
@@ -87,20 +91,32 @@ class HostFolder(dynamic.Resource):
 
 
 class KubeconfigFile(dynamic.Resource):
+    """The kubeconfig k3s wrote at `path` for its API on `k3s_api_port` in its container, with
+    the server moved to `api_port`, where that port is published on the user's machine."""
+
     kubeconfig: pulumi.Output[str]
 
     def __init__(
         self,
         name: str,
+        *,
         path: str,
         api_port: int,
+        k3s_api_port: int,
         container_id: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        props = {
+            "path": path,
+            "api_port": api_port,
+            "k3s_api_port": k3s_api_port,
+            "container_id": container_id,
+            "kubeconfig": None,
+        }
         super().__init__(
             _KubeconfigFileProvider(),
             name,
-            {"path": path, "api_port": api_port, "container_id": container_id, "kubeconfig": None},
+            props,
             pulumi.ResourceOptions.merge(
                 opts, pulumi.ResourceOptions(additional_secret_outputs=["kubeconfig"])
             ),

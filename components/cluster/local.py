@@ -128,6 +128,7 @@ class LocalK3sCluster(Cluster):
             f"{name}-kubeconfig",
             path=str(output_dir / "kubeconfig.yaml"),
             api_port=config.api_port,
+            k3s_api_port=K3S_API_PORT,
             container_id=server.id,
             opts=child,
         )

@@ -237,13 +237,19 @@ def test_host_folder_replaced_when_its_path_changes() -> None:
     assert moved.delete_before_replace
 
 
-def test_kubeconfig_is_read_with_the_published_api_port(tmp_path: Path) -> None:
+@pytest.mark.parametrize("k3s_api_port", [6443, 7443])
+def test_kubeconfig_is_read_with_the_published_api_port(tmp_path: Path, k3s_api_port: int) -> None:
     path = tmp_path / "kubeconfig.yaml"
     path.write_text(
         "clusters:\n- cluster:\n    certificate-authority-data: Q0E=\n"
-        "    server: https://127.0.0.1:6443\n"
+        f"    server: https://127.0.0.1:{k3s_api_port}\n"
     )
-    props = {"path": str(path), "api_port": 16443, "container_id": "c1"}
+    props = {
+        "path": str(path),
+        "api_port": 16443,
+        "k3s_api_port": k3s_api_port,
+        "container_id": "c1",
+    }
 
     created = _KubeconfigFileProvider().create(props)
 
@@ -252,11 +258,32 @@ def test_kubeconfig_is_read_with_the_published_api_port(tmp_path: Path) -> None:
     assert "server: https://127.0.0.1:16443\n" in created.outs["kubeconfig"]
 
 
+def test_the_kubeconfig_names_the_port_k3s_listens_on_and_the_one_published(
+    runs: dict[str, ProgramRun],
+) -> None:
+    run = runs["dev"]
+    (kubeconfig,) = [r for r in run.resources if r.name.endswith("-kubeconfig")]
+    (server,) = [
+        r for r in run.by_type("docker:index/container:Container") if r.name.endswith("-k3s")
+    ]
+    published = [
+        p for p in server.inputs["ports"] if p["external"] == kubeconfig.inputs["api_port"]
+    ]
+    assert [p["internal"] for p in published] == [kubeconfig.inputs["k3s_api_port"]]
+
+
+def test_a_kubeconfig_recorded_without_the_k3s_port_is_kept(tmp_path: Path) -> None:
+    """A replacement deletes the file, which k3s does not write again for the same container."""
+    olds = {"path": "/k", "api_port": 16443, "container_id": "c1"}
+    kept = _KubeconfigFileProvider().diff("/k", olds, {**olds, "k3s_api_port": 6443})
+    assert not kept.changes
+
+
 @pytest.mark.parametrize("text", [None, "apiVersion: v1\n"])
 def test_a_missing_kubeconfig_fails_the_create_at_once(tmp_path: Path, text: str | None) -> None:
     path = tmp_path / "kubeconfig.yaml"
     if text is not None:
         path.write_text(text)
-    props = {"path": str(path), "api_port": 16443, "container_id": "c1"}
+    props = {"path": str(path), "api_port": 16443, "k3s_api_port": 6443, "container_id": "c1"}
     with pytest.raises(RuntimeError, match="holds no kubeconfig"):
         _KubeconfigFileProvider().create(props)
