@@ -21,6 +21,7 @@ import yaml
 
 from components.stack_file import ROOT, path_of, read_config
 from tools import pulumi_cli
+from tools.stack import exported_resources
 
 # What the program reads from its own folder.
 PROJECT_FILES: Final = ("Pulumi.yaml", "__main__.py", "requirements.txt")
@@ -202,5 +203,4 @@ class PulumiWorkspace:
         return data
 
     def resources(self, stack: str) -> list[dict[str, Any]]:
-        deployment = self.export(stack).get("deployment") or {}
-        return list(deployment.get("resources") or [])
+        return exported_resources(self.export(stack))

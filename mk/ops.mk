@@ -3,16 +3,13 @@
 
 WORKFLOWS := $(wildcard .github/workflows/*.yml .github/workflows/*.yaml)
 LOCAL_ACTIONS := $(wildcard .github/actions/*/action.yml)
-# Every resource of a stack's state that carries `protect`, one URN a line.
-PROTECTED_URNS := import json, sys; state = json.load(sys.stdin).get("deployment") or {}; \
-  print("\n".join(r["urn"] for r in state.get("resources") or [] if r.get("protect")))
 
 .PHONY: down
 down: venv ## destroy $(STACK) and remove it (refuses while anything in it is protected, e.g. prod)
 	$(REQUIRE_PULUMI)
 	@state=$$($(PULUMI) stack export --stack $(STACK)) || { \
 	  echo "make down: cannot read the state of stack $(STACK) (does it exist? pulumi stack ls)" >&2; exit 1; }; \
-	protected=$$(printf '%s' "$$state" | $(PY) -c '$(PROTECTED_URNS)') || exit 1; \
+	protected=$$(printf '%s' "$$state" | $(PY) -m tools.stack protected) || exit 1; \
 	if [ -n "$$protected" ]; then \
 	  { echo "make down: stack $(STACK) is protected, so nothing was destroyed. Protected resources:"; \
 	    echo "$$protected" | sed 's/^/  /'; \

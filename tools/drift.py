@@ -32,6 +32,7 @@ from pulumi import automation as auto
 
 from harness.program import is_secret
 from tools import pulumi_cli
+from tools.stack import exported_resources
 
 # Step results of a refresh that mean the live resource differs from the state.
 DRIFT_OPS: Final = {"update": "changed", "delete": "deleted", "replace": "replaced"}
@@ -309,9 +310,9 @@ def _without_bookkeeping(outputs: Mapping[str, Any] | None) -> dict[str, Any] | 
     return {key: value for key, value in outputs.items() if key != "__inputs"}
 
 
-def ignore_changes_of(deployment: Mapping[str, Any]) -> dict[str, list[str]]:
+def ignore_changes_of(exported: Mapping[str, Any]) -> dict[str, list[str]]:
     """URN -> the `ignoreChanges` paths of each resource in an exported state."""
-    resources = (deployment.get("deployment") or deployment).get("resources") or []
+    resources = exported_resources(exported)
     return {r["urn"]: list(r["ignoreChanges"]) for r in resources if r.get("ignoreChanges")}
 
 
@@ -332,7 +333,8 @@ def check(stack: str, *, work_dir: Path | None = None, pulumi: str | None = None
         selected.preview_refresh(on_event=events.append, show_secrets=False, color="never")
     except auto.CommandError as error:
         raise DriftCheckError(str(error).strip()) from error
-    return report(stack, events, ignore_changes_of(dict(state.deployment or {})))
+    exported = {"version": state.version, "deployment": state.deployment}
+    return report(stack, events, ignore_changes_of(exported))
 
 
 class DriftCheckError(Exception):

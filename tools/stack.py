@@ -1,18 +1,24 @@
 """A deployed stack's cluster, through the Pulumi and kubectl CLIs: what the operations tools
-(`make switchover`) act on.
+(`make switchover`) act on; and the one reader of a stack's exported state (`make down`,
+tools/drift.py, the e2e workspace).
 
 The stack says where its application runs: the namespace and the kubeconfig are its outputs (the
 kubeconfig itself for a cluster the program made, the file's path for an `existing` one), and an
 `existing` cluster's context is its `cluster` config. The CLIs are $PULUMI and $KUBECTL, `pulumi`
 and `kubectl` on PATH by default; the backend and the passphrase come from the environment.
+
+    pulumi stack export --stack NAME | python -m tools.stack protected
+                                        the URN of each protected resource, one a line (make down)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +96,22 @@ def _checked(
         detail = (result.stderr or result.stdout or "").strip() if capture else ""
         raise StackError(f"`{shlex.join(argv)}` exited {result.returncode}: {detail}")
     return result
+
+
+def exported_resources(exported: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The resources of a state as `pulumi stack export` prints it, `{"version": 3,
+    "deployment": {..., "resources": [...]}}` (the Automation API's `export_stack` returns the
+    same two keys as a `Deployment`); none for a stack never deployed, whose deployment is empty."""
+    if "resources" in exported:
+        # Its `deployment` alone: the wrong half, which would read as a stack with nothing in it.
+        raise ValueError("expected `pulumi stack export`'s document, got its deployment")
+    deployment = exported.get("deployment") or {}
+    return list(deployment.get("resources") or [])
+
+
+def protected_urns(exported: Mapping[str, Any]) -> list[str]:
+    """The URN of every resource of an exported state that carries `protect`."""
+    return [r["urn"] for r in exported_resources(exported) if r.get("protect")]
 
 
 @dataclass(frozen=True)
@@ -187,3 +209,19 @@ class Kubectl:
         text = self("get", *args, "--ignore-not-found", "--output", "json").stdout
         found: dict[str, Any] = json.loads(text) if text.strip() else {}
         return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.stack", description="What an exported state says."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("protected", help="`pulumi stack export` on stdin -> protected URNs")
+    parser.parse_args(argv)
+    urns = protected_urns(json.load(sys.stdin))
+    print("\n".join(urns), end="\n" if urns else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -162,8 +162,11 @@ def test_the_markdown_names_each_property_with_both_values() -> None:
 
 def test_ignore_changes_are_read_from_the_exported_state() -> None:
     state = {"resources": [{"urn": MODEL, "ignoreChanges": ["spec.replicas"]}, {"urn": GATEWAY}]}
-    assert ignore_changes_of(state) == {MODEL: ["spec.replicas"]}
-    assert ignore_changes_of({"deployment": state}) == {MODEL: ["spec.replicas"]}
+    exported = {"version": 3, "deployment": state}
+    assert ignore_changes_of(exported) == {MODEL: ["spec.replicas"]}
+    # The deployment alone is a caller's mistake, not a state with nothing ignored.
+    with pytest.raises(ValueError, match="stack export"):
+        ignore_changes_of(state)
 
 
 @pytest.mark.parametrize(
