@@ -27,13 +27,28 @@ endif
 
 TEST_TARGETS := lint typecheck unit
 
-$(VENV)/.installed: requirements.txt requirements-cloud.txt requirements-dev.txt services/model/requirements.txt services/gateway/requirements.txt policy/pack/requirements.txt
-	$(call pip_install,$(VENV),-r requirements-dev.txt)
-	$(call pip_install,$(VENV),--no-deps -r policy/pack/requirements.txt)
+# $(call program_install,DIR,ARGS): the Pulumi program's environment in DIR: requirements.txt, the
+# cloud packages and ARGS resolved together, then the policy pack, which runs in the same
+# environment (--no-deps: policy/pack/requirements.txt says why).
+PROGRAM_REQUIREMENTS := requirements.txt requirements-cloud.txt policy/pack/requirements.txt
+define program_install
+$(call pip_install,$(1),-r requirements.txt -r requirements-cloud.txt $(2))
+$(call pip_install,$(1),--no-deps -r policy/pack/requirements.txt)
+endef
+
+$(VENV)/.installed: $(PROGRAM_REQUIREMENTS) requirements-dev.txt services/model/requirements.txt services/gateway/requirements.txt
+	$(call program_install,$(VENV),-r requirements-dev.txt)
 	touch $@
 
 .PHONY: venv
 venv: $(VENV)/.installed ## create the virtual environment with every test dependency
+
+$(VENV)/.program-installed: $(PROGRAM_REQUIREMENTS)
+	$(call program_install,$(VENV))
+	touch $@
+
+.PHONY: program-venv
+program-venv: $(VENV)/.program-installed ## .venv with only what `pulumi` runs: the program, the cloud packages, the policy pack (CI's)
 
 .PHONY: lint
 lint: venv ## ruff: lint and format check

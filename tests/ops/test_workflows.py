@@ -332,7 +332,7 @@ def test_no_workflow_runs_pull_request_code_with_the_base_repository_s_privilege
 def test_dependencies_are_installed_before_pulumi_runs() -> None:
     action = load(GITHUB / "actions" / "pulumi-setup" / "action.yml")
     runs = [str(s.get("run", "")) for s in action["runs"]["steps"]]
-    assert any("pip install" in run and "-r requirements.txt" in run for run in runs)
+    assert any(run.startswith("make program-venv") for run in runs)
     for name, job_id, job in jobs():
         uses = [str(s.get("uses", "")) for s in steps(job)]
         if any(u.startswith("pulumi/actions@") for u in uses) or any(
@@ -346,6 +346,35 @@ def test_dependencies_are_installed_before_pulumi_runs() -> None:
                 or "pulumi " in str(s.get("run", ""))
             )
             assert uses.index(SETUP_ACTION) < first_pulumi, f"{name} {job_id}"
+
+
+def pip_installs(target: str, venv: Path) -> list[list[str]]:
+    """The `pip install` arguments of `make target` on a virtual environment not made yet."""
+    result = run_make("-n", target, f"VENV={venv}", env=make_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if " -m pip install " in line]
+    return [line.split(" -m pip install ", 1)[1].split() for line in lines]
+
+
+def test_ci_sets_up_the_program_s_environment_as_make_does_without_the_test_tools(
+    tmp_path: Path,
+) -> None:
+    quiet = ["--quiet", "--disable-pip-version-check"]
+    pack = [*quiet, "--no-deps", "-r", "policy/pack/requirements.txt"]
+    program = [*quiet, "-r", "requirements.txt", "-r", "requirements-cloud.txt"]
+    # What `pulumi` runs on: the program, the cloud packages, the policy pack.
+    assert pip_installs("program-venv", tmp_path / "venv") == [program, pack]
+    # `make venv` resolves the same together with the test dependencies.
+    assert pip_installs("venv", tmp_path / "venv") == [
+        [*program, "-r", "requirements-dev.txt"],
+        pack,
+    ]
+    # The pip cache is keyed by the files the action's environment is installed from.
+    action = load(GITHUB / "actions" / "pulumi-setup" / "action.yml")
+    (python,) = [s for s in action["runs"]["steps"] if s.get("uses") == "actions/setup-python@v6"]
+    cached = set(python["with"]["cache-dependency-path"].split())
+    installed = {args[i + 1] for args in (program, pack) for i, a in enumerate(args) if a == "-r"}
+    assert cached == installed
 
 
 def test_the_cli_is_the_release_requirements_txt_pins() -> None:
