@@ -49,6 +49,9 @@ $(VENV)/.program-installed: $(PROGRAM_REQUIREMENTS)
 
 .PHONY: program-venv
 program-venv: $(VENV)/.program-installed ## .venv with only what `pulumi` runs: the program, the cloud packages, the policy pack (CI's)
+# The prerequisite of a target that needs only the program's environment: `venv` where make venv
+# made one (it holds the program's), else program-venv, as in CI's jobs.
+PROGRAM_ENV = $(if $(wildcard $(VENV)/.installed),venv,program-venv)
 
 .PHONY: lint
 lint: venv ## ruff: lint and format check

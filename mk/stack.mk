@@ -8,7 +8,7 @@ export PULUMI_CONFIG_PASSPHRASE ?=
 endif
 
 .PHONY: stack
-stack: venv ## select (or create) $(STACK) and generate its secrets on first use
+stack: $(PROGRAM_ENV) ## select (or create) $(STACK) and generate its secrets on first use
 	$(REQUIRE_PULUMI)
 	@mkdir -p .pulumi-local
 	$(PULUMI) stack select --create $(STACK)

@@ -14,10 +14,15 @@
                                         (REVIEW_KUBE_CONTEXT, REVIEW_REGISTRY, REVIEW_GATEWAY_IMAGE,
                                         REVIEW_MODEL_IMAGE, REVIEW_DATABASE_IMAGE,
                                         REVIEW_GATEWAY_SERVICE_TYPE)
+    stacks.py review-stacks             `pulumi stack ls --json` on stdin -> the review stacks
+                                        (REVIEW_STACK), one a line
+    stacks.py exists --stack NAME       `pulumi stack ls --json` on stdin -> `exists=true|false`
+                                        for $GITHUB_OUTPUT
 
-`affected` and `review-config` need only the standard library (they run before the project's
-virtual environment exists); `info` reads the stack file with the program's own reader
-(components/stack_file.py, components/config.py) from that environment.
+`affected`, `review-config`, `review-stacks` and `exists` need only the standard library
+(`affected` and `review-config` run before the project's virtual environment exists); `info`
+reads the stack file with the program's own reader (components/stack_file.py,
+components/config.py) from that environment.
 """
 
 from __future__ import annotations
@@ -112,6 +117,28 @@ def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
+def stack_names(listing: list[dict[str, Any]]) -> list[str]:
+    """The stacks of `pulumi stack ls --json` by their own names: a backend may qualify them
+    (`org/stack`, `org/project/stack`)."""
+    return [str(entry["name"]).rsplit("/", 1)[-1] for entry in listing]
+
+
+def _listing(text: str) -> list[dict[str, Any]]:
+    """`pulumi stack ls --json`'s list; no list (the CLI failed) stops the step."""
+    try:
+        listing = json.loads(text)
+    except ValueError:
+        listing = None
+    if not isinstance(listing, list):
+        raise SystemExit("expected the output of `pulumi stack ls --json` on stdin")
+    return listing
+
+
+def review_stacks(listing: list[dict[str, Any]]) -> list[str]:
+    """The review stacks (`pr-<number>`) of `pulumi stack ls --json`."""
+    return [name for name in stack_names(listing) if REVIEW_STACK.match(name)]
+
+
 def review_config(env: dict[str, str]) -> dict[str, Any]:
     """A review stack's config: the shared test cluster, one replica of each service."""
     cluster: dict[str, Any] = {"provider": "existing"}
@@ -155,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     review = commands.add_parser("review-config")
     review.add_argument("--stack", required=True)
     review.add_argument("--dir", type=Path, default=ROOT)
+    commands.add_parser("review-stacks")
+    exists = commands.add_parser("exists")
+    exists.add_argument("--stack", required=True)
     args = parser.parse_args(argv)
 
     if args.command == "affected":
@@ -169,6 +199,11 @@ def main(argv: list[str] | None = None) -> None:
             os.environ.get("AWS_REGION_FALLBACK", ""),
         )
         print("\n".join(f"{key}={value}" for key, value in values.items()))
+    elif args.command == "review-stacks":
+        for name in review_stacks(_listing(sys.stdin.read())):
+            print(name)
+    elif args.command == "exists":
+        print(f"exists={_flag(args.stack in stack_names(_listing(sys.stdin.read())))}")
     else:
         if not REVIEW_STACK.match(args.stack):
             raise SystemExit(f"{args.stack!r} is not a review stack name (pr-<number>)")

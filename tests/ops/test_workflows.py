@@ -542,7 +542,21 @@ def test_review_stacks_are_opt_in_and_follow_the_pull_request() -> None:
     assert step["with"]["comment-on-pr"] is True
     runs = "\n".join(str(s.get("run", "")) for s in steps(up))
     assert "stacks.py review-config" in runs
-    assert "pulumi config set --secret" in runs
+    # `make stack` creates it and generates its secrets; the repository's two replace theirs.
+    assert runs.index('make stack STACK="$STACK"') < runs.index("pulumi config set --secret")
+    assert "stack select" not in runs
+    assert "tools.stack_secrets" not in runs
+
+
+def test_make_stack_needs_only_the_environment_ci_sets_up(tmp_path: Path) -> None:
+    # A virtual environment not made yet, as on a CI runner before pulumi-setup.
+    result = run_make(
+        "-n", "stack", "STACK=pr-7", "PULUMI=pulumi", f"VENV={tmp_path}", env=make_env()
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "-r requirements.txt" in result.stdout
+    assert "requirements-dev.txt" not in result.stdout
+    assert f"touch {tmp_path}/.program-installed" in result.stdout
 
 
 def test_review_teardown_destroys_then_removes_the_stack() -> None:
@@ -557,11 +571,53 @@ def test_review_teardown_destroys_then_removes_the_stack() -> None:
     assert "fromJSON(needs.plan.outputs.prs)" in str(teardown["strategy"]["matrix"]["pr"])
 
 
+# `pulumi stack ls --json` as a backend that qualifies stack names prints it.
+STACK_LIST = json.dumps(
+    [
+        {"name": f"acme/mlstack/{name}"}
+        for name in ("staging", "pr-7", "pr-12", "pr-0", "pr-007", "pr-7a", "pr-")
+    ]
+)
+
+
+def test_review_stacks_are_the_names_stacks_py_accepts_for_one() -> None:
+    assert script("review-stacks", stdin=STACK_LIST).splitlines() == ["pr-7", "pr-12"]
+    assert script("exists", "--stack", "pr-7", stdin=STACK_LIST) == "exists=true\n"
+    assert script("exists", "--stack", "pr-8", stdin=STACK_LIST) == "exists=false\n"
+
+
+@pytest.mark.parametrize("command", [["review-stacks"], ["exists", "--stack", "pr-7"]])
+def test_no_stack_list_stops_the_step(command: list[str]) -> None:
+    """Without pipefail, a `pulumi stack ls` that failed leaves stacks.py an empty stdin."""
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *command],
+        input="",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "pulumi stack ls --json" in result.stderr
+
+
+def test_the_teardown_asks_stacks_py_whether_the_stack_exists() -> None:
+    teardown = workflow("review-stack.yml")["jobs"]["teardown"]
+    (exists,) = [s for s in steps(teardown) if s.get("id") == "exists"]
+    assert (
+        'pulumi stack ls --json | python3 .github/scripts/stacks.py exists --stack "$STACK"'
+        in (exists["run"])
+    )
+    for step in pulumi_steps(teardown):
+        assert step.get("if") == "steps.exists.outputs.exists == 'true'"
+
+
 def test_the_sweep_asks_github_about_each_review_stack() -> None:
     plan = workflow("review-stack.yml")["jobs"]["plan"]
     (sweep,) = [s for s in steps(plan) if s.get("id") == "sweep"]
-    assert "pulumi stack ls" in sweep["run"]
-    assert "^pr-[0-9]+$" in sweep["run"]
+    assert (
+        "pulumi stack ls --json | python3 .github/scripts/stacks.py review-stacks" in sweep["run"]
+    )
     assert 'gh api "repos/$REPOSITORY/pulls/$number"' in sweep["run"]
     assert plan["permissions"]["pull-requests"] == "read"
 
