@@ -4,8 +4,8 @@
 # too, with mlstack's own checks from policy/checkov/.
 # Checkov lives in a virtual environment of its own: its dependencies clash with pulumi's.
 
+# tools.policy and tests/policy run Checkov from here: DEFAULT_CHECKOV in tools/policy.py.
 CHECKOV_VENV := .venv-checkov
-CHECKOV := $(CHECKOV_VENV)/bin/checkov
 MANIFESTS := build/manifests
 
 $(CHECKOV_VENV)/.installed: requirements-checkov.txt
@@ -21,7 +21,7 @@ render: venv ## render the Kubernetes objects of $(STACK) as YAML to build/manif
 
 .PHONY: policy
 policy: venv checkov-venv ## every stack: render, validate schemas, Checkov; Checkov on the Dockerfiles; then tests/policy
-	$(PY) -m tools.policy --out $(MANIFESTS) --checkov $(CHECKOV)
-	MLSTACK_CHECKOV=$(CHECKOV) $(PY) -m pytest tests/policy -q
+	$(PY) -m tools.policy --out $(MANIFESTS)
+	$(PY) -m pytest tests/policy -q
 
 TEST_TARGETS += policy

@@ -1,7 +1,7 @@
 """The policy gate: render every stack, then hold what it would deploy to the project's bar.
 
     python -m tools.policy                      # every Pulumi.<stack>.yaml
-    python -m tools.policy --stack prod --checkov .venv-checkov/bin/checkov
+    python -m tools.policy --stack prod --checkov PATH   # a Checkov other than DEFAULT_CHECKOV
 
 For each stack: its Kubernetes objects are rendered to build/manifests/<stack>/ (tools.render),
 each object is validated against the Kubernetes OpenAPI schemas in strict mode (no unknown field)
@@ -41,6 +41,8 @@ from tools.stack import run
 # local cluster's default k3s image; the newest is the newest schema set kubernetes-validate
 # ships. The README ("Policy") names them too.
 KUBERNETES_VERSIONS: Final = (OLDEST_KUBERNETES, "1.37")
+# Where `make checkov-venv` installs Checkov (mk/policy.mk's CHECKOV_VENV; tests/ops checks the
+# two agree), for `make policy` and every other run that names none.
 DEFAULT_CHECKOV: Final = ROOT / ".venv-checkov" / "bin" / "checkov"
 # What Checkov records for a skip (annotation or comment) that gives no reason.
 NO_REASON: Final = "No comment provided"

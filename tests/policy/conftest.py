@@ -4,7 +4,6 @@ and what its test modules share: what is gated, and the Checkov checks kept on e
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,7 +45,7 @@ def load(folder: Path, name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def checkov() -> Path:
-    path = Path(os.environ.get("MLSTACK_CHECKOV", str(policy.DEFAULT_CHECKOV)))
+    path = policy.DEFAULT_CHECKOV
     if not path.exists():
         pytest.fail(f"Checkov is not at {path}: `make policy` sets up .venv-checkov")
     return path
