@@ -19,6 +19,8 @@ from e2e.controlplane import ControlPlane
 from e2e.node import Node
 from e2e.workspace import PulumiWorkspace
 
+# Where `make e2e-cluster` leaves the cluster (mk/e2e.mk's E2E_CLUSTER_DIR; tests/ops checks the
+# two agree): make passes its own, a benchmark run by hand finds it here.
 DEFAULT_DIR: Final = Path("/tmp/mlstack-e2e-cluster")
 
 

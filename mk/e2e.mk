@@ -14,12 +14,13 @@ e2e: venv e2e-toolchain ## the real-engine e2e suite: pulumi preview/up/refresh/
 
 
 # A real local cluster with the app deployed, left running (root: a real node, see e2e/README.md).
+# The benchmarks on it find it here without --dir: DEFAULT_DIR in bench/cluster_bench.py.
 E2E_CLUSTER_DIR ?= /tmp/mlstack-e2e-cluster
 # The database's instance count there: 1 to components.database.MAX_REPLICAS.
 DATABASE_REPLICAS ?= 1
 
 .PHONY: e2e-cluster
-e2e-cluster: venv e2e-cluster-check e2e-toolchain ## control plane + real node + the app by pulumi up, left running (DATABASE_REPLICAS=1..5); ends with export lines
+e2e-cluster: venv e2e-cluster-check e2e-toolchain ## control plane + real node + the app by pulumi up, left running (DATABASE_REPLICAS=N, 1 to components.database.MAX_REPLICAS); ends with export lines
 	@$(PY) -m e2e.cluster up $(E2E_CLUSTER_DIR) --database-replicas '$(DATABASE_REPLICAS)'
 
 # e2e-cluster's settings, checked before the toolchain is built or anything starts.
