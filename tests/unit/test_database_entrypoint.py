@@ -26,15 +26,13 @@ import yaml
 
 from components import database, pod
 from components.backup_repository.common import SECRET_KEYS as BACKUP_SECRET_KEYS
-from components.image import SERVICES_DIR
 from harness.http import request
 from harness.metrics import metric_value
 from harness.ports import free_port
 from harness.processes import LocalProcess
+from tests.database_image import BIN, TEMPLATE, backups_own_env
 from tests.stand_ins import env_first_on_path, stand_in
 
-BIN: Final = SERVICES_DIR / "database" / "bin"
-TEMPLATE: Final = SERVICES_DIR / "database" / "patroni.yml"
 # The database Secret's key of each of pgBackRest's secret options, as the program passes them.
 SECRET_KEYS: Final = {option: key for option, (key, _) in BACKUP_SECRET_KEYS.items()}
 SECRETS: Final = {
@@ -350,6 +348,35 @@ def test_the_backups_container_s_start_writes_pgbackrest_s_file_alone(
     assert [p.name for p in with_backups.data.iterdir()] == ["pgdata"]
 
 
+# --- the superuser's psql ---------------------------------------------------------------------
+
+
+def test_the_superuser_s_psql_reaches_the_pod_s_socket(
+    entrypoint: Entrypoint, monkeypatch: pytest.MonkeyPatch, execs: list[list[str]]
+) -> None:
+    """The socket's folder the pod mounts and the port the Services send to (components/
+    database.py), as patroni.yml has PostgreSQL listen; the options given after them."""
+    with pytest.raises(ExecError):
+        start(entrypoint, monkeypatch, "--psql", "--file=roles.sql")
+    assert execs == [
+        [
+            "psql",
+            "psql",
+            f"--host={database.SOCKET_DIR}",
+            f"--port={database.PORT}",
+            "--username=postgres",
+            "--dbname=postgres",
+            "--no-psqlrc",
+            "--no-password",
+            "--quiet",
+            "--set=ON_ERROR_STOP=1",
+            "--file=roles.sql",
+        ]
+    ]
+    # Nothing else: no configuration written for it.
+    assert not entrypoint.patroni_conf.exists()
+
+
 # --- Patroni's restore bootstrap -----------------------------------------------------------------
 
 
@@ -394,7 +421,29 @@ def test_the_restore_bootstrap_needs_a_data_folder(with_backups: Entrypoint) -> 
     assert done.stderr == "mlstack-database-restore: no --datadir given\n"
 
 
-# --- the backups container's stop ---------------------------------------------------------------
+# --- the backups container's start and stop ------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable", sorted(backups_own_env()))
+def test_the_backups_container_needs_each_variable_the_program_gives_it(
+    tmp_path: Path, variable: str
+) -> None:
+    """The program always gives them, from the stack's settings: one missing is a mistake said
+    at once, before anything runs, not a default of the image's that may differ from the
+    stack's."""
+    calls = tmp_path / "calls"
+    stand_ins = tmp_path / "bin"
+    for name in ("mlstack-database", "pgbackrest"):
+        stand_in(stand_ins, name, f'#!/bin/sh\necho "$0 $*" >> "{calls}"\n')
+    env = env_first_on_path(stand_ins, **{**backups_own_env(), "METRICS_PORT": str(free_port())})
+    del env[variable]
+    done = subprocess.run(
+        [sys.executable, str(BIN / "mlstack-database-backups")],
+        env=env, capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert done.stderr == f"mlstack-database-backups: {variable} is not set\n"
+    assert done.returncode == 1
+    assert not calls.exists()
 
 
 def test_the_backups_container_stops_at_once_on_sigterm(tmp_path: Path) -> None:
@@ -403,13 +452,13 @@ def test_the_backups_container_stops_at_once_on_sigterm(tmp_path: Path) -> None:
     (not PID 1) a missing handler shows as death by the signal instead of exit status 0."""
     stand_ins = tmp_path / "bin"
     for name, body in (
-        ("mlstack-database", "exit 0"),  # --backup-config: pgBackRest's file
-        ("psql", "exit 2"),  # no server: not the primary, so no backup is due here
+        # --backup-config: pgBackRest's file; --is-primary: no, so no backup is due here.
+        ("mlstack-database", '[ "$1" != --is-primary ]'),
         ("pgbackrest", "echo '[]'"),  # `info`: an empty repository
     ):
         stand_in(stand_ins, name, f"#!/bin/sh\n{body}\n")
     port = free_port()
-    env = env_first_on_path(stand_ins, METRICS_PORT=str(port))
+    env = env_first_on_path(stand_ins, **{**backups_own_env(), "METRICS_PORT": str(port)})
     sidecar = LocalProcess(
         "mlstack-database-backups",
         [sys.executable, str(BIN / "mlstack-database-backups")],

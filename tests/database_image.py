@@ -1,0 +1,67 @@
+"""The database image's scripts (services/database/bin) run outside the image, as the unit and
+service tests run them: its entrypoint by this Python (the image's interpreter, /opt/patroni, is
+not here), and the variables components/database.py gives its `backups` container."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Final, cast
+
+from components import database, pod
+from components.image import SERVICES_DIR
+from tests.stand_ins import stand_in
+
+BIN: Final = SERVICES_DIR / "database" / "bin"
+TEMPLATE: Final = SERVICES_DIR / "database" / "patroni.yml"
+ROLES_SQL: Final = SERVICES_DIR / "database" / "roles.sql"
+
+
+def entrypoint_stand_in(folder: Path) -> Path:
+    """`mlstack-database` in `folder`: the image's own, run by this Python. The other scripts
+    call it by name: put `folder` first on their PATH."""
+    command = shlex.join([sys.executable, str(BIN / "mlstack-database")])
+    return stand_in(folder, "mlstack-database", f'#!/bin/sh\nexec {command} "$@"\n')
+
+
+def _render() -> dict[str, dict[str, Any]]:
+    """The database pod's containers, with backups, as components/database.py renders them."""
+    args = database.DatabaseArgs(
+        stack="test",
+        namespace="test",
+        storage_size="1Gi",
+        storage_class=None,
+        image="database:test",
+        secret_name="database",
+        backup=database.BackupArgs(options={"repo1-type": "s3"}, secret_keys={}),
+    )
+    spec = cast(dict[str, Any], database._pod_spec(args, {"app.kubernetes.io/name": "database"}))
+    return {container["name"]: container for container in spec["containers"]}
+
+
+# Rendered once, as this module is imported: the spec's Pulumi outputs need the main thread's
+# event loop, which asyncio.run() (the PostgreSQL helpers of the tests) leaves unset after it.
+_CONTAINERS: Final = _render()
+
+
+def backups_own_env() -> dict[str, str]:
+    """The variables the program gives the `backups` container and not `postgres` (its schedule
+    and its metrics' port), with the values it gives by default."""
+    containers = _CONTAINERS
+    postgres = {v["name"] for v in containers[database.POSTGRES_CONTAINER]["env"]}
+    return {
+        v["name"]: str(v["value"])
+        for v in containers[database.BACKUPS_CONTAINER]["env"]
+        if v["name"] not in postgres
+    }
+
+
+def password_files(folder: Path) -> dict[str, str]:
+    """The `postgres` container's variables naming the Secret's files, the Secret's folder moved
+    to `folder`."""
+    return {
+        v["name"]: str(folder / v["value"].removeprefix(f"{pod.SECRETS_DIR}/"))
+        for v in _CONTAINERS[database.POSTGRES_CONTAINER]["env"]
+        if str(v.get("value", "")).startswith(f"{pod.SECRETS_DIR}/")
+    }

@@ -1,0 +1,393 @@
+"""The database image's scripts (services/database/bin) against a real PostgreSQL and its hot
+standby. `mlstack-database --is-primary` and `--psql` are the one way the roles script and the
+backups container ask the local server whether it is the primary and talk to it as the superuser;
+the roles script makes the roles the program names, after the bootstrap and on a promotion; the
+image's pg_hba admits each of them where it needs to be, and nowhere else.
+
+Each script runs as in the image: Patroni's settings (the image's, their socket folder and port
+the test server's) beside roles.sql, the Secret's passwords in files, the server's programs first
+on PATH."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+import pytest
+import yaml
+
+from components import database
+from harness.poll import eventually
+from harness.ports import free_port
+from harness.postgres import PostgresServer, on_connection, postgres_bindir
+from harness.processes import LocalProcess
+from tests.database_image import (
+    BIN,
+    ROLES_SQL,
+    TEMPLATE,
+    backups_own_env,
+    entrypoint_stand_in,
+    password_files,
+)
+from tests.services.support import throwaway_postgres
+from tests.stand_ins import stand_in
+
+# The database Secret's files: every character SQL, psql or a connection string gives a meaning.
+PASSWORDS: Final = {
+    database.OWNER_PASSWORD_KEY: "Ow/n@e:r%2F+x=y?z'q\"#\\1 :x",
+    database.GATEWAY_PASSWORD_KEY: "Ga/t@e:w%40+a=y?'s\"#\\2 :'y'",
+    database.REPLICATION_PASSWORD_KEY: "Re/p@l:i%3F+c=a?'t\"#\\3",
+    database.REWIND_PASSWORD_KEY: "Re/w@i:n%26+d=e?'r\"#\\4",
+}
+# What PostgreSQL tells a client no line of pg_hba admits.
+NO_ENTRY: Final = r"no pg_hba\.conf entry"
+# Patroni's two roles, as patroni.yml names them and Patroni makes them after the bootstrap.
+PATRONI_ROLES: Final = {
+    "replication": ("replicator", database.REPLICATION_PASSWORD_KEY, "REPLICATION LOGIN"),
+    "rewind": ("rewind", database.REWIND_PASSWORD_KEY, "LOGIN"),
+}
+
+
+class Image:
+    """The image's scripts pointed at the server on `socket_dir` and `port`."""
+
+    def __init__(self, root: Path, socket_dir: Path, port: int) -> None:
+        folder = root / "database"
+        folder.mkdir(parents=True)
+        settings = yaml.safe_load(TEMPLATE.read_text())
+        settings["postgresql"]["listen"] = f"127.0.0.1:{port}"
+        settings["postgresql"]["parameters"]["unix_socket_directories"] = str(socket_dir)
+        self.template = folder / "patroni.yml"
+        self.template.write_text(yaml.safe_dump(settings))
+        shutil.copy(ROLES_SQL, folder / "roles.sql")
+        secrets = root / "secrets"
+        secrets.mkdir()
+        for key, value in PASSWORDS.items():
+            (secrets / key).write_text(value)
+        stand_ins = root / "bin"
+        entrypoint_stand_in(stand_ins)
+        self.stand_ins = stand_ins
+        self.env = {
+            **os.environ,
+            "PATH": os.pathsep.join((str(stand_ins), str(postgres_bindir()), os.environ["PATH"])),
+            "PATRONI_CONFIG_TEMPLATE": str(self.template),
+            **password_files(secrets),
+        }
+
+    def settings(self) -> dict[str, Any]:
+        found: dict[str, Any] = yaml.safe_load(self.template.read_text())
+        return found
+
+    def entrypoint(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.stand_ins / "mlstack-database"), *arguments],
+            env=self.env, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+    def sql(self, command: str) -> list[str]:
+        """The rows of `command`, run as the superuser through the socket (the only way in once
+        the image's pg_hba is the server's), each `|`-separated."""
+        done = self.entrypoint("--psql", "--tuples-only", "--no-align", f"--command={command}")
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    def roles(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        """The roles script, as Patroni runs it."""
+        done = subprocess.run(
+            ["bash", str(BIN / "mlstack-database-roles"), *arguments],
+            env=self.env, capture_output=True, text=True, timeout=90, check=False,
+        )  # fmt: skip
+        for value in PASSWORDS.values():
+            assert value not in done.stdout + done.stderr
+        return done
+
+
+def image_for(root: Path, server: PostgresServer) -> Image:
+    return Image(root, server.socket_dir, server.port)
+
+
+def make_patroni_roles(server: PostgresServer) -> None:
+    """Patroni's replication and rewind roles, as Patroni makes them after the bootstrap: without
+    the stack's passwords yet."""
+
+    async def create(conn: asyncpg.Connection) -> None:
+        for name, _, options in PATRONI_ROLES.values():
+            await conn.execute(f"CREATE ROLE {name} WITH {options}")
+
+    on_connection(server.dsn(), create)
+
+
+def connect_as(server: PostgresServer, user: str, password: str, dbname: str) -> str:
+    """Connect over TCP as `user`; the user the server says it is."""
+
+    async def whoami() -> str:
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=server.port, user=user, password=password, database=dbname
+        )
+        try:
+            return str(await conn.fetchval("SELECT current_user"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(whoami())
+
+
+@pytest.fixture(scope="module")
+def primary() -> Iterator[PostgresServer]:
+    with throwaway_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def standby(primary: PostgresServer) -> Iterator[PostgresServer]:
+    server = primary.standby()
+    yield server
+    server.destroy()
+
+
+# --- is this the primary --------------------------------------------------------------------------
+
+
+def test_is_primary_tells_the_primary_from_a_standby_and_from_no_server(
+    primary: PostgresServer, standby: PostgresServer, tmp_path: Path
+) -> None:
+    answers = {
+        name: image_for(tmp_path / name, server).entrypoint("--is-primary")
+        for name, server in (("primary", primary), ("standby", standby))
+    }
+    nothing = tmp_path / "no-server"
+    nothing.mkdir()
+    answers["none"] = Image(tmp_path / "none", nothing, free_port()).entrypoint("--is-primary")
+    assert {name: done.returncode for name, done in answers.items()} == {
+        "primary": 0,
+        "standby": 1,
+        "none": 1,
+    }
+    # A yes or no, nothing printed: the roles script asks it every second while it waits.
+    for name, done in answers.items():
+        assert done.stdout + done.stderr == "", name
+
+
+def test_the_superuser_s_psql_is_the_superuser_s(primary: PostgresServer, tmp_path: Path) -> None:
+    done = image_for(tmp_path, primary).entrypoint(
+        "--psql", "--tuples-only", "--no-align",
+        "--command=SELECT current_user, current_database()",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["postgres|postgres"]
+
+
+# --- the roles, and who may connect --------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    server: PostgresServer
+    image: Image
+
+
+@pytest.fixture(scope="module")
+def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A new cluster as Patroni makes it: the roles script after the bootstrap (given the
+    connection string), Patroni's own roles, the callback as the instance starts as the primary;
+    then the image's pg_hba (the superuser's `peer` trusted: the test is not the postgres user
+    of the machine)."""
+    with throwaway_postgres() as server:
+        image = image_for(tmp_path_factory.mktemp("bootstrapped"), server)
+        done = image.roles(f"dbname=postgres host={server.socket_dir} port={server.port}")
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == "mlstack-database-roles: roles and passwords set on the primary\n"
+        make_patroni_roles(server)
+        done = image.roles("on_start", "primary", database.SCOPE)
+        assert done.returncode == 0, done.stderr
+        lines = image.settings()["postgresql"]["pg_hba"]
+        local_superuser = "local all postgres peer"
+        assert lines[0] == local_superuser
+        hba = [local_superuser.replace("peer", "trust"), *lines[1:]]
+        (server.data / "pg_hba.conf").write_text("".join(f"{line}\n" for line in hba))
+        server.reload()
+        yield Cluster(server, image)
+
+
+def test_the_roles_script_makes_the_roles_the_program_names(bootstrapped: Cluster) -> None:
+    roles = bootstrapped.image.sql(
+        "SELECT rolname, rolcanlogin, rolsuper, rolreplication FROM pg_roles"
+        " WHERE rolname NOT LIKE 'pg\\_%'"
+    )
+    assert sorted(roles) == sorted(
+        [
+            "postgres|t|t|t",
+            f"{database.OWNER}|t|f|f",
+            f"{database.GATEWAY_USER}|t|f|f",
+            "replicator|t|f|t",
+            "rewind|t|f|f",
+        ]
+    )
+    assert bootstrapped.image.sql(
+        f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{database.DB_NAME}'"
+    ) == [database.OWNER]
+
+
+@pytest.mark.parametrize(
+    ("user", "key"),
+    [
+        (database.OWNER, database.OWNER_PASSWORD_KEY),
+        (database.GATEWAY_USER, database.GATEWAY_PASSWORD_KEY),
+    ],
+)
+def test_the_program_s_roles_reach_its_database_alone_with_their_passwords(
+    bootstrapped: Cluster, user: str, key: str
+) -> None:
+    assert connect_as(bootstrapped.server, user, PASSWORDS[key], database.DB_NAME) == user
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        connect_as(bootstrapped.server, user, "not-the-password", database.DB_NAME)
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match=NO_ENTRY):
+        connect_as(bootstrapped.server, user, PASSWORDS[key], "postgres")
+
+
+def test_rewind_reaches_the_postgres_database_with_its_password(
+    bootstrapped: Cluster,
+) -> None:
+    """pg_rewind reads the new primary there: pg_hba admits it, and the callback gave it the
+    CONNECT that roles.sql takes from everyone else."""
+    name, key, _ = PATRONI_ROLES["rewind"]
+    assert connect_as(bootstrapped.server, name, PASSWORDS[key], "postgres") == name
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match=NO_ENTRY):
+        connect_as(bootstrapped.server, name, PASSWORDS[key], database.DB_NAME)
+
+
+def test_replication_is_for_the_replication_role_with_its_password(
+    bootstrapped: Cluster,
+) -> None:
+    name, key, _ = PATRONI_ROLES["replication"]
+
+    def identify(user: str, password: str) -> subprocess.CompletedProcess[str]:
+        """A replication connection's first command, as a standby's."""
+        return subprocess.run(
+            [str(postgres_bindir() / "psql"),
+             f"host=127.0.0.1 port={bootstrapped.server.port} user={user} replication=true",
+             "--no-psqlrc", "--tuples-only", "--no-align", "--command=IDENTIFY_SYSTEM"],
+            env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True,
+            timeout=30, check=False,
+        )  # fmt: skip
+
+    assert identify(name, PASSWORDS[key]).returncode == 0
+    assert "password authentication failed" in identify(name, "not-the-password").stderr
+    for user, key_ in (
+        (database.OWNER, database.OWNER_PASSWORD_KEY),
+        ("rewind", database.REWIND_PASSWORD_KEY),
+    ):
+        assert "no pg_hba.conf entry" in identify(user, PASSWORDS[key_]).stderr, user
+
+
+def test_the_superuser_is_refused_over_tcp(bootstrapped: Cluster) -> None:
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="rejects"):
+        connect_as(bootstrapped.server, "postgres", "", "postgres")
+
+
+# --- the roles callback on a promotion -----------------------------------------------------------
+
+
+def test_a_standby_s_callback_does_nothing(tmp_path: Path) -> None:
+    nothing = tmp_path / "no-server"
+    nothing.mkdir()
+    image = Image(tmp_path / "image", nothing, free_port())
+    started = time.monotonic()
+    done = image.roles("on_role_change", "replica", database.SCOPE)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert time.monotonic() - started < 5
+
+
+def test_the_callback_waits_for_the_promotion_then_sets_the_roles(
+    primary: PostgresServer, tmp_path: Path
+) -> None:
+    """Patroni calls on_role_change as it promotes: the server may still be a standby."""
+    server = primary.standby()
+    try:
+        image = image_for(tmp_path, server)
+        callback = LocalProcess(
+            "mlstack-database-roles",
+            ["bash", str(BIN / "mlstack-database-roles"), "on_role_change", "primary",
+             database.SCOPE],
+            tmp_path / "roles.log",
+            env=image.env,
+        ).start()  # fmt: skip
+        try:
+            time.sleep(3)
+            assert callback.process is not None and callback.process.poll() is None, (
+                callback.log_tail()
+            )
+            on_connection(server.dsn(), lambda conn: conn.execute("SELECT pg_promote()"))
+            status = callback.wait_for_exit(30)
+        finally:
+            callback.stop()
+        log = callback.log_path.read_text()
+        assert status == 0, log
+        assert log == "mlstack-database-roles: roles and passwords set on the primary\n"
+        server.require_password(database.GATEWAY_USER)
+        gateway = PASSWORDS[database.GATEWAY_PASSWORD_KEY]
+        assert connect_as(server, database.GATEWAY_USER, gateway, database.DB_NAME) == (
+            database.GATEWAY_USER
+        )
+    finally:
+        server.destroy()
+
+
+# --- the backups container ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["primary", "standby"])
+def test_the_backups_container_backs_up_where_the_primary_runs(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """It asks the local server in each round (here every 0.2 s): on the primary it makes the
+    stanza and takes a full backup (the repository holds none); on a standby it only reads the
+    repository."""
+    server: PostgresServer = request.getfixturevalue(where)
+    image = image_for(tmp_path, server)
+    calls = tmp_path / "pgbackrest-calls"
+    stand_in(
+        image.stand_ins,
+        "pgbackrest",
+        f'#!/bin/sh\necho "$*" >> "{calls}"\n[ "$1" != info ] || echo "[]"\n',
+    )
+    backups = LocalProcess(
+        "mlstack-database-backups",
+        [sys.executable, str(BIN / "mlstack-database-backups")],
+        tmp_path / "backups.log",
+        env={
+            **image.env,
+            **backups_own_env(),
+            "METRICS_PORT": str(free_port()),
+            "DATABASE_BACKUP_CHECK_SECONDS": "0.2",
+        },
+    ).start()
+
+    def logged() -> list[str]:
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    try:
+        eventually(lambda: len(logged()) >= 4, "four calls of pgBackRest", 60)
+        backups.signal(signal.SIGTERM)
+        assert backups.wait_for_exit(10) == 0, backups.log_tail()
+    finally:
+        backups.stop()
+    if where == "primary":
+        assert logged()[:4] == [
+            "info --output=json",
+            "stanza-create",
+            "backup --type=full",
+            "info --output=json",
+        ]
+    else:
+        assert set(logged()) == {"info --output=json"}
