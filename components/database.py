@@ -30,8 +30,9 @@ HEADLESS_NAME: Final = f"{NAME}-headless"
 PORT: Final = 5432
 # Patroni's REST API: the probes, the members' view of each other, `patronictl switchover`.
 API_PORT: Final = 8008
-# The roles and database services/database/roles.sql makes (the image's names): the gateway
-# serves as GATEWAY_USER; its schema migrations run as OWNER.
+# The roles and database the image makes and admits (services/database/bin/mlstack-database
+# names them; tests/unit/test_database_url.py holds the two alike): the gateway serves as
+# GATEWAY_USER; its schema migrations run as OWNER.
 OWNER: Final = "mlstack"
 GATEWAY_USER: Final = "mlstack_gateway"
 DB_NAME: Final = "mlstack"

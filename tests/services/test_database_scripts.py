@@ -2,7 +2,7 @@
 standby. `mlstack-database --is-primary` and `--psql` are the one way the roles script and the
 backups container ask the local server whether it is the primary and talk to it as the superuser;
 the roles script makes the roles the program names, after the bootstrap and on a promotion; the
-image's pg_hba admits each of them where it needs to be, and nowhere else.
+pg_hba the entrypoint writes admits each of them where it needs to be, and nowhere else.
 
 Each script runs as in the image: Patroni's settings (the image's, their socket folder and port
 the test server's) beside roles.sql, the Secret's passwords in files, the server's programs first
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import runpy
 import shutil
 import signal
 import subprocess
@@ -178,13 +179,19 @@ def test_is_primary_tells_the_primary_from_a_standby_and_from_no_server(
         assert done.stdout + done.stderr == "", name
 
 
-def test_the_superuser_s_psql_is_the_superuser_s(primary: PostgresServer, tmp_path: Path) -> None:
+def test_the_superuser_s_psql_has_the_image_s_names(
+    primary: PostgresServer, tmp_path: Path
+) -> None:
     done = image_for(tmp_path, primary).entrypoint(
         "--psql", "--tuples-only", "--no-align",
         "--command=SELECT current_user, current_database()",
+        "--command=\\echo :owner :gateway :dbname :replication_role :rewind_role",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["postgres|postgres"]
+    assert done.stdout.splitlines() == [
+        "postgres|postgres",
+        f"{database.OWNER} {database.GATEWAY_USER} {database.DB_NAME} replicator rewind",
+    ]
 
 
 # --- the roles, and who may connect --------------------------------------------------------------
@@ -200,8 +207,8 @@ class Cluster:
 def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A new cluster as Patroni makes it: the roles script after the bootstrap (given the
     connection string), Patroni's own roles, the callback as the instance starts as the primary;
-    then the image's pg_hba (the superuser's `peer` trusted: the test is not the postgres user
-    of the machine)."""
+    then the pg_hba the entrypoint writes (the superuser's `peer` trusted: the test is not the
+    postgres user of the machine)."""
     with throwaway_postgres() as server:
         image = image_for(tmp_path_factory.mktemp("bootstrapped"), server)
         done = image.roles(f"dbname=postgres host={server.socket_dir} port={server.port}")
@@ -210,7 +217,8 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         make_patroni_roles(server)
         done = image.roles("on_start", "primary", database.SCOPE)
         assert done.returncode == 0, done.stderr
-        lines = image.settings()["postgresql"]["pg_hba"]
+        entrypoint = runpy.run_path(str(BIN / "mlstack-database"), run_name="entry")
+        lines = entrypoint["pg_hba"](image.settings())
         local_superuser = "local all postgres peer"
         assert lines[0] == local_superuser
         hba = [local_superuser.replace("peer", "trust"), *lines[1:]]

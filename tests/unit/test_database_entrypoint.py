@@ -348,14 +348,52 @@ def test_the_backups_container_s_start_writes_pgbackrest_s_file_alone(
     assert [p.name for p in with_backups.data.iterdir()] == ["pgdata"]
 
 
-# --- the superuser's psql ---------------------------------------------------------------------
+# --- who may connect, and the superuser's psql ---------------------------------------------------
+
+
+def test_pg_hba_admits_each_role_where_it_needs_to_be(
+    entrypoint: Entrypoint, monkeypatch: pytest.MonkeyPatch, execs: list[list[str]]
+) -> None:
+    """The superuser through the local socket alone, Patroni's replication and rewind roles to
+    replication and `postgres`, the roles the program's URLs name to the database they name."""
+    with pytest.raises(ExecError):
+        start(entrypoint, monkeypatch)
+    written = yaml.safe_load(entrypoint.patroni_conf.read_text())["postgresql"]["pg_hba"]
+    application = f"host {database.DB_NAME} {database.OWNER},{database.GATEWAY_USER}"
+    assert written == [
+        "local all postgres peer",
+        "local all all reject",
+        "host all postgres 0.0.0.0/0 reject",
+        "host all postgres ::/0 reject",
+        "host replication replicator 0.0.0.0/0 scram-sha-256",
+        "host replication replicator ::/0 scram-sha-256",
+        "host postgres rewind 0.0.0.0/0 scram-sha-256",
+        "host postgres rewind ::/0 scram-sha-256",
+        f"{application} 0.0.0.0/0 scram-sha-256",
+        f"{application} ::/0 scram-sha-256",
+    ]
+
+
+def test_pg_hba_follows_the_names_of_patroni_s_roles(entrypoint: Entrypoint) -> None:
+    """Written from the names Patroni makes its roles by, not beside them: a role renamed in
+    patroni.yml is admitted by its new name."""
+    settings = entrypoint.settings()
+    authentication = settings["postgresql"]["authentication"]
+    for kind, name in (("superuser", "admin"), ("replication", "streamer"), ("rewind", "rewinder")):
+        authentication[kind]["username"] = name
+    users = [line.split()[2] for line in entrypoint.pg_hba(settings)]
+    assert users == [
+        "admin", "all", "admin", "admin", "streamer", "streamer", "rewinder", "rewinder",
+        f"{database.OWNER},{database.GATEWAY_USER}", f"{database.OWNER},{database.GATEWAY_USER}",
+    ]  # fmt: skip
 
 
 def test_the_superuser_s_psql_reaches_the_pod_s_socket(
     entrypoint: Entrypoint, monkeypatch: pytest.MonkeyPatch, execs: list[list[str]]
 ) -> None:
     """The socket's folder the pod mounts and the port the Services send to (components/
-    database.py), as patroni.yml has PostgreSQL listen; the options given after them."""
+    database.py), as patroni.yml has PostgreSQL listen; the names roles.sql and the roles
+    script are given as variables; the options given after them."""
     with pytest.raises(ExecError):
         start(entrypoint, monkeypatch, "--psql", "--file=roles.sql")
     assert execs == [
@@ -370,6 +408,11 @@ def test_the_superuser_s_psql_reaches_the_pod_s_socket(
             "--no-password",
             "--quiet",
             "--set=ON_ERROR_STOP=1",
+            f"--set=owner={database.OWNER}",
+            f"--set=gateway={database.GATEWAY_USER}",
+            f"--set=dbname={database.DB_NAME}",
+            "--set=replication_role=replicator",
+            "--set=rewind_role=rewind",
             "--file=roles.sql",
         ]
     ]

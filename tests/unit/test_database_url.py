@@ -5,7 +5,7 @@ hold."""
 
 from __future__ import annotations
 
-import re
+import runpy
 from typing import Any
 
 import pytest
@@ -20,8 +20,9 @@ from tests.manifests import env, pod_spec
 # Every character with a meaning in a URL or in a libpq connection string, and a backslash.
 PASSWORD = "a/b@c:d%2Fe+f=g?h#i'j\\k l&m"
 OWNER_PASSWORD = "n?o=p+q%r:s@t/u#v w"
-# The roles the database's image makes (what the URLs must name to log in at all).
-ROLES_SCRIPT = SERVICES_DIR / "database" / "bin" / "mlstack-database-roles"
+# The database image's entrypoint, which names the roles it makes and admits (what the URLs must
+# name to log in at all).
+ENTRYPOINT = SERVICES_DIR / "database" / "bin" / "mlstack-database"
 
 
 def asyncpg_reads(url: str) -> dict[str, Any]:
@@ -75,13 +76,14 @@ def odd_password(request: pytest.FixtureRequest) -> ProgramRun:
 
 
 def test_the_image_makes_the_roles_the_program_names() -> None:
-    script = ROLES_SCRIPT.read_text()
-    made = dict(re.findall(r"--set=(owner|gateway|dbname)=(\w+)", script))
-    assert made == {
-        "owner": database.OWNER,
-        "gateway": database.GATEWAY_USER,
-        "dbname": database.DB_NAME,
-    }
+    """The image's names, which its roles script makes (tests/services/test_database_scripts.py)
+    and its pg_hba admits (tests/unit/test_database_entrypoint.py)."""
+    image = runpy.run_path(str(ENTRYPOINT), run_name="entry")
+    assert (image["OWNER"], image["GATEWAY_USER"], image["DB_NAME"]) == (
+        database.OWNER,
+        database.GATEWAY_USER,
+        database.DB_NAME,
+    )
 
 
 @pytest.mark.parametrize("key", [app.DATABASE_URL, app.DATABASE_READ_URL])
