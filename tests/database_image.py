@@ -25,8 +25,11 @@ def entrypoint_stand_in(folder: Path) -> Path:
     return stand_in(folder, "mlstack-database", f'#!/bin/sh\nexec {command} "$@"\n')
 
 
-def _render() -> dict[str, dict[str, Any]]:
-    """The database pod's containers, with backups, as components/database.py renders them."""
+def rendered_containers(
+    backup: database.BackupArgs | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The database pod's containers by name, as components/database.py renders them (with
+    `backup`'s container when it is given)."""
     args = database.DatabaseArgs(
         stack="test",
         namespace="test",
@@ -34,7 +37,7 @@ def _render() -> dict[str, dict[str, Any]]:
         storage_class=None,
         image="database:test",
         secret_name="database",
-        backup=database.BackupArgs(options={"repo1-type": "s3"}, secret_keys={}),
+        backup=backup,
     )
     spec = cast(dict[str, Any], database._pod_spec(args, {"app.kubernetes.io/name": "database"}))
     return {container["name"]: container for container in spec["containers"]}
@@ -42,7 +45,9 @@ def _render() -> dict[str, dict[str, Any]]:
 
 # Rendered once, as this module is imported: the spec's Pulumi outputs need the main thread's
 # event loop, which asyncio.run() (the PostgreSQL helpers of the tests) leaves unset after it.
-_CONTAINERS: Final = _render()
+_CONTAINERS: Final = rendered_containers(
+    database.BackupArgs(options={"repo1-type": "s3"}, secret_keys={})
+)
 
 
 def backups_own_env() -> dict[str, str]:

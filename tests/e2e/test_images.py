@@ -22,6 +22,7 @@ from e2e import process
 from e2e.dockerd import DockerEngine
 from e2e.images import REPOSITORY, ImageRefs, Images, local_tag
 from harness.http import request
+from tests.database_image import rendered_containers
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="runs a Docker engine and a registry of its own: root only"
@@ -111,16 +112,7 @@ def test_a_service_image_runs_as_its_pod_runs_it(
 
 def database_container() -> dict[str, Any]:
     """The database's container exactly as components/database.py renders it."""
-    args = database.DatabaseArgs(
-        stack="e2e",
-        namespace="e2e",
-        storage_size="1Gi",
-        storage_class=None,
-        image="database:e2e",
-        secret_name="secrets",
-    )
-    spec = database._pod_spec(args, {"app.kubernetes.io/name": "database"})
-    return cast(dict[str, Any], spec["containers"][0])
+    return rendered_containers()[database.POSTGRES_CONTAINER]
 
 
 def fs_group_folder(path: Path, mode: int) -> Path:
