@@ -250,13 +250,12 @@ def exec_in(
 
 
 def psql(kube: ControlPlane, sql: str, instance: int = 0) -> list[str]:
-    """Rows of `sql` run by psql inside a database instance's pod: the superuser, through the
-    local socket (the only way it may log in)."""
+    """Rows of `sql` run inside a database instance's pod on the application's database, by the
+    image's own superuser psql (through the local socket, the only way it may log in)."""
     out = exec_in(
         kube,
         database.pod_name(instance),
-        "psql", "--host", database.SOCKET_DIR, "--username", "postgres",
-        "--dbname", database.DB_NAME,
+        "mlstack-database", "--psql", f"--dbname={database.DB_NAME}",
         "--no-align", "--tuples-only", "--command", sql,
     )  # fmt: skip
     return [line for line in out.splitlines() if line]
