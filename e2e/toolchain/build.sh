@@ -16,17 +16,22 @@
 # and bin/ (stages/ for KWOK's stages) links to it: a version bump rebuilds only the tools that
 # use that version, and checkouts with different pins share every tool they agree on.
 # MLSTACK_E2E_NO_BUILD=1 turns a missing third-party binary into an error instead of a build;
-# the project's own small programs (probe, pause) and KWOK's stage files are always made here
-# (seconds, with Go and gcc).
+# MLSTACK_E2E_NO_BUILD=released only a missing one of RELEASED_TOOLS (what install-released.sh
+# downloads; the GitHub workflow's setting): BUILT_TOOLS are still built. OWN_TOOLS, the project's
+# own small programs (probe, pause) and KWOK's stage files, are always made here (seconds, with Go
+# and gcc).
 #
-# Every version comes from versions.env (the one place they are pinned). The wrapper modules are
-# generated here from those versions (go.mod + a tools file); no upstream source is committed.
+# Every version and the list of tools come from versions.env (the one place they are pinned). The
+# wrapper modules are generated here from those versions (go.mod); no upstream source is committed.
 # Our own sources: langhost/ (see e2e/README.md), probe/ and pause/ (the real node's test images).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=/dev/null
 source "$here/versions.env"
+read -ra released_tools <<<"$RELEASED_TOOLS"
+read -ra built_tools <<<"$BUILT_TOOLS"
+read -ra own_tools <<<"$OWN_TOOLS"
 
 cache_root="${MLSTACK_E2E_CACHE:-$HOME/.cache/mlstack-e2e}"
 vhash="$(sha256sum "$here/versions.env" | cut -c1-12)"
@@ -119,17 +124,27 @@ installed() {
   esac
 }
 
-# Before a build: the tools the project does not write itself may be refused, and need Go.
+# one_of NAME WORD...: whether NAME is one of the WORDs.
+one_of() {
+  local name=$1 word
+  shift
+  for word in "$@"; do [[ $word == "$name" ]] && return 0; done
+  return 1
+}
+
+# Before a build: MLSTACK_E2E_NO_BUILD may refuse it, and all but pause need Go.
 need_go() {
-  case $1 in
-    probe | pause | stages) ;;
-    *)
-      if [[ -n "${MLSTACK_E2E_NO_BUILD:-}" ]]; then
-        log "$1 is not installed at its pinned version and MLSTACK_E2E_NO_BUILD is set:" \
-            "see e2e/README.md (Installed binaries first)"
-        exit 1
-      fi ;;
+  local refused=""
+  case ${MLSTACK_E2E_NO_BUILD:-} in
+    "") ;;
+    released) one_of "$1" "${released_tools[@]}" && refused=1 ;;
+    *) one_of "$1" "${own_tools[@]}" || refused=1 ;;
   esac
+  if [[ -n $refused ]]; then
+    log "$1 is not installed at its pinned version and MLSTACK_E2E_NO_BUILD=$MLSTACK_E2E_NO_BUILD:" \
+        "see e2e/README.md (Installed binaries first)"
+    exit 1
+  fi
   [[ $1 == pause ]] && return 0
   command -v go >/dev/null || {
     log "$1 must be built from Go modules and Go (>= 1.26) is not on PATH;" \
@@ -138,19 +153,20 @@ need_go() {
   }
 }
 
-# tool NAME VAR... [-- FILE...]: run build_NAME unless its folder is already complete, then link
-# the folder's bin/* into bin/ and its stages/ to stages/. The folder is named after the values
-# of the versions.env variables VAR..., the contents of FILE..., and the text of build_NAME and of
-# the shared helpers. build_NAME writes into "$out" and works in "$work" (removed afterwards).
+# tool NAME VAR... [-- FILE...]: run build_NAME (its `-` as `_`) unless its folder is already
+# complete, then link the folder's bin/* into bin/ and its stages/ to stages/. The folder is named
+# after the values of the versions.env variables VAR..., the contents of FILE..., and the text of
+# build_NAME and of the shared helpers. build_NAME writes into "$out" and works in "$work"
+# (removed afterwards).
 tool() {
-  local name=$1
+  local name=$1 fn=${1//-/_}
   shift
-  if installed "$name"; then
+  if installed "$fn"; then
     log "$name: using the installed binaries"
     return 0
   fi
   local key
-  key="$(declare -f "build_$name" gowrap go_module_build kube_module)"
+  key="$(declare -f "build_$fn" gowrap go_module_build kube_module)"
   while (($#)) && [[ $1 != -- ]]; do
     key+=$'\n'"$1=${!1}"
     shift
@@ -160,13 +176,13 @@ tool() {
     shift
     for f in "$@"; do key+=$'\n'"$(sha256sum <"$f")"; done
   fi
-  out="$cache_root/tools/$name-$(printf '%s' "$key" | sha256sum | cut -c1-12)"
+  out="$cache_root/tools/$fn-$(printf '%s' "$key" | sha256sum | cut -c1-12)"
   work="$out/work"
   if [[ ! -e "$out/.complete" ]]; then
     local start=$SECONDS
     need_go "$name"
     rm -rf "$out" && mkdir -p "$out/bin" "$work"
-    "build_$name"
+    "build_$fn"
     rm -rf "$work"
     touch "$out/.complete"
     log "$name built in $((SECONDS - start)) s ($out)"
@@ -427,8 +443,8 @@ build() {
     kwok | stages) tool "$1" KWOK_VERSION ;;
     kube | kubectl | kubelet) tool "$1" KUBE_VERSION KUBE_STAGING_VERSION ;;
     coredns) tool coredns COREDNS_VERSION ;;
-    kube-router) tool kube_router KUBE_ROUTER_VERSION ;;
-    metrics-server) tool metrics_server METRICS_SERVER_VERSION ;;
+    kube-router) tool kube-router KUBE_ROUTER_VERSION ;;
+    metrics-server) tool metrics-server METRICS_SERVER_VERSION ;;
     weed) tool weed WEED_VERSION ;;
     probe) tool probe -- "$here/probe/main.go" ;;
     pause) tool pause -- "$here/pause/pause.c" ;;
@@ -437,9 +453,7 @@ build() {
 }
 
 want=("$@")
-[[ ${#want[@]} -gt 0 ]] ||
-  want=(pulumi langhost provider etcd kwok stages kube kubectl kubelet coredns kube-router
-    metrics-server weed probe pause)
+[[ ${#want[@]} -gt 0 ]] || want=("${released_tools[@]}" "${built_tools[@]}" "${own_tools[@]}")
 for w in "${want[@]}"; do
   build "$w"
 done
