@@ -1,4 +1,14 @@
-"""Debian packages installed on the machine with apt-get, for the parts of e2e that need them."""
+"""Debian packages installed on the machine with apt-get: the project's one installer of them (for
+e2e's parts, `.ci/run`, `make bench` and the GitHub workflow) and the one reader of its package
+lists (e2e/*-packages.txt). Standard library only: it runs with the system's python3 before any
+virtual environment exists.
+
+    python3 -m e2e.apt install-missing [--sudo] LIST_OR_PACKAGE...
+
+installs, of the packages named, those dpkg does not have installed. An argument with a `/` is a
+list file, any other a package. Only root can install; with --sudo, anyone else does it through
+sudo (asked only when a package is missing).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +21,11 @@ from typing import Final
 
 # Seconds apt-get waits for another apt or dpkg (an unattended upgrade) to release its lock.
 LOCK_TIMEOUT: Final = 300
+USAGE: Final = "usage: python3 -m e2e.apt install-missing [--sudo] LIST_OR_PACKAGE..."
 
 
 def listed(path: Path) -> list[str]:
-    """The packages a list file names: one a line; `#` starts a comment, to the end of its line.
-    (.ci/run and the GitHub workflow read the files the same way, with sed.)"""
+    """The packages a list file names: one a line; `#` starts a comment, to the end of its line."""
     names = []
     for raw in path.read_text().splitlines():
         line = raw.split("#", 1)[0].strip()
@@ -24,20 +34,69 @@ def listed(path: Path) -> list[str]:
     return names
 
 
-def install(packages: Sequence[str]) -> None:
-    """`apt-get update`, then `packages` installed without their recommendations; root only."""
-    if os.geteuid() != 0:
+def missing(packages: Sequence[str]) -> list[str]:
+    """Those of `packages` dpkg does not have installed."""
+    return [
+        name
+        for name in packages
+        if subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        != "install ok installed"
+    ]
+
+
+def install(packages: Sequence[str], *, sudo: bool = False) -> None:
+    """`apt-get update`, then `packages` installed without their recommendations: as root, or
+    through sudo when `sudo` is set."""
+    if os.geteuid() == 0:
+        prefix = []
+    elif sudo:
+        prefix = ["sudo", "env", "DEBIAN_FRONTEND=noninteractive"]
+    else:
         raise RuntimeError(
             f"missing Debian packages {', '.join(packages)}: "
             f"apt-get install {' '.join(packages)} (as root)"
         )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    lock = ["-o", f"DPkg::Lock::Timeout={LOCK_TIMEOUT}"]
+    apt_get = [*prefix, "apt-get", "-o", f"DPkg::Lock::Timeout={LOCK_TIMEOUT}"]
     # Its progress on stderr: a command's stdout is what it answers (the node's timings, say).
-    subprocess.run(["apt-get", *lock, "update", "-q"], check=True, env=env, stdout=sys.stderr)
+    subprocess.run([*apt_get, "update", "-q"], check=True, env=env, stdout=sys.stderr)
     subprocess.run(
-        ["apt-get", *lock, "install", "-yq", "--no-install-recommends", *packages],
+        [*apt_get, "install", "-yq", "--no-install-recommends", *packages],
         check=True,
         env=env,
         stdout=sys.stderr,
     )
+
+
+def install_missing(packages: Sequence[str], *, sudo: bool = False) -> list[str]:
+    """Install those of `packages` that are missing (install's `sudo`); returns them."""
+    absent = missing(packages)
+    if absent:
+        print(f"installing {' '.join(absent)} from Debian", file=sys.stderr)
+        install(absent, sudo=sudo)
+    return absent
+
+
+def main(argv: Sequence[str]) -> int:
+    if argv[:1] != ["install-missing"]:
+        print(USAGE, file=sys.stderr)
+        return 2
+    args = list(argv[1:])
+    sudo = "--sudo" in args
+    names = [a for a in args if a != "--sudo"]
+    if not names:
+        print(USAGE, file=sys.stderr)
+        return 2
+    packages = [p for name in names for p in (listed(Path(name)) if "/" in name else [name])]
+    try:
+        install_missing(packages, sudo=sudo)
+    except RuntimeError as error:
+        print(f"e2e.apt: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

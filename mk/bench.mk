@@ -1,6 +1,6 @@
 # Benchmarks (issues 7, 13): our model service against MLServer over REST and gRPC, the gateway
 # hop, batches, and the program's evaluation time. Not a test: `make test` never runs or times
-# any of it. Needs wrk and PostgreSQL's server from Debian (installed here when missing, as root),
+# any of it. Needs wrk and PostgreSQL's server from Debian (installed here when missing: e2e/apt.py),
 # ghz (the gRPC load generator, built here from its Go module with the machine's Go), MLServer in
 # its own virtual environment, and matplotlib in the project's.
 
@@ -23,15 +23,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.txt
 
 .PHONY: bench-tools
 bench-tools: ## install wrk and PostgreSQL's server from Debian if they are missing
-	@set -euo pipefail; need=(); \
-	command -v wrk >/dev/null || need+=(wrk); \
-	compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql); \
-	if (( $${#need[@]} )); then \
-	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
-	  echo "installing $${need[*]} from Debian"; \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -yq --no-install-recommends "$${need[@]}"; \
-	fi
+	@$(PYTHON) -m e2e.apt install-missing --sudo wrk postgresql
 
 .PHONY: bench
 bench: venv $(VENV)/.bench-installed $(MLSERVER_VENV)/.installed bench-tools $(GHZ) ## benchmarks: model vs MLServer (REST and gRPC), gateway hop, batches, program evaluation → bench/results/

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e import addresses, apt, images, process
+from e2e import addresses, images, process
 from e2e.image_archive import ImageFile, write_image
 from e2e.node import containerd, guard, kube_proxy, kubelet
 from e2e.node.dns import dns_query
@@ -126,25 +126,8 @@ def test_debian_packages_name_the_node_runtime() -> None:
     assert all(" " not in p and not p.startswith("#") for p in packages)
 
 
-def test_a_package_list_s_comments_and_blank_lines_name_nothing(tmp_path: Path) -> None:
-    listed = tmp_path / "packages.txt"
-    listed.write_text("# a heading\n\ncontainerd  # the runtime\n  runc\n")
-    assert apt.listed(listed) == ["containerd", "runc"]
-
-
 def test_every_command_the_images_need_comes_from_a_listed_package() -> None:
     assert set(images.COMMANDS.values()) == set(images.APT_PACKAGES)
-
-
-@pytest.mark.parametrize("installer", [".ci/run", ".github/workflows/test.yml"])
-def test_ci_installs_the_packages_the_lists_name_and_no_other(installer: str) -> None:
-    text = (ROOT / installer).read_text()
-    for name in ("node-packages.txt", "image-packages.txt"):
-        assert f"e2e/{name}" in text
-    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-    for package in [*debian_packages(), *images.APT_PACKAGES]:
-        named = re.search(rf"(?<![\w./-]){re.escape(package)}(?![\w.-])", code)
-        assert named is None, f"{installer} names {package} itself"
 
 
 def test_the_node_s_config_templates_render_whole(tmp_path: Path) -> None:
