@@ -197,21 +197,38 @@ tool() {
   fi
 }
 
-# gowrap DIR MODULE VERSION: a wrapper module in DIR that requires MODULE@VERSION with its `go`
-# line and its non-local replaces; prints the module's source folder.
+# gowrap DIR MODULE VERSION [LOCAL_VERSION]: the go.mod of a wrapper module in DIR (every wrapper
+# module's) that requires MODULE@VERSION, with MODULE's `go` and `godebug` lines and its replaces,
+# single-line or in a `replace (` block. A replace by another module is kept. One by a folder of
+# MODULE's own repository (`=> ../sdk`, `=> ./staging/src/...`) becomes the release of the module
+# it replaces at LOCAL_VERSION, or is dropped when none is given (MODULE's require of it then
+# applies). Prints MODULE's source folder.
 gowrap() {
-  local d=$1 m=$2 v=$3
+  local d=$1 m=$2 v=$3 local_version=${4:-}
   mkdir -p "$d"
-  local info dir
-  info="$(cd "$d" && echo "module mlstack.local/e2e/wrapper" >go.mod && go mod download -json "$m@$v")"
-  dir="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["Dir"])' "$info")"
-  {
-    echo "module mlstack.local/e2e/${d##*/}"
-    grep -E '^go [0-9]' "$dir/go.mod"
-    echo "require $m $v"
-    # Single-line replaces only; a `replace (` block upstream holds local paths (etcd's).
-    grep -E '^replace [^(]' "$dir/go.mod" | grep -vE '=> \.\.?/' || true
-  } >"$d/go.mod"
+  local dir
+  dir="$(cd "$d" && echo "module mlstack.local/e2e/wrapper" >go.mod \
+    && go mod download -json "$m@$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  python3 - "$dir/go.mod" "mlstack.local/e2e/${d##*/}" "$m" "$v" "$local_version" >"$d/go.mod" <<'PY'
+import re, sys
+gomod, name, module, version, local_version = sys.argv[1:6]
+text = re.sub(r"//.*", "", open(gomod).read())
+out = [f"module {name}", ""]
+out += re.findall(r"^go \S+$", text, re.M)
+out += re.findall(r"^godebug\s*\([^)]*\)|^godebug \S+$", text, re.M)
+out += ["", f"require {module} {version}", ""]
+replaces = re.findall(r"^replace\s+([^(\s].*\S)", text, re.M)
+for block in re.findall(r"^replace\s*\((.*?)^\)", text, re.M | re.S):
+    replaces += [line.strip() for line in block.splitlines() if line.strip()]
+for replace in replaces:
+    old, new = replace.split("=>")
+    if not new.strip().startswith((".", "/")):
+        out.append(f"replace {old.strip()} => {new.strip()}")
+    elif local_version:
+        replaced = old.split()[0]
+        out.append(f"replace {replaced} => {replaced} {local_version}")
+print("\n".join(out))
+PY
   echo "$dir"
 }
 
@@ -233,20 +250,8 @@ go_module_build() {
 build_pulumi() {
   log "building pulumi $PULUMI_VERSION"
   local d="$work/pulumi"
-  mkdir -p "$d"
-  local pkgmod
-  pkgmod="$(cd "$d" && go mod download -json "github.com/pulumi/pulumi/pkg/v3@$PULUMI_VERSION" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
-  {
-    echo "module mlstack.local/e2e/pulumi"
-    grep -E '^go [0-9]' "$pkgmod"
-    echo "require ("
-    echo "  github.com/pulumi/pulumi/pkg/v3 $PULUMI_VERSION"
-    echo "  github.com/pulumi/pulumi/sdk/v3 $PULUMI_VERSION"
-    echo ")"
-    # Repeat the non-local replaces of pkg/go.mod (a local ../sdk one becomes the require above).
-    grep -E '^replace ' "$pkgmod" | grep -vE '=> \.\.?/' || true
-  } >"$d/go.mod"
+  # pkg/v3 replaces sdk/v3 by its own ../sdk: the sdk of the same release.
+  gowrap "$d" github.com/pulumi/pulumi/pkg/v3 "$PULUMI_VERSION" "$PULUMI_VERSION" >/dev/null
   (cd "$d" && go build -ldflags "$ldstrip \
       -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_VERSION" \
       -o "$out/bin/pulumi" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi)
@@ -255,17 +260,9 @@ build_pulumi() {
 # --- Python language host (our own small main: the upstream one is not on the module proxy) -----
 build_langhost() {
   log "building pulumi-language-python (mlstack's minimal host) against sdk $PULUMI_VERSION"
-  local d="$work/langhost"
-  mkdir -p "$d"
+  local d="$work/langhost" sdkdir
+  sdkdir="$(gowrap "$d" github.com/pulumi/pulumi/sdk/v3 "$PULUMI_VERSION")"
   cp "$here/langhost/main.go" "$d/main.go"
-  local sdkmod sdkdir
-  sdkmod="$(cd "$d" && go mod download -json "github.com/pulumi/pulumi/sdk/v3@$PULUMI_VERSION")"
-  sdkdir="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["Dir"])' "$sdkmod")"
-  {
-    echo "module mlstack.local/e2e/langhost"
-    grep -E '^go [0-9]' "$sdkdir/go.mod"
-    echo "require github.com/pulumi/pulumi/sdk/v3 $PULUMI_VERSION"
-  } >"$d/go.mod"
   (cd "$d" && go build -ldflags "$ldstrip" -o "$out/bin/pulumi-language-python" .)
   # The exec shim is a Python script shipped in the sdk/v3 module; it must sit next to the host.
   install -m 0755 "$sdkdir/python/cmd/pulumi-language-python-exec" \
@@ -330,28 +327,11 @@ build_stages() {
 }
 
 # --- Kubernetes ---------------------------------------------------------------------------------
-# kube_module: the wrapper module of k8s.io/kubernetes in $work/kube (every staging module
-# replaced by its published release) and the version ldflags in $kube_ld.
+# kube_module: the wrapper module of k8s.io/kubernetes in $work/kube (every staging module,
+# ./staging/src/... upstream, replaced by its published release) and the version ldflags in
+# $kube_ld.
 kube_module() {
-  local d="$work/kube"
-  mkdir -p "$d"
-  local gomod
-  gomod="$(cd "$d" && echo "module mlstack.local/e2e/kube" >go.mod \
-    && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
-  python3 - "$gomod" "$KUBE_VERSION" "$KUBE_STAGING_VERSION" >"$d/go.mod" <<'PY'
-import re, sys
-gomod, kube, staging = sys.argv[1:4]
-text = open(gomod).read()
-out = ["module mlstack.local/e2e/kube", ""]
-out += re.findall(r"^go \S+$", text, re.M)
-out += re.findall(r"^godebug\s*\([^)]*\)|^godebug \S+$", text, re.M)
-out += ["", f"require k8s.io/kubernetes {kube}", ""]
-# Every staging module (replaced by ./staging/src/... upstream) becomes its published release.
-for mod in re.findall(r"^\s*(?:replace\s+)?(\S+)\s+=>\s+\./staging/\S+", text, re.M):
-    out.append(f"replace {mod} => {mod} {staging}")
-print("\n".join(out))
-PY
+  gowrap "$work/kube" k8s.io/kubernetes "$KUBE_VERSION" "$KUBE_STAGING_VERSION" >/dev/null
   local major minor
   major="$(echo "$KUBE_VERSION" | sed -E 's/^v([0-9]+)\..*/\1/')"
   minor="$(echo "$KUBE_VERSION" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')"

@@ -1,0 +1,155 @@
+"""The wrapper modules e2e/toolchain/build.sh builds each tool in, as its `gowrap` writes them:
+build.sh run offline on made-up upstream go.mod files, with a stand-in `go` whose "binary" is
+the wrapper's go.mod."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from tests.ops.toolchain_stand_ins import VERSIONS, run_build
+
+PULUMI: Final = VERSIONS["PULUMI_VERSION"]
+KUBE: Final = VERSIONS["KUBE_VERSION"]
+STAGING: Final = VERSIONS["KUBE_STAGING_VERSION"]
+
+
+def upstream(tmp_path: Path, module: str, version: str, gomod: str) -> Path:
+    """`module`@`version` as the stand-in go serves it, with `gomod` as its go.mod."""
+    folder = tmp_path / "modules" / f"{module}@{version}"
+    folder.mkdir(parents=True)
+    (folder / "go.mod").write_text(gomod)
+    return folder
+
+
+def built(tmp_path: Path, tool: str, binary: str) -> list[str]:
+    """The go.mod lines of the wrapper module build.sh built `tool`'s `binary` in."""
+    done = run_build(tmp_path, tool)
+    assert done.returncode == 0, done.stderr
+    return (Path(done.stdout.splitlines()[-1]) / binary).read_text().splitlines()
+
+
+def test_a_replace_block_upstream_gives_its_published_replaces_and_no_opener(
+    tmp_path: Path,
+) -> None:
+    """etcd's: local folders in a block and on a line, dropped; published modules kept."""
+    etcd = VERSIONS["ETCD_VERSION"]
+    upstream(
+        tmp_path,
+        "go.etcd.io/etcd/server/v3",
+        etcd,
+        """module go.etcd.io/etcd/server/v3
+
+go 1.26.0
+
+toolchain go1.26.10
+
+replace (
+\tgo.etcd.io/etcd/api/v3 => ../api // the api beside it
+\tgithub.com/example/forked v1.0.0 => github.com/example/fork v1.0.1
+)
+
+replace go.etcd.io/etcd => ./FORBIDDEN_DEPENDENCY
+
+replace github.com/example/other => github.com/example/other-fork v0.2.0
+""",
+    )
+    assert built(tmp_path, "etcd", "etcd") == [
+        "module mlstack.local/e2e/module",
+        "",
+        "go 1.26.0",
+        "",
+        f"require go.etcd.io/etcd/server/v3 {etcd}",
+        "",
+        "replace github.com/example/other => github.com/example/other-fork v0.2.0",
+        "replace github.com/example/forked v1.0.0 => github.com/example/fork v1.0.1",
+    ]
+
+
+def test_the_cli_takes_the_sdk_of_its_own_release(tmp_path: Path) -> None:
+    """pkg/v3 replaces sdk/v3 by its folder: the wrapper takes sdk/v3 at the same release."""
+    upstream(
+        tmp_path,
+        "github.com/pulumi/pulumi/pkg/v3",
+        PULUMI,
+        f"""module github.com/pulumi/pulumi/pkg/v3
+
+go 1.26.6
+
+replace github.com/pulumi/pulumi/sdk/v3 => ../sdk
+
+replace (
+\tgithub.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-1
+)
+
+require github.com/pulumi/pulumi/sdk/v3 {PULUMI}
+""",
+    )
+    assert built(tmp_path, "pulumi", "pulumi") == [
+        "module mlstack.local/e2e/pulumi",
+        "",
+        "go 1.26.6",
+        "",
+        f"require github.com/pulumi/pulumi/pkg/v3 {PULUMI}",
+        "",
+        f"replace github.com/pulumi/pulumi/sdk/v3 => github.com/pulumi/pulumi/sdk/v3 {PULUMI}",
+        "replace github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-1",
+    ]
+
+
+def test_kubernetes_staging_modules_become_their_releases_and_godebug_is_kept(
+    tmp_path: Path,
+) -> None:
+    upstream(
+        tmp_path,
+        "k8s.io/kubernetes",
+        KUBE,
+        """module k8s.io/kubernetes
+
+go 1.24.0
+
+godebug default=go1.24
+
+replace (
+\tk8s.io/api => ./staging/src/k8s.io/api
+\tk8s.io/client-go => ./staging/src/k8s.io/client-go
+)
+""",
+    )
+    assert built(tmp_path, "kubectl", "kubectl") == [
+        "module mlstack.local/e2e/kube",
+        "",
+        "go 1.24.0",
+        "godebug default=go1.24",
+        "",
+        f"require k8s.io/kubernetes {KUBE}",
+        "",
+        f"replace k8s.io/api => k8s.io/api {STAGING}",
+        f"replace k8s.io/client-go => k8s.io/client-go {STAGING}",
+    ]
+
+
+def test_the_language_host_is_built_with_the_sdk_s_own_replaces(tmp_path: Path) -> None:
+    sdk = upstream(
+        tmp_path,
+        "github.com/pulumi/pulumi/sdk/v3",
+        PULUMI,
+        """module github.com/pulumi/pulumi/sdk/v3
+
+go 1.26.6
+
+replace golang.org/x/text => golang.org/x/text v0.41.0
+""",
+    )
+    shim = sdk / "python" / "cmd" / "pulumi-language-python-exec"
+    shim.parent.mkdir(parents=True)
+    shim.write_text("#!/usr/bin/env python3\n")
+    assert built(tmp_path, "langhost", "pulumi-language-python") == [
+        "module mlstack.local/e2e/langhost",
+        "",
+        "go 1.26.6",
+        "",
+        f"require github.com/pulumi/pulumi/sdk/v3 {PULUMI}",
+        "",
+        "replace golang.org/x/text => golang.org/x/text v0.41.0",
+    ]
