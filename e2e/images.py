@@ -8,7 +8,7 @@ them (`e2e/dockerd.py`), Debian's registry serves them (`e2e/registry.py`), and 
 by digest: `127.0.0.1:<port>/mlstack/<name>@sha256:...`.
 
 A second run is fast when nothing changed: the base images, the engine's layer cache and the
-registry's blobs persist in `${MLSTACK_E2E_CACHE:-~/.cache/mlstack-e2e}/images`.
+registry's blobs persist in `images/` of the toolchain's cache folder (e2e/toolchain/build.sh's).
 
     python -m e2e.images up DIR     # build and push every image; prints name=reference lines
     python -m e2e.images down DIR   # stop the engine and the registry started in DIR
@@ -17,8 +17,8 @@ registry's blobs persist in `${MLSTACK_E2E_CACHE:-~/.cache/mlstack-e2e}/images`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +28,7 @@ from typing import Final, ParamSpec, TypeVar
 
 from components import image
 from e2e import apt
-from e2e.controlplane import E2E_DIR
+from e2e.controlplane import E2E_DIR, TOOLCHAIN
 from e2e.dockerd import DockerEngine
 from e2e.registry import Registry
 from e2e.rootfs import DATABASE, POSTGRES_MAJOR, PYTHON, Rootfs, ensure_base
@@ -82,8 +82,14 @@ class ImageRefs:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("MLSTACK_E2E_CACHE") or "~/.cache/mlstack-e2e"
-    return Path(root).expanduser().resolve() / "images"
+    """`images/` in the toolchain's cache folder, which build.sh names."""
+    root = subprocess.run(
+        ["bash", str(TOOLCHAIN / "build.sh"), "--cache-root"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return Path(root).resolve() / "images"
 
 
 def ensure_host_packages() -> None:

@@ -34,6 +34,11 @@ read -ra built_tools <<<"$BUILT_TOOLS"
 read -ra own_tools <<<"$OWN_TOOLS"
 
 cache_root="${MLSTACK_E2E_CACHE:-$HOME/.cache/mlstack-e2e}"
+# `build.sh --cache-root` prints only that folder: e2e/images.py keeps the images' caches there.
+if [[ ${1:-} == --cache-root ]]; then
+  echo "$cache_root"
+  exit 0
+fi
 vhash="$(sha256sum "$here/versions.env" | cut -c1-12)"
 top="$cache_root/$vhash"
 bin="$top/bin"

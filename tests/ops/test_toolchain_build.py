@@ -7,6 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
+import pytest
+
+from e2e import images
 from tests.ops.toolchain_stand_ins import VERSIONS, run_build
 
 PULUMI: Final = VERSIONS["PULUMI_VERSION"]
@@ -153,3 +156,19 @@ replace golang.org/x/text => golang.org/x/text v0.41.0
         "",
         "replace golang.org/x/text => golang.org/x/text v0.41.0",
     ]
+
+
+def test_the_images_cache_is_in_the_toolchain_s_cache_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build.sh names the cache folder; e2e/images.py asks it (`--cache-root`, which makes
+    nothing)."""
+    done = run_build(tmp_path, "--cache-root")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{tmp_path / 'cache'}\n"
+    assert not (tmp_path / "cache").exists()
+    monkeypatch.setenv("MLSTACK_E2E_CACHE", str(tmp_path / "cache"))
+    assert images.cache_dir() == tmp_path.resolve() / "cache" / "images"
+    monkeypatch.delenv("MLSTACK_E2E_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert images.cache_dir() == tmp_path.resolve() / "home" / ".cache" / "mlstack-e2e" / "images"
