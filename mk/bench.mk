@@ -6,8 +6,9 @@
 
 MLSERVER_VENV := .venv-mlserver
 GHZ_VERSION := v0.93.0
-# bench/load.py's GHZ: where the benchmarks run ghz from (else from PATH).
+# Where `make bench` builds ghz, and runs the benchmarks with it (bench/load.py's MLSTACK_GHZ).
 GHZ := build/tools/ghz
+bench: export MLSTACK_GHZ := $(abspath $(GHZ))
 
 $(GHZ):
 	@command -v go >/dev/null || { echo "bench: Go is needed to build ghz $(GHZ_VERSION)" >&2; exit 1; }
