@@ -8,18 +8,22 @@
     stacks.py info [--stack NAME]       key=value lines for $GITHUB_OUTPUT: the Pulumi CLI version,
                                         the stack's cluster provider, the clouds and registries
                                         the job must log in to (the state backend's included)
-    stacks.py review-config --stack pr-N [--dir DIR]
+    stacks.py review-config --stack pr-N [--dir DIR] [--json]
                                         writes Pulumi.pr-N.yaml: a review stack on the shared
                                         test cluster (provider `existing`), from REVIEW_* variables
                                         (REVIEW_KUBE_CONTEXT, REVIEW_REGISTRY, REVIEW_GATEWAY_IMAGE,
                                         REVIEW_MODEL_IMAGE, REVIEW_DATABASE_IMAGE,
-                                        REVIEW_GATEWAY_SERVICE_TYPE)
+                                        REVIEW_GATEWAY_SERVICE_TYPE); with --json, prints that
+                                        config as `pulumi config set-all --json` reads it instead
     stacks.py review-stacks             `pulumi stack ls --json` on stdin -> the review stacks
                                         (REVIEW_STACK), one a line
     stacks.py exists --stack NAME       `pulumi stack ls --json` on stdin -> `exists=true|false`
                                         for $GITHUB_OUTPUT
+    stacks.py deployed                  `pulumi stack history --json` on stdin ->
+                                        `deployed=true|false`: whether the stack has an update
+                                        `pulumi config refresh` can restore its config from
 
-`affected`, `review-config`, `review-stacks` and `exists` need only the standard library
+`affected`, `review-config`, `review-stacks`, `exists` and `deployed` need only the standard library
 (`affected` and `review-config` run before the project's virtual environment exists); `info`
 reads the stack file with the program's own reader (components/stack_file.py,
 components/config.py) from that environment.
@@ -123,14 +127,14 @@ def stack_names(listing: list[dict[str, Any]]) -> list[str]:
     return [str(entry["name"]).rsplit("/", 1)[-1] for entry in listing]
 
 
-def _listing(text: str) -> list[dict[str, Any]]:
-    """`pulumi stack ls --json`'s list; no list (the CLI failed) stops the step."""
+def _listing(text: str, command: str = "pulumi stack ls --json") -> list[dict[str, Any]]:
+    """The list `command` printed; no list (the CLI failed) stops the step."""
     try:
         listing = json.loads(text)
     except ValueError:
         listing = None
     if not isinstance(listing, list):
-        raise SystemExit("expected the output of `pulumi stack ls --json` on stdin")
+        raise SystemExit(f"expected the output of `{command}` on stdin")
     return listing
 
 
@@ -173,6 +177,18 @@ def review_config(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def set_all_json(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`config` (key -> value) as `pulumi config set-all --json` reads it, the form `pulumi config
+    --json` prints: none secret, and each map or list whole (it replaces the key's old value)."""
+    entries: dict[str, dict[str, Any]] = {}
+    for key, value in config.items():
+        if isinstance(value, (dict, list)):
+            entries[key] = {"value": json.dumps(value), "objectValue": value, "secret": False}
+        else:
+            entries[key] = {"value": str(value), "secret": False}
+    return entries
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -182,9 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     review = commands.add_parser("review-config")
     review.add_argument("--stack", required=True)
     review.add_argument("--dir", type=Path, default=ROOT)
+    review.add_argument("--json", action="store_true")
     commands.add_parser("review-stacks")
     exists = commands.add_parser("exists")
     exists.add_argument("--stack", required=True)
+    commands.add_parser("deployed")
     args = parser.parse_args(argv)
 
     if args.command == "affected":
@@ -204,10 +222,17 @@ def main(argv: list[str] | None = None) -> None:
             print(name)
     elif args.command == "exists":
         print(f"exists={_flag(args.stack in stack_names(_listing(sys.stdin.read())))}")
+    elif args.command == "deployed":
+        updates = _listing(sys.stdin.read(), "pulumi stack history --json")
+        print(f"deployed={_flag(bool(updates))}")
     else:
         if not REVIEW_STACK.match(args.stack):
             raise SystemExit(f"{args.stack!r} is not a review stack name (pr-<number>)")
-        document = {"config": review_config(dict(os.environ))}
+        config = review_config(dict(os.environ))
+        if args.json:
+            print(json.dumps(set_all_json(config)))
+            return
+        document = {"config": config}
         path = args.dir / f"Pulumi.{args.stack}.yaml"
         # JSON is YAML: no PyYAML needed before the virtual environment exists.
         header = f"# Review stack {args.stack}: written by .github/scripts/stacks.py.\n"

@@ -26,6 +26,7 @@ import yaml
 
 from harness.make import make_env, run_make
 from harness.program import ROOT, run_program
+from tests.stand_ins import PULUMI_CALLS, env_first_on_path, logged_calls, pulumi_stand_in, stand_in
 
 GITHUB = ROOT / ".github"
 README = ROOT / "README.md"
@@ -586,9 +587,23 @@ def test_review_stacks_are_the_names_stacks_py_accepts_for_one() -> None:
     assert script("exists", "--stack", "pr-8", stdin=STACK_LIST) == "exists=false\n"
 
 
-@pytest.mark.parametrize("command", [["review-stacks"], ["exists", "--stack", "pr-7"]])
-def test_no_stack_list_stops_the_step(command: list[str]) -> None:
-    """Without pipefail, a `pulumi stack ls` that failed leaves stacks.py an empty stdin."""
+def test_a_stack_is_deployed_once_it_has_an_update() -> None:
+    assert script("deployed", stdin="[]") == "deployed=false\n"
+    history = json.dumps([{"version": 1, "kind": "update", "result": "failed", "config": {}}])
+    assert script("deployed", stdin=history) == "deployed=true\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "listing"),
+    [
+        (["review-stacks"], "pulumi stack ls --json"),
+        (["exists", "--stack", "pr-7"], "pulumi stack ls --json"),
+        (["deployed"], "pulumi stack history --json"),
+    ],
+)
+def test_no_stack_list_stops_the_step(command: list[str], listing: str) -> None:
+    """Without pipefail, a `pulumi stack ls` (or `stack history`) that failed leaves stacks.py an
+    empty stdin."""
     result = subprocess.run(
         [sys.executable, str(SCRIPT), *command],
         input="",
@@ -598,7 +613,7 @@ def test_no_stack_list_stops_the_step(command: list[str]) -> None:
         timeout=60,
     )
     assert result.returncode != 0
-    assert "pulumi stack ls --json" in result.stderr
+    assert listing in result.stderr
 
 
 def test_the_teardown_asks_stacks_py_whether_the_stack_exists() -> None:
@@ -664,6 +679,144 @@ def test_a_review_stack_config_is_valid_for_the_program(
     assert run.one("Service", "gateway").inputs["spec"]["type"] == service_type
     assert not [r for r in run.resources if r.protect]
     assert bool(run.by_type("docker:index/image:Image")) == ("REVIEW_REGISTRY" in variables)
+
+
+REVIEW_VARIABLES = {
+    "REVIEW_KUBE_CONTEXT": "test",
+    "REVIEW_REGISTRY": "ghcr.io/acme/mlstack-review",
+    "REVIEW_GATEWAY_IMAGE": "",
+    "REVIEW_MODEL_IMAGE": "",
+    "REVIEW_DATABASE_IMAGE": "",
+    "REVIEW_GATEWAY_SERVICE_TYPE": "ClusterIP",
+}
+
+
+def test_review_config_json_is_the_stack_file_s_config_as_set_all_reads_it(
+    tmp_path: Path,
+) -> None:
+    """`pulumi config set-all --json` takes `pulumi config --json`'s form: a map or list as its JSON
+    text (`value`) beside the value itself (`objectValue`), which marks it as one to parse."""
+    script("review-config", "--stack", "pr-7", "--dir", str(tmp_path), env=REVIEW_VARIABLES)
+    written = yaml.safe_load((tmp_path / "Pulumi.pr-7.yaml").read_text())["config"]
+    printed = json.loads(script("review-config", "--stack", "pr-7", "--json", env=REVIEW_VARIABLES))
+    assert set(printed) == set(written)
+    for key, entry in printed.items():
+        assert entry == {
+            "value": json.dumps(written[key]),
+            "objectValue": written[key],
+            "secret": False,
+        }, key
+    set_all_json = runpy.run_path(str(SCRIPT))["set_all_json"]
+    assert set_all_json({"mlstack:namespace": "review"}) == {
+        "mlstack:namespace": {"value": "review", "secret": False}
+    }
+
+
+# The stand-in Pulumi CLI of the restore step: `stack ls --json` and `stack history --json` print
+# STAND_IN_STACKS and STAND_IN_HISTORY; an unset STAND_IN_HISTORY fails as the CLI does.
+REVIEW_STACK_ANSWERS = """\
+if args[:2] == ["stack", "ls"]:
+    print(os.environ["STAND_IN_STACKS"])
+elif args[:2] == ["stack", "history"]:
+    if "STAND_IN_HISTORY" not in os.environ:
+        sys.exit("error: could not get the stack's history")
+    print(os.environ["STAND_IN_HISTORY"])
+"""
+# `make`, logged among the stand-in Pulumi CLI's calls: one list, in the order they ran.
+MAKE_STAND_IN = """\
+#!{python}
+import json, sys
+from pathlib import Path
+
+with (Path(__file__).parent / "{calls}").open("a") as log:
+    log.write(json.dumps({{"args": ["(make)", *sys.argv[1:]]}}) + "\\n")
+"""
+
+
+def run_review_stack_step(
+    folder: Path, stacks: list[str], history: list[dict[str, Any]] | None
+) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    """The `up` job's step that readies the stack, as a runner's bash runs it, with a stand-in
+    make and a stand-in Pulumi CLI whose backend holds `stacks` and whose `stack history` prints
+    `history` (None: fails); how it ended, and every call to either, in order."""
+    (step,) = [
+        s
+        for s in steps(workflow("review-stack.yml")["jobs"]["up"])
+        if "make stack" in str(s.get("run", ""))
+    ]
+    pulumi_stand_in(folder, REVIEW_STACK_ANSWERS)
+    stand_in(folder, "make", MAKE_STAND_IN.format(python=sys.executable, calls=PULUMI_CALLS))
+    listing = json.dumps([{"name": f"acme/mlstack/{name}"} for name in stacks])
+    env = env_first_on_path(
+        folder,
+        STACK="pr-7",
+        DATABASE_PASSWORD="chosen-database-password",
+        API_KEY="chosen-api-key",
+        STAND_IN_STACKS=listing,
+        **REVIEW_VARIABLES,
+    )
+    if history is not None:
+        env["STAND_IN_HISTORY"] = json.dumps(history)
+    runner_script = folder / "step.sh"
+    runner_script.write_text(step["run"])
+    done = subprocess.run(
+        ["bash", "-e", str(runner_script)],  # a runner's shell for a `run` that names none
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    return done, [call["args"] for call in logged_calls(folder / PULUMI_CALLS)]
+
+
+UPDATE = {"version": 3, "kind": "update", "result": "succeeded"}
+
+
+def test_a_deployed_review_stack_gets_its_config_back_before_secrets_are_drawn(
+    tmp_path: Path,
+) -> None:
+    """Each push starts from a fresh checkout without the stack file: the config of the stack's
+    last update (its secrets, the passphrase's salt) is restored, this push's settings are set
+    over it, and only then does `make stack` draw the secrets still missing."""
+    done, calls = run_review_stack_step(tmp_path, ["staging", "pr-7"], [UPDATE])
+    assert done.returncode == 0, done.stderr
+    settings = script("review-config", "--stack", "pr-7", "--json", env=REVIEW_VARIABLES).strip()
+    assert calls[:6] == [
+        ["login"],
+        ["stack", "ls", "--json"],
+        ["stack", "history", "--stack", "pr-7", "--json", "--page-size", "1"],
+        ["config", "refresh", "--force", "--stack", "pr-7"],
+        ["config", "set-all", "--stack", "pr-7", "--json", settings],
+        ["(make)", "stack", "STACK=pr-7", "PULUMI=pulumi"],
+    ]
+    assert [call[:3] for call in calls[6:]] == [["config", "set", "--secret"]] * 2
+
+
+@pytest.mark.parametrize(
+    ("stacks", "history"),
+    [([], None), (["pr-7"], [])],
+    ids=["a new stack", "a stack without an update"],
+)
+def test_a_review_stack_without_an_update_gets_fresh_secrets(
+    tmp_path: Path, stacks: list[str], history: list[dict[str, Any]] | None
+) -> None:
+    """Nothing runs with the secrets of a stack that has had no update: `make stack` draws them."""
+    done, calls = run_review_stack_step(tmp_path, stacks, history)
+    assert done.returncode == 0, done.stderr
+    assert not [
+        call for call in calls if call[:2] in (["config", "refresh"], ["config", "set-all"])
+    ]
+    assert ["(make)", "stack", "STACK=pr-7", "PULUMI=pulumi"] in calls
+
+
+def test_a_review_stack_whose_history_cannot_be_read_is_left_alone(tmp_path: Path) -> None:
+    """Fresh secrets for a stack that has some would change its database's roles: stop instead."""
+    done, calls = run_review_stack_step(tmp_path, ["pr-7"], None)
+    assert done.returncode != 0
+    assert "pulumi stack history --json" in done.stderr
+    assert not [call for call in calls if call[0] in ("(make)", "config")]
 
 
 def test_a_review_stack_without_images_is_refused(tmp_path: Path) -> None:
