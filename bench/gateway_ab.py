@@ -146,7 +146,8 @@ def store_worker(
             open_store,
         )
 
-    env = {"MLSTACK_API_KEY": API_KEY, "DATA_DIR": data_dir}
+    # The store alone: no model is called, MODEL_URL only has to be given.
+    env = {"MLSTACK_API_KEY": API_KEY, "MODEL_URL": "http://model.invalid", "DATA_DIR": data_dir}
     if store_kind == "postgresql":
         env["DATABASE_URL"] = dsn
     settings = GatewaySettings.from_env(env)

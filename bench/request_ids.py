@@ -26,7 +26,9 @@ def per_commit(make_id: Callable[[], str], rows: int, rows_per_commit: int) -> t
     from mlstack_gateway.stores.sqlite import MIGRATIONS, _connect, _insert_batch
 
     with tempfile.TemporaryDirectory() as folder:
-        settings = GatewaySettings.from_env({"MLSTACK_API_KEY": API_KEY, "DATA_DIR": folder})
+        # No model is called: MODEL_URL only has to be given.
+        env = {"MLSTACK_API_KEY": API_KEY, "MODEL_URL": "http://model.invalid", "DATA_DIR": folder}
+        settings = GatewaySettings.from_env(env)
         conn = _connect(settings.sqlite_path, settings.db_write_timeout_seconds)
         for _, statement in MIGRATIONS:
             conn.execute(statement)

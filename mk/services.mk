@@ -7,10 +7,14 @@ SERVE_GATEWAY_METRICS_PORT := 9090
 MODEL_PROTO := services/model/mlstack_model/proto/open_inference.proto
 
 .PHONY: serve
-serve: venv ## run the app locally: model on 127.0.0.1:8081 (gRPC :8082), gateway on 127.0.0.1:8080, its /metrics on 9090 (Ctrl-C stops both; either exiting stops the other)
+serve: venv ## run the app locally on 127.0.0.1, on the SERVE_*_PORT ports of mk/services.mk, which it prints (Ctrl-C stops both; either exiting stops the other)
 	@PY=$(PY) SERVE_MODEL_PORT=$(SERVE_MODEL_PORT) SERVE_MODEL_GRPC_PORT=$(SERVE_MODEL_GRPC_PORT) \
 	  SERVE_GATEWAY_PORT=$(SERVE_GATEWAY_PORT) SERVE_GATEWAY_METRICS_PORT=$(SERVE_GATEWAY_METRICS_PORT) \
 	  exec tools/serve.sh
+
+.PHONY: oip-check
+oip-check: venv ## check the model of `make serve` (same SERVE_* variables) with tritonclient, HTTP and gRPC, default options
+	$(PY) -m tools.oip_check --http 127.0.0.1:$(SERVE_MODEL_PORT) --grpc 127.0.0.1:$(SERVE_MODEL_GRPC_PORT)
 
 .PHONY: model-proto
 model-proto: venv ## regenerate the model server's gRPC stubs from $(MODEL_PROTO) (committed; a test checks them)

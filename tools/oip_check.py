@@ -2,8 +2,9 @@
 gRPC, every option left at its default (tensors go as binary data over HTTP and as
 raw_input_contents over gRPC).
 
-    make serve                  # in one terminal
-    python -m tools.oip_check   # in another; or --http HOST:PORT --grpc HOST:PORT
+    make serve       # in one terminal
+    make oip-check   # in another: against make serve's model (the same SERVE_* variables)
+    python -m tools.oip_check --http HOST:PORT --grpc HOST:PORT   # any other server
 
 Exits 0 when every check passes, 1 with the first failure otherwise. The service tests run the
 same checks against a server of their own.
@@ -83,8 +84,10 @@ def _check_with(protocol: Any, target: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.oip_check", description=__doc__)
-    parser.add_argument("--http", default="127.0.0.1:8081", help="REST host:port")
-    parser.add_argument("--grpc", default="127.0.0.1:8082", help="gRPC host:port")
+    # No defaults: where `make serve` puts the model is mk/services.mk's, which `make oip-check`
+    # passes here.
+    parser.add_argument("--http", required=True, help="REST host:port")
+    parser.add_argument("--grpc", required=True, help="gRPC host:port")
     args = parser.parse_args(argv)
     checks: list[tuple[str, str, Callable[[str], str]]] = [
         ("http", args.http, check_http),

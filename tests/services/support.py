@@ -38,6 +38,9 @@ from tests.services.oip import INPUT
 
 # The two services, by the names ``service_process`` and the fixtures that start either take.
 SERVICES: Final = ("gateway", "model")
+# The settings the gateway cannot start without, for tests that read its settings in-process
+# and never call a model (a .invalid name resolves nowhere).
+GATEWAY_REQUIRED: Final = {"MLSTACK_API_KEY": API_KEY, "MODEL_URL": "http://model.invalid:8080"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def sqlite_file(data_dir: Path) -> Path:
     # Imported here: this module is imported before conftest puts the services on the path.
     from mlstack_gateway.settings import GatewaySettings
 
-    settings = GatewaySettings.from_env({"MLSTACK_API_KEY": API_KEY, "DATA_DIR": str(data_dir)})
+    settings = GatewaySettings.from_env({**GATEWAY_REQUIRED, "DATA_DIR": str(data_dir)})
     return settings.sqlite_path
 
 
@@ -160,7 +163,7 @@ class MakeServe(LocalServer):
         gateway_port = self.ports["SERVE_GATEWAY_PORT"]
         super().__init__(
             "make-serve",
-            make_command("serve", *(f"{name}={port}" for name, port in self.ports.items())),
+            make_command("serve", *self.variables),
             log_dir / f"make-serve-{gateway_port}.log",
             f"http://{LOOPBACK}:{gateway_port}",
             ready_path="/readyz",
@@ -170,6 +173,11 @@ class MakeServe(LocalServer):
             new_session=True,
         )
         self.model_url = f"http://{LOOPBACK}:{self.ports['SERVE_MODEL_PORT']}"
+
+    @property
+    def variables(self) -> list[str]:
+        """The make variables this run is given (``NAME=value``), for other targets to match."""
+        return [f"{name}={port}" for name, port in self.ports.items()]
 
     def interrupt(self) -> None:
         """Ctrl-C: SIGINT to the whole foreground process group, as a terminal sends it."""

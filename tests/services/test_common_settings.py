@@ -11,8 +11,8 @@ from mlstack_gateway.settings import GatewaySettings
 from mlstack_model.settings import ModelSettings
 
 from components.app import MODEL_NAME
+from tests.services.support import GATEWAY_REQUIRED
 
-API_KEY = {"MLSTACK_API_KEY": "a-key-of-some-length"}
 SHARED = {
     "HOST": "127.0.0.1",
     "PORT": "9000",
@@ -35,7 +35,7 @@ def shared_fields(settings: ServiceSettings) -> dict[str, object]:
 
 
 def test_both_services_read_the_shared_variables_alike() -> None:
-    gateway = GatewaySettings.from_env({**API_KEY, **SHARED})
+    gateway = GatewaySettings.from_env({**GATEWAY_REQUIRED, **SHARED})
     model = ModelSettings.from_env(SHARED)
     assert shared_fields(gateway) == shared_fields(model)
     assert shared_fields(model) == {
@@ -58,7 +58,7 @@ def test_both_services_read_the_shared_variables_alike() -> None:
 def test_the_shared_settings_have_documented_defaults(
     service: type[GatewaySettings] | type[ModelSettings],
 ) -> None:
-    settings = service.from_env(API_KEY)
+    settings = service.from_env(GATEWAY_REQUIRED)
     assert settings.port == 8080
     # The name the deployment gives the model server, which the tests' servers take by default.
     assert settings.model_name == MODEL_NAME
@@ -71,7 +71,7 @@ def test_the_shared_settings_have_documented_defaults(
 
 
 def test_each_service_keeps_its_own_request_limits_by_default() -> None:
-    gateway = GatewaySettings.from_env(API_KEY)
+    gateway = GatewaySettings.from_env(GATEWAY_REQUIRED)
     model = ModelSettings.from_env({})
     assert (gateway.max_batch_rows, gateway.max_body_bytes) == (1024, 1024 * 1024)
     assert (model.max_batch_rows, model.max_body_bytes) == (4096, 2 * 1024 * 1024)
@@ -82,7 +82,7 @@ def test_a_shared_variable_out_of_range_is_refused_by_both(
     service: type[GatewaySettings] | type[ModelSettings],
 ) -> None:
     with pytest.raises(SettingsError) as refused:
-        service.from_env({**API_KEY, "KEEPALIVE_TIMEOUT_SECONDS": "0.5"})
+        service.from_env({**GATEWAY_REQUIRED, "KEEPALIVE_TIMEOUT_SECONDS": "0.5"})
     assert str(refused.value) == "KEEPALIVE_TIMEOUT_SECONDS must be >= 1.0, got 0.5"
 
 
@@ -102,7 +102,7 @@ def test_a_word_neither_service_knows_is_refused_by_both(
     service: type[GatewaySettings] | type[ModelSettings], variable: str, value: str, refusal: str
 ) -> None:
     with pytest.raises(SettingsError) as refused:
-        service.from_env({**API_KEY, variable: value})
+        service.from_env({**GATEWAY_REQUIRED, variable: value})
     assert str(refused.value) == refusal
 
 

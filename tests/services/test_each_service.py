@@ -26,6 +26,9 @@ from tests.services.support import (
         pytest.param(
             "gateway", {"MLSTACK_API_KEY": ""}, "MLSTACK_API_KEY", id="gateway-without-api-key"
         ),
+        pytest.param(
+            "gateway", {"MODEL_URL": ""}, "MODEL_URL must give", id="gateway-without-model-url"
+        ),
         *(
             pytest.param(
                 service,

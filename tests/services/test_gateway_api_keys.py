@@ -17,7 +17,7 @@ from harness.http import request
 from harness.metrics import samples
 from harness.services import SETOSA, ServiceProcess, start_gateway
 from tests.services.hostile import PREDICT, exchange, raw_request
-from tests.services.support import history, predict
+from tests.services.support import GATEWAY_REQUIRED, history, predict
 
 NEW_KEY = "new-key-after-rotation"
 OLD_KEY = "old-key-being-replaced"
@@ -103,6 +103,7 @@ def test_the_previous_key_is_read_from_the_file_kubernetes_mounts(tmp_path: Path
     (tmp_path / "api-key-previous").write_text(OLD_KEY + "\n")
     settings = GatewaySettings.from_env(
         {
+            **GATEWAY_REQUIRED,
             "MLSTACK_API_KEY": NEW_KEY,
             "MLSTACK_API_KEY_PREVIOUS_FILE": str(tmp_path / "api-key-previous"),
         }
@@ -115,6 +116,7 @@ def test_an_absent_previous_key_file_means_none(tmp_path: Path) -> None:
     only during one."""
     settings = GatewaySettings.from_env(
         {
+            **GATEWAY_REQUIRED,
             "MLSTACK_API_KEY": NEW_KEY,
             "MLSTACK_API_KEY_PREVIOUS_FILE": str(tmp_path / "api-key-previous"),
         }
@@ -130,14 +132,16 @@ def test_an_absent_current_key_file_stops_the_gateway(tmp_path: Path) -> None:
 
 def test_an_empty_previous_key_means_none() -> None:
     settings = GatewaySettings.from_env(
-        {"MLSTACK_API_KEY": NEW_KEY, "MLSTACK_API_KEY_PREVIOUS": ""}
+        {**GATEWAY_REQUIRED, "MLSTACK_API_KEY": NEW_KEY, "MLSTACK_API_KEY_PREVIOUS": ""}
     )
     assert dict(settings.api_keys) == {"current": NEW_KEY}
 
 
 def test_a_previous_key_equal_to_the_current_one_stops_the_gateway() -> None:
     with pytest.raises(SettingsError, match="MLSTACK_API_KEY_PREVIOUS is the same key"):
-        GatewaySettings.from_env({"MLSTACK_API_KEY": NEW_KEY, "MLSTACK_API_KEY_PREVIOUS": NEW_KEY})
+        GatewaySettings.from_env(
+            {**GATEWAY_REQUIRED, "MLSTACK_API_KEY": NEW_KEY, "MLSTACK_API_KEY_PREVIOUS": NEW_KEY}
+        )
 
 
 @pytest.mark.parametrize("sent", [NEW_KEY, OLD_KEY, "wrong"])

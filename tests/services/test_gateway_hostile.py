@@ -44,6 +44,7 @@ from tests.services.hostile import (
     with_content_length,
 )
 from tests.services.support import (
+    GATEWAY_REQUIRED,
     error_of,
     https,
     predict,
@@ -310,7 +311,7 @@ def test_the_metrics_port_must_differ_from_the_api_port(log_dir: Path) -> None:
     gateway = ServiceProcess(
         "mlstack_gateway",
         GATEWAY_SRC,
-        {"MLSTACK_API_KEY": API_KEY, "METRICS_PORT": str(port)},
+        {**GATEWAY_REQUIRED, "METRICS_PORT": str(port)},
         port,
         log_dir,
     )
@@ -356,7 +357,7 @@ def test_half_a_tls_pair_stops_the_gateway_at_start(
     gateway = ServiceProcess(
         "mlstack_gateway",
         GATEWAY_SRC,
-        {"MLSTACK_API_KEY": API_KEY, "METRICS_PORT": str(free_port()), given: str(path)},
+        {**GATEWAY_REQUIRED, "METRICS_PORT": str(free_port()), given: str(path)},
         free_port(),
         log_dir,
     )

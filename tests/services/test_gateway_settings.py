@@ -8,12 +8,15 @@ import pytest
 from mlstack_common.env import SettingsError
 from mlstack_gateway.settings import GatewaySettings, MigrateSettings
 
+from tests.services.support import GATEWAY_REQUIRED
+
 
 def test_secrets_are_read_from_the_files_kubernetes_mounts(tmp_path: Path) -> None:
     (tmp_path / "api-key").write_text("key-from-file\n")
     (tmp_path / "database-url").write_text("postgresql://u:p@database:5432/mlstack\n")
     settings = GatewaySettings.from_env(
         {
+            **GATEWAY_REQUIRED,
             "MLSTACK_API_KEY": "ignored-when-a-file-is-given",
             "MLSTACK_API_KEY_FILE": str(tmp_path / "api-key"),
             "DATABASE_URL_FILE": str(tmp_path / "database-url"),
@@ -24,7 +27,7 @@ def test_secrets_are_read_from_the_files_kubernetes_mounts(tmp_path: Path) -> No
 
 
 def test_secrets_from_the_environment_when_no_file_is_named() -> None:
-    settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "dev-key"})
+    settings = GatewaySettings.from_env({**GATEWAY_REQUIRED, "MLSTACK_API_KEY": "dev-key"})
     assert settings.api_keys == {"current": "dev-key"}
     assert settings.database_url is None
 
@@ -40,9 +43,18 @@ def test_a_missing_key_stops_the_gateway() -> None:
         GatewaySettings.from_env({})
 
 
+def test_a_missing_model_url_stops_the_gateway() -> None:
+    # No default: the model's own default ports are not where every launcher runs it.
+    for unset in ({}, {"MODEL_URL": " "}):
+        with pytest.raises(SettingsError, match=r"^MODEL_URL must give the model server's REST"):
+            GatewaySettings.from_env({"MLSTACK_API_KEY": "k", **unset})
+    with pytest.raises(SettingsError, match=r"^MODEL_URL must be an http\(s\) URL"):
+        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "MODEL_URL": "model:8080"})
+
+
 def test_the_gateways_own_settings_have_documented_defaults() -> None:
     # Those both services share: test_common_settings.py.
-    settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "dev-key"})
+    settings = GatewaySettings.from_env({**GATEWAY_REQUIRED, "MLSTACK_API_KEY": "dev-key"})
     assert settings.metrics_port == 9090
     assert settings.tls_files is None
     # With the breaker, what keeps a hung model's 503 within a second.
@@ -52,12 +64,12 @@ def test_the_gateways_own_settings_have_documented_defaults() -> None:
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_a_number_setting_must_be_finite(value: str) -> None:
     with pytest.raises(SettingsError, match="MODEL_TIMEOUT_SECONDS must be a finite number"):
-        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "MODEL_TIMEOUT_SECONDS": value})
+        GatewaySettings.from_env({**GATEWAY_REQUIRED, "MODEL_TIMEOUT_SECONDS": value})
 
 
 def test_the_metrics_port_cannot_be_the_api_port() -> None:
     with pytest.raises(SettingsError, match="METRICS_PORT must differ from PORT"):
-        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "PORT": "8080", "METRICS_PORT": "8080"})
+        GatewaySettings.from_env({**GATEWAY_REQUIRED, "PORT": "8080", "METRICS_PORT": "8080"})
 
 
 def test_a_tls_pair_that_does_not_load_is_named(tmp_path: Path) -> None:
@@ -66,7 +78,7 @@ def test_a_tls_pair_that_does_not_load_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="do not load as a certificate chain"):
         GatewaySettings.from_env(
             {
-                "MLSTACK_API_KEY": "k",
+                **GATEWAY_REQUIRED,
                 "TLS_CERT_FILE": str(tmp_path / "tls.crt"),
                 "TLS_KEY_FILE": str(tmp_path / "tls.key"),
             }
@@ -77,7 +89,7 @@ def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"do not load.*No such file"):
         GatewaySettings.from_env(
             {
-                "MLSTACK_API_KEY": "k",
+                **GATEWAY_REQUIRED,
                 "TLS_CERT_FILE": str(tmp_path / "absent.crt"),
                 "TLS_KEY_FILE": str(tmp_path / "absent.key"),
             }
@@ -88,7 +100,7 @@ def test_the_standbys_url_is_read_from_its_file(tmp_path: Path) -> None:
     (tmp_path / "database-read-url").write_text("postgresql://u:p@database-read:5432/mlstack\n")
     settings = GatewaySettings.from_env(
         {
-            "MLSTACK_API_KEY": "k",
+            **GATEWAY_REQUIRED,
             "DATABASE_URL": "postgresql://u:p@database:5432/mlstack",
             "DATABASE_READ_URL_FILE": str(tmp_path / "database-read-url"),
         }
@@ -99,7 +111,7 @@ def test_the_standbys_url_is_read_from_its_file(tmp_path: Path) -> None:
 
 def test_without_a_read_url_every_read_goes_to_the_primary() -> None:
     settings = GatewaySettings.from_env(
-        {"MLSTACK_API_KEY": "k", "DATABASE_URL": "postgresql://u:p@database:5432/mlstack"}
+        {**GATEWAY_REQUIRED, "DATABASE_URL": "postgresql://u:p@database:5432/mlstack"}
     )
     assert settings.database_read_url is None
 
@@ -112,14 +124,14 @@ def test_a_read_url_needs_the_primary_url(tmp_path: Path, name: str) -> None:
         "DATABASE_READ_URL_FILE": str(tmp_path / "database-read-url"),
     }[name]
     with pytest.raises(SettingsError, match=f"^{name} is set but DATABASE_URL is not"):
-        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", name: value})
+        GatewaySettings.from_env({**GATEWAY_REQUIRED, name: value})
 
 
 def test_a_read_url_must_be_postgresql() -> None:
     with pytest.raises(SettingsError, match="DATABASE_READ_URL must give a postgresql:// URL"):
         GatewaySettings.from_env(
             {
-                "MLSTACK_API_KEY": "k",
+                **GATEWAY_REQUIRED,
                 "DATABASE_URL": "postgresql://u:p@database:5432/mlstack",
                 "DATABASE_READ_URL": "mysql://u:p@database-read:3306/mlstack",
             }
@@ -132,26 +144,24 @@ def test_a_read_url_must_be_postgresql() -> None:
 )
 def test_the_read_lag_bound_is_a_number_of_seconds_from_0(value: str, rule: str) -> None:
     with pytest.raises(SettingsError, match=f"DATABASE_READ_MAX_LAG_SECONDS {rule}"):
-        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "DATABASE_READ_MAX_LAG_SECONDS": value})
+        GatewaySettings.from_env({**GATEWAY_REQUIRED, "DATABASE_READ_MAX_LAG_SECONDS": value})
 
 
 def test_a_read_lag_bound_of_0_is_allowed() -> None:
-    settings = GatewaySettings.from_env(
-        {"MLSTACK_API_KEY": "k", "DATABASE_READ_MAX_LAG_SECONDS": "0"}
-    )
+    settings = GatewaySettings.from_env({**GATEWAY_REQUIRED, "DATABASE_READ_MAX_LAG_SECONDS": "0"})
     assert settings.database_read_max_lag_seconds == 0.0
 
 
 def test_the_gateway_migrates_the_schema_unless_told_not_to() -> None:
-    assert GatewaySettings.from_env({"MLSTACK_API_KEY": "k"}).database_migrate is True
+    assert GatewaySettings.from_env(GATEWAY_REQUIRED).database_migrate is True
     for value, migrates in (("false", False), ("No", False), ("0", False), ("TRUE", True)):
-        env = {"MLSTACK_API_KEY": "k", "DATABASE_MIGRATE": value}
+        env = {**GATEWAY_REQUIRED, "DATABASE_MIGRATE": value}
         assert GatewaySettings.from_env(env).database_migrate is migrates
 
 
 def test_a_migrate_setting_that_is_not_yes_or_no_is_refused() -> None:
     with pytest.raises(SettingsError, match=r"^DATABASE_MIGRATE must be true or false, got 'nope'"):
-        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "DATABASE_MIGRATE": "nope"})
+        GatewaySettings.from_env({**GATEWAY_REQUIRED, "DATABASE_MIGRATE": "nope"})
 
 
 def test_the_migrate_command_reads_the_url_as_the_gateway_does(tmp_path: Path) -> None:
@@ -180,7 +190,7 @@ def test_the_migrate_timeout_is_a_second_or_more(value: str, rule: str) -> None:
 
 
 def test_the_certificate_is_read_again_every_30_s_by_default() -> None:
-    assert GatewaySettings.from_env({"MLSTACK_API_KEY": "k"}).tls_reload_seconds == 30.0
+    assert GatewaySettings.from_env(GATEWAY_REQUIRED).tls_reload_seconds == 30.0
 
 
 @pytest.mark.parametrize(
@@ -190,7 +200,7 @@ def test_the_certificate_reload_interval_is_at_least_a_tenth_of_a_second(
     value: str, rule: str
 ) -> None:
     with pytest.raises(SettingsError, match=f"TLS_RELOAD_SECONDS {rule}"):
-        GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "TLS_RELOAD_SECONDS": value})
+        GatewaySettings.from_env({**GATEWAY_REQUIRED, "TLS_RELOAD_SECONDS": value})
 
 
 # A password as `openssl rand -base64` and friends make them, pasted into a URL unencoded; each
@@ -214,7 +224,7 @@ def test_an_unencoded_password_is_refused_without_a_word_of_it(
     url = f"postgresql://mlstack:{password}@database:5432/mlstack"
     (tmp_path / "url").write_text(url)
     env = {
-        "MLSTACK_API_KEY": "k",
+        **GATEWAY_REQUIRED,
         "DATABASE_URL": "postgresql://u:p@database:5432/mlstack",
         f"{name}_FILE": str(tmp_path / "url"),
     }
@@ -229,12 +239,12 @@ def test_an_unencoded_password_is_refused_without_a_word_of_it(
 
 def test_a_percent_encoded_password_of_any_characters_is_taken(tmp_path: Path) -> None:
     url = "postgresql://mlstack:a%2Fb%40c%3Ad%25e%2Bf%3Dg%3Fh%23i%27j%5Ck@database:5432/mlstack"
-    settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "DATABASE_URL": url})
+    settings = GatewaySettings.from_env({**GATEWAY_REQUIRED, "DATABASE_URL": url})
     assert settings.database_url == url
 
 
 def test_a_port_that_is_not_a_number_is_named_not_quoted() -> None:
     with pytest.raises(SettingsError, match=r"^DATABASE_URL has a port that is not a number"):
         GatewaySettings.from_env(
-            {"MLSTACK_API_KEY": "k", "DATABASE_URL": "postgresql://u:p@database:five/mlstack"}
+            {**GATEWAY_REQUIRED, "DATABASE_URL": "postgresql://u:p@database:five/mlstack"}
         )

@@ -16,7 +16,7 @@ from mlstack_gateway.stores.migrations import migrate
 from mlstack_gateway.stores.sqlite import MIGRATIONS, SqliteConnection, SqliteStore
 
 from components.app import MODEL_NAME
-from tests.services.support import sqlite_file
+from tests.services.support import GATEWAY_REQUIRED, sqlite_file
 
 
 def record() -> PredictionRecord:
@@ -24,7 +24,7 @@ def record() -> PredictionRecord:
 
 
 def open_store(data_dir: Path, **env: str) -> tuple[SqliteStore, GatewayMetrics]:
-    settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "DATA_DIR": str(data_dir), **env})
+    settings = GatewaySettings.from_env({**GATEWAY_REQUIRED, "DATA_DIR": str(data_dir), **env})
     metrics = GatewayMetrics()
     return SqliteStore(settings, metrics), metrics
 

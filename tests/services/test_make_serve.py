@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.make import make_env, run_make
 from harness.services import SETOSA
 from tests.services.support import MakeServe, predict
 
@@ -58,6 +59,10 @@ def test_make_serve_answers_through_the_gateway_and_a_stop_ends_both(
         reply = predict(serve.url, [SETOSA], key="dev-key")
         assert reply.status == 200, reply.body
         assert reply.json()["predictions"] == [0]
+        # `make oip-check` with the same variables finds the model where `make serve` put it.
+        check = run_make("oip-check", *serve.variables, env=make_env("PYTHONPATH"))
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert check.stdout.count(": ok (") == 2, check.stdout
 
         signum = stop(serve)
         code = serve.wait(timeout=60)

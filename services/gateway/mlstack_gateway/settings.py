@@ -63,6 +63,21 @@ def _api_keys(env: dict[str, str]) -> dict[str, str]:
     return keys
 
 
+def _model_url(env: dict[str, str]) -> str:
+    """MODEL_URL: the model server's REST base URL. No default: each launcher knows where its
+    model listens (the Deployment, `make serve`, harness.services), and a guess would send
+    predictions to whatever else answers there."""
+    model_url = env.get("MODEL_URL", "").strip()
+    if not model_url:
+        raise SettingsError(
+            "MODEL_URL must give the model server's REST URL (http://host:port) the gateway "
+            "sends predictions to"
+        )
+    if not model_url.startswith(("http://", "https://")):
+        raise SettingsError(f"MODEL_URL must be an http(s) URL, got {model_url!r}")
+    return model_url
+
+
 def _tls_files(env: dict[str, str]) -> tuple[Path, Path] | None:
     """The certificate chain and private key to serve HTTPS from, both or neither; checked by
     loading them, so that a bad pair stops the gateway at start with the reason."""
@@ -177,9 +192,7 @@ class GatewaySettings(ServiceSettings):
     def from_env(cls, environ: dict[str, str] | None = None) -> GatewaySettings:
         env = environment(environ)
         api_keys = _api_keys(env)
-        model_url = env.get("MODEL_URL", "").strip() or "http://127.0.0.1:8081"
-        if not model_url.startswith(("http://", "https://")):
-            raise SettingsError(f"MODEL_URL must be an http(s) URL, got {model_url!r}")
+        model_url = _model_url(env)
         url = database_url_from_env(env)
         database_read_url = _database_read_url(env, url)
         data_dir = env.get("DATA_DIR", "").strip()
