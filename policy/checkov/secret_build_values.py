@@ -17,8 +17,12 @@ from checkov.common.models.enums import CheckCategories, CheckResult
 from checkov.dockerfile.base_dockerfile_check import BaseDockerfileCheck
 
 Instruction = Mapping[str, Any]
+# The kinds of secret, and the URLs the gateway's database credentials travel in
+# (DATABASE_URL, DATABASE_READ_URL: the user and password are in them).
 SECRET_NAME = re.compile(
-    r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY|CREDENTIAL", re.IGNORECASE
+    r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY|CREDENTIAL"
+    r"|DATABASE_(READ_)?URL",
+    re.IGNORECASE,
 )
 LOCATION_SUFFIX = re.compile(r"_(FILE|PATH|DIR)$", re.IGNORECASE)
 

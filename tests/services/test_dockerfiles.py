@@ -1,5 +1,8 @@
 """The service images, read from their Dockerfile (no Docker engine needed): what the Pulumi
-components rely on (port, user, entrypoint) and the hygiene of the images themselves.
+components and the e2e suite rely on (base, port, user, entrypoint, pinned requirements). The
+rules every Dockerfile is held to (bases pinned by digest, the final stage's numeric USER, no
+ARG or ENV named like a secret, no ADD) are the policy gate's (`make policy`: tools/policy.py,
+policy/checkov/), not repeated here.
 
 The gateway and the model share services/Dockerfile: a stage each (``gateway``, ``model``) on a
 stage they share (``service``), built with ``--target <service> --build-arg SERVICE=<service>``
@@ -100,19 +103,22 @@ def test_one_dockerfile_builds_both_python_services() -> None:
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_base_image_is_pinned_by_version_and_digest(service: str) -> None:
-    # A build may pass another base (BASE_IMAGE, declared without a default so that the pin
-    # lives in one place); one that passes none builds on the pinned upstream image.
+def test_a_build_may_pass_another_base(service: str) -> None:
+    # BASE_IMAGE (the e2e suite's base built from bookworm's Python 3.11: e2e/rootfs.py) is
+    # declared without a default, so that the pin lives in one place: the FROM's default, the
+    # same Python on the same Debian, whose digest the gate requires (CKV_MLSTACK_DOCKER_1).
     args = [i.arguments for i in instructions(service) if i.keyword == "ARG"]
     assert args == ["BASE_IMAGE", "SERVICE"]
     base = instructions(service)[1]
     assert base.keyword == "FROM"
-    pinned = r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}"
-    assert re.fullmatch(rf"\$\{{BASE_IMAGE:-{pinned}\}} AS {SHARED_STAGE}", base.arguments)
+    default = r"python:3\.11\.\d+-slim-bookworm@[^}]+"
+    assert re.fullmatch(rf"\$\{{BASE_IMAGE:-{default}\}} AS {SHARED_STAGE}", base.arguments)
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_runs_as_numeric_non_root_user(service: str) -> None:
+def test_runs_as_the_pods_user(service: str) -> None:
+    # The uid the pods run as; and on the gateway's stage too, which is not the file's final
+    # one, the only stage the gate's CKV_MLSTACK_DOCKER_2 can tell is an image.
     assert only(service, "USER") == IMAGE_USER
     # Set in the service's own stage: the last one its build runs, the image it deploys.
     assert [i.keyword for i in stages()[service]][-3:] == ["USER", "EXPOSE", "ENTRYPOINT"]
@@ -154,21 +160,6 @@ def test_model_image_trains_at_build_time_where_model_dir_points() -> None:
 
 def test_gateway_image_writes_only_under_tmp() -> None:
     assert env_of("gateway")["DATA_DIR"].startswith("/tmp/")
-
-
-@pytest.mark.parametrize("service", SERVICES)
-def test_no_healthcheck_and_no_remote_add(service: str) -> None:
-    keywords = {i.keyword for i in instructions(service)}
-    assert "HEALTHCHECK" not in keywords
-    assert "ADD" not in keywords
-
-
-@pytest.mark.parametrize("service", SERVICES)
-def test_no_secrets_baked_in(service: str) -> None:
-    secret_like = re.compile(r"(KEY|PASSWORD|SECRET|TOKEN|DATABASE_URL)", re.IGNORECASE)
-    for instruction in instructions(service):
-        if instruction.keyword in {"ENV", "ARG"}:
-            assert not secret_like.search(instruction.arguments), instruction
 
 
 @pytest.mark.parametrize("service", SERVICES)
