@@ -1,6 +1,6 @@
-"""Local server processes for the tests and the benchmarks: started with their output in a log
-file, waited for until they answer, stopped with SIGTERM (SIGKILL when they linger), with the
-whole process group when they have a session of their own.
+"""Local server processes for the tests, the benchmarks and `make serve`: started with their
+output in a log file (or on the terminal), waited for until they answer, stopped with SIGTERM
+(SIGKILL when they linger), with the whole process group when they have a session of their own.
 
 e2e/process.py keeps the e2e suite's own daemons, which outlive the command that starts them;
 these live as long as the test that starts them.
@@ -34,13 +34,14 @@ def group_alive(pgid: int) -> bool:
 
 
 class LocalProcess:
-    """One process named `name`, its stdout and stderr appended to `log_path`."""
+    """One process named `name`, its stdout and stderr appended to `log_path`; without one,
+    written where this process's go (a terminal's)."""
 
     def __init__(
         self,
         name: str,
         argv: Sequence[str],
-        log_path: Path,
+        log_path: Path | None,
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
@@ -48,7 +49,7 @@ class LocalProcess:
     ) -> None:
         self.name = name
         self.argv = list(argv)
-        self.log_path = log_path
+        self._log_path = log_path
         # The whole environment the process gets: this one's when none is given.
         self.env = dict(os.environ if env is None else env)
         self.cwd = cwd
@@ -58,16 +59,22 @@ class LocalProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Self:
-        with self.log_path.open("ab") as log:
+        with contextlib.ExitStack() as stack:
+            log = None if self._log_path is None else stack.enter_context(self._log_path.open("ab"))
             self.process = subprocess.Popen(
                 self.argv,
                 env=self.env,
                 cwd=self.cwd,
                 stdout=log,
-                stderr=subprocess.STDOUT,
+                stderr=None if log is None else subprocess.STDOUT,
                 start_new_session=self.new_session,
             )
         return self
+
+    @property
+    def log_path(self) -> Path:
+        assert self._log_path is not None, f"{self.name} writes to this process's output"
+        return self._log_path
 
     @property
     def pid(self) -> int:
@@ -75,7 +82,7 @@ class LocalProcess:
         return self.process.pid
 
     def log_tail(self) -> str:
-        return log_tail(self.log_path)
+        return "(no log)" if self._log_path is None else log_tail(self._log_path)
 
     def wait_for(
         self, what: str, check: Callable[[], bool], timeout: float = 60.0, interval: float = 0.05
@@ -91,7 +98,7 @@ class LocalProcess:
             return f"{self.name} exited with {process.returncode}"
 
         wait_until(
-            check, f"{self.name} {what}", timeout, self.log_path, interval=interval, exited=exited
+            check, f"{self.name} {what}", timeout, self._log_path, interval=interval, exited=exited
         )
 
     def wait_for_url(self, url: str, timeout: float = 60.0, status: int = 200) -> None:
@@ -166,7 +173,7 @@ class LocalServer(LocalProcess):
         self,
         name: str,
         argv: Sequence[str],
-        log_path: Path,
+        log_path: Path | None,
         url: str,
         *,
         ready_path: str = "/",

@@ -1,6 +1,7 @@
 """The model and the gateway as local processes, as their images run them: `python -m` of the
 service's package from its folder, with the code both services share (services/common) on its
-import path, on free ports of 127.0.0.1. What the service tests and the benchmarks start."""
+import path, on 127.0.0.1 (free ports unless given). What the service tests, the benchmarks
+and `make serve` (tools/serve.py) start."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, Literal, TypeVar
 
+from components.stack_file import ROOT
 from harness.ports import LOOPBACK, free_port
 from harness.processes import LocalServer
-from harness.program import ROOT
 
 MODEL_SRC: Final = ROOT / "services" / "model"
 GATEWAY_SRC: Final = ROOT / "services" / "gateway"
@@ -40,9 +41,9 @@ def import_service(src: Path) -> None:
 
 
 class ServiceProcess(LocalServer):
-    """A service started as `python -m <module>` from its folder `src`, on 127.0.0.1:`port`,
-    with `env` over this process's environment; named `name` (its module unless given), its
-    log in `log_dir`."""
+    """A service started as `python -m <module>` from its folder `src` (or from `cwd`), on
+    127.0.0.1:`port`, with `env` over this process's environment; named `name` (its module
+    unless given), its log in `log_dir` (without one, on this process's output)."""
 
     def __init__(
         self,
@@ -50,12 +51,13 @@ class ServiceProcess(LocalServer):
         src: Path,
         env: Mapping[str, str],
         port: int,
-        log_dir: Path,
+        log_dir: Path | None,
         *,
         name: str | None = None,
         ready_path: str = "/readyz",
         live_path: str = "/healthz",
         new_session: bool = False,
+        cwd: Path | None = None,
     ) -> None:
         name = name or module
         environment = {
@@ -68,11 +70,11 @@ class ServiceProcess(LocalServer):
         super().__init__(
             name,
             [sys.executable, "-m", module],
-            log_dir / f"{name}-{port}.log",
+            None if log_dir is None else log_dir / f"{name}-{port}.log",
             f"http://{LOOPBACK}:{port}",
             ready_path=ready_path,
             env=environment,
-            cwd=src,
+            cwd=cwd or src,
             new_session=new_session,
         )
         self.port = port
@@ -81,22 +83,26 @@ class ServiceProcess(LocalServer):
 
 
 class ModelProcess(ServiceProcess):
-    """The model server on `model_dir`: REST on `url`, gRPC on `grpc_target` (`port` and
-    `grpc_port`, free ones unless given); `env` its settings."""
+    """The model server on `model_dir` (None: the environment's MODEL_DIR, or the model's
+    default): REST on `url`, gRPC on `grpc_target` (`port` and `grpc_port`, free ones unless
+    given); `env` its settings."""
 
     def __init__(
         self,
-        model_dir: Path,
-        log_dir: Path,
+        model_dir: Path | None,
+        log_dir: Path | None,
         env: Mapping[str, str] | None = None,
         *,
         port: int | None = None,
         grpc_port: int | None = None,
         name: str | None = None,
         new_session: bool = False,
+        cwd: Path | None = None,
     ) -> None:
         grpc_port = grpc_port or free_port()
-        settings = {"MODEL_DIR": str(model_dir), "GRPC_PORT": str(grpc_port), **(env or {})}
+        settings = {"GRPC_PORT": str(grpc_port), **(env or {})}
+        if model_dir is not None:
+            settings.setdefault("MODEL_DIR", str(model_dir))
         super().__init__(
             "mlstack_model",
             MODEL_SRC,
@@ -107,24 +113,28 @@ class ModelProcess(ServiceProcess):
             ready_path="/v2/health/ready",
             live_path="/v2/health/live",
             new_session=new_session,
+            cwd=cwd,
         )
         self.grpc_target: str = f"{LOOPBACK}:{grpc_port}"
 
 
 class GatewayProcess(ServiceProcess):
-    """The gateway in front of `model_url`, its /metrics on a port of their own; `env` its
-    settings, a SQLite file in `log_dir` unless they name a database. `src`: the gateway's
-    folder (another version's, say)."""
+    """The gateway in front of `model_url` on `port`, its /metrics on a port of their own (free
+    ones unless given); `env` its settings, a SQLite file in `log_dir` unless they name a
+    database (without a `log_dir`, the environment's or the gateway's default). `src`: the
+    gateway's folder (another version's, say)."""
 
     def __init__(
         self,
         model_url: str,
-        log_dir: Path,
+        log_dir: Path | None,
         env: Mapping[str, str] | None = None,
         *,
+        port: int | None = None,
         src: Path = GATEWAY_SRC,
         name: str | None = None,
         new_session: bool = False,
+        cwd: Path | None = None,
     ) -> None:
         settings = {
             "MODEL_URL": model_url,
@@ -132,16 +142,17 @@ class GatewayProcess(ServiceProcess):
             "METRICS_PORT": str(free_port()),
             **(env or {}),
         }
-        if "DATABASE_URL" not in settings and "DATA_DIR" not in settings:
+        if log_dir is not None and not {"DATABASE_URL", "DATA_DIR"} & settings.keys():
             settings["DATA_DIR"] = tempfile.mkdtemp(prefix="gateway-", dir=log_dir)
         super().__init__(
             "mlstack_gateway",
             src,
             settings,
-            free_port(),
+            port or free_port(),
             log_dir,
             name=name,
             new_session=new_session,
+            cwd=cwd,
         )
         self.metrics_url = f"http://{LOOPBACK}:{settings['METRICS_PORT']}"
 

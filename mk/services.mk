@@ -8,9 +8,8 @@ MODEL_PROTO := services/model/mlstack_model/proto/open_inference.proto
 
 .PHONY: serve
 serve: venv ## run the app locally on 127.0.0.1, on the SERVE_*_PORT ports of mk/services.mk, which it prints (Ctrl-C stops both; either exiting stops the other)
-	@PY=$(PY) SERVE_MODEL_PORT=$(SERVE_MODEL_PORT) SERVE_MODEL_GRPC_PORT=$(SERVE_MODEL_GRPC_PORT) \
-	  SERVE_GATEWAY_PORT=$(SERVE_GATEWAY_PORT) SERVE_GATEWAY_METRICS_PORT=$(SERVE_GATEWAY_METRICS_PORT) \
-	  exec tools/serve.sh
+	@exec $(PY) -m tools.serve --model-port $(SERVE_MODEL_PORT) --model-grpc-port $(SERVE_MODEL_GRPC_PORT) \
+	  --gateway-port $(SERVE_GATEWAY_PORT) --gateway-metrics-port $(SERVE_GATEWAY_METRICS_PORT)
 
 .PHONY: oip-check
 oip-check: venv ## check the model of `make serve` (same SERVE_* variables) with tritonclient, HTTP and gRPC, default options
