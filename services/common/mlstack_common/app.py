@@ -1,10 +1,10 @@
 """The Starlette app each service routes its endpoints through (all but its hot path, which it
-answers as a bare ASGI handler): its routes, its lifespan, and every error answered in the
-service's own shape."""
+answers as a bare ASGI handler): its routes, its lifespan, and every error answered as both
+services answer one (mlstack_common.asgi.error_response)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -13,8 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ExceptionHandler, Lifespan
 
-# The service's error answer: (status, message, headers) -> its response.
-ErrorAnswer = Callable[[int, str, Mapping[str, str] | None], Response]
+from mlstack_common.asgi import error_response
 
 
 def starlette_app(
@@ -22,18 +21,17 @@ def starlette_app(
     lifespan: Lifespan[Starlette],
     error: type[Exception],
     on_error: ExceptionHandler,
-    answer: ErrorAnswer,
 ) -> Starlette:
     """A Starlette app of ``routes``: ``on_error`` answers the service's own ``error``; a wrong
     path or method (HTTPException) and anything else (500, the service's own bug) are answered
-    with ``answer``."""
+    with error_response."""
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return answer(exc.status_code, str(exc.detail), exc.headers)
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
 
     async def internal_error(request: Request, exc: Exception) -> Response:
-        return answer(500, "internal server error", None)
+        return error_response(500, "internal server error")
 
     app = Starlette(
         routes=routes,

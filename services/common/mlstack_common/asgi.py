@@ -1,5 +1,5 @@
 """Answering a request without Starlette's objects (each service's hot path and its refusals), and
-the JSON answer of the routes Starlette serves."""
+the JSON answers, errors included, of the routes Starlette serves."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Final
 
 from starlette.responses import Response
 from starlette.types import Send
+
+from mlstack_common.errors import error_body
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
@@ -48,3 +50,8 @@ def json_response(
     body: bytes, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
     return Response(body, status_code=status, headers=headers, media_type=JSON)
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """An error answer of either service: ``{"error": message}`` (error_body)."""
+    return json_response(error_body(message), status, headers)

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mlstack_gateway.breaker import BreakerState, CircuitBreaker
 from mlstack_gateway.client import ModelClient
 from mlstack_gateway.dependencies import Dependencies
-from mlstack_gateway.errors import ApiError, error_response
+from mlstack_gateway.errors import ApiError
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.routes import PREDICT_PATH, GatewayRoutes
 from mlstack_gateway.settings import GatewaySettings
@@ -63,7 +63,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
             await client.close()
             await store.close()
 
-    starlette = starlette_app(routes.routes(), lifespan, ApiError, _api_error, error_response)
+    starlette = starlette_app(routes.routes(), lifespan, ApiError, _api_error)
     return GatewayApp(starlette, routes.predict, metrics, dependencies)
 
 

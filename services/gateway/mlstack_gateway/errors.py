@@ -1,11 +1,8 @@
-"""The error every handler raises, and the one way an error is answered: ``{"error": message}``."""
+"""The error every handler raises, answered as both services answer one (error_response)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from mlstack_common.asgi import json_response
-from mlstack_common.errors import error_body
+from mlstack_common.asgi import error_response
 from starlette.responses import Response
 
 
@@ -23,7 +20,3 @@ class ApiError(Exception):
     def response(self) -> Response:
         headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
         return error_response(self.status, self.message, headers)
-
-
-def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    return json_response(error_body(message), status, headers)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import orjson
-from mlstack_common.asgi import json_response, send_json
+from mlstack_common.asgi import error_response, json_response, send_json
 from mlstack_common.body import BodyError, read_body
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from mlstack_gateway.auth import ApiKeyChecker
 from mlstack_gateway.client import ModelClient
-from mlstack_gateway.errors import ApiError, error_response
+from mlstack_gateway.errors import ApiError
 from mlstack_gateway.history import NEWEST, parse_cursor
 from mlstack_gateway.ids import new_request_id
 from mlstack_gateway.metrics import GatewayMetrics

@@ -4,11 +4,9 @@ else through Starlette, every error in the protocol's shape."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 
 from mlstack_common.app import starlette_app
-from mlstack_common.asgi import RETRY_AFTER_HEADERS, json_response
-from mlstack_common.errors import error_body
+from mlstack_common.asgi import RETRY_AFTER_HEADERS, error_response
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,17 +24,13 @@ async def _protocol_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProtocolError)
     # A server that is busy or still loading may answer the same request a moment later.
     headers = RETRY_AFTER_HEADERS if exc.kind is ErrorKind.UNAVAILABLE else None
-    return json_response(error_body(exc.message), exc.kind.http_status, headers)
-
-
-def _answer(status: int, message: str, headers: Mapping[str, str] | None) -> Response:
-    return json_response(error_body(message), status, headers)
+    return error_response(exc.kind.http_status, exc.message, headers)
 
 
 def create_app(dataplane: DataPlane, lifespan: Lifespan[Starlette]) -> RestApp:
     """The REST app of ``dataplane``; ``lifespan`` is the process's start-up and shutdown."""
     rest = RestRoutes(dataplane)
-    app = starlette_app(rest.routes(), lifespan, ProtocolError, _protocol_error, _answer)
+    app = starlette_app(rest.routes(), lifespan, ProtocolError, _protocol_error)
     return RestApp(app, rest)
 
 
