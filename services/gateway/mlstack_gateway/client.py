@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from mlstack_common.backoff import Backoff, Retry
+from mlstack_common.tensor_names import INPUT_NAME, OUTPUT_PREDICT
 
 from mlstack_gateway.breaker import CircuitBreaker
 from mlstack_gateway.errors import ApiError
@@ -31,8 +32,6 @@ from mlstack_gateway.settings import GatewaySettings
 
 log = logging.getLogger("mlstack_gateway.client")
 
-INPUT_NAME = "input-0"
-OUTPUT_NAME = "predict"
 # Failures where the request never reached the model, so it is safe to send again.
 _RETRYABLE = (ConnectError, DisconnectedError)
 
@@ -203,11 +202,11 @@ class ModelClient:
         try:
             body = orjson.loads(raw)
             for output in body["outputs"]:
-                if output["name"] == OUTPUT_NAME:
+                if output["name"] == OUTPUT_PREDICT:
                     predictions = output["data"]
                     break
             else:
-                raise KeyError(OUTPUT_NAME)
+                raise KeyError(OUTPUT_PREDICT)
             version = str(body.get("model_version", ""))
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ApiError(502, f"model answered an invalid inference response ({exc})") from None

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from mlstack_common.tensor_names import OUTPUT_PREDICT, OUTPUT_PROBA
 
 from mlstack_model import tensors
 from mlstack_model.admission import Admission
@@ -71,16 +72,16 @@ def score(model: LoadedModel, request: InferRequest) -> list[OutputTensor]:
     """The requested output tensors for one validated infer request."""
     scorer = model.scorer
     requested = request.outputs
-    if request.rows == 1 and len(requested) == 1 and requested[0].name == tensors.OUTPUT_PREDICT:
+    if request.rows == 1 and len(requested) == 1 and requested[0].name == OUTPUT_PREDICT:
         # The usual request, one row's class: no matrix, no loop over outputs.
         return [tensors.predict_output([scorer.predict_row(request.data)])]
     matrix: np.ndarray[Any, np.dtype[np.float64]] | None = None
     names = [output.name for output in requested]
-    if request.rows > 1 or tensors.OUTPUT_PROBA in names:
+    if request.rows > 1 or OUTPUT_PROBA in names:
         matrix = np.asarray(request.data, dtype=np.float64).reshape(request.rows, -1)
     outputs: list[OutputTensor] = []
     for name in names:
-        if name == tensors.OUTPUT_PREDICT:
+        if name == OUTPUT_PREDICT:
             if matrix is None:
                 labels = [scorer.predict_row(request.data)]
             else:

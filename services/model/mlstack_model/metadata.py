@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlstack_model import tensors
+from mlstack_common.tensor_names import INPUT_NAME, OUTPUT_PREDICT, OUTPUT_PROBA
+
 from mlstack_model.artifacts import ArtifactMetadata
 
 PLATFORM = "sklearn"
@@ -18,13 +19,11 @@ def model_metadata(meta: ArtifactMetadata) -> dict[str, Any]:
         "name": meta.name,
         "versions": [meta.version],
         "platform": PLATFORM,
-        "inputs": [
-            {"name": tensors.INPUT_NAME, "datatype": "FP64", "shape": [-1, meta.n_features]}
-        ],
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP64", "shape": [-1, meta.n_features]}],
         "outputs": [
-            {"name": tensors.OUTPUT_PREDICT, "datatype": "INT64", "shape": [-1]},
+            {"name": OUTPUT_PREDICT, "datatype": "INT64", "shape": [-1]},
             {
-                "name": tensors.OUTPUT_PROBA,
+                "name": OUTPUT_PROBA,
                 "datatype": "FP64",
                 "shape": [-1, len(meta.class_labels)],
             },

@@ -17,12 +17,10 @@ from typing import Any
 
 import numpy as np
 import orjson
+from mlstack_common.tensor_names import INPUT_NAME, OUTPUT_PREDICT, OUTPUT_PROBA
 
 from mlstack_model.errors import invalid
 
-INPUT_NAME = "input-0"
-OUTPUT_PREDICT = "predict"
-OUTPUT_PROBA = "predict_proba"
 OUTPUT_NAMES = (OUTPUT_PREDICT, OUTPUT_PROBA)
 
 FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})

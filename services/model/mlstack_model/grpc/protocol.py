@@ -7,6 +7,8 @@ kind: raw outputs in ``raw_output_contents`` for a raw request, typed ``contents
 
 from __future__ import annotations
 
+from mlstack_common.tensor_names import INPUT_NAME
+
 from mlstack_model import tensors
 from mlstack_model.artifacts import ArtifactMetadata
 from mlstack_model.errors import invalid
@@ -35,7 +37,7 @@ def parse_infer_request(
     message: pb.ModelInferRequest, n_features: int, max_rows: int
 ) -> InferRequest:
     if len(message.inputs) != 1:
-        raise invalid(f"'inputs' must hold one tensor (the model's {tensors.INPUT_NAME!r})")
+        raise invalid(f"'inputs' must hold one tensor (the model's {INPUT_NAME!r})")
     tensor = message.inputs[0]
     tensors.check_input_name(tensor.name)
     datatype = tensors.check_datatype(tensor.datatype)

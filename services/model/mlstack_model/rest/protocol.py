@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from mlstack_common.tensor_names import INPUT_NAME
 
 from mlstack_model import tensors
 from mlstack_model.errors import invalid
@@ -105,14 +106,12 @@ def parse_infer_request(
 def _input_tensor(inputs: object) -> dict[str, Any]:
     """The request's one input tensor, named as the model's input."""
     if type(inputs) is not list or len(inputs) != 1 or type(inputs[0]) is not dict:
-        raise invalid(
-            f"'inputs' must be a list holding one tensor (the model's {tensors.INPUT_NAME!r})"
-        )
+        raise invalid(f"'inputs' must be a list holding one tensor (the model's {INPUT_NAME!r})")
     tensor: dict[str, Any] = inputs[0]
     name = tensor.get("name")
     if type(name) is not str:
         raise invalid("input tensor needs a string 'name'")
-    if name != tensors.INPUT_NAME:
+    if name != INPUT_NAME:
         tensors.check_input_name(name)
     return tensor
 
