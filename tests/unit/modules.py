@@ -4,6 +4,7 @@ code's structure (imports, where shared mechanisms live) read."""
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -25,7 +26,9 @@ def module_files() -> Iterator[tuple[str, Path]]:
             yield _name(path.relative_to(service.parent)), path
 
 
+@functools.cache
 def parsed(path: Path) -> ast.Module:
+    """`path`'s syntax tree, read once for all the structural tests (which only read it)."""
     return ast.parse(path.read_text(), str(path))
 
 
