@@ -4,7 +4,6 @@ any virtual environment exists), and every caller held to it."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 from e2e import apt, images
 from e2e.node.packages import debian_packages
 from tests.paths import ROOT
-from tests.stand_ins import first_on_path, stand_in
+from tests.stand_ins import first_on_path, logged_calls, stand_in
 from tests.unit.modules import module_files
 
 CALLS: Final = "calls.jsonl"
@@ -66,8 +65,7 @@ def stand_ins(folder: Path, installed: list[str]) -> Path:
 
 
 def calls(folder: Path) -> list[list[str | None]]:
-    log = folder / CALLS
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return logged_calls(folder / CALLS)
 
 
 def apt_get_calls(folder: Path) -> list[list[str | None]]:

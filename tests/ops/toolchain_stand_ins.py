@@ -5,7 +5,6 @@ installed Go, Pulumi or tool of the machine takes part."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from e2e.controlplane import TOOLCHAIN, read_versions
-from tests.stand_ins import stand_in
+from tests.stand_ins import logged_calls, stand_in
 
 BUILD: Final = TOOLCHAIN / "build.sh"
 VERSIONS: Final = read_versions()
@@ -69,8 +68,7 @@ def stand_in_go(folder: Path, modules: Path) -> None:
 
 
 def go_calls(folder: Path) -> list[list[str]]:
-    log = folder / GO_CALLS
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return logged_calls(folder / GO_CALLS)
 
 
 def run_build(
