@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from bench.cluster_bench import ClusterBench, arguments, conditions, write_results
 from components.app import MIGRATIONS
+from components.labels import NAME_LABEL
 from e2e.cluster import NAMESPACE, STACK, fresh_volumes
 from e2e.controlplane import ControlPlane
 from harness.poll import eventually
@@ -114,7 +115,7 @@ class PodWatch:
         meta = pod["metadata"]
         if meta.get("deletionTimestamp"):
             return
-        workload = (meta.get("labels") or {}).get(app.APP_LABEL, "")
+        workload = (meta.get("labels") or {}).get(NAME_LABEL, "")
         times = self.pods.setdefault(meta["uid"], PodTimes(workload, now))
         status = pod.get("status") or {}
         held = {c["type"] for c in status.get("conditions") or [] if c["status"] == "True"}

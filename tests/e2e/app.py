@@ -27,7 +27,6 @@ from tests.e2e.conftest import API_KEY, NAMESPACE
 PREDICT_PATH = "/api/v1/predict"
 HISTORY_PATH = "/api/v1/predictions?limit=20"
 BODY = json.dumps({"instances": [SETOSA, VIRGINICA]}).encode()
-APP_LABEL = NAME_LABEL
 # The server closes each connection, so its side keeps the TIME_WAIT: the loads send thousands
 # of requests a minute, and a client that closed first would run out of local ports.
 CLOSE: Final = {"Connection": "close"}
@@ -213,7 +212,7 @@ def acknowledged(*loads: Load) -> set[str]:
 def pods(kube: ControlPlane, name: str | None = None) -> list[dict[str, Any]]:
     args = ["pods", "-n", NAMESPACE]
     if name:
-        args += ["-l", f"{APP_LABEL}={name}"]
+        args += ["-l", f"{NAME_LABEL}={name}"]
     items: list[dict[str, Any]] = kube.get_json(*args)["items"]  # type: ignore[assignment]
     return items
 

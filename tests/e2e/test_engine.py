@@ -35,6 +35,7 @@ import pytest
 from components import database, pod
 from components.app import METRICS_PORT, MIGRATIONS
 from components.config import MODEL_VERSIONS
+from components.labels import NAME_LABEL
 from e2e import addresses
 from e2e.cluster import fresh_volumes, gateway_url, unfinished, unfinished_rollouts
 from e2e.controlplane import ControlPlane
@@ -312,7 +313,7 @@ def probe_pods(node: Node, kube: ControlPlane, *pods: tuple[str, str]) -> None:
     for ns in sorted({ns for ns, _ in pods} - {NAMESPACE}):
         kube.kubectl("apply", "-f", "-", stdin=json.dumps(restricted_namespace(ns)))
     for ns, name in pods:
-        probe = node.probe_pod(name, ns, {app.APP_LABEL: name})
+        probe = node.probe_pod(name, ns, {NAME_LABEL: name})
         kube.kubectl("apply", "-f", "-", stdin=json.dumps(probe))
     for ns, name in pods:
         kube.kubectl("wait", "-n", ns, "--for=condition=Ready", f"pod/{name}", "--timeout=120s")
@@ -414,11 +415,11 @@ def test_2a_every_app_pod_runs_ready_on_the_node_with_its_security_context_in_fo
     ensure_stack(workspace, kube, AS_CREATED)
     pods = app.live(app.pods(kube))
     # The migrations Job's pod ran to completion, on the node, and stays with its log.
-    (migrations,) = [p for p in pods if p["metadata"]["labels"][app.APP_LABEL] == MIGRATIONS]
+    (migrations,) = [p for p in pods if p["metadata"]["labels"][NAME_LABEL] == MIGRATIONS]
     assert migrations["spec"]["nodeName"] == node.name
     assert migrations["status"]["phase"] == "Succeeded", migrations["status"]
     items = [p for p in pods if p is not migrations]
-    names = sorted(p["metadata"]["labels"][app.APP_LABEL] for p in items)
+    names = sorted(p["metadata"]["labels"][NAME_LABEL] for p in items)
     assert names == ["database", "gateway", "gateway", "model", "model"], names
     slowest = 0.0
     for item in items:
@@ -438,7 +439,7 @@ def test_2a_every_app_pod_runs_ready_on_the_node_with_its_security_context_in_fo
         assert fields["CapEff"].strip() == "0" * 16, f"{name} has capabilities"
         assert fields["NoNewPrivs"].strip() == "1", f"{name} may gain privileges"
         assert fields["Seccomp"].strip() == "2", f"{name} runs without a seccomp filter"
-        if item["metadata"]["labels"][app.APP_LABEL] != "database":
+        if item["metadata"]["labels"][NAME_LABEL] != "database":
             version = app.exec_in(kube, name, "python", "-c", "import sys; print(sys.version)")
             assert version.startswith("3.11."), f"{name} runs Python {version}"
     TIMINGS["pod ready after creation (slowest app pod)"] = slowest
