@@ -161,7 +161,7 @@ def start_model(
     model_dir: Path, log_dir: Path, port: int | None = None, **env: str
 ) -> ModelProcess:
     """The model server, started and ready."""
-    return _started(ModelProcess(model_dir, log_dir, env, port=port), "ready")
+    return start_and_wait(ModelProcess(model_dir, log_dir, env, port=port), "ready")
 
 
 def start_gateway(
@@ -169,10 +169,10 @@ def start_gateway(
 ) -> GatewayProcess:
     """The gateway, started; with `wait`, once it is ready, or only live ("live": it serves,
     though its model or its database may be away and keep it unready)."""
-    return _started(GatewayProcess(model_url, log_dir, env), wait)
+    return start_and_wait(GatewayProcess(model_url, log_dir, env), wait)
 
 
-def _started(service: S, wait: Wait | None) -> S:
+def start_and_wait(service: S, wait: Wait | None) -> S:
     """`service` started and waited for; stopped again when it does not get there."""
     service.start()
     if wait is None:

@@ -32,7 +32,13 @@ from harness.ports import LOOPBACK, free_port
 from harness.postgres import PostgresServer, postgres_bindir, query, running_postgres
 from harness.processes import LocalServer, group_alive
 from harness.program import ROOT
-from harness.services import API_KEY, GatewayProcess, ModelProcess, ServiceProcess
+from harness.services import (
+    API_KEY,
+    GatewayProcess,
+    ModelProcess,
+    ServiceProcess,
+    start_and_wait,
+)
 from tests.services.hostile import INFER, PREDICT, Post, error_message
 from tests.services.oip import INPUT
 
@@ -74,9 +80,8 @@ def serve(request: pytest.FixtureRequest, **env: str) -> Iterator[Server]:
     """For a fixture parametrized over ``SERVICES``: that service with ``env``, started and
     ready; stopped after."""
     service: str = request.param
-    process = service_process(request, service, **env).start()
+    process = start_and_wait(service_process(request, service, **env), "ready")
     try:
-        process.wait_ready()
         yield Server(process, PREDICT if service == "gateway" else INFER)
     finally:
         process.stop()
