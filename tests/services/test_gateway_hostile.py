@@ -29,8 +29,8 @@ from harness.poll import eventually, poll
 from harness.ports import free_port
 from harness.services import (
     API_KEY,
-    GATEWAY_SRC,
     SETOSA,
+    GatewayProcess,
     ServiceProcess,
     start_gateway,
     start_model,
@@ -308,12 +308,8 @@ def test_metrics_are_served_only_on_the_metrics_port(gateway: ServiceProcess) ->
 
 def test_the_metrics_port_must_differ_from_the_api_port(log_dir: Path) -> None:
     port = free_port()
-    gateway = ServiceProcess(
-        "mlstack_gateway",
-        GATEWAY_SRC,
-        {**GATEWAY_REQUIRED, "METRICS_PORT": str(port)},
-        port,
-        log_dir,
+    gateway = GatewayProcess(
+        GATEWAY_REQUIRED["MODEL_URL"], log_dir, {"METRICS_PORT": str(port)}, port=port
     )
     assert "METRICS_PORT must differ from PORT" in refused_at_start(gateway)
 
@@ -354,13 +350,7 @@ def test_half_a_tls_pair_stops_the_gateway_at_start(
     log_dir: Path, certificate: tuple[Path, Path], given: str
 ) -> None:
     path = certificate[0] if given == "TLS_CERT_FILE" else certificate[1]
-    gateway = ServiceProcess(
-        "mlstack_gateway",
-        GATEWAY_SRC,
-        {**GATEWAY_REQUIRED, "METRICS_PORT": str(free_port()), given: str(path)},
-        free_port(),
-        log_dir,
-    )
+    gateway = GatewayProcess(GATEWAY_REQUIRED["MODEL_URL"], log_dir, {given: str(path)})
     reason = refused_at_start(gateway)
     assert "HTTPS needs both the certificate chain and its private key" in reason
 
