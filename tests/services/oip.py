@@ -117,7 +117,7 @@ def typed_message(
 
 
 def call(
-    channel: grpc.Channel, method: str, request: Any, response_type: Any, timeout: float
+    channel: grpc.Channel, method: str, request: Any, response_type: Any, timeout: float = 10
 ) -> Any:
     """One unary call of ``method`` on ``channel``: its answer, or the grpc.RpcError raised."""
     rpc = channel.unary_unary(
@@ -128,6 +128,6 @@ def call(
     return rpc(request, timeout=timeout)
 
 
-def infer(channel: grpc.Channel, message: pb.ModelInferRequest, timeout: float) -> Any:
+def infer(channel: grpc.Channel, message: pb.ModelInferRequest, timeout: float = 10) -> Any:
     """One ModelInfer call: its ModelInferResponse, or the grpc.RpcError raised."""
     return call(channel, "ModelInfer", message, pb.ModelInferResponse, timeout)

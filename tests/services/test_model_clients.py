@@ -48,7 +48,7 @@ def test_rest_json_rest_binary_and_grpc_refuse_alike(
     message = oip.raw_message(values, datatype, shape=shape, raw=data)
     channel = grpc.insecure_channel(model_server.grpc_target)
     with channel, pytest.raises(grpc.RpcError) as caught:
-        oip.infer(channel, message, timeout=10)
+        oip.infer(channel, message)
     error = caught.value
     assert json_reply.status == binary_reply.status == 400
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

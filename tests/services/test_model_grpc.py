@@ -41,17 +41,9 @@ def client(model_server: ModelProcess) -> Iterator[Any]:
     opened.close()
 
 
-def call(channel: grpc.Channel, method: str, request: Any, response_type: Any) -> Any:
-    return oip.call(channel, method, request, response_type, timeout=10)
-
-
-def infer(channel: grpc.Channel, request: Any) -> Any:
-    return oip.infer(channel, request, timeout=10)
-
-
 def failure(channel: grpc.Channel, method: str, request: Any, response_type: Any) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
-        call(channel, method, request, response_type)
+        oip.call(channel, method, request, response_type)
     error: grpc.RpcError = caught.value
     return error
 
@@ -140,16 +132,16 @@ def test_client_unknown_version_is_not_found_naming_the_served_one(client: Any) 
 
 
 def test_server_live_ready_and_model_ready(channel: grpc.Channel) -> None:
-    assert call(channel, "ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse).live
-    assert call(channel, "ServerReady", pb.ServerReadyRequest(), pb.ServerReadyResponse).ready
-    ready = call(
+    assert oip.call(channel, "ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse).live
+    assert oip.call(channel, "ServerReady", pb.ServerReadyRequest(), pb.ServerReadyResponse).ready
+    ready = oip.call(
         channel, "ModelReady", pb.ModelReadyRequest(name=MODEL_NAME), pb.ModelReadyResponse
     )
     assert ready.ready
 
 
 def test_typed_contents_are_answered_with_typed_contents(channel: grpc.Channel) -> None:
-    response = infer(channel, typed_message([SETOSA, VIRGINICA], id="typed"))
+    response = oip.infer(channel, typed_message([SETOSA, VIRGINICA], id="typed"))
     assert response.id == "typed"
     assert len(response.raw_output_contents) == 0
     (output,) = response.outputs
@@ -161,7 +153,7 @@ def test_raw_contents_are_answered_raw(channel: grpc.Channel) -> None:
     request = raw_message([SETOSA, VIRGINICA])
     request.outputs.add(name="predict_proba")
     request.outputs.add(name="predict")
-    response = infer(channel, request)
+    response = oip.infer(channel, request)
     proba_raw, labels_raw = response.raw_output_contents
     assert np.frombuffer(labels_raw, dtype="<i8").tolist() == [0, 2]
     proba = np.frombuffer(proba_raw, dtype="<f8").reshape(2, 3)
@@ -171,16 +163,16 @@ def test_raw_contents_are_answered_raw(channel: grpc.Channel) -> None:
 
 
 def test_integer_inputs_are_accepted(channel: grpc.Channel) -> None:
-    response = infer(channel, raw_message([[5, 3, 1, 0]], "INT64"))
+    response = oip.infer(channel, raw_message([[5, 3, 1, 0]], "INT64"))
     assert np.frombuffer(response.raw_output_contents[0], dtype="<i8").tolist() == [0]
     typed = typed_message([[5, 3, 1, 0]], "INT32", "int_contents")
-    assert list(infer(channel, typed).outputs[0].contents.int64_contents) == [0]
+    assert list(oip.infer(channel, typed).outputs[0].contents.int64_contents) == [0]
 
 
 def test_every_path_predicts_the_same(channel: grpc.Channel) -> None:
     rows = load_iris().data.tolist()
-    raw = np.frombuffer(infer(channel, raw_message(rows)).raw_output_contents[0], dtype="<i8")
-    typed = infer(channel, typed_message(rows)).outputs[0].contents.int64_contents
+    raw = np.frombuffer(oip.infer(channel, raw_message(rows)).raw_output_contents[0], dtype="<i8")
+    typed = oip.infer(channel, typed_message(rows)).outputs[0].contents.int64_contents
     assert raw.tolist() == list(typed)
 
 
@@ -408,7 +400,7 @@ def test_a_taken_grpc_port_stops_the_start_up(model_dir: Path, log_dir: Path) ->
 def test_sigterm_stops_rest_and_grpc_cleanly(model_dir: Path, log_dir: Path) -> None:
     service = start_model(model_dir, log_dir)
     with grpc.insecure_channel(service.grpc_target) as opened:
-        assert call(opened, "ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse).live
+        assert oip.call(opened, "ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse).live
     service.signal(signal.SIGTERM)
     # uvicorn exits by re-raising the signal once its graceful shutdown is done.
     assert service.wait_for_exit(30) in {0, -signal.SIGTERM}
