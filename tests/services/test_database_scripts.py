@@ -10,7 +10,6 @@ on PATH."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import runpy
 import shutil
@@ -95,10 +94,12 @@ class Image:
             env=self.env, capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
 
-    def sql(self, command: str) -> list[str]:
-        """The rows of `command`, run as the superuser through the socket (the only way in once
+    def sql(self, *commands: str) -> list[str]:
+        """The rows of `commands`, run as the superuser through the socket (the only way in once
         the image's pg_hba is the server's), each `|`-separated."""
-        done = self.entrypoint("--psql", "--tuples-only", "--no-align", f"--command={command}")
+        done = self.entrypoint(
+            "--psql", "--tuples-only", "--no-align", *(f"--command={c}" for c in commands)
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout.splitlines()
 
@@ -130,17 +131,8 @@ def make_patroni_roles(server: PostgresServer) -> None:
 
 def connect_as(server: PostgresServer, user: str, password: str, dbname: str) -> str:
     """Connect over TCP as `user`; the user the server says it is."""
-
-    async def whoami() -> str:
-        conn = await asyncpg.connect(
-            host="127.0.0.1", port=server.port, user=user, password=password, database=dbname
-        )
-        try:
-            return str(await conn.fetchval("SELECT current_user"))
-        finally:
-            await conn.close()
-
-    return asyncio.run(whoami())
+    url = database.connection_url("127.0.0.1", password, user=user, port=server.port, dbname=dbname)
+    return str(on_connection(url, lambda conn: conn.fetchval("SELECT current_user")))
 
 
 @pytest.fixture(scope="module")
@@ -182,13 +174,10 @@ def test_is_primary_tells_the_primary_from_a_standby_and_from_no_server(
 def test_the_superuser_s_psql_has_the_image_s_names(
     primary: PostgresServer, tmp_path: Path
 ) -> None:
-    done = image_for(tmp_path, primary).entrypoint(
-        "--psql", "--tuples-only", "--no-align",
-        "--command=SELECT current_user, current_database()",
-        "--command=\\echo :owner :gateway :dbname :replication_role :rewind_role",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [
+    assert image_for(tmp_path, primary).sql(
+        "SELECT current_user, current_database()",
+        "\\echo :owner :gateway :dbname :replication_role :rewind_role",
+    ) == [
         "postgres|postgres",
         f"{database.OWNER} {database.GATEWAY_USER} {database.DB_NAME} replicator rewind",
     ]
