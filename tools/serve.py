@@ -57,18 +57,17 @@ def run_together(services: Sequence[ServiceProcess]) -> int:
     """Start `services` (named by their `name`) in order and wait until one exits or a signal
     comes; then stop the others, last started first. The exit status: 0 after SIGINT or
     SIGTERM, else the first one's status (1 if that was 0: it was not asked to end)."""
-    exits: queue.SimpleQueue[ServiceProcess] = queue.SimpleQueue()
+    exits: queue.SimpleQueue[tuple[ServiceProcess, int]] = queue.SimpleQueue()
 
     def report_exit(service: ServiceProcess) -> None:
-        _wait(service)
-        exits.put(service)
+        exits.put((service, _wait(service)))
 
     _on_stop_signals(_stopped)
     try:
         for service in services:
             service.start()
             threading.Thread(target=report_exit, args=(service,), daemon=True).start()
-        exited = exits.get()
+        exited, status = exits.get()
         _on_stop_signals(signal.SIG_IGN)
     except Stopped as stop:
         _on_stop_signals(signal.SIG_IGN)
@@ -82,7 +81,6 @@ def run_together(services: Sequence[ServiceProcess]) -> int:
             for service in reversed(services):
                 service.stop()
         return 0
-    status = _wait(exited)
     others = [s for s in services if s is not exited]
     print(
         f"mlstack: the {exited.name} exited with status {status}; "
