@@ -4,6 +4,7 @@ not here), and the variables components/database.py gives its `backups` containe
 
 from __future__ import annotations
 
+import runpy
 import shlex
 import sys
 from pathlib import Path
@@ -16,6 +17,11 @@ from tests.stand_ins import stand_in
 BIN: Final = SERVICES_DIR / "database" / "bin"
 TEMPLATE: Final = SERVICES_DIR / "database" / "patroni.yml"
 ROLES_SQL: Final = SERVICES_DIR / "database" / "roles.sql"
+
+
+def entrypoint_module() -> dict[str, Any]:
+    """The image's entrypoint (`mlstack-database`) loaded as a module, not run: its names."""
+    return runpy.run_path(str(BIN / "mlstack-database"), run_name="entry")
 
 
 def entrypoint_stand_in(folder: Path) -> Path:

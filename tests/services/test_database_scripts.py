@@ -11,7 +11,6 @@ on PATH."""
 from __future__ import annotations
 
 import os
-import runpy
 import shutil
 import signal
 import subprocess
@@ -36,6 +35,7 @@ from tests.database_image import (
     ROLES_SQL,
     TEMPLATE,
     backups_own_env,
+    entrypoint_module,
     entrypoint_stand_in,
     password_files,
 )
@@ -206,7 +206,7 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         make_patroni_roles(server)
         done = image.roles("on_start", "primary", database.SCOPE)
         assert done.returncode == 0, done.stderr
-        entrypoint = runpy.run_path(str(BIN / "mlstack-database"), run_name="entry")
+        entrypoint = entrypoint_module()
         lines = entrypoint["pg_hba"](image.settings())
         local_superuser = "local all postgres peer"
         assert lines[0] == local_superuser

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import signal
 import stat
 import subprocess
@@ -30,7 +29,7 @@ from harness.http import request
 from harness.metrics import metric_value
 from harness.ports import free_port
 from harness.processes import LocalProcess
-from tests.database_image import BIN, TEMPLATE, backups_own_env
+from tests.database_image import BIN, TEMPLATE, backups_own_env, entrypoint_module
 from tests.stand_ins import env_first_on_path, stand_in
 
 # The database Secret's key of each of pgBackRest's secret options, as the program passes them.
@@ -88,7 +87,7 @@ def entrypoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Entrypoint:
     for name in list(os.environ):
         if name.startswith(("PGBACKREST_", "DATABASE_", "PATRONI", "POD_")):
             monkeypatch.delenv(name)
-    found = Entrypoint(tmp_path, runpy.run_path(str(BIN / "mlstack-database"), run_name="entry"))
+    found = Entrypoint(tmp_path, entrypoint_module())
     found.secrets.mkdir()
     found.restore.mkdir()
     found.data.mkdir()

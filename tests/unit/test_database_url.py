@@ -5,16 +5,15 @@ hold."""
 
 from __future__ import annotations
 
-import runpy
 from typing import Any
 
 import pytest
 from asyncpg import connect_utils
 
 from components import app, database
-from components.image import SERVICES_DIR
 from components.stack_file import stacks
 from harness.program import TEST_SECRETS, ProgramRun, run_program, stack_config
+from tests.database_image import entrypoint_module
 from tests.manifests import env, pod_spec
 
 # Every character with a meaning in a URL or in a libpq connection string, and a backslash.
@@ -22,7 +21,6 @@ PASSWORD = "a/b@c:d%2Fe+f=g?h#i'j\\k l&m"
 OWNER_PASSWORD = "n?o=p+q%r:s@t/u#v w"
 # The database image's entrypoint, which names the roles it makes and admits (what the URLs must
 # name to log in at all).
-ENTRYPOINT = SERVICES_DIR / "database" / "bin" / "mlstack-database"
 
 
 def asyncpg_reads(url: str) -> dict[str, Any]:
@@ -78,7 +76,7 @@ def odd_password(request: pytest.FixtureRequest) -> ProgramRun:
 def test_the_image_makes_the_roles_the_program_names() -> None:
     """The image's names, which its roles script makes (tests/services/test_database_scripts.py)
     and its pg_hba admits (tests/unit/test_database_entrypoint.py)."""
-    image = runpy.run_path(str(ENTRYPOINT), run_name="entry")
+    image = entrypoint_module()
     assert (image["OWNER"], image["GATEWAY_USER"], image["DB_NAME"]) == (
         database.OWNER,
         database.GATEWAY_USER,
