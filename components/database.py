@@ -181,6 +181,9 @@ class Database(pulumi.ComponentResource):
         meta_labels = labels(NAME, args.stack)
         match = selector(NAME, args.stack)
 
+        def object_metadata(object_name: str) -> k8s.meta.v1.ObjectMetaArgsDict:
+            return metadata(object_name, args.namespace, NAME, args.stack)
+
         def service(resource: str, service_name: str, role: str | None) -> k8s.core.v1.Service:
             ports: list[k8s.core.v1.ServicePortArgsDict] = [
                 {"name": "postgres", "port": PORT, "target_port": "postgres", "protocol": "TCP"}
@@ -201,7 +204,7 @@ class Database(pulumi.ComponentResource):
                 }
             return k8s.core.v1.Service(
                 resource,
-                metadata=metadata(service_name, args.namespace, NAME, args.stack),
+                metadata=object_metadata(service_name),
                 spec=spec,
                 opts=child,
             )
@@ -216,7 +219,7 @@ class Database(pulumi.ComponentResource):
         account = pod.service_account(
             f"{name}-account",
             {
-                **metadata(NAME, args.namespace, NAME, args.stack),
+                **object_metadata(NAME),
                 # The backup repository's cloud identity (Workload Identity, IAM roles for
                 # service accounts), when the repository is a bucket the program made.
                 **(
@@ -229,7 +232,7 @@ class Database(pulumi.ComponentResource):
         )
         self.role = k8s.rbac.v1.Role(
             f"{name}-patroni",
-            metadata=metadata(NAME, args.namespace, NAME, args.stack),
+            metadata=object_metadata(NAME),
             rules=[
                 {"api_groups": [""], "resources": [resource], "verbs": list(verbs)}
                 for resource, verbs in PATRONI_RULES
@@ -238,7 +241,7 @@ class Database(pulumi.ComponentResource):
         )
         binding = k8s.rbac.v1.RoleBinding(
             f"{name}-patroni",
-            metadata=metadata(NAME, args.namespace, NAME, args.stack),
+            metadata=object_metadata(NAME),
             role_ref={"api_group": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
             subjects=[{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account, self.role]),
@@ -247,7 +250,7 @@ class Database(pulumi.ComponentResource):
         # primary's role to a synchronous standby when the primary is the one.
         self.disruption_budget = k8s.policy.v1.PodDisruptionBudget(
             name,
-            metadata=metadata(NAME, args.namespace, NAME, args.stack),
+            metadata=object_metadata(NAME),
             spec={"max_unavailable": 1, "selector": {"match_labels": match}},
             opts=child,
         )
@@ -258,7 +261,7 @@ class Database(pulumi.ComponentResource):
             return k8s.core.v1.PersistentVolumeClaim(
                 resource,
                 metadata={
-                    **metadata(object_name, args.namespace, NAME, args.stack),
+                    **object_metadata(object_name),
                     # Binding may wait for the first consumer; the StatefulSet's await covers it.
                     "annotations": {"pulumi.com/skipAwait": "true"},
                 },
@@ -290,7 +293,7 @@ class Database(pulumi.ComponentResource):
             after.append(
                 k8s.core.v1.ConfigMap(
                     f"{name}-backup-ca",
-                    metadata=metadata(BACKUP_CA_CONFIG_MAP, args.namespace, NAME, args.stack),
+                    metadata=object_metadata(BACKUP_CA_CONFIG_MAP),
                     data={"ca.crt": args.backup.ca_certificate},
                     opts=child,
                 )
@@ -301,7 +304,7 @@ class Database(pulumi.ComponentResource):
         self.stateful_set = k8s.apps.v1.StatefulSet(
             name,
             metadata={
-                **metadata(NAME, args.namespace, NAME, args.stack),
+                **object_metadata(NAME),
                 "annotations": {
                     # A `kubectl scale` by hand is taken back by the next `pulumi up`.
                     rollout.PATCH_FORCE: "true",

@@ -102,16 +102,17 @@ class Microservice(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         meta_labels = labels(args.name, args.stack)
         match = selector(args.name, args.stack)
+        meta = metadata(args.name, args.namespace, args.name, args.stack)
 
         account = pod.service_account(
             f"{name}-account",
-            metadata(args.name, args.namespace, args.name, args.stack),
+            meta,
             child,
         )
         self.deployment = k8s.apps.v1.Deployment(
             name,
             metadata={
-                **metadata(args.name, args.namespace, args.name, args.stack),
+                **meta,
                 # The stack's config is the truth for every field the program sets: after an
                 # out-of-band `kubectl scale` (another field manager then owns .spec.replicas),
                 # the next `pulumi up` takes the field back instead of failing on the conflict.
@@ -150,7 +151,7 @@ class Microservice(pulumi.ComponentResource):
         )
         self.service = k8s.core.v1.Service(
             name,
-            metadata=metadata(args.name, args.namespace, args.name, args.stack),
+            metadata=meta,
             spec={
                 "type": args.service.service_type,
                 # The Deployment's own selector, as a value rather than its output: the Service
@@ -169,7 +170,7 @@ class Microservice(pulumi.ComponentResource):
         if args.most_replicas > 1:
             self.disruption_budget = k8s.policy.v1.PodDisruptionBudget(
                 name,
-                metadata=metadata(args.name, args.namespace, args.name, args.stack),
+                metadata=meta,
                 spec={"max_unavailable": 1, "selector": {"match_labels": match}},
                 opts=child,
             )
