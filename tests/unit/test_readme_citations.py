@@ -5,6 +5,7 @@ gates: the pack at preview time"), or a paragraph's bold lead ("**Production edg
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -31,6 +32,7 @@ def headings(readme: Path) -> set[str]:
     return found
 
 
+@functools.cache
 def citations() -> list[tuple[str, str, str]]:
     """(where, README, section) of every citation outside Markdown, in the files git tracks."""
     listed = subprocess.run(
