@@ -222,7 +222,7 @@ def test_deploy_runs_for_exactly_the_changes_that_affect_a_stack() -> None:
         "components/app.py",
         "services/Dockerfile",
         "policy/pack/mlstack_policy/workloads.py",
-        "policy/checkov/numeric_user.py",
+        "policy/checkov/dockerfile_rules.py",
         "README.md",
         "Pulumi.dev.yaml",
         "tests/ops/test_workflows.py",
