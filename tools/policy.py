@@ -137,25 +137,27 @@ class Check:
         return kind, rest.partition(".")[2]
 
 
-def unexplained(skipped: Sequence[Check]) -> list[Check]:
-    return [s for s in skipped if not s.reason.strip() or s.reason == NO_REASON]
+@dataclass(kw_only=True)
+class CheckovResults:
+    """Checkov's results on a set of files, by status."""
+
+    passed: list[Check] = field(default_factory=list)
+    failed: list[Check] = field(default_factory=list)
+    skipped: list[Check] = field(default_factory=list)
+
+    @property
+    def unexplained_skips(self) -> list[Check]:
+        return [s for s in self.skipped if not s.reason.strip() or s.reason == NO_REASON]
 
 
 @dataclass
-class StackReport:
+class StackReport(CheckovResults):
     stack: str
     objects: int = 0
     schema_checked: int = 0
     schema_errors: list[SchemaError] = field(default_factory=list)
-    passed: list[Check] = field(default_factory=list)
-    failed: list[Check] = field(default_factory=list)
-    skipped: list[Check] = field(default_factory=list)
     # Declared exceptions (MANIFEST_EXCEPTIONS) that matched no failure in this stack.
     stale_exceptions: list[tuple[str, str, str]] = field(default_factory=list)
-
-    @property
-    def unexplained_skips(self) -> list[Check]:
-        return unexplained(self.skipped)
 
     @property
     def ok(self) -> bool:
@@ -164,18 +166,11 @@ class StackReport:
 
 
 @dataclass
-class DockerfileReport:
+class DockerfileReport(CheckovResults):
     """Checkov's results on the services' Dockerfiles (`missing`: one the program builds)."""
 
     files: list[Path] = field(default_factory=list)
     missing: list[Path] = field(default_factory=list)
-    passed: list[Check] = field(default_factory=list)
-    failed: list[Check] = field(default_factory=list)
-    skipped: list[Check] = field(default_factory=list)
-
-    @property
-    def unexplained_skips(self) -> list[Check]:
-        return unexplained(self.skipped)
 
     @property
     def silent_checks(self) -> list[tuple[Path, str]]:
