@@ -327,14 +327,19 @@ BUCKET_KEYS: Final = {
     BACKUP_S3_ACCESS_KEY: "the bucket's access key ID",
     BACKUP_S3_SECRET_KEY: "the bucket's secret access key",
 }
-# The stack secrets nobody has to choose: `make stack`, the review workflow and `make e2e-cluster`
-# draw each one a stack lacks (tools/stack_secrets.py). The bucket's keys come from its provider;
-# apiKeyPrevious and the gateway's certificate are set by hand.
-GENERATED_SECRETS: Final = (
+# The passwords of the database's roles: the gateway's, the schema owner's, Patroni's replication
+# and rewind roles'.
+_DATABASE_PASSWORDS: Final = (
     "databasePassword",
     "databaseOwnerPassword",
     "databaseReplicationPassword",
     "databaseRewindPassword",
+)
+# The stack secrets nobody has to choose: `make stack`, the review workflow and `make e2e-cluster`
+# draw each one a stack lacks (tools/stack_secrets.py). The bucket's keys come from its provider;
+# apiKeyPrevious and the gateway's certificate are set by hand.
+GENERATED_SECRETS: Final = (
+    *_DATABASE_PASSWORDS,
     BACKUP_CIPHER_SECRET,
     "apiKey",
     "secretsDigestKey",
@@ -342,10 +347,7 @@ GENERATED_SECRETS: Final = (
 _SCALAR_KEYS: Final = (
     "namespace",
     "protect",
-    "databasePassword",
-    "databaseOwnerPassword",
-    "databaseReplicationPassword",
-    "databaseRewindPassword",
+    *_DATABASE_PASSWORDS,
     *BACKUP_SECRETS,
     "apiKey",
     "apiKeyPrevious",
