@@ -70,13 +70,12 @@ def install(packages: Sequence[str], *, sudo: bool = False) -> None:
     )
 
 
-def install_missing(packages: Sequence[str], *, sudo: bool = False) -> list[str]:
-    """Install those of `packages` that are missing (install's `sudo`); returns them."""
+def install_missing(packages: Sequence[str], *, sudo: bool = False) -> None:
+    """Install those of `packages` that are missing (install's `sudo`)."""
     absent = missing(packages)
     if absent:
         print(f"installing {' '.join(absent)} from Debian", file=sys.stderr)
         install(absent, sudo=sudo)
-    return absent
 
 
 def main(argv: Sequence[str]) -> int:
