@@ -122,8 +122,8 @@ installed() {
     kubectl) assets "$KUBE_VERSION" kubectl ;;
     kubelet) assets "$KUBE_VERSION" kubelet kube-proxy ;;
     coredns) assets "$COREDNS_VERSION" coredns ;;
-    kube_router) assets "$KUBE_ROUTER_VERSION" kube-router ;;
-    metrics_server) assets "$METRICS_SERVER_VERSION" metrics-server ;;
+    kube-router) assets "$KUBE_ROUTER_VERSION" kube-router ;;
+    metrics-server) assets "$METRICS_SERVER_VERSION" metrics-server ;;
     weed) assets "${WEED_VERSION##*-}" weed ;;
     *) return 1 ;;
   esac
@@ -166,7 +166,7 @@ need_go() {
 tool() {
   local name=$1 fn=${1//-/_}
   shift
-  if installed "$fn"; then
+  if installed "$name"; then
     log "$name: using the installed binaries"
     return 0
   fi
