@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import os
 import platform
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,21 +23,18 @@ from e2e.workspace import PulumiWorkspace
 DEFAULT_DIR: Final = Path("/tmp/mlstack-e2e-cluster")
 
 
-def arguments(
-    prog: str,
-    argv: Sequence[str] | None = None,
-    *,
-    description: str | None = None,
-    runs_option: str = "--runs",
-    runs: int = 3,
-    runs_help: str | None = None,
-) -> argparse.Namespace:
-    """`--dir` (the cluster's folder) and how many times to measure: `--runs` (`runs_option`,
-    default `runs`), from `argv` (default: the command line)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="the cluster's folder")
-    parser.add_argument(runs_option, type=int, default=runs, help=runs_help)
-    return parser.parse_args(argv)
+def parser(prog: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A cluster benchmark's command line: `--dir`, the cluster's folder."""
+    command_line = argparse.ArgumentParser(prog=prog, description=description)
+    command_line.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="the cluster's folder")
+    return command_line
+
+
+def arguments(prog: str) -> argparse.Namespace:
+    """The command line's `--dir` and `--runs` (how many times to measure)."""
+    command_line = parser(prog)
+    command_line.add_argument("--runs", type=int, default=3)
+    return command_line.parse_args()
 
 
 class ClusterBench:

@@ -17,7 +17,7 @@ import shutil
 import statistics
 import sys
 
-from bench.cluster_bench import ClusterBench, arguments
+from bench.cluster_bench import ClusterBench, parser
 from components.config import MODEL_VERSIONS
 from e2e.cluster import STACK, unfinished_rollouts
 from e2e.controlplane import ControlPlane
@@ -62,14 +62,9 @@ def settle(plane: ControlPlane, timeout: float = 600) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = arguments(
-        "python -m bench.rollout_await",
-        argv,
-        description=__doc__.split("\n\n")[0],
-        runs_option="--rounds",
-        runs=10,
-        runs_help="rounds of each mode",
-    )
+    command_line = parser("python -m bench.rollout_await", __doc__.split("\n\n")[0])
+    command_line.add_argument("--rounds", type=int, default=10, help="rounds of each mode")
+    args = command_line.parse_args(argv)
     cluster = ClusterBench(args.dir)
     plane, workspace = cluster.kube, cluster.workspace
     results: dict[str, list[tuple[float, bool]]] = {mode: [] for mode in MODES}
