@@ -289,8 +289,6 @@ class Fleet:
     """The servers under load, each ready (``start_fleet``)."""
 
     postgres: PostgresServer
-    # The PostgreSQL gateway's database.
-    dsn: str
     # The version the model serves (MLServer, its export).
     model_version: str
     model: ModelProcess
@@ -300,8 +298,16 @@ class Fleet:
     proxy: LocalServer
     # By name: GATEWAYS.
     gateways: dict[str, GatewayProcess]
-    # The SQLite gateway's DATA_DIR.
-    sqlite_dir: Path
+
+    @property
+    def dsn(self) -> str:
+        """The PostgreSQL gateway's database."""
+        return self.gateways["gateway-postgresql"].env["DATABASE_URL"]
+
+    @property
+    def sqlite_dir(self) -> Path:
+        """The SQLite gateway's DATA_DIR."""
+        return Path(self.gateways["gateway-sqlite"].env["DATA_DIR"])
 
     @property
     def rest(self) -> dict[str, LocalServer]:
@@ -373,15 +379,4 @@ def start_fleet(stack: ExitStack, work: Path, *, mlserver: bool = True) -> Fleet
             started(start_gateway(postgresql, model.url, logs, DATABASE_URL=dsn))
         ),
     }
-    return Fleet(
-        postgres,
-        dsn,
-        version,
-        model,
-        mlserver_process,
-        echo,
-        grpc_echo,
-        proxy,
-        gateways,
-        sqlite_dir,
-    )
+    return Fleet(postgres, version, model, mlserver_process, echo, grpc_echo, proxy, gateways)
