@@ -1,7 +1,7 @@
 """Helpers for the service tests, beside harness.services (the services as real processes on
 127.0.0.1): either service by name, started or refused at start, `make serve` as a user runs it,
-servers that stall, the gateway's history and metrics, rows written straight to its database,
-HTTPS from certificates the openssl CLI makes."""
+servers that stall, the gateway's predictions, history and metrics, rows written straight to its
+database, HTTPS from certificates the openssl CLI makes."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from harness.processes import LocalServer, group_alive
 from harness.program import ROOT
 from harness.services import (
     API_KEY,
+    SETOSA,
     GatewayProcess,
     ModelProcess,
     ServiceProcess,
@@ -151,6 +152,14 @@ def https(port: int, ca: Path, method: str, path: str, body: Any = None) -> tupl
 def predict(gateway_url: str, instances: Any, key: str | None = API_KEY) -> Reply:
     headers = {"X-API-Key": key} if key is not None else {}
     return request("POST", f"{gateway_url}/api/v1/predict", {"instances": instances}, headers)
+
+
+def new_prediction(gateway: ServiceProcess) -> str:
+    """The request id of a new prediction of SETOSA, which the gateway must answer 200."""
+    reply = predict(gateway.url, [SETOSA])
+    assert reply.status == 200, reply.body
+    request_id: str = reply.json()["request_id"]
+    return request_id
 
 
 class MakeServe(LocalServer):

@@ -13,8 +13,8 @@ import pytest
 
 from components import database
 from harness.postgres import PostgresServer, query
-from harness.services import SETOSA, ServiceProcess, start_gateway
-from tests.services.support import predict
+from harness.services import ServiceProcess, start_gateway
+from tests.services.support import new_prediction
 
 ROLE = "gateway_password"
 PASSWORD = "Xk3v/Qm7p@Lw2R:t8Zy%4aHs+Ab9C=dEf1?Gh2J#Kl3M'Np4Q\\Rs5T"
@@ -42,9 +42,7 @@ def test_the_gateway_stores_a_prediction_with_that_password(
     url_file.write_text(role_url)
     gateway = start_gateway(model_server.url, log_dir, DATABASE_URL_FILE=str(url_file))
     try:
-        reply = predict(gateway.url, [SETOSA])
-        assert reply.status == 200, reply.body
-        request_id = reply.json()["request_id"]
+        request_id = new_prediction(gateway)
     finally:
         gateway.stop()
     stored = query(

@@ -23,7 +23,12 @@ from harness.ports import free_port
 from harness.postgres import PostgresServer, on_connection, query
 from harness.program import ROOT
 from harness.services import API_KEY, GATEWAY_SRC, SETOSA, ServiceProcess, start_gateway
-from tests.services.support import predict, read_until_listed, throwaway_postgres
+from tests.services.support import (
+    new_prediction,
+    predict,
+    read_until_listed,
+    throwaway_postgres,
+)
 
 ROLES_SQL = ROOT / "services" / "database" / "roles.sql"
 OWNER = "mlstack"
@@ -263,9 +268,7 @@ def test_the_gateway_serves_as_its_role_without_migrating(
         DATABASE_MIGRATE="false",
     )
     try:
-        reply = predict(gateway.url, [SETOSA])
-        assert reply.status == 200, reply.body
-        request_id = reply.json()["request_id"]
+        request_id = new_prediction(gateway)
         history = request(
             "GET", f"{gateway.url}/api/v1/predictions?limit=5", headers={"X-API-Key": API_KEY}
         )
@@ -356,11 +359,9 @@ def test_the_gateway_role_reads_from_a_standby_within_the_lag_bound(
         DATABASE_MIGRATE="false",
     )
     try:
-        reply = predict(gateway.url, [SETOSA])
-        assert reply.status == 200, reply.body
         # Without the lag, every read would go to the primary as `unknown_lag`.
         read_until_listed(
-            gateway, reply.json()["request_id"], "mlstack_gateway_db_reads_total", source="replica"
+            gateway, new_prediction(gateway), "mlstack_gateway_db_reads_total", source="replica"
         )
     finally:
         gateway.stop()

@@ -12,8 +12,14 @@ import pytest
 
 from harness.poll import eventually
 from harness.postgres import PostgresServer, query
-from harness.services import SETOSA, ServiceProcess, start_gateway
-from tests.services.support import FreezableProxy, listed, metric, predict, read_until_listed
+from harness.services import ServiceProcess, start_gateway
+from tests.services.support import (
+    FreezableProxy,
+    listed,
+    metric,
+    new_prediction,
+    read_until_listed,
+)
 
 DATABASE = "read_replica"
 MAX_LAG = 0.5
@@ -53,13 +59,6 @@ def gateway(
     service = start_read_gateway(model_server, log_dir, primary_dsn, standby.dsn(DATABASE))
     yield service
     service.stop()
-
-
-def new_prediction(gateway: ServiceProcess) -> str:
-    reply = predict(gateway.url, [SETOSA])
-    assert reply.status == 200, reply.body
-    request_id: str = reply.json()["request_id"]
-    return request_id
 
 
 def on_standby(standby: PostgresServer, request_id: str) -> bool:
