@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.http import refused_with_retry_after, request
+from harness.http import refused_with_retry_after
 from harness.postgres import PostgresServer, query
-from harness.services import API_KEY, SETOSA, ServiceProcess, start_gateway
-from tests.services.support import predict, throwaway_postgres
+from harness.services import SETOSA, ServiceProcess, start_gateway
+from tests.services.support import history, predict, throwaway_postgres
 
 PREDICTORS = 12
 READERS = 4
@@ -61,9 +61,7 @@ class Traffic:
         return reply.status, reply.headers.get("retry-after"), detail
 
     def _history(self) -> tuple[int, str | None, str]:
-        reply = request(
-            "GET", f"{self._gateway.url}/api/v1/predictions?limit=5", headers={"X-API-Key": API_KEY}
-        )
+        reply = history(self._gateway, "?limit=5")
         detail = "" if reply.status == 200 else reply.body.decode()
         return reply.status, reply.headers.get("retry-after"), detail
 

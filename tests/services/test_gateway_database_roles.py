@@ -22,8 +22,10 @@ from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer, on_connection, query
 from harness.program import ROOT
-from harness.services import API_KEY, GATEWAY_SRC, SETOSA, ServiceProcess, start_gateway
+from harness.services import GATEWAY_SRC, SETOSA, ServiceProcess, start_gateway
 from tests.services.support import (
+    history,
+    listed,
     new_prediction,
     predict,
     read_until_listed,
@@ -269,11 +271,7 @@ def test_the_gateway_serves_as_its_role_without_migrating(
     )
     try:
         request_id = new_prediction(gateway)
-        history = request(
-            "GET", f"{gateway.url}/api/v1/predictions?limit=5", headers={"X-API-Key": API_KEY}
-        )
-        assert history.status == 200, history.body
-        assert request_id in [item["request_id"] for item in history.json()["items"]]
+        assert request_id in listed(gateway)
     finally:
         gateway.stop()
     stored = query(
@@ -386,10 +384,8 @@ def test_an_unmigrated_database_answers_503_until_the_migrate_command_has_run(
         assert request("GET", f"{gateway.url}/readyz").status == 200
         refused = predict(gateway.url, [SETOSA])
         assert refused.refused_with_retry_after, (refused.status, refused.body)
-        history = request(
-            "GET", f"{gateway.url}/api/v1/predictions", headers={"X-API-Key": API_KEY}
-        )
-        assert history.refused_with_retry_after, (history.status, history.body)
+        read = history(gateway)
+        assert read.refused_with_retry_after, (read.status, read.body)
         status, output = run_migrate(log_dir, cluster.owner_url_file(dbname))
         assert status == 0, output
         assert "applied migrations [1]" in output

@@ -12,8 +12,8 @@ from typing import Any
 from harness.http import Reply, request
 from harness.ports import free_port
 from harness.postgres import PostgresServer
-from harness.services import API_KEY, SETOSA, ServiceProcess, start_gateway, start_model
-from tests.services.support import FreezableProxy, metric, predict
+from harness.services import SETOSA, ServiceProcess, start_gateway, start_model
+from tests.services.support import FreezableProxy, history, metric, predict
 
 UP = "mlstack_gateway_dependency_up"
 
@@ -60,10 +60,7 @@ def test_with_the_model_stopped_the_gateway_stays_ready_and_says_the_model_is_do
         assert (ready.status, ready.json()) == (200, {"ready": True})
         wait_for_state(gateway, "model", up=False)
         # What does not need the model is still answered.
-        history = request(
-            "GET", gateway.url + "/api/v1/predictions?limit=1", headers={"X-API-Key": API_KEY}
-        )
-        assert history.status == 200
+        assert history(gateway, "?limit=1").status == 200
 
         model = start_model(model_dir, log_dir, port=port)
         wait_for_state(gateway, "model", up=True)
@@ -86,10 +83,7 @@ def test_with_postgresql_stopped_the_gateway_stays_ready_and_says_the_database_i
         postgres.stop()
         try:
             assert_refused_with_retry_after(predict(gateway.url, [SETOSA]))
-            history = request(
-                "GET", gateway.url + "/api/v1/predictions?limit=1", headers={"X-API-Key": API_KEY}
-            )
-            assert_refused_with_retry_after(history)
+            assert_refused_with_retry_after(history(gateway, "?limit=1"))
             ready = request("GET", gateway.url + "/readyz")
             assert (ready.status, ready.json()) == (200, {"ready": True})
             wait_for_state(gateway, "database", up=False)
