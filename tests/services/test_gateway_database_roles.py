@@ -22,7 +22,14 @@ from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer, on_connection, query
 from harness.program import ROOT
-from harness.services import GATEWAY_SRC, SETOSA, ServiceProcess, start_gateway
+from harness.services import (
+    GATEWAY_SRC,
+    SETOSA,
+    GatewayProcess,
+    ServiceProcess,
+    Wait,
+    start_gateway,
+)
 from tests.services.support import (
     history,
     listed,
@@ -144,6 +151,26 @@ def migrated(cluster: Cluster, log_dir: Path) -> Cluster:
     return cluster
 
 
+def start_gateway_as_its_role(
+    cluster: Cluster,
+    model_server: ServiceProcess,
+    log_dir: Path,
+    dbname: str = DBNAME,
+    wait: Wait | None = "ready",
+    **env: str,
+) -> GatewayProcess:
+    """The gateway as the stack runs it: as its role in `dbname`, the URL from a file, leaving
+    the schema to the migrate command (DATABASE_MIGRATE=false); `env` adds settings."""
+    return start_gateway(
+        model_server.url,
+        log_dir,
+        wait=wait,
+        DATABASE_URL_FILE=str(cluster.gateway_url_file(dbname)),
+        DATABASE_MIGRATE="false",
+        **env,
+    )
+
+
 @pytest.fixture(scope="module")
 def standby(migrated: Cluster) -> Iterator[PostgresServer]:
     """A hot standby of the cluster, with its roles, databases and schema (and pg_hba.conf)."""
@@ -263,12 +290,7 @@ def test_the_migrate_command_gives_up_after_its_timeout(cluster: Cluster, log_di
 def test_the_gateway_serves_as_its_role_without_migrating(
     migrated: Cluster, model_server: ServiceProcess, log_dir: Path
 ) -> None:
-    gateway = start_gateway(
-        model_server.url,
-        log_dir,
-        DATABASE_URL_FILE=str(migrated.gateway_url_file()),
-        DATABASE_MIGRATE="false",
-    )
+    gateway = start_gateway_as_its_role(migrated, model_server, log_dir)
     try:
         request_id = new_prediction(gateway)
         assert request_id in listed(gateway)
@@ -349,12 +371,11 @@ def test_only_the_gateway_role_is_told_a_standbys_replay_lag(
 def test_the_gateway_role_reads_from_a_standby_within_the_lag_bound(
     migrated: Cluster, standby: PostgresServer, model_server: ServiceProcess, log_dir: Path
 ) -> None:
-    gateway = start_gateway(
-        model_server.url,
+    gateway = start_gateway_as_its_role(
+        migrated,
+        model_server,
         log_dir,
-        DATABASE_URL_FILE=str(migrated.gateway_url_file()),
         DATABASE_READ_URL_FILE=str(migrated.gateway_url_file(server=standby)),
-        DATABASE_MIGRATE="false",
     )
     try:
         # Without the lag, every read would go to the primary as `unknown_lag`.
@@ -372,12 +393,7 @@ def test_an_unmigrated_database_answers_503_until_the_migrate_command_has_run(
 ) -> None:
     dbname = "mlstack_unmigrated"
     cluster.run_roles_sql(dbname=dbname)
-    gateway = start_gateway(
-        model_server.url,
-        log_dir,
-        DATABASE_URL_FILE=str(cluster.gateway_url_file(dbname)),
-        DATABASE_MIGRATE="false",
-    )
+    gateway = start_gateway_as_its_role(cluster, model_server, log_dir, dbname)
     try:
         # A new stack's database: no version of the gateway could serve it yet, so this one
         # stays in the endpoints, answering 503 with Retry-After until the migrations have run.
@@ -412,13 +428,7 @@ def test_an_older_schema_keeps_the_gateway_unready_until_its_migrations_have_run
     # version's own.
     query(owner, "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
                  "applied_at TEXT NOT NULL)")  # fmt: skip
-    gateway = start_gateway(
-        model_server.url,
-        log_dir,
-        wait="live",
-        DATABASE_URL_FILE=str(cluster.gateway_url_file(dbname)),
-        DATABASE_MIGRATE="false",
-    )
+    gateway = start_gateway_as_its_role(cluster, model_server, log_dir, dbname, wait="live")
     try:
         gateway.wait_for_url(gateway.url + "/readyz", status=503)
         unready = request("GET", f"{gateway.url}/readyz")
