@@ -23,10 +23,24 @@ def record() -> PredictionRecord:
     return PredictionRecord(new_request_id(), MODEL_NAME, "v2", "[[5.1,3.5,1.4,0.2]]", "[0]", 1.0)
 
 
-def open_store(data_dir: Path, **env: str) -> tuple[SqliteStore, GatewayMetrics]:
+async def open_store(data_dir: Path, **env: str) -> tuple[SqliteStore, GatewayMetrics]:
+    """A store on `data_dir` with `env` over the required settings, opened (which applies its
+    migrations), and its metrics."""
     settings = GatewaySettings.from_env({**GATEWAY_REQUIRED, "DATA_DIR": str(data_dir), **env})
     metrics = GatewayMetrics()
-    return SqliteStore(settings, metrics), metrics
+    store = SqliteStore(settings, metrics)
+    await store.open()
+    return store, metrics
+
+
+async def connect_after_a_store(data_dir: Path) -> SqliteConnection:
+    """A connection of the test's own to the file of a store that has been opened (applying
+    version 1) and closed."""
+    store, _ = await open_store(data_dir)
+    await store.close()
+    conn = SqliteConnection("test")
+    await conn.open(sqlite_file(data_dir), busy_timeout=5)
+    return conn
 
 
 def stored_ids(data_dir: Path) -> set[str]:
@@ -38,8 +52,7 @@ def test_concurrent_saves_share_commits_and_all_land(tmp_path: Path) -> None:
     records = [record() for _ in range(200)]
 
     async def run() -> float:
-        store, metrics = open_store(tmp_path)
-        await store.open()
+        store, metrics = await open_store(tmp_path)
         await asyncio.gather(*(store.save(r) for r in records))
         commits = metrics.registry.get_sample_value("mlstack_gateway_db_commit_rows_count")
         await store.close()
@@ -54,8 +67,7 @@ def test_save_returns_only_once_its_row_is_readable_from_another_connection(
     tmp_path: Path,
 ) -> None:
     async def run() -> None:
-        store, _ = open_store(tmp_path)
-        await store.open()
+        store, _ = await open_store(tmp_path)
         for _ in range(5):
             saved = record()
             await store.save(saved)
@@ -67,8 +79,7 @@ def test_save_returns_only_once_its_row_is_readable_from_another_connection(
 
 def test_a_failed_commit_fails_every_caller_in_it(tmp_path: Path) -> None:
     async def run() -> tuple[list[BaseException | None], float]:
-        store, metrics = open_store(tmp_path)
-        await store.open()
+        store, metrics = await open_store(tmp_path)
         with sqlite3.connect(sqlite_file(tmp_path)) as db:
             db.execute("DROP TABLE predictions")
         results = await asyncio.gather(
@@ -86,8 +97,7 @@ def test_a_failed_commit_fails_every_caller_in_it(tmp_path: Path) -> None:
 
 def test_a_closed_store_refuses_saves(tmp_path: Path) -> None:
     async def run() -> None:
-        store, _ = open_store(tmp_path)
-        await store.open()
+        store, _ = await open_store(tmp_path)
         await store.close()
         with pytest.raises(StoreUnavailableError):
             await store.save(record())
@@ -99,8 +109,7 @@ def test_a_write_waits_no_longer_than_the_write_timeout_for_a_locked_file(
     tmp_path: Path,
 ) -> None:
     async def run() -> float:
-        store, _ = open_store(tmp_path, DB_WRITE_TIMEOUT_SECONDS="0.3")
-        await store.open()
+        store, _ = await open_store(tmp_path, DB_WRITE_TIMEOUT_SECONDS="0.3")
         # Another process holding the file's write lock.
         other = sqlite3.connect(sqlite_file(tmp_path), isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
@@ -121,11 +130,7 @@ def test_migrations_apply_once_in_order(tmp_path: Path) -> None:
     migrations = [*MIGRATIONS, (2, "CREATE INDEX by_model ON predictions (model_name)")]
 
     async def run() -> tuple[list[int], list[int]]:
-        store, _ = open_store(tmp_path)
-        await store.open()  # applies version 1
-        await store.close()
-        conn = SqliteConnection("test")
-        await conn.open(sqlite_file(tmp_path), busy_timeout=5)
+        conn = await connect_after_a_store(tmp_path)
         applied_then = await migrate(conn, migrations)
         applied_again = await migrate(conn, migrations)
         await conn.close()
@@ -147,11 +152,7 @@ def test_a_failing_migration_leaves_the_schema_as_it_was(tmp_path: Path) -> None
     ]
 
     async def run() -> None:
-        store, _ = open_store(tmp_path)
-        await store.open()
-        await store.close()
-        conn = SqliteConnection("test")
-        await conn.open(sqlite_file(tmp_path), busy_timeout=5)
+        conn = await connect_after_a_store(tmp_path)
         with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
             await migrate(conn, migrations)
         await conn.close()
