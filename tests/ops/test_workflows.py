@@ -64,8 +64,12 @@ def pulumi_steps(job: dict[str, Any], command: str | None = None) -> list[dict[s
     return [s for s in found if command is None or s["with"]["command"] == command]
 
 
-def script(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
+def run_script(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`stacks.py ARGS` as a workflow step runs it: `stdin` piped in, `env` over this process's
+    environment; how it ended."""
+    return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
         input=stdin,
         env={**os.environ, **(env or {})},
@@ -74,6 +78,11 @@ def script(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> st
         check=False,
         timeout=60,
     )
+
+
+def script(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> str:
+    """What `stacks.py ARGS` prints, which must succeed."""
+    result = run_script(*args, stdin=stdin, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -604,14 +613,7 @@ def test_a_stack_is_deployed_once_it_has_an_update() -> None:
 def test_no_stack_list_stops_the_step(command: list[str], listing: str) -> None:
     """Without pipefail, a `pulumi stack ls` (or `stack history`) that failed leaves stacks.py an
     empty stdin."""
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *command],
-        input="",
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    result = run_script(*command, stdin="")
     assert result.returncode != 0
     assert listing in result.stderr
 
@@ -820,19 +822,8 @@ def test_a_review_stack_whose_history_cannot_be_read_is_left_alone(tmp_path: Pat
 
 
 def test_a_review_stack_without_images_is_refused(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "REVIEW_REGISTRY": "",
-        "REVIEW_GATEWAY_IMAGE": "",
-        "REVIEW_MODEL_IMAGE": "",
-    }
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "review-config", "--stack", "pr-7", "--dir", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    no_images = {"REVIEW_REGISTRY": "", "REVIEW_GATEWAY_IMAGE": "", "REVIEW_MODEL_IMAGE": ""}
+    result = run_script("review-config", "--stack", "pr-7", "--dir", str(tmp_path), env=no_images)
     assert result.returncode != 0
     assert "REVIEW_REGISTRY" in result.stderr
     assert not (tmp_path / "Pulumi.pr-7.yaml").exists()
