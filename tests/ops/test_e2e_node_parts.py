@@ -36,15 +36,20 @@ def _member(tar: tarfile.TarFile, name: str) -> bytes:
     return f.read()
 
 
-def test_image_archive_is_a_consistent_oci_layout_and_docker_archive(tmp_path: Path) -> None:
-    dest = tmp_path / "probe.tar"
-    digest = write_image(
+def _write_probe(dest: Path) -> str:
+    """A one-file probe image, written to `dest`; its manifest's digest."""
+    return write_image(
         dest,
         "mlstack.local/e2e/probe:1",
         [ImageFile("/e2e-probe", b"\x7fELF...")],
         entrypoint=["/e2e-probe"],
         cmd=["serve", ":8080"],
     )
+
+
+def test_image_archive_is_a_consistent_oci_layout_and_docker_archive(tmp_path: Path) -> None:
+    dest = tmp_path / "probe.tar"
+    digest = _write_probe(dest)
     with tarfile.open(dest) as tar:
         index = json.loads(_member(tar, "index.json"))
         [entry] = index["manifests"]
@@ -65,14 +70,8 @@ def test_image_archive_is_a_consistent_oci_layout_and_docker_archive(tmp_path: P
     with tarfile.open(fileobj=io.BytesIO(layer)) as files:
         info = files.getmember("e2e-probe")
         assert info.mode == 0o755 and info.mtime == 0
-    again = write_image(
-        tmp_path / "again.tar",
-        "mlstack.local/e2e/probe:1",
-        [ImageFile("/e2e-probe", b"\x7fELF...")],
-        entrypoint=["/e2e-probe"],
-        cmd=["serve", ":8080"],
-    )
-    assert again == digest
+    # Written again, the same image has the same digest.
+    assert _write_probe(tmp_path / "again.tar") == digest
 
 
 def test_the_stage_template_mirrors_cluster_ips_like_load_balancer_ip() -> None:
