@@ -63,6 +63,12 @@ def report(manifests_dir: Path, checkov: Path) -> policy.Report:
 
 
 @pytest.fixture(scope="session")
+def rendered(report: policy.Report, manifests_dir: Path) -> Path:
+    """The folder the gate rendered every stack file into (a folder a stack), once it has."""
+    return manifests_dir
+
+
+@pytest.fixture(scope="session")
 def reports(report: policy.Report) -> dict[str, policy.StackReport]:
     return {s.stack: s for s in report.stacks}
 
@@ -90,11 +96,11 @@ def backup_reports(
 @pytest.fixture(scope="session")
 def gated(
     reports: dict[str, policy.StackReport],
-    manifests_dir: Path,
+    rendered: Path,
     backup_reports: dict[str, policy.StackReport],
     backups_rendered: dict[str, Path],
 ) -> dict[str, tuple[policy.StackReport, Path]]:
     """Each of GATED: its report and the folder of its manifests."""
-    found = {stack: (reports[stack], manifests_dir / stack) for stack in STACKS}
+    found = {stack: (reports[stack], rendered / stack) for stack in STACKS}
     found |= {name: (backup_reports[name], backups_rendered[name]) for name in BACKUP_CONFIGS}
     return found

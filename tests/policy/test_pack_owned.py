@@ -19,13 +19,10 @@ from tools import policy
 
 @pytest.fixture(scope="module")
 def failed(
-    report: policy.Report,
-    manifests_dir: Path,
-    checkov: Path,
-    tmp_path_factory: pytest.TempPathFactory,
+    rendered: Path, checkov: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, set[str]]:
     """Check id of each break -> the checks that failed on it."""
-    good = yaml.safe_load((manifests_dir / "prod" / "deployment-gateway.yaml").read_text())
+    good = yaml.safe_load((rendered / "prod" / "deployment-gateway.yaml").read_text())
     folder = tmp_path_factory.mktemp("pack-owned")
     files = []
     for check_id in ("good", *BREAKS):

@@ -51,13 +51,10 @@ def unknown_field_and_string_port(document: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def broken(
-    report: policy.Report,
-    manifests_dir: Path,
-    checkov: Path,
-    tmp_path_factory: pytest.TempPathFactory,
+    rendered: Path, checkov: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> policy.StackReport:
     folder = tmp_path_factory.mktemp("broken") / "prod"
-    shutil.copytree(manifests_dir / "prod", folder)
+    shutil.copytree(rendered / "prod", folder)
     mutate(folder / "deployment-gateway.yaml", token_skipped_without_reason_and_no_readiness)
     mutate(folder / "deployment-model.yaml", low_uid_with_token_and_privileged)
     mutate(folder / "service-database.yaml", unknown_field_and_string_port)

@@ -9,12 +9,12 @@ import pytest
 from harness.program import TEST_SECRETS, run_program
 from tests.manifests import container, pod_spec
 from tests.policy.conftest import load
-from tools import policy, render
+from tools import render
 
 
 @pytest.fixture(scope="module")
-def prod(report: policy.Report, manifests_dir: Path) -> Path:
-    return manifests_dir / "prod"
+def prod(rendered: Path) -> Path:
+    return rendered / "prod"
 
 
 def test_one_file_per_kubernetes_object_only(prod: Path) -> None:
@@ -46,20 +46,20 @@ def test_objects_are_plain_manifests_with_integers(prod: Path) -> None:
     assert type(policy_["spec"]["ingress"][0]["ports"][0]["port"]) is int
 
 
-def test_secret_values_are_never_written(manifests_dir: Path) -> None:
-    for path in manifests_dir.rglob("*.yaml"):
+def test_secret_values_are_never_written(rendered: Path) -> None:
+    for path in rendered.rglob("*.yaml"):
         text = path.read_text()
         for secret in TEST_SECRETS.values():
             assert secret not in text, path
-    gateway = load(manifests_dir / "prod", "secret-gateway.yaml")
+    gateway = load(rendered / "prod", "secret-gateway.yaml")
     assert gateway["stringData"] == {
         "api-key": render.SECRET_PLACEHOLDER,
         "database-url": render.SECRET_PLACEHOLDER,
         "database-read-url": render.SECRET_PLACEHOLDER,
     }
-    migrations = load(manifests_dir / "prod", "secret-gateway-migrations.yaml")
+    migrations = load(rendered / "prod", "secret-gateway-migrations.yaml")
     assert migrations["stringData"] == {"database-url": render.SECRET_PLACEHOLDER}
-    database = load(manifests_dir / "prod", "secret-database.yaml")
+    database = load(rendered / "prod", "secret-database.yaml")
     assert database["stringData"] == dict.fromkeys(
         (
             "owner-password",
