@@ -387,6 +387,35 @@ def test_pg_hba_follows_the_names_of_patroni_s_roles(entrypoint: Entrypoint) -> 
     ]  # fmt: skip
 
 
+def test_the_pod_is_announced_at_the_ports_the_services_send_to(entrypoint: Entrypoint) -> None:
+    """The address each member gives the others, and the port Patroni puts on the primary's
+    Endpoints, are the pod's IP at the ports the program's Services and probes use (components/
+    database.py), as the image's patroni.yml has PostgreSQL and the REST API listen."""
+    settings = entrypoint.configuration()
+    assert settings["postgresql"]["connect_address"] == f"10.0.0.11:{database.PORT}"
+    assert settings["restapi"]["connect_address"] == f"10.0.0.11:{database.API_PORT}"
+    assert settings["kubernetes"]["ports"] == [{"name": "postgres", "port": database.PORT}]
+
+
+def test_the_announced_ports_follow_patroni_s_listen_settings(
+    entrypoint: Entrypoint, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Read from the settings, not written beside them: ports moved in patroni.yml move the
+    addresses (an IPv6 pod IP in brackets)."""
+    settings = entrypoint.settings()
+    settings["postgresql"]["listen"] = "0.0.0.0:6543"
+    settings["restapi"]["listen"] = "0.0.0.0:9008"
+    moved = tmp_path / "moved.yml"
+    moved.write_text(yaml.safe_dump(settings))
+    monkeypatch.setenv("PATRONI_CONFIG_TEMPLATE", str(moved))
+    monkeypatch.setenv("POD_IP", "fd00::11")
+    found = entrypoint.configuration()
+    assert found["postgresql"]["connect_address"] == "[fd00::11]:6543"
+    assert found["restapi"]["connect_address"] == "[fd00::11]:9008"
+    assert found["kubernetes"]["ports"] == [{"name": "postgres", "port": 6543}]
+    assert "--port=6543" in entrypoint.local_psql()
+
+
 def test_the_superuser_s_psql_reaches_the_pod_s_socket(
     entrypoint: Entrypoint, monkeypatch: pytest.MonkeyPatch, execs: list[list[str]]
 ) -> None:
