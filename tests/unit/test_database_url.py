@@ -19,8 +19,6 @@ from tests.manifests import env, pod_spec
 # Every character with a meaning in a URL or in a libpq connection string, and a backslash.
 PASSWORD = "a/b@c:d%2Fe+f=g?h#i'j\\k l&m"
 OWNER_PASSWORD = "n?o=p+q%r:s@t/u#v w"
-# The database image's entrypoint, which names the roles it makes and admits (what the URLs must
-# name to log in at all).
 
 
 def asyncpg_reads(url: str) -> dict[str, Any]:
