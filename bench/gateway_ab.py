@@ -37,6 +37,7 @@ from bench.run import gateway_counters, gateway_stats
 from bench.servers import (
     API_KEY,
     READY_SECONDS,
+    STORE_ONLY,
     bench_path,
     check_stored,
     setosa_prediction,
@@ -146,8 +147,7 @@ def store_worker(
             open_store,
         )
 
-    # The store alone: no model is called, MODEL_URL only has to be given.
-    env = {"MLSTACK_API_KEY": API_KEY, "MODEL_URL": "http://model.invalid", "DATA_DIR": data_dir}
+    env = {**STORE_ONLY, "DATA_DIR": data_dir}
     if store_kind == "postgresql":
         env["DATABASE_URL"] = dsn
     settings = GatewaySettings.from_env(env)

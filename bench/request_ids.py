@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from bench.servers import API_KEY, setosa_prediction
+from bench.servers import STORE_ONLY, setosa_prediction
 from harness.services import GATEWAY_SRC, import_service
 
 
@@ -26,9 +26,7 @@ def per_commit(make_id: Callable[[], str], rows: int, rows_per_commit: int) -> t
     from mlstack_gateway.stores.sqlite import MIGRATIONS, _connect, _insert_batch
 
     with tempfile.TemporaryDirectory() as folder:
-        # No model is called: MODEL_URL only has to be given.
-        env = {"MLSTACK_API_KEY": API_KEY, "MODEL_URL": "http://model.invalid", "DATA_DIR": folder}
-        settings = GatewaySettings.from_env(env)
+        settings = GatewaySettings.from_env({**STORE_ONLY, "DATA_DIR": folder})
         conn = _connect(settings.sqlite_path, settings.db_write_timeout_seconds)
         for _, statement in MIGRATIONS:
             conn.execute(statement)

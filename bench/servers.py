@@ -22,6 +22,7 @@ from harness.program import ROOT
 from harness.services import (
     GATEWAY_SRC,
     MODEL_SRC,
+    NO_MODEL_URL,
     SETOSA,
     GatewayProcess,
     ModelProcess,
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 MLSERVER_VENV: Final = ROOT / ".venv-mlserver"
 API_KEY: Final = "bench-key"
+# The gateway's settings for a store driven alone, with no model called (MODEL_URL is required).
+STORE_ONLY: Final = {"MLSTACK_API_KEY": API_KEY, "MODEL_URL": NO_MODEL_URL}
 # How long a server gets to answer as ready once started.
 READY_SECONDS: Final = 120.0
 # One SETOSA row as the gateway stores a request's instances (compact JSON).

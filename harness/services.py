@@ -20,6 +20,9 @@ MODEL_SRC: Final = ROOT / "services" / "model"
 GATEWAY_SRC: Final = ROOT / "services" / "gateway"
 # The gateway's API key, unless the caller sets MLSTACK_API_KEY.
 API_KEY: Final = "test-key"
+# MODEL_URL for a gateway whose settings are read but which never calls a model (the gateway
+# requires one): a .invalid name resolves nowhere.
+NO_MODEL_URL: Final = "http://model.invalid:8080"
 # Two flowers of the iris set (its first setosa and a virginica) the model classifies beyond doubt:
 # the rows the tests, the benchmarks and the e2e suite send it.
 SETOSA: Final = [5.1, 3.5, 1.4, 0.2]

@@ -34,6 +34,7 @@ from harness.processes import LocalServer, group_alive
 from harness.program import ROOT
 from harness.services import (
     API_KEY,
+    NO_MODEL_URL,
     SETOSA,
     GatewayProcess,
     ModelProcess,
@@ -46,8 +47,8 @@ from tests.services.oip import INPUT
 # The two services, by the names ``service_process`` and the fixtures that start either take.
 SERVICES: Final = ("gateway", "model")
 # The settings the gateway cannot start without, for tests that read its settings in-process
-# and never call a model (a .invalid name resolves nowhere).
-GATEWAY_REQUIRED: Final = {"MLSTACK_API_KEY": API_KEY, "MODEL_URL": "http://model.invalid:8080"}
+# and never call a model.
+GATEWAY_REQUIRED: Final = {"MLSTACK_API_KEY": API_KEY, "MODEL_URL": NO_MODEL_URL}
 
 
 @dataclass(frozen=True)

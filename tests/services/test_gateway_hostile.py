@@ -29,6 +29,7 @@ from harness.poll import eventually, poll
 from harness.ports import free_port
 from harness.services import (
     API_KEY,
+    NO_MODEL_URL,
     SETOSA,
     GatewayProcess,
     ServiceProcess,
@@ -44,7 +45,6 @@ from tests.services.hostile import (
     with_content_length,
 )
 from tests.services.support import (
-    GATEWAY_REQUIRED,
     error_of,
     https,
     predict,
@@ -308,9 +308,7 @@ def test_metrics_are_served_only_on_the_metrics_port(gateway: ServiceProcess) ->
 
 def test_the_metrics_port_must_differ_from_the_api_port(log_dir: Path) -> None:
     port = free_port()
-    gateway = GatewayProcess(
-        GATEWAY_REQUIRED["MODEL_URL"], log_dir, {"METRICS_PORT": str(port)}, port=port
-    )
+    gateway = GatewayProcess(NO_MODEL_URL, log_dir, {"METRICS_PORT": str(port)}, port=port)
     assert "METRICS_PORT must differ from PORT" in refused_at_start(gateway)
 
 
@@ -350,7 +348,7 @@ def test_half_a_tls_pair_stops_the_gateway_at_start(
     log_dir: Path, certificate: tuple[Path, Path], given: str
 ) -> None:
     path = certificate[0] if given == "TLS_CERT_FILE" else certificate[1]
-    gateway = GatewayProcess(GATEWAY_REQUIRED["MODEL_URL"], log_dir, {given: str(path)})
+    gateway = GatewayProcess(NO_MODEL_URL, log_dir, {given: str(path)})
     reason = refused_at_start(gateway)
     assert "HTTPS needs both the certificate chain and its private key" in reason
 
