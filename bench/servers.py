@@ -305,12 +305,14 @@ class Fleet:
     @property
     def dsn(self) -> str:
         """The PostgreSQL gateway's database."""
-        return self.gateways["gateway-postgresql"].env["DATABASE_URL"]
+        _, postgresql = GATEWAYS
+        return self.gateways[postgresql].env["DATABASE_URL"]
 
     @property
     def sqlite_dir(self) -> Path:
         """The SQLite gateway's DATA_DIR."""
-        return Path(self.gateways["gateway-sqlite"].env["DATA_DIR"])
+        sqlite, _ = GATEWAYS
+        return Path(self.gateways[sqlite].env["DATA_DIR"])
 
     @property
     def rest(self) -> dict[str, LocalServer]:
