@@ -100,8 +100,8 @@ def _checked(
 
 def exported_resources(exported: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The resources of a state as `pulumi stack export` prints it, `{"version": 3,
-    "deployment": {..., "resources": [...]}}` (the Automation API's `export_stack` returns the
-    same two keys as a `Deployment`); none for a stack never deployed, whose deployment is empty."""
+    "deployment": {..., "resources": [...]}}`; none for a stack never deployed, whose deployment
+    is empty."""
     if "resources" in exported:
         # Its `deployment` alone: the wrong half, which would read as a stack with nothing in it.
         raise ValueError("expected `pulumi stack export`'s document, got its deployment")

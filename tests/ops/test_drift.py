@@ -8,12 +8,22 @@ detailed-diff event is built from the documented `detailedDiff` shape (the provi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pulumi import automation as auto
 
-from tools.drift import covers, format_path, ignore_changes_of, parse_path, report
+from tests.stand_ins import PULUMI_CALLS, logged_calls, pulumi_stand_in
+from tools.drift import (
+    DriftCheckError,
+    covers,
+    format_path,
+    ignore_changes_of,
+    parse_path,
+    recorded_ignore_changes,
+    report,
+)
 
 PREFIX = "urn:pulumi:prod::mlstack::mlstack:app:Microservice$kubernetes:apps/v1:Deployment::"
 GATEWAY = PREFIX + "gateway"
@@ -167,6 +177,38 @@ def test_ignore_changes_are_read_from_the_exported_state() -> None:
     # The deployment alone is a caller's mistake, not a state with nothing ignored.
     with pytest.raises(ValueError, match="stack export"):
         ignore_changes_of(state)
+
+
+# A `pulumi stack export` that holds a secret output as the CLI prints it without
+# `--show-secrets`, and refuses to print it in the clear.
+EXPORT_ANSWERS = f"""\
+if args[1:3] == ["stack", "export"]:
+    if "--show-secrets" in args:
+        sys.exit("stand-in: the check asked for the state's secrets in the clear")
+    resources = [
+        {{"urn": {MODEL!r}, "ignoreChanges": ["spec.replicas"]}},
+        {{"urn": "urn:x", "outputs": {{"data": {SECRET!r}}}}},
+    ]
+    print(json.dumps({{"version": 3, "deployment": {{"resources": resources}}}}))
+else:
+    sys.exit("stand-in: no such stack")
+"""
+
+
+def test_the_check_reads_ignore_changes_with_the_state_s_secrets_encrypted(
+    tmp_path: Path,
+) -> None:
+    binary = pulumi_stand_in(tmp_path, EXPORT_ANSWERS)
+    ignored = recorded_ignore_changes("prod", work_dir=tmp_path, pulumi=str(binary))
+    assert ignored == {MODEL: ["spec.replicas"]}
+    (call,) = logged_calls(tmp_path / PULUMI_CALLS)
+    assert call["args"] == ["--non-interactive", "stack", "export", "--stack", "prod"]
+
+
+def test_an_export_that_fails_stops_the_check_with_what_the_cli_said(tmp_path: Path) -> None:
+    binary = pulumi_stand_in(tmp_path, "sys.exit(\"error: no stack named 'prod' found\")")
+    with pytest.raises(DriftCheckError, match="exited 1: error: no stack named 'prod' found"):
+        recorded_ignore_changes("prod", work_dir=tmp_path, pulumi=str(binary))
 
 
 @pytest.mark.parametrize(
