@@ -7,7 +7,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -47,25 +47,34 @@ class Resources:
         }
 
 
-def pod_security_context() -> k8s.core.v1.PodSecurityContextArgsDict:
+class _Identity(TypedDict):
+    run_as_non_root: bool
+    run_as_user: int
+    run_as_group: int
+    seccomp_profile: k8s.core.v1.SeccompProfileArgsDict
+
+
+def _identity() -> _Identity:
+    """Who runs, and under which system-call filter: the same on the pod and on each of its
+    containers."""
     return {
         "run_as_non_root": True,
         "run_as_user": RUN_AS_USER,
         "run_as_group": RUN_AS_USER,
-        "fs_group": RUN_AS_USER,
         "seccomp_profile": {"type": "RuntimeDefault"},
     }
 
 
+def pod_security_context() -> k8s.core.v1.PodSecurityContextArgsDict:
+    return {**_identity(), "fs_group": RUN_AS_USER}
+
+
 def container_security_context() -> k8s.core.v1.SecurityContextArgsDict:
     return {
+        **_identity(),
         "allow_privilege_escalation": False,
         "read_only_root_filesystem": True,
-        "run_as_non_root": True,
-        "run_as_user": RUN_AS_USER,
-        "run_as_group": RUN_AS_USER,
         "capabilities": {"drop": ["ALL"]},
-        "seccomp_profile": {"type": "RuntimeDefault"},
     }
 
 
