@@ -227,6 +227,11 @@ def live(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
 
+def ready_pods(kube: ControlPlane, name: str) -> list[dict[str, Any]]:
+    """The pods of workload `name` that are Ready and not being deleted."""
+    return [p for p in live(pods(kube, name)) if ready(p)]
+
+
 def ready_endpoints(kube: ControlPlane, service: str) -> set[str]:
     """The ready addresses of the Service's EndpointSlices."""
     slices: Any = kube.get_json(

@@ -603,10 +603,9 @@ def test_4b_a_deleted_model_pod_and_a_killed_model_container_are_replaced(
     workspace: PulumiWorkspace, node: Node, control_plane: ControlPlane
 ) -> None:
     kube = control_plane
-    ensure_model(workspace, kube, 3)
+    replicas = 3
+    ensure_model(workspace, kube, replicas)
     url = gateway_url(kube)
-    model: Any = kube.get_json("deployment", "model", "-n", NAMESPACE)
-    replicas = model["spec"]["replicas"]
     with app.Load(url) as load:
         deleted = app.live(app.pods(kube, "model"))[0]
         victim = deleted["metadata"]["name"]
@@ -619,7 +618,7 @@ def test_4b_a_deleted_model_pod_and_a_killed_model_container_are_replaced(
         # still reaches it, but it is no longer live: what counts is its replacement, Ready
         # beside the others.
         healed = eventually(
-            lambda: len([p for p in app.live(app.pods(kube, "model")) if app.ready(p)]) == replicas,
+            lambda: len(app.ready_pods(kube, "model")) == replicas,
             "a new model pod Ready in place of the deleted one",
             180,
             interval=0.5,
@@ -657,7 +656,7 @@ def test_4c_a_deleted_database_pod_under_load_costs_only_503s_and_no_acknowledge
     before: Any = kube.get_json("pod", f"{database.NAME}-0", "-n", NAMESPACE)
 
     def back() -> bool:
-        found = [p for p in app.live(app.pods(kube, "database")) if app.ready(p)]
+        found = app.ready_pods(kube, "database")
         return bool(found) and found[0]["metadata"]["uid"] != before["metadata"]["uid"]
 
     with app.Load(url, limit=600) as load, app.Load(url, limit=600, call=app.history) as reads:
@@ -692,10 +691,9 @@ def test_4c_the_model_scaled_to_zero_under_load_costs_only_503s_and_no_gateway_e
     timed-out connection) and every gateway stays a ready endpoint (readiness does not follow
     the model); once it is back, predictions are answered again."""
     kube = control_plane
-    ensure_model(workspace, kube, 3)
+    replicas = 3
+    ensure_model(workspace, kube, replicas)
     url = gateway_url(kube)
-    model: Any = kube.get_json("deployment", "model", "-n", NAMESPACE)
-    replicas = model["spec"]["replicas"]
     gateways = app.ready_endpoints(kube, "gateway")
     assert gateways, "no ready gateway endpoint before the model goes"
     seen: list[set[str]] = []
@@ -717,7 +715,7 @@ def test_4c_the_model_scaled_to_zero_under_load_costs_only_503s_and_no_gateway_e
         finally:
             kube.kubectl("scale", "deployment", "model", "-n", NAMESPACE, f"--replicas={replicas}")
         TIMINGS["model scaled back -> its pods Ready"] = eventually(
-            lambda: len([p for p in app.live(app.pods(kube, "model")) if app.ready(p)]) == replicas,
+            lambda: len(app.ready_pods(kube, "model")) == replicas,
             f"{replicas} model pods Ready",
             180,
             interval=0.5,
@@ -1288,10 +1286,6 @@ MODEL_AUTOSCALING = {"maxReplicas": 3, "cpuUtilization": 50, "scaleDownStabiliza
 LOAD_LOOPS = 8
 
 
-def _model_pods_ready(kube: ControlPlane) -> int:
-    return len([p for p in app.live(app.pods(kube, "model")) if app.ready(p)])
-
-
 def test_4v_the_autoscaler_scales_the_model_out_under_load_keeps_it_through_an_up_and_back_in(
     workspace: PulumiWorkspace, control_plane: ControlPlane, node: Node
 ) -> None:
@@ -1309,13 +1303,13 @@ def test_4v_the_autoscaler_scales_the_model_out_under_load_keeps_it_through_an_u
     up_with(workspace, kube, AUTOSCALING, MODEL_AUTOSCALING)
     hpa: Any = kube.get_json("hpa", "model", "-n", NAMESPACE)
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)
-    assert _model_pods_ready(kube) == 1
+    assert len(app.ready_pods(kube, "model")) == 1
     loads = [app.Load(url, pause=0) for _ in range(LOAD_LOOPS)]
     for load in loads:
         load.__enter__()
     try:
         TIMINGS["load start -> an extra model pod Ready (HPA)"] = eventually(
-            lambda: _model_pods_ready(kube) >= 2,
+            lambda: len(app.ready_pods(kube, "model")) >= 2,
             "the HPA to add a Ready model pod",
             240,
             interval=0.5,
@@ -1344,7 +1338,10 @@ def test_4v_the_autoscaler_scales_the_model_out_under_load_keeps_it_through_an_u
     assert [a.version for a in loads[0].answers[-5:]] == [new] * 5
     stopped = time.monotonic()
     eventually(
-        lambda: _model_pods_ready(kube) == 1, "the model back at 1 replica", 240, interval=0.5
+        lambda: len(app.ready_pods(kube, "model")) == 1,
+        "the model back at 1 replica",
+        240,
+        interval=0.5,
     )
     TIMINGS["load stop -> model back at the floor (HPA)"] = time.monotonic() - stopped
     # Back to a fixed count of 3, as the README turns autoscaling off.
