@@ -23,7 +23,6 @@ from typing import Any, Final
 from e2e import process
 from e2e.render import render
 from e2e.workdir import InWorkdir
-from harness.poll import wait_until
 
 # The CLI of the same Debian release as the daemon: a newer `docker` earlier on PATH may insist
 # on BuildKit's buildx plugin, which Debian's engine does not ship.
@@ -54,14 +53,20 @@ class DockerEngine:
 
     socket = InWorkdir("docker.sock")
     containerd_socket = InWorkdir("containerd.sock")
-    # The pid as the suite recorded it (dockerd keeps its own pid file in exec_root).
-    pidfile = InWorkdir("dockerd.pid")
-    containerd_pidfile = InWorkdir("containerd.pid")
-    log = InWorkdir("dockerd.log")
-    containerd_log = InWorkdir("containerd.log")
     exec_root = InWorkdir("exec")
     containerd_dir = InWorkdir("containerd")
     containerd_config = InWorkdir("containerd", "config.toml")
+
+    @property
+    def dockerd(self) -> process.Daemon:
+        """dockerd.pid (the pid as the suite recorded it: dockerd keeps its own pid file in
+        exec_root) and dockerd.log; ours while it serves `socket`."""
+        return process.Daemon.in_folder(self.workdir, "dockerd", str(self.socket))
+
+    @property
+    def containerd(self) -> process.Daemon:
+        """containerd.pid and containerd.log; ours while it runs `containerd_config`."""
+        return process.Daemon.in_folder(self.workdir, "containerd", str(self.containerd_config))
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -78,8 +83,7 @@ class DockerEngine:
     def start(self) -> None:
         """Start containerd and dockerd (nothing when this engine already runs)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        pid = process.read_pid(self.pidfile)
-        if pid is not None and process.owned(pid, str(self.socket)) and self.running():
+        if self.dockerd.running() and self.running():
             return
         # Two daemons on one data root corrupt it: refuse rather than share.
         others = process.find(f"--data-root={self.data_root}")
@@ -103,12 +107,12 @@ class DockerEngine:
         config.write_text(
             render("docker-containerd.toml", base=root, socket=self.containerd_socket)
         )
-        process.start(
+        self.containerd.start(
             ["containerd", "--config", str(config), "--log-level", "warn"],
-            self.containerd_log,
-            self.containerd_pidfile,
+            self.containerd_socket.exists,
+            "containerd",
+            START_TIMEOUT,
         )
-        wait_until(self.containerd_socket.exists, "containerd", START_TIMEOUT, self.containerd_log)
 
     def _start_dockerd(self) -> None:
         config = self.workdir / "daemon.json"
@@ -127,13 +131,12 @@ class DockerEngine:
             "--ip-forward=false",
             "--log-level=warn",
         ]
-        process.start(argv, self.log, self.pidfile)
-        wait_until(self.running, "dockerd", START_TIMEOUT, self.log)
+        self.dockerd.start(argv, self.running, "dockerd", START_TIMEOUT)
 
     def stop(self) -> None:
         """Stop dockerd, then containerd, and unmount whatever they left mounted."""
-        process.stop(process.read_pid(self.pidfile), str(self.socket))
-        process.stop(process.read_pid(self.containerd_pidfile), str(self.containerd_config))
+        self.dockerd.stop()
+        self.containerd.stop()
         # containerd's shims outlive a killed containerd: none may be left running.
         for pid in process.find(str(self.containerd_socket)):
             process.stop(pid, str(self.containerd_socket), timeout=5)

@@ -1,7 +1,7 @@
 """Commands, processes and mounts of the suite: a command run to its end (`run`); the suite's own
 daemons started detached (they outlive the command that started them, so `up` and `down` may be
-two commands), found again by their pid files or in /proc, and stopped only when their command
-line still names what the suite gave them; the mounts they leave."""
+two commands), found again by their pid files (`Daemon`) or in /proc, and stopped only when their
+command line still names what the suite gave them; the mounts they leave."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
 
-from harness.poll import poll
+from harness.poll import poll, wait_until
 
 
 def run(
@@ -116,15 +117,6 @@ def spawn(
         )
 
 
-def start(
-    argv: Sequence[str], log: Path, pidfile: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """`spawn`, with the pid written to `pidfile`."""
-    proc = spawn(argv, log, env)
-    pidfile.write_text(f"{proc.pid}\n")
-    return proc
-
-
 def stop(pid: int | None, marker: str, *, timeout: float = 30) -> None:
     """SIGTERM, then SIGKILL after `timeout` seconds; nothing when `pid` is not ours any more."""
     if pid is None or not alive(pid) or not owned(pid, marker):
@@ -159,6 +151,51 @@ def _reap(pid: int) -> None:
     """Collect the exit status when the process is our own child (else it stays a zombie)."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """One of the suite's own daemons, known by its files: `pidfile`, where `start` records its
+    pid, and `log`, where its output goes; and by `marker`, a path of ours that its command line
+    names, which tells that the recorded pid still runs it (a recycled pid is another program's,
+    never signalled)."""
+
+    pidfile: Path
+    log: Path
+    marker: str
+
+    @classmethod
+    def in_folder(cls, folder: Path, name: str, marker: str, log: Path | None = None) -> Daemon:
+        """`<name>.pid` in `folder`, its log `<name>.log` beside it unless `log` is given."""
+        return cls(folder / f"{name}.pid", log or folder / f"{name}.log", marker)
+
+    def pid(self) -> int | None:
+        """The recorded pid while it runs and is still ours; None otherwise."""
+        pid = read_pid(self.pidfile)
+        return pid if pid is not None and alive(pid) and owned(pid, self.marker) else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(
+        self,
+        argv: Sequence[str],
+        ready: Callable[[], object],
+        what: str,
+        timeout: float,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`spawn` `argv`, its pid written to `pidfile`, then wait until `ready` holds: past
+        `timeout` seconds, `wait_until`'s RuntimeError naming `what`, with the end of the log.
+        A daemon that does not come up is left running: stopping it is its owner's call."""
+        proc = spawn(argv, self.log, env)
+        self.pidfile.write_text(f"{proc.pid}\n")
+        wait_until(ready, what, timeout, self.log)
+
+    def stop(self, *, timeout: float = 30) -> None:
+        """`stop` the recorded pid: SIGTERM, then SIGKILL after `timeout` seconds; nothing when
+        it no longer runs as ours."""
+        stop(read_pid(self.pidfile), self.marker, timeout=timeout)
 
 
 MOUNTINFO: Final = Path("/proc/self/mountinfo")

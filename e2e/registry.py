@@ -17,7 +17,6 @@ from e2e.image_archive import OCI_MANIFEST
 from e2e.render import render
 from e2e.workdir import InWorkdir
 from harness.http import answers, request
-from harness.poll import wait_until
 from harness.ports import LOOPBACK, free_port
 
 # What `docker push` of Docker 20.10 stores; asking for it returns the digest that was pushed.
@@ -32,15 +31,18 @@ START_TIMEOUT: Final = 30.0
 
 @dataclass(frozen=True)
 class Registry:
-    """`workdir` holds its config, pid file, address and log; `storage` its blobs."""
+    """`workdir` holds its config, pid file, address and log (`daemon`); `storage` its blobs."""
 
     workdir: Path
     storage: Path
 
     config = InWorkdir("registry.yml")
-    pidfile = InWorkdir("registry.pid")
-    log = InWorkdir("registry.log")
     address_file = InWorkdir("registry.address")
+
+    @property
+    def daemon(self) -> process.Daemon:
+        """`docker-registry`: registry.pid and registry.log, ours while it serves `config`."""
+        return process.Daemon.in_folder(self.workdir, "registry", str(self.config))
 
     @property
     def address(self) -> str:
@@ -50,18 +52,21 @@ class Registry:
     def start(self, port: int = 0) -> None:
         """Serve on `port` (0: any free port); nothing when it already runs."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        pid = process.read_pid(self.pidfile)
-        if pid is not None and process.owned(pid, str(self.config)) and self._answers():
+        if self.daemon.running() and self._answers():
             return
         self.storage.mkdir(parents=True, exist_ok=True)
         address = f"{LOOPBACK}:{port or free_port(LOOPBACK)}"
         self.config.write_text(render("registry.yml", storage=self.storage, address=address))
         self.address_file.write_text(address + "\n")
-        process.start(["docker-registry", "serve", str(self.config)], self.log, self.pidfile)
-        wait_until(self._answers, "docker-registry", START_TIMEOUT, self.log)
+        self.daemon.start(
+            ["docker-registry", "serve", str(self.config)],
+            self._answers,
+            "docker-registry",
+            START_TIMEOUT,
+        )
 
     def stop(self) -> None:
-        process.stop(process.read_pid(self.pidfile), str(self.config))
+        self.daemon.stop()
 
     def _answers(self) -> bool:
         return self.address_file.exists() and answers(f"http://{self.address}/v2/")

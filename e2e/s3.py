@@ -31,7 +31,6 @@ from e2e import process
 from e2e.certificates import sign_serving
 from e2e.workdir import InWorkdir
 from harness.http import Reply, request
-from harness.poll import wait_until
 from harness.ports import LOOPBACK, free_port
 
 NAME: Final = "weed"
@@ -74,7 +73,9 @@ class S3Server:
         self.workdir = workdir
         self.ca_dir = ca_dir
         self.address = address
-        self.log = log or workdir / f"{NAME}.log"
+        # weed.pid and (unless `log` puts it elsewhere) weed.log in `workdir`, which its command
+        # line names.
+        self.daemon = process.Daemon.in_folder(workdir, NAME, str(workdir), log=log)
 
     # --- what a client needs --------------------------------------------------------------
     @property
@@ -102,10 +103,6 @@ class S3Server:
         return self.ca_dir / "ca.crt"
 
     # --- files ----------------------------------------------------------------------------
-    @property
-    def pidfile(self) -> Path:
-        return self.workdir / f"{NAME}.pid"
-
     settings_file = InWorkdir("settings.json")
 
     def _settings(self) -> dict[str, Any]:
@@ -135,11 +132,10 @@ class S3Server:
         }
         (self.workdir / "identities.json").write_text(json.dumps(identities, indent=1))
         (self.workdir / "data").mkdir(exist_ok=True)
-        process.start(self.argv(), self.log, self.pidfile)
         try:
             # A few seconds. The first write waits a few more: the filer joins the master's
             # list some 7 s after the start (its empty-membership confirm window).
-            wait_until(self._bucket_made, "SeaweedFS's bucket", START_TIMEOUT, self.log)
+            self.daemon.start(self.argv(), self._bucket_made, "SeaweedFS's bucket", START_TIMEOUT)
         except BaseException:
             self.down()
             raise
@@ -175,18 +171,14 @@ class S3Server:
 
     def down(self) -> None:
         """Stop the server; its folder (data, log) stays for whoever owns it."""
-        process.stop(process.read_pid(self.pidfile), str(self.workdir), timeout=STOP_GRACE)
+        self.daemon.stop(timeout=STOP_GRACE)
         # weed serves each part's gRPC on /tmp/seaweedfs-<part>-grpc-<port>.sock too (a fixed
         # folder), and removes them only when it has time to stop.
-        if self.settings_file.exists() and not self.alive():
+        if self.settings_file.exists() and not self.daemon.running():
             for name, port in self._settings()["ports"].items():
                 part, _, kind = name.partition(".")
                 if kind == "port.grpc":
                     Path(f"/tmp/seaweedfs-{part}-grpc-{port}.sock").unlink(missing_ok=True)
-
-    def alive(self) -> bool:
-        pid = process.read_pid(self.pidfile)
-        return pid is not None and process.alive(pid) and process.owned(pid, str(self.workdir))
 
     def request(self, method: str, path: str, body: bytes = b"") -> bytes:
         """The body of the answer to one signed S3 request (`_send`); a RuntimeError on an

@@ -13,8 +13,8 @@ class HasWorkdir(Protocol):
 
 
 class InWorkdir:
-    """In a class whose instances have a `workdir`, `log = InWorkdir("dockerd.log")` makes
-    `instance.log` the path `instance.workdir / "dockerd.log"` (several parts: a deeper path)."""
+    """In a class whose instances have a `workdir`, `socket = InWorkdir("docker.sock")` makes
+    `instance.socket` the path `instance.workdir / "docker.sock"` (several parts: a deeper path)."""
 
     def __init__(self, *parts: str) -> None:
         self._parts = parts

@@ -108,5 +108,5 @@ def test_s3_put_and_get_over_tls_then_down_leaves_no_process(
     assert untrusted.returncode == 60
 
     server.down()
-    assert not server.alive()
+    assert not server.daemon.running()
     assert process.find(str(server.workdir)) == []
