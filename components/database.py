@@ -167,7 +167,7 @@ class Database(pulumi.ComponentResource):
     stateful_set: k8s.apps.v1.StatefulSet
     volume_claims: list[k8s.core.v1.PersistentVolumeClaim]
     # A `posix` backup repository's claim (database.backup.volume), else None.
-    backup_claim: k8s.core.v1.PersistentVolumeClaim | None = None
+    backup_claim: k8s.core.v1.PersistentVolumeClaim | None
     role: k8s.rbac.v1.Role
     disruption_budget: k8s.policy.v1.PodDisruptionBudget
     host: pulumi.Output[str]
@@ -177,49 +177,74 @@ class Database(pulumi.ComponentResource):
         self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("mlstack:app:Database", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        meta_labels = labels(NAME, args.stack)
-        match = selector(NAME, args.stack)
-
-        def object_metadata(object_name: str) -> k8s.meta.v1.ObjectMetaArgsDict:
-            return metadata(object_name, args.namespace, NAME, args.stack)
-
-        def service(resource: str, service_name: str, role: str | None) -> k8s.core.v1.Service:
-            ports: list[k8s.core.v1.ServicePortArgsDict] = [
-                {"name": "postgres", "port": PORT, "target_port": "postgres", "protocol": "TCP"}
-            ]
-            if role is None:
-                # Headless, published before the pods are Ready: peers find each other by it.
-                spec: k8s.core.v1.ServiceSpecArgsDict = {
-                    "cluster_ip": "None",
-                    "publish_not_ready_addresses": True,
-                    "selector": match,
-                    "ports": ports,
-                }
-            else:
-                spec = {
-                    "type": "ClusterIP",
-                    "selector": {**match, ROLE_LABEL: role},
-                    "ports": ports,
-                }
-            return k8s.core.v1.Service(
-                resource,
-                metadata=object_metadata(service_name),
-                spec=spec,
-                opts=child,
-            )
-
-        self.service = service(name, NAME, PRIMARY)
-        self.read_service = service(
-            f"{name}-read", READ_NAME, REPLICA if args.replicas > 1 else PRIMARY
+        self.service = self._role_service(name, args, NAME, PRIMARY)
+        # The standbys; the primary while it is alone.
+        self.read_service = self._role_service(
+            f"{name}-read", args, READ_NAME, REPLICA if args.replicas > 1 else PRIMARY
         )
-        self.headless_service = service(f"{name}-headless", HEADLESS_NAME, None)
+        self.headless_service = self._headless_service(f"{name}-headless", args)
+        account = self._service_account(name, args)
+        self.role = self._patroni_role(name, args)
+        binding = self._patroni_role_binding(name, args, account, self.role)
+        self.disruption_budget = self._disruption_budget(name, args)
+        # The claims made here and the StatefulSet's claim template ask for the same volume.
+        data = _claim_spec(args.storage_size, args.storage_class)
+        self.volume_claims = self._data_claims(name, args, data)
+        self.backup_claim = self._backup_claim(name, args)
+        backup_ca = self._backup_ca(name, args)
+        self.stateful_set = self._stateful_set(
+            name,
+            args,
+            data,
+            after=[
+                *self.volume_claims,
+                binding,
+                self.headless_service,
+                *args.after,
+                *(each for each in (self.backup_claim, backup_ca) if each is not None),
+            ],
+        )
+        self.host = _host(NAME, args.namespace)
+        self.read_host = _host(READ_NAME, args.namespace)
+        self.register_outputs({"host": self.host, "read_host": self.read_host})
 
+    def _role_service(
+        self, resource: str, args: DatabaseArgs, service_name: str, role: str
+    ) -> k8s.core.v1.Service:
+        """The ClusterIP Service `service_name` in front of the instances Patroni labels `role`."""
+        return k8s.core.v1.Service(
+            resource,
+            metadata=_object_metadata(args, service_name),
+            spec={
+                "type": "ClusterIP",
+                "selector": {**selector(NAME, args.stack), ROLE_LABEL: role},
+                "ports": _service_ports(),
+            },
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _headless_service(self, resource: str, args: DatabaseArgs) -> k8s.core.v1.Service:
+        """The StatefulSet's governing Service (HEADLESS_NAME): a stable DNS name per pod."""
+        return k8s.core.v1.Service(
+            resource,
+            metadata=_object_metadata(args, HEADLESS_NAME),
+            # Headless, published before the pods are Ready: peers find each other by it.
+            spec={
+                "cluster_ip": "None",
+                "publish_not_ready_addresses": True,
+                "selector": selector(NAME, args.stack),
+                "ports": _service_ports(),
+            },
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _service_account(self, name: str, args: DatabaseArgs) -> k8s.core.v1.ServiceAccount:
+        """The database's ServiceAccount, the one Patroni reaches the API server through."""
         # The token is mounted into the database's pods alone (their spec asks for it).
-        account = pod.service_account(
+        return pod.service_account(
             f"{name}-account",
             {
-                **object_metadata(NAME),
+                **_object_metadata(args, NAME),
                 # The backup repository's cloud identity (Workload Identity, IAM roles for
                 # service accounts), when the repository is a bucket the program made.
                 **(
@@ -228,83 +253,125 @@ class Database(pulumi.ComponentResource):
                     else {}
                 ),
             },
-            child,
+            pulumi.ResourceOptions(parent=self),
         )
-        self.role = k8s.rbac.v1.Role(
+
+    def _patroni_role(self, name: str, args: DatabaseArgs) -> k8s.rbac.v1.Role:
+        """What Patroni may do in the namespace: PATRONI_RULES, nothing more."""
+        return k8s.rbac.v1.Role(
             f"{name}-patroni",
-            metadata=object_metadata(NAME),
+            metadata=_object_metadata(args, NAME),
             rules=[
                 {"api_groups": [""], "resources": [resource], "verbs": list(verbs)}
                 for resource, verbs in PATRONI_RULES
             ],
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        binding = k8s.rbac.v1.RoleBinding(
+
+    def _patroni_role_binding(
+        self,
+        name: str,
+        args: DatabaseArgs,
+        account: k8s.core.v1.ServiceAccount,
+        role: k8s.rbac.v1.Role,
+    ) -> k8s.rbac.v1.RoleBinding:
+        """Patroni's Role given to the database's ServiceAccount, after both exist."""
+        return k8s.rbac.v1.RoleBinding(
             f"{name}-patroni",
-            metadata=object_metadata(NAME),
+            metadata=_object_metadata(args, NAME),
             role_ref={"api_group": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
             subjects=[{"kind": "ServiceAccount", "name": NAME, "namespace": args.namespace}],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[account, self.role]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[account, role]),
         )
+
+    def _disruption_budget(
+        self, name: str, args: DatabaseArgs
+    ) -> k8s.policy.v1.PodDisruptionBudget:
+        """The budget for taking instances down on purpose: one at a time."""
         # One instance at a time may be taken down on purpose (a node drain); Patroni moves the
         # primary's role to a synchronous standby when the primary is the one.
-        self.disruption_budget = k8s.policy.v1.PodDisruptionBudget(
+        return k8s.policy.v1.PodDisruptionBudget(
             name,
-            metadata=object_metadata(NAME),
-            spec={"max_unavailable": 1, "selector": {"match_labels": match}},
-            opts=child,
+            metadata=_object_metadata(args, NAME),
+            spec={"max_unavailable": 1, "selector": {"match_labels": selector(NAME, args.stack)}},
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
-        def claim(
-            resource: str, object_name: str, spec: k8s.core.v1.PersistentVolumeClaimSpecArgsDict
-        ) -> k8s.core.v1.PersistentVolumeClaim:
-            return k8s.core.v1.PersistentVolumeClaim(
-                resource,
-                metadata={
-                    **object_metadata(object_name),
-                    # Binding may wait for the first consumer; the StatefulSet's await covers it.
-                    "annotations": {"pulumi.com/skipAwait": "true"},
-                },
-                spec=spec,
-                opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
-            )
+    def _claim(
+        self,
+        resource: str,
+        args: DatabaseArgs,
+        object_name: str,
+        spec: k8s.core.v1.PersistentVolumeClaimSpecArgsDict,
+    ) -> k8s.core.v1.PersistentVolumeClaim:
+        """A claim of the database's, protected when the stack protects its data."""
+        return k8s.core.v1.PersistentVolumeClaim(
+            resource,
+            metadata={
+                **_object_metadata(args, object_name),
+                # Binding may wait for the first consumer; the StatefulSet's await covers it.
+                "annotations": {"pulumi.com/skipAwait": "true"},
+            },
+            spec=spec,
+            opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
+        )
 
-        data_spec = _claim_spec(args.storage_size, args.storage_class)
-        self.volume_claims = [
-            claim(
+    def _data_claims(
+        self, name: str, args: DatabaseArgs, data: k8s.core.v1.PersistentVolumeClaimSpecArgsDict
+    ) -> list[k8s.core.v1.PersistentVolumeClaim]:
+        """Each instance's data volume, by the name its StatefulSet gives it (`claim_name`)."""
+        return [
+            self._claim(
                 # The first claim's Pulumi name is the one a one-instance stack has always had.
                 f"{name}-data" if index == 0 else f"{name}-{index}-data",
+                args,
                 claim_name(index),
-                data_spec,
+                data,
             )
             for index in range(args.replicas)
         ]
-        after: list[pulumi.Resource] = list(args.after)
-        if args.backup is not None and args.backup.volume is not None:
-            volume = args.backup.volume
-            # Protected as the data is: the backups are the way back from a bad statement. Every
-            # instance mounts it (ReadWriteOnce): they must share a node (README, "Backups and
-            # restore").
-            self.backup_claim = claim(
-                f"{name}-backups", BACKUP_CLAIM, _claim_spec(volume.size, volume.storage_class)
-            )
-            after.append(self.backup_claim)
-        if args.backup is not None and args.backup.ca_certificate is not None:
-            after.append(
-                k8s.core.v1.ConfigMap(
-                    f"{name}-backup-ca",
-                    metadata=object_metadata(BACKUP_CA_CONFIG_MAP),
-                    data={"ca.crt": args.backup.ca_certificate},
-                    opts=child,
-                )
-            )
-        template_annotations: dict[str, pulumi.Input[str]] = {}
-        if args.secrets_checksum is not None:
-            template_annotations[pod.SECRETS_CHECKSUM] = args.secrets_checksum
-        self.stateful_set = k8s.apps.v1.StatefulSet(
+
+    def _backup_claim(
+        self, name: str, args: DatabaseArgs
+    ) -> k8s.core.v1.PersistentVolumeClaim | None:
+        """The volume a `posix` backup repository lives on (BACKUP_CLAIM), when the stack has
+        one."""
+        if args.backup is None or args.backup.volume is None:
+            return None
+        volume = args.backup.volume
+        # Protected as the data is: the backups are the way back from a bad statement. Every
+        # instance mounts it (ReadWriteOnce): they must share a node (README, "Backups and
+        # restore").
+        return self._claim(
+            f"{name}-backups", args, BACKUP_CLAIM, _claim_spec(volume.size, volume.storage_class)
+        )
+
+    def _backup_ca(self, name: str, args: DatabaseArgs) -> k8s.core.v1.ConfigMap | None:
+        """The backup repository's CA bundle (BACKUP_CA_CONFIG_MAP), when the stack gives one."""
+        if args.backup is None or args.backup.ca_certificate is None:
+            return None
+        return k8s.core.v1.ConfigMap(
+            f"{name}-backup-ca",
+            metadata=_object_metadata(args, BACKUP_CA_CONFIG_MAP),
+            data={"ca.crt": args.backup.ca_certificate},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _stateful_set(
+        self,
+        name: str,
+        args: DatabaseArgs,
+        data: k8s.core.v1.PersistentVolumeClaimSpecArgsDict,
+        after: list[pulumi.Resource],
+    ) -> k8s.apps.v1.StatefulSet:
+        """The instances: `args.replicas` pods of `_pod_spec`, each on its claim of `data`,
+        created after the objects in `after`."""
+        meta_labels = labels(NAME, args.stack)
+        match = selector(NAME, args.stack)
+        return k8s.apps.v1.StatefulSet(
             name,
             metadata={
-                **object_metadata(NAME),
+                **_object_metadata(args, NAME),
                 "annotations": {
                     # A `kubectl scale` by hand is taken back by the next `pulumi up`.
                     rollout.PATCH_FORCE: "true",
@@ -326,33 +393,46 @@ class Database(pulumi.ComponentResource):
                     # label here: Patroni owns it, and a template change never resets it.
                     "metadata": {
                         "labels": {**meta_labels, SCOPE_LABEL: SCOPE},
-                        "annotations": template_annotations,
+                        "annotations": _template_annotations(args),
                     },
                     "spec": _pod_spec(args, match),
                 },
                 "volume_claim_templates": [
                     {
                         "metadata": {"name": CLAIM_TEMPLATE, "labels": meta_labels},
-                        "spec": data_spec,
+                        "spec": data,
                     }
                 ],
             },
             # The objects it names are created first; it takes none of their outputs, so that
             # replacing one of them never replaces it.
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[
-                    *self.volume_claims,
-                    binding,
-                    self.headless_service,
-                    *after,
-                ],
-            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
         )
-        # Known from the names alone: whoever connects need not wait for the Service's await.
-        self.host = pulumi.Output.concat(NAME, ".", args.namespace, ".svc")
-        self.read_host = pulumi.Output.concat(READ_NAME, ".", args.namespace, ".svc")
-        self.register_outputs({"host": self.host, "read_host": self.read_host})
+
+
+def _object_metadata(args: DatabaseArgs, object_name: str) -> k8s.meta.v1.ObjectMetaArgsDict:
+    """The metadata of the database's object `object_name`: its namespace and labels."""
+    return metadata(object_name, args.namespace, NAME, args.stack)
+
+
+def _service_ports() -> list[k8s.core.v1.ServicePortArgsDict]:
+    """What each of the database's Services serves: PostgreSQL."""
+    return [{"name": "postgres", "port": PORT, "target_port": "postgres", "protocol": "TCP"}]
+
+
+def _template_annotations(args: DatabaseArgs) -> dict[str, pulumi.Input[str]]:
+    """The pod template's annotations: the digest of the Secret's values, when there is one, so
+    that a new value rolls the pods."""
+    annotations: dict[str, pulumi.Input[str]] = {}
+    if args.secrets_checksum is not None:
+        annotations[pod.SECRETS_CHECKSUM] = args.secrets_checksum
+    return annotations
+
+
+def _host(service_name: str, namespace: pulumi.Input[str]) -> pulumi.Output[str]:
+    """The DNS name of the database's Service `service_name`."""
+    # Known from the names alone: whoever connects need not wait for the Service's await.
+    return pulumi.Output.concat(service_name, ".", namespace, ".svc")
 
 
 def backup_env(backup: BackupArgs) -> list[k8s.core.v1.EnvVarArgsDict]:
