@@ -479,13 +479,13 @@ def _claim_spec(
 
 
 def _pod_spec(args: DatabaseArgs, match: dict[str, str]) -> k8s.core.v1.PodSpecArgsDict:
-    def field(path: str) -> k8s.core.v1.EnvVarSourceArgsDict:
+    def pod_field(path: str) -> k8s.core.v1.EnvVarSourceArgsDict:
         return {"field_ref": {"field_path": path}}
 
     env: list[k8s.core.v1.EnvVarArgsDict] = [
-        {"name": "POD_NAME", "value_from": field("metadata.name")},
-        {"name": "POD_IP", "value_from": field("status.podIP")},
-        {"name": "POD_NAMESPACE", "value_from": field("metadata.namespace")},
+        {"name": "POD_NAME", "value_from": pod_field("metadata.name")},
+        {"name": "POD_IP", "value_from": pod_field("status.podIP")},
+        {"name": "POD_NAMESPACE", "value_from": pod_field("metadata.namespace")},
         # What Patroni selects its pods and ConfigMaps by (plus its scope label).
         {"name": "DATABASE_LABELS", "value": json.dumps(match, sort_keys=True)},
         *(
