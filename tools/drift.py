@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +31,9 @@ from typing import Any, Final
 
 from pulumi import automation as auto
 
+import tools.stack
 from harness.program import is_secret
 from tools import pulumi_cli
-from tools.stack import exported_resources
 
 # Step results of a refresh that mean the live resource differs from the state.
 DRIFT_OPS: Final = {"update": "changed", "delete": "deleted", "replace": "replaced"}
@@ -316,7 +315,7 @@ def _without_bookkeeping(outputs: Mapping[str, Any] | None) -> dict[str, Any] | 
 
 def ignore_changes_of(exported: Mapping[str, Any]) -> dict[str, list[str]]:
     """URN -> the `ignoreChanges` paths of each resource in an exported state."""
-    resources = exported_resources(exported)
+    resources = tools.stack.exported_resources(exported)
     return {r["urn"]: list(r["ignoreChanges"]) for r in resources if r.get("ignoreChanges")}
 
 
@@ -347,17 +346,13 @@ def recorded_ignore_changes(
     """The `ignoreChanges` the state of `stack` records, by URN: read from `pulumi stack export`
     with its secrets left encrypted. (The Automation API's `export_stack` asks for them in the
     clear, and this check needs none of them.)"""
-    args = ("stack", "export", "--stack", stack)
     try:
-        done = pulumi_cli.run(
-            args, timeout=EXPORT_TIMEOUT, binary=pulumi, cwd=work_dir, no_stdin=True
+        exported = tools.stack.pulumi(
+            "stack", "export", stack=stack, timeout=EXPORT_TIMEOUT, binary=pulumi, cwd=work_dir
         )
-    except subprocess.TimeoutExpired as error:
-        raise DriftCheckError(f"`pulumi {' '.join(args)}` took over {EXPORT_TIMEOUT} s") from error
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip()
-        raise DriftCheckError(f"`pulumi {' '.join(args)}` exited {done.returncode}: {detail}")
-    return ignore_changes_of(json.loads(done.stdout))
+    except tools.stack.StackError as error:
+        raise DriftCheckError(str(error)) from error
+    return ignore_changes_of(json.loads(exported))
 
 
 class DriftCheckError(Exception):

@@ -62,14 +62,29 @@ def run(
 
 
 def pulumi(
-    *args: str, stack: str, capture: bool = True, timeout: float = 120, stdin: str | None = None
+    *args: str,
+    stack: str,
+    capture: bool = True,
+    timeout: float = 120,
+    stdin: str | None = None,
+    binary: str | None = None,
+    cwd: Path | None = None,
 ) -> str:
-    """`pulumi <args> --stack <stack>`'s output, run as every tool runs the CLI (pulumi_cli).
-    `stdin` is written to it (a secret value, kept out of the command line); else it has none."""
+    """`pulumi <args> --stack <stack>`'s output, run as every tool runs the CLI (pulumi_cli):
+    `binary` (default: pulumi_cli.command()) in `cwd` (default: this process's). `stdin` is
+    written to it (a secret value, kept out of the command line); else it has none."""
     args = (*args, "--stack", stack)
     done = _checked(
-        pulumi_cli.argv(*args),
-        lambda: pulumi_cli.run(args, timeout=timeout, stdin=stdin, no_stdin=True, capture=capture),
+        pulumi_cli.argv(*args, binary=binary),
+        lambda: pulumi_cli.run(
+            args,
+            timeout=timeout,
+            binary=binary,
+            cwd=cwd,
+            stdin=stdin,
+            no_stdin=True,
+            capture=capture,
+        ),
         check=True,
         capture=capture,
         timeout=timeout,
