@@ -743,7 +743,7 @@ def test_4d_gateway_replicas_scale_3_1_by_config_and_endpoints_follow(
             60,
             interval=0.5,
         )
-        ips = {p["status"]["podIP"] for p in app.live(app.pods(kube, "gateway")) if app.ready(p)}
+        ips = {p["status"]["podIP"] for p in app.ready_pods(kube, "gateway")}
         assert app.ready_endpoints(kube, "gateway") == ips
         assert app.predict(gateway_url(kube)).ok
 
