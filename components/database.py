@@ -287,9 +287,8 @@ class Database(pulumi.ComponentResource):
     def _disruption_budget(
         self, name: str, args: DatabaseArgs
     ) -> k8s.policy.v1.PodDisruptionBudget:
-        """The budget for taking instances down on purpose: one at a time."""
-        # One instance at a time may be taken down on purpose (a node drain); Patroni moves the
-        # primary's role to a synchronous standby when the primary is the one.
+        """One instance at a time may be taken down on purpose (a node drain); Patroni moves the
+        primary's role to a synchronous standby when the primary is the one."""
         return k8s.policy.v1.PodDisruptionBudget(
             name,
             metadata=_object_metadata(args, NAME),
