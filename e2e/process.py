@@ -61,6 +61,20 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
+
+
+def identity(pid: int) -> str | None:
+    """What tells process `pid` from any other, a later one given the same pid included: the
+    boot it runs in, its pid and its start time (clock ticks after that boot, field 22 of
+    /proc/<pid>/stat, set when it was forked). None when there is no such process."""
+    try:
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return f"{BOOT_ID.read_text().strip()} {pid} {started}"
+    except (OSError, IndexError):
+        return None
+
+
 def cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -241,11 +241,8 @@ class Node:
 
     def leftovers(self) -> list[str]:
         """What of this node is still on the machine (processes, mounts, links, rules, cgroups)."""
-        left = []
         recorded = self.state.read()
-        for name, pid in recorded["pids"].items():
-            if process.alive(int(pid)):
-                left.append(f"process {name} ({pid})")
+        left = [f"process {name} ({pid})" for name, pid in self.state.running().items()]
         left += [f"process {pid}" for pid in process.find(str(self.workdir))]
         left += [f"mount {p}" for p in process.mounts_under(self.workdir)]
         left += [f"link {link}" for link in network.links_left()]

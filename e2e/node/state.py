@@ -1,6 +1,6 @@
-"""What the node records in its folder (`state.json`): the daemons it started, by pid, and the
-machine's state before `up` that `down` compares with or restores. Read afresh by every call, so
-`up` and `down` may be two commands."""
+"""What the node records in its folder (`state.json`): the daemons it started, by pid and
+identity, and the machine's state before `up` that `down` compares with or restores. Read afresh
+by every call, so `up` and `down` may be two commands."""
 
 from __future__ import annotations
 
@@ -37,22 +37,42 @@ class NodeState:
 
     # --- daemons --------------------------------------------------------------------------
     def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
-        """Start daemon `name` detached, its output in `logs/<name>.log`; its pid recorded."""
+        """Start daemon `name` detached, its output in `logs/<name>.log`; its pid recorded, and
+        the process's identity (`process.identity`)."""
         proc = process.spawn(argv, self.layout.logs / f"{name}.log", env)
         state = self.read()
         state["pids"][name] = proc.pid
+        state.setdefault("identities", {})[name] = process.identity(proc.pid)
         self.save(state)
         return proc.pid
 
+    def running(self) -> dict[str, int]:
+        """The recorded daemons whose process still runs, by name, with their pids. A recorded
+        pid the kernel has given to another program since (the daemon exited, or the machine
+        restarted) is not among them: that program is never signalled nor counted as left."""
+        return self._running(self.read())
+
+    @staticmethod
+    def _running(state: dict[str, Any]) -> dict[str, int]:
+        identities = state.get("identities", {})
+        running = {}
+        for name, pid in state["pids"].items():
+            recorded = identities.get(name)
+            # No identity recorded (a folder an older suite started): the pid alone.
+            if process.alive(int(pid)) and recorded in (None, process.identity(int(pid))):
+                running[name] = int(pid)
+        return running
+
     def alive(self, name: str) -> bool:
-        pid = self.read()["pids"].get(name)
-        return pid is not None and process.alive(int(pid))
+        return name in self.running()
 
     def stop(self, name: str, grace: float = 10) -> None:
         state = self.read()
-        pid = state["pids"].pop(name, None)
+        pid = self._running(state).get(name)
+        state["pids"].pop(name, None)
+        state.get("identities", {}).pop(name, None)
         if pid is not None:
-            process.stop_all([int(pid)], grace)
+            process.stop_all([pid], grace)
         self.save(state)
 
     def wait(self, what: str, ready: Callable[[], bool], timeout: float, daemon: str) -> None:

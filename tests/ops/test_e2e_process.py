@@ -1,10 +1,13 @@
-"""The suite's daemons by pid file and log (e2e/process.py's `Daemon`), with a short-lived Python
-process of the test's own standing in for docker-registry, dockerd, containerd and weed (which
-run in `make e2e`); and the file names those four keep, so that a tree an older suite started is
+"""The suite's daemons by pid file and log (e2e/process.py's `Daemon`) and the node's by pid and
+identity (e2e/node/state.py's `NodeState`), with a short-lived Python process of the test's own
+standing in for docker-registry, dockerd, containerd, weed and the node's daemons (which run in
+`make e2e`); and the file names the first four keep, so that a tree an older suite started is
 still found and stopped."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,8 @@ import pytest
 
 from e2e import process
 from e2e.dockerd import DockerEngine
+from e2e.node.layout import Layout
+from e2e.node.state import NodeState
 from e2e.registry import Registry
 from e2e.s3 import S3Server
 
@@ -96,3 +101,69 @@ def test_the_suite_s_daemons_keep_their_file_names_and_markers(tmp_path: Path) -
         tmp_path / "s3" / "weed.pid", tmp_path / "s3" / "weed.log", str(tmp_path / "s3")
     )
     assert node_s3.daemon.log == tmp_path / "weed.log"
+
+
+def test_a_node_daemon_is_recorded_by_pid_and_identity_and_stopped(folder: Path) -> None:
+    state = NodeState(Layout(folder))
+
+    pid = state.spawn("kubelet", serve(folder))
+
+    recorded = json.loads(state.layout.state_file.read_text())
+    assert recorded["pids"] == {"kubelet": pid}
+    assert recorded["identities"] == {"kubelet": process.identity(pid)} != {"kubelet": None}
+    assert state.running() == {"kubelet": pid} and state.alive("kubelet")
+    state.stop("kubelet", grace=5)
+    assert not process.alive(pid) and state.running() == {}
+    assert json.loads(state.layout.state_file.read_text())["identities"] == {}
+
+
+def test_a_recorded_pid_now_another_process_s_is_not_the_node_s(folder: Path) -> None:
+    """The kernel gave the pid of a daemon that has exited (or of a run before the machine
+    restarted) to another program: `down` must neither count nor signal it."""
+    other = subprocess.Popen(serve(folder))
+    try:
+        identity = process.identity(other.pid)
+        assert identity is not None
+        # What the daemon's start recorded: the same pid, forked at another moment.
+        boot, pid, started = identity.split()
+        exited = f"{boot} {pid} {int(started) - 1}"
+        state = NodeState(Layout(folder))
+        state.save(
+            {
+                "pids": {"kubelet": other.pid, "containerd": other.pid},
+                "identities": {"kubelet": exited, "containerd": identity},
+            }
+        )
+
+        assert state.running() == {"containerd": other.pid}
+        state.stop("kubelet", grace=1)
+        assert process.alive(other.pid) and "kubelet" not in state.read()["pids"]
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_state_an_older_suite_wrote_names_its_daemons_by_pid_alone(folder: Path) -> None:
+    other = subprocess.Popen(serve(folder))
+    try:
+        state = NodeState(Layout(folder))
+        state.save({"pids": {"kubelet": other.pid}})
+
+        assert state.running() == {"kubelet": other.pid}
+        state.stop("kubelet", grace=5)
+        assert other.wait(timeout=5) is not None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_process_identity_is_its_own_and_gone_with_it(folder: Path) -> None:
+    first = subprocess.Popen(serve(folder))
+    second = subprocess.Popen(serve(folder))
+    identities = (process.identity(first.pid), process.identity(second.pid))
+    for proc in (first, second):
+        proc.kill()
+        proc.wait()
+
+    assert None not in identities and identities[0] != identities[1]
+    assert process.identity(first.pid) is None
