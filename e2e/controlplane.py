@@ -313,14 +313,17 @@ class ControlPlane:
                 self.pids.add(pid)
 
     def stop(self) -> None:
-        """Stop every process of the cluster, whatever state it is in."""
+        """Stop every process of the cluster, whatever state it is in. A recorded pid is
+        signalled only while it runs one of the cluster's binaries, which kwokctl copies into
+        the cluster's folder: never another program the kernel has given that pid since."""
         self._record_pids()
         if self.cluster_dir.exists():
             try:
                 self.kwokctl("delete", "cluster", timeout=120)
             except (RuntimeError, subprocess.TimeoutExpired) as err:
                 print(f"e2e: kwokctl delete cluster: {err}", file=sys.stderr)
-        process.stop_all(sorted(self.pids), grace=15)
+        marker = str(self.cluster_dir / "bin")
+        process.stop_all(sorted(p for p in self.pids if process.owned(p, marker)), grace=15)
 
 
 def main(argv: Sequence[str]) -> int:

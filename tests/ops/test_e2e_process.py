@@ -1,8 +1,9 @@
-"""The suite's daemons by pid file and log (e2e/process.py's `Daemon`) and the node's by pid and
-identity (e2e/node/state.py's `NodeState`), with a short-lived Python process of the test's own
-standing in for docker-registry, dockerd, containerd, weed and the node's daemons (which run in
-`make e2e`); and the file names the first four keep, so that a tree an older suite started is
-still found and stopped."""
+"""How the suite finds and stops its own processes, with short-lived Python processes of the
+test's own standing in for them (the real ones run in `make e2e`): daemons by pid file and marker
+(e2e/process.py's `Daemon`: docker-registry, dockerd, containerd, weed), the node's by pid and
+identity (e2e/node/state.py), the control plane's by kwokctl's pid files (e2e/controlplane.py);
+and the file names the first four keep, so that a tree an older suite started is still found and
+stopped. A pid the kernel has given to another program is never signalled."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from e2e import process
+from e2e.controlplane import ControlPlane
 from e2e.dockerd import DockerEngine
 from e2e.node.layout import Layout
 from e2e.node.state import NodeState
 from e2e.registry import Registry
 from e2e.s3 import S3Server
+from tests.stand_ins import stand_in
 
 # Says it serves, then sleeps; its last argument is the marker (a path of the test's own).
 SERVE = "import sys, time; print('serving', sys.argv[1], flush=True); time.sleep(60)"
@@ -167,3 +170,26 @@ def test_a_process_identity_is_its_own_and_gone_with_it(folder: Path) -> None:
 
     assert None not in identities and identities[0] != identities[1]
     assert process.identity(first.pid) is None
+
+
+def test_the_control_plane_stops_its_binaries_and_no_other_pid(folder: Path) -> None:
+    """kwokctl's pid files name etcd, which runs from the cluster's folder, and a pid the kernel
+    has given to another program since; `kwokctl delete cluster` stopped neither."""
+    plane = ControlPlane(bin_dir=folder / "toolchain", workdir=folder / "plane")
+    stand_in(plane.bin_dir, "kwokctl", f"#!{sys.executable}\n")
+    etcd = stand_in(plane.cluster_dir / "bin", "etcd", f"#!{sys.executable}\n{SERVE}\n")
+    ours = subprocess.Popen([str(etcd), str(folder)])
+    other = subprocess.Popen(serve(folder))
+    try:
+        (plane.cluster_dir / "pids").mkdir()
+        (plane.cluster_dir / "pids" / "etcd.pid").write_text(f"{ours.pid}\n")
+        (plane.cluster_dir / "pids" / "kube-apiserver.pid").write_text(f"{other.pid}\n")
+
+        plane.stop()
+
+        assert ours.wait(timeout=5) is not None
+        assert other.poll() is None
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()
