@@ -89,11 +89,14 @@ class Node:
 
     # --- up -------------------------------------------------------------------------------
     def up(self) -> None:
-        """Join the control plane; on any failure, undo everything and re-raise."""
+        """Join the control plane; on any failure, undo everything and re-raise. A machine
+        that fails the preflight checks has nothing of this node's to undo: it may be running
+        another node, whose `state.json` this one's `down` would read."""
         start = time.monotonic()
+        self._preflight()
+        self.timings["preflight_s"] = time.monotonic() - start
         layout, state, plane = self.layout, self.state, self.plane
         steps: list[tuple[str, Callable[[], None]]] = [
-            ("preflight", self._preflight),
             ("network", self._network),
             ("api_server_route", self._forward_api_server),
             ("certificates", self._certificates),
@@ -135,6 +138,12 @@ class Node:
             raise RuntimeError(
                 f"{net.NODE_BRIDGE} exists: another e2e node runs on this machine "
                 "(python -m e2e.node down DIR stops it)"
+            )
+        if self.layout.state_file.exists():
+            # What it recorded of the machine before its `up` is what a `down` restores.
+            raise RuntimeError(
+                f"{self.layout.state_file} exists: the node of this folder has not been removed "
+                "(python -m e2e.node down DIR removes it)"
             )
         ensure_packages()
         tools = ["kubelet", "kube-proxy", "coredns", "metrics-server", "e2e-pause", "e2e-probe"]

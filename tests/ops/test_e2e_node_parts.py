@@ -1,6 +1,7 @@
 """The real e2e node's pure parts: the image archive writer, the LoadBalancer address mirror,
-the DNS readiness query, the Debian package list, the configuration templates and the mount
-table's reader (the node itself runs in `make e2e`)."""
+the DNS readiness query, the Debian package list, the configuration templates, the mount
+table's reader, and the preflight checks that refuse a second node (the node itself runs in
+`make e2e`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import re
 import socket
 import struct
@@ -19,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from e2e import addresses, images, process
+from e2e.controlplane import ControlPlane
 from e2e.image_archive import ImageFile, write_image
-from e2e.node import containerd, guard, kube_proxy, kubelet
+from e2e.node import Node, containerd, guard, kube_proxy, kubelet
 from e2e.node.dns import dns_query
 from e2e.node.layout import Layout
 from e2e.node.packages import debian_packages
@@ -180,3 +183,31 @@ def test_the_mount_table_reader_decodes_points_and_skips_optional_fields(tmp_pat
         process.Mount(Path("/sys/fs/cgroup"), "cgroup2"),
         process.Mount(Path("/srv/e2e dir/pods\\x"), "tmpfs"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("bridge", "refusal"),
+    [
+        # The node's bridge is there: another node runs (here, one of the same folder).
+        ("lo", "lo exists: another e2e node runs on this machine"),
+        # Its folder's state.json is there: a node whose `down` has not finished.
+        ("mlse2e-absent", "state.json exists: the node of this folder has not been removed"),
+    ],
+)
+def test_a_node_refused_by_preflight_leaves_the_other_node_s_state_alone(
+    bridge: str, refusal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(addresses, "NODE_BRIDGE", bridge)
+    downs: list[bool] = []
+    monkeypatch.setattr(Node, "down", lambda self, keep_logs=False: downs.append(keep_logs))
+    node = Node(ControlPlane(bin_dir=tmp_path / "bin", workdir=tmp_path / "cluster"))
+    node.layout.workdir.mkdir(parents=True)
+    other = json.dumps({"pids": {"kubelet": 1}, "sysctls": {"net/ipv4/ip_forward": "0"}})
+    node.layout.state_file.write_text(other)
+
+    with pytest.raises(RuntimeError, match=refusal):
+        node.up()
+
+    assert downs == []
+    assert node.layout.state_file.read_text() == other
