@@ -285,6 +285,23 @@ def random_secrets() -> dict[str, str]:
     return {key: value + "/@:%+=?" if "Password" in key else value for key, value in drawn.items()}
 
 
+# The folders `up` makes in its folder, and `down` removes.
+FOLDERS: Final = ("pulumi", "cluster", "images")
+
+
+def held(workdir: Path) -> str | None:
+    """Why `up` may not start in `workdir`, or None: it holds an earlier `up`'s folders, of a
+    cluster still running or of a `down` that left something behind. A second `up` would tear
+    that cluster down on its first failure and remove its stack's state."""
+    found = [name for name in FOLDERS if (workdir / name).exists()]
+    if not found:
+        return None
+    return (
+        f"{workdir} holds a cluster already ({', '.join(f'{name}/' for name in found)}): "
+        f"make e2e-clean (python -m e2e.cluster down {workdir}) removes it first"
+    )
+
+
 class LocalCluster:
     """Everything under one folder: `images/`, `cluster/` (with `node/`), `pulumi/`."""
 
@@ -302,7 +319,9 @@ class LocalCluster:
 
     def up(self) -> list[str]:
         """Bring everything up and deploy the stack; returns the three `export` lines. On any
-        failure everything is removed again."""
+        failure everything is removed again. Refused, with nothing touched, where `held`."""
+        if (refusal := held(self.workdir)) is not None:
+            raise RuntimeError(refusal)
         self.workdir.mkdir(parents=True, exist_ok=True)
         app_secrets = random_secrets()
         left: list[str] = []
@@ -346,7 +365,7 @@ class LocalCluster:
         folder itself once it holds nothing else (it may be one the user keeps other files in)."""
         if left:
             return
-        for name in ("pulumi", "cluster", "images"):
+        for name in FOLDERS:
             shutil.rmtree(self.workdir / name, ignore_errors=True)
         with contextlib.suppress(OSError):  # not empty, or already gone
             self.workdir.rmdir()
@@ -376,7 +395,11 @@ def main(argv: Sequence[str]) -> int:
             return 2
     if args.command == "check":
         return 0
-    cluster = LocalCluster(args.dir.resolve(), replicas)
+    workdir = args.dir.resolve()
+    if args.command == "up" and (refusal := held(workdir)) is not None:
+        print(f"e2e cluster: {refusal}", file=sys.stderr)
+        return 2
+    cluster = LocalCluster(workdir, replicas)
     if args.command == "up":
         lines = cluster.up()
         print("\n".join(lines), flush=True)

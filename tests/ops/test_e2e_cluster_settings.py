@@ -1,6 +1,6 @@
 """`make e2e-cluster DATABASE_REPLICAS=N`: the instance count is checked, with one line, before
-anything starts, and reaches the stack config `up` writes. No cluster is started here: `up` is
-replaced by a recorder."""
+anything starts, and reaches the stack config `up` writes; a folder that holds a cluster already
+is refused as early. No cluster is started here: `up` is replaced by a recorder."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from components import database
 from e2e import cluster
+from e2e.cluster import LocalCluster
 from e2e.controlplane import ControlPlane
 from e2e.images import ImageRefs
 from harness.make import make_env, run_make
@@ -112,3 +113,35 @@ def test_make_checks_database_replicas_with_one_line() -> None:
     )
     assert make_check().returncode == 0
     assert make_check(f"DATABASE_REPLICAS={database.MAX_REPLICAS}").returncode == 0
+
+
+@pytest.mark.parametrize("folder", cluster.FOLDERS)
+def test_up_in_a_folder_holding_a_cluster_touches_nothing(
+    folder: str,
+    tmp_path: Path,
+    recorder: type[Recorder],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second `make e2e-cluster` (to change DATABASE_REPLICAS, say) while one runs there."""
+    (tmp_path / folder / "state").mkdir(parents=True)
+
+    assert cluster.main(["up", str(tmp_path), "--database-replicas", "3"]) == 2
+
+    assert capsys.readouterr() == (
+        "",
+        f"e2e cluster: {tmp_path} holds a cluster already ({folder}/): make e2e-clean "
+        f"(python -m e2e.cluster down {tmp_path}) removes it first\n",
+    )
+    assert recorder.made == []
+    assert (tmp_path / folder / "state").is_dir()
+
+    # The recorder stands in for the class here: the class itself refuses too, before it
+    # brings anything up.
+    def bring_up(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a bring-up started")
+
+    monkeypatch.setattr(cluster, "bring_up", bring_up)
+    with pytest.raises(RuntimeError, match="holds a cluster already"):
+        LocalCluster(tmp_path).up()
+    assert (tmp_path / folder / "state").is_dir()
