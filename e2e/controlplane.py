@@ -315,14 +315,20 @@ class ControlPlane:
     def stop(self) -> None:
         """Stop every process of the cluster, whatever state it is in. A recorded pid is
         signalled only while it runs one of the cluster's binaries, which kwokctl copies into
-        the cluster's folder: never another program the kernel has given that pid since."""
+        the cluster's folder: never another program the kernel has given that pid since (the
+        component exited, or the machine restarted). kwokctl kills by its pid files alone, so
+        the pid file of such a pid is removed before `kwokctl delete cluster` reads it."""
         self._record_pids()
+        marker = str(self.cluster_dir / "bin")
+        for pidfile in self.cluster_dir.glob("pids/*.pid"):
+            pid = process.read_pid(pidfile)
+            if pid is None or not process.owned(pid, marker):
+                pidfile.unlink(missing_ok=True)
         if self.cluster_dir.exists():
             try:
                 self.kwokctl("delete", "cluster", timeout=120)
             except (RuntimeError, subprocess.TimeoutExpired) as err:
                 print(f"e2e: kwokctl delete cluster: {err}", file=sys.stderr)
-        marker = str(self.cluster_dir / "bin")
         process.stop_all(sorted(p for p in self.pids if process.owned(p, marker)), grace=15)
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 import pytest
 
@@ -172,18 +173,37 @@ def test_a_process_identity_is_its_own_and_gone_with_it(folder: Path) -> None:
     assert process.identity(first.pid) is None
 
 
-def test_the_control_plane_stops_its_binaries_and_no_other_pid(folder: Path) -> None:
+# `kwokctl delete cluster` as kwokctl's binary runtime does it: SIGKILL to each pid its pid files
+# name, then the pid file removed; or a kwokctl that fails before it stops anything.
+KWOKCTL_KILLS: Final = """\
+#!{python}
+import os, signal
+from pathlib import Path
+for pidfile in Path({pids!r}).glob("*.pid"):
+    try:
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pidfile.unlink()
+"""
+KWOKCTL_FAILS: Final = "#!{python}\nimport sys\nsys.exit('kwokctl: cluster not found')\n"
+
+
+@pytest.mark.parametrize("kwokctl", [KWOKCTL_KILLS, KWOKCTL_FAILS], ids=["kills", "fails"])
+def test_the_control_plane_stops_its_binaries_and_no_other_pid(folder: Path, kwokctl: str) -> None:
     """kwokctl's pid files name etcd, which runs from the cluster's folder, and a pid the kernel
-    has given to another program since; `kwokctl delete cluster` stopped neither."""
+    has given to another program since: etcd is stopped, by kwokctl or after it, and the other
+    program never is."""
     plane = ControlPlane(bin_dir=folder / "toolchain", workdir=folder / "plane")
-    stand_in(plane.bin_dir, "kwokctl", f"#!{sys.executable}\n")
+    pids = plane.cluster_dir / "pids"
+    stand_in(plane.bin_dir, "kwokctl", kwokctl.format(python=sys.executable, pids=str(pids)))
     etcd = stand_in(plane.cluster_dir / "bin", "etcd", f"#!{sys.executable}\n{SERVE}\n")
     ours = subprocess.Popen([str(etcd), str(folder)])
     other = subprocess.Popen(serve(folder))
     try:
-        (plane.cluster_dir / "pids").mkdir()
-        (plane.cluster_dir / "pids" / "etcd.pid").write_text(f"{ours.pid}\n")
-        (plane.cluster_dir / "pids" / "kube-apiserver.pid").write_text(f"{other.pid}\n")
+        pids.mkdir()
+        (pids / "etcd.pid").write_text(str(ours.pid))
+        (pids / "kube-apiserver.pid").write_text(str(other.pid))
 
         plane.stop()
 
