@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -38,6 +38,30 @@ def folder(tmp_path: Path) -> Iterator[Path]:
 
 def serve(folder: Path) -> list[str]:
     return [sys.executable, "-c", SERVE, str(folder)]
+
+
+Start = Callable[[list[str]], subprocess.Popen[str]]
+
+
+@pytest.fixture
+def start() -> Iterator[Start]:
+    """Starts a SERVE script's `argv` and returns it once it says it serves: its command line is
+    then `argv`, no longer the test's (which a child has from its fork until it runs `argv`).
+    Each one is killed at the end."""
+    started: list[subprocess.Popen[str]] = []
+
+    def serving(argv: list[str]) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().startswith("serving")
+        return proc
+
+    yield serving
+    for proc in started:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 def test_a_started_daemon_records_its_pid_runs_and_stops(folder: Path) -> None:
@@ -121,53 +145,45 @@ def test_a_node_daemon_is_recorded_by_pid_and_identity_and_stopped(folder: Path)
     assert json.loads(state.layout.state_file.read_text())["identities"] == {}
 
 
-def test_a_recorded_pid_now_another_process_s_is_not_the_node_s(folder: Path) -> None:
+def test_a_recorded_pid_now_another_process_s_is_not_the_node_s(folder: Path, start: Start) -> None:
     """The kernel gave the pid of a daemon that has exited (or of a run before the machine
     restarted) to another program: `down` must neither count nor signal it."""
-    other = subprocess.Popen(serve(folder))
-    try:
-        identity = process.identity(other.pid)
-        assert identity is not None
-        # What the daemon's start recorded: the same pid, forked at another moment.
-        boot, pid, started = identity.split()
-        exited = f"{boot} {pid} {int(started) - 1}"
-        state = NodeState(Layout(folder))
-        state.save(
-            {
-                "pids": {"kubelet": other.pid, "containerd": other.pid},
-                "identities": {"kubelet": exited, "containerd": identity},
-            }
-        )
+    other = start(serve(folder))
+    identity = process.identity(other.pid)
+    assert identity is not None
+    # What the daemon's start recorded: the same pid, forked at another moment.
+    boot, pid, started = identity.split()
+    exited = f"{boot} {pid} {int(started) - 1}"
+    state = NodeState(Layout(folder))
+    state.save(
+        {
+            "pids": {"kubelet": other.pid, "containerd": other.pid},
+            "identities": {"kubelet": exited, "containerd": identity},
+        }
+    )
 
-        assert state.running() == {"containerd": other.pid}
-        state.stop("kubelet", grace=1)
-        assert process.alive(other.pid) and "kubelet" not in state.read()["pids"]
-    finally:
-        other.kill()
-        other.wait()
+    assert state.running() == {"containerd": other.pid}
+    state.stop("kubelet", grace=1)
+    assert process.alive(other.pid) and "kubelet" not in state.read()["pids"]
 
 
-def test_a_state_an_older_suite_wrote_names_its_daemons_by_pid_alone(folder: Path) -> None:
-    other = subprocess.Popen(serve(folder))
-    try:
-        state = NodeState(Layout(folder))
-        state.save({"pids": {"kubelet": other.pid}})
+def test_a_state_an_older_suite_wrote_names_its_daemons_by_pid_alone(
+    folder: Path, start: Start
+) -> None:
+    other = start(serve(folder))
+    state = NodeState(Layout(folder))
+    state.save({"pids": {"kubelet": other.pid}})
 
-        assert state.running() == {"kubelet": other.pid}
-        state.stop("kubelet", grace=5)
-        assert other.wait(timeout=5) is not None
-    finally:
-        other.kill()
-        other.wait()
+    assert state.running() == {"kubelet": other.pid}
+    state.stop("kubelet", grace=5)
+    assert other.wait(timeout=5) is not None
 
 
-def test_a_process_identity_is_its_own_and_gone_with_it(folder: Path) -> None:
-    first = subprocess.Popen(serve(folder))
-    second = subprocess.Popen(serve(folder))
+def test_a_process_identity_is_its_own_and_gone_with_it(folder: Path, start: Start) -> None:
+    first, second = start(serve(folder)), start(serve(folder))
     identities = (process.identity(first.pid), process.identity(second.pid))
-    for proc in (first, second):
-        proc.kill()
-        proc.wait()
+    first.kill()
+    first.wait()
 
     assert None not in identities and identities[0] != identities[1]
     assert process.identity(first.pid) is None
@@ -190,7 +206,9 @@ KWOKCTL_FAILS: Final = "#!{python}\nimport sys\nsys.exit('kwokctl: cluster not f
 
 
 @pytest.mark.parametrize("kwokctl", [KWOKCTL_KILLS, KWOKCTL_FAILS], ids=["kills", "fails"])
-def test_the_control_plane_stops_its_binaries_and_no_other_pid(folder: Path, kwokctl: str) -> None:
+def test_the_control_plane_stops_its_binaries_and_no_other_pid(
+    folder: Path, start: Start, kwokctl: str
+) -> None:
     """kwokctl's pid files name etcd, which runs from the cluster's folder, and a pid the kernel
     has given to another program since: etcd is stopped, by kwokctl or after it, and the other
     program never is."""
@@ -198,18 +216,13 @@ def test_the_control_plane_stops_its_binaries_and_no_other_pid(folder: Path, kwo
     pids = plane.cluster_dir / "pids"
     stand_in(plane.bin_dir, "kwokctl", kwokctl.format(python=sys.executable, pids=str(pids)))
     etcd = stand_in(plane.cluster_dir / "bin", "etcd", f"#!{sys.executable}\n{SERVE}\n")
-    ours = subprocess.Popen([str(etcd), str(folder)])
-    other = subprocess.Popen(serve(folder))
-    try:
-        pids.mkdir()
-        (pids / "etcd.pid").write_text(str(ours.pid))
-        (pids / "kube-apiserver.pid").write_text(str(other.pid))
+    ours = start([str(etcd), str(folder)])
+    other = start(serve(folder))
+    pids.mkdir()
+    (pids / "etcd.pid").write_text(str(ours.pid))
+    (pids / "kube-apiserver.pid").write_text(str(other.pid))
 
-        plane.stop()
+    plane.stop()
 
-        assert ours.wait(timeout=5) is not None
-        assert other.poll() is None
-    finally:
-        for proc in (ours, other):
-            proc.kill()
-            proc.wait()
+    assert ours.wait(timeout=5) is not None
+    assert other.poll() is None
