@@ -216,7 +216,7 @@ class Node:
             ("stop kubelet", lambda: state.stop(kubelet.NAME, grace=20)),
             ("remove containers", self._remove_containers),
             ("stop containerd", lambda: state.stop(containerd.NAME)),
-            ("stop shims", lambda: process.stop_all(process.find(str(self.workdir)), 5)),
+            ("stop shims", self._stop_shims),
             ("stop api-server-forward", lambda: state.stop(network.API_SERVER_FORWARD)),
             ("unmount", lambda: process.unmount_under(self.workdir)),
             ("remove chains", lambda: rules.remove_chains(set(recorded.get("chains", [])))),
@@ -241,6 +241,11 @@ class Node:
         """Delete the node's pods through the API while kubelet runs."""
         if self.state.alive(kubelet.NAME) and teardown.api_up(self.plane):
             teardown.drain(self.plane, self.name, self.layout.containerd_socket)
+
+    def _stop_shims(self) -> None:
+        """containerd's shims, found by the socket they were given (`-address`): not every
+        process that names the node's folder, which may be an editor or a `tail -f` of a log."""
+        process.stop_all(process.find(str(self.layout.containerd_socket)), 5)
 
     def _remove_containers(self) -> None:
         """Whatever kubelet left running, while containerd runs."""

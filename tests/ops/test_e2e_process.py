@@ -1,9 +1,10 @@
 """How the suite finds and stops its own processes, with short-lived Python processes of the
 test's own standing in for them (the real ones run in `make e2e`): daemons by pid file and marker
 (e2e/process.py's `Daemon`: docker-registry, dockerd, containerd, weed), the node's by pid and
-identity (e2e/node/state.py), the control plane's by kwokctl's pid files (e2e/controlplane.py);
-and the file names the first four keep, so that a tree an older suite started is still found and
-stopped. A pid the kernel has given to another program is never signalled."""
+identity (e2e/node/state.py) and its containerd's shims by socket, the control plane's by
+kwokctl's pid files (e2e/controlplane.py); and the file names the first four keep, so that a
+tree an older suite started is still found and stopped. No other program is ever signalled: one
+the kernel has given a recorded pid to, or one that only names a folder of the suite's."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from e2e import process
 from e2e.controlplane import ControlPlane
 from e2e.dockerd import DockerEngine
+from e2e.node import Node
 from e2e.node.layout import Layout
 from e2e.node.state import NodeState
 from e2e.registry import Registry
@@ -226,3 +228,18 @@ def test_the_control_plane_stops_its_binaries_and_no_other_pid(
 
     assert ours.wait(timeout=5) is not None
     assert other.poll() is None
+
+
+def test_the_node_stops_the_shims_of_its_containerd_and_no_reader_of_its_logs(
+    folder: Path, start: Start
+) -> None:
+    """A shim is given containerd's socket (`-address`); a `tail -f` of a log of the node's
+    folder names that folder too, but is the developer's."""
+    node = Node(ControlPlane(bin_dir=folder / "bin", workdir=folder / "cluster"))
+    shim = start([*serve(folder), "-address", str(node.layout.containerd_socket)])
+    reader = start(serve(node.layout.logs / "kubelet.log"))
+
+    node._stop_shims()
+
+    assert shim.wait(timeout=5) is not None
+    assert reader.poll() is None
