@@ -146,6 +146,13 @@ class Node:
                 "(python -m e2e.node down DIR removes it)"
             )
         ensure_packages()
+        if rules.KUBE_PROXY_CHAIN in rules.our_chains():
+            # Two kube-proxies would each rewrite the rules of the other's Services.
+            raise RuntimeError(
+                f"iptables has kube-proxy's chains ({rules.KUBE_PROXY_CHAIN}): a Kubernetes node "
+                "runs on this machine, or one was left behind (when none runs, `kube-proxy "
+                "--cleanup` removes them)"
+            )
         tools = ["kubelet", "kube-proxy", "coredns", "metrics-server", "e2e-pause", "e2e-probe"]
         tools.append(s3.NAME)
         for tool in tools + (["kube-router"] if self.network_policy else []):
@@ -212,7 +219,7 @@ class Node:
             ("stop metrics-server", lambda: state.stop(metrics_server.NAME)),
             ("stop s3", self.s3.down),
             ("stop kube-router", lambda: state.stop(addons.KUBE_ROUTER)),
-            ("stop kube-proxy", lambda: kube_proxy.stop(state, self.bin_dir)),
+            ("stop kube-proxy", lambda: kube_proxy.stop(state)),
             ("stop kubelet", lambda: state.stop(kubelet.NAME, grace=20)),
             ("remove containers", self._remove_containers),
             ("stop containerd", lambda: state.stop(containerd.NAME)),

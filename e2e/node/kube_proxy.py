@@ -8,7 +8,6 @@ from typing import Final
 from e2e import addresses as net
 from e2e.node.layout import Layout
 from e2e.node.state import NodeState
-from e2e.process import run
 from e2e.render import render_json
 from harness.http import answers
 
@@ -43,8 +42,8 @@ def start(layout: Layout, state: NodeState, bin_dir: Path, node_name: str) -> No
     state.wait(f"{NAME}'s /healthz to answer 200", healthy, 60, NAME)
 
 
-def stop(state: NodeState, bin_dir: Path) -> None:
+def stop(state: NodeState) -> None:
+    """Its chains and rules go with the other new KUBE-* chains (e2e/node/rules.py): not by
+    `kube-proxy --cleanup`, which removes every kube-proxy chain, IPVS service and nftables
+    table on the machine, whoever made them."""
     state.stop(NAME)
-    if (bin_dir / NAME).exists():
-        # Removes every rule and chain kube-proxy made, in both iptables and nftables.
-        run(str(bin_dir / NAME), "--cleanup", "--v=0", check=False, timeout=60)

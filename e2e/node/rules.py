@@ -12,6 +12,8 @@ from e2e.process import run
 
 IPTABLES_TABLES: Final = ("filter", "nat", "mangle", "raw")
 CHAIN_PREFIXES: Final = ("KUBE-", "CNI-")
+# The chain every kube-proxy in iptables mode sends Service traffic to, as `our_chains` lists it.
+KUBE_PROXY_CHAIN: Final = "iptables nat KUBE-SERVICES"
 # Tables iptables-nft makes on first use; removed by `down` if they appeared and hold no rule.
 IPTABLES_NFT_TABLES: Final = ("filter", "nat", "mangle", "raw", "security")
 

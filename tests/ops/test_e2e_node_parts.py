@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
+import e2e.node as node_module
 from e2e import addresses, images, process
 from e2e.controlplane import ControlPlane
 from e2e.image_archive import ImageFile, write_image
-from e2e.node import Node, containerd, guard, kube_proxy, kubelet
+from e2e.node import Node, containerd, guard, kube_proxy, kubelet, rules
 from e2e.node.dns import dns_query
 from e2e.node.layout import Layout
 from e2e.node.packages import debian_packages
@@ -211,3 +212,23 @@ def test_a_node_refused_by_preflight_leaves_the_other_node_s_state_alone(
 
     assert downs == []
     assert node.layout.state_file.read_text() == other
+
+
+def test_a_node_beside_another_kube_proxy_is_refused_before_it_records_the_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kube-proxy's chains are there (a Kubernetes node on the machine, say k3s): the e2e node's
+    kube-proxy would rewrite its Services' rules, so nothing starts."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(addresses, "NODE_BRIDGE", "mlse2e-absent")
+    monkeypatch.setattr(node_module, "ensure_packages", lambda: None)
+    monkeypatch.setattr(rules, "our_chains", lambda: {"iptables nat KUBE-SERVICES"})
+    downs: list[bool] = []
+    monkeypatch.setattr(Node, "down", lambda self, keep_logs=False: downs.append(keep_logs))
+    node = Node(ControlPlane(bin_dir=tmp_path / "bin", workdir=tmp_path / "cluster"))
+
+    with pytest.raises(RuntimeError, match=r"iptables has kube-proxy's chains \(iptables nat"):
+        node.up()
+
+    assert downs == []
+    assert not node.layout.state_file.exists()
