@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -102,26 +103,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def tmp_root() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="mlstack-e2e-") as tmp:
-        yield Path(tmp)
-
-
-@pytest.fixture(scope="session")
 def bin_dir() -> Path:
     return toolchain_bin()
 
 
 @pytest.fixture(scope="session")
-def environment(bin_dir: Path, tmp_root: Path) -> Iterator[cluster.Environment]:
+def environment(bin_dir: Path) -> Iterator[cluster.Environment]:
     """The app's images, the control plane and the real node every pod of the app runs on, and
     the workspace with the stack (not deployed): the bring-up of `make e2e-cluster`, with the
-    suite's model and secrets. Its teardown must leave nothing behind and fail nowhere."""
+    suite's model and secrets, in a folder of its own. Its teardown must leave nothing behind
+    and fail nowhere; where it does, the folder stays, with the node's record of the machine
+    before its `up` (which a `down` restores), for `python -m e2e.cluster down` to try again."""
     if os.geteuid() != 0:
         pytest.skip("the app's images need the suite's own Docker engine: root only")
+    root = Path(tempfile.mkdtemp(prefix="mlstack-e2e-"))
     left: list[str] = []
     try:
-        env = cluster.bring_up(TEARDOWN, tmp_root, bin_dir, SECRETS, left)
+        env = cluster.bring_up(TEARDOWN, root, bin_dir, SECRETS, left)
         for what, seconds in env.images.timings.items():
             TIMINGS[f"images: {what}"] = seconds
         for what, seconds in env.node.timings.items():
@@ -133,7 +131,9 @@ def environment(bin_dir: Path, tmp_root: Path) -> Iterator[cluster.Environment]:
             TIMINGS[f"pulumi {command}: {len(runs)} runs, in all"] = sum(runs)
     finally:
         TEARDOWN.close()
-    assert left == [], f"the teardown left: {left}"
+        if not left:
+            shutil.rmtree(root)
+    assert left == [], f"the teardown left: {left}; kept {root} (python -m e2e.cluster down)"
 
 
 @pytest.fixture(scope="session")
