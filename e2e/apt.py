@@ -5,9 +5,10 @@ virtual environment exists.
 
     python3 -m e2e.apt install-missing [--sudo] LIST_OR_PACKAGE...
 
-installs, of the packages named, those dpkg does not have installed. An argument with a `/` is a
-list file, any other a package. Only root can install; with --sudo, anyone else does it through
-sudo (asked only when a package is missing).
+installs, of the packages named, those dpkg does not have installed (`install` instead of
+`install-missing`: all of them). An argument with a `/` is a list file, any other a package. Only
+root can install; with --sudo, anyone else runs this module again as root through sudo (asked only
+when a package is missing).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Final
 
 # Seconds apt-get waits for another apt or dpkg (an unattended upgrade) to release its lock.
 LOCK_TIMEOUT: Final = 300
-USAGE: Final = "usage: python3 -m e2e.apt install-missing [--sudo] LIST_OR_PACKAGE..."
+USAGE: Final = "usage: python3 -m e2e.apt install-missing|install [--sudo] LIST_OR_PACKAGE..."
+# Where `python3 -m e2e.apt` finds this module when it runs again as root under sudo.
+PROJECT_ROOT: Final = Path(__file__).resolve().parents[1]
 
 
 def listed(path: Path) -> list[str]:
@@ -48,18 +51,24 @@ def missing(packages: Sequence[str]) -> list[str]:
 
 def install(packages: Sequence[str], *, sudo: bool = False) -> None:
     """`apt-get update`, then `packages` installed without their recommendations: as root, or
-    through sudo when `sudo` is set."""
-    if os.geteuid() == 0:
-        prefix = []
-    elif sudo:
-        prefix = ["sudo", "env", "DEBIAN_FRONTEND=noninteractive"]
-    else:
-        raise RuntimeError(
-            f"missing Debian packages {', '.join(packages)}: "
-            f"apt-get install {' '.join(packages)} (as root)"
+    when `sudo` is set this module again, through sudo."""
+    if os.geteuid() != 0:
+        if not sudo:
+            raise RuntimeError(
+                f"missing Debian packages {', '.join(packages)}: "
+                f"apt-get install {' '.join(packages)} (as root)"
+            )
+        # All of it as root, in one process: one password prompt. -B: root writes no bytecode
+        # into the project.
+        subprocess.run(
+            ["sudo", sys.executable, "-B", "-m", "e2e.apt", "install", *packages],
+            cwd=PROJECT_ROOT,
+            check=True,
+            stdout=sys.stderr,
         )
+        return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    apt_get = [*prefix, "apt-get", "-o", f"DPkg::Lock::Timeout={LOCK_TIMEOUT}"]
+    apt_get = ["apt-get", "-o", f"DPkg::Lock::Timeout={LOCK_TIMEOUT}"]
     # Its progress on stderr: a command's stdout is what it answers (the node's timings, say).
     subprocess.run([*apt_get, "update", "-q"], check=True, env=env, stdout=sys.stderr)
     subprocess.run(
@@ -79,19 +88,17 @@ def install_missing(packages: Sequence[str], *, sudo: bool = False) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    if argv[:1] != ["install-missing"]:
-        print(USAGE, file=sys.stderr)
-        return 2
+    command = {"install-missing": install_missing, "install": install}.get(argv[0] if argv else "")
     args = list(argv[1:])
     sudo = "--sudo" in args
     names = [a for a in args if a != "--sudo"]
-    if not names:
+    if command is None or not names:
         print(USAGE, file=sys.stderr)
         return 2
     packages = [p for name in names for p in (listed(Path(name)) if "/" in name else [name])]
     try:
-        install_missing(packages, sudo=sudo)
-    except RuntimeError as error:
+        command(packages, sudo=sudo)
+    except (RuntimeError, subprocess.CalledProcessError) as error:
         print(f"e2e.apt: {error}", file=sys.stderr)
         return 1
     return 0

@@ -1,14 +1,15 @@
-"""e2e/apt.py, the one installer of Debian packages: its command line run for real with stand-in
-`dpkg-query`, `apt-get` and `sudo`, with the interpreter's standard library only (it runs before
-any virtual environment exists), and every caller held to it."""
+"""e2e/apt.py, the one installer of Debian packages: run against stand-in `dpkg-query`, `apt-get`
+and `sudo` on a made-up machine (its packages); its command line with the interpreter's standard
+library only (it runs before any virtual environment exists); and every caller held to it."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
@@ -18,29 +19,60 @@ from tests.paths import ROOT
 from tests.stand_ins import first_on_path, logged_calls, stand_in
 from tests.unit.modules import module_files
 
+# The stand-ins' files, beside them: each call they answer, and the packages installed on the
+# machine, one a line.
 CALLS: Final = "calls.jsonl"
 INSTALLED: Final = "installed.txt"
-# dpkg-query -W -f=${Status} NAME: as dpkg answers for the packages in INSTALLED beside it.
-FAKE_DPKG_QUERY: Final = """\
+# What every stand-in starts with: the packages installed, its arguments, and `log`, which writes
+# one call to CALLS: the command's name, its arguments, whether it runs under the stand-in sudo,
+# and more.
+HEADER: Final = """\
 #!{python}
-import sys
+import json, os, subprocess, sys
 from pathlib import Path
 
-installed = (Path(__file__).parent / {installed!r}).read_text().split()
-if sys.argv[-1] not in installed:
-    sys.exit(f"dpkg-query: no packages found matching {{sys.argv[-1]}}")
-print("install ok installed", end="")
+here = Path(__file__).parent
+installed = (here / "{installed}").read_text().split()
+args = sys.argv[1:]
+
+
+def log(**more):
+    call = dict(command=Path(__file__).name, args=args, under_sudo="UNDER_SUDO" in os.environ)
+    with (here / "{calls}").open("a") as calls:
+        calls.write(json.dumps(dict(call, **more)) + "\\n")
+
 """
-# apt-get and sudo: each call logged with the DEBIAN_FRONTEND it was given; sudo then runs the rest.
-FAKE_LOGGED: Final = """\
-#!{python}
-import json, os, sys
-from pathlib import Path
+# apt-get: logged with its DEBIAN_FRONTEND.
+APT_GET: Final = """\
+log(frontend=os.environ.get("DEBIAN_FRONTEND"))
+"""
+# dpkg-query: a package's status; nothing else.
+DPKG_QUERY: Final = """\
+log()
+if len(args) == 3 and args[:2] == ["-W", "-f=${Status}"]:
+    if args[2] not in installed:
+        sys.exit(f"dpkg-query: no packages found matching {args[2]}")
+    print("install ok installed", end="")
+else:
+    sys.exit(f"dpkg-query stand-in: unexpected {args}")
+"""
+# sudo: logged with the folder it runs in; it runs e2e.apt alone (else it refuses), and as root:
+# AS_ROOT, under UNDER_SUDO, with the standard library only (-S).
+SUDO: Final = """\
+log(cwd=os.getcwd())
+if args[:4] != [sys.executable, "-B", "-m", "e2e.apt"]:
+    sys.exit(f"sudo stand-in: runs e2e.apt alone, not {args}")
+as_root = [sys.executable, "-S", str(here / "as_root.py"), *args[4:]]
+os.execve(sys.executable, as_root, dict(os.environ, UNDER_SUDO="1"))
+"""
+# What `python3 -m e2e.apt` does as root: the module found where sudo runs it (as -m finds it),
+# with root's user id.
+AS_ROOT: Final = """\
+sys.path.insert(0, os.getcwd())
+from e2e import apt
 
-with (Path(__file__).parent / {calls!r}).open("a") as log:
-    log.write(json.dumps([{name!r}, os.environ.get("DEBIAN_FRONTEND"), *sys.argv[1:]]) + "\\n")
-if {name!r} == "sudo":
-    os.execvp(sys.argv[1], sys.argv[1:])
+os.geteuid = lambda: 0
+sys.exit(apt.main(args))
 """
 LOCK: Final = ["-o", f"DPkg::Lock::Timeout={apt.LOCK_TIMEOUT}"]
 # Each caller and what it installs: the lists by their file, the rest by name.
@@ -54,75 +86,101 @@ CALLERS: Final = {
 }
 
 
-def stand_ins(folder: Path, installed: list[str]) -> Path:
+@dataclass(frozen=True)
+class Machine:
+    """The stand-ins' folder."""
+
+    folder: Path
+
+    def calls(self, command: str) -> list[dict[str, Any]]:
+        return [c for c in logged_calls(self.folder / CALLS) if c["command"] == command]
+
+
+def machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, installed: list[str], uid: int = 0
+) -> Machine:
+    """The stand-ins in a folder first on PATH, for the machine described; e2e.apt run in this
+    process as user `uid`."""
+    folder = tmp_path / "bin"
     folder.mkdir()
     (folder / INSTALLED).write_text("\n".join(installed))
-    python = sys.executable
-    stand_in(folder, "dpkg-query", FAKE_DPKG_QUERY.format(python=python, installed=INSTALLED))
-    for name in ("apt-get", "sudo"):
-        stand_in(folder, name, FAKE_LOGGED.format(python=python, calls=CALLS, name=name))
-    return folder
+    header = HEADER.format(python=sys.executable, installed=INSTALLED, calls=CALLS)
+    for name, body in [
+        ("apt-get", APT_GET),
+        ("dpkg-query", DPKG_QUERY),
+        ("sudo", SUDO),
+        ("as_root.py", AS_ROOT),
+    ]:
+        stand_in(folder, name, header + body)
+    monkeypatch.setenv("PATH", first_on_path(folder))
+    monkeypatch.setattr("os.geteuid", lambda: uid)
+    return Machine(folder)
 
 
-def calls(folder: Path) -> list[list[str | None]]:
-    return logged_calls(folder / CALLS)
+def test_only_the_missing_packages_of_the_lists_and_names_are_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    node = debian_packages()
+    at = machine(tmp_path, monkeypatch, installed=[node[0], "wrk"])
+    extra = tmp_path / "more" / "packages.txt"
+    extra.parent.mkdir()
+    extra.write_text("# more\nwrk  # already there\nhello\n")
+    assert apt.main(["install-missing", "postgresql", "e2e/node-packages.txt", str(extra)]) == 0
+    missing = ["postgresql", *node[1:], "hello"]
+    assert [[c["frontend"], *c["args"]] for c in at.calls("apt-get")] == [
+        ["noninteractive", *LOCK, "update", "-q"],
+        ["noninteractive", *LOCK, "install", "-yq", "--no-install-recommends", *missing],
+    ]
+    assert f"installing {' '.join(missing)} from Debian" in capfd.readouterr().err
 
 
-def apt_get_calls(folder: Path) -> list[list[str | None]]:
-    return [call[1:] for call in calls(folder) if call[0] == "apt-get"]
-
-
-def install_missing(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def test_nothing_missing_runs_no_apt_get(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`python3 -S -m e2e.apt install-missing ARGS` from the project root: -S leaves out every
     installed package, as a machine's python3 before the virtual environment has none."""
-    return subprocess.run(
-        [sys.executable, "-S", "-m", "e2e.apt", "install-missing", *args],
+    at = machine(tmp_path, monkeypatch, installed=["wrk", "postgresql"])
+    done = subprocess.run(
+        [sys.executable, "-S", "-m", "e2e.apt", "install-missing", "--sudo", "wrk", "postgresql"],
         cwd=ROOT,
-        env={"PATH": first_on_path(folder)},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-
-
-def test_only_the_missing_packages_of_the_lists_and_names_are_installed(tmp_path: Path) -> None:
-    node = debian_packages()
-    folder = stand_ins(tmp_path / "bin", installed=[node[0], "wrk"])
-    extra = tmp_path / "more" / "packages.txt"
-    extra.parent.mkdir()
-    extra.write_text("# more\nwrk  # already there\nhello\n")
-    done = install_missing(folder, "--sudo", "postgresql", "e2e/node-packages.txt", str(extra))
     assert done.returncode == 0, done.stderr
-    missing = ["postgresql", *node[1:], "hello"]
-    assert apt_get_calls(folder) == [
+    assert [c["args"][-1] for c in at.calls("dpkg-query")] == ["wrk", "postgresql"]
+    assert at.calls("apt-get") == at.calls("sudo") == []
+
+
+def test_not_root_it_installs_only_when_told_to_use_sudo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    at = machine(tmp_path, monkeypatch, installed=[], uid=1000)
+    assert apt.main(["install-missing", "wrk"]) == 1
+    assert "missing Debian packages wrk: apt-get install wrk (as root)" in capfd.readouterr().err
+    assert at.calls("apt-get") == at.calls("sudo") == []
+
+
+def test_through_sudo_it_does_all_of_it_as_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = machine(tmp_path, monkeypatch, installed=["wrk"], uid=1000)
+    monkeypatch.chdir(tmp_path)  # run from elsewhere than the project, which sudo runs it in
+    missing = ["postgresql", "hello"]
+    assert apt.main(["install-missing", "--sudo", "wrk", *missing]) == 0
+    assert at.calls("sudo") == [
+        {
+            "command": "sudo",
+            "args": [sys.executable, "-B", "-m", "e2e.apt", "install", *missing],
+            "under_sudo": False,
+            "cwd": str(ROOT),
+        }
+    ]
+    apt_get = at.calls("apt-get")
+    assert [[c["frontend"], *c["args"]] for c in apt_get] == [
         ["noninteractive", *LOCK, "update", "-q"],
         ["noninteractive", *LOCK, "install", "-yq", "--no-install-recommends", *missing],
     ]
-    assert f"installing {' '.join(missing)} from Debian" in done.stderr
-
-
-def test_nothing_missing_runs_no_apt_get(tmp_path: Path) -> None:
-    folder = stand_ins(tmp_path / "bin", installed=["wrk", "postgresql"])
-    done = install_missing(folder, "--sudo", "wrk", "postgresql")
-    assert done.returncode == 0, done.stderr
-    assert calls(folder) == []
-
-
-def test_not_root_it_installs_through_sudo_only_when_told(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    folder = stand_ins(tmp_path / "bin", installed=[])
-    monkeypatch.setenv("PATH", first_on_path(folder))
-    monkeypatch.setattr("os.geteuid", lambda: 1000)
-    assert apt.main(["install-missing", "wrk"]) == 1
-    assert calls(folder) == []
-    assert apt.main(["install-missing", "--sudo", "wrk"]) == 0
-    apt_get = ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", *LOCK]
-    assert [call[2:] for call in calls(folder) if call[0] == "sudo"] == [
-        [*apt_get, "update", "-q"],
-        [*apt_get, "install", "-yq", "--no-install-recommends", "wrk"],
-    ]
+    assert all(c["under_sudo"] for c in apt_get)
 
 
 def test_a_package_list_s_comments_and_blank_lines_name_nothing(tmp_path: Path) -> None:
