@@ -9,6 +9,12 @@ installs, of the packages named, those dpkg does not have installed (`install` i
 `install-missing`: all of them). An argument with a `/` is a list file, any other a package. Only
 root can install; with --sudo, anyone else runs this module again as root through sudo (asked only
 when a package is missing).
+
+No service of the packages starts while they install: the project runs its own dockerd,
+containerd, registry and PostgreSQL, and Debian's would otherwise start at once (the registry's
+default serves :5000 on every interface, unauthenticated). While apt-get installs, POLICY_RC_D
+forbids maintainer scripts to start any service: the administrator's if there is one, used as it
+is, else ours, written for the install and removed after it however it ends.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ LOCK_TIMEOUT: Final = 300
 USAGE: Final = "usage: python3 -m e2e.apt install-missing|install [--sudo] LIST_OR_PACKAGE..."
 # Where `python3 -m e2e.apt` finds this module when it runs again as root under sudo.
 PROJECT_ROOT: Final = Path(__file__).resolve().parents[1]
+# Debian's service policy: invoke-rc.d and deb-systemd-invoke, which maintainer scripts start
+# services with, run it first and start nothing when it exits 101 ("action forbidden").
+POLICY_RC_D: Final = Path("/usr/sbin/policy-rc.d")
+POLICY: Final = "#!/bin/sh\n# e2e/apt.py's while apt-get installs: no service starts.\nexit 101\n"
 
 
 def listed(path: Path) -> list[str]:
@@ -49,17 +59,32 @@ def missing(packages: Sequence[str]) -> list[str]:
     ]
 
 
+def forbid_service_starts() -> bool:
+    """Write POLICY_RC_D unless one is there (the administrator's policy, left to rule); whether
+    it wrote it, for the caller to remove."""
+    try:
+        # O_EXCL: never over another's, nor through a link.
+        policy = os.open(POLICY_RC_D, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755)
+    except FileExistsError:
+        return False
+    with os.fdopen(policy, "w") as file:
+        file.write(POLICY)
+        os.fchmod(file.fileno(), 0o755)  # whatever the umask
+    return True
+
+
 def install(packages: Sequence[str], *, sudo: bool = False) -> None:
-    """`apt-get update`, then `packages` installed without their recommendations: as root, or
-    when `sudo` is set this module again, through sudo."""
+    """`apt-get update`, then `packages` installed without their recommendations and without
+    starting their services: as root, or when `sudo` is set this module again, through sudo."""
     if os.geteuid() != 0:
         if not sudo:
             raise RuntimeError(
                 f"missing Debian packages {', '.join(packages)}: "
                 f"apt-get install {' '.join(packages)} (as root)"
             )
-        # All of it as root, in one process: one password prompt. -B: root writes no bytecode
-        # into the project.
+        # All of it as root, in one process: one password prompt, and the policy file removed by
+        # the process that wrote it, however the install ends. -B: root writes no bytecode into
+        # the project.
         subprocess.run(
             ["sudo", sys.executable, "-B", "-m", "e2e.apt", "install", *packages],
             cwd=PROJECT_ROOT,
@@ -71,12 +96,17 @@ def install(packages: Sequence[str], *, sudo: bool = False) -> None:
     apt_get = ["apt-get", "-o", f"DPkg::Lock::Timeout={LOCK_TIMEOUT}"]
     # Its progress on stderr: a command's stdout is what it answers (the node's timings, say).
     subprocess.run([*apt_get, "update", "-q"], check=True, env=env, stdout=sys.stderr)
-    subprocess.run(
-        [*apt_get, "install", "-yq", "--no-install-recommends", *packages],
-        check=True,
-        env=env,
-        stdout=sys.stderr,
-    )
+    wrote_policy = forbid_service_starts()
+    try:
+        subprocess.run(
+            [*apt_get, "install", "-yq", "--no-install-recommends", *packages],
+            check=True,
+            env=env,
+            stdout=sys.stderr,
+        )
+    finally:
+        if wrote_policy:
+            POLICY_RC_D.unlink(missing_ok=True)
 
 
 def install_missing(packages: Sequence[str], *, sudo: bool = False) -> None:

@@ -1,9 +1,11 @@
 """e2e/apt.py, the one installer of Debian packages: run against stand-in `dpkg-query`, `apt-get`
-and `sudo` on a made-up machine (its packages); its command line with the interpreter's standard
-library only (it runs before any virtual environment exists); and every caller held to it."""
+and `sudo` on a made-up machine (its packages), with its policy file redirected into the test's
+folder; its command line with the interpreter's standard library only (it runs before any virtual
+environment exists); and every caller held to it."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -19,19 +21,20 @@ from tests.paths import ROOT
 from tests.stand_ins import first_on_path, logged_calls, stand_in
 from tests.unit.modules import module_files
 
-# The stand-ins' files, beside them: each call they answer, and the packages installed on the
-# machine, one a line.
+# The stand-ins' files, beside them: each call they answer, the made-up machine (`machine`),
+# and the packages installed on it, one a line.
 CALLS: Final = "calls.jsonl"
+MACHINE: Final = "machine.json"
 INSTALLED: Final = "installed.txt"
-# What every stand-in starts with: the packages installed, its arguments, and `log`, which writes
-# one call to CALLS: the command's name, its arguments, whether it runs under the stand-in sudo,
-# and more.
+# What every stand-in starts with: the machine, its arguments, and `log`, which writes one call to
+# CALLS: the command's name, its arguments, whether it runs under the stand-in sudo, and more.
 HEADER: Final = """\
 #!{python}
 import json, os, subprocess, sys
 from pathlib import Path
 
 here = Path(__file__).parent
+machine = json.loads((here / "{machine}").read_text())
 installed = (here / "{installed}").read_text().split()
 args = sys.argv[1:]
 
@@ -42,9 +45,18 @@ def log(**more):
         calls.write(json.dumps(dict(call, **more)) + "\\n")
 
 """
-# apt-get: logged with its DEBIAN_FRONTEND.
+# apt-get: logged with its DEBIAN_FRONTEND and, for `install`, the policy file as it found it
+# (whether it exists, what it answers to a service's start when it can run); then `install` fails
+# if the machine says so.
 APT_GET: Final = """\
-log(frontend=os.environ.get("DEBIAN_FRONTEND"))
+policy = None
+if "install" in args:
+    path = Path(machine["policy_rc_d"])
+    answer = subprocess.run([path, "docker.service", "start"]) if os.access(path, os.X_OK) else None
+    policy = dict(exists=path.exists(), exit=answer and answer.returncode)
+log(frontend=os.environ.get("DEBIAN_FRONTEND"), policy=policy)
+if "install" in args and machine["apt_get_fails"]:
+    sys.exit("E: Sub-process /usr/bin/dpkg returned an error code (1)")
 """
 # dpkg-query: a package's status; nothing else.
 DPKG_QUERY: Final = """\
@@ -66,11 +78,12 @@ as_root = [sys.executable, "-S", str(here / "as_root.py"), *args[4:]]
 os.execve(sys.executable, as_root, dict(os.environ, UNDER_SUDO="1"))
 """
 # What `python3 -m e2e.apt` does as root: the module found where sudo runs it (as -m finds it),
-# with root's user id.
+# with root's user id and the machine's policy file.
 AS_ROOT: Final = """\
 sys.path.insert(0, os.getcwd())
 from e2e import apt
 
+apt.POLICY_RC_D = Path(machine["policy_rc_d"])
 os.geteuid = lambda: 0
 sys.exit(apt.main(args))
 """
@@ -88,23 +101,39 @@ CALLERS: Final = {
 
 @dataclass(frozen=True)
 class Machine:
-    """The stand-ins' folder."""
+    """The stand-ins' folder, and where the machine's policy file is."""
 
     folder: Path
+    policy_rc_d: Path
 
     def calls(self, command: str) -> list[dict[str, Any]]:
         return [c for c in logged_calls(self.folder / CALLS) if c["command"] == command]
 
 
+@pytest.fixture(autouse=True)
+def no_system_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the machine's own policy file."""
+    monkeypatch.setattr(apt, "POLICY_RC_D", tmp_path / "unset" / "policy-rc.d")
+
+
 def machine(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, installed: list[str], uid: int = 0
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    installed: list[str],
+    apt_get_fails: bool = False,
+    uid: int = 0,
 ) -> Machine:
     """The stand-ins in a folder first on PATH, for the machine described; e2e.apt run in this
-    process as user `uid`."""
+    process (as user `uid`) finds its policy file there too."""
     folder = tmp_path / "bin"
     folder.mkdir()
+    made = Machine(folder, tmp_path / "usr-sbin" / "policy-rc.d")
+    made.policy_rc_d.parent.mkdir()
+    setup = {"policy_rc_d": str(made.policy_rc_d), "apt_get_fails": apt_get_fails}
+    (folder / MACHINE).write_text(json.dumps(setup))
     (folder / INSTALLED).write_text("\n".join(installed))
-    header = HEADER.format(python=sys.executable, installed=INSTALLED, calls=CALLS)
+    header = HEADER.format(python=sys.executable, machine=MACHINE, installed=INSTALLED, calls=CALLS)
     for name, body in [
         ("apt-get", APT_GET),
         ("dpkg-query", DPKG_QUERY),
@@ -113,8 +142,13 @@ def machine(
     ]:
         stand_in(folder, name, header + body)
     monkeypatch.setenv("PATH", first_on_path(folder))
+    monkeypatch.setattr(apt, "POLICY_RC_D", made.policy_rc_d)
     monkeypatch.setattr("os.geteuid", lambda: uid)
-    return Machine(folder)
+    return made
+
+
+# The policy file as apt-get found it while it installed: ours, forbidding every start.
+HELD: Final = {"exists": True, "exit": 101}
 
 
 def test_only_the_missing_packages_of_the_lists_and_names_are_installed(
@@ -151,6 +185,37 @@ def test_nothing_missing_runs_no_apt_get(tmp_path: Path, monkeypatch: pytest.Mon
     assert at.calls("apt-get") == at.calls("sudo") == []
 
 
+def test_no_service_may_start_while_apt_get_installs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = machine(tmp_path, monkeypatch, installed=[])
+    assert apt.main(["install-missing", "postgresql"]) == 0
+    assert [c["policy"] for c in at.calls("apt-get")] == [None, HELD]
+    assert not at.policy_rc_d.exists()
+
+
+def test_the_policy_file_is_removed_when_apt_get_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = machine(tmp_path, monkeypatch, installed=[], apt_get_fails=True)
+    assert apt.main(["install-missing", "postgresql"]) == 1
+    assert [c["policy"] for c in at.calls("apt-get")] == [None, HELD]
+    assert not at.policy_rc_d.exists()
+
+
+def test_the_administrator_s_policy_file_is_used_and_left_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = machine(tmp_path, monkeypatch, installed=[])
+    theirs = "#!/bin/sh\n# the administrator's: every service may start\nexit 0\n"
+    at.policy_rc_d.write_text(theirs)
+    at.policy_rc_d.chmod(0o750)
+    assert apt.main(["install-missing", "postgresql"]) == 0
+    assert [c["policy"] for c in at.calls("apt-get")] == [None, {"exists": True, "exit": 0}]
+    assert at.policy_rc_d.read_text() == theirs
+    assert at.policy_rc_d.stat().st_mode & 0o777 == 0o750
+
+
 def test_not_root_it_installs_only_when_told_to_use_sudo(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -180,6 +245,8 @@ def test_through_sudo_it_does_all_of_it_as_root(
         ["noninteractive", *LOCK, "update", "-q"],
         ["noninteractive", *LOCK, "install", "-yq", "--no-install-recommends", *missing],
     ]
+    assert [c["policy"] for c in apt_get] == [None, HELD]
+    assert not at.policy_rc_d.exists()
     assert all(c["under_sudo"] for c in apt_get)
 
 
