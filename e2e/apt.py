@@ -10,16 +10,19 @@ installs, of the packages named, those dpkg does not have installed (`install` i
 root can install; with --sudo, anyone else runs this module again as root through sudo (asked only
 when a package is missing).
 
-No service of the packages starts while they install: the project runs its own dockerd,
-containerd, registry and PostgreSQL, and Debian's would otherwise start at once (the registry's
-default serves :5000 on every interface, unauthenticated). While apt-get installs, POLICY_RC_D
-forbids maintainer scripts to start any service: the administrator's if there is one, used as it
-is, else ours, written for the install and removed after it however it ends.
+No service of the packages is left running or enabled: the project runs its own dockerd,
+containerd, registry and PostgreSQL, and Debian's would otherwise start at once and at every boot
+(the registry's default serves :5000 on every interface, unauthenticated). While apt-get installs,
+POLICY_RC_D forbids maintainer scripts to start any service: the administrator's if there is one,
+used as it is, else ours, written for the install and removed after it however it ends. Then, where
+systemd runs, the units of the packages this install brought (never of those already there) are
+disabled and stopped, and one line on stderr names them and how to enable one.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -35,6 +38,14 @@ PROJECT_ROOT: Final = Path(__file__).resolve().parents[1]
 # services with, run it first and start nothing when it exits 101 ("action forbidden").
 POLICY_RC_D: Final = Path("/usr/sbin/policy-rc.d")
 POLICY: Final = "#!/bin/sh\n# e2e/apt.py's while apt-get installs: no service starts.\nexit 101\n"
+# A directory only while systemd runs the machine (sd_booted(3)).
+SYSTEMD_RUNNING: Final = Path("/run/systemd/system")
+# A unit file as `dpkg -L` lists it. Not a template (name@.service): one runs only as an instance
+# another unit starts (PostgreSQL's clusters through postgresql.service), and systemctl cannot
+# stop a template.
+UNIT_FILE: Final = re.compile(r"/(?:usr/)?lib/systemd/system/[^/@]+\.(?:service|socket|timer)")
+# dpkg's states of a package not on the machine (config-files: removed, its configuration kept).
+NO_FILES: Final = frozenset({"not-installed", "config-files"})
 
 
 def listed(path: Path) -> list[str]:
@@ -59,6 +70,21 @@ def missing(packages: Sequence[str]) -> list[str]:
     ]
 
 
+def present() -> set[str]:
+    """Every package whose files dpkg has on the machine (installed or partly)."""
+    shown = subprocess.run(
+        ["dpkg-query", "-W", "-f=${db:Status-Status} ${binary:Package}\n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        name
+        for status, _, name in (line.partition(" ") for line in shown.splitlines())
+        if status not in NO_FILES
+    }
+
+
 def forbid_service_starts() -> bool:
     """Write POLICY_RC_D unless one is there (the administrator's policy, left to rule); whether
     it wrote it, for the caller to remove."""
@@ -73,9 +99,29 @@ def forbid_service_starts() -> bool:
     return True
 
 
+def disable_units(packages: Sequence[str]) -> None:
+    """Disable and stop the systemd units `packages` ship, and say so in one line on stderr."""
+    if not packages:
+        return
+    # Not checked: a package dpkg cannot list (a failed install's) leaves the others' lines.
+    files = subprocess.run(
+        ["dpkg", "-L", *packages], stdout=subprocess.PIPE, text=True, check=False
+    ).stdout
+    units = list(dict.fromkeys(Path(f).name for f in files.splitlines() if UNIT_FILE.fullmatch(f)))
+    if not units:
+        return
+    subprocess.run(["systemctl", "disable", "--now", *units], check=True, stdout=sys.stderr)
+    print(
+        f"e2e.apt: left disabled and stopped: {' '.join(units)} "
+        "(to run one now and at boot: systemctl enable --now UNIT)",
+        file=sys.stderr,
+    )
+
+
 def install(packages: Sequence[str], *, sudo: bool = False) -> None:
     """`apt-get update`, then `packages` installed without their recommendations and without
-    starting their services: as root, or when `sudo` is set this module again, through sudo."""
+    starting their services, and where systemd runs the units of the packages it brought disabled
+    and stopped: as root, or when `sudo` is set this module again, through sudo."""
     if os.geteuid() != 0:
         if not sudo:
             raise RuntimeError(
@@ -96,6 +142,7 @@ def install(packages: Sequence[str], *, sudo: bool = False) -> None:
     apt_get = ["apt-get", "-o", f"DPkg::Lock::Timeout={LOCK_TIMEOUT}"]
     # Its progress on stderr: a command's stdout is what it answers (the node's timings, say).
     subprocess.run([*apt_get, "update", "-q"], check=True, env=env, stdout=sys.stderr)
+    before = present() if SYSTEMD_RUNNING.is_dir() else None
     wrote_policy = forbid_service_starts()
     try:
         subprocess.run(
@@ -107,6 +154,9 @@ def install(packages: Sequence[str], *, sudo: bool = False) -> None:
     finally:
         if wrote_policy:
             POLICY_RC_D.unlink(missing_ok=True)
+        # Also after a failed install: what it did bring is enabled, and would start at boot.
+        if before is not None:
+            disable_units(sorted(present() - before))
 
 
 def install_missing(packages: Sequence[str], *, sudo: bool = False) -> None:
