@@ -281,20 +281,12 @@ def test_nothing_missing_runs_no_apt_get(tmp_path: Path, monkeypatch: pytest.Mon
     assert at.calls("apt-get") == at.calls("sudo") == []
 
 
-def test_no_service_may_start_while_apt_get_installs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("apt_get_fails", [False, True], ids=["installs", "fails"])
+def test_no_service_may_start_while_apt_get_installs_and_the_policy_goes_after(
+    apt_get_fails: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    at = machine(tmp_path, monkeypatch, installed=[])
-    assert apt.main(["install-missing", "postgresql"]) == 0
-    assert [c["policy"] for c in at.calls("apt-get")] == [None, HELD]
-    assert not at.policy_rc_d.exists()
-
-
-def test_the_policy_file_is_removed_when_apt_get_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    at = machine(tmp_path, monkeypatch, installed=[], apt_get_fails=True)
-    assert apt.main(["install-missing", "postgresql"]) == 1
+    at = machine(tmp_path, monkeypatch, installed=[], apt_get_fails=apt_get_fails)
+    assert apt.main(["install-missing", "postgresql"]) == (1 if apt_get_fails else 0)
     assert [c["policy"] for c in at.calls("apt-get")] == [None, HELD]
     assert not at.policy_rc_d.exists()
 
