@@ -3,9 +3,10 @@
 tools/drift.py, the e2e workspace).
 
 The stack says where its application runs: the namespace and the kubeconfig are its outputs (the
-kubeconfig itself for a cluster the program made, the file's path for an `existing` one), and an
-`existing` cluster's context is its `cluster` config. The CLIs are $PULUMI and $KUBECTL, `pulumi`
-and `kubectl` on PATH by default; the backend and the passphrase come from the environment.
+kubeconfig itself for a cluster the program made, `local`, `gke` or `eks`; the file's path for an
+`existing` one), and an `existing` cluster's context is its `cluster` config. The CLIs are $PULUMI
+and $KUBECTL, `pulumi` and `kubectl` on PATH by default; the backend and the passphrase come from
+the environment.
 
     pulumi stack export --stack NAME | python -m tools.stack protected
                                         the URN of each protected resource, one a line (make down)
@@ -141,8 +142,11 @@ class Stack:
 
 
 def read_stack(name: str, workdir: Path) -> Stack:
-    """The stack's namespace and cluster. A kubeconfig the stack holds itself is written to
-    `workdir` (owner-only): the caller removes it."""
+    """The stack's namespace and cluster. How its `kubeconfig` output is read depends on the
+    cluster's kind (its `cluster` config), never on the text: an `existing` cluster's is the
+    file's path, used as it is; a cluster the program made exports the kubeconfig itself (YAML
+    from `local` and `gke`, pulumi-eks's one line of JSON from `eks`), which is written to
+    `workdir`, owner-only, for kubectl: the caller removes it. No error carries its content."""
     values = stack_file.from_cli(json.loads(pulumi("config", "--json", stack=name)))
     outputs: dict[str, Any] = json.loads(
         pulumi("stack", "output", "--json", "--show-secrets", stack=name)
@@ -153,21 +157,32 @@ def read_stack(name: str, workdir: Path) -> Stack:
         cluster = parse_cluster(values.get("cluster"))
     except ConfigError as error:
         raise StackError(f"stack {name}: {error}") from error
-    kubeconfig = str(outputs.get("kubeconfig") or "")
-    path: Path | None
-    if "\n" in kubeconfig:
-        path = workdir / "kubeconfig"
-        path.touch(mode=0o600)
-        path.write_text(kubeconfig)
-    else:
-        path = Path(os.path.expanduser(kubeconfig)) if kubeconfig else None
+    namespace = str(outputs["namespace"])
+    kubeconfig = outputs.get("kubeconfig")
+    if isinstance(cluster, ExistingCluster):
+        path = Path(os.path.expanduser(str(kubeconfig))) if kubeconfig else None
+        return Stack(name=name, namespace=namespace, kubeconfig=path, context=cluster.context)
+    if not isinstance(kubeconfig, str) or not kubeconfig.strip():
+        # Not kubectl's default instead: that is some other cluster.
+        raise StackError(
+            f"stack {name} has no kubeconfig output for its {cluster.provider} cluster: "
+            "is it deployed?"
+        )
     return Stack(
         name=name,
-        namespace=str(outputs["namespace"]),
-        kubeconfig=path,
-        context=cluster.context if isinstance(cluster, ExistingCluster) else None,
-        kubeconfig_is_temporary="\n" in kubeconfig,
+        namespace=namespace,
+        kubeconfig=_private_file(workdir / "kubeconfig", kubeconfig),
+        context=None,
+        kubeconfig_is_temporary=True,
     )
+
+
+def _private_file(path: Path, text: str) -> Path:
+    """`text` in a new file at `path` that only this user may read."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    return path
 
 
 class Kubectl:

@@ -1,8 +1,9 @@
-"""The stand-ins the database tools' tests (tools/database_switchover.py, tools/database_backup.py)
-run against: a `pulumi` that answers the stack's config and outputs, and tests/ops/fake_kubectl.py
-answering for a Patroni cluster (the StatefulSet, each pod's role label and the Service's
-endpoints, one state after another once patronictl accepted the switchover, and what patronictl
-prints). Both log every call."""
+"""The stand-ins the tests of tools/stack.py and of the database tools
+(tools/database_switchover.py, tools/database_backup.py) run against: a `pulumi` that answers the
+stack's config and outputs (those of each kind of cluster among them), and
+tests/ops/fake_kubectl.py answering for a Patroni cluster (the StatefulSet, each pod's role label
+and the Service's endpoints, one state after another once patronictl accepted the switchover, and
+what patronictl prints). Both log every call."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from components import database
+from components import database, stack_file
 from components.labels import selector
 from harness.make import make_env, run_make
 from harness.program import ROOT
@@ -51,6 +52,62 @@ def state(labels: dict[str, str], **endpoints: bool) -> dict[str, Any]:
 BEFORE = state(roles("primary", "replica", "replica"), database_0=True)
 ON_2 = state(roles("replica", "replica", "primary"), database_2=True)
 
+# A credential no error may show: the token in the EKS kubeconfig below.
+EKS_TOKEN = "k8s-aws-v1.c2VjcmV0LXRva2Vu"
+# The `kubeconfig` output of each kind of cluster the program makes, and the stack file that has
+# that kind (its `mlstack:cluster` is the stack's config): k3s's YAML; the YAML of
+# components/cluster/gke.py; pulumi-eks's `kubeconfigJson`, one line of JSON.
+MADE_CLUSTERS: dict[str, tuple[str, str]] = {
+    "local": ("dev", """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: default
+  cluster: {server: "https://127.0.0.1:6443", certificate-authority-data: Q0E=}
+users:
+- name: default
+  user: {client-certificate-data: Q0VSVA==, client-key-data: S0VZ}
+contexts:
+- name: default
+  context: {cluster: default, user: default}
+current-context: default
+"""),
+    "gke": ("prod", """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: mlstack-prod
+  cluster: {server: "https://203.0.113.7", certificate-authority-data: Q0E=}
+contexts:
+- name: mlstack-prod
+  context: {cluster: mlstack-prod, user: mlstack-prod}
+current-context: mlstack-prod
+users:
+- name: mlstack-prod
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1beta1
+      command: gke-gcloud-auth-plugin
+      provideClusterInfo: true
+"""),
+    "eks": ("staging", json.dumps({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "kubernetes", "cluster": {
+            "server": "https://0123456789ABCDEF.gr7.eu-west-1.eks.amazonaws.com",
+            "certificate-authority-data": "Q0E="}}],
+        "contexts": [{"name": "aws", "context": {"cluster": "kubernetes", "user": "aws"}}],
+        "current-context": "aws",
+        "users": [{"name": "aws", "user": {"token": EKS_TOKEN}}],
+    }, separators=(",", ":"))),
+}  # fmt: skip
+
+
+def made_cluster_config(kind: str) -> dict[str, Any]:
+    """`pulumi config --json`'s cluster of a stack on a cluster of `kind` the program made: the
+    one of the stack file that has that kind (MADE_CLUSTERS)."""
+    cluster = stack_file.read_config(MADE_CLUSTERS[kind][0])["mlstack:cluster"]
+    return {"mlstack:cluster": {"objectValue": cluster}}
+
 
 class Fakes:
     def __init__(self, folder: Path) -> None:
@@ -68,6 +125,13 @@ class Fakes:
 
     def stack(self, config: dict[str, Any], outputs: dict[str, Any]) -> None:
         (self.folder / "stack.json").write_text(json.dumps({"config": config, "outputs": outputs}))
+
+    def made_cluster(self, kind: str) -> str:
+        """The stack on a cluster of `kind` the program made (MADE_CLUSTERS): that kind's
+        config, and its kubeconfig as the output, which this returns."""
+        kubeconfig = MADE_CLUSTERS[kind][1]
+        self.stack(made_cluster_config(kind), {"namespace": NAMESPACE, "kubeconfig": kubeconfig})
+        return kubeconfig
 
     def cluster(
         self,

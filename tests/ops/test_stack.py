@@ -1,0 +1,81 @@
+"""tools/stack.py's `read_stack`: how the operations tools (`make switchover`, `make backup`,
+`make restore`) reach a stack's cluster, for each kind of cluster, against the stand-in `pulumi`
+answering the stack's config and outputs and tests/ops/fake_kubectl.py, which logs the
+kubeconfig each call was given."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.ops.stack_fakes import EKS_TOKEN, MADE_CLUSTERS, NAMESPACE, Fakes, made_cluster_config
+from tools.stack import Kubectl, Stack, StackError, read_stack
+
+
+@pytest.fixture
+def fakes(cli_folder: Path) -> Fakes:
+    return Fakes(cli_folder)
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """The folder a tool hands read_stack (its temporary directory)."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
+
+
+@pytest.mark.parametrize("kind", list(MADE_CLUSTERS))
+def test_the_kubeconfig_a_made_cluster_exports_reaches_kubectl_in_an_owner_only_file(
+    kind: str, fakes: Fakes, work: Path
+) -> None:
+    kubeconfig = fakes.made_cluster(kind)
+    stack = read_stack("prod", work)
+    assert stack == Stack("prod", NAMESPACE, work / "kubeconfig", None, True)
+    assert stat.S_IMODE((work / "kubeconfig").stat().st_mode) == 0o600
+    Kubectl(stack).get_json("statefulset", "database")
+    (call,) = fakes.calls()
+    assert call["args"][:4] == ["--kubeconfig", str(work / "kubeconfig"), "--namespace", NAMESPACE]
+    assert call["kubeconfig"] == kubeconfig
+
+
+def test_an_existing_cluster_is_reached_through_the_file_it_exports_and_its_context(
+    fakes: Fakes, work: Path
+) -> None:
+    # Fakes' own stack: provider existing, context e2e, its kubeconfig's path as the output.
+    stack = read_stack("prod", work)
+    assert stack == Stack("prod", NAMESPACE, fakes.kubeconfig, "e2e", False)
+    assert list(work.iterdir()) == []
+    Kubectl(stack).get_json("statefulset", "database")
+    fakes.assert_every_call_on_the_stack()
+
+
+def test_no_error_of_kubectl_on_an_eks_stack_shows_its_kubeconfig(fakes: Fakes, work: Path) -> None:
+    fakes.made_cluster("eks")
+    stack = read_stack("staging", work)
+    with pytest.raises(StackError) as raised:
+        Kubectl(stack)("cordon", "node-1")  # the stand-in refuses it: exit 1
+    message = str(raised.value)
+    assert EKS_TOKEN not in message
+    assert f"--kubeconfig {work / 'kubeconfig'} " in message
+    assert message.endswith("exited 1: fake kubectl: unexpected cordon node-1")
+    # The command a person runs later fetches it from the stack instead.
+    fetched = "pulumi stack output kubeconfig --show-secrets --stack staging"
+    assert Kubectl(stack).shown("get", "pods") == (
+        f"kubectl --kubeconfig <({fetched}) --namespace {NAMESPACE} get pods"
+    )
+
+
+@pytest.mark.parametrize("output", [{}, {"kubeconfig": ""}], ids=["missing", "empty"])
+def test_a_made_cluster_without_its_kubeconfig_is_an_error_not_kubectl_s_default(
+    output: dict[str, str], fakes: Fakes, work: Path
+) -> None:
+    fakes.stack(made_cluster_config("eks"), {"namespace": NAMESPACE, **output})
+    with pytest.raises(StackError) as raised:
+        read_stack("staging", work)
+    assert str(raised.value) == (
+        "stack staging has no kubeconfig output for its eks cluster: is it deployed?"
+    )
+    assert list(work.iterdir()) == []
