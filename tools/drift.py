@@ -1,11 +1,12 @@
 """`make drift`: does a live stack still match its state? (README, "Drift").
 
 A refresh preview (`pulumi refresh --preview-only`, through the Automation API) reads every
-resource of the stack from the cloud and the cluster and writes nothing. The engine decides which
-resources changed (with the provider's own diff, so a Deployment's status or resourceVersion is no
-change); this module names each one and the properties that moved, old value and new, and exits
-non-zero when anything did. The scheduled drift workflow runs the same module and files the same
-report as an issue.
+resource of the stack from the cloud and the cluster and writes nothing: not the state, and not
+the operator's selected stack either (every command names the stack it checks). The engine
+decides which resources changed (with the provider's own diff, so a Deployment's status or
+resourceVersion is no change); this module names each one and the properties that moved, old
+value and new, and exits non-zero when anything did. The scheduled drift workflow runs the same
+module and files the same report as an issue.
 
 What is *not* drift is the program's to say, never this module's: a property under the
 resource's `ignoreChanges` (recorded in the state by every `pulumi up`, e.g. the replica count of
@@ -319,6 +320,20 @@ def ignore_changes_of(exported: Mapping[str, Any]) -> dict[str, list[str]]:
     return {r["urn"]: list(r["ignoreChanges"]) for r in resources if r.get("ignoreChanges")}
 
 
+class _SelectionKeepingWorkspace(auto.LocalWorkspace):
+    """A LocalWorkspace that leaves the operator's selected stack as it is. `Stack.select` runs
+    `pulumi stack select`, which the CLI keeps for the project: after a check of prod, a bare
+    `pulumi up` or `pulumi destroy` would act on prod. No command needs the selection (a Stack
+    names itself with `--stack` in each), so selecting here only finds the stack, as the
+    Automation API's remote workspaces do: `pulumi stack --show-name --stack NAME` fails when
+    there is no such stack, else prints its name and changes nothing."""
+
+    def select_stack(self, stack_name: str) -> None:
+        self.pulumi_command.run(
+            ["stack", "--show-name", "--stack", stack_name], self.work_dir, self.env_vars
+        )
+
+
 def check(stack: str, *, work_dir: Path | None = None, pulumi: str | None = None) -> DriftReport:
     """Preview a refresh of `stack` and report its drift. `pulumi` is the CLI to run (default:
     $PULUMI, else `pulumi` on PATH) in `work_dir` (default: the current directory); the backend
@@ -328,13 +343,13 @@ def check(stack: str, *, work_dir: Path | None = None, pulumi: str | None = None
     except pulumi_cli.PulumiCliError as error:
         raise DriftCheckError(str(error)) from error
     folder = work_dir or Path.cwd()
-    workspace = auto.LocalWorkspace(work_dir=str(folder), pulumi_command=cli)
+    workspace = _SelectionKeepingWorkspace(work_dir=str(folder), pulumi_command=cli)
     events: list[auto.EngineEvent] = []
     try:
-        selected = auto.Stack.select(stack, workspace)
+        checked = auto.Stack.select(stack, workspace)
         ignored = recorded_ignore_changes(stack, work_dir=folder, pulumi=pulumi)
         # Secrets stay ciphertext in the events: the report ends up in a GitHub issue.
-        selected.preview_refresh(on_event=events.append, show_secrets=False, color="never")
+        checked.preview_refresh(on_event=events.append, show_secrets=False, color="never")
     except auto.CommandError as error:
         raise DriftCheckError(str(error).strip()) from error
     return report(stack, events, ignored)

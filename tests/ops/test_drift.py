@@ -1,4 +1,5 @@
-"""tools/drift.py: the report a refresh preview's engine events make.
+"""tools/drift.py: the report a refresh preview's engine events make, and the whole check (and
+`make drift`) against a stand-in Pulumi CLI.
 
 The events are Pulumi's engine-event JSON (`EngineEvent.from_json`, the shape the Automation API
 receives) with the values a real `pulumi refresh --preview-only` of CLI 3.274 gave for a resource
@@ -8,15 +9,18 @@ detailed-diff event is built from the documented `detailedDiff` shape (the provi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pulumi import automation as auto
 
+from harness.make import make_env, run_make
 from tests.stand_ins import PULUMI_CALLS, logged_calls, pulumi_stand_in
 from tools.drift import (
     DriftCheckError,
+    check,
     covers,
     format_path,
     ignore_changes_of,
@@ -34,8 +38,10 @@ SECRET = {"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270"
 ASSET = {"4dabf18193072939515e22adb298388d": "c44067f5952c0a294b673a41bacd8c17", "path": "a.txt"}
 
 
-def outputs_event(urn: str, op: str, old: dict[str, Any], new: dict[str, Any] | None,
-                  **diff: Any) -> auto.EngineEvent:  # fmt: skip
+def outputs_event_json(urn: str, op: str, old: dict[str, Any], new: dict[str, Any] | None,
+                       **diff: Any) -> dict[str, Any]:  # fmt: skip
+    """The engine's event, as JSON, that the refresh of `urn` ended with `op`."""
+
     def state(outputs: dict[str, Any]) -> dict[str, Any]:
         return {"type": urn.rsplit("::", 2)[1], "urn": urn, "id": "x", "parent": "",
                 "provider": "", "inputs": {}, "outputs": outputs}  # fmt: skip
@@ -44,9 +50,12 @@ def outputs_event(urn: str, op: str, old: dict[str, Any], new: dict[str, Any] | 
     metadata["old"] = state(old)
     if new is not None:
         metadata["new"] = state(new)
-    return auto.EngineEvent.from_json(
-        {"sequence": 1, "timestamp": 1, "resOutputsEvent": {"metadata": metadata}}
-    )
+    return {"sequence": 1, "timestamp": 1, "resOutputsEvent": {"metadata": metadata}}
+
+
+def outputs_event(urn: str, op: str, old: dict[str, Any], new: dict[str, Any] | None,
+                  **diff: Any) -> auto.EngineEvent:  # fmt: skip
+    return auto.EngineEvent.from_json(outputs_event_json(urn, op, old, new, **diff))
 
 
 def pre_event(urn: str) -> auto.EngineEvent:
@@ -209,6 +218,103 @@ def test_an_export_that_fails_stops_the_check_with_what_the_cli_said(tmp_path: P
     binary = pulumi_stand_in(tmp_path, "sys.exit(\"error: no stack named 'prod' found\")")
     with pytest.raises(DriftCheckError, match="exited 1: error: no stack named 'prod' found"):
         recorded_ignore_changes("prod", work_dir=tmp_path, pulumi=str(binary))
+
+
+# The CLI the whole check runs, on a backend that holds `prod` alone: the stack the project has
+# selected in the file `selected` beside it (none when absent), which `stack select` and
+# `stack unselect` change as the CLI's workspace does; a command that names no stack fails, as
+# one on a stack the backend lacks. Its version is one that hands the Automation API its engine
+# events through a file (--event-log): the lines of `events.jsonl` beside it.
+CHECK_ANSWERS = """\
+words = [word for word in args if word != "--non-interactive"]
+named = words[words.index("--stack") + 1] if "--stack" in words else None
+selected = here / "selected"
+if words == ["version"]:
+    print("v3.200.0")
+elif words[:2] == ["stack", "unselect"]:
+    selected.unlink(missing_ok=True)
+elif named != "prod" and words[:2] != ["stack", "select"]:
+    sys.exit(f"error: no stack named '{named}' found" if named else "stand-in: which stack?")
+elif words[:2] == ["stack", "select"]:
+    chosen = named or words[2]
+    if chosen != "prod":
+        sys.exit(f"error: no stack named '{chosen}' found")
+    selected.write_text(chosen)
+elif words[:2] == ["stack", "--show-name"]:
+    print(named)
+elif words[:2] == ["stack", "export"]:
+    print(json.dumps({"version": 3, "deployment": {"resources": []}}))
+elif words[:2] == ["refresh", "--preview-only"]:
+    with open(words[words.index("--event-log") + 1], "a") as log:
+        log.write((here / "events.jsonl").read_text())
+else:
+    sys.exit("stand-in: unexpected " + " ".join(words))
+"""
+# What the engine sends last: its summary, then the end of the stream.
+SUMMARY = {"sequence": 2, "timestamp": 2, "summaryEvent": {"resourceChanges": {"update": 1}}}
+CANCEL = {"sequence": 3, "timestamp": 3, "cancelEvent": {}}
+
+
+def check_cli(folder: Path, selected: str | None) -> Path:
+    """The stand-in CLI the check runs, at `<folder>/bin/pulumi` (the layout the Automation API
+    runs), with `selected` the project's selected stack; its refresh finds the gateway scaled
+    from 2 to 3."""
+    binary = pulumi_stand_in(folder / "bin", CHECK_ANSWERS)
+    scaled = outputs_event_json(GATEWAY, "update", deployment(2), deployment(3))
+    events = "".join(json.dumps(event) + "\n" for event in (scaled, SUMMARY, CANCEL))
+    (folder / "bin" / "events.jsonl").write_text(events)
+    if selected is not None:
+        (folder / "bin" / "selected").write_text(selected)
+    return binary
+
+
+def selection(binary: Path) -> str | None:
+    """The stack the stand-in CLI's project has selected (None: none)."""
+    path = binary.with_name("selected")
+    return path.read_text() if path.exists() else None
+
+
+def assert_every_command_named_prod(binary: Path) -> None:
+    calls = [call["args"] for call in logged_calls(binary.with_name(PULUMI_CALLS))]
+    commands = [args for args in calls if args != ["version"]]
+    assert [args[1] for args in commands] == ["stack", "stack", "refresh"], commands
+    for args in commands:
+        assert args[args.index("--stack") :][:2] == ["--stack", "prod"], args
+
+
+@pytest.mark.parametrize("before", ["dev", None], ids=["dev selected", "none selected"])
+def test_the_check_leaves_the_stack_the_operator_selected_as_it_was(
+    before: str | None, tmp_path: Path
+) -> None:
+    binary = check_cli(tmp_path, before)
+    result = check("prod", work_dir=tmp_path, pulumi=str(binary))
+    assert result.text().splitlines()[-1] == "    spec.replicas: 2 => 3"
+    assert selection(binary) == before
+    assert_every_command_named_prod(binary)
+
+
+def test_make_drift_leaves_the_stack_the_operator_selected_as_it_was(tmp_path: Path) -> None:
+    binary = check_cli(tmp_path, "dev")
+    # No backend or passphrase of whoever runs the tests reaches this run.
+    env = make_env("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE")
+    result = run_make("drift", "STACK=prod", f"PULUMI={binary}", env=env)
+    assert result.returncode != 0, result.stdout  # drift: the tool exits 1
+    assert "Drift on stack prod: 1 resource differs from the state." in result.stdout
+    assert selection(binary) == "dev"
+    assert_every_command_named_prod(binary)
+
+
+def test_a_stack_the_backend_lacks_stops_the_check_at_once_with_the_cli_s_error(
+    tmp_path: Path,
+) -> None:
+    binary = check_cli(tmp_path, "dev")
+    with pytest.raises(DriftCheckError, match="error: no stack named 'staging' found"):
+        check("staging", work_dir=tmp_path, pulumi=str(binary))
+    calls = [call["args"] for call in logged_calls(binary.with_name(PULUMI_CALLS))]
+    assert calls == [
+        ["version"],
+        ["--non-interactive", "stack", "--show-name", "--stack", "staging"],
+    ]
 
 
 @pytest.mark.parametrize(
