@@ -13,9 +13,11 @@ case "$STATUS" in
   drift)
     body="${REPORT:-}
 
-Found by $run_url. \`make drift STACK=$STACK\` shows the same report. \`pulumi up\` of the stack
-puts the live resources back (or change the program to adopt what changed); the next clean
-check closes this issue."
+Found by $run_url. \`make drift STACK=$STACK\` shows the same report. The check writes nothing,
+so \`pulumi up\` alone still diffs against a state that has not seen the change and does nothing
+about it. \`pulumi refresh --stack $STACK\` records what is live (a deletion too), then
+\`pulumi up --stack $STACK\` puts back what the program says; or change the program to adopt
+what changed. The next clean check closes this issue."
     if [ -n "$number" ]; then
       gh issue edit "$number" --body "$body"
     else

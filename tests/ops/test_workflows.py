@@ -5,7 +5,7 @@ prod behind an approval, updates of one stack never race, review stacks are dest
 are removed, permissions are least, actions are pinned; the helper script they run
 (.github/scripts/stacks.py) says the right thing; and README.md's "Operating mlstack" names what
 the workflows and that script use (which changes preview, the environments, the review stacks'
-settings).
+settings) and ends a drift as the drift issue does.
 """
 
 from __future__ import annotations
@@ -535,6 +535,51 @@ def test_one_issue_per_stack_is_opened_or_updated_on_drift_and_closed_when_clean
     assert 'title="Drift on $STACK"' in handling
     for command in ("gh issue create", "gh issue edit", "gh issue close"):
         assert command in handling
+
+
+# A `gh` that logs its arguments (a JSON list a line) and knows no open issue.
+GH_STAND_IN = """\
+#!{python}
+import json, sys
+from pathlib import Path
+
+with (Path(__file__).parent / "gh-calls.jsonl").open("a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:3] == ["issue", "list"]:
+    print("[]")
+"""
+
+
+def test_a_drift_issue_ends_the_drift_as_the_readme_does_refresh_then_up(tmp_path: Path) -> None:
+    """The check writes nothing, so an `up` alone sees no change: the issue gives the remedy
+    README's "Drift" gives, word for word, for its stack."""
+    stand_in(tmp_path, "gh", GH_STAND_IN.format(python=sys.executable))
+    env = env_first_on_path(
+        tmp_path, STACK="prod", STATUS="drift", REPORT="(the report)", GH_REPO="acme/mlstack"
+    )
+    done = subprocess.run(
+        ["bash", str(ROOT / DRIFT_ISSUE)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    (create,) = [
+        args
+        for args in logged_calls(tmp_path / "gh-calls.jsonl")
+        if args[:2] == ["issue", "create"]
+    ]
+    assert create[create.index("--title") + 1] == "Drift on prod"
+    body = " ".join(create[create.index("--body") + 1].split())
+    remedy = (
+        "`pulumi refresh --stack prod` records what is live (a deletion too), then "
+        "`pulumi up --stack prod` puts back what the program says; or change the program to "
+        "adopt what changed."
+    )
+    assert remedy in body
+    assert remedy in " ".join(readme_section("Drift").split())
 
 
 # --- review stacks ------------------------------------------------------------------------------
