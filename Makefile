@@ -16,14 +16,25 @@ define pip_install
 test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
 $(1)/bin/python -m pip install --quiet --disable-pip-version-check $(2)
 endef
-# The state backend of the targets that run the Pulumi CLI (mk/stack.mk, mk/ops.mk):
-# PULUMI_BACKEND_URL when set, else the backend `pulumi login` chose, else a local file backend
-# in .pulumi-local/. Asked only when such a target runs.
+# The state backend of the targets that run the Pulumi CLI (mk/stack.mk, mk/ops.mk) on $(STACK):
+# PULUMI_BACKEND_URL when set, else the backend `pulumi login` chose (`pulumi whoami` answers).
+# With neither, the dev stack (the cluster on this machine) falls back to a local file backend in
+# .pulumi-local/, and any other stack stops (REQUIRE_BACKEND): its state is on a shared backend
+# that a lapsed login or no network hides, and an empty one in its place would create all of its
+# resources again. Asked only when such a target runs.
 LOCAL_BACKEND := file://$(CURDIR)/.pulumi-local
 ifndef PULUMI_BACKEND_URL
+ifeq ($(STACK),dev)
 PULUMI_LOGGED_IN = $(shell $(PULUMI) whoami --non-interactive >/dev/null 2>&1 && echo yes)
 PULUMI_BACKEND = $(if $(PULUMI_LOGGED_IN),,$(LOCAL_BACKEND))
 endif
+endif
+# The recipe line each of those targets runs before its first Pulumi command: with no backend,
+# it stops the target saying why and what to do.
+REQUIRE_BACKEND = @test -n "$$PULUMI_BACKEND_URL" || whoami=$$($(PULUMI) whoami --non-interactive 2>&1) || { \
+	why=$$(grep -m 1 '^error: ' <<<"$$whoami" || tail -n 1 <<<"$$whoami"); \
+	echo "make: stack $(STACK) has no state backend: PULUMI_BACKEND_URL is unset and pulumi whoami failed ($$why). Run 'pulumi login <backend>' or set PULUMI_BACKEND_URL; only the dev stack falls back to .pulumi-local/" >&2; \
+	exit 1; }
 
 TEST_TARGETS := lint typecheck unit
 

@@ -295,8 +295,10 @@ def test_the_check_leaves_the_stack_the_operator_selected_as_it_was(
 
 def test_make_drift_leaves_the_stack_the_operator_selected_as_it_was(tmp_path: Path) -> None:
     binary = check_cli(tmp_path, "dev")
-    # No backend or passphrase of whoever runs the tests reaches this run.
+    # No backend or passphrase of whoever runs the tests reaches this run; prod, which has no
+    # local fallback, gets one of the test's.
     env = make_env("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE")
+    env["PULUMI_BACKEND_URL"] = f"file://{tmp_path}/state"
     result = run_make("drift", "STACK=prod", f"PULUMI={binary}", env=env)
     assert result.returncode != 0, result.stdout  # drift: the tool exits 1
     assert "Drift on stack prod: 1 resource differs from the state." in result.stdout

@@ -36,11 +36,15 @@ def make_down(
     env = make_env("FAKE_PULUMI_STATE", "PULUMI_BACKEND_URL")
     if exported is not None:
         env["FAKE_PULUMI_STATE"] = exported
+    # Logged in nowhere: dev falls back to the local file backend, any other stack needs
+    # PULUMI_BACKEND_URL (test_make_defaults.py).
+    backend = f"file://{ROOT}/.pulumi-local" if stack == "dev" else f"file://{tmp_path}/state"
+    if stack != "dev":
+        env["PULUMI_BACKEND_URL"] = backend
     result = run_make("down", f"STACK={stack}", f"PULUMI={pulumi}", env=env)
     logged = logged_calls(tmp_path / PULUMI_CALLS)
     backends = {call["PULUMI_BACKEND_URL"] for call in logged}
-    # Logged in nowhere and no PULUMI_BACKEND_URL: every call used the local file backend.
-    assert backends <= {f"file://{ROOT}/.pulumi-local"}, backends
+    assert backends <= {backend}, backends
     return result, [call["args"] for call in logged]
 
 
