@@ -29,12 +29,17 @@ PULUMI_LOGGED_IN = $(shell $(PULUMI) whoami --non-interactive >/dev/null 2>&1 &&
 PULUMI_BACKEND = $(if $(PULUMI_LOGGED_IN),,$(LOCAL_BACKEND))
 endif
 endif
-# The recipe line each of those targets runs before its first Pulumi command: with no backend,
-# it stops the target saying why and what to do.
-REQUIRE_BACKEND = @test -n "$$PULUMI_BACKEND_URL" || whoami=$$($(PULUMI) whoami --non-interactive 2>&1) || { \
-	why=$$(grep -m 1 '^error: ' <<<"$$whoami" || tail -n 1 <<<"$$whoami"); \
-	echo "make: stack $(STACK) has no state backend: PULUMI_BACKEND_URL is unset and pulumi whoami failed ($$why). Run 'pulumi login <backend>' or set PULUMI_BACKEND_URL; only the dev stack falls back to .pulumi-local/" >&2; \
-	exit 1; }
+# The recipe line each of those targets runs before its first Pulumi command: it names the
+# backend the target acts on, or, when there is none, stops the target saying why and what to do.
+REQUIRE_BACKEND = @if [ -n "$$PULUMI_BACKEND_URL" ]; then backend=$$PULUMI_BACKEND_URL; \
+	elif whoami=$$($(PULUMI) whoami --verbose --non-interactive 2>&1); then \
+	  backend=$$(sed -n 's/^Backend URL: //p' <<<"$$whoami"); \
+	else \
+	  why=$$(grep -m 1 '^error: ' <<<"$$whoami" || tail -n 1 <<<"$$whoami"); \
+	  echo "make: stack $(STACK) has no state backend: PULUMI_BACKEND_URL is unset and pulumi whoami failed ($$why). Run 'pulumi login <backend>' or set PULUMI_BACKEND_URL; only the dev stack falls back to .pulumi-local/" >&2; \
+	  exit 1; \
+	fi; \
+	echo "make: stack $(STACK), state backend $${backend:-chosen by pulumi login}"
 
 TEST_TARGETS := lint typecheck unit
 

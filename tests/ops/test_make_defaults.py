@@ -59,6 +59,8 @@ NEW_STACK = """\
 if args[1:3] == ["config", "--json"]:
     print("{}")
 """
+# What `pulumi whoami --verbose` prints when logged in to Pulumi Cloud.
+LOGGED_IN_BACKEND = "https://api.pulumi.com"
 # Each target that runs the Pulumi CLI on $(STACK), with the variables it needs besides.
 BACKEND_TARGETS: dict[str, tuple[str, ...]] = {
     "stack": (),
@@ -80,11 +82,15 @@ def make_on_the_stand_in(
     Pulumi call it made but `whoami`, with the backend and passphrase the call was given."""
     pulumi = pulumi_stand_in(folder, NEW_STACK)
     if logged_in:
-        # `whoami` answers as a login does; every other call goes to the stand-in.
+        # `whoami` answers as Pulumi Cloud's login does; every other call goes to the stand-in.
         pulumi = stand_in(
             folder / "logged-in",
             "pulumi",
-            f'#!/bin/sh\nif [ "$1" = whoami ]; then echo me; exit 0; fi\nexec {pulumi} "$@"\n',
+            "#!/bin/sh\n"
+            'if [ "$1" = whoami ]; then\n'
+            f"  printf 'User: me\\nBackend URL: {LOGGED_IN_BACKEND}\\n'; exit 0\n"
+            "fi\n"
+            f'exec {pulumi} "$@"\n',
         )
     # Neither a backend, a passphrase nor a stack of the caller's reaches this run.
     env = make_env("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "STACK")
@@ -105,6 +111,7 @@ def test_the_backend_targets_are_those_make_hands_the_backend_to() -> None:
 def test_make_up_logged_in_nowhere_runs_dev_on_the_local_file_backend(tmp_path: Path) -> None:
     result, calls = make_on_the_stand_in(tmp_path, "up")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0] == f"make: stack dev, state backend {LOCAL_BACKEND}"
     assert calls[0]["args"] == ["stack", "select", "--create", "dev"]
     assert calls[-1]["args"][:4] == ["up", "--stack", "dev", "--yes"]
     for call in calls:
@@ -136,6 +143,7 @@ def test_a_stack_with_pulumi_backend_url_runs_there(tmp_path: Path) -> None:
     backend = f"file://{tmp_path}/state"
     result, calls = make_on_the_stand_in(tmp_path, "up", "STACK=prod", backend=backend)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0] == f"make: stack prod, state backend {backend}"
     assert calls[0]["args"] == ["stack", "select", "--create", "prod"]
     assert calls[-1]["args"][:4] == ["up", "--stack", "prod", "--yes"]
     assert {call["PULUMI_BACKEND_URL"] for call in calls} == {backend}
@@ -145,6 +153,8 @@ def test_a_stack_with_pulumi_backend_url_runs_there(tmp_path: Path) -> None:
 def test_a_stack_runs_on_the_backend_pulumi_login_chose(tmp_path: Path, stack: str) -> None:
     result, calls = make_on_the_stand_in(tmp_path, "preview", f"STACK={stack}", logged_in=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    line = f"make: stack {stack}, state backend {LOGGED_IN_BACKEND}"
+    assert result.stdout.splitlines()[0] == line
     assert calls[0]["args"] == ["stack", "select", "--create", stack]
     assert calls[-1]["args"][:3] == ["preview", "--stack", stack]
     # Empty: the CLI takes the backend of its login.

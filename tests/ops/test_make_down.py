@@ -52,6 +52,8 @@ def make_down(
 def test_down_destroys_then_removes_the_stack(tmp_path: Path, stack: str) -> None:
     result, calls = make_down(tmp_path, stack, state({"urn": "urn:pulumi:a", "protect": False}))
     assert result.returncode == 0, result.stderr
+    # The backend named before anything else runs (make_down holds each call to it).
+    assert result.stdout.startswith(f"make: stack {stack}, state backend file://")
     assert calls == [
         ["stack", "export", "--stack", stack],
         ["destroy", "--stack", stack, "--yes"],
