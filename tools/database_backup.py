@@ -8,15 +8,17 @@ database put back as it was at a point in time, from the stack's pgBackRest repo
 `backup` runs pgBackRest in the primary's `backups` container and prints the repository's list.
 
 `restore` replaces every instance's data; predictions are refused (503) while it runs:
-1. in the primary, `pgbackrest check`: the WAL up to now is in the repository, and a backup
+1. a time later than now (this machine's clock) is refused before anything is asked or changed:
+   the archived WAL ends now, and a recovery whose target lies past its end fails;
+2. in the primary, `pgbackrest check`: the WAL up to now is in the repository, and a backup
    older than the time is there to start from;
-2. scale the StatefulSet to 0, and remove Patroni's state (its ConfigMaps), so that the cluster
+3. scale the StatefulSet to 0, and remove Patroni's state (its ConfigMaps), so that the cluster
    is made anew;
-3. the ConfigMap `database-restore` (a request id, the time); scale back: each instance moves its
+4. the ConfigMap `database-restore` (a request id, the time); scale back: each instance moves its
    data aside once for that request (`pgdata.before-restore-<id>` on its volume, kept until
    removed by hand), one restores the newest backup before the time and replays the archived
    WAL up to it, then becomes the primary; the others copy it;
-4. wait until the instances have settled, then remove the ConfigMap.
+5. wait until the instances have settled, then remove the ConfigMap.
 """
 
 from __future__ import annotations
@@ -63,6 +65,24 @@ def point_in_time(text: str) -> dt.datetime:
             "moment wherever the command runs"
         )
     return moment
+
+
+def now() -> dt.datetime:
+    """This machine's clock, in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def not_after_now(moment: dt.datetime) -> None:
+    """Refuse a time later than now: the WAL archive ends at the present, and PostgreSQL's
+    recovery fails ("recovery ended before configured recovery target was reached") when its
+    target lies beyond it."""
+    present = now()
+    if moment > present:
+        raise BackupError(
+            f"{moment.isoformat()} is later than now ({present.isoformat(timespec='seconds')}): "
+            "the archived WAL ends now, and a restore cannot reach a time after it (a local time "
+            "given with +00:00?); nothing was changed"
+        )
 
 
 def pgbackrest(
@@ -157,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mlstack-backup-") as tmp:
         try:
+            if args.command == "restore":
+                not_after_now(args.time)
             stack = read_stack(args.stack, Path(tmp))
             if args.command == "backup":
                 print(backup(stack, args.type), end="")

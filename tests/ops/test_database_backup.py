@@ -37,6 +37,8 @@ STOPPED: Final = state({})
 # After a restore, whichever instance won Patroni's race to make the cluster is the primary.
 SETTLED: Final = state(roles("primary", "replica", "replica"), database_0=True)
 MOMENT: Final = dt.datetime(2026, 12, 4, 21, 30, tzinfo=dt.UTC)
+# The tool's clock in these tests: a day after MOMENT.
+NOW: Final = MOMENT + dt.timedelta(days=1)
 INFO_TEXT: Final = "stanza: mlstack\n    status: ok\n    full backup: 20261204-210000F\n"
 
 
@@ -98,6 +100,7 @@ class BackupFakes(Fakes):
 def fakes(cli_folder: Path, monkeypatch: pytest.MonkeyPatch) -> BackupFakes:
     # The waits' poll interval only: the tool's bounds and checks stay as they are.
     monkeypatch.setattr(backups, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(backups, "now", lambda: NOW)
     return BackupFakes(cli_folder)
 
 
@@ -368,6 +371,36 @@ def test_restore_without_a_backup_before_the_time_touches_nothing(
         pgbackrest_in("database-1", "check"),
         pgbackrest_in("database-1", "info", "--output=json"),
     ]
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "2026-12-05 21:30:00.000001+00:00",
+        # 22:30 in Paris, written as if it were UTC: an hour ahead.
+        "2026-12-05 22:30:00+00:00",
+        "2027-01-01 00:00:00-05:00",
+    ],
+)
+def test_a_time_later_than_now_is_refused_before_anything_is_asked(
+    moment: str, fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = restore(capsys, moment)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"restore: error: {dt.datetime.fromisoformat(moment).isoformat()} is later than now "
+        "(2026-12-05T21:30:00+00:00): the archived WAL ends now, and a restore cannot reach a "
+        "time after it (a local time given with +00:00?); nothing was changed\n"
+    )
+    assert fakes.calls() == []
+    assert fakes.pulumi_calls() == []
+
+
+def test_a_time_of_now_is_one_to_restore_to(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = restore(capsys, NOW.isoformat())
+    assert (code, err) == (0, "")
 
 
 def test_a_backup_that_ended_at_the_time_is_one_to_start_from(
