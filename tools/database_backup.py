@@ -10,27 +10,34 @@ database put back as it was at a point in time, from the stack's pgBackRest repo
 `restore` replaces every instance's data; predictions are refused (503) while it runs:
 1. a time later than now (this machine's clock) is refused before anything is asked or changed:
    the archived WAL ends now, and a recovery whose target lies past its end fails;
-2. in the primary, `pgbackrest check`: the WAL up to now is in the repository, and a backup
+2. a request `database-restore` already there (a run that did not finish) is finished when it
+   is for the same time and the instances run (step 6), else refused with what it left;
+3. in the primary, `pgbackrest check`: the WAL up to now is in the repository, and a backup
    older than the time is there to start from;
-3. scale the StatefulSet to 0, and remove Patroni's state (its ConfigMaps), so that the cluster
-   is made anew;
-4. the ConfigMap `database-restore` (a request id, the time); scale back: each instance moves its
-   data aside once for that request (`pgdata.before-restore-<id>` on its volume, kept until
-   removed by hand), one restores the newest backup before the time and replays the archived
-   WAL up to it, then becomes the primary; the others copy it;
-5. wait until the instances have settled, then remove the ConfigMap.
+4. scale the StatefulSet to 0, and make the ConfigMap `database-restore` (a request id, the
+   time): a failure until then scales the StatefulSet back, and nothing else has changed;
+5. remove Patroni's state (its ConfigMaps), so that the cluster is made anew, and scale back:
+   each instance moves its data aside once for that request (`pgdata.before-restore-<id>` on
+   its volume, kept until removed by hand), one restores the newest backup before the time and
+   replays the archived WAL up to it, then becomes the primary; the others copy it;
+6. wait until the instances have settled, a restored primary answering, then remove the
+   request. A failure or Ctrl-C from step 5 on leaves the request where it is (without it, an
+   instance that starts would make a new, empty database) and prints what was left and the
+   commands to look at it, go on or roll back.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import enum
 import json
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -109,9 +116,282 @@ def backup(stack: Stack, kind: str) -> str:
     return pgbackrest(kubectl, primary, "info")
 
 
+@dataclass(frozen=True)
+class Request:
+    """A restore request, the ConfigMap `database-restore`: its id and recovery target."""
+
+    id: str
+    target: str
+
+
+def recovery_target(moment: dt.datetime) -> str:
+    """`moment` as the request's target: PostgreSQL's form, in UTC."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+
+
+def pending_request(kubectl: Kubectl) -> Request | None:
+    """The request in the stack's namespace, if there is one."""
+    found = kubectl.get_json("configmap", database.RESTORE_CONFIG_MAP)
+    if not found:
+        return None
+    data = found.get("data") or {}
+    return Request(str(data.get("id", "")), str(data.get("target", "")))
+
+
+class RestoreUnfinishedError(BackupError):
+    """A restore that changed the cluster and stopped before its end: the message says what it
+    left and what to run next."""
+
+
+class PatroniState(enum.Enum):
+    """Patroni's ConfigMaps when a restore stops: still the former cluster's, perhaps partly
+    deleted, deleted (and perhaps made again by the restored cluster), or as a run that did not
+    finish left them."""
+
+    FORMER = "Patroni's state (its ConfigMaps) untouched"
+    PARTLY = "Patroni's former state (its ConfigMaps) perhaps partly deleted"
+    DELETED = "Patroni's former state (its ConfigMaps) deleted"
+    UNKNOWN = "Patroni's state (its ConfigMaps) as that run left it"
+
+
+@dataclass(frozen=True)
+class Left:
+    """What a restore that stopped leaves besides its request."""
+
+    # The replicas the StatefulSet may have: "0", "3", "0 or 3".
+    replicas: str
+    patroni: PatroniState
+    # Whether an instance may have started with the request, and so moved its data aside.
+    started: bool
+
+
+def describe(error: BaseException) -> str:
+    return "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
+
+
+class Restore:
+    """A restore of one stack's database: its steps, each one's failure, and the message that
+    says what a failure left and how to look at it, go on or roll back.
+
+    Until the request exists, a failure undoes what was done: the instances were only scaled to
+    0, and come back as they were. Once it exists, nothing here deletes it unless a restored
+    primary answered: an instance that starts while it is there restores from the backups, and
+    never makes a new, empty database that would take the application's writes."""
+
+    def __init__(self, stack: Stack, kubectl: Kubectl, instances: Instances) -> None:
+        self.stack = stack
+        self.kubectl = kubectl
+        self.instances = instances
+        # The instances before the restore: what the StatefulSet is scaled back to.
+        self.count = instances.count
+        self.scope = f"{instances.selector},{database.SCOPE_LABEL}={database.SCOPE}"
+
+    def run(self, request: Request) -> None:
+        """The whole restore: stop, ask, start, wait, remove the request."""
+        self.stop()
+        self.make(request)
+        self.start(request)
+        self.finish(request)
+
+    def stop(self) -> None:
+        """Every instance stopped; on failure, the StatefulSet scaled back."""
+        try:
+            self.kubectl("scale", "statefulset", database.NAME, "--replicas=0")
+            wait_until(
+                lambda: not self.instances.snapshot().roles,
+                "the database's pods to stop",
+                STOP_SECONDS,
+                interval=POLL_SECONDS,
+            )
+        except (StackError, RuntimeError, KeyboardInterrupt) as error:
+            raise self.undone(describe(error)) from error
+
+    def make(self, request: Request) -> None:
+        """The request made, before Patroni's state is touched: a creation that fails leaves the
+        former cluster whole, and is undone unless a request is there after all."""
+        try:
+            self.kubectl(
+                "create", "configmap", database.RESTORE_CONFIG_MAP,
+                f"--from-literal=id={request.id}", f"--from-literal=target={request.target}",
+            )  # fmt: skip
+            return
+        except (StackError, KeyboardInterrupt) as error:
+            why, cause = describe(error), error
+        untouched = Left("0", PatroniState.FORMER, started=False)
+        try:
+            found = pending_request(self.kubectl)
+        except StackError as error:
+            # Whether it was made is not known: as if it were, nothing is undone.
+            unknown = f"{why}; whether {database.RESTORE_CONFIG_MAP} was made is not known"
+            raise self.unfinished(f"{unknown} ({error})", request, untouched) from cause
+        if found is None:
+            raise self.undone(why) from cause
+        if found != request:
+            another = f"{why}; another request is there (another `make restore` running?)"
+            raise self.unfinished(another, found, untouched) from cause
+        if isinstance(cause, KeyboardInterrupt):
+            # Made, but the person asked to stop: left for them to go on or roll back.
+            raise self.unfinished(why, request, untouched) from cause
+
+    def start(self, request: Request) -> None:
+        """Patroni's former state deleted and the instances started with the request."""
+        left = Left("0", PatroniState.PARTLY, started=False)
+        try:
+            self.kubectl("delete", "configmap", "--selector", self.scope, "--ignore-not-found")
+            left = Left(f"0 or {self.count}", PatroniState.DELETED, started=True)
+            self.kubectl("scale", "statefulset", database.NAME, f"--replicas={self.count}")
+        except (StackError, KeyboardInterrupt) as error:
+            raise self.unfinished(describe(error), request, left) from error
+
+    def finish(self, request: Request) -> None:
+        """Wait for the restored primary and its replicas, then remove the request."""
+        count = self.count
+
+        def settled() -> bool:
+            snapshot = self.instances.snapshot()
+            roles = sorted(snapshot.roles.values())
+            return roles == sorted([database.PRIMARY, *[database.REPLICA] * (count - 1)]) and all(
+                snapshot.endpoints.get(name) for name in snapshot.primaries
+            )
+
+        try:
+            wait_until(
+                settled,
+                f"the instances restored to {request.target}",
+                RESTORE_SECONDS,
+                interval=POLL_SECONDS,
+            )
+        except (StackError, RuntimeError, KeyboardInterrupt) as error:
+            left = Left(str(count), PatroniState.DELETED, started=True)
+            raise self.unfinished(describe(error), request, left) from error
+        remove = ("delete", "configmap", database.RESTORE_CONFIG_MAP, "--ignore-not-found")
+        try:
+            self.kubectl(*remove)
+        except StackError as error:
+            raise BackupError(
+                f"the database is restored to {request.target}, but removing "
+                f"{database.RESTORE_CONFIG_MAP} failed ({error}); a restored primary answered, "
+                f"so {self.command(*remove)} may remove it"
+            ) from error
+
+    def command(self, *args: str) -> str:
+        """`kubectl args` as a person runs it, quoted for a message."""
+        return f"`{self.kubectl.shown(*args)}`"
+
+    def undone(self, why: str) -> BackupError:
+        """The instances scaled back, before any request was made: nothing else has changed."""
+        scale = ("scale", "statefulset", database.NAME, f"--replicas={self.count}")
+        try:
+            self.kubectl(*scale)
+        except StackError as error:
+            return BackupError(
+                f"{why}; the restore did not start, and scaling {database.NAME} back to "
+                f"{self.count} failed ({error}): {self.command(*scale)} brings it back as it "
+                "was; nothing else was changed"
+            )
+        pods = self.command("get", "pods", "--selector", self.instances.selector)
+        return BackupError(
+            f"{why}; the restore did not start: {database.NAME} is scaled back to {self.count} "
+            f"and nothing else was changed, so the database comes back as it was ({pods})"
+        )
+
+    def unfinished(self, why: str, request: Request, left: Left) -> RestoreUnfinishedError:
+        """What a restore that stopped left, and the commands to look at it, go on or roll
+        back."""
+        pgdata = Path(database.PGDATA).name
+        aside = f"{pgdata}.before-restore-{request.id}"
+        pod, container = database.pod_name(0), database.POSTGRES_CONTAINER
+        delete_state = self.command("delete", "configmap", "--selector", self.scope)
+        scale_back = (
+            self.command("scale", "statefulset", database.NAME, f"--replicas={self.count}")
+            if self.count
+            else f"`make up STACK={self.stack.name}` (back to mlstack:database.replicas)"
+        )
+        volumes = (
+            f"each instance that started moved its former data to {aside} on its volume "
+            f"({database.MOUNT_PATH}), kept until removed by hand"
+            if left.started
+            else "no instance has started since: every volume holds its data as it was"
+        )
+        # With no instance running, Patroni's state goes (again) before they start: an instance
+        # then finds the request and no cluster, and restores, or starts on what it restored.
+        former = left.patroni in {PatroniState.FORMER, PatroniState.PARTLY}
+        stopped = left.patroni is PatroniState.UNKNOWN and left.replicas == "0"
+        go_on = [delete_state] if former or stopped else []
+        if left.replicas != str(self.count) or not self.count:
+            go_on.append(scale_back)
+        go_on.append(
+            f"`make restore STACK={self.stack.name} TIME='{request.target}'` (waits for this "
+            "request, and removes it once a restored primary answers)"
+        )
+        roll_back = []
+        if left.replicas != "0":
+            roll_back.append(self.command("scale", "statefulset", database.NAME, "--replicas=0"))
+        if left.started:
+            roll_back.append(
+                f"once its pods are gone, on each volume in {database.MOUNT_PATH} (README, "
+                f'"What a failure leaves"): `test ! -d {aside} || {{ test ! -e {pgdata} || '
+                f"mv {pgdata} {pgdata}.failed-restore-{request.id}; mv {aside} {pgdata}; }}`"
+            )
+        if left.patroni is not PatroniState.FORMER:
+            roll_back.append(delete_state)
+        roll_back += [
+            self.command("delete", "configmap", database.RESTORE_CONFIG_MAP, "--ignore-not-found"),
+            scale_back,
+        ]
+        look = [
+            self.command("get", "pods", "--selector", self.instances.selector),
+            self.command("logs", pod, "--container", container),
+            self.command("exec", pod, "--container", container, "--", "patronictl", "list"),
+        ]
+        return RestoreUnfinishedError(
+            "\n".join(
+                [
+                    f"{why}; restore {request.id} did not finish, and is left as it is",
+                    f"  left: {database.NAME} at {left.replicas} replicas; {left.patroni.value}; "
+                    f"the request {database.RESTORE_CONFIG_MAP} (id {request.id}, target "
+                    f"{request.target}) kept, so that an instance that starts restores and never "
+                    f"makes a new, empty database; {volumes}",
+                    *steps("look", look),
+                    *steps("go on", go_on),
+                    *steps("roll back", roll_back),
+                ]
+            )
+        )
+
+
+def steps(name: str, commands: Sequence[str]) -> list[str]:
+    """`  name: first command`, and the others aligned below it."""
+    head = f"  {name}: "
+    return [head + commands[0], *(" " * len(head) + command for command in commands[1:])]
+
+
 def restore(stack: Stack, moment: dt.datetime) -> tuple[str, float]:
+    """Restore the stack's database to `moment`; the request's id and the seconds it took. A
+    request already there is finished when it is for the same time, else refused."""
     kubectl = Kubectl(stack)
     instances = Instances(kubectl)
+    run = Restore(stack, kubectl, instances)
+    target = recovery_target(moment)
+    pending = pending_request(kubectl)
+    if pending is not None:
+        if pending.target != target or not instances.count:
+            left = Left(str(instances.count), PatroniState.UNKNOWN, started=True)
+            why = (
+                f"{database.RESTORE_CONFIG_MAP} is there, for another time"
+                if pending.target != target
+                else f"{database.NAME} is scaled to 0 with {database.RESTORE_CONFIG_MAP} there"
+            )
+            raise run.unfinished(f"{why}: nothing was changed", pending, left)
+        # The same restore asked again: wait for it and finish it.
+        start = time.monotonic()
+        run.finish(pending)
+        return pending.id, time.monotonic() - start
+    if not instances.count:
+        raise BackupError(
+            f"{database.NAME} is scaled to 0 and no restore is pending: start it first (`make up "
+            f"STACK={stack.name}` scales it to mlstack:database.replicas), then restore"
+        )
     primary = current_primary(instances.snapshot(), kubectl)
     # Every WAL segment up to now archived: the replay can reach any time before this.
     pgbackrest(kubectl, primary, "check")
@@ -124,42 +404,10 @@ def restore(stack: Stack, moment: dt.datetime) -> tuple[str, float]:
             f"no backup ended before {moment.isoformat()} (the oldest ended "
             f"{first or 'never: there is none'}); `make backup STACK={stack.name}` takes one"
         )
+    request = Request(uuid.uuid4().hex[:12], target)
     start = time.monotonic()
-    count = instances.count
-    kubectl("scale", "statefulset", database.NAME, "--replicas=0")
-    wait_until(
-        lambda: not instances.snapshot().roles,
-        "the database's pods to stop",
-        STOP_SECONDS,
-        interval=POLL_SECONDS,
-    )
-    scope = f"{instances.selector},{database.SCOPE_LABEL}={database.SCOPE}"
-    kubectl("delete", "configmap", "--selector", scope, "--ignore-not-found")
-    request = uuid.uuid4().hex[:12]
-    target = moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
-    kubectl(
-        "create", "configmap", database.RESTORE_CONFIG_MAP,
-        f"--from-literal=id={request}", f"--from-literal=target={target}",
-    )  # fmt: skip
-    try:
-        kubectl("scale", "statefulset", database.NAME, f"--replicas={count}")
-
-        def settled() -> bool:
-            snapshot = instances.snapshot()
-            roles = sorted(snapshot.roles.values())
-            return roles == sorted([database.PRIMARY, *[database.REPLICA] * (count - 1)]) and all(
-                snapshot.endpoints.get(name) for name in snapshot.primaries
-            )
-
-        wait_until(
-            settled,
-            f"the instances restored to {target}",
-            RESTORE_SECONDS,
-            interval=POLL_SECONDS,
-        )
-    finally:
-        kubectl("delete", "configmap", database.RESTORE_CONFIG_MAP, "--ignore-not-found")
-    return request, time.monotonic() - start
+    run.run(request)
+    return request.id, time.monotonic() - start
 
 
 def main(argv: Sequence[str] | None = None) -> int:

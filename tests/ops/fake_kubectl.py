@@ -14,7 +14,8 @@ cluster.json holds:
 - `target_ref`: whether endpoints name their pod;
 - `exec`: by program, what a run of it prints and exits with, by its arguments joined by spaces
   or `*` for any; an answer with `advances` starts the states moving when it exits 0;
-- `configmaps`: by name, `labels` and `data`.
+- `configmaps`: by name, `labels` and `data`: read by name, deleted by name or selector, made
+  from literals.
 """
 
 from __future__ import annotations
@@ -105,6 +106,11 @@ def respond(cluster: dict[str, Any], command: list[str]) -> None:
         print(json.dumps({"kind": "List", "items": [{"endpoints": endpoints}]}))
         if cluster["advancing"]:
             cluster["at"] += 1
+    elif command[:2] == ["get", "configmap"]:
+        found = cluster["configmaps"].get(command[2])
+        if found is not None:
+            metadata = {"name": command[2], "labels": found["labels"]}
+            print(json.dumps({"kind": "ConfigMap", "metadata": metadata, "data": found["data"]}))
     elif command[:1] == ["exec"]:
         answer(cluster, command[command.index("--") + 1 :])
     elif command[:3] == ["scale", "statefulset", "database"]:

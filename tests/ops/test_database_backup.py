@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -19,8 +22,10 @@ import pytest
 
 from components import database
 from components.labels import labels
-from tests.ops.stack_fakes import SELECTOR, Fakes, roles, state
+from harness.poll import wait_until
+from tests.ops.stack_fakes import NAMESPACE, SELECTOR, Fakes, roles, state
 from tools import database_backup as backups
+from tools.stack import Kubectl, StackError
 
 # Patroni's ConfigMaps carry the labels it is given and its scope label; the CA bundle's, the
 # program's labels alone.
@@ -37,6 +42,12 @@ STOPPED: Final = state({})
 # After a restore, whichever instance won Patroni's race to make the cluster is the primary.
 SETTLED: Final = state(roles("primary", "replica", "replica"), database_0=True)
 MOMENT: Final = dt.datetime(2026, 12, 4, 21, 30, tzinfo=dt.UTC)
+RESTORE: Final = database.RESTORE_CONFIG_MAP
+# MOMENT as the request's target, and the time `restore` asks for by default (MOMENT elsewhere).
+TARGET: Final = "2026-12-04 21:30:00.000000+00"
+# The pods' selector, and Patroni's ConfigMaps' (as the tool gives them to kubectl).
+POD_SELECTOR: Final = ",".join(f"{k}={v}" for k, v in sorted(SELECTOR.items()))
+PATRONI_SCOPE: Final = f"{POD_SELECTOR},{database.SCOPE_LABEL}={database.SCOPE}"
 # The tool's clock in these tests: a day after MOMENT.
 NOW: Final = MOMENT + dt.timedelta(days=1)
 INFO_TEXT: Final = "stanza: mlstack\n    status: ok\n    full backup: 20261204-210000F\n"
@@ -70,12 +81,17 @@ class BackupFakes(Fakes):
         stopping: tuple[dict[str, Any], ...] = (RUNNING, STOPPED),
         starting: tuple[dict[str, Any], ...] = (STOPPED, SETTLED),
         pgbackrest: dict[str, dict[str, Any]] | None = None,
+        replicas: int = 3,
+        request: dict[str, str] | None = None,
     ) -> None:
-        """The cluster as `running` until a scale; then each phase's states, one per look."""
+        """The cluster as `running` until a scale; then each phase's states, one per look.
+        `request`: the data of a `database-restore` already there."""
+        pending = {} if request is None else {RESTORE: {"labels": {}, "data": request}}
         self.write_cluster(
             phases={"running": [running], "stopping": stopping, "starting": starting},
             advancing=True,
-            configmaps=CONFIG_MAPS,
+            replicas=replicas,
+            configmaps={**CONFIG_MAPS, **pending},
             exec={"pgbackrest": {
                 "check": answer(),
                 "info --output=json": answer(backup_info((MOMENT - dt.timedelta(hours=1), False))),
@@ -94,6 +110,16 @@ class BackupFakes(Fakes):
     def changes(self) -> list[list[str]]:
         """The kubectl calls that change the cluster (not `get`), execs included."""
         return [command for command in self.commands() if command[0] != "get"]
+
+    def shown(self, *args: str) -> str:
+        """`kubectl args` on the stack, as the tool's messages show it."""
+        flags = ["--kubeconfig", str(self.kubeconfig), "--context", "e2e", "--namespace", NAMESPACE]
+        return f"`{shlex.join(['kubectl', *flags, *args])}`"
+
+    def request(self) -> dict[str, str] | None:
+        """The data of `database-restore`, if it is there."""
+        found = self.current()["configmaps"].get(RESTORE)
+        return None if found is None else dict(found["data"])
 
 
 @pytest.fixture
@@ -260,7 +286,40 @@ def restore(
     return run(capsys, "restore", "--stack", "prod", "--time", moment)
 
 
-def test_restore_stops_clears_requests_and_starts_the_instances_again(
+def created_request(fakes: BackupFakes) -> str:
+    """The id of the request the tool made."""
+    [request] = [
+        c[3].removeprefix("--from-literal=id=")
+        for c in fakes.changes()
+        if c[:2] == ["create", "configmap"]
+    ]
+    return request
+
+
+def intercept(
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    *,
+    before: Callable[[], None] = lambda: None,
+    refuse: str | None = None,
+) -> None:
+    """The tool's kubectl calls that begin with `command`: `before` runs first; with `refuse`,
+    the call fails with that error instead of reaching the cluster (the API refusing it)."""
+    real = Kubectl.__call__
+
+    def call(
+        self: Kubectl, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        if list(args[: len(command)]) == command:
+            before()
+            if refuse is not None:
+                raise StackError(refuse)
+        return real(self, *args, check=check, timeout=timeout)
+
+    monkeypatch.setattr(Kubectl, "__call__", call)
+
+
+def test_restore_stops_asks_clears_and_starts_the_instances_again(
     fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fakes.restore_cluster(
@@ -277,21 +336,23 @@ def test_restore_stops_clears_requests_and_starts_the_instances_again(
     code, out, err = restore(capsys)
     assert (code, err) == (0, "")
     changes = fakes.changes()
-    [request] = [
-        c[3].removeprefix("--from-literal=id=") for c in changes if c[:2] == ["create", "configmap"]
-    ]
-    scope = ",".join(f"{k}={v}" for k, v in sorted(SELECTOR.items()))
+    request = created_request(fakes)
+    # The request is made before Patroni's state is touched: were it refused, the former
+    # cluster would still be whole.
     assert changes == [
         pgbackrest_in("database-1", "check"),
         pgbackrest_in("database-1", "info", "--output=json"),
         ["scale", "statefulset", "database", "--replicas=0"],
-        ["delete", "configmap", "--selector", f"{scope},mlstack/database-cluster=database",
-         "--ignore-not-found"],
         ["create", "configmap", "database-restore", f"--from-literal=id={request}",
-         "--from-literal=target=2026-12-04 21:30:00.000000+00"],
+         f"--from-literal=target={TARGET}"],
+        ["delete", "configmap", "--selector", PATRONI_SCOPE, "--ignore-not-found"],
         ["scale", "statefulset", "database", "--replicas=3"],
         ["delete", "configmap", "database-restore", "--ignore-not-found"],
     ]  # fmt: skip
+    # It looked for a request left by another run before it changed anything.
+    commands = fakes.commands()
+    looked = commands.index(["get", "configmap", RESTORE, "--ignore-not-found", "--output", "json"])
+    assert looked < commands.index(pgbackrest_in("database-1", "check"))
     assert len(request) == 12 and all(c in "0123456789abcdef" for c in request)
     assert out.startswith("restore: prod's database is as it was at 2026-12-04T22:30:00+01:00 (")
     assert out.endswith(
@@ -411,23 +472,292 @@ def test_a_backup_that_ended_at_the_time_is_one_to_start_from(
     assert (code, err) == (0, "")
 
 
-def test_the_request_is_removed_even_when_the_instances_never_settle(
+def test_the_request_is_kept_when_the_instances_never_settle(
     fakes: BackupFakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Without a restored primary, the request stays: an instance that starts without it would
+    make a new, empty database, and that would take the application's writes."""
     monkeypatch.setattr(backups, "RESTORE_SECONDS", 0.2)
     fakes.restore_cluster(starting=(STOPPED, state(roles("", "", ""))))
     code, out, err = restore(capsys)
     assert (code, out) == (1, "")
-    assert err == (
+    request = created_request(fakes)
+    assert fakes.changes()[-1] == ["scale", "statefulset", "database", "--replicas=3"]
+    assert fakes.request() == {"id": request, "target": TARGET}
+    assert fakes.current()["replicas"] == 3
+    aside = f"pgdata.before-restore-{request}"
+    assert err.splitlines() == [
         "restore: error: timed out after 0.2 s waiting for the instances restored to "
-        "2026-12-04 21:30:00.000000+00\n"
+        f"{TARGET}; restore {request} did not finish, and is left as it is",
+        "  left: database at 3 replicas; Patroni's former state (its ConfigMaps) deleted; the "
+        f"request database-restore (id {request}, target {TARGET}) kept, so that an instance "
+        "that starts restores and never makes a new, empty database; each instance that started "
+        f"moved its former data to {aside} on its volume (/var/lib/postgresql/data), kept until "
+        "removed by hand",
+        "  look: " + fakes.shown("get", "pods", "--selector", POD_SELECTOR),
+        "        " + fakes.shown("logs", "database-0", "--container", "postgres"),
+        "        " + fakes.shown(
+            "exec", "database-0", "--container", "postgres", "--", "patronictl", "list"),
+        f"  go on: `make restore STACK=prod TIME='{TARGET}'` (waits for this request, and "
+        "removes it once a restored primary answers)",
+        "  roll back: " + fakes.shown("scale", "statefulset", "database", "--replicas=0"),
+        "             once its pods are gone, on each volume in /var/lib/postgresql/data (README, "
+        f"\"What a failure leaves\"): `test ! -d {aside} || {{ test ! -e pgdata || mv pgdata "
+        f"pgdata.failed-restore-{request}; mv {aside} pgdata; }}`",
+        "             " + fakes.shown("delete", "configmap", "--selector", PATRONI_SCOPE),
+        "             " + fakes.shown("delete", "configmap", RESTORE, "--ignore-not-found"),
+        "             " + fakes.shown("scale", "statefulset", "database", "--replicas=3"),
+    ]  # fmt: skip
+
+
+def test_an_interrupted_wait_keeps_the_request(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the instances restore: the request stays, as after a timeout."""
+
+    def interrupted(ready: Callable[[], object], what: str, *args: Any, **kwargs: Any) -> float:
+        if what.startswith("the instances restored"):
+            raise KeyboardInterrupt
+        return wait_until(ready, what, *args, **kwargs)
+
+    monkeypatch.setattr(backups, "wait_until", interrupted)
+    try:
+        code, _, err = restore(capsys)
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt went through the tool, which said nothing of what it left")
+    request = created_request(fakes)
+    assert code == 1
+    assert err.startswith(
+        f"restore: error: interrupted; restore {request} did not finish, and is left as it is\n"
     )
-    assert fakes.changes()[-2:] == [
+    assert fakes.request() == {"id": request, "target": TARGET}
+    assert fakes.changes()[-1] == ["scale", "statefulset", "database", "--replicas=3"]
+
+
+def test_pods_that_do_not_stop_are_started_again_and_nothing_else_changes(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No request made, Patroni's state untouched: scaled back, the cluster is as it was."""
+    monkeypatch.setattr(backups, "STOP_SECONDS", 0.2)
+    fakes.restore_cluster(stopping=(RUNNING, state(roles("replica", ""))))
+    code, out, err = restore(capsys)
+    assert (code, out) == (1, "")
+    assert fakes.changes()[2:] == [
+        ["scale", "statefulset", "database", "--replicas=0"],
         ["scale", "statefulset", "database", "--replicas=3"],
-        ["delete", "configmap", "database-restore", "--ignore-not-found"],
     ]
-    assert set(fakes.current()["configmaps"]) == {database.BACKUP_CA_CONFIG_MAP}
-    assert fakes.current()["request_at_start"]["data"]["target"] == "2026-12-04 21:30:00.000000+00"
+    assert fakes.current()["configmaps"] == CONFIG_MAPS
+    assert err == (
+        "restore: error: timed out after 0.2 s waiting for the database's pods to stop; the "
+        "restore did not start: database is scaled back to 3 and nothing else was changed, so "
+        "the database comes back as it was ("
+        + fakes.shown("get", "pods", "--selector", POD_SELECTOR)
+        + ")\n"
+    )
+
+
+def test_a_request_refused_by_the_api_is_undone_like_pods_that_do_not_stop(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = 'Error from server (Forbidden): configmaps is forbidden: User "ops" cannot create'
+    intercept(monkeypatch, ["create", "configmap"], refuse=refused)
+    code, _, err = restore(capsys)
+    assert code == 1
+    assert err.startswith(f"restore: error: {refused}; the restore did not start: database is ")
+    assert fakes.changes()[2:] == [
+        ["scale", "statefulset", "database", "--replicas=0"],
+        ["scale", "statefulset", "database", "--replicas=3"],
+    ]
+    assert fakes.current()["configmaps"] == CONFIG_MAPS
+
+
+def test_another_request_made_meanwhile_is_kept_and_nothing_started(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that appeared while the pods stopped (another run): this run's cannot be made,
+    the other one stays, and nothing starts with it; Patroni's state is still the former
+    cluster's, so the roll back needs no volume touched."""
+    other = {"id": "0123456789ab", "target": "2026-12-04 20:00:00.000000+00"}
+
+    def another_run() -> None:
+        cluster = fakes.current()
+        cluster["configmaps"][RESTORE] = {"labels": {}, "data": other}
+        (fakes.folder / "cluster.json").write_text(json.dumps(cluster))
+
+    intercept(monkeypatch, ["create", "configmap"], before=another_run)
+    code, _, err = restore(capsys)
+    assert code == 1
+    assert fakes.request() == other
+    assert fakes.current()["replicas"] == 0
+    assert fakes.changes()[-1][:3] == ["create", "configmap", RESTORE]
+    assert set(fakes.current()["configmaps"]) == {*CONFIG_MAPS, RESTORE}
+    lines = err.splitlines()
+    assert lines[0].startswith("restore: error: `kubectl ")
+    assert lines[0].endswith(
+        'Error from server (AlreadyExists): configmaps "database-restore" already exists; '
+        "another request is there (another `make restore` running?); restore 0123456789ab did "
+        "not finish, and is left as it is"
+    )
+    assert lines[1].startswith(
+        "  left: database at 0 replicas; Patroni's state (its ConfigMaps) untouched; the "
+        "request database-restore (id 0123456789ab, target 2026-12-04 20:00:00.000000+00) kept"
+    )
+    assert lines[1].endswith("no instance has started since: every volume holds its data as it was")
+    assert lines[5:] == [
+        "  go on: " + fakes.shown("delete", "configmap", "--selector", PATRONI_SCOPE),
+        "         " + fakes.shown("scale", "statefulset", "database", "--replicas=3"),
+        "         `make restore STACK=prod TIME='2026-12-04 20:00:00.000000+00'` (waits for this "
+        "request, and removes it once a restored primary answers)",
+        "  roll back: " + fakes.shown("delete", "configmap", RESTORE, "--ignore-not-found"),
+        "             " + fakes.shown("scale", "statefulset", "database", "--replicas=3"),
+    ]
+
+
+def test_patroni_s_state_not_deleted_leaves_the_request_and_no_instance_started(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intercept(monkeypatch, ["delete", "configmap", "--selector"], refuse="the server timed out")
+    code, _, err = restore(capsys)
+    request = created_request(fakes)
+    assert code == 1
+    assert fakes.request() == {"id": request, "target": TARGET}
+    assert fakes.current()["replicas"] == 0
+    lines = err.splitlines()
+    assert lines[0] == (
+        f"restore: error: the server timed out; restore {request} did not finish, and is left "
+        "as it is"
+    )
+    assert "; Patroni's former state (its ConfigMaps) perhaps partly deleted; " in lines[1]
+    assert lines[5:8] == [
+        "  go on: " + fakes.shown("delete", "configmap", "--selector", PATRONI_SCOPE),
+        "         " + fakes.shown("scale", "statefulset", "database", "--replicas=3"),
+        f"         `make restore STACK=prod TIME='{TARGET}'` (waits for this request, and "
+        "removes it once a restored primary answers)",
+    ]
+
+
+OTHER_REQUEST: Final = {"id": "0123456789ab", "target": "2026-12-04 20:00:00.000000+00"}
+OTHER_ASIDE: Final = "pgdata.before-restore-0123456789ab"
+PUT_BACK: Final = (
+    'once its pods are gone, on each volume in /var/lib/postgresql/data (README, "What a failure '
+    f'leaves"): `test ! -d {OTHER_ASIDE} || {{ test ! -e pgdata || mv pgdata '
+    f"pgdata.failed-restore-0123456789ab; mv {OTHER_ASIDE} pgdata; }}`"
+)
+GO_ON_WITH_OTHER: Final = (
+    "`make restore STACK=prod TIME='2026-12-04 20:00:00.000000+00'` (waits for this request, and "
+    "removes it once a restored primary answers)"
+)
+
+
+def test_a_request_left_for_another_time_is_refused_before_anything_changes(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A request left by a run that did not finish (or was killed) is neither replaced nor
+    removed: the tool says what it is and how to go on with it or roll it back."""
+    fakes.restore_cluster(running=SETTLED, request=OTHER_REQUEST)
+    code, out, err = restore(capsys)
+    assert (code, out) == (1, "")
+    assert fakes.changes() == []
+    assert fakes.request() == OTHER_REQUEST
+    lines = err.splitlines()
+    assert lines[0] == (
+        "restore: error: database-restore is there, for another time: nothing was changed; "
+        "restore 0123456789ab did not finish, and is left as it is"
+    )
+    assert lines[1].endswith(
+        f"each instance that started moved its former data to {OTHER_ASIDE} on its volume "
+        "(/var/lib/postgresql/data), kept until removed by hand"
+    )
+    assert lines[5:] == [
+        "  go on: " + GO_ON_WITH_OTHER,
+        "  roll back: " + fakes.shown("scale", "statefulset", "database", "--replicas=0"),
+        "             " + PUT_BACK,
+        "             " + fakes.shown("delete", "configmap", "--selector", PATRONI_SCOPE),
+        "             " + fakes.shown("delete", "configmap", RESTORE, "--ignore-not-found"),
+        "             " + fakes.shown("scale", "statefulset", "database", "--replicas=3"),
+    ]
+
+
+def test_a_request_left_with_the_instances_at_0_says_how_to_start_them(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The review's case: a run killed after it made the request, the StatefulSet at 0. How
+    many instances the stack has is its config's: `make up` scales them back."""
+    fakes.restore_cluster(running=STOPPED, replicas=0, request=OTHER_REQUEST)
+    code, _, err = restore(capsys)
+    assert code == 1
+    assert fakes.changes() == []
+    lines = err.splitlines()
+    assert lines[1].startswith(
+        "  left: database at 0 replicas; Patroni's state (its ConfigMaps) as that run left it; "
+    )
+    assert lines[5:] == [
+        "  go on: " + fakes.shown("delete", "configmap", "--selector", PATRONI_SCOPE),
+        "         `make up STACK=prod` (back to mlstack:database.replicas)",
+        "         " + GO_ON_WITH_OTHER,
+        "  roll back: " + PUT_BACK,
+        "             " + fakes.shown("delete", "configmap", "--selector", PATRONI_SCOPE),
+        "             " + fakes.shown("delete", "configmap", RESTORE, "--ignore-not-found"),
+        "             `make up STACK=prod` (back to mlstack:database.replicas)",
+    ]
+
+
+def test_the_same_restore_asked_again_is_waited_for_and_finished(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`go on`, as the message prints it: the request's target as TIME."""
+    left = {"id": "0123456789ab", "target": TARGET}
+    fakes.restore_cluster(running=SETTLED, request=left)
+    code, out, err = restore(capsys, TARGET)
+    assert (code, err) == (0, "")
+    assert fakes.changes() == [["delete", "configmap", RESTORE, "--ignore-not-found"]]
+    assert fakes.request() is None
+    assert out.endswith(
+        " s); each volume keeps its former data as pgdata.before-restore-0123456789ab\n"
+    )
+
+
+def test_the_same_restore_scaled_to_0_is_refused_before_anything_changes(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.restore_cluster(
+        running=STOPPED, replicas=0, request={"id": "0123456789ab", "target": TARGET}
+    )
+    code, _, err = restore(capsys, TARGET)
+    assert code == 1
+    assert err.startswith(
+        "restore: error: database is scaled to 0 with database-restore there: nothing was "
+        "changed; restore 0123456789ab did not finish"
+    )
+    assert fakes.changes() == []
+
+
+def test_a_stack_scaled_to_0_without_a_request_is_refused_before_anything_changes(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.restore_cluster(running=STOPPED, replicas=0)
+    code, _, err = restore(capsys)
+    assert code == 1
+    assert err == (
+        "restore: error: database is scaled to 0 and no restore is pending: start it first "
+        "(`make up STACK=prod` scales it to mlstack:database.replicas), then restore\n"
+    )
+    assert fakes.changes() == []
+
+
+def test_a_restore_whose_request_cannot_be_removed_says_it_may_be(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intercept(monkeypatch, ["delete", "configmap", RESTORE], refuse="the server timed out")
+    code, _, err = restore(capsys)
+    assert code == 1
+    assert err == (
+        f"restore: error: the database is restored to {TARGET}, but removing database-restore "
+        "failed (the server timed out); a restored primary answered, so "
+        + fakes.shown("delete", "configmap", RESTORE, "--ignore-not-found")
+        + " may remove it\n"
+    )
+    assert fakes.request() is not None
 
 
 # --- make ----------------------------------------------------------------------------------------
