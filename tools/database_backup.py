@@ -12,8 +12,10 @@ database put back as it was at a point in time, from the stack's pgBackRest repo
    the archived WAL ends now, and a recovery whose target lies past its end fails;
 2. a request `database-restore` already there (a run that did not finish) is finished when it
    is for the same time and the instances run (step 6), else refused with what it left;
-3. in the primary, `pgbackrest check`: the WAL up to now is in the repository, and a backup
-   older than the time is there to start from;
+3. in the primary, a transaction committed after the time by the database's clock (a later
+   time is refused): a recovery to a time ends at the first commit after it, which a quiet
+   database may not have; `pgbackrest check`: the WAL up to now is in the repository; and a
+   backup older than the time is there to start from;
 4. scale the StatefulSet to 0, and make the ConfigMap `database-restore` (a request id, the
    time): a failure until then scales the StatefulSet back, and nothing else has changed;
 5. remove Patroni's state (its ConfigMaps), so that the cluster is made anew, and scale back:
@@ -89,6 +91,38 @@ def not_after_now(moment: dt.datetime) -> None:
             f"{moment.isoformat()} is later than now ({present.isoformat(timespec='seconds')}): "
             "the archived WAL ends now, and a restore cannot reach a time after it (a local time "
             "given with +00:00?); nothing was changed"
+        )
+
+
+# A transaction that commits (it takes an id: PostgreSQL logs its commit, with its time) and
+# reads the database's clock, run by the image's superuser psql in the primary.
+COMMIT_MARK: Final = (
+    "mlstack-database", "--psql", "--tuples-only", "--no-align",
+    "--command=SELECT extract(epoch FROM clock_timestamp()) FROM pg_current_xact_id()",
+)  # fmt: skip
+
+
+def mark_now(kubectl: Kubectl, primary: str, moment: dt.datetime) -> None:
+    """Commit a transaction in the primary, after `moment` by the database's clock, or refuse
+    `moment`. A recovery to a time stops at the first commit after it and fails without one: on
+    a quiet database, the last commit may be older than `moment`. `pgbackrest check`, next,
+    archives the WAL that holds this one."""
+    result = kubectl.exec(primary, database.POSTGRES_CONTAINER, *COMMIT_MARK)
+    try:
+        if result.returncode != 0:
+            raise ValueError
+        present = dt.datetime.fromtimestamp(float(result.stdout.strip()), dt.UTC)
+    except ValueError:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise BackupError(
+            f"committing a transaction in {primary} failed: {(detail or ['(no output)'])[-1]}"
+        ) from None
+    if moment > present:
+        raise BackupError(
+            f"{moment.isoformat()} is later than the database's clock "
+            f"({present.isoformat(timespec='seconds')}): the archived WAL ends there, and a "
+            "restore cannot reach a time after it (is this machine's clock ahead?); nothing "
+            "else was changed"
         )
 
 
@@ -393,7 +427,8 @@ def restore(stack: Stack, moment: dt.datetime) -> tuple[str, float]:
             f"STACK={stack.name}` scales it to mlstack:database.replicas), then restore"
         )
     primary = current_primary(instances.snapshot(), kubectl)
-    # Every WAL segment up to now archived: the replay can reach any time before this.
+    mark_now(kubectl, primary, moment)
+    # Every WAL segment up to now archived, the mark's too: the replay reaches any time before.
     pgbackrest(kubectl, primary, "check")
     oldest = min((b["timestamp"]["stop"] for b in good_backups(kubectl, primary)), default=None)
     if oldest is None or oldest > moment.timestamp():

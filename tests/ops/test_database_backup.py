@@ -48,8 +48,14 @@ TARGET: Final = "2026-12-04 21:30:00.000000+00"
 # The pods' selector, and Patroni's ConfigMaps' (as the tool gives them to kubectl).
 POD_SELECTOR: Final = ",".join(f"{k}={v}" for k, v in sorted(SELECTOR.items()))
 PATRONI_SCOPE: Final = f"{POD_SELECTOR},{database.SCOPE_LABEL}={database.SCOPE}"
-# The tool's clock in these tests: a day after MOMENT.
+# The tool's clock in these tests, and the database's: a day after MOMENT.
 NOW: Final = MOMENT + dt.timedelta(days=1)
+# What the primary runs before `pgbackrest check`: a transaction that commits and reads the
+# database's clock.
+MARK: Final = (
+    "mlstack-database", "--psql", "--tuples-only", "--no-align",
+    "--command=SELECT extract(epoch FROM clock_timestamp()) FROM pg_current_xact_id()",
+)  # fmt: skip
 INFO_TEXT: Final = "stanza: mlstack\n    status: ok\n    full backup: 20261204-210000F\n"
 
 
@@ -83,16 +89,20 @@ class BackupFakes(Fakes):
         pgbackrest: dict[str, dict[str, Any]] | None = None,
         replicas: int = 3,
         request: dict[str, str] | None = None,
+        mark: dict[str, Any] | None = None,
     ) -> None:
         """The cluster as `running` until a scale; then each phase's states, one per look.
-        `request`: the data of a `database-restore` already there."""
+        `request`: the data of a `database-restore` already there; `mark`: what the primary's
+        committed transaction prints (the database's clock, NOW)."""
         pending = {} if request is None else {RESTORE: {"labels": {}, "data": request}}
         self.write_cluster(
             phases={"running": [running], "stopping": stopping, "starting": starting},
             advancing=True,
             replicas=replicas,
             configmaps={**CONFIG_MAPS, **pending},
-            exec={"pgbackrest": {
+            exec={"mlstack-database": {
+                " ".join(MARK[1:]): mark or answer(f"{NOW.timestamp():.6f}\n"),
+            }, "pgbackrest": {
                 "check": answer(),
                 "info --output=json": answer(backup_info((MOMENT - dt.timedelta(hours=1), False))),
                 "info": answer(INFO_TEXT),
@@ -138,6 +148,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def pgbackrest_in(pod: str, *args: str) -> list[str]:
     return ["exec", pod, "--container", "backups", "--", "pgbackrest", *args]
+
+
+MARKED: Final = ["exec", "database-1", "--container", "postgres", "--", *MARK]
 
 
 # --- the time ------------------------------------------------------------------------------------
@@ -262,7 +275,8 @@ def test_a_failed_pgbackrest_step_is_one_error_with_its_last_line_and_the_last_s
         f"{failed.argv[0]}: error: pgbackrest {failed.step} in database-1 failed: "
         f"{failed.last_line}\n"
     )
-    assert fakes.changes() == [pgbackrest_in("database-1", *failed.step.split())]
+    marked = [MARKED] if failed.argv[0] == "restore" else []
+    assert fakes.changes() == [*marked, pgbackrest_in("database-1", *failed.step.split())]
 
 
 def test_backup_without_one_primary_runs_nothing(
@@ -340,6 +354,7 @@ def test_restore_stops_asks_clears_and_starts_the_instances_again(
     # The request is made before Patroni's state is touched: were it refused, the former
     # cluster would still be whole.
     assert changes == [
+        MARKED,
         pgbackrest_in("database-1", "check"),
         pgbackrest_in("database-1", "info", "--output=json"),
         ["scale", "statefulset", "database", "--replicas=0"],
@@ -352,7 +367,7 @@ def test_restore_stops_asks_clears_and_starts_the_instances_again(
     # It looked for a request left by another run before it changed anything.
     commands = fakes.commands()
     looked = commands.index(["get", "configmap", RESTORE, "--ignore-not-found", "--output", "json"])
-    assert looked < commands.index(pgbackrest_in("database-1", "check"))
+    assert looked < commands.index(MARKED)
     assert len(request) == 12 and all(c in "0123456789abcdef" for c in request)
     assert out.startswith("restore: prod's database is as it was at 2026-12-04T22:30:00+01:00 (")
     assert out.endswith(
@@ -429,6 +444,7 @@ def test_restore_without_a_backup_before_the_time_touches_nothing(
         f"{oldest}); `make backup STACK=prod` takes one\n"
     )
     assert fakes.changes() == [
+        MARKED,
         pgbackrest_in("database-1", "check"),
         pgbackrest_in("database-1", "info", "--output=json"),
     ]
@@ -455,6 +471,37 @@ def test_a_time_later_than_now_is_refused_before_anything_is_asked(
     )
     assert fakes.calls() == []
     assert fakes.pulumi_calls() == []
+
+
+def test_a_time_later_than_the_database_s_clock_is_refused_before_anything_changes(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """This machine's clock an hour ahead of the cluster's: the database's clock decides."""
+    behind = NOW - dt.timedelta(hours=1)
+    fakes.restore_cluster(mark=answer(f"{behind.timestamp():.6f}\n"))
+    code, out, err = restore(capsys, "2026-12-05 21:00:00+00:00")
+    assert (code, out) == (1, "")
+    assert err == (
+        "restore: error: 2026-12-05T21:00:00+00:00 is later than the database's clock "
+        "(2026-12-05T20:30:00+00:00): the archived WAL ends there, and a restore cannot reach a "
+        "time after it (is this machine's clock ahead?); nothing else was changed\n"
+    )
+    assert fakes.changes() == [MARKED]
+
+
+def test_a_transaction_that_cannot_commit_stops_the_restore_before_anything_changes(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The pod labelled primary is in recovery after all (a failover under way).
+    refused = "ERROR:  cannot assign TransactionIds during recovery\n"
+    fakes.restore_cluster(mark=answer(exit_code=3, stderr=refused))
+    code, _, err = restore(capsys)
+    assert code == 1
+    assert err == (
+        "restore: error: committing a transaction in database-1 failed: ERROR:  cannot assign "
+        "TransactionIds during recovery\n"
+    )
+    assert fakes.changes() == [MARKED]
 
 
 def test_a_time_of_now_is_one_to_restore_to(
@@ -542,7 +589,7 @@ def test_pods_that_do_not_stop_are_started_again_and_nothing_else_changes(
     fakes.restore_cluster(stopping=(RUNNING, state(roles("replica", ""))))
     code, out, err = restore(capsys)
     assert (code, out) == (1, "")
-    assert fakes.changes()[2:] == [
+    assert fakes.changes()[3:] == [
         ["scale", "statefulset", "database", "--replicas=0"],
         ["scale", "statefulset", "database", "--replicas=3"],
     ]
@@ -564,7 +611,7 @@ def test_a_request_refused_by_the_api_is_undone_like_pods_that_do_not_stop(
     code, _, err = restore(capsys)
     assert code == 1
     assert err.startswith(f"restore: error: {refused}; the restore did not start: database is ")
-    assert fakes.changes()[2:] == [
+    assert fakes.changes()[3:] == [
         ["scale", "statefulset", "database", "--replicas=0"],
         ["scale", "statefulset", "database", "--replicas=3"],
     ]
