@@ -473,34 +473,36 @@ def test_a_time_later_than_now_is_refused_before_anything_is_asked(
     assert fakes.pulumi_calls() == []
 
 
-def test_a_time_later_than_the_database_s_clock_is_refused_before_anything_changes(
-    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("mark", "moment", "error"),
+    [
+        # This machine's clock an hour ahead of the cluster's: the database's clock decides.
+        (
+            answer(f"{(NOW - dt.timedelta(hours=1)).timestamp():.6f}\n"),
+            "2026-12-05 21:00:00+00:00",
+            "2026-12-05T21:00:00+00:00 is later than the database's clock "
+            "(2026-12-05T20:30:00+00:00): the archived WAL ends there, and a restore cannot reach "
+            "a time after it (is this machine's clock ahead?); nothing else was changed",
+        ),
+        # The pod labelled primary is in recovery after all (a failover under way).
+        (
+            answer(exit_code=3, stderr="ERROR:  cannot assign TransactionIds during recovery\n"),
+            "2026-12-04 22:30:00+01:00",
+            "committing a transaction in database-1 failed: ERROR:  cannot assign "
+            "TransactionIds during recovery",
+        ),
+    ],
+    ids=["database-clock-behind", "commit-refused"],
+)
+def test_the_primary_s_commit_mark_stops_the_restore_before_anything_changes(
+    mark: dict[str, Any],
+    moment: str,
+    error: str,
+    fakes: BackupFakes,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """This machine's clock an hour ahead of the cluster's: the database's clock decides."""
-    behind = NOW - dt.timedelta(hours=1)
-    fakes.restore_cluster(mark=answer(f"{behind.timestamp():.6f}\n"))
-    code, out, err = restore(capsys, "2026-12-05 21:00:00+00:00")
-    assert (code, out) == (1, "")
-    assert err == (
-        "restore: error: 2026-12-05T21:00:00+00:00 is later than the database's clock "
-        "(2026-12-05T20:30:00+00:00): the archived WAL ends there, and a restore cannot reach a "
-        "time after it (is this machine's clock ahead?); nothing else was changed\n"
-    )
-    assert fakes.changes() == [MARKED]
-
-
-def test_a_transaction_that_cannot_commit_stops_the_restore_before_anything_changes(
-    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # The pod labelled primary is in recovery after all (a failover under way).
-    refused = "ERROR:  cannot assign TransactionIds during recovery\n"
-    fakes.restore_cluster(mark=answer(exit_code=3, stderr=refused))
-    code, _, err = restore(capsys)
-    assert code == 1
-    assert err == (
-        "restore: error: committing a transaction in database-1 failed: ERROR:  cannot assign "
-        "TransactionIds during recovery\n"
-    )
+    fakes.restore_cluster(mark=mark)
+    assert restore(capsys, moment) == (1, "", f"restore: error: {error}\n")
     assert fakes.changes() == [MARKED]
 
 
