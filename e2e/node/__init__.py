@@ -128,6 +128,8 @@ class Node:
             log(f"start failed: removing what was made (logs kept in {layout.logs})")
             self.down(keep_logs=True)
             raise
+        # What its parts set the kernel to: a key that differs at `down` is another program's.
+        state.record("sysctls_left", host.sysctls())
         self.timings["node_up_s"] = time.monotonic() - start
         log(f"node {self.name} Ready ({self.timings['node_up_s']:.1f} s in all)")
 
@@ -231,7 +233,12 @@ class Node:
             ("remove guard", guard.remove),
             ("remove nft", lambda: rules.remove_nft_tables(set(recorded.get("nft_tables", [])))),
             ("remove links", network.remove_links),
-            ("restore sysctls", lambda: host.restore_sysctls(recorded.get("sysctls", {}))),
+            (
+                "restore sysctls",
+                lambda: host.restore_sysctls(
+                    recorded.get("sysctls", {}), recorded.get("sysctls_left")
+                ),
+            ),
             ("remove cgroups", kubelet.remove_cgroups),
             ("remove host files", lambda: teardown.remove_host_files(self.layout, recorded)),
         )

@@ -40,8 +40,11 @@ def log(message: str) -> None:
     print(f"e2e-node: {message}", file=sys.stderr, flush=True)
 
 
+PROC_SYS: Final = Path("/proc/sys")
+
+
 def sysctl_path(key: str) -> Path:
-    return Path("/proc/sys") / key
+    return PROC_SYS / key
 
 
 def sysctls() -> dict[str, str]:
@@ -49,14 +52,21 @@ def sysctls() -> dict[str, str]:
     return {k: sysctl_path(k).read_text().strip() for k in SYSCTLS}
 
 
-def restore_sysctls(recorded: dict[str, str]) -> None:
+def restore_sysctls(before: dict[str, str], left: dict[str, str] | None = None) -> None:
+    """Put back the values `up` found (`before`). `left`: the values once `up` was done; a key
+    that holds another one now was set since by another program (libvirt or podman turning
+    forwarding on), whose setting it is to keep. Without `left` (an `up` that did not finish),
+    every key is put back."""
     # A Docker engine started meanwhile relies on forwarding, which it turned on too.
     docker = process.running("dockerd")
-    for key, value in recorded.items():
+    for key, value in before.items():
         path = sysctl_path(key)
-        if docker and key == "net/ipv4/ip_forward":
+        if (docker and key == "net/ipv4/ip_forward") or not path.exists():
             continue
-        if path.exists() and path.read_text().strip() != value:
+        now = path.read_text().strip()
+        if left is not None and key in left and now != left[key]:
+            continue
+        if now != value:
             path.write_text(value)
 
 

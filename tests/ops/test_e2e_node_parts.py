@@ -1,7 +1,7 @@
 """The real e2e node's pure parts: the image archive writer, the LoadBalancer address mirror,
 the DNS readiness query, the Debian package list, the configuration templates, the mount
-table's reader, and the preflight checks that refuse a second node (the node itself runs in
-`make e2e`)."""
+table's reader, the preflight checks that refuse a second node, and the kernel settings `down`
+puts back (the node itself runs in `make e2e`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import e2e.node as node_module
 from e2e import addresses, images, process
 from e2e.controlplane import ControlPlane
 from e2e.image_archive import ImageFile, write_image
-from e2e.node import Node, containerd, guard, kube_proxy, kubelet, rules
+from e2e.node import Node, containerd, guard, host, kube_proxy, kubelet, rules
 from e2e.node.dns import dns_query
 from e2e.node.layout import Layout
 from e2e.node.packages import debian_packages
@@ -232,3 +232,31 @@ def test_a_node_beside_another_kube_proxy_is_refused_before_it_records_the_machi
 
     assert downs == []
     assert not node.layout.state_file.exists()
+
+
+@pytest.mark.parametrize(
+    ("now", "left", "after"),
+    [
+        ("1", {"net/ipv4/ip_forward": "1"}, "0"),  # as `up` left it: put back
+        ("1", None, "0"),  # an `up` that did not finish: put back
+        ("1", {"net/ipv4/ip_forward": "0"}, "1"),  # set since by another program: kept
+        ("0", {"net/ipv4/ip_forward": "0"}, "0"),  # as it was: untouched
+    ],
+    ids=["set-by-up", "up-unfinished", "set-by-another", "unchanged"],
+)
+def test_down_puts_back_only_the_kernel_settings_the_node_changed(
+    now: str,
+    left: dict[str, str] | None,
+    after: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(host, "PROC_SYS", tmp_path)
+    monkeypatch.setattr(process, "running", lambda comm: False)
+    setting = tmp_path / "net" / "ipv4" / "ip_forward"
+    setting.parent.mkdir(parents=True)
+    setting.write_text(f"{now}\n")
+
+    host.restore_sysctls({"net/ipv4/ip_forward": "0"}, left)
+
+    assert setting.read_text().strip() == after
