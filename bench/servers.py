@@ -16,7 +16,7 @@ import grpc
 
 from components.app import MODEL_NAME
 from harness.http import request
-from harness.ports import LOOPBACK, free_port
+from harness.ports import LOOPBACK, free_port, free_ports
 from harness.processes import LocalServer
 from harness.program import ROOT
 from harness.services import (
@@ -184,12 +184,12 @@ def start_grpc_echo(log_dir: Path) -> LocalServer:
 
 def write_mlserver_config(folder: Path, model_file: Path, version: str) -> tuple[int, int]:
     """MLServer's settings: its defaults, except where noted; returns its HTTP and gRPC ports."""
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port, metrics_port = free_ports(3)
     settings = {
         "host": LOOPBACK,
         "http_port": http_port,
         "grpc_port": grpc_port,
-        "metrics_port": free_port(),
+        "metrics_port": metrics_port,
         # MLServer 1.7.1's default (one parallel inference worker process) does not start with
         # the uvloop it installs: the worker calls asyncio.get_event_loop() in a fresh process
         # and uvloop raises "There is no current event loop". Inference in the server process

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Final, Literal, TypeVar
 
 from components.stack_file import ROOT
-from harness.ports import LOOPBACK, free_port
+from harness.ports import LOOPBACK, free_ports
 from harness.processes import LocalServer
 
 MODEL_SRC: Final = ROOT / "services" / "model"
@@ -102,7 +102,8 @@ class ModelProcess(ServiceProcess):
         new_session: bool = False,
         cwd: Path | None = None,
     ) -> None:
-        grpc_port = grpc_port or free_port()
+        spare_http, spare_grpc = free_ports(2, besides=[p for p in (port, grpc_port) if p])
+        grpc_port = grpc_port or spare_grpc
         settings = {"GRPC_PORT": str(grpc_port), **(env or {})}
         if model_dir is not None:
             settings.setdefault("MODEL_DIR", str(model_dir))
@@ -110,7 +111,7 @@ class ModelProcess(ServiceProcess):
             "mlstack_model",
             MODEL_SRC,
             settings,
-            port or free_port(),
+            port or spare_http,
             log_dir,
             name=name,
             ready_path="/v2/health/ready",
@@ -139,10 +140,11 @@ class GatewayProcess(ServiceProcess):
         new_session: bool = False,
         cwd: Path | None = None,
     ) -> None:
+        spare_http, spare_metrics = free_ports(2, besides=[port] if port else [])
         settings = {
             "MODEL_URL": model_url,
             "MLSTACK_API_KEY": API_KEY,
-            "METRICS_PORT": str(free_port()),
+            "METRICS_PORT": str(spare_metrics),
             **(env or {}),
         }
         if log_dir is not None and not {"DATABASE_URL", "DATA_DIR"} & settings.keys():
@@ -151,7 +153,7 @@ class GatewayProcess(ServiceProcess):
             "mlstack_gateway",
             src,
             settings,
-            port or free_port(),
+            port or spare_http,
             log_dir,
             name=name,
             new_session=new_session,

@@ -28,7 +28,7 @@ from harness.http import Reply, request
 from harness.make import make_command, make_env
 from harness.metrics import metric_value
 from harness.poll import eventually
-from harness.ports import LOOPBACK, free_port
+from harness.ports import LOOPBACK, free_ports
 from harness.postgres import PostgresServer, postgres_bindir, query, running_postgres
 from harness.processes import LocalServer, group_alive
 from harness.program import ROOT
@@ -169,12 +169,13 @@ class MakeServe(LocalServer):
     is the gateway, ``model_url`` the model's REST port."""
 
     def __init__(self, log_dir: Path, env: Mapping[str, str]) -> None:
-        self.ports = {
-            "SERVE_GATEWAY_PORT": free_port(),
-            "SERVE_GATEWAY_METRICS_PORT": free_port(),
-            "SERVE_MODEL_PORT": free_port(),
-            "SERVE_MODEL_GRPC_PORT": free_port(),
-        }
+        names = [
+            "SERVE_GATEWAY_PORT",
+            "SERVE_GATEWAY_METRICS_PORT",
+            "SERVE_MODEL_PORT",
+            "SERVE_MODEL_GRPC_PORT",
+        ]
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         gateway_port = self.ports["SERVE_GATEWAY_PORT"]
         super().__init__(
             "make-serve",

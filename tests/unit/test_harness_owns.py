@@ -51,8 +51,8 @@ def poll_loops(tree: ast.AST) -> Iterator[int]:
 
 
 def free_port_finders(tree: ast.AST) -> Iterator[int]:
-    """The lines of the functions that return the port of a socket they bound: a port for
-    someone else to bind, once the socket is closed."""
+    """The lines of the functions that return the port of a socket they bound, or what they
+    made of it: a port for someone else to bind, once the socket is closed."""
     for function in ast.walk(tree):
         if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
@@ -67,7 +67,8 @@ def free_port_finders(tree: ast.AST) -> Iterator[int]:
         for node in nodes:
             if isinstance(node, ast.Return) and node.value is not None:
                 value = node.value
-                if _reads_sockname(value) or (isinstance(value, ast.Name) and value.id in ports):
+                names = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)}
+                if _reads_sockname(value) or names & ports:
                     yield function.lineno
                     break
 
