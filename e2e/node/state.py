@@ -50,25 +50,26 @@ class NodeState:
         """The recorded daemons whose process still runs, by name, with their pids. A recorded
         pid the kernel has given to another program since (the daemon exited, or the machine
         restarted) is not among them: that program is never signalled nor counted as left."""
-        return self._running(self.read())
+        state = self.read()
+        found = {name: self._pid(state, name) for name in state["pids"]}
+        return {name: pid for name, pid in found.items() if pid is not None}
 
     @staticmethod
-    def _running(state: dict[str, Any]) -> dict[str, int]:
-        identities = state.get("identities", {})
-        running = {}
-        for name, pid in state["pids"].items():
-            recorded = identities.get(name)
-            # No identity recorded (a folder an older suite started): the pid alone.
-            if process.alive(int(pid)) and recorded in (None, process.identity(int(pid))):
-                running[name] = int(pid)
-        return running
+    def _pid(state: dict[str, Any], name: str) -> int | None:
+        """Daemon `name`'s recorded pid while its process still runs; None otherwise."""
+        pid = state["pids"].get(name)
+        if pid is None or not process.alive(int(pid)):
+            return None
+        recorded = state.get("identities", {}).get(name)
+        # No identity recorded (a folder an older suite started): the pid alone.
+        return int(pid) if recorded in (None, process.identity(int(pid))) else None
 
     def alive(self, name: str) -> bool:
-        return name in self.running()
+        return self._pid(self.read(), name) is not None
 
     def stop(self, name: str, grace: float = 10) -> None:
         state = self.read()
-        pid = self._running(state).get(name)
+        pid = self._pid(state, name)
         state["pids"].pop(name, None)
         state.get("identities", {}).pop(name, None)
         if pid is not None:
