@@ -318,11 +318,12 @@ class ControlPlane:
         the cluster's folder: never another program the kernel has given that pid since (the
         component exited, or the machine restarted). kwokctl kills by its pid files alone, so
         the pid file of such a pid is removed before `kwokctl delete cluster` reads it."""
-        self._record_pids()
         marker = str(self.cluster_dir / "bin")
         for pidfile in self.cluster_dir.glob("pids/*.pid"):
             pid = process.read_pid(pidfile)
-            if pid is None or not process.owned(pid, marker):
+            if pid is not None and process.owned(pid, marker):
+                self.pids.add(pid)
+            else:
                 pidfile.unlink(missing_ok=True)
         if self.cluster_dir.exists():
             try:
