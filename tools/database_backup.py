@@ -145,7 +145,7 @@ def good_backups(kubectl: Kubectl, pod: str) -> list[dict[str, Any]]:
 
 def backup(stack: Stack, kind: str) -> str:
     kubectl = Kubectl(stack)
-    primary = current_primary(Instances(kubectl).snapshot(), kubectl)
+    primary = current_primary(Instances(kubectl).snapshot(), kubectl, "to back up")
     pgbackrest(kubectl, primary, "backup", f"--type={kind}", timeout=BACKUP_SECONDS)
     return pgbackrest(kubectl, primary, "info")
 
@@ -426,7 +426,7 @@ def restore(stack: Stack, moment: dt.datetime) -> tuple[str, float]:
             f"{database.NAME} is scaled to 0 and no restore is pending: start it first (`make up "
             f"STACK={stack.name}` scales it to mlstack:database.replicas), then restore"
         )
-    primary = current_primary(instances.snapshot(), kubectl)
+    primary = current_primary(instances.snapshot(), kubectl, "to check the time and the backups in")
     mark_now(kubectl, primary, moment)
     # Every WAL segment up to now archived, the mark's too: the replay reaches any time before.
     pgbackrest(kubectl, primary, "check")

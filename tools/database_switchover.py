@@ -154,15 +154,16 @@ def candidate(instances: Instances, primary: str, wanted: int | None) -> str | N
     return pod_name(wanted)
 
 
-def current_primary(snapshot: Snapshot, kubectl: Kubectl) -> str:
+def current_primary(snapshot: Snapshot, kubectl: Kubectl, purpose: str) -> str:
+    """The one pod labelled primary; `purpose` (what the caller needs it for) ends the error."""
     primaries = snapshot.primaries
     if len(primaries) == 1:
         return primaries[0]
     found = f"{len(primaries)} pods ({', '.join(primaries)})" if primaries else "no pod"
     label = f"{database.ROLE_LABEL}={database.PRIMARY}"
     raise SwitchoverError(
-        f"{STATEFULSET} has {found} labelled {label}: there is no one primary to hand over "
-        f"from; see `{patronictl_list(kubectl)}`"
+        f"{STATEFULSET} has {found} labelled {label}: there is no one primary {purpose}; see "
+        f"`{patronictl_list(kubectl)}`"
     )
 
 
@@ -202,7 +203,7 @@ def switchover(stack: Stack, wanted: int | None, timeout: float) -> tuple[str, s
             "(raise mlstack:database.replicas and run `make up` first)"
         )
     before = instances.snapshot()
-    old = current_primary(before, kubectl)
+    old = current_primary(before, kubectl, "to hand over from")
     target = candidate(instances, old, wanted)
     start = time.monotonic()
     run_patronictl(kubectl, old, target)

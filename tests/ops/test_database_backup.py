@@ -279,14 +279,23 @@ def test_a_failed_pgbackrest_step_is_one_error_with_its_last_line_and_the_last_s
     assert fakes.changes() == [*marked, pgbackrest_in("database-1", *failed.step.split())]
 
 
-def test_backup_without_one_primary_runs_nothing(
-    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("argv", "purpose"),
+    [
+        (["backup"], "to back up"),
+        (["restore", "--time", "2026-12-04 22:30:00+01:00"],
+         "to check the time and the backups in"),
+    ],
+)  # fmt: skip
+def test_without_one_primary_nothing_runs(
+    argv: list[str], purpose: str, fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fakes.restore_cluster(running=state(roles("replica", "replica", "replica")))
-    code, _, err = run(capsys, "backup", "--stack", "prod")
+    code, _, err = run(capsys, *argv, "--stack", "prod")
     assert code == 1
     assert err.startswith(
-        "backup: error: database has no pod labelled mlstack/database-role=primary"
+        f"{argv[0]}: error: database has no pod labelled mlstack/database-role=primary: "
+        f"there is no one primary {purpose}; see `"
     )
     assert fakes.changes() == []
 
