@@ -156,20 +156,25 @@ def test_an_ignored_property_does_not_hide_another_that_moved() -> None:
     assert [p.path for _, p in result.ignored] == ["spec.replicas"]
 
 
-def test_secrets_stay_secret_in_the_report() -> None:
-    urn = "urn:pulumi:prod::mlstack::kubernetes:core/v1:Secret::api-keys"
-    event = outputs_event(urn, "update", {"data": SECRET}, {"data": {**SECRET, "ciphertext": "y"}})
-    text = report("prod", [event], {}).text()
-    assert "data: [secret] => [secret]" in text
-    assert "ciphertext" not in text
-
-
-def test_an_asset_is_shown_not_taken_for_a_secret() -> None:
-    urn = "urn:pulumi:prod::mlstack::aws:s3/bucketObjectv2:BucketObjectv2::model"
-    event = outputs_event(urn, "update", {"source": ASSET}, {"source": {**ASSET, "path": "b.txt"}})
-    text = report("prod", [event], {}).text()
-    assert '    source.path: "a.txt" => "b.txt"' in text
-    assert "[secret]" not in text
+# A secret and an asset are both objects under Pulumi's signature key: only the secret is hidden.
+@pytest.mark.parametrize(
+    ("urn", "old", "new", "shown", "hidden"),
+    [
+        ("urn:pulumi:prod::mlstack::kubernetes:core/v1:Secret::api-keys",
+         {"data": SECRET}, {"data": {**SECRET, "ciphertext": "y"}},
+         "data: [secret] => [secret]", "ciphertext"),
+        ("urn:pulumi:prod::mlstack::aws:s3/bucketObjectv2:BucketObjectv2::model",
+         {"source": ASSET}, {"source": {**ASSET, "path": "b.txt"}},
+         '    source.path: "a.txt" => "b.txt"', "[secret]"),
+    ],
+    ids=["a secret stays secret", "an asset is shown"],
+)  # fmt: skip
+def test_signed_values_in_the_report(
+    urn: str, old: dict[str, Any], new: dict[str, Any], shown: str, hidden: str
+) -> None:
+    text = report("prod", [outputs_event(urn, "update", old, new)], {}).text()
+    assert shown in text
+    assert hidden not in text
 
 
 def test_the_markdown_names_each_property_with_both_values() -> None:
