@@ -148,6 +148,19 @@ class Node:
                 "(python -m e2e.node down DIR removes it)"
             )
         ensure_packages()
+        if not network.claim_node_bridge():
+            raise RuntimeError(
+                f"{net.NODE_BRIDGE} exists: another e2e node started on this machine just now "
+                "(python -m e2e.node down DIR stops it)"
+            )
+        try:
+            self._check_machine()
+        except BaseException:
+            network.release_node_bridge()
+            raise
+
+    def _check_machine(self) -> None:
+        """The checks after the bridge is claimed, and the machine recorded as it is."""
         if rules.KUBE_PROXY_CHAIN in rules.our_chains():
             # Two kube-proxies would each rewrite the rules of the other's Services.
             raise RuntimeError(
@@ -183,7 +196,7 @@ class Node:
             raise RuntimeError("no default route: cannot tell the outside interface")
         self.state.record("outside", outside)
         guard.install(outside)
-        network.add_node_bridge()
+        network.set_up_node_bridge()
 
     def _forward_api_server(self) -> None:
         port = self.plane.api_server_port()

@@ -45,8 +45,25 @@ def check_address_plan() -> None:
                 raise RuntimeError(f"{mine} of e2e/addresses.py overlaps the route {dst}")
 
 
-def add_node_bridge() -> None:
-    run("ip", "link", "add", net.NODE_BRIDGE, "type", "bridge")
+def claim_node_bridge() -> bool:
+    """Make the node's bridge, bare; False when it exists already. Making a link is one step of
+    the kernel's: of two nodes started at once, only one makes it, so the other can refuse
+    before it has made anything its own `down` would remove (the links have fixed names)."""
+    made = run("ip", "link", "add", net.NODE_BRIDGE, "type", "bridge", check=False)
+    if made.returncode == 0:
+        return True
+    if Path(f"/sys/class/net/{net.NODE_BRIDGE}").exists():
+        return False
+    raise RuntimeError(f"ip link add {net.NODE_BRIDGE} failed: {made.stderr.strip()}")
+
+
+def release_node_bridge() -> None:
+    """Remove the bridge claim_node_bridge made, when the node goes no further than preflight."""
+    run("ip", "link", "delete", net.NODE_BRIDGE, check=False)
+
+
+def set_up_node_bridge() -> None:
+    """The claimed bridge made the node's: its address, the LoadBalancer range routed on it."""
     run("ip", "addr", "add", f"{net.NODE_ADDRESS}/32", "dev", net.NODE_BRIDGE)
     run("ip", "link", "set", net.NODE_BRIDGE, "up")
     run("ip", "route", "add", net.LOAD_BALANCER_CIDR, "dev", net.NODE_BRIDGE)

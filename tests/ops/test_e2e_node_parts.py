@@ -24,7 +24,7 @@ import e2e.node as node_module
 from e2e import addresses, images, process
 from e2e.controlplane import ControlPlane
 from e2e.image_archive import ImageFile, write_image
-from e2e.node import Node, containerd, guard, host, kube_proxy, kubelet, rules
+from e2e.node import Node, containerd, guard, host, kube_proxy, kubelet, network, rules
 from e2e.node.dns import dns_query
 from e2e.node.layout import Layout
 from e2e.node.packages import debian_packages
@@ -214,24 +214,43 @@ def test_a_node_refused_by_preflight_leaves_the_other_node_s_state_alone(
     assert node.layout.state_file.read_text() == other
 
 
-def test_a_node_beside_another_kube_proxy_is_refused_before_it_records_the_machine(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("claimed", "chains", "refusal"),
+    [
+        # Another node made the bridge between the first look and the claim: nothing is made.
+        (False, set(), "mlse2e-absent exists: another e2e node started on this machine"),
+        # kube-proxy's chains are there (a Kubernetes node on the machine, say k3s): the e2e
+        # node's kube-proxy would rewrite its Services' rules. The bridge claimed goes again.
+        (True, {"iptables nat KUBE-SERVICES"},
+         r"iptables has kube-proxy's chains \(iptables nat"),
+    ],
+    ids=["bridge-claimed-by-another", "another-kube-proxy"],
+)  # fmt: skip
+def test_a_node_refused_after_the_first_look_records_nothing_and_removes_nothing(
+    claimed: bool,
+    chains: set[str],
+    refusal: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """kube-proxy's chains are there (a Kubernetes node on the machine, say k3s): the e2e node's
-    kube-proxy would rewrite its Services' rules, so nothing starts."""
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(addresses, "NODE_BRIDGE", "mlse2e-absent")
     monkeypatch.setattr(node_module, "ensure_packages", lambda: None)
-    monkeypatch.setattr(rules, "our_chains", lambda: {"iptables nat KUBE-SERVICES"})
+    links = {"mlse2e-absent"}
+    monkeypatch.setattr(network, "claim_node_bridge", lambda: claimed)
+    monkeypatch.setattr(network, "release_node_bridge", links.clear)
+    monkeypatch.setattr(rules, "our_chains", lambda: chains)
     downs: list[bool] = []
     monkeypatch.setattr(Node, "down", lambda self, keep_logs=False: downs.append(keep_logs))
     node = Node(ControlPlane(bin_dir=tmp_path / "bin", workdir=tmp_path / "cluster"))
 
-    with pytest.raises(RuntimeError, match=r"iptables has kube-proxy's chains \(iptables nat"):
+    with pytest.raises(RuntimeError, match=refusal):
         node.up()
 
     assert downs == []
     assert not node.layout.state_file.exists()
+    # The bridge this node made is removed; one another node made is not.
+    assert bool(links) == (not claimed)
 
 
 @pytest.mark.parametrize(
