@@ -186,7 +186,7 @@ class Node:
                 "absent_dirs": host.absent_host_dirs(),
                 "nft_tables": rules.nft_tables(),
                 "chains": sorted(rules.our_chains()),
-                "ipsets": rules.ipsets(),
+                "ipsets": rules.our_ipsets(),
             }
         )
 
@@ -291,7 +291,7 @@ class Node:
             left.append(f"nft table inet {guard.TABLE}")
         chains = rules.our_chains() - set(recorded.get("chains", []))
         left += [f"chain {c}" for c in sorted(chains)]
-        new_ipsets = set(rules.ipsets()) - set(recorded.get("ipsets", []))
+        new_ipsets = set(rules.our_ipsets()) - set(recorded.get("ipsets", []))
         left += [f"ipset {i}" for i in sorted(new_ipsets)]
         left += [f"cgroup {group}" for group in kubelet.cgroups_left()]
         return left

@@ -12,6 +12,8 @@ from e2e.process import run
 
 IPTABLES_TABLES: Final = ("filter", "nat", "mangle", "raw")
 CHAIN_PREFIXES: Final = ("KUBE-", "CNI-")
+# kube-router's ipsets (its network policies'; "inet6:" before each name on IPv6).
+IPSET_PREFIXES: Final = ("KUBE-", "kube-router-")
 # The chain every kube-proxy in iptables mode sends Service traffic to, as `our_chains` lists it.
 KUBE_PROXY_CHAIN: Final = "iptables nat KUBE-SERVICES"
 # Tables iptables-nft makes on first use; removed by `down` if they appeared and hold no rule.
@@ -50,13 +52,16 @@ def remove_chains(before: set[str]) -> None:
             run(tool, "-t", table, "-X", name, check=False)
 
 
-def ipsets() -> list[str]:
-    return run("ipset", "list", "-n", check=False).stdout.split()
+def our_ipsets() -> list[str]:
+    """Every ipset of a kube-router's naming (KUBE-SRC-*, KUBE-DST-*, kube-router-*): not one
+    that firewalld, fail2ban or another tool makes meanwhile."""
+    names = run("ipset", "list", "-n", check=False).stdout.split()
+    return [name for name in names if name.removeprefix("inet6:").startswith(IPSET_PREFIXES)]
 
 
 def remove_ipsets(before: set[str]) -> None:
-    """The ipsets not in `before` (kube-router's), once no rule refers to them."""
-    for name in set(ipsets()) - before:
+    """Our ipsets not in `before` (kube-router's), once no rule refers to them."""
+    for name in set(our_ipsets()) - before:
         run("ipset", "destroy", name, check=False)
 
 

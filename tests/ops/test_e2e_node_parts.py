@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import struct
+import subprocess
 import tarfile
 import threading
 import tomllib
@@ -279,3 +280,22 @@ def test_down_puts_back_only_the_kernel_settings_the_node_changed(
     host.restore_sysctls({"net/ipv4/ip_forward": "0"}, left)
 
     assert setting.read_text().strip() == after
+
+
+def test_down_destroys_only_the_new_ipsets_of_kube_router_s_naming(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """firewalld's or fail2ban's ipsets, made while the node ran, are not the node's."""
+    listed = ["f2b-sshd", "KUBE-SRC-OLD", "KUBE-SRC-NEW", "inet6:KUBE-DST-NEW", "kube-router-x"]
+    destroyed: list[str] = []
+
+    def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if argv[:2] == ("ipset", "destroy"):
+            destroyed.append(argv[2])
+        return subprocess.CompletedProcess(argv, 0, "\n".join(listed) + "\n", "")
+
+    monkeypatch.setattr(rules, "run", run)
+
+    rules.remove_ipsets({"KUBE-SRC-OLD"})
+
+    assert sorted(destroyed) == ["KUBE-SRC-NEW", "inet6:KUBE-DST-NEW", "kube-router-x"]
