@@ -289,7 +289,7 @@ class Node:
         left += [f"link {link}" for link in network.links_left()]
         if f"inet {guard.TABLE}" in rules.nft_tables():
             left.append(f"nft table inet {guard.TABLE}")
-        chains = rules.our_chains() - set(recorded.get("chains", []))
+        chains = rules.chains_to_remove(set(recorded.get("chains", [])))
         left += [f"chain {c}" for c in sorted(chains)]
         new_ipsets = set(rules.our_ipsets()) - set(recorded.get("ipsets", []))
         left += [f"ipset {i}" for i in sorted(new_ipsets)]

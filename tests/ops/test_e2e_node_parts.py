@@ -1,7 +1,7 @@
 """The real e2e node's pure parts: the image archive writer, the LoadBalancer address mirror,
 the DNS readiness query, the Debian package list, the configuration templates, the mount
-table's reader, the preflight checks that refuse a second node, and the kernel settings `down`
-puts back (the node itself runs in `make e2e`)."""
+table's reader, the preflight checks that refuse a second node, and the kernel settings, chains
+and ipsets `down` puts back or removes (the node itself runs in `make e2e`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import tarfile
 import threading
 import tomllib
 from pathlib import Path
+from typing import Final
 
 import pytest
 
@@ -299,3 +300,83 @@ def test_down_destroys_only_the_new_ipsets_of_kube_router_s_naming(
     rules.remove_ipsets({"KUBE-SRC-OLD"})
 
     assert sorted(destroyed) == ["KUBE-SRC-NEW", "inet6:KUBE-DST-NEW", "kube-router-x"]
+
+
+# What the CNI firewall and portmap plugins leave while one pod of the node's (10.244.0.7) runs,
+# with a host port, beside kubelet's chain.
+NODE_FILTER: Final = """*filter
+:FORWARD DROP [0:0]
+:CNI-ADMIN - [0:0]
+:CNI-FORWARD - [0:0]
+:KUBE-FIREWALL - [0:0]
+-A FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD
+-A CNI-FORWARD -m comment --comment "CNI firewall plugin admin overrides" -j CNI-ADMIN
+-A CNI-FORWARD -d 10.244.0.7/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A CNI-FORWARD -s 10.244.0.7/32 -j ACCEPT
+"""
+NODE_NAT: Final = """*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:CNI-DN-1111 - [0:0]
+:CNI-HOSTPORT-DNAT - [0:0]
+:CNI-HOSTPORT-MASQ - [0:0]
+:CNI-HOSTPORT-SETMARK - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ
+-A CNI-DN-1111 -s 10.244.0.0/24 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-1111 -s 127.0.0.1/32 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-1111 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.244.0.7:80
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"mlse2e\\" id: \\"a1\\"" -m multiport --dports 8080 -j CNI-DN-1111
+-A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE
+-A CNI-HOSTPORT-SETMARK -m comment --comment "CNI portfwd masquerade mark" -j MARK --set-xmark 0x2000/0x2000
+"""  # noqa: E501
+# A nerdctl container (10.4.0.5 on CNI network "bridge") started while the node ran.
+OTHER_FILTER: Final = """-A CNI-FORWARD -d 10.4.0.5/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A CNI-FORWARD -s 10.4.0.5/32 -j ACCEPT
+"""  # noqa: E501
+OTHER_NAT: Final = """:CNI-DN-2222 - [0:0]
+-A CNI-DN-2222 -s 10.4.0.0/24 -p tcp -m tcp --dport 9090 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-2222 -p tcp -m tcp --dport 9090 -j DNAT --to-destination 10.4.0.5:80
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"bridge\\" id: \\"b2\\"" -m multiport --dports 9090 -j CNI-DN-2222
+"""  # noqa: E501
+
+
+@pytest.mark.parametrize(
+    ("other", "removed", "deleted"),
+    [
+        (False,
+         {"filter": ["CNI-ADMIN", "CNI-FORWARD", "KUBE-FIREWALL"],
+          "nat": ["CNI-DN-1111", "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"]},
+         {"filter": ["FORWARD"], "nat": ["POSTROUTING", "PREROUTING"]}),
+        # The shared chains stay, with the other's rules and jumps; the node's pods' go.
+        (True,
+         {"filter": ["KUBE-FIREWALL"], "nat": ["CNI-DN-1111"]},
+         {"filter": ["CNI-FORWARD", "CNI-FORWARD"], "nat": ["CNI-HOSTPORT-DNAT"]}),
+    ],
+    ids=["the node alone", "beside another CNI user"],
+)  # fmt: skip
+def test_down_removes_the_cni_chains_another_cni_user_shares_only_when_it_is_gone(
+    other: bool,
+    removed: dict[str, list[str]],
+    deleted: dict[str, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    saved = {
+        "filter": NODE_FILTER + (OTHER_FILTER if other else ""),
+        "nat": NODE_NAT + (OTHER_NAT if other else ""),
+    }
+    calls: dict[str, dict[str, list[str]]] = {"-X": {}, "-D": {}}
+
+    def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if argv[0] == "iptables-save":
+            return subprocess.CompletedProcess(argv, 0, saved.get(argv[2], ""), "")
+        if argv[0] == "iptables" and argv[3] in calls:
+            calls[argv[3]].setdefault(argv[2], []).append(argv[4])
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(rules, "run", run)
+
+    rules.remove_chains(set())
+
+    assert {table: sorted(names) for table, names in calls["-X"].items()} == removed
+    assert {table: sorted(chains) for table, chains in calls["-D"].items()} == deleted
