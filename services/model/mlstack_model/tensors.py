@@ -111,10 +111,10 @@ def proba_output(rows: int, n_classes: int, flat: list[float]) -> OutputTensor:
 
 
 def check_datatype(datatype: object) -> str:
-    if datatype not in NUMERIC_DATATYPES:
+    # A JSON list or object is unhashable: the set lookup alone would raise TypeError (a 500).
+    if type(datatype) is not str or datatype not in NUMERIC_DATATYPES:
         allowed = ", ".join(sorted(NUMERIC_DATATYPES))
         raise invalid(f"input datatype {datatype!r} is not supported; use one of {allowed}")
-    assert isinstance(datatype, str)
     return datatype
 
 
