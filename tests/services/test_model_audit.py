@@ -4,12 +4,14 @@ read in-process as the process reads them)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from harness.http import request
 from harness.services import SETOSA, ModelProcess
+from tests.services.hostile import INFER, exchange, raw_request
 from tests.services.oip import INFER_PATH, INPUT
 
 # -- bad requests are the client's mistake: 400, never a 500 ------------------------------------
@@ -23,3 +25,38 @@ def test_a_datatype_that_is_not_a_string_is_400(model_server: ModelProcess, data
     reply = request("POST", model_server.url + INFER_PATH, body)
     assert reply.status == 400, reply.body
     assert reply.json()["error"].startswith(f"input datatype {datatype!r} is not supported")
+
+
+def infer_with_header_length(model: ModelProcess, value: str) -> Any:
+    """The one-row JSON infer request, with Inference-Header-Content-Length ``value`` (sent as
+    Latin-1 bytes, as HTTP carries a header)."""
+    headers = [("Content-Type", "application/json"), ("Inference-Header-Content-Length", value)]
+    return exchange(model.port, raw_request("POST", INFER_PATH, headers, INFER.one_row))
+
+
+@pytest.mark.parametrize(
+    ("value", "refusal"),
+    [
+        # Latin-1 has digits that str.isdigit() takes and int() does not.
+        ("\u00b2", "Inference-Header-Content-Length must be a byte count, got '\u00b2'"),
+        ("1\u00b9", "Inference-Header-Content-Length must be a byte count, got '1\u00b9'"),
+        # More digits than int() reads (4300).
+        (
+            "9" * 5000,
+            f"Inference-Header-Content-Length is {'9' * 5000} but the body has "
+            f"{len(INFER.one_row)} bytes",
+        ),
+    ],
+    ids=["superscript-two", "superscript-one", "5000-digits"],
+)
+def test_a_header_length_int_cannot_read_is_400(
+    model_server: ModelProcess, value: str, refusal: str
+) -> None:
+    answer = infer_with_header_length(model_server, value)
+    assert (answer.status, answer.error()) == (400, refusal)
+
+
+def test_a_zero_padded_header_length_is_read_as_its_value(model_server: ModelProcess) -> None:
+    answer = infer_with_header_length(model_server, "0" * 5000 + str(len(INFER.one_row)))
+    assert answer.status == 200, answer.body
+    assert json.loads(answer.body)["outputs"][0]["data"] == [0]

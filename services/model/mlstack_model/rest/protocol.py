@@ -44,15 +44,18 @@ def _split_body(
     """The JSON header and, with the binary extension, the binary part that follows it."""
     if header_length is None:
         return body, None
-    if not header_length.isdigit():
+    # ASCII digits only: str.isdigit() also takes Latin-1's superscripts, which int() refuses.
+    if not (header_length.isascii() and header_length.isdigit()):
         raise invalid(
             f"Inference-Header-Content-Length must be a byte count, got {header_length!r}"
         )
-    split = int(header_length)
-    if split > len(body):
+    # int() refuses thousands of digits; more digits than the body's length has is more bytes.
+    digits = header_length.lstrip("0") or "0"
+    if len(digits) > len(str(len(body))) or int(digits) > len(body):
         raise invalid(
-            f"Inference-Header-Content-Length is {split} but the body has {len(body)} bytes"
+            f"Inference-Header-Content-Length is {digits} but the body has {len(body)} bytes"
         )
+    split = int(digits)
     return body[:split], body[split:]
 
 
