@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from mlstack_common.env import SettingsError
+from mlstack_model.settings import ModelSettings
 
 from harness.http import request
 from harness.services import SETOSA, ModelProcess
@@ -60,3 +62,20 @@ def test_a_zero_padded_header_length_is_read_as_its_value(model_server: ModelPro
     answer = infer_with_header_length(model_server, "0" * 5000 + str(len(INFER.one_row)))
     assert answer.status == 200, answer.body
     assert json.loads(answer.body)["outputs"][0]["data"] == [0]
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable", ["PORT", "GRPC_PORT"])
+@pytest.mark.parametrize("value", ["65536", "70000"])
+def test_a_port_beyond_65535_is_refused(variable: str, value: str) -> None:
+    """Not taken modulo 65536 (70000 would listen on 4464) nor logged as if it were a port."""
+    with pytest.raises(SettingsError) as refused:
+        ModelSettings.from_env({variable: value})
+    assert str(refused.value) == f"{variable} must be <= 65535, got {value}"
+
+
+def test_the_highest_port_is_taken() -> None:
+    settings = ModelSettings.from_env({"PORT": "65535", "GRPC_PORT": "65535"})
+    assert (settings.port, settings.grpc_port) == (65535, 65535)

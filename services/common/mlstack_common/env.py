@@ -1,5 +1,5 @@
-"""Settings from environment variables: the readers both services use (numbers, yes-or-no flags,
-the log level), each refusal one line that names the variable and the rule."""
+"""Settings from environment variables: the readers both services use (numbers, ports, yes-or-no
+flags, the log level), each refusal one line that names the variable and the rule."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from typing import TypeVar
 Number = TypeVar("Number", int, float)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+# The highest TCP port. A larger number is no error at bind: the event loop and gRPC take it
+# modulo 65536 (70000 listens on 4464) while the log names the number given.
+MAX_PORT = 65535
 # Python's logging levels by name, as LOG_LEVEL gives them (any case).
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -24,6 +27,14 @@ def env_number(env: dict[str, str], name: str, default: float, minimum: float = 
 
 def env_integer(env: dict[str, str], name: str, default: int, minimum: int = 1) -> int:
     return _env_read(env, name, default, minimum, parse=int, kind="an integer")
+
+
+def env_port(env: dict[str, str], name: str, default: int) -> int:
+    """A TCP port to listen on, 1 to MAX_PORT."""
+    port = env_integer(env, name, default)
+    if port > MAX_PORT:
+        raise SettingsError(f"{name} must be <= {MAX_PORT}, got {port}")
+    return port
 
 
 def _env_read(

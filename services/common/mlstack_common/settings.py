@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlstack_common.env import env_flag, env_integer, env_log_level, env_number
+from mlstack_common.env import env_flag, env_integer, env_log_level, env_number, env_port
 from mlstack_common.http_limits import HttpLimits
 
 
@@ -49,7 +49,7 @@ class ServiceSettings:
         ``max_batch_rows`` and ``max_body_bytes`` are the service's own defaults."""
         return {
             "host": env.get("HOST", "0.0.0.0"),
-            "port": env_integer(env, "PORT", 8080),
+            "port": env_port(env, "PORT", 8080),
             "model_name": env.get("MODEL_NAME", "").strip() or "iris",
             "max_batch_rows": env_integer(env, "MAX_BATCH_ROWS", max_batch_rows),
             "max_body_bytes": env_integer(env, "MAX_BODY_BYTES", max_body_bytes),

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlstack_common.env import env_integer
+from mlstack_common.env import env_integer, env_port
 from mlstack_common.settings import ServiceSettings, environment
 
 
@@ -38,7 +38,7 @@ class ModelSettings(ServiceSettings):
         return cls(
             # A full batch of MAX_BATCH_ROWS rows in JSON takes well under MAX_BODY_BYTES.
             **cls.shared_from_env(env, max_batch_rows=4096, max_body_bytes=2 * 1024 * 1024),
-            grpc_port=env_integer(env, "GRPC_PORT", 8081),
+            grpc_port=env_port(env, "GRPC_PORT", 8081),
             model_version=version,
             model_dir=Path(model_dir) if model_dir else default_model_dir(),
             inline_batch_rows=env_integer(env, "INLINE_BATCH_ROWS", 64),
