@@ -5,6 +5,7 @@ same ``tensors.InferRequest``; it knows neither."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,9 +32,23 @@ class DataPlane:
         # Large batches are scored here so the event loop keeps answering other requests.
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
         self.admission = Admission(settings.max_concurrent_requests)
-        # Set at SIGTERM (mlstack_common.serving): the server is not ready from then on, so that
-        # it leaves the Service's endpoints while it finishes what it has.
-        self.draining = False
+        self._draining = False
+        # Called once, when the drain starts (the gRPC server's health status follows it).
+        self.drain_listeners: list[Callable[[], None]] = []
+
+    @property
+    def draining(self) -> bool:
+        """Set at SIGTERM (mlstack_common.serving): the server is not ready from then on, so
+        that it leaves the Service's endpoints while it finishes what it has."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        started = value and not self._draining
+        self._draining = value
+        if started:
+            for listener in self.drain_listeners:
+                listener()
 
     @property
     def ready(self) -> bool:

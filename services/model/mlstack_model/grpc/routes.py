@@ -4,6 +4,7 @@ server's event loop (see ``mlstack_model.app``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -150,6 +151,7 @@ class GrpcServer:
 
     def __init__(self, dataplane: DataPlane, settings: ModelSettings) -> None:
         self.settings = settings
+        self.dataplane = dataplane
         assert dataplane.model is not None, "the gRPC server starts once the model is loaded"
         max_message = max_message_bytes(settings, dataplane.model.scorer.n_features)
         self.server = grpc.aio.server(
@@ -171,6 +173,8 @@ class GrpcServer:
         # grpc-stubs types only the thread-based servicer, not this asyncio one.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._updates: set[asyncio.Task[None]] = set()
+        dataplane.drain_listeners.append(self._drain_started)
 
     async def start(self) -> int:
         host, port = self.settings.host, self.settings.grpc_port
@@ -184,9 +188,26 @@ class GrpcServer:
         await self.server.start()
         # The overall status ("") answers liveness probes; the service's own name, readiness.
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set(SERVICE.full_name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_readiness()
         log.info("gRPC (%s) listening on %s", SERVICE.full_name, address)
         return bound
+
+    async def _set_readiness(self) -> None:
+        # Read when it runs: the drain only ever starts, so whichever update runs last is right.
+        ready = not self.dataplane.draining
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set(SERVICE.full_name, status)
+
+    def _drain_started(self) -> None:
+        """The readiness status turns NOT_SERVING with /v2/health/ready and ServerReady, so that
+        gRPC clients that check it stop sending here; liveness ("") stays SERVING."""
+        task = asyncio.get_running_loop().create_task(self._set_readiness())
+        self._updates.add(task)
+        task.add_done_callback(self._updates.discard)
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
