@@ -212,7 +212,9 @@ def _is_transient(exc: BaseException) -> bool:
     and class 57: admin_shutdown, crash_shutdown, cannot_connect_now, ...). One in recovery or
     read-only by configuration, as a failover's former primary is, takes connections and reads
     but fails each write with read_only_sql_transaction (25006), until the connection it is
-    retried on reaches the new primary.
+    retried on reaches the new primary. One short of a resource (class 53: every connection slot
+    taken, as when a failover's clients all reconnect at once, its disk or memory full) refuses
+    this request, not the next one once the resource is free again.
     """
     if isinstance(exc, asyncpg.ClientConfigurationError):  # an InterfaceError, but permanent
         return False
@@ -222,6 +224,7 @@ def _is_transient(exc: BaseException) -> bool:
         | TimeoutError
         | asyncpg.PostgresConnectionError
         | asyncpg.OperatorInterventionError
+        | asyncpg.InsufficientResourcesError
         | asyncpg.InterfaceError,
     )
 

@@ -1,0 +1,55 @@
+"""The gateway on PostgreSQL when the server refuses it for want of resources: what a client and
+an operator get is what they get for any database that is away."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components import database
+from harness.postgres import PostgresServer, query
+from harness.services import SETOSA, ServiceProcess, start_gateway
+from tests.services.support import history, metric, new_prediction, predict
+
+# A login role of these tests' own on the session's PostgreSQL, owning a database named after it.
+ROLE = "gateway_audit"
+PASSWORD = "audit-role-password-1"
+
+
+@pytest.fixture(scope="module")
+def role_url(postgres: PostgresServer) -> str:
+    postgres.create_password_role(ROLE, PASSWORD)
+    return database.connection_url(
+        "127.0.0.1", PASSWORD, port=postgres.port, user=ROLE, dbname=ROLE
+    )
+
+
+def test_a_server_out_of_connection_slots_costs_503s_with_retry_after_not_500s(
+    model_server: ServiceProcess, postgres: PostgresServer, role_url: str, log_dir: Path
+) -> None:
+    # "too many connections" (SQLSTATE 53300) is what a server with every slot taken answers a
+    # new connection, as after a failover when every gateway replica reconnects at once.
+    gateway = start_gateway(
+        model_server.url, log_dir, DATABASE_URL=role_url, DB_WRITE_TIMEOUT_SECONDS="1"
+    )
+    admin = postgres.dsn()
+    try:
+        new_prediction(gateway)
+        query(admin, f"ALTER ROLE {ROLE} CONNECTION LIMIT 0")
+        # Its pool's connections ended: the next request must open one, which is refused.
+        query(
+            admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", ROLE
+        )
+        for reply in (predict(gateway.url, [SETOSA]), history(gateway, "?limit=5")):
+            assert reply.refused_with_retry_after, (reply.status, reply.headers, reply.body)
+        assert (
+            metric(gateway, "mlstack_gateway_requests_total", endpoint="predict", status="500") == 0
+        )
+        query(admin, f"ALTER ROLE {ROLE} CONNECTION LIMIT -1")
+        gateway.wait_for(
+            "predictions answered again", lambda: predict(gateway.url, [SETOSA]).status == 200
+        )
+    finally:
+        query(admin, f"ALTER ROLE {ROLE} CONNECTION LIMIT -1")
+        gateway.stop()
