@@ -3,14 +3,22 @@ an operator get is what they get for any database that is away."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from components import database
+from harness.poll import eventually
 from harness.postgres import PostgresServer, query
 from harness.services import SETOSA, ServiceProcess, start_gateway
-from tests.services.support import history, metric, new_prediction, predict
+from tests.services.support import (
+    history,
+    metric,
+    new_prediction,
+    predict,
+    throwaway_postgres,
+)
 
 # A login role of these tests' own on the session's PostgreSQL, owning a database named after it.
 ROLE = "gateway_audit"
@@ -53,3 +61,32 @@ def test_a_server_out_of_connection_slots_costs_503s_with_retry_after_not_500s(
     finally:
         query(admin, f"ALTER ROLE {ROLE} CONNECTION LIMIT -1")
         gateway.stop()
+
+
+def test_a_write_its_synchronous_standby_never_confirmed_is_not_answered_200(
+    model_server: ServiceProcess, log_dir: Path
+) -> None:
+    # A commit waits for the synchronous standby after it is on the primary's disk. Its backend
+    # ended meanwhile (pg_terminate_backend, a restart in place), PostgreSQL warns that it "has
+    # already committed locally, but might not have been replicated": the row is on the primary
+    # alone, and a 200 for it would be lost with the primary.
+    with throwaway_postgres() as server:
+        dsn = server.dsn()
+        gateway = start_gateway(
+            model_server.url, log_dir, DATABASE_URL=dsn, DB_WRITE_TIMEOUT_SECONDS="10"
+        )
+        try:
+            new_prediction(gateway)
+            query(dsn, "ALTER SYSTEM SET synchronous_standby_names = 'absent_standby'")
+            query(dsn, "SELECT pg_reload_conf()")
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                answer = pool.submit(predict, gateway.url, [SETOSA])
+                waiting = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+                eventually(lambda: query(dsn, waiting), "a commit waiting for its standby", 10)
+                query(dsn, f"SELECT pg_terminate_backend(pid) FROM ({waiting}) AS w")
+                reply = answer.result(timeout=30)
+            stored = query(dsn, "SELECT count(*) FROM predictions")[0][0]
+            assert stored == 2, "the commit was to be on the primary's disk"
+            assert reply.refused_with_retry_after, (reply.status, reply.body)
+        finally:
+            gateway.stop()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -75,12 +76,19 @@ MIGRATIONS: list[tuple[int, str]] = [
 MIGRATION_LOCK_KEY = 0x6D6C737461636B  # "mlstack"
 
 # One statement, one round trip, one commit for the whole group. ON CONFLICT makes a resend
-# after an ambiguous failure (connection lost during COMMIT) harmless.
+# after an ambiguous failure (connection lost during COMMIT) harmless: no row twice (and see
+# _insert for what such a resend confirms).
 _INSERT = """
 INSERT INTO predictions
     (request_id, model_name, model_version, instances, predictions, latency_ms)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::float8[])
 ON CONFLICT (request_id) DO NOTHING
+"""
+# Whether this server's commits return only once a synchronous standby has the commit: then a
+# row a resend finds already there may be on the primary alone (_insert).
+_SYNCHRONOUS = """
+SELECT current_setting('synchronous_standby_names') <> ''
+   AND current_setting('synchronous_commit') IN ('on', 'remote_write', 'remote_apply')
 """
 # A page of history: the rows below $1, newest first, at most $2 of them and (the first always)
 # as many as $3 bytes of items hold, each weighing its text columns plus $4 (ROW_OVERHEAD_BYTES).
@@ -481,6 +489,24 @@ async def migrate_database(dsn: str, timeout_seconds: float) -> list[int]:
     return applied
 
 
+async def _insert(
+    conn: asyncpg.pool.PoolConnectionProxy, columns: tuple[list[Any], ...], resent: bool
+) -> bool:
+    """_INSERT of ``columns``, ``resent`` after a try whose outcome is unknown; whether every
+    row is now committed as the server promises a commit.
+
+    A row a resend finds already there was committed by that try, at least on the primary's
+    disk: a commit that waits for its synchronous standby and whose backend is ended meanwhile
+    (terminated, the server stopping) "has already committed locally, but might not have been
+    replicated". The resend, which then writes nothing, commits at once without waiting for the
+    standby, so it confirms no more than the primary's copy: enough only for a server that
+    promises no more (no synchronous standby)."""
+    status = await conn.execute(_INSERT, *columns)
+    if not resent or int(status.rpartition(" ")[2]) == len(columns[0]):
+        return True
+    return not await conn.fetchval(_SYNCHRONOUS)
+
+
 class PostgresStore:
     kind = "postgresql"
 
@@ -628,16 +654,17 @@ class PostgresStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._write_timeout
         retry = _WRITE_BACKOFF.start(deadline)
+        resent = False
         while True:
             pool = self._pool
             if pool is None:
                 raise StoreUnavailableError("database not connected yet")
             asked_at = loop.time()
             try:
-                await _on_connection(
+                confirmed = await _on_connection(
                     pool,
                     max(0.1, deadline - asked_at),
-                    lambda conn: conn.execute(_INSERT, *columns),
+                    functools.partial(_insert, columns=columns, resent=resent),
                 )
             except Exception as exc:
                 if not _is_transient(exc):
@@ -648,9 +675,19 @@ class PostgresStore:
                 # another connection (perhaps to the new primary, after a failover).
                 if not await retry.wait():
                     raise StoreUnavailableError(f"database write failed: {exc}") from exc
+                resent = True
                 continue
             self._primary.answered(asked_at)
             self._writes.answered(asked_at)
+            if not confirmed:
+                log.warning(
+                    "a write of %d rows interrupted in its commit is on the primary, but its "
+                    "synchronous standby never confirmed it: answered 503",
+                    len(records),
+                )
+                raise StoreUnavailableError(
+                    "database write not confirmed by the synchronous standby"
+                )
             return
 
     async def save(self, record: PredictionRecord) -> None:
