@@ -109,13 +109,14 @@ class PostgresServer:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def kill(self, timeout: float = 30.0) -> None:
-        """SIGKILL the postmaster, as when the node loses the pod: each backend notices, tells
-        its client "terminating connection due to unexpected postmaster exit" and exits. Returns
-        once they all have, so that start() (crash recovery from WAL, same port and data
+        """SIGKILL the postmaster and every backend at once, as when the node loses the pod.
+        (The postmaster alone would leave its backends to notice its death each in its own
+        time, and one may still answer a query after another connection was refused.) Returns
+        once they are all gone, so that start() (crash recovery from WAL, same port and data
         directory) does not find the shared memory still in use."""
         pid = self.pid
-        os.kill(pid, signal.SIGKILL)
         # pg_ctl starts the postmaster in a session of its own: its children share its group.
+        os.killpg(pid, signal.SIGKILL)
         wait_until(
             lambda: not group_alive(pid),
             "the PostgreSQL backends to exit after SIGKILL",

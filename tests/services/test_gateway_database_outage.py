@@ -1,5 +1,5 @@
-"""The gateway while its PostgreSQL is killed (SIGKILL of the postmaster, as when the node loses
-the pod) or refuses writes (as a demoted primary does during a switchover) under concurrent
+"""The gateway while its PostgreSQL is killed (SIGKILL of all its processes, as when the node
+loses the pod) or refuses writes (as a demoted primary does during a switchover) under concurrent
 predictions and history reads, then back: every answer is 200 or 503 with Retry-After, never a
 500; every 200 prediction is stored; the outage is one warning line in the gateway's log, not a
 traceback per retry or a line per request."""
