@@ -26,6 +26,17 @@ class ClientDisconnectedError(BodyError):
         super().__init__(400, "client disconnected before sending the whole body")
 
 
+def byte_count(declared: str, limit: int) -> int | None:
+    """A length header's count of bytes; None when it has more digits than ``limit`` has, so
+    says more bytes. ValueError when it is not ASCII digits (str.isdigit() alone also takes
+    Latin-1's superscripts, which int() refuses). int() never reads more digits than ``limit``
+    has: it refuses thousands of them, and leading zeros count."""
+    if not (declared.isascii() and declared.isdigit()):
+        raise ValueError(f"not a count of bytes: {declared!r}")
+    digits = declared.lstrip("0") or "0"
+    return int(digits) if len(digits) <= len(str(limit)) else None
+
+
 def _too_large(limit: int) -> BodyError:
     return BodyError(413, f"request body too large: more than {limit} bytes")
 
@@ -42,17 +53,14 @@ async def read_body(
     """
     declared = first_header(headers, b"content-length")
     if declared is not None:
-        if not declared.isdigit():
-            raise BodyError(400, "invalid Content-Length header")
-        # More digits than the limit has is more bytes than it allows (and int() of thousands
-        # of digits, leading zeros included, is refused by Python itself).
-        digits = declared.lstrip(b"0")
-        if len(digits) > len(str(limit)):
+        try:
+            count = byte_count(declared.decode("latin-1"), limit)
+        except ValueError:
+            raise BodyError(400, "invalid Content-Length header") from None
+        if count is None:
             raise _too_large(limit)
-        if int(digits or b"0") > limit:
-            raise BodyError(
-                413, f"request body too large: {declared.decode()} bytes, at most {limit}"
-            )
+        if count > limit:
+            raise BodyError(413, f"request body too large: {count} bytes, at most {limit}")
     body: bytes | bytearray = b""
     while True:
         message = await receive()

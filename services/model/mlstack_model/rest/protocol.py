@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from mlstack_common.body import byte_count
 from mlstack_common.tensor_names import INPUT_NAME
 
 from mlstack_model import tensors
@@ -44,18 +45,17 @@ def _split_body(
     """The JSON header and, with the binary extension, the binary part that follows it."""
     if header_length is None:
         return body, None
-    # ASCII digits only: str.isdigit() also takes Latin-1's superscripts, which int() refuses.
-    if not (header_length.isascii() and header_length.isdigit()):
+    try:
+        split = byte_count(header_length, len(body))
+    except ValueError:
         raise invalid(
             f"Inference-Header-Content-Length must be a byte count, got {header_length!r}"
-        )
-    # int() refuses thousands of digits; more digits than the body's length has is more bytes.
-    digits = header_length.lstrip("0") or "0"
-    if len(digits) > len(str(len(body))) or int(digits) > len(body):
+        ) from None
+    if split is None or split > len(body):
+        said = header_length if len(header_length) <= 20 else f"{len(header_length)} digits long"
         raise invalid(
-            f"Inference-Header-Content-Length is {digits} but the body has {len(body)} bytes"
+            f"Inference-Header-Content-Length is {said} but the body has {len(body)} bytes"
         )
-    split = int(digits)
     return body[:split], body[split:]
 
 
