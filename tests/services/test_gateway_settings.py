@@ -248,3 +248,9 @@ def test_a_port_that_is_not_a_number_is_named_not_quoted() -> None:
         GatewaySettings.from_env(
             {**GATEWAY_REQUIRED, "DATABASE_URL": "postgresql://u:p@database:five/mlstack"}
         )
+
+
+@pytest.mark.parametrize("variable", ["PORT", "METRICS_PORT"])
+def test_a_port_beyond_65535_is_refused(variable: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{variable} must be <= 65535, got 70000$"):
+        GatewaySettings.from_env({**GATEWAY_REQUIRED, variable: "70000"})

@@ -10,7 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlstack_common.env import SettingsError, env_flag, env_integer, env_log_level, env_number
+from mlstack_common.env import (
+    SettingsError,
+    env_flag,
+    env_integer,
+    env_log_level,
+    env_number,
+    env_port,
+)
 from mlstack_common.settings import ServiceSettings, environment
 
 from mlstack_gateway.postgres_url import POSTGRES_SCHEMES, check_postgres_url
@@ -198,7 +205,7 @@ class GatewaySettings(ServiceSettings):
         data_dir = env.get("DATA_DIR", "").strip()
         shared = cls.shared_from_env(env, max_batch_rows=1024, max_body_bytes=1024 * 1024)
         port = shared["port"]
-        metrics_port = env_integer(env, "METRICS_PORT", 9090)
+        metrics_port = env_port(env, "METRICS_PORT", 9090)
         if metrics_port == port:
             raise SettingsError(
                 f"METRICS_PORT must differ from PORT ({port}): /metrics has a port of its own"
