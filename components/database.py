@@ -38,6 +38,12 @@ GATEWAY_USER: Final = "mlstack_gateway"
 DB_NAME: Final = "mlstack"
 MAX_REPLICAS: Final = 5
 CLAIM_TEMPLATE: Final = "data"
+# The StatefulSet's claim template, as `ignoreChanges` names it. Kubernetes refuses to update it,
+# so pulumi-kubernetes replaces the StatefulSet (deleted first: every instance stops at once) for
+# any change of it. The claims are the program's own (`_data_claims`, each made before its
+# instance), and a new storage size resizes them in place: the template keeps what it was created
+# with.
+CLAIM_TEMPLATES: Final = "spec.volumeClaimTemplates"
 MOUNT_PATH: Final = "/var/lib/postgresql/data"
 # The data folder inside the volume (services/database/patroni.yml).
 PGDATA: Final = f"{MOUNT_PATH}/pgdata"
@@ -405,7 +411,9 @@ class Database(pulumi.ComponentResource):
             },
             # The objects it names are created first; it takes none of their outputs, so that
             # replacing one of them never replaces it.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=after, ignore_changes=[CLAIM_TEMPLATES]
+            ),
         )
 
 

@@ -1,0 +1,49 @@
+"""What a `pulumi up` of a changed stack config does to the objects already running: a change
+the program can make in place never reaches a field that the provider replaces the object for."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from components import database
+from harness.program import ProgramRun, run_program, stack_config
+from tests.unit.configs import with_fields
+from tests.unit.runs import by_name, differences
+
+# The StatefulSet fields pulumi-kubernetes (4.25) replaces the object for, because Kubernetes
+# refuses to update them: a replaced `database` is deleted first (its name is fixed), and every
+# instance with it.
+STATEFUL_SET_REPLACED_FOR: Final = (
+    "spec.podManagementPolicy",
+    "spec.revisionHistoryLimit",
+    "spec.selector",
+    "spec.serviceName",
+    "spec.volumeClaimTemplates",
+)
+
+
+def _covered(path: str, rules: list[str]) -> bool:
+    """Whether an `ignoreChanges` rule covers the input at `path`."""
+    return any(path == rule or path.startswith((f"{rule}.", f"{rule}[")) for rule in rules)
+
+
+def _database_with(**fields: object) -> ProgramRun:
+    return run_program("dev", with_fields(stack_config("dev"), "database", replicas=2, **fields))
+
+
+def test_growing_the_database_s_storage_resizes_its_claims_in_place() -> None:
+    """A new `database.storageSize` reaches each instance's claim (resized in place where its
+    StorageClass allows expansion), never a field that would replace the StatefulSet and stop
+    every instance at once."""
+    small, large = _database_with(storageSize="1Gi"), _database_with(storageSize="2Gi")
+    before, after = by_name(small), by_name(large)
+    for index in range(2):
+        claim = f"PersistentVolumeClaim {database.claim_name(index)}"
+        assert differences(before[claim].inputs, after[claim].inputs) == [
+            "spec.resources.requests.storage"
+        ]
+    stateful_set = after[f"StatefulSet {database.NAME}"]
+    changed = differences(before[f"StatefulSet {database.NAME}"].inputs, stateful_set.inputs)
+    applied = [path for path in changed if not _covered(path, stateful_set.ignore_changes)]
+    replacing = [path for path in applied if _covered(path, list(STATEFUL_SET_REPLACED_FOR))]
+    assert replacing == []
