@@ -355,6 +355,8 @@ _SCALAR_KEYS: Final = (
     "gatewayTlsCert",
     "gatewayTlsKey",
 )
+# The scalar keys whose values are text, whatever they look like: never decoded as JSON.
+_STRING_KEYS: Final = tuple(key for key in _SCALAR_KEYS if key != "protect")
 _TLS_KEYS: Final = ("secretName",)
 _AUTOSCALING_KEYS: Final = ("maxReplicas", "cpuUtilization", "scaleDownStabilizationSeconds")
 KNOWN_KEYS: Final = ("cluster", *_OBJECT_KEYS, *_SCALAR_KEYS)
@@ -926,8 +928,11 @@ def _parse_namespace(raw: object, stack: str) -> str:
 
 
 def _read_raw() -> dict[str, object]:
-    """Every `mlstack:` key the engine gave the program, values decoded from JSON."""
-    return mlstack_values({**runtime_config.get_config_env(), **runtime_config.CONFIG.get()})
+    """Every `mlstack:` key the engine gave the program, values decoded from JSON but for the
+    string keys (the namespace and the secrets), which are taken as they are."""
+    return mlstack_values(
+        {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}, _STRING_KEYS
+    )
 
 
 def _secret(

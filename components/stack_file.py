@@ -10,7 +10,7 @@ same plain mapping, `key -> value`, with the namespace taken off. Nothing here i
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,9 +36,13 @@ def read_config(stack: str, root: Path = ROOT) -> dict[str, Any]:
     return dict(document.get("config") or {})
 
 
-def mlstack_values(config: Mapping[str, object]) -> dict[str, object]:
+def mlstack_values(
+    config: Mapping[str, object], strings: Collection[str] = ()
+) -> dict[str, object]:
     """The `mlstack:` keys of `config` without the namespace, string values decoded as JSON
-    where they are JSON (the engine's encoding of objects, numbers and booleans)."""
+    where they are JSON (the engine's encoding of objects, numbers and booleans), but for the
+    keys in `strings`: those are strings whatever they look like (a secret of digits, or one
+    in quotes, is that text)."""
     values: dict[str, object] = {}
     for full_key, value in config.items():
         namespace, _, key = full_key.partition(":")
@@ -46,6 +50,9 @@ def mlstack_values(config: Mapping[str, object]) -> dict[str, object]:
             continue
         # The engine's environment spells a key `mlstack:config:<key>`.
         key = key.removeprefix("config:")
+        if key in strings:
+            values[key] = value
+            continue
         try:
             values[key] = json.loads(value) if isinstance(value, str) else value
         except json.JSONDecodeError:

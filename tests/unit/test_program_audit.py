@@ -1,13 +1,17 @@
-"""What a `pulumi up` of a changed stack config does to the objects already running: a change
-the program can make in place never reaches a field that the provider replaces the object for."""
+"""What the program makes of a stack's config, beyond each component's own tests: a change the
+program can make in place never reaches a field that the provider replaces the object for, and a
+value the config accepts is the value deployed."""
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Final
+
+import pytest
 
 from components import database
 from harness.program import ProgramRun, run_program, stack_config
-from tests.unit.configs import with_fields
+from tests.unit.configs import dev_with, with_fields
 from tests.unit.runs import by_name, differences
 
 # The StatefulSet fields pulumi-kubernetes (4.25) replaces the object for, because Kubernetes
@@ -47,3 +51,26 @@ def test_growing_the_database_s_storage_resizes_its_claims_in_place() -> None:
     applied = [path for path in changed if not _covered(path, stateful_set.ignore_changes)]
     replacing = [path for path in applied if _covered(path, list(STATEFUL_SET_REPLACED_FOR))]
     assert replacing == []
+
+
+# Where each secret is deployed: the Secret and its key.
+SECRET_HOMES: Final = {
+    "apiKey": ("gateway", "api-key"),
+    "apiKeyPrevious": ("gateway", "api-key-previous"),
+    "databasePassword": ("database", database.GATEWAY_PASSWORD_KEY),
+    "databaseOwnerPassword": ("database", database.OWNER_PASSWORD_KEY),
+    "databaseReplicationPassword": ("database", database.REPLICATION_PASSWORD_KEY),
+}
+
+
+@pytest.mark.parametrize("key", sorted(SECRET_HOMES))
+@pytest.mark.parametrize("value", ["384729384729384", '"quoted-secret-value"', "[1, 2, 3, 4, 5]"])
+def test_a_secret_is_its_text_whatever_it_looks_like(key: str, value: str) -> None:
+    """The engine hands every value over as text; a secret that reads as JSON (a number, a
+    quoted string, a list) is still that text, not what JSON would make of it."""
+    run = run_program("dev", dev_with(**{key: value}))
+    secret, entry = SECRET_HOMES[key]
+    assert run.one("Secret", secret).inputs["stringData"][entry] == value
+    if key == "databasePassword":
+        url = run.one("Secret", "gateway").inputs["stringData"]["database-url"]
+        assert f":{urllib.parse.quote(value, safe='')}@" in url
