@@ -453,7 +453,7 @@ def gateway_url(
         if service_type == "ClusterIP":
             return f"{scheme}://{name}.{namespace}.svc.cluster.local:{port}"
         if service_type == "NodePort":
-            return f"http://<node-address>:{node_port}"
+            return f"{scheme}://<node-address>:{node_port}"
         if not host:
             return "pending: the LoadBalancer has no address yet"
         if local:

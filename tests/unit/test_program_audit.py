@@ -10,8 +10,8 @@ from typing import Final
 import pytest
 
 from components import database
-from harness.program import ProgramRun, run_program, stack_config
-from tests.unit.configs import dev_with, with_fields
+from harness.program import LB_ADDRESS, ProgramRun, run_program, stack_config
+from tests.unit.configs import dev_with, existing_with, with_fields
 from tests.unit.runs import by_name, differences
 
 # The StatefulSet fields pulumi-kubernetes (4.25) replaces the object for, because Kubernetes
@@ -74,3 +74,18 @@ def test_a_secret_is_its_text_whatever_it_looks_like(key: str, value: str) -> No
     if key == "databasePassword":
         url = run.one("Secret", "gateway").inputs["stringData"]["database-url"]
         assert f":{urllib.parse.quote(value, safe='')}@" in url
+
+
+@pytest.mark.parametrize(
+    ("service_type", "expected"),
+    [
+        ("LoadBalancer", f"https://{LB_ADDRESS}:443"),
+        ("ClusterIP", "https://gateway.mlstack-dev.svc.cluster.local:443"),
+        ("NodePort", "https://<node-address>:30080"),
+    ],
+)
+def test_the_gateway_url_of_an_https_gateway_says_https(service_type: str, expected: str) -> None:
+    """With `gateway.tls` the gateway serves HTTPS alone, on whichever kind of Service."""
+    gateway = {"replicas": 1, "serviceType": service_type, "tls": {"secretName": "gateway-tls"}}
+    run = run_program("dev", existing_with(gateway=gateway))
+    assert run.outputs["gateway_url"] == expected
