@@ -156,7 +156,10 @@ class _AppContext:
 def _namespace(
     name: str, config: StackConfig, opts: pulumi.ResourceOptions
 ) -> k8s.core.v1.Namespace:
-    """The stack's Namespace, where Pod Security admits `restricted` pods only."""
+    """The stack's Namespace, where Pod Security admits `restricted` pods only. Protected as the
+    database's volumes are: deleting a namespace deletes every claim in it, protected or not, and
+    a new `namespace` would otherwise be made and the old one left for deletion when the claims'
+    own protection stops the `pulumi up` (the next one deletes it first)."""
     return k8s.core.v1.Namespace(
         name,
         metadata={
@@ -170,7 +173,7 @@ def _namespace(
                 "pod-security.kubernetes.io/warn": "restricted",
             },
         },
-        opts=opts,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=config.protect)),
     )
 
 

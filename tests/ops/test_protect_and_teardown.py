@@ -55,10 +55,11 @@ def test_prod_protects_its_cluster_its_database_volumes_and_its_backups(
     # The cloud's own guard too: GKE refuses to delete the cluster until an `up` lifts it.
     gke = single(prod, "gcp:container/cluster:Cluster")
     assert gke.inputs["deletionProtection"] is True
-    # Exactly those are protected explicitly (the cluster, every database instance's volume,
-    # the backups' bucket); the rest of the cluster inherits it.
+    # Exactly those are protected explicitly (the cluster, the namespace, every database
+    # instance's volume, the backups' bucket); the rest of the cluster inherits it.
     assert protected(prod) == {
         f"{cluster_component(prod).type}::mlstack-prod",
+        "kubernetes:core/v1:Namespace::mlstack",
         "kubernetes:core/v1:PersistentVolumeClaim::mlstack-database-data",
         "kubernetes:core/v1:PersistentVolumeClaim::mlstack-database-1-data",
         "kubernetes:core/v1:PersistentVolumeClaim::mlstack-database-2-data",
@@ -88,13 +89,14 @@ BACKUPS: dict[str, set[str]] = {
 
 
 @pytest.mark.parametrize("stack", ["dev", "staging"])
-def test_protect_true_in_config_protects_cluster_volumes_and_backups(stack: str) -> None:
+def test_protect_true_in_config_protects_cluster_namespace_volumes_and_backups(stack: str) -> None:
     run = run_program(stack, {**stack_config(stack), "mlstack:protect": True})
     assert cluster_component(run).protect
     assert database_volume(run).protect
     assert BACKUPS[stack] <= protected(run)
     instances = int(stack_config(stack)["mlstack:database"].get("replicas", 1))
-    assert len(protected(run)) == 1 + instances + len(BACKUPS[stack])
+    assert "kubernetes:core/v1:Namespace::mlstack" in protected(run)
+    assert len(protected(run)) == 2 + instances + len(BACKUPS[stack])
 
 
 def test_protect_false_unprotects_prod() -> None:

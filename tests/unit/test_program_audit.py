@@ -89,3 +89,16 @@ def test_the_gateway_url_of_an_https_gateway_says_https(service_type: str, expec
     gateway = {"replicas": 1, "serviceType": service_type, "tls": {"secretName": "gateway-tls"}}
     run = run_program("dev", existing_with(gateway=gateway))
     assert run.outputs["gateway_url"] == expected
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_a_protected_stack_protects_the_namespace_its_volumes_live_in(stack: str) -> None:
+    """Deleting a namespace deletes every claim in it, whatever protects the claims: a protected
+    stack refuses a new `namespace` at the Namespace, before anything is made in the new one and
+    the old one (the data's) is left for the next `pulumi up` to delete."""
+    run = run_program(stack, {**stack_config(stack), "mlstack:protect": True})
+    (namespace,) = run.of_kind("Namespace")
+    assert namespace.protect
+    claims = run.of_kind("PersistentVolumeClaim")
+    assert claims
+    assert {claim.metadata["namespace"] for claim in claims} == {namespace.metadata["name"]}
