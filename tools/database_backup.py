@@ -53,6 +53,11 @@ BACKUP_SECONDS: Final = 6 * 3600
 # How long the instances may take to stop, and the restore to make a primary and its copies.
 STOP_SECONDS: Final = 300
 RESTORE_SECONDS: Final = 3600
+# Restarts of an instance's database container that end the wait for a restore: a restore that
+# fails (no room on the volume, a WAL segment missing from the repository) fails again at every
+# start, and the wait would otherwise last RESTORE_SECONDS. A restore that goes well restarts
+# nothing; Kubernetes' back-off makes these some five minutes.
+RESTORE_RESTARTS: Final = 5
 POLL_SECONDS: Final = 1.0
 
 
@@ -283,6 +288,14 @@ class Restore:
 
         def settled() -> bool:
             snapshot = self.instances.snapshot()
+            for pod, restarts in snapshot.restarts.items():
+                if restarts >= RESTORE_RESTARTS:
+                    logs = ("logs", pod, "--container", database.POSTGRES_CONTAINER, "--previous")
+                    raise BackupError(
+                        f"{pod}'s {database.POSTGRES_CONTAINER} container has restarted "
+                        f"{restarts} times: the restore fails there ({self.command(*logs)} "
+                        "says why)"
+                    )
             roles = sorted(snapshot.roles.values())
             return roles == sorted([database.PRIMARY, *[database.REPLICA] * (count - 1)]) and all(
                 snapshot.endpoints.get(name) for name in snapshot.primaries

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -71,6 +71,8 @@ class Snapshot:
 
     roles: dict[str, str]
     endpoints: dict[str, bool]
+    # How many times each pod's database container has restarted.
+    restarts: dict[str, int] = field(default_factory=dict)
 
     @property
     def primaries(self) -> list[str]:
@@ -118,11 +120,16 @@ class Instances:
     def snapshot(self) -> Snapshot:
         pods = self.kubectl.get_json("pods", "--selector", self.selector).get("items") or []
         roles: dict[str, str] = {}
+        restarts: dict[str, int] = {}
         by_address: dict[str, str] = {}
         for pod in sorted(pods, key=lambda p: _pod_order(p["metadata"]["name"])):
             name = pod["metadata"]["name"]
             roles[name] = (pod["metadata"].get("labels") or {}).get(database.ROLE_LABEL, "")
-            address = (pod.get("status") or {}).get("podIP")
+            status = pod.get("status") or {}
+            for container in status.get("containerStatuses") or []:
+                if container.get("name") == CONTAINER:
+                    restarts[name] = int(container.get("restartCount") or 0)
+            address = status.get("podIP")
             if address:
                 by_address[address] = name
         slices = self.kubectl.get_json(
@@ -136,7 +143,7 @@ class Instances:
                 for address in endpoint.get("addresses") or []:
                     name = target.get("name") or by_address.get(address, address)
                     endpoints[name] = endpoints.get(name, False) or ready
-        return Snapshot(roles, endpoints)
+        return Snapshot(roles, endpoints, restarts)
 
 
 def candidate(instances: Instances, primary: str, wanted: int | None) -> str | None:

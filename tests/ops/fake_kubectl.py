@@ -8,7 +8,8 @@ cluster.json holds:
 - `namespace`, the only one it answers in; `selector`, the pods' labels; `role_label`;
 - `replicas`: the StatefulSet's (None: there is none); a scale sets it and moves to the phase
   `stopping` (to 0) or `starting`;
-- `phases`: each phase's states (`roles`: pod → role label; `endpoints`: pod → ready), `phase`
+- `phases`: each phase's states (`roles`: pod → role label; `endpoints`: pod → ready;
+  `restarts`: pod → its postgres container's restarts, 0 when not named), `phase`
   and `at`, the state seen (the phase's last once `at` passes it); while `advancing`, each look
   at the endpoints moves `at` on;
 - `target_ref`: whether endpoints name their pod;
@@ -84,7 +85,12 @@ def respond(cluster: dict[str, Any], command: list[str]) -> None:
         pods = [
             {
                 "metadata": {"name": pod, "labels": {cluster["role_label"]: role} if role else {}},
-                "status": {"podIP": ip(pod)},
+                "status": {
+                    "podIP": ip(pod),
+                    "containerStatuses": [
+                        {"name": "postgres", "restartCount": now.get("restarts", {}).get(pod, 0)}
+                    ],
+                },
             }
             for pod, role in found.items()
         ]

@@ -568,6 +568,25 @@ def test_the_request_is_kept_when_the_instances_never_settle(
     ]  # fmt: skip
 
 
+def test_an_instance_whose_restore_fails_at_every_start_ends_the_wait(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore that fails (no room on the volume, a WAL segment missing) fails at every start:
+    the wait ends at the restarts, not after an hour, and the request stays as after a timeout."""
+    monkeypatch.setattr(backups, "RESTORE_SECONDS", 5)
+    crashing = {**state(roles("", "", "")), "restarts": {"database-1": backups.RESTORE_RESTARTS}}
+    fakes.restore_cluster(starting=(STOPPED, crashing))
+    code, out, err = restore(capsys)
+    assert (code, out) == (1, "")
+    request = created_request(fakes)
+    logs = fakes.shown("logs", "database-1", "--container", "postgres", "--previous")
+    assert err.splitlines()[0] == (
+        "restore: error: database-1's postgres container has restarted 5 times: the restore "
+        f"fails there ({logs} says why); restore {request} did not finish, and is left as it is"
+    )
+    assert fakes.request() == {"id": request, "target": TARGET}
+
+
 def test_an_interrupted_wait_keeps_the_request(
     fakes: BackupFakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
