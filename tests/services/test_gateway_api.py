@@ -32,7 +32,7 @@ def test_predictions_match_the_model_server(
     direct = request(
         "POST",
         model_server.url + INFER_PATH,
-        infer_body(rows),
+        infer_body(rows, outputs=[{"name": "predict"}]),
     ).json()["outputs"][0]["data"]
     assert predict(gateway.url, rows).json()["predictions"] == direct
 

@@ -226,6 +226,55 @@ def test_the_model_client_resends_a_call_its_pooled_connection_lost() -> None:
     assert retries == 1
 
 
+def _infer_through_client(outputs: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """One prediction of a row through the gateway's ModelClient, against a model that answers
+    ``outputs``: the predictions the client reads, and the infer request bodies it sent."""
+    metadata = json.dumps({"name": MODEL_NAME, "inputs": [{"name": INPUT, "shape": [-1, 4]}]})
+    answer = json.dumps({"model_name": MODEL_NAME, "model_version": "v9", "outputs": outputs})
+    sent: list[Any] = []
+
+    async def model(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while (request := await read_request(reader)) is not None:
+            if request.startswith(b"POST"):
+                sent.append(json.loads(request.split(b"\r\n\r\n", 1)[1]))
+            body = (answer if request.startswith(b"POST") else metadata).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    async def run() -> list[Any]:
+        async with origin(model) as (_, url):
+            settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "MODEL_URL": url})
+            client = ModelClient(settings, CircuitBreaker(5, 1.0), GatewayMetrics())
+            await client.start()
+            payload = parse_predict_body(b'{"instances": [[1, 2, 3, 4]]}', 10, 4)
+            try:
+                return (await client.infer(new_request_id(), payload)).predictions
+            finally:
+                await client.close()
+
+    return asyncio.run(run()), sent
+
+
+PREDICT_OUTPUT = {"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}
+PROBA_OUTPUT = {"name": "predict_proba", "shape": [1, 3], "datatype": "FP64", "data": [0, 0, 1]}
+
+
+def test_the_model_client_asks_for_predict_alone() -> None:
+    """A request naming no outputs gets every output the model produces (the protocol's
+    default); the gateway reads `predict` only, so it names it, and the model answers that
+    tensor alone, on its one-row fast path."""
+    _, sent = _infer_through_client([PREDICT_OUTPUT])
+    (body,) = sent
+    assert body["outputs"] == [{"name": "predict"}]
+    assert body["inputs"][0]["data"] == [1, 2, 3, 4]
+
+
+def test_the_model_client_reads_predict_among_every_output() -> None:
+    """An answer that holds more than `predict`, in any order, still gives the predictions."""
+    predictions, _ = _infer_through_client([PROBA_OUTPUT, PREDICT_OUTPUT])
+    assert predictions == [2]
+
+
 def test_request_ids_are_time_ordered_version_7_uuids() -> None:
     ids = [new_request_id() for _ in range(2000)]
     parsed = [uuid.UUID(i) for i in ids]

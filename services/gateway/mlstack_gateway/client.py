@@ -34,6 +34,8 @@ log = logging.getLogger("mlstack_gateway.client")
 
 # Failures where the request never reached the model, so it is safe to send again.
 _RETRYABLE = (ConnectError, DisconnectedError)
+# The one output the gateway reads, as its infer requests name it.
+_PREDICT_ONLY = ({"name": OUTPUT_PREDICT},)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,9 @@ class ModelClient:
 
     @staticmethod
     def _infer_body(request_id: str, payload: PredictInput) -> bytes:
+        # `predict` named: a request that names no outputs gets every one the model produces
+        # (the protocol's default), the probabilities too, which the gateway never reads; with
+        # one output named, a one-row request takes the model's fast path.
         return orjson.dumps(
             {
                 "id": request_id,
@@ -136,6 +141,7 @@ class ModelClient:
                         "data": payload.flat,
                     }
                 ],
+                "outputs": _PREDICT_ONLY,
             }
         )
 
