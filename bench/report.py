@@ -242,8 +242,9 @@ def markdown(
         f"per connection; {seconds:g} s per run, {rounds} rounds over every "
         "target; each figure is the median over the rounds, each ratio the median of the ratios "
         "within a round. Requests: one iris row unless the batch table says otherwise; over "
-        "gRPC, the ModelInferRequest tritonclient sends by default (FP64 in "
-        "raw_input_contents).",
+        "gRPC, the input as tritonclient sends it by default (FP64 in "
+        "raw_input_contents). Every infer request names the one output `predict`, the "
+        "answer MLServer gives by default.",
         "",
         "## Headline",
         "",

@@ -53,7 +53,12 @@ def _check_client(client: Any, module: Any) -> str:
 
     tensor = module.InferInput("input-0", list(ROWS.shape), "FP32")
     tensor.set_data_from_numpy(ROWS)
-    labels = client.infer(MODEL_NAME, [tensor]).as_numpy("predict")
+    # No outputs named: the protocol answers every output the model's metadata lists, in order.
+    result = client.infer(MODEL_NAME, [tensor])
+    answered = _output_names(result.get_response())
+    listed = _output_names(metadata)
+    _expect(answered == listed, f"answered outputs {answered}, the metadata lists {listed}")
+    labels = result.as_numpy("predict")
     _expect(labels is not None and labels.tolist() == CLASSES, f"predicted {labels}")
 
     outputs = [module.InferRequestedOutput("predict_proba")]
@@ -63,6 +68,12 @@ def _check_client(client: Any, module: Any) -> str:
     _expect(bool(np.allclose(matrix.sum(axis=1), 1.0)), f"probabilities {matrix} do not sum to 1")
     _expect(matrix.argmax(axis=1).tolist() == CLASSES, f"probabilities {matrix}")
     return version
+
+
+def _output_names(message: Any) -> list[str]:
+    """The output names of a metadata or infer answer: a dict over HTTP, a protobuf over gRPC."""
+    outputs = message["outputs"] if isinstance(message, dict) else message.outputs
+    return [str(o["name"] if isinstance(o, dict) else o.name) for o in outputs]
 
 
 def check_http(target: str) -> str:

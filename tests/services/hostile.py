@@ -96,8 +96,12 @@ class Post:
 PREDICT = Post(
     "/api/v1/predict", (("X-API-Key", API_KEY),), json.dumps({"instances": [SETOSA]}).encode()
 )
+# The model's one-row request as its client, the gateway, sends it: naming `predict`, the one
+# output the gateway reads.
 INFER = Post(
-    INFER_PATH, (("Content-Type", "application/json"),), json.dumps(infer_body([SETOSA])).encode()
+    INFER_PATH,
+    (("Content-Type", "application/json"),),
+    json.dumps(infer_body([SETOSA], outputs=[{"name": "predict"}])).encode(),
 )
 
 

@@ -63,10 +63,14 @@ def test_client_infers_with_set_data_from_numpy(client: Any, dtype: Any) -> None
     tensor.set_data_from_numpy(rows)
     result = client.infer(MODEL_NAME, [tensor], request_id="bin-1")
     assert result.as_numpy("predict").tolist() == [0, 2]
+    assert result.as_numpy("predict_proba").tolist() == [[1, 0, 0], [0, 0, 1]]
     response = result.get_response()
     assert (response["model_version"], response["id"]) == ("v2", "bin-1")
-    # No outputs named: the client asks for every output in binary.
-    assert response["outputs"][0]["parameters"] == {"binary_data_size": 16}
+    # No outputs named: the client asks for binary outputs, and gets every output, in binary.
+    assert [(o["name"], o["parameters"]) for o in response["outputs"]] == [
+        ("predict", {"binary_data_size": 16}),
+        ("predict_proba", {"binary_data_size": 48}),
+    ]
 
 
 def test_client_requests_probabilities_binary_and_labels_as_json(client: Any) -> None:
@@ -98,14 +102,48 @@ def test_client_unknown_version_is_404_naming_the_served_one(client: Any) -> Non
 
 
 def test_binary_input_with_json_output(model_server: ModelProcess) -> None:
+    """No outputs named and no binary_data_output: every output, as JSON."""
     body, headers = binary_body([SETOSA, VIRGINICA], header={"id": "raw-1"})
     reply = post(model_server, body, headers)
     assert reply.status == 200
     assert reply.headers["content-type"] == "application/json"
     assert "inference-header-content-length" not in reply.headers
     assert reply.json()["outputs"] == [
-        {"name": "predict", "shape": [2], "datatype": "INT64", "data": [0, 2]}
+        {"name": "predict", "shape": [2], "datatype": "INT64", "data": [0, 2]},
+        {"name": "predict_proba", "shape": [2, 3], "datatype": "FP64", "data": [1, 0, 0, 0, 0, 1]},
     ]
+
+
+def test_binary_data_output_answers_every_default_output_in_binary(
+    model_server: ModelProcess,
+) -> None:
+    """No outputs named: every output the model produces, in its metadata's order, each in
+    binary as the request's binary_data_output asks."""
+    body, headers = binary_body(
+        [SETOSA, VIRGINICA], header={"parameters": {"binary_data_output": True}}
+    )
+    reply = post(model_server, body, headers)
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "application/octet-stream"
+    header, data = split(reply)
+    metadata = request("GET", f"{model_server.url}/v2/models/{MODEL_NAME}").json()
+    assert [o["name"] for o in header["outputs"]] == [o["name"] for o in metadata["outputs"]]
+    assert header["outputs"] == [
+        {
+            "name": "predict",
+            "shape": [2],
+            "datatype": "INT64",
+            "parameters": {"binary_data_size": 16},
+        },
+        {
+            "name": "predict_proba",
+            "shape": [2, 3],
+            "datatype": "FP64",
+            "parameters": {"binary_data_size": 48},
+        },
+    ]
+    assert np.frombuffer(data[:16], dtype="<i8").tolist() == [0, 2]
+    assert np.frombuffer(data[16:], dtype="<f8").reshape(2, 3).tolist() == [[1, 0, 0], [0, 0, 1]]
 
 
 def test_binary_outputs_follow_the_json_header(model_server: ModelProcess) -> None:

@@ -87,6 +87,8 @@ def test_client_infers_with_set_data_from_numpy(client: Any, dtype: str) -> None
     tensor.set_data_from_numpy(rows)
     result = client.infer(MODEL_NAME, [tensor], request_id="grpc-1")
     assert result.as_numpy("predict").tolist() == [0, 2]
+    # No outputs named: every output the model produces.
+    assert result.as_numpy("predict_proba").tolist() == [[1, 0, 0], [0, 0, 1]]
     response = result.get_response()
     assert response.model_name == MODEL_NAME
     assert (response.model_version, response.id) == ("v2", "grpc-1")
@@ -114,7 +116,8 @@ def test_client_large_batch_matches_the_estimator(
     rows = np.asarray([data[i % len(data)] for i in range(1500)])
     tensor = grpcclient.InferInput("input-0", list(rows.shape), "FP64")
     tensor.set_data_from_numpy(rows)
-    labels = client.infer(MODEL_NAME, [tensor]).as_numpy("predict").tolist()
+    outputs = [grpcclient.InferRequestedOutput("predict")]
+    labels = client.infer(MODEL_NAME, [tensor], outputs=outputs).as_numpy("predict").tolist()
     assert labels == artifacts.load(model_dir, MODEL_NAME, "v2").estimator.predict(rows).tolist()
 
 
@@ -140,13 +143,44 @@ def test_server_live_ready_and_model_ready(channel: grpc.Channel) -> None:
     assert ready.ready
 
 
+def metadata_outputs(channel: grpc.Channel) -> list[tuple[str, str]]:
+    """The name and datatype of each output the model's metadata lists, in its order."""
+    request = pb.ModelMetadataRequest(name=MODEL_NAME)
+    metadata = oip.call(channel, "ModelMetadata", request, pb.ModelMetadataResponse)
+    return [(o.name, o.datatype) for o in metadata.outputs]
+
+
 def test_typed_contents_are_answered_with_typed_contents(channel: grpc.Channel) -> None:
+    """No outputs named: every output, in the metadata's order, each in its typed contents."""
     response = oip.infer(channel, typed_message([SETOSA, VIRGINICA], id="typed"))
     assert response.id == "typed"
     assert len(response.raw_output_contents) == 0
-    (output,) = response.outputs
-    assert (output.name, output.datatype, list(output.shape)) == ("predict", "INT64", [2])
-    assert list(output.contents.int64_contents) == [0, 2]
+    labels, proba = response.outputs
+    assert [(o.name, o.datatype) for o in response.outputs] == metadata_outputs(channel)
+    assert (labels.name, labels.datatype, list(labels.shape)) == ("predict", "INT64", [2])
+    assert list(labels.contents.int64_contents) == [0, 2]
+    assert (proba.name, proba.datatype, list(proba.shape)) == ("predict_proba", "FP64", [2, 3])
+    assert list(proba.contents.fp64_contents) == [1, 0, 0, 0, 0, 1]
+
+
+def test_raw_contents_naming_no_outputs_get_every_output_raw(channel: grpc.Channel) -> None:
+    response = oip.infer(channel, raw_message([SETOSA, VIRGINICA]))
+    assert [(o.name, o.datatype) for o in response.outputs] == metadata_outputs(channel)
+    assert [list(o.shape) for o in response.outputs] == [[2], [2, 3]]
+    assert all(not o.contents.ListFields() for o in response.outputs)
+    labels_raw, proba_raw = response.raw_output_contents
+    assert np.frombuffer(labels_raw, dtype="<i8").tolist() == [0, 2]
+    proba = np.frombuffer(proba_raw, dtype="<f8").reshape(2, 3)
+    assert proba.tolist() == [[1, 0, 0], [0, 0, 1]]
+
+
+def test_naming_predict_answers_predict_alone(channel: grpc.Channel) -> None:
+    request = raw_message([SETOSA])
+    request.outputs.add(name="predict")
+    response = oip.infer(channel, request)
+    assert [(o.name, list(o.shape)) for o in response.outputs] == [("predict", [1])]
+    (labels_raw,) = response.raw_output_contents
+    assert np.frombuffer(labels_raw, dtype="<i8").tolist() == [0]
 
 
 def test_raw_contents_are_answered_raw(channel: grpc.Channel) -> None:

@@ -76,15 +76,49 @@ def test_unknown_model_is_404_with_error(model_server: ServiceProcess) -> None:
         assert expected in error_of(reply), path
 
 
-def test_infer_one_row(model_server: ServiceProcess) -> None:
+def output_kinds(outputs: list[dict[str, Any]], rows: int) -> list[tuple[str, str, list[int]]]:
+    """Each output's name, datatype and shape, a metadata's -1 (any number of rows) as ``rows``."""
+    return [
+        (o["name"], o["datatype"], [rows if d == -1 else d for d in o["shape"]]) for o in outputs
+    ]
+
+
+def test_infer_naming_no_outputs_answers_every_output(model_server: ServiceProcess) -> None:
+    """The protocol: a request that names no outputs gets every output the model produces, in
+    the order its metadata lists them."""
     reply = infer(model_server, {"id": "req-1", "inputs": [tensor(SETOSA, [1, 4])]})
     assert reply.status == 200
     assert reply.json() == {
         "model_name": MODEL_NAME,
         "model_version": "v2",
         "id": "req-1",
-        "outputs": [{"name": "predict", "shape": [1], "datatype": "INT64", "data": [0]}],
+        "outputs": [
+            {"name": "predict", "shape": [1], "datatype": "INT64", "data": [0]},
+            {"name": "predict_proba", "shape": [1, 3], "datatype": "FP64", "data": [1, 0, 0]},
+        ],
     }
+    metadata = request("GET", model_server.url + f"/v2/models/{MODEL_NAME}").json()
+    assert output_kinds(reply.json()["outputs"], 1) == output_kinds(metadata["outputs"], 1)
+
+
+def test_a_batch_naming_no_outputs_gets_every_output_for_each_row(
+    model_server: ServiceProcess,
+) -> None:
+    reply = infer(model_server, {"inputs": [tensor([SETOSA, VIRGINICA], [2, 4])]})
+    assert reply.status == 200
+    labels, proba = reply.json()["outputs"]
+    assert (labels["name"], labels["shape"], labels["data"]) == ("predict", [2], [0, 2])
+    assert (proba["name"], proba["shape"], proba["datatype"]) == ("predict_proba", [2, 3], "FP64")
+    assert proba["data"] == [1, 0, 0, 0, 0, 1]
+
+
+def test_infer_naming_predict_answers_predict_alone(model_server: ServiceProcess) -> None:
+    body = {"inputs": [tensor(SETOSA, [1, 4])], "outputs": [{"name": "predict"}]}
+    reply = infer(model_server, body)
+    assert reply.status == 200
+    assert reply.json()["outputs"] == [
+        {"name": "predict", "shape": [1], "datatype": "INT64", "data": [0]}
+    ]
 
 
 def test_infer_without_id_answers_without_id(model_server: ServiceProcess) -> None:
@@ -114,7 +148,8 @@ def test_infer_through_the_versioned_path(model_server: ServiceProcess) -> None:
 def test_large_batch_matches_the_estimator(model_server: ServiceProcess, model_dir: Path) -> None:
     data = load_iris().data
     rows = [data[i % len(data)].tolist() for i in range(1500)]
-    reply = infer(model_server, {"inputs": [tensor(rows, [len(rows), 4])]})
+    body = {"inputs": [tensor(rows, [len(rows), 4])], "outputs": [{"name": "predict"}]}
+    reply = infer(model_server, body)
     assert reply.status == 200
     expected = artifacts.load(model_dir, MODEL_NAME, "v2").estimator.predict(rows).tolist()
     assert reply.json()["outputs"][0]["data"] == expected

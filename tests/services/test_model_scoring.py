@@ -81,8 +81,8 @@ def _infer_body(rows: list[list[float]], outputs: list[str] | None = None) -> by
 @pytest.mark.parametrize("version", VERSIONS)
 def test_the_served_path_answers_as_sklearn_on_the_data_set(model_dir: Path, version: str) -> None:
     """Each shipped iris row as the server takes it (the REST parser, then the scoring path that
-    answers one row without numpy or scikit-learn's checks), and all 150 in one batch: the
-    classes predict gives and the probabilities predict_proba gives, exactly."""
+    answers one row naming `predict` alone without numpy or scikit-learn's checks), and all 150
+    in one batch: the classes predict gives and the probabilities predict_proba gives, exactly."""
     settings = ModelSettings.from_env({"MODEL_DIR": str(model_dir), "MODEL_VERSION": version})
     model = load_model(settings)
     estimator = artifacts.load(model_dir, MODEL_NAME, version).estimator
@@ -90,7 +90,7 @@ def test_the_served_path_answers_as_sklearn_on_the_data_set(model_dir: Path, ver
     expected = estimator.predict(data).tolist()
     answers = []
     for row in data.tolist():
-        request = protocol.parse_infer_request(_infer_body([row]), None, 4, 4096)
+        request = protocol.parse_infer_request(_infer_body([row], ["predict"]), None, 4, 4096)
         (tensor,) = score(model, request)
         answers.extend(tensor.data)
     assert answers == expected

@@ -21,6 +21,7 @@ from mlstack_common.tensor_names import INPUT_NAME, OUTPUT_PREDICT, OUTPUT_PROBA
 
 from mlstack_model.errors import invalid
 
+# The model's outputs, in the order its metadata lists them (metadata.model_metadata).
 OUTPUT_NAMES = (OUTPUT_PREDICT, OUTPUT_PROBA)
 
 FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
@@ -96,9 +97,11 @@ class OutputTensor:
         return struct.pack(f"<{len(self.data)}{BINARY_FORMAT[self.datatype]}", *self.data)
 
 
-# What a request that names no outputs gets: the prediction, as numbers or as raw bytes.
+# What a request that names no outputs gets, as the protocol says: every output the model
+# produces, in the order its metadata lists them, all as numbers or all as raw bytes.
 DEFAULT_OUTPUTS: dict[bool, tuple[RequestedOutput, ...]] = {
-    binary: (RequestedOutput(OUTPUT_PREDICT, binary),) for binary in (False, True)
+    binary: tuple(RequestedOutput(name, binary) for name in OUTPUT_NAMES)
+    for binary in (False, True)
 }
 
 

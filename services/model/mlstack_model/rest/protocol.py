@@ -2,10 +2,11 @@
 
 Both of the protocol's REST encodings: JSON, and the binary tensor data extension, where the body
 is a JSON header of ``Inference-Header-Content-Length`` bytes followed by the raw bytes of every
-tensor that names its size in the ``binary_data_size`` parameter. An output is answered in binary
-when its ``binary_data`` parameter says so, or else when the request's ``binary_data_output``
-parameter does. Only what the protocol defines goes over the wire; errors are
-``{"error": "<message>"}`` (see ``errors``).
+tensor that names its size in the ``binary_data_size`` parameter. A request that names no
+outputs gets every output the model produces (the protocol's default). An output is answered in
+binary when its ``binary_data`` parameter says so, or else when the request's
+``binary_data_output`` parameter does (for the default outputs, that parameter alone). Only what
+the protocol defines goes over the wire; errors are ``{"error": "<message>"}`` (see ``errors``).
 """
 
 from __future__ import annotations
