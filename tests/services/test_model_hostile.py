@@ -152,6 +152,65 @@ def test_grpc_refuses_values_outside_their_datatype(
     assert datatype in (error.details() or "")
 
 
+# Finite FP64 values whose weighted sums pass the largest double: v1's (a linear model's) scores
+# overflow, and the row can have no class and no probabilities.
+OVERFLOWING = [1e308, -1e308, 1e308, 1e308]
+OUT_OF_RANGE = "input 'input-0' is out of the model's range: the values of row {} overflow"
+
+
+@pytest.mark.parametrize(
+    ("rows", "outputs", "row"),
+    [
+        ([OVERFLOWING], [{"name": "predict"}], 0),  # the one-row fast path
+        ([OVERFLOWING], None, 0),
+        ([SETOSA, SETOSA, OVERFLOWING], [{"name": "predict"}], 2),
+        ([SETOSA, OVERFLOWING], [{"name": "predict_proba"}], 1),
+    ],
+    ids=["one-row-predict", "one-row-every-output", "batch-predict", "batch-proba"],
+)
+def test_rest_refuses_a_row_whose_scores_overflow(
+    model_v1: ModelProcess, rows: list[list[float]], outputs: Any, row: int
+) -> None:
+    """Not a class picked from infinities and probabilities of NaN (null in JSON): 400 naming
+    the input and the row, over JSON and over the binary extension."""
+    fields = {} if outputs is None else {"outputs": outputs}
+    logged_before = model_v1.log_path.stat().st_size
+    reply = rest_infer(model_v1, infer_body(rows, **fields))
+    assert reply.status == 400, reply.body
+    assert reply.json()["error"].startswith(OUT_OF_RANGE.format(row))
+    body, headers = oip.binary_body(rows, header=fields)
+    binary = rest_infer(model_v1, body, **headers)
+    assert (binary.status, binary.json()) == (400, reply.json())
+    with model_v1.log_path.open("rb") as log:
+        log.seek(logged_before)
+        logged = log.read().decode(errors="replace")
+    assert "Warning" not in logged and "Traceback" not in logged, logged
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
+def test_grpc_refuses_a_row_whose_scores_overflow(model_v1: ModelProcess, raw: bool) -> None:
+    rows = [SETOSA, OVERFLOWING]
+    message = raw_message(rows) if raw else typed_message(rows)
+    error = grpc_infer(model_v1.grpc_target, message)
+    assert error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.details() or "").startswith(OUT_OF_RANGE.format(1))
+    one_row = raw_message([OVERFLOWING]) if raw else typed_message([OVERFLOWING])
+    one_row.outputs.add(name="predict")
+    error = grpc_infer(model_v1.grpc_target, one_row)
+    assert error is not None
+    assert (error.details() or "").startswith(OUT_OF_RANGE.format(0))
+
+
+def test_large_finite_scores_are_answered(model_v1: ModelProcess) -> None:
+    """Values far beyond the data set whose scores stay finite are still answered."""
+    reply = rest_infer(model_v1, infer_body([[1e300, 1e300, -1e300, 1e300], SETOSA]))
+    assert reply.status == 200, reply.body
+    labels, proba = reply.json()["outputs"]
+    assert labels["data"][1] == 0
+    assert None not in proba["data"]
+
+
 def test_binary_fp32_infinity_is_refused(model_server: ModelProcess) -> None:
     body, headers = oip.binary_body([[float("inf"), 1, 1, 1]], "FP32")
     reply = request("POST", model_server.url + INFER_PATH, body, headers)

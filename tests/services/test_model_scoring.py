@@ -19,6 +19,7 @@ from mlstack_model.rest import protocol
 from mlstack_model.scoring import (
     EstimatorScorer,
     LinearScorer,
+    ScoresOverflowError,
     TreeScorer,
     compile_scorer,
     from_stored,
@@ -101,6 +102,40 @@ def test_the_served_path_answers_as_sklearn_on_the_data_set(model_dir: Path, ver
     assert labels.data == expected
     assert proba.shape == (150, 3)
     assert proba.data == estimator.predict_proba(data).ravel().tolist()
+
+
+# Finite doubles whose weighted sums pass the largest double: a linear model's scores overflow.
+OVERFLOWING = [1e308, -1e308, 1e308, 1e308]
+
+
+# The server silences numpy's warning about the overflow it refuses (scoring.py); pytest resets
+# warning filters around each test, so the filter is restated here.
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_the_linear_scorer_refuses_a_row_whose_scores_overflow(model_dir: Path) -> None:
+    """Rather than an argmax over infinities and a softmax of NaN, every method names the row."""
+    scorer = artifacts.load_scorer(model_dir, MODEL_NAME, "v1")
+    assert isinstance(scorer, LinearScorer)
+    with pytest.raises(ScoresOverflowError) as refused:
+        scorer.predict_row(OVERFLOWING)
+    assert refused.value.row == 0
+    batch = np.asarray([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], OVERFLOWING])
+    with pytest.raises(ScoresOverflowError) as refused:
+        scorer.predict_matrix(batch)
+    assert refused.value.row == 2
+    with pytest.raises(ScoresOverflowError) as refused:
+        scorer.predict_proba_matrix(batch)
+    assert refused.value.row == 2
+
+
+def test_large_finite_scores_are_still_answered(model_dir: Path) -> None:
+    """Only scores that overflow are refused: values far outside the data set whose scores
+    stay finite get the class and probabilities sklearn gives."""
+    estimator = artifacts.load(model_dir, MODEL_NAME, "v1").estimator
+    scorer = artifacts.load_scorer(model_dir, MODEL_NAME, "v1")
+    rows = np.asarray([[1e300, 1e300, -1e300, 1e300], [1e200, 3.0, 1.0, 0.5]])
+    assert scorer.predict_matrix(rows) == estimator.predict(rows).tolist()
+    assert [scorer.predict_row(row) for row in rows.tolist()] == estimator.predict(rows).tolist()
+    assert np.array_equal(scorer.predict_proba_matrix(rows), estimator.predict_proba(rows))
 
 
 def test_each_version_is_served_by_its_compiled_scorer(model_dir: Path) -> None:

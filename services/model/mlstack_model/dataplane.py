@@ -10,12 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from mlstack_common.tensor_names import OUTPUT_PREDICT, OUTPUT_PROBA
+from mlstack_common.tensor_names import INPUT_NAME, OUTPUT_PREDICT, OUTPUT_PROBA
 
 from mlstack_model import tensors
 from mlstack_model.admission import Admission
-from mlstack_model.errors import ErrorKind, ProtocolError
+from mlstack_model.errors import ErrorKind, ProtocolError, invalid
 from mlstack_model.loaded_model import LoadedModel
+from mlstack_model.scoring import ScoresOverflowError
 from mlstack_model.settings import ModelSettings
 from mlstack_model.tensors import InferRequest, OutputTensor
 
@@ -84,28 +85,36 @@ class DataPlane:
 
 
 def score(model: LoadedModel, request: InferRequest) -> list[OutputTensor]:
-    """The requested output tensors for one validated infer request."""
+    """The requested output tensors for one validated infer request; refused (400) when a row
+    lies so far out that the model's scores overflow, rather than answered with a class picked
+    from infinities and probabilities of NaN."""
     scorer = model.scorer
     requested = request.outputs
-    if request.rows == 1 and len(requested) == 1 and requested[0].name == OUTPUT_PREDICT:
-        # The usual request, one row's class: no matrix, no loop over outputs.
-        return [tensors.predict_output([scorer.predict_row(request.data)])]
-    matrix: np.ndarray[Any, np.dtype[np.float64]] | None = None
-    names = [output.name for output in requested]
-    if request.rows > 1 or OUTPUT_PROBA in names:
-        matrix = np.asarray(request.data, dtype=np.float64).reshape(request.rows, -1)
-    outputs: list[OutputTensor] = []
-    for name in names:
-        if name == OUTPUT_PREDICT:
-            if matrix is None:
-                labels = [scorer.predict_row(request.data)]
+    try:
+        if request.rows == 1 and len(requested) == 1 and requested[0].name == OUTPUT_PREDICT:
+            # The usual request, one row's class: no matrix, no loop over outputs.
+            return [tensors.predict_output([scorer.predict_row(request.data)])]
+        matrix: np.ndarray[Any, np.dtype[np.float64]] | None = None
+        names = [output.name for output in requested]
+        if request.rows > 1 or OUTPUT_PROBA in names:
+            matrix = np.asarray(request.data, dtype=np.float64).reshape(request.rows, -1)
+        outputs: list[OutputTensor] = []
+        for name in names:
+            if name == OUTPUT_PREDICT:
+                if matrix is None:
+                    labels = [scorer.predict_row(request.data)]
+                else:
+                    labels = scorer.predict_matrix(matrix)
+                outputs.append(tensors.predict_output(labels))
             else:
-                labels = scorer.predict_matrix(matrix)
-            outputs.append(tensors.predict_output(labels))
-        else:
-            assert matrix is not None
-            proba = scorer.predict_proba_matrix(matrix)
-            outputs.append(
-                tensors.proba_output(request.rows, int(proba.shape[1]), proba.ravel().tolist())
-            )
-    return outputs
+                assert matrix is not None
+                proba = scorer.predict_proba_matrix(matrix)
+                outputs.append(
+                    tensors.proba_output(request.rows, int(proba.shape[1]), proba.ravel().tolist())
+                )
+        return outputs
+    except ScoresOverflowError as exc:
+        raise invalid(
+            f"input {INPUT_NAME!r} is out of the model's range: the values of row {exc.row} "
+            "overflow its scores"
+        ) from None

@@ -6,14 +6,19 @@ compiles each estimator into a scorer that holds only what prediction needs (a l
 weights, a tree's node arrays) and stores those arrays in the artifact (``scorer.npz``); the
 server rebuilds the scorer from them with numpy alone, and never unpickles. Its answers equal
 ``predict``'s and ``predict_proba``'s exactly (the service tests check this on the data set and
-on random points): the same operations on the same operands, in the same order.
+on random points): the same operations on the same operands, in the same order. Where those
+operations overflow (a linear model's scores, for inputs near the largest double), scikit-learn
+answers a class picked from infinities and probabilities of NaN; these scorers refuse the row
+(``ScoresOverflowError``).
 
 An estimator without a compiled form is served by its pickle and scikit-learn's own methods.
 """
 
 from __future__ import annotations
 
+import math
 import operator
+import warnings
 from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol, SupportsInt
@@ -27,8 +32,27 @@ Arrays = Mapping[str, npt.NDArray[Any]]
 # The layout of a stored scorer's arrays; a file of another version is not read.
 FORMAT_VERSION: Final = 1
 
+# Scores that overflow are refused (ScoresOverflowError), so numpy's warning about the same
+# overflow would only add a line to the log. Silenced for this module's arithmetic alone, not
+# with np.errstate around every product: that would cost each call more than the check itself.
+warnings.filterwarnings(
+    "ignore", r"(overflow|invalid value) encountered", RuntimeWarning, r"mlstack_model\.scoring"
+)
+
+
+class ScoresOverflowError(ValueError):
+    """A row's scores are not finite: its values, finite as they are, lie so far outside what the
+    model was fitted on that its arithmetic overflows (a linear model's weighted sum passing the
+    largest double), so no class and no probability can be computed from them."""
+
+    def __init__(self, row: int) -> None:
+        super().__init__(f"row {row}: the model's scores overflow")
+        self.row = row
+
 
 class Scorer(Protocol):
+    """Any method may raise ScoresOverflowError for a row the model cannot score."""
+
     n_features: int
 
     def predict_row(self, row: Sequence[float]) -> int:
@@ -43,7 +67,9 @@ class Scorer(Protocol):
 
 class LinearScorer:
     """A multinomial linear classifier (LogisticRegression with three classes or more): the
-    class with the highest ``x @ coef.T + intercept``; probabilities by its softmax."""
+    class with the highest ``x @ coef.T + intercept``; probabilities by its softmax. A row whose
+    scores are not finite (inputs near the largest double overflow them) raises
+    ``ScoresOverflowError``: its argmax and its softmax (NaN) would mean nothing."""
 
     def __init__(
         self, *, coef: FloatMatrix, intercept: npt.NDArray[np.float64], classes: Any
@@ -65,11 +91,13 @@ class LinearScorer:
         return {"coef": self._coef, "intercept": self._intercept, "classes": self._classes_arr}
 
     def predict_row(self, row: Sequence[float]) -> int:
-        mul = operator.mul
+        mul, isfinite = operator.mul, math.isfinite
         best_index = 0
         best_score = 0.0
         for index, (bias, weights) in enumerate(self._weights):
             score = bias + sum(map(mul, weights, row))
+            if not isfinite(score):
+                raise ScoresOverflowError(0)
             # Strictly greater: ties go to the first class, as numpy's argmax does.
             if index == 0 or score > best_score:
                 best_index, best_score = index, score
@@ -77,6 +105,8 @@ class LinearScorer:
 
     def _decision(self, x: FloatMatrix) -> FloatMatrix:
         scores: FloatMatrix = x @ self._coef_t + self._intercept
+        if not np.isfinite(scores).all():
+            raise ScoresOverflowError(int(np.isfinite(scores).all(axis=1).argmin()))
         return scores
 
     def predict_matrix(self, x: FloatMatrix) -> list[int]:
