@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import pytest
 
+from components import database
 from components.app import MODEL_NAME
 from harness.http import Reply, request
 from harness.make import make_command, make_env
@@ -116,6 +117,15 @@ def throwaway_postgres() -> Iterator[PostgresServer]:
         pytest.fail(str(exc), pytrace=False)
     with running_postgres() as server:
         yield server
+
+
+def password_role_url(postgres: PostgresServer, role: str, password: str) -> str:
+    """A login role of the test's own on ``postgres`` that needs ``password``, owning a database
+    named after it: its URL, as the program writes the gateway's (database.connection_url)."""
+    postgres.create_password_role(role, password)
+    return database.connection_url(
+        "127.0.0.1", password, port=postgres.port, user=role, dbname=role
+    )
 
 
 def self_signed_certificate(folder: Path, name: str = "mlstack-gateway-test") -> tuple[Path, Path]:

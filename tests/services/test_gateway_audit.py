@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from components import database
 from harness.poll import eventually
 from harness.postgres import PostgresServer, query
 from harness.services import SETOSA, ServiceProcess, start_gateway
@@ -16,6 +15,7 @@ from tests.services.support import (
     history,
     metric,
     new_prediction,
+    password_role_url,
     predict,
     throwaway_postgres,
 )
@@ -27,10 +27,7 @@ PASSWORD = "audit-role-password-1"
 
 @pytest.fixture(scope="module")
 def role_url(postgres: PostgresServer) -> str:
-    postgres.create_password_role(ROLE, PASSWORD)
-    return database.connection_url(
-        "127.0.0.1", PASSWORD, port=postgres.port, user=ROLE, dbname=ROLE
-    )
+    return password_role_url(postgres, ROLE, PASSWORD)
 
 
 def test_a_server_out_of_connection_slots_costs_503s_with_retry_after_not_500s(

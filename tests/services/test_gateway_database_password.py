@@ -11,10 +11,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from components import database
 from harness.postgres import PostgresServer, query
 from harness.services import ServiceProcess, start_gateway
-from tests.services.support import new_prediction
+from tests.services.support import new_prediction, password_role_url
 
 ROLE = "gateway_password"
 PASSWORD = "Xk3v/Qm7p@Lw2R:t8Zy%4aHs+Ab9C=dEf1?Gh2J#Kl3M'Np4Q\\Rs5T"
@@ -22,10 +21,7 @@ PASSWORD = "Xk3v/Qm7p@Lw2R:t8Zy%4aHs+Ab9C=dEf1?Gh2J#Kl3M'Np4Q\\Rs5T"
 
 @pytest.fixture(scope="module")
 def role_url(postgres: PostgresServer) -> str:
-    postgres.create_password_role(ROLE, PASSWORD)
-    return database.connection_url(
-        "127.0.0.1", PASSWORD, port=postgres.port, user=ROLE, dbname=ROLE
-    )
+    return password_role_url(postgres, ROLE, PASSWORD)
 
 
 def test_the_role_needs_its_password(postgres: PostgresServer, role_url: str) -> None:

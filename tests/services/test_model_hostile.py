@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 
 from components.app import MODEL_NAME, MODEL_RESOURCES
@@ -38,7 +39,7 @@ from tests.services.hostile import (
     read_answer,
     with_content_length,
 )
-from tests.services.oip import INFER_PATH, infer_body, raw_message, typed_message
+from tests.services.oip import INFER_PATH, SERVICE, infer_body, raw_message, typed_message
 
 POD_MEMORY_LIMIT_MIB = memory_limit_mib(MODEL_RESOURCES)
 
@@ -359,12 +360,26 @@ def test_a_long_zero_padded_content_length_is_read_as_its_value(
 # -- SIGTERM: not ready at once, in-flight requests finished -------------------------------------
 
 
+def health_status(channel: grpc.Channel, service: str) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    status: int = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+    return status
+
+
 def test_sigterm_turns_readiness_off_at_once_and_finishes_an_infer_in_flight(
     model_dir: Path, log_dir: Path
 ) -> None:
+    """Every readiness signal turns off at once: /v2/health/ready, gRPC ServerReady, and the
+    grpc.health.v1 status of the service's own name (GrpcServer.start); the overall status
+    ("", liveness) stays SERVING until the server stops."""
     model = start_model(model_dir, log_dir)
+    serving = health_pb2.HealthCheckResponse.SERVING
     whole = with_content_length(INFER.head, len(INFER.one_row)) + INFER.one_row
-    with socket.create_connection(("127.0.0.1", model.port), timeout=10) as sock:
+    with (
+        grpc.insecure_channel(model.grpc_target) as channel,
+        socket.create_connection(("127.0.0.1", model.port), timeout=10) as sock,
+    ):
+        assert health_status(channel, SERVICE) == serving
         # All but the last bytes: the infer request holds its slot, waiting for the rest.
         sock.sendall(whole[:-5])
         time.sleep(0.3)
@@ -375,6 +390,10 @@ def test_sigterm_turns_readiness_off_at_once_and_finishes_an_infer_in_flight(
             2,
             interval=0.05,
         )
+        ready = oip.call(channel, "ServerReady", pb.ServerReadyRequest(), pb.ServerReadyResponse)
+        assert not ready.ready
+        assert health_status(channel, SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert health_status(channel, "") == serving
         sock.sendall(whole[-5:])
         answer = read_answer(sock)
     assert answer.status == 200
