@@ -8,6 +8,7 @@ exits instead of completing (a configuration mistake) raises `ProgramExitError` 
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import json
@@ -293,6 +294,7 @@ def run_program(
     values = dict(stack_config(stack) if config is None else config)
     if with_secrets:
         values = {**TEST_SECRETS, **values}
+    _ensure_event_loop()
     engine_log = EngineLog()
     ENGINE_LOG.addHandler(engine_log)
     try:
@@ -307,6 +309,17 @@ def run_program(
         )
     finally:
         ENGINE_LOG.removeHandler(engine_log)
+
+
+def _ensure_event_loop() -> None:
+    """Pulumi's mocks run on the thread's current event loop. asyncio.run, which tests of the
+    services call in the same pytest session (`pytest` at the root runs every suite), leaves the
+    thread without one, and asking then raises instead of making one."""
+    policy = asyncio.get_event_loop_policy()
+    try:
+        policy.get_event_loop()
+    except RuntimeError:
+        policy.set_event_loop(policy.new_event_loop())
 
 
 def _exit_status(code: object) -> int:
