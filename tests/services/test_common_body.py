@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from mlstack_common.asgi import first_header
-from mlstack_common.body import BodyError, byte_count, read_body
+from mlstack_common.body import BodyError, read_body
 
 
 def read(
@@ -66,25 +66,3 @@ def test_without_a_declared_length_the_limit_holds_as_the_body_arrives() -> None
     with pytest.raises(BodyError) as caught:
         read([], [b"abcde", b"fghij", b"k"])
     assert caught.value.status == 413
-
-
-@pytest.mark.parametrize(
-    ("declared", "count"),
-    [
-        ("0", 0),
-        ("0" * 5000 + "12", 12),  # leading zeros are no digits of the count
-        ("99", 99),  # above the limit, but as many digits: the caller compares
-        ("100", None),  # more digits than the limit has: more bytes
-        ("9" * 5000, None),  # more digits than int() reads
-    ],
-)
-def test_a_byte_count_is_read_without_int_seeing_more_digits_than_the_limit(
-    declared: str, count: int | None
-) -> None:
-    assert byte_count(declared, 10) == count
-
-
-@pytest.mark.parametrize("declared", ["", "-1", "+1", " 1", "1.0", "\u00b2", "1\u00b9", "0x10"])
-def test_a_byte_count_is_ascii_digits_only(declared: str) -> None:
-    with pytest.raises(ValueError, match="not a count of bytes"):
-        byte_count(declared, 10)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from starlette.types import Receive
 
 from mlstack_common.asgi import first_header
+from mlstack_common.counts import read_count
 
 
 class BodyError(Exception):
@@ -24,17 +25,6 @@ class ClientDisconnectedError(BodyError):
 
     def __init__(self) -> None:
         super().__init__(400, "client disconnected before sending the whole body")
-
-
-def byte_count(declared: str, limit: int) -> int | None:
-    """A length header's count of bytes; None when it has more digits than ``limit`` has, so
-    says more bytes. ValueError when it is not ASCII digits (str.isdigit() alone also takes
-    Latin-1's superscripts, which int() refuses). int() never reads more digits than ``limit``
-    has: it refuses thousands of them, and leading zeros count."""
-    if not (declared.isascii() and declared.isdigit()):
-        raise ValueError(f"not a count of bytes: {declared!r}")
-    digits = declared.lstrip("0") or "0"
-    return int(digits) if len(digits) <= len(str(limit)) else None
 
 
 def _too_large(limit: int) -> BodyError:
@@ -54,7 +44,7 @@ async def read_body(
     declared = first_header(headers, b"content-length")
     if declared is not None:
         try:
-            count = byte_count(declared.decode("latin-1"), limit)
+            count = read_count(declared.decode("latin-1"), limit)
         except ValueError:
             raise BodyError(400, "invalid Content-Length header") from None
         if count is None:

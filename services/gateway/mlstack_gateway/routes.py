@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from mlstack_common.asgi import error_response, json_response, send_json
 from mlstack_common.body import BodyError, read_body
+from mlstack_common.counts import read_count
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -165,13 +166,11 @@ class GatewayRoutes:
         if raw is None:
             return DEFAULT_HISTORY_LIMIT
         maximum = self._settings.history_max_limit
-        # isdigit() alone admits "²" and other digits int() refuses; the length check keeps
-        # int() off numbers thousands of digits long (leading zeros count for int() too).
-        digits = raw.lstrip("0")
-        if not (raw.isascii() and raw.isdigit()) or len(digits) > len(str(maximum)):
-            raise ApiError(422, f"limit must be an integer from 1 to {maximum}, got {raw[:40]!r}")
-        limit = int(digits or "0")
-        if not 1 <= limit <= maximum:
+        try:
+            limit = read_count(raw, maximum)
+        except ValueError:
+            limit = None
+        if limit is None or not 1 <= limit <= maximum:
             raise ApiError(422, f"limit must be an integer from 1 to {maximum}, got {raw[:40]!r}")
         return limit
 

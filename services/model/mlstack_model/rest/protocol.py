@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from mlstack_common.body import byte_count
+from mlstack_common.counts import read_count
 from mlstack_common.tensor_names import INPUT_NAME
 
 from mlstack_model import tensors
@@ -47,7 +47,7 @@ def _split_body(
     if header_length is None:
         return body, None
     try:
-        split = byte_count(header_length, len(body))
+        split = read_count(header_length, len(body))
     except ValueError:
         raise invalid(
             f"Inference-Header-Content-Length must be a byte count, got {header_length!r}"
