@@ -154,6 +154,21 @@ def test_pod_security_reads_init_containers_and_cron_jobs_too() -> None:
     assert all("container init" in message for message in found)
 
 
+@pytest.mark.parametrize("check", WORKLOAD_CHECKS, ids=lambda check: check.__name__)
+def test_a_replication_controllers_pods_are_held_to_every_workload_rule(check: Any) -> None:
+    """Checkov's container checks, which the gate leaves to these rules, read a
+    ReplicationController's pod template like a ReplicaSet's: so do the rules."""
+    controller = "kubernetes:core/v1:ReplicationController"
+    assert violations(check, controller, deployment()) == []
+    bad = container(
+        image="registry.example/gateway:v1",
+        securityContext={"privileged": True},
+        resources={},
+        livenessProbe=None,
+    )
+    assert violations(check, controller, deployment(bad)) != []
+
+
 # --- container-probes ----------------------------------------------------------------------------
 
 

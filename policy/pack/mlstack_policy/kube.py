@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-# The workload kinds whose pod template a policy reads, by Pulumi type token.
+# The workload kinds whose pod template a policy reads, by Pulumi type token: every kind that
+# makes pods (as Checkov's container checks, which tools/policy.py PACK_OWNED leaves to the pack).
 POD_TEMPLATE_PATHS: Final[Mapping[str, tuple[str, ...]]] = {
     "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
     "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
     "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
     "kubernetes:apps/v1:ReplicaSet": ("spec", "template", "spec"),
+    "kubernetes:core/v1:ReplicationController": ("spec", "template", "spec"),
     "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
     "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
     "kubernetes:core/v1:Pod": ("spec",),
@@ -23,6 +25,7 @@ LONG_RUNNING: Final = frozenset(
         "kubernetes:apps/v1:StatefulSet",
         "kubernetes:apps/v1:DaemonSet",
         "kubernetes:apps/v1:ReplicaSet",
+        "kubernetes:core/v1:ReplicationController",
         "kubernetes:core/v1:Pod",
     }
 )
