@@ -275,6 +275,20 @@ def test_public_plain_http_is_a_violation_in_production() -> None:
     ]
 
 
+@pytest.mark.parametrize("protocol", ["kubernetes.io/h2c", "kubernetes.io/ws", "HTTP"])
+def test_public_plain_http_by_app_protocol_is_a_violation_in_production(protocol: str) -> None:
+    """HTTP/2 and WebSocket in clear text (the model's gRPC port is marked kubernetes.io/h2c)
+    carry a key as plainly as HTTP/1.1 on port 80."""
+    ports = [*HTTPS, {"name": "grpc", "port": 8081, "appProtocol": protocol}]
+    props = service("gateway", "LoadBalancer", ports)
+    assert violations(services.check_no_public_plain_http, SERVICE, props, PRODUCTION) == [
+        "Service gateway of type LoadBalancer serves plain HTTP on grpc:8081"
+    ]
+    tls = [*HTTPS, {"name": "grpcs", "port": 8443, "appProtocol": "kubernetes.io/wss"}]
+    edge = service("gateway", "LoadBalancer", tls)
+    assert violations(services.check_no_public_plain_http, SERVICE, edge, PRODUCTION) == []
+
+
 # --- cloud clusters ------------------------------------------------------------------------------
 
 POOL: Final[dict[str, Any]] = {

@@ -15,6 +15,9 @@ INTERNAL_APPS: Final = frozenset({"model", "database"})
 # Source ranges that admit the whole internet.
 ANYWHERE: Final = frozenset({"0.0.0.0/0", "::/0"})
 GATEWAY: Final = "gateway"
+# A port's appProtocol for HTTP in clear text: HTTP/1.1 (an IANA service name, in any case), and
+# the Kubernetes-defined HTTP/2 over cleartext and WebSocket over cleartext.
+PLAIN_HTTP_PROTOCOLS: Final = frozenset({"http", "kubernetes.io/h2c", "kubernetes.io/ws"})
 
 
 def _production(args: ResourceValidationArgs) -> bool:
@@ -42,8 +45,8 @@ def _plain_http_ports(props: Mapping[str, Any]) -> list[str]:
     found = []
     for port in dig(props, "spec", "ports") or ():
         name = str(port.get("name") or "")
-        protocol = str(port.get("appProtocol") or "")
-        if name == "http" or protocol == "http" or port.get("port") == 80:
+        protocol = str(port.get("appProtocol") or "").lower()
+        if name == "http" or protocol in PLAIN_HTTP_PROTOCOLS or port.get("port") == 80:
             found.append(f"{name or '?'}:{port.get('port')}")
     return found
 
