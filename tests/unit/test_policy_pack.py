@@ -313,6 +313,15 @@ def test_gke_default_account_and_cloud_platform_scope_are_violations() -> None:
     assert "cloud-platform" in found[1]
 
 
+def test_gke_cloud_platform_scope_by_its_short_name_is_a_violation() -> None:
+    """The provider takes gcloud's short scope names and expands them: `cloud-platform` is the
+    same scope as its URL."""
+    pool = copy.deepcopy(POOL)
+    pool["nodeConfig"]["oauthScopes"] = ["logging-write", "cloud-platform"]
+    found = violations(clusters.check_gke_node_identity, clusters.GKE_NODE_POOL, pool)
+    assert found == [f"x: nodes hold the {clusters.CLOUD_PLATFORM_SCOPE} scope"]
+
+
 def test_gke_cluster_keeping_its_default_pool_is_held_to_the_same() -> None:
     cluster = {"removeDefaultNodePool": False, "nodeConfig": {}}
     found = violations(clusters.check_gke_node_identity, clusters.GKE_CLUSTER, cluster)

@@ -20,9 +20,16 @@ EKS_NODE_GROUP: Final = "aws:eks/nodeGroup:NodeGroup"
 LAUNCH_TEMPLATE: Final = "aws:ec2/launchTemplate:LaunchTemplate"
 # Every API of the project at the node's service account's rights: any pod that reaches the
 # metadata server holds them.
-CLOUD_PLATFORM_SCOPE: Final = "https://www.googleapis.com/auth/cloud-platform"
+SCOPE_PREFIX: Final = "https://www.googleapis.com/auth/"
+CLOUD_PLATFORM_SCOPE: Final = f"{SCOPE_PREFIX}cloud-platform"
 # The Compute Engine default service account (Editor on the project by default).
 DEFAULT_ACCOUNT_SUFFIX: Final = "-compute@developer.gserviceaccount.com"
+
+
+def _scope(name: str) -> str:
+    """A scope by its URL: the provider takes gcloud's short name `cloud-platform` for the
+    cloud-platform scope (an unprefixed name is read under SCOPE_PREFIX, as the provider does)."""
+    return name if name.startswith("https://") else SCOPE_PREFIX + name
 
 
 def _node_config_findings(node_config: Any) -> list[str]:
@@ -32,7 +39,7 @@ def _node_config_findings(node_config: Any) -> list[str]:
         findings.append(
             f"nodes run as the Compute Engine default service account ({account or 'unset'})"
         )
-    scopes = list(dig(node_config, "oauthScopes") or ())
+    scopes = [_scope(str(scope)) for scope in dig(node_config, "oauthScopes") or ()]
     if CLOUD_PLATFORM_SCOPE in scopes:
         findings.append(f"nodes hold the {CLOUD_PLATFORM_SCOPE} scope")
     return findings
