@@ -336,6 +336,25 @@ def test_gke_private_nodes() -> None:
     ]
 
 
+def test_gke_node_pool_with_public_nodes_is_a_violation() -> None:
+    """A node pool may give its nodes public addresses in a cluster of private nodes."""
+    check = clusters.check_gke_private_nodes
+    assert violations(check, clusters.GKE_NODE_POOL, POOL) == []
+    private = {**POOL, "networkConfig": {"enablePrivateNodes": True}}
+    assert violations(check, clusters.GKE_NODE_POOL, private) == []
+    public = {**POOL, "networkConfig": {"enablePrivateNodes": False}}
+    assert violations(check, clusters.GKE_NODE_POOL, public) == [
+        "x: networkConfig.enablePrivateNodes is false"
+    ]
+    cluster = {
+        "privateClusterConfig": {"enablePrivateNodes": True},
+        "nodePools": [{"name": "pool", "networkConfig": {"enablePrivateNodes": False}}],
+    }
+    assert violations(check, clusters.GKE_CLUSTER, cluster) == [
+        "x: node pool pool: networkConfig.enablePrivateNodes is false"
+    ]
+
+
 def test_eks_secrets_encryption() -> None:
     check = clusters.check_eks_secrets_encryption
     keyed = {"encryptionConfigKeyArn": "arn:aws:kms:eu-west-1:1:key/k"}

@@ -60,12 +60,25 @@ def check_gke_node_identity(args: ResourceValidationArgs, report: ReportViolatio
         report(f"{args.name}: {finding}", None)
 
 
+def _public_pool(pool: Any) -> bool:
+    """A node pool that overrides its cluster's private nodes (unset: it takes the cluster's)."""
+    return dig(pool, "networkConfig", "enablePrivateNodes") is False
+
+
 def check_gke_private_nodes(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """GKE nodes have private addresses only: nothing on the internet reaches a kubelet."""
+    if args.resource_type == GKE_NODE_POOL:
+        if _public_pool(args.props):
+            report(f"{args.name}: networkConfig.enablePrivateNodes is false", None)
+        return
     if args.resource_type != GKE_CLUSTER:
         return
     if dig(args.props, "privateClusterConfig", "enablePrivateNodes") is not True:
         report(f"{args.name}: privateClusterConfig.enablePrivateNodes is not true", None)
+    for pool in dig(args.props, "nodePools") or ():
+        if _public_pool(pool):
+            named = f"node pool {dig(pool, 'name') or '?'}"
+            report(f"{args.name}: {named}: networkConfig.enablePrivateNodes is false", None)
 
 
 def check_eks_secrets_encryption(args: ResourceValidationArgs, report: ReportViolation) -> None:
