@@ -172,6 +172,18 @@ def test_a_replication_controllers_pods_are_held_to_every_workload_rule(check: A
 # --- container-probes ----------------------------------------------------------------------------
 
 
+def test_probes_are_asked_of_a_sidecar_not_of_an_init_step() -> None:
+    """An init container with restartPolicy Always is a sidecar: it runs as long as the pod."""
+    step = without("livenessProbe")
+    step.update(name="init")
+    sidecar = without("readinessProbe")
+    sidecar.update(name="sidecar", restartPolicy="Always")
+    props = deployment(initContainers=[step, sidecar])
+    assert violations(workloads.check_probes, DEPLOYMENT, props) == [
+        "Deployment gateway, container sidecar: no readinessProbe"
+    ]
+
+
 def test_probes_are_not_asked_of_a_job() -> None:
     job = {"spec": {"template": {"spec": {"containers": [without("livenessProbe")]}}}}
     assert violations(workloads.check_probes, "kubernetes:batch/v1:Job", job) == []

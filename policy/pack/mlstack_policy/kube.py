@@ -67,6 +67,15 @@ def containers(spec: Mapping[str, Any], *, init: bool = True) -> Iterator[Mappin
                 yield container
 
 
+def running_containers(spec: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """The containers of a pod spec that run as long as the pod: its sidecars (init containers
+    with restartPolicy Always) first, then its containers."""
+    for container in spec.get("initContainers") or ():
+        if isinstance(container, Mapping) and container.get("restartPolicy") == "Always":
+            yield container
+    yield from containers(spec, init=False)
+
+
 def where(resource_type: str, props: Mapping[str, Any], container: Mapping[str, Any]) -> str:
     """`Deployment gateway, container gateway`: where a violation is, as a reviewer reads it."""
     kind = resource_type.rsplit(":", 1)[-1]

@@ -8,7 +8,7 @@ from typing import Any, Final
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs
 
-from .kube import LONG_RUNNING, containers, dig, pod_spec, where
+from .kube import LONG_RUNNING, containers, dig, pod_spec, running_containers, where
 
 # `name@sha256:<64 hex>`: the image a digest names cannot change under the same reference.
 DIGEST: Final = re.compile(r"@sha256:[0-9a-f]{64}$")
@@ -78,14 +78,15 @@ def check_resources(args: ResourceValidationArgs, report: ReportViolation) -> No
 
 
 def check_probes(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """Every long-running container has a liveness probe (a hung process is restarted) and a
-    readiness probe (traffic goes only to a pod that can take it)."""
+    """Every long-running container (a sidecar too: an init container with restartPolicy Always)
+    has a liveness probe (a hung process is restarted) and a readiness probe (traffic goes only
+    to a pod that can take it)."""
     if args.resource_type not in LONG_RUNNING:
         return
     spec = pod_spec(args.resource_type, args.props)
     if spec is None:
         return
-    for container in containers(spec, init=False):
+    for container in running_containers(spec):
         missing = [p for p in ("livenessProbe", "readinessProbe") if not container.get(p)]
         if missing:
             place = where(args.resource_type, args.props, container)
