@@ -242,6 +242,20 @@ def test_model_or_database_exposed_is_a_violation(app: str, kind: str) -> None:
     assert found[0].startswith(f"Service {app} of {app} is of type {kind}")
 
 
+def test_external_ips_expose_a_cluster_ip_service() -> None:
+    """Every node's kube-proxy answers a Service's externalIPs, whatever its type."""
+    props = service("model", "ClusterIP", HTTP, externalIPs=["198.51.100.7"])
+    assert violations(services.check_internal_services, SERVICE, props) == [
+        "Service model of model is of type ClusterIP with externalIPs ['198.51.100.7']: "
+        "the model and the database are reached from inside the cluster only (ClusterIP)"
+    ]
+    check = services.check_no_public_plain_http
+    assert violations(check, SERVICE, props, PRODUCTION) == [
+        "Service model of type ClusterIP with externalIPs ['198.51.100.7'] "
+        "serves plain HTTP on http:80"
+    ]
+
+
 def test_the_gateway_may_be_a_load_balancer() -> None:
     props = service("gateway", "LoadBalancer", HTTP)
     assert violations(services.check_internal_services, SERVICE, props) == []

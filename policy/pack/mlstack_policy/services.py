@@ -28,14 +28,25 @@ def _label(props: Mapping[str, Any]) -> str:
     return f"Service {dig(props, 'metadata', 'name') or '?'}"
 
 
+def _exposure(props: Mapping[str, Any]) -> str | None:
+    """How a Service is reached from outside the cluster (`LoadBalancer`, `ClusterIP with
+    externalIPs [...]`: every node's proxy answers those addresses), or None."""
+    kind = service_type(props)
+    addresses = list(dig(props, "spec", "externalIPs") or ())
+    if addresses:
+        return f"{kind} with externalIPs {addresses}"
+    return kind if kind in EXTERNAL_SERVICE_TYPES else None
+
+
 def check_internal_services(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """The model and the database are not exposed by a LoadBalancer or NodePort Service."""
+    """The model and the database are not exposed by a LoadBalancer or NodePort Service, nor by
+    externalIPs."""
     if args.resource_type != SERVICE or app_name(args.props) not in INTERNAL_APPS:
         return
-    kind = service_type(args.props)
-    if kind in EXTERNAL_SERVICE_TYPES:
+    exposure = _exposure(args.props)
+    if exposure:
         report(
-            f"{_label(args.props)} of {app_name(args.props)} is of type {kind}: "
+            f"{_label(args.props)} of {app_name(args.props)} is of type {exposure}: "
             "the model and the database are reached from inside the cluster only (ClusterIP)",
             None,
         )
@@ -69,16 +80,16 @@ def check_gateway_edge(args: ResourceValidationArgs, report: ReportViolation) ->
 
 
 def check_no_public_plain_http(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """In production no LoadBalancer or NodePort Service serves plain HTTP: credentials (the API
-    key) and predictions would cross the internet in the clear."""
+    """In production no LoadBalancer or NodePort Service, nor one with externalIPs, serves plain
+    HTTP: credentials (the API key) and predictions would cross the internet in the clear."""
     if not _production(args) or args.resource_type != SERVICE:
         return
-    if service_type(args.props) not in EXTERNAL_SERVICE_TYPES:
+    exposure = _exposure(args.props)
+    if exposure is None:
         return
     ports = _plain_http_ports(args.props)
     if ports:
         report(
-            f"{_label(args.props)} of type {service_type(args.props)} serves plain HTTP "
-            f"on {', '.join(ports)}",
+            f"{_label(args.props)} of type {exposure} serves plain HTTP on {', '.join(ports)}",
             None,
         )
