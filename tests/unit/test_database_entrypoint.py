@@ -553,12 +553,59 @@ def test_the_backups_container_stops_at_once_on_sigterm(tmp_path: Path) -> None:
     assert "stopping on signal 15" in output
 
 
-def metric(port: int, name: str) -> float | None:
-    """A sample of the /metrics on `port`, by its name; None while nothing answers there."""
+def metric(port: int, name: str, **labels: str) -> float | None:
+    """A sample of the /metrics on `port`, by its name and labels; None while nothing answers
+    there."""
     try:
         reply = request("GET", f"http://127.0.0.1:{port}/metrics", timeout=2)
     except OSError:
         return None
     if reply.status != 200:
         return None
-    return metric_value(reply.body.decode(), name)
+    return metric_value(reply.body.decode(), name, **labels)
+
+
+def test_a_backup_with_page_checksum_errors_counts_for_the_schedule(tmp_path: Path) -> None:
+    """pgBackRest flags (`error`) a backup that found a page whose checksum is wrong: it is
+    whole, and another taken at once finds the same page. Counted as missing, it would start a
+    full backup every round, and each one would push a clean one out of the retention. It counts
+    for when the next backup is due; the metrics still tell it apart from a good one."""
+    calls = tmp_path / "pgbackrest-calls"
+    stand_ins = tmp_path / "bin"
+    # On the primary; the repository's one backup is a full one that ended a moment ago.
+    stand_in(stand_ins, "mlstack-database", "#!/bin/sh\nexit 0\n")
+    info = (
+        '[{"name": "mlstack", "backup": [{"label": "20261204-210000F", "type": "full", '
+        '"error": true, "timestamp": {"start": %s, "stop": %s}}]}]'
+    )
+    stand_in(
+        stand_ins,
+        "pgbackrest",
+        f'#!/bin/sh\necho "$*" >> "{calls}"\n'
+        f'[ "$1" != info ] || printf \'{info}\' "$(date +%s)" "$(date +%s)"\n',
+    )
+    port = free_port()
+    env = env_first_on_path(
+        stand_ins,
+        **{**backups_own_env(), "METRICS_PORT": str(port), "DATABASE_BACKUP_CHECK_SECONDS": "0.2"},
+    )
+    sidecar = LocalProcess(
+        "mlstack-database-backups",
+        [sys.executable, str(BIN / "mlstack-database-backups")],
+        tmp_path / "mlstack-database-backups.log",
+        env=env,
+    ).start()
+
+    def logged() -> list[str]:
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    try:
+        sidecar.wait_for(
+            "five rounds", lambda: logged().count("info --output=json") >= 5, timeout=30
+        )
+        full = metric(port, "mlstack_database_backups", type="full")
+        age = metric(port, "mlstack_database_backup_age_seconds")
+    finally:
+        sidecar.stop()
+    assert [call for call in logged() if call.startswith("backup")] == [], logged()
+    assert (full, age) == (0, None)
