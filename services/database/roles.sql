@@ -14,18 +14,21 @@ SET log_min_error_statement = panic;
 -- Not waiting for a synchronous standby: this runs as an instance becomes the primary, before
 -- any standby streams from it.
 SET synchronous_commit = local;
-\set owner_password `cat :'owner_password_file'`
-\set gateway_password `cat :'gateway_password_file'`
+-- Each password exactly as its file holds it, as the gateway's and the migrations' URLs carry it
+-- (any character may be in it, a final line break too): psql's backquotes drop the output's last
+-- line break, so a `.` follows the file's text and is taken off again here.
+\set owner_password `cat :'owner_password_file' && printf .`
+\set gateway_password `cat :'gateway_password_file' && printf .`
 
 SELECT format('CREATE ROLE %I', :'owner')
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'owner') \gexec
-ALTER ROLE :"owner" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
-    PASSWORD :'owner_password';
+SELECT format('ALTER ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION '
+              'NOBYPASSRLS PASSWORD %L', :'owner', left(:'owner_password', -1)) \gexec
 
 SELECT format('CREATE ROLE %I', :'gateway')
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'gateway') \gexec
-ALTER ROLE :"gateway" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
-    NOINHERIT PASSWORD :'gateway_password';
+SELECT format('ALTER ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION '
+              'NOBYPASSRLS NOINHERIT PASSWORD %L', :'gateway', left(:'gateway_password', -1)) \gexec
 
 SELECT format('CREATE DATABASE %I OWNER %I', :'dbname', :'owner')
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'dbname') \gexec

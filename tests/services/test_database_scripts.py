@@ -292,6 +292,41 @@ def test_the_superuser_is_refused_over_tcp(bootstrapped: Cluster) -> None:
         connect_as(bootstrapped.server, "postgres", "", "postgres")
 
 
+def test_each_password_is_the_one_its_client_sends_a_final_line_break_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any character may be in a password, a final line break too. The gateway's and the
+    migrations' URLs carry the Secret's value whole; Patroni reads its roles' files without their
+    final line breaks (the entrypoint). Each role's password is what its client sends."""
+    passwords = {
+        database.OWNER_PASSWORD_KEY: "owner password, then two line breaks\n\n",
+        database.GATEWAY_PASSWORD_KEY: "gateway password, then a line break\n",
+        database.REPLICATION_PASSWORD_KEY: "replication password, then two line breaks\n\n",
+        database.REWIND_PASSWORD_KEY: "rewind password, then two line breaks\n\n",
+    }
+    with throwaway_postgres() as server:
+        image = image_for(tmp_path, server)
+        for key, value in passwords.items():
+            (tmp_path / "secrets" / key).write_text(value)
+        make_patroni_roles(server)
+        done = image.roles("on_start", "primary", database.SCOPE)
+        assert done.returncode == 0, done.stderr
+        rewind, rewind_key, _ = PATRONI_ROLES["rewind"]
+        server.require_password(database.OWNER, database.GATEWAY_USER, rewind)
+        for user, key in (
+            (database.OWNER, database.OWNER_PASSWORD_KEY),
+            (database.GATEWAY_USER, database.GATEWAY_PASSWORD_KEY),
+        ):
+            assert connect_as(server, user, passwords[key], database.DB_NAME) == user
+        # What Patroni is given for its rewind role (the replication role's, set by the same
+        # statement, alike).
+        for variable, path in image.env.items():
+            monkeypatch.setenv(variable, path)
+        patroni = entrypoint_module()["_password"]("DATABASE_REWIND_PASSWORD_FILE")
+        assert patroni == passwords[rewind_key].rstrip("\n")
+        assert connect_as(server, rewind, patroni, "postgres") == rewind
+
+
 # --- the roles callback on a promotion -----------------------------------------------------------
 
 
