@@ -327,6 +327,25 @@ def test_each_password_is_the_one_its_client_sends_a_final_line_break_included(
         assert connect_as(server, rewind, patroni, "postgres") == rewind
 
 
+@pytest.mark.parametrize("key", sorted(PASSWORDS))
+def test_a_password_file_that_cannot_be_read_changes_no_password(
+    bootstrapped: Cluster, tmp_path: Path, key: str
+) -> None:
+    """Read as empty, it would clear the role's password (no login at all) while the script
+    said it had set them: it fails instead, and every role keeps its password."""
+    image = image_for(tmp_path, bootstrapped.server)
+    missing = tmp_path / "secrets" / key
+    missing.unlink()
+    done = image.roles("on_start", "primary", database.SCOPE)
+    assert done.returncode != 0
+    assert f"cannot read {missing}" in done.stderr
+    without_password = bootstrapped.image.sql(
+        "SELECT rolname FROM pg_authid WHERE rolcanlogin AND rolpassword IS NULL"
+        " AND rolname <> 'postgres'"
+    )
+    assert without_password == []
+
+
 # --- the roles callback on a promotion -----------------------------------------------------------
 
 
