@@ -1,5 +1,7 @@
-"""The gateway on PostgreSQL when the server refuses it for want of resources: what a client and
-an operator get is what they get for any database that is away."""
+"""The gateway on PostgreSQL when the server refuses it for want of resources, or cannot confirm
+that a synchronous standby has a write: what a client and an operator get is what they get for
+any database that is away (503 with Retry-After, never a 500, never a 200 for a row that only
+the primary may have)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from tests.services.support import (
 )
 
 # A login role of these tests' own on the session's PostgreSQL, owning a database named after it.
-ROLE = "gateway_audit"
+ROLE = "gateway_refusals"
 PASSWORD = "audit-role-password-1"
 
 
