@@ -278,10 +278,27 @@ def test_gateway_edge_without_ranges_or_tls_is_a_violation_in_production() -> No
     assert violations(services.check_gateway_edge, SERVICE, props) == []
 
 
-def test_gateway_edge_open_to_anyone_is_a_violation() -> None:
-    props = service("gateway", "LoadBalancer", HTTPS, loadBalancerSourceRanges=["0.0.0.0/0"])
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        ["0.0.0.0/0"],
+        ["::/0"],
+        ["::0/0"],  # another spelling
+        ["10.1.2.3/0"],  # a host part, which the API server takes
+        ["0.0.0.0/1", "128.0.0.0/1"],  # halves that together make it
+        ["192.0.2.0/24", " 0.0.0.0/0"],
+    ],
+)
+def test_gateway_edge_open_to_anyone_is_a_violation(ranges: list[str]) -> None:
+    props = service("gateway", "LoadBalancer", HTTPS, loadBalancerSourceRanges=ranges)
     found = violations(services.check_gateway_edge, SERVICE, props, PRODUCTION)
-    assert found == ["Service gateway: loadBalancerSourceRanges admit anyone: ['0.0.0.0/0']"]
+    assert found == [f"Service gateway: loadBalancerSourceRanges admit anyone: {ranges}"]
+
+
+def test_gateway_edge_open_to_part_of_the_internet_passes() -> None:
+    ranges = ["0.0.0.0/1", "192.0.2.0/24", "2001:db8::/32"]
+    props = service("gateway", "LoadBalancer", HTTPS, loadBalancerSourceRanges=ranges)
+    assert violations(services.check_gateway_edge, SERVICE, props, PRODUCTION) == []
 
 
 # --- no-public-plain-http-in-production ----------------------------------------------------------
@@ -409,6 +426,7 @@ def test_eks_imdsv2() -> None:
         ({"endpointPublicAccess": True, "publicAccessCidrs": ["192.0.2.0/28"]}, True),
         ({"endpointPublicAccess": True}, False),
         ({"publicAccessCidrs": ["0.0.0.0/0"]}, False),
+        ({"publicAccessCidrs": ["0.0.0.0/1", "128.0.0.0/1"]}, False),
     ],
 )
 def test_eks_endpoint_access(props: dict[str, Any], passes: bool) -> None:

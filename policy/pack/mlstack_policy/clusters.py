@@ -7,7 +7,7 @@ from typing import Any, Final
 from pulumi_policy import ReportViolation, ResourceValidationArgs
 
 from .kube import dig
-from .services import ANYWHERE
+from .services import admits_anyone
 
 GKE_CLUSTER: Final = "gcp:container/cluster:Cluster"
 GKE_NODE_POOL: Final = "gcp:container/nodePool:NodePool"
@@ -119,5 +119,5 @@ def check_eks_endpoint_access(args: ResourceValidationArgs, report: ReportViolat
     if public is False:
         return
     # Unset means on (AWS's default), and no CIDR list means 0.0.0.0/0.
-    if not cidrs or ANYWHERE & set(cidrs):
+    if not cidrs or admits_anyone(cidrs):
         report(f"{args.name}: the public API endpoint admits anyone ({cidrs or 'no CIDRs'})", None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import ipaddress
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs
@@ -12,12 +14,27 @@ from .kube import EXTERNAL_SERVICE_TYPES, SERVICE, app_name, dig, service_type
 # The model has no authentication of its own, the database only its password: both are reached
 # from inside the cluster alone (the gateway is the only public entry).
 INTERNAL_APPS: Final = frozenset({"model", "database"})
-# Source ranges that admit the whole internet.
-ANYWHERE: Final = frozenset({"0.0.0.0/0", "::/0"})
 GATEWAY: Final = "gateway"
 # A port's appProtocol for HTTP in clear text: HTTP/1.1 (an IANA service name, in any case), and
 # the Kubernetes-defined HTTP/2 over cleartext and WebSocket over cleartext.
 PLAIN_HTTP_PROTOCOLS: Final = frozenset({"http", "kubernetes.io/h2c", "kubernetes.io/ws"})
+
+
+def admits_anyone(cidrs: Iterable[object]) -> bool:
+    """Whether source ranges admit the whole internet of an address family: 0.0.0.0/0 or ::/0,
+    however spelled (`::0/0`, a host part, halves that together make it). A range that does not
+    parse is left to the API server, which refuses it."""
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for cidr in cidrs:
+        with contextlib.suppress(ValueError):
+            networks.append(ipaddress.ip_network(str(cidr).strip(), strict=False))
+    v4 = [each for each in networks if isinstance(each, ipaddress.IPv4Network)]
+    v6 = [each for each in networks if isinstance(each, ipaddress.IPv6Network)]
+    collapsed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [
+        *ipaddress.collapse_addresses(v4),
+        *ipaddress.collapse_addresses(v6),
+    ]
+    return any(each.prefixlen == 0 for each in collapsed)
 
 
 def _production(args: ResourceValidationArgs) -> bool:
@@ -72,7 +89,7 @@ def check_gateway_edge(args: ResourceValidationArgs, report: ReportViolation) ->
     ranges = list(dig(args.props, "spec", "loadBalancerSourceRanges") or ())
     if not ranges:
         report(f"{_label(args.props)}: no loadBalancerSourceRanges (gateway.sourceRanges)", None)
-    elif ANYWHERE & set(ranges):
+    elif admits_anyone(ranges):
         report(f"{_label(args.props)}: loadBalancerSourceRanges admit anyone: {ranges}", None)
     names = [str(port.get("name") or "") for port in dig(args.props, "spec", "ports") or ()]
     if "https" not in names:
