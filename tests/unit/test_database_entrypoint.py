@@ -609,3 +609,52 @@ def test_a_backup_with_page_checksum_errors_counts_for_the_schedule(tmp_path: Pa
         sidecar.stop()
     assert [call for call in logged() if call.startswith("backup")] == [], logged()
     assert (full, age) == (0, None)
+
+
+def test_a_backup_past_its_timeout_is_stopped_and_counted_as_failed(tmp_path: Path) -> None:
+    """A backup still running after DATABASE_BACKUP_TIMEOUT_SECONDS is stopped: a failure in
+    mlstack_database_backup_runs_total, as any backup that fails, and another round follows."""
+    calls = tmp_path / "pgbackrest-calls"
+    stand_ins = tmp_path / "bin"
+    # On the primary; an empty repository, so a full backup is due, and it hangs.
+    stand_in(stand_ins, "mlstack-database", "#!/bin/sh\nexit 0\n")
+    stand_in(
+        stand_ins,
+        "pgbackrest",
+        f'#!/bin/sh\necho "$*" >> "{calls}"\n'
+        '[ "$1" != info ] || { echo \'[{"name": "mlstack", "backup": []}]\'; exit 0; }\n'
+        '[ "$1" != backup ] || exec sleep 30\n',
+    )
+    port = free_port()
+    env = env_first_on_path(
+        stand_ins,
+        **{
+            **backups_own_env(),
+            "METRICS_PORT": str(port),
+            "DATABASE_BACKUP_CHECK_SECONDS": "0.2",
+            "DATABASE_BACKUP_TIMEOUT_SECONDS": "0.5",
+        },
+    )
+    sidecar = LocalProcess(
+        "mlstack-database-backups",
+        [sys.executable, str(BIN / "mlstack-database-backups")],
+        tmp_path / "mlstack-database-backups.log",
+        env=env,
+    ).start()
+    try:
+        sidecar.wait_for(
+            "two backups stopped",
+            lambda: (
+                (
+                    metric(
+                        port, "mlstack_database_backup_runs_total", type="full", outcome="failure"
+                    )
+                    or 0
+                )
+                >= 2
+            ),
+            timeout=30,
+        )
+    finally:
+        sidecar.stop()
+    assert "full backup failed: still running after 0.5 s, stopped" in sidecar.log_tail()
