@@ -528,14 +528,7 @@ def test_the_backups_container_stops_at_once_on_sigterm(tmp_path: Path) -> None:
         ("pgbackrest", "echo '[]'"),  # `info`: an empty repository
     ):
         stand_in(stand_ins, name, f"#!/bin/sh\n{body}\n")
-    port = free_port()
-    env = env_first_on_path(stand_ins, **{**backups_own_env(), "METRICS_PORT": str(port)})
-    sidecar = LocalProcess(
-        "mlstack-database-backups",
-        [sys.executable, str(BIN / "mlstack-database-backups")],
-        tmp_path / "mlstack-database-backups.log",
-        env=env,
-    ).start()
+    sidecar, port = start_backups(tmp_path, stand_ins)
     try:
         # /metrics answers once the handler is in place and the first round has read the
         # repository.
@@ -551,6 +544,20 @@ def test_the_backups_container_stops_at_once_on_sigterm(tmp_path: Path) -> None:
     output = sidecar.log_path.read_text()
     assert status == 0, output
     assert "stopping on signal 15" in output
+
+
+def start_backups(tmp_path: Path, stand_ins: Path, **env: str) -> tuple[LocalProcess, int]:
+    """The backups container's program, started with the stand-ins in `stand_ins` first on its
+    PATH, its own settings and `env`; with the port of its /metrics."""
+    port = free_port()
+    settings = {**backups_own_env(), "METRICS_PORT": str(port), **env}
+    sidecar = LocalProcess(
+        "mlstack-database-backups",
+        [sys.executable, str(BIN / "mlstack-database-backups")],
+        tmp_path / "mlstack-database-backups.log",
+        env=env_first_on_path(stand_ins, **settings),
+    ).start()
+    return sidecar, port
 
 
 def metric(port: int, name: str, **labels: str) -> float | None:
@@ -584,17 +591,7 @@ def test_a_backup_with_page_checksum_errors_counts_for_the_schedule(tmp_path: Pa
         f'#!/bin/sh\necho "$*" >> "{calls}"\n'
         f'[ "$1" != info ] || printf \'{info}\' "$(date +%s)" "$(date +%s)"\n',
     )
-    port = free_port()
-    env = env_first_on_path(
-        stand_ins,
-        **{**backups_own_env(), "METRICS_PORT": str(port), "DATABASE_BACKUP_CHECK_SECONDS": "0.2"},
-    )
-    sidecar = LocalProcess(
-        "mlstack-database-backups",
-        [sys.executable, str(BIN / "mlstack-database-backups")],
-        tmp_path / "mlstack-database-backups.log",
-        env=env,
-    ).start()
+    sidecar, port = start_backups(tmp_path, stand_ins, DATABASE_BACKUP_CHECK_SECONDS="0.2")
 
     def logged() -> list[str]:
         return calls.read_text().splitlines() if calls.exists() else []
@@ -625,22 +622,12 @@ def test_a_backup_past_its_timeout_is_stopped_and_counted_as_failed(tmp_path: Pa
         '[ "$1" != info ] || { echo \'[{"name": "mlstack", "backup": []}]\'; exit 0; }\n'
         '[ "$1" != backup ] || exec sleep 30\n',
     )
-    port = free_port()
-    env = env_first_on_path(
+    sidecar, port = start_backups(
+        tmp_path,
         stand_ins,
-        **{
-            **backups_own_env(),
-            "METRICS_PORT": str(port),
-            "DATABASE_BACKUP_CHECK_SECONDS": "0.2",
-            "DATABASE_BACKUP_TIMEOUT_SECONDS": "0.5",
-        },
+        DATABASE_BACKUP_CHECK_SECONDS="0.2",
+        DATABASE_BACKUP_TIMEOUT_SECONDS="0.5",
     )
-    sidecar = LocalProcess(
-        "mlstack-database-backups",
-        [sys.executable, str(BIN / "mlstack-database-backups")],
-        tmp_path / "mlstack-database-backups.log",
-        env=env,
-    ).start()
     try:
         sidecar.wait_for(
             "two backups stopped",
