@@ -6,16 +6,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
+# Where a workload of most kinds holds its pods' spec.
+POD_TEMPLATE: Final = ("spec", "template", "spec")
 # The workload kinds whose pod template a policy reads, by Pulumi type token: every kind that
 # makes pods (as Checkov's container checks, which tools/policy.py PACK_OWNED leaves to the pack).
 POD_TEMPLATE_PATHS: Final[Mapping[str, tuple[str, ...]]] = {
-    "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
-    "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
-    "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
-    "kubernetes:apps/v1:ReplicaSet": ("spec", "template", "spec"),
-    "kubernetes:core/v1:ReplicationController": ("spec", "template", "spec"),
-    "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
-    "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+    "kubernetes:apps/v1:Deployment": POD_TEMPLATE,
+    "kubernetes:apps/v1:StatefulSet": POD_TEMPLATE,
+    "kubernetes:apps/v1:DaemonSet": POD_TEMPLATE,
+    "kubernetes:apps/v1:ReplicaSet": POD_TEMPLATE,
+    "kubernetes:core/v1:ReplicationController": POD_TEMPLATE,
+    "kubernetes:batch/v1:Job": POD_TEMPLATE,
+    "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", *POD_TEMPLATE),
     "kubernetes:core/v1:Pod": ("spec",),
 }
 # Workloads that keep pods running: they need probes (a Job's pod ends by itself).
