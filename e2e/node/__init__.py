@@ -136,7 +136,7 @@ class Node:
     def _preflight(self) -> None:
         if os.geteuid() != 0:
             raise RuntimeError("the e2e node needs root (network, mounts, cgroups)")
-        if Path(f"/sys/class/net/{net.NODE_BRIDGE}").exists():
+        if network.link_exists(net.NODE_BRIDGE):
             raise RuntimeError(
                 f"{net.NODE_BRIDGE} exists: another e2e node runs on this machine "
                 "(python -m e2e.node down DIR stops it)"

@@ -52,7 +52,7 @@ def claim_node_bridge() -> bool:
     made = run("ip", "link", "add", net.NODE_BRIDGE, "type", "bridge", check=False)
     if made.returncode == 0:
         return True
-    if Path(f"/sys/class/net/{net.NODE_BRIDGE}").exists():
+    if link_exists(net.NODE_BRIDGE):
         return False
     raise RuntimeError(f"ip link add {net.NODE_BRIDGE} failed: {made.stderr.strip()}")
 
@@ -91,8 +91,12 @@ def forward_api_server(state: NodeState, port: int) -> None:
     state.wait("the API server at the node address", listening, 10, API_SERVER_FORWARD)
 
 
+def link_exists(name: str) -> bool:
+    return Path(f"/sys/class/net/{name}").exists()
+
+
 def links_left() -> list[str]:
-    return [link for link in LINKS if Path(f"/sys/class/net/{link}").exists()]
+    return [link for link in LINKS if link_exists(link)]
 
 
 def remove_links() -> None:
