@@ -344,9 +344,10 @@ GENERATED_SECRETS: Final = (
     "apiKey",
     "secretsDigestKey",
 )
-_SCALAR_KEYS: Final = (
-    "namespace",
-    "protect",
+# Every stack secret the program reads: GENERATED_SECRETS, and those a person gives (the bucket's
+# keys, apiKeyPrevious during a rotation, the gateway's certificate and key). Pulumi.yaml declares
+# the generated ones and names the rest (tests/unit/test_project_config.py).
+SECRET_KEYS: Final = (
     *_DATABASE_PASSWORDS,
     *BACKUP_SECRETS,
     "apiKey",
@@ -355,6 +356,7 @@ _SCALAR_KEYS: Final = (
     "gatewayTlsCert",
     "gatewayTlsKey",
 )
+_SCALAR_KEYS: Final = ("namespace", "protect", *SECRET_KEYS)
 # The scalar keys whose values are text, whatever they look like: never decoded as JSON.
 _STRING_KEYS: Final = tuple(key for key in _SCALAR_KEYS if key != "protect")
 _TLS_KEYS: Final = ("secretName",)
