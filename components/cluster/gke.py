@@ -171,7 +171,9 @@ class GkeStandardCluster(Cluster):
             cluster=cluster.name,
             location=region,
             node_count=config.node_count,
-            version=config.kubernetes_version,
+            # No `version`: the nodes are made at the control plane's and auto-upgrade after it.
+            # A version of their own would fight the upgrades: each `pulumi up` after one would
+            # take the nodes back to it.
             management={"auto_repair": True, "auto_upgrade": True},
             node_config={
                 "machine_type": config.machine_type,

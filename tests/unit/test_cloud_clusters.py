@@ -141,6 +141,18 @@ def test_gke_defaults_are_the_regular_channel_and_a_nightly_window(stack: str) -
     assert recurring["recurrence"] == "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR,SA,SU"
 
 
+@pytest.mark.parametrize("stack", cloud_stacks("gke"))
+def test_gke_kubernetes_version_is_the_control_plane_s_and_the_nodes_follow_it(stack: str) -> None:
+    """`kubernetesVersion` is the control plane's least version. The node pool auto-upgrades to
+    the control plane's version: a version of its own too would fight the upgrades (each preview
+    after one would take the nodes back to it), as pulumi-gcp's NodePool warns."""
+    run = run_program(stack, with_cluster(stack, kubernetesVersion="1.31"))
+    assert single(run, GKE_CLUSTER).inputs["minMasterVersion"] == "1.31"
+    nodes = single(run, GKE_NODES).inputs
+    assert nodes["management"]["autoUpgrade"] is True
+    assert "version" not in nodes
+
+
 # --- EKS ----------------------------------------------------------------------------------------
 
 
