@@ -62,13 +62,24 @@ def test_a_server_out_of_connection_slots_costs_503s_with_retry_after_not_500s(
         gateway.stop()
 
 
+@pytest.mark.parametrize(
+    "end_wait",
+    [
+        # Its backend ended (as a restart in place ends it): the connection is lost, and the
+        # gateway sends the rows again.
+        "pg_terminate_backend",
+        # The wait cancelled (by an operator, or a statement_timeout): the COMMIT returns as a
+        # success, with the warning only.
+        "pg_cancel_backend",
+    ],
+)
 def test_a_write_its_synchronous_standby_never_confirmed_is_not_answered_200(
-    model_server: ServiceProcess, log_dir: Path
+    model_server: ServiceProcess, log_dir: Path, end_wait: str
 ) -> None:
-    # A commit waits for the synchronous standby after it is on the primary's disk. Its backend
-    # ended meanwhile (pg_terminate_backend, a restart in place), PostgreSQL warns that it "has
-    # already committed locally, but might not have been replicated": the row is on the primary
-    # alone, and a 200 for it would be lost with the primary.
+    # A commit waits for the synchronous standby after it is on the primary's disk. Its wait
+    # ended before the standby confirmed, PostgreSQL warns that it "has already committed
+    # locally, but might not have been replicated": the row is on the primary alone, and a 200
+    # for it would be lost with the primary.
     with throwaway_postgres() as server:
         dsn = server.dsn()
         gateway = start_gateway(
@@ -82,10 +93,17 @@ def test_a_write_its_synchronous_standby_never_confirmed_is_not_answered_200(
                 answer = pool.submit(predict, gateway.url, [SETOSA])
                 waiting = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
                 eventually(lambda: query(dsn, waiting), "a commit waiting for its standby", 10)
-                query(dsn, f"SELECT pg_terminate_backend(pid) FROM ({waiting}) AS w")
+                query(dsn, f"SELECT {end_wait}(pid) FROM ({waiting}) AS w")
                 reply = answer.result(timeout=30)
             stored = query(dsn, "SELECT count(*) FROM predictions")[0][0]
             assert stored == 2, "the commit was to be on the primary's disk"
             assert reply.refused_with_retry_after, (reply.status, reply.body)
+            # With no synchronous standby to wait for, writes are answered 200 again.
+            query(dsn, "ALTER SYSTEM RESET synchronous_standby_names")
+            query(dsn, "SELECT pg_reload_conf()")
+            new_prediction(gateway)
         finally:
             gateway.stop()
+        # No listener was left on a connection going back to the pool (asyncpg warns of one).
+        log = gateway.log_path.read_text(errors="replace")
+        assert "listener" not in log, log[-3000:]

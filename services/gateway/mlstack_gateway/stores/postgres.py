@@ -489,19 +489,74 @@ async def migrate_database(dsn: str, timeout_seconds: float) -> list[int]:
     return applied
 
 
+# What the server tells a client whose commit stopped waiting for its synchronous standby
+# (PostgreSQL's src/backend/replication/syncrep.c): a WARNING from the function that waits (the
+# notice's routine field) whose DETAIL says the transaction "has already committed locally, but
+# might not have been replicated to the standby". A cancel (pg_cancel_backend, statement_timeout,
+# a client's cancel request) gets "canceling wait for synchronous replication due to user
+# request", SQLSTATE 01000, then the COMMIT's success; a termination (pg_terminate_backend, a
+# fast shutdown) gets the "terminating connection" variant, SQLSTATE 57P01, then a lost
+# connection (see _insert); the postmaster's death, no warning at all.
+# SQLSTATE 01000 is that of any warning without a code of its own: it does not tell. The message
+# and DETAIL are in lc_messages's language (a superuser's setting) where the server has that
+# locale and a translation; the database image generates no locale but C.UTF-8, which is English.
+# The routine's name is never translated, but is PostgreSQL's internal name (the same from 9.1
+# to 17). Either recognises the warning: only a server with a translated lc_messages whose
+# PostgreSQL renamed the routine would go unrecognised (its cancelled waits answered 200).
+_STANDBY_WAIT_ROUTINE = "SyncRepWaitForLSN"
+_NOT_REPLICATED = (
+    "The transaction has already committed locally, but might not have been replicated to the "
+    "standby."
+)
+
+
+class _StandbyWait:
+    """A log listener for one statement: whether the server said that the statement's commit
+    stopped waiting for its synchronous standby (and so may be on the primary alone)."""
+
+    __slots__ = ("cut_short",)
+
+    def __init__(self) -> None:
+        self.cut_short = False
+
+    def __call__(self, con_ref: object, message: asyncpg.PostgresLogMessage) -> None:
+        if (
+            message.server_source_function == _STANDBY_WAIT_ROUTINE
+            or message.detail == _NOT_REPLICATED
+        ):
+            self.cut_short = True
+
+
 async def _insert(
     conn: asyncpg.pool.PoolConnectionProxy, columns: tuple[list[Any], ...], resent: bool
 ) -> bool:
     """_INSERT of ``columns``, ``resent`` after a try whose outcome is unknown; whether every
     row is now committed as the server promises a commit.
 
+    A commit whose wait for its synchronous standby is cancelled returns as a success with a
+    warning that the rows may be on the primary alone (_STANDBY_WAIT_ROUTINE): not confirmed.
+    asyncpg calls a log listener through the event loop, in the order the server sent, so the
+    warning, sent before the COMMIT's result, has been heard when ``execute`` returns. The
+    listener goes with the statement: asyncpg would warn about, then drop, one left on a
+    connection going back to the pool.
+
     A row a resend finds already there was committed by that try, at least on the primary's
     disk: a commit that waits for its synchronous standby and whose backend is ended meanwhile
     (terminated, the server stopping) "has already committed locally, but might not have been
-    replicated". The resend, which then writes nothing, commits at once without waiting for the
-    standby, so it confirms no more than the primary's copy: enough only for a server that
-    promises no more (no synchronous standby)."""
-    status = await conn.execute(_INSERT, *columns)
+    replicated" (and its connection is lost). The resend, which then writes nothing, commits at
+    once without waiting for the standby, so it confirms no more than the primary's copy:
+    enough only for a server that promises no more (no synchronous standby)."""
+    standby_wait = _StandbyWait()
+    conn.add_log_listener(standby_wait)
+    try:
+        status = await conn.execute(_INSERT, *columns)
+    finally:
+        # A proxy asyncpg detached, on losing its connection, raises; the listeners went with
+        # the connection.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.remove_log_listener(standby_wait)
+    if standby_wait.cut_short:
+        return False
     if not resent or int(status.rpartition(" ")[2]) == len(columns[0]):
         return True
     return not await conn.fetchval(_SYNCHRONOUS)
