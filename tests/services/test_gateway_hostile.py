@@ -1,11 +1,11 @@
 """The gateway against hostile clients and an unlucky operator, as real processes, with numbers.
 
 Each test sends what an attacker or a broken client would (a burst of large requests, oversized
-or half-sent headers, idle sockets, malformed numbers, repeated keys) or does what goes wrong in
-production (a hung model, SIGTERM mid-request), and asserts the answer and the cost: the memory
-peak from /proc/<pid>/status, the seconds to a 503. A foreign Host, like what else both services
-answer alike, is probed on each in test_each_service.py. The figures measured before and after
-these limits existed are in bench/results/hardening.md.
+or half-sent headers, idle sockets, unfinished bodies, malformed numbers, repeated keys) or does
+what goes wrong in production (a hung model, SIGTERM mid-request), and asserts the answer and the
+cost: the memory peak from /proc/<pid>/status, the seconds to a 503. A foreign Host, like what
+else both services answer alike, is probed on each in test_each_service.py. The figures measured
+before and after these limits existed are in bench/results/hardening.md.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 
 from components.app import GATEWAY_RESOURCES
 from harness.http import request
+from harness.metrics import samples
 from harness.poll import eventually, poll
 from harness.ports import free_port
 from harness.services import (
@@ -42,11 +43,13 @@ from tests.services.hostile import (
     exchange,
     memory_limit_mib,
     raw_request,
+    send_and_wait_for_close,
     with_content_length,
 )
 from tests.services.support import (
     error_of,
     https,
+    metric,
     predict,
     refused_at_start,
     self_signed_certificate,
@@ -171,6 +174,57 @@ def test_2000_idle_sockets_are_closed_within_the_default_header_timeout(
     finally:
         for sock in sockets:
             sock.close()
+        gateway.stop()
+
+
+# -- a body that never all arrives: counted, never as an answer it did not get ------------------
+
+REFUSED = "mlstack_gateway_refused_requests_total"
+IN_FLIGHT = "mlstack_gateway_requests_in_flight"
+
+
+def predict_answers(gateway: ServiceProcess) -> dict[str, float]:
+    """mlstack_gateway_requests_total of the predict endpoint, by status."""
+    assert gateway.metrics_url is not None
+    text = request("GET", gateway.metrics_url + "/metrics").body.decode()
+    return {
+        sample.labels["status"]: sample.value
+        for sample in samples(text)
+        if sample.name == "mlstack_gateway_requests_total"
+        and sample.labels["endpoint"] == "predict"
+    }
+
+
+def test_a_client_gone_mid_body_is_counted_as_unanswered_not_as_a_400(
+    gateway: ServiceProcess,
+) -> None:
+    gone_before = metric(gateway, REFUSED, reason="client_disconnected")
+    answered_before = predict_answers(gateway)
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(with_content_length(PREDICT.head, 100) + b'{"instances": [[5.1, ')
+        # Admitted, and reading the body, when the client goes.
+        eventually(lambda: metric(gateway, IN_FLIGHT) == 1, "the request in flight", 10)
+    eventually(lambda: metric(gateway, IN_FLIGHT) == 0, "the request ended", 10)
+    # Nobody was answered: no status is counted, and the server says why.
+    assert predict_answers(gateway) == answered_before
+    assert metric(gateway, REFUSED, reason="client_disconnected") == gone_before + 1
+
+
+def test_a_body_cut_off_at_its_timeout_is_counted_once_as_the_servers_408(
+    model_server: ServiceProcess, log_dir: Path
+) -> None:
+    # The server answers 408 and cuts the request off; the app, reading the body, sees a client
+    # that has gone.
+    gateway = start_gateway(model_server.url, log_dir, BODY_TIMEOUT_SECONDS="1")
+    try:
+        head = with_content_length(PREDICT.head, 100)
+        _, received = send_and_wait_for_close(gateway.port, head + b'{"instances": [[5.1, ')
+        assert received.startswith(b"HTTP/1.1 408 ")
+        eventually(lambda: metric(gateway, IN_FLIGHT) == 0, "the request ended", 10)
+        assert metric(gateway, REFUSED, reason="body_timeout") == 1
+        assert metric(gateway, REFUSED, reason="client_disconnected") == 0
+        assert sum(predict_answers(gateway).values()) == 0, predict_answers(gateway)
+    finally:
         gateway.stop()
 
 

@@ -1,5 +1,6 @@
 """A request's body, read by a bare ASGI handler within a byte limit: the one reader the gateway's
-predict and the model's infer share. Each service turns ``BodyError`` into its own error shape."""
+predict and the model's infer share. Each service turns ``BodyError`` into its own error shape,
+and answers nothing for ``ClientDisconnectedError``."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ class BodyError(Exception):
         self.message = message
 
 
-class ClientDisconnectedError(BodyError):
-    """The client went away before its whole body arrived: nobody may read the answer."""
+class ClientDisconnectedError(Exception):
+    """The client went away before its whole body arrived, or the server cut it off
+    (http_limits, which reports either): nobody may read an answer, so there is no status to
+    answer with, nor to count."""
 
     def __init__(self) -> None:
-        super().__init__(400, "client disconnected before sending the whole body")
+        super().__init__("client disconnected before sending the whole body")
 
 
 def _too_large(limit: int) -> BodyError:

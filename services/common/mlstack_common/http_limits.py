@@ -23,7 +23,10 @@ The timeouts are deadlines on each connection, checked every ``TICK_SECONDS`` by
 server while it has connections: with uvloop, arming and cancelling a timer for each request
 costs more than the rest of these limits together (bench/results/hardening.md).
 
-Every refusal closes the connection, and is reported to ``HttpLimits.on_refusal``. The close
+Every refusal closes the connection, and is reported to ``HttpLimits.on_refusal``; so is a client
+that closes its connection in the middle of a request's body, before any answer
+(``client_disconnected``). Either way, an application still reading that body sees a client that
+has gone (mlstack_common.body's ClientDisconnectedError), and answers and counts nothing. The close
 lingers: the answer goes out, then the connection's sending side is shut and what the client still
 sends is read and dropped for up to ``LINGER_SECONDS``, so that the client can read the answer
 instead of a reset that would discard it (its own end of sending closes the connection at once).
@@ -61,7 +64,8 @@ class HttpLimits:
     write_timeout: float
     max_connections: int
     # Told the reason of every refusal (header_too_large, header_timeout, body_timeout,
-    # malformed, write_timeout, max_connections).
+    # malformed, write_timeout, max_connections) and of every request whose client went away
+    # in the middle of its body (client_disconnected).
     on_refusal: Callable[[str], None] = _ignore
 
     @classmethod
@@ -121,8 +125,18 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         _watch(self.loop, self.server_state)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._turned_away:
-            super().connection_lost(exc)
+        if self._turned_away:
+            return
+        cycle = self.cycle
+        if (
+            not self._refused
+            and not self._reading_head
+            and cycle is not None
+            and not cycle.response_started
+        ):
+            # A request's head arrived, not all of its body, and nothing was answered yet.
+            self.limits.on_refusal("client_disconnected")
+        super().connection_lost(exc)
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -213,6 +227,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         refuse the request if its head or body is late."""
         if self._write_deadline is not None and now >= self._write_deadline:
             self._write_deadline = None
+            # Reported once: a pipelined request whose body was still coming goes with it.
+            self._refused = True
             self.limits.on_refusal("write_timeout")
             # close() would wait for the unsent bytes to go, which is what does not happen.
             self.transport.abort()

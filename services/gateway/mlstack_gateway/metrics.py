@@ -37,7 +37,8 @@ class GatewayMetrics:
         ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "mlstack_gateway_requests",
-            "HTTP requests answered, by endpoint and status code.",
+            "HTTP requests answered, by endpoint and status code. A request cut off before its "
+            "whole body arrived got no answer: it is in mlstack_gateway_refused_requests_total.",
             ["endpoint", "status"],
             registry=self.registry,
         )
@@ -119,7 +120,10 @@ class GatewayMetrics:
             "Requests and connections cut off by the HTTP server itself, by reason "
             "(header_too_large, header_timeout, body_timeout, malformed, write_timeout: a client "
             "that took none of its answer for WRITE_TIMEOUT_SECONDS, max_connections: a "
-            "connection beyond MAX_CONNECTIONS, answered 503).",
+            "connection beyond MAX_CONNECTIONS, answered 503), and requests whose client closed "
+            "the connection in the middle of the body (client_disconnected: nothing answered). "
+            "The application answers none of them, save write_timeout's (counted in "
+            "mlstack_gateway_requests_total, then dropped).",
             ["reason"],
             registry=self.registry,
         )

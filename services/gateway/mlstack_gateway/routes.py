@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from mlstack_common.asgi import error_response, json_response, send_json
-from mlstack_common.body import BodyError, read_body
+from mlstack_common.body import BodyError, ClientDisconnectedError, read_body
 from mlstack_common.counts import read_count
 from starlette.requests import Request
 from starlette.responses import Response
@@ -107,6 +107,10 @@ class GatewayRoutes:
         except ApiError as exc:
             self.count("predict", exc.status)
             await exc.response()(scope, receive, send)
+            return
+        except ClientDisconnectedError:
+            # Nobody to answer, so no status to count: the HTTP server counts the request
+            # (mlstack_gateway_refused_requests_total, by what ended it).
             return
         except Exception:
             log.exception("predict failed")
