@@ -31,6 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
 from components.app import MODEL_NAME
+from tests.services import oip
 from tests.services.oip import tensor
 
 VERSIONS = ["v1", "v2"]
@@ -102,6 +103,52 @@ def test_the_served_path_answers_as_sklearn_on_the_data_set(model_dir: Path, ver
     assert labels.data == expected
     assert proba.shape == (150, 3)
     assert proba.data == estimator.predict_proba(data).ravel().tolist()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("rows", [1, 3, 100], ids=["one-row", "batch", "batch-in-a-thread"])
+def test_a_request_naming_no_outputs_scores_its_rows_once(
+    model_dir: Path, tmp_path: Path, version: str, rows: int
+) -> None:
+    """Every output, as predict and predict_proba answer, from one pass of the scorer over the
+    rows (a linear model's scores, a tree's leaves), over REST JSON, the binary extension and
+    gRPC raw and typed, through the server's own handlers; 100 rows are more than
+    INLINE_BATCH_ROWS, so scored in the data plane's worker thread."""
+    data = _probe_rows()[:rows]
+    nested = data.tolist()
+    binary, headers = oip.binary_body(nested)
+    requests = {
+        "json": ("rest", orjson.dumps(oip.infer_body(nested)), {}),
+        "binary": ("rest", binary, headers),
+        "grpc-raw": ("grpc", oip.raw_message(nested).SerializeToString(), {}),
+        "grpc-typed": ("grpc", oip.typed_message(nested).SerializeToString(), {}),
+    }
+    requests_file = tmp_path / "requests.json"
+    requests_file.write_bytes(
+        orjson.dumps(
+            [
+                {"transport": transport, "body": body.hex(), "headers": fields}
+                for transport, body, fields in requests.values()
+            ]
+        )
+    )
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "tests.services.model_handlers"),
+            *(str(model_dir), version, str(requests_file)),
+        ],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    estimator = artifacts.load(model_dir, MODEL_NAME, version).estimator
+    expected = [estimator.predict(data).tolist(), estimator.predict_proba(data).ravel().tolist()]
+    for name, answer in zip(requests, json.loads(run.stdout), strict=True):
+        assert answer["outputs"] == expected, name
+        assert answer["passes"] == [rows], name
 
 
 # Finite doubles whose weighted sums pass the largest double: a linear model's scores overflow.

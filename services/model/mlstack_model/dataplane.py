@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 from mlstack_common.tensor_names import INPUT_NAME, OUTPUT_PREDICT, OUTPUT_PROBA
@@ -16,7 +15,7 @@ from mlstack_model import tensors
 from mlstack_model.admission import Admission
 from mlstack_model.errors import ErrorKind, ProtocolError, invalid
 from mlstack_model.loaded_model import LoadedModel
-from mlstack_model.scoring import ScoresOverflowError
+from mlstack_model.scoring import FloatMatrix, ScoresOverflowError
 from mlstack_model.settings import ModelSettings
 from mlstack_model.tensors import InferRequest, OutputTensor
 
@@ -94,21 +93,24 @@ def score(model: LoadedModel, request: InferRequest) -> list[OutputTensor]:
         if request.rows == 1 and len(requested) == 1 and requested[0].name == OUTPUT_PREDICT:
             # The usual request, one row's class: no matrix, no loop over outputs.
             return [tensors.predict_output([scorer.predict_row(request.data)])]
-        matrix: np.ndarray[Any, np.dtype[np.float64]] | None = None
+        matrix: FloatMatrix = np.asarray(request.data, dtype=np.float64).reshape(request.rows, -1)
         names = [output.name for output in requested]
-        if request.rows > 1 or OUTPUT_PROBA in names:
-            matrix = np.asarray(request.data, dtype=np.float64).reshape(request.rows, -1)
+        labels: list[int] | None = None
+        proba: FloatMatrix | None = None
+        if OUTPUT_PROBA not in names:
+            labels = scorer.predict_matrix(matrix)
+        elif OUTPUT_PREDICT not in names:
+            proba = scorer.predict_proba_matrix(matrix)
+        else:
+            # Both (what a request naming no outputs gets): the rows' scores computed once.
+            labels, proba = scorer.predict_and_proba_matrix(matrix)
         outputs: list[OutputTensor] = []
         for name in names:
             if name == OUTPUT_PREDICT:
-                if matrix is None:
-                    labels = [scorer.predict_row(request.data)]
-                else:
-                    labels = scorer.predict_matrix(matrix)
+                assert labels is not None
                 outputs.append(tensors.predict_output(labels))
             else:
-                assert matrix is not None
-                proba = scorer.predict_proba_matrix(matrix)
+                assert proba is not None
                 outputs.append(
                     tensors.proba_output(request.rows, int(proba.shape[1]), proba.ravel().tolist())
                 )

@@ -64,6 +64,10 @@ class Scorer(Protocol):
     def predict_proba_matrix(self, x: FloatMatrix) -> FloatMatrix:
         """Class probabilities of a (rows, features) float64 matrix."""
 
+    def predict_and_proba_matrix(self, x: FloatMatrix) -> tuple[list[int], FloatMatrix]:
+        """Both of the above from one computation of the rows' scores (a request that names no
+        outputs gets both)."""
+
 
 class LinearScorer:
     """A multinomial linear classifier (LogisticRegression with three classes or more): the
@@ -114,13 +118,22 @@ class LinearScorer:
         return labels
 
     def predict_proba_matrix(self, x: FloatMatrix) -> FloatMatrix:
-        # scikit-learn's softmax, step by step: less the row's maximum, exp in place, over the
-        # row's sum.
+        return _softmax(self._decision(x))
+
+    def predict_and_proba_matrix(self, x: FloatMatrix) -> tuple[list[int], FloatMatrix]:
         scores = self._decision(x)
-        scores -= scores.max(axis=1).reshape((-1, 1))
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=1).reshape((-1, 1))
-        return scores
+        # The classes first: the softmax overwrites the scores.
+        labels: list[int] = self._classes_arr[scores.argmax(axis=1)].tolist()
+        return labels, _softmax(scores)
+
+
+def _softmax(scores: FloatMatrix) -> FloatMatrix:
+    """scikit-learn's softmax, step by step and in place: less the row's maximum, exp, over the
+    row's sum."""
+    scores -= scores.max(axis=1).reshape((-1, 1))
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=1).reshape((-1, 1))
+    return scores
 
 
 class TreeScorer:
@@ -196,6 +209,12 @@ class TreeScorer:
         proba: FloatMatrix = self._value[self._leaves(x)]
         return proba
 
+    def predict_and_proba_matrix(self, x: FloatMatrix) -> tuple[list[int], FloatMatrix]:
+        leaves = self._leaves(x)
+        labels: list[int] = self._leaf_class_arr[leaves].tolist()
+        proba: FloatMatrix = self._value[leaves]
+        return labels, proba
+
 
 def _depth(left: list[int], right: list[int]) -> int:
     """The number of edges on the tree's longest path from the root."""
@@ -223,6 +242,11 @@ class EstimatorScorer:
 
     def predict_proba_matrix(self, x: FloatMatrix) -> FloatMatrix:
         return np.asarray(self._estimator.predict_proba(x), dtype=np.float64)
+
+    def predict_and_proba_matrix(self, x: FloatMatrix) -> tuple[list[int], FloatMatrix]:
+        # Two calls: an estimator's predict need not be the argmax of its predict_proba (a
+        # neighbours vote, say), and only its own methods are known to answer as it does.
+        return self.predict_matrix(x), self.predict_proba_matrix(x)
 
 
 def compile_scorer(estimator: Any) -> LinearScorer | TreeScorer | None:
