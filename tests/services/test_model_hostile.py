@@ -153,54 +153,72 @@ def test_grpc_refuses_values_outside_their_datatype(
     assert datatype in (error.details() or "")
 
 
-# Finite FP64 values whose weighted sums pass the largest double: v1's (a linear model's) scores
-# overflow, and the row can have no class and no probabilities.
-OVERFLOWING = [1e308, -1e308, 1e308, 1e308]
-OUT_OF_RANGE = "input 'input-0' is out of the model's range: the values of row {} overflow"
+# Finite FP64 values each model cannot score: v1's (a linear model's) weighted sums pass the
+# largest double; on v2 (a tree), a value beyond float32 becomes infinity in the features it
+# compares (here one that a setosa's path never compares). Either way, the row can have no class
+# and no probabilities.
+OVERFLOWING = {
+    "v1": ([1e308, -1e308, 1e308, 1e308], "its scores"),
+    "v2": ([1e39, 3.5, 1.4, 0.2], "its float32 features"),
+}
+OUT_OF_RANGE = "input 'input-0' is out of the model's range: the values of row {} overflow {}"
+Overflowing = tuple[ModelProcess, list[float], str]
+
+
+@pytest.fixture(params=["v1", "v2"])
+def overflowing(request: pytest.FixtureRequest) -> Overflowing:
+    """A server of each version, a row whose values overflow its model's arithmetic, and what
+    the refusal says overflows."""
+    version: str = request.param
+    server = request.getfixturevalue("model_v1" if version == "v1" else "model_server")
+    return server, *OVERFLOWING[version]
 
 
 @pytest.mark.parametrize(
     ("rows", "outputs", "row"),
     [
-        ([OVERFLOWING], [{"name": "predict"}], 0),  # the one-row fast path
-        ([OVERFLOWING], None, 0),
-        ([SETOSA, SETOSA, OVERFLOWING], [{"name": "predict"}], 2),
-        ([SETOSA, OVERFLOWING], [{"name": "predict_proba"}], 1),
+        (1, [{"name": "predict"}], 0),  # the one-row fast path
+        (1, None, 0),
+        (3, [{"name": "predict"}], 2),
+        (2, [{"name": "predict_proba"}], 1),
     ],
     ids=["one-row-predict", "one-row-every-output", "batch-predict", "batch-proba"],
 )
 def test_rest_refuses_a_row_whose_scores_overflow(
-    model_v1: ModelProcess, rows: list[list[float]], outputs: Any, row: int
+    overflowing: Overflowing, rows: int, outputs: Any, row: int
 ) -> None:
     """Not a class picked from infinities and probabilities of NaN (null in JSON): 400 naming
-    the input and the row, over JSON and over the binary extension."""
+    the input and the row (of ``rows`` setosas), over JSON and over the binary extension."""
+    model, values, what = overflowing
+    batch = [values if index == row else SETOSA for index in range(rows)]
     fields = {} if outputs is None else {"outputs": outputs}
-    logged_before = model_v1.log_path.stat().st_size
-    reply = rest_infer(model_v1, infer_body(rows, **fields))
+    logged_before = model.log_path.stat().st_size
+    reply = rest_infer(model, infer_body(batch, **fields))
     assert reply.status == 400, reply.body
-    assert reply.json()["error"].startswith(OUT_OF_RANGE.format(row))
-    body, headers = oip.binary_body(rows, header=fields)
-    binary = rest_infer(model_v1, body, **headers)
+    assert reply.json()["error"] == OUT_OF_RANGE.format(row, what)
+    body, headers = oip.binary_body(batch, header=fields)
+    binary = rest_infer(model, body, **headers)
     assert (binary.status, binary.json()) == (400, reply.json())
-    with model_v1.log_path.open("rb") as log:
+    with model.log_path.open("rb") as log:
         log.seek(logged_before)
         logged = log.read().decode(errors="replace")
     assert "Warning" not in logged and "Traceback" not in logged, logged
 
 
 @pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
-def test_grpc_refuses_a_row_whose_scores_overflow(model_v1: ModelProcess, raw: bool) -> None:
-    rows = [SETOSA, OVERFLOWING]
+def test_grpc_refuses_a_row_whose_scores_overflow(overflowing: Overflowing, raw: bool) -> None:
+    model, values, what = overflowing
+    rows = [SETOSA, values]
     message = raw_message(rows) if raw else typed_message(rows)
-    error = grpc_infer(model_v1.grpc_target, message)
+    error = grpc_infer(model.grpc_target, message)
     assert error is not None
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert (error.details() or "").startswith(OUT_OF_RANGE.format(1))
-    one_row = raw_message([OVERFLOWING]) if raw else typed_message([OVERFLOWING])
+    assert error.details() == OUT_OF_RANGE.format(1, what)
+    one_row = raw_message([values]) if raw else typed_message([values])
     one_row.outputs.add(name="predict")
-    error = grpc_infer(model_v1.grpc_target, one_row)
+    error = grpc_infer(model.grpc_target, one_row)
     assert error is not None
-    assert (error.details() or "").startswith(OUT_OF_RANGE.format(0))
+    assert error.details() == OUT_OF_RANGE.format(0, what)
 
 
 def test_large_finite_scores_are_answered(model_v1: ModelProcess) -> None:

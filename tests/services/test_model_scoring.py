@@ -174,6 +174,42 @@ def test_the_linear_scorer_refuses_a_row_whose_scores_overflow(model_dir: Path) 
     assert refused.value.row == 2
 
 
+# A double beyond float32's range in a feature a setosa's path through the tree never compares.
+BEYOND_FLOAT32 = [1e39, 3.5, 1.4, 0.2]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_the_tree_scorer_refuses_a_row_not_finite_as_float32(model_dir: Path) -> None:
+    """The tree compares float32 features: a finite double beyond float32 becomes infinity
+    there, and scikit-learn's tree refuses the row; every method names it, whether or not the
+    row's path compares that feature."""
+    estimator = artifacts.load(model_dir, MODEL_NAME, "v2").estimator
+    scorer = artifacts.load_scorer(model_dir, MODEL_NAME, "v2")
+    assert isinstance(scorer, TreeScorer)
+    with pytest.raises(ValueError, match="too large for dtype"):
+        estimator.predict(np.asarray([BEYOND_FLOAT32]))
+    for row in (BEYOND_FLOAT32, OVERFLOWING, [5.1, 3.5, 1.4, -3.5e38]):
+        with pytest.raises(ScoresOverflowError, match="overflow its float32 features") as refused:
+            scorer.predict_row(row)
+        assert refused.value.row == 0
+    batch = np.asarray([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], BEYOND_FLOAT32])
+    methods = (scorer.predict_matrix, scorer.predict_proba_matrix, scorer.predict_and_proba_matrix)
+    for method in methods:
+        with pytest.raises(ScoresOverflowError) as refused:
+            method(batch)
+        assert refused.value.row == 2
+
+
+def test_the_tree_answers_values_up_to_the_largest_float32(model_dir: Path) -> None:
+    estimator = artifacts.load(model_dir, MODEL_NAME, "v2").estimator
+    scorer = artifacts.load_scorer(model_dir, MODEL_NAME, "v2")
+    largest = float(np.finfo(np.float32).max)
+    rows = np.asarray([[largest, 3.5, 1.4, 0.2], [5.1, -largest, largest, largest]])
+    assert scorer.predict_matrix(rows) == estimator.predict(rows).tolist()
+    assert [scorer.predict_row(row) for row in rows.tolist()] == estimator.predict(rows).tolist()
+    assert np.array_equal(scorer.predict_proba_matrix(rows), estimator.predict_proba(rows))
+
+
 def test_large_finite_scores_are_still_answered(model_dir: Path) -> None:
     """Only scores that overflow are refused: values far outside the data set whose scores
     stay finite get the class and probabilities sklearn gives."""

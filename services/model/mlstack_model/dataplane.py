@@ -85,8 +85,9 @@ class DataPlane:
 
 def score(model: LoadedModel, request: InferRequest) -> list[OutputTensor]:
     """The requested output tensors for one validated infer request; refused (400) when a row
-    lies so far out that the model's scores overflow, rather than answered with a class picked
-    from infinities and probabilities of NaN."""
+    lies so far out that the model's arithmetic overflows (a linear model's scores, a tree's
+    float32 features), rather than answered with a class picked from infinities and
+    probabilities of NaN."""
     scorer = model.scorer
     requested = request.outputs
     try:
@@ -118,5 +119,5 @@ def score(model: LoadedModel, request: InferRequest) -> list[OutputTensor]:
     except ScoresOverflowError as exc:
         raise invalid(
             f"input {INPUT_NAME!r} is out of the model's range: the values of row {exc.row} "
-            "overflow its scores"
+            f"overflow {exc.overflows}"
         ) from None

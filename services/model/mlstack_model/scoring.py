@@ -9,7 +9,8 @@ server rebuilds the scorer from them with numpy alone, and never unpickles. Its 
 on random points): the same operations on the same operands, in the same order. Where those
 operations overflow (a linear model's scores, for inputs near the largest double), scikit-learn
 answers a class picked from infinities and probabilities of NaN; these scorers refuse the row
-(``ScoresOverflowError``).
+(``ScoresOverflowError``). So does the tree scorer for a row that is not finite once cast to the
+float32 a tree compares (any double beyond 3.4e38), as scikit-learn's tree refuses it.
 
 An estimator without a compiled form is served by its pickle and scikit-learn's own methods.
 """
@@ -41,13 +42,15 @@ warnings.filterwarnings(
 
 
 class ScoresOverflowError(ValueError):
-    """A row's scores are not finite: its values, finite as they are, lie so far outside what the
-    model was fitted on that its arithmetic overflows (a linear model's weighted sum passing the
-    largest double), so no class and no probability can be computed from them."""
+    """A row's values, finite as they are, lie so far outside what the model was fitted on that
+    its arithmetic overflows (``overflows`` says where: a linear model's weighted sum passing the
+    largest double, or a value beyond the float32 a tree compares), so no class and no
+    probability can be computed from them."""
 
-    def __init__(self, row: int) -> None:
-        super().__init__(f"row {row}: the model's scores overflow")
+    def __init__(self, row: int, overflows: str = "its scores") -> None:
+        super().__init__(f"row {row}: the values overflow {overflows}")
         self.row = row
+        self.overflows = overflows
 
 
 class Scorer(Protocol):
@@ -136,9 +139,15 @@ def _softmax(scores: FloatMatrix) -> FloatMatrix:
     return scores
 
 
+# What a tree's overflow is (ScoresOverflowError.overflows).
+TREE_OVERFLOWS: Final = "its float32 features"
+
+
 class TreeScorer:
     """A fitted single-output DecisionTreeClassifier: walk the node arrays to a leaf; each leaf
-    holds its class and its class fractions."""
+    holds its class and its class fractions. A row with a value that is not finite as float32
+    (a double beyond 3.4e38) raises ``ScoresOverflowError``, as scikit-learn's tree refuses it,
+    whether or not the row's path compares that feature."""
 
     def __init__(
         self,
@@ -182,6 +191,10 @@ class TreeScorer:
     def predict_row(self, row: Sequence[float]) -> int:
         # predict compares float32 features with float64 thresholds: round the same way.
         values = array("f", row)
+        # array("f") turns a double beyond float32 into infinity. The sum of a row of finite
+        # float32 values cannot overflow a double, so it is finite exactly when they all are.
+        if not math.isfinite(sum(values)):
+            raise ScoresOverflowError(0, TREE_OVERFLOWS)
         left, right, feature, threshold = self._left, self._right, self._feature, self._threshold
         node = 0
         while left[node] != -1:
@@ -191,6 +204,9 @@ class TreeScorer:
     def _leaves(self, x: FloatMatrix) -> npt.NDArray[np.intp]:
         """Each row's leaf, every row one level further per step (the tree's depth in all)."""
         x32 = np.asarray(x, dtype=np.float32)
+        finite = np.isfinite(x32)
+        if not finite.all():
+            raise ScoresOverflowError(int(finite.all(axis=1).argmin()), TREE_OVERFLOWS)
         rows = np.arange(x32.shape[0])
         node = np.zeros(x32.shape[0], dtype=np.intp)
         for _ in range(self._depth):
