@@ -15,7 +15,8 @@ database put back as it was at a point in time, from the stack's pgBackRest repo
 3. in the primary, a transaction committed after the time by the database's clock (a later
    time is refused): a recovery to a time ends at the first commit after it, which a quiet
    database may not have; `pgbackrest check`: the WAL up to now is in the repository; and a
-   backup older than the time is there to start from;
+   backup that ended in a second before the time's is there to start from (pgBackRest's
+   choice);
 4. scale the StatefulSet to 0, and make the ConfigMap `database-restore` (a request id, the
    time): a failure until then scales the StatefulSet back, and nothing else has changed;
 5. remove Patroni's state (its ConfigMaps), so that the cluster is made anew, and scale back:
@@ -34,6 +35,7 @@ import argparse
 import datetime as dt
 import enum
 import json
+import math
 import sys
 import tempfile
 import time
@@ -443,14 +445,17 @@ def restore(stack: Stack, moment: dt.datetime) -> tuple[str, float]:
     mark_now(kubectl, primary, moment)
     # Every WAL segment up to now archived, the mark's too: the replay reaches any time before.
     pgbackrest(kubectl, primary, "check")
+    # pgBackRest starts from the newest backup whose stop time, in whole seconds, is less than
+    # the target's second (a fraction of it is dropped), and fails the restore without one.
     oldest = min((b["timestamp"]["stop"] for b in good_backups(kubectl, primary)), default=None)
-    if oldest is None or oldest > moment.timestamp():
+    if oldest is None or oldest >= math.floor(moment.timestamp()):
         first = (
             dt.datetime.fromtimestamp(oldest, dt.UTC).isoformat() if oldest is not None else None
         )
         raise BackupError(
             f"no backup ended before {moment.isoformat()} (the oldest ended "
-            f"{first or 'never: there is none'}); `make backup STACK={stack.name}` takes one"
+            f"{first or 'never: there is none'}; pgBackRest starts from one that ended in an "
+            f"earlier second); `make backup STACK={stack.name}` takes one"
         )
     request = Request(uuid.uuid4().hex[:12], target)
     start = time.monotonic()

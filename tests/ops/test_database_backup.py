@@ -450,7 +450,8 @@ def test_restore_without_a_backup_before_the_time_touches_nothing(
     assert (code, out) == (1, "")
     assert err == (
         "restore: error: no backup ended before 2026-12-04T21:30:00+00:00 (the oldest ended "
-        f"{oldest}); `make backup STACK=prod` takes one\n"
+        f"{oldest}; pgBackRest starts from one that ended in an earlier second); "
+        "`make backup STACK=prod` takes one\n"
     )
     assert fakes.changes() == [
         MARKED,
@@ -522,12 +523,33 @@ def test_a_time_of_now_is_one_to_restore_to(
     assert (code, err) == (0, "")
 
 
-def test_a_backup_that_ended_at_the_time_is_one_to_start_from(
+def test_a_backup_that_ended_a_second_before_the_time_is_one_to_start_from(
     fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fakes.restore_cluster(pgbackrest={"info --output=json": answer(backup_info((MOMENT, False)))})
+    ended = MOMENT - dt.timedelta(seconds=1)
+    fakes.restore_cluster(pgbackrest={"info --output=json": answer(backup_info((ended, False)))})
     code, _, err = restore(capsys, "2026-12-04 21:30:00+00:00")
     assert (code, err) == (0, "")
+
+
+@pytest.mark.parametrize("moment", ["2026-12-04 21:30:00+00:00", "2026-12-04 21:30:00.900+00:00"])
+def test_a_backup_that_ended_in_the_second_of_the_time_is_none_to_start_from(
+    moment: str, fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pgBackRest picks the newest backup whose stop time, in whole seconds, is less than the
+    target's second, and fails the restore without one: refused before anything changes."""
+    fakes.restore_cluster(pgbackrest={"info --output=json": answer(backup_info((MOMENT, False)))})
+    code, out, err = restore(capsys, moment)
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        f"restore: error: no backup ended before {dt.datetime.fromisoformat(moment).isoformat()} "
+    )
+    assert "the oldest ended 2026-12-04T21:30:00+00:00; pgBackRest starts from one" in err
+    assert fakes.changes() == [
+        MARKED,
+        pgbackrest_in("database-1", "check"),
+        pgbackrest_in("database-1", "info", "--output=json"),
+    ]
 
 
 def test_the_request_is_kept_when_the_instances_never_settle(
