@@ -7,7 +7,8 @@ by Patroni's own switchover.
 3. In the primary's `postgres` container, run
    `patronictl switchover --leader <primary> [--candidate <instance>] --force database`.
    Patroni hands over only to a replica that is in sync; with no candidate it picks one of the
-   synchronous standbys.
+   synchronous standbys. A switchover Patroni took but did not see end within its API's poll
+   (`Switchover status unknown`: a primary slow to shut down) goes on: it is waited for too.
 4. Wait until the new primary's pod carries role=primary, the old one role=replica, and the
    Service `database` has the new primary as its only endpoint. Print old → new and the time.
 
@@ -40,8 +41,11 @@ CONTAINER: Final = database.POSTGRES_CONTAINER
 WAIT_SECONDS: Final = 120
 PATRONICTL_SECONDS: Final = 120
 POLL_SECONDS: Final = 0.5
-# What patronictl prints, exiting 0, when Patroni's API turns the switchover down.
+# What patronictl prints, exiting 0, when Patroni's API turns the switchover down; and, among
+# those, what it prints when the API wrote the switchover into Patroni's state but stopped
+# polling for its end (20 s) before it came: the switchover goes on, and is not refused.
 REFUSED: Final = re.compile(r"^Switchover failed, details: .*$", re.MULTILINE)
+PENDING: Final = "Switchover failed, details: 503, Switchover status unknown"
 
 
 class SwitchoverError(StackError):
@@ -179,14 +183,17 @@ def patronictl_list(kubectl: Kubectl) -> str:
     return kubectl.shown("exec", pod_name(0), "--container", CONTAINER, "--", "patronictl", "list")
 
 
-def run_patronictl(kubectl: Kubectl, primary: str, target: str | None) -> None:
-    """Patroni's switchover; a SwitchoverError when patronictl (or kubectl exec) refuses."""
+def run_patronictl(kubectl: Kubectl, primary: str, target: str | None) -> str | None:
+    """Patroni's switchover; a SwitchoverError when patronictl (or kubectl exec) refuses. Returns
+    what Patroni said when it took the switchover without seeing it end (PENDING), else None."""
     argv = patronictl_switchover(primary, target)
     result = kubectl.exec(primary, CONTAINER, *argv, timeout=PATRONICTL_SECONDS)
     output = f"{result.stdout}\n{result.stderr}"
     refused = REFUSED.search(output)
     if result.returncode == 0 and refused is None:
-        return
+        return None
+    if result.returncode == 0 and refused is not None and refused.group(0).strip() == PENDING:
+        return PENDING
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error")]
     detail = refused.group(0) if refused else (errors or lines or ["(no output)"])[-1]
@@ -213,7 +220,7 @@ def switchover(stack: Stack, wanted: int | None, timeout: float) -> tuple[str, s
     old = current_primary(before, kubectl, "to hand over from")
     target = candidate(instances, old, wanted)
     start = time.monotonic()
-    run_patronictl(kubectl, old, target)
+    pending = run_patronictl(kubectl, old, target)
     last, new = before, None
 
     def switched() -> bool:
@@ -226,10 +233,14 @@ def switchover(stack: Stack, wanted: int | None, timeout: float) -> tuple[str, s
     try:
         wait_until(switched, f"{expected} as the primary", timeout, interval=POLL_SECONDS)
     except RuntimeError as error:
+        taken = (
+            f"Patroni took the switchover from {old} to {expected} ({pending})"
+            if pending
+            else f"patronictl accepted the switchover from {old} to {expected}"
+        )
         raise SwitchoverError(
-            f"patronictl accepted the switchover from {old} to {expected}, but {timeout:g} s "
-            f"later the pods and the Service show {last.describe()}; see "
-            f"`{patronictl_list(kubectl)}`"
+            f"{taken}, but {timeout:g} s later the pods and the Service show "
+            f"{last.describe()}; see `{patronictl_list(kubectl)}`"
         ) from error
     assert new is not None  # wait_until returned: switched() found it
     return old, new, time.monotonic() - start

@@ -210,6 +210,37 @@ def test_a_refusal_is_one_error_with_patronis_reason_and_no_wait(
     assert fakes.looks_after_exec() == 0
 
 
+# What patronictl prints, exiting 0, when Patroni wrote the switchover into its state but did
+# not see it end within its API's 20 s poll (a primary slow to shut down): it goes on after.
+UNKNOWN = (
+    "Current cluster topology\n...\nSwitchover failed, details: 503, Switchover status unknown"
+)
+
+
+def test_a_switchover_patroni_has_not_seen_end_yet_is_waited_for(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.cluster([BEFORE, state(roles("replica", "replica", "replica")), ON_2],
+                  patronictl=(0, UNKNOWN, ""))  # fmt: skip
+    code, out, err = run(capsys, "--to", "2")
+    assert (code, err) == (0, "")
+    assert out.startswith("switchover: database-0 → database-2 in ")
+    assert fakes.looks_after_exec() == 2
+
+
+def test_a_switchover_of_unknown_status_that_never_shows_names_what_patroni_said(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.cluster([BEFORE], patronictl=(0, UNKNOWN, ""))
+    code, out, err = run(capsys, "--to", "2", "--timeout", "0.2")
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        "switchover: error: Patroni took the switchover from database-0 to database-2 "
+        "(Switchover failed, details: 503, Switchover status unknown), but 0.2 s later the pods "
+        "and the Service show database-0 primary, database-1 replica, database-2 replica; "
+    )
+
+
 def test_a_switchover_that_does_not_show_is_a_timeout_naming_what_was_seen(
     fakes: Fakes, capsys: pytest.CaptureFixture[str]
 ) -> None:
