@@ -197,7 +197,13 @@ def run_patronictl(kubectl: Kubectl, primary: str, target: str | None) -> str | 
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error")]
     detail = refused.group(0) if refused else (errors or lines or ["(no output)"])[-1]
-    if "sync_standby" in detail:
+    if "sync_standby" in detail and target is None:
+        # Synchronous mode, and no standby has every acknowledged commit: none may take over.
+        detail += (
+            "; no standby is synchronous now (one that is catching up, or none running): run it "
+            f"again once `{argv[0]} list` shows a Sync Standby"
+        )
+    elif "sync_standby" in detail:
         # Synchronous mode: only a standby that has every acknowledged commit may take over.
         detail += (
             f"; Patroni hands over only to the synchronous standby (Sync Standby in `{argv[0]} "

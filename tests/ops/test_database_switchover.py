@@ -210,6 +210,25 @@ def test_a_refusal_is_one_error_with_patronis_reason_and_no_wait(
     assert fakes.looks_after_exec() == 0
 
 
+def test_with_no_synchronous_standby_the_refusal_says_to_wait_for_one(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No instance asked, and none in sync (the standby restarted and is catching up): giving
+    an instance would not help, only waiting does."""
+    refused = (
+        "Switchover failed, details: 412, switchover is not possible: can not find sync_standby"
+    )
+    fakes.cluster([BEFORE, ON_1], patronictl=(0, f"Current cluster topology\n...\n{refused}", ""))
+    code, out, err = run(capsys)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"switchover: error: patronictl switchover in database-0 refused: {refused}; no standby "
+        "is synchronous now (one that is catching up, or none running): run it again once "
+        "`patronictl list` shows a Sync Standby\n"
+    )
+    assert fakes.looks_after_exec() == 0
+
+
 # What patronictl prints, exiting 0, when Patroni wrote the switchover into its state but did
 # not see it end within its API's 20 s poll (a primary slow to shut down): it goes on after.
 UNKNOWN = (
