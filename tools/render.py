@@ -9,7 +9,8 @@ cloud is touched. Each object is written as it reaches the provider (camelCase k
 integers, the names the components set), one file per object named `<kind>-<name>.yaml`, keys
 sorted (apiVersion, kind, metadata first) so that two renders diff line by line. Resources that
 are not Kubernetes objects (docker, gcp, eks, providers, components) are left out. The values of
-a Secret are never written: each becomes `<secret>`.
+a Secret are never written: each becomes `<secret>`. A render replaces the manifests an earlier
+one wrote in its folder and leaves every other file there as it is.
 """
 
 from __future__ import annotations
@@ -137,11 +138,26 @@ def render(stack: str) -> list[Manifest]:
     return manifests(run_program(stack))
 
 
+def written_before(path: Path) -> bool:
+    """Whether `path` is a manifest as `write` writes them: a YAML file named for the kind and
+    name of the one object it holds. Nothing else in a folder is a render's to remove."""
+    try:
+        body = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
+        return False
+    kind, name = body.get("kind"), body["metadata"].get("name")
+    return isinstance(kind, str) and isinstance(name, str) and path.name == Manifest(body).filename
+
+
 def write(found: Iterable[Manifest], out: Path) -> list[Path]:
-    """Replace the manifests in `out` with `found`; refuse to write a secret value."""
+    """Replace the manifests an earlier render wrote in `out` with `found`, leaving any other
+    file there as it is; refuse to write a secret value."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.yaml"):
-        stale.unlink()
+        if written_before(stale):
+            stale.unlink()
     written: list[Path] = []
     for manifest in found:
         text = manifest.to_yaml()

@@ -80,9 +80,27 @@ def test_rendering_is_stable(prod: Path, tmp_path: Path) -> None:
 
 
 def test_write_replaces_stale_manifests(tmp_path: Path) -> None:
-    (tmp_path / "deployment-gone.yaml").write_text("kind: Deployment\n")
+    (tmp_path / "deployment-gone.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gone\n"
+    )
     written = render.write(render.render("dev"), tmp_path)
     assert sorted(tmp_path.glob("*.yaml")) == sorted(written)
+
+
+def test_write_leaves_every_other_file_in_the_folder_as_it_was(tmp_path: Path) -> None:
+    """`--out .` from the project's root, say: its stack files are no manifests of a render."""
+    others = {
+        "Pulumi.yaml": "name: mlstack\nruntime: python\n",
+        "Pulumi.dev.yaml": "config:\n  mlstack:cluster: {provider: local}\n",
+        # A manifest of someone's, under a name that is not its own kind and name.
+        "gateway.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gateway\n",
+        "notes.yaml": "- [unclosed\n",
+        "deployment-gone.yml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: gone}\n",
+    }
+    for name, text in others.items():
+        (tmp_path / name).write_text(text)
+    written = render.write(render.render("dev"), tmp_path)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir() if p not in written} == others
 
 
 def test_built_images_are_deployed_by_digest_and_pulled_if_not_present(prod: Path) -> None:
