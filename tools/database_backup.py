@@ -6,6 +6,7 @@ database put back as it was at a point in time, from the stack's pgBackRest repo
     python -m tools.database_backup restore --stack prod --time '2026-12-04 21:30:00+00:00'
 
 `backup` runs pgBackRest in the primary's `backups` container and prints the repository's list.
+Both refuse, before anything runs, a stack deployed without backups (no `backups` container).
 
 `restore` replaces every instance's data; predictions are refused (503) while it runs:
 1. a time later than now (this machine's clock) is refused before anything is asked or changed:
@@ -150,9 +151,22 @@ def good_backups(kubectl: Kubectl, pod: str) -> list[dict[str, Any]]:
     return [b for stanza in found for b in stanza.get("backup") or [] if not b.get("error")]
 
 
+def require_backups(stack: Stack, instances: Instances) -> None:
+    """Refuse a stack deployed without `mlstack:database.backup`: its pods have no backups
+    container, and there is no repository to back up to or restore from."""
+    if CONTAINER not in instances.containers:
+        raise BackupError(
+            f"stack {stack.name} has no backups: its database pods have no {CONTAINER} container "
+            '(mlstack:database.backup turns them on; README, "Backups and restore"); nothing '
+            "was changed"
+        )
+
+
 def backup(stack: Stack, kind: str) -> str:
     kubectl = Kubectl(stack)
-    primary = current_primary(Instances(kubectl).snapshot(), kubectl, "to back up")
+    instances = Instances(kubectl)
+    require_backups(stack, instances)
+    primary = current_primary(instances.snapshot(), kubectl, "to back up")
     pgbackrest(kubectl, primary, "backup", f"--type={kind}", timeout=BACKUP_SECONDS)
     return pgbackrest(kubectl, primary, "info")
 
@@ -420,6 +434,7 @@ def restore(stack: Stack, moment: dt.datetime) -> tuple[str, float]:
     request already there is finished when it is for the same time, else refused."""
     kubectl = Kubectl(stack)
     instances = Instances(kubectl)
+    require_backups(stack, instances)
     run = Restore(stack, kubectl, instances)
     target = recovery_target(moment)
     pending = pending_request(kubectl)

@@ -118,6 +118,9 @@ class Instances:
             namespace = kubectl.stack.namespace
             raise SwitchoverError(f"there is no StatefulSet {STATEFULSET} in {namespace}")
         self.count = int(statefulset["spec"].get("replicas", 1))
+        pod = (statefulset["spec"].get("template") or {}).get("spec") or {}
+        # The containers of each instance's pod, by name.
+        self.containers = frozenset(c["name"] for c in pod.get("containers") or [])
         labels = statefulset["spec"]["selector"]["matchLabels"]
         self.selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 

@@ -7,7 +7,8 @@ It logs every call to kubectl-calls.jsonl. Standard library only: it runs as a s
 cluster.json holds:
 - `namespace`, the only one it answers in; `selector`, the pods' labels; `role_label`;
 - `replicas`: the StatefulSet's (None: there is none); a scale sets it and moves to the phase
-  `stopping` (to 0) or `starting`;
+  `stopping` (to 0) or `starting`; `containers`: the names of its pods' containers, the only
+  ones an exec reaches;
 - `phases`: each phase's states (`roles`: pod → role label; `endpoints`: pod → ready;
   `restarts`: pod → its postgres container's restarts, 0 when not named), `phase`
   and `at`, the state seen (the phase's last once `at` passes it); while `advancing`, each look
@@ -39,8 +40,13 @@ def selects(selector: str, labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in pairs)
 
 
-def answer(cluster: dict[str, Any], argv: list[str]) -> NoReturn:
-    """Print what `argv`, run in a pod, prints, save the cluster and exit with its code."""
+def answer(cluster: dict[str, Any], command: list[str]) -> NoReturn:
+    """Print what the program `exec` runs in a pod prints, save the cluster and exit with its
+    code; refuse, as kubectl does, a container the pods do not have."""
+    container = command[command.index("--container") + 1]
+    if container not in cluster["containers"]:
+        sys.exit(f'error: unable to upgrade connection: container not found ("{container}")')
+    argv = command[command.index("--") + 1 :]
     answers = cluster["exec"].get(argv[0], {})
     found = answers.get(" ".join(argv[1:]), answers.get("*"))
     if found is None:
@@ -77,7 +83,9 @@ def respond(cluster: dict[str, Any], command: list[str]) -> None:
     if command[:3] == ["get", "statefulset", "database"]:
         if cluster["replicas"] is not None:
             selector = {"matchLabels": cluster["selector"]}
-            spec = {"replicas": cluster["replicas"], "selector": selector}
+            containers = [{"name": name} for name in cluster["containers"]]
+            template = {"spec": {"containers": containers}}
+            spec = {"replicas": cluster["replicas"], "selector": selector, "template": template}
             print(json.dumps({"kind": "StatefulSet", "spec": spec}))
     elif command[:2] == ["get", "pods"]:
         wanted = ",".join(f"{k}={v}" for k, v in sorted(cluster["selector"].items()))
@@ -118,7 +126,7 @@ def respond(cluster: dict[str, Any], command: list[str]) -> None:
             metadata = {"name": command[2], "labels": found["labels"]}
             print(json.dumps({"kind": "ConfigMap", "metadata": metadata, "data": found["data"]}))
     elif command[:1] == ["exec"]:
-        answer(cluster, command[command.index("--") + 1 :])
+        answer(cluster, command)
     elif command[:3] == ["scale", "statefulset", "database"]:
         cluster["replicas"] = int(command[3].removeprefix("--replicas="))
         cluster["phase"] = "starting" if cluster["replicas"] else "stopping"

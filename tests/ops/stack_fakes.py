@@ -157,7 +157,7 @@ class Fakes:
         cluster = {
             "namespace": NAMESPACE, "selector": SELECTOR, "role_label": database.ROLE_LABEL,
             "replicas": 3, "phase": "running", "at": 0, "advancing": False, "target_ref": True,
-            "exec": {}, "configmaps": {}, **fields,
+            "containers": ["postgres", "backups"], "exec": {}, "configmaps": {}, **fields,
         }  # fmt: skip
         (self.folder / "cluster.json").write_text(json.dumps(cluster))
 

@@ -300,6 +300,28 @@ def test_without_one_primary_nothing_runs(
     assert fakes.changes() == []
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["backup"], ["restore", "--time", "2026-12-04 22:30:00+01:00"]],
+    ids=["backup", "restore"],
+)
+def test_a_stack_without_backups_is_told_so_and_nothing_runs(
+    argv: list[str], fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No `mlstack:database.backup`: the pods have no backups container and no repository."""
+    fakes.restore_cluster()
+    cluster = fakes.current()
+    fakes.write_cluster(**{**cluster, "containers": ["postgres"]})
+    code, out, err = run(capsys, *argv, "--stack", "prod")
+    assert (code, out) == (1, "")
+    assert err == (
+        f"{argv[0]}: error: stack prod has no backups: its database pods have no backups "
+        'container (mlstack:database.backup turns them on; README, "Backups and restore"); '
+        "nothing was changed\n"
+    )
+    assert fakes.changes() == []
+
+
 # --- restore -------------------------------------------------------------------------------------
 
 
