@@ -351,8 +351,26 @@ def check(stack: str, *, work_dir: Path | None = None, pulumi: str | None = None
         # Secrets stay ciphertext in the events: the report ends up in a GitHub issue.
         checked.preview_refresh(on_event=events.append, show_secrets=False, color="never")
     except auto.CommandError as error:
-        raise DriftCheckError(str(error).strip()) from error
+        raise DriftCheckError(_cli_said(error)) from error
     return report(stack, events, ignored)
+
+
+# How the Automation API spells a failed command (its CommandResult): the status, then what the
+# CLI printed on each stream, over several lines.
+_COMMAND_RESULT: Final = re.compile(r"\s*code: (-?\d+)\n stdout: (.*)\n stderr: (.*)", re.DOTALL)
+
+
+def _cli_said(error: auto.CommandError) -> str:
+    """A failed CLI command as one line: its status and what it said (its error lines, else its
+    last line), rather than the Automation API's code/stdout/stderr layout."""
+    text = str(error)
+    spelled = _COMMAND_RESULT.fullmatch(text)
+    if spelled is None:
+        return " ".join(text.split())
+    code, stdout, stderr = spelled.groups()
+    lines = [line.strip() for line in f"{stdout}\n{stderr}".splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith("error:")] or lines[-1:] or ["nothing"]
+    return f"the Pulumi CLI exited {code}: {' '.join(said)}"
 
 
 def recorded_ignore_changes(
