@@ -114,6 +114,7 @@ class GkeCluster:
     project: str
     # CIDRs allowed to reach the control plane's public endpoint; empty: private endpoint only.
     authorized_networks: tuple[str, ...]
+    # In each of the region's zones: the node pool is regional.
     node_count: int = 3
     machine_type: str = "e2-standard-4"
     kubernetes_version: str | None = None
