@@ -24,6 +24,7 @@ from harness.program import (
 )
 from tests.manifests import container, env
 from tests.unit.configs import PREBUILT_IMAGES, dev_with, existing_with, with_fields
+from tests.unit.runs import by_name, differences
 
 STACKS = stacks()
 RECOMMENDED = (
@@ -301,11 +302,24 @@ def test_every_gateway_service_type(service_type: str) -> None:
 
 
 def test_changing_the_model_version_rolls_only_the_model() -> None:
+    """dev's own version, then v1: the model's pods are given the version each run names, and no
+    other input of any resource changes."""
     config = stack_config("dev")
+    assert config["mlstack:model"]["version"] != "v1", "dev must name another version than v1"
     before = run_program("dev", config)
     after = run_program("dev", with_fields(config, "model", version="v1"))
-    assert before.one("Deployment", "gateway").inputs == after.one("Deployment", "gateway").inputs
-    assert env(container(after.one("Deployment", "model").inputs))["MODEL_VERSION"] == "v1"
+    versions = [
+        env(container(run.one("Deployment", "model").inputs))["MODEL_VERSION"]
+        for run in (before, after)
+    ]
+    assert versions == [config["mlstack:model"]["version"], "v1"]
+    old, new = by_name(before), by_name(after)
+    assert old.keys() == new.keys()
+    changed = {
+        key: found for key in old if (found := differences(old[key].inputs, new[key].inputs))
+    }
+    assert list(changed) == ["Deployment model"]
+    assert all(path.startswith("spec.template.") for path in changed["Deployment model"])
 
 
 def test_prebuilt_images_are_deployed_exactly_as_given() -> None:
