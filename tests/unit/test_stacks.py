@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import socket
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
 
@@ -368,23 +372,85 @@ def test_a_prebuilt_database_image_by_tag_is_pulled_every_time() -> None:
     )
 
 
+# The interpreter's audit events for what the program may not do while it is evaluated: reach
+# the network (Docker's socket included) or start a process, and, for the events that name a
+# path, touch one under HOME (where ~/.kube/config and the local cluster's folder are).
+REACHING_OUT: Final = frozenset(
+    {"socket.connect", "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn"}
+)
+TOUCHING_A_PATH: Final = frozenset({"open", "os.listdir", "os.scandir", "os.mkdir"})
+# The auditors of the tests under way; sys.addaudithook cannot be undone, so it is added once.
+_AUDITORS: list[Callable[[str, tuple[Any, ...]], None]] = []
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    for auditor in _AUDITORS:
+        auditor(event, args)
+
+
+@functools.cache
+def _audit_hook() -> None:
+    sys.addaudithook(_audit)
+
+
+class Outside:
+    """What the program did beyond its own process and the project's files: each connection,
+    process and path under `home` it tried. Recorded, not raised, so that a program that catches
+    every exception still shows it: the interpreter's audit events reach here whatever the code
+    that raised them does next."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = os.path.abspath(home)
+        self.seen: list[str] = []
+        # What `home` held before: the program is to make nothing there either.
+        self.held = self.holds()
+
+    def holds(self) -> list[Path]:
+        return sorted(Path(self.home).rglob("*"))
+
+    def __call__(self, event: str, args: tuple[Any, ...]) -> None:
+        if event in REACHING_OUT:
+            self.seen.append(f"{event} {args[1:3]!r}")
+        elif event in TOUCHING_A_PATH and args and isinstance(args[0], str | bytes | os.PathLike):
+            path = os.path.abspath(os.fsdecode(args[0]))
+            if path == self.home or path.startswith(self.home + os.sep):
+                self.seen.append(f"{event} {path}")
+
+
 @pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No socket may connect and no process may start; HOME and KUBECONFIG point nowhere."""
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Outside]:
+    """No socket may connect and no process may start; HOME is a folder of the test's own, with a
+    kubeconfig where the clients look for one (~/.kube/config, KUBECONFIG), so that a program that
+    read it would find it. The program's attempts are recorded (`Outside`)."""
+    home = tmp_path / "home"
+    (home / ".kube").mkdir(parents=True)
+    for kubeconfig in (home / ".kube" / "config", home / "kubeconfig"):
+        kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
+    outside = Outside(home)
 
     def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"the program tried to reach the outside: {args!r}")
+        outside.seen.append(f"the program tried to reach the outside: {args[1:]!r}")
+        raise AssertionError(outside.seen[-1])
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KUBECONFIG", str(home / "kubeconfig"))
     monkeypatch.delenv("DOCKER_HOST", raising=False)
-    yield
+    _audit_hook()
+    _AUDITORS.append(outside)
+    try:
+        yield outside
+    finally:
+        _AUDITORS.remove(outside)
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_program_touches_no_network_docker_or_kubeconfig(offline: None, stack: str) -> None:
-    run = run_program(stack)
+@pytest.mark.parametrize("stack", [*STACKS, "existing"])
+def test_program_touches_no_network_docker_or_kubeconfig(offline: Outside, stack: str) -> None:
+    """Each stack file, and a cluster the user runs (whose kubeconfig the provider reads, not the
+    program)."""
+    config = existing_with() if stack == "existing" else None
+    run = run_program("dev" if stack == "existing" else stack, config)
     assert run.of_kind("Deployment")
-    assert not any(Path(run.outputs["kubeconfig"]).exists() for _ in [0] if stack == "dev")
+    assert offline.seen == []
+    assert offline.holds() == offline.held
