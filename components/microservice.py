@@ -171,7 +171,13 @@ class Microservice(pulumi.ComponentResource):
             self.disruption_budget = k8s.policy.v1.PodDisruptionBudget(
                 name,
                 metadata=meta,
-                spec={"max_unavailable": 1, "selector": {"match_labels": match}},
+                spec={
+                    "max_unavailable": 1,
+                    "selector": {"match_labels": match},
+                    # A pod that is not Ready serves nothing: evicting it costs no capacity, and
+                    # a service whose pods all fail must not hold up every node drain.
+                    "unhealthy_pod_eviction_policy": "AlwaysAllow",
+                },
                 opts=child,
             )
         self.register_outputs(

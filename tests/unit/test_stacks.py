@@ -189,6 +189,21 @@ def test_rolling_updates_never_drop_below_the_configured_replicas(stack_run: Pro
         assert strategy["rollingUpdate"]["maxUnavailable"] == 0
 
 
+def test_a_disruption_budget_never_holds_a_drain_up_for_pods_that_are_not_ready(
+    stack_run: ProgramRun,
+) -> None:
+    """A gateway or model pod that is not Ready serves nothing, so evicting it costs no
+    capacity: with the default policy (IfHealthyBudget) a service whose pods are all failing
+    (a bad image, crash loops) would block every node drain and node upgrade until it recovers."""
+    budgets = [
+        budget
+        for budget in stack_run.of_kind("PodDisruptionBudget")
+        if budget.metadata["name"] in ("gateway", "model")
+    ]
+    for budget in budgets:
+        assert budget.inputs["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
 def test_database_is_one_statefulset_on_claims_of_its_own(stack_run: ProgramRun) -> None:
     config = stack_config(stack_run.stack)["mlstack:database"]
     replicas = config.get("replicas", 1)
