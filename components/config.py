@@ -919,13 +919,27 @@ def _parse_dns(section: _Section) -> DnsPods:
     return DnsPods(namespace=namespace, labels=dict(labels))
 
 
+def _check_stack_name(stack: str) -> None:
+    """The stack's name is the `app.kubernetes.io/instance` label of every object the program
+    makes: Pulumi allows names (up to 100 characters, ending in '-', '_' or '.') that a label
+    value does not, which the API server would refuse only partway through `pulumi up`."""
+    if not _LABEL_NAME.match(stack):
+        raise ConfigError(
+            f"stack {stack!r}: its name is the app.kubernetes.io/instance label of every object "
+            "the stack makes, so it must be at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending alphanumeric: use another stack name"
+        )
+
+
 def _parse_namespace(raw: object, stack: str) -> str:
-    namespace = raw if raw not in (None, "") else f"mlstack-{stack}"
+    given = raw not in (None, "")
+    namespace = raw if given else f"mlstack-{stack}"
     if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
         raise _fail(
             "namespace",
             namespace,
-            "expected a DNS label: lower-case letters, digits and '-', at most 63 characters",
+            "expected a DNS label: lower-case letters, digits and '-', at most 63 characters"
+            + ("" if given else " (the default, mlstack-<stack>: set mlstack:namespace)"),
         )
     return namespace
 
@@ -994,6 +1008,7 @@ def _backup_secrets(
 def load(stack: str | None = None) -> StackConfig:
     """Read and validate every `mlstack:` key; raise `ConfigError` on the first mistake."""
     stack = stack or pulumi.get_stack()
+    _check_stack_name(stack)
     raw = _read_raw()
     for key in raw:
         if key not in KNOWN_KEYS:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from harness.program import TEST_SECRETS
+from harness.program import TEST_SECRETS, ProgramExitError, run_program
 from tests.unit.configs import EXISTING, config_error, config_exit, dev_with
 
 
@@ -146,6 +146,29 @@ def test_section_must_be_an_object() -> None:
 def test_namespace_must_be_a_dns_label() -> None:
     message = config_error(dev_with(namespace="My_Namespace"))
     assert message.startswith('mlstack:namespace: "My_Namespace" is not allowed')
+    assert "default" not in message
+
+
+def test_a_default_namespace_the_stack_name_cannot_make_says_what_to_set() -> None:
+    with pytest.raises(ProgramExitError) as exited:
+        run_program("Review_7", dev_with())
+    assert exited.value.errors == [
+        'mlstack:namespace: "mlstack-Review_7" is not allowed: expected a DNS label: lower-case '
+        "letters, digits and '-', at most 63 characters (the default, mlstack-<stack>: set "
+        "mlstack:namespace)"
+    ]
+    assert run_program("Review_7", dev_with(namespace="mlstack-review-7")).resources
+
+
+@pytest.mark.parametrize("stack", ["review-", "feature.", "_draft", "x" * 64])
+def test_a_stack_name_that_is_no_label_value_is_refused_before_any_resource(stack: str) -> None:
+    """Pulumi takes these names; the API server would refuse the first object labelled with one
+    partway through `pulumi up`."""
+    with pytest.raises(ProgramExitError) as exited:
+        run_program(stack, dev_with(namespace="mlstack-review"))
+    (message,) = exited.value.errors
+    assert message.startswith(f"stack {stack!r}: its name is the app.kubernetes.io/instance label")
+    assert exited.value.resources == []
 
 
 def test_unknown_model_version() -> None:
