@@ -32,9 +32,12 @@ from components.labels import labels, metadata
 # is made once more, in a new pod, before the Job fails.
 BACKOFF_LIMIT: Final = 1
 # The bound on the whole Job: two tries of the migrate command's at most 300 s each
-# (DATABASE_MIGRATE_TIMEOUT_SECONDS). It fails by itself, with its reason, no later than
-# `pulumi up` would stop waiting for it (10 minutes, the provider's default for a Job).
+# (DATABASE_MIGRATE_TIMEOUT_SECONDS). It then fails by itself, with its reason.
 ACTIVE_DEADLINE_SECONDS: Final = 600
+# How long `pulumi up` waits for the Job: past its deadline, so that a Job that fails is reported
+# with the Job's own reason, not as the engine's timeout racing it (the provider's default for a
+# Job is 10 minutes, the deadline itself).
+AWAIT_TIMEOUT: Final = f"{ACTIVE_DEADLINE_SECONDS // 60 + 5}m"
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,10 @@ class SchemaMigrations(pulumi.ComponentResource):
             },
             # Fixed names keep the Job findable; its replacement must free the name first.
             opts=pulumi.ResourceOptions(
-                parent=self, delete_before_replace=True, depends_on=list(args.after)
+                parent=self,
+                delete_before_replace=True,
+                depends_on=list(args.after),
+                custom_timeouts=pulumi.CustomTimeouts(create=AWAIT_TIMEOUT, update=AWAIT_TIMEOUT),
             ),
         )
         self.register_outputs({"job": job.metadata.name})

@@ -99,6 +99,8 @@ class Registered:
     ignore_changes: list[str] = field(default_factory=list)
     # The names of the resources it is created and updated after (`depends_on`).
     depends_on: list[str] = field(default_factory=list)
+    # How long the engine waits for each operation the program gave a time for (`create`, ...).
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -404,6 +406,12 @@ def _run(
             resource.protect = bool(opts.protect)
             resource.delete_before_replace = bool(opts.delete_before_replace)
             resource.ignore_changes = list(opts.ignore_changes or [])
+            timeouts = opts.custom_timeouts
+            resource.custom_timeouts = {
+                operation: value
+                for operation in ("create", "update", "delete")
+                if timeouts is not None and (value := getattr(timeouts, operation)) is not None
+            }
             after: Any = opts.depends_on
             after = after if isinstance(after, list) else [] if after is None else [after]
             resource.depends_on = [getattr(each, "_name", "") for each in after]

@@ -143,6 +143,21 @@ def test_the_migrations_job_is_replaced_when_what_it_runs_changes(stack_run: Pro
     assert job.name not in stack_run.one("Deployment", "gateway").depends_on
 
 
+def test_pulumi_up_waits_for_the_migrations_job_past_its_deadline(stack_run: ProgramRun) -> None:
+    """A Job that fails at its deadline is reported with its own reason (DeadlineExceeded, the
+    pod's log), not as the engine's wait running out first."""
+    job = stack_run.one("Job", app.MIGRATIONS)
+    deadline = job.inputs["spec"]["activeDeadlineSeconds"]
+    waits = {operation: _seconds(value) for operation, value in job.custom_timeouts.items()}
+    assert set(waits) == {"create", "update"}
+    assert all(wait >= deadline + 60 for wait in waits.values()), (waits, deadline)
+
+
+def _seconds(duration: str) -> int:
+    """A Pulumi custom timeout (`15m`, `1h`, `90s`) in seconds."""
+    return int(duration[:-1]) * {"s": 1, "m": 60, "h": 3600}[duration[-1]]
+
+
 def test_the_gateway_leaves_the_schema_to_the_migrations_job(stack_run: ProgramRun) -> None:
     (gateway,) = gateway_pod(stack_run)["containers"]
     variables = env(gateway)
