@@ -129,12 +129,14 @@ class PostgresServer:
         """Make the server read its configuration files again (postgresql.auto.conf included)."""
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "reload")
 
-    def standby(self) -> PostgresServer:
+    def standby(self, slot: str | None = None) -> PostgresServer:
         """A hot standby of this running server, started: a base backup of it that streams its
         WAL from it over 127.0.0.1 (initdb's defaults allow it: wal_level replica, 10 WAL
-        senders, trusted replication connections from 127.0.0.1)."""
+        senders, trusted replication connections from 127.0.0.1), through this server's
+        replication slot `slot` when one is named (it must exist)."""
         standby = PostgresServer()
-        # -R: standby.signal and primary_conninfo, so the copy starts as this server's standby.
+        # -R: standby.signal and primary_conninfo (and primary_slot_name with -S), so the copy
+        # starts as this server's standby.
         standby._run(
             str(self.bindir / "pg_basebackup"),
             "-D", str(standby.data),
@@ -142,6 +144,7 @@ class PostgresServer:
             "-p", str(self.port),
             "-U", "postgres",
             "-R",
+            *(("-S", slot) if slot else ()),
             "--checkpoint=fast",
             "--no-sync",
         )  # fmt: skip
