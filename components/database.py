@@ -495,6 +495,9 @@ def _pod_spec(args: DatabaseArgs, match: dict[str, str]) -> k8s.core.v1.PodSpecA
         {"name": "POD_NAMESPACE", "value_from": pod_field("metadata.namespace")},
         # What Patroni selects its pods and ConfigMaps by (plus its scope label).
         {"name": "DATABASE_LABELS", "value": json.dumps(match, sort_keys=True)},
+        # The volume's size bounds the WAL PostgreSQL keeps (the image's wal_limits()). A new
+        # size rolls the pods, one at a time, so that each applies its volume's.
+        {"name": "DATABASE_STORAGE_SIZE", "value": args.storage_size},
         *(
             {"name": variable, "value": pod.secret_file(key)}
             for variable, key in (

@@ -3,6 +3,9 @@ mlstack-database-restore (Patroni's restore bootstrap), run here under an enviro
 each test: the variables are those components/database.py gives the pods, the paths moved under
 a folder of the test's own, and Patroni's settings are the image's patroni.yml.
 
+The WAL the primary keeps (what a standby's slot holds back included) bounded by a share of the
+stack's storageSize, read as the program reads it.
+
 With backups: pgBackRest's secret options in a file of its own, mode 0600, never with a line
 break (which would add an option of the Secret's choosing); the WAL archive in Patroni's settings.
 With a restore request (`make restore`'s ConfigMap, mounted): the data moved aside once per
@@ -23,14 +26,17 @@ from typing import Any, Final
 import pytest
 import yaml
 
-from components import database, pod
+from components import config, database, pod
 from components.backup_repository.common import SECRET_KEYS as BACKUP_SECRET_KEYS
 from harness.http import request
 from harness.metrics import metric_value
 from harness.ports import free_port
 from harness.processes import LocalProcess
+from harness.program import run_program, stack_config
 from tests.database_image import BIN, TEMPLATE, backups_own_env, entrypoint_module
+from tests.manifests import container, env
 from tests.stand_ins import env_first_on_path, stand_in
+from tests.unit.configs import with_fields
 
 # The database Secret's key of each of pgBackRest's secret options, as the program passes them.
 SECRET_KEYS: Final = {option: key for option, (key, _) in BACKUP_SECRET_KEYS.items()}
@@ -103,6 +109,7 @@ def entrypoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Entrypoint:
     monkeypatch.setenv("POD_IP", "10.0.0.11")
     monkeypatch.setenv("POD_NAMESPACE", "mlstack-dev")
     monkeypatch.setenv("DATABASE_LABELS", json.dumps({"app.kubernetes.io/name": "database"}))
+    monkeypatch.setenv("DATABASE_STORAGE_SIZE", "1Gi")
     for variable, key in (
         ("DATABASE_REPLICATION_PASSWORD_FILE", database.REPLICATION_PASSWORD_KEY),
         ("DATABASE_REWIND_PASSWORD_FILE", database.REWIND_PASSWORD_KEY),
@@ -414,6 +421,65 @@ def test_the_announced_ports_follow_patroni_s_listen_settings(
     assert found["restapi"]["connect_address"] == "[fd00::11]:9008"
     assert found["kubernetes"]["ports"] == [{"name": "postgres", "port": 6543}]
     assert "--port=6543" in entrypoint.local_psql()
+
+
+# --- the WAL kept, bounded by the volume ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("storage_size", "max_wal_size", "max_slot_wal_keep_size"),
+    [
+        # A quarter of the volume each, max_wal_size no more than PostgreSQL's default 1GB.
+        ("1Gi", "256MB", "256MB"),
+        ("1.5Gi", "384MB", "384MB"),
+        ("500M", "119MB", "119MB"),
+        ("10Gi", "1024MB", "2560MB"),
+        ("100Gi", "1024MB", "25600MB"),
+        # However small the volume, never less than four segments: never 0, which would give up
+        # a standby's slot as soon as it is a segment behind.
+        ("200Mi", "64MB", "64MB"),
+        ("1Mi", "64MB", "64MB"),
+    ],
+)
+def test_the_wal_kept_follows_the_stack_s_storage_size(
+    entrypoint: Entrypoint,
+    monkeypatch: pytest.MonkeyPatch,
+    storage_size: str,
+    max_wal_size: str,
+    max_slot_wal_keep_size: str,
+) -> None:
+    """A standby that stops streaming holds its slot on the primary (Patroni keeps one for every
+    member), and with it every WAL segment since: bounded by the stack's storageSize, as the
+    program gives it to each pod, so that one broken standby cannot fill the primary's volume.
+    The instance's own parameters (Patroni lets them override the cluster's, which are written
+    once), so that a new size reaches a running cluster."""
+    run = run_program("dev", with_fields(stack_config("dev"), "database", storageSize=storage_size))
+    given = env(container(run.one("StatefulSet", database.NAME).inputs))
+    monkeypatch.setenv("DATABASE_STORAGE_SIZE", given["DATABASE_STORAGE_SIZE"])
+    settings = entrypoint.configuration()
+    parameters = settings["postgresql"]["parameters"]
+    assert (parameters["max_wal_size"], parameters["max_slot_wal_keep_size"]) == (
+        max_wal_size,
+        max_slot_wal_keep_size,
+    )
+    assert "max_slot_wal_keep_size" not in settings["bootstrap"]["dcs"]["postgresql"]["parameters"]
+
+
+@pytest.mark.parametrize("quantity", ["1", "1k", "1Ki", "1.5Gi", "500M", "10G", "2Ti", "1E", "7Ei"])
+def test_the_image_reads_a_storage_size_as_the_program_does(
+    entrypoint: Entrypoint, quantity: str
+) -> None:
+    assert entrypoint.quantity_bytes(quantity) == config.quantity_bytes(quantity)
+
+
+@pytest.mark.parametrize("size", ["", "1GB", "-1Gi", "lots"])
+def test_a_start_without_a_storage_size_it_can_read_stops_naming_it(
+    entrypoint: Entrypoint, monkeypatch: pytest.MonkeyPatch, size: str
+) -> None:
+    monkeypatch.setenv("DATABASE_STORAGE_SIZE", size)
+    with pytest.raises(SystemExit) as stopped:
+        entrypoint.configuration()
+    assert str(stopped.value).startswith("mlstack-database: DATABASE_STORAGE_SIZE")
 
 
 def test_the_superuser_s_psql_reaches_the_pod_s_socket(
