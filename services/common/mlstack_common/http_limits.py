@@ -4,6 +4,8 @@ and a cap on open connections.
 - The request line and headers may take ``max_header_bytes``; more is answered 431. httptools
   gathers a header's whole value before it hands it over, so a head that is still incomplete is
   measured as it arrives: memory stays within the limit plus one read, whatever a client sends.
+  The trailer fields after a chunked body's last chunk are gathered the same way, and held to
+  the same limit.
 - The head must arrive within ``header_timeout`` of the connection opening, or of its first byte
   on a kept-alive connection; a connection that sends nothing is closed, one that sent part of a
   head gets 408.
@@ -73,7 +75,7 @@ class HttpLimits:
         """MAX_HEADER_BYTES, HEADER_TIMEOUT_SECONDS, BODY_TIMEOUT_SECONDS, WRITE_TIMEOUT_SECONDS
         and MAX_CONNECTIONS, or their defaults."""
         return cls(
-            # The request line and headers of one request, in bytes.
+            # The request line and headers of one request, in bytes; its trailer fields too.
             max_header_bytes=env_integer(env, "MAX_HEADER_BYTES", 16 * 1024, minimum=1024),
             # From a connection's first byte of a request (or its opening) to the headers' end.
             header_timeout=env_number(env, "HEADER_TIMEOUT_SECONDS", 5.0, 0.1),
@@ -114,6 +116,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._refused = False
         # Answered 503 at once, beyond max_connections: never one of the server's connections.
         self._turned_away = False
+        # Chunked bodies: the chunk headers so far (on this connection), whether no chunk data
+        # has come since the latest (only the last chunk, of size 0, is never followed by data:
+        # what follows it is the trailer section), the bytes received since then in reads that
+        # began after it (a bound of a trailer section still arriving), and the request's
+        # header fields before its trailer fields, which uvicorn appends to them.
+        self._chunk_headers = 0
+        self._after_chunk_header = False
+        self._trailer_received = 0
+        self._head_fields = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -155,13 +166,23 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             if self._deadline is None:
                 # The first byte after an idle keep-alive wait: the head's clock starts now.
                 self._deadline = self.loop.time() + self.limits.header_timeout
+        trailing, chunk_headers = self._after_chunk_header, self._chunk_headers
         super().data_received(data)
-        if (
-            not self._refused
-            and self._reading_head
-            and self._head_received > self.limits.max_header_bytes
-        ):
+        # (The parser's callbacks may have refused the request meanwhile.)
+        refused, limit = self._refused, self.limits.max_header_bytes
+        if not refused and self._reading_head and self._head_received > limit:
             self._refuse(431, "header_too_large", self._too_large_message())
+        elif (
+            not refused
+            and trailing
+            and self._after_chunk_header
+            and self._chunk_headers == chunk_headers
+        ):
+            # No chunk data in all of this read: the trailer section, or a chunk whose data
+            # has not come yet (which the next read's data ends).
+            self._trailer_received += len(data)
+            if self._trailer_received > limit:
+                self._refuse(431, "header_too_large", self._trailers_too_large_message())
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -186,8 +207,28 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        self._after_chunk_header = False
         if not self._refused:
             super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunk_headers += 1
+        self._after_chunk_header = True
+        self._trailer_received = 0
+        # Trailer fields come only after the last chunk's header.
+        self._head_fields = len(self.headers)
+
+    def on_chunk_complete(self) -> None:
+        if self._refused or not self._after_chunk_header:
+            return
+        # The last chunk, its trailer fields all handed over: their exact size, which the reads
+        # counted in data_received do not bound when the section began in an uncounted one.
+        trailers = self.headers[self._head_fields :]
+        if (
+            sum(len(name) + len(value) + 4 for name, value in trailers)
+            > self.limits.max_header_bytes
+        ):
+            self._refuse(431, "header_too_large", self._trailers_too_large_message())
 
     def on_message_complete(self) -> None:
         if self._refused:
@@ -196,6 +237,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._reading_head = True
         self._head_received = 0
         self._read_counted = False
+        self._after_chunk_header = False
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -214,6 +256,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             f"request headers too large: at most {self.limits.max_header_bytes} bytes "
             "for the request line and headers"
         )
+
+    def _trailers_too_large_message(self) -> str:
+        return f"request trailers too large: at most {self.limits.max_header_bytes} bytes"
 
     def _turn_away(self, transport: asyncio.Transport) -> None:
         """Answer 503 without reading a request, and close (lingering, as ``_refuse`` does)."""
