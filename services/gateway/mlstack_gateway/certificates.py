@@ -4,8 +4,9 @@ A `kubernetes.io/tls` Secret renewed in place (by cert-manager, or by hand) reac
 volume without a restart: the kubelet swaps the files within about a minute. The gateway reads
 the pair every TLS_RELOAD_SECONDS and, when either file's bytes have changed, loads it: the
 handshakes that follow present the new certificate, connections already open keep theirs. A
-pair that does not load (a key that does not match the certificate, a file caught half-written)
-is counted and logged once; the gateway keeps serving the pair it has.
+pair that does not load (a key that does not match the certificate, a file caught half-written,
+a key encrypted with a passphrase) is counted and logged once; the gateway keeps serving the
+pair it has.
 """
 
 from __future__ import annotations
@@ -32,11 +33,30 @@ def _digest(cert: Path, key: Path) -> bytes | None:
         return None
 
 
+class EncryptedKeyError(OSError):
+    """A private key that needs a passphrase, which the gateway never has."""
+
+    def __init__(self) -> None:
+        super().__init__("the private key is encrypted; give it without a passphrase")
+
+
+def _no_passphrase() -> str:
+    raise EncryptedKeyError
+
+
+def load_pair(context: ssl.SSLContext, cert: Path | str, key: Path | str) -> None:
+    """Load the certificate chain and its key into `context`; an OSError (ssl.SSLError, or
+    EncryptedKeyError) if they do not load. A key encrypted with a passphrase is refused:
+    without a passphrase callback, OpenSSL asks for one on the terminal or reads it from stdin,
+    which would hold the start, or the event loop at a reload, while it waits."""
+    context.load_cert_chain(cert, key, password=_no_passphrase)
+
+
 def _context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(_TLS12_CIPHERS)
-    context.load_cert_chain(cert, key)
+    load_pair(context, cert, key)
     return context
 
 

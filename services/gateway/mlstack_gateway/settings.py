@@ -20,6 +20,7 @@ from mlstack_common.env import (
 )
 from mlstack_common.settings import ServiceSettings, environment
 
+from mlstack_gateway.certificates import load_pair
 from mlstack_gateway.postgres_url import POSTGRES_SCHEMES, check_postgres_url
 
 # Below this a page could seldom hold more than one prediction of a full batch.
@@ -101,7 +102,7 @@ def _tls_files(env: dict[str, str]) -> tuple[Path, Path] | None:
             "its private key (set neither for plain HTTP)"
         )
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        load_pair(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), cert, key)
     except OSError as error:
         raise SettingsError(
             f"TLS_CERT_FILE={cert} and TLS_KEY_FILE={key} do not load as a certificate chain "
