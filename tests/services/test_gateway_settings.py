@@ -38,6 +38,20 @@ def test_an_unreadable_secret_file_is_named_in_the_error(tmp_path: Path) -> None
         GatewaySettings.from_env({"MLSTACK_API_KEY_FILE": str(missing)})
 
 
+@pytest.mark.parametrize("name", ["MLSTACK_API_KEY", "MLSTACK_API_KEY_PREVIOUS", "DATABASE_URL"])
+def test_a_secret_file_that_is_not_utf8_is_refused_without_its_bytes(
+    tmp_path: Path, name: str
+) -> None:
+    """One line naming the file (a SettingsError, not a traceback), and none of its bytes: the
+    decoder's own message quotes the byte it stopped at and where."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"postgresql://u:pa\xe9ss@database:5432/mlstack\n")
+    env = {**GATEWAY_REQUIRED, f"{name}_FILE": str(secret)}
+    with pytest.raises(SettingsError) as refused:
+        GatewaySettings.from_env(env)
+    assert str(refused.value) == f"{name}_FILE={secret} cannot be read: it is not UTF-8 text"
+
+
 def test_a_missing_key_stops_the_gateway() -> None:
     with pytest.raises(SettingsError, match="MLSTACK_API_KEY"):
         GatewaySettings.from_env({})

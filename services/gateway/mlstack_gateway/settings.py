@@ -28,20 +28,23 @@ HISTORY_MIN_BYTES = 64 * 1024
 
 
 def _secret(env: dict[str, str], name: str, optional: bool = False) -> str:
-    """`name` itself, or the contents of the file `name_FILE` names (Kubernetes mounts secrets
-    as files, so they never appear in the pod's environment). An `optional` secret's file may
-    be absent: a Secret without that key mounts no file for it."""
+    """`name` itself, or the contents (UTF-8 text) of the file `name_FILE` names (Kubernetes
+    mounts secrets as files, so they never appear in the pod's environment). An `optional`
+    secret's file may be absent: a Secret without that key mounts no file for it."""
     path = env.get(f"{name}_FILE", "").strip()
     if not path:
         return env.get(name, "")
     try:
-        return Path(path).read_text().strip()
+        return Path(path).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         if optional:
             return ""
         raise SettingsError(f"{name}_FILE={path} cannot be read: no such file") from None
     except OSError as error:
         raise SettingsError(f"{name}_FILE={path} cannot be read: {error.strerror}") from None
+    except UnicodeDecodeError:
+        # Not the decoder's message: it quotes the secret's byte it stopped at, and where.
+        raise SettingsError(f"{name}_FILE={path} cannot be read: it is not UTF-8 text") from None
 
 
 def _given(env: dict[str, str], name: str) -> str:
