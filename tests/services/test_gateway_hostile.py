@@ -3,9 +3,11 @@
 Each test sends what an attacker or a broken client would (a burst of large requests, oversized
 or half-sent headers, idle sockets, unfinished bodies, malformed numbers, repeated keys) or does
 what goes wrong in production (a hung model, SIGTERM mid-request), and asserts the answer and the
-cost: the memory peak from /proc/<pid>/status, the seconds to a 503. A foreign Host, like what
-else both services answer alike, is probed on each in test_each_service.py. The figures measured
-before and after these limits existed are in bench/results/hardening.md.
+cost: the memory peak from /proc/<pid>/status, what the gateway counted. No test asserts an upper
+bound on seconds (the machine is shared): where "at once" matters, what it would otherwise wait
+for is held until the answer is in. A foreign Host, like what else both services answer alike,
+is probed on each in test_each_service.py. The figures measured before and after these limits
+existed are in bench/results/hardening.md.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from components.app import GATEWAY_RESOURCES
-from harness.http import request
+from harness.http import Reply, request
 from harness.metrics import samples
 from harness.poll import eventually, poll
 from harness.ports import free_port
@@ -47,6 +49,7 @@ from tests.services.hostile import (
     with_content_length,
 )
 from tests.services.support import (
+    FreezableProxy,
     error_of,
     https,
     metric,
@@ -54,11 +57,12 @@ from tests.services.support import (
     refused_at_start,
     self_signed_certificate,
     serves_https,
-    silent_server,
 )
 
 POD_MEMORY_LIMIT_MIB = memory_limit_mib(GATEWAY_RESOURCES)
 IDLE_SOCKETS = 2000
+REFUSED = "mlstack_gateway_refused_requests_total"
+IN_FLIGHT = "mlstack_gateway_requests_in_flight"
 
 
 @pytest.fixture(scope="module")
@@ -95,31 +99,37 @@ def test_300_concurrent_1mb_predicts_stay_under_the_pod_memory_limit(
         gateway.stop()
 
 
-def test_a_full_gateway_sheds_at_once_and_still_answers_probes(log_dir: Path) -> None:
-    # A model that accepts connections and never answers: every predict stays in flight.
-    with silent_server() as url:
-        gateway = start_gateway(
-            url,
-            log_dir,
-            wait="live",
-            MAX_CONCURRENT_REQUESTS="2",
-            MODEL_TIMEOUT_SECONDS="3",
-        )
-        try:
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                held = [pool.submit(predict, gateway.url, [SETOSA]) for _ in range(2)]
-                time.sleep(0.5)
-                started = time.monotonic()
-                shed = predict(gateway.url, [SETOSA])
-                elapsed = time.monotonic() - started
-                assert shed.status == 503
-                assert shed.headers["retry-after"] == "1"
-                assert "server busy: 2 requests in flight" in json.loads(shed.body)["error"]
-                assert elapsed < 0.5
-                assert request("GET", gateway.url + "/healthz").status == 200
-                assert [future.result().status for future in held] == [503, 503]
-        finally:
-            gateway.stop()
+def test_a_full_gateway_sheds_at_once_and_still_answers_probes(
+    model_server: ServiceProcess, log_dir: Path
+) -> None:
+    """The request beyond the bound is turned away while the two in flight still hold their
+    slots, not once one frees: the model's answers to them are held (a frozen proxy, a minute's
+    deadline) until after the shed answer. No bound on the seconds is asserted: a gateway that
+    waited for a slot would not answer within the 10 s the test's client waits."""
+    proxy = FreezableProxy(model_server.port)
+    gateway = start_gateway(
+        f"http://127.0.0.1:{proxy.port}",
+        log_dir,
+        MAX_CONCURRENT_REQUESTS="2",
+        MODEL_TIMEOUT_SECONDS="60",
+    )
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            proxy.freeze()
+            held = [pool.submit(predict, gateway.url, [SETOSA]) for _ in range(2)]
+            eventually(lambda: metric(gateway, IN_FLIGHT) == 2, "2 requests in flight", 10)
+            shed = predict(gateway.url, [SETOSA])
+            assert shed.status == 503
+            assert shed.headers["retry-after"] == "1"
+            assert "server busy: 2 requests in flight" in json.loads(shed.body)["error"]
+            assert not any(future.done() for future in held)
+            assert metric(gateway, "mlstack_gateway_shed_requests_total") == 1
+            assert request("GET", gateway.url + "/healthz").status == 200
+            proxy.thaw()
+            assert [future.result(timeout=30).status for future in held] == [200, 200]
+    finally:
+        proxy.close()
+        gateway.stop()
 
 
 # -- idle sockets (the header size limit and read timeouts: test_http_limits.py) ---------------
@@ -164,12 +174,19 @@ def test_2000_idle_sockets_are_closed_within_the_default_header_timeout(
                     open_sockets.discard(sock)
             return not open_sockets
 
-        poll(all_closed, 15, interval=0.25)
+        # Without the header timeout they stay open: a minute is only a bound on the wait.
+        poll(all_closed, 60, interval=0.25)
         seconds = time.monotonic() - started
         print(f"{IDLE_SOCKETS} idle sockets: opened in {opened:.1f} s, closed in {seconds:.1f} s")
         assert not open_sockets, f"{len(open_sockets)} of {IDLE_SOCKETS} idle sockets still open"
-        # The default HEADER_TIMEOUT_SECONDS is 5.
-        assert seconds < 5 + opened + 3
+        # Closed by the header timeout (5 s by default), each socket within MAX_CONNECTIONS;
+        # the rest were refused at once. No bound on the seconds is asserted (a busy machine
+        # runs the timer late): the counters say what closed them.
+        timed_out = metric(gateway, REFUSED, reason="header_timeout")
+        over_the_cap = metric(gateway, REFUSED, reason="max_connections")
+        assert timed_out > 0
+        assert timed_out + over_the_cap == IDLE_SOCKETS
+        assert seconds >= 5
         assert predict(gateway.url, [SETOSA]).status == 200
     finally:
         for sock in sockets:
@@ -178,9 +195,6 @@ def test_2000_idle_sockets_are_closed_within_the_default_header_timeout(
 
 
 # -- a body that never all arrives: counted, never as an answer it did not get ------------------
-
-REFUSED = "mlstack_gateway_refused_requests_total"
-IN_FLIGHT = "mlstack_gateway_requests_in_flight"
 
 
 def predict_answers(gateway: ServiceProcess) -> dict[str, float]:
@@ -232,25 +246,34 @@ def test_a_body_cut_off_at_its_timeout_is_counted_once_as_the_servers_408(
 
 
 def test_a_stopped_model_gets_503_within_a_second(model_dir: Path, log_dir: Path) -> None:
+    """The CONTRACT's "503 within a second" for a hung model: the gateway gives up on the model
+    at its deadline (MODEL_TIMEOUT_SECONDS, 0.5 s by default: test_gateway_settings.py), then its
+    breaker answers at once, and it never waits for the model. The model stays stopped until
+    every answer is in, so none of them waited for it. No bound on the seconds is asserted: the
+    second of the CONTRACT is that deadline plus how fast the machine is, and a gateway that
+    waited would not answer within the 10 s the test's client waits."""
     model = start_model(model_dir, log_dir)
     gateway = start_gateway(model.url, log_dir)
     try:
         assert predict(gateway.url, [SETOSA]).status == 200
         model.signal(signal.SIGSTOP)
 
-        def timed() -> tuple[int, float]:
+        def timed() -> tuple[Reply, float]:
             started = time.monotonic()
             reply = predict(gateway.url, [SETOSA])
-            return reply.status, time.monotonic() - started
+            return reply, time.monotonic() - started
 
         one_by_one = [timed() for _ in range(8)]
         with ThreadPoolExecutor(max_workers=16) as pool:
             together = list(pool.map(lambda _: timed(), range(32)))
         slowest = max(seconds for _, seconds in one_by_one + together)
         print(f"stopped model: slowest 503 after {slowest:.3f} s")
-        assert {status for status, _ in one_by_one + together} == {503}
-        # Before the fix: 2.0 s for each call until the breaker opened.
-        assert slowest < 1.0
+        replies = [reply for reply, _ in one_by_one + together]
+        assert {reply.status for reply in replies} == {503}
+        assert {error_of(reply) for reply in replies} <= {
+            "model unavailable: timed out",
+            "model unavailable: circuit breaker open, retry shortly",
+        }
         model.signal(signal.SIGCONT)
         eventually(
             lambda: predict(gateway.url, [SETOSA]).status == 200,
@@ -411,26 +434,34 @@ def test_half_a_tls_pair_stops_the_gateway_at_start(
 
 
 def test_sigterm_turns_readiness_off_at_once_and_finishes_in_flight_requests(
-    slow_model: str, log_dir: Path
+    model_server: ServiceProcess, log_dir: Path
 ) -> None:
-    gateway = start_gateway(slow_model, log_dir, MODEL_TIMEOUT_SECONDS="3")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        in_flight = pool.submit(predict, gateway.url, [SETOSA])
-        time.sleep(0.3)
-        signalled = time.monotonic()
-        gateway.signal(signal.SIGTERM)
-        ready = request("GET", gateway.url + "/readyz")
-        not_ready_after = time.monotonic() - signalled
-        # Still draining while the request is in flight, and still answering that it is.
-        time.sleep(0.3)
-        still = request("GET", gateway.url + "/readyz")
-        reply = in_flight.result(timeout=10)
-    print(f"SIGTERM: /readyz 503 after {not_ready_after:.3f} s")
-    assert ready.status == 503
-    assert ready.json() == {"ready": False, "draining": True}
-    assert not_ready_after < 0.5
-    assert still.status == 503
-    assert reply.status == 200
-    assert gateway.wait_for_exit(10) == 0
-    with pytest.raises(OSError):
-        request("GET", gateway.url + "/healthz", timeout=1)
+    """Readiness turns off while a request is in flight, not once it is done: the model's
+    answer is held (a frozen proxy, a minute's deadline) until both /readyz answers are in, so
+    the request cannot have finished. No bound on the seconds is asserted: a gateway that
+    waited for the request would not answer /readyz within the 10 s the test's client waits."""
+    proxy = FreezableProxy(model_server.port)
+    gateway = start_gateway(f"http://127.0.0.1:{proxy.port}", log_dir, MODEL_TIMEOUT_SECONDS="60")
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            proxy.freeze()
+            in_flight = pool.submit(predict, gateway.url, [SETOSA])
+            eventually(lambda: metric(gateway, IN_FLIGHT) == 1, "the request in flight", 10)
+            gateway.signal(signal.SIGTERM)
+            ready = request("GET", gateway.url + "/readyz")
+            # Still draining while the request is in flight, and still answering that it is.
+            time.sleep(0.3)
+            still = request("GET", gateway.url + "/readyz")
+            assert not in_flight.done()
+            proxy.thaw()
+            reply = in_flight.result(timeout=30)
+        assert ready.status == 503
+        assert ready.json() == {"ready": False, "draining": True}
+        assert still.status == 503
+        assert reply.status == 200
+        assert gateway.wait_for_exit(10) == 0
+        with pytest.raises(OSError):
+            request("GET", gateway.url + "/healthz", timeout=1)
+    finally:
+        proxy.close()
+        gateway.stop()
