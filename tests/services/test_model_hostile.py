@@ -3,9 +3,10 @@
 Each test sends what an attacker or a broken client would (an answer amplified by repeated
 outputs, numbers outside their datatype, a burst of large requests, oversized or half-sent
 headers, idle sockets) over REST, the binary extension and gRPC, and asserts the answer and the
-cost: the memory peak from /proc/<pid>/status, the seconds to a refusal. The header size limit
-and the read timeouts, the gateway's too, are probed in test_http_limits.py. The figures
-measured before and after these limits existed are in bench/results/hardening.md.
+cost: the memory peak from /proc/<pid>/status; never an upper bound on seconds (the machine is
+shared). The header size limit and the read timeouts, the gateway's too, are probed in
+test_http_limits.py. The figures measured before and after these limits existed are in
+bench/results/hardening.md.
 """
 
 from __future__ import annotations
@@ -77,15 +78,12 @@ def test_repeated_outputs_are_refused_before_the_answer_is_built(
     outputs = [{"name": "predict_proba"}, {"name": "predict"}] * 1000
     body = json.dumps(infer_body(rows, outputs=outputs)).encode()
     assert 100_000 < len(body) < 200_000
-    started = time.monotonic()
     reply = rest_infer(fresh_model, body)
-    seconds = time.monotonic() - started
     memory = memory_mib(fresh_model.pid)
     print(f"2,000 outputs over 2,000 rows: {reply.status}, {len(reply.body)} bytes, {memory}")
     assert reply.status == 400
     assert reply.json() == {"error": "output 'predict_proba' is requested more than once"}
     assert len(reply.body) < 1000
-    assert seconds < 5
     assert memory["VmHWM"] < 256
 
     message = typed_message([SETOSA])
@@ -329,19 +327,27 @@ def test_grpc_bursts_of_300_calls_stay_under_the_pod_memory_limit(
 def test_a_full_server_sheds_rest_and_grpc_at_once_and_still_answers_probes(
     model_dir: Path, log_dir: Path
 ) -> None:
-    model = start_model(model_dir, log_dir, MAX_CONCURRENT_REQUESTS="1")
+    """The request beyond the bound is turned away while the one in flight still holds its slot,
+    not once it frees: that one's body never comes, and its timeout is ten minutes. No bound on
+    the seconds is asserted: a server that waited for the slot would not answer within the
+    minute the test's client waits."""
+    model = start_model(model_dir, log_dir, MAX_CONCURRENT_REQUESTS="1", BODY_TIMEOUT_SECONDS="600")
     try:
         # A request whose body never comes holds the one slot (until the body timeout).
         with socket.create_connection(("127.0.0.1", model.port)) as holder:
             holder.sendall(with_content_length(INFER.head, 100))
-            time.sleep(0.3)
-            started = time.monotonic()
-            reply = rest_infer(model, infer_body([SETOSA]))
-            seconds = time.monotonic() - started
-            assert reply.status == 503
+            # Answered until the holder is admitted, then shed.
+            replies: list[Any] = []
+
+            def shed() -> bool:
+                replies.append(rest_infer(model, infer_body([SETOSA])))
+                return bool(replies[-1].status == 503)
+
+            eventually(shed, "an infer shed while the slot is held", 10, interval=0.05)
+            reply = replies[-1]
+            assert {answer.status for answer in replies[:-1]} <= {200}
             assert reply.headers["retry-after"] == "1"
             assert reply.json() == {"error": "server busy: 1 requests in flight, retry shortly"}
-            assert seconds < 0.5
             error = grpc_infer(model.grpc_target, typed_message([SETOSA]))
             assert error is not None
             assert error.code() == grpc.StatusCode.UNAVAILABLE
