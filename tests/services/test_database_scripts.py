@@ -353,10 +353,9 @@ def test_a_standby_s_callback_does_nothing(tmp_path: Path) -> None:
     nothing = tmp_path / "no-server"
     nothing.mkdir()
     image = Image(tmp_path / "image", nothing, free_port())
-    started = time.monotonic()
     done = image.roles("on_role_change", "replica", database.SCOPE)
+    # A callback that waited for a promotion would give up after 60 s, with status 1 and why.
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
-    assert time.monotonic() - started < 5
 
 
 def test_the_callback_waits_for_the_promotion_then_sets_the_roles(
