@@ -45,14 +45,14 @@ def test_no_pause_that_would_end_past_the_deadline(monkeypatch: pytest.MonkeyPat
     pauses = slept(monkeypatch)
 
     async def until_deadline() -> list[bool]:
-        deadline = asyncio.get_running_loop().time() + 0.25
-        retry = Backoff(0.1).start(deadline)
-        # Sleep is patched, so the clock barely moves: pauses of 0.1 and 0.2 s end before the
-        # deadline, one of 0.4 s would not.
+        deadline = asyncio.get_running_loop().time() + 25
+        retry = Backoff(10).start(deadline)
+        # Sleep is patched, so the clock barely moves (seconds to spare, however slow the
+        # machine): pauses of 10 and 20 s end before the deadline, one of 40 s would not.
         return [await retry.wait() for _ in range(3)]
 
     assert asyncio.run(until_deadline()) == [True, True, False]
-    assert pauses == [0.1, 0.2]
+    assert pauses == [10, 20]
 
 
 def test_full_jitter_draws_each_pause_below_its_step(monkeypatch: pytest.MonkeyPatch) -> None:
