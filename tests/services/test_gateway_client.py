@@ -11,8 +11,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from mlstack_gateway.breaker import CircuitBreaker
+from mlstack_gateway.breaker import BreakerState, CircuitBreaker
 from mlstack_gateway.client import ModelClient
+from mlstack_gateway.errors import ApiError
 from mlstack_gateway.http_pool import ConnectError, DisconnectedError, HttpPool, ResponseError
 from mlstack_gateway.ids import new_request_id
 from mlstack_gateway.metrics import GatewayMetrics
@@ -240,25 +241,40 @@ def test_the_model_client_resends_a_call_its_pooled_connection_lost() -> None:
     assert retries == 1
 
 
-def _infer_through_client(outputs: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+def _infer_through_client(
+    outputs: list[dict[str, Any]],
+    *,
+    status: int = 200,
+    breaker: CircuitBreaker | None = None,
+) -> tuple[list[Any], list[Any]]:
     """One prediction of a row through the gateway's ModelClient, against a model that answers
-    ``outputs``: the predictions the client reads, and the infer request bodies it sent."""
+    ``outputs`` (or, with another ``status``, that status and the protocol's error body naming
+    it): the predictions the client reads, and the infer request bodies it sent."""
     metadata = json.dumps({"name": MODEL_NAME, "inputs": [{"name": INPUT, "shape": [-1, 4]}]})
-    answer = json.dumps({"model_name": MODEL_NAME, "model_version": "v9", "outputs": outputs})
+    answer = json.dumps(
+        {"model_name": MODEL_NAME, "model_version": "v9", "outputs": outputs}
+        if status == 200
+        else {"error": f"the model's own words for {status}"}
+    )
     sent: list[Any] = []
 
     async def model(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         while (request := await read_request(reader)) is not None:
-            if request.startswith(b"POST"):
+            infer = request.startswith(b"POST")
+            if infer:
                 sent.append(json.loads(request.split(b"\r\n\r\n", 1)[1]))
-            body = (answer if request.startswith(b"POST") else metadata).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            body = (answer if infer else metadata).encode()
+            head = b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (
+                status if infer else 200,
+                len(body),
+            )
+            writer.write(head + body)
             await writer.drain()
 
     async def run() -> list[Any]:
         async with origin(model) as (_, url):
             settings = GatewaySettings.from_env({"MLSTACK_API_KEY": "k", "MODEL_URL": url})
-            client = ModelClient(settings, CircuitBreaker(5, 1.0), GatewayMetrics())
+            client = ModelClient(settings, breaker or CircuitBreaker(5, 1.0), GatewayMetrics())
             await client.start()
             payload = parse_predict_body(b'{"instances": [[1, 2, 3, 4]]}', 10, 4)
             try:
@@ -287,6 +303,32 @@ def test_the_model_client_reads_predict_among_every_output() -> None:
     """An answer that holds more than `predict`, in any order, still gives the predictions."""
     predictions, _ = _infer_through_client([PROBA_OUTPUT, PREDICT_OUTPUT])
     assert predictions == [2]
+
+
+@pytest.mark.parametrize(
+    ("status", "answered", "said", "breaker_opens"),
+    [
+        (500, 502, "model failed (500): ", True),
+        (404, 502, "model server does not serve this model: ", False),
+        (400, 422, "model rejected the input: ", False),
+        (503, 503, "model unavailable: ", True),
+    ],
+)
+def test_a_model_that_answers_with_an_error_gets_the_client_the_gateway_s_answer(
+    status: int, answered: int, said: str, breaker_opens: bool
+) -> None:
+    """The model's own failures (a 5xx) are the gateway's 502 and count against the breaker, a
+    503 stays a 503 (not loaded yet, or full); a 404 (it does not serve MODEL_NAME) is a 502
+    that says so; any other refusal is the client's input, a 422. Each carries the model's
+    words. The breaker opens at the first failure here, and only at a failure."""
+    breaker = CircuitBreaker(1, 60.0)
+    with pytest.raises(ApiError) as raised:
+        _infer_through_client([PREDICT_OUTPUT], status=status, breaker=breaker)
+    assert (raised.value.status, raised.value.message) == (
+        answered,
+        f"{said}the model's own words for {status}",
+    )
+    assert breaker.state is (BreakerState.OPEN if breaker_opens else BreakerState.CLOSED)
 
 
 def test_request_ids_are_time_ordered_version_7_uuids() -> None:
