@@ -8,7 +8,10 @@ prediction (else paging could not move on), so one prediction larger than the bu
 page of its own.
 
 The cursor is the id of the page's last (oldest) row: the next page lists the rows older than
-it, newest first. Clients are told it is opaque; it is checked as a positive 64-bit integer.
+it, newest first. Each store gives ids in the order of the commits (SQLite: one writer at a time;
+PostgreSQL: see its _INSERT), so a prediction committed while a client pages is listed above
+the first page it read, never below a cursor it holds. Clients are told the cursor is opaque;
+it is checked as a positive 64-bit integer.
 """
 
 from __future__ import annotations

@@ -75,13 +75,29 @@ MIGRATIONS: list[tuple[int, str]] = [
 # The advisory-lock key every replica takes to migrate, so that one migrates at a time.
 MIGRATION_LOCK_KEY = 0x6D6C737461636B  # "mlstack"
 
+# The advisory lock each write takes before its rows get their ids, and holds until its
+# commit: the history's order (by id) is then the order of the commits (see _INSERT).
+COMMIT_ORDER_LOCK_KEY = MIGRATION_LOCK_KEY + 1
 # One statement, one round trip, one commit for the whole group. ON CONFLICT makes a resend
 # after an ambiguous failure (connection lost during COMMIT) harmless: no row twice (and see
 # _insert for what such a resend confirms).
-_INSERT = """
+# The history is paged by id (history.py), so ids must be given in commit order: a row that
+# became visible after a page was read, with an id below that page's cursor, would be listed
+# below rows the client has already passed, and it would never see it. An identity column gives
+# ids as rows are inserted, and writes of several gateways (each one commit at a time) overlap:
+# one whose commit takes longer (a larger batch, a slower wait for the synchronous standby)
+# commits ids below those of another that has already committed. So each write first takes
+# COMMIT_ORDER_LOCK_KEY: every row is joined to ``turn`` before it is inserted, which takes the
+# lock once, before the first id is drawn; PostgreSQL releases a transaction's locks once its
+# commit is visible (to the standbys too, which replay commits in their WAL order). The cost:
+# the gateways' commits, rather than each gateway's, are one at a time, each taking every row
+# that arrived meanwhile.
+_INSERT = f"""
+WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock({COMMIT_ORDER_LOCK_KEY}))
 INSERT INTO predictions
     (request_id, model_name, model_version, instances, predictions, latency_ms)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::float8[])
+SELECT rows.* FROM turn CROSS JOIN
+    unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::float8[]) AS rows
 ON CONFLICT (request_id) DO NOTHING
 """
 # Whether this server's commits return only once a synchronous standby has the commit: then a
