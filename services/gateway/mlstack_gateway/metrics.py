@@ -149,8 +149,9 @@ class GatewayMetrics:
         self.db_read_fallbacks = Counter(
             "mlstack_gateway_db_read_fallbacks",
             "History reads sent to the primary instead of DATABASE_READ_URL, by reason: lag "
-            "(replay lag above DATABASE_READ_MAX_LAG_SECONDS), unknown_lag (a standby whose WAL "
-            "receiver is not streaming, or a role that may not see it), error (the read URL "
+            "(replay lag above DATABASE_READ_MAX_LAG_SECONDS, or a page after a cursor whose "
+            "row the standby has not replayed yet), unknown_lag (a standby whose WAL receiver "
+            "is not streaming, or a role that may not see it), error (the read URL "
             "not connected yet, failing or slower than a second, or skipped for 5 s after 3 "
             "failures in a row).",
             ["reason"],

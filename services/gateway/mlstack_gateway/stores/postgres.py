@@ -12,6 +12,9 @@ So while a standby streams from its primary, a history read it serves misses no 
 primary committed more than DATABASE_READ_MAX_LAG_SECONDS before the read, save WAL still in
 flight on the network (a standby that has replayed all it received counts as 0 behind). A
 standby that loses its primary stops streaming, its lag is unknown, and reads go to the primary.
+A page after a cursor is read on a standby only if it has replayed the row the cursor names (the
+last of a page the primary, or a standby further ahead, may have answered): else the primary
+answers it, and paging lists every older prediction (see _recent_within_lag).
 Read-your-writes holds only on the primary: a prediction just answered 200 may be missing from a
 list a standby serves. The lag is the standby's clock minus the primary's commit time of the
 last replayed transaction, so clocks out of step between the two hosts shift it.
@@ -44,7 +47,13 @@ import asyncpg
 from mlstack_common.backoff import Backoff
 
 from mlstack_gateway.breaker import CircuitBreaker
-from mlstack_gateway.history import ROW_OVERHEAD_BYTES, HistoryPage, PageBuilder, item_room
+from mlstack_gateway.history import (
+    NEWEST,
+    ROW_OVERHEAD_BYTES,
+    HistoryPage,
+    PageBuilder,
+    item_room,
+)
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.settings import GatewaySettings
 from mlstack_gateway.stores.base import PredictionRecord, StoreUnavailableError, history_item
@@ -172,13 +181,23 @@ SELECT EXISTS (
 
 
 def _recent_within_lag(lag: str) -> str:
-    """_PAGE_ROWS's columns plus the server's replay lag in seconds as ``lag`` gives it, with rows
-    only when that lag is at most $5: one row of NULLs and the lag otherwise, or when there are
-    none. The lag is measured while the statement runs, on the snapshot the rows come from."""
+    """_PAGE_ROWS's columns plus the server's replay lag in seconds as ``lag`` gives it and
+    whether the server is behind the cursor $1, with rows only when that lag is at most $5 and it
+    is not: one row of NULLs, the lag and ``behind`` otherwise, or when there are none. Both are
+    measured while the statement runs, on the snapshot the rows come from.
+
+    Behind the cursor: it has not replayed the row the cursor names, the last of a page that a
+    server further ahead answered (the primary, or another standby). Ids follow the commits
+    (_INSERT), so a server that has a row with an id at or above the cursor has every row below
+    it, and one that has none may lack rows below it that the client has never seen; NEWEST
+    (the first page) names no row."""
     return f"""
-WITH RECURSIVE lag AS (SELECT {lag} AS seconds),
-{_SIZED.format(within_lag="AND (SELECT seconds FROM lag) <= $5")}
-SELECT page.*, lag.seconds
+WITH RECURSIVE lag AS (
+    SELECT {lag} AS seconds,
+           $1 < {NEWEST} AND NOT EXISTS (SELECT FROM predictions WHERE id >= $1) AS behind
+),
+{_SIZED.format(within_lag="AND (SELECT seconds <= $5 AND NOT behind FROM lag)")}
+SELECT page.*, lag.seconds, lag.behind
 FROM lag LEFT JOIN LATERAL ({_PAGE_ROWS}) AS page ON true
 ORDER BY page.id DESC
 """
@@ -189,8 +208,9 @@ _RECENT_WITHIN_LAG_FROM_FUNCTION = _recent_within_lag(_LAG_FUNCTION)
 # What one history read, or one readiness ping, may spend on the primary.
 _READ_SECONDS = 5.0
 _PING_SECONDS = 1.0
-# Where _recent_within_lag's lag is.
+# Where _recent_within_lag's lag is, and whether the server is behind the cursor.
 _LAG_COLUMN = 9
+_BEHIND_COLUMN = 10
 # What one history read may spend on the read URL (acquire, connect and query) before it goes
 # to the primary: a standby that is down or unreachable costs a read this much at most.
 READ_ATTEMPT_SECONDS = 1.0
@@ -837,7 +857,7 @@ class PostgresStore:
         if lag is None:
             self._fall_back("unknown_lag")
             return None
-        if lag > self._max_lag:
+        if lag > self._max_lag or rows[0][_BEHIND_COLUMN]:
             self._fall_back("lag")
             return None
         # No predictions: the one row of NULLs (request_id is NOT NULL in the table).
