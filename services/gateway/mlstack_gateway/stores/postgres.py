@@ -9,8 +9,10 @@ A history read (``recent``) served by a standby sees what the standby has replay
 own statement also measures the standby's replay lag (one round trip, one snapshot), and the
 read goes to the primary instead when that lag is above DATABASE_READ_MAX_LAG_SECONDS or unknown.
 So while a standby streams from its primary, a history read it serves misses no transaction the
-primary committed more than DATABASE_READ_MAX_LAG_SECONDS before the read, save WAL still in
-flight on the network (a standby that has replayed all it received counts as 0 behind). A
+primary committed more than DATABASE_READ_MAX_LAG_SECONDS before the read, save WAL that has
+not reached it: a standby that has replayed all it received counts as 0 behind, and one whose
+stream stalls without breaking (a network that drops packets, a stopped WAL receiver) still
+streams as far as it can tell, 0 behind, until wal_receiver_timeout ends the stream. A
 standby that loses its primary stops streaming, its lag is unknown, and reads go to the primary.
 A page after a cursor is read on a standby only if it has replayed the row the cursor names (the
 last of a page the primary, or a standby further ahead, may have answered): else the primary
