@@ -28,7 +28,8 @@ MAX_LIMIT = 1000
 def maximal_instances() -> list[list[float]]:
     """A full batch (MAX_BATCH_ROWS, 1,024 rows of the model's 4 features) of numbers that take
     the most room as the gateway keeps them: 17 digits and an exponent each, or a power of ten
-    that PostgreSQL's jsonb would write out in full."""
+    that PostgreSQL's jsonb would write out in full. Model v1 takes them (FP64); the newest
+    refuses any beyond float32's range."""
     return [
         [-1.2345678901234567e-300, 1e300, -9.876543210987654e-200, -2.2222222222222222e-222]
     ] * 1024
@@ -136,10 +137,10 @@ def test_a_bad_cursor_is_400_with_a_json_error(
 
 
 def test_a_prediction_larger_than_the_budget_is_a_page_of_its_own(
-    model_server: ServiceProcess, log_dir: Path, fresh_database: dict[str, str]
+    model_v1: ServiceProcess, log_dir: Path, fresh_database: dict[str, str]
 ) -> None:
     gateway = start_gateway(
-        model_server.url, log_dir, "ready", HISTORY_MAX_BYTES=str(SMALL_BUDGET), **fresh_database
+        model_v1.url, log_dir, "ready", HISTORY_MAX_BYTES=str(SMALL_BUDGET), **fresh_database
     )
     try:
         check_a_large_prediction_alone_on_its_page(gateway)
@@ -164,10 +165,10 @@ def check_a_large_prediction_alone_on_its_page(gateway: ServiceProcess) -> None:
 
 
 def test_many_concurrent_reads_of_maximal_rows_stay_under_the_pod_memory_limit(
-    model_server: ServiceProcess, log_dir: Path, fresh_database: dict[str, str]
+    model_v1: ServiceProcess, log_dir: Path, fresh_database: dict[str, str]
 ) -> None:
     database = fresh_database
-    filler = start_gateway(model_server.url, log_dir, "ready", **database)
+    filler = start_gateway(model_v1.url, log_dir, "ready", **database)
     try:
         assert predict(filler.url, maximal_instances()).status == 200
     finally:
@@ -175,7 +176,7 @@ def test_many_concurrent_reads_of_maximal_rows_stay_under_the_pod_memory_limit(
     # A thousand (the largest limit) predictions of a full batch each: about 100 MB to list.
     fill_with_copies(database, MAX_LIMIT)
     # A fresh process with the defaults, so that its memory peak is this test's.
-    gateway = start_gateway(model_server.url, log_dir, "ready", **database)
+    gateway = start_gateway(model_v1.url, log_dir, "ready", **database)
     try:
         head = raw_request(
             "GET", f"/api/v1/predictions?limit={MAX_LIMIT}", [("X-API-Key", API_KEY)]
