@@ -21,6 +21,7 @@ from pulumi.runtime import config as runtime_config
 
 from components.database import MAX_REPLICAS as MAX_DATABASE_REPLICAS
 from components.network_policy import DnsPods
+from components.quantity import QUANTITY
 from components.stack_file import NAMESPACE, mlstack_values
 
 Provider: TypeAlias = Literal["local", "existing", "gke", "eks"]
@@ -52,14 +53,6 @@ SECRETS_DIGEST_KEY_CHARACTERS: Final = 32
 # then prints the one line we logged and nothing else.
 USER_TOLD_EXIT_CODE: Final = 32
 
-_QUANTITY = re.compile(
-    r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
-)
-_QUANTITY_FACTORS: Final = {
-    "": 1,
-    **{suffix: 1000**power for power, suffix in enumerate(("k", "M", "G", "T", "P", "E"), 1)},
-    **{suffix: 1024**power for power, suffix in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), 1)},
-}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -595,14 +588,6 @@ def _parse_maintenance_window(section: _Section) -> MaintenanceWindow:
     return MaintenanceWindow(start=start, hours=hours, days=days)
 
 
-def quantity_bytes(quantity: str) -> int:
-    """The bytes a Kubernetes quantity such as `1Gi` or `500M` stands for."""
-    match = _QUANTITY.match(quantity)
-    if match is None:
-        raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
-    return int(float(match.group("number")) * _QUANTITY_FACTORS[match.group("suffix") or ""])
-
-
 # Keys of earlier releases, and what took their place: named, instead of "unknown key".
 _REMOVED_DATABASE_KEYS: Final = {
     "primary": "Patroni chooses the primary and fails over on its own; a planned change of "
@@ -623,7 +608,7 @@ def _refuse_removed_keys(raw: object) -> None:
 
 def _positive_quantity(section: _Section, sub: str, default: str) -> str:
     value = section.raw.get(sub, default)
-    match = _QUANTITY.match(value) if isinstance(value, str) else None
+    match = QUANTITY.match(value) if isinstance(value, str) else None
     if match is None or float(match.group("number")) <= 0:
         raise _fail(
             section.path(sub),
@@ -635,7 +620,7 @@ def _positive_quantity(section: _Section, sub: str, default: str) -> str:
 
 def _twice(quantity: str) -> str:
     """Twice a Kubernetes quantity, in its own unit: `1Gi` -> `2Gi`, `1.5G` -> `3G`."""
-    match = _QUANTITY.match(quantity)
+    match = QUANTITY.match(quantity)
     assert match is not None, quantity
     number = format(Decimal(match.group("number")) * 2, "f")
     if "." in number:

@@ -22,6 +22,7 @@ import pulumi_kubernetes as k8s
 
 from components import pod, rollout
 from components.labels import labels, metadata, selector
+from components.quantity import quantity_bytes
 
 NAME: Final = "database"
 READ_NAME: Final = f"{NAME}-read"
@@ -497,7 +498,7 @@ def _pod_spec(args: DatabaseArgs, match: dict[str, str]) -> k8s.core.v1.PodSpecA
         {"name": "DATABASE_LABELS", "value": json.dumps(match, sort_keys=True)},
         # The volume's size bounds the WAL PostgreSQL keeps (the image's wal_limits()). A new
         # size rolls the pods, one at a time, so that each applies its volume's.
-        {"name": "DATABASE_STORAGE_SIZE", "value": args.storage_size},
+        {"name": "DATABASE_STORAGE_BYTES", "value": str(quantity_bytes(args.storage_size))},
         *(
             {"name": variable, "value": pod.secret_file(key)}
             for variable, key in (

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components import pod
-from components.config import quantity_bytes
+from components.quantity import quantity_bytes
 from harness.services import API_KEY, SETOSA, ServiceProcess
 from tests.services.oip import INFER_PATH, infer_body
 

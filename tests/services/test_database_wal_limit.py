@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import pytest
 
+from components.quantity import quantity_bytes
 from harness.poll import eventually
 from harness.postgres import PostgresServer, query
 from tests.database_image import TEMPLATE, entrypoint_module, password_files
@@ -52,7 +53,7 @@ def image_parameters(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, A
         "POD_IP": "10.0.0.10",
         "POD_NAMESPACE": "mlstack-dev",
         "DATABASE_LABELS": json.dumps({"app.kubernetes.io/name": "database"}),
-        "DATABASE_STORAGE_SIZE": STORAGE_SIZE,
+        "DATABASE_STORAGE_BYTES": str(quantity_bytes(STORAGE_SIZE)),
     }.items():
         monkeypatch.setenv(name, value)
     settings = entrypoint_module()["configuration"]()
