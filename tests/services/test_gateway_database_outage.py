@@ -7,6 +7,7 @@ traceback per retry or a line per request."""
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -139,6 +140,7 @@ def test_killed_database_costs_503s_with_retry_after_and_no_500(
 
     assert_only_200s_and_503s_with_retry_after(answers)
     assert_every_200_stored(answers, dsn)
+    assert_refusals_name_nothing_of_the_database(answers, database)
     went_away = outage_lines(gateway)
     # One outage: one line for the primary (and one for the read URL, when there is one).
     assert len(went_away) == (2 if read_url else 1), "\n".join(went_away[:20])
@@ -199,6 +201,23 @@ def assert_only_200s_and_503s_with_retry_after(answers: list[Answer]) -> None:
         for status in sorted({a.status for a in answers})
     }
     assert not wrong, f"{len(wrong)} answers neither 200 nor 503+Retry-After {counts}: {wrong[:5]}"
+
+
+def assert_refusals_name_nothing_of_the_database(
+    answers: list[Answer], database: PostgresServer
+) -> None:
+    """What a client reads of a refusal is the gateway's words, not the driver's or the server's,
+    which can name the database's address ("Connect call failed ('10.42.0.7', 5432)"), its
+    files or its state (the gateway's log has them)."""
+    said = {json.loads(a.detail)["error"] for a in answers if a.status == 503}
+    assert said
+    driver_words = ("Errno", "Connect call", "DETAIL", "database system", "127.0.0.1")
+    telling = [
+        text
+        for text in said
+        if any(words in text for words in driver_words) or str(database.port) in text
+    ]
+    assert not telling, telling
 
 
 def assert_every_200_stored(answers: list[Answer], dsn: str) -> None:

@@ -44,7 +44,8 @@ def history_item(row: Row, created_at: str) -> dict[str, Any]:
 
 
 class StoreUnavailableError(Exception):
-    """The database cannot take the write (or read) now."""
+    """The database cannot take the write (or read) now. Its message is the client's to read (a
+    503's error): the gateway's words, never the driver's, which the log keeps."""
 
 
 class PredictionStore(Protocol):

@@ -767,7 +767,9 @@ class PostgresStore:
                 # The same rows again (ON CONFLICT: harmless if the lost commit happened), on
                 # another connection (perhaps to the new primary, after a failover).
                 if not await retry.wait():
-                    raise StoreUnavailableError(f"database write failed: {exc}") from exc
+                    # The driver's words stay in the log (failed() above): they can name the
+                    # server's address or files, and the client reads this.
+                    raise StoreUnavailableError("database write failed") from exc
                 resent = True
                 continue
             self._primary.answered(asked_at)
@@ -819,7 +821,7 @@ class PostgresStore:
         except Exception as exc:
             if _is_transient(exc):
                 self._primary.failed(exc)
-                raise StoreUnavailableError(f"database read failed: {exc}") from exc
+                raise StoreUnavailableError("database read failed") from exc
             raise
         self._primary.answered(asked_at)
         self._metrics.db_reads.labels("primary").inc()

@@ -227,7 +227,8 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self._metrics.db_failures.inc()
             log.warning("SQLite write of a batch failed: %s", exc)
-            raise StoreUnavailableError(f"database write failed: {exc}") from exc
+            # The client reads this: the file's words stay in the log.
+            raise StoreUnavailableError("database write failed") from exc
 
     async def save(self, record: PredictionRecord) -> None:
         await self._committer.submit(record)
@@ -249,7 +250,8 @@ class SqliteStore:
         try:
             return await self._reader.run(lambda: self._recent_sync(limit, before))
         except sqlite3.Error as exc:
-            raise StoreUnavailableError(f"database read failed: {exc}") from exc
+            log.warning("SQLite history read failed: %s", exc)
+            raise StoreUnavailableError("database read failed") from exc
 
     def _ping_sync(self) -> bool:
         return bool(self._reader.conn.execute("SELECT 1").fetchone()[0] == 1)
