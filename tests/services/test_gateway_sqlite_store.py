@@ -92,8 +92,10 @@ def test_a_failed_commit_fails_every_caller_in_it(tmp_path: Path) -> None:
     results, failures = asyncio.run(run())
     assert all(isinstance(r, StoreUnavailableError) for r in results)
     # The client's words; the file's stay in the log (and the cause).
-    assert str(results[0]) == "database write failed"
-    assert "no such table" in str(results[0].__cause__)
+    failure = results[0]
+    assert failure is not None
+    assert str(failure) == "database write failed"
+    assert "no such table" in str(failure.__cause__)
     assert failures >= 1
 
 
