@@ -129,6 +129,24 @@ class PostgresServer:
         """Make the server read its configuration files again (postgresql.auto.conf included)."""
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "reload")
 
+    @contextlib.contextmanager
+    def replay_paused(self, database: str = "postgres") -> Iterator[None]:
+        """This standby with its WAL replay paused (it still receives WAL), resumed on the way
+        out: what it serves stays as it was while the primary moves on."""
+        dsn = self.dsn(database)
+        query(dsn, "SELECT pg_wal_replay_pause()")
+        try:
+            wait_until(
+                lambda: query(dsn, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused",
+                "the standby's replay to pause",
+                30,
+                self.log,
+                interval=0.05,
+            )
+            yield
+        finally:
+            query(dsn, "SELECT pg_wal_replay_resume()")
+
     def standby(self, slot: str | None = None) -> PostgresServer:
         """A hot standby of this running server, started: a base backup of it that streams its
         WAL from it over 127.0.0.1 (initdb's defaults allow it: wal_level replica, 10 WAL

@@ -106,6 +106,21 @@ def gateway(
     service.stop()
 
 
+@pytest.fixture(scope="module")
+def primary_dsn(request: pytest.FixtureRequest, postgres: PostgresServer) -> str:
+    """The module's own database (named by its DATABASE) on the session's PostgreSQL."""
+    return postgres.create_database(request.module.DATABASE)
+
+
+@pytest.fixture(scope="module")
+def standby(postgres: PostgresServer, primary_dsn: str) -> Iterator[PostgresServer]:
+    """A streaming standby of the session's PostgreSQL, the module's own, made once the module's
+    database is there (so that it holds it)."""
+    server = postgres.standby()
+    yield server
+    server.destroy()
+
+
 @pytest.fixture
 def slow_model() -> Iterator[str]:
     """The URL of a model server that takes a second over each inference."""

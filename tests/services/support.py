@@ -165,6 +165,12 @@ def predict(gateway_url: str, instances: Any, key: str | None = API_KEY) -> Repl
     return request("POST", f"{gateway_url}/api/v1/predict", {"instances": instances}, headers)
 
 
+def stored(dsn: str, request_ids: list[str]) -> int:
+    """How many of ``request_ids`` the predictions table of the database at ``dsn`` holds."""
+    sql = "SELECT count(*) FROM predictions WHERE request_id = ANY($1::uuid[])"
+    return int(query(dsn, sql, request_ids)[0][0])
+
+
 def new_prediction(gateway: ServiceProcess) -> str:
     """The request id of a new prediction of SETOSA, which the gateway must answer 200."""
     reply = predict(gateway.url, [SETOSA])

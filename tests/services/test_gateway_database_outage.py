@@ -20,7 +20,7 @@ import pytest
 from harness.http import refused_with_retry_after
 from harness.postgres import PostgresServer, query
 from harness.services import SETOSA, ServiceProcess, start_gateway
-from tests.services.support import history, predict, throwaway_postgres
+from tests.services.support import history, predict, stored, throwaway_postgres
 
 PREDICTORS = 12
 READERS = 4
@@ -222,10 +222,7 @@ def assert_refusals_name_nothing_of_the_database(
 
 def assert_every_200_stored(answers: list[Answer], dsn: str) -> None:
     acknowledged = [a.detail for a in answers if a.endpoint == "predict" and a.status == 200]
-    stored = query(
-        dsn, "SELECT count(*) FROM predictions WHERE request_id = ANY($1::uuid[])", acknowledged
-    )
-    assert stored[0][0] == len(acknowledged)
+    assert stored(dsn, acknowledged) == len(acknowledged)
 
 
 def outage_lines(gateway: ServiceProcess) -> list[str]:

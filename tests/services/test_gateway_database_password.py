@@ -11,9 +11,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from harness.postgres import PostgresServer, query
+from harness.postgres import PostgresServer
 from harness.services import ServiceProcess, start_gateway
-from tests.services.support import new_prediction, password_role_url
+from tests.services.support import new_prediction, password_role_url, stored
 
 ROLE = "gateway_password"
 PASSWORD = "Xk3v/Qm7p@Lw2R:t8Zy%4aHs+Ab9C=dEf1?Gh2J#Kl3M'Np4Q\\Rs5T"
@@ -41,10 +41,7 @@ def test_the_gateway_stores_a_prediction_with_that_password(
         request_id = new_prediction(gateway)
     finally:
         gateway.stop()
-    stored = query(
-        postgres.dsn(ROLE), "SELECT count(*) FROM predictions WHERE request_id = $1", request_id
-    )
-    assert stored[0][0] == 1
+    assert stored(postgres.dsn(ROLE), [request_id]) == 1
 
 
 def test_an_unencoded_password_stops_the_gateway_without_logging_it(

@@ -36,6 +36,7 @@ from tests.services.support import (
     new_prediction,
     predict,
     read_until_listed,
+    stored,
     throwaway_postgres,
 )
 
@@ -296,12 +297,7 @@ def test_the_gateway_serves_as_its_role_without_migrating(
         assert request_id in listed(gateway)
     finally:
         gateway.stop()
-    stored = query(
-        migrated.server.dsn(DBNAME),
-        "SELECT count(*) FROM predictions WHERE request_id = $1::uuid",
-        request_id,
-    )
-    assert stored[0][0] == 1
+    assert stored(migrated.server.dsn(DBNAME), [request_id]) == 1
     assert "applied migration" not in gateway.log_path.read_text()
 
 

@@ -14,25 +14,13 @@ from pathlib import Path
 import pytest
 
 from harness.poll import eventually
-from harness.postgres import PostgresServer, query
+from harness.postgres import PostgresServer
 from harness.services import ServiceProcess, start_gateway
-from tests.services.support import history, new_prediction
+from tests.services.support import history, new_prediction, stored
 
 DATABASE = "history_standby"
 # Far above the standby's lag in this test: it serves the reads, behind as it is.
 MAX_LAG = 60
-
-
-@pytest.fixture(scope="module")
-def primary_dsn(postgres: PostgresServer) -> str:
-    return postgres.create_database(DATABASE)
-
-
-@pytest.fixture(scope="module")
-def standby(postgres: PostgresServer, primary_dsn: str) -> Iterator[PostgresServer]:
-    server = postgres.standby()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +61,7 @@ def page(gateway: ServiceProcess, query_string: str) -> tuple[list[str], str | N
 
 
 def replayed(standby: PostgresServer, request_id: str) -> bool:
-    sql = "SELECT count(*) FROM predictions WHERE request_id = $1::uuid"
-    return bool(query(standby.dsn(DATABASE), sql, request_id)[0][0])
+    return stored(standby.dsn(DATABASE), [request_id]) == 1
 
 
 def test_the_next_page_from_a_standby_behind_the_cursor_lists_every_older_prediction(
@@ -82,19 +69,10 @@ def test_the_next_page_from_a_standby_behind_the_cursor_lists_every_older_predic
 ) -> None:
     replayed_ids = [new_prediction(on_primary) for _ in range(3)]
     eventually(lambda: replayed(standby, replayed_ids[-1]), "the standby replayed them", 30)
-    standby_dsn = standby.dsn(DATABASE)
-    query(standby_dsn, "SELECT pg_wal_replay_pause()")
-    try:
-        eventually(
-            lambda: query(standby_dsn, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused",
-            "the standby's replay paused",
-            30,
-        )
+    with standby.replay_paused(DATABASE):
         newer_ids = [new_prediction(on_primary) for _ in range(3)]
         first, cursor = page(on_primary, "?limit=2")
         assert first == newer_ids[:0:-1]
         assert cursor is not None
         rest, _ = page(on_standby, f"?limit=100&cursor={cursor}")
-    finally:
-        query(standby_dsn, "SELECT pg_wal_replay_resume()")
     assert rest == [newer_ids[0], *reversed(replayed_ids)]

@@ -19,6 +19,7 @@ from tests.services.support import (
     metric,
     new_prediction,
     read_until_listed,
+    stored,
 )
 
 DATABASE = "read_replica"
@@ -26,18 +27,6 @@ MAX_LAG = 0.5
 READS = "mlstack_gateway_db_reads_total"
 FALLBACKS = "mlstack_gateway_db_read_fallbacks_total"
 LAG = "mlstack_gateway_db_read_lag_seconds"
-
-
-@pytest.fixture(scope="module")
-def primary_dsn(postgres: PostgresServer) -> str:
-    return postgres.create_database(DATABASE)
-
-
-@pytest.fixture(scope="module")
-def standby(postgres: PostgresServer, primary_dsn: str) -> Iterator[PostgresServer]:
-    server = postgres.standby()
-    yield server
-    server.destroy()
 
 
 def start_read_gateway(
@@ -62,8 +51,7 @@ def gateway(
 
 
 def on_standby(standby: PostgresServer, request_id: str) -> bool:
-    sql = "SELECT count(*) FROM predictions WHERE request_id = $1::uuid"
-    return bool(query(standby.dsn(DATABASE), sql, request_id)[0][0])
+    return stored(standby.dsn(DATABASE), [request_id]) == 1
 
 
 def test_an_empty_history_is_read_from_the_standby(gateway: ServiceProcess) -> None:
@@ -92,22 +80,12 @@ def test_a_prediction_is_listed_from_the_standby(
 def test_a_standby_behind_by_more_than_the_bound_is_not_read(
     gateway: ServiceProcess, standby: PostgresServer
 ) -> None:
-    standby_dsn = standby.dsn(DATABASE)
-    query(standby_dsn, "SELECT pg_wal_replay_pause()")
-    try:
-        eventually(
-            lambda: query(standby_dsn, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused",
-            "the standby's replay paused",
-            30,
-            interval=0.05,
-        )
+    with standby.replay_paused(DATABASE):
         request_id = new_prediction(gateway)
         # Served by the primary once the standby is MAX_LAG behind: the newest row included.
         read_until_listed(gateway, request_id, FALLBACKS, reason="lag")
         assert metric(gateway, LAG) > MAX_LAG
         assert not on_standby(standby, request_id)
-    finally:
-        query(standby_dsn, "SELECT pg_wal_replay_resume()")
     # Caught up, it serves reads again.
     read_until_listed(gateway, request_id, READS, source="replica")
 

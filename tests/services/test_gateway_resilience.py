@@ -16,7 +16,7 @@ from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer, query
 from harness.services import SETOSA, ServiceProcess, start_gateway, start_model
-from tests.services.support import predict, silent_server, sqlite_file
+from tests.services.support import predict, silent_server, sqlite_file, stored
 
 
 def test_dead_model_gives_fast_503_then_recovers(model_dir: Path, log_dir: Path) -> None:
@@ -129,8 +129,7 @@ def test_acknowledged_predictions_survive_a_database_restart(
     assert set(failures) <= {503}
     assert any(at > restarted for at, _ in acknowledged), "no prediction after the restart"
     ids = [request_id for _, request_id in acknowledged]
-    rows = query(dsn, "SELECT count(*) FROM predictions WHERE request_id = ANY($1::uuid[])", ids)
-    assert rows[0][0] == len(ids)
+    assert stored(dsn, ids) == len(ids)
 
 
 def test_replicas_starting_together_migrate_once(
