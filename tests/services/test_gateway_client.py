@@ -299,9 +299,15 @@ def test_the_model_client_asks_for_predict_alone() -> None:
     assert body["inputs"][0]["data"] == [1, 2, 3, 4]
 
 
-def test_the_model_client_reads_predict_among_every_output() -> None:
-    """An answer that holds more than `predict`, in any order, still gives the predictions."""
-    predictions, _ = _infer_through_client([PROBA_OUTPUT, PREDICT_OUTPUT])
+@pytest.mark.parametrize(
+    "outputs",
+    [[PROBA_OUTPUT, PREDICT_OUTPUT], [PREDICT_OUTPUT, PROBA_OUTPUT]],
+    ids=["predict-last", "predict-first"],
+)
+def test_the_model_client_reads_predict_among_every_output(outputs: list[dict[str, Any]]) -> None:
+    """An answer that holds more than `predict`, in any order, still gives the predictions:
+    the client finds the tensor by its name, not by its place."""
+    predictions, _ = _infer_through_client(outputs)
     assert predictions == [2]
 
 
