@@ -79,7 +79,13 @@ def test_concurrent_predictions_are_all_answered_and_stored(gateway: ServiceProc
 
 @pytest.mark.parametrize(
     ("headers", "needle"),
-    [({}, "missing X-API-Key"), ({"X-API-Key": "wrong"}, "invalid"), ({"X-API-Key": ""}, "")],
+    [
+        ({}, "missing X-API-Key header"),
+        ({"X-API-Key": "wrong"}, "invalid API key"),
+        # An empty value is no key at all, not a key to compare.
+        ({"X-API-Key": ""}, "missing X-API-Key header"),
+    ],
+    ids=["missing", "wrong", "empty"],
 )
 def test_predict_without_the_right_key_is_401(
     gateway: ServiceProcess, headers: dict[str, str], needle: str
