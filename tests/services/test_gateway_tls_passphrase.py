@@ -17,7 +17,8 @@ from harness.services import GATEWAY_SRC, import_path
 
 PASSPHRASE = "correct horse"
 
-# What each case prints: the settings' refusal, or whether a changed pair was loaded.
+# What each case prints: the settings' refusal, or whether a changed pair was loaded and how
+# many pairs were refused (a check that never tried the pair loads none and refuses none).
 AT_START = """
 import sys
 from mlstack_common.env import SettingsError
@@ -37,11 +38,14 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter
 from mlstack_gateway.certificates import ServingCertificate
 cert, key, encrypted_cert, encrypted_key = map(Path, sys.argv[1:5])
-reloads = Counter("reloads", "", ["result"], registry=CollectorRegistry())
+registry = CollectorRegistry()
+reloads = Counter("reloads", "", ["result"], registry=registry)
 serving = ServingCertificate(cert, key, reloads)
 shutil.copyfile(encrypted_cert, cert)
 shutil.copyfile(encrypted_key, key)
-print("loaded" if serving.check() else "refused")
+loaded = serving.check()
+refused = registry.get_sample_value("reloads_total", {"result": "refused"}) or 0
+print("loaded" if loaded else "not loaded", f"refused {refused:.0f}")
 """
 
 
@@ -103,5 +107,5 @@ def test_an_encrypted_key_at_a_reload_is_refused_without_asking(
     served_cert.write_bytes(plain_cert.read_bytes())
     served_key.write_bytes(plain_key.read_bytes())
     result = run_with_passphrase_on_stdin(AT_RELOAD, served_cert, served_key, cert, key)
-    assert result.stdout.strip() == "refused"
+    assert result.stdout.strip() == "not loaded refused 1"
     assert "pass phrase" not in result.stderr
