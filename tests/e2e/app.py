@@ -4,6 +4,7 @@ address, a bounded load loop, the database's rows, commands inside the app's con
 from __future__ import annotations
 
 import contextlib
+import http.client
 import itertools
 import json
 import os
@@ -98,7 +99,10 @@ def _answer(
             return Answer(now, reply.status, "", "", error, retry_after, done=time.monotonic())
         version, request_id = read(reply.json())
         return Answer(now, reply.status, version, request_id, "", done=time.monotonic())
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as err:
+        # No whole, well-formed answer (a reset, an answer cut off mid-body, a status line or a
+        # body that is not what was asked): a failed request, counted as one, never an exception
+        # that would end a load loop's thread in silence, its failures unseen.
         return Answer(now, 0, "", "", repr(err), done=time.monotonic())
 
 
