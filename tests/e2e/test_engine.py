@@ -638,10 +638,14 @@ def test_4b_a_deleted_model_pod_and_a_killed_model_container_are_replaced(
         TIMINGS["model container killed -> restarted and Ready"] = eventually(
             restarted, "the killed model container restarted and Ready", 180, interval=0.5
         )
+        back = time.monotonic()
         time.sleep(2)
     ACKNOWLEDGED.update(app.acknowledged(load))
     assert len(load.answers) > 20, load.summary()
     assert not load.failures, load.summary()
+    # The load ran through both disruptions: a request sent once the container was back was
+    # answered too, not only the ones before the pod was deleted.
+    assert load.since(back)(), load.summary()
 
 
 def test_4c_a_deleted_database_pod_under_load_costs_only_503s_and_no_acknowledged_row(
