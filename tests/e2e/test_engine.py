@@ -753,6 +753,19 @@ def test_4d_gateway_replicas_scale_3_1_by_config_and_endpoints_follow(
 
 
 OUTSIDER_NS = "mlstack-e2e-outsider"
+# The app namespace's default-deny (components/network_policy.py) holds every pod in it to DNS
+# alone, a probe pod too: without this policy the intruder's dials would be refused by its own
+# egress, whatever the model's and the database's ingress policies admit.
+INTRUDER_EGRESS = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "e2e-intruder-egress", "namespace": NAMESPACE},
+    "spec": {
+        "podSelector": {"matchLabels": {NAME_LABEL: "intruder"}},
+        "policyTypes": ["Egress"],
+        "egress": [{}],
+    },
+}
 
 
 def test_4e_network_policy_admits_only_the_gateway_to_model_and_database(
@@ -760,39 +773,57 @@ def test_4e_network_policy_admits_only_the_gateway_to_model_and_database(
 ) -> None:
     """kube-router enforces the program's NetworkPolicies: a pod of the app's namespace that is
     not the gateway, and a pod of another namespace, cannot open the model's or the database's
-    port (by Service or pod address); the gateway can; the outsider still reaches the gateway
-    (so the refusals are the policies', not a broken network)."""
+    port (by Service or pod address); the gateway can. Both probes reach the gateway first, so
+    the refusals are the model's and the database's policies: not a broken network, nor the
+    intruder's own namespace denying it egress (INTRUDER_EGRESS lifts that for it)."""
     kube = control_plane
     ensure_stack(workspace, kube)
-    probe_pods(node, kube, (NAMESPACE, "intruder"), (OUTSIDER_NS, "outsider"))
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(INTRUDER_EGRESS))
+    try:
+        probe_pods(node, kube, (NAMESPACE, "intruder"), (OUTSIDER_NS, "outsider"))
 
-    def service(name: str) -> str:
-        found: Any = kube.get_json("service", name, "-n", NAMESPACE)
-        return f"{found['spec']['clusterIP']}:{found['spec']['ports'][0]['port']}"
+        def service(name: str) -> str:
+            found: Any = kube.get_json("service", name, "-n", NAMESPACE)
+            return f"{found['spec']['clusterIP']}:{found['spec']['ports'][0]['port']}"
 
-    def pod_address(name: str, port: int) -> str:
-        return f"{app.live(app.pods(kube, name))[0]['status']['podIP']}:{port}"
+        def pod_address(name: str, port: int) -> str:
+            return f"{app.live(app.pods(kube, name))[0]['status']['podIP']}:{port}"
 
-    protected = [
-        service("model"),
-        pod_address("model", 8080),
-        service("database"),
-        pod_address("database", database.PORT),
-    ]
-    for ns, name in ((NAMESPACE, "intruder"), (OUTSIDER_NS, "outsider")):
-        for target in protected:
+        def reaches(ns: str, name: str, target: str) -> bool:
             out = node.exec_probe(ns, name, "dial", target, check=False)
-            assert out.returncode != 0 and "connected" not in out.stdout, (
-                f"{ns}/{name} reached {target}: {out.stdout}"
+            return out.stdout.strip() == "connected"
+
+        probes = ((NAMESPACE, "intruder"), (OUTSIDER_NS, "outsider"))
+        for ns, name in probes:
+            eventually(
+                lambda: reaches(ns, name, service("gateway")),  # noqa: B023
+                f"{ns}/{name} to reach the gateway",
+                30,
+                interval=1,
             )
-    reached = node.exec_probe(OUTSIDER_NS, "outsider", "dial", service("gateway"), check=False)
-    assert reached.stdout.strip() == "connected", reached.stdout
-    gateway = app.live(app.pods(kube, "gateway"))[0]["metadata"]["name"]
-    for target in protected:
-        host, port = target.rsplit(":", 1)
-        connect = f"import socket; socket.create_connection(({host!r}, {port}), 5).close()"
-        app.exec_in(kube, gateway, "python", "-c", connect)
-    kube.kubectl("delete", "pod", "intruder", "-n", NAMESPACE, "--grace-period=1", "--wait=true")
+        protected = [
+            service("model"),
+            pod_address("model", 8080),
+            service("database"),
+            pod_address("database", database.PORT),
+        ]
+        for ns, name in probes:
+            for target in protected:
+                out = node.exec_probe(ns, name, "dial", target, check=False)
+                assert out.returncode != 0 and "connected" not in out.stdout, (
+                    f"{ns}/{name} reached {target}: {out.stdout}"
+                )
+        gateway = app.live(app.pods(kube, "gateway"))[0]["metadata"]["name"]
+        for target in protected:
+            host, port = target.rsplit(":", 1)
+            connect = f"import socket; socket.create_connection(({host!r}, {port}), 5).close()"
+            app.exec_in(kube, gateway, "python", "-c", connect)
+    finally:
+        kube.kubectl(
+            "delete", "pod", "intruder", "-n", NAMESPACE, "--grace-period=1", "--wait=true",
+            "--ignore-not-found",
+        )  # fmt: skip
+        kube.kubectl("delete", "-f", "-", "--ignore-not-found", stdin=json.dumps(INTRUDER_EGRESS))
 
 
 def test_4f_a_pod_connection_to_an_outside_address_is_refused(
