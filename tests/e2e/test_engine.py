@@ -864,6 +864,18 @@ def stored_on(kube: ControlPlane, instance: int) -> set[str]:
     return set(app.psql(kube, "SELECT request_id FROM predictions", instance))
 
 
+def rows_before_a_new_instance(kube: ControlPlane, url: str) -> set[str]:
+    """One prediction acknowledged now, then every row the primary holds: what an instance made
+    after this must copy. Never empty, whichever scenarios ran before (ACKNOWLEDGED is empty in
+    a scenario run alone)."""
+    answer = app.predict(url)
+    assert answer.ok, answer
+    ACKNOWLEDGED.add(answer.request_id)
+    rows = stored_on(kube, app.primary_instance(kube))
+    assert answer.request_id in rows, "the acknowledged prediction is not on the primary"
+    return rows
+
+
 def up_with_secrets(
     workspace: PulumiWorkspace,
     kube: ControlPlane,
@@ -1000,6 +1012,8 @@ def test_4r_a_standby_added_by_config_streams_synchronously_and_serves_the_histo
 ) -> None:
     kube = control_plane
     ensure_database(workspace, kube, 1)
+    url = gateway_url(kube)
+    had = rows_before_a_new_instance(kube, url)
     primary_uid = pod_uid(kube, 0)
     up = up_with(workspace, kube, "mlstack:database.replicas", 2)
     TIMINGS["pulumi up adding a standby"] = up.seconds
@@ -1011,8 +1025,7 @@ def test_4r_a_standby_added_by_config_streams_synchronously_and_serves_the_histo
     assert sync == [f"{database.pod_name(1)}|sync"], sync
     assert app.ready_endpoints(kube, database.READ_NAME) == {app.pod_ip(kube, 1)}
     # Every row the primary had is on the copy, and a new prediction is there once answered.
-    assert stored_on(kube, 1) >= ACKNOWLEDGED
-    url = gateway_url(kube)
+    assert stored_on(kube, 1) >= had | ACKNOWLEDGED
     answer = app.predict(url)
     assert answer.ok, answer
     ACKNOWLEDGED.add(answer.request_id)
@@ -1088,12 +1101,13 @@ def test_4t_a_third_instance_comes_by_config_without_touching_the_primary(
 ) -> None:
     kube = control_plane
     ensure_database(workspace, kube, 2, primary=0)
+    had = rows_before_a_new_instance(kube, gateway_url(kube))
     primary_uid = pod_uid(kube, 0)
     up_with(workspace, kube, "mlstack:database.replicas", 3)
     TIMINGS["third instance -> settled"] = wait_settled(kube, 3, "a third instance")
     assert pod_uid(kube, 0) == primary_uid, "adding an instance restarted the primary"
     assert in_recovery(kube, 2) == "t"
-    assert stored_on(kube, 2) >= ACKNOWLEDGED
+    assert stored_on(kube, 2) >= had | ACKNOWLEDGED
 
 
 def failover_under_load(
