@@ -1065,12 +1065,14 @@ def test_4s_a_killed_standby_costs_no_acknowledged_prediction(
 ) -> None:
     """The synchronous standby deleted under load: commits wait for it until Patroni lets the
     primary go on alone (a few seconds), so requests may be slower, or refused with a 503 and
-    Retry-After, never answered wrongly; it comes back as the synchronous standby."""
+    Retry-After, never answered wrongly; it comes back as the synchronous standby, and
+    predictions and history reads are answered 200 again."""
     kube = control_plane
     ensure_database(workspace, kube, 2, primary=0)
     url = gateway_url(kube)
     standby_uid = pod_uid(kube, 1)
-    with app.Load(url, limit=180) as load, app.Load(url, limit=180, call=app.history) as reads:
+    with app.Load(url, limit=600) as load, app.Load(url, limit=600, call=app.history) as reads:
+        eventually(load.since(0.0), "a prediction answered", 60, interval=0.5)
         time.sleep(2)
         kube.kubectl(
             "delete", "pod", database.pod_name(1), "-n", NAMESPACE, "--wait=true", timeout=180
@@ -1082,7 +1084,9 @@ def test_4s_a_killed_standby_costs_no_acknowledged_prediction(
             interval=0.5,
         )
         TIMINGS["standby deleted -> synchronous again"] = wait_settled(kube, 2, "standby back")
-        time.sleep(2)
+        back = time.monotonic()
+        eventually(load.since(back), "a prediction acknowledged again", 60, interval=0.5)
+        eventually(reads.since(back), "a history read answered again", 60, interval=0.5)
     assert load.answers and not load.wrong_answers, load.summary()
     assert reads.answers and not reads.wrong_answers, reads.summary()
     TIMINGS["standby deleted: predictions refused"] = len(load.failures)
