@@ -5,14 +5,15 @@ level, its traffic through the gateway's LoadBalancer address.
 The scenarios run in order against one stack. Each starts by naming the state it needs (the
 `ensure_*` steps below), which costs a kubectl call when the scenario before left that state and
 brings the stack there otherwise: a scenario runs alone (`-k 4s`) as it runs in the sequence:
-preview on an empty stack, up, the pods as they run, a prediction stored, the pull-request preview
-and its up, `make drift` clean, then naming an out-of-band scale, then clean after up, no drift
-then a refresh that finds an out-of-band scale, a model rollout back and forth under load,
-self-healing, the database and then the model away under load, scaling, NetworkPolicy, egress,
-an API key rotated and rotated back under load, a standby added by config, a standby killed, a
-failover and a third instance added and removed, the model autoscaled out under load (kept
-through an up, not drift) and back in, and teardown. A bad config is checked on a
-stack of its own; the `kubectl apply` baseline runs last.
+preview on an empty stack, up, the pods as they run, a prediction stored, the database's roles,
+the pull-request preview and its up, a model rollout under load, self-healing, the database and
+then the model away under load, scaling, NetworkPolicy, egress, an API key rotated under load, a
+standby added by config, a standby killed, a third instance added, the primary killed,
+force-deleted, frozen and switched over under load, an instance removed, a restore to a time,
+the model autoscaled out under load (kept through an up, not drift) and back in, `make drift`
+clean, then naming an out-of-band scale, then clean after up, and teardown. A bad config and the
+policy pack are checked on stacks of their own; the last scenario watches the node remove the
+containers of the model pod 4b deleted.
 """
 
 from __future__ import annotations
@@ -1442,7 +1443,8 @@ def test_4y_no_change_after_up_then_drift_names_an_out_of_band_scale_and_up_rest
     """After an up, the preview plans nothing and `make drift`'s check (tools/drift.py) finds
     nothing. A `kubectl scale` of the gateway is drift, named with its property; `pulumi refresh`
     takes it into the state, and the next `pulumi up` restores the configured count (the stack
-    file wins the field back from kubectl's manager: pulumi.com/patchForce, see below)."""
+    file wins the field back from kubectl's manager: the Deployment's pulumi.com/patchForce,
+    components/microservice.py)."""
     ensure_stack(workspace, control_plane)
     preview = workspace.run("preview", "--stack", STACK, "--json", "--expect-no-changes").json()
     assert changes(preview) == []
@@ -1490,7 +1492,7 @@ def test_5_destroy_and_stack_rm_leave_nothing(
     workspace: PulumiWorkspace, control_plane: ControlPlane, node: Node
 ) -> None:
     """The end of the stack's sequence: the scenarios after it deploy nothing on it (6 and 6b
-    use stacks of their own, 7 applies the same objects by kubectl, 8 watches the node)."""
+    use stacks of their own, 8 watches the node)."""
     ensure_stack(workspace, control_plane)
     app_uids = {p["metadata"]["uid"] for p in app.pods(control_plane)}
     assert app_uids
