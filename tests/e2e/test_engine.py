@@ -979,19 +979,6 @@ def gateway_metrics(kube: ControlPlane, name: str, **labels: str) -> list[float]
     return values
 
 
-def longest_refusal(load: app.Load) -> float:
-    """The longest time between two answered requests with only failures in between."""
-    longest, last_ok, failing = 0.0, None, False
-    for answer in load.answers:
-        if answer.ok:
-            if failing and last_ok is not None:
-                longest = max(longest, answer.at - last_ok)
-            last_ok, failing = answer.at, False
-        else:
-            failing = True
-    return longest
-
-
 def wait_settled(kube: ControlPlane, instances: int, what: str, timeout: float = 180) -> float:
     return eventually(
         lambda: app.settled(kube, instances), f"{what}: the database settled", timeout, interval=0.5
