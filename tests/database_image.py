@@ -76,3 +76,21 @@ def password_files(folder: Path) -> dict[str, str]:
         for v in _CONTAINERS[database.POSTGRES_CONTAINER]["env"]
         if str(v.get("value", "")).startswith(f"{pod.SECRETS_DIR}/")
     }
+
+
+def pod_variables(pod_name: str, ip: str, storage_bytes: int) -> dict[str, str]:
+    """What the entrypoint reads of the pod it runs in: the name, address and namespace the
+    downward API gives, DATABASE_LABELS as components/database.py renders it, and a data volume
+    of `storage_bytes`."""
+    rendered = {
+        v["name"]: str(v["value"])
+        for v in _CONTAINERS[database.POSTGRES_CONTAINER]["env"]
+        if "value" in v
+    }
+    return {
+        "POD_NAME": pod_name,
+        "POD_IP": ip,
+        "POD_NAMESPACE": "mlstack-dev",
+        "DATABASE_LABELS": rendered["DATABASE_LABELS"],
+        "DATABASE_STORAGE_BYTES": str(storage_bytes),
+    }

@@ -7,7 +7,6 @@ then finds the WAL it needs gone (without a WAL archive: README, "High availabil
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -17,7 +16,7 @@ import pytest
 from components.quantity import quantity_bytes
 from harness.poll import eventually
 from harness.postgres import PostgresServer, query
-from tests.database_image import TEMPLATE, entrypoint_module, password_files
+from tests.database_image import TEMPLATE, entrypoint_module, password_files, pod_variables
 from tests.services.support import throwaway_postgres
 
 # The smallest volume whose slot limit (a quarter: 384MB) lies beyond wal_keep_size (256MB),
@@ -47,14 +46,10 @@ def image_parameters(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, A
     for variable, path in password_files(secrets).items():
         Path(path).write_text("password\n")
         monkeypatch.setenv(variable, path)
-    for name, value in {
-        "PATRONI_CONFIG_TEMPLATE": str(TEMPLATE),
-        "POD_NAME": "database-0",
-        "POD_IP": "10.0.0.10",
-        "POD_NAMESPACE": "mlstack-dev",
-        "DATABASE_LABELS": json.dumps({"app.kubernetes.io/name": "database"}),
-        "DATABASE_STORAGE_BYTES": str(quantity_bytes(STORAGE_SIZE)),
-    }.items():
+    monkeypatch.setenv("PATRONI_CONFIG_TEMPLATE", str(TEMPLATE))
+    for name, value in pod_variables(
+        "database-0", "10.0.0.10", quantity_bytes(STORAGE_SIZE)
+    ).items():
         monkeypatch.setenv(name, value)
     settings = entrypoint_module()["configuration"]()
     return {

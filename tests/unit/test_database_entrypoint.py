@@ -33,7 +33,13 @@ from harness.metrics import metric_value
 from harness.ports import free_port
 from harness.processes import LocalProcess
 from harness.program import run_program, stack_config
-from tests.database_image import BIN, TEMPLATE, backups_own_env, entrypoint_module
+from tests.database_image import (
+    BIN,
+    TEMPLATE,
+    backups_own_env,
+    entrypoint_module,
+    pod_variables,
+)
 from tests.manifests import container, env
 from tests.stand_ins import env_first_on_path, stand_in
 from tests.unit.configs import with_fields
@@ -105,11 +111,8 @@ def entrypoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Entrypoint:
     template.write_text(yaml.safe_dump(found.settings()))
     monkeypatch.setenv("PATRONI_CONFIG_TEMPLATE", str(template))
     monkeypatch.setenv("PATRONICTL_CONFIG_FILE", str(found.patroni_conf))
-    monkeypatch.setenv("POD_NAME", "database-1")
-    monkeypatch.setenv("POD_IP", "10.0.0.11")
-    monkeypatch.setenv("POD_NAMESPACE", "mlstack-dev")
-    monkeypatch.setenv("DATABASE_LABELS", json.dumps({"app.kubernetes.io/name": "database"}))
-    monkeypatch.setenv("DATABASE_STORAGE_BYTES", str(2**30))
+    for name, value in pod_variables("database-1", "10.0.0.11", 2**30).items():
+        monkeypatch.setenv(name, value)
     for variable, key in (
         ("DATABASE_REPLICATION_PASSWORD_FILE", database.REPLICATION_PASSWORD_KEY),
         ("DATABASE_REWIND_PASSWORD_FILE", database.REWIND_PASSWORD_KEY),
