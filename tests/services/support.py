@@ -291,11 +291,18 @@ def history(gateway: ServiceProcess, query: str = "", key: str = API_KEY) -> Rep
     return request("GET", f"{gateway.url}/api/v1/predictions{query}", headers={"X-API-Key": key})
 
 
-def listed(gateway: ServiceProcess) -> list[str]:
-    """The request ids GET /api/v1/predictions lists, newest first; the read must answer 200."""
-    reply = history(gateway, "?limit=5")
+def listed_page(gateway: ServiceProcess, query: str) -> tuple[list[str], str | None]:
+    """The request ids one GET /api/v1/predictions`query` lists, newest first, and its
+    next_cursor; the read must answer 200."""
+    reply = history(gateway, query)
     assert reply.status == 200, reply.body
-    return [item["request_id"] for item in reply.json()["items"]]
+    body = reply.json()
+    return [item["request_id"] for item in body["items"]], body["next_cursor"]
+
+
+def listed(gateway: ServiceProcess, query: str = "?limit=5") -> list[str]:
+    """The request ids GET /api/v1/predictions`query` lists, newest first (listed_page's)."""
+    return listed_page(gateway, query)[0]
 
 
 def read_until_listed(

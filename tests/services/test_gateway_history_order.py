@@ -19,7 +19,7 @@ from harness.http import Reply
 from harness.poll import eventually
 from harness.postgres import PostgresServer, on_connection, query
 from harness.services import ServiceProcess, start_gateway
-from tests.services.support import history, predict
+from tests.services.support import listed, predict
 
 # The first feature of the rows whose commit the database holds back (the trigger below).
 HELD = 7.25
@@ -84,12 +84,6 @@ def waiting_backends(dsn: str, event: str) -> int:
     return int(rows[0][0])
 
 
-def listed_ids(gateway: ServiceProcess) -> list[str]:
-    reply = history(gateway, "?limit=100")
-    assert reply.status == 200, reply.body
-    return [item["request_id"] for item in reply.json()["items"]]
-
-
 def answered_id(reply: Future[Reply]) -> str:
     done = reply.result(timeout=60)
     assert done.status == 200, done.body
@@ -113,11 +107,11 @@ def test_a_prediction_committed_after_a_read_is_listed_above_what_that_read_list
                 "the second gateway's commit to end or to wait for the first's",
                 30,
             )
-            seen = listed_ids(second)
+            seen = listed(second, "?limit=100")
         finally:
             open_the_gate(dsn)
         slow_id, fast_id = answered_id(slow), answered_id(fast)
-    now = listed_ids(first)
+    now = listed(first, "?limit=100")
     assert sorted(now) == sorted(seen + [i for i in (slow_id, fast_id) if i not in seen])
     # Everything the first read listed is where it was, below whatever was committed since.
     assert now[len(now) - len(seen) :] == seen, (

@@ -16,7 +16,7 @@ import pytest
 from harness.poll import eventually
 from harness.postgres import PostgresServer
 from harness.services import ServiceProcess, start_gateway
-from tests.services.support import history, new_prediction, stored
+from tests.services.support import listed_page, new_prediction, stored
 
 DATABASE = "history_standby"
 # Far above the standby's lag in this test: it serves the reads, behind as it is.
@@ -53,13 +53,6 @@ def on_standby(
     service.stop()
 
 
-def page(gateway: ServiceProcess, query_string: str) -> tuple[list[str], str | None]:
-    reply = history(gateway, query_string)
-    assert reply.status == 200, reply.body
-    body = reply.json()
-    return [item["request_id"] for item in body["items"]], body["next_cursor"]
-
-
 def replayed(standby: PostgresServer, request_id: str) -> bool:
     return stored(standby.dsn(DATABASE), [request_id]) == 1
 
@@ -71,8 +64,8 @@ def test_the_next_page_from_a_standby_behind_the_cursor_lists_every_older_predic
     eventually(lambda: replayed(standby, replayed_ids[-1]), "the standby replayed them", 30)
     with standby.replay_paused(DATABASE):
         newer_ids = [new_prediction(on_primary) for _ in range(3)]
-        first, cursor = page(on_primary, "?limit=2")
+        first, cursor = listed_page(on_primary, "?limit=2")
         assert first == newer_ids[:0:-1]
         assert cursor is not None
-        rest, _ = page(on_standby, f"?limit=100&cursor={cursor}")
+        rest, _ = listed_page(on_standby, f"?limit=100&cursor={cursor}")
     assert rest == [newer_ids[0], *reversed(replayed_ids)]
