@@ -6,12 +6,13 @@ IMDSv2 one hop away, control-plane audit logs, and the same endpoint rule."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 from components.cluster.eks import CONTROL_PLANE_LOGS
-from components.cluster.gke import NODE_ROLES
+from components.cluster.gke import NODE_ROLES, service_account_id
 from harness.program import ProgramRun, run_program, stack_config
 from tests.unit.configs import cloud_stacks, with_fields
 from tests.unit.runs import single
@@ -64,6 +65,20 @@ def test_gke_nodes_run_as_their_own_least_privilege_account(gke: ProgramRun) -> 
     assert {g.inputs["role"] for g in grants} == set(NODE_ROLES)
     assert {g.inputs["member"] for g in grants} == {f"serviceAccount:{email}"}
     assert {g.inputs["project"] for g in grants} == {project}
+
+
+@pytest.mark.parametrize(("purpose", "kept"), [("nodes", 16), ("backups", 14)])
+def test_gke_account_ids_keep_as_much_of_the_stack_name_as_the_readme_says(
+    purpose: str, kept: int
+) -> None:
+    """GCP's account ids: 6-30 of [a-z0-9-], from a letter, not ending in `-`. Two stacks
+    whose names differ within the first `kept` characters get two accounts."""
+    stack = "prod-europe-west1-and-more"
+    made = service_account_id(f"mlstack-{stack}", purpose)
+    assert re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", made), made
+    assert made == f"mlstack-{stack[:kept]}-{purpose}"
+    other = stack[: kept - 1] + "x" + stack[kept:]
+    assert service_account_id(f"mlstack-{other}", purpose) != made
 
 
 def test_gke_pods_get_workload_identity_not_the_node_credentials(gke: ProgramRun) -> None:
