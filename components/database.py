@@ -45,6 +45,13 @@ CLAIM_TEMPLATE: Final = "data"
 # instance), and a new storage size resizes them in place: the template keeps what it was created
 # with.
 CLAIM_TEMPLATES: Final = "spec.volumeClaimTemplates"
+# A claim's StorageClass, as `ignoreChanges` names it. Kubernetes refuses to change it, so
+# pulumi-kubernetes replaces the claim for a new one (deleted first: its name is fixed), and with
+# it the data or the backups on its volume. A claim keeps the class it was made with (with none
+# named, the one the cluster's default class gave it): a new `storageClass` reaches only the
+# claims made after it, such as a new instance's (README, "A new storage class"). A new size
+# still resizes a claim in place.
+CLAIM_CLASS: Final = "spec.storageClassName"
 MOUNT_PATH: Final = "/var/lib/postgresql/data"
 # The data folder inside the volume (services/database/patroni.yml).
 PGDATA: Final = f"{MOUNT_PATH}/pgdata"
@@ -310,7 +317,8 @@ class Database(pulumi.ComponentResource):
         object_name: str,
         spec: k8s.core.v1.PersistentVolumeClaimSpecArgsDict,
     ) -> k8s.core.v1.PersistentVolumeClaim:
-        """A claim of the database's, protected when the stack protects its data."""
+        """A claim of the database's, protected when the stack protects its data, on the
+        StorageClass it was made with (CLAIM_CLASS)."""
         return k8s.core.v1.PersistentVolumeClaim(
             resource,
             metadata={
@@ -319,7 +327,9 @@ class Database(pulumi.ComponentResource):
                 "annotations": {"pulumi.com/skipAwait": "true"},
             },
             spec=spec,
-            opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
+            opts=pulumi.ResourceOptions(
+                parent=self, protect=args.protect, ignore_changes=[CLAIM_CLASS]
+            ),
         )
 
     def _data_claims(
