@@ -1,5 +1,6 @@
 """Probing a server as a hostile client does: raw HTTP/1.1 on a socket (the two services' POSTs
-among it), and the memory a process has used, from /proc."""
+among it), HTTP/2 frame by frame as a gRPC client's connection carries them, and the memory a
+process has used, from /proc."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from components import pod
 from components.quantity import quantity_bytes
@@ -230,3 +234,209 @@ def assert_burst_shed_within(
     print(f"300 concurrent {size:.0f} MB POSTs: {statuses.count(200)} answered, {memory}")
     assert memory["VmHWM"] < memory_limit_mib * 0.875
     assert 0 < statuses.count(200) < 300
+
+
+# -- HTTP/2, frame by frame (RFC 9113) ----------------------------------------------------------
+
+# What a client sends first on a connection that speaks HTTP/2 from its first byte (h2c "with
+# prior knowledge", as gRPC's plaintext channels do), before its SETTINGS frame.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Flags: END_STREAM on DATA and HEADERS, and ACK on SETTINGS and PING, are the same bit.
+END_STREAM = ACK = 0x1
+END_HEADERS = 0x4
+# GOAWAY's error codes.
+NO_ERROR = 0x0
+ENHANCE_YOUR_CALM = 0xB
+
+
+class FrameType(IntEnum):
+    DATA = 0x0
+    HEADERS = 0x1
+    RST_STREAM = 0x3
+    SETTINGS = 0x4
+    PING = 0x6
+    GOAWAY = 0x7
+    WINDOW_UPDATE = 0x8
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    flags: int
+    stream: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class GoAway:
+    """A GOAWAY's payload: the last stream the server processes, why, and its debug text."""
+
+    last_stream: int
+    error: int
+    debug: bytes
+
+
+def _hpack_literal(name: str, value: str) -> bytes:
+    """One header field as HPACK's "literal without indexing, new name", neither string Huffman
+    coded: what any decoder reads, with no table on either side."""
+    encoded = b"\x00"
+    for text in (name, value):
+        data = text.encode()
+        assert len(data) < 127, "a length that needs more than HPACK's 7-bit prefix"
+        encoded += bytes([len(data)]) + data
+    return encoded
+
+
+class Http2Client:
+    """A client's HTTP/2 connection to ``target`` (``host:port``) without TLS, driven frame by
+    frame: it sends what the test tells it, and what every client must (the preface, its
+    SETTINGS, an ACK of the server's SETTINGS and PINGs). ``goaway`` is the last GOAWAY the
+    server sent, ``closed`` whether the server has closed (or reset) the connection. Every read
+    waits at most ``timeout`` seconds, then fails the test."""
+
+    def __init__(self, target: str, timeout: float = 30.0) -> None:
+        host, _, port = target.rpartition(":")
+        self.timeout = timeout
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.goaway: GoAway | None = None
+        self.closed = False
+        self.sock.sendall(H2_PREFACE + self._frame(FrameType.SETTINGS, 0, 0))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.sock.close()
+
+    @staticmethod
+    def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+        return (
+            len(payload).to_bytes(3, "big")
+            + bytes([kind, flags])
+            + stream.to_bytes(4, "big")
+            + payload
+        )
+
+    def send(self, kind: int, flags: int, stream: int, payload: bytes = b"") -> bool:
+        """One frame; whether it went out (not when the server has closed the connection)."""
+        try:
+            self.sock.sendall(self._frame(kind, flags, stream, payload))
+        except OSError:
+            self.closed = True
+            return False
+        return True
+
+    def _receive(self, size: int) -> bytes | None:
+        data = b""
+        while len(data) < size:
+            try:
+                chunk = self.sock.recv(size - len(data))
+            except TimeoutError:
+                waited = f"{self.timeout:g} s"
+                raise AssertionError(f"no frame from the server within {waited}") from None
+            except ConnectionError:
+                chunk = b""
+            if not chunk:
+                self.closed = True
+                return None
+            data += chunk
+        return data
+
+    def read(self) -> Frame | None:
+        """The server's next frame, or None once it has closed the connection. Its SETTINGS and
+        PINGs are acknowledged, its GOAWAY kept in ``goaway``."""
+        head = self._receive(9)
+        if head is None:
+            return None
+        length = int.from_bytes(head[:3], "big")
+        payload = self._receive(length) if length else b""
+        if payload is None:
+            return None
+        frame = Frame(head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload)
+        if frame.type in (FrameType.SETTINGS, FrameType.PING) and not frame.flags & ACK:
+            self.send(frame.type, ACK, 0, payload if frame.type == FrameType.PING else b"")
+        elif frame.type == FrameType.GOAWAY:
+            self.goaway = GoAway(
+                int.from_bytes(payload[:4], "big") & 0x7FFFFFFF,
+                int.from_bytes(payload[4:8], "big"),
+                payload[8:],
+            )
+        return frame
+
+    def read_until(self, wanted: Callable[[Frame], bool]) -> Frame | None:
+        """Read until a frame that is ``wanted``, which it returns; None if the server closes
+        the connection first."""
+        while (frame := self.read()) is not None:
+            if wanted(frame):
+                return frame
+        return None
+
+    def accepted(self) -> bool:
+        """Whether the server serves the connection: its SETTINGS come, rather than a close."""
+        served = self.read_until(
+            lambda frame: frame.type == FrameType.SETTINGS and not frame.flags & ACK
+        )
+        return served is not None
+
+    def ping(self, data: bytes = b"\0" * 8) -> bool:
+        """A PING of 8 bytes ``data``: whether the server acknowledged it before it closed the
+        connection."""
+        assert len(data) == 8
+        if not self.send(FrameType.PING, 0, 0, data):
+            return False
+        acked = self.read_until(
+            lambda frame: (
+                frame.type == FrameType.PING and bool(frame.flags & ACK) and frame.payload == data
+            )
+        )
+        return acked is not None
+
+    def wait_goaway(self) -> GoAway | None:
+        """Read until the server sends GOAWAY: its payload, or None if it closed without one."""
+        self.read_until(lambda frame: frame.type == FrameType.GOAWAY)
+        return self.goaway
+
+    def wait_closed(self) -> list[Frame]:
+        """Read until the server closes the connection: the frames it sent meanwhile."""
+        frames = []
+        while (frame := self.read()) is not None:
+            frames.append(frame)
+        return frames
+
+    def start_call(self, stream: int, path: str, authority: str = "127.0.0.1") -> None:
+        """A gRPC call of method ``path`` on ``stream`` (odd, each higher than the last): its
+        headers alone, so that it is in flight until ``finish_call`` sends its message."""
+        fields = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", authority),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+        block = b"".join(_hpack_literal(name, value) for name, value in fields)
+        assert self.send(FrameType.HEADERS, END_HEADERS, stream, block), "the server closed"
+
+    def finish_call(self, stream: int, message: bytes) -> bool:
+        """The call's one ``message`` (gRPC's length-prefixed framing, uncompressed), ending
+        its stream; whether it went out."""
+        framed = b"\x00" + len(message).to_bytes(4, "big") + message
+        return self.send(FrameType.DATA, END_STREAM, stream, framed)
+
+    def answer(self, stream: int) -> bytes | None:
+        """The message the server answers on ``stream``, read until the stream ends (its
+        trailers); None if it ends, or the connection closes, without one."""
+        message: bytes | None = None
+        while (frame := self.read()) is not None:
+            if frame.stream != stream:
+                continue
+            if frame.type == FrameType.DATA and len(frame.payload) >= 5:
+                message = frame.payload[5 : 5 + int.from_bytes(frame.payload[1:5], "big")]
+            if frame.type == FrameType.RST_STREAM or frame.flags & END_STREAM:
+                return message
+        return None

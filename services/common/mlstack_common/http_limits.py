@@ -83,7 +83,8 @@ class HttpLimits:
             body_timeout=env_number(env, "BODY_TIMEOUT_SECONDS", 10.0, 0.1),
             # How long the answer may wait for a client that takes none of it.
             write_timeout=env_number(env, "WRITE_TIMEOUT_SECONDS", 10.0, 0.1),
-            # Connections open at once on one server (its listening port).
+            # Connections open at once on one server (its listening port); the model's gRPC port
+            # holds as many again (mlstack_model.grpc.connections).
             max_connections=env_integer(env, "MAX_CONNECTIONS", 1024),
         )
 

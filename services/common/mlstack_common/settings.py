@@ -32,7 +32,8 @@ class ServiceSettings:
     max_concurrent_requests: int
     # The header size limit (431) and the header and body read timeouts (408).
     http_limits: HttpLimits
-    # How long a keep-alive connection may wait, idle, for its next request.
+    # How long a keep-alive connection may wait, idle, for its next request (the model's gRPC
+    # connections too: mlstack_model.grpc.connections).
     keepalive_timeout_seconds: float
     # After SIGTERM: how long in-flight requests may take to finish (mlstack_common.serving).
     shutdown_timeout_seconds: float

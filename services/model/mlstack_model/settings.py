@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlstack_common.env import env_integer, env_port
+from mlstack_common.env import env_integer, env_number, env_port
 from mlstack_common.settings import ServiceSettings, environment
 
 
@@ -29,6 +29,13 @@ class ModelSettings(ServiceSettings):
     model_dir: Path
     # Batches with more rows than this are scored in a worker thread, off the event loop.
     inline_batch_rows: int
+    # gRPC connections (mlstack_model.grpc.connections; the shared keepalive_timeout_seconds and
+    # http_limits.max_connections bound them too): how long one stays open before the server
+    # sends GOAWAY, so that a client's next connection may reach a replica added since; how long
+    # its calls in flight then have to finish; and the least time between a client's pings.
+    grpc_max_connection_age_seconds: float
+    grpc_max_connection_age_grace_seconds: float
+    grpc_min_ping_interval_seconds: float
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ModelSettings:
@@ -42,4 +49,16 @@ class ModelSettings(ServiceSettings):
             model_version=version,
             model_dir=Path(model_dir) if model_dir else default_model_dir(),
             inline_batch_rows=env_integer(env, "INLINE_BATCH_ROWS", 64),
+            grpc_max_connection_age_seconds=env_number(
+                env, "GRPC_MAX_CONNECTION_AGE_SECONDS", 300.0, 1.0
+            ),
+            # An infer call takes milliseconds, the largest batch's included.
+            grpc_max_connection_age_grace_seconds=env_number(
+                env, "GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", 5.0, 0.1
+            ),
+            # Half the floor grpc-go and grpc-java put under a client's keepalive interval (10 s):
+            # a well-behaved client never comes near it, a client flooding pings at once does.
+            grpc_min_ping_interval_seconds=env_number(
+                env, "GRPC_MIN_PING_INTERVAL_SECONDS", 5.0, 0.1
+            ),
         )

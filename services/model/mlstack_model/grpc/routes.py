@@ -17,6 +17,7 @@ from mlstack_model import SERVER_NAME, SERVER_VERSION
 from mlstack_model.dataplane import DataPlane
 from mlstack_model.errors import ErrorKind, ProtocolError, invalid
 from mlstack_model.grpc import protocol
+from mlstack_model.grpc.connections import connection_options
 from mlstack_model.metadata import EXTENSIONS
 from mlstack_model.proto import open_inference_pb2 as pb
 from mlstack_model.settings import ModelSettings
@@ -167,6 +168,7 @@ class GrpcServer:
                 # gRPC turns SO_REUSEPORT on by default: a second server on a taken port would
                 # share it silently instead of failing.
                 ("grpc.so_reuseport", 0),
+                *connection_options(settings),
             ]
         )
         self.server.add_generic_rpc_handlers((inference_handler(GrpcRoutes(dataplane)),))
