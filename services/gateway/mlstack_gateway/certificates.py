@@ -53,9 +53,15 @@ def load_pair(context: ssl.SSLContext, cert: Path | str, key: Path | str) -> Non
 
 
 def _context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server context of the pair: the first one, and each one a reload loads (``check``)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(_TLS12_CIPHERS)
+    # No renegotiation of a TLS 1.2 connection, whoever asks: each one is a whole handshake the
+    # server computes again, as often as a client asks on one connection (CVE-2011-1473).
+    # OpenSSL 3 refuses a client's request unless told otherwise, OpenSSL 1.1.1 allowed it: the
+    # option makes it the same whatever OpenSSL the image's Python links.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     load_pair(context, cert, key)
     return context
 
