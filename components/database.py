@@ -39,19 +39,6 @@ GATEWAY_USER: Final = "mlstack_gateway"
 DB_NAME: Final = "mlstack"
 MAX_REPLICAS: Final = 5
 CLAIM_TEMPLATE: Final = "data"
-# The StatefulSet's claim template, as `ignoreChanges` names it. Kubernetes refuses to update it,
-# so pulumi-kubernetes replaces the StatefulSet (deleted first: every instance stops at once) for
-# any change of it. The claims are the program's own (`_data_claims`, each made before its
-# instance), and a new storage size resizes them in place: the template keeps what it was created
-# with.
-CLAIM_TEMPLATES: Final = "spec.volumeClaimTemplates"
-# A claim's StorageClass, as `ignoreChanges` names it. Kubernetes refuses to change it, so
-# pulumi-kubernetes replaces the claim for a new one (deleted first: its name is fixed), and with
-# it the data or the backups on its volume. A claim keeps the class it was made with (with none
-# named, the one the cluster's default class gave it): a new `storageClass` reaches only the
-# claims made after it, such as a new instance's (README, "A new storage class"). A new size
-# still resizes a claim in place.
-CLAIM_CLASS: Final = "spec.storageClassName"
 MOUNT_PATH: Final = "/var/lib/postgresql/data"
 # The data folder inside the volume (services/database/patroni.yml).
 PGDATA: Final = f"{MOUNT_PATH}/pgdata"
@@ -318,7 +305,7 @@ class Database(pulumi.ComponentResource):
         spec: k8s.core.v1.PersistentVolumeClaimSpecArgsDict,
     ) -> k8s.core.v1.PersistentVolumeClaim:
         """A claim of the database's, protected when the stack protects its data, on the
-        StorageClass it was made with (CLAIM_CLASS)."""
+        StorageClass it was made with."""
         return k8s.core.v1.PersistentVolumeClaim(
             resource,
             metadata={
@@ -327,8 +314,12 @@ class Database(pulumi.ComponentResource):
                 "annotations": {"pulumi.com/skipAwait": "true"},
             },
             spec=spec,
+            # Kubernetes cannot change a claim's class, and pulumi-kubernetes would replace the
+            # claim for a new one, and with it the data or the backups on its volume. A claim keeps
+            # its class; a new one is for the claims made after it (README, "A new storage
+            # class"). A new size still resizes a claim in place.
             opts=pulumi.ResourceOptions(
-                parent=self, protect=args.protect, ignore_changes=[CLAIM_CLASS]
+                parent=self, protect=args.protect, ignore_changes=["spec.storageClassName"]
             ),
         )
 
@@ -421,9 +412,13 @@ class Database(pulumi.ComponentResource):
                 ],
             },
             # The objects it names are created first; it takes none of their outputs, so that
-            # replacing one of them never replaces it.
+            # replacing one of them never replaces it. Kubernetes refuses to update the claim
+            # template, so pulumi-kubernetes would replace the StatefulSet (deleted first: every
+            # instance stops at once) for any change of it. The claims are the program's own
+            # (`_data_claims`, each made before its instance) and resize in place: the template
+            # keeps what it was created with.
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=after, ignore_changes=[CLAIM_TEMPLATES]
+                parent=self, depends_on=after, ignore_changes=["spec.volumeClaimTemplates"]
             ),
         )
 
