@@ -7,6 +7,7 @@ and how long the server waited at least."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 from collections.abc import Iterator
@@ -54,6 +55,14 @@ def call_live(client: Http2Client, stream: int) -> bool:
     return answered_live(client, stream)
 
 
+@contextlib.contextmanager
+def connection(target: str) -> Iterator[Http2Client]:
+    """A connection to ``target`` that the server serves: its SETTINGS came."""
+    with Http2Client(target) as client:
+        assert client.accepted()
+        yield client
+
+
 def model(model_dir: Path, log_dir: Path, **env: str) -> Iterator[ModelProcess]:
     service = start_and_wait(ModelProcess(model_dir, log_dir, env), "ready")
     yield service
@@ -71,8 +80,7 @@ def pinging_model(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
 def test_a_ping_flood_gets_goaway_enhance_your_calm(model_server: ModelProcess) -> None:
     """Pings back to back, each sent once the one before is acknowledged, on a server with its
     defaults: the connection ends with GOAWAY ENHANCE_YOUR_CALM, and others are served."""
-    with Http2Client(model_server.grpc_target) as client:
-        assert client.accepted()
+    with connection(model_server.grpc_target) as client:
         acknowledged = 0
         while client.ping(acknowledged.to_bytes(8, "big")):
             acknowledged += 1
@@ -90,8 +98,7 @@ def test_pings_at_the_allowed_interval_keep_an_idle_connection(pinging_model: Mo
     """A client keeping its connection alive, without a call, with pings spaced twice
     GRPC_MIN_PING_INTERVAL_SECONDS apart (gRPC's default would take a third of them, on an
     idle connection, for a flood)."""
-    with Http2Client(pinging_model.grpc_target) as client:
-        assert client.accepted()
+    with connection(pinging_model.grpc_target) as client:
         for n in range(6):
             # Sent once the previous one is acknowledged, then after the pause: the server
             # reads each at least the pause after the one before.
@@ -110,8 +117,7 @@ def idle_model(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
 
 
 def test_an_idle_connection_gets_goaway_and_is_closed(idle_model: ModelProcess) -> None:
-    with Http2Client(idle_model.grpc_target) as client:
-        assert client.accepted()
+    with connection(idle_model.grpc_target) as client:
         started = time.monotonic()
         assert call_live(client, 1)
         client.wait_closed()
@@ -127,8 +133,7 @@ def test_an_idle_connection_gets_goaway_and_is_closed(idle_model: ModelProcess) 
 def test_a_call_in_flight_keeps_its_connection_past_the_idle_limit(
     idle_model: ModelProcess,
 ) -> None:
-    with Http2Client(idle_model.grpc_target) as client:
-        assert client.accepted()
+    with connection(idle_model.grpc_target) as client:
         client.start_call(1, LIVE)
         time.sleep(3 * IDLE_SECONDS)
         assert answered_live(client, 1)
@@ -158,34 +163,33 @@ def test_a_client_whose_idle_connection_was_closed_calls_again(idle_model: Model
 # -- connection age ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def aging_model(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
-    """Connections a second old get GOAWAY; their calls in flight have a minute to finish."""
+def aged_model(model_dir: Path, log_dir: Path, grace_seconds: float) -> Iterator[ModelProcess]:
+    """Connections AGE_SECONDS old get GOAWAY; their calls in flight have `grace_seconds`."""
     yield from model(
         model_dir,
         log_dir,
         GRPC_MAX_CONNECTION_AGE_SECONDS=str(AGE_SECONDS),
-        GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS="60",
+        GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS=f"{grace_seconds:g}",
     )
+
+
+@pytest.fixture(scope="module")
+def aging_model(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
+    """A minute of grace: longer than any call below."""
+    yield from aged_model(model_dir, log_dir, 60)
 
 
 @pytest.fixture(scope="module")
 def hasty_model(model_dir: Path, log_dir: Path) -> Iterator[ModelProcess]:
-    """Connections a second old get GOAWAY; their calls in flight have a second to finish."""
-    yield from model(
-        model_dir,
-        log_dir,
-        GRPC_MAX_CONNECTION_AGE_SECONDS=str(AGE_SECONDS),
-        GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS="1",
-    )
+    """A second of grace, for a call whose message never comes."""
+    yield from aged_model(model_dir, log_dir, 1)
 
 
 def test_an_old_connection_gets_goaway_and_finishes_its_call_in_flight(
     aging_model: ModelProcess,
 ) -> None:
     opened = time.monotonic()
-    with Http2Client(aging_model.grpc_target) as client:
-        assert client.accepted()
+    with connection(aging_model.grpc_target) as client:
         client.start_call(1, LIVE)
         goaway = client.wait_goaway()
         aged = time.monotonic() - opened
@@ -202,8 +206,7 @@ def test_an_old_connection_gets_goaway_and_finishes_its_call_in_flight(
 
 def test_a_call_that_outlasts_the_grace_is_cut_off(hasty_model: ModelProcess) -> None:
     opened = time.monotonic()
-    with Http2Client(hasty_model.grpc_target) as client:
-        assert client.accepted()
+    with connection(hasty_model.grpc_target) as client:
         client.start_call(1, LIVE)
         # The call's message never comes.
         frames = client.wait_closed()
@@ -232,9 +235,7 @@ def test_a_connection_beyond_the_cap_is_closed_and_those_open_are_served(
     capped_model: ModelProcess,
 ) -> None:
     target = capped_model.grpc_target
-    with Http2Client(target) as first, Http2Client(target) as second:
-        assert first.accepted()
-        assert second.accepted()
+    with connection(target) as first, connection(target) as second:
         first.start_call(1, LIVE)
         # One more is closed before a frame.
         assert not served(target)

@@ -24,18 +24,19 @@ class ModelSettings(ServiceSettings):
     server's own. REST listens on port, gRPC on grpc_port, both on host."""
 
     grpc_port: int
+    # The bounds on gRPC connections (mlstack_model.grpc.connections) beside the shared
+    # keepalive_timeout_seconds and http_limits.max_connections. How long one stays open before
+    # the server sends GOAWAY, so that a client's next connection may reach a replica added since:
+    grpc_max_connection_age_seconds: float
+    # How long its calls in flight then have to finish.
+    grpc_max_connection_age_grace_seconds: float
+    # The least time between a client's pings.
+    grpc_min_ping_interval_seconds: float
     # None means "the newest version found in model_dir".
     model_version: str | None
     model_dir: Path
     # Batches with more rows than this are scored in a worker thread, off the event loop.
     inline_batch_rows: int
-    # gRPC connections (mlstack_model.grpc.connections; the shared keepalive_timeout_seconds and
-    # http_limits.max_connections bound them too): how long one stays open before the server
-    # sends GOAWAY, so that a client's next connection may reach a replica added since; how long
-    # its calls in flight then have to finish; and the least time between a client's pings.
-    grpc_max_connection_age_seconds: float
-    grpc_max_connection_age_grace_seconds: float
-    grpc_min_ping_interval_seconds: float
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ModelSettings:
