@@ -19,9 +19,10 @@ from typing import Any, Final, Literal, TypeAlias, cast
 import pulumi
 from pulumi.runtime import config as runtime_config
 
+from components.database import LEAST_STORAGE_SIZE
 from components.database import MAX_REPLICAS as MAX_DATABASE_REPLICAS
 from components.network_policy import DnsPods
-from components.quantity import QUANTITY
+from components.quantity import QUANTITY, quantity_bytes
 from components.stack_file import NAMESPACE, mlstack_values
 
 Provider: TypeAlias = Literal["local", "existing", "gke", "eks"]
@@ -618,6 +619,22 @@ def _positive_quantity(section: _Section, sub: str, default: str) -> str:
     return cast(str, value)
 
 
+def _storage_size(section: _Section) -> str:
+    """`database.storageSize`: a Kubernetes quantity no less than LEAST_STORAGE_SIZE, the least
+    volume half of which holds the WAL PostgreSQL keeps (components/database.py says why)."""
+    value = section.raw.get("storageSize", "1Gi")
+    least = quantity_bytes(LEAST_STORAGE_SIZE)
+    if not isinstance(value, str) or not QUANTITY.match(value) or quantity_bytes(value) < least:
+        raise _fail(
+            section.path("storageSize"),
+            value,
+            f"expected a Kubernetes quantity of at least {LEAST_STORAGE_SIZE} ({least} bytes), "
+            "such as 1Gi, 20Gi or 10G: the WAL PostgreSQL keeps takes up to half the volume, "
+            'and more than half of a smaller one (README, "High availability")',
+        )
+    return value
+
+
 def _twice(quantity: str) -> str:
     """Twice a Kubernetes quantity, in its own unit: `1Gi` -> `2Gi`, `1.5G` -> `3G`."""
     match = QUANTITY.match(quantity)
@@ -630,7 +647,7 @@ def _twice(quantity: str) -> str:
 
 def _parse_database(section: _Section, cluster: ClusterConfig) -> DatabaseConfig:
     replicas = section.integer("replicas", 1, 1, MAX_DATABASE_REPLICAS)
-    size = _positive_quantity(section, "storageSize", "1Gi")
+    size = _storage_size(section)
     storage_class = section.string("storageClass")
     return DatabaseConfig(
         storage_size=size,

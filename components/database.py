@@ -38,6 +38,14 @@ OWNER: Final = "mlstack"
 GATEWAY_USER: Final = "mlstack_gateway"
 DB_NAME: Final = "mlstack"
 MAX_REPLICAS: Final = 5
+# The least data volume (database.storageSize) an instance gets. The image gives an instance a
+# quarter of its volume as max_wal_size and as max_slot_wal_keep_size (its wal_limits()); the
+# cluster keeps wal_keep_size, 256MB (patroni.yml), whatever the volume: Patroni takes that one
+# from the cluster's settings alone (written once, at bootstrap) and drops an instance's own.
+# From 1Gi the slot limit is no less than wal_keep_size; both count back from the same WAL
+# position, so pg_wal holds at most max_wal_size + max_slot_wal_keep_size, half the volume
+# (README, "High availability"). Below it, wal_keep_size alone would take more.
+LEAST_STORAGE_SIZE: Final = "1Gi"
 CLAIM_TEMPLATE: Final = "data"
 MOUNT_PATH: Final = "/var/lib/postgresql/data"
 # The data folder inside the volume (services/database/patroni.yml).

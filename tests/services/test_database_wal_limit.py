@@ -3,7 +3,10 @@ the parameters the image's entrypoint gives an instance (the cluster's from patr
 the pod's own, as Patroni merges them), applied by a reload as Patroni applies them, a real
 PostgreSQL keeps the WAL behind a stopped standby's replication slot up to the limit, and past
 it gives the slot up at the next checkpoint instead of filling its disk. The standby, back,
-then finds the WAL it needs gone (without a WAL archive: README, "High availability")."""
+then finds the WAL it needs gone (without a WAL archive: README, "High availability").
+
+On the least volume the program deploys, pg_wal at its fullest (a slot held, wal_keep_size, the
+checkpoints PostgreSQL makes on its own as WAL is written) leaves half the volume to the data."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any, Final
 
 import pytest
 
+from components.database import LEAST_STORAGE_SIZE
 from components.quantity import quantity_bytes
 from harness.poll import eventually
 from harness.postgres import PostgresServer, query
@@ -37,9 +41,11 @@ def megabytes(value: object) -> int:
     return int(str(value).removesuffix("MB"))
 
 
-def image_parameters(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """PostgreSQL's parameters on an instance of a stack whose storageSize is STORAGE_SIZE: the
-    cluster's (patroni.yml's bootstrap.dcs), overridden by the instance's own (the
+def image_parameters(
+    root: Path, monkeypatch: pytest.MonkeyPatch, storage_size: str = STORAGE_SIZE
+) -> dict[str, Any]:
+    """PostgreSQL's parameters on an instance of a stack whose storageSize is `storage_size`:
+    the cluster's (patroni.yml's bootstrap.dcs), overridden by the instance's own (the
     entrypoint's), as Patroni merges them."""
     secrets = root / "secrets"
     secrets.mkdir()
@@ -48,7 +54,7 @@ def image_parameters(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, A
         monkeypatch.setenv(variable, path)
     monkeypatch.setenv("PATRONI_CONFIG_TEMPLATE", str(TEMPLATE))
     for name, value in pod_variables(
-        "database-0", "10.0.0.10", quantity_bytes(STORAGE_SIZE)
+        "database-0", "10.0.0.10", quantity_bytes(storage_size)
     ).items():
         monkeypatch.setenv(name, value)
     settings = entrypoint_module()["configuration"]()
@@ -90,21 +96,29 @@ def slot(server: PostgresServer) -> dict[str, Any]:
     return dict(row)
 
 
+def wal_since(server: PostgresServer, start: str) -> int:
+    """The bytes of WAL the server has written since `start`."""
+    (row,) = query(
+        server.dsn(),
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn) AS ahead",
+        start,
+    )
+    return int(row["ahead"])
+
+
+def next_segment(server: PostgresServer) -> None:
+    """A row written, then a switch to the next WAL segment."""
+    query(server.dsn(), "CREATE TABLE IF NOT EXISTS filler (n int)")
+    query(server.dsn(), "INSERT INTO filler VALUES (1)")
+    query(server.dsn(), "SELECT pg_switch_wal()")
+
+
 def write_wal_past(server: PostgresServer, start: str, megabytes: int) -> None:
     """WAL written until the server's current position is `megabytes` past `start`, in whole
-    segments (a row, then a switch to the next segment), then a checkpoint: where PostgreSQL
-    removes old WAL, and gives up a slot that holds too much."""
-    query(server.dsn(), "CREATE TABLE IF NOT EXISTS filler (n int)")
-    while True:
-        (row,) = query(
-            server.dsn(),
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn) AS ahead",
-            start,
-        )
-        if row["ahead"] >= megabytes * MB:
-            break
-        query(server.dsn(), "INSERT INTO filler VALUES (1)")
-        query(server.dsn(), "SELECT pg_switch_wal()")
+    segments, then a checkpoint: where PostgreSQL removes old WAL, and gives up a slot that
+    holds too much."""
+    while wal_since(server, start) < megabytes * MB:
+        next_segment(server)
     query(server.dsn(), "CHECKPOINT")
 
 
@@ -151,3 +165,29 @@ def test_a_stopped_standby_s_slot_is_given_up_past_the_volume_s_limit(
         )
     finally:
         standby.destroy()
+
+
+def pg_wal_bytes(server: PostgresServer) -> int:
+    (row,) = query(server.dsn(), "SELECT sum(size) AS size FROM pg_ls_waldir()")
+    return int(row["size"])
+
+
+def test_on_the_least_volume_pg_wal_leaves_half_of_it_to_the_data(
+    primary: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member's slot that nothing streams from (as for a standby whose pod runs no PostgreSQL)
+    and wal_keep_size both hold WAL back; max_wal_size spaces the checkpoints that remove what
+    neither holds. WAL is written, a segment at a time, well past all three together, and
+    pg_wal measured after each: at its fullest it is within half the volume."""
+    parameters = image_parameters(tmp_path, monkeypatch, LEAST_STORAGE_SIZE)
+    apply_by_reload(primary, {name: parameters[name] for name in RETENTION})
+    query(primary.dsn(), "SELECT pg_create_physical_replication_slot($1, true)", SLOT)
+    (start,) = query(primary.dsn(), "SELECT pg_current_wal_lsn()::text AS lsn")
+    through_mb = 2 * sum(megabytes(parameters[name]) for name in RETENTION)
+    fullest = pg_wal_bytes(primary)
+    while wal_since(primary, start["lsn"]) < through_mb * MB:
+        next_segment(primary)
+        fullest = max(fullest, pg_wal_bytes(primary))
+    # The checkpoints PostgreSQL made on its own gave the slot up on the way: it held all it may.
+    assert slot(primary)["wal_status"] == "lost"
+    assert fullest <= quantity_bytes(LEAST_STORAGE_SIZE) / 2, f"pg_wal reached {fullest // MB}MB"

@@ -541,7 +541,7 @@ def test_the_volume_s_size_and_class_follow_the_config(cluster: dict[str, Any]) 
     ("database_keys", "size", "storage_class"),
     [
         ({"storageSize": "1.5Gi"}, "3Gi", None),
-        ({"storageSize": "500Mi", "storageClass": "standard"}, "1000Mi", "standard"),
+        ({"storageSize": "1500Mi", "storageClass": "standard"}, "3000Mi", "standard"),
         ({"storageSize": "10G"}, "20G", None),
     ],
 )

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from components import database
 from harness.program import TEST_SECRETS, ProgramExitError, run_program
 from tests.unit.configs import EXISTING, config_error, config_exit, dev_with
 
@@ -98,6 +99,22 @@ def test_storage_size_must_be_a_kubernetes_quantity(size: Any) -> None:
     message = config_error(dev_with(database={"storageSize": size}))
     assert message.startswith("mlstack:database.storageSize: ")
     assert "Kubernetes quantity" in message
+
+
+@pytest.mark.parametrize("size", ["256Mi", "512Mi", "1023Mi", "1G", "500M", "0.5Gi"])
+def test_a_volume_too_small_for_the_wal_kept_is_refused_naming_the_floor(size: str) -> None:
+    """Up to half of the volume is WAL, 256MB of it whatever the volume (wal_keep_size, the
+    cluster's): on a smaller volume that takes more (README, "High availability")."""
+    message = config_error(dev_with(database={"storageSize": size}))
+    assert message.startswith(f'mlstack:database.storageSize: "{size}" is not allowed: ')
+    assert f"at least {database.LEAST_STORAGE_SIZE} (1073741824 bytes)" in message
+
+
+@pytest.mark.parametrize("size", ["1Gi", "1024Mi", "2G"])
+def test_a_volume_from_the_floor_up_is_deployed_at_its_size(size: str) -> None:
+    run = run_program("dev", dev_with(database={"storageSize": size}))
+    template = run.one("StatefulSet", database.NAME).inputs["spec"]["volumeClaimTemplates"][0]
+    assert template["spec"]["resources"]["requests"]["storage"] == size
 
 
 def test_prebuilt_images_need_both_references() -> None:

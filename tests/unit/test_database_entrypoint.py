@@ -28,6 +28,7 @@ import yaml
 
 from components import database, pod
 from components.backup_repository.common import SECRET_KEYS as BACKUP_SECRET_KEYS
+from components.quantity import quantity_bytes
 from harness.http import request
 from harness.metrics import metric_value
 from harness.ports import free_port
@@ -435,13 +436,9 @@ def test_the_announced_ports_follow_patroni_s_listen_settings(
         # A quarter of the volume each, max_wal_size no more than PostgreSQL's default 1GB.
         ("1Gi", "256MB", "256MB"),
         ("1.5Gi", "384MB", "384MB"),
-        ("500M", "119MB", "119MB"),
+        ("2G", "476MB", "476MB"),
         ("10Gi", "1024MB", "2560MB"),
         ("100Gi", "1024MB", "25600MB"),
-        # However small the volume, never less than four segments: never 0, which would give up
-        # a standby's slot as soon as it is a segment behind.
-        ("200Mi", "64MB", "64MB"),
-        ("1Mi", "64MB", "64MB"),
     ],
 )
 def test_the_wal_kept_follows_the_stack_s_storage_size(
@@ -456,16 +453,97 @@ def test_the_wal_kept_follows_the_stack_s_storage_size(
     program gives it to each pod, so that one broken standby cannot fill the primary's volume.
     The instance's own parameters (Patroni lets them override the cluster's, which are written
     once), so that a new size reaches a running cluster."""
-    run = run_program("dev", with_fields(stack_config("dev"), "database", storageSize=storage_size))
-    given = env(container(run.one("StatefulSet", database.NAME).inputs))
-    monkeypatch.setenv("DATABASE_STORAGE_BYTES", given["DATABASE_STORAGE_BYTES"])
-    settings = entrypoint.configuration()
-    parameters = settings["postgresql"]["parameters"]
+    parameters = instance_parameters(entrypoint, monkeypatch, storage_size)
     assert (parameters["max_wal_size"], parameters["max_slot_wal_keep_size"]) == (
         max_wal_size,
         max_slot_wal_keep_size,
     )
+    settings = entrypoint.configuration()
     assert "max_slot_wal_keep_size" not in settings["bootstrap"]["dcs"]["postgresql"]["parameters"]
+
+
+@pytest.mark.parametrize("bytes_given", [2**20, 200 * 2**20])
+def test_however_small_a_volume_the_image_is_given_it_keeps_four_segments(
+    entrypoint: Entrypoint, monkeypatch: pytest.MonkeyPatch, bytes_given: int
+) -> None:
+    """Never 0, which would give up a standby's slot as soon as it is a segment behind: for a
+    volume the program never gives (none under LEAST_STORAGE_SIZE), the image run by hand."""
+    monkeypatch.setenv("DATABASE_STORAGE_BYTES", str(bytes_given))
+    parameters = entrypoint.configuration()["postgresql"]["parameters"]
+    assert (parameters["max_wal_size"], parameters["max_slot_wal_keep_size"]) == ("64MB", "64MB")
+
+
+# Patroni 4.1.5's parameters that it takes from the cluster's settings (bootstrap.dcs, then
+# `patronictl edit-config`) alone, dropping an instance's own: its ConfigHandler.CMDLINE_OPTIONS.
+CLUSTER_ONLY_PARAMETERS: Final = frozenset(
+    {
+        "listen_addresses", "port", "cluster_name", "wal_level", "hot_standby",
+        "max_connections", "max_wal_senders", "wal_keep_segments", "wal_keep_size",
+        "max_prepared_transactions", "max_locks_per_transaction", "track_commit_timestamp",
+        "max_replication_slots", "max_worker_processes", "wal_log_hints",
+    }
+)  # fmt: skip
+
+
+def test_the_instance_s_own_parameters_are_none_patroni_would_drop(
+    entrypoint: Entrypoint,
+) -> None:
+    """wal_keep_size among them: it cannot follow the volume as the WAL limits do, and stays the
+    cluster's (patroni.yml)."""
+    settings = entrypoint.configuration()
+    assert not CLUSTER_ONLY_PARAMETERS & set(settings["postgresql"]["parameters"])
+    assert "wal_keep_size" in settings["bootstrap"]["dcs"]["postgresql"]["parameters"]
+
+
+def test_the_least_volume_is_the_least_whose_slot_limit_reaches_wal_keep_size(
+    entrypoint: Entrypoint,
+) -> None:
+    """wal_keep_size and max_slot_wal_keep_size count back from the same WAL position: the
+    larger one is what stays. From LEAST_STORAGE_SIZE up that is the slot limit, a quarter of the
+    volume; a mebibyte less and it would be the cluster's wal_keep_size, which then takes more
+    than its quarter."""
+    least = quantity_bytes(database.LEAST_STORAGE_SIZE)
+    settings = entrypoint.configuration()
+    keep = megabytes(settings["bootstrap"]["dcs"]["postgresql"]["parameters"]["wal_keep_size"])
+    slot_limits = {
+        volume: megabytes(entrypoint.wal_limits(volume)["max_slot_wal_keep_size"])
+        for volume in (least, least - 2**20)
+    }
+    assert slot_limits[least] >= keep > slot_limits[least - 2**20]
+
+
+@pytest.mark.parametrize("storage_size", ["1Gi", "1.5Gi", "2G", "4Gi", "10Gi", "100Gi"])
+def test_the_wal_kept_is_at_most_half_of_every_volume_the_program_deploys(
+    entrypoint: Entrypoint, monkeypatch: pytest.MonkeyPatch, storage_size: str
+) -> None:
+    """pg_wal holds the WAL since the last checkpoint (max_wal_size) and, behind it, the larger
+    of wal_keep_size and what slots hold back (max_slot_wal_keep_size): half the volume at most,
+    the other half the data's. tests/services/test_database_wal_limit.py measures it."""
+    parameters = instance_parameters(entrypoint, monkeypatch, storage_size)
+    kept_mb = megabytes(parameters["max_wal_size"]) + max(
+        megabytes(parameters["wal_keep_size"]), megabytes(parameters["max_slot_wal_keep_size"])
+    )
+    assert kept_mb * 2**20 <= quantity_bytes(storage_size) / 2
+
+
+def instance_parameters(
+    entrypoint: Entrypoint, monkeypatch: pytest.MonkeyPatch, storage_size: str
+) -> dict[str, Any]:
+    """PostgreSQL's parameters on an instance of the dev stack with `storage_size`, as the
+    program gives it to the pod: the cluster's (bootstrap.dcs), the instance's own over them."""
+    run = run_program("dev", with_fields(stack_config("dev"), "database", storageSize=storage_size))
+    given = env(container(run.one("StatefulSet", database.NAME).inputs))
+    monkeypatch.setenv("DATABASE_STORAGE_BYTES", given["DATABASE_STORAGE_BYTES"])
+    settings = entrypoint.configuration()
+    return {
+        **settings["bootstrap"]["dcs"]["postgresql"]["parameters"],
+        **settings["postgresql"]["parameters"],
+    }
+
+
+def megabytes(value: object) -> int:
+    """A size in PostgreSQL's MB (MiB), as the image's parameters give it (`256MB`)."""
+    return int(str(value).removesuffix("MB"))
 
 
 @pytest.mark.parametrize("size", ["", "0", "1Gi", "-1", "1e9", "²"])
