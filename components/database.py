@@ -85,7 +85,7 @@ BACKUP_VOLUME_DIR: Final = "/var/lib/pgbackrest"
 # The backup repository's CA bundle, when the stack gives one.
 BACKUP_CA_CONFIG_MAP: Final = "database-backup-ca"
 BACKUP_CA_DIR: Final = "/etc/mlstack/backup-ca"
-# The `backups` container's /metrics (the age of the newest good backup).
+# The `backups` container's /metrics (the backups' age and count, the WAL archive's state).
 BACKUP_METRICS_PORT: Final = 9188
 BACKUP_RESOURCES: Final = pod.Resources("20m", "64Mi", "1", "256Mi")
 # The containers of an instance: PostgreSQL under Patroni (patronictl runs there), and the
@@ -624,7 +624,8 @@ def _backups_container(
     mounts: list[k8s.core.v1.VolumeMountArgsDict],
 ) -> k8s.core.v1.ContainerArgsDict:
     """Base backups on a schedule where the primary runs, beside its data (pgBackRest reads the
-    data folder), and their age as a metric (services/database/bin/mlstack-database-backups)."""
+    data folder); their age and the local server's WAL archive (what waits to be archived) as
+    metrics (services/database/bin/mlstack-database-backups)."""
     metrics: k8s.core.v1.ProbeArgsDict = {
         "http_get": {"path": "/metrics", "port": "backup-metrics"},
         "period_seconds": 10,

@@ -2,7 +2,8 @@
 standby. `mlstack-database --is-primary` and `--psql` are the one way the roles script and the
 backups container ask the local server whether it is the primary and talk to it as the superuser;
 the roles script makes the roles the program names, after the bootstrap and on a promotion; the
-pg_hba the entrypoint writes admits each of them where it needs to be, and nowhere else.
+pg_hba the entrypoint writes admits each of them where it needs to be, and nowhere else. The
+backups container takes its backups where the primary runs, and tells a WAL archive that fails.
 
 Each script runs as in the image: Patroni's settings (the image's, their socket folder and port
 the test server's) beside roles.sql, the Secret's passwords in files, the server's programs first
@@ -26,10 +27,12 @@ import pytest
 import yaml
 
 from components import database
+from harness.http import request
+from harness.metrics import metric_value
 from harness.poll import eventually
 from harness.ports import free_port
-from harness.postgres import PostgresServer, on_connection, postgres_bindir
-from harness.processes import LocalProcess
+from harness.postgres import PostgresServer, on_connection, postgres_bindir, query
+from harness.processes import LocalProcess, LocalServer
 from tests.database_image import (
     BIN,
     ROLES_SQL,
@@ -441,3 +444,70 @@ def test_the_backups_container_backs_up_where_the_primary_runs(
         ]
     else:
         assert set(logged()) == {"info --output=json"}
+
+
+def archive_metrics(port: int) -> dict[str, float | None]:
+    """The backups container's mlstack_database_wal_archive_* samples (None: absent), by the
+    part of the name after that prefix."""
+    text = request("GET", f"http://127.0.0.1:{port}/metrics").body.decode()
+    return {
+        name: metric_value(text, f"mlstack_database_wal_archive_{name}")
+        for name in ("failures_total", "pending_bytes", "pending_age_seconds")
+    }
+
+
+def test_the_backups_container_shows_a_failing_wal_archive(tmp_path: Path) -> None:
+    """archive_command failing (here `false`, as pgBackRest's archive-push to a repository that
+    is away or full): PostgreSQL keeps every segment not archived, whatever the WAL limits, until
+    its volume is full. The metrics show the failures, the WAL waiting and for how long; once
+    the archive works again, the WAL waiting goes, and the failures stay counted."""
+    with throwaway_postgres() as server:
+        for name, value in (("archive_mode", "on"), ("archive_command", "false")):
+            query(server.dsn(), f"ALTER SYSTEM SET {name} = '{value}'")
+        # archive_mode: at a start only.
+        server.stop()
+        server.start()
+        image = image_for(tmp_path, server)
+        stand_in(image.stand_ins, "pgbackrest", '#!/bin/sh\n[ "$1" != info ] || echo "[]"\n')
+        query(server.dsn(), "CREATE TABLE filler (n int)")
+        for _ in range(3):
+            query(server.dsn(), "INSERT INTO filler VALUES (1)")
+            query(server.dsn(), "SELECT pg_switch_wal()")
+        port = free_port()
+        backups = LocalServer(
+            "mlstack-database-backups",
+            [sys.executable, str(BIN / "mlstack-database-backups")],
+            tmp_path / "backups.log",
+            f"http://127.0.0.1:{port}",
+            ready_path="/metrics",
+            env={
+                **image.env,
+                **backups_own_env(),
+                "METRICS_PORT": str(port),
+                "DATABASE_BACKUP_CHECK_SECONDS": "0.2",
+            },
+        )
+        try:
+            backups.start().wait_ready()
+            eventually(
+                lambda: (archive_metrics(port)["pending_age_seconds"] or 0) >= 2,
+                "the oldest segment waiting two seconds",
+                30,
+            )
+            failing = archive_metrics(port)
+            assert (failing["failures_total"] or 0) >= 1, failing
+            # The three segments switched from, at least: each waits, whole.
+            assert (failing["pending_bytes"] or 0) >= 3 * 16 * 2**20, failing
+
+            query(server.dsn(), "ALTER SYSTEM SET archive_command = 'true'")
+            query(server.dsn(), "SELECT pg_reload_conf()")
+            eventually(
+                lambda: archive_metrics(port)["pending_bytes"] == 0,
+                "the WAL waiting archived",
+                90,
+            )
+            archived = archive_metrics(port)
+        finally:
+            backups.stop()
+    assert archived["pending_age_seconds"] == 0, archived
+    assert (archived["failures_total"] or 0) >= (failing["failures_total"] or 0), archived

@@ -712,6 +712,37 @@ def metric(port: int, name: str, **labels: str) -> float | None:
     return metric_value(reply.body.decode(), name, **labels)
 
 
+def test_the_archive_s_metrics_are_absent_while_the_local_server_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    """Not a 0 that would read as nothing waiting: no sample at all, while the backups' own
+    metrics go on (tests/services/test_database_scripts.py reads them from a real server)."""
+    calls = tmp_path / "calls"
+    stand_ins = tmp_path / "bin"
+    # --backup-config succeeds; --is-primary and --psql find no server.
+    stand_in(
+        stand_ins,
+        "mlstack-database",
+        f'#!/bin/sh\necho "$1" >> "{calls}"\n[ "$1" = --backup-config ]\n',
+    )
+    stand_in(stand_ins, "pgbackrest", "#!/bin/sh\necho '[]'\n")
+    sidecar, port = start_backups(tmp_path, stand_ins, DATABASE_BACKUP_CHECK_SECONDS="0.2")
+    try:
+        sidecar.wait_for(
+            "three reads of the archive, the repository read",
+            lambda: (
+                calls.exists()
+                and calls.read_text().splitlines().count("--psql") >= 3
+                and metric(port, "mlstack_database_backup_repository_up") == 1
+            ),
+            timeout=30,
+        )
+        text = request("GET", f"http://127.0.0.1:{port}/metrics").body.decode()
+    finally:
+        sidecar.stop()
+    assert "mlstack_database_wal_archive" not in text
+
+
 def test_a_backup_with_page_checksum_errors_counts_for_the_schedule(tmp_path: Path) -> None:
     """pgBackRest flags (`error`) a backup that found a page whose checksum is wrong: it is
     whole, and another taken at once finds the same page. Counted as missing, it would start a
