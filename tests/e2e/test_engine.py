@@ -1271,10 +1271,10 @@ def backup_metrics(kube: ControlPlane) -> str:
 def test_4t_g_make_restore_puts_back_exactly_the_predictions_acknowledged_before_the_time(
     workspace: PulumiWorkspace, control_plane: ControlPlane
 ) -> None:
-    """Backups to the suite's S3 server (SeaweedFS): the backups container has taken one and
-    tells its age; predictions acknowledged, a time noted, more acknowledged; `make restore` to
-    that time puts back every prediction acknowledged before it and none after. The database
-    goes back to one instance at the end, as the stack began."""
+    """Backups to the suite's S3 server (SeaweedFS): the backups container has taken one and tells
+    its age, and no WAL waits to be archived; predictions acknowledged, a time noted, more
+    acknowledged; `make restore` to that time puts back every prediction acknowledged before it and
+    none after. The database goes back to one instance at the end, as the stack began."""
     kube = control_plane
     ensure_database(workspace, kube, 2)
     eventually(
@@ -1288,6 +1288,15 @@ def test_4t_g_make_restore_puts_back_exactly_the_predictions_acknowledged_before
     metrics = backup_metrics(kube)
     assert metric_value(metrics, "mlstack_database_backup_repository_up") == 1, metrics
     assert (metric_value(metrics, "mlstack_database_backups", type="full") or 0) >= 1, metrics
+    # The archive keeps up: nothing waits for archive_command once a check has seen it through.
+    eventually(
+        lambda: (
+            metric_value(backup_metrics(kube), "mlstack_database_wal_archive_pending_bytes") == 0
+        ),
+        "no WAL waiting to be archived",
+        120,
+        interval=2,
+    )
     url = gateway_url(kube)
     before = [app.predict(url) for _ in range(5)]
     assert all(a.ok for a in before), before
