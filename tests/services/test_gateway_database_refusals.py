@@ -62,26 +62,21 @@ def test_a_server_out_of_connection_slots_costs_503s_with_retry_after_not_500s(
         gateway.stop()
 
 
-@pytest.mark.parametrize(
-    "end_wait",
-    [
-        # Its backend ended (as a restart in place ends it): the connection is lost, and the
-        # gateway sends the rows again.
-        "pg_terminate_backend",
-        # The wait cancelled (by an operator, or a statement_timeout): the COMMIT returns as a
-        # success, with the warning only.
-        "pg_cancel_backend",
-    ],
-)
-def test_a_write_its_synchronous_standby_never_confirmed_is_not_answered_200(
-    model_server: ServiceProcess, log_dir: Path, end_wait: str
+def standby_wait_ended(
+    model_server: ServiceProcess, log_dir: Path, end_wait: str, database_settings: str = ""
 ) -> None:
+    """On a PostgreSQL of its own (given ``database_settings``, ALTER DATABASE's, first): a
+    prediction whose commit waits for a synchronous standby that never comes, until
+    ``end_wait`` ends the wait, must not be answered 200 (and later ones are, once no standby
+    is awaited)."""
     # A commit waits for the synchronous standby after it is on the primary's disk. Its wait
     # ended before the standby confirmed, PostgreSQL warns that it "has already committed
     # locally, but might not have been replicated": the row is on the primary alone, and a 200
     # for it would be lost with the primary.
     with throwaway_postgres() as server:
         dsn = server.dsn()
+        if database_settings:
+            query(dsn, f"ALTER DATABASE postgres SET {database_settings}")
         gateway = start_gateway(
             model_server.url, log_dir, DATABASE_URL=dsn, DB_WRITE_TIMEOUT_SECONDS="10"
         )
@@ -107,3 +102,28 @@ def test_a_write_its_synchronous_standby_never_confirmed_is_not_answered_200(
         # No listener was left on a connection going back to the pool (asyncpg warns of one).
         log = gateway.log_path.read_text(errors="replace")
         assert "listener" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize(
+    "end_wait",
+    [
+        # Its backend ended (as a restart in place ends it): the connection is lost, and the
+        # gateway sends the rows again.
+        "pg_terminate_backend",
+        # The wait cancelled (by an operator, or a statement_timeout): the COMMIT returns as a
+        # success, with the warning only.
+        "pg_cancel_backend",
+    ],
+)
+def test_a_write_its_synchronous_standby_never_confirmed_is_not_answered_200(
+    model_server: ServiceProcess, log_dir: Path, end_wait: str
+) -> None:
+    standby_wait_ended(model_server, log_dir, end_wait)
+
+
+def test_a_cancelled_standby_wait_is_heard_from_a_database_that_sends_no_warnings(
+    model_server: ServiceProcess, log_dir: Path
+) -> None:
+    # A database (or a role) may send its clients errors only (client_min_messages): the
+    # warning that a commit's standby wait was cancelled must reach the gateway all the same.
+    standby_wait_ended(model_server, log_dir, "pg_cancel_backend", "client_min_messages = error")

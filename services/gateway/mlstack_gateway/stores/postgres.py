@@ -392,6 +392,14 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     transaction-scoped."""
 
 
+# Every session's settings, sent in its startup packet, where no setting of the database, the
+# role or the URL overrides them. client_min_messages: the server sends the session its
+# warnings, which a write must hear (_StandbyWait); a database or role set to send errors only
+# would keep from the gateway that a commit's standby wait was cancelled, and it would answer
+# 200 for rows on the primary alone.
+_SESSION_SETTINGS = {"client_min_messages": "warning"}
+
+
 async def _open_pool(
     dsn: str,
     reachability: _Reachability,
@@ -426,6 +434,7 @@ async def _open_pool(
                 command_timeout=command_timeout,
                 timeout=connect_timeout,
                 reset=_keep_session,
+                server_settings=dict(_SESSION_SETTINGS),
             )
             await prepare(pool)
         except (
@@ -540,7 +549,8 @@ async def migrate_database(dsn: str, timeout_seconds: float) -> list[int]:
 # locale and a translation; the database image generates no locale but C.UTF-8, which is English.
 # The routine's name is never translated, but is PostgreSQL's internal name (the same from 9.1
 # to 17). Either recognises the warning: only a server with a translated lc_messages whose
-# PostgreSQL renamed the routine would go unrecognised (its cancelled waits answered 200).
+# PostgreSQL renamed the routine would go unrecognised (its cancelled waits answered 200). The
+# server sends it whatever client_min_messages it would give the session (_SESSION_SETTINGS).
 _STANDBY_WAIT_ROUTINE = "SyncRepWaitForLSN"
 _NOT_REPLICATED = (
     "The transaction has already committed locally, but might not have been replicated to the "
