@@ -1,17 +1,21 @@
-"""The gateway on PostgreSQL when the server refuses it for want of resources, or cannot confirm
-that a synchronous standby has a write: what a client and an operator get is what they get for
-any database that is away (503 with Retry-After, never a 500, never a 200 for a row that only
-the primary may have)."""
+"""The gateway on PostgreSQL when the server refuses it for want of resources or of a lock in
+time, or cannot confirm that a synchronous standby has a write: what a client and an operator
+get is what they get for any database that is away (503 with Retry-After, never a 500, never a
+200 for a row that only the primary may have)."""
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import pytest
+from mlstack_gateway.stores.postgres import COMMIT_ORDER_LOCK_KEY
 
+from harness.http import Reply
 from harness.poll import eventually
-from harness.postgres import PostgresServer, query
+from harness.postgres import PostgresServer, on_connection, query
 from harness.services import SETOSA, ServiceProcess, start_gateway
 from tests.services.support import (
     history,
@@ -59,6 +63,33 @@ def test_a_server_out_of_connection_slots_costs_503s_with_retry_after_not_500s(
         )
     finally:
         query(admin, f"ALTER ROLE {ROLE} CONNECTION LIMIT -1")
+        gateway.stop()
+
+
+def test_a_write_whose_turn_outwaits_the_lock_timeout_costs_a_503_not_a_500(
+    model_server: ServiceProcess, postgres: PostgresServer, log_dir: Path
+) -> None:
+    # Each write waits for its turn to commit (the history's order), a lock; a database whose
+    # lock_timeout ends that wait refuses the write for now, as a statement_timeout would.
+    dsn = postgres.create_database("refusals_lock_timeout")
+    query(dsn, "ALTER DATABASE refusals_lock_timeout SET lock_timeout = '100ms'")
+    gateway = start_gateway(
+        model_server.url, log_dir, DATABASE_URL=dsn, DB_WRITE_TIMEOUT_SECONDS="1"
+    )
+    try:
+        new_prediction(gateway)
+
+        async def predict_while_another_commits(conn: asyncpg.Connection) -> Reply:
+            await conn.execute("SELECT pg_advisory_lock($1)", COMMIT_ORDER_LOCK_KEY)
+            return await asyncio.to_thread(predict, gateway.url, [SETOSA])
+
+        reply = on_connection(dsn, predict_while_another_commits)
+        assert reply.refused_with_retry_after, (reply.status, reply.body)
+        assert (
+            metric(gateway, "mlstack_gateway_requests_total", endpoint="predict", status="500") == 0
+        )
+        new_prediction(gateway)
+    finally:
         gateway.stop()
 
 

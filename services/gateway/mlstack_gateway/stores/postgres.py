@@ -260,7 +260,10 @@ def _is_transient(exc: BaseException) -> bool:
     but fails each write with read_only_sql_transaction (25006), until the connection it is
     retried on reaches the new primary. One short of a resource (class 53: every connection slot
     taken, as when a failover's clients all reconnect at once, its disk or memory full) refuses
-    this request, not the next one once the resource is free again.
+    this request, not the next one once the resource is free again. So does one whose
+    lock_timeout ends a wait for a lock (lock_not_available, 55P03), as a statement_timeout's
+    cancel (query_canceled, class 57) does: each write waits for its turn to commit (_INSERT),
+    and a read for a migration's DDL; the statement did nothing.
     """
     if isinstance(exc, asyncpg.ClientConfigurationError):  # an InterfaceError, but permanent
         return False
@@ -271,6 +274,7 @@ def _is_transient(exc: BaseException) -> bool:
         | asyncpg.PostgresConnectionError
         | asyncpg.OperatorInterventionError
         | asyncpg.InsufficientResourcesError
+        | asyncpg.LockNotAvailableError
         | asyncpg.InterfaceError,
     )
 
