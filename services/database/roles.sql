@@ -73,6 +73,8 @@ AS $$
         WHEN NOT pg_is_in_recovery() THEN 0.0
         WHEN NOT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN NULL
         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
+        -- Behind, and no transaction replayed since it started: by how much cannot be told.
+        WHEN pg_last_xact_replay_timestamp() IS NULL THEN NULL
         -- At least 0: a standby whose clock is behind the primary's may measure less.
         ELSE greatest(0.0, extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()))
     END::float8

@@ -90,6 +90,33 @@ def test_a_standby_behind_by_more_than_the_bound_is_not_read(
     read_until_listed(gateway, request_id, READS, source="replica")
 
 
+def test_a_standby_behind_that_has_replayed_no_transaction_since_it_started_is_not_read(
+    gateway: ServiceProcess,
+    postgres: PostgresServer,
+    primary_dsn: str,
+    model_server: ServiceProcess,
+    log_dir: Path,
+) -> None:
+    """A new copy (or a restarted standby) knows no replayed transaction's time until it has
+    replayed one: behind the primary, its lag is unknown, not 0, and the primary answers.
+    (`gateway` first: the schema is on the primary before the copy is made.)"""
+    fresh = postgres.standby()
+    fresh_dsn = fresh.dsn(DATABASE)
+    try:
+        with fresh.replay_paused(DATABASE):
+            assert query(fresh_dsn, "SELECT pg_last_xact_replay_timestamp()")[0][0] is None
+            reader = start_read_gateway(model_server, log_dir, primary_dsn, fresh_dsn)
+            try:
+                request_id = new_prediction(reader)
+                read_until_listed(reader, request_id, FALLBACKS, reason="unknown_lag")
+                assert math.isnan(metric(reader, LAG))
+                assert not on_standby(fresh, request_id)
+            finally:
+                reader.stop()
+    finally:
+        fresh.destroy()
+
+
 def test_a_standby_that_stops_streaming_is_not_read(
     gateway: ServiceProcess, standby: PostgresServer
 ) -> None:
