@@ -225,7 +225,7 @@ def test_a_caller_waits_no_longer_than_the_timeout() -> None:
         if caller not in done:
             caller.cancel()
             pytest.fail("a caller with a 0.2 s timeout still waiting after 30 s")
-        with pytest.raises(StoreUnavailableError, match=r"not committed within 0\.2s"):
+        with pytest.raises(StoreUnavailableError, match=r"not confirmed within 0\.2s"):
             caller.result()
         release.set()
         await committer.close()

@@ -155,7 +155,7 @@ class GatewayRoutes:
             # Returns only once the row is committed: no 200 for an unsaved prediction.
             await self._store.save(record)
         except StoreUnavailableError as exc:
-            raise ApiError(503, f"prediction not stored, try again: {exc}") from None
+            raise ApiError(503, f"prediction not confirmed as stored, try again: {exc}") from None
         self._metrics.predictions.inc(len(payload.rows))
         return orjson.dumps(
             {

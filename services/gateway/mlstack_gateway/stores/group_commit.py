@@ -90,7 +90,7 @@ class GroupCommitter(Generic[T]):
             if not future.done():
                 self._metrics.db_failures.inc()
                 future.set_exception(
-                    StoreUnavailableError(f"database write not committed within {self._timeout:g}s")
+                    StoreUnavailableError(f"database write not confirmed within {self._timeout:g}s")
                 )
         self._expiry = loop.call_at(waiting[0][0], self._expire) if waiting else None
 
