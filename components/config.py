@@ -589,7 +589,9 @@ def _parse_maintenance_window(section: _Section) -> MaintenanceWindow:
     return MaintenanceWindow(start=start, hours=hours, days=days)
 
 
-# Keys of earlier releases, and what took their place: named, instead of "unknown key".
+# Keys of earlier releases, and what took their place: named, instead of "unknown key". Only a
+# stack made before the database ran on Patroni has them, and `pulumi up` does not carry its
+# database over: the refusal says so before the key is removed.
 _REMOVED_DATABASE_KEYS: Final = {
     "primary": "Patroni chooses the primary and fails over on its own; a planned change of "
     'primary is `make switchover` (README, "High availability")',
@@ -603,7 +605,9 @@ def _refuse_removed_keys(raw: object) -> None:
         for key, instead in _REMOVED_DATABASE_KEYS.items():
             if key in raw:
                 raise ConfigError(
-                    f"{NAMESPACE}:database.{key} is no longer a setting: {instead}; remove it"
+                    f"{NAMESPACE}:database.{key} is no longer a setting: {instead}; remove it "
+                    "(the database of a stack made before Patroni is not carried over: "
+                    'README, "A stack made before Patroni")'
                 )
 
 

@@ -66,8 +66,20 @@ def test_the_removed_database_keys_say_what_took_their_place(
     message = config_error(dev_with(database={"replicas": 2, key: value}))
     assert message.startswith(f"mlstack:database.{key} is no longer a setting: ")
     assert instead in message
-    assert message.endswith("; remove it")
+    assert "; remove it" in message
     assert "unknown key" not in message
+
+
+@pytest.mark.parametrize("key", ["primary", "synchronousCommit"])
+def test_a_removed_database_key_sends_its_stack_to_the_upgrade_note(key: str) -> None:
+    """Only a stack made before the database ran on Patroni has these keys, and `pulumi up` does
+    not carry its database over: once the key is gone, the update would stop every instance for
+    a server Patroni cannot run. The refusal says where the way across is, before that."""
+    message = config_error(dev_with(database={"replicas": 2, key: 0}))
+    assert message.endswith(
+        'the database of a stack made before Patroni is not carried over: README, "A stack made '
+        'before Patroni")'
+    )
 
 
 @pytest.mark.parametrize(
