@@ -1,18 +1,23 @@
 """The gateway of a git revision against the working tree's, in one run: does a change cost speed?
 
-Both versions are measured round after round, alternating which goes first; each ratio
-working-tree ÷ revision is taken within its round (the machine is shared: two numbers measured
-seconds apart are steadier as a ratio than alone), and the median over the rounds is reported.
+Both versions (and any ``--variant``: another revision, or a folder holding services/, such as
+a worktree with a change undone locally) are measured round after round, the order rotating
+from round to round; each version's ratio to the base is taken within its round (the machine
+is shared: two numbers measured seconds apart are steadier as a ratio than alone), and the
+median over the rounds is reported. A variant that is the base again measures the noise.
 
 ``--stores``: each version's prediction store alone, in a process of its own, for each store:
 ``--concurrency`` tasks saving rows as fast as their commits return (saves per second, CPU per
 save over all the process's threads, rows per commit). Otherwise over HTTP: both gateways side
-by side, each with its own SQLite file and its own PostgreSQL database, in front of one model
-server, under wrk; every 200 must have its row (rows stored are checked against 200s counted).
-Prints a markdown table.
+by side, each with its own SQLite file and its own PostgreSQL database (one server for both),
+in front of one model server, under wrk; every 200 must have its row (rows stored are checked
+against 200s counted). ``--store-kind`` measures one store only. Prints a markdown table, with
+each round's ratio.
 
     python -m bench.gateway_ab --base HEAD --rounds 5 --seconds 4
     python -m bench.gateway_ab --base HEAD --rounds 9 --seconds 2 --stores
+    python -m bench.gateway_ab --base 7a5e7a7 --new main --variant control 7a5e7a7 \
+        --variant no-lock /tmp/no-lock --store-kind postgresql --rounds 21 --seconds 3
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -49,7 +55,10 @@ from harness.program import ROOT
 from harness.services import GATEWAY_SRC, MODEL_SRC, SETOSA, GatewayProcess, import_service
 
 STORES = ("sqlite", "postgresql")
-VERSIONS = ("base", "new")
+# What every other version is measured against.
+BASE = "base"
+# A variant's name: it names the variant's processes and PostgreSQL databases too.
+VARIANT_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
 
 
 @dataclass(frozen=True)
@@ -57,11 +66,16 @@ class Sample:
     store: str
     connections: int
     round: int
-    base: LoadResult
-    new: LoadResult
-    # Rows per commit over the run, from each gateway's own /metrics.
-    base_rows_per_commit: float
-    new_rows_per_commit: float
+    # By version.
+    results: dict[str, LoadResult]
+    # Rows per commit over each version's run, from its gateway's own /metrics.
+    rows_per_commit: dict[str, float]
+
+
+def rotated(versions: list[str], round_: int) -> list[str]:
+    """The order of ``round_``'s runs: each version goes first in turn (two alternate)."""
+    start = (round_ - 1) % len(versions)
+    return versions[start:] + versions[:start]
 
 
 def export_gateway(revision: str, target: Path) -> Path:
@@ -77,12 +91,41 @@ def export_gateway(revision: str, target: Path) -> Path:
     return target / "services" / "gateway"
 
 
-def gateway_sources(base: str, new: str | None, work: Path) -> dict[str, Path]:
-    """The gateway source folder of each version; ``new`` None is the working tree."""
-    return {
-        "base": export_gateway(base, work / "base"),
-        "new": GATEWAY_SRC if new is None else export_gateway(new, work / "new"),
-    }
+@dataclass(frozen=True)
+class Versions:
+    """What to measure: the base revision, the new one (None: the working tree) and the
+    variants, each a name and a revision or a folder holding services/."""
+
+    base: str
+    new: str | None
+    variants: list[tuple[str, str]]
+
+    @property
+    def names(self) -> list[str]:
+        return [BASE, "new", *(name for name, _ in self.variants)]
+
+    def sources(self, work: Path) -> dict[str, Path]:
+        """The gateway source folder of each version, base first."""
+        sources = {
+            BASE: export_gateway(self.base, work / BASE),
+            "new": GATEWAY_SRC if self.new is None else export_gateway(self.new, work / "new"),
+        }
+        for name, source in self.variants:
+            folder = Path(source)
+            sources[name] = (
+                folder / "services" / "gateway"
+                if folder.is_dir()
+                else export_gateway(source, work / "variants" / name)
+            )
+        return sources
+
+    def describe(self) -> str:
+        new = f"{self.new} ({rev(self.new)})" if self.new else "working tree"
+        parts = [f"base = {self.base} ({rev(self.base)})", f"new = {new}"]
+        for name, source in self.variants:
+            where = f"folder {source}" if Path(source).is_dir() else f"{source} ({rev(source)})"
+            parts.append(f"{name} = {where}")
+        return ", ".join(parts)
 
 
 def predict_request(url: str) -> Request:
@@ -95,34 +138,49 @@ def ratio(new: float, base: float) -> float:
     return new / base if base else float("nan")
 
 
-def table(samples: list[Sample]) -> str:
+def cpu(results: list[LoadResult], process: str) -> str:
+    """A watched process's median CPU µs per request over ``results``; "-" where it was not
+    watched (PostgreSQL's, in a SQLite gateway's runs)."""
+    if any(process not in r.cpu_us_per_request for r in results):
+        return "-"
+    return f"{statistics.median(r.cpu_us_per_request[process] for r in results):.0f}"
+
+
+def table(samples: list[Sample], versions: list[str]) -> str:
+    """A row per store, connections and version: medians over the rounds, and the version's
+    requests/s over the base's (the median of each round's ratio, then each round's)."""
     lines = [
-        "| store | conns | req/s base | req/s new | new ÷ base req/s | p50 ms base / new "
-        "| p99 ms base / new | gateway CPU µs/req base / new | rows per commit base / new |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| store | conns | version | req/s | ÷ base req/s | each round's ÷ base | p50 ms "
+        "| p99 ms | gateway CPU µs/req | PostgreSQL CPU µs/req | rows per commit |",
+        "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     keys = sorted(
         {(s.store, s.connections) for s in samples}, key=lambda k: (STORES.index(k[0]), k[1])
     )
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
     for store, connections in keys:
         runs = [s for s in samples if (s.store, s.connections) == (store, connections)]
-
-        def med(values: list[float]) -> float:
-            return statistics.median(values)
-
-        base_rps = med([s.base.rps for s in runs])
-        new_rps = med([s.new.rps for s in runs])
-        ratios = [ratio(s.new.rps, s.base.rps) for s in runs]
-        lines.append(
-            f"| {store} | {connections} | {base_rps:,.0f} | {new_rps:,.0f} | "
-            f"{med(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}) | "
-            f"{med([s.base.p50_ms for s in runs]):.3f} / {med([s.new.p50_ms for s in runs]):.3f} | "
-            f"{med([s.base.p99_ms for s in runs]):.2f} / {med([s.new.p99_ms for s in runs]):.2f} | "
-            f"{med([s.base.cpu_us_per_request['gateway'] for s in runs]):.0f} / "
-            f"{med([s.new.cpu_us_per_request['gateway'] for s in runs]):.0f} | "
-            f"{med([s.base_rows_per_commit for s in runs]):.1f} / "
-            f"{med([s.new_rows_per_commit for s in runs]):.1f} |"
-        )
+        for version in versions:
+            results = [s.results[version] for s in runs]
+            ratios = [ratio(s.results[version].rps, s.results[BASE].rps) for s in runs]
+            against = (
+                ("", "")
+                if version == BASE
+                else (
+                    f"{med(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})",
+                    " ".join(f"{r:.2f}" for r in ratios),
+                )
+            )
+            lines.append(
+                f"| {store} | {connections} | {version} | {med([r.rps for r in results]):,.0f} | "
+                f"{against[0]} | {against[1]} | {med([r.p50_ms for r in results]):.3f} | "
+                f"{med([r.p99_ms for r in results]):.2f} | {cpu(results, 'gateway')} | "
+                f"{cpu(results, 'postgresql')} | "
+                f"{med([s.rows_per_commit[version] for s in runs]):.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -191,21 +249,19 @@ def store_worker(
         print(json.dumps(runner.run(run())))
 
 
-def store_rounds(
-    revisions: tuple[str, str | None], rounds: int, seconds: float, concurrency: int
-) -> str:
+def store_rounds(versions: Versions, rounds: int, seconds: float, concurrency: int) -> str:
     from harness.postgres import running_postgres
 
     work = Path(tempfile.mkdtemp(prefix="mlstack-store-ab-"))
-    sources = gateway_sources(*revisions, work)
+    sources = versions.sources(work)
+    names = versions.names
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     with ExitStack() as stack:
         postgres = stack.enter_context(running_postgres())
-        dsns = {v: postgres.create_database(f"store_{v}") for v in VERSIONS}
+        dsns = {v: postgres.create_database(f"store_{v.replace('-', '_')}") for v in names}
         for round_ in range(1, rounds + 1):
-            order = VERSIONS if round_ % 2 else VERSIONS[::-1]
             for store in STORES:
-                for version in order:
+                for version in rotated(names, round_):
                     argv = [sys.executable, "-m", "bench.gateway_ab", "--worker", store]
                     argv += [dsns[version], str(work / f"data-{version}")]
                     argv += [str(concurrency), str(seconds)]
@@ -216,7 +272,7 @@ def store_rounds(
                     result = json.loads(done.stdout.splitlines()[-1])
                     results.setdefault((version, store), []).append(result)
                     print(
-                        f"round {round_} {store:10} {version:4} "
+                        f"round {round_} {store:10} {version:8} "
                         f"{result['saves_per_second']:8.0f} saves/s  "
                         f"{result['cpu_us_per_save']:6.1f} µs CPU/save  "
                         f"{result['rows_per_commit']:5.1f} rows/commit",
@@ -224,54 +280,64 @@ def store_rounds(
                     )
     shutil.rmtree(work, ignore_errors=True)
     lines = [
-        "| store | saves/s base | saves/s new | new ÷ base saves/s | CPU µs/save base / new "
-        "| rows per commit base / new |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| store | version | saves/s | ÷ base saves/s | CPU µs/save | rows per commit |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
+
+    def med(runs: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
     for store in STORES:
-        base, new = results["base", store], results["new", store]
-        ratios = [
-            n["saves_per_second"] / b["saves_per_second"] for b, n in zip(base, new, strict=True)
-        ]
-
-        def med(runs: list[dict[str, float]], key: str) -> float:
-            return statistics.median(r[key] for r in runs)
-
-        lines.append(
-            f"| {store} | {med(base, 'saves_per_second'):,.0f} | "
-            f"{med(new, 'saves_per_second'):,.0f} | {statistics.median(ratios):.3f} "
-            f"(min {min(ratios):.3f}, max {max(ratios):.3f}) | "
-            f"{med(base, 'cpu_us_per_save'):.1f} / {med(new, 'cpu_us_per_save'):.1f} | "
-            f"{med(base, 'rows_per_commit'):.1f} / {med(new, 'rows_per_commit'):.1f} |"
-        )
+        base = results[BASE, store]
+        for version in names:
+            runs = results[version, store]
+            ratios = [
+                n["saves_per_second"] / b["saves_per_second"]
+                for b, n in zip(base, runs, strict=True)
+            ]
+            against = (
+                ""
+                if version == BASE
+                else f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
+                f"max {max(ratios):.3f})"
+            )
+            lines.append(
+                f"| {store} | {version} | {med(runs, 'saves_per_second'):,.0f} | {against} | "
+                f"{med(runs, 'cpu_us_per_save'):.1f} | {med(runs, 'rows_per_commit'):.1f} |"
+            )
     return "\n".join(lines)
 
 
 @dataclass
 class Setup:
     work: Path
+    # Base first.
+    versions: list[str]
     gateways: dict[tuple[str, str], GatewayProcess]
     # 200s answered under measurement, per (version, store): each must have its row.
     acknowledged: dict[tuple[str, str], int]
+    # The PostgreSQL server's postmaster: its CPU (its backends') is charged to the
+    # PostgreSQL gateways' runs.
+    postgres_pid: int
 
 
-def start_all(stack: ExitStack, work: Path, revisions: tuple[str, str | None]) -> Setup:
-    """PostgreSQL, the model, and a gateway per (version, store), warmed up."""
+def start_all(stack: ExitStack, work: Path, versions: Versions, stores: tuple[str, ...]) -> Setup:
+    """PostgreSQL, the model, and a gateway per (version, store of ``stores``), warmed up."""
     from mlstack_model import train
 
     from harness.postgres import running_postgres
 
     logs = work / "logs"
     logs.mkdir()
-    sources = gateway_sources(*revisions, work)
+    sources = versions.sources(work)
     postgres = stack.enter_context(running_postgres())
     train.train_all(work / "models", [MODEL_NAME])
     model = start_model(work / "models", logs)
     stack.callback(model.stop)
     model.wait_ready(READY_SECONDS)
-    setup = Setup(work, {}, {})
-    for version in VERSIONS:
-        for store in STORES:
+    setup = Setup(work, versions.names, {}, {}, postgres.pid)
+    for version in versions.names:
+        for store in stores:
             name = f"gateway-{version}-{store}"
             env: dict[str, str] = {}
             if store == "sqlite":
@@ -290,12 +356,13 @@ def start_all(stack: ExitStack, work: Path, revisions: tuple[str, str | None]) -
 
 
 def measure(setup: Setup, store: str, connections: int, round_: int, seconds: float) -> Sample:
-    order = VERSIONS if round_ % 2 else VERSIONS[::-1]
     results: dict[str, LoadResult] = {}
     rows_per_commit: dict[str, float] = {}
-    for version in order:
+    for version in rotated(setup.versions, round_):
         gateway = setup.gateways[version, store]
         watch = {"gateway": gateway.pid}
+        if store == "postgresql":
+            watch["postgresql"] = setup.postgres_pid
         # The gateway serves /metrics on a port of its own.
         metrics_url = gateway.metrics_url or gateway.url
         before = gateway_counters(metrics_url)
@@ -307,20 +374,12 @@ def measure(setup: Setup, store: str, connections: int, round_: int, seconds: fl
         setup.acknowledged[version, store] += result.requests
         results[version] = result
         print(
-            f"round {round_} {store:10} c={connections:<2} {version:4} "
+            f"round {round_} {store:10} c={connections:<2} {version:8} "
             f"{result.rps:8.0f} req/s  p50 {result.p50_ms:6.3f} ms  p99 {result.p99_ms:6.2f} ms  "
             f"(other load {result.other_busy_cores:.2f} cores)",
             flush=True,
         )
-    return Sample(
-        store,
-        connections,
-        round_,
-        results["base"],
-        results["new"],
-        rows_per_commit["base"],
-        rows_per_commit["new"],
-    )
+    return Sample(store, connections, round_, results, rows_per_commit)
 
 
 def check_rows(setup: Setup) -> list[str]:
@@ -334,13 +393,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway_ab", description=__doc__)
     parser.add_argument("--base", default="HEAD", help="the git revision to compare against")
     parser.add_argument("--new", help="a git revision instead of the working tree")
+    parser.add_argument(
+        "--variant",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "SOURCE"),
+        help="another version: a git revision, or a folder holding services/ (repeatable)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of one load run")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--stores", action="store_true", help="the stores alone, no HTTP")
+    parser.add_argument(
+        "--store-kind", nargs="+", choices=STORES, default=list(STORES), help="over HTTP"
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="with --stores")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    variants = [(name, source) for name, source in args.variant]
+    for name, _ in variants:
+        if not VARIANT_NAME.fullmatch(name) or name in (BASE, "new"):
+            parser.error(f"--variant {name}: a name of a-z, 0-9 and -, not base or new")
+    if len({name for name, _ in variants}) < len(variants):
+        parser.error("--variant: each name once")
+    versions = Versions(args.base, args.new, variants)
     if args.worker:
         store, dsn, data_dir, concurrency, seconds = args.worker
         store_worker(store, dsn, data_dir, int(concurrency), float(seconds))
@@ -349,26 +426,26 @@ def main(argv: list[str] | None = None) -> int:
     # worker (above) imports the gateway of the version it loads, from its PYTHONPATH.
     import_service(GATEWAY_SRC)
     heading = (
-        f"{args.rounds} rounds, {args.seconds:g} s runs; base = {args.base} ({rev(args.base)}), "
-        f"new = {f'{args.new} ({rev(args.new)})' if args.new else 'working tree'}; "
+        f"{args.rounds} rounds, {args.seconds:g} s runs; {versions.describe()}; "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}"
     )
     if args.stores:
-        out = store_rounds((args.base, args.new), args.rounds, args.seconds, args.concurrency)
+        out = store_rounds(versions, args.rounds, args.seconds, args.concurrency)
         print(f"\n{heading}; {args.concurrency} concurrent saves\n\n{out}")
         return 0
     work = Path(tempfile.mkdtemp(prefix="mlstack-gateway-ab-"))
     samples: list[Sample] = []
     with ExitStack() as stack:
-        setup = start_all(stack, work, (args.base, args.new))
+        stores = tuple(store for store in STORES if store in args.store_kind)
+        setup = start_all(stack, work, versions, stores)
         for round_ in range(1, args.rounds + 1):
-            for store in STORES:
+            for store in stores:
                 for connections in args.connections:
                     samples.append(measure(setup, store, connections, round_, args.seconds))
         checks = check_rows(setup)
     shutil.rmtree(work, ignore_errors=True)
     print(f"\n{heading}; wrk 1 thread, one iris row per request\n")
-    print(table(samples))
+    print(table(samples, versions.names))
     print()
     for check in checks:
         print(f"- {check}")
