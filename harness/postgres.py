@@ -147,6 +147,15 @@ class PostgresServer:
         finally:
             query(dsn, "SELECT pg_wal_replay_resume()")
 
+    def next_wal_segment(self) -> None:
+        """A row written (in a table `filler` of the `postgres` database, made if need be), then
+        a switch to the next WAL segment: the one written is complete, its whole 16 MB kept or
+        archived."""
+        dsn = self.dsn()
+        query(dsn, "CREATE TABLE IF NOT EXISTS filler (n int)")
+        query(dsn, "INSERT INTO filler VALUES (1)")
+        query(dsn, "SELECT pg_switch_wal()")
+
     def standby(self, slot: str | None = None) -> PostgresServer:
         """A hot standby of this running server, started: a base backup of it that streams its
         WAL from it over 127.0.0.1 (initdb's defaults allow it: wal_level replica, 10 WAL

@@ -469,10 +469,8 @@ def test_the_backups_container_shows_a_failing_wal_archive(tmp_path: Path) -> No
         server.start()
         image = image_for(tmp_path, server)
         stand_in(image.stand_ins, "pgbackrest", '#!/bin/sh\n[ "$1" != info ] || echo "[]"\n')
-        query(server.dsn(), "CREATE TABLE filler (n int)")
         for _ in range(3):
-            query(server.dsn(), "INSERT INTO filler VALUES (1)")
-            query(server.dsn(), "SELECT pg_switch_wal()")
+            server.next_wal_segment()
         port = free_port()
         backups = LocalServer(
             "mlstack-database-backups",

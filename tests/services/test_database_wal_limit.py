@@ -106,19 +106,12 @@ def wal_since(server: PostgresServer, start: str) -> int:
     return int(row["ahead"])
 
 
-def next_segment(server: PostgresServer) -> None:
-    """A row written, then a switch to the next WAL segment."""
-    query(server.dsn(), "CREATE TABLE IF NOT EXISTS filler (n int)")
-    query(server.dsn(), "INSERT INTO filler VALUES (1)")
-    query(server.dsn(), "SELECT pg_switch_wal()")
-
-
 def write_wal_past(server: PostgresServer, start: str, megabytes: int) -> None:
     """WAL written until the server's current position is `megabytes` past `start`, in whole
     segments, then a checkpoint: where PostgreSQL removes old WAL, and gives up a slot that
     holds too much."""
     while wal_since(server, start) < megabytes * MB:
-        next_segment(server)
+        server.next_wal_segment()
     query(server.dsn(), "CHECKPOINT")
 
 
@@ -186,7 +179,7 @@ def test_on_the_least_volume_pg_wal_leaves_half_of_it_to_the_data(
     through_mb = 2 * sum(megabytes(parameters[name]) for name in RETENTION)
     fullest = pg_wal_bytes(primary)
     while wal_since(primary, start["lsn"]) < through_mb * MB:
-        next_segment(primary)
+        primary.next_wal_segment()
         fullest = max(fullest, pg_wal_bytes(primary))
     # The checkpoints PostgreSQL made on its own gave the slot up on the way: it held all it may.
     assert slot(primary)["wal_status"] == "lost"
