@@ -959,10 +959,15 @@ def _read_raw() -> dict[str, object]:
 
 
 def _secret(
-    raw: Mapping[str, object], key: str, minimum: int = 12, origin: str | None = None
+    raw: Mapping[str, object],
+    key: str,
+    stack: str,
+    minimum: int = 12,
+    origin: str | None = None,
 ) -> pulumi.Output[str]:
     """The stack secret `key`, at least `minimum` characters long. `origin` says where a missing
-    one comes from; by default, `make up` for one it generates."""
+    one comes from; by default, for one it generates, `make stack`, which writes them without
+    deploying (a `pulumi preview` or `up` run by hand, or in a workflow, needs them too)."""
     value = raw.get(key)
     if not isinstance(value, str) or len(value) < minimum:
         if value is None:
@@ -971,8 +976,9 @@ def _secret(
             shown = "empty"
         else:
             shown = f"too short (at least {minimum} characters)"
-        if origin is None and key in GENERATED_SECRETS:
-            origin = "`make up` generates one"
+        # `make stack` fills in a missing secret only: one set too short, it keeps.
+        if origin is None and key in GENERATED_SECRETS and value is None:
+            origin = f"`make stack STACK={stack}` generates one, as `make up` does"
         raise ConfigError(
             f"{NAMESPACE}:{key} is {shown}: set it with "
             f"`pulumi config set --secret {NAMESPACE}:{key} <value>`"
@@ -981,16 +987,16 @@ def _secret(
     return pulumi.Output.secret(value)
 
 
-def _backup_secret(raw: Mapping[str, object], key: str) -> pulumi.Output[str]:
+def _backup_secret(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Output[str]:
     """One of BACKUP_SECRETS. The bucket's keys are its provider's, as it issued them (of any
     length; MinIO's default one has 10 characters): `make up` cannot generate them."""
     if key in BUCKET_KEYS:
-        return _secret(raw, key, 1, f"{BUCKET_KEYS[key]}, from the bucket's provider")
-    return _secret(raw, key)
+        return _secret(raw, key, stack, 1, f"{BUCKET_KEYS[key]}, from the bucket's provider")
+    return _secret(raw, key, stack)
 
 
 def _backup_secrets(
-    raw: Mapping[str, object], backup: BackupConfig | None
+    raw: Mapping[str, object], backup: BackupConfig | None, stack: str
 ) -> dict[str, pulumi.Output[str]]:
     """The encryption key with any backups; the bucket's keys with an S3-compatible endpoint
     alone. Keys given to a stack whose repository takes none are a mistake (left over from an
@@ -1008,7 +1014,7 @@ def _backup_secrets(
     if backup is None:
         return {}
     needed = BACKUP_SECRETS if endpoint else (BACKUP_CIPHER_SECRET,)
-    return {key: _backup_secret(raw, key) for key in needed}
+    return {key: _backup_secret(raw, key, stack) for key in needed}
 
 
 def load(stack: str | None = None) -> StackConfig:
@@ -1033,16 +1039,16 @@ def load(stack: str | None = None) -> StackConfig:
     gateway = _parse_gateway(sections["gateway"], raw, cluster)
     model = _parse_model(sections["model"])
     images = _parse_images(sections["images"], cluster)
-    database_password = _secret(raw, "databasePassword")
-    database_owner_password = _secret(raw, "databaseOwnerPassword")
-    replication_password = _secret(raw, "databaseReplicationPassword")
-    rewind_password = _secret(raw, "databaseRewindPassword")
-    backup_secrets = _backup_secrets(raw, database.backup)
-    api_key = _secret(raw, "apiKey")
-    secrets_digest_key = _secret(raw, "secretsDigestKey", SECRETS_DIGEST_KEY_CHARACTERS)
+    database_password = _secret(raw, "databasePassword", stack)
+    database_owner_password = _secret(raw, "databaseOwnerPassword", stack)
+    replication_password = _secret(raw, "databaseReplicationPassword", stack)
+    rewind_password = _secret(raw, "databaseRewindPassword", stack)
+    backup_secrets = _backup_secrets(raw, database.backup, stack)
+    api_key = _secret(raw, "apiKey", stack)
+    secrets_digest_key = _secret(raw, "secretsDigestKey", stack, SECRETS_DIGEST_KEY_CHARACTERS)
     api_key_previous = None
     if raw.get("apiKeyPrevious") is not None:
-        api_key_previous = _secret(raw, "apiKeyPrevious")
+        api_key_previous = _secret(raw, "apiKeyPrevious", stack)
         if raw["apiKeyPrevious"] == raw.get("apiKey"):
             raise ConfigError(
                 f"{NAMESPACE}:apiKeyPrevious is the same as {NAMESPACE}:apiKey: during a rotation "

@@ -626,7 +626,7 @@ def test_volume_mistakes_are_one_line_naming_the_key(backup: Any, expected: str)
 def test_every_repository_needs_the_encryption_key(cluster_kind: str) -> None:
     message = on_cluster_error(CLUSTERS[cluster_kind], {}, databaseBackupCipherPassword=None)
     assert message.startswith("mlstack:databaseBackupCipherPassword is missing: ")
-    assert "`make up` generates one" in message
+    assert "`make stack STACK=dev` generates one" in message
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from components import database
-from harness.program import TEST_SECRETS, ProgramExitError, run_program
+from harness.program import TEST_SECRETS, ProgramExitError, run_program, stack_config
 from tests.unit.configs import EXISTING, config_error, config_exit, dev_with
 
 
@@ -214,6 +214,26 @@ def test_missing_secret_says_how_to_set_it() -> None:
     message = config_error(dev_with(), with_secrets=False)
     assert message.startswith("mlstack:databasePassword is missing")
     assert "pulumi config set --secret mlstack:databasePassword" in message
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_a_missing_generated_secret_names_the_command_for_its_stack(stack: str) -> None:
+    """A stack previewed or updated by `pulumi` itself (by hand, or in a workflow) never ran
+    `make stack`: the message names the one command that writes the secrets without deploying."""
+    with pytest.raises(ProgramExitError) as raised:
+        run_program(stack, stack_config(stack), with_secrets=False)
+    (message,) = raised.value.errors
+    assert message.endswith(f"(`make stack STACK={stack}` generates one, as `make up` does)")
+
+
+def test_a_generated_secret_set_too_short_is_not_sent_to_make_stack() -> None:
+    """`make stack` fills in missing secrets alone, and keeps one that is set: for one set too
+    short, the command that changes it is `pulumi config set`."""
+    message = config_error({**dev_with(), "mlstack:apiKey": "short"})
+    assert message == (
+        "mlstack:apiKey is too short (at least 12 characters): set it with "
+        "`pulumi config set --secret mlstack:apiKey <value>`"
+    )
 
 
 def test_no_resource_is_registered_before_validation_fails() -> None:
