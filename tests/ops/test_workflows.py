@@ -684,6 +684,83 @@ def test_the_sweep_asks_github_about_each_review_stack() -> None:
     assert plan["permissions"]["pull-requests"] == "read"
 
 
+# The stand-in `gh` of the sweep: `gh api repos/<repository>/pulls/<number> --jq FILTER` runs the
+# real jq's FILTER over that pull request's JSON in STAND_IN_PULLS (number -> object), raw as gh
+# prints it; a number it does not hold fails as gh does for a missing pull request.
+PULLS_GH_STAND_IN = """\
+#!{python}
+import json, os, subprocess, sys
+
+args = sys.argv[1:]
+assert args[0] == "api" and args[2] == "--jq", args
+number = args[1].rsplit("/", 1)[-1]
+pulls = json.loads(os.environ["STAND_IN_PULLS"])
+if number not in pulls:
+    sys.exit("gh: Not Found (HTTP 404)")
+done = subprocess.run(["jq", "-r", args[3]], input=json.dumps(pulls[number]), text=True)
+sys.exit(done.returncode)
+"""
+
+
+def run_sweep(folder: Path, stacks: list[str], pulls: dict[str, Any]) -> list[int]:
+    """The sweep step of the `plan` job, as a runner's bash runs it, against a stand-in Pulumi CLI
+    whose backend holds `stacks` and a stand-in gh that knows `pulls`: the pull requests whose
+    stacks it hands to the teardown."""
+    (sweep,) = [
+        s for s in steps(workflow("review-stack.yml")["jobs"]["plan"]) if s.get("id") == "sweep"
+    ]
+    pulumi_stand_in(folder, REVIEW_STACK_ANSWERS)
+    stand_in(folder, "gh", PULLS_GH_STAND_IN.format(python=sys.executable))
+    output = folder / "github-output"
+    runner_script = folder / "sweep.sh"
+    runner_script.write_text(sweep["run"])
+    done = subprocess.run(
+        ["bash", "-e", str(runner_script)],  # a runner's shell for a `run` that names none
+        cwd=ROOT,
+        env=env_first_on_path(
+            folder,
+            REPOSITORY="acme/mlstack",
+            GITHUB_OUTPUT=str(output),
+            STAND_IN_STACKS=json.dumps([{"name": f"acme/mlstack/{name}"} for name in stacks]),
+            STAND_IN_PULLS=json.dumps(pulls),
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    (line,) = output.read_text().splitlines()
+    name, _, value = line.partition("=")
+    assert name == "prs", line
+    return list(json.loads(value))
+
+
+def pull(state: str, *labels: str) -> dict[str, Any]:
+    return {"state": state, "labels": [{"name": label} for label in labels]}
+
+
+def test_the_sweep_tears_down_the_stacks_of_closed_and_unlabelled_pull_requests(
+    tmp_path: Path,
+) -> None:
+    """A stack outlives its pull request's `closed` or `unlabeled` event when that teardown failed
+    (or never ran): the sweep finds it either way. A labelled open pull request keeps its stack,
+    and so does a stack whose pull request GitHub cannot say anything about."""
+    pulls = {
+        "1": pull("closed", "review-stack"),
+        "2": pull("closed"),
+        "3": pull("open", "review-stack", "bug"),
+        "4": pull("open", "bug"),
+        "5": pull("open"),
+    }
+    stacks = ["staging", "pr-1", "pr-2", "pr-3", "pr-4", "pr-5", "pr-6"]
+    assert run_sweep(tmp_path, stacks, pulls) == [1, 2, 4, 5]
+
+
+def test_the_sweep_hands_on_nothing_when_every_stack_is_in_use(tmp_path: Path) -> None:
+    assert run_sweep(tmp_path, ["prod", "pr-3"], {"3": pull("open", "review-stack")}) == []
+
+
 def test_the_readme_names_every_setting_of_the_review_stacks() -> None:
     """The repository secrets and variables the review workflow reads (and passes on to
     `stacks.py review-config`) are the ones README's "Review stacks" tells a maintainer to set."""
