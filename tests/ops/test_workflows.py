@@ -603,6 +603,82 @@ def test_review_stacks_are_opt_in_and_follow_the_pull_request() -> None:
     assert "tools.stack_secrets" not in runs
 
 
+CONTEXT_PATH = re.compile(r"\bgithub(?:\.[A-Za-z_*][A-Za-z0-9_-]*)+")
+
+
+def runs_on(condition: str, event_name: str, event: dict[str, Any]) -> bool:
+    """Whether a job's `if:` holds for a `pull_request` or other event, read the way GitHub reads
+    the few operators these conditions use: `&&`, `||`, `==`, `!=`, `contains` and `fromJSON`,
+    and `a.*.b` (each `b` of the list `a`); a missing property is null."""
+
+    def context(path: str) -> Any:
+        value: Any = {"event_name": event_name, "repository": "acme/mlstack", "event": event}
+        for name in path.split(".")[1:]:
+            if name == "*":
+                value = list(value or [])
+            elif isinstance(value, list):
+                value = [item.get(name) for item in value]
+            else:
+                value = (value or {}).get(name)
+        return value
+
+    def contains(where: Any, what: str) -> bool:
+        return what in where if where is not None else False
+
+    python = CONTEXT_PATH.sub(lambda m: f"context({m.group(0)!r})", condition)
+    python = python.replace("&&", " and ").replace("||", " or ").replace("fromJSON(", "loads(")
+    return bool(eval(python, {"context": context, "contains": contains, "loads": json.loads}))
+
+
+def pull_request_event(action: str, state: str = "open", **more: Any) -> dict[str, Any]:
+    """A `pull_request` event of a branch of the repository's own, labelled `review-stack`."""
+    return {
+        "action": action,
+        "pull_request": {
+            "number": 7,
+            "state": state,
+            "head": {"repo": {"full_name": "acme/mlstack"}},
+            "labels": [{"name": "review-stack"}],
+        },
+        **more,
+    }
+
+
+REVIEW_LABEL = {"name": "review-stack"}
+
+
+@pytest.mark.parametrize(
+    ("event", "up"),
+    [
+        (pull_request_event("labeled", label=REVIEW_LABEL), True),
+        (pull_request_event("synchronize"), True),
+        (pull_request_event("reopened"), True),
+        (pull_request_event("labeled", label={"name": "bug"}), False),
+        # A closed pull request has no event left that would take a new stack down.
+        (pull_request_event("labeled", state="closed", label=REVIEW_LABEL), False),
+        (pull_request_event("closed", state="closed"), False),
+    ],
+    ids=["labelled", "pushed", "reopened", "another label", "labelled once closed", "closed"],
+)
+def test_a_review_stack_is_deployed_for_an_open_pull_request_only(
+    event: dict[str, Any], up: bool
+) -> None:
+    up_if = workflow("review-stack.yml")["jobs"]["up"]["if"]
+    assert runs_on(up_if, "pull_request", event) is up
+
+
+def test_closing_or_unlabelling_a_pull_request_plans_its_teardown() -> None:
+    plan = workflow("review-stack.yml")["jobs"]["plan"]["if"]
+    assert runs_on(plan, "pull_request", pull_request_event("closed", state="closed"))
+    unlabelled = pull_request_event("unlabeled", label=REVIEW_LABEL)
+    unlabelled["pull_request"]["labels"] = []
+    assert runs_on(plan, "pull_request", unlabelled)
+    assert runs_on(plan, "schedule", {})
+    fork = pull_request_event("closed", state="closed")
+    fork["pull_request"]["head"]["repo"]["full_name"] = "someone/mlstack"
+    assert not runs_on(plan, "pull_request", fork)
+
+
 def test_make_stack_needs_only_the_environment_ci_sets_up(tmp_path: Path) -> None:
     # A virtual environment not made yet, as on a CI runner before pulumi-setup.
     result = run_make(
