@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from harness.make import make_env, run_make
-from harness.program import ROOT, run_program
+from harness.program import ROOT, run_program, stack_config
 from tests.stand_ins import PULUMI_CALLS, env_first_on_path, logged_calls, pulumi_stand_in, stand_in
 
 GITHUB = ROOT / ".github"
@@ -910,6 +910,27 @@ def test_review_config_json_is_the_stack_file_s_config_as_set_all_reads_it(
     assert set_all_json({"mlstack:namespace": "review"}) == {
         "mlstack:namespace": {"value": "review", "secret": False}
     }
+
+
+def test_the_readme_says_a_destroy_leaves_the_built_images_in_their_registry(
+    tmp_path: Path,
+) -> None:
+    """pulumi-docker's Image deletes no tag it pushed when it is destroyed (its own docstring says
+    so): each stack that builds into a registry outside it (staging's, prod's, a review stack's
+    REVIEW_REGISTRY) leaves `<registry>/<service>:<stack>` there after its destroy, which README's
+    "Teardown" must say rather than promise that nothing is left."""
+    script("review-config", "--stack", "pr-7", "--dir", str(tmp_path), env=REVIEW_VARIABLES)
+    review = yaml.safe_load((tmp_path / "Pulumi.pr-7.yaml").read_text())["config"]
+    stacks = {"staging": stack_config("staging"), "prod": stack_config("prod"), "pr-7": review}
+    for stack, config in stacks.items():
+        registry = config["mlstack:images"]["registry"]
+        run = run_program(stack, config)
+        assert {image.inputs["imageName"] for image in run.by_type("docker:index/image:Image")} == {
+            f"{registry}/{service}:{stack}" for service in ("gateway", "model", "database")
+        }, stack
+    teardown = readme_section("Teardown")
+    assert "`<registry>/<service>:<stack>`" in teardown
+    assert "Destroy leaves nothing behind." not in teardown
 
 
 # The stand-in Pulumi CLI of the restore step: `stack ls --json` and `stack history --json` print
