@@ -532,3 +532,46 @@ def test_every_rule_is_described_by_its_checks_docstring_on_one_line() -> None:
     for policy in policies():
         assert policy.description, policy.name
         assert "\n" not in policy.description and "  " not in policy.description, policy.name
+
+
+# --- resources that make several objects ---------------------------------------------------------
+
+
+def rule(name: str) -> Any:
+    """The pack's rule `name` as the engine runs it."""
+    (found,) = [policy for policy in policies() if policy.name == name]
+    return found
+
+
+@pytest.mark.parametrize("kind", [DEPLOYMENT, STATEFUL_SET, "kubernetes:batch/v1:Job"])
+def test_a_list_of_workloads_is_held_to_the_rules_item_by_item(kind: str) -> None:
+    """`kubernetes:apps/v1:DeploymentList` and its kin make every one of their items."""
+    privileged = container(securityContext={**container()["securityContext"], "privileged": True})
+    items = {"items": [deployment(name="model"), deployment(privileged)]}
+    check = rule("pod-security-restricted").validate
+    assert violations(check, f"{kind}List", items) == [
+        f"{kind.rsplit(':', 1)[-1]} gateway, container gateway: runs privileged"
+    ]
+    assert violations(rule("image-by-digest").validate, f"{kind}List", {"items": []}) == []
+
+
+def test_a_list_of_services_is_held_to_the_rules_item_by_item() -> None:
+    items = {
+        "items": [service("gateway", "LoadBalancer", HTTP), service("model", "NodePort", HTTP)]
+    }
+    found = violations(
+        rule("no-external-model-or-database-service").validate, f"{SERVICE}List", items
+    )
+    assert len(found) == 1
+    assert found[0].startswith("Service model of model is of type NodePort")
+
+
+def test_a_list_of_workloads_is_asked_for_disruption_budgets_item_by_item() -> None:
+    found: list[str] = []
+
+    def report(message: str, urn: str | None = None) -> None:
+        found.append(message)
+
+    workloads_list = stack_resource(f"{DEPLOYMENT}List", {"items": [deployment()]}, "apps")
+    availability.check_disruption_budgets(StackValidationArgs([workloads_list]), report)
+    assert found == ["Deployment gateway: no PodDisruptionBudget selects its pods"]

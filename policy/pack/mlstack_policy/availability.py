@@ -9,7 +9,7 @@ from typing import Any
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs, StackValidationArgs
 
-from .kube import PDB, REPLICATED, dig
+from .kube import PDB, REPLICATED, dig, objects
 
 
 def _replicas(props: Mapping[str, Any]) -> int:
@@ -54,16 +54,20 @@ def _selects(selector: Any, labels: Mapping[str, Any]) -> bool:
 def check_disruption_budgets(args: StackValidationArgs, report: ReportViolation) -> None:
     """Every Deployment or StatefulSet of several pods has a PodDisruptionBudget: a node drain
     then waits rather than evicting them all at once."""
-    budgets = [
-        (dig(r.props, "metadata", "namespace"), dig(r.props, "spec", "selector"))
-        for r in args.resources
-        if r.resource_type == PDB
+    made = [
+        (resource.urn, kind, props)
+        for resource in args.resources
+        for kind, props in objects(resource.resource_type, resource.props)
     ]
-    for resource in args.resources:
-        if resource.resource_type not in REPLICATED or _replicas(resource.props) < 2:
+    budgets = [
+        (dig(props, "metadata", "namespace"), dig(props, "spec", "selector"))
+        for _, kind, props in made
+        if kind == PDB
+    ]
+    for urn, kind, props in made:
+        if kind not in REPLICATED or _replicas(props) < 2:
             continue
-        namespace = dig(resource.props, "metadata", "namespace")
-        labels = dig(resource.props, "spec", "template", "metadata", "labels") or {}
+        namespace = dig(props, "metadata", "namespace")
+        labels = dig(props, "spec", "template", "metadata", "labels") or {}
         if not any(ns == namespace and _selects(sel, labels) for ns, sel in budgets):
-            named = _named(resource.resource_type, resource.props)
-            report(f"{named}: no PodDisruptionBudget selects its pods", resource.urn)
+            report(f"{_named(kind, props)}: no PodDisruptionBudget selects its pods", urn)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
+
+from pulumi_policy import ReportViolation, ResourceValidation, ResourceValidationArgs
 
 # Where a workload of most kinds holds its pods' spec.
 POD_TEMPLATE: Final = ("spec", "template", "spec")
@@ -38,6 +41,9 @@ STATEFUL_SET: Final = "kubernetes:apps/v1:StatefulSet"
 REPLICATED: Final = frozenset({DEPLOYMENT, STATEFUL_SET})
 PDB: Final = "kubernetes:policy/v1:PodDisruptionBudget"
 NAME_LABEL: Final = "app.kubernetes.io/name"
+# A typed List (`kubernetes:apps/v1:DeploymentList`) makes each of its `items`, objects of the
+# kind its name ends in.
+LIST_SUFFIX: Final = "List"
 # Service types that give an address outside the cluster.
 EXTERNAL_SERVICE_TYPES: Final = frozenset({"LoadBalancer", "NodePort"})
 
@@ -49,6 +55,33 @@ def dig(value: Any, *path: str) -> Any:
             return None
         value = value.get(key)
     return value
+
+
+def objects(
+    resource_type: str, props: Mapping[str, Any]
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """The Kubernetes objects a resource makes, each with its kind's type token: the resource
+    itself, or each item of a typed List."""
+    if resource_type.startswith("kubernetes:") and resource_type.endswith(LIST_SUFFIX):
+        kind = resource_type.removesuffix(LIST_SUFFIX)
+        for item in props.get("items") or ():
+            if isinstance(item, Mapping):
+                yield kind, item
+        return
+    yield resource_type, props
+
+
+def each_object(check: ResourceValidation) -> ResourceValidation:
+    """`check` run on every object a resource makes (objects), as if each were a resource of its
+    own: a DeploymentList is held to the rules of a Deployment, item by item."""
+
+    def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
+        for resource_type, props in objects(args.resource_type, args.props):
+            each = copy.copy(args)
+            each.resource_type, each.props = resource_type, props
+            check(each, report)
+
+    return validate
 
 
 def pod_spec(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -23,6 +23,7 @@ from pulumi_policy import (
 )
 
 from . import availability, clusters, services, workloads
+from .kube import each_object
 
 NAME: Final = "mlstack"
 MANDATORY: Final = EnforcementLevel.MANDATORY
@@ -95,7 +96,7 @@ def _rule(
     return ResourceValidationPolicy(
         name=name,
         description=_described(check),
-        validate=check,
+        validate=each_object(check),
         enforcement_level=level,
         config_schema=PolicyConfigSchema(properties=settings) if settings else None,
     )
