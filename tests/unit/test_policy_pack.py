@@ -11,15 +11,17 @@ from typing import Any, Final
 import pytest
 from pulumi_policy import (
     EnforcementLevel,
+    ResourceValidationArgs,
     ResourceValidationPolicy,
     StackValidationArgs,
 )
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
 from harness.program import ProgramRun
 from mlstack_policy import availability, clusters, services, workloads
 from mlstack_policy.pack import policies
 from tests.paths import POLICY_PACK
-from tests.unit.pack import pack_findings, stack_resource, violations
+from tests.unit.pack import options, pack_findings, stack_resource, violations
 
 DIGEST: Final = "@sha256:" + "a" * 64
 DEPLOYMENT: Final = "kubernetes:apps/v1:Deployment"
@@ -575,3 +577,31 @@ def test_a_list_of_workloads_is_asked_for_disruption_budgets_item_by_item() -> N
     workloads_list = stack_resource(f"{DEPLOYMENT}List", {"items": [deployment()]}, "apps")
     availability.check_disruption_budgets(StackValidationArgs([workloads_list]), report)
     assert found == ["Deployment gateway: no PodDisruptionBudget selects its pods"]
+
+
+# --- values unknown at preview -------------------------------------------------------------------
+
+
+def test_an_image_unknown_at_preview_does_not_hide_a_tag_beside_it() -> None:
+    """A built image's digest comes from its push, so the engine hands the rule an unknown at
+    preview: the rule still reports every image it can read, then says it could not read one (the
+    engine turns that into its advisory "can't run policy ... during preview")."""
+    built = container(image=UNKNOWN_STRING_VALUE)
+    sidecar = container(name="sidecar", image="registry.example/sidecar:v1")
+    for props in (
+        deployment(built, sidecar),
+        {"items": [deployment(built), deployment(sidecar, name="model")]},
+    ):
+        kind = DEPLOYMENT if "spec" in props else f"{DEPLOYMENT}List"
+        found: list[str] = []
+
+        def report(message: str, urn: str | None = None, found: list[str] = found) -> None:
+            found.append(message)
+
+        args = ResourceValidationArgs(
+            kind, unknown_checking_proxy(props), "urn:x", "x", options(), None, {}
+        )
+        with pytest.raises(UnknownValueError):
+            rule("image-by-digest").validate(args, report)
+        assert len(found) == 1, kind
+        assert "container sidecar: image 'registry.example/sidecar:v1' is not pinned" in found[0]

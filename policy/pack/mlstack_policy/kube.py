@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from pulumi_policy import ReportViolation, ResourceValidation, ResourceValidationArgs
+from pulumi_policy.proxy import UnknownValueError
 
 # Where a workload of most kinds holds its pods' spec.
 POD_TEMPLATE: Final = ("spec", "template", "spec")
@@ -76,10 +77,16 @@ def each_object(check: ResourceValidation) -> ResourceValidation:
     own: a DeploymentList is held to the rules of a Deployment, item by item."""
 
     def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
+        unknown: UnknownValueError | None = None
         for resource_type, props in objects(args.resource_type, args.props):
             each = copy.copy(args)
             each.resource_type, each.props = resource_type, props
-            check(each, report)
+            try:
+                check(each, report)
+            except UnknownValueError as error:  # at preview: the other objects are still read
+                unknown = unknown or error
+        if unknown is not None:
+            raise unknown  # the engine reports that the rule could not run during preview
 
     return validate
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs
+from pulumi_policy.proxy import UnknownValueError
 
 from .kube import LONG_RUNNING, containers, dig, pod_spec, running_containers, where
 
@@ -96,15 +97,23 @@ def check_probes(args: ResourceValidationArgs, report: ReportViolation) -> None:
 def check_image_digest(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """Every image is referenced by digest (name@sha256:...), unless the reference is a declared
     exception (allowedImages; none by default): what was reviewed and scanned is what runs, and a
-    rollback really rolls back."""
+    rollback really rolls back. An image unknown at preview (built by the update) is checked at
+    `pulumi up`; the images beside it are checked at once."""
     spec = pod_spec(args.resource_type, args.props)
     if spec is None:
         return
     allowed = args.get_config().get("allowedImages")
     allowed = ALLOWED_BY_TAG if allowed is None else tuple(allowed)
+    unknown: UnknownValueError | None = None
     for container in containers(spec):
-        image = str(container.get("image") or "")
+        try:
+            image = str(container.get("image") or "")
+        except UnknownValueError as error:  # a built image at preview: its push gives the digest
+            unknown = unknown or error
+            continue
         if DIGEST.search(image) or image in allowed:
             continue
         place = where(args.resource_type, args.props, container)
         report(f"{place}: image {image!r} is not pinned by digest (name@sha256:...)", None)
+    if unknown is not None:
+        raise unknown  # the engine reports that the rule could not read it during preview
