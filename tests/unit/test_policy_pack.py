@@ -605,3 +605,12 @@ def test_an_image_unknown_at_preview_does_not_hide_a_tag_beside_it() -> None:
             rule("image-by-digest").validate(args, report)
         assert len(found) == 1, kind
         assert "container sidecar: image 'registry.example/sidecar:v1' is not pinned" in found[0]
+
+
+@pytest.mark.parametrize("field", ["hostNetwork", "hostPID", "hostIPC"])
+def test_a_shared_host_namespace_names_the_pod_field_to_change(field: str) -> None:
+    props = deployment()
+    props["spec"]["template"]["spec"][field] = True
+    assert violations(workloads.check_pod_security, DEPLOYMENT, props) == [
+        f"Deployment gateway, pod: {field} is true (the pod shares the node's namespace)"
+    ]

@@ -118,10 +118,13 @@ def running_containers(spec: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     yield from containers(spec, init=False)
 
 
-def where(resource_type: str, props: Mapping[str, Any], container: Mapping[str, Any]) -> str:
-    """`Deployment gateway, container gateway`: where a violation is, as a reviewer reads it."""
+def where(resource_type: str, props: Mapping[str, Any], container: Mapping[str, Any] | None) -> str:
+    """`Deployment gateway, container gateway` (`Deployment gateway, pod` for a field of the pod
+    spec, container None): where a violation is, as a reviewer reads it."""
     kind = resource_type.rsplit(":", 1)[-1]
     name = dig(props, "metadata", "name") or "?"
+    if container is None:
+        return f"{kind} {name}, pod"
     return f"{kind} {name}, container {container.get('name') or '?'}"
 
 

@@ -35,8 +35,10 @@ def check_pod_security(args: ResourceValidationArgs, report: ReportViolation) ->
     spec = pod_spec(args.resource_type, args.props)
     if spec is None:
         return
-    if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
-        report(f"{where(args.resource_type, args.props, {})}: shares a host namespace", None)
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field):
+            place = where(args.resource_type, args.props, None)
+            report(f"{place}: {field} is true (the pod shares the node's namespace)", None)
     for container in containers(spec):
         place = where(args.resource_type, args.props, container)
         if _effective(spec, container, "runAsNonRoot") is not True:
