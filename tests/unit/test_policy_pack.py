@@ -614,3 +614,20 @@ def test_a_shared_host_namespace_names_the_pod_field_to_change(field: str) -> No
     assert violations(workloads.check_pod_security, DEPLOYMENT, props) == [
         f"Deployment gateway, pod: {field} is true (the pod shares the node's namespace)"
     ]
+
+
+def test_uid_0_is_a_violation_on_the_pod_or_a_container_even_with_run_as_non_root() -> None:
+    """The restricted Pod Security Standard refuses runAsUser 0 wherever it is set, whatever
+    runAsNonRoot says (and the kubelet would not start such a container)."""
+    as_root = container(securityContext={**container()["securityContext"], "runAsUser": 0})
+    assert violations(workloads.check_pod_security, DEPLOYMENT, deployment(as_root)) == [
+        "Deployment gateway, container gateway: runAsUser is 0 (root)"
+    ]
+    pod_as_root = deployment(securityContext={"runAsNonRoot": True, "runAsUser": 0})
+    assert violations(workloads.check_pod_security, DEPLOYMENT, pod_as_root) == [
+        "Deployment gateway, pod: runAsUser is 0 (root)"
+    ]
+    high = deployment(
+        container(securityContext={**container()["securityContext"], "runAsUser": 10001})
+    )
+    assert violations(workloads.check_pod_security, DEPLOYMENT, high) == []

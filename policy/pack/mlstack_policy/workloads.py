@@ -27,22 +27,39 @@ def _effective(
     return own if own is not None else dig(pod, "securityContext", *path)
 
 
+def _is_root(uid: Any) -> bool:  # the engine hands numbers over as floats
+    return isinstance(uid, int | float) and not isinstance(uid, bool) and uid == 0
+
+
+def _pod_findings(spec: Mapping[str, Any]) -> list[str]:
+    """What the pod spec itself sets against the standard: a host namespace, uid 0."""
+    found = [
+        f"{field} is true (the pod shares the node's namespace)"
+        for field in ("hostNetwork", "hostPID", "hostIPC")
+        if spec.get(field)
+    ]
+    if _is_root(dig(spec, "securityContext", "runAsUser")):
+        found.append("runAsUser is 0 (root)")
+    return found
+
+
 def check_pod_security(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """Every workload's pods meet the restricted Pod Security Standard: non-root, a read-only root
-    filesystem, no privilege escalation, every capability dropped, the RuntimeDefault seccomp
-    profile. Checked field by field, so that a preview names the one missing before the
-    namespace's admission refuses the pods (or a laxer namespace admits them)."""
+    """Every workload's pods meet the restricted Pod Security Standard: non-root (runAsNonRoot, and
+    no runAsUser 0), a read-only root filesystem, no privilege escalation, every capability
+    dropped, the RuntimeDefault seccomp profile. Checked field by field, so that a preview names
+    the one missing before the namespace's admission refuses the pods (or a laxer namespace
+    admits them)."""
     spec = pod_spec(args.resource_type, args.props)
     if spec is None:
         return
-    for field in ("hostNetwork", "hostPID", "hostIPC"):
-        if spec.get(field):
-            place = where(args.resource_type, args.props, None)
-            report(f"{place}: {field} is true (the pod shares the node's namespace)", None)
+    for finding in _pod_findings(spec):
+        report(f"{where(args.resource_type, args.props, None)}: {finding}", None)
     for container in containers(spec):
         place = where(args.resource_type, args.props, container)
         if _effective(spec, container, "runAsNonRoot") is not True:
             report(f"{place}: runAsNonRoot is not true", None)
+        if _is_root(dig(container, "securityContext", "runAsUser")):
+            report(f"{place}: runAsUser is 0 (root)", None)
         if dig(container, "securityContext", "privileged") is True:
             report(f"{place}: runs privileged", None)
         if dig(container, "securityContext", "allowPrivilegeEscalation") is not False:
