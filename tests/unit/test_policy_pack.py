@@ -17,7 +17,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
-from harness.program import ProgramRun
+from harness.program import ProgramExitError, ProgramRun, run_program, stack_config
 from mlstack_policy import availability, clusters, services, workloads
 from mlstack_policy.pack import policies
 from tests.paths import POLICY_PACK
@@ -631,3 +631,20 @@ def test_uid_0_is_a_violation_on_the_pod_or_a_container_even_with_run_as_non_roo
         container(securityContext={**container()["securityContext"], "runAsUser": 10001})
     )
     assert violations(workloads.check_pod_security, DEPLOYMENT, high) == []
+
+
+def test_a_node_port_gateway_in_production_is_told_to_be_a_load_balancer() -> None:
+    """The program makes a NodePort gateway on a production stack; source ranges restrict a
+    LoadBalancer only (the config and the API server refuse them on a NodePort), so the rule asks
+    for a LoadBalancer with them rather than for ranges the stack cannot set."""
+    prod = stack_config("prod")
+    gateway = {**prod["mlstack:gateway"], "serviceType": "NodePort"}
+    with pytest.raises(ProgramExitError, match="source ranges restrict a LoadBalancer"):
+        run_program("prod", {**prod, "mlstack:gateway": gateway})
+    del gateway["sourceRanges"]
+    run = run_program("prod", {**prod, "mlstack:gateway": gateway})
+    assert [f for f in pack_findings(run) if f.startswith("gateway-edge")] == [
+        "gateway-edge-in-production: Service gateway is of type NodePort, which no source range "
+        "restricts: make it a LoadBalancer with loadBalancerSourceRanges "
+        "(gateway.serviceType: LoadBalancer, gateway.sourceRanges)"
+    ]

@@ -80,14 +80,23 @@ def _plain_http_ports(props: Mapping[str, Any]) -> list[str]:
 
 
 def check_gateway_edge(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """In production the gateway's public Service has loadBalancerSourceRanges (not the whole
-    internet) and serves HTTPS (a port named https)."""
+    """In production the gateway's public Service is a LoadBalancer with loadBalancerSourceRanges
+    (not the whole internet: a NodePort cannot be restricted to ranges) and serves HTTPS (a port
+    named https)."""
     if not _production(args) or args.resource_type != SERVICE:
         return
-    if app_name(args.props) != GATEWAY or service_type(args.props) not in EXTERNAL_SERVICE_TYPES:
+    kind = service_type(args.props)
+    if app_name(args.props) != GATEWAY or kind not in EXTERNAL_SERVICE_TYPES:
         return
     ranges = list(dig(args.props, "spec", "loadBalancerSourceRanges") or ())
-    if not ranges:
+    if kind != "LoadBalancer":
+        report(
+            f"{_label(args.props)} is of type {kind}, which no source range restricts: make it a "
+            "LoadBalancer with loadBalancerSourceRanges "
+            "(gateway.serviceType: LoadBalancer, gateway.sourceRanges)",
+            None,
+        )
+    elif not ranges:
         report(f"{_label(args.props)}: no loadBalancerSourceRanges (gateway.sourceRanges)", None)
     elif admits_anyone(ranges):
         report(f"{_label(args.props)}: loadBalancerSourceRanges admit anyone: {ranges}", None)
