@@ -648,3 +648,15 @@ def test_a_node_port_gateway_in_production_is_told_to_be_a_load_balancer() -> No
         "restricts: make it a LoadBalancer with loadBalancerSourceRanges "
         "(gateway.serviceType: LoadBalancer, gateway.sourceRanges)"
     ]
+
+
+def test_a_service_that_selects_the_model_pods_is_the_model_s_whatever_its_labels() -> None:
+    """What a Service exposes is the pods its selector picks, not what its own labels say."""
+    props = service(
+        "model-debug", "LoadBalancer", HTTP, selector={"app.kubernetes.io/name": "model"}
+    )
+    props["metadata"]["labels"] = {}
+    assert violations(services.check_internal_services, SERVICE, props) == [
+        "Service model-debug of model is of type LoadBalancer: "
+        "the model and the database are reached from inside the cluster only (ClusterIP)"
+    ]

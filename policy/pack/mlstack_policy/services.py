@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs
 
-from .kube import EXTERNAL_SERVICE_TYPES, SERVICE, app_name, dig, service_type
+from .kube import EXTERNAL_SERVICE_TYPES, NAME_LABEL, SERVICE, app_name, dig, service_type
 
 # The model has no authentication of its own, the database only its password: both are reached
 # from inside the cluster alone (the gateway is the only public entry).
@@ -57,13 +57,15 @@ def _exposure(props: Mapping[str, Any]) -> str | None:
 
 def check_internal_services(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """The model and the database are not exposed by a LoadBalancer or NodePort Service, nor by
-    externalIPs."""
-    if args.resource_type != SERVICE or app_name(args.props) not in INTERNAL_APPS:
+    externalIPs: a Service is theirs by its label or by its selector (the pods it exposes)."""
+    if args.resource_type != SERVICE:
         return
+    selected = dig(args.props, "spec", "selector", NAME_LABEL)
+    app = next((a for a in (app_name(args.props), selected) if a in INTERNAL_APPS), None)
     exposure = _exposure(args.props)
-    if exposure:
+    if app is not None and exposure:
         report(
-            f"{_label(args.props)} of {app_name(args.props)} is of type {exposure}: "
+            f"{_label(args.props)} of {app} is of type {exposure}: "
             "the model and the database are reached from inside the cluster only (ClusterIP)",
             None,
         )
