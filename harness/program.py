@@ -99,6 +99,10 @@ class Registered:
     ignore_changes: list[str] = field(default_factory=list)
     # The names of the resources it is created and updated after (`depends_on`).
     depends_on: list[str] = field(default_factory=list)
+    # Every resource it waits for, its `depends_on` and the resources its inputs come from, as
+    # `<type>::<name>` (components expanded into their resources): the engine creates it after
+    # them and deletes it before them.
+    waits_for: list[str] = field(default_factory=list)
     # How long the engine waits for each operation the program gave a time for (`create`, ...).
     custom_timeouts: dict[str, str] = field(default_factory=dict)
 
@@ -253,7 +257,16 @@ class MonitorWithoutReferences(mocks.MockMonitor):
     """The standard mock monitor, but resources passed to other resources (a remote component's
     inputs, say) travel as their IDs and URNs rather than as references: rebuilding referenced
     resources spawns tasks on the event loop of a run that is ending, which hangs or breaks the
-    next run in the same process."""
+    next run in the same process. It also keeps, by resource, the URNs of the resources each
+    one waits for."""
+
+    def __init__(self, recorder: RecordingMocks) -> None:
+        super().__init__(recorder)
+        self.dependencies: dict[tuple[str, str], list[str]] = {}
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
+        self.dependencies[(request.type, request.name)] = list(request.dependencies)
+        return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 
     def SupportsFeature(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
         if request.id == "resourceReferences":
@@ -337,6 +350,13 @@ def _exit_status(code: object) -> int:
     return code if isinstance(code, int) else 1
 
 
+def _type_and_name(urn: str) -> str:
+    """`gcp:container/cluster:Cluster::mlstack-prod` for that resource's URN (whose type is
+    qualified by its parents': `...::mlstack:cluster:Gke$gcp:container/cluster:Cluster::...`)."""
+    qualified_type, name = urn.split("::")[-2:]
+    return f"{qualified_type.rsplit('$', 1)[-1]}::{name}"
+
+
 def _run(
     stack: str,
     values: dict[str, Any],
@@ -347,13 +367,14 @@ def _run(
     engine_log: EngineLog,
 ) -> ProgramRun:
     recorder = RecordingMocks(load_balancer_ready=load_balancer_ready)
+    monitor = MonitorWithoutReferences(recorder)
     pulumi.runtime.set_mocks(
         recorder,
         project="mlstack",
         stack=stack,
         preview=preview,
         logger=ENGINE_LOG,
-        monitor=MonitorWithoutReferences(recorder),
+        monitor=monitor,
     )
     pulumi.runtime.set_all_config(
         {key: _engine_value(value) for key, value in values.items()},
@@ -401,6 +422,8 @@ def _run(
 
     evaluate()
     for resource in recorder.registered:
+        waited = monitor.dependencies.get((resource.type, resource.name), [])
+        resource.waits_for = [_type_and_name(urn) for urn in waited]
         opts = options.get((resource.type, resource.name))
         if opts is not None:
             resource.protect = bool(opts.protect)
