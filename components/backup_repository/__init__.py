@@ -43,8 +43,10 @@ def backup_repository(
     assert isinstance(repository, CloudBucket), repository
     if isinstance(config.cluster, GkeCluster):
         from components.backup_repository.gcs_bucket import gcs_bucket_repository
+        from components.cluster.gke import GkeStandardCluster
 
-        return gcs_bucket_repository(config, backup, config.cluster, parent)
+        assert isinstance(cluster, GkeStandardCluster), cluster
+        return gcs_bucket_repository(config, backup, cluster, parent)
     from components.backup_repository.s3_bucket import s3_bucket_repository
     from components.cluster.eks import EksManagedCluster
 

@@ -23,7 +23,7 @@ from components.backup_repository.common import (
     bucket_name,
     cloud_bucket_repository,
 )
-from components.cluster.gke import service_account_id
+from components.cluster.gke import GkeStandardCluster, service_account_id
 from components.config import BackupConfig, GkeCluster, StackConfig
 from components.network_policy import ExternalRoute
 
@@ -41,9 +41,9 @@ METADATA_PORT: Final = 80
 METADATA_ROUTE_NAME: Final = "database-to-metadata-server"
 
 
-def workload_identity_member(project: str, namespace: str, account: str) -> str:
+def workload_identity_member(pool: str, namespace: str, account: str) -> str:
     """The IAM member a Kubernetes ServiceAccount is in the cluster's workload pool."""
-    return f"serviceAccount:{project}.svc.id.goog[{namespace}/{account}]"
+    return f"serviceAccount:{pool}[{namespace}/{account}]"
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class GcsBucketArgs:
     project: str
     region: str
     account_id: str
+    # The cluster's Workload Identity pool (GkeStandardCluster): the binding waits for it.
+    workload_pool: pulumi.Input[str]
     # The Kubernetes ServiceAccount that acts as the bucket's service account.
     namespace: str
     service_account: str
@@ -100,21 +102,28 @@ class GcsBackupBucket(pulumi.ComponentResource):
             f"{name}-workload-identity",
             service_account_id=self.account.name,
             role=WORKLOAD_IDENTITY_ROLE,
-            member=workload_identity_member(args.project, args.namespace, args.service_account),
+            member=pulumi.Output.from_input(args.workload_pool).apply(
+                lambda pool: workload_identity_member(pool, args.namespace, args.service_account)
+            ),
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs({"bucket": self.bucket.name, "account": self.account.email})
 
 
 def gcs_bucket_repository(
-    config: StackConfig, backup: BackupConfig, cluster: GkeCluster, parent: pulumi.Resource
+    config: StackConfig,
+    backup: BackupConfig,
+    cluster: GkeStandardCluster,
+    parent: pulumi.Resource,
 ) -> Repository:
+    assert isinstance(config.cluster, GkeCluster), config.cluster
     bucket = GcsBackupBucket(
         bucket_name(config.stack),
         GcsBucketArgs(
-            project=cluster.project,
-            region=cluster.region,
+            project=config.cluster.project,
+            region=config.cluster.region,
             account_id=service_account_id(f"mlstack-{config.stack}", "backups"),
+            workload_pool=cluster.workload_pool,
             namespace=config.namespace,
             service_account=database.NAME,
             protect=config.protect,

@@ -93,6 +93,11 @@ def maintenance_policy(window: MaintenanceWindow) -> dict[str, object]:
 
 
 class GkeStandardCluster(Cluster):
+    # The cluster's Workload Identity pool, `<project>.svc.id.goog`, read from the cluster: GKE
+    # makes the pool with a project's first such cluster, and IAM refuses a binding that names
+    # it before then, so a binding made from this waits for the cluster.
+    workload_pool: pulumi.Output[str]
+
     def __init__(
         self, name: str, config: GkeCluster, opts: pulumi.ResourceOptions | None = None
     ) -> None:
@@ -187,6 +192,9 @@ class GkeStandardCluster(Cluster):
             },
             # The nodes start logging and pulling at once: their grants and their way out first.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*grants, nat]),
+        )
+        self.workload_pool = cluster.workload_identity_config.apply(
+            lambda found: str(found.workload_pool) if found else ""
         )
         kubeconfig = pulumi.Output.all(
             cluster.name, cluster.endpoint, cluster.master_auth.cluster_ca_certificate

@@ -265,6 +265,15 @@ def test_gke_only_the_database_s_service_account_acts_as_it(gke: ProgramRun) -> 
     assert account_annotations(gke) == {"iam.gke.io/gcp-service-account": email(gke, account)}
 
 
+def test_gke_workload_identity_binding_waits_for_the_cluster_s_pool(gke: ProgramRun) -> None:
+    """GKE makes a project's pool `<project>.svc.id.goog` with its first Workload Identity
+    cluster, and IAM refuses a binding that names the pool before then (`Identity Pool does not
+    exist`): in a new project, the first `pulumi up` makes the binding after the cluster."""
+    binding = single(gke, GCP_ACCOUNT_MEMBER)
+    cluster = single(gke, "gcp:container/cluster:Cluster")
+    assert f"{cluster.type}::{cluster.name}" in binding.waits_for
+
+
 def test_gke_pgbackrest_uses_the_bucket_with_the_pods_identity(gke: ProgramRun) -> None:
     found = options(gke)
     assert {k: v for k, v in found.items() if k.startswith("PGBACKREST_REPO1_")} == {
