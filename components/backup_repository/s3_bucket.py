@@ -133,7 +133,13 @@ class S3BackupBucket(pulumi.ComponentResource):
             deletion_window_in_days=30,
             opts=protected,
         )
-        self.bucket = aws.s3.Bucket(name, force_destroy=False, opts=protected)
+        # After the key, so deleted before it: a destroy that stops at a bucket holding backups
+        # has not scheduled the deletion of the key they are encrypted with.
+        self.bucket = aws.s3.Bucket(
+            name,
+            force_destroy=False,
+            opts=pulumi.ResourceOptions(parent=self, protect=args.protect, depends_on=[self.key]),
+        )
         bucket_name = self.bucket.bucket
         encryption = aws.s3.BucketServerSideEncryptionConfiguration(
             name,

@@ -371,6 +371,14 @@ def test_eks_bucket_and_its_key_are_protected_where_the_stack_is(stack: str, pro
     assert (backup_key(run).protect, single(run, S3_BUCKET).protect) == (protect, protect)
 
 
+def test_eks_backups_key_outlives_the_bucket_on_destroy(eks: ProgramRun) -> None:
+    """A destroy deletes a resource only once whatever waits for it is gone. The bucket waits for
+    its key, so a destroy that stops at a bucket holding backups (`forceDestroy: false`) has not
+    scheduled the deletion of the key they are encrypted with."""
+    bucket = single(eks, S3_BUCKET)
+    assert f"{KMS_KEY}::{backup_key(eks).name}" in bucket.waits_for
+
+
 def test_eks_bucket_is_never_public_and_owns_its_objects(eks: ProgramRun) -> None:
     assert bucket_part(eks, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock") == {
         "bucket": bucket_name(eks),
