@@ -103,6 +103,9 @@ class Registered:
     # `<type>::<name>` (components expanded into their resources): the engine creates it after
     # them and deletes it before them.
     waits_for: list[str] = field(default_factory=list)
+    # The providers it was given by package (a remote component's, such as pulumi-eks's, which
+    # hands them to the resources it makes), as references `<urn>::<id>`.
+    providers: dict[str, str] = field(default_factory=dict)
     # How long the engine waits for each operation the program gave a time for (`create`, ...).
     custom_timeouts: dict[str, str] = field(default_factory=dict)
 
@@ -258,14 +261,16 @@ class MonitorWithoutReferences(mocks.MockMonitor):
     inputs, say) travel as their IDs and URNs rather than as references: rebuilding referenced
     resources spawns tasks on the event loop of a run that is ending, which hangs or breaks the
     next run in the same process. It also keeps, by resource, the URNs of the resources each
-    one waits for."""
+    one waits for and the providers it was given by package."""
 
     def __init__(self, recorder: RecordingMocks) -> None:
         super().__init__(recorder)
         self.dependencies: dict[tuple[str, str], list[str]] = {}
+        self.providers: dict[tuple[str, str], dict[str, str]] = {}
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
         self.dependencies[(request.type, request.name)] = list(request.dependencies)
+        self.providers[(request.type, request.name)] = dict(request.providers)
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 
     def SupportsFeature(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
@@ -424,6 +429,7 @@ def _run(
     for resource in recorder.registered:
         waited = monitor.dependencies.get((resource.type, resource.name), [])
         resource.waits_for = [_type_and_name(urn) for urn in waited]
+        resource.providers = monitor.providers.get((resource.type, resource.name), {})
         opts = options.get((resource.type, resource.name))
         if opts is not None:
             resource.protect = bool(opts.protect)

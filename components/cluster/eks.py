@@ -133,12 +133,14 @@ class EksManagedCluster(Cluster):
             },
             opts=in_region,
         )
-        # metrics-server runs on the nodes: the add-on is created once they have joined.
+        # metrics-server runs on the nodes: the add-on is created once they have joined. In the
+        # cluster's region as every part of it: the component makes its AWS resource with the
+        # provider it is given, the default one (the environment's region) without.
         metrics = eks.Addon(
             f"{name}-metrics-server",
             cluster=cluster,
             addon_name=METRICS_SERVER_ADDON,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[nodes]),
+            opts=pulumi.ResourceOptions(parent=self, providers={"aws": region}, depends_on=[nodes]),
         )
         self.aws_provider = region
         self.oidc_provider_arn = cluster.oidc_provider_arn

@@ -216,3 +216,14 @@ def test_eks_without_authorized_networks_has_a_private_endpoint_only(stack: str)
     assert cluster.inputs["endpointPublicAccess"] is False
     assert "publicAccessCidrs" not in cluster.inputs
     assert cluster.inputs["endpointPrivateAccess"] is True
+
+
+def test_eks_components_make_their_aws_resources_in_the_cluster_s_region(eks: ProgramRun) -> None:
+    """pulumi-eks's components make their AWS resources with the providers they are given: one
+    given none makes them with the default provider, in whatever region the environment names
+    (a cluster there is not found), or none (the `up` fails)."""
+    region = f"::mlstack-{eks.stack}-aws::"
+    components = [r for r in eks.resources if r.type.startswith("eks:index:")]
+    assert {r.type for r in components} >= {EKS_CLUSTER, EKS_NODES, "eks:index:Addon"}
+    for component in components:
+        assert region in component.providers.get("aws", ""), (component.type, component.name)
