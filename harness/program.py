@@ -250,7 +250,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
             bucket = inputs.get("bucket") or auto_name(name)
             return {"bucket": bucket, "arn": f"arn:aws:s3:::{bucket}"}
         if typ == "aws:iam/role:Role":
-            return {"arn": f"arn:aws:iam::{AWS_ACCOUNT}:role/{auto_name(name)}"}
+            role = inputs.get("name") or auto_name(name)
+            return {"name": role, "arn": f"arn:aws:iam::{AWS_ACCOUNT}:role/{role}"}
         if typ == "aws:ec2/launchTemplate:LaunchTemplate":
             return {"latestVersion": 1}
         return {}

@@ -25,7 +25,7 @@ from components.backup_repository.common import (
     bucket_name,
     cloud_bucket_repository,
 )
-from components.cluster.eks import EksManagedCluster
+from components.cluster.eks import EksManagedCluster, trust_policy
 from components.config import BackupConfig, EksCluster, StackConfig
 
 # The annotation EKS's pod identity webhook reads to know which role a pod acts as.
@@ -40,29 +40,6 @@ KEY_ACTIONS: Final = ("kms:Decrypt", "kms:GenerateDataKey")
 
 def s3_endpoint(region: str) -> str:
     return f"s3.{region}.amazonaws.com"
-
-
-def trust_policy(provider_arn: str, issuer: str, namespace: str, account: str) -> str:
-    """Only `account` of `namespace`, with a token the cluster issued for STS, may assume the
-    role."""
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Federated": provider_arn},
-                    "Action": "sts:AssumeRoleWithWebIdentity",
-                    "Condition": {
-                        "StringEquals": {
-                            f"{issuer}:sub": f"system:serviceaccount:{namespace}:{account}",
-                            f"{issuer}:aud": "sts.amazonaws.com",
-                        }
-                    },
-                }
-            ],
-        }
-    )
 
 
 def access_policy(bucket_arn: str, key_arn: str) -> str:

@@ -6,7 +6,8 @@ the node role's credentials; the control plane logs its API calls, audit trail a
 authentications; its public endpoint admits the stack's `cluster.authorizedNetworks` alone, and
 the nodes reach it through the private one. Its IAM OIDC provider lets a Kubernetes
 ServiceAccount act as an IAM role of its own (IAM roles for service accounts), so no pod needs a
-key or the node's role: the database's backups reach their bucket that way.
+key or the node's role: the database's backups reach their bucket that way, and the EBS CSI
+driver (an add-on, whose StorageClass is the cluster's default) makes the database's volumes so.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ CONTROL_PLANE_LOGS: Final = ("api", "audit", "authenticator")
 # unlike GKE and k3s, has no metrics-server of its own, so the cluster gets the EKS add-on
 # (pulumi-eks's Addon, which takes the cluster itself).
 METRICS_SERVER_ADDON: Final = "metrics-server"
+# The EBS CSI driver: EKS provisions EBS volumes through it alone (the in-tree provisioner is gone
+# since Kubernetes 1.23), and from 1.30 marks no StorageClass the default. The add-on's own class
+# `ebs-csi-default-sc` (gp3) is made the default, so a claim that names no class (the database's,
+# without `database.storageClass`) gets a volume. Its controller acts as a role of its own, with
+# AWS's policy for the driver: a pod cannot reach the nodes' role.
+EBS_CSI_ADDON: Final = "aws-ebs-csi-driver"
+EBS_CSI_CONFIGURATION: Final = {"defaultStorageClass": {"enabled": True}}
+EBS_CSI_SERVICE_ACCOUNT: Final = ("kube-system", "ebs-csi-controller-sa")
+EBS_CSI_POLICY: Final = "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
 # IMDSv2 only, and a response that survives one hop: the node itself reads it, a pod (one more
 # hop, through its own network namespace) gets nothing.
 NODE_METADATA_OPTIONS: Final = {
@@ -39,6 +49,29 @@ NODE_METADATA_OPTIONS: Final = {
     "http_tokens": "required",
     "http_put_response_hop_limit": 1,
 }
+
+
+def trust_policy(provider_arn: str, issuer: str, namespace: str, account: str) -> str:
+    """Only `account` of `namespace`, with a token the cluster issued for STS, may assume the
+    role."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Federated": provider_arn},
+                    "Action": "sts:AssumeRoleWithWebIdentity",
+                    "Condition": {
+                        "StringEquals": {
+                            f"{issuer}:sub": f"system:serviceaccount:{namespace}:{account}",
+                            f"{issuer}:aud": "sts.amazonaws.com",
+                        }
+                    },
+                }
+            ],
+        }
+    )
 
 
 class EksManagedCluster(Cluster):
@@ -142,8 +175,34 @@ class EksManagedCluster(Cluster):
             addon_name=METRICS_SERVER_ADDON,
             opts=pulumi.ResourceOptions(parent=self, providers={"aws": region}, depends_on=[nodes]),
         )
+        driver_role = aws.iam.Role(
+            f"{name}-ebs-csi-driver",
+            description=f"The EBS CSI driver's controller of EKS cluster {name}",
+            assume_role_policy=pulumi.Output.all(
+                cluster.oidc_provider_arn, cluster.oidc_issuer
+            ).apply(lambda found: trust_policy(found[0], found[1], *EBS_CSI_SERVICE_ACCOUNT)),
+            opts=in_region,
+        )
+        driver_grant = aws.iam.RolePolicyAttachment(
+            f"{name}-ebs-csi-driver",
+            role=driver_role.name,
+            policy_arn=EBS_CSI_POLICY,
+            opts=in_region,
+        )
+        # The driver's controller runs on the nodes, with its role's grant.
+        volumes = eks.Addon(
+            f"{name}-ebs-csi-driver",
+            cluster=cluster,
+            addon_name=EBS_CSI_ADDON,
+            service_account_role_arn=driver_role.arn,
+            configuration_values=EBS_CSI_CONFIGURATION,
+            opts=pulumi.ResourceOptions(
+                parent=self, providers={"aws": region}, depends_on=[nodes, driver_grant]
+            ),
+        )
         self.aws_provider = region
         self.oidc_provider_arn = cluster.oidc_provider_arn
         self.oidc_issuer = cluster.oidc_issuer
-        # The application waits for the nodes and the Metrics API, and is deleted before them.
-        self._finish(cluster.kubeconfig_json, depends_on=[nodes, metrics])
+        # The application waits for the nodes, the Metrics API and the volumes' driver, and is
+        # deleted before them.
+        self._finish(cluster.kubeconfig_json, depends_on=[nodes, metrics, volumes])

@@ -14,7 +14,6 @@ from components.config import MAX_AUTOSCALED_REPLICAS
 from harness.program import ProgramRun, Registered, run_program, stack_config
 from tests.manifests import pod_spec
 from tests.unit.configs import config_error, dev_with
-from tests.unit.runs import single
 from tools.drift import covers, parse_path
 
 SERVICES = ("gateway", "model")
@@ -153,8 +152,9 @@ def dev() -> ProgramRun:
 def test_eks_clusters_get_metrics_server_as_an_add_on() -> None:
     run = run_program("staging")
     assert stack_config("staging")["mlstack:cluster"]["provider"] == "eks"
-    addon = single(run, "eks:index:Addon")
-    assert addon.inputs["addonName"] == "metrics-server"
+    (addon,) = [
+        a for a in run.by_type("eks:index:Addon") if a.inputs["addonName"] == "metrics-server"
+    ]
     assert addon.inputs["cluster"].endswith("eks:index:Cluster::mlstack-staging")
 
 

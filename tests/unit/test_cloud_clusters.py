@@ -6,6 +6,7 @@ IMDSv2 one hop away, control-plane audit logs, and the same endpoint rule."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -13,7 +14,14 @@ import pytest
 
 from components.cluster.eks import CONTROL_PLANE_LOGS
 from components.cluster.gke import NODE_ROLES, service_account_id
-from harness.program import ProgramRun, run_program, stack_config
+from harness.program import (
+    AWS_ACCOUNT,
+    OIDC_ISSUER,
+    ProgramRun,
+    auto_name,
+    run_program,
+    stack_config,
+)
 from tests.unit.configs import cloud_stacks, with_fields
 from tests.unit.runs import single
 
@@ -216,6 +224,51 @@ def test_eks_without_authorized_networks_has_a_private_endpoint_only(stack: str)
     assert cluster.inputs["endpointPublicAccess"] is False
     assert "publicAccessCidrs" not in cluster.inputs
     assert cluster.inputs["endpointPrivateAccess"] is True
+
+
+def test_eks_claims_that_name_no_class_get_ebs_volumes(eks: ProgramRun) -> None:
+    """EKS provisions EBS volumes through the EBS CSI driver alone (the in-tree provisioner is
+    gone since 1.23) and from 1.30 marks no StorageClass the default: without the driver and a
+    default class of its own, the database's claims, which name no class here, never bind."""
+    assert "storageClass" not in stack_config(eks.stack)["mlstack:database"]
+    claim = eks.one("PersistentVolumeClaim", "data-database-0")
+    assert "storageClassName" not in claim.inputs["spec"]
+    addons = {a.inputs["addonName"]: a for a in eks.by_type("eks:index:Addon")}
+    driver = addons["aws-ebs-csi-driver"]
+    assert driver.inputs["configurationValues"] == {"defaultStorageClass": {"enabled": True}}
+    # The application, claims included, waits for the driver (through the cluster's provider).
+    (provider,) = [r for r in eks.resources if r.name == f"mlstack-{eks.stack}-k8s"]
+    assert f"eks:index:Addon::{driver.name}" in provider.waits_for
+
+
+def test_eks_volume_driver_acts_as_a_role_only_its_controller_assumes(eks: ProgramRun) -> None:
+    """Its controller creates and attaches the volumes as a role of its own, through the
+    cluster's OIDC provider (a pod cannot reach the nodes' role), with AWS's policy for it."""
+    driver = next(
+        a for a in eks.by_type("eks:index:Addon") if a.inputs["addonName"] == "aws-ebs-csi-driver"
+    )
+    (role,) = [r for r in eks.by_type("aws:iam/role:Role") if r.name == driver.name]
+    assert (
+        driver.inputs["serviceAccountRoleArn"]
+        == f"arn:aws:iam::{AWS_ACCOUNT}:role/{auto_name(role.name)}"
+    )
+    (statement,) = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+    assert statement["Principal"] == {
+        "Federated": f"arn:aws:iam::{AWS_ACCOUNT}:oidc-provider/{OIDC_ISSUER}"
+    }
+    assert statement["Condition"]["StringEquals"] == {
+        f"{OIDC_ISSUER}:sub": "system:serviceaccount:kube-system:ebs-csi-controller-sa",
+        f"{OIDC_ISSUER}:aud": "sts.amazonaws.com",
+    }
+    (grant,) = [
+        a
+        for a in eks.by_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+        if a.inputs.get("role") == auto_name(role.name)
+    ]
+    assert grant.inputs["policyArn"] == (
+        "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
+    )
+    assert f"{grant.type}::{grant.name}" in driver.waits_for
 
 
 def test_eks_components_make_their_aws_resources_in_the_cluster_s_region(eks: ProgramRun) -> None:
