@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One issue per stack, "Drift on <stack>" labelled `drift`: opened, or its body replaced, while the
-# stack drifts; closed by the first clean check. A check that could not run leaves it as it is.
-# Env: STACK, STATUS (clean | drift | error), REPORT (tools/drift.py's Markdown), GH_REPO, GH_TOKEN.
+# stack drifts; closed by the first clean check. A check that could not run, or did not run
+# because a deploy of the stack was not completed (drift.yml's gate), leaves it as it is.
+# Env: STACK, STATUS (clean | drift | error | skipped), REPORT (tools/drift.py's Markdown),
+# DEPLOY_RUNS (for skipped: the unfinished deploy runs that held the stack; none if the gate
+# did not finish), GH_REPO, GH_TOKEN.
 set -euo pipefail
 : "${STACK:?}" "${STATUS:?}" "${GH_REPO:?}"
 title="Drift on $STACK"
@@ -29,6 +32,14 @@ what changed. The next clean check closes this issue."
     if [ -n "$number" ]; then
       gh issue close "$number" --comment "No drift on $STACK any more: $run_url"
     fi
+    ;;
+  skipped)
+    if [ -n "${DEPLOY_RUNS:-}" ]; then
+      why="deploy runs not completed hold $STACK: $DEPLOY_RUNS"
+    else
+      why="the gate that looks for unfinished deploy runs did not finish (its job says why)"
+    fi
+    echo "the drift check of $STACK was skipped, $why: issue ${number:-none} left as it is"
     ;;
   *)
     echo "the drift check of $STACK did not run to the end: issue ${number:-none} left as it is"
