@@ -140,8 +140,12 @@ def render(value: Any) -> str:
 
 
 def _lookup(state: Mapping[str, Any] | None, keys: Sequence[PathKey]) -> Any:
+    """The value at `keys`; a secret on the way (a Secret's whole `data`, say, to which the
+    provider's diff names a key) is the value, its parts being as secret as the whole."""
     value: Any = state if state is not None else _MISSING
     for key in keys:
+        if is_secret(value) or value == "[secret]":
+            return value
         present = (isinstance(value, Mapping) and key in value) or (
             isinstance(value, list) and isinstance(key, int) and key < len(value)
         )

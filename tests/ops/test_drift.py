@@ -177,6 +177,19 @@ def test_signed_values_in_the_report(
     assert hidden not in text
 
 
+@pytest.mark.parametrize("data", [SECRET, "[secret]"], ids=["encrypted", "as events show it"])
+def test_a_key_the_provider_names_inside_a_secret_is_shown_as_a_secret(data: Any) -> None:
+    """The provider's detailed diff names the key of a Secret's `data` that moved out of band,
+    while the outputs hold the whole `data` as one secret: the key's values are secret, not
+    missing (a real refresh preview showed `data.api-key: (none) => (none)`)."""
+    urn = "urn:pulumi:prod::mlstack::kubernetes:core/v1:Secret::gateway"
+    changed = {"data.api-key": {"diffKind": "update", "inputDiff": True}}
+    event = outputs_event(urn, "update", {"data": data}, {"data": data}, detailedDiff=changed)
+    result = report("prod", [event], {})
+    assert "    data.api-key: [secret] => [secret]" in result.text()
+    assert "| `data.api-key` | `[secret]` | `[secret]` |" in result.markdown()
+
+
 def test_the_markdown_names_each_property_with_both_values() -> None:
     result = report("prod", [outputs_event(GATEWAY, "update", deployment(2), deployment(1))], {})
     assert "| `kubernetes:apps/v1:Deployment` `gateway` | `spec.replicas` | `2` | `1` |" in (
