@@ -14,11 +14,15 @@ from pulumi_policy import (
     ResourceValidationArgs,
     ResourceValidationPolicy,
     StackValidationArgs,
+    StackValidationPolicy,
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
+from components import app as app_component
+from components import database as database_component
 from harness.program import ProgramExitError, ProgramRun, run_program, stack_config
 from mlstack_policy import availability, clusters, services, workloads
+from mlstack_policy.kube import NAME_LABEL, POD_TEMPLATE_PATHS
 from mlstack_policy.pack import policies
 from tests.paths import POLICY_PACK
 from tests.unit.pack import options, pack_findings, stack_resource, violations
@@ -660,3 +664,265 @@ def test_a_service_that_selects_the_model_pods_is_the_model_s_whatever_its_label
         "Service model-debug of model is of type LoadBalancer: "
         "the model and the database are reached from inside the cluster only (ClusterIP)"
     ]
+
+
+# --- Patch resources: held to what they set ------------------------------------------------------
+
+DEPLOYMENT_PATCH: Final = f"{DEPLOYMENT}Patch"
+SERVICE_PATCH: Final = f"{SERVICE}Patch"
+# Every workload kind's Patch, with where it holds its pods' spec.
+WORKLOAD_PATCHES: Final[dict[str, tuple[str, ...]]] = {
+    f"{kind}Patch": path for kind, path in POD_TEMPLATE_PATHS.items()
+}
+# The workload kinds with a replica count of their own.
+SCALED: Final = frozenset(
+    {
+        DEPLOYMENT,
+        STATEFUL_SET,
+        "kubernetes:apps/v1:ReplicaSet",
+        "kubernetes:core/v1:ReplicationController",
+    }
+)
+# The gateway's Service, by the name components/app.py gives its Microservice.
+GATEWAY_SERVICE: Final = services.GATEWAY
+
+
+def findings(resource_type: str, props: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """What every rule of the pack, mandatory or advisory, reports on one resource, as the engine
+    runs it, with `config` for every rule."""
+    found: list[str] = []
+    for policy in policies():
+        if isinstance(policy, ResourceValidationPolicy):
+            for message in violations(policy.validate, resource_type, props, config):
+                found.append(f"{policy.name}: {message}")
+        elif isinstance(policy, StackValidationPolicy):
+            name = policy.name
+
+            def report(message: str, urn: str | None = None, name: str = name) -> None:
+                found.append(f"{name}: {message}")
+
+            resource = stack_resource(resource_type, props, "x")
+            policy.validate(StackValidationArgs([resource], config), report)
+    return found
+
+
+def workload_patch(
+    resource_type: str, *containers: dict[str, Any], name: str = "gateway", **spec: Any
+) -> dict[str, Any]:
+    """A workload Patch's props: its name, and the pod spec fields given, where its kind holds
+    them; nothing else."""
+    pod: dict[str, Any] = {**spec}
+    if containers:
+        pod["containers"] = list(containers)
+    props: dict[str, Any] = {"metadata": {"name": name, "namespace": "ns"}}
+    node = props
+    for key in WORKLOAD_PATCHES[resource_type]:
+        node = node.setdefault(key, {})
+    node.update(pod)
+    return props
+
+
+def security(**context: Any) -> dict[str, Any]:
+    """A patch's container that sets `securityContext` to `context` alone."""
+    return {"name": "gateway", "securityContext": context}
+
+
+@pytest.mark.parametrize(
+    ("pod", "patched", "message"),
+    [
+        ({"hostNetwork": True}, None,
+         "pod: hostNetwork is true (the pod shares the node's namespace)"),
+        ({"hostPID": True}, None, "pod: hostPID is true (the pod shares the node's namespace)"),
+        ({"hostIPC": True}, None, "pod: hostIPC is true (the pod shares the node's namespace)"),
+        ({"securityContext": {"runAsUser": 0}}, None, "pod: runAsUser is 0 (root)"),
+        ({"securityContext": {"runAsNonRoot": False}}, None, "pod: runAsNonRoot is not true"),
+        ({"securityContext": {"seccompProfile": {"type": "Unconfined"}}}, None,
+         "pod: seccompProfile.type is not RuntimeDefault"),
+        ({}, security(runAsUser=0), "container gateway: runAsUser is 0 (root)"),
+        ({}, security(runAsNonRoot=False), "container gateway: runAsNonRoot is not true"),
+        ({}, security(privileged=True), "container gateway: runs privileged"),
+        ({}, security(allowPrivilegeEscalation=True),
+         "container gateway: allowPrivilegeEscalation is not false"),
+        ({}, security(readOnlyRootFilesystem=False),
+         "container gateway: readOnlyRootFilesystem is not true"),
+        ({}, security(capabilities={"add": ["SYS_ADMIN"]}),
+         "container gateway: adds capabilities ['SYS_ADMIN']"),
+        ({}, security(capabilities={"drop": ["NET_RAW"]}),
+         "container gateway: capabilities.drop does not hold ALL"),
+        ({}, security(seccompProfile={"type": "Unconfined"}),
+         "container gateway: seccompProfile.type is not RuntimeDefault"),
+    ],
+)  # fmt: skip
+def test_each_value_a_workload_patch_sets_that_pod_security_refuses_is_reported(
+    pod: dict[str, Any], patched: dict[str, Any] | None, message: str
+) -> None:
+    """A Patch is a partial object: every value it sets is held to the standard, one finding each
+    (what it leaves out is the object's, and not reported)."""
+    props = workload_patch(DEPLOYMENT_PATCH, *([patched] if patched else []), **pod)
+    assert findings(DEPLOYMENT_PATCH, props, {}) == [
+        f"pod-security-restricted: DeploymentPatch gateway, {message}"
+    ]
+
+
+def test_a_patch_s_image_by_tag_is_reported() -> None:
+    props = workload_patch(DEPLOYMENT_PATCH, {"name": "gateway", "image": "busybox:latest"})
+    assert findings(DEPLOYMENT_PATCH, props, {}) == [
+        "image-by-digest: DeploymentPatch gateway, container gateway: image 'busybox:latest' "
+        "is not pinned by digest (name@sha256:...)"
+    ]
+    config = {"allowedImages": ["busybox:latest"]}
+    assert findings(DEPLOYMENT_PATCH, props, config) == []
+
+
+@pytest.mark.parametrize("kind", sorted(WORKLOAD_PATCHES))
+def test_every_workload_patch_is_held_to_the_rules_for_what_it_sets(kind: str) -> None:
+    """A privileged container on the node's network, by a tag: each refused value, whichever
+    workload kind the patch changes."""
+    bad = {
+        "name": "debug",
+        "image": "busybox:latest",
+        "securityContext": {"privileged": True},
+    }
+    props = workload_patch(kind, bad, hostNetwork=True)
+    named = f"{kind.rsplit(':', 1)[-1]} gateway"
+    assert findings(kind, props, PRODUCTION) == [
+        f"pod-security-restricted: {named}, pod: hostNetwork is true "
+        "(the pod shares the node's namespace)",
+        f"pod-security-restricted: {named}, container debug: runs privileged",
+        f"image-by-digest: {named}, container debug: image 'busybox:latest' "
+        "is not pinned by digest (name@sha256:...)",
+    ]
+
+
+@pytest.mark.parametrize("kind", sorted(WORKLOAD_PATCHES))
+def test_a_patch_that_sets_only_harmless_fields_has_no_finding(kind: str) -> None:
+    """Replicas, an environment variable, an image by digest: what the patch leaves out
+    (securityContext, resources, probes, spread) is the object's, which the patch keeps. The same
+    fields as a whole object miss all of those."""
+    harmless = {
+        "name": "gateway",
+        "image": "registry.example/gateway" + DIGEST,
+        "env": [{"name": "LOG_LEVEL", "value": "debug"}],
+    }
+    props = workload_patch(kind, harmless, {"name": "sidecar", "env": []})
+    whole = kind.removesuffix("Patch")
+    if whole in SCALED:
+        props["spec"]["replicas"] = 3
+    for config in ({}, PRODUCTION):
+        assert findings(kind, props, config) == [], config
+    assert len(findings(whole, props, {})) > 5
+
+
+def test_a_patch_that_sets_replicas_below_the_production_floor_is_reported() -> None:
+    """The one advisory rule a patch answers to: the replica count it sets. Spread and budgets
+    are the object's."""
+    check = rule("replicas-in-production").validate
+    low = {"metadata": {"name": "gateway"}, "spec": {"replicas": 1}}
+    assert violations(check, DEPLOYMENT_PATCH, low, PRODUCTION) == [
+        "DeploymentPatch gateway: 1 replica(s), fewer than 2"
+    ]
+    assert violations(check, DEPLOYMENT_PATCH, low) == []
+    unset = {"metadata": {"name": "gateway"}, "spec": {"template": {"spec": {}}}}
+    assert violations(check, DEPLOYMENT_PATCH, unset, PRODUCTION) == []
+    many = {"metadata": {"name": "database"}, "spec": {"replicas": 3}}
+    assert findings(f"{STATEFUL_SET}Patch", many, PRODUCTION) == []
+
+
+def service_patch(name: str, **spec: Any) -> dict[str, Any]:
+    """A ServicePatch's props: the Service's name (no labels, no selector) and `spec`."""
+    return {"metadata": {"name": name, "namespace": "ns"}, "spec": spec}
+
+
+@pytest.mark.parametrize(
+    ("name", "app"),
+    [
+        (app_component.MODEL_SERVICE, "model"),
+        (database_component.NAME, "database"),
+        (database_component.READ_NAME, "database"),
+        (database_component.HEADLESS_NAME, "database"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("spec", "exposure"),
+    [
+        ({"type": "LoadBalancer"}, "LoadBalancer"),
+        ({"type": "NodePort"}, "NodePort"),
+        ({"externalIPs": ["198.51.100.7"]}, "ClusterIP with externalIPs ['198.51.100.7']"),
+    ],
+)
+def test_a_service_patch_exposing_the_model_or_the_database_by_name_alone_is_reported(
+    name: str, app: str, spec: dict[str, Any], exposure: str
+) -> None:
+    props = service_patch(name, **spec)
+    assert findings(SERVICE_PATCH, props, {}) == [
+        f"no-external-model-or-database-service: ServicePatch {name} of {app} is of type "
+        f"{exposure}: the model and the database are reached from inside the cluster only "
+        "(ClusterIP)"
+    ]
+
+
+def test_a_service_patch_that_keeps_the_model_internal_has_no_finding() -> None:
+    harmless = service_patch(
+        app_component.MODEL_SERVICE, type="ClusterIP", ports=[{"name": "grpc", "port": 8081}]
+    )
+    assert findings(SERVICE_PATCH, harmless, PRODUCTION) == []
+    annotated = {"metadata": {"name": app_component.MODEL_SERVICE, "annotations": {"a": "b"}}}
+    assert findings(SERVICE_PATCH, annotated, PRODUCTION) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"type": "NodePort"}, "ServicePatch gateway is of type NodePort, which no source range "
+         "restricts: make it a LoadBalancer with loadBalancerSourceRanges "
+         "(gateway.serviceType: LoadBalancer, gateway.sourceRanges)"),
+        ({"loadBalancerSourceRanges": ["0.0.0.0/0"]},
+         "ServicePatch gateway: loadBalancerSourceRanges admit anyone: ['0.0.0.0/0']"),
+        ({"type": "LoadBalancer", "loadBalancerSourceRanges": []},
+         "ServicePatch gateway: no loadBalancerSourceRanges (gateway.sourceRanges)"),
+    ],
+)  # fmt: skip
+def test_a_service_patch_of_the_gateway_edge_is_held_to_what_it_sets(
+    spec: dict[str, Any], message: str
+) -> None:
+    props = service_patch(GATEWAY_SERVICE, **spec)
+    assert findings(SERVICE_PATCH, props, PRODUCTION) == [f"gateway-edge-in-production: {message}"]
+    assert findings(SERVICE_PATCH, props, {}) == []
+
+
+def test_a_service_patch_of_the_gateway_that_leaves_its_edge_alone_has_no_finding() -> None:
+    """No ranges and no https port among what a patch sets is not a finding: the Service keeps
+    its own (a patch's ports are merged into the Service's)."""
+    for spec in (
+        {},
+        {"type": "LoadBalancer"},
+        {"loadBalancerSourceRanges": ["203.0.113.0/24"]},
+        {"ports": [{"name": "admin", "port": 9443}]},
+    ):
+        props = service_patch(GATEWAY_SERVICE, **spec)
+        assert findings(SERVICE_PATCH, props, PRODUCTION) == [], spec
+
+
+def test_a_service_patch_that_serves_plain_http_publicly_is_reported() -> None:
+    props = service_patch(GATEWAY_SERVICE, type="LoadBalancer", ports=HTTP)
+    assert findings(SERVICE_PATCH, props, PRODUCTION) == [
+        "no-public-plain-http-in-production: ServicePatch gateway of type LoadBalancer "
+        "serves plain HTTP on http:80"
+    ]
+
+
+def test_the_pack_knows_every_service_the_program_makes_by_name(stack_run: ProgramRun) -> None:
+    """A patch need not carry labels: the pack recognises the program's Services by their names
+    (services.SERVICE_APPS), which must be the names, and the apps, the program gives them."""
+    made = {
+        service.metadata["name"]: service.metadata["labels"][NAME_LABEL]
+        for service in stack_run.of_kind("Service")
+    }
+    assert made == dict(services.SERVICE_APPS)
+    named = {
+        app_component.MODEL_SERVICE: "model",
+        database_component.NAME: "database",
+        database_component.READ_NAME: "database",
+        database_component.HEADLESS_NAME: "database",
+    }
+    assert named.items() <= services.SERVICE_APPS.items()

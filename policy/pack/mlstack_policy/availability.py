@@ -1,6 +1,7 @@
 """Advisory rules: availability practices a team may trade against cost (a dev stack on a laptop
 runs one replica of everything, on one node). They read Deployments and StatefulSets alike: the
-database's instances are one StatefulSet's pods."""
+database's instances are one StatefulSet's pods. A Patch is held to the replica count it sets
+alone: whether the object's pods are spread and budgeted is the object's to answer."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs, StackValidationArgs
 
-from .kube import PDB, REPLICATED, dig, objects
+from .kube import PDB, REPLICATED, dig, is_patch, named, objects
 
 
 def _replicas(props: Mapping[str, Any]) -> int:
@@ -17,33 +18,30 @@ def _replicas(props: Mapping[str, Any]) -> int:
     return 1 if value is None else int(value)
 
 
-def _named(resource_type: str, props: Mapping[str, Any]) -> str:
-    """`Deployment gateway`, `StatefulSet database`."""
-    return f"{resource_type.rsplit(':', 1)[-1]} {dig(props, 'metadata', 'name')}"
-
-
 def check_replicas_in_production(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """In production every Deployment and StatefulSet runs at least `minReplicas` (default 2)
     pods: one pod lost to a node drain or a crash is not an outage (for the database, Patroni
-    promotes a standby)."""
+    promotes a standby). A Patch that sets replicas is held to the same floor."""
     config = args.get_config()
     if config.get("production") is not True or args.resource_type not in REPLICATED:
         return
+    if is_patch(args.props) and dig(args.props, "spec", "replicas") is None:
+        return  # the patch leaves the count as it is
     floor = int(config.get("minReplicas") or 2)
     replicas = _replicas(args.props)
     if replicas < floor:
-        named = _named(args.resource_type, args.props)
-        report(f"{named}: {replicas} replica(s), fewer than {floor}", None)
+        subject = named(args.resource_type, args.props)
+        report(f"{subject}: {replicas} replica(s), fewer than {floor}", None)
 
 
 def check_topology_spread(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """A Deployment or StatefulSet of several pods spreads them over nodes, so one node does not
-    hold them all."""
-    if args.resource_type not in REPLICATED or _replicas(args.props) < 2:
+    hold them all (a Patch is not asked)."""
+    if args.resource_type not in REPLICATED or is_patch(args.props) or _replicas(args.props) < 2:
         return
     if not dig(args.props, "spec", "template", "spec", "topologySpreadConstraints"):
-        named = _named(args.resource_type, args.props)
-        report(f"{named}: {_replicas(args.props)} replicas and no spread", None)
+        subject = named(args.resource_type, args.props)
+        report(f"{subject}: {_replicas(args.props)} replicas and no spread", None)
 
 
 def _selects(selector: Any, labels: Mapping[str, Any]) -> bool:
@@ -53,11 +51,13 @@ def _selects(selector: Any, labels: Mapping[str, Any]) -> bool:
 
 def check_disruption_budgets(args: StackValidationArgs, report: ReportViolation) -> None:
     """Every Deployment or StatefulSet of several pods has a PodDisruptionBudget: a node drain
-    then waits rather than evicting them all at once."""
+    then waits rather than evicting them all at once (a Patch is not asked, nor counted as a
+    budget)."""
     made = [
         (resource.urn, kind, props)
         for resource in args.resources
         for kind, props in objects(resource.resource_type, resource.props)
+        if not is_patch(props)  # a patch makes neither a workload nor a budget
     ]
     budgets = [
         (dig(props, "metadata", "namespace"), dig(props, "spec", "selector"))
@@ -70,4 +70,4 @@ def check_disruption_budgets(args: StackValidationArgs, report: ReportViolation)
         namespace = dig(props, "metadata", "namespace")
         labels = dig(props, "spec", "template", "metadata", "labels") or {}
         if not any(ns == namespace and _selects(sel, labels) for ns, sel in budgets):
-            report(f"{_named(kind, props)}: no PodDisruptionBudget selects its pods", urn)
+            report(f"{named(kind, props)}: no PodDisruptionBudget selects its pods", urn)

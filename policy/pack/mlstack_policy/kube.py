@@ -45,6 +45,9 @@ NAME_LABEL: Final = "app.kubernetes.io/name"
 # A typed List (`kubernetes:apps/v1:DeploymentList`) makes each of its `items`, objects of the
 # kind its name ends in.
 LIST_SUFFIX: Final = "List"
+# A Patch resource (`kubernetes:apps/v1:DeploymentPatch`) sets some fields of an existing object
+# of the kind its name ends before, by server-side apply.
+PATCH_SUFFIX: Final = "Patch"
 # Service types that give an address outside the cluster.
 EXTERNAL_SERVICE_TYPES: Final = frozenset({"LoadBalancer", "NodePort"})
 
@@ -58,23 +61,51 @@ def dig(value: Any, *path: str) -> Any:
     return value
 
 
+class Patch(Mapping[str, Any]):
+    """A Patch resource's props: part of an object, the fields the patch sets, read like the
+    object's own. A rule holds a patch to what it sets, never to what it leaves out (the object
+    keeps whatever the patch does not set)."""
+
+    def __init__(self, props: Mapping[str, Any]) -> None:
+        self._props = props
+
+    def __getitem__(self, key: str) -> Any:
+        return self._props[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._props)
+
+    def __len__(self) -> int:
+        return len(self._props)
+
+
+def is_patch(props: Mapping[str, Any]) -> bool:
+    """Whether `props` are a Patch resource's (objects): only what they set is there to check."""
+    return isinstance(props, Patch)
+
+
 def objects(
     resource_type: str, props: Mapping[str, Any]
 ) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """The Kubernetes objects a resource makes, each with its kind's type token: the resource
-    itself, or each item of a typed List."""
+    """The Kubernetes objects a resource makes or changes, each with its kind's type token: the
+    resource itself, each item of a typed List, or the part of an object a Patch sets (its props
+    as a Patch)."""
     if resource_type.startswith("kubernetes:") and resource_type.endswith(LIST_SUFFIX):
         kind = resource_type.removesuffix(LIST_SUFFIX)
         for item in props.get("items") or ():
             if isinstance(item, Mapping):
                 yield kind, item
         return
+    if resource_type.startswith("kubernetes:") and resource_type.endswith(PATCH_SUFFIX):
+        yield resource_type.removesuffix(PATCH_SUFFIX), Patch(props)
+        return
     yield resource_type, props
 
 
 def each_object(check: ResourceValidation) -> ResourceValidation:
-    """`check` run on every object a resource makes (objects), as if each were a resource of its
-    own: a DeploymentList is held to the rules of a Deployment, item by item."""
+    """`check` run on every object a resource makes or changes (objects), as if each were a
+    resource of its own: a DeploymentList is held to the rules of a Deployment, item by item, and
+    a DeploymentPatch to them for what it sets."""
 
     def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
         unknown: UnknownValueError | None = None
@@ -118,14 +149,18 @@ def running_containers(spec: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     yield from containers(spec, init=False)
 
 
+def named(resource_type: str, props: Mapping[str, Any]) -> str:
+    """`Deployment gateway`, `DeploymentPatch gateway`: the resource as a reviewer reads it."""
+    kind = resource_type.rsplit(":", 1)[-1] + (PATCH_SUFFIX if is_patch(props) else "")
+    return f"{kind} {dig(props, 'metadata', 'name') or '?'}"
+
+
 def where(resource_type: str, props: Mapping[str, Any], container: Mapping[str, Any] | None) -> str:
     """`Deployment gateway, container gateway` (`Deployment gateway, pod` for a field of the pod
     spec, container None): where a violation is, as a reviewer reads it."""
-    kind = resource_type.rsplit(":", 1)[-1]
-    name = dig(props, "metadata", "name") or "?"
     if container is None:
-        return f"{kind} {name}, pod"
-    return f"{kind} {name}, container {container.get('name') or '?'}"
+        return f"{named(resource_type, props)}, pod"
+    return f"{named(resource_type, props)}, container {container.get('name') or '?'}"
 
 
 def app_name(props: Mapping[str, Any]) -> str | None:

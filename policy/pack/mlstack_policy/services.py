@@ -9,12 +9,33 @@ from typing import Any, Final
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs
 
-from .kube import EXTERNAL_SERVICE_TYPES, NAME_LABEL, SERVICE, app_name, dig, service_type
+from .kube import (
+    EXTERNAL_SERVICE_TYPES,
+    NAME_LABEL,
+    SERVICE,
+    app_name,
+    dig,
+    is_patch,
+    named,
+    service_type,
+)
 
 # The model has no authentication of its own, the database only its password: both are reached
 # from inside the cluster alone (the gateway is the only public entry).
 INTERNAL_APPS: Final = frozenset({"model", "database"})
 GATEWAY: Final = "gateway"
+# The program's Services by name, each with the app it fronts: the gateway's and the model's
+# (components/app.py, MODEL_SERVICE), the database's (components/database.py NAME, READ_NAME,
+# HEADLESS_NAME). The pack is served on its own, apart from the program, so it keeps a copy;
+# tests/unit/test_policy_pack.py holds it to the program's. A Patch need not carry labels, but it
+# names the Service it changes.
+SERVICE_APPS: Final[Mapping[str, str]] = {
+    "gateway": GATEWAY,
+    "model": "model",
+    "database": "database",
+    "database-read": "database",
+    "database-headless": "database",
+}
 # A port's appProtocol for HTTP in clear text: HTTP/1.1 (an IANA service name, in any case), and
 # the Kubernetes-defined HTTP/2 over cleartext and WebSocket over cleartext.
 PLAIN_HTTP_PROTOCOLS: Final = frozenset({"http", "kubernetes.io/h2c", "kubernetes.io/ws"})
@@ -41,8 +62,14 @@ def _production(args: ResourceValidationArgs) -> bool:
     return args.get_config().get("production") is True
 
 
-def _label(props: Mapping[str, Any]) -> str:
-    return f"Service {dig(props, 'metadata', 'name') or '?'}"
+def _app(props: Mapping[str, Any], apps: frozenset[str]) -> str | None:
+    """Which of `apps` a Service is: by its label, by its selector (the pods it exposes), or else
+    by its name (a patch need not carry labels)."""
+    for app in (app_name(props), dig(props, "spec", "selector", NAME_LABEL)):
+        if app in apps:
+            return app
+    app = SERVICE_APPS.get(str(dig(props, "metadata", "name")))
+    return app if app in apps else None
 
 
 def _exposure(props: Mapping[str, Any]) -> str | None:
@@ -57,15 +84,15 @@ def _exposure(props: Mapping[str, Any]) -> str | None:
 
 def check_internal_services(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """The model and the database are not exposed by a LoadBalancer or NodePort Service, nor by
-    externalIPs: a Service is theirs by its label or by its selector (the pods it exposes)."""
+    externalIPs: a Service is theirs by its label, by its selector (the pods it exposes), or by
+    its name; a ServicePatch is held to the type and externalIPs it sets."""
     if args.resource_type != SERVICE:
         return
-    selected = dig(args.props, "spec", "selector", NAME_LABEL)
-    app = next((a for a in (app_name(args.props), selected) if a in INTERNAL_APPS), None)
+    app = _app(args.props, INTERNAL_APPS)
     exposure = _exposure(args.props)
     if app is not None and exposure:
         report(
-            f"{_label(args.props)} of {app} is of type {exposure}: "
+            f"{named(SERVICE, args.props)} of {app} is of type {exposure}: "
             "the model and the database are reached from inside the cluster only (ClusterIP)",
             None,
         )
@@ -84,32 +111,41 @@ def _plain_http_ports(props: Mapping[str, Any]) -> list[str]:
 def check_gateway_edge(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """In production the gateway's public Service is a LoadBalancer with loadBalancerSourceRanges
     (not the whole internet: a NodePort cannot be restricted to ranges) and serves HTTPS (a port
-    named https)."""
+    named https). A ServicePatch of the gateway is held to the type and ranges it sets (the
+    ports it sets are merged into the Service's, so they take none away)."""
     if not _production(args) or args.resource_type != SERVICE:
         return
-    kind = service_type(args.props)
-    if app_name(args.props) != GATEWAY or kind not in EXTERNAL_SERVICE_TYPES:
+    if _app(args.props, frozenset({GATEWAY})) is None:
         return
-    ranges = list(dig(args.props, "spec", "loadBalancerSourceRanges") or ())
-    if kind != "LoadBalancer":
+    patch = is_patch(args.props)
+    kind = service_type(args.props)
+    # A patch that leaves the type alone changes the gateway's public Service as it is.
+    if kind not in EXTERNAL_SERVICE_TYPES and not (
+        patch and dig(args.props, "spec", "type") is None
+    ):
+        return
+    label = named(SERVICE, args.props)
+    ranges = dig(args.props, "spec", "loadBalancerSourceRanges")
+    if kind == "NodePort":
         report(
-            f"{_label(args.props)} is of type {kind}, which no source range restricts: make it a "
+            f"{label} is of type {kind}, which no source range restricts: make it a "
             "LoadBalancer with loadBalancerSourceRanges "
             "(gateway.serviceType: LoadBalancer, gateway.sourceRanges)",
             None,
         )
-    elif not ranges:
-        report(f"{_label(args.props)}: no loadBalancerSourceRanges (gateway.sourceRanges)", None)
-    elif admits_anyone(ranges):
-        report(f"{_label(args.props)}: loadBalancerSourceRanges admit anyone: {ranges}", None)
+    elif not ranges and not (patch and ranges is None):
+        report(f"{label}: no loadBalancerSourceRanges (gateway.sourceRanges)", None)
+    elif ranges and admits_anyone(ranges):
+        report(f"{label}: loadBalancerSourceRanges admit anyone: {list(ranges)}", None)
     names = [str(port.get("name") or "") for port in dig(args.props, "spec", "ports") or ()]
-    if "https" not in names:
-        report(f"{_label(args.props)}: no https port (gateway.tls)", None)
+    if "https" not in names and not patch:
+        report(f"{label}: no https port (gateway.tls)", None)
 
 
 def check_no_public_plain_http(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """In production no LoadBalancer or NodePort Service, nor one with externalIPs, serves plain
-    HTTP: credentials (the API key) and predictions would cross the internet in the clear."""
+    HTTP: credentials (the API key) and predictions would cross the internet in the clear. A
+    ServicePatch is held to the type, externalIPs and ports it sets."""
     if not _production(args) or args.resource_type != SERVICE:
         return
     exposure = _exposure(args.props)
@@ -117,7 +153,5 @@ def check_no_public_plain_http(args: ResourceValidationArgs, report: ReportViola
         return
     ports = _plain_http_ports(args.props)
     if ports:
-        report(
-            f"{_label(args.props)} of type {exposure} serves plain HTTP on {', '.join(ports)}",
-            None,
-        )
+        label = named(SERVICE, args.props)
+        report(f"{label} of type {exposure} serves plain HTTP on {', '.join(ports)}", None)

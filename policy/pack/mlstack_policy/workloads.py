@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs
 from pulumi_policy.proxy import UnknownValueError
 
-from .kube import LONG_RUNNING, containers, dig, pod_spec, running_containers, where
+from .kube import (
+    LONG_RUNNING,
+    containers,
+    dig,
+    is_patch,
+    pod_spec,
+    running_containers,
+    where,
+)
 
 # `name@sha256:<64 hex>`: the image a digest names cannot change under the same reference.
 DIGEST: Final = re.compile(r"@sha256:[0-9a-f]{64}$")
@@ -18,6 +26,10 @@ RESOURCES: Final = ("cpu", "memory")
 # Every image of the stack, the database's included, is the project's own build, deployed by the
 # digest its push gave. `make policy` leaves digests to this rule (tools/policy.py PACK_OWNED).
 ALLOWED_BY_TAG: Final[tuple[str, ...]] = ()
+# The seccomp profiles the restricted standard admits.
+SECCOMP_PROFILES: Final = ("RuntimeDefault", "Localhost")
+NOT_NON_ROOT: Final = "runAsNonRoot is not true"
+NOT_SECCOMP: Final = "seccompProfile.type is not RuntimeDefault"
 
 
 def _effective(
@@ -31,8 +43,16 @@ def _is_root(uid: Any) -> bool:  # the engine hands numbers over as floats
     return isinstance(uid, int | float) and not isinstance(uid, bool) and uid == 0
 
 
-def _pod_findings(spec: Mapping[str, Any]) -> list[str]:
-    """What the pod spec itself sets against the standard: a host namespace, uid 0."""
+def _refused(value: Any, *, meets: bool, patch: bool) -> bool:
+    """Whether a field's `value`, which `meets` the standard or not, is a finding: a field a patch
+    leaves out (None) is the object's own, not the patch's to answer for."""
+    return not meets and not (patch and value is None)
+
+
+def _pod_findings(spec: Mapping[str, Any], *, patch: bool) -> list[str]:
+    """What the pod spec itself sets against the standard: a host namespace, uid 0; and, in a
+    patch, a non-root or seccomp setting it refuses (it reaches the containers the patch leaves
+    out, so it is held once, here)."""
     found = [
         f"{field} is true (the pod shares the node's namespace)"
         for field in ("hostNetwork", "hostPID", "hostIPC")
@@ -40,7 +60,50 @@ def _pod_findings(spec: Mapping[str, Any]) -> list[str]:
     ]
     if _is_root(dig(spec, "securityContext", "runAsUser")):
         found.append("runAsUser is 0 (root)")
+    if patch:
+        if dig(spec, "securityContext", "runAsNonRoot") is False:
+            found.append(NOT_NON_ROOT)
+        if dig(spec, "securityContext", "seccompProfile", "type") not in (None, *SECCOMP_PROFILES):
+            found.append(NOT_SECCOMP)
     return found
+
+
+def _container_findings(
+    spec: Mapping[str, Any], container: Mapping[str, Any], *, patch: bool
+) -> Iterator[str]:
+    """What a container runs with against the standard. An object's container takes the pod's
+    non-root and seccomp settings where it sets none; a patch's is held to its own (the pod's are
+    held on the pod). Yielded as read, so that what precedes a value unknown at preview is still
+    reported."""
+
+    def runs_with(*path: str) -> Any:
+        own = dig(container, "securityContext", *path)
+        return own if patch else _effective(spec, container, *path)
+
+    non_root = runs_with("runAsNonRoot")
+    if _refused(non_root, meets=non_root is True, patch=patch):
+        yield NOT_NON_ROOT
+    context = container.get("securityContext") or {}
+    if _is_root(dig(context, "runAsUser")):
+        yield "runAsUser is 0 (root)"
+    if dig(context, "privileged") is True:
+        yield "runs privileged"
+    escalation = dig(context, "allowPrivilegeEscalation")
+    if _refused(escalation, meets=escalation is False, patch=patch):
+        yield "allowPrivilegeEscalation is not false"
+    read_only = dig(context, "readOnlyRootFilesystem")
+    if _refused(read_only, meets=read_only is True, patch=patch):
+        yield "readOnlyRootFilesystem is not true"
+    # A patch that sets `drop` replaces the whole list (atomic under server-side apply).
+    drop = dig(context, "capabilities", "drop")
+    if _refused(drop, meets="ALL" in list(drop or ()), patch=patch):
+        yield "capabilities.drop does not hold ALL"
+    added = list(dig(context, "capabilities", "add") or ())
+    if any(c != "NET_BIND_SERVICE" for c in added):
+        yield f"adds capabilities {added}"
+    seccomp = runs_with("seccompProfile", "type")
+    if _refused(seccomp, meets=seccomp in SECCOMP_PROFILES, patch=patch):
+        yield NOT_SECCOMP
 
 
 def check_pod_security(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -48,42 +111,25 @@ def check_pod_security(args: ResourceValidationArgs, report: ReportViolation) ->
     no runAsUser 0), a read-only root filesystem, no privilege escalation, every capability
     dropped, the RuntimeDefault seccomp profile. Checked field by field, so that a preview names
     the one missing before the namespace's admission refuses the pods (or a laxer namespace
-    admits them)."""
+    admits them). A workload Patch is held to the values it sets."""
     spec = pod_spec(args.resource_type, args.props)
     if spec is None:
         return
-    for finding in _pod_findings(spec):
+    patch = is_patch(args.props)
+    for finding in _pod_findings(spec, patch=patch):
         report(f"{where(args.resource_type, args.props, None)}: {finding}", None)
     for container in containers(spec):
         place = where(args.resource_type, args.props, container)
-        if _effective(spec, container, "runAsNonRoot") is not True:
-            report(f"{place}: runAsNonRoot is not true", None)
-        if _is_root(dig(container, "securityContext", "runAsUser")):
-            report(f"{place}: runAsUser is 0 (root)", None)
-        if dig(container, "securityContext", "privileged") is True:
-            report(f"{place}: runs privileged", None)
-        if dig(container, "securityContext", "allowPrivilegeEscalation") is not False:
-            report(f"{place}: allowPrivilegeEscalation is not false", None)
-        if dig(container, "securityContext", "readOnlyRootFilesystem") is not True:
-            report(f"{place}: readOnlyRootFilesystem is not true", None)
-        drop = dig(container, "securityContext", "capabilities", "drop") or []
-        if "ALL" not in list(drop):
-            report(f"{place}: capabilities.drop does not hold ALL", None)
-        added = list(dig(container, "securityContext", "capabilities", "add") or ())
-        if any(c != "NET_BIND_SERVICE" for c in added):
-            report(f"{place}: adds capabilities {added}", None)
-        if _effective(spec, container, "seccompProfile", "type") not in (
-            "RuntimeDefault",
-            "Localhost",
-        ):
-            report(f"{place}: seccompProfile.type is not RuntimeDefault", None)
+        for finding in _container_findings(spec, container, patch=patch):
+            report(f"{place}: {finding}", None)
 
 
 def check_resources(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """Every container has CPU and memory requests (what the scheduler places pods by) and limits
-    (what keeps one pod from starving its neighbours)."""
+    (what keeps one pod from starving its neighbours). A Patch is not asked: what it leaves out,
+    the object keeps."""
     spec = pod_spec(args.resource_type, args.props)
-    if spec is None:
+    if spec is None or is_patch(args.props):
         return
     for container in containers(spec):
         missing = [
@@ -100,8 +146,8 @@ def check_resources(args: ResourceValidationArgs, report: ReportViolation) -> No
 def check_probes(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """Every long-running container (a sidecar too: an init container with restartPolicy Always)
     has a liveness probe (a hung process is restarted) and a readiness probe (traffic goes only
-    to a pod that can take it)."""
-    if args.resource_type not in LONG_RUNNING:
+    to a pod that can take it). A Patch is not asked: what it leaves out, the object keeps."""
+    if args.resource_type not in LONG_RUNNING or is_patch(args.props):
         return
     spec = pod_spec(args.resource_type, args.props)
     if spec is None:
@@ -117,7 +163,8 @@ def check_image_digest(args: ResourceValidationArgs, report: ReportViolation) ->
     """Every image is referenced by digest (name@sha256:...), unless the reference is a declared
     exception (allowedImages; none by default): what was reviewed and scanned is what runs, and a
     rollback really rolls back. An image unknown at preview (built by the update) is checked at
-    `pulumi up`; the images beside it are checked at once."""
+    `pulumi up`; the images beside it are checked at once. A Patch's container is held to the image
+    it sets, if any."""
     spec = pod_spec(args.resource_type, args.props)
     if spec is None:
         return
@@ -130,6 +177,8 @@ def check_image_digest(args: ResourceValidationArgs, report: ReportViolation) ->
         except UnknownValueError as error:  # a built image at preview: its push gives the digest
             unknown = unknown or error
             continue
+        if not image and is_patch(args.props):
+            continue  # the patch leaves the container's image as it is
         if DIGEST.search(image) or image in allowed:
             continue
         place = where(args.resource_type, args.props, container)
