@@ -1468,6 +1468,36 @@ def test_4y_no_change_after_up_then_drift_names_an_out_of_band_scale_and_up_rest
     assert gateway["spec"]["replicas"] == replicas  # type: ignore[index]
 
 
+def test_4y_b_drift_names_a_secret_edited_out_of_band_without_its_value_and_up_restores_it(
+    workspace: PulumiWorkspace, control_plane: ControlPlane
+) -> None:
+    """A key of the gateway's Secret changed with kubectl is drift, named by its key and shown as
+    `[secret]` on both sides (the value is in no line of the report); `pulumi refresh` then
+    `pulumi up` put the program's value back (README, "Drift": "Ending it")."""
+    ensure_stack(workspace, control_plane)
+
+    def api_key() -> str:
+        secret = control_plane.get_json("secret", "gateway", "-n", NAMESPACE)
+        return base64.b64decode(secret["data"]["api-key"]).decode()  # type: ignore[index]
+
+    configured = app.STACK_KEY[0]  # the stack's apiKey (4g rotates it)
+    assert api_key() == configured
+    edited = "edited-out-of-band-0123456789"
+    patch = json.dumps({"stringData": {"api-key": edited}})
+    control_plane.kubectl("patch", "secret", "gateway", "-n", NAMESPACE, "-p", patch)
+    drifted = drift_check(workspace)
+    assert drifted.returncode == 1, drifted.stdout + drifted.stderr
+    assert "  kubernetes:core/v1:Secret mlstack-gateway: changed" in drifted.stdout, drifted.stdout
+    assert "    data.api-key: [secret] => [secret]" in drifted.stdout, drifted.stdout
+    assert edited not in drifted.stdout + drifted.stderr
+
+    workspace.run("refresh", "--stack", STACK, "--yes", "--skip-preview")
+    pulumi_up(workspace, control_plane)
+    assert api_key() == configured
+    again = drift_check(workspace)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
 def node_state(node: Node) -> dict[str, set[str]]:
     """What the node holds: containers, pod folders with mounts, kube-proxy's rules naming the
     app's namespace, processes of the app's containers."""
