@@ -81,6 +81,24 @@ def run_script(
     )
 
 
+def run_step(
+    folder: Path, step: dict[str, Any], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """A workflow step's `run`, as a runner runs one that names no shell (`bash -e`), from the
+    project's root with `env`: how it ended."""
+    runner_script = folder / "step.sh"
+    runner_script.write_text(step["run"])
+    return subprocess.run(
+        ["bash", "-e", str(runner_script)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
 def script(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> str:
     """What `stacks.py ARGS` prints, which must succeed."""
     result = run_script(*args, stdin=stdin, env=env)
@@ -714,8 +732,6 @@ def run_drift_gate(
     stand_in(folder, "gh", RUNS_GH_STAND_IN.format(python=sys.executable))
     output = folder / "github-output"
     output.touch()
-    runner_script = folder / "gate.sh"
-    runner_script.write_text(step["run"])
     env = env_first_on_path(
         folder,
         REPOSITORY="acme/mlstack",
@@ -725,15 +741,7 @@ def run_drift_gate(
     )
     if fails is not None:
         env["STAND_IN_GH_FAILS"] = fails
-    done = subprocess.run(
-        ["bash", "-e", str(runner_script)],  # a runner's shell for a `run` that names none
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    done = run_step(folder, step, env)
     outputs = dict(line.split("=", 1) for line in output.read_text().splitlines())
     return done, outputs
 
@@ -1083,23 +1091,14 @@ def run_sweep(folder: Path, stacks: list[str], pulls: dict[str, Any]) -> list[in
     pulumi_stand_in(folder, REVIEW_STACK_ANSWERS)
     stand_in(folder, "gh", PULLS_GH_STAND_IN.format(python=sys.executable))
     output = folder / "github-output"
-    runner_script = folder / "sweep.sh"
-    runner_script.write_text(sweep["run"])
-    done = subprocess.run(
-        ["bash", "-e", str(runner_script)],  # a runner's shell for a `run` that names none
-        cwd=ROOT,
-        env=env_first_on_path(
-            folder,
-            REPOSITORY="acme/mlstack",
-            GITHUB_OUTPUT=str(output),
-            STAND_IN_STACKS=json.dumps([{"name": f"acme/mlstack/{name}"} for name in stacks]),
-            STAND_IN_PULLS=json.dumps(pulls),
-        ),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
+    env = env_first_on_path(
+        folder,
+        REPOSITORY="acme/mlstack",
+        GITHUB_OUTPUT=str(output),
+        STAND_IN_STACKS=json.dumps([{"name": f"acme/mlstack/{name}"} for name in stacks]),
+        STAND_IN_PULLS=json.dumps(pulls),
     )
+    done = run_step(folder, sweep, env)
     assert done.returncode == 0, done.stderr
     (line,) = output.read_text().splitlines()
     name, _, value = line.partition("=")
@@ -1273,17 +1272,7 @@ def run_review_stack_step(
     )
     if history is not None:
         env["STAND_IN_HISTORY"] = json.dumps(history)
-    runner_script = folder / "step.sh"
-    runner_script.write_text(step["run"])
-    done = subprocess.run(
-        ["bash", "-e", str(runner_script)],  # a runner's shell for a `run` that names none
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    done = run_step(folder, step, env)
     return done, [call["args"] for call in logged_calls(folder / PULUMI_CALLS)]
 
 
