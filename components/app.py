@@ -73,7 +73,11 @@ class MlApp(pulumi.ComponentResource):
     def __init__(self, name: str, args: MlAppArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlstack:app:MlApp", name, None, opts)
         config, cluster = args.config, args.cluster
-        on_cluster = pulumi.ResourceOptions(parent=self, provider=cluster.provider)
+        # Every Kubernetes object and component of the app (the database's claims among their
+        # children) is made after what the cluster makes for it, and deleted before.
+        on_cluster = pulumi.ResourceOptions(
+            parent=self, provider=cluster.provider, depends_on=list(cluster.prerequisites)
+        )
         namespace = _namespace(name, config, on_cluster)
         app = _AppContext(name, config, namespace.metadata.name, on_cluster)
         images = self._images(config, cluster)

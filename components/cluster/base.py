@@ -19,6 +19,10 @@ class Cluster(pulumi.ComponentResource):
     # The address a LoadBalancer Service is reached at from the user's machine, when the
     # cluster publishes it somewhere other than its ingress address (k3s in Docker does).
     local_gateway_url: pulumi.Output[str] | None = None
+    # What the application's objects wait for besides `provider`, and are deleted before: objects
+    # the cluster component makes through that provider (EKS's default StorageClass), which the
+    # provider itself cannot wait for.
+    prerequisites: tuple[pulumi.Resource, ...] = ()
 
     def _finish(
         self,

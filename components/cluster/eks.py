@@ -7,7 +7,9 @@ authentications; its public endpoint admits the stack's `cluster.authorizedNetwo
 the nodes reach it through the private one. Its IAM OIDC provider lets a Kubernetes
 ServiceAccount act as an IAM role of its own (IAM roles for service accounts), so no pod needs a
 key or the node's role: the database's backups reach their bucket that way, and the EBS CSI
-driver (an add-on, whose StorageClass is the cluster's default) makes the database's volumes so.
+driver (an add-on) makes the database's volumes so. The cluster's default StorageClass is the
+program's own (`STORAGE_CLASS`): gp3 volumes encrypted at rest with the account's EBS key, which
+grow in place; the application waits for it, and a destroy deletes it after the claims.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import json
 from typing import Final
 
 import pulumi
+import pulumi_kubernetes as k8s
 
 from components.cluster.base import Cluster
 from components.config import EksCluster
+from components.labels import APP, labels
 
 # What every EKS worker node's role needs: join the cluster, run the VPC CNI, pull from ECR.
 NODE_POLICIES: Final = (
@@ -34,14 +38,29 @@ CONTROL_PLANE_LOGS: Final = ("api", "audit", "authenticator")
 # (pulumi-eks's Addon, which takes the cluster itself).
 METRICS_SERVER_ADDON: Final = "metrics-server"
 # The EBS CSI driver: EKS provisions EBS volumes through it alone (the in-tree provisioner is gone
-# since Kubernetes 1.23), and from 1.30 marks no StorageClass the default. The add-on's own class
-# `ebs-csi-default-sc` (gp3) is made the default, so a claim that names no class (the database's,
-# without `database.storageClass`) gets a volume. Its controller acts as a role of its own, with
-# AWS's policy for the driver: a pod cannot reach the nodes' role.
+# since Kubernetes 1.23), and from 1.30 marks no StorageClass the default. Its controller acts as
+# a role of its own, with AWS's policy for the driver: a pod cannot reach the nodes' role. The
+# add-on's own default class (`ebs-csi-default-sc`, which asks for no encryption) is turned off,
+# so that STORAGE_CLASS is the only default; turned off in so many words rather than left out, so
+# that the add-on of a stack made with it is updated to make none.
 EBS_CSI_ADDON: Final = "aws-ebs-csi-driver"
-EBS_CSI_CONFIGURATION: Final = {"defaultStorageClass": {"enabled": True}}
+EBS_CSI_CONFIGURATION: Final = {"defaultStorageClass": {"enabled": False}}
 EBS_CSI_SERVICE_ACCOUNT: Final = ("kube-system", "ebs-csi-controller-sa")
 EBS_CSI_POLICY: Final = "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
+# The cluster's default StorageClass, the program's own, so that a claim that names no class (the
+# database's, without `database.storageClass`) gets a volume whatever the AWS account's settings:
+# gp3, encrypted at rest (not only where the account encrypts new volumes by default), growing in
+# place when `database.storageSize` grows, and made in the zone of the node its first pod is
+# scheduled on. No `kmsKeyId`: the account's EBS key, `aws/ebs` unless the account made another
+# its default, whose key policy lets any principal of the account use it through EC2: the
+# driver's role, under AWS's policy alone, included. The stack's Secrets key is not reused: the
+# driver's role would need KMS permissions on it (CreateGrant, Decrypt,
+# GenerateDataKeyWithoutPlaintext: AWS's policy has none), on a key whose one use is the API
+# server's, and it is deleted with the cluster, which a volume or snapshot it encrypted may outlive.
+STORAGE_CLASS: Final = "ebs-gp3-encrypted"
+EBS_PROVISIONER: Final = "ebs.csi.aws.com"
+STORAGE_CLASS_PARAMETERS: Final = {"type": "gp3", "encrypted": "true"}
+DEFAULT_CLASS_ANNOTATION: Final = "storageclass.kubernetes.io/is-default-class"
 # IMDSv2 only, and a response that survives one hop: the node itself reads it, a pod (one more
 # hop, through its own network namespace) gets nothing.
 NODE_METADATA_OPTIONS: Final = {
@@ -206,3 +225,27 @@ class EksManagedCluster(Cluster):
         # The application waits for the nodes, the Metrics API and the volumes' driver, and is
         # deleted before them.
         self._finish(cluster.kubeconfig_json, depends_on=[nodes, metrics, volumes])
+        # Made through the provider, it cannot be one of the provider's own dependencies: the
+        # application's objects wait for it instead (and its claims are deleted before it).
+        self.prerequisites = (self._default_storage_class(),)
+
+    def _default_storage_class(self) -> k8s.storage.v1.StorageClass:
+        """STORAGE_CLASS, the cluster's default."""
+        return k8s.storage.v1.StorageClass(
+            f"{self._name}-{STORAGE_CLASS}",
+            metadata={
+                "name": STORAGE_CLASS,
+                "labels": labels(APP, pulumi.get_stack()),
+                "annotations": {DEFAULT_CLASS_ANNOTATION: "true"},
+            },
+            provisioner=EBS_PROVISIONER,
+            parameters=STORAGE_CLASS_PARAMETERS,
+            allow_volume_expansion=True,
+            # A volume is made in the zone of the node its pod is scheduled on: EBS volumes are
+            # zonal, and the instances spread over zones.
+            volume_binding_mode="WaitForFirstConsumer",
+            # A claim's volume goes with the claim: the claims are protected where the stack
+            # protects its data (`protect`).
+            reclaim_policy="Delete",
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
+        )

@@ -12,17 +12,18 @@ from typing import Any
 
 import pytest
 
-from components.cluster.eks import CONTROL_PLANE_LOGS
+from components.cluster.eks import CONTROL_PLANE_LOGS, STORAGE_CLASS
 from components.cluster.gke import NODE_ROLES, service_account_id
 from harness.program import (
     AWS_ACCOUNT,
     OIDC_ISSUER,
     ProgramRun,
+    Registered,
     auto_name,
     run_program,
     stack_config,
 )
-from tests.unit.configs import cloud_stacks, with_fields
+from tests.unit.configs import cloud_stacks, existing_with, with_fields
 from tests.unit.runs import single
 
 GKE_CLUSTER = "gcp:container/cluster:Cluster"
@@ -226,19 +227,111 @@ def test_eks_without_authorized_networks_has_a_private_endpoint_only(stack: str)
     assert cluster.inputs["endpointPrivateAccess"] is True
 
 
+def storage_classes(run: ProgramRun) -> list[Registered]:
+    return run.of_kind("StorageClass")
+
+
+def ancestry(run: ProgramRun, resource: Registered) -> list[Registered]:
+    """`resource` and its parents, up to the program's top-level component (whose parent, the
+    stack, is registered by no one)."""
+    by_name = {r.name: r for r in run.resources if not r.read and r.type.startswith("mlstack:")}
+    found = [resource]
+    while found[-1].parent in by_name and by_name[found[-1].parent] not in found:
+        found.append(by_name[found[-1].parent])
+    return found
+
+
 def test_eks_claims_that_name_no_class_get_ebs_volumes(eks: ProgramRun) -> None:
     """EKS provisions EBS volumes through the EBS CSI driver alone (the in-tree provisioner is
     gone since 1.23) and from 1.30 marks no StorageClass the default: without the driver and a
-    default class of its own, the database's claims, which name no class here, never bind."""
+    default class, the database's claims, which name no class here, never bind."""
     assert "storageClass" not in stack_config(eks.stack)["mlstack:database"]
     claim = eks.one("PersistentVolumeClaim", "data-database-0")
     assert "storageClassName" not in claim.inputs["spec"]
     addons = {a.inputs["addonName"]: a for a in eks.by_type("eks:index:Addon")}
     driver = addons["aws-ebs-csi-driver"]
-    assert driver.inputs["configurationValues"] == {"defaultStorageClass": {"enabled": True}}
     # The application, claims included, waits for the driver (through the cluster's provider).
     (provider,) = [r for r in eks.resources if r.name == f"mlstack-{eks.stack}-k8s"]
     assert f"eks:index:Addon::{driver.name}" in provider.waits_for
+
+
+def test_eks_default_class_is_the_program_s_encrypted_gp3_that_grows(eks: ProgramRun) -> None:
+    """The class a claim without one gets is the program's: EBS gp3 volumes encrypted at rest
+    whatever the AWS account's settings (with the account's EBS key: no `kmsKeyId`, so the
+    driver's role needs no KMS grant of its own), which grow in place when `storageSize` does,
+    each made in the zone of the node its pod is scheduled on. It is made on the cluster itself,
+    through its provider."""
+    (storage_class,) = storage_classes(eks)
+    assert storage_class.inputs["provisioner"] == "ebs.csi.aws.com"
+    assert storage_class.inputs["parameters"] == {"type": "gp3", "encrypted": "true"}
+    assert storage_class.inputs["allowVolumeExpansion"] is True
+    assert storage_class.inputs["volumeBindingMode"] == "WaitForFirstConsumer"
+    assert storage_class.inputs["reclaimPolicy"] == "Delete"
+    assert storage_class.metadata["name"] == STORAGE_CLASS
+    assert f"::mlstack-{eks.stack}-k8s::" in (storage_class.provider or "")
+    assert storage_class.parent == f"mlstack-{eks.stack}"
+
+
+def test_eks_program_s_class_is_the_only_default(eks: ProgramRun) -> None:
+    """The add-on's own default class (`ebs-csi-default-sc`, unencrypted) is turned off: two
+    defaults would leave the choice to Kubernetes."""
+    defaults = [
+        c
+        for c in storage_classes(eks)
+        if (c.metadata.get("annotations") or {}).get("storageclass.kubernetes.io/is-default-class")
+        == "true"
+    ]
+    assert [c.metadata["name"] for c in defaults] == [STORAGE_CLASS]
+    driver = next(
+        a for a in eks.by_type("eks:index:Addon") if a.inputs["addonName"] == "aws-ebs-csi-driver"
+    )
+    assert driver.inputs["configurationValues"] == {"defaultStorageClass": {"enabled": False}}
+
+
+def test_eks_claims_are_made_after_the_default_class_and_deleted_before_it(
+    eks: ProgramRun,
+) -> None:
+    """The provider cannot wait for what is made through it: the application's objects wait for
+    the class instead. A claim is registered after its parent, and the engine deletes a
+    resource before its parent and a parent before what it waits for: each claim's component
+    waits for the class, so a claim is made on it and a destroy deletes the class last."""
+    (storage_class,) = storage_classes(eks)
+    waited = f"{storage_class.type}::{storage_class.name}"
+    claims = eks.of_kind("PersistentVolumeClaim")
+    assert len(claims) == int(stack_config(eks.stack)["mlstack:database"]["replicas"])
+    for claim in claims:
+        assert any(waited in r.waits_for for r in ancestry(eks, claim)), claim.name
+    # Every object and component of the app's on the cluster, not its claims alone.
+    on_cluster = [
+        r
+        for r in eks.resources
+        if r.parent == "mlstack"
+        and not r.read
+        and (r.type.startswith("kubernetes:") or r.type.startswith("mlstack:app:"))
+    ]
+    assert {r.type for r in on_cluster} >= {"mlstack:app:Database", "kubernetes:core/v1:Namespace"}
+    for obj in on_cluster:
+        assert waited in obj.waits_for, obj.name
+
+
+@pytest.mark.parametrize("stack", cloud_stacks("eks"))
+def test_eks_stack_that_names_a_class_keeps_it(stack: str) -> None:
+    """`database.storageClass` still chooses the claims' class on EKS."""
+    config = with_fields(stack_config(stack), "database", storageClass="io2-fast")
+    run = run_program(stack, config)
+    for claim in run.of_kind("PersistentVolumeClaim"):
+        assert claim.inputs["spec"]["storageClassName"] == "io2-fast"
+
+
+def test_other_clusters_get_no_storage_class_of_the_program_s() -> None:
+    """GKE's default (`standard-rwo`) already encrypts and grows, k3s's `local-path` is all a
+    laptop has, and an existing cluster's classes are its owner's (README, "Which class, and
+    whether it grows")."""
+    runs = {stack: run_program(stack) for stack in ("dev", *cloud_stacks("gke"))}
+    runs["existing"] = run_program("dev", existing_with())
+    for name, run in runs.items():
+        assert storage_classes(run) == [], name
+        assert run.of_kind("PersistentVolumeClaim"), name
 
 
 def test_eks_volume_driver_acts_as_a_role_only_its_controller_assumes(eks: ProgramRun) -> None:
