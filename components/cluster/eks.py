@@ -40,9 +40,9 @@ METRICS_SERVER_ADDON: Final = "metrics-server"
 # The EBS CSI driver: EKS provisions EBS volumes through it alone (the in-tree provisioner is gone
 # since Kubernetes 1.23), and from 1.30 marks no StorageClass the default. Its controller acts as
 # a role of its own, with AWS's policy for the driver: a pod cannot reach the nodes' role. The
-# add-on's own default class (`ebs-csi-default-sc`, which asks for no encryption) is turned off,
-# so that STORAGE_CLASS is the only default; turned off in so many words rather than left out, so
-# that the add-on of a stack made with it is updated to make none.
+# add-on's own default class (`ebs-csi-default-sc`, which asks for no encryption) is turned off
+# in so many words, whatever a version of the add-on makes by default, so that STORAGE_CLASS is the
+# only default.
 EBS_CSI_ADDON: Final = "aws-ebs-csi-driver"
 EBS_CSI_CONFIGURATION: Final = {"defaultStorageClass": {"enabled": False}}
 EBS_CSI_SERVICE_ACCOUNT: Final = ("kube-system", "ebs-csi-controller-sa")
