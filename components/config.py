@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import os
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -1017,6 +1018,38 @@ def _backup_secrets(
     return {key: _backup_secret(raw, key, stack) for key in needed}
 
 
+# Where the default AWS provider takes its region from, first found first (pulumi-aws's order).
+DEFAULT_AWS_REGION_SOURCES: Final = ("aws:region", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def _check_default_aws_region(cluster: EksCluster) -> None:
+    """An EKS cluster's metrics-server add-on is made with the default AWS provider (the release
+    that first made it gave it no other, and a new provider would replace it: see
+    components/cluster/eks.py): where that provider is told a region, it must be the cluster's,
+    or the add-on is asked for in a region without the cluster. (Told none, it takes the AWS
+    profile's, which the program cannot read, or fails saying it has none.)"""
+    given = [
+        (source, value)
+        for source, value in (
+            ("aws:region", pulumi.Config("aws").get("region")),
+            *((name, os.environ.get(name)) for name in DEFAULT_AWS_REGION_SOURCES[1:]),
+        )
+        if value
+    ]
+    if given and given[0][1] != cluster.region:
+        source, value = given[0]
+        how = (
+            f"`pulumi config set aws:region {cluster.region}`"
+            if source == "aws:region"
+            else f"`export {source}={cluster.region}`"
+        )
+        raise ConfigError(
+            f"{NAMESPACE}:cluster.region is {cluster.region} but the default AWS provider's "
+            f"region is {value} (from {source}), where the cluster's metrics-server add-on would "
+            f"be asked for: {how}"
+        )
+
+
 def load(stack: str | None = None) -> StackConfig:
     """Read and validate every `mlstack:` key; raise `ConfigError` on the first mistake."""
     stack = stack or pulumi.get_stack()
@@ -1029,6 +1062,8 @@ def load(stack: str | None = None) -> StackConfig:
                 f"known keys: {', '.join(KNOWN_KEYS)}"
             )
     cluster = parse_cluster(raw.get("cluster"))
+    if isinstance(cluster, EksCluster):
+        _check_default_aws_region(cluster)
     _refuse_removed_keys(raw.get("database"))
     sections = {name: _Section(name, raw.get(name), keys) for name, keys in _OBJECT_KEYS.items()}
     protect = raw.get("protect", False)

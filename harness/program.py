@@ -9,12 +9,14 @@ exits instead of completing (a configuration mistake) raises `ProgramExitError` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import json
 import logging
+import os
 import runpy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, cast
@@ -24,6 +26,7 @@ from pulumi.runtime import mocks
 from pulumi.runtime.proto import resource_pb2
 
 from components import stack_file
+from components.config import DEFAULT_AWS_REGION_SOURCES
 from components.stack_file import read_config
 
 # The project's root, one for the program and its tooling.
@@ -307,6 +310,31 @@ def _engine_value(value: Any) -> str:
     return json.dumps(value)
 
 
+# The environment variables the program reads: the default AWS provider's region, which an EKS
+# stack's must match (components/config.py). A run under the mocks stands for no machine's AWS
+# settings, so it sees those its caller gives alone, not this machine's.
+PROGRAM_ENVIRONMENT: Final = tuple(name for name in DEFAULT_AWS_REGION_SOURCES if ":" not in name)
+
+
+@contextlib.contextmanager
+def _program_environment(given: Mapping[str, str]) -> Iterator[None]:
+    """PROGRAM_ENVIRONMENT as `given` (unset where it names none), put back on the way out."""
+    unknown = set(given) - set(PROGRAM_ENVIRONMENT)
+    assert not unknown, f"the program reads no {sorted(unknown)}"
+    before = {name: os.environ.get(name) for name in PROGRAM_ENVIRONMENT}
+    try:
+        for name in PROGRAM_ENVIRONMENT:
+            os.environ.pop(name, None)
+        os.environ.update(given)
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run_program(
     stack: str,
     config: Mapping[str, Any] | None = None,
@@ -315,9 +343,11 @@ def run_program(
     load_balancer_ready: bool = True,
     with_secrets: bool = True,
     program: Path = MAIN,
+    environment: Mapping[str, str] | None = None,
 ) -> ProgramRun:
     """Evaluate `__main__.py` (or another `program`) for `stack` (its stack file's config unless
-    `config` is given). Raises `ProgramExitError` if the program exits instead of completing."""
+    `config` is given), with `environment` as the PROGRAM_ENVIRONMENT it reads. Raises
+    `ProgramExitError` if the program exits instead of completing."""
     values = dict(stack_config(stack) if config is None else config)
     if with_secrets:
         values = {**TEST_SECRETS, **values}
@@ -325,15 +355,16 @@ def run_program(
     engine_log = EngineLog()
     ENGINE_LOG.addHandler(engine_log)
     try:
-        return contextvars.Context().run(
-            _run,
-            stack,
-            values,
-            preview=preview,
-            load_balancer_ready=load_balancer_ready,
-            program=program,
-            engine_log=engine_log,
-        )
+        with _program_environment(environment or {}):
+            return contextvars.Context().run(
+                _run,
+                stack,
+                values,
+                preview=preview,
+                load_balancer_ready=load_balancer_ready,
+                program=program,
+                engine_log=engine_log,
+            )
     finally:
         ENGINE_LOG.removeHandler(engine_log)
 

@@ -185,14 +185,18 @@ class EksManagedCluster(Cluster):
             },
             opts=in_region,
         )
-        # metrics-server runs on the nodes: the add-on is created once they have joined. In the
-        # cluster's region as every part of it: the component makes its AWS resource with the
-        # provider it is given, the default one (the environment's region) without.
+        # metrics-server runs on the nodes: the add-on is created once they have joined. The
+        # component makes its AWS resource with the provider it is given: this one, unlike every
+        # other part of the cluster, with none, so the default provider, as the release that first
+        # made it did. The engine replaces a resource whose provider changes, and a second
+        # metrics-server add-on cannot be made beside the first: giving it `region` would break
+        # the next `up` of every running stack. The default provider is held to the cluster's
+        # region instead (components/config.py, _check_default_aws_region).
         metrics = eks.Addon(
             f"{name}-metrics-server",
             cluster=cluster,
             addon_name=METRICS_SERVER_ADDON,
-            opts=pulumi.ResourceOptions(parent=self, providers={"aws": region}, depends_on=[nodes]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[nodes]),
         )
         driver_role = aws.iam.Role(
             f"{name}-ebs-csi-driver",

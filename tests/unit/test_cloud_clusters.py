@@ -23,7 +23,7 @@ from harness.program import (
     run_program,
     stack_config,
 )
-from tests.unit.configs import cloud_stacks, existing_with, with_fields
+from tests.unit.configs import cloud_stacks, config_error, existing_with, with_fields
 from tests.unit.runs import single
 
 GKE_CLUSTER = "gcp:container/cluster:Cluster"
@@ -367,9 +367,51 @@ def test_eks_volume_driver_acts_as_a_role_only_its_controller_assumes(eks: Progr
 def test_eks_components_make_their_aws_resources_in_the_cluster_s_region(eks: ProgramRun) -> None:
     """pulumi-eks's components make their AWS resources with the providers they are given: one
     given none makes them with the default provider, in whatever region the environment names
-    (a cluster there is not found), or none (the `up` fails)."""
+    (a cluster there is not found), or none (the `up` fails). All but the metrics-server add-on,
+    which has had the default provider since it was first made: a new provider would replace
+    it, and a second one cannot be made beside it (the next test)."""
     region = f"::mlstack-{eks.stack}-aws::"
     components = [r for r in eks.resources if r.type.startswith("eks:index:")]
     assert {r.type for r in components} >= {EKS_CLUSTER, EKS_NODES, "eks:index:Addon"}
     for component in components:
+        if component.inputs.get("addonName") == "metrics-server":
+            assert "aws" not in component.providers, component.providers
+            continue
         assert region in component.providers.get("aws", ""), (component.type, component.name)
+
+
+def test_eks_refuses_a_default_aws_region_that_is_not_the_cluster_s() -> None:
+    """The default AWS provider, which makes the metrics-server add-on, takes its region from
+    `aws:region`, else AWS_REGION, else AWS_DEFAULT_REGION: the first one given must be the
+    cluster's, or the add-on would be asked for in a region without the cluster."""
+    staging = stack_config("staging")
+    region = staging["mlstack:cluster"]["region"]
+    elsewhere = {"AWS_DEFAULT_REGION": "us-east-1"}
+    message = config_error(staging, environment=elsewhere)
+    assert message == (
+        f"mlstack:cluster.region is {region} but the default AWS provider's region is us-east-1 "
+        "(from AWS_DEFAULT_REGION), where the cluster's metrics-server add-on would be asked "
+        f"for: `export AWS_DEFAULT_REGION={region}`"
+    )
+    # AWS_REGION is read before AWS_DEFAULT_REGION.
+    run_program("staging", staging, environment={**elsewhere, "AWS_REGION": region})
+    message = config_error(
+        {**staging, "aws:region": "us-west-2"}, environment={"AWS_REGION": region}
+    )
+    assert "region is us-west-2 (from aws:region)" in message
+    assert message.endswith(f"`pulumi config set aws:region {region}`")
+
+
+def test_eks_takes_no_default_aws_region_for_a_mistake() -> None:
+    """Told no region, the default provider takes the AWS profile's, which the program cannot
+    read: nothing to refuse."""
+    run_program("staging", environment={})
+
+
+def test_a_run_under_the_mocks_sees_no_aws_region_of_this_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`make render`, `make policy` and the tests run the program offline: a region exported on
+    the machine that runs them is none of the stack's, and is not refused."""
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    run_program("staging")
