@@ -174,6 +174,12 @@ class EksManagedCluster(Cluster):
             cluster=cluster,
             node_role=node_role,
             instance_types=[config.instance_type],
+            # EKS upgrades no node group with its control plane, and pulumi-eks gives a group
+            # with a launch template of ours no version: the nodes take the control plane's
+            # `kubernetesVersion` (after it: the group waits for the cluster), and a new one
+            # replaces them one at a time, each drained first. Without one, EKS makes them at
+            # the control plane's version.
+            version=config.kubernetes_version,
             launch_template={
                 "id": launch_template.id,
                 "version": launch_template.latest_version.apply(str),

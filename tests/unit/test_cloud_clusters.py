@@ -180,6 +180,32 @@ def test_gke_kubernetes_version_is_the_control_plane_s_and_the_nodes_follow_it(s
 # --- EKS ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("stack", cloud_stacks("eks"))
+def test_eks_nodes_follow_the_control_plane_to_a_new_kubernetes_version(stack: str) -> None:
+    """EKS upgrades no managed node group when its control plane is upgraded, and pulumi-eks
+    (4.4) gives the group the cluster's version only when it has no launch template of ours:
+    `kubernetesVersion` is the node group's too, which is upgraded after the cluster."""
+    run = run_program(stack, with_cluster(stack, kubernetesVersion="1.32"))
+    cluster = single(run, EKS_CLUSTER)
+    assert cluster.inputs["version"] == "1.32"
+    nodes = single(run, EKS_NODES)
+    assert nodes.inputs["version"] == "1.32"
+    assert f"{EKS_CLUSTER}::{cluster.name}" in nodes.waits_for
+
+
+@pytest.mark.parametrize("stack", cloud_stacks("eks"))
+def test_eks_nodes_without_a_kubernetes_version_are_made_at_the_control_plane_s(
+    stack: str,
+) -> None:
+    """No `kubernetesVersion`: EKS makes the cluster at its default version and the nodes at
+    the cluster's."""
+    config = with_cluster(stack)
+    config["mlstack:cluster"].pop("kubernetesVersion", None)
+    run = run_program(stack, config)
+    assert "version" not in single(run, EKS_CLUSTER).inputs
+    assert "version" not in single(run, EKS_NODES).inputs
+
+
 def test_eks_secrets_are_encrypted_with_a_rotated_key_of_the_stack(eks: ProgramRun) -> None:
     # The cluster's own key (the backups' bucket has another).
     (key,) = [k for k in eks.by_type("aws:kms/key:Key") if k.parent == f"mlstack-{eks.stack}"]
