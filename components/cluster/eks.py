@@ -41,8 +41,9 @@ METRICS_SERVER_ADDON: Final = "metrics-server"
 # since Kubernetes 1.23), and from 1.30 marks no StorageClass the default. Its controller acts as
 # a role of its own, with AWS's policy for the driver: a pod cannot reach the nodes' role. The
 # add-on's own default class (`ebs-csi-default-sc`, which asks for no encryption) is turned off
-# in so many words, whatever a version of the add-on makes by default, so that STORAGE_CLASS is the
-# only default.
+# in so many words, whatever a version of the add-on makes by default. (A cluster first made
+# before 1.30 has `gp2` marked default too: a claim that names no class gets the newest default,
+# STORAGE_CLASS.)
 EBS_CSI_ADDON: Final = "aws-ebs-csi-driver"
 EBS_CSI_CONFIGURATION: Final = {"defaultStorageClass": {"enabled": False}}
 EBS_CSI_SERVICE_ACCOUNT: Final = ("kube-system", "ebs-csi-controller-sa")
@@ -51,10 +52,11 @@ EBS_CSI_POLICY: Final = "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriver
 # database's, without `database.storageClass`) gets a volume whatever the AWS account's settings:
 # gp3, encrypted at rest (not only where the account encrypts new volumes by default), growing in
 # place when `database.storageSize` grows, and made in the zone of the node its first pod is
-# scheduled on. No `kmsKeyId`: the account's EBS key, `aws/ebs` unless the account made another
-# its default, whose key policy lets any principal of the account use it through EC2: the
-# driver's role, under AWS's policy alone, included. The stack's Secrets key is not reused: the
-# driver's role would need KMS permissions on it (CreateGrant, Decrypt,
+# scheduled on. No `kmsKeyId`: the account's EBS key, `aws/ebs`, whose key policy lets any
+# principal of the account use it through EC2: the driver's role, under AWS's policy alone,
+# included. (An account that made a key of its own its EBS default must grant the driver's role
+# the KMS permissions below on it: README, "Configuration".) The stack's Secrets key is not
+# reused: the driver's role would need KMS permissions on it (CreateGrant, Decrypt,
 # GenerateDataKeyWithoutPlaintext: AWS's policy has none), on a key whose one use is the API
 # server's, and it is deleted with the cluster, which a volume or snapshot it encrypted may outlive.
 STORAGE_CLASS: Final = "ebs-gp3-encrypted"

@@ -283,10 +283,10 @@ def test_eks_claims_that_name_no_class_get_ebs_volumes(eks: ProgramRun) -> None:
 
 def test_eks_default_class_is_the_program_s_encrypted_gp3_that_grows(eks: ProgramRun) -> None:
     """The class a claim without one gets is the program's: EBS gp3 volumes encrypted at rest
-    whatever the AWS account's settings (with the account's EBS key: no `kmsKeyId`, so the
-    driver's role needs no KMS grant of its own), which grow in place when `storageSize` does,
-    each made in the zone of the node its pod is scheduled on. It is made on the cluster itself,
-    through its provider."""
+    whatever the AWS account's settings (with the account's EBS key: no `kmsKeyId`, so with
+    `aws/ebs` the driver's role needs no KMS grant of its own), which grow in place when
+    `storageSize` does, each made in the zone of the node its pod is scheduled on. It is made on
+    the cluster itself, through its provider."""
     (storage_class,) = storage_classes(eks)
     assert storage_class.inputs["provisioner"] == "ebs.csi.aws.com"
     assert storage_class.inputs["parameters"] == {"type": "gp3", "encrypted": "true"}
