@@ -39,7 +39,9 @@ what changed. The next clean check closes this issue."
     else
       why="the gate that looks for unfinished deploy runs did not finish (its job says why)"
     fi
-    echo "the drift check of $STACK was skipped, $why: issue ${number:-none} left as it is"
+    # An annotation on the run's page: a run whose checks were skipped is green, and a prod
+    # approval left waiting for days would skip every morning's check in silence otherwise.
+    echo "::warning title=Drift check of $STACK skipped::the drift check of $STACK was skipped, $why: issue ${number:-none} left as it is"
     ;;
   *)
     echo "the drift check of $STACK did not run to the end: issue ${number:-none} left as it is"

@@ -855,13 +855,17 @@ def run_drift_issue(
 def test_a_check_that_did_not_run_leaves_its_issue_as_it_is_and_says_why(
     tmp_path: Path, gate: dict[str, str] | None, check: dict[str, Any], status: str, says: str
 ) -> None:
-    """A skipped check is neither drift nor an error: its stack's issue stays open as it is."""
+    """A skipped check is neither drift nor an error: its stack's issue stays open as it is. Its
+    line is a warning annotation, seen on the page of a run that is green (a failed check's run
+    is red already)."""
     env = filed_env(PROD, drift_needs(gate, check))
     assert env["STATUS"] == status
     done, calls = run_drift_issue(tmp_path, env, [{"number": 4, "title": "Drift on prod"}])
     assert done.returncode == 0, done.stderr
     assert [call[:2] for call in calls] == [["issue", "list"]]
-    assert says in done.stdout
+    (line,) = [line for line in done.stdout.splitlines() if says in line]
+    warning = "::warning title=Drift check of prod skipped::"
+    assert line == (warning + says if status == "skipped" else says)
 
 
 # --- review stacks ------------------------------------------------------------------------------
