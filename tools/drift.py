@@ -129,11 +129,17 @@ class Change:
         return format_path(self.keys)
 
 
+def _hidden(value: Any) -> bool:
+    """Whether `value` is a secret: encrypted in the state, or as the engine's events show one
+    (`show_secrets=False`)."""
+    return is_secret(value) or value == "[secret]"
+
+
 def render(value: Any) -> str:
     """One value for the report: secrets stay secret, long values are cut short."""
     if value is _MISSING:
         return "(none)"
-    if is_secret(value) or value == "[secret]":
+    if _hidden(value):
         return "[secret]"
     text = repr(value) if not isinstance(value, str) else f'"{value}"'
     return text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 1] + "…"
@@ -144,7 +150,7 @@ def _lookup(state: Mapping[str, Any] | None, keys: Sequence[PathKey]) -> Any:
     provider's diff names a key) is the value, its parts being as secret as the whole."""
     value: Any = state if state is not None else _MISSING
     for key in keys:
-        if is_secret(value) or value == "[secret]":
+        if _hidden(value):
             return value
         present = (isinstance(value, Mapping) and key in value) or (
             isinstance(value, list) and isinstance(key, int) and key < len(value)
