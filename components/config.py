@@ -1018,8 +1018,9 @@ def _backup_secrets(
     return {key: _backup_secret(raw, key, stack) for key in needed}
 
 
-# Where the default AWS provider takes its region from, first found first (pulumi-aws's order).
-DEFAULT_AWS_REGION_SOURCES: Final = ("aws:region", "AWS_REGION", "AWS_DEFAULT_REGION")
+# Where the default AWS provider takes its region from, first found first (pulumi-aws's order):
+# the stack's `aws:region`, else these environment variables.
+DEFAULT_AWS_REGION_VARIABLES: Final = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 def _check_default_aws_region(cluster: EksCluster) -> None:
@@ -1032,7 +1033,7 @@ def _check_default_aws_region(cluster: EksCluster) -> None:
         (source, value)
         for source, value in (
             ("aws:region", pulumi.Config("aws").get("region")),
-            *((name, os.environ.get(name)) for name in DEFAULT_AWS_REGION_SOURCES[1:]),
+            *((name, os.environ.get(name)) for name in DEFAULT_AWS_REGION_VARIABLES),
         )
         if value
     ]

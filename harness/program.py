@@ -26,7 +26,7 @@ from pulumi.runtime import mocks
 from pulumi.runtime.proto import resource_pb2
 
 from components import stack_file
-from components.config import DEFAULT_AWS_REGION_SOURCES
+from components.config import DEFAULT_AWS_REGION_VARIABLES
 from components.stack_file import read_config
 
 # The project's root, one for the program and its tooling.
@@ -313,7 +313,7 @@ def _engine_value(value: Any) -> str:
 # The environment variables the program reads: the default AWS provider's region, which an EKS
 # stack's must match (components/config.py). A run under the mocks stands for no machine's AWS
 # settings, so it sees those its caller gives alone, not this machine's.
-PROGRAM_ENVIRONMENT: Final = tuple(name for name in DEFAULT_AWS_REGION_SOURCES if ":" not in name)
+PROGRAM_ENVIRONMENT: Final = DEFAULT_AWS_REGION_VARIABLES
 
 
 @contextlib.contextmanager
