@@ -239,12 +239,12 @@ class EksManagedCluster(Cluster):
         self._finish(cluster.kubeconfig_json, depends_on=[nodes, metrics, volumes])
         # Made through the provider, it cannot be one of the provider's own dependencies: the
         # application's objects wait for it instead (and its claims are deleted before it).
-        self.prerequisites = (self._default_storage_class(),)
+        self.prerequisites = (self._default_storage_class(name),)
 
-    def _default_storage_class(self) -> k8s.storage.v1.StorageClass:
+    def _default_storage_class(self, name: str) -> k8s.storage.v1.StorageClass:
         """STORAGE_CLASS, the cluster's default."""
         return k8s.storage.v1.StorageClass(
-            f"{self._name}-{STORAGE_CLASS}",
+            f"{name}-{STORAGE_CLASS}",
             metadata={
                 "name": STORAGE_CLASS,
                 "labels": labels(APP, pulumi.get_stack()),
