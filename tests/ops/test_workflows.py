@@ -612,24 +612,10 @@ if sys.argv[1:3] == ["issue", "list"]:
 def test_a_drift_issue_ends_the_drift_as_the_readme_does_refresh_then_up(tmp_path: Path) -> None:
     """The check writes nothing, so an `up` alone sees no change: the issue gives the remedy
     README's "Drift" gives, word for word, for its stack."""
-    stand_in(tmp_path, "gh", GH_STAND_IN.format(python=sys.executable))
-    env = env_first_on_path(
-        tmp_path, STACK="prod", STATUS="drift", REPORT="(the report)", GH_REPO="acme/mlstack"
-    )
-    done = subprocess.run(
-        ["bash", str(ROOT / DRIFT_ISSUE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    env = {"STACK": "prod", "STATUS": "drift", "REPORT": "(the report)"}
+    done, calls = run_drift_issue(tmp_path, env, [])
     assert done.returncode == 0, done.stderr
-    (create,) = [
-        args
-        for args in logged_calls(tmp_path / "gh-calls.jsonl")
-        if args[:2] == ["issue", "create"]
-    ]
+    (create,) = [args for args in calls if args[:2] == ["issue", "create"]]
     assert create[create.index("--title") + 1] == "Drift on prod"
     body = " ".join(create[create.index("--body") + 1].split())
     remedy = (
@@ -669,35 +655,23 @@ def test_a_drift_check_runs_only_when_no_unfinished_deploy_holds_its_stack() -> 
         assert not runs_on(job["if"], "schedule", {}, drift_needs(None, skipped))
 
 
-# The stand-in `gh` of the drift workflow's gate: `gh api PATH --jq FILTER` runs the real jq's
-# FILTER over what GitHub's REST API answers for the deploy runs in STAND_IN_RUNS (a list of runs,
-# each with its `jobs`), printing strings raw as gh does: `repos/acme/mlstack/actions/workflows/
-# deploy.yml/runs?status=S` lists the runs whose status is S, `repos/acme/mlstack/actions/runs/
-# <id>/jobs` a run's jobs. A path that contains STAND_IN_GH_FAILS fails as gh does on a server
+# The stand-in `gh` of the workflows' `gh api PATH --jq FILTER` calls: it runs the real jq's
+# FILTER over the answer STAND_IN_API (PATH, query included -> answer) holds for PATH, printing
+# strings raw as gh does. A PATH that contains STAND_IN_GH_FAILS fails as gh does on a server
 # error, and one it does not know as gh does for a missing resource.
-RUNS_GH_STAND_IN = """\
+API_GH_STAND_IN = """\
 #!{python}
-import json, os, re, subprocess, sys
-from urllib.parse import parse_qs, urlsplit
+import json, os, subprocess, sys
 
 args = sys.argv[1:]
 assert args[0] == "api" and args[2] == "--jq", args
 fails = os.environ.get("STAND_IN_GH_FAILS")
 if fails and fails in args[1]:
     sys.exit("gh: Server Error (HTTP 502)")
-path = urlsplit(args[1])
-runs = json.loads(os.environ["STAND_IN_RUNS"])
-jobs = re.fullmatch(r"repos/acme/mlstack/actions/runs/([0-9]+)/jobs", path.path)
-if path.path == "repos/acme/mlstack/actions/workflows/deploy.yml/runs":
-    (status,) = parse_qs(path.query)["status"]
-    chosen = [{{**run, "jobs": None}} for run in runs if run["status"] == status]
-    answer = {{"total_count": len(chosen), "workflow_runs": chosen}}
-elif jobs:
-    (run,) = [run for run in runs if str(run["id"]) == jobs.group(1)]
-    answer = {{"total_count": len(run["jobs"]), "jobs": run["jobs"]}}
-else:
+answers = json.loads(os.environ["STAND_IN_API"])
+if args[1] not in answers:
     sys.exit("gh: Not Found (HTTP 404)")
-done = subprocess.run(["jq", "-r", args[3]], input=json.dumps(answer), text=True)
+done = subprocess.run(["jq", "-r", args[3]], input=json.dumps(answers[args[1]]), text=True)
 sys.exit(done.returncode)
 """
 # The job of each stack in deploy.yml, by the name GitHub's API gives it.
@@ -723,13 +697,37 @@ def run_url(number: int) -> str:
     return f"https://github.com/acme/mlstack/actions/runs/{number}"
 
 
+def deploy_api(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What GitHub's REST API answers the gate for the deploy `runs` (each with its `jobs`): the
+    runs of each status it asks about, and each run's jobs."""
+    listings = {
+        f"repos/acme/mlstack/actions/workflows/deploy.yml/runs?status={status}&per_page=100": [
+            {**run, "jobs": None} for run in runs if run["status"] == status
+        ]
+        for status in UNFINISHED_STATUSES
+    }
+    return {
+        **{
+            path: {"total_count": len(chosen), "workflow_runs": chosen}
+            for path, chosen in listings.items()
+        },
+        **{
+            f"repos/acme/mlstack/actions/runs/{run['id']}/jobs?per_page=100": {
+                "total_count": len(run["jobs"]),
+                "jobs": run["jobs"],
+            }
+            for run in runs
+        },
+    }
+
+
 def run_drift_gate(
     folder: Path, runs: list[dict[str, Any]], fails: str | None = None
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
     """The gate's step, as a runner's bash runs it, against a stand-in gh that knows the deploy
     `runs` (and fails on the paths that contain `fails`): how it ended, and its outputs."""
     (step,) = steps(workflow("drift.yml")["jobs"][drift_gate_id()])
-    stand_in(folder, "gh", RUNS_GH_STAND_IN.format(python=sys.executable))
+    stand_in(folder, "gh", API_GH_STAND_IN.format(python=sys.executable))
     output = folder / "github-output"
     output.touch()
     env = env_first_on_path(
@@ -737,7 +735,7 @@ def run_drift_gate(
         REPOSITORY="acme/mlstack",
         GITHUB_OUTPUT=str(output),
         GITHUB_SERVER_URL="https://github.com",
-        STAND_IN_RUNS=json.dumps(runs),
+        STAND_IN_API=json.dumps(deploy_api(runs)),
     )
     if fails is not None:
         env["STAND_IN_GH_FAILS"] = fails
@@ -1067,40 +1065,25 @@ def test_the_sweep_asks_github_about_each_review_stack() -> None:
     assert plan["permissions"]["pull-requests"] == "read"
 
 
-# The stand-in `gh` of the sweep: `gh api repos/<repository>/pulls/<number> --jq FILTER` runs the
-# real jq's FILTER over that pull request's JSON in STAND_IN_PULLS (number -> object), raw as gh
-# prints it; a number it does not hold fails as gh does for a missing pull request.
-PULLS_GH_STAND_IN = """\
-#!{python}
-import json, os, subprocess, sys
-
-args = sys.argv[1:]
-assert args[0] == "api" and args[2] == "--jq", args
-number = args[1].rsplit("/", 1)[-1]
-pulls = json.loads(os.environ["STAND_IN_PULLS"])
-if number not in pulls:
-    sys.exit("gh: Not Found (HTTP 404)")
-done = subprocess.run(["jq", "-r", args[3]], input=json.dumps(pulls[number]), text=True)
-sys.exit(done.returncode)
-"""
-
-
 def run_sweep(folder: Path, stacks: list[str], pulls: dict[str, Any]) -> list[int]:
     """The sweep step of the `plan` job, as a runner's bash runs it, against a stand-in Pulumi CLI
-    whose backend holds `stacks` and a stand-in gh that knows `pulls`: the pull requests whose
+    whose backend holds `stacks` and a stand-in gh that knows `pulls` (number -> the API's pull
+    request, a number it does not hold missing): the pull requests whose
     stacks it hands to the teardown."""
     (sweep,) = [
         s for s in steps(workflow("review-stack.yml")["jobs"]["plan"]) if s.get("id") == "sweep"
     ]
     pulumi_stand_in(folder, REVIEW_STACK_ANSWERS)
-    stand_in(folder, "gh", PULLS_GH_STAND_IN.format(python=sys.executable))
+    stand_in(folder, "gh", API_GH_STAND_IN.format(python=sys.executable))
     output = folder / "github-output"
     env = env_first_on_path(
         folder,
         REPOSITORY="acme/mlstack",
         GITHUB_OUTPUT=str(output),
         STAND_IN_STACKS=json.dumps([{"name": f"acme/mlstack/{name}"} for name in stacks]),
-        STAND_IN_PULLS=json.dumps(pulls),
+        STAND_IN_API=json.dumps(
+            {f"repos/acme/mlstack/pulls/{number}": pull for number, pull in pulls.items()}
+        ),
     )
     done = run_step(folder, sweep, env)
     assert done.returncode == 0, done.stderr
