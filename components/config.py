@@ -990,10 +990,23 @@ def _secret(
 
 def _backup_secret(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Output[str]:
     """One of BACKUP_SECRETS. The bucket's keys are its provider's, as it issued them (of any
-    length; MinIO's default one has 10 characters): `make up` cannot generate them."""
+    length; MinIO's default one has 10 characters): `make up` cannot generate them.
+
+    pgBackRest reads each from its configuration file, one option a line, which the database's
+    containers write at start from the Secret's files, read as text without their final line
+    breaks (services/database/bin/mlstack-database, write_backup_secrets): a line break inside
+    one stops them at every start, so it stops the program here."""
     if key in BUCKET_KEYS:
-        return _secret(raw, key, stack, 1, f"{BUCKET_KEYS[key]}, from the bucket's provider")
-    return _secret(raw, key, stack)
+        value = _secret(raw, key, stack, 1, f"{BUCKET_KEYS[key]}, from the bucket's provider")
+    else:
+        value = _secret(raw, key, stack)
+    if any(brk in str(raw[key]).rstrip("\r\n") for brk in "\r\n"):
+        raise ConfigError(
+            f"{NAMESPACE}:{key} holds a line break: pgBackRest reads it from a file of one option "
+            f"a line; set it to one line with `pulumi config set --secret {NAMESPACE}:{key} "
+            "<value>`"
+        )
+    return value
 
 
 def _backup_secrets(

@@ -647,6 +647,39 @@ def test_every_repository_needs_the_encryption_key(cluster_kind: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("databaseBackupCipherPassword", "first line of a long password\nand its second"),
+        ("databaseBackupCipherPassword", "a password long enough\r\nover two lines"),
+        ("databaseBackupS3AccessKey", "\nAKIAEXAMPLE"),
+        ("databaseBackupS3SecretKey", "secret\rkey"),
+    ],
+)
+def test_a_backup_secret_with_a_line_break_inside_is_refused(key: str, value: str) -> None:
+    """pgBackRest reads these from a file of one option a line, which the database's containers
+    write at start and refuse to write with a line break inside (`openssl rand -base64 64`
+    prints two lines): refused here, before the database's pods would stop at every start."""
+    keys = {k.removeprefix("mlstack:"): v for k, v in BACKUP_TEST_SECRETS.items()}
+    message = on_cluster_error(EXISTING, {"s3": S3}, **{**keys, key: value})
+    assert message == (
+        f"mlstack:{key} holds a line break: pgBackRest reads it from a file of one option a "
+        f"line; set it to one line with `pulumi config set --secret mlstack:{key} <value>`"
+    )
+
+
+def test_a_backup_secret_s_final_line_breaks_are_no_line_break_inside() -> None:
+    """The database's containers drop a final line break, as the file's text: not refused."""
+    config = {
+        **TEST_SECRETS,
+        **BACKUP_TEST_SECRETS,
+        **dev_with(cluster=EXISTING, database={"backup": {"s3": S3}}, images=PREBUILT),
+        "mlstack:databaseBackupCipherPassword": "a password long enough\n",
+        "mlstack:databaseBackupS3SecretKey": "secret-key\r\n",
+    }
+    run_program("dev", config, with_secrets=False)
+
+
+@pytest.mark.parametrize(
     ("cluster_kind", "backup"),
     [("gke", {}), ("eks", {}), ("local", {}), ("existing", {"volume": {}}), ("existing", None)],
 )
