@@ -959,6 +959,34 @@ def _read_raw() -> dict[str, object]:
     )
 
 
+def _given_as_secret(key: str) -> bool:
+    """Whether the engine gave `mlstack:<key>` as a secret (a value the stack keeps encrypted),
+    by either way it gives config (those _read_raw reads): `set_all_config`'s secret keys, or
+    PULUMI_CONFIG_SECRET_KEYS beside PULUMI_CONFIG. (Its environment may spell a key
+    `mlstack:config:<key>`.)"""
+    spellings = (f"{NAMESPACE}:{key}", f"{NAMESPACE}:config:{key}")
+    from_environment = runtime_config.get_config_secret_keys_env()
+    return any(
+        runtime_config.is_config_secret(name) or name in from_environment for name in spellings
+    )
+
+
+def _refuse_plain_text_secrets(raw: Mapping[str, object]) -> None:
+    """A stack secret set in plain text (`pulumi config set` without `--secret`, a value typed
+    into the stack file) is in the stack file in the clear, and in the repository once committed.
+    The CLI refuses that only for the secrets Pulumi.yaml declares; the others (a rotation's
+    previous key, the gateway's certificate and key, a bucket's keys) are refused here. The
+    message never shows the value."""
+    for key in SECRET_KEYS:
+        if key in raw and not _given_as_secret(key):
+            raise ConfigError(
+                f"{NAMESPACE}:{key} is in plain text in the stack's config, not encrypted: "
+                f"set it with `pulumi config set --secret {NAMESPACE}:{key} "
+                "<value>` (one that was committed in plain text is no secret any more: choose a "
+                "new one)"
+            )
+
+
 def _secret(
     raw: Mapping[str, object],
     key: str,
@@ -1075,6 +1103,7 @@ def load(stack: str | None = None) -> StackConfig:
                 f"{NAMESPACE}:{key}: unknown key{_suggest(key, KNOWN_KEYS)}; "
                 f"known keys: {', '.join(KNOWN_KEYS)}"
             )
+    _refuse_plain_text_secrets(raw)
     cluster = parse_cluster(raw.get("cluster"))
     if isinstance(cluster, EksCluster):
         _check_default_aws_region(cluster)

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import runpy
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, cast
@@ -26,7 +26,7 @@ from pulumi.runtime import mocks
 from pulumi.runtime.proto import resource_pb2
 
 from components import stack_file
-from components.config import DEFAULT_AWS_REGION_VARIABLES
+from components.config import DEFAULT_AWS_REGION_VARIABLES, SECRET_KEYS
 from components.stack_file import read_config
 
 # The project's root, one for the program and its tooling.
@@ -49,6 +49,9 @@ OIDC_ISSUER: Final = "oidc.eks.eu-west-1.amazonaws.com/id/0123456789ABCDEF012345
 API_SERVER: Final = ("198.51.100.7", 6443)
 # Where the mocks send what the program logs through `pulumi.log` (it propagates as usual).
 ENGINE_LOG: Final = logging.getLogger("harness.engine")
+# The stack secrets the program reads, as config keys: `pulumi config set --secret` stores each one
+# encrypted, and the engine hands it to the program as a secret.
+STACK_SECRETS: Final = frozenset(f"{stack_file.NAMESPACE}:{key}" for key in SECRET_KEYS)
 # How the SDK marks a secret value inside the inputs it sends (pulumi.runtime.rpc).
 SECRET_SIGNATURE: Final = ("4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270")
 
@@ -344,13 +347,17 @@ def run_program(
     with_secrets: bool = True,
     program: Path = MAIN,
     environment: Mapping[str, str] | None = None,
+    plaintext: Collection[str] = (),
 ) -> ProgramRun:
     """Evaluate `__main__.py` (or another `program`) for `stack` (its stack file's config unless
-    `config` is given), with `environment` as the PROGRAM_ENVIRONMENT it reads. Raises
-    `ProgramExitError` if the program exits instead of completing."""
+    `config` is given), with `environment` as the PROGRAM_ENVIRONMENT it reads. The stack
+    secrets among the config (STACK_SECRETS) reach the program as secrets, as `pulumi config set
+    --secret` leaves them, but for the keys in `plaintext`: those as a stack file holds a value
+    set without `--secret`. Raises `ProgramExitError` if the program exits instead of completing."""
     values = dict(stack_config(stack) if config is None else config)
     if with_secrets:
         values = {**TEST_SECRETS, **values}
+    secret_keys = [key for key in values if key in STACK_SECRETS and key not in plaintext]
     _ensure_event_loop()
     engine_log = EngineLog()
     ENGINE_LOG.addHandler(engine_log)
@@ -360,6 +367,7 @@ def run_program(
                 _run,
                 stack,
                 values,
+                secret_keys,
                 preview=preview,
                 load_balancer_ready=load_balancer_ready,
                 program=program,
@@ -397,6 +405,7 @@ def _type_and_name(urn: str) -> str:
 def _run(
     stack: str,
     values: dict[str, Any],
+    secret_keys: list[str],
     *,
     preview: bool,
     load_balancer_ready: bool,
@@ -415,7 +424,7 @@ def _run(
     )
     pulumi.runtime.set_all_config(
         {key: _engine_value(value) for key, value in values.items()},
-        secret_keys=[key for key in values if key in TEST_SECRETS],
+        secret_keys=secret_keys,
     )
     options: dict[tuple[str, str], pulumi.ResourceOptions] = {}
 

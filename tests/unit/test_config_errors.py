@@ -3,13 +3,28 @@ the program logs that line and exits with the status that tells the CLI to show 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from components import database
-from harness.program import TEST_SECRETS, ProgramExitError, run_program, stack_config
-from tests.unit.configs import EXISTING, config_error, config_exit, dev_with
+from harness.program import (
+    STACK_SECRETS,
+    TEST_SECRETS,
+    ProgramExitError,
+    run_program,
+    stack_config,
+)
+from tests.unit.configs import (
+    BACKUP_TEST_SECRETS,
+    EXISTING,
+    S3,
+    config_error,
+    config_exit,
+    dev_with,
+    existing_with,
+)
 
 
 @pytest.mark.parametrize("replicas", [-1, 0, 1.5, "three", "2", True, 1001])
@@ -234,6 +249,84 @@ def test_a_generated_secret_set_too_short_is_not_sent_to_make_stack() -> None:
         "mlstack:apiKey is too short (at least 12 characters): set it with "
         "`pulumi config set --secret mlstack:apiKey <value>`"
     )
+
+
+# --- secrets: never in plain text in the stack's config ---------------------------------------
+
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PRIVATE KEY-----\nMIIEfake\n-----END PRIVATE KEY-----\n"
+
+
+def every_secret() -> dict[str, Any]:
+    """A config that reads every stack secret, each set as its own checks want: an existing
+    cluster, HTTPS from the stack's own certificate, backups to an S3-compatible endpoint and an
+    API key rotation under way."""
+    config = existing_with(
+        gateway={"replicas": 1, "tls": {}},
+        database={"replicas": 1, "storageSize": "1Gi", "backup": {"s3": S3}},
+    )
+    return {
+        **TEST_SECRETS,
+        **BACKUP_TEST_SECRETS,
+        **config,
+        "mlstack:gatewayTlsCert": CERT,
+        "mlstack:gatewayTlsKey": KEY,
+        "mlstack:apiKeyPrevious": "the-key-being-replaced",
+    }
+
+
+def plain_text_refusal(key: str) -> str:
+    return (
+        f"{key} is in plain text in the stack's config, not encrypted: "
+        f"set it with `pulumi config set --secret {key} <value>` (one that was committed in "
+        "plain text is no secret any more: choose a new one)"
+    )
+
+
+def test_every_secret_set_as_a_secret_is_taken() -> None:
+    config = every_secret()
+    assert config.keys() >= STACK_SECRETS
+    assert run_program("dev", config).one("Secret", "gateway-tls")
+
+
+@pytest.mark.parametrize("key", sorted(STACK_SECRETS))
+def test_a_secret_in_plain_text_in_the_stack_s_config_is_refused_without_its_value(
+    key: str,
+) -> None:
+    """`pulumi config set` without `--secret`, or a value typed into the stack file. The CLI
+    refuses that itself only for the secrets Pulumi.yaml declares (those every stack has); a
+    rotation's previous key, the gateway's certificate and key and a bucket's keys only the
+    program can refuse, before a committed stack file would carry them in the clear."""
+    config = every_secret()
+    message = config_error(config, plaintext=[key])
+    assert message == plain_text_refusal(key)
+    assert config[key] not in message, "an error never shows a secret"
+
+
+def engine_environment(config: dict[str, Any], secret: list[str]) -> dict[str, str]:
+    """`config` the standard way besides `set_all_config`: PULUMI_CONFIG, each value a string
+    (objects as JSON), and the keys of the secrets among it in PULUMI_CONFIG_SECRET_KEYS."""
+    values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    return {
+        "PULUMI_CONFIG": json.dumps(values),
+        "PULUMI_CONFIG_SECRET_KEYS": json.dumps(secret),
+    }
+
+
+def test_secrets_given_through_pulumi_config_are_known_by_pulumi_config_secret_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    previous = "mlstack:apiKeyPrevious"
+    config = {**TEST_SECRETS, **stack_config("dev"), previous: "the-key-being-replaced"}
+    secret = [key for key in config if key in STACK_SECRETS]
+    for name, value in engine_environment(config, secret).items():
+        monkeypatch.setenv(name, value)
+    assert run_program("dev", {}, with_secrets=False).of_kind("Deployment")
+
+    plain = [key for key in secret if key != previous]
+    for name, value in engine_environment(config, plain).items():
+        monkeypatch.setenv(name, value)
+    assert config_error({}, with_secrets=False) == plain_text_refusal(previous)
 
 
 def test_no_resource_is_registered_before_validation_fails() -> None:
