@@ -1016,6 +1016,27 @@ def _secret(
     return pulumi.Output.secret(value)
 
 
+def _refuse_nul(raw: Mapping[str, object], key: str, reader: str) -> None:
+    """The secret `key` read by `reader`, whose strings end at a NUL character (U+0000): it would
+    use what comes before one, as if that were the whole secret, and say nothing."""
+    if "\0" in str(raw[key]):
+        raise ConfigError(
+            f"{NAMESPACE}:{key} holds a NUL character (U+0000), where {reader} would cut it "
+            f"short; set it without one with `pulumi config set --secret {NAMESPACE}:{key} "
+            "<value>`"
+        )
+
+
+def _database_password(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Output[str]:
+    """One of _DATABASE_PASSWORDS: the password of a role, which the database image sets with
+    psql (services/database/bin/mlstack-database-roles, roles.sql). A psql variable ends at a NUL
+    character: the role would get the part before it, and its client (a URL carries the whole
+    value) would be refused at every connection; PostgreSQL's text cannot hold one either."""
+    value = _secret(raw, key, stack)
+    _refuse_nul(raw, key, "the database's psql")
+    return value
+
+
 def _backup_secret(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Output[str]:
     """One of BACKUP_SECRETS. The bucket's keys are its provider's, as it issued them (of any
     length; MinIO's default one has 10 characters): `make up` cannot generate them.
@@ -1023,7 +1044,8 @@ def _backup_secret(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Ou
     pgBackRest reads each from its configuration file, one option a line, which the database's
     containers write at start from the Secret's files, read as text without their final line
     breaks (services/database/bin/mlstack-database, write_backup_secrets): a line break inside
-    one stops them at every start, so it stops the program here."""
+    one stops them at every start, so it stops the program here. pgBackRest's options are C
+    strings, which a NUL character ends: refused too."""
     if key in BUCKET_KEYS:
         value = _secret(raw, key, stack, 1, f"{BUCKET_KEYS[key]}, from the bucket's provider")
     else:
@@ -1034,6 +1056,7 @@ def _backup_secret(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Ou
             f"a line; set it to one line with `pulumi config set --secret {NAMESPACE}:{key} "
             "<value>`"
         )
+    _refuse_nul(raw, key, "pgBackRest")
     return value
 
 
@@ -1117,10 +1140,10 @@ def load(stack: str | None = None) -> StackConfig:
     gateway = _parse_gateway(sections["gateway"], raw, cluster)
     model = _parse_model(sections["model"])
     images = _parse_images(sections["images"], cluster)
-    database_password = _secret(raw, "databasePassword", stack)
-    database_owner_password = _secret(raw, "databaseOwnerPassword", stack)
-    replication_password = _secret(raw, "databaseReplicationPassword", stack)
-    rewind_password = _secret(raw, "databaseRewindPassword", stack)
+    database_password = _database_password(raw, "databasePassword", stack)
+    database_owner_password = _database_password(raw, "databaseOwnerPassword", stack)
+    replication_password = _database_password(raw, "databaseReplicationPassword", stack)
+    rewind_password = _database_password(raw, "databaseRewindPassword", stack)
     backup_secrets = _backup_secrets(raw, database.backup, stack)
     api_key = _secret(raw, "apiKey", stack)
     secrets_digest_key = _secret(raw, "secretsDigestKey", stack, SECRETS_DIGEST_KEY_CHARACTERS)

@@ -667,6 +667,21 @@ def test_a_backup_secret_with_a_line_break_inside_is_refused(key: str, value: st
     )
 
 
+@pytest.mark.parametrize(
+    "key",
+    ["databaseBackupCipherPassword", "databaseBackupS3AccessKey", "databaseBackupS3SecretKey"],
+)
+def test_a_backup_secret_holding_a_nul_character_is_refused(key: str) -> None:
+    """pgBackRest's options are C strings: it would take what comes before the NUL character
+    for the whole secret (an encryption key other than the stack's, a bucket key refused)."""
+    keys = {k.removeprefix("mlstack:"): v for k, v in BACKUP_TEST_SECRETS.items()}
+    message = on_cluster_error(EXISTING, {"s3": S3}, **{**keys, key: "a secret\0and the rest"})
+    assert message == (
+        f"mlstack:{key} holds a NUL character (U+0000), where pgBackRest would cut it short; "
+        f"set it without one with `pulumi config set --secret mlstack:{key} <value>`"
+    )
+
+
 def test_a_backup_secret_s_final_line_breaks_are_no_line_break_inside() -> None:
     """The database's containers drop a final line break, as the file's text: not refused."""
     config = {

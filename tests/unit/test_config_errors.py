@@ -121,6 +121,27 @@ def test_every_database_password_is_required_whatever_the_instances(
     assert f"pulumi config set --secret {key}" in message
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        "mlstack:databasePassword",
+        "mlstack:databaseOwnerPassword",
+        "mlstack:databaseReplicationPassword",
+        "mlstack:databaseRewindPassword",
+    ],
+)
+def test_a_database_password_holding_a_nul_character_is_refused(key: str) -> None:
+    """The roles script's psql, which sets each role's password, ends a variable at a NUL
+    character: the role would get the part before it, and the script would say it was set,
+    while the gateway's and the migrations' URLs carry the whole value (refused at every
+    connection), and Patroni's statement fails on it (PostgreSQL's text holds none)."""
+    message = config_error({**dev_with(), key: "the first part of it\0and the rest"})
+    assert message == (
+        f"{key} holds a NUL character (U+0000), where the database's psql would cut it short; "
+        f"set it without one with `pulumi config set --secret {key} <value>`"
+    )
+
+
 @pytest.mark.parametrize("size", ["1GB", "lots", "0Gi", "-1Gi", "", 10])
 def test_storage_size_must_be_a_kubernetes_quantity(size: Any) -> None:
     message = config_error(dev_with(database={"storageSize": size}))
