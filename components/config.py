@@ -331,6 +331,9 @@ _DATABASE_PASSWORDS: Final = (
     "databaseReplicationPassword",
     "databaseRewindPassword",
 )
+# The passwords of Patroni's own roles, which it writes to its password file (pgpass) and sets at
+# a new cluster's bootstrap.
+_PATRONI_PASSWORDS: Final = ("databaseReplicationPassword", "databaseRewindPassword")
 # The stack secrets nobody has to choose: `make stack`, the review workflow and `make e2e-cluster`
 # draw each one a stack lacks (tools/stack_secrets.py). The bucket's keys come from its provider;
 # apiKeyPrevious and the gateway's certificate are set by hand.
@@ -1027,13 +1030,34 @@ def _refuse_nul(raw: Mapping[str, object], key: str, reader: str) -> None:
         )
 
 
+def _refuse_line_break(raw: Mapping[str, object], key: str, dropped: str, reader: str) -> None:
+    """The secret `key`, which `reader` takes from a file of one entry a line: a line break in it
+    but among the final characters `dropped` (which the database's containers, or the reader,
+    take off) would end the entry there."""
+    if any(brk in str(raw[key]).rstrip(dropped) for brk in "\r\n"):
+        raise ConfigError(
+            f"{NAMESPACE}:{key} holds a line break: {reader}; set it to one line with "
+            f"`pulumi config set --secret {NAMESPACE}:{key} <value>`"
+        )
+
+
 def _database_password(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Output[str]:
     """One of _DATABASE_PASSWORDS: the password of a role, which the database image sets with
     psql (services/database/bin/mlstack-database-roles, roles.sql). A psql variable ends at a NUL
     character: the role would get the part before it, and its client (a URL carries the whole
-    value) would be refused at every connection; PostgreSQL's text cannot hold one either."""
+    value) would be refused at every connection; PostgreSQL's text cannot hold one either.
+
+    Patroni's two (_PATRONI_PASSWORDS) are read from their files without their final line
+    breaks (services/database/bin/mlstack-database), and Patroni writes each to its password
+    file, one `host:port:db:user:password` entry a line, which libpq reads for a standby's copy
+    and stream and for pg_rewind: a line break inside would end the entry early, and libpq drops
+    a carriage return at a line's end, so a final `\r` would be sent without it."""
     value = _secret(raw, key, stack)
     _refuse_nul(raw, key, "the database's psql")
+    if key in _PATRONI_PASSWORDS:
+        _refuse_line_break(
+            raw, key, "\n", "Patroni writes it to a password file of one entry a line (pgpass)"
+        )
     return value
 
 
@@ -1050,12 +1074,7 @@ def _backup_secret(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Ou
         value = _secret(raw, key, stack, 1, f"{BUCKET_KEYS[key]}, from the bucket's provider")
     else:
         value = _secret(raw, key, stack)
-    if any(brk in str(raw[key]).rstrip("\r\n") for brk in "\r\n"):
-        raise ConfigError(
-            f"{NAMESPACE}:{key} holds a line break: pgBackRest reads it from a file of one option "
-            f"a line; set it to one line with `pulumi config set --secret {NAMESPACE}:{key} "
-            "<value>`"
-        )
+    _refuse_line_break(raw, key, "\r\n", "pgBackRest reads it from a file of one option a line")
     _refuse_nul(raw, key, "pgBackRest")
     return value
 

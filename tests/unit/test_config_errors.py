@@ -142,6 +142,43 @@ def test_a_database_password_holding_a_nul_character_is_refused(key: str) -> Non
     )
 
 
+@pytest.mark.parametrize(
+    "key", ["mlstack:databaseReplicationPassword", "mlstack:databaseRewindPassword"]
+)
+@pytest.mark.parametrize(
+    "value",
+    [
+        "first line of a long password\nand its second",
+        "a password long enough\r\nover two lines",
+        "a password long enough, then a carriage return\r",
+        "\na password long enough after a line break",
+    ],
+)
+def test_a_patroni_password_with_a_line_break_is_refused(key: str, value: str) -> None:
+    """Patroni writes these to its password file (pgpass), one entry a line, which libpq reads
+    for a standby's copy and stream and for pg_rewind: a line break inside ends the entry early,
+    and libpq drops a carriage return at a line's end (both tried with Patroni 4.1.5's own
+    file and a real PostgreSQL: the standby's login is refused)."""
+    message = config_error({**dev_with(), key: value})
+    assert message == (
+        f"{key} holds a line break: Patroni writes it to a password file of one entry a line "
+        f"(pgpass); set it to one line with `pulumi config set --secret {key} <value>`"
+    )
+
+
+def test_a_patroni_password_s_final_line_breaks_are_no_line_break_inside() -> None:
+    """The database's entrypoint reads them without their final line breaks, and the roles
+    script sets them so: not refused."""
+    run_program(
+        "dev",
+        {
+            **dev_with(),
+            "mlstack:databaseReplicationPassword": "a password long enough\n",
+            "mlstack:databaseRewindPassword": "a password long enough\n\n",
+        },
+    )
+
+
 @pytest.mark.parametrize("size", ["1GB", "lots", "0Gi", "-1Gi", "", 10])
 def test_storage_size_must_be_a_kubernetes_quantity(size: Any) -> None:
     message = config_error(dev_with(database={"storageSize": size}))
