@@ -1051,13 +1051,23 @@ def _database_password(raw: Mapping[str, object], key: str, stack: str) -> pulum
     breaks (services/database/bin/mlstack-database), and Patroni writes each to its password
     file, one `host:port:db:user:password` entry a line, which libpq reads for a standby's copy
     and stream and for pg_rewind: a line break inside would end the entry early, and libpq drops
-    a carriage return at a line's end, so a final `\r` would be sent without it."""
+    a carriage return at a line's end, so a final `\r` would be sent without it.
+
+    When it makes a cluster (the first start, a restore), Patroni sets them with a statement
+    inside a dollar-quoted block, `DO $$ ... $$`, which a `$$` in the password would end: the
+    statement fails, and Patroni gives up the new cluster and tries again, at every start."""
     value = _secret(raw, key, stack)
     _refuse_nul(raw, key, "the database's psql")
     if key in _PATRONI_PASSWORDS:
         _refuse_line_break(
             raw, key, "\n", "Patroni writes it to a password file of one entry a line (pgpass)"
         )
+        if "$$" in str(raw[key]):
+            raise ConfigError(
+                f"{NAMESPACE}:{key} holds `$$`: Patroni sets it inside a `DO $$ ... $$` block "
+                "when it makes the cluster, which `$$` would end; set it without `$$` with "
+                f"`pulumi config set --secret {NAMESPACE}:{key} <value>`"
+            )
     return value
 
 

@@ -166,6 +166,35 @@ def test_a_patroni_password_with_a_line_break_is_refused(key: str, value: str) -
     )
 
 
+@pytest.mark.parametrize(
+    "key", ["mlstack:databaseReplicationPassword", "mlstack:databaseRewindPassword"]
+)
+def test_a_patroni_password_holding_two_dollar_signs_is_refused(key: str) -> None:
+    """Patroni 4.1.5 sets them at a new cluster's bootstrap inside `DO $$ ... $$`, which a `$$`
+    in the password ends: its statement fails (a syntax error, tried against a real PostgreSQL),
+    and Patroni gives the cluster up and tries again at every start."""
+    message = config_error({**dev_with(), key: "pa$$word-long-enough"})
+    assert message == (
+        f"{key} holds `$$`: Patroni sets it inside a `DO $$ ... $$` block when it makes the "
+        "cluster, which `$$` would end; set it without `$$` with "
+        f"`pulumi config set --secret {key} <value>`"
+    )
+
+
+def test_a_single_dollar_sign_is_taken_in_any_database_password() -> None:
+    """Only `$$` ends the block; the owner's and the gateway's passwords are never in one."""
+    run_program(
+        "dev",
+        {
+            **dev_with(),
+            "mlstack:databaseReplicationPassword": "pa$word-$1-long-enough$",
+            "mlstack:databaseRewindPassword": "$rewind-$-password",
+            "mlstack:databasePassword": "pa$$word-long-enough",
+            "mlstack:databaseOwnerPassword": "$$owner-password$$",
+        },
+    )
+
+
 def test_a_patroni_password_s_final_line_breaks_are_no_line_break_inside() -> None:
     """The database's entrypoint reads them without their final line breaks, and the roles
     script sets them so: not refused."""
