@@ -60,6 +60,9 @@ _DNS_SUBDOMAIN = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
 _IMAGE_REF = re.compile(r"^[^\s]+$")
+# An HTTP header value that every client sends as it is: visible ASCII characters, with spaces
+# and tabs only between them (RFC 9110, 5.5, for a field defined anew, as X-API-Key is).
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x21-\x7e \t]*[\x21-\x7e])?")
 _CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 # GKE's release channels; EXTENDED is for clusters that must stay on a minor for longer.
 RELEASE_CHANNELS: Final = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
@@ -1071,6 +1074,25 @@ def _database_password(raw: Mapping[str, object], key: str, stack: str) -> pulum
     return value
 
 
+def _api_key(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Output[str]:
+    """`apiKey` or `apiKeyPrevious`: what clients send as the X-API-Key header, which the gateway
+    compares, byte for byte, with its file read without the spaces and line breaks at its ends
+    (services/gateway/mlstack_gateway/settings.py). A header cannot carry a control character
+    (a line break inside, a NUL: the gateway answers 400), and clients send anything but ASCII
+    each their own way (curl UTF-8, Python's http.client Latin-1 or not at all): such a key
+    would be refused to some clients or all. A space or tab at either end is no part of a header
+    value, and the gateway would not hold the key as the stack does (a key ending in a space,
+    sent as it is, is refused 401). Final line breaks, which the gateway drops, are taken."""
+    value = _secret(raw, key, stack)
+    if not _HEADER_VALUE.fullmatch(str(raw[key]).rstrip("\r\n")):
+        raise ConfigError(
+            f"{NAMESPACE}:{key} holds a character that clients cannot all send as it is in the "
+            "X-API-Key header: use visible ASCII characters, with spaces or tabs only between "
+            f"them; set it with `pulumi config set --secret {NAMESPACE}:{key} <value>`"
+        )
+    return value
+
+
 def _backup_secret(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Output[str]:
     """One of BACKUP_SECRETS. The bucket's keys are its provider's, as it issued them (of any
     length; MinIO's default one has 10 characters): `make up` cannot generate them.
@@ -1174,11 +1196,11 @@ def load(stack: str | None = None) -> StackConfig:
     replication_password = _database_password(raw, "databaseReplicationPassword", stack)
     rewind_password = _database_password(raw, "databaseRewindPassword", stack)
     backup_secrets = _backup_secrets(raw, database.backup, stack)
-    api_key = _secret(raw, "apiKey", stack)
+    api_key = _api_key(raw, "apiKey", stack)
     secrets_digest_key = _secret(raw, "secretsDigestKey", stack, SECRETS_DIGEST_KEY_CHARACTERS)
     api_key_previous = None
     if raw.get("apiKeyPrevious") is not None:
-        api_key_previous = _secret(raw, "apiKeyPrevious", stack)
+        api_key_previous = _api_key(raw, "apiKeyPrevious", stack)
         if raw["apiKeyPrevious"] == raw.get("apiKey"):
             raise ConfigError(
                 f"{NAMESPACE}:apiKeyPrevious is the same as {NAMESPACE}:apiKey: during a rotation "

@@ -98,6 +98,49 @@ def test_a_bad_previous_key_names_key_and_rule(previous: object, expected: str) 
     assert TEST_SECRETS["mlstack:apiKey"] not in message, "an error never shows a key"
 
 
+@pytest.mark.parametrize("key", ["mlstack:apiKey", "mlstack:apiKeyPrevious"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a key long enough\nover two lines",
+        "a key long enough\0and more",
+        "\x01a key long enough",
+        "a key long enough\x7f",
+        "a key ending in a space ",
+        " a key beginning with a space",
+        "a key ending in a tab\t",
+        "clé-d-api-assez-longue",
+        "emoji-\U0001f600-key-long-enough",
+    ],
+)
+def test_an_api_key_no_header_carries_as_it_is_is_refused(key: str, value: str) -> None:
+    """Clients send the key as X-API-Key. A control character cannot be in a header (the gateway
+    answers 400 to one); clients send a non-ASCII one as UTF-8, Latin-1 or not at all (the
+    gateway compares UTF-8: 401 to some); and the gateway reads its file without the spaces at
+    its ends, so a key ending in one, sent as it is, gets 401 (each tried on the real gateway)."""
+    message = config_error({**stack_config("dev"), key: value})
+    assert message == (
+        f"{key} holds a character that clients cannot all send as it is in the X-API-Key "
+        "header: use visible ASCII characters, with spaces or tabs only between them; set it "
+        f"with `pulumi config set --secret {key} <value>`"
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+        "a key with spaces and\ttabs inside",
+        "a key long enough, then a line break\n",
+        "a key long enough, then CR LF\r\n",
+        "K" * 4096,
+    ],
+)
+def test_an_api_key_of_what_a_header_carries_reaches_the_gateway_s_secret(value: str) -> None:
+    run = run_program("dev", {**stack_config("dev"), "mlstack:apiKey": value})
+    assert run.one("Secret", "gateway").inputs["stringData"]["api-key"] == value
+
+
 def test_a_misspelt_previous_key_suggests_the_right_name() -> None:
     message = config_error({**stack_config("dev"), "mlstack:apiKeyPrevios": PREVIOUS})
     assert message.startswith('mlstack:apiKeyPrevios: unknown key (did you mean "apiKeyPrevious"?)')
