@@ -1201,7 +1201,9 @@ def load(stack: str | None = None) -> StackConfig:
     api_key_previous = None
     if raw.get("apiKeyPrevious") is not None:
         api_key_previous = _api_key(raw, "apiKeyPrevious", stack)
-        if raw["apiKeyPrevious"] == raw.get("apiKey"):
+        # Compared as the gateway reads them, without final line breaks: two that differ in
+        # those alone are one key there, and the gateway refuses to start with it twice.
+        if str(raw["apiKeyPrevious"]).rstrip("\r\n") == str(raw["apiKey"]).rstrip("\r\n"):
             raise ConfigError(
                 f"{NAMESPACE}:apiKeyPrevious is the same as {NAMESPACE}:apiKey: during a rotation "
                 "apiKey is the new key and apiKeyPrevious the one it replaces; remove "

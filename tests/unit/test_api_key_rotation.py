@@ -90,6 +90,16 @@ def test_adding_and_dropping_the_previous_key_rolls_the_gateway_only() -> None:
             TEST_SECRETS["mlstack:apiKey"],
             "mlstack:apiKeyPrevious is the same as mlstack:apiKey: during a rotation",
         ),
+        # The gateway reads both without their final line breaks, and refuses to start with
+        # the same key twice (MLSTACK_API_KEY_PREVIOUS is the same key as MLSTACK_API_KEY).
+        (
+            TEST_SECRETS["mlstack:apiKey"] + "\n",
+            "mlstack:apiKeyPrevious is the same as mlstack:apiKey: during a rotation",
+        ),
+        (
+            TEST_SECRETS["mlstack:apiKey"] + "\r\n",
+            "mlstack:apiKeyPrevious is the same as mlstack:apiKey: during a rotation",
+        ),
     ],
 )
 def test_a_bad_previous_key_names_key_and_rule(previous: object, expected: str) -> None:
