@@ -1101,13 +1101,23 @@ def _backup_secret(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Ou
     containers write at start from the Secret's files, read as text without their final line
     breaks (services/database/bin/mlstack-database, write_backup_secrets): a line break inside
     one stops them at every start, so it stops the program here. pgBackRest's options are C
-    strings, which a NUL character ends: refused too."""
+    strings, which a NUL character ends: refused too. And pgBackRest trims the spaces and tabs
+    at both ends of each option it reads from the file: it would encrypt with, or sign with,
+    another secret than the stack's (a copy kept outside the stack, given to pgBackRest any
+    other way, would not read the backups), so a space or tab at either end is refused."""
     if key in BUCKET_KEYS:
         value = _secret(raw, key, stack, 1, f"{BUCKET_KEYS[key]}, from the bucket's provider")
     else:
         value = _secret(raw, key, stack)
     _refuse_line_break(raw, key, "\r\n", "pgBackRest reads it from a file of one option a line")
     _refuse_nul(raw, key, "pgBackRest")
+    line = str(raw[key]).rstrip("\r\n")
+    if line != line.strip(" \t"):
+        raise ConfigError(
+            f"{NAMESPACE}:{key} begins or ends with a space or tab, which pgBackRest drops from "
+            "the options it reads from a file: it would use another secret than the stack's; "
+            f"set it without them with `pulumi config set --secret {NAMESPACE}:{key} <value>`"
+        )
     return value
 
 

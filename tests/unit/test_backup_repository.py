@@ -682,6 +682,29 @@ def test_a_backup_secret_holding_a_nul_character_is_refused(key: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("databaseBackupCipherPassword", " a password beginning with a space"),
+        ("databaseBackupCipherPassword", "a password ending with a space \n"),
+        ("databaseBackupCipherPassword", "a password ending with a tab\t"),
+        ("databaseBackupS3AccessKey", "AKIAEXAMPLE "),
+        ("databaseBackupS3SecretKey", "\tsecret-key"),
+    ],
+)
+def test_a_backup_secret_with_a_space_at_an_end_is_refused(key: str, value: str) -> None:
+    """pgBackRest trims each option it reads from its file: tried with pgBackRest and a real
+    PostgreSQL, a repository made with " pw" in the file is read with "pw" and not with " pw",
+    the stack's value (the copy kept outside the stack to read the backups with)."""
+    keys = {k.removeprefix("mlstack:"): v for k, v in BACKUP_TEST_SECRETS.items()}
+    message = on_cluster_error(EXISTING, {"s3": S3}, **{**keys, key: value})
+    assert message == (
+        f"mlstack:{key} begins or ends with a space or tab, which pgBackRest drops from the "
+        "options it reads from a file: it would use another secret than the stack's; set it "
+        f"without them with `pulumi config set --secret mlstack:{key} <value>`"
+    )
+
+
 def test_a_backup_secret_s_final_line_breaks_are_no_line_break_inside() -> None:
     """The database's containers drop a final line break, as the file's text: not refused."""
     config = {
