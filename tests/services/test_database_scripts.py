@@ -330,6 +330,43 @@ def test_each_password_is_the_one_its_client_sends_a_final_line_break_included(
         assert connect_as(server, rewind, patroni, "postgres") == rewind
 
 
+# Passwords the program takes for the owner and the gateway (any character but NUL), of each kind
+# that a URL, SASLprep or psql could change: each must be what its client sends.
+ANY_CHARACTER: Final = {
+    "a line break inside": "first line\nsecond line",
+    "a carriage return inside and at the end": "first line\r\nsecond line\r",
+    "spaces and tabs at the ends": " \tspaced password\t ",
+    "non-ASCII": "pässwörd, clé",
+    "an emoji (unassigned in SASLprep's Unicode)": "emoji \U0001f600 password",
+    "characters NFKC changes": "\ufb01 ligature \uff26\uff55\uff4c\uff4c width",
+    "NFKC and an emoji": "\ufb01 \U0001f600 both",
+    "control characters": "\x01\x1b[0m\x7f",
+    "dollar quotes": "pa$$word $1 $$",
+    "4 KiB": ("Ab/+=%:@?#'\"\\ \u00e9\U0001f600" * 300)[:4096],
+}
+
+
+def test_the_program_s_roles_take_any_password_it_accepts(tmp_path: Path) -> None:
+    """The owner's and the gateway's passwords, whatever they hold, set by roles.sql and sent by
+    asyncpg from the URL the program writes (both sides apply SASLprep alike)."""
+    with throwaway_postgres() as server:
+        image = image_for(tmp_path, server)
+        server.require_password(database.OWNER, database.GATEWAY_USER)
+        failed = []
+        for kind, password in ANY_CHARACTER.items():
+            for key in (database.OWNER_PASSWORD_KEY, database.GATEWAY_PASSWORD_KEY):
+                # As the kubelet writes a Secret's value: its UTF-8 bytes, nothing translated.
+                (tmp_path / "secrets" / key).write_bytes(password.encode())
+            done = image.roles("on_start", "primary", database.SCOPE)
+            assert done.returncode == 0, done.stderr
+            for user in (database.OWNER, database.GATEWAY_USER):
+                try:
+                    connect_as(server, user, password, database.DB_NAME)
+                except asyncpg.InvalidPasswordError:
+                    failed.append(f"{user}: {kind}")
+        assert failed == []
+
+
 @pytest.mark.parametrize("key", sorted(PASSWORDS))
 def test_a_password_file_that_cannot_be_read_changes_no_password(
     bootstrapped: Cluster, tmp_path: Path, key: str
