@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
@@ -44,6 +44,9 @@ from harness.services import (
 )
 from tests.services.hostile import INFER, PREDICT, Post, error_message
 from tests.services.oip import INPUT
+
+if TYPE_CHECKING:
+    from mlstack_gateway.stores.base import PredictionRecord
 
 # The two services, by the names ``service_process`` and the fixtures that start either take.
 SERVICES: Final = ("gateway", "model")
@@ -105,6 +108,16 @@ def sqlite_file(data_dir: Path) -> Path:
 
     settings = GatewaySettings.from_env({**GATEWAY_REQUIRED, "DATA_DIR": str(data_dir)})
     return settings.sqlite_path
+
+
+def prediction_record() -> PredictionRecord:
+    """A new prediction of SETOSA, as the gateway hands it to its store."""
+    # Imported here, as in sqlite_file.
+    from mlstack_gateway.ids import new_request_id
+    from mlstack_gateway.stores.base import PredictionRecord
+
+    instances = json.dumps([SETOSA], separators=(",", ":"))
+    return PredictionRecord(new_request_id(), MODEL_NAME, "v2", instances, "[0]", 1.0)
 
 
 @contextlib.contextmanager

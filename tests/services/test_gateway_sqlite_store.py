@@ -8,19 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from mlstack_gateway.ids import new_request_id
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.stores.base import PredictionRecord, StoreUnavailableError
+from mlstack_gateway.stores.base import StoreUnavailableError
 from mlstack_gateway.stores.migrations import migrate
 from mlstack_gateway.stores.sqlite import MIGRATIONS, SqliteConnection, SqliteStore
 
-from components.app import MODEL_NAME
-from tests.services.support import GATEWAY_REQUIRED, sqlite_file
-
-
-def record() -> PredictionRecord:
-    return PredictionRecord(new_request_id(), MODEL_NAME, "v2", "[[5.1,3.5,1.4,0.2]]", "[0]", 1.0)
+from tests.services.support import GATEWAY_REQUIRED, prediction_record, sqlite_file
 
 
 async def open_store(data_dir: Path, **env: str) -> tuple[SqliteStore, GatewayMetrics]:
@@ -49,7 +43,7 @@ def stored_ids(data_dir: Path) -> set[str]:
 
 
 def test_concurrent_saves_share_commits_and_all_land(tmp_path: Path) -> None:
-    records = [record() for _ in range(200)]
+    records = [prediction_record() for _ in range(200)]
 
     async def run() -> float:
         store, metrics = await open_store(tmp_path)
@@ -69,7 +63,7 @@ def test_save_returns_only_once_its_row_is_readable_from_another_connection(
     async def run() -> None:
         store, _ = await open_store(tmp_path)
         for _ in range(5):
-            saved = record()
+            saved = prediction_record()
             await store.save(saved)
             assert saved.request_id in stored_ids(tmp_path)
         await store.close()
@@ -83,7 +77,7 @@ def test_a_failed_commit_fails_every_caller_in_it(tmp_path: Path) -> None:
         with sqlite3.connect(sqlite_file(tmp_path)) as db:
             db.execute("DROP TABLE predictions")
         results = await asyncio.gather(
-            *(store.save(record()) for _ in range(5)), return_exceptions=True
+            *(store.save(prediction_record()) for _ in range(5)), return_exceptions=True
         )
         failures = metrics.registry.get_sample_value("mlstack_gateway_db_failures_total")
         await store.close()
@@ -104,7 +98,7 @@ def test_a_closed_store_refuses_saves(tmp_path: Path) -> None:
         store, _ = await open_store(tmp_path)
         await store.close()
         with pytest.raises(StoreUnavailableError):
-            await store.save(record())
+            await store.save(prediction_record())
 
     asyncio.run(run())
 
@@ -123,7 +117,7 @@ def test_a_write_waits_no_longer_than_the_write_timeout_for_a_locked_file(
         other.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
         try:
-            save = asyncio.create_task(store.save(record()))
+            save = asyncio.create_task(store.save(prediction_record()))
             done, _ = await asyncio.wait({save}, timeout=30)
             if save not in done:
                 save.cancel()
