@@ -342,12 +342,20 @@ async def _on_connection(
 
 class _Reachability:
     """Whether a server answers, logged when that changes: one warning when it stops (with the
-    first reason), one line when it answers again; nothing for each request or retry between."""
+    first reason), one line when it answers again; nothing for each request or retry between.
+
+    A request's outcome tells of the server as it was when the request was sent. One sent before
+    the server went away may be answered after it did; one sent before it answered again may
+    fail after it did (a connect made while a restarted server was still recovering, refused or
+    timed out only after a later request's answer). Neither changes the state: the outage stays
+    one warning line."""
 
     def __init__(self, name: str, meanwhile: str) -> None:
         self.name = name
         self._meanwhile = meanwhile
         self._lost_at: float | None = None
+        # When it last answered again after failing; before the first failure, never.
+        self._back_at = -math.inf
         # What the last attempt to connect failed with (_open_pool), None before any failed.
         self.last_error: BaseException | None = None
 
@@ -356,16 +364,17 @@ class _Reachability:
         """Whether the server answered since it last failed (True until it first fails)."""
         return self._lost_at is None
 
-    def failed(self, exc: BaseException) -> None:
-        if self._lost_at is None:
+    def failed(self, exc: BaseException, asked_at: float) -> None:
+        """A request sent at loop time ``asked_at`` failed with ``exc``."""
+        if self._lost_at is None and asked_at >= self._back_at:
             self._lost_at = asyncio.get_running_loop().time()
             log.warning("%s unavailable (%s); %s", self.name, _reason(exc), self._meanwhile)
 
     def answered(self, asked_at: float) -> None:
-        """A request sent at loop time ``asked_at`` was answered (one sent before the server
-        went away may come back after: it says nothing about now)."""
+        """A request sent at loop time ``asked_at`` was answered."""
         if self._lost_at is not None and asked_at > self._lost_at:
             self._lost_at = None
+            self._back_at = asyncio.get_running_loop().time()
             log.info("%s answers again", self.name)
 
 
@@ -465,7 +474,7 @@ async def _open_pool(
                 await asyncio.sleep(SCHEMA_RECHECK_SECONDS)
                 continue
             if _is_transient(exc):
-                reachability.failed(exc)
+                reachability.failed(exc, asked_at)
             else:
                 log.warning(
                     "%s not ready (%s); retrying in %.1fs", reachability.name, exc, retrying.step
@@ -779,7 +788,7 @@ class PostgresStore:
                 if not _is_transient(exc):
                     raise
                 self._metrics.db_failures.inc()
-                (self._writes if _refuses_writes(exc) else self._primary).failed(exc)
+                (self._writes if _refuses_writes(exc) else self._primary).failed(exc, asked_at)
                 # The same rows again (ON CONFLICT: harmless if the lost commit happened), on
                 # another connection (perhaps to the new primary, after a failover).
                 if not await retry.wait():
@@ -836,7 +845,7 @@ class PostgresStore:
             )
         except Exception as exc:
             if _is_transient(exc):
-                self._primary.failed(exc)
+                self._primary.failed(exc, asked_at)
                 raise StoreUnavailableError("database read failed") from exc
             raise
         self._primary.answered(asked_at)
@@ -867,7 +876,7 @@ class PostgresStore:
             # Whatever the read URL does wrong (down, slow, not yet replicated the schema), the
             # primary can still answer.
             self._read_breaker.record_failure()
-            self._replica.failed(exc)
+            self._replica.failed(exc, asked_at)
             self._fall_back("error")
             return None
         self._read_breaker.record_success()
@@ -914,7 +923,7 @@ class PostgresStore:
         try:
             await self._answers(pool)
         except Exception as exc:
-            self._replica.failed(exc)
+            self._replica.failed(exc, asked_at)
             return
         self._replica.answered(asked_at)
 
@@ -931,7 +940,7 @@ class PostgresStore:
             )
         except Exception as exc:
             if _is_transient(exc):
-                self._primary.failed(exc)
+                self._primary.failed(exc, asked_at)
             log.debug("database ping failed: %s", exc)
             return False
         self._primary.answered(asked_at)
