@@ -106,7 +106,7 @@ def new_committer(
     timeout: float = 5.0,
     max_in_flight: int = 1,
     metrics: GatewayMetrics | None = None,
-) -> GroupCommitter[int]:
+) -> GroupCommitter[int, None]:
     """A committer over ``write``, which gets the batch taken as the write starts."""
 
     async def write_batch(take: Callable[[], list[int]]) -> None:
@@ -176,7 +176,7 @@ def test_several_commits_in_flight_when_allowed() -> None:
         await asyncio.sleep(0.01)
         in_flight -= 1
 
-    async def arrive(committer: GroupCommitter[int], i: int) -> None:
+    async def arrive(committer: GroupCommitter[int, None], i: int) -> None:
         await asyncio.sleep(i * 0.001)  # callers trickle in while commits are in flight
         await committer.submit(i)
 
@@ -268,7 +268,9 @@ def test_a_store_takes_its_batch_when_it_is_ready_to_write() -> None:
         batches.append(take())
 
     async def run() -> None:
-        committer = GroupCommitter(write_batch, GatewayMetrics(), timeout=1.0)
+        committer: GroupCommitter[int, None] = GroupCommitter(
+            write_batch, GatewayMetrics(), timeout=1.0
+        )
         first = asyncio.create_task(committer.submit(0))
         await asyncio.sleep(0.01)  # the writer is waiting to write
         later = [asyncio.create_task(committer.submit(i)) for i in range(1, 5)]
@@ -289,7 +291,9 @@ def test_a_write_that_fails_before_taking_fails_the_queued_callers() -> None:
         raise StoreUnavailableError("database not connected yet")
 
     async def run() -> list[BaseException | None]:
-        committer = GroupCommitter(write_batch, GatewayMetrics(), timeout=1.0)
+        committer: GroupCommitter[int, None] = GroupCommitter(
+            write_batch, GatewayMetrics(), timeout=1.0
+        )
         return await asyncio.gather(
             *(committer.submit(i) for i in range(3)), return_exceptions=True
         )

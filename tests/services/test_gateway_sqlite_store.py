@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.stores.base import StoreUnavailableError
+from mlstack_gateway.stores.base import StoredPrediction, StoreUnavailableError
 from mlstack_gateway.stores.migrations import migrate
 from mlstack_gateway.stores.sqlite import MIGRATIONS, SqliteConnection, SqliteStore
 
@@ -72,7 +72,7 @@ def test_save_returns_only_once_its_row_is_readable_from_another_connection(
 
 
 def test_a_failed_commit_fails_every_caller_in_it(tmp_path: Path) -> None:
-    async def run() -> tuple[list[BaseException | None], float]:
+    async def run() -> tuple[list[StoredPrediction | BaseException | None], float]:
         store, metrics = await open_store(tmp_path)
         with sqlite3.connect(sqlite_file(tmp_path)) as db:
             db.execute("DROP TABLE predictions")
@@ -87,7 +87,7 @@ def test_a_failed_commit_fails_every_caller_in_it(tmp_path: Path) -> None:
     assert all(isinstance(r, StoreUnavailableError) for r in results)
     # The client's words; the file's stay in the log (and the cause).
     failure = results[0]
-    assert failure is not None
+    assert isinstance(failure, StoreUnavailableError)
     assert str(failure) == "database write failed"
     assert "no such table" in str(failure.__cause__)
     assert failures >= 1

@@ -20,6 +20,21 @@ class PredictionRecord:
     instances_json: str
     predictions_json: str
     latency_ms: float
+    # Whether ``request_id`` is the client's Idempotency-Key, under which a row may be stored
+    # already (its request sent before): the store then answers with that row (save). False:
+    # an id the gateway made, new.
+    keyed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPrediction:
+    """What a keyed record's ``request_id`` holds, where that is not the record itself: the row
+    an earlier request with the same key stored (its answer, which a retry gets), and whether
+    that request had the same instances (if not, the key was used for another request)."""
+
+    model_version: str
+    predictions_json: str
+    same_instances: bool
 
 
 class Row(Protocol):
@@ -55,8 +70,14 @@ class PredictionStore(Protocol):
         """Connect and create or migrate the schema (PostgreSQL with DATABASE_MIGRATE=false:
         check that it is current, and treat the database as not connected until it is)."""
 
-    async def save(self, record: PredictionRecord) -> None:
-        """Return only once the record is committed; raise StoreUnavailableError otherwise."""
+    async def save(self, record: PredictionRecord) -> StoredPrediction | None:
+        """Return only once the record is committed; raise StoreUnavailableError otherwise.
+
+        A keyed record whose ``request_id`` is stored already is not stored again: the row
+        found is returned instead once it is committed as a new row would be (on PostgreSQL,
+        confirmed by the synchronous standby where the server has one), unless it is exactly
+        the record (a row sent twice, or a retry whose answer came out the same): None, as for
+        a record stored now."""
 
     async def recent(self, limit: int, before: int) -> HistoryPage:
         """The newest records with ids below ``before``, newest first: at most ``limit`` of

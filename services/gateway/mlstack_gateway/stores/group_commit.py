@@ -3,8 +3,10 @@
 Each caller queues its row and waits. A writer task asks the store to write a batch; the store
 takes the batch (every row queued so far, at most ``max_batch``) at the moment it can write it,
 commits it in one transaction, and the writer then wakes every caller in that batch with the
-verdict. Rows that arrive while a commit is in flight wait for the next one, so throughput grows
-with concurrency while each caller returns only once its own row is committed.
+verdict, and with what the store answers for its row, if anything (both stores: what an
+idempotency key's earlier request stored). Rows that arrive while a commit is in flight wait for
+the next one, so throughput grows with concurrency while each caller returns only once its own
+row is committed.
 
 Up to ``max_in_flight`` writers run at once. PostgreSQL's store runs one: each commit takes
 every row that arrived during the last. SQLite's one writer thread takes the rows itself when it
@@ -22,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Generic, TypeVar
 
 from mlstack_gateway.metrics import GatewayMetrics
@@ -31,13 +33,14 @@ from mlstack_gateway.stores.base import StoreUnavailableError
 log = logging.getLogger("mlstack_gateway.store")
 
 T = TypeVar("T")
-_Entry = tuple[T, asyncio.Future[None]]
+R = TypeVar("R")
+_Entry = tuple[T, asyncio.Future[R | None]]
 
 
-class GroupCommitter(Generic[T]):
+class GroupCommitter(Generic[T, R]):
     def __init__(
         self,
-        write_batch: Callable[[Callable[[], list[T]]], Awaitable[None]],
+        write_batch: Callable[[Callable[[], list[T]]], Awaitable[Mapping[int, R] | None]],
         metrics: GatewayMetrics,
         *,
         timeout: float,
@@ -45,7 +48,9 @@ class GroupCommitter(Generic[T]):
         max_in_flight: int = 1,
     ) -> None:
         """``write_batch(take)`` calls ``take()`` once, when it is ready to write (from any one
-        thread), and commits exactly the rows it returns (none: nothing to do)."""
+        thread), and commits exactly the rows it returns (none: nothing to do). It may return,
+        by their positions in that list, what some of them are answered with (their callers'
+        results); the others, and all of them when it returns None, get None."""
         self._write_batch = write_batch
         self._metrics = metrics
         self._timeout = timeout
@@ -53,21 +58,24 @@ class GroupCommitter(Generic[T]):
         self._max_in_flight = max_in_flight
         # A deque: appended on the event loop, taken from by the store's writer, whichever
         # thread that is (one append or popleft is atomic).
-        self._pending: collections.deque[_Entry[T]] = collections.deque()
+        self._pending: collections.deque[_Entry[T, R]] = collections.deque()
         # Every caller not answered yet, with its deadline, oldest first. The timeout is the same
         # for all, so arrival order is deadline order and one timer, set for the oldest, serves
         # them all (cheaper than a timer per caller).
-        self._waiting: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        self._waiting: collections.deque[tuple[float, asyncio.Future[R | None]]] = (
+            collections.deque()
+        )
         self._expiry: asyncio.TimerHandle | None = None
         # Writers still draining. Counted apart from the tasks, which leave the set only in a
         # done callback, one loop turn after they stop taking rows.
         self._draining = 0
         self._writers: set[asyncio.Task[None]] = set()
 
-    async def submit(self, item: T) -> None:
-        """Return once ``item`` is committed; raise what the commit raised otherwise."""
+    async def submit(self, item: T) -> R | None:
+        """Return once ``item`` is committed, with what write_batch answered for it; raise what
+        the commit raised otherwise."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[R | None] = loop.create_future()
         self._pending.append((item, future))
         deadline = loop.time() + self._timeout
         self._waiting.append((deadline, future))
@@ -78,7 +86,7 @@ class GroupCommitter(Generic[T]):
             writer = loop.create_task(self._drain())
             self._writers.add(writer)
             writer.add_done_callback(self._writers.discard)
-        await future
+        return await future
 
     def _expire(self) -> None:
         """Fail every caller past its deadline; set the timer for the next one."""
@@ -94,10 +102,10 @@ class GroupCommitter(Generic[T]):
                 )
         self._expiry = loop.call_at(waiting[0][0], self._expire) if waiting else None
 
-    def _take(self) -> list[_Entry[T]]:
+    def _take(self) -> list[_Entry[T, R]]:
         """Up to ``max_batch`` queued rows whose callers are still waiting."""
         pending = self._pending
-        batch: list[_Entry[T]] = []
+        batch: list[_Entry[T, R]] = []
         while len(batch) < self._max_batch:
             try:
                 entry = pending.popleft()
@@ -120,7 +128,7 @@ class GroupCommitter(Generic[T]):
             batch = _Batch(self._take)
             started = loop.time()
             try:
-                await self._write_batch(batch.take)
+                results = await self._write_batch(batch.take)
                 if not batch.taken:
                     raise RuntimeError("write_batch returned without taking its rows")
             except Exception as exc:  # every waiter learns the commit failed
@@ -128,19 +136,24 @@ class GroupCommitter(Generic[T]):
                     batch.take()
                 if not isinstance(exc, StoreUnavailableError):  # the store logs its outages
                     log.warning("commit of %d rows failed: %s", len(batch.entries), exc)
-                self._answer(batch.entries, exc)
+                self._answer(batch.entries, exc, None)
                 continue
             if batch.entries:
                 metrics.commit_rows.observe(len(batch.entries))
                 metrics.commit_seconds.observe(loop.time() - started)
-            self._answer(batch.entries, None)
+            self._answer(batch.entries, None, results)
 
-    def _answer(self, batch: list[_Entry[T]], error: Exception | None) -> None:
-        for _, future in batch:
+    def _answer(
+        self,
+        batch: list[_Entry[T, R]],
+        error: Exception | None,
+        results: Mapping[int, R] | None,
+    ) -> None:
+        for index, (_, future) in enumerate(batch):
             if future.done():  # its caller gave up meanwhile
                 continue
             if error is None:
-                future.set_result(None)
+                future.set_result(results.get(index) if results else None)
             else:
                 future.set_exception(error)
         waiting = self._waiting
@@ -153,12 +166,12 @@ class GroupCommitter(Generic[T]):
             await asyncio.gather(*self._writers, return_exceptions=True)
 
 
-class _Batch(Generic[T]):
+class _Batch(Generic[T, R]):
     """The rows of one commit, taken when the store calls ``take``."""
 
-    def __init__(self, take_entries: Callable[[], list[_Entry[T]]]) -> None:
+    def __init__(self, take_entries: Callable[[], list[_Entry[T, R]]]) -> None:
         self._take_entries = take_entries
-        self.entries: list[_Entry[T]] = []
+        self.entries: list[_Entry[T, R]] = []
         self.taken = False
 
     def take(self) -> list[T]:

@@ -58,7 +58,12 @@ from mlstack_gateway.history import (
 )
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.stores.base import PredictionRecord, StoreUnavailableError, history_item
+from mlstack_gateway.stores.base import (
+    PredictionRecord,
+    StoredPrediction,
+    StoreUnavailableError,
+    history_item,
+)
 from mlstack_gateway.stores.group_commit import GroupCommitter
 from mlstack_gateway.stores.migrations import APPLIED, migrate
 
@@ -110,6 +115,52 @@ INSERT INTO predictions
 SELECT rows.* FROM turn CROSS JOIN
     unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::float8[]) AS rows
 ON CONFLICT (request_id) DO NOTHING
+"""
+# _INSERT for a batch that holds a keyed record (an Idempotency-Key's), whose request_id may be
+# stored already, by an earlier request with the key: the same lock, one round trip, one commit.
+# $7 says which rows are the first with their request_id in the batch (two requests in flight
+# with one key share a batch): only those are inserted, as one statement may not write a row
+# twice. A row found already there is rewritten as it is (DO UPDATE), not skipped: the answer
+# lists, by their place in the batch ($1's, from 1), the rows whose stored columns differ from
+# those sent (found rows, save those stored by a try of this very batch), with what is stored
+# and whether it has the same instances (jsonb equality: numbers by value).
+#
+# Why rewrite a row found: to confirm it as the server promises a commit. A row is found when it
+# is visible, that is once its commit record is in the WAL (and on the primary's disk, but if its
+# commit's synchronous_commit was off), whether or not its synchronous standby confirmed it: its
+# wait may have been cancelled (_StandbyWait), or its backend ended (_insert). DO NOTHING writes
+# nothing for it, so a transaction that found every row commits without a commit record and
+# without waiting for any standby, confirming nothing. DO UPDATE writes a new version of each
+# row found (and takes a transaction id), so this transaction's commit writes a commit record,
+# flushes the WAL to it and, with a synchronous standby, waits until the standby has it. The
+# WAL is one sequence, written, flushed and streamed in order, and this commit's record comes
+# after that of every row this statement saw: the standby confirming this commit has every one
+# of those too. So when this statement's commit is confirmed (its wait not cut short), every row
+# of the batch, inserted or found, is committed as the server promises a commit; a resend of it
+# (connection lost) is confirmed the same way, and needs no _SYNCHRONOUS. The new version holds
+# the same values, and no indexed column changes (HOT: no new index entries).
+# A row found is never one another transaction is still inserting: every writer takes the
+# commit-order lock first, and holds it to its end (its standby wait included).
+_UPSERT = f"""
+WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock({COMMIT_ORDER_LOCK_KEY})),
+sent AS MATERIALIZED (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::float8[], $7::bool[]
+    ) WITH ORDINALITY
+        AS s (request_id, model_name, model_version, instances, predictions, latency_ms, first, n)
+),
+written AS (
+    INSERT INTO predictions
+        (request_id, model_name, model_version, instances, predictions, latency_ms)
+    SELECT s.request_id, s.model_name, s.model_version, s.instances, s.predictions, s.latency_ms
+    FROM turn CROSS JOIN sent AS s WHERE s.first
+    ON CONFLICT (request_id) DO UPDATE SET request_id = EXCLUDED.request_id
+    RETURNING request_id, model_version, instances, predictions
+)
+SELECT s.n, w.model_version, w.predictions::text, w.instances = s.instances
+FROM written AS w JOIN sent AS s USING (request_id)
+WHERE w.model_version <> s.model_version OR w.predictions <> s.predictions
+   OR w.instances <> s.instances
 """
 # Whether this server's commits return only once a synchronous standby has the commit: then a
 # row a resend finds already there may be on the primary alone (_insert).
@@ -590,18 +641,36 @@ class _StandbyWait:
             self.cut_short = True
 
 
+async def _heard(
+    conn: asyncpg.pool.PoolConnectionProxy, statement: Callable[[], Awaitable[R]]
+) -> tuple[R, bool]:
+    """``statement``'s result, and whether its commit is confirmed as the server promises a
+    commit: False if the server said that the commit's wait for its synchronous standby was cut
+    short, and the rows may be on the primary alone.
+
+    Such a commit returns as a success with a warning (_STANDBY_WAIT_ROUTINE). asyncpg calls a
+    log listener through the event loop, in the order the server sent, so the warning, sent
+    before the COMMIT's result, has been heard when the statement returns. The listener goes
+    with the statement: asyncpg would warn about, then drop, one left on a connection going back
+    to the pool."""
+    standby_wait = _StandbyWait()
+    conn.add_log_listener(standby_wait)
+    try:
+        result = await statement()
+    finally:
+        # A proxy asyncpg detached, on losing its connection, raises; the listeners went with
+        # the connection.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.remove_log_listener(standby_wait)
+    return result, not standby_wait.cut_short
+
+
 async def _insert(
     conn: asyncpg.pool.PoolConnectionProxy, columns: tuple[list[Any], ...], resent: bool
-) -> bool:
+) -> tuple[bool, dict[int, StoredPrediction]]:
     """_INSERT of ``columns``, ``resent`` after a try whose outcome is unknown; whether every
-    row is now committed as the server promises a commit.
-
-    A commit whose wait for its synchronous standby is cancelled returns as a success with a
-    warning that the rows may be on the primary alone (_STANDBY_WAIT_ROUTINE): not confirmed.
-    asyncpg calls a log listener through the event loop, in the order the server sent, so the
-    warning, sent before the COMMIT's result, has been heard when ``execute`` returns. The
-    listener goes with the statement: asyncpg would warn about, then drop, one left on a
-    connection going back to the pool.
+    row is now committed as the server promises a commit (_heard), and no row found (_upsert's
+    answer, for a batch without keyed records).
 
     A row a resend finds already there was committed by that try, at least on the primary's
     disk: a commit that waits for its synchronous standby and whose backend is ended meanwhile
@@ -609,20 +678,23 @@ async def _insert(
     replicated" (and its connection is lost). The resend, which then writes nothing, commits at
     once without waiting for the standby, so it confirms no more than the primary's copy:
     enough only for a server that promises no more (no synchronous standby)."""
-    standby_wait = _StandbyWait()
-    conn.add_log_listener(standby_wait)
-    try:
-        status = await conn.execute(_INSERT, *columns)
-    finally:
-        # A proxy asyncpg detached, on losing its connection, raises; the listeners went with
-        # the connection.
-        with contextlib.suppress(asyncpg.InterfaceError):
-            conn.remove_log_listener(standby_wait)
-    if standby_wait.cut_short:
-        return False
+    status, confirmed = await _heard(conn, lambda: conn.execute(_INSERT, *columns))
+    if not confirmed:
+        return False, {}
     if not resent or int(status.rpartition(" ")[2]) == len(columns[0]):
-        return True
-    return not await conn.fetchval(_SYNCHRONOUS)
+        return True, {}
+    return not await conn.fetchval(_SYNCHRONOUS), {}
+
+
+async def _upsert(
+    conn: asyncpg.pool.PoolConnectionProxy, columns: tuple[list[Any], ...], resent: bool
+) -> tuple[bool, dict[int, StoredPrediction]]:
+    """_UPSERT of ``columns`` (with _UPSERT's $7); whether every row, inserted or found, is now
+    committed as the server promises a commit, sent for the first time or ``resent`` alike (see
+    _UPSERT), and the rows found that differ from those sent, by their index in the batch."""
+    rows, confirmed = await _heard(conn, lambda: conn.fetch(_UPSERT, *columns))
+    found = {row[0] - 1: StoredPrediction(row[1], row[2], row[3]) for row in rows}
+    return confirmed, found
 
 
 class PostgresStore:
@@ -673,7 +745,7 @@ class PostgresStore:
         # last one started: smaller commits, and more of the gateway's and PostgreSQL's CPU per
         # row (bench/results/gateway.md). The other pool connections serve history reads and
         # probes.
-        self._committer: GroupCommitter[PredictionRecord] = GroupCommitter(
+        self._committer: GroupCommitter[PredictionRecord, StoredPrediction] = GroupCommitter(
             self._write_batch,
             metrics,
             timeout=self._write_timeout,
@@ -757,11 +829,13 @@ class PostgresStore:
     async def _answers(pool: asyncpg.Pool) -> None:
         await _on_connection(pool, READ_ATTEMPT_SECONDS, lambda conn: conn.fetchval("SELECT 1"))
 
-    async def _write_batch(self, take: Callable[[], list[PredictionRecord]]) -> None:
+    async def _write_batch(
+        self, take: Callable[[], list[PredictionRecord]]
+    ) -> dict[int, StoredPrediction] | None:
         records = take()
         if not records:
-            return
-        columns = (
+            return None
+        columns: tuple[list[Any], ...] = (
             [r.request_id for r in records],
             [r.model_name for r in records],
             [r.model_version for r in records],
@@ -769,6 +843,17 @@ class PostgresStore:
             [r.predictions_json for r in records],
             [r.latency_ms for r in records],
         )
+        write = _insert
+        if any(r.keyed for r in records):
+            # A keyed record's row may be there already: _UPSERT, told which rows come first
+            # with their request_id in the batch.
+            write = _upsert
+            first: list[bool] = []
+            seen: set[str] = set()
+            for r in records:
+                first.append(r.request_id not in seen)
+                seen.add(r.request_id)
+            columns = (*columns, first)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._write_timeout
         retry = _WRITE_BACKOFF.start(deadline)
@@ -779,10 +864,10 @@ class PostgresStore:
                 raise StoreUnavailableError("database not connected yet")
             asked_at = loop.time()
             try:
-                confirmed = await _on_connection(
+                confirmed, found = await _on_connection(
                     pool,
                     max(0.1, deadline - asked_at),
-                    functools.partial(_insert, columns=columns, resent=resent),
+                    functools.partial(write, columns=columns, resent=resent),
                 )
             except Exception as exc:
                 if not _is_transient(exc):
@@ -808,10 +893,10 @@ class PostgresStore:
                 raise StoreUnavailableError(
                     "database write not confirmed by the synchronous standby"
                 )
-            return
+            return found
 
-    async def save(self, record: PredictionRecord) -> None:
-        await self._committer.submit(record)
+    async def save(self, record: PredictionRecord) -> StoredPrediction | None:
+        return await self._committer.submit(record)
 
     def _page_args(self, limit: int, before: int) -> tuple[int, int, int, int]:
         """_PAGE's parameters $1 to $4."""

@@ -24,10 +24,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from mlstack_gateway.history import HistoryPage, PageBuilder
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.stores.base import PredictionRecord, StoreUnavailableError, history_item
+from mlstack_gateway.stores.base import (
+    PredictionRecord,
+    StoredPrediction,
+    StoreUnavailableError,
+    history_item,
+)
 from mlstack_gateway.stores.group_commit import GroupCommitter
 from mlstack_gateway.stores.migrations import migrate
 
@@ -54,6 +61,14 @@ _INSERT = """
 INSERT OR IGNORE INTO predictions
     (request_id, model_name, model_version, instances, predictions, latency_ms)
 VALUES """
+# _INSERT for a batch that holds a keyed record (an Idempotency-Key's), whose request_id may be
+# stored already: a row found is rewritten as it is (DO UPDATE), so that RETURNING gives what
+# it holds, as it gives an inserted row. One statement, one transaction, as _INSERT. (There is
+# no standby to confirm a found row to: it is committed on this file's disk, synced, as the row
+# of any commit. RETURNING needs SQLite 3.35; the order of its rows is not the order sent.)
+_UPSERT_RETURNING = """
+ON CONFLICT (request_id) DO UPDATE SET request_id = excluded.request_id
+RETURNING request_id, model_version, instances, predictions"""
 # One row more than a page may hold: if it comes, the page has a next one.
 _RECENT = """
 SELECT request_id, created_at, model_name, model_version, instances, predictions, latency_ms, id
@@ -88,13 +103,12 @@ def _insert_sql(rows: int) -> str:
     return _INSERT + ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
 
 
-def _insert_batch(conn: sqlite3.Connection, records: list[PredictionRecord]) -> None:
-    """One statement for the whole batch, run in autocommit mode: SQLite makes it one
-    transaction, committed (the WAL synced) before the call returns. One statement rather than
-    BEGIN, an INSERT per row and COMMIT, because sqlite3 lets go of the GIL around every
-    statement: the writer thread would have to win it back from the event loop once per row."""
-    if not records:
-        return
+@functools.lru_cache(maxsize=MAX_BATCH)
+def _upsert_sql(rows: int) -> str:
+    return _insert_sql(rows) + _UPSERT_RETURNING
+
+
+def _params(records: list[PredictionRecord]) -> list[str | float]:
     params: list[str | float] = []
     for r in records:
         params += (
@@ -105,7 +119,57 @@ def _insert_batch(conn: sqlite3.Connection, records: list[PredictionRecord]) -> 
             r.predictions_json,
             r.latency_ms,
         )
-    conn.execute(_insert_sql(len(records)), params)
+    return params
+
+
+def _insert_batch(
+    conn: sqlite3.Connection, records: list[PredictionRecord]
+) -> dict[int, StoredPrediction] | None:
+    """One statement for the whole batch, run in autocommit mode: SQLite makes it one
+    transaction, committed (the WAL synced) before the call returns. One statement rather than
+    BEGIN, an INSERT per row and COMMIT, because sqlite3 lets go of the GIL around every
+    statement: the writer thread would have to win it back from the event loop once per row.
+    What keyed records found stored, by their index in ``records`` (_upsert_batch)."""
+    if not records:
+        return None
+    if any(r.keyed for r in records):
+        return _upsert_batch(conn, records)
+    conn.execute(_insert_sql(len(records)), _params(records))
+    return None
+
+
+def _same(stored: str, sent: str) -> bool:
+    """Whether two JSON texts hold the same values (numbers by value: 1 is 1.0), as
+    PostgreSQL's jsonb equality has it."""
+    return stored == sent or bool(orjson.loads(stored) == orjson.loads(sent))
+
+
+def _upsert_batch(
+    conn: sqlite3.Connection, records: list[PredictionRecord]
+) -> dict[int, StoredPrediction]:
+    """The batch's rows, each request_id once (the first record with it: one statement cannot
+    write a row twice), with what is stored under each request_id, committed; the records whose
+    row differs from them (found stored by an earlier request with the key), by their index,
+    with what is stored and whether it has the same instances."""
+    first: dict[str, PredictionRecord] = {}
+    for r in records:
+        first.setdefault(r.request_id, r)
+    unique = list(first.values())
+    # fetchall: the statement runs to its end, and its autocommit transaction commits, before
+    # this returns (a failed commit raises here).
+    rows = conn.execute(_upsert_sql(len(unique)), _params(unique)).fetchall()
+    stored = {row[0]: row for row in rows}
+    found: dict[int, StoredPrediction] = {}
+    for index, r in enumerate(records):
+        _, model_version, instances, predictions = stored[r.request_id]
+        same_instances = _same(instances, r.instances_json)
+        if (
+            not same_instances
+            or model_version != r.model_version
+            or not _same(predictions, r.predictions_json)
+        ):
+            found[index] = StoredPrediction(model_version, predictions, same_instances)
+    return found
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -202,7 +266,7 @@ class SqliteStore:
         self._answering = True
         # Two writers for one thread: while one commits, the next waits in the thread and takes
         # its rows as soon as the thread is free (see group_commit.py).
-        self._committer: GroupCommitter[PredictionRecord] = GroupCommitter(
+        self._committer: GroupCommitter[PredictionRecord, StoredPrediction] = GroupCommitter(
             self._write_batch,
             metrics,
             timeout=settings.db_write_timeout_seconds,
@@ -219,19 +283,21 @@ class SqliteStore:
             raise
         await self._reader.open(self.path, self._busy_timeout)
 
-    async def _write_batch(self, take: Callable[[], list[PredictionRecord]]) -> None:
+    async def _write_batch(
+        self, take: Callable[[], list[PredictionRecord]]
+    ) -> dict[int, StoredPrediction] | None:
         conn = self._writer.conn
         try:
             # The rows are taken on the writer thread, once it is free to write them.
-            await self._writer.run(lambda: _insert_batch(conn, take()))
+            return await self._writer.run(lambda: _insert_batch(conn, take()))
         except sqlite3.Error as exc:
             self._metrics.db_failures.inc()
             log.warning("SQLite write of a batch failed: %s", exc)
             # The client reads this: the file's words stay in the log.
             raise StoreUnavailableError("database write failed") from exc
 
-    async def save(self, record: PredictionRecord) -> None:
-        await self._committer.submit(record)
+    async def save(self, record: PredictionRecord) -> StoredPrediction | None:
+        return await self._committer.submit(record)
 
     def _recent_sync(self, limit: int, before: int) -> HistoryPage:
         page = PageBuilder(limit, self._history_max_bytes)
