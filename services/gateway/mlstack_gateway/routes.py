@@ -19,7 +19,7 @@ from mlstack_gateway.auth import ApiKeyChecker
 from mlstack_gateway.client import ModelClient
 from mlstack_gateway.errors import ApiError
 from mlstack_gateway.history import NEWEST, parse_cursor
-from mlstack_gateway.ids import new_request_id
+from mlstack_gateway.ids import idempotency_key, new_request_id
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.payload import parse_predict_body
 from mlstack_gateway.settings import GatewaySettings
@@ -124,6 +124,7 @@ class GatewayRoutes:
     async def _predict(self, scope: Scope, receive: Receive, started: float) -> bytes:
         headers = scope["headers"]
         self.authenticate(headers)
+        key = idempotency_key(headers)
         settings = self._settings
         try:
             # The body is dropped once parsed, not held through the model call and the commit.
@@ -134,7 +135,7 @@ class GatewayRoutes:
             )
         except BodyError as exc:
             raise ApiError(exc.status, exc.message) from None
-        request_id = new_request_id()
+        request_id = new_request_id() if key is None else key
         called = time.perf_counter()
         answer = await self._client.infer(request_id, payload)
         answered = time.perf_counter()
@@ -150,17 +151,30 @@ class GatewayRoutes:
             instances_json=orjson.dumps(payload.rows).decode(),
             predictions_json=predictions_json.decode(),
             latency_ms=round((answered - started) * 1000, 3),
+            keyed=key is not None,
         )
         try:
             # Returns only once the row is committed: no 200 for an unsaved prediction.
-            await self._store.save(record)
+            stored = await self._store.save(record)
         except StoreUnavailableError as exc:
             raise ApiError(503, f"prediction not confirmed as stored, try again: {exc}") from None
-        self._metrics.predictions.inc(len(payload.rows))
+        model_version = answer.model_version
+        if stored is None:
+            self._metrics.predictions.inc(len(payload.rows))
+        else:
+            # The key's earlier request is stored (and now confirmed as any commit): a retry
+            # gets its answer, not a second one (the model may have changed since).
+            if not stored.same_instances:
+                raise ApiError(
+                    422,
+                    f"Idempotency-Key {key} was used for another request (other instances): "
+                    "send a new key with a new request",
+                )
+            predictions_json, model_version = stored.predictions_json.encode(), stored.model_version
         return orjson.dumps(
             {
                 "predictions": orjson.Fragment(predictions_json),
-                "model_version": answer.model_version,
+                "model_version": model_version,
                 "request_id": request_id,
             }
         )
