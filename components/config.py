@@ -1022,14 +1022,23 @@ def _secret(
     return pulumi.Output.secret(value)
 
 
+def _refused_secret(key: str, problem: str, fix: str = "set it") -> ConfigError:
+    """The error that refuses the stack secret `key` for `problem` (what is wrong with it, and
+    why), then says how to set it again (`fix`, then the command)."""
+    return ConfigError(
+        f"{NAMESPACE}:{key} {problem}; {fix} with `pulumi config set --secret {NAMESPACE}:{key} "
+        "<value>`"
+    )
+
+
 def _refuse_nul(raw: Mapping[str, object], key: str, reader: str) -> None:
     """The secret `key` read by `reader`, whose strings end at a NUL character (U+0000): it would
     use what comes before one, as if that were the whole secret, and say nothing."""
     if "\0" in str(raw[key]):
-        raise ConfigError(
-            f"{NAMESPACE}:{key} holds a NUL character (U+0000), where {reader} would cut it "
-            f"short; set it without one with `pulumi config set --secret {NAMESPACE}:{key} "
-            "<value>`"
+        raise _refused_secret(
+            key,
+            f"holds a NUL character (U+0000), where {reader} would cut it short",
+            "set it without one",
         )
 
 
@@ -1038,10 +1047,7 @@ def _refuse_line_break(raw: Mapping[str, object], key: str, dropped: str, reader
     but among the final characters `dropped` (which the database's containers, or the reader,
     take off) would end the entry there."""
     if any(brk in str(raw[key]).rstrip(dropped) for brk in "\r\n"):
-        raise ConfigError(
-            f"{NAMESPACE}:{key} holds a line break: {reader}; set it to one line with "
-            f"`pulumi config set --secret {NAMESPACE}:{key} <value>`"
-        )
+        raise _refused_secret(key, f"holds a line break: {reader}", "set it to one line")
 
 
 def _database_password(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Output[str]:
@@ -1066,10 +1072,11 @@ def _database_password(raw: Mapping[str, object], key: str, stack: str) -> pulum
             raw, key, "\n", "Patroni writes it to a password file of one entry a line (pgpass)"
         )
         if "$$" in str(raw[key]):
-            raise ConfigError(
-                f"{NAMESPACE}:{key} holds `$$`: Patroni sets it inside a `DO $$ ... $$` block "
-                "when it makes the cluster, which `$$` would end; set it without `$$` with "
-                f"`pulumi config set --secret {NAMESPACE}:{key} <value>`"
+            raise _refused_secret(
+                key,
+                "holds `$$`: Patroni sets it inside a `DO $$ ... $$` block when it makes the "
+                "cluster, which `$$` would end",
+                "set it without `$$`",
             )
     return value
 
@@ -1085,10 +1092,10 @@ def _api_key(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Output[s
     sent as it is, is refused 401). Final line breaks, which the gateway drops, are taken."""
     value = _secret(raw, key, stack)
     if not _HEADER_VALUE.fullmatch(str(raw[key]).rstrip("\r\n")):
-        raise ConfigError(
-            f"{NAMESPACE}:{key} holds a character that clients cannot all send as it is in the "
-            "X-API-Key header: use visible ASCII characters, with spaces or tabs only between "
-            f"them; set it with `pulumi config set --secret {NAMESPACE}:{key} <value>`"
+        raise _refused_secret(
+            key,
+            "holds a character that clients cannot all send as it is in the X-API-Key header: "
+            "use visible ASCII characters, with spaces or tabs only between them",
         )
     return value
 
@@ -1113,10 +1120,11 @@ def _backup_secret(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Ou
     _refuse_nul(raw, key, "pgBackRest")
     line = str(raw[key]).rstrip("\r\n")
     if line != line.strip(" \t"):
-        raise ConfigError(
-            f"{NAMESPACE}:{key} begins or ends with a space or tab, which pgBackRest drops from "
-            "the options it reads from a file: it would use another secret than the stack's; "
-            f"set it without them with `pulumi config set --secret {NAMESPACE}:{key} <value>`"
+        raise _refused_secret(
+            key,
+            "begins or ends with a space or tab, which pgBackRest drops from the options it "
+            "reads from a file: it would use another secret than the stack's",
+            "set it without them",
         )
     return value
 

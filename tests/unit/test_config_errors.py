@@ -4,7 +4,7 @@ the program logs that line and exits with the status that tells the CLI to show 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -24,6 +24,14 @@ from tests.unit.configs import (
     config_exit,
     dev_with,
     existing_with,
+)
+
+# The four database passwords, as config keys.
+DATABASE_PASSWORDS: Final = (
+    "mlstack:databasePassword",
+    "mlstack:databaseOwnerPassword",
+    "mlstack:databaseReplicationPassword",
+    "mlstack:databaseRewindPassword",
 )
 
 
@@ -97,15 +105,7 @@ def test_a_removed_database_key_sends_its_stack_to_the_upgrade_note(key: str) ->
     )
 
 
-@pytest.mark.parametrize(
-    "key",
-    [
-        "mlstack:databasePassword",
-        "mlstack:databaseOwnerPassword",
-        "mlstack:databaseReplicationPassword",
-        "mlstack:databaseRewindPassword",
-    ],
-)
+@pytest.mark.parametrize("key", DATABASE_PASSWORDS)
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_every_database_password_is_required_whatever_the_instances(
     key: str, replicas: int
@@ -121,15 +121,7 @@ def test_every_database_password_is_required_whatever_the_instances(
     assert f"pulumi config set --secret {key}" in message
 
 
-@pytest.mark.parametrize(
-    "key",
-    [
-        "mlstack:databasePassword",
-        "mlstack:databaseOwnerPassword",
-        "mlstack:databaseReplicationPassword",
-        "mlstack:databaseRewindPassword",
-    ],
-)
+@pytest.mark.parametrize("key", DATABASE_PASSWORDS)
 def test_a_database_password_holding_a_nul_character_is_refused(key: str) -> None:
     """The roles script's psql, which sets each role's password, ends a variable at a NUL
     character: the role would get the part before it, and the script would say it was set,
