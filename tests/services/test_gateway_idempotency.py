@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from mlstack_gateway.stores.postgres import COMMIT_ORDER_LOCK_KEY
+from mlstack_gateway.stores.postgres import COMMIT_ORDER_LOCK_KEY, migrate_database
 
 from harness.http import Reply, request
 from harness.poll import eventually
@@ -29,12 +29,37 @@ from tests.services.support import metric, predict, sqlite_file, throwaway_postg
 
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]
 # Waiting for a synchronous standby (pg_stat_activity.wait_event).
+PREDICTED_ROWS = "mlstack_gateway_predicted_rows_total"
 WAITING_FOR_STANDBY = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
 
 
 def keyed_predict(gateway: ServiceProcess, instances: Any, key: str) -> Reply:
     headers = {"X-API-Key": API_KEY, "Idempotency-Key": key}
     return request("POST", f"{gateway.url}/api/v1/predict", {"instances": instances}, headers)
+
+
+def gateway_role(dsn: str) -> str:
+    """The URL of a role of `dsn`'s database that may do what services/database/roles.sql lets
+    the gateway's role do, and no more: read and insert rows (no UPDATE), use the sequences;
+    the schema migrated beforehand by the superuser, as the migrations Job does."""
+    asyncio.run(migrate_database(dsn, 30))
+    role = "idempotency_gateway"
+    query(
+        dsn,
+        f"""DO $$ BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                CREATE ROLE {role} LOGIN;
+            END IF;
+        END $$""",
+    )
+    for grant in (
+        f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+    ):
+        query(dsn, grant)
+    user, _, rest = dsn.removeprefix("postgresql://").partition("@")
+    assert user == "postgres", dsn
+    return f"postgresql://{role}@{rest}"
 
 
 @dataclass
@@ -79,7 +104,7 @@ def shared(
     else:
         postgres: PostgresServer = request.getfixturevalue("postgres")
         dsn = postgres.create_database("gateway_idempotency")
-        env = {"DATABASE_URL": dsn}
+        env = {"DATABASE_URL": gateway_role(dsn), "DATABASE_MIGRATE": "false"}
 
         def count(request_id: str) -> int:
             sql = "SELECT count(*) FROM predictions WHERE request_id = $1::uuid"
@@ -123,9 +148,12 @@ def test_a_retry_with_the_key_gets_the_same_answer_and_stores_nothing_more(
     first = keyed_predict(shared.new, [SETOSA, VIRGINICA], key)
     assert first.status == 200, first.body
     assert first.json()["request_id"] == key
+    predicted = metric(shared.new, PREDICTED_ROWS)
     again = keyed_predict(shared.new, [SETOSA, VIRGINICA], key)
     assert (again.status, again.json()) == (200, first.json())
     assert shared.count(key) == 1
+    # The rows predicted and stored: the retry stored none.
+    assert metric(shared.new, PREDICTED_ROWS) == predicted
 
 
 def test_a_retry_gets_what_was_stored_not_what_the_model_answers_now(shared: SharedStore) -> None:

@@ -28,9 +28,10 @@ class PredictionRecord:
 
 @dataclass(frozen=True, slots=True)
 class StoredPrediction:
-    """What a keyed record's ``request_id`` holds, where that is not the record itself: the row
-    an earlier request with the same key stored (its answer, which a retry gets), and whether
-    that request had the same instances (if not, the key was used for another request)."""
+    """What a keyed record's ``request_id`` holds when the record itself was not stored: the row
+    an earlier request with the same key stored, or one in flight with it (its answer, which a
+    retry gets), and whether that request had the same instances (if not, the key was used for
+    another request)."""
 
     model_version: str
     predictions_json: str
@@ -75,9 +76,8 @@ class PredictionStore(Protocol):
 
         A keyed record whose ``request_id`` is stored already is not stored again: the row
         found is returned instead once it is committed as a new row would be (on PostgreSQL,
-        confirmed by the synchronous standby where the server has one), unless it is exactly
-        the record (a row sent twice, or a retry whose answer came out the same): None, as for
-        a record stored now."""
+        confirmed by the synchronous standby where the server has one). None: the record is
+        stored now."""
 
     async def recent(self, limit: int, before: int) -> HistoryPage:
         """The newest records with ids below ``before``, newest first: at most ``limit`` of

@@ -117,50 +117,45 @@ SELECT rows.* FROM turn CROSS JOIN
 ON CONFLICT (request_id) DO NOTHING
 """
 # _INSERT for a batch that holds a keyed record (an Idempotency-Key's), whose request_id may be
-# stored already, by an earlier request with the key: the same lock, one round trip, one commit.
-# $7 says which rows are the first with their request_id in the batch (two requests in flight
-# with one key share a batch): only those are inserted, as one statement may not write a row
-# twice. A row found already there is rewritten as it is (DO UPDATE), not skipped: the answer
-# lists, by their place in the batch ($1's, from 1), the rows whose stored columns differ from
-# those sent (found rows, save those stored by a try of this very batch), with what is stored
-# and whether it has the same instances (jsonb equality: numbers by value).
-#
-# Why rewrite a row found: to confirm it as the server promises a commit. A row is found when it
-# is visible, that is once its commit record is in the WAL (and on the primary's disk, but if its
-# commit's synchronous_commit was off), whether or not its synchronous standby confirmed it: its
-# wait may have been cancelled (_StandbyWait), or its backend ended (_insert). DO NOTHING writes
-# nothing for it, so a transaction that found every row commits without a commit record and
-# without waiting for any standby, confirming nothing. DO UPDATE writes a new version of each
-# row found (and takes a transaction id), so this transaction's commit writes a commit record,
-# flushes the WAL to it and, with a synchronous standby, waits until the standby has it. The
-# WAL is one sequence, written, flushed and streamed in order, and this commit's record comes
-# after that of every row this statement saw: the standby confirming this commit has every one
-# of those too. So when this statement's commit is confirmed (its wait not cut short), every row
-# of the batch, inserted or found, is committed as the server promises a commit; a resend of it
-# (connection lost) is confirmed the same way, and needs no _SYNCHRONOUS. The new version holds
-# the same values, and no indexed column changes (HOT: no new index entries).
-# A row found is never one another transaction is still inserting: every writer takes the
-# commit-order lock first, and holds it to its end (its standby wait included).
-_UPSERT = f"""
-WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock({COMMIT_ORDER_LOCK_KEY})),
-sent AS MATERIALIZED (
-    SELECT * FROM unnest(
-        $1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::float8[], $7::bool[]
-    ) WITH ORDINALITY
-        AS s (request_id, model_name, model_version, instances, predictions, latency_ms, first, n)
-),
-written AS (
-    INSERT INTO predictions
-        (request_id, model_name, model_version, instances, predictions, latency_ms)
-    SELECT s.request_id, s.model_name, s.model_version, s.instances, s.predictions, s.latency_ms
-    FROM turn CROSS JOIN sent AS s WHERE s.first
-    ON CONFLICT (request_id) DO UPDATE SET request_id = EXCLUDED.request_id
-    RETURNING request_id, model_version, instances, predictions
-)
-SELECT s.n, w.model_version, w.predictions::text, w.instances = s.instances
-FROM written AS w JOIN sent AS s USING (request_id)
-WHERE w.model_version <> s.model_version OR w.predictions <> s.predictions
-   OR w.instances <> s.instances
+# stored already, by an earlier request with the key: the same lock, in one transaction with
+# what follows (_upsert). $7 says which rows are the first with their request_id in the batch
+# (two requests in flight with one key share a batch): only those are inserted, as one statement
+# may not write a row twice. The answer names the rows inserted: the others were found.
+_INSERT_FIRSTS = f"""
+WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock({COMMIT_ORDER_LOCK_KEY}))
+INSERT INTO predictions
+    (request_id, model_name, model_version, instances, predictions, latency_ms)
+SELECT s.request_id, s.model_name, s.model_version, s.instances, s.predictions, s.latency_ms
+FROM turn CROSS JOIN unnest(
+    $1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::float8[], $7::bool[]
+) AS s (request_id, model_name, model_version, instances, predictions, latency_ms, first)
+WHERE s.first
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id::text
+"""
+# A row found is confirmed only by a commit that waits for the synchronous standby. A row is
+# found once it is visible, that is once its commit record is in the WAL (and on the primary's
+# disk, but if its commit's synchronous_commit was off), whether or not its synchronous standby
+# confirmed it: its wait may have been cancelled (_StandbyWait), or its backend ended (_insert).
+# A transaction that inserted nothing writes no WAL, and PostgreSQL commits it without a commit
+# record and without waiting for any standby: it would confirm nothing. This transactional WAL
+# message (which any role may write, and nothing reads) gives it a transaction id and WAL, so
+# its commit writes a commit record, flushes the WAL to it and, with a synchronous standby,
+# waits until the standby has it. The WAL is one sequence, written, flushed and streamed in
+# order, and this commit's record comes after that of every row found: the standby confirming
+# it has those too. (The gateway's role may not UPDATE a row, services/database/roles.sql, so
+# rewriting the rows found is no way to the same end.)
+_WRITE_COMMIT_RECORD = "SELECT pg_logical_emit_message(true, 'mlstack', 'rows found')"
+# What the keyed rows $1 hold, by their place in the batch ($3), and whether they have the
+# instances sent ($2; jsonb equality: numbers by value). A statement of its own, after
+# _INSERT_FIRSTS: its snapshot is taken with the commit-order lock held, so it sees every row
+# committed before (one taken before the lock would miss those committed while it waited). A
+# row found is never one another transaction is still inserting: every writer takes the lock
+# first, and holds it to its end (its standby wait included).
+_FOUND = """
+SELECT s.n, p.model_version, p.predictions::text, p.instances = s.instances
+FROM unnest($1::uuid[], $2::jsonb[], $3::int[]) AS s (request_id, instances, n)
+JOIN predictions AS p USING (request_id)
 """
 # Whether this server's commits return only once a synchronous standby has the commit: then a
 # row a resend finds already there may be on the primary alone (_insert).
@@ -687,13 +682,39 @@ async def _insert(
 
 
 async def _upsert(
-    conn: asyncpg.pool.PoolConnectionProxy, columns: tuple[list[Any], ...], resent: bool
+    conn: asyncpg.pool.PoolConnectionProxy,
+    columns: tuple[list[Any], ...],
+    resent: bool,
+    keyed: list[bool],
 ) -> tuple[bool, dict[int, StoredPrediction]]:
-    """_UPSERT of ``columns`` (with _UPSERT's $7); whether every row, inserted or found, is now
-    committed as the server promises a commit, sent for the first time or ``resent`` alike (see
-    _UPSERT), and the rows found that differ from those sent, by their index in the batch."""
-    rows, confirmed = await _heard(conn, lambda: conn.fetch(_UPSERT, *columns))
-    found = {row[0] - 1: StoredPrediction(row[1], row[2], row[3]) for row in rows}
+    """_INSERT_FIRSTS of ``columns`` (with its $7), then what the ``keyed`` rows not inserted
+    hold, in one transaction; whether every row, inserted or found, is now committed as the
+    server promises a commit (_WRITE_COMMIT_RECORD), sent for the first time or ``resent``
+    alike, and what each keyed row not inserted found, by its index in the batch. (A resend's
+    rows found that are not keyed are its own, stored by the try whose outcome was unknown.)"""
+    request_ids, first = columns[0], columns[6]
+
+    async def transaction() -> list[asyncpg.Record]:
+        async with conn.transaction():
+            inserted = {row[0] for row in await conn.fetch(_INSERT_FIRSTS, *columns)}
+            if any(f and rid not in inserted for rid, f in zip(request_ids, first, strict=True)):
+                await conn.execute(_WRITE_COMMIT_RECORD)
+            asked = [
+                index
+                for index, rid in enumerate(request_ids)
+                if keyed[index] and not (first[index] and rid in inserted)
+            ]
+            if not asked:
+                return []
+            return await conn.fetch(
+                _FOUND,
+                [request_ids[index] for index in asked],
+                [columns[3][index] for index in asked],
+                asked,
+            )
+
+    rows, confirmed = await _heard(conn, transaction)
+    found = {row[0]: StoredPrediction(row[1], row[2], row[3]) for row in rows}
     return confirmed, found
 
 
@@ -843,11 +864,11 @@ class PostgresStore:
             [r.predictions_json for r in records],
             [r.latency_ms for r in records],
         )
-        write = _insert
+        write: Callable[..., Awaitable[tuple[bool, dict[int, StoredPrediction]]]] = _insert
         if any(r.keyed for r in records):
-            # A keyed record's row may be there already: _UPSERT, told which rows come first
+            # A keyed record's row may be there already: _upsert, told which rows come first
             # with their request_id in the batch.
-            write = _upsert
+            write = functools.partial(_upsert, keyed=[r.keyed for r in records])
             first: list[bool] = []
             seen: set[str] = set()
             for r in records:

@@ -61,14 +61,11 @@ _INSERT = """
 INSERT OR IGNORE INTO predictions
     (request_id, model_name, model_version, instances, predictions, latency_ms)
 VALUES """
-# _INSERT for a batch that holds a keyed record (an Idempotency-Key's), whose request_id may be
-# stored already: a row found is rewritten as it is (DO UPDATE), so that RETURNING gives what
-# it holds, as it gives an inserted row. One statement, one transaction, as _INSERT. (There is
-# no standby to confirm a found row to: it is committed on this file's disk, synced, as the row
-# of any commit. RETURNING needs SQLite 3.35; the order of its rows is not the order sent.)
-_UPSERT_RETURNING = """
-ON CONFLICT (request_id) DO UPDATE SET request_id = excluded.request_id
-RETURNING request_id, model_version, instances, predictions"""
+# What the keyed rows of a batch hold that were not inserted (found stored by an earlier
+# request with the key), by request_id: read in the batch's transaction (_upsert_batch).
+_FOUND = (
+    "SELECT request_id, model_version, instances, predictions FROM predictions WHERE request_id IN "
+)
 # One row more than a page may hold: if it comes, the page has a next one.
 _RECENT = """
 SELECT request_id, created_at, model_name, model_version, instances, predictions, latency_ms, id
@@ -104,8 +101,8 @@ def _insert_sql(rows: int) -> str:
 
 
 @functools.lru_cache(maxsize=MAX_BATCH)
-def _upsert_sql(rows: int) -> str:
-    return _insert_sql(rows) + _UPSERT_RETURNING
+def _insert_returning_sql(rows: int) -> str:
+    return _insert_sql(rows) + " RETURNING request_id"
 
 
 def _params(records: list[PredictionRecord]) -> list[str | float]:
@@ -147,28 +144,42 @@ def _same(stored: str, sent: str) -> bool:
 def _upsert_batch(
     conn: sqlite3.Connection, records: list[PredictionRecord]
 ) -> dict[int, StoredPrediction]:
-    """The batch's rows, each request_id once (the first record with it: one statement cannot
-    write a row twice), with what is stored under each request_id, committed; the records whose
-    row differs from them (found stored by an earlier request with the key), by their index,
-    with what is stored and whether it has the same instances."""
-    first: dict[str, PredictionRecord] = {}
-    for r in records:
-        first.setdefault(r.request_id, r)
-    unique = list(first.values())
-    # fetchall: the statement runs to its end, and its autocommit transaction commits, before
-    # this returns (a failed commit raises here).
-    rows = conn.execute(_upsert_sql(len(unique)), _params(unique)).fetchall()
-    stored = {row[0]: row for row in rows}
-    found: dict[int, StoredPrediction] = {}
+    """The batch's rows, each request_id once (the first record with it), then what the keyed
+    records not inserted find stored under their request_id, in one transaction that holds the
+    file's write lock from its start (no other writer between the insert and the read); the
+    keyed records not inserted, by their index, with what is stored and whether it has the same
+    instances."""
+    first: dict[str, int] = {}
     for index, r in enumerate(records):
+        first.setdefault(r.request_id, index)
+    unique = [records[index] for index in first.values()]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # fetchall: the statement runs to its end (RETURNING names the rows it inserted).
+        sql = _insert_returning_sql(len(unique))
+        inserted = {row[0] for row in conn.execute(sql, _params(unique)).fetchall()}
+        asked = [
+            index
+            for index, r in enumerate(records)
+            if r.keyed and not (first[r.request_id] == index and r.request_id in inserted)
+        ]
+        stored: dict[str, tuple[str, str, str, str]] = {}
+        if asked:
+            ids = sorted({records[index].request_id for index in asked})
+            sql = _FOUND + "(" + ", ".join("?" * len(ids)) + ")"
+            stored = {row[0]: row for row in conn.execute(sql, ids).fetchall()}
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    found: dict[int, StoredPrediction] = {}
+    for index in asked:
+        r = records[index]
         _, model_version, instances, predictions = stored[r.request_id]
-        same_instances = _same(instances, r.instances_json)
-        if (
-            not same_instances
-            or model_version != r.model_version
-            or not _same(predictions, r.predictions_json)
-        ):
-            found[index] = StoredPrediction(model_version, predictions, same_instances)
+        found[index] = StoredPrediction(
+            model_version, predictions, _same(instances, r.instances_json)
+        )
     return found
 
 
