@@ -12,7 +12,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -57,8 +57,11 @@ class Answer:
 STACK_KEY = [API_KEY]
 
 
-def predict(url: str, timeout: float = 10, key: str | None = None) -> Answer:
-    """One POST /api/v1/predict with the stack's API key, or `key` (never through a proxy)."""
+def predict(
+    url: str, timeout: float = 10, key: str | None = None, idempotency_key: str | None = None
+) -> Answer:
+    """One POST /api/v1/predict with the stack's API key, or `key` (never through a proxy), and
+    `idempotency_key` as its Idempotency-Key if given."""
     return _answer(
         "POST",
         url + PREDICT_PATH,
@@ -66,6 +69,7 @@ def predict(url: str, timeout: float = 10, key: str | None = None) -> Answer:
         timeout,
         lambda body: (body["model_version"], body["request_id"]),
         key=key or STACK_KEY[0],
+        headers={"Idempotency-Key": idempotency_key} if idempotency_key else {},
     )
 
 
@@ -89,10 +93,11 @@ def _answer(
     read: Callable[[Any], tuple[str, str]],
     *,
     key: str,
+    headers: Mapping[str, str] | None = None,
 ) -> Answer:
     now = time.monotonic()
     try:
-        reply = request(method, url, body, {"X-API-Key": key, **CLOSE}, timeout)
+        reply = request(method, url, body, {"X-API-Key": key, **CLOSE, **(headers or {})}, timeout)
         if reply.status >= 300:
             error = reply.body.decode(errors="replace")[:300]
             retry_after = reply.headers.get("Retry-After", "")

@@ -27,6 +27,7 @@ import json
 import math
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -480,6 +481,14 @@ def test_2b_a_prediction_through_the_load_balancer_is_answered_and_stored(
         f"WHERE request_id = '{answer.request_id}'",
     )
     assert rows == [f"{answer.version}|[0, 2]"], rows
+    # With an Idempotency-Key, sent twice: one row, one answer, as the gateway's role (which may
+    # only read and insert) on the image's PostgreSQL.
+    key = str(uuid.uuid4())
+    first, again = (app.predict(url, idempotency_key=key) for _ in range(2))
+    assert first.ok and again.ok, (first, again)
+    assert first.request_id == again.request_id == key
+    count = f"SELECT count(*) FROM predictions WHERE request_id = '{key}'"
+    assert app.psql(control_plane, count) == ["1"]
 
 
 # The roles that log in with a password, with the stack secret each password is set from.
