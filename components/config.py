@@ -63,6 +63,8 @@ _IMAGE_REF = re.compile(r"^[^\s]+$")
 # An HTTP header value that every client sends as it is: visible ASCII characters, with spaces
 # and tabs only between them (RFC 9110, 5.5, for a field defined anew, as X-API-Key is).
 _HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x21-\x7e \t]*[\x21-\x7e])?")
+# What no header value holds at all: control characters, but the tab.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 # GKE's release channels; EXTENDED is for clusters that must stay on a minor for longer.
 RELEASE_CHANNELS: Final = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
@@ -988,8 +990,8 @@ def _refuse_plain_text_secrets(raw: Mapping[str, object]) -> None:
             raise ConfigError(
                 f"{NAMESPACE}:{key} is in plain text in the stack's config, not encrypted: "
                 f"set it with `pulumi config set --secret {NAMESPACE}:{key} "
-                "<value>` (one that was committed in plain text is no secret any more: choose a "
-                "new one)"
+                "<value>` (a password or private key committed in plain text is no secret any "
+                "more: replace it)"
             )
 
 
@@ -1089,9 +1091,21 @@ def _api_key(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Output[s
     each their own way (curl UTF-8, Python's http.client Latin-1 or not at all): such a key
     would be refused to some clients or all. A space or tab at either end is no part of a header
     value, and the gateway would not hold the key as the stack does (a key ending in a space,
-    sent as it is, is refused 401). Final line breaks, which the gateway drops, are taken."""
+    sent as it is, is refused 401). Final line breaks, which the gateway drops, are taken.
+
+    `apiKeyPrevious` is the key clients send now, which a rotation replaces: it is held only to
+    what no header can carry (a control character), so that a stack whose key was chosen before
+    these rules, and works for its clients, can rotate away from it."""
     value = _secret(raw, key, stack)
-    if not _HEADER_VALUE.fullmatch(str(raw[key]).rstrip("\r\n")):
+    text = str(raw[key]).rstrip("\r\n")
+    if key == "apiKeyPrevious":
+        if _CONTROL.search(text):
+            raise _refused_secret(
+                key,
+                "holds a control character (a line break inside, a NUL), which no X-API-Key "
+                "header carries: no client can send it",
+            )
+    elif not _HEADER_VALUE.fullmatch(text):
         raise _refused_secret(
             key,
             "holds a character that clients cannot all send as it is in the X-API-Key header: "
@@ -1123,8 +1137,8 @@ def _backup_secret(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Ou
         raise _refused_secret(
             key,
             "begins or ends with a space or tab, which pgBackRest drops from the options it "
-            "reads from a file: it would use another secret than the stack's",
-            "set it without them",
+            "reads from a file: it uses the value without them, not the stack's",
+            "set it to that value, without them (the one pgBackRest has used)",
         )
     return value
 

@@ -700,8 +700,9 @@ def test_a_backup_secret_with_a_space_at_an_end_is_refused(key: str, value: str)
     message = on_cluster_error(EXISTING, {"s3": S3}, **{**keys, key: value})
     assert message == (
         f"mlstack:{key} begins or ends with a space or tab, which pgBackRest drops from the "
-        "options it reads from a file: it would use another secret than the stack's; set it "
-        f"without them with `pulumi config set --secret mlstack:{key} <value>`"
+        "options it reads from a file: it uses the value without them, not the stack's; set it "
+        "to that value, without them (the one pgBackRest has used) with "
+        f"`pulumi config set --secret mlstack:{key} <value>`"
     )
 
 

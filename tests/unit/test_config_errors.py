@@ -357,8 +357,8 @@ def every_secret() -> dict[str, Any]:
 def plain_text_refusal(key: str) -> str:
     return (
         f"{key} is in plain text in the stack's config, not encrypted: "
-        f"set it with `pulumi config set --secret {key} <value>` (one that was committed in "
-        "plain text is no secret any more: choose a new one)"
+        f"set it with `pulumi config set --secret {key} <value>` (a password or private key "
+        "committed in plain text is no secret any more: replace it)"
     )
 
 
