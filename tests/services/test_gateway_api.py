@@ -121,6 +121,17 @@ BAD_BODIES: list[tuple[Any, int, str]] = [
     ({"instances": [[5.1, 3.5, 1.4, None]]}, 422, "instances[0][3] is not a number: null"),
     ({"instances": [[5.1, 3.5, 1.4, [0.2]]]}, 422, "instances[0][3] is not a number"),
     ({"instances": [[5.1, 3.5, 1.4, {"v": 1}]]}, 422, "instances[0][3] is not a number"),
+    # Nested deeper than orjson writes JSON (it reads deeper): named without being quoted.
+    (
+        b'{"instances": [[' + b"[" * 300 + b"]" * 300 + b", 3.5, 1.4, 0.2]]}",
+        422,
+        "instances[0][0] is not a number: a list nested too deep to quote",
+    ),
+    (
+        b'{"instances": [[' + b'{"v":' * 300 + b"1" + b"}" * 300 + b", 3.5, 1.4, 0.2]]}",
+        422,
+        "instances[0][0] is not a number: an object nested too deep to quote",
+    ),
     ({"instances": [SETOSA] * 1025}, 422, "too many rows: 1025"),
 ]
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from mlstack_common.errors import quote_json
 
 from mlstack_gateway.errors import ApiError
 
@@ -45,7 +46,7 @@ def _flatten_rows(rows: list[Any], n_features: int | None) -> tuple[int, list[An
     if not {type(v) for v in flat} <= _NUMBER_TYPES:
         position = next(i for i, v in enumerate(flat) if type(v) not in _NUMBER_TYPES)
         row_index, column = divmod(position, width)
-        found = orjson.dumps(flat[position]).decode()
+        found = quote_json(flat[position])
         raise _invalid(f"instances[{row_index}][{column}] is not a number: {found}")
     return width, flat
 
