@@ -29,6 +29,41 @@ def test_a_datatype_that_is_not_a_string_is_400(model_server: ModelProcess, data
     assert reply.json()["error"].startswith(f"input datatype {datatype!r} is not supported")
 
 
+# Nested as deep as JSON is read (orjson: 1024 levels), deeper than orjson writes (255) and than
+# repr() goes (Python's recursion limit): each refusal names the value without quoting all of it.
+DEEP = b"[" * 1000 + b"]" * 1000
+
+
+@pytest.mark.parametrize(
+    ("body", "refusal"),
+    [
+        (
+            b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", '
+            b'"data": [[' + DEEP + b", 3.5, 1.4, 0.2]]}]}",
+            "input 'data' must hold only numbers; found a list nested too deep to quote",
+        ),
+        (
+            b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": '
+            + DEEP
+            + b', "data": [5.1, 3.5, 1.4, 0.2]}]}',
+            "input datatype [[[[[[[...]]]]]]] is not supported",
+        ),
+        (
+            b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", '
+            b'"data": [5.1, 3.5, 1.4, 0.2]}], "outputs": [{"name": ' + DEEP + b"}]}",
+            "unknown output [[[[[[[...]]]]]]]",
+        ),
+    ],
+    ids=["data", "datatype", "output-name"],
+)
+def test_a_value_nested_too_deep_to_quote_is_400(
+    model_server: ModelProcess, body: bytes, refusal: str
+) -> None:
+    reply = request("POST", model_server.url + INFER_PATH, body)
+    assert reply.status == 400, reply.body
+    assert reply.json()["error"].startswith(refusal)
+
+
 def infer_with_header_length(model: ModelProcess, value: str) -> Any:
     """The one-row JSON infer request, with Inference-Header-Content-Length ``value`` (sent as
     Latin-1 bytes, as HTTP carries a header)."""

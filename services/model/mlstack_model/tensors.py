@@ -9,6 +9,7 @@ same requests, with the same limits and the same messages, and yields the same `
 from __future__ import annotations
 
 import math
+import reprlib
 import struct
 from array import array
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
+from mlstack_common.errors import quote_json
 from mlstack_common.tensor_names import INPUT_NAME, OUTPUT_PREDICT, OUTPUT_PROBA
 
 from mlstack_model.errors import invalid
@@ -114,10 +115,14 @@ def proba_output(rows: int, n_classes: int, flat: list[float]) -> OutputTensor:
 
 
 def check_datatype(datatype: object) -> str:
-    # A JSON list or object is unhashable: the set lookup alone would raise TypeError (a 500).
+    # A JSON list or object is unhashable: the set lookup alone would raise TypeError (a 500);
+    # and repr() of one nested as deep as JSON is read (1024 levels) passes Python's recursion
+    # limit, so the message quotes it with reprlib's bounded repr.
     if type(datatype) is not str or datatype not in NUMERIC_DATATYPES:
         allowed = ", ".join(sorted(NUMERIC_DATATYPES))
-        raise invalid(f"input datatype {datatype!r} is not supported; use one of {allowed}")
+        raise invalid(
+            f"input datatype {reprlib.repr(datatype)} is not supported; use one of {allowed}"
+        )
     return datatype
 
 
@@ -144,7 +149,9 @@ def check_input_name(name: object) -> None:
 
 def check_output(name: object) -> str:
     if name not in OUTPUT_NAMES:
-        raise invalid(f"unknown output {name!r}; the model produces {', '.join(OUTPUT_NAMES)}")
+        # A bounded repr, as in check_datatype.
+        produced = ", ".join(OUTPUT_NAMES)
+        raise invalid(f"unknown output {reprlib.repr(name)}; the model produces {produced}")
     assert isinstance(name, str)
     return name
 
@@ -202,7 +209,7 @@ def elements_from_json(data: object, datatype: str, rows: int, n_features: int) 
     # type() rather than isinstance: JSON true/false arrive as bool, a subclass of int.
     if not {type(v) for v in flat} <= _NUMBER_TYPES:
         bad = next(v for v in flat if type(v) not in _NUMBER_TYPES)
-        raise invalid(f"input 'data' must hold only numbers; found {orjson.dumps(bad).decode()}")
+        raise invalid(f"input 'data' must hold only numbers; found {quote_json(bad)}")
     if datatype in INT_TYPES:
         if any(type(v) is not int for v in flat):
             raise invalid(f"input datatype {datatype} needs integers; use FP64 for real numbers")
