@@ -1,7 +1,8 @@
 """What the gateway and the model server do alike, through the code they share (services/common),
 probed on each as a real process: a bad setting stops it at start (mlstack_common.serving), a
 wrong path or method is answered with a JSON error and never a redirect (mlstack_common.app), a
-body over the limit is refused (mlstack_common.body)."""
+body over the limit is refused (mlstack_common.body), a header's value is read without the
+whitespace around it (mlstack_common.http_limits)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from components.app import MODEL_NAME
 from harness.http import request
-from tests.services.hostile import exchange, raw_request
+from tests.services.hostile import exchange, raw_request, with_content_length
 from tests.services.oip import INFER_PATH
 from tests.services.support import (
     SERVICES,
@@ -87,3 +88,11 @@ def test_a_body_over_the_limit_is_413(server: Server) -> None:
     reply = request("POST", server.process.url + server.post.path, body, dict(server.post.headers))
     assert reply.status == 413
     assert "too large" in error_of(reply)
+
+
+def test_whitespace_around_a_header_value_is_not_part_of_it(server: Server) -> None:
+    # RFC 9112 lets optional whitespace (spaces, tabs) precede and follow a field's value.
+    post = server.post
+    data = with_content_length(post.head, b" \t%d \t" % len(post.one_row))
+    answer = exchange(server.port, data + post.one_row)
+    assert answer.status == 200, answer.body

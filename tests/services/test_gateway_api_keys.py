@@ -53,11 +53,19 @@ def test_old_and_new_key_are_both_answered_while_both_are_configured(
 
 
 @pytest.mark.parametrize(
-    "key", ["wrong", "", OLD_KEY + NEW_KEY, OLD_KEY[:-1], NEW_KEY + " ", NEW_KEY.upper()]
+    "key", ["wrong", "", OLD_KEY + NEW_KEY, OLD_KEY[:-1], NEW_KEY + "x", NEW_KEY.upper()]
 )
 def test_any_other_key_is_401(rotating: ServiceProcess, key: str) -> None:
     assert predict(rotating.url, [SETOSA], key=key).status == 401
     assert history(rotating, key=key).status == 401
+
+
+@pytest.mark.parametrize("key", [" " + NEW_KEY, NEW_KEY + " ", "\t" + OLD_KEY + " \t"])
+def test_whitespace_around_a_key_is_not_part_of_it(rotating: ServiceProcess, key: str) -> None:
+    # RFC 9112: the spaces and tabs around a header's value are not part of it (and the gateway
+    # strips the keys it is given of theirs).
+    assert predict(rotating.url, [SETOSA], key=key).status == 200
+    assert history(rotating, key=key).status == 200
 
 
 def test_a_missing_key_is_401(rotating: ServiceProcess) -> None:

@@ -99,6 +99,12 @@ def test_a_zero_padded_header_length_is_read_as_its_value(model_server: ModelPro
     assert json.loads(answer.body)["outputs"][0]["data"] == [0]
 
 
+def test_whitespace_around_the_header_length_is_not_part_of_it(model_server: ModelProcess) -> None:
+    answer = infer_with_header_length(model_server, f" {len(INFER.one_row)} \t")
+    assert answer.status == 200, answer.body
+    assert json.loads(answer.body)["outputs"][0]["data"] == [0]
+
+
 # -- settings -----------------------------------------------------------------------------------
 
 

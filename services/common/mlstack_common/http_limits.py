@@ -1,5 +1,5 @@
 """uvicorn's httptools protocol with the limits it lacks: header size, read and write timeouts,
-and a cap on open connections.
+and a cap on open connections; and header values without the whitespace after them.
 
 - The request line and headers may take ``max_header_bytes``; more is answered 431. httptools
   gathers a header's whole value before it hands it over, so a head that is still incomplete is
@@ -13,6 +13,9 @@ and a cap on open connections.
   application has answered already, the connection is simply closed).
 - An idle kept-alive connection is closed after uvicorn's ``timeout_keep_alive``.
 - A request httptools cannot parse gets 400, as JSON like every other error.
+- A header's value reaches the application without the spaces and tabs around it, as RFC 9112
+  reads a field line: httptools drops those before the value, not those after it, so
+  ``Content-Length: 33 `` or ``X-API-Key: <key> `` would read as another value than the client's.
 - A client that takes none of what is sent to it for ``write_timeout`` (the connection's send
   buffer above uvicorn's high-water mark all that time) is cut off: the connection is aborted,
   its unsent bytes dropped, and a request still sending sees a client that has gone.
@@ -186,6 +189,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 self._refuse(431, "header_too_large", self._trailers_too_large_message())
 
     # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Spaces and tabs only: any other byte at the end is part of the value.
+        super().on_header(name, value.rstrip(b" \t"))
+
     def on_message_begin(self) -> None:
         self._head_uncounted = not self._read_counted
         if self._deadline is None:
