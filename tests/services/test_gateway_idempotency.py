@@ -191,6 +191,7 @@ def test_the_key_of_another_request_is_refused_with_422(shared: SharedStore) -> 
         "0190c3a2-7b1e-7cde-8f00-1234567890ab0",
         "0190c3a2-7b1e-7cde-8f00-1234567890ag",
         '"0190c3a2-7b1e-7cde-8f00-1234567890ab',
+        "0190c3a2-7b1e-7cde-8f00-1234567890ab-and-more-after-it",
     ],
 )
 def test_a_key_that_is_not_a_uuid_is_refused_with_400(shared: SharedStore, value: str) -> None:
@@ -198,6 +199,8 @@ def test_a_key_that_is_not_a_uuid_is_refused_with_400(shared: SharedStore, value
     assert reply.status == 400, reply.body
     error = reply.json()["error"]
     assert "Idempotency-Key" in error and "UUID" in error, error
+    # The value as sent, cut after 40 characters.
+    assert error.endswith(f"got {value[:40] + ('...' if len(value) > 40 else '')!r}"), error
 
 
 def test_a_repeated_key_header_is_refused_with_400(shared: SharedStore) -> None:

@@ -43,7 +43,8 @@ def idempotency_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
         raise ApiError(400, "repeated Idempotency-Key header: send it once")
     match = _UUID.fullmatch(values[0])
     if match is None:
-        shown = values[0][:40].decode("latin-1")
+        # At most 40 bytes of it, and "..." after a value cut there.
+        shown = values[0][:40].decode("latin-1") + ("..." if len(values[0]) > 40 else "")
         raise ApiError(
             400,
             "Idempotency-Key must be a UUID in its textual form, 8-4-4-4-12 hexadecimal digits "
