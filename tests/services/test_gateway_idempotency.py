@@ -62,6 +62,20 @@ def gateway_role(dsn: str) -> str:
     return f"postgresql://{role}@{rest}"
 
 
+def gateway_as_its_role(
+    model_server: ServiceProcess, log_dir: Path, dsn: str, write_timeout: float
+) -> ServiceProcess:
+    """A gateway on `dsn`'s database as the gateway's role (gateway_role) would run it, its
+    writes given `write_timeout` seconds."""
+    return start_gateway(
+        model_server.url,
+        log_dir,
+        DATABASE_URL=gateway_role(dsn),
+        DATABASE_MIGRATE="false",
+        DB_WRITE_TIMEOUT_SECONDS=f"{write_timeout:g}",
+    )
+
+
 @dataclass
 class SharedStore:
     """Two gateways on one database: ``new`` in front of the newest model, ``old`` in front of
@@ -272,9 +286,7 @@ def test_a_retry_after_a_503_whose_commit_landed_later_gets_its_answer(
     # completes afterwards: the prediction is stored, under the key the client sent.
     with throwaway_postgres() as server:
         dsn = server.dsn()
-        gateway = start_gateway(
-            model_server.url, log_dir, DATABASE_URL=dsn, DB_WRITE_TIMEOUT_SECONDS="1"
-        )
+        gateway = gateway_as_its_role(model_server, log_dir, dsn, write_timeout=1)
         key = str(uuid.uuid4())
         try:
             with absent_standby(dsn):
@@ -313,9 +325,7 @@ def test_a_row_found_on_the_primary_alone_is_answered_once_the_standby_has_it(
             query(dsn, "ALTER SYSTEM SET synchronous_standby_names = '*'")
             query(dsn, "ALTER DATABASE postgres SET synchronous_commit = 'remote_apply'")
             query(dsn, "SELECT pg_reload_conf()")
-            gateway = start_gateway(
-                model_server.url, log_dir, DATABASE_URL=dsn, DB_WRITE_TIMEOUT_SECONDS="2"
-            )
+            gateway = gateway_as_its_role(model_server, log_dir, dsn, write_timeout=2)
             key = str(uuid.uuid4())
             try:
                 assert predict(gateway.url, [SETOSA]).status == 200  # the standby confirms

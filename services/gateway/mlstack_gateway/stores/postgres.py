@@ -117,8 +117,10 @@ SELECT rows.* FROM turn CROSS JOIN
 ON CONFLICT (request_id) DO NOTHING
 """
 # _INSERT for a batch that holds a keyed record (an Idempotency-Key's), whose request_id may be
-# stored already, by an earlier request with the key: the same lock, in one transaction with
-# what follows (_upsert). $7 says which rows are the first with their request_id in the batch
+# stored already, by an earlier request with the key: the same lock, one statement and one
+# commit, as _INSERT (what follows in _upsert are statements of their own, so that the lock is
+# never held while the server waits for the gateway). $7 says which rows are the first with
+# their request_id in the batch
 # (two requests in flight with one key share a batch): only those are inserted, as one statement
 # may not write a row twice. The answer names the rows inserted: the others were found.
 _INSERT_FIRSTS = f"""
@@ -137,24 +139,27 @@ RETURNING request_id::text
 # found once it is visible, that is once its commit record is in the WAL (and on the primary's
 # disk, but if its commit's synchronous_commit was off), whether or not its synchronous standby
 # confirmed it: its wait may have been cancelled (_StandbyWait), or its backend ended (_insert).
-# A transaction that inserted nothing writes no WAL, and PostgreSQL commits it without a commit
-# record and without waiting for any standby: it would confirm nothing. This transactional WAL
-# message (which any role may write, and nothing reads) gives it a transaction id and WAL, so
-# its commit writes a commit record, flushes the WAL to it and, with a synchronous standby,
+# An insert that found a row and inserted none takes no transaction id, and PostgreSQL commits
+# a transaction without one with no commit record and without waiting for any standby: it
+# would confirm nothing. This transactional WAL message (which any role may write, and nothing
+# reads), in a transaction of its own after the insert, takes a transaction id and writes WAL,
+# so its commit writes a commit record, flushes the WAL to it and, with a synchronous standby,
 # waits until the standby has it. The WAL is one sequence, written, flushed and streamed in
-# order, and this commit's record comes after that of every row found: the standby confirming
-# it has those too. (The gateway's role may not UPDATE a row, services/database/roles.sql, so
+# order, and every row found was committed before the insert returned (it waits for one still
+# being inserted): this commit's record comes after theirs, and the standby confirming it has
+# those too. (The gateway's role may not UPDATE a row, services/database/roles.sql, so
 # rewriting the rows found is no way to the same end.)
 _WRITE_COMMIT_RECORD = "SELECT pg_logical_emit_message(true, 'mlstack', 'rows found')"
-# What the keyed rows $1 hold, by their place in the batch ($3), and whether they have the
-# instances sent ($2; jsonb equality: numbers by value). A statement of its own, after
-# _INSERT_FIRSTS: its snapshot is taken with the commit-order lock held, so it sees every row
-# committed before (one taken before the lock would miss those committed while it waited). A
-# row found is never one another transaction is still inserting: every writer takes the lock
-# first, and holds it to its end (its standby wait included).
+# What the keyed rows $1 hold, by their place in the batch ($3): whether they have the
+# instances sent ($2; jsonb equality: numbers by value), and whether they are exactly the rows
+# sent ($4 to $6 too, the latency included: a row a resend finds that its own lost try stored).
+# A statement of its own after _INSERT_FIRSTS, so its snapshot holds every row that found.
 _FOUND = """
-SELECT s.n, p.model_version, p.predictions::text, p.instances = s.instances
-FROM unnest($1::uuid[], $2::jsonb[], $3::int[]) AS s (request_id, instances, n)
+SELECT s.n, p.model_version, p.predictions::text, p.instances = s.instances,
+       p.model_version = s.model_version AND p.predictions = s.predictions
+           AND p.latency_ms = s.latency_ms AND p.instances = s.instances
+FROM unnest($1::uuid[], $2::jsonb[], $3::int[], $4::text[], $5::jsonb[], $6::float8[])
+    AS s (request_id, instances, n, model_version, predictions, latency_ms)
 JOIN predictions AS p USING (request_id)
 """
 # Whether this server's commits return only once a synchronous standby has the commit: then a
@@ -457,8 +462,14 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 # role or the URL overrides them. client_min_messages: the server sends the session its
 # warnings, which a write must hear (_StandbyWait); a database or role set to send errors only
 # would keep from the gateway that a commit's standby wait was cancelled, and it would answer
-# 200 for rows on the primary alone.
-_SESSION_SETTINGS = {"client_min_messages": "warning"}
+# 200 for rows on the primary alone. default_transaction_isolation: each statement sees the
+# rows committed before it starts (and an insert the rows committed while it waited for the
+# commit-order lock), which a database or role set to repeatable read would turn into
+# serialization failures.
+_SESSION_SETTINGS = {
+    "client_min_messages": "warning",
+    "default_transaction_isolation": "read committed",
+}
 
 
 async def _open_pool(
@@ -687,35 +698,45 @@ async def _upsert(
     resent: bool,
     keyed: list[bool],
 ) -> tuple[bool, dict[int, StoredPrediction]]:
-    """_INSERT_FIRSTS of ``columns`` (with its $7), then what the ``keyed`` rows not inserted
-    hold, in one transaction; whether every row, inserted or found, is now committed as the
-    server promises a commit (_WRITE_COMMIT_RECORD), sent for the first time or ``resent``
-    alike, and what each keyed row not inserted found, by its index in the batch. (A resend's
-    rows found that are not keyed are its own, stored by the try whose outcome was unknown.)"""
+    """_INSERT_FIRSTS of ``columns`` (with its $7); when it found a row, _WRITE_COMMIT_RECORD;
+    then what the ``keyed`` rows not inserted hold (_FOUND). Each is a statement and a
+    transaction of its own, so that the commit-order lock, taken and released within the first,
+    is never held while the server waits for the gateway. Whether every row, inserted or found,
+    is now committed as the server promises a commit, sent for the first time or ``resent``
+    alike, and what each keyed row not inserted found, by its index in the batch: but on a
+    resend, a row exactly as sent (its lost try's own; a resend's rows found that are not keyed
+    are its own too)."""
     request_ids, first = columns[0], columns[6]
-
-    async def transaction() -> list[asyncpg.Record]:
-        async with conn.transaction():
-            inserted = {row[0] for row in await conn.fetch(_INSERT_FIRSTS, *columns)}
-            if any(f and rid not in inserted for rid, f in zip(request_ids, first, strict=True)):
-                await conn.execute(_WRITE_COMMIT_RECORD)
-            asked = [
-                index
-                for index, rid in enumerate(request_ids)
-                if keyed[index] and not (first[index] and rid in inserted)
-            ]
-            if not asked:
-                return []
-            return await conn.fetch(
-                _FOUND,
-                [request_ids[index] for index in asked],
-                [columns[3][index] for index in asked],
-                asked,
-            )
-
-    rows, confirmed = await _heard(conn, transaction)
-    found = {row[0]: StoredPrediction(row[1], row[2], row[3]) for row in rows}
-    return confirmed, found
+    rows, confirmed = await _heard(conn, lambda: conn.fetch(_INSERT_FIRSTS, *columns))
+    if not confirmed:
+        return False, {}
+    inserted = {row[0] for row in rows}
+    if any(f and rid not in inserted for rid, f in zip(request_ids, first, strict=True)):
+        _, confirmed = await _heard(conn, lambda: conn.fetchval(_WRITE_COMMIT_RECORD))
+        if not confirmed:
+            return False, {}
+    asked = [
+        index
+        for index, rid in enumerate(request_ids)
+        if keyed[index] and not (first[index] and rid in inserted)
+    ]
+    if not asked:
+        return True, {}
+    found_rows = await conn.fetch(
+        _FOUND,
+        *([column[index] for index in asked] for column in (request_ids, columns[3])),
+        asked,
+        *([column[index] for index in asked] for column in (columns[2], columns[4], columns[5])),
+    )
+    found = {
+        row[0]: StoredPrediction(row[1], row[2], row[3])
+        for row in found_rows
+        if not (resent and row[4])
+    }
+    if len(found_rows) != len(asked):
+        # No row is ever deleted: one found by the insert is there to read.
+        raise RuntimeError(f"{len(asked) - len(found_rows)} keyed rows found were not read back")
+    return True, found
 
 
 class PostgresStore:

@@ -57,10 +57,10 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
 ]
-_INSERT = """
-INSERT OR IGNORE INTO predictions
+_INTO = """ INTO predictions
     (request_id, model_name, model_version, instances, predictions, latency_ms)
 VALUES """
+_INSERT = "INSERT OR IGNORE" + _INTO
 # What the keyed rows of a batch hold that were not inserted (found stored by an earlier
 # request with the key), by request_id: read in the batch's transaction (_upsert_batch).
 _FOUND = (
@@ -97,12 +97,23 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
 
 @functools.lru_cache(maxsize=MAX_BATCH)
 def _insert_sql(rows: int) -> str:
-    return _INSERT + ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    return _INSERT + _values(rows)
+
+
+def _values(rows: int) -> str:
+    return ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
 
 
 @functools.lru_cache(maxsize=MAX_BATCH)
 def _insert_returning_sql(rows: int) -> str:
-    return _insert_sql(rows) + " RETURNING request_id"
+    """_INSERT for a keyed batch: passing over a request_id stored already, and no other row
+    (OR IGNORE would pass over a row any constraint refuses), naming the rows it inserted."""
+    return (
+        "INSERT"
+        + _INTO
+        + _values(rows)
+        + " ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+    )
 
 
 def _params(records: list[PredictionRecord]) -> list[str | float]:
