@@ -1109,7 +1109,9 @@ def _api_key(raw: Mapping[str, object], key: str, stack: str) -> pulumi.Output[s
         raise _refused_secret(
             key,
             "holds a character that clients cannot all send as it is in the X-API-Key header: "
-            "use visible ASCII characters, with spaces or tabs only between them",
+            "use visible ASCII characters, with spaces or tabs only between them (the key "
+            'clients send now stays accepted as apiKeyPrevious meanwhile: README, "Rotating the '
+            'API key")',
         )
     return value
 

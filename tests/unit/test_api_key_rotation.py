@@ -128,7 +128,8 @@ NOT_EVERY_CLIENT_SENDS: Final = (
 # Why apiKey refuses a value of either kind, and apiKeyPrevious one no header carries.
 NOT_SENT_BY_ALL: Final = (
     "holds a character that clients cannot all send as it is in the X-API-Key header: use "
-    "visible ASCII characters, with spaces or tabs only between them"
+    "visible ASCII characters, with spaces or tabs only between them (the key clients send now "
+    'stays accepted as apiKeyPrevious meanwhile: README, "Rotating the API key")'
 )
 NOT_SENT_BY_ANY: Final = (
     "holds a control character (a line break inside, a NUL), which no X-API-Key header "
