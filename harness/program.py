@@ -395,11 +395,17 @@ def _exit_status(code: object) -> int:
     return code if isinstance(code, int) else 1
 
 
+def urn_type_name(urn: str) -> tuple[str, str]:
+    """`(type, name)` of `urn:pulumi:<stack>::<project>::<qualified type>::<name>`, the type
+    without its parents' (`mlstack:cluster:Gke$gcp:container/cluster:Cluster` is
+    `gcp:container/cluster:Cluster`)."""
+    _, _, qualified_type, name = urn.split("::", 3)
+    return qualified_type.rsplit("$", 1)[-1], name
+
+
 def _type_and_name(urn: str) -> str:
-    """`gcp:container/cluster:Cluster::mlstack-prod` for that resource's URN (whose type is
-    qualified by its parents': `...::mlstack:cluster:Gke$gcp:container/cluster:Cluster::...`)."""
-    qualified_type, name = urn.split("::")[-2:]
-    return f"{qualified_type.rsplit('$', 1)[-1]}::{name}"
+    """`gcp:container/cluster:Cluster::mlstack-prod` for that resource's URN."""
+    return "::".join(urn_type_name(urn))
 
 
 def _run(

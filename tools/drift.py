@@ -33,7 +33,7 @@ from typing import Any, Final
 from pulumi import automation as auto
 
 import tools.stack
-from harness.program import is_secret
+from harness.program import is_secret, urn_type_name
 from tools import pulumi_cli
 
 # Step results of a refresh that mean the live resource differs from the state.
@@ -178,11 +178,11 @@ class Resource:
 
     @property
     def type(self) -> str:
-        return self.urn.split("::")[2].rsplit("$", 1)[-1]
+        return urn_type_name(self.urn)[0]
 
     @property
     def name(self) -> str:
-        return self.urn.split("::", 3)[3]
+        return urn_type_name(self.urn)[1]
 
     @property
     def drifted(self) -> tuple[Property, ...]:

@@ -47,7 +47,7 @@ from e2e.process import mounts_under, run
 from e2e.workspace import PulumiWorkspace, Run
 from harness.metrics import metric_value
 from harness.poll import eventually, poll
-from harness.program import run_program
+from harness.program import run_program, urn_type_name
 from tests.e2e import app
 from tests.e2e.conftest import (
     API_KEY,
@@ -63,12 +63,6 @@ from tests.paths import POLICY_PACK
 
 pytestmark = needs_root
 INSTANCE = f"app.kubernetes.io/instance={STACK}"
-
-
-def urn_type_name(urn: str) -> tuple[str, str]:
-    """`(type, name)` of `urn:pulumi:stack::project::parent$type::name`."""
-    _, _, qualified, name = urn.split("::", 3)
-    return qualified.rsplit("$", 1)[-1], name
 
 
 def changes(preview: dict[str, Any]) -> list[dict[str, Any]]:
