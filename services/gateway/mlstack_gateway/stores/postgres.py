@@ -62,7 +62,9 @@ from mlstack_gateway.stores.base import (
     PredictionRecord,
     StoredPrediction,
     StoreUnavailableError,
+    firsts,
     history_item,
+    keyed_not_inserted,
 )
 from mlstack_gateway.stores.group_commit import GroupCommitter
 from mlstack_gateway.stores.migrations import APPLIED, migrate
@@ -120,9 +122,8 @@ ON CONFLICT (request_id) DO NOTHING
 # stored already, by an earlier request with the key: the same lock, one statement and one
 # commit, as _INSERT (what follows in _upsert are statements of their own, so that the lock is
 # never held while the server waits for the gateway). $7 says which rows are the first with
-# their request_id in the batch
-# (two requests in flight with one key share a batch): only those are inserted, as one statement
-# may not write a row twice. The answer names the rows inserted: the others were found.
+# their request_id in the batch (base.firsts): only those are inserted, as one statement may
+# not write a row twice. The answer names the rows inserted: the others were found.
 _INSERT_FIRSTS = f"""
 WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock({COMMIT_ORDER_LOCK_KEY}))
 INSERT INTO predictions
@@ -153,7 +154,7 @@ _WRITE_COMMIT_RECORD = "SELECT pg_logical_emit_message(true, 'mlstack', 'rows fo
 # What the keyed rows $1 hold, by their place in the batch ($3): whether they have the
 # instances sent ($2; jsonb equality: numbers by value), and whether they are exactly the rows
 # sent ($4 to $6 too, the latency included: a row a resend finds that its own lost try stored).
-# A statement of its own after _INSERT_FIRSTS, so its snapshot holds every row that found.
+# A statement of its own after _INSERT_FIRSTS, so its snapshot holds every row that one found.
 _FOUND = """
 SELECT s.n, p.model_version, p.predictions::text, p.instances = s.instances,
        p.model_version = s.model_version AND p.predictions = s.predictions
@@ -696,17 +697,18 @@ async def _upsert(
     conn: asyncpg.pool.PoolConnectionProxy,
     columns: tuple[list[Any], ...],
     resent: bool,
-    keyed: list[bool],
+    records: list[PredictionRecord],
+    first: list[bool],
 ) -> tuple[bool, dict[int, StoredPrediction]]:
     """_INSERT_FIRSTS of ``columns`` (with its $7); when it found a row, _WRITE_COMMIT_RECORD;
-    then what the ``keyed`` rows not inserted hold (_FOUND). Each is a statement and a
+    then what the keyed ``records`` not inserted hold (_FOUND). Each is a statement and a
     transaction of its own, so that the commit-order lock, taken and released within the first,
     is never held while the server waits for the gateway. Whether every row, inserted or found,
     is now committed as the server promises a commit, sent for the first time or ``resent``
     alike, and what each keyed row not inserted found, by its index in the batch: but on a
     resend, a row exactly as sent (its lost try's own; a resend's rows found that are not keyed
     are its own too)."""
-    request_ids, first = columns[0], columns[6]
+    request_ids = columns[0]
     rows, confirmed = await _heard(conn, lambda: conn.fetch(_INSERT_FIRSTS, *columns))
     if not confirmed:
         return False, {}
@@ -715,11 +717,7 @@ async def _upsert(
         _, confirmed = await _heard(conn, lambda: conn.fetchval(_WRITE_COMMIT_RECORD))
         if not confirmed:
             return False, {}
-    asked = [
-        index
-        for index, rid in enumerate(request_ids)
-        if keyed[index] and not (first[index] and rid in inserted)
-    ]
+    asked = keyed_not_inserted(records, first, inserted)
     if not asked:
         return True, {}
     found_rows = await conn.fetch(
@@ -889,12 +887,8 @@ class PostgresStore:
         if any(r.keyed for r in records):
             # A keyed record's row may be there already: _upsert, told which rows come first
             # with their request_id in the batch.
-            write = functools.partial(_upsert, keyed=[r.keyed for r in records])
-            first: list[bool] = []
-            seen: set[str] = set()
-            for r in records:
-                first.append(r.request_id not in seen)
-                seen.add(r.request_id)
+            first = firsts(records)
+            write = functools.partial(_upsert, records=records, first=first)
             columns = (*columns, first)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._write_timeout

@@ -33,7 +33,9 @@ from mlstack_gateway.stores.base import (
     PredictionRecord,
     StoredPrediction,
     StoreUnavailableError,
+    firsts,
     history_item,
+    keyed_not_inserted,
 )
 from mlstack_gateway.stores.group_commit import GroupCommitter
 from mlstack_gateway.stores.migrations import migrate
@@ -160,20 +162,14 @@ def _upsert_batch(
     file's write lock from its start (no other writer between the insert and the read); the
     keyed records not inserted, by their index, with what is stored and whether it has the same
     instances."""
-    first: dict[str, int] = {}
-    for index, r in enumerate(records):
-        first.setdefault(r.request_id, index)
-    unique = [records[index] for index in first.values()]
+    first = firsts(records)
+    unique = [r for r, is_first in zip(records, first, strict=True) if is_first]
     conn.execute("BEGIN IMMEDIATE")
     try:
         # fetchall: the statement runs to its end (RETURNING names the rows it inserted).
         sql = _insert_returning_sql(len(unique))
         inserted = {row[0] for row in conn.execute(sql, _params(unique)).fetchall()}
-        asked = [
-            index
-            for index, r in enumerate(records)
-            if r.keyed and not (first[r.request_id] == index and r.request_id in inserted)
-        ]
+        asked = keyed_not_inserted(records, first, inserted)
         stored: dict[str, tuple[str, str, str, str]] = {}
         if asked:
             ids = sorted({records[index].request_id for index in asked})
