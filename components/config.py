@@ -1235,9 +1235,10 @@ def load(stack: str | None = None) -> StackConfig:
     api_key_previous = None
     if raw.get("apiKeyPrevious") is not None:
         api_key_previous = _api_key(raw, "apiKeyPrevious", stack)
-        # Compared as the gateway reads them, without final line breaks: two that differ in
-        # those alone are one key there, and the gateway refuses to start with it twice.
-        if str(raw["apiKeyPrevious"]).rstrip("\r\n") == str(raw["apiKey"]).rstrip("\r\n"):
+        # Compared as the gateway reads them, without the whitespace at their ends (str.strip):
+        # two that differ in that alone are one key there, and the gateway refuses to start with
+        # it twice.
+        if str(raw["apiKeyPrevious"]).strip() == str(raw["apiKey"]).strip():
             raise ConfigError(
                 f"{NAMESPACE}:apiKeyPrevious is the same as {NAMESPACE}:apiKey: during a rotation "
                 "apiKey is the new key and apiKeyPrevious the one it replaces; remove "

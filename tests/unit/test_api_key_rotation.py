@@ -90,14 +90,17 @@ def test_adding_and_dropping_the_previous_key_rolls_the_gateway_only() -> None:
             TEST_SECRETS["mlstack:apiKey"],
             "mlstack:apiKeyPrevious is the same as mlstack:apiKey: during a rotation",
         ),
-        # The gateway reads both without their final line breaks, and refuses to start with
+        # The gateway reads both without the whitespace at their ends, and refuses to start with
         # the same key twice (MLSTACK_API_KEY_PREVIOUS is the same key as MLSTACK_API_KEY).
-        (
-            TEST_SECRETS["mlstack:apiKey"] + "\n",
-            "mlstack:apiKeyPrevious is the same as mlstack:apiKey: during a rotation",
+        *(
+            (
+                TEST_SECRETS["mlstack:apiKey"] + ends,
+                "mlstack:apiKeyPrevious is the same as mlstack:apiKey: during a rotation",
+            )
+            for ends in ("\n", "\r\n", " ", "\t")
         ),
         (
-            TEST_SECRETS["mlstack:apiKey"] + "\r\n",
+            " " + TEST_SECRETS["mlstack:apiKey"],
             "mlstack:apiKeyPrevious is the same as mlstack:apiKey: during a rotation",
         ),
     ],
