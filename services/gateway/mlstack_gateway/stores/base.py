@@ -1,6 +1,5 @@
-"""What every store shares: the interface, the row it keeps, the error it raises, which rows of
-a keyed batch are inserted and which answered from what is stored. The stores, the group commit
-and the migrations import it; it imports none of them."""
+"""What every store shares: the interface, the row it keeps, the error it raises. The stores,
+the group commit and the migrations import it; it imports none of them."""
 
 from __future__ import annotations
 
@@ -37,30 +36,6 @@ class StoredPrediction:
     model_version: str
     predictions_json: str
     same_instances: bool
-
-
-def firsts(records: list[PredictionRecord]) -> list[bool]:
-    """Whether each record is the first of the batch with its request_id: requests in flight with
-    one Idempotency-Key share a batch, and one statement may write a row once."""
-    seen: set[str] = set()
-    first: list[bool] = []
-    for r in records:
-        first.append(r.request_id not in seen)
-        seen.add(r.request_id)
-    return first
-
-
-def keyed_not_inserted(
-    records: list[PredictionRecord], first: list[bool], inserted: set[str]
-) -> list[int]:
-    """The indexes of the keyed records whose row the batch's insert (of the ``first`` ones, of
-    which it inserted ``inserted``) did not write: stored already under their key, or written by
-    another record of the batch with it. Each is answered with what is stored."""
-    return [
-        index
-        for index, r in enumerate(records)
-        if r.keyed and not (first[index] and r.request_id in inserted)
-    ]
 
 
 class Row(Protocol):

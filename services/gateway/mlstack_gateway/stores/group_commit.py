@@ -17,6 +17,10 @@ two commits).
 A caller waits at most ``timeout`` seconds, then gets StoreUnavailableError. Its row may still be
 committed afterwards if its batch was already taken (a 503 promises nothing either way); one
 still queued is dropped, so a stalled database does not pile up work for nobody.
+
+A batch that holds keyed records (an Idempotency-Key's) is written by both stores alike: its
+records first with their request_id are inserted (``firsts``), and the keyed ones the insert
+did not write are answered from what is stored (``keyed_not_inserted``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Generic, TypeVar
 
 from mlstack_gateway.metrics import GatewayMetrics
-from mlstack_gateway.stores.base import StoreUnavailableError
+from mlstack_gateway.stores.base import PredictionRecord, StoreUnavailableError
 
 log = logging.getLogger("mlstack_gateway.store")
 
@@ -178,3 +182,27 @@ class _Batch(Generic[T, R]):
         self.taken = True
         self.entries = self._take_entries()
         return [item for item, _ in self.entries]
+
+
+def firsts(records: list[PredictionRecord]) -> list[bool]:
+    """Whether each record is the first of the batch with its request_id: requests in flight with
+    one Idempotency-Key share a batch, and one statement may write a row once."""
+    seen: set[str] = set()
+    first: list[bool] = []
+    for r in records:
+        first.append(r.request_id not in seen)
+        seen.add(r.request_id)
+    return first
+
+
+def keyed_not_inserted(
+    records: list[PredictionRecord], first: list[bool], inserted: set[str]
+) -> list[int]:
+    """The indexes of the keyed records whose row the batch's insert (of the ``first`` ones, of
+    which it inserted ``inserted``) did not write: stored already under their key, or written by
+    another record of the batch with it. Each is answered with what is stored."""
+    return [
+        index
+        for index, r in enumerate(records)
+        if r.keyed and not (first[index] and r.request_id in inserted)
+    ]

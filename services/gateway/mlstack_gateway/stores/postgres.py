@@ -62,11 +62,9 @@ from mlstack_gateway.stores.base import (
     PredictionRecord,
     StoredPrediction,
     StoreUnavailableError,
-    firsts,
     history_item,
-    keyed_not_inserted,
 )
-from mlstack_gateway.stores.group_commit import GroupCommitter
+from mlstack_gateway.stores.group_commit import GroupCommitter, firsts, keyed_not_inserted
 from mlstack_gateway.stores.migrations import APPLIED, migrate
 
 log = logging.getLogger("mlstack_gateway.store")
@@ -122,8 +120,8 @@ ON CONFLICT (request_id) DO NOTHING
 # stored already, by an earlier request with the key: the same lock, one statement and one
 # commit, as _INSERT (what follows in _upsert are statements of their own, so that the lock is
 # never held while the server waits for the gateway). $7 says which rows are the first with
-# their request_id in the batch (base.firsts): only those are inserted, as one statement may
-# not write a row twice. The answer names the rows inserted: the others were found.
+# their request_id in the batch (group_commit.firsts): only those are inserted, as one statement
+# may not write a row twice. The answer names the rows inserted: the others were found.
 _INSERT_FIRSTS = f"""
 WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock({COMMIT_ORDER_LOCK_KEY}))
 INSERT INTO predictions

@@ -33,11 +33,9 @@ from mlstack_gateway.stores.base import (
     PredictionRecord,
     StoredPrediction,
     StoreUnavailableError,
-    firsts,
     history_item,
-    keyed_not_inserted,
 )
-from mlstack_gateway.stores.group_commit import GroupCommitter
+from mlstack_gateway.stores.group_commit import GroupCommitter, firsts, keyed_not_inserted
 from mlstack_gateway.stores.migrations import migrate
 
 log = logging.getLogger("mlstack_gateway.store")
