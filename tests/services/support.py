@@ -1,7 +1,7 @@
 """Helpers for the service tests, beside harness.services (the services as real processes on
 127.0.0.1): either service by name, started or refused at start, `make serve` as a user runs it,
 servers that stall, the gateway's predictions, history and metrics, rows written straight to its
-database, HTTPS from certificates the openssl CLI makes."""
+database, requests over HTTPS (to a gateway serving tests.certificates' certificates)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import sqlite3
-import subprocess
 import threading
 import time
 import uuid
@@ -139,24 +138,6 @@ def password_role_url(postgres: PostgresServer, role: str, password: str) -> str
     return database.connection_url(
         "127.0.0.1", password, port=postgres.port, user=role, dbname=role
     )
-
-
-def self_signed_certificate(folder: Path, name: str = "mlstack-gateway-test") -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (common name `name`) and its key, in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cert, key = folder / "tls.crt", folder / "tls.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec",
-            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", str(key), "-out", str(cert), "-days", "2",
-            "-subj", f"/CN={name}",
-            "-addext", f"subjectAltName=IP:{LOOPBACK},DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def serves_https(service: ServiceProcess, ca: Path) -> bool:

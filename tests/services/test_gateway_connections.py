@@ -15,12 +15,12 @@ import pytest
 from harness.http import request
 from harness.poll import eventually
 from harness.services import API_KEY, SETOSA, ServiceProcess, start_gateway
+from tests.certificates import self_signed_certificate
 from tests.services.hostile import raw_request, seconds_until_closed
 from tests.services.support import (
     fill_with_copies,
     metric,
     predict,
-    self_signed_certificate,
     serves_https,
 )
 

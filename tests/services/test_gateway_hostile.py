@@ -39,6 +39,7 @@ from harness.services import (
     start_gateway,
     start_model,
 )
+from tests.certificates import self_signed_certificate
 from tests.services.hostile import (
     PREDICT,
     assert_burst_shed_within,
@@ -55,7 +56,6 @@ from tests.services.support import (
     metric,
     predict,
     refused_at_start,
-    self_signed_certificate,
     serves_https,
 )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.services import GATEWAY_SRC, import_path
+from tests.certificates import self_signed_certificate
 
 PASSPHRASE = "correct horse"
 
@@ -53,22 +54,8 @@ print("loaded" if loaded else "not loaded", f"refused {refused:.0f}")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
     """A plain pair, and a pair whose key is encrypted with PASSPHRASE."""
     folder = tmp_path_factory.mktemp("tls-passphrase")
-    plain_cert, plain_key = folder / "plain.crt", folder / "plain.key"
-    cert, key = folder / "encrypted.crt", folder / "encrypted.key"
-    for certificate, private_key, encryption in (
-        (plain_cert, plain_key, ["-nodes"]),
-        (cert, key, ["-passout", f"pass:{PASSPHRASE}"]),
-    ):
-        subprocess.run(
-            [
-                "openssl", "req", "-x509", "-newkey", "ec",
-                "-pkeyopt", "ec_paramgen_curve:prime256v1", *encryption,
-                "-keyout", str(private_key), "-out", str(certificate), "-days", "2",
-                "-subj", "/CN=mlstack-gateway-test",
-            ],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
+    plain_cert, plain_key = self_signed_certificate(folder / "plain")
+    cert, key = self_signed_certificate(folder / "encrypted", passphrase=PASSPHRASE)
     assert b"ENCRYPTED" in key.read_bytes()
     return plain_cert, plain_key, cert, key
 

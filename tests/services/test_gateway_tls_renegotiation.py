@@ -13,7 +13,7 @@ from pathlib import Path
 from mlstack_gateway.certificates import ServingCertificate
 from prometheus_client import CollectorRegistry, Counter
 
-from tests.services.support import self_signed_certificate
+from tests.certificates import self_signed_certificate
 
 
 def serving_certificate(cert: Path, key: Path) -> ServingCertificate:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness.services import ServiceProcess, start_gateway
-from tests.services.support import https, metric, self_signed_certificate, serves_https
+from tests.certificates import self_signed_certificate
+from tests.services.support import https, metric, serves_https
 
 Pair = tuple[Path, Path]
 RELOADS = "mlstack_gateway_tls_reloads_total"
