@@ -11,6 +11,8 @@ import ipaddress
 import json
 import os
 import re
+import ssl
+import tempfile
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +72,11 @@ _CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 RELEASE_CHANNELS: Final = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
 # Days as RFC 5545 (the recurrence GKE reads) writes them.
 WEEKDAYS: Final = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
+# Where the PEM blocks the gateway's OpenSSL reads its pair from begin: the certificate, and the
+# private key as PKCS#8 (`PRIVATE KEY`, `ENCRYPTED PRIVATE KEY`) or in its algorithm's older form
+# (`RSA PRIVATE KEY`, as cert-manager writes an RSA key by default; `EC PRIVATE KEY`).
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE")
+_PEM_PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )?PRIVATE KEY")
 # A label's name (after an optional DNS-subdomain prefix and `/`) and its value.
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
@@ -786,16 +793,86 @@ def _parse_source_ranges(section: _Section, service_type: ServiceType) -> tuple[
     return ranges
 
 
-def _pem(raw: Mapping[str, object], key: str, marker: str) -> pulumi.Output[str]:
+def _pem(raw: Mapping[str, object], key: str, begins: re.Pattern[str], what: str) -> str:
     value = raw.get(key)
-    if not isinstance(value, str) or f"-----BEGIN {marker}" not in value:
+    if not isinstance(value, str) or not begins.search(value):
         shown = "missing" if value is None else "not PEM"
-        what = "certificate (chain)" if marker == "CERTIFICATE" else "private key"
         raise ConfigError(
             f"{NAMESPACE}:{key} is {shown}: gateway.tls without a secretName takes the PEM "
             f"{what} from it: `pulumi config set --secret {NAMESPACE}:{key} < file.pem`"
         )
-    return pulumi.Output.secret(value)
+    return value
+
+
+class _EncryptedKeyError(Exception):
+    """OpenSSL asked for the passphrase of an encrypted key, which the gateway is never given."""
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKeyError
+
+
+def _certificates_parse(chain: str) -> bool:
+    """Whether each certificate in the PEM `chain` parses, read from memory: what tells, once
+    the pair has not loaded, whether the certificate is to blame. True when it cannot be told
+    so: ssl reads ASCII text alone there, and a chain's file may hold other text between its
+    certificates (`openssl x509 -text` writes a certificate's names, in UTF-8, before it)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=chain)
+    except ssl.SSLError:
+        return False
+    except TypeError:
+        return True
+    return True
+
+
+def _check_tls_pair(certificate: str, private_key: str) -> None:
+    """Load the stack's certificate chain and private key as the gateway loads its files at start
+    (services/gateway/mlstack_gateway/settings.py `_tls_files`, which calls certificates.py
+    `load_pair`): Python's ssl, a server context, no passphrase given, and none asked for (OpenSSL
+    would ask on the terminal). A pair the gateway would refuse then stops `pulumi preview`,
+    not the gateway's pods, whose rollout `pulumi up` would wait for without end. The program
+    cannot import the gateway's package (an image of its own): these few lines are its copy.
+
+    OpenSSL reads a pair from files alone: they are written, as the Secret's stringData gives
+    them to the pods (UTF-8), into a folder of the system's temporary one that only this user
+    may open (0700, the files 0600), removed as soon as they are read, whatever happens. The
+    messages name the keys, never any part of their values."""
+    cert_key, key_key = f"{NAMESPACE}:gatewayTlsCert", f"{NAMESPACE}:gatewayTlsKey"
+    stops = "the gateway would stop at start"
+    set_cert = f"`pulumi config set --secret {cert_key} < chain.pem`"
+    set_key = f"`pulumi config set --secret {key_key} < key.pem`"
+    with tempfile.TemporaryDirectory(prefix="mlstack-tls-check-") as folder:
+        files = []
+        for name, text in (("tls.crt", certificate), ("tls.key", private_key)):
+            path = os.path.join(folder, name)
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                out.write(text.encode())
+            files.append(path)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(files[0], files[1], password=_no_passphrase)
+        except _EncryptedKeyError:
+            raise ConfigError(
+                f"{key_key} is encrypted with a passphrase, which the gateway is never given: "
+                f"{stops}; set the key without one with {set_key}"
+            ) from None
+        except OSError as error:  # ssl.SSLError, as the gateway's own check catches it
+            if getattr(error, "reason", None) == "KEY_VALUES_MISMATCH":
+                raise ConfigError(
+                    f"{key_key} is not the private key of the certificate in {cert_key} (the "
+                    f"chain's first): {stops}; set the key that belongs to it with {set_key}"
+                ) from None
+            if not _certificates_parse(certificate):
+                raise ConfigError(
+                    f"{cert_key} does not load as a PEM certificate chain (a certificate in it "
+                    f"does not parse): {stops}; set it with {set_cert}"
+                ) from None
+            reason = re.sub(r" \(_ssl\.c:\d+\)$", "", error.strerror or "")
+            raise ConfigError(
+                f"{cert_key} and {key_key} do not load as a certificate chain and its private "
+                f"key (OpenSSL: {reason}): {stops}; set them with {set_cert} and {set_key}"
+            ) from None
 
 
 def _parse_tls(section: _Section, raw: Mapping[str, object]) -> GatewayTls | None:
@@ -818,9 +895,14 @@ def _parse_tls(section: _Section, raw: Mapping[str, object]) -> GatewayTls | Non
                 "give the certificate either as an existing Secret or as stack secrets, not both"
             )
         return GatewayTls(secret_name=secret_name)
+    # The engine gives a stack secret's value to the program in plain text (_read_raw), as it
+    # gives any other: the pair is checked as it is, then held as a secret.
+    certificate = _pem(raw, "gatewayTlsCert", _PEM_CERTIFICATE, "certificate (chain)")
+    private_key = _pem(raw, "gatewayTlsKey", _PEM_PRIVATE_KEY, "private key")
+    _check_tls_pair(certificate, private_key)
     return GatewayTls(
-        certificate=_pem(raw, "gatewayTlsCert", "CERTIFICATE"),
-        private_key=_pem(raw, "gatewayTlsKey", "PRIVATE KEY"),
+        certificate=pulumi.Output.secret(certificate),
+        private_key=pulumi.Output.secret(private_key),
     )
 
 

@@ -16,6 +16,7 @@ from harness.program import (
     run_program,
     stack_config,
 )
+from tests.certificates import pem_pair
 from tests.unit.configs import (
     BACKUP_TEST_SECRETS,
     EXISTING,
@@ -332,8 +333,7 @@ def test_a_generated_secret_set_too_short_is_not_sent_to_make_stack() -> None:
 
 # --- secrets: never in plain text in the stack's config ---------------------------------------
 
-CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
-KEY = "-----BEGIN PRIVATE KEY-----\nMIIEfake\n-----END PRIVATE KEY-----\n"
+CERT, KEY = pem_pair()
 
 
 def every_secret() -> dict[str, Any]:

@@ -12,13 +12,14 @@ from components.app import METRICS_PORT
 from components.config import GATEWAY_DRAIN_SECONDS, MODEL_DRAIN_SECONDS, LocalCluster
 from components.microservice import SHUTDOWN_SECONDS
 from harness.program import ProgramRun, run_program, stack_config
+from tests.certificates import pem_pair
 from tests.manifests import container, env, pod_spec, volumes
 from tests.unit.configs import config_error, dev_with, existing_with, with_fields
 from tests.unit.runs import secrets_digest
 from tools.policy import KUBERNETES_VERSIONS
 
-CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
-KEY = "-----BEGIN PRIVATE KEY-----\nMIIEfake\n-----END PRIVATE KEY-----\n"
+CERT, KEY = pem_pair()
+RENEWED_CERT, RENEWED_KEY = pem_pair("mlstack-renewed")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,8 @@ def test_tls_from_stack_secrets_becomes_a_tls_secret() -> None:
     # The gateway's own Secret keeps its keys only; a new certificate rolls the gateway.
     gateway = run.one("Secret", "gateway").inputs["stringData"]
     assert set(gateway) == {"api-key", "database-url", "database-read-url"}
-    config["mlstack:gatewayTlsCert"] = CERT.replace("fake", "renewed")
+    config["mlstack:gatewayTlsCert"] = RENEWED_CERT
+    config["mlstack:gatewayTlsKey"] = RENEWED_KEY
     renewed = run_program("dev", config)
     gateway_pods = ("Deployment", "gateway")
     assert secrets_digest(renewed, *gateway_pods) != secrets_digest(run, *gateway_pods)
