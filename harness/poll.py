@@ -17,14 +17,17 @@ LOG_TAIL_CHARACTERS = 3000
 
 def poll(condition: Callable[[], object], timeout: float, *, interval: float = 0.1) -> bool:
     """Check `condition` every `interval` seconds until it holds (True) or `timeout` seconds have
-    passed (False). It is checked at least once, and once at or after the deadline, so a
-    condition that holds by then is never reported as a timeout."""
+    passed (False). It is checked at least once, and the last check starts at or after the
+    deadline, however long each check takes, so a condition that holds by then is never
+    reported as a timeout."""
     deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
+    while True:
+        started = time.monotonic()
+        if condition():
+            return True
+        if started >= deadline:
             return False
         time.sleep(interval)
-    return True
 
 
 def wait_until(
