@@ -1,7 +1,7 @@
 """The gateway on PostgreSQL when the server refuses it for want of resources or of a lock in
-time, or cannot confirm that a synchronous standby has a write: what a client and an operator
-get is what they get for any database that is away (503 with Retry-After, never a 500, never a
-200 for a row that only the primary may have)."""
+time, refuses its password (a rotation under way), or cannot confirm that a synchronous standby
+has a write: what a client and an operator get is what they get for any database that is away
+(503 with Retry-After, never a 500, never a 200 for a row that only the primary may have)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,39 @@ def test_a_server_out_of_connection_slots_costs_503s_with_retry_after_not_500s(
         )
     finally:
         query(admin, f"ALTER ROLE {ROLE} CONNECTION LIMIT -1")
+        gateway.stop()
+
+
+def test_a_password_refused_under_a_running_gateway_costs_503s_with_retry_after_not_500s(
+    model_server: ServiceProcess, postgres: PostgresServer, log_dir: Path
+) -> None:
+    """A rotation of the stack's `databasePassword`: the primary takes the new password while
+    the gateway's pods that still have the old one drain. Their open connections go on; a new
+    one is refused, and what they answer meanwhile is a 503 with Retry-After. With the password
+    they have again, they answer 200 again."""
+    role, old = "gateway_rotated", "rotated-role-password-1"
+    url = password_role_url(postgres, role, old)
+    gateway = start_gateway(
+        model_server.url, log_dir, DATABASE_URL=url, DB_WRITE_TIMEOUT_SECONDS="1"
+    )
+    admin = postgres.dsn()
+    try:
+        new_prediction(gateway)
+        query(admin, f"ALTER ROLE {role} PASSWORD 'rotated-role-password-2'")
+        # Its pool's connections ended: the next request must open one, which is refused.
+        query(
+            admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
+        )
+        for reply in (predict(gateway.url, [SETOSA]), history(gateway, "?limit=5")):
+            assert reply.refused_with_retry_after, (reply.status, reply.headers, reply.body)
+        assert (
+            metric(gateway, "mlstack_gateway_requests_total", endpoint="predict", status="500") == 0
+        )
+        query(admin, f"ALTER ROLE {role} PASSWORD '{old}'")
+        gateway.wait_for(
+            "predictions answered again", lambda: predict(gateway.url, [SETOSA]).status == 200
+        )
+    finally:
         gateway.stop()
 
 

@@ -29,9 +29,10 @@ the lag is measured by the read itself, and for a role with neither privilege it
 every read goes to the primary (counted as ``unknown_lag``).
 
 A server that goes away costs requests a 503, never a 500 (see ``_on_connection``), and so does
-one that answers but refuses writes, as a failover's former primary does (see ``_is_transient``);
-each costs the log one line when it stops answering (or writing) and one when it does again, not
-a line per request or retry.
+one that answers but refuses writes, as a failover's former primary does, or refuses a new
+connection the password it was given, as a primary that took a rotated one does (see
+``_is_transient``); each costs the log one line when it stops answering (or writing) and one
+when it does again, not a line per request or retry.
 """
 
 from __future__ import annotations
@@ -315,7 +316,10 @@ def _is_transient(exc: BaseException) -> bool:
     this request, not the next one once the resource is free again. So does one whose
     lock_timeout ends a wait for a lock (lock_not_available, 55P03), as a statement_timeout's
     cancel (query_canceled, class 57) does: each write waits for its turn to commit (_INSERT),
-    and a read for a migration's DDL; the statement did nothing.
+    and a read for a migration's DDL; the statement did nothing. One that refuses the role's
+    password on a new connection (invalid_password, 28P01) is in a rotation: the primary has
+    the new password, and this process, which has the old one, is about to be replaced by one
+    that has it (or the primary is about to take the one this process has).
     """
     if isinstance(exc, asyncpg.ClientConfigurationError):  # an InterfaceError, but permanent
         return False
@@ -327,6 +331,7 @@ def _is_transient(exc: BaseException) -> bool:
         | asyncpg.OperatorInterventionError
         | asyncpg.InsufficientResourcesError
         | asyncpg.LockNotAvailableError
+        | asyncpg.InvalidPasswordError
         | asyncpg.InterfaceError,
     )
 
