@@ -1,12 +1,17 @@
 """The database image's scripts (services/database/bin) run outside the image, as the unit and
 service tests run them: its entrypoint by this Python (the image's interpreter, /opt/patroni, is
-not here), and the variables components/database.py gives its `backups` container."""
+not here), the variables components/database.py gives its `backups` container, and the stack's
+Secret in a folder as the kubelet writes it (and writes it again when the Secret changes)."""
 
 from __future__ import annotations
 
+import os
 import runpy
 import shlex
+import shutil
 import sys
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -29,6 +34,35 @@ def entrypoint_stand_in(folder: Path) -> Path:
     call it by name: put `folder` first on their PATH."""
     command = shlex.join([sys.executable, str(BIN / "mlstack-database")])
     return stand_in(folder, "mlstack-database", f'#!/bin/sh\nexec {command} "$@"\n')
+
+
+def roles_stand_in(folder: Path) -> Path:
+    """`mlstack-database-roles` in `folder`: the image's own, by name, as the entrypoint's
+    password watch runs it (put `folder` first on its PATH)."""
+    command = shlex.join(["bash", str(BIN / "mlstack-database-roles")])
+    return stand_in(folder, "mlstack-database-roles", f'#!/bin/sh\nexec {command} "$@"\n')
+
+
+def write_secret_volume(folder: Path, values: Mapping[str, str]) -> None:
+    """`values` in `folder` as the kubelet writes a Secret's volume, and writes it again when the
+    Secret changes: each key a symbolic link through `..data` to a folder of the current
+    version's files; a new version written beside it, `..data` switched to it in one rename, and
+    the version before removed. Whoever reads a key's path after the switch reads the new
+    value."""
+    folder.mkdir(parents=True, exist_ok=True)
+    version = Path(tempfile.mkdtemp(prefix="..version_", dir=folder))
+    for key, value in values.items():
+        (version / key).write_text(value)
+    data = folder / "..data"
+    before = os.readlink(data) if data.is_symlink() else None
+    switch = folder / "..data_tmp"
+    switch.symlink_to(version.name)
+    switch.replace(data)
+    for key in values:
+        if not (folder / key).is_symlink():
+            (folder / key).symlink_to(Path("..data") / key)
+    if before is not None:
+        shutil.rmtree(folder / before)
 
 
 def rendered_containers(

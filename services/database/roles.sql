@@ -1,5 +1,6 @@
 -- The application's roles and database, made (and their passwords set) on every instance that
--- becomes the primary: run by mlstack-database-roles as the superuser over the local socket.
+-- becomes the primary, and again when the Secret's files change on a primary that keeps running:
+-- run by mlstack-database-roles as the superuser over the local socket.
 -- psql variables: owner, gateway, dbname, and owner_password_file / gateway_password_file
 -- (files of the stack's database Secret; a password is never on a command line).
 --

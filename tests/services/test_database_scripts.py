@@ -2,8 +2,10 @@
 standby. `mlstack-database --is-primary` and `--psql` are the one way the roles script and the
 backups container ask the local server whether it is the primary and talk to it as the superuser;
 the roles script makes the roles the program names, after the bootstrap and on a promotion; the
-pg_hba the entrypoint writes admits each of them where it needs to be, and nowhere else. The
-backups container takes its backups where the primary runs, and tells a WAL archive that fails.
+pg_hba the entrypoint writes admits each of them where it needs to be, and nowhere else. A new
+password in the Secret's files reaches a primary that keeps running (the entrypoint's password
+watch), and a standby restarted with it streams. The backups container takes its backups where
+the primary runs, and tells a WAL archive that fails.
 
 Each script runs as in the image: Patroni's settings (the image's, their socket folder and port
 the test server's) beside roles.sql, the Secret's passwords in files, the server's programs first
@@ -32,7 +34,7 @@ from harness.metrics import metric_value
 from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer, on_connection, postgres_bindir, query
-from harness.processes import LocalProcess, LocalServer
+from harness.processes import LocalProcess, LocalServer, group_alive
 from tests.database_image import (
     BIN,
     ROLES_SQL,
@@ -41,6 +43,9 @@ from tests.database_image import (
     entrypoint_module,
     entrypoint_stand_in,
     password_files,
+    pod_variables,
+    roles_stand_in,
+    write_secret_volume,
 )
 from tests.services.support import throwaway_postgres
 from tests.stand_ins import stand_in
@@ -70,21 +75,23 @@ class Image:
         settings = yaml.safe_load(TEMPLATE.read_text())
         settings["postgresql"]["listen"] = f"127.0.0.1:{port}"
         settings["postgresql"]["parameters"]["unix_socket_directories"] = str(socket_dir)
+        # The entrypoint's start looks at the data folder: one of the test's, never the machine's.
+        settings["postgresql"]["data_dir"] = str(root / "pgdata")
         self.template = folder / "patroni.yml"
         self.template.write_text(yaml.safe_dump(settings))
         shutil.copy(ROLES_SQL, folder / "roles.sql")
-        secrets = root / "secrets"
-        secrets.mkdir()
-        for key, value in PASSWORDS.items():
-            (secrets / key).write_text(value)
+        # The Secret's volume, as the kubelet writes it (and again when the Secret changes).
+        self.secrets = root / "secrets"
+        write_secret_volume(self.secrets, PASSWORDS)
         stand_ins = root / "bin"
         entrypoint_stand_in(stand_ins)
+        roles_stand_in(stand_ins)
         self.stand_ins = stand_ins
         self.env = {
             **os.environ,
             "PATH": os.pathsep.join((str(stand_ins), str(postgres_bindir()), os.environ["PATH"])),
             "PATRONI_CONFIG_TEMPLATE": str(self.template),
-            **password_files(secrets),
+            **password_files(self.secrets),
         }
 
     def settings(self) -> dict[str, Any]:
@@ -119,6 +126,17 @@ class Image:
 
 def image_for(root: Path, server: PostgresServer) -> Image:
     return Image(root, server.socket_dir, server.port)
+
+
+def use_image_pg_hba(server: PostgresServer, image: Image) -> None:
+    """The pg_hba the entrypoint writes, on `server` (the superuser's `peer` trusted: the test is
+    not the postgres user of the machine)."""
+    lines = entrypoint_module()["pg_hba"](image.settings())
+    local_superuser = "local all postgres peer"
+    assert lines[0] == local_superuser
+    hba = [local_superuser.replace("peer", "trust"), *lines[1:]]
+    (server.data / "pg_hba.conf").write_text("".join(f"{line}\n" for line in hba))
+    server.reload()
 
 
 def make_patroni_roles(server: PostgresServer) -> None:
@@ -199,24 +217,24 @@ class Cluster:
 def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A new cluster as Patroni makes it: the roles script after the bootstrap (given the
     connection string), Patroni's own roles, the callback as the instance starts as the primary;
-    then the pg_hba the entrypoint writes (the superuser's `peer` trusted: the test is not the
-    postgres user of the machine)."""
+    then the pg_hba the entrypoint writes."""
     with throwaway_postgres() as server:
         image = image_for(tmp_path_factory.mktemp("bootstrapped"), server)
-        done = image.roles(f"dbname=postgres host={server.socket_dir} port={server.port}")
-        assert done.returncode == 0, done.stderr
-        assert done.stderr == "mlstack-database-roles: roles and passwords set on the primary\n"
-        make_patroni_roles(server)
-        done = image.roles("on_start", "primary", database.SCOPE)
-        assert done.returncode == 0, done.stderr
-        entrypoint = entrypoint_module()
-        lines = entrypoint["pg_hba"](image.settings())
-        local_superuser = "local all postgres peer"
-        assert lines[0] == local_superuser
-        hba = [local_superuser.replace("peer", "trust"), *lines[1:]]
-        (server.data / "pg_hba.conf").write_text("".join(f"{line}\n" for line in hba))
-        server.reload()
+        bootstrap(image, server)
+        use_image_pg_hba(server, image)
         yield Cluster(server, image)
+
+
+def bootstrap(image: Image, server: PostgresServer) -> None:
+    """The roles as Patroni's bootstrap leaves them on a new cluster: the roles script after the
+    bootstrap (given the connection string), Patroni's own roles, the callback as the instance
+    starts as the primary."""
+    done = image.roles(f"dbname=postgres host={server.socket_dir} port={server.port}")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "mlstack-database-roles: roles and passwords set on the primary\n"
+    make_patroni_roles(server)
+    done = image.roles("on_start", "primary", database.SCOPE)
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_roles_script_makes_the_roles_the_program_names(bootstrapped: Cluster) -> None:
@@ -431,6 +449,126 @@ def test_the_callback_waits_for_the_promotion_then_sets_the_roles(
         )
     finally:
         server.destroy()
+
+
+# --- a new password on a running primary ---------------------------------------------------------
+
+# The Secret's passwords after a rotation (`pulumi config set --secret`, then `pulumi up`).
+ROTATED: Final = {key: f"{value} rotated" for key, value in PASSWORDS.items()}
+# What the password watch says once it has read the files it watches.
+WATCHING: Final = "mlstack-database: watching the Secret's password files"
+
+
+def test_two_runs_at_once_both_set_the_roles(bootstrapped: Cluster) -> None:
+    """A callback of Patroni's and the password watch may start the script together: one waits
+    for the other, and neither fails (at once, their catalog updates would fail each other's:
+    "tuple concurrently updated")."""
+    command = ["bash", str(BIN / "mlstack-database-roles"), "on_start", "primary", database.SCOPE]
+    for _ in range(10):
+        runs = [
+            subprocess.Popen(command, env=bootstrapped.image.env, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        errors = [run.communicate(timeout=90)[1] for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], errors
+
+
+def start_instance(image: Image, root: Path) -> LocalProcess:
+    """The image's entrypoint as the pod starts it, Patroni a stand-in that only waits, in a
+    session of its own (shared with what it leaves running); the password watch checks the
+    Secret's files every 0.2 s."""
+    stand_in(image.stand_ins, "patroni", "#!/bin/sh\nexec sleep 600\n")
+    env = {
+        **image.env,
+        **pod_variables(database.pod_name(0), "127.0.0.1", 2**30),
+        "PATRONICTL_CONFIG_FILE": str(root / "patroni" / "patroni.yml"),
+        "DATABASE_SECRETS_CHECK_SECONDS": "0.2",
+    }
+    return LocalProcess(
+        "mlstack-database",
+        [str(image.stand_ins / "mlstack-database")],
+        root / "mlstack-database.log",
+        env=env,
+        new_session=True,
+    ).start()
+
+
+def follow_as_replicator(standby: PostgresServer, primary: PostgresServer, password: str) -> None:
+    """The standby's WAL receiver sent to `primary` as Patroni's replication role with
+    `password`, as Patroni gives a standby its primary_conninfo (a reload applies it)."""
+    quoted = password.replace("\\", "\\\\").replace("'", "\\'")
+    conninfo = (
+        f"host=127.0.0.1 port={primary.port} user={PATRONI_ROLES['replication'][0]}"
+        f" password='{quoted}' application_name={database.pod_name(1)}"
+    )
+
+    async def follow(conn: asyncpg.Connection) -> None:
+        # ALTER SYSTEM takes no parameters: format() quotes the value server-side.
+        quote = "SELECT format('ALTER SYSTEM SET primary_conninfo = %L', $1::text)"
+        await conn.execute(await conn.fetchval(quote, conninfo))
+
+    on_connection(standby.dsn(), follow)
+    standby.reload()
+
+
+def test_a_new_password_reaches_the_running_primary_and_the_restarted_standby_streams(
+    tmp_path: Path,
+) -> None:
+    """A `pulumi up` of new passwords restarts a standby first, with the new replication password
+    (here: the standby's WAL receiver given it), while the primary runs on with the passwords
+    its start set: the standby is refused. Once the kubelet has written the Secret's new values
+    into the primary's pod, the primary's password watch sets every role's new password there,
+    and the standby streams: Patroni calls it ready, and the StatefulSet's roll goes on. The
+    watch ends with the Patroni it was started beside."""
+    replicator = PATRONI_ROLES["replication"][0]
+
+    def streaming(image: Image) -> bool:
+        return image.sql(
+            "SELECT count(*) FROM pg_stat_replication"
+            f" WHERE usename = '{replicator}' AND state = 'streaming'"
+        ) == ["1"]
+
+    with throwaway_postgres() as server:
+        # Copied before the image's pg_hba is the server's: initdb's trusts the copy.
+        standby = server.standby()
+        try:
+            image = image_for(tmp_path, server)
+            bootstrap(image, server)
+            use_image_pg_hba(server, image)
+            instance = start_instance(image, tmp_path)
+            try:
+                instance.wait_for("watching", lambda: WATCHING in instance.log_path.read_text())
+                follow_as_replicator(standby, server, ROTATED[database.REPLICATION_PASSWORD_KEY])
+                refused = f'password authentication failed for user "{replicator}"'
+                eventually(lambda: refused in standby.log.read_text(), "the standby refused", 30)
+                assert not streaming(image)
+
+                write_secret_volume(image.secrets, ROTATED)
+                eventually(lambda: streaming(image), "the standby streaming", 30)
+                log = instance.log_path.read_text()
+                assert "mlstack-database-roles: roles and passwords set on the primary\n" in log
+                for value in (*PASSWORDS.values(), *ROTATED.values()):
+                    assert value not in log
+                rewind = PATRONI_ROLES["rewind"][0]
+                for user, key, dbname in (
+                    (database.OWNER, database.OWNER_PASSWORD_KEY, database.DB_NAME),
+                    (database.GATEWAY_USER, database.GATEWAY_PASSWORD_KEY, database.DB_NAME),
+                    (rewind, database.REWIND_PASSWORD_KEY, "postgres"),
+                ):
+                    assert connect_as(server, user, ROTATED[key], dbname) == user
+                    with pytest.raises(asyncpg.InvalidPasswordError):
+                        connect_as(server, user, PASSWORDS[key], dbname)
+
+                # Patroni gone (the container's first process), the watch goes too.
+                instance.signal(signal.SIGTERM)
+                instance.wait(10)
+                eventually(
+                    lambda: not group_alive(instance.pid), "the watch ended with Patroni", 10
+                )
+            finally:
+                instance.stop()
+        finally:
+            standby.destroy()
 
 
 # --- the backups container ------------------------------------------------------------------------

@@ -9,7 +9,11 @@ stack's storageSize, read as the program reads it.
 With backups: pgBackRest's secret options in a file of its own, mode 0600, never with a line
 break (which would add an option of the Secret's choosing); the WAL archive in Patroni's settings.
 With a restore request (`make restore`'s ConfigMap, mounted): the data moved aside once per
-request, and Patroni's custom bootstrap from the backups; without one, nothing moves."""
+request, and Patroni's custom bootstrap from the backups; without one, nothing moves.
+
+The start leaves the password watch beside Patroni: a change of the Secret's password files runs
+the roles script on the primary, once, and again after a failure; on a standby, nothing
+(tests/services/test_database_scripts.py runs it against a real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,6 +36,7 @@ from components.backup_repository.common import SECRET_KEYS as BACKUP_SECRET_KEY
 from components.quantity import quantity_bytes
 from harness.http import request
 from harness.metrics import metric_value
+from harness.poll import eventually
 from harness.ports import free_port
 from harness.processes import LocalProcess
 from harness.program import run_program, stack_config
@@ -39,7 +45,9 @@ from tests.database_image import (
     TEMPLATE,
     backups_own_env,
     entrypoint_module,
+    password_files,
     pod_variables,
+    write_secret_volume,
 )
 from tests.manifests import container, env
 from tests.stand_ins import env_first_on_path, stand_in
@@ -289,7 +297,19 @@ class ExecError(Exception):
 
 
 @pytest.fixture
-def execs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+def spawns(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The processes the start leaves running (the password watch), recorded, not started."""
+    found: list[list[str]] = []
+
+    def popen(args: list[str], **_: Any) -> None:
+        found.append(list(args))
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    return found
+
+
+@pytest.fixture
+def execs(monkeypatch: pytest.MonkeyPatch, spawns: list[list[str]]) -> list[list[str]]:
     found: list[list[str]] = []
 
     def execvp(file: str, args: list[str]) -> None:
@@ -328,6 +348,23 @@ def test_the_start_writes_both_files_and_becomes_patroni(
     patroni_text = entry.patroni_conf.read_text()
     for key in SECRET_KEYS.values():
         assert SECRETS[key] not in patroni_text
+
+
+def test_the_start_leaves_the_password_watch_running_beside_patroni(
+    entrypoint: Entrypoint,
+    monkeypatch: pytest.MonkeyPatch,
+    execs: list[list[str]],
+    spawns: list[list[str]],
+) -> None:
+    """Started before the process becomes Patroni (the exec ends this process's own code), by
+    the image's interpreter; `--validate-config` starts nothing."""
+    with pytest.raises(ExecError):
+        start(entrypoint, monkeypatch, "--validate-config")
+    assert spawns == []
+    with pytest.raises(ExecError):
+        start(entrypoint, monkeypatch)
+    assert spawns == [[sys.executable, str(BIN / "mlstack-database"), "--watch-passwords"]]
+    assert execs[-1][:2] == ["patroni", "patroni"]
 
 
 def test_without_backups_the_start_adds_neither_archive_nor_restore(
@@ -816,3 +853,148 @@ def test_a_backup_past_its_timeout_is_stopped_and_counted_as_failed(tmp_path: Pa
     finally:
         sidecar.stop()
     assert "full backup failed: still running after 0.5 s, stopped" in sidecar.log_tail()
+
+
+# --- the password watch --------------------------------------------------------------------------
+
+# What the watch says once it has read the files it watches.
+WATCHING: Final = "mlstack-database: watching the Secret's password files"
+# The passwords of the stack's Secret, before and after a rotation.
+PASSWORDS: Final = {
+    database.OWNER_PASSWORD_KEY: "owner-password",
+    database.GATEWAY_PASSWORD_KEY: "gateway-password",
+    database.REPLICATION_PASSWORD_KEY: "replication-password",
+    database.REWIND_PASSWORD_KEY: "rewind-password",
+}
+ROTATED: Final = {key: f"{value}-rotated" for key, value in PASSWORDS.items()}
+
+
+class Watch:
+    """`mlstack-database --watch-passwords` checking the Secret's files every 0.05 s, with
+    stand-ins: `psql` (the local server's answer whether it is in recovery) answers what `answer`
+    says (`t` a standby, `f` the primary, "" no answer), and the roles script logs each run and
+    fails while `failures` says so (one fewer each run)."""
+
+    def __init__(self, root: Path) -> None:
+        self.secrets = root / "secrets"
+        write_secret_volume(self.secrets, PASSWORDS)
+        stand_ins = root / "bin"
+        self._asked, self._runs = root / "asked", root / "runs"
+        self._answer, self._failures = root / "answer", root / "failures"
+        self.answer("f")
+        self._failures.write_text("0")
+        stand_in(
+            stand_ins,
+            "psql",
+            f'#!/bin/sh\necho >> "{self._asked}"\nanswer=$(cat "{self._answer}")\n'
+            '[ -n "$answer" ] || exit 2\necho "$answer"\n',
+        )
+        stand_in(
+            stand_ins,
+            "mlstack-database-roles",
+            f'#!/bin/sh\necho "$#" >> "{self._runs}"\nfailures=$(cat "{self._failures}")\n'
+            f'[ "$failures" -gt 0 ] || exit 0\necho $((failures - 1)) > "{self._failures}"\n'
+            "exit 1\n",
+        )
+        self.process = LocalProcess(
+            "mlstack-database --watch-passwords",
+            [sys.executable, str(BIN / "mlstack-database"), "--watch-passwords"],
+            root / "watch.log",
+            env=env_first_on_path(
+                stand_ins,
+                PATRONI_CONFIG_TEMPLATE=str(TEMPLATE),
+                DATABASE_SECRETS_CHECK_SECONDS="0.05",
+                **password_files(self.secrets),
+            ),
+        )
+
+    def start(self) -> Watch:
+        self.process.start()
+        self.process.wait_for("watching", lambda: WATCHING in self.log(), timeout=30)
+        return self
+
+    def answer(self, text: str) -> None:
+        self._answer.write_text(text)
+
+    def fail(self, times: int) -> None:
+        self._failures.write_text(str(times))
+
+    def rotate(self, values: dict[str, str] = ROTATED) -> None:
+        """The Secret changed: the kubelet writes its new version."""
+        write_secret_volume(self.secrets, values)
+
+    def asked(self) -> int:
+        """How often the local server was asked whether it is in recovery."""
+        return len(self._asked.read_text().splitlines()) if self._asked.exists() else 0
+
+    def runs(self) -> list[str]:
+        """The roles script's runs: the number of arguments of each (none: the watch's)."""
+        return self._runs.read_text().splitlines() if self._runs.exists() else []
+
+    def checks(self, count: int = 10) -> None:
+        """Long enough for `count` checks."""
+        time.sleep(count * 0.05)
+
+    def log(self) -> str:
+        return self.process.log_path.read_text()
+
+
+@pytest.fixture
+def watch(tmp_path: Path) -> Iterator[Watch]:
+    found = Watch(tmp_path).start()
+    try:
+        yield found
+    finally:
+        found.process.stop()
+
+
+def test_unchanged_files_are_left_to_the_start_and_the_server_is_not_asked(watch: Watch) -> None:
+    """What the files hold as the instance starts, Patroni's bootstrap or start callback sets."""
+    watch.checks()
+    assert (watch.asked(), watch.runs()) == (0, [])
+
+
+def test_a_change_on_the_primary_runs_the_roles_script_once(watch: Watch) -> None:
+    watch.rotate()
+    eventually(lambda: watch.runs() == ["0"], "the roles script run", 10)
+    watch.checks()
+    assert watch.runs() == ["0"]
+    assert "the Secret's passwords changed; setting them on the primary" in watch.log()
+    watch.rotate(PASSWORDS)
+    eventually(lambda: watch.runs() == ["0", "0"], "the roles script run again", 10)
+
+
+def test_a_change_on_a_standby_is_left_to_its_promotion(watch: Watch) -> None:
+    """Patroni's on_role_change reads the files as the standby becomes the primary: the watch
+    runs nothing for a change it saw before, and runs the script for the next one."""
+    watch.answer("t")
+    watch.rotate()
+    eventually(lambda: "a standby: its promotion sets them" in watch.log(), "the standby seen", 10)
+    asked = watch.asked()
+    watch.answer("f")
+    watch.checks()
+    assert (watch.asked(), watch.runs()) == (asked, [])
+    watch.rotate(PASSWORDS)
+    eventually(lambda: watch.runs() == ["0"], "the roles script run", 10)
+
+
+def test_a_server_that_does_not_answer_is_asked_again(watch: Watch) -> None:
+    """Not running yet, or restarting: neither the primary nor a standby."""
+    watch.answer("")
+    watch.rotate()
+    eventually(lambda: watch.asked() >= 3, "the server asked three times", 10)
+    assert watch.runs() == []
+    watch.answer("f")
+    eventually(lambda: watch.runs() == ["0"], "the roles script run", 10)
+
+
+def test_a_failed_run_is_tried_again_until_one_succeeds(watch: Watch) -> None:
+    """An instance that demoted as the script began, a statement that failed: tried again after
+    the check interval, then twice as long each time; once a run succeeds, no more."""
+    watch.fail(2)
+    watch.rotate()
+    eventually(lambda: len(watch.runs()) == 3, "three runs", 10)
+    watch.checks()
+    assert len(watch.runs()) == 3
+    assert "trying again in 0.05 s" in watch.log()
+    assert "trying again in 0.1 s" in watch.log()
