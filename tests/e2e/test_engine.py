@@ -10,7 +10,8 @@ the pull-request preview and its up, a model rollout under load, self-healing, t
 then the model away under load, scaling, NetworkPolicy, egress, an API key rotated under load, a
 standby added by config, a standby killed, a third instance added, the primary killed,
 force-deleted, frozen and switched over under load, an instance removed, a restore to a time,
-the model autoscaled out under load (kept through an up, not drift) and back in, `make drift`
+the replication and gateway passwords rotated under load on two instances, the model autoscaled
+out under load (kept through an up, not drift) and back in, `make drift`
 clean, then naming an out-of-band scale, then clean after up, and teardown. A bad config and the
 policy pack are checked on stacks of their own; the last scenario watches the node remove the
 containers of the model pod 4b deleted.
@@ -96,6 +97,9 @@ DEPLOYED: list[dict[str, Any]] = []
 # The request ids of the predictions answered 200 since the stack was created: the database must
 # hold every one (a destroy takes them with it).
 ACKNOWLEDGED: set[str] = set()
+# The database passwords 4u rotated, by stack config key: the stack's own since then, in place of
+# those of secrets() (a new stack has the suite's again).
+ROTATED_PASSWORDS: dict[str, str] = {}
 AUTOSCALING = "mlstack:model.autoscaling"
 # What a key of the stack file means when it is not set (components/config.py).
 DEFAULTS: dict[str, Any] = {"mlstack:model.version": MODEL_VERSIONS[-1]}
@@ -136,9 +140,15 @@ def autoscaling_off(workspace: PulumiWorkspace, kube: ControlPlane) -> None:
 
 def init_stack(workspace: PulumiWorkspace, kube: ControlPlane) -> None:
     """The stack as the session's bring-up leaves it: the suite's config and secrets (the
-    stack's API key the suite's), nothing deployed."""
+    stack's API key and database passwords the suite's), nothing deployed."""
     workspace.init_stack(STACK, stack_config(kube), secrets())
     app.STACK_KEY[0] = API_KEY
+    ROTATED_PASSWORDS.clear()
+
+
+def stack_secrets() -> dict[str, str]:
+    """The stack's secrets now: the suite's, but for the database passwords a scenario rotated."""
+    return {**secrets(), **ROTATED_PASSWORDS}
 
 
 def namespace_exists(kube: ControlPlane) -> bool:
@@ -165,11 +175,12 @@ def configure(workspace: PulumiWorkspace, settings: dict[str, Any]) -> None:
 
 def ensure_not_deployed(workspace: PulumiWorkspace, kube: ControlPlane, node: Node) -> None:
     """Needs: the stack as the session's bring-up leaves it: nothing deployed, the suite's API
-    key, the counts of AS_CREATED. A destroy and a new stack only when something is deployed or
-    the key was rotated."""
+    key and database passwords, the counts of AS_CREATED. A destroy and a new stack only when
+    something is deployed or the key or a password was rotated."""
     if workspace.stack_file(STACK).exists() and (
         DEPLOYED
         or app.STACK_KEY[0] != API_KEY
+        or ROTATED_PASSWORDS
         or workspace.get_config(STACK, "mlstack:apiKeyPrevious") is not None
         or namespace_exists(kube)
     ):
@@ -503,26 +514,34 @@ def test_2c_the_primary_holds_the_roles_with_the_stack_s_passwords_and_no_more(
     roles or databases, only Patroni's replication role replicates, and the owner owns the
     application's database. The superuser has no password at all: the local socket only."""
     ensure_stack(workspace, control_plane)
-    names = ", ".join(f"'{role}'" for role in (*DATABASE_PASSWORDS, "postgres"))
-    rows = app.psql(
-        control_plane,
-        "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolreplication, "
-        f"coalesce(rolpassword, '') FROM pg_authid WHERE rolname IN ({names})",
-    )
-    roles = {line.split("|")[0]: line.split("|")[1:] for line in rows}
-    assert set(roles) == {*DATABASE_PASSWORDS, "postgres"}, rows
-    stack_secrets = secrets()
+    roles = password_roles(control_plane, app.primary_instance(control_plane))
+    assert set(roles) == {*DATABASE_PASSWORDS, "postgres"}, roles
+    current = stack_secrets()
     for role, key in DATABASE_PASSWORDS.items():
         superuser, createrole, createdb, replication, verifier = roles[role]
         assert (superuser, createrole, createdb) == ("f", "f", "f"), role
         assert replication == ("t" if role == "replicator" else "f"), role
-        assert scram_verifies(verifier, stack_secrets[key]), role
+        assert scram_verifies(verifier, current[key]), role
     assert roles["postgres"][-1] == "", "the superuser has a password"
     owner = app.psql(
         control_plane,
         f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{database.DB_NAME}'",
     )
     assert owner == [database.OWNER]
+
+
+def password_roles(kube: ControlPlane, instance: int) -> dict[str, list[str]]:
+    """On the database instance `instance`, for each role of DATABASE_PASSWORDS and the
+    superuser: rolsuper, rolcreaterole, rolcreatedb, rolreplication and the stored password
+    verifier ("" for none)."""
+    names = ", ".join(f"'{role}'" for role in (*DATABASE_PASSWORDS, "postgres"))
+    rows = app.psql(
+        kube,
+        "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolreplication, "
+        f"coalesce(rolpassword, '') FROM pg_authid WHERE rolname IN ({names})",
+        instance,
+    )
+    return {line.split("|")[0]: line.split("|")[1:] for line in rows}
 
 
 def scram_verifies(verifier: str, password: str) -> bool:
@@ -1330,6 +1349,68 @@ def test_4t_g_make_restore_puts_back_exactly_the_predictions_acknowledged_before
     # The rest of the suite on one instance, as the stack began: two cores run it all.
     up_with(workspace, kube, "mlstack:database.replicas", 1)
     wait_settled(kube, 1, "back to one instance")
+    assert_every_acknowledged_prediction_stored(kube)
+
+
+def test_4u_database_passwords_rotated_under_load_on_two_instances_roll_and_lose_nothing(
+    workspace: PulumiWorkspace, control_plane: ControlPlane
+) -> None:
+    """New `databaseReplicationPassword` and `databasePassword`, and `pulumi up`, on two
+    instances (the primary database-0) under predictions and history reads through the
+    LoadBalancer, as README's "Rotating the database passwords" does it. The StatefulSet rolls
+    database-1 first: the new replication password is refused until the kubelet has written the
+    Secret's new values into database-0's pod and its password watch has set them, then
+    database-1 streams and the roll goes on to database-0 (a switchover). The gateway pods roll
+    too. `pulumi up` returns with every rollout ended; every request is answered 200 or 503 with
+    Retry-After; every prediction answered 200 is stored on both instances; the primary's roles
+    hold the new passwords (the owner's and the rewind role's the ones they had). The database
+    goes back to one instance at the end, as the stack began."""
+    kube = control_plane
+    ensure_database(workspace, kube, 2, primary=0)
+    url = gateway_url(kube)
+    before = stack_secrets()
+    rotated = {
+        key: f"{before[key]}-rotated"
+        for key in ("mlstack:databaseReplicationPassword", "mlstack:databasePassword")
+    }
+    instances = {instance: pod_uid(kube, instance) for instance in range(2)}
+    gateways = gateway_uids(kube)
+    with app.Load(url, limit=900) as load, app.Load(url, limit=900, call=app.history) as reads:
+        eventually(load.since(0.0), "a prediction answered", 60, interval=0.5)
+        start = time.monotonic()
+        # The stack's from the moment the stack file holds them.
+        ROTATED_PASSWORDS.update(rotated)
+        up = up_with_secrets(workspace, kube, rotated)
+        TIMINGS["pulumi up (replication and gateway passwords, 2 instances, under load)"] = (
+            up.seconds
+        )
+        wait_settled(kube, 2, "passwords rotated")
+        back = time.monotonic()
+        eventually(load.since(back), "a prediction acknowledged again", 120, interval=0.5)
+        eventually(reads.since(back), "a history read answered again", 120, interval=0.5)
+    ACKNOWLEDGED.update(app.acknowledged(load))
+    TIMINGS["passwords rotated: writes paused"] = load.longest_pause_after(start)
+    TIMINGS["passwords rotated: predictions refused"] = len(load.failures)
+    assert load.answers and not load.wrong_answers, load.summary()
+    assert reads.answers and not reads.wrong_answers, reads.summary()
+    for instance, uid in instances.items():
+        assert pod_uid(kube, instance) != uid, f"database-{instance} was not rolled"
+    assert not gateway_uids(kube) & gateways, "the gateway pods were not rolled"
+    primary = app.primary_instance(kube)
+    roles = password_roles(kube, primary)
+    current = stack_secrets()
+    for role, key in DATABASE_PASSWORDS.items():
+        assert scram_verifies(roles[role][-1], current[key]), role
+    assert_every_acknowledged_prediction_stored(kube)
+    eventually(
+        lambda: stored_on(kube, 1 - primary) >= ACKNOWLEDGED,
+        "every acknowledged prediction on the standby",
+        60,
+        interval=0.5,
+    )
+    assert_preview_shows_no_change(workspace)
+    # The rest of the suite on one instance, as the stack began: two cores run it all.
+    ensure_database(workspace, kube, 1)
     assert_every_acknowledged_prediction_stored(kube)
 
 
