@@ -168,10 +168,12 @@ BROUGHT_UNITS: Final = [
 ]
 # Each caller and what it installs: the lists by their file, the rest by name.
 CALLERS: Final = {
-    ".ci/run": ("install-missing postgresql e2e/node-packages.txt e2e/image-packages.txt",),
+    ".ci/run": (
+        "install-missing postgresql pgbackrest e2e/node-packages.txt e2e/image-packages.txt",
+    ),
     "mk/bench.mk": ("install-missing --sudo wrk postgresql",),
     ".github/workflows/test.yml": (
-        "install-missing --sudo postgresql",
+        "install-missing --sudo postgresql pgbackrest",
         "install-missing --sudo e2e/node-packages.txt e2e/image-packages.txt",
     ),
 }
