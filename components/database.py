@@ -650,11 +650,18 @@ def _backups_container(
         "security_context": pod.container_security_context(),
         # Its own /tmp: pgBackRest's configuration and locks are per container.
         "volume_mounts": pod.mounts(secrets=True, tmp=BACKUPS_TMP_VOLUME, extra=tuple(mounts)),
-        # Alive and ready while it serves its metrics, which it does from its start whatever
-        # the repository does (a failing backup shows in the metrics, never in readiness). The
-        # pod is Ready only once this container is: its readiness is asked as often as the
-        # database's, not at the liveness probe's pace.
+        # Alive while it serves its metrics, which it does from its start whatever the
+        # repository does (a failing backup shows in the metrics, never in readiness). Ready
+        # unless the repository is another database's (/ready): one that can never take this
+        # database's WAL or backups, which fails `pulumi up` rather than fill the volume
+        # unnoticed. The pod is Ready only once this container is: its readiness is asked as
+        # often as the database's, not at the liveness probe's pace.
         "startup_probe": {**metrics, "period_seconds": 1, "failure_threshold": 60},
         "liveness_probe": metrics,
-        "readiness_probe": {**metrics, "period_seconds": 2, "failure_threshold": 3},
+        "readiness_probe": {
+            **metrics,
+            "http_get": {"path": "/ready", "port": "backup-metrics"},
+            "period_seconds": 2,
+            "failure_threshold": 3,
+        },
     }

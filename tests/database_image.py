@@ -1,7 +1,8 @@
 """The database image's scripts (services/database/bin) run outside the image, as the unit and
 service tests run them: its entrypoint by this Python (the image's interpreter, /opt/patroni, is
-not here), the variables components/database.py gives its `backups` container, and the stack's
-Secret in a folder as the kubelet writes it (and writes it again when the Secret changes)."""
+not here), the variables components/database.py gives its `backups` container, the stack's
+Secret in a folder as the kubelet writes it (and writes it again when the Secret changes), and
+the scripts pointed at a test's PostgreSQL (Image)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ import os
 import runpy
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, cast
 
+import yaml
+
 from components import database, pod
 from components.image import SERVICES_DIR
+from harness.postgres import PostgresServer, postgres_bindir
 from tests.stand_ins import stand_in
 
 BIN: Final = SERVICES_DIR / "database" / "bin"
@@ -31,9 +36,12 @@ def entrypoint_module() -> dict[str, Any]:
 
 def entrypoint_stand_in(folder: Path) -> Path:
     """`mlstack-database` in `folder`: the image's own, run by this Python. The other scripts
-    call it by name: put `folder` first on their PATH."""
-    command = shlex.join([sys.executable, str(BIN / "mlstack-database")])
-    return stand_in(folder, "mlstack-database", f'#!/bin/sh\nexec {command} "$@"\n')
+    call it by name: put `folder` first on their PATH. `mlstack-database-repository`, which
+    the backups container calls, beside it."""
+    for name in ("mlstack-database-repository", "mlstack-database"):
+        command = shlex.join([sys.executable, str(BIN / name)])
+        found = stand_in(folder, name, f'#!/bin/sh\nexec {command} "$@"\n')
+    return found
 
 
 def roles_stand_in(folder: Path) -> Path:
@@ -128,3 +136,74 @@ def pod_variables(pod_name: str, ip: str, storage_bytes: int) -> dict[str, str]:
         "DATABASE_LABELS": rendered["DATABASE_LABELS"],
         "DATABASE_STORAGE_BYTES": str(storage_bytes),
     }
+
+
+# The database Secret's files: every character SQL, psql or a connection string gives a meaning.
+PASSWORDS: Final = {
+    database.OWNER_PASSWORD_KEY: "Ow/n@e:r%2F+x=y?z'q\"#\\1 :x",
+    database.GATEWAY_PASSWORD_KEY: "Ga/t@e:w%40+a=y?'s\"#\\2 :'y'",
+    database.REPLICATION_PASSWORD_KEY: "Re/p@l:i%3F+c=a?'t\"#\\3",
+    database.REWIND_PASSWORD_KEY: "Re/w@i:n%26+d=e?'r\"#\\4",
+}
+
+
+class Image:
+    """The image's scripts pointed at the server on `socket_dir` and `port`."""
+
+    def __init__(self, root: Path, socket_dir: Path, port: int) -> None:
+        folder = root / "database"
+        folder.mkdir(parents=True)
+        settings = yaml.safe_load(TEMPLATE.read_text())
+        settings["postgresql"]["listen"] = f"127.0.0.1:{port}"
+        settings["postgresql"]["parameters"]["unix_socket_directories"] = str(socket_dir)
+        # The entrypoint's start looks at the data folder: one of the test's, never the machine's.
+        settings["postgresql"]["data_dir"] = str(root / "pgdata")
+        self.template = folder / "patroni.yml"
+        self.template.write_text(yaml.safe_dump(settings))
+        shutil.copy(ROLES_SQL, folder / "roles.sql")
+        # The Secret's volume, as the kubelet writes it (and again when the Secret changes).
+        self.secrets = root / "secrets"
+        write_secret_volume(self.secrets, PASSWORDS)
+        stand_ins = root / "bin"
+        entrypoint_stand_in(stand_ins)
+        roles_stand_in(stand_ins)
+        self.stand_ins = stand_ins
+        self.env = {
+            **os.environ,
+            "PATH": os.pathsep.join((str(stand_ins), str(postgres_bindir()), os.environ["PATH"])),
+            "PATRONI_CONFIG_TEMPLATE": str(self.template),
+            **password_files(self.secrets),
+        }
+
+    def settings(self) -> dict[str, Any]:
+        found: dict[str, Any] = yaml.safe_load(self.template.read_text())
+        return found
+
+    def entrypoint(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.stand_ins / "mlstack-database"), *arguments],
+            env=self.env, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+    def sql(self, *commands: str) -> list[str]:
+        """The rows of `commands`, run as the superuser through the socket (the only way in once
+        the image's pg_hba is the server's), each `|`-separated."""
+        done = self.entrypoint(
+            "--psql", "--tuples-only", "--no-align", *(f"--command={c}" for c in commands)
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    def roles(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        """The roles script, as Patroni runs it."""
+        done = subprocess.run(
+            ["bash", str(BIN / "mlstack-database-roles"), *arguments],
+            env=self.env, capture_output=True, text=True, timeout=90, check=False,
+        )  # fmt: skip
+        for value in PASSWORDS.values():
+            assert value not in done.stdout + done.stderr
+        return done
+
+
+def image_for(root: Path, server: PostgresServer) -> Image:
+    return Image(root, server.socket_dir, server.port)

@@ -6,24 +6,31 @@ database put back as it was at a point in time, from the stack's pgBackRest repo
     python -m tools.database_backup restore --stack prod --time '2026-12-04 21:30:00+00:00'
 
 `backup` runs pgBackRest in the primary's `backups` container and prints the repository's list.
-Both refuse, before anything runs, a stack deployed without backups (no `backups` container).
+Both refuse, before anything runs, a stack deployed without backups (no `backups` container),
+and `backup` a repository that holds another database's backups (a stack made anew over the
+repository of the one before: `restore` brings that database back).
 
 `restore` replaces every instance's data; predictions are refused (503) while it runs:
 1. a time later than now (this machine's clock) is refused before anything is asked or changed:
    the archived WAL ends now, and a recovery whose target lies past its end fails;
 2. a request `database-restore` already there (a run that did not finish) is finished when it
    is for the same time and the instances run (step 6), else refused with what it left;
-3. in the primary, a transaction committed after the time by the database's clock (a later
-   time is refused): a recovery to a time ends at the first commit after it, which a quiet
-   database may not have; `pgbackrest check`: the WAL up to now is in the repository; and a
-   backup that ended in a second before the time's is there to start from (pgBackRest's
-   choice);
+3. in the primary, when the repository is this database's: a transaction committed after the
+   time by the database's clock (a later time is refused): a recovery to a time ends at the
+   first commit after it, which a quiet database may not have; `pgbackrest check`: the WAL up
+   to now is in the repository. When it is another database's (a stack made anew), that
+   database is the one restored, from what its archive holds. Then, in the repository
+   (`mlstack-database-repository choose`): the timeline the database was on at the time (after
+   an earlier restore, not always the newest one) and a backup of that timeline's history that
+   ended in a second before the time's, or why there is none;
 4. scale the StatefulSet to 0, and make the ConfigMap `database-restore` (a request id, the
-   time): a failure until then scales the StatefulSet back, and nothing else has changed;
+   time, the timeline, the backup set and how far to recover): a failure until then scales
+   the StatefulSet back, and nothing else has changed;
 5. remove Patroni's state (its ConfigMaps), so that the cluster is made anew, and scale back:
    each instance moves its data aside once for that request (`pgdata.before-restore-<id>` on
-   its volume, kept until removed by hand), one restores the newest backup before the time and
-   replays the archived WAL up to it, then becomes the primary; the others copy it;
+   its volume, kept until removed by hand), one restores the backup chosen and replays the
+   timeline's archived WAL up to the time, then becomes the primary; the others copy it; its
+   backups container then takes a full backup at once, a base on the new timeline;
 6. wait until the instances have settled, a restored primary answering, then remove the
    request. A failure or Ctrl-C from step 5 on leaves the request where it is (without it, an
    instance that starts would make a new, empty database) and prints what was left and the
@@ -36,7 +43,6 @@ import argparse
 import datetime as dt
 import enum
 import json
-import math
 import sys
 import tempfile
 import time
@@ -52,6 +58,10 @@ from tools.database_switchover import Instances, current_primary
 from tools.stack import Kubectl, Stack, StackError, read_stack
 
 CONTAINER: Final = database.BACKUPS_CONTAINER
+# The image's reader of the repository (services/database/bin), in the backups container.
+REPOSITORY: Final = "mlstack-database-repository"
+# How long it may take to find a time's timeline (it reads WAL segments from the repository).
+CHOOSE_SECONDS: Final = 1800
 BACKUP_SECONDS: Final = 6 * 3600
 # How long the instances may take to stop, and the restore to make a primary and its copies.
 STOP_SECONDS: Final = 300
@@ -146,9 +156,46 @@ def pgbackrest(
     return result.stdout
 
 
-def good_backups(kubectl: Kubectl, pod: str) -> list[dict[str, Any]]:
-    found = json.loads(pgbackrest(kubectl, pod, "info", "--output=json") or "[]")
-    return [b for stanza in found for b in stanza.get("backup") or [] if not b.get("error")]
+def repository_json(kubectl: Kubectl, pod: str, *args: str, timeout: float = 300) -> Any:
+    """What `mlstack-database-repository args` answers in `pod`, or its reason on stderr."""
+    result = kubectl.exec(pod, CONTAINER, REPOSITORY, *args, timeout=timeout)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        reason = (detail or ["(no output)"])[-1].removeprefix(f"{REPOSITORY}: ")
+        raise BackupError(reason)
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        raise BackupError(f"{REPOSITORY} {' '.join(args)} in {pod} answered no JSON") from None
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The system identifiers of the local server's database and of the one the repository's
+    stanza is for (None: it does not answer, or there is no stanza)."""
+
+    database: str | None
+    repository: str | None
+
+    @property
+    def foreign(self) -> bool:
+        return self.repository is not None and self.database != self.repository
+
+
+def repository_owner(kubectl: Kubectl, pod: str) -> Owner:
+    found = repository_json(kubectl, pod, "owner")
+    return Owner(found.get("database"), found.get("repository"))
+
+
+def foreign_repository(stack: Stack, owner: Owner) -> str:
+    """What to do about a repository of another database's, for a message."""
+    return (
+        f"the backup repository holds another database's backups (system identifier "
+        f"{owner.repository}; this database's is {owner.database}): pgBackRest archives and backs "
+        f"up nothing of this one. `make restore STACK={stack.name} TIME=...` puts that database "
+        'back here; to keep this one, give the stack a repository of its own (README, "A '
+        'repository of another database")'
+    )
 
 
 def require_backups(stack: Stack, instances: Instances) -> None:
@@ -167,16 +214,33 @@ def backup(stack: Stack, kind: str) -> str:
     instances = Instances(kubectl)
     require_backups(stack, instances)
     primary = current_primary(instances.snapshot(), kubectl, "to back up")
+    owner = repository_owner(kubectl, primary)
+    if owner.foreign:
+        raise BackupError(f"{foreign_repository(stack, owner)}; nothing was backed up")
     pgbackrest(kubectl, primary, "backup", f"--type={kind}", timeout=BACKUP_SECONDS)
     return pgbackrest(kubectl, primary, "info")
 
 
 @dataclass(frozen=True)
 class Request:
-    """A restore request, the ConfigMap `database-restore`: its id and recovery target."""
+    """A restore request, the ConfigMap `database-restore`: its id and recovery target, and
+    what `mlstack-database-repository choose` found for it (empty in a request an earlier
+    release made): the timeline, the backup set, and `time` (recover to the target), `xid`
+    (to the transaction `xid`, the last commit of the timeline's archive, which ends before the
+    target) or `default` (the archive, without a commit, replayed whole)."""
 
     id: str
     target: str
+    timeline: str = ""
+    set: str = ""
+    type: str = ""
+    xid: str = ""
+
+    def literals(self) -> list[str]:
+        """The ConfigMap's data, as `kubectl create configmap` takes it."""
+        fields = {"id": self.id, "target": self.target, "timeline": self.timeline,
+                  "set": self.set, "type": self.type, "xid": self.xid}  # fmt: skip
+        return [f"--from-literal={key}={value}" for key, value in fields.items() if value]
 
 
 def recovery_target(moment: dt.datetime) -> str:
@@ -190,7 +254,8 @@ def pending_request(kubectl: Kubectl) -> Request | None:
     if not found:
         return None
     data = found.get("data") or {}
-    return Request(str(data.get("id", "")), str(data.get("target", "")))
+    fields = ("id", "target", "timeline", "set", "type", "xid")
+    return Request(*(str(data.get(key, "")) for key in fields))
 
 
 class RestoreUnfinishedError(BackupError):
@@ -265,10 +330,7 @@ class Restore:
         """The request made, before Patroni's state is touched: a creation that fails leaves the
         former cluster whole, and is undone unless a request is there after all."""
         try:
-            self.kubectl(
-                "create", "configmap", database.RESTORE_CONFIG_MAP,
-                f"--from-literal=id={request.id}", f"--from-literal=target={request.target}",
-            )  # fmt: skip
+            self.kubectl("create", "configmap", database.RESTORE_CONFIG_MAP, *request.literals())
             return
         except (StackError, KeyboardInterrupt) as error:
             why, cause = describe(error), error
@@ -429,8 +491,33 @@ def steps(name: str, commands: Sequence[str]) -> list[str]:
     return [head + commands[0], *(" " * len(head) + command for command in commands[1:])]
 
 
-def restore(stack: Stack, moment: dt.datetime) -> tuple[str, float]:
-    """Restore the stack's database to `moment`; the request's id and the seconds it took. A
+@dataclass(frozen=True)
+class Restored:
+    """A restore done: its request, the seconds it took, and what it restored from."""
+
+    request: Request
+    seconds: float
+    # The end of the timeline's archive (the last commit it holds), when it ends before the time.
+    archive_end: float | None = None
+    # Whether the repository was another database's (now this stack's again).
+    foreign: bool = False
+
+    def describe(self) -> str:
+        """What was restored, for the line that says it is done."""
+        request = self.request
+        if not request.set:
+            return f"{self.seconds:.1f} s"
+        said = f"{self.seconds:.1f} s; timeline {request.timeline}, from backup {request.set}"
+        if self.archive_end is not None:
+            end = dt.datetime.fromtimestamp(self.archive_end, dt.UTC).isoformat()
+            said += f"; its archive ends at {end}, its last commit: all of it was restored"
+        if self.foreign:
+            said += "; the repository's database, which this stack's is now"
+        return said
+
+
+def restore(stack: Stack, moment: dt.datetime) -> Restored:
+    """Restore the stack's database to `moment`: what was restored and the seconds it took. A
     request already there is finished when it is for the same time, else refused."""
     kubectl = Kubectl(stack)
     instances = Instances(kubectl)
@@ -450,32 +537,41 @@ def restore(stack: Stack, moment: dt.datetime) -> tuple[str, float]:
         # The same restore asked again: wait for it and finish it.
         start = time.monotonic()
         run.finish(pending)
-        return pending.id, time.monotonic() - start
+        return Restored(pending, time.monotonic() - start)
     if not instances.count:
         raise BackupError(
             f"{database.NAME} is scaled to 0 and no restore is pending: start it first (`make up "
             f"STACK={stack.name}` scales it to mlstack:database.replicas), then restore"
         )
     primary = current_primary(instances.snapshot(), kubectl, "to check the time and the backups in")
-    mark_now(kubectl, primary, moment)
-    # Every WAL segment up to now archived, the mark's too: the replay reaches any time before.
-    pgbackrest(kubectl, primary, "check")
-    # pgBackRest starts from the newest backup whose stop time, in whole seconds, is less than
-    # the target's second (a fraction of it is dropped), and fails the restore without one.
-    oldest = min((b["timestamp"]["stop"] for b in good_backups(kubectl, primary)), default=None)
-    if oldest is None or oldest >= math.floor(moment.timestamp()):
-        first = (
-            dt.datetime.fromtimestamp(oldest, dt.UTC).isoformat() if oldest is not None else None
-        )
+    owner = repository_owner(kubectl, primary)
+    if owner.repository is None:
         raise BackupError(
-            f"no backup ended before {moment.isoformat()} (the oldest ended "
-            f"{first or 'never: there is none'}; pgBackRest starts from one that ended in an "
-            f"earlier second); `make backup STACK={stack.name}` takes one"
+            f"the backup repository has no backups yet (no stanza): nothing to restore from; "
+            f"`make backup STACK={stack.name}` takes one"
         )
-    request = Request(uuid.uuid4().hex[:12], target)
+    if owner.database is None:
+        raise BackupError(f"the database in {primary} does not answer; nothing was changed")
+    if not owner.foreign:
+        mark_now(kubectl, primary, moment)
+        # Every WAL segment up to now archived, the mark's too: the replay reaches any time
+        # before.
+        pgbackrest(kubectl, primary, "check")
+    # With another database's repository (a stack made anew), that database's archive, as it
+    # ends.
+    try:
+        chosen = repository_json(kubectl, primary, "choose", target, timeout=CHOOSE_SECONDS)
+    except BackupError as error:
+        if owner.foreign or not str(error).startswith("no backup"):
+            raise
+        raise BackupError(f"{error}; `make backup STACK={stack.name}` takes one") from None
+    request = Request(
+        uuid.uuid4().hex[:12], target, str(chosen["timeline"]), str(chosen["set"]),
+        str(chosen["type"]), str(chosen.get("xid") or ""),
+    )  # fmt: skip
     start = time.monotonic()
     run.run(request)
-    return request.id, time.monotonic() - start
+    return Restored(request, time.monotonic() - start, chosen.get("archive_end"), owner.foreign)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -499,11 +595,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "backup":
                 print(backup(stack, args.type), end="")
             else:
-                request, seconds = restore(stack, args.time)
+                done = restore(stack, args.time)
                 print(
                     f"restore: {stack.name}'s database is as it was at {args.time.isoformat()} "
-                    f"({seconds:.1f} s); each volume keeps its former data as "
-                    f"pgdata.before-restore-{request}"
+                    f"({done.describe()}); each volume keeps its former data as "
+                    f"pgdata.before-restore-{done.request.id} until it is removed (README, "
+                    '"Backups and restore")'
                 )
         except (StackError, RuntimeError) as error:
             print(f"{args.command}: error: {error}", file=sys.stderr)

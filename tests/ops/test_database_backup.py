@@ -57,6 +57,12 @@ MARK: Final = (
     "--command=SELECT extract(epoch FROM clock_timestamp()) FROM pg_current_xact_id()",
 )  # fmt: skip
 INFO_TEXT: Final = "stanza: mlstack\n    status: ok\n    full backup: 20261204-210000F\n"
+# What mlstack-database-repository answers in the backups container: the repository is the
+# database's own, and the timeline and backup to restore a time from.
+OWNED: Final = {"database": "7450000000000000001", "repository": "7450000000000000001"}
+FOREIGN: Final = {"database": "7450000000000000002", "repository": "7450000000000000001"}
+CHOSEN: Final = {"timeline": 3, "set": "20261204-203000F", "type": "time", "xid": None,
+                 "backup_stop": 1796416200, "archive_end": None}  # fmt: skip
 
 
 def backup_info(*stops: tuple[dt.datetime, bool]) -> str:
@@ -90,10 +96,12 @@ class BackupFakes(Fakes):
         replicas: int = 3,
         request: dict[str, str] | None = None,
         mark: dict[str, Any] | None = None,
+        repository: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """The cluster as `running` until a scale; then each phase's states, one per look.
         `request`: the data of a `database-restore` already there; `mark`: what the primary's
-        committed transaction prints (the database's clock, NOW)."""
+        committed transaction prints (the database's clock, NOW); `repository`: what
+        mlstack-database-repository answers, by its arguments (`*`: any)."""
         pending = {} if request is None else {RESTORE: {"labels": {}, "data": request}}
         self.write_cluster(
             phases={"running": [running], "stopping": stopping, "starting": starting},
@@ -109,6 +117,10 @@ class BackupFakes(Fakes):
                 "backup --type=full": answer(),
                 "backup --type=diff": answer(),
                 **(pgbackrest or {}),
+            }, backups.REPOSITORY: {
+                "owner": answer(json.dumps(OWNED)),
+                "*": answer(json.dumps(CHOSEN)),
+                **(repository or {}),
             }},
         )  # fmt: skip
 
@@ -151,6 +163,17 @@ def pgbackrest_in(pod: str, *args: str) -> list[str]:
 
 
 MARKED: Final = ["exec", "database-1", "--container", "postgres", "--", *MARK]
+
+
+def repository_in(pod: str, *args: str) -> list[str]:
+    return ["exec", pod, "--container", "backups", "--", backups.REPOSITORY, *args]
+
+
+OWNER: Final = repository_in("database-1", "owner")
+
+
+def chose(target: str = TARGET) -> list[str]:
+    return repository_in("database-1", "choose", target)
 
 
 # --- the time ------------------------------------------------------------------------------------
@@ -227,6 +250,7 @@ def test_backup_runs_a_full_backup_in_the_primary_s_backups_container(
     assert (code, err) == (0, "")
     assert out == INFO_TEXT
     assert fakes.changes() == [
+        OWNER,
         pgbackrest_in("database-1", "backup", "--type=full"),
         pgbackrest_in("database-1", "info"),
     ]
@@ -238,7 +262,7 @@ def test_backup_takes_the_type_asked(
 ) -> None:
     code, _, _ = run(capsys, "backup", "--stack", "prod", "--type", "diff")
     assert code == 0
-    assert fakes.changes()[0] == pgbackrest_in("database-1", "backup", "--type=diff")
+    assert fakes.changes()[1] == pgbackrest_in("database-1", "backup", "--type=diff")
 
 
 class FailedStep(NamedTuple):
@@ -276,7 +300,7 @@ def test_a_failed_pgbackrest_step_is_one_error_with_its_last_line_and_the_last_s
         f"{failed.last_line}\n"
     )
     marked = [MARKED] if failed.argv[0] == "restore" else []
-    assert fakes.changes() == [*marked, pgbackrest_in("database-1", *failed.step.split())]
+    assert fakes.changes() == [OWNER, *marked, pgbackrest_in("database-1", *failed.step.split())]
 
 
 @pytest.mark.parametrize(
@@ -329,6 +353,12 @@ def restore(
     capsys: pytest.CaptureFixture[str], moment: str = "2026-12-04 22:30:00+01:00"
 ) -> tuple[int, str, str]:
     return run(capsys, "restore", "--stack", "prod", "--time", moment)
+
+
+def made(request: str) -> dict[str, str]:
+    """The data of the request the tool makes, with id `request`, for TARGET."""
+    return {"id": request, "target": TARGET, "timeline": "3", "set": "20261204-203000F",
+            "type": "time"}  # fmt: skip
 
 
 def created_request(fakes: BackupFakes) -> str:
@@ -385,12 +415,14 @@ def test_restore_stops_asks_clears_and_starts_the_instances_again(
     # The request is made before Patroni's state is touched: were it refused, the former
     # cluster would still be whole.
     assert changes == [
+        OWNER,
         MARKED,
         pgbackrest_in("database-1", "check"),
-        pgbackrest_in("database-1", "info", "--output=json"),
+        chose(),
         ["scale", "statefulset", "database", "--replicas=0"],
         ["create", "configmap", "database-restore", f"--from-literal=id={request}",
-         f"--from-literal=target={TARGET}"],
+         f"--from-literal=target={TARGET}", "--from-literal=timeline=3",
+         "--from-literal=set=20261204-203000F", "--from-literal=type=time"],
         ["delete", "configmap", "--selector", PATRONI_SCOPE, "--ignore-not-found"],
         ["scale", "statefulset", "database", "--replicas=3"],
         ["delete", "configmap", "database-restore", "--ignore-not-found"],
@@ -402,13 +434,15 @@ def test_restore_stops_asks_clears_and_starts_the_instances_again(
     assert len(request) == 12 and all(c in "0123456789abcdef" for c in request)
     assert out.startswith("restore: prod's database is as it was at 2026-12-04T22:30:00+01:00 (")
     assert out.endswith(
-        f" s); each volume keeps its former data as pgdata.before-restore-{request}\n"
+        " s; timeline 3, from backup 20261204-203000F); each volume keeps its former data as "
+        f'pgdata.before-restore-{request} until it is removed (README, "Backups and restore")\n'
     )
     cluster = fakes.current()
     # The instances started with the request; Patroni's state is gone, the CA bundle is not,
     # nor is the request left behind.
     assert cluster["request_at_start"] == {
-        "labels": {}, "data": {"id": request, "target": "2026-12-04 21:30:00.000000+00"},
+        "labels": {}, "data": {"id": request, "target": "2026-12-04 21:30:00.000000+00",
+                               "timeline": "3", "set": "20261204-203000F", "type": "time"},
     }  # fmt: skip
     assert set(cluster["configmaps"]) == {database.BACKUP_CA_CONFIG_MAP}
     assert cluster["replicas"] == 3
@@ -452,34 +486,95 @@ def test_restore_waits_for_every_instance_and_the_primary_s_endpoint(
     assert fakes.current()["at"] == 5
 
 
-@pytest.mark.parametrize(
-    ("info", "oldest"),
-    [
-        (backup_info(), "never: there is none"),
-        (backup_info((MOMENT + dt.timedelta(seconds=1), False)), "2026-12-04T21:30:01+00:00"),
-        # A backup that failed does not count, however old.
-        (backup_info((MOMENT - dt.timedelta(days=1), True),
-                     (MOMENT + dt.timedelta(hours=2), False)),
-         "2026-12-04T23:30:00+00:00"),
-    ],
-    ids=["no-backup", "one-after", "a-failed-one-before"],
-)  # fmt: skip
-def test_restore_without_a_backup_before_the_time_touches_nothing(
-    info: str, oldest: str, fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+def test_restore_without_a_backup_for_the_time_touches_nothing(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fakes.restore_cluster(pgbackrest={"info --output=json": answer(info)})
+    """The repository's reader finds none of the timeline the database was on (its message,
+    whole), after the WAL up to now was archived."""
+    why = (
+        "no backup to restore 2026-12-04T21:30:00.000000+00:00 from: the database was then on "
+        "timeline 2 (since its first commit at 2026-12-04T20:00:00.000000+00:00), and no backup "
+        "of its history ended before that second (the first ended never: there is none); 1 "
+        "backup(s) that did are of timelines a restore abandoned, which hold other data"
+    )
+    fakes.restore_cluster(
+        repository={"*": answer(exit_code=1, stderr=f"{backups.REPOSITORY}: {why}\n")}
+    )
     code, out, err = restore(capsys, "2026-12-04 21:30:00+00:00")
     assert (code, out) == (1, "")
-    assert err == (
-        "restore: error: no backup ended before 2026-12-04T21:30:00+00:00 (the oldest ended "
-        f"{oldest}; pgBackRest starts from one that ended in an earlier second); "
-        "`make backup STACK=prod` takes one\n"
+    assert err == f"restore: error: {why}; `make backup STACK=prod` takes one\n"
+    assert fakes.changes() == [OWNER, MARKED, pgbackrest_in("database-1", "check"), chose()]
+
+
+def test_a_time_past_the_end_of_its_timeline_s_archive_says_all_of_it_was_restored(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    end = MOMENT - dt.timedelta(minutes=5)
+    fakes.restore_cluster(
+        repository={
+            "*": answer(
+                json.dumps({**CHOSEN, "type": "xid", "xid": "731", "archive_end": end.timestamp()})
+            )
+        }
     )
-    assert fakes.changes() == [
-        MARKED,
-        pgbackrest_in("database-1", "check"),
-        pgbackrest_in("database-1", "info", "--output=json"),
-    ]
+    code, out, err = restore(capsys)
+    assert (code, err) == (0, "")
+    request = created_request(fakes)
+    assert fakes.request() is None
+    data = fakes.current()["request_at_start"]["data"]
+    assert (data["type"], data["xid"]) == ("xid", "731")
+    assert (
+        "; timeline 3, from backup 20261204-203000F; its archive ends at "
+        "2026-12-04T21:25:00+00:00, its last commit: all of it was restored); each volume keeps "
+        f"its former data as pgdata.before-restore-{request} "
+    ) in out
+
+
+def test_a_repository_of_another_database_is_restored_from_as_its_archive_ends(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stack made anew over the repository of the one before: nothing of the new database is
+    archived, so no mark and no check; the repository's database is the one restored, and
+    this stack's from then on (pgBackRest archives its WAL again)."""
+    fakes.restore_cluster(repository={"owner": answer(json.dumps(FOREIGN))})
+    code, out, err = restore(capsys)
+    assert (code, err) == (0, "")
+    changes = fakes.changes()
+    assert changes[:3] == [OWNER, chose(), ["scale", "statefulset", "database", "--replicas=0"]]
+    assert MARKED not in changes
+    assert "; the repository's database, which this stack's is now); each volume keeps" in out
+
+
+def test_a_repository_without_a_stanza_is_nothing_to_restore_from(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.restore_cluster(
+        repository={"owner": answer(json.dumps({"database": "1", "repository": None}))}
+    )
+    assert restore(capsys) == (
+        1,
+        "",
+        "restore: error: the backup repository has no backups yet (no stanza): nothing to "
+        "restore from; `make backup STACK=prod` takes one\n",
+    )
+    assert fakes.changes() == [OWNER]
+
+
+def test_backup_refuses_a_repository_of_another_database_and_says_what_to_do(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pgBackRest would refuse it too, with a line that says nothing of what to do."""
+    fakes.restore_cluster(repository={"owner": answer(json.dumps(FOREIGN))})
+    code, out, err = run(capsys, "backup", "--stack", "prod")
+    assert (code, out) == (1, "")
+    assert err == (
+        "backup: error: the backup repository holds another database's backups (system "
+        "identifier 7450000000000000001; this database's is 7450000000000000002): pgBackRest "
+        "archives and backs up nothing of this one. `make restore STACK=prod TIME=...` puts "
+        "that database back here; to keep this one, give the stack a repository of its own "
+        '(README, "A repository of another database"); nothing was backed up\n'
+    )
+    assert fakes.changes() == [OWNER]
 
 
 @pytest.mark.parametrize(
@@ -535,7 +630,7 @@ def test_the_primary_s_commit_mark_stops_the_restore_before_anything_changes(
 ) -> None:
     fakes.restore_cluster(mark=mark)
     assert restore(capsys, moment) == (1, "", f"restore: error: {error}\n")
-    assert fakes.changes() == [MARKED]
+    assert fakes.changes() == [OWNER, MARKED]
 
 
 def test_a_time_of_now_is_one_to_restore_to(
@@ -543,35 +638,6 @@ def test_a_time_of_now_is_one_to_restore_to(
 ) -> None:
     code, _, err = restore(capsys, NOW.isoformat())
     assert (code, err) == (0, "")
-
-
-def test_a_backup_that_ended_a_second_before_the_time_is_one_to_start_from(
-    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
-) -> None:
-    ended = MOMENT - dt.timedelta(seconds=1)
-    fakes.restore_cluster(pgbackrest={"info --output=json": answer(backup_info((ended, False)))})
-    code, _, err = restore(capsys, "2026-12-04 21:30:00+00:00")
-    assert (code, err) == (0, "")
-
-
-@pytest.mark.parametrize("moment", ["2026-12-04 21:30:00+00:00", "2026-12-04 21:30:00.900+00:00"])
-def test_a_backup_that_ended_in_the_second_of_the_time_is_none_to_start_from(
-    moment: str, fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """pgBackRest picks the newest backup whose stop time, in whole seconds, is less than the
-    target's second, and fails the restore without one: refused before anything changes."""
-    fakes.restore_cluster(pgbackrest={"info --output=json": answer(backup_info((MOMENT, False)))})
-    code, out, err = restore(capsys, moment)
-    assert (code, out) == (1, "")
-    assert err.startswith(
-        f"restore: error: no backup ended before {dt.datetime.fromisoformat(moment).isoformat()} "
-    )
-    assert "the oldest ended 2026-12-04T21:30:00+00:00; pgBackRest starts from one" in err
-    assert fakes.changes() == [
-        MARKED,
-        pgbackrest_in("database-1", "check"),
-        pgbackrest_in("database-1", "info", "--output=json"),
-    ]
 
 
 def test_the_request_is_kept_when_the_instances_never_settle(
@@ -585,7 +651,7 @@ def test_the_request_is_kept_when_the_instances_never_settle(
     assert (code, out) == (1, "")
     request = created_request(fakes)
     assert fakes.changes()[-1] == ["scale", "statefulset", "database", "--replicas=3"]
-    assert fakes.request() == {"id": request, "target": TARGET}
+    assert fakes.request() == made(request)
     assert fakes.current()["replicas"] == 3
     aside = f"pgdata.before-restore-{request}"
     assert err.splitlines() == [
@@ -628,7 +694,7 @@ def test_an_instance_whose_restore_fails_at_every_start_ends_the_wait(
         "restore: error: database-1's postgres container has restarted 5 times: the restore "
         f"fails there ({logs} says why); restore {request} did not finish, and is left as it is"
     )
-    assert fakes.request() == {"id": request, "target": TARGET}
+    assert fakes.request() == made(request)
 
 
 def test_an_interrupted_wait_keeps_the_request(
@@ -651,7 +717,7 @@ def test_an_interrupted_wait_keeps_the_request(
     assert err.startswith(
         f"restore: error: interrupted; restore {request} did not finish, and is left as it is\n"
     )
-    assert fakes.request() == {"id": request, "target": TARGET}
+    assert fakes.request() == made(request)
     assert fakes.changes()[-1] == ["scale", "statefulset", "database", "--replicas=3"]
 
 
@@ -663,7 +729,7 @@ def test_pods_that_do_not_stop_are_started_again_and_nothing_else_changes(
     fakes.restore_cluster(stopping=(RUNNING, state(roles("replica", ""))))
     code, out, err = restore(capsys)
     assert (code, out) == (1, "")
-    assert fakes.changes()[3:] == [
+    assert fakes.changes()[4:] == [
         ["scale", "statefulset", "database", "--replicas=0"],
         ["scale", "statefulset", "database", "--replicas=3"],
     ]
@@ -685,7 +751,7 @@ def test_a_request_refused_by_the_api_is_undone_like_pods_that_do_not_stop(
     code, _, err = restore(capsys)
     assert code == 1
     assert err.startswith(f"restore: error: {refused}; the restore did not start: database is ")
-    assert fakes.changes()[3:] == [
+    assert fakes.changes()[4:] == [
         ["scale", "statefulset", "database", "--replicas=0"],
         ["scale", "statefulset", "database", "--replicas=3"],
     ]
@@ -741,7 +807,7 @@ def test_patroni_s_state_not_deleted_leaves_the_request_and_no_instance_started(
     code, _, err = restore(capsys)
     request = created_request(fakes)
     assert code == 1
-    assert fakes.request() == {"id": request, "target": TARGET}
+    assert fakes.request() == made(request)
     assert fakes.current()["replicas"] == 0
     lines = err.splitlines()
     assert lines[0] == (
@@ -834,7 +900,8 @@ def test_the_same_restore_asked_again_is_waited_for_and_finished(
     assert fakes.changes() == [["delete", "configmap", RESTORE, "--ignore-not-found"]]
     assert fakes.request() is None
     assert out.endswith(
-        " s); each volume keeps its former data as pgdata.before-restore-0123456789ab\n"
+        " s); each volume keeps its former data as pgdata.before-restore-0123456789ab until it "
+        'is removed (README, "Backups and restore")\n'
     )
 
 
@@ -914,6 +981,7 @@ def test_make_backup_passes_the_type(fakes: BackupFakes) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.endswith(INFO_TEXT)
     assert fakes.changes() == [
+        OWNER,
         pgbackrest_in("database-1", "backup", "--type=diff"),
         pgbackrest_in("database-1", "info"),
     ]

@@ -14,7 +14,6 @@ on PATH."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,11 +21,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import asyncpg
 import pytest
-import yaml
 
 from components import database
 from harness.http import request
@@ -37,26 +35,17 @@ from harness.postgres import PostgresServer, on_connection, postgres_bindir, que
 from harness.processes import LocalProcess, LocalServer, group_alive
 from tests.database_image import (
     BIN,
-    ROLES_SQL,
-    TEMPLATE,
+    PASSWORDS,
+    Image,
     backups_own_env,
     entrypoint_module,
-    entrypoint_stand_in,
-    password_files,
+    image_for,
     pod_variables,
-    roles_stand_in,
     write_secret_volume,
 )
 from tests.services.support import throwaway_postgres
 from tests.stand_ins import stand_in
 
-# The database Secret's files: every character SQL, psql or a connection string gives a meaning.
-PASSWORDS: Final = {
-    database.OWNER_PASSWORD_KEY: "Ow/n@e:r%2F+x=y?z'q\"#\\1 :x",
-    database.GATEWAY_PASSWORD_KEY: "Ga/t@e:w%40+a=y?'s\"#\\2 :'y'",
-    database.REPLICATION_PASSWORD_KEY: "Re/p@l:i%3F+c=a?'t\"#\\3",
-    database.REWIND_PASSWORD_KEY: "Re/w@i:n%26+d=e?'r\"#\\4",
-}
 # What PostgreSQL tells a client no line of pg_hba admits.
 NO_ENTRY: Final = r"no pg_hba\.conf entry"
 # Patroni's two roles, as patroni.yml names them and Patroni makes them after the bootstrap.
@@ -64,68 +53,6 @@ PATRONI_ROLES: Final = {
     "replication": ("replicator", database.REPLICATION_PASSWORD_KEY, "REPLICATION LOGIN"),
     "rewind": ("rewind", database.REWIND_PASSWORD_KEY, "LOGIN"),
 }
-
-
-class Image:
-    """The image's scripts pointed at the server on `socket_dir` and `port`."""
-
-    def __init__(self, root: Path, socket_dir: Path, port: int) -> None:
-        folder = root / "database"
-        folder.mkdir(parents=True)
-        settings = yaml.safe_load(TEMPLATE.read_text())
-        settings["postgresql"]["listen"] = f"127.0.0.1:{port}"
-        settings["postgresql"]["parameters"]["unix_socket_directories"] = str(socket_dir)
-        # The entrypoint's start looks at the data folder: one of the test's, never the machine's.
-        settings["postgresql"]["data_dir"] = str(root / "pgdata")
-        self.template = folder / "patroni.yml"
-        self.template.write_text(yaml.safe_dump(settings))
-        shutil.copy(ROLES_SQL, folder / "roles.sql")
-        # The Secret's volume, as the kubelet writes it (and again when the Secret changes).
-        self.secrets = root / "secrets"
-        write_secret_volume(self.secrets, PASSWORDS)
-        stand_ins = root / "bin"
-        entrypoint_stand_in(stand_ins)
-        roles_stand_in(stand_ins)
-        self.stand_ins = stand_ins
-        self.env = {
-            **os.environ,
-            "PATH": os.pathsep.join((str(stand_ins), str(postgres_bindir()), os.environ["PATH"])),
-            "PATRONI_CONFIG_TEMPLATE": str(self.template),
-            **password_files(self.secrets),
-        }
-
-    def settings(self) -> dict[str, Any]:
-        found: dict[str, Any] = yaml.safe_load(self.template.read_text())
-        return found
-
-    def entrypoint(self, *arguments: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(self.stand_ins / "mlstack-database"), *arguments],
-            env=self.env, capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-
-    def sql(self, *commands: str) -> list[str]:
-        """The rows of `commands`, run as the superuser through the socket (the only way in once
-        the image's pg_hba is the server's), each `|`-separated."""
-        done = self.entrypoint(
-            "--psql", "--tuples-only", "--no-align", *(f"--command={c}" for c in commands)
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout.splitlines()
-
-    def roles(self, *arguments: str) -> subprocess.CompletedProcess[str]:
-        """The roles script, as Patroni runs it."""
-        done = subprocess.run(
-            ["bash", str(BIN / "mlstack-database-roles"), *arguments],
-            env=self.env, capture_output=True, text=True, timeout=90, check=False,
-        )  # fmt: skip
-        for value in PASSWORDS.values():
-            assert value not in done.stdout + done.stderr
-        return done
-
-
-def image_for(root: Path, server: PostgresServer) -> Image:
-    return Image(root, server.socket_dir, server.port)
 
 
 def use_image_pg_hba(server: PostgresServer, image: Image) -> None:
@@ -579,8 +506,9 @@ def test_the_backups_container_backs_up_where_the_primary_runs(
     where: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """It asks the local server in each round (here every 0.2 s): on the primary it makes the
-    stanza and takes a full backup (the repository holds none); on a standby it only reads the
-    repository."""
+    stanza and takes a full backup (the repository holds none: the backups of the primary's
+    timeline, mlstack-database-repository reads from the same `info`); on a standby it only
+    reads the repository."""
     server: PostgresServer = request.getfixturevalue(where)
     image = image_for(tmp_path, server)
     calls = tmp_path / "pgbackrest-calls"
@@ -605,15 +533,16 @@ def test_the_backups_container_backs_up_where_the_primary_runs(
         return calls.read_text().splitlines() if calls.exists() else []
 
     try:
-        eventually(lambda: len(logged()) >= 4, "four calls of pgBackRest", 60)
+        eventually(lambda: len(logged()) >= 5, "five calls of pgBackRest", 60)
         backups.signal(signal.SIGTERM)
         assert backups.wait_for_exit(10) == 0, backups.log_tail()
     finally:
         backups.stop()
     if where == "primary":
-        assert logged()[:4] == [
+        assert logged()[:5] == [
             "info --output=json",
             "stanza-create",
+            "info --output=json",
             "backup --type=full",
             "info --output=json",
         ]

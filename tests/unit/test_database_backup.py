@@ -212,8 +212,10 @@ def test_the_pod_has_a_backups_container_beside_postgres(prod_backups: ProgramRu
         {"name": "backup-metrics", "containerPort": database.BACKUP_METRICS_PORT, "protocol": "TCP"}
     ]
     assert env(backups)["METRICS_PORT"] == str(database.BACKUP_METRICS_PORT)
-    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+    for kind in ("startupProbe", "livenessProbe"):
         assert backups[kind]["httpGet"] == {"path": "/metrics", "port": "backup-metrics"}, kind
+    # Not ready while the repository is another database's (mlstack-database-backups).
+    assert backups["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "backup-metrics"}
     # Its own writable /tmp (pgBackRest's configuration with the secrets, its locks); the data
     # folder and PostgreSQL's socket of the pod.
     found_mounts = mounts(backups)

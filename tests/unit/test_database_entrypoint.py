@@ -628,13 +628,9 @@ def test_the_superuser_s_psql_reaches_the_pod_s_socket(
 # --- Patroni's restore bootstrap -----------------------------------------------------------------
 
 
-def test_the_restore_bootstrap_asks_pgbackrest_for_the_requested_time(
-    with_backups: Entrypoint,
-) -> None:
-    """Patroni runs it with --scope and --datadir; pgBackRest (a stand-in here) gets the target
-    whole, the data folder, and promotion at the target."""
-    entry = with_backups
-    entry.request("a1b2c3")
+def restore_bootstrap(entry: Entrypoint) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """The restore bootstrap as Patroni runs it (--scope, --datadir), pgBackRest a stand-in
+    that logs its arguments: how it ran, and what pgBackRest was given."""
     logged = entry.root / "pgbackrest-args.json"
     fake = stand_in(
         entry.root / "bin",
@@ -648,15 +644,74 @@ def test_the_restore_bootstrap_asks_pgbackrest_for_the_requested_time(
         env=env_first_on_path(fake.parent), capture_output=True, text=True, timeout=30,
         check=False,
     )  # fmt: skip
+    return done, json.loads(logged.read_text()) if logged.exists() else []
+
+
+def test_the_restore_bootstrap_asks_pgbackrest_for_the_requested_time(
+    with_backups: Entrypoint,
+) -> None:
+    """A request of an earlier release (id and target alone): pgBackRest gets the target whole,
+    the data folder, and promotion at the target, and picks the backup and timeline itself."""
+    entry = with_backups
+    entry.request("a1b2c3")
+    done, given = restore_bootstrap(entry)
     assert done.returncode == 0, done.stderr
-    assert json.loads(logged.read_text()) == [
+    assert given == [
         f"--pg1-path={entry.pgdata}",
         "--type=time",
         f"--target={TARGET}",
         "--target-action=promote",
         "restore",
     ]
-    assert done.stderr == f"mlstack-database-restore: restoring {entry.pgdata} to {TARGET}\n"
+    assert done.stderr == (
+        f"mlstack-database-restore: restoring {entry.pgdata} to {TARGET} (--type=time "
+        f"--target={TARGET} --target-action=promote)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "xid", "recovery"),
+    [
+        ("time", None, ["--type=time", f"--target={TARGET}", "--target-action=promote"]),
+        ("xid", "731", ["--type=xid", "--target=731", "--target-action=promote"]),
+        ("default", None, ["--type=default"]),
+    ],
+)
+def test_the_restore_bootstrap_restores_the_backup_and_timeline_the_request_names(
+    kind: str, xid: str | None, recovery: list[str], with_backups: Entrypoint
+) -> None:
+    """`make restore` names the timeline the database was on at the time and a backup of its
+    history (mlstack-database-repository choose): pgBackRest is given both, never left to
+    choose."""
+    entry = with_backups
+    entry.request("a1b2c3")
+    for name, value in (("timeline", "2"), ("set", "20261204-203000F"), ("type", kind)):
+        (entry.restore / name).write_text(value)
+    if xid is not None:
+        (entry.restore / "xid").write_text(xid)
+    done, given = restore_bootstrap(entry)
+    assert done.returncode == 0, done.stderr
+    assert given == [
+        f"--pg1-path={entry.pgdata}",
+        *recovery,
+        "--set=20261204-203000F",
+        "--target-timeline=2",
+        "restore",
+    ]
+
+
+def test_the_restore_bootstrap_refuses_a_request_of_no_known_type(
+    with_backups: Entrypoint,
+) -> None:
+    entry = with_backups
+    entry.request("a1b2c3")
+    for name, value in (("timeline", "2"), ("set", "20261204-203000F"), ("type", "immediate")):
+        (entry.restore / name).write_text(value)
+    done, given = restore_bootstrap(entry)
+    assert (done.returncode, given) == (2, [])
+    assert done.stderr == (
+        "mlstack-database-restore: the request's type is not time, xid or default\n"
+    )
 
 
 def test_the_restore_bootstrap_needs_a_data_folder(with_backups: Entrypoint) -> None:
@@ -823,6 +878,7 @@ def test_a_backup_past_its_timeout_is_stopped_and_counted_as_failed(tmp_path: Pa
     stand_ins = tmp_path / "bin"
     # On the primary; an empty repository, so a full backup is due, and it hangs.
     stand_in(stand_ins, "mlstack-database", "#!/bin/sh\nexit 0\n")
+    stand_in(stand_ins, "mlstack-database-repository", '#!/bin/sh\necho "[]"\n')
     stand_in(
         stand_ins,
         "pgbackrest",

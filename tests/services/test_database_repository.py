@@ -1,0 +1,453 @@
+"""The database image's restore after an earlier restore, against a real PostgreSQL and a real
+pgBackRest repository (harness.pgbackrest): `mlstack-database-repository choose` finds the
+timeline the database was on at a time and a backup of that timeline's history, and
+`mlstack-database-restore` restores it from that backup along that timeline, as the pods do.
+
+One history for the module, as the application lived it: rows written around two full
+backups, the database restored to a time between them (a restore abandons what came after
+that time, and a new timeline begins), rows written since. Each restore of a test goes to a
+server of its own, which archives nothing: the history stays as it was for the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from harness.http import request
+from harness.metrics import metric_value
+from harness.pgbackrest import STANZA, Repository, pgbackrest_program
+from harness.poll import eventually, wait_until
+from harness.ports import free_port
+from harness.postgres import PostgresServer, postgres_bindir, query
+from harness.processes import LocalServer
+from tests.database_image import BIN, backups_own_env, image_for
+from tests.services.support import throwaway_postgres
+
+# pgBackRest starts a recovery to a time from a backup that ended in an earlier second.
+SECOND: Final = 1.1
+
+
+def wrote(server: PostgresServer) -> list[str]:
+    """The rows' names, in the order they were written."""
+    return [row[0] for row in query(server.dsn(), "SELECT name FROM events ORDER BY at")]
+
+
+def write(server: PostgresServer, *names: str) -> None:
+    for name in names:
+        query(server.dsn(), "INSERT INTO events (name) VALUES ($1)", name)
+
+
+def now(server: PostgresServer) -> str:
+    """The database's clock, between two commits: a time to restore to."""
+    time.sleep(0.05)
+    moment: dt.datetime = query(server.dsn(), "SELECT clock_timestamp()")[0][0]
+    time.sleep(0.05)
+    # As `make restore` writes a request's target (tools/database_backup.py).
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+
+
+def script_env(repository: Repository, **variables: str) -> dict[str, str]:
+    """The image's scripts' environment: pgBackRest with the repository's settings and the
+    server's programs first on PATH."""
+    path = (str(repository.bin), str(postgres_bindir()), os.environ["PATH"])
+    return {**os.environ, "PATH": os.pathsep.join(path), **variables}
+
+
+def choose(repository: Repository, moment: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BIN / "mlstack-database-repository"), "choose", moment],
+        env=script_env(repository), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def chosen(repository: Repository, moment: str) -> dict[str, Any]:
+    done = choose(repository, moment)
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def restore_into(
+    server: PostgresServer,
+    repository: Repository,
+    request: dict[str, str],
+    folder: Path,
+    *,
+    archive: bool = True,
+) -> None:
+    """`mlstack-database-restore` as Patroni runs it, for a request `make restore` made, into
+    `server`'s (new, empty) data folder; then the server started until it is a primary (which
+    archives to the repository unless `archive` is False)."""
+    folder.mkdir()
+    for name, value in request.items():
+        (folder / name).write_text(value)
+    owner = server.base.stat()
+    server.data.mkdir(mode=0o700)
+    os.chown(server.data, owner.st_uid, owner.st_gid)
+    done = subprocess.run(
+        ["bash", str(BIN / "mlstack-database-restore"), "--scope=database",
+         f"--datadir={server.data}"],
+        env=script_env(repository, DATABASE_RESTORE_DIR=str(folder)),
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    if not archive:
+        with (server.data / "postgresql.auto.conf").open("a") as settings:
+            settings.write("archive_mode = 'off'\n")
+    server.start()
+    wait_until(
+        lambda: not query(server.dsn(), "SELECT pg_is_in_recovery()")[0][0],
+        "the restored server to become a primary",
+        120,
+        server.log,
+        interval=0.1,
+    )
+
+
+def request_for(repository: Repository, moment: str) -> dict[str, str]:
+    """The request `make restore` makes for `moment` (tools/database_backup.py)."""
+    answer = chosen(repository, moment)
+    found = {
+        "id": "0123456789ab",
+        "target": moment,
+        "timeline": str(answer["timeline"]),
+        "set": answer["set"],
+        "type": answer["type"],
+        "xid": answer["xid"] or "",
+    }
+    return {key: value for key, value in found.items() if value}
+
+
+@dataclass
+class History:
+    server: PostgresServer
+    repository: Repository
+    # The backups' labels, and the times asked for, by name.
+    backups: dict[str, str]
+    times: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
+    """On timeline 1: a0, backup B0, a1; T1; b0, b1; backup B1; c0; T2; c1. The database
+    restored to T1 (timeline 2: a0 and a1 alone), then d0; T3; d1."""
+    try:
+        pgbackrest_program()
+    except RuntimeError as missing:
+        pytest.fail(str(missing), pytrace=False)
+    with throwaway_postgres() as server:
+        repository = Repository(server)
+        repository.archive_server()
+        query(
+            server.dsn(),
+            "CREATE TABLE events (name text PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+        )
+        times: dict[str, str] = {}
+        backups: dict[str, str] = {}
+
+        def backup(name: str) -> None:
+            repository("backup", "--type=full")
+            found = json.loads(repository("info", "--output=json"))[0]["backup"]
+            backups[name] = found[-1]["label"]
+            time.sleep(SECOND)
+
+        write(server, "a0")
+        backup("B0")
+        write(server, "a1")
+        times["T1"] = now(server)
+        write(server, "b0")
+        time.sleep(SECOND)
+        times["between"] = now(server)
+        write(server, "b1")
+        backup("B1")
+        write(server, "c0")
+        times["T2"] = now(server)
+        write(server, "c1")
+        repository("check")
+        server.stop()
+        server.data.rename(server.data.with_name("data.before-restore"))
+        restore_into(
+            server, repository, request_for(repository, times["T1"]), server.base / "request"
+        )
+        assert wrote(server) == ["a0", "a1"]
+        write(server, "d0")
+        times["T3"] = now(server)
+        write(server, "d1")
+        repository("check")
+        yield History(server, repository, backups, times)
+
+
+def restored(history: History, moment: str, tmp_path: Path) -> list[str]:
+    """The rows of the database restored to `moment` on a server of its own."""
+    server = PostgresServer()
+    try:
+        request = request_for(history.repository, moment)
+        restore_into(server, history.repository, request, tmp_path / "request", archive=False)
+        return wrote(server)
+    finally:
+        server.destroy()
+
+
+# --- which timeline, which backup -----------------------------------------------------------------
+
+
+def test_a_time_before_the_first_restore_s_target_is_on_the_first_timeline(
+    history: History,
+) -> None:
+    assert chosen(history.repository, history.times["T1"]) == {
+        "timeline": 1,
+        "set": history.backups["B0"],
+        "type": "time",
+        "xid": None,
+        "backup_stop": pytest.approx(time.time(), abs=3600),
+        "archive_end": None,
+    }
+
+
+def test_a_time_the_first_restore_abandoned_is_on_the_first_timeline_from_its_backup(
+    history: History,
+) -> None:
+    """T2 was after the first restore's target, before the restore ran: the application saw
+    timeline 1 then. B1, taken after T1, is on timeline 1's history."""
+    answer = chosen(history.repository, history.times["T2"])
+    assert (answer["timeline"], answer["set"], answer["type"]) == (1, history.backups["B1"], "time")
+
+
+def test_a_time_after_the_first_restore_is_on_its_timeline_from_a_backup_before_its_target(
+    history: History,
+) -> None:
+    """B1 ended before T3, but after the point timeline 2 branched from: it holds b0 and b1,
+    which timeline 2 never had. B0 is the newest backup of timeline 2's history."""
+    answer = chosen(history.repository, history.times["T3"])
+    assert (answer["timeline"], answer["set"], answer["type"]) == (2, history.backups["B0"], "time")
+
+
+@pytest.mark.parametrize(("after", "backup"), [(0.9, "B0"), (1.0, "B1")])
+def test_a_backup_is_one_to_start_from_once_a_second_after_the_one_it_ended_in(
+    after: float, backup: str, history: History
+) -> None:
+    """pgBackRest starts from a backup that ended in an earlier second than the time's (its
+    stop time is whole seconds): in B1's own second, B0 is the one."""
+    found = json.loads(history.repository("info", "--output=json"))[0]["backup"]
+    [stop] = [b["timestamp"]["stop"] for b in found if b["label"] == history.backups["B1"]]
+    moment = dt.datetime.fromtimestamp(stop + after, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    assert chosen(history.repository, moment)["set"] == history.backups[backup]
+
+
+def test_no_backup_before_the_time_is_refused_with_what_there_is(history: History) -> None:
+    done = choose(history.repository, "2000-01-01 00:00:00+00:00")
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        "mlstack-database-repository: no backup to restore 2000-01-01T00:00:00.000000+00:00 "
+        "from: the database was then on timeline 1 (from the database's start), and no backup "
+        "of its history ended before that second (the first ended "
+    )
+
+
+# --- the data restored --------------------------------------------------------------------------
+
+
+def test_a_second_restore_to_a_time_the_first_abandoned_brings_back_what_was_written_then(
+    history: History, tmp_path: Path
+) -> None:
+    """Before: pgBackRest took B1 and PostgreSQL the newest timeline, 2, which does not hold
+    B1 (the restore failed at every start)."""
+    assert restored(history, history.times["T2"], tmp_path) == ["a0", "a1", "b0", "b1", "c0"]
+
+
+def test_a_time_the_first_restore_abandoned_restored_from_an_earlier_backup_misses_nothing(
+    history: History, tmp_path: Path
+) -> None:
+    """Between T1 and B1's end only B0 can start a restore. Before: PostgreSQL followed
+    timeline 2, which branched at T1, and b0, acknowledged before the time, was left out."""
+    assert restored(history, history.times["between"], tmp_path) == ["a0", "a1", "b0"]
+
+
+def test_a_second_restore_to_a_time_after_the_first_has_what_was_written_since(
+    history: History, tmp_path: Path
+) -> None:
+    """Before: pgBackRest took B1, which is not on timeline 2's history (a failure at every
+    start)."""
+    assert restored(history, history.times["T3"], tmp_path) == ["a0", "a1", "d0"]
+
+
+def test_a_time_after_a_timeline_s_last_commit_restores_all_its_archive_holds(
+    history: History, tmp_path: Path
+) -> None:
+    """Nothing was committed after the time: a recovery to it would never reach it (PostgreSQL
+    fails one that ends first); the recovery goes to the last commit instead, and the new
+    timeline's history says a restore made it (the schedule then takes a full backup of it)."""
+    moment = now(history.server)
+    answer = chosen(history.repository, moment)
+    assert (answer["timeline"], answer["type"]) == (2, "xid")
+    assert answer["archive_end"] < dt.datetime.fromisoformat(moment + ":00").timestamp()
+    server = PostgresServer()
+    try:
+        request = request_for(history.repository, moment)
+        restore_into(server, history.repository, request, tmp_path / "request", archive=False)
+        assert wrote(server) == ["a0", "a1", "d0", "d1"]
+        [[tli]] = query(server.dsn(), "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
+        [[reason]] = query(server.dsn(), f"SELECT pg_read_file('pg_wal/{tli}.history')")
+    finally:
+        server.destroy()
+    assert reason.splitlines()[-1].split("\t")[2] == f"after transaction {answer['xid']}"
+
+
+# --- the backups container ------------------------------------------------------------------------
+
+
+def backups_container(server: PostgresServer, repository: Repository, folder: Path) -> LocalServer:
+    """The `backups` container beside `server`, backing up to `repository`, a round every
+    0.2 s; started."""
+    image = image_for(folder, server)
+    port = free_port()
+    path = os.pathsep.join((str(repository.bin), image.env["PATH"]))
+    return LocalServer(
+        "mlstack-database-backups",
+        [sys.executable, str(BIN / "mlstack-database-backups")],
+        folder / "backups.log",
+        f"http://127.0.0.1:{port}",
+        ready_path="/metrics",
+        env={
+            **image.env,
+            **backups_own_env(),
+            "PATH": path,
+            "METRICS_PORT": str(port),
+            "DATABASE_BACKUP_CHECK_SECONDS": "0.2",
+        },
+    ).start()
+
+
+def test_a_restored_primary_gets_a_full_backup_of_its_own_at_once(
+    history: History, tmp_path: Path
+) -> None:
+    """B1, a full backup a minute old, is no base for timeline 2, the restored one: a full
+    backup is taken at once (before: none until a differential one, hours later, was due)."""
+    container = backups_container(history.server, history.repository, tmp_path)
+    try:
+        container.wait_ready()
+
+        def full_on_timeline_2() -> list[str]:
+            found = json.loads(history.repository("info", "--output=json"))[0]["backup"]
+            return [
+                b["label"]
+                for b in found
+                if b["type"] == "full" and b["archive"]["start"][:8] == "00000002"
+            ]
+
+        eventually(full_on_timeline_2, "a full backup of timeline 2", 120)
+        metrics = request("GET", container.url + "/metrics").body.decode()
+        ready = request("GET", container.url + "/ready")
+        container.signal(signal.SIGTERM)
+        assert container.wait_for_exit(30) == 0, container.log_tail()
+    finally:
+        container.stop()
+    assert metric_value(metrics, "mlstack_database_backup_repository_matches") == 1
+    assert (ready.status, ready.body) == (200, b"ready\n")
+
+
+def former_repository(history: History, server: PostgresServer) -> Repository:
+    """A copy of the history's repository for `server`, a database made anew: the former
+    database's backups, as a bucket that outlived its stack holds them."""
+    copy = server.base / "former-repository"
+    subprocess.run(
+        ["cp", "-a", str(history.repository.folder / "repository"), str(copy)], check=True
+    )
+    return Repository(server, path=copy)
+
+
+def test_a_repository_of_another_database_is_told_until_it_has_one_of_its_own(
+    history: History, tmp_path: Path
+) -> None:
+    """A database made anew (another system identifier) whose repository holds the former
+    one's backups: pgBackRest refuses its WAL and its backups. The backups container tries
+    neither, says what to do and is not ready; once the former stanza's folders are moved
+    aside (README's second way out), it makes this database's and backs it up."""
+    with throwaway_postgres() as server:
+        other = former_repository(history, server)
+        former = json.loads(other("info", "--output=json"))[0]
+        other.archive_server(stanza=False)
+        image = image_for(tmp_path / "image", server)
+        owner = subprocess.run(
+            [str(image.stand_ins / "mlstack-database-repository"), "owner"],
+            env={**image.env, "PATH": os.pathsep.join((str(other.bin), image.env["PATH"]))},
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        own = str(query(server.dsn(), "SELECT system_identifier FROM pg_control_system()")[0][0])
+        repository = str(former["db"][0]["system-id"])
+        assert json.loads(owner.stdout) == {"database": own, "repository": repository}
+        container = backups_container(server, other, tmp_path)
+        try:
+            container.wait_ready()
+            eventually(
+                lambda: request("GET", container.url + "/ready").status == 503,
+                "the container to be unready",
+                30,
+            )
+            unready = request("GET", container.url + "/ready").body.decode()
+            refusing = request("GET", container.url + "/metrics").body.decode()
+            time.sleep(1)
+            # Nothing was tried: no backup, no stanza made over the other's.
+            assert json.loads(other("info", "--output=json"))[0]["backup"] == former["backup"]
+            folder = Path(other.config.read_text().split("repo1-path=")[1].split("\n")[0])
+            for part in ("archive", "backup"):
+                (folder / part / STANZA).rename(folder / part / f"{STANZA}.former")
+            eventually(
+                lambda: request("GET", container.url + "/ready").status == 200,
+                "the container ready with a repository of its own",
+                60,
+            )
+            eventually(
+                lambda: json.loads(other("info", "--output=json"))[0].get("backup"),
+                "a backup of the new database",
+                120,
+            )
+            eventually(
+                lambda: (
+                    metric_value(
+                        request("GET", container.url + "/metrics").body.decode(),
+                        "mlstack_database_backup_repository_matches",
+                    )
+                    == 1
+                ),
+                "the repository told as this database's",
+                30,
+            )
+        finally:
+            container.stop()
+    assert metric_value(refusing, "mlstack_database_backup_repository_matches") == 0
+    assert unready.startswith(
+        f"the backup repository holds another database's backups (system identifier {repository}; "
+        f"this database's is {own}): pgBackRest archives and backs up nothing of this one"
+    )
+    assert "`make restore STACK=<stack> TIME=...` puts that database back here" in unready
+    assert unready in container.log_path.read_text()
+
+
+def test_a_database_made_anew_gets_the_former_one_back_from_its_repository(
+    history: History, tmp_path: Path
+) -> None:
+    """README's first way out: the repository's database restored into the new one, whose
+    system identifier is then the repository's, as its WAL archive needs."""
+    with throwaway_postgres() as server:
+        other = former_repository(history, server)
+        server.stop()
+        server.data.rename(server.data.with_name("data.made-anew"))
+        request = request_for(other, history.times["T3"])
+        restore_into(server, other, request, tmp_path / "request", archive=False)
+        assert wrote(server) == ["a0", "a1", "d0"]
+        own = query(server.dsn(), "SELECT system_identifier FROM pg_control_system()")[0][0]
+    former = json.loads(history.repository("info", "--output=json"))[0]
+    assert str(own) == str(former["db"][0]["system-id"])
