@@ -1352,6 +1352,90 @@ def test_4t_g_make_restore_puts_back_exactly_the_predictions_acknowledged_before
     assert_every_acknowledged_prediction_stored(kube)
 
 
+def make_restore(
+    workspace: PulumiWorkspace, kube: ControlPlane, moment: datetime.datetime
+) -> set[str]:
+    """`make restore STACK=e2e TIME=<moment>`'s command; the predictions stored afterwards."""
+    done = workspace.tool(
+        "database_backup", "restore", "--stack", STACK, "--time", moment.isoformat(), timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    wait_settled(kube, 1, "restored")
+    return stored_on(kube, app.primary_instance(kube))
+
+
+def predictions_around_a_moment(
+    kube: ControlPlane,
+) -> tuple[list[str], datetime.datetime, set[str], list[str]]:
+    """Five predictions acknowledged, a moment, five more: their ids, the moment and every row
+    stored at that moment."""
+    url = gateway_url(kube)
+    before = [app.predict(url) for _ in range(5)]
+    assert all(a.ok for a in before), before
+    time.sleep(1.5)
+    moment = datetime.datetime.now(datetime.UTC)
+    at_moment = stored_on(kube, app.primary_instance(kube))
+    time.sleep(1.5)
+    after = [app.predict(url) for _ in range(5)]
+    assert all(a.ok for a in after), after
+    return [a.request_id for a in before], moment, at_moment, [a.request_id for a in after]
+
+
+def test_4t_h_a_second_restore_puts_back_the_timeline_that_was_live_at_its_time(
+    workspace: PulumiWorkspace, control_plane: ControlPlane
+) -> None:
+    """Two restores in a row. T1, a full backup, T2; `make restore` to T1 (a new timeline: what
+    came after T1 is abandoned), and the restored primary backs itself up at once; predictions
+    on the new timeline, T3. Then `make restore` to T2, which lies on the abandoned timeline
+    and after the backup taken there: the predictions stored at T2, those acknowledged after T1
+    included; then to T3: those of the restored timeline, none of the abandoned one's."""
+    kube = control_plane
+    ensure_database(workspace, kube, 1)
+    eventually(
+        lambda: (
+            metric_value(backup_metrics(kube), "mlstack_database_backup_age_seconds") is not None
+        ),
+        "a good backup in the repository",
+        180,
+        interval=2,
+    )
+    first, t1, at_t1, _ = predictions_around_a_moment(kube)
+    # A full backup of the timeline the first restore abandons, newer than T1.
+    done = workspace.tool("database_backup", "backup", "--stack", STACK, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    time.sleep(1.5)
+    _, t2, at_t2, _ = predictions_around_a_moment(kube)
+    fulls = metric_value(backup_metrics(kube), "mlstack_database_backups", type="full") or 0
+
+    assert make_restore(workspace, kube, t1) == at_t1
+    # The restored primary's full backup, taken at once, is a base on its own timeline.
+    eventually(
+        lambda: (
+            (metric_value(backup_metrics(kube), "mlstack_database_backups", type="full") or 0)
+            > fulls
+        ),
+        "a full backup of the restored timeline",
+        300,
+        interval=2,
+    )
+    time.sleep(1.5)
+    restored, t3, at_t3, _ = predictions_around_a_moment(kube)
+    assert at_t3 >= at_t1 | set(restored)
+
+    # T2 is on the timeline the first restore abandoned: PostgreSQL alone would follow the
+    # restored one, and pgBackRest would take the backup of the abandoned one.
+    assert make_restore(workspace, kube, t2) == at_t2
+    assert make_restore(workspace, kube, t3) == at_t3
+    assert not at_t3 & (at_t2 - at_t1)
+    ACKNOWLEDGED.update(first, restored)
+    eventually(
+        lambda: app.predict(gateway_url(kube)).ok,
+        "a prediction answered after the restores",
+        120,
+        interval=1,
+    )
+
+
 def test_4u_database_passwords_rotated_under_load_on_two_instances_roll_and_lose_nothing(
     workspace: PulumiWorkspace, control_plane: ControlPlane
 ) -> None:
