@@ -43,6 +43,7 @@ import argparse
 import datetime as dt
 import enum
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +64,10 @@ REPOSITORY: Final = "mlstack-database-repository"
 # How long it may take to find a time's timeline (it reads WAL segments from the repository).
 CHOOSE_SECONDS: Final = 1800
 BACKUP_SECONDS: Final = 6 * 3600
+# pgBackRest's exit status when another of its commands holds the stanza's lock (LockAcquireError),
+# and how often a backup asked for while one runs tries again.
+LOCK_HELD: Final = 50
+LOCK_POLL_SECONDS: Final = 10.0
 # How long the instances may take to stop, and the restore to make a primary and its copies.
 STOP_SECONDS: Final = 300
 RESTORE_SECONDS: Final = 3600
@@ -148,12 +153,19 @@ def pgbackrest(
     kubectl: Kubectl, pod: str, *args: str, timeout: float = 600, check: bool = True
 ) -> str:
     result = kubectl.exec(pod, CONTAINER, "pgbackrest", *args, timeout=timeout)
-    if check and result.returncode != 0:
+    if check:
+        failed(pod, args, result)
+    return result.stdout
+
+
+def failed(pod: str, args: Sequence[str], result: subprocess.CompletedProcess[str]) -> None:
+    """A BackupError with the last line pgBackRest wrote, when `pgbackrest args` in `pod`
+    exited other than 0."""
+    if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise BackupError(
             f"pgbackrest {' '.join(args)} in {pod} failed: {(detail or ['(no output)'])[-1]}"
         )
-    return result.stdout
 
 
 def repository_json(kubectl: Kubectl, pod: str, *args: str, timeout: float = 300) -> Any:
@@ -217,8 +229,33 @@ def backup(stack: Stack, kind: str) -> str:
     owner = repository_owner(kubectl, primary)
     if owner.foreign:
         raise BackupError(f"{foreign_repository(stack, owner)}; nothing was backed up")
-    pgbackrest(kubectl, primary, "backup", f"--type={kind}", timeout=BACKUP_SECONDS)
+    run_backup(kubectl, primary, kind)
     return pgbackrest(kubectl, primary, "info")
+
+
+def run_backup(kubectl: Kubectl, primary: str, kind: str) -> None:
+    """pgBackRest's backup of type `kind` in `primary`. While another one holds the stanza's lock
+    (the backups container's schedule, as after a restore, when the restored primary backs
+    itself up at once), it is waited for, then this one runs: what is asked for is a backup
+    made from now on."""
+    told = False
+
+    def ran() -> bool:
+        nonlocal told
+        args = ("backup", f"--type={kind}")
+        result = kubectl.exec(primary, CONTAINER, "pgbackrest", *args, timeout=BACKUP_SECONDS)
+        if result.returncode != LOCK_HELD:
+            failed(primary, args, result)
+            return True
+        if not told:
+            print(
+                f"backup: another backup is under way in {primary}; waiting for it to end",
+                file=sys.stderr,
+            )
+            told = True
+        return False
+
+    wait_until(ran, "the backup under way to end", BACKUP_SECONDS, interval=LOCK_POLL_SECONDS)
 
 
 @dataclass(frozen=True)

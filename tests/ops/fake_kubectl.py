@@ -15,7 +15,8 @@ cluster.json holds:
   at the endpoints moves `at` on;
 - `target_ref`: whether endpoints name their pod;
 - `exec`: by program, what a run of it prints and exits with, by its arguments joined by spaces
-  or `*` for any; an answer with `advances` starts the states moving when it exits 0;
+  or `*` for any; an answer with `advances` starts the states moving when it exits 0, one with
+  `then` is that answer from the next run on;
 - `configmaps`: by name, `labels` and `data`: read by name, deleted by name or selector, made
   from literals.
 """
@@ -56,6 +57,9 @@ def answer(cluster: dict[str, Any], command: list[str]) -> NoReturn:
     if found["exit"] == 0 and found.get("advances"):
         cluster["at"] += 1
         cluster["advancing"] = True
+    if "then" in found:
+        key = " ".join(argv[1:]) if " ".join(argv[1:]) in answers else "*"
+        answers[key] = found["then"]
     CLUSTER.write_text(json.dumps(cluster))
     sys.exit(found["exit"])
 

@@ -265,6 +265,26 @@ def test_backup_takes_the_type_asked(
     assert fakes.changes()[1] == pgbackrest_in("database-1", "backup", "--type=diff")
 
 
+def test_backup_waits_for_a_backup_under_way_then_runs_its_own(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The schedule's backup holds the stanza's lock (a restored primary backs itself up at once):
+    # pgBackRest refuses the second one with LockAcquireError, twice, then takes it.
+    monkeypatch.setattr(backups, "LOCK_POLL_SECONDS", 0.01)
+    held = (
+        "P00  ERROR: [050]: unable to acquire lock on file '/tmp/pgbackrest/mlstack-backup.lock'\n"
+    )
+    refused = answer(exit_code=backups.LOCK_HELD, stderr=held)
+    fakes.restore_cluster(
+        pgbackrest={"backup --type=full": {**refused, "then": {**refused, "then": answer()}}}
+    )
+    code, out, err = run(capsys, "backup", "--stack", "prod")
+    assert (code, out) == (0, INFO_TEXT)
+    assert err == "backup: another backup is under way in database-1; waiting for it to end\n"
+    full = pgbackrest_in("database-1", "backup", "--type=full")
+    assert fakes.changes() == [OWNER, full, full, full, pgbackrest_in("database-1", "info")]
+
+
 class FailedStep(NamedTuple):
     argv: list[str]
     # The pgbackrest command that fails, what it writes to stderr and the last line of it.
