@@ -43,6 +43,7 @@ import argparse
 import datetime as dt
 import enum
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,8 @@ BACKUP_SECONDS: Final = 6 * 3600
 # and how often a backup asked for while one runs tries again.
 LOCK_HELD: Final = 50
 LOCK_POLL_SECONDS: Final = 10.0
+# The line kubectl writes after a program run by `kubectl exec` exits other than 0.
+KUBECTL_EXIT: Final = re.compile(r"^command terminated with exit code \d+$")
 # How long the instances may take to stop, and the restore to make a primary and its copies.
 STOP_SECONDS: Final = 300
 RESTORE_SECONDS: Final = 3600
@@ -162,19 +165,24 @@ def failed(pod: str, args: Sequence[str], result: subprocess.CompletedProcess[st
     """A BackupError with the last line pgBackRest wrote, when `pgbackrest args` in `pod`
     exited other than 0."""
     if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise BackupError(
-            f"pgbackrest {' '.join(args)} in {pod} failed: {(detail or ['(no output)'])[-1]}"
-        )
+        raise BackupError(f"pgbackrest {' '.join(args)} in {pod} failed: {last_line(result)}")
+
+
+def last_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The last line a program run by `kubectl exec` wrote to stderr (else stdout): its reason,
+    not the line kubectl adds after it (`command terminated with exit code 1`)."""
+    for text in (result.stderr, result.stdout):
+        lines = [line for line in text.strip().splitlines() if not KUBECTL_EXIT.match(line)]
+        if lines:
+            return lines[-1]
+    return "(no output)"
 
 
 def repository_json(kubectl: Kubectl, pod: str, *args: str, timeout: float = 300) -> Any:
     """What `mlstack-database-repository args` answers in `pod`, or its reason on stderr."""
     result = kubectl.exec(pod, CONTAINER, REPOSITORY, *args, timeout=timeout)
     if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        reason = (detail or ["(no output)"])[-1].removeprefix(f"{REPOSITORY}: ")
-        raise BackupError(reason)
+        raise BackupError(last_line(result).removeprefix(f"{REPOSITORY}: "))
     try:
         return json.loads(result.stdout)
     except ValueError:

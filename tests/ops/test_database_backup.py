@@ -517,8 +517,10 @@ def test_restore_without_a_backup_for_the_time_touches_nothing(
         "of its history ended before that second (the first ended never: there is none); 1 "
         "backup(s) that did are of timelines a restore abandoned, which hold other data"
     )
+    # After it, as after every program kubectl exec runs that fails, kubectl's own line.
+    kubectl_said = "command terminated with exit code 1\n"
     fakes.restore_cluster(
-        repository={"*": answer(exit_code=1, stderr=f"{backups.REPOSITORY}: {why}\n")}
+        repository={"*": answer(exit_code=1, stderr=f"{backups.REPOSITORY}: {why}\n{kubectl_said}")}
     )
     code, out, err = restore(capsys, "2026-12-04 21:30:00+00:00")
     assert (code, out) == (1, "")
