@@ -57,7 +57,7 @@ class Outcome:
 class Bench(ClusterBench):
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
-        key = self.workspace.run("config", "get", "mlstack:apiKey", "--stack", STACK)
+        key = self.workspace.run("config", "get", "apiKey", "--stack", STACK)
         self.predict = functools.partial(app.predict, key=key.stdout.strip())
         self.url = gateway_url(self.kube)
 

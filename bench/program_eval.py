@@ -33,12 +33,13 @@ SCENARIOS = {
 
 
 def _evaluator(scenario: str) -> Callable[[], int]:
-    from harness.program import run_program, stack_config
+    from harness.program import PROJECT, run_program, stack_config
 
     if scenario in {"dev", "prod"}:
         return lambda: len(run_program(scenario).resources)
     config: dict[str, Any] = stack_config("dev")
-    config["mlstack:model"] = {**config["mlstack:model"], "replicas": REPLICAS}
+    model = f"{PROJECT}:model"
+    config[model] = {**config[model], "replicas": REPLICAS}
     if scenario == "dev-100-replicas":
         return lambda: len(run_program("dev", config).resources)
     if scenario == "dev-100-replicas-20-services":

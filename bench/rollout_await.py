@@ -23,7 +23,7 @@ from e2e.cluster import STACK, unfinished_rollouts
 from e2e.controlplane import ControlPlane
 from e2e.workspace import PulumiWorkspace
 from harness.poll import wait_until
-from harness.program import ROOT
+from harness.program import PROJECT, ROOT
 
 PROVIDER_AWAIT = '''"""The bench's stand-in: no annotation, the provider's own await logic."""
 
@@ -69,14 +69,14 @@ def main(argv: list[str]) -> int:
     plane, workspace = cluster.kube, cluster.workspace
     results: dict[str, list[tuple[float, bool]]] = {mode: [] for mode in MODES}
     # The running one: the program's default when the stack file sets none.
-    version = workspace.get_config(STACK, "mlstack:model.version", MODEL_VERSIONS[-1])
+    version = workspace.get_config(STACK, f"{PROJECT}:model.version", MODEL_VERSIONS[-1])
     try:
         for round_ in range(2 * args.rounds):
             mode = MODES[round_ % 2]
             settle(plane)
             use(workspace, mode)
             version = "v1" if version == "v2" else "v2"
-            workspace.set_config(STACK, "mlstack:model.version", version)
+            workspace.set_config(STACK, f"{PROJECT}:model.version", version)
             up = workspace.run("up", "--stack", STACK, "--yes", "--skip-preview")
             ended = not unfinished_rollouts(plane)
             results[mode].append((up.seconds, ended))

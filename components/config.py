@@ -1,4 +1,4 @@
-"""The `mlstack:` stack configuration, parsed into typed objects and validated up front.
+"""The stack configuration (the project's keys, `mlstack:`), typed and validated up front.
 
 Every check runs before a single resource is registered. `load()` raises `ConfigError` at the
 first mistake; `load_or_exit()`, the program's entry point, logs that one line and exits.
@@ -26,7 +26,7 @@ from components.database import LEAST_STORAGE_SIZE
 from components.database import MAX_REPLICAS as MAX_DATABASE_REPLICAS
 from components.network_policy import DnsPods
 from components.quantity import QUANTITY, quantity_bytes
-from components.stack_file import NAMESPACE, mlstack_values
+from components.stack_file import ORIGINAL_PROJECT, project_name, project_values
 
 Provider: TypeAlias = Literal["local", "existing", "gke", "eks"]
 ServiceType: TypeAlias = Literal["LoadBalancer", "ClusterIP", "NodePort"]
@@ -83,6 +83,21 @@ _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 class ConfigError(pulumi.RunError):
     """A stack configuration mistake: the message names the key, the value and what is allowed."""
+
+
+def config_namespace() -> str:
+    """The namespace of the program's own config keys: its project's name, `mlstack` (Pulumi puts
+    there a key given without a namespace and the keys Pulumi.yaml declares). A running program
+    (under the engine or the mocks) has it from the engine, which takes it from Pulumi.yaml; the
+    tools that read a stack's config without running the program, from Pulumi.yaml."""
+    if pulumi.runtime.settings.get_monitor() is None:
+        return project_name()
+    return pulumi.get_project()
+
+
+def _key(key: str) -> str:
+    """`key` in the project's namespace, as a message names it: `mlstack:gateway.replicas`."""
+    return f"{config_namespace()}:{key}"
 
 
 @dataclass(frozen=True)
@@ -389,7 +404,7 @@ def _suggest(word: str, choices: tuple[str, ...]) -> str:
 
 
 def _fail(key: str, value: object, allowed: str) -> ConfigError:
-    return ConfigError(f"{NAMESPACE}:{key}: {_show(value)} is not allowed: {allowed}")
+    return ConfigError(f"{_key(key)}: {_show(value)} is not allowed: {allowed}")
 
 
 class _Section:
@@ -406,8 +421,7 @@ class _Section:
             if sub not in allowed_keys:
                 hint = _suggest(sub, allowed_keys)
                 raise ConfigError(
-                    f'{NAMESPACE}:{key}: unknown key "{sub}"{hint}; '
-                    f"known keys: {', '.join(allowed_keys)}"
+                    f'{_key(key)}: unknown key "{sub}"{hint}; known keys: {", ".join(allowed_keys)}'
                 )
         self.raw: dict[str, Any] = raw
 
@@ -438,7 +452,7 @@ class _Section:
     def required_string(self, sub: str) -> str:
         value = self.string(sub)
         if not value:
-            raise ConfigError(f"{NAMESPACE}:{self.path(sub)} is required for this provider")
+            raise ConfigError(f"{_key(self.path(sub))} is required for this provider")
         return value
 
     def boolean(self, sub: str, default: bool) -> bool:
@@ -510,7 +524,7 @@ def parse_cluster(raw: object) -> ClusterConfig:
     """`mlstack:cluster`, typed: for the program, and for the tools that reach its cluster."""
     if raw is None:
         raise ConfigError(
-            f"{NAMESPACE}:cluster is required: set mlstack:cluster.provider to one of "
+            f"{_key('cluster')} is required: set {_key('cluster.provider')} to one of "
             f"{', '.join(PROVIDERS)} (no stack silently gets a default cluster)"
         )
     if not isinstance(raw, dict):
@@ -558,7 +572,7 @@ def _parse_authorized_networks(section: _Section) -> tuple[str, ...]:
     key = section.path("authorizedNetworks")
     if "authorizedNetworks" not in section.raw:
         raise ConfigError(
-            f"{NAMESPACE}:{key} is required for this provider: the IPv4 CIDRs allowed to reach "
+            f"{_key(key)} is required for this provider: the IPv4 CIDRs allowed to reach "
             "the cluster's API endpoint (your operators' and CI runners' egress ranges), "
             "or [] for a private endpoint reachable from inside the network only"
         )
@@ -621,7 +635,7 @@ def _refuse_removed_keys(raw: object) -> None:
         for key, instead in _REMOVED_DATABASE_KEYS.items():
             if key in raw:
                 raise ConfigError(
-                    f"{NAMESPACE}:database.{key} is no longer a setting: {instead}; remove it "
+                    f"{_key('database.' + key)} is no longer a setting: {instead}; remove it "
                     "(the database of a stack made before Patroni is not carried over: "
                     'README, "A stack made before Patroni")'
                 )
@@ -692,7 +706,7 @@ def _backup(
         if given:
             bucket = "GCS" if cluster.provider == "gke" else "S3"
             raise ConfigError(
-                f"{NAMESPACE}:{backup.path(given[0])} is not allowed on a {cluster.provider} "
+                f"{_key(backup.path(given[0]))} is not allowed on a {cluster.provider} "
                 f"cluster: the program creates the stack's backup bucket there ({bucket}, reached "
                 "with the database pods' own cloud identity, no keys); remove it (s3 and volume "
                 'name a repository on local and existing clusters; README, "Backups and restore")'
@@ -700,7 +714,7 @@ def _backup(
         repository = CloudBucket()
     elif len(given) > 1:
         raise ConfigError(
-            f"{NAMESPACE}:{backup.path('s3')} and {NAMESPACE}:{backup.path('volume')} are both "
+            f"{_key(backup.path('s3'))} and {_key(backup.path('volume'))} are both "
             "set: the backups go to one repository; keep one"
         )
     elif given == ["s3"]:
@@ -798,8 +812,8 @@ def _pem(raw: Mapping[str, object], key: str, begins: re.Pattern[str], what: str
     if not isinstance(value, str) or not begins.search(value):
         shown = "missing" if value is None else "not PEM"
         raise ConfigError(
-            f"{NAMESPACE}:{key} is {shown}: gateway.tls without a secretName takes the PEM "
-            f"{what} from it: `pulumi config set --secret {NAMESPACE}:{key} < file.pem`"
+            f"{_key(key)} is {shown}: gateway.tls without a secretName takes the PEM "
+            f"{what} from it: `pulumi config set --secret {_key(key)} < file.pem`"
         )
     return value
 
@@ -838,7 +852,7 @@ def _check_tls_pair(certificate: str, private_key: str) -> None:
     them to the pods (UTF-8), into a folder of the system's temporary one that only this user
     may open (0700, the files 0600), removed as soon as they are read, whatever happens. The
     messages name the keys, never any part of their values."""
-    cert_key, key_key = f"{NAMESPACE}:gatewayTlsCert", f"{NAMESPACE}:gatewayTlsKey"
+    cert_key, key_key = _key("gatewayTlsCert"), _key("gatewayTlsKey")
     stops = "the gateway would stop at start"
     set_cert = f"`pulumi config set --secret {cert_key} < chain.pem`"
     set_key = f"`pulumi config set --secret {key_key} < key.pem`"
@@ -880,7 +894,7 @@ def _parse_tls(section: _Section, raw: Mapping[str, object]) -> GatewayTls | Non
     if section.raw.get("tls") is None:
         if given:
             raise ConfigError(
-                f"{NAMESPACE}:{given[0]} is set but {NAMESPACE}:{section.path('tls')} is not: "
+                f"{_key(given[0])} is set but {_key(section.path('tls'))} is not: "
                 "set gateway.tls: {} to serve HTTPS with it, or remove it"
             )
         return None
@@ -891,7 +905,7 @@ def _parse_tls(section: _Section, raw: Mapping[str, object]) -> GatewayTls | Non
             raise _fail(tls.path("secretName"), secret_name, "expected a Kubernetes Secret name")
         if given:
             raise ConfigError(
-                f"{NAMESPACE}:{tls.path('secretName')} and {NAMESPACE}:{given[0]} are both set: "
+                f"{_key(tls.path('secretName'))} and {_key(given[0])} are both set: "
                 "give the certificate either as an existing Secret or as stack secrets, not both"
             )
         return GatewayTls(secret_name=secret_name)
@@ -961,7 +975,7 @@ def _parse_images(section: _Section, cluster: ClusterConfig) -> ImagesConfig:
             raise _fail(section.path(name), ref, "expected an image reference without spaces")
         if not build and not ref:
             raise ConfigError(
-                f"{NAMESPACE}:{section.path(name)} is required when images.build is false: "
+                f"{_key(section.path(name))} is required when images.build is false: "
                 "give the image reference to deploy (tag@sha256:digest in production)"
             )
     if build and not registry and cluster.provider != "local":
@@ -1036,25 +1050,52 @@ def _parse_namespace(raw: object, stack: str) -> str:
             "namespace",
             namespace,
             "expected a DNS label: lower-case letters, digits and '-', at most 63 characters"
-            + ("" if given else " (the default, mlstack-<stack>: set mlstack:namespace)"),
+            + ("" if given else f" (the default, mlstack-<stack>: set {_key('namespace')})"),
         )
     return namespace
 
 
+def _engine_config() -> dict[str, str]:
+    """Every key the engine gave the program, in every namespace, by either way it gives config
+    (PULUMI_CONFIG, `set_all_config`)."""
+    return {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+
+
 def _read_raw() -> dict[str, object]:
-    """Every `mlstack:` key the engine gave the program, values decoded from JSON but for the
-    string keys (the namespace and the secrets), which are taken as they are."""
-    return mlstack_values(
-        {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}, _STRING_KEYS
+    """Every key of the project's namespace the engine gave the program, values decoded from
+    JSON but for the string keys (the namespace and the secrets), which are taken as they are."""
+    return project_values(_engine_config(), config_namespace(), _STRING_KEYS)
+
+
+def _refuse_original_namespace() -> None:
+    """A copy of mlstack whose project is renamed reads its keys in its own namespace (Pulumi.yaml
+    declares its secrets there too): keys still spelled `mlstack:` would be left unread, the
+    stack's cluster or protection among them, so they stop the program instead."""
+    project = config_namespace()
+    if project == ORIGINAL_PROJECT:
+        return
+    stale = sorted(
+        {
+            key.partition(":")[2].removeprefix("config:")
+            for key in _engine_config()
+            if key.partition(":")[0] == ORIGINAL_PROJECT
+        }
     )
+    if stale:
+        raise ConfigError(
+            f"{ORIGINAL_PROJECT}:{stale[0]}: this project is named {project} (Pulumi.yaml), so "
+            f"its config keys are {project}:<key>, where Pulumi puts the keys it declares and "
+            f"those set without a namespace: rename the stack's {ORIGINAL_PROJECT}: keys "
+            f'({", ".join(stale)}) to {project}: (README, "Copying mlstack")'
+        )
 
 
 def _given_as_secret(key: str) -> bool:
-    """Whether the engine gave `mlstack:<key>` as a secret (a value the stack keeps encrypted),
-    by either way it gives config (those _read_raw reads): `set_all_config`'s secret keys, or
-    PULUMI_CONFIG_SECRET_KEYS beside PULUMI_CONFIG. (Its environment may spell a key
-    `mlstack:config:<key>`.)"""
-    spellings = (f"{NAMESPACE}:{key}", f"{NAMESPACE}:config:{key}")
+    """Whether the engine gave the project's `key` as a secret (a value the stack keeps
+    encrypted), by either way it gives config (those _read_raw reads): `set_all_config`'s secret
+    keys, or PULUMI_CONFIG_SECRET_KEYS beside PULUMI_CONFIG. (Its environment may spell a key
+    `<namespace>:config:<key>`.)"""
+    spellings = (_key(key), _key(f"config:{key}"))
     from_environment = runtime_config.get_config_secret_keys_env()
     return any(
         runtime_config.is_config_secret(name) or name in from_environment for name in spellings
@@ -1070,8 +1111,8 @@ def _refuse_plain_text_secrets(raw: Mapping[str, object]) -> None:
     for key in SECRET_KEYS:
         if key in raw and not _given_as_secret(key):
             raise ConfigError(
-                f"{NAMESPACE}:{key} is in plain text in the stack's config, not encrypted: "
-                f"set it with `pulumi config set --secret {NAMESPACE}:{key} "
+                f"{_key(key)} is in plain text in the stack's config, not encrypted: "
+                f"set it with `pulumi config set --secret {_key(key)} "
                 "<value>` (a password or private key committed in plain text is no secret any "
                 "more: replace it)"
             )
@@ -1099,9 +1140,8 @@ def _secret(
         if origin is None and key in GENERATED_SECRETS and value is None:
             origin = f"`make stack STACK={stack}` generates one, as `make up` does"
         raise ConfigError(
-            f"{NAMESPACE}:{key} is {shown}: set it with "
-            f"`pulumi config set --secret {NAMESPACE}:{key} <value>`"
-            + (f" ({origin})" if origin else "")
+            f"{_key(key)} is {shown}: set it with "
+            f"`pulumi config set --secret {_key(key)} <value>`" + (f" ({origin})" if origin else "")
         )
     return pulumi.Output.secret(value)
 
@@ -1110,8 +1150,7 @@ def _refused_secret(key: str, problem: str, fix: str = "set it") -> ConfigError:
     """The error that refuses the stack secret `key` for `problem` (what is wrong with it, and
     why), then says how to set it again (`fix`, then the command)."""
     return ConfigError(
-        f"{NAMESPACE}:{key} {problem}; {fix} with `pulumi config set --secret {NAMESPACE}:{key} "
-        "<value>`"
+        f"{_key(key)} {problem}; {fix} with `pulumi config set --secret {_key(key)} <value>`"
     )
 
 
@@ -1238,10 +1277,10 @@ def _backup_secrets(
     for key in BUCKET_KEYS:
         if raw.get(key) is not None and not endpoint:
             raise ConfigError(
-                f"{NAMESPACE}:{key} is set but {NAMESPACE}:database.backup.s3 is not: only an "
+                f"{_key(key)} is set but {_key('database.backup.s3')} is not: only an "
                 "S3-compatible endpoint the stack names takes keys (the program's own bucket on "
                 "gke and eks is reached with the database pods' cloud identity, a volume needs "
-                f"none); remove it (`pulumi config rm {NAMESPACE}:{key}`)"
+                f"none); remove it (`pulumi config rm {_key(key)}`)"
             )
     if backup is None:
         return {}
@@ -1276,21 +1315,23 @@ def _check_default_aws_region(cluster: EksCluster) -> None:
             else f"`export {source}={cluster.region}`"
         )
         raise ConfigError(
-            f"{NAMESPACE}:cluster.region is {cluster.region} but the default AWS provider's "
+            f"{_key('cluster.region')} is {cluster.region} but the default AWS provider's "
             f"region is {value} (from {source}), where the cluster's metrics-server add-on would "
             f"be asked for: {how}"
         )
 
 
 def load(stack: str | None = None) -> StackConfig:
-    """Read and validate every `mlstack:` key; raise `ConfigError` on the first mistake."""
+    """Read and validate every key of the project's namespace; raise `ConfigError` on the first
+    mistake."""
     stack = stack or pulumi.get_stack()
     _check_stack_name(stack)
+    _refuse_original_namespace()
     raw = _read_raw()
     for key in raw:
         if key not in KNOWN_KEYS:
             raise ConfigError(
-                f"{NAMESPACE}:{key}: unknown key{_suggest(key, KNOWN_KEYS)}; "
+                f"{_key(key)}: unknown key{_suggest(key, KNOWN_KEYS)}; "
                 f"known keys: {', '.join(KNOWN_KEYS)}"
             )
     _refuse_plain_text_secrets(raw)
@@ -1322,9 +1363,9 @@ def load(stack: str | None = None) -> StackConfig:
         # it twice.
         if str(raw["apiKeyPrevious"]).strip() == str(raw["apiKey"]).strip():
             raise ConfigError(
-                f"{NAMESPACE}:apiKeyPrevious is the same as {NAMESPACE}:apiKey: during a rotation "
+                f"{_key('apiKeyPrevious')} is the same as {_key('apiKey')}: during a rotation "
                 "apiKey is the new key and apiKeyPrevious the one it replaces; remove "
-                f"apiKeyPrevious (`pulumi config rm {NAMESPACE}:apiKeyPrevious`) when no "
+                f"apiKeyPrevious (`pulumi config rm {_key('apiKeyPrevious')}`) when no "
                 "rotation is under way"
             )
     return StackConfig(

@@ -81,7 +81,7 @@ def backup_secrets(s3: S3Server) -> dict[str, str]:
         BACKUP_S3_ACCESS_KEY: s3.access_key,
         BACKUP_S3_SECRET_KEY: s3.secret_key,
     }
-    return {f"{stack_file.NAMESPACE}:{key}": value for key, value in values.items()}
+    return {f"{stack_file.project_name()}:{key}": value for key, value in values.items()}
 
 
 # `make e2e-cluster`'s model: scaled by its HorizontalPodAutoscaler on the node's metrics-server,
@@ -104,13 +104,13 @@ def stack_config(
     database_config: dict[str, Any] = {"replicas": database_replicas, "storageSize": "1Gi"}
     if s3 is not None:
         database_config["backup"] = backup(s3)
-    return {
-        "mlstack:cluster": {
+    values: dict[str, Any] = {
+        "cluster": {
             "provider": "existing",
             "kubeconfig": str(plane.kubeconfig),
             "context": plane.context,
         },
-        "mlstack:images": {
+        "images": {
             "build": False,
             "gateway": refs.gateway,
             "model": refs.model,
@@ -118,10 +118,11 @@ def stack_config(
         },
         # One node, whose kube-proxy stops sending to a pod within a second of its leaving
         # the endpoints: no cloud load balancer's deregistration to wait out.
-        "mlstack:gateway": {"replicas": 2, "serviceType": "LoadBalancer", "drainSeconds": 5},
-        "mlstack:model": dict(model),
-        "mlstack:database": database_config,
+        "gateway": {"replicas": 2, "serviceType": "LoadBalancer", "drainSeconds": 5},
+        "model": dict(model),
+        "database": database_config,
     }
+    return {f"{stack_file.project_name()}:{key}": value for key, value in values.items()}
 
 
 def unfinished_rollouts(plane: ControlPlane) -> list[str]:
@@ -276,7 +277,7 @@ def random_secrets() -> dict[str, str]:
     """The stack's secrets for `make e2e-cluster`: drawn afresh, as `make stack` draws them (but
     the backups' cipher, which backup_secrets gives)."""
     drawn = {
-        f"{stack_file.NAMESPACE}:{name}": stack_secrets.generate()
+        f"{stack_file.project_name()}:{name}": stack_secrets.generate()
         for name in GENERATED_SECRETS
         if name != BACKUP_CIPHER_SECRET
     }
@@ -348,7 +349,7 @@ class LocalCluster:
         return [
             f"export KUBECONFIG={env.plane.kubeconfig}",
             f"export MLSTACK_GATEWAY_URL={url}",
-            f"export MLSTACK_API_KEY={app_secrets['mlstack:apiKey']}",
+            f"export MLSTACK_API_KEY={app_secrets[f'{stack_file.project_name()}:apiKey']}",
         ]
 
     def down(self) -> list[str]:

@@ -32,15 +32,27 @@ from components.stack_file import read_config
 # The project's root, one for the program and its tooling.
 ROOT: Final = stack_file.ROOT
 MAIN: Final = ROOT / "__main__.py"
-TEST_SECRETS: Final = {
-    "mlstack:databasePassword": "test-database-password",
-    "mlstack:databaseOwnerPassword": "test-owner-password",
-    "mlstack:databaseReplicationPassword": "test-replication-password",
-    "mlstack:databaseRewindPassword": "test-rewind-password",
-    "mlstack:apiKey": "test-gateway-api-key",
-    "mlstack:secretsDigestKey": "test-secrets-digest-key-of-32-characters",
-    "mlstack:databaseBackupCipherPassword": "test-backup-cipher-password",
+# The project's name (Pulumi.yaml): the project the mocks run the program as, and so the namespace
+# of its config keys, unless a run is given another.
+PROJECT: Final = stack_file.project_name()
+# The stack secrets every stack has (GENERATED_SECRETS), by key without the namespace.
+TEST_SECRET_VALUES: Final = {
+    "databasePassword": "test-database-password",
+    "databaseOwnerPassword": "test-owner-password",
+    "databaseReplicationPassword": "test-replication-password",
+    "databaseRewindPassword": "test-rewind-password",
+    "apiKey": "test-gateway-api-key",
+    "secretsDigestKey": "test-secrets-digest-key-of-32-characters",
+    "databaseBackupCipherPassword": "test-backup-cipher-password",
 }
+
+
+def secrets_of(project: str) -> dict[str, str]:
+    """TEST_SECRET_VALUES as `project`'s config keys."""
+    return {f"{project}:{key}": value for key, value in TEST_SECRET_VALUES.items()}
+
+
+TEST_SECRETS: Final = secrets_of(PROJECT)
 LB_ADDRESS: Final = "203.0.113.10"
 # The AWS account and the EKS cluster's OIDC issuer the mocks answer with.
 AWS_ACCOUNT: Final = "123456789012"
@@ -51,7 +63,7 @@ API_SERVER: Final = ("198.51.100.7", 6443)
 ENGINE_LOG: Final = logging.getLogger("harness.engine")
 # The stack secrets the program reads, as config keys: `pulumi config set --secret` stores each one
 # encrypted, and the engine hands it to the program as a secret.
-STACK_SECRETS: Final = frozenset(f"{stack_file.NAMESPACE}:{key}" for key in SECRET_KEYS)
+STACK_SECRETS: Final = frozenset(f"{PROJECT}:{key}" for key in SECRET_KEYS)
 # How the SDK marks a secret value inside the inputs it sends (pulumi.runtime.rpc).
 SECRET_SIGNATURE: Final = ("4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270")
 
@@ -348,16 +360,19 @@ def run_program(
     program: Path = MAIN,
     environment: Mapping[str, str] | None = None,
     plaintext: Collection[str] = (),
+    project: str = PROJECT,
 ) -> ProgramRun:
-    """Evaluate `__main__.py` (or another `program`) for `stack` (its stack file's config unless
-    `config` is given), with `environment` as the PROGRAM_ENVIRONMENT it reads. The stack
-    secrets among the config (STACK_SECRETS) reach the program as secrets, as `pulumi config set
-    --secret` leaves them, but for the keys in `plaintext`: those as a stack file holds a value
-    set without `--secret`. Raises `ProgramExitError` if the program exits instead of completing."""
+    """Evaluate `__main__.py` (or another `program`) for `stack` of `project` (its stack file's
+    config unless `config` is given), with `environment` as the PROGRAM_ENVIRONMENT it reads. The
+    stack secrets among the config (SECRET_KEYS in `project`'s namespace) reach the program as
+    secrets, as `pulumi config set --secret` leaves them, but for the keys in `plaintext`: those
+    as a stack file holds a value set without `--secret`. Raises `ProgramExitError` if the
+    program exits instead of completing."""
     values = dict(stack_config(stack) if config is None else config)
     if with_secrets:
-        values = {**TEST_SECRETS, **values}
-    secret_keys = [key for key in values if key in STACK_SECRETS and key not in plaintext]
+        values = {**secrets_of(project), **values}
+    stack_secrets = {f"{project}:{key}" for key in SECRET_KEYS}
+    secret_keys = [key for key in values if key in stack_secrets and key not in plaintext]
     _ensure_event_loop()
     engine_log = EngineLog()
     ENGINE_LOG.addHandler(engine_log)
@@ -365,6 +380,7 @@ def run_program(
         with _program_environment(environment or {}):
             return contextvars.Context().run(
                 _run,
+                project,
                 stack,
                 values,
                 secret_keys,
@@ -409,6 +425,7 @@ def _type_and_name(urn: str) -> str:
 
 
 def _run(
+    project: str,
     stack: str,
     values: dict[str, Any],
     secret_keys: list[str],
@@ -422,7 +439,7 @@ def _run(
     monitor = MonitorWithoutReferences(recorder)
     pulumi.runtime.set_mocks(
         recorder,
-        project="mlstack",
+        project=project,
         stack=stack,
         preview=preview,
         logger=ENGINE_LOG,

@@ -15,7 +15,7 @@ down: venv ## destroy $(STACK) and remove it (refuses while anything in it is pr
 	  { echo "make down: stack $(STACK) is protected, so nothing was destroyed. Protected resources:"; \
 	    echo "$$protected" | sed 's/^/  /'; \
 	    echo "Production data lives here. To tear it down on purpose, lift the protection first:"; \
-	    echo "  pulumi config set --stack $(STACK) mlstack:protect false && pulumi up --stack $(STACK)"; \
+	    echo "  pulumi config set --stack $(STACK) protect false && pulumi up --stack $(STACK)"; \
 	    echo "    (this also lifts the GKE/EKS cluster's own deletion protection), or"; \
 	    echo "  pulumi state unprotect --stack $(STACK) --all --yes"; \
 	    echo "    (Pulumi's protection only: a GKE/EKS cluster still refuses deletion);"; \

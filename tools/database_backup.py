@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from components import database
+from components.stack_file import project_name
 from harness.poll import wait_until
 from tools.database_switchover import Instances, current_primary
 from tools.stack import Kubectl, Stack, StackError, read_stack
@@ -219,13 +220,13 @@ def foreign_repository(stack: Stack, owner: Owner) -> str:
 
 
 def require_backups(stack: Stack, instances: Instances) -> None:
-    """Refuse a stack deployed without `mlstack:database.backup`: its pods have no backups
+    """Refuse a stack deployed without `database.backup`: its pods have no backups
     container, and there is no repository to back up to or restore from."""
     if CONTAINER not in instances.containers:
         raise BackupError(
             f"stack {stack.name} has no backups: its database pods have no {CONTAINER} container "
-            '(mlstack:database.backup turns them on; README, "Backups and restore"); nothing '
-            "was changed"
+            f'({project_name()}:database.backup turns them on; README, "Backups and restore"); '
+            "nothing was changed"
         )
 
 
@@ -475,7 +476,7 @@ class Restore:
         scale_back = (
             self.command("scale", "statefulset", database.NAME, f"--replicas={self.count}")
             if self.count
-            else f"`make up STACK={self.stack.name}` (back to mlstack:database.replicas)"
+            else f"`make up STACK={self.stack.name}` (back to {project_name()}:database.replicas)"
         )
         volumes = (
             f"each instance that started moved its former data to {aside} on its volume "
@@ -586,7 +587,7 @@ def restore(stack: Stack, moment: dt.datetime) -> Restored:
     if not instances.count:
         raise BackupError(
             f"{database.NAME} is scaled to 0 and no restore is pending: start it first (`make up "
-            f"STACK={stack.name}` scales it to mlstack:database.replicas), then restore"
+            f"STACK={stack.name}` scales it to {project_name()}:database.replicas), then restore"
         )
     primary = current_primary(instances.snapshot(), kubectl, "to check the time and the backups in")
     owner = repository_owner(kubectl, primary)

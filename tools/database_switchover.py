@@ -29,6 +29,7 @@ from typing import Final
 
 from components import database
 from components.database import pod_name
+from components.stack_file import project_name
 from harness.poll import wait_until
 from tools.stack import Kubectl, Stack, StackError, read_stack
 
@@ -223,7 +224,7 @@ def switchover(stack: Stack, wanted: int | None, timeout: float) -> tuple[str, s
         count = "one database instance" if instances.count == 1 else "no database instance"
         raise SwitchoverError(
             f"stack {stack.name} has {count}: there is no replica to hand the primary role to "
-            "(raise mlstack:database.replicas and run `make up` first)"
+            f"(raise {project_name()}:database.replicas and run `make up` first)"
         )
     before = instances.snapshot()
     old = current_primary(before, kubectl, "to hand over from")

@@ -147,7 +147,8 @@ def read_stack(name: str, workdir: Path) -> Stack:
     file's path, used as it is; a cluster the program made exports the kubeconfig itself (YAML
     from `local` and `gke`, pulumi-eks's one line of JSON from `eks`), which is written to
     `workdir`, owner-only, for kubectl: the caller removes it. No error carries its content."""
-    values = stack_file.from_cli(json.loads(pulumi("config", "--json", stack=name)))
+    entries = json.loads(pulumi("config", "--json", stack=name))
+    values = stack_file.from_cli(entries, stack_file.project_name())
     outputs: dict[str, Any] = json.loads(
         pulumi("stack", "output", "--json", "--show-secrets", stack=name)
     )

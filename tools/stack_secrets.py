@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from components.config import GENERATED_SECRETS, SECRETS_DIGEST_KEY_CHARACTERS
-from components.stack_file import NAMESPACE
+from components.stack_file import project_name
 from tools.stack import StackError, pulumi
 
 # token_urlsafe's bytes for a value as long as the longest minimum of them (secretsDigestKey's):
@@ -32,7 +32,7 @@ def generate() -> str:
 def missing(stack: str) -> list[str]:
     """Those of GENERATED_SECRETS the stack has no value for, by their config keys."""
     configured = json.loads(pulumi("config", "--json", stack=stack))
-    keys = (f"{NAMESPACE}:{name}" for name in GENERATED_SECRETS)
+    keys = (f"{project_name()}:{name}" for name in GENERATED_SECRETS)
     return [key for key in keys if key not in configured]
 
 

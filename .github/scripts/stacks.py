@@ -53,6 +53,9 @@ SHARED_DIRS: Final = ("components/", "services/", "policy/pack/")
 REVIEW_STACK: Final = re.compile(r"^pr-[1-9][0-9]*$")
 _ECR: Final = re.compile(r"^[0-9]{12}\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com$")
 _GOOGLE_REGISTRY: Final = re.compile(r"^([a-z0-9-]+-docker\.pkg\.dev|([a-z]+\.)?gcr\.io)$")
+# Pulumi.yaml's top-level `name: <project>`, read without PyYAML (review-config runs before the
+# virtual environment exists): the namespace of the program's config keys.
+_PROJECT_NAME: Final = re.compile(r"^name:[ \t]*([\"']?)([A-Za-z0-9_.-]+)\1[ \t]*(#.*)?$", re.M)
 
 
 def affected(paths: list[str], stacks: tuple[str, ...] = CI_STACKS) -> list[str]:
@@ -70,6 +73,14 @@ def pulumi_version(requirements: Path = ROOT / "requirements.txt") -> str:
         if match:
             return match.group(1)
     raise SystemExit(f"{requirements}: no `pulumi==<version>` pin")
+
+
+def project_name(project_file: Path = ROOT / "Pulumi.yaml") -> str:
+    """The project's name (components/stack_file.py reads it the same way, with PyYAML)."""
+    match = _PROJECT_NAME.search(project_file.read_text())
+    if not match:
+        raise SystemExit(f"{project_file}: no top-level `name: <project>`")
+    return match.group(2)
 
 
 def registry_host(registry: str) -> str:
@@ -90,7 +101,9 @@ def info(stack: str | None, backend_url: str, fallback_region: str) -> dict[str,
 
         if not stack_file.path_of(stack, ROOT).is_file():
             raise SystemExit(f"no stack file Pulumi.{stack}.yaml for stack {stack}")
-        values = stack_file.mlstack_values(stack_file.read_config(stack, ROOT))
+        values = stack_file.project_values(
+            stack_file.read_config(stack, ROOT), stack_file.project_name(ROOT)
+        )
         try:
             cluster = parse_cluster(values.get("cluster"))
         except ConfigError as error:
@@ -164,17 +177,19 @@ def review_config(env: dict[str, str]) -> dict[str, Any]:
             "images are built and pushed there), or REVIEW_GATEWAY_IMAGE, REVIEW_MODEL_IMAGE "
             "and REVIEW_DATABASE_IMAGE (images.build: false)"
         )
-    return {
-        "mlstack:cluster": cluster,
+    values = {
+        "cluster": cluster,
         # A test cluster with no load balancer controller: REVIEW_GATEWAY_SERVICE_TYPE=ClusterIP.
-        "mlstack:gateway": {
+        "gateway": {
             "replicas": 1,
             "serviceType": env.get("REVIEW_GATEWAY_SERVICE_TYPE") or "LoadBalancer",
         },
-        "mlstack:model": {"replicas": 1, "serviceType": "ClusterIP"},
-        "mlstack:database": {"replicas": 1, "storageSize": "1Gi"},
-        "mlstack:images": images,
+        "model": {"replicas": 1, "serviceType": "ClusterIP"},
+        "database": {"replicas": 1, "storageSize": "1Gi"},
+        "images": images,
     }
+    project = project_name()
+    return {f"{project}:{key}": value for key, value in values.items()}
 
 
 def set_all_json(config: dict[str, Any]) -> dict[str, dict[str, Any]]:

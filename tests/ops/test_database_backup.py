@@ -23,6 +23,7 @@ import pytest
 from components import database
 from components.labels import labels
 from harness.poll import wait_until
+from tests.copies import copy_project, run_in
 from tests.ops.stack_fakes import NAMESPACE, SELECTOR, Fakes, roles, state
 from tools import database_backup as backups
 from tools.stack import Kubectl, StackError
@@ -363,6 +364,22 @@ def test_a_stack_without_backups_is_told_so_and_nothing_runs(
         'container (mlstack:database.backup turns them on; README, "Backups and restore"); '
         "nothing was changed\n"
     )
+    assert fakes.changes() == []
+
+
+def test_a_renamed_copy_names_the_key_of_its_own_namespace(
+    fakes: BackupFakes, tmp_path: Path
+) -> None:
+    """In a copy named `mlplatform`, the key to set is `mlplatform:database.backup` (README,
+    "Copying mlstack")."""
+    copy = copy_project(tmp_path / "project", "mlplatform")
+    fakes.write_cluster(**{**fakes.current(), "containers": ["postgres"]})
+    cluster = {"provider": "existing", "context": "e2e", "kubeconfig": str(fakes.kubeconfig)}
+    outputs = {"namespace": NAMESPACE, "kubeconfig": str(fakes.kubeconfig)}
+    fakes.stack({"mlplatform:cluster": {"objectValue": cluster}}, outputs)
+    ran = run_in(copy, "-m", "tools.database_backup", "backup", "--stack", "prod")
+    assert ran.returncode == 1
+    assert "container (mlplatform:database.backup turns them on; " in ran.stderr
     assert fakes.changes() == []
 
 

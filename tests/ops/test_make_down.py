@@ -77,7 +77,7 @@ def test_down_refuses_a_protected_stack_and_says_how_to_unprotect(tmp_path: Path
     message = result.stderr
     assert "stack prod is protected" in message
     assert volume in message
-    assert "pulumi config set --stack prod mlstack:protect false" in message
+    assert "pulumi config set --stack prod protect false" in message
     assert "pulumi up --stack prod" in message
     assert "pulumi state unprotect --stack prod --all" in message
 

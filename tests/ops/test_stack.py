@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.copies import copy_project, run_in
 from tests.ops.stack_fakes import EKS_TOKEN, MADE_CLUSTERS, NAMESPACE, Fakes, made_cluster_config
 from tools.stack import Kubectl, Stack, StackError, read_stack
 
@@ -50,6 +51,26 @@ def test_an_existing_cluster_is_reached_through_the_file_it_exports_and_its_cont
     assert list(work.iterdir()) == []
     Kubectl(stack).get_json("statefulset", "database")
     fakes.assert_every_call_on_the_stack()
+
+
+def test_a_renamed_copy_s_tools_read_the_cluster_from_its_own_namespace(
+    fakes: Fakes, work: Path, tmp_path: Path
+) -> None:
+    """`pulumi config --json` of a copy named `mlplatform` gives its keys as `mlplatform:`
+    (README, "Copying mlstack")."""
+    copy = copy_project(tmp_path / "project", "mlplatform")
+    cluster = {"provider": "existing", "context": "e2e", "kubeconfig": str(fakes.kubeconfig)}
+    fakes.stack(
+        {"mlplatform:cluster": {"objectValue": cluster}},
+        {"namespace": "mlplatform-prod", "kubeconfig": str(fakes.kubeconfig)},
+    )
+    read = (
+        "import sys, pathlib, tools.stack as s; "
+        "print(s.read_stack('prod', pathlib.Path(sys.argv[1])))"
+    )
+    ran = run_in(copy, "-c", read, str(work))
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == repr(Stack("prod", "mlplatform-prod", fakes.kubeconfig, "e2e"))
 
 
 def test_no_error_of_kubectl_on_an_eks_stack_shows_its_kubeconfig(fakes: Fakes, work: Path) -> None:

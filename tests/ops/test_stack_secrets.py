@@ -12,6 +12,7 @@ import pytest
 from components.config import GENERATED_SECRETS, SECRETS_DIGEST_KEY_CHARACTERS
 from harness.make import make_env, run_make
 from harness.program import run_program, stack_config
+from tests.copies import copy_project, run_in
 from tests.stand_ins import PULUMI_CALLS, logged_calls, pulumi_stand_in
 from tools import stack_secrets
 
@@ -72,6 +73,15 @@ def test_a_new_stack_gets_every_generated_secret_out_of_the_command_line(
     assert all(call[-2:] == ["--stack", "pr-7"] for call in cli.calls())
     printed = capsys.readouterr().out.splitlines()
     assert printed == [f"generating {key} for stack pr-7" for key in GENERATED_KEYS]
+
+
+def test_a_renamed_copy_gets_its_secrets_in_its_own_namespace(cli: StandIn, tmp_path: Path) -> None:
+    """Where its Pulumi.yaml declares them, and so where the CLI requires them and the program
+    reads them (README, "Copying mlstack")."""
+    copy = copy_project(tmp_path / "project", "mlplatform")
+    ran = run_in(copy, "-m", "tools.stack_secrets", "--stack", "dev", **cli.env)
+    assert ran.returncode == 0, ran.stderr
+    assert sorted(cli.config()) == sorted(f"mlplatform:{name}" for name in GENERATED_SECRETS)
 
 
 def test_a_secret_the_stack_has_is_kept(cli: StandIn) -> None:

@@ -25,8 +25,10 @@ from typing import Any
 import pytest
 import yaml
 
+from components.stack_file import project_name
 from harness.make import make_env, run_make
 from harness.program import ROOT, run_program, stack_config
+from tests.copies import copy_project, run_in
 from tests.stand_ins import PULUMI_CALLS, env_first_on_path, logged_calls, pulumi_stand_in, stand_in
 
 GITHUB = ROOT / ".github"
@@ -1191,6 +1193,35 @@ def test_review_config_json_is_the_stack_file_s_config_as_set_all_reads_it(
     assert set_all_json({"mlstack:namespace": "review"}) == {
         "mlstack:namespace": {"value": "review", "secret": False}
     }
+
+
+def test_in_a_renamed_copy_the_script_reads_and_writes_its_own_namespace(tmp_path: Path) -> None:
+    """A copy named `mlplatform` (README, "Copying mlstack"): its stack files' keys, and the
+    review stacks' it writes, are `mlplatform:`, where its program reads them."""
+    copy = copy_project(tmp_path / "project", "mlplatform")
+    script_in_copy = str(copy / SCRIPT.relative_to(ROOT))
+    review = run_in(
+        copy, script_in_copy, "review-config", "--stack", "pr-7", "--json", **REVIEW_VARIABLES
+    )
+    assert review.returncode == 0, review.stderr
+    assert sorted(json.loads(review.stdout)) == [
+        f"mlplatform:{key}" for key in ("cluster", "database", "gateway", "images", "model")
+    ]
+    info = run_in(copy, script_in_copy, "info", "--stack", "staging")
+    assert info.returncode == 0, info.stderr
+    assert "provider=eks" in info.stdout.splitlines()
+
+
+@pytest.mark.parametrize("line", ["name: mlplatform", "name: 'mlplatform'  # renamed"])
+def test_the_script_reads_the_project_s_name_as_the_program_s_reader_does(
+    tmp_path: Path, line: str
+) -> None:
+    """The script reads Pulumi.yaml without PyYAML (review-config runs before the virtual
+    environment exists): it must agree with components/stack_file.py."""
+    (tmp_path / "Pulumi.yaml").write_text(f"{line}\nruntime: python\n")
+    read = runpy.run_path(str(SCRIPT))["project_name"]
+    assert read(tmp_path / "Pulumi.yaml") == project_name(tmp_path) == "mlplatform"
+    assert read() == project_name()
 
 
 def test_the_readme_says_a_destroy_leaves_the_built_images_in_their_registry(

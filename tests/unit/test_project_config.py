@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from components.config import GENERATED_SECRETS, KNOWN_KEYS, SECRET_KEYS
-from components.stack_file import NAMESPACE
+from components.stack_file import project_name
 from harness.program import TEST_SECRETS
 from tests.paths import ROOT
 from tests.unit.configs import config_error, dev_with
@@ -19,9 +19,17 @@ PROJECT_FILE: Final = ROOT / "Pulumi.yaml"
 
 
 def declarations() -> dict[str, dict[str, Any]]:
-    """Pulumi.yaml's `config:`, by key without the project's namespace (which the CLI adds)."""
+    """Pulumi.yaml's `config:`, by key without the project's namespace. The CLI puts a key
+    declared without one in the project's (Pulumi.yaml's `name`), and refuses a type for a key of
+    any other: every declaration is the program's."""
     document = yaml.safe_load(PROJECT_FILE.read_text())
-    return {key.removeprefix(f"{NAMESPACE}:"): value for key, value in document["config"].items()}
+    project = project_name()
+    declared = {}
+    for key, value in document["config"].items():
+        namespace, _, name = key.rpartition(":")
+        assert namespace in ("", project), f"{key}: not in the project's namespace"
+        declared[name] = value
+    return declared
 
 
 def comments() -> str:
@@ -66,7 +74,8 @@ def test_the_secrets_a_person_gives_are_named_where_the_declarations_are() -> No
 
 def test_the_harness_gives_the_program_every_declared_secret() -> None:
     """The mocks run the program as the CLI would: with each secret the project declares."""
-    declared = {f"{NAMESPACE}:{key}" for key, spec in declarations().items() if spec.get("secret")}
+    project = project_name()
+    declared = {f"{project}:{key}" for key, spec in declarations().items() if spec.get("secret")}
     assert declared == set(TEST_SECRETS)
 
 
@@ -75,6 +84,6 @@ def test_a_declared_secret_is_one_the_program_requires(key: str) -> None:
     """dev (which backs up, so the cipher key is needed too) without the secret stops the program
     with that key named: the declaration requires no more than the program does."""
     config = {**TEST_SECRETS, **dev_with()}
-    del config[f"{NAMESPACE}:{key}"]
+    del config[f"{project_name()}:{key}"]
     message = config_error(config, with_secrets=False)
-    assert message.startswith(f"{NAMESPACE}:{key} is missing: "), message
+    assert message.startswith(f"{project_name()}:{key} is missing: "), message
