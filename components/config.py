@@ -271,6 +271,8 @@ class ImagesConfig:
 @dataclass(frozen=True)
 class StackConfig:
     stack: str
+    # The project's name (Pulumi.yaml's), `mlstack`: its config namespace too.
+    project: str
     cluster: ClusterConfig
     namespace: str
     gateway: GatewayConfig
@@ -293,6 +295,14 @@ class StackConfig:
     backup_secrets: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
     # The cluster DNS pods every pod may reach on port 53.
     dns: DnsPods = field(default_factory=DnsPods)
+
+    @property
+    def qualified_name(self) -> str:
+        """The stack's name where stacks of several projects may meet (a cluster, a cloud
+        account, an endpoint's bucket): its project's and its own, `mlstack-prod`. Two copies of
+        mlstack named apart give their `prod` stacks names apart there (README, "Copying
+        mlstack"); for this project's stacks it is what it always was."""
+        return f"{self.project}-{self.stack}"
 
 
 # Every key the program understands, with the sub-keys of the structured ones.
@@ -1042,15 +1052,15 @@ def _check_stack_name(stack: str) -> None:
         )
 
 
-def _parse_namespace(raw: object, stack: str) -> str:
+def _parse_namespace(raw: object, project: str, stack: str) -> str:
     given = raw not in (None, "")
-    namespace = raw if given else f"mlstack-{stack}"
+    namespace = raw if given else f"{project}-{stack}"
     if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
         raise _fail(
             "namespace",
             namespace,
             "expected a DNS label: lower-case letters, digits and '-', at most 63 characters"
-            + ("" if given else f" (the default, mlstack-<stack>: set {_key('namespace')})"),
+            + ("" if given else f" (the default, {project}-<stack>: set {_key('namespace')})"),
         )
     return namespace
 
@@ -1344,7 +1354,8 @@ def load(stack: str | None = None) -> StackConfig:
     if not isinstance(protect, bool):
         raise _fail("protect", protect, "expected true or false")
     database = _parse_database(sections["database"], cluster)
-    namespace = _parse_namespace(raw.get("namespace"), stack)
+    project = config_namespace()
+    namespace = _parse_namespace(raw.get("namespace"), project, stack)
     gateway = _parse_gateway(sections["gateway"], raw, cluster)
     model = _parse_model(sections["model"])
     images = _parse_images(sections["images"], cluster)
@@ -1370,6 +1381,7 @@ def load(stack: str | None = None) -> StackConfig:
             )
     return StackConfig(
         stack=stack,
+        project=project,
         cluster=cluster,
         namespace=namespace,
         gateway=gateway,

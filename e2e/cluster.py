@@ -44,7 +44,8 @@ from e2e.workspace import PulumiWorkspace
 from tools import stack_secrets
 
 STACK: Final = "e2e"
-NAMESPACE: Final = "mlstack-e2e"
+# The program's default namespace for the stack: `<project>-<stack>`.
+NAMESPACE: Final = f"{stack_file.project_name()}-{STACK}"
 CLAIM: Final = database.claim_name(0)
 # Every claim the stack's database instances can have: a local volume waits for each.
 CLAIMS: Final = tuple(database.claim_name(i) for i in range(database.MAX_REPLICAS))

@@ -50,9 +50,10 @@ class Repository:
     resources: tuple[pulumi.Resource, ...] = ()
 
 
-def bucket_name(stack: str) -> str:
-    """The Pulumi name of the component that makes `stack`'s backup bucket in a cloud."""
-    return f"mlstack-{stack}-backups"
+def bucket_name(config: StackConfig) -> str:
+    """The Pulumi name of the component that makes the stack's backup bucket in a cloud (the
+    bucket's own name, its identity's, start with it)."""
+    return f"{config.qualified_name}-backups"
 
 
 def repository_route(port: int) -> ExternalRoute:
@@ -61,9 +62,10 @@ def repository_route(port: int) -> ExternalRoute:
     return ExternalRoute(source=database.NAME, port=port, name=ROUTE_NAME)
 
 
-def object_store_path(stack: str) -> str:
-    """The stack's folder in a bucket: stacks may share one endpoint's bucket."""
-    return f"/mlstack/{stack}"
+def object_store_path(config: StackConfig) -> str:
+    """The stack's folder in a bucket: stacks may share one endpoint's bucket, those of two
+    copies of mlstack too (two stacks in one folder would be one pgBackRest repository)."""
+    return f"/{config.project}/{config.stack}"
 
 
 def shared_options(backup: BackupConfig) -> dict[str, str]:
@@ -129,7 +131,7 @@ def cloud_bucket_repository(
     return repository(
         config,
         backup,
-        {"repo1-type": kind, "repo1-path": object_store_path(config.stack), **options},
+        {"repo1-type": kind, "repo1-path": object_store_path(config), **options},
         service_account_annotations=service_account_annotations,
         egress=(repository_route(HTTPS_PORT), *egress),
         resources=(bucket,),

@@ -118,11 +118,11 @@ def gcs_bucket_repository(
 ) -> Repository:
     assert isinstance(config.cluster, GkeCluster), config.cluster
     bucket = GcsBackupBucket(
-        bucket_name(config.stack),
+        bucket_name(config),
         GcsBucketArgs(
             project=config.cluster.project,
             region=config.cluster.region,
-            account_id=service_account_id(f"mlstack-{config.stack}", "backups"),
+            account_id=service_account_id(config.qualified_name, "backups"),
             workload_pool=cluster.workload_pool,
             namespace=config.namespace,
             service_account=database.NAME,

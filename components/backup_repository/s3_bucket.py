@@ -207,7 +207,7 @@ def s3_bucket_repository(
     assert isinstance(config.cluster, EksCluster), config.cluster
     region = config.cluster.region
     bucket = S3BackupBucket(
-        bucket_name(config.stack),
+        bucket_name(config),
         S3BucketArgs(
             oidc_provider_arn=cluster.oidc_provider_arn,
             oidc_issuer=cluster.oidc_issuer,

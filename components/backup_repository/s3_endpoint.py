@@ -20,7 +20,7 @@ def s3_endpoint_repository(
         backup,
         {
             "repo1-type": "s3",
-            "repo1-path": object_store_path(config.stack),
+            "repo1-path": object_store_path(config),
             "repo1-s3-endpoint": s3.host,
             "repo1-storage-port": str(s3.port),
             "repo1-s3-bucket": s3.bucket,

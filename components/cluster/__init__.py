@@ -21,7 +21,9 @@ __all__ = ["Cluster", "create_cluster"]
 
 
 def create_cluster(config: StackConfig) -> Cluster:
-    name = f"mlstack-{config.stack}"
+    # The cluster's resources, and the cloud's names made from theirs, are the stack's in a cloud
+    # account or on a machine that other stacks, of other projects too, share.
+    name = config.qualified_name
     # Protecting the cluster protects everything on it: a stray `destroy` stops at once.
     opts = pulumi.ResourceOptions(protect=config.protect)
     cluster = config.cluster
