@@ -1052,6 +1052,43 @@ def _check_stack_name(stack: str) -> None:
         )
 
 
+# The cloud names a gke or eks stack's resources take from `<project>-<stack>` (its
+# qualified_name), to which Pulumi's auto-naming adds 8 characters (`-` and 7 random ones): the
+# characters all of them allow, and the longest `<project>-<stack>` that keeps the tightest within
+# its cloud's limit. A name beyond them passes a preview and fails `pulumi up` partway.
+_CLOUD_NAMES: Final[dict[str, tuple[re.Pattern[str], str, int, str]]] = {
+    "gke": (
+        re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$"),
+        "lower-case letters, digits and '-', from a letter (GKE's and Compute Engine's names)",
+        26,
+        "the node pool's name, `<project>-<stack>-nodes-` and 7 more, may hold 40",
+    ),
+    "eks": (
+        re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        "lower-case letters, digits and '-' (the backups' S3 bucket takes no capital letter or "
+        "'_', the EKS cluster no '.')",
+        41,
+        "the IAM role of the EBS CSI driver, `<project>-<stack>-ebs-csi-driver-` and 7 more, "
+        "may hold 64",
+    ),
+}
+
+
+def _check_cloud_names(cluster: ClusterConfig, project: str, stack: str) -> None:
+    """A gke or eks stack names its cloud resources after `<project>-<stack>`: refuse, before
+    any resource exists, one that would give them names the cloud refuses."""
+    if cluster.provider not in _CLOUD_NAMES:
+        return
+    pattern, characters, longest, why = _CLOUD_NAMES[cluster.provider]
+    name = f"{project}-{stack}"
+    if not pattern.match(name) or len(name) > longest:
+        raise ConfigError(
+            f"stack {stack!r} of project {project!r}: on {cluster.provider} its cloud resources "
+            f"are named after {name!r}, which must be {characters}, at most {longest} "
+            f"characters ({why}): use another stack name"
+        )
+
+
 def _parse_namespace(raw: object, project: str, stack: str) -> str:
     given = raw not in (None, "")
     namespace = raw if given else f"{project}-{stack}"
@@ -1346,6 +1383,8 @@ def load(stack: str | None = None) -> StackConfig:
             )
     _refuse_plain_text_secrets(raw)
     cluster = parse_cluster(raw.get("cluster"))
+    project = config_namespace()
+    _check_cloud_names(cluster, project, stack)
     if isinstance(cluster, EksCluster):
         _check_default_aws_region(cluster)
     _refuse_removed_keys(raw.get("database"))
@@ -1354,7 +1393,6 @@ def load(stack: str | None = None) -> StackConfig:
     if not isinstance(protect, bool):
         raise _fail("protect", protect, "expected true or false")
     database = _parse_database(sections["database"], cluster)
-    project = config_namespace()
     namespace = _parse_namespace(raw.get("namespace"), project, stack)
     gateway = _parse_gateway(sections["gateway"], raw, cluster)
     model = _parse_model(sections["model"])

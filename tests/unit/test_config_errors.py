@@ -10,6 +10,7 @@ import pytest
 
 from components import database
 from harness.program import (
+    PROJECT,
     STACK_SECRETS,
     TEST_SECRETS,
     ProgramExitError,
@@ -293,6 +294,47 @@ def test_a_stack_name_that_is_no_label_value_is_refused_before_any_resource(stac
     (message,) = exited.value.errors
     assert message.startswith(f"stack {stack!r}: its name is the app.kubernetes.io/instance label")
     assert exited.value.resources == []
+
+
+# The stack file of each cloud, and the longest `<project>-<stack>` its cloud names take (README,
+# "Stack names on a cloud").
+CLOUD_STACKS: Final = {"gke": ("prod", 26), "eks": ("staging", 41)}
+
+
+@pytest.mark.parametrize(
+    "provider, stack",
+    [
+        (provider, stack)
+        for provider, (_, longest) in CLOUD_STACKS.items()
+        for stack in ("QA", "qa_eu", "qa.eu", "x" * (longest - len(PROJECT)))
+    ],
+)
+def test_a_cloud_stack_name_its_cloud_cannot_take_is_refused_before_any_resource(
+    provider: str, stack: str
+) -> None:
+    """The stack's cloud resources are named after `<project>-<stack>`: GKE's and Compute
+    Engine's names are lower-case, from a letter, and a node pool's holds 40 characters; an S3
+    bucket's takes no capital letter or '_', an EKS cluster's no '.', an IAM role's holds 64.
+    Pulumi takes every one of these stack names; `pulumi up` would fail partway, a GKE cluster
+    made and its node pool refused."""
+    with pytest.raises(ProgramExitError) as exited:
+        config = stack_config(CLOUD_STACKS[provider][0])
+        run_program(stack, {**config, f"{PROJECT}:namespace": "review"})
+    (message,) = exited.value.errors
+    assert message.startswith(
+        f"stack {stack!r} of project {PROJECT!r}: on {provider} its cloud resources are named "
+        f"after '{PROJECT}-{stack}', which must be "
+    )
+    assert message.endswith(": use another stack name")
+    assert exited.value.resources == []
+
+
+@pytest.mark.parametrize("provider", list(CLOUD_STACKS))
+def test_the_longest_stack_name_a_cloud_takes_runs(provider: str) -> None:
+    stack_file, longest = CLOUD_STACKS[provider]
+    stack = "qa-" + "x" * (longest - len(PROJECT) - 1 - len("qa-"))
+    config = {**stack_config(stack_file), f"{PROJECT}:namespace": "review"}
+    assert run_program(stack, config).resources
 
 
 def test_unknown_model_version() -> None:

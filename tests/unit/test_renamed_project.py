@@ -15,7 +15,14 @@ import pytest
 
 from components.pod import SECRETS_CHECKSUM
 from components.stack_file import ORIGINAL_PROJECT, stacks
-from harness.program import PROJECT, ProgramRun, auto_name, run_program, stack_config
+from harness.program import (
+    PROJECT,
+    ProgramExitError,
+    ProgramRun,
+    auto_name,
+    run_program,
+    stack_config,
+)
 from tests.copies import copy_project, program_runs
 from tests.unit.configs import BACKUP_TEST_SECRETS, PROD_BACKUP, existing_with
 from tests.unit.database_pods import database_containers, pgbackrest_env
@@ -134,3 +141,17 @@ def test_a_renamed_copy_s_stack_shares_no_name_with_the_original_s_of_its_name(
         for other, own in mine.items():
             as_ours = as_ours.replace(other, own)
         assert as_ours in ours, name
+
+
+def test_a_copy_whose_name_leaves_its_cloud_names_no_room_is_refused_before_any_resource() -> None:
+    """A GKE node pool's name holds 40 characters: `<project>-<stack>-nodes-` and 7 random ones
+    (README, "Stack names on a cloud")."""
+    project = "ml-platform-analytics-eu"
+    with pytest.raises(ProgramExitError) as exited:
+        run_program("prod", in_namespace(stack_config("prod"), project), project=project)
+    (message,) = exited.value.errors
+    assert message.startswith(
+        "stack 'prod' of project 'ml-platform-analytics-eu': on gke its cloud resources are named "
+        "after 'ml-platform-analytics-eu-prod', which must be "
+    )
+    assert exited.value.resources == []
