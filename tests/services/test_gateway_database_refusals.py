@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import asyncpg
 import pytest
@@ -36,53 +37,47 @@ def role_url(postgres: PostgresServer) -> str:
     return password_role_url(postgres, ROLE, PASSWORD)
 
 
-def test_a_server_out_of_connection_slots_costs_503s_with_retry_after_not_500s(
-    model_server: ServiceProcess, postgres: PostgresServer, role_url: str, log_dir: Path
-) -> None:
-    # "too many connections" (SQLSTATE 53300) is what a server with every slot taken answers a
-    # new connection, as after a failover when every gateway replica reconnects at once.
-    gateway = start_gateway(
-        model_server.url, log_dir, DATABASE_URL=role_url, DB_WRITE_TIMEOUT_SECONDS="1"
-    )
-    admin = postgres.dsn()
-    try:
-        new_prediction(gateway)
-        query(admin, f"ALTER ROLE {ROLE} CONNECTION LIMIT 0")
-        # Its pool's connections ended: the next request must open one, which is refused.
-        query(
-            admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", ROLE
-        )
-        for reply in (predict(gateway.url, [SETOSA]), history(gateway, "?limit=5")):
-            assert reply.refused_with_retry_after, (reply.status, reply.headers, reply.body)
-        assert (
-            metric(gateway, "mlstack_gateway_requests_total", endpoint="predict", status="500") == 0
-        )
-        query(admin, f"ALTER ROLE {ROLE} CONNECTION LIMIT -1")
-        gateway.wait_for(
-            "predictions answered again", lambda: predict(gateway.url, [SETOSA]).status == 200
-        )
-    finally:
-        query(admin, f"ALTER ROLE {ROLE} CONNECTION LIMIT -1")
-        gateway.stop()
+class Refusal(NamedTuple):
+    # A login role of the test's own, the SQL that refuses it a new connection, the SQL that
+    # admits it again ({role}, {password}: its name and password).
+    role: str
+    refuse: str
+    admit: str
 
 
-def test_a_password_refused_under_a_running_gateway_costs_503s_with_retry_after_not_500s(
-    model_server: ServiceProcess, postgres: PostgresServer, log_dir: Path
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        # "too many connections" (SQLSTATE 53300) is what a server with every slot taken answers
+        # a new connection, as after a failover when every gateway replica reconnects at once.
+        Refusal("gateway_slots", "ALTER ROLE {role} CONNECTION LIMIT 0",
+                "ALTER ROLE {role} CONNECTION LIMIT -1"),
+        # A rotation of the stack's `databasePassword`: the primary takes the new password while
+        # the gateway's pods that still have the old one drain. Their open connections go on; a
+        # new one is refused. With the password they have again, they answer 200 again.
+        Refusal("gateway_rotated", "ALTER ROLE {role} PASSWORD 'rotated-role-password-2'",
+                "ALTER ROLE {role} PASSWORD '{password}'"),
+    ],
+    ids=["out-of-connection-slots", "password-rotated"],
+)  # fmt: skip
+def test_a_new_connection_refused_under_a_running_gateway_costs_503s_with_retry_after_not_500s(
+    refusal: Refusal, model_server: ServiceProcess, postgres: PostgresServer, log_dir: Path
 ) -> None:
-    """A rotation of the stack's `databasePassword`: the primary takes the new password while
-    the gateway's pods that still have the old one drain. Their open connections go on; a new
-    one is refused, and what they answer meanwhile is a 503 with Retry-After. With the password
-    they have again, they answer 200 again."""
-    role, old = "gateway_rotated", "rotated-role-password-1"
-    url = password_role_url(postgres, role, old)
+    """A gateway answers, then the server refuses its role a new connection (`refuse`, and the
+    role's connections ended, so that the next request must open one): predictions and history
+    reads are 503s with Retry-After, none a 500. Once the server admits it again (`admit`),
+    predictions are answered 200 again."""
+    role = refusal.role
+    password = f"{role}-password-1"
+    url = password_role_url(postgres, role, password)
     gateway = start_gateway(
         model_server.url, log_dir, DATABASE_URL=url, DB_WRITE_TIMEOUT_SECONDS="1"
     )
     admin = postgres.dsn()
+    admitted = refusal.admit.format(role=role, password=password)
     try:
         new_prediction(gateway)
-        query(admin, f"ALTER ROLE {role} PASSWORD 'rotated-role-password-2'")
-        # Its pool's connections ended: the next request must open one, which is refused.
+        query(admin, refusal.refuse.format(role=role))
         query(
             admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
         )
@@ -91,11 +86,12 @@ def test_a_password_refused_under_a_running_gateway_costs_503s_with_retry_after_
         assert (
             metric(gateway, "mlstack_gateway_requests_total", endpoint="predict", status="500") == 0
         )
-        query(admin, f"ALTER ROLE {role} PASSWORD '{old}'")
+        query(admin, admitted)
         gateway.wait_for(
             "predictions answered again", lambda: predict(gateway.url, [SETOSA]).status == 200
         )
     finally:
+        query(admin, admitted)
         gateway.stop()
 
 
