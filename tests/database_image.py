@@ -21,7 +21,9 @@ import yaml
 
 from components import database, pod
 from components.image import SERVICES_DIR
+from harness.ports import free_port
 from harness.postgres import PostgresServer, postgres_bindir
+from harness.processes import LocalServer
 from tests.stand_ins import stand_in
 
 BIN: Final = SERVICES_DIR / "database" / "bin"
@@ -108,6 +110,35 @@ def backups_own_env() -> dict[str, str]:
         for v in containers[database.BACKUPS_CONTAINER]["env"]
         if v["name"] not in postgres
     }
+
+
+def backups_container(
+    image: Image, log: Path, *, bin_first: Path | None = None
+) -> tuple[LocalServer, int]:
+    """The image's `backups` container beside `image`'s server, with the program's settings and a
+    round every 0.2 s, not started; and the port of its metrics. `bin_first`: a folder of
+    programs found before the image's (a real pgBackRest)."""
+    port = free_port()
+    path = (
+        image.env["PATH"]
+        if bin_first is None
+        else os.pathsep.join((str(bin_first), image.env["PATH"]))
+    )
+    server = LocalServer(
+        "mlstack-database-backups",
+        [sys.executable, str(BIN / "mlstack-database-backups")],
+        log,
+        f"http://127.0.0.1:{port}",
+        ready_path="/metrics",
+        env={
+            **image.env,
+            **backups_own_env(),
+            "PATH": path,
+            "METRICS_PORT": str(port),
+            "DATABASE_BACKUP_CHECK_SECONDS": "0.2",
+        },
+    )
+    return server, port
 
 
 def password_files(folder: Path) -> dict[str, str]:

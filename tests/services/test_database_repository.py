@@ -29,10 +29,10 @@ from harness.http import request
 from harness.metrics import metric_value
 from harness.pgbackrest import STANZA, Repository, pgbackrest_program
 from harness.poll import eventually, wait_until
-from harness.ports import free_port
 from harness.postgres import PostgresServer, postgres_bindir, query
 from harness.processes import LocalServer
-from tests.database_image import BIN, backups_own_env, image_for
+from tests import database_image
+from tests.database_image import BIN, image_for
 from tests.services.support import throwaway_postgres
 
 # pgBackRest starts a recovery to a time from a backup that ended in an earlier second.
@@ -312,22 +312,10 @@ def backups_container(server: PostgresServer, repository: Repository, folder: Pa
     """The `backups` container beside `server`, backing up to `repository`, a round every
     0.2 s; started."""
     image = image_for(folder, server)
-    port = free_port()
-    path = os.pathsep.join((str(repository.bin), image.env["PATH"]))
-    return LocalServer(
-        "mlstack-database-backups",
-        [sys.executable, str(BIN / "mlstack-database-backups")],
-        folder / "backups.log",
-        f"http://127.0.0.1:{port}",
-        ready_path="/metrics",
-        env={
-            **image.env,
-            **backups_own_env(),
-            "PATH": path,
-            "METRICS_PORT": str(port),
-            "DATABASE_BACKUP_CHECK_SECONDS": "0.2",
-        },
-    ).start()
+    backups, _ = database_image.backups_container(
+        image, folder / "backups.log", bin_first=repository.bin
+    )
+    return backups.start()
 
 
 def test_a_restored_primary_gets_a_full_backup_of_its_own_at_once(

@@ -32,11 +32,12 @@ from harness.metrics import metric_value
 from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer, on_connection, postgres_bindir, query
-from harness.processes import LocalProcess, LocalServer, group_alive
+from harness.processes import LocalProcess, group_alive
 from tests.database_image import (
     BIN,
     PASSWORDS,
     Image,
+    backups_container,
     backups_own_env,
     entrypoint_module,
     image_for,
@@ -575,20 +576,7 @@ def test_the_backups_container_shows_a_failing_wal_archive(tmp_path: Path) -> No
         stand_in(image.stand_ins, "pgbackrest", '#!/bin/sh\n[ "$1" != info ] || echo "[]"\n')
         for _ in range(3):
             server.next_wal_segment()
-        port = free_port()
-        backups = LocalServer(
-            "mlstack-database-backups",
-            [sys.executable, str(BIN / "mlstack-database-backups")],
-            tmp_path / "backups.log",
-            f"http://127.0.0.1:{port}",
-            ready_path="/metrics",
-            env={
-                **image.env,
-                **backups_own_env(),
-                "METRICS_PORT": str(port),
-                "DATABASE_BACKUP_CHECK_SECONDS": "0.2",
-            },
-        )
+        backups, port = backups_container(image, tmp_path / "backups.log")
         try:
             backups.start().wait_ready()
             eventually(
