@@ -1364,6 +1364,12 @@ def make_restore(
     return stored_on(kube, app.primary_instance(kube))
 
 
+def make_backup(workspace: PulumiWorkspace) -> None:
+    """`make backup STACK=e2e`'s command: a full backup, after any the schedule has under way."""
+    done = workspace.tool("database_backup", "backup", "--stack", STACK, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def predictions_around_a_moment(
     kube: ControlPlane,
 ) -> tuple[list[str], datetime.datetime, set[str], list[str]]:
@@ -1391,28 +1397,25 @@ def test_4t_h_a_second_restore_puts_back_the_timeline_that_was_live_at_its_time(
     included; then to T3: those of the restored timeline, none of the abandoned one's."""
     kube = control_plane
     ensure_database(workspace, kube, 1)
-    eventually(
-        lambda: (
-            metric_value(backup_metrics(kube), "mlstack_database_backup_age_seconds") is not None
-        ),
-        "a good backup in the repository",
-        180,
-        interval=2,
-    )
+    # A base for T1 on the timeline the database is on: after an earlier restore, the backups
+    # of the timeline before it may be expired already, with the WAL they needed.
+    make_backup(workspace)
+    time.sleep(1.5)
     first, t1, at_t1, _ = predictions_around_a_moment(kube)
     # A full backup of the timeline the first restore abandons, newer than T1.
-    done = workspace.tool("database_backup", "backup", "--stack", STACK, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
+    make_backup(workspace)
     time.sleep(1.5)
     _, t2, at_t2, _ = predictions_around_a_moment(kube)
-    fulls = metric_value(backup_metrics(kube), "mlstack_database_backups", type="full") or 0
 
+    restored_at = time.time()
     assert make_restore(workspace, kube, t1) == at_t1
-    # The restored primary's full backup, taken at once, is a base on its own timeline.
+    # The restored primary's full backup, taken at once, is a base on its own timeline: the
+    # newest backup ended after the restore.
     eventually(
         lambda: (
-            (metric_value(backup_metrics(kube), "mlstack_database_backups", type="full") or 0)
-            > fulls
+            (age := metric_value(backup_metrics(kube), "mlstack_database_backup_age_seconds"))
+            is not None
+            and age < time.time() - restored_at
         ),
         "a full backup of the restored timeline",
         300,
