@@ -1319,32 +1319,19 @@ def test_4t_g_make_restore_puts_back_exactly_the_predictions_acknowledged_before
         120,
         interval=2,
     )
-    url = gateway_url(kube)
-    before = [app.predict(url) for _ in range(5)]
-    assert all(a.ok for a in before), before
-    ACKNOWLEDGED.update(a.request_id for a in before)
-    time.sleep(1.5)
-    moment = datetime.datetime.now(datetime.UTC)
-    # Every row there at that moment (acknowledged or not: a request cut off after its commit).
-    at_moment = stored_on(kube, app.primary_instance(kube))
-    time.sleep(1.5)
-    after = [app.predict(url) for _ in range(5)]
-    assert all(a.ok for a in after), after
-    start = time.monotonic()
-    done = workspace.tool(
-        "database_backup", "restore", "--stack", STACK, "--time", moment.isoformat(), timeout=900
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    TIMINGS["make restore (2 instances)"] = time.monotonic() - start
-    wait_settled(kube, 2, "restored")
-    stored = stored_on(kube, app.primary_instance(kube))
+    before, moment, at_moment, after = predictions_around_a_moment(kube)
+    ACKNOWLEDGED.update(before)
+    stored = make_restore(workspace, kube, moment, instances=2, timing="make restore (2 instances)")
     assert stored == at_moment, (
         f"missing {len(at_moment - stored)}, unexpected {len(stored - at_moment)}"
     )
     assert stored >= ACKNOWLEDGED
-    assert not stored & {a.request_id for a in after}
+    assert not stored & set(after)
     eventually(
-        lambda: app.predict(url).ok, "a prediction answered after the restore", 120, interval=1
+        lambda: app.predict(gateway_url(kube)).ok,
+        "a prediction answered after the restore",
+        120,
+        interval=1,
     )
     # The rest of the suite on one instance, as the stack began: two cores run it all.
     up_with(workspace, kube, "mlstack:database.replicas", 1)
@@ -1353,14 +1340,24 @@ def test_4t_g_make_restore_puts_back_exactly_the_predictions_acknowledged_before
 
 
 def make_restore(
-    workspace: PulumiWorkspace, kube: ControlPlane, moment: datetime.datetime
+    workspace: PulumiWorkspace,
+    kube: ControlPlane,
+    moment: datetime.datetime,
+    *,
+    instances: int = 1,
+    timing: str | None = None,
 ) -> set[str]:
-    """`make restore STACK=e2e TIME=<moment>`'s command; the predictions stored afterwards."""
+    """`make restore STACK=e2e TIME=<moment>`'s command, on `instances` database instances (its
+    seconds in TIMINGS under `timing`); the predictions stored once they have settled again:
+    every row there at that moment (acknowledged or not: a request cut off after its commit)."""
+    start = time.monotonic()
     done = workspace.tool(
         "database_backup", "restore", "--stack", STACK, "--time", moment.isoformat(), timeout=900
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    wait_settled(kube, 1, "restored")
+    if timing is not None:
+        TIMINGS[timing] = time.monotonic() - start
+    wait_settled(kube, instances, "restored")
     return stored_on(kube, app.primary_instance(kube))
 
 
