@@ -253,12 +253,25 @@ def bring_up(
     return Environment(images, refs, plane, node, ws)
 
 
-def fresh_volumes(plane: ControlPlane, node: Node) -> None:
+def fresh_volumes(plane: ControlPlane, node: Node, *, released_only: bool = False) -> None:
     """Each database claim's local volume made anew, empty: what a provisioner gives a new claim
     (the old volume is Released once its claim is deleted, and binds to no new one). For a stack
-    destroyed and deployed again, whatever its instance count."""
+    destroyed and deployed again, whatever its instance count; with `released_only`, for the
+    volumes of the claims a lower `database.replicas` deleted, before a higher one makes them
+    again."""
+    released = set()
+    if released_only:
+        found = json.loads(plane.kubectl("get", "pv", "--output", "json").stdout)
+        released = {
+            item["metadata"]["name"]
+            for item in found["items"]
+            if item.get("status", {}).get("phase") == "Released"
+        }
     for claim in CLAIMS:
-        plane.kubectl("delete", "pv", f"{NAMESPACE}-{claim}", "--wait=true", "--ignore-not-found")
+        volume = f"{NAMESPACE}-{claim}"
+        if released_only and volume not in released:
+            continue
+        plane.kubectl("delete", "pv", volume, "--wait=true", "--ignore-not-found")
         shutil.rmtree(node.add_volume(NAMESPACE, claim))
         node.add_volume(NAMESPACE, claim)
 

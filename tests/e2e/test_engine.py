@@ -54,6 +54,7 @@ from tests.e2e.conftest import (
     API_KEY,
     CLAIM,
     NAMESPACE,
+    NODES,
     STACK,
     TIMINGS,
     needs_root,
@@ -303,6 +304,9 @@ def ensure_database(
         make_switchover(workspace)
         wait_settled(kube, len(labelled), "switched over")
         labelled = app.roles(kube)
+    if instances > len(labelled):
+        # The claims an earlier, lower count deleted left their volumes Released.
+        fresh_volumes(kube, NODES[0], released_only=True)
     if ensure_stack(workspace, kube, {"mlstack:database.replicas": instances}) or not (
         labelled_settled(labelled, instances)
     ):
