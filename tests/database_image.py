@@ -36,14 +36,19 @@ def entrypoint_module() -> dict[str, Any]:
     return runpy.run_path(str(BIN / "mlstack-database"), run_name="entry")
 
 
+def script_stand_in(folder: Path, name: str) -> Path:
+    """The image's script `name` in `folder`, run by this Python (the image's interpreter is not
+    here): its own, for the scripts that call it by name with `folder` first on their PATH."""
+    command = shlex.join([sys.executable, str(BIN / name)])
+    return stand_in(folder, name, f'#!/bin/sh\nexec {command} "$@"\n')
+
+
 def entrypoint_stand_in(folder: Path) -> Path:
-    """`mlstack-database` in `folder`: the image's own, run by this Python. The other scripts
+    """`mlstack-database` in `folder`: the image's own (script_stand_in). The other scripts
     call it by name: put `folder` first on their PATH. `mlstack-database-repository`, which
     the backups container calls, beside it."""
-    for name in ("mlstack-database-repository", "mlstack-database"):
-        command = shlex.join([sys.executable, str(BIN / name)])
-        found = stand_in(folder, name, f'#!/bin/sh\nexec {command} "$@"\n')
-    return found
+    script_stand_in(folder, "mlstack-database-repository")
+    return script_stand_in(folder, "mlstack-database")
 
 
 def roles_stand_in(folder: Path) -> Path:

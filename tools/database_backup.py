@@ -193,30 +193,21 @@ def repository_json(kubectl: Kubectl, pod: str, *args: str, timeout: float = 300
 @dataclass(frozen=True)
 class Owner:
     """The system identifiers of the local server's database and of the one the repository's
-    stanza is for (None: it does not answer, or there is no stanza)."""
+    stanza is for (None: it does not answer, or there is no stanza), and when they differ, what
+    to do about a repository of another database's (the image's words, for a message)."""
 
     database: str | None
     repository: str | None
+    advice: str | None
 
     @property
     def foreign(self) -> bool:
-        return self.repository is not None and self.database != self.repository
+        return self.advice is not None
 
 
 def repository_owner(kubectl: Kubectl, pod: str) -> Owner:
     found = repository_json(kubectl, pod, "owner")
-    return Owner(found.get("database"), found.get("repository"))
-
-
-def foreign_repository(stack: Stack, owner: Owner) -> str:
-    """What to do about a repository of another database's, for a message."""
-    return (
-        f"the backup repository holds another database's backups (system identifier "
-        f"{owner.repository}; this database's is {owner.database}): pgBackRest archives and backs "
-        f"up nothing of this one. `make restore STACK={stack.name} TIME=...` puts that database "
-        'back here; to keep this one, give the stack a repository of its own (README, "A '
-        'repository of another database")'
-    )
+    return Owner(found.get("database"), found.get("repository"), found.get("foreign"))
 
 
 def require_backups(stack: Stack, instances: Instances) -> None:
@@ -236,8 +227,8 @@ def backup(stack: Stack, kind: str) -> str:
     require_backups(stack, instances)
     primary = current_primary(instances.snapshot(), kubectl, "to back up")
     owner = repository_owner(kubectl, primary)
-    if owner.foreign:
-        raise BackupError(f"{foreign_repository(stack, owner)}; nothing was backed up")
+    if owner.advice is not None:
+        raise BackupError(f"{owner.advice}; nothing was backed up")
     run_backup(kubectl, primary, kind)
     return pgbackrest(kubectl, primary, "info")
 

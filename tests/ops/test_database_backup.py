@@ -59,9 +59,19 @@ MARK: Final = (
 )  # fmt: skip
 INFO_TEXT: Final = "stanza: mlstack\n    status: ok\n    full backup: 20261204-210000F\n"
 # What mlstack-database-repository answers in the backups container: the repository is the
-# database's own, and the timeline and backup to restore a time from.
-OWNED: Final = {"database": "7450000000000000001", "repository": "7450000000000000001"}
-FOREIGN: Final = {"database": "7450000000000000002", "repository": "7450000000000000001"}
+# database's own (or another's, and what to do: the image's words, which the tool repeats), and
+# the timeline and backup to restore a time from.
+OWNED: Final = {
+    "database": "7450000000000000001",
+    "repository": "7450000000000000001",
+    "foreign": None,
+}
+ADVICE: Final = "the backup repository holds another database's backups (...): what to do"
+FOREIGN: Final = {
+    "database": "7450000000000000002",
+    "repository": "7450000000000000001",
+    "foreign": ADVICE,
+}
 CHOSEN: Final = {"timeline": 3, "set": "20261204-203000F", "type": "time", "xid": None,
                  "backup_stop": 1796416200, "archive_end": None}  # fmt: skip
 
@@ -588,7 +598,9 @@ def test_a_repository_without_a_stanza_is_nothing_to_restore_from(
     fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fakes.restore_cluster(
-        repository={"owner": answer(json.dumps({"database": "1", "repository": None}))}
+        repository={
+            "owner": answer(json.dumps({"database": "1", "repository": None, "foreign": None}))
+        }
     )
     assert restore(capsys) == (
         1,
@@ -602,17 +614,13 @@ def test_a_repository_without_a_stanza_is_nothing_to_restore_from(
 def test_backup_refuses_a_repository_of_another_database_and_says_what_to_do(
     fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """pgBackRest would refuse it too, with a line that says nothing of what to do."""
+    """pgBackRest would refuse it too, with a line that says nothing of what to do. What to do
+    is the image's to say (mlstack-database-repository owner, as the backups container says
+    it: tests/services/test_database_repository.py)."""
     fakes.restore_cluster(repository={"owner": answer(json.dumps(FOREIGN))})
     code, out, err = run(capsys, "backup", "--stack", "prod")
     assert (code, out) == (1, "")
-    assert err == (
-        "backup: error: the backup repository holds another database's backups (system "
-        "identifier 7450000000000000001; this database's is 7450000000000000002): pgBackRest "
-        "archives and backs up nothing of this one. `make restore STACK=prod TIME=...` puts "
-        "that database back here; to keep this one, give the stack a repository of its own "
-        '(README, "A repository of another database"); nothing was backed up\n'
-    )
+    assert err == f"backup: error: {ADVICE}; nothing was backed up\n"
     assert fakes.changes() == [OWNER]
 
 

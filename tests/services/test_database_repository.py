@@ -34,6 +34,7 @@ from harness.processes import LocalServer
 from tests import database_image
 from tests.database_image import BIN, image_for
 from tests.services.support import throwaway_postgres
+from tests.stand_ins import stand_in
 
 # pgBackRest starts a recovery to a time from a backup that ended in an earlier second.
 SECOND: Final = 1.1
@@ -346,6 +347,42 @@ def test_a_restored_primary_gets_a_full_backup_of_its_own_at_once(
     assert (ready.status, ready.body) == (200, b"ready\n")
 
 
+def test_the_backups_container_s_round_reads_the_repository_once(
+    history: History, tmp_path: Path
+) -> None:
+    """`mlstack-database-repository status`, which the backups container runs each round: every
+    backup (the metrics), whose the repository is, and on the restored primary, the backups its
+    schedule counts (those of timeline 2: B0 and B1 are from before its restore), from one
+    `pgbackrest info`."""
+    calls = tmp_path / "pgbackrest-calls"
+    wrapper = stand_in(
+        tmp_path / "bin",
+        "pgbackrest",
+        f'#!/bin/sh\necho "$1" >> "{calls}"\nexec "{history.repository.command}" "$@"\n',
+    )
+    image = image_for(tmp_path / "image", history.server)
+    done = subprocess.run(
+        [str(image.stand_ins / "mlstack-database-repository"), "status"],
+        env={**image.env, "PATH": os.pathsep.join((str(wrapper.parent), image.env["PATH"]))},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    info = json.loads(history.repository("info", "--output=json"))[0]
+    own = str(info["db"][0]["system-id"])
+    [[local]] = query(history.server.dsn(), "SELECT system_identifier FROM pg_control_system()")
+    assert str(local) == own
+    assert json.loads(done.stdout) == {
+        "database": own,
+        "repository": own,
+        "foreign": None,
+        "backups": info["backup"],
+        "primary": True,
+        "bases": [b for b in info["backup"] if b["archive"]["stop"].startswith("00000002")],
+        "bases_error": None,
+    }
+    assert calls.read_text().splitlines().count("info") == 1
+
+
 def former_repository(history: History, server: PostgresServer) -> Repository:
     """A copy of the history's repository for `server`, a database made anew: the former
     database's backups, as a bucket that outlived its stack holds them."""
@@ -375,7 +412,8 @@ def test_a_repository_of_another_database_is_told_until_it_has_one_of_its_own(
         )  # fmt: skip
         own = str(query(server.dsn(), "SELECT system_identifier FROM pg_control_system()")[0][0])
         repository = str(former["db"][0]["system-id"])
-        assert json.loads(owner.stdout) == {"database": own, "repository": repository}
+        told = json.loads(owner.stdout)
+        assert (told["database"], told["repository"]) == (own, repository)
         container = backups_container(server, other, tmp_path)
         try:
             container.wait_ready()
@@ -422,6 +460,8 @@ def test_a_repository_of_another_database_is_told_until_it_has_one_of_its_own(
     )
     assert "`make restore STACK=<stack> TIME=...` puts that database back here" in unready
     assert unready in container.log_path.read_text()
+    # `make backup` says the same (tools/database_backup.py prints `owner`'s words).
+    assert told["foreign"] + "\n" == unready
 
 
 def test_a_database_made_anew_gets_the_former_one_back_from_its_repository(

@@ -47,6 +47,7 @@ from tests.database_image import (
     entrypoint_module,
     password_files,
     pod_variables,
+    script_stand_in,
     write_secret_volume,
 )
 from tests.manifests import container, env
@@ -755,8 +756,8 @@ def test_the_backups_container_stops_at_once_on_sigterm(tmp_path: Path) -> None:
     (not PID 1) a missing handler shows as death by the signal instead of exit status 0."""
     stand_ins = tmp_path / "bin"
     for name, body in (
-        # --backup-config: pgBackRest's file; --is-primary: no, so no backup is due here.
-        ("mlstack-database", '[ "$1" != --is-primary ]'),
+        # --backup-config: pgBackRest's file; --psql: no server, so no backup is due here.
+        ("mlstack-database", '[ "$1" = --backup-config ]'),
         ("pgbackrest", "echo '[]'"),  # `info`: an empty repository
     ):
         stand_in(stand_ins, name, f"#!/bin/sh\n{body}\n")
@@ -780,7 +781,9 @@ def test_the_backups_container_stops_at_once_on_sigterm(tmp_path: Path) -> None:
 
 def start_backups(tmp_path: Path, stand_ins: Path, **env: str) -> tuple[LocalProcess, int]:
     """The backups container's program, started with the stand-ins in `stand_ins` first on its
-    PATH, its own settings and `env`; with the port of its /metrics."""
+    PATH (and beside them the image's own mlstack-database-repository, which reads what they
+    answer), its own settings and `env`; with the port of its /metrics."""
+    script_stand_in(stand_ins, "mlstack-database-repository")
     port = free_port()
     settings = {**backups_own_env(), "METRICS_PORT": str(port), **env}
     sidecar = LocalProcess(
@@ -790,6 +793,34 @@ def start_backups(tmp_path: Path, stand_ins: Path, **env: str) -> tuple[LocalPro
         env=env_first_on_path(stand_ins, **settings),
     ).start()
     return sidecar, port
+
+
+# The local server's database's system identifier, as the stand-ins tell it.
+SYSTEM_ID: Final = "7450000000000000001"
+
+
+def primary_stand_in(stand_ins: Path) -> None:
+    """`mlstack-database` on a primary of timeline 1: what the local server answers
+    mlstack-database-repository (its system identifier and the WAL file it writes); any other
+    call (--backup-config, the archive's question) succeeds and prints nothing."""
+    stand_in(
+        stand_ins,
+        "mlstack-database",
+        f'#!/bin/sh\ncase "$*" in *pg_control_system*) echo "{SYSTEM_ID}|'
+        '000000010000000000000003" ;; esac\n',
+    )
+
+
+def repository_info(*backups: str) -> str:
+    """`pgbackrest info --output=json` of a stanza made for SYSTEM_ID's database, with
+    `backups` (each a JSON object's text)."""
+    stanza = {
+        "name": "mlstack",
+        "db": [{"id": 1, "system-id": int(SYSTEM_ID), "version": "17"}],
+        "archive": [{"database": {"id": 1}, "id": "17-1"}],
+        "backup": [],
+    }
+    return json.dumps([stanza]).replace('"backup": []', f'"backup": [{", ".join(backups)}]')
 
 
 def metric(port: int, name: str, **labels: str) -> float | None:
@@ -811,7 +842,7 @@ def test_the_archive_s_metrics_are_absent_while_the_local_server_does_not_answer
     metrics go on (tests/services/test_database_scripts.py reads them from a real server)."""
     calls = tmp_path / "calls"
     stand_ins = tmp_path / "bin"
-    # --backup-config succeeds; --is-primary and --psql find no server.
+    # --backup-config succeeds; --psql finds no server.
     stand_in(
         stand_ins,
         "mlstack-database",
@@ -842,11 +873,14 @@ def test_a_backup_with_page_checksum_errors_counts_for_the_schedule(tmp_path: Pa
     for when the next backup is due; the metrics still tell it apart from a good one."""
     calls = tmp_path / "pgbackrest-calls"
     stand_ins = tmp_path / "bin"
-    # On the primary; the repository's one backup is a full one that ended a moment ago.
-    stand_in(stand_ins, "mlstack-database", "#!/bin/sh\nexit 0\n")
-    info = (
-        '[{"name": "mlstack", "backup": [{"label": "20261204-210000F", "type": "full", '
-        '"error": true, "timestamp": {"start": %s, "stop": %s}}]}]'
+    # On the primary; the repository's one backup is a full one of its timeline that ended a
+    # moment ago.
+    primary_stand_in(stand_ins)
+    info = repository_info(
+        '{"label": "20261204-210000F", "type": "full", "error": true, '
+        '"timestamp": {"start": %s, "stop": %s}, "database": {"id": 1}, '
+        '"archive": {"start": "000000010000000000000002", "stop": "000000010000000000000002"}, '
+        '"lsn": {"start": "0/2000028", "stop": "0/2000138"}}'
     )
     stand_in(
         stand_ins,
@@ -877,13 +911,12 @@ def test_a_backup_past_its_timeout_is_stopped_and_counted_as_failed(tmp_path: Pa
     calls = tmp_path / "pgbackrest-calls"
     stand_ins = tmp_path / "bin"
     # On the primary; an empty repository, so a full backup is due, and it hangs.
-    stand_in(stand_ins, "mlstack-database", "#!/bin/sh\nexit 0\n")
-    stand_in(stand_ins, "mlstack-database-repository", '#!/bin/sh\necho "[]"\n')
+    primary_stand_in(stand_ins)
     stand_in(
         stand_ins,
         "pgbackrest",
         f'#!/bin/sh\necho "$*" >> "{calls}"\n'
-        '[ "$1" != info ] || { echo \'[{"name": "mlstack", "backup": []}]\'; exit 0; }\n'
+        f"[ \"$1\" != info ] || {{ echo '{repository_info()}'; exit 0; }}\n"
         '[ "$1" != backup ] || exec sleep 30\n',
     )
     sidecar, port = start_backups(
