@@ -6,7 +6,9 @@ timeline the database was on at a time and a backup of that timeline's history, 
 One history for the module, as the application lived it: rows written around two full
 backups, the database restored to a time between them (a restore abandons what came after
 that time, and a new timeline begins), rows written since. Each restore of a test goes to a
-server of its own, which archives nothing: the history stays as it was for the others.
+server of its own, which archives nothing: the history stays as it was for the others. A
+second one keeps one full backup: the backup after a restore expires the one before, and the
+WAL from before it, the restored timeline's first commits with it.
 """
 
 from __future__ import annotations
@@ -140,48 +142,62 @@ class History:
     times: dict[str, str]
 
 
-@pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
-    """On timeline 1: a0, backup B0, a1; T1; b0, b1; backup B1; c0; T2; c1. The database
-    restored to T1 (timeline 2: a0 and a1 alone), then d0; T3; d1."""
+def archiving(server: PostgresServer, *, retention_full: int = 9) -> Repository:
+    """A repository `server` archives to (its stanza made), keeping `retention_full` full
+    backups; the table `events` made."""
     try:
         pgbackrest_program()
     except RuntimeError as missing:
         pytest.fail(str(missing), pytrace=False)
+    repository = Repository(server, retention_full=retention_full)
+    repository.archive_server()
+    query(
+        server.dsn(),
+        "CREATE TABLE events (name text PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+    )
+    return repository
+
+
+def full_backup(repository: Repository) -> str:
+    """A full backup, as the backups container takes it (pgBackRest then expires what the
+    retention no longer keeps): its label. Returns a second after it ended, so that a time
+    after it is in a later second than its stop."""
+    repository("backup", "--type=full")
+    found = json.loads(repository("info", "--output=json"))[0]["backup"]
+    time.sleep(SECOND)
+    return str(found[-1]["label"])
+
+
+def restore_in_place(server: PostgresServer, repository: Repository, moment: str) -> None:
+    """`server`'s database restored to `moment`, as `make restore` does (its data before moved
+    aside): a new timeline begins."""
+    repository("check")
+    server.stop()
+    server.data.rename(server.data.with_name("data.before-restore"))
+    restore_into(server, repository, request_for(repository, moment), server.base / "request")
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
+    """On timeline 1: a0, backup B0, a1; T1; b0, b1; backup B1; c0; T2; c1. The database
+    restored to T1 (timeline 2: a0 and a1 alone), then d0; T3; d1."""
     with throwaway_postgres() as server:
-        repository = Repository(server)
-        repository.archive_server()
-        query(
-            server.dsn(),
-            "CREATE TABLE events (name text PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
-        )
+        repository = archiving(server)
         times: dict[str, str] = {}
         backups: dict[str, str] = {}
-
-        def backup(name: str) -> None:
-            repository("backup", "--type=full")
-            found = json.loads(repository("info", "--output=json"))[0]["backup"]
-            backups[name] = found[-1]["label"]
-            time.sleep(SECOND)
-
         write(server, "a0")
-        backup("B0")
+        backups["B0"] = full_backup(repository)
         write(server, "a1")
         times["T1"] = now(server)
         write(server, "b0")
         time.sleep(SECOND)
         times["between"] = now(server)
         write(server, "b1")
-        backup("B1")
+        backups["B1"] = full_backup(repository)
         write(server, "c0")
         times["T2"] = now(server)
         write(server, "c1")
-        repository("check")
-        server.stop()
-        server.data.rename(server.data.with_name("data.before-restore"))
-        restore_into(
-            server, repository, request_for(repository, times["T1"]), server.base / "request"
-        )
+        restore_in_place(server, repository, times["T1"])
         assert wrote(server) == ["a0", "a1"]
         write(server, "d0")
         times["T3"] = now(server)
@@ -247,13 +263,18 @@ def test_a_backup_is_one_to_start_from_once_a_second_after_the_one_it_ended_in(
     assert chosen(history.repository, moment)["set"] == history.backups[backup]
 
 
-def test_no_backup_before_the_time_is_refused_with_what_there_is(history: History) -> None:
+def test_a_time_before_every_backup_is_refused_with_the_oldest_time_to_restore(
+    history: History,
+) -> None:
+    found = json.loads(history.repository("info", "--output=json"))[0]["backup"]
+    [stop] = [b["timestamp"]["stop"] for b in found if b["label"] == history.backups["B0"]]
+    reach = dt.datetime.fromtimestamp(stop + 1, dt.UTC).isoformat(timespec="microseconds")
     done = choose(history.repository, "2000-01-01 00:00:00+00:00")
     assert done.returncode == 1
     assert done.stderr.startswith(
-        "mlstack-database-repository: no backup to restore 2000-01-01T00:00:00.000000+00:00 "
-        "from: the database was then on timeline 1 (from the database's start), and no backup "
-        "of its history ended before that second (the first ended "
+        "mlstack-database-repository: 2000-01-01T00:00:00.000000+00:00 is before the oldest time "
+        f"a restore can reach, {reach}: a second after the oldest good backup the repository "
+        f"keeps, {history.backups['B0']}, ended "
     )
 
 
@@ -304,6 +325,80 @@ def test_a_time_after_a_timeline_s_last_commit_restores_all_its_archive_holds(
     finally:
         server.destroy()
     assert reason.splitlines()[-1].split("\t")[2] == f"after transaction {answer['xid']}"
+
+
+# --- after retention expired the oldest backups ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def expired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
+    """One full backup kept. On timeline 1: a0, backup E0, a1; T1; b0. The database restored to
+    T1 (timeline 2), then c0; `gone`; a switch to the next WAL segment; backup E1, after which
+    pgBackRest expires E0 and the WAL from before E1's start: timeline 1's, and timeline 2's
+    first segment, c0's; `kept`, after E1 ended; d0, the first commit of timeline 2 left in its
+    archive. No autovacuum: nothing else commits between E1's start and d0."""
+    with throwaway_postgres() as server:
+        query(server.dsn(), "ALTER SYSTEM SET autovacuum = off")
+        repository = archiving(server, retention_full=1)
+        times: dict[str, str] = {}
+        backups: dict[str, str] = {}
+        write(server, "a0")
+        backups["E0"] = full_backup(repository)
+        write(server, "a1")
+        times["T1"] = now(server)
+        write(server, "b0")
+        restore_in_place(server, repository, times["T1"])
+        write(server, "c0")
+        times["gone"] = now(server)
+        server.next_wal_segment()
+        backups["E1"] = full_backup(repository)
+        times["kept"] = now(server)
+        write(server, "d0")
+        repository("check")
+        info = json.loads(repository("info", "--output=json"))[0]
+        [kept] = info["backup"]
+        assert kept["label"] == backups["E1"]
+        # The archive begins where E1 does: nothing of timeline 1, nor c0.
+        assert info["archive"][0]["min"] == kept["archive"]["start"]
+        assert kept["archive"]["start"].startswith("00000002")
+        yield History(server, repository, backups, times)
+
+
+def moment_text(moment: str) -> str:
+    """A time asked for, as mlstack-database-repository's messages write it."""
+    return dt.datetime.fromisoformat(moment + ":00").isoformat(timespec="microseconds")
+
+
+def test_a_time_after_a_kept_backup_of_a_timeline_whose_first_commits_expired_is_on_it(
+    expired: History, tmp_path: Path
+) -> None:
+    """E1 ended on timeline 2 before `kept`: timeline 2 was live then, though the first commit
+    its archive still holds, d0, came later. Before: timeline 2 was known by that commit alone,
+    so `kept` was taken for timeline 1's (which holds no backup left), and refused."""
+    answer = chosen(expired.repository, expired.times["kept"])
+    assert (answer["timeline"], answer["set"], answer["type"]) == (2, expired.backups["E1"], "time")
+    assert restored(expired, expired.times["kept"], tmp_path) == ["a0", "a1", "c0"]
+
+
+def test_a_time_before_the_oldest_backup_kept_is_refused_with_the_oldest_time_to_restore(
+    expired: History,
+) -> None:
+    """`gone` was on timeline 2, whose WAL from then is expired: no restore reaches it. The
+    oldest time one reaches is a second after E1's stop (pgBackRest starts from a backup that
+    ended in an earlier second). Before: the refusal said the database was then on timeline 1,
+    from its start."""
+    [kept] = json.loads(expired.repository("info", "--output=json"))[0]["backup"]
+    reach = dt.datetime.fromtimestamp(kept["timestamp"]["stop"] + 1, dt.UTC)
+    done = choose(expired.repository, expired.times["gone"])
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"mlstack-database-repository: {moment_text(expired.times['gone'])} is before the "
+        f"oldest time a restore can reach, {reach.isoformat(timespec='microseconds')}: a "
+        f"second after the oldest good backup the repository keeps, {expired.backups['E1']}, "
+        "ended (pgBackRest starts a restore to a time from a backup that ended in an earlier "
+        "second than the time's; retention expires older backups, and the WAL from before the "
+        "oldest it keeps)\n"
+    )
 
 
 # --- the backups container ------------------------------------------------------------------------
