@@ -168,6 +168,17 @@ def full_backup(repository: Repository) -> str:
     return str(found[-1]["label"])
 
 
+def timeline_one(server: PostgresServer, repository: Repository, backup: str) -> History:
+    """What both histories begin with, on timeline 1: a0, full backup `backup`, a1; T1; b0."""
+    history = History(server, repository, {}, {})
+    write(server, "a0")
+    history.backups[backup] = full_backup(repository)
+    write(server, "a1")
+    history.times["T1"] = now(server)
+    write(server, "b0")
+    return history
+
+
 def restore_in_place(server: PostgresServer, repository: Repository, moment: str) -> None:
     """`server`'s database restored to `moment`, as `make restore` does (its data before moved
     aside): a new timeline begins."""
@@ -182,14 +193,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
     """On timeline 1: a0, backup B0, a1; T1; b0, b1; backup B1; c0; T2; c1. The database
     restored to T1 (timeline 2: a0 and a1 alone), then d0; T3; d1."""
     with throwaway_postgres() as server:
-        repository = archiving(server)
-        times: dict[str, str] = {}
-        backups: dict[str, str] = {}
-        write(server, "a0")
-        backups["B0"] = full_backup(repository)
-        write(server, "a1")
-        times["T1"] = now(server)
-        write(server, "b0")
+        history = timeline_one(server, archiving(server), "B0")
+        repository, backups, times = history.repository, history.backups, history.times
         time.sleep(SECOND)
         times["between"] = now(server)
         write(server, "b1")
@@ -203,7 +208,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         times["T3"] = now(server)
         write(server, "d1")
         repository("check")
-        yield History(server, repository, backups, times)
+        yield history
 
 
 def restored(history: History, moment: str, tmp_path: Path) -> list[str]:
@@ -339,14 +344,8 @@ def expired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
     archive. No autovacuum: nothing else commits between E1's start and d0."""
     with throwaway_postgres() as server:
         query(server.dsn(), "ALTER SYSTEM SET autovacuum = off")
-        repository = archiving(server, retention_full=1)
-        times: dict[str, str] = {}
-        backups: dict[str, str] = {}
-        write(server, "a0")
-        backups["E0"] = full_backup(repository)
-        write(server, "a1")
-        times["T1"] = now(server)
-        write(server, "b0")
+        history = timeline_one(server, archiving(server, retention_full=1), "E0")
+        repository, backups, times = history.repository, history.backups, history.times
         restore_in_place(server, repository, times["T1"])
         write(server, "c0")
         times["gone"] = now(server)
@@ -361,7 +360,7 @@ def expired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         # The archive begins where E1 does: nothing of timeline 1, nor c0.
         assert info["archive"][0]["min"] == kept["archive"]["start"]
         assert kept["archive"]["start"].startswith("00000002")
-        yield History(server, repository, backups, times)
+        yield history
 
 
 def moment_text(moment: str) -> str:
