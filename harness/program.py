@@ -126,6 +126,11 @@ class Registered:
     providers: dict[str, str] = field(default_factory=dict)
     # How long the engine waits for each operation the program gave a time for (`create`, ...).
     custom_timeouts: dict[str, str] = field(default_factory=dict)
+    # Its URN, as the engine builds it (`engine_urn`), and the URNs a `pulumi up` takes for its
+    # former ones, whose state it moves to this one: its aliases', and those its parent's
+    # aliases give it.
+    urn: str = ""
+    former_urns: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -275,22 +280,75 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return {}
 
 
+# The type of the stack's own resource, which the engine leaves out of its children's URNs.
+ROOT_STACK_TYPE: Final = "pulumi:pulumi:Stack"
+
+
+def engine_urn(parent: str, type_: str, name: str, stack: str, project: str) -> str:
+    """The URN the engine gives resource `name` of `type_` under `parent` (a URN, or "" for
+    none): its type qualified by every ancestor's but the stack's, `<outer>$<inner>$<type>`.
+    The standard mock monitor qualifies it by the parent's own type alone, and by the stack's."""
+    qualified = type_
+    if parent:
+        parent_type = parent.split("::")[2]
+        if parent_type != ROOT_STACK_TYPE:
+            qualified = f"{parent_type}${type_}"
+    return f"urn:pulumi:{stack}::{project}::{qualified}::{name}"
+
+
 class MonitorWithoutReferences(mocks.MockMonitor):
     """The standard mock monitor, but resources passed to other resources (a remote component's
     inputs, say) travel as their IDs and URNs rather than as references: rebuilding referenced
     resources spawns tasks on the event loop of a run that is ending, which hangs or breaks the
     next run in the same process. It also keeps, by resource, the URNs of the resources each
-    one waits for and the providers it was given by package."""
+    one waits for and the providers it was given by package, and gives each resource the URN the
+    engine would (`engine_urn`), keeping its former URNs (`Registered.former_urns`)."""
 
     def __init__(self, recorder: RecordingMocks) -> None:
         super().__init__(recorder)
         self.dependencies: dict[tuple[str, str], list[str]] = {}
         self.providers: dict[tuple[str, str], dict[str, str]] = {}
+        self.urns: dict[tuple[str, str], str] = {}
+        self.former_urns: dict[str, set[str]] = {}
+
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        return engine_urn(parent, type_, name, pulumi.get_stack(), pulumi.get_project())
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
-        self.dependencies[(request.type, request.name)] = list(request.dependencies)
-        self.providers[(request.type, request.name)] = dict(request.providers)
+        key = (request.type, request.name)
+        self.dependencies[key] = list(request.dependencies)
+        self.providers[key] = dict(request.providers)
+        urn = self.make_urn(request.parent, request.type, request.name)
+        self.urns[key] = urn
+        self.former_urns[urn] = self._former_urns(request) - {urn}
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
+
+    def _former_urns(self, request: Any) -> set[str]:
+        """The URNs the engine takes as `request`'s resource's former ones: each alias, under
+        each URN its parent has had when the alias keeps the parent, and the resource's own
+        name and type under its parent's former URNs."""
+        stack, project = pulumi.get_stack(), pulumi.get_project()
+        parents = {request.parent, *self.former_urns.get(request.parent, ())}
+        found = {engine_urn(p, request.type, request.name, stack, project) for p in parents}
+        found.update(request.aliasURNs)
+        for alias in request.aliases:
+            if alias.WhichOneof("alias") == "urn":
+                found.add(alias.urn)
+                continue
+            spec = alias.spec
+            # No parent, the one it names, else the resource's own (an empty parentUrn too).
+            under = {""} if spec.noParent else {spec.parentUrn} if spec.parentUrn else parents
+            found.update(
+                engine_urn(
+                    parent,
+                    spec.type or request.type,
+                    spec.name or request.name,
+                    spec.stack or stack,
+                    spec.project or project,
+                )
+                for parent in under
+            )
+        return found
 
     def SupportsFeature(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
         if request.id == "resourceReferences":
@@ -494,6 +552,8 @@ def _run(
         waited = monitor.dependencies.get((resource.type, resource.name), [])
         resource.waits_for = [_type_and_name(urn) for urn in waited]
         resource.providers = monitor.providers.get((resource.type, resource.name), {})
+        resource.urn = monitor.urns.get((resource.type, resource.name), "")
+        resource.former_urns = sorted(monitor.former_urns.get(resource.urn, ()))
         opts = options.get((resource.type, resource.name))
         if opts is not None:
             resource.protect = bool(opts.protect)
