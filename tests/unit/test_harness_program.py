@@ -39,3 +39,31 @@ def test_a_stack_file_with_the_secrets_make_up_wrote_runs_with_the_test_secrets(
     run = run_program("dev")
     gateway = run.one("Secret", "gateway").inputs["stringData"]
     assert gateway["api-key"] == TEST_SECRETS["mlstack:apiKey"]
+
+
+def test_urns_are_the_engine_s_with_what_aliases_carry_over(tmp_path: Path) -> None:
+    """A resource's type qualified by every ancestor's but the stack's, and as former URNs its
+    aliases' and those its parent's aliases give it (tests/unit/test_deployed_stacks.py)."""
+    source = tmp_path / "__main__.py"
+    source.write_text(
+        "import pulumi\n"
+        "class Part(pulumi.ComponentResource):\n"
+        "    def __init__(self, name, opts=None):\n"
+        "        super().__init__('test:index:Part', name, None, opts)\n"
+        "outer = Part('outer', pulumi.ResourceOptions(aliases=[pulumi.Alias(name='old')]))\n"
+        "middle = Part('middle', pulumi.ResourceOptions(parent=outer))\n"
+        "moved = pulumi.ResourceOptions(parent=middle, aliases=[pulumi.Alias(parent=None)])\n"
+        "Part('inner', moved)\n"
+    )
+    run = run_program("dev", program=source)
+    found = {r.name: (r.urn, r.former_urns) for r in run.resources}
+    prefix = f"urn:pulumi:dev::{program.PROJECT}::"
+    part = "test:index:Part"
+    assert found == {
+        "outer": (f"{prefix}{part}::outer", [f"{prefix}{part}::old"]),
+        "middle": (f"{prefix}{part}${part}::middle", []),
+        "inner": (
+            f"{prefix}{part}${part}${part}::inner",
+            [f"{prefix}{part}::inner"],
+        ),
+    }
