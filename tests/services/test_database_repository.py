@@ -447,20 +447,29 @@ def test_the_backups_container_s_round_reads_the_repository_once(
     """`mlstack-database-repository status`, which the backups container runs each round: every
     backup (the metrics), whose the repository is, and on the restored primary, the backups its
     schedule counts (those of timeline 2: B0 and B1 are from before its restore), from one
-    `pgbackrest info`."""
-    calls = tmp_path / "pgbackrest-calls"
+    `pgbackrest info`, with nothing in its temporary folder while it runs (the container,
+    stopped, kills the run it waits for: what it had made there would stay)."""
+    calls, seen = tmp_path / "pgbackrest-calls", tmp_path / "temporary-files"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     wrapper = stand_in(
         tmp_path / "bin",
         "pgbackrest",
-        f'#!/bin/sh\necho "$1" >> "{calls}"\nexec "{history.repository.command}" "$@"\n',
+        f'#!/bin/sh\necho "$1" >> "{calls}"\nls -A "$TMPDIR" >> "{seen}"\n'
+        f'exec "{history.repository.command}" "$@"\n',
     )
     image = image_for(tmp_path / "image", history.server)
     done = subprocess.run(
         [str(image.stand_ins / "mlstack-database-repository"), "status"],
-        env={**image.env, "PATH": os.pathsep.join((str(wrapper.parent), image.env["PATH"]))},
+        env={
+            **image.env,
+            "PATH": os.pathsep.join((str(wrapper.parent), image.env["PATH"])),
+            "TMPDIR": str(scratch),
+        },
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert seen.read_text() == ""
     info = json.loads(history.repository("info", "--output=json"))[0]
     own = str(info["db"][0]["system-id"])
     [[local]] = query(history.server.dsn(), "SELECT system_identifier FROM pg_control_system()")
