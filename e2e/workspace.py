@@ -69,10 +69,17 @@ class PulumiWorkspace:
     def home(self) -> Path:
         return self.root / "pulumi-home"
 
+    @property
+    def temporary_dir(self) -> Path:
+        """The runs' TMPDIR: the Kubernetes provider writes a kubeconfig file there at each run
+        and leaves it; here it goes with the session's folder."""
+        return self.root / "tmp"
+
     def create(self) -> None:
         self.project_dir.mkdir(parents=True)
         self.backend_dir.mkdir()
         self.home.mkdir()
+        self.temporary_dir.mkdir()
         for name in PROJECT_FILES:
             if (ROOT / name).exists():
                 shutil.copy2(ROOT / name, self.project_dir / name)
@@ -104,6 +111,7 @@ class PulumiWorkspace:
                 "PULUMI_DISABLE_CHECKPOINT_BACKUPS": "true",
                 # Nothing the suite runs may reach any cluster but the throwaway one.
                 "KUBECONFIG": str(self.kubeconfig),
+                "TMPDIR": str(self.temporary_dir),
                 "NO_COLOR": "1",
             }
         )
