@@ -204,9 +204,14 @@ class Image:
         entrypoint_stand_in(stand_ins)
         roles_stand_in(stand_ins)
         self.stand_ins = stand_ins
+        # The container's own /tmp: the roles script's lock file, the repository script's
+        # scratch folders; not the machine's.
+        temporary = root / "tmp"
+        temporary.mkdir()
         self.env = {
             **os.environ,
             "PATH": os.pathsep.join((str(stand_ins), str(postgres_bindir()), os.environ["PATH"])),
+            "TMPDIR": str(temporary),
             "PATRONI_CONFIG_TEMPLATE": str(self.template),
             **password_files(self.secrets),
         }
