@@ -302,7 +302,12 @@ class StackConfig:
         account, an endpoint's bucket): its project's and its own, `mlstack-prod`. Two copies of
         mlstack named apart give their `prod` stacks names apart there (README, "Copying
         mlstack"); for this project's stacks it is what it always was."""
-        return f"{self.project}-{self.stack}"
+        return qualified_name(self.project, self.stack)
+
+
+def qualified_name(project: str, stack: str) -> str:
+    """`<project>-<stack>`: StackConfig.qualified_name, for what needs it before one exists."""
+    return f"{project}-{stack}"
 
 
 # Every key the program understands, with the sub-keys of the structured ones.
@@ -1080,7 +1085,7 @@ def _check_cloud_names(cluster: ClusterConfig, project: str, stack: str) -> None
     if cluster.provider not in _CLOUD_NAMES:
         return
     pattern, characters, longest, why = _CLOUD_NAMES[cluster.provider]
-    name = f"{project}-{stack}"
+    name = qualified_name(project, stack)
     if not pattern.match(name) or len(name) > longest:
         raise ConfigError(
             f"stack {stack!r} of project {project!r}: on {cluster.provider} its cloud resources "
@@ -1091,7 +1096,7 @@ def _check_cloud_names(cluster: ClusterConfig, project: str, stack: str) -> None
 
 def _parse_namespace(raw: object, project: str, stack: str) -> str:
     given = raw not in (None, "")
-    namespace = raw if given else f"{project}-{stack}"
+    namespace = raw if given else qualified_name(project, stack)
     if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
         raise _fail(
             "namespace",
@@ -1121,13 +1126,7 @@ def _refuse_original_namespace() -> None:
     project = config_namespace()
     if project == ORIGINAL_PROJECT:
         return
-    stale = sorted(
-        {
-            key.partition(":")[2].removeprefix("config:")
-            for key in _engine_config()
-            if key.partition(":")[0] == ORIGINAL_PROJECT
-        }
-    )
+    stale = sorted(project_values(_engine_config(), ORIGINAL_PROJECT))
     if stale:
         raise ConfigError(
             f"{ORIGINAL_PROJECT}:{stale[0]}: this project is named {project} (Pulumi.yaml), so "

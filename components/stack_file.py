@@ -17,9 +17,12 @@ import functools
 import json
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import yaml
+
+# A config value of any type, kept as it is.
+_V = TypeVar("_V")
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 PROJECT_FILE: Final = "Pulumi.yaml"
@@ -33,6 +36,13 @@ def project_name(root: Path = ROOT) -> str:
     as the CLI gives it to the program (`pulumi.get_project()`)."""
     document = yaml.safe_load((root / PROJECT_FILE).read_text()) or {}
     return str(document["name"])
+
+
+def in_project(values: Mapping[str, _V], project: str | None = None) -> dict[str, _V]:
+    """`values` by their config keys in `project`'s namespace (this project's by default):
+    `project_values`' inverse, for a stack file or the engine's config."""
+    namespace = project_name() if project is None else project
+    return {f"{namespace}:{key}": value for key, value in values.items()}
 
 
 def stacks(root: Path = ROOT) -> list[str]:

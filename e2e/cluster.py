@@ -34,6 +34,7 @@ from components.config import (
     BACKUP_S3_ACCESS_KEY,
     BACKUP_S3_SECRET_KEY,
     GENERATED_SECRETS,
+    qualified_name,
 )
 from e2e.controlplane import ControlPlane, toolchain_bin
 from e2e.images import ImageRefs, Images
@@ -45,7 +46,7 @@ from tools import stack_secrets
 
 STACK: Final = "e2e"
 # The program's default namespace for the stack: `<project>-<stack>`.
-NAMESPACE: Final = f"{stack_file.project_name()}-{STACK}"
+NAMESPACE: Final = qualified_name(stack_file.project_name(), STACK)
 CLAIM: Final = database.claim_name(0)
 # Every claim the stack's database instances can have: a local volume waits for each.
 CLAIMS: Final = tuple(database.claim_name(i) for i in range(database.MAX_REPLICAS))
@@ -82,7 +83,7 @@ def backup_secrets(s3: S3Server) -> dict[str, str]:
         BACKUP_S3_ACCESS_KEY: s3.access_key,
         BACKUP_S3_SECRET_KEY: s3.secret_key,
     }
-    return {f"{stack_file.project_name()}:{key}": value for key, value in values.items()}
+    return stack_file.in_project(values)
 
 
 # `make e2e-cluster`'s model: scaled by its HorizontalPodAutoscaler on the node's metrics-server,
@@ -123,7 +124,7 @@ def stack_config(
         "model": dict(model),
         "database": database_config,
     }
-    return {f"{stack_file.project_name()}:{key}": value for key, value in values.items()}
+    return stack_file.in_project(values)
 
 
 def unfinished_rollouts(plane: ControlPlane) -> list[str]:
@@ -290,11 +291,13 @@ def push_teardown_of(stack: contextlib.ExitStack, workdir: Path, left: list[str]
 def random_secrets() -> dict[str, str]:
     """The stack's secrets for `make e2e-cluster`: drawn afresh, as `make stack` draws them (but
     the backups' cipher, which backup_secrets gives)."""
-    drawn = {
-        f"{stack_file.project_name()}:{name}": stack_secrets.generate()
-        for name in GENERATED_SECRETS
-        if name != BACKUP_CIPHER_SECRET
-    }
+    drawn = stack_file.in_project(
+        {
+            name: stack_secrets.generate()
+            for name in GENERATED_SECRETS
+            if name != BACKUP_CIPHER_SECRET
+        }
+    )
     # The passwords end with what a URL or a password file gives a meaning to, as the base64
     # passwords the README's commands make may have.
     return {key: value + "/@:%+=?" if "Password" in key else value for key, value in drawn.items()}

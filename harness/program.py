@@ -49,7 +49,7 @@ TEST_SECRET_VALUES: Final = {
 
 def secrets_of(project: str) -> dict[str, str]:
     """TEST_SECRET_VALUES as `project`'s config keys."""
-    return {f"{project}:{key}": value for key, value in TEST_SECRET_VALUES.items()}
+    return stack_file.in_project(TEST_SECRET_VALUES, project)
 
 
 TEST_SECRETS: Final = secrets_of(PROJECT)
@@ -61,9 +61,16 @@ OIDC_ISSUER: Final = "oidc.eks.eu-west-1.amazonaws.com/id/0123456789ABCDEF012345
 API_SERVER: Final = ("198.51.100.7", 6443)
 # Where the mocks send what the program logs through `pulumi.log` (it propagates as usual).
 ENGINE_LOG: Final = logging.getLogger("harness.engine")
+
+
 # The stack secrets the program reads, as config keys: `pulumi config set --secret` stores each one
 # encrypted, and the engine hands it to the program as a secret.
-STACK_SECRETS: Final = frozenset(f"{PROJECT}:{key}" for key in SECRET_KEYS)
+def stack_secrets_of(project: str) -> frozenset[str]:
+    """SECRET_KEYS as `project`'s config keys."""
+    return frozenset(stack_file.in_project(dict.fromkeys(SECRET_KEYS), project))
+
+
+STACK_SECRETS: Final = stack_secrets_of(PROJECT)
 # How the SDK marks a secret value inside the inputs it sends (pulumi.runtime.rpc).
 SECRET_SIGNATURE: Final = ("4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270")
 
@@ -429,7 +436,7 @@ def run_program(
     values = dict(stack_config(stack) if config is None else config)
     if with_secrets:
         values = {**secrets_of(project), **values}
-    stack_secrets = {f"{project}:{key}" for key in SECRET_KEYS}
+    stack_secrets = stack_secrets_of(project)
     secret_keys = [key for key in values if key in stack_secrets and key not in plaintext]
     _ensure_event_loop()
     engine_log = EngineLog()
