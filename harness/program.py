@@ -336,7 +336,7 @@ class MonitorWithoutReferences(mocks.MockMonitor):
         name and type under its parent's former URNs."""
         stack, project = pulumi.get_stack(), pulumi.get_project()
         parents = {request.parent, *self.former_urns.get(request.parent, ())}
-        found = {engine_urn(p, request.type, request.name, stack, project) for p in parents}
+        found = {self.make_urn(p, request.type, request.name) for p in parents}
         found.update(request.aliasURNs)
         for alias in request.aliases:
             if alias.WhichOneof("alias") == "urn":

@@ -261,11 +261,10 @@ def differences(stack: str, recorded: dict[str, Any], run: ProgramRun) -> list[s
     return found
 
 
-def write(names: Iterable[str] | None = None) -> list[Path]:
-    """Write the record of each stack file (or of `names`), and remove those of stack files
-    that are gone."""
+def write() -> list[Path]:
+    """Write the record of each stack file, and remove those of stack files that are gone."""
     written = []
-    for stack in names or stacks():
+    for stack in stacks():
         path_of(stack).write_text(dump(record(run_program(stack))))
         written.append(path_of(stack))
     for stack in set(recorded_stacks()) - set(stacks()):
