@@ -5,12 +5,13 @@ from the machine's packages (`apt-get install pgbackrest`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from harness.postgres import PostgresServer, query
 
@@ -99,6 +100,12 @@ class Repository:
         if done.returncode != 0:
             raise RuntimeError(f"pgbackrest {' '.join(args)} failed: {done.stderr or done.stdout}")
         return done.stdout
+
+    def stanza(self) -> dict[str, Any]:
+        """The stanza as `pgbackrest info --output=json` tells it: its databases, archive and
+        backups."""
+        found: dict[str, Any] = json.loads(self("info", "--output=json"))[0]
+        return found
 
     def archive_server(self, *, stanza: bool = True) -> None:
         """The server archives every WAL segment here (restarted for archive_mode), and the

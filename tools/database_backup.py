@@ -50,7 +50,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -227,7 +227,7 @@ def backup(stack: Stack, kind: str) -> str:
     require_backups(stack, instances)
     primary = current_primary(instances.snapshot(), kubectl, "to back up")
     owner = repository_owner(kubectl, primary)
-    if owner.advice is not None:
+    if owner.foreign:
         raise BackupError(f"{owner.advice}; nothing was backed up")
     run_backup(kubectl, primary, kind)
     return pgbackrest(kubectl, primary, "info")
@@ -275,9 +275,8 @@ class Request:
 
     def literals(self) -> list[str]:
         """The ConfigMap's data, as `kubectl create configmap` takes it."""
-        fields = {"id": self.id, "target": self.target, "timeline": self.timeline,
-                  "set": self.set, "type": self.type, "xid": self.xid}  # fmt: skip
-        return [f"--from-literal={key}={value}" for key, value in fields.items() if value]
+        found = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return [f"--from-literal={key}={value}" for key, value in found if value]
 
 
 def recovery_target(moment: dt.datetime) -> str:
@@ -291,8 +290,7 @@ def pending_request(kubectl: Kubectl) -> Request | None:
     if not found:
         return None
     data = found.get("data") or {}
-    fields = ("id", "target", "timeline", "set", "type", "xid")
-    return Request(*(str(data.get(key, "")) for key in fields))
+    return Request(*(str(data.get(f.name, "")) for f in fields(Request)))
 
 
 class RestoreUnfinishedError(BackupError):

@@ -49,7 +49,9 @@ def answer(cluster: dict[str, Any], command: list[str]) -> NoReturn:
         sys.exit(f'error: unable to upgrade connection: container not found ("{container}")')
     argv = command[command.index("--") + 1 :]
     answers = cluster["exec"].get(argv[0], {})
-    found = answers.get(" ".join(argv[1:]), answers.get("*"))
+    arguments = " ".join(argv[1:])
+    key = arguments if arguments in answers else "*"
+    found = answers.get(key)
     if found is None:
         sys.exit("fake kubectl: unexpected exec " + " ".join(argv))
     print(found["stdout"], end="")
@@ -58,7 +60,6 @@ def answer(cluster: dict[str, Any], command: list[str]) -> NoReturn:
         cluster["at"] += 1
         cluster["advancing"] = True
     if "then" in found:
-        key = " ".join(argv[1:]) if " ".join(argv[1:]) in answers else "*"
         answers[key] = found["then"]
     CLUSTER.write_text(json.dumps(cluster))
     sys.exit(found["exit"])

@@ -163,7 +163,7 @@ def full_backup(repository: Repository) -> str:
     retention no longer keeps): its label. Returns a second after it ended, so that a time
     after it is in a later second than its stop."""
     repository("backup", "--type=full")
-    found = json.loads(repository("info", "--output=json"))[0]["backup"]
+    found = repository.stanza()["backup"]
     time.sleep(SECOND)
     return str(found[-1]["label"])
 
@@ -262,7 +262,7 @@ def test_a_backup_is_one_to_start_from_once_a_second_after_the_one_it_ended_in(
 ) -> None:
     """pgBackRest starts from a backup that ended in an earlier second than the time's (its
     stop time is whole seconds): in B1's own second, B0 is the one."""
-    found = json.loads(history.repository("info", "--output=json"))[0]["backup"]
+    found = history.repository.stanza()["backup"]
     [stop] = [b["timestamp"]["stop"] for b in found if b["label"] == history.backups["B1"]]
     moment = dt.datetime.fromtimestamp(stop + after, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
     assert chosen(history.repository, moment)["set"] == history.backups[backup]
@@ -271,7 +271,7 @@ def test_a_backup_is_one_to_start_from_once_a_second_after_the_one_it_ended_in(
 def test_a_time_before_every_backup_is_refused_with_the_oldest_time_to_restore(
     history: History,
 ) -> None:
-    found = json.loads(history.repository("info", "--output=json"))[0]["backup"]
+    found = history.repository.stanza()["backup"]
     [stop] = [b["timestamp"]["stop"] for b in found if b["label"] == history.backups["B0"]]
     reach = dt.datetime.fromtimestamp(stop + 1, dt.UTC).isoformat(timespec="microseconds")
     done = choose(history.repository, "2000-01-01 00:00:00+00:00")
@@ -354,7 +354,7 @@ def expired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         times["kept"] = now(server)
         write(server, "d0")
         repository("check")
-        info = json.loads(repository("info", "--output=json"))[0]
+        info = repository.stanza()
         [kept] = info["backup"]
         assert kept["label"] == backups["E1"]
         # The archive begins where E1 does: nothing of timeline 1, nor c0.
@@ -386,7 +386,7 @@ def test_a_time_before_the_oldest_backup_kept_is_refused_with_the_oldest_time_to
     oldest time one reaches is a second after E1's stop (pgBackRest starts from a backup that
     ended in an earlier second). Before: the refusal said the database was then on timeline 1,
     from its start."""
-    [kept] = json.loads(expired.repository("info", "--output=json"))[0]["backup"]
+    [kept] = expired.repository.stanza()["backup"]
     reach = dt.datetime.fromtimestamp(kept["timestamp"]["stop"] + 1, dt.UTC)
     done = choose(expired.repository, expired.times["gone"])
     assert (done.returncode, done.stdout) == (1, "")
@@ -423,7 +423,7 @@ def test_a_restored_primary_gets_a_full_backup_of_its_own_at_once(
         container.wait_ready()
 
         def full_on_timeline_2() -> list[str]:
-            found = json.loads(history.repository("info", "--output=json"))[0]["backup"]
+            found = history.repository.stanza()["backup"]
             return [
                 b["label"]
                 for b in found
@@ -470,7 +470,7 @@ def test_the_backups_container_s_round_reads_the_repository_once(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert seen.read_text() == ""
-    info = json.loads(history.repository("info", "--output=json"))[0]
+    info = history.repository.stanza()
     own = str(info["db"][0]["system-id"])
     [[local]] = query(history.server.dsn(), "SELECT system_identifier FROM pg_control_system()")
     assert str(local) == own
@@ -505,7 +505,7 @@ def test_a_repository_of_another_database_is_told_until_it_has_one_of_its_own(
     aside (README's second way out), it makes this database's and backs it up."""
     with throwaway_postgres() as server:
         other = former_repository(history, server)
-        former = json.loads(other("info", "--output=json"))[0]
+        former = other.stanza()
         other.archive_server(stanza=False)
         image = image_for(tmp_path / "image", server)
         owner = subprocess.run(
@@ -529,7 +529,7 @@ def test_a_repository_of_another_database_is_told_until_it_has_one_of_its_own(
             refusing = request("GET", container.url + "/metrics").body.decode()
             time.sleep(1)
             # Nothing was tried: no backup, no stanza made over the other's.
-            assert json.loads(other("info", "--output=json"))[0]["backup"] == former["backup"]
+            assert other.stanza()["backup"] == former["backup"]
             folder = Path(other.config.read_text().split("repo1-path=")[1].split("\n")[0])
             for part in ("archive", "backup"):
                 (folder / part / STANZA).rename(folder / part / f"{STANZA}.former")
@@ -539,7 +539,7 @@ def test_a_repository_of_another_database_is_told_until_it_has_one_of_its_own(
                 60,
             )
             eventually(
-                lambda: json.loads(other("info", "--output=json"))[0].get("backup"),
+                lambda: other.stanza().get("backup"),
                 "a backup of the new database",
                 120,
             )
@@ -580,5 +580,5 @@ def test_a_database_made_anew_gets_the_former_one_back_from_its_repository(
         restore_into(server, other, request, tmp_path / "request", archive=False)
         assert wrote(server) == ["a0", "a1", "d0"]
         own = query(server.dsn(), "SELECT system_identifier FROM pg_control_system()")[0][0]
-    former = json.loads(history.repository("info", "--output=json"))[0]
+    former = history.repository.stanza()
     assert str(own) == str(former["db"][0]["system-id"])
