@@ -241,6 +241,59 @@ def test_the_model_client_resends_a_call_its_pooled_connection_lost() -> None:
     assert retries == 1
 
 
+@pytest.mark.parametrize("extra", [0, 1], ids=["within-the-retries", "one-more"])
+def test_the_model_client_sends_a_call_again_model_retries_times_and_no_more(extra: int) -> None:
+    """Every connection the call goes out on closes before the answer, MODEL_RETRIES times in a
+    row (a Service still sending a share of new connections to a model pod that died): the next
+    try is answered. One failure more and the call is a 503 that names the failure."""
+    metadata = json.dumps({"name": MODEL_NAME, "inputs": [{"name": INPUT, "shape": [-1, 4]}]})
+    output = {"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}
+    answer = json.dumps({"model_name": MODEL_NAME, "model_version": "v9", "outputs": [output]})
+    retries = 0  # MODEL_RETRIES' default, read below
+    hung_up = 0
+
+    async def dying(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        nonlocal hung_up
+        while (request := await read_request(reader)) is not None:
+            infer = request.startswith(b"POST")
+            if infer and hung_up < retries + extra:
+                hung_up += 1
+                return
+            body = (answer if infer else metadata).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    async def run() -> tuple[list[Any] | ApiError, float]:
+        nonlocal retries
+        async with origin(dying) as (_, url):
+            # A deadline no pause can reach: the count alone decides.
+            env = {"MLSTACK_API_KEY": "k", "MODEL_URL": url, "MODEL_TIMEOUT_SECONDS": "30"}
+            settings = GatewaySettings.from_env(env)
+            retries = settings.model_retries
+            metrics = GatewayMetrics()
+            client = ModelClient(settings, CircuitBreaker(5, 1.0), metrics)
+            await client.start()
+            payload = parse_predict_body(b'{"instances": [[1, 2, 3, 4]]}', 10, 4)
+            try:
+                outcome: list[Any] | ApiError = (
+                    await client.infer(new_request_id(), payload)
+                ).predictions
+            except ApiError as exc:
+                outcome = exc
+            await client.close()
+            sent = metrics.registry.get_sample_value("mlstack_gateway_model_retries_total")
+            return outcome, sent or 0.0
+
+    outcome, sent = asyncio.run(run())
+    assert retries >= 2
+    assert sent == retries
+    if extra:
+        assert isinstance(outcome, ApiError)
+        assert (outcome.status, str(outcome)) == (503, "model unavailable: DisconnectedError")
+    else:
+        assert outcome == [2]
+
+
 def _infer_through_client(
     outputs: list[dict[str, Any]],
     *,

@@ -62,8 +62,11 @@ class ModelClient:
         self._breaker = breaker
         self._metrics = metrics
         self._timeout = settings.model_timeout_seconds
-        # Full jitter over an exponential step: 0-10 ms, then 0-20 ms, ...
-        self._backoff = Backoff(0.01, jitter=True, retries=settings.model_retries)
+        # Full jitter over an exponential step: 0-10 ms, then 0-20 ms, 0-40 ms, then 0-50 ms
+        # each. A refused connection is most often one model pod gone that the Service still
+        # sends a share of new connections to, each drawn anew: many quick tries reach a live
+        # one, where a few long pauses would spend the deadline on the same odds.
+        self._backoff = Backoff(0.01, most=0.05, jitter=True, retries=settings.model_retries)
         self._infer_path = f"/v2/models/{settings.model_name}/infer"
         self._metadata_path = f"/v2/models/{settings.model_name}"
         self._ready_path = "/v2/health/ready"

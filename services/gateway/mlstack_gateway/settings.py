@@ -233,7 +233,7 @@ class GatewaySettings(ServiceSettings):
             model_connect_timeout_seconds=env_number(
                 env, "MODEL_CONNECT_TIMEOUT_SECONDS", 0.5, 0.01
             ),
-            model_retries=env_integer(env, "MODEL_RETRIES", 2, minimum=0),
+            model_retries=env_integer(env, "MODEL_RETRIES", 6, minimum=0),
             model_pool_size=env_integer(env, "MODEL_POOL_SIZE", 64),
             breaker_failure_threshold=env_integer(env, "BREAKER_FAILURE_THRESHOLD", 5),
             breaker_reset_seconds=env_number(env, "BREAKER_RESET_SECONDS", 1.0, 0.01),
