@@ -1,5 +1,6 @@
 """Waiting for a condition until a deadline: the one polling loop of the tests, the e2e machinery
-and the operations tools; and the end of a log (`log_tail`), which a failed wait shows.
+and the operations tools (and `eventually_async`, the same for a check that awaits, inside an
+event loop); and the end of a log (`log_tail`), which a failed wait shows.
 
 A plain loop rather than a retry library: every caller polls a cheap check at a fixed interval,
 and the timeouts the e2e suite and the tools were tuned with stay exactly what they were.
@@ -7,8 +8,9 @@ and the timeouts the e2e suite and the tools were tuned with stay exactly what t
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 # How much of a daemon's log a timeout shows: its last lines, usually the reason.
@@ -84,6 +86,23 @@ def _wait(
     if log is not None:
         message += f"; {log}:\n{log_tail(log)}"
     raise error(message)
+
+
+async def eventually_async(
+    ready: Callable[[], Awaitable[object]], what: str, timeout: float, *, interval: float = 0.01
+) -> float:
+    """`eventually` inside an event loop, for a check that awaits (a store tested in-process,
+    whose own tasks run while this one sleeps): awaited every `interval` seconds until it
+    holds; the seconds that took. As with `poll`, it is checked at least once, and the last
+    check starts at or after the deadline."""
+    start = time.monotonic()
+    while True:
+        started = time.monotonic()
+        if await ready():
+            return time.monotonic() - start
+        if started >= start + timeout:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 def log_tail(log: Path) -> str:
