@@ -403,7 +403,8 @@ class _Reachability:
     the server went away may be answered after it did; one sent before it answered again may
     fail after it did (a connect made while a restarted server was still recovering, refused or
     timed out only after a later request's answer). Neither changes the state: the outage stays
-    one warning line."""
+    one warning line. Nor is a write's retry that times out reported at all (_write_batch): it
+    had only what was left of the write's time."""
 
     def __init__(self, name: str, meanwhile: str) -> None:
         self.name = name
@@ -912,7 +913,13 @@ class PostgresStore:
                 if not _is_transient(exc):
                     raise
                 self._metrics.db_failures.inc()
-                (self._writes if _refuses_writes(exc) else self._primary).failed(exc, asked_at)
+                # A retry has what is left of the write's time, as little as 0.1 s: its timeout
+                # says that the write ran out of time, not that the server stopped answering (one
+                # back from a crash, slow with its first connections and commits, answers the
+                # next write, given the whole time). A try that times out is an outage only if it
+                # had the whole time; a retry's other failures are, as any request's.
+                if not (resent and isinstance(exc, TimeoutError)):
+                    (self._writes if _refuses_writes(exc) else self._primary).failed(exc, asked_at)
                 # The same rows again (ON CONFLICT: harmless if the lost commit happened), on
                 # another connection (perhaps to the new primary, after a failover).
                 if not await retry.wait():
