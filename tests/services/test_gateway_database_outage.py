@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -142,8 +143,13 @@ def test_killed_database_costs_503s_with_retry_after_and_no_500(
     assert_every_200_stored(answers, dsn)
     assert_refusals_name_nothing_of_the_database(answers, database)
     went_away = outage_lines(gateway)
-    # One outage: one line for the primary (and one for the read URL, when there is one).
-    assert len(went_away) == (2 if read_url else 1), "\n".join(went_away[:20])
+    # One outage: one line for the primary (and one for the read URL, when there is one), and
+    # one when the primary answers again (the read URL's may come after the traffic stopped).
+    servers = sorted(line.split(" unavailable (")[0].rpartition(": ")[2] for line in went_away)
+    expected = ["PostgreSQL", "PostgreSQL read URL"] if read_url else ["PostgreSQL"]
+    assert servers == expected, "\n".join(went_away[:20])
+    again = answered_again(gateway)
+    assert again.count("PostgreSQL") == 1 and set(again) <= set(expected), gateway.log_tail()
 
 
 def test_database_refusing_writes_costs_503s_with_retry_after_and_no_500(
@@ -223,6 +229,17 @@ def assert_refusals_name_nothing_of_the_database(
 def assert_every_200_stored(answers: list[Answer], dsn: str) -> None:
     acknowledged = [a.detail for a in answers if a.endpoint == "predict" and a.status == 200]
     assert stored(dsn, acknowledged) == len(acknowledged)
+
+
+def answered_again(gateway: ServiceProcess) -> list[str]:
+    """The servers the gateway's log says answer again, a line each."""
+    log = gateway.log_path.read_text(errors="replace")
+    # Not the outage lines' "... until it answers again".
+    said = (
+        re.fullmatch(r"\w+ mlstack_gateway\.store: ([^;()]+) answers again", line)
+        for line in log.splitlines()
+    )
+    return [match[1] for match in said if match]
 
 
 def outage_lines(gateway: ServiceProcess) -> list[str]:
