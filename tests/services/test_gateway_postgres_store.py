@@ -29,34 +29,21 @@ def test_a_request_sent_before_the_database_answered_again_that_fails_after_is_n
     warning line. Here the requests wait on a lock of the predictions table: a read is sent,
     then a write times out (the outage begins), a ping answers (it ends), and the read, sent
     before both, times out after them."""
-    dsn = postgres.create_database("store_outage_order")
-    settings = GatewaySettings.from_env(
-        {**GATEWAY_REQUIRED, "DATABASE_URL": dsn, "DB_WRITE_TIMEOUT_SECONDS": "0.5"}
-    )
 
-    async def run() -> None:
-        store = PostgresStore(settings, GatewayMetrics())
-        await store.open()
-        admin = await asyncpg.connect(dsn)
-        try:
-            async with admin.transaction():
-                await admin.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
-                read = asyncio.create_task(store.recent(5, NEWEST))
-                with pytest.raises(StoreUnavailableError):
-                    await store.save(prediction_record())
-                # The caller's wait may end just before the store sees its write fail.
-                await eventually_async(gone(store), "the store to see the database gone", 30)
-                assert await store.ping()
-                assert store.reachable()["database"]
-                with pytest.raises(StoreUnavailableError):
-                    await read
-        finally:
-            await admin.close()
-            await store.close()
+    async def scenario(store: PostgresStore, admin: asyncpg.Connection, _: str) -> None:
+        async with admin.transaction():
+            await admin.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+            read = asyncio.create_task(store.recent(5, NEWEST))
+            with pytest.raises(StoreUnavailableError):
+                await store.save(prediction_record())
+            # The caller's wait may end just before the store sees its write fail.
+            await eventually_async(gone(store), "the store to see the database gone", 30)
+            assert await store.ping()
+            assert store.reachable()["database"]
+            with pytest.raises(StoreUnavailableError):
+                await read
 
-    with caplog.at_level(logging.INFO, logger="mlstack_gateway.store"):
-        asyncio.run(run())
-    lines = [record.getMessage() for record in caplog.records]
+    lines = store_log(postgres, caplog, "store_outage_order", "0.5", scenario)
     went_away = [line for line in lines if " unavailable (" in line]
     assert len(went_away) == 1, lines
     assert any(line == "PostgreSQL answers again" for line in lines), lines
@@ -81,15 +68,8 @@ def test_a_write_retry_that_runs_out_of_time_after_the_database_answered_again_i
     that lets pings through: the server ends a write's first try (the outage begins) and its
     second, sent before a ping answers (the outage ends); the third, sent after the ping,
     times out. Then another write waits the whole time."""
-    dsn = postgres.create_database("store_retry_timeout")
-    settings = GatewaySettings.from_env(
-        {**GATEWAY_REQUIRED, "DATABASE_URL": dsn, "DB_WRITE_TIMEOUT_SECONDS": "5"}
-    )
 
-    async def run() -> None:
-        store = PostgresStore(settings, GatewayMetrics())
-        await store.open()
-        admin = await asyncpg.connect(dsn)
+    async def scenario(store: PostgresStore, admin: asyncpg.Connection, dsn: str) -> None:
         watch = await asyncpg.connect(dsn)
         ended: set[int] = set()
         waiting: list[int] = []
@@ -135,12 +115,8 @@ def test_a_write_retry_that_runs_out_of_time_after_the_database_answered_again_i
                 await eventually_async(gone(store), "a write timing out to be an outage", 30)
         finally:
             await watch.close()
-            await admin.close()
-            await store.close()
 
-    with caplog.at_level(logging.INFO, logger="mlstack_gateway.store"):
-        asyncio.run(run())
-    lines = [record.getMessage() for record in caplog.records]
+    lines = store_log(postgres, caplog, "store_retry_timeout", "5", scenario)
     went_away = [line for line in lines if " unavailable (" in line]
     # The first try's end, and the write given the whole time; not the third try's timeout.
     assert len(went_away) == 2, lines
@@ -156,3 +132,33 @@ def gone(store: PostgresStore) -> Callable[[], Awaitable[bool]]:
         return not store.reachable()["database"]
 
     return check
+
+
+def store_log(
+    postgres: PostgresServer,
+    caplog: pytest.LogCaptureFixture,
+    database: str,
+    write_timeout: str,
+    scenario: Callable[[PostgresStore, asyncpg.Connection, str], Awaitable[None]],
+) -> list[str]:
+    """What the store's log says while ``scenario`` runs against a store, open on a new
+    ``database`` with DB_WRITE_TIMEOUT_SECONDS ``write_timeout``, given a connection of its own
+    to that database and its URL."""
+    dsn = postgres.create_database(database)
+    settings = GatewaySettings.from_env(
+        {**GATEWAY_REQUIRED, "DATABASE_URL": dsn, "DB_WRITE_TIMEOUT_SECONDS": write_timeout}
+    )
+
+    async def run() -> None:
+        store = PostgresStore(settings, GatewayMetrics())
+        await store.open()
+        admin = await asyncpg.connect(dsn)
+        try:
+            await scenario(store, admin, dsn)
+        finally:
+            await admin.close()
+            await store.close()
+
+    with caplog.at_level(logging.INFO, logger="mlstack_gateway.store"):
+        asyncio.run(run())
+    return [record.getMessage() for record in caplog.records]
