@@ -31,6 +31,27 @@ import_service(MODEL_SRC)
 import_service(GATEWAY_SRC)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def system_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The system temp folder (TMPDIR) of every process the tests start: one of the session's
+    own, so that a service given no folder of its own writes nothing into the machine's (the
+    gateway without DATA_DIR writes its SQLite file to `mlstack` there), and the session fails
+    when a test left anything of the project's (named mlstack...) in it; what other programs
+    keep there is theirs. This process keeps its own temp folder, which tempfile has read
+    already (for the session's folders): the PostgreSQL servers made there must stay reachable
+    to their unprivileged user."""
+    folder = tmp_path_factory.mktemp("system-tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(folder))
+        yield folder
+    left = sorted(path.name for path in folder.glob("mlstack*"))
+    assert not left, (
+        f"a test left {left} in the system temp folder of the processes it started ({folder}): "
+        "give the service a folder of its own (the gateway's DATA_DIR; harness.services gives "
+        "one in the log folder it is passed)"
+    )
+
+
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("service-logs")
