@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,10 +38,11 @@ def system_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     own, so that a service given no folder of its own writes nothing into the machine's (the
     gateway without DATA_DIR writes its SQLite file to `mlstack` there), and the session fails
     when a test left anything of the project's (named mlstack...) in it; what other programs
-    keep there is theirs. This process keeps its own temp folder, which tempfile has read
-    already (for the session's folders): the PostgreSQL servers made there must stay reachable
-    to their unprivileged user."""
+    keep there is theirs. This process keeps its own temp folder: the PostgreSQL servers made
+    there must stay reachable to their unprivileged user."""
     folder = tmp_path_factory.mktemp("system-tmp")
+    # tempfile reads TMPDIR once and keeps what it found: read here, before it changes.
+    tempfile.gettempdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TMPDIR", str(folder))
         yield folder
