@@ -63,13 +63,13 @@ API_SERVER: Final = ("198.51.100.7", 6443)
 ENGINE_LOG: Final = logging.getLogger("harness.engine")
 
 
-# The stack secrets the program reads, as config keys: `pulumi config set --secret` stores each one
-# encrypted, and the engine hands it to the program as a secret.
 def stack_secrets_of(project: str) -> frozenset[str]:
     """SECRET_KEYS as `project`'s config keys."""
     return frozenset(stack_file.in_project(dict.fromkeys(SECRET_KEYS), project))
 
 
+# The stack secrets the program reads, as config keys: `pulumi config set --secret` stores each one
+# encrypted, and the engine hands it to the program as a secret.
 STACK_SECRETS: Final = stack_secrets_of(PROJECT)
 # How the SDK marks a secret value inside the inputs it sends (pulumi.runtime.rpc).
 SECRET_SIGNATURE: Final = ("4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270")
