@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
@@ -21,7 +22,8 @@ from mlstack_gateway.payload import parse_predict_body
 from mlstack_gateway.settings import GatewaySettings
 
 from components.app import MODEL_NAME
-from harness.ports import free_port
+from harness.poll import eventually_async
+from harness.ports import LOOPBACK, free_port
 from tests.services.oip import INPUT
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
@@ -157,6 +159,175 @@ def test_a_silent_server_times_out_at_the_deadline() -> None:
     assert str(error) == "no response before the deadline"
     assert elapsed >= 0.2
     assert connections == 2  # a connection that timed out is never reused
+
+
+@contextmanager
+def unanswered() -> Iterator[socket.socket]:
+    """A listener on the loopback whose accept queue is full (room for one connection, which a
+    socket of this test's holds): the kernel drops each new SYN, so a connect hangs unanswered,
+    as one to a pod on a node that died does, until the listener is served."""
+    listener = socket.socket()
+    with listener, socket.socket() as holder:
+        listener.bind((LOOPBACK, 0))
+        listener.listen(0)
+        holder.connect(listener.getsockname())
+        yield listener
+
+
+def url_of(listener: socket.socket) -> str:
+    host, port = listener.getsockname()
+    return f"http://{host}:{port}"
+
+
+def test_a_connect_no_one_answers_gets_others_beside_it_until_the_deadline() -> None:
+    """Unanswered: another connect is begun each connect timeout (each counted), none answers,
+    and the call ends at its deadline with the pool's TimeoutError, not a ConnectError: no time
+    is left to send it again."""
+    slow: list[None] = []
+
+    async def run() -> Exception:
+        with unanswered() as listener:
+            pool = HttpPool(
+                url_of(listener),
+                max_connections=1,
+                connect_timeout=0.1,
+                on_slow_connect=lambda: slow.append(None),
+            )
+            with pytest.raises(TimeoutError) as deadline:
+                await pool.request("GET", "/", timeout=1)
+            await pool.close()
+            return deadline.value
+
+    deadline = asyncio.run(run())
+    assert not isinstance(deadline, ConnectError)
+    assert str(deadline) == "no connection before the deadline"
+    assert slow
+
+
+def test_a_connect_the_event_loop_was_too_busy_to_see_in_time_is_taken() -> None:
+    """The event loop blocked for longer than the connect timeout at each turn (a busy
+    gateway): the connect completed meanwhile, and is taken when the loop sees it, whatever
+    other connect was begun beside it. Each of three calls on a new pool is answered."""
+
+    async def busy(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            time.sleep(0.12)  # the whole loop waits
+            await asyncio.sleep(0)
+
+    async def run() -> list[int]:
+        async with origin(answer_all) as (_, url):
+            stop = asyncio.Event()
+            hog = asyncio.create_task(busy(stop))
+            statuses = []
+            for _ in range(3):
+                pool = HttpPool(url, max_connections=1, connect_timeout=0.05)
+                try:
+                    statuses.append((await pool.request("GET", "/", timeout=30)).status)
+                finally:
+                    await pool.close()
+            stop.set()
+            await hog
+            return statuses
+
+    assert asyncio.run(run()) == [200] * 3
+
+
+def test_looking_up_the_host_s_name_is_not_within_the_connect_timeout() -> None:
+    """A name server slower than the connect timeout (a Service's name on a busy node) costs
+    the call's deadline, not a failed connect: only each connect has the shorter limit. An
+    address that refuses is followed by the next one the name has. The name server here is
+    the event loop's lookup, answering for the name alone: a refusing address, then the
+    server's."""
+    asked: list[str] = []
+
+    async def run() -> int:
+        async with origin(answer_all) as (_, url):
+            port = int(url.rsplit(":", 1)[1])
+            refusing = free_port()
+
+            async def slow_lookup(host: str, *args: Any, **kwargs: Any) -> Any:
+                asked.append(host)
+                await asyncio.sleep(0.5)
+                return [
+                    (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (LOOPBACK, where))
+                    for where in (refusing, port)
+                ]
+
+            loop = asyncio.get_running_loop()
+            loop.getaddrinfo = slow_lookup  # type: ignore[method-assign, assignment]
+            pool = HttpPool(f"http://model.test:{port}", max_connections=1, connect_timeout=0.1)
+            try:
+                return (await pool.request("GET", "/", timeout=30)).status
+            finally:
+                await pool.close()
+
+    assert asyncio.run(run()) == 200
+    assert asked == ["model.test"]
+
+
+@pytest.mark.parametrize("served", [True, False], ids=["served-meanwhile", "never-served"])
+def test_the_model_client_begins_another_connect_when_one_is_not_answered(served: bool) -> None:
+    """A connect no one answers gets another begun beside it after
+    MODEL_CONNECT_TIMEOUT_SECONDS, counted in mlstack_gateway_model_slow_connects_total, not
+    left to run to the call's deadline: once the listener is served (a new connection that
+    reaches a live model pod), the call is answered. Never served, the call is a 503 "timed
+    out" at MODEL_TIMEOUT_SECONDS; no call was sent, so none was sent again."""
+    metadata = json.dumps({"name": MODEL_NAME, "inputs": [{"name": INPUT, "shape": [-1, 4]}]})
+    output = {"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}
+    answer = json.dumps({"model_name": MODEL_NAME, "model_version": "v9", "outputs": [output]})
+
+    async def model(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (request := await read_request(reader)) is not None:
+            body = (answer if request.startswith(b"POST") else metadata).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+        writer.close()
+
+    async def run() -> tuple[list[Any] | ApiError, float, float]:
+        with unanswered() as listener:
+            env = {
+                "MLSTACK_API_KEY": "k",
+                "MODEL_URL": url_of(listener),
+                "MODEL_TIMEOUT_SECONDS": "5" if served else "1",
+                "MODEL_CONNECT_TIMEOUT_SECONDS": "0.1",
+            }
+            settings = GatewaySettings.from_env(env)
+            metrics = GatewayMetrics()
+            client = ModelClient(settings, CircuitBreaker(5, 1.0), metrics)
+            # Its metadata call is unanswered too: it runs beside the inference.
+            starting = asyncio.create_task(client.start())
+            await asyncio.sleep(0)
+
+            def counted(name: str) -> float:
+                return metrics.registry.get_sample_value(f"mlstack_gateway_model_{name}") or 0.0
+
+            payload = parse_predict_body(b'{"instances": [[1, 2, 3, 4]]}', 10, 4)
+            slow_before = counted("slow_connects_total")
+            call = asyncio.create_task(client.infer(new_request_id(), payload))
+
+            async def another_begun() -> bool:
+                return counted("slow_connects_total") > slow_before
+
+            await eventually_async(another_begun, "a second connect begun", 30)
+            server = await asyncio.start_server(model, sock=listener) if served else None
+            try:
+                outcome: list[Any] | ApiError = (await call).predictions
+            except ApiError as exc:
+                outcome = exc
+            await starting
+            await client.close()
+            if server is not None:
+                server.close()
+            return outcome, counted("slow_connects_total") - slow_before, counted("retries_total")
+
+    outcome, slow, retries = asyncio.run(run())
+    assert slow >= 1
+    assert retries == 0
+    if served:
+        assert outcome == [2]
+    else:
+        assert isinstance(outcome, ApiError)
+        assert (outcome.status, str(outcome)) == (503, "model unavailable: timed out")
 
 
 async def one_request_raises(url: str, error: type[Exception]) -> None:

@@ -3,7 +3,8 @@
 One deadline bounds every call, retries included; a call that never reached the model
 (connection refused, or a pooled keep-alive connection the server had closed) is retried a
 bounded number of times with jittered backoff (inference has no side effects, so resending it is
-safe); and a circuit breaker turns a dead model into an immediate 503.
+safe); a connect not answered within the connect timeout gets another begun beside it (the
+pool's); and a circuit breaker turns a dead model into an immediate 503.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class ModelClient:
             self._settings.model_url,
             max_connections=self._settings.model_pool_size,
             connect_timeout=self._settings.model_connect_timeout_seconds,
+            on_slow_connect=self._metrics.model_slow_connects.inc,
         )
         await self.refresh_metadata()
 

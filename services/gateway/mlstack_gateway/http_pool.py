@@ -6,6 +6,12 @@ measurement: bench/results/gateway.md). It does only what the gateway needs: one
 time per connection, a body known up front, a response read whole (bounded in size),
 connections reused most-recently-used first and closed after ``idle_seconds`` unused.
 
+A connect that has no answer within ``connect_timeout`` is not given up: another is begun beside
+it, and the first to complete is taken. A new connection to a Service's address is drawn to one
+of its pods each time, so the second may reach a live pod where the first went to one on a node
+that died (its SYN dropped); and a connect that did complete while the event loop was too busy
+to see it in time is not thrown away.
+
 It reports why a call failed, so that the caller can decide what is safe to send again:
 ``ConnectError`` (nothing was sent), ``DisconnectedError`` (the connection closed before any byte
 of the answer: typically a pooled keep-alive connection the server had just closed),
@@ -16,14 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
+import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
 
 _MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# Connects under way at once for one new connection: each begun ``connect_timeout`` after the one
+# before, while none has completed.
+_CONNECTS_AT_ONCE = 4
 
 
 class HttpClientError(Exception):
@@ -137,6 +149,33 @@ class _Connection(asyncio.Protocol):
                 self._transport.close()
 
 
+def _retrieved(attempt: asyncio.Task[_Connection]) -> None:
+    """Mark a connect's outcome as seen: one that fails after the connection was taken elsewhere
+    is of no interest to anyone."""
+    if not attempt.cancelled():
+        attempt.exception()
+
+
+def _close_all_but(attempts: list[asyncio.Task[_Connection]], taken: _Connection | None) -> None:
+    """Stop the connects under way (a connect cancelled closes its socket) and close the
+    connections made besides ``taken``."""
+    for attempt in attempts:
+        if not attempt.done():
+            attempt.cancel()
+        elif not attempt.cancelled() and attempt.exception() is None:
+            made = attempt.result()
+            if made is not taken:
+                made.close()
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class HttpPool:
     """Keep-alive connections to one origin (``http://host:port``), at most ``max_connections``."""
 
@@ -148,11 +187,13 @@ class HttpPool:
         connect_timeout: float,
         idle_seconds: float = 30.0,
         user_agent: str = "mlstack-gateway",
+        on_slow_connect: Callable[[], None] | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self._host = parts.hostname
+        self._host_is_address = _is_address(parts.hostname)
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl: ssl.SSLContext | None = (
             ssl.create_default_context() if parts.scheme == "https" else None
@@ -165,6 +206,8 @@ class HttpPool:
         ).encode("latin-1")
         self._max = max_connections
         self._connect_timeout = connect_timeout
+        # Called each time a connect is begun because none had an answer within connect_timeout.
+        self._on_slow_connect = on_slow_connect
         self._idle_seconds = idle_seconds
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
@@ -242,25 +285,103 @@ class HttpPool:
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         self._opening += 1
         try:
-            remaining = min(self._connect_timeout, deadline - loop.time())
-            if remaining <= 0:
-                raise TimeoutError("no time left to connect")
-            async with asyncio.timeout(remaining):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self), self._host, self._port, ssl=self._ssl
-                )
-        except BaseException as exc:
+            conn = await self._open_connection(loop, deadline)
+        except BaseException:
             self._opening -= 1
             self._wake_one(None)  # the slot this call held is free again
-            # TimeoutError is an OSError too, but a connect that timed out is not retried.
-            if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
-                raise ConnectError(f"cannot connect to {self._host}:{self._port}: {exc}") from exc
             raise
         self._opening -= 1
         if conn.closed:
             raise DisconnectedError("connection closed as soon as it opened")
         self._open.add(conn)
         return conn
+
+    async def _addresses(
+        self, loop: asyncio.AbstractEventLoop, deadline: float
+    ) -> list[tuple[int, tuple[Any, ...]]]:
+        """The host's addresses (family, socket address), looked up within the call's deadline,
+        not the connect timeout: a name server slow to answer (a Service's name, on a busy node)
+        is no unanswered connect."""
+        if self._host_is_address:
+            family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+            return [(family, (self._host, self._port))]
+        try:
+            async with asyncio.timeout_at(deadline):
+                found = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ConnectError(f"cannot resolve {self._host}: {exc}") from exc
+        # The whole socket address: an IPv6 one's scope is part of it.
+        addresses = list(dict.fromkeys((int(info[0]), tuple(info[4])) for info in found))
+        if not addresses:
+            raise ConnectError(f"cannot resolve {self._host}: no address")
+        return addresses
+
+    async def _connect_to(
+        self, loop: asyncio.AbstractEventLoop, family: int, address: tuple[Any, ...]
+    ) -> _Connection:
+        """A connection to one address the lookup gave. The loop connects to it as a numeric
+        host (no second lookup: both loops know one when they see it), its IPv6 scope, if any,
+        written into it, as uvloop reads no scope from a socket address."""
+        host, port = address[0], address[1]
+        if family == socket.AF_INET6 and len(address) > 3 and address[3] and "%" not in host:
+            host = f"{host}%{address[3]}"
+        _, conn = await loop.create_connection(
+            lambda: _Connection(self),
+            host,
+            port,
+            family=family,
+            ssl=self._ssl,
+            server_hostname=self._host if self._ssl else None,
+        )
+        return conn
+
+    async def _open_connection(
+        self, loop: asyncio.AbstractEventLoop, deadline: float
+    ) -> _Connection:
+        """A connection to the host. A connect is begun to the first address; another beside
+        those under way each ``connect_timeout`` in which none completed (at most
+        _CONNECTS_AT_ONCE under way), and at once when one failed while an address is left
+        untried; the addresses in turn, then again from the first. The first to complete is
+        taken, the others closed. Every connect failed (refused): a ConnectError, nothing was
+        sent; the deadline passing first: a TimeoutError."""
+        addresses = await self._addresses(loop, deadline)
+        attempts: list[asyncio.Task[_Connection]] = []
+        pending: set[asyncio.Task[_Connection]] = set()
+        taken: _Connection | None = None
+        failure: OSError | None = None
+        begin, slow = True, False
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    if begin and len(pending) < _CONNECTS_AT_ONCE:
+                        if slow and self._on_slow_connect is not None:
+                            self._on_slow_connect()
+                        family, address = addresses[len(attempts) % len(addresses)]
+                        attempt = loop.create_task(self._connect_to(loop, family, address))
+                        attempt.add_done_callback(_retrieved)
+                        attempts.append(attempt)
+                        pending.add(attempt)
+                    done, pending = await asyncio.wait(
+                        pending, timeout=self._connect_timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for attempt in done:
+                        error = attempt.exception()
+                        if error is None:
+                            taken = attempt.result()
+                            return taken
+                        if not isinstance(error, OSError):
+                            raise error
+                        failure = error
+                    slow = not done
+                    begin = slow or len(attempts) < len(addresses)
+                    if not begin and not pending:
+                        raise ConnectError(
+                            f"cannot connect to {self._host}:{self._port}: {failure}"
+                        ) from failure
+        except TimeoutError as exc:
+            raise TimeoutError("no connection before the deadline") from exc
+        finally:
+            _close_all_but(attempts, taken)
 
     def _release(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
         if conn.closed:

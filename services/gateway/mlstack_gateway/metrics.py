@@ -79,6 +79,12 @@ class GatewayMetrics:
             "Inference calls sent again after the connection failed before the request went out.",
             registry=self.registry,
         )
+        self.model_slow_connects = Counter(
+            "mlstack_gateway_model_slow_connects",
+            "Connects to the model not answered within MODEL_CONNECT_TIMEOUT_SECONDS, beside "
+            "which another was begun (the first to complete is taken).",
+            registry=self.registry,
+        )
         self.breaker_open = Gauge(
             "mlstack_gateway_model_circuit_open",
             "1 while the circuit breaker in front of the model is open or half-open.",

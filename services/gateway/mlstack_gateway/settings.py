@@ -231,7 +231,7 @@ class GatewaySettings(ServiceSettings):
             data_dir=Path(data_dir) if data_dir else Path(tempfile.gettempdir()) / "mlstack",
             model_timeout_seconds=env_number(env, "MODEL_TIMEOUT_SECONDS", 0.5, 0.01),
             model_connect_timeout_seconds=env_number(
-                env, "MODEL_CONNECT_TIMEOUT_SECONDS", 0.5, 0.01
+                env, "MODEL_CONNECT_TIMEOUT_SECONDS", 0.1, 0.01
             ),
             model_retries=env_integer(env, "MODEL_RETRIES", 6, minimum=0),
             model_pool_size=env_integer(env, "MODEL_POOL_SIZE", 64),
