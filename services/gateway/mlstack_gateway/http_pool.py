@@ -292,6 +292,7 @@ class HttpPool:
             raise
         self._opening -= 1
         if conn.closed:
+            self._wake_one(None)  # as above: a caller waiting for a slot may open one
             raise DisconnectedError("connection closed as soon as it opened")
         self._open.add(conn)
         return conn
