@@ -30,6 +30,22 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
+# The model as these tests' servers answer for it: its metadata (rows of four numbers), and an
+# inference's one output, predicting 2.
+METADATA = json.dumps({"name": MODEL_NAME, "inputs": [{"name": INPUT, "shape": [-1, 4]}]}).encode()
+PREDICT_OUTPUT = {"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}
+PREDICTION = json.dumps(
+    {"model_name": MODEL_NAME, "model_version": "v9", "outputs": [PREDICT_OUTPUT]}
+).encode()
+
+
+def model_reply(request: bytes) -> bytes:
+    """The model's 200 to ``request``: a prediction for an inference (a POST), its metadata for
+    a GET."""
+    body = PREDICTION if request.startswith(b"POST") else METADATA
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
 async def read_request(reader: asyncio.StreamReader) -> bytes | None:
     """One request (headers and Content-Length body), or None when the client closed."""
     try:
@@ -272,14 +288,10 @@ def test_the_model_client_begins_another_connect_when_one_is_not_answered(served
     left to run to the call's deadline: once the listener is served (a new connection that
     reaches a live model pod), the call is answered. Never served, the call is a 503 "timed
     out" at MODEL_TIMEOUT_SECONDS; no call was sent, so none was sent again."""
-    metadata = json.dumps({"name": MODEL_NAME, "inputs": [{"name": INPUT, "shape": [-1, 4]}]})
-    output = {"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}
-    answer = json.dumps({"model_name": MODEL_NAME, "model_version": "v9", "outputs": [output]})
 
     async def model(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while (request := await read_request(reader)) is not None:
-            body = (answer if request.startswith(b"POST") else metadata).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            writer.write(model_reply(request))
             await writer.drain()
         writer.close()
 
@@ -375,10 +387,6 @@ def test_the_model_client_resends_a_call_its_pooled_connection_lost() -> None:
     """The model closed a keep-alive connection just as the next call went out on it: the call
     never reached the model, so the client sends it again on a fresh connection."""
 
-    metadata = json.dumps({"name": MODEL_NAME, "inputs": [{"name": INPUT, "shape": [-1, 4]}]})
-    output = {"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}
-    answer = json.dumps({"model_name": MODEL_NAME, "model_version": "v9", "outputs": [output]})
-
     async def flaky(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int
     ) -> None:
@@ -386,8 +394,7 @@ def test_the_model_client_resends_a_call_its_pooled_connection_lost() -> None:
         while (request := await read_request(reader)) is not None:
             if number == 1 and served == 2:
                 return  # the first connection hangs up on its third request
-            body = (metadata if request.startswith(b"GET") else answer).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            writer.write(model_reply(request))
             await writer.drain()
             served += 1
 
@@ -417,9 +424,6 @@ def test_the_model_client_sends_a_call_again_model_retries_times_and_no_more(ext
     """Every connection the call goes out on closes before the answer, MODEL_RETRIES times in a
     row (a Service still sending a share of new connections to a model pod that died): the next
     try is answered. One failure more and the call is a 503 that names the failure."""
-    metadata = json.dumps({"name": MODEL_NAME, "inputs": [{"name": INPUT, "shape": [-1, 4]}]})
-    output = {"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}
-    answer = json.dumps({"model_name": MODEL_NAME, "model_version": "v9", "outputs": [output]})
     retries = 0  # MODEL_RETRIES' default, read below
     hung_up = 0
 
@@ -430,8 +434,7 @@ def test_the_model_client_sends_a_call_again_model_retries_times_and_no_more(ext
             if infer and hung_up < retries + extra:
                 hung_up += 1
                 return
-            body = (answer if infer else metadata).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            writer.write(model_reply(request))
             await writer.drain()
 
     async def run() -> tuple[list[Any] | ApiError, float]:
@@ -474,7 +477,6 @@ def _infer_through_client(
     """One prediction of a row through the gateway's ModelClient, against a model that answers
     ``outputs`` (or, with another ``status``, that status and the protocol's error body naming
     it): the predictions the client reads, and the infer request bodies it sent."""
-    metadata = json.dumps({"name": MODEL_NAME, "inputs": [{"name": INPUT, "shape": [-1, 4]}]})
     answer = json.dumps(
         {"model_name": MODEL_NAME, "model_version": "v9", "outputs": outputs}
         if status == 200
@@ -487,7 +489,7 @@ def _infer_through_client(
             infer = request.startswith(b"POST")
             if infer:
                 sent.append(json.loads(request.split(b"\r\n\r\n", 1)[1]))
-            body = (answer if infer else metadata).encode()
+            body = answer.encode() if infer else METADATA
             head = b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (
                 status if infer else 200,
                 len(body),
@@ -509,7 +511,6 @@ def _infer_through_client(
     return asyncio.run(run()), sent
 
 
-PREDICT_OUTPUT = {"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}
 PROBA_OUTPUT = {"name": "predict_proba", "shape": [1, 3], "datatype": "FP64", "data": [0, 0, 1]}
 
 
