@@ -168,12 +168,13 @@ def _close_all_but(attempts: list[asyncio.Task[_Connection]], taken: _Connection
                 made.close()
 
 
-def _is_address(host: str) -> bool:
+def _address_family(host: str) -> int | None:
+    """The family of ``host`` when it is a numeric address; None when it is a name."""
     try:
-        ipaddress.ip_address(host)
+        version = ipaddress.ip_address(host).version
     except ValueError:
-        return False
-    return True
+        return None
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
 class HttpPool:
@@ -193,7 +194,7 @@ class HttpPool:
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self._host = parts.hostname
-        self._host_is_address = _is_address(parts.hostname)
+        self._host_family = _address_family(parts.hostname)
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl: ssl.SSLContext | None = (
             ssl.create_default_context() if parts.scheme == "https" else None
@@ -303,9 +304,8 @@ class HttpPool:
         """The host's addresses (family, socket address), looked up within the call's deadline,
         not the connect timeout: a name server slow to answer (a Service's name, on a busy node)
         is no unanswered connect."""
-        if self._host_is_address:
-            family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-            return [(family, (self._host, self._port))]
+        if self._host_family is not None:
+            return [(self._host_family, (self._host, self._port))]
         try:
             async with asyncio.timeout_at(deadline):
                 found = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
