@@ -24,39 +24,16 @@ from mlstack_gateway.settings import GatewaySettings
 from components.app import MODEL_NAME
 from harness.poll import eventually_async
 from harness.ports import LOOPBACK, free_port
-from tests.services.oip import INPUT
+from tests.services.model_stand_in import (
+    METADATA,
+    PREDICT_OUTPUT,
+    model_reply,
+    read_request,
+    serve_model,
+)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-
-
-# The model as these tests' servers answer for it: its metadata (rows of four numbers), and an
-# inference's one output, predicting 2.
-METADATA = json.dumps({"name": MODEL_NAME, "inputs": [{"name": INPUT, "shape": [-1, 4]}]}).encode()
-PREDICT_OUTPUT = {"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}
-PREDICTION = json.dumps(
-    {"model_name": MODEL_NAME, "model_version": "v9", "outputs": [PREDICT_OUTPUT]}
-).encode()
-
-
-def model_reply(request: bytes) -> bytes:
-    """The model's 200 to ``request``: a prediction for an inference (a POST), its metadata for
-    a GET."""
-    body = PREDICTION if request.startswith(b"POST") else METADATA
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes | None:
-    """One request (headers and Content-Length body), or None when the client closed."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return None
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return head + await reader.readexactly(length)
 
 
 class Origin:
@@ -289,12 +266,6 @@ def test_the_model_client_begins_another_connect_when_one_is_not_answered(served
     reaches a live model pod), the call is answered. Never served, the call is a 503 "timed
     out" at MODEL_TIMEOUT_SECONDS; no call was sent, so none was sent again."""
 
-    async def model(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while (request := await read_request(reader)) is not None:
-            writer.write(model_reply(request))
-            await writer.drain()
-        writer.close()
-
     async def run() -> tuple[list[Any] | ApiError, float, float]:
         with unanswered() as listener:
             env = {
@@ -321,7 +292,7 @@ def test_the_model_client_begins_another_connect_when_one_is_not_answered(served
                 return counted("slow_connects_total") > slow_before
 
             await eventually_async(another_begun, "a second connect begun", 30)
-            server = await asyncio.start_server(model, sock=listener) if served else None
+            server = await asyncio.start_server(serve_model, sock=listener) if served else None
             try:
                 outcome: list[Any] | ApiError = (await call).predictions
             except ApiError as exc:
