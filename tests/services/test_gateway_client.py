@@ -57,9 +57,17 @@ class Origin:
 
 
 @asynccontextmanager
-async def origin(handler: Handler) -> AsyncIterator[tuple[Origin, str]]:
+async def origin(
+    handler: Handler, receive_buffer: int | None = None
+) -> AsyncIterator[tuple[Origin, str]]:
+    """The server on a port of 127.0.0.1, and its URL; each connection's receive buffer
+    `receive_buffer` bytes when given (the kernel's choice otherwise)."""
     state = Origin(handler)
-    server = await asyncio.start_server(state._serve, "127.0.0.1", 0)
+    listener = socket.socket()
+    if receive_buffer is not None:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    listener.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(state._serve, sock=listener)
     port = server.sockets[0].getsockname()[1]
     try:
         yield state, f"http://127.0.0.1:{port}"
@@ -119,6 +127,33 @@ def test_the_pool_never_opens_more_connections_than_its_limit() -> None:
     assert peak == 2
 
 
+def test_a_call_limited_to_connections_answered_since_opens_one_when_none_has() -> None:
+    """``answered_since``: a pooled connection only if it has answered a call since then (the
+    others may lead to the same gone peer as one that went unacknowledged), else a new one;
+    with the pool full, its idle connection unused longest is closed to make room, and the pool
+    stays within its limit. The new one, once it has answered, is taken by the next such call."""
+
+    async def run() -> tuple[list[int], int]:
+        async with origin(answer_all) as (server, url):
+            loop = asyncio.get_running_loop()
+            pool = HttpPool(url, max_connections=2, connect_timeout=1)
+            await asyncio.gather(*(pool.request("GET", "/", timeout=5) for _ in range(2)))
+            since = loop.time()
+            statuses = []
+            for _ in range(2):
+                response = await pool.request("GET", "/", timeout=5, answered_since=since)
+                statuses.append(response.status)
+
+            async def two_open() -> bool:
+                return server.open == 2
+
+            await eventually_async(two_open, "the longest idle connection closed", 10)
+            await pool.close()
+            return statuses, server.connections
+
+    assert asyncio.run(run()) == ([200, 200], 3)
+
+
 def test_a_silent_server_times_out_at_the_deadline() -> None:
     """A server that never answers: the call raises the pool's own TimeoutError, no sooner than
     its deadline. Nothing else can end it: the server stays silent until the client closes,
@@ -152,6 +187,45 @@ def test_a_silent_server_times_out_at_the_deadline() -> None:
     assert str(error) == "no response before the deadline"
     assert elapsed >= 0.2
     assert connections == 2  # a connection that timed out is never reused
+
+
+@pytest.mark.parametrize(
+    ("body_bytes", "reads_at_once"),
+    [(100, True), (1024 * 1024, False)],
+    ids=["slow-to-answer", "slow-to-read-a-long-body"],
+)
+def test_a_live_server_slow_to_answer_or_to_read_keeps_its_connection(
+    body_bytes: int, reads_at_once: bool
+) -> None:
+    """A server that answers 0.6 s after it read the request, or that begins reading a 1 MiB
+    body only after 0.6 s, its receive buffer far shorter, past an ack_timeout of 0.25 s: its
+    kernel acknowledged the request (or the body's start), so the call is answered on its one
+    connection, and no connection is counted as unacknowledged."""
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        if not reads_at_once:
+            await asyncio.sleep(0.6)
+        while await read_request(reader) is not None:
+            if reads_at_once:
+                await asyncio.sleep(0.6)
+            writer.write(OK)
+            await writer.drain()
+
+    async def run() -> tuple[int, int, int]:
+        unacknowledged: list[None] = []
+        async with origin(slow, receive_buffer=64 * 1024) as (server, url):
+            pool = HttpPool(
+                url,
+                max_connections=1,
+                connect_timeout=1,
+                ack_timeout=0.25,
+                on_unacknowledged=lambda: unacknowledged.append(None),
+            )
+            response = await pool.request("POST", "/infer", b"1" * body_bytes, timeout=10)
+            await pool.close()
+            return response.status, len(unacknowledged), server.connections
+
+    assert asyncio.run(run()) == (200, 0, 1)
 
 
 @contextmanager

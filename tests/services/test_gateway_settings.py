@@ -152,18 +152,25 @@ def test_a_read_url_must_be_postgresql() -> None:
         )
 
 
+# Times that may be 0: the standby's lag bound (every read to the primary while it lags at all),
+# and the look at a model call's acknowledgement (never).
+FROM_0 = ("DATABASE_READ_MAX_LAG_SECONDS", "MODEL_ACK_TIMEOUT_SECONDS")
+
+
+@pytest.mark.parametrize("name", FROM_0)
 @pytest.mark.parametrize(
     ("value", "rule"),
     [("-0.5", r"must be >= 0\.0"), ("soon", "must be a number"), ("inf", "must be a finite")],
 )
-def test_the_read_lag_bound_is_a_number_of_seconds_from_0(value: str, rule: str) -> None:
-    with pytest.raises(SettingsError, match=f"DATABASE_READ_MAX_LAG_SECONDS {rule}"):
-        GatewaySettings.from_env({**GATEWAY_REQUIRED, "DATABASE_READ_MAX_LAG_SECONDS": value})
+def test_a_time_from_0_is_a_number_of_seconds(name: str, value: str, rule: str) -> None:
+    with pytest.raises(SettingsError, match=f"{name} {rule}"):
+        GatewaySettings.from_env({**GATEWAY_REQUIRED, name: value})
 
 
-def test_a_read_lag_bound_of_0_is_allowed() -> None:
-    settings = GatewaySettings.from_env({**GATEWAY_REQUIRED, "DATABASE_READ_MAX_LAG_SECONDS": "0"})
-    assert settings.database_read_max_lag_seconds == 0.0
+@pytest.mark.parametrize("name", FROM_0)
+def test_a_time_from_0_may_be_0(name: str) -> None:
+    settings = GatewaySettings.from_env({**GATEWAY_REQUIRED, name: "0"})
+    assert getattr(settings, name.lower()) == 0.0
 
 
 def test_the_gateway_migrates_the_schema_unless_told_not_to() -> None:

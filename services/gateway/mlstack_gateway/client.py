@@ -1,7 +1,8 @@
 """The model server's client: Open Inference Protocol over a pooled keep-alive HTTP/1.1 client.
 
 One deadline bounds every call, retries included; a call that never reached the model
-(connection refused, or a pooled keep-alive connection the server had closed) is retried a
+(connection refused, a pooled keep-alive connection the server had closed, or one closed because
+the model's TCP acknowledged nothing of the request in time: the pool's) is retried a
 bounded number of times with jittered backoff (inference has no side effects, so resending it is
 safe); a connect not answered within the connect timeout gets another begun beside it (the
 pool's); and a circuit breaker turns a dead model into an immediate 503.
@@ -26,6 +27,7 @@ from mlstack_gateway.http_pool import (
     HttpClientError,
     HttpPool,
     HttpResponse,
+    UnacknowledgedError,
 )
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.payload import PredictInput
@@ -83,7 +85,9 @@ class ModelClient:
             self._settings.model_url,
             max_connections=self._settings.model_pool_size,
             connect_timeout=self._settings.model_connect_timeout_seconds,
+            ack_timeout=self._settings.model_ack_timeout_seconds,
             on_slow_connect=self._metrics.model_slow_connects.inc,
+            on_unacknowledged=self._metrics.model_unacknowledged.inc,
         )
         await self.refresh_metadata()
 
@@ -155,12 +159,23 @@ class ModelClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         retry: Retry | None = None
+        # After a connection went unacknowledged, the next try is on one that has answered
+        # since that try began, or a new one: the pool's other idle connections may lead to the
+        # same gone pod, and each would cost as long.
+        answered_since: float | None = None
         while True:
+            began = loop.time()
             try:
                 return await self.pool.request(
-                    "POST", self._infer_path, body, timeout=deadline - loop.time()
+                    "POST",
+                    self._infer_path,
+                    body,
+                    timeout=deadline - began,
+                    answered_since=answered_since,
                 )
-            except _RETRYABLE:
+            except _RETRYABLE as exc:
+                if isinstance(exc, UnacknowledgedError):
+                    answered_since = began
                 # Made on the first failure only: a call that succeeds at once pays nothing.
                 if retry is None:
                     retry = self._backoff.start(deadline)

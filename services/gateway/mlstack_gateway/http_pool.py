@@ -12,9 +12,24 @@ of its pods each time, so the second may reach a live pod where the first went t
 that died (its SYN dropped); and a connect that did complete while the event loop was too busy
 to see it in time is not thrown away.
 
+A request that has had no answer within ``ack_timeout`` (and twice the connection's smoothed
+round trip) is looked at: if the peer's TCP has acknowledged none of it, the connection is closed
+and the call fails as an ``UnacknowledgedError``, which the caller may send again on a
+connection that has answered since (``answered_since``). That is a pooled connection to a pod
+whose node died, found well before the call's deadline (the kernel's own retransmissions would
+give up after minutes). A live peer's kernel acknowledges a request within its delayed-ACK wait
+(tens of milliseconds), however long its application takes to answer, and one that stops reading
+a long body has still acknowledged its start. A request whose one packet was lost on the way is
+sent again by the kernel (its tail-loss probe) twice the round trip and 0.2 s later:
+``ack_timeout`` must leave its acknowledgement time to come, or the call is sent twice. Linux
+only (the socket's unacknowledged bytes, SIOCOUTQ, and its round trip, tcp_info); elsewhere
+nothing is looked at. Over TLS, a request longer than the socket's send buffer is never looked at
+(what waits in the transport is counted in its plain bytes): it waits for its deadline.
+
 It reports why a call failed, so that the caller can decide what is safe to send again:
 ``ConnectError`` (nothing was sent), ``DisconnectedError`` (the connection closed before any byte
-of the answer: typically a pooled keep-alive connection the server had just closed),
+of the answer: typically a pooled keep-alive connection the server had just closed; an
+``UnacknowledgedError`` when it was closed because the request went unacknowledged),
 ``ResponseError`` (a malformed or truncated answer), and ``TimeoutError`` (the deadline passed).
 """
 
@@ -22,9 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import ipaddress
 import socket
 import ssl
+import struct
+import sys
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -36,6 +55,24 @@ _MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 # Connects under way at once for one new connection: each begun ``connect_timeout`` after the one
 # before, while none has completed.
 _CONNECTS_AT_ONCE = 4
+# Where a socket's unacknowledged bytes can be read (SIOCOUTQ, which is TIOCOUTQ's number) and
+# its round trip: Linux's struct tcp_info, as far as tcpi_rtt (the smoothed round trip, in
+# microseconds).
+_CAN_LOOK_AT_ACKS = sys.platform == "linux"
+_TCP_INFO_BYTES = 72
+_RTT_OFFSET = 68
+
+
+def _unacknowledged_bytes(sock: Any) -> int:
+    """The bytes written to ``sock`` that its peer's TCP has not acknowledged yet."""
+    queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return int(struct.unpack("i", queued)[0])
+
+
+def _round_trip(sock: Any) -> float:
+    """``sock``'s smoothed round trip, in seconds."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+    return int(struct.unpack_from("I", info, _RTT_OFFSET)[0]) / 1e6
 
 
 class HttpClientError(Exception):
@@ -48,6 +85,11 @@ class ConnectError(HttpClientError):
 
 class DisconnectedError(HttpClientError):
     """The connection closed before any byte of the answer arrived."""
+
+
+class UnacknowledgedError(DisconnectedError):
+    """The connection was closed: the peer's TCP acknowledged none of the request (most likely
+    its host is gone), so no answer was coming."""
 
 
 class ResponseError(HttpClientError):
@@ -71,6 +113,13 @@ class _Connection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._size = 0
         self._answered = False
+        # The request in flight: its length, when it was sent, and its one timer (the look at
+        # its acknowledgement, then its deadline).
+        self._sent = 0
+        self._sent_at = 0.0
+        self._ack_timeout = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
         self.idle_since = 0.0
 
@@ -120,13 +169,36 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(HttpResponse(self._parser.get_status_code(), body))
 
     # used by the pool
-    def send(self, data: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[HttpResponse]:
+    def send(
+        self, data: bytes, loop: asyncio.AbstractEventLoop, deadline: float, ack_timeout: float
+    ) -> asyncio.Future[HttpResponse]:
+        """Send a request, to be answered by ``deadline``; looked at after ``ack_timeout`` (0:
+        never) if it is not answered by then."""
         assert self._transport is not None
         waiter: asyncio.Future[HttpResponse] = loop.create_future()
         self._waiter = waiter
         self._answered = False
+        self._sent = len(data)
         self._transport.write(data)
+        self._loop = loop
+        self._sent_at = loop.time()
+        self._ack_timeout = ack_timeout
+        self._set_timer(self._sent_at + ack_timeout if ack_timeout > 0 else None, deadline)
         return waiter
+
+    def _set_timer(self, look_at: float | None, deadline: float) -> None:
+        """The call's timer: a look at its acknowledgement at ``look_at`` when that comes before
+        the deadline, else the deadline."""
+        assert self._loop is not None
+        if look_at is not None and look_at < deadline:
+            self._timer = self._loop.call_at(look_at, self._look_at_acks, deadline)
+        else:
+            self._timer = self._loop.call_at(deadline, self.time_out)
+
+    def stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     @property
     def busy(self) -> bool:
@@ -134,6 +206,39 @@ class _Connection(asyncio.Protocol):
 
     def time_out(self) -> None:
         self._fail(TimeoutError("no response before the deadline"))
+        self.close()
+
+    def _look_at_acks(self, deadline: float) -> None:
+        """Close the connection if the peer's TCP has acknowledged none of the request in
+        flight, twice its round trip past ``ack_timeout`` (the module's docstring); otherwise
+        wait for its deadline."""
+        self._set_timer(None, deadline)
+        transport = self._transport
+        if self._waiter is None or self._answered or transport is None:
+            return
+        # What of the request reached the kernel (the rest waits in the transport's buffer).
+        # Over TLS, the request's plain bytes: the records that carry them are longer, so as
+        # many unacknowledged leaves at most their overhead acknowledged, shorter than any
+        # segment.
+        handed = self._sent - transport.get_write_buffer_size()
+        if handed <= 0:
+            return
+        sock = transport.get_extra_info("socket")
+        try:
+            if _unacknowledged_bytes(sock) < handed:
+                return
+            # A round trip of seconds (a long way, or a congested one) puts the kernel's own
+            # resend of a lost packet, and its acknowledgement, later: looked at again then.
+            later = self._sent_at + self._ack_timeout + 2 * _round_trip(sock)
+        except (OSError, AttributeError, ValueError, struct.error):
+            return  # the socket is already closed, or tells nothing: leave it to the deadline
+        self.stop_timer()
+        assert self._loop is not None
+        if self._loop.time() < later:
+            self._set_timer(later, deadline)
+            return
+        self._pool._unacknowledged()
+        self._fail(UnacknowledgedError("no acknowledgement of the request: connection closed"))
         self.close()
 
     def _fail(self, exc: BaseException) -> None:
@@ -188,7 +293,9 @@ class HttpPool:
         connect_timeout: float,
         idle_seconds: float = 30.0,
         user_agent: str = "mlstack-gateway",
+        ack_timeout: float = 0.0,
         on_slow_connect: Callable[[], None] | None = None,
+        on_unacknowledged: Callable[[], None] | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
@@ -209,6 +316,10 @@ class HttpPool:
         self._connect_timeout = connect_timeout
         # Called each time a connect is begun because none had an answer within connect_timeout.
         self._on_slow_connect = on_slow_connect
+        # How long a request may go unanswered before its acknowledgement is looked at; 0: never.
+        self._ack_timeout = ack_timeout if _CAN_LOOK_AT_ACKS else 0.0
+        # Called each time a connection is closed with its request unacknowledged.
+        self._on_unacknowledged = on_unacknowledged
         self._idle_seconds = idle_seconds
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
@@ -224,23 +335,34 @@ class HttpPool:
         return b"".join((line, self._headers, length, body))
 
     async def request(
-        self, method: str, path: str, body: bytes | None = None, *, timeout: float
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        timeout: float,
+        answered_since: float | None = None,
     ) -> HttpResponse:
-        """Send one request and read its whole answer, all within ``timeout`` seconds."""
+        """Send one request and read its whole answer, all within ``timeout`` seconds.
+        ``answered_since`` (the loop's time): on a pooled connection only if it has answered a
+        call since then, else on a new one (the pool's longest idle one closed when it is full)
+        or one another call has just finished with. The pool's other idle connections may lead
+        to the same gone peer as one that just went unacknowledged."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        conn = self._take_idle(loop.time())
+        conn = self._take_idle(loop.time(), answered_since)
         if conn is None:
-            conn = await self._acquire(loop, deadline)
-        waiter = conn.send(self._request_bytes(method, path, body), loop)
-        timer = loop.call_at(deadline, conn.time_out)
+            conn = await self._acquire(loop, deadline, answered_since)
+        waiter = conn.send(
+            self._request_bytes(method, path, body), loop, deadline, self._ack_timeout
+        )
         try:
             return await waiter
         finally:
-            timer.cancel()
+            conn.stop_timer()
             self._release(conn, loop)
 
-    def _take_idle(self, now: float) -> _Connection | None:
+    def _take_idle(self, now: float, answered_since: float | None = None) -> _Connection | None:
         idle = self._idle
         while idle:
             conn = idle.pop()
@@ -249,16 +371,27 @@ class HttpPool:
             if now - conn.idle_since > self._idle_seconds:
                 conn.close()
                 continue
+            if answered_since is not None and conn.idle_since < answered_since:
+                idle.append(conn)  # the most recently used: none below has answered since
+                return None
             return conn
         return None
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+    async def _acquire(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, answered_since: float | None
+    ) -> _Connection:
         while True:
             if self._closed:
                 raise ConnectError("the client is closed")
-            conn = self._take_idle(loop.time())
+            conn = self._take_idle(loop.time(), answered_since)
             if conn is not None:
                 return conn
+            full = len(self._open) + self._opening >= self._max
+            if answered_since is not None and self._idle and full:
+                # Room for the new one: the idle connection unused longest is let go.
+                oldest = self._idle.pop(0)
+                self._open.discard(oldest)
+                oldest.close()
             if len(self._open) + self._opening < self._max:
                 return await self._connect(loop, deadline)
             slot: asyncio.Future[_Connection | None] = loop.create_future()
@@ -406,6 +539,10 @@ class HttpPool:
                 slot.set_result(conn)
                 return True
         return False
+
+    def _unacknowledged(self) -> None:
+        if self._on_unacknowledged is not None:
+            self._on_unacknowledged()
 
     def _forget(self, conn: _Connection) -> None:
         """A connection has closed: it no longer counts against the limit."""

@@ -76,13 +76,20 @@ class GatewayMetrics:
         )
         self.model_retries = Counter(
             "mlstack_gateway_model_retries",
-            "Inference calls sent again after the connection failed before the request went out.",
+            "Inference calls sent again after the connection failed before the model had the "
+            "request (refused, closed, or dropped with the request unacknowledged).",
             registry=self.registry,
         )
         self.model_slow_connects = Counter(
             "mlstack_gateway_model_slow_connects",
             "Connects to the model not answered within MODEL_CONNECT_TIMEOUT_SECONDS, beside "
             "which another was begun (the first to complete is taken).",
+            registry=self.registry,
+        )
+        self.model_unacknowledged = Counter(
+            "mlstack_gateway_model_unacknowledged",
+            "Connections to the model closed because the model's TCP acknowledged nothing of a "
+            "request sent on them within MODEL_ACK_TIMEOUT_SECONDS.",
             registry=self.registry,
         )
         self.breaker_open = Gauge(

@@ -185,6 +185,9 @@ class GatewaySettings(ServiceSettings):
     data_dir: Path
     model_timeout_seconds: float
     model_connect_timeout_seconds: float
+    # How long a model call may go unanswered before its acknowledgement is looked at
+    # (http_pool.py); 0: never.
+    model_ack_timeout_seconds: float
     model_retries: int
     model_pool_size: int
     breaker_failure_threshold: int
@@ -233,6 +236,7 @@ class GatewaySettings(ServiceSettings):
             model_connect_timeout_seconds=env_number(
                 env, "MODEL_CONNECT_TIMEOUT_SECONDS", 0.1, 0.01
             ),
+            model_ack_timeout_seconds=env_number(env, "MODEL_ACK_TIMEOUT_SECONDS", 0.3, 0.0),
             model_retries=env_integer(env, "MODEL_RETRIES", 6, minimum=0),
             model_pool_size=env_integer(env, "MODEL_POOL_SIZE", 64),
             breaker_failure_threshold=env_integer(env, "BREAKER_FAILURE_THRESHOLD", 5),
