@@ -100,13 +100,12 @@ async def _busy(stop: asyncio.Event, draw: random.Random) -> None:
 
 
 class Clients:
-    """The gateway's model client as ModelClient.start makes it, with the settings of one
-    Outcomes, without the metadata call (whose connection would be pooled)."""
+    """The gateway's model client with the settings of one Outcomes and a pool of
+    `max_connections`, opened without the metadata call (whose connection would be pooled)."""
 
     def __init__(self, model_url: str, outcome: Outcomes, max_connections: int) -> None:
         from mlstack_gateway.breaker import CircuitBreaker
         from mlstack_gateway.client import ModelClient
-        from mlstack_gateway.http_pool import HttpPool
         from mlstack_gateway.metrics import GatewayMetrics
         from mlstack_gateway.payload import parse_predict_body
         from mlstack_gateway.settings import GatewaySettings
@@ -114,6 +113,7 @@ class Clients:
         env = {
             "MLSTACK_API_KEY": API_KEY,
             "MODEL_URL": model_url,
+            "MODEL_POOL_SIZE": str(max_connections),
             outcome.setting: str(outcome.value),
         }
         settings = GatewaySettings.from_env(env)
@@ -121,14 +121,7 @@ class Clients:
         self.metrics = GatewayMetrics()
         # No breaker: every call is measured on its own.
         self.client = ModelClient(settings, CircuitBreaker(1_000_000, 1.0), self.metrics)
-        self.client._pool = HttpPool(
-            settings.model_url,
-            max_connections=max_connections,
-            connect_timeout=settings.model_connect_timeout_seconds,
-            ack_timeout=settings.model_ack_timeout_seconds,
-            on_slow_connect=self.metrics.model_slow_connects.inc,
-            on_unacknowledged=self.metrics.model_unacknowledged.inc,
-        )
+        self.client.open_pool()
         self._payload = parse_predict_body(ROW, 10, 4)
 
     async def call(self, *, measured: bool = True) -> None:

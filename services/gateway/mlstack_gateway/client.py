@@ -81,6 +81,12 @@ class ModelClient:
         self.answering = False
 
     async def start(self) -> None:
+        self.open_pool()
+        await self.refresh_metadata()
+
+    def open_pool(self) -> None:
+        """The pool of connections to the model, as the settings make it: what start() opens
+        before it asks for the model's metadata."""
         self._pool = HttpPool(
             self._settings.model_url,
             max_connections=self._settings.model_pool_size,
@@ -89,7 +95,6 @@ class ModelClient:
             on_slow_connect=self._metrics.model_slow_connects.inc,
             on_unacknowledged=self._metrics.model_unacknowledged.inc,
         )
-        await self.refresh_metadata()
 
     async def close(self) -> None:
         if self._pool is not None:
