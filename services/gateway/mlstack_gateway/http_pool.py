@@ -117,7 +117,6 @@ class _Connection(asyncio.Protocol):
         # its acknowledgement, then its deadline).
         self._sent = 0
         self._sent_at = 0.0
-        self._ack_timeout = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
@@ -170,10 +169,10 @@ class _Connection(asyncio.Protocol):
 
     # used by the pool
     def send(
-        self, data: bytes, loop: asyncio.AbstractEventLoop, deadline: float, ack_timeout: float
+        self, data: bytes, loop: asyncio.AbstractEventLoop, deadline: float
     ) -> asyncio.Future[HttpResponse]:
-        """Send a request, to be answered by ``deadline``; looked at after ``ack_timeout`` (0:
-        never) if it is not answered by then."""
+        """Send a request, to be answered by ``deadline``; looked at after the pool's
+        ``ack_timeout`` (0: never) if it is not answered by then."""
         assert self._transport is not None
         waiter: asyncio.Future[HttpResponse] = loop.create_future()
         self._waiter = waiter
@@ -182,7 +181,7 @@ class _Connection(asyncio.Protocol):
         self._transport.write(data)
         self._loop = loop
         self._sent_at = loop.time()
-        self._ack_timeout = ack_timeout
+        ack_timeout = self._pool.ack_timeout
         self._set_timer(self._sent_at + ack_timeout if ack_timeout > 0 else None, deadline)
         return waiter
 
@@ -211,35 +210,39 @@ class _Connection(asyncio.Protocol):
     def _look_at_acks(self, deadline: float) -> None:
         """Close the connection if the peer's TCP has acknowledged none of the request in
         flight, twice its round trip past ``ack_timeout`` (the module's docstring); otherwise
-        wait for its deadline."""
-        self._set_timer(None, deadline)
+        look again then, or wait for the deadline."""
+        assert self._loop is not None
+        gone_after = self._unacknowledged_until()
+        if gone_after is None or self._loop.time() < gone_after:
+            self._set_timer(gone_after, deadline)
+            return
+        self._timer = None
+        self._pool._unacknowledged()
+        self._fail(UnacknowledgedError("no acknowledgement of the request: connection closed"))
+        self.close()
+
+    def _unacknowledged_until(self) -> float | None:
+        """None when the request in flight is answered, acknowledged in part, or cannot be told
+        about; else the moment after which its peer counts as gone."""
         transport = self._transport
         if self._waiter is None or self._answered or transport is None:
-            return
+            return None
         # What of the request reached the kernel (the rest waits in the transport's buffer).
         # Over TLS, the request's plain bytes: the records that carry them are longer, so as
         # many unacknowledged leaves at most their overhead acknowledged, shorter than any
         # segment.
         handed = self._sent - transport.get_write_buffer_size()
         if handed <= 0:
-            return
+            return None
         sock = transport.get_extra_info("socket")
         try:
             if _unacknowledged_bytes(sock) < handed:
-                return
+                return None
             # A round trip of seconds (a long way, or a congested one) puts the kernel's own
             # resend of a lost packet, and its acknowledgement, later: looked at again then.
-            later = self._sent_at + self._ack_timeout + 2 * _round_trip(sock)
+            return self._sent_at + self._pool.ack_timeout + 2 * _round_trip(sock)
         except (OSError, AttributeError, ValueError, struct.error):
-            return  # the socket is already closed, or tells nothing: leave it to the deadline
-        self.stop_timer()
-        assert self._loop is not None
-        if self._loop.time() < later:
-            self._set_timer(later, deadline)
-            return
-        self._pool._unacknowledged()
-        self._fail(UnacknowledgedError("no acknowledgement of the request: connection closed"))
-        self.close()
+            return None  # the socket is already closed, or tells nothing: the deadline decides
 
     def _fail(self, exc: BaseException) -> None:
         waiter, self._waiter = self._waiter, None
@@ -317,7 +320,7 @@ class HttpPool:
         # Called each time a connect is begun because none had an answer within connect_timeout.
         self._on_slow_connect = on_slow_connect
         # How long a request may go unanswered before its acknowledgement is looked at; 0: never.
-        self._ack_timeout = ack_timeout if _CAN_LOOK_AT_ACKS else 0.0
+        self.ack_timeout = ack_timeout if _CAN_LOOK_AT_ACKS else 0.0
         # Called each time a connection is closed with its request unacknowledged.
         self._on_unacknowledged = on_unacknowledged
         self._idle_seconds = idle_seconds
@@ -353,9 +356,7 @@ class HttpPool:
         conn = self._take_idle(loop.time(), answered_since)
         if conn is None:
             conn = await self._acquire(loop, deadline, answered_since)
-        waiter = conn.send(
-            self._request_bytes(method, path, body), loop, deadline, self._ack_timeout
-        )
+        waiter = conn.send(self._request_bytes(method, path, body), loop, deadline)
         try:
             return await waiter
         finally:
