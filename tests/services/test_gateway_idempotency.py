@@ -1,7 +1,8 @@
 """POST /api/v1/predict with an Idempotency-Key: a client may send a request again (after a 503,
 or a connection lost before the answer) without its prediction being stored twice, on either
 store. A retry is answered from what the key's first request stored, once that is committed as
-the server promises a commit: on PostgreSQL with a synchronous standby, once the standby has it."""
+the server promises a commit: on PostgreSQL with a synchronous standby, once the standby has it;
+and so while the model fails or is away too."""
 
 from __future__ import annotations
 
@@ -22,8 +23,16 @@ from mlstack_gateway.stores.postgres import COMMIT_ORDER_LOCK_KEY, migrate_datab
 
 from harness.http import Reply, request
 from harness.poll import eventually
+from harness.ports import free_port
 from harness.postgres import PostgresServer, on_connection, query
-from harness.services import API_KEY, SETOSA, GatewayProcess, ServiceProcess, start_gateway
+from harness.services import (
+    API_KEY,
+    SETOSA,
+    GatewayProcess,
+    ServiceProcess,
+    Wait,
+    start_gateway,
+)
 from tests.services.hostile import PREDICT, exchange, raw_request
 from tests.services.support import metric, predict, sqlite_file, throwaway_postgres
 
@@ -62,14 +71,21 @@ def gateway_role(dsn: str) -> str:
     return f"postgresql://{role}@{rest}"
 
 
+def nothing_listens() -> str:
+    """A model URL with no model behind it: every call is refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
 def gateway_as_its_role(
-    model_server: ServiceProcess, log_dir: Path, dsn: str, write_timeout: float
+    model_url: str, log_dir: Path, dsn: str, write_timeout: float, wait: Wait = "ready"
 ) -> ServiceProcess:
     """A gateway on `dsn`'s database as the gateway's role (gateway_role) would run it, its
-    writes given `write_timeout` seconds."""
+    writes given `write_timeout` seconds (waited for only until live, for one whose model is
+    away)."""
     return start_gateway(
-        model_server.url,
+        model_url,
         log_dir,
+        wait,
         DATABASE_URL=gateway_role(dsn),
         DATABASE_MIGRATE="false",
         DB_WRITE_TIMEOUT_SECONDS=f"{write_timeout:g}",
@@ -78,11 +94,13 @@ def gateway_as_its_role(
 
 @dataclass
 class SharedStore:
-    """Two gateways on one database: ``new`` in front of the newest model, ``old`` in front of
-    v1 (as during a model rollout); ``count`` says how many rows a request_id has."""
+    """Gateways on one database: ``new`` in front of the newest model, ``old`` in front of v1
+    (as during a model rollout), ``away`` in front of no model at all; ``count`` says how many
+    rows a request_id has."""
 
     new: GatewayProcess
     old: GatewayProcess
+    away: GatewayProcess
     count: Callable[[str], int]
     # While in it, a write cannot commit: it waits for its lock.
     writes_held: Callable[[], contextlib.AbstractContextManager[None]]
@@ -148,11 +166,13 @@ def shared(
 
     new = start_gateway(model_server.url, log_dir, "ready", DB_WRITE_TIMEOUT_SECONDS="10", **env)
     old = start_gateway(model_v1.url, log_dir, "ready", DB_WRITE_TIMEOUT_SECONDS="10", **env)
+    away = start_gateway(nothing_listens(), log_dir, "live", **env)
     try:
-        yield SharedStore(new, old, count, writes_held)
+        yield SharedStore(new, old, away, count, writes_held)
     finally:
         new.stop()
         old.stop()
+        away.stop()
 
 
 def test_a_retry_with_the_key_gets_the_same_answer_and_stores_nothing_more(
@@ -192,6 +212,31 @@ def test_the_key_of_another_request_is_refused_with_422(shared: SharedStore) -> 
     assert shared.count(key) == 1
     # The same numbers written otherwise are the same request.
     assert keyed_predict(shared.new, [[float(v) for v in SETOSA]], key).status == 200
+
+
+def test_a_retry_the_model_does_not_answer_gets_the_stored_answer(shared: SharedStore) -> None:
+    key = str(uuid.uuid4())
+    first = keyed_predict(shared.new, [SETOSA, VIRGINICA], key)
+    assert first.status == 200, first.body
+    retry = keyed_predict(shared.away, [SETOSA, VIRGINICA], key)
+    assert (retry.status, retry.json()) == (200, first.json())
+    assert shared.count(key) == 1
+    assert metric(shared.away, PREDICTED_ROWS) == 0
+    # Other instances under the key: 422, as with a model that answers.
+    other = keyed_predict(shared.away, [VIRGINICA], key)
+    assert other.status == 422, other.body
+    assert "was used for another request" in other.json()["error"]
+
+
+def test_a_key_nothing_is_stored_under_gets_the_model_s_503(shared: SharedStore) -> None:
+    key = str(uuid.uuid4())
+    reply = keyed_predict(shared.away, [SETOSA], key)
+    assert reply.refused_with_retry_after, (reply.status, reply.body)
+    assert reply.json()["error"].startswith("model unavailable"), reply.body
+    assert shared.count(key) == 0
+    # And nothing is stored for its retry to find: once the model answers, it is a new request.
+    assert keyed_predict(shared.new, [SETOSA], key).status == 200
+    assert shared.count(key) == 1
 
 
 @pytest.mark.parametrize(
@@ -286,7 +331,7 @@ def test_a_retry_after_a_503_whose_commit_landed_later_gets_its_answer(
     # completes afterwards: the prediction is stored, under the key the client sent.
     with throwaway_postgres() as server:
         dsn = server.dsn()
-        gateway = gateway_as_its_role(model_server, log_dir, dsn, write_timeout=1)
+        gateway = gateway_as_its_role(model_server.url, log_dir, dsn, write_timeout=1)
         key = str(uuid.uuid4())
         try:
             with absent_standby(dsn):
@@ -316,8 +361,8 @@ def test_a_row_found_on_the_primary_alone_is_answered_once_the_standby_has_it(
     # A real synchronous standby, whose commits confirm once it has replayed them
     # (remote_apply), with its replay paused: a commit waits for it. The first request's wait is
     # cancelled (503): its row is on the primary alone. A retry with the key must not be
-    # answered 200 while that is so; once the standby replays again, it is, and the standby has
-    # the row the moment the retry is answered.
+    # answered 200 while that is so, even by a gateway whose model is away; once the standby
+    # replays again, it is, and the standby has the row the moment the retry is answered.
     with throwaway_postgres() as primary:
         dsn = primary.dsn()
         standby = primary.standby()
@@ -325,7 +370,8 @@ def test_a_row_found_on_the_primary_alone_is_answered_once_the_standby_has_it(
             query(dsn, "ALTER SYSTEM SET synchronous_standby_names = '*'")
             query(dsn, "ALTER DATABASE postgres SET synchronous_commit = 'remote_apply'")
             query(dsn, "SELECT pg_reload_conf()")
-            gateway = gateway_as_its_role(model_server, log_dir, dsn, write_timeout=2)
+            gateway = gateway_as_its_role(model_server.url, log_dir, dsn, write_timeout=2)
+            away = gateway_as_its_role(nothing_listens(), log_dir, dsn, 2, "live")
             key = str(uuid.uuid4())
             try:
                 assert predict(gateway.url, [SETOSA]).status == 200  # the standby confirms
@@ -341,15 +387,20 @@ def test_a_row_found_on_the_primary_alone_is_answered_once_the_standby_has_it(
                     retry = keyed_predict(gateway, [SETOSA], key)
                     assert retry.status != 200, retry.body
                     assert retry.refused_with_retry_after, (retry.status, retry.body)
+                    retry = keyed_predict(away, [SETOSA], key)
+                    assert retry.refused_with_retry_after, (retry.status, retry.body)
                     assert stored_rows(standby.dsn(), key) == 0
-                    # What still waits (the retry's commit, left by the gateway) stops waiting.
+                    # What still waits (the retries' commits, left by the gateways) stops
+                    # waiting.
                     query(dsn, f"SELECT pg_cancel_backend(pid) FROM ({WAITING_FOR_STANDBY}) w")
-                retry = keyed_predict(gateway, [SETOSA], key)
+                retry = keyed_predict(away, [SETOSA], key)
                 assert retry.status == 200, retry.body
                 assert retry.json()["request_id"] == key
                 assert stored_rows(standby.dsn(), key) == 1
+                assert keyed_predict(gateway, [SETOSA], key).json() == retry.json()
                 assert stored_rows(dsn, key) == 1
             finally:
                 gateway.stop()
+                away.stop()
         finally:
             standby.destroy()

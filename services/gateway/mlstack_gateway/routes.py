@@ -21,9 +21,14 @@ from mlstack_gateway.errors import ApiError
 from mlstack_gateway.history import NEWEST, parse_cursor
 from mlstack_gateway.ids import idempotency_key, new_request_id
 from mlstack_gateway.metrics import GatewayMetrics
-from mlstack_gateway.payload import parse_predict_body
+from mlstack_gateway.payload import PredictInput, parse_predict_body
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.stores.base import PredictionRecord, PredictionStore, StoreUnavailableError
+from mlstack_gateway.stores.base import (
+    PredictionRecord,
+    PredictionStore,
+    StoredPrediction,
+    StoreUnavailableError,
+)
 
 log = logging.getLogger("mlstack_gateway")
 
@@ -36,6 +41,27 @@ _AWAITING_MIGRATIONS = orjson.dumps(
     {"ready": False, "reason": "the database's schema is older than this gateway's"}
 )
 DEFAULT_HISTORY_LIMIT = 20
+
+
+def _answer(predictions_json: bytes, model_version: str, request_id: str) -> bytes:
+    return orjson.dumps(
+        {
+            "predictions": orjson.Fragment(predictions_json),
+            "model_version": model_version,
+            "request_id": request_id,
+        }
+    )
+
+
+def _stored_answer(key: str, stored: StoredPrediction) -> bytes:
+    """A retry's answer: what the key's earlier request stored, if it had the same instances."""
+    if not stored.same_instances:
+        raise ApiError(
+            422,
+            f"Idempotency-Key {key} was used for another request (other instances): "
+            "send a new key with a new request",
+        )
+    return _answer(stored.predictions_json.encode(), stored.model_version, key)
 
 
 class _AsgiEndpoint:
@@ -137,7 +163,13 @@ class GatewayRoutes:
             raise ApiError(exc.status, exc.message) from None
         request_id = new_request_id() if key is None else key
         called = time.perf_counter()
-        answer = await self._client.infer(request_id, payload)
+        try:
+            answer = await self._client.infer(request_id, payload)
+        except ApiError:
+            # The model fails or is away: a retry whose request is stored needs no model.
+            if key is None or (stored := await self._stored(key, payload)) is None:
+                raise
+            return _stored_answer(key, stored)
         answered = time.perf_counter()
         if self._client.n_features is None:
             # The model took this width: remember it to validate later requests here.
@@ -158,26 +190,19 @@ class GatewayRoutes:
             stored = await self._store.save(record)
         except StoreUnavailableError as exc:
             raise ApiError(503, f"prediction not confirmed as stored, try again: {exc}") from None
-        model_version = answer.model_version
-        if stored is None:
-            self._metrics.predictions.inc(len(payload.rows))
-        else:
+        if stored is not None:
             # The key's earlier request is stored (and now confirmed as any commit): a retry
             # gets its answer, not a second one (the model may have changed since).
-            if not stored.same_instances:
-                raise ApiError(
-                    422,
-                    f"Idempotency-Key {key} was used for another request (other instances): "
-                    "send a new key with a new request",
-                )
-            predictions_json, model_version = stored.predictions_json.encode(), stored.model_version
-        return orjson.dumps(
-            {
-                "predictions": orjson.Fragment(predictions_json),
-                "model_version": model_version,
-                "request_id": request_id,
-            }
-        )
+            return _stored_answer(request_id, stored)
+        self._metrics.predictions.inc(len(payload.rows))
+        return _answer(predictions_json, answer.model_version, request_id)
+
+    async def _stored(self, key: str, payload: PredictInput) -> StoredPrediction | None:
+        """What the key's earlier request stored, if the store can tell now."""
+        try:
+            return await self._store.stored(key, orjson.dumps(payload.rows).decode())
+        except StoreUnavailableError:
+            return None
 
     def _limit(self, request: Request) -> int:
         raw = request.query_params.get("limit")

@@ -79,6 +79,12 @@ class PredictionStore(Protocol):
         confirmed by the synchronous standby where the server has one). None: the record is
         stored now."""
 
+    async def stored(self, request_id: str, instances_json: str) -> StoredPrediction | None:
+        """What a keyed request stored under ``request_id`` (an Idempotency-Key), for its retry
+        while the model fails or is away: returned once it is committed as a row ``save`` finds
+        is, and compared with ``instances_json``. None: nothing is stored under it. Raise
+        StoreUnavailableError when the database cannot tell, or not confirm it, now."""
+
     async def recent(self, limit: int, before: int) -> HistoryPage:
         """The newest records with ids below ``before``, newest first: at most ``limit`` of
         them and HISTORY_MAX_BYTES of answer, read no further than the page needs."""

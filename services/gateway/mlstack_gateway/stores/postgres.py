@@ -162,6 +162,12 @@ FROM unnest($1::uuid[], $2::jsonb[], $3::int[], $4::text[], $5::jsonb[], $6::flo
     AS s (request_id, instances, n, model_version, predictions, latency_ms)
 JOIN predictions AS p USING (request_id)
 """
+# What one keyed request stored ($1), and whether it has the instances sent ($2), for a retry
+# the model does not answer (_stored).
+_STORED = """
+SELECT model_version, predictions::text, instances = $2::jsonb
+FROM predictions WHERE request_id = $1::uuid
+"""
 # Whether this server's commits return only once a synchronous standby has the commit: then a
 # row a resend finds already there may be on the primary alone (_insert).
 _SYNCHRONOUS = """
@@ -741,6 +747,18 @@ async def _upsert(
     return True, found
 
 
+async def _stored(
+    conn: asyncpg.pool.PoolConnectionProxy, request_id: str, instances_json: str
+) -> tuple[StoredPrediction | None, bool]:
+    """_STORED; a row found is confirmed as _upsert confirms the rows it finds, by
+    _WRITE_COMMIT_RECORD. Whether it is now committed as the server promises a commit."""
+    row = await conn.fetchrow(_STORED, request_id, instances_json)
+    if row is None:
+        return None, True
+    _, confirmed = await _heard(conn, lambda: conn.fetchval(_WRITE_COMMIT_RECORD))
+    return StoredPrediction(row[0], row[1], row[2]), confirmed
+
+
 class PostgresStore:
     kind = "postgresql"
 
@@ -943,6 +961,28 @@ class PostgresStore:
 
     async def save(self, record: PredictionRecord) -> StoredPrediction | None:
         return await self._committer.submit(record)
+
+    async def stored(self, request_id: str, instances_json: str) -> StoredPrediction | None:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailableError("database not connected yet")
+        asked_at = asyncio.get_running_loop().time()
+        try:
+            # A read's time: the client has waited for the model already.
+            found, confirmed = await _on_connection(
+                pool,
+                READ_ATTEMPT_SECONDS,
+                lambda conn: _stored(conn, request_id, instances_json),
+            )
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+            (self._writes if _refuses_writes(exc) else self._primary).failed(exc, asked_at)
+            raise StoreUnavailableError("database read failed") from exc
+        self._primary.answered(asked_at)
+        if not confirmed:
+            raise StoreUnavailableError("stored prediction not confirmed by the standby")
+        return found
 
     def _page_args(self, limit: int, before: int) -> tuple[int, int, int, int]:
         """_PAGE's parameters $1 to $4."""

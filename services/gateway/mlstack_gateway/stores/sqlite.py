@@ -62,7 +62,8 @@ _INTO = """ INTO predictions
 VALUES """
 _INSERT = "INSERT OR IGNORE" + _INTO
 # What the keyed rows of a batch hold that were not inserted (found stored by an earlier
-# request with the key), by request_id: read in the batch's transaction (_upsert_batch).
+# request with the key), by request_id: read in the batch's transaction (_upsert_batch), or
+# one row for a retry the model does not answer (SqliteStore.stored).
 _FOUND = (
     "SELECT request_id, model_version, instances, predictions FROM predictions WHERE request_id IN "
 )
@@ -314,6 +315,21 @@ class SqliteStore:
 
     async def save(self, record: PredictionRecord) -> StoredPrediction | None:
         return await self._committer.submit(record)
+
+    def _stored_sync(self, request_id: str, instances_json: str) -> StoredPrediction | None:
+        row = self._reader.conn.execute(_FOUND + "(?)", (request_id,)).fetchone()
+        if row is None:
+            return None
+        # A row the reader sees is committed, and WAL-synced (synchronous=FULL).
+        _, model_version, instances, predictions = row
+        return StoredPrediction(model_version, predictions, _same(instances, instances_json))
+
+    async def stored(self, request_id: str, instances_json: str) -> StoredPrediction | None:
+        try:
+            return await self._reader.run(lambda: self._stored_sync(request_id, instances_json))
+        except sqlite3.Error as exc:
+            log.warning("SQLite read of a stored prediction failed: %s", exc)
+            raise StoreUnavailableError("database read failed") from exc
 
     def _recent_sync(self, limit: int, before: int) -> HistoryPage:
         page = PageBuilder(limit, self._history_max_bytes)
