@@ -21,6 +21,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import pod, rollout
+from components.database_scale_in import scale_in_policy
 from components.labels import labels, metadata, selector
 from components.quantity import quantity_bytes
 
@@ -179,6 +180,8 @@ class Database(pulumi.ComponentResource):
     backup_claim: k8s.core.v1.PersistentVolumeClaim | None
     role: k8s.rbac.v1.Role
     disruption_budget: k8s.policy.v1.PodDisruptionBudget
+    # The API server's refusal to lower the instances by more than one at once.
+    scale_in_policy: k8s.admissionregistration.v1.ValidatingAdmissionPolicyBinding
     host: pulumi.Output[str]
     read_host: pulumi.Output[str]
 
@@ -201,6 +204,14 @@ class Database(pulumi.ComponentResource):
         self.volume_claims = self._data_claims(name, args, data)
         self.backup_claim = self._backup_claim(name, args)
         backup_ca = self._backup_ca(name, args)
+        # In force before the StatefulSet changes, on the first `pulumi up` that makes it too.
+        self.scale_in_policy = scale_in_policy(
+            f"{name}-scale-in",
+            args.namespace,
+            args.stack,
+            NAME,
+            pulumi.ResourceOptions(parent=self),
+        )
         self.stateful_set = self._stateful_set(
             name,
             args,
@@ -208,6 +219,7 @@ class Database(pulumi.ComponentResource):
             after=[
                 *self.volume_claims,
                 binding,
+                self.scale_in_policy,
                 self.headless_service,
                 *args.after,
                 *(each for each in (self.backup_claim, backup_ca) if each is not None),

@@ -294,8 +294,17 @@ def ensure_database(
 ) -> None:
     """Needs: `instances` database instances, settled, the primary `primary` when it is given. A
     `pulumi up` only when the count differs (the primary first switched over to an instance a
-    smaller count keeps), a wait for Patroni only when a pod does not carry its role yet, a
-    switchover only when another instance leads."""
+    smaller count keeps; one up per instance taken away), a wait for Patroni only when a pod
+    does not carry its role yet, a switchover only when another instance leads."""
+    live = kube.kubectl(
+        "get", "statefulset", database.NAME, "-n", NAMESPACE, "-o", "jsonpath={.spec.replicas}",
+        check=False,
+    ).stdout  # fmt: skip
+    if live.isdigit() and int(live) > instances + 1:
+        # One instance per `pulumi up`: the API server refuses more (database_scale_in.py).
+        ensure_database(workspace, kube, int(live) - 1)
+        ensure_database(workspace, kube, instances, primary)
+        return
     labelled = app.roles(kube)
     for _ in range(len(labelled)):
         leaders = [name for name, role in labelled.items() if role == database.PRIMARY]
@@ -1275,9 +1284,20 @@ def test_4t_f_an_instance_goes_by_config_and_the_primary_keeps_its_role(
 ) -> None:
     """Back to two instances: the StatefulSet removes the last one. The tests above moved the
     primary; make it 0 or 1 first (a switchover is how an operator would) and check the set
-    shrinks around it."""
+    shrinks around it. Two at once is refused by the API server (components/database_scale_in.py):
+    in the preview already, and from `kubectl scale` too."""
     kube = control_plane
     ensure_database(workspace, kube, 3)
+    refusal = "3 database instances lowered to 1 at once"
+    workspace.set_config(STACK, "mlstack:database.replicas", 1)
+    try:
+        preview = workspace.run("preview", "--stack", STACK, check=False)
+    finally:
+        workspace.set_config(STACK, "mlstack:database.replicas", 3)
+    assert preview.returncode != 0 and refusal in preview.output, preview.output[-3000:]
+    scale = ("scale", "statefulset", database.NAME, "-n", NAMESPACE, "--replicas=1")
+    scaled = kube.kubectl(*scale, check=False)
+    assert scaled.returncode != 0 and refusal in scaled.stderr, scaled.stdout + scaled.stderr
     if app.primary_instance(kube) == 2:
         # The synchronous standby is one of the other two.
         make_switchover(workspace, sync_standby(kube))

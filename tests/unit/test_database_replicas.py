@@ -1,6 +1,7 @@
 """`database.replicas`: one StatefulSet of that many instances, each on a claim of its own, the
-policies between instances, and what a change of the count changes (only the count, and the
-claims it adds)."""
+policies between instances, what a change of the count changes (only the count, and the claims
+it adds), and the API server's refusal to lower it by more than one at once (its CEL is tried on
+a real API server by tests/e2e/test_engine.py, 4t_f)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from components import database, pod
+from components import database, database_scale_in, pod
 from components.labels import NAME_LABEL
 from harness.program import ProgramRun, Registered, run_program, stack_config
 from tests.manifests import env, pod_spec, volumes
@@ -135,3 +136,33 @@ def test_adding_standbys_changes_the_count_and_adds_their_claims(smaller: int, l
 def test_protect_covers_every_instance_s_claim() -> None:
     for claim in run_program("prod").of_kind("PersistentVolumeClaim"):
         assert claim.protect, claim.metadata["name"]
+
+
+def test_the_api_server_refuses_to_lower_the_instances_by_more_than_one(three: ProgramRun) -> None:
+    (policy,) = three.of_kind("ValidatingAdmissionPolicy")
+    (binding,) = three.of_kind("ValidatingAdmissionPolicyBinding")
+    assert policy.metadata["name"] == binding.metadata["name"] == "mlstack-dev-database-scale-in"
+    assert binding.inputs["spec"] == {
+        "policyName": policy.metadata["name"],
+        "validationActions": ["Deny"],
+    }
+    spec = policy.inputs["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    # The stack's StatefulSet and its scale subresource (`kubectl scale`), in its namespace.
+    assert spec["matchConstraints"] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mlstack-dev"}},
+        "resourceRules": [
+            {
+                "apiGroups": ["apps"],
+                "apiVersions": ["v1"],
+                "operations": ["UPDATE"],
+                "resources": ["statefulsets", "statefulsets/scale"],
+                "resourceNames": [database.NAME],
+            }
+        ],
+    }
+    (validation,) = spec["validations"]
+    assert validation["expression"] == database_scale_in.ALLOWED
+    # In force before a `pulumi up` changes the StatefulSet.
+    (stateful_set,) = three.of_kind("StatefulSet")
+    assert f"{binding.type}::{binding.name}" in stateful_set.waits_for

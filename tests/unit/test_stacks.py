@@ -120,10 +120,15 @@ def test_namespace_enforces_the_restricted_pod_security_standard(stack_run: Prog
     (namespace,) = stack_run.of_kind("Namespace")
     assert namespace.metadata["name"] == f"mlstack-{stack_run.stack}"
     assert namespace.metadata["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    # Besides the Namespace, EKS's default StorageClass is the cluster's own, in no namespace.
-    namespaced = [
-        o for o in kubernetes_objects(stack_run) if o.kind not in ("Namespace", "StorageClass")
-    ]
+    # Besides the Namespace, in no namespace: EKS's default StorageClass, the cluster's own, and
+    # the database's scale-in policy, named after the namespace.
+    cluster_wide = (
+        "Namespace",
+        "StorageClass",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    )
+    namespaced = [o for o in kubernetes_objects(stack_run) if o.kind not in cluster_wide]
     assert all(o.metadata["namespace"] == f"mlstack-{stack_run.stack}" for o in namespaced)
 
 
