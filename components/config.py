@@ -6,6 +6,7 @@ first mistake; `load_or_exit()`, the program's entry point, logs that one line a
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import json
@@ -855,6 +856,49 @@ def _certificates_parse(chain: str) -> bool:
     return True
 
 
+# What a client's verification of the certificate finds that makes every client refuse it,
+# whoever it trusts (OpenSSL's X509_V_ERR_ codes).
+_REFUSED_BY_CLIENTS: Final = {
+    9: "is not valid yet (its start date is still to come)",
+    10: "has expired",
+    26: "is not for TLS servers (its extended key usage has no serverAuth)",
+}
+_FIRST_CERTIFICATE = re.compile(
+    r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----"
+)
+
+
+def _client_refusal(server: ssl.SSLContext, chain: str) -> str | None:
+    """What makes every client refuse the certificate `server` serves (_REFUSED_BY_CLIENTS),
+    found by a TLS handshake in memory with a client that trusts the chain's first certificate
+    itself (a partial chain): OpenSSL then checks its dates and purpose, and not who issued it.
+    None: nothing such (or no handshake to tell)."""
+    first = _FIRST_CERTIFICATE.search(chain)
+    if first is None:
+        return None
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    client.load_verify_locations(cadata=first.group())
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ends = (
+        client.wrap_bio(to_client, to_server),
+        server.wrap_bio(to_server, to_client, server_side=True),
+    )
+    try:
+        # Each turn lets each side read what the other wrote: the client holds the certificate
+        # after the second.
+        for _ in range(4):
+            for end in ends:
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    end.do_handshake()
+    except ssl.SSLCertVerificationError as refused:
+        return _REFUSED_BY_CLIENTS.get(refused.verify_code)
+    except ssl.SSLError:
+        return None
+    return None
+
+
 def _check_tls_pair(certificate: str, private_key: str) -> None:
     """Load the stack's certificate chain and private key as the gateway loads its files at start
     (services/gateway/mlstack_gateway/settings.py `_tls_files`, which calls certificates.py
@@ -862,6 +906,9 @@ def _check_tls_pair(certificate: str, private_key: str) -> None:
     would ask on the terminal). A pair the gateway would refuse then stops `pulumi preview`,
     not the gateway's pods, whose rollout `pulumi up` would wait for without end. The program
     cannot import the gateway's package (an image of its own): these few lines are its copy.
+    A pair that loads is then served to a client in memory (_client_refusal): a certificate
+    that every client would refuse stops the preview too, since the gateway would start with
+    it.
 
     OpenSSL reads a pair from files alone: they are written, as the Secret's stringData gives
     them to the pods (UTF-8), into a folder of the system's temporary one that only this user
@@ -902,6 +949,12 @@ def _check_tls_pair(certificate: str, private_key: str) -> None:
                 f"{cert_key} and {key_key} do not load as a certificate chain and its private "
                 f"key (OpenSSL: {reason}): {stops}; set them with {set_cert} and {set_key}"
             ) from None
+    refusal = _client_refusal(context, certificate)
+    if refusal is not None:
+        raise ConfigError(
+            f"the certificate in {cert_key} (the chain's first) {refusal}: clients would refuse "
+            f"the gateway's HTTPS; set another with {set_cert}"
+        )
 
 
 def _parse_tls(section: _Section, raw: Mapping[str, object]) -> GatewayTls | None:

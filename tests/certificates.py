@@ -18,25 +18,36 @@ def self_signed_certificate(
     *,
     passphrase: str | None = None,
     traditional: bool = False,
+    usage: str | None = None,
+    dates: tuple[str, str] | None = None,
 ) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (common name `name`) and its key, in `folder`.
     The key is PKCS#8 (`BEGIN PRIVATE KEY`), encrypted with `passphrase` when one is given; with
     `traditional`, in OpenSSL's older format instead (`BEGIN EC PRIVATE KEY`, a passphrase's
-    encryption in its `Proc-Type` header), as some tools still write keys."""
+    encryption in its `Proc-Type` header), as some tools still write keys. `usage`: its extended
+    key usage (`clientAuth`, ...), none by default. `dates`: its start and end
+    (YYYYMMDDHHMMSSZ, either past or to come), from now for two days by default."""
     folder.mkdir(parents=True, exist_ok=True)
     cert, key = folder / "tls.crt", folder / "tls.key"
     encryption = ["-nodes"] if passphrase is None else ["-passout", f"pass:{passphrase}"]
+    extensions = [f"subjectAltName=IP:{LOOPBACK},DNS:localhost"]
+    if usage is not None:
+        extensions.append(f"extendedKeyUsage={usage}")
+    made = ["-x509", "-out", str(cert), "-days", "2"] if dates is None else ["-out", str(cert)]
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "ec",
+            "openssl", "req", "-newkey", "ec",
             "-pkeyopt", "ec_paramgen_curve:prime256v1", *encryption,
-            "-keyout", str(key), "-out", str(cert), "-days", "2",
-            "-subj", f"/CN={name}",
-            "-addext", f"subjectAltName=IP:{LOOPBACK},DNS:localhost",
+            "-keyout", str(key), *made, "-subj", f"/CN={name}",
+            *(argument for extension in extensions for argument in ("-addext", extension)),
         ],
         check=True,
         capture_output=True,
     )  # fmt: skip
+    if dates is not None:
+        # `openssl req` dates a certificate from now alone; `openssl ca` signs the request with
+        # its own key at any dates.
+        _sign_dated(folder, cert, key, passphrase, dates)
     if traditional:
         converted = folder / "tls.traditional.key"
         passes = (
@@ -53,17 +64,53 @@ def self_signed_certificate(
     return cert, key
 
 
+def _sign_dated(
+    folder: Path, request: Path, key: Path, passphrase: str | None, dates: tuple[str, str]
+) -> None:
+    """The certificate request `request` replaced by the certificate its own `key` signs, valid
+    over `dates`, with the request's extensions."""
+    ca = folder / "ca"
+    (ca / "issued").mkdir(parents=True)
+    (ca / "index.txt").touch()
+    (ca / "serial").write_text("01\n")
+    (ca / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = own\n"
+        f"[own]\ndatabase = {ca / 'index.txt'}\nnew_certs_dir = {ca / 'issued'}\n"
+        f"serial = {ca / 'serial'}\ndefault_md = sha256\npolicy = any\n"
+        "copy_extensions = copy\n[any]\ncommonName = supplied\n"
+    )
+    signed = folder / "signed.crt"
+    subprocess.run(
+        [
+            "openssl", "ca", "-batch", "-selfsign", "-notext", "-config", str(ca / "ca.cnf"),
+            "-keyfile", str(key), "-in", str(request), "-out", str(signed),
+            "-startdate", dates[0], "-enddate", dates[1],
+            *([] if passphrase is None else ["-passin", f"pass:{passphrase}"]),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    signed.replace(request)
+
+
 @functools.cache
 def pem_pair(
     name: str = "mlstack-gateway-test",
     *,
     passphrase: str | None = None,
     traditional: bool = False,
+    usage: str | None = None,
+    dates: tuple[str, str] | None = None,
 ) -> tuple[str, str]:
     """The PEM text of a self_signed_certificate and of its key, made once for each set of
     arguments, in a private folder removed at once."""
     with tempfile.TemporaryDirectory(prefix="mlstack-test-tls-") as folder:
         cert, key = self_signed_certificate(
-            Path(folder), name, passphrase=passphrase, traditional=traditional
+            Path(folder),
+            name,
+            passphrase=passphrase,
+            traditional=traditional,
+            usage=usage,
+            dates=dates,
         )
         return cert.read_text(), key.read_text()

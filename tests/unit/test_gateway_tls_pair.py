@@ -1,7 +1,8 @@
 """HTTPS from the stack secrets `mlstack:gatewayTlsCert` and `mlstack:gatewayTlsKey`: the program
 loads the pair as the gateway will at start (Python's ssl, a server context, no passphrase), so a
 pair the gateway would refuse stops `pulumi preview` with one line that names the keys, never
-their values, rather than the gateway's pods and a `pulumi up` that waits for them."""
+their values, rather than the gateway's pods and a `pulumi up` that waits for them; and so does
+a certificate every client would refuse (its dates, its purpose)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,37 @@ def test_a_key_that_does_not_parse_is_refused_with_openssl_s_reason() -> None:
     )
     assert "_ssl.c" not in reason
     assert not reason.startswith(")")
+
+
+@pytest.mark.parametrize(
+    ("made", "why"),
+    [
+        ({"dates": ("20250101000000Z", "20250102000000Z")}, "has expired"),
+        (
+            {"dates": ("20400101000000Z", "20400102000000Z")},
+            "is not valid yet (its start date is still to come)",
+        ),
+        (
+            {"usage": "clientAuth"},
+            "is not for TLS servers (its extended key usage has no serverAuth)",
+        ),
+    ],
+    ids=["expired", "not-yet-valid", "client-only"],
+)
+def test_a_certificate_every_client_would_refuse_is_refused(made: Any, why: str) -> None:
+    """The gateway would start with it, and serve HTTPS no client accepts: the preview stops."""
+    cert, key = pem_pair(**made)
+    assert refusal(cert, key) == (
+        f"the certificate in mlstack:gatewayTlsCert (the chain's first) {why}: clients would "
+        "refuse the gateway's HTTPS; set another with `pulumi config set --secret "
+        "mlstack:gatewayTlsCert < chain.pem`"
+    )
+
+
+def test_a_certificate_for_servers_and_clients_is_taken() -> None:
+    cert, key = pem_pair("mlstack-both", usage="serverAuth,clientAuth")
+    run = run_program("dev", tls_from_secrets(cert, key))
+    assert run.one("Secret", "gateway-tls").inputs["stringData"]["tls.crt"] == cert
 
 
 @pytest.mark.parametrize("traditional", [False, True], ids=["pkcs8", "traditional"])
