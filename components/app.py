@@ -112,7 +112,12 @@ class MlApp(pulumi.ComponentResource):
         built = [
             ServiceImage(
                 f"{config.stack}-{service}",
-                ServiceImageArgs(service=service, stack=config.stack, registry=registry),
+                ServiceImageArgs(
+                    service=service,
+                    project=config.project,
+                    stack=config.stack,
+                    registry=registry,
+                ),
                 pulumi.ResourceOptions(parent=self),
             )
             for service in SERVICES

@@ -7,6 +7,7 @@ change to its code gives a new digest, which does.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -34,6 +35,21 @@ def target(service: str) -> str | None:
     return service if service in SHARED_DOCKERFILE_SERVICES else None
 
 
+# The longest tag a registry takes.
+MAX_TAG_LENGTH: Final = 128
+
+
+def tag(project: str, stack: str) -> str:
+    """The tag the stack's images are pushed with, `<project>-<stack>`: two copies of the project
+    (renamed, README "Copying mlstack") that push their `prod` to one registry move no tag of each
+    other's. Past MAX_TAG_LENGTH, cut, and told apart by a digest of the whole."""
+    whole = f"{project}-{stack}"
+    if len(whole) <= MAX_TAG_LENGTH:
+        return whole
+    digest = hashlib.sha256(whole.encode()).hexdigest()[:12]
+    return f"{whole[: MAX_TAG_LENGTH - len(digest) - 1]}-{digest}"
+
+
 def build_args(service: str) -> dict[str, str]:
     """The build arguments that pick `service` out of a shared Dockerfile."""
     return {"SERVICE": service} if service in SHARED_DOCKERFILE_SERVICES else {}
@@ -42,6 +58,7 @@ def build_args(service: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class ServiceImageArgs:
     service: str  # one of SERVICES
+    project: str
     stack: str
     # Where to push: `host[:port][/path]`, e.g. `localhost:5001` or `europe-docker.pkg.dev/p/r`.
     registry: pulumi.Input[str]
@@ -59,7 +76,9 @@ class ServiceImage(pulumi.ComponentResource):
 
         image = docker.Image(
             name,
-            image_name=pulumi.Output.concat(args.registry, "/", args.service, ":", args.stack),
+            image_name=pulumi.Output.concat(
+                args.registry, "/", args.service, ":", tag(args.project, args.stack)
+            ),
             build=docker.DockerBuildArgs(
                 context=str(SERVICES_DIR),
                 dockerfile=str(dockerfile(args.service)),

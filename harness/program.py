@@ -236,7 +236,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 return {"spec": {**spec, "ports": ports}, "status": {"loadBalancer": {}}}
             return {"status": {"loadBalancer": {}}}
         if typ == "docker:index/image:Image":
-            digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+            # The build's, as a registry's digest is its content's: the tag has no part in it.
+            built = {key: value for key, value in inputs.items() if key != "imageName"}
+            digest = hashlib.sha256(json.dumps(built, sort_keys=True).encode()).hexdigest()
             return {"repoDigest": f"{inputs['imageName'].rsplit(':', 1)[0]}@sha256:{digest}"}
         if typ == "pulumi-python:dynamic:Resource":
             return {"kubeconfig": "apiVersion: v1\nkind: Config\n"}

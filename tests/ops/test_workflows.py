@@ -1229,8 +1229,8 @@ def test_the_readme_says_a_destroy_leaves_the_built_images_in_their_registry(
 ) -> None:
     """pulumi-docker's Image deletes no tag it pushed when it is destroyed (its own docstring says
     so): each stack that builds into a registry outside it (staging's, prod's, a review stack's
-    REVIEW_REGISTRY) leaves `<registry>/<service>:<stack>` there after its destroy, which README's
-    "Teardown" must say rather than promise that nothing is left."""
+    REVIEW_REGISTRY) leaves `<registry>/<service>:<project>-<stack>` there after its destroy,
+    which README's "Teardown" must say rather than promise that nothing is left."""
     script("review-config", "--stack", "pr-7", "--dir", str(tmp_path), env=REVIEW_VARIABLES)
     review = yaml.safe_load((tmp_path / "Pulumi.pr-7.yaml").read_text())["config"]
     stacks = {"staging": stack_config("staging"), "prod": stack_config("prod"), "pr-7": review}
@@ -1238,10 +1238,10 @@ def test_the_readme_says_a_destroy_leaves_the_built_images_in_their_registry(
         registry = config["mlstack:images"]["registry"]
         run = run_program(stack, config)
         assert {image.inputs["imageName"] for image in run.by_type("docker:index/image:Image")} == {
-            f"{registry}/{service}:{stack}" for service in ("gateway", "model", "database")
+            f"{registry}/{service}:mlstack-{stack}" for service in ("gateway", "model", "database")
         }, stack
     teardown = readme_section("Teardown")
-    assert "`<registry>/<service>:<stack>`" in teardown
+    assert "`<registry>/<service>:<project>-<stack>`" in teardown
     assert "Destroy leaves nothing behind." not in teardown
 
 

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import pytest
 
-from components import rollout
+from components import image, rollout
 from components.database import BACKUP_CLAIM
 from components.image import SERVICES_DIR
 from components.stack_file import stacks
@@ -384,6 +384,21 @@ def test_the_database_image_is_the_project_s_own_built_like_the_others(dev: Prog
     assert database["image"] == dev.outputs["images"]["database"]
     assert database["image"].startswith("localhost:5001/database@sha256:")
     assert database["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_built_images_are_tagged_with_the_project_and_the_stack(dev: ProgramRun) -> None:
+    """Two copies of the project pushing their `dev` to one registry move no tag of each
+    other's; a tag longer than a registry takes is cut, and kept apart by a digest."""
+    assert {built.inputs["imageName"] for built in dev.by_type("docker:index/image:Image")} == {
+        f"localhost:5001/{service}:mlstack-dev" for service in ("gateway", "model", "database")
+    }
+    # A project's name and a stack's may each be 100 characters long.
+    project, stack = "p" * 60, "s" * 80
+    cut = image.tag(project, stack)
+    assert len(cut) == image.MAX_TAG_LENGTH
+    assert cut.startswith(f"{project}-sss")
+    assert cut != image.tag(project, stack + "t")
+    assert image.tag(project, "s" * 67) == f"{project}-{'s' * 67}"
 
 
 def test_a_prebuilt_database_image_by_tag_is_pulled_every_time() -> None:
