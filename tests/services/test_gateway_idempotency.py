@@ -37,8 +37,9 @@ from tests.services.hostile import PREDICT, exchange, raw_request
 from tests.services.support import metric, predict, sqlite_file, throwaway_postgres
 
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]
-# Waiting for a synchronous standby (pg_stat_activity.wait_event).
 PREDICTED_ROWS = "mlstack_gateway_predicted_rows_total"
+STORED_ANSWERS = "mlstack_gateway_stored_answers_total"
+# Waiting for a synchronous standby (pg_stat_activity.wait_event).
 WAITING_FOR_STANDBY = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
 
 
@@ -218,14 +219,17 @@ def test_a_retry_the_model_does_not_answer_gets_the_stored_answer(shared: Shared
     key = str(uuid.uuid4())
     first = keyed_predict(shared.new, [SETOSA, VIRGINICA], key)
     assert first.status == 200, first.body
+    answered = metric(shared.away, STORED_ANSWERS)
     retry = keyed_predict(shared.away, [SETOSA, VIRGINICA], key)
     assert (retry.status, retry.json()) == (200, first.json())
     assert shared.count(key) == 1
     assert metric(shared.away, PREDICTED_ROWS) == 0
+    assert metric(shared.away, STORED_ANSWERS) == answered + 1
     # Other instances under the key: 422, as with a model that answers.
     other = keyed_predict(shared.away, [VIRGINICA], key)
     assert other.status == 422, other.body
     assert "was used for another request" in other.json()["error"]
+    assert metric(shared.away, STORED_ANSWERS) == answered + 1
 
 
 def test_a_key_nothing_is_stored_under_gets_the_model_s_503(shared: SharedStore) -> None:

@@ -1,23 +1,28 @@
 """The gateway's PostgreSQL store in-process, on a real PostgreSQL: what its log says of an
-outage whose requests end out of order, or whose writes are tried again."""
+outage whose requests end out of order, or whose writes are tried again; what a keyed retry's
+look-up of its stored answer gets when the synchronous standby does not confirm it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import pytest
 from mlstack_gateway.history import NEWEST
+from mlstack_gateway.ids import new_request_id
 from mlstack_gateway.metrics import GatewayMetrics
 from mlstack_gateway.settings import GatewaySettings
-from mlstack_gateway.stores.base import StoreUnavailableError
+from mlstack_gateway.stores import postgres as postgres_store
+from mlstack_gateway.stores.base import PredictionRecord, StoredPrediction, StoreUnavailableError
 from mlstack_gateway.stores.postgres import PostgresStore
 
 from harness.poll import eventually_async
-from harness.postgres import PostgresServer
-from tests.services.support import GATEWAY_REQUIRED, prediction_record
+from harness.postgres import PostgresServer, query
+from tests.services.support import GATEWAY_REQUIRED, prediction_record, throwaway_postgres
 
 
 def test_a_request_sent_before_the_database_answered_again_that_fails_after_is_no_new_outage(
@@ -162,3 +167,140 @@ def store_log(
     with caplog.at_level(logging.INFO, logger="mlstack_gateway.store"):
         asyncio.run(run())
     return [record.getMessage() for record in caplog.records]
+
+
+# Backends whose commit waits for the synchronous standby.
+_WAITING_FOR_STANDBY = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+
+
+@contextlib.contextmanager
+def synchronous_pair() -> Iterator[tuple[str, PostgresServer]]:
+    """A primary of the test's own whose commits return once its standby has replayed them
+    (remote_apply, as a paused replay then holds them), and that standby: the primary's URL."""
+    with throwaway_postgres() as primary:
+        dsn = primary.dsn()
+        standby = primary.standby()
+        try:
+            query(dsn, "ALTER SYSTEM SET synchronous_standby_names = '*'")
+            query(dsn, "ALTER DATABASE postgres SET synchronous_commit = 'remote_apply'")
+            query(dsn, "SELECT pg_reload_conf()")
+            yield dsn, standby
+        finally:
+            standby.destroy()
+
+
+@contextlib.asynccontextmanager
+async def replay_paused(standby: PostgresServer) -> AsyncIterator[None]:
+    """PostgresServer.replay_paused inside an event loop (its queries run loops of their own)."""
+    paused = standby.replay_paused()
+    await asyncio.to_thread(paused.__enter__)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(paused.__exit__, None, None, None)
+
+
+def on_store(dsn: str, scenario: Callable[[PostgresStore], Awaitable[None]], **env: str) -> None:
+    """``scenario`` against a store open on ``dsn`` (settings ``env`` besides)."""
+    settings = GatewaySettings.from_env({**GATEWAY_REQUIRED, "DATABASE_URL": dsn, **env})
+
+    async def run() -> None:
+        store = PostgresStore(settings, GatewayMetrics())
+        await store.open()
+        try:
+            await scenario(store)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def keyed_record() -> PredictionRecord:
+    return dataclasses.replace(prediction_record(), keyed=True)
+
+
+def test_a_stored_row_the_standby_does_not_confirm_in_time_is_no_answer_and_no_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A keyed retry's look-up (while the model is away) finds the row, whose confirmation
+    waits for a standby that does not replay: StoreUnavailableError once its time is out, the
+    primary still answering, and no backend left waiting for the standby (asyncpg's timeout
+    cancels the wait on the server). Once the standby replays, the row is the answer."""
+    with synchronous_pair() as (dsn, standby):
+
+        async def scenario(store: PostgresStore) -> None:
+            record = keyed_record()
+            assert await store.save(record) is None
+            watch = await asyncpg.connect(dsn)
+            try:
+                async with replay_paused(standby):
+                    with pytest.raises(StoreUnavailableError, match="did not confirm it in time"):
+                        await store.stored(record.request_id, record.instances_json)
+                    assert store.reachable()["database"]
+                    assert not await watch.fetch(_WAITING_FOR_STANDBY)
+            finally:
+                await watch.close()
+            found = await store.stored(record.request_id, record.instances_json)
+            assert found == StoredPrediction(
+                record.model_version, record.predictions_json, same_instances=True
+            )
+            assert await store.stored(new_request_id(), record.instances_json) is None
+
+        with caplog.at_level(logging.INFO, logger="mlstack_gateway.store"):
+            on_store(dsn, scenario)
+    assert not [r for r in caplog.records if " unavailable (" in r.getMessage()], caplog.text
+
+
+def test_a_stored_row_whose_standby_wait_is_cut_short_is_no_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The confirmation's wait cancelled on the server (pg_cancel_backend, as an operator or a
+    shutdown might): the commit is local only, and confirms nothing."""
+    monkeypatch.setattr(postgres_store, "_LOOKUP_SECONDS", 30.0)
+    with synchronous_pair() as (dsn, standby):
+
+        async def scenario(store: PostgresStore) -> None:
+            record = keyed_record()
+            assert await store.save(record) is None
+            async with replay_paused(standby):
+                lookup = asyncio.create_task(store.stored(record.request_id, record.instances_json))
+                watch = await asyncpg.connect(dsn)
+                try:
+                    await eventually_async(
+                        lambda: watch.fetch(_WAITING_FOR_STANDBY), "the confirmation waiting", 20
+                    )
+                    await watch.execute(
+                        f"SELECT pg_cancel_backend(pid) FROM ({_WAITING_FOR_STANDBY}) w"
+                    )
+                finally:
+                    await watch.close()
+                with pytest.raises(StoreUnavailableError, match="cut short"):
+                    await lookup
+
+        on_store(dsn, scenario)
+
+
+def test_a_stored_row_on_a_server_in_recovery_is_no_answer_and_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failover's former primary, a standby again (in recovery), finds the row but can write
+    no confirmation: StoreUnavailableError, and the writes' outage in the log."""
+    with synchronous_pair() as (dsn, standby):
+        record = keyed_record()
+
+        async def save(store: PostgresStore) -> None:
+            assert await store.save(record) is None
+
+        on_store(dsn, save)
+
+        async def scenario(store: PostgresStore) -> None:
+            # The standby has replayed the row: the primary's commit waited for that.
+            with pytest.raises(StoreUnavailableError, match="writes nothing"):
+                await store.stored(record.request_id, record.instances_json)
+            assert store.reachable()["database"]
+
+        with caplog.at_level(logging.INFO, logger="mlstack_gateway.store"):
+            on_store(standby.dsn(), scenario, DATABASE_MIGRATE="false")
+    assert any(
+        r.getMessage().startswith("PostgreSQL for writes unavailable") for r in caplog.records
+    ), caplog.text

@@ -62,6 +62,13 @@ class GatewayMetrics:
             "Rows predicted and committed to the database.",
             registry=self.registry,
         )
+        self.stored_answers = Counter(
+            "mlstack_gateway_stored_answers",
+            "Requests with an Idempotency-Key answered with what the key's earlier request "
+            "stored, because the model call failed (a retry whose answer was lost, while the "
+            "model is away).",
+            registry=self.registry,
+        )
         self.model_seconds = Histogram(
             "mlstack_gateway_model_call_duration_seconds",
             "Time the model server took to answer an inference call.",

@@ -169,7 +169,9 @@ class GatewayRoutes:
             # The model fails or is away: a retry whose request is stored needs no model.
             if key is None or (stored := await self._stored(key, payload)) is None:
                 raise
-            return _stored_answer(key, stored)
+            body = _stored_answer(key, stored)
+            self._metrics.stored_answers.inc()
+            return body
         answered = time.perf_counter()
         if self._client.n_features is None:
             # The model took this width: remember it to validate later requests here.

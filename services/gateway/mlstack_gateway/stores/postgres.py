@@ -275,6 +275,13 @@ _BEHIND_COLUMN = 10
 # What one history read may spend on the read URL (acquire, connect and query) before it goes
 # to the primary: a standby that is down or unreachable costs a read this much at most.
 READ_ATTEMPT_SECONDS = 1.0
+# How long a keyed retry's look-up of what is stored may take while the model fails or is away
+# (stored), its confirmation by the synchronous standby included: the model's error, when it
+# stands, still comes within a second (MODEL_TIMEOUT_SECONDS' 0.5 s, then this).
+_LOOKUP_SECONDS = 0.5
+# What _stored leaves of the look-up's time for asyncpg to cancel a confirmation that ran out
+# of it.
+_CANCEL_SECONDS = 0.1
 # History reads are few and short.
 _READ_POOL_SIZE = 2
 # After this many read-URL failures in a row, reads skip it for _READ_PAUSE_SECONDS (then one
@@ -747,16 +754,41 @@ async def _upsert(
     return True, found
 
 
+class _UnconfirmedError(Exception):
+    """A row _stored found is not confirmed as committed by the synchronous standby: its wait
+    cut short or out of time, or a server in recovery, which writes nothing."""
+
+
 async def _stored(
-    conn: asyncpg.pool.PoolConnectionProxy, request_id: str, instances_json: str
-) -> tuple[StoredPrediction | None, bool]:
+    conn: asyncpg.pool.PoolConnectionProxy,
+    request_id: str,
+    instances_json: str,
+    deadline: float,
+) -> StoredPrediction | None:
     """_STORED; a row found is confirmed as _upsert confirms the rows it finds, by
-    _WRITE_COMMIT_RECORD. Whether it is now committed as the server promises a commit."""
+    _WRITE_COMMIT_RECORD, before ``deadline`` (less _CANCEL_SECONDS); else _UnconfirmedError.
+
+    The confirmation is bounded by asyncpg's own timeout, which sends the server a
+    CancelRequest: that ends the commit's wait for the standby (the commit stays local, and
+    confirms nothing). A statement after it waits until the cancel is done, so no backend is
+    left waiting for a standby that may not come back once the connection is closed; the write
+    path's commits, bounded by the caller, may leave one."""
     row = await conn.fetchrow(_STORED, request_id, instances_json)
     if row is None:
-        return None, True
-    _, confirmed = await _heard(conn, lambda: conn.fetchval(_WRITE_COMMIT_RECORD))
-    return StoredPrediction(row[0], row[1], row[2]), confirmed
+        return None
+    left = deadline - _CANCEL_SECONDS - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise _UnconfirmedError("no time left to confirm it")
+    try:
+        _, confirmed = await _heard(conn, lambda: conn.fetchval(_WRITE_COMMIT_RECORD, timeout=left))
+    except TimeoutError:
+        await conn.fetchval("SELECT 1")
+        raise _UnconfirmedError("the synchronous standby did not confirm it in time") from None
+    except asyncpg.PostgresError as exc:
+        raise _UnconfirmedError(f"the server writes nothing ({exc})") from exc
+    if not confirmed:
+        raise _UnconfirmedError("its wait for the synchronous standby was cut short")
+    return StoredPrediction(row[0], row[1], row[2])
 
 
 class PostgresStore:
@@ -964,24 +996,32 @@ class PostgresStore:
 
     async def stored(self, request_id: str, instances_json: str) -> StoredPrediction | None:
         pool = self._pool
-        if pool is None:
-            raise StoreUnavailableError("database not connected yet")
+        if pool is None or not self._primary.answering:
+            # Keyed requests while the model is away ask no database that is away too.
+            raise StoreUnavailableError("database not answering")
         asked_at = asyncio.get_running_loop().time()
+        deadline = asked_at + _LOOKUP_SECONDS
         try:
-            # A read's time: the client has waited for the model already.
-            found, confirmed = await _on_connection(
+            found = await _on_connection(
                 pool,
-                READ_ATTEMPT_SECONDS,
-                lambda conn: _stored(conn, request_id, instances_json),
+                _LOOKUP_SECONDS,
+                lambda conn: _stored(conn, request_id, instances_json, deadline),
             )
+        except _UnconfirmedError as exc:
+            self._primary.answered(asked_at)
+            if isinstance(exc.__cause__, asyncpg.PostgresError):
+                self._writes.failed(exc.__cause__, asked_at)
+            raise StoreUnavailableError(f"stored prediction not confirmed: {exc}") from exc
         except Exception as exc:
-            if not _is_transient(exc):
+            if not (_is_transient(exc) or isinstance(exc, asyncpg.PostgresError)):
                 raise
-            (self._writes if _refuses_writes(exc) else self._primary).failed(exc, asked_at)
+            # Its time is short: running out of it says the server was slow, not gone.
+            if _is_transient(exc) and not isinstance(exc, TimeoutError):
+                self._primary.failed(exc, asked_at)
             raise StoreUnavailableError("database read failed") from exc
         self._primary.answered(asked_at)
-        if not confirmed:
-            raise StoreUnavailableError("stored prediction not confirmed by the standby")
+        if found is not None:
+            self._writes.answered(asked_at)
         return found
 
     def _page_args(self, limit: int, before: int) -> tuple[int, int, int, int]:
