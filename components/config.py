@@ -856,25 +856,40 @@ def _certificates_parse(chain: str) -> bool:
     return True
 
 
-# What a client's verification of the certificate finds that makes every client refuse it,
-# whoever it trusts (OpenSSL's X509_V_ERR_ codes).
+# What a client's verification of a certificate finds that makes every client refuse it,
+# whoever it trusts (OpenSSL's X509_V_ERR_ codes): its dates, by this machine's clock.
 _REFUSED_BY_CLIENTS: Final = {
     9: "is not valid yet (its start date is still to come)",
     10: "has expired",
-    26: "is not for TLS servers (its extended key usage has no serverAuth)",
 }
 _FIRST_CERTIFICATE = re.compile(
-    r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----"
+    r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----", re.ASCII
 )
 
 
-def _client_refusal(server: ssl.SSLContext, chain: str) -> str | None:
-    """What makes every client refuse the certificate `server` serves (_REFUSED_BY_CLIENTS),
-    found by a TLS handshake in memory with a client that trusts the chain's first certificate
-    itself (a partial chain): OpenSSL then checks its dates and purpose, and not who issued it.
-    None: nothing such (or no handshake to tell)."""
+def _private_file(folder: str, name: str, text: str) -> str:
+    """`text` (UTF-8) in a new file `name` of `folder` that only this user may read."""
+    path = os.path.join(folder, name)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        out.write(text.encode())
+    return path
+
+
+def _client_refusal(folder: str, chain: str, key_file: str) -> str | None:
+    """What makes every client refuse the chain's first certificate (_REFUSED_BY_CLIENTS),
+    found by a TLS handshake in memory: a server with that certificate alone and its key (in
+    `key_file`), a client that trusts that certificate itself (a partial chain). OpenSSL then
+    checks that certificate's dates, and neither who issued it nor the rest of the chain, which
+    a client may build otherwise (a cross-signed root past its end). None: nothing such, or no
+    handshake to tell."""
     first = _FIRST_CERTIFICATE.search(chain)
     if first is None:
+        return None
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        leaf = _private_file(folder, "leaf.crt", first.group())
+        server.load_cert_chain(leaf, key_file, password=_no_passphrase)
+    except (OSError, _EncryptedKeyError):  # not the certificate OpenSSL took for the first
         return None
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname = False
@@ -907,8 +922,8 @@ def _check_tls_pair(certificate: str, private_key: str) -> None:
     not the gateway's pods, whose rollout `pulumi up` would wait for without end. The program
     cannot import the gateway's package (an image of its own): these few lines are its copy.
     A pair that loads is then served to a client in memory (_client_refusal): a certificate
-    that every client would refuse stops the preview too, since the gateway would start with
-    it.
+    that every client would refuse, past its end or before its start, stops the preview too,
+    since the gateway would start with it.
 
     OpenSSL reads a pair from files alone: they are written, as the Secret's stringData gives
     them to the pods (UTF-8), into a folder of the system's temporary one that only this user
@@ -919,12 +934,10 @@ def _check_tls_pair(certificate: str, private_key: str) -> None:
     set_cert = f"`pulumi config set --secret {cert_key} < chain.pem`"
     set_key = f"`pulumi config set --secret {key_key} < key.pem`"
     with tempfile.TemporaryDirectory(prefix="mlstack-tls-check-") as folder:
-        files = []
-        for name, text in (("tls.crt", certificate), ("tls.key", private_key)):
-            path = os.path.join(folder, name)
-            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-                out.write(text.encode())
-            files.append(path)
+        files = [
+            _private_file(folder, name, text)
+            for name, text in (("tls.crt", certificate), ("tls.key", private_key))
+        ]
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             context.load_cert_chain(files[0], files[1], password=_no_passphrase)
@@ -949,7 +962,7 @@ def _check_tls_pair(certificate: str, private_key: str) -> None:
                 f"{cert_key} and {key_key} do not load as a certificate chain and its private "
                 f"key (OpenSSL: {reason}): {stops}; set them with {set_cert} and {set_key}"
             ) from None
-    refusal = _client_refusal(context, certificate)
+        refusal = _client_refusal(folder, certificate, files[1])
     if refusal is not None:
         raise ConfigError(
             f"the certificate in {cert_key} (the chain's first) {refusal}: clients would refuse "

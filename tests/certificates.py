@@ -20,19 +20,23 @@ def self_signed_certificate(
     traditional: bool = False,
     usage: str | None = None,
     dates: tuple[str, str] | None = None,
+    ca: bool = False,
 ) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (common name `name`) and its key, in `folder`.
     The key is PKCS#8 (`BEGIN PRIVATE KEY`), encrypted with `passphrase` when one is given; with
     `traditional`, in OpenSSL's older format instead (`BEGIN EC PRIVATE KEY`, a passphrase's
     encryption in its `Proc-Type` header), as some tools still write keys. `usage`: its extended
     key usage (`clientAuth`, ...), none by default. `dates`: its start and end
-    (YYYYMMDDHHMMSSZ, either past or to come), from now for two days by default."""
+    (YYYYMMDDHHMMSSZ, either past or to come), from now for two days by default. `ca`: a CA's
+    certificate (basicConstraints CA:TRUE), which may issue others."""
     folder.mkdir(parents=True, exist_ok=True)
     cert, key = folder / "tls.crt", folder / "tls.key"
     encryption = ["-nodes"] if passphrase is None else ["-passout", f"pass:{passphrase}"]
     extensions = [f"subjectAltName=IP:{LOOPBACK},DNS:localhost"]
     if usage is not None:
         extensions.append(f"extendedKeyUsage={usage}")
+    if ca:
+        extensions.append("basicConstraints=critical,CA:TRUE")
     made = ["-x509", "-out", str(cert), "-days", "2"] if dates is None else ["-out", str(cert)]
     subprocess.run(
         [
@@ -114,3 +118,35 @@ def pem_pair(
             dates=dates,
         )
         return cert.read_text(), key.read_text()
+
+
+def chain_with_expired_issuer() -> tuple[str, str]:
+    """The PEM text of a chain and of its first certificate's key: a certificate for 127.0.0.1,
+    valid, then that of the CA that issued it, which has expired (as in a bundle that still
+    holds an old cross-signed root, which clients that trust the root above pass over)."""
+    with tempfile.TemporaryDirectory(prefix="mlstack-test-tls-") as name:
+        folder = Path(name)
+        ca_cert, ca_key = self_signed_certificate(
+            folder / "ca", "mlstack-test-ca", dates=("20250101000000Z", "20250201000000Z"), ca=True
+        )
+        key, request, cert = folder / "tls.key", folder / "tls.csr", folder / "tls.crt"
+        subprocess.run(
+            [
+                "openssl", "req", "-new", "-newkey", "ec",
+                "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", str(key), "-out", str(request), "-subj", "/CN=mlstack-issued",
+                "-addext", f"subjectAltName=IP:{LOOPBACK},DNS:localhost",
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        subprocess.run(
+            [
+                "openssl", "x509", "-req", "-in", str(request), "-days", "2",
+                "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
+                "-copy_extensions", "copy", "-out", str(cert),
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        return cert.read_text() + ca_cert.read_text(), key.read_text()
