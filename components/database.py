@@ -204,7 +204,8 @@ class Database(pulumi.ComponentResource):
         self.volume_claims = self._data_claims(name, args, data)
         self.backup_claim = self._backup_claim(name, args)
         backup_ca = self._backup_ca(name, args)
-        # In force before the StatefulSet changes, on the first `pulumi up` that makes it too.
+        # Made before the StatefulSet changes; the API server applies a new policy within
+        # moments, so not always to the update that follows it at once (README).
         self.scale_in_policy = scale_in_policy(
             f"{name}-scale-in",
             args.namespace,

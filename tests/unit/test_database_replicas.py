@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import celpy
 import pytest
+from celpy.adapter import json_to_cel
 
 from components import database, database_scale_in, pod
 from components.labels import NAME_LABEL
@@ -162,7 +164,50 @@ def test_the_api_server_refuses_to_lower_the_instances_by_more_than_one(three: P
         ],
     }
     (validation,) = spec["validations"]
-    assert validation["expression"] == database_scale_in.ALLOWED
+    assert validation == {
+        "expression": database_scale_in.ALLOWED,
+        "messageExpression": database_scale_in.MESSAGE,
+    }
     # In force before a `pulumi up` changes the StatefulSet.
     (stateful_set,) = three.of_kind("StatefulSet")
     assert f"{binding.type}::{binding.name}" in stateful_set.waits_for
+
+
+def evaluated(expression: str, old: int | None, new: int | None) -> Any:
+    """`expression` (CEL) on an update of the StatefulSet's count from `old` to `new`, as the
+    API server hands them to a policy: None for a count the object leaves out, as the scale
+    subresource's autoscaling/v1 Scale leaves out a 0."""
+
+    def scaled(replicas: int | None) -> Any:
+        return json_to_cel({"spec": {} if replicas is None else {"replicas": replicas}})
+
+    environment = celpy.Environment()
+    program = environment.program(environment.compile(expression))
+    return program.evaluate({"object": scaled(new), "oldObject": scaled(old)})
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        (3, 1, False),
+        (5, 2, False),
+        (3, 2, True),
+        (2, 1, True),
+        (1, 3, True),
+        # To 0 (make restore) and back, by the StatefulSet or its scale subresource.
+        (3, 0, True),
+        (3, None, True),
+        (0, 3, True),
+        (None, 3, True),
+    ],
+)
+def test_the_scale_in_policy_allows_one_instance_less_at_a_time(
+    old: int | None, new: int | None, allowed: bool
+) -> None:
+    assert bool(evaluated(database_scale_in.ALLOWED, old, new)) is allowed
+
+
+def test_the_scale_in_refusal_names_both_counts() -> None:
+    assert str(evaluated(database_scale_in.MESSAGE, 3, 1)).startswith(
+        "3 database instances lowered to 1 at once: "
+    )
