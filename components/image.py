@@ -42,8 +42,12 @@ MAX_TAG_LENGTH: Final = 128
 def tag(project: str, stack: str) -> str:
     """The tag the stack's images are pushed with, `<project>-<stack>`: two copies of the project
     (renamed, README "Copying mlstack") that push their `prod` to one registry move no tag of each
-    other's. Past MAX_TAG_LENGTH, cut, and told apart by a digest of the whole."""
+    other's. A tag begins with a letter, a digit or `_` (a project's name may begin with `.` or
+    `-`: `_` then comes first); past MAX_TAG_LENGTH, it is cut, and told apart by a digest of the
+    whole."""
     whole = f"{project}-{stack}"
+    if not (whole[0].isascii() and (whole[0].isalnum() or whole[0] == "_")):
+        whole = f"_{whole}"
     if len(whole) <= MAX_TAG_LENGTH:
         return whole
     digest = hashlib.sha256(whole.encode()).hexdigest()[:12]

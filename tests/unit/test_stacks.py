@@ -399,6 +399,7 @@ def test_built_images_are_tagged_with_the_project_and_the_stack(dev: ProgramRun)
     assert cut.startswith(f"{project}-sss")
     assert cut != image.tag(project, stack + "t")
     assert image.tag(project, "s" * 67) == f"{project}-{'s' * 67}"
+    assert image.tag(".ml", "dev") == "_.ml-dev"
 
 
 def test_a_prebuilt_database_image_by_tag_is_pulled_every_time() -> None:
