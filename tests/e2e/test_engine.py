@@ -736,7 +736,8 @@ def test_4c_the_model_scaled_to_zero_under_load_costs_only_503s_and_no_gateway_e
     """The model Deployment scaled to 0 under predictions through the LoadBalancer, then back:
     while it is away each request is answered 200 or 503 with Retry-After (no refused, reset or
     timed-out connection) and every gateway stays a ready endpoint (readiness does not follow
-    the model); once it is back, predictions are answered again."""
+    the model); a retry with the Idempotency-Key of a prediction answered before is answered
+    as it was, from the database; once the model is back, predictions are answered again."""
     kube = control_plane
     replicas = 3
     ensure_model(workspace, kube, replicas)
@@ -744,6 +745,9 @@ def test_4c_the_model_scaled_to_zero_under_load_costs_only_503s_and_no_gateway_e
     gateways = app.ready_endpoints(kube, "gateway")
     assert gateways, "no ready gateway endpoint before the model goes"
     seen: list[set[str]] = []
+    key = str(uuid.uuid4())
+    keyed = app.predict(url, idempotency_key=key)
+    assert keyed.ok, keyed
     with app.Load(url, limit=600) as load:
         eventually(load.since(0.0), "a prediction answered", 60, interval=0.5)
         kube.kubectl("scale", "deployment", "model", "-n", NAMESPACE, "--replicas=0")
@@ -751,6 +755,8 @@ def test_4c_the_model_scaled_to_zero_under_load_costs_only_503s_and_no_gateway_e
             TIMINGS["model scaled to 0 -> no model pod left"] = eventually(
                 lambda: not app.pods(kube, "model"), "no model pod left", 120, interval=0.5
             )
+            retry = app.predict(url, idempotency_key=key)
+            assert (retry.status, retry.version, retry.request_id) == (200, keyed.version, key)
             # Once a second, for long enough that readiness probes would have failed had they
             # followed the model: twice the gateway's three misses a second apart, and the
             # endpoints' update.
