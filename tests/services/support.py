@@ -131,6 +131,26 @@ def throwaway_postgres() -> Iterator[PostgresServer]:
         yield server
 
 
+# Backends whose commit waits for a synchronous standby (pg_stat_activity.wait_event).
+WAITING_FOR_STANDBY: Final = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+
+
+@contextlib.contextmanager
+def synchronous_pair() -> Iterator[tuple[str, PostgresServer]]:
+    """A throwaway primary whose commits return once its standby has replayed them
+    (remote_apply, so that a paused replay holds them), and that standby: the primary's URL."""
+    with throwaway_postgres() as primary:
+        dsn = primary.dsn()
+        standby = primary.standby()
+        try:
+            query(dsn, "ALTER SYSTEM SET synchronous_standby_names = '*'")
+            query(dsn, "ALTER DATABASE postgres SET synchronous_commit = 'remote_apply'")
+            query(dsn, "SELECT pg_reload_conf()")
+            yield dsn, standby
+        finally:
+            standby.destroy()
+
+
 def password_role_url(postgres: PostgresServer, role: str, password: str) -> str:
     """A login role of the test's own on ``postgres`` that needs ``password``, owning a database
     named after it: its URL, as the program writes the gateway's (database.connection_url)."""

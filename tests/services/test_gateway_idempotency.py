@@ -34,13 +34,18 @@ from harness.services import (
     start_gateway,
 )
 from tests.services.hostile import PREDICT, exchange, raw_request
-from tests.services.support import metric, predict, sqlite_file, throwaway_postgres
+from tests.services.support import (
+    WAITING_FOR_STANDBY,
+    metric,
+    predict,
+    sqlite_file,
+    synchronous_pair,
+    throwaway_postgres,
+)
 
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]
 PREDICTED_ROWS = "mlstack_gateway_predicted_rows_total"
 STORED_ANSWERS = "mlstack_gateway_stored_answers_total"
-# Waiting for a synchronous standby (pg_stat_activity.wait_event).
-WAITING_FOR_STANDBY = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
 
 
 def keyed_predict(gateway: ServiceProcess, instances: Any, key: str) -> Reply:
@@ -367,44 +372,36 @@ def test_a_row_found_on_the_primary_alone_is_answered_once_the_standby_has_it(
     # cancelled (503): its row is on the primary alone. A retry with the key must not be
     # answered 200 while that is so, even by a gateway whose model is away; once the standby
     # replays again, it is, and the standby has the row the moment the retry is answered.
-    with throwaway_postgres() as primary:
-        dsn = primary.dsn()
-        standby = primary.standby()
+    with synchronous_pair() as (dsn, standby):
+        gateway = gateway_as_its_role(model_server.url, log_dir, dsn, write_timeout=2)
+        away = gateway_as_its_role(nothing_listens(), log_dir, dsn, 2, "live")
+        key = str(uuid.uuid4())
         try:
-            query(dsn, "ALTER SYSTEM SET synchronous_standby_names = '*'")
-            query(dsn, "ALTER DATABASE postgres SET synchronous_commit = 'remote_apply'")
-            query(dsn, "SELECT pg_reload_conf()")
-            gateway = gateway_as_its_role(model_server.url, log_dir, dsn, write_timeout=2)
-            away = gateway_as_its_role(nothing_listens(), log_dir, dsn, 2, "live")
-            key = str(uuid.uuid4())
-            try:
-                assert predict(gateway.url, [SETOSA]).status == 200  # the standby confirms
-                with standby.replay_paused():
-                    with ThreadPoolExecutor(max_workers=1) as pool:
-                        first = pool.submit(keyed_predict, gateway, [SETOSA], key)
-                        eventually(lambda: query(dsn, WAITING_FOR_STANDBY), "a commit waiting", 10)
-                        query(dsn, f"SELECT pg_cancel_backend(pid) FROM ({WAITING_FOR_STANDBY}) w")
-                        reply = first.result(timeout=30)
-                    assert reply.refused_with_retry_after, (reply.status, reply.body)
-                    assert stored_rows(dsn, key) == 1, "the row was to be on the primary"
-                    # The retry's own commit waits for the standby, which does not replay.
-                    retry = keyed_predict(gateway, [SETOSA], key)
-                    assert retry.status != 200, retry.body
-                    assert retry.refused_with_retry_after, (retry.status, retry.body)
-                    retry = keyed_predict(away, [SETOSA], key)
-                    assert retry.refused_with_retry_after, (retry.status, retry.body)
-                    assert stored_rows(standby.dsn(), key) == 0
-                    # What still waits (the retries' commits, left by the gateways) stops
-                    # waiting.
+            assert predict(gateway.url, [SETOSA]).status == 200  # the standby confirms
+            with standby.replay_paused():
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    first = pool.submit(keyed_predict, gateway, [SETOSA], key)
+                    eventually(lambda: query(dsn, WAITING_FOR_STANDBY), "a commit waiting", 10)
                     query(dsn, f"SELECT pg_cancel_backend(pid) FROM ({WAITING_FOR_STANDBY}) w")
+                    reply = first.result(timeout=30)
+                assert reply.refused_with_retry_after, (reply.status, reply.body)
+                assert stored_rows(dsn, key) == 1, "the row was to be on the primary"
+                # The retry's own commit waits for the standby, which does not replay.
+                retry = keyed_predict(gateway, [SETOSA], key)
+                assert retry.status != 200, retry.body
+                assert retry.refused_with_retry_after, (retry.status, retry.body)
                 retry = keyed_predict(away, [SETOSA], key)
-                assert retry.status == 200, retry.body
-                assert retry.json()["request_id"] == key
-                assert stored_rows(standby.dsn(), key) == 1
-                assert keyed_predict(gateway, [SETOSA], key).json() == retry.json()
-                assert stored_rows(dsn, key) == 1
-            finally:
-                gateway.stop()
-                away.stop()
+                assert retry.refused_with_retry_after, (retry.status, retry.body)
+                assert stored_rows(standby.dsn(), key) == 0
+                # What still waits (the write's retry, left by the gateway: the look-up's own
+                # wait was cancelled) stops waiting.
+                query(dsn, f"SELECT pg_cancel_backend(pid) FROM ({WAITING_FOR_STANDBY}) w")
+            retry = keyed_predict(away, [SETOSA], key)
+            assert retry.status == 200, retry.body
+            assert retry.json()["request_id"] == key
+            assert stored_rows(standby.dsn(), key) == 1
+            assert keyed_predict(gateway, [SETOSA], key).json() == retry.json()
+            assert stored_rows(dsn, key) == 1
         finally:
-            standby.destroy()
+            gateway.stop()
+            away.stop()

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -21,8 +21,13 @@ from mlstack_gateway.stores.base import PredictionRecord, StoredPrediction, Stor
 from mlstack_gateway.stores.postgres import PostgresStore
 
 from harness.poll import eventually_async
-from harness.postgres import PostgresServer, query
-from tests.services.support import GATEWAY_REQUIRED, prediction_record, throwaway_postgres
+from harness.postgres import PostgresServer
+from tests.services.support import (
+    GATEWAY_REQUIRED,
+    WAITING_FOR_STANDBY,
+    prediction_record,
+    synchronous_pair,
+)
 
 
 def test_a_request_sent_before_the_database_answered_again_that_fails_after_is_no_new_outage(
@@ -169,26 +174,6 @@ def store_log(
     return [record.getMessage() for record in caplog.records]
 
 
-# Backends whose commit waits for the synchronous standby.
-_WAITING_FOR_STANDBY = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
-
-
-@contextlib.contextmanager
-def synchronous_pair() -> Iterator[tuple[str, PostgresServer]]:
-    """A primary of the test's own whose commits return once its standby has replayed them
-    (remote_apply, as a paused replay then holds them), and that standby: the primary's URL."""
-    with throwaway_postgres() as primary:
-        dsn = primary.dsn()
-        standby = primary.standby()
-        try:
-            query(dsn, "ALTER SYSTEM SET synchronous_standby_names = '*'")
-            query(dsn, "ALTER DATABASE postgres SET synchronous_commit = 'remote_apply'")
-            query(dsn, "SELECT pg_reload_conf()")
-            yield dsn, standby
-        finally:
-            standby.destroy()
-
-
 @contextlib.asynccontextmanager
 async def replay_paused(standby: PostgresServer) -> AsyncIterator[None]:
     """PostgresServer.replay_paused inside an event loop (its queries run loops of their own)."""
@@ -237,7 +222,7 @@ def test_a_stored_row_the_standby_does_not_confirm_in_time_is_no_answer_and_no_o
                     with pytest.raises(StoreUnavailableError, match="did not confirm it in time"):
                         await store.stored(record.request_id, record.instances_json)
                     assert store.reachable()["database"]
-                    assert not await watch.fetch(_WAITING_FOR_STANDBY)
+                    assert not await watch.fetch(WAITING_FOR_STANDBY)
             finally:
                 await watch.close()
             found = await store.stored(record.request_id, record.instances_json)
@@ -267,10 +252,10 @@ def test_a_stored_row_whose_standby_wait_is_cut_short_is_no_answer(
                 watch = await asyncpg.connect(dsn)
                 try:
                     await eventually_async(
-                        lambda: watch.fetch(_WAITING_FOR_STANDBY), "the confirmation waiting", 20
+                        lambda: watch.fetch(WAITING_FOR_STANDBY), "the confirmation waiting", 20
                     )
                     await watch.execute(
-                        f"SELECT pg_cancel_backend(pid) FROM ({_WAITING_FOR_STANDBY}) w"
+                        f"SELECT pg_cancel_backend(pid) FROM ({WAITING_FOR_STANDBY}) w"
                     )
                 finally:
                     await watch.close()
