@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -204,13 +205,16 @@ def keyed_record() -> PredictionRecord:
     return dataclasses.replace(prediction_record(), keyed=True)
 
 
+@pytest.mark.parametrize("stall", [0.0, 0.3], ids=["on-time", "event-loop-late"])
 def test_a_stored_row_the_standby_does_not_confirm_in_time_is_no_answer_and_no_outage(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, stall: float
 ) -> None:
     """A keyed retry's look-up (while the model is away) finds the row, whose confirmation
     waits for a standby that does not replay: StoreUnavailableError once its time is out, the
     primary still answering, and no backend left waiting for the standby (asyncpg's timeout
-    cancels the wait on the server). Once the standby replays, the row is the answer."""
+    cancels the wait on the server), even when the event loop is late as the time runs out (a
+    CPU limit's throttling, a collection): both the timeout and the look-up's own bound are
+    then due at once. Once the standby replays, the row is the answer."""
     with synchronous_pair() as (dsn, standby):
 
         async def scenario(store: PostgresStore) -> None:
@@ -219,6 +223,9 @@ def test_a_stored_row_the_standby_does_not_confirm_in_time_is_no_answer_and_no_o
             watch = await asyncpg.connect(dsn)
             try:
                 async with replay_paused(standby):
+                    loop = asyncio.get_running_loop()
+                    if stall:
+                        loop.call_later(postgres_store._LOOKUP_SECONDS - 0.05, time.sleep, stall)
                     with pytest.raises(StoreUnavailableError, match="did not confirm it in time"):
                         await store.stored(record.request_id, record.instances_json)
                     assert store.reachable()["database"]

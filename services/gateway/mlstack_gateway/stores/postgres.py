@@ -279,9 +279,9 @@ READ_ATTEMPT_SECONDS = 1.0
 # (stored), its confirmation by the synchronous standby included: the model's error, when it
 # stands, still comes within a second (MODEL_TIMEOUT_SECONDS' 0.5 s, then this).
 _LOOKUP_SECONDS = 0.5
-# What _stored leaves of the look-up's time for asyncpg to cancel a confirmation that ran out
-# of it.
-_CANCEL_SECONDS = 0.1
+# What a look-up's connection is given past its time, for asyncpg to cancel a confirmation that
+# ran out of it (_stored): an event loop late by less than this leaves no backend waiting.
+_CANCEL_SECONDS = 2.0
 # History reads are few and short.
 _READ_POOL_SIZE = 2
 # After this many read-URL failures in a row, reads skip it for _READ_PAUSE_SECONDS (then one
@@ -367,9 +367,11 @@ async def _on_connection(
     pool: asyncpg.Pool,
     seconds: float,
     operation: Callable[[asyncpg.pool.PoolConnectionProxy], Awaitable[R]],
+    *,
+    acquired_within: float | None = None,
 ) -> R:
     """``operation``'s result on a pool connection of its own, acquired (perhaps connected) and
-    used within ``seconds``.
+    used within ``seconds``; acquired within ``acquired_within`` when it is given.
 
     Only a connection whose operation completed goes back to the pool. One whose operation
     failed, timed out or was cancelled is closed: asyncpg would give it out again once a cancel
@@ -387,7 +389,8 @@ async def _on_connection(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    async with asyncio.timeout_at(deadline):
+    acquired_by = deadline if acquired_within is None else loop.time() + acquired_within
+    async with asyncio.timeout_at(min(deadline, acquired_by)):
         conn = await pool.acquire()
     try:
         async with asyncio.timeout_at(deadline):
@@ -766,17 +769,23 @@ async def _stored(
     deadline: float,
 ) -> StoredPrediction | None:
     """_STORED; a row found is confirmed as _upsert confirms the rows it finds, by
-    _WRITE_COMMIT_RECORD, before ``deadline`` (less _CANCEL_SECONDS); else _UnconfirmedError.
+    _WRITE_COMMIT_RECORD; each statement by ``deadline``. A row not confirmed by then, or whose
+    confirmation the server refuses but for a transient error (a server in recovery cannot write
+    one): _UnconfirmedError.
 
-    The confirmation is bounded by asyncpg's own timeout, which sends the server a
-    CancelRequest: that ends the commit's wait for the standby (the commit stays local, and
-    confirms nothing). A statement after it waits until the cancel is done, so no backend is
-    left waiting for a standby that may not come back once the connection is closed; the write
-    path's commits, bounded by the caller, may leave one."""
-    row = await conn.fetchrow(_STORED, request_id, instances_json)
+    The statements are bounded by asyncpg's own timeout, which sends the server a CancelRequest:
+    that ends the commit's wait for the standby (the commit stays local, and confirms nothing).
+    A statement after it waits until the cancel is done, so no backend is left waiting for a
+    standby that may not come back once the connection is closed. The caller's bound, later by
+    _CANCEL_SECONDS, would close the connection with the cancel still to be sent; the write
+    path's commits, bounded by their caller alone, may leave a backend waiting."""
+    loop = asyncio.get_running_loop()
+    row = await conn.fetchrow(
+        _STORED, request_id, instances_json, timeout=max(0.001, deadline - loop.time())
+    )
     if row is None:
         return None
-    left = deadline - _CANCEL_SECONDS - asyncio.get_running_loop().time()
+    left = deadline - loop.time()
     if left <= 0:
         raise _UnconfirmedError("no time left to confirm it")
     try:
@@ -785,6 +794,8 @@ async def _stored(
         await conn.fetchval("SELECT 1")
         raise _UnconfirmedError("the synchronous standby did not confirm it in time") from None
     except asyncpg.PostgresError as exc:
+        if _is_transient(exc):
+            raise
         raise _UnconfirmedError(f"the server writes nothing ({exc})") from exc
     if not confirmed:
         raise _UnconfirmedError("its wait for the synchronous standby was cut short")
@@ -1004,8 +1015,9 @@ class PostgresStore:
         try:
             found = await _on_connection(
                 pool,
-                _LOOKUP_SECONDS,
+                _LOOKUP_SECONDS + _CANCEL_SECONDS,
                 lambda conn: _stored(conn, request_id, instances_json, deadline),
+                acquired_within=_LOOKUP_SECONDS,
             )
         except _UnconfirmedError as exc:
             self._primary.answered(asked_at)
@@ -1015,9 +1027,12 @@ class PostgresStore:
         except Exception as exc:
             if not (_is_transient(exc) or isinstance(exc, asyncpg.PostgresError)):
                 raise
-            # Its time is short: running out of it says the server was slow, not gone.
-            if _is_transient(exc) and not isinstance(exc, TimeoutError):
-                self._primary.failed(exc, asked_at)
+            if not _is_transient(exc):
+                # Not the server's state but the store's (its role's rights, its schema).
+                log.warning("looking up a stored prediction failed: %s", exc)
+            elif not isinstance(exc, TimeoutError):
+                # Its time is short: running out of it says the server was slow, not gone.
+                (self._writes if _refuses_writes(exc) else self._primary).failed(exc, asked_at)
             raise StoreUnavailableError("database read failed") from exc
         self._primary.answered(asked_at)
         if found is not None:
