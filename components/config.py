@@ -569,7 +569,7 @@ def parse_cluster(raw: object) -> ClusterConfig:
             authorized_networks=_parse_authorized_networks(section),
             node_count=section.integer("nodeCount", 3, 1, MAX_REPLICAS),
             machine_type=section.string("machineType") or "e2-standard-4",
-            kubernetes_version=section.string("kubernetesVersion"),
+            kubernetes_version=_kubernetes_version(section, _GKE_VERSION),
             release_channel=section.choice("releaseChannel", "REGULAR", RELEASE_CHANNELS),
             maintenance_window=_parse_maintenance_window(section),
         )
@@ -578,8 +578,33 @@ def parse_cluster(raw: object) -> ClusterConfig:
         authorized_networks=_parse_authorized_networks(section),
         node_count=section.integer("nodeCount", 3, 1, MAX_REPLICAS),
         instance_type=section.string("instanceType") or "t3.large",
-        kubernetes_version=section.string("kubernetesVersion"),
+        kubernetes_version=_kubernetes_version(section, _EKS_VERSION),
     )
+
+
+# A control plane's version as EKS takes it, a minor (1.31), and as GKE does, a minor or a patch
+# (1.31.6, 1.31.6-gke.1020000).
+_EKS_VERSION = re.compile(r"(\d+)\.(\d+)", re.ASCII)
+_GKE_VERSION = re.compile(r"(\d+)\.(\d+)(\.\d+(-gke\.\d+)?)?", re.ASCII)
+
+
+def _kubernetes_version(section: _Section, form: re.Pattern[str]) -> str | None:
+    """`cluster.kubernetesVersion`, when given: a version in `form` from OLDEST_KUBERNETES on,
+    the oldest whose APIs the program's objects use (the Pod Security level, the database's
+    scale-in policy); an older cluster would fail at them, the control plane already made."""
+    version = section.string("kubernetesVersion")
+    if version is None:
+        return None
+    found = form.fullmatch(version)
+    oldest = tuple(int(part) for part in OLDEST_KUBERNETES.split("."))
+    if found is None or (int(found[1]), int(found[2])) < oldest:
+        raise _fail(
+            section.path("kubernetesVersion"),
+            version,
+            f"expected a Kubernetes version from {OLDEST_KUBERNETES} on, such as "
+            f"{OLDEST_KUBERNETES} (mlstack's oldest)",
+        )
+    return version
 
 
 def _parse_authorized_networks(section: _Section) -> tuple[str, ...]:

@@ -177,6 +177,31 @@ def test_gke_kubernetes_version_is_the_control_plane_s_and_the_nodes_follow_it(s
     assert "version" not in nodes
 
 
+@pytest.mark.parametrize("stack", [*cloud_stacks("gke"), *cloud_stacks("eks")])
+@pytest.mark.parametrize("version", ["1.30", "1.9", "0.31", "v1.31", "1.31.x", "latest", "1"])
+def test_a_kubernetes_version_before_mlstack_s_oldest_is_refused(stack: str, version: str) -> None:
+    """The program's objects use APIs from OLDEST_KUBERNETES on (the database's scale-in
+    policy, the Pod Security level): an older control plane would be made, then fail them."""
+    assert config_error(with_cluster(stack, kubernetesVersion=version)) == (
+        f'mlstack:cluster.kubernetesVersion: "{version}" is not allowed: expected a Kubernetes '
+        "version from 1.31 on, such as 1.31 (mlstack's oldest)"
+    )
+
+
+@pytest.mark.parametrize("version", ["1.31", "1.33", "1.31.6", "1.31.6-gke.1020000", "2.0"])
+def test_a_gke_kubernetes_version_may_name_a_patch(version: str) -> None:
+    (stack, *_) = cloud_stacks("gke")
+    run = run_program(stack, with_cluster(stack, kubernetesVersion=version))
+    assert single(run, GKE_CLUSTER).inputs["minMasterVersion"] == version
+
+
+def test_an_eks_kubernetes_version_is_a_minor() -> None:
+    (stack, *_) = cloud_stacks("eks")
+    assert "is not allowed: expected a Kubernetes version from 1.31 on" in config_error(
+        with_cluster(stack, kubernetesVersion="1.31.6")
+    )
+
+
 # --- EKS ----------------------------------------------------------------------------------------
 
 
