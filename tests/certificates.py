@@ -11,6 +11,9 @@ from pathlib import Path
 
 from harness.ports import LOOPBACK
 
+# The names every certificate here is for.
+SUBJECT_ALT_NAME = f"subjectAltName=IP:{LOOPBACK},DNS:localhost"
+
 
 def self_signed_certificate(
     folder: Path,
@@ -32,22 +35,13 @@ def self_signed_certificate(
     folder.mkdir(parents=True, exist_ok=True)
     cert, key = folder / "tls.crt", folder / "tls.key"
     encryption = ["-nodes"] if passphrase is None else ["-passout", f"pass:{passphrase}"]
-    extensions = [f"subjectAltName=IP:{LOOPBACK},DNS:localhost"]
+    extensions = [SUBJECT_ALT_NAME]
     if usage is not None:
         extensions.append(f"extendedKeyUsage={usage}")
     if ca:
         extensions.append("basicConstraints=critical,CA:TRUE")
-    made = ["-x509", "-out", str(cert), "-days", "2"] if dates is None else ["-out", str(cert)]
-    subprocess.run(
-        [
-            "openssl", "req", "-newkey", "ec",
-            "-pkeyopt", "ec_paramgen_curve:prime256v1", *encryption,
-            "-keyout", str(key), *made, "-subj", f"/CN={name}",
-            *(argument for extension in extensions for argument in ("-addext", extension)),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    made = ["-x509", "-days", "2"] if dates is None else []
+    _new_key(key, cert, name, extensions, *encryption, *made)
     if dates is not None:
         # `openssl req` dates a certificate from now alone; `openssl ca` signs the request with
         # its own key at any dates.
@@ -66,6 +60,21 @@ def self_signed_certificate(
         )
         converted.replace(key)
     return cert, key
+
+
+def _new_key(key: Path, out: Path, name: str, extensions: list[str], *options: str) -> None:
+    """`openssl req`: a new P-256 key in `key`, and in `out` a certificate request for the
+    common name `name` with `extensions`, or with `-x509` among `options` a certificate its own
+    key signs."""
+    subprocess.run(
+        [
+            "openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            *options, "-keyout", str(key), "-out", str(out), "-subj", f"/CN={name}",
+            *(argument for extension in extensions for argument in ("-addext", extension)),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
 
 
 def _sign_dated(
@@ -130,16 +139,7 @@ def chain_with_expired_issuer() -> tuple[str, str]:
             folder / "ca", "mlstack-test-ca", dates=("20250101000000Z", "20250201000000Z"), ca=True
         )
         key, request, cert = folder / "tls.key", folder / "tls.csr", folder / "tls.crt"
-        subprocess.run(
-            [
-                "openssl", "req", "-new", "-newkey", "ec",
-                "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", str(key), "-out", str(request), "-subj", "/CN=mlstack-issued",
-                "-addext", f"subjectAltName=IP:{LOOPBACK},DNS:localhost",
-            ],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
+        _new_key(key, request, "mlstack-issued", [SUBJECT_ALT_NAME], "-nodes")
         subprocess.run(
             [
                 "openssl", "x509", "-req", "-in", str(request), "-days", "2",
