@@ -145,47 +145,6 @@ def gone(store: PostgresStore) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-def store_log(
-    postgres: PostgresServer,
-    caplog: pytest.LogCaptureFixture,
-    database: str,
-    write_timeout: str,
-    scenario: Callable[[PostgresStore, asyncpg.Connection, str], Awaitable[None]],
-) -> list[str]:
-    """What the store's log says while ``scenario`` runs against a store, open on a new
-    ``database`` with DB_WRITE_TIMEOUT_SECONDS ``write_timeout``, given a connection of its own
-    to that database and its URL."""
-    dsn = postgres.create_database(database)
-    settings = GatewaySettings.from_env(
-        {**GATEWAY_REQUIRED, "DATABASE_URL": dsn, "DB_WRITE_TIMEOUT_SECONDS": write_timeout}
-    )
-
-    async def run() -> None:
-        store = PostgresStore(settings, GatewayMetrics())
-        await store.open()
-        admin = await asyncpg.connect(dsn)
-        try:
-            await scenario(store, admin, dsn)
-        finally:
-            await admin.close()
-            await store.close()
-
-    with caplog.at_level(logging.INFO, logger="mlstack_gateway.store"):
-        asyncio.run(run())
-    return [record.getMessage() for record in caplog.records]
-
-
-@contextlib.asynccontextmanager
-async def replay_paused(standby: PostgresServer) -> AsyncIterator[None]:
-    """PostgresServer.replay_paused inside an event loop (its queries run loops of their own)."""
-    paused = standby.replay_paused()
-    await asyncio.to_thread(paused.__enter__)
-    try:
-        yield
-    finally:
-        await asyncio.to_thread(paused.__exit__, None, None, None)
-
-
 def on_store(dsn: str, scenario: Callable[[PostgresStore], Awaitable[None]], **env: str) -> None:
     """``scenario`` against a store open on ``dsn`` (settings ``env`` besides)."""
     settings = GatewaySettings.from_env({**GATEWAY_REQUIRED, "DATABASE_URL": dsn, **env})
@@ -199,6 +158,41 @@ def on_store(dsn: str, scenario: Callable[[PostgresStore], Awaitable[None]], **e
             await store.close()
 
     asyncio.run(run())
+
+
+def store_log(
+    postgres: PostgresServer,
+    caplog: pytest.LogCaptureFixture,
+    database: str,
+    write_timeout: str,
+    scenario: Callable[[PostgresStore, asyncpg.Connection, str], Awaitable[None]],
+) -> list[str]:
+    """What the store's log says while ``scenario`` runs against a store, open on a new
+    ``database`` with DB_WRITE_TIMEOUT_SECONDS ``write_timeout``, given a connection of its own
+    to that database and its URL."""
+    dsn = postgres.create_database(database)
+
+    async def with_admin(store: PostgresStore) -> None:
+        admin = await asyncpg.connect(dsn)
+        try:
+            await scenario(store, admin, dsn)
+        finally:
+            await admin.close()
+
+    with caplog.at_level(logging.INFO, logger="mlstack_gateway.store"):
+        on_store(dsn, with_admin, DB_WRITE_TIMEOUT_SECONDS=write_timeout)
+    return [record.getMessage() for record in caplog.records]
+
+
+@contextlib.asynccontextmanager
+async def replay_paused(standby: PostgresServer) -> AsyncIterator[None]:
+    """PostgresServer.replay_paused inside an event loop (its queries run loops of their own)."""
+    paused = standby.replay_paused()
+    await asyncio.to_thread(paused.__enter__)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(paused.__exit__, None, None, None)
 
 
 def keyed_record() -> PredictionRecord:
