@@ -277,7 +277,7 @@ _BEHIND_COLUMN = 10
 READ_ATTEMPT_SECONDS = 1.0
 # How long a keyed retry's look-up of what is stored may take while the model fails or is away
 # (stored), its confirmation by the synchronous standby included: the model's error, when it
-# stands, still comes within a second (MODEL_TIMEOUT_SECONDS' 0.5 s, then this).
+# stands, comes at most this long after MODEL_TIMEOUT_SECONDS (within a second at its 0.5 s).
 _LOOKUP_SECONDS = 0.5
 # What a look-up's connection is given past its time, for asyncpg to cancel a confirmation that
 # ran out of it (_stored): an event loop late by less than this leaves no backend waiting.
