@@ -9,7 +9,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import asyncpg
 import pytest
@@ -205,10 +206,10 @@ def test_a_stored_row_the_standby_does_not_confirm_in_time_is_no_answer_and_no_o
 ) -> None:
     """A keyed retry's look-up (while the model is away) finds the row, whose confirmation
     waits for a standby that does not replay: StoreUnavailableError once its time is out, the
-    primary still answering, and no backend left waiting for the standby (asyncpg's timeout
-    cancels the wait on the server), even when the event loop is late as the time runs out (a
-    CPU limit's throttling, a collection): both the timeout and the look-up's own bound are
-    then due at once. Once the standby replays, the row is the answer."""
+    primary still answering, and no backend left waiting for the standby (the wait is cancelled
+    on the server before the connection is closed), even when the event loop is late as the
+    time runs out (a CPU limit's throttling, a collection). Once the standby replays, the row is
+    the answer."""
     with synchronous_pair() as (dsn, standby):
 
         async def scenario(store: PostgresStore) -> None:
@@ -220,10 +221,10 @@ def test_a_stored_row_the_standby_does_not_confirm_in_time_is_no_answer_and_no_o
                     loop = asyncio.get_running_loop()
                     if stall:
                         loop.call_later(postgres_store._LOOKUP_SECONDS - 0.05, time.sleep, stall)
-                    with pytest.raises(StoreUnavailableError, match="did not confirm it in time"):
-                        await store.stored(record.request_id, record.instances_json)
+                    lookup = store.stored(record.request_id, record.instances_json)
+                    refused = await refused_and_not_left_waiting(watch, lookup, "the confirmation")
+                    assert str(refused) == "stored prediction not found and confirmed within 0.5 s"
                     assert store.reachable()["database"]
-                    assert not await watch.fetch(WAITING_FOR_STANDBY)
             finally:
                 await watch.close()
             found = await store.stored(record.request_id, record.instances_json)
@@ -235,6 +236,45 @@ def test_a_stored_row_the_standby_does_not_confirm_in_time_is_no_answer_and_no_o
         with caplog.at_level(logging.INFO, logger="mlstack_gateway.store"):
             on_store(dsn, scenario)
     assert not [r for r in caplog.records if " unavailable (" in r.getMessage()], caplog.text
+
+
+def test_a_write_the_standby_does_not_confirm_in_time_leaves_no_backend_waiting() -> None:
+    """A write whose commit waits for a standby that does not replay is answered 503 once
+    DB_WRITE_TIMEOUT_SECONDS are out, and its backend stops waiting: the connection is closed
+    only once asyncpg's cancel of the commit has reached the server. A closed connection alone
+    would leave the backend waiting (and its connection slot taken) until the standby replays
+    or Patroni drops it, one more for each write that times out meanwhile."""
+    with synchronous_pair() as (dsn, standby):
+
+        async def scenario(store: PostgresStore) -> None:
+            watch = await asyncpg.connect(dsn)
+            try:
+                async with replay_paused(standby):
+                    write = store.save(prediction_record())
+                    await refused_and_not_left_waiting(watch, write, "the commit")
+            finally:
+                await watch.close()
+            assert await store.save(prediction_record()) is None
+
+        on_store(dsn, scenario, DB_WRITE_TIMEOUT_SECONDS="0.5")
+
+
+async def refused_and_not_left_waiting(
+    watch: asyncpg.Connection, call: Coroutine[Any, Any, object], what: str
+) -> StoreUnavailableError:
+    """``call`` (the store's) run until ``what``, its commit, waits for the standby; then its
+    StoreUnavailableError once its time is out (returned), and no backend left waiting for the
+    standby."""
+    task = asyncio.create_task(call)
+    await eventually_async(lambda: watch.fetch(WAITING_FOR_STANDBY), f"{what} waiting", 10)
+    with pytest.raises(StoreUnavailableError) as refused:
+        await task
+
+    async def none_waits() -> bool:
+        return not await watch.fetch(WAITING_FOR_STANDBY)
+
+    await eventually_async(none_waits, f"{what}'s backend to stop waiting for the standby", 10)
+    return refused.value
 
 
 def test_a_stored_row_whose_standby_wait_is_cut_short_is_no_answer(

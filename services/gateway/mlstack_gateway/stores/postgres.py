@@ -279,8 +279,8 @@ READ_ATTEMPT_SECONDS = 1.0
 # (stored), its confirmation by the synchronous standby included: the model's error, when it
 # stands, comes at most this long after MODEL_TIMEOUT_SECONDS (within a second at its 0.5 s).
 _LOOKUP_SECONDS = 0.5
-# What a look-up's connection is given past its time, for asyncpg to cancel a confirmation that
-# ran out of it (_stored): an event loop late by less than this leaves no backend waiting.
+# What a connection whose operation failed is given, in the background, for asyncpg's cancel of
+# a statement cut short to reach the server before the connection is closed (_on_connection).
 _CANCEL_SECONDS = 2.0
 # History reads are few and short.
 _READ_POOL_SIZE = 2
@@ -363,20 +363,44 @@ def _closed(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
         return True
 
 
+# The connections _close_once_cancelled is closing: its tasks, held until they end.
+_closing: set[asyncio.Task[None]] = set()
+
+
+async def _close_once_cancelled(pool: asyncpg.Pool, conn: asyncpg.pool.PoolConnectionProxy) -> None:
+    """Close ``conn``, whose operation failed, once the server has acknowledged asyncpg's cancel
+    of the statement it cut short, if any, or after _CANCEL_SECONDS; then give its slot back.
+
+    A statement cut short (out of time, or its task cancelled) is not over on the server until
+    the cancel request asyncpg sends on a connection of its own arrives. Closing the connection
+    first drops that request, and a backend does not see its client go while it waits: a commit
+    waiting for a synchronous standby that does not confirm it would wait on, its connection slot
+    taken, until the standby replays or Patroni drops it. asyncpg makes a statement wait for the
+    connection's cancel to be acknowledged first; on a connection with none under way, it is a
+    round trip."""
+    try:
+        with contextlib.suppress(Exception):
+            await conn.fetchval("SELECT 1", timeout=_CANCEL_SECONDS)
+    finally:
+        if not _closed(conn):
+            conn.terminate()
+        with contextlib.suppress(asyncpg.InterfaceError):  # a pool terminated meanwhile
+            await pool.release(conn)
+
+
 async def _on_connection(
     pool: asyncpg.Pool,
     seconds: float,
     operation: Callable[[asyncpg.pool.PoolConnectionProxy], Awaitable[R]],
-    *,
-    acquired_within: float | None = None,
 ) -> R:
     """``operation``'s result on a pool connection of its own, acquired (perhaps connected) and
-    used within ``seconds``; acquired within ``acquired_within`` when it is given.
+    used within ``seconds``.
 
     Only a connection whose operation completed goes back to the pool. One whose operation
-    failed, timed out or was cancelled is closed: asyncpg would give it out again once a cancel
-    request, sent on a connection of its own, had been acknowledged by a server that may be the
-    one hanging or gone.
+    failed, timed out or was cancelled is closed, in the background, once the server has taken
+    the cancel of what it cut short (_close_once_cancelled). asyncpg would give it out again
+    once that cancel had been acknowledged, by a server that may be the one hanging or gone, and
+    a retry on it would reach the same server (a failover's former primary, say) again.
 
     A server may end a connection at any moment: shutting down, or on its postmaster's death,
     each backend sends its client a FATAL error, then closes the socket. Between the two, asyncpg
@@ -389,17 +413,19 @@ async def _on_connection(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    acquired_by = deadline if acquired_within is None else loop.time() + acquired_within
-    async with asyncio.timeout_at(min(deadline, acquired_by)):
+    async with asyncio.timeout_at(deadline):
         conn = await pool.acquire()
     try:
         async with asyncio.timeout_at(deadline):
             result = await operation(conn)
     except BaseException as exc:
         closed = _closed(conn)
-        if not closed:
-            conn.terminate()
-        await pool.release(conn)  # nothing to do for a closed one but give its slot back
+        if closed:
+            await pool.release(conn)  # nothing to do for a closed one but give its slot back
+        else:
+            closing = asyncio.create_task(_close_once_cancelled(pool, conn))
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
         if closed and isinstance(exc, asyncpg.InternalClientError):
             raise asyncpg.ConnectionDoesNotExistError(
                 f"connection closed by the server (asyncpg: {exc})"
@@ -759,40 +785,22 @@ async def _upsert(
 
 class _UnconfirmedError(Exception):
     """A row _stored found is not confirmed as committed by the synchronous standby: its wait
-    cut short or out of time, or a server in recovery, which writes nothing."""
+    cut short, or a server in recovery, which writes nothing."""
 
 
 async def _stored(
-    conn: asyncpg.pool.PoolConnectionProxy,
-    request_id: str,
-    instances_json: str,
-    deadline: float,
+    conn: asyncpg.pool.PoolConnectionProxy, request_id: str, instances_json: str
 ) -> StoredPrediction | None:
     """_STORED; a row found is confirmed as _upsert confirms the rows it finds, by
-    _WRITE_COMMIT_RECORD; each statement by ``deadline``. A row not confirmed by then, or whose
-    confirmation the server refuses but for a transient error (a server in recovery cannot write
-    one): _UnconfirmedError.
-
-    The statements are bounded by asyncpg's own timeout, which sends the server a CancelRequest:
-    that ends the commit's wait for the standby (the commit stays local, and confirms nothing).
-    A statement after it waits until the cancel is done, so no backend is left waiting for a
-    standby that may not come back once the connection is closed. The caller's bound, later by
-    _CANCEL_SECONDS, would close the connection with the cancel still to be sent; the write
-    path's commits, bounded by their caller alone, may leave a backend waiting."""
-    loop = asyncio.get_running_loop()
-    row = await conn.fetchrow(
-        _STORED, request_id, instances_json, timeout=max(0.001, deadline - loop.time())
-    )
+    _WRITE_COMMIT_RECORD. A row whose confirmation is cut short, or refused but for a transient
+    error (a server in recovery cannot write one): _UnconfirmedError. The caller bounds it: a
+    confirmation out of time is cancelled on the server (_on_connection), which ends the
+    commit's wait for the standby (the commit stays local, and confirms nothing)."""
+    row = await conn.fetchrow(_STORED, request_id, instances_json)
     if row is None:
         return None
-    left = deadline - loop.time()
-    if left <= 0:
-        raise _UnconfirmedError("no time left to confirm it")
     try:
-        _, confirmed = await _heard(conn, lambda: conn.fetchval(_WRITE_COMMIT_RECORD, timeout=left))
-    except TimeoutError:
-        await conn.fetchval("SELECT 1")
-        raise _UnconfirmedError("the synchronous standby did not confirm it in time") from None
+        _, confirmed = await _heard(conn, lambda: conn.fetchval(_WRITE_COMMIT_RECORD))
     except asyncpg.PostgresError as exc:
         if _is_transient(exc):
             raise
@@ -1011,13 +1019,9 @@ class PostgresStore:
             # Keyed requests while the model is away ask no database that is away too.
             raise StoreUnavailableError("database not answering")
         asked_at = asyncio.get_running_loop().time()
-        deadline = asked_at + _LOOKUP_SECONDS
         try:
             found = await _on_connection(
-                pool,
-                _LOOKUP_SECONDS + _CANCEL_SECONDS,
-                lambda conn: _stored(conn, request_id, instances_json, deadline),
-                acquired_within=_LOOKUP_SECONDS,
+                pool, _LOOKUP_SECONDS, lambda conn: _stored(conn, request_id, instances_json)
             )
         except _UnconfirmedError as exc:
             self._primary.answered(asked_at)
@@ -1030,8 +1034,12 @@ class PostgresStore:
             if not _is_transient(exc):
                 # Not the server's state but the store's (its role's rights, its schema).
                 log.warning("looking up a stored prediction failed: %s", exc)
-            elif not isinstance(exc, TimeoutError):
+            elif isinstance(exc, TimeoutError):
                 # Its time is short: running out of it says the server was slow, not gone.
+                raise StoreUnavailableError(
+                    f"stored prediction not found and confirmed within {_LOOKUP_SECONDS:g} s"
+                ) from exc
+            else:
                 (self._writes if _refuses_writes(exc) else self._primary).failed(exc, asked_at)
             raise StoreUnavailableError("database read failed") from exc
         self._primary.answered(asked_at)
