@@ -43,6 +43,17 @@ def import_service(src: Path) -> None:
     sys.path[:0] = [folder for folder in import_path(src) if folder not in sys.path]
 
 
+def own_log(log_dir: Path, name: str, port: int) -> Path:
+    """`<name>-<port>.log` in `log_dir`; where an earlier process on the same port left that
+    one, the first `<name>-<port>.<n>.log` not there yet: a test that reads its process's log
+    reads that process's lines alone (a log is appended to)."""
+    path, n = log_dir / f"{name}-{port}.log", 1
+    while path.exists():
+        n += 1
+        path = log_dir / f"{name}-{port}.{n}.log"
+    return path
+
+
 class ServiceProcess(LocalServer):
     """A service started as `python -m <module>` from its folder `src` (or from `cwd`), on
     127.0.0.1:`port`, with `env` over this process's environment; named `name` (its module
@@ -73,7 +84,7 @@ class ServiceProcess(LocalServer):
         super().__init__(
             name,
             [sys.executable, "-m", module],
-            None if log_dir is None else log_dir / f"{name}-{port}.log",
+            None if log_dir is None else own_log(log_dir, name, port),
             f"http://{LOOPBACK}:{port}",
             ready_path=ready_path,
             env=environment,

@@ -39,6 +39,7 @@ from harness.services import (
     GatewayProcess,
     ModelProcess,
     ServiceProcess,
+    own_log,
     start_and_wait,
 )
 from tests.services.hostile import INFER, PREDICT, Post, error_message
@@ -210,7 +211,7 @@ class MakeServe(LocalServer):
         super().__init__(
             "make-serve",
             make_command("serve", *self.variables),
-            log_dir / f"make-serve-{gateway_port}.log",
+            own_log(log_dir, "make-serve", gateway_port),
             f"http://{LOOPBACK}:{gateway_port}",
             ready_path="/readyz",
             # A user's shell: nothing of this process's import path, settings or outer make.
