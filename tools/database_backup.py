@@ -78,7 +78,8 @@ RESTORE_SECONDS: Final = 3600
 # Restarts of an instance's database container that end the wait for a restore: a restore that
 # fails (no room on the volume, a WAL segment missing from the repository) fails again at every
 # start, and the wait would otherwise last RESTORE_SECONDS. A restore that goes well restarts
-# nothing; Kubernetes' back-off makes these some five minutes.
+# nothing. Counted from the wait's first look, Kubernetes' back-off makes these some five minutes
+# for pods just started; some 25 for a `go on` whose pods already wait its longest between two.
 RESTORE_RESTARTS: Final = 5
 POLL_SECONDS: Final = 1.0
 
@@ -398,21 +399,30 @@ class Restore:
     def finish(self, request: Request) -> None:
         """Wait for the restored primary and its replicas, then remove the request."""
         count = self.count
+        # Each pod's restarts when the wait began: a pod keeps its count, and a `go on` after a
+        # restore that failed at every start (then mended: its volume grown, say) counts anew.
+        restarts_before: dict[str, int] | None = None
 
         def settled() -> bool:
+            nonlocal restarts_before
             snapshot = self.instances.snapshot()
+            roles = sorted(snapshot.roles.values())
+            if roles == sorted([database.PRIMARY, *[database.REPLICA] * (count - 1)]) and all(
+                snapshot.endpoints.get(name) for name in snapshot.primaries
+            ):
+                return True
+            if restarts_before is None:
+                restarts_before = dict(snapshot.restarts)
             for pod, restarts in snapshot.restarts.items():
-                if restarts >= RESTORE_RESTARTS:
+                restarted = restarts - restarts_before.get(pod, 0)
+                if restarted >= RESTORE_RESTARTS:
                     logs = ("logs", pod, "--container", database.POSTGRES_CONTAINER, "--previous")
                     raise BackupError(
                         f"{pod}'s {database.POSTGRES_CONTAINER} container has restarted "
-                        f"{restarts} times: the restore fails there ({self.command(*logs)} "
+                        f"{restarted} times: the restore fails there ({self.command(*logs)} "
                         "says why)"
                     )
-            roles = sorted(snapshot.roles.values())
-            return roles == sorted([database.PRIMARY, *[database.REPLICA] * (count - 1)]) and all(
-                snapshot.endpoints.get(name) for name in snapshot.primaries
-            )
+            return False
 
         try:
             wait_until(

@@ -100,7 +100,7 @@ class BackupFakes(Fakes):
     def restore_cluster(
         self,
         *,
-        running: dict[str, Any] = RUNNING,
+        running: dict[str, Any] | tuple[dict[str, Any], ...] = RUNNING,
         stopping: tuple[dict[str, Any], ...] = (RUNNING, STOPPED),
         starting: tuple[dict[str, Any], ...] = (STOPPED, SETTLED),
         pgbackrest: dict[str, dict[str, Any]] | None = None,
@@ -115,7 +115,11 @@ class BackupFakes(Fakes):
         mlstack-database-repository answers, by its arguments (`*`: any)."""
         pending = {} if request is None else {RESTORE: {"labels": {}, "data": request}}
         self.write_cluster(
-            phases={"running": [running], "stopping": stopping, "starting": starting},
+            phases={
+                "running": [running] if isinstance(running, dict) else list(running),
+                "stopping": stopping,
+                "starting": starting,
+            },
             advancing=True,
             replicas=replicas,
             configmaps={**CONFIG_MAPS, **pending},
@@ -742,6 +746,42 @@ def test_an_instance_whose_restore_fails_at_every_start_ends_the_wait(
         f"fails there ({logs} says why); restore {request} did not finish, and is left as it is"
     )
     assert fakes.request() == made(request)
+
+
+def test_a_restore_gone_on_with_after_its_restarts_counts_those_since_it_began(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore that failed at every start, mended (its volume grown) and gone on with: a pod
+    keeps its restart count, which the `go on` counts from, and a cluster settled since is a
+    restore finished whatever its pods' counts."""
+    left = {"id": "0123456789ab", "target": TARGET}
+    restarted = {"restarts": {"database-1": backups.RESTORE_RESTARTS}}
+    fakes.restore_cluster(running={**SETTLED, **restarted}, request=left)
+    code, _, err = restore(capsys, TARGET)
+    assert (code, err) == (0, "")
+    assert fakes.request() is None
+
+    monkeypatch.setattr(backups, "RESTORE_SECONDS", 0.2)
+    crashed = {**state(roles("", "", "")), **restarted}
+    fakes.restore_cluster(running=crashed, request=left)
+    code, _, err = restore(capsys, TARGET)
+    assert code == 1
+    assert err.startswith(
+        "restore: error: timed out after 0.2 s waiting for the instances restored to "
+    ), err
+    assert fakes.request() == left
+
+    # Not mended: it fails at every start again, and 5 more restarts end the wait.
+    monkeypatch.setattr(backups, "RESTORE_SECONDS", 5)
+    again = {**crashed, "restarts": {"database-1": 2 * backups.RESTORE_RESTARTS}}
+    fakes.restore_cluster(running=(crashed, again), request=left)
+    code, _, err = restore(capsys, TARGET)
+    assert code == 1
+    assert err.startswith(
+        "restore: error: database-1's postgres container has restarted 5 times: the restore "
+        "fails there"
+    ), err
+    assert fakes.request() == left
 
 
 def test_an_interrupted_wait_keeps_the_request(
