@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -109,9 +110,22 @@ def _checked(
     except subprocess.TimeoutExpired as error:
         raise StackError(f"`{shlex.join(argv)}` did not finish within {timeout:.0f} s") from error
     if check and result.returncode != 0:
-        detail = (result.stderr or result.stdout or "").strip() if capture else ""
+        detail = _said((result.stderr or result.stdout or "").strip()) if capture else ""
         raise StackError(f"`{shlex.join(argv)}` exited {result.returncode}: {detail}")
     return result
+
+
+# A line of Kubernetes' client library's own log (klog: severity, date, time, thread id, file and
+# line), which kubectl writes before its message: five of them for an API server that refuses.
+_CLIENT_LOG = re.compile(r"[IWEF]\d{4} \d{2}:\d{2}:\d{2}\.\d+\s+\d+ [\w.-]+:\d+\] ")
+
+
+def _said(output: str) -> str:
+    """What a command printed as its reason: without kubectl's client library's log lines,
+    unless that is all it printed (then the last of them)."""
+    lines = output.splitlines()
+    kept = [line for line in lines if not _CLIENT_LOG.match(line)]
+    return "\n".join(kept or lines[-1:])
 
 
 def exported_resources(exported: Mapping[str, Any]) -> list[dict[str, Any]]:

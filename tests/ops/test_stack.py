@@ -6,13 +6,14 @@ kubeconfig each call was given."""
 from __future__ import annotations
 
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.copies import copy_project, run_in
 from tests.ops.stack_fakes import EKS_TOKEN, MADE_CLUSTERS, NAMESPACE, Fakes, made_cluster_config
-from tools.stack import Kubectl, Stack, StackError, read_stack
+from tools.stack import Kubectl, Stack, StackError, read_stack, run
 
 
 @pytest.fixture
@@ -100,3 +101,20 @@ def test_a_made_cluster_without_its_kubeconfig_is_an_error_not_kubectl_s_default
         "stack staging has no kubeconfig output for its eks cluster: is it deployed?"
     )
     assert list(work.iterdir()) == []
+
+
+def test_a_refusing_api_server_is_kubectl_s_one_line_not_its_client_s_log() -> None:
+    """kubectl reaching no API server logs each try (klog) before its message: the error keeps
+    the message alone. A command that prints nothing but such lines keeps the last."""
+    refused = (
+        "The connection to the server 127.0.0.1:1 was refused - did you specify the right host?"
+    )
+    logged = (
+        'E1207 17:01:02.123456   12345 memcache.go:265] "Unhandled Error" err="couldn\'t get '
+        'current server API group list: dial tcp 127.0.0.1:1: connect: connection refused"'
+    )
+    for printed, said in (([logged] * 5 + [refused], refused), ([logged] * 2, logged)):
+        script = f"import sys; sys.stderr.write({chr(10).join(printed)!r}); sys.exit(1)"
+        with pytest.raises(StackError) as raised:
+            run([sys.executable, "-c", script])
+        assert str(raised.value).endswith(f" exited 1: {said}")
