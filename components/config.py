@@ -720,8 +720,17 @@ def _twice(quantity: str) -> str:
     return f"{number}{match.group('suffix') or ''}"
 
 
+def parse_database_replicas(raw: object) -> int:
+    """`mlstack:database.replicas`, typed: for the tools that scale a stopped database back."""
+    return _database_replicas(_Section("database", raw, _OBJECT_KEYS["database"]))
+
+
+def _database_replicas(section: _Section) -> int:
+    return section.integer("replicas", 1, 1, MAX_DATABASE_REPLICAS)
+
+
 def _parse_database(section: _Section, cluster: ClusterConfig) -> DatabaseConfig:
-    replicas = section.integer("replicas", 1, 1, MAX_DATABASE_REPLICAS)
+    replicas = _database_replicas(section)
     size = _storage_size(section)
     storage_class = section.string("storageClass")
     return DatabaseConfig(

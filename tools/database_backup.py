@@ -58,7 +58,7 @@ from components import database
 from components.stack_file import project_name
 from harness.poll import wait_until
 from tools.database_switchover import Instances, current_primary
-from tools.stack import Kubectl, Stack, StackError, read_stack
+from tools.stack import Kubectl, Stack, StackError, database_replicas, read_stack
 
 CONTAINER: Final = database.BACKUPS_CONTAINER
 # The image's reader of the repository (services/database/bin), in the backups container.
@@ -444,6 +444,14 @@ class Restore:
                 f"so {self.command(*remove)} may remove it"
             ) from error
 
+    def scale_back(self) -> str:
+        """The command that scales the instances back to what they were; from 0 (a restore
+        gone on with after one that stopped), to what the stack deploys: `pulumi up` would not
+        (its state still holds that count, and it changes nothing that matches its state)."""
+        if self.count:
+            return self.command("scale", "statefulset", database.NAME, f"--replicas={self.count}")
+        return scale_to_configured(self.stack, self.kubectl)
+
     def command(self, *args: str) -> str:
         """`kubectl args` as a person runs it, quoted for a message."""
         return f"`{self.kubectl.shown(*args)}`"
@@ -472,11 +480,7 @@ class Restore:
         aside = f"{pgdata}.before-restore-{request.id}"
         pod, container = database.pod_name(0), database.POSTGRES_CONTAINER
         delete_state = self.command("delete", "configmap", "--selector", self.scope)
-        scale_back = (
-            self.command("scale", "statefulset", database.NAME, f"--replicas={self.count}")
-            if self.count
-            else f"`make up STACK={self.stack.name}` (back to {project_name()}:database.replicas)"
-        )
+        scale_back = self.scale_back()
         volumes = (
             f"each instance that started moved its former data to {aside} on its volume "
             f"({database.MOUNT_PATH}), kept until removed by hand"
@@ -561,6 +565,18 @@ class Restored:
         return said
 
 
+def scale_to_configured(stack: Stack, kubectl: Kubectl) -> str:
+    """The command that scales the database to the stack's `database.replicas`, for a message."""
+    key = f"{project_name()}:database.replicas"
+    try:
+        count = str(database_replicas(stack.name))
+    except StackError:
+        count = "N"
+        key = f"N being {key}"
+    scale = kubectl.shown("scale", "statefulset", database.NAME, f"--replicas={count}")
+    return f"`{scale}` ({key})"
+
+
 def restore(stack: Stack, moment: dt.datetime) -> Restored:
     """Restore the stack's database to `moment`: what was restored and the seconds it took. A
     request already there is finished when it is for the same time, else refused."""
@@ -585,8 +601,8 @@ def restore(stack: Stack, moment: dt.datetime) -> Restored:
         return Restored(pending, time.monotonic() - start)
     if not instances.count:
         raise BackupError(
-            f"{database.NAME} is scaled to 0 and no restore is pending: start it first (`make up "
-            f"STACK={stack.name}` scales it to {project_name()}:database.replicas), then restore"
+            f"{database.NAME} is scaled to 0 and no restore is pending: start it first "
+            f"({scale_to_configured(stack, kubectl)}), then restore"
         )
     primary = current_primary(instances.snapshot(), kubectl, "to check the time and the backups in")
     owner = repository_owner(kubectl, primary)

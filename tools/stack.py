@@ -27,7 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from components import stack_file
-from components.config import ConfigError, ExistingCluster, parse_cluster
+from components.config import (
+    ConfigError,
+    ExistingCluster,
+    parse_cluster,
+    parse_database_replicas,
+)
 from tools import pulumi_cli
 
 
@@ -161,8 +166,7 @@ def read_stack(name: str, workdir: Path) -> Stack:
     file's path, used as it is; a cluster the program made exports the kubeconfig itself (YAML
     from `local` and `gke`, pulumi-eks's one line of JSON from `eks`), which is written to
     `workdir`, owner-only, for kubectl: the caller removes it. No error carries its content."""
-    entries = json.loads(pulumi("config", "--json", stack=name))
-    values = stack_file.from_cli(entries, stack_file.project_name())
+    values = _config_values(name)
     outputs: dict[str, Any] = json.loads(
         pulumi("stack", "output", "--json", "--show-secrets", stack=name)
     )
@@ -190,6 +194,20 @@ def read_stack(name: str, workdir: Path) -> Stack:
         context=None,
         kubeconfig_is_temporary=True,
     )
+
+
+def database_replicas(name: str) -> int:
+    """The stack's `database.replicas`: the instances `pulumi up` deploys."""
+    try:
+        return parse_database_replicas(_config_values(name).get("database"))
+    except ConfigError as error:
+        raise StackError(f"stack {name}: {error}") from error
+
+
+def _config_values(name: str) -> dict[str, object]:
+    """The stack's `mlstack:` values, by key without the namespace."""
+    entries = json.loads(pulumi("config", "--json", stack=name))
+    return stack_file.from_cli(entries, stack_file.project_name())
 
 
 def _private_file(path: Path, text: str) -> Path:

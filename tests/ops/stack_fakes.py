@@ -126,6 +126,12 @@ class Fakes:
     def stack(self, config: dict[str, Any], outputs: dict[str, Any]) -> None:
         (self.folder / "stack.json").write_text(json.dumps({"config": config, "outputs": outputs}))
 
+    def configure(self, key: str, value: dict[str, Any]) -> None:
+        """The stack's `mlstack:<key>` set to the object `value`, the rest as it was."""
+        stack = json.loads((self.folder / "stack.json").read_text())
+        stack["config"][f"mlstack:{key}"] = {"objectValue": value}
+        self.stack(stack["config"], stack["outputs"])
+
     def made_cluster(self, kind: str) -> str:
         """The stack on a cluster of `kind` the program made (MADE_CLUSTERS): that kind's
         config, and its kubeconfig as the output, which this returns."""

@@ -956,7 +956,9 @@ def test_a_request_left_with_the_instances_at_0_says_how_to_start_them(
     fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The review's case: a run killed after it made the request, the StatefulSet at 0. How
-    many instances the stack has is its config's: `make up` scales them back."""
+    many instances the stack has is its config's; `make up` would not scale them back (its state
+    still holds that count)."""
+    fakes.configure("database", {"replicas": 3})
     fakes.restore_cluster(running=STOPPED, replicas=0, request=OTHER_REQUEST)
     code, _, err = restore(capsys)
     assert code == 1
@@ -967,13 +969,19 @@ def test_a_request_left_with_the_instances_at_0_says_how_to_start_them(
     )
     assert lines[5:] == [
         "  go on: " + fakes.shown("delete", "configmap", "--selector", PATRONI_SCOPE),
-        "         `make up STACK=prod` (back to mlstack:database.replicas)",
+        "         " + scaled_to_configured(fakes),
         "         " + GO_ON_WITH_OTHER,
         "  roll back: " + PUT_BACK,
         "             " + fakes.shown("delete", "configmap", "--selector", PATRONI_SCOPE),
         "             " + fakes.shown("delete", "configmap", RESTORE, "--ignore-not-found"),
-        "             `make up STACK=prod` (back to mlstack:database.replicas)",
+        "             " + scaled_to_configured(fakes),
     ]
+
+
+def scaled_to_configured(fakes: BackupFakes) -> str:
+    return fakes.shown("scale", "statefulset", "database", "--replicas=3") + (
+        " (mlstack:database.replicas)"
+    )
 
 
 def test_the_same_restore_asked_again_is_waited_for_and_finished(
@@ -1010,14 +1018,24 @@ def test_the_same_restore_scaled_to_0_is_refused_before_anything_changes(
 def test_a_stack_scaled_to_0_without_a_request_is_refused_before_anything_changes(
     fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    fakes.configure("database", {"replicas": 3})
     fakes.restore_cluster(running=STOPPED, replicas=0)
     code, _, err = restore(capsys)
     assert code == 1
     assert err == (
         "restore: error: database is scaled to 0 and no restore is pending: start it first "
-        "(`make up STACK=prod` scales it to mlstack:database.replicas), then restore\n"
+        f"({scaled_to_configured(fakes)}), then restore\n"
     )
     assert fakes.changes() == []
+    # A count the stack's config does not give (its preview refuses it): the key, to look up.
+    fakes.configure("database", {"replicas": "three"})
+    code, _, err = restore(capsys)
+    assert code == 1
+    scale = fakes.shown("scale", "statefulset", "database", "--replicas=N")
+    assert err == (
+        "restore: error: database is scaled to 0 and no restore is pending: start it first "
+        f"({scale} (N being mlstack:database.replicas)), then restore\n"
+    )
 
 
 def test_a_restore_whose_request_cannot_be_removed_says_it_may_be(
