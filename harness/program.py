@@ -120,6 +120,8 @@ class Registered:
     # Read from the cluster (`Resource.get`), not created: no manifest of the program's.
     read: bool = False
     delete_before_replace: bool = False
+    # Taken out of the state on delete, the object itself left as it is (`retain_on_delete`).
+    retain_on_delete: bool = False
     # The property paths the program told the engine to leave alone after creation.
     ignore_changes: list[str] = field(default_factory=list)
     # The names of the resources it is created and updated after (`depends_on`).
@@ -567,6 +569,7 @@ def _run(
         if opts is not None:
             resource.protect = bool(opts.protect)
             resource.delete_before_replace = bool(opts.delete_before_replace)
+            resource.retain_on_delete = bool(opts.retain_on_delete)
             resource.ignore_changes = list(opts.ignore_changes or [])
             timeouts = opts.custom_timeouts
             resource.custom_timeouts = {

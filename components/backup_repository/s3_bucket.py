@@ -118,6 +118,11 @@ class S3BackupBucket(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect, depends_on=[self.key]),
         )
         bucket_name = self.bucket.bucket
+        # The bucket's settings are resources of their own, deleted before the bucket: a destroy
+        # that stops at a bucket holding backups would have suspended its versioning, dropped its
+        # lifecycle, public access block and policy, and turned ACLs back on. They are taken out
+        # of the state instead, and go only with the bucket.
+        setting = pulumi.ResourceOptions(parent=self, retain_on_delete=True)
         encryption = aws.s3.BucketServerSideEncryptionConfiguration(
             name,
             bucket=bucket_name,
@@ -131,7 +136,7 @@ class S3BackupBucket(pulumi.ComponentResource):
                     "bucket_key_enabled": True,
                 }
             ],
-            opts=child,
+            opts=setting,
         )
         public_access = aws.s3.BucketPublicAccessBlock(
             name,
@@ -140,20 +145,20 @@ class S3BackupBucket(pulumi.ComponentResource):
             block_public_policy=True,
             ignore_public_acls=True,
             restrict_public_buckets=True,
-            opts=child,
+            opts=setting,
         )
         # No ACLs: the bucket's owner owns every object, and only policies grant access.
         ownership = aws.s3.BucketOwnershipControls(
             name,
             bucket=bucket_name,
             rule={"object_ownership": "BucketOwnerEnforced"},
-            opts=child,
+            opts=setting,
         )
         versioning = aws.s3.BucketVersioning(
             name,
             bucket=bucket_name,
             versioning_configuration={"status": "Enabled"},
-            opts=child,
+            opts=setting,
         )
         # A deleted or overwritten object can be brought back for RECOVERY_DAYS, then its old
         # versions go (pgBackRest rewrites its info files and expires whole backup sets, which
@@ -171,15 +176,20 @@ class S3BackupBucket(pulumi.ComponentResource):
                     "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
                 }
             ],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[versioning]),
+            opts=pulumi.ResourceOptions.merge(
+                setting, pulumi.ResourceOptions(depends_on=[versioning])
+            ),
         )
         # S3 refuses concurrent changes of one bucket's settings: the policy comes last.
         aws.s3.BucketPolicy(
             name,
             bucket=bucket_name,
             policy=self.bucket.arn.apply(tls_only_policy),
-            opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[public_access, ownership, encryption, lifecycle]
+            opts=pulumi.ResourceOptions.merge(
+                setting,
+                pulumi.ResourceOptions(
+                    depends_on=[public_access, ownership, encryption, lifecycle]
+                ),
             ),
         )
         self.role = aws.iam.Role(

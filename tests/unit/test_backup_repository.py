@@ -379,6 +379,26 @@ def test_eks_backups_key_outlives_the_bucket_on_destroy(eks: ProgramRun) -> None
     assert f"{KMS_KEY}::{backup_key(eks).name}" in bucket.waits_for
 
 
+def test_eks_bucket_settings_stay_with_a_bucket_a_destroy_stops_at(eks: ProgramRun) -> None:
+    """Everything that waits for the bucket is deleted before it. Its settings, resources of
+    their own, are retained on delete: a destroy that stops at a bucket holding backups leaves
+    it encrypted, versioned, expiring old versions, private and TLS-only, as it was."""
+    bucket = f"{S3_BUCKET}::{single(eks, S3_BUCKET).name}"
+    waiting = [r for r in eks.resources if bucket in r.waits_for]
+    settings = {r.type.rpartition(":")[2] for r in waiting if r.type.startswith("aws:s3/")}
+    assert settings == {
+        "BucketServerSideEncryptionConfiguration",
+        "BucketPublicAccessBlock",
+        "BucketOwnershipControls",
+        "BucketVersioning",
+        "BucketLifecycleConfiguration",
+        "BucketPolicy",
+    }
+    assert all(r.retain_on_delete for r in waiting if r.type.startswith("aws:s3/"))
+    # What grants the database its access goes with the stack.
+    assert not any(r.retain_on_delete for r in waiting if r.type.startswith("aws:iam/"))
+
+
 def test_eks_bucket_is_never_public_and_owns_its_objects(eks: ProgramRun) -> None:
     assert bucket_part(eks, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock") == {
         "bucket": bucket_name(eks),
