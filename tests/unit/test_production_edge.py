@@ -3,6 +3,7 @@ metrics off the public port, draining, zones, the database's probes and its gove
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from components.microservice import SHUTDOWN_SECONDS
 from harness.program import ProgramRun, run_program, stack_config
 from tests.certificates import pem_pair
 from tests.manifests import container, env, pod_spec, volumes
+from tests.paths import ROOT
 from tests.unit.configs import config_error, dev_with, existing_with, with_fields
 from tests.unit.runs import secrets_digest
 from tools.policy import KUBERNETES_VERSIONS
@@ -42,6 +44,16 @@ def test_prod_serves_https_only_from_its_tls_secret(prod: ProgramRun) -> None:
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert spec[probe]["httpGet"]["scheme"] == "HTTPS"
     assert prod.outputs["gateway_url"] == "https://203.0.113.10:443"
+
+
+def test_the_first_up_the_readme_gives_prod_leaves_out_its_gateway_deployment(
+    prod: ProgramRun,
+) -> None:
+    """The README's first `up` of a stack whose TLS Secret is made by hand excludes the URN of
+    the gateway's Deployment: the one the program registers, however the components nest."""
+    readme = (ROOT / "README.md").read_text()
+    (urn,) = re.findall(r"'(urn:pulumi:prod::[^']+)'", readme)
+    assert urn == prod.one("Deployment", "gateway").urn
 
 
 def test_prod_admits_only_its_source_ranges(prod: ProgramRun) -> None:
