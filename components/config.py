@@ -1204,6 +1204,13 @@ def _parse_namespace(raw: object, project: str, stack: str) -> str:
             "expected a DNS label: lower-case letters, digits and '-', at most 63 characters"
             + ("" if given else f" (the default, {project}-<stack>: set {_key('namespace')})"),
         )
+    if namespace == "default" or namespace.startswith("kube-"):
+        raise _fail(
+            "namespace",
+            namespace,
+            "it is Kubernetes' own: the program makes the stack's namespace, takes over one that "
+            "is there, and `pulumi destroy` deletes it with everything in it",
+        )
     return namespace
 
 

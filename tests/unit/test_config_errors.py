@@ -274,6 +274,15 @@ def test_namespace_must_be_a_dns_label() -> None:
     assert "default" not in message
 
 
+@pytest.mark.parametrize("namespace", ["default", "kube-system", "kube-public"])
+def test_a_namespace_of_kubernetes_own_is_refused(namespace: str) -> None:
+    assert config_error(dev_with(namespace=namespace)) == (
+        f'mlstack:namespace: "{namespace}" is not allowed: it is Kubernetes\' own: the program '
+        "makes the stack's namespace, takes over one that is there, and `pulumi destroy` "
+        "deletes it with everything in it"
+    )
+
+
 def test_a_default_namespace_the_stack_name_cannot_make_says_what_to_set() -> None:
     with pytest.raises(ProgramExitError) as exited:
         run_program("Review_7", dev_with())
