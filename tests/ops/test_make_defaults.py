@@ -119,6 +119,20 @@ def test_make_up_logged_in_nowhere_runs_dev_on_the_local_file_backend(tmp_path: 
         assert call["PULUMI_CONFIG_PASSPHRASE"] == ""
 
 
+@pytest.mark.parametrize("target", sorted(BACKEND_TARGETS))
+def test_a_target_without_the_pulumi_cli_says_so_before_anything_else(
+    tmp_path: Path, target: str
+) -> None:
+    """Not a missing login: a missing CLI, for every target that runs it (on a stack other than
+    dev, the backend check would otherwise say `pulumi: command not found` as why)."""
+    env = make_env("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "STACK")
+    missing = tmp_path / "bin" / "pulumi"
+    result = run_make(target, "STACK=prod", *BACKEND_TARGETS[target], f"PULUMI={missing}", env=env)
+    assert result.returncode != 0
+    (line,) = [line for line in result.stderr.splitlines() if not line.startswith("make: ***")]
+    assert line.startswith("make: the Pulumi CLI is not installed"), result.stderr
+
+
 @pytest.mark.parametrize(
     ("target", "stack"),
     [(target, "prod") for target in BACKEND_TARGETS] + [("up", "staging"), ("preview", "pr-7")],
