@@ -10,12 +10,13 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
 
 from harness.poll import poll, wait_until
+from harness.processes import alive, pids, stat_fields
 
 
 def run(
@@ -44,23 +45,6 @@ def run(
     return proc
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) is gone. Its state is read from
-    # /proc/<pid>/stat, not inferred from an empty command line: a process in the middle of
-    # execve shows an empty one too.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -68,11 +52,10 @@ def identity(pid: int) -> str | None:
     """What tells process `pid` from any other, a later one given the same pid included: the
     boot it runs in, its pid and its start time (clock ticks after that boot, field 22 of
     /proc/<pid>/stat, set when it was forked). None when there is no such process."""
-    try:
-        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        return f"{BOOT_ID.read_text().strip()} {pid} {started}"
-    except (OSError, IndexError):
+    fields = stat_fields(pid)
+    if fields is None or len(fields) < 20:
         return None
+    return f"{BOOT_ID.read_text().strip()} {pid} {fields[19]}"
 
 
 def cmdline(pid: int) -> list[str]:
@@ -96,18 +79,14 @@ def owned(pid: int, marker: str) -> bool:
     return any(marker in arg for arg in cmdline(pid))
 
 
-def _pids() -> Iterator[int]:
-    return (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
-
-
 def find(marker: str) -> list[int]:
     """Every running process (but this one) whose command line mentions `marker`."""
-    return sorted(pid for pid in _pids() if pid != os.getpid() and owned(pid, marker))
+    return sorted(pid for pid in pids() if pid != os.getpid() and owned(pid, marker))
 
 
 def running(comm: str) -> bool:
     """Whether a process whose command name (/proc/<pid>/comm) is `comm` runs on the machine."""
-    for pid in _pids():
+    for pid in pids():
         with contextlib.suppress(OSError):
             if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
                 return True

@@ -21,7 +21,7 @@ import asyncpg
 
 from harness.poll import log_tail, wait_until
 from harness.ports import free_port
-from harness.processes import group_alive
+from harness.processes import children, exists
 
 T = TypeVar("T")
 
@@ -115,10 +115,15 @@ class PostgresServer:
         once they are all gone, so that start() (crash recovery from WAL, same port and data
         directory) does not find the shared memory still in use."""
         pid = self.pid
-        # pg_ctl starts the postmaster in a session of its own: its children share its group.
-        os.killpg(pid, signal.SIGKILL)
+        # PostgreSQL makes each child of the postmaster a session of its own: each is killed by
+        # its pid. The postmaster is stopped first, so that it forks none while they are listed.
+        os.kill(pid, signal.SIGSTOP)
+        family = [pid, *children(pid)]
+        for each in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(each, signal.SIGKILL)
         wait_until(
-            lambda: not group_alive(pid),
+            lambda: not any(exists(each) for each in family),
             "the PostgreSQL backends to exit after SIGKILL",
             timeout,
             self.log,

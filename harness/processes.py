@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -31,6 +31,47 @@ def group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def pids() -> Iterator[int]:
+    """Every process on the machine, by pid (from /proc)."""
+    return (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first, then the parent's
+    pid); None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def exists(pid: int) -> bool:
+    """Whether there is a process `pid`, one exited but not yet reaped by its parent (a zombie)
+    included: a PostgreSQL about to start in the data folder of one takes it for running."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs: a zombie (exited, not yet reaped by its parent) is gone."""
+    if not exists(pid):
+        return False
+    # Its state is read from /proc/<pid>/stat, not inferred from an empty command line: a
+    # process in the middle of execve shows an empty one too.
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    return [child for child in pids() if (fields := stat_fields(child)) and fields[1] == str(pid)]
 
 
 class LocalProcess:

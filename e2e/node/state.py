@@ -11,6 +11,7 @@ from typing import Any
 from e2e import process
 from e2e.node.layout import Layout
 from harness.poll import wait_until
+from harness.processes import alive
 
 
 class NodeState:
@@ -58,7 +59,7 @@ class NodeState:
     def _pid(state: dict[str, Any], name: str) -> int | None:
         """Daemon `name`'s recorded pid while its process still runs; None otherwise."""
         pid = state["pids"].get(name)
-        if pid is None or not process.alive(int(pid)):
+        if pid is None or not alive(int(pid)):
             return None
         recorded = state.get("identities", {}).get(name)
         # No identity recorded (a folder an older suite started): the pid alone.

@@ -25,6 +25,7 @@ from e2e.node.layout import Layout
 from e2e.node.state import NodeState
 from e2e.registry import Registry
 from e2e.s3 import S3Server
+from harness.processes import alive
 from tests.stand_ins import stand_in
 
 # Says it serves, then sleeps; its last argument is the marker (a path of the test's own).
@@ -76,7 +77,7 @@ def test_a_started_daemon_records_its_pid_runs_and_stops(folder: Path) -> None:
     pid = process.read_pid(daemon.pidfile)
     assert pid is not None and daemon.pid() == pid and daemon.running()
     daemon.stop(timeout=5)
-    assert not daemon.running() and not process.alive(pid)
+    assert not daemon.running() and not alive(pid)
     assert process.find(str(folder)) == []
 
 
@@ -143,7 +144,7 @@ def test_a_node_daemon_is_recorded_by_pid_and_identity_and_stopped(folder: Path)
     assert recorded["identities"] == {"kubelet": process.identity(pid)} != {"kubelet": None}
     assert state.running() == {"kubelet": pid} and state.alive("kubelet")
     state.stop("kubelet", grace=5)
-    assert not process.alive(pid) and state.running() == {}
+    assert not alive(pid) and state.running() == {}
     assert json.loads(state.layout.state_file.read_text())["identities"] == {}
 
 
@@ -166,7 +167,7 @@ def test_a_recorded_pid_now_another_process_s_is_not_the_node_s(folder: Path, st
 
     assert state.running() == {"containerd": other.pid}
     state.stop("kubelet", grace=1)
-    assert process.alive(other.pid) and "kubelet" not in state.read()["pids"]
+    assert alive(other.pid) and "kubelet" not in state.read()["pids"]
 
 
 def test_a_state_an_older_suite_wrote_names_its_daemons_by_pid_alone(

@@ -20,6 +20,7 @@ import pytest
 
 from harness.http import refused_with_retry_after
 from harness.postgres import PostgresServer, query
+from harness.processes import children, exists
 from harness.services import SETOSA, ServiceProcess, start_gateway
 from tests.services.support import history, predict, stored, throwaway_postgres
 
@@ -117,6 +118,17 @@ def database() -> Iterator[PostgresServer]:
     """A PostgreSQL of this test's own: killing it leaves the other tests' server alone."""
     with throwaway_postgres() as server:
         yield server
+
+
+def test_a_killed_database_leaves_none_of_its_processes(database: PostgresServer) -> None:
+    """What the tests here kill: the postmaster and every backend and worker at once (each a
+    session of its own), all gone when kill() returns, and a server that starts again."""
+    family = [database.pid, *children(database.pid)]
+    assert len(family) > 1, "the server was to have workers"
+    database.kill()
+    assert [pid for pid in family if exists(pid)] == []
+    database.start()
+    assert query(database.dsn(), "SELECT 1")[0][0] == 1
 
 
 @pytest.mark.parametrize("read_url", [False, True], ids=["primary", "and-read-url"])
