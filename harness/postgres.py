@@ -108,6 +108,10 @@ class PostgresServer:
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
+    def promote(self) -> None:
+        """A standby made a primary, as Patroni promotes one: a new timeline begins."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "promote")
+
     def kill(self, timeout: float = 30.0) -> None:
         """SIGKILL the postmaster and every backend at once, as when the node loses the pod.
         (The postmaster alone would leave its backends to notice its death each in its own

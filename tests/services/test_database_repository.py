@@ -335,6 +335,59 @@ def test_a_time_after_a_timeline_s_last_commit_restores_all_its_archive_holds(
 # --- after retention expired the oldest backups ---------------------------------------------------
 
 
+def test_a_time_just_before_a_failover_restores_what_the_promoted_standby_archived(
+    tmp_path: Path,
+) -> None:
+    """A promotion leaves the segment it happens in unarchived on the former timeline: the
+    promoted standby archives it as its own timeline's first, with the former one's last commits
+    in it. A time after those commits and before the new timeline's first is restored along the
+    new timeline, and has them: along the former one, the restore would end at its archive's
+    last whole segment, and lose them."""
+    with throwaway_postgres() as server:
+        repository = archiving(server)
+        write(server, "a0")
+        full_backup(repository)
+        write(server, "a1")
+        server.next_wal_segment()
+        standby = server.standby()
+        try:
+            write(server, "a2")  # in the segment the promotion happens in
+            wait_until(
+                lambda: wrote(standby) == ["a0", "a1", "a2"],
+                "the standby's replay",
+                30,
+                standby.log,
+            )
+            archive = f"{repository.command} --pg1-path={standby.data} archive-push %p"
+            query(standby.dsn(), f"ALTER SYSTEM SET archive_command = '{archive}'")
+            query(standby.dsn(), "SELECT pg_reload_conf()")
+            moment = now(server)
+            server.stop("immediate")  # the primary's node lost
+            standby.promote()
+            time.sleep(SECOND)
+            write(standby, "b0")
+            query(standby.dsn(), "SELECT pg_switch_wal()")
+            wait_until(
+                lambda: query(
+                    standby.dsn(), "SELECT last_archived_wal LIKE '00000002%' FROM pg_stat_archiver"
+                )[0][0],
+                "the new timeline's first segment archived",
+                60,
+                standby.log,
+            )
+            answer = chosen(repository, moment)
+            assert (answer["timeline"], answer["type"]) == (2, "time"), answer
+            target = PostgresServer()
+            try:
+                request = request_for(repository, moment)
+                restore_into(target, repository, request, tmp_path / "request", archive=False)
+                assert wrote(target) == ["a0", "a1", "a2"]
+            finally:
+                target.destroy()
+        finally:
+            standby.destroy()
+
+
 @pytest.fixture(scope="module")
 def expired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
     """One full backup kept. On timeline 1: a0, backup E0, a1; T1; b0. The database restored to
