@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -537,6 +537,44 @@ def test_the_backups_container_s_round_reads_the_repository_once(
         "bases_error": None,
     }
     assert calls.read_text().splitlines().count("info") == 1
+
+
+def test_a_repository_that_cannot_be_read_is_down_not_empty(tmp_path: Path) -> None:
+    """pgBackRest's `info` exits 0 for a repository it cannot read (a credential refused, a
+    bucket gone; here a folder it may not list), with no stanza and no backup in it. Read so,
+    the metrics said the repository answered, with no backup and no age (the README's alert on
+    the age then has no series to fire on), and the primary tried a full backup every round.
+    It is a repository down: the backups last read, and their age, stay; none is tried."""
+    with throwaway_postgres() as server:
+        repository = archiving(server)
+        full_backup(repository)
+        container = backups_container(server, repository, tmp_path)
+        listed = repository.folder / "repository"
+        try:
+            container.wait_ready()
+
+            def metrics() -> str:
+                return request("GET", container.url + "/metrics").body.decode()
+
+            def up(value: int) -> Callable[[], bool]:
+                name = "mlstack_database_backup_repository_up"
+                return lambda: metric_value(metrics(), name) == value
+
+            eventually(up(1), "the repository read", 30)
+            listed.chmod(0)
+            eventually(up(0), "the repository down", 30)
+            time.sleep(1)  # rounds every 0.2 s
+            down = metrics()
+            listed.chmod(0o750)
+            eventually(up(1), "the repository read again", 30)
+        finally:
+            listed.chmod(0o750)
+            container.stop()
+    assert metric_value(down, "mlstack_database_backups", type="full") == 1
+    assert metric_value(down, "mlstack_database_backup_age_seconds") is not None
+    failed = "mlstack_database_backup_runs_total"
+    assert metric_value(down, failed, type="full", outcome="failure") is None, down
+    assert "the backup repository cannot be read: " in container.log_path.read_text()
 
 
 def former_repository(history: History, server: PostgresServer) -> Repository:
