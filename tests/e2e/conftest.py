@@ -48,6 +48,8 @@ SECRETS = {
 }
 API_KEY = SECRETS["mlstack:apiKey"]
 TIMINGS: dict[str, float] = {}
+# What the scenarios count (requests refused during an event), printed after the timings.
+COUNTS: dict[str, int] = {}
 # The images the stack deploys, once built (stack_config reads them).
 REFS: list[ImageRefs] = []
 
@@ -157,3 +159,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("e2e wall times")
         for name, seconds in TIMINGS.items():
             terminalreporter.write_line(f"{name}: {seconds:.1f} s")
+    if COUNTS:
+        terminalreporter.section("e2e counts")
+        for name, count in COUNTS.items():
+            terminalreporter.write_line(f"{name}: {count}")

@@ -53,6 +53,7 @@ from tests.e2e import app
 from tests.e2e.conftest import (
     API_KEY,
     CLAIM,
+    COUNTS,
     NAMESPACE,
     NODES,
     STACK,
@@ -1143,7 +1144,7 @@ def test_4s_a_killed_standby_costs_no_acknowledged_prediction(
         eventually(reads.since(back), "a history read answered again", 60, interval=0.5)
     assert load.answers and not load.wrong_answers, load.summary()
     assert reads.answers and not reads.wrong_answers, reads.summary()
-    TIMINGS["standby deleted: predictions refused"] = len(load.failures)
+    COUNTS["standby deleted: predictions refused"] = len(load.failures)
     ACKNOWLEDGED.update(app.acknowledged(load))
     assert app.primary_instance(kube) == 0
     acknowledged_on(kube, 1)
@@ -1184,7 +1185,7 @@ def failover_under_load(
     TIMINGS[f"{what}: writes paused"] = load.longest_pause_after(start)
     after = app.primary_instance(kube)
     ACKNOWLEDGED.update(app.acknowledged(load))
-    TIMINGS[f"{what}: predictions refused"] = len(load.failures)
+    COUNTS[f"{what}: predictions refused"] = len(load.failures)
     assert not load.wrong_answers, load.summary()
     assert_every_acknowledged_prediction_stored(kube)
     assert_preview_shows_no_change(workspace)
@@ -1524,7 +1525,7 @@ def test_4u_database_passwords_rotated_under_load_on_two_instances_roll_and_lose
         eventually(reads.since(back), "a history read answered again", 120, interval=0.5)
     ACKNOWLEDGED.update(app.acknowledged(load))
     TIMINGS["passwords rotated: writes paused"] = load.longest_pause_after(start)
-    TIMINGS["passwords rotated: predictions refused"] = len(load.failures)
+    COUNTS["passwords rotated: predictions refused"] = len(load.failures)
     assert load.answers and not load.wrong_answers, load.summary()
     assert reads.answers and not reads.wrong_answers, reads.summary()
     for instance, uid in instances.items():
