@@ -211,12 +211,12 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         yield history
 
 
-def restored(history: History, moment: str, tmp_path: Path) -> list[str]:
-    """The rows of the database restored to `moment` on a server of its own."""
+def restored(repository: Repository, moment: str, tmp_path: Path) -> list[str]:
+    """The rows of the database restored from `repository` to `moment` on a server of its own."""
     server = PostgresServer()
     try:
-        request = request_for(history.repository, moment)
-        restore_into(server, history.repository, request, tmp_path / "request", archive=False)
+        request = request_for(repository, moment)
+        restore_into(server, repository, request, tmp_path / "request", archive=False)
         return wrote(server)
     finally:
         server.destroy()
@@ -291,7 +291,13 @@ def test_a_second_restore_to_a_time_the_first_abandoned_brings_back_what_was_wri
 ) -> None:
     """Before: pgBackRest took B1 and PostgreSQL the newest timeline, 2, which does not hold
     B1 (the restore failed at every start)."""
-    assert restored(history, history.times["T2"], tmp_path) == ["a0", "a1", "b0", "b1", "c0"]
+    assert restored(history.repository, history.times["T2"], tmp_path) == [
+        "a0",
+        "a1",
+        "b0",
+        "b1",
+        "c0",
+    ]
 
 
 def test_a_time_the_first_restore_abandoned_restored_from_an_earlier_backup_misses_nothing(
@@ -299,7 +305,7 @@ def test_a_time_the_first_restore_abandoned_restored_from_an_earlier_backup_miss
 ) -> None:
     """Between T1 and B1's end only B0 can start a restore. Before: PostgreSQL followed
     timeline 2, which branched at T1, and b0, acknowledged before the time, was left out."""
-    assert restored(history, history.times["between"], tmp_path) == ["a0", "a1", "b0"]
+    assert restored(history.repository, history.times["between"], tmp_path) == ["a0", "a1", "b0"]
 
 
 def test_a_second_restore_to_a_time_after_the_first_has_what_was_written_since(
@@ -307,7 +313,7 @@ def test_a_second_restore_to_a_time_after_the_first_has_what_was_written_since(
 ) -> None:
     """Before: pgBackRest took B1, which is not on timeline 2's history (a failure at every
     start)."""
-    assert restored(history, history.times["T3"], tmp_path) == ["a0", "a1", "d0"]
+    assert restored(history.repository, history.times["T3"], tmp_path) == ["a0", "a1", "d0"]
 
 
 def test_a_time_after_a_timeline_s_last_commit_restores_all_its_archive_holds(
@@ -377,13 +383,7 @@ def test_a_time_just_before_a_failover_restores_what_the_promoted_standby_archiv
             )
             answer = chosen(repository, moment)
             assert (answer["timeline"], answer["type"]) == (2, "time"), answer
-            target = PostgresServer()
-            try:
-                request = request_for(repository, moment)
-                restore_into(target, repository, request, tmp_path / "request", archive=False)
-                assert wrote(target) == ["a0", "a1", "a2"]
-            finally:
-                target.destroy()
+            assert restored(repository, moment, tmp_path) == ["a0", "a1", "a2"]
         finally:
             standby.destroy()
 
@@ -429,7 +429,7 @@ def test_a_time_after_a_kept_backup_of_a_timeline_whose_first_commits_expired_is
     so `kept` was taken for timeline 1's (which holds no backup left), and refused."""
     answer = chosen(expired.repository, expired.times["kept"])
     assert (answer["timeline"], answer["set"], answer["type"]) == (2, expired.backups["E1"], "time")
-    assert restored(expired, expired.times["kept"], tmp_path) == ["a0", "a1", "c0"]
+    assert restored(expired.repository, expired.times["kept"], tmp_path) == ["a0", "a1", "c0"]
 
 
 def test_a_time_before_the_oldest_backup_kept_is_refused_with_the_oldest_time_to_restore(
