@@ -18,6 +18,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias, cast
 
 import pulumi
@@ -901,15 +902,15 @@ _FIRST_CERTIFICATE = re.compile(
 )
 
 
-def _private_file(folder: str, name: str, text: str) -> str:
-    """`text` (UTF-8) in a new file `name` of `folder` that only this user may read."""
-    path = os.path.join(folder, name)
+def private_file(path: Path, text: str) -> Path:
+    """`text` (UTF-8) in a new file at `path` that only this user may read: for the TLS check
+    here, and the tools' kubeconfig (tools/stack.py)."""
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
         out.write(text.encode())
     return path
 
 
-def _client_refusal(folder: str, chain: str, key_file: str) -> str | None:
+def _client_refusal(folder: Path, chain: str, key_file: Path) -> str | None:
     """What makes every client refuse the chain's first certificate (_REFUSED_BY_CLIENTS),
     found by a TLS handshake in memory: a server with that certificate alone and its key (in
     `key_file`), a client that trusts that certificate itself (a partial chain). OpenSSL then
@@ -921,7 +922,7 @@ def _client_refusal(folder: str, chain: str, key_file: str) -> str | None:
         return None
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        leaf = _private_file(folder, "leaf.crt", first.group())
+        leaf = private_file(folder / "leaf.crt", first.group())
         server.load_cert_chain(leaf, key_file, password=_no_passphrase)
     except (OSError, _EncryptedKeyError):  # not the certificate OpenSSL took for the first
         return None
@@ -967,9 +968,10 @@ def _check_tls_pair(certificate: str, private_key: str) -> None:
     stops = "the gateway would stop at start"
     set_cert = f"`pulumi config set --secret {cert_key} < chain.pem`"
     set_key = f"`pulumi config set --secret {key_key} < key.pem`"
-    with tempfile.TemporaryDirectory(prefix="mlstack-tls-check-") as folder:
+    with tempfile.TemporaryDirectory(prefix="mlstack-tls-check-") as temporary:
+        folder = Path(temporary)
         files = [
-            _private_file(folder, name, text)
+            private_file(folder / name, text)
             for name, text in (("tls.crt", certificate), ("tls.key", private_key))
         ]
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -32,6 +32,7 @@ from components.config import (
     ExistingCluster,
     parse_cluster,
     parse_database_replicas,
+    private_file,
 )
 from tools import pulumi_cli
 
@@ -190,7 +191,7 @@ def read_stack(name: str, workdir: Path) -> Stack:
     return Stack(
         name=name,
         namespace=namespace,
-        kubeconfig=_private_file(workdir / "kubeconfig", kubeconfig),
+        kubeconfig=private_file(workdir / "kubeconfig", kubeconfig),
         context=None,
         kubeconfig_is_temporary=True,
     )
@@ -208,14 +209,6 @@ def _config_values(name: str) -> dict[str, object]:
     """The stack's `mlstack:` values, by key without the namespace."""
     entries = json.loads(pulumi("config", "--json", stack=name))
     return stack_file.from_cli(entries, stack_file.project_name())
-
-
-def _private_file(path: Path, text: str) -> Path:
-    """`text` in a new file at `path` that only this user may read."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-    return path
 
 
 class Kubectl:
