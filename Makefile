@@ -8,8 +8,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK ?= dev
 PULUMI ?= pulumi
-# A recipe line that stops the target, saying where to get the CLI, when $(PULUMI) is missing.
-REQUIRE_PULUMI = @command -v $(PULUMI) >/dev/null || { echo "make: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/" >&2; exit 1; }
 # $(call pip_install,DIR,ARGS): `pip install ARGS` into the virtual environment DIR, made first
 # when missing. Every virtual environment of the project is set up this way.
 define pip_install
@@ -31,7 +29,9 @@ endif
 endif
 # The recipe line each of those targets runs before its first Pulumi command: it names the
 # backend the target acts on, or, when there is none, stops the target saying why and what to do.
-REQUIRE_BACKEND = @if [ -n "$$PULUMI_BACKEND_URL" ]; then backend=$$PULUMI_BACKEND_URL; \
+# A missing CLI is said first, where to get it: `pulumi whoami`'s failure would read as no login.
+REQUIRE_BACKEND = @command -v $(PULUMI) >/dev/null || { echo "make: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/" >&2; exit 1; }; \
+	if [ -n "$$PULUMI_BACKEND_URL" ]; then backend=$$PULUMI_BACKEND_URL; \
 	elif whoami=$$($(PULUMI) whoami --verbose --non-interactive 2>&1); then \
 	  backend=$$(sed -n 's/^Backend URL: //p' <<<"$$whoami"); \
 	else \

@@ -6,7 +6,6 @@ LOCAL_ACTIONS := $(wildcard .github/actions/*/action.yml)
 
 .PHONY: down
 down: venv ## destroy $(STACK) and remove it (refuses while anything in it is protected, e.g. prod)
-	$(REQUIRE_PULUMI)
 	$(REQUIRE_BACKEND)
 	@state=$$($(PULUMI) stack export --stack $(STACK)) || { \
 	  echo "make down: cannot read the state of stack $(STACK) (does it exist? pulumi stack ls)" >&2; exit 1; }; \

@@ -9,7 +9,6 @@ endif
 
 .PHONY: stack
 stack: $(PROGRAM_ENV) ## select (or create) $(STACK) and generate its secrets on first use
-	$(REQUIRE_PULUMI)
 	$(REQUIRE_BACKEND)
 	@mkdir -p .pulumi-local
 	$(PULUMI) stack select --create $(STACK)
@@ -36,26 +35,22 @@ preview: stack ## pulumi preview --diff of the stack, held to the policy pack
 .PHONY: switchover
 switchover: venv ## Patroni's switchover of $(STACK)'s PostgreSQL primary (TO=<instance>, else Patroni picks)
 	@# Reads the stack only: no `stack` prerequisite, which would create the stack and write its secrets.
-	$(REQUIRE_PULUMI)
 	$(REQUIRE_BACKEND)
 	PULUMI=$(PULUMI) $(PY) -m tools.database_switchover --stack $(STACK) $(if $(TO),--to $(TO))
 
 .PHONY: backup
 backup: venv ## a full base backup of $(STACK)'s PostgreSQL now (TYPE=diff|incr; README "Backups and restore")
-	$(REQUIRE_PULUMI)
 	$(REQUIRE_BACKEND)
 	PULUMI=$(PULUMI) $(PY) -m tools.database_backup backup --stack $(STACK) $(if $(TYPE),--type $(TYPE))
 
 .PHONY: restore
 restore: venv ## $(STACK)'s PostgreSQL as it was at TIME='2026-12-04 21:30:00+00:00' (README "Backups and restore")
 	@test -n "$(TIME)" || { echo "make: restore needs TIME='YYYY-MM-DD HH:MM:SS+00:00', the moment to go back to" >&2; exit 2; }
-	$(REQUIRE_PULUMI)
 	$(REQUIRE_BACKEND)
 	PULUMI=$(PULUMI) $(PY) -m tools.database_backup restore --stack $(STACK) --time "$(TIME)"
 
 .PHONY: drift
 drift: venv ## exit non-zero and name what drifted when live $(STACK) differs from its state (README "Drift")
-	$(REQUIRE_PULUMI)
 	@# Reads only: no `stack` prerequisite, which would create the stack and write its secrets.
 	$(REQUIRE_BACKEND)
 	PULUMI=$(PULUMI) $(PY) -m tools.drift --stack $(STACK)
