@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from mlstack_gateway.errors import API_KEY_CHALLENGE
 
 from components.app import MODEL_NAME
 from harness.http import Reply, request
@@ -93,11 +94,15 @@ def test_predict_without_the_right_key_is_401(
     reply = request("POST", gateway.url + "/api/v1/predict", {"instances": [SETOSA]}, headers)
     assert reply.status == 401
     assert needle in error_of(reply)
+    # The challenge says which credential to send, and where.
+    assert reply.headers.get("www-authenticate") == API_KEY_CHALLENGE
 
 
 def test_history_without_the_right_key_is_401(gateway: ServiceProcess) -> None:
     assert request("GET", gateway.url + "/api/v1/predictions").status == 401
-    assert history(gateway, key=API_KEY + "x").status == 401
+    refused = history(gateway, key=API_KEY + "x")
+    assert refused.status == 401
+    assert refused.headers.get("www-authenticate") == API_KEY_CHALLENGE
 
 
 BAD_BODIES: list[tuple[Any, int, str]] = [

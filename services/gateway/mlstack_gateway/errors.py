@@ -5,6 +5,9 @@ from __future__ import annotations
 from mlstack_common.asgi import error_response
 from starlette.responses import Response
 
+# A 401 names the credential it wants (RFC 9110, 11.6.1): the key, in the X-API-Key header.
+API_KEY_CHALLENGE = 'ApiKey realm="mlstack", header="X-API-Key"'
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
@@ -19,4 +22,6 @@ class ApiError(Exception):
 
     def response(self) -> Response:
         headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = API_KEY_CHALLENGE
         return error_response(self.status, self.message, headers)
