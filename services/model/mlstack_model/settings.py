@@ -20,8 +20,9 @@ def default_model_dir() -> Path:
 class ModelSettings(ServiceSettings):
     """The shared fields (ServiceSettings: host, port, model_name, the request limits, the
     HTTP limits, logging; max_concurrent_requests counts REST and gRPC infer requests together,
-    and is checked before a body is read: with max_body_bytes, a memory bound) and the model
-    server's own. REST listens on port, gRPC on grpc_port, both on host."""
+    and is checked before a REST body is read: with max_body_bytes, a memory bound for REST;
+    gRPC has read a call's message by then) and the model server's own. REST listens on port,
+    gRPC on grpc_port, both on host."""
 
     grpc_port: int
     # The bounds on gRPC connections (mlstack_model.grpc.connections) beside the shared

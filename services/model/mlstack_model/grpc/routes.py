@@ -142,7 +142,8 @@ _ELEMENT_BYTES = 10
 def max_message_bytes(settings: ModelSettings, n_features: int) -> int:
     """The largest ModelInferRequest the server reads: what a batch of MAX_BATCH_ROWS rows can
     take, and never more than MAX_BODY_BYTES. gRPC holds a whole message before a handler sees
-    it, so this, not the in-flight bound, is what bounds the memory of a burst of calls."""
+    it, so this, not the in-flight bound, is what bounds the memory of each call of a burst; how
+    many calls it holds, only the streams of a connection and the connections bound."""
     batch = settings.max_batch_rows * n_features * _ELEMENT_BYTES + _MESSAGE_OVERHEAD_BYTES
     return min(settings.max_body_bytes, batch)
 
