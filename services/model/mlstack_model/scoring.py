@@ -18,7 +18,6 @@ An estimator without a compiled form is served by its pickle and scikit-learn's 
 from __future__ import annotations
 
 import math
-import operator
 import warnings
 from array import array
 from collections.abc import Mapping, Sequence
@@ -59,7 +58,8 @@ class Scorer(Protocol):
     n_features: int
 
     def predict_row(self, row: Sequence[float]) -> int:
-        """The predicted class label of one row (plain Python: no numpy, no validation)."""
+        """The predicted class label of one row (no validation): the class predict_matrix gives
+        the row alone, to the last bit."""
 
     def predict_matrix(self, x: FloatMatrix) -> list[int]:
         """The predicted class labels of a (rows, features) float64 matrix."""
@@ -87,10 +87,6 @@ class LinearScorer:
         # copy), so that numpy takes the same code path and rounds identically.
         self._coef_t = self._coef.T
         self._intercept = np.asarray(intercept, dtype=np.float64)
-        self._weights: list[tuple[float, list[float]]] = [
-            (float(b), [float(w) for w in row])
-            for row, b in zip(self._coef, self._intercept, strict=True)
-        ]
         self._classes_arr = np.asarray(classes, dtype=np.int64)
         self._classes: list[int] = self._classes_arr.tolist()
 
@@ -98,17 +94,16 @@ class LinearScorer:
         return {"coef": self._coef, "intercept": self._intercept, "classes": self._classes_arr}
 
     def predict_row(self, row: Sequence[float]) -> int:
-        mul, isfinite = operator.mul, math.isfinite
-        best_index = 0
-        best_score = 0.0
-        for index, (bias, weights) in enumerate(self._weights):
-            score = bias + sum(map(mul, weights, row))
-            if not isfinite(score):
-                raise ScoresOverflowError(0)
-            # Strictly greater: ties go to the first class, as numpy's argmax does.
-            if index == 0 or score > best_score:
-                best_index, best_score = index, score
-        return self._classes[best_index]
+        # The row's scores as _decision computes them for a matrix of that row alone: a sum in
+        # another order rounds otherwise, and a row near a class boundary, or near overflow,
+        # would get another answer than the same request naming every output. What follows is
+        # the rest of predict_matrix in plain Python, which one row makes cheaper.
+        x = np.array((row,), dtype=np.float64)
+        scores: list[float] = (x @ self._coef_t + self._intercept)[0].tolist()
+        if not all(map(math.isfinite, scores)):
+            raise ScoresOverflowError(0)
+        # The first of the highest, as numpy's argmax.
+        return self._classes[scores.index(max(scores))]
 
     def _decision(self, x: FloatMatrix) -> FloatMatrix:
         scores: FloatMatrix = x @ self._coef_t + self._intercept
