@@ -5,14 +5,17 @@ them)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+import grpc
 import pytest
 from mlstack_common.env import SettingsError
 from mlstack_model.settings import ModelSettings
 
 from harness.http import request
 from harness.services import SETOSA, ModelProcess
+from tests.services import oip
 from tests.services.hostile import INFER, exchange, raw_request
 from tests.services.oip import INFER_PATH, INPUT
 
@@ -62,6 +65,58 @@ def test_a_value_nested_too_deep_to_quote_is_400(
     reply = request("POST", model_server.url + INFER_PATH, body)
     assert reply.status == 400, reply.body
     assert reply.json()["error"].startswith(refusal)
+
+
+def renamed(message: Any, model_name: str) -> Any:
+    message.model_name = model_name
+    return message
+
+
+# A name or shape as long as these, quoted whole, passes the 8 KiB a gRPC client takes of the
+# trailer that carries the message: the call ends RESOURCE_EXHAUSTED and the reason is lost.
+LONG = 20_000
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "refusal"),
+    [
+        (
+            lambda: oip.typed_message([SETOSA], name="x" * LONG),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown input 'xxxxxxxxxxxx...xxxxxxxxxxxxx'",
+        ),
+        (
+            lambda: oip.raw_message([SETOSA], shape=[1] * LONG),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "input shape must be [rows, 4], got [1, 1, 1, 1, 1, 1, ...]",
+        ),
+        (
+            lambda: renamed(oip.typed_message([SETOSA]), "z" * LONG),
+            grpc.StatusCode.NOT_FOUND,
+            "unknown model 'zzzzzzzzzzzz...zzzzzzzzzzzzz'",
+        ),
+        (
+            lambda: oip.typed_message([SETOSA], model_version="v" * LONG),
+            grpc.StatusCode.NOT_FOUND,
+            "model 'iris' has no version 'vvvvvvvvvvvv...vvvvvvvvvvvvv' here",
+        ),
+    ],
+    ids=["input-name", "shape", "model-name", "model-version"],
+)
+def test_a_long_value_is_refused_for_what_it_is_over_grpc(
+    model_server: ModelProcess,
+    message: Callable[[], Any],
+    code: grpc.StatusCode,
+    refusal: str,
+) -> None:
+    sent = message()
+    with (
+        grpc.insecure_channel(model_server.grpc_target) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        oip.infer(channel, sent)
+    assert refused.value.code() == code, refused.value.details()
+    assert (refused.value.details() or "").startswith(refusal)
 
 
 def infer_with_header_length(model: ModelProcess, value: str) -> Any:

@@ -5,6 +5,7 @@ same ``tensors.InferRequest``; it knows neither."""
 from __future__ import annotations
 
 import asyncio
+import reprlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,12 +68,14 @@ class DataPlane:
             raise ProtocolError(ErrorKind.UNAVAILABLE, "model is not loaded yet")
         if name != model.name:
             raise ProtocolError(
-                ErrorKind.NOT_FOUND, f"unknown model {name!r}; this server serves {model.name!r}"
+                ErrorKind.NOT_FOUND,
+                f"unknown model {reprlib.repr(name)}; this server serves {model.name!r}",
             )
         if version and version != model.version:
             raise ProtocolError(
                 ErrorKind.NOT_FOUND,
-                f"model {name!r} has no version {version!r} here; served versions: {model.version}",
+                f"model {name!r} has no version {reprlib.repr(version)} here; served versions: "
+                f"{model.version}",
             )
         return model
 

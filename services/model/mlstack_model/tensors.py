@@ -131,7 +131,9 @@ def check_shape(raw: object, n_features: int, max_rows: int) -> int:
     if not isinstance(raw, list) or not all(type(d) is int and d >= 0 for d in raw):
         raise invalid("input 'shape' must be a list of non-negative integers")
     if len(raw) != 2:
-        raise invalid(f"input shape must be [rows, {n_features}], got {raw}")
+        # Bounded, as every quote of the request here: gRPC carries the message in a trailer,
+        # which a client refuses past 8 KiB (RESOURCE_EXHAUSTED, the reason lost).
+        raise invalid(f"input shape must be [rows, {n_features}], got {reprlib.repr(raw)}")
     rows, features = raw
     if features != n_features:
         raise invalid(f"input shape {raw}: the model takes {n_features} features per row")
@@ -144,7 +146,9 @@ def check_shape(raw: object, n_features: int, max_rows: int) -> int:
 
 def check_input_name(name: object) -> None:
     if name != INPUT_NAME:
-        raise invalid(f"unknown input {name!r}; the model takes one input, {INPUT_NAME!r}")
+        raise invalid(
+            f"unknown input {reprlib.repr(name)}; the model takes one input, {INPUT_NAME!r}"
+        )
 
 
 def check_output(name: object) -> str:
