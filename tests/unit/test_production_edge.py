@@ -46,14 +46,15 @@ def test_prod_serves_https_only_from_its_tls_secret(prod: ProgramRun) -> None:
     assert prod.outputs["gateway_url"] == "https://203.0.113.10:443"
 
 
-def test_the_first_up_the_readme_gives_prod_leaves_out_its_gateway_deployment(
+def test_the_first_up_the_readme_gives_prod_leaves_out_its_gateway_pods_and_service(
     prod: ProgramRun,
 ) -> None:
-    """The README's first `up` of a stack whose TLS Secret is made by hand excludes the URN of
-    the gateway's Deployment: the one the program registers, however the components nest."""
+    """The README's first `up` of a stack whose TLS Secret is made by hand excludes the URNs of
+    the gateway's Deployment and of its Service, which would wait for the pods: the ones the
+    program registers, however the components nest."""
     readme = (ROOT / "README.md").read_text()
-    (urn,) = re.findall(r"'(urn:pulumi:prod::[^']+)'", readme)
-    assert urn == prod.one("Deployment", "gateway").urn
+    urns = re.findall(r"'(urn:pulumi:prod::[^']+)'", readme)
+    assert urns == [prod.one("Deployment", "gateway").urn, prod.one("Service", "gateway").urn]
 
 
 def test_prod_admits_only_its_source_ranges(prod: ProgramRun) -> None:
