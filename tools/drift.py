@@ -136,13 +136,29 @@ def _hidden(value: Any) -> bool:
 
 
 def render(value: Any) -> str:
-    """One value for the report: secrets stay secret, long values are cut short."""
+    """One value for the report, on one line: secrets stay secret, a string is quoted with its
+    control characters (a ConfigMap file's line breaks, a tab) as escapes, long values are cut
+    short."""
     if value is _MISSING:
         return "(none)"
     if _hidden(value):
         return "[secret]"
-    text = repr(value) if not isinstance(value, str) else f'"{value}"'
+    # repr() escapes the strings inside a list or a map already.
+    text = repr(value) if not isinstance(value, str) else _quoted(value)
     return text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 1] + "…"
+
+
+def _quoted(text: str) -> str:
+    r"""A string in double quotes, escaped as repr() escapes one: `\` and `"` behind a backslash
+    (so a value's own `\n`, two characters, is not read as a line break), and each character that
+    is not printable (`\n`, `\r`, `\t`, `\x1b`, `\u2028`...) as its escape."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + _printable(escaped) + '"'
+
+
+def _printable(text: str) -> str:
+    """`text` with each character that is not printable as repr() escapes it."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _lookup(state: Mapping[str, Any] | None, keys: Sequence[PathKey]) -> Any:
@@ -237,14 +253,14 @@ class DriftReport:
                     lines.append(f"| {name} | ({resource.change}) | | |")
                 for prop in resource.drifted:
                     lines.append(
-                        f"| {name} | `{prop.path}` | {_cell(prop.old)} | {_cell(prop.new)} |"
+                        f"| {name} | {_cell(prop.path)} | {_cell(prop.old)} | {_cell(prop.new)} |"
                     )
         if self.ignored:
             lines += ["", "Not drift (the program's `ignoreChanges`):", ""]
             for resource, prop in self.ignored:
                 lines.append(
-                    f"- `{resource.type}` `{resource.name}` `{prop.path}`: {_cell(prop.old)} => "
-                    f"{_cell(prop.new)} (ignoreChanges `{prop.ignored_by}`)"
+                    f"- `{resource.type}` `{resource.name}` {_code(prop.path)}: "
+                    f"{_code(prop.old)} => {_code(prop.new)} (ignoreChanges `{prop.ignored_by}`)"
                 )
         return "\n".join(lines) + "\n"
 
@@ -256,8 +272,16 @@ class DriftReport:
         return f"Drift on stack {self.stack}: {count} {noun} from the state."
 
 
+def _code(text: str) -> str:
+    """`text` as a Markdown code span on one line (`render` escapes a value's control characters
+    already; a path's are escaped here), with no backquote to end the span early."""
+    return "`" + _printable(text).replace("`", "'") + "`"
+
+
 def _cell(text: str) -> str:
-    return "`" + text.replace("|", "\\|").replace("`", "'") + "`"
+    """`_code(text)` in a table's cell: each `|` escaped, which GitHub's tables require even
+    inside a code span (the escape is not shown; in a list item it would be)."""
+    return _code(text).replace("|", "\\|")
 
 
 def report(

@@ -197,6 +197,59 @@ def test_the_markdown_names_each_property_with_both_values() -> None:
     )
 
 
+CONFIG_ROW = "| `kubernetes:core/v1:ConfigMap` `gateway-config` | `data.config` |"
+
+
+def test_a_multi_line_value_keeps_its_property_on_one_line_of_the_report_and_the_table() -> None:
+    """A ConfigMap's file edited out of band: each value shows its line breaks as `\\n`, so the
+    property's line of the report, and its row of the issue's table, stays one line."""
+    old, new = {"data": {"config": "a: 1\nb: 2\n"}}, {"data": {"config": "a: 1\nb: 3\n"}}
+    result = report("prod", [outputs_event(CONFIG, "update", old, new)], {})
+    assert result.text().splitlines()[1:] == [
+        "  kubernetes:core/v1:ConfigMap gateway-config: changed",
+        r'    data.config: "a: 1\nb: 2\n" => "a: 1\nb: 3\n"',
+    ]
+    assert result.markdown().splitlines()[2:] == [
+        "| resource | property | in the state | live |",
+        "| --- | --- | --- | --- |",
+        CONFIG_ROW + r' `"a: 1\nb: 2\n"` | `"a: 1\nb: 3\n"` |',
+    ]
+
+
+# Each value as the report shows it, then as the table's cell does: a character that would move
+# the rest of the line (or hide in it) as its escape, a backslash of the value's own doubled, and
+# in the cell a `|` escaped, as GitHub's tables require even inside a code span.
+@pytest.mark.parametrize(
+    ("value", "shown", "cell"),
+    [
+        ("a\tb", r'"a\tb"', r'`"a\tb"`'),
+        ("a\r\nb", r'"a\r\nb"', r'`"a\r\nb"`'),
+        ("\x1b[31mred\x1b[0m", r'"\x1b[31mred\x1b[0m"', r'`"\x1b[31mred\x1b[0m"`'),
+        ("a\x0bb\x0cc\x85d\u2028e", r'"a\x0bb\x0cc\x85d\u2028e"', r'`"a\x0bb\x0cc\x85d\u2028e"`'),
+        ('say "hi" \\n', r'"say \"hi\" \\n"', r'`"say \"hi\" \\n"`'),
+        ("a | b\nc", r'"a | b\nc"', r'`"a \| b\nc"`'),
+        ({"k": "a|b\nc"}, r"{'k': 'a|b\nc'}", r"`{'k': 'a\|b\nc'}`"),
+    ],
+    ids=["tab", "CRLF", "escape", "other breaks", "quotes and backslash", "pipe", "nested"],
+)
+def test_a_value_s_control_characters_show_as_escapes(value: Any, shown: str, cell: str) -> None:
+    old, new = {"data": {"config": "x"}}, {"data": {"config": value}}
+    result = report("prod", [outputs_event(CONFIG, "update", old, new)], {})
+    assert result.text().splitlines()[2:] == [f'    data.config: "x" => {shown}']
+    assert result.markdown().splitlines()[4:] == [f'{CONFIG_ROW} `"x"` | {cell} |']
+
+
+def test_an_ignored_value_shows_on_its_one_line_of_the_list_its_pipes_as_they_are() -> None:
+    """The properties the program ignores are a list, not a table: a `|` there needs no escape
+    (GitHub would show it), a line break still does."""
+    old, new = {"data": {"config": "x"}}, {"data": {"config": "a | b\nc"}}
+    result = report("prod", [outputs_event(CONFIG, "update", old, new)], {CONFIG: ["data"]})
+    assert result.markdown().splitlines()[-1] == (
+        r'- `kubernetes:core/v1:ConfigMap` `gateway-config` `data.config`: `"x"` => `"a | b\nc"`'
+        " (ignoreChanges `data`)"
+    )
+
+
 def test_ignore_changes_are_read_from_the_exported_state() -> None:
     state = {"resources": [{"urn": MODEL, "ignoreChanges": ["spec.replicas"]}, {"urn": GATEWAY}]}
     exported = {"version": 3, "deployment": state}
