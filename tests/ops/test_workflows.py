@@ -2,11 +2,11 @@
 the stacks they name exist, the preview comments on the pull request in place, a pull request's
 code reaches prod's credentials only once a person approved the run, promotion goes staging ->
 prod behind an approval, updates of one stack never race, a drift check never queues behind (and
-so never cancels) a deploy, review stacks are destroyed before they are removed, permissions are
-least, actions are pinned; the helper script they run (.github/scripts/stacks.py) says the right
-thing; and README.md's "Operating mlstack" names what the workflows and that script use (which
-changes preview, the environments, the review stacks' settings) and ends a drift as the drift
-issue does.
+so never cancels) a deploy, each stack's drift issue is filed whatever became of the other's,
+review stacks are destroyed before they are removed, permissions are least, actions are pinned;
+the helper script they run (.github/scripts/stacks.py) says the right thing; and README.md's
+"Operating mlstack" names what the workflows and that script use (which changes preview, the
+environments, the review stacks' settings) and ends a drift as the drift issue does.
 """
 
 from __future__ import annotations
@@ -597,6 +597,40 @@ def test_one_issue_per_stack_is_opened_or_updated_on_drift_and_closed_when_clean
         assert command in handling
 
 
+def test_each_stack_s_issue_is_filed_whatever_became_of_the_other_s() -> None:
+    """The issues job files one stack's issue after the other's. A `gh` error on one (its step
+    fails, under `set -e`) must not leave the other's issue unopened or unclosed that day, and
+    still fails the job (no `continue-on-error`). Nothing is filed once the run is cancelled, or
+    after a failed checkout (there is no script to run)."""
+    (job,) = [
+        j
+        for j in workflow("drift.yml")["jobs"].values()
+        if any(s.get("run") == DRIFT_ISSUE for s in steps(j))
+    ]
+    job_steps = steps(job)
+    (checkout,) = [s for s in job_steps if str(s.get("uses", "")).startswith("actions/checkout@")]
+    filing = [i for i, s in enumerate(job_steps) if s.get("run") == DRIFT_ISSUE]
+    assert job_steps.index(checkout) < min(filing)
+
+    def files(step: dict[str, Any], checked_out: str, status: str) -> bool:
+        """Whether `step` runs once the checkout ended `checked_out` and what ran before it
+        (or the run) ended `status`."""
+        ended = {"outcome": checked_out, "conclusion": checked_out}
+        before = {checkout["id"]: ended} if "id" in checkout else {}
+        condition = str(step.get("if", "success()"))
+        return runs_on(condition, "schedule", {}, steps=before, status=status)
+
+    for index in filing:
+        step = job_steps[index]
+        stack = step["env"]["STACK"]
+        assert "continue-on-error" not in step, stack
+        # After another stack's step, whether that one succeeded or failed.
+        statuses = ["success", "failure"] if index > min(filing) else ["success"]
+        assert all(files(step, "success", status) for status in statuses), stack
+        assert not files(step, "success", "cancelled"), stack
+        assert not files(step, "failure", "failure"), stack
+
+
 # A `gh` that logs its arguments (a JSON list a line) and knows the open issues STAND_IN_ISSUES
 # (`gh issue list --json` output; none when unset).
 GH_STAND_IN = """\
@@ -889,7 +923,7 @@ def test_review_stacks_are_opt_in_and_follow_the_pull_request() -> None:
     assert "tools.stack_secrets" not in runs
 
 
-CONTEXT_PATH = re.compile(r"\b(?:github|needs)(?:\.[A-Za-z_*][A-Za-z0-9_-]*)+")
+CONTEXT_PATH = re.compile(r"\b(?:github|needs|steps)(?:\.[A-Za-z_*][A-Za-z0-9_-]*)+")
 
 
 def expression(
@@ -897,14 +931,21 @@ def expression(
     event_name: str = "schedule",
     event: dict[str, Any] | None = None,
     needs: dict[str, Any] | None = None,
+    *,
+    steps: dict[str, Any] | None = None,
+    status: str = "success",
 ) -> Any:
     """The value of a workflow expression (`${{ }}` around it or not) for a `pull_request` or
-    other event and the `needs` of the job it is in, read the way GitHub reads the few operators
-    these expressions use: `&&` and `||` (each the value of an operand), `==`, `!=`, `contains`
-    and `fromJSON`, and `a.*.b` (each `b` of the list `a`); a missing property is null."""
+    other event, the `needs` of the job it is in and, in a step's `if:`, the `steps` before it
+    (by id) and `status`, what became of those steps or the jobs needed (success, failure or
+    cancelled: the run was), read the way GitHub reads the few operators these expressions use:
+    `&&` and `||` (each the value of an operand), `!` before a call, `==`, `!=`, `contains`,
+    `fromJSON`, `success()`, `failure()`, `cancelled()` and `always()`, and `a.*.b` (each `b` of
+    the list `a`); a missing property is null."""
     contexts = {
         "github": {"event_name": event_name, "repository": "acme/mlstack", "event": event or {}},
         "needs": needs or {},
+        "steps": steps or {},
     }
 
     def context(path: str) -> Any:
@@ -924,7 +965,16 @@ def expression(
     text = text.strip().removeprefix("${{").removesuffix("}}")
     python = CONTEXT_PATH.sub(lambda m: f"context({m.group(0)!r})", text)
     python = python.replace("&&", " and ").replace("||", " or ").replace("fromJSON(", "loads(")
-    return eval(python, {"context": context, "contains": contains, "loads": json.loads})
+    python = re.sub(r"!(?!=)", " not ", python)
+    functions = {
+        "success": lambda: status == "success",
+        "failure": lambda: status == "failure",
+        "cancelled": lambda: status == "cancelled",
+        "always": lambda: True,
+    }
+    return eval(
+        python, {"context": context, "contains": contains, "loads": json.loads, **functions}
+    )
 
 
 def runs_on(
@@ -932,9 +982,13 @@ def runs_on(
     event_name: str,
     event: dict[str, Any],
     needs: dict[str, Any] | None = None,
+    *,
+    steps: dict[str, Any] | None = None,
+    status: str = "success",
 ) -> bool:
-    """Whether a job's `if:` holds for an event and the jobs it needs (`expression`)."""
-    return bool(expression(condition, event_name, event, needs))
+    """Whether a job's or a step's `if:` holds for an event, the jobs it needs and, for a step,
+    the steps before it and what became of them (`expression`)."""
+    return bool(expression(condition, event_name, event, needs, steps=steps, status=status))
 
 
 def pull_request_event(action: str, state: str = "open", **more: Any) -> dict[str, Any]:
