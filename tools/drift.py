@@ -11,8 +11,10 @@ module and files the same report as an issue.
 What is *not* drift is the program's to say, never this module's: a property under the
 resource's `ignoreChanges` (recorded in the state by every `pulumi up`, e.g. the replica count of
 a Deployment an autoscaler owns) is listed as ignored, with the rule that ignores it, and does
-not fail the check. The engine's refresh does not apply `ignoreChanges` itself, which is why the
-check is not the CLI's `--expect-no-changes`: that flag would fail on those too.
+not fail the check. The engine's refresh hands those rules to the provider's diff, and
+pulumi-kubernetes leaves the paths they cover out of it, so a Kubernetes object's ignored property
+never reaches this module: its own check is a safety net, for a diff that keeps them (a provider's
+that does not honour the rules, the outputs-only diff of PULUMI_ENABLE_LEGACY_REFRESH_DIFF).
 
     python -m tools.drift --stack prod [--markdown report.md]
 
