@@ -7,11 +7,18 @@ ifeq ($(STACK),dev)
 export PULUMI_CONFIG_PASSPHRASE ?=
 endif
 
+# `make stack` creates $(STACK) where the backend has none; `up` and `preview`, which run it first,
+# create dev alone. Any other stack they only select: logged in to another backend than the
+# stack's, they would otherwise begin an empty stack there, whose `up` makes every resource again.
+STACK_SELECT = $(PULUMI) stack select $(if $(or $(filter stack,$(MAKECMDGOALS)),$(filter dev,$(STACK))),--create )$(STACK)
+
 .PHONY: stack
 stack: $(PROGRAM_ENV) ## select (or create) $(STACK) and generate its secrets on first use
 	$(REQUIRE_BACKEND)
 	@mkdir -p .pulumi-local
-	$(PULUMI) stack select --create $(STACK)
+	@echo "$(STACK_SELECT)"; $(STACK_SELECT) || { \
+	  echo "make: stack $(STACK) could not be selected on that backend (above). If it is not there yet, 'make stack STACK=$(STACK)' creates it: up and preview create only dev, so that a login to another backend cannot begin an empty $(STACK)" >&2; \
+	  exit 1; }
 	PULUMI=$(PULUMI) $(PY) -m tools.stack_secrets --stack $(STACK)
 
 # The project's policy pack (README, "Policy gates"), with the stack's settings when it has any.

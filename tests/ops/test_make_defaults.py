@@ -158,7 +158,7 @@ def test_a_stack_with_pulumi_backend_url_runs_there(tmp_path: Path) -> None:
     result, calls = make_on_the_stand_in(tmp_path, "up", "STACK=prod", backend=backend)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[0] == f"make: stack prod, state backend {backend}"
-    assert calls[0]["args"] == ["stack", "select", "--create", "prod"]
+    assert calls[0]["args"] == ["stack", "select", "prod"]
     assert calls[-1]["args"][:4] == ["up", "--stack", "prod", "--yes"]
     assert {call["PULUMI_BACKEND_URL"] for call in calls} == {backend}
 
@@ -169,7 +169,44 @@ def test_a_stack_runs_on_the_backend_pulumi_login_chose(tmp_path: Path, stack: s
     assert result.returncode == 0, result.stdout + result.stderr
     line = f"make: stack {stack}, state backend {LOGGED_IN_BACKEND}"
     assert result.stdout.splitlines()[0] == line
-    assert calls[0]["args"] == ["stack", "select", "--create", stack]
+    # Only dev is created where the backend lacks it.
+    select = (
+        ["stack", "select", "--create", stack] if stack == "dev" else ["stack", "select", stack]
+    )
+    assert calls[0]["args"] == select
     assert calls[-1]["args"][:3] == ["preview", "--stack", stack]
     # Empty: the CLI takes the backend of its login.
     assert {call["PULUMI_BACKEND_URL"] for call in calls} == {""}
+
+
+# The stand-in's answer where the backend has no stack of that name: `stack select` without
+# --create fails as the CLI's does.
+NO_STACK = """\
+if args[:2] == ["stack", "select"] and "--create" not in args:
+    print(f"error: no stack named '{args[-1]}' found", file=sys.stderr)
+    sys.exit(255)
+"""
+
+
+@pytest.mark.parametrize("target", ["up", "preview"])
+def test_up_and_preview_begin_no_stack_but_dev(tmp_path: Path, target: str) -> None:
+    """Logged in to a backend without staging (another than CI's), `make preview STACK=staging`
+    would otherwise create an empty staging there, whose preview is all creates and whose `up`
+    makes a second cluster: it stops, and says how a stack is begun on purpose."""
+    pulumi = pulumi_stand_in(tmp_path, NO_STACK + NEW_STACK)
+    env = make_env("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "STACK")
+    env["PULUMI_BACKEND_URL"] = f"file://{tmp_path}/state"
+    result = run_make(target, "STACK=staging", f"PULUMI={pulumi}", env=env)
+    assert result.returncode != 0
+    calls = logged_calls(tmp_path / PULUMI_CALLS)
+    assert [call["args"] for call in calls] == [["stack", "select", "staging"]]
+    assert "error: no stack named 'staging' found" in result.stderr
+    assert "'make stack STACK=staging' creates it" in result.stderr
+
+
+def test_make_stack_begins_the_stack_it_names(tmp_path: Path) -> None:
+    result, calls = make_on_the_stand_in(
+        tmp_path, "stack", "STACK=staging", backend=f"file://{tmp_path}/state"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert calls[0]["args"] == ["stack", "select", "--create", "staging"]
