@@ -209,6 +209,19 @@ def test_fp32_and_integer_datatypes_are_accepted(model_server: ServiceProcess) -
         ({"inputs": [tensor([5.1, 3.5, 1.4, [0.2]], [1, 4])]}, "only numbers"),
         ({"inputs": [tensor("5.1,3.5", [1, 4])]}, "list of numbers"),
         ({"inputs": [tensor([5.5, 3, 1, 0], [1, 4], "INT64")]}, "needs integers"),
+        # Integers beyond 64 bits, which the JSON parser reads as doubles: out of range.
+        (
+            {"inputs": [tensor([2**64, 3, 1, 0], [1, 4], "INT64")]},
+            "input holds an integer beyond 64 bits, outside the range of INT64",
+        ),
+        (
+            {"inputs": [tensor([-(2**70), 3, 1, 0], [1, 4], "UINT64")]},
+            "outside the range of UINT64",
+        ),
+        (
+            {"inputs": [tensor([-(2**63) - 1, 3, 1, 0], [1, 4], "INT64")]},
+            "input holds an integer beyond 64 bits, outside the range of INT64",
+        ),
         ({"id": 7, "inputs": [tensor(SETOSA, [1, 4])]}, "'id'"),
         ({"inputs": [tensor(SETOSA, [1, 4])], "outputs": [{"name": "logits"}]}, "'logits'"),
     ],

@@ -216,6 +216,15 @@ def elements_from_json(data: object, datatype: str, rows: int, n_features: int) 
         raise invalid(f"input 'data' must hold only numbers; found {quote_json(bad)}")
     if datatype in INT_TYPES:
         if any(type(v) is not int for v in flat):
+            bad = next(v for v in flat if type(v) is not int)
+            # The JSON parser reads an integer below INT64's range or above UINT64's as a
+            # double, rounded (to -2**63 itself, just below): out of range, not a real number.
+            if bad <= -(2**63) or bad >= 2**64:
+                low, high = INT_RANGES[datatype]
+                raise invalid(
+                    f"input holds an integer beyond 64 bits, outside the range of {datatype} "
+                    f"({low} to {high})"
+                )
             raise invalid(f"input datatype {datatype} needs integers; use FP64 for real numbers")
     elif datatype == "FP32":
         # array("f") stores a float beyond FP32's range as infinity, which _check_range refuses.
