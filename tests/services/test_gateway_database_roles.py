@@ -33,6 +33,7 @@ from harness.services import (
 from tests.services.support import (
     history,
     listed,
+    metric,
     new_prediction,
     predict,
     read_until_listed,
@@ -442,3 +443,54 @@ def test_an_older_schema_keeps_the_gateway_unready_until_its_migrations_have_run
     log = gateway.log_path.read_text()
     assert "schema migrations [1] not applied, and DATABASE_MIGRATE=false" in log
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    "recreated",
+    [
+        # The owner's tables dropped: the schema is gone, the database and roles are there.
+        "schema",
+        # The database dropped (its connections ended): a recreated primary before roles.sql
+        # has made it again answers every new connection "database does not exist".
+        "database",
+    ],
+)
+def test_a_database_recreated_empty_under_a_running_gateway_answers_503_until_migrated(
+    cluster: Cluster, model_server: ServiceProcess, log_dir: Path, recreated: str
+) -> None:
+    """A gateway that has served finds its database recreated empty (not restored): what needs
+    the database gets 503 with Retry-After, never a 500, and the gateway stays ready (the
+    database holds no schema: no version could serve it) until roles.sql and the migrations Job
+    have run again; then it stores predictions again, without a restart."""
+    dbname = f"mlstack_recreated_{recreated}"
+    cluster.run_roles_sql(dbname=dbname)
+    status, output = run_migrate(log_dir, cluster.owner_url_file(dbname))
+    assert status == 0, output
+    gateway = start_gateway_as_its_role(cluster, model_server, log_dir, dbname)
+    try:
+        new_prediction(gateway)
+        if recreated == "schema":
+            owner = cluster.url(OWNER, OWNER_PASSWORD, dbname)
+            query(owner, "DROP TABLE predictions, schema_migrations")
+        else:
+            query(cluster.server.dsn(), f"DROP DATABASE {dbname} WITH (FORCE)")
+        for reply in (predict(gateway.url, [SETOSA]), history(gateway), history(gateway)):
+            assert reply.refused_with_retry_after, (reply.status, reply.headers, reply.body)
+        assert request("GET", f"{gateway.url}/readyz").status == 200
+        if recreated == "database":
+            cluster.run_roles_sql(dbname=dbname)
+        status, output = run_migrate(log_dir, cluster.owner_url_file(dbname))
+        assert status == 0, output
+        assert "applied migrations [1]" in output
+        gateway.wait_for(
+            "storing a prediction again", lambda: predict(gateway.url, [SETOSA]).status == 200, 30
+        )
+        assert (
+            metric(gateway, "mlstack_gateway_requests_total", endpoint="predict", status="500") == 0
+        )
+    finally:
+        gateway.stop()
+    log = gateway.log_path.read_text()
+    assert "Traceback" not in log
+    if recreated == "schema":
+        assert "schema migrations [1] not applied, and DATABASE_MIGRATE=false" in log

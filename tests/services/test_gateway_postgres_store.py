@@ -23,7 +23,7 @@ from mlstack_gateway.stores.base import PredictionRecord, StoredPrediction, Stor
 from mlstack_gateway.stores.postgres import PostgresStore
 
 from harness.poll import eventually_async
-from harness.postgres import PostgresServer
+from harness.postgres import PostgresServer, query
 from tests.services.support import (
     GATEWAY_REQUIRED,
     WAITING_FOR_STANDBY,
@@ -135,6 +135,65 @@ def test_a_write_retry_that_runs_out_of_time_after_the_database_answered_again_i
     assert "(TimeoutError)" not in went_away[0], lines
     assert went_away[1].startswith("PostgreSQL unavailable (TimeoutError); "), lines
     assert lines.count("PostgreSQL answers again") == 1, lines
+
+
+def test_a_table_dropped_under_recorded_migrations_is_waited_out_not_reconnected_each_time(
+    postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The predictions table dropped by hand, schema_migrations kept: the migrations would not
+    make it again. Each write is a 503, and the store, once connected again, waits for the table
+    with one line, rather than connecting again at every write that finds it missing."""
+    dsn = postgres.create_database("store_table_dropped")
+
+    async def scenario(store: PostgresStore) -> None:
+        assert await store.save(prediction_record()) is None
+        await asyncio.to_thread(query, dsn, "DROP TABLE predictions")
+        for _ in range(6):
+            with pytest.raises(StoreUnavailableError):
+                await store.save(prediction_record())
+            await asyncio.sleep(0.3)
+
+    with caplog.at_level(logging.INFO, logger="mlstack_gateway.store"):
+        on_store(dsn, scenario)
+    lines = [record.getMessage() for record in caplog.records]
+    missing = [line for line in lines if "the table predictions is missing" in line]
+    assert len(missing) == 1, lines
+    assert lines.count("PostgreSQL connected, schema up to date") == 1, lines
+
+
+def test_a_keyed_look_up_in_a_database_recreated_empty_is_no_answer_and_sets_it_up_again(
+    postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A keyed retry's look-up (while the model is away) in a database whose tables are gone:
+    StoreUnavailableError, and the store connects again as at start, here with
+    DATABASE_MIGRATE=true, migrating: it stores and finds predictions again."""
+    dsn = postgres.create_database("store_recreated_empty")
+
+    async def scenario(store: PostgresStore) -> None:
+        record = keyed_record()
+        assert await store.save(record) is None
+        await asyncio.to_thread(query, dsn, "DROP TABLE predictions, schema_migrations")
+        with pytest.raises(StoreUnavailableError, match="not set up"):
+            await store.stored(record.request_id, record.instances_json)
+
+        async def stores() -> bool:
+            with contextlib.suppress(StoreUnavailableError):
+                return await store.save(record) is None
+            return False
+
+        await eventually_async(stores, "the store to store predictions again", 30)
+        found = await store.stored(record.request_id, record.instances_json)
+        assert found == StoredPrediction(record.model_version, record.predictions_json, True)
+        assert not store.awaiting_migrations()
+
+    with caplog.at_level(logging.INFO, logger="mlstack_gateway.store"):
+        on_store(dsn, scenario)
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line for line in lines if " unavailable (" in line] == [
+        'PostgreSQL unavailable (relation "predictions" does not exist); '
+        "predictions and history reads answer 503 until it answers again"
+    ], lines
+    assert lines.count("applied migration 1") == 2, lines
 
 
 def gone(store: PostgresStore) -> Callable[[], Awaitable[bool]]:

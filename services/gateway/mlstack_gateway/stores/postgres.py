@@ -32,7 +32,9 @@ A server that goes away costs requests a 503, never a 500 (see ``_on_connection`
 one that answers but refuses writes, as a failover's former primary does, or refuses a new
 connection the password it was given, as a primary that took a rotated one does (see
 ``_is_transient``); each costs the log one line when it stops answering (or writing) and one
-when it does again, not a line per request or retry.
+when it does again, not a line per request or retry. So does one that lacks what this gateway
+needs, a database recreated empty (``_not_set_up``): the gateway then connects again as at
+start, and waits for its schema as at start (with DATABASE_MIGRATE=false, for the migrations).
 """
 
 from __future__ import annotations
@@ -349,6 +351,25 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
+# What a server answers a role or a database it does not have (yet): a new primary makes them
+# once it runs (services/database/roles.sql). InvalidPasswordError (28P01) is one of the first
+# kind, but transient (_is_transient): checked first.
+_ROLE_OR_DATABASE_MISSING = (asyncpg.InvalidAuthorizationSpecificationError,
+                             asyncpg.InvalidCatalogNameError)  # fmt: skip
+
+
+def _not_set_up(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the database lacks what this gateway needs, which a gateway
+    that has connected finds when the database is recreated empty (not restored): the role or
+    the database (roles.sql not run again yet), or the schema's tables (its migrations not run
+    again). The store then treats the primary as not connected, and connects again as at start
+    (PostgresStore._set_up_again), whose schema check finds what is missing. (A missing column
+    in a schema whose migrations are all recorded is this gateway's bug, or a hand's: a 500.)"""
+    return not _is_transient(exc) and isinstance(
+        exc, (*_ROLE_OR_DATABASE_MISSING, asyncpg.UndefinedTableError)
+    )
+
+
 def _refuses_writes(exc: BaseException) -> bool:
     """Whether ``exc`` is a server's refusal to write: it answers, but is read-only."""
     return isinstance(exc, asyncpg.ReadOnlySQLTransactionError)
@@ -363,7 +384,8 @@ def _closed(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
         return True
 
 
-# The connections _close_once_cancelled is closing: its tasks, held until they end.
+# The connections _close_once_cancelled is closing, and the pools a store stopped using
+# (PostgresStore._set_up_again) being closed: their tasks, held until they end.
 _closing: set[asyncio.Task[None]] = set()
 
 
@@ -577,7 +599,7 @@ async def _open_pool(
                 behind = True
                 await asyncio.sleep(SCHEMA_RECHECK_SECONDS)
                 continue
-            if _is_transient(exc):
+            if _not_there_yet(exc):  # one line for the outage, not one per try
                 reachability.failed(exc, asked_at)
             else:
                 log.warning(
@@ -611,13 +633,23 @@ async def _migrate(pool: asyncpg.Pool) -> list[int]:
         return await migrate(_Schema(conn), MIGRATIONS)
 
 
+async def _check_tables(conn: asyncpg.pool.PoolConnectionProxy) -> None:
+    """Raise SchemaBehindError when the predictions table is missing from a schema whose
+    migrations are recorded (dropped by hand: the migrations would not make it again). Waited
+    out as a schema behind is, with one line (_open_pool), rather than a store that connects
+    again at every request that finds it missing."""
+    if await conn.fetchval("SELECT to_regclass('predictions') IS NULL"):
+        raise SchemaBehindError(
+            "the table predictions is missing though schema_migrations records its migration: "
+            "restore the database, or drop schema_migrations and run the migrations again"
+        )
+
+
 def _not_there_yet(exc: BaseException) -> bool:
     """Whether ``exc`` is what a database that is still being set up answers: no server yet
     (_is_transient), or one that refuses the role or does not have the database yet (a new
     primary makes them once it runs: services/database/roles.sql)."""
-    return _is_transient(exc) or isinstance(
-        exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidCatalogNameError
-    )
+    return _is_transient(exc) or isinstance(exc, _ROLE_OR_DATABASE_MISSING)
 
 
 async def migrate_database(dsn: str, timeout_seconds: float) -> list[int]:
@@ -894,10 +926,30 @@ class PostgresStore:
             self._primary,
             max_size=self._pool_size,
             command_timeout=10,
-            prepare=_migrate if self._migrates else self._check_schema,
+            prepare=self._migrate_here if self._migrates else self._check_schema,
             tried=self._primary_tried,
         )
         log.info("PostgreSQL connected, schema up to date")
+
+    def _set_up_again(
+        self, pool: asyncpg.Pool, exc: BaseException, asked_at: float
+    ) -> StoreUnavailableError:
+        """The error for a request sent at loop time ``asked_at`` on ``pool`` that failed with
+        ``exc``, which says that the database lacks what this gateway needs (_not_set_up); and,
+        the first time, the primary treated as not connected: ``pool`` is closed in the
+        background, and the store connects again as at start (_connect_primary), with its
+        backoff while the role or the database are missing, then its schema check (or its
+        migrations), again every SCHEMA_RECHECK_SECONDS while the schema is behind: what
+        awaiting_migrations tells, and what the next requests wait for (503 until then)."""
+        self._primary.failed(exc, asked_at)
+        if self._pool is pool:  # not done already, by another request on the same pool
+            self._pool = None
+            closing = asyncio.create_task(_close_pool(pool))
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
+            self._connecting = [task for task in self._connecting if not task.done()]
+            self._connecting.append(asyncio.create_task(self._connect_primary()))
+        return StoreUnavailableError("database not set up (awaiting its roles or migrations)")
 
     async def _connect_read(self, dsn: str) -> None:
         self._read_pool = await _open_pool(
@@ -913,22 +965,30 @@ class PostgresStore:
             _LAG_FUNCTION if self._lag_from_function else "pg_stat_wal_receiver",
         )
 
+    @staticmethod
+    async def _migrate_here(pool: asyncpg.Pool) -> None:
+        """DATABASE_MIGRATE=true: the migrations applied, and their table found there."""
+        await _migrate(pool)
+        async with pool.acquire() as conn:
+            await _check_tables(conn)
+
     async def _check_schema(self, pool: asyncpg.Pool) -> None:
         """Raise SchemaBehindError unless every migration of MIGRATIONS has been applied (a
-        SELECT: DATABASE_MIGRATE=false changes nothing)."""
+        SELECT: DATABASE_MIGRATE=false changes nothing), and its table is there."""
         schema = True
         async with pool.acquire() as conn:
             try:
                 applied = {row[0] for row in await conn.fetch(APPLIED)}
             except asyncpg.UndefinedTableError:  # no migration has ever run: a new database
                 applied, schema = set(), False
-        missing = [version for version, _ in MIGRATIONS if version not in applied]
-        self._schema_older = schema and bool(missing)
-        if missing:
-            raise SchemaBehindError(
-                f"schema migrations {missing} not applied, and DATABASE_MIGRATE=false: "
-                "run python -m mlstack_gateway.migrate as the schema's owner"
-            )
+            missing = [version for version, _ in MIGRATIONS if version not in applied]
+            self._schema_older = schema and bool(missing)
+            if missing:
+                raise SchemaBehindError(
+                    f"schema migrations {missing} not applied, and DATABASE_MIGRATE=false: "
+                    "run python -m mlstack_gateway.migrate as the schema's owner"
+                )
+            await _check_tables(conn)
 
     async def _choose_lag(self, pool: asyncpg.Pool) -> None:
         """Read the lag from _LAG_FUNCTION where the read URL's server has it for this role."""
@@ -979,6 +1039,9 @@ class PostgresStore:
                     functools.partial(write, columns=columns, resent=resent),
                 )
             except Exception as exc:
+                if _not_set_up(exc):
+                    self._metrics.db_failures.inc()
+                    raise self._set_up_again(pool, exc, asked_at) from exc
                 if not _is_transient(exc):
                     raise
                 self._metrics.db_failures.inc()
@@ -1029,10 +1092,12 @@ class PostgresStore:
                 self._writes.failed(exc.__cause__, asked_at)
             raise StoreUnavailableError(f"stored prediction not confirmed: {exc}") from exc
         except Exception as exc:
+            if _not_set_up(exc):
+                raise self._set_up_again(pool, exc, asked_at) from exc
             if not (_is_transient(exc) or isinstance(exc, asyncpg.PostgresError)):
                 raise
             if not _is_transient(exc):
-                # Not the server's state but the store's (its role's rights, its schema).
+                # Not the server's state but the store's (its role's rights, say).
                 log.warning("looking up a stored prediction failed: %s", exc)
             elif isinstance(exc, TimeoutError):
                 # Its time is short: running out of it says the server was slow, not gone.
@@ -1081,6 +1146,8 @@ class PostgresStore:
             if _is_transient(exc):
                 self._primary.failed(exc, asked_at)
                 raise StoreUnavailableError("database read failed") from exc
+            if _not_set_up(exc):
+                raise self._set_up_again(pool, exc, asked_at) from exc
             raise
         self._primary.answered(asked_at)
         self._metrics.db_reads.labels("primary").inc()
