@@ -175,9 +175,12 @@ def https(port: int, ca: Path, method: str, path: str, body: Any = None) -> tupl
     return reply.status, reply.body
 
 
-def predict(gateway_url: str, instances: Any, key: str | None = API_KEY) -> Reply:
+def predict(
+    gateway_url: str, instances: Any, key: str | None = API_KEY, timeout: float = 10.0
+) -> Reply:
     headers = {"X-API-Key": key} if key is not None else {}
-    return request("POST", f"{gateway_url}/api/v1/predict", {"instances": instances}, headers)
+    body = {"instances": instances}
+    return request("POST", f"{gateway_url}/api/v1/predict", body, headers, timeout)
 
 
 def stored(dsn: str, request_ids: list[str]) -> int:

@@ -17,7 +17,7 @@ from mlstack_gateway.stores.postgres import COMMIT_ORDER_LOCK_KEY
 from harness.http import Reply
 from harness.poll import eventually
 from harness.postgres import PostgresServer, on_connection, query
-from harness.services import SETOSA, ServiceProcess, start_gateway
+from harness.services import API_KEY, SETOSA, ServiceProcess, start_gateway
 from tests.services.support import (
     history,
     metric,
@@ -145,7 +145,9 @@ def standby_wait_ended(
             query(dsn, "ALTER SYSTEM SET synchronous_standby_names = 'absent_standby'")
             query(dsn, "SELECT pg_reload_conf()")
             with ThreadPoolExecutor(max_workers=1) as pool:
-                answer = pool.submit(predict, gateway.url, [SETOSA])
+                # A resend that finds its rows waits for the standby again, until the write's
+                # time (DB_WRITE_TIMEOUT_SECONDS) is up: longer than the client's default.
+                answer = pool.submit(predict, gateway.url, [SETOSA], API_KEY, 30)
                 waiting = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
                 eventually(lambda: query(dsn, waiting), "a commit waiting for its standby", 10)
                 query(dsn, f"SELECT {end_wait}(pid) FROM ({waiting}) AS w")

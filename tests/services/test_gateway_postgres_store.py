@@ -28,6 +28,7 @@ from tests.services.support import (
     GATEWAY_REQUIRED,
     WAITING_FOR_STANDBY,
     prediction_record,
+    stored,
     synchronous_pair,
 )
 
@@ -316,6 +317,46 @@ def test_a_write_the_standby_does_not_confirm_in_time_leaves_no_backend_waiting(
             assert await store.save(prediction_record()) is None
 
         on_store(dsn, scenario, DB_WRITE_TIMEOUT_SECONDS="0.5")
+
+
+def test_a_resent_write_that_finds_its_rows_is_confirmed_by_the_standby() -> None:
+    """A write (without Idempotency-Keys) whose commit waits for the synchronous standby, and
+    whose backend is ended meanwhile (as a restart in place ends it): its rows are committed on
+    the primary, and its connection is lost. The resend finds them and inserts none; it then
+    writes a commit record of its own, whose wait for the standby confirms them (as a keyed
+    batch's does): stored once and answered, not a 503 whose client would send the prediction
+    again and have it stored twice."""
+    with synchronous_pair() as (dsn, standby):
+
+        async def scenario(store: PostgresStore) -> None:
+            record = prediction_record()
+            watch = await asyncpg.connect(dsn)
+
+            async def waiting() -> set[int]:
+                return {row[0] for row in await watch.fetch(WAITING_FOR_STANDBY)}
+
+            try:
+                async with replay_paused(standby):
+                    write = asyncio.create_task(store.save(record))
+                    await eventually_async(waiting, "the commit waiting for the standby", 10)
+                    ended = await waiting()
+                    await watch.execute(
+                        "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", ended
+                    )
+
+                    async def resend_waits_or_write_ended() -> bool:
+                        return write.done() or bool(await waiting() - ended)
+
+                    await eventually_async(
+                        resend_waits_or_write_ended, "the resend waiting for the standby", 10
+                    )
+                    assert not write.done(), write.exception()
+                assert await write is None
+            finally:
+                await watch.close()
+            assert await asyncio.to_thread(stored, dsn, [record.request_id]) == 1
+
+        on_store(dsn, scenario, DB_WRITE_TIMEOUT_SECONDS="30")
 
 
 async def refused_and_not_left_waiting(

@@ -170,12 +170,6 @@ _STORED = """
 SELECT model_version, predictions::text, instances = $2::jsonb
 FROM predictions WHERE request_id = $1::uuid
 """
-# Whether this server's commits return only once a synchronous standby has the commit: then a
-# row a resend finds already there may be on the primary alone (_insert).
-_SYNCHRONOUS = """
-SELECT current_setting('synchronous_standby_names') <> ''
-   AND current_setting('synchronous_commit') IN ('on', 'remote_write', 'remote_apply')
-"""
 # A page of history: the rows below $1, newest first, at most $2 of them and (the first always)
 # as many as $3 bytes of items hold, each weighing its text columns plus $4 (ROW_OVERHEAD_BYTES).
 # ``sized`` walks the index one row at a time, measuring each row on the server, and stops at the
@@ -753,22 +747,25 @@ async def _heard(
 async def _insert(
     conn: asyncpg.pool.PoolConnectionProxy, columns: tuple[list[Any], ...], resent: bool
 ) -> tuple[bool, dict[int, StoredPrediction]]:
-    """_INSERT of ``columns``, ``resent`` after a try whose outcome is unknown; whether every
-    row is now committed as the server promises a commit (_heard), and no row found (_upsert's
-    answer, for a batch without keyed records).
+    """_INSERT of ``columns``, ``resent`` after a try whose outcome is unknown; when it found a
+    row, _WRITE_COMMIT_RECORD; whether every row is now committed as the server promises a
+    commit (_heard), and no row found (_upsert's answer, for a batch without keyed records).
 
     A row a resend finds already there was committed by that try, at least on the primary's
     disk: a commit that waits for its synchronous standby and whose backend is ended meanwhile
     (terminated, the server stopping) "has already committed locally, but might not have been
-    replicated" (and its connection is lost). The resend, which then writes nothing, commits at
-    once without waiting for the standby, so it confirms no more than the primary's copy:
-    enough only for a server that promises no more (no synchronous standby)."""
+    replicated" (and its connection is lost). The resend's insert, which then writes nothing,
+    commits at once without waiting for the standby, and so confirms no more than the
+    primary's copy; the commit record's commit waits for the standby, and confirms every row
+    found, as _upsert's does. (Ids the gateway made are new: only a lost try of the same rows
+    stored them.) So the rows are answered as stored when they are, and a client without an
+    Idempotency-Key is not told to send again a prediction stored already."""
     status, confirmed = await _heard(conn, lambda: conn.execute(_INSERT, *columns))
     if not confirmed:
         return False, {}
-    if not resent or int(status.rpartition(" ")[2]) == len(columns[0]):
-        return True, {}
-    return not await conn.fetchval(_SYNCHRONOUS), {}
+    if int(status.rpartition(" ")[2]) < len(columns[0]):
+        _, confirmed = await _heard(conn, lambda: conn.fetchval(_WRITE_COMMIT_RECORD))
+    return confirmed, {}
 
 
 async def _upsert(
