@@ -5,6 +5,7 @@ rule, with the stack's own pack config."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from typing import Any, Final
 
@@ -20,7 +21,7 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown
 
 from components import app as app_component
 from components import database as database_component
-from harness.program import ProgramExitError, ProgramRun, run_program, stack_config
+from harness.program import ProgramExitError, ProgramRun, Registered, run_program, stack_config
 from mlstack_policy import availability, clusters, services, workloads
 from mlstack_policy.kube import NAME_LABEL, POD_TEMPLATE_PATHS
 from mlstack_policy.pack import policies
@@ -507,6 +508,7 @@ def test_every_rule_the_issue_names_is_in_the_pack_with_its_enforcement() -> Non
         "container-probes",
         "image-by-digest",
         "no-external-model-or-database-service",
+        "no-external-model-or-database-pods",
         "gateway-edge-in-production",
         "no-public-plain-http-in-production",
         "gke-node-identity",
@@ -664,6 +666,108 @@ def test_a_service_that_selects_the_model_pods_is_the_model_s_whatever_its_label
         "Service model-debug of model is of type LoadBalancer: "
         "the model and the database are reached from inside the cluster only (ClusterIP)"
     ]
+
+
+def beside(run: ProgramRun, name: str, props: dict[str, Any], kind: str = SERVICE) -> ProgramRun:
+    """`run` with one more Service (or `kind`), `name`, in the namespace of the stack's
+    database."""
+    namespace = run.one("StatefulSet", "database").metadata["namespace"]
+    props = copy.deepcopy(props)
+    props["metadata"] = {"name": name, "namespace": namespace, **props.get("metadata", {})}
+    return dataclasses.replace(run, resources=[*run.resources, Registered(kind, name, props, None)])
+
+
+def internal(found: list[str]) -> list[str]:
+    return [f for f in found if f.startswith("no-external-model-or-database-")]
+
+
+# The database's pods as Patroni labels them (components/database.py SCOPE_LABEL, ROLE_LABEL).
+PRIMARY_PODS: Final = {"mlstack/database-cluster": "database", "mlstack/database-role": "primary"}
+POSTGRES: Final = [{"name": "postgres", "port": 5432, "targetPort": "postgres"}]
+
+
+def test_a_load_balancer_selecting_the_database_pods_by_patroni_s_labels_is_refused(
+    stack_run: ProgramRun,
+) -> None:
+    """What a Service exposes is the pods its selector picks: the database's by the labels its
+    template and Patroni give them, whatever the Service's name or its own labels."""
+    pg = {"spec": {"type": "LoadBalancer", "selector": PRIMARY_PODS, "ports": POSTGRES}}
+    found = internal(pack_findings(beside(stack_run, "pg-public", pg)))
+    assert len(found) == 1, found
+    assert "Service pg-public" in found[0] and "database" in found[0]
+    alone = {"metadata": {"name": "pg-public"}, "spec": pg["spec"]}
+    assert len(violations(services.check_internal_services, SERVICE, alone)) == 1
+
+
+def test_a_load_balancer_selecting_every_pod_of_the_stack_is_refused(
+    stack_run: ProgramRun,
+) -> None:
+    everything = {
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app.kubernetes.io/instance": stack_run.stack},
+            "ports": HTTPS,
+        }
+    }
+    found = internal(pack_findings(beside(stack_run, "everything", everything)))
+    assert found == [
+        "no-external-model-or-database-pods: Service everything of type LoadBalancer selects "
+        "the pods of Deployment model, StatefulSet database: the model and the database are "
+        "reached from inside the cluster only (ClusterIP)"
+    ]
+    patched = beside(stack_run, "everything", everything, f"{SERVICE}Patch")
+    assert internal(pack_findings(patched)) == [
+        "no-external-model-or-database-pods: ServicePatch everything of type LoadBalancer "
+        "selects the pods of Deployment model, StatefulSet database: the model and the database "
+        "are reached from inside the cluster only (ClusterIP)"
+    ]
+
+
+# What a selector of the labels a workload's controller adds to each pod picks: they are not in
+# the pod template, but a selector picks the pods by them all the same.
+BY_CONTROLLER_LABELS: Final = {
+    "pod-name": ({"statefulset.kubernetes.io/pod-name": "database-0"}, ["StatefulSet database"]),
+    "pod-index": ({"apps.kubernetes.io/pod-index": "0"}, ["StatefulSet database"]),
+    # A Deployment's template hash picks the pods of one revision of any Deployment.
+    "pod-template-hash": ({"pod-template-hash": "5d4f8b7c9"}, ["Deployment model"]),
+    # Another StatefulSet's pod.
+    "another-pod-name": ({"statefulset.kubernetes.io/pod-name": "cache-0"}, []),
+}
+
+
+@pytest.mark.parametrize("case", BY_CONTROLLER_LABELS)
+def test_a_load_balancer_selecting_pods_by_their_controller_s_labels(
+    stack_run: ProgramRun, case: str
+) -> None:
+    selector, selects = BY_CONTROLLER_LABELS[case]
+    exposed = {"spec": {"type": "LoadBalancer", "selector": selector, "ports": POSTGRES}}
+    found = internal(pack_findings(beside(stack_run, "by-controller", exposed)))
+    assert [workload for workload in selects if any(workload in f for f in found)] == selects
+    assert len(found) == len(selects[:1]), found
+
+
+def test_a_service_selecting_other_pods_or_in_another_namespace_is_left_alone(
+    stack_run: ProgramRun,
+) -> None:
+    other = {"spec": {"type": "LoadBalancer", "selector": {"app": "other"}, "ports": HTTPS}}
+    assert internal(pack_findings(beside(stack_run, "other", other))) == []
+    everything = {"app.kubernetes.io/instance": stack_run.stack}
+    elsewhere = {
+        "metadata": {"namespace": "elsewhere"},
+        "spec": {"type": "LoadBalancer", "selector": everything},
+    }
+    assert internal(pack_findings(beside(stack_run, "elsewhere", elsewhere))) == []
+    inside = {"spec": {"type": "ClusterIP", "selector": PRIMARY_PODS, "ports": POSTGRES}}
+    assert internal(pack_findings(beside(stack_run, "pg-inside", inside))) == []
+    none = {"spec": {"type": "LoadBalancer", "ports": POSTGRES}}  # endpoints of its own
+    assert internal(pack_findings(beside(stack_run, "pg-manual", none))) == []
+
+
+def test_the_pack_knows_the_labels_patroni_gives_the_database_pods() -> None:
+    assert services.DATABASE_POD_LABELS == (
+        database_component.SCOPE_LABEL,
+        database_component.ROLE_LABEL,
+    )
 
 
 # --- Patch resources: held to what they set ------------------------------------------------------

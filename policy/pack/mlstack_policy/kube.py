@@ -131,6 +131,16 @@ def pod_spec(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any] 
     return spec if isinstance(spec, Mapping) else {}
 
 
+def pod_labels(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The labels a workload's pods are made with (its pod template's); none for anything that is
+    not a workload."""
+    path = POD_TEMPLATE_PATHS.get(resource_type)
+    if path is None:
+        return {}
+    labels = dig(props, *path[:-1], "metadata", "labels")
+    return labels if isinstance(labels, Mapping) else {}
+
+
 def containers(spec: Mapping[str, Any], *, init: bool = True) -> Iterator[Mapping[str, Any]]:
     """Every container of a pod spec, the init containers first (with `init`)."""
     keys = ("initContainers", "containers") if init else ("containers",)

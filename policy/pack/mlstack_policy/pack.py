@@ -60,6 +60,7 @@ def policies() -> list[Policy]:
         _mandatory("container-probes", workloads.check_probes),
         _mandatory("image-by-digest", workloads.check_image_digest, ALLOWED_IMAGES),
         _mandatory("no-external-model-or-database-service", services.check_internal_services),
+        _of_stack(MANDATORY, "no-external-model-or-database-pods", services.check_internal_pods),
         _mandatory("gateway-edge-in-production", services.check_gateway_edge, PRODUCTION),
         _mandatory(
             "no-public-plain-http-in-production", services.check_no_public_plain_http, PRODUCTION
@@ -73,12 +74,7 @@ def policies() -> list[Policy]:
             "replicas-in-production", availability.check_replicas_in_production, MIN_REPLICAS
         ),
         _advisory("topology-spread", availability.check_topology_spread),
-        StackValidationPolicy(
-            name="pod-disruption-budget",
-            description=_described(availability.check_disruption_budgets),
-            validate=availability.check_disruption_budgets,
-            enforcement_level=ADVISORY,
-        ),
+        _of_stack(ADVISORY, "pod-disruption-budget", availability.check_disruption_budgets),
     ]
 
 
@@ -99,6 +95,13 @@ def _rule(
         validate=each_object(check),
         enforcement_level=level,
         config_schema=PolicyConfigSchema(properties=settings) if settings else None,
+    )
+
+
+def _of_stack(level: EnforcementLevel, name: str, check: StackValidation) -> StackValidationPolicy:
+    """A rule over the whole stack: every resource at once."""
+    return StackValidationPolicy(
+        name=name, description=_described(check), validate=check, enforcement_level=level
     )
 
 
