@@ -308,6 +308,34 @@ def test_gateway_edge_open_to_part_of_the_internet_passes() -> None:
     assert violations(services.check_gateway_edge, SERVICE, props, PRODUCTION) == []
 
 
+@pytest.mark.parametrize(
+    ("kind", "spec", "exposure"),
+    [
+        ("ClusterIP", {}, "ClusterIP with externalIPs ['203.0.113.10']"),
+        ("LoadBalancer", {"loadBalancerSourceRanges": ["198.51.100.0/24"]},
+         "LoadBalancer with externalIPs ['203.0.113.10']"),
+    ],
+)  # fmt: skip
+def test_a_gateway_behind_external_ips_is_refused_in_production(
+    kind: str, spec: dict[str, Any], exposure: str
+) -> None:
+    """Every node's kube-proxy answers a Service's externalIPs, and no source range filters what
+    reaches them: in production the gateway's edge is a LoadBalancer with ranges alone."""
+    props = service("gateway", kind, HTTPS, externalIPs=["203.0.113.10"], **spec)
+    edge = rule("gateway-edge-in-production").validate
+    plain = rule("no-public-plain-http-in-production").validate
+    found = [
+        *violations(edge, SERVICE, props, PRODUCTION),
+        *violations(plain, SERVICE, props, PRODUCTION),
+    ]
+    assert found == [
+        f"Service gateway is of type {exposure}, which no source range restricts: make it a "
+        "LoadBalancer with loadBalancerSourceRanges and no externalIPs "
+        "(gateway.serviceType: LoadBalancer, gateway.sourceRanges)"
+    ]
+    assert violations(edge, SERVICE, props) == []
+
+
 # --- no-public-plain-http-in-production ----------------------------------------------------------
 
 
@@ -984,6 +1012,10 @@ def test_a_service_patch_that_keeps_the_model_internal_has_no_finding() -> None:
          "ServicePatch gateway: loadBalancerSourceRanges admit anyone: ['0.0.0.0/0']"),
         ({"type": "LoadBalancer", "loadBalancerSourceRanges": []},
          "ServicePatch gateway: no loadBalancerSourceRanges (gateway.sourceRanges)"),
+        ({"externalIPs": ["203.0.113.10"]},
+         "ServicePatch gateway is of type ClusterIP with externalIPs ['203.0.113.10'], which no "
+         "source range restricts: make it a LoadBalancer with loadBalancerSourceRanges and no "
+         "externalIPs (gateway.serviceType: LoadBalancer, gateway.sourceRanges)"),
     ],
 )  # fmt: skip
 def test_a_service_patch_of_the_gateway_edge_is_held_to_what_it_sets(

@@ -243,8 +243,9 @@ def _plain_http_ports(props: Mapping[str, Any]) -> list[str]:
 
 def check_gateway_edge(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """In production the gateway's public Service is a LoadBalancer with loadBalancerSourceRanges
-    (not the whole internet: a NodePort cannot be restricted to ranges) and serves HTTPS (a port
-    named https). A ServicePatch of the gateway is held to the type and ranges it sets (the
+    (not the whole internet) and serves HTTPS (a port named https); any other way out is refused:
+    no range restricts a NodePort, nor the externalIPs every node's proxy answers, whatever the
+    type. A ServicePatch of the gateway is held to the type, externalIPs and ranges it sets (the
     ports it sets are merged into the Service's, so they take none away)."""
     if not _production(args) or args.resource_type != SERVICE:
         return
@@ -252,23 +253,26 @@ def check_gateway_edge(args: ResourceValidationArgs, report: ReportViolation) ->
         return
     patch = is_patch(args.props)
     kind = service_type(args.props)
+    addresses = list(dig(args.props, "spec", "externalIPs") or ())
     # A patch that leaves the type alone changes the gateway's public Service as it is.
-    if kind not in EXTERNAL_SERVICE_TYPES and not (
-        patch and dig(args.props, "spec", "type") is None
-    ):
+    keeps_type = patch and dig(args.props, "spec", "type") is None
+    if kind not in EXTERNAL_SERVICE_TYPES and not addresses and not keeps_type:
         return
     label = named(SERVICE, args.props)
-    ranges = dig(args.props, "spec", "loadBalancerSourceRanges")
-    if kind == "NodePort":
+    if kind == "NodePort" or addresses:
+        unfiltered = " and no externalIPs" if addresses else ""
         report(
-            f"{label} is of type {kind}, which no source range restricts: make it a "
-            "LoadBalancer with loadBalancerSourceRanges "
+            f"{label} is of type {_exposure(args.props)}, which no source range restricts: make "
+            f"it a LoadBalancer with loadBalancerSourceRanges{unfiltered} "
             "(gateway.serviceType: LoadBalancer, gateway.sourceRanges)",
             None,
         )
-    elif not ranges and not (patch and ranges is None):
+    ranges = dig(args.props, "spec", "loadBalancerSourceRanges")
+    # Ranges restrict a load balancer alone; of another type, the finding above says what to do.
+    balanced = kind == "LoadBalancer" or keeps_type
+    if balanced and not ranges and not (patch and ranges is None):
         report(f"{label}: no loadBalancerSourceRanges (gateway.sourceRanges)", None)
-    elif ranges and admits_anyone(ranges):
+    elif balanced and ranges and admits_anyone(ranges):
         report(f"{label}: loadBalancerSourceRanges admit anyone: {list(ranges)}", None)
     names = [str(port.get("name") or "") for port in dig(args.props, "spec", "ports") or ()]
     if "https" not in names and not patch:
