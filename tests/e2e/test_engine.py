@@ -1821,15 +1821,18 @@ def by_tag(ref: str) -> str:
 
 
 def test_6b_the_policy_pack_passes_the_stack_and_stops_an_image_by_tag(
-    workspace: PulumiWorkspace, control_plane: ControlPlane
+    workspace: PulumiWorkspace, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     """`pulumi preview --policy-pack` on the real engine: the stack as configured passes every
     mandatory rule; the same stack with the model's image given by tag (config a pull request
-    can change; the program accepts it) fails the preview with the rule's name and message."""
+    can change; the program accepts it) fails the preview with the rule's name and message,
+    image-by-digest holding it as a production stack (`--policy-pack-config`, as prod.json)."""
     config = stack_config(control_plane)
+    settings = tmp_path / "pack-config.json"
+    settings.write_text(json.dumps({"image-by-digest": {"production": True}}))
     workspace.init_stack("e2e-policy", config, secrets())
     try:
-        pack = ("--policy-pack", str(POLICY_PACK))
+        pack = ("--policy-pack", str(POLICY_PACK), "--policy-pack-config", str(settings))
         clean = workspace.run("preview", "--stack", "e2e-policy", *pack)
         assert "mlstack@v" in clean.output, clean.output  # the pack ran
         assert "[mandatory]" not in clean.output, clean.output

@@ -40,17 +40,19 @@ def violations(
     resource_type: str,
     props: Mapping[str, Any],
     config: Mapping[str, Any] | None = None,
+    stack: str = "t",
+    *,
+    project: str = "mlstack",
 ) -> list[str]:
-    """What a resource rule's `check` reports on a resource of `resource_type` with `props`, given
-    the rule's `config`."""
+    """What a resource rule's `check` reports on a resource of `resource_type` with `props` in
+    the stack `stack` of `project`, given the rule's `config`."""
     found: list[str] = []
 
     def report(message: str, urn: str | None = None) -> None:
         found.append(message)
 
-    args = ResourceValidationArgs(
-        resource_type, props, f"urn:pulumi:t::p::{resource_type}::x", "x", options(), None, config
-    )
+    urn = f"urn:pulumi:{stack}::{project}::{resource_type}::x"
+    args = ResourceValidationArgs(resource_type, props, urn, "x", options(), None, config)
     check(args, report)
     return found
 
@@ -75,7 +77,7 @@ def pack_findings(run: ProgramRun) -> list[str]:
         if isinstance(policy, ResourceValidationPolicy):
             for resource in run.resources:
                 for message in violations(
-                    policy.validate, resource.type, resource.inputs, settings
+                    policy.validate, resource.type, resource.inputs, settings, run.stack
                 ):
                     found.append(f"{policy.name}: {message}")
         elif isinstance(policy, StackValidationPolicy):

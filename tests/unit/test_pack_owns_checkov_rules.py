@@ -26,11 +26,15 @@ from tools import policy
 RULES: Final = {p.name: p for p in policies() if isinstance(p, ResourceValidationPolicy)}
 # Every workload of the program: the database's image is its own build by digest too, held to
 # image-by-digest like the others (no declared exception).
+# The pack config of a production stack (policy/pack/config/prod.json).
+PRODUCTION: Final = {"production": True}
 WORKLOADS: Final = (("Deployment", "gateway"), ("Deployment", "model"), ("StatefulSet", "database"))
 
 
 def rule_on(rule: str, resource: Registered, props: Props) -> list[str]:
-    return violations(RULES[rule].validate, resource.type, props)
+    """`rule` on `props`, as in production: image-by-digest holds production stacks alone (other
+    stacks may deploy prebuilt images by tag), and no other rule it runs reads the setting."""
+    return violations(RULES[rule].validate, resource.type, props, PRODUCTION)
 
 
 def broken(resource: Registered, *changes: Callable[[Props], None]) -> Props:

@@ -26,6 +26,7 @@ from mlstack_policy import availability, clusters, services, workloads
 from mlstack_policy.kube import NAME_LABEL, POD_TEMPLATE_PATHS
 from mlstack_policy.pack import policies
 from tests.paths import POLICY_PACK
+from tests.unit.configs import PREBUILT_IMAGES, existing_with
 from tests.unit.pack import options, pack_findings, stack_resource, violations
 
 DIGEST: Final = "@sha256:" + "a" * 64
@@ -33,6 +34,15 @@ DEPLOYMENT: Final = "kubernetes:apps/v1:Deployment"
 STATEFUL_SET: Final = "kubernetes:apps/v1:StatefulSet"
 SERVICE: Final = "kubernetes:core/v1:Service"
 PRODUCTION: Final = {"production": True}
+
+
+def unpinned(key: str, stack: str = "t", project: str = "mlstack") -> str:
+    """The end of an image-by-digest finding on the workload whose image is
+    `<project>:images.<key>` (`violations` runs a rule in the stack `t` of `mlstack`)."""
+    return (
+        f"is not pinned by digest (name@sha256:...): set {project}:images.{key} to "
+        f"tag@sha256:digest, or declare it in allowedImages (policy/pack/config/{stack}.json)"
+    )
 
 
 def container(**overrides: Any) -> dict[str, Any]:
@@ -173,7 +183,7 @@ def test_a_replication_controllers_pods_are_held_to_every_workload_rule(check: A
         resources={},
         livenessProbe=None,
     )
-    assert violations(check, controller, deployment(bad)) != []
+    assert violations(check, controller, deployment(bad), PRODUCTION) != []
 
 
 # --- container-probes ----------------------------------------------------------------------------
@@ -199,17 +209,30 @@ def test_probes_are_not_asked_of_a_job() -> None:
 # --- image-by-digest -----------------------------------------------------------------------------
 
 
-def test_image_by_tag_is_a_violation() -> None:
+def test_image_by_tag_is_a_violation_in_production() -> None:
     props = deployment(container(image="registry.example/gateway:v1"))
-    assert violations(workloads.check_image_digest, DEPLOYMENT, props) == [
+    assert violations(workloads.check_image_digest, DEPLOYMENT, props, PRODUCTION) == [
         "Deployment gateway, container gateway: image 'registry.example/gateway:v1' "
-        "is not pinned by digest (name@sha256:...)"
+        + unpinned("gateway")
+    ]
+    assert violations(workloads.check_image_digest, DEPLOYMENT, props) == []
+
+
+def test_an_image_finding_names_the_key_in_a_renamed_copy_s_namespace() -> None:
+    """A copy renamed `mlplatform` reads `mlplatform:` keys ("Copying mlstack")."""
+    props = deployment(container(image="registry.example/gateway:v1"))
+    found = violations(
+        workloads.check_image_digest, DEPLOYMENT, props, PRODUCTION, project="mlplatform"
+    )
+    assert found == [
+        "Deployment gateway, container gateway: image 'registry.example/gateway:v1' "
+        + unpinned("gateway", project="mlplatform")
     ]
 
 
 def test_image_by_tag_passes_as_a_declared_exception() -> None:
     props = deployment(container(image="localhost:5001/gateway:dev"))
-    config = {"allowedImages": ["localhost:5001/gateway:dev"]}
+    config = {**PRODUCTION, "allowedImages": ["localhost:5001/gateway:dev"]}
     assert violations(workloads.check_image_digest, DEPLOYMENT, props, config) == []
     other = deployment(container(image="localhost:5001/gateway:dev2"))
     assert len(violations(workloads.check_image_digest, DEPLOYMENT, other, config)) == 1
@@ -224,13 +247,37 @@ def test_no_image_is_accepted_by_tag_unless_a_stack_declares_it() -> None:
     assert rule.config_schema.properties["allowedImages"]["default"] == []
     former = {"name": "postgres", "image": "postgres:17.6-bookworm"}
     props = deployment(container(**former), name="database")
-    assert violations(workloads.check_image_digest, STATEFUL_SET, props) == [
+    assert violations(workloads.check_image_digest, STATEFUL_SET, props, PRODUCTION) == [
         "StatefulSet database, container postgres: image 'postgres:17.6-bookworm' "
-        "is not pinned by digest (name@sha256:...)"
+        + unpinned("database")
     ]
     for path in (POLICY_PACK / "config").glob("*.json"):
         for settings in json.loads(path.read_text()).values():
             assert "allowedImages" not in settings, path.name
+
+
+def test_outside_production_prebuilt_images_by_tag_pass() -> None:
+    """The config table's `images.*`: the reference to deploy, tag@sha256:digest in production.
+    Dev on an existing cluster may deploy images it did not build by tag."""
+    run = run_program("dev", existing_with())
+    assert [f for f in pack_findings(run) if f.startswith("image-by-digest")] == []
+
+
+def test_an_image_by_tag_in_production_names_its_config_key_and_the_escape() -> None:
+    """Each finding names the stack config key that gave the image (the pack's IMAGE_KEYS, held
+    here to where the program puts each of `images.*`) and the pack config that may declare it."""
+    run = run_program("dev", existing_with())
+    check = rule("image-by-digest").validate
+    found = [
+        message
+        for resource in run.resources
+        for message in violations(check, resource.type, resource.inputs, PRODUCTION, run.stack)
+    ]
+    assert len(found) == 5, found
+    for message in found:
+        image = message.split("image '", 1)[1].split("'", 1)[0]
+        (key,) = [k for k in ("gateway", "model", "database") if PREBUILT_IMAGES[k] == image]
+        assert message.endswith(unpinned(key, "dev")), message
 
 
 # --- no-external-model-or-database-service -------------------------------------------------------
@@ -633,7 +680,7 @@ def test_an_image_unknown_at_preview_does_not_hide_a_tag_beside_it() -> None:
             found.append(message)
 
         args = ResourceValidationArgs(
-            kind, unknown_checking_proxy(props), "urn:x", "x", options(), None, {}
+            kind, unknown_checking_proxy(props), "urn:x", "x", options(), None, PRODUCTION
         )
         with pytest.raises(UnknownValueError):
             rule("image-by-digest").validate(args, report)
@@ -898,11 +945,11 @@ def test_each_value_a_workload_patch_sets_that_pod_security_refuses_is_reported(
 
 def test_a_patch_s_image_by_tag_is_reported() -> None:
     props = workload_patch(DEPLOYMENT_PATCH, {"name": "gateway", "image": "busybox:latest"})
-    assert findings(DEPLOYMENT_PATCH, props, {}) == [
+    assert findings(DEPLOYMENT_PATCH, props, PRODUCTION) == [
         "image-by-digest: DeploymentPatch gateway, container gateway: image 'busybox:latest' "
-        "is not pinned by digest (name@sha256:...)"
+        + unpinned("gateway")
     ]
-    config = {"allowedImages": ["busybox:latest"]}
+    config = {**PRODUCTION, "allowedImages": ["busybox:latest"]}
     assert findings(DEPLOYMENT_PATCH, props, config) == []
 
 
@@ -921,8 +968,7 @@ def test_every_workload_patch_is_held_to_the_rules_for_what_it_sets(kind: str) -
         f"pod-security-restricted: {named}, pod: hostNetwork is true "
         "(the pod shares the node's namespace)",
         f"pod-security-restricted: {named}, container debug: runs privileged",
-        f"image-by-digest: {named}, container debug: image 'busybox:latest' "
-        "is not pinned by digest (name@sha256:...)",
+        f"image-by-digest: {named}, container debug: image 'busybox:latest' " + unpinned("gateway"),
     ]
 
 

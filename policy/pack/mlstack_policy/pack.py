@@ -38,12 +38,13 @@ PRODUCTION: Final = {
     }
 }
 ALLOWED_IMAGES: Final = {
+    **PRODUCTION,
     "allowedImages": {
         "type": "array",
         "items": {"type": "string"},
         "default": list(workloads.ALLOWED_BY_TAG),
         "description": "Image references accepted by tag, exactly as written.",
-    }
+    },
 }
 MIN_REPLICAS: Final = {
     **PRODUCTION,

@@ -11,6 +11,7 @@ from pulumi_policy.proxy import UnknownValueError
 
 from .kube import (
     LONG_RUNNING,
+    app_name,
     containers,
     dig,
     is_patch,
@@ -26,6 +27,16 @@ RESOURCES: Final = ("cpu", "memory")
 # Every image of the stack, the database's included, is the project's own build, deployed by the
 # digest its push gave. `make policy` leaves digests to this rule (tools/policy.py PACK_OWNED).
 ALLOWED_BY_TAG: Final[tuple[str, ...]] = ()
+# The stack config key (`mlstack:images.<key>`) whose reference each of the program's workloads
+# runs, by the workload's app label or else its name (a patch need not carry labels): the gateway's
+# image runs its migrations Job too, the database's its backups container. The pack is served
+# apart from the program; tests/unit/test_policy_pack.py holds this copy to the program's.
+IMAGE_KEYS: Final[Mapping[str, str]] = {
+    "gateway": "gateway",
+    "gateway-migrate": "gateway",
+    "model": "model",
+    "database": "database",
+}
 # The seccomp profiles the restricted standard admits.
 SECCOMP_PROFILES: Final = ("RuntimeDefault", "Localhost")
 NOT_NON_ROOT: Final = "runAsNonRoot is not true"
@@ -159,16 +170,36 @@ def check_probes(args: ResourceValidationArgs, report: ReportViolation) -> None:
             report(f"{place}: no {' and no '.join(missing)}", None)
 
 
+def _stack_and_project(urn: str) -> tuple[str, str]:
+    """The stack and the project of a resource's URN (`urn:pulumi:<stack>::<project>::...`): the
+    project is the config namespace (`mlstack`, or a renamed copy's)."""
+    parts = urn.split("::")
+    if not parts[0].startswith("urn:pulumi:") or len(parts) < 2:
+        return "<stack>", "mlstack"
+    return parts[0].rsplit(":", 1)[-1], parts[1]
+
+
+def _pin_advice(args: ResourceValidationArgs) -> str:
+    """What to change for an image by tag: the stack config key that gave it, if the workload is
+    the program's, and the pack config that may declare an exception."""
+    stack, project = _stack_and_project(args.urn)
+    key = IMAGE_KEYS.get(app_name(args.props) or str(dig(args.props, "metadata", "name")))
+    pin = f"set {project}:images.{key} to tag@sha256:digest" if key else "reference it by digest"
+    return f"{pin}, or declare it in allowedImages (policy/pack/config/{stack}.json)"
+
+
 def check_image_digest(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    """Every image is referenced by digest (name@sha256:...), unless the reference is a declared
-    exception (allowedImages; none by default): what was reviewed and scanned is what runs, and a
-    rollback really rolls back. An image unknown at preview (built by the update) is checked at
-    `pulumi up`; the images beside it are checked at once. A Patch's container is held to the image
-    it sets, if any."""
+    """In production every image is referenced by digest (name@sha256:...), unless the reference
+    is a declared exception (allowedImages; none by default): what was reviewed and scanned is
+    what runs, and a rollback really rolls back. Other stacks may deploy prebuilt images by tag
+    (images.*). An image unknown at preview (built by the update) is checked at `pulumi up`; the
+    images beside it are checked at once. A Patch's container is held to the image it sets, if
+    any."""
+    config = args.get_config()
     spec = pod_spec(args.resource_type, args.props)
-    if spec is None:
+    if spec is None or config.get("production") is not True:
         return
-    allowed = args.get_config().get("allowedImages")
+    allowed = config.get("allowedImages")
     allowed = ALLOWED_BY_TAG if allowed is None else tuple(allowed)
     unknown: UnknownValueError | None = None
     for container in containers(spec):
@@ -182,6 +213,10 @@ def check_image_digest(args: ResourceValidationArgs, report: ReportViolation) ->
         if DIGEST.search(image) or image in allowed:
             continue
         place = where(args.resource_type, args.props, container)
-        report(f"{place}: image {image!r} is not pinned by digest (name@sha256:...)", None)
+        report(
+            f"{place}: image {image!r} is not pinned by digest (name@sha256:...): "
+            f"{_pin_advice(args)}",
+            None,
+        )
     if unknown is not None:
         raise unknown  # the engine reports that the rule could not read it during preview
