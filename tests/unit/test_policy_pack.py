@@ -155,6 +155,24 @@ def test_pod_security_takes_the_pod_level_non_root_and_seccomp() -> None:
     assert violations(workloads.check_pod_security, DEPLOYMENT, props) == []
 
 
+@pytest.mark.parametrize(
+    ("pod", "message"),
+    [
+        ({"runAsNonRoot": False}, "runAsNonRoot is not true"),
+        ({"seccompProfile": {"type": "Unconfined"}}, "seccompProfile.type is not RuntimeDefault"),
+    ],
+)
+def test_a_refused_pod_level_value_is_reported_though_every_container_overrides_it(
+    pod: dict[str, Any], message: str
+) -> None:
+    """Restricted Pod Security admission refuses a pod that sets runAsNonRoot false or an
+    Unconfined seccomp profile on the pod, whatever its containers set."""
+    props = deployment(securityContext=pod)
+    check = rule("pod-security-restricted").validate
+    found = violations(check, DEPLOYMENT, unknown_checking_proxy(copy.deepcopy(props)))
+    assert found == [f"Deployment gateway, pod: {message}"]
+
+
 def test_pod_security_reads_init_containers_and_cron_jobs_too() -> None:
     init = container(name="init", securityContext={})
     cron = {

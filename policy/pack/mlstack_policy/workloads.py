@@ -60,10 +60,11 @@ def _refused(value: Any, *, meets: bool, patch: bool) -> bool:
     return not meets and not (patch and value is None)
 
 
-def _pod_findings(spec: Mapping[str, Any], *, patch: bool) -> list[str]:
-    """What the pod spec itself sets against the standard: a host namespace, uid 0; and, in a
-    patch, a non-root or seccomp setting it refuses (it reaches the containers the patch leaves
-    out, so it is held once, here)."""
+def _pod_findings(spec: Mapping[str, Any]) -> list[str]:
+    """What the pod spec itself sets against the standard: a host namespace, uid 0, runAsNonRoot
+    false, a seccomp profile it refuses. Admission refuses the last two on the pod even where
+    every container sets its own; in a patch they reach the containers it leaves out, so they are
+    held once, here."""
     found = [
         f"{field} is true (the pod shares the node's namespace)"
         for field in ("hostNetwork", "hostPID", "hostIPC")
@@ -71,11 +72,10 @@ def _pod_findings(spec: Mapping[str, Any], *, patch: bool) -> list[str]:
     ]
     if _is_root(dig(spec, "securityContext", "runAsUser")):
         found.append("runAsUser is 0 (root)")
-    if patch:
-        if dig(spec, "securityContext", "runAsNonRoot") is False:
-            found.append(NOT_NON_ROOT)
-        if dig(spec, "securityContext", "seccompProfile", "type") not in (None, *SECCOMP_PROFILES):
-            found.append(NOT_SECCOMP)
+    if dig(spec, "securityContext", "runAsNonRoot") is False:
+        found.append(NOT_NON_ROOT)
+    if dig(spec, "securityContext", "seccompProfile", "type") not in (None, *SECCOMP_PROFILES):
+        found.append(NOT_SECCOMP)
     return found
 
 
@@ -120,14 +120,15 @@ def _container_findings(
 def check_pod_security(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """Every workload's pods meet the restricted Pod Security Standard: non-root (runAsNonRoot, and
     no runAsUser 0), a read-only root filesystem, no privilege escalation, every capability
-    dropped, the RuntimeDefault seccomp profile. Checked field by field, so that a preview names
-    the one missing before the namespace's admission refuses the pods (or a laxer namespace
-    admits them). A workload Patch is held to the values it sets."""
+    dropped, the RuntimeDefault seccomp profile; and no pod-level runAsNonRoot false or other
+    seccomp profile, which admission refuses whatever the containers set. Checked field by field,
+    so that a preview names the one missing before the namespace's admission refuses the pods (or
+    a laxer namespace admits them). A workload Patch is held to the values it sets."""
     spec = pod_spec(args.resource_type, args.props)
     if spec is None:
         return
     patch = is_patch(args.props)
-    for finding in _pod_findings(spec, patch=patch):
+    for finding in _pod_findings(spec):
         report(f"{where(args.resource_type, args.props, None)}: {finding}", None)
     for container in containers(spec):
         place = where(args.resource_type, args.props, container)
