@@ -43,11 +43,37 @@ class DockerfileCheck(BaseDockerfileCheck):  # type: ignore[misc]  # Checkov is 
 # --- CKV_MLSTACK_DOCKER_1 -----------------------------------------------------------------------
 
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
-DEFAULTED = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:-(?P<default>[^${}]+)\}$")
+DEFAULTED = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):-(?P<default>[^${}]+)\}$")
 
 
-def unpinned_bases(froms: Sequence[Instruction]) -> list[Instruction]:
-    """The FROM instructions whose image is pulled without a digest."""
+def _words(instruction: Instruction) -> list[str]:
+    """An instruction's value as the builder splits it into words, quotes removed."""
+    value = str(instruction["value"])
+    try:
+        return shlex.split(value)
+    except ValueError:  # an unbalanced quote: the words as they stand
+        return value.split()
+
+
+def from_args(conf: Instructions) -> dict[str, str]:
+    """The values a FROM reads its variables from: of the ARGs before the first FROM (those of a
+    stage are out of its reach), the last `ARG NAME=value` of each name."""
+    first = min((int(i["startline"]) for i in conf.get("FROM", [])), default=0)
+    values: dict[str, str] = {}
+    for instruction in sorted(conf.get("ARG", []), key=lambda i: int(i["startline"])):
+        if int(instruction["startline"]) < first:
+            for word in _words(instruction):
+                name, given, value = word.partition("=")
+                if given:
+                    values[name] = value
+    return values
+
+
+def unpinned_bases(
+    froms: Sequence[Instruction], args: Mapping[str, str] | None = None
+) -> list[Instruction]:
+    """The FROM instructions whose image is pulled without a digest; `${NAME:-default}` is the
+    value `args` give NAME, else (none, or empty) the default."""
     stages: set[str] = set()
     unpinned: list[Instruction] = []
     for instruction in froms:
@@ -55,7 +81,7 @@ def unpinned_bases(froms: Sequence[Instruction]) -> list[Instruction]:
         image = words[0] if words else ""
         defaulted = DEFAULTED.match(image)
         if defaulted:
-            image = defaulted.group("default")
+            image = (args or {}).get(defaulted.group("name")) or defaulted.group("default")
         pulled = image.lower() != "scratch" and image.lower() not in stages
         if pulled and ("$" in image or not DIGEST.search(image)):
             unpinned.append(instruction)
@@ -69,14 +95,15 @@ def bases_pinned_by_digest(conf: Instructions) -> Verdict:
 
     A tag can be moved to other content; a digest cannot, so the image built today is the image
     built tomorrow. `scratch` and a stage defined earlier in the same Dockerfile are not pulled.
-    A variable with a default, `${BASE_IMAGE:-image@sha256:...}`, is judged by its default: that
-    is what builds unless a build deliberately passes another base. Any other variable fails:
-    what it resolves to cannot be read from the Dockerfile. A file without any FROM fails.
+    A variable with a default, `${BASE_IMAGE:-image@sha256:...}`, is judged by what builds
+    unless a build deliberately passes another base: the value of the last `ARG BASE_IMAGE=...`
+    before the first FROM, else (none, or empty) the default. Any other variable fails: what it
+    resolves to cannot be read from the Dockerfile. A file without any FROM fails.
     """
     froms = list(conf.get("FROM", []))
     if not froms:
         return CheckResult.FAILED, None
-    unpinned = unpinned_bases(froms)
+    unpinned = unpinned_bases(froms, from_args(conf))
     if unpinned:
         return CheckResult.FAILED, unpinned
     return CheckResult.PASSED, froms
@@ -144,11 +171,7 @@ LOCATION_SUFFIX = re.compile(r"_(FILE|PATH|DIR)$", re.IGNORECASE)
 
 def declared_names(instruction: Instruction) -> list[str]:
     """The names an ARG or ENV declares: `NAME[=value] ...`, or ENV's legacy `NAME value`."""
-    value = str(instruction["value"])
-    try:
-        words = shlex.split(value)
-    except ValueError:  # an unbalanced quote: the names are still the words before `=`
-        words = value.split()
+    words = _words(instruction)  # an unbalanced quote: the names are still the words before `=`
     if instruction["instruction"] == "ENV" and words and "=" not in words[0]:
         return words[:1]
     return [word.partition("=")[0] for word in words]

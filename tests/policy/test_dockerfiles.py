@@ -44,6 +44,22 @@ USER 10001:10001
 ENTRYPOINT ["/opt/venv/bin/python"]
 """
 
+# Bases given as a variable with a default, `${NAME:-default}`, that pass: what builds is the value
+# of the last ARG before the first FROM that gives NAME one (the only ARGs a FROM reads), else the
+# default (an ARG without a value, or an empty one).
+GOOD_VARIABLE_BASES: dict[str, str] = {
+    "arg-pinned-over-unpinned-default": (
+        f"ARG BASE_IMAGE=python:3.11-slim\nARG BASE_IMAGE={BASE}\n"
+        "FROM ${BASE_IMAGE:-python:3.11-slim}\nUSER 10001\n"
+    ),
+    "arg-without-value": f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE:-{BASE}}}\nUSER 10001\n",
+    "arg-empty": f"ARG BASE_IMAGE=\nFROM ${{BASE_IMAGE:-{BASE}}}\nUSER 10001\n",
+    "stage-arg-out-of-reach": (
+        f"FROM {BASE} AS build\nARG BASE_IMAGE=python:3.11-slim\n"
+        f"FROM ${{BASE_IMAGE:-{BASE}}}\nUSER 10001\n"
+    ),
+}
+
 # name: (Dockerfile, the one check of mlstack's own it fails, the line reported)
 BROKEN: dict[str, tuple[str, str, int]] = {
     "tag-only": ("FROM python:3.11.14-slim\nUSER 10001\n", DIGEST_PINNED, 1),
@@ -51,6 +67,17 @@ BROKEN: dict[str, tuple[str, str, int]] = {
     "variable-base": (f"ARG BASE={BASE}\nFROM ${{BASE}}\nUSER 10001\n", DIGEST_PINNED, 2),
     "variable-base-unpinned-default": (
         "ARG BASE\nFROM ${BASE:-python:3.11.14-slim}\nUSER 10001\n",
+        DIGEST_PINNED,
+        2,
+    ),
+    # The ARG's own value is what builds, not the default beside the variable.
+    "variable-base-unpinned-arg": (
+        f"ARG BASE_IMAGE=python:3.11-slim\nFROM ${{BASE_IMAGE:-{BASE}}}\nUSER 10001\n",
+        DIGEST_PINNED,
+        2,
+    ),
+    "variable-base-unpinned-quoted-arg": (
+        f'ARG BASE_IMAGE="python:3.11-slim"\nFROM ${{BASE_IMAGE:-{BASE}}}\nUSER 10001\n',
         DIGEST_PINNED,
         2,
     ),
@@ -107,6 +134,7 @@ def scanned(tmp_path_factory: pytest.TempPathFactory, checkov: Path) -> policy.D
     folder = tmp_path_factory.mktemp("dockerfiles")
     texts = {
         "good": GOOD,
+        **GOOD_VARIABLE_BASES,
         **{name: text for name, (text, _, _) in BROKEN.items()},
         **{name: text for name, (text, _) in BUILT_IN.items()},
         **SKIPS,
@@ -137,9 +165,10 @@ def test_each_check_of_ours_fails_on_a_dockerfile_that_breaks_it(
     assert own(results(scanned.failed, name)) == [(check_id, line)]
 
 
-def test_our_checks_pass_a_good_dockerfile(scanned: policy.DockerfileReport) -> None:
-    assert results(scanned.failed, "good") == []
-    assert {c.check_id for c in results(scanned.passed, "good")} >= set(
+@pytest.mark.parametrize("name", ["good", *GOOD_VARIABLE_BASES])
+def test_our_checks_pass_a_good_dockerfile(scanned: policy.DockerfileReport, name: str) -> None:
+    assert results(scanned.failed, name) == []
+    assert {c.check_id for c in results(scanned.passed, name)} >= set(
         policy.CUSTOM_DOCKERFILE_CHECKS
     )
 
