@@ -36,7 +36,7 @@ from components.config import (
     GENERATED_SECRETS,
     qualified_name,
 )
-from e2e.controlplane import ControlPlane, toolchain_bin
+from e2e.controlplane import ControlPlane, teardown_bin, toolchain_bin
 from e2e.images import ImageRefs, Images
 from e2e.node import Node
 from e2e.s3 import S3Server
@@ -173,8 +173,10 @@ def push_teardown(
     stack: contextlib.ExitStack, name: str, step: Callable[[], object], left: list[str]
 ) -> None:
     """Push `step` onto `stack`: when the stack closes, it runs through `run_steps`, a failure
-    reported on stderr and in `left`, and the steps pushed before it still run."""
-    stack.callback(lambda: left.extend(run_steps([(name, step)], _teardown_log)))
+    reported on stderr and in `left`, and the steps pushed before it still run. An interrupted
+    step (a Ctrl-C) is in `left` too, before the interruption goes on: the cluster's folders,
+    which hold what finds its processes and rules again, are then kept (`LocalCluster`)."""
+    stack.callback(run_steps, [(name, step)], _teardown_log, left)
 
 
 def _teardown_log(message: str) -> None:
@@ -279,10 +281,11 @@ def fresh_volumes(plane: ControlPlane, node: Node, *, released_only: bool = Fals
 
 def push_teardown_of(stack: contextlib.ExitStack, workdir: Path, left: list[str]) -> None:
     """Push the teardown `bring_up` pushes, for a bring-up in `workdir` that an earlier process
-    made (every part is found again from its folder)."""
+    made (every part is found again from its folder), with the binaries its `up` ran (never a
+    build: `teardown_bin`)."""
     images = Images(workdir / "images")
     push_teardown(stack, "images", images.down, left)
-    plane = control_plane(workdir, toolchain_bin())
+    plane = control_plane(workdir, teardown_bin(workdir / "cluster"))
     push_teardown(stack, "control plane", plane.stop, left)
     node = Node(plane)
     push_teardown(stack, "node", lambda: left.extend(node.down()), left)
@@ -371,16 +374,20 @@ class LocalCluster:
 
     def down(self) -> list[str]:
         """Stop and remove everything `up` made (node, control plane, engine and registry);
-        returns what could not be removed."""
+        returns what could not be removed. The folders go only once every part's teardown has
+        run to its end and left nothing: an interruption (raised again), or a toolchain that
+        cannot be found, keeps them, and with them the node's record of the machine and
+        kwokctl's pid files, for the next `down`."""
         left: list[str] = []
         with contextlib.ExitStack() as stack:
-            push_teardown(stack, "folders", lambda: self._remove_folders(left), left)
             push_teardown_of(stack, self.workdir, left)
+        self._remove_folders(left)
         return left
 
     def _remove_folders(self, left: list[str]) -> None:
-        """The folders `up` made, when the node's teardown left nothing behind, and the cluster's
-        folder itself once it holds nothing else (it may be one the user keeps other files in)."""
+        """The folders `up` made, when the teardown left nothing behind and was not interrupted,
+        and the cluster's folder itself once it holds nothing else (it may be one the user keeps
+        other files in)."""
         if left:
             return
         for name in FOLDERS:

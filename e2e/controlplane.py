@@ -26,6 +26,7 @@ A real node (e2e/node/) can join: for it, the components are patched (kwokctl's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -51,6 +52,11 @@ NODES: Final = 2
 # The common name of kwokctl's admin certificate (sigs.k8s.io/kwok pkg/kwokctl/pki DefaultUser),
 # which the API server also presents as its proxy client (--proxy-client-cert-file).
 KWOKCTL_ADMIN: Final = "kwok-admin"
+# The file in a control plane's folder naming the toolchain bin folder its `start` ran from: what
+# its teardown runs (`teardown_bin`), in another process too.
+BIN_RECORD: Final = "toolchain-bin"
+# What a teardown runs of the toolchain: kwokctl (`delete cluster`) and kubectl (the node's drain).
+TEARDOWN_TOOLS: Final = ("kwokctl", "kubectl")
 
 
 def read_versions(path: Path = TOOLCHAIN / "versions.env") -> dict[str, str]:
@@ -80,6 +86,30 @@ def toolchain_bin(*tools: str, build: bool = True) -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
+def teardown_bin(workdir: Path) -> Path:
+    """The bin folder to stop the control plane in `workdir` with, and the node on it: the one
+    its `start` recorded there while it still holds kwokctl and kubectl, else the toolchain's as
+    it is (`toolchain_bin` of kwok and kubectl, building nothing). A teardown never builds: with
+    a cold or changed toolchain cache, a build would take an hour before anything stops, and
+    fail where Go is not on PATH (under sudo). Where neither holds them, the recorded folder all
+    the same: what needs them (kwokctl's delete, the node's drain) fails as a step, and the
+    rest (the recorded processes, the node's kubelet, containerd, rules and guard) still goes."""
+    recorded = workdir / "bin"
+    with contextlib.suppress(OSError):
+        recorded = Path((workdir / BIN_RECORD).read_text().strip())
+        if all((recorded / tool).exists() for tool in TEARDOWN_TOOLS):
+            return recorded
+    try:
+        return toolchain_bin("kwok", "kubectl", build=False)
+    except subprocess.CalledProcessError:
+        print(
+            f"e2e: no kwokctl or kubectl in {recorded} or the toolchain: stopping what goes "
+            "without them",
+            file=sys.stderr,
+        )
+        return recorded
+
+
 @dataclass
 class ControlPlane:
     """One kwokctl cluster living entirely in `workdir`."""
@@ -92,6 +122,7 @@ class ControlPlane:
     pids: set[int] = field(default_factory=set)
 
     kubeconfig = InWorkdir("kubeconfig.yaml")
+    bin_record = InWorkdir(BIN_RECORD)
 
     @property
     def context(self) -> str:
@@ -229,6 +260,7 @@ class ControlPlane:
     def start(self) -> None:
         versions = read_versions()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.bin_record.write_text(f"{self.bin_dir}\n")
         config = self._config(versions)
         b = self.bin_dir
         try:
@@ -328,7 +360,8 @@ class ControlPlane:
         if self.cluster_dir.exists():
             try:
                 self.kwokctl("delete", "cluster", timeout=120)
-            except (RuntimeError, subprocess.TimeoutExpired) as err:
+            # OSError: no kwokctl (a toolchain cache removed since); the pids still go below.
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
                 print(f"e2e: kwokctl delete cluster: {err}", file=sys.stderr)
         process.stop_all(sorted(p for p in self.pids if process.owned(p, marker)), grace=15)
 
@@ -337,7 +370,9 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) != 2 or argv[0] not in ("up", "down"):
         print(__doc__, file=sys.stderr)
         return 2
-    plane = ControlPlane(bin_dir=toolchain_bin(), workdir=Path(argv[1]).resolve())
+    workdir = Path(argv[1]).resolve()
+    bin_dir = toolchain_bin() if argv[0] == "up" else teardown_bin(workdir)
+    plane = ControlPlane(bin_dir=bin_dir, workdir=workdir)
     if argv[0] == "up":
         plane.start()
         print(plane.kubeconfig)

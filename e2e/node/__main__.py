@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from e2e.controlplane import ControlPlane, toolchain_bin
+from e2e.controlplane import ControlPlane, teardown_bin, toolchain_bin
 from e2e.node import Node
 from e2e.node.packages import missing_packages
 
@@ -27,7 +27,10 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) < 2 or argv[0] not in ("up", "down", "check"):
         print(__doc__, file=sys.stderr)
         return 2
-    plane = ControlPlane(bin_dir=toolchain_bin(), workdir=Path(argv[1]).resolve())
+    workdir = Path(argv[1]).resolve()
+    # `down` never builds the toolchain (teardown_bin says why).
+    bin_dir = teardown_bin(workdir) if argv[0] == "down" else toolchain_bin()
+    plane = ControlPlane(bin_dir=bin_dir, workdir=workdir)
     node = Node(plane, registries=argv[2:])
     if argv[0] == "up":
         node.up()

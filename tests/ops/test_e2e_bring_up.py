@@ -5,12 +5,13 @@ was made, node first. No part really starts here: each is a recorder."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from e2e import cluster
+from e2e import cluster, controlplane
 from e2e.images import ImageRefs
 from e2e.teardown import run_steps
 
@@ -224,3 +225,126 @@ def test_a_failed_cluster_up_removes_what_it_started(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         cluster.LocalCluster(tmp_path).up()
     assert Calls.made[-4:] == ["pulumi up", "node down", "plane stop", "images down"]
+
+
+def test_an_interruption_stops_no_teardown_step_and_goes_on_at_the_end() -> None:
+    """A Ctrl-C during the node's drain: its kubelet is still stopped, then the Ctrl-C goes on."""
+    ran: list[str] = []
+
+    def drain() -> None:
+        raise KeyboardInterrupt
+
+    steps = [("drain", drain), ("stop kubelet", lambda: ran.append("stop kubelet"))]
+    failed: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_steps(steps, ran.append, failed)
+    assert ran == ["drain: interrupted (KeyboardInterrupt)", "stop kubelet"]
+    assert failed == ["drain: teardown interrupted (KeyboardInterrupt)"]
+
+
+def a_cluster_left_running(workdir: Path) -> cluster.LocalCluster:
+    """`LocalCluster.up` in `workdir`, with the folders a real one makes (what finds its
+    processes and rules again: the node's state.json, kwokctl's pid files)."""
+    workdir.mkdir()
+    (workdir / "ca.crt").write_text("CA\n")  # the fake S3 server's, read by up
+    local = cluster.LocalCluster(workdir)
+    local.up()
+    (workdir / "ca.crt").unlink()
+    for name in cluster.FOLDERS:
+        (workdir / name).mkdir()
+    (workdir / "cluster" / "node").mkdir()
+    (workdir / "cluster" / "node" / "state.json").write_text("{}")
+    Calls.made = []
+    return local
+
+
+def test_an_interrupted_cluster_down_keeps_the_cluster_s_folders(tmp_path: Path) -> None:
+    """A Ctrl-C during the node's teardown: the other parts are still torn down, and the folders
+    stay for the next `down`."""
+    local = a_cluster_left_running(tmp_path / "c")
+
+    def interrupted(self: FakeNode) -> list[str]:
+        Calls.record("node down")
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FakeNode, "down", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            local.down()
+    assert Calls.made == ["node down", "plane stop", "images down"]
+    assert (tmp_path / "c" / "cluster" / "node" / "state.json").exists()
+    assert all((tmp_path / "c" / name).is_dir() for name in cluster.FOLDERS)
+    # The next `down` finishes the job.
+    assert local.down() == []
+    assert not (tmp_path / "c").exists()
+
+
+class Toolchain:
+    """Stands in for build.sh (`toolchain_bin`): its calls; a build is refused, and with
+    `missing`, so is a look without building."""
+
+    def __init__(self, bin_dir: Path, missing: bool = False) -> None:
+        self.bin_dir, self.missing = bin_dir, missing
+        self.calls: list[tuple[tuple[str, ...], bool]] = []
+
+    def __call__(self, *tools: str, build: bool = True) -> Path:
+        self.calls.append((tools, build))
+        if build or self.missing:
+            raise subprocess.CalledProcessError(1, ["bash", "e2e/toolchain/build.sh"])
+        return self.bin_dir
+
+
+def test_a_cluster_down_never_builds_the_toolchain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = a_cluster_left_running(tmp_path / "c")
+    toolchain = Toolchain(tmp_path / "bin")
+    monkeypatch.setattr(cluster, "toolchain_bin", toolchain)
+    monkeypatch.setattr(controlplane, "toolchain_bin", toolchain)
+    assert local.down() == []
+    assert Calls.made == ["node down", "plane stop", "images down"]
+    assert toolchain.calls == [(("kwok", "kubectl"), False)]
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_cluster_down_without_its_toolchain_still_stops_what_goes_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No recorded bin folder and no toolchain: every part's teardown runs all the same (the
+    node's kubelet, containerd, rules and guard need no kubectl; only its drain does, which
+    fails as a step), and what is left keeps the folders that find it again."""
+    local = a_cluster_left_running(tmp_path / "c")
+    toolchain = Toolchain(tmp_path / "bin", missing=True)
+    monkeypatch.setattr(cluster, "toolchain_bin", toolchain)
+    monkeypatch.setattr(controlplane, "toolchain_bin", toolchain)
+    monkeypatch.setattr(FakeNode, "left", ["drain: teardown failed: no kubectl"])
+    assert local.down() == ["drain: teardown failed: no kubectl"]
+    assert Calls.made == ["node down", "plane stop", "images down"]
+    assert (tmp_path / "c" / "cluster" / "node" / "state.json").exists()
+
+
+def test_the_teardown_runs_the_binaries_the_control_plane_started_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`start` records its bin folder before kwokctl runs; the teardown takes it while it holds
+    kwokctl and kubectl, and looks the toolchain up (never building) otherwise."""
+    bin_dir = tmp_path / "tools" / "bin"
+    bin_dir.mkdir(parents=True)
+    (tmp_path / "tools" / "stages").mkdir()
+    (tmp_path / "tools" / "stages" / "pod-ready.yaml").write_text("kind: Stage\n")
+
+    def kwokctl(self: controlplane.ControlPlane, *args: str, timeout: float = 300) -> None:
+        raise RuntimeError("kwokctl create cluster failed")
+
+    monkeypatch.setattr(controlplane.ControlPlane, "kwokctl", kwokctl)
+    plane = controlplane.ControlPlane(bin_dir=bin_dir, workdir=tmp_path / "cluster")
+    with pytest.raises(RuntimeError, match="kwokctl create cluster failed"):
+        plane.start()
+
+    toolchain = Toolchain(tmp_path / "elsewhere")
+    monkeypatch.setattr(controlplane, "toolchain_bin", toolchain)
+    assert controlplane.teardown_bin(tmp_path / "cluster") == tmp_path / "elsewhere"
+    for tool in controlplane.TEARDOWN_TOOLS:
+        (bin_dir / tool).touch()
+    assert controlplane.teardown_bin(tmp_path / "cluster") == bin_dir
+    assert toolchain.calls == [(("kwok", "kubectl"), False)]
