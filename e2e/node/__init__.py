@@ -243,7 +243,6 @@ class Node:
             ("unmount", lambda: process.unmount_under(self.workdir)),
             ("remove chains", lambda: rules.remove_chains(set(recorded.get("chains", [])))),
             ("remove ipsets", lambda: rules.remove_ipsets(set(recorded.get("ipsets", [])))),
-            ("remove guard", guard.remove),
             ("remove nft", lambda: rules.remove_nft_tables(set(recorded.get("nft_tables", [])))),
             ("remove links", network.remove_links),
             (
@@ -254,6 +253,8 @@ class Node:
             ),
             ("remove cgroups", kubelet.remove_cgroups),
             ("remove host files", lambda: teardown.remove_host_files(self.layout, recorded)),
+            # Last: the guard is what keeps traffic on the machine while any of the above routes it.
+            ("remove guard", self._remove_guard),
         )
         # A failed step is left behind too: the folder, with state.json and what it recorded of
         # the machine (its kernel settings, its rules), stays for the next `down` to retry.
@@ -268,6 +269,20 @@ class Node:
         """Delete the node's pods through the API while kubelet runs."""
         if self.state.alive(kubelet.NAME) and teardown.api_up(self.plane):
             teardown.drain(self.plane, self.name, self.layout.containerd_socket)
+
+    def _remove_guard(self) -> None:
+        """The egress guard, once nothing is left that routes the pods' or the Services' traffic:
+        no process of the node (a pod's shim included) and no link of it (the bridges, and with
+        them the routes of the pod and LoadBalancer ranges). Without the node bridge, a packet
+        to a LoadBalancer address takes the default route, out of the machine: only the guard
+        stops it. While one is left the guard stays, reported as left with the rest, and the
+        node's folder with it, for the next `down`."""
+        routing = [f"link {link}" for link in network.links_left()]
+        routing += [f"process {name}" for name in self.state.running()]
+        routing += [f"process {pid}" for pid in process.find(str(self.layout.containerd_socket))]
+        if routing:
+            raise RuntimeError(f"kept while these route traffic: {', '.join(routing)}")
+        guard.remove()
 
     def _stop_shims(self) -> None:
         """containerd's shims, found by the socket they were given (`-address`): not every

@@ -8,8 +8,10 @@ registry (e2e/images.py); the database claims are bound to local volumes on the 
 
 Every process the suite starts is stopped, and every rule and mount it made removed, when the
 session ends, whether the tests passed, failed or were interrupted: the same teardown (one
-ExitStack) runs on SIGTERM and at interpreter exit (node first, then the control plane, then the
-images).
+ExitStack, node first, then the control plane, then the images) runs once, at the session's end
+or at interpreter exit. A SIGTERM interrupts the session as a Ctrl-C does (KeyboardInterrupt):
+the test running unwinds (its load loops stop), no other test runs, and the session's end runs
+the teardown, with SIGINT and SIGTERM held back until it is done.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -75,27 +79,71 @@ def secrets() -> dict[str, str]:
 
 
 # What the session started, stopped in reverse order exactly once (e2e/cluster.py `bring_up`
-# pushes each part's teardown): by the environment fixture, on SIGTERM or at interpreter exit,
-# whichever comes first.
+# pushes each part's teardown), by `close_teardown`: at the session's end (the environment
+# fixture's) or at interpreter exit, whichever comes first.
 TEARDOWN = contextlib.ExitStack()
+# The signals that end the session; held back while its teardown runs.
+STOPPING: Final = frozenset({signal.SIGINT, signal.SIGTERM})
+# Set while `close_teardown` runs.
+CLOSING = threading.Event()
+
+
+def close_teardown() -> None:
+    """Run the session's teardown, not re-entered, with SIGINT and SIGTERM blocked until it has
+    ended: a signal then cannot cut a node's `down` between two steps (its kubelet stopped, its
+    egress guard and kernel settings not yet put back). A signal that came meanwhile asked for
+    what has just been done, the session's end: it is taken off, and said on stderr, rather
+    than raised out of pytest's own end of the session."""
+    if CLOSING.is_set():
+        return
+    CLOSING.set()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)
+    try:
+        TEARDOWN.close()
+    finally:
+        while (came := signal.sigtimedwait(STOPPING, 0)) is not None:
+            name = signal.Signals(came.si_signo).name
+            print(
+                f"e2e: {name} during the session's teardown: held back until it ended",
+                file=sys.stderr,
+            )
+        CLOSING.clear()
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGINT and SIGTERM during the session: a KeyboardInterrupt, which pytest takes as the end
+    of the session (a SystemExit would be one failed test, and the next would run on a cluster
+    torn down): the running test unwinds, its `with Load(...)` blocks stop their requests, and
+    the session's end runs the teardown once. Nothing while the teardown runs: the signal
+    is blocked in the main thread then, and one that another thread took is dropped here."""
+    if not CLOSING.is_set():
+        raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM handled by `on_stop_signal`, the teardown run at interpreter exit, both
+    as before once the block ends."""
+    atexit.register(close_teardown)
+    previous = {signum: signal.getsignal(signum) for signum in STOPPING}
+    for signum in STOPPING:
+        signal.signal(signum, on_stop_signal)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        atexit.unregister(close_teardown)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _teardown_on_signal() -> Iterator[None]:
-    atexit.register(TEARDOWN.close)
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        TEARDOWN.close()
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        TEARDOWN.close()
-        signal.signal(signal.SIGTERM, previous)
-        atexit.unregister(TEARDOWN.close)
+    with stop_signals_interrupt():
+        try:
+            yield
+        finally:
+            close_teardown()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -132,9 +180,12 @@ def environment(bin_dir: Path) -> Iterator[cluster.Environment]:
         for command, runs in sorted(env.workspace.spent.items()):
             TIMINGS[f"pulumi {command}: {len(runs)} runs, in all"] = sum(runs)
     finally:
-        TEARDOWN.close()
-        if not left:
-            shutil.rmtree(root)
+        try:
+            close_teardown()
+        finally:
+            # Not when a step was interrupted or failed: `left` says so.
+            if not left:
+                shutil.rmtree(root)
     assert left == [], f"the teardown left: {left}; kept {root} (python -m e2e.cluster down)"
 
 

@@ -17,6 +17,7 @@ import subprocess
 import tarfile
 import threading
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -380,3 +381,73 @@ def test_down_removes_the_cni_chains_another_cni_user_shares_only_when_it_is_gon
 
     assert {table: sorted(names) for table, names in calls["-X"].items()} == removed
     assert {table: sorted(chains) for table, chains in calls["-D"].items()} == deleted
+
+
+class DownRecorder:
+    """The machine as the node's `down` acts on it, recorded: each removal's name, in order; the
+    node's links there until `remove_links`, unless `links_stay`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, links_stay: bool = False) -> None:
+        self.done: list[str] = []
+        self.links = list(network.LINKS)
+        self.links_stay = links_stay
+        for module, name in [
+            (rules, "remove_chains"),
+            (rules, "remove_ipsets"),
+            (rules, "remove_nft_tables"),
+            (host, "restore_sysctls"),
+            (kubelet, "remove_cgroups"),
+            (node_module.teardown, "remove_host_files"),
+            (process, "unmount_under"),
+        ]:
+            monkeypatch.setattr(module, name, self.recorder(name))
+        monkeypatch.setattr(guard, "remove", self.recorder("remove guard"))
+        monkeypatch.setattr(network, "remove_links", self.remove_links)
+        monkeypatch.setattr(network, "links_left", lambda: list(self.links))
+        monkeypatch.setattr(Node, "leftovers", lambda node: [f"link {x}" for x in self.links])
+
+    def recorder(self, name: str) -> Callable[..., None]:
+        return lambda *args: self.done.append(name)
+
+    def remove_links(self) -> None:
+        self.done.append("remove links")
+        if not self.links_stay:
+            self.links.clear()
+
+
+def a_node_to_take_down(tmp_path: Path) -> Node:
+    node = Node(ControlPlane(bin_dir=tmp_path / "bin", workdir=tmp_path / "cluster"))
+    node.layout.workdir.mkdir(parents=True)
+    node.state.save({"pids": {}, "sysctls": {"net/ipv4/ip_forward": "0"}})
+    node.s3.down = lambda: None  # type: ignore[method-assign]
+    return node
+
+
+def test_down_removes_the_egress_guard_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the links (the bridges, the pod and LoadBalancer routes) and the kernel settings:
+    with the node bridge gone, a LoadBalancer address is routed out by the default route."""
+    machine = DownRecorder(monkeypatch)
+    node = a_node_to_take_down(tmp_path)
+
+    assert node.down() == []
+
+    assert machine.done[-1] == "remove guard"
+    assert machine.done.index("remove links") < machine.done.index("restore_sysctls")
+    assert not node.layout.workdir.exists()
+
+
+def test_down_keeps_the_egress_guard_while_a_link_of_the_node_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machine = DownRecorder(monkeypatch, links_stay=True)
+    node = a_node_to_take_down(tmp_path)
+
+    left = node.down()
+
+    assert "remove guard" not in machine.done
+    assert left[0].startswith("remove guard: teardown failed: kept while these route traffic:")
+    assert f"link {addresses.POD_BRIDGE}" in left[0]
+    # Its record of the machine stays for the next `down`.
+    assert node.layout.state_file.exists()
