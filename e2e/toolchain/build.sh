@@ -51,6 +51,21 @@ ldstrip="-s -w"
 
 log() { printf '[e2e-toolchain] %s\n' "$*" >&2; }
 
+# One build at a time on a cache: two would build into the same tool folder (one removing it
+# under the other's go build, or marking a half-built one complete). A build.sh takes the lock
+# before its first build only (hold_lock, in `tool`), so that one that finds every tool built,
+# or may not build (MLSTACK_E2E_NO_BUILD), never waits for another's build; it is held until
+# this script and every process it started (a go build) have ended.
+lock_fd=""
+hold_lock() {
+  [[ -n $lock_fd ]] && return 0
+  exec {lock_fd}>"$cache_root/.lock"
+  if ! flock --nonblock "$lock_fd"; then
+    log "waiting for another build.sh on $cache_root to end"
+    flock "$lock_fd"
+  fi
+}
+
 # --- Installed binaries -------------------------------------------------------------------------
 declare -A adopted=()
 
@@ -184,8 +199,12 @@ tool() {
   out="$cache_root/tools/$fn-$(printf '%s' "$key" | sha256sum | cut -c1-12)"
   work="$out/work"
   if [[ ! -e "$out/.complete" ]]; then
-    local start=$SECONDS
     need_go "$name"
+    hold_lock
+  fi
+  # Looked at again under the lock: another build.sh may have built it meanwhile.
+  if [[ ! -e "$out/.complete" ]]; then
+    local start=$SECONDS
     rm -rf "$out" && mkdir -p "$out/bin" "$work"
     "build_$fn"
     rm -rf "$work"

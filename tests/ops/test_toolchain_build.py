@@ -4,13 +4,16 @@ the wrapper's go.mod."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import fcntl
 from pathlib import Path
 from typing import Final
 
 import pytest
 
 from e2e import images
-from tests.ops.toolchain_stand_ins import VERSIONS, run_build
+from harness.poll import eventually
+from tests.ops.toolchain_stand_ins import VERSIONS, go_calls, run_build
 
 PULUMI: Final = VERSIONS["PULUMI_VERSION"]
 KUBE: Final = VERSIONS["KUBE_VERSION"]
@@ -172,3 +175,40 @@ def test_the_images_cache_is_in_the_toolchain_s_cache_folder(
     monkeypatch.delenv("MLSTACK_E2E_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert images.cache_dir() == tmp_path.resolve() / "home" / ".cache" / "mlstack-e2e" / "images"
+
+
+def test_one_build_at_a_time_on_a_cache(tmp_path: Path) -> None:
+    """A build.sh that must build while another holds the cache's lock waits for it before it
+    makes any tool folder: two would build into the same one."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    log = tmp_path / "second-build.log"
+    log.touch()
+    # The lock is let go before the pool waits for the second build, whatever fails first.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first build.sh, as it holds the lock
+        second = pool.submit(run_build, tmp_path, "probe", stderr=log)
+        eventually(lambda: "waiting for another build.sh" in log.read_text(), "the wait", 60)
+        assert not list((cache / "tools").glob("probe-*"))
+        assert not second.done()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        done = second.result()
+    assert done.returncode == 0, log.read_text()
+    assert [call[0] for call in go_calls(tmp_path / "bin")] == ["build"]
+    assert (Path(done.stdout.splitlines()[-1]) / "e2e-probe").exists()
+
+
+def test_a_look_that_builds_nothing_does_not_wait_for_another_build(tmp_path: Path) -> None:
+    """With every tool it asks for built, or with MLSTACK_E2E_NO_BUILD, a build.sh takes no lock:
+    `make test`'s look for a built tool, or a teardown's, runs beside CI's toolchain build."""
+    cache = tmp_path / "cache"
+    assert run_build(tmp_path, "probe").returncode == 0
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another build.sh, building something else
+        for done in (
+            run_build(tmp_path, "probe"),
+            run_build(tmp_path, "probe", MLSTACK_E2E_NO_BUILD="1"),
+        ):
+            assert done.returncode == 0, done.stderr
+            assert "waiting for another build.sh" not in done.stderr
+    assert [call[0] for call in go_calls(tmp_path / "bin")] == ["build"]

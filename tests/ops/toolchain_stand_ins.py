@@ -5,6 +5,7 @@ installed Go, Pulumi or tool of the machine takes part."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -72,11 +73,16 @@ def go_calls(folder: Path) -> list[list[str]]:
 
 
 def run_build(
-    tmp_path: Path, *tools: str, path: tuple[Path, ...] = (), **env: str
+    tmp_path: Path,
+    *tools: str,
+    path: tuple[Path, ...] = (),
+    stderr: Path | None = None,
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
     """`bash build.sh TOOLS...` with the stand-ins in tmp_path/bin (and the folders `path`) first
     on a PATH of /usr/bin and /bin, its cache and home in tmp_path, no $KUBEBUILDER_ASSETS unless
-    `env` names one, and `env` added."""
+    `env` names one, and `env` added; its stderr written to `stderr` as it comes when given
+    (the result's stderr is then None)."""
     bin_dir = tmp_path / "bin"
     if not (bin_dir / "go").exists():
         stand_in_go(bin_dir, tmp_path / "modules")
@@ -85,17 +91,20 @@ def run_build(
         for k, v in os.environ.items()
         if not k.startswith(("MLSTACK_E2E", "KUBEBUILDER", "PULUMI", "GO"))
     }
-    return subprocess.run(
-        ["bash", str(BUILD), *tools],
-        env={
-            **base,
-            "PATH": os.pathsep.join([*map(str, path), str(bin_dir), "/usr/bin", "/bin"]),
-            "HOME": str(tmp_path / "home"),
-            "MLSTACK_E2E_CACHE": str(tmp_path / "cache"),
-            **env,
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    with contextlib.ExitStack() as files:
+        errors = subprocess.PIPE if stderr is None else files.enter_context(stderr.open("w"))
+        return subprocess.run(
+            ["bash", str(BUILD), *tools],
+            env={
+                **base,
+                "PATH": os.pathsep.join([*map(str, path), str(bin_dir), "/usr/bin", "/bin"]),
+                "HOME": str(tmp_path / "home"),
+                "MLSTACK_E2E_CACHE": str(tmp_path / "cache"),
+                **env,
+            },
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            timeout=120,
+            check=False,
+        )
