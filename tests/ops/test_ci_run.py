@@ -126,3 +126,26 @@ def test_a_signal_during_make_test_stops_make_and_the_toolchain_build(
     assert not ignored & (1 << (signal.SIGINT - 1)), hex(ignored)
     pids = [*build_pids(ci), int((ci.parent / "make.pid").read_text())]
     eventually(lambda: not any(alive(pid) for pid in pids), "make and the build gone", 10)
+
+
+# The stand-in python3 (e2e.apt, the script's first step) notes the PATH it was given, and stops
+# the script there.
+NOTING_PYTHON: Final = """#!/bin/sh
+echo "$PATH" >"$CI_STATE/apt-path"
+exit 3
+"""
+
+
+@pytest.mark.skipif(
+    not os.access("/usr/local/go/bin/go", os.X_OK), reason="no Go in /usr/local/go on this machine"
+)
+def test_without_go_on_path_ci_takes_the_one_in_usr_local_go(ci: Path) -> None:
+    """As CI starts without a login shell's ~/.bashrc, which puts it on PATH."""
+    bin_dir = ci.parent / "bin"
+    (bin_dir / "go").unlink()
+    stand_in(bin_dir, "python3", NOTING_PYTHON)
+
+    done = run_ci(ci)
+
+    assert done.returncode == 3, done.stderr
+    assert (ci.parent / "apt-path").read_text().split(":")[0] == "/usr/local/go/bin"
