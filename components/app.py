@@ -355,18 +355,30 @@ def _gateway_service(app: _AppContext, image: pulumi.Input[str], db: Database) -
 
 
 def _api_server_endpoints(app: _AppContext) -> pulumi.Output[list[tuple[str, int]]]:
-    """Where a connection to the `kubernetes` Service is sent: read from the cluster at each
-    deploy (a control plane that moves shows in `make drift` and the next preview)."""
+    """Where a pod's connection to the `kubernetes` Service goes: the Service's own address and
+    port, and where it is sent (its EndpointSlice). Patroni connects to the Service's address;
+    a NetworkPolicy enforced after kube-proxy's rewrite sees the API server's, one enforced before
+    it (EKS's VPC CNI) the Service's. Read from the cluster at each deploy (a control plane that
+    moves shows in `make drift` and the next preview)."""
     api_server = k8s.discovery.v1.EndpointSlice.get(
         f"{app.name}-api-server", "default/kubernetes", opts=app.opts
+    )
+    service = k8s.core.v1.Service.get(
+        f"{app.name}-api-service", "default/kubernetes", opts=app.opts
     )
     # The typed outputs are read before `Output.all`, which would turn them into dicts.
     addresses = api_server.endpoints.apply(
         lambda endpoints: [a for endpoint in endpoints or [] for a in endpoint.addresses]
     )
     ports = api_server.ports.apply(lambda found: [port.port for port in found or []])
-    return pulumi.Output.all(addresses, ports).apply(
-        lambda found: api_server_addresses(found[0], found[1])
+    service_addresses = service.spec.apply(
+        lambda spec: list(spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else []))
+    )
+    service_ports = service.spec.apply(lambda spec: [port.port for port in spec.ports or []])
+    return pulumi.Output.all(addresses, ports, service_addresses, service_ports).apply(
+        lambda found: (
+            api_server_addresses(found[0], found[1]) + api_server_addresses(found[2], found[3])
+        )
     )
 
 
@@ -434,8 +446,13 @@ def _network_policies(app: _AppContext, repository: Repository | None) -> Networ
 
 
 def api_server_addresses(addresses: list[str], ports: list[int | None]) -> list[tuple[str, int]]:
-    """Every (address, port) pair of the API server's EndpointSlice."""
-    return [(address, port) for address in addresses for port in ports if port is not None]
+    """Every (address, port) pair of the API server's EndpointSlice, or of its Service."""
+    return [
+        (address, port)
+        for address in addresses
+        for port in ports
+        if port is not None and address not in ("", "None")
+    ]
 
 
 def load_balancer_host(status: k8s.core.v1.outputs.ServiceStatus | None) -> str | None:

@@ -37,8 +37,9 @@ class DnsPods:
 
 @dataclass(frozen=True)
 class ApiServerRoute:
-    """`source` pods may reach the API server: the addresses and ports of the `kubernetes`
-    Service's endpoints (where a connection to that Service is sent once translated)."""
+    """`source` pods may reach the API server: the `kubernetes` Service's own address and port,
+    and those of its endpoints (where a connection to that Service is sent once translated):
+    a policy is judged before the translation on some CNIs (EKS's), after it on others."""
 
     source: str
     endpoints: pulumi.Input[list[tuple[str, int]]]

@@ -57,8 +57,10 @@ LB_ADDRESS: Final = "203.0.113.10"
 # The AWS account and the EKS cluster's OIDC issuer the mocks answer with.
 AWS_ACCOUNT: Final = "123456789012"
 OIDC_ISSUER: Final = "oidc.eks.eu-west-1.amazonaws.com/id/0123456789ABCDEF0123456789ABCDEF"
-# The API server's address and port, as the `kubernetes` EndpointSlice gives them.
+# The API server's address and port, as the `kubernetes` EndpointSlice gives them, and the
+# address and port of the `kubernetes` Service itself.
 API_SERVER: Final = ("198.51.100.7", 6443)
+API_SERVICE: Final = ("10.96.0.1", 443)
 # Where the mocks send what the program logs through `pulumi.log` (it propagates as usual).
 ENGINE_LOG: Final = logging.getLogger("harness.engine")
 
@@ -159,7 +161,12 @@ class ProgramRun:
     secret_outputs: set[str] = field(default_factory=set)
 
     def of_kind(self, kind: str) -> list[Registered]:
-        return [r for r in self.resources if r.type.startswith("kubernetes:") and r.kind == kind]
+        """The Kubernetes objects of `kind` the program makes (not those it only reads)."""
+        return [
+            r
+            for r in self.resources
+            if r.type.startswith("kubernetes:") and r.kind == kind and not r.read
+        ]
 
     def one(self, kind: str, name: str) -> Registered:
         found = [r for r in self.of_kind(kind) if r.metadata.get("name") == name]
@@ -229,6 +236,16 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def _computed(  # noqa: PLR0911 - one answer per resource type
         self, typ: str, name: str, inputs: dict[str, Any]
     ) -> dict[str, Any]:
+        if typ == "kubernetes:core/v1:Service" and name.endswith("-api-service"):
+            address, port = API_SERVICE
+            return {
+                "spec": {
+                    "type": "ClusterIP",
+                    "clusterIP": address,
+                    "clusterIPs": [address],
+                    "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+                }
+            }
         if typ == "kubernetes:core/v1:Service":
             spec = inputs.get("spec") or {}
             if spec.get("type") == "LoadBalancer" and self.load_balancer_ready:

@@ -27,9 +27,11 @@ def test_one_file_per_kubernetes_object_only(prod: Path) -> None:
     assert {p.name for p in prod.glob("*.yaml")} == expected
     # docker, gcp and the provider are not Kubernetes objects.
     assert any(not r.type.startswith("kubernetes:") for r in run.resources)
-    # What the program reads from the cluster (the API server's EndpointSlice) is not its own.
-    assert [r.kind for r in run.resources if r.read] == ["EndpointSlice"]
+    # What the program reads from the cluster (the API server's EndpointSlice, the `kubernetes`
+    # Service) is not its own.
+    assert sorted(r.kind for r in run.resources if r.read) == ["EndpointSlice", "Service"]
     assert not list(prod.glob("endpointslice-*.yaml"))
+    assert not list(prod.glob("service-kubernetes.yaml"))
 
 
 def test_objects_are_plain_manifests_with_integers(prod: Path) -> None:

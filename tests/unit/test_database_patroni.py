@@ -19,6 +19,7 @@ from components.backup_repository.gcs_bucket import METADATA_ROUTE_NAME
 from components.image import SERVICES_DIR
 from harness.program import (
     API_SERVER,
+    API_SERVICE,
     TEST_SECRETS,
     ProgramRun,
     run_program,
@@ -136,10 +137,11 @@ def test_the_database_pods_are_the_only_ones_with_a_token(stack_run: ProgramRun)
 def test_the_api_server_is_reached_by_the_database_alone_at_its_own_address(
     stack_run: ProgramRun,
 ) -> None:
-    (read,) = [r for r in stack_run.resources if r.read]
-    assert read.type == "kubernetes:discovery.k8s.io/v1:EndpointSlice"
+    """At the API server's address and at the `kubernetes` Service's, which Patroni connects to:
+    a policy enforced before kube-proxy's rewrite (EKS's VPC CNI) judges the Service's."""
+    read = sorted(r.type for r in stack_run.resources if r.read)
+    assert read == ["kubernetes:core/v1:Service", "kubernetes:discovery.k8s.io/v1:EndpointSlice"]
     policy = stack_run.one("NetworkPolicy", "database-to-api-server").inputs["spec"]
-    address, port = API_SERVER
     assert policy == {
         "podSelector": {"matchLabels": match(stack_run)},
         "policyTypes": ["Egress"],
@@ -148,6 +150,7 @@ def test_the_api_server_is_reached_by_the_database_alone_at_its_own_address(
                 "to": [{"ipBlock": {"cidr": f"{address}/32"}}],
                 "ports": [{"port": port, "protocol": "TCP"}],
             }
+            for address, port in sorted([API_SERVICE, API_SERVER])
         ],
     }
     # Every other way out leads to pods the stack names (or the cluster's DNS), no address, but
