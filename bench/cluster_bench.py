@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import RESULTS
-from e2e.cluster import FOLDERS, LocalCluster
+from e2e.cluster import LocalCluster, no_cluster
 from e2e.controlplane import ControlPlane
 from e2e.node import Node
 from e2e.workspace import PulumiWorkspace
@@ -42,12 +42,8 @@ class ClusterBench:
 
     def __init__(self, workdir: Path) -> None:
         """Stops the benchmark, in one line, when `workdir` holds no such cluster."""
-        missing = [f"{name}/" for name in FOLDERS if not (workdir / name).is_dir()]
-        if missing:
-            raise SystemExit(
-                f"{workdir} holds no cluster (no {', '.join(missing)}): `make e2e-cluster` "
-                "starts one there (E2E_CLUSTER_DIR; the benchmark's --dir)"
-            )
+        if (absent := no_cluster(workdir)) is not None:
+            raise SystemExit(f"{absent}; the benchmark's --dir")
         cluster = LocalCluster(workdir)
         self.kube: ControlPlane = cluster.plane()
         self.node = Node(self.kube)

@@ -11,6 +11,8 @@ stack initialised in a workspace (e2e/workspace.py); here it is then deployed by
                                                          # KUBECONFIG, gateway URL, API key
     python -m e2e.cluster down DIR   # stop everything and remove every rule, mount and process
     python -m e2e.cluster check [--database-replicas N]    # the settings of `up` only
+    python -m e2e.cluster tool DIR MODULE [ARG...]   # tools/MODULE on the stack `e2e` of DIR's
+                                                     # cluster, as make runs it on a stack
 
 N is the database's instance count, 1 (the default) to components.database.MAX_REPLICAS.
 """
@@ -396,6 +398,34 @@ class LocalCluster:
             self.workdir.rmdir()
 
 
+def no_cluster(workdir: Path) -> str | None:
+    """Why `workdir` holds no cluster `up` left there, or None when it holds one."""
+    missing = [f"{name}/" for name in FOLDERS if not (workdir / name).is_dir()]
+    if not missing:
+        return None
+    return (
+        f"{workdir} holds no cluster (no {', '.join(missing)}): `make e2e-cluster` starts one "
+        "there (E2E_CLUSTER_DIR)"
+    )
+
+
+# What a tool run on the cluster may take: a restore's wait for its instances included.
+TOOL_SECONDS: Final = 3600
+
+
+def run_tool(workdir: Path, module: str, arguments: Sequence[str]) -> int:
+    """tools.`module` run with `arguments` on the cluster `up` left in `workdir`, as a make
+    target runs it on a stack: its output passed on, its exit status returned."""
+    if (absent := no_cluster(workdir)) is not None:
+        print(f"e2e cluster: {absent}", file=sys.stderr)
+        return 2
+    cluster = LocalCluster(workdir)
+    done = cluster.workspace(cluster.plane()).tool(module, *arguments, timeout=TOOL_SECONDS)
+    print(done.stdout, end="", flush=True)
+    print(done.stderr, end="", file=sys.stderr, flush=True)
+    return done.returncode
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -405,11 +435,27 @@ def main(argv: Sequence[str]) -> int:
     down = commands.add_parser("down", help="stop and remove everything `up` made")
     down.add_argument("dir", type=Path)
     check = commands.add_parser("check", help="check the settings of `up`; start nothing")
+    tool = commands.add_parser(
+        "tool",
+        help="run tools.MODULE (`make switchover`'s database_switchover, `backup` and "
+        "`restore`'s database_backup, `drift`'s drift) with the cluster's Pulumi CLI, backend "
+        "and kubeconfig, on its stack `e2e`",
+    )
+    tool.add_argument("dir", type=Path)
+    tool.add_argument("module")
+    tool.add_argument("arguments", nargs=argparse.REMAINDER)
     for command in (up, check):
         command.add_argument(
             "--database-replicas", default="1", metavar="N", help="the database's instances"
         )
     args = parser.parse_args(argv)
+    if args.command == "tool":
+        return run_tool(args.dir.resolve(), args.module, args.arguments)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`up`, `down` or `check`, as main parsed them."""
     replicas = 1
     if args.command in ("up", "check"):
         # Checked before anything starts: one line, no usage.

@@ -54,6 +54,6 @@ def test_a_cluster_benchmark_without_a_cluster_says_so_in_one_line(
     said = [line for line in done.stderr.splitlines() if not line.startswith("make: ***")]
     assert said == [
         f"{tmp_path} holds no cluster (no pulumi/, cluster/, images/): `make e2e-cluster` starts "
-        "one there (E2E_CLUSTER_DIR; the benchmark's --dir)"
+        "one there (E2E_CLUSTER_DIR); the benchmark's --dir"
     ]
     assert not list(tmp_path.iterdir())

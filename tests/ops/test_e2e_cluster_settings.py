@@ -145,3 +145,52 @@ def test_up_in_a_folder_holding_a_cluster_touches_nothing(
     with pytest.raises(RuntimeError, match="holds a cluster already"):
         LocalCluster(tmp_path).up()
     assert (tmp_path / folder / "state").is_dir()
+
+
+class ToolCluster:
+    """Stands in for LocalCluster in `tool`: the workspace's `tool` call it was asked for, and
+    an answer as `PulumiWorkspace.tool` gives one."""
+
+    calls: ClassVar[list[tuple[str, tuple[str, ...]]]] = []
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+
+    def plane(self) -> str:
+        return "plane"
+
+    def workspace(self, plane: str) -> ToolCluster:
+        assert plane == "plane"
+        return self
+
+    def tool(self, module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        ToolCluster.calls.append((module, args))
+        return subprocess.CompletedProcess([module, *args], 3, "said\n", "warned\n")
+
+
+def test_tool_runs_a_make_targets_tool_on_the_clusters_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make switchover STACK=e2e` has no stack file to read here: the cluster's folder holds
+    the stack, and `tool` runs the same code with its CLI, backend and kubeconfig."""
+    for folder in cluster.FOLDERS:
+        (tmp_path / folder).mkdir()
+    ToolCluster.calls = []
+    monkeypatch.setattr(cluster, "LocalCluster", ToolCluster)
+
+    status = cluster.main(["tool", str(tmp_path), "database_switchover", "--stack", "e2e"])
+
+    assert status == 3
+    assert ToolCluster.calls == [("database_switchover", ("--stack", "e2e"))]
+    assert capsys.readouterr() == ("said\n", "warned\n")
+
+
+def test_tool_without_a_cluster_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cluster.main(["tool", str(tmp_path), "drift", "--stack", "e2e"]) == 2
+    assert capsys.readouterr() == (
+        "",
+        f"e2e cluster: {tmp_path} holds no cluster (no pulumi/, cluster/, images/): "
+        "`make e2e-cluster` starts one there (E2E_CLUSTER_DIR)\n",
+    )
