@@ -4,12 +4,12 @@ is away in /metrics and in GET /dependencies on the metrics port. /readyz asks n
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from harness.http import Reply, request
+from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer
 from harness.services import SETOSA, ServiceProcess, start_gateway, start_model
@@ -114,7 +114,11 @@ def test_a_flood_of_readiness_probes_is_answered_while_postgresql_hangs_and_its_
         with ThreadPoolExecutor(max_workers=16) as pool:
             # Writes that hang on the frozen server hold every connection of the pool.
             writes = [pool.submit(predict, gateway.url, [SETOSA]) for _ in range(4)]
-            time.sleep(0.5)
+            eventually(
+                lambda: metric(gateway, "mlstack_gateway_requests_in_flight") == len(writes),
+                "the writes hanging on the frozen server",
+                10,
+            )
             probes = [
                 pool.submit(request, "GET", gateway.url + "/readyz", None, None, 2.0)
                 for _ in range(200)

@@ -147,7 +147,7 @@ def many_sockets() -> Iterator[None]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_2000_idle_sockets_are_closed_within_the_default_header_timeout(
+def test_2000_idle_sockets_are_closed_by_the_default_header_timeout(
     model_server: ServiceProcess, log_dir: Path, many_sockets: None
 ) -> None:
     gateway = start_gateway(model_server.url, log_dir)

@@ -55,6 +55,8 @@ def on_standby(standby: PostgresServer, request_id: str) -> bool:
 
 
 def test_an_empty_history_is_read_from_the_standby(gateway: ServiceProcess) -> None:
+    """The module's first test, on purpose: its gateway and database are the module's, and the
+    tests after it write predictions into them."""
     lists: list[list[str]] = []
 
     def read_from_standby() -> bool:

@@ -16,7 +16,7 @@ from harness.poll import eventually
 from harness.ports import free_port
 from harness.postgres import PostgresServer, query
 from harness.services import SETOSA, ServiceProcess, start_gateway, start_model
-from tests.services.support import predict, silent_server, sqlite_file, stored
+from tests.services.support import metric, predict, silent_server, sqlite_file, stored
 
 
 def test_dead_model_gives_fast_503_then_recovers(model_dir: Path, log_dir: Path) -> None:
@@ -115,19 +115,29 @@ def test_acknowledged_predictions_survive_a_database_restart(
 
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
-            for _ in range(8):
-                pool.submit(client)
-            time.sleep(1.0)
-            postgres.stop("immediate")  # a crash: no shutdown checkpoint, recovery from WAL
-            time.sleep(0.5)
-            postgres.start()
-            restarted = time.monotonic()
-            time.sleep(1.5)
-            stop.set()
+            # The clients stop whatever fails here: the pool waits for them as it closes.
+            try:
+                for _ in range(8):
+                    pool.submit(client)
+                eventually(lambda: acknowledged, "a prediction before the crash", 30)
+                try:
+                    # A crash: no shutdown checkpoint, recovery from WAL.
+                    postgres.stop("immediate")
+                    time.sleep(0.5)
+                finally:
+                    postgres.start()  # the module's other tests share the server
+                restarted = time.monotonic()
+                # A bound on the wait only: how soon is not what this test is about.
+                eventually(
+                    lambda: any(at > restarted for at, _ in acknowledged),
+                    "a prediction acknowledged after the restart",
+                    60,
+                )
+            finally:
+                stop.set()
     finally:
         gateway.stop()
     assert set(failures) <= {503}
-    assert any(at > restarted for at, _ in acknowledged), "no prediction after the restart"
     ids = [request_id for _, request_id in acknowledged]
     assert stored(dsn, ids) == len(ids)
 
@@ -174,7 +184,12 @@ def test_sigterm_finishes_in_flight_requests(
     gateway = start_gateway(slow_model, log_dir, DATA_DIR=str(tmp_path), MODEL_TIMEOUT_SECONDS="3")
     with ThreadPoolExecutor(max_workers=1) as pool:
         in_flight = pool.submit(predict, gateway.url, [SETOSA, SETOSA])
-        time.sleep(0.4)
+        eventually(
+            lambda: metric(gateway, "mlstack_gateway_requests_in_flight") == 1,
+            "the request in flight",
+            10,
+            interval=0.02,
+        )
         gateway.signal(signal.SIGTERM)
         reply = in_flight.result(timeout=10)
     assert reply.status == 200
