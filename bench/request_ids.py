@@ -1,7 +1,9 @@
 """CPU per group commit into the gateway's SQLite table: random (v4) against time-ordered (v7) ids.
 
 The gateway's own schema, insert, file and connection (WAL, synchronous=FULL); commits of
-``--rows-per-commit`` rows until ``--rows`` rows are in; process CPU and wall time per commit.
+``--rows-per-commit`` rows until ``--rows`` rows are in; process CPU and wall time per commit,
+and each round's v7 over v4 (the machine is shared: a round's ratio, not its times, is the
+result), then the ratios' median.
 
     python -m bench.request_ids
 """
@@ -9,6 +11,7 @@ The gateway's own schema, insert, file and connection (WAL, synchronous=FULL); c
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -54,10 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         "v4 (random)": lambda: str(uuid.uuid4()),
         "v7 (time-ordered)": new_request_id,
     }
+    ratios: list[tuple[float, float]] = []
     for round_ in range(1, args.rounds + 1):
+        measured = []
         for name, make_id in kinds.items():
             cpu, wall = per_commit(make_id, args.rows, args.rows_per_commit)
+            measured.append((cpu, wall))
             print(f"round {round_} {name:18} {cpu:5.0f} µs CPU, {wall:5.0f} µs wall per commit")
+        (v4_cpu, v4_wall), (v7_cpu, v7_wall) = measured
+        ratios.append((v7_cpu / v4_cpu, v7_wall / v4_wall))
+        print(f"round {round_} v7 over v4: CPU {ratios[-1][0]:.3f}, wall {ratios[-1][1]:.3f}")
+    cpu_ratio = statistics.median(r[0] for r in ratios)
+    wall_ratio = statistics.median(r[1] for r in ratios)
+    print(f"median v7 over v4: CPU {cpu_ratio:.3f}, wall {wall_ratio:.3f}")
     return 0
 
 
