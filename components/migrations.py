@@ -31,9 +31,15 @@ from components.labels import labels, metadata
 # A failed try (the database not there within the command's own timeout, a node lost under it)
 # is made once more, in a new pod, before the Job fails.
 BACKOFF_LIMIT: Final = 1
-# The bound on the whole Job: two tries of the migrate command's at most 300 s each
-# (DATABASE_MIGRATE_TIMEOUT_SECONDS). It then fails by itself, with its reason.
-ACTIVE_DEADLINE_SECONDS: Final = 600
+# The migrate command's own bound (its DATABASE_MIGRATE_TIMEOUT_SECONDS, left at its default).
+MIGRATE_TIMEOUT_SECONDS: Final = 300
+# The bound on the whole Job: two tries of the migrate command, the Job controller's backoff
+# before the second (10 s) and each pod's start. Each try then ends by its own timeout, with its
+# reason in its log, before the deadline ends the Job.
+ACTIVE_DEADLINE_SECONDS: Final = 2 * MIGRATE_TIMEOUT_SECONDS + 60
+# pulumi-kubernetes' annotation: an object that is not ready (a Job failed) is replaced at the
+# next update rather than awaited again.
+REPLACE_UNREADY: Final = "pulumi.com/replaceUnready"
 # How long `pulumi up` waits for the Job: past its deadline, so that a Job that fails is reported
 # with the Job's own reason, not as the engine's timeout racing it (the provider's default for a
 # Job is 10 minutes, the deadline itself).
@@ -84,7 +90,13 @@ class SchemaMigrations(pulumi.ComponentResource):
         }
         job = k8s.batch.v1.Job(
             name,
-            metadata=metadata(args.name, args.namespace, args.name, args.stack),
+            metadata={
+                **metadata(args.name, args.namespace, args.name, args.stack),
+                # A Job that failed (the database away past its deadline, say) is replaced at the
+                # next `pulumi up`, which runs it again: without this, every later up would wait
+                # on the failed Job again and fail with it, until a `pulumi up --replace` by hand.
+                "annotations": {REPLACE_UNREADY: "true"},
+            },
             spec={
                 "backoff_limit": BACKOFF_LIMIT,
                 "active_deadline_seconds": ACTIVE_DEADLINE_SECONDS,

@@ -7,9 +7,10 @@ from dataclasses import fields
 import pytest
 from mlstack_common.env import SettingsError
 from mlstack_common.settings import ServiceSettings
-from mlstack_gateway.settings import GatewaySettings
+from mlstack_gateway.settings import GatewaySettings, MigrateSettings
 from mlstack_model.settings import ModelSettings
 
+from components import migrations
 from components.app import MODEL_NAME
 from tests.services.support import GATEWAY_REQUIRED
 
@@ -109,3 +110,9 @@ def test_a_word_neither_service_knows_is_refused_by_both(
 @pytest.mark.parametrize(("value", "on"), [("ON", True), ("no", False), ("", False), (" 1 ", True)])
 def test_access_log_takes_the_yes_and_no_words_of_every_flag(value: str, on: bool) -> None:
     assert ModelSettings.from_env({"ACCESS_LOG": value}).access_log is on
+
+
+def test_the_migrations_jobs_deadline_counts_the_migrate_commands_own_timeout() -> None:
+    """components/migrations.py sizes the Job's deadline on the command's default timeout."""
+    settings = MigrateSettings.from_env({"DATABASE_URL": "postgresql://owner@db/mlstack"})
+    assert settings.timeout_seconds == migrations.MIGRATE_TIMEOUT_SECONDS

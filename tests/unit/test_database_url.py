@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from asyncpg import connect_utils
 
-from components import app, database
+from components import app, database, migrations
 from components.stack_file import stacks
 from harness.program import TEST_SECRETS, ProgramRun, run_program, stack_config
 from tests.database_image import entrypoint_module
@@ -151,6 +151,23 @@ def test_pulumi_up_waits_for_the_migrations_job_past_its_deadline(stack_run: Pro
     waits = {operation: _seconds(value) for operation, value in job.custom_timeouts.items()}
     assert set(waits) == {"create", "update"}
     assert all(wait >= deadline + 60 for wait in waits.values()), (waits, deadline)
+
+
+def test_the_migrations_job_holds_two_whole_tries_and_is_replaced_once_failed(
+    stack_run: ProgramRun,
+) -> None:
+    """Each of the two tries ends by the migrate command's own timeout, its reason logged,
+    before the deadline; and a Job that failed is replaced by the next `pulumi up` (which runs
+    it again), rather than awaited again and failed with."""
+    job = stack_run.one("Job", app.MIGRATIONS)
+    spec = job.inputs["spec"]
+    tries = spec["backoffLimit"] + 1
+    controller_backoff = 10  # the Job controller's first backoff, before the second pod
+    assert spec["activeDeadlineSeconds"] > tries * migrations.MIGRATE_TIMEOUT_SECONDS + (
+        controller_backoff
+    )
+    assert "DATABASE_MIGRATE_TIMEOUT_SECONDS" not in env(pod_spec(job.inputs)["containers"][0])
+    assert job.metadata["annotations"] == {"pulumi.com/replaceUnready": "true"}
 
 
 def _seconds(duration: str) -> int:
