@@ -107,6 +107,27 @@ def test_one_keep_alive_connection_serves_consecutive_calls() -> None:
     assert asyncio.run(run()) == 1
 
 
+def test_a_connection_older_than_its_max_age_is_replaced_once_its_call_is_done() -> None:
+    """Under a load that never leaves one idle, a connection is still replaced once it is old:
+    a Service's pod added since gets a share of the calls only through new connections."""
+
+    async def run() -> tuple[int, int]:
+        async with origin(answer_all) as (server, url):
+            pool = HttpPool(url, max_connections=1, connect_timeout=1, max_age_seconds=0.2)
+            for _ in range(3):
+                await pool.request("GET", "/", timeout=1)
+            young = server.connections
+            await asyncio.sleep(0.3)  # past the age, give or take its tenth
+            for _ in range(3):
+                await pool.request("GET", "/", timeout=1)
+            await pool.close()
+            return young, server.connections
+
+    young, old = asyncio.run(run())
+    assert young == 1
+    assert old == 2
+
+
 def test_the_pool_never_opens_more_connections_than_its_limit() -> None:
     async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         while await read_request(reader) is not None:

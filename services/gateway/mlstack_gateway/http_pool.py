@@ -4,7 +4,11 @@ Why not aiohttp: with many calls in flight to the model server, aiohttp's client
 per call than the model server spends answering it, several times what this client costs (the
 measurement: bench/results/gateway.md). It does only what the gateway needs: one request at a
 time per connection, a body known up front, a response read whole (bounded in size),
-connections reused most-recently-used first and closed after ``idle_seconds`` unused.
+connections reused most-recently-used first and closed after ``idle_seconds`` unused, or once
+they are ``max_age_seconds`` old (give or take a tenth, so that a pool's connections do not all
+go at once). A Service's connections are spread over its pods as they are opened, not its
+requests: a pod added since (an autoscaler's) gets a share of a steady load only as connections
+made before it are replaced, which, under a load that never leaves one idle, is their age alone.
 
 A connect that has no answer within ``connect_timeout`` is not given up: another is begun beside
 it, and the first to complete is taken. A new connection to a Service's address is drawn to one
@@ -39,6 +43,7 @@ import asyncio
 import collections
 import fcntl
 import ipaddress
+import random
 import socket
 import ssl
 import struct
@@ -121,11 +126,16 @@ class _Connection(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
         self.idle_since = 0.0
+        # The loop's time past which the connection is closed once its call is done; none: never.
+        self.retire_at = float("inf")
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        if self._pool.max_age_seconds:
+            age = self._pool.max_age_seconds * random.uniform(0.9, 1.1)
+            self.retire_at = asyncio.get_running_loop().time() + age
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:
@@ -295,6 +305,7 @@ class HttpPool:
         max_connections: int,
         connect_timeout: float,
         idle_seconds: float = 30.0,
+        max_age_seconds: float = 0.0,
         user_agent: str = "mlstack-gateway",
         ack_timeout: float = 0.0,
         on_slow_connect: Callable[[], None] | None = None,
@@ -324,6 +335,8 @@ class HttpPool:
         # Called each time a connection is closed with its request unacknowledged.
         self._on_unacknowledged = on_unacknowledged
         self._idle_seconds = idle_seconds
+        # How old a connection may grow before it is closed once its call is done; 0: no bound.
+        self.max_age_seconds = max_age_seconds
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
         self._opening = 0
@@ -369,7 +382,7 @@ class HttpPool:
             conn = idle.pop()
             if conn.closed:
                 continue
-            if now - conn.idle_since > self._idle_seconds:
+            if now - conn.idle_since > self._idle_seconds or now >= conn.retire_at:
                 conn.close()
                 continue
             if answered_since is not None and conn.idle_since < answered_since:
@@ -525,8 +538,8 @@ class HttpPool:
             # Cancelled mid-call: the answer may still arrive, so the connection cannot be reused.
             conn.close()
             return
-        if self._closed:
-            conn.close()
+        if self._closed or loop.time() >= conn.retire_at:
+            conn.close()  # a waiter is woken to open another (_forget)
             return
         if self._wake_one(conn):
             return
