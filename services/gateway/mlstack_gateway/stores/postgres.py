@@ -44,7 +44,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -383,6 +383,13 @@ def _closed(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
 _closing: set[asyncio.Task[None]] = set()
 
 
+def _close_in_background(closing: Coroutine[Any, Any, None]) -> None:
+    """Run `closing` on its own, its task held in _closing until it ends: the caller goes on."""
+    task = asyncio.create_task(closing)
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
 async def _close_once_cancelled(pool: asyncpg.Pool, conn: asyncpg.pool.PoolConnectionProxy) -> None:
     """Close ``conn``, whose operation failed, once the server has acknowledged asyncpg's cancel
     of the statement it cut short, if any, or after _CANCEL_SECONDS; then give its slot back.
@@ -439,9 +446,7 @@ async def _on_connection(
         if closed:
             await pool.release(conn)  # nothing to do for a closed one but give its slot back
         else:
-            closing = asyncio.create_task(_close_once_cancelled(pool, conn))
-            _closing.add(closing)
-            closing.add_done_callback(_closing.discard)
+            _close_in_background(_close_once_cancelled(pool, conn))
         if closed and isinstance(exc, asyncpg.InternalClientError):
             raise asyncpg.ConnectionDoesNotExistError(
                 f"connection closed by the server (asyncpg: {exc})"
@@ -941,9 +946,7 @@ class PostgresStore:
         self._primary.failed(exc, asked_at)
         if self._pool is pool:  # not done already, by another request on the same pool
             self._pool = None
-            closing = asyncio.create_task(_close_pool(pool))
-            _closing.add(closing)
-            closing.add_done_callback(_closing.discard)
+            _close_in_background(_close_pool(pool))
             self._connecting = [task for task in self._connecting if not task.done()]
             self._connecting.append(asyncio.create_task(self._connect_primary()))
         return StoreUnavailableError("database not set up (awaiting its roles or migrations)")
