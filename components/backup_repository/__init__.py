@@ -32,14 +32,10 @@ def backup_repository(
     if backup is None:
         return None
     repository = backup.repository
-    if isinstance(repository, S3Repository):
-        from components.backup_repository.s3_endpoint import s3_endpoint_repository
+    if isinstance(repository, S3Repository | VolumeRepository):
+        from components.backup_repository.named import named_repository
 
-        return s3_endpoint_repository(config, backup, repository)
-    if isinstance(repository, VolumeRepository):
-        from components.backup_repository.volume import volume_repository
-
-        return volume_repository(config, backup, repository)
+        return named_repository(config, backup, repository)
     assert isinstance(repository, CloudBucket), repository
     if isinstance(config.cluster, GkeCluster):
         from components.backup_repository.gcs_bucket import gcs_bucket_repository
