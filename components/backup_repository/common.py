@@ -37,6 +37,16 @@ ROUTE_NAME: Final = "database-to-backup-repository"
 HTTPS_PORT: Final = 443
 
 
+@dataclass(frozen=True, kw_only=True)
+class BucketArgs:
+    """What every bucket the program creates takes: the Kubernetes ServiceAccount that acts with
+    its cloud identity (the database pods'), and whether `pulumi destroy` must leave it."""
+
+    namespace: str
+    service_account: str
+    protect: bool = False
+
+
 @dataclass(frozen=True)
 class Repository:
     """What the database needs of its backup repository."""

@@ -19,6 +19,7 @@ import pulumi_gcp as gcp
 from components import database
 from components.backup_repository.common import (
     RECOVERY_DAYS,
+    BucketArgs,
     Repository,
     bucket_name,
     cloud_bucket_repository,
@@ -47,16 +48,14 @@ def workload_identity_member(pool: str, namespace: str, account: str) -> str:
 
 
 @dataclass(frozen=True)
-class GcsBucketArgs:
+class GcsBucketArgs(BucketArgs):
+    """The ServiceAccount (BucketArgs) acts as the bucket's service account."""
+
     project: str
     region: str
     account_id: str
     # The cluster's Workload Identity pool (GkeStandardCluster): the binding waits for it.
     workload_pool: pulumi.Input[str]
-    # The Kubernetes ServiceAccount that acts as the bucket's service account.
-    namespace: str
-    service_account: str
-    protect: bool = False
 
 
 class GcsBackupBucket(pulumi.ComponentResource):

@@ -21,6 +21,7 @@ import pulumi_aws as aws
 from components import database
 from components.backup_repository.common import (
     RECOVERY_DAYS,
+    BucketArgs,
     Repository,
     bucket_name,
     cloud_bucket_repository,
@@ -76,14 +77,12 @@ def tls_only_policy(bucket_arn: str) -> str:
 
 
 @dataclass(frozen=True)
-class S3BucketArgs:
+class S3BucketArgs(BucketArgs):
+    """The ServiceAccount (BucketArgs) may assume the bucket's role."""
+
     # The cluster's IAM OIDC provider and issuer (EksManagedCluster).
     oidc_provider_arn: pulumi.Input[str]
     oidc_issuer: pulumi.Input[str]
-    # The Kubernetes ServiceAccount that may assume the bucket's role.
-    namespace: str
-    service_account: str
-    protect: bool = False
 
 
 class S3BackupBucket(pulumi.ComponentResource):
