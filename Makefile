@@ -89,4 +89,6 @@ test: $(TEST_TARGETS) ## everything CI runs
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort | column -t -s $$'\t'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort \
+		| awk -F'\t' '{ name[NR] = $$1; text[NR] = $$2; if (length($$1) > w) w = length($$1) } \
+			END { for (i = 1; i <= NR; i++) printf "%-" w "s  %s\n", name[i], text[i] }'
