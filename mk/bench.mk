@@ -12,7 +12,7 @@ bench: export MLSTACK_GHZ := $(abspath $(GHZ))
 
 $(GHZ):
 	@command -v go >/dev/null || { echo "bench: Go is needed to build ghz $(GHZ_VERSION)" >&2; exit 1; }
-	GOBIN=$(CURDIR)/build/tools go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+	GOBIN="$(CURDIR)/build/tools" go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
 $(MLSERVER_VENV)/.installed: bench/requirements-mlserver.txt
 	$(call pip_install,$(MLSERVER_VENV),-r bench/requirements-mlserver.txt)

@@ -30,7 +30,7 @@ def test_make_bench_runs_the_benchmarks_with_the_ghz_it_builds() -> None:
     (given,) = [line for line in done.stdout.splitlines() if line.startswith("MLSTACK_GHZ=")]
     ghz = Path(given.removeprefix("MLSTACK_GHZ="))
     assert ghz.is_absolute() and ghz.name == "ghz"
-    assert f"GOBIN={ghz.parent} go install github.com/bojand/ghz/cmd/ghz@" in done.stdout
+    assert f'GOBIN="{ghz.parent}" go install github.com/bojand/ghz/cmd/ghz@' in done.stdout
 
 
 def test_the_benchmarks_run_the_ghz_make_gives_them(
