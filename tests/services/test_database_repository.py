@@ -388,6 +388,64 @@ def test_a_time_just_before_a_failover_restores_what_the_promoted_standby_archiv
             standby.destroy()
 
 
+def test_a_promoted_standby_archives_what_its_primary_left_unarchived(tmp_path: Path) -> None:
+    """The primary's archive failing (its repository away, an archiver behind), its standby
+    receives the WAL by streaming, and marks each segment archived without archiving it. Once
+    promoted, `mlstack-database --archive-earlier-timelines` (its on_role_change callback)
+    archives the complete segments of the former timeline that pg_wal holds: a restore from the
+    backup before them to a time among them has every commit up to that time. Without it, the
+    archive stays without them for good, and the restore fails."""
+    with throwaway_postgres() as server:
+        repository = archiving(server)
+        write(server, "a0")
+        full_backup(repository)
+        standby = server.standby()
+        try:
+            archive = f"{repository.command} --pg1-path={standby.data} archive-push %p"
+            query(standby.dsn(), f"ALTER SYSTEM SET archive_command = '{archive}'")
+            query(standby.dsn(), "SELECT pg_reload_conf()")
+            query(server.dsn(), "ALTER SYSTEM SET archive_command = 'false'")
+            query(server.dsn(), "SELECT pg_reload_conf()")
+            write(server, "a1")
+            moment = now(server)
+            write(server, "a2")
+            for _ in range(3):
+                server.next_wal_segment()
+            wait_until(
+                lambda: (
+                    wrote(standby) == ["a0", "a1", "a2"]
+                    and query(standby.dsn(), "SELECT count(*) FROM filler")[0][0] == 3
+                ),
+                "the standby's replay",
+                30,
+                standby.log,
+            )
+            server.stop("immediate")  # the primary's node lost, its segments unarchived
+            standby.promote()
+            wait_until(
+                lambda: not query(standby.dsn(), "SELECT pg_is_in_recovery()")[0][0],
+                "the promotion",
+                60,
+                standby.log,
+            )
+            image = image_for(tmp_path / "image", standby)
+            done = subprocess.run(
+                [str(image.stand_ins / "mlstack-database"), "--archive-earlier-timelines"],
+                env={
+                    **image.env,
+                    "PATH": os.pathsep.join((str(repository.bin), image.env["PATH"])),
+                    "PGBACKREST_STANZA": STANZA,
+                    "PGBACKREST_PG1_PATH": str(standby.data),
+                },
+                capture_output=True, text=True, timeout=300, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert "segments of the timelines before 2" in done.stderr
+            assert restored(repository, moment, tmp_path) == ["a0", "a1"]
+        finally:
+            standby.destroy()
+
+
 @pytest.fixture(scope="module")
 def expired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
     """One full backup kept. On timeline 1: a0, backup E0, a1; T1; b0. The database restored to

@@ -347,13 +347,14 @@ def test_a_standby_s_callback_does_nothing(tmp_path: Path) -> None:
 def test_the_callback_waits_for_the_promotion_then_sets_the_roles(
     primary: PostgresServer, tmp_path: Path
 ) -> None:
-    """Patroni calls on_role_change as it promotes: the server may still be a standby."""
+    """Patroni calls on_role_change (mlstack-database-callback, which runs the roles script) as
+    it promotes: the server may still be a standby. Without backups, that is all it does."""
     server = primary.standby()
     try:
         image = image_for(tmp_path, server)
         callback = LocalProcess(
-            "mlstack-database-roles",
-            ["bash", str(BIN / "mlstack-database-roles"), "on_role_change", "primary",
+            "mlstack-database-callback",
+            ["bash", str(BIN / "mlstack-database-callback"), "on_role_change", "primary",
              database.SCOPE],
             tmp_path / "roles.log",
             env=image.env,

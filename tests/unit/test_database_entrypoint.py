@@ -564,6 +564,39 @@ def test_the_wal_kept_is_at_most_half_of_every_volume_the_program_deploys(
     assert kept_mb * 2**20 <= quantity_bytes(storage_size) / 2
 
 
+def test_the_earlier_timelines_segments_are_those_before_each_switch_point(
+    entrypoint: Entrypoint, tmp_path: Path
+) -> None:
+    """After a promotion to timeline 3 (history: 1 ended at 1/FF000028, 2 at 2/01000060), the
+    segments to archive are those of timelines 1 and 2 that end at or before their switch
+    point: not the one a switch point is in, not another branch's (timeline 4), not the new
+    timeline's, not a `.partial` or a history file."""
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    (pg_wal / "00000003.history").write_text(
+        "1\t1/FF000028\tno recovery target specified\n\n"
+        "2\t2/01000060\tno recovery target specified\n"
+    )
+    names = (
+        "0000000100000001000000FE",
+        "0000000100000001000000FF",  # the switch point's: 1/FF000000 to 2/00000000
+        "000000020000000200000000",
+        "000000020000000200000001",  # the switch point's
+        "000000020000000200000001.partial",
+        "000000030000000200000001",
+        "000000040000000200000000",
+        "00000002.history",
+    )
+    for name in names:
+        (pg_wal / name).write_bytes(b"")
+    found = entrypoint.earlier_segments(pg_wal, 3, 16 * 2**20)
+    assert [path.name for path in found] == [
+        "0000000100000001000000FE",
+        "000000020000000200000000",
+    ]
+    assert entrypoint.earlier_segments(pg_wal, 1, 16 * 2**20) == []
+
+
 def instance_parameters(
     entrypoint: Entrypoint, monkeypatch: pytest.MonkeyPatch, storage_size: str
 ) -> dict[str, Any]:
