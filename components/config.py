@@ -1095,6 +1095,21 @@ def _parse_images(section: _Section, cluster: ClusterConfig) -> ImagesConfig:
                 f"{_key(section.path(name))} is required when images.build is false: "
                 "give the image reference to deploy (tag@sha256:digest in production)"
             )
+        if build and ref:
+            raise _fail(
+                section.path(name),
+                ref,
+                "a reference is deployed only with images.build: false (with build true, the "
+                "program builds the image and deploys that): set images.build: false to deploy "
+                "the three references, or remove this one",
+            )
+    if not build and registry:
+        raise _fail(
+            section.path("registry"),
+            registry,
+            "images are pushed to a registry only when they are built (images.build: true); "
+            "with build false, each reference names its own registry: remove images.registry",
+        )
     if build and not registry and cluster.provider != "local":
         raise _fail(
             section.path("registry"),

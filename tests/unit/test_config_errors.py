@@ -21,6 +21,7 @@ from tests.certificates import pem_pair
 from tests.unit.configs import (
     BACKUP_TEST_SECRETS,
     EXISTING,
+    PREBUILT_IMAGES,
     S3,
     config_error,
     config_exit,
@@ -228,6 +229,22 @@ def test_a_volume_from_the_floor_up_is_deployed_at_its_size(size: str) -> None:
 def test_prebuilt_images_need_both_references() -> None:
     message = config_error(dev_with(images={"build": False, "gateway": "ghcr.io/x/gateway:1"}))
     assert message.startswith("mlstack:images.model is required when images.build is false")
+
+
+def test_a_reference_beside_built_images_is_refused_not_ignored() -> None:
+    """With images.build true the program deploys what it builds: a reference given beside it
+    (a reviewed digest, say) would be ignored without a word."""
+    message = config_error(dev_with(images={"gateway": "ghcr.io/x/gateway@sha256:" + "a" * 64}))
+    assert message.startswith('mlstack:images.gateway: "ghcr.io/x/gateway@sha256:aaaa')
+    assert "deployed only with images.build: false" in message
+
+
+def test_a_registry_beside_prebuilt_images_is_refused_not_ignored() -> None:
+    message = config_error(
+        dev_with(images={**PREBUILT_IMAGES, "registry": "registry.example.com/mlstack"})
+    )
+    assert message.startswith('mlstack:images.registry: "registry.example.com/mlstack"')
+    assert "remove images.registry" in message
 
 
 def test_built_images_need_a_registry_outside_the_local_cluster() -> None:
