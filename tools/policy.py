@@ -308,7 +308,12 @@ def scan_dockerfiles(files: Sequence[Path], checkov: Path = DEFAULT_CHECKOV) -> 
 
 def dockerfiles(checkov: Path = DEFAULT_CHECKOV) -> DockerfileReport:
     """The services' Dockerfiles, scanned, and any the program builds that is missing."""
-    found = sorted([*SERVICES_DIR.glob("Dockerfile*"), *SERVICES_DIR.glob("*/Dockerfile*")])
+    found = sorted(
+        path
+        for path in [*SERVICES_DIR.glob("Dockerfile*"), *SERVICES_DIR.glob("*/Dockerfile*")]
+        # A Dockerfile's own ignore file (<Dockerfile>.dockerignore) is no Dockerfile.
+        if path.suffix != ".dockerignore"
+    )
     report = scan_dockerfiles(found, checkov)
     expected = sorted({dockerfile(service) for service in SERVICES})
     report.missing = [path for path in expected if path not in found]
