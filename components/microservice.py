@@ -299,9 +299,9 @@ def _pod_spec(
         "termination_grace_period_seconds": grace,
         "containers": [container],
         "volumes": volumes,
-        "topology_spread_constraints": (
-            pod.spread(match, zones=args.zone_spread) if args.most_replicas > 1 else None
-        ),
+        # Whatever the count: a pod template that changed with it would roll every pod when
+        # `replicas` goes from one to more, or back, where only the count changes.
+        "topology_spread_constraints": pod.spread(match, zones=args.zone_spread),
     }
     return spec
 

@@ -130,6 +130,18 @@ def test_scale_down_stabilisation_comes_from_the_config() -> None:
     assert spec["minReplicas"] == 1
 
 
+@pytest.mark.parametrize("service", ["gateway", "model"])
+def test_a_fixed_count_from_one_to_two_changes_the_count_alone(service: str) -> None:
+    """The pod template is the same for one pod and for several: a new count scales, it does not
+    roll every pod."""
+    one, two = (
+        run_program("dev", dev_with(**{service: {"replicas": count}})).one("Deployment", service)
+        for count in (1, 2)
+    )
+    assert (one.inputs["spec"]["replicas"], two.inputs["spec"]["replicas"]) == (1, 2)
+    assert one.inputs["spec"]["template"] == two.inputs["spec"]["template"]
+
+
 def test_a_floor_of_one_under_autoscaling_still_plans_for_several_pods() -> None:
     # One pod now, up to three later: the disruption budget and the spreading must be there
     # before the autoscaler adds the second.
