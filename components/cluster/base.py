@@ -29,8 +29,13 @@ class Cluster(pulumi.ComponentResource):
         kubeconfig: pulumi.Input[str],
         context: str | None = None,
         depends_on: Sequence[pulumi.Resource] = (),
+        cluster_identifier: pulumi.Input[str] | None = None,
     ) -> None:
         """Create the provider from `kubeconfig` and register the component's outputs.
+
+        With `cluster_identifier` (what the cluster's state lives in), the provider, and every
+        object made through it, is replaced only when that changes: not when the kubeconfig
+        is unknown at preview because what writes it is replaced.
 
         Every application resource uses this provider, so it depends on the provider, and the
         provider on the cluster (through `kubeconfig`) and on `depends_on` (the nodes): on
@@ -42,6 +47,7 @@ class Cluster(pulumi.ComponentResource):
             f"{self._name}-k8s",
             kubeconfig=self.kubeconfig,
             context=context,
+            cluster_identifier=cluster_identifier,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on)),
         )
         self.register_outputs({"kubeconfig": self.kubeconfig})

@@ -135,4 +135,7 @@ class LocalK3sCluster(Cluster):
         # Pushes go to the published port; the registry container must be up first.
         self.image_registry = registry.id.apply(lambda _: f"localhost:{config.registry_port}")
         self.local_gateway_url = pulumi.Output.from_input(f"http://localhost:{config.http_port}")
-        self._finish(kubeconfig.kubeconfig)
+        # The cluster's state is in the k3s volume: a container replaced for a new k3s image or
+        # port keeps it, and its objects are updated, not replaced (which would fail: they are
+        # still there). A new volume is a new cluster.
+        self._finish(kubeconfig.kubeconfig, cluster_identifier=k3s_data.name)

@@ -77,6 +77,19 @@ def test_dev_runs_one_replica_of_each_on_a_local_cluster(dev: ProgramRun) -> Non
     assert budgets == ["database"]
 
 
+def test_the_local_cluster_s_objects_follow_its_k3s_volume_not_its_container(
+    dev: ProgramRun,
+) -> None:
+    """A k3s container replaced (a new image or port) leaves the kubeconfig unknown at preview,
+    and pulumi-kubernetes replaces a provider whose kubeconfig is unknown, and every object on
+    it, unless a cluster identifier stays the same: the volume the cluster's state is in."""
+    (volume,) = [
+        v for v in dev.by_type("docker:index/volume:Volume") if v.inputs["name"].endswith("-k3s")
+    ]
+    (provider,) = dev.by_type("pulumi:providers:kubernetes")
+    assert provider.inputs["clusterIdentifier"] == volume.inputs["name"] == "mlstack-dev-k3s"
+
+
 def test_prod_replicas_and_service_types_come_from_its_stack_file(prod: ProgramRun) -> None:
     config = stack_config("prod")
     for name in ("gateway", "model"):
