@@ -98,6 +98,13 @@ BACKUPS_TMP_VOLUME: Final = "backups-tmp"
 # How long a pod has to stop: Patroni shuts PostgreSQL down (fast) and, on the primary, hands
 # the leader lock over before it exits.
 STOP_SECONDS: Final = 60
+# How long a rolled instance stays Ready before the roll goes on to the next (the primary last):
+# Patroni's readiness answers once the instance streams, and the primary names it its
+# synchronous standby only at its next loop (loop_wait, 2 s) and a loop after that. A primary
+# stopped before then hands over to no one (a standby outside the synchronous set may not take
+# the lock) and takes it back once its own pod is up again: on two instances, a roll paused
+# writes for the primary's whole restart (README, "High availability").
+MIN_READY_SECONDS: Final = 10
 
 
 def connection_url(
@@ -412,6 +419,7 @@ class Database(pulumi.ComponentResource):
                 "selector": {"match_labels": match},
                 # Instances start together: Patroni, not start order, decides who leads.
                 "pod_management_policy": "Parallel",
+                "min_ready_seconds": MIN_READY_SECONDS,
                 "persistent_volume_claim_retention_policy": {
                     "when_deleted": "Retain",
                     "when_scaled": "Retain",

@@ -1497,9 +1497,12 @@ def test_4u_database_passwords_rotated_under_load_on_two_instances_roll_and_lose
     Secret's new values into database-0's pod and its password watch has set them, then
     database-1 streams and the roll goes on to database-0 (a switchover). The gateway pods roll
     too. `pulumi up` returns with every rollout ended; every request is answered 200 or 503 with
-    Retry-After; every prediction answered 200 is stored on both instances; the primary's roles
-    hold the new passwords (the owner's and the rewind role's the ones they had). The database
-    goes back to one instance at the end, as the stack began."""
+    Retry-After; every prediction answered 200 is stored on both instances; database-0 handed
+    the primary over to database-1 (the roll waits until database-1 has been Ready for
+    minReadySeconds, by then its synchronous standby: without that wait, database-0 stopped
+    before, took its lock back once its pod was up, and writes paused for its whole restart);
+    the primary's roles hold the new passwords (the owner's and the rewind role's the ones they
+    had). The database goes back to one instance at the end, as the stack began."""
     kube = control_plane
     ensure_database(workspace, kube, 2, primary=0)
     url = gateway_url(kube)
@@ -1532,6 +1535,7 @@ def test_4u_database_passwords_rotated_under_load_on_two_instances_roll_and_lose
         assert pod_uid(kube, instance) != uid, f"database-{instance} was not rolled"
     assert not gateway_uids(kube) & gateways, "the gateway pods were not rolled"
     primary = app.primary_instance(kube)
+    assert primary == 1, "the roll did not hand the primary over to database-1"
     roles = password_roles(kube, primary)
     current = stack_secrets()
     for role, key in DATABASE_PASSWORDS.items():

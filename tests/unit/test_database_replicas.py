@@ -41,6 +41,8 @@ def test_one_statefulset_of_the_instances_each_on_its_own_claim(three: ProgramRu
     assert spec["serviceName"] == database.HEADLESS_NAME
     # Patroni, not the start order, decides who leads; scaling down keeps the data.
     assert spec["podManagementPolicy"] == "Parallel"
+    # A roll goes on to the next instance only once the one before is the synchronous standby.
+    assert spec["minReadySeconds"] == database.MIN_READY_SECONDS >= 10
     assert spec["persistentVolumeClaimRetentionPolicy"] == {
         "whenDeleted": "Retain",
         "whenScaled": "Retain",
