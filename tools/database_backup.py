@@ -35,6 +35,10 @@ repository of the one before: `restore` brings that database back).
    request. A failure or Ctrl-C from step 5 on leaves the request where it is (without it, an
    instance that starts would make a new, empty database) and prints what was left and the
    commands to look at it, go on or roll back.
+
+SIGTERM and SIGHUP (a dropped SSH session) interrupt either command as Ctrl-C does. Before step
+4 an interruption ends `restore` saying nothing was changed; from step 4 on they are held off
+but in its two waits, and after the first, until what it left is said.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from typing import Any, Final
 from components import database
 from components.stack_file import project_name
 from harness.poll import wait_until
+from harness.signals import Interrupted, held, interruptible, interrupting
 from tools.database_switchover import Instances, current_primary
 from tools.stack import Kubectl, Stack, StackError, database_replicas, read_stack
 
@@ -322,7 +327,10 @@ class Left:
 
 
 def describe(error: BaseException) -> str:
-    return "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
+    """An error's words, and an interruption's: `interrupted (SIGTERM)`."""
+    if isinstance(error, KeyboardInterrupt) and not isinstance(error, Interrupted):
+        return "interrupted"
+    return str(error)
 
 
 class Restore:
@@ -332,7 +340,11 @@ class Restore:
     Until the request exists, a failure undoes what was done: the instances were only scaled to
     0, and come back as they were. Once it exists, nothing here deletes it unless a restored
     primary answered: an instance that starts while it is there restores from the backups, and
-    never makes a new, empty database that would take the application's writes."""
+    never makes a new, empty database that would take the application's writes.
+
+    From its first change on, SIGINT, SIGTERM and SIGHUP are held off (harness/signals.py) but
+    in its two waits: a signal there is a failure as any other, and the scale back or the
+    message that says what was left is never cut by the next one."""
 
     def __init__(self, stack: Stack, kubectl: Kubectl, instances: Instances) -> None:
         self.stack = stack
@@ -344,21 +356,23 @@ class Restore:
 
     def run(self, request: Request) -> None:
         """The whole restore: stop, ask, start, wait, remove the request."""
-        self.stop()
-        self.make(request)
-        self.start(request)
-        self.finish(request)
+        with held():
+            self.stop()
+            self.make(request)
+            self.start(request)
+            self.finish(request)
 
     def stop(self) -> None:
         """Every instance stopped; on failure, the StatefulSet scaled back."""
         try:
             self.kubectl("scale", "statefulset", database.NAME, "--replicas=0")
-            wait_until(
-                lambda: not self.instances.snapshot().roles,
-                "the database's pods to stop",
-                STOP_SECONDS,
-                interval=POLL_SECONDS,
-            )
+            with interruptible():
+                wait_until(
+                    lambda: not self.instances.snapshot().roles,
+                    "the database's pods to stop",
+                    STOP_SECONDS,
+                    interval=POLL_SECONDS,
+                )
         except (StackError, RuntimeError, KeyboardInterrupt) as error:
             raise self.undone(describe(error)) from error
 
@@ -425,12 +439,13 @@ class Restore:
             return False
 
         try:
-            wait_until(
-                settled,
-                f"the instances restored to {request.target}",
-                RESTORE_SECONDS,
-                interval=POLL_SECONDS,
-            )
+            with interruptible():
+                wait_until(
+                    settled,
+                    f"the instances restored to {request.target}",
+                    RESTORE_SECONDS,
+                    interval=POLL_SECONDS,
+                )
         except (StackError, RuntimeError, KeyboardInterrupt) as error:
             left = Left(str(count), PatroniState.DELETED, started=True)
             raise self.unfinished(describe(error), request, left) from error
@@ -587,18 +602,19 @@ def restore(stack: Stack, moment: dt.datetime) -> Restored:
     target = recovery_target(moment)
     pending = pending_request(kubectl)
     if pending is not None:
-        if pending.target != target or not instances.count:
-            left = Left(str(instances.count), PatroniState.UNKNOWN, started=True)
-            why = (
-                f"{database.RESTORE_CONFIG_MAP} is there, for another time"
-                if pending.target != target
-                else f"{database.NAME} is scaled to 0 with {database.RESTORE_CONFIG_MAP} there"
-            )
-            raise run.unfinished(f"{why}: nothing was changed", pending, left)
-        # The same restore asked again: wait for it and finish it.
-        start = time.monotonic()
-        run.finish(pending)
-        return Restored(pending, time.monotonic() - start)
+        with held():
+            if pending.target != target or not instances.count:
+                left = Left(str(instances.count), PatroniState.UNKNOWN, started=True)
+                why = (
+                    f"{database.RESTORE_CONFIG_MAP} is there, for another time"
+                    if pending.target != target
+                    else f"{database.NAME} is scaled to 0 with {database.RESTORE_CONFIG_MAP} there"
+                )
+                raise run.unfinished(f"{why}: nothing was changed", pending, left)
+            # The same restore asked again: wait for it and finish it.
+            start = time.monotonic()
+            run.finish(pending)
+            return Restored(pending, time.monotonic() - start)
     if not instances.count:
         raise BackupError(
             f"{database.NAME} is scaled to 0 and no restore is pending: start it first "
@@ -648,24 +664,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     put_back.add_argument("--stack", required=True)
     put_back.add_argument("--time", required=True, type=point_in_time)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="mlstack-backup-") as tmp:
-        try:
-            if args.command == "restore":
-                not_after_now(args.time)
-            stack = read_stack(args.stack, Path(tmp))
-            if args.command == "backup":
-                print(backup(stack, args.type), end="")
-            else:
-                done = restore(stack, args.time)
-                print(
-                    f"restore: {stack.name}'s database is as it was at {args.time.isoformat()} "
-                    f"({done.describe()}); each volume keeps its former data as "
-                    f"pgdata.before-restore-{done.request.id} until it is removed (README, "
-                    '"Backups and restore")'
-                )
-        except (StackError, RuntimeError) as error:
-            print(f"{args.command}: error: {error}", file=sys.stderr)
-            return 1
+    # SIGTERM and SIGHUP (a dropped SSH session) interrupt it as Ctrl-C does.
+    with tempfile.TemporaryDirectory(prefix="mlstack-backup-") as tmp, interrupting() as held_off:
+        code = run_command(args, Path(tmp))
+    for name in held_off:
+        print(f"{args.command}: {name} held off until what is said above was done", file=sys.stderr)
+    return code
+
+
+def run_command(args: argparse.Namespace, folder: Path) -> int:
+    """`backup` or `restore` as `args` ask, its outcome printed; its exit status."""
+    try:
+        if args.command == "restore":
+            not_after_now(args.time)
+        stack = read_stack(args.stack, folder)
+        if args.command == "backup":
+            print(backup(stack, args.type), end="")
+        else:
+            done = restore(stack, args.time)
+            print(
+                f"restore: {stack.name}'s database is as it was at {args.time.isoformat()} "
+                f"({done.describe()}); each volume keeps its former data as "
+                f"pgdata.before-restore-{done.request.id} until it is removed (README, "
+                '"Backups and restore")'
+            )
+    except (StackError, RuntimeError) as error:
+        print(f"{args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as error:
+        # A restore's changes hold the signals off but in its waits, which say what they left:
+        # one that reaches here came before the first change.
+        said = describe(error)
+        if args.command == "restore":
+            said += " before the restore changed anything: nothing was changed"
+        print(f"{args.command}: error: {said}", file=sys.stderr)
+        return 1
     return 0
 
 

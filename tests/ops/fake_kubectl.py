@@ -18,13 +18,20 @@ cluster.json holds:
   or `*` for any; an answer with `advances` starts the states moving when it exits 0, one with
   `then` is that answer from the next run on;
 - `configmaps`: by name, `labels` and `data`: read by name, deleted by name or selector, made
-  from literals.
+  from literals;
+- `signals`: by the start of a command (its words after the namespace, joined by spaces), a
+  signal (`signal`, its name) sent once to this process's whole group, as a terminal sends
+  Ctrl-C or a hang-up, `before` the command changes anything or after it; then this kubectl
+  waits a moment, as a slow call would, and goes on unless the signal ends it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -145,6 +152,17 @@ def respond(cluster: dict[str, Any], command: list[str]) -> None:
         sys.exit("fake kubectl: unexpected " + " ".join(command))
 
 
+def signalled(cluster: dict[str, Any], command: list[str], *, before: bool) -> None:
+    """The group signalled, once, when `signals` names the start of `command` for this moment."""
+    called = " ".join(command)
+    for start, found in list(cluster.get("signals", {}).items()):
+        if called.startswith(start) and bool(found.get("before")) == before:
+            del cluster["signals"][start]
+            CLUSTER.write_text(json.dumps(cluster))
+            os.killpg(os.getpgrp(), signal.Signals[found["signal"]])
+            time.sleep(0.5)
+
+
 def main(args: list[str]) -> None:
     call: dict[str, Any] = {"args": args}
     if "--kubeconfig" in args:
@@ -155,8 +173,14 @@ def main(args: list[str]) -> None:
     namespace = args.index("--namespace")
     if args[namespace + 1] != cluster["namespace"]:
         sys.exit("fake kubectl: another namespace: " + args[namespace + 1])
-    respond(cluster, args[namespace + 2 :])
-    CLUSTER.write_text(json.dumps(cluster))
+    command = args[namespace + 2 :]
+    signalled(cluster, command, before=True)
+    try:
+        respond(cluster, command)
+        CLUSTER.write_text(json.dumps(cluster))
+    finally:
+        # After the command, whether it exits 0 (an exec's program) or not.
+        signalled(cluster, command, before=False)
 
 
 if __name__ == "__main__":

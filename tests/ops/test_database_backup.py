@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import shlex
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -23,6 +24,7 @@ import pytest
 from components import database
 from components.labels import labels
 from harness.poll import wait_until
+from harness.program import ROOT
 from tests.copies import copy_project, run_in
 from tests.ops.stack_fakes import NAMESPACE, SELECTOR, Fakes, roles, state
 from tools import database_backup as backups
@@ -108,11 +110,13 @@ class BackupFakes(Fakes):
         request: dict[str, str] | None = None,
         mark: dict[str, Any] | None = None,
         repository: dict[str, dict[str, Any]] | None = None,
+        signals: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """The cluster as `running` until a scale; then each phase's states, one per look.
         `request`: the data of a `database-restore` already there; `mark`: what the primary's
         committed transaction prints (the database's clock, NOW); `repository`: what
-        mlstack-database-repository answers, by its arguments (`*`: any)."""
+        mlstack-database-repository answers, by its arguments (`*`: any); `signals`: what
+        kubectl sends the tool's process group, by command (fake_kubectl.py)."""
         pending = {} if request is None else {RESTORE: {"labels": {}, "data": request}}
         self.write_cluster(
             phases={
@@ -123,6 +127,7 @@ class BackupFakes(Fakes):
             advancing=True,
             replicas=replicas,
             configmaps={**CONFIG_MAPS, **pending},
+            signals=signals or {},
             exec={"mlstack-database": {
                 " ".join(MARK[1:]): mark or answer(f"{NOW.timestamp():.6f}\n"),
             }, "pgbackrest": {
@@ -164,6 +169,8 @@ def fakes(cli_folder: Path, monkeypatch: pytest.MonkeyPatch) -> BackupFakes:
     # The waits' poll interval only: the tool's bounds and checks stay as they are.
     monkeypatch.setattr(backups, "POLL_SECONDS", 0.01)
     monkeypatch.setattr(backups, "now", lambda: NOW)
+    # The tool's scratch folder in the test's: one a test ends with SIGKILL stays there.
+    monkeypatch.setenv("TMPDIR", str(cli_folder))
     return BackupFakes(cli_folder)
 
 
@@ -806,6 +813,112 @@ def test_an_interrupted_wait_keeps_the_request(
     )
     assert fakes.request() == made(request)
     assert fakes.changes()[-1] == ["scale", "statefulset", "database", "--replicas=3"]
+
+
+# The signals that stop a run: Ctrl-C, `kill`'s default (or make passing on its own), and the
+# hang-up of a dropped SSH session.
+STOP_SIGNALS: Final = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+# Runs its arguments with SIGHUP ignored, as `nohup` does.
+IGNORING_SIGHUP: Final = (
+    "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
+def restore_in_own_group(*, nohup: bool = False) -> subprocess.CompletedProcess[str]:
+    """The tool run for real, in a process group of its own, as a terminal's foreground job: the
+    group is what the stand-in kubectl signals (and the tool's own kubectl calls are in it).
+    It starts with the stop signals' default handling, whatever this run inherited (a make in
+    the background ignores SIGINT, one under nohup SIGHUP), unless `nohup`."""
+    ignoring = [sys.executable, "-c", IGNORING_SIGHUP] if nohup else []
+    return subprocess.run(
+        ["env", "--default-signal=HUP,INT,TERM", *ignoring,
+         sys.executable, "-m", "tools.database_backup", "restore", "--stack", "prod",
+         "--time", "2026-12-04 22:30:00+01:00"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", STOP_SIGNALS)
+def test_a_signal_before_anything_changed_says_so_and_nothing_more(
+    name: str, fakes: BackupFakes
+) -> None:
+    """Interrupted while the repository is read (`choose` may take long): no traceback, no
+    change, and a message that says so."""
+    fakes.restore_cluster(signals={" ".join(chose()): {"signal": name}})
+    done = restore_in_own_group()
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr == (
+        f"restore: error: interrupted ({name}) before the restore changed anything: nothing was "
+        "changed\n"
+    )
+    assert fakes.changes() == [OWNER, MARKED, pgbackrest_in("database-1", "check"), chose()]
+
+
+def test_a_hang_up_under_nohup_is_ignored_as_nohup_asks(fakes: BackupFakes) -> None:
+    """A signal the tool began ignoring stays ignored: `nohup make restore ...` goes on."""
+    fakes.restore_cluster(signals={" ".join(chose()): {"signal": "SIGHUP"}})
+    done = restore_in_own_group(nohup=True)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert fakes.request() is None
+    assert fakes.current()["replicas"] == 3
+
+
+@pytest.mark.parametrize("name", STOP_SIGNALS)
+def test_a_signal_while_the_pods_stop_scales_them_back_and_a_second_one_waits(
+    name: str, fakes: BackupFakes
+) -> None:
+    """The first signal scales the StatefulSet back; a second one, while that runs (sent to the
+    whole group, the kubectl that scales back included), is held off until it is done: without
+    that, the StatefulSet stays at 0 replicas with no request, and `pulumi up` does not bring it
+    back (its state still holds the count)."""
+    fakes.restore_cluster(
+        signals={
+            "scale statefulset database --replicas=0": {"signal": name},
+            "scale statefulset database --replicas=3": {"signal": name, "before": True},
+        }
+    )
+    done = restore_in_own_group()
+    assert fakes.current()["replicas"] == 3, done.stderr
+    assert fakes.current()["configmaps"] == CONFIG_MAPS
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr == (
+        f"restore: error: interrupted ({name}); the restore did not start: database is scaled "
+        "back to 3 and nothing else was changed, so the database comes back as it was ("
+        + fakes.shown("get", "pods", "--selector", POD_SELECTOR)
+        + f")\nrestore: {name} held off until what is said above was done\n"
+    )
+
+
+@pytest.mark.parametrize("name", STOP_SIGNALS)
+def test_a_signal_while_the_instances_restore_keeps_the_request_and_says_so(
+    name: str, fakes: BackupFakes
+) -> None:
+    """A signal while the instances start: the start is not cut (the kubectl that scales is not
+    stopped half-way), and the wait that follows stops, leaving the request as Ctrl-C does."""
+    fakes.restore_cluster(
+        signals={"scale statefulset database --replicas=3": {"signal": name}},
+        starting=(STOPPED, state(roles("", "", ""))),
+    )
+    done = restore_in_own_group()
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    request = created_request(fakes)
+    assert fakes.request() == made(request)
+    assert fakes.current()["replicas"] == 3
+    lines = done.stderr.splitlines()
+    assert lines[:2] == [
+        f"restore: error: interrupted ({name}); restore {request} did not finish, and is left "
+        "as it is",
+        "  left: database at 3 replicas; Patroni's former state (its ConfigMaps) deleted; the "
+        f"request database-restore (id {request}, target {TARGET}) kept, so that an instance "
+        "that starts restores and never makes a new, empty database; each instance that started "
+        f"moved its former data to pgdata.before-restore-{request} on its volume "
+        "(/var/lib/postgresql/data), kept until removed by hand",
+    ], done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_pods_that_do_not_stop_are_started_again_and_nothing_else_changes(

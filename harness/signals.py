@@ -1,0 +1,117 @@
+"""The signals that ask a command to stop, as an operations tool that changes a cluster takes
+them: SIGINT (Ctrl-C), SIGTERM (`kill`, or make passing on its own) and SIGHUP (a terminal
+hung up: a dropped SSH session) are one interruption, an `Interrupted` (a KeyboardInterrupt)
+raised in the main thread; and a tool puts things back, or says what it left, with them held
+off.
+
+    with interrupting() as held_off:    # the whole command
+        read_what_is_there()            # an interruption here: nothing was changed
+        with held():                    # a change, and what undoes it, never cut half-way
+            change()
+            with interruptible():       # a long wait, which a signal may end
+                wait()
+    for name in held_off: ...           # what came while held, taken off: say so
+
+Held off, a signal is blocked, not ignored: it is kept until the end of `interrupting`'s
+block, and the commands started meanwhile inherit the block, so that a Ctrl-C, which the
+terminal sends to the whole foreground group, stops neither the tool nor the kubectl that puts
+a cluster back. After the first interruption, every later one is held off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+from types import FrameType
+from typing import Final
+
+STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+class Interrupted(KeyboardInterrupt):
+    """One of STOP_SIGNALS arrived: `interrupted (SIGTERM)`."""
+
+    def __init__(self, signum: int) -> None:
+        self.name = signal.Signals(signum).name
+        super().__init__(f"interrupted ({self.name})")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _State:
+    """The signals `interrupting` handles (not those the process began ignoring: nohup's
+    SIGHUP), and whether one has interrupted since it began. Signals are the process's: one."""
+
+    handled: frozenset[int] = frozenset()
+    interrupted = False
+
+
+_STATE: Final = _State()
+
+
+def _on_stop_signal(signum: int, _frame: FrameType | None) -> None:
+    """The first one: every stop signal held off from now on, then an Interrupted. A later one
+    that reaches Python all the same (one that came with it, handled in the same pass) is
+    dropped."""
+    if _STATE.interrupted:
+        return
+    _STATE.interrupted = True
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interrupting() -> Iterator[list[str]]:
+    """For the block, from the main thread: each stop signal the process does not ignore an
+    Interrupted. At its end, the handlers and the signal mask as they were, and the names of the
+    signals held off meanwhile (blocked, then taken off here, not delivered) in the list it
+    yields: they asked for what has just been done, the command's end."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    held_off: list[str] = []
+    _STATE.interrupted = False
+    _STATE.handled = frozenset(s for s, handler in previous.items() if handler != signal.SIG_IGN)
+    for signum in _STATE.handled:
+        signal.signal(signum, _on_stop_signal)
+    try:
+        yield held_off
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        while (came := signal.sigtimedwait(STOP_SIGNALS, 0)) is not None:
+            if came.si_signo in _STATE.handled:
+                held_off.append(signal.Signals(came.si_signo).name)
+        _STATE.handled, _STATE.interrupted = frozenset(), False
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """The stop signals held off for the block, in this thread and in the commands it starts.
+    One that came meanwhile stays held off until the end of `interrupting`'s block: the command
+    that was asked to stop goes on only to say what it did."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        if not signal.sigpending() & _STATE.handled:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Inside `held`, a block a stop signal may interrupt (a long wait): one held off before it
+    is raised as it begins. Nothing changes after the first interruption: held off it stays."""
+    if _STATE.interrupted:
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        # Interrupted inside, the signals stay held off (the handler blocked them).
+        keep: frozenset[int] = STOP_SIGNALS if _STATE.interrupted else frozenset()
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous | keep)
