@@ -22,7 +22,8 @@ repository of the one before: `restore` brings that database back).
    database is the one restored, from what its archive holds. Then, in the repository
    (`mlstack-database-repository choose`): the timeline the database was on at the time (after
    an earlier restore, not always the newest one) and a backup of that timeline's history that
-   ended in a second before the time's, or why there is none;
+   ended in a second before the time's, or why there is none. Last, in each instance, room on
+   its data volume for that backup's database and max_wal_size of WAL beside its own data;
 4. scale the StatefulSet to 0, and make the ConfigMap `database-restore` (a request id, the
    time, the timeline, the backup set and how far to recover): a failure until then scales
    the StatefulSet back, and nothing else has changed;
@@ -156,6 +157,95 @@ def mark_now(kubectl: Kubectl, primary: str, moment: dt.datetime) -> None:
             f"({present.isoformat(timespec='seconds')}): the archived WAL ends there, and a "
             "restore cannot reach a time after it (is this machine's clock ahead?); nothing "
             "else was changed"
+        )
+
+
+# The bytes of WAL a restored instance keeps as it replays (recovery restores each segment from
+# the archive into pg_wal, and its restartpoints, every max_wal_size, remove them), read from the
+# primary: the image sets it from the volume's size.
+WAL_SIZE: Final = (
+    "mlstack-database", "--psql", "--tuples-only", "--no-align",
+    "--command=SELECT pg_size_bytes(current_setting('max_wal_size'))",
+)  # fmt: skip
+# The free bytes of an instance's data volume, as the image's df (GNU coreutils) prints them.
+FREE_SPACE: Final = ("df", "--block-size=1", "--output=avail", database.MOUNT_PATH)
+
+
+def human(count: int) -> str:
+    """`count` bytes in binary units, for a message: `512 B`, `3.0 GiB`."""
+    size, unit = float(count), "B"
+    for larger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, larger
+    return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+def restored_size(kubectl: Kubectl, primary: str, label: str) -> int:
+    """The size of the database backup `label` holds: what a restore of it writes on a volume
+    (pgBackRest's `info.size`, the database's size, not the repository's compressed copy)."""
+    args = ("info", "--output=json", f"--set={label}")
+    try:
+        stanzas = json.loads(pgbackrest(kubectl, primary, *args))
+        [size] = {
+            int(found["info"]["size"])
+            for stanza in stanzas
+            for found in stanza.get("backup") or []
+            if found.get("label") == label
+        }
+    except (ValueError, KeyError, TypeError):
+        raise BackupError(
+            f"pgbackrest {' '.join(args)} in {primary} does not give the backup's size"
+        ) from None
+    return size
+
+
+def integer(kubectl: Kubectl, pod: str, argv: Sequence[str], what: str) -> int:
+    """The number the last line `argv` prints in `pod`'s postgres container is."""
+    result = kubectl.exec(pod, database.POSTGRES_CONTAINER, *argv)
+    lines = result.stdout.strip().splitlines()
+    try:
+        if result.returncode != 0 or not lines:
+            raise ValueError
+        return int(lines[-1].strip())
+    except ValueError:
+        raise BackupError(
+            f"{what} is not known ({argv[0]} failed: {last_line(result)}); nothing was changed"
+        ) from None
+
+
+def require_room(kubectl: Kubectl, instances: Instances, primary: str, label: str) -> None:
+    """Refuse a restore some instance's data volume has no room for. Each one moves its data
+    aside on that volume (a rename: no room taken), then writes the backup's whole database
+    beside it (the one that restores, and each copy of it), and keeps the WAL it replays up to
+    max_wal_size. More may be needed still (the tables the replay makes larger), never less: a
+    volume with less fails the restore at every start, with the StatefulSet at 0 and Patroni's
+    state gone."""
+    size = restored_size(kubectl, primary, label)
+    wal = integer(kubectl, primary, WAL_SIZE, f"{primary}'s max_wal_size")
+    needed = size + wal
+    short: list[str] = []
+    for index in range(instances.count):
+        pod = database.pod_name(index)
+        try:
+            free = integer(kubectl, pod, FREE_SPACE, f"the free space of {pod}'s data volume")
+        except BackupError as error:
+            # Its postgres container not running, say: a restore is what may mend it (its data
+            # is made anew), so it is not refused for that.
+            said = str(error).removesuffix("; nothing was changed")
+            print(f"restore: warning: {said}: not checked", file=sys.stderr)
+            continue
+        if free < needed:
+            short.append(f"of {pod} {'' if short else 'has '}{human(free)} ({free} bytes)")
+    if short:
+        raise BackupError(
+            f"the data volume ({database.MOUNT_PATH}) {', '.join(short)} free, and a restore "
+            f"needs {human(needed)} ({needed} bytes) on each: the {human(size)} of backup "
+            f"{label}'s database beside the data it moves aside, and {human(wal)} "
+            "(max_wal_size) of the WAL it replays; grow the volumes (a larger "
+            f"{project_name()}:database.storageSize, where their class allows it: "
+            'README, "Which class, and whether it grows") or remove the data earlier restores '
+            'left (README, "What it leaves on the volumes"), then restore; nothing was changed'
         )
 
 
@@ -646,6 +736,7 @@ def restore(stack: Stack, moment: dt.datetime) -> Restored:
         uuid.uuid4().hex[:12], target, str(chosen["timeline"]), str(chosen["set"]),
         str(chosen["type"]), str(chosen.get("xid") or ""),
     )  # fmt: skip
+    require_room(kubectl, instances, primary, request.set)
     start = time.monotonic()
     run.run(request)
     return Restored(request, time.monotonic() - start, chosen.get("archive_end"), owner.foreign)

@@ -16,7 +16,7 @@ cluster.json holds:
 - `target_ref`: whether endpoints name their pod;
 - `exec`: by program, what a run of it prints and exits with, by its arguments joined by spaces
   or `*` for any; an answer with `advances` starts the states moving when it exits 0, one with
-  `then` is that answer from the next run on;
+  `then` is that answer from the next run on, one with `pods` is, in a pod it names, that pod's;
 - `configmaps`: by name, `labels` and `data`: read by name, deleted by name or selector, made
   from literals;
 - `signals`: by the start of a command (its words after the namespace, joined by spaces), a
@@ -61,6 +61,7 @@ def answer(cluster: dict[str, Any], command: list[str]) -> NoReturn:
     found = answers.get(key)
     if found is None:
         sys.exit("fake kubectl: unexpected exec " + " ".join(argv))
+    found = found.get("pods", {}).get(command[1], found)
     print(found["stdout"], end="")
     print(found["stderr"], end="", file=sys.stderr)
     if found["exit"] == 0 and found.get("advances"):

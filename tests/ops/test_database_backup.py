@@ -74,6 +74,16 @@ FOREIGN: Final = {
     "repository": "7450000000000000001",
     "foreign": ADVICE,
 }
+# What `max_wal_size` is in bytes, as the primary answers (the image's, on a volume of 4Gi up).
+WAL_SIZE: Final = (
+    "mlstack-database", "--psql", "--tuples-only", "--no-align",
+    "--command=SELECT pg_size_bytes(current_setting('max_wal_size'))",
+)  # fmt: skip
+GIB: Final = 2**30
+# The free space of an instance's data volume, as df prints it there.
+DF: Final = ("df", "--block-size=1", "--output=avail", database.MOUNT_PATH)
+# The size of the chosen backup's database, which a restore writes on every volume.
+RESTORED_SIZE: Final = 3 * GIB
 CHOSEN: Final = {"timeline": 3, "set": "20261204-203000F", "type": "time", "xid": None,
                  "backup_stop": 1796416200, "archive_end": None}  # fmt: skip
 
@@ -90,6 +100,26 @@ def backup_info(*stops: tuple[dt.datetime, bool]) -> str:
 
 def answer(stdout: str = "", *, exit_code: int = 0, stderr: str = "") -> dict[str, Any]:
     return {"exit": exit_code, "stdout": stdout, "stderr": stderr}
+
+
+def chosen_info(size: int = RESTORED_SIZE) -> str:
+    """`pgbackrest info --output=json --set=<the chosen backup>`: its database's size."""
+    found = {"label": CHOSEN["set"], "type": "full", "error": False,
+             "info": {"size": size, "delta": size, "repository": {"size": size // 4}}}  # fmt: skip
+    return json.dumps([{"name": database.STANZA, "backup": [found]}])
+
+
+def free(available: int, **pods: int) -> dict[str, Any]:
+    """What df prints of the data volume: `available` bytes free, or in a pod named (`database_2=
+    ...`) its own."""
+
+    def printed(found: int) -> dict[str, Any]:
+        return answer(f"       Avail\n{found:12d}\n")
+
+    return {
+        **printed(available),
+        "pods": {pod.replace("_", "-"): printed(bytes_) for pod, bytes_ in pods.items()},
+    }
 
 
 class BackupFakes(Fakes):
@@ -111,12 +141,14 @@ class BackupFakes(Fakes):
         mark: dict[str, Any] | None = None,
         repository: dict[str, dict[str, Any]] | None = None,
         signals: dict[str, dict[str, Any]] | None = None,
+        df: dict[str, Any] | None = None,
     ) -> None:
         """The cluster as `running` until a scale; then each phase's states, one per look.
         `request`: the data of a `database-restore` already there; `mark`: what the primary's
         committed transaction prints (the database's clock, NOW); `repository`: what
         mlstack-database-repository answers, by its arguments (`*`: any); `signals`: what
-        kubectl sends the tool's process group, by command (fake_kubectl.py)."""
+        kubectl sends the tool's process group, by command (fake_kubectl.py); `df`: what df
+        prints of the data volumes (`free`; 8 GiB free on each)."""
         pending = {} if request is None else {RESTORE: {"labels": {}, "data": request}}
         self.write_cluster(
             phases={
@@ -130,8 +162,12 @@ class BackupFakes(Fakes):
             signals=signals or {},
             exec={"mlstack-database": {
                 " ".join(MARK[1:]): mark or answer(f"{NOW.timestamp():.6f}\n"),
+                " ".join(WAL_SIZE[1:]): answer(f"{GIB}\n"),
+            }, "df": {
+                " ".join(DF[1:]): df or free(8 * GIB),
             }, "pgbackrest": {
                 "check": answer(),
+                f"info --output=json --set={CHOSEN['set']}": answer(chosen_info()),
                 "info --output=json": answer(backup_info((MOMENT - dt.timedelta(hours=1), False))),
                 "info": answer(INFO_TEXT),
                 "backup --type=full": answer(),
@@ -196,6 +232,17 @@ OWNER: Final = repository_in("database-1", "owner")
 
 def chose(target: str = TARGET) -> list[str]:
     return repository_in("database-1", "choose", target)
+
+
+# What the restore looks at before it changes anything, once the backup is chosen: its size, the
+# WAL recovery keeps, and each instance's free space.
+ROOM: Final = [
+    pgbackrest_in("database-1", "info", "--output=json", f"--set={CHOSEN['set']}"),
+    ["exec", "database-1", "--container", "postgres", "--", *WAL_SIZE],
+    *(["exec", f"database-{i}", "--container", "postgres", "--", *DF] for i in range(3)),
+]
+# Every step before the first change.
+CHECKED: Final = [OWNER, MARKED, pgbackrest_in("database-1", "check"), chose(), *ROOM]
 
 
 # --- the time ------------------------------------------------------------------------------------
@@ -473,10 +520,7 @@ def test_restore_stops_asks_clears_and_starts_the_instances_again(
     # The request is made before Patroni's state is touched: were it refused, the former
     # cluster would still be whole.
     assert changes == [
-        OWNER,
-        MARKED,
-        pgbackrest_in("database-1", "check"),
-        chose(),
+        *CHECKED,
         ["scale", "statefulset", "database", "--replicas=0"],
         ["create", "configmap", "database-restore", f"--from-literal=id={request}",
          f"--from-literal=target={TARGET}", "--from-literal=timeline=3",
@@ -566,6 +610,71 @@ def test_restore_without_a_backup_for_the_time_touches_nothing(
     assert fakes.changes() == [OWNER, MARKED, pgbackrest_in("database-1", "check"), chose()]
 
 
+@pytest.mark.parametrize("short", [1, 2 * GIB], ids=["a-byte-short", "far-short"])
+def test_a_volume_without_room_for_a_second_copy_is_refused_before_anything_changes(
+    short: int, fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each instance moves its data aside on its volume and writes the backup's whole database
+    beside it, then keeps up to max_wal_size of WAL as it replays: a volume without that room
+    would fail there at every start, with the StatefulSet scaled to 0 and Patroni's state gone."""
+    needed = RESTORED_SIZE + GIB
+    fakes.restore_cluster(df=free(8 * GIB, database_2=needed - short))
+    code, out, err = restore(capsys)
+    assert (code, out) == (1, "")
+    assert fakes.changes() == CHECKED
+    shown = {1: "4.0 GiB", 2 * GIB: "2.0 GiB"}[short]
+    assert err == (
+        f"restore: error: the data volume (/var/lib/postgresql/data) of database-2 has {shown} "
+        f"({needed - short} bytes) free, and a restore needs 4.0 GiB ({needed} bytes) on each: "
+        "the 3.0 GiB of backup "
+        "20261204-203000F's database beside the data it moves aside, and 1.0 GiB (max_wal_size) "
+        "of the WAL it replays; grow the volumes (a larger mlstack:database.storageSize, where "
+        'their class allows it: README, "Which class, and whether it grows") or remove the data '
+        'earlier restores left (README, "What it leaves on the volumes"), then restore; nothing '
+        "was changed\n"
+    )
+
+
+def test_a_volume_with_just_the_room_a_restore_needs_is_restored(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.restore_cluster(df=free(RESTORED_SIZE + GIB))
+    code, _, err = restore(capsys)
+    assert (code, err) == (0, "")
+
+
+def test_every_instance_short_of_room_is_named(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes.restore_cluster(df=free(GIB, database_1=8 * GIB, database_2=512 * 2**20))
+    code, _, err = restore(capsys)
+    assert code == 1
+    assert err.startswith(
+        "restore: error: the data volume (/var/lib/postgresql/data) of database-0 has 1.0 GiB "
+        f"({GIB} bytes), of database-2 512.0 MiB ({GIB // 2} bytes) free, and a restore needs "
+        "4.0 GiB (4294967296 bytes) on each: "
+    ), err
+    assert fakes.changes() == CHECKED
+
+
+def test_a_volume_whose_free_space_cannot_be_read_is_said_and_not_checked(
+    fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An instance's postgres container not running (kubectl's words), say: a restore is what may
+    mend it (its data is made anew), so the restore goes on, saying what it did not check."""
+    refused = answer(
+        exit_code=1,
+        stderr='error: unable to upgrade connection: container not found ("postgres")\n',
+    )
+    fakes.restore_cluster(df={**free(8 * GIB), "pods": {"database-0": refused}})
+    code, _, err = restore(capsys)
+    assert code == 0
+    assert err == (
+        "restore: warning: the free space of database-0's data volume is not known (df failed: "
+        'error: unable to upgrade connection: container not found ("postgres")): not checked\n'
+    )
+
+
 def test_a_time_past_the_end_of_its_timeline_s_archive_says_all_of_it_was_restored(
     fakes: BackupFakes, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -600,7 +709,8 @@ def test_a_repository_of_another_database_is_restored_from_as_its_archive_ends(
     code, out, err = restore(capsys)
     assert (code, err) == (0, "")
     changes = fakes.changes()
-    assert changes[:3] == [OWNER, chose(), ["scale", "statefulset", "database", "--replicas=0"]]
+    scaled = ["scale", "statefulset", "database", "--replicas=0"]
+    assert changes[: len(ROOM) + 3] == [OWNER, chose(), *ROOM, scaled]
     assert MARKED not in changes
     assert "; the repository's database, which this stack's is now); each volume keeps" in out
 
@@ -929,7 +1039,7 @@ def test_pods_that_do_not_stop_are_started_again_and_nothing_else_changes(
     fakes.restore_cluster(stopping=(RUNNING, state(roles("replica", ""))))
     code, out, err = restore(capsys)
     assert (code, out) == (1, "")
-    assert fakes.changes()[4:] == [
+    assert fakes.changes()[len(CHECKED) :] == [
         ["scale", "statefulset", "database", "--replicas=0"],
         ["scale", "statefulset", "database", "--replicas=3"],
     ]
@@ -951,7 +1061,7 @@ def test_a_request_refused_by_the_api_is_undone_like_pods_that_do_not_stop(
     code, _, err = restore(capsys)
     assert code == 1
     assert err.startswith(f"restore: error: {refused}; the restore did not start: database is ")
-    assert fakes.changes()[4:] == [
+    assert fakes.changes()[len(CHECKED) :] == [
         ["scale", "statefulset", "database", "--replicas=0"],
         ["scale", "statefulset", "database", "--replicas=3"],
     ]
