@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -51,7 +52,14 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run a CLI to its end with no stdin, the tools' one way to: with `check`, a non-zero exit
     is a StackError naming the command and what it printed; a missing CLI or a command past
-    `timeout` (None: no bound) always is one."""
+    `timeout` (None: no bound) always is one.
+
+    Started while the caller holds the stop signals off (harness.signals.held: a change to a
+    cluster and its undo), the command runs in a process group of its own. It inherits the
+    block, but a Go CLI (kubectl, pulumi) unblocks SIGINT, SIGTERM and SIGHUP at its start, and
+    a terminal sends a Ctrl-C to the whole foreground group: the kubectl that puts a cluster
+    back would stop half-way."""
+    held = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
     return _checked(
         argv,
         lambda: subprocess.run(
@@ -62,6 +70,7 @@ def run(
             timeout=timeout,
             stdin=subprocess.DEVNULL,
             env=dict(env) if env is not None else None,
+            process_group=0 if held else None,
         ),
         check=check,
         capture=capture,

@@ -154,13 +154,15 @@ def respond(cluster: dict[str, Any], command: list[str]) -> None:
 
 
 def signalled(cluster: dict[str, Any], command: list[str], *, before: bool) -> None:
-    """The group signalled, once, when `signals` names the start of `command` for this moment."""
+    """The tool's process group signalled, once, when `signals` names the start of `command`
+    for this moment: as a terminal sends a Ctrl-C to its foreground group, the tool's, which a
+    kubectl the tool runs with the signals held off is not in (tools.stack.run)."""
     called = " ".join(command)
     for start, found in list(cluster.get("signals", {}).items()):
         if called.startswith(start) and bool(found.get("before")) == before:
             del cluster["signals"][start]
             CLUSTER.write_text(json.dumps(cluster))
-            os.killpg(os.getpgrp(), signal.Signals[found["signal"]])
+            os.killpg(os.getpgid(os.getppid()), signal.Signals[found["signal"]])
             time.sleep(0.5)
 
 

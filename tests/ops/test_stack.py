@@ -5,12 +5,14 @@ kubeconfig each call was given."""
 
 from __future__ import annotations
 
+import os
 import stat
 import sys
 from pathlib import Path
 
 import pytest
 
+from harness import signals
 from tests.copies import copy_project, run_in
 from tests.ops.stack_fakes import EKS_TOKEN, MADE_CLUSTERS, NAMESPACE, Fakes, made_cluster_config
 from tools.stack import Kubectl, Stack, StackError, read_stack, run
@@ -118,3 +120,18 @@ def test_a_refusing_api_server_is_kubectl_s_one_line_not_its_client_s_log() -> N
         with pytest.raises(StackError) as raised:
             run([sys.executable, "-c", script])
         assert str(raised.value).endswith(f" exited 1: {said}")
+
+
+def test_a_command_run_with_the_stop_signals_held_off_is_out_of_the_terminal_s_group() -> None:
+    """A terminal sends a Ctrl-C to the whole foreground process group, and a Go CLI unblocks
+    it at its start whatever it inherits: a command the tools run while they hold the stop
+    signals off (a change to a cluster, and its undo) is in a process group of its own; any
+    other, in theirs."""
+
+    def group() -> int:
+        return int(run([sys.executable, "-c", "import os; print(os.getpgrp())"]).stdout)
+
+    assert group() == os.getpgrp()
+    with signals.interrupting(), signals.held():
+        assert group() != os.getpgrp()
+    assert group() == os.getpgrp()
