@@ -6,16 +6,20 @@ off.
 
     with interrupting() as held_off:    # the whole command
         read_what_is_there()            # an interruption here: nothing was changed
-        with held():                    # a change, and what undoes it, never cut half-way
-            change()
-            with interruptible():       # a long wait, which a signal may end
-                wait()
+        hold()                          # from the first change to the end: a change, and
+        change()                        # what undoes it, never cut half-way
+        with interruptible():           # a long wait, which a signal may end
+            wait()
     for name in held_off: ...           # what came while held, taken off: say so
 
 Held off, a signal is blocked, not ignored: it is kept until the end of `interrupting`'s
-block, and the commands started meanwhile inherit the block, so that a Ctrl-C, which the
-terminal sends to the whole foreground group, stops neither the tool nor the kubectl that puts
-a cluster back. After the first interruption, every later one is held off.
+block, and listed then. After the first interruption, every later one is held off. A command
+started while they are held off inherits the block; a Go program unblocks them at its start,
+though, and a terminal sends a Ctrl-C to its whole foreground group: tools.stack.run starts such
+a command in a process group of its own.
+
+For a command of one thread: the mask is the calling thread's, and a signal sent to the process
+goes to any thread that does not block it.
 """
 
 from __future__ import annotations
@@ -78,7 +82,12 @@ def interrupting() -> Iterator[list[str]]:
     try:
         yield held_off
     finally:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        except Interrupted as late:
+            # Come as the block ended (its handler runs as the mask changes; the mask is set):
+            # held off as any that comes later.
+            held_off.append(late.name)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         while (came := signal.sigtimedwait(STOP_SIGNALS, 0)) is not None:
@@ -88,22 +97,17 @@ def interrupting() -> Iterator[list[str]]:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-@contextlib.contextmanager
-def held() -> Iterator[None]:
-    """The stop signals held off for the block, in this thread and in the commands it starts.
-    One that came meanwhile stays held off until the end of `interrupting`'s block: the command
-    that was asked to stop goes on only to say what it did."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        if not signal.sigpending() & _STATE.handled:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+def hold() -> None:
+    """The stop signals held off from now to the end of `interrupting`'s block (but in an
+    `interruptible` one), in this thread and in the commands it starts: one that comes meanwhile
+    is kept, and listed as that block ends. Never taken back before then, so that no signal is
+    delivered as a held part ends, between a change and the message that says what it left."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """Inside `held`, a block a stop signal may interrupt (a long wait): one held off before it
+    """After `hold`, a block a stop signal may interrupt (a long wait): one held off before it
     is raised as it begins. Nothing changes after the first interruption: held off it stays."""
     if _STATE.interrupted:
         yield
@@ -112,6 +116,6 @@ def interruptible() -> Iterator[None]:
     try:
         yield
     finally:
-        # Interrupted inside, the signals stay held off (the handler blocked them).
-        keep: frozenset[int] = STOP_SIGNALS if _STATE.interrupted else frozenset()
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous | keep)
+        # Held off again, as before (and so after an interruption inside: the handler blocked
+        # them).
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous | STOP_SIGNALS)

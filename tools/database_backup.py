@@ -62,7 +62,7 @@ from typing import Any, Final
 from components import database
 from components.stack_file import project_name
 from harness.poll import wait_until
-from harness.signals import Interrupted, held, interruptible, interrupting
+from harness.signals import Interrupted, hold, interruptible, interrupting
 from tools.database_switchover import Instances, current_primary
 from tools.stack import Kubectl, Stack, StackError, database_replicas, read_stack
 
@@ -446,11 +446,11 @@ class Restore:
 
     def run(self, request: Request) -> None:
         """The whole restore: stop, ask, start, wait, remove the request."""
-        with held():
-            self.stop()
-            self.make(request)
-            self.start(request)
-            self.finish(request)
+        hold()
+        self.stop()
+        self.make(request)
+        self.start(request)
+        self.finish(request)
 
     def stop(self) -> None:
         """Every instance stopped; on failure, the StatefulSet scaled back."""
@@ -692,19 +692,19 @@ def restore(stack: Stack, moment: dt.datetime) -> Restored:
     target = recovery_target(moment)
     pending = pending_request(kubectl)
     if pending is not None:
-        with held():
-            if pending.target != target or not instances.count:
-                left = Left(str(instances.count), PatroniState.UNKNOWN, started=True)
-                why = (
-                    f"{database.RESTORE_CONFIG_MAP} is there, for another time"
-                    if pending.target != target
-                    else f"{database.NAME} is scaled to 0 with {database.RESTORE_CONFIG_MAP} there"
-                )
-                raise run.unfinished(f"{why}: nothing was changed", pending, left)
-            # The same restore asked again: wait for it and finish it.
-            start = time.monotonic()
-            run.finish(pending)
-            return Restored(pending, time.monotonic() - start)
+        hold()
+        if pending.target != target or not instances.count:
+            left = Left(str(instances.count), PatroniState.UNKNOWN, started=True)
+            why = (
+                f"{database.RESTORE_CONFIG_MAP} is there, for another time"
+                if pending.target != target
+                else f"{database.NAME} is scaled to 0 with {database.RESTORE_CONFIG_MAP} there"
+            )
+            raise run.unfinished(f"{why}: nothing was changed", pending, left)
+        # The same restore asked again: wait for it and finish it.
+        start = time.monotonic()
+        run.finish(pending)
+        return Restored(pending, time.monotonic() - start)
     if not instances.count:
         raise BackupError(
             f"{database.NAME} is scaled to 0 and no restore is pending: start it first "

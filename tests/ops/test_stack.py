@@ -132,6 +132,11 @@ def test_a_command_run_with_the_stop_signals_held_off_is_out_of_the_terminal_s_g
         return int(run([sys.executable, "-c", "import os; print(os.getpgrp())"]).stdout)
 
     assert group() == os.getpgrp()
-    with signals.interrupting(), signals.held():
+    with signals.interrupting():
+        assert group() == os.getpgrp()
+        signals.hold()
+        assert group() != os.getpgrp()
+        with signals.interruptible():
+            assert group() == os.getpgrp()
         assert group() != os.getpgrp()
     assert group() == os.getpgrp()
