@@ -391,10 +391,11 @@ def test_a_time_just_before_a_failover_restores_what_the_promoted_standby_archiv
 def test_a_promoted_standby_archives_what_its_primary_left_unarchived(tmp_path: Path) -> None:
     """The primary's archive failing (its repository away, an archiver behind), its standby
     receives the WAL by streaming, and marks each segment archived without archiving it. Once
-    promoted, `mlstack-database --archive-earlier-timelines` (its on_role_change callback)
-    archives the complete segments of the former timeline that pg_wal holds: a restore from the
-    backup before them to a time among them has every commit up to that time. Without it, the
-    archive stays without them for good, and the restore fails."""
+    promoted, `mlstack-database --archive-earlier-timelines` (Patroni's callbacks on a primary:
+    mlstack-database-callback, here as at a start) archives the complete segments of the former
+    timeline that pg_wal holds: a restore from the backup before them to a time among them has
+    every commit up to that time. Without it, the archive stays without them for good, and the
+    restore fails."""
     with throwaway_postgres() as server:
         repository = archiving(server)
         write(server, "a0")
@@ -430,7 +431,9 @@ def test_a_promoted_standby_archives_what_its_primary_left_unarchived(tmp_path: 
             )
             image = image_for(tmp_path / "image", standby)
             done = subprocess.run(
-                [str(image.stand_ins / "mlstack-database"), "--archive-earlier-timelines"],
+                # As Patroni runs it at a start (and at a promotion: on_role_change).
+                ["bash", str(BIN / "mlstack-database-callback"), "on_start", "primary",
+                 "database"],
                 env={
                     **image.env,
                     "PATH": os.pathsep.join((str(repository.bin), image.env["PATH"])),
