@@ -26,11 +26,27 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
-from typing import Final
+from typing import Any, Final, TypeAlias
 
 STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+# What signal.signal takes and signal.getsignal gives.
+Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+@contextlib.contextmanager
+def handling(chosen: Mapping[int, Handler]) -> Iterator[None]:
+    """Each signal of `chosen` handled by its handler for the block, from the main thread; as
+    before once it ends."""
+    previous = {signum: signal.getsignal(signum) for signum in chosen}
+    for signum, handler in chosen.items():
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 class Interrupted(KeyboardInterrupt):

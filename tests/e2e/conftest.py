@@ -36,6 +36,7 @@ from e2e.controlplane import ControlPlane, toolchain_bin
 from e2e.images import ImageRefs
 from e2e.node import Node
 from e2e.workspace import PulumiWorkspace
+from harness import signals
 
 STACK = cluster.STACK
 NAMESPACE = cluster.NAMESPACE
@@ -126,14 +127,10 @@ def stop_signals_interrupt() -> Iterator[None]:
     """SIGINT and SIGTERM handled by `on_stop_signal`, the teardown run at interpreter exit, both
     as before once the block ends."""
     atexit.register(close_teardown)
-    previous = {signum: signal.getsignal(signum) for signum in STOPPING}
-    for signum in STOPPING:
-        signal.signal(signum, on_stop_signal)
     try:
-        yield
+        with signals.handling(dict.fromkeys(STOPPING, on_stop_signal)):
+            yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         atexit.unregister(close_teardown)
 
 

@@ -21,15 +21,12 @@ def default_handling() -> Iterator[None]:
     """Each test starts with the stop signals handled as by default, whatever this run inherited
     (a make in the background ignores SIGINT, one under nohup SIGHUP: `interrupting` leaves a
     signal ignored from the start alone); as they were again after it."""
-    before = {signum: signal.getsignal(signum) for signum in signals.STOP_SIGNALS}
-    for signum in signals.STOP_SIGNALS:
-        default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
-        signal.signal(signum, default)
-    try:
+    defaults: dict[int, signals.Handler] = {
+        signum: signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        for signum in signals.STOP_SIGNALS
+    }
+    with signals.handling(defaults):
         yield
-    finally:
-        for signum, handler in before.items():
-            signal.signal(signum, handler)
 
 
 def send(signum: signal.Signals) -> None:
