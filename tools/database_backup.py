@@ -201,7 +201,8 @@ def restored_size(kubectl: Kubectl, primary: str, label: str) -> int:
 
 
 def integer(kubectl: Kubectl, pod: str, argv: Sequence[str], what: str) -> int:
-    """The number the last line `argv` prints in `pod`'s postgres container is."""
+    """The number the last line `argv` prints in `pod`'s postgres container is; a BackupError
+    saying `what` is not known when it prints none."""
     result = kubectl.exec(pod, database.POSTGRES_CONTAINER, *argv)
     lines = result.stdout.strip().splitlines()
     try:
@@ -209,9 +210,7 @@ def integer(kubectl: Kubectl, pod: str, argv: Sequence[str], what: str) -> int:
             raise ValueError
         return int(lines[-1].strip())
     except ValueError:
-        raise BackupError(
-            f"{what} is not known ({argv[0]} failed: {last_line(result)}); nothing was changed"
-        ) from None
+        raise BackupError(f"{what} is not known ({argv[0]} failed: {last_line(result)})") from None
 
 
 def require_room(kubectl: Kubectl, instances: Instances, primary: str, label: str) -> None:
@@ -222,7 +221,10 @@ def require_room(kubectl: Kubectl, instances: Instances, primary: str, label: st
     volume with less fails the restore at every start, with the StatefulSet at 0 and Patroni's
     state gone."""
     size = restored_size(kubectl, primary, label)
-    wal = integer(kubectl, primary, WAL_SIZE, f"{primary}'s max_wal_size")
+    try:
+        wal = integer(kubectl, primary, WAL_SIZE, f"{primary}'s max_wal_size")
+    except BackupError as error:
+        raise BackupError(f"{error}; nothing was changed") from None
     needed = size + wal
     short: list[str] = []
     for index in range(instances.count):
@@ -232,8 +234,7 @@ def require_room(kubectl: Kubectl, instances: Instances, primary: str, label: st
         except BackupError as error:
             # Its postgres container not running, say: a restore is what may mend it (its data
             # is made anew), so it is not refused for that.
-            said = str(error).removesuffix("; nothing was changed")
-            print(f"restore: warning: {said}: not checked", file=sys.stderr)
+            print(f"restore: warning: {error}: not checked", file=sys.stderr)
             continue
         if free < needed:
             short.append(f"of {pod} {'' if short else 'has '}{human(free)} ({free} bytes)")
